@@ -1,0 +1,207 @@
+"""The ``opengrid`` command line.
+
+    opengrid node start   run one long-lived node (coordinator, worker, edge, or auto)
+    opengrid demo         a whole network on 127.0.0.1: one coordinator, several workers, verified jobs
+    opengrid submit       send one prompt to a network and print the verified answer
+    opengrid status       ask a node who it is, its role and its points
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from opengrid import __version__
+from opengrid.errors import OpenGridError
+from opengrid.node.config import DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
+
+log = logging.getLogger("opengrid")
+
+
+def _setup_logging(verbose: int) -> None:
+    from rich.logging import RichHandler
+
+    from opengrid.net.host import quiet_libp2p_logging
+
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False, markup=False)],
+        force=True,
+    )
+    quiet_libp2p_logging(logging.DEBUG if verbose > 2 else logging.ERROR)
+    logging.getLogger("gguf").setLevel(logging.WARNING)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opengrid",
+        description="OpenGrid: volunteer computing for LLM inference, verified by redundancy, paid in points.",
+    )
+    parser.add_argument("--version", action="version", version=f"opengrid {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="more logs (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = commands.add_parser("node", help="run a node")
+    node_commands = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    start = node_commands.add_parser(
+        "start",
+        help="start a node and serve until Ctrl-C",
+        description=(
+            "Start one OpenGrid node. A coordinator accepts jobs, sends each to several workers, compares "
+            "their outputs and signs receipts that pay the agreeing workers. A worker runs a model and "
+            "registers with the coordinator at --bootstrap. The node's identity (an Ed25519 key) is "
+            "created in --data-dir on first start and reused afterwards."
+        ),
+    )
+    start.add_argument("--role", choices=ROLES, default="auto",
+                       help="auto = coordinator without --bootstrap, worker with it (default: auto)")
+    start.add_argument("--listen", action="append", metavar="MULTIADDR",
+                       help=f"address to listen on, repeatable (default: {DEFAULT_LISTEN}, a free port)")
+    start.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                       help="a coordinator's full multiaddr, as it prints at start (.../p2p/12D3KooW...)")
+    start.add_argument("--model", metavar="NAME_OR_PATH",
+                       help="model a worker serves: a catalog name (smollm2-135m-instruct, tiny) or a .gguf path")
+    start.add_argument("--data-dir", type=pathlib.Path, required=True, metavar="DIR",
+                       help="where the identity key, the ledger and node.json live")
+    start.add_argument("--network", default=DEFAULT_NETWORK, help=f"network name (default: {DEFAULT_NETWORK})")
+    start.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
+                       help="how often workers re-register (default: 5)")
+    start.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)")
+    start.add_argument("--adversary", choices=["wrong-tokens"], help=argparse.SUPPRESS)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a whole network on 127.0.0.1 and submit verified jobs",
+        description=(
+            "Start one coordinator and several workers, each its own process on 127.0.0.1, submit jobs "
+            "through the SDK, and explain what happened: who ran each job, whether outputs agreed, the "
+            "receipts, and every node's points. One worker cheats unless --cheaters 0."
+        ),
+    )
+    demo.add_argument("--workers", type=int, default=3, help="honest workers (default: 3)")
+    demo.add_argument("--cheaters", type=int, default=1,
+                      help="workers that return wrong tokens, to show verification catching them (default: 1)")
+    demo.add_argument("--jobs", type=int, default=4, help="jobs to submit (default: 4)")
+    demo.add_argument("--model", default="smollm2-135m-instruct", help="model name or .gguf path")
+    demo.add_argument("--max-tokens", type=int, default=24, help="tokens per job (default: 24)")
+    demo.add_argument("--replicas", type=int, default=2, help="workers per job (default: 2)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
+    demo.add_argument("--keep", type=pathlib.Path, metavar="DIR",
+                      help="keep the nodes' data dirs under DIR (default: a temporary dir)")
+
+    submit = commands.add_parser("submit", help="send one prompt to a network")
+    submit.add_argument("prompt")
+    submit.add_argument("--bootstrap", required=True, metavar="MULTIADDR", help="a coordinator's multiaddr")
+    submit.add_argument("--model", default="smollm2-135m-instruct")
+    submit.add_argument("--max-tokens", type=int, default=64)
+    submit.add_argument("--replicas", type=int, default=2)
+    submit.add_argument("--network", default=DEFAULT_NETWORK)
+    submit.add_argument("--json", action="store_true")
+
+    status = commands.add_parser("status", help="ask a node for its identity, role and points")
+    status.add_argument("address", metavar="MULTIADDR")
+    status.add_argument("--network", default=DEFAULT_NETWORK)
+    return parser
+
+
+async def _run_node(config: NodeConfig) -> None:
+    from opengrid.node.service import Node
+
+    node = Node(config)
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(node.run)
+        assert node.host is not None
+        addrs = node.host.addrs()
+        print(f"OpenGrid {started.config.role} {node.host.peer_id}", flush=True)
+        for addr in addrs:
+            print(f"  listening on {addr}", flush=True)
+        if started.config.role == "coordinator" and addrs:
+            print(f"  workers join with: opengrid node start --role worker --bootstrap {addrs[0]} "
+                  "--data-dir DIR", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                break
+        nursery.cancel_scope.cancel()
+
+
+def _cmd_node_start(args: argparse.Namespace) -> int:
+    config = NodeConfig(
+        data_dir=args.data_dir,
+        role=args.role,
+        listen=tuple(args.listen or [DEFAULT_LISTEN]),
+        bootstrap=tuple(args.bootstrap),
+        model=args.model,
+        network=args.network,
+        heartbeat_s=args.heartbeat,
+        threads=args.threads,
+        adversary=args.adversary,
+    ).validated()
+    trio.run(_run_node, config)
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from opengrid_sdk import Client
+
+    with Client([args.bootstrap], network=args.network) as client:
+        done = client.complete(args.prompt, model=args.model, max_tokens=args.max_tokens, replicas=args.replicas)
+    if args.json:
+        print(json.dumps({
+            "job_id": done.job_id.hex(), "text": done.text, "tokens": done.tokens,
+            "finish_reason": done.finish_reason, "workers": done.workers, "dissenters": done.dissenters,
+            "receipt": done.receipt.entry.hex(), "verified": True,
+        }))
+    else:
+        print(done.text)
+        print(f"\n[job {done.job_id.hex()[:8]} verified: {len(done.workers)} workers agreed; "
+              f"receipt checked]", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from opengrid_sdk import Client
+
+    with Client([args.address], network=args.network) as client:
+        status = client.status()
+    print(json.dumps(msgspec.to_builtins(status), indent=2, default=lambda b: b.hex()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``opengrid`` console script."""
+    args = _build_parser().parse_args(argv)
+    _setup_logging(0 if getattr(args, "json", False) else args.verbose)
+    try:
+        if args.command == "node":
+            return _cmd_node_start(args)
+        if args.command == "demo":
+            from opengrid.cli.demo import run_demo
+
+            return run_demo(args)
+        if args.command == "submit":
+            return _cmd_submit(args)
+        if args.command == "status":
+            return _cmd_status(args)
+    except OpenGridError as exc:
+        print(f"opengrid: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

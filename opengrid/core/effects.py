@@ -1,0 +1,58 @@
+"""Effects the core machines ask their driver to carry out (imperative: do this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opengrid.wire.messages import ErrorReply, JobAccepted, ReceiptNotice, RunJob
+from opengrid_ledger import Entry
+
+
+@dataclass(frozen=True)
+class DispatchReplica:
+    """Send ``run`` to ``peer`` and feed back ``ReplicaReturned`` or ``ReplicaFailed``."""
+
+    peer: str
+    run: RunJob
+
+
+@dataclass(frozen=True)
+class CancelReplica:
+    """Stop waiting for ``peer``'s answer to ``job_id`` (the job is settled or the replica timed out)."""
+
+    peer: str
+    job_id: bytes
+
+
+@dataclass(frozen=True)
+class FinishJob:
+    """Answer the client of ``job_id``: the verified result or a typed error."""
+
+    job_id: bytes
+    reply: JobAccepted | ErrorReply
+
+
+@dataclass(frozen=True)
+class AppendEntry:
+    """Persist a ledger entry the machine has already applied to its in-memory state."""
+
+    entry: Entry
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    """Give a credited worker its receipt (best effort: ledger sync will carry it otherwise)."""
+
+    peer: str
+    notice: ReceiptNotice
+
+
+@dataclass(frozen=True)
+class Penalize:
+    """``peer`` misbehaved; log it (reputation, issue 4, will weigh it)."""
+
+    peer: str
+    why: str
+
+
+Effect = DispatchReplica | CancelReplica | FinishJob | AppendEntry | SendReceipt | Penalize

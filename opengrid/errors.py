@@ -1,0 +1,93 @@
+"""The one exception tree of OpenGrid.
+
+Every error a user or a caller can see is an ``OpenGridError``; foreign exceptions (libp2p, llama.cpp,
+SQLite, msgspec) are mapped at the edge with ``raise X(...) from exc``. Messages say what happened, with
+the values involved, and what to do next.
+
+::
+
+    OpenGridError
+    ├── ConfigError                 bad flag, config value or data dir
+    ├── ProtocolError               a message broke the protocol
+    │   ├── LocalProtocolError      we were about to send something invalid (our bug)
+    │   └── RemoteProtocolError     a peer sent something invalid (carries the peer, when known)
+    │       ├── FrameTooLargeError  the length prefix announced more than the limit allows
+    │       └── MalformedMessageError  the bytes do not decode to a known message
+    ├── TransportError              a peer could not be reached, or went away mid-exchange
+    ├── EngineError                 inference failed
+    │   └── UnknownModelError       no such model here (or on the network)
+    ├── JobError                    a job could not be completed
+    │   ├── NoCapacityError         not enough workers serve the model
+    │   └── VerificationError       replicas did not reach quorum, or a result failed its checks
+    └── LedgerError                 the ledger refused an entry or could not store it
+        └── InvalidEntryError       bad signature, wrong network, broken chain, double count, ...
+"""
+
+from __future__ import annotations
+
+
+class OpenGridError(Exception):
+    """Base class of every error raised by OpenGrid."""
+
+
+class ConfigError(OpenGridError):
+    """A flag, config value or data directory is invalid."""
+
+
+class ProtocolError(OpenGridError):
+    """A message broke the OpenGrid protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids: a bug on this side."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer sent something the protocol forbids.
+
+    ``peer`` names the offender when the transport knows it, so the caller can penalise or disconnect.
+    """
+
+    def __init__(self, message: str, *, peer: str | None = None) -> None:
+        super().__init__(message if peer is None else f"{message} (peer {peer})")
+        self.peer = peer
+
+
+class FrameTooLargeError(RemoteProtocolError):
+    """A frame's length prefix announced more bytes than the limit allows; nothing was read."""
+
+
+class MalformedMessageError(RemoteProtocolError):
+    """A frame's bytes do not decode to a known message of this protocol."""
+
+
+class TransportError(OpenGridError):
+    """A peer could not be reached, or the connection went away in the middle of an exchange."""
+
+
+class EngineError(OpenGridError):
+    """Inference failed in the engine (llama.cpp or an HTTP server)."""
+
+
+class UnknownModelError(EngineError):
+    """The named model is not installed here, or no worker on the network serves it."""
+
+
+class JobError(OpenGridError):
+    """A job could not be completed; the message says why and what to try."""
+
+
+class NoCapacityError(JobError):
+    """Fewer workers serve the requested model than the job's replicas need."""
+
+
+class VerificationError(JobError):
+    """Replicas did not reach quorum, or a result failed its checks (commitment, signature)."""
+
+
+class LedgerError(OpenGridError):
+    """The ledger refused an entry or could not store it."""
+
+
+class InvalidEntryError(LedgerError):
+    """A ledger entry failed validation: bad signature, wrong network, broken chain, double count..."""

@@ -1,0 +1,228 @@
+"""A libp2p host configured the OpenGrid way, and framed message streams over it.
+
+Configuration (shared/notes/py-libp2p.md): TCP + Noise + yamux only (no plaintext, secio or TLS that a
+default host would also accept), one connection per peer (avoids a fixed 250 ms dial delay), and our own
+read loop for frames (the library's exact-read helper gives up on large messages).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from opengrid.errors import ConfigError, OpenGridError, ProtocolError, TransportError
+from opengrid.net.keys import keypair_from_seed
+from opengrid.wire.codec import HEADER_BYTES, MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
+from opengrid.wire.messages import Message
+
+JOB_PROTOCOL = TProtocol("/opengrid/job/1")
+_READ_CHUNK = 64 * 1024
+log = logging.getLogger("opengrid.net")
+
+
+def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
+    """py-libp2p detaches its logger and logs every normal end of a DHT stream as a WARNING (pitfall 10):
+    re-attach it to the root logger at a level that shows only real trouble."""
+    roots = ("libp2p", "multiaddr", "async_service")
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in roots:
+            child = logging.getLogger(name)
+            child.handlers.clear()
+            child.propagate = True
+            child.setLevel(logging.NOTSET)
+    for name in roots:
+        logging.getLogger(name).setLevel(level)
+
+
+class FrameStream:
+    """One libp2p stream speaking length-prefixed OpenGrid messages.
+
+    ``receive`` reads exactly one frame with its own loop, checking the length before reading the body.
+    Every libp2p exception is mapped to ``TransportError``; bad bytes become ``RemoteProtocolError``s.
+    """
+
+    def __init__(self, stream: INetStream, *, limit: int = MAX_FRAME_BYTES) -> None:
+        self._stream = stream
+        self.peer = stream.muxed_conn.peer_id.to_base58()
+        self._frames = FrameBuffer(limit=limit, peer=self.peer)
+
+    async def send(self, message: Message) -> None:
+        """Write one framed message."""
+        data = encode_frame(message)
+        try:
+            await self._stream.write(data)
+        except Exception as exc:
+            raise TransportError(f"could not write to {self.peer}: {exc or type(exc).__name__}") from exc
+
+    async def receive(self) -> Message:
+        """Read exactly one framed message (raises TransportError if the peer closes first)."""
+        while (body := self._frames.next_body()) is None:
+            want = max(self._frames.wanted(), 1)
+            try:
+                chunk = await self._stream.read(min(want, _READ_CHUNK))
+            except Exception as exc:  # StreamEOF, StreamReset, muxer errors: the peer went away
+                got = self._frames.pending
+                raise TransportError(
+                    f"{self.peer} closed the stream"
+                    + (f" after {got} of a frame's bytes" if got else "")
+                    + f" ({type(exc).__name__})"
+                ) from exc
+            if not chunk:
+                raise TransportError(f"{self.peer} closed the stream")
+            self._frames.feed(chunk)
+        return decode_message(body, peer=self.peer)
+
+    async def aclose(self) -> None:
+        """Close our side; never raises (the peer may already be gone)."""
+        try:
+            await self._stream.close()
+        except Exception as exc:
+            log.debug("closing stream to %s: %s", self.peer, exc)
+
+    async def reset(self) -> None:
+        """Abort the stream (the peer sees a reset); never raises."""
+        try:
+            await self._stream.reset()
+        except Exception as exc:
+            log.debug("resetting stream to %s: %s", self.peer, exc)
+
+
+Handler = Callable[[FrameStream], Awaitable[None]]
+
+
+class Host:
+    """The node's libp2p host: its identity, addresses, and framed streams to peers."""
+
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+
+    @property
+    def peer_id(self) -> str:
+        return self._host.get_id().to_base58()
+
+    def addrs(self) -> list[str]:
+        """Full multiaddrs (with ``/p2p/<id>``) that others can dial."""
+        suffix = f"/p2p/{self.peer_id}"
+        out = []
+        for addr in self._host.get_addrs():
+            text = str(addr)
+            out.append(text if text.endswith(suffix) else text + suffix)
+        return out
+
+    def set_handler(self, handler: Handler, protocol: TProtocol = JOB_PROTOCOL) -> None:
+        """Serve ``protocol`` with ``handler``; the stream is closed after the handler returns."""
+
+        async def _serve(stream: INetStream) -> None:
+            framed = FrameStream(stream)
+            try:
+                await handler(framed)
+            except OpenGridError as exc:
+                log.info("stream from %s ended: %s", framed.peer, exc)
+                await framed.reset()
+            finally:
+                await framed.aclose()
+
+        self._host.set_stream_handler(protocol, _serve)
+
+    def remember(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Record addresses for a peer so it can be dialled later."""
+        good = []
+        for text in addrs:
+            try:
+                good.append(multiaddr.Multiaddr(text.split("/p2p/")[0]))
+            except Exception:
+                log.debug("ignoring unparsable address %r from %s", text, peer_id)
+        if good:
+            self._host.get_peerstore().add_addrs(ID.from_base58(peer_id), good, 3600)
+
+    async def connect(self, address: str) -> str:
+        """Dial a full multiaddr (``.../p2p/<id>``) and return the peer id."""
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+        except Exception as exc:
+            raise ConfigError(
+                f"{address!r} is not a dialable multiaddr; expected /ip4/HOST/tcp/PORT/p2p/PEER_ID"
+            ) from exc
+        try:
+            await self._host.connect(info)
+        except Exception as exc:
+            raise TransportError(f"could not connect to {address}: {exc or type(exc).__name__}") from exc
+        return info.peer_id.to_base58()
+
+    async def open_stream(self, peer_id: str, protocol: TProtocol = JOB_PROTOCOL) -> FrameStream:
+        """Open a framed stream to a peer (dialling it if needed)."""
+        try:
+            stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+        except Exception as exc:
+            raise TransportError(f"could not open a stream to {peer_id}: {exc or type(exc).__name__}") from exc
+        return FrameStream(stream)
+
+    async def request(self, peer_id: str, message: Message) -> Message:
+        """Open a stream, send one message, read one reply, close."""
+        stream = await self.open_stream(peer_id)
+        try:
+            await stream.send(message)
+            return await stream.receive()
+        except ProtocolError:
+            await stream.reset()
+            raise
+        finally:
+            await stream.aclose()
+
+    def is_connected(self, peer_id: str) -> bool:
+        return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
+
+
+def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    out = []
+    for text in listen:
+        try:
+            out.append(multiaddr.Multiaddr(text))
+        except Exception as exc:
+            raise ConfigError(f"--listen {text!r} is not a multiaddr; try /ip4/127.0.0.1/tcp/4001") from exc
+    return out
+
+
+@asynccontextmanager
+async def open_host(seed: bytes, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)) -> AsyncIterator[Host]:
+    """Start a host with identity ``seed`` listening on ``listen``; close it cleanly on exit."""
+    key_pair = keypair_from_seed(seed)
+    addrs = _listen_multiaddrs(listen)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    kwargs: dict[str, Any] = dict(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt=create_yamux_muxer_option(),
+        listen_addrs=addrs,
+        # One connection per peer avoids a fixed 250 ms "happy eyeballs" wait on every dial (pitfall 1);
+        # no auto-dialling of every known peer to reach a watermark: we dial whom we need.
+        connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0),
+    )
+    try:
+        host = new_host(**kwargs)
+    except Exception as exc:
+        raise ConfigError(f"could not create the libp2p host: {exc}") from exc
+    try:
+        async with host.run(listen_addrs=addrs):
+            yield Host(host)
+            await host.close()
+    except OSError as exc:
+        raise ConfigError(
+            f"could not listen on {', '.join(listen)}: {exc.strerror or exc}; pick another port"
+        ) from exc
+    # the library's stream readers may still be waking up; give them one checkpoint to notice the close
+    await trio.lowlevel.checkpoint()

@@ -1,0 +1,38 @@
+"""The node's Ed25519 identity, kept in its data dir: created on first start, reused afterwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import secrets
+
+from opengrid.errors import ConfigError
+
+IDENTITY_FILE = "identity.key"
+log = logging.getLogger("opengrid.node")
+
+
+def load_or_create_seed(data_dir: pathlib.Path) -> bytes:
+    """Return the 32-byte identity seed in ``data_dir``, creating it (mode 0600) on first use."""
+    path = data_dir / IDENTITY_FILE
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            seed = path.read_bytes()
+            if len(seed) != 32:
+                raise ConfigError(
+                    f"{path} holds {len(seed)} bytes, not a 32-byte identity; move it away to create a new one"
+                )
+            return seed
+        seed = secrets.token_bytes(32)
+        # O_EXCL: two nodes started on one data dir must not overwrite each other's identity.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(seed)
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.info("created a new identity in %s", path)
+        return seed
+    except OSError as exc:
+        raise ConfigError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from exc

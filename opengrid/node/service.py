@@ -1,0 +1,432 @@
+"""The node: a trio service that drives the sans-IO core over libp2p.
+
+It owns the libp2p host, the ledger store and (on workers) the engine; it turns stream messages into core
+events and executes the effects the core returns. All tasks live in one nursery: nothing outlives ``run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+from nacl.signing import SigningKey
+
+import opengrid
+from opengrid.core.coordinator import Coordinator, CoordinatorConfig
+from opengrid.core.effects import (
+    AppendEntry,
+    CancelReplica,
+    DispatchReplica,
+    Effect,
+    FinishJob,
+    Penalize,
+    SendReceipt,
+)
+from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
+from opengrid.core.worker import Output, WorkerLogic
+from opengrid.engines import Engine, GenerationRequest, WrongTokensEngine, load_engine, resolve_model
+from opengrid.errors import (
+    EngineError,
+    FrameTooLargeError,
+    OpenGridError,
+    RemoteProtocolError,
+    TransportError,
+)
+from opengrid.net.host import FrameStream, Host, open_host
+from opengrid.net.keys import public_key_of
+from opengrid.node.config import NodeConfig
+from opengrid.node.identity import load_or_create_seed
+from opengrid.store.ledger_store import LedgerStore, open_ledger
+from opengrid.wire.messages import (
+    ErrorReply,
+    JobAccepted,
+    Message,
+    ModelOffer,
+    NodeStatus,
+    ReceiptNotice,
+    Registered,
+    RegisterWorker,
+    ReplicaResult,
+    RunJob,
+    StatusRequest,
+    SubmitJob,
+    WorkerSummary,
+)
+from opengrid_ledger import LedgerState
+
+log = logging.getLogger("opengrid.node")
+NODE_INFO_FILE = "node.json"
+
+
+@dataclass
+class _PendingJob:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: JobAccepted | ErrorReply | None = None
+
+
+class Node:
+    """One OpenGrid node (coordinator, worker or edge). Start it with ``nursery.start(node.run)``."""
+
+    def __init__(self, config: NodeConfig, *, engine: Engine | None = None) -> None:
+        self.config = config.validated()
+        self._engine = engine
+        self._seed = load_or_create_seed(self.config.data_dir)
+        self._key = SigningKey(self._seed)
+        self.public_key = bytes(self._key.verify_key)
+        self.host: Host | None = None
+        self.ledger: LedgerState | None = None
+        self._store: LedgerStore | None = None
+        self.coordinator: Coordinator | None = None
+        self.worker: WorkerLogic | None = None
+        self._nursery: trio.Nursery | None = None
+        self._jobs: dict[bytes, _PendingJob] = {}
+        self._replicas: dict[tuple[bytes, str], trio.CancelScope] = {}
+        self._timer_changed = trio.Event()
+        self._engine_limiter = trio.CapacityLimiter(1)
+        self.jobs_run = 0
+        self.registered = trio.Event()
+        """Workers: set once the coordinator accepted our first registration."""
+
+    # ── lifecycle ────────────────────────────────────────────────────────────────────────────────────
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start, signal readiness with ``task_status.started(self)``, and serve until cancelled."""
+        config = self.config
+        self.ledger, self._store = open_ledger(config.data_dir, config.network)
+        try:
+            if config.serves_models:
+                await self._start_worker()
+            async with open_host(self._seed, config.listen) as host:
+                self.host = host
+                host.set_handler(self._serve_stream)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if config.role == "coordinator":
+                        self.coordinator = Coordinator(
+                            network=config.network,
+                            signing_key=self._key,
+                            ledger=self.ledger,
+                            rng=random.Random(),
+                            config=CoordinatorConfig(heartbeat_s=config.heartbeat_s),
+                        )
+                        nursery.start_soon(self._timer_loop)
+                    if self.worker is not None:
+                        nursery.start_soon(self._register_loop)
+                    self._write_node_info()
+                    log.info(
+                        "%s %s ready on %s (ledger: %d entries)",
+                        config.role,
+                        host.peer_id,
+                        ", ".join(host.addrs()),
+                        len(self.ledger),
+                    )
+                    task_status.started(self)
+                    await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            if self._engine is not None:
+                self._engine.close()
+            self._store.close()
+            log.info("node stopped cleanly")
+
+    async def _start_worker(self) -> None:
+        assert self.ledger is not None
+        if self._engine is None:
+            info = await trio.to_thread.run_sync(resolve_model, self.config.model or "smollm2-135m-instruct")
+            log.info("loading model %s (%s, sha256 %s…)", info.name, info.path, info.sha256[:12])
+            engine = await trio.to_thread.run_sync(lambda: load_engine(info, n_threads=self.config.threads))
+            if self.config.adversary == "wrong-tokens":
+                log.warning("ADVERSARY MODE: this worker returns wrong tokens (demo/test of verification)")
+                engine = WrongTokensEngine(engine)
+            self._engine = engine
+        offer = ModelOffer(name=self._engine.model.name, contract=self._engine.contract)
+        self.worker = WorkerLogic(
+            network=self.config.network, signing_key=self._key, offers=(offer,), ledger=self.ledger
+        )
+
+    def _write_node_info(self) -> None:
+        assert self.host is not None
+        info = {
+            "peer_id": self.host.peer_id,
+            "role": self.config.role,
+            "addrs": self.host.addrs(),
+            "network": self.config.network,
+            "version": opengrid.__version__,
+        }
+        (self.config.data_dir / NODE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    # ── inbound streams ──────────────────────────────────────────────────────────────────────────────
+    async def _serve_stream(self, stream: FrameStream) -> None:
+        try:
+            message = await stream.receive()
+        except FrameTooLargeError as exc:
+            await _try_send(stream, ErrorReply("malformed", f"{exc}; split the request or shorten it"))
+            raise
+        except RemoteProtocolError as exc:
+            await _try_send(stream, ErrorReply("malformed", str(exc)))
+            raise
+        reply = await self._answer(stream.peer, message)
+        if reply is not None:
+            await stream.send(reply)
+
+    async def _answer(self, peer: str, message: Message) -> Message | None:
+        match message:
+            case StatusRequest():
+                return self.status()
+            case RegisterWorker() if self.coordinator is not None:
+                return self._on_register(peer, message)
+            case SubmitJob() if self.coordinator is not None:
+                return await self._on_submit(peer, message)
+            case RunJob() if self.worker is not None:
+                return await self._on_run(message)
+            case ReceiptNotice() if self.worker is not None:
+                self._on_receipts(peer, message)
+                return None
+            case RegisterWorker() | SubmitJob():
+                return ErrorReply("not_coordinator", f"{self.config.role} nodes do not accept {type(message).__name__}")
+            case _:
+                return ErrorReply(
+                    "malformed", f"a {self.config.role} does not expect {type(message).__name__} here"
+                )
+
+    def _on_register(self, peer: str, message: RegisterWorker) -> Message:
+        assert self.coordinator is not None and self.host is not None
+        if message.network != self.config.network:
+            return ErrorReply(
+                "malformed",
+                f"this coordinator runs network {self.config.network!r}, not {message.network!r}; "
+                "start the worker with the same --network",
+            )
+        if message.public_key != public_key_of(peer):
+            return ErrorReply("malformed", "public_key does not match the connection's peer id")
+        self.host.remember(peer, message.listen_addrs)
+        known = peer in self.coordinator.workers and self.coordinator.workers[peer].online
+        self._feed(WorkerRegistered(peer=peer, key=message.public_key, offers=tuple(message.models)))
+        if not known:
+            log.info(
+                "worker %s joined with %s", _short(peer), ", ".join(o.name for o in message.models)
+            )
+        return Registered(coordinator_key=self.public_key, heartbeat_s=self.config.heartbeat_s)
+
+    async def _on_submit(self, peer: str, message: SubmitJob) -> Message:
+        pending = _PendingJob()
+        self._jobs[message.job_id] = pending
+        log.info(
+            "job %s from %s: model %s, %d tokens, %d replicas",
+            message.job_id.hex()[:8],
+            _short(peer),
+            message.model,
+            message.max_tokens,
+            message.replicas,
+        )
+        try:
+            self._feed(JobSubmitted(client=peer, request=message))
+            await pending.done.wait()
+        finally:
+            self._jobs.pop(message.job_id, None)
+        assert pending.reply is not None
+        return pending.reply
+
+    async def _on_run(self, run: RunJob) -> Message:
+        assert self.worker is not None and self._engine is not None
+        refusal = self.worker.accept(run)
+        if refusal is not None:
+            return refusal
+        request = GenerationRequest(prompt=run.prompt, max_tokens=run.max_tokens)
+        engine = self._engine
+        try:
+            generation = await trio.to_thread.run_sync(engine.generate, request, limiter=self._engine_limiter)
+        except EngineError as exc:
+            log.warning("job %s failed in the engine: %s", run.job_id.hex()[:8], exc)
+            return ErrorReply("engine_error", str(exc), run.job_id)
+        self.jobs_run += 1
+        log.info("ran job %s: %d tokens", run.job_id.hex()[:8], len(generation.tokens))
+        output = Output(tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason)
+        return self.worker.attest(run, output)
+
+    def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
+        assert self.worker is not None and self._store is not None
+        try:
+            applied = self.worker.receive_entries(notice.entries)
+        except OpenGridError as exc:
+            log.warning("refused entries from %s: %s", _short(peer), exc)
+            return
+        for entry in applied:
+            self._store.append(entry)
+        if applied:
+            log.info("stored %d ledger entr%s; my balance: %d points", len(applied),
+                     "y" if len(applied) == 1 else "ies", self.points())
+
+    # ── coordinator: events in, effects out ──────────────────────────────────────────────────────────
+    def _feed(self, event: Event) -> None:
+        assert self.coordinator is not None
+        self._execute(self.coordinator.handle(event, trio.current_time()))
+
+    def _execute(self, effects: Sequence[Effect]) -> None:
+        assert self._nursery is not None and self._store is not None
+        for effect in effects:
+            match effect:
+                case DispatchReplica(peer=peer, run=run):
+                    scope = trio.CancelScope()
+                    self._replicas[(run.job_id, peer)] = scope
+                    self._nursery.start_soon(self._run_replica, peer, run, scope)
+                case CancelReplica(peer=peer, job_id=job_id):
+                    scope = self._replicas.pop((job_id, peer), None)
+                    if scope is not None:
+                        scope.cancel()
+                case FinishJob(job_id=job_id, reply=reply):
+                    self._log_outcome(job_id, reply)
+                    pending = self._jobs.get(job_id)
+                    if pending is not None:
+                        pending.reply = reply
+                        pending.done.set()
+                case AppendEntry(entry=entry):
+                    self._store.append(entry)
+                case SendReceipt(peer=peer, notice=notice):
+                    self._nursery.start_soon(self._send_receipt, peer, notice)
+                case Penalize(peer=peer, why=why):
+                    log.warning("worker %s penalised: %s", _short(peer), why)
+        self._timer_changed.set()
+
+    def _log_outcome(self, job_id: bytes, reply: JobAccepted | ErrorReply) -> None:
+        if isinstance(reply, JobAccepted):
+            log.info(
+                "job %s verified: %d agreeing worker(s), %d dissenter(s), %d token(s); receipt signed",
+                job_id.hex()[:8], len(reply.workers), len(reply.dissenters), len(reply.tokens),
+            )
+        else:
+            log.warning("job %s failed (%s): %s", job_id.hex()[:8], reply.code, reply.message)
+
+    async def _run_replica(self, peer: str, run: RunJob, scope: trio.CancelScope) -> None:
+        assert self.host is not None
+        event: Event | None = None
+        with scope:
+            try:
+                reply = await self.host.request(peer, run)
+            except OpenGridError as exc:
+                event = ReplicaFailed(job_id=run.job_id, peer=peer, reason=str(exc))
+            else:
+                if isinstance(reply, ReplicaResult):
+                    event = ReplicaReturned(job_id=run.job_id, peer=peer, result=reply)
+                elif isinstance(reply, ErrorReply):
+                    event = ReplicaFailed(job_id=run.job_id, peer=peer, reason=f"{reply.code}: {reply.message}")
+                else:
+                    event = ReplicaFailed(job_id=run.job_id, peer=peer, reason=f"unexpected {type(reply).__name__}")
+        self._replicas.pop((run.job_id, peer), None)
+        if event is not None and not scope.cancel_called:
+            if isinstance(event, ReplicaFailed):
+                log.warning("worker %s failed job %s: %s", _short(peer), run.job_id.hex()[:8], event.reason)
+            self._feed(event)
+
+    async def _send_receipt(self, peer: str, notice: ReceiptNotice) -> None:
+        assert self.host is not None
+        stream = None
+        try:
+            with trio.fail_after(10):
+                stream = await self.host.open_stream(peer)
+                await stream.send(notice)
+        except (OpenGridError, trio.TooSlowError) as exc:
+            log.info("could not deliver a receipt to %s (ledger sync will): %s", _short(peer), exc)
+        finally:
+            if stream is not None:
+                await stream.aclose()
+
+    async def _timer_loop(self) -> None:
+        assert self.coordinator is not None
+        while True:
+            deadline = self.coordinator.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._timer_changed.wait()
+            self._timer_changed = trio.Event()
+            effects = self.coordinator.on_timer(trio.current_time())
+            if effects:
+                self._execute(effects)
+
+    # ── worker: stay registered ──────────────────────────────────────────────────────────────────────
+    async def _register_loop(self) -> None:
+        assert self.worker is not None and self.host is not None
+        interval = self.config.heartbeat_s
+        warned = False
+        while True:
+            try:
+                await self._register_once()
+                warned = False
+            except OpenGridError as exc:
+                if not warned:
+                    log.warning("cannot register with the coordinator (%s); retrying every %.0f s", exc, interval)
+                    warned = True
+            await trio.sleep(interval)
+
+    async def _register_once(self) -> None:
+        assert self.worker is not None and self.host is not None
+        address = self.config.bootstrap[0]
+        peer = await self.host.connect(address)
+        message = RegisterWorker(
+            network=self.config.network,
+            public_key=self.public_key,
+            listen_addrs=self.host.addrs(),
+            models=list(self.worker.offers),
+            software=f"opengrid/{opengrid.__version__}",
+        )
+        with trio.fail_after(30):
+            reply = await self.host.request(peer, message)
+        if isinstance(reply, ErrorReply):
+            raise TransportError(f"{address} refused the registration: {reply.message}")
+        if not isinstance(reply, Registered):
+            raise RemoteProtocolError(f"expected Registered, got {type(reply).__name__}", peer=peer)
+        if reply.coordinator_key != public_key_of(peer):
+            raise RemoteProtocolError("coordinator_key does not match the coordinator's peer id", peer=peer)
+        self.worker.trust_coordinator(reply.coordinator_key)
+        if not self.registered.is_set():
+            log.info("registered with coordinator %s", _short(peer))
+            self.registered.set()
+
+    # ── status ───────────────────────────────────────────────────────────────────────────────────────
+    def points(self) -> int:
+        return self.ledger.balance(self.public_key) if self.ledger is not None else 0
+
+    def status(self) -> NodeStatus:
+        """What this node reports about itself; its points come from its own ledger."""
+        assert self.host is not None and self.ledger is not None
+        workers: list[WorkerSummary] = []
+        balances: dict[str, int] = {}
+        if self.coordinator is not None:
+            workers = [
+                WorkerSummary(peer_id=r.peer, public_key=r.key, models=[o.name for o in r.offers], online=r.online)
+                for r in sorted(self.coordinator.workers.values(), key=lambda r: r.peer)
+            ]
+            balances = {key.hex(): points for key, points in sorted(self.ledger.balances().items())}
+        return NodeStatus(
+            peer_id=self.host.peer_id,
+            public_key=self.public_key,
+            role=self.config.role,
+            addrs=self.host.addrs(),
+            points=self.points(),
+            jobs_done=self.ledger.jobs_done(self.public_key),
+            models=[o.name for o in self.worker.offers] if self.worker is not None else [],
+            workers=workers,
+            balances=balances,
+            ledger_entries=len(self.ledger),
+        )
+
+
+async def _try_send(stream: FrameStream, message: Message) -> None:
+    try:
+        await stream.send(message)
+    except OpenGridError:
+        pass
+
+
+def _short(peer: str) -> str:
+    return peer[-8:]
+
+
+async def serve(config: NodeConfig) -> None:
+    """Run a node until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
+    node = Node(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)

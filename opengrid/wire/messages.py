@@ -1,0 +1,186 @@
+"""Messages of the job protocol ``/opengrid/job/1`` (normative description: spec/job-protocol.md).
+
+Every message is a frozen msgspec Struct with a ``type`` tag; a frame carries exactly one message. One
+decoder (``decode_message``) turns bytes into one of these or raises ``MalformedMessageError``. New fields
+get defaults and go last; a field's type never changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal, NewType
+
+import msgspec
+
+from opengrid.wire.contract import DecodingContract
+
+JobId = NewType("JobId", bytes)
+"""16 random bytes chosen by the client; unique per job."""
+
+PROTOCOL_VERSION: Final = "opengrid/1"
+
+JOB_ID_BYTES: Final = 16
+KEY_BYTES: Final = 32
+MAX_PROMPT_CHARS: Final = 256 * 1024
+MAX_TOKENS_LIMIT: Final = 8192
+MAX_REPLICAS: Final = 8
+MAX_LISTEN_ADDRS: Final = 16
+MAX_MODELS_PER_WORKER: Final = 32
+
+JobIdBytes = Annotated[bytes, msgspec.Meta(min_length=JOB_ID_BYTES, max_length=JOB_ID_BYTES)]
+KeyBytes = Annotated[bytes, msgspec.Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
+Prompt = Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)]
+TokenCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_LIMIT)]
+ShortText = Annotated[str, msgspec.Meta(max_length=256)]
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+
+ErrorCode = Literal[
+    "malformed",  # the request did not decode or broke a limit
+    "unknown_model",  # no worker on this coordinator serves the model
+    "no_capacity",  # fewer live workers than replicas
+    "verification_failed",  # replicas never reached quorum
+    "engine_error",  # the worker's engine failed
+    "not_coordinator",  # the request needs a coordinator and this node is not one
+    "busy",  # the node refuses work for now; retry later
+    "internal",  # a bug on the answering side
+]
+
+
+class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
+    """Base of every message: a tagged, frozen struct."""
+
+
+class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One model a worker serves, with the exact numerical class it runs it in."""
+
+    name: str
+    contract: DecodingContract
+
+
+class RegisterWorker(_Message, tag="register"):
+    """Worker → coordinator: 'I serve these models; send me jobs'. Repeated as a heartbeat."""
+
+    network: ShortText
+    public_key: KeyBytes
+    """The worker's Ed25519 key; must match the key behind the connection's peer id."""
+    listen_addrs: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_LISTEN_ADDRS)]
+    models: Annotated[list[ModelOffer], msgspec.Meta(min_length=1, max_length=MAX_MODELS_PER_WORKER)]
+    slots: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    software: ShortText = ""
+
+
+class Registered(_Message, tag="registered"):
+    """Coordinator → worker: registration accepted; beat again within ``heartbeat_s``."""
+
+    coordinator_key: KeyBytes
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0)]
+
+
+class SubmitJob(_Message, tag="submit"):
+    """Client → coordinator: run a completion with ``replicas`` independent workers."""
+
+    job_id: JobIdBytes
+    model: ShortText
+    """A model name (as workers announce it) or a GGUF sha256 in hex."""
+    prompt: Prompt
+    max_tokens: TokenCount
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 2
+    client_key: bytes = b""
+
+
+class RunJob(_Message, tag="run"):
+    """Coordinator → worker: run this job under this exact contract and return a signed result."""
+
+    job_id: JobIdBytes
+    contract: DecodingContract
+    prompt: Prompt
+    max_tokens: TokenCount
+
+
+class ReplicaResult(_Message, tag="result"):
+    """Worker → coordinator: the tokens, and an attestation (the worker's co-signature) over them."""
+
+    job_id: JobIdBytes
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)]
+    text: str
+    finish_reason: ShortText
+    attestation: bytes
+    """An encoded ``opengrid_ledger.Attestation`` signed by the worker."""
+
+
+class JobAccepted(_Message, tag="accepted"):
+    """Coordinator → client: the verified answer and the signed receipt that proves it."""
+
+    job_id: JobIdBytes
+    text: str
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)]
+    finish_reason: ShortText
+    receipt: bytes
+    """An encoded ``opengrid_ledger.Entry`` whose payload is the job's Receipt."""
+    workers: list[str]
+    """Peer ids of the workers whose outputs agreed (credited in the receipt)."""
+    dissenters: list[str] = []
+    """Peer ids of workers whose outputs disagreed (credited nothing)."""
+    failed: list[str] = []
+    """Peer ids of workers that failed or vanished while running the job (replaced)."""
+
+
+class ReceiptNotice(_Message, tag="receipt"):
+    """Coordinator → worker: a receipt that credits you, preceded by the coordinator's entries you
+    have not been sent yet (so the hash chain has no gap); store them in your ledger.
+
+    Full ledger sync (``/opengrid/ledger-sync/1``) is specified separately; this push keeps a worker's
+    own ledger complete for the coordinators it works for.
+    """
+
+    entries: Annotated[list[bytes], msgspec.Meta(max_length=1024)]
+
+
+class StatusRequest(_Message, tag="status_request"):
+    """Anyone → node: describe yourself."""
+
+
+class WorkerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a coordinator knows of one registered worker."""
+
+    peer_id: str
+    public_key: bytes
+    models: list[str]
+    online: bool
+
+
+class NodeStatus(_Message, tag="status"):
+    """Node → anyone: identity, role, and the points and jobs its own ledger shows."""
+
+    peer_id: str
+    public_key: bytes
+    role: str
+    addrs: list[str]
+    points: int
+    jobs_done: int
+    models: list[str] = []
+    workers: list[WorkerSummary] = []
+    balances: dict[str, int] = {}
+    """Coordinator only: points per account (hex key) in its ledger."""
+    ledger_entries: int = 0
+
+
+class ErrorReply(_Message, tag="error"):
+    """Any → any: the request failed. ``code`` is machine-readable; ``message`` says what to do."""
+
+    code: ErrorCode
+    message: Annotated[str, msgspec.Meta(max_length=4096)]
+    job_id: bytes = b""
+
+
+Message = (
+    RegisterWorker
+    | Registered
+    | SubmitJob
+    | RunJob
+    | ReplicaResult
+    | JobAccepted
+    | ReceiptNotice
+    | StatusRequest
+    | NodeStatus
+    | ErrorReply
+)

