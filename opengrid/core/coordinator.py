@@ -304,7 +304,7 @@ class Coordinator:
         try:
             attestation = msgspec.msgpack.decode(result.attestation, type=Attestation)
             verify_attestation(attestation, self.network)
-        except (msgspec.DecodeError, InvalidEntryError) as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError) as exc:
             return f"bad attestation: {exc}"
         expected = (record.key, job.request.job_id, job.contract.digest(), commit_output(result.tokens, result.text))
         actual = (attestation.worker, attestation.job_id, attestation.contract_hash, attestation.output_commitment)

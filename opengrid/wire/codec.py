@@ -35,7 +35,8 @@ def decode_message(body: bytes, *, peer: str | None = None) -> Message:
     """Decode one message body; any failure is a ``MalformedMessageError`` naming the peer."""
     try:
         return _decoder.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+    # ValidationError subclasses DecodeError; msgspec raises UnicodeDecodeError for bad UTF-8 in map keys.
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedMessageError(f"undecodable job-protocol message: {exc}", peer=peer) from exc
 
 
