@@ -163,12 +163,12 @@ class Node:
     async def _serve_stream(self, stream: FrameStream) -> None:
         try:
             message = await stream.receive()
-        except FrameTooLargeError as exc:
-            await _try_send(stream, ErrorReply("malformed", f"{exc}; split the request or shorten it"))
-            raise
         except RemoteProtocolError as exc:
-            await _try_send(stream, ErrorReply("malformed", str(exc)))
-            raise
+            # Answer with a typed error, then close: the connection (and its other streams) lives on.
+            hint = "; split the request or shorten it" if isinstance(exc, FrameTooLargeError) else ""
+            log.info("refused a bad frame: %s", exc)
+            await _try_send(stream, ErrorReply("malformed", f"{exc}{hint}"))
+            return
         reply = await self._answer(stream.peer, message)
         if reply is not None:
             await stream.send(reply)
@@ -236,6 +236,7 @@ class Node:
         refusal = self.worker.accept(run)
         if refusal is not None:
             return refusal
+        log.info("running job %s: %d tokens max", run.job_id.hex()[:8], run.max_tokens)
         request = GenerationRequest(prompt=run.prompt, max_tokens=run.max_tokens)
         engine = self._engine
         try:

@@ -1,0 +1,87 @@
+"""A cheating engine, to demonstrate and test that redundant verification catches wrong results.
+
+It exists for the demo and the tests only; nothing uses it unless explicitly asked to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from opengrid.engines.base import Engine, Generation, GenerationRequest, ModelInfo
+from opengrid.wire.contract import DecodingContract
+
+__all__ = ["WrongTokensEngine"]
+
+# Plausible filler: any tokenizer turns it into ordinary in-vocabulary tokens.
+_DECOY_TEXT = " the quick brown fox jumps over the lazy dog and then it rains again"
+
+
+@runtime_checkable
+class _TokenCodec(Protocol):
+    def tokenize(self, text: str) -> tuple[int, ...]: ...
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+
+class WrongTokensEngine:
+    """Runs ``inner`` honestly, then returns plausible but wrong tokens, claiming to be ``inner``.
+
+    The first ``n // 2`` tokens are the honest ones; every later position is replaced by a different
+    token, chosen deterministically from the tokenization of a fixed decoy sentence. The length and
+    ``finish_reason`` are the honest ones, and ``model``/``contract`` are ``inner``'s, so only comparing
+    the tokens with another replica's reveals the cheat.
+
+    When ``inner`` can tokenize and detokenize (as :class:`~opengrid.engines.llama.LlamaEngine` can), the
+    decoy tokens come from its vocabulary and the text is re-decoded from the wrong tokens, so tokens and
+    text agree. Otherwise each replaced token is ``token ^ 1`` (a neighbouring id) and the text is left
+    honest: tokens and text then disagree, which a checker may also notice.
+
+    An empty honest output has nothing to replace and is returned unchanged.
+    """
+
+    def __init__(self, inner: Engine) -> None:
+        """Wrap ``inner``; it is closed by :meth:`close`."""
+        self._inner = inner
+        self._decoys: tuple[int, ...] | None = None
+
+    @property
+    def model(self) -> ModelInfo:
+        """The inner engine's model (the cheater claims to have run it)."""
+        return self._inner.model
+
+    @property
+    def contract(self) -> DecodingContract:
+        """The inner engine's contract (the cheater claims to honour it)."""
+        return self._inner.contract
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        """The honest generation with its last half (rounded up) replaced by other tokens."""
+        honest = self._inner.generate(request)
+        n = len(honest.tokens)
+        keep = n // 2
+        codec = self._inner if isinstance(self._inner, _TokenCodec) else None
+        if codec is not None:
+            decoys = self._decoy_tokens(codec)
+            wrong = [_pick(decoys, i, t) for i, t in enumerate(honest.tokens[keep:])]
+        else:
+            wrong = [t ^ 1 for t in honest.tokens[keep:]]
+        tokens = (*honest.tokens[:keep], *wrong)
+        text = codec.detokenize(tokens) if codec is not None and n else honest.text
+        return Generation(tokens=tokens, text=text, finish_reason=honest.finish_reason)
+
+    def close(self) -> None:
+        """Close the inner engine."""
+        self._inner.close()
+
+    def _decoy_tokens(self, codec: _TokenCodec) -> tuple[int, ...]:
+        if self._decoys is None:
+            prompt_tokens = codec.tokenize("")  # BOS (or nothing): not part of the decoy text
+            tokens = codec.tokenize(_DECOY_TEXT)[len(prompt_tokens) :]
+            self._decoys = tuple(dict.fromkeys(tokens))  # distinct, in order
+        return self._decoys
+
+
+def _pick(decoys: tuple[int, ...], i: int, honest: int) -> int:
+    """The i-th decoy token, or the next one when it happens to equal the honest token."""
+    candidate = decoys[i % len(decoys)]
+    return candidate if candidate != honest else decoys[(i + 1) % len(decoys)]

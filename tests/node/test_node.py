@@ -1,0 +1,130 @@
+"""A real node on 127.0.0.1 (libp2p host, SQLite ledger) against raw streams and the SDK's requests.
+
+Bad input must give a typed error reply and leave the node serving; identities and ledgers persist.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import secrets
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from opengrid.errors import ConfigError, TransportError
+from opengrid.net.host import JOB_PROTOCOL, Host, open_host
+from opengrid.node.config import NodeConfig
+from opengrid.node.service import Node
+from opengrid.wire.codec import MAX_FRAME_BYTES, encode_frame
+from opengrid.wire.messages import ErrorReply, NodeStatus, RunJob, StatusRequest, SubmitJob
+from opengrid.wire.contract import DecodingContract
+
+
+@pytest.fixture
+async def coordinator(tmp_path: pathlib.Path) -> AsyncIterator[Node]:
+    node = Node(NodeConfig(data_dir=tmp_path / "coordinator", role="coordinator"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Host]:
+    async with open_host(secrets.token_bytes(32)) as host:
+        yield host
+
+
+async def _raw_exchange(client: Host, node: Node, data: bytes) -> object:
+    """Write raw bytes on a fresh job stream and read the node's one framed reply."""
+    assert node.host is not None
+    peer = await client.connect(node.host.addrs()[0])
+    stream = await client.open_stream(peer)
+    await stream._stream.write(data)  # bypass our encoder on purpose: this is the hostile peer
+    try:
+        return await stream.receive()
+    finally:
+        await stream.aclose()
+
+
+async def _status_still_served(client: Host, node: Node) -> None:
+    assert node.host is not None
+    reply = await client.request(node.host.peer_id, StatusRequest())
+    assert isinstance(reply, NodeStatus) and reply.peer_id == node.host.peer_id
+
+
+async def test_status_reports_identity_and_role(coordinator: Node, client: Host) -> None:
+    assert coordinator.host is not None
+    peer = await client.connect(coordinator.host.addrs()[0])
+    reply = await client.request(peer, StatusRequest())
+    assert isinstance(reply, NodeStatus)
+    assert reply.role == "coordinator"
+    assert reply.public_key == coordinator.public_key
+    assert (reply.points, reply.jobs_done, reply.workers) == (0, 0, [])
+
+
+async def test_oversized_frame_gets_a_typed_error_and_node_keeps_serving(coordinator: Node, client: Host) -> None:
+    header = struct.pack(">I", MAX_FRAME_BYTES + 1)
+    reply = await _raw_exchange(client, coordinator, header)
+    assert isinstance(reply, ErrorReply)
+    assert reply.code == "malformed" and "limit" in reply.message
+    await _status_still_served(client, coordinator)
+
+
+async def test_malformed_frame_gets_a_typed_error_and_node_keeps_serving(coordinator: Node, client: Host) -> None:
+    garbage = b"\xc1\xff\x00not msgpack"
+    reply = await _raw_exchange(client, coordinator, struct.pack(">I", len(garbage)) + garbage)
+    assert isinstance(reply, ErrorReply) and reply.code == "malformed"
+    await _status_still_served(client, coordinator)
+
+
+async def test_message_for_another_role_is_refused(coordinator: Node, client: Host) -> None:
+    run = RunJob(job_id=b"j" * 16, contract=DecodingContract(model_sha256="00" * 32), prompt="hi", max_tokens=4)
+    reply = await _raw_exchange(client, coordinator, encode_frame(run))
+    assert isinstance(reply, ErrorReply) and reply.code == "malformed"
+    assert "RunJob" in reply.message
+
+
+async def test_job_for_a_model_nobody_serves_fails_clearly(coordinator: Node, client: Host) -> None:
+    job = SubmitJob(job_id=secrets.token_bytes(16), model="no-such-model", prompt="hi", max_tokens=4)
+    reply = await _raw_exchange(client, coordinator, encode_frame(job))
+    assert isinstance(reply, ErrorReply)
+    assert reply.code == "unknown_model" and "no-such-model" in reply.message
+
+
+async def test_identity_and_ledger_survive_a_restart(tmp_path: pathlib.Path) -> None:
+    config = NodeConfig(data_dir=tmp_path / "n", role="coordinator")
+    peer_ids = []
+    for _ in range(2):
+        node = Node(config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            assert node.host is not None
+            peer_ids.append(node.host.peer_id)
+            nursery.cancel_scope.cancel()
+    assert peer_ids[0] == peer_ids[1]
+    assert (tmp_path / "n" / "identity.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "n" / "ledger.sqlite3").exists()
+
+
+async def test_dialling_a_dead_address_is_a_transport_error(client: Host) -> None:
+    async with open_host(secrets.token_bytes(32)) as other:
+        address = other.addrs()[0]
+    with pytest.raises(TransportError):
+        await client.connect(address)
+
+
+def test_worker_without_bootstrap_is_a_config_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="--bootstrap"):
+        NodeConfig(data_dir=tmp_path, role="worker").validated()
+
+
+def test_auto_role_resolves_from_bootstrap(tmp_path: pathlib.Path) -> None:
+    assert NodeConfig(data_dir=tmp_path).validated().role == "coordinator"
+    assert NodeConfig(data_dir=tmp_path, bootstrap=("/ip4/127.0.0.1/tcp/1/p2p/x",)).validated().role == "worker"
+
+
+def test_the_job_protocol_id_is_versioned() -> None:
+    assert JOB_PROTOCOL == "/opengrid/job/1"
