@@ -1,0 +1,210 @@
+"""End to end: a coordinator and workers as separate OS processes on 127.0.0.1, driven through the SDK.
+
+These start real ``opengrid node start`` processes (real libp2p hosts, real llama.cpp on the generated tiny
+model, real SQLite ledgers) and check what a user relies on: verified answers identical to llama.cpp's
+own, receipts that verify, points that add up, a cheater outvoted, a killed worker replaced.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import llama_cpp
+import pytest
+
+from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
+from opengrid.errors import NoCapacityError, UnknownModelError, VerificationError
+from opengrid.net.keys import public_key_of
+from opengrid_sdk import Client, Completion
+
+pytestmark = pytest.mark.slow
+
+NETWORK = "opengrid-e2e"
+PROMPTS = ("The capital of France is", "Volunteer computing means", "Once upon a time,")
+MAX_TOKENS = 12
+
+
+def direct_llama(model: pathlib.Path, prompt: str, max_tokens: int) -> tuple[str, list[int]]:
+    """What llama.cpp itself answers with the contract's settings (greedy, n_batch 512, no flash attn)."""
+    llm = llama_cpp.Llama(
+        model_path=str(model), n_ctx=2048, n_batch=512, flash_attn=False, seed=0, verbose=False
+    )
+    try:
+        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, repeat_penalty=1.0)
+        text = out["choices"][0]["text"]  # type: ignore[index]
+        prompt_tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        tokens: list[int] = []
+        for token in llm.generate(prompt_tokens, top_k=1, temp=0.0, repeat_penalty=1.0):
+            tokens.append(token)
+            if len(tokens) == max_tokens:
+                break
+        return text, tokens
+    finally:
+        llm.close()
+
+
+@contextlib.contextmanager
+def _kill_first_worker_that_starts(net: DemoNetwork) -> Iterator[list[DemoNode]]:
+    """SIGKILL the first worker whose log says it started running a job (watched from a thread)."""
+    killed: list[DemoNode] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            for node in net.nodes:
+                if node.role == "worker" and "running job" in node.log_path.read_text(errors="replace"):
+                    node.process.send_signal(signal.SIGKILL)
+                    node.process.wait()
+                    killed.append(node)
+                    return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no worker started the job"
+
+
+def _start(base: pathlib.Path, model: pathlib.Path, honest: int, cheaters: int = 0) -> tuple[DemoNetwork, str]:
+    net = DemoNetwork(base, model=str(model), network=NETWORK)
+    coordinator = net.start("coordinator", "coordinator")
+    net.wait_ready(coordinator)
+    address = coordinator.addrs[0]
+    workers = [
+        net.start(f"worker-{i + 1}", "worker", bootstrap=address, cheater=i >= honest)
+        for i in range(honest + cheaters)
+    ]
+    for worker in workers:
+        net.wait_ready(worker)
+    return net, address
+
+
+@pytest.fixture(scope="module")
+def mixed_network(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_path: pathlib.Path
+) -> Iterator[tuple[DemoNetwork, Client]]:
+    """Coordinator + 3 honest workers + 1 worker that returns wrong tokens."""
+    net, address = _start(tmp_path_factory.mktemp("mixed"), tiny_model_path, honest=3, cheaters=1)
+    try:
+        with Client([address], network=NETWORK, timeout=120) as client:
+            wait_for_workers(client, 4, timeout=60)
+            yield net, client
+    finally:
+        net.stop()
+
+
+def _by_name(net: DemoNetwork, name: str) -> DemoNode:
+    return next(node for node in net.nodes if node.name == name)
+
+
+def test_answers_are_verified_and_identical_to_llama_cpp(
+    mixed_network: tuple[DemoNetwork, Client], tiny_model_path: pathlib.Path
+) -> None:
+    net, client = mixed_network
+    cheater = _by_name(net, "worker-4").peer_id
+    for prompt in PROMPTS:
+        done = client.complete(prompt, model="tiny", max_tokens=MAX_TOKENS, replicas=2)
+        text, tokens = direct_llama(tiny_model_path, prompt, MAX_TOKENS)
+        assert done.text == text
+        assert done.tokens == tokens
+        assert len(done.workers) >= 2 and cheater not in done.workers
+        done.receipt.verify(tokens=done.tokens, text=done.text, job_id=done.job_id)
+        with pytest.raises(VerificationError):
+            done.receipt.verify(tokens=done.tokens, text=done.text + "!", job_id=done.job_id)
+
+
+def test_the_cheater_is_outvoted_and_earns_nothing(mixed_network: tuple[DemoNetwork, Client]) -> None:
+    net, client = mixed_network
+    cheater = _by_name(net, "worker-4")
+    honest = {n.peer_id for n in net.nodes if n.role == "worker" and not n.cheater}
+    # Replicas are picked at random (1 in 2 jobs includes the cheater here); once picked, its output
+    # disagrees, a third worker is asked, and the majority outvotes it. Bounded: P(never picked) ~ 1e-6.
+    outvoted = None
+    for attempt in range(20):
+        done = client.complete(f"Cheat test {attempt}", model="tiny", max_tokens=MAX_TOKENS, replicas=2)
+        assert set(done.workers) <= honest
+        assert public_key_of(cheater.peer_id) not in done.receipt.credits
+        if cheater.peer_id in done.dissenters:
+            outvoted = done
+            break
+    assert outvoted is not None, "the cheater was never picked in 20 jobs"
+    assert len(outvoted.workers) == 2
+    assert public_key_of(cheater.peer_id) in outvoted.receipt.receipt.dissenters
+    assert client.status(cheater.addrs[0]).points == 0
+
+
+def test_without_an_honest_majority_the_job_fails(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    net, address = _start(tmp_path, tiny_model_path, honest=1, cheaters=1)
+    try:
+        with Client([address], network=NETWORK, timeout=120) as client:
+            wait_for_workers(client, 2, timeout=60)
+            with pytest.raises(VerificationError, match="quorum"):
+                client.complete("Who is right?", model="tiny", max_tokens=MAX_TOKENS, replicas=2)
+            assert all(points == 0 for points in client.status().balances.values())
+    finally:
+        net.stop()
+
+
+def test_points_add_up_in_every_ledger(mixed_network: tuple[DemoNetwork, Client]) -> None:
+    net, client = mixed_network
+    before = client.status().balances
+    jobs: list[Completion] = [
+        client.complete(f"Job number {i}", model="tiny", max_tokens=MAX_TOKENS, replicas=2) for i in range(3)
+    ]
+    expected: collections.Counter[str] = collections.Counter({k: v for k, v in before.items()})
+    for done in jobs:
+        for key, points in done.receipt.credits.items():
+            assert points == len(done.tokens)
+            expected[key.hex()] += points
+    coordinator_view = client.status().balances
+    assert coordinator_view == dict(expected)
+    # Each worker's own ledger (fed by receipts the coordinator pushes) agrees with the coordinator's.
+    deadline = time.monotonic() + 15
+    for node in net.nodes:
+        if node.role != "worker":
+            continue
+        while True:
+            status = client.status(node.addrs[0])
+            if status.points == coordinator_view.get(status.public_key.hex(), 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status.points == coordinator_view.get(status.public_key.hex(), 0), node.name
+
+
+def test_unknown_model_and_too_many_replicas_are_typed_errors(mixed_network: tuple[DemoNetwork, Client]) -> None:
+    _, client = mixed_network
+    with pytest.raises(UnknownModelError, match="no-such-model"):
+        client.complete("hi", model="no-such-model", max_tokens=4)
+    with pytest.raises(NoCapacityError, match="replicas"):
+        client.complete("hi", model="tiny", max_tokens=4, replicas=8)
+
+
+def test_a_worker_killed_mid_job_is_replaced(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> None:
+    net, address = _start(tmp_path, tiny_model_path, honest=3)
+    try:
+        with Client([address], network=NETWORK, timeout=120) as client:
+            wait_for_workers(client, 3, timeout=60)
+            prompt, max_tokens = "A long story:", 1500
+            with _kill_first_worker_that_starts(net) as killed:
+                done = client.complete(prompt, model="tiny", max_tokens=max_tokens, replicas=2)
+            victim = killed[0]
+            assert victim.process.returncode == -signal.SIGKILL
+            assert victim.peer_id in done.failed
+            assert victim.peer_id not in done.workers and len(done.workers) == 2
+            text, tokens = direct_llama(tiny_model_path, prompt, max_tokens)
+            assert (done.text, done.tokens) == (text, tokens)
+    finally:
+        net.stop()
