@@ -252,6 +252,7 @@ def _submit(
         "outvoted": [names.get(p, p) for p in done.dissenters],
         "failed": [names.get(p, p) for p in done.failed],
         "receipt_id": decode_entry(done.receipt.entry).id.hex(),
+        "receipt": done.receipt.entry.hex(),
         "credits": credits,
     }
 

@@ -118,21 +118,29 @@ async def _run_node(config: NodeConfig) -> None:
     from opengrid.node.service import Node
 
     node = Node(config)
-    async with trio.open_nursery() as nursery:
-        started = await nursery.start(node.run)
-        assert node.host is not None
-        addrs = node.host.addrs()
-        print(f"OpenGrid {started.config.role} {node.host.peer_id}", flush=True)
-        for addr in addrs:
-            print(f"  listening on {addr}", flush=True)
-        if started.config.role == "coordinator" and addrs:
-            print(f"  workers join with: opengrid node start --role worker --bootstrap {addrs[0]} "
-                  "--data-dir DIR", flush=True)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                break
-        nursery.cancel_scope.cancel()
+    # Listen for signals before anything starts, so a Ctrl-C during start-up also shuts down cleanly.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            started = await nursery.start(node.run)
+            assert node.host is not None
+            addrs = node.host.addrs()
+            print(f"OpenGrid {started.config.role} {node.host.peer_id}", flush=True)
+            for addr in addrs:
+                print(f"  listening on {addr}", flush=True)
+            if started.config.role == "coordinator" and addrs:
+                print(
+                    f"  workers join with: opengrid node start --role worker --bootstrap {addrs[0]} "
+                    "--data-dir DIR",
+                    flush=True,
+                )
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:

@@ -1,0 +1,81 @@
+"""The command line as a user runs it: `opengrid node start` and `opengrid demo --json`."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"{needle!r} not printed; output was:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_node_start_prints_its_multiaddr_reuses_its_identity_and_stops_cleanly(
+    tmp_path: pathlib.Path, signum: signal.Signals
+) -> None:
+    cmd = [sys.executable, "-m", "opengrid", "node", "start", "--role", "coordinator",
+           "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path)]
+    addresses = []
+    for _ in range(2):
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            line = _wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
+            addresses.append(line.split("listening on ")[1].strip())
+            process.send_signal(signum)
+            out, _ = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        assert process.returncode == 0, out
+        assert "Traceback" not in out
+        assert "stopped cleanly" in out
+    peer_ids = [address.split("/p2p/")[1] for address in addresses]
+    assert peer_ids[0] == peer_ids[1] and peer_ids[0].startswith("12D3KooW")
+
+
+def test_bad_flags_give_a_clear_error_not_a_traceback(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "opengrid", "node", "start", "--role", "worker", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "--bootstrap" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_json_reports_jobs_and_every_nodes_points() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "opengrid", "demo", "--json", "--model", "tiny", "--jobs", "3",
+         "--max-tokens", "8"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["jobs_submitted"], report["jobs_verified"], report["jobs_failed"]) == (3, 3, 0)
+    assert report["ledgers_agree"] is True
+    roles = sorted(node["role"] for node in report["nodes"])
+    assert roles == ["coordinator"] + ["worker"] * 4
+    for node in report["nodes"]:
+        assert node["peer_id"].startswith("12D3KooW")
+        assert isinstance(node["points"], int) and isinstance(node["jobs_done"], int)
+    cheater = next(node for node in report["nodes"] if node["cheater"])
+    assert cheater["points"] == 0
+    total = sum(node["points"] for node in report["nodes"])
+    assert total == sum(points for job in report["jobs"] for points in job["credits"].values()) == 3 * 2 * 8
