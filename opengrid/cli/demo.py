@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,12 +76,21 @@ class DemoNetwork:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
         cmd = [
-            sys.executable, "-m", "opengrid", "node", "start",
-            "--role", role,
-            "--listen", "/ip4/127.0.0.1/tcp/0",
-            "--data-dir", str(data_dir),
-            "--network", self.network,
-            "--heartbeat", "2",
+            sys.executable,
+            "-m",
+            "opengrid",
+            "node",
+            "start",
+            "--role",
+            role,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--data-dir",
+            str(data_dir),
+            "--network",
+            self.network,
+            "--heartbeat",
+            "2",
         ]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap, "--model", self.model, "--threads", "1"]
@@ -312,7 +321,9 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(line)
         console.print(f"  answer: [cyan]{job['text'].strip()!r}[/]")
         paid = ", ".join(f"{name} +{points}" for name, points in job["credits"].items())
-        console.print(f"  receipt {job['receipt_id'][:16]}… signed by the coordinator, verified by the SDK: {paid}")
+        console.print(
+            f"  receipt {job['receipt_id'][:16]}… signed by the coordinator, verified by the SDK: {paid}"
+        )
     table = Table(title="Points, as each node's own ledger records them")
     for column in ("node", "role", "peer id", "points", "jobs done"):
         table.add_column(column, justify="right" if column in ("points", "jobs done") else "left")
@@ -327,5 +338,3 @@ def _print_report(report: dict[str, Any]) -> None:
         + ("[green]agree[/] with the coordinator's" if report["ledgers_agree"] else "[red]DISAGREE[/]")
         + f". ({report['duration_s']} s)"
     )
-
-

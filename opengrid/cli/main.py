@@ -1,9 +1,9 @@
 """The ``opengrid`` command line.
 
-    opengrid node start   run one long-lived node (coordinator, worker, edge, or auto)
-    opengrid demo         a whole network on 127.0.0.1: one coordinator, several workers, verified jobs
-    opengrid submit       send one prompt to a network and print the verified answer
-    opengrid status       ask a node who it is, its role and its points
+opengrid node start   run one long-lived node (coordinator, worker, edge, or auto)
+opengrid demo         a whole network on 127.0.0.1: one coordinator, several workers, verified jobs
+opengrid submit       send one prompt to a network and print the verified answer
+opengrid status       ask a node who it is, its role and its points
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _setup_logging(verbose: int) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opengrid",
-        description="OpenGrid: volunteer computing for LLM inference, verified by redundancy, paid in points.",
+        description="OpenGrid: volunteer computing for LLM inference, verified by redundancy, "
+        "paid in points.",
     )
     parser.add_argument("--version", action="version", version=f"opengrid {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=1, help="more logs (-vv for debug)")
@@ -63,20 +64,50 @@ def _build_parser() -> argparse.ArgumentParser:
             "created in --data-dir on first start and reused afterwards."
         ),
     )
-    start.add_argument("--role", choices=ROLES, default="auto",
-                       help="auto = coordinator without --bootstrap, worker with it (default: auto)")
-    start.add_argument("--listen", action="append", metavar="MULTIADDR",
-                       help=f"address to listen on, repeatable (default: {DEFAULT_LISTEN}, a free port)")
-    start.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
-                       help="a coordinator's full multiaddr, as it prints at start (.../p2p/12D3KooW...)")
-    start.add_argument("--model", metavar="NAME_OR_PATH",
-                       help="model a worker serves: a catalog name (smollm2-135m-instruct, tiny) or a .gguf path")
-    start.add_argument("--data-dir", type=pathlib.Path, required=True, metavar="DIR",
-                       help="where the identity key, the ledger and node.json live")
-    start.add_argument("--network", default=DEFAULT_NETWORK, help=f"network name (default: {DEFAULT_NETWORK})")
-    start.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
-                       help="how often workers re-register (default: 5)")
-    start.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)")
+    start.add_argument(
+        "--role",
+        choices=ROLES,
+        default="auto",
+        help="auto = coordinator without --bootstrap, worker with it (default: auto)",
+    )
+    start.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help=f"address to listen on, repeatable (default: {DEFAULT_LISTEN}, a free port)",
+    )
+    start.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a coordinator's full multiaddr, as it prints at start (.../p2p/12D3KooW...)",
+    )
+    start.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="model a worker serves: a catalog name (smollm2-135m-instruct, tiny) or a .gguf path",
+    )
+    start.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        required=True,
+        metavar="DIR",
+        help="where the identity key, the ledger and node.json live",
+    )
+    start.add_argument(
+        "--network", default=DEFAULT_NETWORK, help=f"network name (default: {DEFAULT_NETWORK})"
+    )
+    start.add_argument(
+        "--heartbeat",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often workers re-register (default: 5)",
+    )
+    start.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)"
+    )
     start.add_argument("--adversary", choices=["wrong-tokens"], help=argparse.SUPPRESS)
 
     demo = commands.add_parser(
@@ -89,15 +120,23 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--workers", type=int, default=3, help="honest workers (default: 3)")
-    demo.add_argument("--cheaters", type=int, default=1,
-                      help="workers that return wrong tokens, to show verification catching them (default: 1)")
+    demo.add_argument(
+        "--cheaters",
+        type=int,
+        default=1,
+        help="workers that return wrong tokens, to show verification catching them (default: 1)",
+    )
     demo.add_argument("--jobs", type=int, default=4, help="jobs to submit (default: 4)")
     demo.add_argument("--model", default="smollm2-135m-instruct", help="model name or .gguf path")
     demo.add_argument("--max-tokens", type=int, default=24, help="tokens per job (default: 24)")
     demo.add_argument("--replicas", type=int, default=2, help="workers per job (default: 2)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
-    demo.add_argument("--keep", type=pathlib.Path, metavar="DIR",
-                      help="keep the nodes' data dirs under DIR (default: a temporary dir)")
+    demo.add_argument(
+        "--keep",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="keep the nodes' data dirs under DIR (default: a temporary dir)",
+    )
 
     submit = commands.add_parser("submit", help="send one prompt to a network")
     submit.add_argument("prompt")
@@ -163,23 +202,35 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from opengrid_sdk import Client
 
     with Client([args.bootstrap], network=args.network) as client:
-        done = client.complete(args.prompt, model=args.model, max_tokens=args.max_tokens, replicas=args.replicas)
+        done = client.complete(
+            args.prompt, model=args.model, max_tokens=args.max_tokens, replicas=args.replicas
+        )
     if args.json:
-        print(json.dumps({
-            "job_id": done.job_id.hex(), "text": done.text, "tokens": done.tokens,
-            "finish_reason": done.finish_reason, "workers": done.workers, "dissenters": done.dissenters,
-            "receipt": done.receipt.entry.hex(), "verified": True,
-        }))
+        print(
+            json.dumps(
+                {
+                    "job_id": done.job_id.hex(),
+                    "text": done.text,
+                    "tokens": done.tokens,
+                    "finish_reason": done.finish_reason,
+                    "workers": done.workers,
+                    "dissenters": done.dissenters,
+                    "receipt": done.receipt.entry.hex(),
+                    "verified": True,
+                }
+            )
+        )
     else:
         print(done.text)
-        print(f"\n[job {done.job_id.hex()[:8]} verified: {len(done.workers)} workers agreed; "
-              f"receipt checked]", file=sys.stderr)
+        print(
+            f"\n[job {done.job_id.hex()[:8]} verified: {len(done.workers)} workers agreed; receipt checked]",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import msgspec
-
     from opengrid_sdk import Client
 
     with Client([args.address], network=args.network) as client:

@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 
 import msgspec
 from nacl.signing import SigningKey
+from opengrid_ledger import (
+    Attestation,
+    Credit,
+    LedgerState,
+    Receipt,
+    encode_entry,
+    open_entry,
+    sign_entry,
+    verify_attestation,
+)
 
 from opengrid.core.effects import (
     AppendEntry,
@@ -50,16 +60,6 @@ from opengrid.wire.messages import (
     RunJob,
     SubmitJob,
 )
-from opengrid_ledger import (
-    Attestation,
-    Credit,
-    LedgerState,
-    Receipt,
-    encode_entry,
-    open_entry,
-    sign_entry,
-    verify_attestation,
-)
 
 _MAX_PUSH = 1024  # entries per ReceiptNotice (its wire limit)
 
@@ -69,7 +69,7 @@ class CoordinatorConfig:
     """Policy knobs; every default is justified in spec/verification.md."""
 
     heartbeat_s: float = 5.0
-    """Workers re-register this often; a worker silent for ``3 × heartbeat_s`` gets no new work."""
+    """Workers re-register this often; a worker silent for ``3 * heartbeat_s`` gets no new work."""
     replica_timeout_s: float = 120.0
     """A replica that has not answered by then is treated as failed and replaced."""
     job_timeout_s: float = 300.0
@@ -212,7 +212,9 @@ class Coordinator:
         request = event.request
         job_id = request.job_id
         if job_id in self._jobs or self.ledger.receipt_for(job_id) is not None:
-            return [FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))]
+            return [
+                FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))
+            ]
         candidates = choose_class(self._candidates(request.model))
         if not candidates:
             served = ", ".join(self.served_models()) or "none yet"
@@ -306,13 +308,25 @@ class Coordinator:
             verify_attestation(attestation, self.network)
         except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError) as exc:
             return f"bad attestation: {exc}"
-        expected = (record.key, job.request.job_id, job.contract.digest(), commit_output(result.tokens, result.text))
-        actual = (attestation.worker, attestation.job_id, attestation.contract_hash, attestation.output_commitment)
+        expected = (
+            record.key,
+            job.request.job_id,
+            job.contract.digest(),
+            commit_output(result.tokens, result.text),
+        )
+        actual = (
+            attestation.worker,
+            attestation.job_id,
+            attestation.contract_hash,
+            attestation.output_commitment,
+        )
         if actual != expected or attestation.n_tokens != len(result.tokens):
             return "attestation does not match the result or the job"
         return attestation
 
-    def _on_failed(self, job_id: bytes, peer: str, reason: str, now: float, *, penalize: bool) -> list[Effect]:
+    def _on_failed(
+        self, job_id: bytes, peer: str, reason: str, now: float, *, penalize: bool
+    ) -> list[Effect]:
         job = self._jobs.get(job_id)
         if job is None or peer not in job.pending:
             return []

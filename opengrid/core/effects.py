@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opengrid.wire.messages import ErrorReply, JobAccepted, ReceiptNotice, RunJob
 from opengrid_ledger import Entry
+
+from opengrid.wire.messages import ErrorReply, JobAccepted, ReceiptNotice, RunJob
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import msgspec
 from nacl.signing import SigningKey
+from opengrid_ledger import Entry, LedgerState, decode_entry, sign_attestation
 
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import ErrorReply, ModelOffer, ReplicaResult, RunJob
-from opengrid_ledger import Entry, LedgerState, decode_entry, sign_attestation
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from opengrid.errors import ConfigError, OpenGridError, ProtocolError, TransportError
 from opengrid.net.keys import keypair_from_seed
-from opengrid.wire.codec import HEADER_BYTES, MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
+from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
 from opengrid.wire.messages import Message
 
 JOB_PROTOCOL = TProtocol("/opengrid/job/1")
@@ -168,7 +168,9 @@ class Host:
         try:
             stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
         except Exception as exc:
-            raise TransportError(f"could not open a stream to {peer_id}: {exc or type(exc).__name__}") from exc
+            raise TransportError(
+                f"could not open a stream to {peer_id}: {exc or type(exc).__name__}"
+            ) from exc
         return FrameStream(stream)
 
     async def request(self, peer_id: str, message: Message) -> Message:

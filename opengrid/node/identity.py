@@ -22,7 +22,8 @@ def load_or_create_seed(data_dir: pathlib.Path) -> bytes:
             seed = path.read_bytes()
             if len(seed) != 32:
                 raise ConfigError(
-                    f"{path} holds {len(seed)} bytes, not a 32-byte identity; move it away to create a new one"
+                    f"{path} holds {len(seed)} bytes, not a 32-byte identity; "
+                    "move it away to create a new one"
                 )
             return seed
         seed = secrets.token_bytes(32)

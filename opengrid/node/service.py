@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 from nacl.signing import SigningKey
+from opengrid_ledger import LedgerState
 
 import opengrid
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
@@ -57,7 +58,6 @@ from opengrid.wire.messages import (
     SubmitJob,
     WorkerSummary,
 )
-from opengrid_ledger import LedgerState
 
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
@@ -187,7 +187,9 @@ class Node:
                 self._on_receipts(peer, message)
                 return None
             case RegisterWorker() | SubmitJob():
-                return ErrorReply("not_coordinator", f"{self.config.role} nodes do not accept {type(message).__name__}")
+                return ErrorReply(
+                    "not_coordinator", f"{self.config.role} nodes do not accept {type(message).__name__}"
+                )
             case _:
                 return ErrorReply(
                     "malformed", f"a {self.config.role} does not expect {type(message).__name__} here"
@@ -207,9 +209,7 @@ class Node:
         known = peer in self.coordinator.workers and self.coordinator.workers[peer].online
         self._feed(WorkerRegistered(peer=peer, key=message.public_key, offers=tuple(message.models)))
         if not known:
-            log.info(
-                "worker %s joined with %s", _short(peer), ", ".join(o.name for o in message.models)
-            )
+            log.info("worker %s joined with %s", _short(peer), ", ".join(o.name for o in message.models))
         return Registered(coordinator_key=self.public_key, heartbeat_s=self.config.heartbeat_s)
 
     async def _on_submit(self, peer: str, message: SubmitJob) -> Message:
@@ -246,7 +246,9 @@ class Node:
             return ErrorReply("engine_error", str(exc), run.job_id)
         self.jobs_run += 1
         log.info("ran job %s: %d tokens", run.job_id.hex()[:8], len(generation.tokens))
-        output = Output(tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason)
+        output = Output(
+            tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
+        )
         return self.worker.attest(run, output)
 
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
@@ -259,8 +261,12 @@ class Node:
         for entry in applied:
             self._store.append(entry)
         if applied:
-            log.info("stored %d ledger entr%s; my balance: %d points", len(applied),
-                     "y" if len(applied) == 1 else "ies", self.points())
+            log.info(
+                "stored %d ledger entr%s; my balance: %d points",
+                len(applied),
+                "y" if len(applied) == 1 else "ies",
+                self.points(),
+            )
 
     # ── coordinator: events in, effects out ──────────────────────────────────────────────────────────
     def _feed(self, event: Event) -> None:
@@ -297,7 +303,10 @@ class Node:
         if isinstance(reply, JobAccepted):
             log.info(
                 "job %s verified: %d agreeing worker(s), %d dissenter(s), %d token(s); receipt signed",
-                job_id.hex()[:8], len(reply.workers), len(reply.dissenters), len(reply.tokens),
+                job_id.hex()[:8],
+                len(reply.workers),
+                len(reply.dissenters),
+                len(reply.tokens),
             )
         else:
             log.warning("job %s failed (%s): %s", job_id.hex()[:8], reply.code, reply.message)
@@ -314,10 +323,15 @@ class Node:
                 if isinstance(reply, ReplicaResult):
                     event = ReplicaReturned(job_id=run.job_id, peer=peer, result=reply)
                 elif isinstance(reply, ErrorReply):
-                    event = ReplicaFailed(job_id=run.job_id, peer=peer, reason=f"{reply.code}: {reply.message}")
+                    event = ReplicaFailed(
+                        job_id=run.job_id, peer=peer, reason=f"{reply.code}: {reply.message}"
+                    )
                 else:
-                    event = ReplicaFailed(job_id=run.job_id, peer=peer, reason=f"unexpected {type(reply).__name__}")
-        self._replicas.pop((run.job_id, peer), None)
+                    event = ReplicaFailed(
+                        job_id=run.job_id, peer=peer, reason=f"unexpected {type(reply).__name__}"
+                    )
+        if self._replicas.get((run.job_id, peer)) is scope:
+            del self._replicas[(run.job_id, peer)]
         if event is not None and not scope.cancel_called:
             if isinstance(event, ReplicaFailed):
                 log.warning("worker %s failed job %s: %s", _short(peer), run.job_id.hex()[:8], event.reason)
@@ -358,7 +372,9 @@ class Node:
                 warned = False
             except OpenGridError as exc:
                 if not warned:
-                    log.warning("cannot register with the coordinator (%s); retrying every %.0f s", exc, interval)
+                    log.warning(
+                        "cannot register with the coordinator (%s); retrying every %.0f s", exc, interval
+                    )
                     warned = True
             await trio.sleep(interval)
 
@@ -397,7 +413,9 @@ class Node:
         balances: dict[str, int] = {}
         if self.coordinator is not None:
             workers = [
-                WorkerSummary(peer_id=r.peer, public_key=r.key, models=[o.name for o in r.offers], online=r.online)
+                WorkerSummary(
+                    peer_id=r.peer, public_key=r.key, models=[o.name for o in r.offers], online=r.online
+                )
                 for r in sorted(self.coordinator.workers.values(), key=lambda r: r.peer)
             ]
             balances = {key.hex(): points for key, points in sorted(self.ledger.balances().items())}

@@ -23,7 +23,7 @@ py-libp2p's own exact-read helper gives up (shared/notes/py-libp2p.md, pitfall 2
 
 _HEADER = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Message)
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
 def encode_message(message: Message) -> bytes:
@@ -54,7 +54,9 @@ def encode_frame(message: Message, *, limit: int = MAX_FRAME_BYTES) -> bytes:
 def parse_header(header: bytes, *, limit: int = MAX_FRAME_BYTES, peer: str | None = None) -> int:
     """Return the body length announced by a 4-byte header, or raise before anything is allocated."""
     if len(header) != HEADER_BYTES:
-        raise MalformedMessageError(f"frame header must be {HEADER_BYTES} bytes, got {len(header)}", peer=peer)
+        raise MalformedMessageError(
+            f"frame header must be {HEADER_BYTES} bytes, got {len(header)}", peer=peer
+        )
     (length,) = _HEADER.unpack(header)
     if length == 0:
         raise MalformedMessageError("empty frame", peer=peer)

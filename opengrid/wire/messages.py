@@ -56,7 +56,7 @@ class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     contract: DecodingContract
 
 
-class RegisterWorker(_Message, tag="register"):
+class RegisterWorker(_Message, tag="register", frozen=True):
     """Worker → coordinator: 'I serve these models; send me jobs'. Repeated as a heartbeat."""
 
     network: ShortText
@@ -68,14 +68,14 @@ class RegisterWorker(_Message, tag="register"):
     software: ShortText = ""
 
 
-class Registered(_Message, tag="registered"):
+class Registered(_Message, tag="registered", frozen=True):
     """Coordinator → worker: registration accepted; beat again within ``heartbeat_s``."""
 
     coordinator_key: KeyBytes
     heartbeat_s: Annotated[float, msgspec.Meta(gt=0)]
 
 
-class SubmitJob(_Message, tag="submit"):
+class SubmitJob(_Message, tag="submit", frozen=True):
     """Client → coordinator: run a completion with ``replicas`` independent workers."""
 
     job_id: JobIdBytes
@@ -87,7 +87,7 @@ class SubmitJob(_Message, tag="submit"):
     client_key: bytes = b""
 
 
-class RunJob(_Message, tag="run"):
+class RunJob(_Message, tag="run", frozen=True):
     """Coordinator → worker: run this job under this exact contract and return a signed result."""
 
     job_id: JobIdBytes
@@ -96,7 +96,7 @@ class RunJob(_Message, tag="run"):
     max_tokens: TokenCount
 
 
-class ReplicaResult(_Message, tag="result"):
+class ReplicaResult(_Message, tag="result", frozen=True):
     """Worker → coordinator: the tokens, and an attestation (the worker's co-signature) over them."""
 
     job_id: JobIdBytes
@@ -107,7 +107,7 @@ class ReplicaResult(_Message, tag="result"):
     """An encoded ``opengrid_ledger.Attestation`` signed by the worker."""
 
 
-class JobAccepted(_Message, tag="accepted"):
+class JobAccepted(_Message, tag="accepted", frozen=True):
     """Coordinator → client: the verified answer and the signed receipt that proves it."""
 
     job_id: JobIdBytes
@@ -124,7 +124,7 @@ class JobAccepted(_Message, tag="accepted"):
     """Peer ids of workers that failed or vanished while running the job (replaced)."""
 
 
-class ReceiptNotice(_Message, tag="receipt"):
+class ReceiptNotice(_Message, tag="receipt", frozen=True):
     """Coordinator → worker: a receipt that credits you, preceded by the coordinator's entries you
     have not been sent yet (so the hash chain has no gap); store them in your ledger.
 
@@ -135,7 +135,7 @@ class ReceiptNotice(_Message, tag="receipt"):
     entries: Annotated[list[bytes], msgspec.Meta(max_length=1024)]
 
 
-class StatusRequest(_Message, tag="status_request"):
+class StatusRequest(_Message, tag="status_request", frozen=True):
     """Anyone → node: describe yourself."""
 
 
@@ -148,7 +148,7 @@ class WorkerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     online: bool
 
 
-class NodeStatus(_Message, tag="status"):
+class NodeStatus(_Message, tag="status", frozen=True):
     """Node → anyone: identity, role, and the points and jobs its own ledger shows."""
 
     peer_id: str
@@ -164,7 +164,7 @@ class NodeStatus(_Message, tag="status"):
     ledger_entries: int = 0
 
 
-class ErrorReply(_Message, tag="error"):
+class ErrorReply(_Message, tag="error", frozen=True):
     """Any → any: the request failed. ``code`` is machine-readable; ``message`` says what to do."""
 
     code: ErrorCode

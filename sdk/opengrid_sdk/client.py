@@ -65,7 +65,7 @@ class Client:
     """Submit jobs to an OpenGrid network.
 
     >>> client = Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."])   # doctest: +SKIP
-    >>> done = client.complete("Hello", model="smollm2-135m-instruct", max_tokens=16, replicas=2)  # doctest: +SKIP
+    >>> done = client.complete("Hello", max_tokens=16, replicas=2)  # doctest: +SKIP
     >>> done.receipt.verify(tokens=done.tokens, text=done.text)   # doctest: +SKIP
 
     Use it as a context manager, or call ``close()``. ``timeout`` bounds each call, in seconds.
@@ -116,7 +116,9 @@ class Client:
                 with trio.fail_after(self.timeout):
                     return await fn()
             except trio.TooSlowError as exc:
-                raise TransportError(f"no answer within {self.timeout:.0f} s; raise timeout= or retry") from exc
+                raise TransportError(
+                    f"no answer within {self.timeout:.0f} s; raise timeout= or retry"
+                ) from exc
 
         return trio.from_thread.run(bounded, trio_token=self._token)
 
@@ -157,14 +159,18 @@ class Client:
         if max_tokens < 1 or replicas < 1:
             raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
         job_id = secrets.token_bytes(16)
-        request = SubmitJob(job_id=job_id, model=model, prompt=prompt, max_tokens=max_tokens, replicas=replicas)
+        request = SubmitJob(
+            job_id=job_id, model=model, prompt=prompt, max_tokens=max_tokens, replicas=replicas
+        )
         peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
         if isinstance(reply, ErrorReply):
             raise _ERRORS.get(reply.code, JobError)(reply.message)
         if not isinstance(reply, JobAccepted) or reply.job_id != job_id:
             raise RemoteProtocolError("the coordinator answered with something other than this job's result")
         receipt = SignedReceipt(entry=reply.receipt, network=self.network)
-        receipt.verify(tokens=reply.tokens, text=reply.text, job_id=job_id, coordinator_key=public_key_of(peer))
+        receipt.verify(
+            tokens=reply.tokens, text=reply.text, job_id=job_id, coordinator_key=public_key_of(peer)
+        )
         return Completion(
             job_id=job_id,
             text=reply.text,

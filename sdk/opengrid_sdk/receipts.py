@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opengrid_ledger import Receipt, decode_entry, open_entry, verify_attestation
+
 from opengrid.errors import InvalidEntryError, VerificationError
 from opengrid.wire.commitment import commit_output
-from opengrid_ledger import Receipt, decode_entry, open_entry, verify_attestation
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,12 @@ class SignedReceipt:
         return {c.account: c.points for c in self.receipt.credits}
 
     def verify(
-        self, *, tokens: list[int], text: str, job_id: bytes | None = None, coordinator_key: bytes | None = None
+        self,
+        *,
+        tokens: list[int],
+        text: str,
+        job_id: bytes | None = None,
+        coordinator_key: bytes | None = None,
     ) -> None:
         """Raise ``VerificationError`` unless the receipt is authentic and matches this output.
 
@@ -67,7 +73,10 @@ class SignedReceipt:
                 verify_attestation(attestation, self.network)
             except InvalidEntryError as exc:
                 raise VerificationError(f"a worker attestation is invalid: {exc}") from exc
-            if (attestation.job_id, attestation.output_commitment) != (receipt.job_id, receipt.output_commitment):
+            if (attestation.job_id, attestation.output_commitment) != (
+                receipt.job_id,
+                receipt.output_commitment,
+            ):
                 raise VerificationError("a worker attestation commits to another output")
             attested.add(attestation.worker)
         if not receipt.credits or any(c.account not in attested for c in receipt.credits):

@@ -32,8 +32,19 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float =
 def test_node_start_prints_its_multiaddr_reuses_its_identity_and_stops_cleanly(
     tmp_path: pathlib.Path, signum: signal.Signals
 ) -> None:
-    cmd = [sys.executable, "-m", "opengrid", "node", "start", "--role", "coordinator",
-           "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "opengrid",
+        "node",
+        "start",
+        "--role",
+        "coordinator",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--data-dir",
+        str(tmp_path),
+    ]
     addresses = []
     for _ in range(2):
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -54,7 +65,9 @@ def test_node_start_prints_its_multiaddr_reuses_its_identity_and_stops_cleanly(
 def test_bad_flags_give_a_clear_error_not_a_traceback(tmp_path: pathlib.Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "opengrid", "node", "start", "--role", "worker", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "--bootstrap" in result.stderr and "Traceback" not in result.stderr
@@ -62,9 +75,22 @@ def test_bad_flags_give_a_clear_error_not_a_traceback(tmp_path: pathlib.Path) ->
 
 def test_demo_json_reports_jobs_and_every_nodes_points() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "opengrid", "demo", "--json", "--model", "tiny", "--jobs", "3",
-         "--max-tokens", "8"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "opengrid",
+            "demo",
+            "--json",
+            "--model",
+            "tiny",
+            "--jobs",
+            "3",
+            "--max-tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

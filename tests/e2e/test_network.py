@@ -17,11 +17,11 @@ from collections.abc import Iterator
 
 import llama_cpp
 import pytest
+from opengrid_sdk import Client, Completion
 
 from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
 from opengrid.errors import NoCapacityError, UnknownModelError, VerificationError
 from opengrid.net.keys import public_key_of
-from opengrid_sdk import Client, Completion
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,9 @@ def direct_llama(model: pathlib.Path, prompt: str, max_tokens: int) -> tuple[str
         model_path=str(model), n_ctx=2048, n_batch=512, flash_attn=False, seed=0, verbose=False
     )
     try:
-        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, repeat_penalty=1.0)
+        out = llm.create_completion(
+            prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, repeat_penalty=1.0
+        )
         text = out["choices"][0]["text"]  # type: ignore[index]
         prompt_tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
         tokens: list[int] = []
@@ -76,7 +78,9 @@ def _kill_first_worker_that_starts(net: DemoNetwork) -> Iterator[list[DemoNode]]
     assert killed, "no worker started the job"
 
 
-def _start(base: pathlib.Path, model: pathlib.Path, honest: int, cheaters: int = 0) -> tuple[DemoNetwork, str]:
+def _start(
+    base: pathlib.Path, model: pathlib.Path, honest: int, cheaters: int = 0
+) -> tuple[DemoNetwork, str]:
     net = DemoNetwork(base, model=str(model), network=NETWORK)
     coordinator = net.start("coordinator", "coordinator")
     net.wait_ready(coordinator)
@@ -178,13 +182,18 @@ def test_points_add_up_in_every_ledger(mixed_network: tuple[DemoNetwork, Client]
             continue
         while True:
             status = client.status(node.addrs[0])
-            if status.points == coordinator_view.get(status.public_key.hex(), 0) or time.monotonic() > deadline:
+            if (
+                status.points == coordinator_view.get(status.public_key.hex(), 0)
+                or time.monotonic() > deadline
+            ):
                 break
             time.sleep(0.1)
         assert status.points == coordinator_view.get(status.public_key.hex(), 0), node.name
 
 
-def test_unknown_model_and_too_many_replicas_are_typed_errors(mixed_network: tuple[DemoNetwork, Client]) -> None:
+def test_unknown_model_and_too_many_replicas_are_typed_errors(
+    mixed_network: tuple[DemoNetwork, Client],
+) -> None:
     _, client = mixed_network
     with pytest.raises(UnknownModelError, match="no-such-model"):
         client.complete("hi", model="no-such-model", max_tokens=4)

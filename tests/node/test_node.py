@@ -18,8 +18,8 @@ from opengrid.net.host import JOB_PROTOCOL, Host, open_host
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.codec import MAX_FRAME_BYTES, encode_frame
-from opengrid.wire.messages import ErrorReply, NodeStatus, RunJob, StatusRequest, SubmitJob
 from opengrid.wire.contract import DecodingContract
+from opengrid.wire.messages import ErrorReply, NodeStatus, RunJob, StatusRequest, SubmitJob
 
 
 @pytest.fixture
@@ -65,7 +65,9 @@ async def test_status_reports_identity_and_role(coordinator: Node, client: Host)
     assert (reply.points, reply.jobs_done, reply.workers) == (0, 0, [])
 
 
-async def test_oversized_frame_gets_a_typed_error_and_node_keeps_serving(coordinator: Node, client: Host) -> None:
+async def test_oversized_frame_gets_a_typed_error_and_node_keeps_serving(
+    coordinator: Node, client: Host
+) -> None:
     header = struct.pack(">I", MAX_FRAME_BYTES + 1)
     reply = await _raw_exchange(client, coordinator, header)
     assert isinstance(reply, ErrorReply)
@@ -73,7 +75,9 @@ async def test_oversized_frame_gets_a_typed_error_and_node_keeps_serving(coordin
     await _status_still_served(client, coordinator)
 
 
-async def test_malformed_frame_gets_a_typed_error_and_node_keeps_serving(coordinator: Node, client: Host) -> None:
+async def test_malformed_frame_gets_a_typed_error_and_node_keeps_serving(
+    coordinator: Node, client: Host
+) -> None:
     garbage = b"\xc1\xff\x00not msgpack"
     reply = await _raw_exchange(client, coordinator, struct.pack(">I", len(garbage)) + garbage)
     assert isinstance(reply, ErrorReply) and reply.code == "malformed"
@@ -81,7 +85,9 @@ async def test_malformed_frame_gets_a_typed_error_and_node_keeps_serving(coordin
 
 
 async def test_message_for_another_role_is_refused(coordinator: Node, client: Host) -> None:
-    run = RunJob(job_id=b"j" * 16, contract=DecodingContract(model_sha256="00" * 32), prompt="hi", max_tokens=4)
+    run = RunJob(
+        job_id=b"j" * 16, contract=DecodingContract(model_sha256="00" * 32), prompt="hi", max_tokens=4
+    )
     reply = await _raw_exchange(client, coordinator, encode_frame(run))
     assert isinstance(reply, ErrorReply) and reply.code == "malformed"
     assert "RunJob" in reply.message
@@ -123,7 +129,9 @@ def test_worker_without_bootstrap_is_a_config_error(tmp_path: pathlib.Path) -> N
 
 def test_auto_role_resolves_from_bootstrap(tmp_path: pathlib.Path) -> None:
     assert NodeConfig(data_dir=tmp_path).validated().role == "coordinator"
-    assert NodeConfig(data_dir=tmp_path, bootstrap=("/ip4/127.0.0.1/tcp/1/p2p/x",)).validated().role == "worker"
+    assert (
+        NodeConfig(data_dir=tmp_path, bootstrap=("/ip4/127.0.0.1/tcp/1/p2p/x",)).validated().role == "worker"
+    )
 
 
 def test_the_job_protocol_id_is_versioned() -> None:
