@@ -90,7 +90,8 @@ def decode_entry(data: bytes) -> Entry:
         raise InvalidEntryError(f"entry is {len(data)} bytes, over the {MAX_ENTRY_SIZE}-byte limit")
     try:
         entry = _entry_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 in keys escape
+    # msgspec lets bad UTF-8 in map keys, and RecursionError on deep nesting, escape its DecodeError.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidEntryError(f"entry does not decode: {exc}") from exc
     require_size("entry signature", entry.signature, SIGNATURE_SIZE)
     return entry
@@ -103,7 +104,8 @@ def decode_body(body: bytes) -> EntryBody:
     """
     try:
         return _body_decoder.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 in keys escape
+    # msgspec lets bad UTF-8 in map keys, and RecursionError on deep nesting, escape its DecodeError.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidEntryError(f"entry body does not decode: {exc}") from exc
 
 

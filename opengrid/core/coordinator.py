@@ -156,7 +156,7 @@ class Coordinator:
         effects: list[Effect] = []
         silence = 3 * self.config.heartbeat_s
         for record in self.workers.values():
-            if record.online and now - record.last_seen > silence:
+            if record.online and now - record.last_seen >= silence:
                 record.online = False
         for job_id in sorted(self._jobs):
             job = self._jobs.get(job_id)
@@ -290,7 +290,14 @@ class Coordinator:
         agreement = judge(commitments, job.request.replicas)
         if agreement is not None:
             return self._accept(job, agreement)
-        if not job.pending and job.target < job.request.replicas + self.config.max_extra_replicas:
+        if not job.pending:
+            if job.target >= job.request.replicas + self.config.max_extra_replicas:
+                return self._fail(
+                    event.job_id,
+                    "verification_failed",
+                    f"{len(job.results)} workers returned {len(set(commitments.values()))} different outputs "
+                    "and no majority reached quorum; the model may not be deterministic across these workers",
+                )
             job.target += 1  # disagreement: ask one more worker, majority decides
         return self._refill(job, now)
 

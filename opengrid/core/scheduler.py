@@ -32,17 +32,19 @@ class Candidate:
 
 
 def choose_class(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Keep the candidates of the numerical class with the most workers (ties: smallest class digest).
+    """One candidate per worker of the numerical class with the most distinct workers (ties: smallest
+    class digest).
 
-    Replicas are only comparable within one class, so a job never mixes classes.
+    Replicas are only comparable within one class, so a job never mixes classes; workers are counted,
+    not offers, so a worker announcing one model under several names still counts once.
     """
-    by_class: dict[bytes, list[Candidate]] = {}
-    for candidate in candidates:
-        by_class.setdefault(candidate.contract.digest(), []).append(candidate)
+    by_class: dict[bytes, dict[str, Candidate]] = {}
+    for candidate in sorted(candidates, key=lambda c: (c.peer, c.model_name)):
+        by_class.setdefault(candidate.contract.digest(), {}).setdefault(candidate.peer, candidate)
     if not by_class:
         return []
     best = min(by_class, key=lambda digest: (-len(by_class[digest]), digest))
-    return sorted(by_class[best], key=lambda c: c.peer)
+    return sorted(by_class[best].values(), key=lambda c: c.peer)
 
 
 def pick_workers(

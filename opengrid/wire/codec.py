@@ -35,8 +35,9 @@ def decode_message(body: bytes, *, peer: str | None = None) -> Message:
     """Decode one message body; any failure is a ``MalformedMessageError`` naming the peer."""
     try:
         return _decoder.decode(body)
-    # ValidationError subclasses DecodeError; msgspec raises UnicodeDecodeError for bad UTF-8 in map keys.
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    # ValidationError subclasses DecodeError; msgspec raises UnicodeDecodeError for bad UTF-8 in map keys
+    # and RecursionError when skipping a deeply nested unknown field (a ~1 KB frame suffices).
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedMessageError(f"undecodable job-protocol message: {exc}", peer=peer) from exc
 
 

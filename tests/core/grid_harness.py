@@ -1,0 +1,170 @@
+"""A coordinator and real WorkerLogic instances wired back to back, with explicit time and fixed keys.
+
+The harness plays the driver's part: it hands DispatchReplica effects to the chosen worker, lets the
+worker attest an output, and feeds the ReplicaResult back (through the real wire codec) as an event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import msgspec
+from nacl.signing import SigningKey
+from opengrid_ledger import LedgerState, Receipt, decode_entry, open_entry
+
+from opengrid.core.coordinator import Coordinator, CoordinatorConfig
+from opengrid.core.effects import DispatchReplica, Effect, FinishJob
+from opengrid.core.events import JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
+from opengrid.core.worker import Output, WorkerLogic
+from opengrid.wire.codec import decode_message, encode_message
+from opengrid.wire.contract import DecodingContract
+from opengrid.wire.messages import ErrorReply, JobAccepted, JobId, ModelOffer, ReplicaResult, SubmitJob
+
+T = TypeVar("T")
+
+NETWORK = "testnet"
+CONTRACT = DecodingContract(model_sha256="ab" * 32)
+OFFERS = (ModelOffer(name="tiny", contract=CONTRACT),)
+HONEST = Output(tokens=(101, 202, 303, 404, 505), text=" the quick brown fox", finish_reason="length")
+
+
+def cheat(n: int = 1) -> Output:
+    """A wrong answer; different n give different wrong answers."""
+    return Output(tokens=(9000 + n, 202, 303), text=f" wrong answer {n}", finish_reason="length")
+
+
+def signing_key(label: str) -> SigningKey:
+    return SigningKey(hashlib.sha256(b"opengrid core test key " + label.encode()).digest())
+
+
+def job_id(n: int) -> JobId:
+    return JobId(n.to_bytes(16, "big"))
+
+
+def dispatches(effects: Iterable[Effect]) -> list[DispatchReplica]:
+    return [e for e in effects if isinstance(e, DispatchReplica)]
+
+
+def of_type(effects: Iterable[Effect], kind: type[T]) -> list[T]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def finished(effects: Iterable[Effect]) -> JobAccepted | ErrorReply | None:
+    replies = [e.reply for e in effects if isinstance(e, FinishJob)]
+    assert len(replies) <= 1, replies
+    return replies[0] if replies else None
+
+
+def open_receipt(encoded: bytes) -> tuple[bytes, Receipt]:
+    """(author, receipt) of an encoded ledger entry, verified as any node would."""
+    body = open_entry(decode_entry(encoded), NETWORK)
+    assert isinstance(body.payload, Receipt)
+    return body.author, body.payload
+
+
+@dataclass
+class Grid:
+    """One coordinator, ``n`` workers named w0, w1, ..., every key derived from a fixed label."""
+
+    n: int = 3
+    seed: int = 7
+    config: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+
+    def __post_init__(self) -> None:
+        self.coordinator = Coordinator(
+            network=NETWORK,
+            signing_key=signing_key("coordinator"),
+            ledger=LedgerState(NETWORK),
+            rng=random.Random(self.seed),
+            config=self.config,
+        )
+        self.workers = {
+            f"w{i}": WorkerLogic(
+                network=NETWORK, signing_key=signing_key(f"w{i}"), offers=OFFERS, ledger=LedgerState(NETWORK)
+            )
+            for i in range(self.n)
+        }
+        for worker in self.workers.values():
+            worker.trust_coordinator(self.coordinator.public_key)
+
+    def key(self, peer: str) -> bytes:
+        return self.workers[peer].public_key
+
+    def register(self, *peers: str, now: float = 0.0) -> None:
+        for peer in peers or sorted(self.workers):
+            worker = self.workers[peer]
+            assert (
+                self.coordinator.handle(WorkerRegistered(peer, worker.public_key, worker.offers), now) == []
+            )
+
+    def submit(
+        self, job: int = 1, *, replicas: int = 2, model: str = "tiny", max_tokens: int = 16, now: float = 0.0
+    ) -> list[Effect]:
+        request = SubmitJob(
+            job_id=job_id(job),
+            model=model,
+            prompt="Once upon a time",
+            max_tokens=max_tokens,
+            replicas=replicas,
+        )
+        return self.coordinator.handle(JobSubmitted(client="client", request=request), now)
+
+    def result(self, dispatch: DispatchReplica, output: Output) -> ReplicaResult:
+        """The worker's signed answer, as it would arrive over the wire."""
+        worker = self.workers[dispatch.peer]
+        assert worker.accept(dispatch.run) is None
+        decoded = decode_message(encode_message(worker.attest(dispatch.run, output)))
+        assert isinstance(decoded, ReplicaResult)
+        return decoded
+
+    def answer(self, dispatch: DispatchReplica, output: Output, *, now: float = 1.0) -> list[Effect]:
+        return self.deliver(dispatch, self.result(dispatch, output), now=now)
+
+    def deliver(self, dispatch: DispatchReplica, result: ReplicaResult, *, now: float = 1.0) -> list[Effect]:
+        return self.coordinator.handle(ReplicaReturned(dispatch.run.job_id, dispatch.peer, result), now)
+
+    def fail(self, dispatch: DispatchReplica, *, now: float = 1.0) -> list[Effect]:
+        return self.coordinator.handle(
+            ReplicaFailed(dispatch.run.job_id, dispatch.peer, "engine crashed"), now
+        )
+
+    def play(self, first: Sequence[Effect], outputs: Sequence[Output], *, now: float = 1.0) -> list[Effect]:
+        """Answer dispatches in the order they were issued, the i-th with ``outputs[i]``.
+
+        Returns every effect produced after ``first``; stops when the job finishes or nothing is pending.
+        """
+        queue = dispatches(first)
+        produced: list[Effect] = []
+        answered = 0
+        while queue and finished([*first, *produced]) is None:
+            effects = self.answer(queue.pop(0), outputs[answered], now=now)
+            answered += 1
+            produced += effects
+            queue += dispatches(effects)
+        return produced
+
+
+def scripted_run(seed: int, config: CoordinatorConfig | None = None) -> list[Effect]:
+    """Five jobs over five workers, each with a failure, a re-registration and a cheater; every effect."""
+    grid = Grid(n=5, seed=seed, config=config or CoordinatorConfig(replica_timeout_s=10.0))
+    grid.register(now=0.0)
+    log: list[Effect] = []
+    for job in range(1, 6):
+        effects = grid.submit(job, replicas=2 + job % 2, now=float(job))
+        log += effects
+        first = dispatches(effects)[0]
+        log += grid.fail(first, now=job + 0.5)
+        grid.register(first.peer, now=job + 0.6)
+        pending = [d for d in dispatches(log) if d.run.job_id == job_id(job) and d != first]
+        log += grid.play(pending, [cheat(job), HONEST, HONEST, HONEST, HONEST], now=job + 0.7)
+    grid.register(now=6.0)
+    log += grid.coordinator.on_timer(40.0)
+    return log
+
+
+def replace_result(result: ReplicaResult, **changes: object) -> ReplicaResult:
+    return msgspec.structs.replace(result, **changes)

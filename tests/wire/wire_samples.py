@@ -1,0 +1,84 @@
+"""One fully populated instance of every job-protocol message (non-default values wherever possible)."""
+
+from __future__ import annotations
+
+import typing
+
+from opengrid.wire.contract import DecodingContract
+from opengrid.wire.messages import (
+    ErrorReply,
+    JobAccepted,
+    JobId,
+    Message,
+    ModelOffer,
+    NodeStatus,
+    ReceiptNotice,
+    Registered,
+    RegisterWorker,
+    ReplicaResult,
+    RunJob,
+    StatusRequest,
+    SubmitJob,
+    WorkerSummary,
+)
+
+CONTRACT = DecodingContract(model_sha256="ab" * 32, backend_version="0.3.36", n_batch=256, flash_attn=True)
+JOB = JobId(bytes(range(16)))
+
+MESSAGE_TYPES: tuple[type, ...] = typing.get_args(Message)
+
+
+def sample_messages() -> list[Message]:
+    """Every message type once, in the order of the ``Message`` union."""
+    return [
+        RegisterWorker(
+            network="testnet",
+            public_key=b"\x01" * 32,
+            listen_addrs=["/ip4/127.0.0.1/tcp/4001"],
+            models=[ModelOffer(name="tiny", contract=CONTRACT), ModelOffer(name="other", contract=CONTRACT)],
+            slots=4,
+            software="opengrid/0.1.0",
+        ),
+        Registered(coordinator_key=b"\x02" * 32, heartbeat_s=2.5),
+        SubmitJob(
+            job_id=JOB,
+            model="tiny",
+            prompt="Héllo, wörld ✓ \x00 🚀",
+            max_tokens=64,
+            replicas=3,
+            client_key=b"\x03" * 32,
+        ),
+        RunJob(job_id=JOB, contract=CONTRACT, prompt="Once upon a time", max_tokens=8192),
+        ReplicaResult(
+            job_id=JOB,
+            tokens=[0, 1, 31337, 2**32 - 1],
+            text=" there was",
+            finish_reason="length",
+            attestation=b"\x00attestation\xff",
+        ),
+        JobAccepted(
+            job_id=JOB,
+            text=" there was",
+            tokens=[5, 6, 7],
+            finish_reason="stop",
+            receipt=b"\x93receipt",
+            workers=["peerA", "peerB"],
+            dissenters=["peerC"],
+            failed=["peerD"],
+        ),
+        ReceiptNotice(entries=[b"entry-1", b"", b"\xff" * 40]),
+        StatusRequest(),
+        NodeStatus(
+            peer_id="12D3KooWpeer",
+            public_key=b"\x04" * 32,
+            role="coordinator",
+            addrs=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWpeer"],
+            points=1234,
+            jobs_done=7,
+            models=["tiny"],
+            workers=[WorkerSummary(peer_id="w1", public_key=b"\x05" * 32, models=["tiny"], online=False)],
+            balances={"05" * 32: 99},
+            ledger_entries=3,
+        ),
+        ErrorReply(code="no_capacity", message="only 1 worker(s) serve it; lower replicas", job_id=JOB),
+    ]
