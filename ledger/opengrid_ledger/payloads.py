@@ -43,6 +43,9 @@ class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     """One per credited worker (the worker co-signature)."""
     dissenters: tuple[bytes, ...] = ()
     """Keys of workers whose output disagreed (earn nothing)."""
+    issued_at_ms: int = 0
+    """Wall-clock time (Unix ms) the coordinator accepted the job, as it claims; informational (history
+    charts), never used for validation — clocks of volunteers cannot be trusted."""
 
 
 Payload = Receipt

@@ -95,6 +95,7 @@ class WorkerRecord:
 class _Job:
     request: SubmitJob
     client: str
+    wall_ms: int
     contract: DecodingContract
     model_name: str
     deadline: float
@@ -243,6 +244,7 @@ class Coordinator:
         job = _Job(
             request=request,
             client=event.client,
+            wall_ms=event.wall_ms,
             contract=candidates[0].contract,
             model_name=candidates[0].model_name,
             deadline=now + self.config.job_timeout_s,
@@ -368,6 +370,7 @@ class Coordinator:
             credits=tuple(Credit(account=keys[p], points=points) for p in agreement.peers),
             attestations=tuple(att for _, att in winning),
             dissenters=tuple(keys[p] for p in agreement.dissenters),
+            issued_at_ms=job.wall_ms,
         )
         entry = sign_entry(self._key, self.ledger.next_body(self.public_key, receipt))
         self.ledger.apply(entry)

@@ -22,6 +22,8 @@ class JobSubmitted:
 
     client: str
     request: SubmitJob
+    wall_ms: int = 0
+    """Wall-clock Unix ms at submission, from the driver; stamped into the receipt for history views."""
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import LedgerState
+from opengrid_ledger import LedgerState, Receipt, encode_entry, open_entry
 
 import opengrid
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
@@ -45,6 +46,8 @@ from opengrid.node.identity import load_or_create_seed
 from opengrid.store.ledger_store import LedgerStore, open_ledger
 from opengrid.wire.messages import (
     ErrorReply,
+    History,
+    HistoryRequest,
     JobAccepted,
     Message,
     ModelOffer,
@@ -177,6 +180,8 @@ class Node:
         match message:
             case StatusRequest():
                 return self.status()
+            case HistoryRequest():
+                return self.history(message.account or self.public_key, message.limit)
             case RegisterWorker() if self.coordinator is not None:
                 return self._on_register(peer, message)
             case SubmitJob() if self.coordinator is not None:
@@ -224,7 +229,7 @@ class Node:
             message.replicas,
         )
         try:
-            self._feed(JobSubmitted(client=peer, request=message))
+            self._feed(JobSubmitted(client=peer, request=message, wall_ms=time.time_ns() // 1_000_000))
             await pending.done.wait()
         finally:
             self._jobs.pop(message.job_id, None)
@@ -431,6 +436,20 @@ class Node:
             balances=balances,
             ledger_entries=len(self.ledger),
         )
+
+    def history(self, account: bytes, limit: int) -> History:
+        """The newest ``limit`` receipts that credit or outvote ``account``, oldest first."""
+        assert self.ledger is not None
+        found = []
+        for entry in reversed(self.ledger.entries()):
+            payload = open_entry(entry, self.config.network).payload
+            if isinstance(payload, Receipt) and (
+                account in payload.dissenters or any(c.account == account for c in payload.credits)
+            ):
+                found.append(encode_entry(entry))
+                if len(found) == limit:
+                    break
+        return History(entries=found[::-1])
 
 
 async def _try_send(stream: FrameStream, message: Message) -> None:

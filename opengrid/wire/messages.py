@@ -25,6 +25,7 @@ MAX_TOKENS_LIMIT: Final = 8192
 MAX_REPLICAS: Final = 8
 MAX_LISTEN_ADDRS: Final = 16
 MAX_MODELS_PER_WORKER: Final = 32
+MAX_HISTORY: Final = 1024
 
 JobIdBytes = Annotated[bytes, msgspec.Meta(min_length=JOB_ID_BYTES, max_length=JOB_ID_BYTES)]
 KeyBytes = Annotated[bytes, msgspec.Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
@@ -164,6 +165,20 @@ class NodeStatus(_Message, tag="status", frozen=True):
     ledger_entries: int = 0
 
 
+class HistoryRequest(_Message, tag="history_request", frozen=True):
+    """Anyone → node: the ledger entries that concern an account (credits, outvotes), newest last."""
+
+    account: bytes = b""
+    """32-byte key; empty means the answering node's own account."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] = 100
+
+
+class History(_Message, tag="history", frozen=True):
+    """Node → anyone: signed ledger entries, exactly as stored; the receiver verifies them itself."""
+
+    entries: Annotated[list[bytes], msgspec.Meta(max_length=MAX_HISTORY)]
+
+
 class ErrorReply(_Message, tag="error", frozen=True):
     """Any → any: the request failed. ``code`` is machine-readable; ``message`` says what to do."""
 
@@ -182,5 +197,7 @@ Message = (
     | ReceiptNotice
     | StatusRequest
     | NodeStatus
+    | HistoryRequest
+    | History
     | ErrorReply
 )

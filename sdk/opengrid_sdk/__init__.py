@@ -7,6 +7,6 @@ with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."]) as client:
 """
 
 from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion
-from opengrid_sdk.receipts import SignedReceipt
+from opengrid_sdk.receipts import HistoryItem, SignedReceipt
 
-__all__ = ["DEFAULT_MODEL", "Client", "Completion", "SignedReceipt"]
+__all__ = ["DEFAULT_MODEL", "Client", "Completion", "HistoryItem", "SignedReceipt"]

@@ -28,8 +28,17 @@ from opengrid.errors import (
 from opengrid.net.host import Host, open_host
 from opengrid.net.keys import public_key_of
 from opengrid.node.config import DEFAULT_NETWORK
-from opengrid.wire.messages import ErrorReply, JobAccepted, Message, NodeStatus, StatusRequest, SubmitJob
-from opengrid_sdk.receipts import SignedReceipt
+from opengrid.wire.messages import (
+    ErrorReply,
+    History,
+    HistoryRequest,
+    JobAccepted,
+    Message,
+    NodeStatus,
+    StatusRequest,
+    SubmitJob,
+)
+from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
 
 T = TypeVar("T")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -147,6 +156,23 @@ class Client:
         if not isinstance(reply, NodeStatus):
             raise RemoteProtocolError(f"expected NodeStatus, got {type(reply).__name__}")
         return reply
+
+    def history(
+        self, address: str | None = None, *, account: bytes | None = None, limit: int = 100
+    ) -> list[HistoryItem]:
+        """Receipts that paid or outvoted ``account`` (default: the node's own), oldest first.
+
+        Every entry's signature is checked here; entries that fail are dropped, never shown.
+        """
+        target = address or self.bootstrap[0]
+        if account is None:
+            account = self.status(target).public_key
+        request = HistoryRequest(account=account, limit=limit)
+        _, reply = self._call(lambda: self._request(target, request))
+        if not isinstance(reply, History):
+            raise RemoteProtocolError(f"expected History, got {type(reply).__name__}")
+        items = (history_item(entry, account, self.network) for entry in reply.entries)
+        return [item for item in items if item is not None]
 
     def complete(
         self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2

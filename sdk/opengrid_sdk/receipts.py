@@ -16,6 +16,49 @@ from opengrid.wire.commitment import commit_output
 
 
 @dataclass(frozen=True)
+class HistoryItem:
+    """One ledger receipt as it concerns one account."""
+
+    entry_id: bytes
+    job_id: bytes
+    coordinator_key: bytes
+    outcome: str
+    """"paid" (credited) or "outvoted" (its output disagreed with the majority)."""
+    points: int
+    n_tokens: int
+    issued_at_ms: int
+    """When the coordinator accepted the job, by its clock (0 if it did not say)."""
+
+
+def history_item(data: bytes, account: bytes, network: str) -> HistoryItem | None:
+    """Verify one signed entry and describe it from ``account``'s side; None if invalid or unrelated."""
+    try:
+        entry = decode_entry(data)
+        body = open_entry(entry, network)
+    except InvalidEntryError:
+        return None
+    receipt = body.payload
+    if not isinstance(receipt, Receipt):
+        return None
+    points = sum(c.points for c in receipt.credits if c.account == account)
+    if points:
+        outcome = "paid"
+    elif account in receipt.dissenters:
+        outcome = "outvoted"
+    else:
+        return None
+    return HistoryItem(
+        entry_id=entry.id,
+        job_id=receipt.job_id,
+        coordinator_key=body.author,
+        outcome=outcome,
+        points=points,
+        n_tokens=receipt.n_tokens,
+        issued_at_ms=receipt.issued_at_ms,
+    )
+
+
+@dataclass(frozen=True)
 class SignedReceipt:
     """A coordinator-signed receipt for one job, as received (``entry`` holds the exact signed bytes)."""
 

@@ -189,6 +189,12 @@ def test_points_add_up_in_every_ledger(mixed_network: tuple[DemoNetwork, Client]
                 break
             time.sleep(0.1)
         assert status.points == coordinator_view.get(status.public_key.hex(), 0), node.name
+        # The node's history is its signed receipts, verified by the client, and it adds up to its points.
+        history = client.history(node.addrs[0], limit=1024)
+        assert sum(item.points for item in history) == status.points
+        assert all(item.outcome in ("paid", "outvoted") and item.issued_at_ms > 0 for item in history)
+        if node.cheater:
+            assert {item.outcome for item in history} <= {"outvoted"}
 
 
 def test_unknown_model_and_too_many_replicas_are_typed_errors(

@@ -7,6 +7,8 @@ import typing
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     ErrorReply,
+    History,
+    HistoryRequest,
     JobAccepted,
     JobId,
     Message,
@@ -80,5 +82,7 @@ def sample_messages() -> list[Message]:
             balances={"05" * 32: 99},
             ledger_entries=3,
         ),
+        HistoryRequest(account=b"\x05" * 32, limit=10),
+        History(entries=[b"entry-1", b"entry-2"]),
         ErrorReply(code="no_capacity", message="only 1 worker(s) serve it; lower replicas", job_id=JOB),
     ]
