@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
+from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 from opengrid_ledger import LedgerState, Receipt, encode_entry, open_entry
 
@@ -44,7 +45,9 @@ from opengrid.net.keys import public_key_of
 from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
 from opengrid.store.ledger_store import LedgerStore, open_ledger
+from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
+    ControlRequest,
     ErrorReply,
     History,
     HistoryRequest,
@@ -92,6 +95,8 @@ class Node:
         self._timer_changed = trio.Event()
         self._engine_limiter = trio.CapacityLimiter(1)
         self.jobs_run = 0
+        self.paused = False
+        self._last_control_ms = 0
         self.registered = trio.Event()
         """Workers: set once the coordinator accepted our first registration."""
 
@@ -182,6 +187,10 @@ class Node:
                 return self.status()
             case HistoryRequest():
                 return self.history(message.account or self.public_key, message.limit)
+            case ControlRequest():
+                return self._on_control(message)
+            case SubmitJob() | RunJob() if self.paused:
+                return ErrorReply("busy", "this node is paused by its owner; try another node or later")
             case RegisterWorker() if self.coordinator is not None:
                 return self._on_register(peer, message)
             case SubmitJob() if self.coordinator is not None:
@@ -199,6 +208,26 @@ class Node:
                 return ErrorReply(
                     "malformed", f"a {self.config.role} does not expect {type(message).__name__} here"
                 )
+
+    def _on_control(self, message: ControlRequest) -> Message:
+        assert self.host is not None
+        now_ms = time.time_ns() // 1_000_000
+        signed = control_signing_bytes(
+            self.config.network, self.host.peer_id, message.action, message.issued_at_ms
+        )
+        try:
+            self._key.verify_key.verify(signed, message.signature)
+        except BadSignatureError:
+            return ErrorReply("malformed", "control request not signed by this node's identity key")
+        if (
+            abs(now_ms - message.issued_at_ms) > MAX_CLOCK_SKEW_MS
+            or message.issued_at_ms <= self._last_control_ms
+        ):
+            return ErrorReply("malformed", "control request is stale or replayed; sign a fresh one")
+        self._last_control_ms = message.issued_at_ms
+        self.paused = message.action == "pause"
+        log.info("%s by the owner", "paused: taking no new work" if self.paused else "resumed")
+        return self.status()
 
     def _on_register(self, peer: str, message: RegisterWorker) -> Message:
         assert self.coordinator is not None and self.host is not None
@@ -373,7 +402,8 @@ class Node:
         warned = False
         while True:
             try:
-                await self._register_once()
+                if not self.paused:  # a paused worker stops beating; the coordinator stops sending it work
+                    await self._register_once()
                 warned = False
             except OpenGridError as exc:
                 if not warned:
@@ -435,6 +465,7 @@ class Node:
             workers=workers,
             balances=balances,
             ledger_entries=len(self.ledger),
+            paused=self.paused,
         )
 
     def history(self, account: bytes, limit: int) -> History:

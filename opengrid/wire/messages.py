@@ -163,6 +163,8 @@ class NodeStatus(_Message, tag="status", frozen=True):
     balances: dict[str, int] = {}
     """Coordinator only: points per account (hex key) in its ledger."""
     ledger_entries: int = 0
+    paused: bool = False
+    """True while the owner has paused the node: it takes no new work."""
 
 
 class HistoryRequest(_Message, tag="history_request", frozen=True):
@@ -177,6 +179,18 @@ class History(_Message, tag="history", frozen=True):
     """Node → anyone: signed ledger entries, exactly as stored; the receiver verifies them itself."""
 
     entries: Annotated[list[bytes], msgspec.Meta(max_length=MAX_HISTORY)]
+
+
+class ControlRequest(_Message, tag="control", frozen=True):
+    """Owner → own node: pause or resume work; answered with NodeStatus.
+
+    Signed by the node's own identity key over ``control_signing_bytes`` (opengrid/wire/control.py), so
+    only whoever holds the node's data dir can steer it.
+    """
+
+    action: Literal["pause", "resume"]
+    issued_at_ms: int
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 
 
 class ErrorReply(_Message, tag="error", frozen=True):
@@ -199,5 +213,6 @@ Message = (
     | NodeStatus
     | HistoryRequest
     | History
+    | ControlRequest
     | ErrorReply
 )

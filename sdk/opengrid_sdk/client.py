@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import trio
+from nacl.signing import SigningKey
 
 from opengrid.errors import (
     ConfigError,
@@ -26,9 +28,11 @@ from opengrid.errors import (
     VerificationError,
 )
 from opengrid.net.host import Host, open_host
-from opengrid.net.keys import public_key_of
+from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.node.config import DEFAULT_NETWORK
+from opengrid.wire.control import control_signing_bytes
 from opengrid.wire.messages import (
+    ControlRequest,
     ErrorReply,
     History,
     HistoryRequest,
@@ -153,6 +157,25 @@ class Client:
     def status(self, address: str | None = None) -> NodeStatus:
         """Ask a node (default: the first bootstrap) for its status: identity, role, points, jobs."""
         _, reply = self._call(lambda: self._request(address or self.bootstrap[0], StatusRequest()))
+        if not isinstance(reply, NodeStatus):
+            raise RemoteProtocolError(f"expected NodeStatus, got {type(reply).__name__}")
+        return reply
+
+    def control(
+        self, address: str, action: Literal["pause", "resume"], *, identity_seed: bytes
+    ) -> NodeStatus:
+        """Pause or resume the node at ``address``; ``identity_seed`` is that node's own 32-byte identity
+        (``identity.key`` in its data dir): only its owner can steer it."""
+        if action not in ("pause", "resume"):
+            raise ConfigError(f"action must be 'pause' or 'resume', not {action!r}")
+        key = SigningKey(identity_seed)
+        peer_id = peer_id_of(bytes(key.verify_key))
+        issued_at_ms = time.time_ns() // 1_000_000
+        signature = key.sign(control_signing_bytes(self.network, peer_id, action, issued_at_ms)).signature
+        request = ControlRequest(action=action, issued_at_ms=issued_at_ms, signature=signature)
+        _, reply = self._call(lambda: self._request(address, request))
+        if isinstance(reply, ErrorReply):
+            raise RemoteProtocolError(reply.message)
         if not isinstance(reply, NodeStatus):
             raise RemoteProtocolError(f"expected NodeStatus, got {type(reply).__name__}")
         return reply

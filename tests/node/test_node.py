@@ -8,10 +8,12 @@ from __future__ import annotations
 import pathlib
 import secrets
 import struct
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from nacl.signing import SigningKey
 
 from opengrid.errors import ConfigError, TransportError
 from opengrid.net.host import JOB_PROTOCOL, Host, open_host
@@ -19,7 +21,8 @@ from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.codec import MAX_FRAME_BYTES, encode_frame
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import ErrorReply, NodeStatus, RunJob, StatusRequest, SubmitJob
+from opengrid.wire.control import control_signing_bytes
+from opengrid.wire.messages import ControlRequest, ErrorReply, NodeStatus, RunJob, StatusRequest, SubmitJob
 
 
 @pytest.fixture
@@ -136,3 +139,39 @@ def test_auto_role_resolves_from_bootstrap(tmp_path: pathlib.Path) -> None:
 
 def test_the_job_protocol_id_is_versioned() -> None:
     assert JOB_PROTOCOL == "/opengrid/job/1"
+
+
+def _control(node: Node, action: str, seed: bytes, issued_at_ms: int) -> ControlRequest:
+    assert node.host is not None
+    signed = control_signing_bytes(node.config.network, node.host.peer_id, action, issued_at_ms)
+    return ControlRequest(
+        action=action, issued_at_ms=issued_at_ms, signature=SigningKey(seed).sign(signed).signature
+    )  # type: ignore[arg-type]
+
+
+async def test_only_the_owner_can_pause_and_a_paused_node_takes_no_work(
+    coordinator: Node, client: Host
+) -> None:
+    assert coordinator.host is not None
+    peer = await client.connect(coordinator.host.addrs()[0])
+    owner_seed = (coordinator.config.data_dir / "identity.key").read_bytes()
+    now_ms = time.time_ns() // 1_000_000
+
+    stranger = await client.request(peer, _control(coordinator, "pause", secrets.token_bytes(32), now_ms))
+    assert isinstance(stranger, ErrorReply) and "identity key" in stranger.message
+    assert not coordinator.paused
+
+    pause = _control(coordinator, "pause", owner_seed, now_ms)
+    status = await client.request(peer, pause)
+    assert isinstance(status, NodeStatus) and status.paused
+    replayed = await client.request(peer, pause)
+    assert isinstance(replayed, ErrorReply) and "replayed" in replayed.message
+
+    job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt="hi", max_tokens=4)
+    busy = await client.request(peer, job)
+    assert isinstance(busy, ErrorReply) and busy.code == "busy"
+
+    resumed = await client.request(peer, _control(coordinator, "resume", owner_seed, now_ms + 1))
+    assert isinstance(resumed, NodeStatus) and not resumed.paused
+    stale = await client.request(peer, _control(coordinator, "pause", owner_seed, now_ms - 10 * 60 * 1000))
+    assert isinstance(stale, ErrorReply) and not coordinator.paused

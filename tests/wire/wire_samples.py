@@ -6,6 +6,7 @@ import typing
 
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
+    ControlRequest,
     ErrorReply,
     History,
     HistoryRequest,
@@ -84,5 +85,6 @@ def sample_messages() -> list[Message]:
         ),
         HistoryRequest(account=b"\x05" * 32, limit=10),
         History(entries=[b"entry-1", b"entry-2"]),
+        ControlRequest(action="pause", issued_at_ms=1_700_000_000_000, signature=b"\x06" * 64),
         ErrorReply(code="no_capacity", message="only 1 worker(s) serve it; lower replicas", job_id=JOB),
     ]
