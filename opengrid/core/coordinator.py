@@ -266,6 +266,7 @@ class Coordinator:
             contract=job.contract,
             prompt=job.request.prompt,
             max_tokens=job.request.max_tokens,
+            format=job.request.format,
         )
         for candidate in chosen:
             job.pending[candidate.peer] = now + self.config.replica_timeout_s

@@ -32,12 +32,24 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ChatTemplate:
+    """A model's chat template (Jinja, as stored in its GGUF) and the special strings it refers to."""
+
+    template: str
+    bos_token: str
+    eos_token: str
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One completion: a raw prompt (chat templates are applied by the caller) and a token budget."""
 
     prompt: str
     max_tokens: int
     """Number of tokens to generate at most; must be >= 1."""
+    add_bos: bool = True
+    """Prepend the model's BOS token. False for prompts rendered from a chat template, which carry their
+    own special tokens (llama.cpp's chat completion tokenizes them the same way)."""
 
 
 @dataclass(frozen=True)

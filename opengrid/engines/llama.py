@@ -24,7 +24,7 @@ from typing import Self
 
 import llama_cpp
 
-from opengrid.engines.base import FinishReason, Generation, GenerationRequest, ModelInfo
+from opengrid.engines.base import ChatTemplate, FinishReason, Generation, GenerationRequest, ModelInfo
 from opengrid.errors import EngineError
 from opengrid.wire.contract import DecodingContract
 
@@ -100,6 +100,25 @@ class LlamaEngine:
         return self._contract
 
     @property
+    def chat_template(self) -> ChatTemplate | None:
+        """The chat template stored in the GGUF (``tokenizer.chat_template``), with its BOS/EOS strings."""
+        llm = self._require_open()
+        template = llm.metadata.get("tokenizer.chat_template", "")
+        if not template:
+            return None
+        return ChatTemplate(
+            template=template,
+            bos_token=self._token_text(llm.token_bos()),
+            eos_token=self._token_text(llm.token_eos()),
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        piece = llama_cpp.llama_token_get_text(self._vocab, token)
+        return piece.decode("utf-8", errors="replace") if piece else ""
+
+    @property
     def n_ctx(self) -> int:
         """Context window: prompt tokens + ``max_tokens`` must fit in it."""
         return self._n_ctx
@@ -140,7 +159,9 @@ class LlamaEngine:
         with self._lock:
             llm = self._require_open()
             try:
-                prompt_tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=True)
+                prompt_tokens = llm.tokenize(
+                    request.prompt.encode("utf-8"), add_bos=request.add_bos, special=True
+                )
             except Exception as exc:
                 raise EngineError(
                     f"llama.cpp could not tokenize a {len(request.prompt)}-character prompt: {exc}"

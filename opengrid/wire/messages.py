@@ -34,6 +34,10 @@ TokenCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_LIMIT)]
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 
+PromptFormat = Literal["text", "chat"]
+"""``text``: a raw prompt, tokenized with the model's BOS; ``chat``: a prompt rendered from the model's chat
+template, which carries its own special tokens (tokenized without adding BOS, as llama.cpp does)."""
+
 ErrorCode = Literal[
     "malformed",  # the request did not decode or broke a limit
     "unknown_model",  # no worker on this coordinator serves the model
@@ -55,6 +59,10 @@ class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: str
     contract: DecodingContract
+    chat_template: Annotated[str, msgspec.Meta(max_length=65536)] = ""
+    """The model's Jinja chat template (from its GGUF), so API nodes can format chat requests."""
+    bos_token: ShortText = ""
+    eos_token: ShortText = ""
 
 
 class RegisterWorker(_Message, tag="register", frozen=True):
@@ -86,6 +94,7 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     max_tokens: TokenCount
     replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 2
     client_key: bytes = b""
+    format: PromptFormat = "text"
 
 
 class RunJob(_Message, tag="run", frozen=True):
@@ -95,6 +104,7 @@ class RunJob(_Message, tag="run", frozen=True):
     contract: DecodingContract
     prompt: Prompt
     max_tokens: TokenCount
+    format: PromptFormat = "text"
 
 
 class ReplicaResult(_Message, tag="result", frozen=True):
