@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +71,15 @@ class DemoNetwork:
         self.network = network
         self.nodes: list[DemoNode] = []
 
-    def start(self, name: str, role: str, *, bootstrap: str | None = None, cheater: bool = False) -> DemoNode:
+    def start(
+        self,
+        name: str,
+        role: str,
+        *,
+        bootstrap: str | None = None,
+        cheater: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> DemoNode:
         data_dir = self.base / name
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
@@ -96,6 +104,7 @@ class DemoNetwork:
             cmd += ["--bootstrap", bootstrap, "--model", self.model, "--threads", "1"]
         if cheater:
             cmd += ["--adversary", "wrong-tokens"]
+        cmd += list(extra_args)
         log_file = (data_dir / "node.log").open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160")
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)

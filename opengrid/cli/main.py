@@ -20,6 +20,7 @@ import trio
 
 from opengrid import __version__
 from opengrid.errors import OpenGridError
+from opengrid.node.api import DEFAULT_API_ADDRESS, ApiSettings, check_bind
 from opengrid.node.config import DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
 
 log = logging.getLogger("opengrid")
@@ -108,6 +109,17 @@ def _build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)"
     )
+    start.add_argument(
+        "--api",
+        nargs="?",
+        const=DEFAULT_API_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"serve the OpenAI-compatible API (default address when given bare: {DEFAULT_API_ADDRESS})",
+    )
+    start.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    start.add_argument(
+        "--api-allow-remote", action="store_true", help="allow a non-loopback --api address (plain HTTP!)"
+    )
     start.add_argument("--adversary", choices=["wrong-tokens"], help=argparse.SUPPRESS)
 
     demo = commands.add_parser(
@@ -153,10 +165,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_node(config: NodeConfig) -> None:
+async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
     from opengrid.node.service import Node
 
-    node = Node(config)
+    node = Node(config, api=api)
     # Listen for signals before anything starts, so a Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -174,6 +186,8 @@ async def _run_node(config: NodeConfig) -> None:
             print(f"OpenGrid {started.config.role} {node.host.peer_id}", flush=True)
             for addr in addrs:
                 print(f"  listening on {addr}", flush=True)
+            for url in node.api_urls:
+                print(f"  OpenAI-compatible API at {url}/v1", flush=True)
             if started.config.role == "coordinator" and addrs:
                 print(
                     f"  workers join with: opengrid node start --role worker --bootstrap {addrs[0]} "
@@ -194,7 +208,11 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
         threads=args.threads,
         adversary=args.adversary,
     ).validated()
-    trio.run(_run_node, config)
+    api = None
+    if args.api:
+        api = ApiSettings(address=args.api, api_key=args.api_key, allow_remote=args.api_allow_remote)
+        check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
+    trio.run(_run_node, config, api)
     return 0
 
 

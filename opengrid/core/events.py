@@ -14,6 +14,11 @@ class WorkerRegistered:
     peer: str
     key: bytes
     offers: tuple[ModelOffer, ...]
+    operator: str = ""
+    """Who runs the worker as far as the driver can tell (e.g. the IP address of the connection); two
+    workers with the same non-empty operator never run replicas of one job together. Empty: unknown."""
+    rtt_s: float = 0.0
+    """Round-trip time the driver measured to the worker (e.g. a libp2p ping); 0 when unknown."""
 
 
 @dataclass(frozen=True)
@@ -44,4 +49,14 @@ class ReplicaFailed:
     reason: str
 
 
-Event = WorkerRegistered | JobSubmitted | ReplicaReturned | ReplicaFailed
+@dataclass(frozen=True)
+class JobCancelled:
+    """The client of ``job_id`` gave up on it (cancel request, or its connection closed)."""
+
+    job_id: bytes
+    client: str = ""
+    """Who asked; a non-empty value must match the submitter or the cancel is ignored. Empty: the driver
+    has already checked that the canceller may cancel."""
+
+
+Event = WorkerRegistered | JobSubmitted | ReplicaReturned | ReplicaFailed | JobCancelled

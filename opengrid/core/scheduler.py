@@ -1,11 +1,15 @@
 """Which workers run a job: a pure policy over plain data (spec/verification.md §Selection).
 
-Replicas of one job go to distinct workers (distinct keys) serving the same numerical class, chosen at
-random so that no worker can predict its partner and collude with it.
+Replicas of one job go to distinct workers serving the same numerical class: distinct keys *and* distinct
+operators (a non-empty ``Candidate.operator``, e.g. the address a worker connects from, counts once per
+job). They are chosen at random so that no worker can predict its partner and collude with it; the draw is
+weighted (spec/verification-adaptive.md §Selection): reputation, measured speed and round-trip time tilt
+the odds, within bounds, but never make a choice certain.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -20,6 +24,10 @@ class RandomSource(Protocol):
 
     def sample(self, population: Sequence[T], k: int) -> list[T]: ...
 
+    def random(self) -> float:
+        """A float uniformly drawn from [0, 1)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -29,6 +37,56 @@ class Candidate:
     key: bytes
     model_name: str
     contract: DecodingContract
+    reputation: float = 0.0
+    """Scheduling score in [-1, 1] (``Reputation.score``): 0 unknown, negative on probation."""
+    tokens_per_s: float = 0.0
+    """Measured generation speed on verified results; 0 when not measured yet."""
+    rtt_s: float = 0.0
+    """Measured round-trip time to the worker; 0 when unknown."""
+    operator: str = ""
+    """Who runs the worker, as far as the coordinator can tell (e.g. its IP address); candidates sharing
+    a non-empty operator never run replicas of one job together. Empty: unknown, counted apart."""
+
+
+MAX_REPUTATION_FACTOR = 4.0
+"""Weight of a long-trusted worker relative to a new one (a worker on probation gets the inverse)."""
+SPEED_FACTOR = 2.0
+"""Measured speed and RTT each move a weight by at most this factor either way, against the pool median."""
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return min(high, max(low, value))
+
+
+def candidate_weight(candidate: Candidate, *, median_tokens_per_s: float, median_rtt_s: float) -> float:
+    """Relative odds of picking ``candidate``: ``4 ** reputation`` (1/4 to 4), times its speed and its
+    RTT against the pool's medians, each clamped to [1/2, 2]. Unmeasured fields count as the median."""
+    weight: float = MAX_REPUTATION_FACTOR ** _clamp(candidate.reputation, -1.0, 1.0)
+    if candidate.tokens_per_s > 0 and median_tokens_per_s > 0:
+        weight *= _clamp(candidate.tokens_per_s / median_tokens_per_s, 1 / SPEED_FACTOR, SPEED_FACTOR)
+    if candidate.rtt_s > 0 and median_rtt_s > 0:
+        weight *= _clamp(median_rtt_s / candidate.rtt_s, 1 / SPEED_FACTOR, SPEED_FACTOR)
+    return weight
+
+
+def weights(candidates: Sequence[Candidate]) -> list[float]:
+    """``candidate_weight`` of each candidate, against the medians of ``candidates``."""
+    tps = _median([c.tokens_per_s for c in candidates if c.tokens_per_s > 0])
+    rtt = _median([c.rtt_s for c in candidates if c.rtt_s > 0])
+    return [candidate_weight(c, median_tokens_per_s=tps, median_rtt_s=rtt) for c in candidates]
+
+
+def capacity(candidates: Iterable[Candidate]) -> int:
+    """How many replicas of one job ``candidates`` can run: distinct keys, a non-empty operator once."""
+    return len(_distinct(sorted(candidates, key=lambda c: c.peer), (), ()))
 
 
 def choose_class(candidates: Iterable[Candidate]) -> list[Candidate]:
@@ -47,22 +105,50 @@ def choose_class(candidates: Iterable[Candidate]) -> list[Candidate]:
     return sorted(by_class[best].values(), key=lambda c: c.peer)
 
 
-def pick_workers(
-    candidates: Sequence[Candidate], count: int, *, exclude: Iterable[str], rng: RandomSource
+def _distinct(
+    ordered: Iterable[Candidate], exclude: Iterable[str], exclude_operators: Iterable[str]
 ) -> list[Candidate]:
-    """Pick up to ``count`` distinct workers not in ``exclude``, uniformly at random.
-
-    Candidates are sorted before sampling so the same seed gives the same choice whatever order the
-    caller's dict iteration produced.
-    """
+    """Walk ``ordered`` keeping the first candidate of each key and of each non-empty operator."""
     excluded = set(exclude)
-    seen_keys: set[bytes] = set()
-    pool: list[Candidate] = []
-    for candidate in sorted(candidates, key=lambda c: c.peer):
-        if candidate.peer in excluded or candidate.key in seen_keys:
+    operators = {op for op in exclude_operators if op}
+    keys: set[bytes] = set()
+    kept: list[Candidate] = []
+    for candidate in ordered:
+        if candidate.peer in excluded or candidate.key in keys or candidate.operator in operators:
             continue
-        seen_keys.add(candidate.key)
-        pool.append(candidate)
+        keys.add(candidate.key)
+        if candidate.operator:
+            operators.add(candidate.operator)
+        kept.append(candidate)
+    return kept
+
+
+def pick_workers(
+    candidates: Sequence[Candidate],
+    count: int,
+    *,
+    exclude: Iterable[str],
+    rng: RandomSource,
+    exclude_operators: Iterable[str] = (),
+) -> list[Candidate]:
+    """Pick up to ``count`` workers not in ``exclude``, with distinct keys and operators, at random.
+
+    The result is in draw order (the first is the job's lead replica). When every candidate weighs the
+    same and no two share an operator, this is a uniform ``rng.sample``; otherwise it is weighted sampling
+    without replacement (Efraimidis-Spirakis: each candidate draws ``u ** (1 / weight)`` and the highest
+    draws win), walking the draws in order and skipping a key or operator already taken. Candidates are
+    sorted before drawing so the same seed gives the same choice whatever order the caller passed.
+    """
+    ordered = sorted(candidates, key=lambda c: c.peer)
+    banned = {op for op in exclude_operators if op}
+    first_per_key = _distinct(ordered, exclude, ())
+    pool = [c for c in first_per_key if c.operator not in banned]
     if count <= 0 or not pool:
         return []
-    return rng.sample(pool, min(count, len(pool)))
+    pool_weights = weights(pool)
+    operators = [c.operator for c in pool if c.operator]
+    if len(set(pool_weights)) == 1 and len(set(operators)) == len(operators):
+        return rng.sample(pool, min(count, len(pool)))
+    keys = [math.log(u) / w if (u := rng.random()) > 0 else -math.inf for w in pool_weights]
+    drawn = [pool[i] for i in sorted(range(len(pool)), key=lambda i: (-keys[i], pool[i].peer))]
+    return _distinct(drawn, (), banned)[:count]

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaRetu
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.engines import Engine, GenerationRequest, WrongTokensEngine, load_engine, resolve_model
 from opengrid.errors import (
+    ConfigError,
     EngineError,
     FrameTooLargeError,
     OpenGridError,
@@ -42,6 +44,7 @@ from opengrid.errors import (
 )
 from opengrid.net.host import FrameStream, Host, open_host
 from opengrid.net.keys import public_key_of
+from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
 from opengrid.store.ledger_store import LedgerStore, open_ledger
@@ -55,6 +58,7 @@ from opengrid.wire.messages import (
     Message,
     ModelOffer,
     NodeStatus,
+    PromptFormat,
     ReceiptNotice,
     Registered,
     RegisterWorker,
@@ -78,8 +82,12 @@ class _PendingJob:
 class Node:
     """One OpenGrid node (coordinator, worker or edge). Start it with ``nursery.start(node.run)``."""
 
-    def __init__(self, config: NodeConfig, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, *, engine: Engine | None = None, api: ApiSettings | None = None
+    ) -> None:
         self.config = config.validated()
+        self._api = api
+        self.api_urls: list[str] = []
         self._engine = engine
         self._seed = load_or_create_seed(self.config.data_dir)
         self._key = SigningKey(self._seed)
@@ -124,6 +132,8 @@ class Node:
                         nursery.start_soon(self._timer_loop)
                     if self.worker is not None:
                         nursery.start_soon(self._register_loop)
+                    if self._api is not None:
+                        self.api_urls = await nursery.start(self._serve_api, self._api)
                     self._write_node_info()
                     log.info(
                         "%s %s ready on %s (ledger: %d entries)",
@@ -151,7 +161,14 @@ class Node:
                 log.warning("ADVERSARY MODE: this worker returns wrong tokens (demo/test of verification)")
                 engine = WrongTokensEngine(engine)
             self._engine = engine
-        offer = ModelOffer(name=self._engine.model.name, contract=self._engine.contract)
+        template = getattr(self._engine, "chat_template", None)
+        offer = ModelOffer(
+            name=self._engine.model.name,
+            contract=self._engine.contract,
+            chat_template=template.template if template else "",
+            bos_token=template.bos_token if template else "",
+            eos_token=template.eos_token if template else "",
+        )
         self.worker = WorkerLogic(
             network=self.config.network, signing_key=self._key, offers=(offer,), ledger=self.ledger
         )
@@ -246,7 +263,65 @@ class Node:
             log.info("worker %s joined with %s", _short(peer), ", ".join(o.name for o in message.models))
         return Registered(coordinator_key=self.public_key, heartbeat_s=self.config.heartbeat_s)
 
+    async def _serve_api(self, settings: ApiSettings, *, task_status: trio.TaskStatus[list[str]]) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        host, port = check_bind(settings.address, allow_remote=settings.allow_remote)
+        config = Config()
+        config.bind = [f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("opengrid.api.server")
+        app = build_app(self, api_key=settings.api_key)
+
+        async def ready_then_report(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                urls = await nursery.start(ready_then_report)
+                log.info("OpenAI-compatible API on %s/v1", ", ".join(urls))
+                task_status.started(urls)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve the API on {settings.address}: {exc.strerror or exc}") from exc
+
+    # ── API backend (opengrid.node.api.ApiBackend) ──────────────────────────────────────────────────
+    def api_models(self) -> list[ModelOffer]:
+        """Models a client of this node's API can ask for."""
+        if self.coordinator is not None:
+            return [o for r in self.coordinator.workers.values() if r.online for o in r.offers]
+        return list(self.worker.offers) if self.worker is not None else []
+
+    async def api_submit(
+        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: PromptFormat
+    ) -> JobAccepted | ErrorReply:
+        """Run one verified job: on this node if it coordinates, else through its coordinator."""
+        assert self.host is not None
+        job = SubmitJob(
+            job_id=secrets.token_bytes(16),
+            model=model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            format=format,
+        )
+        if self.coordinator is not None:
+            return await self._submit_local(self.host.peer_id, job)
+        if not self.config.bootstrap:
+            return ErrorReply("not_coordinator", "this node knows no coordinator to send jobs to")
+        try:
+            peer = await self.host.connect(self.config.bootstrap[0])
+            reply = await self.host.request(peer, job)
+        except OpenGridError as exc:
+            return ErrorReply("not_coordinator", f"the coordinator could not be reached: {exc}", job.job_id)
+        if isinstance(reply, JobAccepted | ErrorReply):
+            return reply
+        return ErrorReply("internal", f"the coordinator answered {type(reply).__name__}", job.job_id)
+
     async def _on_submit(self, peer: str, message: SubmitJob) -> Message:
+        return await self._submit_local(peer, message)
+
+    async def _submit_local(self, peer: str, message: SubmitJob) -> JobAccepted | ErrorReply:
         pending = _PendingJob()
         self._jobs[message.job_id] = pending
         log.info(
@@ -271,7 +346,9 @@ class Node:
         if refusal is not None:
             return refusal
         log.info("running job %s: %d tokens max", run.job_id.hex()[:8], run.max_tokens)
-        request = GenerationRequest(prompt=run.prompt, max_tokens=run.max_tokens)
+        request = GenerationRequest(
+            prompt=run.prompt, max_tokens=run.max_tokens, add_bos=run.format == "text"
+        )
         engine = self._engine
         try:
             generation = await trio.to_thread.run_sync(engine.generate, request, limiter=self._engine_limiter)

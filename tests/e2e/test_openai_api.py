@@ -1,0 +1,138 @@
+"""The OpenAI-compatible API, used through the official ``openai`` package against a real network."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+from collections.abc import Iterator
+
+import httpx
+import llama_cpp
+import openai
+import pytest
+from opengrid_sdk import Client
+
+from opengrid.cli.demo import DemoNetwork, wait_for_workers
+
+pytestmark = pytest.mark.slow
+NETWORK = "opengrid-api"
+API_KEY = "test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: pathlib.Path) -> Iterator[str]:
+    net = DemoNetwork(tmp_path_factory.mktemp("api"), model=str(tiny_model_path), network=NETWORK)
+    port = _free_port()
+    try:
+        coordinator = net.start(
+            "coordinator", "coordinator", extra_args=["--api", f"127.0.0.1:{port}", "--api-key", API_KEY]
+        )
+        net.wait_ready(coordinator)
+        for i in range(2):
+            net.wait_ready(net.start(f"worker-{i + 1}", "worker", bootstrap=coordinator.addrs[0]))
+        with Client([coordinator.addrs[0]], network=NETWORK) as client:
+            wait_for_workers(client, 2, timeout=60)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        net.stop()
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model_path: pathlib.Path) -> Iterator[llama_cpp.Llama]:
+    model = llama_cpp.Llama(
+        model_path=str(tiny_model_path), n_ctx=2048, n_batch=512, flash_attn=False, seed=0, verbose=False
+    )
+    yield model
+    model.close()
+
+
+def _client(api: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api, api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def test_models_lists_what_workers_serve(api: str, tiny_model_path: pathlib.Path) -> None:
+    ids = [model.id for model in _client(api).models.list()]
+    assert ids == [tiny_model_path.stem]
+
+
+def test_completion_matches_llama_cpp_and_carries_verification(
+    api: str, llm: llama_cpp.Llama, tiny_model_path: pathlib.Path
+) -> None:
+    model = tiny_model_path.stem
+    response = _client(api).completions.with_raw_response.create(
+        model=model, prompt="The capital of France is", max_tokens=10, temperature=0
+    )
+    completion = response.parse()
+    direct = llm.create_completion(
+        "The capital of France is", max_tokens=10, temperature=0.0, top_k=1, repeat_penalty=1.0
+    )
+    assert completion.choices[0].text == direct["choices"][0]["text"]  # type: ignore[index]
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 10
+    extension = completion.model_extra["opengrid"]  # type: ignore[index]
+    assert extension["verified"] is True and len(extension["workers"]) == 2
+    assert response.headers["x-opengrid-job-id"] == extension["job_id"]
+
+
+def test_chat_matches_llama_cpp_chat_completion(
+    api: str, llm: llama_cpp.Llama, tiny_model_path: pathlib.Path
+) -> None:
+    messages = [{"role": "user", "content": "Say something."}]
+    chat = _client(api).chat.completions.create(
+        model=tiny_model_path.stem,
+        messages=messages,
+        max_tokens=12,  # type: ignore[arg-type]
+    )
+    direct = llm.create_chat_completion(messages, max_tokens=12, temperature=0.0, top_k=1, repeat_penalty=1.0)  # type: ignore[arg-type]
+    assert chat.choices[0].message.content == direct["choices"][0]["message"]["content"]  # type: ignore[index]
+    assert chat.choices[0].message.role == "assistant"
+
+
+def test_streaming_yields_the_verified_text(api: str, tiny_model_path: pathlib.Path) -> None:
+    client = _client(api)
+    whole = client.completions.create(model=tiny_model_path.stem, prompt="Once", max_tokens=8)
+    stream = client.completions.create(model=tiny_model_path.stem, prompt="Once", max_tokens=8, stream=True)
+    streamed = "".join(chunk.choices[0].text for chunk in stream)
+    assert streamed == whole.choices[0].text
+    chat_stream = client.chat.completions.create(
+        model=tiny_model_path.stem, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in chat_stream]
+    assert "".join(pieces)
+
+
+def test_stop_sequences_cut_the_verified_text(api: str, tiny_model_path: pathlib.Path) -> None:
+    client = _client(api)
+    whole = (
+        client.completions.create(model=tiny_model_path.stem, prompt="Once", max_tokens=12).choices[0].text
+    )
+    stop = whole[3:5]
+    cut = client.completions.create(model=tiny_model_path.stem, prompt="Once", max_tokens=12, stop=[stop])
+    assert cut.choices[0].text == whole[: whole.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_errors_are_openai_shaped(api: str, tiny_model_path: pathlib.Path) -> None:
+    client = _client(api)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="no-such-model", prompt="hi", max_tokens=4)
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=tiny_model_path.stem, prompt="hi", max_tokens=0)
+    with pytest.raises(openai.APIStatusError) as capacity:
+        client.completions.create(
+            model=tiny_model_path.stem, prompt="hi", max_tokens=4, extra_body={"replicas": 5}
+        )
+    assert capacity.value.status_code == 503
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=api, api_key="wrong", max_retries=0).models.list()
+    raw = httpx.post(
+        f"{api}/completions", content=b"{not json", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
