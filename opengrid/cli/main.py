@@ -15,6 +15,7 @@ import pathlib
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -158,6 +159,9 @@ def _build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--replicas", type=int, default=2)
     submit.add_argument("--network", default=DEFAULT_NETWORK)
     submit.add_argument("--json", action="store_true")
+    submit.add_argument(
+        "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
+    )
 
     status = commands.add_parser("status", help="ask a node for its identity, role and points")
     status.add_argument("address", metavar="MULTIADDR")
@@ -220,6 +224,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from opengrid_sdk import Client
 
     with Client([args.bootstrap], network=args.network) as client:
+        if args.stream and not args.json:
+            return _stream_to_terminal(client, args)
         done = client.complete(
             args.prompt, model=args.model, max_tokens=args.max_tokens, replicas=args.replicas
         )
@@ -245,6 +251,27 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _stream_to_terminal(client: Any, args: argparse.Namespace) -> int:
+    from opengrid_sdk import Completion
+
+    preview = ""
+    for item in client.stream(
+        args.prompt, model=args.model, max_tokens=args.max_tokens, replicas=args.replicas
+    ):
+        if isinstance(item, Completion):
+            if item.text != preview:
+                print(f"\n[the preview was not confirmed; the verified answer is:]\n{item.text}")
+            else:
+                print()
+            print(
+                f"[job {item.job_id.hex()[:8]} verified: {len(item.workers)} workers agreed]", file=sys.stderr
+            )
+            return 0
+        preview += item
+        print(item, end="", flush=True)
+    return 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

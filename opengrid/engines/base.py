@@ -8,6 +8,7 @@ An engine is blocking and not thread-safe for concurrent use: the node calls :me
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -50,6 +51,17 @@ class GenerationRequest:
     add_bos: bool = True
     """Prepend the model's BOS token. False for prompts rendered from a chat template, which carry their
     own special tokens (llama.cpp's chat completion tokenizes them the same way)."""
+
+
+@runtime_checkable
+class StreamingEngine(Protocol):
+    """An engine that can report text as it is generated (the node streams it to clients)."""
+
+    def generate_streaming(
+        self, request: GenerationRequest, on_text: Callable[[str], None] | None
+    ) -> Generation:
+        """Like ``Engine.generate``, calling ``on_text(delta)`` from the generating thread."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ text are those of llama.cpp's completion path, with two deliberate differences i
 
 from __future__ import annotations
 
+import codecs
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -154,6 +155,16 @@ class LlamaEngine:
 
     def generate(self, request: GenerationRequest) -> Generation:
         """Greedy completion of ``request.prompt``: up to ``max_tokens`` tokens, stopping at EOS/EOT."""
+        return self.generate_streaming(request, None)
+
+    def generate_streaming(
+        self, request: GenerationRequest, on_text: Callable[[str], None] | None
+    ) -> Generation:
+        """Like ``generate``, calling ``on_text(delta)`` with new text as it is produced (in this thread).
+
+        The deltas are a preview: the returned ``Generation.text`` (one decode of all tokens) is the
+        authority, and equals the concatenated deltas except in rare detokenizer corner cases.
+        """
         if request.max_tokens < 1:
             raise EngineError(f"max_tokens must be >= 1, got {request.max_tokens}")
         with self._lock:
@@ -179,7 +190,7 @@ class LlamaEngine:
                     f"max_tokens, or load the engine with a larger n_ctx"
                 )
             try:
-                tokens, finish_reason = self._decode_greedy(llm, prompt_tokens, request.max_tokens)
+                tokens, finish_reason = self._decode_greedy(llm, prompt_tokens, request.max_tokens, on_text)
             except Exception as exc:
                 raise EngineError(
                     f"llama.cpp failed while generating with {self._model.name!r}: {exc}"
@@ -219,7 +230,11 @@ class LlamaEngine:
         return self._llm
 
     def _decode_greedy(
-        self, llm: llama_cpp.Llama, prompt_tokens: list[int], max_tokens: int
+        self,
+        llm: llama_cpp.Llama,
+        prompt_tokens: list[int],
+        max_tokens: int,
+        on_text: Callable[[str], None] | None = None,
     ) -> tuple[list[int], FinishReason]:
         c = self._contract
         # Forget the previous request: with n_tokens == 0, Llama.generate skips its prefix-reuse path
@@ -227,6 +242,7 @@ class LlamaEngine:
         llm.reset()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves it unannotated
         out: list[int] = []
         finish_reason: FinishReason = "length"
+        preview = _TextPreview(on_text) if on_text is not None else None
         steps = llm.generate(
             prompt_tokens, top_k=c.top_k, temp=c.temperature, repeat_penalty=c.repeat_penalty, reset=True
         )
@@ -236,6 +252,8 @@ class LlamaEngine:
                     finish_reason = "stop"
                     break
                 out.append(int(token))
+                if preview is not None:
+                    preview.feed(llm.detokenize(out))
                 if len(out) >= max_tokens:
                     break
         finally:
@@ -250,3 +268,20 @@ class LlamaEngine:
             raise EngineError(f"llama.cpp could not detokenize {len(tokens)} tokens: {exc}") from exc
         # One decode of the whole byte string: a character split across tokens is decoded whole.
         return raw.decode("utf-8", errors="replace")
+
+
+class _TextPreview:
+    """Turns successive detokenizations of a growing token list into UTF-8-safe text deltas."""
+
+    def __init__(self, on_text: Callable[[str], None]) -> None:
+        self._on_text = on_text
+        self._seen = b""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, raw: bytes) -> None:
+        if not raw.startswith(self._seen):
+            return  # the detokenizer rewrote earlier bytes (rare): the final text stays authoritative
+        delta = self._decoder.decode(raw[len(self._seen) :])
+        self._seen = raw
+        if delta:
+            self._on_text(delta)

@@ -6,15 +6,17 @@ events and executes the effects the core returns. All tasks live in one nursery:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
@@ -34,6 +36,7 @@ from opengrid.core.effects import (
 from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.engines import Engine, GenerationRequest, WrongTokensEngine, load_engine, resolve_model
+from opengrid.engines.base import Generation, StreamingEngine
 from opengrid.errors import (
     ConfigError,
     EngineError,
@@ -55,6 +58,7 @@ from opengrid.wire.messages import (
     History,
     HistoryRequest,
     JobAccepted,
+    JobProgress,
     Message,
     ModelOffer,
     NodeStatus,
@@ -62,6 +66,7 @@ from opengrid.wire.messages import (
     ReceiptNotice,
     Registered,
     RegisterWorker,
+    ReplicaProgress,
     ReplicaResult,
     RunJob,
     StatusRequest,
@@ -71,12 +76,17 @@ from opengrid.wire.messages import (
 
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
+_PROGRESS_BUFFER = 256  # preview frames buffered per job before the oldest news is dropped
 
 
 @dataclass
 class _PendingJob:
     done: trio.Event = field(default_factory=trio.Event)
     reply: JobAccepted | ErrorReply | None = None
+    progress: Callable[[str], None] | None = None
+    """Streaming jobs: where to put preview text (from ``streamer`` only)."""
+    streamer: str | None = None
+    """The first replica that sent progress; only its preview reaches the client."""
 
 
 class Node:
@@ -194,9 +204,35 @@ class Node:
             log.info("refused a bad frame: %s", exc)
             await _try_send(stream, ErrorReply("malformed", f"{exc}{hint}"))
             return
+        if isinstance(message, SubmitJob) and message.stream and self.coordinator and not self.paused:
+            await self._serve_streaming_job(stream, message)
+            return
+        if isinstance(message, RunJob) and self.worker is not None and not self.paused:
+            await stream.send(await self._on_run(message, stream))
+            return
         reply = await self._answer(stream.peer, message)
         if reply is not None:
             await stream.send(reply)
+
+    async def _serve_streaming_job(self, stream: FrameStream, message: SubmitJob) -> None:
+        """Forward preview text to the client while the job runs, then the verified answer."""
+        send, receive = trio.open_memory_channel[str](_PROGRESS_BUFFER)
+
+        def offer(text: str) -> None:
+            with contextlib.suppress(trio.WouldBlock):  # a slow client loses preview text, never the answer
+                send.send_nowait(text)
+
+        async def forward() -> None:
+            async for text in receive:
+                await stream.send(JobProgress(job_id=message.job_id, text=text))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            try:
+                reply = await self._submit_local(stream.peer, message, progress=offer)
+            finally:
+                send.close()
+        await stream.send(reply)
 
     async def _answer(self, peer: str, message: Message) -> Message | None:
         match message:
@@ -321,8 +357,10 @@ class Node:
     async def _on_submit(self, peer: str, message: SubmitJob) -> Message:
         return await self._submit_local(peer, message)
 
-    async def _submit_local(self, peer: str, message: SubmitJob) -> JobAccepted | ErrorReply:
-        pending = _PendingJob()
+    async def _submit_local(
+        self, peer: str, message: SubmitJob, *, progress: Callable[[str], None] | None = None
+    ) -> JobAccepted | ErrorReply:
+        pending = _PendingJob(progress=progress)
         self._jobs[message.job_id] = pending
         log.info(
             "job %s from %s: model %s, %d tokens, %d replicas",
@@ -340,7 +378,7 @@ class Node:
         assert pending.reply is not None
         return pending.reply
 
-    async def _on_run(self, run: RunJob) -> Message:
+    async def _on_run(self, run: RunJob, stream: FrameStream | None = None) -> Message:
         assert self.worker is not None and self._engine is not None
         refusal = self.worker.accept(run)
         if refusal is not None:
@@ -351,7 +389,12 @@ class Node:
         )
         engine = self._engine
         try:
-            generation = await trio.to_thread.run_sync(engine.generate, request, limiter=self._engine_limiter)
+            if run.stream and stream is not None and isinstance(engine, StreamingEngine):
+                generation = await self._generate_streaming(engine, request, run.job_id, stream)
+            else:
+                generation = await trio.to_thread.run_sync(
+                    engine.generate, request, limiter=self._engine_limiter
+                )
         except EngineError as exc:
             log.warning("job %s failed in the engine: %s", run.job_id.hex()[:8], exc)
             return ErrorReply("engine_error", str(exc), run.job_id)
@@ -361,6 +404,30 @@ class Node:
             tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
         )
         return self.worker.attest(run, output)
+
+    async def _generate_streaming(
+        self, engine: StreamingEngine, request: GenerationRequest, job_id: bytes, stream: FrameStream
+    ) -> Generation:
+        """Run the engine in a thread and send its text as ReplicaProgress frames while it generates."""
+        send, receive = trio.open_memory_channel[str](_PROGRESS_BUFFER)
+
+        def on_text(delta: str) -> None:  # called in the engine's thread
+            with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError):
+                trio.from_thread.run_sync(send.send_nowait, delta)
+
+        async def forward() -> None:
+            async for text in receive:
+                with contextlib.suppress(OpenGridError):  # the coordinator may stop listening; keep working
+                    await stream.send(ReplicaProgress(job_id=job_id, text=text))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            try:
+                return await trio.to_thread.run_sync(
+                    engine.generate_streaming, request, on_text, limiter=self._engine_limiter
+                )
+            finally:
+                send.close()
 
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.worker is not None and self._store is not None
@@ -427,7 +494,7 @@ class Node:
         event: Event | None = None
         with scope:
             try:
-                reply = await self.host.request(peer, run)
+                reply = await self._exchange_replica(peer, run)
             except OpenGridError as exc:
                 event = ReplicaFailed(job_id=run.job_id, peer=peer, reason=str(exc))
             else:
@@ -447,6 +514,26 @@ class Node:
             if isinstance(event, ReplicaFailed):
                 log.warning("worker %s failed job %s: %s", _short(peer), run.job_id.hex()[:8], event.reason)
             self._feed(event)
+
+    async def _exchange_replica(self, peer: str, run: RunJob) -> Message:
+        """Send ``run`` to ``peer``; for streaming jobs pass its preview frames on; return its final reply."""
+        assert self.host is not None
+        pending = self._jobs.get(run.job_id)
+        if pending is None or pending.progress is None:
+            return await self.host.request(peer, run)
+        stream = await self.host.open_stream(peer)
+        try:
+            await stream.send(msgspec.structs.replace(run, stream=True))
+            for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
+                reply = await stream.receive()
+                if not isinstance(reply, ReplicaProgress):
+                    return reply
+                if reply.job_id == run.job_id and pending.streamer in (None, peer):
+                    pending.streamer = peer
+                    pending.progress(reply.text)
+            raise RemoteProtocolError("more progress frames than tokens", peer=peer)
+        finally:
+            await stream.aclose()
 
     async def _send_receipt(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.host is not None

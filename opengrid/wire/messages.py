@@ -95,6 +95,8 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 2
     client_key: bytes = b""
     format: PromptFormat = "text"
+    stream: bool = False
+    """Send JobProgress frames (unverified text from the first replica) before the verified answer."""
 
 
 class RunJob(_Message, tag="run", frozen=True):
@@ -105,6 +107,23 @@ class RunJob(_Message, tag="run", frozen=True):
     prompt: Prompt
     max_tokens: TokenCount
     format: PromptFormat = "text"
+    stream: bool = False
+    """Send ReplicaProgress frames as text is generated, before the ReplicaResult."""
+
+
+class ReplicaProgress(_Message, tag="progress", frozen=True):
+    """Worker → coordinator, on a RunJob stream with ``stream``: newly generated text (a preview)."""
+
+    job_id: JobIdBytes
+    text: Annotated[str, msgspec.Meta(max_length=65536)]
+
+
+class JobProgress(_Message, tag="job_progress", frozen=True):
+    """Coordinator → client, on a SubmitJob stream with ``stream``: text from the first replica to
+    produce it, NOT yet verified; the closing JobAccepted carries the verified text (which may differ)."""
+
+    job_id: JobIdBytes
+    text: Annotated[str, msgspec.Meta(max_length=65536)]
 
 
 class ReplicaResult(_Message, tag="result", frozen=True):
@@ -216,6 +235,8 @@ Message = (
     | Registered
     | SubmitJob
     | RunJob
+    | ReplicaProgress
+    | JobProgress
     | ReplicaResult
     | JobAccepted
     | ReceiptNotice

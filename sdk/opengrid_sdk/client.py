@@ -6,10 +6,11 @@ and speaks the job protocol to a coordinator reached from the bootstrap addresse
 
 from __future__ import annotations
 
+import queue
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -37,6 +38,7 @@ from opengrid.wire.messages import (
     History,
     HistoryRequest,
     JobAccepted,
+    JobProgress,
     Message,
     NodeStatus,
     StatusRequest,
@@ -72,6 +74,19 @@ class Completion:
     failed: list[str]
     """Peer ids of workers that failed or vanished mid-job and were replaced."""
     coordinator: str
+
+
+def _job(prompt: str, model: str, max_tokens: int, replicas: int, *, stream: bool) -> SubmitJob:
+    if max_tokens < 1 or replicas < 1:
+        raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
+    return SubmitJob(
+        job_id=secrets.token_bytes(16),
+        model=model,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        replicas=replicas,
+        stream=stream,
+    )
 
 
 class Client:
@@ -205,13 +220,61 @@ class Client:
         The receipt is verified before this returns (signature, commitment, attestations); a mismatch
         raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
         """
-        if max_tokens < 1 or replicas < 1:
-            raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
-        job_id = secrets.token_bytes(16)
-        request = SubmitJob(
-            job_id=job_id, model=model, prompt=prompt, max_tokens=max_tokens, replicas=replicas
-        )
+        request = _job(prompt, model, max_tokens, replicas, stream=False)
         peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
+        return self._completion(request, peer, reply)
+
+    def stream(
+        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+    ) -> Iterator[str | Completion]:
+        """Like ``complete``, but first yields text as the first replica generates it.
+
+        The ``str`` items are an UNVERIFIED preview from one worker; the last item is the verified
+        ``Completion``, whose text is the truth (it differs from the preview if that worker cheated).
+        """
+        request = _job(prompt, model, max_tokens, replicas, stream=True)
+        items: queue.Queue[str | tuple[str, Message] | BaseException] = queue.Queue()
+
+        async def exchange() -> None:
+            assert self._host is not None
+            peer = await self._host.connect(self.bootstrap[0])
+            stream = await self._host.open_stream(peer)
+            try:
+                await stream.send(request)
+                for _ in range(request.max_tokens + 1):
+                    reply = await stream.receive()
+                    if not isinstance(reply, JobProgress):
+                        items.put((peer, reply))
+                        return
+                    if reply.job_id == request.job_id:
+                        items.put(reply.text)
+                raise RemoteProtocolError("more progress frames than tokens", peer=peer)
+            finally:
+                await stream.aclose()
+
+        def run() -> None:
+            try:
+                self._call(exchange)
+            except BaseException as exc:  # handed to the consuming thread below
+                items.put(exc)
+
+        worker = threading.Thread(target=run, name="opengrid-stream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = items.get(timeout=self.timeout + 5)
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, str):
+                    yield item
+                else:
+                    yield self._completion(request, *item)
+                    return
+        finally:
+            worker.join(timeout=self.timeout + 5)
+
+    def _completion(self, request: SubmitJob, peer: str, reply: Message) -> Completion:
+        job_id = request.job_id
         if isinstance(reply, ErrorReply):
             raise _ERRORS.get(reply.code, JobError)(reply.message)
         if not isinstance(reply, JobAccepted) or reply.job_id != job_id:

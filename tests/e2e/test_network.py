@@ -128,6 +128,16 @@ def test_answers_are_verified_and_identical_to_llama_cpp(
             done.receipt.verify(tokens=done.tokens, text=done.text + "!", job_id=done.job_id)
 
 
+def test_streaming_previews_then_verifies(mixed_network: tuple[DemoNetwork, Client]) -> None:
+    _, client = mixed_network
+    items = list(client.stream("Streaming is", model="tiny", max_tokens=32, replicas=2))
+    *previews, done = items
+    assert isinstance(done, Completion)
+    assert len(previews) > 1 and all(isinstance(p, str) for p in previews)
+    assert "".join(previews) == done.text  # the cheater streams nothing, so the preview is honest here
+    done.receipt.verify(tokens=done.tokens, text=done.text, job_id=done.job_id)
+
+
 def test_the_cheater_is_outvoted_and_earns_nothing(mixed_network: tuple[DemoNetwork, Client]) -> None:
     net, client = mixed_network
     cheater = _by_name(net, "worker-4")

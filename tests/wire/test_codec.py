@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from wire_samples import JOB, MESSAGE_TYPES, sample_messages
+from wire_samples import JOB, MESSAGE_TYPES, sample, sample_messages
 
 from opengrid.errors import (
     FrameTooLargeError,
@@ -31,6 +31,7 @@ from opengrid.wire.messages import (
     MAX_TOKENS_LIMIT,
     Message,
     ReplicaResult,
+    StatusRequest,
     SubmitJob,
 )
 
@@ -106,7 +107,7 @@ def test_random_chunk_sizes_yield_the_same_messages(seed: int) -> None:
 
 
 def test_two_frames_in_one_chunk_come_out_separately() -> None:
-    first, second = sample_messages()[2], sample_messages()[7]
+    first, second = sample(SubmitJob), sample(StatusRequest)
     buffer = FrameBuffer()
     buffer.feed(encode_frame(first) + encode_frame(second))
 
@@ -116,7 +117,7 @@ def test_two_frames_in_one_chunk_come_out_separately() -> None:
 
 
 def test_partial_frame_is_held_until_complete_and_wanted_counts_down() -> None:
-    frame = encode_frame(sample_messages()[2])
+    frame = encode_frame(sample(SubmitJob))
     body_length = len(frame) - HEADER_BYTES
     buffer = FrameBuffer()
     assert buffer.wanted() == HEADER_BYTES
@@ -159,7 +160,7 @@ def test_default_limit_rejects_a_hostile_length_prefix_before_any_body() -> None
 
 
 def test_frame_exactly_at_the_limit_is_accepted() -> None:
-    message = sample_messages()[2]
+    message = sample(SubmitJob)
     body = encode_message(message)
     frame = encode_frame(message, limit=len(body))
     buffer = FrameBuffer(limit=len(body))
@@ -196,11 +197,11 @@ def test_encode_frame_over_the_limit_is_our_bug_not_the_peers() -> None:
 
 
 def _submit() -> dict[str, Any]:
-    return raw(sample_messages()[2])
+    return raw(sample(SubmitJob))
 
 
 def _result() -> dict[str, Any]:
-    return raw(sample_messages()[4])
+    return raw(sample(ReplicaResult))
 
 
 def _with(base: Callable[[], dict[str, Any]], **changes: Any) -> bytes:
@@ -219,8 +220,8 @@ BAD_BODIES: dict[str, bytes] = {
     "empty": b"",
     "reserved msgpack byte": b"\xc1",
     "ascii garbage": b"this is not msgpack at all",
-    "truncated message": encode_message(sample_messages()[2])[:-3],
-    "trailing bytes": encode_message(sample_messages()[2]) + b"\x00",
+    "truncated message": encode_message(sample(SubmitJob))[:-3],
+    "trailing bytes": encode_message(sample(SubmitJob)) + b"\x00",
     "array instead of map": msgspec.msgpack.encode([1, 2, 3]),
     "bare integer": msgspec.msgpack.encode(42),
     "bare tag string": msgspec.msgpack.encode("submit"),

@@ -9,10 +9,11 @@ import os
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
-from wire_samples import MESSAGE_TYPES, sample_messages
+from wire_samples import MESSAGE_TYPES, sample, sample_messages
 
 from opengrid.errors import FrameTooLargeError, MalformedMessageError
 from opengrid.wire.codec import HEADER_BYTES, FrameBuffer, decode_message, encode_message
+from opengrid.wire.messages import SubmitJob
 
 FUZZ = settings(
     max_examples=int(os.environ.get("OPENGRID_FUZZ_EXAMPLES", "300")),
@@ -102,7 +103,7 @@ def test_mutated_valid_messages_decode_or_are_malformed(
 
 
 def test_every_single_bit_flip_of_a_submit_job_decodes_or_is_malformed() -> None:
-    submit = encode_message(sample_messages()[2])
+    submit = encode_message(sample(SubmitJob))
     for index in range(len(submit)):
         for bit in range(8):
             data = bytearray(submit)

@@ -12,12 +12,14 @@ from opengrid.wire.messages import (
     HistoryRequest,
     JobAccepted,
     JobId,
+    JobProgress,
     Message,
     ModelOffer,
     NodeStatus,
     ReceiptNotice,
     Registered,
     RegisterWorker,
+    ReplicaProgress,
     ReplicaResult,
     RunJob,
     StatusRequest,
@@ -52,6 +54,8 @@ def sample_messages() -> list[Message]:
             client_key=b"\x03" * 32,
         ),
         RunJob(job_id=JOB, contract=CONTRACT, prompt="Once upon a time", max_tokens=8192),
+        ReplicaProgress(job_id=JOB, text=" there"),
+        JobProgress(job_id=JOB, text=" there"),
         ReplicaResult(
             job_id=JOB,
             tokens=[0, 1, 31337, 2**32 - 1],
@@ -88,3 +92,8 @@ def sample_messages() -> list[Message]:
         ControlRequest(action="pause", issued_at_ms=1_700_000_000_000, signature=b"\x06" * 64),
         ErrorReply(code="no_capacity", message="only 1 worker(s) serve it; lower replicas", job_id=JOB),
     ]
+
+
+def sample(kind: type[Message]) -> Message:
+    """The sample of one message type (by type, so adding types never shifts what a test picks)."""
+    return next(m for m in sample_messages() if type(m) is kind)
