@@ -7,17 +7,18 @@ own, receipts that verify, points that add up, a cheater outvoted, a killed work
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import pathlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import llama_cpp
 import pytest
-from opengrid_sdk import Client, Completion
+from opengrid_sdk import AsyncClient, Client, Completion
 
 from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
 from opengrid.errors import NoCapacityError, UnknownModelError, VerificationError
@@ -136,6 +137,29 @@ def test_streaming_previews_then_verifies(mixed_network: tuple[DemoNetwork, Clie
     assert len(previews) > 1 and all(isinstance(p, str) for p in previews)
     assert "".join(previews) == done.text  # the cheater streams nothing, so the preview is honest here
     done.receipt.verify(tokens=done.tokens, text=done.text, job_id=done.job_id)
+
+
+def test_the_async_client_completes_and_streams(mixed_network: tuple[DemoNetwork, Client]) -> None:
+    net, _ = mixed_network
+    address = _by_name(net, "coordinator").addrs[0]
+
+    async def scenario() -> tuple[Completion, list[str | Completion], int]:
+        async with await AsyncClient.connect([address], network=NETWORK) as aclient:
+            done, streamed = await asyncio.gather(
+                aclient.complete("Async one", model="tiny", max_tokens=8),
+                _collect(aclient.stream("Async two", model="tiny", max_tokens=8)),
+            )
+            status = await aclient.status()
+            return done, streamed, len(status.workers)
+
+    done, streamed, workers = asyncio.run(scenario())
+    assert len(done.tokens) == 8 and len(done.workers) == 2
+    assert isinstance(streamed[-1], Completion) and "".join(map(str, streamed[:-1])) == streamed[-1].text
+    assert workers == 4
+
+
+async def _collect(items: AsyncIterator[str | Completion]) -> list[str | Completion]:
+    return [item async for item in items]
 
 
 def test_the_cheater_is_outvoted_and_earns_nothing(mixed_network: tuple[DemoNetwork, Client]) -> None:

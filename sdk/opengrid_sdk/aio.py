@@ -1,0 +1,72 @@
+"""``AsyncClient``: the SDK for asyncio programs.
+
+The network side runs on trio (py-libp2p), on the client's own private thread; asyncio callers await it
+through ``asyncio.to_thread``, so neither event loop ever blocks the other. Each call is bounded by the
+client's ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Literal
+
+from opengrid.node.config import DEFAULT_NETWORK
+from opengrid.wire.messages import NodeStatus
+from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion
+from opengrid_sdk.receipts import HistoryItem
+
+_DONE = object()
+
+
+class AsyncClient:
+    """Asyncio twin of ``Client``; create it with ``await AsyncClient.connect(...)`` or ``async with``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @classmethod
+    async def connect(
+        cls, bootstrap: Sequence[str], *, network: str = DEFAULT_NETWORK, timeout: float = 300.0
+    ) -> AsyncClient:
+        """Start the client's host (in its own thread) and return the async client."""
+        client = await asyncio.to_thread(Client, list(bootstrap), network=network, timeout=timeout)
+        return cls(client)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+    async def complete(
+        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+    ) -> Completion:
+        """See ``Client.complete``."""
+        return await asyncio.to_thread(
+            self._client.complete, prompt, model=model, max_tokens=max_tokens, replicas=replicas
+        )
+
+    async def stream(
+        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+    ) -> AsyncIterator[str | Completion]:
+        """See ``Client.stream``: unverified previews, then the verified ``Completion``."""
+        items = self._client.stream(prompt, model=model, max_tokens=max_tokens, replicas=replicas)
+        while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
+            yield item  # type: ignore[misc]
+
+    async def status(self, address: str | None = None) -> NodeStatus:
+        return await asyncio.to_thread(self._client.status, address)
+
+    async def history(
+        self, address: str | None = None, *, account: bytes | None = None, limit: int = 100
+    ) -> list[HistoryItem]:
+        return await asyncio.to_thread(self._client.history, address, account=account, limit=limit)
+
+    async def control(
+        self, address: str, action: Literal["pause", "resume"], *, identity_seed: bytes
+    ) -> NodeStatus:
+        return await asyncio.to_thread(self._client.control, address, action, identity_seed=identity_seed)
