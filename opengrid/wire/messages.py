@@ -54,6 +54,18 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fiel
     """Base of every message: a tagged, frozen struct."""
 
 
+MAX_SEALED_BYTES: Final = 1024 * 1024
+SealedBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_SEALED_BYTES)]
+MAX_EXPOSURE: Final = 16
+
+
+class Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A ciphertext for (or from) one worker, in sealed mode (opengrid/wire/sealed.py)."""
+
+    peer_id: ShortText
+    ciphertext: SealedBytes
+
+
 class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One model a worker serves, with the exact numerical class it runs it in."""
 
@@ -97,6 +109,11 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     format: PromptFormat = "text"
     stream: bool = False
     """Send JobProgress frames (unverified text from the first replica) before the verified answer."""
+    sealed: Annotated[list[Sealed], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
+    """Sealed mode: the prompt encrypted to each worker allowed to see it (``prompt`` is then empty);
+    only these workers may run the job."""
+    client_box_key: Annotated[bytes, msgspec.Meta(max_length=KEY_BYTES)] = b""
+    """Sealed mode: the client's ephemeral X25519 key for this job."""
 
 
 class RunJob(_Message, tag="run", frozen=True):
@@ -109,6 +126,9 @@ class RunJob(_Message, tag="run", frozen=True):
     format: PromptFormat = "text"
     stream: bool = False
     """Send ReplicaProgress frames as text is generated, before the ReplicaResult."""
+    sealed_prompt: SealedBytes = b""
+    """Sealed mode: the prompt encrypted to this worker (``prompt`` is then empty)."""
+    client_box_key: Annotated[bytes, msgspec.Meta(max_length=KEY_BYTES)] = b""
 
 
 class ReplicaProgress(_Message, tag="progress", frozen=True):
@@ -135,6 +155,9 @@ class ReplicaResult(_Message, tag="result", frozen=True):
     finish_reason: ShortText
     attestation: bytes
     """An encoded ``opengrid_ledger.Attestation`` signed by the worker."""
+    sealed_output: SealedBytes = b""
+    """Sealed mode: tokens, text and finish reason encrypted to the client (the fields above are then
+    empty); the attestation commits to the salted output."""
 
 
 class JobAccepted(_Message, tag="accepted", frozen=True):
@@ -152,6 +175,34 @@ class JobAccepted(_Message, tag="accepted", frozen=True):
     """Peer ids of workers whose outputs disagreed (credited nothing)."""
     failed: list[str] = []
     """Peer ids of workers that failed or vanished while running the job (replaced)."""
+    sealed_outputs: Annotated[list[Sealed], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
+    """Sealed mode: each agreeing worker's encrypted output; the client opens one and checks it against
+    the receipt's commitment."""
+
+
+class QuoteRequest(_Message, tag="quote_request", frozen=True):
+    """Client → coordinator, before a sealed job: which workers would run this, and with which keys?"""
+
+    model: ShortText
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 2
+    exposure: Annotated[int, msgspec.Meta(ge=1, le=MAX_EXPOSURE)] = 4
+    """At most this many workers will be able to read the prompt (replicas plus spares for failover)."""
+    trusted: Annotated[list[ShortText], msgspec.Meta(max_length=64)] = []
+    """If not empty, only these peer ids may be offered."""
+
+
+class QuotedWorker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    peer_id: ShortText
+    public_key: KeyBytes
+    box_key: KeyBytes
+    """X25519 key derived from ``public_key``; the client re-derives it and refuses a mismatch."""
+
+
+class Quote(_Message, tag="quote", frozen=True):
+    """Coordinator → client: candidate workers for a sealed job, all of one numerical class."""
+
+    model: ShortText
+    workers: Annotated[list[QuotedWorker], msgspec.Meta(max_length=MAX_EXPOSURE)]
 
 
 class ReceiptNotice(_Message, tag="receipt", frozen=True):
@@ -245,5 +296,7 @@ Message = (
     | HistoryRequest
     | History
     | ControlRequest
+    | QuoteRequest
+    | Quote
     | ErrorReply
 )
