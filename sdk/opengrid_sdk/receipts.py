@@ -96,19 +96,20 @@ class SignedReceipt:
         text: str,
         job_id: bytes | None = None,
         coordinator_key: bytes | None = None,
+        salt: bytes = b"",
     ) -> None:
         """Raise ``VerificationError`` unless the receipt is authentic and matches this output.
 
         Checks: the coordinator's signature over the exact bytes; the expected coordinator (when given);
-        the job id (when given); the commitment equals ``commit_output(tokens, text)``; every credited
-        worker has a valid attestation to that same commitment.
+        the job id (when given); the commitment equals ``commit_output(tokens, text, salt)`` (``salt``:
+        the sealed-mode job's secret salt); every credited worker has a valid attestation to it.
         """
         author, receipt = self._open()
         if coordinator_key is not None and author != coordinator_key:
             raise VerificationError("receipt was signed by another coordinator than the one asked")
         if job_id is not None and receipt.job_id != job_id:
             raise VerificationError("receipt is for another job")
-        if commit_output(tokens, text) != receipt.output_commitment or receipt.n_tokens != len(tokens):
+        if commit_output(tokens, text, salt) != receipt.output_commitment or receipt.n_tokens != len(tokens):
             raise VerificationError("the output received does not match the receipt's commitment")
         attested = set()
         for attestation in receipt.attestations:
