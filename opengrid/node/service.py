@@ -360,6 +360,8 @@ class Node:
     async def _submit_local(
         self, peer: str, message: SubmitJob, *, progress: Callable[[str], None] | None = None
     ) -> JobAccepted | ErrorReply:
+        if message.job_id in self._jobs:  # never let a second submission hijack a running job's answer
+            return ErrorReply("malformed", "this job id is already running; pick a fresh one", message.job_id)
         pending = _PendingJob(progress=progress)
         self._jobs[message.job_id] = pending
         log.info(
@@ -431,13 +433,16 @@ class Node:
 
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.worker is not None and self._store is not None
-        try:
-            applied = self.worker.receive_entries(notice.entries)
-        except OpenGridError as exc:
-            log.warning("refused entries from %s: %s", _short(peer), exc)
-            return
-        for entry in applied:
-            self._store.append(entry)
+        applied = []
+        for data in notice.entries:  # one at a time: a bad entry must not cost the good ones before it
+            try:
+                newly = self.worker.receive_entries([data])
+            except OpenGridError as exc:
+                log.warning("refused an entry from %s: %s", _short(peer), exc)
+                continue
+            for entry in newly:
+                self._store.append(entry)
+            applied += newly
         if applied:
             log.info(
                 "stored %d ledger entr%s; my balance: %d points",
@@ -567,7 +572,9 @@ class Node:
         while True:
             try:
                 if not self.paused:  # a paused worker stops beating; the coordinator stops sending it work
-                    await self._register_once()
+                    # Beat as often as the coordinator asks (it marks us offline after 3 missed beats),
+                    # within sane bounds so a hostile coordinator cannot make us spin or go silent.
+                    interval = min(max(await self._register_once(), 0.5), 60.0)
                 warned = False
             except OpenGridError as exc:
                 if not warned:
@@ -577,7 +584,7 @@ class Node:
                     warned = True
             await trio.sleep(interval)
 
-    async def _register_once(self) -> None:
+    async def _register_once(self) -> float:
         assert self.worker is not None and self.host is not None
         address = self.config.bootstrap[0]
         peer = await self.host.connect(address)
@@ -600,6 +607,7 @@ class Node:
         if not self.registered.is_set():
             log.info("registered with coordinator %s", _short(peer))
             self.registered.set()
+        return reply.heartbeat_s
 
     # ── status ───────────────────────────────────────────────────────────────────────────────────────
     def points(self) -> int:
