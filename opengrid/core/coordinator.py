@@ -10,10 +10,19 @@ Job lifecycle (spec/job-protocol.md §Lifecycle)::
                  disagreement / failure │  │ one more replica (bounded)
                                         ▼  │
                                       (refill) ──no workers / limit──▶ failed (typed error to the client)
+
+Adaptive replication, reputation and canaries (spec/verification-adaptive.md): the machine keeps a
+``Reputation`` per worker key, rebuilt from its own receipts at start and updated by every verified
+outcome. A job whose lead worker has earned trust may run on that worker alone (probability ``1 - p``,
+``p = max(min_replication_rate, 1/streak)``); such a "trusted single result" is accepted with one credit.
+Now and then (``canary_rate``) a verified answer is re-sent under a fresh job id to one worker that never
+saw it; a different answer costs that worker its reputation. Canaries never reach a client or the ledger.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -40,12 +49,19 @@ from opengrid.core.effects import (
 )
 from opengrid.core.events import (
     Event,
+    JobCancelled,
     JobSubmitted,
     ReplicaFailed,
     ReplicaReturned,
     WorkerRegistered,
 )
-from opengrid.core.scheduler import Candidate, RandomSource, choose_class, pick_workers
+from opengrid.core.reputation import (
+    Outcome,
+    Reputation,
+    replication_probability,
+    reputation_from_ledger,
+)
+from opengrid.core.scheduler import Candidate, RandomSource, capacity, choose_class, pick_workers
 from opengrid.core.verifier import Agreement, judge
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.commitment import commit_output
@@ -55,6 +71,7 @@ from opengrid.wire.messages import (
     ErrorReply,
     JobAccepted,
     ModelOffer,
+    PromptFormat,
     ReceiptNotice,
     ReplicaResult,
     RunJob,
@@ -78,6 +95,20 @@ class CoordinatorConfig:
     """Extra replicas a disagreement may add, beyond the requested number."""
     max_failovers: int = 4
     """Replacements for failed or vanished workers, per job."""
+    adaptive: bool = True
+    """Adaptive replication (BOINC): a job whose lead worker has ``min_trust_streak`` verified valid
+    results in a row may run on that worker alone. Off: every job runs the replicas its client asked for."""
+    min_trust_streak: int = 10
+    """Verified valid results in a row before a worker's results may go unreplicated (doubled per invalid
+    result the worker ever returned, up to 8x). Lower is cheaper and easier to game."""
+    min_replication_rate: float = 0.05
+    """A trusted worker's jobs are still replicated with probability ``max(this, 1/streak)``: the chance
+    that any one cheat by a trusted worker is caught by replication alone."""
+    canary_rate: float = 0.05
+    """Probability, per client job submitted, of also sending one canary (a verified answer re-sent under
+    a fresh job id to a worker that never saw it). 0 disables canaries."""
+    canary_pool_size: int = 64
+    """Verified answers kept for canaries (the oldest is dropped first)."""
 
 
 @dataclass
@@ -89,6 +120,12 @@ class WorkerRecord:
     offers: tuple[ModelOffer, ...]
     last_seen: float
     online: bool = True
+    operator: str = ""
+    """From the latest registration (``WorkerRegistered.operator``)."""
+    rtt_s: float = 0.0
+    """From the latest registration (``WorkerRegistered.rtt_s``)."""
+    tokens_per_s: float = 0.0
+    """Moving average of the speed measured on its verified results (dispatch to answer); 0 unmeasured."""
 
 
 @dataclass
@@ -100,15 +137,45 @@ class _Job:
     model_name: str
     deadline: float
     target: int
+    replicas: int
+    """Replicas the quorum is counted against: the client's, or 1 for a trusted single result."""
+    single: bool = False
+    """True while the job runs as a trusted single result (reverts to full replication on a failure)."""
     pending: dict[str, float] = field(default_factory=dict)
     """peer -> replica deadline"""
     results: dict[str, tuple[ReplicaResult, Attestation]] = field(default_factory=dict)
+    elapsed: dict[str, float] = field(default_factory=dict)
+    """peer -> seconds from dispatch to its answer"""
     failed: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     failovers: int = 0
 
     def tried(self) -> set[str]:
         return set(self.pending) | set(self.results) | set(self.failed) | set(self.invalid)
+
+
+@dataclass
+class _KnownAnswer:
+    """A verified answer kept for canaries."""
+
+    prompt: str
+    contract: DecodingContract
+    max_tokens: int
+    commitment: bytes
+    seen: set[bytes]
+    format: PromptFormat = "text"
+    """Keys of the workers that were ever sent this prompt: never canaried with it."""
+
+
+@dataclass
+class _Canary:
+    """A canary in flight."""
+
+    peer: str
+    key: bytes
+    answer: _KnownAnswer
+    sent_at: float
+    deadline: float
 
 
 class Coordinator:
@@ -137,6 +204,17 @@ class Coordinator:
         ]
         self._pushed: dict[str, int] = {}
         """peer -> how many of our own entries it has been sent (this run; a restart resends)."""
+        self.reputation: dict[bytes, Reputation] = reputation_from_ledger(ledger, author=self.public_key)
+        """Worker key -> verified history. Rebuilt from this coordinator's receipts; timeouts, canaries and
+        failed checks are in memory only (a driver may persist this table and assign it back)."""
+        self._known: list[_KnownAnswer] = []
+        self._canaries: dict[bytes, _Canary] = {}
+        self._canary_count = 0
+        # Canary ids come from a keyed hash, not from ``rng``: workers see them, and must not be able to
+        # tell them from clients' random ids nor learn anything about the scheduler's random stream.
+        self._canary_secret = hashlib.sha256(b"opengrid canary job ids\0" + bytes(signing_key)).digest()
+        self._resumed: dict[bytes, tuple[float, JobSubmitted]] = {}
+        """job id -> (when to submit it, the job), for jobs handed to ``resume``."""
 
     # ── inputs ───────────────────────────────────────────────────────────────────────────────────────
     def handle(self, event: Event, now: float) -> list[Effect]:
@@ -150,15 +228,23 @@ class Coordinator:
                 return self._on_returned(event, now)
             case ReplicaFailed():
                 return self._on_failed(event.job_id, event.peer, event.reason, now, penalize=False)
+            case JobCancelled():
+                return self._on_cancelled(event)
         raise TypeError(f"unknown event {event!r}")  # pragma: no cover - exhaustiveness guard
 
     def on_timer(self, now: float) -> list[Effect]:
-        """Expire silent workers, overdue replicas and overdue jobs."""
+        """Expire silent workers, overdue replicas, canaries and jobs; submit resumed jobs that are due."""
         effects: list[Effect] = []
         silence = 3 * self.config.heartbeat_s
         for record in self.workers.values():
             if record.online and now - record.last_seen >= silence:
                 record.online = False
+        for canary_id in sorted(c for c, canary in self._canaries.items() if now >= canary.deadline):
+            peer = self._canaries[canary_id].peer
+            effects.append(CancelReplica(peer=peer, job_id=canary_id))
+            effects += self._on_failed(canary_id, peer, "timed out", now, penalize=False)
+        for job_id in sorted(j for j, (due, _) in self._resumed.items() if now >= due):
+            effects += self._on_submitted(self._resumed.pop(job_id)[1], now)
         for job_id in sorted(self._jobs):
             job = self._jobs.get(job_id)
             if job is None:
@@ -181,16 +267,69 @@ class Coordinator:
         deadlines = [job.deadline for job in self._jobs.values()]
         deadlines += [d for job in self._jobs.values() for d in job.pending.values()]
         deadlines += [r.last_seen + 3 * self.config.heartbeat_s for r in self.workers.values() if r.online]
+        deadlines += [canary.deadline for canary in self._canaries.values()]
+        deadlines += [due for due, _ in self._resumed.values()]
         return min(deadlines, default=None)
 
     @property
     def active_jobs(self) -> int:
+        """Client jobs in flight (canaries and resumed jobs not yet due are not counted)."""
         return len(self._jobs)
+
+    @property
+    def active_canaries(self) -> int:
+        return len(self._canaries)
+
+    def is_canary(self, job_id: bytes) -> bool:
+        """True while ``job_id`` is a canary in flight (for drivers' logs and metrics; never tell workers)."""
+        return job_id in self._canaries
+
+    # ── persistence hooks (the driver persists; the machine only says what to keep) ──────────────────
+    def snapshot(self) -> list[JobSubmitted]:
+        """The client jobs not finished yet, as the events that submitted them, by job id.
+
+        A driver that persists these (or persists each ``JobSubmitted`` and deletes it on its
+        ``FinishJob``) can hand them to ``resume`` after a restart. Canaries are not included.
+        """
+        jobs = [JobSubmitted(job.client, job.request, job.wall_ms) for job in self._jobs.values()]
+        jobs += [event for _, event in self._resumed.values()]
+        return sorted(jobs, key=lambda event: event.request.job_id)
+
+    def resume(
+        self, jobs: Iterable[JobSubmitted], now: float, *, delay_s: float | None = None
+    ) -> list[Effect]:
+        """Take back jobs persisted before a restart; they are submitted afresh ``delay_s`` from now.
+
+        The default delay, one heartbeat, lets workers register again first (a job submitted to an empty
+        registry fails at once with ``unknown_model``). Jobs already in flight are ignored, and so are jobs
+        the ledger already holds a receipt for: they were accepted, the receipt is their answer
+        (``ledger.receipt_for``). Each resumed job gets a new job deadline; its answer is a ``FinishJob``
+        as usual. Returns the effects of jobs submitted at once (``delay_s=0``).
+        """
+        due = now + (self.config.heartbeat_s if delay_s is None else delay_s)
+        effects: list[Effect] = []
+        for event in sorted(jobs, key=lambda e: e.request.job_id):
+            job_id = event.request.job_id
+            if job_id in self._jobs or job_id in self._resumed or self.ledger.receipt_for(job_id) is not None:
+                continue
+            if due <= now:
+                effects += self._on_submitted(event, now)
+            else:
+                self._resumed[job_id] = (due, event)
+        return effects
 
     # ── registry ─────────────────────────────────────────────────────────────────────────────────────
     def _on_registered(self, event: WorkerRegistered, now: float) -> list[Effect]:
+        earlier = self.workers.get(event.peer)
         self.workers[event.peer] = WorkerRecord(
-            peer=event.peer, key=event.key, offers=event.offers, last_seen=now, online=True
+            peer=event.peer,
+            key=event.key,
+            offers=event.offers,
+            last_seen=now,
+            online=True,
+            operator=event.operator,
+            rtt_s=event.rtt_s,
+            tokens_per_s=earlier.tokens_per_s if earlier is not None and earlier.key == event.key else 0.0,
         )
         return []
 
@@ -201,12 +340,38 @@ class Coordinator:
     def _candidates(self, model: str) -> list[Candidate]:
         wanted = model.lower()
         return [
-            Candidate(peer=r.peer, key=r.key, model_name=o.name, contract=o.contract)
+            self._candidate(r, o)
             for r in self.workers.values()
             if r.online
             for o in r.offers
             if wanted in (o.name.lower(), o.contract.model_sha256.lower())
         ]
+
+    def _candidate(self, record: WorkerRecord, offer: ModelOffer) -> Candidate:
+        return Candidate(
+            peer=record.peer,
+            key=record.key,
+            model_name=offer.name,
+            contract=offer.contract,
+            reputation=self.reputation.get(record.key, Reputation()).score,
+            tokens_per_s=record.tokens_per_s,
+            rtt_s=record.rtt_s,
+            operator=record.operator,
+        )
+
+    def _operators(self, peers: Iterable[str]) -> set[str]:
+        return {self.workers[p].operator for p in peers if p in self.workers and self.workers[p].operator}
+
+    def _record(self, key: bytes, outcome: Outcome) -> None:
+        self.reputation[key] = self.reputation.get(key, Reputation()).update(outcome)
+
+    def _measure(self, peer: str, n_tokens: int, elapsed: float) -> None:
+        """Fold one verified result's speed into the worker's moving average."""
+        record = self.workers.get(peer)
+        if record is None or elapsed <= 0 or n_tokens <= 0:
+            return
+        speed = n_tokens / elapsed
+        record.tokens_per_s = speed if record.tokens_per_s <= 0 else 0.8 * record.tokens_per_s + 0.2 * speed
 
     # ── jobs ─────────────────────────────────────────────────────────────────────────────────────────
     def _on_submitted(self, event: JobSubmitted, now: float) -> list[Effect]:
@@ -229,14 +394,16 @@ class Coordinator:
                     ),
                 )
             ]
-        if len(candidates) < request.replicas:
+        available = capacity(candidates)
+        if available < request.replicas:
             return [
                 FinishJob(
                     job_id,
                     ErrorReply(
                         "no_capacity",
                         f"job asks for {request.replicas} replicas of {request.model!r} but only "
-                        f"{len(candidates)} worker(s) serve it; lower replicas or wait for workers",
+                        f"{available} worker(s) on distinct operators serve it; lower replicas or wait "
+                        "for workers",
                         job_id,
                     ),
                 )
@@ -249,17 +416,25 @@ class Coordinator:
             model_name=candidates[0].model_name,
             deadline=now + self.config.job_timeout_s,
             target=request.replicas,
+            replicas=request.replicas,
         )
         self._jobs[job_id] = job
-        return self._refill(job, now)
+        return self._refill(job, now) + self._maybe_canary(now)
 
     def _refill(self, job: _Job, now: float) -> list[Effect]:
         """Dispatch replicas until results + pending reach the job's target, or fail if none are left."""
         missing = job.target - len(job.results) - len(job.pending)
         if missing <= 0:
             return []
+        first = not job.tried()
+        tried = job.tried()
         pool = [c for c in choose_class(self._candidates(job.request.model)) if c.contract == job.contract]
-        chosen = pick_workers(pool, missing, exclude=job.tried(), rng=self._rng)
+        chosen = pick_workers(
+            pool, missing, exclude=tried, rng=self._rng, exclude_operators=self._operators(tried)
+        )
+        if first and chosen and self._runs_alone(job, chosen[0]):
+            job.single, job.replicas, job.target = True, 1, 1
+            chosen = chosen[:1]
         effects: list[Effect] = []
         run = RunJob(
             job_id=job.request.job_id,
@@ -280,21 +455,37 @@ class Coordinator:
             )
         return effects
 
+    def _runs_alone(self, job: _Job, lead: Candidate) -> bool:
+        """Adaptive replication: does this job run on its lead worker alone (a trusted single result)?"""
+        if not self.config.adaptive or job.request.replicas <= 1:
+            return False
+        p = replication_probability(
+            self.reputation.get(lead.key, Reputation()),
+            min_trust_streak=self.config.min_trust_streak,
+            min_rate=self.config.min_replication_rate,
+        )
+        return p < 1.0 and self._rng.random() >= p
+
     def _on_returned(self, event: ReplicaReturned, now: float) -> list[Effect]:
+        if event.job_id in self._canaries:
+            return self._on_canary_returned(event, now)
         job = self._jobs.get(event.job_id)
         if job is None or event.peer not in job.pending:
             return []  # late or unsolicited: the job is settled, or this peer was never asked
-        problem = self._check_result(job, event.peer, event.result)
+        problem = self._check_result(
+            event.peer, job.request.job_id, job.contract, job.request.max_tokens, event.result
+        )
         if isinstance(problem, str):
             return self._on_failed(event.job_id, event.peer, problem, now, penalize=True)
-        del job.pending[event.peer]
+        sent_at = job.pending.pop(event.peer) - self.config.replica_timeout_s
+        job.elapsed[event.peer] = now - sent_at
         job.results[event.peer] = (event.result, problem)
         commitments = {peer: att.output_commitment for peer, (_, att) in job.results.items()}
-        agreement = judge(commitments, job.request.replicas)
+        agreement = judge(commitments, job.replicas)
         if agreement is not None:
             return self._accept(job, agreement)
         if not job.pending:
-            if job.target >= job.request.replicas + self.config.max_extra_replicas:
+            if job.target >= job.replicas + self.config.max_extra_replicas:
                 return self._fail(
                     event.job_id,
                     "verification_failed",
@@ -304,15 +495,17 @@ class Coordinator:
             job.target += 1  # disagreement: ask one more worker, majority decides
         return self._refill(job, now)
 
-    def _check_result(self, job: _Job, peer: str, result: ReplicaResult) -> Attestation | str:
+    def _check_result(
+        self, peer: str, job_id: bytes, contract: DecodingContract, max_tokens: int, result: ReplicaResult
+    ) -> Attestation | str:
         """Return the result's verified attestation, or a reason to reject it."""
         record = self.workers.get(peer)
         if record is None:
             return "result from an unregistered worker"
-        if result.job_id != job.request.job_id:
+        if result.job_id != job_id:
             return "result names another job"
-        if len(result.tokens) > job.request.max_tokens:
-            return f"{len(result.tokens)} tokens returned, limit was {job.request.max_tokens}"
+        if len(result.tokens) > max_tokens:
+            return f"{len(result.tokens)} tokens returned, limit was {max_tokens}"
         try:
             attestation = msgspec.msgpack.decode(result.attestation, type=Attestation)
             verify_attestation(attestation, self.network)
@@ -320,8 +513,8 @@ class Coordinator:
             return f"bad attestation: {exc}"
         expected = (
             record.key,
-            job.request.job_id,
-            job.contract.digest(),
+            job_id,
+            contract.digest(),
             commit_output(result.tokens, result.text),
         )
         actual = (
@@ -337,19 +530,25 @@ class Coordinator:
     def _on_failed(
         self, job_id: bytes, peer: str, reason: str, now: float, *, penalize: bool
     ) -> list[Effect]:
+        if job_id in self._canaries:
+            return self._on_canary_failed(job_id, peer, reason, penalize=penalize)
         job = self._jobs.get(job_id)
         if job is None or peer not in job.pending:
             return []
         del job.pending[peer]
         effects: list[Effect] = []
+        record = self.workers.get(peer)
         if penalize:
             job.invalid.append(peer)
             effects.append(Penalize(peer=peer, why=reason))
         else:
             job.failed.append(peer)
-            record = self.workers.get(peer)
             if record is not None:
                 record.online = False  # no new work until its next heartbeat shows it alive
+        if record is not None:
+            self._record(record.key, "invalid" if penalize else "timeout")
+        if job.single:  # the trusted worker let us down: the job falls back to the client's replicas
+            job.single, job.replicas, job.target = False, job.request.replicas, job.request.replicas
         if job.failovers >= self.config.max_failovers:
             return effects + self._fail(
                 job_id, "verification_failed", f"{job.failovers} workers failed on this job; retry later"
@@ -361,6 +560,7 @@ class Coordinator:
         job_id = job.request.job_id
         winning = [job.results[peer] for peer in agreement.peers]
         tokens = winning[0][0].tokens
+        self._learn(job, agreement, len(tokens))
         points = max(1, len(tokens))
         keys = {peer: self.workers[peer].key for peer in job.results}
         receipt = Receipt(
@@ -395,6 +595,135 @@ class Coordinator:
         del self._jobs[job_id]
         effects.append(FinishJob(job_id, reply))
         return effects
+
+    def _learn(self, job: _Job, agreement: Agreement, n_tokens: int) -> None:
+        """Update reputations from a settled job, and keep its answer for canaries if it was verified."""
+        for peer in agreement.dissenters:
+            self._record(self.workers[peer].key, "invalid")
+        if len(agreement.peers) < 2:
+            return  # one result checked by nobody: proves nothing about anyone (spec: trusted single)
+        for peer in agreement.peers:
+            self._record(self.workers[peer].key, "valid")
+            self._measure(peer, n_tokens, job.elapsed.get(peer, 0.0))
+        if job.request.sealed or not job.request.prompt:
+            return  # sealed mode: the coordinator never saw the prompt, so it cannot replay it
+        self.add_known_answer(
+            job.request.prompt,
+            job.contract,
+            job.request.max_tokens,
+            agreement.commitment,
+            seen={self.workers[p].key for p in job.tried() if p in self.workers},
+            format=job.request.format,
+        )
+
+    # ── canaries ─────────────────────────────────────────────────────────────────────────────────────
+    def add_known_answer(
+        self,
+        prompt: str,
+        contract: DecodingContract,
+        max_tokens: int,
+        commitment: bytes,
+        *,
+        seen: Iterable[bytes] = (),
+        format: PromptFormat = "text",
+    ) -> None:
+        """Keep a verified answer for canaries (the coordinator does this for every job two or more
+        workers agreed on; a driver may add answers a trusted node computed). ``seen``: worker keys that
+        already know this prompt, never canaried with it. The pool keeps the newest answers."""
+        if self.config.canary_pool_size <= 0:
+            return
+        self._known.append(_KnownAnswer(prompt, contract, max_tokens, commitment, set(seen), format))
+        del self._known[: -self.config.canary_pool_size]
+
+    def _maybe_canary(self, now: float) -> list[Effect]:
+        """With probability ``canary_rate``, re-send a known answer's prompt to one worker, as a new job."""
+        if self.config.canary_rate <= 0 or not self._known or self._rng.random() >= self.config.canary_rate:
+            return []
+        answer = self._rng.sample(self._known, 1)[0]
+        busy = {canary.peer for canary in self._canaries.values()}
+        pool = [
+            self._candidate(r, o)
+            for r in self.workers.values()
+            if r.online and r.key not in answer.seen and r.peer not in busy
+            for o in r.offers
+            if o.contract == answer.contract
+        ]
+        chosen = pick_workers(choose_class(pool), 1, exclude=(), rng=self._rng)
+        if not chosen:
+            return []
+        worker = chosen[0]
+        canary_id = self._fresh_canary_id()
+        answer.seen.add(worker.key)
+        self._canaries[canary_id] = _Canary(
+            peer=worker.peer,
+            key=worker.key,
+            answer=answer,
+            sent_at=now,
+            deadline=now + self.config.replica_timeout_s,
+        )
+        run = RunJob(
+            job_id=canary_id,
+            contract=answer.contract,
+            prompt=answer.prompt,
+            max_tokens=answer.max_tokens,
+            format=answer.format,
+        )
+        return [DispatchReplica(peer=worker.peer, run=run)]
+
+    def _fresh_canary_id(self) -> bytes:
+        while True:
+            self._canary_count += 1
+            candidate = hashlib.blake2b(
+                self._canary_count.to_bytes(8, "big"), key=self._canary_secret, digest_size=16
+            ).digest()
+            if candidate not in self._jobs and candidate not in self._canaries:
+                if self.ledger.receipt_for(candidate) is None:
+                    return candidate
+
+    def _on_canary_returned(self, event: ReplicaReturned, now: float) -> list[Effect]:
+        canary = self._canaries.get(event.job_id)
+        if canary is None or canary.peer != event.peer:
+            return []
+        answer = canary.answer
+        problem = self._check_result(
+            event.peer, event.job_id, answer.contract, answer.max_tokens, event.result
+        )
+        if isinstance(problem, str):
+            return self._on_canary_failed(event.job_id, event.peer, problem, penalize=True)
+        del self._canaries[event.job_id]
+        if problem.output_commitment != answer.commitment:
+            self._record(canary.key, "invalid")
+            return [
+                Penalize(peer=event.peer, why="canary: output differs from a verified answer to the same job")
+            ]
+        self._record(canary.key, "valid")
+        self._measure(event.peer, len(event.result.tokens), now - canary.sent_at)
+        return []
+
+    def _on_canary_failed(self, canary_id: bytes, peer: str, reason: str, *, penalize: bool) -> list[Effect]:
+        canary = self._canaries.get(canary_id)
+        if canary is None or canary.peer != peer:
+            return []
+        del self._canaries[canary_id]
+        self._record(canary.key, "invalid" if penalize else "timeout")
+        if penalize:
+            return [Penalize(peer=peer, why=f"canary: {reason}")]
+        record = self.workers.get(peer)
+        if record is not None:
+            record.online = False  # as for any failed replica: no new work until it beats again
+        return []
+
+    # ── cancel ───────────────────────────────────────────────────────────────────────────────────────
+    def _on_cancelled(self, event: JobCancelled) -> list[Effect]:
+        job = self._jobs.get(event.job_id)
+        resumed = self._resumed.get(event.job_id)
+        client = job.client if job is not None else resumed[1].client if resumed is not None else None
+        if client is None or (event.client and event.client != client):
+            return []  # unknown, settled, a canary, or not the submitter's to cancel
+        self._resumed.pop(event.job_id, None)
+        # No code says "cancelled" yet (a wire change); "malformed" is the nearest that clients do not
+        # retry. The work done so far is not credited: no receipt, no points.
+        return self._fail(event.job_id, "malformed", "job cancelled by its client; nothing was credited")
 
     def _notice_for(self, peer: str) -> ReceiptNotice:
         """Our entries ``peer`` has not been sent yet, newest last, capped at the message limit."""

@@ -50,7 +50,9 @@ class SendReceipt:
 
 @dataclass(frozen=True)
 class Penalize:
-    """``peer`` misbehaved; log it (reputation, issue 4, will weigh it)."""
+    """``peer`` misbehaved (outvoted, failed a canary, or sent a result that failed its checks); log it.
+
+    The coordinator has already lowered the worker's reputation (``Coordinator.reputation``)."""
 
     peer: str
     why: str

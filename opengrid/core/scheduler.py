@@ -106,9 +106,13 @@ def choose_class(candidates: Iterable[Candidate]) -> list[Candidate]:
 
 
 def _distinct(
-    ordered: Iterable[Candidate], exclude: Iterable[str], exclude_operators: Iterable[str]
+    ordered: Iterable[Candidate],
+    exclude: Iterable[str],
+    exclude_operators: Iterable[str],
+    *,
+    one_per_operator: bool = True,
 ) -> list[Candidate]:
-    """Walk ``ordered`` keeping the first candidate of each key and of each non-empty operator."""
+    """Walk ``ordered`` keeping the first candidate of each key (and of each non-empty operator)."""
     excluded = set(exclude)
     operators = {op for op in exclude_operators if op}
     keys: set[bytes] = set()
@@ -117,7 +121,7 @@ def _distinct(
         if candidate.peer in excluded or candidate.key in keys or candidate.operator in operators:
             continue
         keys.add(candidate.key)
-        if candidate.operator:
+        if candidate.operator and one_per_operator:
             operators.add(candidate.operator)
         kept.append(candidate)
     return kept
@@ -141,8 +145,7 @@ def pick_workers(
     """
     ordered = sorted(candidates, key=lambda c: c.peer)
     banned = {op for op in exclude_operators if op}
-    first_per_key = _distinct(ordered, exclude, ())
-    pool = [c for c in first_per_key if c.operator not in banned]
+    pool = _distinct(ordered, exclude, banned, one_per_operator=False)
     if count <= 0 or not pool:
         return []
     pool_weights = weights(pool)

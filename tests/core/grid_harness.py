@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,10 +19,19 @@ from opengrid_ledger import LedgerState, Receipt, decode_entry, open_entry
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
 from opengrid.core.events import JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
+from opengrid.core.reputation import Reputation
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.wire.codec import decode_message, encode_message
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import ErrorReply, JobAccepted, JobId, ModelOffer, ReplicaResult, SubmitJob
+from opengrid.wire.messages import (
+    ErrorReply,
+    JobAccepted,
+    JobId,
+    ModelOffer,
+    ReplicaResult,
+    RunJob,
+    SubmitJob,
+)
 
 T = TypeVar("T")
 
@@ -35,6 +44,23 @@ HONEST = Output(tokens=(101, 202, 303, 404, 505), text=" the quick brown fox", f
 def cheat(n: int = 1) -> Output:
     """A wrong answer; different n give different wrong answers."""
     return Output(tokens=(9000 + n, 202, 303), text=f" wrong answer {n}", finish_reason="length")
+
+
+def lazy(run: RunJob) -> Output:
+    """A lazy worker: tokens that look random and differ from job to job (derived from the job id)."""
+    digest = hashlib.sha256(b"lazy" + run.job_id).digest()
+    return Output(tokens=tuple(digest[:5]), text=f" lazy {digest[:4].hex()}", finish_reason="length")
+
+
+SWAPPED = Output(tokens=(11, 22, 33, 44, 55), text=" another model altogether", finish_reason="length")
+"""A model-swapped worker: consistent, plausible, wrong."""
+
+Behaviour = Callable[[str, RunJob], Output | None]
+"""What a worker does with a job: an output, or None to fail it."""
+
+
+def honest(peer: str, run: RunJob) -> Output | None:
+    return HONEST
 
 
 def signing_key(label: str) -> SigningKey:
@@ -73,6 +99,8 @@ class Grid:
     n: int = 3
     seed: int = 7
     config: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    operators: dict[str, str] = field(default_factory=dict)
+    """peer -> operator announced in its registrations (default: none)."""
 
     def __post_init__(self) -> None:
         self.coordinator = Coordinator(
@@ -97,19 +125,21 @@ class Grid:
     def register(self, *peers: str, now: float = 0.0) -> None:
         for peer in peers or sorted(self.workers):
             worker = self.workers[peer]
-            assert (
-                self.coordinator.handle(WorkerRegistered(peer, worker.public_key, worker.offers), now) == []
-            )
+            event = WorkerRegistered(peer, worker.public_key, worker.offers, self.operators.get(peer, ""))
+            assert self.coordinator.handle(event, now) == []
 
     def submit(
-        self, job: int = 1, *, replicas: int = 2, model: str = "tiny", max_tokens: int = 16, now: float = 0.0
+        self,
+        job: int = 1,
+        *,
+        replicas: int = 2,
+        model: str = "tiny",
+        max_tokens: int = 16,
+        now: float = 0.0,
+        prompt: str = "Once upon a time",
     ) -> list[Effect]:
         request = SubmitJob(
-            job_id=job_id(job),
-            model=model,
-            prompt="Once upon a time",
-            max_tokens=max_tokens,
-            replicas=replicas,
+            job_id=job_id(job), model=model, prompt=prompt, max_tokens=max_tokens, replicas=replicas
         )
         return self.coordinator.handle(JobSubmitted(client="client", request=request), now)
 
@@ -146,6 +176,34 @@ class Grid:
             produced += effects
             queue += dispatches(effects)
         return produced
+
+    def drive(self, first: Sequence[Effect], behaviour: Behaviour, *, now: float = 1.0) -> list[Effect]:
+        """Answer every dispatch in ``first`` and after it — canaries included, which the workers cannot
+        tell apart — with ``behaviour(peer, run)`` (None: the replica fails), until none is left.
+
+        Returns every effect produced after ``first``.
+        """
+        queue = dispatches(first)
+        produced: list[Effect] = []
+        while queue:
+            dispatch = queue.pop(0)
+            output = behaviour(dispatch.peer, dispatch.run)
+            effects = (
+                self.fail(dispatch, now=now) if output is None else self.answer(dispatch, output, now=now)
+            )
+            produced += effects
+            queue += dispatches(effects)
+        return produced
+
+    def run_job(
+        self, job: int, behaviour: Behaviour, *, replicas: int = 2, now: float = 0.0, prompt: str = ""
+    ) -> list[Effect]:
+        """Submit ``job`` and drive it (and any canary sent with it) to the end; every effect."""
+        first = self.submit(job, replicas=replicas, now=now, prompt=prompt or f"prompt {job}")
+        return [*first, *self.drive(first, behaviour, now=now + 1.0)]
+
+    def streak(self, peer: str) -> int:
+        return self.coordinator.reputation.get(self.key(peer), Reputation()).streak
 
 
 def scripted_run(seed: int, config: CoordinatorConfig | None = None) -> list[Effect]:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections import Counter
 
-from opengrid.core.scheduler import Candidate, choose_class, pick_workers
+from opengrid.core.scheduler import (
+    Candidate,
+    candidate_weight,
+    capacity,
+    choose_class,
+    pick_workers,
+    weights,
+)
 from opengrid.wire.contract import DecodingContract
 
 CLASS_A = DecodingContract(model_sha256="aa" * 32)
@@ -95,3 +104,70 @@ def test_choose_class_counts_distinct_workers_not_offers() -> None:
     two_workers = [candidate(1, CLASS_B), candidate(2, CLASS_B)]
     chosen = choose_class(one_worker_three_names + two_workers)
     assert {c.contract for c in chosen} == {CLASS_B}
+
+
+# ── weighting and operators (spec/verification-adaptive.md §Selection) ─────────────────────────────
+
+
+def scored(n: int, **fields: object) -> Candidate:
+    return dataclasses.replace(candidate(n), **fields)  # type: ignore[arg-type]
+
+
+def test_equal_weights_and_no_operators_draw_exactly_like_a_uniform_sample() -> None:
+    for seed in range(10):
+        expected = random.Random(seed).sample(POOL, 3)
+        assert pick_workers(POOL, 3, exclude=(), rng=random.Random(seed)) == expected
+
+
+def test_reputation_tilts_the_odds_without_making_any_choice_certain() -> None:
+    pool = [scored(0, reputation=1.0), scored(1), scored(2, reputation=-1.0)]
+    firsts = Counter(pick_workers(pool, 1, exclude=(), rng=random.Random(s))[0].peer for s in range(3000))
+    assert firsts["peer00"] > 2 * firsts["peer01"] > 4 * firsts["peer02"] > 0
+    # expected shares 4 : 1 : 1/4 of 5.25
+    assert abs(firsts["peer00"] / 3000 - 4 / 5.25) < 0.04
+
+
+def test_weighted_draws_are_reproducible_and_order_independent() -> None:
+    pool = [scored(n, reputation=n / 10, tokens_per_s=10.0 + n, rtt_s=0.01 * (n + 1)) for n in range(8)]
+    shuffled = list(reversed(pool))
+    for seed in range(10):
+        first = pick_workers(pool, 4, exclude={"peer03"}, rng=random.Random(seed))
+        assert first == pick_workers(shuffled, 4, exclude={"peer03"}, rng=random.Random(seed))
+        assert len({c.peer for c in first}) == 4 and "peer03" not in {c.peer for c in first}
+
+
+def test_weights_are_bounded_and_unmeasured_fields_count_as_the_median() -> None:
+    pool = [
+        scored(0, tokens_per_s=1000.0, rtt_s=0.001),
+        scored(1, tokens_per_s=10.0, rtt_s=0.1),
+        scored(2, tokens_per_s=10.0, rtt_s=0.1),
+        scored(3),
+        scored(4, tokens_per_s=1.0, rtt_s=10.0),
+    ]
+    fast, median, _, unknown, slow = weights(pool)
+    assert fast == 4.0  # speed and RTT each capped at 2x
+    assert median == unknown == 1.0
+    assert slow == 0.25
+    assert candidate_weight(scored(0, reputation=5.0), median_tokens_per_s=0, median_rtt_s=0) == 4.0
+    assert candidate_weight(scored(0, reputation=-1.0), median_tokens_per_s=0, median_rtt_s=0) == 0.25
+
+
+def test_replicas_never_share_an_operator() -> None:
+    pool = [scored(n, operator=f"10.0.0.{n % 3}") for n in range(9)]
+    assert capacity(pool) == 3
+    for seed in range(50):
+        chosen = pick_workers(pool, 5, exclude=(), rng=random.Random(seed))
+        assert len(chosen) == 3
+        assert len({c.operator for c in chosen}) == 3
+    spread = Counter(
+        c.peer for s in range(300) for c in pick_workers(pool, 3, exclude=(), rng=random.Random(s))
+    )
+    assert set(spread) == {c.peer for c in pool}  # sharing an address hides no one: each still gets work
+
+
+def test_excluded_operators_and_unknown_operators() -> None:
+    pool = [scored(0, operator="a"), scored(1, operator="a"), scored(2, operator="b"), scored(3), scored(4)]
+    assert capacity(pool) == 4  # unknown operators count apart
+    for seed in range(30):
+        chosen = pick_workers(pool, 4, exclude=(), rng=random.Random(seed), exclude_operators={"a"})
+        assert sorted(c.peer for c in chosen) == ["peer02", "peer03", "peer04"]
