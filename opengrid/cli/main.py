@@ -163,6 +163,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
     )
 
+    from opengrid.cli import sim
+
+    sim.register(commands)
+
     status = commands.add_parser("status", help="ask a node for its identity, role and points")
     status.add_argument("address", metavar="MULTIADDR")
     status.add_argument("--network", default=DEFAULT_NETWORK)
@@ -299,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_submit(args)
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "sim":
+            from opengrid.cli import sim
+
+            return sim.run(args)
     except OpenGridError as exc:
         print(f"opengrid: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,529 @@
+"""One simulated network: builds the nodes from a scenario and turns engine events into core calls.
+
+This module plays the driver's part for every node, as opengrid/node does over libp2p: it feeds core
+events (``WorkerRegistered``, ``JobSubmitted``, ``ReplicaReturned``, ``ReplicaFailed``) to the real
+Coordinators and executes the effects they return by scheduling message deliveries on the engine.
+
+Event kinds (the canonical log line names them): ``arrive`` (a client submits a job), ``coord`` (a
+message reaches a coordinator), ``tick`` (coordinator timers), ``worker`` (a message reaches a worker),
+``done`` (an inference finishes), ``beat`` (heartbeat), ``churn`` (on/off), ``reply`` (the client gets
+its answer), ``sybil`` (a wave of identities joins), ``partition`` (a partition starts or heals).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from opengrid_ledger import LedgerState, decode_entry, sign_attestation
+
+from opengrid.core.effects import (
+    AppendEntry,
+    CancelReplica,
+    DispatchReplica,
+    Effect,
+    FinishJob,
+    Penalize,
+    SendReceipt,
+)
+from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
+from opengrid.core.worker import Output, WorkerLogic
+from opengrid.errors import InvalidEntryError
+from opengrid.wire.codec import decode_message, encode_message
+from opengrid.wire.commitment import commit_output
+from opengrid.wire.contract import DecodingContract
+from opengrid.wire.messages import (
+    ErrorReply,
+    ModelOffer,
+    ReceiptNotice,
+    ReplicaResult,
+    RunJob,
+    SubmitJob,
+)
+from simulations.behaviours import Behaviour, Honest, make_behaviour
+from simulations.churn import sample_duration
+from simulations.engine import NS_PER_S, Engine, seconds_to_ns
+from simulations.network import Network
+from simulations.nodes import NETWORK_ID, SimCoordinator, SimWorker, derive_key, make_coordinator
+from simulations.outputs import honest_tokens
+from simulations.records import JobRecord
+from simulations.rng import stream
+from simulations.scenario import AdversarySpec, Scenario
+from simulations.workload import max_tokens, next_arrival
+
+_CLIENT_PLACES = 32
+_STAGGER_NS = NS_PER_S  # initial registrations spread over the first second, as real nodes start apart
+
+
+def contract_for(model: str) -> DecodingContract:
+    """The one numerical class every simulated worker announces for ``model``."""
+    return DecodingContract(model_sha256=hashlib.sha256(model.encode()).hexdigest(), backend_version="sim")
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a finished run hands to metrics and reports."""
+
+    scenario: Scenario
+    seed: int
+    digest: str
+    events: int
+    wall_s: float
+    jobs: Sequence[JobRecord]
+    workers: Sequence[SimWorker]
+    points: dict[str, int]
+    """peer -> points credited by receipts in the coordinators' ledgers."""
+    counters: dict[str, int]
+
+
+class Simulation:
+    """A network of real Coordinators and simulated workers on one discrete-event engine."""
+
+    def __init__(self, scenario: Scenario, seed: int, *, trace: bool = False) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.engine = Engine()
+        self.end_ns = seconds_to_ns(scenario.duration_s)
+        self.config = scenario.coordinator_config()
+        self._heartbeat_ns = seconds_to_ns(self.config.heartbeat_s)
+        self._tick_ns = seconds_to_ns(scenario.tick_s)
+        build = stream(seed, "build")
+        self._build_rng = build
+        self._churn_rng = stream(seed, "churn")
+        self._work_rng = stream(seed, "workload")
+        self._answer_rng = stream(seed, "answers")
+        self._failure_rng = stream(seed, "failures")
+        self.network = Network(scenario.network, stream(seed, "network"))
+        self.contract = contract_for(scenario.workload.model)
+        self._digest = self.contract.digest()
+        self._offers = (ModelOffer(name=scenario.workload.model, contract=self.contract),)
+        e = self.engine
+        self._k_arrive = e.kind("arrive", self._on_arrive)
+        self._k_coord = e.kind("coord", self._on_coord)
+        self._k_tick = e.kind("tick", self._on_tick)
+        self._k_worker = e.kind("worker", self._on_worker)
+        self._k_done = e.kind("done", self._on_done)
+        self._k_beat = e.kind("beat", self._on_beat)
+        self._k_churn = e.kind("churn", self._on_churn)
+        self._k_reply = e.kind("reply", self._on_reply)
+        self._k_sybil = e.kind("sybil", self._on_sybil)
+        self._k_partition = e.kind("partition", self._on_partition)
+        self.coordinators = [
+            SimCoordinator(
+                i, make_coordinator(seed, i, self.config), self.network.place(build, server=True), trace=trace
+            )
+            for i in range(scenario.coordinators)
+        ]
+        self._client_places = [self.network.place(build) for _ in range(_CLIENT_PLACES)]
+        self.workers: list[SimWorker] = []
+        self._by_peer: dict[str, SimWorker] = {}
+        self.jobs: list[JobRecord] = []
+        self._job_of_entry_id: dict[bytes, int] = {}
+        self._job_of_entry_bytes: dict[bytes, int] = {}
+        self._partitions: dict[int, set[int]] = {}
+        self.counters: Counter[str] = Counter()
+        for behaviour in self._initial_behaviours():
+            self._add_worker(behaviour, self._initial_start_ns())
+        self._schedule_world()
+
+    # ── building ─────────────────────────────────────────────────────────────────────────────────────
+    def _initial_behaviours(self) -> list[Behaviour]:
+        """One behaviour per initial worker: each adversary population's share, the rest honest."""
+        s = self.scenario
+        chosen: list[Behaviour] = []
+        for spec in s.adversaries:
+            if spec.kind != "sybil_wave":
+                chosen += [make_behaviour(spec.kind, spec.group)] * round(spec.fraction * s.workers)
+        chosen = chosen[: s.workers]
+        chosen += [Honest()] * (s.workers - len(chosen))
+        self._build_rng.shuffle(chosen)
+        return chosen
+
+    def _initial_start_ns(self) -> int:
+        churn = self.scenario.churn
+        if churn.enabled and self._churn_rng.random() >= churn.start_online:
+            return seconds_to_ns(sample_duration(churn.off, self._churn_rng))
+        return self._build_rng.randrange(_STAGGER_NS)
+
+    def _add_worker(self, behaviour: Behaviour, start_ns: int) -> SimWorker:
+        s = self.scenario
+        index = len(self.workers)
+        peer = f"w{index}"
+        key = derive_key(self.seed, peer)
+        coordinator = index % len(self.coordinators)
+        full = s.fidelity == "full" or self._build_rng.random() < s.real_fraction
+        logic = None
+        if full:
+            logic = WorkerLogic(
+                network=NETWORK_ID, signing_key=key, offers=self._offers, ledger=LedgerState(NETWORK_ID)
+            )
+            logic.trust_coordinator(self.coordinators[coordinator].core.public_key)
+        hardware = self._build_rng.choices(s.hardware, weights=[h.share for h in s.hardware])[0]
+        worker = SimWorker(
+            index=index,
+            peer=peer,
+            key=key,
+            public_key=bytes(key.verify_key),
+            coordinator=coordinator,
+            place=self.network.place(self._build_rng),
+            hardware=hardware,
+            behaviour=behaviour,
+            logic=logic,
+            joined_ns=start_ns,
+        )
+        self.workers.append(worker)
+        self._by_peer[peer] = worker
+        self.engine.at(start_ns, self._k_churn, index, 1)
+        return worker
+
+    def _schedule_world(self) -> None:
+        e, s = self.engine, self.scenario
+        e.at(seconds_to_ns(next_arrival(s.workload, 0.0, self._work_rng)), self._k_arrive, 0)
+        for c in self.coordinators:
+            e.at(self._tick_ns, self._k_tick, c.index)
+        for i, spec in enumerate(s.adversaries):
+            if spec.kind == "sybil_wave":
+                e.at(seconds_to_ns(spec.at_s), self._k_sybil, i, spec.count, spec)
+        for i, partition in enumerate(s.network.partitions):
+            e.at(seconds_to_ns(partition.start_s), self._k_partition, i, 1, partition.fraction)
+            e.at(seconds_to_ns(partition.end_s), self._k_partition, i, 0)
+
+    # ── running ──────────────────────────────────────────────────────────────────────────────────────
+    def run(self, progress: Callable[[int], None] | None = None) -> RunOutput:
+        """Run to the scenario's end and collect what happened."""
+        started = time.perf_counter()
+        events = self.engine.run(self.end_ns, progress=progress)
+        wall = time.perf_counter() - started
+        points: Counter[str] = Counter()
+        by_key = {w.public_key: w.peer for w in self.workers}
+        for c in self.coordinators:
+            for account, amount in c.core.ledger.balances().items():
+                points[by_key.get(account, account.hex())] += amount
+        counters = Counter(self.counters)
+        counters["messages_dropped"] = self.network.dropped
+        for c in self.coordinators:
+            for name, count in c.unknown_effects.items():
+                counters[f"unknown_effect:{name}"] += count
+        return RunOutput(
+            scenario=self.scenario,
+            seed=self.seed,
+            digest=self.engine.digest(),
+            events=events,
+            wall_s=wall,
+            jobs=self.jobs,
+            workers=self.workers,
+            points=dict(sorted(points.items())),
+            counters=dict(sorted(counters.items())),
+        )
+
+    # ── clients ──────────────────────────────────────────────────────────────────────────────────────
+    def _on_arrive(self, node: int, tag: int | str, data: Any) -> None:
+        s, now = self.scenario, self.engine.now_ns
+        n = len(self.jobs)
+        coordinator = self.coordinators[n % len(self.coordinators)]
+        tokens = max_tokens(s.workload, self._work_rng)
+        self.jobs.append(JobRecord(n, coordinator.index, now, tokens, s.workload.replicas))
+        request = SubmitJob(
+            job_id=n.to_bytes(16, "big"),
+            model=s.workload.model,
+            prompt=f"simulated prompt {self.seed}/{n}",
+            max_tokens=tokens,
+            replicas=s.workload.replicas,
+        )
+        client = n % _CLIENT_PLACES
+        event = JobSubmitted(client=f"client{client}", request=request, wall_ms=now // 1_000_000)
+        delay = self.network.delay_ns(
+            self._client_places[client], coordinator.place, 200 + len(request.prompt)
+        )
+        self.engine.after(delay, self._k_coord, coordinator.index, f"submit/{n}", (event, None))
+        next_s = next_arrival(s.workload, now / NS_PER_S, self._work_rng)
+        if next_s < s.duration_s:
+            self.engine.at(seconds_to_ns(next_s), self._k_arrive, 0)
+
+    def _on_reply(self, node: int, tag: int | str, data: Any) -> None:
+        self.jobs[node].finish_ns = self.engine.now_ns
+
+    # ── coordinators ─────────────────────────────────────────────────────────────────────────────────
+    def _on_coord(self, node: int, tag: int | str, data: tuple[Event, bool | None]) -> None:
+        event, wrong = data
+        if wrong is not None and isinstance(event, ReplicaReturned):
+            job = self._job(event.job_id)
+            if job is not None:
+                job.returned[event.peer] = wrong
+            else:
+                self.counters["canary_results_wrong" if wrong else "canary_results_honest"] += 1
+        coordinator = self.coordinators[node]
+        self._execute(coordinator, coordinator.handle(event, self.engine.now_ns))
+
+    def _on_tick(self, node: int, tag: int | str, data: Any) -> None:
+        coordinator = self.coordinators[node]
+        self._execute(coordinator, coordinator.on_timer(self.engine.now_ns))
+        if self.engine.now_ns + self._tick_ns < self.end_ns:
+            self.engine.after(self._tick_ns, self._k_tick, node)
+
+    def _execute(self, coordinator: SimCoordinator, effects: list[Effect]) -> None:
+        """Carry out a coordinator's effects, in order, as the node's driver would."""
+        for effect in effects:  # settle job records first: receipts below refer to them
+            if isinstance(effect, FinishJob):
+                self._settle(effect)
+        for effect in effects:
+            if isinstance(effect, DispatchReplica):
+                job = self._job(effect.run.job_id)
+                if job is not None:
+                    job.dispatched += 1
+                else:  # the coordinator's own job: a canary (adaptive replication, issue 4)
+                    self.counters["canary_dispatches"] += 1
+                self._to_worker(coordinator, effect.peer, effect.run, 200 + len(effect.run.prompt))
+            elif isinstance(effect, CancelReplica):
+                self._to_worker(coordinator, effect.peer, effect, 64)
+            elif isinstance(effect, SendReceipt):
+                size = sum(len(e) for e in effect.notice.entries)
+                self._to_worker(coordinator, effect.peer, effect.notice, size)
+            elif isinstance(effect, FinishJob):
+                job = self._job(effect.job_id)
+                if job is None:
+                    continue
+                size = 1200 + 4 * job.max_tokens
+                delay = self.network.delay_ns(
+                    coordinator.place, self._client_places[job.n % _CLIENT_PLACES], size
+                )
+                self.engine.after(delay, self._k_reply, job.n)
+            elif isinstance(effect, AppendEntry):
+                self.counters["ledger_entries"] += 1
+            elif isinstance(effect, Penalize):
+                self.counters["penalties"] += 1
+            else:  # a new core effect this simulator does not model yet: count it, do not crash
+                coordinator.unknown_effects[type(effect).__name__] += 1
+
+    def _job(self, job_id: bytes) -> JobRecord | None:
+        """The record of a client job, or None for a job the coordinator made up (a canary)."""
+        n = int.from_bytes(job_id, "big")
+        if n < len(self.jobs) and len(job_id) == 16:
+            return self.jobs[n]
+        return None
+
+    def _settle(self, effect: FinishJob) -> None:
+        job = self._job(effect.job_id)
+        if job is None:
+            return
+        job.accept_ns = self.engine.now_ns
+        reply = effect.reply
+        if isinstance(reply, ErrorReply):
+            job.outcome = reply.code
+            return
+        job.outcome = "accepted"
+        job.correct = tuple(reply.tokens) == honest_tokens(
+            f"simulated prompt {self.seed}/{job.n}", self._digest, job.max_tokens
+        )
+        job.credited = tuple(reply.workers)
+        job.dissenters = tuple(reply.dissenters)
+        job.awaiting = set(reply.workers)
+        self._job_of_entry_bytes[reply.receipt] = job.n
+        self._job_of_entry_id[decode_entry(reply.receipt).id] = job.n
+
+    def _to_worker(self, coordinator: SimCoordinator, peer: str, message: object, size: int) -> None:
+        worker = self._by_peer.get(peer)
+        if worker is None or not self.network.delivers(worker.index):
+            return
+        delay = self.network.delay_ns(coordinator.place, worker.place, size)
+        self.engine.after(delay, self._k_worker, worker.index, type(message).__name__, message)
+
+    def _to_coordinator(self, worker: SimWorker, event: Event, size: int, wrong: bool | None = None) -> None:
+        if not self.network.delivers(worker.index):
+            return
+        self._transport_report(worker, event, size, wrong)
+
+    def _transport_report(
+        self, worker: SimWorker, event: Event, size: int, wrong: bool | None = None
+    ) -> None:
+        """Deliver without loss: what the coordinator's own transport observes (a reset stream)."""
+        coordinator = self.coordinators[worker.coordinator]
+        delay = self.network.delay_ns(worker.place, coordinator.place, size)
+        tag = f"{type(event).__name__}/{worker.peer}"
+        self.engine.after(delay, self._k_coord, coordinator.index, tag, (event, wrong))
+
+    # ── workers ──────────────────────────────────────────────────────────────────────────────────────
+    def _register(self, worker: SimWorker) -> None:
+        event = WorkerRegistered(peer=worker.peer, key=worker.public_key, offers=self._offers)
+        self._to_coordinator(worker, event, 400)
+
+    def _on_churn(self, node: int, tag: int | str, data: Any) -> None:
+        worker, churn = self.workers[node], self.scenario.churn
+        now = self.engine.now_ns
+        if tag == 1 and not worker.online:
+            worker.online = True
+            worker.session += 1
+            self._register(worker)
+            self.engine.after(self._heartbeat_ns, self._k_beat, node, worker.session)
+            if churn.enabled:
+                self.engine.after(
+                    seconds_to_ns(sample_duration(churn.on, self._churn_rng)), self._k_churn, node, 0
+                )
+        elif tag == 0 and worker.online:
+            worker.online = False
+            worker.session += 1
+            lost = ([worker.running] if worker.running is not None else []) + list(worker.queue)
+            if worker.running is not None:
+                worker.compute_s += (now - worker.run_started_ns) / NS_PER_S
+            worker.running = None
+            worker.queue.clear()
+            worker.run_epoch += 1
+            for run in lost:
+                job = self._job(run.job_id)
+                if job is not None:
+                    job.churn_lost += 1
+                self.counters["replicas_lost_to_churn"] += 1
+                if churn.detect_disconnect:
+                    self._transport_report(
+                        worker, ReplicaFailed(run.job_id, worker.peer, "worker went offline"), 64
+                    )
+            self.engine.after(
+                seconds_to_ns(sample_duration(churn.off, self._churn_rng)), self._k_churn, node, 1
+            )
+
+    def _on_beat(self, node: int, tag: int | str, data: Any) -> None:
+        worker = self.workers[node]
+        if tag != worker.session or not worker.online:
+            return  # a heartbeat timer of a session that has ended
+        self._register(worker)
+        self.engine.after(self._heartbeat_ns, self._k_beat, node, worker.session)
+
+    def _on_worker(self, node: int, tag: int | str, message: Any) -> None:
+        worker = self.workers[node]
+        if not worker.online:
+            if isinstance(message, RunJob) and self.scenario.churn.detect_disconnect:
+                self._transport_report(
+                    worker, ReplicaFailed(message.job_id, worker.peer, "worker unreachable"), 64
+                )
+            return
+        if isinstance(message, RunJob):
+            refusal = worker.logic.accept(message) if worker.logic is not None else None
+            if refusal is not None:
+                self._to_coordinator(worker, ReplicaFailed(message.job_id, worker.peer, refusal.message), 200)
+                return
+            worker.queue.append(message)
+            if worker.running is None:
+                self._start_next(worker)
+        elif isinstance(message, CancelReplica):
+            self._cancel(worker, message.job_id)
+        elif isinstance(message, ReceiptNotice):
+            self._apply_receipts(worker, message)
+
+    def _cancel(self, worker: SimWorker, job_id: bytes) -> None:
+        if worker.running is not None and worker.running.job_id == job_id:
+            worker.compute_s += (self.engine.now_ns - worker.run_started_ns) / NS_PER_S
+            worker.run_epoch += 1
+            worker.running = None
+            self._start_next(worker)
+            return
+        for run in list(worker.queue):
+            if run.job_id == job_id:
+                worker.queue.remove(run)
+
+    def _start_next(self, worker: SimWorker) -> None:
+        """Start the next queued job (one slot per worker); its duration is tokens / tokens-per-second."""
+        if not worker.queue:
+            worker.running = None
+            return
+        run = worker.queue.popleft()
+        hardware = worker.hardware
+        seconds = run.max_tokens / hardware.tokens_per_s * worker.behaviour.work_fraction
+        fails = hardware.failure_rate > 0 and self._failure_rng.random() < hardware.failure_rate
+        if fails:
+            seconds *= self._failure_rng.random()  # the engine crashes part-way through
+        worker.running = run
+        worker.run_started_ns = self.engine.now_ns
+        worker.run_epoch += 1
+        self.engine.after(seconds_to_ns(seconds), self._k_done, worker.index, worker.run_epoch, (run, fails))
+
+    def _on_done(self, node: int, tag: int | str, data: tuple[RunJob, bool]) -> None:
+        worker = self.workers[node]
+        run, fails = data
+        if tag != worker.run_epoch or worker.running is not run:
+            return  # aborted (cancelled or offline) before it finished
+        worker.compute_s += (self.engine.now_ns - worker.run_started_ns) / NS_PER_S
+        worker.running = None
+        if fails:
+            self._to_coordinator(worker, ReplicaFailed(run.job_id, worker.peer, "engine error"), 200)
+        else:
+            self._answer(worker, run)
+        self._start_next(worker)
+
+    def _answer(self, worker: SimWorker, run: RunJob) -> None:
+        """Produce this worker's output for ``run`` and send its signed result to the coordinator."""
+        honest = honest_tokens(run.prompt, self._digest, run.max_tokens)
+        if isinstance(worker.behaviour, Honest):
+            tokens: tuple[int, ...] | None = honest
+        else:
+            tokens = worker.behaviour.answer(run.prompt, self._digest, run.max_tokens, self._answer_rng)
+        if tokens is None:
+            self.counters["results_withheld"] += 1
+            return
+        worker.answered += 1
+        output = Output(tokens=tokens, text="", finish_reason="length")
+        if worker.logic is not None:
+            # Full fidelity: the real machine signs, and the result crosses the real wire codec.
+            decoded = decode_message(encode_message(worker.logic.attest(run, output)))
+            assert isinstance(decoded, ReplicaResult)  # our own encoding of a ReplicaResult
+            result = decoded
+        else:
+            attestation = sign_attestation(
+                worker.key, NETWORK_ID, run.job_id, self._digest, commit_output(tokens, ""), len(tokens)
+            )
+            result = ReplicaResult(
+                job_id=run.job_id,
+                tokens=list(tokens),
+                text="",
+                finish_reason="length",
+                attestation=msgspec.msgpack.encode(attestation),
+            )
+        event = ReplicaReturned(run.job_id, worker.peer, result)
+        self._to_coordinator(worker, event, 300 + 4 * len(tokens), wrong=tokens != honest)
+
+    def _apply_receipts(self, worker: SimWorker, notice: ReceiptNotice) -> None:
+        """Store pushed receipts: the real ledger for full workers, bookkeeping only for light agents."""
+        jobs: list[int] = []
+        if worker.logic is not None:
+            try:
+                applied = worker.logic.receive_entries(notice.entries)
+            except InvalidEntryError:
+                self.counters["ledger_entries_refused"] += 1
+                return
+            jobs = [n for e in applied if (n := self._job_of_entry_id.get(e.id)) is not None]
+        else:
+            jobs = [n for data in notice.entries if (n := self._job_of_entry_bytes.get(data)) is not None]
+        now = self.engine.now_ns
+        for n in jobs:
+            job = self.jobs[n]
+            if worker.peer in job.awaiting:
+                job.awaiting.discard(worker.peer)
+                if not job.awaiting:
+                    job.converged_ns = now
+
+    # ── network events ───────────────────────────────────────────────────────────────────────────────
+    def _on_sybil(self, node: int, tag: int | str, spec: AdversarySpec) -> None:
+        now = self.engine.now_ns
+        behaviour = make_behaviour(spec.behaviour, spec.group)
+        for _ in range(spec.count):
+            self._add_worker(behaviour, now + self._build_rng.randrange(_STAGGER_NS)).joined_ns = now
+        self.counters["sybils_joined"] += spec.count
+
+    def _on_partition(self, node: int, tag: int | str, fraction: Any) -> None:
+        if tag == 1:
+            k = round(fraction * len(self.workers))
+            self._partitions[node] = set(self._build_rng.sample(range(len(self.workers)), k))
+        else:
+            self._partitions.pop(node, None)
+        self.network.isolated = set().union(*self._partitions.values()) if self._partitions else set()
+
+
+def simulate(
+    scenario: Scenario, seed: int, *, progress: Callable[[int], None] | None = None, trace: bool = False
+) -> RunOutput:
+    """Build and run one simulation."""
+    return Simulation(scenario, seed, trace=trace).run(progress)
