@@ -163,9 +163,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
     )
 
-    from opengrid.cli import sim
+    from opengrid.cli import sim, wallet
 
     sim.register(commands)
+    wallet.register(commands)
 
     status = commands.add_parser("status", help="ask a node for its identity, role and points")
     status.add_argument("address", metavar="MULTIADDR")
@@ -307,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opengrid.cli import sim
 
             return sim.run(args)
+        if args.command == "wallet":
+            from opengrid.cli import wallet
+
+            return wallet.run(args)
     except OpenGridError as exc:
         print(f"opengrid: error: {exc}", file=sys.stderr)
         return 1
