@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
 demo: setup  ## a local network on 127.0.0.1 with the real default model, verified jobs, points
-	$(VENV)/bin/opengrid demo
+	$(VENV)/bin/opengrid demo --keep .opengrid-demo --stay
 
 test: setup  ## the whole suite (unit, node, multi-process e2e) plus lint and types
 	bash scripts/test.sh

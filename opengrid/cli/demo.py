@@ -16,8 +16,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,21 +180,50 @@ def run_demo(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)  # fail fast, with the list of known models, before any process starts
     base = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="opengrid-demo-"))
     started = time.monotonic()
+
+    def show(report: dict[str, Any]) -> None:
+        report["model"] = {"name": model.name, "sha256": model.sha256}
+        report["duration_s"] = round(time.monotonic() - started, 2)
+        if args.json:
+            print(json.dumps(report, indent=2), flush=True)
+        else:
+            _print_report(report)
+        if args.stay:
+            _stay(base, report)
+
     try:
-        report = _run(args, base, model.name)
+        report = _run(args, base, model.name, show)
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
-    report["model"] = {"name": model.name, "sha256": model.sha256}
-    report["duration_s"] = round(time.monotonic() - started, 2)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_report(report)
     return 0 if report["jobs_failed"] == 0 and report["ledgers_agree"] else 1
 
 
-def _run(args: argparse.Namespace, base: pathlib.Path, model_name: str) -> dict[str, Any]:
+def _stay(base: pathlib.Path, report: dict[str, Any]) -> None:
+    """Keep the network running for the user (wallet, submit, API) until Ctrl-C or SIGTERM."""
+    worker = next(n["name"] for n in report["nodes"] if n["role"] == "worker")
+    print(
+        f"\nThe network keeps running. In another terminal:\n"
+        f"  .venv/bin/opengrid wallet --data-dir {base / worker}\n"
+        f"  .venv/bin/opengrid submit 'Hello' --network {DEMO_NETWORK} --bootstrap {report['coordinator']}\n"
+        "Press Ctrl-C to stop it.",
+        flush=True,
+    )
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):  # bounded waits, so Ctrl-C is handled promptly
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("stopping the network", file=sys.stderr, flush=True)
+
+
+def _run(
+    args: argparse.Namespace, base: pathlib.Path, model_name: str, show: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     from opengrid_sdk import Client
 
     say = (lambda *_: None) if args.json else _progress
@@ -234,20 +264,22 @@ def _run(args: argparse.Namespace, base: pathlib.Path, model_name: str) -> dict[
         coordinator_view = {
             names.get(_peer_of(key), key): points for key, points in statuses["coordinator"].balances.items()
         }
-    ledgers_agree = all(
-        coordinator_view.get(n["name"], 0) == n["points"] for n in nodes if n["role"] == "worker"
-    )
-    return {
-        "network": DEMO_NETWORK,
-        "coordinator": bootstrap,
-        "jobs_submitted": len(jobs),
-        "jobs_verified": sum(1 for j in jobs if j["verified"]),
-        "jobs_failed": sum(1 for j in jobs if not j["verified"]),
-        "jobs": jobs,
-        "nodes": nodes,
-        "coordinator_ledger": coordinator_view,
-        "ledgers_agree": ledgers_agree,
-    }
+        ledgers_agree = all(
+            coordinator_view.get(n["name"], 0) == n["points"] for n in nodes if n["role"] == "worker"
+        )
+        report = {
+            "network": DEMO_NETWORK,
+            "coordinator": bootstrap,
+            "jobs_submitted": len(jobs),
+            "jobs_verified": sum(1 for j in jobs if j["verified"]),
+            "jobs_failed": sum(1 for j in jobs if not j["verified"]),
+            "jobs": jobs,
+            "nodes": nodes,
+            "coordinator_ledger": coordinator_view,
+            "ledgers_agree": ledgers_agree,
+        }
+        show(report)  # while the network still runs (--stay keeps it up here)
+    return report
 
 
 def _submit(

@@ -145,6 +145,11 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--replicas", type=int, default=2, help="workers per job (default: 2)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
     demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="keep the network running after the jobs (for the wallet, submit, the API) until Ctrl-C",
+    )
+    demo.add_argument(
         "--keep",
         type=pathlib.Path,
         metavar="DIR",
@@ -285,7 +290,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     with Client([args.address], network=args.network) as client:
         status = client.status()
-    print(json.dumps(msgspec.to_builtins(status), indent=2, default=lambda b: b.hex()))
+    as_json = msgspec.to_builtins(status, enc_hook=None)
+    as_json["public_key"] = status.public_key.hex()  # hex, like every key OpenGrid prints
+    for worker, summary in zip(as_json["workers"], status.workers, strict=True):
+        worker["public_key"] = summary.public_key.hex()
+    print(json.dumps(as_json, indent=2))
     return 0
 
 
