@@ -121,6 +121,12 @@ def _build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--api-allow-remote", action="store_true", help="allow a non-loopback --api address (plain HTTP!)"
     )
+    start.add_argument(
+        "--plain-verification",
+        action="store_true",
+        help="coordinator: every job runs the replicas asked for, on uniformly chosen workers, no canaries "
+        "(default: adaptive replication, reputation-weighted choice, canary jobs)",
+    )
     start.add_argument("--adversary", choices=["wrong-tokens"], help=argparse.SUPPRESS)
 
     demo = commands.add_parser(
@@ -179,10 +185,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
+async def _run_node(config: NodeConfig, api: ApiSettings | None, plain: bool) -> None:
+    from opengrid.core.coordinator import CoordinatorConfig
     from opengrid.node.service import Node
 
-    node = Node(config, api=api)
+    policy = CoordinatorConfig.plain if plain else CoordinatorConfig
+    node = Node(config, api=api, coordinator_config=policy(heartbeat_s=config.heartbeat_s))
     # Listen for signals before anything starts, so a Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -226,7 +234,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     if args.api:
         api = ApiSettings(address=args.api, api_key=args.api_key, allow_remote=args.api_allow_remote)
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
-    trio.run(_run_node, config, api)
+    trio.run(_run_node, config, api, args.plain_verification)
     return 0
 
 

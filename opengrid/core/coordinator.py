@@ -22,7 +22,7 @@ saw it; a different answer costs that worker its reputation. Canaries never reac
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -75,6 +75,7 @@ from opengrid.wire.messages import (
     ReceiptNotice,
     ReplicaResult,
     RunJob,
+    Sealed,
     SubmitJob,
 )
 
@@ -109,6 +110,14 @@ class CoordinatorConfig:
     a fresh job id to a worker that never saw it). 0 disables canaries."""
     canary_pool_size: int = 64
     """Verified answers kept for canaries (the oldest is dropped first)."""
+    weighted: bool = True
+    """Weight the random choice of workers by reputation, speed and RTT. Off: uniform (experiments)."""
+
+    @classmethod
+    def plain(cls, **overrides: float) -> CoordinatorConfig:
+        """Plain verification: every job runs the replicas asked for, on workers chosen uniformly at
+        random, with no canaries — the baseline that experiments and tests compare against."""
+        return cls(adaptive=False, canary_rate=0.0, weighted=False, **overrides)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -149,6 +158,8 @@ class _Job:
     failed: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     failovers: int = 0
+    sealed: dict[str, bytes] = field(default_factory=dict)
+    """Sealed mode: peer -> the prompt encrypted to it; only these peers may run the job."""
 
     def tried(self) -> set[str]:
         return set(self.pending) | set(self.results) | set(self.failed) | set(self.invalid)
@@ -337,15 +348,23 @@ class Coordinator:
         """Names of the models some online worker serves, sorted."""
         return sorted({o.name for r in self.workers.values() if r.online for o in r.offers})
 
-    def _candidates(self, model: str) -> list[Candidate]:
+    def _candidates(self, model: str, *, allowed: Container[str] | None = None) -> list[Candidate]:
+        """Online workers serving ``model`` (only those in ``allowed``, when given)."""
         wanted = model.lower()
         return [
             self._candidate(r, o)
             for r in self.workers.values()
-            if r.online
+            if r.online and (allowed is None or r.peer in allowed)
             for o in r.offers
             if wanted in (o.name.lower(), o.contract.model_sha256.lower())
         ]
+
+    def quote(self, model: str, *, exposure: int, trusted: Sequence[str] = ()) -> list[Candidate]:
+        """Up to ``exposure`` workers of one numerical class for a sealed job, chosen at random on
+        distinct operators (only among ``trusted`` when given). The client seals its prompt to these."""
+        allowed = set(trusted) if trusted else None
+        pool = choose_class(self._candidates(model, allowed=allowed))
+        return pick_workers(pool, exposure, exclude=(), rng=self._rng)
 
     def _candidate(self, record: WorkerRecord, offer: ModelOffer) -> Candidate:
         return Candidate(
@@ -353,9 +372,9 @@ class Coordinator:
             key=record.key,
             model_name=offer.name,
             contract=offer.contract,
-            reputation=self.reputation.get(record.key, Reputation()).score,
-            tokens_per_s=record.tokens_per_s,
-            rtt_s=record.rtt_s,
+            reputation=self.reputation.get(record.key, Reputation()).score if self.config.weighted else 0.0,
+            tokens_per_s=record.tokens_per_s if self.config.weighted else 0.0,
+            rtt_s=record.rtt_s if self.config.weighted else 0.0,
             operator=record.operator,
         )
 
@@ -381,7 +400,12 @@ class Coordinator:
             return [
                 FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))
             ]
-        candidates = choose_class(self._candidates(request.model))
+        sealed = {s.peer_id: s.ciphertext for s in request.sealed}
+        if request.sealed:
+            problem = _sealed_problem(request, sealed)
+            if problem:
+                return [FinishJob(job_id, ErrorReply("malformed", problem, job_id))]
+        candidates = choose_class(self._candidates(request.model, allowed=sealed or None))
         if not candidates:
             served = ", ".join(self.served_models()) or "none yet"
             return [
@@ -417,6 +441,7 @@ class Coordinator:
             deadline=now + self.config.job_timeout_s,
             target=request.replicas,
             replicas=request.replicas,
+            sealed=sealed,
         )
         self._jobs[job_id] = job
         return self._refill(job, now) + self._maybe_canary(now)
@@ -428,7 +453,12 @@ class Coordinator:
             return []
         first = not job.tried()
         tried = job.tried()
-        pool = [c for c in choose_class(self._candidates(job.request.model)) if c.contract == job.contract]
+        allowed = job.sealed or None
+        pool = [
+            c
+            for c in choose_class(self._candidates(job.request.model, allowed=allowed))
+            if c.contract == job.contract
+        ]
         chosen = pick_workers(
             pool, missing, exclude=tried, rng=self._rng, exclude_operators=self._operators(tried)
         )
@@ -445,7 +475,13 @@ class Coordinator:
         )
         for candidate in chosen:
             job.pending[candidate.peer] = now + self.config.replica_timeout_s
-            effects.append(DispatchReplica(peer=candidate.peer, run=run))
+            if job.sealed:  # each worker gets the ciphertext made for it alone
+                personal = msgspec.structs.replace(
+                    run, sealed_prompt=job.sealed[candidate.peer], client_box_key=job.request.client_box_key
+                )
+                effects.append(DispatchReplica(peer=candidate.peer, run=personal))
+            else:
+                effects.append(DispatchReplica(peer=candidate.peer, run=run))
         if not job.pending and len(job.results) + len(chosen) < job.target:
             effects += self._fail(
                 job.request.job_id,
@@ -473,7 +509,12 @@ class Coordinator:
         if job is None or event.peer not in job.pending:
             return []  # late or unsolicited: the job is settled, or this peer was never asked
         problem = self._check_result(
-            event.peer, job.request.job_id, job.contract, job.request.max_tokens, event.result
+            event.peer,
+            job.request.job_id,
+            job.contract,
+            job.request.max_tokens,
+            event.result,
+            sealed=bool(job.sealed),
         )
         if isinstance(problem, str):
             return self._on_failed(event.job_id, event.peer, problem, now, penalize=True)
@@ -496,9 +537,20 @@ class Coordinator:
         return self._refill(job, now)
 
     def _check_result(
-        self, peer: str, job_id: bytes, contract: DecodingContract, max_tokens: int, result: ReplicaResult
+        self,
+        peer: str,
+        job_id: bytes,
+        contract: DecodingContract,
+        max_tokens: int,
+        result: ReplicaResult,
+        *,
+        sealed: bool = False,
     ) -> Attestation | str:
-        """Return the result's verified attestation, or a reason to reject it."""
+        """Return the result's verified attestation, or a reason to reject it.
+
+        In sealed mode the coordinator sees no tokens: it checks the attestation and its claimed length,
+        and compares commitments; the client checks the output against the commitment it receives.
+        """
         record = self.workers.get(peer)
         if record is None:
             return "result from an unregistered worker"
@@ -511,11 +563,21 @@ class Coordinator:
             verify_attestation(attestation, self.network)
         except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError) as exc:
             return f"bad attestation: {exc}"
+        if sealed:
+            if result.tokens or result.text or not result.sealed_output:
+                return "a sealed job's result must carry only a sealed output"
+            if attestation.n_tokens > max_tokens:
+                return f"{attestation.n_tokens} tokens attested, limit was {max_tokens}"
+            commitment = attestation.output_commitment  # salted: only the client can check it
+            n_tokens = attestation.n_tokens
+        else:
+            commitment = commit_output(result.tokens, result.text)
+            n_tokens = len(result.tokens)
         expected = (
             record.key,
             job_id,
             contract.digest(),
-            commit_output(result.tokens, result.text),
+            commitment,
         )
         actual = (
             attestation.worker,
@@ -523,7 +585,7 @@ class Coordinator:
             attestation.contract_hash,
             attestation.output_commitment,
         )
-        if actual != expected or attestation.n_tokens != len(result.tokens):
+        if actual != expected or attestation.n_tokens != n_tokens:
             return "attestation does not match the result or the job"
         return attestation
 
@@ -559,15 +621,16 @@ class Coordinator:
     def _accept(self, job: _Job, agreement: Agreement) -> list[Effect]:
         job_id = job.request.job_id
         winning = [job.results[peer] for peer in agreement.peers]
-        tokens = winning[0][0].tokens
-        self._learn(job, agreement, len(tokens))
-        points = max(1, len(tokens))
+        tokens = winning[0][0].tokens  # empty in sealed mode
+        n_tokens = winning[0][1].n_tokens
+        self._learn(job, agreement, n_tokens)
+        points = max(1, n_tokens)
         keys = {peer: self.workers[peer].key for peer in job.results}
         receipt = Receipt(
             job_id=job_id,
             contract_hash=job.contract.digest(),
             output_commitment=agreement.commitment,
-            n_tokens=len(tokens),
+            n_tokens=n_tokens,
             credits=tuple(Credit(account=keys[p], points=points) for p in agreement.peers),
             attestations=tuple(att for _, att in winning),
             dissenters=tuple(keys[p] for p in agreement.dissenters),
@@ -591,6 +654,11 @@ class Coordinator:
             workers=list(agreement.peers),
             dissenters=list(agreement.dissenters),
             failed=sorted(set(job.failed) | set(job.invalid)),
+            sealed_outputs=[
+                Sealed(peer_id=p, ciphertext=job.results[p][0].sealed_output) for p in agreement.peers
+            ]
+            if job.sealed
+            else [],
         )
         del self._jobs[job_id]
         effects.append(FinishJob(job_id, reply))
@@ -740,3 +808,16 @@ class Coordinator:
             effects += [CancelReplica(peer=peer, job_id=job_id) for peer in sorted(job.pending)]
         effects.append(FinishJob(job_id, ErrorReply(code, message, job_id)))
         return effects
+
+
+def _sealed_problem(request: SubmitJob, sealed: dict[str, bytes]) -> str:
+    """Why a sealed submission is unacceptable, or "" if it is fine."""
+    if request.prompt:
+        return "a sealed job must not also carry a plaintext prompt"
+    if len(request.client_box_key) != 32:
+        return "a sealed job needs the client's 32-byte ephemeral box key"
+    if len(sealed) != len(request.sealed):
+        return "a sealed job lists a worker twice"
+    if len(sealed) < request.replicas:
+        return f"the prompt is sealed to {len(sealed)} worker(s), fewer than {request.replicas} replicas"
+    return ""

@@ -15,6 +15,7 @@ from opengrid_ledger import Entry, LedgerState, decode_entry, sign_attestation
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import ErrorReply, ModelOffer, ReplicaResult, RunJob
+from opengrid.wire.sealed import SealedPrompt, open_prompt, seal_output
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,43 @@ class WorkerLogic:
             )
         return None
 
-    def attest(self, run: RunJob, output: Output) -> ReplicaResult:
-        """Sign the output (the worker's co-signature that the receipt will carry) and wrap it."""
+    def open_sealed(self, run: RunJob) -> SealedPrompt:
+        """Decrypt a sealed job's prompt (and its salt); RemoteProtocolError if it was not made for us."""
+        return open_prompt(
+            run.sealed_prompt, job_id=run.job_id, client_box_key=run.client_box_key, signing_key=self._key
+        )
+
+    def attest(self, run: RunJob, output: Output, *, salt: bytes = b"") -> ReplicaResult:
+        """Sign the output (the worker's co-signature that the receipt will carry) and wrap it.
+
+        A sealed job's output goes back encrypted to the client, with a salted commitment, so the
+        coordinator compares replicas without learning anything about the text.
+        """
         attestation = sign_attestation(
             self._key,
             self.network,
             run.job_id,
             run.contract.digest(),
-            commit_output(output.tokens, output.text),
+            commit_output(output.tokens, output.text, salt),
             len(output.tokens),
         )
+        if run.sealed_prompt:
+            sealed = seal_output(
+                list(output.tokens),
+                output.text,
+                output.finish_reason,
+                job_id=run.job_id,
+                client_box_key=run.client_box_key,
+                signing_key=self._key,
+            )
+            return ReplicaResult(
+                job_id=run.job_id,
+                tokens=[],
+                text="",
+                finish_reason="",
+                attestation=msgspec.msgpack.encode(attestation),
+                sealed_output=sealed,
+            )
         return ReplicaResult(
             job_id=run.job_id,
             tokens=list(output.tokens),

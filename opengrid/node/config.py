@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
@@ -12,6 +13,12 @@ Role = Literal["worker", "coordinator", "edge", "auto"]
 ROLES: tuple[Role, ...] = ("worker", "coordinator", "edge", "auto")
 DEFAULT_NETWORK = "opengrid-local"
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+EngineKind = Literal["llama", "http"]
+ENGINES: tuple[EngineKind, ...] = ("llama", "http")
+HttpBackendName = Literal["auto", "llama.cpp-server", "vllm"]
+HTTP_BACKENDS: tuple[HttpBackendName, ...] = ("auto", "llama.cpp-server", "vllm")
+DEFAULT_MAX_TOKENS_PER_JOB = 1024
+DEFAULT_MAX_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,20 @@ class NodeConfig:
     adversary: str | None = None
     """Demo/test only: make this worker cheat ('wrong-tokens') to show verification catching it."""
     extra: dict[str, str] = field(default_factory=dict)
+    max_tokens_per_job: int = DEFAULT_MAX_TOKENS_PER_JOB
+    """A worker refuses jobs asking for more generated tokens than this."""
+    max_context: int = DEFAULT_MAX_CONTEXT
+    """Context window the engine is loaded with (prompt + generated tokens); longer jobs are refused."""
+    gpu_layers: int = 0
+    """Layers offloaded to the GPU (0: CPU only; -1: all)."""
+    engine: EngineKind = "llama"
+    """``llama``: llama.cpp in this process; ``http``: an OpenAI-compatible server (``http_url``, or one
+    the node starts and stops itself when ``http_url`` is None)."""
+    http_url: str | None = None
+    """Base URL of a running llama_cpp.server / vLLM to attach to (engine ``http`` only)."""
+    http_backend: HttpBackendName = "auto"
+    """Which server ``http_url`` is, or which one to start: ``auto`` = vLLM when importable, else
+    llama_cpp.server (for an attached server ``auto`` means llama_cpp.server)."""
 
     def validated(self) -> NodeConfig:
         """Return a copy with ``auto`` resolved; raise ConfigError naming the bad value and the choices."""
@@ -45,6 +66,20 @@ class NodeConfig:
             raise ConfigError(f"adversary {self.adversary!r} is not one of: wrong-tokens")
         if not self.network or len(self.network) > 64:
             raise ConfigError(f"network name {self.network!r} must be 1..64 characters")
+        if self.max_tokens_per_job < 1:
+            raise ConfigError(f"max_tokens_per_job must be >= 1, got {self.max_tokens_per_job}")
+        if self.max_context < 16:
+            raise ConfigError(f"max_context must be >= 16 tokens, got {self.max_context}")
+        if self.gpu_layers < -1:
+            raise ConfigError(
+                f"gpu_layers must be -1 (all), 0 (CPU only) or a layer count, got {self.gpu_layers}"
+            )
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.http_backend not in HTTP_BACKENDS:
+            raise ConfigError(f"http_backend {self.http_backend!r} is not one of {', '.join(HTTP_BACKENDS)}")
+        if self.http_url is not None and not self.http_url.startswith(("http://", "https://")):
+            raise ConfigError(f"http_url {self.http_url!r} must start with http:// or https://")
         role = self.role
         if role == "auto":
             # Without a bootstrap address nothing can be joined, so the node starts a network and
@@ -55,18 +90,7 @@ class NodeConfig:
                 f"a {role} needs --bootstrap with a coordinator's multiaddr "
                 "(the coordinator prints it at start, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...)"
             )
-        return NodeConfig(
-            data_dir=self.data_dir,
-            role=role,
-            listen=self.listen,
-            bootstrap=self.bootstrap,
-            model=self.model,
-            network=self.network,
-            heartbeat_s=self.heartbeat_s,
-            threads=self.threads,
-            adversary=self.adversary,
-            extra=self.extra,
-        )
+        return dataclasses.replace(self, role=role)
 
     @property
     def serves_models(self) -> bool:

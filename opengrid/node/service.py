@@ -63,6 +63,9 @@ from opengrid.wire.messages import (
     ModelOffer,
     NodeStatus,
     PromptFormat,
+    Quote,
+    QuotedWorker,
+    QuoteRequest,
     ReceiptNotice,
     Registered,
     RegisterWorker,
@@ -73,6 +76,7 @@ from opengrid.wire.messages import (
     SubmitJob,
     WorkerSummary,
 )
+from opengrid.wire.sealed import box_public_key
 
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
@@ -93,10 +97,18 @@ class Node:
     """One OpenGrid node (coordinator, worker or edge). Start it with ``nursery.start(node.run)``."""
 
     def __init__(
-        self, config: NodeConfig, *, engine: Engine | None = None, api: ApiSettings | None = None
+        self,
+        config: NodeConfig,
+        *,
+        engine: Engine | None = None,
+        api: ApiSettings | None = None,
+        coordinator_config: CoordinatorConfig | None = None,
     ) -> None:
         self.config = config.validated()
         self._api = api
+        self._coordinator_config = coordinator_config or CoordinatorConfig(
+            heartbeat_s=self.config.heartbeat_s
+        )
         self.api_urls: list[str] = []
         self._engine = engine
         self._seed = load_or_create_seed(self.config.data_dir)
@@ -137,7 +149,7 @@ class Node:
                             signing_key=self._key,
                             ledger=self.ledger,
                             rng=random.Random(),
-                            config=CoordinatorConfig(heartbeat_s=config.heartbeat_s),
+                            config=self._coordinator_config,
                         )
                         nursery.start_soon(self._timer_loop)
                     if self.worker is not None:
@@ -242,6 +254,8 @@ class Node:
                 return self.history(message.account or self.public_key, message.limit)
             case ControlRequest():
                 return self._on_control(message)
+            case QuoteRequest() if self.coordinator is not None:
+                return self._on_quote(message)
             case SubmitJob() | RunJob() if self.paused:
                 return ErrorReply("busy", "this node is paused by its owner; try another node or later")
             case RegisterWorker() if self.coordinator is not None:
@@ -261,6 +275,23 @@ class Node:
                 return ErrorReply(
                     "malformed", f"a {self.config.role} does not expect {type(message).__name__} here"
                 )
+
+    def _on_quote(self, message: QuoteRequest) -> Message:
+        assert self.coordinator is not None
+        chosen = self.coordinator.quote(message.model, exposure=message.exposure, trusted=message.trusted)
+        if len(chosen) < message.replicas:
+            served = ", ".join(self.coordinator.served_models()) or "none yet"
+            return ErrorReply(
+                "no_capacity" if chosen else "unknown_model",
+                f"job asks for {message.replicas} replicas of {message.model!r} but only {len(chosen)} "
+                f"worker(s) can run it sealed; lower replicas or wait for workers (served here: {served})",
+            )
+        return Quote(
+            model=message.model,
+            workers=[
+                QuotedWorker(peer_id=c.peer, public_key=c.key, box_key=box_public_key(c.key)) for c in chosen
+            ],
+        )
 
     def _on_control(self, message: ControlRequest) -> Message:
         assert self.host is not None
@@ -385,13 +416,25 @@ class Node:
         refusal = self.worker.accept(run)
         if refusal is not None:
             return refusal
-        log.info("running job %s: %d tokens max", run.job_id.hex()[:8], run.max_tokens)
-        request = GenerationRequest(
-            prompt=run.prompt, max_tokens=run.max_tokens, add_bos=run.format == "text"
+        prompt, salt = run.prompt, b""
+        if run.sealed_prompt:
+            try:
+                opened = self.worker.open_sealed(run)
+            except RemoteProtocolError as exc:
+                return ErrorReply("malformed", str(exc), run.job_id)
+            prompt, salt = opened.prompt, opened.salt
+        log.info(
+            "running %sjob %s: %d tokens max",
+            "sealed " if run.sealed_prompt else "",
+            run.job_id.hex()[:8],
+            run.max_tokens,
         )
+        request = GenerationRequest(prompt=prompt, max_tokens=run.max_tokens, add_bos=run.format == "text")
         engine = self._engine
         try:
-            if run.stream and stream is not None and isinstance(engine, StreamingEngine):
+            # Never stream a sealed job: the previews would show the coordinator the plaintext.
+            streaming = run.stream and not run.sealed_prompt and stream is not None
+            if streaming and stream is not None and isinstance(engine, StreamingEngine):
                 generation = await self._generate_streaming(engine, request, run.job_id, stream)
             else:
                 generation = await trio.to_thread.run_sync(
@@ -405,7 +448,7 @@ class Node:
         output = Output(
             tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
         )
-        return self.worker.attest(run, output)
+        return self.worker.attest(run, output, salt=salt)
 
     async def _generate_streaming(
         self, engine: StreamingEngine, request: GenerationRequest, job_id: bytes, stream: FrameStream

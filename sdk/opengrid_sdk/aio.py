@@ -43,11 +43,26 @@ class AsyncClient:
         await asyncio.to_thread(self._client.close)
 
     async def complete(
-        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 64,
+        replicas: int = 2,
+        sealed: bool = True,
+        exposure: int | None = None,
+        trusted: Sequence[str] = (),
     ) -> Completion:
-        """See ``Client.complete``."""
+        """See ``Client.complete`` (sealed by default)."""
         return await asyncio.to_thread(
-            self._client.complete, prompt, model=model, max_tokens=max_tokens, replicas=replicas
+            self._client.complete,
+            prompt,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            sealed=sealed,
+            exposure=exposure,
+            trusted=trusted,
         )
 
     async def stream(

@@ -33,6 +33,7 @@ from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.control import control_signing_bytes
 from opengrid.wire.messages import (
+    MAX_EXPOSURE,
     ControlRequest,
     ErrorReply,
     History,
@@ -41,10 +42,13 @@ from opengrid.wire.messages import (
     JobProgress,
     Message,
     NodeStatus,
+    Quote,
+    QuoteRequest,
     StatusRequest,
     SubmitJob,
 )
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
+from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
 
 T = TypeVar("T")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -74,6 +78,8 @@ class Completion:
     failed: list[str]
     """Peer ids of workers that failed or vanished mid-job and were replaced."""
     coordinator: str
+    sealed: bool = False
+    """True if the coordinator never saw the prompt or the answer (sealed mode)."""
 
 
 def _job(prompt: str, model: str, max_tokens: int, replicas: int, *, stream: bool) -> SubmitJob:
@@ -213,16 +219,73 @@ class Client:
         return [item for item in items if item is not None]
 
     def complete(
-        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 64,
+        replicas: int = 2,
+        sealed: bool = True,
+        exposure: int | None = None,
+        trusted: Sequence[str] = (),
     ) -> Completion:
         """Run ``prompt`` on ``replicas`` workers, verify their agreement, and return the result.
+
+        Sealed (the default): the prompt is encrypted to each of at most ``exposure`` workers (default
+        ``replicas + 2``, spares for failover), restricted to ``trusted`` peer ids when given; the
+        coordinator sees only ciphertext and commitments. ``sealed=False`` is open mode: the coordinator
+        sees the prompt and the answer.
 
         The receipt is verified before this returns (signature, commitment, attestations); a mismatch
         raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
         """
-        request = _job(prompt, model, max_tokens, replicas, stream=False)
-        peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
-        return self._completion(request, peer, reply)
+        if not sealed:
+            request = _job(prompt, model, max_tokens, replicas, stream=False)
+            peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
+            return self._completion(request, peer, reply)
+        quote_request = QuoteRequest(
+            model=model,
+            replicas=replicas,
+            exposure=min(exposure or replicas + 2, MAX_EXPOSURE),
+            trusted=list(trusted),
+        )
+        coordinator, quote = self._call(lambda: self._request(self.bootstrap[0], quote_request))
+        if isinstance(quote, ErrorReply):
+            raise _ERRORS.get(quote.code, JobError)(quote.message)
+        if not isinstance(quote, Quote):
+            raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
+        peers = check_quote(quote, trusted=list(trusted) or None)
+        job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
+        peer, reply = self._call(lambda: self._request(self.bootstrap[0], job.request))
+        if peer != coordinator:
+            raise RemoteProtocolError("the bootstrap address answered as another peer mid-job")
+        return self._sealed_completion(job, peer, reply)
+
+    def _sealed_completion(self, job: SealedJob, peer: str, reply: Message) -> Completion:
+        if isinstance(reply, ErrorReply):
+            raise _ERRORS.get(reply.code, JobError)(reply.message)
+        if not isinstance(reply, JobAccepted) or reply.job_id != job.request.job_id:
+            raise RemoteProtocolError("the coordinator answered with something other than this job's result")
+        receipt = SignedReceipt(entry=reply.receipt, network=self.network, salt=job.salt)
+        output = open_answer(job, reply, receipt.receipt.output_commitment)
+        receipt.verify(
+            tokens=output.tokens,
+            text=output.text,
+            job_id=job.request.job_id,
+            coordinator_key=public_key_of(peer),
+        )
+        return Completion(
+            job_id=job.request.job_id,
+            text=output.text,
+            tokens=output.tokens,
+            finish_reason=output.finish_reason,
+            receipt=receipt,
+            workers=reply.workers,
+            dissenters=reply.dissenters,
+            failed=reply.failed,
+            coordinator=peer,
+            sealed=True,
+        )
 
     def stream(
         self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
@@ -231,6 +294,7 @@ class Client:
 
         The ``str`` items are an UNVERIFIED preview from one worker; the last item is the verified
         ``Completion``, whose text is the truth (it differs from the preview if that worker cheated).
+        Streaming runs in open mode: previews pass through the coordinator in plaintext.
         """
         request = _job(prompt, model, max_tokens, replicas, stream=True)
         items: queue.Queue[str | tuple[str, Message] | BaseException] = queue.Queue()

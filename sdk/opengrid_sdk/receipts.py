@@ -64,6 +64,8 @@ class SignedReceipt:
 
     entry: bytes
     network: str
+    salt: bytes = b""
+    """Sealed jobs: the job's secret commitment salt (only its client has it; needed to verify)."""
 
     def _open(self) -> tuple[bytes, Receipt]:
         try:
@@ -96,7 +98,7 @@ class SignedReceipt:
         text: str,
         job_id: bytes | None = None,
         coordinator_key: bytes | None = None,
-        salt: bytes = b"",
+        salt: bytes | None = None,
     ) -> None:
         """Raise ``VerificationError`` unless the receipt is authentic and matches this output.
 
@@ -109,7 +111,9 @@ class SignedReceipt:
             raise VerificationError("receipt was signed by another coordinator than the one asked")
         if job_id is not None and receipt.job_id != job_id:
             raise VerificationError("receipt is for another job")
-        if commit_output(tokens, text, salt) != receipt.output_commitment or receipt.n_tokens != len(tokens):
+        if commit_output(
+            tokens, text, self.salt if salt is None else salt
+        ) != receipt.output_commitment or receipt.n_tokens != len(tokens):
             raise VerificationError("the output received does not match the receipt's commitment")
         attested = set()
         for attestation in receipt.attestations:

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import pathlib
+import re
 import signal
 import threading
 import time
@@ -62,7 +63,8 @@ def _kill_first_worker_that_starts(net: DemoNetwork) -> Iterator[list[DemoNode]]
         deadline = time.monotonic() + 60
         while not stop.is_set() and time.monotonic() < deadline:
             for node in net.nodes:
-                if node.role == "worker" and "running job" in node.log_path.read_text(errors="replace"):
+                log_text = node.log_path.read_text(errors="replace") if node.role == "worker" else ""
+                if re.search(r"running (sealed )?job", log_text):
                     node.process.send_signal(signal.SIGKILL)
                     node.process.wait()
                     killed.append(node)
@@ -83,7 +85,9 @@ def _start(
     base: pathlib.Path, model: pathlib.Path, honest: int, cheaters: int = 0
 ) -> tuple[DemoNetwork, str]:
     net = DemoNetwork(base, model=str(model), network=NETWORK)
-    coordinator = net.start("coordinator", "coordinator")
+    # Plain verification (uniform choice, no adaptive replication or canaries) keeps these tests about
+    # replication itself; tests/e2e/test_adaptive_network.py covers the adaptive policy.
+    coordinator = net.start("coordinator", "coordinator", extra_args=["--plain-verification"])
     net.wait_ready(coordinator)
     address = coordinator.addrs[0]
     workers = [
