@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -23,6 +24,7 @@ from opengrid import __version__
 from opengrid.errors import OpenGridError
 from opengrid.node.api import DEFAULT_API_ADDRESS, ApiSettings, check_bind
 from opengrid.node.config import DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
+from opengrid.settings import add_node_flags, flags_from_namespace, load_settings, resolve_config_file
 
 log = logging.getLogger("opengrid")
 
@@ -66,10 +68,12 @@ def _build_parser() -> argparse.ArgumentParser:
             "created in --data-dir on first start and reused afterwards."
         ),
     )
+    # Node flags default to None so that a flag beats the environment, which beats the config file
+    # (opengrid/settings.py); `opengrid config show` prints the effective values and their sources.
     start.add_argument(
         "--role",
         choices=ROLES,
-        default="auto",
+        default=None,
         help="auto = coordinator without --bootstrap, worker with it (default: auto)",
     )
     start.add_argument(
@@ -81,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--bootstrap",
         action="append",
-        default=[],
+        default=None,
         metavar="MULTIADDR",
         help="a coordinator's full multiaddr, as it prints at start (.../p2p/12D3KooW...)",
     )
@@ -93,17 +97,15 @@ def _build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--data-dir",
         type=pathlib.Path,
-        required=True,
+        default=None,
         metavar="DIR",
-        help="where the identity key, the ledger and node.json live",
+        help="where the identity key, the ledger and node.json live (default: the user data dir)",
     )
-    start.add_argument(
-        "--network", default=DEFAULT_NETWORK, help=f"network name (default: {DEFAULT_NETWORK})"
-    )
+    start.add_argument("--network", default=None, help=f"network name (default: {DEFAULT_NETWORK})")
     start.add_argument(
         "--heartbeat",
         type=float,
-        default=5.0,
+        default=None,
         metavar="SECONDS",
         help="how often workers re-register (default: 5)",
     )
@@ -128,6 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: adaptive replication, reputation-weighted choice, canary jobs)",
     )
     start.add_argument("--adversary", choices=["wrong-tokens"], help=argparse.SUPPRESS)
+    add_node_flags(start)
 
     demo = commands.add_parser(
         "demo",
@@ -174,10 +177,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
     )
 
+    from opengrid.cli import config as config_cli
+    from opengrid.cli import models as models_cli
     from opengrid.cli import sim, wallet
 
     sim.register(commands)
     wallet.register(commands)
+    models_cli.register(commands)
+    config_cli.register(commands)
 
     status = commands.add_parser("status", help="ask a node for its identity, role and points")
     status.add_argument("address", metavar="MULTIADDR")
@@ -219,17 +226,12 @@ async def _run_node(config: NodeConfig, api: ApiSettings | None, plain: bool) ->
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
-    config = NodeConfig(
-        data_dir=args.data_dir,
-        role=args.role,
-        listen=tuple(args.listen or [DEFAULT_LISTEN]),
-        bootstrap=tuple(args.bootstrap),
-        model=args.model,
-        network=args.network,
-        heartbeat_s=args.heartbeat,
-        threads=args.threads,
-        adversary=args.adversary,
-    ).validated()
+    env = dict(os.environ)
+    config, sources = load_settings(flags_from_namespace(args), env, resolve_config_file(args.config, env))
+    config = config.validated()
+    for key, source in sorted(sources.items()):
+        if source != "default":
+            log.info("config %s = %r (from %s)", key, getattr(config, key), source)
     api = None
     if args.api:
         api = ApiSettings(address=args.api, api_key=args.api_key, allow_remote=args.api_allow_remote)
@@ -329,6 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opengrid.cli import wallet
 
             return wallet.run(args)
+        if args.command in ("models", "config"):
+            from opengrid.cli import config as config_cli
+            from opengrid.cli import models as models_cli
+
+            return (models_cli if args.command == "models" else config_cli).run(args)
     except OpenGridError as exc:
         print(f"opengrid: error: {exc}", file=sys.stderr)
         return 1

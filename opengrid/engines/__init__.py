@@ -3,38 +3,60 @@
 - :mod:`.base`: the :class:`Engine` protocol and its plain data (``ModelInfo``, ``GenerationRequest``,
   ``Generation``);
 - :mod:`.llama`: :class:`LlamaEngine`, llama.cpp in this process;
-- :mod:`.models`: the catalog (``resolve_model``, ``load_engine``, ``sha256_file``);
+- :mod:`.http`: :class:`HttpEngine` over an OpenAI-compatible server (llama_cpp.server, vLLM) and
+  :class:`ManagedServer`, which runs one as a child process;
+- :mod:`.catalog`: the model catalog as data, and ``pick_model_for_memory``;
+- :mod:`.models`: resolving and loading (``resolve_model``, ``load_engine``, ``sha256_file``) and model
+  management (``list_models``, ``pull_model``, ``remove_model``);
 - :mod:`.tiny_model`: a seeded 2-layer GGUF for tests;
 - :mod:`.adversarial`: :class:`WrongTokensEngine`, a cheater for demos and verification tests.
 """
 
 from opengrid.engines.adversarial import WrongTokensEngine
 from opengrid.engines.base import Engine, FinishReason, Generation, GenerationRequest, ModelInfo
+from opengrid.engines.catalog import CATALOG, CatalogEntry, catalog_entry, pick_model_for_memory
+from opengrid.engines.http import BACKENDS, HttpBackend, HttpEngine, ManagedServer
 from opengrid.engines.llama import DEFAULT_N_CTX, LlamaEngine
 from opengrid.engines.models import (
     DEFAULT_MODEL,
     KNOWN_MODELS,
+    InstalledModel,
     default_cache_dir,
+    list_models,
     load_engine,
+    pull_model,
+    remove_model,
     resolve_model,
     sha256_file,
 )
 from opengrid.engines.tiny_model import TINY_MODEL_NAME, write_tiny_gguf
 
 __all__ = [
+    "BACKENDS",
+    "CATALOG",
     "DEFAULT_MODEL",
     "DEFAULT_N_CTX",
     "KNOWN_MODELS",
     "TINY_MODEL_NAME",
+    "CatalogEntry",
     "Engine",
     "FinishReason",
     "Generation",
     "GenerationRequest",
+    "HttpBackend",
+    "HttpEngine",
+    "InstalledModel",
     "LlamaEngine",
+    "ManagedServer",
     "ModelInfo",
     "WrongTokensEngine",
+    "catalog_entry",
     "default_cache_dir",
+    "list_models",
     "load_engine",
+    "pick_model_for_memory",
+    "pull_model",
+    "remove_model",
     "resolve_model",
     "sha256_file",
     "write_tiny_gguf",

@@ -36,7 +36,8 @@ from opengrid.core.effects import (
 from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.engines import Engine, GenerationRequest, WrongTokensEngine, load_engine, resolve_model
-from opengrid.engines.base import Generation, StreamingEngine
+from opengrid.engines.base import Generation, ModelInfo, StreamingEngine
+from opengrid.engines.http import HttpEngine, ManagedServer
 from opengrid.errors import (
     ConfigError,
     EngineError,
@@ -124,6 +125,7 @@ class Node:
         self._replicas: dict[tuple[bytes, str], trio.CancelScope] = {}
         self._timer_changed = trio.Event()
         self._engine_limiter = trio.CapacityLimiter(1)
+        self._server: ManagedServer | None = None
         self.jobs_run = 0
         self.paused = False
         self._last_control_ms = 0
@@ -170,6 +172,8 @@ class Node:
             self._nursery = None
             if self._engine is not None:
                 self._engine.close()
+            if self._server is not None:
+                await trio.to_thread.run_sync(self._server.stop)
             self._store.close()
             log.info("node stopped cleanly")
 
@@ -178,7 +182,7 @@ class Node:
         if self._engine is None:
             info = await trio.to_thread.run_sync(resolve_model, self.config.model or "smollm2-135m-instruct")
             log.info("loading model %s (%s, sha256 %s…)", info.name, info.path, info.sha256[:12])
-            engine = await trio.to_thread.run_sync(lambda: load_engine(info, n_threads=self.config.threads))
+            engine = await self._load_engine(info)
             if self.config.adversary == "wrong-tokens":
                 log.warning("ADVERSARY MODE: this worker returns wrong tokens (demo/test of verification)")
                 engine = WrongTokensEngine(engine)
@@ -192,8 +196,37 @@ class Node:
             eos_token=template.eos_token if template else "",
         )
         self.worker = WorkerLogic(
-            network=self.config.network, signing_key=self._key, offers=(offer,), ledger=self.ledger
+            network=self.config.network,
+            signing_key=self._key,
+            offers=(offer,),
+            ledger=self.ledger,
+            max_tokens_limit=self.config.max_tokens_per_job,
         )
+
+    async def _load_engine(self, info: ModelInfo) -> Engine:
+        """llama.cpp in this process, or an OpenAI-compatible server (attached, or started and owned)."""
+        cfg = self.config
+        if cfg.engine == "llama":
+            return await trio.to_thread.run_sync(
+                lambda: load_engine(info, n_threads=cfg.threads, n_ctx=cfg.max_context)
+            )
+        if cfg.http_url:
+            backend = "vllm" if cfg.http_backend == "vllm" else "llama.cpp-server"
+            log.info("attaching to the %s server at %s", backend, cfg.http_url)
+            return await trio.to_thread.run_sync(
+                lambda: HttpEngine(cfg.http_url or "", info, backend=backend)
+            )
+        server = ManagedServer(
+            info,
+            backend=None if cfg.http_backend == "auto" else cfg.http_backend,
+            n_ctx=cfg.max_context,
+            n_threads=cfg.threads,
+            gpu_layers=cfg.gpu_layers,
+        )
+        self._server = server  # stopped in run()'s finally, with the node
+        await trio.to_thread.run_sync(server.start)
+        log.info("started a model server for %s (ready after %.1f s)", info.name, server.ready_after_s)
+        return server.engine()
 
     def _write_node_info(self) -> None:
         assert self.host is not None

@@ -15,7 +15,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import llama_cpp
 import pytest
@@ -82,7 +82,7 @@ def _kill_first_worker_that_starts(net: DemoNetwork) -> Iterator[list[DemoNode]]
 
 
 def _start(
-    base: pathlib.Path, model: pathlib.Path, honest: int, cheaters: int = 0
+    base: pathlib.Path, model: pathlib.Path, honest: int, cheaters: int = 0, worker_args: Sequence[str] = ()
 ) -> tuple[DemoNetwork, str]:
     net = DemoNetwork(base, model=str(model), network=NETWORK)
     # Plain verification (uniform choice, no adaptive replication or canaries) keeps these tests about
@@ -91,7 +91,7 @@ def _start(
     net.wait_ready(coordinator)
     address = coordinator.addrs[0]
     workers = [
-        net.start(f"worker-{i + 1}", "worker", bootstrap=address, cheater=i >= honest)
+        net.start(f"worker-{i + 1}", "worker", bootstrap=address, cheater=i >= honest, extra_args=worker_args)
         for i in range(honest + cheaters)
     ]
     for worker in workers:
@@ -246,7 +246,7 @@ def test_unknown_model_and_too_many_replicas_are_typed_errors(
 
 
 def test_a_worker_killed_mid_job_is_replaced(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> None:
-    net, address = _start(tmp_path, tiny_model_path, honest=3)
+    net, address = _start(tmp_path, tiny_model_path, honest=3, worker_args=["--max-tokens-per-job", "2000"])
     try:
         with Client([address], network=NETWORK, timeout=120) as client:
             wait_for_workers(client, 3, timeout=60)
@@ -261,3 +261,28 @@ def test_a_worker_killed_mid_job_is_replaced(tmp_path: pathlib.Path, tiny_model_
             assert (done.text, done.tokens) == (text, tokens)
     finally:
         net.stop()
+
+
+def test_workers_driving_llama_cpp_servers_give_llama_cpps_answer(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    """The HTTP engine (it drives vLLM on GPUs) behind real nodes, over managed llama_cpp.server servers."""
+    net, address = _start(tmp_path, tiny_model_path, honest=2, worker_args=["--engine", "http"])
+    try:
+        with Client([address], network=NETWORK, timeout=120) as client:
+            wait_for_workers(client, 2, timeout=90)
+            prompt = "Servers are"
+            done = client.complete(prompt, model="tiny", max_tokens=MAX_TOKENS, replicas=2)
+            assert (done.text, done.tokens) == direct_llama(tiny_model_path, prompt, MAX_TOKENS)
+            assert len(done.workers) == 2
+    finally:
+        net.stop()
+    assert not any("llama_cpp.server" in line for line in _processes()), "a model server outlived its node"
+
+
+def _processes() -> list[str]:
+    import subprocess
+
+    return subprocess.run(
+        ["ps", "-eo", "args"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()

@@ -1,0 +1,216 @@
+"""Config precedence (flag > env > file > default), origins, and errors that name key, value and choices."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import pytest
+
+from opengrid.cli import config as config_cli
+from opengrid.cli import models as models_cli
+from opengrid.errors import ConfigError
+from opengrid.node.config import NodeConfig
+from opengrid.settings import (
+    CONFIG_ENV,
+    KEYS,
+    add_node_flags,
+    default_config_path,
+    default_data_dir,
+    env_var,
+    flags_from_namespace,
+    load_settings,
+    resolve_config_file,
+)
+
+
+def _write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_everywhere() -> None:
+    config, sources = load_settings({}, {}, None)
+    assert config == NodeConfig(data_dir=default_data_dir())
+    assert set(sources) == set(KEYS)
+    assert set(sources.values()) == {"default"}
+
+
+def test_every_nodeconfig_field_but_extra_is_a_key() -> None:
+    import dataclasses
+
+    assert set(KEYS) == {f.name for f in dataclasses.fields(NodeConfig)} - {"extra"}
+
+
+def test_flag_beats_env_beats_file_beats_default(tmp_path: pathlib.Path) -> None:
+    file = _write(tmp_path, 'network = "from-file"\nthreads = 3\nheartbeat_s = 7\nmax_context = 4096\n')
+    env = {"OPENGRID_NETWORK": "from-env", "OPENGRID_THREADS": "4", "PATH": "/bin"}
+    config, sources = load_settings({"network": "from-flag", "model": None}, env, file)
+    assert (config.network, sources["network"]) == ("from-flag", "flag")
+    assert (config.threads, sources["threads"]) == (4, "env:OPENGRID_THREADS")
+    assert (config.heartbeat_s, sources["heartbeat_s"]) == (7.0, f"file:{file}")
+    assert (config.max_context, sources["max_context"]) == (4096, f"file:{file}")
+    assert (config.model, sources["model"]) == (None, "default")  # a None flag is "not given"
+
+
+def test_value_kinds_from_each_layer(tmp_path: pathlib.Path) -> None:
+    file = _write(
+        tmp_path,
+        'data_dir = "~/og"\nlisten = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::1/tcp/4001"]\n'
+        'role = "Worker"\nengine = "http"\nhttp_url = "http://127.0.0.1:8000/"\ngpu_layers = -1\n',
+    )
+    env = {
+        env_var("bootstrap"): "/ip4/10.0.0.1/tcp/4001, /ip4/10.0.0.2/tcp/4001",
+        env_var("http_backend"): "vllm",
+        env_var("model"): "",  # empty: unset an optional key
+    }
+    config, sources = load_settings({"max_tokens_per_job": 64}, env, file)
+    assert config.data_dir == pathlib.Path("~/og").expanduser()
+    assert config.listen == ("/ip4/0.0.0.0/tcp/4001", "/ip6/::1/tcp/4001")
+    assert config.bootstrap == ("/ip4/10.0.0.1/tcp/4001", "/ip4/10.0.0.2/tcp/4001")
+    assert config.role == "worker"
+    assert (config.engine, config.http_url, config.http_backend) == ("http", "http://127.0.0.1:8000", "vllm")
+    assert config.gpu_layers == -1
+    assert config.max_tokens_per_job == 64
+    assert (config.model, sources["model"]) == (None, "env:OPENGRID_MODEL")
+    assert config.validated().role == "worker"
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "allowed"),
+    [
+        ("role", "boss", "allowed: worker, coordinator, edge, auto"),
+        ("engine", "onnx", "allowed: llama, http"),
+        ("threads", "0", "integer >= 1"),
+        ("threads", "two", "integer >= 1"),
+        ("max_tokens_per_job", "-5", "integer >= 1"),
+        ("heartbeat_s", "0", "number > 0"),
+        ("heartbeat_s", "soon", "number > 0"),
+        ("listen", "127.0.0.1:4001", "not a multiaddr"),
+        ("http_url", "127.0.0.1:8000", "http:// or https://"),
+        ("network", "x" * 65, "1..64 characters"),
+    ],
+)
+def test_bad_env_values_name_key_value_origin_and_choices(key: str, raw: str, allowed: str) -> None:
+    var = env_var(key)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings({}, {var: raw}, None)
+    message = str(excinfo.value)
+    assert f"invalid {key} = {raw!r} (from env:{var})" in message
+    assert allowed in message
+
+
+def test_bad_file_values_and_types(tmp_path: pathlib.Path) -> None:
+    cases = {
+        "threads = true\n": "invalid threads = True",
+        'threads = "4"\n': "invalid threads = '4'",  # TOML has types: a string is not an int
+        "listen = []\n": "at least one is needed",
+        "listen = [1]\n": "expected a list of multiaddrs",
+        "role = 3\n": "allowed: worker",
+    }
+    for text, expected in cases.items():
+        file = _write(tmp_path, text)
+        with pytest.raises(ConfigError, match=expected) as excinfo:
+            load_settings({}, {}, file)
+        assert f"file:{file}" in str(excinfo.value)
+
+
+def test_unknown_keys_and_broken_toml_are_errors(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) threds; known keys: data_dir, role"):
+        load_settings({}, {}, _write(tmp_path, "threds = 4\n"))
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_settings({}, {}, _write(tmp_path, "role = \n"))
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings({"colour": "red"}, {}, None)
+
+
+def test_flags_are_checked_too() -> None:
+    with pytest.raises(
+        ConfigError, match=r"invalid gpu_layers = -2 \(from flag\): expected an integer >= -1"
+    ):
+        load_settings({"gpu_layers": -2}, {}, None)
+
+
+def test_config_file_resolution(tmp_path: pathlib.Path) -> None:
+    file = _write(tmp_path, "")
+    other = tmp_path / "other.toml"
+    other.write_text("")
+    assert resolve_config_file(file, {CONFIG_ENV: str(other)}) == file
+    assert resolve_config_file(None, {CONFIG_ENV: str(other)}) == other
+    with pytest.raises(ConfigError, match=r"from \$OPENGRID_CONFIG\) does not exist"):
+        resolve_config_file(None, {CONFIG_ENV: str(tmp_path / "missing.toml")})
+    with pytest.raises(ConfigError, match="from --config"):
+        resolve_config_file(tmp_path / "missing.toml", {})
+    assert default_config_path().name == "config.toml"
+    assert default_config_path().parent.name == "opengrid"
+
+
+def test_argparse_glue() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=pathlib.Path)
+    parser.add_argument("--listen", action="append")
+    parser.add_argument("--bootstrap", action="append", default=[])
+    parser.add_argument("--heartbeat", type=float)
+    add_node_flags(parser)
+    args = parser.parse_args(["--heartbeat", "2", "--engine", "http", "--listen", "/ip4/127.0.0.1/tcp/1"])
+    assert flags_from_namespace(args) == {
+        "heartbeat_s": 2.0,
+        "engine": "http",
+        "listen": ("/ip4/127.0.0.1/tcp/1",),
+    }
+    config, sources = load_settings(flags_from_namespace(args), {}, None)
+    assert (config.heartbeat_s, sources["heartbeat_s"]) == (2.0, "flag")
+
+
+# -- the CLI modules -------------------------------------------------------------------------------
+
+
+def _cli(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="opengrid")
+    commands = parser.add_subparsers(dest="command", required=True)
+    config_cli.register(commands)
+    models_cli.register(commands)
+    return parser.parse_args(argv)
+
+
+def test_config_show_json(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = _write(tmp_path, 'role = "worker"\n')
+    monkeypatch.setenv("OPENGRID_THREADS", "2")
+    assert config_cli.run(_cli("config", "show", "--json", "--config", str(file))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config_file"] == str(file)
+    assert doc["settings"]["role"] == {"value": "worker", "source": f"file:{file}"}
+    assert doc["settings"]["threads"] == {"value": 2, "source": "env:OPENGRID_THREADS"}
+    assert "needs --bootstrap" in doc["problem"]  # a worker without a coordinator
+
+
+def test_config_show_text_and_errors(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(_write(tmp_path, "")))
+    assert config_cli.run(_cli("config", "show")) == 0
+    out = capsys.readouterr().out
+    assert "heartbeat_s" in out and "default" in out
+    monkeypatch.setenv("OPENGRID_ROLE", "boss")
+    assert config_cli.run(_cli("config", "show")) == 1
+    assert "invalid role = 'boss' (from env:OPENGRID_ROLE)" in capsys.readouterr().err
+
+
+def test_models_list_pull_rm_json(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = str(tmp_path)
+    assert models_cli.run(_cli("models", "--cache-dir", cache, "pull", "tiny", "--json")) == 0
+    pulled = json.loads(capsys.readouterr().out)
+    assert pulled["name"] == "tiny" and len(pulled["sha256"]) == 64
+    assert models_cli.run(_cli("models", "--cache-dir", cache, "list", "--json")) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["models"]}
+    assert rows["tiny"]["path"] == pulled["path"]
+    assert rows["smollm2-360m-instruct"]["path"] is None
+    assert rows["smollm2-360m-instruct"]["source"] == "hub"
+    assert models_cli.run(_cli("models", "--cache-dir", cache, "rm", "tiny", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == [pulled["path"]]
+    assert models_cli.run(_cli("models", "--cache-dir", cache, "rm", "gpt-17")) == 1
+    assert "unknown model 'gpt-17'" in capsys.readouterr().err
