@@ -7,6 +7,7 @@ what it decodes to, so one logical body has exactly one byte string and one Entr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import msgspec
@@ -16,7 +17,7 @@ import nacl.signing
 from opengrid.errors import InvalidEntryError
 
 from .ids import HASH_SIZE, KEY_SIZE, SIGNATURE_SIZE, EntryId, require_count, require_size
-from .payloads import Payload, check_payload
+from .payloads import Fraud, Payload, check_payload
 
 ENTRY_DOMAIN = b"opengrid/entry/1\x00"
 """Prefix of the message an author signs (prefix + body bytes): an entry signature means nothing else."""
@@ -41,15 +42,15 @@ class EntryBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     payload: Payload
 
 
-class Entry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A signed entry as it travels and is stored."""
+class Entry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
+    """A signed entry as it travels and is stored. (``dict=True`` only lets ``id`` be cached.)"""
 
     body: bytes
     """Canonical msgpack of EntryBody: signatures are over these exact bytes."""
     signature: bytes
     """64-byte Ed25519 signature by the body's author over ``ENTRY_DOMAIN + body``."""
 
-    @property
+    @functools.cached_property
     def id(self) -> EntryId:
         """sha256(body || signature): names this exact entry; two different entries never share an id."""
         return EntryId(hashlib.sha256(self.body + self.signature).digest())
@@ -151,4 +152,31 @@ def _check_body(body: EntryBody, network: str) -> None:
             raise InvalidEntryError(f"entry seq 1 of {body.author.hex()} must have an empty prev")
     else:
         require_size(f"prev of entry seq {body.seq}", body.prev, HASH_SIZE)
-    check_payload(body.payload, network)
+    check_payload(body.payload, network, body.author)
+    if isinstance(body.payload, Fraud):
+        check_fraud(body.payload, network)
+
+
+def check_fraud(fraud: Fraud, network: str) -> tuple[Entry, EntryBody, Entry, EntryBody]:
+    """Open both entries of a fork proof and check they really fork: one author, one seq, two ids.
+
+    Returns (first, first body, second, second body), lower EntryId first. Raises InvalidEntryError.
+    """
+    first, second = decode_entry(fraud.first), decode_entry(fraud.second)
+    first_body, second_body = open_entry(first, network), open_entry(second, network)
+    if (first_body.author, first_body.seq) != (second_body.author, second_body.seq):
+        raise InvalidEntryError(
+            f"fraud proof entries are (author {first_body.author.hex()}, seq {first_body.seq}) and "
+            f"(author {second_body.author.hex()}, seq {second_body.seq}): not a fork"
+        )
+    if first.id == second.id:
+        raise InvalidEntryError("fraud proof carries the same entry twice")
+    if first.id > second.id:
+        raise InvalidEntryError("fraud proof entries must be in EntryId order (lower first)")
+    return first, first_body, second, second_body
+
+
+def make_fraud(first: Entry, second: Entry) -> Fraud:
+    """The FRAUD payload proving that ``first`` and ``second`` fork (in either order)."""
+    low, high = (first, second) if first.id < second.id else (second, first)
+    return Fraud(encode_entry(low), encode_entry(high))

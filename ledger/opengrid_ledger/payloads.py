@@ -1,31 +1,60 @@
-"""Entry payloads: what an entry says. Today only RECEIPT; HOLD, SETTLE, REFUND, TRANSFER, ADMIT and FRAUD
-come later (spec/ledger.md §8).
+"""Entry payloads: what an entry says (spec/ledger.md §5).
 
-Each kind is a tagged msgspec Struct, so ``Payload`` can grow into a tagged union without changing how
-existing entries encode. Each kind gets a stateless check here (``check_payload``) and a stateful rule in
-``state.py``; adding a kind means one struct, one ``case`` in each.
+Each kind is a tagged msgspec Struct and ``Payload`` is their tagged union, so old entries keep their bytes
+when kinds are added. Each kind gets a stateless check here (``check_payload``) and a stateful rule in
+``state.py``; adding a kind means one struct, one branch in each.
 
 Structs use ``omit_defaults=True``: a field added later with a default leaves old bodies' canonical bytes
 unchanged, so old signatures and entry ids stay valid.
+
+Kinds (tag, author, effect):
+
+- ``receipt``  coordinator (minter)  mints points for one verified job (with worker attestations)
+- ``hold``     a user                reserves points of the author for one job, to be closed by a coordinator
+- ``settle``   the hold's coordinator pays workers credited for the job out of the hold; the rest goes back
+- ``refund``   the hold's coordinator returns the whole hold
+- ``transfer`` any account           gives points to another account
+- ``grant``    a new account, seq 1  mints the network's starting grant, vouched for by a coordinator
+- ``admit``    anyone                adds a coordinator, co-signed by >= 2/3 of the current coordinators
+- ``fraud``    anyone                proves a fork: two entries of one author with one seq
+- ``evidence`` coordinator (minter)  reputation evidence: valid / invalid / timeout per worker for a job
 """
 
 from __future__ import annotations
 
 import msgspec
+import nacl.exceptions
+import nacl.signing
 
 from opengrid.errors import InvalidEntryError
 
 from .attestation import Attestation, verify_attestation
-from .ids import HASH_SIZE, JOB_ID_SIZE, KEY_SIZE, require_count, require_size
+from .ids import HASH_SIZE, JOB_ID_SIZE, KEY_SIZE, SIGNATURE_SIZE, require_count, require_size
+
+ADMIT_DOMAIN = "opengrid/admit/1"
+"""First element of the array a coordinator signs to admit another (see :func:`admit_signing_bytes`)."""
+GRANT_DOMAIN = "opengrid/grant/1"
+"""First element of the array a coordinator signs to vouch for a starting grant."""
+MAX_LIST = 256
+"""Most items in any list inside a payload (credits, payouts, co-signatures, evidence keys)."""
 
 
 class Credit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Points minted to one account by a receipt."""
+    """Points moved or minted to one account (by a receipt or a settle)."""
 
     account: bytes
     """32-byte Ed25519 public key of the credited node."""
     points: int
     """Strictly positive."""
+
+
+class Cosignature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A coordinator's signature over a domain-tagged statement (an admission or a grant voucher)."""
+
+    signer: bytes
+    """32-byte public key of the coordinator."""
+    signature: bytes
+    """64 bytes."""
 
 
 class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="receipt"):
@@ -48,16 +77,212 @@ class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     charts), never used for validation — clocks of volunteers cannot be trusted."""
 
 
-Payload = Receipt
-"""Everything an entry can carry. Becomes ``Receipt | Hold | ...`` (a tagged union) as kinds are added."""
+class Hold(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="hold"):
+    """The author (a user) reserves ``amount`` of its points for job ``job_id``; only ``coordinator`` may
+    close the hold (SETTLE or REFUND). Waits (is not applied) while the author's balance is too low."""
+
+    job_id: bytes
+    """16 bytes."""
+    amount: int
+    """Strictly positive."""
+    coordinator: bytes
+    """32-byte key of the coordinator that runs the job and closes the hold."""
 
 
-def check_payload(payload: Payload, network: str) -> None:
-    """Check everything about ``payload`` that needs no ledger state; raise InvalidEntryError if wrong."""
+class Settle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="settle"):
+    """The hold's coordinator pays workers out of a hold; what is not paid out goes back to the holder."""
+
+    hold: bytes
+    """EntryId (32 bytes) of the HOLD entry it closes."""
+    payouts: tuple[Credit, ...]
+    """At least one; accounts distinct and all credited by the job's receipt; sum <= the hold's amount."""
+
+
+class Refund(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="refund"):
+    """The hold's coordinator returns a whole hold to its author (the job failed or was not run)."""
+
+    hold: bytes
+    """EntryId (32 bytes) of the HOLD entry it closes."""
+
+
+class Transfer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="transfer"):
+    """The author gives ``amount`` of its points to ``to``. Waits while the author's balance is too low."""
+
+    to: bytes
+    """32-byte key of the receiving account; not the author."""
+    amount: int
+    """Strictly positive."""
+
+
+class Grant(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="grant"):
+    """A new account claims the network's starting grant: only as its first entry (seq 1), so once per key,
+    and only with a voucher signed by a coordinator (who rate-limits vouchers off-ledger: Sybil control)."""
+
+    points: int
+    """Must equal the genesis ``grant_points``."""
+    voucher: Cosignature
+    """A coordinator's signature over ``[GRANT_DOMAIN, network, account, points]``."""
+
+
+class Admit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="admit"):
+    """Admits ``coordinator`` as the ``epoch``-th admission; valid with co-signatures of at least 2/3 of the
+    coordinator set before it (genesis coordinators plus admissions 0 .. epoch-1)."""
+
+    coordinator: bytes
+    """32-byte key of the new coordinator."""
+    epoch: int
+    """0 for the first admission after genesis, then 1, 2, ...: fixes which set must co-sign."""
+    cosignatures: tuple[Cosignature, ...]
+    """Signatures over ``[ADMIT_DOMAIN, network, epoch, coordinator]``; signers distinct."""
+
+
+class Fraud(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="fraud"):
+    """Proof of a fork: two different, validly signed entries of one author with one seq (encoded entries,
+    lower EntryId first). Anyone may author it; every node that sees it freezes the forker."""
+
+    first: bytes
+    second: bytes
+
+
+class Evidence(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="evidence"):
+    """Reputation evidence a coordinator records for one job: which workers were valid, invalid or timed
+    out. Keys are distinct across the three lists; at least one key in all."""
+
+    job_id: bytes
+    valid: tuple[bytes, ...] = ()
+    invalid: tuple[bytes, ...] = ()
+    timeout: tuple[bytes, ...] = ()
+
+
+Payload = Receipt | Hold | Settle | Refund | Transfer | Grant | Admit | Fraud | Evidence
+"""Everything an entry can carry: a tagged union (the ``type`` field names the kind)."""
+
+
+def admit_signing_bytes(network: str, epoch: int, coordinator: bytes) -> bytes:
+    """The exact bytes each co-signer of an ADMIT signs (a domain-tagged msgpack array)."""
+    return msgspec.msgpack.encode([ADMIT_DOMAIN, network, epoch, coordinator])
+
+
+def grant_signing_bytes(network: str, account: bytes, points: int) -> bytes:
+    """The exact bytes a coordinator signs to vouch for ``account``'s starting grant."""
+    return msgspec.msgpack.encode([GRANT_DOMAIN, network, account, points])
+
+
+def sign_admit(key: nacl.signing.SigningKey, network: str, epoch: int, coordinator: bytes) -> Cosignature:
+    """Co-sign, as the coordinator holding ``key``, the admission of ``coordinator`` at ``epoch``."""
+    require_count("admit epoch", epoch, minimum=0)
+    require_size("admitted coordinator", coordinator, KEY_SIZE)
+    message = admit_signing_bytes(network, epoch, coordinator)
+    return Cosignature(bytes(key.verify_key), key.sign(message).signature)
+
+
+def sign_grant_voucher(
+    key: nacl.signing.SigningKey, network: str, account: bytes, points: int
+) -> Cosignature:
+    """Vouch, as the coordinator holding ``key``, for ``account``'s starting grant of ``points``."""
+    require_size("grant account", account, KEY_SIZE)
+    require_count("grant points", points, minimum=1)
+    return Cosignature(
+        bytes(key.verify_key), key.sign(grant_signing_bytes(network, account, points)).signature
+    )
+
+
+def verify_cosignature(cosig: Cosignature, message: bytes, what: str) -> None:
+    """Check a co-signature's sizes and signature over ``message``; InvalidEntryError saying ``what``."""
+    require_size(f"{what} signer", cosig.signer, KEY_SIZE)
+    require_size(f"{what} signature", cosig.signature, SIGNATURE_SIZE)
+    try:
+        nacl.signing.VerifyKey(cosig.signer).verify(message, cosig.signature)
+    except (nacl.exceptions.CryptoError, ValueError) as exc:
+        raise InvalidEntryError(f"{what} by {cosig.signer.hex()} has a bad signature") from exc
+
+
+def check_payload(payload: Payload, network: str, author: bytes) -> None:
+    """Check everything about ``payload`` that needs no ledger state; raise InvalidEntryError if wrong.
+
+    FRAUD's inner entries are opened by ``entries.open_entry`` (it needs the entry codec).
+    """
     if isinstance(payload, Receipt):
         check_receipt(payload, network)
-    else:  # pragma: no cover - unreachable until Payload is a union; keeps a new kind from slipping by.
+    elif isinstance(payload, Hold):
+        require_size("hold job_id", payload.job_id, JOB_ID_SIZE)
+        require_count("hold amount", payload.amount, minimum=1)
+        require_size("hold coordinator", payload.coordinator, KEY_SIZE)
+    elif isinstance(payload, Settle):
+        require_size("settle hold", payload.hold, HASH_SIZE)
+        if not payload.payouts:
+            raise InvalidEntryError(
+                f"settle of hold {payload.hold.hex()} pays nobody; use a refund to return a whole hold"
+            )
+        _check_credits(payload.payouts, f"settle of hold {payload.hold.hex()}")
+    elif isinstance(payload, Refund):
+        require_size("refund hold", payload.hold, HASH_SIZE)
+    elif isinstance(payload, Transfer):
+        require_size("transfer recipient", payload.to, KEY_SIZE)
+        require_count("transfer amount", payload.amount, minimum=1)
+        if payload.to == author:
+            raise InvalidEntryError(f"transfer from {author.hex()} to itself")
+    elif isinstance(payload, Grant):
+        require_count("grant points", payload.points, minimum=1)
+        verify_cosignature(
+            payload.voucher, grant_signing_bytes(network, author, payload.points), "grant voucher"
+        )
+    elif isinstance(payload, Admit):
+        check_admit(payload, network)
+    elif isinstance(payload, Fraud):
+        if payload.first == payload.second:
+            raise InvalidEntryError("fraud proof carries the same entry twice")
+    elif isinstance(payload, Evidence):
+        check_evidence(payload)
+    else:  # pragma: no cover - msgspec only decodes the kinds above; keeps a new kind from slipping by.
         raise InvalidEntryError(f"unknown payload kind {type(payload).__name__}")
+
+
+def _check_credits(credits: tuple[Credit, ...], what: str) -> set[bytes]:
+    if len(credits) > MAX_LIST:
+        raise InvalidEntryError(f"{what} lists {len(credits)} accounts, over the limit of {MAX_LIST}")
+    accounts: set[bytes] = set()
+    for credit in credits:
+        require_size("credit account", credit.account, KEY_SIZE)
+        require_count(f"credit points for {credit.account.hex()}", credit.points, minimum=1)
+        if credit.account in accounts:
+            raise InvalidEntryError(f"{what} credits account {credit.account.hex()} twice")
+        accounts.add(credit.account)
+    return accounts
+
+
+def check_admit(admit: Admit, network: str) -> None:
+    """Stateless ADMIT rules: sizes, distinct signers, every co-signature valid."""
+    require_size("admitted coordinator", admit.coordinator, KEY_SIZE)
+    require_count("admit epoch", admit.epoch, minimum=0)
+    if not admit.cosignatures or len(admit.cosignatures) > MAX_LIST:
+        raise InvalidEntryError(
+            f"admission of {admit.coordinator.hex()} carries {len(admit.cosignatures)} co-signatures; "
+            f"it needs 1..{MAX_LIST}"
+        )
+    signers: set[bytes] = set()
+    message = admit_signing_bytes(network, admit.epoch, admit.coordinator)
+    for cosig in admit.cosignatures:
+        if cosig.signer in signers:
+            raise InvalidEntryError(
+                f"admission of {admit.coordinator.hex()} is co-signed twice by {cosig.signer.hex()}"
+            )
+        signers.add(cosig.signer)
+        verify_cosignature(cosig, message, f"co-signature of the admission of {admit.coordinator.hex()}")
+
+
+def check_evidence(evidence: Evidence) -> None:
+    """Stateless EVIDENCE rules: sizes, at least one key, keys distinct across all three lists."""
+    require_size("evidence job_id", evidence.job_id, JOB_ID_SIZE)
+    keys = [*evidence.valid, *evidence.invalid, *evidence.timeout]
+    if not keys or len(keys) > MAX_LIST:
+        raise InvalidEntryError(
+            f"evidence for job {evidence.job_id.hex()} names {len(keys)} workers; it needs 1..{MAX_LIST}"
+        )
+    for key in keys:
+        require_size("evidence worker", key, KEY_SIZE)
+    if len(set(keys)) != len(keys):
+        raise InvalidEntryError(f"evidence for job {evidence.job_id.hex()} names a worker twice")
 
 
 def check_receipt(receipt: Receipt, network: str) -> None:
@@ -71,13 +296,7 @@ def check_receipt(receipt: Receipt, network: str) -> None:
     if not receipt.credits:
         # A receipt that pays nobody would still use up the job id (a job is credited once).
         raise InvalidEntryError(f"receipt for job {job} credits nobody")
-    credited: set[bytes] = set()
-    for credit in receipt.credits:
-        require_size("credit account", credit.account, KEY_SIZE)
-        require_count(f"credit points for {credit.account.hex()}", credit.points, minimum=1)
-        if credit.account in credited:
-            raise InvalidEntryError(f"receipt for job {job} credits account {credit.account.hex()} twice")
-        credited.add(credit.account)
+    credited = _check_credits(receipt.credits, f"receipt for job {job}")
     attested: set[bytes] = set()
     for att in receipt.attestations:
         if att.worker not in credited:

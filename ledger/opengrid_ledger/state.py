@@ -1,101 +1,295 @@
 """The ledger state: a deterministic fold over a grow-only set of valid entries (spec/ledger.md §6).
 
-Merge is set union. Entries may arrive in any order and any number of times: an entry whose chain
-predecessor is missing waits ("parked") and is applied as soon as the gap closes, so for any set of valid,
-non-conflicting entries the resulting state does not depend on arrival order.
+Merge is set union. Entries may arrive in any order and any number of times. An entry waits instead of
+being refused when what it needs may still arrive:
+
+- *parked*: its chain predecessor (author, seq-1) has not been applied yet;
+- *blocked*: it is its author's next entry but depends on something not applied yet: a HOLD or TRANSFER
+  on points its author has not received yet, a SETTLE or REFUND on its HOLD or the job's RECEIPT, an ADMIT
+  on the admissions before it.
+
+Every such condition is monotone (once met, it stays met as more entries are applied), so without forks
+the applied set is the unique fixpoint, whatever the order. A fork is the one non-monotone event: once
+two entries of one author with one seq are known (received directly or inside a FRAUD entry) the author
+is *cut* at that seq, and the state is rebuilt from the retained entries without the author's entries from
+that seq on. Cuts only grow, and the rebuild is again a monotone fixpoint, so balances and reputation
+converge regardless of arrival order (spec/ledger.md §6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import msgspec
+
 from opengrid.errors import InvalidEntryError, LedgerError
 
-from .entries import Entry, EntryBody, open_entry
+from .entries import Entry, EntryBody, decode_body, decode_entry, make_fraud, open_entry
+from .genesis import Genesis
 from .ids import EntryId
-from .payloads import Payload, Receipt
+from .payloads import (
+    Admit,
+    Evidence,
+    Fraud,
+    Grant,
+    Hold,
+    Payload,
+    Receipt,
+    Refund,
+    Settle,
+    Transfer,
+)
+
+WaitKey = tuple[str, bytes | int]
+"""What a blocked entry waits for: ("balance", account), ("hold", entry id), ("job", job id) or
+("admit", epoch)."""
+
+MAX_PARKED_PER_AUTHOR = 10_000
+"""Most entries of one author parked at once (a peer cannot fill memory with far-future seqs)."""
+
+
+class TrustedReplayError(LedgerError):
+    """An entry applied with ``apply_trusted`` turned out invalid: the state is unreliable; rebuild it
+    from scratch with ``apply`` (full verification)."""
+
+
+class _Wait(Exception):
+    """Internal: the entry cannot apply yet; retry when ``key`` is produced."""
+
+    def __init__(self, key: WaitKey, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+
+
+class HoldInfo(msgspec.Struct):
+    """An applied HOLD: who reserved how much for which job, and whether it is closed."""
+
+    holder: bytes
+    amount: int
+    coordinator: bytes
+    job_id: bytes
+    closed_by: EntryId | None = None
+
+
+class HistoryItem(msgspec.Struct, frozen=True):
+    """One applied entry as it touched one account."""
+
+    entry_id: EntryId
+    author: bytes
+    seq: int
+    kind: str
+    """The payload tag: "receipt", "hold", "settle", ..."""
+    delta: int
+    """Change of the account's spendable balance (a HOLD moves points from spendable to held)."""
+    job_id: bytes = b""
+
+
+def payload_kind(payload: Payload) -> str:
+    """The tag of a payload kind ("receipt", "hold", ...)."""
+    return str(type(payload).__struct_config__.tag)
 
 
 class LedgerState:
     """Deterministic fold over a grow-only set of valid entries (merge = set union)."""
 
-    def __init__(self, network: str, minters: Iterable[bytes] = ()) -> None:
-        """Start empty on ``network``; ``minters`` are the keys allowed to author receipts."""
+    def __init__(
+        self,
+        network: str,
+        minters: Iterable[bytes] = (),
+        *,
+        genesis: Genesis | None = None,
+        max_parked_per_author: int = MAX_PARKED_PER_AUTHOR,
+    ) -> None:
+        """Start empty on ``network``. ``minters`` (plus ``genesis.coordinators``) are the coordinators
+        allowed to mint; ``genesis`` also sets the starting grant (none without it)."""
+        if genesis is not None and genesis.network != network:
+            raise LedgerError(f"genesis is for network {genesis.network!r}, this ledger is {network!r}")
         self.network = network
-        self._minters: set[bytes] = set(minters)
+        self.genesis = genesis
+        self._grant_points = genesis.grant_points if genesis is not None else 0
+        self._base_minters: set[bytes] = set(minters) | set(genesis.coordinators if genesis else ())
+        self._max_parked = max_parked_per_author
+        # Facts about the received set that survive rebuilds: cuts only ever grow.
+        self._cuts: dict[bytes, int] = {}
+        self._forks: dict[bytes, tuple[Entry, Entry]] = {}
+        self._excluded: dict[EntryId, Entry] = {}
+        self._rebuilding = False
+        self._generation = 0
+        self._reset()
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> LedgerState:
+        """An empty ledger for ``genesis.network`` under its rules."""
+        return cls(genesis.network, genesis=genesis)
+
+    def _reset(self) -> None:
+        self._minters: set[bytes] = set(self._base_minters)
+        self._admitted: list[bytes] = []
         self._applied: list[Entry] = []
-        self._applied_ids: set[EntryId] = set()
-        # (author, seq) -> entry, for applied entries: the chain links and fork detection.
+        self._by_id: dict[EntryId, int] = {}
         self._by_slot: dict[tuple[bytes, int], Entry] = {}
         self._heads: dict[bytes, tuple[int, EntryId]] = {}
-        # Verified entries waiting for their predecessor, by (author, seq).
         self._parked: dict[tuple[bytes, int], tuple[Entry, EntryBody]] = {}
+        self._parked_count: dict[bytes, int] = {}
+        self._blocked: dict[bytes, tuple[Entry, EntryBody, WaitKey]] = {}
+        self._waiting: dict[WaitKey, set[bytes]] = {}
+        self._woken: set[bytes] = set()
+        self._pending_entries: dict[EntryId, Entry] = {}
         self._balances: dict[bytes, int] = {}
+        self._held: dict[bytes, int] = {}
+        self._minted = 0
         self._jobs_done: dict[bytes, int] = {}
         self._receipts: dict[bytes, Entry] = {}
-        self._forks: dict[bytes, tuple[Entry, Entry]] = {}
+        self._holds: dict[EntryId, HoldInfo] = {}
+        self._reputation: dict[bytes, list[int]] = {}
+        self._evidence_seen: set[tuple[bytes, bytes]] = set()
+        self._touches: dict[bytes, list[tuple[int, int]]] = {}
 
     # -- configuration --------------------------------------------------------------------------------
 
     def add_minter(self, key: bytes) -> None:
-        """Allow ``key`` to author receipts from now on (a coordinator admitted by the network)."""
+        """Allow ``key`` to mint from now on, as if listed in the genesis (configuration, not an ADMIT)."""
+        self._base_minters.add(key)
         self._minters.add(key)
 
     # -- applying -------------------------------------------------------------------------------------
 
     def apply(self, entry: Entry) -> list[Entry]:
-        """Validate and apply ``entry``; return every entry newly applied by this call, in chain order.
+        """Verify and apply ``entry``; return every entry newly applied by this call.
 
-        Idempotent: an entry already applied (or already parked) returns ``[]``. An entry whose
-        predecessor (author, seq-1) has not arrived is parked and returns ``[]``; it is applied, and
-        returned, by the call that brings its predecessor. Invalid entries raise InvalidEntryError and
-        change nothing, except a fork: a second, different entry for an (author, seq) already held raises
-        InvalidEntryError, records both entries as evidence and freezes the author (its later entries are
-        refused and its parked ones dropped). A parked entry that turns out invalid once its predecessor
-        arrives is dropped silently: the call that brought the predecessor succeeded.
+        Idempotent: an entry already applied, waiting or excluded returns ``[]``. An entry that must wait
+        (parked on its chain predecessor, or blocked on a dependency: see the module docstring) returns
+        ``[]`` and is applied, and returned, by the call that brings what it waits for. Invalid entries
+        raise InvalidEntryError saying what is wrong and change nothing, with one exception: a second,
+        different entry for an (author, seq) already held is a fork. It raises InvalidEntryError too, but
+        the author is cut at that seq: its entries from there on are excluded everywhere (spec §6). A
+        waiting entry that turns out invalid when its turn comes is dropped silently.
         """
+        return self._apply(entry, trusted=False)
+
+    def apply_trusted(self, entry: Entry) -> list[Entry]:
+        """Like :meth:`apply` for an entry this node verified before (its own store): signatures and
+        stateless payload checks are skipped, every stateful rule still runs. Never use on peer data."""
+        return self._apply(entry, trusted=True)
+
+    def _apply(self, entry: Entry, *, trusted: bool) -> list[Entry]:
         entry_id = entry.id
-        if entry_id in self._applied_ids:
+        if entry_id in self._by_id or entry_id in self._pending_entries or entry_id in self._excluded:
             return []
-        body = open_entry(entry, self.network)
-        slot = (body.author, body.seq)
-        parked = self._parked.get(slot, (None, None))[0]
-        if parked is not None and parked.id == entry_id:
-            return []
-        if body.author in self._forks:
+        if trusted:
+            body = decode_body(entry.body)
+            if body.network != self.network:
+                raise InvalidEntryError(
+                    f"entry is for network {body.network!r}, this ledger is {self.network!r}"
+                )
+        else:
+            body = open_entry(entry, self.network)
+        if isinstance(body.payload, Fraud):
+            first, second = decode_entry(body.payload.first), decode_entry(body.payload.second)
+            forked = decode_body(first.body)
+            self._record_fork(forked.author, forked.seq, first, second)
+        return self._place(entry, entry_id, body, trusted)
+
+    def _place(self, entry: Entry, entry_id: EntryId, body: EntryBody, trusted: bool) -> list[Entry]:
+        author, seq = body.author, body.seq
+        cut = self._cuts.get(author)
+        if cut is not None and seq >= cut:
+            if self._rebuilding:
+                self._excluded[entry_id] = entry
             raise InvalidEntryError(
-                f"author {body.author.hex()} is frozen after a fork; entry seq {body.seq} refused"
+                f"author {author.hex()} is frozen from seq {cut} on after a fork; entry seq {seq} refused"
             )
-        held = self._by_slot.get(slot, parked)
+        held = self._slot(author, seq)
         if held is not None:
-            self._freeze(body.author, held, entry)
+            if trusted and not self._rebuilding:
+                # A fork freezes an author: never on the word of unverified bytes (a corrupt store row).
+                open_entry(entry, self.network)
+                try:
+                    open_entry(held, self.network)
+                except InvalidEntryError as exc:
+                    raise TrustedReplayError(
+                        f"entry {held.id.hex()} applied without verification is invalid: {exc}"
+                    ) from exc
+            self._excluded[entry_id] = entry
+            self._record_fork(author, seq, held, entry)
             raise InvalidEntryError(
-                f"fork: author {body.author.hex()} signed two different entries with seq {body.seq} "
-                f"({held.id.hex()} and {entry_id.hex()}); the author is now frozen"
+                f"fork: author {author.hex()} signed two different entries with seq {seq} "
+                f"({held.id.hex()} and {entry_id.hex()}); the author is now frozen from seq {seq} on"
             )
-        head_seq = self._heads.get(body.author, (0, EntryId(b"")))[0]
-        if body.seq > head_seq + 1:
-            self._parked[slot] = (entry, body)
+        head_seq = self._heads.get(author, (0, EntryId(b"")))[0]
+        if seq > head_seq + 1:
+            count = self._parked_count.get(author, 0)
+            if count >= self._max_parked:
+                raise InvalidEntryError(
+                    f"author {author.hex()} already has {count} entries waiting for a predecessor; "
+                    f"entry seq {seq} refused (fetch seq {head_seq + 1} first)"
+                )
+            self._parked[(author, seq)] = (entry, body)
+            self._parked_count[author] = count + 1
+            self._pending_entries[entry_id] = entry
             return []
         self._check_links(body)
-        self._check_rules(entry, body)
-        self._commit(entry, body)
-        return [entry, *self._unpark(body.author, body.seq + 1)]
-
-    def _unpark(self, author: bytes, seq: int) -> list[Entry]:
-        """Apply the author's parked entries from ``seq`` on while they chain; drop one that fails."""
         applied: list[Entry] = []
-        while (parked := self._parked.pop((author, seq), None)) is not None:
+        if self._try(entry, entry_id, body):
+            applied.append(entry)
+            self._cascade(author, applied)
+        return applied
+
+    def _slot(self, author: bytes, seq: int) -> Entry | None:
+        held = self._by_slot.get((author, seq))
+        if held is None:
+            held = self._parked.get((author, seq), (None, None))[0]
+        if held is None and author in self._blocked and self._blocked[author][1].seq == seq:
+            held = self._blocked[author][0]
+        return held
+
+    def _try(self, entry: Entry, entry_id: EntryId, body: EntryBody) -> bool:
+        """Apply if the rules allow; block (return False) on a missing dependency; raise if invalid."""
+        try:
+            void = self._check_rules(entry, body)
+        except _Wait as wait:
+            self._blocked[body.author] = (entry, body, wait.key)
+            self._waiting.setdefault(wait.key, set()).add(body.author)
+            self._pending_entries[entry_id] = entry
+            return False
+        self._commit(entry, entry_id, body, void)
+        return True
+
+    def _cascade(self, author: bytes, applied: list[Entry]) -> None:
+        """After a commit: apply the author's parked successors and every blocked entry now unblocked."""
+        authors = [author]
+        while authors or self._woken:
+            if not authors:
+                woken = self._woken.pop()
+                blocked = self._blocked.pop(woken, None)
+                if blocked is None:
+                    continue
+                entry, body, _ = blocked
+                self._pending_entries.pop(entry.id, None)
+                try:
+                    if self._try(entry, entry.id, body):
+                        applied.append(entry)
+                        authors.append(woken)
+                except InvalidEntryError:
+                    pass  # dropped: its dependency arrived and it still breaks a rule
+                continue
+            current = authors.pop()
+            if current in self._blocked:
+                continue
+            next_seq = self._heads[current][0] + 1
+            parked = self._parked.pop((current, next_seq), None)
+            if parked is None:
+                continue
             entry, body = parked  # verified by open_entry when it was parked
+            self._parked_count[current] -= 1
+            self._pending_entries.pop(entry.id, None)
             try:
                 self._check_links(body)
-                self._check_rules(entry, body)
+                if self._try(entry, entry.id, body):
+                    applied.append(entry)
+                    authors.append(current)
             except InvalidEntryError:
-                break
-            self._commit(entry, body)
-            applied.append(entry)
-            seq += 1
-        return applied
+                pass
 
     def _check_links(self, body: EntryBody) -> None:
         """Chain rule: ``prev`` is the id of the author's applied entry seq-1 (spec/ledger.md §4)."""
@@ -110,13 +304,22 @@ class LedgerState:
                 f"entry seq {head[0]} is {head[1].hex()}: broken chain"
             )
 
-    def _check_rules(self, entry: Entry, body: EntryBody) -> None:
-        """Stateful payload rules; one ``case`` per payload kind."""
+    def _require_minter(self, key: bytes, what: str) -> None:
+        if key not in self._minters:
+            raise InvalidEntryError(
+                f"{what} {key.hex()} is not a coordinator (minter) on {self.network!r}; only coordinators "
+                "of the genesis or admitted by ADMIT may do this"
+            )
+
+    def _check_rules(self, entry: Entry, body: EntryBody) -> bool:
+        """Stateful payload rules; one branch per kind. Returns True if the entry applies with no effect
+        (a SETTLE or REFUND of a hold excluded by a fork). Raises _Wait or InvalidEntryError."""
         payload: Payload = body.payload
+        author = body.author
         if isinstance(payload, Receipt):
-            if body.author not in self._minters:
+            if author not in self._minters:
                 raise InvalidEntryError(
-                    f"author {body.author.hex()} is not a minter on {self.network!r}; only admitted "
+                    f"author {author.hex()} is not a minter on {self.network!r}; only admitted "
                     "coordinators may author receipts"
                 )
             earlier = self._receipts.get(payload.job_id)
@@ -125,50 +328,236 @@ class LedgerState:
                     f"job {payload.job_id.hex()} was already credited by entry {earlier.id.hex()}; "
                     f"entry {entry.id.hex()} refused"
                 )
+        elif isinstance(payload, Hold | Transfer):
+            balance = self._balances.get(author, 0)
+            if payload.amount > balance:
+                raise _Wait(
+                    ("balance", author),
+                    f"{payload_kind(payload)} of {payload.amount} points by {author.hex()}, who has "
+                    f"{balance}",
+                )
+        elif isinstance(payload, Settle | Refund):
+            return self._check_close(payload, author)
+        elif isinstance(payload, Grant):
+            if body.seq != 1:
+                raise InvalidEntryError(
+                    f"grant by {author.hex()} at seq {body.seq}: a grant must be the account's first entry"
+                )
+            if self._grant_points == 0:
+                raise InvalidEntryError(f"network {self.network!r} has no starting grant (genesis)")
+            if payload.points != self._grant_points:
+                raise InvalidEntryError(
+                    f"grant of {payload.points} points by {author.hex()}; the genesis grant is "
+                    f"{self._grant_points}"
+                )
+            self._require_minter(payload.voucher.signer, "grant voucher signer")
+        elif isinstance(payload, Admit):
+            self._check_admit(payload)
+        elif isinstance(payload, Evidence):
+            self._require_minter(author, "evidence author")
+            if (author, payload.job_id) in self._evidence_seen:
+                raise InvalidEntryError(
+                    f"coordinator {author.hex()} already recorded evidence for job {payload.job_id.hex()}"
+                )
+        return False
 
-    def _commit(self, entry: Entry, body: EntryBody) -> None:
-        entry_id = entry.id
+    def _check_close(self, payload: Settle | Refund, author: bytes) -> bool:
+        kind = payload_kind(payload)
+        hold = self._holds.get(EntryId(payload.hold))
+        if hold is None:
+            if payload.hold in self._excluded:
+                return True  # the hold's author forked at or before it: closing it moves nothing
+            raise _Wait(("hold", payload.hold), f"{kind} waits for hold {payload.hold.hex()}")
+        if hold.coordinator != author:
+            raise InvalidEntryError(
+                f"{kind} of hold {payload.hold.hex()} by {author.hex()}: the hold names coordinator "
+                f"{hold.coordinator.hex()}, only it may close it (no spend without a hold)"
+            )
+        self._require_minter(author, f"{kind} author")
+        if hold.closed_by is not None:
+            raise InvalidEntryError(
+                f"hold {payload.hold.hex()} was already closed by entry {hold.closed_by.hex()}; "
+                f"{kind} refused"
+            )
+        if isinstance(payload, Settle):
+            total = sum(p.points for p in payload.payouts)
+            if total > hold.amount:
+                raise InvalidEntryError(
+                    f"settle pays {total} points out of hold {payload.hold.hex()} of {hold.amount}"
+                )
+            receipt = self._receipts.get(hold.job_id)
+            if receipt is None:
+                raise _Wait(("job", hold.job_id), f"settle waits for the receipt of job {hold.job_id.hex()}")
+            credited = {c.account for c in _receipt_of(receipt).credits}
+            for payout in payload.payouts:
+                if payout.account not in credited:
+                    raise InvalidEntryError(
+                        f"settle of hold {payload.hold.hex()} pays {payout.account.hex()}, who is not "
+                        f"credited by the receipt of job {hold.job_id.hex()}"
+                    )
+        return False
+
+    def _check_admit(self, admit: Admit) -> None:
+        taken = len(self._admitted)
+        if admit.epoch > taken:
+            raise _Wait(("admit", admit.epoch), f"admission epoch {admit.epoch} waits for epoch {taken}")
+        if admit.epoch < taken:
+            raise InvalidEntryError(
+                f"admission epoch {admit.epoch} already admitted {self._admitted[admit.epoch].hex()}; "
+                f"admission of {admit.coordinator.hex()} refused"
+            )
+        if admit.coordinator in self._minters:
+            raise InvalidEntryError(f"{admit.coordinator.hex()} is already a coordinator")
+        members = self._minters
+        for cosig in admit.cosignatures:
+            if cosig.signer not in members:
+                raise InvalidEntryError(
+                    f"admission of {admit.coordinator.hex()} is co-signed by {cosig.signer.hex()}, who is "
+                    f"not a coordinator at epoch {admit.epoch}"
+                )
+        if 3 * len(admit.cosignatures) < 2 * len(members):
+            raise InvalidEntryError(
+                f"admission of {admit.coordinator.hex()} has {len(admit.cosignatures)} co-signatures; it "
+                f"needs at least 2/3 of the {len(members)} coordinators"
+            )
+
+    def _credit(self, account: bytes, points: int, index: int) -> None:
+        self._balances[account] = self._balances.get(account, 0) + points
+        self._touches.setdefault(account, []).append((index, points))
+        self._wake(("balance", account))
+
+    def _wake(self, key: WaitKey) -> None:
+        self._woken.update(self._waiting.pop(key, ()))
+
+    def _commit(self, entry: Entry, entry_id: EntryId, body: EntryBody, void: bool) -> None:
+        index = len(self._applied)
         self._applied.append(entry)
-        self._applied_ids.add(entry_id)
+        self._by_id[entry_id] = index
         self._by_slot[(body.author, body.seq)] = entry
         self._heads[body.author] = (body.seq, entry_id)
         payload: Payload = body.payload
+        author = body.author
+        if void:
+            return
         if isinstance(payload, Receipt):
             self._receipts[payload.job_id] = entry
             for credit in payload.credits:
-                self._balances[credit.account] = self._balances.get(credit.account, 0) + credit.points
+                self._credit(credit.account, credit.points, index)
+                self._minted += credit.points
                 self._jobs_done[credit.account] = self._jobs_done.get(credit.account, 0) + 1
+            self._wake(("job", payload.job_id))
+        elif isinstance(payload, Hold):
+            self._balances[author] -= payload.amount
+            self._held[author] = self._held.get(author, 0) + payload.amount
+            self._touches.setdefault(author, []).append((index, -payload.amount))
+            self._holds[entry_id] = HoldInfo(author, payload.amount, payload.coordinator, payload.job_id)
+            self._wake(("hold", entry_id))
+        elif isinstance(payload, Settle | Refund):
+            hold = self._holds[EntryId(payload.hold)]
+            hold.closed_by = entry_id
+            self._held[hold.holder] -= hold.amount
+            rest = hold.amount
+            if isinstance(payload, Settle):
+                for payout in payload.payouts:
+                    self._credit(payout.account, payout.points, index)
+                    rest -= payout.points
+            if rest:
+                self._credit(hold.holder, rest, index)
+        elif isinstance(payload, Transfer):
+            self._balances[author] -= payload.amount
+            self._touches.setdefault(author, []).append((index, -payload.amount))
+            self._credit(payload.to, payload.amount, index)
+        elif isinstance(payload, Grant):
+            self._credit(author, payload.points, index)
+            self._minted += payload.points
+        elif isinstance(payload, Admit):
+            self._admitted.append(payload.coordinator)
+            self._minters.add(payload.coordinator)
+            self._wake(("admit", len(self._admitted)))
+        elif isinstance(payload, Evidence):
+            self._evidence_seen.add((author, payload.job_id))
+            for slot, keys in enumerate((payload.valid, payload.invalid, payload.timeout)):
+                for key in keys:
+                    self._reputation.setdefault(key, [0, 0, 0])[slot] += 1
 
-    def _freeze(self, author: bytes, first: Entry, second: Entry) -> None:
-        # Evidence in id order so every node records the same pair whichever arrived first.
+    # -- forks ----------------------------------------------------------------------------------------
+
+    def _record_fork(self, author: bytes, seq: int, first: Entry, second: Entry) -> None:
+        """Cut ``author`` at ``seq`` (if lower than its cut so far) and rebuild the state without its
+        entries from there on. Cuts depend only on which entries are known, never on arrival order."""
+        old = self._cuts.get(author)
+        if old is not None and old <= seq:
+            return
+        self._cuts[author] = seq
+        # Evidence in id order so every node keeps the same pair whichever arrived first.
         self._forks[author] = (first, second) if first.id < second.id else (second, first)
-        for slot in [slot for slot in self._parked if slot[0] == author]:
-            del self._parked[slot]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Recompute every fold from the retained entries under the current cuts (a rare event)."""
+        retained = [
+            *self._applied,
+            *(entry for entry, _ in self._parked.values()),
+            *(blocked[0] for blocked in self._blocked.values()),
+        ]
+        self._generation += 1
+        self._reset()
+        self._rebuilding = True
+        try:
+            for entry in retained:
+                try:
+                    self._apply(entry, trusted=True)
+                except InvalidEntryError:
+                    pass  # excluded by a cut (kept in _excluded) or no longer valid
+        finally:
+            self._rebuilding = False
+
+    def fraud_payload(self, author: bytes) -> Fraud | None:
+        """A FRAUD payload proving ``author``'s fork, to publish so others freeze it too; None if none."""
+        evidence = self._forks.get(author)
+        return None if evidence is None else make_fraud(*evidence)
 
     # -- reading --------------------------------------------------------------------------------------
 
     def balance(self, account: bytes) -> int:
-        """Points held by ``account`` (0 if it never earned any)."""
+        """Spendable points of ``account`` (0 if none); points reserved by open holds are in :meth:`held`."""
         return self._balances.get(account, 0)
 
+    def held(self, account: bytes) -> int:
+        """Points ``account`` has reserved in holds not closed yet."""
+        return self._held.get(account, 0)
+
     def balances(self) -> dict[bytes, int]:
-        """Every account with a nonzero balance, in key order."""
+        """Every account with a nonzero spendable balance, in key order."""
         return {account: points for account, points in sorted(self._balances.items()) if points}
+
+    def minted(self) -> int:
+        """Points ever minted by applied receipts and grants (= sum of balances + held)."""
+        return self._minted
 
     def jobs_done(self, account: bytes) -> int:
         """Number of applied receipts that credit ``account``."""
         return self._jobs_done.get(account, 0)
 
+    def reputation(self, key: bytes) -> tuple[int, int, int]:
+        """(valid, invalid, timeout) counts of ``key`` over applied EVIDENCE entries."""
+        counts = self._reputation.get(key, (0, 0, 0))
+        return counts[0], counts[1], counts[2]
+
     def head(self, author: bytes) -> tuple[int, EntryId] | None:
         """(seq, id) of the author's last applied entry, or None if none applied."""
         return self._heads.get(author)
+
+    def heads(self) -> dict[bytes, tuple[int, EntryId]]:
+        """(seq, id) of every author's last applied entry, in author order."""
+        return dict(sorted(self._heads.items()))
 
     def next_body(self, author: bytes, payload: Payload) -> EntryBody:
         """The next link of ``author``'s chain carrying ``payload``; sign it with :func:`sign_entry`.
 
         Raises LedgerError if the author is frozen: extending a forked chain would only be refused.
         """
-        if author in self._forks:
+        if author in self._cuts:
             raise LedgerError(f"author {author.hex()} is frozen after a fork; it cannot append entries")
         head = self._heads.get(author)
         if head is None:
@@ -179,13 +568,76 @@ class LedgerState:
         """The applied entry whose receipt credited ``job_id``, if any."""
         return self._receipts.get(job_id)
 
+    def hold(self, hold_id: bytes) -> HoldInfo | None:
+        """The applied HOLD with this entry id (a copy), if any."""
+        info = self._holds.get(EntryId(hold_id))
+        return None if info is None else msgspec.structs.replace(info)
+
+    def entry(self, entry_id: bytes) -> Entry | None:
+        """The applied entry with this id, if any."""
+        index = self._by_id.get(EntryId(entry_id))
+        return None if index is None else self._applied[index]
+
+    def known(self, entry_id: bytes) -> Entry | None:
+        """The applied, waiting or fork-excluded (all verified) entry with this id: what sync may serve."""
+        entry_id = EntryId(entry_id)
+        return self.entry(entry_id) or self._pending_entries.get(entry_id) or self._excluded.get(entry_id)
+
+    def pending_ids(self) -> list[EntryId]:
+        """Ids of the waiting entries (parked or blocked), in id order."""
+        return sorted(self._pending_entries)
+
+    def __contains__(self, entry_id: object) -> bool:
+        """True if an entry with this id is applied."""
+        return entry_id in self._by_id
+
+    def entries_by_author(self, author: bytes, from_seq: int = 1, to_seq: int | None = None) -> list[Entry]:
+        """The author's applied entries with ``from_seq <= seq <= to_seq``, in chain order."""
+        head = self._heads.get(author)
+        if head is None:
+            return []
+        last = head[0] if to_seq is None else min(to_seq, head[0])
+        return [self._by_slot[(author, seq)] for seq in range(max(from_seq, 1), last + 1)]
+
     def entries(self) -> list[Entry]:
         """Applied entries, in the order they were applied (each author's in chain order)."""
         return list(self._applied)
 
+    def entries_since(self, index: int) -> list[Entry]:
+        """Applied entries from position ``index`` of :meth:`entries` on (for incremental indexes; check
+        :attr:`generation` first: a rebuild reorders everything)."""
+        return self._applied[index:]
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every rebuild (after a fork); positions in :meth:`entries` are stable within one."""
+        return self._generation
+
+    def history(self, account: bytes) -> list[HistoryItem]:
+        """Every applied entry that changed ``account``'s spendable balance, in applied order."""
+        items = []
+        for index, delta in self._touches.get(account, ()):
+            entry = self._applied[index]
+            body = decode_body(entry.body)
+            job = getattr(body.payload, "job_id", b"")
+            hold = self._holds.get(EntryId(getattr(body.payload, "hold", b"")))
+            if hold is not None:
+                job = hold.job_id
+            items.append(HistoryItem(entry.id, body.author, body.seq, payload_kind(body.payload), delta, job))
+        return items
+
     def pending(self) -> list[Entry]:
-        """Verified entries parked until their chain predecessor arrives, by (author, seq)."""
-        return [self._parked[slot][0] for slot in sorted(self._parked)]
+        """Verified entries waiting: parked (by (author, seq)), then blocked on a dependency (by author)."""
+        parked = [self._parked[slot][0] for slot in sorted(self._parked)]
+        return parked + [self._blocked[author][0] for author in sorted(self._blocked)]
+
+    def minters(self) -> frozenset[bytes]:
+        """The current coordinator set: genesis (and ``add_minter``) plus applied admissions."""
+        return frozenset(self._minters)
+
+    def admitted(self) -> list[bytes]:
+        """Coordinators admitted by applied ADMIT entries, by epoch."""
+        return list(self._admitted)
 
     def __len__(self) -> int:
         """Number of applied entries."""
@@ -193,8 +645,18 @@ class LedgerState:
 
     def is_frozen(self, author: bytes) -> bool:
         """True once ``author`` has been caught signing two entries with one seq."""
-        return author in self._forks
+        return author in self._cuts
+
+    def frozen(self) -> dict[bytes, int]:
+        """Every frozen author and the seq from which its entries are excluded, in author order."""
+        return dict(sorted(self._cuts.items()))
 
     def fork_evidence(self, author: bytes) -> tuple[Entry, Entry] | None:
         """The two conflicting entries that froze ``author`` (lower id first), or None."""
         return self._forks.get(author)
+
+
+def _receipt_of(entry: Entry) -> Receipt:
+    payload = decode_body(entry.body).payload
+    assert isinstance(payload, Receipt)  # only receipts are stored in _receipts
+    return payload

@@ -178,6 +178,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     from opengrid.cli import config as config_cli
+    from opengrid.cli import ledger as ledger_cli
     from opengrid.cli import models as models_cli
     from opengrid.cli import sim, wallet
 
@@ -185,6 +186,7 @@ def _build_parser() -> argparse.ArgumentParser:
     wallet.register(commands)
     models_cli.register(commands)
     config_cli.register(commands)
+    ledger_cli.register(commands)
 
     status = commands.add_parser("status", help="ask a node for its identity, role and points")
     status.add_argument("address", metavar="MULTIADDR")
@@ -331,11 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opengrid.cli import wallet
 
             return wallet.run(args)
-        if args.command in ("models", "config"):
+        if args.command in ("models", "config", "ledger"):
             from opengrid.cli import config as config_cli
+            from opengrid.cli import ledger as ledger_cli
             from opengrid.cli import models as models_cli
 
-            return (models_cli if args.command == "models" else config_cli).run(args)
+            return {"models": models_cli, "config": config_cli, "ledger": ledger_cli}[args.command].run(args)
     except OpenGridError as exc:
         print(f"opengrid: error: {exc}", file=sys.stderr)
         return 1

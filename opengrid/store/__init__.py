@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .ledger_store import LEDGER_FILE, LedgerStore, open_ledger
+from .ledger_store import LEDGER_FILE, LedgerStore, open_ledger, replay
 
-__all__ = ["LEDGER_FILE", "LedgerStore", "open_ledger"]
+__all__ = ["LEDGER_FILE", "LedgerStore", "open_ledger", "replay"]

@@ -9,14 +9,19 @@ import msgspec
 import nacl.signing
 from opengrid_ledger import (
     ENTRY_DOMAIN,
+    Admit,
     Attestation,
     Credit,
     Entry,
     EntryBody,
+    Genesis,
+    Grant,
     Payload,
     Receipt,
+    sign_admit,
     sign_attestation,
     sign_entry,
+    sign_grant_voucher,
 )
 
 NETWORK = "testnet"
@@ -95,3 +100,19 @@ class Author:
 
 def attestation_replace(att: Attestation, **changes: object) -> Attestation:
     return msgspec.structs.replace(att, **changes)
+
+
+GRANT = 100
+GENESIS = Genesis(NETWORK, tuple(MINTERS), grant_points=GRANT)
+USERS = [key(100 + i) for i in range(4)]
+
+
+def grant(author: Author, points: int = GRANT, voucher_key: nacl.signing.SigningKey = COORDINATOR) -> Entry:
+    """``author``'s first entry: the starting grant, vouched for by ``voucher_key``."""
+    voucher = sign_grant_voucher(voucher_key, author.network, pub(author.key), points)
+    return author.append(Grant(points, voucher), checked=False)
+
+
+def admit(author: Author, new: bytes, epoch: int, signers: Sequence[nacl.signing.SigningKey]) -> Entry:
+    cosigs = tuple(sign_admit(k, author.network, epoch, new) for k in signers)
+    return author.append(Admit(new, epoch, cosigs))

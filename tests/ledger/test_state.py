@@ -190,8 +190,9 @@ def test_fork_freezes_the_author() -> None:
     assert ledger.fork_evidence(pub(COORDINATOR)) == tuple(sorted([e1, f1], key=lambda e: e.id))
     with pytest.raises(InvalidEntryError, match="frozen"):
         ledger.apply(e2)
-    assert ledger.apply(e1) == []  # what was applied stays applied
-    assert ledger.balances() == {pub(WORKERS[0]): 5}
+    assert ledger.apply(e1) == []  # already known (now excluded): idempotent
+    # Entries from the fork seq on are excluded on every node, whichever branch came first (spec §6).
+    assert ledger.balances() == {} and ledger.entries() == [] and ledger.frozen() == {pub(COORDINATOR): 1}
     with pytest.raises(LedgerError, match="frozen"):
         ledger.next_body(pub(COORDINATOR), make_receipt(job_id(9), [(WORKERS[0], 1)]))
     # Other authors are unaffected.

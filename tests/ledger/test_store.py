@@ -162,3 +162,100 @@ def test_append_survives_sigkill(tmp_path: pathlib.Path) -> None:
         assert reopened.entries() == [entry]
     finally:
         reopened.close()
+
+
+def test_append_many_is_one_idempotent_transaction(store: LedgerStore) -> None:
+    entries = some_entries()
+    assert store.append_many(entries[:2]) == 2
+    assert store.append_many(entries) == 1
+    assert store.entries() == entries and store.count() == 3
+    assert store.entries_by_author(pub(COORDINATOR)) == [entries[0], entries[2]]
+    assert store.entries_by_author(pub(COORDINATOR), from_seq=2) == [entries[2]]
+
+
+def test_trusted_replay_equals_verified_replay(tmp_path: pathlib.Path) -> None:
+    ledger, store = open_ledger(tmp_path, NETWORK, MINTERS)
+    for entry in some_entries():
+        store.append_many(ledger.apply(entry))
+    store.close()
+    fast, store = open_ledger(tmp_path, NETWORK, MINTERS)
+    store.close()
+    slow, store = open_ledger(tmp_path, NETWORK, MINTERS, verify=True)
+    store.close()
+    assert fast.entries() == slow.entries() == ledger.entries()
+    assert fast.balances() == slow.balances() == ledger.balances()
+
+
+def test_trusted_replay_catches_a_row_whose_bytes_do_not_match_its_id(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = some_entries()
+    store = LedgerStore(tmp_path / LEDGER_FILE)
+    store.append_many(entries)
+    store._db.execute("UPDATE entries SET signature = ? WHERE seq = 2", (bytes(64),))
+    store.close()
+    with caplog.at_level(logging.WARNING, logger="opengrid.store"):
+        replayed, store = open_ledger(tmp_path, NETWORK, MINTERS)
+    store.close()
+    assert replayed.entries() == entries[:2] and "does not match its bytes" in caplog.text
+
+
+def test_trusted_replay_falls_back_to_verification_when_a_bad_row_came_first(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = some_entries()
+    store = LedgerStore(tmp_path / LEDGER_FILE)
+    store.append(Entry(entries[0].body[:-1] + b"\x00", entries[0].signature))  # forged, self-consistent id
+    store.append_many(entries)
+    store.close()
+    with caplog.at_level(logging.WARNING, logger="opengrid.store"):
+        replayed, store = open_ledger(tmp_path, NETWORK, MINTERS)
+    store.close()
+    assert not replayed.frozen() and replayed.entries() == entries
+
+
+def test_read_only_store_cannot_write_and_needs_an_existing_file(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(LedgerError, match="cannot open"):
+        LedgerStore(tmp_path / LEDGER_FILE, read_only=True)
+    writer = LedgerStore(tmp_path / LEDGER_FILE)
+    writer.append(some_entries()[0])
+    reader = LedgerStore(tmp_path / LEDGER_FILE, read_only=True)
+    try:
+        assert reader.entries() == [some_entries()[0]]
+        with pytest.raises(LedgerError):
+            reader.append(some_entries()[1])
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_cli_balance_history_verify(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import json
+
+    from opengrid.cli import ledger as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    ledger, store = open_ledger(tmp_path, NETWORK, MINTERS)
+    for entry in some_entries():
+        store.append_many(ledger.apply(entry))
+    store.close()
+    worker = pub(WORKERS[0]).hex()
+    base = ["--data-dir", str(tmp_path), "--network", NETWORK, "--json"]
+    assert cli.run(parser.parse_args(["ledger", "balance", *base, "--account", worker])) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["balance"] == 8 and report["entries"] == 3 and report["minters_from_store"]
+    assert cli.run(parser.parse_args(["ledger", "history", *base, "--account", worker])) == 0
+    assert [item["delta"] for item in json.loads(capsys.readouterr().out)["history"]] == [5, 3]
+    assert cli.run(parser.parse_args(["ledger", "verify", *base])) == 0
+    capsys.readouterr()
+    # A tampered row: verify finds it (signatures are checked, not trusted) and exits 1.
+    db = LedgerStore(tmp_path / LEDGER_FILE)
+    db._db.execute("UPDATE entries SET signature = ? WHERE rowid = 2", (bytes(64),))
+    db.close()
+    assert (
+        cli.run(parser.parse_args(["ledger", "verify", "--data-dir", str(tmp_path), "--network", NETWORK]))
+        == 1
+    )
+    assert "INVALID" in capsys.readouterr().out
