@@ -116,7 +116,7 @@ class LlamaEngine:
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        piece = llama_cpp.llama_token_get_text(self._vocab, token)
+        piece = llama_cpp.llama_vocab_get_text(self._vocab, token)
         return piece.decode("utf-8", errors="replace") if piece else ""
 
     @property

@@ -51,6 +51,7 @@ from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
+from opengrid.node.trust import load_trusted, remember_trusted
 from opengrid.store.ledger_store import LedgerStore, open_ledger
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
@@ -136,7 +137,10 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, signal readiness with ``task_status.started(self)``, and serve until cancelled."""
         config = self.config
-        self.ledger, self._store = open_ledger(config.data_dir, config.network)
+        minters = load_trusted(config.data_dir)
+        if config.role == "coordinator":
+            minters.append(self.public_key)
+        self.ledger, self._store = open_ledger(config.data_dir, config.network, minters)
         try:
             if config.serves_models:
                 await self._start_worker()
@@ -680,6 +684,7 @@ class Node:
         if reply.coordinator_key != public_key_of(peer):
             raise RemoteProtocolError("coordinator_key does not match the coordinator's peer id", peer=peer)
         self.worker.trust_coordinator(reply.coordinator_key)
+        remember_trusted(self.config.data_dir, reply.coordinator_key)
         if not self.registered.is_set():
             log.info("registered with coordinator %s", _short(peer))
             self.registered.set()

@@ -15,6 +15,8 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
+from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError, TransportError
 from opengrid.net.host import JOB_PROTOCOL, Host, open_host
 from opengrid.node.config import NodeConfig
@@ -22,7 +24,15 @@ from opengrid.node.service import Node
 from opengrid.wire.codec import MAX_FRAME_BYTES, encode_frame
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.control import control_signing_bytes
-from opengrid.wire.messages import ControlRequest, ErrorReply, NodeStatus, RunJob, StatusRequest, SubmitJob
+from opengrid.wire.messages import (
+    ControlRequest,
+    ErrorReply,
+    JobAccepted,
+    NodeStatus,
+    RunJob,
+    StatusRequest,
+    SubmitJob,
+)
 
 
 @pytest.fixture
@@ -175,3 +185,48 @@ async def test_only_the_owner_can_pause_and_a_paused_node_takes_no_work(
     assert isinstance(resumed, NodeStatus) and not resumed.paused
     stale = await client.request(peer, _control(coordinator, "pause", owner_seed, now_ms - 10 * 60 * 1000))
     assert isinstance(stale, ErrorReply) and not coordinator.paused
+
+
+async def test_receipts_survive_a_restart_of_coordinator_and_worker(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    """Points are in each node's SQLite ledger; after both restart, the same balances come back."""
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    coordinator_config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5)
+
+    async def run_network(jobs: int) -> tuple[dict[str, int], int]:
+        coordinator = Node(coordinator_config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(coordinator.run)
+            assert coordinator.host is not None
+            workers = []
+            for name in ("w1", "w2"):
+                config = NodeConfig(
+                    data_dir=tmp_path / name,
+                    role="worker",
+                    bootstrap=(coordinator.host.addrs()[0],),
+                    heartbeat_s=0.5,
+                )
+                worker = Node(config, engine=LlamaEngine(info, n_threads=1))
+                await nursery.start(worker.run)
+                workers.append(worker)
+            with trio.fail_after(30):
+                for worker in workers:
+                    await worker.registered.wait()
+            for i in range(jobs):
+                job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt=f"job {i}", max_tokens=4)
+                reply = await coordinator.api_submit(
+                    prompt=job.prompt, model="tiny", max_tokens=4, replicas=2, format="text"
+                )
+                assert isinstance(reply, JobAccepted)
+            with trio.fail_after(30):  # receipts reach the workers' own ledgers
+                while any(w.points() != 4 * jobs for w in workers) and jobs:
+                    await trio.sleep(0.05)
+            balances = coordinator.status().balances
+            points = workers[0].points()
+            nursery.cancel_scope.cancel()
+        return balances, points
+
+    before = await run_network(jobs=2)
+    after = await run_network(jobs=0)
+    assert before == after and before[1] == 8 and sorted(before[0].values()) == [8, 8]
