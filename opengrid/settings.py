@@ -26,7 +26,7 @@ from typing import Any
 import platformdirs
 
 from opengrid.errors import ConfigError
-from opengrid.node.config import ENGINES, HTTP_BACKENDS, ROLES, NodeConfig
+from opengrid.node.config import ADVERSARIES, ENGINES, HTTP_BACKENDS, ROLES, NodeConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -44,7 +44,7 @@ ENV_PREFIX = "OPENGRID_"
 CONFIG_ENV = "OPENGRID_CONFIG"
 """Environment variable naming the config file (``--config`` wins over it)."""
 
-_ADVERSARIES = ("wrong-tokens",)
+_ADVERSARIES = ADVERSARIES
 
 
 def default_config_path() -> pathlib.Path:

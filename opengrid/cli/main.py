@@ -23,7 +23,7 @@ import trio
 from opengrid import __version__
 from opengrid.errors import OpenGridError
 from opengrid.node.api import DEFAULT_API_ADDRESS, ApiSettings, check_bind
-from opengrid.node.config import DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
+from opengrid.node.config import ADVERSARIES, DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
 from opengrid.settings import add_node_flags, flags_from_namespace, load_settings, resolve_config_file
 
 log = logging.getLogger("opengrid")
@@ -129,7 +129,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="coordinator: every job runs the replicas asked for, on uniformly chosen workers, no canaries "
         "(default: adaptive replication, reputation-weighted choice, canary jobs)",
     )
-    start.add_argument("--adversary", choices=["wrong-tokens"], help=argparse.SUPPRESS)
+    start.add_argument(
+        "--trace-frames",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="append every job-protocol message this node receives to FILE (length-prefixed msgpack), "
+        "to audit exactly what it saw",
+    )
+    start.add_argument("--adversary", choices=ADVERSARIES, help=argparse.SUPPRESS)
     add_node_flags(start)
 
     demo = commands.add_parser(
@@ -194,12 +201,16 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_node(config: NodeConfig, api: ApiSettings | None, plain: bool) -> None:
+async def _run_node(
+    config: NodeConfig, api: ApiSettings | None, plain: bool, trace: pathlib.Path | None
+) -> None:
     from opengrid.core.coordinator import CoordinatorConfig
     from opengrid.node.service import Node
 
     policy = CoordinatorConfig.plain if plain else CoordinatorConfig
-    node = Node(config, api=api, coordinator_config=policy(heartbeat_s=config.heartbeat_s))
+    node = Node(
+        config, api=api, coordinator_config=policy(heartbeat_s=config.heartbeat_s), trace_frames=trace
+    )
     # Listen for signals before anything starts, so a Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -238,7 +249,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     if args.api:
         api = ApiSettings(address=args.api, api_key=args.api_key, allow_remote=args.api_allow_remote)
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
-    trio.run(_run_node, config, api, args.plain_verification)
+    trio.run(_run_node, config, api, args.plain_verification, args.trace_frames)
     return 0
 
 

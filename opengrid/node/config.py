@@ -12,6 +12,9 @@ from opengrid.errors import ConfigError
 Role = Literal["worker", "coordinator", "edge", "auto"]
 ROLES: tuple[Role, ...] = ("worker", "coordinator", "edge", "auto")
 DEFAULT_NETWORK = "opengrid-local"
+ADVERSARIES = ("wrong-tokens", "sealed-lie")
+"""Demo/test-only misbehaviours: wrong tokens (outvoted by replicas); a sealed output that does not match
+what the worker attested (caught by the client)."""
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 EngineKind = Literal["llama", "http"]
 ENGINES: tuple[EngineKind, ...] = ("llama", "http")
@@ -62,8 +65,8 @@ class NodeConfig:
             raise ConfigError(f"heartbeat must be positive seconds, got {self.heartbeat_s}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
-        if self.adversary not in (None, "wrong-tokens"):
-            raise ConfigError(f"adversary {self.adversary!r} is not one of: wrong-tokens")
+        if self.adversary not in (None, *ADVERSARIES):
+            raise ConfigError(f"adversary {self.adversary!r} is not one of: {', '.join(ADVERSARIES)}")
         if not self.network or len(self.network) > 64:
             raise ConfigError(f"network name {self.network!r} must be 1..64 characters")
         if self.max_tokens_per_job < 1:

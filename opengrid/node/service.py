@@ -10,11 +10,13 @@ import contextlib
 import json
 import logging
 import math
+import pathlib
 import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import msgspec
 import trio
@@ -53,6 +55,7 @@ from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
 from opengrid.node.trust import load_trusted, remember_trusted
 from opengrid.store.ledger_store import LedgerStore, open_ledger
+from opengrid.wire.codec import encode_frame
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
     ControlRequest,
@@ -78,7 +81,7 @@ from opengrid.wire.messages import (
     SubmitJob,
     WorkerSummary,
 )
-from opengrid.wire.sealed import box_public_key
+from opengrid.wire.sealed import box_public_key, seal_output
 
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
@@ -105,9 +108,12 @@ class Node:
         engine: Engine | None = None,
         api: ApiSettings | None = None,
         coordinator_config: CoordinatorConfig | None = None,
+        trace_frames: pathlib.Path | None = None,
     ) -> None:
         self.config = config.validated()
         self._api = api
+        self._trace_path = trace_frames
+        self._trace_file: BinaryIO | None = None
         self._coordinator_config = coordinator_config or CoordinatorConfig(
             heartbeat_s=self.config.heartbeat_s
         )
@@ -137,6 +143,8 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, signal readiness with ``task_status.started(self)``, and serve until cancelled."""
         config = self.config
+        if self._trace_path is not None:
+            self._trace_file = self._trace_path.open("ab")
         minters = load_trusted(config.data_dir)
         if config.role == "coordinator":
             minters.append(self.public_key)
@@ -178,6 +186,8 @@ class Node:
                 self._engine.close()
             if self._server is not None:
                 await trio.to_thread.run_sync(self._server.stop)
+            if self._trace_file is not None:
+                self._trace_file.close()
             self._store.close()
             log.info("node stopped cleanly")
 
@@ -253,6 +263,7 @@ class Node:
             log.info("refused a bad frame: %s", exc)
             await _try_send(stream, ErrorReply("malformed", f"{exc}{hint}"))
             return
+        self._trace(stream.peer, message)
         if isinstance(message, SubmitJob) and message.stream and self.coordinator and not self.paused:
             await self._serve_streaming_job(stream, message)
             return
@@ -262,6 +273,12 @@ class Node:
         reply = await self._answer(stream.peer, message)
         if reply is not None:
             await stream.send(reply)
+
+    def _trace(self, peer: str, message: Message) -> None:
+        """Append a received message to the trace file (``--trace-frames``): an audit of what we saw."""
+        if self._trace_file is not None:
+            self._trace_file.write(encode_frame(message))
+            self._trace_file.flush()
 
     async def _serve_streaming_job(self, stream: FrameStream, message: SubmitJob) -> None:
         """Forward preview text to the client while the job runs, then the verified answer."""
@@ -485,7 +502,19 @@ class Node:
         output = Output(
             tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
         )
-        return self.worker.attest(run, output, salt=salt)
+        result = self.worker.attest(run, output, salt=salt)
+        if self.config.adversary == "sealed-lie" and run.sealed_prompt:
+            # Demo/test adversary: attest the true output, but seal a different one to the client.
+            lie = seal_output(
+                list(output.tokens),
+                output.text + " (forged)",
+                output.finish_reason,
+                job_id=run.job_id,
+                client_box_key=run.client_box_key,
+                signing_key=self._key,
+            )
+            result = msgspec.structs.replace(result, sealed_output=lie)
+        return result
 
     async def _generate_streaming(
         self, engine: StreamingEngine, request: GenerationRequest, job_id: bytes, stream: FrameStream
@@ -605,12 +634,15 @@ class Node:
         assert self.host is not None
         pending = self._jobs.get(run.job_id)
         if pending is None or pending.progress is None:
-            return await self.host.request(peer, run)
+            reply = await self.host.request(peer, run)
+            self._trace(peer, reply)
+            return reply
         stream = await self.host.open_stream(peer)
         try:
             await stream.send(msgspec.structs.replace(run, stream=True))
             for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
                 reply = await stream.receive()
+                self._trace(peer, reply)
                 if not isinstance(reply, ReplicaProgress):
                     return reply
                 if reply.job_id == run.job_id and pending.streamer in (None, peer):
