@@ -12,7 +12,7 @@
 - :mod:`.adversarial`: :class:`WrongTokensEngine`, a cheater for demos and verification tests.
 """
 
-from opengrid.engines.adversarial import WrongTokensEngine
+from opengrid.engines.adversarial import LazyEngine, SwappedModelEngine, WrongTokensEngine
 from opengrid.engines.base import Engine, FinishReason, Generation, GenerationRequest, ModelInfo
 from opengrid.engines.catalog import CATALOG, CatalogEntry, catalog_entry, pick_model_for_memory
 from opengrid.engines.http import BACKENDS, HttpBackend, HttpEngine, ManagedServer
@@ -46,9 +46,11 @@ __all__ = [
     "HttpBackend",
     "HttpEngine",
     "InstalledModel",
+    "LazyEngine",
     "LlamaEngine",
     "ManagedServer",
     "ModelInfo",
+    "SwappedModelEngine",
     "WrongTokensEngine",
     "catalog_entry",
     "default_cache_dir",

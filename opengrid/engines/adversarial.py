@@ -5,6 +5,7 @@ It exists for the demo and the tests only; nothing uses it unless explicitly ask
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -85,3 +86,53 @@ def _pick(decoys: tuple[int, ...], i: int, honest: int) -> int:
     """The i-th decoy token, or the next one when it happens to equal the honest token."""
     candidate = decoys[i % len(decoys)]
     return candidate if candidate != honest else decoys[(i + 1) % len(decoys)]
+
+
+class LazyEngine:
+    """An adversary that does no work: it returns random tokens of the right length, claiming the
+    honest model's contract. Exists to test canaries and replication; never used unless asked for."""
+
+    def __init__(self, inner: Engine, *, seed: int = 0) -> None:
+        self._inner = inner
+        self._rng = random.Random(seed)
+
+    @property
+    def model(self) -> ModelInfo:
+        return self._inner.model
+
+    @property
+    def contract(self) -> DecodingContract:
+        return self._inner.contract
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        tokens = tuple(self._rng.randrange(3, 200) for _ in range(request.max_tokens))
+        detokenize = getattr(self._inner, "detokenize", None)
+        text = detokenize(tokens) if detokenize is not None else "".join(chr(97 + t % 26) for t in tokens)
+        return Generation(tokens=tokens, text=text, finish_reason="length")
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class SwappedModelEngine:
+    """An adversary that runs a different (cheaper) model while announcing the honest one's name and
+    contract — a model swap. Exists to test canaries and replication; never used unless asked for."""
+
+    def __init__(self, claimed: Engine, actual: Engine) -> None:
+        self._claimed = claimed
+        self._actual = actual
+
+    @property
+    def model(self) -> ModelInfo:
+        return self._claimed.model
+
+    @property
+    def contract(self) -> DecodingContract:
+        return self._claimed.contract
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        return self._actual.generate(request)
+
+    def close(self) -> None:
+        self._claimed.close()
+        self._actual.close()

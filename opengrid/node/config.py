@@ -12,9 +12,10 @@ from opengrid.errors import ConfigError
 Role = Literal["worker", "coordinator", "edge", "auto"]
 ROLES: tuple[Role, ...] = ("worker", "coordinator", "edge", "auto")
 DEFAULT_NETWORK = "opengrid-local"
-ADVERSARIES = ("wrong-tokens", "sealed-lie")
+ADVERSARIES = ("wrong-tokens", "sealed-lie", "lazy", "model-swap")
 """Demo/test-only misbehaviours: wrong tokens (outvoted by replicas); a sealed output that does not match
-what the worker attested (caught by the client)."""
+what the worker attested (caught by the client); random tokens without running the model (lazy); a
+different model behind the announced one (model-swap). Canaries and replication catch the last two."""
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 EngineKind = Literal["llama", "http"]
 ENGINES: tuple[EngineKind, ...] = ("llama", "http")

@@ -37,7 +37,18 @@ from opengrid.core.effects import (
 )
 from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
 from opengrid.core.worker import Output, WorkerLogic
-from opengrid.engines import Engine, GenerationRequest, WrongTokensEngine, load_engine, resolve_model
+from opengrid.engines import (
+    Engine,
+    GenerationRequest,
+    LazyEngine,
+    SwappedModelEngine,
+    WrongTokensEngine,
+    default_cache_dir,
+    load_engine,
+    resolve_model,
+    sha256_file,
+    write_tiny_gguf,
+)
 from opengrid.engines.base import Generation, ModelInfo, StreamingEngine
 from opengrid.engines.http import HttpEngine, ManagedServer
 from opengrid.errors import (
@@ -197,9 +208,7 @@ class Node:
             info = await trio.to_thread.run_sync(resolve_model, self.config.model or "smollm2-135m-instruct")
             log.info("loading model %s (%s, sha256 %s…)", info.name, info.path, info.sha256[:12])
             engine = await self._load_engine(info)
-            if self.config.adversary == "wrong-tokens":
-                log.warning("ADVERSARY MODE: this worker returns wrong tokens (demo/test of verification)")
-                engine = WrongTokensEngine(engine)
+            engine = await self._maybe_adversary(engine)
             self._engine = engine
         template = getattr(self._engine, "chat_template", None)
         offer = ModelOffer(
@@ -216,6 +225,28 @@ class Node:
             ledger=self.ledger,
             max_tokens_limit=self.config.max_tokens_per_job,
         )
+
+    async def _maybe_adversary(self, engine: Engine) -> Engine:
+        """Demo/test only (hidden --adversary flag): wrap the honest engine in a cheating one."""
+        adversary = self.config.adversary
+        if adversary is None or adversary == "sealed-lie":
+            return engine
+        log.warning("ADVERSARY MODE %r: this worker cheats, to demonstrate and test verification", adversary)
+        if adversary == "wrong-tokens":
+            return WrongTokensEngine(engine)
+        if adversary == "lazy":
+            return LazyEngine(engine, seed=int.from_bytes(self.public_key[:4], "big"))
+        # model-swap: run a different tiny model behind the announced one
+        path = default_cache_dir() / "tiny-swap-seed1.gguf"
+        if not path.exists():  # written aside, then renamed: concurrent workers never read half a file
+            tmp = path.with_suffix(f".{self.public_key.hex()[:8]}.tmp")
+            await trio.to_thread.run_sync(lambda: write_tiny_gguf(tmp, seed=1))
+            tmp.replace(path)
+        swapped = ModelInfo(
+            name="tiny-swap", path=path, sha256=await trio.to_thread.run_sync(sha256_file, path)
+        )
+        actual = await trio.to_thread.run_sync(lambda: load_engine(swapped, n_threads=self.config.threads))
+        return SwappedModelEngine(engine, actual)
 
     async def _load_engine(self, info: ModelInfo) -> Engine:
         """llama.cpp in this process, or an OpenAI-compatible server (attached, or started and owned)."""
