@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 import msgspec
 from nacl.signing import SigningKey
 from opengrid_ledger import (
+    ED25519,
     Attestation,
     Credit,
     LedgerState,
     Receipt,
+    SignatureScheme,
     encode_entry,
     open_entry,
     sign_entry,
@@ -200,8 +202,12 @@ class Coordinator:
         ledger: LedgerState,
         rng: RandomSource,
         config: CoordinatorConfig | None = None,
+        scheme: SignatureScheme = ED25519,
     ) -> None:
+        """``scheme`` signs receipts and checks attestations: real Ed25519 unless a simulator passes a
+        cheaper one (opengrid_ledger.signatures); give ``ledger`` the same one."""
         self.network = network
+        self._scheme = scheme
         self.config = config or CoordinatorConfig()
         self._key = signing_key
         self.public_key = bytes(signing_key.verify_key)
@@ -209,9 +215,15 @@ class Coordinator:
         self.ledger.add_minter(self.public_key)
         self._rng = rng
         self.workers: dict[str, WorkerRecord] = {}
+        self._serving: dict[str, dict[str, None]] = {}
+        """Candidate index: lowered model name or sha256 -> peers with an offer under it (online or not;
+        kept up to date by ``_on_registered``, the only place records are added or their offers change).
+        A dict as an ordered set, so nothing depends on the hash seed."""
         self._jobs: dict[bytes, _Job] = {}
         self._own_entries: list[bytes] = [
-            encode_entry(e) for e in ledger.entries() if open_entry(e, network).author == self.public_key
+            encode_entry(e)
+            for e in ledger.entries()
+            if open_entry(e, network, scheme=scheme).author == self.public_key
         ]
         self._pushed: dict[str, int] = {}
         """peer -> how many of our own entries it has been sent (this run; a restart resends)."""
@@ -237,6 +249,8 @@ class Coordinator:
                 return self._on_submitted(event, now)
             case ReplicaReturned():
                 return self._on_returned(event, now)
+            case ReplicaFailed(client_fault=True):
+                return self._on_client_fault(event)
             case ReplicaFailed():
                 return self._on_failed(event.job_id, event.peer, event.reason, now, penalize=False)
             case JobCancelled():
@@ -332,6 +346,14 @@ class Coordinator:
     # ── registry ─────────────────────────────────────────────────────────────────────────────────────
     def _on_registered(self, event: WorkerRegistered, now: float) -> list[Effect]:
         earlier = self.workers.get(event.peer)
+        if earlier is None or earlier.offers != event.offers:
+            for name in _index_names(earlier.offers if earlier is not None else ()):
+                peers = self._serving[name]
+                del peers[event.peer]
+                if not peers:
+                    del self._serving[name]
+            for name in _index_names(event.offers):
+                self._serving.setdefault(name, {})[event.peer] = None
         self.workers[event.peer] = WorkerRecord(
             peer=event.peer,
             key=event.key,
@@ -349,11 +371,17 @@ class Coordinator:
         return sorted({o.name for r in self.workers.values() if r.online for o in r.offers})
 
     def _candidates(self, model: str, *, allowed: Container[str] | None = None) -> list[Candidate]:
-        """Online workers serving ``model`` (only those in ``allowed``, when given)."""
+        """Online workers serving ``model`` (only those in ``allowed``, when given).
+
+        O(workers serving ``model``), through the index. The order of the list is not part of any
+        decision: every caller passes it through ``choose_class``, which sorts by peer (and is stable
+        within one peer, whose offers keep their order here).
+        """
         wanted = model.lower()
+        records = (self.workers[peer] for peer in self._serving.get(wanted, ()))
         return [
             self._candidate(r, o)
-            for r in self.workers.values()
+            for r in records
             if r.online and (allowed is None or r.peer in allowed)
             for o in r.offers
             if wanted in (o.name.lower(), o.contract.model_sha256.lower())
@@ -560,7 +588,7 @@ class Coordinator:
             return f"{len(result.tokens)} tokens returned, limit was {max_tokens}"
         try:
             attestation = msgspec.msgpack.decode(result.attestation, type=Attestation)
-            verify_attestation(attestation, self.network)
+            verify_attestation(attestation, self.network, scheme=self._scheme)
         except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError) as exc:
             return f"bad attestation: {exc}"
         if sealed:
@@ -618,6 +646,14 @@ class Coordinator:
         job.failovers += 1
         return effects + self._refill(job, now)
 
+    def _on_client_fault(self, event: ReplicaFailed) -> list[Effect]:
+        """A worker could not use the client's input (its sealed prompt does not open): fail the job
+        with the client's error; the worker did nothing wrong and stays in good standing."""
+        job = self._jobs.get(event.job_id)
+        if job is None or event.peer not in job.pending:
+            return []
+        return self._fail(event.job_id, "malformed", f"a worker refused the job's input: {event.reason}")
+
     def _accept(self, job: _Job, agreement: Agreement) -> list[Effect]:
         job_id = job.request.job_id
         winning = [job.results[peer] for peer in agreement.peers]
@@ -636,7 +672,7 @@ class Coordinator:
             dissenters=tuple(keys[p] for p in agreement.dissenters),
             issued_at_ms=job.wall_ms,
         )
-        entry = sign_entry(self._key, self.ledger.next_body(self.public_key, receipt))
+        entry = sign_entry(self._key, self.ledger.next_body(self.public_key, receipt), scheme=self._scheme)
         self.ledger.apply(entry)
         encoded = encode_entry(entry)
         self._own_entries.append(encoded)
@@ -808,6 +844,11 @@ class Coordinator:
             effects += [CancelReplica(peer=peer, job_id=job_id) for peer in sorted(job.pending)]
         effects.append(FinishJob(job_id, ErrorReply(code, message, job_id)))
         return effects
+
+
+def _index_names(offers: Iterable[ModelOffer]) -> set[str]:
+    """The keys ``_candidates`` looks a model up by: each offer's lowered name and model sha256."""
+    return {name for o in offers for name in (o.name.lower(), o.contract.model_sha256.lower())}
 
 
 def _sealed_problem(request: SubmitJob, sealed: dict[str, bytes]) -> str:

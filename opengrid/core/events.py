@@ -47,6 +47,9 @@ class ReplicaFailed:
     job_id: bytes
     peer: str
     reason: str
+    client_fault: bool = False
+    """The worker refused the client's input (a sealed prompt that does not open for it): the job
+    fails, and the worker is not blamed."""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ read loop for frames (the library's exact-read helper gives up on large messages
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import multiaddr
 import trio
@@ -24,7 +25,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from opengrid.errors import ConfigError, OpenGridError, ProtocolError, TransportError
+from opengrid.errors import ConfigError, OpenGridError, TransportError
 from opengrid.net.keys import keypair_from_seed
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
 from opengrid.wire.messages import Message
@@ -60,6 +61,15 @@ class FrameStream:
         self.peer = stream.muxed_conn.peer_id.to_base58()
         self._frames = FrameBuffer(limit=limit, peer=self.peer)
 
+    @property
+    def remote_ip(self) -> str:
+        """The IP address the peer connects from ("" when the transport does not say)."""
+        try:
+            address = self._stream.get_remote_address()
+        except Exception:  # relayed or closed streams may not know
+            return ""
+        return address[0] if address else ""
+
     async def send(self, message: Message) -> None:
         """Write one framed message."""
         data = encode_frame(message)
@@ -93,6 +103,12 @@ class FrameStream:
         except Exception as exc:
             log.debug("closing stream to %s: %s", self.peer, exc)
 
+    async def abort(self) -> None:
+        """Reset the stream even while our task is being cancelled, so the peer learns at once that
+        nobody waits for its answer (a worker then stops generating)."""
+        with trio.CancelScope(shield=True):
+            await self.reset()
+
     async def reset(self) -> None:
         """Abort the stream (the peer sees a reset); never raises."""
         try:
@@ -107,12 +123,22 @@ Handler = Callable[[FrameStream], Awaitable[None]]
 class Host:
     """The node's libp2p host: its identity, addresses, and framed streams to peers."""
 
-    def __init__(self, host: IHost) -> None:
+    def __init__(self, host: IHost, *, private: bool = False) -> None:
         self._host = host
+        self._private = private
 
     @property
     def peer_id(self) -> str:
         return self._host.get_id().to_base58()
+
+    @property
+    def libp2p(self) -> IHost:
+        """The underlying libp2p host, for the other modules of ``opengrid.net`` only (DHT, gossip, relay)."""
+        return self._host
+
+    def connected_peers(self) -> list[str]:
+        """Peer ids we hold a connection to, sorted."""
+        return sorted(peer.to_base58() for peer in self._host.get_connected_peers())
 
     def addrs(self) -> list[str]:
         """Full multiaddrs (with ``/p2p/<id>``) that others can dial."""
@@ -160,7 +186,10 @@ class Host:
         try:
             await self._host.connect(info)
         except Exception as exc:
-            raise TransportError(f"could not connect to {address}: {exc or type(exc).__name__}") from exc
+            hint = " (private network: does that peer use the same network key?)" if self._private else ""
+            raise TransportError(
+                f"could not connect to {address}: {exc or type(exc).__name__}{hint}"
+            ) from exc
         return info.peer_id.to_base58()
 
     async def open_stream(self, peer_id: str, protocol: TProtocol = JOB_PROTOCOL) -> FrameStream:
@@ -178,12 +207,12 @@ class Host:
         stream = await self.open_stream(peer_id)
         try:
             await stream.send(message)
-            return await stream.receive()
-        except ProtocolError:
-            await stream.reset()
+            reply = await stream.receive()
+        except BaseException:  # a protocol error, or our caller gave up (cancelled): abort the stream
+            await stream.abort()
             raise
-        finally:
-            await stream.aclose()
+        await stream.aclose()
+        return reply
 
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
@@ -199,12 +228,43 @@ def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
     return out
 
 
+PSK_BYTES: Final = 32
+
+
+def derive_psk(network: str, network_key: str) -> bytes:
+    """The 32-byte private-network key for ``network`` from a shared secret (an invite token).
+
+    Binding the network name in means one invite token cannot open two differently named grids.
+    """
+    if not network_key:
+        raise ConfigError("a network key must not be empty; omit it for a public network")
+    return hashlib.sha256(b"opengrid/psk/1\x00" + network.encode() + b"\x00" + network_key.encode()).digest()
+
+
 @asynccontextmanager
-async def open_host(seed: bytes, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)) -> AsyncIterator[Host]:
-    """Start a host with identity ``seed`` listening on ``listen``; close it cleanly on exit."""
+async def open_host(
+    seed: bytes,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    *,
+    psk: bytes | None = None,
+    upgrade_timeout_s: float | None = None,
+) -> AsyncIterator[Host]:
+    """Start a host with identity ``seed`` listening on ``listen``; close it cleanly on exit.
+
+    ``psk`` (32 bytes, see ``derive_psk``) makes this a private-network host (libp2p pnet: every raw
+    connection is XSalsa20-encrypted with the key *before* Noise), so a node without the same key cannot
+    even negotiate a security protocol. A mismatched key does not fail fast — each side reads garbage and
+    waits — so the dial fails after ``upgrade_timeout_s`` (library default 10 s when None).
+    """
     key_pair = keypair_from_seed(seed)
     addrs = _listen_multiaddrs(listen)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    if psk is not None and len(psk) != PSK_BYTES:
+        raise ConfigError(f"a network key (psk) is {PSK_BYTES} bytes, got {len(psk)}; use derive_psk()")
+    config = ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0)
+    if upgrade_timeout_s is not None:
+        config.outbound_upgrade_timeout = upgrade_timeout_s
+        config.inbound_upgrade_timeout = upgrade_timeout_s
     kwargs: dict[str, Any] = dict(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
@@ -212,7 +272,8 @@ async def open_host(seed: bytes, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0"
         listen_addrs=addrs,
         # One connection per peer avoids a fixed 250 ms "happy eyeballs" wait on every dial (pitfall 1);
         # no auto-dialling of every known peer to reach a watermark: we dial whom we need.
-        connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0),
+        connection_config=config,
+        psk=psk.hex() if psk is not None else None,
     )
     try:
         host = new_host(**kwargs)
@@ -220,7 +281,7 @@ async def open_host(seed: bytes, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0"
         raise ConfigError(f"could not create the libp2p host: {exc}") from exc
     try:
         async with host.run(listen_addrs=addrs):
-            yield Host(host)
+            yield Host(host, private=psk is not None)
             await host.close()
     except OSError as exc:
         raise ConfigError(

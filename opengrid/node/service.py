@@ -7,12 +7,14 @@ events and executes the effects the core returns. All tasks live in one nursery:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import math
 import pathlib
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import msgspec
 import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
-from opengrid_ledger import LedgerState, Receipt, encode_entry, open_entry
+from opengrid_ledger import LedgerState, Receipt, decode_entry, encode_entry, open_entry
 
 import opengrid
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
@@ -35,7 +37,14 @@ from opengrid.core.effects import (
     Penalize,
     SendReceipt,
 )
-from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
+from opengrid.core.events import (
+    Event,
+    JobCancelled,
+    JobSubmitted,
+    ReplicaFailed,
+    ReplicaReturned,
+    WorkerRegistered,
+)
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.engines import (
     Engine,
@@ -67,6 +76,7 @@ from opengrid.node.identity import load_or_create_seed
 from opengrid.node.trust import load_trusted, remember_trusted
 from opengrid.store.ledger_store import LedgerStore, open_ledger
 from opengrid.wire.codec import encode_frame
+from opengrid.wire.commitment import commit_output
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
     ControlRequest,
@@ -120,8 +130,12 @@ class Node:
         api: ApiSettings | None = None,
         coordinator_config: CoordinatorConfig | None = None,
         trace_frames: pathlib.Path | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``rng``: the coordinator's random stream (worker choice); a fresh unseeded one by default.
+        Tests pass a seeded one to compare decisions with other drivers (tests/simulations)."""
         self.config = config.validated()
+        self._rng = rng if rng is not None else random.Random()
         self._api = api
         self._trace_path = trace_frames
         self._trace_file: BinaryIO | None = None
@@ -173,7 +187,7 @@ class Node:
                             network=config.network,
                             signing_key=self._key,
                             ledger=self.ledger,
-                            rng=random.Random(),
+                            rng=self._rng,
                             config=self._coordinator_config,
                         )
                         nursery.start_soon(self._timer_loop)
@@ -295,13 +309,13 @@ class Node:
             await _try_send(stream, ErrorReply("malformed", f"{exc}{hint}"))
             return
         self._trace(stream.peer, message)
-        if isinstance(message, SubmitJob) and message.stream and self.coordinator and not self.paused:
-            await self._serve_streaming_job(stream, message)
+        if isinstance(message, SubmitJob) and self.coordinator and not self.paused:
+            await self._serve_job(stream, message)
             return
         if isinstance(message, RunJob) and self.worker is not None and not self.paused:
             await stream.send(await self._on_run(message, stream))
             return
-        reply = await self._answer(stream.peer, message)
+        reply = await self._answer(stream.peer, message, _operator_of(stream.remote_ip))
         if reply is not None:
             await stream.send(reply)
 
@@ -311,8 +325,12 @@ class Node:
             self._trace_file.write(encode_frame(message))
             self._trace_file.flush()
 
-    async def _serve_streaming_job(self, stream: FrameStream, message: SubmitJob) -> None:
-        """Forward preview text to the client while the job runs, then the verified answer."""
+    async def _serve_job(self, stream: FrameStream, message: SubmitJob) -> None:
+        """Run a client's job; forward preview text if it streams; cancel the job if the client leaves.
+
+        The client sends nothing after its SubmitJob, so anything arriving on the stream — normally the
+        end of the stream, when the client gave up, timed out or died — cancels the job and its replicas.
+        """
         send, receive = trio.open_memory_channel[str](_PROGRESS_BUFFER)
 
         def offer(text: str) -> None:
@@ -323,15 +341,29 @@ class Node:
             async for text in receive:
                 await stream.send(JobProgress(job_id=message.job_id, text=text))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(forward)
-            try:
-                reply = await self._submit_local(stream.peer, message, progress=offer)
-            finally:
-                send.close()
+        async def watch_client(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            with contextlib.suppress(OpenGridError):
+                await stream.receive()
+            if message.job_id in self._jobs and self.coordinator is not None:
+                log.info("client of job %s went away: cancelling it", message.job_id.hex()[:8])
+                self._feed(JobCancelled(job_id=message.job_id, client=stream.peer))
+
+        async with trio.open_nursery() as outer:
+            await outer.start(watch_client)
+            async with trio.open_nursery() as nursery:
+                if message.stream:
+                    nursery.start_soon(forward)
+                try:
+                    reply = await self._submit_local(
+                        stream.peer, message, progress=offer if message.stream else None
+                    )
+                finally:
+                    send.close()  # the forwarder drains what is queued, then ends
+            outer.cancel_scope.cancel()  # the answer is in: stop watching
         await stream.send(reply)
 
-    async def _answer(self, peer: str, message: Message) -> Message | None:
+    async def _answer(self, peer: str, message: Message, operator: str = "") -> Message | None:
         match message:
             case StatusRequest():
                 return self.status()
@@ -339,14 +371,12 @@ class Node:
                 return self.history(message.account or self.public_key, message.limit)
             case ControlRequest():
                 return self._on_control(message)
-            case QuoteRequest() if self.coordinator is not None:
+            case QuoteRequest() if self.coordinator is not None and not self.paused:
                 return self._on_quote(message)
             case SubmitJob() | RunJob() if self.paused:
                 return ErrorReply("busy", "this node is paused by its owner; try another node or later")
             case RegisterWorker() if self.coordinator is not None:
-                return self._on_register(peer, message)
-            case SubmitJob() if self.coordinator is not None:
-                return await self._on_submit(peer, message)
+                return self._on_register(peer, message, operator)
             case RunJob() if self.worker is not None:
                 return await self._on_run(message)
             case ReceiptNotice() if self.worker is not None:
@@ -398,7 +428,7 @@ class Node:
         log.info("%s by the owner", "paused: taking no new work" if self.paused else "resumed")
         return self.status()
 
-    def _on_register(self, peer: str, message: RegisterWorker) -> Message:
+    def _on_register(self, peer: str, message: RegisterWorker, operator: str = "") -> Message:
         assert self.coordinator is not None and self.host is not None
         if message.network != self.config.network:
             return ErrorReply(
@@ -410,7 +440,11 @@ class Node:
             return ErrorReply("malformed", "public_key does not match the connection's peer id")
         self.host.remember(peer, message.listen_addrs)
         known = peer in self.coordinator.workers and self.coordinator.workers[peer].online
-        self._feed(WorkerRegistered(peer=peer, key=message.public_key, offers=tuple(message.models)))
+        self._feed(
+            WorkerRegistered(
+                peer=peer, key=message.public_key, offers=tuple(message.models), operator=operator
+            )
+        )
         if not known:
             log.info("worker %s joined with %s", _short(peer), ", ".join(o.name for o in message.models))
         return Registered(coordinator_key=self.public_key, heartbeat_s=self.config.heartbeat_s)
@@ -466,12 +500,33 @@ class Node:
             reply = await self.host.request(peer, job)
         except OpenGridError as exc:
             return ErrorReply("not_coordinator", f"the coordinator could not be reached: {exc}", job.job_id)
-        if isinstance(reply, JobAccepted | ErrorReply):
+        if isinstance(reply, JobAccepted):
+            problem = self._receipt_problem(reply, peer)
+            if problem:  # never pass on, as verified, an answer the receipt does not back
+                log.warning("coordinator %s sent an unbacked answer: %s", _short(peer), problem)
+                return ErrorReply(
+                    "verification_failed", f"the coordinator's receipt does not check: {problem}"
+                )
+            return reply
+        if isinstance(reply, ErrorReply):
             return reply
         return ErrorReply("internal", f"the coordinator answered {type(reply).__name__}", job.job_id)
 
-    async def _on_submit(self, peer: str, message: SubmitJob) -> Message:
-        return await self._submit_local(peer, message)
+    def _receipt_problem(self, reply: JobAccepted, coordinator: str) -> str:
+        """Why ``reply``'s receipt does not back its answer ("" if it does): signature, signer, job and
+        the commitment to these very tokens and text."""
+        try:
+            body = open_entry(decode_entry(reply.receipt), self.config.network)
+        except OpenGridError as exc:
+            return str(exc)
+        receipt = body.payload
+        if not isinstance(receipt, Receipt) or receipt.job_id != reply.job_id:
+            return "the receipt is not for this job"
+        if body.author != public_key_of(coordinator):
+            return "the receipt is signed by another node"
+        if receipt.output_commitment != commit_output(reply.tokens, reply.text):
+            return "the answer does not match the receipt's commitment"
+        return ""
 
     async def _submit_local(
         self, peer: str, message: SubmitJob, *, progress: Callable[[str], None] | None = None
@@ -517,14 +572,17 @@ class Node:
         request = GenerationRequest(prompt=prompt, max_tokens=run.max_tokens, add_bos=run.format == "text")
         engine = self._engine
         try:
-            # Never stream a sealed job: the previews would show the coordinator the plaintext.
-            streaming = run.stream and not run.sealed_prompt and stream is not None
-            if streaming and stream is not None and isinstance(engine, StreamingEngine):
-                generation = await self._generate_streaming(engine, request, run.job_id, stream)
+            if stream is not None and isinstance(engine, StreamingEngine):
+                # Never stream a sealed job: the previews would show the coordinator the plaintext.
+                previews = run.stream and not run.sealed_prompt
+                generation = await self._generate_watched(engine, request, run.job_id, stream, previews)
             else:
                 generation = await trio.to_thread.run_sync(
                     engine.generate, request, limiter=self._engine_limiter
                 )
+        except _JobAbandoned:
+            log.info("job %s abandoned by the coordinator: stopped generating", run.job_id.hex()[:8])
+            return ErrorReply("busy", "stopped: nobody was waiting for this job any more", run.job_id)
         except EngineError as exc:
             log.warning("job %s failed in the engine: %s", run.job_id.hex()[:8], exc)
             return ErrorReply("engine_error", str(exc), run.job_id)
@@ -547,29 +605,59 @@ class Node:
             result = msgspec.structs.replace(result, sealed_output=lie)
         return result
 
-    async def _generate_streaming(
-        self, engine: StreamingEngine, request: GenerationRequest, job_id: bytes, stream: FrameStream
+    async def _generate_watched(
+        self,
+        engine: StreamingEngine,
+        request: GenerationRequest,
+        job_id: bytes,
+        stream: FrameStream,
+        previews: bool,
     ) -> Generation:
-        """Run the engine in a thread and send its text as ReplicaProgress frames while it generates."""
+        """Run the engine in a thread; send its text as ReplicaProgress frames if ``previews``; stop it
+        as soon as the coordinator abandons the job (its stream ends: the job was settled or cancelled)."""
         send, receive = trio.open_memory_channel[str](_PROGRESS_BUFFER)
+        abandoned = threading.Event()
 
-        def on_text(delta: str) -> None:  # called in the engine's thread
-            with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError):
-                trio.from_thread.run_sync(send.send_nowait, delta)
+        def on_text(delta: str) -> None:  # called in the engine's thread, once per token
+            if abandoned.is_set():
+                raise _JobAbandoned
+            if previews:
+                with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError):
+                    trio.from_thread.run_sync(send.send_nowait, delta)
 
         async def forward() -> None:
             async for text in receive:
                 with contextlib.suppress(OpenGridError):  # the coordinator may stop listening; keep working
                     await stream.send(ReplicaProgress(job_id=job_id, text=text))
 
+        watching = trio.CancelScope()
+
+        async def watch_coordinator() -> None:
+            with watching:  # cancelled once the job is done: then nothing is abandoned
+                with contextlib.suppress(OpenGridError):
+                    await stream.receive()  # the coordinator sends nothing more: any event means it left
+                abandoned.set()
+
+        generation: Generation | None = None
+        failure: EngineError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward)
-            try:
-                return await trio.to_thread.run_sync(
+            nursery.start_soon(watch_coordinator)
+            try:  # errors are kept, not raised here: raising inside a nursery wraps them in a group
+                generation = await trio.to_thread.run_sync(
                     engine.generate_streaming, request, on_text, limiter=self._engine_limiter
                 )
+            except EngineError as exc:
+                failure = exc
             finally:
-                send.close()
+                send.close()  # the forwarder sends what is queued, then ends
+                watching.cancel()
+        if failure is not None:
+            if isinstance(failure.__cause__, _JobAbandoned):
+                raise _JobAbandoned from failure
+            raise failure
+        assert generation is not None
+        return generation
 
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.worker is not None and self._store is not None
@@ -647,7 +735,11 @@ class Node:
                     event = ReplicaReturned(job_id=run.job_id, peer=peer, result=reply)
                 elif isinstance(reply, ErrorReply):
                     event = ReplicaFailed(
-                        job_id=run.job_id, peer=peer, reason=f"{reply.code}: {reply.message}"
+                        job_id=run.job_id,
+                        peer=peer,
+                        reason=f"{reply.code}: {reply.message}",
+                        # a sealed prompt that does not open is the client's doing, not the worker's
+                        client_fault=reply.code == "malformed" and bool(run.sealed_prompt),
                     )
                 else:
                     event = ReplicaFailed(
@@ -797,6 +889,22 @@ class Node:
                 if len(found) == limit:
                     break
         return History(entries=found[::-1])
+
+
+def _operator_of(ip: str) -> str:
+    """Who operates a worker, as far as replica spreading can tell: its public IP address.
+
+    Private, loopback and link-local addresses say nothing about the operator (a whole test network or
+    LAN shares them), so they count as unknown and never make two workers "the same operator".
+    """
+    try:
+        return ip if ip and ipaddress.ip_address(ip).is_global else ""
+    except ValueError:
+        return ""
+
+
+class _JobAbandoned(Exception):
+    """Raised inside the engine's thread to stop generating a job nobody waits for any more."""
 
 
 async def _try_send(stream: FrameStream, message: Message) -> None:

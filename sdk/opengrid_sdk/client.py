@@ -243,18 +243,14 @@ class Client:
             request = _job(prompt, model, max_tokens, replicas, stream=False)
             peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
             return self._completion(request, peer, reply)
-        quote_request = QuoteRequest(
-            model=model,
-            replicas=replicas,
-            exposure=min(exposure or replicas + 2, MAX_EXPOSURE),
-            trusted=list(trusted),
-        )
+        cap = min(max(exposure or replicas + 2, replicas), MAX_EXPOSURE)
+        quote_request = QuoteRequest(model=model, replicas=replicas, exposure=cap, trusted=list(trusted))
         coordinator, quote = self._call(lambda: self._request(self.bootstrap[0], quote_request))
         if isinstance(quote, ErrorReply):
             raise _ERRORS.get(quote.code, JobError)(quote.message)
         if not isinstance(quote, Quote):
             raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
-        peers = check_quote(quote, trusted=list(trusted) or None)
+        peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
         job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
         peer, reply = self._call(lambda: self._request(self.bootstrap[0], job.request))
         if peer != coordinator:

@@ -28,8 +28,19 @@ class SealedJob:
     salt: bytes
 
 
-def check_quote(quote: Quote, *, trusted: list[str] | None) -> list[str]:
-    """Peer ids of the quoted workers, after checking every key binding; raise on any mismatch."""
+def check_quote(
+    quote: Quote, *, trusted: list[str] | None, exposure: int | None = None, replicas: int = 1
+) -> list[str]:
+    """Peer ids of the quoted workers, after checking every key binding and the exposure cap."""
+    if exposure is not None and len(quote.workers) > exposure:
+        raise VerificationError(
+            f"the coordinator quoted {len(quote.workers)} workers, more than the {exposure} allowed to see "
+            "the prompt; not sealing to any of them"
+        )
+    if len(quote.workers) < replicas:
+        raise VerificationError(
+            f"the quote lists {len(quote.workers)} workers, fewer than {replicas} replicas"
+        )
     peers = []
     for worker in quote.workers:
         if public_key_of(worker.peer_id) != worker.public_key:

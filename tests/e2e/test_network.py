@@ -22,7 +22,7 @@ import pytest
 from opengrid_sdk import AsyncClient, Client, Completion
 
 from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
-from opengrid.errors import NoCapacityError, UnknownModelError, VerificationError
+from opengrid.errors import NoCapacityError, TransportError, UnknownModelError, VerificationError
 from opengrid.net.keys import public_key_of
 
 pytestmark = pytest.mark.slow
@@ -286,3 +286,34 @@ def _processes() -> list[str]:
     return subprocess.run(
         ["ps", "-eo", "args"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
+
+
+def test_a_client_that_gives_up_cancels_the_job_and_stops_the_workers(tmp_path: pathlib.Path) -> None:
+    """Cancel by walking away: the SDK's timeout closes its stream; the coordinator cancels the job and
+    its replicas; each worker stops generating mid-way (SmolLM2 would need ~10 s for 1000 tokens)."""
+    net = DemoNetwork(tmp_path, model="smollm2-135m-instruct", network=NETWORK)
+    try:
+        coordinator = net.start("coordinator", "coordinator", extra_args=["--plain-verification"])
+        net.wait_ready(coordinator)
+        workers = [net.start(f"worker-{i}", "worker", bootstrap=coordinator.addrs[0]) for i in (1, 2)]
+        for worker in workers:
+            net.wait_ready(worker)
+        with Client([coordinator.addrs[0]], network=NETWORK, timeout=120) as patient:
+            wait_for_workers(patient, 2, timeout=60)
+            entries_before = patient.status().ledger_entries
+        with Client([coordinator.addrs[0]], network=NETWORK, timeout=2.0) as impatient:
+            with pytest.raises(TransportError, match="no answer"):
+                impatient.complete("Write a very long story.", max_tokens=1000, replicas=2, sealed=False)
+        deadline = time.monotonic() + 20
+        logs: list[str] = []
+        while time.monotonic() < deadline:
+            logs = [w.log_path.read_text(errors="replace") for w in workers]
+            if all("abandoned by the coordinator" in text for text in logs):
+                break
+            time.sleep(0.1)
+        assert all("abandoned by the coordinator" in text for text in logs), logs
+        assert "went away: cancelling it" in coordinator.log_path.read_text(errors="replace")
+        with Client([coordinator.addrs[0]], network=NETWORK) as patient:
+            assert patient.status().ledger_entries == entries_before  # nothing was credited
+    finally:
+        net.stop()

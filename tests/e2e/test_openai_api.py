@@ -34,8 +34,13 @@ def api(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: pathlib.Path)
             "coordinator", "coordinator", extra_args=["--api", f"127.0.0.1:{port}", "--api-key", API_KEY]
         )
         net.wait_ready(coordinator)
+        worker_port = _free_port()
         for i in range(2):
-            net.wait_ready(net.start(f"worker-{i + 1}", "worker", bootstrap=coordinator.addrs[0]))
+            extra = ["--api", f"127.0.0.1:{worker_port}", "--api-key", API_KEY] if i == 0 else []
+            net.wait_ready(
+                net.start(f"worker-{i + 1}", "worker", bootstrap=coordinator.addrs[0], extra_args=extra)
+            )
+        _worker_api.append(f"http://127.0.0.1:{worker_port}/v1")
         with Client([coordinator.addrs[0]], network=NETWORK) as client:
             wait_for_workers(client, 2, timeout=60)
         yield f"http://127.0.0.1:{port}/v1"
@@ -50,6 +55,20 @@ def llm(tiny_model_path: pathlib.Path) -> Iterator[llama_cpp.Llama]:
     )
     yield model
     model.close()
+
+
+_worker_api: list[str] = []
+
+
+def test_a_workers_api_forwards_to_its_coordinator_and_checks_the_receipt(
+    api: str, llm: llama_cpp.Llama, tiny_model_path: pathlib.Path
+) -> None:
+    completion = _client(_worker_api[0]).completions.create(
+        model=tiny_model_path.stem, prompt="Forwarded", max_tokens=6
+    )
+    direct = llm.create_completion("Forwarded", max_tokens=6, temperature=0.0, top_k=1, repeat_penalty=1.0)
+    assert completion.choices[0].text == direct["choices"][0]["text"]  # type: ignore[index]
+    assert completion.model_extra["opengrid"]["verified"] is True  # type: ignore[index]
 
 
 def _client(api: str) -> openai.OpenAI:

@@ -89,3 +89,11 @@ def test_each_worker_opens_only_its_own_copy_and_outputs_are_checked_against_the
     only_bad = msgspec.structs.replace(reply, sealed_outputs=[Sealed(peer_id=peers[0], ciphertext=bad)])
     with pytest.raises(VerificationError, match="does not match"):
         open_answer(job, only_bad, commitment)
+
+
+def test_a_quote_over_the_exposure_cap_is_refused() -> None:
+    quote = Quote(model="tiny", workers=[_quoted(k) for k in WORKERS])
+    with pytest.raises(VerificationError, match="more than the 2 allowed"):
+        check_quote(quote, trusted=None, exposure=2, replicas=2)
+    with pytest.raises(VerificationError, match="fewer than 4 replicas"):
+        check_quote(quote, trusted=None, exposure=8, replicas=4)
