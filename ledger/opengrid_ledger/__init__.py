@@ -47,10 +47,12 @@ from .payloads import (
     sign_admit,
     sign_grant_voucher,
 )
+from .signatures import ED25519, Ed25519, SignatureScheme
 from .state import HistoryItem, HoldInfo, LedgerState, TrustedReplayError, payload_kind
 
 __all__ = [
     "ATTESTATION_DOMAIN",
+    "ED25519",
     "ENTRY_DOMAIN",
     "MAX_ENTRY_SIZE",
     "AccountKey",
@@ -58,6 +60,7 @@ __all__ = [
     "Attestation",
     "Cosignature",
     "Credit",
+    "Ed25519",
     "Entry",
     "EntryBody",
     "EntryId",
@@ -73,6 +76,7 @@ __all__ = [
     "Receipt",
     "Refund",
     "Settle",
+    "SignatureScheme",
     "Transfer",
     "TrustedReplayError",
     "admit_signing_bytes",

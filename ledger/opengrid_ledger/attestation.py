@@ -8,12 +8,12 @@ points for a key that did not do the work, nor move a worker's credit to another
 from __future__ import annotations
 
 import msgspec
-import nacl.exceptions
 import nacl.signing
 
 from opengrid.errors import InvalidEntryError
 
 from .ids import HASH_SIZE, JOB_ID_SIZE, KEY_SIZE, SIGNATURE_SIZE, require_count, require_size
+from .signatures import ED25519, SignatureScheme
 
 ATTESTATION_DOMAIN = "opengrid/attestation/1"
 """First element of the signed array: keeps an attestation signature from meaning anything else."""
@@ -62,16 +62,18 @@ def sign_attestation(
     contract_hash: bytes,
     output_commitment: bytes,
     n_tokens: int,
+    *,
+    scheme: SignatureScheme = ED25519,
 ) -> Attestation:
     """Attest, as the worker holding ``key``, to one job's output; InvalidEntryError on bad fields."""
     worker = bytes(key.verify_key)
     _check_fields(worker, job_id, contract_hash, output_commitment, n_tokens)
     message = attestation_signing_bytes(network, worker, job_id, contract_hash, output_commitment, n_tokens)
-    signature = key.sign(message).signature
+    signature = scheme.sign(key, message)
     return Attestation(worker, job_id, contract_hash, output_commitment, n_tokens, signature)
 
 
-def verify_attestation(att: Attestation, network: str) -> None:
+def verify_attestation(att: Attestation, network: str, *, scheme: SignatureScheme = ED25519) -> None:
     """Check field sizes and the worker's signature on ``network``; InvalidEntryError if either fails."""
     _check_fields(att.worker, att.job_id, att.contract_hash, att.output_commitment, att.n_tokens)
     require_size("attestation signature", att.signature, SIGNATURE_SIZE)
@@ -79,8 +81,8 @@ def verify_attestation(att: Attestation, network: str) -> None:
         network, att.worker, att.job_id, att.contract_hash, att.output_commitment, att.n_tokens
     )
     try:
-        nacl.signing.VerifyKey(att.worker).verify(message, att.signature)
-    except (nacl.exceptions.CryptoError, ValueError) as exc:
+        scheme.verify(att.worker, message, att.signature)
+    except InvalidEntryError as exc:
         raise InvalidEntryError(
             f"attestation by worker {att.worker.hex()} for job {att.job_id.hex()} has a bad signature "
             f"on network {network!r}"

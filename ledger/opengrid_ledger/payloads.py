@@ -23,13 +23,13 @@ Kinds (tag, author, effect):
 from __future__ import annotations
 
 import msgspec
-import nacl.exceptions
 import nacl.signing
 
 from opengrid.errors import InvalidEntryError
 
 from .attestation import Attestation, verify_attestation
 from .ids import HASH_SIZE, JOB_ID_SIZE, KEY_SIZE, SIGNATURE_SIZE, require_count, require_size
+from .signatures import ED25519, SignatureScheme
 
 ADMIT_DOMAIN = "opengrid/admit/1"
 """First element of the array a coordinator signs to admit another (see :func:`admit_signing_bytes`)."""
@@ -168,42 +168,56 @@ def grant_signing_bytes(network: str, account: bytes, points: int) -> bytes:
     return msgspec.msgpack.encode([GRANT_DOMAIN, network, account, points])
 
 
-def sign_admit(key: nacl.signing.SigningKey, network: str, epoch: int, coordinator: bytes) -> Cosignature:
+def sign_admit(
+    key: nacl.signing.SigningKey,
+    network: str,
+    epoch: int,
+    coordinator: bytes,
+    *,
+    scheme: SignatureScheme = ED25519,
+) -> Cosignature:
     """Co-sign, as the coordinator holding ``key``, the admission of ``coordinator`` at ``epoch``."""
     require_count("admit epoch", epoch, minimum=0)
     require_size("admitted coordinator", coordinator, KEY_SIZE)
     message = admit_signing_bytes(network, epoch, coordinator)
-    return Cosignature(bytes(key.verify_key), key.sign(message).signature)
+    return Cosignature(bytes(key.verify_key), scheme.sign(key, message))
 
 
 def sign_grant_voucher(
-    key: nacl.signing.SigningKey, network: str, account: bytes, points: int
+    key: nacl.signing.SigningKey,
+    network: str,
+    account: bytes,
+    points: int,
+    *,
+    scheme: SignatureScheme = ED25519,
 ) -> Cosignature:
     """Vouch, as the coordinator holding ``key``, for ``account``'s starting grant of ``points``."""
     require_size("grant account", account, KEY_SIZE)
     require_count("grant points", points, minimum=1)
-    return Cosignature(
-        bytes(key.verify_key), key.sign(grant_signing_bytes(network, account, points)).signature
-    )
+    return Cosignature(bytes(key.verify_key), scheme.sign(key, grant_signing_bytes(network, account, points)))
 
 
-def verify_cosignature(cosig: Cosignature, message: bytes, what: str) -> None:
+def verify_cosignature(
+    cosig: Cosignature, message: bytes, what: str, *, scheme: SignatureScheme = ED25519
+) -> None:
     """Check a co-signature's sizes and signature over ``message``; InvalidEntryError saying ``what``."""
     require_size(f"{what} signer", cosig.signer, KEY_SIZE)
     require_size(f"{what} signature", cosig.signature, SIGNATURE_SIZE)
     try:
-        nacl.signing.VerifyKey(cosig.signer).verify(message, cosig.signature)
-    except (nacl.exceptions.CryptoError, ValueError) as exc:
+        scheme.verify(cosig.signer, message, cosig.signature)
+    except InvalidEntryError as exc:
         raise InvalidEntryError(f"{what} by {cosig.signer.hex()} has a bad signature") from exc
 
 
-def check_payload(payload: Payload, network: str, author: bytes) -> None:
+def check_payload(
+    payload: Payload, network: str, author: bytes, *, scheme: SignatureScheme = ED25519
+) -> None:
     """Check everything about ``payload`` that needs no ledger state; raise InvalidEntryError if wrong.
 
     FRAUD's inner entries are opened by ``entries.open_entry`` (it needs the entry codec).
     """
     if isinstance(payload, Receipt):
-        check_receipt(payload, network)
+        check_receipt(payload, network, scheme=scheme)
     elif isinstance(payload, Hold):
         require_size("hold job_id", payload.job_id, JOB_ID_SIZE)
         require_count("hold amount", payload.amount, minimum=1)
@@ -225,10 +239,13 @@ def check_payload(payload: Payload, network: str, author: bytes) -> None:
     elif isinstance(payload, Grant):
         require_count("grant points", payload.points, minimum=1)
         verify_cosignature(
-            payload.voucher, grant_signing_bytes(network, author, payload.points), "grant voucher"
+            payload.voucher,
+            grant_signing_bytes(network, author, payload.points),
+            "grant voucher",
+            scheme=scheme,
         )
     elif isinstance(payload, Admit):
-        check_admit(payload, network)
+        check_admit(payload, network, scheme=scheme)
     elif isinstance(payload, Fraud):
         if payload.first == payload.second:
             raise InvalidEntryError("fraud proof carries the same entry twice")
@@ -251,7 +268,7 @@ def _check_credits(credits: tuple[Credit, ...], what: str) -> set[bytes]:
     return accounts
 
 
-def check_admit(admit: Admit, network: str) -> None:
+def check_admit(admit: Admit, network: str, *, scheme: SignatureScheme = ED25519) -> None:
     """Stateless ADMIT rules: sizes, distinct signers, every co-signature valid."""
     require_size("admitted coordinator", admit.coordinator, KEY_SIZE)
     require_count("admit epoch", admit.epoch, minimum=0)
@@ -268,7 +285,9 @@ def check_admit(admit: Admit, network: str) -> None:
                 f"admission of {admit.coordinator.hex()} is co-signed twice by {cosig.signer.hex()}"
             )
         signers.add(cosig.signer)
-        verify_cosignature(cosig, message, f"co-signature of the admission of {admit.coordinator.hex()}")
+        verify_cosignature(
+            cosig, message, f"co-signature of the admission of {admit.coordinator.hex()}", scheme=scheme
+        )
 
 
 def check_evidence(evidence: Evidence) -> None:
@@ -285,7 +304,7 @@ def check_evidence(evidence: Evidence) -> None:
         raise InvalidEntryError(f"evidence for job {evidence.job_id.hex()} names a worker twice")
 
 
-def check_receipt(receipt: Receipt, network: str) -> None:
+def check_receipt(receipt: Receipt, network: str, *, scheme: SignatureScheme = ED25519) -> None:
     """Stateless receipt rules (spec/ledger.md §5): sizes, positive distinct credits, one matching valid
     attestation per credited account and no other, distinct dissenters who are not credited."""
     require_size("receipt job_id", receipt.job_id, JOB_ID_SIZE)
@@ -316,7 +335,7 @@ def check_receipt(receipt: Receipt, network: str) -> None:
                 f"{att.job_id.hex()}, contract {att.contract_hash.hex()}, commitment "
                 f"{att.output_commitment.hex()}, {att.n_tokens} tokens"
             )
-        verify_attestation(att, network)
+        verify_attestation(att, network, scheme=scheme)
         attested.add(att.worker)
     # Sorted so the message (and so any log) is the same on every node.
     unattested = sorted(credited - attested)

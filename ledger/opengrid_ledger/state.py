@@ -39,6 +39,7 @@ from .payloads import (
     Settle,
     Transfer,
 )
+from .signatures import ED25519, SignatureScheme
 
 WaitKey = tuple[str, bytes | int]
 """What a blocked entry waits for: ("balance", account), ("hold", entry id), ("job", job id) or
@@ -99,13 +100,16 @@ class LedgerState:
         *,
         genesis: Genesis | None = None,
         max_parked_per_author: int = MAX_PARKED_PER_AUTHOR,
+        scheme: SignatureScheme = ED25519,
     ) -> None:
         """Start empty on ``network``. ``minters`` (plus ``genesis.coordinators``) are the coordinators
-        allowed to mint; ``genesis`` also sets the starting grant (none without it)."""
+        allowed to mint; ``genesis`` also sets the starting grant (none without it). ``scheme`` checks
+        every signature (real Ed25519; only a simulator passes another, see signatures.py)."""
         if genesis is not None and genesis.network != network:
             raise LedgerError(f"genesis is for network {genesis.network!r}, this ledger is {network!r}")
         self.network = network
         self.genesis = genesis
+        self.scheme = scheme
         self._grant_points = genesis.grant_points if genesis is not None else 0
         self._base_minters: set[bytes] = set(minters) | set(genesis.coordinators if genesis else ())
         self._max_parked = max_parked_per_author
@@ -183,7 +187,7 @@ class LedgerState:
                     f"entry is for network {body.network!r}, this ledger is {self.network!r}"
                 )
         else:
-            body = open_entry(entry, self.network)
+            body = open_entry(entry, self.network, scheme=self.scheme)
         if isinstance(body.payload, Fraud):
             first, second = decode_entry(body.payload.first), decode_entry(body.payload.second)
             forked = decode_body(first.body)
@@ -203,9 +207,9 @@ class LedgerState:
         if held is not None:
             if trusted and not self._rebuilding:
                 # A fork freezes an author: never on the word of unverified bytes (a corrupt store row).
-                open_entry(entry, self.network)
+                open_entry(entry, self.network, scheme=self.scheme)
                 try:
-                    open_entry(held, self.network)
+                    open_entry(held, self.network, scheme=self.scheme)
                 except InvalidEntryError as exc:
                     raise TrustedReplayError(
                         f"entry {held.id.hex()} applied without verification is invalid: {exc}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import msgspec
 from nacl.signing import SigningKey
-from opengrid_ledger import Entry, LedgerState, decode_entry, sign_attestation
+from opengrid_ledger import ED25519, Entry, LedgerState, SignatureScheme, decode_entry, sign_attestation
 
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
@@ -38,8 +38,12 @@ class WorkerLogic:
         offers: tuple[ModelOffer, ...],
         ledger: LedgerState,
         max_tokens_limit: int = 4096,
+        scheme: SignatureScheme = ED25519,
     ) -> None:
+        """``scheme`` signs attestations: real Ed25519 unless a simulator passes a cheaper one
+        (opengrid_ledger.signatures); ``ledger`` checks receipts with its own (give it the same)."""
         self.network = network
+        self._scheme = scheme
         self._key = signing_key
         self.public_key = bytes(signing_key.verify_key)
         self.offers = offers
@@ -84,6 +88,7 @@ class WorkerLogic:
             run.contract.digest(),
             commit_output(output.tokens, output.text, salt),
             len(output.tokens),
+            scheme=self._scheme,
         )
         if run.sealed_prompt:
             sealed = seal_output(
