@@ -21,12 +21,14 @@ from typing import Any
 import trio
 
 from opengrid import __version__
-from opengrid.errors import OpenGridError
+from opengrid.errors import ConfigError, OpenGridError
 from opengrid.node.api import DEFAULT_API_ADDRESS, ApiSettings, check_bind
 from opengrid.node.config import ADVERSARIES, DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
 from opengrid.settings import add_node_flags, flags_from_namespace, load_settings, resolve_config_file
 
 log = logging.getLogger("opengrid")
+DRAIN_S = 60.0
+"""On SIGTERM/Ctrl-C a node finishes the work it has for at most this long before it stops."""
 
 
 def _setup_logging(verbose: int) -> None:
@@ -139,6 +141,16 @@ def _build_parser() -> argparse.ArgumentParser:
     start.add_argument("--adversary", choices=ADVERSARIES, help=argparse.SUPPRESS)
     add_node_flags(start)
 
+    for action in ("pause", "resume"):
+        control = node_commands.add_parser(
+            action,
+            help=f"{action} a node running on this machine (signed with its identity key)",
+            description=f"{action.capitalize()} the node whose data dir is DIR. A paused node takes no new "
+            "work (a worker stops its heartbeats, so coordinators stop sending it jobs) and finishes what "
+            "it runs.",
+        )
+        control.add_argument("--data-dir", type=pathlib.Path, required=True, metavar="DIR")
+
     demo = commands.add_parser(
         "demo",
         help="run a whole network on 127.0.0.1 and submit verified jobs",
@@ -217,9 +229,26 @@ async def _run_node(
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
+                    log.info(
+                        "received %s: taking no new work, finishing what runs (up to %.0f s; "
+                        "signal again to stop at once)",
+                        signal.Signals(signum).name,
+                        DRAIN_S,
+                    )
+                    break
+                async with trio.open_nursery() as draining:
+
+                    async def stop_now() -> None:
+                        async for _ in signals:
+                            log.info("stopping now")
+                            draining.cancel_scope.cancel()
+                            return
+
+                    draining.start_soon(stop_now)
+                    with trio.move_on_after(DRAIN_S):
+                        await node.drain()
+                    draining.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
             started = await nursery.start(node.run)
@@ -236,6 +265,25 @@ async def _run_node(
                     "--data-dir DIR",
                     flush=True,
                 )
+
+
+def _cmd_node_control(args: argparse.Namespace) -> int:
+    from opengrid_sdk import Client
+
+    from opengrid.node.identity import IDENTITY_FILE
+    from opengrid.node.service import NODE_INFO_FILE
+
+    try:
+        info = json.loads((args.data_dir / NODE_INFO_FILE).read_text())
+        seed = (args.data_dir / IDENTITY_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"no running node found in {args.data_dir} ({exc}); start one with opengrid node start"
+        ) from exc
+    with Client(info["addrs"], network=info["network"]) as client:
+        status = client.control(info["addrs"][0], args.node_command, identity_seed=seed)
+    print(f"{status.role} {status.peer_id}: {'paused' if status.paused else 'running'}")
+    return 0
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
@@ -327,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(0 if getattr(args, "json", False) else args.verbose)
     try:
         if args.command == "node":
-            return _cmd_node_start(args)
+            return _cmd_node_start(args) if args.node_command == "start" else _cmd_node_control(args)
         if args.command == "demo":
             from opengrid.cli.demo import run_demo
 

@@ -159,6 +159,8 @@ class Node:
         self._engine_limiter = trio.CapacityLimiter(1)
         self._server: ManagedServer | None = None
         self.jobs_run = 0
+        self._running = 0
+        """Jobs this worker is generating right now."""
         self.paused = False
         self._last_control_ms = 0
         self.registered = trio.Event()
@@ -571,6 +573,16 @@ class Node:
         )
         request = GenerationRequest(prompt=prompt, max_tokens=run.max_tokens, add_bos=run.format == "text")
         engine = self._engine
+        self._running += 1
+        try:
+            return await self._run_and_attest(run, stream, engine, request, salt)
+        finally:
+            self._running -= 1
+
+    async def _run_and_attest(
+        self, run: RunJob, stream: FrameStream | None, engine: Engine, request: GenerationRequest, salt: bytes
+    ) -> Message:
+        assert self.worker is not None
         try:
             if stream is not None and isinstance(engine, StreamingEngine):
                 # Never stream a sealed job: the previews would show the coordinator the plaintext.
@@ -844,6 +856,14 @@ class Node:
             log.info("registered with coordinator %s", _short(peer))
             self.registered.set()
         return reply.heartbeat_s
+
+    async def drain(self) -> None:
+        """Take no new work and return once the work in hand is done (a worker's running jobs, a
+        coordinator's open jobs). Callers bound it with a timeout; the node keeps serving meanwhile."""
+        self.paused = True
+        while self._running or self._jobs:
+            await trio.sleep(0.05)
+        log.info("no work left in hand")
 
     # ── status ───────────────────────────────────────────────────────────────────────────────────────
     def points(self) -> int:

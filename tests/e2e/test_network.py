@@ -317,3 +317,39 @@ def test_a_client_that_gives_up_cancels_the_job_and_stops_the_workers(tmp_path: 
             assert patient.status().ledger_entries == entries_before  # nothing was credited
     finally:
         net.stop()
+
+
+def test_sigterm_lets_a_worker_finish_its_job_then_stop(tmp_path: pathlib.Path) -> None:
+    """A volunteer stopping their node mid-job does not waste the job: it finishes, is paid, then exits."""
+    net = DemoNetwork(tmp_path, model="smollm2-135m-instruct", network=NETWORK)
+    try:
+        coordinator = net.start("coordinator", "coordinator", extra_args=["--plain-verification"])
+        net.wait_ready(coordinator)
+        workers = [net.start(f"worker-{i}", "worker", bootstrap=coordinator.addrs[0]) for i in (1, 2)]
+        for worker in workers:
+            net.wait_ready(worker)
+        stopped: list[DemoNode] = []
+
+        def stop_first_runner() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not stopped:
+                for worker in workers:
+                    if "running job" in worker.log_path.read_text(errors="replace"):
+                        worker.process.send_signal(signal.SIGTERM)
+                        stopped.append(worker)
+                        return
+                time.sleep(0.01)
+
+        with Client([coordinator.addrs[0]], network=NETWORK, timeout=120) as client:
+            wait_for_workers(client, 2, timeout=60)
+            watcher = threading.Thread(target=stop_first_runner, daemon=True)
+            watcher.start()
+            done = client.complete("Tell a story.", max_tokens=150, replicas=2, sealed=False)
+            watcher.join()
+        assert stopped, "no worker started the job"
+        assert stopped[0].peer_id in done.workers  # it finished the job and was credited
+        assert stopped[0].process.wait(timeout=30) == 0
+        log = stopped[0].log_path.read_text(errors="replace")
+        assert "taking no new work" in log and "stopped cleanly" in log
+    finally:
+        net.stop()

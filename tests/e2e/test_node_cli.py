@@ -105,3 +105,39 @@ def test_demo_json_reports_jobs_and_every_nodes_points() -> None:
     assert cheater["points"] == 0
     total = sum(node["points"] for node in report["nodes"])
     assert total == sum(points for job in report["jobs"] for points in job["credits"].values()) == 3 * 2 * 8
+
+
+def test_node_pause_and_resume_from_the_shell(tmp_path: pathlib.Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "opengrid",
+        "node",
+        "start",
+        "--role",
+        "coordinator",
+        "--data-dir",
+        str(tmp_path),
+    ]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
+        for action, state in (("pause", "paused"), ("resume", "running")):
+            result = subprocess.run(
+                [sys.executable, "-m", "opengrid", "node", action, "--data-dir", str(tmp_path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip().endswith(state)
+        missing = subprocess.run(
+            [sys.executable, "-m", "opengrid", "node", "pause", "--data-dir", str(tmp_path / "nothing")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert missing.returncode == 1 and "no running node" in missing.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
