@@ -3,8 +3,8 @@
 A *full* worker holds a real ``WorkerLogic`` and ``LedgerState``: it checks jobs with ``accept``, signs
 with ``attest``, sends its result through the real wire codec and applies pushed receipts with
 ``receive_entries`` (every signature verified). A *light* worker skips the ledger and the codec but
-still signs a real attestation, because the real coordinator verifies it (there is no seam in core to
-stub signatures; see simulations/README.md §Fidelity).
+still signs its attestation, because the real coordinator verifies it. Every signature goes through the
+run's ``SignatureScheme``: real Ed25519, or stubs with a sampled real check (simulations/signatures.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
-from opengrid_ledger import LedgerState
+from opengrid_ledger import ED25519, LedgerState, SignatureScheme
 
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.effects import Effect
@@ -35,14 +35,17 @@ def derive_key(seed: int, label: str) -> SigningKey:
     return SigningKey(hashlib.sha256(f"opengrid-sim key/{seed}/{label}".encode()).digest())
 
 
-def make_coordinator(seed: int, index: int, config: CoordinatorConfig) -> Coordinator:
+def make_coordinator(
+    seed: int, index: int, config: CoordinatorConfig, scheme: SignatureScheme = ED25519
+) -> Coordinator:
     """The real coordinator ``index`` of run ``seed``: fixed key, its own random stream, empty ledger."""
     return Coordinator(
         network=NETWORK_ID,
         signing_key=derive_key(seed, f"coordinator/{index}"),
-        ledger=LedgerState(NETWORK_ID),
+        ledger=LedgerState(NETWORK_ID, scheme=scheme),
         rng=stream(seed, f"coordinator/{index}"),
         config=config,
+        scheme=scheme,
     )
 
 

@@ -34,3 +34,5 @@ class JobRecord:
     """Credited workers that have not yet applied this job's receipt."""
     converged_ns: int = -1
     """When the last credited worker applied the receipt (-1: not yet)."""
+    model: str = ""
+    """The model the job asked for (the scenario's, or a workload trace's)."""

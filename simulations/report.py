@@ -36,6 +36,7 @@ JOB_COLUMNS = (
     "dissenters",
     "churn_lost",
     "convergence_s",
+    "model",
 )
 WORKER_COLUMNS = (
     "peer",
@@ -97,6 +98,7 @@ def job_rows(run: RunOutput) -> list[dict[str, Any]]:
                 "dissenters": " ".join(j.dissenters),
                 "churn_lost": j.churn_lost,
                 "convergence_s": _s(j.converged_ns - j.accept_ns) if j.converged_ns >= 0 else "",
+                "model": j.model,
             }
         )
     return rows

@@ -20,7 +20,7 @@ from opengrid.errors import ConfigError
 
 Fidelity = Literal["full", "hybrid"]
 BEHAVIOURS = ("honest", "lazy", "model_swap", "colluding", "withholding")
-ADVERSARY_KINDS = (*BEHAVIOURS[1:], "sybil_wave")
+ADVERSARY_KINDS = (*BEHAVIOURS[1:], "sybil_wave", "equivocating_coordinator")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class ChurnSpec:
     """Fraction of workers online at t=0 (the others join after an off period)."""
     detect_disconnect: bool = True
     """The transport reports a vanished worker at once (a reset stream) instead of a replica timeout."""
+    trace: str = ""
+    """CSV ``node,t_on,t_off`` (simulations/traces.py): replay these sessions instead of the renewal
+    process (``enabled``, ``on``, ``off`` and ``start_online`` are then ignored)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class WorkloadSpec:
     """0 = flat; 0.5 = the rate swings between 0.5x and 1.5x of ``rate_per_s`` over the period."""
     diurnal_period_s: float = 86400.0
     model: str = "sim-model"
+    trace: str = ""
+    """CSV ``t,model,max_tokens`` (simulations/traces.py): replay these jobs instead of the Poisson
+    process (``rate_per_s``, ``max_tokens`` and the diurnal keys are then ignored; ``replicas`` holds)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class AdversarySpec:
     """sybil_wave: how the new identities answer."""
     group: str = "cartel"
     """colluding: members of one group return the same wrong output."""
+    coordinator: int = 0
+    """equivocating_coordinator: which coordinator, from ``at_s`` on, signs a second, different entry
+    for each receipt's seq and pushes it to half the credited workers (needs ``ledger_sync_s`` > 0)."""
 
 
 @dataclass(frozen=True)
@@ -121,10 +130,17 @@ class Scenario:
     fidelity: Fidelity = "full"
     real_fraction: float = 0.05
     """hybrid: share of workers that run the real WorkerLogic and ledger; the rest are light agents."""
+    real_signatures: float = 1.0
+    """Share of signatures made and checked with real Ed25519; the rest are keyed-hash stubs, still
+    checked against the signed bytes (simulations/signatures.py). 1 = every signature real."""
     workers: int = 20
     coordinators: int = 1
     tick_s: float = 1.0
     """How often coordinators' ``on_timer`` runs (their next_deadline scan is O(workers), so we tick)."""
+    ledger_sync_s: float = 0.0
+    """Ledger sync, modelled as a relay: every ledger entry a worker is pushed reaches every other
+    coordinator this long after (plus network delay), where the real ``LedgerState`` applies it. 0: no
+    sync (each coordinator's ledger holds its own receipts only)."""
     coordinator: Mapping[str, Any] = field(default_factory=dict)
     workload: WorkloadSpec = WorkloadSpec()
     network: NetworkSpec = NetworkSpec()
@@ -211,6 +227,8 @@ def check(s: Scenario) -> None:
         problems.append("duration_s and tick_s must be > 0")
     if not 0.0 <= s.real_fraction <= 1.0:
         problems.append(f"real_fraction must be in [0, 1], got {s.real_fraction}")
+    if not 0.0 <= s.real_signatures <= 1.0:
+        problems.append(f"real_signatures must be in [0, 1], got {s.real_signatures}")
     if sum(h.share for h in s.hardware) <= 0:
         problems.append("[[hardware]] shares must add up to more than 0")
     if s.workload.rate_per_s <= 0 or s.workload.replicas < 1:
@@ -223,7 +241,18 @@ def check(s: Scenario) -> None:
             problems.append(f"adversary kind {a.kind!r} unknown; known: {', '.join(ADVERSARY_KINDS)}")
         if a.kind == "sybil_wave" and a.behaviour not in BEHAVIOURS:
             problems.append(f"sybil_wave behaviour {a.behaviour!r} unknown; known: {', '.join(BEHAVIOURS)}")
-    if sum(a.fraction for a in s.adversaries if a.kind != "sybil_wave") > 1.0:
+        if a.kind == "equivocating_coordinator" and not 0 <= a.coordinator < s.coordinators:
+            problems.append(
+                f"equivocating_coordinator: coordinator {a.coordinator} is not 0..{s.coordinators - 1}"
+            )
+        if a.kind == "equivocating_coordinator" and (s.ledger_sync_s <= 0 or s.coordinators < 2):
+            problems.append(
+                "equivocating_coordinator needs ledger_sync_s > 0 and 2+ coordinators: without sync no "
+                "honest node ever sees both entries of a fork"
+            )
+    if s.ledger_sync_s < 0:
+        problems.append(f"ledger_sync_s must be >= 0, got {s.ledger_sync_s}")
+    if sum(a.fraction for a in s.adversaries if a.kind in BEHAVIOURS) > 1.0:
         problems.append("adversary fractions add up to more than 1")
     if problems:
         raise ConfigError("bad scenario " + repr(s.name) + ": " + "; ".join(problems))
@@ -242,10 +271,19 @@ def load_raw(path: Path) -> dict[str, Any]:
 
 
 def load(path: Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
-    """Parse the scenario at ``path`` with ``overrides`` (see :func:`override`) applied first."""
+    """Parse the scenario at ``path`` with ``overrides`` (see :func:`override`) applied first.
+
+    Relative trace paths (``churn.trace``, ``workload.trace``) are resolved against ``path``'s folder.
+    """
     raw = load_raw(path)
     for key, value in (overrides or {}).items():
         raw = override(raw, key, value)
+    for table in ("churn", "workload"):
+        section = raw.get(table)
+        if isinstance(section, dict) and isinstance(section.get("trace"), str) and section["trace"]:
+            trace = Path(section["trace"])
+            if not trace.is_absolute() and (path.parent / trace).exists():
+                raw = override(raw, f"{table}.trace", str(path.parent / trace))
     return parse(raw)
 
 

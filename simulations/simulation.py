@@ -13,14 +13,27 @@ its answer), ``sybil`` (a wave of identities joins), ``partition`` (a partition 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
-from opengrid_ledger import LedgerState, decode_entry, sign_attestation
+from opengrid_ledger import (
+    ED25519,
+    Entry,
+    LedgerState,
+    Receipt,
+    SignatureScheme,
+    decode_body,
+    decode_entry,
+    encode_entry,
+    sign_attestation,
+    sign_entry,
+)
 
 from opengrid.core.effects import (
     AppendEntry,
@@ -53,7 +66,9 @@ from simulations.nodes import NETWORK_ID, SimCoordinator, SimWorker, derive_key,
 from simulations.outputs import honest_tokens
 from simulations.records import JobRecord
 from simulations.rng import stream
-from simulations.scenario import AdversarySpec, Scenario
+from simulations.scenario import BEHAVIOURS, AdversarySpec, Scenario
+from simulations.signatures import SampledScheme
+from simulations.traces import Arrival, Session, load_churn, load_workload
 from simulations.workload import max_tokens, next_arrival
 
 _CLIENT_PLACES = 32
@@ -99,9 +114,24 @@ class Simulation:
         self._answer_rng = stream(seed, "answers")
         self._failure_rng = stream(seed, "failures")
         self.network = Network(scenario.network, stream(seed, "network"))
-        self.contract = contract_for(scenario.workload.model)
-        self._digest = self.contract.digest()
-        self._offers = (ModelOffer(name=scenario.workload.model, contract=self.contract),)
+        self.scheme: SignatureScheme = ED25519
+        """Every signature of the run: real Ed25519, or stubs with a sampled real check."""
+        if scenario.real_signatures < 1.0:
+            self.scheme = SampledScheme(ED25519, scenario.real_signatures, stream(seed, "signatures"))
+        self._arrivals: list[Arrival] | None = None
+        """Workload trace replay: the jobs, by time (None: Poisson arrivals)."""
+        if scenario.workload.trace:
+            self._arrivals = load_workload(Path(scenario.workload.trace))
+        self._sessions: dict[int, list[Session]] | None = None
+        """Churn trace replay: worker index -> online sessions (None: the renewal process, if enabled)."""
+        if scenario.churn.trace:
+            self._sessions = load_churn(Path(scenario.churn.trace), scenario.workers)
+        models = [scenario.workload.model]
+        models += sorted({a.model for a in self._arrivals or ()} - {scenario.workload.model})
+        self._contracts = {model: contract_for(model) for model in models}
+        """Every model of the workload; every worker serves them all (one offer, one class, each)."""
+        self.contract = self._contracts[scenario.workload.model]
+        self._offers = tuple(ModelOffer(name=m, contract=c) for m, c in self._contracts.items())
         e = self.engine
         self._k_arrive = e.kind("arrive", self._on_arrive)
         self._k_coord = e.kind("coord", self._on_coord)
@@ -113,13 +143,31 @@ class Simulation:
         self._k_reply = e.kind("reply", self._on_reply)
         self._k_sybil = e.kind("sybil", self._on_sybil)
         self._k_partition = e.kind("partition", self._on_partition)
+        self._k_sync = e.kind("sync", self._on_sync)
         self.coordinators = [
             SimCoordinator(
-                i, make_coordinator(seed, i, self.config), self.network.place(build, server=True), trace=trace
+                i,
+                make_coordinator(seed, i, self.config, self.scheme),
+                self.network.place(build, server=True),
+                trace=trace,
             )
             for i in range(scenario.coordinators)
         ]
         self._client_places = [self.network.place(build) for _ in range(_CLIENT_PLACES)]
+        self._sync_ns = seconds_to_ns(scenario.ledger_sync_s)
+        if self._sync_ns:  # every coordinator's ledger accepts every coordinator's receipts (a genesis)
+            for c in self.coordinators:
+                for other in self.coordinators:
+                    c.core.ledger.add_minter(other.core.public_key)
+        self._equivocator: AdversarySpec | None = next(
+            (a for a in scenario.adversaries if a.kind == "equivocating_coordinator"), None
+        )
+        self._twins: dict[bytes, bytes] = {}
+        """Equivocation: encoded honest entry -> encoded entry of the second branch (same author, seq)."""
+        self._shadow_prev: bytes | None = None
+        """Id of the last entry of the equivocator's second branch (None: not forked yet)."""
+        self.frauds: list[tuple[int, int, bytes]] = []
+        """(time ns, coordinator, forked author): when each honest coordinator froze a forker."""
         self.workers: list[SimWorker] = []
         self._by_peer: dict[str, SimWorker] = {}
         self.jobs: list[JobRecord] = []
@@ -128,7 +176,7 @@ class Simulation:
         self._partitions: dict[int, set[int]] = {}
         self.counters: Counter[str] = Counter()
         for behaviour in self._initial_behaviours():
-            self._add_worker(behaviour, self._initial_start_ns())
+            self._add_worker(behaviour, None if self._sessions is not None else self._initial_start_ns())
         self._schedule_world()
 
     # ── building ─────────────────────────────────────────────────────────────────────────────────────
@@ -137,7 +185,7 @@ class Simulation:
         s = self.scenario
         chosen: list[Behaviour] = []
         for spec in s.adversaries:
-            if spec.kind != "sybil_wave":
+            if spec.kind in BEHAVIOURS:
                 chosen += [make_behaviour(spec.kind, spec.group)] * round(spec.fraction * s.workers)
         chosen = chosen[: s.workers]
         chosen += [Honest()] * (s.workers - len(chosen))
@@ -150,7 +198,9 @@ class Simulation:
             return seconds_to_ns(sample_duration(churn.off, self._churn_rng))
         return self._build_rng.randrange(_STAGGER_NS)
 
-    def _add_worker(self, behaviour: Behaviour, start_ns: int) -> SimWorker:
+    def _add_worker(self, behaviour: Behaviour, start_ns: int | None) -> SimWorker:
+        """Build worker number ``len(self.workers)``; it comes online at ``start_ns`` (None: the churn
+        trace says when)."""
         s = self.scenario
         index = len(self.workers)
         peer = f"w{index}"
@@ -160,7 +210,11 @@ class Simulation:
         logic = None
         if full:
             logic = WorkerLogic(
-                network=NETWORK_ID, signing_key=key, offers=self._offers, ledger=LedgerState(NETWORK_ID)
+                network=NETWORK_ID,
+                signing_key=key,
+                offers=self._offers,
+                ledger=LedgerState(NETWORK_ID, scheme=self.scheme),
+                scheme=self.scheme,
             )
             logic.trust_coordinator(self.coordinators[coordinator].core.public_key)
         hardware = self._build_rng.choices(s.hardware, weights=[h.share for h in s.hardware])[0]
@@ -174,16 +228,26 @@ class Simulation:
             hardware=hardware,
             behaviour=behaviour,
             logic=logic,
-            joined_ns=start_ns,
+            joined_ns=start_ns or 0,
         )
         self.workers.append(worker)
         self._by_peer[peer] = worker
-        self.engine.at(start_ns, self._k_churn, index, 1)
+        if start_ns is not None:
+            self.engine.at(start_ns, self._k_churn, index, 1)
         return worker
 
     def _schedule_world(self) -> None:
         e, s = self.engine, self.scenario
-        e.at(seconds_to_ns(next_arrival(s.workload, 0.0, self._work_rng)), self._k_arrive, 0)
+        if self._arrivals is None:
+            e.at(seconds_to_ns(next_arrival(s.workload, 0.0, self._work_rng)), self._k_arrive, 0)
+        elif self._arrivals:
+            e.at(seconds_to_ns(self._arrivals[0].t_s), self._k_arrive, 0)
+        for index, sessions in (self._sessions or {}).items():
+            self.workers[index].joined_ns = seconds_to_ns(sessions[0].on_s)
+            for session in sessions:  # in time order: an off and the next on at one instant run in order
+                e.at(seconds_to_ns(session.on_s), self._k_churn, index, 1)
+                if session.off_s != math.inf:
+                    e.at(seconds_to_ns(session.off_s), self._k_churn, index, 0)
         for c in self.coordinators:
             e.at(self._tick_ns, self._k_tick, c.index)
         for i, spec in enumerate(s.adversaries):
@@ -201,7 +265,14 @@ class Simulation:
         wall = time.perf_counter() - started
         points: Counter[str] = Counter()
         by_key = {w.public_key: w.peer for w in self.workers}
-        for c in self.coordinators:
+        views = [
+            c
+            for c in self.coordinators
+            if self._equivocator is None or c.index != self._equivocator.coordinator
+        ]
+        if self._sync_ns:  # every ledger holds every coordinator's receipts: one honest node's view
+            views = views[:1]
+        for c in views:
             for account, amount in c.core.ledger.balances().items():
                 points[by_key.get(account, account.hex())] += amount
         counters = Counter(self.counters)
@@ -209,6 +280,8 @@ class Simulation:
         for c in self.coordinators:
             for name, count in c.unknown_effects.items():
                 counters[f"unknown_effect:{name}"] += count
+        if isinstance(self.scheme, SampledScheme):
+            counters.update(self.scheme.counters())
         return RunOutput(
             scenario=self.scenario,
             seed=self.seed,
@@ -223,14 +296,18 @@ class Simulation:
 
     # ── clients ──────────────────────────────────────────────────────────────────────────────────────
     def _on_arrive(self, node: int, tag: int | str, data: Any) -> None:
+        """A client submits a job: the next of the Poisson process, or trace row ``node``."""
         s, now = self.scenario, self.engine.now_ns
         n = len(self.jobs)
         coordinator = self.coordinators[n % len(self.coordinators)]
-        tokens = max_tokens(s.workload, self._work_rng)
-        self.jobs.append(JobRecord(n, coordinator.index, now, tokens, s.workload.replicas))
+        if self._arrivals is None:
+            model, tokens = s.workload.model, max_tokens(s.workload, self._work_rng)
+        else:
+            model, tokens = self._arrivals[node].model, self._arrivals[node].max_tokens
+        self.jobs.append(JobRecord(n, coordinator.index, now, tokens, s.workload.replicas, model=model))
         request = SubmitJob(
             job_id=n.to_bytes(16, "big"),
-            model=s.workload.model,
+            model=model,
             prompt=f"simulated prompt {self.seed}/{n}",
             max_tokens=tokens,
             replicas=s.workload.replicas,
@@ -241,6 +318,10 @@ class Simulation:
             self._client_places[client], coordinator.place, 200 + len(request.prompt)
         )
         self.engine.after(delay, self._k_coord, coordinator.index, f"submit/{n}", (event, None))
+        if self._arrivals is not None:
+            if node + 1 < len(self._arrivals) and self._arrivals[node + 1].t_s < s.duration_s:
+                self.engine.at(seconds_to_ns(self._arrivals[node + 1].t_s), self._k_arrive, node + 1)
+            return
         next_s = next_arrival(s.workload, now / NS_PER_S, self._work_rng)
         if next_s < s.duration_s:
             self.engine.at(seconds_to_ns(next_s), self._k_arrive, 0)
@@ -283,7 +364,10 @@ class Simulation:
                 self._to_worker(coordinator, effect.peer, effect, 64)
             elif isinstance(effect, SendReceipt):
                 size = sum(len(e) for e in effect.notice.entries)
-                self._to_worker(coordinator, effect.peer, effect.notice, size)
+                notice = effect.notice
+                if self._twins and self._on_second_branch(effect.peer):
+                    notice = ReceiptNotice(entries=[self._twins.get(e, e) for e in notice.entries])
+                self._to_worker(coordinator, effect.peer, notice, size)
             elif isinstance(effect, FinishJob):
                 job = self._job(effect.job_id)
                 if job is None:
@@ -295,6 +379,8 @@ class Simulation:
                 self.engine.after(delay, self._k_reply, job.n)
             elif isinstance(effect, AppendEntry):
                 self.counters["ledger_entries"] += 1
+                if self._equivocates(coordinator):
+                    self._sign_twin(coordinator, effect.entry)
             elif isinstance(effect, Penalize):
                 self.counters["penalties"] += 1
             else:  # a new core effect this simulator does not model yet: count it, do not crash
@@ -318,7 +404,7 @@ class Simulation:
             return
         job.outcome = "accepted"
         job.correct = tuple(reply.tokens) == honest_tokens(
-            f"simulated prompt {self.seed}/{job.n}", self._digest, job.max_tokens
+            f"simulated prompt {self.seed}/{job.n}", self._contracts[job.model].digest(), job.max_tokens
         )
         job.credited = tuple(reply.workers)
         job.dissenters = tuple(reply.dissenters)
@@ -360,7 +446,7 @@ class Simulation:
             worker.session += 1
             self._register(worker)
             self.engine.after(self._heartbeat_ns, self._k_beat, node, worker.session)
-            if churn.enabled:
+            if churn.enabled and self._sessions is None:
                 self.engine.after(
                     seconds_to_ns(sample_duration(churn.on, self._churn_rng)), self._k_churn, node, 0
                 )
@@ -382,9 +468,10 @@ class Simulation:
                     self._transport_report(
                         worker, ReplicaFailed(run.job_id, worker.peer, "worker went offline"), 64
                     )
-            self.engine.after(
-                seconds_to_ns(sample_duration(churn.off, self._churn_rng)), self._k_churn, node, 1
-            )
+            if self._sessions is None:
+                self.engine.after(
+                    seconds_to_ns(sample_duration(churn.off, self._churn_rng)), self._k_churn, node, 1
+                )
 
     def _on_beat(self, node: int, tag: int | str, data: Any) -> None:
         worker = self.workers[node]
@@ -456,11 +543,12 @@ class Simulation:
 
     def _answer(self, worker: SimWorker, run: RunJob) -> None:
         """Produce this worker's output for ``run`` and send its signed result to the coordinator."""
-        honest = honest_tokens(run.prompt, self._digest, run.max_tokens)
+        digest = run.contract.digest()
+        honest = honest_tokens(run.prompt, digest, run.max_tokens)
         if isinstance(worker.behaviour, Honest):
             tokens: tuple[int, ...] | None = honest
         else:
-            tokens = worker.behaviour.answer(run.prompt, self._digest, run.max_tokens, self._answer_rng)
+            tokens = worker.behaviour.answer(run.prompt, digest, run.max_tokens, self._answer_rng)
         if tokens is None:
             self.counters["results_withheld"] += 1
             return
@@ -473,7 +561,13 @@ class Simulation:
             result = decoded
         else:
             attestation = sign_attestation(
-                worker.key, NETWORK_ID, run.job_id, self._digest, commit_output(tokens, ""), len(tokens)
+                worker.key,
+                NETWORK_ID,
+                run.job_id,
+                digest,
+                commit_output(tokens, ""),
+                len(tokens),
+                scheme=self.scheme,
             )
             result = ReplicaResult(
                 job_id=run.job_id,
@@ -487,13 +581,18 @@ class Simulation:
 
     def _apply_receipts(self, worker: SimWorker, notice: ReceiptNotice) -> None:
         """Store pushed receipts: the real ledger for full workers, bookkeeping only for light agents."""
+        if self._sync_ns and self.network.delivers(worker.index):
+            self._relay(worker, notice.entries)
         jobs: list[int] = []
         if worker.logic is not None:
-            try:
-                applied = worker.logic.receive_entries(notice.entries)
-            except InvalidEntryError:
-                self.counters["ledger_entries_refused"] += 1
-                return
+            applied: list[Entry] = []
+            for data in notice.entries:  # one at a time, as the node does: a bad one costs only itself
+                try:
+                    applied += worker.logic.receive_entries([data])
+                except InvalidEntryError:
+                    self.counters["ledger_entries_refused"] += 1
+                    if worker.logic.ledger.is_frozen(decode_body(decode_entry(data).body).author):
+                        self.counters["ledger_entries_refused_frozen_author"] += 1
             jobs = [n for e in applied if (n := self._job_of_entry_id.get(e.id)) is not None]
         else:
             jobs = [n for data in notice.entries if (n := self._job_of_entry_bytes.get(data)) is not None]
@@ -504,6 +603,78 @@ class Simulation:
                 job.awaiting.discard(worker.peer)
                 if not job.awaiting:
                     job.converged_ns = now
+
+    # ── ledger sync and equivocation ─────────────────────────────────────────────────────────────────
+    def _relay(self, worker: SimWorker, entries: list[bytes]) -> None:
+        """Ledger sync, modelled: what a worker was pushed reaches every other coordinator later."""
+        for c in self.coordinators:
+            if c.index != worker.coordinator:
+                delay = self._sync_ns + self.network.delay_ns(worker.place, c.place, sum(map(len, entries)))
+                self.engine.after(delay, self._k_sync, c.index, f"relay/{worker.peer}", entries)
+
+    def _on_sync(self, node: int, tag: int | str, entries: list[bytes]) -> None:
+        """Entries reach coordinator ``node``'s real ledger; a fork it sees for the first time is
+        published at once as a FRAUD entry (spec/ledger.md §6)."""
+        if self._equivocator is not None and node == self._equivocator.coordinator:
+            return  # the equivocator's software ignores what others say about it
+        coordinator = self.coordinators[node]
+        ledger = coordinator.core.ledger
+        frozen = set(ledger.frozen())
+        for data in entries:
+            try:
+                ledger.apply(decode_entry(data))
+            except InvalidEntryError:
+                self.counters["sync_entries_refused"] += 1
+        for author in sorted(set(ledger.frozen()) - frozen):
+            self._publish_fraud(coordinator, author)
+
+    def _publish_fraud(self, coordinator: SimCoordinator, author: bytes) -> None:
+        """Sign a FRAUD entry (under the node's reporting key) and push it to every worker and coordinator."""
+        ledger = coordinator.core.ledger
+        fraud = ledger.fraud_payload(author)
+        assert fraud is not None  # the author was just frozen: the ledger holds the evidence
+        reporter = derive_key(self.seed, f"fraud-reporter/{coordinator.index}")
+        entry = sign_entry(reporter, ledger.next_body(bytes(reporter.verify_key), fraud), scheme=self.scheme)
+        ledger.apply(entry)
+        self.frauds.append((self.engine.now_ns, coordinator.index, author))
+        self.counters["frauds_published"] += 1
+        data = encode_entry(entry)
+        notice = ReceiptNotice(entries=[data])
+        for worker in self.workers:
+            if worker.logic is not None:
+                self._to_worker(coordinator, worker.peer, notice, len(data))
+        for other in self.coordinators:
+            if other is not coordinator:
+                delay = self.network.delay_ns(coordinator.place, other.place, len(data))
+                self.engine.after(delay, self._k_sync, other.index, f"fraud/{coordinator.index}", [data])
+
+    def _equivocates(self, coordinator: SimCoordinator) -> bool:
+        spec = self._equivocator
+        return (
+            spec is not None
+            and coordinator.index == spec.coordinator
+            and self.engine.now_ns >= seconds_to_ns(spec.at_s)
+        )
+
+    def _sign_twin(self, coordinator: SimCoordinator, entry: Entry) -> None:
+        """The equivocator's second branch: the same receipt, stamped 1 ms later, with the same seq,
+        chained on the branch's own previous entry (each branch is consistent; only both together fork)."""
+        body = decode_body(entry.body)
+        payload = body.payload
+        assert isinstance(payload, Receipt)  # coordinators only append receipts
+        twin = msgspec.structs.replace(
+            body,
+            prev=body.prev if self._shadow_prev is None else self._shadow_prev,
+            payload=msgspec.structs.replace(payload, issued_at_ms=payload.issued_at_ms + 1),
+        )
+        key = derive_key(self.seed, f"coordinator/{coordinator.index}")
+        signed = sign_entry(key, twin, scheme=self.scheme)
+        self._shadow_prev = signed.id
+        self._twins[encode_entry(entry)] = encode_entry(signed)
+
+    def _on_second_branch(self, peer: str) -> bool:
+        """Which credited workers the equivocator shows its second branch: every other one."""
+        return self._by_peer[peer].index % 2 == 1
 
     # ── network events ───────────────────────────────────────────────────────────────────────────────
     def _on_sybil(self, node: int, tag: int | str, spec: AdversarySpec) -> None:
