@@ -1,0 +1,95 @@
+"""PeerDirectory is pure: time is an argument, so liveness is tested by stepping ``now``."""
+
+from __future__ import annotations
+
+import pytest
+from nacl.signing import SigningKey
+
+from opengrid.net.announce import Announcement, ModelAd
+from opengrid.net.directory import PeerDirectory
+from opengrid.net.keys import peer_id_of
+
+SHA = "ab" * 32
+
+
+def announcement(
+    seed: int, seq: int, *, roles: list[str], models: list[str] = (), beat_ms: int = 2000
+) -> Announcement:  # type: ignore[assignment]
+    key = SigningKey(bytes([seed]) * 32)
+    public = bytes(key.verify_key)
+    return Announcement(
+        network="testnet",
+        peer_id=peer_id_of(public),
+        public_key=public,
+        seq=seq,
+        timestamp_ms=seq,
+        roles=roles,
+        models=[ModelAd(name, SHA, bytes(32)) for name in models],
+        beat_ms=beat_ms,
+    )
+
+
+def test_offline_after_missed_beats_and_back_on_the_next_announcement() -> None:
+    directory = PeerDirectory(missed_beats=3)
+    worker = announcement(1, 1, roles=["worker"], models=["smollm2"])
+    assert directory.observe(worker, now=100.0) == "joined"
+    assert directory.is_online(worker.peer_id, 105.9)
+    assert directory.expire(105.9) == []
+    assert directory.expire(106.1) == [worker.peer_id]  # 3 beats of 2 s missed
+    assert directory.expire(107.0) == []  # reported once
+    assert not directory.is_online(worker.peer_id, 106.1)
+    assert directory.online(106.1) == []
+    assert worker.peer_id in directory  # still known, just offline
+    back = announcement(1, 2, roles=["worker"], models=["smollm2"])
+    assert directory.observe(back, now=120.0) == "returned"
+    assert directory.online(120.0, model="smollm2") == [back]
+
+
+def test_a_returned_peer_is_reported_even_without_an_expire_call() -> None:
+    directory = PeerDirectory(missed_beats=3)
+    directory.observe(announcement(1, 1, roles=["worker"]), now=0.0)
+    assert directory.observe(announcement(1, 2, roles=["worker"]), now=60.0) == "returned"
+    assert directory.observe(announcement(1, 3, roles=["worker"]), now=61.0) == "updated"
+
+
+def test_uses_each_peers_own_beat_period() -> None:
+    directory = PeerDirectory(missed_beats=3)
+    fast = announcement(1, 1, roles=["worker"], beat_ms=500)
+    slow = announcement(2, 1, roles=["worker"], beat_ms=10_000)
+    directory.observe(fast, 0.0)
+    directory.observe(slow, 0.0)
+    assert directory.expire(2.0) == [fast.peer_id]
+    assert [a.peer_id for a in directory.online(29.0)] == [slow.peer_id]
+
+
+def test_filters_by_role_and_model_name_or_sha256() -> None:
+    directory = PeerDirectory()
+    worker = announcement(1, 1, roles=["worker"], models=["smollm2"])
+    coordinator = announcement(2, 1, roles=["coordinator", "relay"])
+    for ann in (worker, coordinator):
+        directory.observe(ann, 0.0)
+    assert directory.online(1.0, role="coordinator") == [coordinator]
+    assert directory.online(1.0, role="relay") == [coordinator]
+    assert directory.online(1.0, model="smollm2") == [worker]
+    assert directory.online(1.0, model=SHA) == [worker]
+    assert directory.online(1.0, model="other") == []
+    assert directory.online(1.0, model="smollm2", role="coordinator") == []
+    assert len(directory.online(1.0)) == 2
+
+
+def test_stale_and_own_announcements_are_ignored() -> None:
+    mine = announcement(9, 5, roles=["worker"])
+    directory = PeerDirectory(self_peer=mine.peer_id)
+    assert directory.observe(mine, 0.0) is None
+    peer = announcement(1, 5, roles=["worker"])
+    directory.observe(peer, 0.0)
+    assert directory.observe(announcement(1, 4, roles=["edge"]), 1.0) is None
+    entry = directory.get(peer.peer_id)
+    assert entry is not None and entry.announcement.roles == ["worker"] and entry.last_seen == 0.0
+    directory.forget(peer.peer_id)
+    assert len(directory) == 0
+
+
+def test_missed_beats_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        PeerDirectory(missed_beats=0)
