@@ -281,12 +281,12 @@ def test_workers_driving_llama_cpp_servers_give_llama_cpps_answer(
     assert _model_servers() <= servers_before, "a model server outlived its node"
 
 
-def _processes() -> list[str]:
+def _model_servers() -> set[int]:
+    """PIDs of llama_cpp.server processes running on this machine."""
     import subprocess
 
-    return subprocess.run(
-        ["ps", "-eo", "args"], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+    lines = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[0]) for line in lines.splitlines()[1:] if "llama_cpp.server" in line}
 
 
 def test_a_client_that_gives_up_cancels_the_job_and_stops_the_workers(tmp_path: pathlib.Path) -> None:
