@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -35,7 +37,12 @@ from opengrid_ledger import (
 
 from opengrid.errors import InvalidEntryError
 
-FUZZ = settings(max_examples=200, derandomize=True, database=None, deadline=None)
+FUZZ = settings(
+    max_examples=int(os.environ.get("OPENGRID_FUZZ_EXAMPLES", "200")),
+    derandomize=True,
+    database=None,
+    deadline=None,
+)
 
 
 def first_entry() -> Entry:

@@ -1,0 +1,647 @@
+"""Generate the golden test vectors in spec/vectors/ (spec/vectors/README.md) from fixed keys and seeds.
+
+    .venv/bin/python scripts/gen_vectors.py           # (re)write spec/vectors/*.json
+    .venv/bin/python scripts/gen_vectors.py --check   # exit 1 if the committed files differ
+
+Everything is deterministic: Ed25519 signatures are deterministic, keys come from fixed 32-byte seeds,
+and the sealed-mode boxes use explicit fixed nonces (real clients draw them at random). Bytes are
+lower-case hex in every file. tests/spec/ consumes the vectors without this script, and also checks
+that this script reproduces the committed files exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import sys
+import typing
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VECTOR_DIR = ROOT / "spec" / "vectors"
+sys.path[:0] = [str(ROOT), str(ROOT / "ledger"), str(ROOT / "sdk")]
+
+import msgspec  # noqa: E402
+import nacl.signing  # noqa: E402
+from nacl.public import Box, PrivateKey, PublicKey  # noqa: E402
+from opengrid_ledger import (  # noqa: E402
+    Admit,
+    Credit,
+    Entry,
+    EntryBody,
+    Evidence,
+    Genesis,
+    Grant,
+    Hold,
+    LedgerState,
+    Payload,
+    Receipt,
+    Refund,
+    Settle,
+    Transfer,
+    attestation_signing_bytes,
+    encode_entry,
+    encode_genesis,
+    make_fraud,
+    sign_admit,
+    sign_attestation,
+    sign_entry,
+    sign_grant_voucher,
+)
+from opengrid_ledger.entries import ENTRY_DOMAIN  # noqa: E402
+
+from opengrid.errors import InvalidEntryError  # noqa: E402
+from opengrid.wire.codec import encode_frame, encode_message  # noqa: E402
+from opengrid.wire.commitment import commit_output  # noqa: E402
+from opengrid.wire.contract import DecodingContract  # noqa: E402
+from opengrid.wire.control import control_signing_bytes  # noqa: E402
+from opengrid.wire.messages import (  # noqa: E402
+    ControlRequest,
+    ErrorReply,
+    History,
+    HistoryRequest,
+    JobAccepted,
+    JobId,
+    JobProgress,
+    Message,
+    ModelOffer,
+    NodeStatus,
+    Quote,
+    QuotedWorker,
+    QuoteRequest,
+    ReceiptNotice,
+    Registered,
+    RegisterWorker,
+    ReplicaProgress,
+    ReplicaResult,
+    RunJob,
+    Sealed,
+    StatusRequest,
+    SubmitJob,
+    WorkerSummary,
+)
+from opengrid.wire.sealed import SEALED_TAG, SealedOutput, SealedPrompt, box_public_key  # noqa: E402
+
+NETWORK = "opengrid-vectors"
+ISSUED_AT_MS = 1_700_000_000_000
+
+# ── keys: SigningKey(bytes([n]) * 32), so anyone can rebuild them ─────────────────────────────────────
+SEEDS = {"C1": 1, "C2": 2, "C3": 3, "W1": 11, "W2": 12, "U1": 21, "X": 31, "N": 41, "F": 51, "NODE": 61}
+KEYS = {name: nacl.signing.SigningKey(bytes([n]) * 32) for name, n in SEEDS.items()}
+PUB = {name: bytes(key.verify_key) for name, key in KEYS.items()}
+EPHEMERAL_SEED = bytes([71]) * 32
+"""The client's X25519 ephemeral key of the sealed-mode vector (nacl PrivateKey from these bytes)."""
+
+
+def job(n: int) -> JobId:
+    return JobId(n.to_bytes(16, "big"))
+
+
+CONTRACT = DecodingContract(model_sha256="ab" * 32, backend_version="0.3.36")
+TOKENS = [504, 3575, 282, 4649, 30]
+TEXT = " Paris. It is"
+COMMITMENT = commit_output(TOKENS, TEXT)
+
+
+def hexify(value: Any) -> Any:
+    """JSON-ready copy of ``value`` with every bytes object as lower-case hex."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): hexify(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [hexify(v) for v in value]
+    return value
+
+
+def structure(obj: Any) -> Any:
+    """A Struct as plain JSON data (tags included, bytes as hex)."""
+    return hexify(msgspec.to_builtins(obj, builtin_types=(bytes,)))
+
+
+def dump(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def keys_section(*names: str) -> dict[str, Any]:
+    return {name: {"seed": bytes([SEEDS[name]]).hex() * 32, "public_key": PUB[name].hex()} for name in names}
+
+
+# ── (d) attestation ───────────────────────────────────────────────────────────────────────────────────
+
+
+def attestation_vectors() -> dict[str, Any]:
+    worker = KEYS["W1"]
+    att = sign_attestation(worker, NETWORK, job(1), CONTRACT.digest(), COMMITMENT, len(TOKENS))
+    return {
+        "description": "A worker attestation (spec/ledger.md §5.1): the signed msgpack array, the Ed25519 "
+        "signature, and the Attestation struct as carried in ReplicaResult.attestation and receipts.",
+        "keys": keys_section("W1"),
+        "network": NETWORK,
+        "worker": "W1",
+        "fields": {
+            "job_id": job(1).hex(),
+            "contract_hash": CONTRACT.digest().hex(),
+            "output_commitment": COMMITMENT.hex(),
+            "n_tokens": len(TOKENS),
+        },
+        "signing_bytes": attestation_signing_bytes(
+            NETWORK, PUB["W1"], job(1), CONTRACT.digest(), COMMITMENT, len(TOKENS)
+        ).hex(),
+        "signature": att.signature.hex(),
+        "encoded": msgspec.msgpack.encode(att).hex(),
+        "value": structure(att),
+        "refused_on_network": "othernet",
+    }
+
+
+# ── (b) contracts, (c) commitments ────────────────────────────────────────────────────────────────────
+
+
+def contract_vectors() -> dict[str, Any]:
+    contracts = [
+        CONTRACT,
+        DecodingContract(model_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        DecodingContract(
+            model_sha256="00" * 32,
+            backend_version="0.3.36",
+            temperature=0.5,
+            top_k=40,
+            repeat_penalty=1.1,
+            seed=2**32 - 1,
+            n_batch=2,
+            flash_attn=True,
+            kv_cache_type="f32",
+        ),
+    ]
+    return {
+        "description": "DecodingContract canonical msgpack (all ten fields, floats as float64) and its "
+        "digest = sha256(encoding), the numerical class id (spec/verification.md §2).",
+        "contracts": [
+            {
+                "value": structure(c),
+                "encoded": msgspec.msgpack.encode(c).hex(),
+                "digest": c.digest().hex(),
+            }
+            for c in contracts
+        ],
+    }
+
+
+def commitment_vectors() -> dict[str, Any]:
+    salt = bytes(range(16))
+    cases = [
+        ([], "", b""),
+        ([1, 2, 3], "abc", b""),
+        (TOKENS, TEXT, b""),
+        ([0, 2**32 - 1], "Héllo ✓ 🚀", b""),
+        ([], "", salt),
+        (TOKENS, TEXT, salt),
+    ]
+    return {
+        "description": "Output commitments (spec/verification.md §3): sha256('opengrid/output/1' 0x00 || "
+        "salt || u32be(len(tokens)) || u32be(token)* || utf8(text)); salt empty (open mode) or 16 bytes "
+        "(sealed mode).",
+        "commitments": [
+            {
+                "tokens": tokens,
+                "text": text,
+                "salt": salt.hex(),
+                "mode": "sealed" if salt else "open",
+                "commitment": commit_output(tokens, text, salt).hex(),
+            }
+            for tokens, text, salt in cases
+        ],
+    }
+
+
+# ── (g) control ───────────────────────────────────────────────────────────────────────────────────────
+
+
+def control_vectors() -> tuple[dict[str, Any], ControlRequest]:
+    from opengrid.net.keys import peer_id_of
+
+    peer_id = peer_id_of(PUB["NODE"])
+    signed = control_signing_bytes(NETWORK, peer_id, "pause", ISSUED_AT_MS)
+    request = ControlRequest(
+        action="pause", issued_at_ms=ISSUED_AT_MS, signature=KEYS["NODE"].sign(signed).signature
+    )
+    doc = {
+        "description": "An owner's ControlRequest (spec/job-protocol.md §5.11): Ed25519 by the node's own "
+        "identity key over msgpack(['opengrid/control/1', network, peer_id, action, issued_at_ms]).",
+        "keys": keys_section("NODE"),
+        "network": NETWORK,
+        "peer_id": peer_id,
+        "action": "pause",
+        "issued_at_ms": ISSUED_AT_MS,
+        "signing_bytes": signed.hex(),
+        "signature": request.signature.hex(),
+        "frame": encode_frame(request).hex(),
+    }
+    return doc, request
+
+
+# ── (h) sealed mode ───────────────────────────────────────────────────────────────────────────────────
+
+
+def sealed_vectors() -> tuple[dict[str, Any], SubmitJob, RunJob, ReplicaResult]:
+    ephemeral = PrivateKey(EPHEMERAL_SEED)
+    worker = KEYS["W1"]
+    salt = bytes(range(100, 116))
+    prompt = "The capital of France is"
+    prompt_nonce, output_nonce = bytes(range(24)), bytes(range(24, 48))
+    prompt_plain = msgspec.msgpack.encode(SealedPrompt(SEALED_TAG, job(9), prompt, salt))
+    prompt_box = Box(ephemeral, PublicKey(box_public_key(PUB["W1"])))
+    sealed_prompt = bytes(prompt_box.encrypt(prompt_plain, prompt_nonce))
+    output_plain = msgspec.msgpack.encode(SealedOutput(SEALED_TAG, job(9), TOKENS, TEXT, "length"))
+    output_box = Box(worker.to_curve25519_private_key(), ephemeral.public_key)
+    sealed_output = bytes(output_box.encrypt(output_plain, output_nonce))
+    salted = commit_output(TOKENS, TEXT, salt)
+    att = sign_attestation(worker, NETWORK, job(9), CONTRACT.digest(), salted, len(TOKENS))
+    submit = SubmitJob(
+        job_id=job(9),
+        model="smollm2-135m-instruct",
+        prompt="",
+        max_tokens=5,
+        replicas=1,
+        sealed=[Sealed(peer_id="W1", ciphertext=sealed_prompt)],
+        client_box_key=bytes(ephemeral.public_key),
+    )
+    run = RunJob(
+        job_id=job(9),
+        contract=CONTRACT,
+        prompt="",
+        max_tokens=5,
+        sealed_prompt=sealed_prompt,
+        client_box_key=bytes(ephemeral.public_key),
+    )
+    result = ReplicaResult(
+        job_id=job(9),
+        tokens=[],
+        text="",
+        finish_reason="",
+        attestation=msgspec.msgpack.encode(att),
+        sealed_output=sealed_output,
+    )
+    doc = {
+        "description": "A sealed-mode round trip (opengrid/wire/sealed.py) with fixed keys and nonces: the "
+        "client seals a SealedPrompt to worker W1's X25519 key (derived from its Ed25519 key) with its "
+        "ephemeral key; W1 seals a SealedOutput back; W1 attests to the salted commitment. A NaCl Box "
+        "ciphertext is the 24-byte nonce followed by the XSalsa20-Poly1305 box.",
+        "keys": keys_section("W1"),
+        "network": NETWORK,
+        "worker": "W1",
+        "worker_box_public_key": box_public_key(PUB["W1"]).hex(),
+        "client_ephemeral_private_key": EPHEMERAL_SEED.hex(),
+        "client_box_key": bytes(ephemeral.public_key).hex(),
+        "job_id": job(9).hex(),
+        "prompt": {
+            "value": structure(SealedPrompt(SEALED_TAG, job(9), prompt, salt)),
+            "plaintext": prompt_plain.hex(),
+            "nonce": prompt_nonce.hex(),
+            "ciphertext": sealed_prompt.hex(),
+        },
+        "output": {
+            "value": structure(SealedOutput(SEALED_TAG, job(9), TOKENS, TEXT, "length")),
+            "plaintext": output_plain.hex(),
+            "nonce": output_nonce.hex(),
+            "ciphertext": sealed_output.hex(),
+        },
+        "salt": salt.hex(),
+        "salted_commitment": salted.hex(),
+        "attestation": msgspec.msgpack.encode(att).hex(),
+    }
+    return doc, submit, run, result
+
+
+# ── (e) ledger entries with expected validation results, (f) a small ledger ──────────────────────────
+
+
+class _Chain:
+    def __init__(self, name: str, network: str = NETWORK) -> None:
+        self.name, self.key, self.network = name, KEYS[name], network
+        self.seq, self.prev = 0, b""
+
+    def body(self, payload: Payload, *, seq: int | None = None, prev: bytes | None = None) -> EntryBody:
+        seq = self.seq + 1 if seq is None else seq
+        prev = self.prev if prev is None else prev
+        return EntryBody(self.network, PUB[self.name], seq, prev, payload)
+
+    def sign(self, payload: Payload, **overrides: Any) -> Entry:
+        """Sign without advancing the chain (for forged or refused entries)."""
+        body = self.body(payload, **overrides)
+        encoded = msgspec.msgpack.encode(body)
+        return Entry(encoded, self.key.sign(ENTRY_DOMAIN + encoded).signature)
+
+    def append(self, payload: Payload) -> Entry:
+        entry = sign_entry(self.key, self.body(payload))
+        self.seq, self.prev = self.seq + 1, entry.id
+        return entry
+
+
+def _receipt(job_id: bytes, credits: list[tuple[str, int]], *, network: str = NETWORK) -> Receipt:
+    atts = tuple(
+        sign_attestation(KEYS[w], network, job_id, CONTRACT.digest(), COMMITMENT, len(TOKENS))
+        for w, _ in credits
+    )
+    return Receipt(
+        job_id=job_id,
+        contract_hash=CONTRACT.digest(),
+        output_commitment=COMMITMENT,
+        n_tokens=len(TOKENS),
+        credits=tuple(Credit(PUB[w], p) for w, p in credits),
+        attestations=atts,
+        issued_at_ms=ISSUED_AT_MS,
+    )
+
+
+GENESIS = Genesis(NETWORK, (PUB["C1"], PUB["C2"], PUB["C3"]), grant_points=100)
+
+
+def ledger_steps() -> list[tuple[str, Entry, str]]:
+    """(what it shows, entry, intended outcome: 'applied', 'waiting' or an error substring), in order."""
+    c1, c2, c3 = _Chain("C1"), _Chain("C2"), _Chain("C3")
+    w1, w2, u1, x, n, f = (_Chain(name) for name in ("W1", "W2", "U1", "X", "N", "F"))
+    steps: list[tuple[str, Entry, str]] = []
+
+    def step(what: str, entry: Entry, outcome: str = "applied") -> Entry:
+        steps.append((what, entry, outcome))
+        return entry
+
+    voucher_u1 = sign_grant_voucher(KEYS["C1"], NETWORK, PUB["U1"], 100)
+    step("grant: U1 claims the starting grant with C1's voucher", u1.append(Grant(100, voucher_u1)))
+    step("receipt: C1 credits W1 and W2 for job 1", c1.append(_receipt(job(1), [("W1", 10), ("W2", 10)])))
+    evidence = Evidence(job(1), valid=(PUB["W1"], PUB["W2"]))
+    step("evidence: C1 records W1 and W2 valid for job 1", c1.append(evidence))
+    hold2 = step("hold: U1 reserves 30 for job 2, closed by C1", u1.append(Hold(job(2), 30, PUB["C1"])))
+    step("receipt: C1 credits W1 for job 2", c1.append(_receipt(job(2), [("W1", 12)])))
+    settle = Settle(hold2.id, (Credit(PUB["W1"], 12),))
+    step("settle: C1 pays W1 12 out of U1's hold; 18 go back", c1.append(settle))
+    hold3 = step("hold: U1 reserves 20 for job 3", u1.append(Hold(job(3), 20, PUB["C1"])))
+    step("refund: C1 returns U1's hold for job 3", c1.append(Refund(hold3.id)))
+    step("transfer: W1 gives U1 5", w1.append(Transfer(PUB["U1"], 5)))
+    cosigs = tuple(sign_admit(KEYS[k], NETWORK, 0, PUB["N"]) for k in ("C1", "C2"))
+    step(
+        "admit: N becomes a coordinator at epoch 0, co-signed by C1, C2", n.append(Admit(PUB["N"], 0, cosigs))
+    )
+    step("receipt: the admitted N credits W2 for job 4", n.append(_receipt(job(4), [("W2", 7)])))
+    voucher_f = sign_grant_voucher(KEYS["C2"], NETWORK, PUB["F"], 100)
+    f_grant = step("grant: F claims the starting grant with C2's voucher", f.append(Grant(100, voucher_f)))
+    good = w2.sign(Transfer(PUB["U1"], 1))
+    forged = Entry(good.body, bytes([good.signature[0] ^ 1]) + good.signature[1:])
+    step("forged: bad signature (first signature byte flipped)", forged, "bad signature")
+    other = _Chain("W2", "othernet").sign(Transfer(PUB["U1"], 1))
+    step("forged: wrong network", other, "entry is for network")
+    unchained = c1.sign(Evidence(job(2), valid=(PUB["W1"],)), prev=bytes(32))
+    step("forged: broken chain (seq 6 whose prev is not C1's seq 5)", unchained, "broken chain")
+    outsider = x.sign(_receipt(job(5), [("W1", 3)]))
+    step("forged: receipt by X, who is not a minter", outsider, "not a minter")
+    again = c2.sign(_receipt(job(1), [("W1", 10)]))
+    step("forged: duplicate receipt (C2 credits job 1 again)", again, "already credited")
+    hold6 = step("hold: U1 reserves 10 for job 6, closed by C1", u1.append(Hold(job(6), 10, PUB["C1"])))
+    theft = c2.sign(Settle(hold6.id, (Credit(PUB["W1"], 10),)))
+    step("forged: C2 settles a hold that names C1 (no spend without the hold)", theft, "only it may close it")
+    phantom = c3.append(Settle(hashlib.sha256(b"no such hold").digest(), (Credit(PUB["W1"], 1),)))
+    step("waiting: C3 settles a hold that does not exist (never applies)", phantom, "waiting")
+    spend = step("transfer: F gives U1 10", f.append(Transfer(PUB["U1"], 10)))
+    fork = f.sign(Transfer(PUB["W1"], 10), seq=2, prev=f_grant.id)
+    step("fork: F signs another seq 2; F is cut at seq 2 and its transfer to U1 undone", fork, "fork:")
+    step("fraud: W2 publishes the proof of F's fork", w2.append(make_fraud(spend, fork)))
+    overdraft = u1.append(Transfer(PUB["W2"], 1000))
+    step("waiting: U1 transfers more than it has (waits for credits)", overdraft, "waiting")
+    return steps
+
+
+def _summary(ledger: LedgerState) -> dict[str, Any]:
+    accounts = sorted({*ledger.balances(), *(PUB[n] for n in SEEDS)})
+    return {
+        "balances": {a.hex(): ledger.balance(a) for a in accounts if ledger.balance(a)},
+        "held": {a.hex(): ledger.held(a) for a in accounts if ledger.held(a)},
+        "jobs_done": {a.hex(): ledger.jobs_done(a) for a in accounts if ledger.jobs_done(a)},
+        "reputation": {a.hex(): list(ledger.reputation(a)) for a in accounts if any(ledger.reputation(a))},
+        "minted": ledger.minted(),
+        "minters": sorted(m.hex() for m in ledger.minters()),
+        "frozen": {a.hex(): cut for a, cut in sorted(ledger.frozen().items())},
+        "applied": len(ledger),
+        "waiting": sorted(e.id.hex() for e in ledger.pending()),
+    }
+
+
+def ledger_vectors() -> tuple[dict[str, Any], dict[str, Any], list[Entry]]:
+    ledger = LedgerState.from_genesis(GENESIS)
+    cases = []
+    kept: list[Entry] = []
+    for what, entry, intended in ledger_steps():
+        try:
+            applied = ledger.apply(entry)
+        except InvalidEntryError as exc:
+            outcome: dict[str, Any] = {"result": "refused", "error": intended}
+            if intended not in str(exc):
+                raise AssertionError(f"{what}: expected {intended!r}, got {exc}") from exc
+            if intended == "fork:":
+                kept.append(entry)  # a fork's second branch belongs to the set: it is evidence
+        else:
+            actual = "applied" if applied else "waiting"
+            if actual != intended:
+                raise AssertionError(f"{what}: expected {intended}, got {actual}")
+            outcome = {"result": actual, "applied": [e.id.hex() for e in applied]}
+            kept.append(entry)
+        body = msgspec.msgpack.decode(entry.body)
+        cases.append(
+            {
+                "what": what,
+                "kind": body["payload"]["type"],
+                "author": next(n for n, p in PUB.items() if p == body["author"]),
+                "seq": body["seq"],
+                "entry": encode_entry(entry).hex(),
+                "id": entry.id.hex(),
+                "body": hexify(body),
+                "expected": outcome,
+            }
+        )
+    summary = _summary(ledger)
+    kinds = {str(k.__struct_config__.tag) for k in typing.get_args(Payload)}
+    assert {c["kind"] for c in cases if c["expected"]["result"] == "applied"} == kinds, (
+        "every payload kind needs a valid vector"
+    )
+    header = {
+        "network": NETWORK,
+        "genesis": json.loads(encode_genesis(GENESIS)),
+        "genesis_msgpack": msgspec.msgpack.encode(GENESIS).hex(),
+        "keys": keys_section("C1", "C2", "C3", "W1", "W2", "U1", "X", "N", "F"),
+    }
+    entries_doc = {
+        "description": "Ledger entries of every payload kind, applied IN ORDER to one fresh "
+        "LedgerState.from_genesis(genesis), with the outcome of each apply: 'applied' (with the ids newly "
+        "applied), 'waiting' (valid, parked or blocked on a dependency) or 'refused' with a substring of "
+        "the InvalidEntryError message. `final` is the state after the last step (spec/ledger.md §3-6).",
+        **header,
+        "steps": cases,
+        "final": summary,
+    }
+    small = LedgerState.from_genesis(GENESIS)
+    for entry in kept:
+        try:
+            small.apply(entry)
+        except InvalidEntryError:
+            pass  # the fork's second branch: refused, but it cuts the forker
+    assert _summary(small) == summary, "the set of kept entries must fold to the same state"
+    small_doc = {
+        "description": "A small ledger as a SET of entries (the applied, waiting and fork-evidence entries "
+        "of ledger-entries.json). Applying them in ANY order, re-offering refused ones until nothing "
+        "changes, MUST give `final` (spec/ledger.md §6.2: merge is set union).",
+        **header,
+        "entries": [encode_entry(e).hex() for e in kept],
+        "final": summary,
+    }
+    return entries_doc, small_doc, kept
+
+
+# ── (a) one frame per job-protocol message ────────────────────────────────────────────────────────────
+
+
+def messages(
+    receipt_entries: list[Entry], control: ControlRequest, sealed: tuple[SubmitJob, RunJob, ReplicaResult]
+) -> list[tuple[str, Message]]:
+    offer = ModelOffer(
+        name="smollm2-135m-instruct",
+        contract=CONTRACT,
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+    )
+    att = sign_attestation(KEYS["W1"], NETWORK, job(1), CONTRACT.digest(), COMMITMENT, len(TOKENS))
+    receipt = next(
+        e for e in receipt_entries if msgspec.msgpack.decode(e.body)["payload"]["type"] == "receipt"
+    )
+    submit_sealed, run_sealed, result_sealed = sealed
+    return [
+        ("a worker registers with one model", RegisterWorker(
+            network=NETWORK, public_key=PUB["W1"], listen_addrs=["/ip4/127.0.0.1/tcp/4001"], models=[offer],
+            slots=2, software="opengrid/0.1.0")),
+        ("registered", Registered(coordinator_key=PUB["C1"], heartbeat_s=5.0)),
+        ("an open job, defaults left as they are", SubmitJob(
+            job_id=job(1), model="smollm2-135m-instruct", prompt="The capital of France is", max_tokens=5)),
+        ("an open streaming chat job", SubmitJob(
+            job_id=job(2), model="smollm2-135m-instruct", prompt="Héllo ✓ 🚀", max_tokens=64, replicas=3,
+            format="chat", stream=True)),
+        ("a sealed job (see sealed.json)", submit_sealed),
+        ("run a replica", RunJob(
+            job_id=job(1), contract=CONTRACT, prompt="The capital of France is", max_tokens=5)),
+        ("run a sealed replica (see sealed.json)", run_sealed),
+        ("progress", ReplicaProgress(job_id=job(1), text=" Paris")),
+        ("job progress", JobProgress(job_id=job(1), text=" Paris")),
+        ("a replica's result with its attestation (see attestation.json)", ReplicaResult(
+            job_id=job(1), tokens=TOKENS, text=TEXT, finish_reason="length",
+            attestation=msgspec.msgpack.encode(att))),
+        ("a sealed replica's result (see sealed.json)", result_sealed),
+        ("accepted, with the receipt entry", JobAccepted(
+            job_id=job(1), text=TEXT, tokens=TOKENS, finish_reason="length", receipt=encode_entry(receipt),
+            workers=["W1", "W2"], dissenters=["W3"], failed=[])),
+        ("receipt notice", ReceiptNotice(entries=[encode_entry(e) for e in receipt_entries[:3]])),
+        ("status request", StatusRequest()),
+        ("a coordinator's status", NodeStatus(
+            peer_id="12D3KooWExample", public_key=PUB["C1"], role="coordinator",
+            addrs=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWExample"], points=0, jobs_done=0,
+            workers=[WorkerSummary(peer_id="W1", public_key=PUB["W1"], models=["smollm2-135m-instruct"],
+                                   online=True)],
+            balances={PUB["W1"].hex(): 22}, ledger_entries=5)),
+        ("history request", HistoryRequest(account=PUB["W1"], limit=10)),
+        ("history", History(entries=[encode_entry(receipt)])),
+        ("control (see control.json)", control),
+        ("quote request", QuoteRequest(model="smollm2-135m-instruct", replicas=1, exposure=2)),
+        ("quote", Quote(model="smollm2-135m-instruct", workers=[
+            QuotedWorker(peer_id="W1", public_key=PUB["W1"], box_key=box_public_key(PUB["W1"]))])),
+        ("error", ErrorReply(code="no_capacity", message="only 1 worker serves it; lower replicas",
+                             job_id=job(1))),
+    ]  # fmt: skip
+
+
+def _bad_body(value: dict[str, Any]) -> str:
+    return msgspec.msgpack.encode(value).hex()
+
+
+def frame_of(body_hex: str) -> str:
+    return (len(body_hex) // 2).to_bytes(4, "big").hex() + body_hex
+
+
+def job_protocol_vectors(items: list[tuple[str, Message]]) -> dict[str, Any]:
+    frames = [
+        {
+            "what": what,
+            "type": type(message).__struct_config__.tag,
+            "name": type(message).__name__,
+            "value": structure(message),
+            "body": encode_message(message).hex(),
+            "frame": encode_frame(message).hex(),
+        }
+        for what, message in items
+    ]
+    submit = {"type": "submit", "job_id": job(1), "model": "m", "prompt": "p", "max_tokens": 1}
+    invalid = [
+        ("empty frame (length 0)", "00000000", "MalformedMessageError"),
+        ("length over 4 MiB", (4 * 1024 * 1024 + 1).to_bytes(4, "big").hex(), "FrameTooLargeError"),
+        ("not msgpack", frame_of("c1"), "MalformedMessageError"),
+        ("unknown tag", frame_of(_bad_body({"type": "gossip"})), "MalformedMessageError"),
+        ("unknown field", frame_of(_bad_body({**submit, "priority": 1})), "MalformedMessageError"),
+        ("job_id of 15 bytes", frame_of(_bad_body({**submit, "job_id": bytes(15)})), "MalformedMessageError"),
+        ("max_tokens 0", frame_of(_bad_body({**submit, "max_tokens": 0})), "MalformedMessageError"),
+        ("replicas 9", frame_of(_bad_body({**submit, "replicas": 9})), "MalformedMessageError"),
+        ("missing required field", frame_of(_bad_body({"type": "progress", "job_id": job(1)})),
+         "MalformedMessageError"),
+    ]  # fmt: skip
+    return {
+        "description": "One or more frames per job-protocol message (spec/job-protocol.md §3-5): `value` is "
+        "the message as JSON data (bytes as hex; see spec/schemas/job-protocol.json for which fields are "
+        "bytes), `body` its canonical msgpack, `frame` = u32be(len(body)) || body. `invalid` frames MUST "
+        "be refused with the named error (both are RemoteProtocolErrors).",
+        "frames": frames,
+        "invalid": [{"what": w, "frame": f, "error": e} for w, f, e in invalid],
+    }
+
+
+def build_vectors() -> dict[str, str]:
+    """File name -> exact file text, for every vector file."""
+    entries_doc, small_doc, kept = ledger_vectors()
+    control_doc, control = control_vectors()
+    sealed_doc, *sealed_messages = sealed_vectors()
+    submit_sealed, run_sealed, result_sealed = sealed_messages
+    docs = {
+        "job-protocol.json": job_protocol_vectors(
+            messages(kept, control, (submit_sealed, run_sealed, result_sealed))  # type: ignore[arg-type]
+        ),
+        "contract.json": contract_vectors(),
+        "commitments.json": commitment_vectors(),
+        "attestation.json": attestation_vectors(),
+        "control.json": control_doc,
+        "ledger-entries.json": entries_doc,
+        "ledger-small.json": small_doc,
+        "sealed.json": sealed_doc,
+    }
+    return {name: dump(doc) for name, doc in docs.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with spec/vectors, write nothing")
+    args = parser.parse_args()
+    stale = []
+    for name, text in build_vectors().items():
+        path = VECTOR_DIR / name
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print(f"stale vectors: {', '.join(stale)}; run python scripts/gen_vectors.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The committed schemas and vectors are what the code generates (CI fails on drift), and the schemas
+describe the bytes on the wire (field names, required fields, field order)."""
+
+from __future__ import annotations
+
+import pathlib
+import typing
+
+import msgspec
+import pytest
+from spec_vectors import SCHEMAS, VECTORS, load, schema, script
+
+from opengrid.wire.messages import Message
+
+MESSAGE_TYPES: tuple[type, ...] = typing.get_args(Message)
+
+
+def _drift(generated: dict[str, str], directory: pathlib.Path, command: str) -> None:
+    committed = {p.name for p in directory.glob("*.json")}
+    assert committed == set(generated), (
+        f"{directory} holds {sorted(committed)} but the generator makes {sorted(generated)}; run {command}"
+    )
+    stale = [
+        name for name, text in generated.items() if (directory / name).read_text(encoding="utf-8") != text
+    ]
+    assert not stale, f"{', '.join(stale)} differ from what the code generates; run {command}"
+
+
+def test_committed_schemas_match_the_code() -> None:
+    _drift(script("gen_schemas").build_schemas(), SCHEMAS, "python scripts/gen_schemas.py")
+
+
+def test_committed_vectors_match_the_generator() -> None:
+    _drift(script("gen_vectors").build_vectors(), VECTORS, "python scripts/gen_vectors.py")
+
+
+def test_every_message_type_has_a_schema() -> None:
+    doc = schema("job-protocol.json")
+    mapping = doc["discriminator"]["mapping"]
+    for kind in MESSAGE_TYPES:
+        tag = kind.__struct_config__.tag
+        assert mapping[tag] == f"#/$defs/{kind.__name__}", f"{kind.__name__} ({tag}) is not in the schema"
+        assert kind.__name__ in doc["$defs"]
+    assert len(mapping) == len(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("frame", load("job-protocol.json")["frames"], ids=lambda f: f["what"])
+def test_message_bodies_follow_the_schema(frame: dict[str, typing.Any]) -> None:
+    definition = schema("job-protocol.json")["$defs"][frame["name"]]
+    raw = msgspec.msgpack.decode(bytes.fromhex(frame["body"]))
+    # Job-protocol messages encode every field, in declaration order, tag first (spec/job-protocol.md §4).
+    assert list(raw) == definition["x-opengrid-field-order"]
+    assert set(raw) == set(definition["properties"])
+    assert set(definition["required"]) <= set(raw)
+    assert definition["x-opengrid-omit-defaults"] is False
+
+
+@pytest.mark.parametrize("step", load("ledger-entries.json")["steps"], ids=lambda s: s["what"])
+def test_entry_bodies_follow_the_schema(step: dict[str, typing.Any]) -> None:
+    defs = schema("ledger-entry.json")["$defs"]
+    entry = msgspec.msgpack.decode(bytes.fromhex(step["entry"]))
+    assert list(entry) == defs["Entry"]["x-opengrid-field-order"]
+    body = msgspec.msgpack.decode(entry["body"])
+    order = defs["EntryBody"]["x-opengrid-field-order"]
+    assert list(body) == [k for k in order if k in body] and set(defs["EntryBody"]["required"]) <= set(body)
+    payload = body["payload"]
+    kind = next(
+        d for d in defs.values() if d.get("properties", {}).get("type") == {"enum": [payload["type"]]}
+    )
+    # Ledger payloads omit fields equal to their default (spec/ledger.md §2), but never reorder them.
+    assert kind["x-opengrid-omit-defaults"] is True
+    assert list(payload) == [k for k in kind["x-opengrid-field-order"] if k in payload]
+    assert set(kind["required"]) <= set(payload)
