@@ -31,9 +31,14 @@ from opengrid_ledger import (
     ED25519,
     Attestation,
     Credit,
+    Hold,
     LedgerState,
+    Payload,
     Receipt,
+    Refund,
+    Settle,
     SignatureScheme,
+    decode_entry,
     encode_entry,
     open_entry,
     sign_entry,
@@ -79,6 +84,7 @@ from opengrid.wire.messages import (
     RunJob,
     Sealed,
     SubmitJob,
+    job_cost,
 )
 
 _MAX_PUSH = 1024  # entries per ReceiptNotice (its wire limit)
@@ -162,6 +168,9 @@ class _Job:
     failovers: int = 0
     sealed: dict[str, bytes] = field(default_factory=dict)
     """Sealed mode: peer -> the prompt encrypted to it; only these peers may run the job."""
+    hold: bytes = b""
+    """Paid jobs: the EntryId of the client's HOLD, settled on acceptance and refunded on failure."""
+    hold_amount: int = 0
 
     def tried(self) -> set[str]:
         return set(self.pending) | set(self.results) | set(self.failed) | set(self.invalid)
@@ -460,6 +469,15 @@ class Coordinator:
                     ),
                 )
             ]
+        # Take the payment last: every check above can refuse the job without touching the ledger.
+        hold_effects: list[Effect] = []
+        hold_id, hold_amount = b"", 0
+        if request.hold:
+            held = self._take_hold(request)
+            if isinstance(held, str):
+                return [FinishJob(job_id, ErrorReply("malformed", held, job_id))]
+            hold_id, hold_effects = held
+            hold_amount = self.ledger.hold(hold_id).amount  # type: ignore[union-attr]  # just applied
         job = _Job(
             request=request,
             client=event.client,
@@ -470,9 +488,11 @@ class Coordinator:
             target=request.replicas,
             replicas=request.replicas,
             sealed=sealed,
+            hold=hold_id,
+            hold_amount=hold_amount,
         )
         self._jobs[job_id] = job
-        return self._refill(job, now) + self._maybe_canary(now)
+        return hold_effects + self._refill(job, now) + self._maybe_canary(now)
 
     def _refill(self, job: _Job, now: float) -> list[Effect]:
         """Dispatch replicas until results + pending reach the job's target, or fail if none are left."""
@@ -677,6 +697,11 @@ class Coordinator:
         encoded = encode_entry(entry)
         self._own_entries.append(encoded)
         effects: list[Effect] = [AppendEntry(entry)]
+        if job.hold:  # the client pays the agreeing workers out of its hold; the rest returns to it
+            payouts = _payouts(receipt.credits, job.hold_amount)
+            effects += self._author(
+                Settle(hold=job.hold, payouts=payouts) if payouts else Refund(hold=job.hold)
+            )
         effects += [CancelReplica(peer=peer, job_id=job_id) for peer in sorted(job.pending)]
         effects += [Penalize(peer=p, why="output disagreed with the majority") for p in agreement.dissenters]
         effects += [SendReceipt(peer=p, notice=self._notice_for(p)) for p in agreement.peers]
@@ -829,6 +854,39 @@ class Coordinator:
         # retry. The work done so far is not credited: no receipt, no points.
         return self._fail(event.job_id, "malformed", "job cancelled by its client; nothing was credited")
 
+    def _take_hold(self, request: SubmitJob) -> tuple[bytes, list[Effect]] | str:
+        """Apply the client's HOLD for a paid job; return its id and the effect that stores it, or why not."""
+        try:
+            entry = decode_entry(request.hold)
+            body = open_entry(entry, self.network, scheme=self._scheme)
+        except InvalidEntryError as exc:
+            return f"the job's hold is not a valid ledger entry: {exc}"
+        hold = body.payload
+        cost = job_cost(request.max_tokens, request.replicas)
+        if not isinstance(hold, Hold) or hold.job_id != request.job_id or hold.coordinator != self.public_key:
+            return "the job's hold must be a HOLD for this job, naming this coordinator"
+        if hold.amount < cost:
+            return (
+                f"the job's hold reserves {hold.amount} points; it costs up to {cost} (max_tokens x replicas)"
+            )
+        try:
+            applied = self.ledger.apply(entry)
+        except InvalidEntryError as exc:
+            return f"the ledger refused the job's hold: {exc}"
+        if self.ledger.hold(entry.id) is None:
+            return (
+                f"the hold waits: its author's balance ({self.ledger.balance(body.author)} points) is below "
+                f"{hold.amount}, or its earlier entries have not reached this coordinator"
+            )
+        return bytes(entry.id), [AppendEntry(e) for e in applied]
+
+    def _author(self, payload: Payload) -> list[Effect]:
+        """Sign ``payload`` as our next ledger entry, apply it, and have it stored and pushed."""
+        entry = sign_entry(self._key, self.ledger.next_body(self.public_key, payload), scheme=self._scheme)
+        self.ledger.apply(entry)
+        self._own_entries.append(encode_entry(entry))
+        return [AppendEntry(entry)]
+
     def _notice_for(self, peer: str) -> ReceiptNotice:
         """Our entries ``peer`` has not been sent yet, newest last, capped at the message limit."""
         start = self._pushed.get(peer, 0)
@@ -842,6 +900,8 @@ class Coordinator:
         effects: list[Effect] = []
         if job is not None:
             effects += [CancelReplica(peer=peer, job_id=job_id) for peer in sorted(job.pending)]
+            if job.hold:  # a paid job that failed costs its client nothing
+                effects += self._author(Refund(hold=job.hold))
         effects.append(FinishJob(job_id, ErrorReply(code, message, job_id)))
         return effects
 
@@ -862,3 +922,12 @@ def _sealed_problem(request: SubmitJob, sealed: dict[str, bytes]) -> str:
     if len(sealed) < request.replicas:
         return f"the prompt is sealed to {len(sealed)} worker(s), fewer than {request.replicas} replicas"
     return ""
+
+
+def _payouts(credits: tuple[Credit, ...], amount: int) -> tuple[Credit, ...]:
+    """What a paid job's client pays each agreeing worker: what the receipt credits them, capped so the
+    total fits the hold (extra replicas after a disagreement can credit more workers than were paid for)."""
+    share = amount // max(1, len(credits))
+    return tuple(
+        Credit(account=c.account, points=min(c.points, share)) for c in credits if min(c.points, share) > 0
+    )

@@ -897,13 +897,16 @@ class Node:
         )
 
     def history(self, account: bytes, limit: int) -> History:
-        """The newest ``limit`` receipts that credit or outvote ``account``, oldest first."""
+        """The newest ``limit`` entries that concern ``account`` — receipts that credit or outvote it, and
+        entries it authored (its HOLDs: a paying client learns its chain head from them) — oldest first."""
         assert self.ledger is not None
         found = []
         for entry in reversed(self.ledger.entries()):
-            payload = open_entry(entry, self.config.network).payload
-            if isinstance(payload, Receipt) and (
-                account in payload.dissenters or any(c.account == account for c in payload.credits)
+            body = open_entry(entry, self.config.network)
+            payload = body.payload
+            if body.author == account or (
+                isinstance(payload, Receipt)
+                and (account in payload.dissenters or any(c.account == account for c in payload.credits))
             ):
                 found.append(encode_entry(entry))
                 if len(found) == limit:

@@ -38,6 +38,12 @@ PromptFormat = Literal["text", "chat"]
 """``text``: a raw prompt, tokenized with the model's BOS; ``chat``: a prompt rendered from the model's chat
 template, which carries its own special tokens (tokenized without adding BOS, as llama.cpp does)."""
 
+
+def job_cost(max_tokens: int, replicas: int) -> int:
+    """Points a paid job must hold: the most its workers can be paid (one point per token per replica)."""
+    return max_tokens * replicas
+
+
 ErrorCode = Literal[
     "malformed",  # the request did not decode or broke a limit
     "unknown_model",  # no worker on this coordinator serves the model
@@ -114,6 +120,9 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     only these workers may run the job."""
     client_box_key: Annotated[bytes, msgspec.Meta(max_length=KEY_BYTES)] = b""
     """Sealed mode: the client's ephemeral X25519 key for this job."""
+    hold: Annotated[bytes, msgspec.Meta(max_length=64 * 1024)] = b""
+    """Paid jobs: an encoded ledger HOLD entry, signed by the client, reserving at least
+    ``job_cost(max_tokens, replicas)`` points for this job with this coordinator (spec/ledger.md)."""
 
 
 class RunJob(_Message, tag="run", frozen=True):

@@ -6,6 +6,7 @@ and speaks the job protocol to a coordinator reached from the bootstrap addresse
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import secrets
 import threading
@@ -14,12 +15,15 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+import msgspec
 import trio
 from nacl.signing import SigningKey
+from opengrid_ledger import EntryBody, Hold, decode_entry, encode_entry, open_entry, sign_entry
 
 from opengrid.errors import (
     ConfigError,
     EngineError,
+    InvalidEntryError,
     JobError,
     NoCapacityError,
     OpenGridError,
@@ -46,6 +50,7 @@ from opengrid.wire.messages import (
     QuoteRequest,
     StatusRequest,
     SubmitJob,
+    job_cost,
 )
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
 from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
@@ -106,12 +111,21 @@ class Client:
     """
 
     def __init__(
-        self, bootstrap: Sequence[str], *, network: str = DEFAULT_NETWORK, timeout: float = 300.0
+        self,
+        bootstrap: Sequence[str],
+        *,
+        network: str = DEFAULT_NETWORK,
+        timeout: float = 300.0,
+        identity_seed: bytes | None = None,
     ) -> None:
         if not bootstrap:
             raise ConfigError("Client needs at least one bootstrap multiaddr (a coordinator's address)")
         self.bootstrap = list(bootstrap)
         self.network = network
+        self._payer = SigningKey(identity_seed) if identity_seed is not None else None
+        """With an identity (e.g. a volunteer's own node key), jobs are paid from its points: each puts
+        ``job_cost`` on hold, settled to the agreeing workers (the rest returns) or refunded on failure."""
+        self._paying = threading.Lock()  # one paid job at a time: each HOLD is the next link of our chain
         self.timeout = timeout
         self._host: Host | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -239,8 +253,28 @@ class Client:
         The receipt is verified before this returns (signature, commitment, attestations); a mismatch
         raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
         """
+        if self._payer is not None:
+            with self._paying:
+                return self._complete(prompt, model, max_tokens, replicas, sealed, exposure, trusted)
+        return self._complete(prompt, model, max_tokens, replicas, sealed, exposure, trusted)
+
+    @property
+    def account(self) -> bytes | None:
+        """The 32-byte account that pays for jobs (None: jobs are unpaid)."""
+        return bytes(self._payer.verify_key) if self._payer is not None else None
+
+    def _complete(
+        self,
+        prompt: str,
+        model: str,
+        max_tokens: int,
+        replicas: int,
+        sealed: bool,
+        exposure: int | None,
+        trusted: Sequence[str],
+    ) -> Completion:
         if not sealed:
-            request = _job(prompt, model, max_tokens, replicas, stream=False)
+            request = self._paid(_job(prompt, model, max_tokens, replicas, stream=False))
             peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
             return self._completion(request, peer, reply)
         cap = min(max(exposure or replicas + 2, replicas), MAX_EXPOSURE)
@@ -252,10 +286,49 @@ class Client:
             raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
         peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
         job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
+        job = dataclasses.replace(job, request=self._paid(job.request))
         peer, reply = self._call(lambda: self._request(self.bootstrap[0], job.request))
         if peer != coordinator:
             raise RemoteProtocolError("the bootstrap address answered as another peer mid-job")
         return self._sealed_completion(job, peer, reply)
+
+    def _paid(self, request: SubmitJob) -> SubmitJob:
+        """Attach a signed HOLD of the job's cost, as the next entry of our ledger chain."""
+        if self._payer is None:
+            return request
+        coordinator = public_key_of(self.bootstrap[0].rsplit("/p2p/", 1)[-1])
+        head = self._chain_head()
+        body = EntryBody(
+            network=self.network,
+            author=bytes(self._payer.verify_key),
+            seq=head[0] + 1 if head else 1,
+            prev=head[1] if head else b"",
+            payload=Hold(
+                job_id=request.job_id,
+                amount=job_cost(request.max_tokens, request.replicas),
+                coordinator=coordinator,
+            ),
+        )
+        return msgspec.structs.replace(request, hold=encode_entry(sign_entry(self._payer, body)))
+
+    def _chain_head(self) -> tuple[int, bytes] | None:
+        """Our latest ledger entry, as the coordinator holds it (seq, id); None before our first."""
+        assert self._payer is not None
+        me = bytes(self._payer.verify_key)
+        request = HistoryRequest(account=me, limit=1024)
+        _, reply = self._call(lambda: self._request(self.bootstrap[0], request))
+        if not isinstance(reply, History):
+            raise RemoteProtocolError(f"expected History, got {type(reply).__name__}")
+        head: tuple[int, bytes] | None = None
+        for data in reply.entries:
+            try:
+                entry = decode_entry(data)
+                body = open_entry(entry, self.network)
+            except InvalidEntryError:
+                continue
+            if body.author == me and (head is None or body.seq > head[0]):
+                head = (body.seq, bytes(entry.id))
+        return head
 
     def _sealed_completion(self, job: SealedJob, peer: str, reply: Message) -> Completion:
         if isinstance(reply, ErrorReply):

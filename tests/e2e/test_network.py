@@ -354,3 +354,30 @@ def test_sigterm_lets_a_worker_finish_its_job_then_stop(tmp_path: pathlib.Path) 
         assert "taking no new work" in log and "stopped cleanly" in log
     finally:
         net.stop()
+
+
+def test_a_volunteer_spends_its_points_on_a_sealed_job(mixed_network: tuple[DemoNetwork, Client]) -> None:
+    """A worker's own identity pays: HOLD at submission, SETTLE to the agreeing workers on acceptance."""
+    net, client = mixed_network
+    payer = _by_name(net, "worker-1")
+    payer_key = public_key_of(payer.peer_id)
+    cost = 8 * 2  # job_cost(max_tokens=8, replicas=2)
+    for i in range(20):  # earn enough first (bounded)
+        if client.status().balances.get(payer_key.hex(), 0) >= cost:
+            break
+        client.complete(f"Earning {i}", model="tiny", max_tokens=8, replicas=4, sealed=False)
+    seed = (payer.data_dir / "identity.key").read_bytes()
+    with Client([_by_name(net, "coordinator").addrs[0]], network=NETWORK, identity_seed=seed) as paying:
+        before = paying.status().balances
+        done = paying.complete("Paid for", model="tiny", max_tokens=8, replicas=2)
+        after = paying.status().balances
+    assert done.sealed and paying.account == payer_key
+    n = len(done.tokens)
+    expected = {
+        key.hex(): before.get(key.hex(), 0) + points + n for key, points in done.receipt.credits.items()
+    }
+    expected[payer_key.hex()] = expected.get(payer_key.hex(), before.get(payer_key.hex(), 0)) - n * len(
+        done.receipt.credits
+    )
+    for account, balance in expected.items():
+        assert after.get(account, 0) == balance, account
