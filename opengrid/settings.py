@@ -25,6 +25,7 @@ from typing import Any
 
 import platformdirs
 
+from opengrid.core.availability import parse_windows
 from opengrid.errors import ConfigError
 from opengrid.node.config import ADVERSARIES, ENGINES, HTTP_BACKENDS, ROLES, NodeConfig
 
@@ -122,6 +123,15 @@ def _name(value: Any, from_text: bool) -> str:
     return text
 
 
+def _work_hours(value: Any, from_text: bool) -> str:
+    text = _text(value).strip()
+    try:
+        parse_windows(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
 def _model(value: Any, from_text: bool) -> str:
     text = _text(value).strip()
     if not text:
@@ -185,6 +195,8 @@ KEYS: dict[str, _Key] = {
     "engine": _Key(_choice(ENGINES)),
     "http_url": _Key(_url, optional=True),
     "http_backend": _Key(_choice(HTTP_BACKENDS)),
+    "work_hours": _Key(_work_hours),
+    "max_load": _Key(_positive_float, optional=True),
 }
 """Every configurable NodeConfig field (all but ``extra``) and how its values are checked."""
 
@@ -295,6 +307,8 @@ FLAG_DESTS: dict[str, str] = {
     "engine": "engine",
     "http_url": "http_url",
     "http_backend": "http_backend",
+    "work_hours": "work_hours",
+    "max_load": "max_load",
 }
 """argparse ``dest`` of each ``node start`` flag -> config key."""
 
@@ -337,3 +351,14 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--http-url", metavar="URL", help="attach to this OpenAI-compatible server (engine http)"
     )
     parser.add_argument("--http-backend", choices=HTTP_BACKENDS, help="which server --http-url is / to start")
+    parser.add_argument(
+        "--work-hours",
+        metavar="HH:MM-HH:MM",
+        help="take jobs only in these daily hours, e.g. 22:00-07:00 (comma-separated; default: always)",
+    )
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        metavar="LOAD",
+        help="take jobs only while other programs load the machine at most this much per core (e.g. 0.5)",
+    )

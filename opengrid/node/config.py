@@ -7,6 +7,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
 
+from opengrid.core.availability import parse_windows
 from opengrid.errors import ConfigError
 
 Role = Literal["worker", "coordinator", "edge", "auto"]
@@ -55,6 +56,10 @@ class NodeConfig:
     http_backend: HttpBackendName = "auto"
     """Which server ``http_url`` is, or which one to start: ``auto`` = vLLM when importable, else
     llama_cpp.server (for an attached server ``auto`` means llama_cpp.server)."""
+    work_hours: str = ""
+    """Daily hours a worker takes jobs, e.g. ``22:00-07:00`` (several comma-separated); empty: always."""
+    max_load: float | None = None
+    """A worker takes jobs only while other programs load the machine at most this much per core."""
 
     def validated(self) -> NodeConfig:
         """Return a copy with ``auto`` resolved; raise ConfigError naming the bad value and the choices."""
@@ -74,6 +79,9 @@ class NodeConfig:
             raise ConfigError(f"max_tokens_per_job must be >= 1, got {self.max_tokens_per_job}")
         if self.max_context < 16:
             raise ConfigError(f"max_context must be >= 16 tokens, got {self.max_context}")
+        parse_windows(self.work_hours)  # raises ConfigError naming the bad part
+        if self.max_load is not None and self.max_load < 0:
+            raise ConfigError(f"max_load must be >= 0 (load per core), got {self.max_load}")
         if self.gpu_layers < -1:
             raise ConfigError(
                 f"gpu_layers must be -1 (all), 0 (CPU only) or a layer count, got {self.gpu_layers}"

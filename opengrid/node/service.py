@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import pathlib
 import random
 import secrets
@@ -27,6 +28,7 @@ from nacl.signing import SigningKey
 from opengrid_ledger import LedgerState, Receipt, decode_entry, encode_entry, open_entry
 
 import opengrid
+from opengrid.core.availability import Decision, Policy, decide, parse_windows
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.effects import (
     AppendEntry,
@@ -106,6 +108,7 @@ from opengrid.wire.sealed import box_public_key, seal_output
 
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
+_AVAILABILITY_PERIOD_S = 5.0
 _PROGRESS_BUFFER = 256  # preview frames buffered per job before the oldest news is dropped
 
 
@@ -161,7 +164,9 @@ class Node:
         self.jobs_run = 0
         self._running = 0
         """Jobs this worker is generating right now."""
-        self.paused = False
+        self._owner_paused = False
+        self._availability = Decision(True, "available")
+        """The working-hours / idle policy's latest decision (workers with such a policy)."""
         self._last_control_ms = 0
         self.registered = trio.Event()
         """Workers: set once the coordinator accepted our first registration."""
@@ -195,6 +200,9 @@ class Node:
                         nursery.start_soon(self._timer_loop)
                     if self.worker is not None:
                         nursery.start_soon(self._register_loop)
+                        policy = Policy(windows=parse_windows(config.work_hours), max_load=config.max_load)
+                        if policy != Policy():
+                            nursery.start_soon(self._availability_loop, policy)
                     if self._api is not None:
                         self.api_urls = await nursery.start(self._serve_api, self._api)
                     self._write_node_info()
@@ -376,7 +384,7 @@ class Node:
             case QuoteRequest() if self.coordinator is not None and not self.paused:
                 return self._on_quote(message)
             case SubmitJob() | RunJob() if self.paused:
-                return ErrorReply("busy", "this node is paused by its owner; try another node or later")
+                return ErrorReply("busy", f"this node takes no work now ({self.pause_reason}); try later")
             case RegisterWorker() if self.coordinator is not None:
                 return self._on_register(peer, message, operator)
             case RunJob() if self.worker is not None:
@@ -426,8 +434,8 @@ class Node:
         ):
             return ErrorReply("malformed", "control request is stale or replayed; sign a fresh one")
         self._last_control_ms = message.issued_at_ms
-        self.paused = message.action == "pause"
-        log.info("%s by the owner", "paused: taking no new work" if self.paused else "resumed")
+        self._owner_paused = message.action == "pause"
+        log.info("%s by the owner", "paused: taking no new work" if self._owner_paused else "resumed")
         return self.status()
 
     def _on_register(self, peer: str, message: RegisterWorker, operator: str = "") -> Message:
@@ -857,10 +865,43 @@ class Node:
             self.registered.set()
         return reply.heartbeat_s
 
+    @property
+    def paused(self) -> bool:
+        """True while the node takes no new work: paused by its owner, draining, or outside the owner's
+        availability policy (working hours, machine busy)."""
+        return self._owner_paused or not self._availability.work
+
+    @property
+    def pause_reason(self) -> str:
+        """Why the node takes no work ("" when it does)."""
+        if self._owner_paused:
+            return "paused by its owner"
+        return "" if self._availability.work else self._availability.reason
+
+    async def _availability_loop(self, policy: Policy) -> None:
+        """Re-decide every few seconds whether this worker takes work; log each change and its reason."""
+        cores = os.cpu_count() or 1
+        while True:
+            now = time.localtime()
+            own = min(self._running, 1) * (self.config.threads or max(1, cores // 2))
+            other = max(0.0, os.getloadavg()[0] - own) / cores  # our own jobs must not pause us
+            decision = decide(
+                policy,
+                minute_of_day=now.tm_hour * 60 + now.tm_min,
+                other_load_per_core=other,
+                paused_by_owner=False,
+            )
+            if decision != self._availability:
+                log.info(
+                    "availability: %s", "taking work" if decision.work else f"not working: {decision.reason}"
+                )
+                self._availability = decision
+            await trio.sleep(_AVAILABILITY_PERIOD_S)
+
     async def drain(self) -> None:
         """Take no new work and return once the work in hand is done (a worker's running jobs, a
         coordinator's open jobs). Callers bound it with a timeout; the node keeps serving meanwhile."""
-        self.paused = True
+        self._owner_paused = True
         while self._running or self._jobs:
             await trio.sleep(0.05)
         log.info("no work left in hand")

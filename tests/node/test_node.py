@@ -230,3 +230,29 @@ async def test_receipts_survive_a_restart_of_coordinator_and_worker(
     before = await run_network(jobs=2)
     after = await run_network(jobs=0)
     assert before == after and before[1] == 8 and sorted(before[0].values()) == [8, 8]
+
+
+async def test_a_worker_outside_its_working_hours_takes_no_work(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, coordinator: Node, client: Host
+) -> None:
+    now = time.localtime()
+    start = (now.tm_hour * 60 + now.tm_min + 120) % (24 * 60)  # a window that starts in two hours
+    hours = f"{start // 60:02d}:{start % 60:02d}-{(start + 60) // 60 % 24:02d}:{start % 60:02d}"
+    assert coordinator.host is not None
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    config = NodeConfig(
+        data_dir=tmp_path / "w", role="worker", bootstrap=(coordinator.host.addrs()[0],), work_hours=hours
+    )
+    worker = Node(config, engine=LlamaEngine(info, n_threads=1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.fail_after(10):
+            while not worker.paused:
+                await trio.sleep(0.01)
+        assert "outside working hours" in worker.pause_reason
+        assert worker.status().paused
+        assert worker.host is not None
+        run = RunJob(job_id=b"j" * 16, contract=worker.worker.offers[0].contract, prompt="hi", max_tokens=4)  # type: ignore[union-attr]
+        reply = await client.request(await client.connect(worker.host.addrs()[0]), run)
+        assert isinstance(reply, ErrorReply) and reply.code == "busy" and "working hours" in reply.message
+        nursery.cancel_scope.cancel()

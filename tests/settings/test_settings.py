@@ -214,3 +214,13 @@ def test_models_list_pull_rm_json(tmp_path: pathlib.Path, capsys: pytest.Capture
     assert json.loads(capsys.readouterr().out)["removed"] == [pulled["path"]]
     assert models_cli.run(_cli("models", "--cache-dir", cache, "rm", "gpt-17")) == 1
     assert "unknown model 'gpt-17'" in capsys.readouterr().err
+
+
+def test_availability_keys_come_from_env_and_are_validated() -> None:
+    config, sources = load_settings(
+        {}, {"OPENGRID_WORK_HOURS": "22:00-07:00", "OPENGRID_MAX_LOAD": "0.5"}, None
+    )
+    assert (config.work_hours, config.max_load) == ("22:00-07:00", 0.5)
+    assert sources["work_hours"] == "env:OPENGRID_WORK_HOURS"
+    with pytest.raises(ConfigError, match="work_hours"):
+        load_settings({}, {"OPENGRID_WORK_HOURS": "25:00-07:00"}, None)
