@@ -17,7 +17,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -26,6 +26,7 @@ import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 from opengrid_ledger import LedgerState, Receipt, decode_entry, encode_entry, open_entry
+from rich.console import Console
 
 import opengrid
 from opengrid.core.availability import Decision, Policy, decide, parse_windows
@@ -109,6 +110,7 @@ from opengrid.wire.sealed import box_public_key, seal_output
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
 _AVAILABILITY_PERIOD_S = 5.0
+_STATUS_LINE_PERIOD_S = 60.0
 _PROGRESS_BUFFER = 256  # preview frames buffered per job before the oldest news is dropped
 
 
@@ -205,6 +207,7 @@ class Node:
                             nursery.start_soon(self._availability_loop, policy)
                     if self._api is not None:
                         self.api_urls = await nursery.start(self._serve_api, self._api)
+                    nursery.start_soon(self._status_line_loop)
                     self._write_node_info()
                     log.info(
                         "%s %s ready on %s (ledger: %d entries)",
@@ -229,9 +232,14 @@ class Node:
     async def _start_worker(self) -> None:
         assert self.ledger is not None
         if self._engine is None:
-            info = await trio.to_thread.run_sync(resolve_model, self.config.model or "smollm2-135m-instruct")
+            name = self.config.model or "smollm2-135m-instruct"
+            with _progress(f"checking model {name} (sha256)"):
+                info = await trio.to_thread.run_sync(resolve_model, name)
             log.info("loading model %s (%s, sha256 %s…)", info.name, info.path, info.sha256[:12])
-            engine = await self._load_engine(info)
+            started = trio.current_time()
+            with _progress(f"loading {info.name} into {self.config.engine}"):
+                engine = await self._load_engine(info)
+            log.info("model %s ready in %.1f s", info.name, trio.current_time() - started)
             engine = await self._maybe_adversary(engine)
             self._engine = engine
         template = getattr(self._engine, "chat_template", None)
@@ -871,6 +879,29 @@ class Node:
         availability policy (working hours, machine busy)."""
         return self._owner_paused or not self._availability.work
 
+    async def _status_line_loop(self) -> None:
+        """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""
+        while True:
+            await trio.sleep(_STATUS_LINE_PERIOD_S)
+            state = f"not working: {self.pause_reason}" if self.paused else "working"
+            if self.coordinator is not None:
+                online = sum(1 for r in self.coordinator.workers.values() if r.online)
+                log.info(
+                    "status: %s; %d worker(s) online, %d job(s) running, ledger %d entries",
+                    state,
+                    online,
+                    len(self._jobs),
+                    len(self.ledger or ()),
+                )
+            else:
+                log.info(
+                    "status: %s; %d job(s) run, %d point(s), %d running",
+                    state,
+                    self.jobs_run,
+                    self.points(),
+                    self._running,
+                )
+
     @property
     def pause_reason(self) -> str:
         """Why the node takes no work ("" when it does)."""
@@ -965,6 +996,17 @@ def _operator_of(ip: str) -> str:
         return ip if ip and ipaddress.ip_address(ip).is_global else ""
     except ValueError:
         return ""
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[None]:
+    """A spinner on the terminal while long start-up work runs (nothing when output is not a terminal)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(what):
+        yield
 
 
 class _JobAbandoned(Exception):
