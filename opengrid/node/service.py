@@ -50,6 +50,7 @@ from opengrid.core.events import (
 )
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.engines import (
+    DEFAULT_MODEL,
     Engine,
     GenerationRequest,
     LazyEngine,
@@ -62,6 +63,7 @@ from opengrid.engines import (
     write_tiny_gguf,
 )
 from opengrid.engines.base import Generation, ModelInfo, StreamingEngine
+from opengrid.engines.catalog import pick_model_for_memory
 from opengrid.engines.http import HttpEngine, ManagedServer
 from opengrid.errors import (
     ConfigError,
@@ -232,7 +234,7 @@ class Node:
     async def _start_worker(self) -> None:
         assert self.ledger is not None
         if self._engine is None:
-            name = self.config.model or "smollm2-135m-instruct"
+            name = self.config.model or _model_for_this_machine()
             with _progress(f"checking model {name} (sha256)"):
                 info = await trio.to_thread.run_sync(resolve_model, name)
             log.info("loading model %s (%s, sha256 %s…)", info.name, info.path, info.sha256[:12])
@@ -996,6 +998,28 @@ def _operator_of(ip: str) -> str:
         return ip if ip and ipaddress.ip_address(ip).is_global else ""
     except ValueError:
         return ""
+
+
+def _model_for_this_machine() -> str:
+    """No --model given: the largest catalog model that fits this machine's memory and is already here
+    (shipped or pulled); otherwise the default, with a hint to pull the bigger one."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    pick = pick_model_for_memory(total)
+    if pick is None or pick.name == DEFAULT_MODEL:
+        return DEFAULT_MODEL
+    try:
+        resolve_model(pick.name)
+    except OpenGridError:
+        log.info(
+            "this machine (%.0f GiB) could serve %s: `opengrid models pull %s` to serve it; serving %s",
+            total / 2**30,
+            pick.name,
+            pick.name,
+            DEFAULT_MODEL,
+        )
+        return DEFAULT_MODEL
+    log.info("no --model given: serving %s, the largest that fits %.0f GiB", pick.name, total / 2**30)
+    return pick.name
 
 
 @contextlib.contextmanager
