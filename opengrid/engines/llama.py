@@ -44,18 +44,31 @@ class LlamaEngine:
     keep it; loading SmolLM2-135M takes ~0.15 s, the tiny test model ~10 ms.
     """
 
-    def __init__(self, model: ModelInfo, *, n_threads: int | None = None, n_ctx: int = DEFAULT_N_CTX) -> None:
+    def __init__(
+        self,
+        model: ModelInfo,
+        *,
+        n_threads: int | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        gpu_layers: int = 0,
+    ) -> None:
         """Load ``model.path``.
 
         ``n_threads`` sets both the generation and the prompt-processing threads; ``None`` keeps
         llama.cpp's defaults (half the CPUs for generation, all of them for the prompt). Thread counts do
         not change the output. ``n_ctx`` bounds prompt tokens + ``max_tokens`` of every request.
+        ``gpu_layers`` offloads layers to a GPU when llama.cpp was built with one (-1: all); offloading
+        changes the arithmetic, so it is a different numerical class (``backend`` "llama.cpp+gpu").
         """
         if n_ctx < 2:
             raise EngineError(f"n_ctx must be >= 2 tokens, got {n_ctx}; the default is {DEFAULT_N_CTX}")
         if n_threads is not None and n_threads < 1:
             raise EngineError(f"n_threads must be >= 1 or None (llama.cpp's default), got {n_threads}")
-        contract = DecodingContract(model_sha256=model.sha256, backend_version=llama_cpp.__version__)
+        contract = DecodingContract(
+            model_sha256=model.sha256,
+            backend="llama.cpp+gpu" if gpu_layers else "llama.cpp",
+            backend_version=llama_cpp.__version__,
+        )
         kv_type = _KV_CACHE_TYPES.get(contract.kv_cache_type)
         if kv_type is None:
             raise EngineError(f"unsupported KV-cache type {contract.kv_cache_type!r} in the contract")
@@ -73,6 +86,7 @@ class LlamaEngine:
                 n_ubatch=contract.n_batch,
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
+                n_gpu_layers=gpu_layers,
                 seed=contract.seed,
                 flash_attn=contract.flash_attn,
                 type_k=kv_type,

@@ -127,9 +127,11 @@ def resolve_model(name_or_path: str, *, cache_dir: pathlib.Path | None = None) -
     )
 
 
-def load_engine(info: ModelInfo, *, n_threads: int | None = None, n_ctx: int = DEFAULT_N_CTX) -> Engine:
+def load_engine(
+    info: ModelInfo, *, n_threads: int | None = None, n_ctx: int = DEFAULT_N_CTX, gpu_layers: int = 0
+) -> Engine:
     """Load ``info`` in this process with llama.cpp (see :class:`LlamaEngine` for the arguments)."""
-    return LlamaEngine(info, n_threads=n_threads, n_ctx=n_ctx)
+    return LlamaEngine(info, n_threads=n_threads, n_ctx=n_ctx, gpu_layers=gpu_layers)
 
 
 def _smollm2() -> ModelInfo:

@@ -167,6 +167,8 @@ class Node:
         self._server: ManagedServer | None = None
         self.jobs_run = 0
         self._running = 0
+        self._tokens_out = 0
+        self._busy_s = 0.0
         """Jobs this worker is generating right now."""
         self._owner_paused = False
         self._availability = Decision(True, "available")
@@ -287,7 +289,9 @@ class Node:
         cfg = self.config
         if cfg.engine == "llama":
             return await trio.to_thread.run_sync(
-                lambda: load_engine(info, n_threads=cfg.threads, n_ctx=cfg.max_context)
+                lambda: load_engine(
+                    info, n_threads=cfg.threads, n_ctx=cfg.max_context, gpu_layers=cfg.gpu_layers
+                )
             )
         if cfg.http_url:
             backend = "vllm" if cfg.http_backend == "vllm" else "llama.cpp-server"
@@ -601,6 +605,7 @@ class Node:
         self, run: RunJob, stream: FrameStream | None, engine: Engine, request: GenerationRequest, salt: bytes
     ) -> Message:
         assert self.worker is not None
+        started = trio.current_time()
         try:
             if stream is not None and isinstance(engine, StreamingEngine):
                 # Never stream a sealed job: the previews would show the coordinator the plaintext.
@@ -617,6 +622,8 @@ class Node:
             log.warning("job %s failed in the engine: %s", run.job_id.hex()[:8], exc)
             return ErrorReply("engine_error", str(exc), run.job_id)
         self.jobs_run += 1
+        self._tokens_out += len(generation.tokens)
+        self._busy_s += trio.current_time() - started
         log.info("ran job %s: %d tokens", run.job_id.hex()[:8], len(generation.tokens))
         output = Output(
             tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
@@ -896,12 +903,14 @@ class Node:
                     len(self.ledger or ()),
                 )
             else:
+                speed = self._tokens_out / self._busy_s if self._busy_s else 0.0
                 log.info(
-                    "status: %s; %d job(s) run, %d point(s), %d running",
+                    "status: %s; %d job(s) run, %d point(s), %d running, %.0f tokens/s while busy",
                     state,
                     self.jobs_run,
                     self.points(),
                     self._running,
+                    speed,
                 )
 
     @property
