@@ -25,7 +25,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from opengrid.errors import ConfigError, OpenGridError, TransportError
+from opengrid.errors import ConfigError, LocalProtocolError, OpenGridError, TransportError
 from opengrid.net.keys import keypair_from_seed
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
 from opengrid.wire.messages import Message
@@ -60,6 +60,7 @@ class FrameStream:
         self._stream = stream
         self.peer = stream.muxed_conn.peer_id.to_base58()
         self._frames = FrameBuffer(limit=limit, peer=self.peer)
+        self._frames_limit = limit
 
     @property
     def remote_ip(self) -> str:
@@ -78,8 +79,21 @@ class FrameStream:
         except Exception as exc:
             raise TransportError(f"could not write to {self.peer}: {exc or type(exc).__name__}") from exc
 
+    async def send_body(self, body: bytes) -> None:
+        """Write one frame around raw bytes (protocols with their own message codec, e.g. ledger sync)."""
+        if not body or len(body) > self._frames_limit:
+            raise LocalProtocolError(f"a frame body must be 1..{self._frames_limit} bytes, got {len(body)}")
+        try:
+            await self._stream.write(len(body).to_bytes(4, "big") + body)
+        except Exception as exc:
+            raise TransportError(f"could not write to {self.peer}: {exc or type(exc).__name__}") from exc
+
     async def receive(self) -> Message:
         """Read exactly one framed message (raises TransportError if the peer closes first)."""
+        return decode_message(await self.receive_body(), peer=self.peer)
+
+    async def receive_body(self) -> bytes:
+        """Read exactly one frame's raw bytes, its length checked before reading (TransportError at EOF)."""
         while (body := self._frames.next_body()) is None:
             want = max(self._frames.wanted(), 1)
             try:
@@ -94,7 +108,7 @@ class FrameStream:
             if not chunk:
                 raise TransportError(f"{self.peer} closed the stream")
             self._frames.feed(chunk)
-        return decode_message(body, peer=self.peer)
+        return body
 
     async def aclose(self) -> None:
         """Close our side; never raises (the peer may already be gone)."""

@@ -26,6 +26,7 @@ import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 from opengrid_ledger import LedgerState, Receipt, decode_entry, encode_entry, open_entry
+from opengrid_ledger.sync import IdIndex, SyncSession
 from rich.console import Console
 
 import opengrid
@@ -75,9 +76,11 @@ from opengrid.errors import (
 )
 from opengrid.net.host import FrameStream, Host, open_host
 from opengrid.net.keys import public_key_of
+from opengrid.node import ledger_sync
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
+from opengrid.node.ledger_sync import SYNC_PROTOCOL
 from opengrid.node.trust import load_trusted, remember_trusted
 from opengrid.store.ledger_store import LedgerStore, open_ledger
 from opengrid.wire.codec import encode_frame
@@ -112,6 +115,9 @@ from opengrid.wire.sealed import box_public_key, seal_output
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
 _AVAILABILITY_PERIOD_S = 5.0
+_SYNC_TIMEOUT_S = 60.0
+_SYNC_PERIOD_BEATS = 6
+"""A worker pulls its coordinator's ledger every this many heartbeats, and soon after each receipt."""
 _STATUS_LINE_PERIOD_S = 60.0
 _PROGRESS_BUFFER = 256  # preview frames buffered per job before the oldest news is dropped
 
@@ -167,6 +173,9 @@ class Node:
         self._server: ManagedServer | None = None
         self.jobs_run = 0
         self._running = 0
+        self._sync_index = IdIndex()
+        self._coordinator_peer = ""
+        self._sync_wanted = trio.Event()
         self._tokens_out = 0
         self._busy_s = 0.0
         """Jobs this worker is generating right now."""
@@ -193,6 +202,7 @@ class Node:
             async with open_host(self._seed, config.listen) as host:
                 self.host = host
                 host.set_handler(self._serve_stream)
+                host.set_handler(self._serve_sync, SYNC_PROTOCOL)  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     if config.role == "coordinator":
@@ -206,6 +216,7 @@ class Node:
                         nursery.start_soon(self._timer_loop)
                     if self.worker is not None:
                         nursery.start_soon(self._register_loop)
+                        nursery.start_soon(self._sync_loop)
                         policy = Policy(windows=parse_windows(config.work_hours), max_load=config.max_load)
                         if policy != Policy():
                             nursery.start_soon(self._availability_loop, policy)
@@ -696,8 +707,64 @@ class Node:
         assert generation is not None
         return generation
 
+    async def _serve_sync(self, stream: FrameStream) -> None:
+        """A peer syncs its ledger with ours (both sides gain what they lack; everything is verified)."""
+        assert self.ledger is not None
+        session = SyncSession(self.ledger, self._sync_index)
+        try:
+            with trio.fail_after(_SYNC_TIMEOUT_S):
+                await ledger_sync.respond(stream, session)
+        finally:
+            self._store_synced(stream.peer, session)
+
+    async def sync_ledger(self, peer: str) -> int:
+        """Sync our ledger with ``peer``'s; return how many entries we gained (stored)."""
+        assert self.host is not None and self.ledger is not None
+        session = SyncSession(self.ledger, self._sync_index)
+        stream = await self.host.open_stream(peer, SYNC_PROTOCOL)  # type: ignore[arg-type]
+        try:
+            with trio.fail_after(_SYNC_TIMEOUT_S):
+                await ledger_sync.initiate(stream, session)
+        finally:
+            await stream.aclose()
+            self._store_synced(peer, session)
+        return len(session.applied)
+
+    def _store_synced(self, peer: str, session: SyncSession) -> None:
+        assert self._store is not None
+        if session.applied:
+            self._store.append_many(session.applied)
+            log.info(
+                "ledger sync with %s: %d new entr%s",
+                _short(peer),
+                len(session.applied),
+                "y" if len(session.applied) == 1 else "ies",
+            )
+        if session.refused:
+            log.warning(
+                "ledger sync with %s: refused %d invalid entries (first: %s)",
+                _short(peer),
+                len(session.refused),
+                session.refused[0][1],
+            )
+
+    async def _sync_loop(self) -> None:
+        """Workers: keep our ledger in step with our coordinator's (receipts, holds, settlements)."""
+        await self.registered.wait()
+        while True:
+            with trio.move_on_after(self.config.heartbeat_s * _SYNC_PERIOD_BEATS):
+                await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            if self._coordinator_peer:
+                try:
+                    await self.sync_ledger(self._coordinator_peer)
+                except (OpenGridError, trio.TooSlowError) as exc:
+                    log.info("ledger sync with the coordinator failed (will retry): %s", exc or "timed out")
+            await trio.sleep(0.2)  # let a burst of receipts settle into one sync
+
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.worker is not None and self._store is not None
+        self._sync_wanted.set()  # pull what the notice cannot carry (e.g. a paying client's HOLD)
         applied = []
         for data in notice.entries:  # one at a time: a bad entry must not cost the good ones before it
             try:
@@ -876,6 +943,7 @@ class Node:
         if reply.coordinator_key != public_key_of(peer):
             raise RemoteProtocolError("coordinator_key does not match the coordinator's peer id", peer=peer)
         self.worker.trust_coordinator(reply.coordinator_key)
+        self._coordinator_peer = peer
         remember_trusted(self.config.data_dir, reply.coordinator_key)
         if not self.registered.is_set():
             log.info("registered with coordinator %s", _short(peer))

@@ -381,3 +381,14 @@ def test_a_volunteer_spends_its_points_on_a_sealed_job(mixed_network: tuple[Demo
     )
     for account, balance in expected.items():
         assert after.get(account, 0) == balance, account
+    # Ledger sync brings the payer's HOLD and the SETTLE into every worker's own ledger: all agree.
+    deadline = time.monotonic() + 30
+    while True:
+        views = {n.name: client.status(n.addrs[0]) for n in net.nodes if n.role == "worker"}
+        coordinator_view = client.status().balances
+        if all(s.points == coordinator_view.get(s.public_key.hex(), 0) for s in views.values()):
+            break
+        assert time.monotonic() < deadline, {
+            k: (v.points, coordinator_view.get(v.public_key.hex())) for k, v in views.items()
+        }
+        time.sleep(0.2)
