@@ -246,6 +246,8 @@ class Coordinator:
         # tell them from clients' random ids nor learn anything about the scheduler's random stream.
         self._canary_secret = hashlib.sha256(b"opengrid canary job ids\0" + bytes(signing_key)).digest()
         self._resumed: dict[bytes, tuple[float, JobSubmitted]] = {}
+        self._resume_patience: dict[bytes, float] = {}
+        """Resumed job -> until when it waits for enough workers to re-register."""
         """job id -> (when to submit it, the job), for jobs handed to ``resume``."""
 
     # ── inputs ───────────────────────────────────────────────────────────────────────────────────────
@@ -278,7 +280,15 @@ class Coordinator:
             effects.append(CancelReplica(peer=peer, job_id=canary_id))
             effects += self._on_failed(canary_id, peer, "timed out", now, penalize=False)
         for job_id in sorted(j for j, (due, _) in self._resumed.items() if now >= due):
-            effects += self._on_submitted(self._resumed.pop(job_id)[1], now)
+            event = self._resumed[job_id][1]
+            waiting = capacity(choose_class(self._candidates(event.request.model))) < event.request.replicas
+            if waiting and now < self._resume_patience.get(job_id, now):
+                # Workers re-register a beat or two after a restart: give them until the patience ends.
+                self._resumed[job_id] = (now + self.config.heartbeat_s / 2, event)
+                continue
+            self._resumed.pop(job_id)
+            self._resume_patience.pop(job_id, None)
+            effects += self._on_submitted(event, now)
         for job_id in sorted(self._jobs):
             job = self._jobs.get(job_id)
             if job is None:
@@ -329,6 +339,10 @@ class Coordinator:
         jobs += [event for _, event in self._resumed.values()]
         return sorted(jobs, key=lambda event: event.request.job_id)
 
+    def is_running(self, job_id: bytes) -> bool:
+        """True while a client job is in flight or waiting to be resumed."""
+        return job_id in self._jobs or job_id in self._resumed
+
     def resume(
         self, jobs: Iterable[JobSubmitted], now: float, *, delay_s: float | None = None
     ) -> list[Effect]:
@@ -350,6 +364,7 @@ class Coordinator:
                 effects += self._on_submitted(event, now)
             else:
                 self._resumed[job_id] = (due, event)
+                self._resume_patience[job_id] = now + 10 * self.config.heartbeat_s
         return effects
 
     # ── registry ─────────────────────────────────────────────────────────────────────────────────────

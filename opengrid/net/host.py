@@ -7,6 +7,7 @@ read loop for frames (the library's exact-read helper gives up on large messages
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -197,6 +198,16 @@ class Host:
             raise ConfigError(
                 f"{address!r} is not a dialable multiaddr; expected /ip4/HOST/tcp/PORT/p2p/PEER_ID"
             ) from exc
+        # An address we were told to dial is always worth a try: py-libp2p otherwise refuses, for a while,
+        # a peer whose addresses all failed once (its "negative cache"), e.g. a coordinator that restarts.
+        # Likewise forget the addresses it had before (a restarted peer may listen elsewhere now): dialling
+        # a dead one first, with the library's retries, can outlast our caller's patience.
+        network = self._host.get_network()
+        if not self.is_connected(info.peer_id.to_base58()):
+            if hasattr(network, "unblock_peer"):
+                network.unblock_peer(info.peer_id)
+            with contextlib.suppress(Exception):
+                self._host.get_peerstore().clear_addrs(info.peer_id)
         try:
             await self._host.connect(info)
         except Exception as exc:
@@ -227,6 +238,13 @@ class Host:
             raise
         await stream.aclose()
         return reply
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close our connections to a peer (so the next dial starts afresh); never raises."""
+        try:
+            await self._host.disconnect(ID.from_base58(peer_id))
+        except Exception as exc:
+            log.debug("disconnecting %s: %s", peer_id, exc)
 
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))

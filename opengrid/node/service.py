@@ -82,6 +82,7 @@ from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
 from opengrid.node.trust import load_trusted, remember_trusted
+from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import LedgerStore, open_ledger
 from opengrid.wire.codec import encode_frame
 from opengrid.wire.commitment import commit_output
@@ -171,6 +172,7 @@ class Node:
         self._timer_changed = trio.Event()
         self._engine_limiter = trio.CapacityLimiter(1)
         self._server: ManagedServer | None = None
+        self._job_store: JobStore | None = None
         self.jobs_run = 0
         self._running = 0
         self._sync_index = IdIndex()
@@ -213,6 +215,11 @@ class Node:
                             rng=self._rng,
                             config=self._coordinator_config,
                         )
+                        self._job_store = JobStore(config.data_dir / JOBS_FILE)
+                        saved = self._job_store.all()
+                        if saved:
+                            log.info("resuming %d job(s) accepted before the last stop", len(saved))
+                            self._execute(self.coordinator.resume(saved, trio.current_time()))
                         nursery.start_soon(self._timer_loop)
                     if self.worker is not None:
                         nursery.start_soon(self._register_loop)
@@ -241,6 +248,8 @@ class Node:
                 await trio.to_thread.run_sync(self._server.stop)
             if self._trace_file is not None:
                 self._trace_file.close()
+            if self._job_store is not None:
+                self._job_store.close()
             self._store.close()
             log.info("node stopped cleanly")
 
@@ -568,7 +577,9 @@ class Node:
     ) -> JobAccepted | ErrorReply:
         if message.job_id in self._jobs:  # never let a second submission hijack a running job's answer
             return ErrorReply("malformed", "this job id is already running; pick a fresh one", message.job_id)
+        assert self.coordinator is not None
         pending = _PendingJob(progress=progress)
+        resumed = self.coordinator.is_running(message.job_id)  # taken back after a restart: wait for it
         self._jobs[message.job_id] = pending
         log.info(
             "job %s from %s: model %s, %d tokens, %d replicas",
@@ -579,7 +590,11 @@ class Node:
             message.replicas,
         )
         try:
-            self._feed(JobSubmitted(client=peer, request=message, wall_ms=time.time_ns() // 1_000_000))
+            if not resumed:
+                event = JobSubmitted(client=peer, request=message, wall_ms=time.time_ns() // 1_000_000)
+                if self._job_store is not None:
+                    self._job_store.put(event)  # before any work: a restart must not lose it
+                self._feed(event)
             await pending.done.wait()
         finally:
             self._jobs.pop(message.job_id, None)
@@ -802,6 +817,8 @@ class Node:
                         scope.cancel()
                 case FinishJob(job_id=job_id, reply=reply):
                     self._log_outcome(job_id, reply)
+                    if self._job_store is not None:
+                        self._job_store.delete(job_id)
                     pending = self._jobs.get(job_id)
                     if pending is not None:
                         pending.reply = reply
@@ -912,13 +929,19 @@ class Node:
             try:
                 if not self.paused:  # a paused worker stops beating; the coordinator stops sending it work
                     # Beat as often as the coordinator asks (it marks us offline after 3 missed beats),
-                    # within sane bounds so a hostile coordinator cannot make us spin or go silent.
-                    interval = min(max(await self._register_once(), 0.5), 60.0)
+                    # within sane bounds so a hostile coordinator cannot make us spin or go silent. The
+                    # whole attempt is bounded: a dial to a vanished coordinator must not stall the beat.
+                    with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
+                        interval = min(max(await self._register_once(), 0.5), 60.0)
                 warned = False
-            except OpenGridError as exc:
+            except (OpenGridError, trio.TooSlowError) as exc:
+                if isinstance(exc, trio.TooSlowError) and self._coordinator_peer:
+                    await self.host.disconnect(self._coordinator_peer)  # re-dial afresh next time
                 if not warned:
                     log.warning(
-                        "cannot register with the coordinator (%s); retrying every %.0f s", exc, interval
+                        "cannot register with the coordinator (%s); retrying every %.0f s",
+                        exc or "no answer in time",
+                        interval,
                     )
                     warned = True
             await trio.sleep(interval)
@@ -934,8 +957,15 @@ class Node:
             models=list(self.worker.offers),
             software=f"opengrid/{opengrid.__version__}",
         )
-        with trio.fail_after(30):
-            reply = await self.host.request(peer, message)
+        try:
+            with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
+                reply = await self.host.request(peer, message)
+        except (OpenGridError, trio.TooSlowError) as exc:
+            # A coordinator that died may leave a half-dead connection behind: drop it, re-dial next time.
+            await self.host.disconnect(peer)
+            raise TransportError(
+                f"the coordinator did not answer the registration: {exc or 'timed out'}"
+            ) from exc
         if isinstance(reply, ErrorReply):
             raise TransportError(f"{address} refused the registration: {reply.message}")
         if not isinstance(reply, Registered):

@@ -22,7 +22,13 @@ import pytest
 from opengrid_sdk import AsyncClient, Client, Completion
 
 from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
-from opengrid.errors import NoCapacityError, TransportError, UnknownModelError, VerificationError
+from opengrid.errors import (
+    NoCapacityError,
+    OpenGridError,
+    TransportError,
+    UnknownModelError,
+    VerificationError,
+)
 from opengrid.net.keys import public_key_of
 
 pytestmark = pytest.mark.slow
@@ -392,3 +398,63 @@ def test_a_volunteer_spends_its_points_on_a_sealed_job(mixed_network: tuple[Demo
             k: (v.points, coordinator_view.get(v.public_key.hex())) for k, v in views.items()
         }
         time.sleep(0.2)
+
+
+def test_a_coordinator_restart_does_not_lose_an_accepted_job(tmp_path: pathlib.Path) -> None:
+    """SIGKILL the coordinator mid-job; restarted on the same data dir and port it resumes the job,
+    and the client that retries with the same job id gets the verified answer."""
+    import socket
+
+    from opengrid.wire.messages import JobAccepted, SubmitJob
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    listen = ["--plain-verification", "--listen", f"/ip4/127.0.0.1/tcp/{port}"]
+    net = DemoNetwork(tmp_path, model="smollm2-135m-instruct", network=NETWORK)
+    try:
+        coordinator = net.start("coordinator", "coordinator", extra_args=listen)
+        net.wait_ready(coordinator)
+        address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{coordinator.peer_id}"
+        workers = [net.start(f"worker-{i}", "worker", bootstrap=address) for i in (1, 2)]
+        for worker in workers:
+            net.wait_ready(worker)
+        job = SubmitJob(job_id=b"\x42" * 16, model="smollm2-135m-instruct", prompt="1, 2, 3,", max_tokens=300)
+        with Client([address], network=NETWORK, timeout=120) as client:
+            wait_for_workers(client, 2, timeout=60)
+            lost: list[BaseException] = []
+
+            def submit() -> None:
+                try:
+                    client._call(lambda: client._request(address, job))  # a raw SubmitJob with our job id
+                except BaseException as exc:  # the coordinator is killed under it
+                    lost.append(exc)
+
+            first = threading.Thread(target=submit, daemon=True)
+            first.start()
+            deadline = time.monotonic() + 60
+            while not any("running job" in w.log_path.read_text(errors="replace") for w in workers):
+                assert time.monotonic() < deadline, "no worker started the job"
+                time.sleep(0.01)
+            coordinator.process.send_signal(signal.SIGKILL)
+            coordinator.process.wait()
+            first.join(timeout=30)
+            assert lost and isinstance(lost[0], OpenGridError)
+
+        restarted = net.start("coordinator", "coordinator", extra_args=listen)
+        net.wait_ready(restarted)
+        assert restarted.peer_id == coordinator.peer_id
+        with Client([address], network=NETWORK, timeout=120) as client:
+            _, reply = client._call(lambda: client._request(address, job))  # the client retries
+        assert isinstance(reply, JobAccepted) and reply.job_id == job.job_id
+        text, _ = direct_llama_model("smollm2-135m-instruct", job.prompt, job.max_tokens)
+        assert reply.text == text
+        assert "resuming 1 job(s)" in restarted.log_path.read_text(errors="replace")
+    finally:
+        net.stop()
+
+
+def direct_llama_model(name: str, prompt: str, max_tokens: int) -> tuple[str, list[int]]:
+    from opengrid.engines import resolve_model
+
+    return direct_llama(resolve_model(name).path, prompt, max_tokens)
