@@ -24,7 +24,28 @@ class _TokenCodec(Protocol):
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
 
-class WrongTokensEngine:
+class _Impostor:
+    """An engine that claims to be ``inner``: same model, same contract; closing it closes ``inner``."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+
+    @property
+    def model(self) -> ModelInfo:
+        """The inner engine's model (the cheater claims to have run it)."""
+        return self._inner.model
+
+    @property
+    def contract(self) -> DecodingContract:
+        """The inner engine's contract (the cheater claims to honour it)."""
+        return self._inner.contract
+
+    def close(self) -> None:
+        """Close the inner engine."""
+        self._inner.close()
+
+
+class WrongTokensEngine(_Impostor):
     """Runs ``inner`` honestly, then returns plausible but wrong tokens, claiming to be ``inner``.
 
     The first ``n // 2`` tokens are the honest ones; every later position is replaced by a different
@@ -42,18 +63,8 @@ class WrongTokensEngine:
 
     def __init__(self, inner: Engine) -> None:
         """Wrap ``inner``; it is closed by :meth:`close`."""
-        self._inner = inner
+        super().__init__(inner)
         self._decoys: tuple[int, ...] | None = None
-
-    @property
-    def model(self) -> ModelInfo:
-        """The inner engine's model (the cheater claims to have run it)."""
-        return self._inner.model
-
-    @property
-    def contract(self) -> DecodingContract:
-        """The inner engine's contract (the cheater claims to honour it)."""
-        return self._inner.contract
 
     def generate(self, request: GenerationRequest) -> Generation:
         """The honest generation with its last half (rounded up) replaced by other tokens."""
@@ -70,10 +81,6 @@ class WrongTokensEngine:
         text = codec.detokenize(tokens) if codec is not None and n else honest.text
         return Generation(tokens=tokens, text=text, finish_reason=honest.finish_reason)
 
-    def close(self) -> None:
-        """Close the inner engine."""
-        self._inner.close()
-
     def _decoy_tokens(self, codec: _TokenCodec) -> tuple[int, ...]:
         if self._decoys is None:
             prompt_tokens = codec.tokenize("")  # BOS (or nothing): not part of the decoy text
@@ -88,21 +95,13 @@ def _pick(decoys: tuple[int, ...], i: int, honest: int) -> int:
     return candidate if candidate != honest else decoys[(i + 1) % len(decoys)]
 
 
-class LazyEngine:
+class LazyEngine(_Impostor):
     """An adversary that does no work: it returns random tokens of the right length, claiming the
     honest model's contract. Exists to test canaries and replication; never used unless asked for."""
 
     def __init__(self, inner: Engine, *, seed: int = 0) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._rng = random.Random(seed)
-
-    @property
-    def model(self) -> ModelInfo:
-        return self._inner.model
-
-    @property
-    def contract(self) -> DecodingContract:
-        return self._inner.contract
 
     def generate(self, request: GenerationRequest) -> Generation:
         tokens = tuple(self._rng.randrange(3, 200) for _ in range(request.max_tokens))
@@ -110,29 +109,18 @@ class LazyEngine:
         text = detokenize(tokens) if detokenize is not None else "".join(chr(97 + t % 26) for t in tokens)
         return Generation(tokens=tokens, text=text, finish_reason="length")
 
-    def close(self) -> None:
-        self._inner.close()
 
-
-class SwappedModelEngine:
+class SwappedModelEngine(_Impostor):
     """An adversary that runs a different (cheaper) model while announcing the honest one's name and
     contract — a model swap. Exists to test canaries and replication; never used unless asked for."""
 
     def __init__(self, claimed: Engine, actual: Engine) -> None:
-        self._claimed = claimed
+        super().__init__(claimed)
         self._actual = actual
-
-    @property
-    def model(self) -> ModelInfo:
-        return self._claimed.model
-
-    @property
-    def contract(self) -> DecodingContract:
-        return self._claimed.contract
 
     def generate(self, request: GenerationRequest) -> Generation:
         return self._actual.generate(request)
 
     def close(self) -> None:
-        self._claimed.close()
+        super().close()
         self._actual.close()
