@@ -176,6 +176,8 @@ class Node:
         self.jobs_run = 0
         self._running = 0
         self._sync_index = IdIndex()
+        self._rtt: dict[str, float] = {}
+        """Coordinators: measured round-trip time per worker peer."""
         self._coordinator_peer = ""
         self._sync_wanted = trio.Event()
         self._tokens_out = 0
@@ -486,12 +488,34 @@ class Node:
         known = peer in self.coordinator.workers and self.coordinator.workers[peer].online
         self._feed(
             WorkerRegistered(
-                peer=peer, key=message.public_key, offers=tuple(message.models), operator=operator
+                peer=peer,
+                key=message.public_key,
+                offers=tuple(message.models),
+                operator=operator,
+                rtt_s=self._rtt.get(peer, 0.0),
             )
         )
         if not known:
             log.info("worker %s joined with %s", _short(peer), ", ".join(o.name for o in message.models))
+            if self._nursery is not None:  # measured now, reported to the core with its next heartbeat
+                self._nursery.start_soon(self._measure_rtt, peer)
         return Registered(coordinator_key=self.public_key, heartbeat_s=self.config.heartbeat_s)
+
+    async def _measure_rtt(self, peer: str) -> None:
+        """Round-trip time to a worker: the best of three status requests on fresh streams (what a job
+        dispatch costs on the wire). The scheduler weighs it; failures leave it unknown."""
+        assert self.host is not None
+        best = math.inf
+        for _ in range(3):
+            started = trio.current_time()
+            try:
+                with trio.fail_after(5):
+                    await self.host.request(peer, StatusRequest())
+            except (OpenGridError, trio.TooSlowError):
+                return
+            best = min(best, trio.current_time() - started)
+        self._rtt[peer] = best
+        log.debug("RTT to worker %s: %.1f ms", _short(peer), best * 1000)
 
     async def _serve_api(self, settings: ApiSettings, *, task_status: trio.TaskStatus[list[str]]) -> None:
         from hypercorn.config import Config

@@ -256,3 +256,27 @@ async def test_a_worker_outside_its_working_hours_takes_no_work(
         reply = await client.request(await client.connect(worker.host.addrs()[0]), run)
         assert isinstance(reply, ErrorReply) and reply.code == "busy" and "working hours" in reply.message
         nursery.cancel_scope.cancel()
+
+
+async def test_the_coordinator_measures_rtt_to_its_workers(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    coordinator = Node(NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5))
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.coordinator is not None
+        config = NodeConfig(
+            data_dir=tmp_path / "w", role="worker", bootstrap=(coordinator.host.addrs()[0],), heartbeat_s=0.5
+        )
+        worker = Node(config, engine=LlamaEngine(info, n_threads=1))
+        await nursery.start(worker.run)
+        assert worker.host is not None
+        with trio.fail_after(20):
+            while coordinator.coordinator.workers.get(worker.host.peer_id) is None or (
+                coordinator.coordinator.workers[worker.host.peer_id].rtt_s == 0.0
+            ):
+                await trio.sleep(0.05)
+        rtt = coordinator.coordinator.workers[worker.host.peer_id].rtt_s
+        assert 0.0 < rtt < 1.0  # loopback: milliseconds
+        nursery.cancel_scope.cancel()
