@@ -198,7 +198,7 @@ KEYS: dict[str, _Key] = {
     "work_hours": _Key(_work_hours),
     "max_load": _Key(_positive_float, optional=True),
 }
-"""Every configurable NodeConfig field (all but ``extra``) and how its values are checked."""
+"""Every NodeConfig field and how its values are checked."""
 
 
 def resolve_config_file(flag: pathlib.Path | None, env: Mapping[str, str]) -> pathlib.Path | None:

@@ -229,11 +229,8 @@ class Coordinator:
         kept up to date by ``_on_registered``, the only place records are added or their offers change).
         A dict as an ordered set, so nothing depends on the hash seed."""
         self._jobs: dict[bytes, _Job] = {}
-        self._own_entries: list[bytes] = [
-            encode_entry(e)
-            for e in ledger.entries()
-            if open_entry(e, network, scheme=scheme).author == self.public_key
-        ]
+        # The ledger already verified and indexed these: no need to re-check every signature at start-up.
+        self._own_entries: list[bytes] = [encode_entry(e) for e in ledger.entries_by_author(self.public_key)]
         self._pushed: dict[str, int] = {}
         """peer -> how many of our own entries it has been sent (this run; a restart resends)."""
         self.reputation: dict[bytes, Reputation] = reputation_from_ledger(ledger, author=self.public_key)

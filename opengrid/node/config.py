@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from opengrid.core.availability import parse_windows
@@ -41,7 +41,6 @@ class NodeConfig:
     threads: int | None = None
     adversary: str | None = None
     """Demo/test only: make this worker cheat ('wrong-tokens') to show verification catching it."""
-    extra: dict[str, str] = field(default_factory=dict)
     max_tokens_per_job: int = DEFAULT_MAX_TOKENS_PER_JOB
     """A worker refuses jobs asking for more generated tokens than this."""
     max_context: int = DEFAULT_MAX_CONTEXT

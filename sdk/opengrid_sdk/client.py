@@ -290,7 +290,7 @@ class Client:
         peer, reply = self._call(lambda: self._request(self.bootstrap[0], job.request))
         if peer != coordinator:
             raise RemoteProtocolError("the bootstrap address answered as another peer mid-job")
-        return self._sealed_completion(job, peer, reply)
+        return self._completion(job.request, peer, reply, sealed=job)
 
     def _paid(self, request: SubmitJob) -> SubmitJob:
         """Attach a signed HOLD of the job's cost, as the next entry of our ledger chain."""
@@ -329,32 +329,6 @@ class Client:
             if body.author == me and (head is None or body.seq > head[0]):
                 head = (body.seq, bytes(entry.id))
         return head
-
-    def _sealed_completion(self, job: SealedJob, peer: str, reply: Message) -> Completion:
-        if isinstance(reply, ErrorReply):
-            raise _ERRORS.get(reply.code, JobError)(reply.message)
-        if not isinstance(reply, JobAccepted) or reply.job_id != job.request.job_id:
-            raise RemoteProtocolError("the coordinator answered with something other than this job's result")
-        receipt = SignedReceipt(entry=reply.receipt, network=self.network, salt=job.salt)
-        output = open_answer(job, reply, receipt.receipt.output_commitment)
-        receipt.verify(
-            tokens=output.tokens,
-            text=output.text,
-            job_id=job.request.job_id,
-            coordinator_key=public_key_of(peer),
-        )
-        return Completion(
-            job_id=job.request.job_id,
-            text=output.text,
-            tokens=output.tokens,
-            finish_reason=output.finish_reason,
-            receipt=receipt,
-            workers=reply.workers,
-            dissenters=reply.dissenters,
-            failed=reply.failed,
-            coordinator=peer,
-            sealed=True,
-        )
 
     def stream(
         self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
@@ -406,24 +380,32 @@ class Client:
         finally:
             worker.join(timeout=self.timeout + 5)
 
-    def _completion(self, request: SubmitJob, peer: str, reply: Message) -> Completion:
+    def _completion(
+        self, request: SubmitJob, peer: str, reply: Message, *, sealed: SealedJob | None = None
+    ) -> Completion:
+        """Check the coordinator's answer and its receipt (opening the sealed output first, if sealed)."""
         job_id = request.job_id
         if isinstance(reply, ErrorReply):
             raise _ERRORS.get(reply.code, JobError)(reply.message)
         if not isinstance(reply, JobAccepted) or reply.job_id != job_id:
             raise RemoteProtocolError("the coordinator answered with something other than this job's result")
-        receipt = SignedReceipt(entry=reply.receipt, network=self.network)
-        receipt.verify(
-            tokens=reply.tokens, text=reply.text, job_id=job_id, coordinator_key=public_key_of(peer)
+        receipt = SignedReceipt(
+            entry=reply.receipt, network=self.network, salt=sealed.salt if sealed else b""
         )
+        tokens, text, finish_reason = reply.tokens, reply.text, reply.finish_reason
+        if sealed is not None:
+            output = open_answer(sealed, reply, receipt.receipt.output_commitment)
+            tokens, text, finish_reason = output.tokens, output.text, output.finish_reason
+        receipt.verify(tokens=tokens, text=text, job_id=job_id, coordinator_key=public_key_of(peer))
         return Completion(
             job_id=job_id,
-            text=reply.text,
-            tokens=reply.tokens,
-            finish_reason=reply.finish_reason,
+            text=text,
+            tokens=tokens,
+            finish_reason=finish_reason,
             receipt=receipt,
             workers=reply.workers,
             dissenters=reply.dissenters,
             failed=reply.failed,
             coordinator=peer,
+            sealed=sealed is not None,
         )

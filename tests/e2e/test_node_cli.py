@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
+def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     seen = []
@@ -49,7 +49,7 @@ def test_node_start_prints_its_multiaddr_reuses_its_identity_and_stops_cleanly(
     for _ in range(2):
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            line = _wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
+            line = wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
             addresses.append(line.split("listening on ")[1].strip())
             process.send_signal(signum)
             out, _ = process.communicate(timeout=30)
@@ -121,7 +121,7 @@ def test_node_pause_and_resume_from_the_shell(tmp_path: pathlib.Path) -> None:
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
+        wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
         for action, state in (("pause", "paused"), ("resume", "running")):
             result = subprocess.run(
                 [sys.executable, "-m", "opengrid", "node", action, "--data-dir", str(tmp_path)],

@@ -9,7 +9,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from opengrid_sdk import Client
@@ -17,22 +16,9 @@ from textual.widgets import Static
 
 from opengrid.tui.app import WalletApp
 from opengrid.tui.source import SdkWalletSource
+from tests.e2e.test_node_cli import wait_for_line
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError(f"{needle!r} not printed; output was:\n{''.join(seen)}")
 
 
 def test_wallet_on_a_real_node_shows_its_peer_id_and_pauses_it(tmp_path: pathlib.Path) -> None:
@@ -55,7 +41,7 @@ def test_wallet_on_a_real_node_shows_its_peer_id_and_pauses_it(tmp_path: pathlib
         text=True,
     )
     try:
-        address = _wait_for_line(node, "listening on /ip4/127.0.0.1/tcp/").split("listening on ")[1].strip()
+        address = wait_for_line(node, "listening on /ip4/127.0.0.1/tcp/").split("listening on ")[1].strip()
         info = json.loads((tmp_path / "node.json").read_text())
         peer_id = info["peer_id"]
         assert address.endswith(f"/p2p/{peer_id}")
