@@ -18,14 +18,18 @@ unsigned      an empty signature
 bad_signature a signature that does not verify, or a key that does not match ``peer_id``
 impersonation ``peer_id`` is not the gossip originator (someone relaying another node's claim as new)
 wrong_network another network's announcement (logged once per peer: it is a configuration mistake)
-replayed      ``seq`` not greater than the last accepted ``seq`` from that peer
+replayed      ``seq`` equal to one recently accepted from that peer (the same claim published again)
 ============  =========================================================================================
+
+An announcement older than the last accepted one but never seen before is ``stale``: dropped (neither
+delivered nor forwarded) but *not* counted against its sender, because gossipsub routes messages over
+several paths (mesh, IHAVE/IWANT) and an honest node's beat N can arrive after its beat N+1.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from typing import Annotated, Final
 
 import msgspec
@@ -35,6 +39,9 @@ from nacl.signing import SigningKey, VerifyKey
 from opengrid.errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger("opengrid.net.announce")
+
+RECENT_SEQS: Final = 64
+"""Accepted ``seq`` values remembered per sender to tell a replay (counted) from a late beat (not)."""
 
 ANNOUNCE_DOMAIN: Final = b"opengrid/announce/1\x00"
 """Domain tag prepended to the body before signing, so an announcement signature can never be
@@ -157,7 +164,10 @@ class AnnouncementChecker:
     def __init__(self, network: str) -> None:
         self.network = network
         self.last_seq: dict[str, int] = {}
+        self._recent_seqs: dict[str, deque[int]] = {}
         self.rejections: Counter[str] = Counter()
+        self.stale: Counter[str] = Counter()
+        """Out-of-order beats dropped per sender; not misbehaviour (see the module docstring)."""
         self.reasons: Counter[tuple[str, str]] = Counter()
         self._warned_network: set[str] = set()
 
@@ -184,13 +194,21 @@ class AnnouncementChecker:
                 )
             last = self.last_seq.get(sender)
             if last is not None and announcement.seq <= last:
+                if announcement.seq in self._recent_seqs[sender]:
+                    raise AnnouncementRejected(
+                        "replayed", f"seq {announcement.seq} was already accepted", peer=sender
+                    )
                 raise AnnouncementRejected(
-                    "replayed", f"seq {announcement.seq} <= last seen {last}", peer=sender
+                    "stale", f"seq {announcement.seq} is older than {last} (arrived out of order)", peer=sender
                 )
         except AnnouncementRejected as exc:
-            self.rejections[sender] += 1
-            self.reasons[(sender, exc.reason)] += 1
+            if exc.reason == "stale":
+                self.stale[sender] += 1
+            else:
+                self.rejections[sender] += 1
+                self.reasons[(sender, exc.reason)] += 1
             log.debug("rejected an announcement: %s", exc)
             raise
         self.last_seq[sender] = announcement.seq
+        self._recent_seqs.setdefault(sender, deque(maxlen=RECENT_SEQS)).append(announcement.seq)
         return announcement

@@ -66,6 +66,16 @@ def test_accepts_a_signed_announcement_and_rejects_each_kind_of_bad_one() -> Non
     assert checker.check(PEER, sign_announcement(make(9), KEY)).seq == 9
 
 
+def test_a_late_beat_is_dropped_but_not_held_against_its_sender() -> None:
+    # gossipsub delivers over several paths, so an honest beat 5 can arrive after beat 6
+    checker = AnnouncementChecker("testnet")
+    checker.check(PEER, sign_announcement(make(6), KEY))
+    assert reason(checker, PEER, sign_announcement(make(5), KEY)) == "stale"
+    assert checker.rejections == {} and checker.stale == {PEER: 1}
+    assert reason(checker, PEER, sign_announcement(make(6), KEY)) == "replayed"
+    assert checker.rejections == {PEER: 1}
+
+
 def test_a_key_that_is_not_the_peer_ids_is_a_bad_signature() -> None:
     other = SigningKey(b"\x02" * 32)
     forged = msgspec.structs.replace(make(1), public_key=bytes(other.verify_key))
