@@ -199,7 +199,7 @@ class AnnouncementChecker:
                         "replayed", f"seq {announcement.seq} was already accepted", peer=sender
                     )
                 raise AnnouncementRejected(
-                    "stale", f"seq {announcement.seq} is older than {last} (arrived out of order)", peer=sender
+                    "stale", f"seq {announcement.seq} is older than {last} (out of order)", peer=sender
                 )
         except AnnouncementRejected as exc:
             if exc.reason == "stale":
