@@ -371,6 +371,14 @@ def bench_sim(reps: int, quick: bool) -> dict[str, Any]:
     }
 
 
+def bench_verification(quick: bool) -> dict[str, Any]:
+    """Issue 4 on a real network (verification_bench.py): one run, not repeated (it counts, not times)."""
+    import verification_bench
+
+    jobs, limit_s = (500, 60.0) if quick else (3200, 270.0)
+    return verification_bench.bench_verification(jobs, time_limit_s=limit_s)
+
+
 # ── the table ─────────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -544,6 +552,11 @@ def rows_of(results: dict[str, Any]) -> list[Row]:
             64,
             on="ours",
         )
+    verification = results.get("verification")
+    if verification:
+        import verification_bench
+
+        rows += verification_bench.rows(verification)
     sim = results.get("sim")
     if sim:
         rate, workers = sim["events_per_s"], sim["workers"]
@@ -586,7 +599,10 @@ def main() -> int:
         "--threads", type=int, default=1, help="llama.cpp threads, the same everywhere (default 1)"
     )
     parser.add_argument(
-        "--only", action="append", choices=["llm", "dispatch", "ledger", "sim"], help="run only these parts"
+        "--only",
+        action="append",
+        choices=["llm", "dispatch", "ledger", "sim", "verification"],
+        help="run only these parts; 'verification' (issue 4, 11 node processes, ~5 min) runs only when named",
     )
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 5)
@@ -605,6 +621,7 @@ def main() -> int:
             diff=100,
         ),
         "sim": lambda: bench_sim(reps, args.quick),
+        "verification": lambda: bench_verification(args.quick),
     }
     for part in parts:
         log(f"── {part}")
