@@ -123,6 +123,12 @@ def _name(value: Any, from_text: bool) -> str:
     return text
 
 
+def _secret(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str) or len(value.strip()) < 8:
+        raise ValueError("a network key is a text of at least 8 characters (share it like a password)")
+    return value.strip()
+
+
 def _work_hours(value: Any, from_text: bool) -> str:
     text = _text(value).strip()
     try:
@@ -186,7 +192,9 @@ KEYS: dict[str, _Key] = {
     "bootstrap": _Key(_multiaddrs),
     "model": _Key(_model, optional=True),
     "network": _Key(_name),
+    "network_key": _Key(_secret, optional=True),
     "heartbeat_s": _Key(_positive_float),
+    "announce_s": _Key(_positive_float),
     "threads": _Key(_int(1), optional=True),
     "adversary": _Key(_choice(_ADVERSARIES), optional=True),
     "max_tokens_per_job": _Key(_int(1)),
@@ -298,7 +306,9 @@ FLAG_DESTS: dict[str, str] = {
     "bootstrap": "bootstrap",
     "model": "model",
     "network": "network",
+    "network_key": "network_key",
     "heartbeat": "heartbeat_s",
+    "announce": "announce_s",
     "threads": "threads",
     "adversary": "adversary",
     "max_tokens_per_job": "max_tokens_per_job",

@@ -68,6 +68,7 @@ from opengrid.wire.messages import (  # noqa: E402
     Message,
     ModelOffer,
     NodeStatus,
+    PeerSummary,
     Quote,
     QuotedWorker,
     QuoteRequest,
@@ -527,6 +528,9 @@ def messages(
         ("an open streaming chat job", SubmitJob(
             job_id=job(2), model="smollm2-135m-instruct", prompt="Héllo ✓ 🚀", max_tokens=64, replicas=3,
             format="chat", stream=True)),
+        ("a batch job: it waits behind interactive jobs for a free worker", SubmitJob(
+            job_id=job(3), model="smollm2-135m-instruct", prompt="Summarise: ...", max_tokens=64,
+            priority="batch")),
         ("a sealed job (see sealed.json)", submit_sealed),
         ("run a replica", RunJob(
             job_id=job(1), contract=CONTRACT, prompt="The capital of France is", max_tokens=5)),
@@ -547,7 +551,11 @@ def messages(
             addrs=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWExample"], points=0, jobs_done=0,
             workers=[WorkerSummary(peer_id="W1", public_key=PUB["W1"], models=["smollm2-135m-instruct"],
                                    online=True)],
-            balances={PUB["W1"].hex(): 22}, ledger_entries=5)),
+            balances={PUB["W1"].hex(): 22}, ledger_entries=5,
+            peers=[PeerSummary(peer_id="W1", roles=["worker"], models=["smollm2-135m-instruct"],
+                               addrs=["/ip4/127.0.0.1/tcp/4002/p2p/W1"], last_seen_s=1.2, online=True,
+                               rtt_ms=0.6, software="opengrid/0.1.0")],
+            network="opengrid-local")),
         ("history request", HistoryRequest(account=PUB["W1"], limit=10)),
         ("history", History(entries=[encode_entry(receipt)])),
         ("control (see control.json)", control),

@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problem = str(exc)
     values = {key: _plain(getattr(config, key)) for key in KEYS}
+    if values.get("network_key"):
+        values["network_key"] = "(set, hidden)"  # a shared secret: never print it
     if args.json:
         doc = {
             "config_file": str(file) if file is not None else None,

@@ -66,8 +66,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Start one OpenGrid node. A coordinator accepts jobs, sends each to several workers, compares "
             "their outputs and signs receipts that pay the agreeing workers. A worker runs a model and "
-            "registers with the coordinator at --bootstrap. The node's identity (an Ed25519 key) is "
-            "created in --data-dir on first start and reused afterwards."
+            "joins the network through --bootstrap (any node), hears every node's announcements on gossip "
+            "and registers with every coordinator. The node's identity (an Ed25519 key) is created in "
+            "--data-dir on first start and reused afterwards."
         ),
     )
     # Node flags default to None so that a flag beats the environment, which beats the config file
@@ -89,7 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="MULTIADDR",
-        help="a coordinator's full multiaddr, as it prints at start (.../p2p/12D3KooW...)",
+        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...); the node finds "
+        "every coordinator through it (gossip)",
     )
     start.add_argument(
         "--model",
@@ -110,6 +112,21 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="how often workers re-register (default: 5)",
+    )
+    start.add_argument(
+        "--announce",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often the node announces itself on gossip; 3 missed announcements mark it offline "
+        "(default: 5)",
+    )
+    start.add_argument(
+        "--network-key",
+        default=None,
+        metavar="SECRET",
+        help="private network: only nodes started with the same key (an invite token, >= 8 characters) "
+        "can connect; prefer $OPENGRID_NETWORK_KEY to keep it out of the process list",
     )
     start.add_argument(
         "--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)"
@@ -186,11 +203,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="send one prompt to a network")
     submit.add_argument("prompt")
-    submit.add_argument("--bootstrap", required=True, metavar="MULTIADDR", help="a coordinator's multiaddr")
+    submit.add_argument(
+        "--bootstrap",
+        required=True,
+        metavar="MULTIADDR",
+        help="any node's multiaddr; the job goes to a coordinator found through it",
+    )
     submit.add_argument("--model", default="smollm2-135m-instruct")
     submit.add_argument("--max-tokens", type=int, default=64)
     submit.add_argument("--replicas", type=int, default=2)
     submit.add_argument("--network", default=DEFAULT_NETWORK)
+    _add_network_key(submit)
     submit.add_argument("--json", action="store_true")
     submit.add_argument(
         "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
@@ -210,7 +233,28 @@ def _build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="ask a node for its identity, role and points")
     status.add_argument("address", metavar="MULTIADDR")
     status.add_argument("--network", default=DEFAULT_NETWORK)
+    _add_network_key(status)
+
+    peers = commands.add_parser(
+        "peers",
+        help="list the peers a node has heard on gossip: roles, models, last heartbeat, RTT",
+        description="Ask the node at MULTIADDR which peers it knows: every node announces itself on "
+        "gossip every few seconds; one that misses 3 announcements is shown offline and gets no work.",
+    )
+    peers.add_argument("address", metavar="MULTIADDR")
+    peers.add_argument("--network", default=DEFAULT_NETWORK)
+    _add_network_key(peers)
+    peers.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _add_network_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--network-key",
+        default=os.environ.get("OPENGRID_NETWORK_KEY"),
+        metavar="SECRET",
+        help="the private network's key (default: $OPENGRID_NETWORK_KEY)",
+    )
 
 
 async def _run_node(
@@ -304,7 +348,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from opengrid_sdk import Client
 
-    with Client([args.bootstrap], network=args.network) as client:
+    with Client([args.bootstrap], network=args.network, network_key=args.network_key) as client:
         if args.stream and not args.json:
             return _stream_to_terminal(client, args)
         done = client.complete(
@@ -359,13 +403,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import msgspec
     from opengrid_sdk import Client
 
-    with Client([args.address], network=args.network) as client:
+    with Client([args.address], network=args.network, network_key=args.network_key) as client:
         status = client.status()
     as_json = msgspec.to_builtins(status, enc_hook=None)
     as_json["public_key"] = status.public_key.hex()  # hex, like every key OpenGrid prints
     for worker, summary in zip(as_json["workers"], status.workers, strict=True):
         worker["public_key"] = summary.public_key.hex()
     print(json.dumps(as_json, indent=2))
+    return 0
+
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    import msgspec
+    from opengrid_sdk import Client
+
+    with Client([args.address], network=args.network, network_key=args.network_key) as client:
+        status = client.status()
+    if args.json:
+        print(json.dumps({"peer_id": status.peer_id, "peers": msgspec.to_builtins(status.peers)}, indent=2))
+        return 0
+    online = sum(p.online for p in status.peers)
+    print(
+        f"{status.role} {status.peer_id} on network {status.network!r} knows {len(status.peers)} peer(s), "
+        f"{online} online"
+    )
+    for p in status.peers:
+        rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms is not None else "-"
+        print(
+            f"  {'online ' if p.online else 'OFFLINE'}  {p.peer_id}  {','.join(p.roles):<11}  "
+            f"{','.join(p.models) or '-':<24}  heard {p.last_seen_s:5.1f} s ago  RTT {rtt}"
+        )
     return 0
 
 
@@ -384,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_submit(args)
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "peers":
+            return _cmd_peers(args)
         if args.command == "sim":
             from opengrid.cli import sim
 

@@ -17,6 +17,12 @@ outcome. A job whose lead worker has earned trust may run on that worker alone (
 ``p = max(min_replication_rate, 1/streak)``); such a "trusted single result" is accepted with one credit.
 Now and then (``canary_rate``) a verified answer is re-sent under a fresh job id to one worker that never
 saw it; a different answer costs that worker its reputation. Canaries never reach a client or the ledger.
+
+Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
+of this coordinator at once. A job that cannot get its replicas because every worker that could run it is
+busy waits in a ``FairQueue`` (opengrid/core/queueing.py): interactive before batch, clients in turn.
+Whenever a slot may have freed (a result, a failure, a timeout, a settled job, a worker coming online) the
+machine offers the free slots to the waiting jobs in that order.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from opengrid.core.events import (
     ReplicaReturned,
     WorkerRegistered,
 )
+from opengrid.core.queueing import MAX_QUEUED, MAX_QUEUED_PER_CLIENT, FairQueue
 from opengrid.core.reputation import (
     Outcome,
     Reputation,
@@ -120,6 +127,11 @@ class CoordinatorConfig:
     """Verified answers kept for canaries (the oldest is dropped first)."""
     weighted: bool = True
     """Weight the random choice of workers by reputation, speed and RTT. Off: uniform (experiments)."""
+    max_queued: int = MAX_QUEUED
+    """Jobs waiting for a free worker slot, all clients together; a job over the limit is refused
+    (``busy``)."""
+    max_queued_per_client: int = MAX_QUEUED_PER_CLIENT
+    """Jobs one client may have waiting for a free worker slot; more are refused (``busy``)."""
 
     @classmethod
     def plain(cls, **overrides: float) -> CoordinatorConfig:
@@ -143,6 +155,8 @@ class WorkerRecord:
     """From the latest registration (``WorkerRegistered.rtt_s``)."""
     tokens_per_s: float = 0.0
     """Moving average of the speed measured on its verified results (dispatch to answer); 0 unmeasured."""
+    slots: int = 1
+    """From the latest registration (``WorkerRegistered.slots``): replicas it may run at once."""
 
 
 @dataclass
@@ -246,6 +260,12 @@ class Coordinator:
         self._resume_patience: dict[bytes, float] = {}
         """Resumed job -> until when it waits for enough workers to re-register."""
         """job id -> (when to submit it, the job), for jobs handed to ``resume``."""
+        self._in_flight: dict[str, int] = {}
+        """peer -> replicas and canaries dispatched to it and not settled yet (absent: none)."""
+        self._queue: FairQueue[bytes] = FairQueue(
+            max_total=self.config.max_queued, max_per_client=self.config.max_queued_per_client
+        )
+        """Client jobs waiting for free worker slots (each is also in ``_jobs``)."""
 
     # ── inputs ───────────────────────────────────────────────────────────────────────────────────────
     def handle(self, event: Event, now: float) -> list[Effect]:
@@ -256,13 +276,14 @@ class Coordinator:
             case JobSubmitted():
                 return self._on_submitted(event, now)
             case ReplicaReturned():
-                return self._on_returned(event, now)
+                return self._on_returned(event, now) + self._drain(now)
             case ReplicaFailed(client_fault=True):
-                return self._on_client_fault(event)
+                return self._on_client_fault(event) + self._drain(now)
             case ReplicaFailed():
-                return self._on_failed(event.job_id, event.peer, event.reason, now, penalize=False)
+                effects = self._on_failed(event.job_id, event.peer, event.reason, now, penalize=False)
+                return effects + self._drain(now)
             case JobCancelled():
-                return self._on_cancelled(event)
+                return self._on_cancelled(event) + self._drain(now)
         raise TypeError(f"unknown event {event!r}")  # pragma: no cover - exhaustiveness guard
 
     def on_timer(self, now: float) -> list[Effect]:
@@ -285,10 +306,19 @@ class Coordinator:
                 continue
             self._resumed.pop(job_id)
             self._resume_patience.pop(job_id, None)
-            effects += self._on_submitted(event, now)
+            effects += self._on_submitted(event, now, bounded=False)
         for job_id in sorted(self._jobs):
             job = self._jobs.get(job_id)
             if job is None:
+                continue
+            if now >= job.deadline and job_id in self._queue and not job.results and not job.pending:
+                effects += self._fail(
+                    job_id,
+                    "busy",
+                    f"job waited {self.config.job_timeout_s:.0f} s and no worker serving "
+                    f"{job.model_name!r} had a free slot ({self._queue.waiting(job.client)} of your jobs, "
+                    f"{len(self._queue)} in all, were waiting); retry later or on another coordinator",
+                )
                 continue
             if now >= job.deadline:
                 effects += self._fail(
@@ -301,7 +331,7 @@ class Coordinator:
             for peer in sorted(p for p, deadline in job.pending.items() if now >= deadline):
                 effects.append(CancelReplica(peer=peer, job_id=job_id))
                 effects += self._on_failed(job_id, peer, "timed out", now, penalize=False)
-        return effects
+        return effects + self._drain(now)
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``on_timer`` has something to do (None: nothing scheduled)."""
@@ -316,6 +346,21 @@ class Coordinator:
     def active_jobs(self) -> int:
         """Client jobs in flight (canaries and resumed jobs not yet due are not counted)."""
         return len(self._jobs)
+
+    @property
+    def queued_jobs(self) -> int:
+        """Client jobs waiting for a free worker slot (also counted in ``active_jobs``)."""
+        return len(self._queue)
+
+    def is_queued(self, job_id: bytes) -> bool:
+        """True while a client job waits for a free worker slot (some of its replicas may be running)."""
+        return job_id in self._queue
+
+    def free_slots(self) -> int:
+        """Slots free on online workers, all models together (what a driver may announce as its load)."""
+        return sum(
+            max(0, r.slots - self._in_flight.get(r.peer, 0)) for r in self.workers.values() if r.online
+        )
 
     @property
     def active_canaries(self) -> int:
@@ -358,7 +403,7 @@ class Coordinator:
             if job_id in self._jobs or job_id in self._resumed or self.ledger.receipt_for(job_id) is not None:
                 continue
             if due <= now:
-                effects += self._on_submitted(event, now)
+                effects += self._on_submitted(event, now, bounded=False)
             else:
                 self._resumed[job_id] = (due, event)
                 self._resume_patience[job_id] = now + 10 * self.config.heartbeat_s
@@ -367,6 +412,14 @@ class Coordinator:
     # ── registry ─────────────────────────────────────────────────────────────────────────────────────
     def _on_registered(self, event: WorkerRegistered, now: float) -> list[Effect]:
         earlier = self.workers.get(event.peer)
+        # A heartbeat that changes nothing frees no capacity: only then is the queue not looked at.
+        grown = (
+            earlier is None
+            or not earlier.online
+            or earlier.offers != event.offers
+            or earlier.slots < event.slots
+            or earlier.operator != event.operator
+        )
         if earlier is None or earlier.offers != event.offers:
             for name in _index_names(earlier.offers if earlier is not None else ()):
                 peers = self._serving[name]
@@ -384,8 +437,9 @@ class Coordinator:
             operator=event.operator,
             rtt_s=event.rtt_s,
             tokens_per_s=earlier.tokens_per_s if earlier is not None and earlier.key == event.key else 0.0,
+            slots=max(1, event.slots),
         )
-        return []
+        return self._drain(now) if grown else []
 
     def served_models(self) -> list[str]:
         """Names of the models some online worker serves, sorted."""
@@ -442,7 +496,10 @@ class Coordinator:
         record.tokens_per_s = speed if record.tokens_per_s <= 0 else 0.8 * record.tokens_per_s + 0.2 * speed
 
     # ── jobs ─────────────────────────────────────────────────────────────────────────────────────────
-    def _on_submitted(self, event: JobSubmitted, now: float) -> list[Effect]:
+    def _on_submitted(self, event: JobSubmitted, now: float, *, bounded: bool = True) -> list[Effect]:
+        """Check a job and queue it for its replicas (refusing it with a typed error), then offer the free
+        slots to the queue. ``bounded``: refuse it if the queue is full (not for jobs taken back after a
+        restart, which were accepted once already)."""
         request = event.request
         job_id = request.job_id
         if job_id in self._jobs or self.ledger.receipt_for(job_id) is not None:
@@ -481,6 +538,18 @@ class Coordinator:
                     ),
                 )
             ]
+        full = self._queue.admit(event.client) if bounded else ""
+        if full:
+            return [
+                FinishJob(
+                    job_id,
+                    ErrorReply(
+                        "busy",
+                        f"this coordinator is saturated: {full}; retry later or on another coordinator",
+                        job_id,
+                    ),
+                )
+            ]
         # Take the payment last: every check above can refuse the job without touching the ledger.
         hold_effects: list[Effect] = []
         hold_id, hold_amount = b"", 0
@@ -504,12 +573,54 @@ class Coordinator:
             hold_amount=hold_amount,
         )
         self._jobs[job_id] = job
-        return hold_effects + self._refill(job, now) + self._maybe_canary(now)
+        self._queue.push(job_id, event.client, request.priority)
+        return hold_effects + self._drain(now) + self._maybe_canary(now)
+
+    def _drain(self, now: float) -> list[Effect]:
+        """Offer the free worker slots to the waiting jobs, in the queue's order (interactive first,
+        clients in turn); each job takes what it can and keeps its place if it still needs more."""
+        if not self._queue:
+            return []
+        effects: list[Effect] = []
+        full: set[tuple[str, tuple[str, ...]]] = set()
+        """(model, sealed-to peers) whose workers are all busy: slots only get taken during a drain, so
+        later jobs for the same model need not look again."""
+        for job_id in self._queue.order():
+            job = self._jobs.get(job_id)
+            if job is None or job_id not in self._queue:  # pragma: no cover - removed with its job
+                self._queue.remove(job_id)
+                continue
+            wanted = (job.request.model.lower(), tuple(sorted(job.sealed)))
+            if wanted in full:
+                continue
+            candidates = self._candidates(job.request.model, allowed=job.sealed or None)
+            if not any(self._has_slot(c.peer) for c in candidates):
+                full.add(wanted)
+                continue
+            effects += self._refill(job, now)
+        return effects
+
+    def _has_slot(self, peer: str) -> bool:
+        record = self.workers.get(peer)
+        return record is not None and self._in_flight.get(peer, 0) < record.slots
+
+    def _occupy(self, peer: str) -> None:
+        self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
+
+    def _release(self, peer: str) -> None:
+        left = self._in_flight.get(peer, 0) - 1
+        if left > 0:
+            self._in_flight[peer] = left
+        else:
+            self._in_flight.pop(peer, None)
 
     def _refill(self, job: _Job, now: float) -> list[Effect]:
-        """Dispatch replicas until results + pending reach the job's target, or fail if none are left."""
+        """Dispatch replicas to free workers until results + pending reach the job's target; wait in the
+        queue for the rest while busy workers could still run them; fail if no worker is left at all."""
+        job_id = job.request.job_id
         missing = job.target - len(job.results) - len(job.pending)
         if missing <= 0:
+            self._queue.remove(job_id)
             return []
         first = not job.tried()
         tried = job.tried()
@@ -519,12 +630,13 @@ class Coordinator:
             for c in choose_class(self._candidates(job.request.model, allowed=allowed))
             if c.contract == job.contract
         ]
+        free = [c for c in pool if self._has_slot(c.peer)]
         chosen = pick_workers(
-            pool, missing, exclude=tried, rng=self._rng, exclude_operators=self._operators(tried)
+            free, missing, exclude=tried, rng=self._rng, exclude_operators=self._operators(tried)
         )
         if first and chosen and self._runs_alone(job, chosen[0]):
             job.single, job.replicas, job.target = True, 1, 1
-            chosen = chosen[:1]
+            chosen, missing = chosen[:1], 1
         effects: list[Effect] = []
         run = RunJob(
             job_id=job.request.job_id,
@@ -535,6 +647,7 @@ class Coordinator:
         )
         for candidate in chosen:
             job.pending[candidate.peer] = now + self.config.replica_timeout_s
+            self._occupy(candidate.peer)
             if job.sealed:  # each worker gets the ciphertext made for it alone
                 personal = msgspec.structs.replace(
                     run, sealed_prompt=job.sealed[candidate.peer], client_box_key=job.request.client_box_key
@@ -542,6 +655,19 @@ class Coordinator:
                 effects.append(DispatchReplica(peer=candidate.peer, run=personal))
             else:
                 effects.append(DispatchReplica(peer=candidate.peer, run=run))
+        short = missing - len(chosen)
+        if short > 0:
+            taken = tried | {c.peer for c in chosen}
+            operators = self._operators(taken)
+            later = capacity(c for c in pool if c.peer not in taken and c.operator not in operators)
+            if later >= short:  # busy workers can run the rest once they free up: wait for them
+                if job_id in self._queue:
+                    if chosen:
+                        self._queue.served(job_id, done=False)
+                else:  # a job that already started goes ahead of its client's jobs that have not
+                    self._queue.push(job_id, job.client, job.request.priority, front=bool(tried))
+                return effects
+        self._queue.served(job_id, done=True)
         if not job.pending and len(job.results) + len(chosen) < job.target:
             effects += self._fail(
                 job.request.job_id,
@@ -579,13 +705,14 @@ class Coordinator:
         if isinstance(problem, str):
             return self._on_failed(event.job_id, event.peer, problem, now, penalize=True)
         sent_at = job.pending.pop(event.peer) - self.config.replica_timeout_s
+        self._release(event.peer)
         job.elapsed[event.peer] = now - sent_at
         job.results[event.peer] = (event.result, problem)
         commitments = {peer: att.output_commitment for peer, (_, att) in job.results.items()}
         agreement = judge(commitments, job.replicas)
         if agreement is not None:
             return self._accept(job, agreement)
-        if not job.pending:
+        if not job.pending and len(job.results) >= job.target:  # every replica answered: disagreement
             if job.target >= job.replicas + self.config.max_extra_replicas:
                 return self._fail(
                     event.job_id,
@@ -658,6 +785,7 @@ class Coordinator:
         if job is None or peer not in job.pending:
             return []
         del job.pending[peer]
+        self._release(peer)
         effects: list[Effect] = []
         record = self.workers.get(peer)
         if penalize:
@@ -714,7 +842,7 @@ class Coordinator:
             effects += self._author(
                 Settle(hold=job.hold, payouts=payouts) if payouts else Refund(hold=job.hold)
             )
-        effects += [CancelReplica(peer=peer, job_id=job_id) for peer in sorted(job.pending)]
+        effects += self._cancel_pending(job)
         effects += [Penalize(peer=p, why="output disagreed with the majority") for p in agreement.dissenters]
         effects += [SendReceipt(peer=p, notice=self._notice_for(p)) for p in agreement.peers]
         first = winning[0][0]
@@ -785,7 +913,7 @@ class Coordinator:
         pool = [
             self._candidate(r, o)
             for r in self.workers.values()
-            if r.online and r.key not in answer.seen and r.peer not in busy
+            if r.online and r.key not in answer.seen and r.peer not in busy and self._has_slot(r.peer)
             for o in r.offers
             if o.contract == answer.contract
         ]
@@ -795,6 +923,7 @@ class Coordinator:
         worker = chosen[0]
         canary_id = self._fresh_canary_id()
         answer.seen.add(worker.key)
+        self._occupy(worker.peer)
         self._canaries[canary_id] = _Canary(
             peer=worker.peer,
             key=worker.key,
@@ -832,6 +961,7 @@ class Coordinator:
         if isinstance(problem, str):
             return self._on_canary_failed(event.job_id, event.peer, problem, penalize=True)
         del self._canaries[event.job_id]
+        self._release(event.peer)
         if problem.output_commitment != answer.commitment:
             self._record(canary.key, "invalid")
             return [
@@ -846,6 +976,7 @@ class Coordinator:
         if canary is None or canary.peer != peer:
             return []
         del self._canaries[canary_id]
+        self._release(peer)
         self._record(canary.key, "invalid" if penalize else "timeout")
         if penalize:
             return [Penalize(peer=peer, why=f"canary: {reason}")]
@@ -907,11 +1038,18 @@ class Coordinator:
         self._pushed[peer] = len(self._own_entries)
         return ReceiptNotice(entries=self._own_entries[start:])
 
+    def _cancel_pending(self, job: _Job) -> list[Effect]:
+        """The job is settled: free its workers' slots, stop its pending replicas, leave the queue."""
+        self._queue.remove(job.request.job_id)
+        for peer in job.pending:
+            self._release(peer)
+        return [CancelReplica(peer=peer, job_id=job.request.job_id) for peer in sorted(job.pending)]
+
     def _fail(self, job_id: bytes, code: ErrorCode, message: str) -> list[Effect]:
         job = self._jobs.pop(job_id, None)
         effects: list[Effect] = []
         if job is not None:
-            effects += [CancelReplica(peer=peer, job_id=job_id) for peer in sorted(job.pending)]
+            effects += self._cancel_pending(job)
             if job.hold:  # a paid job that failed costs its client nothing
                 effects += self._author(Refund(hold=job.hold))
         effects.append(FinishJob(job_id, ErrorReply(code, message, job_id)))

@@ -19,6 +19,9 @@ class WorkerRegistered:
     workers with the same non-empty operator never run replicas of one job together. Empty: unknown."""
     rtt_s: float = 0.0
     """Round-trip time the driver measured to the worker (e.g. a libp2p ping); 0 when unknown."""
+    slots: int = 1
+    """Replicas the worker runs at once (``RegisterWorker.slots``); the coordinator never has more than
+    this many of its replicas and canaries in flight on the worker."""
 
 
 @dataclass(frozen=True)

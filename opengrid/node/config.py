@@ -37,7 +37,12 @@ class NodeConfig:
     model: str | None = None
     """Model name or GGUF path a worker serves; None picks the default model."""
     network: str = DEFAULT_NETWORK
+    network_key: str | None = None
+    """Shared secret (an invite token) of a private network: only nodes with the same key can connect."""
     heartbeat_s: float = 5.0
+    """Workers re-register with their coordinators this often; 3 missed beats mark a worker offline."""
+    announce_s: float = 5.0
+    """Gossip announcement period: how every node learns of every other (see opengrid/net/gossip.py)."""
     threads: int | None = None
     adversary: str | None = None
     """Demo/test only: make this worker cheat ('wrong-tokens') to show verification catching it."""
@@ -68,6 +73,10 @@ class NodeConfig:
             raise ConfigError("at least one --listen address is needed, e.g. /ip4/127.0.0.1/tcp/4001")
         if self.heartbeat_s <= 0:
             raise ConfigError(f"heartbeat must be positive seconds, got {self.heartbeat_s}")
+        if not 0.1 <= self.announce_s <= 3600:
+            raise ConfigError(f"announce period must be 0.1..3600 seconds, got {self.announce_s}")
+        if self.network_key is not None and len(self.network_key) < 8:
+            raise ConfigError("a network key must be at least 8 characters (share it like a password)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.adversary not in (None, *ADVERSARIES):
@@ -98,8 +107,8 @@ class NodeConfig:
             role = "worker" if self.bootstrap else "coordinator"
         if role in ("worker", "edge") and not self.bootstrap:
             raise ConfigError(
-                f"a {role} needs --bootstrap with a coordinator's multiaddr "
-                "(the coordinator prints it at start, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...)"
+                f"a {role} needs --bootstrap with the multiaddr of any node of the network (every node "
+                "prints it at start, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...)"
             )
         return dataclasses.replace(self, role=role)
 

@@ -74,13 +74,15 @@ from opengrid.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from opengrid.net.host import FrameStream, Host, open_host
+from opengrid.net.announce import ModelAd
+from opengrid.net.host import FrameStream, Host, derive_psk, open_host
 from opengrid.net.keys import public_key_of
 from opengrid.node import ledger_sync
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
+from opengrid.node.membership import Membership
 from opengrid.node.trust import load_trusted, remember_trusted
 from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import LedgerStore, open_ledger
@@ -179,6 +181,11 @@ class Node:
         self._rtt: dict[str, float] = {}
         """Coordinators: measured round-trip time per worker peer."""
         self._coordinator_peer = ""
+        """Workers: the first coordinator that accepted us (the API's jobs go there)."""
+        self._coordinators: dict[str, str] = {}
+        """Workers: coordinators we are registered with, peer id -> the address we reached it at."""
+        self._not_coordinators: set[str] = set()
+        self.membership: Membership | None = None
         self._sync_wanted = trio.Event()
         self._tokens_out = 0
         self._busy_s = 0.0
@@ -203,12 +210,24 @@ class Node:
         try:
             if config.serves_models:
                 await self._start_worker()
-            async with open_host(self._seed, config.listen) as host:
+            psk = derive_psk(config.network, config.network_key) if config.network_key else None
+            async with open_host(self._seed, config.listen, psk=psk) as host:
                 self.host = host
                 host.set_handler(self._serve_stream)
                 host.set_handler(self._serve_sync, SYNC_PROTOCOL)  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    self.membership = Membership(
+                        host,
+                        network=config.network,
+                        signing_key=self._key,
+                        role=config.role,
+                        models=self._model_ads(),
+                        software=f"opengrid/{opengrid.__version__}",
+                        announce_s=config.announce_s,
+                        bootstrap=config.bootstrap,
+                    )
+                    await nursery.start(self.membership.run)
                     if config.role == "coordinator":
                         self.coordinator = Coordinator(
                             network=config.network,
@@ -283,6 +302,11 @@ class Node:
             ledger=self.ledger,
             max_tokens_limit=self.config.max_tokens_per_job,
         )
+
+    def _model_ads(self) -> list[ModelAd]:
+        if self.worker is None:
+            return []
+        return [ModelAd(o.name, o.contract.model_sha256, o.contract.digest()) for o in self.worker.offers]
 
     async def _maybe_adversary(self, engine: Engine) -> Engine:
         """Demo/test only (hidden --adversary flag): wrap the honest engine in a cheating one."""
@@ -493,6 +517,7 @@ class Node:
                 offers=tuple(message.models),
                 operator=operator,
                 rtt_s=self._rtt.get(peer, 0.0),
+                slots=message.slots,
             )
         )
         if not known:
@@ -561,10 +586,13 @@ class Node:
         )
         if self.coordinator is not None:
             return await self._submit_local(self.host.peer_id, job)
-        if not self.config.bootstrap:
-            return ErrorReply("not_coordinator", "this node knows no coordinator to send jobs to")
+        address = self._coordinators.get(self._coordinator_peer)
+        if address is None:
+            return ErrorReply(
+                "not_coordinator", "this node is not registered with any coordinator yet; retry shortly"
+            )
         try:
-            peer = await self.host.connect(self.config.bootstrap[0])
+            peer = await self.host.connect(address)
             reply = await self.host.request(peer, job)
         except OpenGridError as exc:
             return ErrorReply("not_coordinator", f"the coordinator could not be reached: {exc}", job.job_id)
@@ -788,17 +816,21 @@ class Node:
             )
 
     async def _sync_loop(self) -> None:
-        """Workers: keep our ledger in step with our coordinator's (receipts, holds, settlements)."""
+        """Workers: keep our ledger in step with our coordinators' (receipts, holds, settlements)."""
         await self.registered.wait()
         while True:
             with trio.move_on_after(self.config.heartbeat_s * _SYNC_PERIOD_BEATS):
                 await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
-            if self._coordinator_peer:
+            for peer in list(self._coordinators):
                 try:
-                    await self.sync_ledger(self._coordinator_peer)
+                    await self.sync_ledger(peer)
                 except (OpenGridError, trio.TooSlowError) as exc:
-                    log.info("ledger sync with the coordinator failed (will retry): %s", exc or "timed out")
+                    log.info(
+                        "ledger sync with coordinator %s failed (will retry): %s",
+                        _short(peer),
+                        exc or "timed out",
+                    )
             await trio.sleep(0.2)  # let a burst of receipts settle into one sync
 
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
@@ -946,33 +978,65 @@ class Node:
 
     # ── worker: stay registered ──────────────────────────────────────────────────────────────────────
     async def _register_loop(self) -> None:
-        assert self.worker is not None and self.host is not None
+        """Register with every coordinator we know of — our bootstrap addresses, and every coordinator
+        heard on gossip — and repeat it as our heartbeat (a coordinator marks us offline after 3 missed
+        beats). A paused worker stops beating, so its coordinators stop sending it work."""
         interval = self.config.heartbeat_s
-        warned = False
+        warned: set[str] = set()
         while True:
-            try:
-                if not self.paused:  # a paused worker stops beating; the coordinator stops sending it work
-                    # Beat as often as the coordinator asks (it marks us offline after 3 missed beats),
-                    # within sane bounds so a hostile coordinator cannot make us spin or go silent. The
-                    # whole attempt is bounded: a dial to a vanished coordinator must not stall the beat.
-                    with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
-                        interval = min(max(await self._register_once(), 0.5), 60.0)
-                warned = False
-            except (OpenGridError, trio.TooSlowError) as exc:
-                if isinstance(exc, trio.TooSlowError) and self._coordinator_peer:
-                    await self.host.disconnect(self._coordinator_peer)  # re-dial afresh next time
-                if not warned:
-                    log.warning(
-                        "cannot register with the coordinator (%s); retrying every %.0f s",
-                        exc or "no answer in time",
-                        interval,
-                    )
-                    warned = True
+            if not self.paused:
+                intervals: list[float] = []
+                async with trio.open_nursery() as nursery:
+                    for address in self._registration_targets():
+                        nursery.start_soon(self._register_with, address, intervals, warned)
+                if intervals:
+                    # As often as the coordinators ask, within sane bounds so a hostile one cannot make
+                    # us spin or go silent.
+                    interval = min(max(min(intervals), 0.5), 60.0)
             await trio.sleep(interval)
 
-    async def _register_once(self) -> float:
+    def _registration_targets(self) -> list[str]:
+        """One address per coordinator: bootstrap addresses (unless they said they do not coordinate),
+        the coordinators that accepted us (registration is itself the liveness check: a coordinator whose
+        gossip is late on a loaded machine must not lose its workers), then the coordinators gossip tells
+        us about, deduplicated by peer id."""
+        targets: dict[str, str] = {}
+        for address in self.config.bootstrap:
+            peer = _peer_of(address)
+            if peer not in self._not_coordinators:
+                targets.setdefault(peer, address)
+        for peer, address in self._coordinators.items():
+            targets.setdefault(peer, address)
+        if self.membership is not None:
+            for address in self.membership.addresses_of("coordinator"):
+                targets.setdefault(_peer_of(address), address)
+        return list(targets.values())
+
+    async def _register_with(self, address: str, intervals: list[float], warned: set[str]) -> None:
+        assert self.host is not None
+        peer = _peer_of(address)
+        try:
+            # The whole attempt is bounded: a dial to a vanished coordinator must not stall the beat.
+            with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
+                intervals.append(await self._register_once(address))
+            warned.discard(peer)
+        except _NotACoordinator as exc:
+            self._not_coordinators.add(peer)
+            log.info("%s; looking for coordinators through it", exc)
+        except (OpenGridError, trio.TooSlowError) as exc:
+            self._coordinators.pop(peer, None)
+            if isinstance(exc, trio.TooSlowError):
+                await self.host.disconnect(peer)  # re-dial afresh next time
+            if peer not in warned:
+                warned.add(peer)
+                log.warning(
+                    "cannot register with coordinator %s (%s); retrying every beat",
+                    _short(peer),
+                    exc or "no answer in time",
+                )
+
+    async def _register_once(self, address: str) -> float:
         assert self.worker is not None and self.host is not None
-        address = self.config.bootstrap[0]
         peer = await self.host.connect(address)
         message = RegisterWorker(
             network=self.config.network,
@@ -990,6 +1054,8 @@ class Node:
             raise TransportError(
                 f"the coordinator did not answer the registration: {exc or 'timed out'}"
             ) from exc
+        if isinstance(reply, ErrorReply) and reply.code == "not_coordinator":
+            raise _NotACoordinator(f"bootstrap {_short(peer)} is not a coordinator")
         if isinstance(reply, ErrorReply):
             raise TransportError(f"{address} refused the registration: {reply.message}")
         if not isinstance(reply, Registered):
@@ -997,11 +1063,14 @@ class Node:
         if reply.coordinator_key != public_key_of(peer):
             raise RemoteProtocolError("coordinator_key does not match the coordinator's peer id", peer=peer)
         self.worker.trust_coordinator(reply.coordinator_key)
-        self._coordinator_peer = peer
-        remember_trusted(self.config.data_dir, reply.coordinator_key)
-        if not self.registered.is_set():
+        if peer not in self._coordinators:
             log.info("registered with coordinator %s", _short(peer))
-            self.registered.set()
+            remember_trusted(self.config.data_dir, reply.coordinator_key)
+            self._sync_wanted.set()
+        self._coordinators[peer] = address
+        if not self._coordinator_peer or self._coordinator_peer not in self._coordinators:
+            self._coordinator_peer = peer
+        self.registered.set()
         return reply.heartbeat_s
 
     @property
@@ -1099,6 +1168,8 @@ class Node:
             balances=balances,
             ledger_entries=len(self.ledger),
             paused=self.paused,
+            peers=self.membership.peers(self._rtt.get) if self.membership is not None else [],
+            network=self.config.network,
         )
 
     def history(self, account: bytes, limit: int) -> History:
@@ -1162,6 +1233,15 @@ def _progress(what: str) -> Iterator[None]:
         return
     with console.status(what):
         yield
+
+
+class _NotACoordinator(TransportError):
+    """A bootstrap peer answered a registration with ``not_coordinator``: use it only to join gossip."""
+
+
+def _peer_of(address: str) -> str:
+    """The peer id at the end of a ``/.../p2p/<id>`` multiaddr (the whole text if it has none)."""
+    return address.rsplit("/p2p/", 1)[-1]
 
 
 class _JobAbandoned(Exception):

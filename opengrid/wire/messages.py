@@ -34,6 +34,10 @@ TokenCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_LIMIT)]
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 
+Priority = Literal["interactive", "batch"]
+"""A job's queueing class on a coordinator: waiting ``interactive`` jobs are dispatched before any
+``batch`` job (spec/job-protocol.md §8.1)."""
+
 PromptFormat = Literal["text", "chat"]
 """``text``: a raw prompt, tokenized with the model's BOS; ``chat``: a prompt rendered from the model's chat
 template, which carries its own special tokens (tokenized without adding BOS, as llama.cpp does)."""
@@ -51,7 +55,7 @@ ErrorCode = Literal[
     "verification_failed",  # replicas never reached quorum
     "engine_error",  # the worker's engine failed
     "not_coordinator",  # the request needs a coordinator and this node is not one
-    "busy",  # the node refuses work for now; retry later
+    "busy",  # no work taken for now: paused, queue full, or no worker slot freed in time
     "internal",  # a bug on the answering side
 ]
 
@@ -123,6 +127,9 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     hold: Annotated[bytes, msgspec.Meta(max_length=64 * 1024)] = b""
     """Paid jobs: an encoded ledger HOLD entry, signed by the client, reserving at least
     ``job_cost(max_tokens, replicas)`` points for this job with this coordinator (spec/ledger.md)."""
+    priority: Priority = "interactive"
+    """Queueing class while every worker that could run the job is busy: ``interactive`` jobs go first,
+    ``batch`` jobs use what capacity is left (spec/job-protocol.md §8.1)."""
 
 
 class RunJob(_Message, tag="run", frozen=True):
@@ -238,6 +245,23 @@ class WorkerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     online: bool
 
 
+class PeerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One peer a node has heard announce itself on gossip (``opengrid peers``; SDKs find coordinators)."""
+
+    peer_id: str
+    roles: list[str]
+    models: list[str]
+    addrs: list[str]
+    last_seen_s: float
+    """Seconds since its last announcement (a heartbeat)."""
+    online: bool
+    """False once it missed its heartbeats; it gets no work until it announces again."""
+    tier: str = ""
+    rtt_ms: float | None = None
+    """Round-trip time this node measured to it, when it did (coordinators measure their workers)."""
+    software: str = ""
+
+
 class NodeStatus(_Message, tag="status", frozen=True):
     """Node → anyone: identity, role, and the points and jobs its own ledger shows."""
 
@@ -254,6 +278,9 @@ class NodeStatus(_Message, tag="status", frozen=True):
     ledger_entries: int = 0
     paused: bool = False
     """True while the owner has paused the node: it takes no new work."""
+    peers: list[PeerSummary] = []
+    """Every peer this node has heard on gossip, online or not, sorted by peer id."""
+    network: str = ""
 
 
 class HistoryRequest(_Message, tag="history_request", frozen=True):

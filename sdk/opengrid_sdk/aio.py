@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
 from opengrid.node.config import DEFAULT_NETWORK
-from opengrid.wire.messages import NodeStatus
+from opengrid.wire.messages import NodeStatus, Priority
 from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion
 from opengrid_sdk.receipts import HistoryItem
 
@@ -27,10 +27,17 @@ class AsyncClient:
 
     @classmethod
     async def connect(
-        cls, bootstrap: Sequence[str], *, network: str = DEFAULT_NETWORK, timeout: float = 300.0
+        cls,
+        bootstrap: Sequence[str],
+        *,
+        network: str = DEFAULT_NETWORK,
+        timeout: float = 300.0,
+        network_key: str | None = None,
     ) -> AsyncClient:
         """Start the client's host (in its own thread) and return the async client."""
-        client = await asyncio.to_thread(Client, list(bootstrap), network=network, timeout=timeout)
+        client = await asyncio.to_thread(
+            Client, list(bootstrap), network=network, timeout=timeout, network_key=network_key
+        )
         return cls(client)
 
     async def __aenter__(self) -> AsyncClient:
@@ -52,6 +59,7 @@ class AsyncClient:
         sealed: bool = True,
         exposure: int | None = None,
         trusted: Sequence[str] = (),
+        priority: Priority = "interactive",
     ) -> Completion:
         """See ``Client.complete`` (sealed by default)."""
         return await asyncio.to_thread(
@@ -63,6 +71,7 @@ class AsyncClient:
             sealed=sealed,
             exposure=exposure,
             trusted=trusted,
+            priority=priority,
         )
 
     async def stream(

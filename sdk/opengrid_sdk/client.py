@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import random
 import secrets
 import threading
 import time
@@ -32,7 +33,7 @@ from opengrid.errors import (
     UnknownModelError,
     VerificationError,
 )
-from opengrid.net.host import Host, open_host
+from opengrid.net.host import Host, derive_psk, open_host
 from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.control import control_signing_bytes
@@ -46,6 +47,7 @@ from opengrid.wire.messages import (
     JobProgress,
     Message,
     NodeStatus,
+    Priority,
     Quote,
     QuoteRequest,
     StatusRequest,
@@ -87,7 +89,15 @@ class Completion:
     """True if the coordinator never saw the prompt or the answer (sealed mode)."""
 
 
-def _job(prompt: str, model: str, max_tokens: int, replicas: int, *, stream: bool) -> SubmitJob:
+def _job(
+    prompt: str,
+    model: str,
+    max_tokens: int,
+    replicas: int,
+    *,
+    stream: bool,
+    priority: Priority = "interactive",
+) -> SubmitJob:
     if max_tokens < 1 or replicas < 1:
         raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
     return SubmitJob(
@@ -97,6 +107,7 @@ def _job(prompt: str, model: str, max_tokens: int, replicas: int, *, stream: boo
         max_tokens=max_tokens,
         replicas=replicas,
         stream=stream,
+        priority=priority,
     )
 
 
@@ -117,11 +128,16 @@ class Client:
         network: str = DEFAULT_NETWORK,
         timeout: float = 300.0,
         identity_seed: bytes | None = None,
+        network_key: str | None = None,
     ) -> None:
+        """``bootstrap``: any node's multiaddrs; jobs go to a coordinator found through them.
+        ``network_key``: the shared secret of a private network (the nodes' ``--network-key``)."""
         if not bootstrap:
-            raise ConfigError("Client needs at least one bootstrap multiaddr (a coordinator's address)")
+            raise ConfigError("Client needs at least one bootstrap multiaddr (any node's address)")
         self.bootstrap = list(bootstrap)
         self.network = network
+        self._psk = derive_psk(network, network_key) if network_key else None
+        self._coordinator: str | None = None
         self._payer = SigningKey(identity_seed) if identity_seed is not None else None
         """With an identity (e.g. a volunteer's own node key), jobs are paid from its points: each puts
         ``job_cost`` on hold, settled to the agreeing workers (the rest returns) or refunded on failure."""
@@ -148,7 +164,7 @@ class Client:
             self._ready.set()
 
     async def _trio_main(self) -> None:
-        async with open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as host:
+        async with open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"], psk=self._psk) as host:
             self._host = host
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
@@ -188,6 +204,46 @@ class Client:
         assert self._host is not None
         peer = await self._host.connect(address)
         return peer, await self._host.request(peer, message)
+
+    def coordinator(self) -> str:
+        """The address jobs go to: the first bootstrap node that coordinates, else a coordinator that a
+        bootstrap node has heard of on gossip (chosen at random among those online). Found once; found
+        again after a call to it fails."""
+        if self._coordinator is None:
+            self._coordinator = self._call(self._find_coordinator)
+        return self._coordinator
+
+    async def _find_coordinator(self) -> str:
+        problems = []
+        for address in self.bootstrap:
+            try:
+                _, status = await self._request(address, StatusRequest())
+            except OpenGridError as exc:
+                problems.append(f"{address}: {exc}")
+                continue
+            if not isinstance(status, NodeStatus):
+                problems.append(f"{address}: answered {type(status).__name__}")
+                continue
+            if status.role == "coordinator":
+                return address
+            known = [p.addrs[0] for p in status.peers if p.online and "coordinator" in p.roles and p.addrs]
+            if known:
+                return random.choice(known)
+            problems.append(f"{address}: a {status.role} that knows no coordinator yet")
+        raise TransportError(
+            "no coordinator found through the bootstrap addresses ("
+            + "; ".join(problems)
+            + "); check the addresses and network, or retry once the network has formed"
+        )
+
+    def _to_coordinator(self, message: Message) -> tuple[str, Message]:
+        """Send ``message`` to our coordinator; forget it if it cannot be reached (found anew next time)."""
+        address = self.coordinator()
+        try:
+            return self._call(lambda: self._request(address, message))
+        except TransportError:
+            self._coordinator = None
+            raise
 
     def status(self, address: str | None = None) -> NodeStatus:
         """Ask a node (default: the first bootstrap) for its status: identity, role, points, jobs."""
@@ -242,6 +298,7 @@ class Client:
         sealed: bool = True,
         exposure: int | None = None,
         trusted: Sequence[str] = (),
+        priority: Priority = "interactive",
     ) -> Completion:
         """Run ``prompt`` on ``replicas`` workers, verify their agreement, and return the result.
 
@@ -252,11 +309,15 @@ class Client:
 
         The receipt is verified before this returns (signature, commitment, attestations); a mismatch
         raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
+        ``priority="batch"``: while the coordinator's workers are busy, the job waits behind interactive
+        jobs (spec/job-protocol.md §8.1).
         """
         if self._payer is not None:
             with self._paying:
-                return self._complete(prompt, model, max_tokens, replicas, sealed, exposure, trusted)
-        return self._complete(prompt, model, max_tokens, replicas, sealed, exposure, trusted)
+                return self._complete(
+                    prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority
+                )
+        return self._complete(prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority)
 
     @property
     def account(self) -> bytes | None:
@@ -272,31 +333,34 @@ class Client:
         sealed: bool,
         exposure: int | None,
         trusted: Sequence[str],
+        priority: Priority = "interactive",
     ) -> Completion:
         if not sealed:
-            request = self._paid(_job(prompt, model, max_tokens, replicas, stream=False))
-            peer, reply = self._call(lambda: self._request(self.bootstrap[0], request))
+            request = self._paid(_job(prompt, model, max_tokens, replicas, stream=False, priority=priority))
+            peer, reply = self._to_coordinator(request)
             return self._completion(request, peer, reply)
         cap = min(max(exposure or replicas + 2, replicas), MAX_EXPOSURE)
         quote_request = QuoteRequest(model=model, replicas=replicas, exposure=cap, trusted=list(trusted))
-        coordinator, quote = self._call(lambda: self._request(self.bootstrap[0], quote_request))
+        coordinator, quote = self._to_coordinator(quote_request)
         if isinstance(quote, ErrorReply):
             raise _ERRORS.get(quote.code, JobError)(quote.message)
         if not isinstance(quote, Quote):
             raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
         peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
         job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
-        job = dataclasses.replace(job, request=self._paid(job.request))
-        peer, reply = self._call(lambda: self._request(self.bootstrap[0], job.request))
+        job = dataclasses.replace(
+            job, request=self._paid(msgspec.structs.replace(job.request, priority=priority))
+        )
+        peer, reply = self._to_coordinator(job.request)
         if peer != coordinator:
-            raise RemoteProtocolError("the bootstrap address answered as another peer mid-job")
+            raise RemoteProtocolError("the coordinator's address answered as another peer mid-job")
         return self._completion(job.request, peer, reply, sealed=job)
 
     def _paid(self, request: SubmitJob) -> SubmitJob:
         """Attach a signed HOLD of the job's cost, as the next entry of our ledger chain."""
         if self._payer is None:
             return request
-        coordinator = public_key_of(self.bootstrap[0].rsplit("/p2p/", 1)[-1])
+        coordinator = public_key_of(self.coordinator().rsplit("/p2p/", 1)[-1])
         head = self._chain_head()
         body = EntryBody(
             network=self.network,
@@ -316,7 +380,7 @@ class Client:
         assert self._payer is not None
         me = bytes(self._payer.verify_key)
         request = HistoryRequest(account=me, limit=1024)
-        _, reply = self._call(lambda: self._request(self.bootstrap[0], request))
+        _, reply = self._to_coordinator(request)
         if not isinstance(reply, History):
             raise RemoteProtocolError(f"expected History, got {type(reply).__name__}")
         head: tuple[int, bytes] | None = None
@@ -341,10 +405,11 @@ class Client:
         """
         request = _job(prompt, model, max_tokens, replicas, stream=True)
         items: queue.Queue[str | tuple[str, Message] | BaseException] = queue.Queue()
+        address = self.coordinator()
 
         async def exchange() -> None:
             assert self._host is not None
-            peer = await self._host.connect(self.bootstrap[0])
+            peer = await self._host.connect(address)
             stream = await self._host.open_stream(peer)
             try:
                 await stream.send(request)

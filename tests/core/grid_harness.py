@@ -28,6 +28,7 @@ from opengrid.wire.messages import (
     JobAccepted,
     JobId,
     ModelOffer,
+    Priority,
     ReplicaResult,
     RunJob,
     SubmitJob,
@@ -101,6 +102,8 @@ class Grid:
     config: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     operators: dict[str, str] = field(default_factory=dict)
     """peer -> operator announced in its registrations (default: none)."""
+    slots: int = 1
+    """Replicas each worker announces it can run at once."""
 
     def __post_init__(self) -> None:
         self.coordinator = Coordinator(
@@ -122,11 +125,20 @@ class Grid:
     def key(self, peer: str) -> bytes:
         return self.workers[peer].public_key
 
-    def register(self, *peers: str, now: float = 0.0) -> None:
+    def register(self, *peers: str, now: float = 0.0, slots: int | None = None) -> list[Effect]:
+        """(Re-)register workers; returns the effects (queued jobs dispatched to freed capacity)."""
+        effects: list[Effect] = []
         for peer in peers or sorted(self.workers):
             worker = self.workers[peer]
-            event = WorkerRegistered(peer, worker.public_key, worker.offers, self.operators.get(peer, ""))
-            assert self.coordinator.handle(event, now) == []
+            event = WorkerRegistered(
+                peer,
+                worker.public_key,
+                worker.offers,
+                self.operators.get(peer, ""),
+                slots=self.slots if slots is None else slots,
+            )
+            effects += self.coordinator.handle(event, now)
+        return effects
 
     def submit(
         self,
@@ -137,11 +149,18 @@ class Grid:
         max_tokens: int = 16,
         now: float = 0.0,
         prompt: str = "Once upon a time",
+        client: str = "client",
+        priority: Priority = "interactive",
     ) -> list[Effect]:
         request = SubmitJob(
-            job_id=job_id(job), model=model, prompt=prompt, max_tokens=max_tokens, replicas=replicas
+            job_id=job_id(job),
+            model=model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            priority=priority,
         )
-        return self.coordinator.handle(JobSubmitted(client="client", request=request), now)
+        return self.coordinator.handle(JobSubmitted(client=client, request=request), now)
 
     def result(self, dispatch: DispatchReplica, output: Output) -> ReplicaResult:
         """The worker's signed answer, as it would arrive over the wire."""

@@ -196,7 +196,9 @@ def test_lazy_and_swapped_workers_never_earn_trust_points_or_accepted_answers() 
         assert (reputation.streak, reputation.valid) == (0, 0)
         assert reputation.invalid > 0 and reputation.score == -1.0
         assert grid.coordinator.ledger.balance(grid.key(peer)) == 0
-    assert min(grid.streak(p) for p in ("w0", "w1", "w2")) > 50
+    # Canaries only go to workers with a free slot (here: the ones the job left idle, often the bad ones),
+    # so the honest workers' streaks come mostly from replicated jobs.
+    assert min(grid.streak(p) for p in ("w0", "w1", "w2")) > 40
 
 
 # ── canaries ────────────────────────────────────────────────────────────────────────────────────────

@@ -220,7 +220,7 @@ def test_a_failed_replica_is_replaced_and_listed_as_failed() -> None:
 
 
 def test_a_failed_worker_gets_no_new_work_until_it_registers_again() -> None:
-    grid = Grid(n=3)
+    grid = Grid(n=3, slots=8)  # room for every job at once: no queueing here
     grid.register()
     broken, _ = dispatches(grid.submit(1))
     grid.fail(broken)

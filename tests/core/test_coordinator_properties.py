@@ -1,7 +1,8 @@
 """Property: whatever the interleaving of results, failures, timeouts, heartbeats and cancels across
-several jobs and workers, the coordinator answers each client job at most once, never accepts an answer
-without quorum (except a trusted single result it decided on, accounted for explicitly), never credits a
-worker whose output disagreed, never lets a canary reach a client, and ignores anything late."""
+several jobs and workers, the coordinator answers each client job at most once, never runs more replicas
+on a worker than its slots, never accepts an answer without quorum (except a trusted single result it
+decided on, accounted for explicitly), never credits a worker whose output disagreed, never lets a canary
+reach a client, and ignores anything late."""
 
 from __future__ import annotations
 
@@ -33,9 +34,14 @@ OUTPUTS = [HONEST, HONEST, cheat(1), cheat(2)]
 class CoordinatorMachine(RuleBasedStateMachine):
     grid: Grid
 
-    @initialize(seed=st.integers(0, 2**16), workers=st.integers(3, 6), trusted=st.integers(0, 63))
-    def start(self, seed: int, workers: int, trusted: int) -> None:
-        self.grid = Grid(n=workers, seed=seed, config=CONFIG)
+    @initialize(
+        seed=st.integers(0, 2**16),
+        workers=st.integers(3, 6),
+        trusted=st.integers(0, 63),
+        slots=st.integers(1, 2),
+    )
+    def start(self, seed: int, workers: int, trusted: int, slots: int) -> None:
+        self.grid = Grid(n=workers, seed=seed, config=CONFIG, slots=slots)
         self.now = 0.0
         self.grid.register(now=self.now)
         for n in range(workers):  # some workers start with a verified record (bit n of ``trusted``)
@@ -43,17 +49,28 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 self.grid.coordinator.reputation[self.grid.key(f"w{n}")] = Reputation(streak=5, valid=5)
         self.jobs = 0
         self.replicas: dict[bytes, int] = {}
-        self.single: dict[bytes, str] = {}
-        """job -> the lone worker, for jobs the coordinator ran as a trusted single result"""
+        self.lead: dict[bytes, tuple[str, bool]] = {}
+        """job -> its first-dispatched worker and whether that worker had earned trust then (a job may
+        wait for free slots, so its first dispatch can come with any later event)"""
         self.finished: set[bytes] = set()
         self.outstanding: list[DispatchReplica] = []
         self.late: list[DispatchReplica] = []
         self.answers: dict[tuple[bytes, str], bytes] = {}
 
     # ── the driver's part ────────────────────────────────────────────────────────────────────────────
+    def trusted(self, peer: str) -> bool:
+        reputation = self.grid.coordinator.reputation.get(self.grid.key(peer), Reputation())
+        probability = replication_probability(
+            reputation, min_trust_streak=CONFIG.min_trust_streak, min_rate=CONFIG.min_replication_rate
+        )
+        return probability < 1
+
     def process(self, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, DispatchReplica):
+                job = effect.run.job_id
+                if job in self.replicas and job not in self.lead:
+                    self.lead[job] = (effect.peer, self.trusted(effect.peer))
                 self.outstanding.append(effect)
             elif isinstance(effect, CancelReplica):
                 gone = [d for d in self.outstanding if (d.run.job_id, d.peer) == (effect.job_id, effect.peer)]
@@ -89,7 +106,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         answered = [c for (j, _), c in self.answers.items() if j == job]
         assert len(credited) == answered.count(receipt.output_commitment)  # every agreeing worker is paid
         if len(credited) < quorum(self.replicas[job]):
-            assert self.single.get(job) == credited[0], "accepted without quorum and not a trusted single"
+            assert self.lead[job] == (credited[0], True), "accepted without quorum and not a trusted single"
             assert len(answered) == 1
             event("trusted single result accepted")
         else:
@@ -100,23 +117,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
     @rule(replicas=st.integers(1, 3), prompt=st.integers(0, 3))
     def submit(self, replicas: int, prompt: int) -> None:
         self.jobs += 1
-        job = job_id(self.jobs)
-        trusted = {
-            peer: replication_probability(
-                self.grid.coordinator.reputation.get(self.grid.key(peer), Reputation()),
-                min_trust_streak=CONFIG.min_trust_streak,
-                min_rate=CONFIG.min_replication_rate,
-            )
-            < 1
-            for peer in self.grid.workers
-        }
-        self.replicas[job] = replicas
-        effects = self.grid.submit(self.jobs, replicas=replicas, now=self.now, prompt=f"prompt {prompt}")
-        mine = [e.peer for e in effects if isinstance(e, DispatchReplica) and e.run.job_id == job]
-        if replicas > 1 and len(mine) == 1:
-            assert trusted[mine[0]], "ran alone on a worker that had not earned trust"
-            self.single[job] = mine[0]
-        self.process(effects)
+        self.replicas[job_id(self.jobs)] = replicas
+        self.process(self.grid.submit(self.jobs, replicas=replicas, now=self.now, prompt=f"prompt {prompt}"))
 
     @precondition(lambda self: self.outstanding)
     @rule(pick=st.integers(0, 63), output=st.sampled_from(OUTPUTS))
@@ -155,13 +157,20 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
     @rule()
     def heartbeat(self) -> None:
-        self.grid.register(now=self.now)
+        self.process(self.grid.register(now=self.now))
 
     @precondition(lambda self: self.jobs)
     @rule(pick=st.integers(1, 64))
     def cancel(self, pick: int) -> None:
         job = job_id(1 + pick % self.jobs)
         self.process(self.grid.coordinator.handle(JobCancelled(job, client="client"), self.now))
+
+    @invariant()
+    def no_worker_runs_more_than_its_slots(self) -> None:
+        if not hasattr(self, "grid"):
+            return
+        for peer in self.grid.workers:  # replicas and canaries the driver still waits for, per worker
+            assert sum(1 for d in self.outstanding if d.peer == peer) <= self.grid.slots
 
     @invariant()
     def every_unfinished_job_is_tracked(self) -> None:

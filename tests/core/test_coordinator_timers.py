@@ -60,7 +60,7 @@ def test_a_job_not_verified_in_time_fails_with_verification_failed() -> None:
 
 
 def test_a_worker_silent_for_three_heartbeats_gets_no_new_work() -> None:
-    grid = Grid(n=3, config=CONFIG)
+    grid = Grid(n=3, config=CONFIG, slots=8)  # room for every job at once: no queueing here
     grid.register(now=0.0)
     grid.register("w1", "w2", now=10.0)  # w0 never beats again
 

@@ -7,6 +7,7 @@ from grid_harness import HONEST, Grid, dispatches, finished, honest, job_id, sig
 from opengrid_ledger import EntryBody, Hold, encode_entry, sign_entry
 
 from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.core.effects import FinishJob
 from opengrid.core.events import JobSubmitted, ReplicaFailed
 from opengrid.wire.messages import ErrorReply, JobAccepted, SubmitJob, job_cost
 
@@ -87,3 +88,22 @@ def test_a_hold_too_small_or_unbacked_is_refused_before_any_work() -> None:
     broke = _paid_request(grid, 13)  # w0 has earned nothing in this grid
     reply = finished(grid.coordinator.handle(JobSubmitted(client="c", request=broke), 0.0))
     assert isinstance(reply, ErrorReply) and "balance" in reply.message
+
+
+def test_a_paid_job_that_waits_past_its_deadline_is_refunded() -> None:
+    grid = Grid(n=3, config=CoordinatorConfig.plain())
+    grid.register()
+    _earn(grid)
+    ledger, payer = grid.coordinator.ledger, grid.key("w0")
+    before = ledger.balance(payer)
+    assert len(dispatches(grid.submit(20, replicas=3, now=0.0))) == 3  # every worker busy (a later id)
+
+    waiting = grid.coordinator.handle(JobSubmitted(client="client", request=_paid_request(grid, 10)), 0.0)
+    assert dispatches(waiting) == [] and finished(waiting) is None
+    assert grid.coordinator.is_queued(job_id(10)) and ledger.held(payer) == job_cost(8, 2)
+
+    effects = grid.coordinator.on_timer(grid.coordinator.config.job_timeout_s)
+    replies = {e.job_id: e.reply for e in effects if isinstance(e, FinishJob)}
+    reply = replies[job_id(10)]
+    assert isinstance(reply, ErrorReply) and reply.code == "busy"
+    assert (ledger.balance(payer), ledger.held(payer)) == (before, 0)

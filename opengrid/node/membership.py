@@ -1,0 +1,118 @@
+"""How a node joins the network and keeps knowing who is in it: gossip announcements from one bootstrap.
+
+A volunteer gives one bootstrap multiaddr — any node of the network. The node dials it, joins the
+gossipsub announce topic over that connection, announces itself every ``announce_s`` (roles, models,
+addresses) and hears everyone else's announcements, so within a beat or two it knows every coordinator
+and worker, and forgets the ones that fall silent. Workers register with every coordinator they hear of
+(service.py); SDK clients ask any node for its peers (``NodeStatus.peers``) to find a coordinator.
+
+The join is bounded and keeps trying: a bootstrap that is not up yet is re-dialled with a growing pause
+(up to ``_MAX_RETRY_S``), and a node that lost every connection dials its bootstraps again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import trio
+from nacl.signing import SigningKey
+
+from opengrid.errors import OpenGridError
+from opengrid.net.announce import ModelAd
+from opengrid.net.gossip import Gossip
+from opengrid.net.host import Host
+from opengrid.wire.messages import PeerSummary
+
+log = logging.getLogger("opengrid.node.membership")
+
+_MAX_RETRY_S = 30.0
+_DIAL_TIMEOUT_S = 10.0
+
+
+class Membership:
+    """The node's view of the network. Start with ``await nursery.start(membership.run)``."""
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        network: str,
+        signing_key: SigningKey,
+        role: str,
+        models: Sequence[ModelAd],
+        software: str,
+        announce_s: float,
+        bootstrap: Sequence[str],
+    ) -> None:
+        self._host = host
+        self._bootstrap = list(bootstrap)
+        self._announce_s = announce_s
+        self.gossip = Gossip(
+            host,
+            network=network,
+            signing_key=signing_key,
+            roles=[role],
+            models=models,
+            software=software,
+            beat_s=announce_s,
+        )
+        self.joined = trio.Event()
+        """Set once a bootstrap peer answered (immediately for a node without bootstrap addresses)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.gossip.run)
+            nursery.start_soon(self._stay_joined)
+            task_status.started(self)
+
+    async def _stay_joined(self) -> None:
+        if not self._bootstrap:
+            self.joined.set()
+            return
+        pause = min(self._announce_s, 1.0)
+        while True:
+            if not self._host.connected_peers():
+                for address in self._bootstrap:
+                    try:
+                        with trio.fail_after(_DIAL_TIMEOUT_S):
+                            peer = await self._host.connect(address)
+                    except (OpenGridError, trio.TooSlowError) as exc:
+                        log.info("bootstrap %s not reachable yet (%s); retrying", address, exc or "timed out")
+                        continue
+                    if not self.joined.is_set():
+                        log.info("joined the network through %s", peer)
+                    self.joined.set()
+                    pause = min(self._announce_s, 1.0)
+                    break
+                else:
+                    pause = min(pause * 2, _MAX_RETRY_S)
+            await trio.sleep(pause if not self.joined.is_set() else 3 * self._announce_s)
+
+    def addresses_of(self, role: str) -> list[str]:
+        """A dialable address of every online peer announcing ``role``, in peer id order."""
+        now = trio.current_time()
+        return [a.addrs[0] for a in self.gossip.directory.online(now, role=role) if a.addrs]
+
+    def peers(self, rtt_s: Callable[[str], float | None]) -> list[PeerSummary]:
+        """Every peer heard on gossip, online or not (``opengrid peers``, SDK coordinator lookup)."""
+        now = trio.current_time()
+        directory = self.gossip.directory
+        summaries = []
+        for entry in sorted(directory.entries(), key=lambda e: e.peer_id):
+            a = entry.announcement
+            rtt = rtt_s(a.peer_id)
+            summaries.append(
+                PeerSummary(
+                    peer_id=a.peer_id,
+                    roles=list(a.roles),
+                    models=[m.name for m in a.models],
+                    addrs=list(a.addrs),
+                    last_seen_s=round(max(0.0, now - entry.last_seen), 3),
+                    online=directory.is_online(a.peer_id, now),
+                    tier=a.tier,
+                    rtt_ms=None if rtt is None else round(rtt * 1000, 3),
+                    software=a.software,
+                )
+            )
+        return summaries

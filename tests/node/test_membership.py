@@ -1,0 +1,111 @@
+"""Joining through any node: gossip tells a worker of every coordinator; a private network keeps others out.
+
+Real nodes in one process on 127.0.0.1 (libp2p hosts, gossipsub, llama.cpp on the tiny model).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+
+import trio
+
+from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
+from opengrid.node.config import NodeConfig
+from opengrid.node.service import Node
+
+
+def fast(
+    data_dir: pathlib.Path, role: str, bootstrap: Node | None = None, key: str | None = None
+) -> NodeConfig:
+    """A node that beats and announces several times a second, so the tests take seconds."""
+    addrs = () if bootstrap is None or bootstrap.host is None else (bootstrap.host.addrs()[0],)
+    return NodeConfig(
+        data_dir=data_dir,
+        role=role,  # type: ignore[arg-type]
+        bootstrap=addrs,
+        network_key=key,
+        heartbeat_s=0.5,
+        announce_s=0.3,
+    )
+
+
+def tiny_engine(path: pathlib.Path) -> LlamaEngine:
+    return LlamaEngine(ModelInfo(name="tiny", path=path, sha256=sha256_file(path)), n_threads=1)
+
+
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.05)
+
+
+def online_workers(node: Node) -> set[str]:
+    assert node.coordinator is not None
+    return {r.peer for r in node.coordinator.workers.values() if r.online}
+
+
+async def test_a_worker_bootstrapped_from_one_coordinator_registers_with_every_coordinator(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    async with trio.open_nursery() as nursery:
+        first = Node(fast(tmp_path / "c1", "coordinator"))
+        await nursery.start(first.run)
+        second = Node(fast(tmp_path / "c2", "coordinator", bootstrap=first))
+        await nursery.start(second.run)
+        # the worker knows only the first coordinator; it hears of the second on gossip
+        worker = Node(fast(tmp_path / "w", "worker", bootstrap=first), engine=tiny_engine(tiny_model_path))
+        await nursery.start(worker.run)
+        assert worker.host is not None and second.host is not None
+        me = worker.host.peer_id
+        await until(lambda: me in online_workers(first) and me in online_workers(second), timeout=20)
+        # what `opengrid peers` shows: every other node, with its role and models
+        peers = {p.peer_id: p for p in first.status().peers}
+        assert set(peers) == {second.host.peer_id, me}
+        assert peers[me].roles == ["worker"] and peers[me].models == ["tiny"] and peers[me].online
+        assert peers[second.host.peer_id].roles == ["coordinator"]
+        assert peers[me].rtt_ms is not None and peers[me].rtt_ms > 0  # the coordinator measured it
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_bootstrapped_from_another_worker_finds_the_coordinator(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    async with trio.open_nursery() as nursery:
+        coordinator = Node(fast(tmp_path / "c", "coordinator"))
+        await nursery.start(coordinator.run)
+        first = Node(
+            fast(tmp_path / "w1", "worker", bootstrap=coordinator), engine=tiny_engine(tiny_model_path)
+        )
+        await nursery.start(first.run)
+        assert first.host is not None
+        second = Node(fast(tmp_path / "w2", "worker", bootstrap=first), engine=tiny_engine(tiny_model_path))
+        await nursery.start(second.run)
+        assert second.host is not None
+        await until(second.registered.is_set, timeout=20)
+        assert second.host.peer_id in online_workers(coordinator)
+        assert second._not_coordinators == {first.host.peer_id}  # asked once, then used only for gossip
+        reply = await second.api_submit(prompt="Hi", model="tiny", max_tokens=3, replicas=2, format="text")
+        assert type(reply).__name__ == "JobAccepted", reply
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_with_another_network_key_cannot_join(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    async with trio.open_nursery() as nursery:
+        coordinator = Node(fast(tmp_path / "c", "coordinator", key="invite-token-1"))
+        await nursery.start(coordinator.run)
+        nodes = {}
+        for name, key in (("friend", "invite-token-1"), ("stranger", "invite-token-2"), ("open", None)):
+            config = fast(tmp_path / name, "worker", bootstrap=coordinator, key=key)
+            nodes[name] = Node(config, engine=tiny_engine(tiny_model_path))
+            await nursery.start(nodes[name].run)
+        friend = nodes["friend"].host
+        assert friend is not None
+        await until(lambda: friend.peer_id in online_workers(coordinator), timeout=20)
+        await trio.sleep(2)  # several heartbeats: the others keep failing to even connect
+        assert online_workers(coordinator) == {friend.peer_id}
+        assert {p.peer_id for p in coordinator.status().peers} == {friend.peer_id}
+        assert not nodes["stranger"].registered.is_set() and not nodes["open"].registered.is_set()
+        nursery.cancel_scope.cancel()
