@@ -112,7 +112,7 @@ def _path(value: Any, from_text: bool) -> pathlib.Path:
     if isinstance(value, pathlib.Path):
         return value.expanduser()
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a directory path")
+        raise ValueError("expected a path")
     return pathlib.Path(value.strip()).expanduser()
 
 
@@ -193,6 +193,7 @@ KEYS: dict[str, _Key] = {
     "model": _Key(_model, optional=True),
     "network": _Key(_name),
     "network_key": _Key(_secret, optional=True),
+    "genesis": _Key(_path, optional=True),
     "heartbeat_s": _Key(_positive_float),
     "announce_s": _Key(_positive_float),
     "threads": _Key(_int(1), optional=True),
@@ -307,6 +308,7 @@ FLAG_DESTS: dict[str, str] = {
     "model": "model",
     "network": "network",
     "network_key": "network_key",
+    "genesis": "genesis",
     "heartbeat": "heartbeat_s",
     "announce": "announce_s",
     "threads": "threads",

@@ -122,6 +122,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: 5)",
     )
     start.add_argument(
+        "--genesis",
+        type=pathlib.Path,
+        default=None,
+        metavar="FILE",
+        help="the network's genesis file (JSON: network, coordinators, grant_points); its coordinators "
+        "mint points on this node's ledger and coordinators sync their ledgers with each other",
+    )
+    start.add_argument(
         "--network-key",
         default=None,
         metavar="SECRET",

@@ -37,6 +37,8 @@ class NodeConfig:
     model: str | None = None
     """Model name or GGUF path a worker serves; None picks the default model."""
     network: str = DEFAULT_NETWORK
+    genesis: pathlib.Path | None = None
+    """The network's genesis file (JSON, spec/ledger.md §7): its coordinators mint on every node."""
     network_key: str | None = None
     """Shared secret (an invite token) of a private network: only nodes with the same key can connect."""
     heartbeat_s: float = 5.0

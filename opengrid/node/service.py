@@ -26,6 +26,7 @@ import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 from opengrid_ledger import LedgerState, Receipt, decode_body, decode_entry, encode_entry, open_entry
+from opengrid_ledger.genesis import Genesis, decode_genesis
 from opengrid_ledger.sync import IdIndex, SyncSession
 from rich.console import Console
 
@@ -206,7 +207,8 @@ class Node:
         minters = load_trusted(config.data_dir)
         if config.role == "coordinator":
             minters.append(self.public_key)
-        self.ledger, self._store = open_ledger(config.data_dir, config.network, minters)
+        genesis = _load_genesis(config)
+        self.ledger, self._store = open_ledger(config.data_dir, config.network, minters, genesis=genesis)
         try:
             if config.serves_models:
                 await self._start_worker()
@@ -242,6 +244,7 @@ class Node:
                             log.info("resuming %d job(s) accepted before the last stop", len(saved))
                             self._execute(self.coordinator.resume(saved, trio.current_time()))
                         nursery.start_soon(self._timer_loop)
+                        nursery.start_soon(self._peer_sync_loop)
                     if self.worker is not None:
                         nursery.start_soon(self._register_loop)
                         nursery.start_soon(self._sync_loop)
@@ -833,6 +836,32 @@ class Node:
                     )
             await trio.sleep(0.2)  # let a burst of receipts settle into one sync
 
+    async def _peer_sync_loop(self) -> None:
+        """Coordinators: keep our ledger in step with every other minting coordinator we hear of on gossip
+        (anti-entropy, spec/ledger.md §9): at once when one appears or returns (a healed partition), then
+        every few heartbeats. Coordinators that do not mint in our ledger are skipped: their receipts
+        would only be refused."""
+        assert self.membership is not None and self.ledger is not None
+        gossip, ledger = self.membership.gossip, self.ledger
+
+        def minting_coordinators() -> set[str]:
+            online = gossip.directory.online(trio.current_time(), role="coordinator")
+            return {a.peer_id for a in online if a.public_key in ledger.minters()}
+
+        while True:
+            attempted = minting_coordinators()
+            for peer in sorted(attempted):
+                try:
+                    await self.sync_ledger(peer)
+                except (OpenGridError, trio.TooSlowError) as exc:
+                    log.info("ledger sync with coordinator %s failed (will retry): %s", _short(peer), exc)
+            # Next round after a few beats, or as soon as a coordinator appears or returns (a healed
+            # partition); one that went offline and came back is new again.
+            with trio.move_on_after(self.config.heartbeat_s * _SYNC_PERIOD_BEATS):
+                while not minting_coordinators() - attempted:
+                    attempted &= minting_coordinators()
+                    await gossip.changed.wait()
+
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.worker is not None and self._store is not None
         self._sync_wanted.set()  # pull what the notice cannot carry (e.g. a paying client's HOLD)
@@ -1237,6 +1266,21 @@ def _progress(what: str) -> Iterator[None]:
 
 class _NotACoordinator(TransportError):
     """A bootstrap peer answered a registration with ``not_coordinator``: use it only to join gossip."""
+
+
+def _load_genesis(config: NodeConfig) -> Genesis | None:
+    if config.genesis is None:
+        return None
+    try:
+        genesis = decode_genesis(config.genesis.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read genesis file {config.genesis}: {exc.strerror or exc}") from exc
+    if genesis.network != config.network:
+        raise ConfigError(
+            f"genesis file {config.genesis} is for network {genesis.network!r}, this node is on "
+            f"{config.network!r}; start it with --network {genesis.network}"
+        )
+    return genesis
 
 
 def _peer_of(address: str) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
+from opengrid.errors import ConfigError
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 
@@ -109,3 +111,16 @@ async def test_a_node_with_another_network_key_cannot_join(
         assert {p.peer_id for p in coordinator.status().peers} == {friend.peer_id}
         assert not nodes["stranger"].registered.is_set() and not nodes["open"].registered.is_set()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_genesis_file_for_another_network_is_refused_at_start(tmp_path: pathlib.Path) -> None:
+    from opengrid_ledger.genesis import Genesis, encode_genesis
+
+    path = tmp_path / "genesis.json"
+    path.write_bytes(encode_genesis(Genesis(network="elsewhere", coordinators=(b"\x01" * 32,))))
+    config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", genesis=path)
+    with pytest.raises(ConfigError, match="--network elsewhere"):
+        await Node(config).run()
+    config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", genesis=tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="cannot read genesis file"):
+        await Node(config).run()
