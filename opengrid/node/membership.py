@@ -44,6 +44,7 @@ class Membership:
         software: str,
         announce_s: float,
         bootstrap: Sequence[str],
+        ledger_validator: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         self._host = host
         self._bootstrap = list(bootstrap)
@@ -56,6 +57,7 @@ class Membership:
             models=models,
             software=software,
             beat_s=announce_s,
+            ledger_validator=ledger_validator,
         )
         self.joined = trio.Event()
         """Set once a bootstrap peer answered (immediately for a node without bootstrap addresses)."""

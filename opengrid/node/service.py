@@ -25,7 +25,15 @@ import msgspec
 import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
-from opengrid_ledger import LedgerState, Receipt, decode_body, decode_entry, encode_entry, open_entry
+from opengrid_ledger import (
+    Entry,
+    LedgerState,
+    Receipt,
+    decode_body,
+    decode_entry,
+    encode_entry,
+    open_entry,
+)
 from opengrid_ledger.genesis import Genesis, decode_genesis
 from opengrid_ledger.sync import IdIndex, SyncSession
 from rich.console import Console
@@ -228,8 +236,10 @@ class Node:
                         software=f"opengrid/{opengrid.__version__}",
                         announce_s=config.announce_s,
                         bootstrap=config.bootstrap,
+                        ledger_validator=self._valid_ledger_gossip,
                     )
                     await nursery.start(self.membership.run)
+                    nursery.start_soon(self._ledger_gossip_loop)
                     if config.role == "coordinator":
                         self.coordinator = Coordinator(
                             network=config.network,
@@ -836,6 +846,35 @@ class Node:
                     )
             await trio.sleep(0.2)  # let a burst of receipts settle into one sync
 
+    # ── ledger gossip: entries pushed as they are written; sync fills whatever gossip loses ─────────────
+    async def _publish_entry(self, entry: Entry) -> None:
+        assert self.membership is not None
+        try:
+            await self.membership.gossip.publish_ledger(encode_entry(entry))
+        except OpenGridError as exc:  # best effort: sync carries it later
+            log.debug("ledger entry not gossiped: %s", exc)
+
+    def _valid_ledger_gossip(self, sender: str, data: bytes) -> bool:
+        """gossipsub validator (runs before delivery and forwarding): a signed entry of our network.
+        Whether it applies (minter, chain, balance) is our ledger's call, made after delivery."""
+        try:
+            open_entry(decode_entry(data), self.config.network)
+        except OpenGridError as exc:
+            log.info("dropped a ledger gossip message from %s: %s", _short(sender), exc)
+            return False
+        return True
+
+    async def _ledger_gossip_loop(self) -> None:
+        assert self.membership is not None and self.ledger is not None and self._store is not None
+        async for sender, data in self.membership.gossip.ledger_messages:
+            try:
+                applied = self.ledger.apply(decode_entry(data))
+            except OpenGridError as exc:  # e.g. minted by a coordinator we do not trust
+                log.debug("ledger entry from gossip (via %s) not applied: %s", _short(sender), exc)
+                continue
+            if applied:
+                self._store.append_many(applied)
+
     async def _peer_sync_loop(self) -> None:
         """Coordinators: keep our ledger in step with every other minting coordinator we hear of on gossip
         (anti-entropy, spec/ledger.md §9): at once when one appears or returns (a healed partition), then
@@ -910,6 +949,7 @@ class Node:
                         pending.done.set()
                 case AppendEntry(entry=entry):
                     self._store.append(entry)
+                    self._nursery.start_soon(self._publish_entry, entry)
                 case SendReceipt(peer=peer, notice=notice):
                     self._nursery.start_soon(self._send_receipt, peer, notice)
                 case Penalize(peer=peer, why=why):

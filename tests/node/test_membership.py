@@ -11,10 +11,12 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.wire.messages import JobAccepted
 
 
 def fast(
@@ -124,3 +126,35 @@ async def test_a_genesis_file_for_another_network_is_refused_at_start(tmp_path: 
     config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", genesis=tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="cannot read genesis file"):
         await Node(config).run()
+
+
+async def test_ledger_entries_reach_a_node_that_took_no_part_through_gossip(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    # Heartbeats of a minute: the periodic ledger sync (every 6 beats) cannot be what delivers the receipt.
+    slow = dict(heartbeat_s=60.0, announce_s=0.3)
+    async with trio.open_nursery() as nursery:
+        coordinator = Node(
+            NodeConfig(data_dir=tmp_path / "c", role="coordinator", **slow),  # type: ignore[arg-type]
+            coordinator_config=CoordinatorConfig.plain(heartbeat_s=60.0),
+        )
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.ledger is not None
+        bootstrap = (coordinator.host.addrs()[0],)
+        workers = []
+        for name in ("w1", "w2", "w3"):
+            config = NodeConfig(data_dir=tmp_path / name, role="worker", bootstrap=bootstrap, **slow)  # type: ignore[arg-type]
+            workers.append(Node(config, engine=tiny_engine(tiny_model_path)))
+            await nursery.start(workers[-1].run)
+        await until(lambda: all(w.registered.is_set() for w in workers), timeout=20)
+        await trio.sleep(1)  # the gossip mesh forms (gossipsub heartbeat: 1 s)
+        reply = await coordinator.api_submit(
+            prompt="Hi", model="tiny", max_tokens=3, replicas=2, format="text"
+        )
+        assert isinstance(reply, JobAccepted)
+        receipt = coordinator.ledger.receipt_for(reply.job_id)
+        assert receipt is not None
+        bystander = next(w for w in workers if w.host is not None and w.host.peer_id not in reply.workers)
+        assert bystander.ledger is not None
+        await until(lambda: receipt in bystander.ledger.entries(), timeout=10)  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
