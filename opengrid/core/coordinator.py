@@ -72,6 +72,8 @@ from opengrid.core.queueing import MAX_QUEUED, MAX_QUEUED_PER_CLIENT, FairQueue
 from opengrid.core.reputation import (
     Outcome,
     Reputation,
+    affords_divergence,
+    looks_like_honest_divergence,
     replication_probability,
     reputation_from_ledger,
 )
@@ -819,7 +821,7 @@ class Coordinator:
         winning = [job.results[peer] for peer in agreement.peers]
         tokens = winning[0][0].tokens  # empty in sealed mode
         n_tokens = winning[0][1].n_tokens
-        self._learn(job, agreement, n_tokens)
+        divergent = self._learn(job, agreement, n_tokens)
         points = max(1, n_tokens)
         keys = {peer: self.workers[peer].key for peer in job.results}
         receipt = Receipt(
@@ -843,7 +845,16 @@ class Coordinator:
                 Settle(hold=job.hold, payouts=payouts) if payouts else Refund(hold=job.hold)
             )
         effects += self._cancel_pending(job)
-        effects += [Penalize(peer=p, why="output disagreed with the majority") for p in agreement.dissenters]
+        effects += [
+            Penalize(
+                peer=p,
+                why="diverged from the majority after the first half (looks like honest rounding: no credit, "
+                "replicated again, no offence)"
+                if p in divergent
+                else "output disagreed with the majority",
+            )
+            for p in agreement.dissenters
+        ]
         effects += [SendReceipt(peer=p, notice=self._notice_for(p)) for p in agreement.peers]
         first = winning[0][0]
         reply = JobAccepted(
@@ -865,17 +876,35 @@ class Coordinator:
         effects.append(FinishJob(job_id, reply))
         return effects
 
-    def _learn(self, job: _Job, agreement: Agreement, n_tokens: int) -> None:
-        """Update reputations from a settled job, and keep its answer for canaries if it was verified."""
+    def _dissent_outcome(self, job: _Job, agreement: Agreement, peer: str) -> Outcome:
+        """``divergent`` for an outvoted result that looks like honest rounding (open mode only: the
+        coordinator must see both token lists) from a worker whose record affords it, else ``invalid``
+        (spec/verification.md §9)."""
+        if job.sealed:
+            return "invalid"
+        winner = job.results[agreement.peers[0]][0].tokens
+        dissent = job.results[peer][0].tokens
+        reputation = self.reputation.get(self.workers[peer].key, Reputation())
+        if looks_like_honest_divergence(winner, dissent) and affords_divergence(reputation):
+            return "divergent"
+        return "invalid"
+
+    def _learn(self, job: _Job, agreement: Agreement, n_tokens: int) -> set[str]:
+        """Update reputations from a settled job, and keep its answer for canaries if it was verified.
+        Return the dissenters whose outputs looked like honest divergence."""
+        divergent: set[str] = set()
         for peer in agreement.dissenters:
-            self._record(self.workers[peer].key, "invalid")
+            outcome = self._dissent_outcome(job, agreement, peer)
+            self._record(self.workers[peer].key, outcome)
+            if outcome == "divergent":
+                divergent.add(peer)
         if len(agreement.peers) < 2:
-            return  # one result checked by nobody: proves nothing about anyone (spec: trusted single)
+            return divergent  # one result checked by nobody: proves nothing about anyone (trusted single)
         for peer in agreement.peers:
             self._record(self.workers[peer].key, "valid")
             self._measure(peer, n_tokens, job.elapsed.get(peer, 0.0))
         if job.request.sealed or not job.request.prompt:
-            return  # sealed mode: the coordinator never saw the prompt, so it cannot replay it
+            return divergent  # sealed mode: the coordinator never saw the prompt, so it cannot replay it
         self.add_known_answer(
             job.request.prompt,
             job.contract,
@@ -884,6 +913,7 @@ class Coordinator:
             seen={self.workers[p].key for p in job.tried() if p in self.workers},
             format=job.request.format,
         )
+        return divergent
 
     # ── canaries ─────────────────────────────────────────────────────────────────────────────────────
     def add_known_answer(

@@ -10,6 +10,10 @@ Pure policy over plain data (spec/verification-adaptive.md §Reputation). A ``Re
 - ``invalid``: the worker was outvoted (a dissenter), failed a canary, or returned a result that failed its
   checks (bad attestation, too many tokens).
 - ``timeout``: the worker failed, vanished or did not answer in time.
+- ``divergent``: the worker was outvoted, but its output looks like an honest divergence (spec/verification.md
+  §9): same tokens as the winner for at least the first half, and a track record that affords it
+  (``affords_divergence``). It earns nothing and loses its streak (so it is replicated again), but it is
+  not an offence: no probation, no doubling of the streak it needs.
 
 Slow to earn, fast to lose: trust grows by one step per verified valid result with diminishing returns;
 one invalid result resets the streak to zero, puts the worker on probation and doubles (up to 8x) the
@@ -23,13 +27,13 @@ entry yet: they live in memory, and the driver may persist ``Coordinator.reputat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from opengrid_ledger import LedgerState, Receipt, decode_body
 
-Outcome = Literal["valid", "invalid", "timeout"]
+Outcome = Literal["valid", "invalid", "timeout", "divergent"]
 
 TRUST_HALF_STREAK = 10
 """Streak at which ``trust`` reaches one half (it approaches 1 with diminishing returns)."""
@@ -39,6 +43,10 @@ MAX_FLAKY = 8
 """Unpaid timeouts counted at most (each verified valid result pays one back)."""
 MAX_OFFENCE_DOUBLINGS = 3
 """An invalid result doubles the streak needed for trust, at most this many times (8x)."""
+DIVERGENCE_MIN_VALID = 20
+"""Verified valid results a worker needs before a divergence can be taken for honest rounding."""
+VALID_PER_DIVERGENCE = 20
+"""...and at most one honest-looking divergence per this many valid results (more is an offence)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class Reputation:
     """Verified valid results still owed since the last invalid one."""
     flaky: int = 0
     """Timeouts not yet paid back by verified valid results (capped at ``MAX_FLAKY``)."""
+    divergent: int = 0
+    """Outvoted results that looked like honest divergence, ever."""
 
     def update(self, outcome: Outcome) -> Reputation:
         """The reputation after one more outcome."""
@@ -70,6 +80,8 @@ class Reputation:
             )
         if outcome == "invalid":
             return replace(self, streak=0, invalid=self.invalid + 1, probation=PROBATION_JOBS)
+        if outcome == "divergent":
+            return replace(self, streak=0, divergent=self.divergent + 1)
         return replace(self, timeouts=self.timeouts + 1, flaky=min(MAX_FLAKY, self.flaky + 1))
 
     @property
@@ -85,6 +97,33 @@ class Reputation:
             return -self.probation / PROBATION_JOBS
         flaky = self.flaky / (1 + self.flaky)
         return self.trust * (1 - flaky) - 0.5 * flaky
+
+
+def affords_divergence(reputation: Reputation) -> bool:
+    """Whether one more divergence may be taken for honest rounding: the worker has at least
+    ``DIVERGENCE_MIN_VALID`` verified valid results and, counting this one, at most one divergence per
+    ``VALID_PER_DIVERGENCE`` of them. A new worker never does: it cannot buy leniency with a fresh key."""
+    return (
+        reputation.valid >= DIVERGENCE_MIN_VALID
+        and (reputation.divergent + 1) * VALID_PER_DIVERGENCE <= reputation.valid
+    )
+
+
+def agreed_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def looks_like_honest_divergence(winner: Sequence[int], dissenter: Sequence[int]) -> bool:
+    """Two greedy runs of one contract that round differently agree until a near-tie, then go their own
+    ways: the dissenter shares at least the first half of the winner's tokens (and the winner has at least
+    two). A lazy worker (random tokens) or a different model differs from the first tokens."""
+    return len(winner) >= 2 and agreed_prefix(winner, dissenter) >= (len(winner) + 1) // 2
 
 
 def required_streak(reputation: Reputation, min_trust_streak: int) -> int:
