@@ -37,6 +37,7 @@ from opengrid_ledger import (
     ED25519,
     Attestation,
     Credit,
+    Evidence,
     Hold,
     LedgerState,
     Payload,
@@ -822,6 +823,7 @@ class Coordinator:
         tokens = winning[0][0].tokens  # empty in sealed mode
         n_tokens = winning[0][1].n_tokens
         divergent = self._learn(job, agreement, n_tokens)
+        evidence = self._evidence(job)  # before the receipt: those outcomes came first
         points = max(1, n_tokens)
         keys = {peer: self.workers[peer].key for peer in job.results}
         receipt = Receipt(
@@ -838,7 +840,7 @@ class Coordinator:
         self.ledger.apply(entry)
         encoded = encode_entry(entry)
         self._own_entries.append(encoded)
-        effects: list[Effect] = [AppendEntry(entry)]
+        effects: list[Effect] = [*evidence, AppendEntry(entry)]
         if job.hold:  # the client pays the agreeing workers out of its hold; the rest returns to it
             payouts = _payouts(receipt.credits, job.hold_amount)
             effects += self._author(
@@ -1053,6 +1055,19 @@ class Coordinator:
             )
         return bytes(entry.id), [AppendEntry(e) for e in applied]
 
+    def _evidence(self, job: _Job) -> list[Effect]:
+        """An EVIDENCE entry for what the job's receipt cannot show — replicas that failed their checks
+        (invalid) or failed / timed out (timeout) — so a restarted coordinator's reputations still count
+        them (``reputation_from_ledger``). Nothing when every replica answered properly."""
+        invalid = {self.workers[p].key for p in job.invalid if p in self.workers}
+        timeout = {self.workers[p].key for p in job.failed if p in self.workers} - invalid
+        if not invalid and not timeout:
+            return []
+        job_id = job.request.job_id
+        return self._author(
+            Evidence(job_id=job_id, invalid=tuple(sorted(invalid)), timeout=tuple(sorted(timeout)))
+        )
+
     def _author(self, payload: Payload) -> list[Effect]:
         """Sign ``payload`` as our next ledger entry, apply it, and have it stored and pushed."""
         entry = sign_entry(self._key, self.ledger.next_body(self.public_key, payload), scheme=self._scheme)
@@ -1079,6 +1094,7 @@ class Coordinator:
         job = self._jobs.pop(job_id, None)
         effects: list[Effect] = []
         if job is not None:
+            effects += self._evidence(job)
             effects += self._cancel_pending(job)
             if job.hold:  # a paid job that failed costs its client nothing
                 effects += self._author(Refund(hold=job.hold))

@@ -21,8 +21,9 @@ streak it needs before its results may be accepted unreplicated. A new key start
 gains nothing by changing identity.
 
 ``reputation_from_ledger`` rebuilds the table from receipts (credits in a receipt with two or more credits
-are valid outcomes, dissenters invalid ones). Timeouts, canary outcomes and failed checks leave no ledger
-entry yet: they live in memory, and the driver may persist ``Coordinator.reputation`` itself.
+are valid outcomes, dissenters invalid ones) and from the coordinator's EVIDENCE entries (replicas that
+failed their checks, failed or timed out). Canary outcomes leave no ledger entry (a canary must stay
+indistinguishable, even afterwards): they live in memory only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from opengrid_ledger import LedgerState, Receipt, decode_body
+from opengrid_ledger import Evidence, LedgerState, Receipt, decode_body
 
 Outcome = Literal["valid", "invalid", "timeout", "divergent"]
 
@@ -163,7 +164,7 @@ def receipt_outcomes(receipt: Receipt) -> list[tuple[bytes, Outcome]]:
 
 
 def reputation_from_ledger(ledger: LedgerState, *, author: bytes | None = None) -> dict[bytes, Reputation]:
-    """Rebuild reputations from the ledger's applied receipts, in the order they were applied.
+    """Rebuild reputations from the ledger's applied receipts and EVIDENCE, in the order they were applied.
 
     Only receipts authored by ``author`` count when it is given: a coordinator trusts its own verification.
     Applied entries were verified when applied, so bodies are decoded without checking signatures again.
@@ -175,4 +176,14 @@ def reputation_from_ledger(ledger: LedgerState, *, author: bytes | None = None) 
             continue
         if isinstance(body.payload, Receipt):
             outcomes += receipt_outcomes(body.payload)
+        elif isinstance(body.payload, Evidence):
+            outcomes += evidence_outcomes(body.payload)
     return fold_outcomes(outcomes)
+
+
+def evidence_outcomes(evidence: Evidence) -> list[tuple[bytes, Outcome]]:
+    """Outcomes an EVIDENCE entry records, in a fixed order (valid, invalid, timeout)."""
+    outcomes: list[tuple[bytes, Outcome]] = [(key, "valid") for key in evidence.valid]
+    outcomes += [(key, "invalid") for key in evidence.invalid]
+    outcomes += [(key, "timeout") for key in evidence.timeout]
+    return outcomes

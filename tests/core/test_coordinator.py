@@ -21,7 +21,7 @@ from grid_harness import (
     replace_result,
     signing_key,
 )
-from opengrid_ledger import LedgerState, decode_entry, encode_entry, sign_attestation
+from opengrid_ledger import Evidence, LedgerState, decode_entry, encode_entry, open_entry, sign_attestation
 
 from opengrid.core.effects import (
     AppendEntry,
@@ -313,8 +313,12 @@ def test_two_workers_agreeing_on_tokens_their_attestations_do_not_cover_are_neve
     assert [p.peer for p in of_type(effects, Penalize)] == [first.peer, second.peer]
     reply = finished(effects)
     assert isinstance(reply, ErrorReply)
-    assert of_type(effects, AppendEntry) == []
-    assert len(grid.coordinator.ledger) == 0
+    # no receipt: the only entry is the evidence that both failed their checks (persisted reputation)
+    [appended] = of_type(effects, AppendEntry)
+    evidence = open_entry(appended.entry, NETWORK).payload
+    assert isinstance(evidence, Evidence)
+    assert set(evidence.invalid) == {grid.key(first.peer), grid.key(second.peer)} and not evidence.timeout
+    assert len(grid.coordinator.ledger) == 1 and grid.coordinator.ledger.minted() == 0
 
 
 # ── typed errors for requests that cannot run ──────────────────────────────────────────────────────

@@ -6,7 +6,7 @@ import itertools
 import random
 
 from grid_harness import HONEST, NETWORK, Grid, cheat, signing_key
-from opengrid_ledger import LedgerState
+from opengrid_ledger import Evidence, LedgerState, decode_body
 
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.reputation import (
@@ -17,7 +17,8 @@ from opengrid.core.reputation import (
     reputation_from_ledger,
     required_streak,
 )
-from opengrid.wire.messages import JobAccepted
+from opengrid.core.worker import Output
+from opengrid.wire.messages import JobAccepted, RunJob
 
 
 def after(*outcomes: str, start: Reputation | None = None) -> Reputation:
@@ -115,6 +116,34 @@ def test_reputation_is_rebuilt_from_the_ledger_at_start() -> None:
     assert restarted.reputation == live
     assert reputation_from_ledger(grid.coordinator.ledger) == live
     assert reputation_from_ledger(grid.coordinator.ledger, author=b"\x01" * 32) == {}
+
+
+def test_timeouts_and_failed_checks_survive_a_restart_through_evidence_entries() -> None:
+    config = CoordinatorConfig(canary_rate=0.0, adaptive=False)
+    grid = Grid(n=4, config=config)
+    grid.register()
+
+    def behaviour(peer: str, run: RunJob) -> Output | None:
+        if peer == "w2":
+            return None  # fails every replica: a timeout-like failure
+        return HONEST
+
+    for job in range(1, 13):
+        grid.run_job(job, behaviour, now=float(job))
+        grid.register(now=float(job))  # the failing worker beats again and is picked again
+    live = grid.coordinator.reputation
+    assert live[grid.key("w2")].timeouts > 0
+    payloads = [decode_body(e.body).payload for e in grid.coordinator.ledger.entries()]
+    assert any(isinstance(p, Evidence) for p in payloads)  # one per job that had a failure
+    restarted = Coordinator(
+        network=NETWORK,
+        signing_key=signing_key("coordinator"),
+        ledger=grid.coordinator.ledger,
+        rng=random.Random(1),
+        config=config,
+    )
+    assert restarted.reputation[grid.key("w2")].timeouts == live[grid.key("w2")].timeouts
+    assert restarted.reputation == live
 
 
 def test_a_single_credit_receipt_proves_nothing_on_rebuild() -> None:
