@@ -99,6 +99,18 @@ def _positive_float(value: Any, from_text: bool) -> float:
     return float(value)
 
 
+def _bool(value: Any, from_text: bool) -> bool:
+    if from_text and isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[Any, bool], str]:
     def parse(value: Any, from_text: bool) -> str:
         if not isinstance(value, str) or value.strip().lower() not in choices:
@@ -206,6 +218,8 @@ KEYS: dict[str, _Key] = {
     "http_backend": _Key(_choice(HTTP_BACKENDS)),
     "work_hours": _Key(_work_hours),
     "max_load": _Key(_positive_float, optional=True),
+    "relay": _Key(_bool, optional=True),
+    "relay_via": _Key(_multiaddrs),
 }
 """Every NodeConfig field and how its values are checked."""
 
@@ -321,6 +335,8 @@ FLAG_DESTS: dict[str, str] = {
     "http_backend": "http_backend",
     "work_hours": "work_hours",
     "max_load": "max_load",
+    "relay": "relay",
+    "relay_via": "relay_via",
 }
 """argparse ``dest`` of each ``node start`` flag -> config key."""
 

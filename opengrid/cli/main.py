@@ -9,6 +9,7 @@ opengrid status       ask a node who it is, its role and its points
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -92,6 +93,26 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...); the node finds "
         "every coordinator through it (gossip)",
+    )
+    start.add_argument(
+        "--relay",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="relay for nodes that cannot be dialled (circuit relay v2; default: coordinators do)",
+    )
+    start.add_argument(
+        "--relay-via",
+        action="append",
+        default=None,
+        metavar="MULTIADDR",
+        help="be reachable through this relay (a node started with --relay, or a coordinator): hold a "
+        "reservation on it and announce the relayed address; repeatable",
+    )
+    start.add_argument(
+        "--no-listen",
+        action="store_true",
+        help="listen on no address: dial out only, reachable through relays (--relay-via, else the "
+        "--bootstrap nodes)",
     )
     start.add_argument(
         "--model",
@@ -228,6 +249,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     from opengrid.cli import config as config_cli
+    from opengrid.cli import doctor as doctor_cli
     from opengrid.cli import ledger as ledger_cli
     from opengrid.cli import models as models_cli
     from opengrid.cli import sim, wallet
@@ -237,6 +259,7 @@ def _build_parser() -> argparse.ArgumentParser:
     models_cli.register(commands)
     config_cli.register(commands)
     ledger_cli.register(commands)
+    doctor_cli.register(commands)
 
     status = commands.add_parser("status", help="ask a node for its identity, role and points")
     status.add_argument("address", metavar="MULTIADDR")
@@ -309,6 +332,8 @@ async def _run_node(
             print(f"OpenGrid {started.config.role} {node.host.peer_id}", flush=True)
             for addr in addrs:
                 print(f"  listening on {addr}", flush=True)
+            if started.config.relay:
+                print("  relaying for nodes that cannot be dialled (circuit relay v2)", flush=True)
             for url in node.api_urls:
                 print(f"  OpenAI-compatible API at {url}/v1", flush=True)
             if started.config.role == "coordinator" and addrs:
@@ -341,6 +366,8 @@ def _cmd_node_control(args: argparse.Namespace) -> int:
 def _cmd_node_start(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     config, sources = load_settings(flags_from_namespace(args), env, resolve_config_file(args.config, env))
+    if args.no_listen:
+        config = dataclasses.replace(config, listen=())
     config = config.validated()
     for key, source in sorted(sources.items()):
         if source != "default":
@@ -469,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opengrid.cli import wallet
 
             return wallet.run(args)
+        if args.command == "doctor":
+            from opengrid.cli import doctor as doctor_cli
+
+            return doctor_cli.run(args)
         if args.command in ("models", "config", "ledger"):
             from opengrid.cli import config as config_cli
             from opengrid.cli import ledger as ledger_cli

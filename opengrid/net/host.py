@@ -2,7 +2,9 @@
 
 Configuration (shared/notes/py-libp2p.md): TCP + Noise + yamux only (no plaintext, secio or TLS that a
 default host would also accept), one connection per peer (avoids a fixed 250 ms dial delay), and our own
-read loop for frames (the library's exact-read helper gives up on large messages).
+read loop for frames (the library's exact-read helper gives up on large messages). Every host speaks
+circuit relay v2 (relay.py): it accepts relayed connections and dials peers known only by a relayed
+address; a host opened with ``relay=True`` also relays for others.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from opengrid.errors import ConfigError, LocalProtocolError, OpenGridError, TransportError
 from opengrid.net.keys import keypair_from_seed
+from opengrid.net.relay import CircuitSupport, is_circuit
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
 from opengrid.wire.messages import Message
 
@@ -64,8 +67,16 @@ class FrameStream:
         self._frames_limit = limit
 
     @property
+    def relayed(self) -> bool:
+        """True when the stream runs over a relayed (``/p2p-circuit``) connection."""
+        return _is_relayed(self._stream.muxed_conn)
+
+    @property
     def remote_ip(self) -> str:
-        """The IP address the peer connects from ("" when the transport does not say)."""
+        """The IP address the peer connects from ("" when the transport does not say, or when the stream
+        is relayed: the address would be the relay's, not the peer's)."""
+        if self.relayed:
+            return ""
         try:
             address = self._stream.get_remote_address()
         except Exception:  # relayed or closed streams may not know
@@ -138,9 +149,12 @@ Handler = Callable[[FrameStream], Awaitable[None]]
 class Host:
     """The node's libp2p host: its identity, addresses, and framed streams to peers."""
 
-    def __init__(self, host: IHost, *, private: bool = False) -> None:
+    def __init__(self, host: IHost, circuits: CircuitSupport, *, private: bool = False) -> None:
         self._host = host
         self._private = private
+        self.circuits = circuits
+        """Circuit relay v2 on this host (relay.py): relayed dials, reservations, relay statistics."""
+        self._relay_addrs: list[str] = []
 
     @property
     def peer_id(self) -> str:
@@ -156,13 +170,24 @@ class Host:
         return sorted(peer.to_base58() for peer in self._host.get_connected_peers())
 
     def addrs(self) -> list[str]:
-        """Full multiaddrs (with ``/p2p/<id>``) that others can dial."""
+        """Full multiaddrs (with ``/p2p/<id>``) that others can dial: the listen addresses, then the
+        circuit addresses of the relays that hold a reservation for us (spec/discovery.md §8.2)."""
         suffix = f"/p2p/{self.peer_id}"
         out = []
         for addr in self._host.get_addrs():
             text = str(addr)
             out.append(text if text.endswith(suffix) else text + suffix)
-        return out
+        return out + self._relay_addrs
+
+    def add_relay_address(self, address: str) -> None:
+        """Announce ``address`` (ours, through a relay) from now on (``ReservationKeeper``)."""
+        if address not in self._relay_addrs:
+            self._relay_addrs.append(address)
+
+    def remove_relay_address(self, address: str) -> None:
+        """Stop announcing a relayed address (its reservation is gone)."""
+        if address in self._relay_addrs:
+            self._relay_addrs.remove(address)
 
     def set_handler(self, handler: Handler, protocol: TProtocol = JOB_PROTOCOL) -> None:
         """Serve ``protocol`` with ``handler``; the stream is closed after the handler returns."""
@@ -180,11 +205,17 @@ class Host:
         self._host.set_stream_handler(protocol, _serve)
 
     def remember(self, peer_id: str, addrs: Sequence[str]) -> None:
-        """Record addresses for a peer so it can be dialled later."""
+        """Record addresses for a peer so it can be dialled later (relayed ones included)."""
         good = []
+        suffix = f"/p2p/{peer_id}"
         for text in addrs:
+            # Strip only the peer's own id: a relayed address names the relay's id inside it.
+            bare = text[: -len(suffix)] if text.endswith(suffix) else text
+            if not bare or (not is_circuit(bare) and "/p2p/" in bare):
+                log.debug("ignoring an address of another peer %r from %s", text, peer_id)
+                continue
             try:
-                good.append(multiaddr.Multiaddr(text.split("/p2p/")[0]))
+                good.append(multiaddr.Multiaddr(bare))
             except Exception:
                 log.debug("ignoring unparsable address %r from %s", text, peer_id)
         if good:
@@ -192,6 +223,11 @@ class Host:
 
     async def connect(self, address: str) -> str:
         """Dial a full multiaddr (``.../p2p/<id>``) and return the peer id."""
+        if is_circuit(address):  # the swarm does not dial these (relay.py)
+            peer = address.rsplit("/p2p/", 1)[-1]
+            if not self.is_connected(peer):
+                await self.circuits.dial(address)
+            return peer
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(address))
         except Exception as exc:
@@ -218,7 +254,10 @@ class Host:
         return info.peer_id.to_base58()
 
     async def open_stream(self, peer_id: str, protocol: TProtocol = JOB_PROTOCOL) -> FrameStream:
-        """Open a framed stream to a peer (dialling it if needed)."""
+        """Open a framed stream to a peer (dialling it if needed: directly if it has a direct address, else
+        through a relay it announced)."""
+        if not self.is_connected(peer_id):
+            await self._dial_relayed(peer_id)
         try:
             stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
         except Exception as exc:
@@ -226,6 +265,34 @@ class Host:
                 f"could not open a stream to {peer_id}: {exc or type(exc).__name__}"
             ) from exc
         return FrameStream(stream)
+
+    async def _dial_relayed(self, peer_id: str) -> None:
+        """Connect through a relay if the peer's only known addresses are relayed ones (the swarm skips
+        those, relay.py); with any direct address, leave the dial to the swarm as before."""
+        try:
+            known = [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:  # the peerstore raises for a peer it never heard of
+            return
+        circuits = [a for a in known if is_circuit(a)]
+        if not circuits or len(circuits) < len(known):
+            return
+        failures = []
+        for address in circuits:
+            full = address if address.endswith(f"/p2p/{peer_id}") else f"{address}/p2p/{peer_id}"
+            try:
+                await self.circuits.dial(full)
+                return
+            except OpenGridError as exc:
+                failures.append(str(exc))
+        raise TransportError(
+            f"could not open a stream to {peer_id}: it is reachable only through relays, and "
+            + "; ".join(failures)
+        )
+
+    def is_relayed(self, peer_id: str) -> bool:
+        """True when we hold connections to ``peer_id`` and every one of them is relayed."""
+        conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
+        return bool(conns) and all(_is_relayed(c) for c in conns)
 
     async def request(self, peer_id: str, message: Message) -> Message:
         """Open a stream, send one message, read one reply, close."""
@@ -248,6 +315,17 @@ class Host:
 
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
+
+
+def _is_relayed(conn: Any) -> bool:
+    """Whether a libp2p connection (swarm or muxed) runs through a relay."""
+    for candidate in (conn, getattr(conn, "muxed_conn", None)):
+        getter = getattr(candidate, "get_transport_addresses", None)
+        if callable(getter):
+            with contextlib.suppress(Exception):
+                if any(is_circuit(str(a)) for a in getter() or ()):
+                    return True
+    return False
 
 
 def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
@@ -280,8 +358,13 @@ async def open_host(
     *,
     psk: bytes | None = None,
     upgrade_timeout_s: float | None = None,
+    relay: bool = False,
 ) -> AsyncIterator[Host]:
     """Start a host with identity ``seed`` listening on ``listen``; close it cleanly on exit.
+
+    ``listen`` may be empty: the host then dials out only, and is reachable through a relay it holds a
+    reservation on (``relay.ReservationKeeper``). ``relay=True`` makes it a relay for others, within
+    ``relay.RELAY_LIMITS`` (spec/discovery.md §8).
 
     ``psk`` (32 bytes, see ``derive_psk``) makes this a private-network host (libp2p pnet: every raw
     connection is XSalsa20-encrypted with the key *before* Noise), so a node without the same key cannot
@@ -311,9 +394,17 @@ async def open_host(
         host = new_host(**kwargs)
     except Exception as exc:
         raise ConfigError(f"could not create the libp2p host: {exc}") from exc
+    circuits = CircuitSupport(host, relay=relay, psk=psk)
     try:
-        async with host.run(listen_addrs=addrs):
-            yield Host(host, private=psk is not None)
+        async with host.run(listen_addrs=addrs), circuits.running():
+            # py-libp2p's auto-connector aims at (low + high watermark) / 2 = 150 connections even with
+            # low_watermark=0, so it dials every peer in the peerstore — including the old address of a
+            # peer that restarted, which lands the peer in the swarm's negative dial cache and races its
+            # new connection (the duplicate is then trimmed with our streams on it). We connect to whom
+            # we need: bootstrap, coordinators, workers we dispatch to. Measured: 20 processes where
+            # SIGKILLed and restarted workers could not re-register for over 60 s; without it, at once.
+            await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
+            yield Host(host, circuits, private=psk is not None)
             await host.close()
     except OSError as exc:
         raise ConfigError(

@@ -66,13 +66,19 @@ class NodeConfig:
     """Daily hours a worker takes jobs, e.g. ``22:00-07:00`` (several comma-separated); empty: always."""
     max_load: float | None = None
     """A worker takes jobs only while other programs load the machine at most this much per core."""
+    relay: bool | None = None
+    """Relay for nodes that cannot be dialled (circuit relay v2, spec/discovery.md §8). None: coordinators
+    do and other roles do not — a coordinator must be reachable anyway and every worker already knows it,
+    so a worker behind NAT needs no extra configuration; relayed traffic is small (prompts, answers,
+    heartbeats) and bounded per circuit (``opengrid.net.relay.RELAY_LIMITS``)."""
+    relay_via: tuple[str, ...] = ()
+    """Relays to hold a reservation on and be reachable through (their full multiaddrs). Empty and no
+    ``listen`` address: the bootstrap nodes are used as relays."""
 
     def validated(self) -> NodeConfig:
         """Return a copy with ``auto`` resolved; raise ConfigError naming the bad value and the choices."""
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
-        if not self.listen:
-            raise ConfigError("at least one --listen address is needed, e.g. /ip4/127.0.0.1/tcp/4001")
         if self.heartbeat_s <= 0:
             raise ConfigError(f"heartbeat must be positive seconds, got {self.heartbeat_s}")
         if not 0.1 <= self.announce_s <= 3600:
@@ -112,7 +118,21 @@ class NodeConfig:
                 f"a {role} needs --bootstrap with the multiaddr of any node of the network (every node "
                 "prints it at start, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...)"
             )
-        return dataclasses.replace(self, role=role)
+        if not self.listen and (role == "coordinator" or self.relay):
+            raise ConfigError(
+                f"a {'relay' if self.relay else role} must listen on an address others can dial, e.g. "
+                "--listen /ip4/0.0.0.0/tcp/4001"
+            )
+        relay = self.relay if self.relay is not None else role == "coordinator"
+        return dataclasses.replace(self, role=role, relay=relay)
+
+    @property
+    def relays(self) -> tuple[str, ...]:
+        """The relays this node reserves a slot on: ``relay_via``, else its bootstrap nodes when it
+        listens on no address of its own (it is then reachable only through them)."""
+        if self.relay_via:
+            return self.relay_via
+        return () if self.listen else self.bootstrap
 
     @property
     def serves_models(self) -> bool:

@@ -8,6 +8,12 @@ and worker, and forgets the ones that fall silent. Workers register with every c
 
 The join is bounded and keeps trying: a bootstrap that is not up yet is re-dialled with a growing pause
 (up to ``_MAX_RETRY_S``), and a node that lost every connection dials its bootstraps again.
+
+Gossip alone is not enough to *join*: a node connected only to a busy bootstrap node is outside that
+node's full gossipsub mesh and hears others' announcements only through lazy IHAVE gossip, which took
+over a minute in a 20-node grid. So after joining, and every ``3 * announce_s``, the node also asks a
+bootstrap node for its status and takes the peers it lists as hints (unsigned claims: they only say whom
+to try; registering with a coordinator authenticates it).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from opengrid.errors import OpenGridError
 from opengrid.net.announce import ModelAd
 from opengrid.net.gossip import Gossip
 from opengrid.net.host import Host
-from opengrid.wire.messages import PeerSummary
+from opengrid.wire.messages import NodeStatus, PeerSummary, StatusRequest
 
 log = logging.getLogger("opengrid.node.membership")
 
@@ -61,6 +67,8 @@ class Membership:
         )
         self.joined = trio.Event()
         """Set once a bootstrap peer answered (immediately for a node without bootstrap addresses)."""
+        self._hints: list[PeerSummary] = []
+        """Online peers a bootstrap node listed in its status, last time we asked."""
 
     async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -73,15 +81,29 @@ class Membership:
             self.joined.set()
             return
         pause = min(self._announce_s, 1.0)
+        turn = 0
         while True:
-            if not self._host.connected_peers():
-                for address in self._bootstrap:
+            if not self._host.connected_peers() or self.joined.is_set():
+                # Ask the bootstraps in turn, starting after the one asked last time.
+                order = self._bootstrap[turn:] + self._bootstrap[:turn]
+                turn = (turn + 1) % len(self._bootstrap)
+                for address in order:
                     try:
                         with trio.fail_after(_DIAL_TIMEOUT_S):
                             peer = await self._host.connect(address)
+                            status = await self._host.request(peer, StatusRequest())
                     except (OpenGridError, trio.TooSlowError) as exc:
-                        log.info("bootstrap %s not reachable yet (%s); retrying", address, exc or "timed out")
+                        if not self.joined.is_set():
+                            log.info(
+                                "bootstrap %s not reachable yet (%s); retrying",
+                                address,
+                                str(exc) or "timed out",
+                            )
                         continue
+                    if isinstance(status, NodeStatus):
+                        self._hints = [
+                            p for p in status.peers if p.online and p.peer_id != self._host.peer_id
+                        ]
                     if not self.joined.is_set():
                         log.info("joined the network through %s", peer)
                     self.joined.set()
@@ -92,9 +114,14 @@ class Membership:
             await trio.sleep(pause if not self.joined.is_set() else 3 * self._announce_s)
 
     def addresses_of(self, role: str) -> list[str]:
-        """A dialable address of every online peer announcing ``role``, in peer id order."""
+        """A dialable address of every online peer announcing ``role`` (peer id order), then of those a
+        bootstrap node listed online that we do not hear online ourselves."""
         now = trio.current_time()
-        return [a.addrs[0] for a in self.gossip.directory.online(now, role=role) if a.addrs]
+        heard = {a.peer_id: a.addrs[0] for a in self.gossip.directory.online(now, role=role) if a.addrs}
+        for hint in self._hints:
+            if role in hint.roles and hint.addrs:
+                heard.setdefault(hint.peer_id, hint.addrs[0])
+        return list(heard.values())
 
     def peers(self, rtt_s: Callable[[str], float | None]) -> list[PeerSummary]:
         """Every peer heard on gossip, online or not (``opengrid peers``, SDK coordinator lookup)."""

@@ -86,6 +86,7 @@ from opengrid.errors import (
 from opengrid.net.announce import ModelAd
 from opengrid.net.host import FrameStream, Host, derive_psk, open_host
 from opengrid.net.keys import public_key_of
+from opengrid.net.relay import ReservationKeeper
 from opengrid.node import ledger_sync
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.config import NodeConfig
@@ -195,6 +196,7 @@ class Node:
         """Workers: coordinators we are registered with, peer id -> the address we reached it at."""
         self._not_coordinators: set[str] = set()
         self.membership: Membership | None = None
+        self._refusals_reported: set[str] = set()
         self._sync_wanted = trio.Event()
         self._tokens_out = 0
         self._busy_s = 0.0
@@ -205,6 +207,8 @@ class Node:
         self._last_control_ms = 0
         self.registered = trio.Event()
         """Workers: set once the coordinator accepted our first registration."""
+        self.relay_keepers: list[ReservationKeeper] = []
+        """Reservations on the relays we are reachable through (``NodeConfig.relays``)."""
 
     # ── lifecycle ────────────────────────────────────────────────────────────────────────────────────
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -221,12 +225,16 @@ class Node:
             if config.serves_models:
                 await self._start_worker()
             psk = derive_psk(config.network, config.network_key) if config.network_key else None
-            async with open_host(self._seed, config.listen, psk=psk) as host:
+            async with open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay)) as host:
                 self.host = host
                 host.set_handler(self._serve_stream)
                 host.set_handler(self._serve_sync, SYNC_PROTOCOL)  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    # Reserve first, so the first announcement and registration carry the relayed address.
+                    self.relay_keepers = [ReservationKeeper(host, address) for address in config.relays]
+                    for keeper in self.relay_keepers:
+                        await nursery.start(keeper.run)
                     self.membership = Membership(
                         host,
                         network=config.network,
@@ -821,8 +829,13 @@ class Node:
                 "y" if len(session.applied) == 1 else "ies",
             )
         if session.refused:
-            log.warning(
-                "ledger sync with %s: refused %d invalid entries (first: %s)",
+            # Once per peer at WARNING: a peer holding entries we refuse (often receipts of a coordinator
+            # we do not trust) offers them again at every sync.
+            level = logging.DEBUG if peer in self._refusals_reported else logging.WARNING
+            self._refusals_reported.add(peer)
+            log.log(
+                level,
+                "ledger sync with %s: refused %d entries (first: %s)",
                 _short(peer),
                 len(session.refused),
                 session.refused[0][1],
@@ -842,7 +855,7 @@ class Node:
                     log.info(
                         "ledger sync with coordinator %s failed (will retry): %s",
                         _short(peer),
-                        exc or "timed out",
+                        str(exc) or "timed out",
                     )
             await trio.sleep(0.2)  # let a burst of receipts settle into one sync
 
@@ -893,7 +906,11 @@ class Node:
                 try:
                     await self.sync_ledger(peer)
                 except (OpenGridError, trio.TooSlowError) as exc:
-                    log.info("ledger sync with coordinator %s failed (will retry): %s", _short(peer), exc)
+                    log.info(
+                        "ledger sync with coordinator %s failed (will retry): %s",
+                        _short(peer),
+                        str(exc) or "timed out",
+                    )
             # Next round after a few beats, or as soon as a coordinator appears or returns (a healed
             # partition); one that went offline and came back is new again.
             with trio.move_on_after(self.config.heartbeat_s * _SYNC_PERIOD_BEATS):
@@ -1049,11 +1066,20 @@ class Node:
     async def _register_loop(self) -> None:
         """Register with every coordinator we know of — our bootstrap addresses, and every coordinator
         heard on gossip — and repeat it as our heartbeat (a coordinator marks us offline after 3 missed
-        beats). A paused worker stops beating, so its coordinators stop sending it work."""
+        beats). A paused worker stops beating, so its coordinators stop sending it work; so does a node
+        reachable only through relays while it holds no reservation (``_unreachable``)."""
         interval = self.config.heartbeat_s
         warned: set[str] = set()
+        said = ""
         while True:
-            if not self.paused:
+            unreachable = self._unreachable()
+            if bool(unreachable) != bool(said):
+                if unreachable:
+                    log.warning("not registering with coordinators: %s", unreachable)
+                else:
+                    log.info("reachable through a relay again; registering")
+                said = unreachable
+            if not self.paused and not unreachable:
                 intervals: list[float] = []
                 async with trio.open_nursery() as nursery:
                     for address in self._registration_targets():
@@ -1063,6 +1089,19 @@ class Node:
                     # us spin or go silent.
                     interval = min(max(min(intervals), 0.5), 60.0)
             await trio.sleep(interval)
+
+    def _unreachable(self) -> str:
+        """Why coordinators could not reach us for a job, or "" if they can. A node with no listen address
+        is reachable only through a relay reservation; registering without one would invite jobs that
+        cannot arrive once our own connection closes (spec/discovery.md §8.4)."""
+        assert self.host is not None
+        if self.config.listen or not self.relay_keepers or any(k.held for k in self.relay_keepers):
+            return ""
+        problems = "; ".join(k.problem for k in self.relay_keepers)
+        return (
+            f"this node listens on no address and holds no relay reservation ({problems}); "
+            "start a relay or name a reachable one with --relay-via"
+        )
 
     def _registration_targets(self) -> list[str]:
         """One address per coordinator: bootstrap addresses (unless they said they do not coordinate),
@@ -1101,7 +1140,7 @@ class Node:
                 log.warning(
                     "cannot register with coordinator %s (%s); retrying every beat",
                     _short(peer),
-                    exc or "no answer in time",
+                    str(exc) or "no answer in time",
                 )
 
     async def _register_once(self, address: str) -> float:

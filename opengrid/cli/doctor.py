@@ -1,0 +1,852 @@
+"""``opengrid doctor``: tell a volunteer, in plain words, whether their node can join and be reached.
+
+It reads the settings ``opengrid node start`` would run with (flags > ``OPENGRID_<KEY>`` > config file >
+defaults, :mod:`opengrid.settings`) and checks, each as ok / warn / fail with a fix:
+
+1. ``config``, ``data dir``, ``identity``: the settings validate, the data dir is writable, the identity
+   key is sound (its peer id shown);
+2. ``running node``: whether a node already runs on this data dir (its ``node.json`` addresses answer a
+   ``StatusRequest``): its role, the peers it knows, paused or not;
+3. ``listen ADDR``: each listen address can be bound, and who can reach it (loopback, LAN, internet);
+4. ``bootstrap ADDR``: each bootstrap address answers a status request (best RTT of 3), on which network,
+   knowing which peers; a failure is explained (bad address, refused, timeout, handshake / network key);
+5. ``relay``: relays and NAT traversal are not supported yet (spec/discovery.md §1).
+
+Facts are gathered first (files, sockets, one ``trio.run`` for the network, every operation bounded by
+``trio.fail_after``, only the addresses given are dialled), then turned into checks by pure functions.
+
+Wiring, in ``opengrid/cli/main.py``: ``doctor.register(commands)`` while building the parser, and
+``return doctor.run(args)`` when ``args.command == "doctor"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import ipaddress
+import json
+import logging
+import math
+import os
+import pathlib
+import secrets
+import socket
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import trio
+
+from opengrid.errors import ConfigError, OpenGridError
+from opengrid.node.config import NodeConfig
+from opengrid.settings import (
+    CONFIG_ENV,
+    default_data_dir,
+    flags_from_namespace,
+    load_settings,
+    resolve_config_file,
+)
+
+Status = Literal["ok", "warn", "fail"]
+HostClass = Literal["loopback", "private", "public", "any"]
+
+CONNECT_TIMEOUT_S = 6.0
+"""Bound on one libp2p dial (TCP + pnet + Noise + yamux)."""
+UPGRADE_TIMEOUT_S = 4.0
+"""Bound on the security handshake: a network-key mismatch does not fail fast (spec/discovery.md §3)."""
+REQUEST_TIMEOUT_S = 5.0
+"""Bound on one status request round trip."""
+TCP_PROBE_TIMEOUT_S = 3.0
+"""Bound on the plain TCP connect that explains a failed dial."""
+RTT_SAMPLES = 3
+EXAMPLE_PORT = 4001
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: what was checked, how it went, and what to do about it."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What dialling one address found: the node's status and the best RTT, or why it failed."""
+
+    address: str
+    status: Any = None
+    """The :class:`~opengrid.wire.messages.NodeStatus` it answered, None when it did not."""
+    rtt_s: float | None = None
+    error: str = ""
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class TcpAddress:
+    """The host and port of a TCP multiaddr (``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT[/p2p/ID]``)."""
+
+    kind: str
+    host: str
+    port: int
+    peer_id: str = ""
+
+
+# ── argparse ─────────────────────────────────────────────────────────────────────────────────────────
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``doctor`` command to the ``opengrid`` parser's subcommands."""
+    doctor = subparsers.add_parser(
+        "doctor",
+        help="check that a node can start, be reached and join its network, and say what to change",
+        description=(
+            "Check the settings `opengrid node start` would run with (the same flags, OPENGRID_<KEY> "
+            "variables and config file): the data dir and identity, a node already running there, whether "
+            "each listen address can be bound and who can reach it, and the RTT to each bootstrap node. "
+            "Exit status 1 when a check fails."
+        ),
+    )
+    doctor.add_argument(
+        "--data-dir", type=pathlib.Path, default=None, metavar="DIR", help="the node's data dir"
+    )
+    doctor.add_argument(
+        "--listen", action="append", default=None, metavar="MULTIADDR", help="listen address, repeatable"
+    )
+    doctor.add_argument(
+        "--bootstrap",
+        action="append",
+        default=None,
+        metavar="MULTIADDR",
+        help="a bootstrap node's full multiaddr (.../p2p/12D3KooW...), repeatable",
+    )
+    doctor.add_argument("--network", default=None, help="network name")
+    doctor.add_argument(
+        "--network-key",
+        default=None,
+        metavar="SECRET",
+        help="the private network's key (default: $OPENGRID_NETWORK_KEY)",
+    )
+    doctor.add_argument(
+        "--role", choices=("worker", "coordinator", "edge", "auto"), default=None, help="the node's role"
+    )
+    doctor.add_argument(
+        "--config",
+        type=pathlib.Path,
+        metavar="PATH",
+        help=f"config file (default: ${CONFIG_ENV}, else the user config dir's)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON object with every check")
+    doctor.set_defaults(command="doctor")
+    return doctor
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every check, print the report; returns 0 when no check failed, else 1."""
+    from opengrid.net.host import quiet_libp2p_logging
+
+    verbose = getattr(args, "verbose", 1)
+    # The dials below are expected to fail sometimes; the report explains them, the library's logs do not.
+    quiet_libp2p_logging(logging.DEBUG if verbose > 2 else logging.CRITICAL)
+    if verbose <= 1:
+        logging.getLogger("opengrid").setLevel(logging.WARNING)
+    report = diagnose(args, dict(os.environ))
+    failed = has_failures(report["checks"])
+    if args.json:
+        doc = dict(report, checks=[dataclasses.asdict(check) for check in report["checks"]], ok=not failed)
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_report(report)
+    return 1 if failed else 0
+
+
+def has_failures(checks: Sequence[Check]) -> bool:
+    """Whether any check failed (the exit status is 1 then)."""
+    return any(check.status == "fail" for check in checks)
+
+
+def diagnose(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """Gather the facts and build the checks: ``{"role", "network", "data_dir", "config_file", "checks"}``."""
+    config, problem, file = load_effective_settings(args, env)
+    role = resolved_role(config)
+    checks = [config_check(config, role, problem)]
+    checks.append(data_dir_check(config.data_dir))
+    own_peer_id, identity = identity_check(config.data_dir)
+    checks.append(identity)
+
+    info = _read_node_info(config.data_dir)
+    running, bootstraps = trio.run(_gather_network_facts, config, info)
+    checks.append(running_node_check(config, info, running, own_peer_id, bootstraps))
+    running_addrs = running.status.addrs if running is not None and running.status is not None else []
+    listen = [listen_check(text, running_addrs) for text in config.listen]
+    checks.extend(listen)
+    checks.extend(bootstrap_checks(config, role, bootstraps))
+    checks.append(relay_check(config.listen))
+    return {
+        "role": role,
+        "network": config.network,
+        "private_network": bool(config.network_key),
+        "data_dir": str(config.data_dir),
+        "config_file": str(file) if file is not None else None,
+        "checks": checks,
+    }
+
+
+# ── settings ─────────────────────────────────────────────────────────────────────────────────────────
+
+
+def load_effective_settings(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[NodeConfig, str | None, pathlib.Path | None]:
+    """The settings ``node start`` would use, the reason it would refuse them (or None), the config file.
+
+    When the strict load fails the rest of the report still runs, on the values it could read: the
+    flags doctor was given (unchecked: each address is checked on its own later) over the file and the
+    environment, or over the defaults when those are broken too.
+    """
+    flags = flags_from_namespace(args)
+    file: pathlib.Path | None = None
+    try:
+        file = resolve_config_file(getattr(args, "config", None), env)
+        config, _ = load_settings(flags, env, file)
+    except ConfigError as exc:
+        return _lenient_settings(flags, env, file), str(exc), file
+    try:
+        return config.validated(), None, file
+    except ConfigError as exc:
+        return config, str(exc), file
+
+
+def _lenient_settings(
+    flags: Mapping[str, Any], env: Mapping[str, str], file: pathlib.Path | None
+) -> NodeConfig:
+    try:
+        base, _ = load_settings({}, env, file)
+    except ConfigError:
+        base = NodeConfig(data_dir=default_data_dir())
+    raw = {
+        key: flags[key]
+        for key in ("data_dir", "listen", "bootstrap", "network", "network_key")
+        if key in flags
+    }
+    if isinstance(raw.get("data_dir"), str):
+        raw["data_dir"] = pathlib.Path(raw["data_dir"])
+    return dataclasses.replace(base, **raw)
+
+
+def resolved_role(config: NodeConfig) -> str:
+    """The role ``auto`` resolves to (coordinator without a bootstrap address, worker with one)."""
+    if config.role != "auto":
+        return config.role
+    return "worker" if config.bootstrap else "coordinator"
+
+
+def config_check(config: NodeConfig, role: str, problem: str | None) -> Check:
+    if problem is not None:
+        return Check(
+            "config",
+            "fail",
+            f"`opengrid node start` would refuse these settings: {problem}",
+            "fix the value named above (flag, OPENGRID_<KEY> variable or config file); "
+            "`opengrid config show` prints every value and where it comes from",
+        )
+    private = "private (network key set)" if config.network_key else "public (no network key)"
+    return Check(
+        "config",
+        "ok",
+        f"valid: a {role} on network {config.network!r}, {private}, data dir {config.data_dir}",
+    )
+
+
+# ── data dir and identity ────────────────────────────────────────────────────────────────────────────
+
+
+def data_dir_check(data_dir: pathlib.Path) -> Check:
+    """Whether the node can write its identity, ledger and node.json into ``data_dir``."""
+    fix = f"pick a data dir you own (--data-dir DIR), or make {data_dir} writable for this user"
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            return Check("data dir", "fail", f"{data_dir} exists but is not a directory", fix)
+        try:
+            with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".doctor-"):
+                pass
+        except OSError as exc:
+            return Check("data dir", "fail", f"cannot write in {data_dir}: {exc.strerror or exc}", fix)
+        return Check("data dir", "ok", f"{data_dir} is writable")
+    parent = data_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if os.access(parent, os.W_OK | os.X_OK):
+        return Check("data dir", "ok", f"{data_dir} does not exist yet; `node start` creates it")
+    return Check("data dir", "fail", f"{data_dir} does not exist and {parent} is not writable", fix)
+
+
+def identity_check(data_dir: pathlib.Path) -> tuple[str, Check]:
+    """(this node's peer id or "", the check): the identity key exists and is sound, or will be created."""
+    from opengrid.net.keys import keypair_from_seed, peer_id_of
+    from opengrid.node.identity import IDENTITY_FILE
+
+    path = data_dir / IDENTITY_FILE
+    if not path.exists():
+        return "", Check(
+            "identity",
+            "ok",
+            f"no identity yet: `node start` creates one in {path} (a new peer id and ledger account)",
+        )
+    try:
+        seed = path.read_bytes()
+    except OSError as exc:
+        return "", Check(
+            "identity",
+            "fail",
+            f"cannot read {path}: {exc.strerror or exc}",
+            "run doctor and the node as the user who owns the data dir",
+        )
+    if len(seed) != 32:
+        return "", Check(
+            "identity",
+            "fail",
+            f"{path} holds {len(seed)} bytes, not a 32-byte identity",
+            f"move {path} away: the next start creates a new identity (a new peer id, an empty account)",
+        )
+    peer_id = peer_id_of(keypair_from_seed(seed).public_key.to_bytes())
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        return peer_id, Check(
+            "identity",
+            "warn",
+            f"peer id {peer_id}; but {path} can be read by other users (it is the key to your points)",
+            f"chmod 600 {path}",
+        )
+    return peer_id, Check("identity", "ok", f"peer id {peer_id} ({path})")
+
+
+def _read_node_info(data_dir: pathlib.Path) -> dict[str, Any] | None:
+    from opengrid.node.service import NODE_INFO_FILE
+
+    try:
+        info = json.loads((data_dir / NODE_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+# ── the network part: one trio.run ───────────────────────────────────────────────────────────────────
+
+
+async def _gather_network_facts(
+    config: NodeConfig, info: dict[str, Any] | None
+) -> tuple[Probe | None, list[Probe]]:
+    """(the node running on this data dir, or None if node.json names none; one probe per bootstrap)."""
+    running: Probe | None = None
+    if info is not None:
+        addrs = [a for a in info.get("addrs", []) if isinstance(a, str)]
+        network = info.get("network") if isinstance(info.get("network"), str) else config.network
+        pid = info.get("pid")
+        if isinstance(pid, int) and not pid_alive(pid):
+            running = Probe("", error=f"its process {pid} is gone")
+        elif not addrs:
+            running = Probe("", error="node.json lists no address")
+        else:
+            async with _dialer(network or config.network, config.network_key) as host:
+                for address in addrs:
+                    running = await probe(host, address, private=bool(config.network_key))
+                    if running.status is not None:
+                        break
+    bootstraps: list[Probe] = []
+    if config.bootstrap:
+        async with _dialer(config.network, config.network_key) as host:
+            for address in config.bootstrap:
+                bootstraps.append(await probe(host, address, private=bool(config.network_key)))
+    return running, bootstraps
+
+
+def _dialer(network: str, network_key: str | None) -> Any:
+    """A throwaway libp2p host (a fresh identity on a loopback port) that only dials out."""
+    from opengrid.net.host import derive_psk, open_host
+
+    psk = derive_psk(network, network_key) if network_key else None
+    return open_host(secrets.token_bytes(32), psk=psk, upgrade_timeout_s=UPGRADE_TIMEOUT_S)
+
+
+async def probe(host: Any, address: str, *, private: bool) -> Probe:
+    """Dial ``address`` with ``host`` (an :class:`opengrid.net.host.Host`), then time status requests.
+
+    Never raises for the peer's sake: every failure becomes a Probe with an error and a fix.
+    """
+    from opengrid.wire.messages import NodeStatus, StatusRequest
+
+    relayed = "/p2p-circuit" in address
+    try:
+        # A relayed (circuit) address is dialled as it is: only its relay's part is plain TCP.
+        target = parse_tcp_multiaddr(address.split("/p2p-circuit")[0])
+    except ValueError as exc:
+        return Probe(address, error=str(exc), fix="copy the full address the node prints at start")
+    if not target.peer_id:
+        return Probe(
+            address,
+            error="the address has no /p2p/PEER_ID part",
+            fix="copy the full address the node prints at start (…/tcp/PORT/p2p/12D3KooW…)",
+        )
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            peer = await host.connect(address)
+    except ConfigError as exc:
+        return Probe(address, error=str(exc), fix="copy the full address the node prints at start")
+    except (OpenGridError, trio.TooSlowError) as exc:
+        if relayed:
+            return Probe(
+                address,
+                error=f"could not connect through the relay ({_plain(exc)})",
+                fix="check that the relay runs; a direct address of the node works better when it has one",
+            )
+        error, fix = await explain_dial_failure(target, exc, private=private)
+        return Probe(address, error=error, fix=fix)
+    best = math.inf
+    status: Any = None
+    for _ in range(RTT_SAMPLES):
+        started = trio.current_time()
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                reply = await host.request(peer, StatusRequest())
+        except (OpenGridError, trio.TooSlowError) as exc:
+            if status is not None:
+                break  # one answer is enough to report; the RTT is the best of those that came
+            await host.disconnect(peer)
+            return Probe(
+                address,
+                error=f"connected, but it did not answer a status request ({_plain(exc)})",
+                fix="is it an OpenGrid node of the same version? try `opengrid status ADDRESS`",
+            )
+        if not isinstance(reply, NodeStatus):
+            await host.disconnect(peer)
+            return Probe(
+                address,
+                error=f"connected, but it answered {type(reply).__name__} to a status request",
+                fix="is it an OpenGrid node of the same version?",
+            )
+        best = min(best, trio.current_time() - started)
+        status = reply
+    await host.disconnect(peer)
+    return Probe(address, status=status, rtt_s=best)
+
+
+async def explain_dial_failure(target: TcpAddress, exc: BaseException, *, private: bool) -> tuple[str, str]:
+    """(what happened, what to do) after a failed libp2p dial, from a plain TCP connect to the same port.
+
+    The library's own error says only that no address worked; the TCP attempt tells a refused port
+    (nothing listens, or a firewall rejects) from a silent one (a firewall drops, or no route) from a
+    port that answers but fails the handshake (wrong peer id, not OpenGrid, or a network-key mismatch).
+    """
+    where = f"{target.host}:{target.port}"
+    firewall = (
+        f"if it runs on another machine, its firewall must allow inbound TCP port {target.port} "
+        f"(and its router must forward that port when it is behind NAT)"
+    )
+    try:
+        with trio.fail_after(TCP_PROBE_TIMEOUT_S):
+            await _tcp_connect(target.host, target.port)
+    except trio.TooSlowError:
+        return (
+            f"no answer from {where} within {TCP_PROBE_TIMEOUT_S:.0f} s: a firewall drops the packets, or "
+            "the machine is off or unreachable",
+            f"check the address; {firewall}",
+        )
+    except socket.gaierror as lookup:
+        return (
+            f"cannot resolve {target.host!r}: {lookup.strerror or lookup}",
+            "check the host name in the address",
+        )
+    except OSError as tcp:
+        if tcp.errno == errno.ECONNREFUSED:
+            return (
+                f"connection refused at {where}: nothing listens on TCP port {target.port} there (the node "
+                "is down or listens on another port), or a firewall rejects the connection",
+                f"start that node, or take the port from the address it prints at start; {firewall}",
+            )
+        if tcp.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return (
+                f"no route to {target.host}: {tcp.strerror}",
+                "check the address and this machine's network connection (a private address is reachable "
+                "only inside its own LAN)",
+            )
+        return (f"cannot connect to {where}: {tcp.strerror or tcp}", f"check the address; {firewall}")
+    key_hint = (
+        "start doctor with the same --network and --network-key as that node (a private network's key)"
+        if private
+        else "if that network is private, pass its --network-key (or $OPENGRID_NETWORK_KEY)"
+    )
+    return (
+        f"TCP port {target.port} at {target.host} answers, but the libp2p handshake failed ({_plain(exc)})",
+        f"{key_hint}; check the peer id in the address (a node whose data dir was reset has a new one), and "
+        "that it is an OpenGrid node",
+    )
+
+
+async def _tcp_connect(host: str, port: int) -> None:
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(errno.EHOSTUNREACH, "no address")
+    family, kind, proto, _, sockaddr = infos[0]
+    with trio.socket.socket(family, kind, proto) as sock:
+        await sock.connect(sockaddr)
+
+
+def _plain(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+# ── addresses ────────────────────────────────────────────────────────────────────────────────────────
+
+
+def parse_tcp_multiaddr(text: str) -> TcpAddress:
+    """Host, port and peer id of a TCP multiaddr; ValueError in plain words for anything else."""
+    from multiaddr import Multiaddr
+
+    try:
+        canonical = str(Multiaddr(text))
+    except Exception as exc:  # multiaddr raises several types
+        raise ValueError(
+            f"{text!r} is not a multiaddr ({exc}); expected e.g. "
+            f"/ip4/203.0.113.7/tcp/{EXAMPLE_PORT}/p2p/12D3KooW…"
+        ) from None
+    parts = canonical.strip("/").split("/")
+    if len(parts) < 4 or parts[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or parts[2] != "tcp":
+        raise ValueError(
+            f"{text!r} is not a TCP address; OpenGrid nodes speak TCP: /ip4/HOST/tcp/PORT[/p2p/PEER_ID]"
+        )
+    peer_id = ""
+    rest = parts[4:]
+    if rest[:1] == ["p2p"] and len(rest) >= 2:
+        peer_id = rest[1]
+    elif rest:
+        raise ValueError(f"{text!r} has unexpected parts after the port: /{'/'.join(rest)}")
+    return TcpAddress(kind=parts[0], host=parts[1], port=int(parts[3]), peer_id=peer_id)
+
+
+def classify_host(host: str) -> HostClass:
+    """Who can reach an address: this machine, the LAN, the internet, or "any" for 0.0.0.0 / ::."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "loopback" if host == "localhost" else "public"  # a DNS name: assume it is published
+    if ip.is_unspecified:
+        return "any"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_global:
+        return "public"
+    return "private"  # RFC 1918, link-local, CGNAT, unique-local
+
+
+def try_bind(host: str, port: int) -> OSError | None:
+    """Bind and listen on ``host:port`` like the node would (SO_REUSEADDR), then let go: None if it worked."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def listen_check(text: str, running_addrs: Sequence[str] = ()) -> Check:
+    """Can the node listen on ``text``, and who can reach it there."""
+    name = f"listen {text}"
+    try:
+        target = parse_tcp_multiaddr(text)
+    except ValueError as exc:
+        return Check(name, "fail", str(exc), f"use e.g. /ip4/0.0.0.0/tcp/{EXAMPLE_PORT}")
+    if target.kind not in ("ip4", "ip6"):
+        return Check(
+            name,
+            "fail",
+            "a node listens on an IP address, not a name",
+            f"use /ip4/0.0.0.0/tcp/{EXAMPLE_PORT}",
+        )
+    if target.peer_id:
+        return Check(name, "fail", "a listen address has no /p2p/ part", "drop the /p2p/… suffix")
+    port, host = target.port, target.host
+    held = port != 0 and any(
+        _same_listener(target, a) for a in running_addrs
+    )  # the running node holds it: that is fine
+    problem = None if held else try_bind(host, port)
+    if problem is not None:
+        return Check(name, "fail", *_bind_failure(host, port, problem))
+    kind = classify_host(host)
+    reach = _reachability(kind, host, port)
+    bound = "held by the node running on this data dir" if held else "can be bound"
+    if port == 0:
+        return Check(
+            name,
+            "warn",
+            f"{bound}; port 0 means a new free port at every start, so addresses others saved stop working "
+            f"after a restart and no firewall rule or port forward can follow it. {reach}",
+            f"pick a fixed port, e.g. /ip4/{host}/tcp/{EXAMPLE_PORT}"
+            + ("" if kind != "loopback" else f" (and /ip4/0.0.0.0/tcp/{EXAMPLE_PORT} to be reachable)"),
+        )
+    status: Status = "warn" if kind == "loopback" else "ok"
+    fix = f"to join other machines listen on /ip4/0.0.0.0/tcp/{port}" if kind == "loopback" else ""
+    if kind in ("private", "any"):
+        fix = (
+            f"to be reachable from outside your LAN, forward TCP port {port} on your router to this machine "
+            "and allow it in the firewall"
+        )
+    elif kind == "public":
+        fix = f"allow inbound TCP port {port} in this machine's firewall (and your cloud security group)"
+    return Check(name, status, f"{bound}. {reach}", fix)
+
+
+def _same_listener(target: TcpAddress, addr: str) -> bool:
+    try:
+        other = parse_tcp_multiaddr(addr)
+    except ValueError:
+        return False
+    return other.port == target.port and (other.host == target.host or classify_host(target.host) == "any")
+
+
+def _bind_failure(host: str, port: int, exc: OSError) -> tuple[str, str]:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"TCP port {port} on {host} is already in use by another program (or another node)",
+            f"stop that program (`ss -ltnp 'sport = :{port}'` shows it) or pick another port",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"not allowed to listen on port {port} ({exc.strerror})",
+            f"ports below 1024 need root: pick a port above 1024, e.g. {EXAMPLE_PORT}",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"this machine has no address {host}",
+            "use one of this machine's addresses (`ip addr`), or 0.0.0.0 for all of them",
+        )
+    return (f"cannot listen on {host}:{port}: {exc.strerror or exc}", "pick another address or port")
+
+
+def _reachability(kind: HostClass, host: str, port: int) -> str:
+    shown = "PORT" if port == 0 else str(port)
+    if kind == "loopback":
+        return "Loopback: only programs on this machine can reach it."
+    if kind == "private":
+        return (
+            f"{host} is a private (LAN) address: only machines on your LAN can reach it, unless your router "
+            f"forwards TCP port {shown} to it."
+        )
+    if kind == "public":
+        return (
+            f"{host} is a public address: reachable from the internet if the firewall allows TCP port "
+            f"{shown}."
+        )
+    return (
+        f"All interfaces: reachable at this machine's LAN and public addresses if the firewall allows TCP "
+        f"port {shown}; behind a home router, only from the LAN unless it forwards that port."
+    )
+
+
+# ── checks from the facts ────────────────────────────────────────────────────────────────────────────
+
+
+def running_node_check(
+    config: NodeConfig,
+    info: dict[str, Any] | None,
+    running: Probe | None,
+    own_peer_id: str,
+    bootstraps: Sequence[Probe] = (),
+) -> Check:
+    """Whether a node already runs on this data dir, and how it is doing."""
+    name = "running node"
+    if info is None:
+        return Check(name, "ok", f"no node runs on {config.data_dir} (no node.json)")
+    if running is None or running.status is None:
+        why = running.error if running is not None else "it does not answer"
+        if "handshake failed" in why or "did not answer a status request" in why:
+            return Check(
+                name,
+                "warn",
+                f"something listens at the address in node.json but does not answer as expected ({why})",
+                running.fix if running is not None else "",
+            )
+        return Check(
+            name,
+            "ok",
+            f"no node answers on this data dir: node.json is left from an earlier run ({why})",
+        )
+    status = running.status
+    detail = [f"a {status.role} is running: {status.peer_id}, answering at {running.address}"]
+    if own_peer_id and status.peer_id != own_peer_id:
+        return Check(
+            name,
+            "warn",
+            f"{detail[0]}, but its peer id is not this data dir's identity ({own_peer_id})",
+            "node.json was written by another node: is another data dir's node listening there?",
+        )
+    online = [p for p in status.peers if p.online]
+    coordinators = [p for p in online if "coordinator" in p.roles]
+    detail.append(
+        f"knows {len(status.peers)} peer(s), {len(online)} online, {len(coordinators)} coordinator(s)"
+    )
+    level: Status = "ok"
+    fix = ""
+    if status.role == "worker":
+        registered = [
+            b.status.peer_id
+            for b in bootstraps
+            if b.status is not None
+            and b.status.role == "coordinator"
+            and any(w.peer_id == status.peer_id and w.online for w in b.status.workers)
+        ]
+        if registered:
+            detail.append(f"registered with {len(registered)} bootstrap coordinator(s)")
+        if not coordinators and not registered:
+            level = "warn"
+            detail.append("no coordinator online: it gets no jobs")
+            fix = "check its --bootstrap address and that a coordinator of the network runs"
+    if status.paused:
+        level = "warn"
+        detail.append("PAUSED: it takes no new work")
+        fix = f"opengrid node resume --data-dir {config.data_dir}"
+    else:
+        detail.append("taking work" if status.role != "coordinator" else "accepting jobs")
+    if status.network and status.network != config.network:
+        level = "warn"
+        detail.append(f"on network {status.network!r}, not {config.network!r} as these settings say")
+        fix = f"use --network {status.network} here, or restart the node with these settings"
+    return Check(name, level, "; ".join(detail), fix)
+
+
+def bootstrap_checks(config: NodeConfig, role: str, probes: Sequence[Probe]) -> list[Check]:
+    """One check per bootstrap address (or one saying there is none)."""
+    if not config.bootstrap:
+        if role == "coordinator":
+            return [
+                Check(
+                    "bootstrap",
+                    "ok",
+                    "none: this coordinator starts its own network; others join with the address it prints",
+                )
+            ]
+        return [
+            Check(
+                "bootstrap",
+                "fail",
+                f"a {role} needs a bootstrap address to join a network",
+                "pass --bootstrap with the full multiaddr of any node of the network",
+            )
+        ]
+    checks = []
+    for found in probes:
+        name = f"bootstrap {found.address}"
+        if found.status is None:
+            checks.append(Check(name, "fail", found.error, found.fix))
+            continue
+        status = found.status
+        rtt = f"{found.rtt_s * 1000:.1f} ms" if found.rtt_s is not None else "?"
+        online = [p for p in status.peers if p.online]
+        coordinators = sum("coordinator" in p.roles for p in online) + (status.role == "coordinator")
+        itself = " (itself included)" if status.role == "coordinator" else ""
+        detail = (
+            f"reachable, RTT {rtt} (best of {RTT_SAMPLES}): a {status.role} on network "
+            f"{status.network or '?'!r} that knows {len(status.peers)} peer(s), {len(online)} online; "
+            f"{coordinators} coordinator(s) online{itself}"
+        )
+        if status.network and status.network != config.network:
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"{detail}; but it is on network {status.network!r} and this node would use "
+                    f"{config.network!r}",
+                    f"use --network {status.network} (or OPENGRID_NETWORK)",
+                )
+            )
+        elif coordinators == 0:
+            checks.append(
+                Check(
+                    name,
+                    "warn",
+                    f"{detail}: a worker would hear of no coordinator to register with",
+                    "start a coordinator, or bootstrap from one",
+                )
+            )
+        else:
+            checks.append(Check(name, "ok", detail))
+    return checks
+
+
+def relay_check(listen: Sequence[str]) -> Check:
+    """Circuit relays exist (spec/discovery.md §8); AutoNAT and hole punching do not: say what that means
+    for this node."""
+    kinds = set()
+    for text in listen:
+        try:
+            kinds.add(classify_host(parse_tcp_multiaddr(text).host))
+        except ValueError:
+            continue
+    detail = (
+        "reachability is not detected automatically (no AutoNAT or hole punching yet): a node that others "
+        "cannot dial must be started with --relay-via RELAY (or --no-listen, to be relayed by its "
+        "bootstrap nodes; coordinators relay by default)"
+    )
+    if not listen:
+        return Check("relay", "ok", "this node listens on no address: it is reachable only through relays")
+    if kinds <= {"loopback"}:
+        return Check(
+            "relay",
+            "warn",
+            f"{detail}; it listens on loopback only, so only nodes on this machine can reach it directly",
+            f"to join other machines listen on /ip4/0.0.0.0/tcp/{EXAMPLE_PORT} and open that port, or add "
+            "--relay-via with a reachable node's address",
+        )
+    return Check("relay", "ok", detail)
+
+
+# ── output ───────────────────────────────────────────────────────────────────────────────────────────
+
+_MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
+
+
+def _print_report(report: dict[str, Any], out: Any = None) -> None:
+    out = out or sys.stdout
+    file = report["config_file"] or "none"
+    print(
+        f"opengrid doctor: the settings `node start` would use (a {report['role']} on network "
+        f"{report['network']!r}; config file: {file})",
+        file=out,
+    )
+    checks: list[Check] = report["checks"]
+    for check in checks:
+        print(f"{_MARKS[check.status]} {check.name}: {check.detail}", file=out)
+        if check.fix and check.status != "ok":
+            print(f"       fix: {check.fix}", file=out)
+    failed = sum(c.status == "fail" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    if failed:
+        print(
+            f"{failed} check(s) failed, {warned} warning(s): fix the failures before `node start`.", file=out
+        )
+    else:
+        print(f"no check failed ({warned} warning(s)).", file=out)

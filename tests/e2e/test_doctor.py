@@ -1,0 +1,242 @@
+"""`opengrid doctor` against a real coordinator on 127.0.0.1: reachable and unreachable bootstraps, bad
+addresses, a listen port already taken, a node already running on the data dir, and ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from opengrid.cli import doctor
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"{needle!r} not printed; output was:\n{''.join(seen)}")
+
+
+def _clean_env(tmp: pathlib.Path) -> dict[str, str]:
+    """The environment without OPENGRID_* settings, and with a config dir that holds no config file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENGRID_")}
+    env["XDG_CONFIG_HOME"] = str(tmp / "xdg-config")
+    return env
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, pathlib.Path]]:
+    """A coordinator process on a free loopback port: (its full multiaddr, its data dir)."""
+    base = tmp_path_factory.mktemp("doctor")
+    data_dir = base / "coordinator"
+    cmd = [sys.executable, "-m", "opengrid", "node", "start", "--role", "coordinator"]
+    cmd += ["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(data_dir)]
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_clean_env(base)
+    )
+    try:
+        line = _wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
+        yield line.split("listening on ")[1].strip(), data_dir
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=30)
+        finally:
+            process.kill()
+
+
+def _run_doctor(tmp: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "opengrid", "doctor", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_clean_env(tmp))
+
+
+def _diagnose(tmp: pathlib.Path, *argv: str) -> dict[str, Any]:
+    """Run doctor in this process on an empty config file, with no OPENGRID_* variables."""
+    config = tmp / "config.toml"
+    config.touch()
+    parser = argparse.ArgumentParser()
+    doctor.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["doctor", "--config", str(config), *argv])
+    return doctor.diagnose(args, {})
+
+
+def _check(report: dict[str, Any], prefix: str) -> doctor.Check:
+    found = [c for c in report["checks"] if c.name.startswith(prefix)]
+    assert len(found) == 1, report["checks"]
+    return found[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ── the command as a user runs it (subprocesses) ─────────────────────────────────────────────────────
+
+
+@pytest.mark.slow
+def test_reachable_bootstrap_gives_its_rtt_role_and_exit_status_0(
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    address, _ = coordinator
+    result = _run_doctor(tmp_path, "--json", "--data-dir", str(tmp_path / "w"), "--bootstrap", address)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["role"] == "worker"
+    checks = {c["name"]: c for c in report["checks"]}
+    assert {"config", "data dir", "identity", "running node", "relay"} <= set(checks)
+    assert all(set(c) == {"name", "status", "detail", "fix"} for c in checks.values())
+    bootstrap = checks[f"bootstrap {address}"]
+    assert bootstrap["status"] == "ok"
+    assert "RTT" in bootstrap["detail"] and " ms" in bootstrap["detail"]
+    assert "a coordinator on network 'opengrid-local'" in bootstrap["detail"]
+    assert "--relay-via" in checks["relay"]["detail"]
+
+
+@pytest.mark.slow
+def test_closed_bootstrap_port_fails_with_exit_status_1_and_a_firewall_fix(
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    peer_id = coordinator[0].split("/p2p/")[1]
+    port = _free_port()
+    address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"
+    result = _run_doctor(tmp_path, "--data-dir", str(tmp_path / "w"), "--bootstrap", address)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith(f"[FAIL] bootstrap {address}"))
+    assert "connection refused" in line
+    fix = result.stdout.split(line, 1)[1].splitlines()[1]
+    assert "fix:" in fix and "firewall" in fix and f"TCP port {port}" in fix
+
+
+# ── the checks, in this process ──────────────────────────────────────────────────────────────────────
+
+
+def test_bad_bootstrap_multiaddrs_are_explained(tmp_path: pathlib.Path) -> None:
+    report = _diagnose(
+        tmp_path, "--data-dir", str(tmp_path / "w"), "--bootstrap", "not-a-multiaddr",
+        "--bootstrap", "/ip4/127.0.0.1/tcp/4001",
+    )  # fmt: skip
+    config = _check(report, "config")
+    assert config.status == "fail" and "'not-a-multiaddr' is not a multiaddr" in config.detail
+    bad = _check(report, "bootstrap not-a-multiaddr")
+    assert bad.status == "fail" and "is not a multiaddr" in bad.detail and "/p2p/" in bad.detail
+    no_peer = _check(report, "bootstrap /ip4/127.0.0.1/tcp/4001")
+    assert no_peer.status == "fail" and "no /p2p/PEER_ID" in no_peer.detail
+    assert doctor.has_failures(report["checks"])
+
+
+def test_a_listen_port_in_use_fails(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        report = _diagnose(
+            tmp_path, "--data-dir", str(tmp_path / "c"), "--listen", f"/ip4/127.0.0.1/tcp/{port}"
+        )
+    listen = _check(report, "listen ")
+    assert listen.status == "fail" and "already in use" in listen.detail
+    assert "another port" in listen.fix
+    assert doctor.has_failures(report["checks"])
+
+
+def test_a_free_fixed_port_on_all_interfaces_is_ok_and_says_what_to_forward(tmp_path: pathlib.Path) -> None:
+    port = _free_port()
+    report = _diagnose(tmp_path, "--data-dir", str(tmp_path / "c"), "--listen", f"/ip4/0.0.0.0/tcp/{port}")
+    listen = _check(report, "listen ")
+    assert listen.status == "ok" and f"TCP port {port}" in listen.detail
+    assert f"forward TCP port {port}" in listen.fix
+    assert _check(report, "relay").status == "ok"
+    assert _check(report, "bootstrap").status == "ok"  # a coordinator needs none
+    assert not doctor.has_failures(report["checks"])
+
+
+@pytest.mark.slow
+def test_a_node_running_on_the_data_dir_is_reported(
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    address, data_dir = coordinator
+    peer_id = address.split("/p2p/")[1]
+    report = _diagnose(tmp_path, "--data-dir", str(data_dir))
+    assert f"peer id {peer_id}" in _check(report, "identity").detail
+    running = _check(report, "running node")
+    assert running.status == "ok"
+    assert f"a coordinator is running: {peer_id}" in running.detail and "peer(s)" in running.detail
+    assert not doctor.has_failures(report["checks"])
+
+
+@pytest.mark.slow
+def test_a_bootstrap_on_another_network_fails_and_names_it(
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    report = _diagnose(
+        tmp_path, "--data-dir", str(tmp_path / "w"), "--network", "elsewhere", "--bootstrap", coordinator[0]
+    )
+    check = _check(report, "bootstrap ")
+    assert check.status == "fail" and "'opengrid-local'" in check.detail
+    assert "--network opengrid-local" in check.fix
+
+
+def test_a_stale_node_json_is_not_a_running_node(tmp_path: pathlib.Path) -> None:
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    (data_dir / "node.json").write_text(
+        json.dumps({"peer_id": "x", "role": "worker", "addrs": [], "network": "opengrid-local"})
+    )
+    running = _check(_diagnose(tmp_path, "--data-dir", str(data_dir)), "running node")
+    assert running.status == "ok" and "earlier run" in running.detail
+
+
+# ── pure parts ───────────────────────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("192.168.1.20", "private"),
+        ("10.0.0.5", "private"),
+        ("169.254.3.4", "private"),
+        ("fe80::1", "private"),
+        ("8.8.8.8", "public"),
+        ("0.0.0.0", "any"),
+        ("::", "any"),
+    ],
+)
+def test_hosts_are_classified_by_who_can_reach_them(host: str, kind: str) -> None:
+    assert doctor.classify_host(host) == kind
+
+
+def test_port_zero_warns_and_suggests_a_fixed_port() -> None:
+    check = doctor.listen_check("/ip4/127.0.0.1/tcp/0")
+    assert check.status == "warn" and "new free port at every start" in check.detail
+    assert "tcp/4001" in check.fix
+
+
+def test_tcp_multiaddrs_are_parsed_and_others_refused() -> None:
+    parsed = doctor.parse_tcp_multiaddr(
+        "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWFXwpFXm2Hezt1fv3kke7tw1V9KQZcngJPLFGtupyF8hN"
+    )
+    assert (parsed.host, parsed.port, parsed.peer_id[:8]) == ("10.0.0.1", 4001, "12D3KooW")
+    for bad in ("garbage", "/ip4/10.0.0.1/udp/4001", "/ip4/10.0.0.1"):
+        with pytest.raises(ValueError):
+            doctor.parse_tcp_multiaddr(bad)
