@@ -27,12 +27,14 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 from opengrid_ledger import (
     Entry,
+    Fraud,
     LedgerState,
     Receipt,
     decode_body,
     decode_entry,
     encode_entry,
     open_entry,
+    sign_entry,
 )
 from opengrid_ledger.genesis import Genesis, decode_genesis
 from opengrid_ledger.sync import IdIndex, SyncSession
@@ -197,6 +199,8 @@ class Node:
         self._not_coordinators: set[str] = set()
         self.membership: Membership | None = None
         self._refusals_reported: set[str] = set()
+        self._forks_seen: set[bytes] = set()
+        """Frozen authors already handled by ``_report_forks``."""
         self._sync_wanted = trio.Event()
         self._tokens_out = 0
         self._busy_s = 0.0
@@ -840,6 +844,8 @@ class Node:
                 len(session.refused),
                 session.refused[0][1],
             )
+        if self._nursery is not None:
+            self._report_forks()
 
     async def _sync_loop(self) -> None:
         """Workers: keep our ledger in step with our coordinators' (receipts, holds, settlements)."""
@@ -878,15 +884,50 @@ class Node:
         return True
 
     async def _ledger_gossip_loop(self) -> None:
-        assert self.membership is not None and self.ledger is not None and self._store is not None
+        assert self.membership is not None
         async for sender, data in self.membership.gossip.ledger_messages:
-            try:
-                applied = self.ledger.apply(decode_entry(data))
-            except OpenGridError as exc:  # e.g. minted by a coordinator we do not trust
-                log.debug("ledger entry from gossip (via %s) not applied: %s", _short(sender), exc)
+            self._take_gossiped_entry(sender, data)
+
+    def _take_gossiped_entry(self, sender: str, data: bytes) -> None:
+        assert self.ledger is not None and self._store is not None
+        try:
+            applied = self.ledger.apply(decode_entry(data))
+        except OpenGridError as exc:  # e.g. minted by a coordinator we do not trust, or a fork
+            log.debug("ledger entry from gossip (via %s) not applied: %s", _short(sender), exc)
+            applied = []
+        if applied:
+            self._store.append_many(applied)
+        self._report_forks()
+
+    def _report_forks(self) -> None:
+        """Publish a FRAUD proof for each author our ledger froze for signing two entries with one seq,
+        unless one is known already (spec/ledger.md §4, §5.9): nodes that saw one branch only then cut the
+        forker too. Anyone may author the proof; ours goes on our own chain, stored and gossiped."""
+        assert self.ledger is not None and self._store is not None and self._nursery is not None
+        frozen = self.ledger.frozen()
+        if len(frozen) == len(self._forks_seen):
+            return
+        fresh = sorted(set(frozen) - self._forks_seen)
+        self._forks_seen.update(fresh)
+        # A fork is rare: scanning the ledger for proofs someone else published is affordable then.
+        payloads = (decode_body(e.body).payload for e in self.ledger.entries())
+        proven = {decode_body(decode_entry(p.first).body).author for p in payloads if isinstance(p, Fraud)}
+        for author in fresh:
+            payload = self.ledger.fraud_payload(author)
+            if payload is None or author in proven or author == self.public_key:
                 continue
-            if applied:
-                self._store.append_many(applied)
+            try:
+                entry = sign_entry(self._key, self.ledger.next_body(self.public_key, payload))
+                self.ledger.apply(entry)
+            except OpenGridError as exc:  # e.g. the two entries do not fit one entry's size limit
+                log.warning("fork by %s found, but no FRAUD proof could be made: %s", author.hex()[:16], exc)
+                continue
+            self._store.append(entry)
+            self._nursery.start_soon(self._publish_entry, entry)
+            log.warning(
+                "%s signed two different ledger entries with one seq: frozen, FRAUD proof published",
+                author.hex()[:16],
+            )
 
     async def _peer_sync_loop(self) -> None:
         """Coordinators: keep our ledger in step with every other minting coordinator we hear of on gossip
@@ -931,6 +972,7 @@ class Node:
             for entry in newly:
                 self._store.append(entry)
             applied += newly
+        self._report_forks()
         if applied:
             log.info(
                 "stored %d ledger entr%s; my balance: %d points",
@@ -971,6 +1013,7 @@ class Node:
                     self._nursery.start_soon(self._send_receipt, peer, notice)
                 case Penalize(peer=peer, why=why):
                     log.warning("worker %s penalised: %s", _short(peer), why)
+        self._report_forks()  # e.g. a client that signed two HOLDs with one seq
         self._timer_changed.set()
 
     def _log_outcome(self, job_id: bytes, reply: JobAccepted | ErrorReply) -> None:
