@@ -34,6 +34,10 @@ log = logging.getLogger("opengrid.node.membership")
 
 _MAX_RETRY_S = 30.0
 _DIAL_TIMEOUT_S = 10.0
+_HINT_STALE_S = 60.0
+"""A peer the bootstrap node heard within this long is worth a try even if it shows it offline: gossip can
+stall on one node (py-libp2p's pubsub, seen after peers were SIGKILLed) while the peer is alive; trying
+costs a bounded registration attempt."""
 
 
 class Membership:
@@ -68,7 +72,7 @@ class Membership:
         self.joined = trio.Event()
         """Set once a bootstrap peer answered (immediately for a node without bootstrap addresses)."""
         self._hints: list[PeerSummary] = []
-        """Online peers a bootstrap node listed in its status, last time we asked."""
+        """Peers a bootstrap node listed in its status (online, or heard within ``_HINT_STALE_S``)."""
 
     async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -101,9 +105,9 @@ class Membership:
                             )
                         continue
                     if isinstance(status, NodeStatus):
-                        self._hints = [
-                            p for p in status.peers if p.online and p.peer_id != self._host.peer_id
-                        ]
+                        me = self._host.peer_id
+                        fresh = [p for p in status.peers if p.online or p.last_seen_s < _HINT_STALE_S]
+                        self._hints = [p for p in fresh if p.peer_id != me]
                     if not self.joined.is_set():
                         log.info("joined the network through %s", peer)
                     self.joined.set()
@@ -115,7 +119,7 @@ class Membership:
 
     def addresses_of(self, role: str) -> list[str]:
         """A dialable address of every online peer announcing ``role`` (peer id order), then of those a
-        bootstrap node listed online that we do not hear online ourselves."""
+        bootstrap node listed recently that we do not hear online ourselves."""
         now = trio.current_time()
         heard = {a.peer_id: a.addrs[0] for a in self.gossip.directory.online(now, role=role) if a.addrs}
         for hint in self._hints:

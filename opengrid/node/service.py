@@ -1107,31 +1107,67 @@ class Node:
 
     # ── worker: stay registered ──────────────────────────────────────────────────────────────────────
     async def _register_loop(self) -> None:
-        """Register with every coordinator we know of — our bootstrap addresses, and every coordinator
-        heard on gossip — and repeat it as our heartbeat (a coordinator marks us offline after 3 missed
-        beats). A paused worker stops beating, so its coordinators stop sending it work; so does a node
-        reachable only through relays while it holds no reservation (``_unreachable``)."""
-        interval = self.config.heartbeat_s
-        warned: set[str] = set()
+        """Keep one registration task per coordinator we know of — our bootstrap addresses, every
+        coordinator heard on gossip or listed by a bootstrap node — each repeating the registration as
+        our heartbeat (a coordinator marks us offline after 3 missed beats). One task per coordinator, so
+        a dead or slow one never delays the heartbeats to the others. A paused worker stops beating, so
+        its coordinators stop sending it work; so does a node reachable only through relays while it
+        holds no reservation (``_unreachable``)."""
+        running: set[str] = set()
         said = ""
-        while True:
-            unreachable = self._unreachable()
-            if bool(unreachable) != bool(said):
-                if unreachable:
-                    log.warning("not registering with coordinators: %s", unreachable)
-                else:
-                    log.info("reachable through a relay again; registering")
-                said = unreachable
-            if not self.paused and not unreachable:
-                intervals: list[float] = []
-                async with trio.open_nursery() as nursery:
-                    for address in self._registration_targets():
-                        nursery.start_soon(self._register_with, address, intervals, warned)
-                if intervals:
-                    # As often as the coordinators ask, within sane bounds so a hostile one cannot make
-                    # us spin or go silent.
-                    interval = min(max(min(intervals), 0.5), 60.0)
-            await trio.sleep(interval)
+        async with trio.open_nursery() as nursery:
+            while True:
+                unreachable = self._unreachable()
+                if bool(unreachable) != bool(said):
+                    if unreachable:
+                        log.warning("not registering with coordinators: %s", unreachable)
+                    else:
+                        log.info("reachable through a relay again; registering")
+                    said = unreachable
+                for address in self._registration_targets():
+                    peer = _peer_of(address)
+                    if peer not in running:
+                        running.add(peer)
+                        nursery.start_soon(self._keep_registered, peer, running)
+                await trio.sleep(min(self.config.heartbeat_s, 1.0))  # pick up new coordinators soon
+
+    async def _keep_registered(self, peer: str, running: set[str]) -> None:
+        """Register with ``peer`` every beat it asks for, until it is no longer a coordinator we know of
+        and a registration fails."""
+        assert self.host is not None
+        interval = self.config.heartbeat_s
+        warned = False
+        try:
+            while True:
+                address = next((a for a in self._registration_targets() if _peer_of(a) == peer), None)
+                if address is None:
+                    return  # forgotten (offline on gossip and not accepting us): stop beating at it
+                if not self.paused and not self._unreachable():
+                    try:
+                        # Bounded: a dial to a vanished coordinator must not stall this task for long.
+                        with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
+                            # As often as the coordinator asks, within sane bounds so a hostile one
+                            # cannot make us spin or go silent.
+                            interval = min(max(await self._register_once(address), 0.5), 60.0)
+                        warned = False
+                    except _NotACoordinator as exc:
+                        self._not_coordinators.add(peer)
+                        log.info("%s; looking for coordinators through it", exc)
+                        return
+                    except (OpenGridError, trio.TooSlowError) as exc:
+                        self._coordinators.pop(peer, None)
+                        if isinstance(exc, trio.TooSlowError):
+                            await self.host.disconnect(peer)  # re-dial afresh next time
+                        if not warned:
+                            warned = True
+                            log.warning(
+                                "cannot register with coordinator %s (%s); retrying every beat",
+                                _short(peer),
+                                str(exc) or "no answer in time",
+                            )
+                await trio.sleep(interval)
+        finally:
+            running.discard(peer)
 
     def _unreachable(self) -> str:
         """Why coordinators could not reach us for a job, or "" if they can. A node with no listen address
@@ -1163,29 +1199,6 @@ class Node:
                 targets.setdefault(_peer_of(address), address)
         return list(targets.values())
 
-    async def _register_with(self, address: str, intervals: list[float], warned: set[str]) -> None:
-        assert self.host is not None
-        peer = _peer_of(address)
-        try:
-            # The whole attempt is bounded: a dial to a vanished coordinator must not stall the beat.
-            with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
-                intervals.append(await self._register_once(address))
-            warned.discard(peer)
-        except _NotACoordinator as exc:
-            self._not_coordinators.add(peer)
-            log.info("%s; looking for coordinators through it", exc)
-        except (OpenGridError, trio.TooSlowError) as exc:
-            self._coordinators.pop(peer, None)
-            if isinstance(exc, trio.TooSlowError):
-                await self.host.disconnect(peer)  # re-dial afresh next time
-            if peer not in warned:
-                warned.add(peer)
-                log.warning(
-                    "cannot register with coordinator %s (%s); retrying every beat",
-                    _short(peer),
-                    str(exc) or "no answer in time",
-                )
-
     async def _register_once(self, address: str) -> float:
         assert self.worker is not None and self.host is not None
         peer = await self.host.connect(address)
@@ -1203,7 +1216,7 @@ class Node:
             # A coordinator that died may leave a half-dead connection behind: drop it, re-dial next time.
             await self.host.disconnect(peer)
             raise TransportError(
-                f"the coordinator did not answer the registration: {exc or 'timed out'}"
+                f"the coordinator did not answer the registration: {str(exc) or 'timed out'}"
             ) from exc
         if isinstance(reply, ErrorReply) and reply.code == "not_coordinator":
             raise _NotACoordinator(f"bootstrap {_short(peer)} is not a coordinator")
