@@ -59,20 +59,12 @@ sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "ledger"), str(ROOT / "sdk")]
 
 from run_all import Row, fmt, log, machine  # noqa: E402  (after the path set-up, as run_all does)
 
+from opengrid.cli.demo import PROMPTS  # noqa: E402
+
 NETWORK = "opengrid-verification-bench"
 MODEL = "tiny"
 GOAL_REPLICAS = 1.15
 GOAL_WRONG_RATE = 0.001
-PROMPTS = (
-    "The capital of France is",
-    "Volunteer computing means",
-    "A short poem about the sea:",
-    "The three primary colours are",
-    "To make a cup of tea, first",
-    "The largest planet in the solar system is",
-    "Peer-to-peer networks are useful because",
-    "Once upon a time,",
-)
 _SUBMITTED = re.compile(r"job ([0-9a-f]{8}) from \S+: model")
 _RUNNING = re.compile(r"running (?:sealed )?job ([0-9a-f]{8})")
 _PENALISED = re.compile(r"worker (\S{8}) penalised: (.*)")

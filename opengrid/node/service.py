@@ -847,6 +847,18 @@ class Node:
         if self._nursery is not None:
             self._report_forks()
 
+    async def _sync_with(self, coordinators: Sequence[str]) -> None:
+        """Sync with each coordinator in turn; a failure is logged and retried on the next round."""
+        for peer in coordinators:
+            try:
+                await self.sync_ledger(peer)
+            except (OpenGridError, trio.TooSlowError) as exc:
+                log.info(
+                    "ledger sync with coordinator %s failed (will retry): %s",
+                    _short(peer),
+                    str(exc) or "timed out",
+                )
+
     async def _sync_loop(self) -> None:
         """Workers: keep our ledger in step with our coordinators' (receipts, holds, settlements)."""
         await self.registered.wait()
@@ -854,15 +866,7 @@ class Node:
             with trio.move_on_after(self.config.heartbeat_s * _SYNC_PERIOD_BEATS):
                 await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
-            for peer in list(self._coordinators):
-                try:
-                    await self.sync_ledger(peer)
-                except (OpenGridError, trio.TooSlowError) as exc:
-                    log.info(
-                        "ledger sync with coordinator %s failed (will retry): %s",
-                        _short(peer),
-                        str(exc) or "timed out",
-                    )
+            await self._sync_with(list(self._coordinators))
             await trio.sleep(0.2)  # let a burst of receipts settle into one sync
 
     # ── ledger gossip: entries pushed as they are written; sync fills whatever gossip loses ─────────────
@@ -943,15 +947,7 @@ class Node:
 
         while True:
             attempted = minting_coordinators()
-            for peer in sorted(attempted):
-                try:
-                    await self.sync_ledger(peer)
-                except (OpenGridError, trio.TooSlowError) as exc:
-                    log.info(
-                        "ledger sync with coordinator %s failed (will retry): %s",
-                        _short(peer),
-                        str(exc) or "timed out",
-                    )
+            await self._sync_with(sorted(attempted))
             # Next round after a few beats, or as soon as a coordinator appears or returns (a healed
             # partition); one that went offline and came back is new again.
             with trio.move_on_after(self.config.heartbeat_s * _SYNC_PERIOD_BEATS):

@@ -11,27 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from opengrid.cli import doctor
-
-
-def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError(f"{needle!r} not printed; output was:\n{''.join(seen)}")
+from tests.e2e.test_node_cli import wait_for_line
 
 
 def _clean_env(tmp: pathlib.Path) -> dict[str, str]:
@@ -52,7 +38,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_clean_env(base)
     )
     try:
-        line = _wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
+        line = wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
         yield line.split("listening on ")[1].strip(), data_dir
     finally:
         process.send_signal(signal.SIGTERM)
