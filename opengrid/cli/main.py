@@ -78,7 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--role",
         choices=ROLES,
         default=None,
-        help="auto = coordinator without --bootstrap, worker with it (default: auto)",
+        help="auto = coordinator without --bootstrap; with it, edge on machines under 2 GiB of RAM, else "
+        "worker (default: auto)",
     )
     start.add_argument(
         "--listen",
@@ -466,7 +467,8 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms is not None else "-"
         print(
             f"  {'online ' if p.online else 'OFFLINE'}  {p.peer_id}  {','.join(p.roles):<11}  "
-            f"{','.join(p.models) or '-':<24}  heard {p.last_seen_s:5.1f} s ago  RTT {rtt}"
+            f"{','.join(p.models) or '-':<24}  {p.tier or '-':<8}  "
+            f"heard {p.last_seen_s:5.1f} s ago  RTT {rtt}"
         )
     return 0
 

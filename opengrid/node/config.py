@@ -110,9 +110,9 @@ class NodeConfig:
             raise ConfigError(f"http_url {self.http_url!r} must start with http:// or https://")
         role = self.role
         if role == "auto":
-            # Without a bootstrap address nothing can be joined, so the node starts a network and
-            # coordinates it; with one it lends its compute. (A hardware probe refines this: issue 3.)
-            role = "worker" if self.bootstrap else "coordinator"
+            from opengrid.node.probe import auto_role, probe_hardware
+
+            role = auto_role(bool(self.bootstrap), probe_hardware())
         if role in ("worker", "edge") and not self.bootstrap:
             raise ConfigError(
                 f"a {role} needs --bootstrap with the multiaddr of any node of the network (every node "

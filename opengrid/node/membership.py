@@ -53,6 +53,8 @@ class Membership:
         models: Sequence[ModelAd],
         software: str,
         announce_s: float,
+        tier: str = "",
+        tokens_per_s: float = 0.0,
         bootstrap: Sequence[str],
         ledger_validator: Callable[[str, bytes], bool] | None = None,
     ) -> None:
@@ -66,6 +68,8 @@ class Membership:
             roles=[role],
             models=models,
             software=software,
+            tier=tier,
+            tokens_per_s=tokens_per_s,
             beat_s=announce_s,
             ledger_validator=ledger_validator,
         )

@@ -95,6 +95,7 @@ from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
 from opengrid.node.membership import Membership
+from opengrid.node.probe import measure_tokens_per_s, probe_hardware, tier_of
 from opengrid.node.trust import load_trusted, remember_trusted
 from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import LedgerStore, open_ledger
@@ -198,6 +199,9 @@ class Node:
         """Workers: coordinators we are registered with, peer id -> the address we reached it at."""
         self._not_coordinators: set[str] = set()
         self.membership: Membership | None = None
+        self.tier = ""
+        """Set at start from the hardware probe and the measured speed (opengrid/node/probe.py)."""
+        self.tokens_per_s = 0.0
         self._refusals_reported: set[str] = set()
         self._forks_seen: set[bytes] = set()
         """Frozen authors already handled by ``_report_forks``."""
@@ -228,6 +232,7 @@ class Node:
         try:
             if config.serves_models:
                 await self._start_worker()
+            await self._probe()
             psk = derive_psk(config.network, config.network_key) if config.network_key else None
             async with open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay)) as host:
                 self.host = host
@@ -246,6 +251,8 @@ class Node:
                         role=config.role,
                         models=self._model_ads(),
                         software=f"opengrid/{opengrid.__version__}",
+                        tier=self.tier,
+                        tokens_per_s=self.tokens_per_s,
                         announce_s=config.announce_s,
                         bootstrap=config.bootstrap,
                         ledger_validator=self._valid_ledger_gossip,
@@ -327,6 +334,16 @@ class Node:
             ledger=self.ledger,
             max_tokens_limit=self.config.max_tokens_per_job,
         )
+
+    async def _probe(self) -> None:
+        """Probe the hardware and, on a node that serves a model, measure its speed: the tier we announce."""
+        hardware = await trio.to_thread.run_sync(probe_hardware)
+        if self._engine is not None:
+            with _progress("measuring tokens/s"):
+                self.tokens_per_s = await trio.to_thread.run_sync(measure_tokens_per_s, self._engine)
+        self.tier = tier_of(hardware, self.tokens_per_s)
+        speed = f"; {self.tokens_per_s:.0f} tokens/s on {self._engine.model.name}" if self._engine else ""
+        log.info("this machine: %s%s: tier %s", hardware.describe(), speed, self.tier)
 
     def _model_ads(self) -> list[ModelAd]:
         if self.worker is None:

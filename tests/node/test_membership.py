@@ -67,6 +67,8 @@ async def test_a_worker_bootstrapped_from_one_coordinator_registers_with_every_c
         peers = {p.peer_id: p for p in first.status().peers}
         assert set(peers) == {second.host.peer_id, me}
         assert peers[me].roles == ["worker"] and peers[me].models == ["tiny"] and peers[me].online
+        assert peers[me].tier == worker.tier and worker.tier in ("Platinum", "Gold", "Silver", "Bronze")
+        assert worker.tokens_per_s > 0  # measured at start on the model it serves
         assert peers[second.host.peer_id].roles == ["coordinator"]
         assert peers[me].rtt_ms is not None and peers[me].rtt_ms > 0  # the coordinator measured it
         nursery.cancel_scope.cancel()
