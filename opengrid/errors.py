@@ -18,7 +18,8 @@ the values involved, and what to do next.
     │   └── UnknownModelError       no such model here (or on the network)
     ├── JobError                    a job could not be completed
     │   ├── NoCapacityError         not enough workers serve the model
-    │   └── VerificationError       replicas did not reach quorum, or a result failed its checks
+    │   ├── VerificationError       replicas did not reach quorum, or a result failed its checks
+    │   └── PaymentError            the job must be paid and cannot be (no identity, points or grant)
     └── LedgerError                 the ledger refused an entry or could not store it
         └── InvalidEntryError       bad signature, wrong network, broken chain, double count, ...
 """
@@ -83,6 +84,11 @@ class NoCapacityError(JobError):
 
 class VerificationError(JobError):
     """Replicas did not reach quorum, or a result failed its checks (commitment, signature)."""
+
+
+class PaymentError(JobError):
+    """The coordinator runs only paid jobs and this one cannot be paid: no identity, too few points, or
+    no starting grant to be had (none on the network, already claimed, or rate-limited)."""
 
 
 class LedgerError(OpenGridError):

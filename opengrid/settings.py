@@ -220,6 +220,7 @@ KEYS: dict[str, _Key] = {
     "max_load": _Key(_positive_float, optional=True),
     "relay": _Key(_bool, optional=True),
     "relay_via": _Key(_multiaddrs),
+    "require_payment": _Key(_bool),
 }
 """Every NodeConfig field and how its values are checked."""
 
@@ -337,6 +338,7 @@ FLAG_DESTS: dict[str, str] = {
     "max_load": "max_load",
     "relay": "relay",
     "relay_via": "relay_via",
+    "require_payment": "require_payment",
 }
 """argparse ``dest`` of each ``node start`` flag -> config key."""
 

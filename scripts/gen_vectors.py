@@ -57,9 +57,12 @@ from opengrid.wire.codec import encode_frame, encode_message  # noqa: E402
 from opengrid.wire.commitment import commit_output  # noqa: E402
 from opengrid.wire.contract import DecodingContract  # noqa: E402
 from opengrid.wire.control import control_signing_bytes  # noqa: E402
+from opengrid.wire.grant import grant_request_signing_bytes  # noqa: E402
 from opengrid.wire.messages import (  # noqa: E402
     ControlRequest,
     ErrorReply,
+    GrantRequest,
+    GrantVoucher,
     History,
     HistoryRequest,
     JobAccepted,
@@ -89,7 +92,19 @@ NETWORK = "opengrid-vectors"
 ISSUED_AT_MS = 1_700_000_000_000
 
 # ── keys: SigningKey(bytes([n]) * 32), so anyone can rebuild them ─────────────────────────────────────
-SEEDS = {"C1": 1, "C2": 2, "C3": 3, "W1": 11, "W2": 12, "U1": 21, "X": 31, "N": 41, "F": 51, "NODE": 61}
+SEEDS = {
+    "C1": 1,
+    "C2": 2,
+    "C3": 3,
+    "W1": 11,
+    "W2": 12,
+    "U1": 21,
+    "X": 31,
+    "N": 41,
+    "F": 51,
+    "NODE": 61,
+    "G": 81,
+}
 KEYS = {name: nacl.signing.SigningKey(bytes([n]) * 32) for name, n in SEEDS.items()}
 PUB = {name: bytes(key.verify_key) for name, key in KEYS.items()}
 EPHEMERAL_SEED = bytes([71]) * 32
@@ -242,6 +257,49 @@ def control_vectors() -> tuple[dict[str, Any], ControlRequest]:
         "frame": encode_frame(request).hex(),
     }
     return doc, request
+
+
+# ── (i) starting grant ────────────────────────────────────────────────────────────────────────────────
+
+
+def grant_vectors() -> tuple[dict[str, Any], GrantRequest, GrantVoucher, SubmitJob]:
+    """A new account G asks coordinator C1 for its starting grant, then pays its first job with it."""
+    signed = grant_request_signing_bytes(NETWORK, PUB["C1"], PUB["G"], ISSUED_AT_MS)
+    request = GrantRequest(
+        account=PUB["G"], issued_at_ms=ISSUED_AT_MS, signature=KEYS["G"].sign(signed).signature
+    )
+    voucher = sign_grant_voucher(KEYS["C1"], NETWORK, PUB["G"], GENESIS.grant_points)
+    reply = GrantVoucher(
+        account=PUB["G"], points=GENESIS.grant_points, signer=voucher.signer, signature=voucher.signature
+    )
+    chain = _Chain("G")
+    grant = chain.append(Grant(GENESIS.grant_points, voucher))
+    hold = chain.append(Hold(job(9), 16, PUB["C1"]))
+    submit = SubmitJob(
+        job_id=job(9), model="smollm2-135m-instruct", prompt="Paid for", max_tokens=8, replicas=2,
+        hold=encode_entry(hold), grant=encode_entry(grant),
+    )  # fmt: skip
+    doc = {
+        "description": "A new account's starting grant (spec/ledger.md §5.7, §7; spec/job-protocol.md "
+        "§5.14): its GrantRequest, signed by the account over msgpack(['opengrid/grant-request/1', network, "
+        "coordinator key, account, issued_at_ms]); the coordinator's GrantVoucher, its signature over "
+        "msgpack(['opengrid/grant/1', network, account, points]); then the account's first paid job, "
+        "carrying its GRANT (seq 1) and its HOLD of max_tokens x replicas points (seq 2).",
+        "keys": keys_section("G", "C1"),
+        "network": NETWORK,
+        "genesis_grant_points": GENESIS.grant_points,
+        "issued_at_ms": ISSUED_AT_MS,
+        "request_signing_bytes": signed.hex(),
+        "request_frame": encode_frame(request).hex(),
+        "voucher_signing_bytes": msgspec.msgpack.encode(
+            ["opengrid/grant/1", NETWORK, PUB["G"], GENESIS.grant_points]
+        ).hex(),
+        "voucher_frame": encode_frame(reply).hex(),
+        "grant_entry": encode_entry(grant).hex(),
+        "hold_entry": encode_entry(hold).hex(),
+        "submit_frame": encode_frame(submit).hex(),
+    }
+    return doc, request, reply, submit
 
 
 # ── (h) sealed mode ───────────────────────────────────────────────────────────────────────────────────
@@ -504,7 +562,10 @@ def ledger_vectors() -> tuple[dict[str, Any], dict[str, Any], list[Entry]]:
 
 
 def messages(
-    receipt_entries: list[Entry], control: ControlRequest, sealed: tuple[SubmitJob, RunJob, ReplicaResult]
+    receipt_entries: list[Entry],
+    control: ControlRequest,
+    sealed: tuple[SubmitJob, RunJob, ReplicaResult],
+    grant: tuple[GrantRequest, GrantVoucher, SubmitJob],
 ) -> list[tuple[str, Message]]:
     offer = ModelOffer(
         name="smollm2-135m-instruct",
@@ -564,6 +625,11 @@ def messages(
             QuotedWorker(peer_id="W1", public_key=PUB["W1"], box_key=box_public_key(PUB["W1"]))])),
         ("error", ErrorReply(code="no_capacity", message="only 1 worker serves it; lower replicas",
                              job_id=job(1))),
+        ("a paid job refused by a coordinator that runs only paid jobs", ErrorReply(
+            code="payment_required", message="this coordinator runs only paid jobs", job_id=job(1))),
+        ("grant request (see grant.json)", grant[0]),
+        ("grant voucher (see grant.json)", grant[1]),
+        ("a new account's first paid job: its GRANT, then its HOLD (see grant.json)", grant[2]),
     ]  # fmt: skip
 
 
@@ -616,14 +682,21 @@ def build_vectors() -> dict[str, str]:
     control_doc, control = control_vectors()
     sealed_doc, *sealed_messages = sealed_vectors()
     submit_sealed, run_sealed, result_sealed = sealed_messages
+    grant_doc, *grant_messages = grant_vectors()
     docs = {
         "job-protocol.json": job_protocol_vectors(
-            messages(kept, control, (submit_sealed, run_sealed, result_sealed))  # type: ignore[arg-type]
+            messages(
+                kept,
+                control,
+                (submit_sealed, run_sealed, result_sealed),  # type: ignore[arg-type]
+                tuple(grant_messages),  # type: ignore[arg-type]
+            )
         ),
         "contract.json": contract_vectors(),
         "commitments.json": commitment_vectors(),
         "attestation.json": attestation_vectors(),
         "control.json": control_doc,
+        "grant.json": grant_doc,
         "ledger-entries.json": entries_doc,
         "ledger-small.json": small_doc,
         "sealed.json": sealed_doc,

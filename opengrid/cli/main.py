@@ -179,6 +179,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: adaptive replication, reputation-weighted choice, canary jobs)",
     )
     start.add_argument(
+        "--require-payment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="coordinator: run only paid jobs (clients with an identity pay from their points; a new "
+        "identity claims the network's starting grant); unpaid jobs get 'payment_required'",
+    )
+    start.add_argument(
         "--trace-frames",
         type=pathlib.Path,
         metavar="FILE",
@@ -297,7 +304,10 @@ async def _run_node(
 
     policy = CoordinatorConfig.plain if plain else CoordinatorConfig
     node = Node(
-        config, api=api, coordinator_config=policy(heartbeat_s=config.heartbeat_s), trace_frames=trace
+        config,
+        api=api,
+        coordinator_config=policy(heartbeat_s=config.heartbeat_s, require_payment=config.require_payment),
+        trace_frames=trace,
     )
     # Listen for signals before anything starts, so a Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

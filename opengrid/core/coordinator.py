@@ -23,6 +23,12 @@ of this coordinator at once. A job that cannot get its replicas because every wo
 busy waits in a ``FairQueue`` (opengrid/core/queueing.py): interactive before batch, clients in turn.
 Whenever a slot may have freed (a result, a failure, a timeout, a settled job, a worker coming online) the
 machine offers the free slots to the waiting jobs in that order.
+
+Payment (spec/ledger.md §7, spec/job-protocol.md §5.4): a job may carry its client's HOLD of
+``job_cost``; the machine applies it before dispatch, then SETTLEs it to the agreeing workers or REFUNDs
+it. A new account's job may also carry its GRANT (the starting grant), applied just before the HOLD;
+``vouch`` signs the voucher such a GRANT needs, under the rate limits of ``opengrid.core.grants``. With
+``require_payment`` an unpaid job is refused (``payment_required``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from opengrid_ledger import (
     ED25519,
     Attestation,
     Credit,
+    Entry,
     Evidence,
+    Grant,
     Hold,
     LedgerState,
     Payload,
@@ -45,10 +53,12 @@ from opengrid_ledger import (
     Refund,
     Settle,
     SignatureScheme,
+    decode_body,
     decode_entry,
     encode_entry,
     open_entry,
     sign_entry,
+    sign_grant_voucher,
     verify_attestation,
 )
 
@@ -69,6 +79,7 @@ from opengrid.core.events import (
     ReplicaReturned,
     WorkerRegistered,
 )
+from opengrid.core.grants import GrantLimits, GrantPolicy
 from opengrid.core.queueing import MAX_QUEUED, MAX_QUEUED_PER_CLIENT, FairQueue
 from opengrid.core.reputation import (
     Outcome,
@@ -83,9 +94,13 @@ from opengrid.core.verifier import Agreement, judge
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
+from opengrid.wire.control import MAX_CLOCK_SKEW_MS
+from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
     ErrorCode,
     ErrorReply,
+    GrantRequest,
+    GrantVoucher,
     JobAccepted,
     ModelOffer,
     PromptFormat,
@@ -135,6 +150,11 @@ class CoordinatorConfig:
     (``busy``)."""
     max_queued_per_client: int = MAX_QUEUED_PER_CLIENT
     """Jobs one client may have waiting for a free worker slot; more are refused (``busy``)."""
+    require_payment: bool = False
+    """Refuse jobs that carry no HOLD (``payment_required``): every job is paid from its client's points
+    (a new account claims the starting grant first). Off: anonymous clients run jobs for free."""
+    grant_limits: GrantLimits = field(default_factory=GrantLimits)
+    """Rate limits on starting-grant vouchers (opengrid/core/grants.py, spec/ledger.md §7)."""
 
     @classmethod
     def plain(cls, **overrides: float) -> CoordinatorConfig:
@@ -269,6 +289,8 @@ class Coordinator:
             max_total=self.config.max_queued, max_per_client=self.config.max_queued_per_client
         )
         """Client jobs waiting for free worker slots (each is also in ``_jobs``)."""
+        self.grants = GrantPolicy(self.config.grant_limits)
+        """Who got starting-grant vouchers, and when (in memory)."""
 
     # ── inputs ───────────────────────────────────────────────────────────────────────────────────────
     def handle(self, event: Event, now: float) -> list[Effect]:
@@ -509,6 +531,20 @@ class Coordinator:
             return [
                 FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))
             ]
+        if self.config.require_payment and not request.hold:
+            return [
+                FinishJob(
+                    job_id,
+                    ErrorReply(
+                        "payment_required",
+                        "this coordinator runs only paid jobs: submit with an identity (the SDK's "
+                        "Client(identity_seed=...)) whose points pay a HOLD of "
+                        f"{job_cost(request.max_tokens, request.replicas)} points (max_tokens x replicas); "
+                        "a new identity can claim the network's starting grant (GrantRequest)",
+                        job_id,
+                    ),
+                )
+            ]
         sealed = {s.peer_id: s.ciphertext for s in request.sealed}
         if request.sealed:
             problem = _sealed_problem(request, sealed)
@@ -557,10 +593,10 @@ class Coordinator:
         hold_effects: list[Effect] = []
         hold_id, hold_amount = b"", 0
         if request.hold:
-            held = self._take_hold(request)
+            held, hold_effects = self._take_hold(request)
             if isinstance(held, str):
-                return [FinishJob(job_id, ErrorReply("malformed", held, job_id))]
-            hold_id, hold_effects = held
+                return [*hold_effects, FinishJob(job_id, ErrorReply("malformed", held, job_id))]
+            hold_id = held
             hold_amount = self.ledger.hold(hold_id).amount  # type: ignore[union-attr]  # just applied
         job = _Job(
             request=request,
@@ -1029,31 +1065,114 @@ class Coordinator:
         # retry. The work done so far is not credited: no receipt, no points.
         return self._fail(event.job_id, "malformed", "job cancelled by its client; nothing was credited")
 
-    def _take_hold(self, request: SubmitJob) -> tuple[bytes, list[Effect]] | str:
-        """Apply the client's HOLD for a paid job; return its id and the effect that stores it, or why not."""
+    def _take_hold(self, request: SubmitJob) -> tuple[bytes | str, list[Effect]]:
+        """Apply the client's GRANT (if any) and HOLD for a paid job. Return the hold's id, or why it was
+        not taken, with the effects that store what was applied (a GRANT stays applied, and so must be
+        stored, even when the HOLD after it is refused)."""
         try:
             entry = decode_entry(request.hold)
             body = open_entry(entry, self.network, scheme=self._scheme)
         except InvalidEntryError as exc:
-            return f"the job's hold is not a valid ledger entry: {exc}"
+            return f"the job's hold is not a valid ledger entry: {exc}", []
         hold = body.payload
         cost = job_cost(request.max_tokens, request.replicas)
         if not isinstance(hold, Hold) or hold.job_id != request.job_id or hold.coordinator != self.public_key:
-            return "the job's hold must be a HOLD for this job, naming this coordinator"
+            return "the job's hold must be a HOLD for this job, naming this coordinator", []
         if hold.amount < cost:
             return (
-                f"the job's hold reserves {hold.amount} points; it costs up to {cost} (max_tokens x replicas)"
+                f"the job's hold reserves {hold.amount} points; it costs up to {cost} "
+                "(max_tokens x replicas)",
+                [],
             )
+        applied: list[Entry] = []
+        if request.grant:
+            granted = self._take_grant(request.grant, body.author)
+            if isinstance(granted, str):
+                return granted, []
+            applied += granted
+        effects: list[Effect] = [AppendEntry(e) for e in applied]
         try:
             applied = self.ledger.apply(entry)
         except InvalidEntryError as exc:
-            return f"the ledger refused the job's hold: {exc}"
+            return f"the ledger refused the job's hold: {exc}", effects
+        effects += [AppendEntry(e) for e in applied]
         if self.ledger.hold(entry.id) is None:
             return (
                 f"the hold waits: its author's balance ({self.ledger.balance(body.author)} points) is below "
-                f"{hold.amount}, or its earlier entries have not reached this coordinator"
+                f"{hold.amount}, or its earlier entries have not reached this coordinator",
+                effects,
             )
-        return bytes(entry.id), [AppendEntry(e) for e in applied]
+        return bytes(entry.id), effects
+
+    def _take_grant(self, data: bytes, payer: bytes) -> list[Entry] | str:
+        """Apply a paying client's GRANT entry (its starting grant, sent with its first paid job); return
+        what was applied, or why not."""
+        try:
+            entry = decode_entry(data)
+            body = open_entry(entry, self.network, scheme=self._scheme)
+        except InvalidEntryError as exc:
+            return f"the job's grant is not a valid ledger entry: {exc}"
+        if not isinstance(body.payload, Grant) or body.author != payer:
+            return "the job's grant must be a GRANT entry authored by the account that pays the job"
+        try:
+            return self.ledger.apply(entry)
+        except InvalidEntryError as exc:
+            return f"the ledger refused the job's grant: {exc}"
+
+    # ── starting grants ──────────────────────────────────────────────────────────────────────────────
+    def vouch(
+        self, request: GrantRequest, *, operator: str, now: float, wall_ms: int
+    ) -> GrantVoucher | ErrorReply:
+        """Sign a voucher for ``request.account``'s starting grant, or say why not (spec/ledger.md §7).
+
+        ``operator``: the requesting peer's public IP ("" if private or unknown: one shared bucket);
+        ``wall_ms``: the driver's wall clock (Unix ms), to refuse stale requests. The voucher is issued
+        only if the request is signed by the account's key, the network has a starting grant, the
+        account has no ledger entry yet (a GRANT must be its first), and the rate limits of
+        ``opengrid.core.grants`` allow one more.
+        """
+        account = request.account
+        signed = grant_request_signing_bytes(self.network, self.public_key, account, request.issued_at_ms)
+        try:
+            self._scheme.verify(account, signed, request.signature)
+        except InvalidEntryError:
+            return ErrorReply(
+                "malformed",
+                "grant request not signed by the account's key (over the network, this coordinator's key, "
+                "the account and issued_at_ms); sign it with the account's own key",
+            )
+        if abs(wall_ms - request.issued_at_ms) > MAX_CLOCK_SKEW_MS:
+            return ErrorReply(
+                "malformed",
+                f"grant request issued at {request.issued_at_ms} ms, more than {MAX_CLOCK_SKEW_MS} ms from "
+                f"this coordinator's clock ({wall_ms} ms); check your clock and sign a fresh one",
+            )
+        genesis = self.ledger.genesis
+        points = genesis.grant_points if genesis is not None else 0
+        if points <= 0:
+            return ErrorReply(
+                "grant_refused",
+                f"network {self.network!r} has no starting grant (its genesis sets no grant_points); "
+                "earn points by running a worker, or get a transfer from an account that has some",
+            )
+        first = self.ledger.entries_by_author(account, to_seq=1)
+        if first:
+            claimed = isinstance(decode_body(first[0].body).payload, Grant)
+            return ErrorReply(
+                "grant_refused",
+                f"account {account.hex()} already claimed its starting grant"
+                if claimed
+                else f"account {account.hex()} already has ledger entries; a grant can only be an "
+                "account's first entry",
+            )
+        refusal = self.grants.refusal(account, operator, now)
+        if refusal:
+            return ErrorReply("busy", refusal)
+        self.grants.record(account, operator, now)
+        voucher = sign_grant_voucher(self._key, self.network, account, points, scheme=self._scheme)
+        return GrantVoucher(
+            account=account, points=points, signer=voucher.signer, signature=voucher.signature
+        )
 
     def _evidence(self, job: _Job) -> list[Effect]:
         """An EVIDENCE entry for what the job's receipt cannot show — replicas that failed their checks

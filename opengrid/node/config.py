@@ -74,6 +74,9 @@ class NodeConfig:
     relay_via: tuple[str, ...] = ()
     """Relays to hold a reservation on and be reachable through (their full multiaddrs). Empty and no
     ``listen`` address: the bootstrap nodes are used as relays."""
+    require_payment: bool = False
+    """Coordinator: run only paid jobs (a HOLD from the client's identity); unpaid ones are refused with
+    ``payment_required`` (spec/ledger.md §7)."""
 
     def validated(self) -> NodeConfig:
         """Return a copy with ``auto`` resolved; raise ConfigError naming the bad value and the choices."""

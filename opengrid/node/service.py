@@ -105,6 +105,7 @@ from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
     ControlRequest,
     ErrorReply,
+    GrantRequest,
     History,
     HistoryRequest,
     JobAccepted,
@@ -169,7 +170,7 @@ class Node:
         self._trace_path = trace_frames
         self._trace_file: BinaryIO | None = None
         self._coordinator_config = coordinator_config or CoordinatorConfig(
-            heartbeat_s=self.config.heartbeat_s
+            heartbeat_s=self.config.heartbeat_s, require_payment=self.config.require_payment
         )
         self.api_urls: list[str] = []
         self._engine = engine
@@ -190,6 +191,8 @@ class Node:
         self._job_store: JobStore | None = None
         self.jobs_run = 0
         self._running = 0
+        self._replying = 0
+        """Workers: RunJob streams whose result is not sent yet (``drain`` waits for them)."""
         self._sync_index = IdIndex()
         self._rtt: dict[str, float] = {}
         """Coordinators: measured round-trip time per worker peer."""
@@ -425,7 +428,11 @@ class Node:
             await self._serve_job(stream, message)
             return
         if isinstance(message, RunJob) and self.worker is not None and not self.paused:
-            await stream.send(await self._on_run(message, stream))
+            self._replying += 1  # until the result is sent: a draining node must not stop before that
+            try:
+                await stream.send(await self._on_run(message, stream))
+            finally:
+                self._replying -= 1
             return
         reply = await self._answer(stream.peer, message, _operator_of(stream.remote_ip))
         if reply is not None:
@@ -485,6 +492,8 @@ class Node:
                 return self._on_control(message)
             case QuoteRequest() if self.coordinator is not None and not self.paused:
                 return self._on_quote(message)
+            case GrantRequest() if self.coordinator is not None:
+                return self._on_grant_request(peer, message, operator)
             case SubmitJob() | RunJob() if self.paused:
                 return ErrorReply("busy", f"this node takes no work now ({self.pause_reason}); try later")
             case RegisterWorker() if self.coordinator is not None:
@@ -494,7 +503,7 @@ class Node:
             case ReceiptNotice() if self.worker is not None:
                 self._on_receipts(peer, message)
                 return None
-            case RegisterWorker() | SubmitJob():
+            case RegisterWorker() | SubmitJob() | GrantRequest():
                 return ErrorReply(
                     "not_coordinator", f"{self.config.role} nodes do not accept {type(message).__name__}"
                 )
@@ -519,6 +528,25 @@ class Node:
                 QuotedWorker(peer_id=c.peer, public_key=c.key, box_key=box_public_key(c.key)) for c in chosen
             ],
         )
+
+    def _on_grant_request(self, peer: str, message: GrantRequest, operator: str) -> Message:
+        """Vouch for a client's starting grant if the core's policy allows (spec/ledger.md §7)."""
+        assert self.coordinator is not None
+        reply = self.coordinator.vouch(
+            message, operator=operator, now=trio.current_time(), wall_ms=time.time_ns() // 1_000_000
+        )
+        if isinstance(reply, ErrorReply):
+            log.info(
+                "no grant voucher for %s (via %s): %s",
+                message.account.hex()[:16],
+                _short(peer),
+                reply.message,
+            )
+        else:
+            log.info(
+                "vouched for the starting grant of %s (via %s)", message.account.hex()[:16], _short(peer)
+            )
+        return reply
 
     def _on_control(self, message: ControlRequest) -> Message:
         assert self.host is not None
@@ -1312,7 +1340,7 @@ class Node:
         """Take no new work and return once the work in hand is done (a worker's running jobs, a
         coordinator's open jobs). Callers bound it with a timeout; the node keeps serving meanwhile."""
         self._owner_paused = True
-        while self._running or self._jobs:
+        while self._running or self._replying or self._jobs:
             await trio.sleep(0.05)
         log.info("no work left in hand")
 

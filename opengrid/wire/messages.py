@@ -55,8 +55,10 @@ ErrorCode = Literal[
     "verification_failed",  # replicas never reached quorum
     "engine_error",  # the worker's engine failed
     "not_coordinator",  # the request needs a coordinator and this node is not one
-    "busy",  # no work taken for now: paused, queue full, or no worker slot freed in time
+    "busy",  # no work taken for now: paused, queue full, no worker slot freed in time, grants rate-limited
     "internal",  # a bug on the answering side
+    "payment_required",  # this coordinator runs only paid jobs (a HOLD from an identity)
+    "grant_refused",  # no starting grant for this account: none on this network, or already claimed
 ]
 
 
@@ -130,6 +132,9 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     priority: Priority = "interactive"
     """Queueing class while every worker that could run the job is busy: ``interactive`` jobs go first,
     ``batch`` jobs use what capacity is left (spec/job-protocol.md §8.1)."""
+    grant: Annotated[bytes, msgspec.Meta(max_length=4 * 1024)] = b""
+    """Paid jobs of a new account: its encoded GRANT entry (seq 1, with a coordinator's voucher, see
+    GrantRequest), applied before ``hold`` (which is then the account's entry seq 2)."""
 
 
 class RunJob(_Message, tag="run", frozen=True):
@@ -317,6 +322,31 @@ class ErrorReply(_Message, tag="error", frozen=True):
     job_id: bytes = b""
 
 
+class GrantRequest(_Message, tag="grant_request", frozen=True):
+    """Client → coordinator: vouch for my account's starting grant (spec/ledger.md §5.7, §7).
+
+    Signed by the account's own key over ``grant_request_signing_bytes`` (opengrid/wire/grant.py), so
+    nobody can spend a coordinator's grant budget in another account's name.
+    """
+
+    account: KeyBytes
+    issued_at_ms: int
+    """Unix ms by the client's clock; refused if further than ``MAX_CLOCK_SKEW_MS`` from the coordinator's."""
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+class GrantVoucher(_Message, tag="grant_voucher", frozen=True):
+    """Coordinator → client: its signature over ``[GRANT_DOMAIN, network, account, points]``; the client
+    puts it in its GRANT entry (``opengrid_ledger.Grant``), which it sends with its first paid job."""
+
+    account: KeyBytes
+    points: Annotated[int, msgspec.Meta(ge=1)]
+    """The network's genesis ``grant_points``."""
+    signer: KeyBytes
+    """The coordinator's key (a minter)."""
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
 Message = (
     RegisterWorker
     | Registered
@@ -335,4 +365,6 @@ Message = (
     | QuoteRequest
     | Quote
     | ErrorReply
+    | GrantRequest
+    | GrantVoucher
 )

@@ -33,10 +33,17 @@ class AsyncClient:
         network: str = DEFAULT_NETWORK,
         timeout: float = 300.0,
         network_key: str | None = None,
+        identity_seed: bytes | None = None,
     ) -> AsyncClient:
-        """Start the client's host (in its own thread) and return the async client."""
+        """Start the client's host (in its own thread) and return the async client. ``identity_seed``:
+        pay for jobs from that account's points (see ``Client``)."""
         client = await asyncio.to_thread(
-            Client, list(bootstrap), network=network, timeout=timeout, network_key=network_key
+            Client,
+            list(bootstrap),
+            network=network,
+            timeout=timeout,
+            network_key=network_key,
+            identity_seed=identity_seed,
         )
         return cls(client)
 
@@ -81,6 +88,14 @@ class AsyncClient:
         items = self._client.stream(prompt, model=model, max_tokens=max_tokens, replicas=replicas)
         while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
             yield item  # type: ignore[misc]
+
+    async def balance(self, account: bytes | None = None) -> int:
+        """See ``Client.balance``."""
+        return await asyncio.to_thread(self._client.balance, account)
+
+    async def claim_grant(self) -> int:
+        """See ``Client.claim_grant``."""
+        return await asyncio.to_thread(self._client.claim_grant)
 
     async def status(self, address: str | None = None) -> NodeStatus:
         return await asyncio.to_thread(self._client.status, address)

@@ -19,7 +19,19 @@ from typing import Literal, TypeVar
 import msgspec
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import EntryBody, Hold, decode_entry, encode_entry, open_entry, sign_entry
+from opengrid_ledger import (
+    ED25519,
+    Cosignature,
+    Entry,
+    EntryBody,
+    Grant,
+    Hold,
+    decode_entry,
+    encode_entry,
+    grant_signing_bytes,
+    open_entry,
+    sign_entry,
+)
 
 from opengrid.errors import (
     ConfigError,
@@ -28,6 +40,7 @@ from opengrid.errors import (
     JobError,
     NoCapacityError,
     OpenGridError,
+    PaymentError,
     RemoteProtocolError,
     TransportError,
     UnknownModelError,
@@ -37,10 +50,13 @@ from opengrid.net.host import Host, derive_psk, open_host
 from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.control import control_signing_bytes
+from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
     MAX_EXPOSURE,
     ControlRequest,
     ErrorReply,
+    GrantRequest,
+    GrantVoucher,
     History,
     HistoryRequest,
     JobAccepted,
@@ -66,6 +82,8 @@ _ERRORS: dict[str, type[OpenGridError]] = {
     "verification_failed": VerificationError,
     "engine_error": EngineError,
     "malformed": RemoteProtocolError,
+    "payment_required": PaymentError,
+    "grant_refused": PaymentError,
 }
 
 
@@ -142,6 +160,8 @@ class Client:
         """With an identity (e.g. a volunteer's own node key), jobs are paid from its points: each puts
         ``job_cost`` on hold, settled to the agreeing workers (the rest returns) or refunded on failure."""
         self._paying = threading.Lock()  # one paid job at a time: each HOLD is the next link of our chain
+        self._grant: Grant | None = None
+        """A starting grant vouched for and not yet on the ledger: its GRANT goes with the next paid job."""
         self.timeout = timeout
         self._host: Host | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -356,12 +376,79 @@ class Client:
             raise RemoteProtocolError("the coordinator's address answered as another peer mid-job")
         return self._completion(job.request, peer, reply, sealed=job)
 
+    def balance(self, account: bytes | None = None) -> int:
+        """Spendable points of ``account`` (default: this client's identity) in the coordinator's ledger;
+        points on hold for jobs in flight are not counted."""
+        if account is None:
+            account = self.account
+            if account is None:
+                raise ConfigError("balance() of whom? this Client has no identity_seed; pass account=")
+        return self.status(self.coordinator()).balances.get(account.hex(), 0)
+
+    def claim_grant(self) -> int:
+        """Ask the coordinator to vouch for this identity's starting grant; return its points.
+
+        The GRANT entry (this account's first ledger entry) goes to the coordinator with the next paid
+        job, applied just before that job's HOLD: the points show in ``balance()`` from then on.
+        ``complete`` claims the grant by itself when a new identity has too few points for a job, so
+        calling this is optional. Raises ``PaymentError`` when the coordinator refuses: the network has
+        no starting grant, this account already has ledger entries, or the grant budget of your address
+        is spent for now (spec/ledger.md §7).
+        """
+        if self._payer is None:
+            raise ConfigError("claim_grant() needs an identity: Client(identity_seed=...)")
+        with self._paying:
+            if self._grant is None:
+                self._grant = self._request_grant()
+            return self._grant.points
+
+    def _request_grant(self) -> Grant:
+        """A voucher from the coordinator for our starting grant, checked, as a GRANT payload."""
+        assert self._payer is not None
+        account = bytes(self._payer.verify_key)
+        coordinator = public_key_of(self.coordinator().rsplit("/p2p/", 1)[-1])
+        issued_at_ms = time.time_ns() // 1_000_000
+        signed = grant_request_signing_bytes(self.network, coordinator, account, issued_at_ms)
+        request = GrantRequest(
+            account=account, issued_at_ms=issued_at_ms, signature=self._payer.sign(signed).signature
+        )
+        _, reply = self._to_coordinator(request)
+        if isinstance(reply, ErrorReply):
+            raise PaymentError(f"no starting grant for account {account.hex()}: {reply.message}")
+        if not isinstance(reply, GrantVoucher) or reply.account != account:
+            raise RemoteProtocolError("the coordinator answered a grant request with something else")
+        try:
+            ED25519.verify(
+                reply.signer, grant_signing_bytes(self.network, account, reply.points), reply.signature
+            )
+        except InvalidEntryError as exc:
+            raise RemoteProtocolError(f"the coordinator's grant voucher does not verify: {exc}") from exc
+        return Grant(points=reply.points, voucher=Cosignature(signer=reply.signer, signature=reply.signature))
+
+    def _grant_entry(self) -> Entry:
+        """Our GRANT, signed as the first entry of our chain."""
+        assert self._payer is not None and self._grant is not None
+        body = EntryBody(
+            network=self.network, author=bytes(self._payer.verify_key), seq=1, prev=b"", payload=self._grant
+        )
+        return sign_entry(self._payer, body)
+
     def _paid(self, request: SubmitJob) -> SubmitJob:
-        """Attach a signed HOLD of the job's cost, as the next entry of our ledger chain."""
+        """Attach a signed HOLD of the job's cost, as the next entry of our ledger chain; for a new account
+        with too few points, first the starting grant (claimed now if it was not yet)."""
         if self._payer is None:
             return request
         coordinator = public_key_of(self.coordinator().rsplit("/p2p/", 1)[-1])
+        cost = job_cost(request.max_tokens, request.replicas)
         head = self._chain_head()
+        grant = b""
+        if head is not None:
+            self._grant = None  # our chain has started: a GRANT can no longer be applied (or already was)
+        elif self._grant is not None or self.balance() < cost:
+            if self._grant is None:
+                self._grant = self._request_grant()
+            entry = self._grant_entry()
+            grant, head = encode_entry(entry), (1, bytes(entry.id))
         body = EntryBody(
             network=self.network,
             author=bytes(self._payer.verify_key),
@@ -369,11 +456,12 @@ class Client:
             prev=head[1] if head else b"",
             payload=Hold(
                 job_id=request.job_id,
-                amount=job_cost(request.max_tokens, request.replicas),
+                amount=cost,
                 coordinator=coordinator,
             ),
         )
-        return msgspec.structs.replace(request, hold=encode_entry(sign_entry(self._payer, body)))
+        hold = encode_entry(sign_entry(self._payer, body))
+        return msgspec.structs.replace(request, hold=hold, grant=grant)
 
     def _chain_head(self) -> tuple[int, bytes] | None:
         """Our latest ledger entry, as the coordinator holds it (seq, id); None before our first."""

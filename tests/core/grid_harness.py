@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import msgspec
 from nacl.signing import SigningKey
-from opengrid_ledger import LedgerState, Receipt, decode_entry, open_entry
+from opengrid_ledger import Genesis, LedgerState, Receipt, decode_entry, open_entry
 
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
@@ -104,18 +104,24 @@ class Grid:
     """peer -> operator announced in its registrations (default: none)."""
     slots: int = 1
     """Replicas each worker announces it can run at once."""
+    grant_points: int = 0
+    """The starting grant of the network's genesis (0: no genesis, no grant)."""
 
     def __post_init__(self) -> None:
+        genesis = Genesis(NETWORK, (), grant_points=self.grant_points) if self.grant_points else None
         self.coordinator = Coordinator(
             network=NETWORK,
             signing_key=signing_key("coordinator"),
-            ledger=LedgerState(NETWORK),
+            ledger=LedgerState(NETWORK, genesis=genesis),
             rng=random.Random(self.seed),
             config=self.config,
         )
         self.workers = {
             f"w{i}": WorkerLogic(
-                network=NETWORK, signing_key=signing_key(f"w{i}"), offers=OFFERS, ledger=LedgerState(NETWORK)
+                network=NETWORK,
+                signing_key=signing_key(f"w{i}"),
+                offers=OFFERS,
+                ledger=LedgerState(NETWORK, genesis=genesis),
             )
             for i in range(self.n)
         }

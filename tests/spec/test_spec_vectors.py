@@ -35,7 +35,8 @@ from opengrid.wire.codec import FrameBuffer, decode_message, encode_frame, encod
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.control import control_signing_bytes
-from opengrid.wire.messages import ControlRequest, Message
+from opengrid.wire.grant import grant_request_signing_bytes
+from opengrid.wire.messages import ControlRequest, GrantRequest, GrantVoucher, Message, SubmitJob
 from opengrid.wire.sealed import box_public_key, open_output, open_prompt
 
 FRAMES = load("job-protocol.json")
@@ -167,6 +168,40 @@ def test_control_request_signature() -> None:
         key.verify_key.verify(
             control_signing_bytes(vector["network"], vector["peer_id"], "resume", 0), request.signature
         )
+
+
+def test_grant_request_voucher_and_first_paid_job() -> None:
+    from opengrid_ledger import Genesis, Grant, Hold, LedgerState, decode_body, decode_entry
+
+    vector = load("grant.json")
+    account, coordinator = signing_key(vector["keys"], "G"), signing_key(vector["keys"], "C1")
+    account_key, coordinator_key = bytes(account.verify_key), bytes(coordinator.verify_key)
+    signed = grant_request_signing_bytes(
+        vector["network"], coordinator_key, account_key, vector["issued_at_ms"]
+    )
+    assert signed.hex() == vector["request_signing_bytes"]
+    request = decode_message(bytes.fromhex(vector["request_frame"])[4:])
+    assert isinstance(request, GrantRequest) and request.account == account_key
+    account.verify_key.verify(signed, request.signature)
+    voucher = decode_message(bytes.fromhex(vector["voucher_frame"])[4:])
+    assert isinstance(voucher, GrantVoucher) and voucher.signer == coordinator_key
+    points = vector["genesis_grant_points"]
+    assert msgspec.msgpack.decode(bytes.fromhex(vector["voucher_signing_bytes"])) == [
+        "opengrid/grant/1",
+        vector["network"],
+        account_key,
+        points,
+    ]
+    coordinator.verify_key.verify(bytes.fromhex(vector["voucher_signing_bytes"]), voucher.signature)
+    submit = decode_message(bytes.fromhex(vector["submit_frame"])[4:])
+    assert isinstance(submit, SubmitJob)
+    assert (submit.grant.hex(), submit.hold.hex()) == (vector["grant_entry"], vector["hold_entry"])
+    ledger = LedgerState.from_genesis(Genesis(vector["network"], (coordinator_key,), grant_points=points))
+    grant, hold = decode_entry(submit.grant), decode_entry(submit.hold)
+    assert isinstance(decode_body(grant.body).payload, Grant)
+    assert isinstance(decode_body(hold.body).payload, Hold)
+    assert ledger.apply(grant) == [grant] and ledger.apply(hold) == [hold]
+    assert (ledger.balance(account_key), ledger.held(account_key)) == (points - 16, 16)
 
 
 # ── sealed mode ───────────────────────────────────────────────────────────────────────────────────────

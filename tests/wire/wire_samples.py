@@ -8,6 +8,8 @@ from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     ControlRequest,
     ErrorReply,
+    GrantRequest,
+    GrantVoucher,
     History,
     HistoryRequest,
     JobAccepted,
@@ -57,6 +59,7 @@ def sample_messages() -> list[Message]:
             replicas=3,
             client_key=b"\x03" * 32,
             priority="batch",
+            grant=b"\x93grant",
         ),
         RunJob(job_id=JOB, contract=CONTRACT, prompt="Once upon a time", max_tokens=8192),
         ReplicaProgress(job_id=JOB, text=" there"),
@@ -113,6 +116,8 @@ def sample_messages() -> list[Message]:
             workers=[QuotedWorker(peer_id="12D3KooWpeer", public_key=b"\x07" * 32, box_key=b"\x08" * 32)],
         ),
         ErrorReply(code="no_capacity", message="only 1 worker(s) serve it; lower replicas", job_id=JOB),
+        GrantRequest(account=b"\x09" * 32, issued_at_ms=1_700_000_000_000, signature=b"\x0a" * 64),
+        GrantVoucher(account=b"\x09" * 32, points=100, signer=b"\x02" * 32, signature=b"\x0b" * 64),
     ]
 
 
