@@ -221,6 +221,7 @@ KEYS: dict[str, _Key] = {
     "relay": _Key(_bool, optional=True),
     "relay_via": _Key(_multiaddrs),
     "require_payment": _Key(_bool),
+    "approve_workers": _Key(_bool),
 }
 """Every NodeConfig field and how its values are checked."""
 
@@ -339,6 +340,7 @@ FLAG_DESTS: dict[str, str] = {
     "relay": "relay",
     "relay_via": "relay_via",
     "require_payment": "require_payment",
+    "approve_workers": "approve_workers",
 }
 """argparse ``dest`` of each ``node start`` flag -> config key."""
 

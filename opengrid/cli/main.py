@@ -16,6 +16,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -186,6 +187,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "identity claims the network's starting grant); unpaid jobs get 'payment_required'",
     )
     start.add_argument(
+        "--approve-workers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="coordinator: serve only workers you approved (`opengrid node pending` lists those asking, "
+        "`opengrid node approve` admits one)",
+    )
+    start.add_argument(
         "--trace-frames",
         type=pathlib.Path,
         metavar="FILE",
@@ -204,6 +212,18 @@ def _build_parser() -> argparse.ArgumentParser:
             "it runs.",
         )
         control.add_argument("--data-dir", type=pathlib.Path, required=True, metavar="DIR")
+    approve = node_commands.add_parser(
+        "approve",
+        help="admit a worker to a coordinator started with --approve-workers",
+        description="Add PEER_ID to the workers the coordinator whose data dir is DIR serves; the running "
+        "coordinator accepts it at its next heartbeat.",
+    )
+    approve.add_argument("peer_id", metavar="PEER_ID")
+    approve.add_argument("--data-dir", type=pathlib.Path, required=True, metavar="DIR")
+    waiting = node_commands.add_parser(
+        "pending", help="list the workers asking to join a coordinator started with --approve-workers"
+    )
+    waiting.add_argument("--data-dir", type=pathlib.Path, required=True, metavar="DIR")
 
     demo = commands.add_parser(
         "demo",
@@ -355,6 +375,23 @@ async def _run_node(
                 )
 
 
+def _cmd_node_admission(args: argparse.Namespace) -> int:
+    from opengrid.node import admission
+
+    if args.node_command == "approve":
+        new = admission.approve(args.data_dir, args.peer_id)
+        state = "approved" if new else "was already approved"
+        print(f"{args.peer_id} {state}; it joins at its next heartbeat")
+        return 0
+    waiting = admission.pending(args.data_dir)
+    if not waiting:
+        print("no worker is waiting for approval")
+    for peer, info in sorted(waiting.items(), key=lambda item: item[1].get("since", 0)):
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.get("since", 0)))
+        print(f"{peer}  asked {since}  models: {', '.join(info.get('models', [])) or '-'}")
+    return 0
+
+
 def _cmd_node_control(args: argparse.Namespace) -> int:
     from opengrid_sdk import Client
 
@@ -489,6 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(0 if getattr(args, "json", False) else args.verbose)
     try:
         if args.command == "node":
+            if args.node_command in ("approve", "pending"):
+                return _cmd_node_admission(args)
             return _cmd_node_start(args) if args.node_command == "start" else _cmd_node_control(args)
         if args.command == "demo":
             from opengrid.cli.demo import run_demo

@@ -64,6 +64,8 @@ class NodeConfig:
     llama_cpp.server (for an attached server ``auto`` means llama_cpp.server)."""
     work_hours: str = ""
     """Daily hours a worker takes jobs, e.g. ``22:00-07:00`` (several comma-separated); empty: always."""
+    approve_workers: bool = False
+    """Coordinators: serve only workers the operator approved (``opengrid node approve``)."""
     max_load: float | None = None
     """A worker takes jobs only while other programs load the machine at most this much per core."""
     relay: bool | None = None

@@ -89,7 +89,7 @@ from opengrid.net.announce import ModelAd
 from opengrid.net.host import FrameStream, Host, derive_psk, open_host
 from opengrid.net.keys import public_key_of
 from opengrid.net.relay import ReservationKeeper
-from opengrid.node import ledger_sync
+from opengrid.node import admission, ledger_sync
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.config import NodeConfig
 from opengrid.node.identity import load_or_create_seed
@@ -578,6 +578,18 @@ class Node:
             )
         if message.public_key != public_key_of(peer):
             return ErrorReply("malformed", "public_key does not match the connection's peer id")
+        if self.config.approve_workers and peer not in admission.approved(self.config.data_dir):
+            if admission.note_pending(self.config.data_dir, peer, [o.name for o in message.models]):
+                log.warning(
+                    "worker %s asks to join (%s); approve it with: opengrid node approve --data-dir %s %s",
+                    _short(peer),
+                    ", ".join(o.name for o in message.models),
+                    self.config.data_dir,
+                    peer,
+                )
+            return ErrorReply(
+                "busy", "this coordinator admits workers its operator approved; yours is awaiting approval"
+            )
         self.host.remember(peer, message.listen_addrs)
         known = peer in self.coordinator.workers and self.coordinator.workers[peer].online
         self._feed(

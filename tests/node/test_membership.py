@@ -5,6 +5,7 @@ Real nodes in one process on 127.0.0.1 (libp2p hosts, gossipsub, llama.cpp on th
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Callable
 
@@ -159,4 +160,34 @@ async def test_ledger_entries_reach_a_node_that_took_no_part_through_gossip(
         bystander = next(w for w in workers if w.host is not None and w.host.peer_id not in reply.workers)
         assert bystander.ledger is not None
         await until(lambda: receipt in bystander.ledger.entries(), timeout=10)  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_coordinator_with_approval_serves_a_worker_only_once_its_operator_approved_it(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opengrid.cli.main import main
+    from opengrid.node import admission
+
+    async with trio.open_nursery() as nursery:
+        config = fast(tmp_path / "c", "coordinator")
+        coordinator = Node(dataclasses.replace(config, approve_workers=True))
+        await nursery.start(coordinator.run)
+        worker = Node(
+            fast(tmp_path / "w", "worker", bootstrap=coordinator), engine=tiny_engine(tiny_model_path)
+        )
+        await nursery.start(worker.run)
+        assert worker.host is not None
+        me = worker.host.peer_id
+        await until(lambda: me in admission.pending(tmp_path / "c"), timeout=10)
+        await trio.sleep(1.5)  # several heartbeats: still refused
+        assert me not in online_workers(coordinator) and not worker.registered.is_set()
+        assert admission.pending(tmp_path / "c")[me]["models"] == ["tiny"]
+        assert main(["node", "pending", "--data-dir", str(tmp_path / "c")]) == 0
+        assert me in capsys.readouterr().out
+
+        assert main(["node", "approve", "--data-dir", str(tmp_path / "c"), me]) == 0
+        await until(lambda: me in online_workers(coordinator) and worker.registered.is_set(), timeout=10)
+        assert me not in admission.pending(tmp_path / "c")
+        assert main(["node", "approve", "--data-dir", str(tmp_path / "c"), "not-a-peer"]) == 1
         nursery.cancel_scope.cancel()
