@@ -12,7 +12,6 @@ committed files drift.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -168,23 +167,9 @@ def build_schemas() -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with spec/schemas, write nothing")
-    args = parser.parse_args()
-    stale = []
-    for name, text in build_schemas().items():
-        path = SCHEMA_DIR / name
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                stale.append(name)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print(f"stale schemas: {', '.join(stale)}; run python scripts/gen_schemas.py", file=sys.stderr)
-        return 1
-    return 0
+    from spec_files import write_or_check
+
+    return write_or_check(build_schemas(), SCHEMA_DIR, ROOT, what="schemas", script="gen_schemas.py")
 
 
 if __name__ == "__main__":

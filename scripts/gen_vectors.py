@@ -11,7 +11,6 @@ that this script reproduces the committed files exactly.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import pathlib
@@ -705,23 +704,9 @@ def build_vectors() -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with spec/vectors, write nothing")
-    args = parser.parse_args()
-    stale = []
-    for name, text in build_vectors().items():
-        path = VECTOR_DIR / name
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                stale.append(name)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print(f"stale vectors: {', '.join(stale)}; run python scripts/gen_vectors.py", file=sys.stderr)
-        return 1
-    return 0
+    from spec_files import write_or_check
+
+    return write_or_check(build_vectors(), VECTOR_DIR, ROOT, what="vectors", script="gen_vectors.py")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import pathlib
 import time
 from typing import Any
 
-from opengrid.errors import ConfigError
+from opengrid.errors import ConfigError, RemoteProtocolError
+from opengrid.net.keys import public_key_of
 
 APPROVED_FILE = "approved-workers.json"
 PENDING_FILE = "pending-workers.json"
@@ -66,10 +67,10 @@ def note_pending(data_dir: pathlib.Path, peer: str, models: list[str]) -> bool:
 
 def approve(data_dir: pathlib.Path, peer: str) -> bool:
     """Approve ``peer`` (and drop it from the pending list); True if it was not approved before."""
-    if not peer.startswith(("12D3KooW", "Qm")) or len(peer) < 40:
-        raise ConfigError(
-            f"{peer!r} is not a peer id (they look like 12D3KooW...; `opengrid node pending` lists them)"
-        )
+    try:
+        public_key_of(peer)  # the same parse every registration's peer id goes through
+    except RemoteProtocolError as exc:
+        raise ConfigError(f"{exc}; `opengrid node pending` lists the workers asking to join") from exc
     known = approved(data_dir)
     waiting = pending(data_dir)
     if peer in waiting:
