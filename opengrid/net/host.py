@@ -155,6 +155,11 @@ class Host:
         self.circuits = circuits
         """Circuit relay v2 on this host (relay.py): relayed dials, reservations, relay statistics."""
         self._relay_addrs: list[str] = []
+        self._circuit_addrs: dict[str, list[str]] = {}
+        """peer -> the relayed addresses it announced to us (bare, without its own /p2p/ suffix). Kept here
+        as well as in the peerstore: py-libp2p's identify replaces a peer's peerstore addresses with the
+        listen addresses it reports, which for a node reachable only through a relay is an empty list
+        (seen: the circuit address a worker registered with was gone a moment later, at random)."""
 
     @property
     def peer_id(self) -> str:
@@ -220,6 +225,17 @@ class Host:
                 log.debug("ignoring unparsable address %r from %s", text, peer_id)
         if good:
             self._host.get_peerstore().add_addrs(ID.from_base58(peer_id), good, 3600)
+            circuits = [str(a) for a in good if is_circuit(str(a))]
+            if circuits:
+                self._circuit_addrs[peer_id] = circuits
+
+    def known_addrs(self, peer_id: str) -> list[str]:
+        """Addresses we can dial ``peer_id`` at: the peerstore's, then relayed ones it announced to us."""
+        try:
+            known = [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:  # the peerstore raises for a peer it never heard of
+            known = []
+        return known + [a for a in self._circuit_addrs.get(peer_id, []) if a not in known]
 
     async def connect(self, address: str) -> str:
         """Dial a full multiaddr (``.../p2p/<id>``) and return the peer id."""
@@ -269,10 +285,7 @@ class Host:
     async def _dial_relayed(self, peer_id: str) -> None:
         """Connect through a relay if the peer's only known addresses are relayed ones (the swarm skips
         those, relay.py); with any direct address, leave the dial to the swarm as before."""
-        try:
-            known = [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
-        except Exception:  # the peerstore raises for a peer it never heard of
-            return
+        known = self.known_addrs(peer_id)
         circuits = [a for a in known if is_circuit(a)]
         if not circuits or len(circuits) < len(known):
             return

@@ -115,7 +115,7 @@ async def test_a_worker_reachable_only_through_a_relay_receives_and_completes_a_
 
         # what the worker announces and registers: its relayed address only
         assert worker.host.addrs() == [f"{relay_address}/p2p-circuit/p2p/{me}"]
-        known = [str(a) for a in coordinator.host.libp2p.get_peerstore().addrs(worker.host.libp2p.get_id())]
+        known = coordinator.host.known_addrs(me)
         assert known and all(is_circuit(a) for a in known), known
         assert relay.host.circuits.statistics().reservations_granted >= 1
         assert relay.host.circuits.statistics().circuits_opened == 0
