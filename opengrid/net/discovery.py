@@ -176,6 +176,14 @@ class Provider:
     peer_id: str
     addrs: tuple[str, ...]
 
+    def address(self) -> str:
+        """Its first address as a full multiaddr ending in ``/p2p/<peer id>`` (what ``Host.connect`` dials);
+        an empty string when it gave none."""
+        if not self.addrs:
+            return ""
+        first = self.addrs[0]
+        return first if first.endswith(f"/p2p/{self.peer_id}") else f"{first}/p2p/{self.peer_id}"
+
 
 class Discovery:
     """The node's Kademlia DHT. Start with ``await nursery.start(discovery.run)`` inside ``open_host``.
@@ -223,6 +231,14 @@ class Discovery:
             raise TransportError("no bootstrap peer reachable: " + "; ".join(errors))
         await self.refresh()
         return reached
+
+    async def add_peer(self, peer: str) -> bool:
+        """Add a connected peer to the routing table if it serves the DHT (identify told us so)."""
+        try:
+            return bool(await self._dht.add_peer(ID.from_base58(peer)))
+        except Exception as exc:  # a peer that vanished between listing and adding
+            log.debug("could not add %s to the routing table: %s", peer, exc)
+            return False
 
     async def refresh(self) -> None:
         """Look ourselves and random keys up, filling the routing table (the library waits 600 s)."""

@@ -14,6 +14,14 @@ node's full gossipsub mesh and hears others' announcements only through lazy IHA
 over a minute in a 20-node grid. So after joining, and every ``3 * announce_s``, the node also asks a
 bootstrap node for its status and takes the peers it lists as hints (unsigned claims: they only say whom
 to try; registering with a coordinator authenticates it).
+
+Every node also runs the Kademlia DHT (``opengrid.net.discovery``): server mode when it listens on an
+address others can dial, client mode otherwise. It advertises provider records for its role (and
+``relay`` when it relays) and for each model it serves, by sha256 and by name; every ``_DHT_LOOKUP_BEATS``
+beats it looks up the providers of ``coordinator``. Those are hints like a bootstrap's list: gossip is the
+fast path, the DHT the path that needs no gossip mesh and no particular bootstrap node. A provider record
+never receives work by itself being found: a worker registers with the coordinator first (the health
+check), and a coordinator dispatches only to registered workers whose heartbeats are on time.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from nacl.signing import SigningKey
 
 from opengrid.errors import OpenGridError
 from opengrid.net.announce import ModelAd
+from opengrid.net.discovery import Discovery, Provider, model_key, model_name_key, role_key
 from opengrid.net.gossip import Gossip
 from opengrid.net.host import Host
 from opengrid.wire.messages import NodeStatus, PeerSummary, StatusRequest
@@ -38,6 +47,12 @@ _HINT_STALE_S = 60.0
 """A peer the bootstrap node heard within this long is worth a try even if it shows it offline: gossip can
 stall on one node (py-libp2p's pubsub, seen after peers were SIGKILLed) while the peer is alive; trying
 costs a bounded registration attempt."""
+_DHT_LOOKUP_BEATS = 12
+"""DHT rounds (provide, then look up coordinators) every this many beats (60 s at the default 5 s): the DHT
+is the slow path, and 50 nodes each querying ~20 peers every beat would cost more than gossip itself."""
+_DHT_ROUND_TIMEOUT_S = 20.0
+_PROVIDER_STALE_S = 3 * 60.0
+"""A coordinator found in the DHT stays a hint this long after the last lookup that found it."""
 
 
 class Membership:
@@ -57,6 +72,8 @@ class Membership:
         tokens_per_s: float = 0.0,
         bootstrap: Sequence[str],
         ledger_validator: Callable[[str, bytes], bool] | None = None,
+        relay: bool = False,
+        dht_server: bool = True,
     ) -> None:
         self._host = host
         self._bootstrap = list(bootstrap)
@@ -77,11 +94,23 @@ class Membership:
         """Set once a bootstrap peer answered (immediately for a node without bootstrap addresses)."""
         self._hints: list[PeerSummary] = []
         """Peers a bootstrap node listed in its status (online, or heard within ``_HINT_STALE_S``)."""
+        self.discovery = Discovery(host, network=network, signing_key=signing_key, server=dht_server)
+        roles = [role, "relay"] if relay else [role]
+        self.provided = [role_key(network, r) for r in roles] + [
+            key for m in models for key in (model_key(network, m.sha256), model_name_key(network, m.name))
+        ]
+        """Logical DHT keys this node advertises itself under (its roles, its models by sha256 and name)."""
+        self._from_dht: dict[str, tuple[Provider, float]] = {}
+        """Coordinators found in the DHT: peer id -> (provider, when found)."""
+        self.dht_rounds = 0
+        """DHT rounds completed (provide + lookup); a round that fails is logged and retried next time."""
 
     async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.discovery.run)
             await nursery.start(self.gossip.run)
             nursery.start_soon(self._stay_joined)
+            nursery.start_soon(self._dht_loop)
             task_status.started(self)
 
     async def _stay_joined(self) -> None:
@@ -121,14 +150,53 @@ class Membership:
                     pause = min(pause * 2, _MAX_RETRY_S)
             await trio.sleep(pause if not self.joined.is_set() else 3 * self._announce_s)
 
+    async def _dht_loop(self) -> None:
+        await self.joined.wait()
+        while True:
+            try:
+                with trio.fail_after(_DHT_ROUND_TIMEOUT_S):
+                    await self._dht_round()
+                self.dht_rounds += 1
+            except (OpenGridError, trio.TooSlowError) as exc:
+                log.info("DHT round failed (%s); gossip still works, retrying next round", exc or "timed out")
+            await trio.sleep(_DHT_LOOKUP_BEATS * self._announce_s)
+
+    async def _dht_round(self) -> None:
+        """Fill the routing table from our connections, advertise what we provide, find coordinators."""
+        discovery = self.discovery
+        for peer in self._host.connected_peers():
+            await discovery.add_peer(peer)
+        if discovery.routing_table_size() == 0:
+            return  # alone, or only DHT clients around: nothing to ask yet
+        if self.dht_rounds == 0:
+            await discovery.refresh()  # the library's own first refresh comes after 600 s (pitfall 8)
+        for key in self.provided:
+            await discovery.provide(key)
+        now = trio.current_time()
+        for provider in await discovery.find_providers(role_key(discovery.network, "coordinator")):
+            if provider.addrs:
+                self._from_dht[provider.peer_id] = (provider, now)
+        for peer, (_, found) in list(self._from_dht.items()):
+            if now - found > _PROVIDER_STALE_S:
+                del self._from_dht[peer]
+
+    def coordinators_in_dht(self) -> list[str]:
+        """Peer ids of the coordinators the last DHT lookups found (within ``_PROVIDER_STALE_S``)."""
+        return sorted(self._from_dht)
+
     def addresses_of(self, role: str) -> list[str]:
         """A dialable address of every online peer announcing ``role`` (peer id order), then of those a
-        bootstrap node listed recently that we do not hear online ourselves."""
+        bootstrap node listed recently, then (coordinators) of those found in the DHT, that we do not hear
+        online ourselves."""
         now = trio.current_time()
         heard = {a.peer_id: a.addrs[0] for a in self.gossip.directory.online(now, role=role) if a.addrs}
         for hint in self._hints:
             if role in hint.roles and hint.addrs:
                 heard.setdefault(hint.peer_id, hint.addrs[0])
+        if role == "coordinator":
+            for peer, (provider, _) in sorted(self._from_dht.items()):
+                if peer != self._host.peer_id:
+                    heard.setdefault(peer, provider.address())
         return list(heard.values())
 
     def peers(self, rtt_s: Callable[[str], float | None]) -> list[PeerSummary]:

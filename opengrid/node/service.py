@@ -268,6 +268,8 @@ class Node:
                             signing_key=self._key,
                             ledger=self.ledger,
                             rng=self._rng,
+                        relay=bool(config.relay),
+                        dht_server=bool(config.listen),  # a node nobody can dial is a DHT client
                             config=self._coordinator_config,
                         )
                         self._job_store = JobStore(config.data_dir / JOBS_FILE)

@@ -46,6 +46,7 @@ from opengrid.errors import (
     UnknownModelError,
     VerificationError,
 )
+from opengrid.net.discovery import Discovery, role_key
 from opengrid.net.host import Host, derive_psk, open_host
 from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.node.config import DEFAULT_NETWORK
@@ -164,6 +165,8 @@ class Client:
         """A starting grant vouched for and not yet on the ledger: its GRANT goes with the next paid job."""
         self.timeout = timeout
         self._host: Host | None = None
+        self._nursery: trio.Nursery | None = None
+        self._discovery: Discovery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
         self._stop: trio.Event | None = None
@@ -184,12 +187,18 @@ class Client:
             self._ready.set()
 
     async def _trio_main(self) -> None:
-        async with open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"], psk=self._psk) as host:
+        seed = secrets.token_bytes(32)
+        async with (
+            open_host(seed, ["/ip4/127.0.0.1/tcp/0"], psk=self._psk) as host,
+            trio.open_nursery() as nursery,
+        ):
             self._host = host
+            self._nursery = nursery
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             self._ready.set()
             await self._stop.wait()
+            nursery.cancel_scope.cancel()
 
     def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         if self._token is None or not self._thread.is_alive():
@@ -226,15 +235,38 @@ class Client:
         return peer, await self._host.request(peer, message)
 
     def coordinator(self) -> str:
-        """The address jobs go to: the first bootstrap node that coordinates, else a coordinator that a
-        bootstrap node has heard of on gossip (chosen at random among those online). Found once; found
-        again after a call to it fails."""
+        """The address jobs go to: the first bootstrap node that coordinates, else a coordinator found in
+        the DHT that answers as one (at random), else one a bootstrap node has heard of on gossip (at
+        random among those online). Found once; found again after a call to it fails."""
         if self._coordinator is None:
             self._coordinator = self._call(self._find_coordinator)
         return self._coordinator
 
+    def find_coordinators(self) -> list[str]:
+        """Addresses of the coordinators that advertise themselves in the network's DHT (provider records
+        of ``role:coordinator``), looked up through the bootstrap nodes; unchecked hints, peer id order."""
+        return self._call(self._coordinators_in_dht)
+
+    async def _coordinators_in_dht(self) -> list[str]:
+        assert self._host is not None and self._nursery is not None
+        if self._discovery is None:
+            # Client mode: we ask, we never answer or store; the key would only sign values we never put.
+            discovery = Discovery(
+                self._host, network=self.network, signing_key=SigningKey.generate(), server=False
+            )
+            await self._nursery.start(discovery.run)
+            self._discovery = discovery
+        for address in self.bootstrap:
+            try:
+                await self._discovery.add_peer(await self._host.connect(address))
+            except OpenGridError:
+                continue  # unreachable now: the lookup uses the others
+        providers = await self._discovery.find_providers(role_key(self.network, "coordinator"))
+        return [p.address() for p in providers if p.addrs]
+
     async def _find_coordinator(self) -> str:
         problems = []
+        gossiped: list[str] = []
         for address in self.bootstrap:
             try:
                 _, status = await self._request(address, StatusRequest())
@@ -247,9 +279,28 @@ class Client:
             if status.role == "coordinator":
                 return address
             known = [p.addrs[0] for p in status.peers if p.online and "coordinator" in p.roles and p.addrs]
-            if known:
-                return random.choice(known)
-            problems.append(f"{address}: a {status.role} that knows no coordinator yet")
+            gossiped += known
+            if not known:
+                problems.append(f"{address}: a {status.role} that knows no coordinator yet")
+        # A provider record is a claim: ask the peer itself before sending it a job (health check).
+        try:
+            in_dht = await self._coordinators_in_dht()
+        except OpenGridError as exc:
+            in_dht = []
+            problems.append(f"DHT lookup: {exc}")
+        random.shuffle(in_dht)
+        for address in in_dht:
+            try:
+                _, status = await self._request(address, StatusRequest())
+            except OpenGridError as exc:
+                problems.append(f"{address} (from the DHT): {exc}")
+                continue
+            if not isinstance(status, NodeStatus):
+                continue
+            if status.role == "coordinator" and status.network == self.network:
+                return address
+        if gossiped:
+            return random.choice(gossiped)
         raise TransportError(
             "no coordinator found through the bootstrap addresses ("
             + "; ".join(problems)

@@ -11,10 +11,12 @@ from collections.abc import Callable
 
 import pytest
 import trio
+from opengrid_sdk import Client
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError
+from opengrid.net.discovery import model_key, model_name_key, role_key
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import JobAccepted
@@ -190,4 +192,48 @@ async def test_a_coordinator_with_approval_serves_a_worker_only_once_its_operato
         await until(lambda: me in online_workers(coordinator) and worker.registered.is_set(), timeout=10)
         assert me not in admission.pending(tmp_path / "c")
         assert main(["node", "approve", "--data-dir", str(tmp_path / "c"), "not-a-peer"]) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_nodes_advertise_roles_and_models_in_the_dht_and_find_coordinators_there(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    """Provider records on live nodes: every coordinator (also a relay) and every model is found through
+    the DHT from a node that was given only another worker's address."""
+    async with trio.open_nursery() as nursery:
+        c1 = Node(fast(tmp_path / "c1", "coordinator"))
+        await nursery.start(c1.run)
+        c2 = Node(fast(tmp_path / "c2", "coordinator", bootstrap=c1))
+        await nursery.start(c2.run)
+        w1 = Node(fast(tmp_path / "w1", "worker", bootstrap=c1), engine=tiny_engine(tiny_model_path))
+        await nursery.start(w1.run)
+        w2 = Node(fast(tmp_path / "w2", "worker", bootstrap=w1), engine=tiny_engine(tiny_model_path))
+        await nursery.start(w2.run)
+        nodes = (c1, c2, w1, w2)
+        assert all(n.host is not None and n.membership is not None for n in nodes)
+        coordinators = sorted(n.host.peer_id for n in (c1, c2) if n.host is not None)
+        workers = sorted(n.host.peer_id for n in (w1, w2) if n.host is not None)
+        membership = w2.membership
+        assert membership is not None
+        # w2's own DHT rounds find both coordinators (round 1 may run before they provided)
+        await until(lambda: membership.coordinators_in_dht() == coordinators, timeout=30)
+        network = c1.config.network
+        sha = sha256_file(tiny_model_path)
+        discovery = c1.membership.discovery  # type: ignore[union-attr]
+        with trio.fail_after(20):
+            assert [p.peer_id for p in await discovery.find_providers(model_key(network, sha))] == workers
+            by_name = await discovery.find_providers(model_name_key(network, "tiny"))
+            assert [p.peer_id for p in by_name] == workers
+            relays = await w1.membership.discovery.find_providers(role_key(network, "relay"))  # type: ignore[union-attr]
+            assert [p.peer_id for p in relays] == coordinators
+            assert await discovery.find_providers(model_key(network, "ab" * 32)) == []
+
+        # An SDK client that knows only w2 finds both coordinators in the DHT, and picks one of them.
+        def client_lookup() -> tuple[list[str], str]:
+            with Client(w2.host.addrs()[:1], network=network, timeout=30) as client:  # type: ignore[union-attr]
+                return client.find_coordinators(), client.coordinator()
+
+        found, chosen = await trio.to_thread.run_sync(client_lookup)
+        assert [a.rsplit("/p2p/", 1)[1] for a in found] == coordinators
+        assert chosen in found
         nursery.cancel_scope.cancel()
