@@ -7,8 +7,15 @@ is given only the first coordinator's address. Measures:
   spawn (includes starting N Python processes on this machine) and from the moment the last node was up;
 * RSS per idle node (VmRSS after the grid settled), coordinators and workers apart;
 * idle CPU per node (core-seconds per second over a quiet window);
-* job dispatch overhead p50/p99 on loopback: a 1-token open job's round trip through the grid minus the
-  worker's engine time for the same prompt (the SDK client is on the same machine).
+* job dispatch p50/p99 on loopback (issue 3's measure): from the coordinator's dispatch decision (the core's
+  DispatchReplica effect executed) to the worker's engine starting that job. Every node runs with
+  ``--trace-timing``; coordinator and worker stamp ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for
+  every process of the machine) and the traces are merged (opengrid/node/timing.py), with the median time
+  from the decision to each point on the way (stream ready, RunJob sent, RunJob received);
+* the round trip of a 1-token open job through the grid minus the engine time for the same prompt run in
+  this process: everything a client waits for besides generation (its stream to the coordinator, the
+  dispatch above, the answer's way back, verification, receipt signing, ledger write, the SDK's receipt
+  check). The SDK client is on the same machine.
 
 Usage: python benchmarks/grid_discovery_bench.py [--nodes 50] [--announce 5] [--jobs 50] [--json out.json]
 """
@@ -58,19 +65,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from opengrid.engines import LlamaEngine, ModelInfo, sha256_file, write_tiny_gguf
     from opengrid.engines.base import GenerationRequest
     from opengrid.errors import OpenGridError
+    from opengrid.node.timing import dispatches, read_trace, stage_medians
 
     base = pathlib.Path(tempfile.mkdtemp(prefix="grid-bench-"))
     model = write_tiny_gguf(base / "tiny.gguf")
     flags = ["--announce", str(args.announce), "--heartbeat", str(args.heartbeat)]
+
+    def traced(name: str) -> list[str]:
+        return [*flags, "--trace-timing", str(base / f"{name}.timing.jsonl")]
+
     net = DemoNetwork(base, model=str(model), network=NETWORK)
     try:
         started = time.monotonic()
-        first = net.start("coordinator-1", "coordinator", extra_args=flags)
+        first = net.start("coordinator-1", "coordinator", extra_args=traced("coordinator-1"))
         net.wait_ready(first)
         bootstrap = first.addrs[0]
-        second = net.start("coordinator-2", "coordinator", bootstrap=bootstrap, extra_args=flags)
+        second = net.start(
+            "coordinator-2", "coordinator", bootstrap=bootstrap, extra_args=traced("coordinator-2")
+        )
         workers = [
-            net.start(f"worker-{i:02d}", "worker", bootstrap=bootstrap, extra_args=flags)
+            net.start(f"worker-{i:02d}", "worker", bootstrap=bootstrap, extra_args=traced(f"worker-{i:02d}"))
             for i in range(args.nodes - 2)
         ]
         for node in (second, *workers):
@@ -99,6 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             engine = LlamaEngine(ModelInfo("tiny", model, sha256_file(model)), n_threads=1)
             overheads = []
             failures: list[str] = []
+            jobs_from = time.monotonic()
             for i in range(args.jobs):
                 prompt = f"dispatch {i}"
                 t0 = time.perf_counter()
@@ -114,6 +129,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             engine.close()
     finally:
         net.stop()
+    marks = [m for path in sorted(base.glob("*.timing.jsonl")) for m in read_trace(path) if m.t >= jobs_from]
+    found = dispatches(marks)
+    to_engine = [d.to_engine_s * 1000 for d in found]
+    stages = {point: round(s * 1000, 2) for point, s in stage_medians(found).items()}
     coordinators = [v for k, v in rss.items() if k.startswith("coordinator")]
     worker_rss = [v for k, v in rss.items() if k.startswith("worker")]
     worker_cpu = [v for k, v in idle_cpu.items() if k.startswith("worker")]
@@ -129,8 +148,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mib_worker_max": round(max(worker_rss)),
         "idle_cpu_core_worker_median": round(statistics.median(worker_cpu), 4),
         "idle_cpu_core_coordinators": [round(idle_cpu[n], 4) for n in ("coordinator-1", "coordinator-2")],
-        "dispatch_overhead_ms_p50": round(percentile(overheads, 0.5), 1) if overheads else None,
-        "dispatch_overhead_ms_p99": round(percentile(overheads, 0.99), 1) if overheads else None,
+        "dispatch_ms_p50": round(percentile(to_engine, 0.5), 2) if to_engine else None,
+        "dispatch_ms_p99": round(percentile(to_engine, 0.99), 2) if to_engine else None,
+        "dispatch_replicas_timed": len(to_engine),
+        "dispatch_stage_medians_ms": stages,
+        "round_trip_overhead_ms_p50": round(percentile(overheads, 0.5), 1) if overheads else None,
+        "round_trip_overhead_ms_p99": round(percentile(overheads, 0.99), 1) if overheads else None,
         "jobs_failed": len(failures),
         "job_failures": failures[:5],
         "goals": GOALS,

@@ -222,6 +222,7 @@ KEYS: dict[str, _Key] = {
     "relay_via": _Key(_multiaddrs),
     "require_payment": _Key(_bool),
     "approve_workers": _Key(_bool),
+    "admit_after_jobs": _Key(_int(0)),
 }
 """Every NodeConfig field and how its values are checked."""
 
@@ -341,6 +342,7 @@ FLAG_DESTS: dict[str, str] = {
     "relay_via": "relay_via",
     "require_payment": "require_payment",
     "approve_workers": "approve_workers",
+    "admit_after_jobs": "admit_after_jobs",
 }
 """argparse ``dest`` of each ``node start`` flag -> config key."""
 

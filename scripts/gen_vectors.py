@@ -52,13 +52,19 @@ from opengrid_ledger import (  # noqa: E402
 from opengrid_ledger.entries import ENTRY_DOMAIN  # noqa: E402
 
 from opengrid.errors import InvalidEntryError  # noqa: E402
+from opengrid.wire.admit import admit_request_signing_bytes  # noqa: E402
 from opengrid.wire.codec import encode_frame, encode_message  # noqa: E402
 from opengrid.wire.commitment import commit_output  # noqa: E402
 from opengrid.wire.contract import DecodingContract  # noqa: E402
 from opengrid.wire.control import control_signing_bytes  # noqa: E402
 from opengrid.wire.grant import grant_request_signing_bytes  # noqa: E402
 from opengrid.wire.messages import (  # noqa: E402
+    AdmitRequest,
+    AdmitVote,
     ControlRequest,
+    DialBackReport,
+    DialBackRequest,
+    DialBackResult,
     ErrorReply,
     GrantRequest,
     GrantVoucher,
@@ -103,6 +109,7 @@ SEEDS = {
     "F": 51,
     "NODE": 61,
     "G": 81,
+    "A": 91,
 }
 KEYS = {name: nacl.signing.SigningKey(bytes([n]) * 32) for name, n in SEEDS.items()}
 PUB = {name: bytes(key.verify_key) for name, key in KEYS.items()}
@@ -299,6 +306,36 @@ def grant_vectors() -> tuple[dict[str, Any], GrantRequest, GrantVoucher, SubmitJ
         "submit_frame": encode_frame(submit).hex(),
     }
     return doc, request, reply, submit
+
+
+# ── (j) coordinator admission ─────────────────────────────────────────────────────────────────────────
+
+
+def admit_vectors() -> tuple[dict[str, Any], AdmitRequest, AdmitVote]:
+    """Candidate coordinator A asks genesis coordinator C1 to co-sign its admission at epoch 0."""
+    signed = admit_request_signing_bytes(NETWORK, PUB["C1"], 0, PUB["A"], ISSUED_AT_MS)
+    request = AdmitRequest(
+        network=NETWORK, epoch=0, candidate=PUB["A"], issued_at_ms=ISSUED_AT_MS,
+        signature=KEYS["A"].sign(signed).signature,
+    )  # fmt: skip
+    cosignature = sign_admit(KEYS["C1"], NETWORK, 0, PUB["A"])
+    vote = AdmitVote(epoch=0, candidate=PUB["A"], signer=cosignature.signer, signature=cosignature.signature)
+    doc = {
+        "description": "A candidate coordinator's admission (spec/ledger.md §5.8, §7.1; spec/job-protocol.md "
+        "§5.15): its AdmitRequest, signed by the candidate over msgpack(['opengrid/admit-request/1', "
+        "network, coordinator key, epoch, candidate, issued_at_ms]); the coordinator's AdmitVote, its "
+        "signature over msgpack(['opengrid/admit/1', network, epoch, candidate]): one co-signature of the "
+        "ADMIT entry.",
+        "keys": keys_section("A", "C1"),
+        "network": NETWORK,
+        "epoch": 0,
+        "issued_at_ms": ISSUED_AT_MS,
+        "request_signing_bytes": signed.hex(),
+        "request_frame": encode_frame(request).hex(),
+        "vote_signing_bytes": msgspec.msgpack.encode(["opengrid/admit/1", NETWORK, 0, PUB["A"]]).hex(),
+        "vote_frame": encode_frame(vote).hex(),
+    }
+    return doc, request, vote
 
 
 # ── (h) sealed mode ───────────────────────────────────────────────────────────────────────────────────
@@ -565,6 +602,7 @@ def messages(
     control: ControlRequest,
     sealed: tuple[SubmitJob, RunJob, ReplicaResult],
     grant: tuple[GrantRequest, GrantVoucher, SubmitJob],
+    admit: tuple[AdmitRequest, AdmitVote],
 ) -> list[tuple[str, Message]]:
     offer = ModelOffer(
         name="smollm2-135m-instruct",
@@ -629,6 +667,16 @@ def messages(
         ("grant request (see grant.json)", grant[0]),
         ("grant voucher (see grant.json)", grant[1]),
         ("a new account's first paid job: its GRANT, then its HOLD (see grant.json)", grant[2]),
+        ("admit request (see admit.json)", admit[0]),
+        ("admit vote (see admit.json)", admit[1]),
+        ("admission refused until the operator approves", ErrorReply(
+            code="admission_pending", message="awaiting approval by this coordinator's operator")),
+        ("a dial-back request: dial my listen addresses on a fresh connection", DialBackRequest(
+            addrs=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWExample", "/ip4/10.0.0.2/tcp/4001"])),
+        ("a dial-back report: one result per address asked, in order", DialBackReport(results=[
+            DialBackResult("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWExample", True, "a libp2p listener answered"),
+            DialBackResult("/ip4/10.0.0.2/tcp/4001", False,
+                           "not dialled: the request came from 127.0.0.1, not 10.0.0.2", dialled=False)])),
     ]  # fmt: skip
 
 
@@ -682,6 +730,7 @@ def build_vectors() -> dict[str, str]:
     sealed_doc, *sealed_messages = sealed_vectors()
     submit_sealed, run_sealed, result_sealed = sealed_messages
     grant_doc, *grant_messages = grant_vectors()
+    admit_doc, admit_request, admit_vote = admit_vectors()
     docs = {
         "job-protocol.json": job_protocol_vectors(
             messages(
@@ -689,6 +738,7 @@ def build_vectors() -> dict[str, str]:
                 control,
                 (submit_sealed, run_sealed, result_sealed),  # type: ignore[arg-type]
                 tuple(grant_messages),  # type: ignore[arg-type]
+                (admit_request, admit_vote),
             )
         ),
         "contract.json": contract_vectors(),
@@ -696,6 +746,7 @@ def build_vectors() -> dict[str, str]:
         "attestation.json": attestation_vectors(),
         "control.json": control_doc,
         "grant.json": grant_doc,
+        "admit.json": admit_doc,
         "ledger-entries.json": entries_doc,
         "ledger-small.json": small_doc,
         "sealed.json": sealed_doc,

@@ -75,6 +75,10 @@ class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     issued_at_ms: int = 0
     """Wall-clock time (Unix ms) the coordinator accepted the job, as it claims; informational (history
     charts), never used for validation — clocks of volunteers cannot be trusted."""
+    weight: int = 1
+    """Points per generated token of the job's model (spec/ledger.md §7: one per started billion
+    parameters), so anyone can check the credits: the reference coordinator credits each agreeing worker
+    ``max(1, n_tokens) * weight``. Omitted when 1 (receipts from before weights keep their bytes)."""
 
 
 class Hold(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="hold"):
@@ -311,6 +315,7 @@ def check_receipt(receipt: Receipt, network: str, *, scheme: SignatureScheme = E
     require_size("receipt contract_hash", receipt.contract_hash, HASH_SIZE)
     require_size("receipt output_commitment", receipt.output_commitment, HASH_SIZE)
     require_count("receipt n_tokens", receipt.n_tokens, minimum=0)
+    require_count("receipt weight", receipt.weight, minimum=1)
     job = receipt.job_id.hex()
     if not receipt.credits:
         # A receipt that pays nobody would still use up the job id (a job is credited once).

@@ -101,10 +101,14 @@ class LedgerState:
         genesis: Genesis | None = None,
         max_parked_per_author: int = MAX_PARKED_PER_AUTHOR,
         scheme: SignatureScheme = ED25519,
+        closed: bool = False,
     ) -> None:
         """Start empty on ``network``. ``minters`` (plus ``genesis.coordinators``) are the coordinators
         allowed to mint; ``genesis`` also sets the starting grant (none without it). ``scheme`` checks
-        every signature (real Ed25519; only a simulator passes another, see signatures.py)."""
+        every signature (real Ed25519; only a simulator passes another, see signatures.py). ``closed``:
+        the coordinator set is only ``minters``, the genesis coordinators and ADMIT entries — a node's
+        local trust (``add_minter``) adds nobody, so every node of a network with a genesis file holds
+        the same set (spec/ledger.md §7)."""
         if genesis is not None and genesis.network != network:
             raise LedgerError(f"genesis is for network {genesis.network!r}, this ledger is {network!r}")
         self.network = network
@@ -113,6 +117,7 @@ class LedgerState:
         self._grant_points = genesis.grant_points if genesis is not None else 0
         self._base_minters: set[bytes] = set(minters) | set(genesis.coordinators if genesis else ())
         self._max_parked = max_parked_per_author
+        self.closed = closed
         # Facts about the received set that survive rebuilds: cuts only ever grow.
         self._cuts: dict[bytes, int] = {}
         self._forks: dict[bytes, tuple[Entry, Entry]] = {}
@@ -152,7 +157,10 @@ class LedgerState:
     # -- configuration --------------------------------------------------------------------------------
 
     def add_minter(self, key: bytes) -> None:
-        """Allow ``key`` to mint from now on, as if listed in the genesis (configuration, not an ADMIT)."""
+        """Allow ``key`` to mint from now on, as if listed in the genesis (configuration, not an ADMIT).
+        Does nothing on a ``closed`` ledger: there only the genesis and ADMIT entries make coordinators."""
+        if self.closed:
+            return
         self._base_minters.add(key)
         self._minters.add(key)
 

@@ -180,12 +180,13 @@ def diagnose(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]
     checks.append(identity)
 
     info = _read_node_info(config.data_dir)
-    running, bootstraps = trio.run(_gather_network_facts, config, info)
+    running, bootstraps, dial_back = trio.run(_gather_network_facts, config, info)
     checks.append(running_node_check(config, info, running, own_peer_id, bootstraps))
     running_addrs = running.status.addrs if running is not None and running.status is not None else []
     listen = [listen_check(text, running_addrs) for text in config.listen]
     checks.extend(listen)
     checks.extend(bootstrap_checks(config, role, bootstraps))
+    checks.append(reachability_check(config.listen, dial_back))
     checks.append(relay_check(config.listen))
     return {
         "role": role,
@@ -353,10 +354,24 @@ def pid_alive(pid: int) -> bool:
 # ── the network part: one trio.run ───────────────────────────────────────────────────────────────────
 
 
+@dataclass(frozen=True)
+class DialBack:
+    """What a bootstrap node found when it dialled our listen addresses back on fresh connections."""
+
+    checker: str
+    """The bootstrap address that dialled."""
+    whose: str
+    """``the running node's`` or ``a test listener's`` (when no node runs on this data dir)."""
+    results: list[Any]
+    """:class:`~opengrid.wire.messages.DialBackResult`, one per address; empty when the request failed."""
+    error: str = ""
+
+
 async def _gather_network_facts(
     config: NodeConfig, info: dict[str, Any] | None
-) -> tuple[Probe | None, list[Probe]]:
-    """(the node running on this data dir, or None if node.json names none; one probe per bootstrap)."""
+) -> tuple[Probe | None, list[Probe], DialBack | None]:
+    """(the node running on this data dir, or None if node.json names none; one probe per bootstrap;
+    a dial-back of the listen addresses by the first bootstrap node that answered, if any)."""
     running: Probe | None = None
     if info is not None:
         addrs = [a for a in info.get("addrs", []) if isinstance(a, str)]
@@ -377,7 +392,44 @@ async def _gather_network_facts(
         async with _dialer(config.network, config.network_key) as host:
             for address in config.bootstrap:
                 bootstraps.append(await probe(host, address, private=bool(config.network_key)))
-    return running, bootstraps
+    checker = next((b.address for b in bootstraps if b.status is not None), None)
+    dial_back = None
+    if checker is not None and config.listen:
+        running_addrs = running.status.addrs if running is not None and running.status is not None else []
+        dial_back = await ask_dial_back(config, checker, running_addrs)
+    return running, bootstraps, dial_back
+
+
+async def ask_dial_back(config: NodeConfig, checker: str, running_addrs: Sequence[str]) -> DialBack:
+    """Ask ``checker`` to dial our addresses back: the running node's, else those of a throwaway listener
+    on the configured listen addresses (what `node start` would open). Never raises."""
+    from opengrid.net.host import derive_psk, open_host
+    from opengrid.net.reachability import ip_and_port
+    from opengrid.wire.messages import DialBackReport, DialBackRequest
+
+    psk = derive_psk(config.network, config.network_key) if config.network_key else None
+
+    async def ask(host: Any, addrs: list[str], whose: str) -> DialBack:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT_S + REQUEST_TIMEOUT_S):
+                reply = await host.request(await host.connect(checker), DialBackRequest(addrs=addrs[:8]))
+        except (OpenGridError, trio.TooSlowError) as exc:
+            return DialBack(checker, whose, [], error=_plain(exc))
+        if not isinstance(reply, DialBackReport):
+            return DialBack(
+                checker, whose, [], error=f"it answered {type(reply).__name__}: an older version?"
+            )
+        return DialBack(checker, whose, list(reply.results))
+
+    direct = [a for a in running_addrs if ip_and_port(a)]
+    if direct:
+        async with _dialer(config.network, config.network_key) as host:
+            return await ask(host, direct, "the running node's")
+    try:
+        async with open_host(secrets.token_bytes(32), list(config.listen), psk=psk) as host:
+            return await ask(host, [a for a in host.addrs() if ip_and_port(a)], "a test listener's")
+    except OpenGridError as exc:  # the listen check explains a port that cannot be bound
+        return DialBack(checker, "a test listener's", [], error=f"could not listen: {_plain(exc)}")
 
 
 def _dialer(network: str, network_key: str | None) -> Any:
@@ -797,9 +849,44 @@ def bootstrap_checks(config: NodeConfig, role: str, probes: Sequence[Probe]) -> 
     return checks
 
 
+def reachability_check(listen: Sequence[str], found: DialBack | None) -> Check:
+    """Could a bootstrap node dial this node on a fresh connection (spec/discovery.md §9)?"""
+    if not listen:
+        return Check("reachability", "ok", "relayed only: this node listens on no address")
+    if found is None:
+        return Check(
+            "reachability", "warn", "not checked: no bootstrap node answered to dial this node back",
+            "fix the bootstrap address first; a running node checks itself once joined (opengrid peers)",
+        )  # fmt: skip
+    if found.error:
+        return Check("reachability", "warn", f"not checked: asking {found.checker} failed ({found.error})")
+    reached = [r.addr for r in found.results if r.reachable]
+    told = "; ".join(f"{r.addr}: {r.reason}" for r in found.results)
+    if reached:
+        return Check(
+            "reachability",
+            "ok",
+            f"{found.checker} dialled {found.whose} {', '.join(reached)} on a fresh connection",
+        )
+    if found.results and not any(r.dialled for r in found.results):
+        return Check(
+            "reachability", "warn", f"{found.checker} would not dial {found.whose} addresses ({told})"
+        )
+    ports = sorted(
+        {a.rsplit("/tcp/", 1)[1].split("/")[0] for a in (r.addr for r in found.results) if "/tcp/" in a}
+    )
+    return Check(
+        "reachability",
+        "fail",
+        f"{found.checker} could not dial {found.whose} addresses ({told}): peers cannot reach this node",
+        f"open TCP port {', '.join(ports) or 'PORT'} in the firewall (and forward it on your router), or "
+        "start with --relay-via RELAY_ADDRESS to be reached through a relay",
+    )
+
+
 def relay_check(listen: Sequence[str]) -> Check:
-    """Circuit relays exist (spec/discovery.md §8); AutoNAT and hole punching do not: say what that means
-    for this node."""
+    """Circuit relays exist (spec/discovery.md §8), hole punching does not: say what that means for this
+    node."""
     kinds = set()
     for text in listen:
         try:
@@ -807,9 +894,9 @@ def relay_check(listen: Sequence[str]) -> Check:
         except ValueError:
             continue
     detail = (
-        "reachability is not detected automatically (no AutoNAT or hole punching yet): a node that others "
-        "cannot dial must be started with --relay-via RELAY (or --no-listen, to be relayed by its "
-        "bootstrap nodes; coordinators relay by default)"
+        "a node that others cannot dial (see reachability; a running node checks it with its peers) must be "
+        "started with --relay-via RELAY (or --no-listen, to be relayed by its bootstrap nodes; coordinators "
+        "relay by default): there is no hole punching yet"
     )
     if not listen:
         return Check("relay", "ok", "this node listens on no address: it is reachable only through relays")

@@ -34,7 +34,7 @@ it. A new account's job may also carry its GRANT (the starting grant), applied j
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -44,6 +44,7 @@ from opengrid_ledger import (
     Attestation,
     Credit,
     Entry,
+    EntryBody,
     Evidence,
     Grant,
     Hold,
@@ -110,6 +111,7 @@ from opengrid.wire.messages import (
     Sealed,
     SubmitJob,
     job_cost,
+    model_weight,
 )
 
 _MAX_PUSH = 1024  # entries per ReceiptNotice (its wire limit)
@@ -155,6 +157,9 @@ class CoordinatorConfig:
     (a new account claims the starting grant first). Off: anonymous clients run jobs for free."""
     grant_limits: GrantLimits = field(default_factory=GrantLimits)
     """Rate limits on starting-grant vouchers (opengrid/core/grants.py, spec/ledger.md §7)."""
+    model_params: Mapping[str, int] = field(default_factory=dict)
+    """Model sha256 (lower-case hex) -> parameter count, trusted over what workers announce (the node
+    passes the model catalog's). It prices a token of that model (``model_weight``, spec/ledger.md §7)."""
 
     @classmethod
     def plain(cls, **overrides: float) -> CoordinatorConfig:
@@ -180,6 +185,10 @@ class WorkerRecord:
     """Moving average of the speed measured on its verified results (dispatch to answer); 0 unmeasured."""
     slots: int = 1
     """From the latest registration (``WorkerRegistered.slots``): replicas it may run at once."""
+    probed_tokens_per_s: float = 0.0
+    """From the latest registration: the worker's own start-up measurement, a prior until measured here."""
+    max_job_tokens: int = 0
+    """From the latest registration: the longest job it takes (edge nodes); 0: no limit."""
 
 
 @dataclass
@@ -208,6 +217,8 @@ class _Job:
     hold: bytes = b""
     """Paid jobs: the EntryId of the client's HOLD, settled on acceptance and refunded on failure."""
     hold_amount: int = 0
+    weight: int = 1
+    """Points per generated token of the job's model (``Coordinator.weight``), fixed at submission."""
 
     def tried(self) -> set[str]:
         return set(self.pending) | set(self.results) | set(self.failed) | set(self.invalid)
@@ -324,7 +335,9 @@ class Coordinator:
             effects += self._on_failed(canary_id, peer, "timed out", now, penalize=False)
         for job_id in sorted(j for j, (due, _) in self._resumed.items() if now >= due):
             event = self._resumed[job_id][1]
-            waiting = capacity(choose_class(self._candidates(event.request.model))) < event.request.replicas
+            request = event.request
+            pool = self._candidates(request.model, max_tokens=request.max_tokens)
+            waiting = capacity(choose_class(pool)) < request.replicas
             if waiting and now < self._resume_patience.get(job_id, now):
                 # Workers re-register a beat or two after a restart: give them until the patience ends.
                 self._resumed[job_id] = (now + self.config.heartbeat_s / 2, event)
@@ -444,6 +457,7 @@ class Coordinator:
             or earlier.offers != event.offers
             or earlier.slots < event.slots
             or earlier.operator != event.operator
+            or earlier.max_job_tokens != event.max_job_tokens
         )
         if earlier is None or earlier.offers != event.offers:
             for name in _index_names(earlier.offers if earlier is not None else ()):
@@ -463,6 +477,8 @@ class Coordinator:
             rtt_s=event.rtt_s,
             tokens_per_s=earlier.tokens_per_s if earlier is not None and earlier.key == event.key else 0.0,
             slots=max(1, event.slots),
+            probed_tokens_per_s=max(0.0, event.probed_tokens_per_s),
+            max_job_tokens=max(0, event.max_job_tokens),
         )
         return self._drain(now) if grown else []
 
@@ -470,8 +486,11 @@ class Coordinator:
         """Names of the models some online worker serves, sorted."""
         return sorted({o.name for r in self.workers.values() if r.online for o in r.offers})
 
-    def _candidates(self, model: str, *, allowed: Container[str] | None = None) -> list[Candidate]:
-        """Online workers serving ``model`` (only those in ``allowed``, when given).
+    def _candidates(
+        self, model: str, *, allowed: Container[str] | None = None, max_tokens: int = 0
+    ) -> list[Candidate]:
+        """Online workers serving ``model`` (only those in ``allowed``, when given; only those that take
+        jobs of ``max_tokens`` tokens, when given: edge nodes take short jobs only).
 
         O(workers serving ``model``), through the index. The order of the list is not part of any
         decision: every caller passes it through ``choose_class``, which sorts by peer (and is stable
@@ -483,6 +502,7 @@ class Coordinator:
             self._candidate(r, o)
             for r in records
             if r.online and (allowed is None or r.peer in allowed)
+            if not (max_tokens and r.max_job_tokens and r.max_job_tokens < max_tokens)
             for o in r.offers
             if wanted in (o.name.lower(), o.contract.model_sha256.lower())
         ]
@@ -494,6 +514,30 @@ class Coordinator:
         pool = choose_class(self._candidates(model, allowed=allowed))
         return pick_workers(pool, exposure, exclude=(), rng=self._rng)
 
+    def weight(self, model: str) -> int | None:
+        """Points per generated token of ``model`` here, its weight (spec/ledger.md §7): what a job of it
+        costs per token per replica, and what each agreeing worker earns per token. None: no online worker
+        serves it."""
+        candidates = choose_class(self._candidates(model))
+        return self.class_weight(candidates[0].contract) if candidates else None
+
+    def class_weight(self, contract: DecodingContract) -> int:
+        """The weight of the numerical class ``contract``: ``model_weight`` of the parameter count the
+        config pins for its model file (the catalog's), else of the smallest count an online worker of the
+        class announces — so one worker that inflates its count cannot raise the price."""
+        sha = contract.model_sha256.lower()
+        pinned = self.config.model_params.get(sha)
+        if pinned is not None:
+            return model_weight(pinned)
+        announced = [
+            offer.n_params
+            for peer in self._serving.get(sha, ())
+            if self.workers[peer].online
+            for offer in self.workers[peer].offers
+            if offer.contract == contract
+        ]
+        return model_weight(min(announced, default=0))
+
     def _candidate(self, record: WorkerRecord, offer: ModelOffer) -> Candidate:
         return Candidate(
             peer=record.peer,
@@ -501,10 +545,16 @@ class Coordinator:
             model_name=offer.name,
             contract=offer.contract,
             reputation=self.reputation.get(record.key, Reputation()).score if self.config.weighted else 0.0,
-            tokens_per_s=record.tokens_per_s if self.config.weighted else 0.0,
+            tokens_per_s=self._speed(record) if self.config.weighted else 0.0,
             rtt_s=record.rtt_s if self.config.weighted else 0.0,
             operator=record.operator,
         )
+
+    def _speed(self, record: WorkerRecord) -> float:
+        """Its speed for the draw: measured here on verified results, else its own start-up claim (the tier
+        it announced), which moves its odds like a measurement but within the same bounds
+        (``scheduler.SPEED_FACTOR``) and is replaced by the first measurement."""
+        return record.tokens_per_s if record.tokens_per_s > 0 else record.probed_tokens_per_s
 
     def _operators(self, peers: Iterable[str]) -> set[str]:
         return {self.workers[p].operator for p in peers if p in self.workers and self.workers[p].operator}
@@ -532,6 +582,7 @@ class Coordinator:
                 FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))
             ]
         if self.config.require_payment and not request.hold:
+            weight = self.weight(request.model) or 1
             return [
                 FinishJob(
                     job_id,
@@ -539,7 +590,8 @@ class Coordinator:
                         "payment_required",
                         "this coordinator runs only paid jobs: submit with an identity (the SDK's "
                         "Client(identity_seed=...)) whose points pay a HOLD of "
-                        f"{job_cost(request.max_tokens, request.replicas)} points (max_tokens x replicas); "
+                        f"{job_cost(request.max_tokens, request.replicas, weight)} points (max_tokens x "
+                        f"replicas x {weight} points per token of {request.model!r}); "
                         "a new identity can claim the network's starting grant (GrantRequest)",
                         job_id,
                     ),
@@ -550,7 +602,23 @@ class Coordinator:
             problem = _sealed_problem(request, sealed)
             if problem:
                 return [FinishJob(job_id, ErrorReply("malformed", problem, job_id))]
-        candidates = choose_class(self._candidates(request.model, allowed=sealed or None))
+        any_length = self._candidates(request.model, allowed=sealed or None)
+        candidates = choose_class(
+            self._candidates(request.model, allowed=sealed or None, max_tokens=request.max_tokens)
+        )
+        if any_length and not candidates:
+            longest = max(self.workers[c.peer].max_job_tokens for c in any_length)
+            return [
+                FinishJob(
+                    job_id,
+                    ErrorReply(
+                        "no_capacity",
+                        f"the workers serving {request.model!r} here take jobs of at most {longest} tokens "
+                        f"(edge nodes); ask for max_tokens <= {longest}, or wait for a full worker",
+                        job_id,
+                    ),
+                )
+            ]
         if not candidates:
             served = ", ".join(self.served_models()) or "none yet"
             return [
@@ -590,10 +658,11 @@ class Coordinator:
                 )
             ]
         # Take the payment last: every check above can refuse the job without touching the ledger.
+        weight = self.class_weight(candidates[0].contract)
         hold_effects: list[Effect] = []
         hold_id, hold_amount = b"", 0
         if request.hold:
-            held, hold_effects = self._take_hold(request)
+            held, hold_effects = self._take_hold(request, weight)
             if isinstance(held, str):
                 return [*hold_effects, FinishJob(job_id, ErrorReply("malformed", held, job_id))]
             hold_id = held
@@ -610,6 +679,7 @@ class Coordinator:
             sealed=sealed,
             hold=hold_id,
             hold_amount=hold_amount,
+            weight=weight,
         )
         self._jobs[job_id] = job
         self._queue.push(job_id, event.client, request.priority)
@@ -632,7 +702,9 @@ class Coordinator:
             wanted = (job.request.model.lower(), tuple(sorted(job.sealed)))
             if wanted in full:
                 continue
-            candidates = self._candidates(job.request.model, allowed=job.sealed or None)
+            candidates = self._candidates(
+                job.request.model, allowed=job.sealed or None, max_tokens=job.request.max_tokens
+            )
             if not any(self._has_slot(c.peer) for c in candidates):
                 full.add(wanted)
                 continue
@@ -666,7 +738,9 @@ class Coordinator:
         allowed = job.sealed or None
         pool = [
             c
-            for c in choose_class(self._candidates(job.request.model, allowed=allowed))
+            for c in choose_class(
+                self._candidates(job.request.model, allowed=allowed, max_tokens=job.request.max_tokens)
+            )
             if c.contract == job.contract
         ]
         free = [c for c in pool if self._has_slot(c.peer)]
@@ -860,7 +934,7 @@ class Coordinator:
         n_tokens = winning[0][1].n_tokens
         divergent = self._learn(job, agreement, n_tokens)
         evidence = self._evidence(job)  # before the receipt: those outcomes came first
-        points = max(1, n_tokens)
+        points = max(1, n_tokens) * job.weight  # proportional to compute (spec/ledger.md §7)
         keys = {peer: self.workers[peer].key for peer in job.results}
         receipt = Receipt(
             job_id=job_id,
@@ -871,6 +945,7 @@ class Coordinator:
             attestations=tuple(att for _, att in winning),
             dissenters=tuple(keys[p] for p in agreement.dissenters),
             issued_at_ms=job.wall_ms,
+            weight=job.weight,
         )
         entry = sign_entry(self._key, self.ledger.next_body(self.public_key, receipt), scheme=self._scheme)
         self.ledger.apply(entry)
@@ -1065,23 +1140,24 @@ class Coordinator:
         # retry. The work done so far is not credited: no receipt, no points.
         return self._fail(event.job_id, "malformed", "job cancelled by its client; nothing was credited")
 
-    def _take_hold(self, request: SubmitJob) -> tuple[bytes | str, list[Effect]]:
-        """Apply the client's GRANT (if any) and HOLD for a paid job. Return the hold's id, or why it was
-        not taken, with the effects that store what was applied (a GRANT stays applied, and so must be
-        stored, even when the HOLD after it is refused)."""
+    def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | str, list[Effect]]:
+        """Apply the client's GRANT (if any) and HOLD for a paid job of ``weight`` points per token. Return
+        the hold's id, or why it was not taken, with the effects that store what was applied (a GRANT
+        stays applied, and so must be stored, even when the HOLD after it is refused)."""
         try:
             entry = decode_entry(request.hold)
             body = open_entry(entry, self.network, scheme=self._scheme)
         except InvalidEntryError as exc:
             return f"the job's hold is not a valid ledger entry: {exc}", []
         hold = body.payload
-        cost = job_cost(request.max_tokens, request.replicas)
+        cost = job_cost(request.max_tokens, request.replicas, weight)
         if not isinstance(hold, Hold) or hold.job_id != request.job_id or hold.coordinator != self.public_key:
             return "the job's hold must be a HOLD for this job, naming this coordinator", []
         if hold.amount < cost:
             return (
                 f"the job's hold reserves {hold.amount} points; it costs up to {cost} "
-                "(max_tokens x replicas)",
+                f"(max_tokens x replicas x {weight} points per token of {request.model!r}); "
+                "ask for a Quote, which says the price",
                 [],
             )
         applied: list[Entry] = []
@@ -1091,11 +1167,13 @@ class Coordinator:
                 return granted, []
             applied += granted
         effects: list[Effect] = [AppendEntry(e) for e in applied]
+        self._adopt(applied)
         try:
             applied = self.ledger.apply(entry)
         except InvalidEntryError as exc:
             return f"the ledger refused the job's hold: {exc}", effects
         effects += [AppendEntry(e) for e in applied]
+        self._adopt(applied)
         if self.ledger.hold(entry.id) is None:
             return (
                 f"the hold waits: its author's balance ({self.ledger.balance(body.author)} points) is below "
@@ -1103,6 +1181,66 @@ class Coordinator:
                 effects,
             )
         return bytes(entry.id), effects
+
+    def _adopt(self, applied: Iterable[Entry]) -> None:
+        """Count our own entries among ``applied`` (the GRANT and HOLD of a job we pay ourselves) as ours,
+        so that they are pushed with the rest of our chain (``_notice_for``)."""
+        for entry in applied:
+            if decode_body(entry.body).author == self.public_key:
+                self._own_entries.append(encode_entry(entry))
+
+    # ── the operator's own jobs ──────────────────────────────────────────────────────────────────────
+    def pay_own_job(self, request: SubmitJob) -> SubmitJob | str:
+        """``request`` paid from this coordinator's own account (its operator's: the node key), for the
+        jobs its node submits itself (the OpenAI-compatible API): with a HOLD of the job's price as the next
+        entry of our chain, after our starting GRANT when the account is new and short (the network has a
+        grant and we are a minter). Returns the request to feed to ``handle`` at once (the HOLD is the next
+        link of our chain), or why it cannot be paid. A model no worker serves is returned unpaid: the
+        submission refuses it (``unknown_model``)."""
+        weight = self.weight(request.model)
+        if weight is None:
+            return request
+        cost = job_cost(request.max_tokens, request.replicas, weight)
+        me = self.public_key
+        balance = self.ledger.balance(me)
+        head = self.ledger.head(me)
+        genesis = self.ledger.genesis
+        grant_points = genesis.grant_points if genesis is not None else 0
+        grant = b""
+        if balance < cost and head is None and grant_points > 0 and me in self.ledger.minters():
+            # We vouch for ourselves, outside the rate limits (they guard against strangers' fresh keys):
+            # a GRANT is an account's first entry, so this happens once per coordinator key.
+            voucher = sign_grant_voucher(self._key, self.network, me, grant_points, scheme=self._scheme)
+            body = EntryBody(
+                network=self.network, author=me, seq=1, prev=b"", payload=Grant(grant_points, voucher)
+            )
+            entry = sign_entry(self._key, body, scheme=self._scheme)
+            grant, head, balance = encode_entry(entry), (1, entry.id), balance + grant_points
+        if balance < cost:
+            why = (
+                f"; network {self.network!r} has no starting grant"
+                if grant_points <= 0
+                else "; a starting grant can only be an account's first ledger entry, and this one has some"
+                if head is not None
+                else ""
+            )
+            return (
+                f"this node pays its API's jobs from its own account ({me.hex()[:16]}..., the node's "
+                f"identity key), which has {balance} points; this job costs up to {cost} (max_tokens "
+                f"{request.max_tokens} x replicas {request.replicas} x {weight} points per token of "
+                f"{request.model!r})"
+                f"{why}. Lower max_tokens, earn points by running a worker with this identity, or have "
+                "another account TRANSFER points to it"
+            )
+        hold = EntryBody(
+            network=self.network,
+            author=me,
+            seq=head[0] + 1 if head is not None else 1,
+            prev=bytes(head[1]) if head is not None else b"",
+            payload=Hold(job_id=request.job_id, amount=cost, coordinator=me),
+        )
+        signed = encode_entry(sign_entry(self._key, hold, scheme=self._scheme))
+        return msgspec.structs.replace(request, hold=signed, grant=grant)
 
     def _take_grant(self, data: bytes, payer: bytes) -> list[Entry] | str:
         """Apply a paying client's GRANT entry (its starting grant, sent with its first paid job); return

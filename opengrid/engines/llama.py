@@ -115,6 +115,12 @@ class LlamaEngine:
         return self._contract
 
     @property
+    def n_params(self) -> int:
+        """Parameters in the loaded model, as llama.cpp counts them: what prices a token of it
+        (``opengrid.wire.messages.model_weight``)."""
+        return int(llama_cpp.llama_model_n_params(self._require_open().model))
+
+    @property
     def chat_template(self) -> ChatTemplate | None:
         """The chat template stored in the GGUF (``tokenizer.chat_template``), with its BOS/EOS strings."""
         llm = self._require_open()

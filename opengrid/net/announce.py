@@ -86,6 +86,9 @@ class Announcement(msgspec.Struct, frozen=True):
     """The sender's heartbeat period, so receivers time it out by its own clock, not theirs."""
     addrs: Annotated[list[ShortText], msgspec.Meta(max_length=16)] = []
     """Multiaddrs (with ``/p2p/<id>``) the sender can be dialled at, relay addresses included."""
+    reachability: ShortText = ""
+    """What dial-backs told the sender of itself (spec/discovery.md §9): public, private, relayed,
+    unknown."""
 
 
 class SignedAnnouncement(msgspec.Struct, frozen=True, array_like=True):

@@ -34,6 +34,8 @@ from typing import Annotated, Final
 
 import msgspec
 import trio
+from libp2p.kad_dht import peer_routing
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -52,6 +54,13 @@ from opengrid.errors import (
 from opengrid.net.host import Host
 
 log = logging.getLogger("opengrid.net.discovery")
+
+# py-libp2p starts a lookup from every connected peer and then from EVERY peer in the peerstore whenever
+# the routing table holds fewer than 5 peers — in a grid with a few DHT servers, always; the peerstore
+# holds every node gossip told us of, so each lookup dialled the whole grid, DHT clients included (20
+# nodes fully meshed, 81 refused kad streams per worker in a minute, heartbeats missed). Lookups start
+# from the routing table only, which holds DHT servers only (``_ServersOnlyKadDHT``).
+peer_routing.MIN_PEERS_THRESHOLD = 0
 
 NAMESPACE: Final = "opengrid"
 VALUE_DOMAIN: Final = b"opengrid/dht-value/1\x00"
@@ -144,6 +153,32 @@ def decode_value_record(network: str, key: str, data: bytes) -> ValueRecord:
     return record
 
 
+class _ServersOnlyKadDHT(KadDHT):  # type: ignore[misc]
+    """KadDHT whose routing table holds DHT servers only, as the Kademlia spec says.
+
+    py-libp2p adds every peer that opens a DHT stream to us, on the grounds that it "MUST support server
+    mode" — but client-mode peers open streams too. With clients in routing tables, lookups hand them out
+    as closer peers and every node dials every other: measured on a 20-node grid (2 coordinators serving,
+    18 workers as clients), all nodes ended fully meshed and the Noise handshakes starved 2 cores until
+    heartbeats were missed. Here a peer enters the table when identify says it serves the DHT; before
+    identify has said anything, only when we add it ourselves (a bootstrap, a connected peer), never
+    because it opened a DHT stream to us (``skip_server_mode_check``: the library's inbound path).
+    """
+
+    async def add_peer(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
+        try:
+            protocols = self.host.get_peerstore().get_protocols(peer_id) or []
+        except Exception:  # not in the peerstore yet
+            protocols = []
+        if protocols:
+            if str(KAD_PROTOCOL_ID) not in protocols:
+                return False
+            return bool(await super().add_peer(peer_id, skip_server_mode_check=True))
+        if skip_server_mode_check:
+            return False  # an inbound stream from a peer identify has not described: maybe a client
+        return bool(await super().add_peer(peer_id))
+
+
 class OpenGridValidator(Validator):
     """libp2p validator of the ``/opengrid/`` namespace for one network (strict: everything else fails)."""
 
@@ -197,7 +232,7 @@ class Discovery:
         self.network = _check_component("network", network)
         self._key = signing_key
         self.validator = OpenGridValidator(network)
-        self._dht = KadDHT(
+        self._dht = _ServersOnlyKadDHT(
             host.libp2p,
             DHTMode.SERVER if server else DHTMode.CLIENT,
             validator=NamespacedValidator({NAMESPACE: self.validator}, strict_validation=True),
@@ -226,7 +261,7 @@ class Discovery:
                 errors.append(str(exc))
                 continue
             reached.append(peer)
-            await self._dht.add_peer(ID.from_base58(peer), skip_server_mode_check=True)
+            await self._dht.add_peer(ID.from_base58(peer))
         if addrs and not reached:
             raise TransportError("no bootstrap peer reachable: " + "; ".join(errors))
         await self.refresh()

@@ -119,6 +119,7 @@ class Gossip:
             free_slots=free_slots,
             tokens_per_s=tokens_per_s,
             software=software,
+            reachability="",
         )
         self.directory = PeerDirectory(missed_beats=missed_beats, self_peer=host.peer_id)
         self.checker = AnnouncementChecker(network)

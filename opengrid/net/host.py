@@ -35,6 +35,9 @@ from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, en
 from opengrid.wire.messages import Message
 
 JOB_PROTOCOL = TProtocol("/opengrid/job/1")
+RUN_PROTOCOL = TProtocol("/opengrid/run/1")
+"""A coordinator's channel of RunJob exchanges to one worker, one after another on one stream
+(spec/job-protocol.md §6.4): no stream opening and protocol negotiation per replica."""
 _READ_CHUNK = 64 * 1024
 log = logging.getLogger("opengrid.net")
 
@@ -65,6 +68,34 @@ class FrameStream:
         self.peer = stream.muxed_conn.peer_id.to_base58()
         self._frames = FrameBuffer(limit=limit, peer=self.peer)
         self._frames_limit = limit
+
+    @property
+    def protocol(self) -> str:
+        """The protocol id negotiated for this stream ("" if the library does not say)."""
+        try:
+            return str(self._stream.get_protocol() or "")
+        except Exception:
+            return ""
+
+    @property
+    def reusable(self) -> bool:
+        """Whether another exchange may start on this stream: neither side closed or reset it, its
+        connection is up, and no byte of it waits unread (a peer that sent more than it should is out of
+        step). A best-effort look at the muxer's state: a stream can still die right after."""
+        if self._frames.pending:
+            return False
+        muxed = getattr(self._stream, "muxed_stream", None)
+        if muxed is None or any(
+            getattr(muxed, flag, False) for flag in ("closed", "send_closed", "recv_closed", "reset_received")
+        ):
+            return False
+        conn = getattr(muxed, "conn", None)
+        shutting_down = getattr(conn, "event_shutting_down", None)
+        if shutting_down is not None and shutting_down.is_set():
+            return False
+        buffers = getattr(conn, "stream_buffers", None)
+        unread = buffers.get(getattr(muxed, "stream_id", None)) if isinstance(buffers, dict) else None
+        return not unread
 
     @property
     def relayed(self) -> bool:
@@ -103,6 +134,17 @@ class FrameStream:
     async def receive(self) -> Message:
         """Read exactly one framed message (raises TransportError if the peer closes first)."""
         return decode_message(await self.receive_body(), peer=self.peer)
+
+    async def receive_next(self) -> Message | None:
+        """The next message, or None when the peer ended the stream between two frames (a stream that
+        carries several exchanges, e.g. ``RUN_PROTOCOL``, ends that way). Ending inside a frame is still a
+        TransportError."""
+        try:
+            return await self.receive()
+        except TransportError:
+            if self._frames.pending:
+                raise
+            return None
 
     async def receive_body(self) -> bytes:
         """Read exactly one frame's raw bytes, its length checked before reading (TransportError at EOF)."""
@@ -269,13 +311,16 @@ class Host:
             ) from exc
         return info.peer_id.to_base58()
 
-    async def open_stream(self, peer_id: str, protocol: TProtocol = JOB_PROTOCOL) -> FrameStream:
+    async def open_stream(
+        self, peer_id: str, protocol: TProtocol = JOB_PROTOCOL, *, fallbacks: Sequence[TProtocol] = ()
+    ) -> FrameStream:
         """Open a framed stream to a peer (dialling it if needed: directly if it has a direct address, else
-        through a relay it announced)."""
+        through a relay it announced), speaking ``protocol`` or, if the peer does not, the first of
+        ``fallbacks`` it does (``FrameStream.protocol`` says which)."""
         if not self.is_connected(peer_id):
             await self._dial_relayed(peer_id)
         try:
-            stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+            stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol, *fallbacks])
         except Exception as exc:
             raise TransportError(
                 f"could not open a stream to {peer_id}: {exc or type(exc).__name__}"

@@ -113,6 +113,10 @@ _STATUS: dict[str, tuple[int, str]] = {
     "engine_error": (502, "server_error"),
     "not_coordinator": (502, "server_error"),
     "internal": (500, "server_error"),
+    # The node pays its API's jobs from its own account (Node.api_submit); OpenAI answers 402 the same way
+    # when an account cannot pay.
+    "payment_required": (402, "insufficient_quota"),
+    "grant_refused": (402, "insufficient_quota"),
 }
 
 

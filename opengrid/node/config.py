@@ -23,6 +23,8 @@ ENGINES: tuple[EngineKind, ...] = ("llama", "http")
 HttpBackendName = Literal["auto", "llama.cpp-server", "vllm"]
 HTTP_BACKENDS: tuple[HttpBackendName, ...] = ("auto", "llama.cpp-server", "vllm")
 DEFAULT_MAX_TOKENS_PER_JOB = 1024
+EDGE_MAX_TOKENS_PER_JOB = 128
+"""An edge node (a small machine) takes short jobs only, unless ``max_tokens_per_job`` says otherwise."""
 DEFAULT_MAX_CONTEXT = 2048
 
 
@@ -49,7 +51,9 @@ class NodeConfig:
     adversary: str | None = None
     """Demo/test only: make this worker cheat ('wrong-tokens') to show verification catching it."""
     max_tokens_per_job: int = DEFAULT_MAX_TOKENS_PER_JOB
-    """A worker refuses jobs asking for more generated tokens than this."""
+    """A worker refuses jobs asking for more generated tokens than this, and tells its coordinators so in
+    its registrations (they send it none). An edge node left at the default takes
+    ``EDGE_MAX_TOKENS_PER_JOB``."""
     max_context: int = DEFAULT_MAX_CONTEXT
     """Context window the engine is loaded with (prompt + generated tokens); longer jobs are refused."""
     gpu_layers: int = 0
@@ -79,6 +83,10 @@ class NodeConfig:
     require_payment: bool = False
     """Coordinator: run only paid jobs (a HOLD from the client's identity); unpaid ones are refused with
     ``payment_required`` (spec/ledger.md §7)."""
+    admit_after_jobs: int = 0
+    """Coordinators of a network with a genesis file: co-sign, without asking the operator, the admission
+    of a candidate coordinator whose key earned at least this many verified jobs as a worker in our
+    ledger; 0: only candidates the operator approves (``opengrid node approve --coordinator``)."""
 
     def validated(self) -> NodeConfig:
         """Return a copy with ``auto`` resolved; raise ConfigError naming the bad value and the choices."""
@@ -98,6 +106,8 @@ class NodeConfig:
             raise ConfigError(f"network name {self.network!r} must be 1..64 characters")
         if self.max_tokens_per_job < 1:
             raise ConfigError(f"max_tokens_per_job must be >= 1, got {self.max_tokens_per_job}")
+        if self.admit_after_jobs < 0:
+            raise ConfigError(f"admit_after_jobs must be >= 0 (0: off), got {self.admit_after_jobs}")
         if self.max_context < 16:
             raise ConfigError(f"max_context must be >= 16 tokens, got {self.max_context}")
         parse_windows(self.work_hours)  # raises ConfigError naming the bad part
@@ -129,7 +139,10 @@ class NodeConfig:
                 "--listen /ip4/0.0.0.0/tcp/4001"
             )
         relay = self.relay if self.relay is not None else role == "coordinator"
-        return dataclasses.replace(self, role=role, relay=relay)
+        max_tokens = self.max_tokens_per_job
+        if role == "edge" and max_tokens == DEFAULT_MAX_TOKENS_PER_JOB:
+            max_tokens = EDGE_MAX_TOKENS_PER_JOB
+        return dataclasses.replace(self, role=role, relay=relay, max_tokens_per_job=max_tokens)
 
     @property
     def relays(self) -> tuple[str, ...]:

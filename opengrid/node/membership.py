@@ -15,18 +15,26 @@ over a minute in a 20-node grid. So after joining, and every ``3 * announce_s``,
 bootstrap node for its status and takes the peers it lists as hints (unsigned claims: they only say whom
 to try; registering with a coordinator authenticates it).
 
-Every node also runs the Kademlia DHT (``opengrid.net.discovery``): server mode when it listens on an
-address others can dial, client mode otherwise. It advertises provider records for its role (and
-``relay`` when it relays) and for each model it serves, by sha256 and by name; every ``_DHT_LOOKUP_BEATS``
-beats it looks up the providers of ``coordinator``. Those are hints like a bootstrap's list: gossip is the
-fast path, the DHT the path that needs no gossip mesh and no particular bootstrap node. A provider record
-never receives work by itself being found: a worker registers with the coordinator first (the health
-check), and a coordinator dispatches only to registered workers whose heartbeats are on time.
+Every node also runs the Kademlia DHT (``opengrid.net.discovery``): coordinators and relays (reachable,
+long-lived nodes) in server mode, workers in client mode, so routing tables hold a few stable servers
+and a worker opens no connection for the DHT's sake beyond the coordinators it talks to anyway. It
+advertises provider records for its role (and ``relay`` when it relays) and for each model it serves, by
+sha256 and by name; every ``_DHT_LOOKUP_BEATS`` beats it looks up the providers of ``coordinator``. Those
+are hints like a bootstrap's list: gossip is the fast path, the DHT the path that needs no gossip mesh
+and no particular bootstrap node. A provider record never receives work by itself being found: a worker
+registers with the coordinator first (the health check), and a coordinator dispatches only to
+registered workers whose heartbeats are on time.
+
+Reachability (``opengrid.net.reachability``): once joined and then every ``_REACHABILITY_BEATS`` beats,
+the node asks up to ``_CHECKERS`` peers it is connected to for a dial-back of its listen addresses on a
+fresh connection, draws a verdict (public / private / relayed / unknown), announces it, and says in the
+log what to do when peers cannot reach it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 
 import trio
@@ -37,7 +45,15 @@ from opengrid.net.announce import ModelAd
 from opengrid.net.discovery import Discovery, Provider, model_key, model_name_key, role_key
 from opengrid.net.gossip import Gossip
 from opengrid.net.host import Host
-from opengrid.wire.messages import NodeStatus, PeerSummary, StatusRequest
+from opengrid.net.reachability import MAX_DIAL_BACK_ADDRS, Reachability, ip_and_port, verdict
+from opengrid.wire.messages import (
+    DialBackReport,
+    DialBackRequest,
+    DialBackResult,
+    NodeStatus,
+    PeerSummary,
+    StatusRequest,
+)
 
 log = logging.getLogger("opengrid.node.membership")
 
@@ -50,9 +66,17 @@ costs a bounded registration attempt."""
 _DHT_LOOKUP_BEATS = 12
 """DHT rounds (provide, then look up coordinators) every this many beats (60 s at the default 5 s): the DHT
 is the slow path, and 50 nodes each querying ~20 peers every beat would cost more than gossip itself."""
+_DHT_EMPTY_RETRY_BEATS = 3
+"""With no DHT server connected yet (a worker that so far talks only to other workers), look again soon."""
+_DHT_REPROVIDE_ROUNDS = 10
+"""Provide again every this many rounds (records live 48 h; this reaches DHT servers that joined since)."""
 _DHT_ROUND_TIMEOUT_S = 20.0
 _PROVIDER_STALE_S = 3 * 60.0
 """A coordinator found in the DHT stays a hint this long after the last lookup that found it."""
+_REACHABILITY_BEATS = 60
+"""Dial-back checks every this many beats (5 min at the default 5 s), and once right after joining."""
+_CHECKERS = 3
+_CHECK_TIMEOUT_S = 10.0
 
 
 class Membership:
@@ -104,6 +128,11 @@ class Membership:
         """Coordinators found in the DHT: peer id -> (provider, when found)."""
         self.dht_rounds = 0
         """DHT rounds completed (provide + lookup); a round that fails is logged and retried next time."""
+        self.reachability: Reachability = "unknown"
+        self.dial_backs: dict[str, list[DialBackResult]] = {}
+        """The last dial-back report of each peer that checked us (peer id -> one result per address)."""
+        self.reachability_checked = trio.Event()
+        """Set after the first check that got a verdict (or found the node relayed-only)."""
 
     async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -111,6 +140,7 @@ class Membership:
             await nursery.start(self.gossip.run)
             nursery.start_soon(self._stay_joined)
             nursery.start_soon(self._dht_loop)
+            nursery.start_soon(self._reachability_loop)
             task_status.started(self)
 
     async def _stay_joined(self) -> None:
@@ -153,25 +183,29 @@ class Membership:
     async def _dht_loop(self) -> None:
         await self.joined.wait()
         while True:
+            pause = _DHT_EMPTY_RETRY_BEATS
             try:
                 with trio.fail_after(_DHT_ROUND_TIMEOUT_S):
-                    await self._dht_round()
-                self.dht_rounds += 1
+                    if await self._dht_round():
+                        self.dht_rounds += 1
+                        pause = _DHT_LOOKUP_BEATS
             except (OpenGridError, trio.TooSlowError) as exc:
-                log.info("DHT round failed (%s); gossip still works, retrying next round", exc or "timed out")
-            await trio.sleep(_DHT_LOOKUP_BEATS * self._announce_s)
+                log.info("DHT round failed (%s); gossip still works, retrying", str(exc) or "timed out")
+            await trio.sleep(pause * self._announce_s)
 
-    async def _dht_round(self) -> None:
-        """Fill the routing table from our connections, advertise what we provide, find coordinators."""
+    async def _dht_round(self) -> bool:
+        """Fill the routing table from our connections, advertise what we provide, find coordinators.
+        False when no DHT server is known yet (nothing was asked)."""
         discovery = self.discovery
         for peer in self._host.connected_peers():
             await discovery.add_peer(peer)
         if discovery.routing_table_size() == 0:
-            return  # alone, or only DHT clients around: nothing to ask yet
+            return False  # alone, or only DHT clients around: nothing to ask yet
         if self.dht_rounds == 0:
             await discovery.refresh()  # the library's own first refresh comes after 600 s (pitfall 8)
-        for key in self.provided:
-            await discovery.provide(key)
+        if self.dht_rounds % _DHT_REPROVIDE_ROUNDS == 0:
+            for key in self.provided:
+                await discovery.provide(key)
         now = trio.current_time()
         for provider in await discovery.find_providers(role_key(discovery.network, "coordinator")):
             if provider.addrs:
@@ -179,6 +213,58 @@ class Membership:
         for peer, (_, found) in list(self._from_dht.items()):
             if now - found > _PROVIDER_STALE_S:
                 del self._from_dht[peer]
+        return True
+
+    async def _reachability_loop(self) -> None:
+        await self.joined.wait()
+        while True:
+            await self.check_reachability()
+            await trio.sleep(_REACHABILITY_BEATS * self._announce_s)
+
+    async def check_reachability(self) -> Reachability:
+        """Ask up to ``_CHECKERS`` connected peers to dial our listen addresses back; announce the verdict."""
+        listen = [a for a in self._host.addrs() if ip_and_port(a)][:MAX_DIAL_BACK_ADDRS]
+        reports: dict[str, list[DialBackResult]] = {}
+        if listen:
+            checkers = self._host.connected_peers()
+            random.shuffle(checkers)
+
+            async def ask(peer: str) -> None:
+                try:
+                    with trio.fail_after(_CHECK_TIMEOUT_S):
+                        reply = await self._host.request(peer, DialBackRequest(addrs=listen))
+                except (OpenGridError, trio.TooSlowError) as exc:
+                    log.debug("dial-back check by %s failed: %s", peer, exc or "timed out")
+                    return
+                if isinstance(reply, DialBackReport) and len(reply.results) == len(listen):
+                    reports[peer] = list(reply.results)
+
+            async with trio.open_nursery() as nursery:
+                for peer in checkers[:_CHECKERS]:
+                    nursery.start_soon(ask, peer)
+        self.dial_backs = reports
+        found = verdict(listen, [reports[p] for p in sorted(reports)])
+        if found != self.reachability:
+            self._explain(found, reports)
+        self.reachability = found
+        self.gossip.update(reachability=found)
+        if found != "unknown":
+            self.reachability_checked.set()
+        return found
+
+    def _explain(self, found: Reachability, reports: dict[str, list[DialBackResult]]) -> None:
+        if found == "public":
+            reached = sorted({r.addr for rs in reports.values() for r in rs if r.reachable})
+            log.info("reachable: %d peer(s) dialled %s afresh", len(reports), ", ".join(reached))
+        elif found == "private":
+            reasons = sorted({f"{r.addr}: {r.reason}" for rs in reports.values() for r in rs})
+            log.warning(
+                "peers cannot dial this node (%s): forward the TCP port to this machine or open it in the "
+                "firewall, or start with --relay-via RELAY_ADDRESS to be reached through a relay",
+                "; ".join(reasons),
+            )
+        elif found == "relayed":
+            log.info("listening on no direct address: reachable through relays only")
 
     def coordinators_in_dht(self) -> list[str]:
         """Peer ids of the coordinators the last DHT lookups found (within ``_PROVIDER_STALE_S``)."""
@@ -218,6 +304,7 @@ class Membership:
                     tier=a.tier,
                     rtt_ms=None if rtt is None else round(rtt * 1000, 3),
                     software=a.software,
+                    reachability=a.reachability,
                 )
             )
         return summaries

@@ -75,7 +75,7 @@ from opengrid.engines import (
     write_tiny_gguf,
 )
 from opengrid.engines.base import Generation, ModelInfo, StreamingEngine
-from opengrid.engines.catalog import pick_model_for_memory
+from opengrid.engines.catalog import pick_model_for_memory, pinned_params
 from opengrid.engines.http import HttpEngine, ManagedServer
 from opengrid.errors import (
     ConfigError,
@@ -86,16 +86,20 @@ from opengrid.errors import (
     TransportError,
 )
 from opengrid.net.announce import ModelAd
-from opengrid.net.host import FrameStream, Host, derive_psk, open_host
+from opengrid.net.host import JOB_PROTOCOL, RUN_PROTOCOL, FrameStream, Host, derive_psk, open_host
 from opengrid.net.keys import public_key_of
+from opengrid.net.pool import StreamPool
+from opengrid.net.reachability import check_addresses
 from opengrid.net.relay import ReservationKeeper
 from opengrid.node import admission, ledger_sync
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.config import NodeConfig
+from opengrid.node.coordinator_admission import CoordinatorAdmission
 from opengrid.node.identity import load_or_create_seed
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
 from opengrid.node.membership import Membership
 from opengrid.node.probe import measure_tokens_per_s, probe_hardware, tier_of
+from opengrid.node.timing import TimingTrace
 from opengrid.node.trust import load_trusted, remember_trusted
 from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import LedgerStore, open_ledger
@@ -103,7 +107,10 @@ from opengrid.wire.codec import encode_frame
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
+    AdmitRequest,
     ControlRequest,
+    DialBackReport,
+    DialBackRequest,
     ErrorReply,
     GrantRequest,
     History,
@@ -161,16 +168,23 @@ class Node:
         coordinator_config: CoordinatorConfig | None = None,
         trace_frames: pathlib.Path | None = None,
         rng: random.Random | None = None,
+        trace_timing: pathlib.Path | None = None,
     ) -> None:
         """``rng``: the coordinator's random stream (worker choice); a fresh unseeded one by default.
-        Tests pass a seeded one to compare decisions with other drivers (tests/simulations)."""
+        Tests pass a seeded one to compare decisions with other drivers (tests/simulations).
+        ``trace_timing``: append the points each job passes to this file (opengrid/node/timing.py)."""
         self.config = config.validated()
         self._rng = rng if rng is not None else random.Random()
         self._api = api
         self._trace_path = trace_frames
         self._trace_file: BinaryIO | None = None
+        self._timing_path = trace_timing
+        self.timing = TimingTrace(None)
+        """Where this node's jobs spend their time (``--trace-timing``); records nothing by default."""
         self._coordinator_config = coordinator_config or CoordinatorConfig(
-            heartbeat_s=self.config.heartbeat_s, require_payment=self.config.require_payment
+            heartbeat_s=self.config.heartbeat_s,
+            require_payment=self.config.require_payment,
+            model_params=pinned_params(),
         )
         self.api_urls: list[str] = []
         self._engine = engine
@@ -185,6 +199,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._jobs: dict[bytes, _PendingJob] = {}
         self._replicas: dict[tuple[bytes, str], trio.CancelScope] = {}
+        self._runs: StreamPool | None = None
+        """Coordinators: idle run-channel streams to workers, reused by later replicas."""
         self._timer_changed = trio.Event()
         self._engine_limiter = trio.CapacityLimiter(1)
         self._server: ManagedServer | None = None
@@ -201,6 +217,8 @@ class Node:
         self._coordinators: dict[str, str] = {}
         """Workers: coordinators we are registered with, peer id -> the address we reached it at."""
         self._not_coordinators: set[str] = set()
+        self.admission: CoordinatorAdmission | None = None
+        """Coordinators of a network with a genesis file: admission of new coordinators, ours included."""
         self.membership: Membership | None = None
         self.tier = ""
         """Set at start from the hardware probe and the measured speed (opengrid/node/probe.py)."""
@@ -227,11 +245,18 @@ class Node:
         config = self.config
         if self._trace_path is not None:
             self._trace_file = self._trace_path.open("ab")
-        minters = load_trusted(config.data_dir)
-        if config.role == "coordinator":
-            minters.append(self.public_key)
+        if self._timing_path is not None:
+            self.timing = TimingTrace(self._timing_path)
         genesis = _load_genesis(config)
-        self.ledger, self._store = open_ledger(config.data_dir, config.network, minters, genesis=genesis)
+        # A genesis that names coordinators fixes the set: genesis + ADMIT entries, the same on every node
+        # (spec/ledger.md §7); without one, a node trusts itself and the coordinators it registered with.
+        closed = genesis is not None and bool(genesis.coordinators)
+        minters = [] if closed else load_trusted(config.data_dir)
+        if config.role == "coordinator" and not closed:
+            minters.append(self.public_key)
+        self.ledger, self._store = open_ledger(
+            config.data_dir, config.network, minters, genesis=genesis, closed=closed
+        )
         try:
             if config.serves_models:
                 await self._start_worker()
@@ -239,7 +264,11 @@ class Node:
             psk = derive_psk(config.network, config.network_key) if config.network_key else None
             async with open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay)) as host:
                 self.host = host
+                self.timing.node = host.peer_id
+                self._runs = StreamPool(host, RUN_PROTOCOL, fallbacks=(JOB_PROTOCOL,))
                 host.set_handler(self._serve_stream)
+                if self.worker is not None:
+                    host.set_handler(self._serve_runs, RUN_PROTOCOL)
                 host.set_handler(self._serve_sync, SYNC_PROTOCOL)  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -259,6 +288,10 @@ class Node:
                         announce_s=config.announce_s,
                         bootstrap=config.bootstrap,
                         ledger_validator=self._valid_ledger_gossip,
+                        relay=bool(config.relay),
+                        # DHT servers: reachable, long-lived nodes (spec/discovery.md §4.6)
+                        dht_server=bool(config.listen)
+                        and (config.role == "coordinator" or bool(config.relay)),
                     )
                     await nursery.start(self.membership.run)
                     nursery.start_soon(self._ledger_gossip_loop)
@@ -268,8 +301,6 @@ class Node:
                             signing_key=self._key,
                             ledger=self.ledger,
                             rng=self._rng,
-                        relay=bool(config.relay),
-                        dht_server=bool(config.listen),  # a node nobody can dial is a DHT client
                             config=self._coordinator_config,
                         )
                         self._job_store = JobStore(config.data_dir / JOBS_FILE)
@@ -279,6 +310,7 @@ class Node:
                             self._execute(self.coordinator.resume(saved, trio.current_time()))
                         nursery.start_soon(self._timer_loop)
                         nursery.start_soon(self._peer_sync_loop)
+                        self._start_admission(nursery)
                     if self.worker is not None:
                         nursery.start_soon(self._register_loop)
                         nursery.start_soon(self._sync_loop)
@@ -306,6 +338,7 @@ class Node:
                 await trio.to_thread.run_sync(self._server.stop)
             if self._trace_file is not None:
                 self._trace_file.close()
+            self.timing.close()
             if self._job_store is not None:
                 self._job_store.close()
             self._store.close()
@@ -331,6 +364,7 @@ class Node:
             chat_template=template.template if template else "",
             bos_token=template.bos_token if template else "",
             eos_token=template.eos_token if template else "",
+            n_params=int(getattr(self._engine, "n_params", 0)),  # prices its tokens (spec/ledger.md §7)
         )
         self.worker = WorkerLogic(
             network=self.config.network,
@@ -430,15 +464,51 @@ class Node:
             await self._serve_job(stream, message)
             return
         if isinstance(message, RunJob) and self.worker is not None and not self.paused:
-            self._replying += 1  # until the result is sent: a draining node must not stop before that
-            try:
-                await stream.send(await self._on_run(message, stream))
-            finally:
-                self._replying -= 1
+            await self._serve_run(stream, message)
+            return
+        if isinstance(message, DialBackRequest):  # needs the requester's IP (anti-amplification)
+            private = self.config.network_key is not None
+            results = await check_addresses(message.addrs, stream.remote_ip, private_network=private)
+            await stream.send(DialBackReport(results=results))
             return
         reply = await self._answer(stream.peer, message, _operator_of(stream.remote_ip))
         if reply is not None:
             await stream.send(reply)
+
+    async def _serve_runs(self, stream: FrameStream) -> None:
+        """A coordinator's run channel (``RUN_PROTOCOL``): RunJob exchanges one after another on one
+        stream, each answered as on its own stream, until the coordinator ends it (spec/job-protocol.md
+        §6.4). The coordinator sends the next RunJob only after reading the last one's final frame, so a
+        frame or an end of stream while a job runs still means the coordinator left it."""
+        while True:
+            try:
+                message = await stream.receive_next()
+            except RemoteProtocolError as exc:
+                log.info("refused a bad frame on a run channel: %s", exc)
+                await _try_send(stream, ErrorReply("malformed", str(exc)))
+                return
+            if message is None:
+                return
+            self._trace(stream.peer, message)
+            if not isinstance(message, RunJob):
+                kind = type(message).__name__
+                await stream.send(ErrorReply("malformed", f"{RUN_PROTOCOL} carries RunJob only, not {kind}"))
+                return
+            await self._serve_run(stream, message)
+
+    async def _serve_run(self, stream: FrameStream, message: RunJob) -> None:
+        """Run one replica and send its result (or a refusal, e.g. ``busy`` while paused)."""
+        self.timing.mark("received", message.job_id, stream.peer)
+        if self.paused:
+            reply = await self._answer(stream.peer, message)
+            assert reply is not None
+            await stream.send(reply)
+            return
+        self._replying += 1  # until the result is sent: a draining node must not stop before that
+        try:
+            await stream.send(await self._on_run(message, stream))
+        finally:
+            self._replying -= 1
 
     def _trace(self, peer: str, message: Message) -> None:
         """Append a received message to the trace file (``--trace-frames``): an audit of what we saw."""
@@ -494,6 +564,10 @@ class Node:
                 return self._on_control(message)
             case QuoteRequest() if self.coordinator is not None and not self.paused:
                 return self._on_quote(message)
+            case AdmitRequest() if self.admission is not None:
+                return self.admission.vote(message)
+            case QuoteRequest() | GrantRequest() if self.admission is not None and self.admission.candidate:
+                return ErrorReply("busy", f"this node takes no work now ({self.pause_reason}); try later")
             case GrantRequest() if self.coordinator is not None:
                 return self._on_grant_request(peer, message, operator)
             case SubmitJob() | RunJob() if self.paused:
@@ -529,6 +603,7 @@ class Node:
             workers=[
                 QuotedWorker(peer_id=c.peer, public_key=c.key, box_key=box_public_key(c.key)) for c in chosen
             ],
+            weight=self.coordinator.class_weight(chosen[0].contract),
         )
 
     def _on_grant_request(self, peer: str, message: GrantRequest, operator: str) -> Message:
@@ -602,6 +677,8 @@ class Node:
                 operator=operator,
                 rtt_s=self._rtt.get(peer, 0.0),
                 slots=message.slots,
+                probed_tokens_per_s=message.tokens_per_s,
+                max_job_tokens=message.max_job_tokens,
             )
         )
         if not known:
@@ -669,6 +746,15 @@ class Node:
             format=format,
         )
         if self.coordinator is not None:
+            # Paid from this node's own account when it can be (spec/ledger.md §7); nothing between here
+            # and the submission yields, so the HOLD stays the next link of our chain.
+            paid = self.coordinator.pay_own_job(job)
+            if isinstance(paid, str):
+                if self.coordinator.config.require_payment:
+                    return ErrorReply("payment_required", paid, job.job_id)
+                log.info("API job %s runs unpaid: %s", job.job_id.hex()[:8], paid)
+            else:
+                job = paid
             return await self._submit_local(self.host.peer_id, job)
         address = self._coordinators.get(self._coordinator_peer)
         if address is None:
@@ -768,14 +854,25 @@ class Node:
     ) -> Message:
         assert self.worker is not None
         started = trio.current_time()
+        engine_started: list[float] = []  # time.monotonic() when the engine's thread took the job
+
+        def timed(generate: Callable[..., Generation]) -> Callable[..., Generation]:
+            def in_engine_thread(*args: object) -> Generation:
+                engine_started.append(time.monotonic())
+                return generate(*args)
+
+            return in_engine_thread if self.timing.enabled else generate
+
         try:
             if stream is not None and isinstance(engine, StreamingEngine):
                 # Never stream a sealed job: the previews would show the coordinator the plaintext.
                 previews = run.stream and not run.sealed_prompt
-                generation = await self._generate_watched(engine, request, run.job_id, stream, previews)
+                generation = await self._generate_watched(
+                    engine, request, run.job_id, stream, previews, timed=timed
+                )
             else:
                 generation = await trio.to_thread.run_sync(
-                    engine.generate, request, limiter=self._engine_limiter
+                    timed(engine.generate), request, limiter=self._engine_limiter
                 )
         except _JobAbandoned:
             log.info("job %s abandoned by the coordinator: stopped generating", run.job_id.hex()[:8])
@@ -783,6 +880,11 @@ class Node:
         except EngineError as exc:
             log.warning("job %s failed in the engine: %s", run.job_id.hex()[:8], exc)
             return ErrorReply("engine_error", str(exc), run.job_id)
+        finally:
+            if engine_started:  # marked here, not in the engine's thread: the trace is not thread-safe
+                peer = stream.peer if stream is not None else ""
+                self.timing.mark("engine_start", run.job_id, peer, t=engine_started[0])
+                self.timing.mark("engine_end", run.job_id, peer)
         self.jobs_run += 1
         self._tokens_out += len(generation.tokens)
         self._busy_s += trio.current_time() - started
@@ -811,6 +913,8 @@ class Node:
         job_id: bytes,
         stream: FrameStream,
         previews: bool,
+        *,
+        timed: Callable[[Callable[..., Generation]], Callable[..., Generation]] = lambda f: f,
     ) -> Generation:
         """Run the engine in a thread; send its text as ReplicaProgress frames if ``previews``; stop it
         as soon as the coordinator abandons the job (its stream ends: the job was settled or cancelled)."""
@@ -844,7 +948,7 @@ class Node:
             nursery.start_soon(watch_coordinator)
             try:  # errors are kept, not raised here: raising inside a nursery wraps them in a group
                 generation = await trio.to_thread.run_sync(
-                    engine.generate_streaming, request, on_text, limiter=self._engine_limiter
+                    timed(engine.generate_streaming), request, on_text, limiter=self._engine_limiter
                 )
             except EngineError as exc:
                 failure = exc
@@ -1014,6 +1118,36 @@ class Node:
                     attempted &= minting_coordinators()
                     await gossip.changed.wait()
 
+    def _start_admission(self, nursery: trio.Nursery) -> None:
+        """Coordinators of a network whose genesis fixes the coordinator set: vote on candidates, and
+        seek our own admission while we are one (opengrid/node/coordinator_admission.py)."""
+        assert self.ledger is not None and self.host is not None and self.membership is not None
+        if not self.ledger.closed:
+            return
+        host, gossip, store = self.host, self.membership.gossip, self._store
+        assert store is not None
+
+        def coordinators() -> list[tuple[str, bytes]]:
+            online = gossip.directory.online(trio.current_time(), role="coordinator")
+            return [(a.peer_id, a.public_key) for a in online if a.peer_id != host.peer_id]
+
+        def append(applied: list[Entry], entry: Entry) -> None:
+            store.append_many(applied)
+            nursery.start_soon(self._publish_entry, entry)
+
+        self.admission = CoordinatorAdmission(
+            network=self.config.network,
+            signing_key=self._key,
+            ledger=self.ledger,
+            data_dir=self.config.data_dir,
+            request=host.request,
+            coordinators=coordinators,
+            append=append,
+            period_s=2 * self.config.heartbeat_s,
+            auto_min_jobs=self.config.admit_after_jobs,
+        )
+        nursery.start_soon(self.admission.run)
+
     def _on_receipts(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.worker is not None and self._store is not None
         self._sync_wanted.set()  # pull what the notice cannot carry (e.g. a paying client's HOLD)
@@ -1046,6 +1180,7 @@ class Node:
         for effect in effects:
             match effect:
                 case DispatchReplica(peer=peer, run=run):
+                    self.timing.mark("dispatch", run.job_id, peer)
                     scope = trio.CancelScope()
                     self._replicas[(run.job_id, peer)] = scope
                     self._nursery.start_soon(self._run_replica, peer, run, scope)
@@ -1114,27 +1249,52 @@ class Node:
             self._feed(event)
 
     async def _exchange_replica(self, peer: str, run: RunJob) -> Message:
-        """Send ``run`` to ``peer``; for streaming jobs pass its preview frames on; return its final reply."""
-        assert self.host is not None
+        """Send ``run`` to ``peer``; for streaming jobs pass its preview frames on; return its final reply.
+
+        The exchange runs on the worker's run channel (``RUN_PROTOCOL``, a pooled stream that earlier
+        replicas used) when one is idle. A reused stream that turns out dead before the worker said
+        anything (it closed while idle) is replaced once by a fresh one, if the connection is still up;
+        without a connection the worker is gone and the replica fails at once, as it always did.
+        """
+        assert self.host is not None and self._runs is not None
         pending = self._jobs.get(run.job_id)
-        if pending is None or pending.progress is None:
-            reply = await self.host.request(peer, run)
-            self._trace(peer, reply)
-            return reply
-        stream = await self.host.open_stream(peer)
-        try:
-            await stream.send(msgspec.structs.replace(run, stream=True))
-            for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
-                reply = await stream.receive()
-                self._trace(peer, reply)
-                if not isinstance(reply, ReplicaProgress):
-                    return reply
-                if reply.job_id == run.job_id and pending.streamer in (None, peer):
-                    pending.streamer = peer
-                    pending.progress(reply.text)
-            raise RemoteProtocolError("more progress frames than tokens", peer=peer)
-        finally:
-            await stream.aclose()
+        message = (
+            run if pending is None or pending.progress is None else msgspec.structs.replace(run, stream=True)
+        )
+        while True:
+            stream, reused = await self._runs.take(peer)
+            self.timing.mark("stream_ready", run.job_id, peer)
+            heard = False
+            try:
+                await stream.send(message)
+                self.timing.mark("sent", run.job_id, peer)
+                for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
+                    reply = await stream.receive()
+                    heard = True
+                    self._trace(peer, reply)
+                    if not isinstance(reply, ReplicaProgress):
+                        self.timing.mark("reply", run.job_id, peer)
+                        if isinstance(reply, ReplicaResult | ErrorReply) and reply.job_id not in (
+                            run.job_id,
+                            b"",
+                        ):
+                            raise RemoteProtocolError("the answer is for another job", peer=peer)
+                        await self._runs.give_back(stream)
+                        return reply
+                    if pending is not None and pending.progress is not None:
+                        if reply.job_id == run.job_id and pending.streamer in (None, peer):
+                            pending.streamer = peer
+                            pending.progress(reply.text)
+                raise RemoteProtocolError("more progress frames than tokens", peer=peer)
+            except TransportError:
+                await self._runs.discard(stream)
+                if reused and not heard and self.host.is_connected(peer):
+                    log.debug("idle run stream to %s was dead; opening a fresh one", _short(peer))
+                    continue
+                raise
+            except BaseException:  # a protocol error, or the replica was cancelled: reset the stream
+                await self._runs.discard(stream)
+                raise
 
     async def _send_receipt(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.host is not None
@@ -1263,6 +1423,9 @@ class Node:
             listen_addrs=self.host.addrs(),
             models=list(self.worker.offers),
             software=f"opengrid/{opengrid.__version__}",
+            tokens_per_s=round(self.tokens_per_s, 3),
+            tier=self.tier,
+            max_job_tokens=self.config.max_tokens_per_job,
         )
         try:
             with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
@@ -1295,8 +1458,9 @@ class Node:
     @property
     def paused(self) -> bool:
         """True while the node takes no new work: paused by its owner, draining, or outside the owner's
-        availability policy (working hours, machine busy)."""
-        return self._owner_paused or not self._availability.work
+        availability policy (working hours, machine busy), or a coordinator not admitted yet."""
+        candidate = self.admission is not None and self.admission.candidate
+        return self._owner_paused or not self._availability.work or candidate
 
     async def _status_line_loop(self) -> None:
         """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""
@@ -1328,6 +1492,8 @@ class Node:
         """Why the node takes no work ("" when it does)."""
         if self._owner_paused:
             return "paused by its owner"
+        if self.admission is not None and self.admission.candidate:
+            return self.admission.why_no_jobs()
         return "" if self._availability.work else self._availability.reason
 
     async def _availability_loop(self, policy: Policy) -> None:
@@ -1389,6 +1555,8 @@ class Node:
             paused=self.paused,
             peers=self.membership.peers(self._rtt.get) if self.membership is not None else [],
             network=self.config.network,
+            candidate=self.admission is not None and self.admission.candidate,
+            reachability=self.membership.reachability if self.membership is not None else "unknown",
         )
 
     def history(self, account: bytes, limit: int) -> History:

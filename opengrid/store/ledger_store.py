@@ -199,12 +199,13 @@ def open_ledger(
     genesis: Genesis | None = None,
     verify: bool = False,
     read_only: bool = False,
+    closed: bool = False,
 ) -> tuple[LedgerState, LedgerStore]:
     """Open ``data_dir/ledger.sqlite3`` and replay every stored entry into a fresh LedgerState.
 
     Replay is trusted (fast) unless ``verify``. An entry that no longer validates (rules changed, minter
     removed, corrupt row) is logged and skipped: a node must always be able to start. ``read_only`` opens
-    an existing store without writing (the CLI, next to a running node).
+    an existing store without writing (the CLI, next to a running node). ``closed``: see LedgerState.
     """
     if not read_only:
         try:
@@ -212,12 +213,12 @@ def open_ledger(
         except OSError as exc:
             raise LedgerError(f"ledger store: cannot create data dir {data_dir}: {exc}") from exc
     store = LedgerStore(data_dir / LEDGER_FILE, read_only=read_only)
-    state = LedgerState(network, minters, genesis=genesis)
+    state = LedgerState(network, minters, genesis=genesis, closed=closed)
     try:
         skipped = replay(store, state, verify=verify)
     except TrustedReplayError as exc:
         log.warning("ledger %s: %s; replaying again with full verification", store.path, exc)
-        state = LedgerState(network, minters, genesis=genesis)
+        state = LedgerState(network, minters, genesis=genesis, closed=closed)
         skipped = replay(store, state, verify=True)
     for entry_id, why in skipped:
         log.warning("ledger %s: skipping stored entry %s: %s", store.path, entry_id.hex(), why)

@@ -43,9 +43,26 @@ PromptFormat = Literal["text", "chat"]
 template, which carries its own special tokens (tokenized without adding BOS, as llama.cpp does)."""
 
 
-def job_cost(max_tokens: int, replicas: int) -> int:
-    """Points a paid job must hold: the most its workers can be paid (one point per token per replica)."""
-    return max_tokens * replicas
+PARAMS_PER_POINT: Final = 1_000_000_000
+"""A model earns (and costs) one point per generated token per started billion parameters (spec/ledger.md
+§7): so a token's price follows the compute it takes."""
+MAX_WEIGHT: Final = 1000
+"""The most points one token can be worth (a 1000B model); bounds a job's price."""
+MAX_PARAMS: Final = 10**15
+"""The largest parameter count a worker may announce (``ModelOffer.n_params``)."""
+
+
+def model_weight(n_params: int) -> int:
+    """A model's weight: points per generated token, ``ceil(n_params / 1e9)``, at least 1 (a model of
+    unknown size, or a small one: the tiny test model and SmolLM2-135M weigh 1) and at most
+    ``MAX_WEIGHT``. A 7.24B model weighs 8."""
+    return min(MAX_WEIGHT, max(1, -(-n_params // PARAMS_PER_POINT)))
+
+
+def job_cost(max_tokens: int, replicas: int, weight: int = 1) -> int:
+    """Points a paid job must hold: the most its workers can be paid (``weight`` points per token per
+    replica; the weight is what the coordinator's ``Quote`` says, spec/ledger.md §7)."""
+    return max_tokens * replicas * weight
 
 
 ErrorCode = Literal[
@@ -59,6 +76,8 @@ ErrorCode = Literal[
     "internal",  # a bug on the answering side
     "payment_required",  # this coordinator runs only paid jobs (a HOLD from an identity)
     "grant_refused",  # no starting grant for this account: none on this network, or already claimed
+    "admission_pending",  # this coordinator's operator has not approved the candidate (yet): ask later
+    "admission_refused",  # no co-signature now (wrong epoch, already a coordinator, voted for another)
 ]
 
 
@@ -87,6 +106,9 @@ class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The model's Jinja chat template (from its GGUF), so API nodes can format chat requests."""
     bos_token: ShortText = ""
     eos_token: ShortText = ""
+    n_params: Annotated[int, msgspec.Meta(ge=0, le=MAX_PARAMS)] = 0
+    """Parameters in the model file, as the worker's engine counts them (0: unknown). Sets the model's
+    weight (``model_weight``) unless the coordinator's catalog pins it for this sha256."""
 
 
 class RegisterWorker(_Message, tag="register", frozen=True):
@@ -99,6 +121,13 @@ class RegisterWorker(_Message, tag="register", frozen=True):
     models: Annotated[list[ModelOffer], msgspec.Meta(min_length=1, max_length=MAX_MODELS_PER_WORKER)]
     slots: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     software: ShortText = ""
+    tokens_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.0
+    """Its speed measured at start-up on its first model (an unchecked claim: a prior for scheduling until
+    the coordinator measures verified results)."""
+    tier: ShortText = ""
+    """Platinum, Gold, Silver or Bronze, from its start-up probe (spec/discovery.md §5.2)."""
+    max_job_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """The longest job (``max_tokens``) it takes; 0: no limit. Edge nodes take short jobs only."""
 
 
 class Registered(_Message, tag="registered", frozen=True):
@@ -202,7 +231,8 @@ class JobAccepted(_Message, tag="accepted", frozen=True):
 
 
 class QuoteRequest(_Message, tag="quote_request", frozen=True):
-    """Client → coordinator, before a sealed job: which workers would run this, and with which keys?"""
+    """Client → coordinator, before a sealed or paid job: which workers would run this, with which keys,
+    and at what price?"""
 
     model: ShortText
     replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 2
@@ -220,10 +250,14 @@ class QuotedWorker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Quote(_Message, tag="quote", frozen=True):
-    """Coordinator → client: candidate workers for a sealed job, all of one numerical class."""
+    """Coordinator → client: candidate workers for a sealed job, all of one numerical class, and the price
+    of a token of this model (clients ask before every paid job, sealed or not)."""
 
     model: ShortText
     workers: Annotated[list[QuotedWorker], msgspec.Meta(max_length=MAX_EXPOSURE)]
+    weight: Annotated[int, msgspec.Meta(ge=1, le=MAX_WEIGHT)] = 1
+    """Points per generated token per replica for this model here: a paid job holds
+    ``job_cost(max_tokens, replicas, weight)``; each agreeing worker earns ``max(1, n_tokens) * weight``."""
 
 
 class ReceiptNotice(_Message, tag="receipt", frozen=True):
@@ -265,6 +299,9 @@ class PeerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rtt_ms: float | None = None
     """Round-trip time this node measured to it, when it did (coordinators measure their workers)."""
     software: str = ""
+    reachability: str = ""
+    """What the peer announced of its own reachability (spec/discovery.md §9): public, private, relayed,
+    unknown; empty from nodes that do not say."""
 
 
 class NodeStatus(_Message, tag="status", frozen=True):
@@ -286,6 +323,12 @@ class NodeStatus(_Message, tag="status", frozen=True):
     peers: list[PeerSummary] = []
     """Every peer this node has heard on gossip, online or not, sorted by peer id."""
     network: str = ""
+    candidate: bool = False
+    """A coordinator not (yet) in its network's coordinator set (genesis + ADMIT): it asks the others to
+    admit it and takes no jobs until then (spec/ledger.md §7.1)."""
+    reachability: str = ""
+    """Whether peers could dial this node on a fresh connection (spec/discovery.md §9): public, private,
+    relayed or unknown."""
 
 
 class HistoryRequest(_Message, tag="history_request", frozen=True):
@@ -347,6 +390,56 @@ class GrantVoucher(_Message, tag="grant_voucher", frozen=True):
     signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 
 
+class AdmitRequest(_Message, tag="admit_request", frozen=True):
+    """Candidate coordinator → minting coordinator: co-sign my admission at ``epoch`` (spec/ledger.md §7.1).
+
+    Signed by the candidate's key over ``admit_request_signing_bytes`` (opengrid/wire/admit.py) with the
+    addressee's key in it, so only the candidate can ask, and a request is good for one coordinator."""
+
+    network: ShortText
+    epoch: Annotated[int, msgspec.Meta(ge=0, le=2**32)]
+    """The admission epoch: the number of ADMIT entries applied in the candidate's ledger."""
+    candidate: KeyBytes
+    issued_at_ms: int
+    """Unix ms by the candidate's clock; refused if further than ``MAX_CLOCK_SKEW_MS`` from the voter's."""
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+class AdmitVote(_Message, tag="admit_vote", frozen=True):
+    """Minting coordinator → candidate: its co-signature over ``admit_signing_bytes(network, epoch,
+    candidate)``, which the candidate puts in its ADMIT entry once 2/3 of the set signed. A refusal is an
+    ErrorReply (``admission_pending``, ``admission_refused``) saying what to do."""
+
+    epoch: Annotated[int, msgspec.Meta(ge=0, le=2**32)]
+    candidate: KeyBytes
+    signer: KeyBytes
+    """The voter's key (a minter)."""
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+class DialBackRequest(_Message, tag="dial_back", frozen=True):
+    """Anyone → node: open a fresh connection to each of these addresses of mine and say whether a libp2p
+    listener answered (spec/discovery.md §9). Only addresses at the IP the request came from are dialled."""
+
+    addrs: Annotated[list[ShortText], msgspec.Meta(max_length=8)]
+
+
+class DialBackResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One address of a dial-back: reached or not, and why in words (``connection failed: ...``)."""
+
+    addr: ShortText
+    reachable: bool
+    reason: ShortText = ""
+    dialled: bool = True
+    """False when the checker refused to dial it (not at the request's IP, relayed request, not TCP)."""
+
+
+class DialBackReport(_Message, tag="dial_back_report", frozen=True):
+    """Node → requester: one result per address asked, in the order asked."""
+
+    results: Annotated[list[DialBackResult], msgspec.Meta(max_length=8)]
+
+
 Message = (
     RegisterWorker
     | Registered
@@ -367,4 +460,8 @@ Message = (
     | ErrorReply
     | GrantRequest
     | GrantVoucher
+    | AdmitRequest
+    | AdmitVote
+    | DialBackRequest
+    | DialBackReport
 )

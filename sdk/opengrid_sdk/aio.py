@@ -97,6 +97,12 @@ class AsyncClient:
         """See ``Client.claim_grant``."""
         return await asyncio.to_thread(self._client.claim_grant)
 
+    async def price(self, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2) -> int:
+        """See ``Client.price``: the points a paid job of this shape holds."""
+        return await asyncio.to_thread(
+            lambda: self._client.price(model=model, max_tokens=max_tokens, replicas=replicas)
+        )
+
     async def status(self, address: str | None = None) -> NodeStatus:
         return await asyncio.to_thread(self._client.status, address)
 

@@ -244,10 +244,25 @@ class Client:
 
     def find_coordinators(self) -> list[str]:
         """Addresses of the coordinators that advertise themselves in the network's DHT (provider records
-        of ``role:coordinator``), looked up through the bootstrap nodes; unchecked hints, peer id order."""
-        return self._call(self._coordinators_in_dht)
+        of ``role:coordinator``); unchecked hints, in peer id order. The lookup enters the DHT through the
+        bootstrap nodes that serve it (coordinators, relays) and the servers they list."""
 
-    async def _coordinators_in_dht(self) -> list[str]:
+        async def lookup() -> list[str]:
+            entries: list[str] = []
+            for address in self.bootstrap:
+                try:
+                    _, status = await self._request(address, StatusRequest())
+                except OpenGridError:
+                    continue
+                if isinstance(status, NodeStatus):
+                    entries += _dht_servers(status)
+            return await self._coordinators_in_dht(entries)
+
+        return self._call(lookup)
+
+    async def _coordinators_in_dht(self, entries: Sequence[str] = ()) -> list[str]:
+        """Look ``role:coordinator`` up, entering the DHT through the bootstrap nodes and ``entries``
+        (DHT servers a bootstrap node listed: workers are DHT clients, they answer no lookup)."""
         assert self._host is not None and self._nursery is not None
         if self._discovery is None:
             # Client mode: we ask, we never answer or store; the key would only sign values we never put.
@@ -256,7 +271,7 @@ class Client:
             )
             await self._nursery.start(discovery.run)
             self._discovery = discovery
-        for address in self.bootstrap:
+        for address in dict.fromkeys([*self.bootstrap, *entries]):
             try:
                 await self._discovery.add_peer(await self._host.connect(address))
             except OpenGridError:
@@ -267,6 +282,7 @@ class Client:
     async def _find_coordinator(self) -> str:
         problems = []
         gossiped: list[str] = []
+        entries: list[str] = []
         for address in self.bootstrap:
             try:
                 _, status = await self._request(address, StatusRequest())
@@ -280,11 +296,12 @@ class Client:
                 return address
             known = [p.addrs[0] for p in status.peers if p.online and "coordinator" in p.roles and p.addrs]
             gossiped += known
+            entries += _dht_servers(status)
             if not known:
                 problems.append(f"{address}: a {status.role} that knows no coordinator yet")
         # A provider record is a claim: ask the peer itself before sending it a job (health check).
         try:
-            in_dht = await self._coordinators_in_dht()
+            in_dht = await self._coordinators_in_dht(entries)
         except OpenGridError as exc:
             in_dht = []
             problems.append(f"DHT lookup: {exc}")
@@ -420,7 +437,7 @@ class Client:
         peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
         job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
         job = dataclasses.replace(
-            job, request=self._paid(msgspec.structs.replace(job.request, priority=priority))
+            job, request=self._paid(msgspec.structs.replace(job.request, priority=priority), quote.weight)
         )
         peer, reply = self._to_coordinator(job.request)
         if peer != coordinator:
@@ -484,13 +501,33 @@ class Client:
         )
         return sign_entry(self._payer, body)
 
-    def _paid(self, request: SubmitJob) -> SubmitJob:
-        """Attach a signed HOLD of the job's cost, as the next entry of our ledger chain; for a new account
-        with too few points, first the starting grant (claimed now if it was not yet)."""
+    def price(self, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2) -> int:
+        """Points a paid job of this shape holds, as the coordinator prices it (its ``Quote``): ``max_tokens
+        x replicas x`` the model's points per token (one per started billion parameters, spec/ledger.md
+        §7). Each agreeing worker is paid ``max(1, tokens generated) x`` points per token out of the hold;
+        the rest comes back."""
+        return job_cost(max_tokens, replicas, self._weight(model, replicas))
+
+    def _weight(self, model: str, replicas: int) -> int:
+        """Points per token of ``model`` on our coordinator (its ``Quote``)."""
+        request = QuoteRequest(model=model, replicas=replicas, exposure=min(replicas, MAX_EXPOSURE))
+        _, quote = self._to_coordinator(request)
+        if isinstance(quote, ErrorReply):
+            raise _ERRORS.get(quote.code, JobError)(quote.message)
+        if not isinstance(quote, Quote):
+            raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
+        return quote.weight
+
+    def _paid(self, request: SubmitJob, weight: int | None = None) -> SubmitJob:
+        """Attach a signed HOLD of the job's cost (``weight``: the model's points per token, asked for in a
+        Quote when not given), as the next entry of our ledger chain; for a new account with too few
+        points, first the starting grant (claimed now if it was not yet)."""
         if self._payer is None:
             return request
         coordinator = public_key_of(self.coordinator().rsplit("/p2p/", 1)[-1])
-        cost = job_cost(request.max_tokens, request.replicas)
+        if weight is None:
+            weight = self._weight(request.model, request.replicas)
+        cost = job_cost(request.max_tokens, request.replicas, weight)
         head = self._chain_head()
         grant = b""
         if head is not None:
@@ -540,9 +577,17 @@ class Client:
 
         The ``str`` items are an UNVERIFIED preview from one worker; the last item is the verified
         ``Completion``, whose text is the truth (it differs from the preview if that worker cheated).
-        Streaming runs in open mode: previews pass through the coordinator in plaintext.
+        Streaming runs in open mode: previews pass through the coordinator in plaintext. With an identity
+        the job is paid like ``complete``'s (HOLD, then SETTLE or REFUND).
         """
-        request = _job(prompt, model, max_tokens, replicas, stream=True)
+        if self._payer is None:
+            yield from self._stream(prompt, model, max_tokens, replicas)
+            return
+        with self._paying:  # until the job is over: its HOLD is the next link of our chain
+            yield from self._stream(prompt, model, max_tokens, replicas)
+
+    def _stream(self, prompt: str, model: str, max_tokens: int, replicas: int) -> Iterator[str | Completion]:
+        request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True))
         items: queue.Queue[str | tuple[str, Message] | BaseException] = queue.Queue()
         address = self.coordinator()
 
@@ -613,3 +658,10 @@ class Client:
             coordinator=peer,
             sealed=sealed is not None,
         )
+
+
+def _dht_servers(status: NodeStatus) -> list[str]:
+    """Addresses of the DHT servers a node lists: its online coordinators and relays (spec/discovery.md
+    §4.6); workers run the DHT as clients."""
+    roles = {"coordinator", "relay"}
+    return [p.addrs[0] for p in status.peers if p.online and roles & set(p.roles) and p.addrs]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from opengrid.cli import doctor
+from opengrid.wire.messages import DialBackResult
 from tests.e2e.test_node_cli import wait_for_line
 
 
@@ -179,6 +180,31 @@ def test_a_bootstrap_on_another_network_fails_and_names_it(
     check = _check(report, "bootstrap ")
     assert check.status == "fail" and "'opengrid-local'" in check.detail
     assert "--network opengrid-local" in check.fix
+
+
+@pytest.mark.slow
+def test_the_bootstrap_dials_a_listener_back_on_a_fresh_connection(
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    report = _diagnose(tmp_path, "--data-dir", str(tmp_path / "w"), "--bootstrap", coordinator[0])
+    check = _check(report, "reachability")
+    assert check.status == "ok", check
+    assert f"{coordinator[0]} dialled a test listener's /ip4/127.0.0.1/tcp/" in check.detail
+
+
+def test_an_unreachable_node_is_told_which_port_to_open_or_to_use_a_relay() -> None:
+    checker = "/ip4/127.0.0.1/tcp/4002/p2p/12D3KooWExample"
+    failed = DialBackResult("/ip4/192.168.1.5/tcp/4001", False, "connection failed: Connection refused")
+    check = doctor.reachability_check(
+        ["/ip4/0.0.0.0/tcp/4001"], doctor.DialBack(checker, "the running node's", [failed])
+    )
+    assert check.status == "fail" and "Connection refused" in check.detail
+    assert "TCP port 4001" in check.fix and "--relay-via" in check.fix
+    refused = DialBackResult("/ip4/192.168.1.5/tcp/4001", False, "not dialled: came through a relay", False)
+    check = doctor.reachability_check(["/ip4/0.0.0.0/tcp/4001"], doctor.DialBack(checker, "x", [refused]))
+    assert check.status == "warn" and "would not dial" in check.detail
+    assert doctor.reachability_check([], None).status == "ok"
+    assert doctor.reachability_check(["/ip4/0.0.0.0/tcp/4001"], None).status == "warn"
 
 
 def test_a_stale_node_json_is_not_a_running_node(tmp_path: pathlib.Path) -> None:

@@ -6,7 +6,9 @@ Real nodes in one process on 127.0.0.1 (libp2p hosts, gossipsub, llama.cpp on th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -236,4 +238,40 @@ async def test_nodes_advertise_roles_and_models_in_the_dht_and_find_coordinators
         found, chosen = await trio.to_thread.run_sync(client_lookup)
         assert [a.rsplit("/p2p/", 1)[1] for a in found] == coordinators
         assert chosen in found
+        nursery.cancel_scope.cancel()
+
+
+async def test_nodes_learn_whether_peers_can_dial_them_and_say_what_to_do_when_not(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trio.open_nursery() as nursery:
+        coordinator = Node(fast(tmp_path / "c", "coordinator"))
+        await nursery.start(coordinator.run)
+        config = fast(tmp_path / "w", "worker", bootstrap=coordinator)
+        worker = Node(config, engine=tiny_engine(tiny_model_path))
+        await nursery.start(worker.run)
+        membership = worker.membership
+        assert membership is not None and worker.host is not None
+        with trio.fail_after(20):
+            await membership.reachability_checked.wait()
+        assert membership.reachability == "public" and worker.status().reachability == "public"
+        [report] = membership.dial_backs.values()
+        assert [r.reachable for r in report] == [True]
+        # what the coordinator hears on gossip: the worker's own verdict
+        me = worker.host.peer_id
+
+        def heard() -> str | None:
+            return {p.peer_id: p.reachability for p in coordinator.status().peers}.get(me)
+
+        await until(lambda: heard() == "public", 10)
+
+        # Behind a NAT the address a node listens on is not the one peers can reach: simulate it with a
+        # listen address on a closed port; the node must find out and say what to change.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = f"/ip4/127.0.0.1/tcp/{s.getsockname()[1]}/p2p/{me}"
+        worker.host.addrs = lambda: [closed]  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="opengrid.node.membership"):
+            assert await membership.check_reachability() == "private"
+        assert "--relay-via" in caplog.text and "connection failed" in caplog.text
         nursery.cancel_scope.cancel()

@@ -6,7 +6,12 @@ import typing
 
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
+    AdmitRequest,
+    AdmitVote,
     ControlRequest,
+    DialBackReport,
+    DialBackRequest,
+    DialBackResult,
     ErrorReply,
     GrantRequest,
     GrantVoucher,
@@ -106,6 +111,7 @@ def sample_messages() -> list[Message]:
                 )
             ],
             network="opengrid-local",
+            candidate=True,
         ),
         HistoryRequest(account=b"\x05" * 32, limit=10),
         History(entries=[b"entry-1", b"entry-2"]),
@@ -118,6 +124,21 @@ def sample_messages() -> list[Message]:
         ErrorReply(code="no_capacity", message="only 1 worker(s) serve it; lower replicas", job_id=JOB),
         GrantRequest(account=b"\x09" * 32, issued_at_ms=1_700_000_000_000, signature=b"\x0a" * 64),
         GrantVoucher(account=b"\x09" * 32, points=100, signer=b"\x02" * 32, signature=b"\x0b" * 64),
+        AdmitRequest(
+            network="opengrid-local",
+            epoch=0,
+            candidate=b"\x0c" * 32,
+            issued_at_ms=1_700_000_000_000,
+            signature=b"\x0d" * 64,
+        ),
+        AdmitVote(epoch=0, candidate=b"\x0c" * 32, signer=b"\x02" * 32, signature=b"\x0e" * 64),
+        DialBackRequest(addrs=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWpeer"]),
+        DialBackReport(
+            results=[
+                DialBackResult("/ip4/127.0.0.1/tcp/4001", True, "a libp2p listener answered"),
+                DialBackResult("/ip4/10.0.0.2/tcp/4001", False, "not dialled: another IP", False),
+            ]
+        ),
     ]
 
 
