@@ -551,6 +551,16 @@ class Client:
         hold = encode_entry(sign_entry(self._payer, body))
         return msgspec.structs.replace(request, hold=hold, grant=grant)
 
+    def _held_weight(self, request: SubmitJob) -> int | None:
+        """The points per token our HOLD paid for (its amount is ``max_tokens x replicas x weight``);
+        None for an unpaid job."""
+        if not request.hold:
+            return None
+        payload = open_entry(decode_entry(request.hold), self.network).payload
+        if not isinstance(payload, Hold):
+            return None
+        return payload.amount // (request.max_tokens * request.replicas)
+
     def _chain_head(self) -> tuple[int, bytes] | None:
         """Our latest ledger entry, as the coordinator holds it (seq, id); None before our first."""
         assert self._payer is not None
@@ -645,7 +655,13 @@ class Client:
         if sealed is not None:
             output = open_answer(sealed, reply, receipt.receipt.output_commitment)
             tokens, text, finish_reason = output.tokens, output.text, output.finish_reason
-        receipt.verify(tokens=tokens, text=text, job_id=job_id, coordinator_key=public_key_of(peer))
+        receipt.verify(
+            tokens=tokens,
+            text=text,
+            job_id=job_id,
+            coordinator_key=public_key_of(peer),
+            weight=self._held_weight(request),
+        )
         return Completion(
             job_id=job_id,
             text=text,

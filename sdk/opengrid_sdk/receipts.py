@@ -99,12 +99,15 @@ class SignedReceipt:
         job_id: bytes | None = None,
         coordinator_key: bytes | None = None,
         salt: bytes | None = None,
+        weight: int | None = None,
     ) -> None:
         """Raise ``VerificationError`` unless the receipt is authentic and matches this output.
 
         Checks: the coordinator's signature over the exact bytes; the expected coordinator (when given);
         the job id (when given); the commitment equals ``commit_output(tokens, text, salt)`` (``salt``:
-        the sealed-mode job's secret salt); every credited worker has a valid attestation to it.
+        the sealed-mode job's secret salt); every credited worker has a valid attestation to it; no
+        worker is credited more than ``max(1, tokens) x`` the receipt's weight (spec/ledger.md §7); the
+        weight is the one the client paid for (``weight``: from its quote, when given).
         """
         author, receipt = self._open()
         if coordinator_key is not None and author != coordinator_key:
@@ -129,3 +132,13 @@ class SignedReceipt:
             attested.add(attestation.worker)
         if not receipt.credits or any(c.account not in attested for c in receipt.credits):
             raise VerificationError("a credited worker has no attestation in the receipt")
+        if weight is not None and receipt.weight != weight:
+            raise VerificationError(
+                f"the receipt prices a token at {receipt.weight} point(s); the coordinator quoted {weight}"
+            )
+        most = max(1, receipt.n_tokens) * receipt.weight
+        if any(c.points > most for c in receipt.credits):
+            raise VerificationError(
+                f"the receipt credits a worker more than {most} points ({receipt.n_tokens} token(s) x "
+                f"{receipt.weight}): it mints points no job earned"
+            )

@@ -178,3 +178,34 @@ def test_a_coordinator_on_a_network_without_grant_cannot_pay_its_own_job() -> No
     assert isinstance(refusal, str) and "has 0 points" in refusal and "no starting grant" in refusal
     unserved = msgspec.structs.replace(request, model="nobody-serves-this")
     assert grid.coordinator.pay_own_job(unserved) == unserved  # refused later, as unknown_model
+
+
+def test_the_sdk_checks_a_receipt_mints_no_more_than_tokens_times_the_weight_it_paid_for() -> None:
+    from opengrid_sdk.receipts import SignedReceipt
+
+    from opengrid.errors import VerificationError
+
+    grid = Grid(n=3, config=CoordinatorConfig.plain())
+    grid.register()
+    _announce(grid, {peer: SEVEN_B for peer in grid.workers})
+    reply = finished(grid.run_job(1, honest, replicas=2))
+    assert isinstance(reply, JobAccepted)
+    signed = SignedReceipt(entry=reply.receipt, network=grid.coordinator.network)
+    output = {"tokens": reply.tokens, "text": reply.text, "job_id": job_id(1)}
+    signed.verify(**output, weight=8)  # what the client's hold paid for
+    signed.verify(**output)  # unpaid: the receipt's own weight bounds the credits
+    with pytest.raises(VerificationError, match="quoted 1"):
+        signed.verify(**output, weight=1)
+
+    # A coordinator that mints more than tokens x weight is caught, even with valid signatures.
+    body = decode_body(decode_entry(reply.receipt).body)
+    receipt = body.payload
+    assert isinstance(receipt, Receipt)
+    inflated = msgspec.structs.replace(
+        receipt, credits=tuple(msgspec.structs.replace(c, points=c.points + 1) for c in receipt.credits)
+    )
+    forged = encode_entry(
+        sign_entry(signing_key("coordinator"), msgspec.structs.replace(body, payload=inflated))
+    )
+    with pytest.raises(VerificationError, match="mints points no job earned"):
+        SignedReceipt(entry=forged, network=grid.coordinator.network).verify(**output)
