@@ -1447,7 +1447,8 @@ class Node:
         self.worker.trust_coordinator(reply.coordinator_key)
         if peer not in self._coordinators:
             log.info("registered with coordinator %s", _short(peer))
-            remember_trusted(self.config.data_dir, reply.coordinator_key)
+            if self.ledger is not None and not self.ledger.closed:  # a genesis fixes the minters otherwise
+                remember_trusted(self.config.data_dir, reply.coordinator_key)
             self._sync_wanted.set()
         self._coordinators[peer] = address
         if not self._coordinator_peer or self._coordinator_peer not in self._coordinators:
