@@ -18,11 +18,11 @@ from opengrid_ledger.genesis import Genesis, encode_genesis
 from opengrid_sdk.client import Client, Completion
 
 from opengrid.core.coordinator import CoordinatorConfig
-from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import PaymentError
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import job_cost
+from tests.node.workers import start_workers
 
 NETWORK = "grant-test"
 GRANT = 50
@@ -39,27 +39,14 @@ async def test_a_new_identity_claims_the_grant_and_pays_a_coordinator_that_requi
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, require_payment=True),
     )
     genesis.write_bytes(encode_genesis(Genesis(NETWORK, (coordinator.public_key,), grant_points=GRANT)))
-    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.ledger is not None
         address = coordinator.host.addrs()[0]
-        workers = []
-        for name in ("w1", "w2"):
-            config = NodeConfig(
-                data_dir=tmp_path / name,
-                role="worker",
-                network=NETWORK,
-                genesis=genesis,
-                bootstrap=(address,),
-                heartbeat_s=0.5,
-            )
-            worker = Node(config, engine=LlamaEngine(info, n_threads=1))
-            await nursery.start(worker.run)
-            workers.append(worker)
-        with trio.fail_after(30):
-            for worker in workers:
-                await worker.registered.wait()
+        await start_workers(
+            nursery, tmp_path, ("w1", "w2"), bootstrap=address, model_path=tiny_model_path,
+            network=NETWORK, genesis=genesis, heartbeat_s=0.5,
+        )  # fmt: skip
 
         def anonymous() -> None:
             with Client([address], network=NETWORK, timeout=60) as client:
