@@ -14,6 +14,7 @@ the values involved, and what to do next.
     │       ├── FrameTooLargeError  the length prefix announced more than the limit allows
     │       └── MalformedMessageError  the bytes do not decode to a known message
     ├── TransportError              a peer could not be reached, or went away mid-exchange
+    │   └── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
     ├── EngineError                 inference failed
     │   └── UnknownModelError       no such model here (or on the network)
     ├── JobError                    a job could not be completed
@@ -64,6 +65,11 @@ class MalformedMessageError(RemoteProtocolError):
 
 class TransportError(OpenGridError):
     """A peer could not be reached, or the connection went away in the middle of an exchange."""
+
+
+class IncompatiblePeerError(TransportError):
+    """The peer answered, but speaks none of the protocols we asked for: another OpenGrid protocol version,
+    or not an OpenGrid node. Nothing will get through until one side upgrades."""
 
 
 class EngineError(OpenGridError):

@@ -25,14 +25,21 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError, ProtocolNotSupportedError
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from opengrid.errors import ConfigError, LocalProtocolError, OpenGridError, TransportError
+from opengrid.errors import (
+    ConfigError,
+    IncompatiblePeerError,
+    LocalProtocolError,
+    OpenGridError,
+    TransportError,
+)
 from opengrid.net.keys import keypair_from_seed
 from opengrid.net.relay import CircuitSupport, is_circuit
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
-from opengrid.wire.messages import Message
+from opengrid.wire.messages import PROTOCOL_VERSION, Message
 
 JOB_PROTOCOL = TProtocol("/opengrid/job/1")
 RUN_PROTOCOL = TProtocol("/opengrid/run/1")
@@ -322,6 +329,13 @@ class Host:
         try:
             stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol, *fallbacks])
         except Exception as exc:
+            if _refused_protocols(exc):
+                asked = ", ".join([protocol, *fallbacks])
+                raise IncompatiblePeerError(
+                    f"{peer_id} speaks none of {asked}: it runs another OpenGrid protocol version (this "
+                    f"node speaks {PROTOCOL_VERSION}), or it is not an OpenGrid node; run compatible "
+                    "versions on both sides (`opengrid --version`)"
+                ) from exc
             raise TransportError(
                 f"could not open a stream to {peer_id}: {exc or type(exc).__name__}"
             ) from exc
@@ -470,3 +484,18 @@ async def open_host(
         ) from exc
     # the library's stream readers may still be waking up; give them one checkpoint to notice the close
     await trio.lowlevel.checkpoint()
+
+
+def _refused_protocols(exc: BaseException) -> bool:
+    """True when stream negotiation failed because the peer answered "na" to every protocol asked (the
+    library raises a ``MultiselectClientError`` saying so, wrapped in a ``StreamFailure``)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a bounded walk down the cause chain
+        if seen is None:
+            return False
+        if isinstance(seen, ProtocolNotSupportedError) or (
+            isinstance(seen, MultiselectClientError) and str(seen).startswith("protocols not supported")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

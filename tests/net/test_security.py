@@ -8,14 +8,16 @@ import multiaddr
 import pytest
 import trio
 from libp2p import create_yamux_muxer_option, new_host
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.secio import transport as secio
 
-from opengrid.errors import ConfigError, TransportError
-from opengrid.net.host import derive_psk, open_host, quiet_libp2p_logging
+from opengrid.errors import ConfigError, IncompatiblePeerError, TransportError
+from opengrid.net.host import FrameStream, derive_psk, open_host, quiet_libp2p_logging
 from opengrid.net.keys import keypair_from_seed
+from opengrid.wire.messages import StatusRequest
 
 
 @pytest.mark.parametrize("scheme", ["plaintext", "secio"])
@@ -63,3 +65,21 @@ async def test_psk_must_be_32_bytes() -> None:
             pass
     with pytest.raises(ConfigError):
         derive_psk("net", "")
+
+
+async def test_a_peer_of_another_protocol_version_is_refused_with_a_clear_typed_error() -> None:
+    quiet_libp2p_logging()
+    async with (
+        open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as ours,
+        open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as newer,
+    ):
+
+        async def serve(stream: FrameStream) -> None:
+            await stream.send(StatusRequest())
+
+        newer.set_handler(serve, TProtocol("/opengrid/job/2"))  # a later version speaks job/2 only
+        peer = await ours.connect(newer.addrs()[0])
+        with pytest.raises(IncompatiblePeerError, match="another OpenGrid protocol version") as caught:
+            await ours.request(peer, StatusRequest())
+        assert isinstance(caught.value, TransportError)  # callers that retry elsewhere still do
+        assert "/opengrid/job/1" in str(caught.value) and peer in str(caught.value)
