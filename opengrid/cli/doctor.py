@@ -10,7 +10,8 @@ defaults, :mod:`opengrid.settings`) and checks, each as ok / warn / fail with a 
 3. ``listen ADDR``: each listen address can be bound, and who can reach it (loopback, LAN, internet);
 4. ``bootstrap ADDR``: each bootstrap address answers a status request (best RTT of 3), on which network,
    knowing which peers; a failure is explained (bad address, refused, timeout, handshake / network key);
-5. ``relay``: relays and NAT traversal are not supported yet (spec/discovery.md §1).
+5. ``relay``: what relays (taken automatically when peers cannot dial the node) and hole punching mean
+   for this node (spec/discovery.md §8, §9.3).
 
 Facts are gathered first (files, sockets, one ``trio.run`` for the network, every operation bounded by
 ``trio.fail_after``, only the addresses given are dialled), then turned into checks by pure functions.
@@ -885,8 +886,8 @@ def reachability_check(listen: Sequence[str], found: DialBack | None) -> Check:
 
 
 def relay_check(listen: Sequence[str]) -> Check:
-    """Circuit relays exist (spec/discovery.md §8), hole punching does not: say what that means for this
-    node."""
+    """Circuit relays (spec/discovery.md §8), taken automatically when peers cannot dial a node (§9.3):
+    say what that means for this node."""
     kinds = set()
     for text in listen:
         try:
@@ -894,9 +895,9 @@ def relay_check(listen: Sequence[str]) -> Check:
         except ValueError:
             continue
     detail = (
-        "a node that others cannot dial (see reachability; a running node checks it with its peers) must be "
-        "started with --relay-via RELAY (or --no-listen, to be relayed by its bootstrap nodes; coordinators "
-        "relay by default): there is no hole punching yet"
+        "a node that others cannot dial (see reachability; a running node checks it with its peers) takes a "
+        "relay by itself, or uses --relay-via RELAY (or --no-listen, to be relayed by its bootstrap nodes; "
+        "coordinators relay by default); hole punching to a direct connection is tried but not assured"
     )
     if not listen:
         return Check("relay", "ok", "this node listens on no address: it is reachable only through relays")

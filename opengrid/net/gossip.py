@@ -279,10 +279,13 @@ class Gossip:
                 continue
             # the validator already verified these exact bytes; decoding again is cheap
             announcement, _, _ = decode_announcement(msg.data)
+            before = self.directory.get(announcement.peer_id)
             change = self.directory.observe(announcement, trio.current_time())
             if change is not None:
                 if change != "updated":
                     log.info("peer %s %s (%s)", announcement.peer_id, change, ",".join(announcement.roles))
+                # and whenever its addresses change: a node that took a relay (spec/discovery.md §9.3)
+                if change != "updated" or before is None or before.announcement.addrs != announcement.addrs:
                     self._host.remember(announcement.peer_id, announcement.addrs)
                 self._notify()
 

@@ -24,7 +24,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import MultiselectClientError, ProtocolNotSupportedError
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -36,6 +36,7 @@ from opengrid.errors import (
     OpenGridError,
     TransportError,
 )
+from opengrid.net.holepunch import HolePuncher, is_relayed_connection
 from opengrid.net.keys import keypair_from_seed
 from opengrid.net.relay import CircuitSupport, is_circuit
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
@@ -198,11 +199,23 @@ Handler = Callable[[FrameStream], Awaitable[None]]
 class Host:
     """The node's libp2p host: its identity, addresses, and framed streams to peers."""
 
-    def __init__(self, host: IHost, circuits: CircuitSupport, *, private: bool = False) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        circuits: CircuitSupport,
+        *,
+        private: bool = False,
+        hole_punch: HolePuncher | None = None,
+    ) -> None:
         self._host = host
         self._private = private
         self.circuits = circuits
         """Circuit relay v2 on this host (relay.py): relayed dials, reservations, relay statistics."""
+        self.hole_punch = hole_punch
+        """DCUtR on this host (holepunch.py): upgrades our relayed dials to direct connections."""
+        self._direct_failed: dict[str, float] = {}
+        """peer -> when a direct dial to it last failed although it also announced relayed addresses: such
+        a peer (behind NAT) is dialled through its relay at once for ``_DIRECT_RETRY_S``."""
         self._relay_addrs: list[str] = []
         self._circuit_addrs: dict[str, list[str]] = {}
         """peer -> the relayed addresses it announced to us (bare, without its own /p2p/ suffix). Kept here
@@ -342,20 +355,39 @@ class Host:
         return FrameStream(stream)
 
     async def _dial_relayed(self, peer_id: str) -> None:
-        """Connect through a relay if the peer's only known addresses are relayed ones (the swarm skips
-        those, relay.py); with any direct address, leave the dial to the swarm as before."""
+        """Connect through a relay when the peer announced relayed addresses (the swarm skips those,
+        relay.py). A peer that also announced direct ones (a node behind NAT announces both, spec/
+        discovery.md §8.4) is dialled directly first, for at most ``_DIRECT_FIRST_S``; when we end up
+        relayed although it has a direct address, hole punching tries to upgrade the connection (§8.5).
+        Without relayed addresses, the dial is left to the swarm."""
         known = self.known_addrs(peer_id)
         circuits = [a for a in known if is_circuit(a)]
-        if not circuits or len(circuits) < len(known):
+        direct = [a for a in known if not is_circuit(a)]
+        if not circuits:
             return
         failures = []
+        now = trio.current_time()
+        if direct and now - self._direct_failed.get(peer_id, -_DIRECT_RETRY_S) >= _DIRECT_RETRY_S:
+            try:
+                with trio.fail_after(_DIRECT_FIRST_S):
+                    await self._host.connect(
+                        PeerInfo(ID.from_base58(peer_id), [multiaddr.Multiaddr(a) for a in direct])
+                    )
+                self._direct_failed.pop(peer_id, None)
+                return
+            except Exception as exc:  # the swarm's errors, or our time bound
+                self._direct_failed[peer_id] = now
+                failures.append(f"direct: {exc or type(exc).__name__}")
         for address in circuits:
             full = address if address.endswith(f"/p2p/{peer_id}") else f"{address}/p2p/{peer_id}"
             try:
                 await self.circuits.dial(full)
-                return
             except OpenGridError as exc:
                 failures.append(str(exc))
+                continue
+            if direct and self.hole_punch is not None:
+                self.hole_punch.upgrade_soon(peer_id)
+            return
         raise TransportError(
             f"could not open a stream to {peer_id}: it is reachable only through relays, and "
             + "; ".join(failures)
@@ -389,15 +421,7 @@ class Host:
         return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
 
 
-def _is_relayed(conn: Any) -> bool:
-    """Whether a libp2p connection (swarm or muxed) runs through a relay."""
-    for candidate in (conn, getattr(conn, "muxed_conn", None)):
-        getter = getattr(candidate, "get_transport_addresses", None)
-        if callable(getter):
-            with contextlib.suppress(Exception):
-                if any(is_circuit(str(a)) for a in getter() or ()):
-                    return True
-    return False
+_is_relayed = is_relayed_connection
 
 
 def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
@@ -411,6 +435,8 @@ def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
 
 
 PSK_BYTES: Final = 32
+_DIRECT_FIRST_S: Final = 3.0
+_DIRECT_RETRY_S: Final = 60.0
 
 
 def derive_psk(network: str, network_key: str) -> bytes:
@@ -467,8 +493,9 @@ async def open_host(
     except Exception as exc:
         raise ConfigError(f"could not create the libp2p host: {exc}") from exc
     circuits = CircuitSupport(host, relay=relay, psk=psk)
+    hole_punch = HolePuncher(host)
     try:
-        async with host.run(listen_addrs=addrs), circuits.running():
+        async with host.run(listen_addrs=addrs), circuits.running(), hole_punch.running():
             # py-libp2p's auto-connector aims at (low + high watermark) / 2 = 150 connections even with
             # low_watermark=0, so it dials every peer in the peerstore — including the old address of a
             # peer that restarted, which lands the peer in the swarm's negative dial cache and races its
@@ -476,7 +503,7 @@ async def open_host(
             # we need: bootstrap, coordinators, workers we dispatch to. Measured: 20 processes where
             # SIGKILLed and restarted workers could not re-register for over 60 s; without it, at once.
             await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
-            yield Host(host, circuits, private=psk is not None)
+            yield Host(host, circuits, private=psk is not None, hole_punch=hole_punch)
             await host.close()
     except OSError as exc:
         raise ConfigError(

@@ -41,6 +41,7 @@ from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.security.pnet.protector import new_protected_conn
+from libp2p.security.pnet.psk_conn import PskConn
 from libp2p.tools.anyio_service import background_trio_service
 
 from opengrid.errors import ConfigError, OpenGridError, TransportError
@@ -118,6 +119,8 @@ class CircuitSupport:
         self._host = host
         self.relaying = relay
         self._psk = psk.hex() if psk is not None else None
+        if psk is not None:
+            _forward_psk_conn_addresses()
         self._protocol = _CountingProtocol(host, limits=RELAY_LIMITS, allow_hop=relay)
         # STOP (accept relayed connections) only: the library's CLIENT role would make a *dialler* reserve
         # a slot on the relay before every CONNECT, which only the node being reached needs.
@@ -257,3 +260,26 @@ class ReservationKeeper:
             )
         self.held = False
         self.problem = f"relay {self.relay_peer}: {why}"
+
+
+def _forward_psk_conn_addresses() -> None:
+    """Make py-libp2p's private-network connection wrapper report the addresses of the connection it
+    wraps (idempotent; a fix of the library's class, applied when a private-network host starts).
+
+    ``PskConn`` (0.8.1) skips ``RawConnection.__init__``, so its ``get_transport_addresses`` raises and
+    the swarm falls back to the *peerstore's* addresses of the peer: on a private network a relayed
+    connection then looked direct as soon as a direct address of the peer was known, and a direct one
+    relayed while only a circuit address was (seen in the hole-punching probe: the upgrade "succeeded"
+    with no direct connection, and ``Host.is_relayed`` answered from the peerstore)."""
+    if getattr(PskConn, "_opengrid_forwards_addresses", False):
+        return
+
+    def get_transport_addresses(self: Any) -> list[multiaddr.Multiaddr]:
+        return list(self._conn.get_transport_addresses())
+
+    def get_connection_type(self: Any) -> Any:
+        return self._conn.get_connection_type()
+
+    PskConn.get_transport_addresses = get_transport_addresses  # type: ignore[method-assign]
+    PskConn.get_connection_type = get_connection_type  # type: ignore[method-assign]
+    PskConn._opengrid_forwards_addresses = True  # type: ignore[attr-defined]

@@ -133,6 +133,8 @@ class Membership:
         """The last dial-back report of each peer that checked us (peer id -> one result per address)."""
         self.reachability_checked = trio.Event()
         """Set after the first check that got a verdict (or found the node relayed-only)."""
+        self.on_verdict: list[Callable[[Reachability], None]] = []
+        """Called after every check with its verdict (the automatic relay, opengrid/node/autorelay.py)."""
 
     async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -250,6 +252,8 @@ class Membership:
         self.gossip.update(reachability=found)
         if found != "unknown":
             self.reachability_checked.set()
+        for callback in self.on_verdict:
+            callback(found)
         return found
 
     def _explain(self, found: Reachability, reports: dict[str, list[DialBackResult]]) -> None:

@@ -93,6 +93,7 @@ from opengrid.net.reachability import check_addresses
 from opengrid.net.relay import ReservationKeeper
 from opengrid.node import admission, ledger_sync
 from opengrid.node.api import ApiSettings, build_app, check_bind
+from opengrid.node.autorelay import AutoRelay
 from opengrid.node.config import NodeConfig
 from opengrid.node.coordinator_admission import CoordinatorAdmission
 from opengrid.node.identity import load_or_create_seed
@@ -238,6 +239,8 @@ class Node:
         """Workers: set once the coordinator accepted our first registration."""
         self.relay_keepers: list[ReservationKeeper] = []
         """Reservations on the relays we are reachable through (``NodeConfig.relays``)."""
+        self.auto_relay: AutoRelay | None = None
+        """Without configured relays: the relay taken when peers cannot dial us (spec/discovery.md §9.3)."""
 
     # ── lifecycle ────────────────────────────────────────────────────────────────────────────────────
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -294,6 +297,9 @@ class Node:
                         and (config.role == "coordinator" or bool(config.relay)),
                     )
                     await nursery.start(self.membership.run)
+                    if not config.relays:
+                        self.auto_relay = AutoRelay(host, self.membership, bootstrap=config.bootstrap)
+                        await nursery.start(self.auto_relay.run)
                     nursery.start_soon(self._ledger_gossip_loop)
                     if config.role == "coordinator":
                         self.coordinator = Coordinator(

@@ -1,0 +1,137 @@
+"""Automatic relay: which relay a node that peers cannot dial takes by itself, and when it lets it go
+(spec/discovery.md §9.3). Pure functions over plain data; the driver is ``opengrid/node/autorelay.py``.
+
+A node that listens but is found **private** by its dial-backs (§9.2), and that was given no relay
+(``--relay-via``), picks one of the relays it knows of, holds a reservation there and announces the
+relayed address next to its direct ones. It drops that reservation when a later check finds it
+**public**. Preference, best first:
+
+1. peers that provide ``relay`` in the DHT (they said they relay);
+2. coordinators (they relay unless started with ``--no-relay``), heard on gossip or found in the DHT;
+3. its bootstrap nodes (any node; it may or may not relay).
+
+Within a rank, by peer id (deterministic). A candidate is skipped when it is this node, has no direct TCP
+address (a relay must be dialable itself), announces that it is private or relayed itself, or refused or
+failed within the last ``RETRY_FAILED_S``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Source = Literal["dht", "coordinator", "bootstrap"]
+
+RANK: Final[Mapping[Source, int]] = {"dht": 0, "coordinator": 1, "bootstrap": 2}
+RETRY_FAILED_S: Final = 300.0
+"""A relay that refused a reservation (full, or does not relay) or could not be reached is not tried again
+for this long."""
+SWITCH_AFTER_S: Final = 60.0
+"""A relay we chose that has held no reservation for this long (it went away) is given up for another."""
+
+
+@dataclass(frozen=True)
+class RelayCandidate:
+    """A peer that might relay for us, and how we know of it."""
+
+    peer_id: str
+    address: str
+    """A full multiaddr of the candidate (``/ip4/…/tcp/…/p2p/<peer_id>``)."""
+    source: Source
+    reachability: str = "unknown"
+    """What the candidate announces about itself (§9.2); "" or "unknown" when we did not hear it."""
+
+
+@dataclass(frozen=True)
+class HeldRelay:
+    """The relay this node chose automatically."""
+
+    peer_id: str
+    lost_since: float | None
+    """When the reservation was lost (monotonic seconds), None while one is held."""
+
+
+@dataclass(frozen=True)
+class TakeRelay:
+    relay: RelayCandidate
+
+
+@dataclass(frozen=True)
+class DropRelay:
+    peer_id: str
+    reason: str
+    failed: bool
+    """True when the relay let us down (mark it failed before looking for another)."""
+
+
+Step = TakeRelay | DropRelay | None
+
+
+def wants_relay(reachability: str, *, configured: bool) -> bool:
+    """A node takes a relay by itself only when peers cannot dial it and it was given none."""
+    return reachability == "private" and not configured
+
+
+def is_direct_tcp(address: str) -> bool:
+    """``/ip4|ip6/<ip>/tcp/<port>/p2p/<id>`` and nothing relayed."""
+    parts = address.split("/")
+    return (
+        "p2p-circuit" not in parts
+        and len(parts) >= 7
+        and parts[1] in ("ip4", "ip6")
+        and parts[3] == "tcp"
+        and parts[5] == "p2p"
+    )
+
+
+def choose_relay(
+    candidates: Iterable[RelayCandidate], *, me: str, failed: Mapping[str, float], now: float
+) -> RelayCandidate | None:
+    """The best usable candidate (module docstring), or None."""
+    best: dict[str, RelayCandidate] = {}
+    for c in candidates:
+        if c.peer_id == me or not is_direct_tcp(c.address) or not c.address.endswith(f"/p2p/{c.peer_id}"):
+            continue
+        if c.reachability in ("private", "relayed"):
+            continue
+        if c.peer_id in failed and now - failed[c.peer_id] < RETRY_FAILED_S:
+            continue
+        known = best.get(c.peer_id)
+        if known is None or RANK[c.source] < RANK[known.source]:
+            best[c.peer_id] = c
+    if not best:
+        return None
+    return min(best.values(), key=lambda c: (RANK[c.source], c.peer_id))
+
+
+def next_step(
+    reachability: str,
+    *,
+    configured: bool,
+    held: HeldRelay | None,
+    candidates: Iterable[RelayCandidate],
+    me: str,
+    failed: Mapping[str, float],
+    now: float,
+) -> Step:
+    """What to do now: take a relay, drop the one held, or nothing (None).
+
+    Drop when peers can dial us directly again (``public``), when relays are configured after all, or
+    when the chosen relay has held no reservation for ``SWITCH_AFTER_S`` and another candidate exists.
+    ``unknown`` (no checker answered) changes nothing: one failed check must not undo a good choice."""
+    if held is not None:
+        if reachability == "public":
+            return DropRelay(held.peer_id, "peers can dial this node directly now", failed=False)
+        if configured:
+            return DropRelay(held.peer_id, "relays are configured (--relay-via)", failed=False)
+        if held.lost_since is not None and now - held.lost_since >= SWITCH_AFTER_S:
+            others = {**failed, held.peer_id: now}
+            if choose_relay(candidates, me=me, failed=others, now=now) is not None:
+                lost_s = now - held.lost_since
+                return DropRelay(held.peer_id, f"no reservation there for {lost_s:.0f} s", failed=True)
+        return None
+    if not wants_relay(reachability, configured=configured):
+        return None
+    relay = choose_relay(candidates, me=me, failed=failed, now=now)
+    return TakeRelay(relay) if relay is not None else None

@@ -1,0 +1,183 @@
+"""Automatic relay (spec/discovery.md §9.3): a node that peers cannot dial takes a relay by itself.
+
+The driver of ``opengrid.core.autorelay``: after every reachability verdict (``Membership.on_verdict``),
+and every ``_TICK_S`` while it holds a relay, it gathers the relays it knows of — ``relay`` providers in
+the DHT, coordinators heard on gossip or listed or found, its bootstrap nodes — asks the policy what to do
+and does it: holds a reservation with a ``ReservationKeeper`` (which adds the ``/p2p-circuit`` address to
+``Host.addrs()``, so announcements and registrations carry it from the next beat on), or cancels it.
+
+Only nodes started without relays (no ``--relay-via``, and listening) run it: a node with configured
+relays keeps exactly those.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from opengrid.core.autorelay import (
+    DropRelay,
+    HeldRelay,
+    RelayCandidate,
+    TakeRelay,
+    is_direct_tcp,
+    next_step,
+    wants_relay,
+)
+from opengrid.errors import OpenGridError
+from opengrid.net.discovery import role_key
+from opengrid.net.host import Host
+from opengrid.net.relay import ReservationKeeper
+from opengrid.node.membership import Membership
+
+log = logging.getLogger("opengrid.node.autorelay")
+
+_TICK_S = 5.0
+"""How often the driver looks again without a new verdict (a chosen relay lost, a refused one retried)."""
+_DHT_LOOKUP_S = 10.0
+_DHT_CACHE_S = 60.0
+"""``relay`` providers found in the DHT are looked up again after this long at the soonest."""
+
+
+class AutoRelay:
+    """Take a relay when peers cannot dial this node; let it go when they can. Start with
+    ``await nursery.start(auto_relay.run)``."""
+
+    def __init__(self, host: Host, membership: Membership, *, bootstrap: Sequence[str]) -> None:
+        self._host = host
+        self._membership = membership
+        self._bootstrap = list(bootstrap)
+        self.keeper: ReservationKeeper | None = None
+        """The reservation this node took by itself (None while it holds none)."""
+        self._scope: trio.CancelScope | None = None
+        self._lost_since: float | None = None
+        self._failed: dict[str, float] = {}
+        """relay peer id -> when it refused us or could not be reached (``core.autorelay.RETRY_FAILED_S``)."""
+        self._from_dht: list[RelayCandidate] = []
+        self._dht_looked_up = -_DHT_CACHE_S
+        self._wake = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[AutoRelay] = trio.TASK_STATUS_IGNORED) -> None:
+        self._membership.on_verdict.append(lambda _verdict: self._wake.set())
+        async with trio.open_nursery() as nursery:
+            task_status.started(self)
+            while True:
+                with trio.move_on_after(_TICK_S):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await self._step(nursery)
+
+    async def _step(self, nursery: trio.Nursery) -> None:
+        now = trio.current_time()
+        held = self._held(now)
+        verdict = self._membership.reachability
+        looking = (held is None and wants_relay(verdict, configured=False)) or (
+            held is not None and held.lost_since is not None
+        )
+        candidates = await self._candidates(now) if looking else []
+        step = next_step(
+            verdict,
+            configured=False,
+            held=held,
+            candidates=candidates,
+            me=self._host.peer_id,
+            failed=self._failed,
+            now=now,
+        )
+        if isinstance(step, DropRelay):
+            self._drop(step.reason)
+            if step.failed:
+                self._failed[step.peer_id] = now
+                self._wake.set()  # and take another at once
+        elif isinstance(step, TakeRelay):
+            await self._take(step.relay, nursery, now)
+
+    def _held(self, now: float) -> HeldRelay | None:
+        if self.keeper is None:
+            return None
+        if self.keeper.held:
+            self._lost_since = None
+        elif self._lost_since is None:
+            self._lost_since = now
+        return HeldRelay(self.keeper.relay_peer, self._lost_since)
+
+    async def _take(self, relay: RelayCandidate, nursery: trio.Nursery, now: float) -> None:
+        try:
+            keeper = ReservationKeeper(self._host, relay.address)
+        except OpenGridError as exc:
+            self._failed[relay.peer_id] = now
+            log.info("not using %s as a relay: %s", relay.peer_id, exc)
+            self._wake.set()
+            return
+        scope = trio.CancelScope()
+        await nursery.start(self._hold, keeper, scope)  # returns after the first reservation attempt
+        if not keeper.held:
+            scope.cancel()
+            self._failed[relay.peer_id] = now
+            log.info("relay %s gave no reservation (%s); trying another", relay.peer_id, keeper.problem)
+            self._wake.set()
+            return
+        self.keeper, self._scope, self._lost_since = keeper, scope, None
+        log.warning(
+            "peers cannot dial this node; reachable through relay %s now (%s, a %s). Forward or open the "
+            "TCP port to be dialled directly",
+            relay.peer_id,
+            keeper.circuit,
+            {"dht": "relay found in the DHT", "coordinator": "coordinator", "bootstrap": "bootstrap node"}[
+                relay.source
+            ],
+        )
+
+    @staticmethod
+    async def _hold(
+        keeper: ReservationKeeper, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        with scope:
+            await keeper.run(task_status=task_status)
+
+    def _drop(self, reason: str) -> None:
+        if self.keeper is None or self._scope is None:
+            return
+        log.info("%s: dropping the reservation on relay %s", reason, self.keeper.relay_peer)
+        self._scope.cancel()  # the keeper stops announcing the relayed address as it ends
+        self.keeper, self._scope, self._lost_since = None, None, None
+
+    async def _candidates(self, now: float) -> list[RelayCandidate]:
+        """Everyone who might relay for us, each with its direct TCP addresses (the policy ranks them)."""
+        out: list[RelayCandidate] = []
+        if now - self._dht_looked_up >= _DHT_CACHE_S:
+            self._dht_looked_up = now
+            self._from_dht = await self._relays_in_dht()
+        out += self._from_dht
+        membership = self._membership
+        heard = membership.gossip.directory.online(now, role="coordinator")
+        for ann in heard:  # with what each says about its own reachability
+            for address in ann.addrs:
+                out.append(RelayCandidate(ann.peer_id, address, "coordinator", ann.reachability))
+        for address in membership.addresses_of("coordinator"):  # listed by a bootstrap, or in the DHT
+            if _peer_of(address) not in {ann.peer_id for ann in heard}:
+                out.append(RelayCandidate(_peer_of(address), address, "coordinator"))
+        for address in self._bootstrap:
+            out.append(RelayCandidate(_peer_of(address), address, "bootstrap"))
+        return [c for c in out if is_direct_tcp(c.address)]
+
+    async def _relays_in_dht(self) -> list[RelayCandidate]:
+        discovery = self._membership.discovery
+        try:
+            with trio.fail_after(_DHT_LOOKUP_S):
+                providers = await discovery.find_providers(role_key(discovery.network, "relay"))
+        except (OpenGridError, trio.TooSlowError) as exc:
+            log.debug("no relay lookup in the DHT: %s", exc or "timed out")
+            return []
+        out = []
+        for provider in providers:
+            for addr in provider.addrs:
+                full = addr if addr.endswith(f"/p2p/{provider.peer_id}") else f"{addr}/p2p/{provider.peer_id}"
+                out.append(RelayCandidate(provider.peer_id, full, "dht"))
+        return out
+
+
+def _peer_of(address: str) -> str:
+    return address.rsplit("/p2p/", 1)[-1]
