@@ -12,24 +12,80 @@
 - :mod:`.adversarial`: :class:`WrongTokensEngine`, a cheater for demos and verification tests.
 """
 
-from opengrid.engines.adversarial import LazyEngine, SwappedModelEngine, WrongTokensEngine
-from opengrid.engines.base import Engine, FinishReason, Generation, GenerationRequest, ModelInfo
-from opengrid.engines.catalog import CATALOG, CatalogEntry, catalog_entry, pick_model_for_memory
-from opengrid.engines.http import BACKENDS, HttpBackend, HttpEngine, ManagedServer
-from opengrid.engines.llama import DEFAULT_N_CTX, LlamaEngine
-from opengrid.engines.models import (
-    DEFAULT_MODEL,
-    KNOWN_MODELS,
-    InstalledModel,
-    default_cache_dir,
-    list_models,
-    load_engine,
-    pull_model,
-    remove_model,
-    resolve_model,
-    sha256_file,
-)
-from opengrid.engines.tiny_model import TINY_MODEL_NAME, write_tiny_gguf
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opengrid.engines.adversarial import LazyEngine, SwappedModelEngine, WrongTokensEngine
+    from opengrid.engines.base import (
+        DEFAULT_N_CTX,
+        Engine,
+        FinishReason,
+        Generation,
+        GenerationRequest,
+        ModelInfo,
+    )
+    from opengrid.engines.catalog import CATALOG, CatalogEntry, catalog_entry, pick_model_for_memory
+    from opengrid.engines.http import BACKENDS, HttpBackend, HttpEngine, ManagedServer
+    from opengrid.engines.llama import LlamaEngine
+    from opengrid.engines.models import (
+        DEFAULT_MODEL,
+        KNOWN_MODELS,
+        InstalledModel,
+        default_cache_dir,
+        list_models,
+        load_engine,
+        pull_model,
+        remove_model,
+        resolve_model,
+        sha256_file,
+    )
+    from opengrid.engines.tiny_model import TINY_MODEL_NAME, write_tiny_gguf
+
+# Names are imported on first use (PEP 562), not with the package: llama.cpp, numpy and httpx cost ~25 MiB
+# of RSS, and a coordinator, which never runs a model, imports this package for its plain data
+# (issue 3: RSS per idle node).
+_SUBMODULE = {
+    **dict.fromkeys(["LazyEngine", "SwappedModelEngine", "WrongTokensEngine"], "adversarial"),
+    **dict.fromkeys(
+        ["DEFAULT_N_CTX", "Engine", "FinishReason", "Generation", "GenerationRequest", "ModelInfo"], "base"
+    ),
+    **dict.fromkeys(["CATALOG", "CatalogEntry", "catalog_entry", "pick_model_for_memory"], "catalog"),
+    **dict.fromkeys(["BACKENDS", "HttpBackend", "HttpEngine", "ManagedServer"], "http"),
+    "LlamaEngine": "llama",
+    **dict.fromkeys(
+        [
+            "DEFAULT_MODEL",
+            "KNOWN_MODELS",
+            "InstalledModel",
+            "default_cache_dir",
+            "list_models",
+            "load_engine",
+            "pull_model",
+            "remove_model",
+            "resolve_model",
+            "sha256_file",
+        ],
+        "models",
+    ),
+    **dict.fromkeys(["TINY_MODEL_NAME", "write_tiny_gguf"], "tiny_model"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    submodule = _SUBMODULE.get(name)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "BACKENDS",

@@ -14,7 +14,10 @@ from typing import Literal, Protocol, runtime_checkable
 
 from opengrid.wire.contract import DecodingContract
 
-__all__ = ["Engine", "FinishReason", "Generation", "GenerationRequest", "ModelInfo"]
+__all__ = ["DEFAULT_N_CTX", "Engine", "FinishReason", "Generation", "GenerationRequest", "ModelInfo"]
+
+DEFAULT_N_CTX = 2048
+"""Context window (prompt + generated tokens) an engine is loaded with unless told otherwise."""
 
 FinishReason = Literal["stop", "length"]
 """``"stop"``: the model emitted an end-of-generation token; ``"length"``: max_tokens was reached."""

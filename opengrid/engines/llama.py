@@ -25,14 +25,18 @@ from typing import Self
 
 import llama_cpp
 
-from opengrid.engines.base import ChatTemplate, FinishReason, Generation, GenerationRequest, ModelInfo
+from opengrid.engines.base import (
+    DEFAULT_N_CTX,
+    ChatTemplate,
+    FinishReason,
+    Generation,
+    GenerationRequest,
+    ModelInfo,
+)
 from opengrid.errors import EngineError
 from opengrid.wire.contract import DecodingContract
 
 __all__ = ["DEFAULT_N_CTX", "LlamaEngine"]
-
-DEFAULT_N_CTX = 2048
-"""Context window (prompt + generated tokens) an engine is loaded with unless told otherwise."""
 
 _KV_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}
 

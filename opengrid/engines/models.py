@@ -26,9 +26,8 @@ from typing import Any
 
 import platformdirs
 
-from opengrid.engines.base import Engine, ModelInfo
+from opengrid.engines.base import DEFAULT_N_CTX, Engine, ModelInfo
 from opengrid.engines.catalog import CATALOG, CatalogEntry, catalog_entry
-from opengrid.engines.llama import DEFAULT_N_CTX, LlamaEngine
 from opengrid.engines.tiny_model import TINY_MODEL_NAME, write_tiny_gguf
 from opengrid.errors import EngineError, UnknownModelError
 
@@ -131,6 +130,10 @@ def load_engine(
     info: ModelInfo, *, n_threads: int | None = None, n_ctx: int = DEFAULT_N_CTX, gpu_layers: int = 0
 ) -> Engine:
     """Load ``info`` in this process with llama.cpp (see :class:`LlamaEngine` for the arguments)."""
+    # Imported here, not with the module: llama.cpp and numpy cost ~20 MiB of RSS that a node which never
+    # loads a model (a coordinator) should not pay.
+    from opengrid.engines.llama import LlamaEngine
+
     return LlamaEngine(info, n_threads=n_threads, n_ctx=n_ctx, gpu_layers=gpu_layers)
 
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import TYPE_CHECKING
 
-import gguf
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import gguf
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["TINY_MODEL_NAME", "write_tiny_gguf"]
 
@@ -55,6 +57,8 @@ _CHAT_TEMPLATE = (
 
 def _vocab() -> tuple[list[str], list[gguf.TokenType], list[float]]:
     """Tokens, their types and SentencePiece scores; ids 0/1/2 are unk/bos/eos (llama.cpp's defaults)."""
+    import gguf
+
     tokens = ["<unk>", "<s>", "</s>"]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
@@ -67,6 +71,8 @@ def _vocab() -> tuple[list[str], list[gguf.TokenType], list[float]]:
 
 
 def _normal(rng: np.random.RandomState, shape: tuple[int, ...], std: float) -> npt.NDArray[np.float32]:
+    import numpy as np
+
     return (rng.standard_normal(shape) * std).astype(np.float32)
 
 
@@ -76,6 +82,10 @@ def write_tiny_gguf(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
     The file is written to a temporary name in the same directory and renamed into place, so a reader
     never sees a half-written model. The same seed always gives the same bytes (~530 KB).
     """
+    # gguf and numpy are imported on use: a node imports this module for TINY_MODEL_NAME alone.
+    import gguf
+    import numpy as np
+
     path = pathlib.Path(path)
     tokens, types, scores = _vocab()
     n_vocab = len(tokens)
