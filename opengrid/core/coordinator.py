@@ -547,13 +547,14 @@ class Coordinator:
             reputation=self.reputation.get(record.key, Reputation()).score if self.config.weighted else 0.0,
             tokens_per_s=self._speed(record) if self.config.weighted else 0.0,
             rtt_s=record.rtt_s if self.config.weighted else 0.0,
+            speed_claimed=record.tokens_per_s <= 0,
             operator=record.operator,
         )
 
     def _speed(self, record: WorkerRecord) -> float:
         """Its speed for the draw: measured here on verified results, else its own start-up claim (the tier
-        it announced), which moves its odds like a measurement but within the same bounds
-        (``scheduler.SPEED_FACTOR``) and is replaced by the first measurement."""
+        it announced), which can only lower its odds (``Candidate.speed_claimed``: a cheater would claim
+        to be fast) and is replaced by the first measurement."""
         return record.tokens_per_s if record.tokens_per_s > 0 else record.probed_tokens_per_s
 
     def _operators(self, peers: Iterable[str]) -> set[str]:

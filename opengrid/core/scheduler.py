@@ -43,6 +43,9 @@ class Candidate:
     """Measured generation speed on verified results; 0 when not measured yet."""
     rtt_s: float = 0.0
     """Measured round-trip time to the worker; 0 when unknown."""
+    speed_claimed: bool = False
+    """``tokens_per_s`` is the worker's own start-up claim, not measured on its verified results: it may
+    lower the worker's odds (an honest slow machine), never raise them (a liar gains nothing)."""
     operator: str = ""
     """Who runs the worker, as far as the coordinator can tell (e.g. its IP address); candidates sharing
     a non-empty operator never run replicas of one job together. Empty: unknown, counted apart."""
@@ -68,10 +71,12 @@ def _clamp(value: float, low: float, high: float) -> float:
 
 def candidate_weight(candidate: Candidate, *, median_tokens_per_s: float, median_rtt_s: float) -> float:
     """Relative odds of picking ``candidate``: ``4 ** reputation`` (1/4 to 4), times its speed and its
-    RTT against the pool's medians, each clamped to [1/2, 2]. Unmeasured fields count as the median."""
+    RTT against the pool's medians, each clamped to [1/2, 2] (a claimed speed to [1/2, 1]). Unmeasured
+    fields count as the median."""
     weight: float = MAX_REPUTATION_FACTOR ** _clamp(candidate.reputation, -1.0, 1.0)
     if candidate.tokens_per_s > 0 and median_tokens_per_s > 0:
-        weight *= _clamp(candidate.tokens_per_s / median_tokens_per_s, 1 / SPEED_FACTOR, SPEED_FACTOR)
+        most = 1.0 if candidate.speed_claimed else SPEED_FACTOR
+        weight *= _clamp(candidate.tokens_per_s / median_tokens_per_s, 1 / SPEED_FACTOR, most)
     if candidate.rtt_s > 0 and median_rtt_s > 0:
         weight *= _clamp(median_rtt_s / candidate.rtt_s, 1 / SPEED_FACTOR, SPEED_FACTOR)
     return weight
