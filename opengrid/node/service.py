@@ -108,6 +108,7 @@ from opengrid.wire.codec import encode_frame
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
+    MAX_CLAIMED_TOKENS_PER_S,
     AdmitRequest,
     ControlRequest,
     DialBackReport,
@@ -1429,7 +1430,7 @@ class Node:
             listen_addrs=self.host.addrs(),
             models=list(self.worker.offers),
             software=f"opengrid/{opengrid.__version__}",
-            tokens_per_s=round(self.tokens_per_s, 3),
+            tokens_per_s=min(round(self.tokens_per_s, 3), MAX_CLAIMED_TOKENS_PER_S),
             tier=self.tier,
             max_job_tokens=self.config.max_tokens_per_job,
         )

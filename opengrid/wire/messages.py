@@ -111,6 +111,11 @@ class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weight (``model_weight``) unless the coordinator's catalog pins it for this sha256."""
 
 
+MAX_CLAIMED_TOKENS_PER_S: Final = 1e6
+"""The largest start-up speed a registration may claim; senders clamp to it (a fake or cheating engine can
+measure itself at any speed)."""
+
+
 class RegisterWorker(_Message, tag="register", frozen=True):
     """Worker → coordinator: 'I serve these models; send me jobs'. Repeated as a heartbeat."""
 
@@ -121,7 +126,7 @@ class RegisterWorker(_Message, tag="register", frozen=True):
     models: Annotated[list[ModelOffer], msgspec.Meta(min_length=1, max_length=MAX_MODELS_PER_WORKER)]
     slots: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     software: ShortText = ""
-    tokens_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.0
+    tokens_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_CLAIMED_TOKENS_PER_S)] = 0.0
     """Its speed measured at start-up on its first model (an unchecked claim: a prior for scheduling until
     the coordinator measures verified results)."""
     tier: ShortText = ""
