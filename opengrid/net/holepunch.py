@@ -22,7 +22,7 @@ show (spec/discovery.md §9.3 "known gaps").
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -42,6 +42,16 @@ RELAYED_GRACE_S: Final = 60.0
 long at the latest (the library's own grace period); an idle one at once."""
 _IDLE_CHECK_S: Final = 0.5
 _PEER_DIAL_FIRST_S: Final = 1.0
+MAX_PUNCH_ADDRS: Final = 8
+"""Addresses of the peer a hole punch dials at most (direct TCP only): the peer chooses them, so without a
+bound one CONNECT (~400 addresses in 4 KiB) would make us dial whatever it likes (spec/discovery.md §8.5)."""
+MAX_ANSWERED_SESSIONS: Final = 4
+"""Hole punches we answer at once, all peers together (one per peer)."""
+
+
+def _direct_tcp(addr: Any) -> bool:
+    parts = str(addr).split("/")
+    return len(parts) >= 5 and parts[1] in ("ip4", "ip6") and parts[3] == "tcp" and "p2p-circuit" not in parts
 
 
 def is_relayed_connection(conn: Any) -> bool:
@@ -58,6 +68,38 @@ def is_relayed_connection(conn: Any) -> bool:
 
 
 class _InitiatorOnlyDCUtR(DCUtRProtocol):
+    def __init__(self, host: IHost) -> None:
+        super().__init__(host)
+        self.answering: Callable[[], bool] = lambda: False
+        """Whether we answer peers' hole punches: only while we hold a relay reservation (we are the node
+        behind NAT that the punch is for); otherwise a peer could use us to dial addresses it chose."""
+        self._answered: set[ID] = set()
+        self._answer_limit = trio.CapacityLimiter(MAX_ANSWERED_SESSIONS)
+
+    async def _handle_dcutr_stream(self, stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id
+        if not self.answering() or peer in self._answered:
+            await stream.reset()
+            return
+        try:
+            self._answer_limit.acquire_nowait()
+        except trio.WouldBlock:
+            await stream.reset()
+            return
+        self._answered.add(peer)
+        try:
+            await super()._handle_dcutr_stream(stream)
+        finally:
+            self._answered.discard(peer)
+            self._answer_limit.release()
+
+    def _decode_observed_addrs(self, addr_bytes: list[bytes]) -> list[Any]:
+        # Direct TCP addresses only, and few of them: a hole punch dials what the peer sent.
+        kept = [
+            a for a in super()._decode_observed_addrs(addr_bytes[: 4 * MAX_PUNCH_ADDRS]) if _direct_tcp(a)
+        ]
+        return kept[:MAX_PUNCH_ADDRS]
+
     async def _auto_drive_loop(self) -> None:
         # The library's loop starts a hole punch towards every relayed peer every 2 s, on both sides; we
         # initiate once per relayed dial, from the dialling side only (HolePuncher.upgrade_soon).
@@ -91,11 +133,16 @@ class HolePunchStatistics:
 
 
 class HolePuncher:
-    """DCUtR on one libp2p host: answer every peer's hole punch, and start one after our relayed dials."""
+    """DCUtR on one libp2p host: start a hole punch after our relayed dials; answer peers' while we hold a
+    relay reservation (one session per peer, ``MAX_ANSWERED_SESSIONS`` in all, ``MAX_PUNCH_ADDRS``
+    direct TCP addresses dialled at most)."""
 
-    def __init__(self, host: IHost) -> None:
+    def __init__(self, host: IHost, *, answering: Callable[[], bool] = lambda: False) -> None:
+        """``answering``: whether to answer peers' hole punches now (``Host``: while we hold a relayed
+        address, i.e. a reservation)."""
         self._host = host
         self._protocol = _InitiatorOnlyDCUtR(host)
+        self._protocol.answering = answering
         self._nursery: trio.Nursery | None = None
         self._pending: set[str] = set()
         self._attempts = 0

@@ -246,6 +246,10 @@ class Host:
             out.append(text if text.endswith(suffix) else text + suffix)
         return out + self._relay_addrs
 
+    def relay_addresses(self) -> list[str]:
+        """Our addresses through relays that hold a reservation for us (empty when we hold none)."""
+        return list(self._relay_addrs)
+
     def add_relay_address(self, address: str) -> None:
         """Announce ``address`` (ours, through a relay) from now on (``ReservationKeeper``)."""
         if address not in self._relay_addrs:
@@ -493,7 +497,8 @@ async def open_host(
     except Exception as exc:
         raise ConfigError(f"could not create the libp2p host: {exc}") from exc
     circuits = CircuitSupport(host, relay=relay, psk=psk)
-    hole_punch = HolePuncher(host)
+    relayed: list[Host] = []  # set below: whether we hold a reservation decides if we answer hole punches
+    hole_punch = HolePuncher(host, answering=lambda: bool(relayed and relayed[0].relay_addresses()))
     try:
         async with host.run(listen_addrs=addrs), circuits.running(), hole_punch.running():
             # py-libp2p's auto-connector aims at (low + high watermark) / 2 = 150 connections even with
@@ -503,7 +508,9 @@ async def open_host(
             # we need: bootstrap, coordinators, workers we dispatch to. Measured: 20 processes where
             # SIGKILLed and restarted workers could not re-register for over 60 s; without it, at once.
             await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
-            yield Host(host, circuits, private=psk is not None, hole_punch=hole_punch)
+            ours = Host(host, circuits, private=psk is not None, hole_punch=hole_punch)
+            relayed.append(ours)
+            yield ours
             await host.close()
     except OSError as exc:
         raise ConfigError(

@@ -50,16 +50,18 @@ class StreamPool:
 
     async def take(self, peer: str) -> tuple[FrameStream, bool]:
         """A stream to ``peer`` for one exchange, and whether it was reused (else freshly opened)."""
-        idle = self._idle.get(peer, [])
-        while idle:
+        while True:
+            # Read the list afresh after every await: another exchange may have emptied or replaced it.
+            idle = self._idle.get(peer)
+            if not idle:
+                break
             stream = idle.pop()
+            if not idle:
+                del self._idle[peer]
             if stream.reusable:
-                if not idle:
-                    del self._idle[peer]
                 self.reused += 1
                 return stream, True
             await stream.reset()  # closed or reset by the peer, or its connection went down
-        self._idle.pop(peer, None)
         stream = await self._host.open_stream(peer, self.protocol, fallbacks=self._fallbacks)
         self.opened += 1
         return stream, False

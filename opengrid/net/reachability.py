@@ -11,8 +11,10 @@ that waits for the listener's first bytes (every libp2p listener speaks first: t
 header, or the 24-byte nonce of a private network), which tells "something libp2p listens here" apart
 from a closed port, a firewall that drops, or another program on the port.
 
-Anti-amplification (as in AutoNAT): a checker dials only addresses at the IP address the request came
-from, never one over a relayed connection, at most ``MAX_DIAL_BACK_ADDRS`` per request.
+Anti-amplification (as in AutoNAT): a checker dials only the IP address the request came from — an
+address at another IP (a LAN address behind a router, ``0.0.0.0``) is dialled at that IP on the same
+port, which is what a NAT with a forwarded port exposes — never over a relayed connection, at most
+``MAX_DIAL_BACK_ADDRS`` per request, and at most ``MAX_CONCURRENT_DIALS`` at once for all requesters.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ firewall, wrong port). ``relayed``: the node listens on nothing and is reached t
 ``unknown``: not checked yet, or no peer gave a verdict."""
 
 MAX_DIAL_BACK_ADDRS: Final = 8
+MAX_CONCURRENT_DIALS: Final = 16
+"""Dial-backs a node runs at once for all requesters (``DialBackLimiter``); the rest wait their turn."""
 DIAL_BACK_TIMEOUT_S: Final = 3.0
 _MULTISTREAM_HEADER: Final = b"\x13/multistream/1.0.0\n"
 _PNET_NONCE_BYTES: Final = 24
@@ -96,14 +100,24 @@ async def dial_back(address: str, *, private_network: bool) -> DialBackResult:
 
 
 async def check_addresses(
-    addresses: Sequence[str], requester_ip: str, *, private_network: bool
+    addresses: Sequence[str],
+    requester_ip: str,
+    *,
+    private_network: bool,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> list[DialBackResult]:
     """A checker's side: dial back each address at ``requester_ip`` (in parallel, each bounded), refuse
-    the rest; one result per address, in order. ``requester_ip`` is "" for a relayed request."""
+    the rest; one result per address, in order. ``requester_ip`` is "" for a relayed request.
+    ``limiter``: the node's bound on dial-backs in flight for all requesters (``MAX_CONCURRENT_DIALS``)."""
+    limit = limiter if limiter is not None else trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
     results: list[DialBackResult | None] = [None] * len(addresses)
 
-    async def one(i: int, address: str) -> None:
-        results[i] = await dial_back(address, private_network=private_network)
+    async def one(i: int, address: str, at: str) -> None:
+        async with limit:
+            result = await dial_back(at, private_network=private_network)
+        if at != address:  # reported against the address asked, saying where it was dialled
+            result = DialBackResult(address, result.reachable, f"at {at} (the request's IP): {result.reason}")
+        results[i] = result
 
     async with trio.open_nursery() as nursery:
         for i, address in enumerate(addresses[:MAX_DIAL_BACK_ADDRS]):
@@ -112,10 +126,11 @@ async def check_addresses(
                 results[i] = _refused(address, "the request came through a relay")
             elif target is None:
                 results[i] = _refused(address, "not a direct TCP address")
-            elif not same_ip(target[0], requester_ip):
-                results[i] = _refused(address, f"the request came from {requester_ip}, not {target[0]}")
+            elif same_ip(target[0], requester_ip):
+                nursery.start_soon(one, i, address, address)
             else:
-                nursery.start_soon(one, i, address)
+                family = "ip6" if ":" in requester_ip else "ip4"
+                nursery.start_soon(one, i, address, f"/{family}/{requester_ip}/tcp/{target[1]}")
     return [r for r in results if r is not None]
 
 

@@ -89,7 +89,7 @@ from opengrid.net.announce import ModelAd
 from opengrid.net.host import JOB_PROTOCOL, RUN_PROTOCOL, FrameStream, Host, derive_psk, open_host
 from opengrid.net.keys import public_key_of
 from opengrid.net.pool import StreamPool
-from opengrid.net.reachability import check_addresses
+from opengrid.net.reachability import MAX_CONCURRENT_DIALS, check_addresses
 from opengrid.net.relay import ReservationKeeper
 from opengrid.node import admission, ledger_sync
 from opengrid.node.api import ApiSettings, build_app, check_bind
@@ -205,6 +205,8 @@ class Node:
         """Coordinators: idle run-channel streams to workers, reused by later replicas."""
         self._timer_changed = trio.Event()
         self._engine_limiter = trio.CapacityLimiter(1)
+        self._dial_backs = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
+        """Dial-backs run for peers at once (spec/discovery.md §9.1): a peer asking in a loop waits."""
         self._server: ManagedServer | None = None
         self._job_store: JobStore | None = None
         self.jobs_run = 0
@@ -475,7 +477,9 @@ class Node:
             return
         if isinstance(message, DialBackRequest):  # needs the requester's IP (anti-amplification)
             private = self.config.network_key is not None
-            results = await check_addresses(message.addrs, stream.remote_ip, private_network=private)
+            results = await check_addresses(
+                message.addrs, stream.remote_ip, private_network=private, limiter=self._dial_backs
+            )
             await stream.send(DialBackReport(results=results))
             return
         reply = await self._answer(stream.peer, message, _operator_of(stream.remote_ip))
@@ -572,6 +576,10 @@ class Node:
             case QuoteRequest() if self.coordinator is not None and not self.paused:
                 return self._on_quote(message)
             case AdmitRequest() if self.admission is not None:
+                if public_key_of(peer) != message.candidate:  # else anyone could fill our pending list
+                    return ErrorReply(
+                        "admission_refused", "a candidate asks for its own admission, from its own node"
+                    )
                 return self.admission.vote(message)
             case QuoteRequest() | GrantRequest() if self.admission is not None and self.admission.candidate:
                 return ErrorReply("busy", f"this node takes no work now ({self.pause_reason}); try later")

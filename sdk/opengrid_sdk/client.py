@@ -299,25 +299,26 @@ class Client:
             entries += _dht_servers(status)
             if not known:
                 problems.append(f"{address}: a {status.role} that knows no coordinator yet")
-        # A provider record is a claim: ask the peer itself before sending it a job (health check).
+        if gossiped:  # heard online on gossip within the last beats: the freshest evidence there is
+            return random.choice(gossiped)
+        # A provider record is a claim that lives 48 h: ask a few, each briefly, before sending a job.
         try:
             in_dht = await self._coordinators_in_dht(entries)
         except OpenGridError as exc:
             in_dht = []
             problems.append(f"DHT lookup: {exc}")
         random.shuffle(in_dht)
-        for address in in_dht:
+        for address in in_dht[:_DHT_PROBES]:
             try:
-                _, status = await self._request(address, StatusRequest())
-            except OpenGridError as exc:
-                problems.append(f"{address} (from the DHT): {exc}")
+                with trio.fail_after(_DHT_PROBE_TIMEOUT_S):
+                    _, status = await self._request(address, StatusRequest())
+            except (OpenGridError, trio.TooSlowError) as exc:
+                problems.append(f"{address} (from the DHT): {str(exc) or 'no answer in time'}")
                 continue
             if not isinstance(status, NodeStatus):
                 continue
             if status.role == "coordinator" and status.network == self.network:
                 return address
-        if gossiped:
-            return random.choice(gossiped)
         raise TransportError(
             "no coordinator found through the bootstrap addresses ("
             + "; ".join(problems)
@@ -674,6 +675,11 @@ class Client:
             coordinator=peer,
             sealed=sealed is not None,
         )
+
+
+_DHT_PROBES = 4
+"""Coordinators found in the DHT that a client asks at most (in random order) before giving up."""
+_DHT_PROBE_TIMEOUT_S = 5.0
 
 
 def _dht_servers(status: NodeStatus) -> list[str]:

@@ -56,15 +56,20 @@ async def test_a_silent_port_and_another_program_are_not_libp2p() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_checkers_dial_only_the_requesters_own_ip() -> None:
+async def test_checkers_dial_only_the_requesters_own_ip_on_the_ports_asked() -> None:
     async with open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as host:
         mine = host.addrs()[0]
         port = ip_and_port(mine)[1]  # type: ignore[index]
         asked = [mine, f"/ip4/10.1.2.3/tcp/{port}", f"/ip4/127.0.0.1/tcp/1/p2p/{host.peer_id}/p2p-circuit"]
         results = await check_addresses(asked, "127.0.0.1", private_network=False)
         assert [r.addr for r in results] == asked
-        assert [(r.reachable, r.dialled) for r in results] == [(True, True), (False, False), (False, False)]
-        assert "came from 127.0.0.1, not 10.1.2.3" in results[1].reason
+        # An address at another IP (a LAN address behind a router) is dialled at the request's IP, same
+        # port: what a NAT with a forwarded port exposes. Nothing else is ever dialled.
+        assert [(r.reachable, r.dialled) for r in results] == [(True, True), (True, True), (False, False)]
+        assert results[1].reason.startswith(f"at /ip4/127.0.0.1/tcp/{port} (the request's IP)")
+        closed = f"/ip4/192.168.1.5/tcp/{closed_port()}"
+        [behind_nat] = await check_addresses([closed], "127.0.0.1", private_network=False)
+        assert behind_nat.dialled and not behind_nat.reachable and "connection failed" in behind_nat.reason
         relayed = await check_addresses([mine], "", private_network=False)
         assert not relayed[0].dialled and "relay" in relayed[0].reason
 
