@@ -594,8 +594,20 @@ class Client:
         if self._payer is None:
             yield from self._stream(prompt, model, max_tokens, replicas)
             return
-        with self._paying:  # until the job is over: its HOLD is the next link of our chain
-            yield from self._stream(prompt, model, max_tokens, replicas)
+        # Our HOLD must be the next link of our chain: no other paid call until the coordinator has it,
+        # which it has once it streams anything. Released before the first yield, so the caller may make
+        # other paid calls while it iterates (holding it across yields deadlocked such a caller).
+        self._paying.acquire()
+        held = True
+        try:
+            for item in self._stream(prompt, model, max_tokens, replicas):
+                if held:
+                    self._paying.release()
+                    held = False
+                yield item
+        finally:
+            if held:
+                self._paying.release()
 
     def _stream(self, prompt: str, model: str, max_tokens: int, replicas: int) -> Iterator[str | Completion]:
         request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True))

@@ -81,15 +81,21 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
                 with pytest.raises(PaymentError, match="only paid jobs"):
                     list(client.stream("free?", model="tiny", max_tokens=4, replicas=2))
 
-        def paid_stream() -> tuple[int, list[str | Completion], int]:
+        def paid_stream() -> tuple[int, list[str | Completion], Completion | None, int]:
             with Client([address], network=NETWORK, timeout=60, identity_seed=seed) as client:
                 price = client.price(model="tiny", max_tokens=4, replicas=2)
-                items = list(client.stream("Streamed and paid", model="tiny", max_tokens=4, replicas=2))
-                return price, items, client.balance()
+                items: list[str | Completion] = []
+                nested = None
+                for item in client.stream("Streamed and paid", model="tiny", max_tokens=4, replicas=2):
+                    if nested is None:  # another paid job while iterating: must not deadlock
+                        nested = client.complete("Paid meanwhile", model="tiny", max_tokens=4, sealed=False)
+                    items.append(item)
+                return price, items, nested, client.balance()
 
         await trio.to_thread.run_sync(anonymous_stream)
-        price, items, after = await trio.to_thread.run_sync(paid_stream)
+        price, items, nested, after = await trio.to_thread.run_sync(paid_stream)
         assert price == job_cost(4, 2)  # the tiny model weighs 1 point per token
+        assert isinstance(nested, Completion) and nested.receipt is not None
         done = items[-1]
         assert isinstance(done, Completion) and all(isinstance(i, str) for i in items[:-1])
         payer = bytes(SigningKey(seed).verify_key)
