@@ -108,7 +108,7 @@ class FrameStream:
     @property
     def relayed(self) -> bool:
         """True when the stream runs over a relayed (``/p2p-circuit``) connection."""
-        return _is_relayed(self._stream.muxed_conn)
+        return is_relayed_connection(self._stream.muxed_conn)
 
     @property
     def remote_ip(self) -> str:
@@ -400,7 +400,7 @@ class Host:
     def is_relayed(self, peer_id: str) -> bool:
         """True when we hold connections to ``peer_id`` and every one of them is relayed."""
         conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
-        return bool(conns) and all(_is_relayed(c) for c in conns)
+        return bool(conns) and all(is_relayed_connection(c) for c in conns)
 
     async def request(self, peer_id: str, message: Message) -> Message:
         """Open a stream, send one message, read one reply, close."""
@@ -423,9 +423,6 @@ class Host:
 
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
-
-
-_is_relayed = is_relayed_connection
 
 
 def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:

@@ -260,7 +260,7 @@ class Client:
 
         return self._call(lookup)
 
-    async def _coordinators_in_dht(self, entries: Sequence[str] = ()) -> list[str]:
+    async def _coordinators_in_dht(self, entries: Sequence[str]) -> list[str]:
         """Look ``role:coordinator`` up, entering the DHT through the bootstrap nodes and ``entries``
         (DHT servers a bootstrap node listed: workers are DHT clients, they answer no lookup)."""
         assert self._host is not None and self._nursery is not None

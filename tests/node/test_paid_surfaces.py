@@ -14,16 +14,12 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import Grant, Hold, Settle, decode_body
-from opengrid_ledger.genesis import Genesis, encode_genesis
 from opengrid_sdk.client import Client, Completion
 
-from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.errors import PaymentError
 from opengrid.node.api import ApiSettings
-from opengrid.node.config import NodeConfig
-from opengrid.node.service import Node
 from opengrid.wire.messages import job_cost
-from tests.node.workers import start_workers
+from tests.node.workers import paid_coordinator, start_workers
 
 NETWORK = "paid-surfaces-test"
 GRANT = 50
@@ -36,15 +32,9 @@ def _post(url: str, body: dict[str, Any]) -> httpx.Response:
 async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payment(
     tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
 ) -> None:
-    genesis = tmp_path / "genesis.json"
-    coordinator = Node(
-        NodeConfig(
-            data_dir=tmp_path / "c", role="coordinator", network=NETWORK, genesis=genesis, heartbeat_s=0.5
-        ),
-        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, require_payment=True),
-        api=ApiSettings(address="127.0.0.1:0"),
+    coordinator, genesis = paid_coordinator(
+        tmp_path, NETWORK, grant=GRANT, api=ApiSettings(address="127.0.0.1:0")
     )
-    genesis.write_bytes(encode_genesis(Genesis(NETWORK, (coordinator.public_key,), grant_points=GRANT)))
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.ledger is not None and coordinator.api_urls

@@ -14,15 +14,13 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import Settle, decode_body
-from opengrid_ledger.genesis import Genesis, encode_genesis
 from opengrid_sdk.client import Client, Completion
 
-from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.errors import PaymentError
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import job_cost
-from tests.node.workers import start_workers
+from tests.node.workers import paid_coordinator, start_workers
 
 NETWORK = "grant-test"
 GRANT = 50
@@ -31,14 +29,7 @@ GRANT = 50
 async def test_a_new_identity_claims_the_grant_and_pays_a_coordinator_that_requires_payment(
     tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
 ) -> None:
-    genesis = tmp_path / "genesis.json"
-    coordinator = Node(
-        NodeConfig(
-            data_dir=tmp_path / "c", role="coordinator", network=NETWORK, genesis=genesis, heartbeat_s=0.5
-        ),
-        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, require_payment=True),
-    )
-    genesis.write_bytes(encode_genesis(Genesis(NETWORK, (coordinator.public_key,), grant_points=GRANT)))
+    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.ledger is not None

@@ -1,4 +1,5 @@
-"""Starting real worker nodes inside a test's nursery (tiny model, llama.cpp, 127.0.0.1)."""
+"""Real nodes for node tests: a paying network's coordinator, and workers started inside a test's
+nursery (tiny model, llama.cpp, 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,29 @@ import pathlib
 from collections.abc import Sequence
 
 import trio
+from opengrid_ledger import Genesis, encode_genesis
 
+from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
+from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+
+
+def paid_coordinator(
+    base: pathlib.Path, network: str, *, grant: int, api: ApiSettings | None = None
+) -> tuple[Node, pathlib.Path]:
+    """A coordinator that runs only paid jobs, minting by the genesis it writes to ``base/genesis.json``
+    (its own key, a starting grant of ``grant`` points); returns it (not started) and the genesis path."""
+    genesis = base / "genesis.json"
+    config = NodeConfig(
+        data_dir=base / "c", role="coordinator", network=network, genesis=genesis, heartbeat_s=0.5
+    )
+    coordinator = Node(
+        config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, require_payment=True), api=api
+    )
+    genesis.write_bytes(encode_genesis(Genesis(network, (coordinator.public_key,), grant_points=grant)))
+    return coordinator, genesis
 
 
 async def start_workers(
