@@ -83,8 +83,9 @@ def candidate_weight(candidate: Candidate, *, median_tokens_per_s: float, median
 
 
 def weights(candidates: Sequence[Candidate]) -> list[float]:
-    """``candidate_weight`` of each candidate, against the medians of ``candidates``."""
-    tps = _median([c.tokens_per_s for c in candidates if c.tokens_per_s > 0])
+    """``candidate_weight`` of each candidate, against the medians of ``candidates``. The speed median is
+    over measured speeds only: claims would let liars raise it and so lower honest workers' odds."""
+    tps = _median([c.tokens_per_s for c in candidates if c.tokens_per_s > 0 and not c.speed_claimed])
     rtt = _median([c.rtt_s for c in candidates if c.rtt_s > 0])
     return [candidate_weight(c, median_tokens_per_s=tps, median_rtt_s=rtt) for c in candidates]
 

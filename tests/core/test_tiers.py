@@ -25,18 +25,25 @@ def _register(grid: Grid, peer: str, *, probed: float = 0.0, max_job_tokens: int
 
 
 def test_a_worker_slower_by_its_own_start_up_measure_is_drawn_less_a_faster_claim_gains_nothing() -> None:
-    grid = Grid(n=3, config=UNWEIGHTED_EXTRAS)
-    _register(grid, "w0", probed=10_000.0)  # claims 100x the others: a cheater would
-    _register(grid, "w1", probed=100.0)
-    _register(grid, "w2", probed=10.0)  # an honest slow machine
+    grid = Grid(n=4, config=UNWEIGHTED_EXTRAS)
+    _register(grid, "w0")
+    _register(grid, "w1")
+    # w0 and w1 are measured: one job each way, answered 1 s after dispatch
+    for dispatch in dispatches(grid.submit(1, replicas=2, now=0.0)):
+        grid.answer(dispatch, HONEST, now=1.0)
+    measured = len(HONEST.tokens) / 1.0
+    _register(grid, "w2", probed=measured / 10)  # an honest slow machine, by its own start-up measure
+    _register(grid, "w3", probed=10_000.0)  # claims far more than anyone measured: a cheater would
     drawn: Counter[str] = Counter()
-    for job in range(1, 401):
-        (dispatch,) = dispatches(grid.submit(job, replicas=1))
+    for job in range(2, 702):
+        (dispatch,) = dispatches(grid.submit(job, replicas=1, now=2.0))
         drawn[dispatch.peer] += 1
-        assert isinstance(finished(grid.answer(dispatch, HONEST)), JobAccepted)
-    # weights 1 : 1 : 1/2 against the median claim (100): 40 / 40 / 20 %; the fast claim counts as median
-    assert 130 < drawn["w0"] < 190 and 130 < drawn["w1"] < 190, drawn
-    assert 40 < drawn["w2"] < 110, drawn  # drawn less, never starved
+        assert isinstance(finished(grid.answer(dispatch, HONEST, now=2.0)), JobAccepted)
+    # against the MEASURED median, w2's claim counts 1/2 and w3's at most 1: w3 is drawn ~2x as often as
+    # w2, and no more than the workers measured at that speed (who also have a head start in reputation)
+    assert drawn["w3"] > 1.4 * drawn["w2"], drawn
+    assert drawn["w3"] <= 1.2 * max(drawn["w0"], drawn["w1"]), drawn
+    assert drawn["w2"] > 40, drawn  # drawn less, never starved
 
 
 def test_without_weighting_the_start_up_claim_changes_nothing() -> None:
