@@ -70,7 +70,7 @@ RELAY_LIMITS: Final = RelayLimits(
 """What a relay grants (spec/discovery.md §8.3). Limits are per relay; the data cap is per circuit."""
 
 _DIAL_TIMEOUT_S: Final = 10.0
-_MAX_RETRY_S: Final = 30.0
+_MAX_RETRY_S: Final = 10.0  # a node without its reservation is unreachable: one dial per 10 s is cheap
 _CHECK_S: Final = 1.0
 """How often a keeper looks at its connection to the relay: a dropped one is noticed within a second."""
 
@@ -228,6 +228,10 @@ class ReservationKeeper:
                         expires = await self._host.circuits.reserve(self.relay_peer)
                 except (OpenGridError, trio.TooSlowError) as exc:
                     self._lost(str(exc) or "no answer in time")
+                    # The next try must dial afresh: a half-dead connection to the relay would otherwise be
+                    # reused by ``connect`` and every reservation on it fail until the node restarts.
+                    with trio.move_on_after(_DIAL_TIMEOUT_S):
+                        await self._host.disconnect(self.relay_peer)
                     if not started:
                         started = True
                         task_status.started()
@@ -258,6 +262,8 @@ class ReservationKeeper:
             log.warning(
                 "no reservation on relay %s (%s); unreachable through it, retrying", self.relay_peer, why
             )
+        else:
+            log.debug("still no reservation on relay %s (%s)", self.relay_peer, why)
         self.held = False
         self.problem = f"relay {self.relay_peer}: {why}"
 

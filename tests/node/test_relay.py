@@ -27,10 +27,13 @@ from opengrid.wire.commitment import commit_output
 from opengrid.wire.messages import JobAccepted, SubmitJob
 
 
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    with trio.fail_after(timeout):
+async def until(condition: Callable[[], bool], timeout: float, state: Callable[[], str] = str) -> None:
+    """Wait for ``condition``; on timeout fail with what ``state`` says (the why, on a slow CI run)."""
+    with trio.move_on_after(timeout):
         while not condition():
             await trio.sleep(0.05)
+        return
+    pytest.fail(f"not within {timeout} s; {state()}")
 
 
 class RelayProcess:
@@ -173,7 +176,12 @@ async def test_a_relayed_worker_goes_offline_when_its_relay_is_gone_and_returns_
         assert relay.host.peer_id in warnings[0] and "--relay-via" in warnings[0]
 
         await relay.start(nursery)
-        await until(lambda: me in online_workers(coordinator), timeout=75)
+
+        def state() -> str:
+            keepers = "; ".join(f"held={k.held} problem={k.problem!r}" for k in worker.relay_keepers)
+            return f"worker addrs {worker.host.addrs() if worker.host else None}, keepers: {keepers}"
+
+        await until(lambda: me in online_workers(coordinator), timeout=75, state=state)
         assert worker.host.addrs() == [f"{relay_address}/p2p-circuit/p2p/{me}"]
         nursery.cancel_scope.cancel()
 
