@@ -507,18 +507,22 @@ class Coordinator:
             if wanted in (o.name.lower(), o.contract.model_sha256.lower())
         ]
 
-    def quote(self, model: str, *, exposure: int, trusted: Sequence[str] = ()) -> list[Candidate]:
-        """Up to ``exposure`` workers of one numerical class for a sealed job, chosen at random on
-        distinct operators (only among ``trusted`` when given). The client seals its prompt to these."""
+    def quote(
+        self, model: str, *, exposure: int, trusted: Sequence[str] = (), max_tokens: int = 0
+    ) -> list[Candidate]:
+        """Up to ``exposure`` workers of one numerical class for a sealed job of ``max_tokens`` (0: any
+        length), chosen at random on distinct operators (only among ``trusted`` when given) from the class
+        the job itself would run on. The client seals its prompt to these."""
         allowed = set(trusted) if trusted else None
-        pool = choose_class(self._candidates(model, allowed=allowed))
+        pool = choose_class(self._candidates(model, allowed=allowed, max_tokens=max_tokens))
         return pick_workers(pool, exposure, exclude=(), rng=self._rng)
 
-    def weight(self, model: str) -> int | None:
+    def weight(self, model: str, *, max_tokens: int = 0) -> int | None:
         """Points per generated token of ``model`` here, its weight (spec/ledger.md §7): what a job of it
-        costs per token per replica, and what each agreeing worker earns per token. None: no online worker
-        serves it."""
-        candidates = choose_class(self._candidates(model))
+        costs per token per replica, and what each agreeing worker earns per token. ``max_tokens``: of the
+        class a job that long runs on (the same choice as its submission). None: no online worker serves
+        it."""
+        candidates = choose_class(self._candidates(model, max_tokens=max_tokens))
         return self.class_weight(candidates[0].contract) if candidates else None
 
     def class_weight(self, contract: DecodingContract) -> int:
@@ -583,7 +587,7 @@ class Coordinator:
                 FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))
             ]
         if self.config.require_payment and not request.hold:
-            weight = self.weight(request.model) or 1
+            weight = self.weight(request.model, max_tokens=request.max_tokens) or 1
             return [
                 FinishJob(
                     job_id,
@@ -1198,7 +1202,7 @@ class Coordinator:
         grant and we are a minter). Returns the request to feed to ``handle`` at once (the HOLD is the next
         link of our chain), or why it cannot be paid. A model no worker serves is returned unpaid: the
         submission refuses it (``unknown_model``)."""
-        weight = self.weight(request.model)
+        weight = self.weight(request.model, max_tokens=request.max_tokens)
         if weight is None:
             return request
         cost = job_cost(request.max_tokens, request.replicas, weight)

@@ -605,7 +605,9 @@ class Node:
 
     def _on_quote(self, message: QuoteRequest) -> Message:
         assert self.coordinator is not None
-        chosen = self.coordinator.quote(message.model, exposure=message.exposure, trusted=message.trusted)
+        chosen = self.coordinator.quote(
+            message.model, exposure=message.exposure, trusted=message.trusted, max_tokens=message.max_tokens
+        )
         if len(chosen) < message.replicas:
             served = ", ".join(self.coordinator.served_models()) or "none yet"
             return ErrorReply(

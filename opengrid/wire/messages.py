@@ -245,6 +245,9 @@ class QuoteRequest(_Message, tag="quote_request", frozen=True):
     """At most this many workers will be able to read the prompt (replicas plus spares for failover)."""
     trusted: Annotated[list[ShortText], msgspec.Meta(max_length=64)] = []
     """If not empty, only these peer ids may be offered."""
+    max_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_LIMIT)] = 0
+    """The job's ``max_tokens``, so only workers that take jobs that long are offered and priced (edge
+    nodes take short jobs only, and may be of another numerical class); 0: any length."""
 
 
 class QuotedWorker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

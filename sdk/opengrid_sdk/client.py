@@ -429,7 +429,9 @@ class Client:
             peer, reply = self._to_coordinator(request)
             return self._completion(request, peer, reply)
         cap = min(max(exposure or replicas + 2, replicas), MAX_EXPOSURE)
-        quote_request = QuoteRequest(model=model, replicas=replicas, exposure=cap, trusted=list(trusted))
+        quote_request = QuoteRequest(
+            model=model, replicas=replicas, exposure=cap, trusted=list(trusted), max_tokens=max_tokens
+        )
         coordinator, quote = self._to_coordinator(quote_request)
         if isinstance(quote, ErrorReply):
             raise _ERRORS.get(quote.code, JobError)(quote.message)
@@ -507,11 +509,14 @@ class Client:
         x replicas x`` the model's points per token (one per started billion parameters, spec/ledger.md
         §7). Each agreeing worker is paid ``max(1, tokens generated) x`` points per token out of the hold;
         the rest comes back."""
-        return job_cost(max_tokens, replicas, self._weight(model, replicas))
+        return job_cost(max_tokens, replicas, self._weight(model, replicas, max_tokens))
 
-    def _weight(self, model: str, replicas: int) -> int:
-        """Points per token of ``model`` on our coordinator (its ``Quote``)."""
-        request = QuoteRequest(model=model, replicas=replicas, exposure=min(replicas, MAX_EXPOSURE))
+    def _weight(self, model: str, replicas: int, max_tokens: int) -> int:
+        """Points per token of ``model`` on our coordinator (its ``Quote``) for a job of ``max_tokens``:
+        the price of the class that job would run on."""
+        request = QuoteRequest(
+            model=model, replicas=replicas, exposure=min(replicas, MAX_EXPOSURE), max_tokens=max_tokens
+        )
         _, quote = self._to_coordinator(request)
         if isinstance(quote, ErrorReply):
             raise _ERRORS.get(quote.code, JobError)(quote.message)
@@ -527,7 +532,7 @@ class Client:
             return request
         coordinator = public_key_of(self.coordinator().rsplit("/p2p/", 1)[-1])
         if weight is None:
-            weight = self._weight(request.model, request.replicas)
+            weight = self._weight(request.model, request.replicas, request.max_tokens)
         cost = job_cost(request.max_tokens, request.replicas, weight)
         head = self._chain_head()
         grant = b""

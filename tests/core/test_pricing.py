@@ -6,14 +6,33 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from grid_harness import CONTRACT, HONEST, OFFERS, Grid, finished, honest, job_id, open_receipt, signing_key
+from grid_harness import (
+    CONTRACT,
+    HONEST,
+    OFFERS,
+    Grid,
+    dispatches,
+    finished,
+    honest,
+    job_id,
+    open_receipt,
+    signing_key,
+)
 from opengrid_ledger import Grant, Hold, Receipt, Settle, decode_body, decode_entry, encode_entry, sign_entry
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.effects import SendReceipt
 from opengrid.core.events import JobSubmitted, WorkerRegistered
 from opengrid.engines.catalog import catalog_entry, pinned_params
-from opengrid.wire.messages import MAX_WEIGHT, ErrorReply, JobAccepted, SubmitJob, job_cost, model_weight
+from opengrid.wire.messages import (
+    MAX_WEIGHT,
+    ErrorReply,
+    JobAccepted,
+    ModelOffer,
+    SubmitJob,
+    job_cost,
+    model_weight,
+)
 
 SEVEN_B = 7_241_732_096
 """Mistral 7B's parameter count: weighs 8."""
@@ -209,3 +228,30 @@ def test_the_sdk_checks_a_receipt_mints_no_more_than_tokens_times_the_weight_it_
     )
     with pytest.raises(VerificationError, match="mints points no job earned"):
         SignedReceipt(entry=forged, network=grid.coordinator.network).verify(**output)
+
+
+def test_a_long_job_is_priced_and_quoted_on_the_class_that_can_run_it() -> None:
+    """Edge workers (short jobs only) of another numerical class outnumber the full workers: a short job
+    runs on the edge class and a long one on the full class, so the price and the quote of each must be
+    those of its own class — else a client holds for one weight and the job runs at another."""
+    grid = Grid(n=5, config=CoordinatorConfig.plain())
+    edge_class = msgspec.structs.replace(CONTRACT, model_sha256="cd" * 32)
+    for peer in ("w0", "w1"):  # full workers of the catalog's class, a 7B model
+        offers = tuple(msgspec.structs.replace(o, n_params=SEVEN_B) for o in OFFERS)
+        grid.coordinator.handle(WorkerRegistered(peer, grid.key(peer), offers), 0.0)
+    for peer in ("w2", "w3", "w4"):  # edge nodes of a smaller quantization: weight 1, 128 tokens at most
+        offers = (ModelOffer(name="tiny", contract=edge_class, n_params=1_000_000),)
+        grid.coordinator.handle(WorkerRegistered(peer, grid.key(peer), offers, max_job_tokens=128), 0.0)
+
+    assert grid.coordinator.weight("tiny") == 1  # the most workers: the edge class
+    assert grid.coordinator.weight("tiny", max_tokens=128) == 1
+    assert grid.coordinator.weight("tiny", max_tokens=129) == 8  # only the full workers take it
+    quoted = grid.coordinator.quote("tiny", exposure=4, max_tokens=512)
+    assert {c.peer for c in quoted} == {"w0", "w1"}
+    assert {c.peer for c in grid.coordinator.quote("tiny", exposure=4)} == {"w2", "w3", "w4"}
+
+    first = grid.submit(1, replicas=2, max_tokens=512)
+    assert {d.peer for d in dispatches(first)} == {"w0", "w1"}
+    reply = finished(grid.play(first, [HONEST, HONEST]))
+    assert isinstance(reply, JobAccepted)
+    assert open_receipt(reply.receipt)[1].weight == 8  # what a quote for 512 tokens said it would cost

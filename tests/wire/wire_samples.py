@@ -116,7 +116,7 @@ def sample_messages() -> list[Message]:
         HistoryRequest(account=b"\x05" * 32, limit=10),
         History(entries=[b"entry-1", b"entry-2"]),
         ControlRequest(action="pause", issued_at_ms=1_700_000_000_000, signature=b"\x06" * 64),
-        QuoteRequest(model="tiny", replicas=2, exposure=4, trusted=["12D3KooWpeer"]),
+        QuoteRequest(model="tiny", replicas=2, exposure=4, trusted=["12D3KooWpeer"], max_tokens=64),
         Quote(
             model="tiny",
             workers=[QuotedWorker(peer_id="12D3KooWpeer", public_key=b"\x07" * 32, box_key=b"\x08" * 32)],
