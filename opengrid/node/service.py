@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 import msgspec
 import trio
@@ -1369,6 +1369,8 @@ class Node:
         assert self.host is not None
         interval = self.config.heartbeat_s
         warned = False
+        unanswered = 0
+        """Registrations in a row that got no answer in time over a connection that stayed open."""
         try:
             while True:
                 address = next((a for a in self._registration_targets() if _peer_of(a) == peer), None)
@@ -1376,20 +1378,23 @@ class Node:
                     return  # forgotten (offline on gossip and not accepting us): stop beating at it
                 if not self.paused and not self._unreachable():
                     try:
-                        # Bounded: a dial to a vanished coordinator must not stall this task for long.
-                        with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
-                            # As often as the coordinator asks, within sane bounds so a hostile one
-                            # cannot make us spin or go silent.
-                            interval = min(max(await self._register_once(address), 0.5), 60.0)
-                        warned = False
+                        # As often as the coordinator asks, within sane bounds so a hostile one cannot
+                        # make us spin or go silent.
+                        interval = min(max(await self._register_once(address), 0.5), 60.0)
+                        warned, unanswered = False, 0
                     except _NotACoordinator as exc:
                         self._not_coordinators.add(peer)
                         log.info("%s; looking for coordinators through it", exc)
                         return
-                    except (OpenGridError, trio.TooSlowError) as exc:
-                        self._coordinators.pop(peer, None)
-                        if isinstance(exc, trio.TooSlowError):
-                            await self.host.disconnect(peer)  # re-dial afresh next time
+                    except OpenGridError as exc:
+                        unanswered = unanswered + 1 if isinstance(exc, _Unanswered) else 0
+                        if unanswered >= _UNANSWERED_BEFORE_REDIAL:
+                            # No answer for several beats on a connection that stayed open: it may be
+                            # half-dead (the coordinator's machine vanished). Re-dial afresh.
+                            await self.host.disconnect(peer)
+                            unanswered = 0
+                        if not unanswered:  # a late answer is no reason to forget a coordinator yet
+                            self._coordinators.pop(peer, None)
                         if not warned:
                             warned = True
                             log.warning(
@@ -1433,7 +1438,13 @@ class Node:
 
     async def _register_once(self, address: str) -> float:
         assert self.worker is not None and self.host is not None
-        peer = await self.host.connect(address)
+        timeout = _registration_timeout(self.config.heartbeat_s)
+        try:
+            with trio.fail_after(timeout):  # a dial to a vanished coordinator must not stall us long
+                peer = await self.host.connect(address)
+        except trio.TooSlowError as exc:
+            await self.host.disconnect(_peer_of(address))  # re-dial afresh next time
+            raise TransportError(f"could not connect to {address} within {timeout:.0f} s") from exc
         message = RegisterWorker(
             network=self.config.network,
             public_key=self.public_key,
@@ -1445,14 +1456,19 @@ class Node:
             max_job_tokens=self.config.max_tokens_per_job,
         )
         try:
-            with trio.fail_after(max(5.0, 2 * self.config.heartbeat_s)):
+            with trio.fail_after(timeout):
                 reply = await self.host.request(peer, message)
-        except (OpenGridError, trio.TooSlowError) as exc:
-            # A coordinator that died may leave a half-dead connection behind: drop it, re-dial next time.
-            await self.host.disconnect(peer)
-            raise TransportError(
-                f"the coordinator did not answer the registration: {str(exc) or 'timed out'}"
+        except trio.TooSlowError as exc:
+            # Keep the connection: an overloaded coordinator answers late, and re-dialling it (a new
+            # handshake, gossip streams, its replay of recent messages) only adds to its load. The caller
+            # re-dials after a few beats without an answer (a half-dead connection never answers).
+            raise _Unanswered(
+                f"the coordinator did not answer the registration within {timeout:.0f} s"
             ) from exc
+        except OpenGridError as exc:
+            # The stream failed: a coordinator that died may leave a broken connection behind. Re-dial.
+            await self.host.disconnect(peer)
+            raise TransportError(f"the coordinator did not answer the registration: {exc}") from exc
         if isinstance(reply, ErrorReply) and reply.code == "not_coordinator":
             raise _NotACoordinator(f"bootstrap {_short(peer)} is not a coordinator")
         if isinstance(reply, ErrorReply):
@@ -1642,6 +1658,19 @@ def _progress(what: str) -> Iterator[None]:
 
 class _NotACoordinator(TransportError):
     """A bootstrap peer answered a registration with ``not_coordinator``: use it only to join gossip."""
+
+
+class _Unanswered(TransportError):
+    """A registration sent on an open connection got no answer in time."""
+
+
+_UNANSWERED_BEFORE_REDIAL: Final = 3
+"""Registrations in a row left unanswered on one connection before a worker drops it and dials afresh."""
+
+
+def _registration_timeout(heartbeat_s: float) -> float:
+    """How long one registration (dial included) may take: two of our beats, at least 5 s."""
+    return max(5.0, 2 * heartbeat_s)
 
 
 def _load_genesis(config: NodeConfig) -> Genesis | None:
