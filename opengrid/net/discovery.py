@@ -40,7 +40,6 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.records.validator import NamespacedValidator, Validator
-from libp2p.tools.anyio_service import background_trio_service
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -52,6 +51,7 @@ from opengrid.errors import (
     TransportError,
 )
 from opengrid.net.host import Host
+from opengrid.net.services import background_service
 
 log = logging.getLogger("opengrid.net.discovery")
 
@@ -242,7 +242,7 @@ class Discovery:
         self._me = host.libp2p.get_id()
 
     async def run(self, *, task_status: trio.TaskStatus[Discovery] = trio.TASK_STATUS_IGNORED) -> None:
-        async with background_trio_service(self._dht):
+        async with background_service(self._dht):
             task_status.started(self)
             await trio.sleep_forever()
 

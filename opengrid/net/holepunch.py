@@ -31,9 +31,9 @@ import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
-from libp2p.tools.anyio_service import background_trio_service
 
 from opengrid.net.relay import is_circuit
+from opengrid.net.services import background_service
 
 log = logging.getLogger("opengrid.net.holepunch")
 
@@ -151,7 +151,7 @@ class HolePuncher:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[HolePuncher]:
         """Serve ``/libp2p/dcutr`` (answer peers' hole punches) while the block runs."""
-        async with background_trio_service(self._protocol), trio.open_nursery() as nursery:
+        async with background_service(self._protocol), trio.open_nursery() as nursery:
             await self._protocol.event_started.wait()
             self._nursery = nursery
             try:

@@ -36,6 +36,7 @@ from opengrid.errors import (
     OpenGridError,
     TransportError,
 )
+from opengrid.net.addr_cache import cache_advertised_addrs
 from opengrid.net.holepunch import HolePuncher, is_relayed_connection
 from opengrid.net.keys import keypair_from_seed
 from opengrid.net.relay import CircuitSupport, is_circuit
@@ -493,6 +494,7 @@ async def open_host(
         host = new_host(**kwargs)
     except Exception as exc:
         raise ConfigError(f"could not create the libp2p host: {exc}") from exc
+    cache_advertised_addrs(host)  # our signed peer record goes with every RPC: see addr_cache.py
     circuits = CircuitSupport(host, relay=relay, psk=psk)
     relayed: list[Host] = []  # set below: whether we hold a reservation decides if we answer hole punches
     hole_punch = HolePuncher(host, answering=lambda: bool(relayed and relayed[0].relay_addresses()))

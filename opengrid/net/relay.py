@@ -42,9 +42,9 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.security.pnet.protector import new_protected_conn
 from libp2p.security.pnet.psk_conn import PskConn
-from libp2p.tools.anyio_service import background_trio_service
 
 from opengrid.errors import ConfigError, OpenGridError, TransportError
+from opengrid.net.services import background_service
 
 if TYPE_CHECKING:
     from opengrid.net.host import Host
@@ -132,7 +132,7 @@ class CircuitSupport:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[CircuitSupport]:
         """Serve STOP (and HOP on a relay) while the block runs."""
-        async with background_trio_service(self._protocol):
+        async with background_service(self._protocol):
             await self._protocol.event_started.wait()
             yield self
 

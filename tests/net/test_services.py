@@ -1,0 +1,53 @@
+"""py-libp2p services run by ``background_service`` (services.py) build the task tree the library would:
+a task started from a service task becomes its child, one started from elsewhere a root task."""
+
+from __future__ import annotations
+
+import trio
+from libp2p.tools.anyio_service import Service, TrioManager
+
+from opengrid.net.services import background_service
+
+
+class TwoLevels(Service):
+    """Starts a child task from its own run task; the test starts another from outside."""
+
+    def __init__(self) -> None:
+        self.child_started = trio.Event()
+        self.run_task: trio.lowlevel.Task | None = None
+
+    async def run(self) -> None:
+        self.run_task = trio.lowlevel.current_task()
+        self.manager.run_daemon_task(self._child)
+        await trio.sleep_forever()
+
+    async def _child(self) -> None:
+        self.child_started.set()
+        await trio.sleep_forever()
+
+
+async def test_parents_are_found_as_the_library_finds_them() -> None:
+    service = TwoLevels()
+    async with background_service(service) as manager:
+        assert isinstance(manager, TrioManager)
+        with trio.fail_after(5):
+            await service.child_started.wait()
+        outsider = trio.lowlevel.current_task()
+        assert service.run_task is not None
+        for task in (outsider, service.run_task):
+            assert manager._find_parent_task(task) is TrioManager._find_parent_task(manager, task)  # type: ignore[attr-defined]
+        assert manager._find_parent_task(outsider) is None  # type: ignore[attr-defined]
+
+        parent = manager._find_parent_task(service.run_task)  # type: ignore[attr-defined]
+        assert parent is not None and [t.name for t in parent.children] == ["_child"]
+
+        outside_started = trio.Event()
+
+        async def from_outside() -> None:
+            outside_started.set()
+            await trio.sleep_forever()
+
+        manager.run_task(from_outside)  # type: ignore[attr-defined]
+        with trio.fail_after(5):
+            await outside_started.wait()
+        assert len(manager._root_tasks) == 2  # type: ignore[attr-defined]  # the service's run, and this one
