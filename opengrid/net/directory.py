@@ -9,11 +9,29 @@ announces again is online again at once (it "rejoins on its own").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from opengrid.net.announce import Announcement
 
 Change = Literal["joined", "updated", "returned"]
+
+FULL_RATE_NODES: Final = 20
+"""Up to this many nodes a node announces at its configured beat; beyond, its period grows in proportion
+(spec/discovery.md §5.5). Every announcement reaches every node, so a node's gossip work grows with the
+network's announcement rate: holding that rate at what 20 nodes produce bounds each node's cost however
+large the network grows (50 nodes at the 5 s default: one beat per 12.5 s, 4 announcements/s in all)."""
+MAX_BEAT_S: Final = 60.0
+"""The longest a node stretches its beat (unless configured longer). Whether a worker gets work is decided
+by its registration heartbeats to each coordinator, not by gossip."""
+
+
+def beat_period(base_s: float, peers: int) -> float:
+    """A node's announcement period while it knows ``peers`` other peers online: its configured
+    ``base_s`` up to ``FULL_RATE_NODES`` nodes, and ``base_s x nodes / FULL_RATE_NODES`` beyond, at most
+    ``MAX_BEAT_S`` (or ``base_s`` if that is longer). Receivers time a peer out by the period it
+    announces, so nothing else changes."""
+    stretched = base_s * (peers + 1) / FULL_RATE_NODES
+    return max(base_s, min(stretched, MAX_BEAT_S))
 
 
 @dataclass(frozen=True)

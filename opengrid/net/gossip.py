@@ -34,7 +34,6 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.tools.anyio_service import background_trio_service
 from nacl.signing import SigningKey
 
 from opengrid.errors import LocalProtocolError, TransportError
@@ -45,8 +44,9 @@ from opengrid.net.announce import (
     ModelAd,
     sign_announcement,
 )
-from opengrid.net.directory import PeerDirectory
+from opengrid.net.directory import PeerDirectory, beat_period
 from opengrid.net.host import Host
+from opengrid.net.services import background_service
 
 log = logging.getLogger("opengrid.net.gossip")
 
@@ -111,7 +111,10 @@ class Gossip:
         self._host = host
         self.network = network
         self._key = signing_key
+        self.configured_beat_s = beat_s
         self.beat_s = beat_s
+        """The period we announce now: the configured one, stretched in networks over 20 nodes
+        (``beat_period``, spec/discovery.md §5.5)."""
         self._fields: dict[str, object] = dict(
             roles=list(roles),
             models=list(models),
@@ -239,7 +242,7 @@ class Gossip:
     # ── the service ──────────────────────────────────────────────────────────────────────────────────
     async def run(self, *, task_status: trio.TaskStatus[Gossip] = trio.TASK_STATUS_IGNORED) -> None:
         """Run pubsub, subscribe, announce every beat, expire silent peers; ready once subscribed."""
-        async with background_trio_service(self._pubsub), background_trio_service(self._router):
+        async with background_service(self._pubsub), background_service(self._router):
             await self._pubsub.wait_until_ready()
             announcements = await self._pubsub.subscribe(self.announce_topic)
             ledger = await self._pubsub.subscribe(self.ledger_topic)
@@ -252,6 +255,7 @@ class Gossip:
 
     async def _beat(self) -> None:
         while True:
+            self.pace(trio.current_time())
             try:
                 await self.announce_now()
             except TransportError as exc:
@@ -264,6 +268,11 @@ class Gossip:
                 )
             if gone:
                 self._notify()
+
+    def pace(self, now: float) -> float:
+        """Set our announcement period for the peers online at ``now`` (``beat_period``) and return it."""
+        self.beat_s = beat_period(self.configured_beat_s, len(self.directory.online(now)))
+        return self.beat_s
 
     def _notify(self) -> None:
         self.changed.set()

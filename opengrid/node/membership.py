@@ -180,7 +180,8 @@ class Membership:
                     break
                 else:
                     pause = min(pause * 2, _MAX_RETRY_S)
-            await trio.sleep(pause if not self.joined.is_set() else 3 * self._announce_s)
+            # Every 3 beats: a bootstrap's status lists every peer, so at scale this stretches with the beat.
+            await trio.sleep(pause if not self.joined.is_set() else 3 * self.gossip.beat_s)
 
     async def _dht_loop(self) -> None:
         await self.joined.wait()

@@ -6,7 +6,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from opengrid.net.announce import Announcement, ModelAd
-from opengrid.net.directory import PeerDirectory
+from opengrid.net.directory import FULL_RATE_NODES, MAX_BEAT_S, PeerDirectory, beat_period
 from opengrid.net.keys import peer_id_of
 
 SHA = "ab" * 32
@@ -93,3 +93,25 @@ def test_stale_and_own_announcements_are_ignored() -> None:
 def test_missed_beats_must_be_positive() -> None:
     with pytest.raises(ValueError):
         PeerDirectory(missed_beats=0)
+
+
+@pytest.mark.parametrize(
+    ("base_s", "peers", "expected"),
+    [
+        (5.0, 0, 5.0),  # alone: the configured beat
+        (5.0, 19, 5.0),  # 20 nodes: still the configured beat
+        (5.0, 49, 12.5),  # 50 nodes: stretched, so the network still announces 20 / 5 s = 4 times a second
+        (2.0, 49, 5.0),  # a faster configured beat is a higher rate the operator chose, held the same way
+        (0.3, 4, 0.3),  # a small demo grid keeps its fast beat
+        (5.0, 10_000, MAX_BEAT_S),  # never beyond the cap ...
+        (120.0, 10_000, 120.0),  # ... nor below what the operator configured
+    ],
+)
+def test_the_beat_stretches_beyond_20_nodes_so_the_network_announcement_rate_stays_bounded(
+    base_s: float, peers: int, expected: float
+) -> None:
+    period = beat_period(base_s, peers)
+    assert period == pytest.approx(expected)
+    if period < MAX_BEAT_S:
+        rate = (peers + 1) / period
+        assert rate == pytest.approx(min(peers + 1, FULL_RATE_NODES) / base_s)

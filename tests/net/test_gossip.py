@@ -8,6 +8,7 @@ from nacl.signing import SigningKey
 
 from opengrid.net.announce import MAX_ANNOUNCEMENT_BYTES, ModelAd, SignedAnnouncement, sign_announcement
 from opengrid.net.gossip import Gossip
+from opengrid.net.keys import peer_id_of
 from tests.net.conftest import NETWORK, open_grid, open_node
 
 SHA = "5e" * 32
@@ -78,3 +79,24 @@ async def test_bad_announcements_are_dropped_and_counted_against_their_sender() 
         entry = target.directory.get(me)
         assert entry is not None and entry.announcement.network == NETWORK
         assert rogue.gossip.rejections == {}  # the victim's own beats are fine
+
+
+async def test_in_a_network_over_20_nodes_a_node_announces_a_stretched_beat() -> None:
+    """39 other peers online: 40 nodes at a configured 1 s beat would announce 40 times a second; the node
+    stretches its period to 2 s (20 announcements/s in all, what 20 nodes make) and says so in
+    ``beat_ms``, by which receivers time it out."""
+    async with open_node(beat_s=1.0) as node:
+        gossip = node.gossip
+        assert gossip.pace(trio.current_time()) == 1.0
+        assert gossip.build_announcement().beat_ms == 1000
+        for seed in range(1, 40):
+            key = SigningKey(bytes([seed]) * 32)
+            other = msgspec.structs.replace(
+                gossip.build_announcement(),
+                public_key=bytes(key.verify_key),
+                peer_id=peer_id_of(bytes(key.verify_key)),
+            )
+            gossip.directory.observe(other, trio.current_time())
+        assert gossip.pace(trio.current_time()) == 2.0
+        assert gossip.build_announcement().beat_ms == 2000
+        assert gossip.configured_beat_s == 1.0
