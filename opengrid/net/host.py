@@ -45,6 +45,7 @@ from opengrid.wire.messages import PROTOCOL_VERSION, Message
 
 JOB_PROTOCOL = TProtocol("/opengrid/job/1")
 RUN_PROTOCOL = TProtocol("/opengrid/run/1")
+BEAT_PROTOCOL = TProtocol("/opengrid/beat/1")
 """A coordinator's channel of RunJob exchanges to one worker, one after another on one stream
 (spec/job-protocol.md §6.4): no stream opening and protocol negotiation per replica."""
 _READ_CHUNK = 64 * 1024

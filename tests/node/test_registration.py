@@ -1,9 +1,10 @@
-"""A worker's registration heartbeat against a coordinator that answers late or never (spec/job-protocol.md
-§6.1 step 6): the connection is kept through a late answer — re-dialling an overloaded coordinator only
-adds a handshake to its load — and dropped for a fresh one after three beats without any answer.
+"""A worker's registration heartbeats (spec/job-protocol.md §6.1): they ride one kept stream, the
+coordinator's registration channel; against a coordinator that answers late or never, the connection is
+kept through a late answer — re-dialling an overloaded coordinator only adds a handshake to its load — and
+dropped for a fresh one after three beats without any answer.
 
-A real worker node (libp2p host, llama.cpp on the tiny model) on 127.0.0.1 registers with a bare host that
-reads every RegisterWorker and never replies.
+Real nodes (libp2p hosts, llama.cpp on the tiny model) on 127.0.0.1; the silent coordinator is a bare host
+that reads every RegisterWorker and never replies.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import secrets
 import pytest
 import trio
 
+from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
-from opengrid.net.host import FrameStream, open_host
+from opengrid.net.host import BEAT_PROTOCOL, FrameStream, open_host
 from opengrid.node import service
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
-from opengrid.wire.messages import RegisterWorker
+from opengrid.wire.messages import ErrorReply, RegisterWorker, StatusRequest
 
 TIMEOUT_S = 0.4
 """The registration timeout for this test (the product's is at least 5 s)."""
@@ -60,3 +62,44 @@ async def test_a_silent_coordinator_keeps_its_connection_for_three_beats_then_ge
     assert len(set(second)) == 1 and second[0] != first[0], connections  # ... then a fresh one, kept again
     assert third != second[0], connections
     assert not worker.registered.is_set()
+
+
+async def test_registration_heartbeats_ride_one_kept_stream_which_carries_nothing_else(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    coordinator = Node(
+        NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.2),
+        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.2),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.coordinator is not None
+        model = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+        worker = Node(
+            NodeConfig(
+                data_dir=tmp_path / "w",
+                role="worker",
+                bootstrap=(coordinator.host.addrs()[0],),
+                heartbeat_s=0.2,
+            ),
+            engine=LlamaEngine(model, n_threads=1),
+        )
+        await nursery.start(worker.run)
+        beats = worker._beats
+        assert beats is not None
+        with trio.fail_after(30):
+            while beats.reused < 5:
+                await trio.sleep(0.05)
+        assert beats.opened == 1  # every later beat reused the first stream
+        assert worker.host is not None
+        assert coordinator.coordinator.workers[worker.host.peer_id].online
+
+        async with open_host(secrets.token_bytes(32)) as client:
+            peer = await client.connect(coordinator.host.addrs()[0])
+            stream = await client.open_stream(peer, BEAT_PROTOCOL)
+            await stream.send(StatusRequest())
+            reply = await stream.receive()
+            await stream.aclose()
+        assert isinstance(reply, ErrorReply) and reply.code == "malformed"
+        assert "RegisterWorker only" in reply.message
+        nursery.cancel_scope.cancel()
