@@ -741,6 +741,7 @@ class Node:
             log.info("worker %s joined with %s", _short(peer), ", ".join(o.name for o in message.models))
             if self._nursery is not None:  # measured now, reported to the core with its next heartbeat
                 self._nursery.start_soon(self._measure_rtt, peer)
+                self._nursery.start_soon(self._warm_run_channel, peer)
         return Registered(coordinator_key=self.public_key, heartbeat_s=self.config.heartbeat_s)
 
     async def _measure_rtt(self, peer: str) -> None:
@@ -758,6 +759,20 @@ class Node:
             best = min(best, trio.current_time() - started)
         self._rtt[peer] = best
         log.debug("RTT to worker %s: %.1f ms", _short(peer), best * 1000)
+
+    async def _warm_run_channel(self, peer: str) -> None:
+        """Open a run channel to a worker that just joined and keep it idle in the pool, so its first
+        replica does not wait for a stream to open and its protocol to be negotiated (most of the time
+        from dispatch decision to engine start at 50 nodes, where each worker sees its first job late).
+        Best effort: a worker that cannot be reached now gets a stream at dispatch, as before."""
+        assert self._runs is not None
+        try:
+            with trio.fail_after(10):
+                stream, _ = await self._runs.take(peer)
+        except (OpenGridError, trio.TooSlowError) as exc:
+            log.debug("no run channel to worker %s yet: %s", _short(peer), exc)
+            return
+        await self._runs.give_back(stream)
 
     async def _serve_api(self, settings: ApiSettings, *, task_status: trio.TaskStatus[list[str]]) -> None:
         from hypercorn.config import Config

@@ -1,5 +1,5 @@
-"""The coordinator's run channel to a worker (``RUN_PROTOCOL``, spec/job-protocol.md §6.4): replicas reuse
-one pooled stream; a broken stream is replaced; a worker that serves only ``/opengrid/job/1`` still gets
+"""The coordinator's run channel to a worker (``RUN_PROTOCOL``, spec/job-protocol.md §6.4): opened when the
+worker joins, then every replica reuses that one pooled stream; a broken stream is replaced; a worker that serves only ``/opengrid/job/1`` still gets
 one stream per replica; the timing trace pairs each dispatch with its engine start."""
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ async def grid(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> AsyncIt
         await nursery.start(worker.run)
         with trio.fail_after(30):
             await worker.registered.wait()
+            # the coordinator opens a run channel to a worker as it joins, before any job needs it
+            assert coordinator._runs is not None and worker.host is not None
+            while coordinator._runs.idle(worker.host.peer_id) < 1:
+                await trio.sleep(0.01)
         yield coordinator, worker
         nursery.cancel_scope.cancel()
 
@@ -58,7 +62,7 @@ async def test_replicas_reuse_one_stream_and_the_trace_times_each_dispatch(
     assert coordinator._runs is not None and worker.host is not None
     for i in range(25):
         await _job(coordinator, i)
-    assert (coordinator._runs.opened, coordinator._runs.reused) == (1, 24)
+    assert (coordinator._runs.opened, coordinator._runs.reused) == (1, 25)  # opened when the worker joined
     assert coordinator._runs.idle(worker.host.peer_id) == 1
     assert worker.jobs_run == 25
 
