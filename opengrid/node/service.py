@@ -17,9 +17,10 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from functools import partial
+from typing import BinaryIO, Final, TypeVar
 
 import msgspec
 import trio
@@ -500,25 +501,11 @@ class Node:
             await stream.send(reply)
 
     async def _serve_runs(self, stream: FrameStream) -> None:
-        """A coordinator's run channel (``RUN_PROTOCOL``): RunJob exchanges one after another on one
-        stream, each answered as on its own stream, until the coordinator ends it (spec/job-protocol.md
-        §6.4). The coordinator sends the next RunJob only after reading the last one's final frame, so a
-        frame or an end of stream while a job runs still means the coordinator left it."""
-        while True:
-            try:
-                message = await stream.receive_next()
-            except RemoteProtocolError as exc:
-                log.info("refused a bad frame on a run channel: %s", exc)
-                await _try_send(stream, ErrorReply("malformed", str(exc)))
-                return
-            if message is None:
-                return
-            self._trace(stream.peer, message)
-            if not isinstance(message, RunJob):
-                kind = type(message).__name__
-                await stream.send(ErrorReply("malformed", f"{RUN_PROTOCOL} carries RunJob only, not {kind}"))
-                return
-            await self._serve_run(stream, message)
+        """A worker's run channel (``RUN_PROTOCOL``): RunJob exchanges one after another on one stream,
+        each answered as on its own stream, until the coordinator ends it (spec/job-protocol.md §6.4). The
+        coordinator sends the next RunJob only after reading the last one's final frame, so a frame or an
+        end of stream while a job runs still means the coordinator left it."""
+        await self._serve_channel(stream, RUN_PROTOCOL, RunJob, partial(self._serve_run, stream))
 
     async def _serve_beats(self, stream: FrameStream) -> None:
         """A coordinator's registration channel (``BEAT_PROTOCOL``): a worker's RegisterWorker heartbeats
@@ -526,25 +513,38 @@ class Node:
         A beat on a kept stream costs a few muxer frames; on a fresh one, ~20 frames and a multistream
         negotiation through both event loops (~4.8 ms of CPU against ~1.1 ms, measured in py-libp2p 0.8.1)."""
         operator = _operator_of(stream.remote_ip)
+
+        async def answer(message: RegisterWorker) -> None:
+            reply = await self._answer(stream.peer, message, operator)
+            assert reply is not None
+            await stream.send(reply)
+
+        await self._serve_channel(stream, BEAT_PROTOCOL, RegisterWorker, answer)
+
+    async def _serve_channel(
+        self,
+        stream: FrameStream,
+        protocol: str,
+        kind: type[_Exchanged],
+        serve: Callable[[_Exchanged], Awaitable[None]],
+    ) -> None:
+        """Serve a channel that carries ``kind`` exchanges one after another, until the peer ends it; a
+        bad frame or another message is answered ``malformed`` and ends it."""
         while True:
             try:
                 message = await stream.receive_next()
             except RemoteProtocolError as exc:
-                log.info("refused a bad frame on a registration channel: %s", exc)
+                log.info("refused a bad frame on %s: %s", protocol, exc)
                 await _try_send(stream, ErrorReply("malformed", str(exc)))
                 return
             if message is None:
                 return
             self._trace(stream.peer, message)
-            if not isinstance(message, RegisterWorker):
-                kind = type(message).__name__
-                await stream.send(
-                    ErrorReply("malformed", f"{BEAT_PROTOCOL} carries RegisterWorker only, not {kind}")
-                )
+            if not isinstance(message, kind):
+                what = f"{protocol} carries {kind.__name__} only, not {type(message).__name__}"
+                await stream.send(ErrorReply("malformed", what))
                 return
-            reply = await self._answer(stream.peer, message, operator)
-            assert reply is not None
-            await stream.send(reply)
+            await serve(message)
 
     async def _serve_run(self, stream: FrameStream, message: RunJob) -> None:
         """Run one replica and send its result (or a refusal, e.g. ``busy`` while paused)."""
@@ -1733,6 +1733,10 @@ def _progress(what: str) -> Iterator[None]:
 
 class _NotACoordinator(TransportError):
     """A bootstrap peer answered a registration with ``not_coordinator``: use it only to join gossip."""
+
+
+_Exchanged = TypeVar("_Exchanged", RunJob, RegisterWorker)
+"""The request a channel carries, one after another (run channel, registration channel)."""
 
 
 class _Unanswered(TransportError):
