@@ -79,7 +79,12 @@ def test_cheaters_never_reach_the_client_lose_reputation_and_replication_falls(
             watcher.join()
             status = client.status()
         assert next(n for n in net.nodes if n.name == "dying").process.returncode == -signal.SIGKILL
-        assert refused <= JOBS // 6 and len(answers) >= JOBS - JOBS // 6
+        # A job that draws a cheater while only 2 honest workers are left (after "dying" died) reaches
+        # 2-1-1 at most over the 4 workers: no quorum, refused (never a wrong answer), and nobody is
+        # outvoted, so the cheater's reputation does not fall on that job. How many such draws happen is
+        # chance: 1-9 of 48 in 8 runs on the 2-core machine (two CI runs at 9). A broken reputation would
+        # refuse most jobs (~5 in 6 draw a cheater).
+        assert refused <= JOBS // 4 and len(answers) >= JOBS - JOBS // 4
 
         balances = status.balances
         for cheater in ("lazy", "swapped"):
