@@ -250,6 +250,7 @@ class Gossip:
                 nursery.start_soon(self._drain_announcements, announcements)
                 nursery.start_soon(self._drain_ledger, ledger)
                 nursery.start_soon(self._beat)
+                nursery.start_soon(self._expire_loop)
                 task_status.started(self)
                 await trio.sleep_forever()
 
@@ -261,6 +262,12 @@ class Gossip:
             except TransportError as exc:
                 log.info("heartbeat not sent: %s", exc)
             await trio.sleep(self.beat_s)
+
+    async def _expire_loop(self) -> None:
+        """Mark silent peers offline, every configured beat (our own announcements may be further apart,
+        ``pace``; each peer is timed out by the period it announced)."""
+        while True:
+            await trio.sleep(self.configured_beat_s)
             gone = self.directory.expire(trio.current_time())
             for peer in gone:
                 log.info(

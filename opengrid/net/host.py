@@ -417,9 +417,12 @@ class Host:
         return reply
 
     async def disconnect(self, peer_id: str) -> None:
-        """Close our connections to a peer (so the next dial starts afresh); never raises."""
+        """Close our connections to a peer (so the next dial starts afresh); never raises, and gives up
+        after ``_DISCONNECT_S`` (closing writes a GO_AWAY frame, which can block on a half-dead socket:
+        the very connections we drop)."""
         try:
-            await self._host.disconnect(ID.from_base58(peer_id))
+            with trio.move_on_after(_DISCONNECT_S):
+                await self._host.disconnect(ID.from_base58(peer_id))
         except Exception as exc:
             log.debug("disconnecting %s: %s", peer_id, exc)
 
@@ -439,6 +442,7 @@ def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
 
 PSK_BYTES: Final = 32
 _DIRECT_FIRST_S: Final = 3.0
+_DISCONNECT_S: Final = 5.0
 _DIRECT_RETRY_S: Final = 60.0
 
 

@@ -80,6 +80,12 @@ class StreamPool:
             del self._idle[stream.peer]
         await stream.aclose()
 
+    async def close_idle(self, peer: str) -> None:
+        """Close the idle streams to ``peer`` (we will not talk to it on this protocol again soon), even
+        while being cancelled: the peer's handler waiting on each then ends."""
+        for stream in self._idle.pop(peer, []):
+            await stream.abort()
+
     async def discard(self, stream: FrameStream) -> None:
         """The exchange on ``stream`` did not end cleanly: reset it (even while being cancelled)."""
         await stream.abort()

@@ -228,9 +228,10 @@ class ReservationKeeper:
                         expires = await self._host.circuits.reserve(self.relay_peer)
                 except (OpenGridError, trio.TooSlowError) as exc:
                     self._lost(str(exc) or "no answer in time")
-                    # The next try must dial afresh: a half-dead connection to the relay would otherwise be
-                    # reused by ``connect`` and every reservation on it fail until the node restarts.
-                    with trio.move_on_after(_DIAL_TIMEOUT_S):
+                    if isinstance(exc, trio.TooSlowError):
+                        # No answer at all: the next try must dial afresh, or a half-dead connection would
+                        # be reused by ``connect`` and every reservation on it fail until the node restarts.
+                        # A refusal keeps the connection: the relay is often our coordinator too.
                         await self._host.disconnect(self.relay_peer)
                     if not started:
                         started = True

@@ -34,6 +34,7 @@ log what to do when peers cannot reach it.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -151,8 +152,12 @@ class Membership:
             return
         pause = min(self._announce_s, 1.0)
         turn = 0
+        pulled = -math.inf
         while True:
-            if not self._host.connected_peers() or self.joined.is_set():
+            # Every 3 beats: re-dial if we lost every connection; ask for a bootstrap's status (it lists
+            # every peer, so at scale this stretches with the beat, spec/discovery.md §5.5).
+            due = trio.current_time() - pulled >= 3 * self.gossip.beat_s
+            if not self._host.connected_peers() or (self.joined.is_set() and due):
                 # Ask the bootstraps in turn, starting after the one asked last time.
                 order = self._bootstrap[turn:] + self._bootstrap[:turn]
                 turn = (turn + 1) % len(self._bootstrap)
@@ -169,6 +174,7 @@ class Membership:
                                 str(exc) or "timed out",
                             )
                         continue
+                    pulled = trio.current_time()
                     if isinstance(status, NodeStatus):
                         me = self._host.peer_id
                         fresh = [p for p in status.peers if p.online or p.last_seen_s < _HINT_STALE_S]
@@ -180,8 +186,7 @@ class Membership:
                     break
                 else:
                     pause = min(pause * 2, _MAX_RETRY_S)
-            # Every 3 beats: a bootstrap's status lists every peer, so at scale this stretches with the beat.
-            await trio.sleep(pause if not self.joined.is_set() else 3 * self.gossip.beat_s)
+            await trio.sleep(pause if not self.joined.is_set() else 3 * self._announce_s)
 
     async def _dht_loop(self) -> None:
         await self.joined.wait()

@@ -118,6 +118,7 @@ from opengrid.wire.commitment import commit_output
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
 from opengrid.wire.messages import (
     MAX_CLAIMED_TOKENS_PER_S,
+    MAX_EXPOSURE,
     AdmitRequest,
     ControlRequest,
     DialBackReport,
@@ -211,9 +212,9 @@ class Node:
         self._jobs: dict[bytes, _PendingJob] = {}
         self._replicas: dict[tuple[bytes, str], trio.CancelScope] = {}
         self._runs: StreamPool | None = None
+        """Coordinators: idle run-channel streams to workers, reused by later replicas."""
         self._beats: StreamPool | None = None
         """A worker's registration channel to each coordinator (``BEAT_PROTOCOL``)."""
-        """Coordinators: idle run-channel streams to workers, reused by later replicas."""
         self._timer_changed = trio.Event()
         self._engine_limiter = trio.CapacityLimiter(1)
         self._dial_backs = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
@@ -647,6 +648,15 @@ class Node:
         chosen = self.coordinator.quote(
             message.model, exposure=message.exposure, trusted=message.trusted, max_tokens=message.max_tokens
         )
+        if len(chosen) < message.replicas and message.max_tokens:
+            any_length = self.coordinator.quote(message.model, exposure=MAX_EXPOSURE, trusted=message.trusted)
+            if len(any_length) >= message.replicas:  # as at submission: name the length that would do
+                longest = max(self.coordinator.workers[c.peer].max_job_tokens for c in any_length)
+                return ErrorReply(
+                    "no_capacity",
+                    f"the workers serving {message.model!r} here take jobs of at most {longest} tokens "
+                    f"(edge nodes); ask for max_tokens <= {longest}, or wait for a full worker",
+                )
         if len(chosen) < message.replicas:
             served = ", ".join(self.coordinator.served_models()) or "none yet"
             return ErrorReply(
@@ -1430,6 +1440,7 @@ class Node:
                 address = next((a for a in self._registration_targets() if _peer_of(a) == peer), None)
                 if address is None:
                     return  # forgotten (offline on gossip and not accepting us): stop beating at it
+                started = trio.current_time()
                 if not self.paused and not self._unreachable():
                     try:
                         # As often as the coordinator asks, within sane bounds so a hostile one cannot
@@ -1456,9 +1467,13 @@ class Node:
                                 _short(peer),
                                 str(exc) or "no answer in time",
                             )
-                await trio.sleep(interval)
+                # A beat every ``interval`` from the start of the last one: a registration left unanswered
+                # for its whole timeout must not push the next beat past the coordinator's offline limit.
+                await trio.sleep(max(0.0, interval - (trio.current_time() - started)))
         finally:
             running.discard(peer)
+            if self._beats is not None:
+                await self._beats.close_idle(peer)  # its coordinator's handler waits on it otherwise
 
     def _unreachable(self) -> str:
         """Why coordinators could not reach us for a job, or "" if they can. A node with no listen address

@@ -99,5 +99,6 @@ async def test_relay_addresses_are_announced_by_the_wrapper_not_the_libp2p_host(
         host.add_relay_address(relayed)
         assert host.addrs() == [*direct, relayed]
         assert host.libp2p.get_addrs() == library_addrs(host)  # the signed record has direct ones only
+        assert all("p2p-circuit" not in str(a) for a in host.libp2p.get_addrs())
         host.remove_relay_address(relayed)
         assert host.addrs() == direct

@@ -1,6 +1,7 @@
 """The coordinator's run channel to a worker (``RUN_PROTOCOL``, spec/job-protocol.md §6.4): opened when the
-worker joins, then every replica reuses that one pooled stream; a broken stream is replaced; a worker that serves only ``/opengrid/job/1`` still gets
-one stream per replica; the timing trace pairs each dispatch with its engine start."""
+worker joins, then every replica reuses that one pooled stream; a broken stream is replaced; a worker that
+serves only ``/opengrid/job/1`` still gets one stream per replica; the timing trace pairs each dispatch
+with its engine start."""
 
 from __future__ import annotations
 
