@@ -51,3 +51,33 @@ async def test_parents_are_found_as_the_library_finds_them() -> None:
         with trio.fail_after(5):
             await outside_started.wait()
         assert len(manager._root_tasks) == 2  # type: ignore[attr-defined]  # the service's run, and this one
+
+
+class NestedNursery(Service):
+    """Runs a helper in a nursery of its own run task: the helper is a trio task of the service's tree
+    that the manager did not start."""
+
+    def __init__(self) -> None:
+        self.helper_task: trio.lowlevel.Task | None = None
+        self.ready = trio.Event()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._helper)
+            await trio.sleep_forever()
+
+    async def _helper(self) -> None:
+        self.helper_task = trio.lowlevel.current_task()
+        self.ready.set()
+        await trio.sleep_forever()
+
+
+async def test_a_task_in_a_nursery_of_a_service_task_gets_the_parent_the_library_gives_it() -> None:
+    service = NestedNursery()
+    async with background_service(service) as manager:
+        with trio.fail_after(5):
+            await service.ready.wait()
+        helper = service.helper_task
+        assert helper is not None and helper.parent_nursery is not manager._task_nursery  # type: ignore[attr-defined]
+        expected = TrioManager._find_parent_task(manager, helper)  # type: ignore[attr-defined]
+        assert manager._find_parent_task(helper) is expected  # type: ignore[attr-defined]
