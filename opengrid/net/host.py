@@ -45,9 +45,10 @@ from opengrid.wire.messages import PROTOCOL_VERSION, Message
 
 JOB_PROTOCOL = TProtocol("/opengrid/job/1")
 RUN_PROTOCOL = TProtocol("/opengrid/run/1")
-BEAT_PROTOCOL = TProtocol("/opengrid/beat/1")
 """A coordinator's channel of RunJob exchanges to one worker, one after another on one stream
 (spec/job-protocol.md §6.4): no stream opening and protocol negotiation per replica."""
+BEAT_PROTOCOL = TProtocol("/opengrid/beat/1")
+"""A worker's channel of RegisterWorker heartbeats to one coordinator, likewise (§6.1)."""
 _READ_CHUNK = 64 * 1024
 log = logging.getLogger("opengrid.net")
 
@@ -77,6 +78,8 @@ class FrameStream:
         self._stream = stream
         self.peer = stream.muxed_conn.peer_id.to_base58()
         self._frames = FrameBuffer(limit=limit, peer=self.peer)
+        self.frames_received = 0
+        """Frames read from this stream so far (a pool tells from it whether an exchange heard anything)."""
         self._frames_limit = limit
 
     @property
@@ -172,6 +175,7 @@ class FrameStream:
             if not chunk:
                 raise TransportError(f"{self.peer} closed the stream")
             self._frames.feed(chunk)
+        self.frames_received += 1
         return body
 
     async def aclose(self) -> None:

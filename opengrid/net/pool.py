@@ -14,11 +14,17 @@ one exchange only: it is closed after the exchange, never pooled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from libp2p.custom_types import TProtocol
 
+from opengrid.errors import TransportError
 from opengrid.net.host import FrameStream, Host
+
+log = logging.getLogger("opengrid.net.pool")
+T = TypeVar("T")
 
 IDLE_PER_PEER = 4
 """Idle streams kept per peer; more are closed (a worker runs at most a few replicas at once)."""
@@ -47,6 +53,29 @@ class StreamPool:
         self.reused = 0
         """Exchanges that ran on a stream an earlier exchange used."""
         self._given_back = 0
+
+    async def exchange(self, peer: str, talk: Callable[[FrameStream], Awaitable[T]]) -> T:
+        """Run one exchange with ``peer``: ``talk`` speaks on a pooled stream (a fresh one when none is
+        idle) and returns once it read the final frame; the stream is then given back, and reset if
+        ``talk`` raised or was cancelled. A reused stream that fails before the peer sent anything in this
+        exchange (it died while idle) is replaced by a fresh one, if the connection is still up; without
+        a connection the peer is gone and the error goes to the caller."""
+        while True:
+            stream, reused = await self.take(peer)
+            heard = stream.frames_received
+            try:
+                result = await talk(stream)
+            except TransportError:
+                await self.discard(stream)
+                if reused and stream.frames_received == heard and self._host.is_connected(peer):
+                    log.debug("idle %s stream to %s was dead; opening a fresh one", self.protocol, peer)
+                    continue
+                raise
+            except BaseException:  # a protocol error, or the exchange was cancelled: reset the stream
+                await self.discard(stream)
+                raise
+            await self.give_back(stream)
+            return result
 
     async def take(self, peer: str) -> tuple[FrameStream, bool]:
         """A stream to ``peer`` for one exchange, and whether it was reused (else freshly opened)."""

@@ -1333,49 +1333,35 @@ class Node:
         """Send ``run`` to ``peer``; for streaming jobs pass its preview frames on; return its final reply.
 
         The exchange runs on the worker's run channel (``RUN_PROTOCOL``, a pooled stream that earlier
-        replicas used) when one is idle. A reused stream that turns out dead before the worker said
-        anything (it closed while idle) is replaced once by a fresh one, if the connection is still up;
-        without a connection the worker is gone and the replica fails at once, as it always did.
+        replicas used) when one is idle; ``StreamPool.exchange`` replaces one found dead before the worker
+        said anything, and without a connection the worker is gone and the replica fails at once.
         """
         assert self.host is not None and self._runs is not None
         pending = self._jobs.get(run.job_id)
         message = (
             run if pending is None or pending.progress is None else msgspec.structs.replace(run, stream=True)
         )
-        while True:
-            stream, reused = await self._runs.take(peer)
+
+        async def talk(stream: FrameStream) -> Message:
             self.timing.mark("stream_ready", run.job_id, peer)
-            heard = False
-            try:
-                await stream.send(message)
-                self.timing.mark("sent", run.job_id, peer)
-                for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
-                    reply = await stream.receive()
-                    heard = True
-                    self._trace(peer, reply)
-                    if not isinstance(reply, ReplicaProgress):
-                        self.timing.mark("reply", run.job_id, peer)
-                        if isinstance(reply, ReplicaResult | ErrorReply) and reply.job_id not in (
-                            run.job_id,
-                            b"",
-                        ):
-                            raise RemoteProtocolError("the answer is for another job", peer=peer)
-                        await self._runs.give_back(stream)
-                        return reply
-                    if pending is not None and pending.progress is not None:
-                        if reply.job_id == run.job_id and pending.streamer in (None, peer):
-                            pending.streamer = peer
-                            pending.progress(reply.text)
-                raise RemoteProtocolError("more progress frames than tokens", peer=peer)
-            except TransportError:
-                await self._runs.discard(stream)
-                if reused and not heard and self.host.is_connected(peer):
-                    log.debug("idle run stream to %s was dead; opening a fresh one", _short(peer))
-                    continue
-                raise
-            except BaseException:  # a protocol error, or the replica was cancelled: reset the stream
-                await self._runs.discard(stream)
-                raise
+            await stream.send(message)
+            self.timing.mark("sent", run.job_id, peer)
+            for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
+                reply = await stream.receive()
+                self._trace(peer, reply)
+                if not isinstance(reply, ReplicaProgress):
+                    self.timing.mark("reply", run.job_id, peer)
+                    answered = reply.job_id if isinstance(reply, ReplicaResult | ErrorReply) else b""
+                    if answered not in (run.job_id, b""):
+                        raise RemoteProtocolError("the answer is for another job", peer=peer)
+                    return reply
+                if pending is not None and pending.progress is not None:
+                    if reply.job_id == run.job_id and pending.streamer in (None, peer):
+                        pending.streamer = peer
+                        pending.progress(reply.text)
+            raise RemoteProtocolError("more progress frames than tokens", peer=peer)
+
+        return await self._runs.exchange(peer, talk)
 
     async def _send_receipt(self, peer: str, notice: ReceiptNotice) -> None:
         assert self.host is not None
@@ -1560,24 +1546,14 @@ class Node:
 
     async def _beat(self, peer: str, message: RegisterWorker) -> Message:
         """One registration exchange on our registration channel to ``peer`` (a kept stream; a fresh
-        ``JOB_PROTOCOL`` stream, closed after, for a coordinator without the channel). A kept stream that
-        turns out dead before any answer (it closed while idle) is replaced once by a fresh one."""
+        ``JOB_PROTOCOL`` stream, closed after, for a coordinator without the channel)."""
         assert self._beats is not None
-        while True:
-            stream, reused = await self._beats.take(peer)
-            try:
-                await stream.send(message)
-                reply = await stream.receive()
-            except TransportError:
-                await self._beats.discard(stream)
-                if reused and self.host is not None and self.host.is_connected(peer):
-                    continue
-                raise
-            except BaseException:  # a protocol error, or we gave up waiting: reset the stream
-                await self._beats.discard(stream)
-                raise
-            await self._beats.give_back(stream)
-            return reply
+
+        async def talk(stream: FrameStream) -> Message:
+            await stream.send(message)
+            return await stream.receive()
+
+        return await self._beats.exchange(peer, talk)
 
     @property
     def paused(self) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -19,12 +18,7 @@ import trio
 from opengrid.net.host import FrameStream, open_host
 from opengrid.net.relay import ReservationKeeper
 from opengrid.wire.messages import DialBackReport, DialBackRequest
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
+from tests.waiting import until
 
 
 def closed_port_address(peer: str) -> str:

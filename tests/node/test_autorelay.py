@@ -16,7 +16,6 @@ import logging
 import pathlib
 import secrets
 import socket
-from collections.abc import Callable
 
 import multiaddr
 import pytest
@@ -25,27 +24,17 @@ from libp2p.peer.id import ID
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
-from opengrid.net.host import Host, open_host
+from opengrid.net.host import Host
 from opengrid.net.relay import is_circuit
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import JobAccepted, Message, RegisterWorker, SubmitJob
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
+from tests.node.workers import client_host
+from tests.waiting import until
 
 
 def circuits(host: Host) -> list[str]:
     return [a for a in host.addrs() if is_circuit(a)]
-
-
-async def _client_host(*, task_status: trio.TaskStatus[Host]) -> None:
-    async with open_host(secrets.token_bytes(32)) as host:
-        task_status.started(host)
-        await trio.sleep_forever()
 
 
 async def test_a_private_worker_takes_a_relay_by_itself_is_reached_through_it_and_drops_it_when_public(
@@ -123,7 +112,7 @@ async def test_a_private_worker_takes_a_relay_by_itself_is_reached_through_it_an
         # 3. with its direct connection dropped, a job reaches it through R
         relayed_before = r.host.circuits.statistics().circuits_opened
         await c.host.disconnect(me)
-        client = await nursery.start(_client_host)
+        client = await nursery.start(client_host)
         peer = await client.connect(c.host.addrs()[0])
         job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt="Hi", max_tokens=4, replicas=1)
         with trio.fail_after(60):

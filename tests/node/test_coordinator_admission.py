@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pathlib
 import secrets
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -26,14 +25,9 @@ from opengrid.node import admission
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import ErrorReply, SubmitJob
+from tests.waiting import until
 
 NETWORK = "admission-test"
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
 
 
 def pending_everywhere(voters: list[Node], candidate: str) -> bool:

@@ -9,7 +9,6 @@ receipt no longer counts anywhere, and B does not publish a second proof.
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable
 
 import trio
 from opengrid_ledger import Fraud, decode_body, encode_entry
@@ -18,12 +17,7 @@ from opengrid_ledger.genesis import Genesis, encode_genesis
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from tests.ledger.ledger_factory import COORDINATOR, NETWORK, WORKERS, Author, job_id, make_receipt, pub
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
+from tests.waiting import until
 
 
 def frauds(node: Node) -> list[bytes]:

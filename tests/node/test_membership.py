@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import pathlib
 import socket
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -22,6 +21,7 @@ from opengrid.net.discovery import model_key, model_name_key, role_key
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import JobAccepted
+from tests.waiting import until
 
 
 def fast(
@@ -41,12 +41,6 @@ def fast(
 
 def tiny_engine(path: pathlib.Path) -> LlamaEngine:
     return LlamaEngine(ModelInfo(name="tiny", path=path, sha256=sha256_file(path)), n_threads=1)
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
 
 
 def online_workers(node: Node) -> set[str]:

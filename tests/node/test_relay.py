@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import pathlib
 import secrets
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -25,15 +24,8 @@ from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.messages import JobAccepted, SubmitJob
-
-
-async def until(condition: Callable[[], bool], timeout: float, state: Callable[[], str] = str) -> None:
-    """Wait for ``condition``; on timeout fail with what ``state`` says (the why, on a slow CI run)."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
-        return
-    pytest.fail(f"not within {timeout} s; {state()}")
+from tests.node.workers import client_host
+from tests.waiting import until
 
 
 class RelayProcess:
@@ -126,7 +118,7 @@ async def test_a_worker_reachable_only_through_a_relay_receives_and_completes_a_
         await coordinator.host.disconnect(me)  # the registration's direct connection must not carry the job
         assert not coordinator.host.is_connected(me)
 
-        client = await nursery.start(_client_host)
+        client = await nursery.start(client_host)
         peer = await client.connect(coordinator.host.addrs()[0])
         job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt="Hi", max_tokens=4, replicas=1)
         with trio.fail_after(30):
@@ -143,12 +135,6 @@ async def test_a_worker_reachable_only_through_a_relay_receives_and_completes_a_
         assert coordinator.host.is_relayed(me)
         assert worker.host.is_relayed(coordinator.host.peer_id)
         nursery.cancel_scope.cancel()
-
-
-async def _client_host(*, task_status: trio.TaskStatus[Host]) -> None:
-    async with open_host(secrets.token_bytes(32)) as host:
-        task_status.started(host)
-        await trio.sleep_forever()
 
 
 async def test_a_relayed_worker_goes_offline_when_its_relay_is_gone_and_returns_with_it(

@@ -4,6 +4,7 @@ nursery (tiny model, llama.cpp, 127.0.0.1)."""
 from __future__ import annotations
 
 import pathlib
+import secrets
 from collections.abc import Sequence
 
 import trio
@@ -11,6 +12,7 @@ from opengrid_ledger import Genesis, encode_genesis
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
+from opengrid.net.host import Host, open_host
 from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
@@ -55,3 +57,10 @@ async def start_workers(
         for worker in workers:
             await worker.registered.wait()
     return workers
+
+
+async def client_host(*, task_status: trio.TaskStatus[Host]) -> None:
+    """A bare libp2p host for a test's client side (``host = await nursery.start(client_host)``)."""
+    async with open_host(secrets.token_bytes(32)) as host:
+        task_status.started(host)
+        await trio.sleep_forever()
