@@ -188,7 +188,7 @@ def diagnose(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]
     checks.extend(listen)
     checks.extend(bootstrap_checks(config, role, bootstraps))
     checks.append(reachability_check(config.listen, dial_back))
-    checks.append(relay_check(config.listen))
+    checks.append(relay_check(config.listen, running_addrs))
     return {
         "role": role,
         "network": config.network,
@@ -885,9 +885,21 @@ def reachability_check(listen: Sequence[str], found: DialBack | None) -> Check:
     )
 
 
-def relay_check(listen: Sequence[str]) -> Check:
+def relay_check(listen: Sequence[str], running_addrs: Sequence[str] = ()) -> Check:
     """Circuit relays (spec/discovery.md §8), taken automatically when peers cannot dial a node (§9.3):
-    say what that means for this node."""
+    through which relay the running node is reached, if any, else what relays mean for this node."""
+    from opengrid.net.relay import relays_of
+
+    relays = relays_of(running_addrs)
+    if relays:
+        through = ", ".join(f"{peer} ({address})" for peer, address in relays)
+        direct = [a for a in running_addrs if "/p2p-circuit" not in a]
+        also = (
+            "; peers that can dial it use its direct address(es) first"
+            if direct
+            else "; it has no direct address: every connection goes through the relay"
+        )
+        return Check("relay", "ok", f"the running node is reachable through relay {through}{also}")
     kinds = set()
     for text in listen:
         try:

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,6 +27,9 @@ from opengrid.errors import ConfigError, OpenGridError
 from opengrid.node.api import DEFAULT_API_ADDRESS, ApiSettings, check_bind
 from opengrid.node.config import ADVERSARIES, DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
 from opengrid.settings import add_node_flags, flags_from_namespace, load_settings, resolve_config_file
+
+if TYPE_CHECKING:
+    from opengrid.wire.messages import NodeStatus
 
 log = logging.getLogger("opengrid")
 DRAIN_S = 60.0
@@ -538,6 +541,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def peers_headline(status: NodeStatus) -> str:
+    """The first line of ``opengrid peers``: who answered, its reachability and the relay it is reached
+    through (taken by itself or given with --relay-via), and how many peers it knows."""
+    from opengrid.net.relay import relays_of
+
+    online = sum(p.online for p in status.peers)
+    role = f"{status.role} (candidate: not admitted yet, takes no jobs)" if status.candidate else status.role
+    relays = relays_of(status.addrs)
+    reachability = status.reachability or "unknown"
+    if relays:
+        reachability += f", through relay {', '.join(peer for peer, _ in relays)}"
+    return (
+        f"{role} {status.peer_id} on network {status.network!r} ({reachability}) "
+        f"knows {len(status.peers)} peer(s), {online} online"
+    )
+
+
 def _cmd_peers(args: argparse.Namespace) -> int:
     import msgspec
     from opengrid_sdk import Client
@@ -547,12 +567,7 @@ def _cmd_peers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"peer_id": status.peer_id, "peers": msgspec.to_builtins(status.peers)}, indent=2))
         return 0
-    online = sum(p.online for p in status.peers)
-    role = f"{status.role} (candidate: not admitted yet, takes no jobs)" if status.candidate else status.role
-    print(
-        f"{role} {status.peer_id} on network {status.network!r} ({status.reachability or 'unknown'}) "
-        f"knows {len(status.peers)} peer(s), {online} online"
-    )
+    print(peers_headline(status))
     for p in status.peers:
         rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms is not None else "-"
         print(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -78,6 +78,18 @@ _CHECK_S: Final = 1.0
 def is_circuit(address: str) -> bool:
     """True for a relayed address (``.../p2p/RELAY/p2p-circuit/p2p/PEER``)."""
     return CIRCUIT in address
+
+
+def relays_of(addresses: Iterable[str]) -> list[tuple[str, str]]:
+    """``(relay peer id, relay address)`` for each relayed address among a node's own, in order, once per
+    relay: through whom peers that cannot dial the node reach it."""
+    out: dict[str, str] = {}
+    for address in addresses:
+        if not is_circuit(address):
+            continue
+        relay_address = address.split(CIRCUIT, 1)[0]
+        out.setdefault(relay_address.rsplit("/p2p/", 1)[-1], relay_address)
+    return list(out.items())
 
 
 def circuit_address(relay_address: str, peer_id: str) -> str:

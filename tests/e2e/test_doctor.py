@@ -252,3 +252,22 @@ def test_tcp_multiaddrs_are_parsed_and_others_refused() -> None:
     for bad in ("garbage", "/ip4/10.0.0.1/udp/4001", "/ip4/10.0.0.1"):
         with pytest.raises(ValueError):
             doctor.parse_tcp_multiaddr(bad)
+
+
+def test_the_relay_a_running_node_is_reached_through_is_named() -> None:
+    relay = "12D3KooWRe1ayPeerAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    me = "12D3KooWMyPeerBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+    relay_address = f"/ip4/203.0.113.7/tcp/4001/p2p/{relay}"
+    direct = f"/ip4/192.168.1.5/tcp/4001/p2p/{me}"
+    circuit = f"{relay_address}/p2p-circuit/p2p/{me}"
+
+    check = doctor.relay_check(["/ip4/0.0.0.0/tcp/4001"], [direct, circuit])
+    assert check.status == "ok"
+    assert f"reachable through relay {relay} ({relay_address})" in check.detail
+    assert "direct address" in check.detail and "first" in check.detail
+
+    relayed_only = doctor.relay_check([], [circuit])
+    assert f"through relay {relay}" in relayed_only.detail and "no direct address" in relayed_only.detail
+
+    # no circuit address: what relays would mean for this node, as before
+    assert "takes a relay by itself" in doctor.relay_check(["/ip4/0.0.0.0/tcp/4001"], [direct]).detail
