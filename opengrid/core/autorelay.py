@@ -4,21 +4,26 @@
 A node that listens but is found **private** by its dial-backs (§9.2), and that was given no relay
 (``--relay-via``), picks one of the relays it knows of, holds a reservation there and announces the
 relayed address next to its direct ones. It drops that reservation when a later check finds it
-**public**. Preference, best first:
+**public**.
+
+Every relayed job's bytes pass through the relay, so distance comes first: candidates whose round trip
+the node measured, nearest first in steps of ``RTT_STEP_S`` (within one step they count as equally near),
+then those it could not measure. Ties go to the rank, best first:
 
 1. peers that provide ``relay`` in the DHT (they said they relay);
 2. coordinators (they relay unless started with ``--no-relay``), heard on gossip or found in the DHT;
 3. its bootstrap nodes (any node; it may or may not relay).
 
-Within a rank, by peer id (deterministic). A candidate is skipped when it is this node, has no direct TCP
+then to the peer id (deterministic). A candidate is skipped when it is this node, has no direct TCP
 address (a relay must be dialable itself), announces that it is private or relayed itself, or refused or
 failed within the last ``RETRY_FAILED_S``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 Source = Literal["dht", "coordinator", "bootstrap"]
@@ -27,6 +32,9 @@ RANK: Final[Mapping[Source, int]] = {"dht": 0, "coordinator": 1, "bootstrap": 2}
 RETRY_FAILED_S: Final = 300.0
 """A relay that refused a reservation (full, or does not relay) or could not be reached is not tried again
 for this long."""
+RTT_STEP_S: Final = 0.025
+"""Candidates whose round trips fall in the same 25 ms step are equally near: the better rank wins. Finer
+steps would let measurement noise on a LAN override "this peer said it relays"."""
 SWITCH_AFTER_S: Final = 60.0
 """A relay we chose that has held no reservation for this long (it went away) is given up for another."""
 
@@ -41,6 +49,8 @@ class RelayCandidate:
     source: Source
     reachability: str = "unknown"
     """What the candidate announces about itself (§9.2); "" or "unknown" when we did not hear it."""
+    rtt_s: float | None = None
+    """Round trip this node measured to the candidate; None when it did not (or got no answer)."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +95,11 @@ def is_direct_tcp(address: str) -> bool:
     )
 
 
-def choose_relay(
+def usable_relays(
     candidates: Iterable[RelayCandidate], *, me: str, failed: Mapping[str, float], now: float
-) -> RelayCandidate | None:
-    """The best usable candidate (module docstring), or None."""
+) -> list[RelayCandidate]:
+    """One candidate per peer that may be asked to relay (skip rules in the module docstring), at its best
+    rank and with the round trip measured to it if any, best first (``choose_relay`` takes the first)."""
     best: dict[str, RelayCandidate] = {}
     for c in candidates:
         if c.peer_id == me or not is_direct_tcp(c.address) or not c.address.endswith(f"/p2p/{c.peer_id}"):
@@ -98,11 +109,26 @@ def choose_relay(
         if c.peer_id in failed and now - failed[c.peer_id] < RETRY_FAILED_S:
             continue
         known = best.get(c.peer_id)
-        if known is None or RANK[c.source] < RANK[known.source]:
+        if known is None:
             best[c.peer_id] = c
-    if not best:
-        return None
-    return min(best.values(), key=lambda c: (RANK[c.source], c.peer_id))
+            continue
+        better = c if RANK[c.source] < RANK[known.source] else known
+        rtt = known.rtt_s if known.rtt_s is not None else c.rtt_s
+        best[c.peer_id] = replace(better, rtt_s=rtt if better.rtt_s is None else better.rtt_s)
+    return sorted(best.values(), key=_preference)
+
+
+def _preference(c: RelayCandidate) -> tuple[float, int, str]:
+    nearness = math.inf if c.rtt_s is None else math.floor(c.rtt_s / RTT_STEP_S)
+    return (nearness, RANK[c.source], c.peer_id)
+
+
+def choose_relay(
+    candidates: Iterable[RelayCandidate], *, me: str, failed: Mapping[str, float], now: float
+) -> RelayCandidate | None:
+    """The best usable candidate (module docstring), or None."""
+    usable = usable_relays(candidates, me=me, failed=failed, now=now)
+    return usable[0] if usable else None
 
 
 def next_step(

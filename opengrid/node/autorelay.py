@@ -2,9 +2,10 @@
 
 The driver of ``opengrid.core.autorelay``: after every reachability verdict (``Membership.on_verdict``),
 and every ``_TICK_S`` while it holds a relay, it gathers the relays it knows of — ``relay`` providers in
-the DHT, coordinators heard on gossip or listed or found, its bootstrap nodes — asks the policy what to do
-and does it: holds a reservation with a ``ReservationKeeper`` (which adds the ``/p2p-circuit`` address to
-``Host.addrs()``, so announcements and registrations carry it from the next beat on), or cancels it.
+the DHT, coordinators heard on gossip or listed or found, its bootstrap nodes — measures the round trip
+to the best few of them, asks the policy what to do and does it: holds a reservation with a
+``ReservationKeeper`` (which adds the ``/p2p-circuit`` address to ``Host.addrs()``, so announcements and
+registrations carry it from the next beat on), or cancels it.
 
 Only nodes started without relays (no ``--relay-via``, and listening) run it: a node with configured
 relays keeps exactly those.
@@ -13,7 +14,9 @@ relays keeps exactly those.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import trio
 
@@ -24,6 +27,7 @@ from opengrid.core.autorelay import (
     TakeRelay,
     is_direct_tcp,
     next_step,
+    usable_relays,
     wants_relay,
 )
 from opengrid.errors import OpenGridError
@@ -31,6 +35,7 @@ from opengrid.net.discovery import role_key
 from opengrid.net.host import Host
 from opengrid.net.relay import ReservationKeeper
 from opengrid.node.membership import Membership
+from opengrid.wire.messages import StatusRequest
 
 log = logging.getLogger("opengrid.node.autorelay")
 
@@ -39,6 +44,13 @@ _TICK_S = 5.0
 _DHT_LOOKUP_S = 10.0
 _DHT_CACHE_S = 60.0
 """``relay`` providers found in the DHT are looked up again after this long at the soonest."""
+_MEASURE_AT_MOST = 6
+"""Round trips are measured to this many candidates (the best by rank): enough to find a near one among
+the few relays a node knows of, without dialling every coordinator of a large grid."""
+_MEASURE_S = 3.0
+"""Bound on measuring them all (in parallel): a candidate slower than this is not a near one."""
+_RTT_CACHE_S = 60.0
+"""A measured round trip (or a candidate that did not answer) is measured again after this long."""
 
 
 class AutoRelay:
@@ -57,6 +69,8 @@ class AutoRelay:
         """relay peer id -> when it refused us or could not be reached (``core.autorelay.RETRY_FAILED_S``)."""
         self._from_dht: list[RelayCandidate] = []
         self._dht_looked_up = -_DHT_CACHE_S
+        self._rtts: dict[str, tuple[float | None, float]] = {}
+        """peer id -> (best round trip in seconds, None if it did not answer; when measured)."""
         self._wake = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[AutoRelay] = trio.TASK_STATUS_IGNORED) -> None:
@@ -76,7 +90,7 @@ class AutoRelay:
         looking = (held is None and wants_relay(verdict, configured=False)) or (
             held is not None and held.lost_since is not None
         )
-        candidates = await self._candidates(now) if looking else []
+        candidates = await self._measured(await self._candidates(now), now) if looking else []
         step = next_step(
             verdict,
             configured=False,
@@ -121,13 +135,14 @@ class AutoRelay:
             return
         self.keeper, self._scope, self._lost_since = keeper, scope, None
         log.warning(
-            "peers cannot dial this node; reachable through relay %s now (%s, a %s). Forward or open the "
-            "TCP port to be dialled directly",
+            "peers cannot dial this node; reachable through relay %s now (%s, a %s, RTT %s). Forward or "
+            "open the TCP port to be dialled directly",
             relay.peer_id,
             keeper.circuit,
             {"dht": "relay found in the DHT", "coordinator": "coordinator", "bootstrap": "bootstrap node"}[
                 relay.source
             ],
+            "unknown" if relay.rtt_s is None else f"{relay.rtt_s * 1000:.1f} ms",
         )
 
     @staticmethod
@@ -162,6 +177,37 @@ class AutoRelay:
         for address in self._bootstrap:
             out.append(RelayCandidate(_peer_of(address), address, "bootstrap"))
         return [c for c in out if is_direct_tcp(c.address)]
+
+    def rtt_of(self, peer_id: str) -> float | None:
+        """The round trip measured to a relay candidate, if any (what the choice used)."""
+        return self._rtts.get(peer_id, (None, 0.0))[0]
+
+    async def _measured(self, candidates: list[RelayCandidate], now: float) -> list[RelayCandidate]:
+        """The candidates with the round trips measured to them: the best ``_MEASURE_AT_MOST`` usable ones
+        by rank are measured (in parallel, best of 2 status requests) unless measured in the last
+        ``_RTT_CACHE_S``; one that does not answer stays unmeasured (its reservation attempt decides)."""
+        usable = usable_relays(candidates, me=self._host.peer_id, failed=self._failed, now=now)
+        stale = [c for c in usable if now - self._rtts.get(c.peer_id, (None, -math.inf))[1] >= _RTT_CACHE_S]
+        if stale:
+            with trio.move_on_after(_MEASURE_S):
+                async with trio.open_nursery() as nursery:
+                    for candidate in stale[:_MEASURE_AT_MOST]:
+                        nursery.start_soon(self._measure, candidate, now)
+        return [replace(c, rtt_s=self.rtt_of(c.peer_id)) for c in candidates]
+
+    async def _measure(self, candidate: RelayCandidate, now: float) -> None:
+        self._rtts[candidate.peer_id] = (None, now)  # until it answers (and if the bound cuts it short)
+        self._host.remember(candidate.peer_id, [candidate.address])
+        best = math.inf
+        for _ in range(2):
+            started = trio.current_time()
+            try:
+                await self._host.request(candidate.peer_id, StatusRequest())
+            except OpenGridError as exc:
+                log.debug("relay candidate %s did not answer: %s", candidate.peer_id, exc)
+                return
+            best = min(best, trio.current_time() - started)
+        self._rtts[candidate.peer_id] = (best, now)
 
     async def _relays_in_dht(self) -> list[RelayCandidate]:
         discovery = self._membership.discovery

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from opengrid.core.autorelay import (
     RETRY_FAILED_S,
+    RTT_STEP_S,
     SWITCH_AFTER_S,
     DropRelay,
     HeldRelay,
@@ -11,13 +12,17 @@ from opengrid.core.autorelay import (
     TakeRelay,
     choose_relay,
     next_step,
+    usable_relays,
 )
 
 ME = "12D3KooWMe"
 
 
-def cand(peer: str, source: str = "coordinator", reachability: str = "", port: int = 4001) -> RelayCandidate:
-    return RelayCandidate(peer, f"/ip4/203.0.113.7/tcp/{port}/p2p/{peer}", source, reachability)  # type: ignore[arg-type]
+def cand(
+    peer: str, source: str = "coordinator", reachability: str = "", port: int = 4001, rtt: float | None = None
+) -> RelayCandidate:
+    address = f"/ip4/203.0.113.7/tcp/{port}/p2p/{peer}"
+    return RelayCandidate(peer, address, source, reachability, rtt)  # type: ignore[arg-type]
 
 
 def test_dht_relays_come_first_then_coordinators_then_bootstrap_nodes_each_by_peer_id() -> None:
@@ -98,3 +103,28 @@ def test_a_relay_that_went_away_is_replaced_only_when_another_exists() -> None:
         next_step("private", configured=False, held=lost, candidates=[cand("A")], me=ME, failed={}, now=999)
         is None
     )
+
+
+def test_a_nearer_relay_wins_over_a_better_rank_and_within_one_step_the_rank_decides() -> None:
+    far_dht, near_coordinator = cand("A", "dht", rtt=0.180), cand("B", rtt=0.004)
+    assert choose_relay([far_dht, near_coordinator], me=ME, failed={}, now=0) == near_coordinator
+    # 4 ms and 20 ms fall in the same 25 ms step: equally near, the DHT relay (it said it relays) wins
+    same_step_dht = cand("A", "dht", rtt=0.020)
+    assert 0.004 // RTT_STEP_S == 0.020 // RTT_STEP_S
+    assert choose_relay([same_step_dht, near_coordinator], me=ME, failed={}, now=0) == same_step_dht
+
+
+def test_a_measured_relay_comes_before_one_that_could_not_be_measured() -> None:
+    unmeasured_dht, slow_bootstrap = cand("A", "dht"), cand("B", "bootstrap", rtt=0.900)
+    assert choose_relay([unmeasured_dht, slow_bootstrap], me=ME, failed={}, now=0) == slow_bootstrap
+    # without any measurement the order is the rank's, as before
+    assert [c.peer_id for c in usable_relays([cand("C"), cand("B", "bootstrap"), cand("A", "dht")], me=ME,
+                                             failed={}, now=0)] == ["A", "C", "B"]  # fmt: skip
+
+
+def test_one_peer_known_several_ways_keeps_its_best_rank_and_its_measured_rtt() -> None:
+    seen = [cand("A", "bootstrap", rtt=0.010), cand("A", "dht"), cand("Z", "coordinator", rtt=0.012)]
+    (first, second) = usable_relays(seen, me=ME, failed={}, now=0)
+    assert first == cand("A", "dht", rtt=0.010) and second.peer_id == "Z"
+    assert usable_relays([cand("A", "dht", rtt=0.5), cand("A", "bootstrap", rtt=0.01)], me=ME, failed={},
+                         now=0) == [cand("A", "dht", rtt=0.5)]  # fmt: skip

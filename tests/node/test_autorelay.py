@@ -22,10 +22,11 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 
+from opengrid.cli.main import peers_headline
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.net.host import Host
-from opengrid.net.relay import is_circuit
+from opengrid.net.relay import is_circuit, relays_of
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import JobAccepted, Message, RegisterWorker, SubmitJob
@@ -91,6 +92,12 @@ async def test_a_private_worker_takes_a_relay_by_itself_is_reached_through_it_an
         assert circuits(w.host)[0].startswith(f"{r.host.addrs()[0]}/p2p-circuit/p2p/{me}")
         said = [m.getMessage() for m in caplog.records if "reachable through relay" in m.getMessage()]
         assert any("peers cannot dial this node" in m and r.host.peer_id in m for m in said), said
+        # the choice measured how near R is, and said it; `opengrid peers` and doctor name R
+        rtt = w.auto_relay.rtt_of(r.host.peer_id)
+        assert rtt is not None and 0 < rtt < 3, rtt
+        assert any(f"RTT {rtt * 1000:.1f} ms" in m for m in said), said
+        assert relays_of(w.status().addrs) == [(r.host.peer_id, r.host.addrs()[0])]
+        assert f"(private, through relay {r.host.peer_id})" in peers_headline(w.status())
 
         # 2. its announcements and registrations carry the relayed address
         c.host.libp2p.get_peerstore().clear_addrs(ID.from_base58(me))  # forget the pre-"NAT" address
