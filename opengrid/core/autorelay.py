@@ -1,10 +1,12 @@
 """Automatic relay: which relay a node that peers cannot dial takes by itself, and when it lets it go
 (spec/discovery.md §9.3). Pure functions over plain data; the driver is ``opengrid/node/autorelay.py``.
 
-A node that listens but is found **private** by its dial-backs (§9.2), and that was given no relay
-(``--relay-via``), picks one of the relays it knows of, holds a reservation there and announces the
-relayed address next to its direct ones. It drops that reservation when a later check finds it
-**public**.
+A node that peers cannot reach by itself — it listens but is found **private** by its dial-backs
+(§9.2), or it listens on nothing (**relayed**) — and that no relay it was given serves (it was given
+none with ``--relay-via``, or they have all held no reservation for ``SWITCH_AFTER_S``; a node that does
+not listen is given its bootstrap nodes) picks one of the relays it knows of, holds a reservation there
+and announces the relayed address next to its direct ones. It drops that reservation when a later check
+finds it **public**, or when a relay it was given holds a reservation again.
 
 Every relayed job's bytes pass through the relay, so distance comes first: candidates whose round trip
 the node measured, nearest first in steps of ``RTT_STEP_S`` (within one step they count as equally near),
@@ -78,9 +80,20 @@ class DropRelay:
 Step = TakeRelay | DropRelay | None
 
 
-def wants_relay(reachability: str, *, configured: bool) -> bool:
-    """A node takes a relay by itself only when peers cannot dial it and it was given none."""
-    return reachability == "private" and not configured
+def wants_relay(reachability: str, *, given_relays_up: bool) -> bool:
+    """A node takes a relay by itself only when peers cannot dial it and no relay it was given serves it
+    (``given_relays_up``)."""
+    return reachability in ("private", "relayed") and not given_relays_up
+
+
+def given_relays_up(given: int, lost_since: float | None, *, now: float) -> bool:
+    """Whether the relays a node was given (``--relay-via``, or the bootstrap nodes of a node that does
+    not listen; ``given`` of them) still serve it: ``lost_since`` is when the last of them stopped holding
+    a reservation (when the node started, if none ever held one), None while one holds. They get
+    ``SWITCH_AFTER_S`` to come back (their keepers keep retrying) before another relay is taken."""
+    if given == 0:
+        return False
+    return lost_since is None or now - lost_since < SWITCH_AFTER_S
 
 
 def is_direct_tcp(address: str) -> bool:
@@ -134,7 +147,7 @@ def choose_relay(
 def next_step(
     reachability: str,
     *,
-    configured: bool,
+    given_relays_up: bool,
     held: HeldRelay | None,
     candidates: Iterable[RelayCandidate],
     me: str,
@@ -143,21 +156,23 @@ def next_step(
 ) -> Step:
     """What to do now: take a relay, drop the one held, or nothing (None).
 
-    Drop when peers can dial us directly again (``public``), when relays are configured after all, or
-    when the chosen relay has held no reservation for ``SWITCH_AFTER_S`` and another candidate exists.
-    ``unknown`` (no checker answered) changes nothing: one failed check must not undo a good choice."""
+    Drop when peers can dial us directly again (``public``), when a relay the node was given serves it
+    again (``given_relays_up``), or when the chosen relay has held no reservation for ``SWITCH_AFTER_S``
+    and another candidate exists. ``unknown`` (no checker answered) changes nothing: one failed check
+    must not undo a good choice."""
     if held is not None:
         if reachability == "public":
             return DropRelay(held.peer_id, "peers can dial this node directly now", failed=False)
-        if configured:
-            return DropRelay(held.peer_id, "relays are configured (--relay-via)", failed=False)
+        if given_relays_up:
+            why = "a relay this node was given holds a reservation again"
+            return DropRelay(held.peer_id, why, failed=False)
         if held.lost_since is not None and now - held.lost_since >= SWITCH_AFTER_S:
             others = {**failed, held.peer_id: now}
             if choose_relay(candidates, me=me, failed=others, now=now) is not None:
                 lost_s = now - held.lost_since
                 return DropRelay(held.peer_id, f"no reservation there for {lost_s:.0f} s", failed=True)
         return None
-    if not wants_relay(reachability, configured=configured):
+    if not wants_relay(reachability, given_relays_up=given_relays_up):
         return None
     relay = choose_relay(candidates, me=me, failed=failed, now=now)
     return TakeRelay(relay) if relay is not None else None

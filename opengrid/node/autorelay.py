@@ -7,8 +7,10 @@ to the best few of them, asks the policy what to do and does it: holds a reserva
 ``ReservationKeeper`` (which adds the ``/p2p-circuit`` address to ``Host.addrs()``, so announcements and
 registrations carry it from the next beat on), or cancels it.
 
-Only nodes started without relays (no ``--relay-via``, and listening) run it: a node with configured
-relays keeps exactly those.
+It runs on every node. A node given relays (``--relay-via``, or its bootstrap nodes when it does not
+listen) keeps to them while one of them holds a reservation, and gives them ``SWITCH_AFTER_S`` to come
+back when none does (their keepers keep retrying) before it takes another by itself; it lets that one go
+as soon as one of its own holds a reservation again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from opengrid.core.autorelay import (
     HeldRelay,
     RelayCandidate,
     TakeRelay,
+    given_relays_up,
     is_direct_tcp,
     next_step,
     usable_relays,
@@ -57,10 +60,21 @@ class AutoRelay:
     """Take a relay when peers cannot dial this node; let it go when they can. Start with
     ``await nursery.start(auto_relay.run)``."""
 
-    def __init__(self, host: Host, membership: Membership, *, bootstrap: Sequence[str]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        membership: Membership,
+        *,
+        bootstrap: Sequence[str],
+        given: Sequence[ReservationKeeper] = (),
+    ) -> None:
         self._host = host
         self._membership = membership
         self._bootstrap = list(bootstrap)
+        self._given = list(given)
+        """Keepers of the relays this node was given (``NodeConfig.relays``), run by the node itself."""
+        self._given_lost_since: float | None = trio.current_time() if self._given else None
+        """When the last of them stopped holding a reservation (start-up until one first holds)."""
         self.keeper: ReservationKeeper | None = None
         """The reservation this node took by itself (None while it holds none)."""
         self._scope: trio.CancelScope | None = None
@@ -87,17 +101,20 @@ class AutoRelay:
         now = trio.current_time()
         held = self._held(now)
         verdict = self._membership.reachability
-        looking = (held is None and wants_relay(verdict, configured=False)) or (
+        given_up = self._given_up(now)
+        looking = (held is None and wants_relay(verdict, given_relays_up=given_up)) or (
             held is not None and held.lost_since is not None
         )
-        candidates = await self._measured(await self._candidates(now), now) if looking else []
+        # the given relays that hold nothing are being retried by their own keepers: not candidates
+        failed = {**self._failed, **{k.relay_peer: now for k in self._given if not k.held}}
+        candidates = await self._measured(await self._candidates(now), failed, now) if looking else []
         step = next_step(
             verdict,
-            configured=False,
+            given_relays_up=given_up,
             held=held,
             candidates=candidates,
             me=self._host.peer_id,
-            failed=self._failed,
+            failed=failed,
             now=now,
         )
         if isinstance(step, DropRelay):
@@ -106,7 +123,20 @@ class AutoRelay:
                 self._failed[step.peer_id] = now
                 self._wake.set()  # and take another at once
         elif isinstance(step, TakeRelay):
+            if self._given:
+                log.warning(
+                    "none of the relays this node was given (--relay-via, or its bootstrap nodes) has held a "
+                    "reservation for %.0f s; looking for another meanwhile",
+                    now - (self._given_lost_since or now),
+                )
             await self._take(step.relay, nursery, now)
+
+    def _given_up(self, now: float) -> bool:
+        if any(keeper.held for keeper in self._given):
+            self._given_lost_since = None
+        elif self._given and self._given_lost_since is None:
+            self._given_lost_since = now
+        return given_relays_up(len(self._given), self._given_lost_since, now=now)
 
     def _held(self, now: float) -> HeldRelay | None:
         if self.keeper is None:
@@ -182,11 +212,13 @@ class AutoRelay:
         """The round trip measured to a relay candidate, if any (what the choice used)."""
         return self._rtts.get(peer_id, (None, 0.0))[0]
 
-    async def _measured(self, candidates: list[RelayCandidate], now: float) -> list[RelayCandidate]:
+    async def _measured(
+        self, candidates: list[RelayCandidate], failed: dict[str, float], now: float
+    ) -> list[RelayCandidate]:
         """The candidates with the round trips measured to them: the best ``_MEASURE_AT_MOST`` usable ones
         by rank are measured (in parallel, best of 2 status requests) unless measured in the last
         ``_RTT_CACHE_S``; one that does not answer stays unmeasured (its reservation attempt decides)."""
-        usable = usable_relays(candidates, me=self._host.peer_id, failed=self._failed, now=now)
+        usable = usable_relays(candidates, me=self._host.peer_id, failed=failed, now=now)
         stale = [c for c in usable if now - self._rtts.get(c.peer_id, (None, -math.inf))[1] >= _RTT_CACHE_S]
         if stale:
             with trio.move_on_after(_MEASURE_S):

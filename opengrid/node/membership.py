@@ -154,10 +154,11 @@ class Membership:
         turn = 0
         pulled = -math.inf
         while True:
-            # Every 3 beats: re-dial if we lost every connection; ask for a bootstrap's status (it lists
-            # every peer, so at scale this stretches with the beat, spec/discovery.md §5.5).
+            # Until joined, and then every 3 beats: ask a bootstrap's status (it lists every peer, so at
+            # scale this stretches with the beat, spec/discovery.md §5.5); at once if we lost every
+            # connection. (Connections alone are not joining: a relayed node holds one to its relay first.)
             due = trio.current_time() - pulled >= 3 * self.gossip.beat_s
-            if not self._host.connected_peers() or (self.joined.is_set() and due):
+            if not self._host.connected_peers() or due:
                 # Ask the bootstraps in turn, starting after the one asked last time.
                 order = self._bootstrap[turn:] + self._bootstrap[:turn]
                 turn = (turn + 1) % len(self._bootstrap)

@@ -315,9 +315,10 @@ class Node:
                         and (config.role == "coordinator" or bool(config.relay)),
                     )
                     await nursery.start(self.membership.run)
-                    if not config.relays:
-                        self.auto_relay = AutoRelay(host, self.membership, bootstrap=config.bootstrap)
-                        await nursery.start(self.auto_relay.run)
+                    self.auto_relay = AutoRelay(
+                        host, self.membership, bootstrap=config.bootstrap, given=self.relay_keepers
+                    )
+                    await nursery.start(self.auto_relay.run)
                     nursery.start_soon(self._ledger_gossip_loop)
                     if config.role == "coordinator":
                         self.coordinator = Coordinator(
@@ -1467,6 +1468,9 @@ class Node:
         cannot arrive once our own connection closes (spec/discovery.md §8.4)."""
         assert self.host is not None
         if self.config.listen or not self.relay_keepers or any(k.held for k in self.relay_keepers):
+            return ""
+        taken = self.auto_relay.keeper if self.auto_relay is not None else None
+        if taken is not None and taken.held:  # its own are gone, it took another (spec/discovery.md §9.3)
             return ""
         problems = "; ".join(k.problem for k in self.relay_keepers)
         return (

@@ -11,6 +11,7 @@ from opengrid.core.autorelay import (
     RelayCandidate,
     TakeRelay,
     choose_relay,
+    given_relays_up,
     next_step,
     usable_relays,
 )
@@ -64,28 +65,30 @@ def test_a_relay_that_failed_is_tried_again_only_after_a_while() -> None:
 def test_a_private_node_without_relays_takes_one_and_nothing_else_does() -> None:
     pool = [cand("A")]
     kw = dict(held=None, candidates=pool, me=ME, failed={}, now=0.0)
-    assert next_step("private", configured=False, **kw) == TakeRelay(cand("A"))  # type: ignore[arg-type]
-    for verdict in ("public", "unknown", "relayed"):
-        assert next_step(verdict, configured=False, **kw) is None  # type: ignore[arg-type]
-    assert next_step("private", configured=True, **kw) is None  # type: ignore[arg-type]
-    assert next_step("private", configured=False, held=None, candidates=[], me=ME, failed={}, now=0) is None
+    assert next_step("private", given_relays_up=False, **kw) == TakeRelay(cand("A"))  # type: ignore[arg-type]
+    for verdict in ("public", "unknown"):
+        assert next_step(verdict, given_relays_up=False, **kw) is None  # type: ignore[arg-type]
+    assert next_step("private", given_relays_up=True, **kw) is None  # type: ignore[arg-type]
+    assert (
+        next_step("private", given_relays_up=False, held=None, candidates=[], me=ME, failed={}, now=0) is None
+    )
 
 
 def test_the_relay_is_dropped_when_peers_can_dial_the_node_again_and_kept_otherwise() -> None:
     held = HeldRelay("A", lost_since=None)
     kw = dict(held=held, candidates=[cand("A"), cand("B")], me=ME, failed={}, now=10.0)
-    assert next_step("public", configured=False, **kw) == DropRelay(  # type: ignore[arg-type]
+    assert next_step("public", given_relays_up=False, **kw) == DropRelay(  # type: ignore[arg-type]
         "A", "peers can dial this node directly now", failed=False
     )
-    assert next_step("private", configured=False, **kw) is None  # type: ignore[arg-type]
-    assert next_step("unknown", configured=False, **kw) is None  # type: ignore[arg-type]
+    assert next_step("private", given_relays_up=False, **kw) is None  # type: ignore[arg-type]
+    assert next_step("unknown", given_relays_up=False, **kw) is None  # type: ignore[arg-type]
 
 
 def test_a_relay_that_went_away_is_replaced_only_when_another_exists() -> None:
     lost = HeldRelay("A", lost_since=0.0)
     step = next_step(
         "private",
-        configured=False,
+        given_relays_up=False,
         held=lost,
         candidates=[cand("A"), cand("B")],
         me=ME,
@@ -96,11 +99,15 @@ def test_a_relay_that_went_away_is_replaced_only_when_another_exists() -> None:
     # too soon, or nobody else: keep waiting for it (its keeper keeps retrying)
     early = SWITCH_AFTER_S - 1
     assert (
-        next_step("private", configured=False, held=lost, candidates=[cand("B")], me=ME, failed={}, now=early)
+        next_step(
+            "private", given_relays_up=False, held=lost, candidates=[cand("B")], me=ME, failed={}, now=early
+        )
         is None
     )
     assert (
-        next_step("private", configured=False, held=lost, candidates=[cand("A")], me=ME, failed={}, now=999)
+        next_step(
+            "private", given_relays_up=False, held=lost, candidates=[cand("A")], me=ME, failed={}, now=999
+        )
         is None
     )
 
@@ -128,3 +135,25 @@ def test_one_peer_known_several_ways_keeps_its_best_rank_and_its_measured_rtt() 
     assert first == cand("A", "dht", rtt=0.010) and second.peer_id == "Z"
     assert usable_relays([cand("A", "dht", rtt=0.5), cand("A", "bootstrap", rtt=0.01)], me=ME, failed={},
                          now=0) == [cand("A", "dht", rtt=0.5)]  # fmt: skip
+
+
+def test_given_relays_count_while_one_holds_and_for_a_while_after_the_last_lost_its_reservation() -> None:
+    assert not given_relays_up(0, None, now=5.0)  # given none
+    assert given_relays_up(2, None, now=5.0)  # one holds
+    assert given_relays_up(1, 100.0, now=100.0 + SWITCH_AFTER_S - 1)  # lost (or never held) lately
+    assert not given_relays_up(1, 100.0, now=100.0 + SWITCH_AFTER_S)
+
+
+def test_a_node_whose_given_relays_are_gone_takes_another_and_lets_it_go_when_one_is_back() -> None:
+    pool = [cand("A")]
+    for verdict in ("private", "relayed"):  # listening but undialable, or listening on nothing
+        kw = dict(held=None, candidates=pool, me=ME, failed={}, now=0.0)
+        assert next_step(verdict, given_relays_up=True, **kw) is None  # type: ignore[arg-type]
+        assert next_step(verdict, given_relays_up=False, **kw) == TakeRelay(cand("A"))  # type: ignore[arg-type]
+    held = HeldRelay("A", lost_since=None)
+    step = next_step("relayed", given_relays_up=True, held=held, candidates=pool, me=ME, failed={}, now=9.0)
+    assert step == DropRelay("A", "a relay this node was given holds a reservation again", failed=False)
+    assert (
+        next_step("relayed", given_relays_up=False, held=held, candidates=pool, me=ME, failed={}, now=9)
+        is None
+    )

@@ -15,6 +15,7 @@ import pytest
 import trio
 from opengrid_ledger import Receipt, decode_entry, open_entry
 
+from opengrid.core import autorelay as autorelay_policy
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError
@@ -60,10 +61,17 @@ def online_workers(node: Node) -> set[str]:
 
 
 async def start_grid(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, model: pathlib.Path, relay_address: str, heartbeat_s: float
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    model: pathlib.Path,
+    relay_address: str,
+    heartbeat_s: float,
+    coordinator_relays: bool = False,
 ) -> tuple[Node, Node]:
     coordinator = Node(
-        NodeConfig(data_dir=tmp_path / "c", role="coordinator", relay=False, heartbeat_s=heartbeat_s),
+        NodeConfig(
+            data_dir=tmp_path / "c", role="coordinator", relay=coordinator_relays, heartbeat_s=heartbeat_s
+        ),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=heartbeat_s),
     )
     await nursery.start(coordinator.run)
@@ -168,7 +176,55 @@ async def test_a_relayed_worker_goes_offline_when_its_relay_is_gone_and_returns_
             return f"worker addrs {worker.host.addrs() if worker.host else None}, keepers: {keepers}"
 
         await until(lambda: me in online_workers(coordinator), timeout=75, state=state)
-        assert worker.host.addrs() == [f"{relay_address}/p2p-circuit/p2p/{me}"]
+        # (after 60 s without its relay the worker looks for another; the coordinator does not relay)
+        await until(lambda: worker.host.addrs() == [f"{relay_address}/p2p-circuit/p2p/{me}"], 10, state=state)  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_whose_given_relay_is_gone_takes_another_and_returns_to_its_own(
+    tmp_path: pathlib.Path,
+    tiny_model_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that listens on nothing, given one relay (--relay-via): when that relay is gone for longer
+    than the grace (``SWITCH_AFTER_S``, 60 s, shortened here) it reserves on a relay it knows of by itself
+    (its coordinator, which relays) and is reachable again; when its own relay is back and holds a
+    reservation, it lets the other one go (spec/discovery.md §9.3)."""
+    monkeypatch.setattr(autorelay_policy, "SWITCH_AFTER_S", 2.0)
+    caplog.set_level(logging.INFO, logger="opengrid")
+    relay = RelayProcess()
+    async with trio.open_nursery() as nursery:
+        relay_address = await relay.start(nursery)
+        coordinator, worker = await start_grid(
+            nursery, tmp_path, tiny_model_path, relay_address, heartbeat_s=1, coordinator_relays=True
+        )
+        assert coordinator.host is not None and worker.host is not None and worker.auto_relay is not None
+        me = worker.host.peer_id
+        given = f"{relay_address}/p2p-circuit/p2p/{me}"
+        through_coordinator = f"{coordinator.host.addrs()[0]}/p2p-circuit/p2p/{me}"
+        await until(lambda: me in online_workers(coordinator), timeout=20)
+        assert worker.host.addrs() == [given] and worker.auto_relay.keeper is None
+
+        def state() -> str:
+            assert worker.host is not None and worker.auto_relay is not None
+            taken = worker.auto_relay.keeper.relay_peer if worker.auto_relay.keeper else None
+            keepers = "; ".join(f"held={k.held} problem={k.problem!r}" for k in worker.relay_keepers)
+            verdict = worker.membership.reachability if worker.membership else None
+            return f"addrs {worker.host.addrs()}, given: {keepers}, taken: {taken} ({verdict})"
+
+        relay.stop()
+        await until(lambda: worker.host.addrs() == [through_coordinator], 30, state=state)  # type: ignore[union-attr]
+        assert worker.auto_relay.keeper is not None
+        assert worker.auto_relay.keeper.relay_peer == coordinator.host.peer_id
+        said = " | ".join(r.getMessage() for r in caplog.records)
+        assert "none of the relays this node was given" in said and "reachable through relay" in said
+        await until(lambda: me in online_workers(coordinator), timeout=20, state=state)
+
+        await relay.start(nursery)
+        await until(lambda: worker.host.addrs() == [given], 40, state=state)  # type: ignore[union-attr]
+        assert worker.auto_relay.keeper is None
+        assert any("holds a reservation again" in r.getMessage() for r in caplog.records)
         nursery.cancel_scope.cancel()
 
 
