@@ -112,7 +112,8 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MULTIADDR",
         help="be reachable through this relay (a node started with --relay, or a coordinator): hold a "
-        "reservation on it and announce the relayed address; repeatable",
+        "reservation on it and announce the relayed address; repeatable. When none of them has held a "
+        "reservation for 60 s the node takes another relay by itself until one of them is back",
     )
     start.add_argument(
         "--no-listen",

@@ -1,11 +1,11 @@
 """Automatic relay (spec/discovery.md §9.3): a node that peers cannot dial takes a relay by itself.
 
 The driver of ``opengrid.core.autorelay``: after every reachability verdict (``Membership.on_verdict``),
-and every ``_TICK_S`` while it holds a relay, it gathers the relays it knows of — ``relay`` providers in
-the DHT, coordinators heard on gossip or listed or found, its bootstrap nodes — measures the round trip
-to the best few of them, asks the policy what to do and does it: holds a reservation with a
-``ReservationKeeper`` (which adds the ``/p2p-circuit`` address to ``Host.addrs()``, so announcements and
-registrations carry it from the next beat on), or cancels it.
+and every ``_TICK_S``, it decides whether it needs a relay. When it looks for one it gathers the relays it
+knows of — ``relay`` providers in the DHT, coordinators heard on gossip or listed or found, its bootstrap
+nodes — and measures the round trip to the best few of them; then it asks the policy what to do and does
+it: holds a reservation with a ``ReservationKeeper`` (which adds the ``/p2p-circuit`` address to
+``Host.addrs()``, so announcements and registrations carry it from the next beat on), or cancels it.
 
 It runs on every node. A node given relays (``--relay-via``, or its bootstrap nodes when it does not
 listen) keeps to them while one of them holds a reservation, and gives them ``SWITCH_AFTER_S`` to come
