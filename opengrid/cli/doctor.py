@@ -888,12 +888,12 @@ def reachability_check(listen: Sequence[str], found: DialBack | None) -> Check:
 def relay_check(listen: Sequence[str], running_addrs: Sequence[str] = ()) -> Check:
     """Circuit relays (spec/discovery.md §8), taken automatically when peers cannot dial a node (§9.3):
     through which relay the running node is reached, if any, else what relays mean for this node."""
-    from opengrid.net.relay import relays_of
+    from opengrid.net.relay import is_circuit, relays_of
 
     relays = relays_of(running_addrs)
     if relays:
         through = ", ".join(f"{peer} ({address})" for peer, address in relays)
-        direct = [a for a in running_addrs if "/p2p-circuit" not in a]
+        direct = [a for a in running_addrs if not is_circuit(a)]
         also = (
             "; peers that can dial it use its direct address(es) first"
             if direct

@@ -122,12 +122,10 @@ def usable_relays(
         if c.peer_id in failed and now - failed[c.peer_id] < RETRY_FAILED_S:
             continue
         known = best.get(c.peer_id)
-        if known is None:
-            best[c.peer_id] = c
-            continue
-        better = c if RANK[c.source] < RANK[known.source] else known
-        rtt = known.rtt_s if known.rtt_s is not None else c.rtt_s
-        best[c.peer_id] = replace(better, rtt_s=rtt if better.rtt_s is None else better.rtt_s)
+        if known is not None:  # one peer known several ways: its best rank, and a round trip if any
+            better, other = (c, known) if RANK[c.source] < RANK[known.source] else (known, c)
+            c = better if better.rtt_s is not None else replace(better, rtt_s=other.rtt_s)
+        best[c.peer_id] = c
     return sorted(best.values(), key=_preference)
 
 

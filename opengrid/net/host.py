@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -41,7 +42,7 @@ from opengrid.net.holepunch import HolePuncher, is_relayed_connection
 from opengrid.net.keys import keypair_from_seed
 from opengrid.net.relay import CircuitSupport, is_circuit
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
-from opengrid.wire.messages import PROTOCOL_VERSION, Message
+from opengrid.wire.messages import PROTOCOL_VERSION, Message, StatusRequest
 
 JOB_PROTOCOL = TProtocol("/opengrid/job/1")
 RUN_PROTOCOL = TProtocol("/opengrid/run/1")
@@ -270,11 +271,20 @@ class Host:
         """Serve ``protocol`` with ``handler``; the stream is closed after the handler returns."""
 
         async def _serve(stream: INetStream) -> None:
+            # A handler's failure ends its stream, never the node: py-libp2p runs handlers in the host's
+            # own nursery, so anything escaping here would stop the whole process (issue: one idle
+            # ledger-sync stream's timeout killed coordinators and workers alike).
             framed = FrameStream(stream)
             try:
                 await handler(framed)
             except OpenGridError as exc:
                 log.info("stream from %s ended: %s", framed.peer, exc)
+                await framed.reset()
+            except trio.TooSlowError:
+                log.info("stream from %s on %s ended: the peer was too slow", framed.peer, protocol)
+                await framed.reset()
+            except Exception:
+                log.exception("serving %s to %s failed; the stream is reset, the node goes on", protocol, framed.peer)
                 await framed.reset()
             finally:
                 await framed.aclose()
@@ -419,6 +429,16 @@ class Host:
             raise
         await stream.aclose()
         return reply
+
+    async def round_trip(self, peer_id: str, *, tries: int) -> float:
+        """The best of ``tries`` status requests, each on a fresh stream (what a job dispatch costs on the
+        wire), in seconds. Raises ``OpenGridError`` when one fails; the caller bounds the wait."""
+        best = math.inf
+        for _ in range(tries):
+            started = trio.current_time()
+            await self.request(peer_id, StatusRequest())
+            best = min(best, trio.current_time() - started)
+        return best
 
     async def disconnect(self, peer_id: str) -> None:
         """Close our connections to a peer (so the next dial starts afresh); never raises, and gives up

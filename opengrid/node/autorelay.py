@@ -38,7 +38,6 @@ from opengrid.net.discovery import role_key
 from opengrid.net.host import Host
 from opengrid.net.relay import ReservationKeeper
 from opengrid.node.membership import Membership
-from opengrid.wire.messages import StatusRequest
 
 log = logging.getLogger("opengrid.node.autorelay")
 
@@ -101,8 +100,8 @@ class AutoRelay:
         now = trio.current_time()
         held = self._held(now)
         verdict = self._membership.reachability
-        given_up = self._given_up(now)
-        looking = (held is None and wants_relay(verdict, given_relays_up=given_up)) or (
+        given_serve = self._given_relays_serve(now)
+        looking = (held is None and wants_relay(verdict, given_relays_up=given_serve)) or (
             held is not None and held.lost_since is not None
         )
         # the given relays that hold nothing are being retried by their own keepers: not candidates
@@ -110,7 +109,7 @@ class AutoRelay:
         candidates = await self._measured(await self._candidates(now), failed, now) if looking else []
         step = next_step(
             verdict,
-            given_relays_up=given_up,
+            given_relays_up=given_serve,
             held=held,
             candidates=candidates,
             me=self._host.peer_id,
@@ -131,7 +130,7 @@ class AutoRelay:
                 )
             await self._take(step.relay, nursery, now)
 
-    def _given_up(self, now: float) -> bool:
+    def _given_relays_serve(self, now: float) -> bool:
         if any(keeper.held for keeper in self._given):
             self._given_lost_since = None
         elif self._given and self._given_lost_since is None:
@@ -230,16 +229,10 @@ class AutoRelay:
     async def _measure(self, candidate: RelayCandidate, now: float) -> None:
         self._rtts[candidate.peer_id] = (None, now)  # until it answers (and if the bound cuts it short)
         self._host.remember(candidate.peer_id, [candidate.address])
-        best = math.inf
-        for _ in range(2):
-            started = trio.current_time()
-            try:
-                await self._host.request(candidate.peer_id, StatusRequest())
-            except OpenGridError as exc:
-                log.debug("relay candidate %s did not answer: %s", candidate.peer_id, exc)
-                return
-            best = min(best, trio.current_time() - started)
-        self._rtts[candidate.peer_id] = (best, now)
+        try:
+            self._rtts[candidate.peer_id] = (await self._host.round_trip(candidate.peer_id, tries=2), now)
+        except OpenGridError as exc:
+            log.debug("relay candidate %s did not answer: %s", candidate.peer_id, exc)
 
     async def _relays_in_dht(self) -> list[RelayCandidate]:
         discovery = self._membership.discovery

@@ -759,15 +759,11 @@ class Node:
         """Round-trip time to a worker: the best of three status requests on fresh streams (what a job
         dispatch costs on the wire). The scheduler weighs it; failures leave it unknown."""
         assert self.host is not None
-        best = math.inf
-        for _ in range(3):
-            started = trio.current_time()
-            try:
-                with trio.fail_after(5):
-                    await self.host.request(peer, StatusRequest())
-            except (OpenGridError, trio.TooSlowError):
-                return
-            best = min(best, trio.current_time() - started)
+        try:
+            with trio.fail_after(15):
+                best = await self.host.round_trip(peer, tries=3)
+        except (OpenGridError, trio.TooSlowError):
+            return
         self._rtt[peer] = best
         log.debug("RTT to worker %s: %.1f ms", _short(peer), best * 1000)
 
@@ -1467,10 +1463,9 @@ class Node:
         is reachable only through a relay reservation; registering without one would invite jobs that
         cannot arrive once our own connection closes (spec/discovery.md §8.4)."""
         assert self.host is not None
-        if self.config.listen or not self.relay_keepers or any(k.held for k in self.relay_keepers):
-            return ""
-        taken = self.auto_relay.keeper if self.auto_relay is not None else None
-        if taken is not None and taken.held:  # its own are gone, it took another (spec/discovery.md §9.3)
+        # a relayed address is announced while a reservation is held: on a given relay, or on one the
+        # node took itself when those were gone (spec/discovery.md §9.3)
+        if self.config.listen or not self.relay_keepers or self.host.relay_addresses():
             return ""
         problems = "; ".join(k.problem for k in self.relay_keepers)
         return (
