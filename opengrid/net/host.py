@@ -284,7 +284,9 @@ class Host:
                 log.info("stream from %s on %s ended: the peer was too slow", framed.peer, protocol)
                 await framed.reset()
             except Exception:
-                log.exception("serving %s to %s failed; the stream is reset, the node goes on", protocol, framed.peer)
+                log.exception(
+                    "serving %s to %s failed; the stream is reset, the node goes on", protocol, framed.peer
+                )
                 await framed.reset()
             finally:
                 await framed.aclose()
