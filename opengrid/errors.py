@@ -16,7 +16,8 @@ the values involved, and what to do next.
     ├── TransportError              a peer could not be reached, or went away mid-exchange
     │   └── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
     ├── EngineError                 inference failed
-    │   └── UnknownModelError       no such model here (or on the network)
+    │   ├── UnknownModelError       no such model here (or on the network)
+    │   └── BadRequestError         the request itself cannot run (too long for the context, empty)
     ├── JobError                    a job could not be completed
     │   ├── NoCapacityError         not enough workers serve the model
     │   ├── VerificationError       replicas did not reach quorum, or a result failed its checks
@@ -78,6 +79,12 @@ class EngineError(OpenGridError):
 
 class UnknownModelError(EngineError):
     """The named model is not installed here, or no worker on the network serves it."""
+
+
+class BadRequestError(EngineError):
+    """The request cannot run on any worker of this model: its prompt and ``max_tokens`` exceed the
+    context window, or the prompt is empty with nothing to condition on. The client's fault, never the
+    worker's: a worker answers ``malformed`` and keeps its standing (spec/job-protocol.md §7.3)."""
 
 
 class JobError(OpenGridError):

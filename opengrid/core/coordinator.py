@@ -98,6 +98,7 @@ from opengrid.wire.contract import DecodingContract
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS
 from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
+    MAX_PROMPT_CHARS,
     ErrorCode,
     ErrorReply,
     GrantRequest,
@@ -131,6 +132,10 @@ class CoordinatorConfig:
     """Extra replicas a disagreement may add, beyond the requested number."""
     max_failovers: int = 4
     """Replacements for failed or vanished workers, per job."""
+    client_fault_quorum: int = 2
+    """Workers that must refuse a job's input (context overflow, empty or unopenable prompt) before it
+    fails as the client's fault; fewer when no other worker serves the model. 1 trusts a single worker's
+    word, which lets one lazy worker fail any job it is given."""
     adaptive: bool = True
     """Adaptive replication (BOINC): a job whose lead worker has ``min_trust_streak`` verified valid
     results in a row may run on that worker alone. Off: every job runs the replicas its client asked for."""
@@ -211,6 +216,9 @@ class _Job:
     """peer -> seconds from dispatch to its answer"""
     failed: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    """peer -> why it refused the job's input as the client's fault (context overflow, a sealed prompt
+    that does not open): not blamed, not tried again (spec/job-protocol.md §6.4)."""
     failovers: int = 0
     sealed: dict[str, bytes] = field(default_factory=dict)
     """Sealed mode: peer -> the prompt encrypted to it; only these peers may run the job."""
@@ -221,7 +229,9 @@ class _Job:
     """Points per generated token of the job's model (``Coordinator.weight``), fixed at submission."""
 
     def tried(self) -> set[str]:
-        return set(self.pending) | set(self.results) | set(self.failed) | set(self.invalid)
+        return (
+            set(self.pending) | set(self.results) | set(self.failed) | set(self.invalid) | set(self.refused)
+        )
 
 
 @dataclass
@@ -314,7 +324,7 @@ class Coordinator:
             case ReplicaReturned():
                 return self._on_returned(event, now) + self._drain(now)
             case ReplicaFailed(client_fault=True):
-                return self._on_client_fault(event) + self._drain(now)
+                return self._on_client_fault(event, now) + self._drain(now)
             case ReplicaFailed():
                 effects = self._on_failed(event.job_id, event.peer, event.reason, now, penalize=False)
                 return effects + self._drain(now)
@@ -586,6 +596,8 @@ class Coordinator:
             return [
                 FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))
             ]
+        if problem := _input_problem(request):  # whatever path it came by (a node's API builds its own)
+            return [FinishJob(job_id, ErrorReply("malformed", problem, job_id))]
         if self.config.require_payment and not request.hold:
             weight = self.weight(request.model, max_tokens=request.max_tokens) or 1
             return [
@@ -924,13 +936,36 @@ class Coordinator:
         job.failovers += 1
         return effects + self._refill(job, now)
 
-    def _on_client_fault(self, event: ReplicaFailed) -> list[Effect]:
-        """A worker could not use the client's input (its sealed prompt does not open): fail the job
-        with the client's error; the worker did nothing wrong and stays in good standing."""
+    def _on_client_fault(self, event: ReplicaFailed, now: float) -> list[Effect]:
+        """A worker refused the client's input (its prompt and max_tokens exceed the context, the prompt
+        is empty, a sealed prompt does not open for it). The worker is not blamed: it stays online, earns
+        no EVIDENCE entry and frees its slot. One refusal could be a lazy worker's excuse, so the job fails
+        with the client's error only once ``client_fault_quorum`` workers refused it, or when no other
+        worker is left to ask; until then it goes to another worker (spec/job-protocol.md §6.4)."""
+        if event.job_id in self._canaries:  # we wrote the canary's input: a refusal is the worker's fault
+            return self._on_failed(event.job_id, event.peer, event.reason, now, penalize=False)
         job = self._jobs.get(event.job_id)
         if job is None or event.peer not in job.pending:
             return []
-        return self._fail(event.job_id, "malformed", f"a worker refused the job's input: {event.reason}")
+        del job.pending[event.peer]
+        self._release(event.peer)
+        job.refused[event.peer] = event.reason
+        untried = [
+            c
+            for c in self._candidates(
+                job.request.model, allowed=job.sealed or None, max_tokens=job.request.max_tokens
+            )
+            if c.contract == job.contract and c.peer not in job.tried()
+        ]
+        if len(job.refused) >= self.config.client_fault_quorum or not untried:
+            return self._fail(
+                event.job_id,
+                "malformed",
+                f"{len(job.refused)} worker(s) refused the job's input: {event.reason}",
+            )
+        if job.single:  # as after any failure: the job falls back to the client's replicas
+            job.single, job.replicas, job.target = False, job.request.replicas, job.request.replicas
+        return self._refill(job, now)
 
     def _accept(self, job: _Job, agreement: Agreement) -> list[Effect]:
         job_id = job.request.job_id
@@ -1367,6 +1402,20 @@ class Coordinator:
 def _index_names(offers: Iterable[ModelOffer]) -> set[str]:
     """The keys ``_candidates`` looks a model up by: each offer's lowered name and model sha256."""
     return {name for o in offers for name in (o.name.lower(), o.contract.model_sha256.lower())}
+
+
+def _input_problem(request: SubmitJob) -> str:
+    """Why an open job's input can run on no worker, or "" (sealed prompts are checked by workers)."""
+    if request.sealed:
+        return ""
+    if not request.prompt:
+        return "the prompt is empty: send the text the model should continue (or chat messages)"
+    if len(request.prompt) > MAX_PROMPT_CHARS:
+        return (
+            f"the prompt has {len(request.prompt):,} characters, over the limit of {MAX_PROMPT_CHARS:,}; "
+            "shorten it"
+        )
+    return ""
 
 
 def _sealed_problem(request: SubmitJob, sealed: dict[str, bytes]) -> str:

@@ -33,7 +33,7 @@ from opengrid.engines.base import (
     GenerationRequest,
     ModelInfo,
 )
-from opengrid.errors import EngineError
+from opengrid.errors import BadRequestError, EngineError
 from opengrid.wire.contract import DecodingContract
 
 __all__ = ["DEFAULT_N_CTX", "LlamaEngine"]
@@ -202,13 +202,13 @@ class LlamaEngine:
                     f"llama.cpp could not tokenize a {len(request.prompt)}-character prompt: {exc}"
                 ) from exc
             if not prompt_tokens:
-                raise EngineError(
+                raise BadRequestError(
                     f"the prompt is empty and model {self._model.name!r} adds no BOS token, so there is "
                     "nothing to condition on; send a non-empty prompt"
                 )
             needed = len(prompt_tokens) + request.max_tokens
             if needed > self._n_ctx:
-                raise EngineError(
+                raise BadRequestError(
                     f"prompt ({len(prompt_tokens)} tokens) + max_tokens ({request.max_tokens}) = {needed} "
                     f"exceeds the context window of {self._n_ctx} tokens; shorten the prompt, lower "
                     f"max_tokens, or load the engine with a larger n_ctx"

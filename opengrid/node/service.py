@@ -79,6 +79,7 @@ from opengrid.engines.base import Generation, ModelInfo, StreamingEngine
 from opengrid.engines.catalog import pick_model_for_memory, pinned_params
 from opengrid.engines.http import HttpEngine, ManagedServer
 from opengrid.errors import (
+    BadRequestError,
     ConfigError,
     EngineError,
     FrameTooLargeError,
@@ -955,6 +956,9 @@ class Node:
         except _JobAbandoned:
             log.info("job %s abandoned by the coordinator: stopped generating", run.job_id.hex()[:8])
             return ErrorReply("busy", "stopped: nobody was waiting for this job any more", run.job_id)
+        except BadRequestError as exc:  # the client's fault: say so, and keep our standing
+            log.info("job %s refused: %s", run.job_id.hex()[:8], exc)
+            return ErrorReply("malformed", str(exc), run.job_id)
         except EngineError as exc:
             log.warning("job %s failed in the engine: %s", run.job_id.hex()[:8], exc)
             return ErrorReply("engine_error", str(exc), run.job_id)
@@ -1312,8 +1316,9 @@ class Node:
                         job_id=run.job_id,
                         peer=peer,
                         reason=f"{reply.code}: {reply.message}",
-                        # a sealed prompt that does not open is the client's doing, not the worker's
-                        client_fault=reply.code == "malformed" and bool(run.sealed_prompt),
+                        # input the worker cannot run (too long for the context, empty, a sealed prompt
+                        # that does not open) is the client's doing, not the worker's
+                        client_fault=reply.code == "malformed",
                     )
                 else:
                     event = ReplicaFailed(
