@@ -878,6 +878,12 @@ class Node:
     ) -> JobAccepted | ErrorReply:
         if message.job_id in self._jobs:  # never let a second submission hijack a running job's answer
             return ErrorReply("malformed", "this job id is already running; pick a fresh one", message.job_id)
+        kept = self._job_store.answer(message.job_id, peer) if self._job_store is not None else None
+        if kept is not None:  # its client lost the answer (our crash, its connection): the same again
+            log.info(
+                "job %s from %s: answered again from the job store", message.job_id.hex()[:8], _short(peer)
+            )
+            return kept
         assert self.coordinator is not None
         pending = _PendingJob(progress=progress)
         resumed = self.coordinator.is_running(message.job_id)  # taken back after a restart: wait for it
@@ -1272,8 +1278,8 @@ class Node:
                         scope.cancel()
                 case FinishJob(job_id=job_id, reply=reply):
                     self._log_outcome(job_id, reply)
-                    if self._job_store is not None:
-                        self._job_store.delete(job_id)
+                    if self._job_store is not None:  # kept before the client hears it: never lost
+                        self._job_store.finish(job_id, reply, now_ms=time.time_ns() // 1_000_000)
                     pending = self._jobs.get(job_id)
                     if pending is not None:
                         pending.reply = reply
