@@ -17,7 +17,7 @@ import pathlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -63,6 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"opengrid {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=1, help="more logs (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _verbose_after(commands)
 
     node = commands.add_parser("node", help="run a node")
     node_commands = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
@@ -295,12 +296,30 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help="any node's multiaddr; the job goes to a coordinator found through it",
     )
-    submit.add_argument("--model", default="smollm2-135m-instruct")
-    submit.add_argument("--max-tokens", type=int, default=64)
-    submit.add_argument("--replicas", type=int, default=2)
-    submit.add_argument("--network", default=DEFAULT_NETWORK)
+    submit.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="a model name workers announce, or a GGUF sha256 (default: smollm2-135m-instruct)",
+    )
+    submit.add_argument(
+        "--max-tokens",
+        type=_positive("--max-tokens"),
+        default=64,
+        metavar="N",
+        help="generate at most N tokens (default 64)",
+    )
+    submit.add_argument(
+        "--replicas",
+        type=_positive("--replicas"),
+        default=2,
+        metavar="N",
+        help="workers that run the job independently and must agree (default 2)",
+    )
+    submit.add_argument(
+        "--network", default=DEFAULT_NETWORK, help=f"the network's name (default {DEFAULT_NETWORK})"
+    )
     _add_network_key(submit)
-    submit.add_argument("--json", action="store_true")
+    submit.add_argument("--json", action="store_true", help="print one JSON object with the receipt")
     submit.add_argument(
         "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
     )
@@ -334,6 +353,49 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_network_key(peers)
     peers.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _verbose_after(commands: Any) -> None:
+    """Accept -v after a command too (`opengrid node start -v`): every parser made through ``commands``
+    (and through its own subcommands) counts it into ``verbose_after``, which adds to ``--verbose``."""
+    add_parser = commands.add_parser
+
+    def adding_verbose(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = add_parser(name, **kwargs)
+        sub.add_argument(
+            "-v",
+            "--verbose",
+            dest="verbose_after",
+            action="count",
+            default=argparse.SUPPRESS,
+            help="more logs (-vv for debug)",
+        )
+        add_subparsers = sub.add_subparsers
+
+        def subparsers_adding_verbose(**options: Any) -> Any:
+            nested = add_subparsers(**options)
+            _verbose_after(nested)
+            return nested
+
+        sub.add_subparsers = subparsers_adding_verbose  # type: ignore[method-assign]
+        return sub
+
+    commands.add_parser = adding_verbose
+
+
+def _positive(flag: str) -> Callable[[str], int]:
+    """An argparse type for a whole number >= 1 that names the flag in its error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {value}")
+        return value
+
+    return parse
 
 
 def _add_network_key(parser: argparse.ArgumentParser) -> None:
@@ -463,6 +525,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     if args.no_listen:
         config = dataclasses.replace(config, listen=())
     config = config.validated()
+    _check_listen_ports(config.listen)
     for key, source in sorted(sources.items()):
         if source != "default":
             log.info("config %s = %r (from %s)", key, getattr(config, key), source)
@@ -472,6 +535,24 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
     trio.run(_run_node, config, api, args.plain_verification, args.trace_frames, args.trace_timing)
     return 0
+
+
+def _check_listen_ports(listen: Sequence[str]) -> None:
+    """Refuse a fixed listen port another program (or node) holds, naming it, before anything starts:
+    py-libp2p binds with SO_REUSEPORT, so a second node would otherwise share the port silently."""
+    from opengrid.cli.doctor import _bind_failure, parse_tcp_multiaddr, try_bind
+
+    for text in listen:
+        try:
+            target = parse_tcp_multiaddr(text)
+        except ValueError as exc:
+            raise ConfigError(f"--listen {text}: {exc}; use e.g. /ip4/0.0.0.0/tcp/4001") from exc
+        if target.port == 0 or target.kind not in ("ip4", "ip6"):
+            continue
+        problem = try_bind(target.host, target.port)
+        if problem is not None:
+            what, fix = _bind_failure(target.host, target.port, problem)
+            raise ConfigError(f"--listen {text}: {what}; {fix}")
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -582,6 +663,7 @@ def _cmd_peers(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``opengrid`` console script."""
     args = _build_parser().parse_args(argv)
+    args.verbose += getattr(args, "verbose_after", 0)
     _setup_logging(0 if getattr(args, "json", False) else args.verbose)
     try:
         if args.command == "node":
@@ -621,7 +703,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `opengrid status | head`: the reader left, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain
+        return 0
+    except BaseExceptionGroup as group:  # trio gathers a node's failure with its tasks' cancellations
+        leaves = list(_leaves(group))
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            return 130
+        ours = [leaf for leaf in leaves if isinstance(leaf, OpenGridError)]
+        if ours and len(ours) == len(leaves):
+            print(f"opengrid: error: {ours[0]}", file=sys.stderr)
+            return 1
+        raise
     return 2
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 if __name__ == "__main__":

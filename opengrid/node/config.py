@@ -123,6 +123,14 @@ class NodeConfig:
             raise ConfigError(f"http_backend {self.http_backend!r} is not one of {', '.join(HTTP_BACKENDS)}")
         if self.http_url is not None and not self.http_url.startswith(("http://", "https://")):
             raise ConfigError(f"http_url {self.http_url!r} must start with http:// or https://")
+        for flag, addresses in (("--bootstrap", self.bootstrap), ("--relay-via", self.relay_via)):
+            for address in addresses:
+                if "/p2p/" not in address:
+                    raise ConfigError(
+                        f"{flag} {address!r} has no /p2p/<peer id> part: a node is dialled by address and "
+                        "identity, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... (every node prints its full "
+                        "address at start; `opengrid status` shows it too)"
+                    )
         role = self.role
         if role == "auto":
             from opengrid.node.probe import auto_role, probe_hardware

@@ -1,0 +1,91 @@
+"""A newcomer's mistakes get one clear line, not a traceback (issue 16), through the real command line.
+
+Each test runs ``python -m opengrid`` as a user would, with HOME pointed at the test's own directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
+
+
+def opengrid(tmp_path: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    return subprocess.run(
+        [sys.executable, "-m", "opengrid", *argv], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "ExceptionGroup" not in output, output
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def test_a_missing_model_file_is_one_line_naming_it(tmp_path: pathlib.Path) -> None:
+    result = opengrid(
+        tmp_path,
+        "node", "start", "--role", "worker", "--data-dir", str(tmp_path / "w"),
+        "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}", "--model", str(tmp_path / "missing.gguf"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "missing.gguf" in _one_error_line(result)
+
+
+def test_a_listen_port_in_use_is_refused_at_start_with_the_port_named(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        result = opengrid(
+            tmp_path,
+            "node", "start", "--role", "coordinator", "--data-dir", str(tmp_path / "c"),
+            "--listen", f"/ip4/127.0.0.1/tcp/{port}",
+        )  # fmt: skip
+    assert result.returncode == 1
+    line = _one_error_line(result)
+    assert f"port {port}" in line and "already in use" in line
+
+
+def test_a_bootstrap_without_a_peer_id_is_refused_with_an_example(tmp_path: pathlib.Path) -> None:
+    result = opengrid(
+        tmp_path,
+        "node", "start", "--role", "worker", "--data-dir", str(tmp_path / "w"),
+        "--bootstrap", "/ip4/127.0.0.1/tcp/4001",
+    )  # fmt: skip
+    assert result.returncode == 1
+    line = _one_error_line(result)
+    assert "/p2p/" in line and "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW" in line
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_bad_max_tokens_gets_a_sentence(tmp_path: pathlib.Path, value: str) -> None:
+    result = opengrid(tmp_path, "submit", "hello", "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}",
+                      "--max-tokens", value)  # fmt: skip
+    assert result.returncode == 2
+    assert "--max-tokens" in result.stderr and (
+        "at least 1" in result.stderr or "whole number" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_piped_output_cut_short_prints_no_broken_pipe(tmp_path: pathlib.Path) -> None:
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    # `true` exits before the interpreter has even started: every write meets a closed pipe
+    command = f"{sys.executable} -m opengrid config show | true"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, env=env)
+    assert "BrokenPipeError" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_verbose_is_accepted_after_the_command(tmp_path: pathlib.Path) -> None:
+    result = opengrid(tmp_path, "node", "start", "-v", "--help")
+    assert result.returncode == 0 and "--verbose" in result.stdout
