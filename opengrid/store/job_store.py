@@ -23,6 +23,7 @@ class JobStore:
 
     def __init__(self, path: pathlib.Path) -> None:
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -30,7 +31,7 @@ class JobStore:
                 "CREATE TABLE IF NOT EXISTS jobs (job_id BLOB PRIMARY KEY, client TEXT NOT NULL, "
                 "wall_ms INTEGER NOT NULL, request BLOB NOT NULL)"
             )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open the job store {path}: {exc}") from exc
         self._path = path
 
