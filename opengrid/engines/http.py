@@ -573,6 +573,7 @@ class ManagedServer:
         cmd = self.command(port)
         out: Any = subprocess.DEVNULL
         if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self._log_path.open("ab")
         # pydantic-settings reads MODEL, PORT, N_CTX... from the environment: drop those that could
         # contradict the command line.

@@ -257,8 +257,10 @@ def pull_model(
     try:
         import huggingface_hub
         from huggingface_hub.errors import HfHubHTTPError
-    except ImportError as exc:  # a dependency, but say what to do if it is missing
-        raise EngineError("downloading models needs huggingface_hub: pip install huggingface-hub") from exc
+    except ImportError as exc:  # the node extra's, absent from a plain `pip install opengrid`
+        raise EngineError(
+            "downloading models needs huggingface_hub, part of the node extra: pip install 'opengrid[node]'"
+        ) from exc
     assert entry.repo_id is not None  # hub entries always name their repository (catalog tests)
     path = _hub_path(entry, cache_dir)
     local_dir = path.parent

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import uuid
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -79,8 +80,11 @@ def _normal(rng: np.random.RandomState, shape: tuple[int, ...], std: float) -> n
 def write_tiny_gguf(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
     """Write the tiny model for ``seed`` to ``path`` and return ``path``.
 
-    The file is written to a temporary name in the same directory and renamed into place, so a reader
-    never sees a half-written model. The same seed always gives the same bytes (~530 KB).
+    Missing parent directories are created. The file is written to a temporary name of its own in the
+    same directory and renamed into place, so a reader never sees a half-written model, and processes or
+    threads racing to write the same model (workers starting together on a fresh machine) each rename a
+    whole file over the other's: the last one wins, with the same bytes. The same seed always gives the
+    same bytes (~530 KB).
     """
     # gguf and numpy are imported on use: a node imports this module for TINY_MODEL_NAME alone.
     import gguf
@@ -118,37 +122,39 @@ def write_tiny_gguf(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
         ("output.weight", output),
     ]
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Unique per call, not per process: two threads of one process may write the same model at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     writer = gguf.GGUFWriter(tmp, arch="llama")
     try:
-        writer.add_name(f"opengrid-tiny-seed{seed}")
-        writer.add_context_length(_N_CTX_TRAIN)
-        writer.add_embedding_length(_N_EMBD)
-        writer.add_block_count(_N_LAYER)
-        writer.add_feed_forward_length(_N_FF)
-        writer.add_head_count(_N_HEAD)
-        writer.add_head_count_kv(_N_HEAD)
-        writer.add_rope_dimension_count(_N_EMBD // _N_HEAD)
-        writer.add_layer_norm_rms_eps(_RMS_EPS)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_scores(scores)
-        writer.add_unk_token_id(0)
-        writer.add_bos_token_id(1)
-        writer.add_eos_token_id(2)
-        writer.add_add_bos_token(True)
-        writer.add_add_eos_token(False)
-        writer.add_chat_template(_CHAT_TEMPLATE)
-        for name, array in tensors:
-            writer.add_tensor(name, array)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    try:
+        try:
+            writer.add_name(f"opengrid-tiny-seed{seed}")
+            writer.add_context_length(_N_CTX_TRAIN)
+            writer.add_embedding_length(_N_EMBD)
+            writer.add_block_count(_N_LAYER)
+            writer.add_feed_forward_length(_N_FF)
+            writer.add_head_count(_N_HEAD)
+            writer.add_head_count_kv(_N_HEAD)
+            writer.add_rope_dimension_count(_N_EMBD // _N_HEAD)
+            writer.add_layer_norm_rms_eps(_RMS_EPS)
+            writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+            writer.add_tokenizer_model("llama")
+            writer.add_token_list(tokens)
+            writer.add_token_types(types)
+            writer.add_token_scores(scores)
+            writer.add_unk_token_id(0)
+            writer.add_bos_token_id(1)
+            writer.add_eos_token_id(2)
+            writer.add_add_bos_token(True)
+            writer.add_add_eos_token(False)
+            writer.add_chat_template(_CHAT_TEMPLATE)
+            for name, array in tensors:
+                writer.add_tensor(name, array)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 import trio
@@ -52,6 +52,9 @@ from opengrid.errors import (
 )
 from opengrid.net.host import Host
 from opengrid.net.services import background_service
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio-typing's stubs (a py-libp2p dependency) hide trio.TaskStatus
 
 log = logging.getLogger("opengrid.net.discovery")
 
@@ -153,7 +156,7 @@ def decode_value_record(network: str, key: str, data: bytes) -> ValueRecord:
     return record
 
 
-class _ServersOnlyKadDHT(KadDHT):  # type: ignore[misc]
+class _ServersOnlyKadDHT(KadDHT):
     """KadDHT whose routing table holds DHT servers only, as the Kademlia spec says.
 
     py-libp2p adds every peer that opens a DHT stream to us, on the grounds that it "MUST support server
@@ -241,7 +244,7 @@ class Discovery:
         )
         self._me = host.libp2p.get_id()
 
-    async def run(self, *, task_status: trio.TaskStatus[Discovery] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[Discovery] = trio.TASK_STATUS_IGNORED) -> None:
         async with background_service(self._dht):
             task_status.started(self)
             await trio.sleep_forever()

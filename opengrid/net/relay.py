@@ -47,6 +47,8 @@ from opengrid.errors import ConfigError, OpenGridError, TransportError
 from opengrid.net.services import background_service
 
 if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio-typing's stubs (a py-libp2p dependency) hide trio.TaskStatus
+
     from opengrid.net.host import Host
 
 log = logging.getLogger("opengrid.net.relay")
@@ -229,7 +231,7 @@ class ReservationKeeper:
         self.problem = "no reservation yet"
         """Why no reservation is held (empty while one is)."""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         pause = 1.0
         started = False
         try:

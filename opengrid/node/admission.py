@@ -47,6 +47,7 @@ def _read(path: pathlib.Path, default: Any) -> Any:
 
 
 def _write(path: pathlib.Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

@@ -18,6 +18,9 @@ ADVERSARIES = ("wrong-tokens", "sealed-lie", "lazy", "model-swap")
 what the worker attested (caught by the client); random tokens without running the model (lazy); a
 different model behind the announced one (model-swap). Canaries and replication catch the last two."""
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+DEFAULT_API_ADDRESS = "127.0.0.1:9337"
+"""Where ``--api`` serves when given bare (here, not in opengrid.node.api: the CLI reads it without the
+node extra that the API server needs)."""
 EngineKind = Literal["llama", "http"]
 ENGINES: tuple[EngineKind, ...] = ("llama", "http")
 HttpBackendName = Literal["auto", "llama.cpp-server", "vllm"]

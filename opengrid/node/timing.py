@@ -40,6 +40,8 @@ class TimingTrace:
     """Appends timing points to a file; ``TimingTrace(None)`` records nothing (the default, at no cost)."""
 
     def __init__(self, path: pathlib.Path | None, node: str = "") -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO | None = path.open("a", buffering=1) if path is not None else None  # line-buffered
         self.node = node
         """This node's peer id (set once the host is up)."""

@@ -33,6 +33,7 @@ def remember_trusted(data_dir: pathlib.Path, key: bytes) -> bool:
     if key in known:
         return False
     path = data_dir / TRUST_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(sorted(k.hex() for k in [*known, key]), indent=2) + "\n")
     tmp.replace(path)

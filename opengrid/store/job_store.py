@@ -31,6 +31,7 @@ class JobStore:
 
     def __init__(self, path: pathlib.Path) -> None:
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -43,7 +44,7 @@ class JobStore:
                 "stored_ms INTEGER NOT NULL, reply BLOB NOT NULL)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS answers_by_age ON answers (stored_ms)")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open the job store {path}: {exc}") from exc
         self._path = path
 
