@@ -93,6 +93,7 @@ from opengrid.net.host import (
     RUN_PROTOCOL,
     FrameStream,
     Host,
+    beat_idle_s,
     derive_psk,
     open_host,
 )
@@ -289,7 +290,7 @@ class Node:
                 if self.worker is not None:
                     host.set_handler(self._serve_runs, RUN_PROTOCOL)
                 if config.role == "coordinator":
-                    host.set_handler(self._serve_beats, BEAT_PROTOCOL)
+                    host.set_handler(self._serve_beats, BEAT_PROTOCOL, idle_s=beat_idle_s(config.heartbeat_s))
                 host.set_handler(self._serve_sync, SYNC_PROTOCOL)  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
