@@ -146,6 +146,7 @@ from opengrid.wire.messages import (
     StatusRequest,
     SubmitJob,
     WorkerSummary,
+    bounded_status,
 )
 from opengrid.wire.sealed import box_public_key, seal_output
 
@@ -1641,7 +1642,7 @@ class Node:
                 for r in sorted(self.coordinator.workers.values(), key=lambda r: r.peer)
             ]
             balances = {key.hex(): points for key, points in sorted(self.ledger.balances().items())}
-        return NodeStatus(
+        status = NodeStatus(
             peer_id=self.host.peer_id,
             public_key=self.public_key,
             role=self.config.role,
@@ -1658,6 +1659,7 @@ class Node:
             candidate=self.admission is not None and self.admission.candidate,
             reachability=self.membership.reachability if self.membership is not None else "unknown",
         )
+        return bounded_status(status)  # lists cut to their wire limits (spec/limits.md)
 
     def history(self, account: bytes, limit: int) -> History:
         """The newest ``limit`` entries that concern ``account`` — receipts that credit or outvote it, and

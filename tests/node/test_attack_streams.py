@@ -8,6 +8,8 @@ shortened (monkeypatch), and then shows the node unharmed: it still answers a le
   registration channel is closed after a few heartbeats.
 - One peer's hundreds of idle streams hit the per-peer caps (per protocol, and before negotiation) and are
   reset; another client's status request still gets its answer.
+- A registration with a multi-megabyte model name is refused, and workers that stop beating are forgotten,
+  so NodeStatus stays small and every status request keeps working.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.errors import TransportError
 from opengrid.net import host as host_module
 from opengrid.net.host import BEAT_PROTOCOL, JOB_PROTOCOL, FrameStream, Host
+from opengrid.net.keys import public_key_of
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     ErrorReply,
+    ModelOffer,
     NodeStatus,
+    Registered,
+    RegisterWorker,
     StatusRequest,
 )
 from tests.node.workers import client_host
@@ -177,3 +184,41 @@ async def test_streams_never_negotiated_count_against_the_peer_too(
         assert status.peer_id == node.host.peer_id
         for stream in opened:
             await stream.reset()
+
+
+def _registration(attacker: Host, name: str) -> RegisterWorker:
+    offer = ModelOffer(name=name, contract=DecodingContract(model_sha256="ab" * 32))
+    return RegisterWorker(
+        network=NETWORK,
+        public_key=public_key_of(attacker.peer_id),
+        listen_addrs=attacker.addrs(),
+        models=[offer],
+    )
+
+
+async def test_a_worker_with_a_huge_model_name_is_refused_and_status_keeps_working(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with coordinator_and_attacker(tmp_path) as (_, attacker, client, peer):
+        # The probe's 3.8 MB name: two such registrations pushed NodeStatus past the frame limit for good.
+        with trio.fail_after(20):
+            reply = await attacker.request(peer, _registration(attacker, "m" * 3_800_000))
+        assert isinstance(reply, ErrorReply) and reply.code == "malformed"
+        assert "256" in reply.message, reply.message
+        status = await _status(client, peer)
+        assert status.workers == []
+
+
+async def test_workers_that_stop_beating_are_forgotten(tmp_path: pathlib.Path) -> None:
+    async with coordinator_and_attacker(tmp_path, forget_after_s=1.0) as (node, attacker, client, peer):
+        assert node.coordinator is not None
+        with trio.fail_after(10):
+            assert isinstance(await attacker.request(peer, _registration(attacker, "fake")), Registered)
+        assert [w.peer_id for w in (await _status(client, peer)).workers] == [attacker.peer_id]
+        # It never beats again: offline after 3 beats (1.5 s), forgotten 1 s after its last beat once the
+        # registry is next looked at (its timers, or the next new worker's registration: here, the client).
+        await trio.sleep(1.6)
+        with trio.fail_after(10):
+            assert isinstance(await client.request(peer, _registration(client, "honest")), Registered)
+        assert attacker.peer_id not in node.coordinator.workers
+        assert [w.peer_id for w in (await _status(client, peer)).workers] == [client.peer_id]
