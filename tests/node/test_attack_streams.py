@@ -6,6 +6,7 @@ shortened (monkeypatch), and then shows the node unharmed: it still answers a le
 - A frame that dribbles in (one byte at a time) is cut off once its deadline passes, on ``/opengrid/job/1``
   and on the ``/opengrid/beat/1`` channel; a stream that never sends its request is closed; an idle
   registration channel is closed after a few heartbeats.
+- A worker closes a run channel left idle too long; the coordinator's next job opens another.
 - One peer's hundreds of idle streams hit the per-peer caps (per protocol, and before negotiation) and are
   reset; another client's status request still gets its answer.
 - A registration with a multi-megabyte model name is refused, and workers that stop beating are forgotten,
@@ -24,6 +25,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import TransportError
 from opengrid.net import host as host_module
 from opengrid.net.host import BEAT_PROTOCOL, JOB_PROTOCOL, FrameStream, Host
@@ -33,6 +35,7 @@ from opengrid.node.service import Node
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     ErrorReply,
+    JobAccepted,
     ModelOffer,
     NodeStatus,
     Registered,
@@ -222,3 +225,40 @@ async def test_workers_that_stop_beating_are_forgotten(tmp_path: pathlib.Path) -
             assert isinstance(await client.request(peer, _registration(client, "honest")), Registered)
         assert attacker.peer_id not in node.coordinator.workers
         assert [w.peer_id for w in (await _status(client, peer)).workers] == [client.peer_id]
+
+
+async def test_an_idle_run_channel_is_closed_and_the_next_job_opens_another(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The coordinator opens a run channel as the worker joins and keeps it; the worker closes it once idle
+    # for RUN_IDLE_S (here 1 s), and the coordinator's pool then opens a fresh one for the next job.
+    monkeypatch.setattr(host_module, "RUN_IDLE_S", 1.0)
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    async with coordinator_and_attacker(tmp_path) as (coordinator, _, _, _):
+        assert coordinator.host is not None
+        async with trio.open_nursery() as nursery:
+            config = NodeConfig(
+                data_dir=tmp_path / "w",
+                role="worker",
+                network=NETWORK,
+                bootstrap=(coordinator.host.addrs()[0],),
+                heartbeat_s=0.5,
+            )
+            worker = Node(config, engine=LlamaEngine(info, n_threads=1))
+            await nursery.start(worker.run)
+            pool = coordinator._runs
+            assert pool is not None and worker.host is not None
+            peer = worker.host.peer_id
+            with trio.fail_after(30):
+                await worker.registered.wait()
+                while pool.idle(peer) < 1:
+                    await trio.sleep(0.01)
+                (idle,) = pool._idle[peer]
+                while idle.reusable:  # the worker ends it after 1 s without a RunJob
+                    await trio.sleep(0.05)
+                reply = await coordinator.api_submit(
+                    prompt="hello", model="tiny", max_tokens=2, replicas=1, format="text"
+                )
+            assert isinstance(reply, JobAccepted), reply
+            assert pool.opened == 2 and worker.jobs_run == 1
+            nursery.cancel_scope.cancel()
