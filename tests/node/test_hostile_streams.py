@@ -62,8 +62,10 @@ async def test_a_handler_that_raises_ends_its_stream_not_the_host() -> None:
         server.set_handler(status)
         peer = await client.connect(server.addrs()[0])
         for _ in range(3):
-            stream = await client.open_stream(peer, protocol)
+            # The reset may come before the client has read the protocol's acknowledgement: then opening
+            # the stream fails rather than reading from it. Either way the stream ended, the host lives.
             with trio.fail_after(10), pytest.raises(TransportError):
+                stream = await client.open_stream(peer, protocol)
                 await stream.receive_body()
         with trio.fail_after(10):
             assert isinstance(await client.request(peer, StatusRequest()), NodeStatus)
