@@ -12,7 +12,8 @@ the values involved, and what to do next.
     │   ├── LocalProtocolError      we were about to send something invalid (our bug)
     │   └── RemoteProtocolError     a peer sent something invalid (carries the peer, when known)
     │       ├── FrameTooLargeError  the length prefix announced more than the limit allows
-    │       └── MalformedMessageError  the bytes do not decode to a known message
+    │       ├── MalformedMessageError  the bytes do not decode to a known message
+    │       └── PeerTooSlowError    a frame or a request did not arrive within its deadline
     ├── TransportError              a peer could not be reached, or went away mid-exchange
     │   └── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
     ├── EngineError                 inference failed
@@ -62,6 +63,19 @@ class FrameTooLargeError(RemoteProtocolError):
 
 class MalformedMessageError(RemoteProtocolError):
     """A frame's bytes do not decode to a known message of this protocol."""
+
+
+class PeerTooSlowError(RemoteProtocolError):
+    """A peer kept one of our streams waiting past a deadline: a frame whose bytes did not all arrive in
+    time once the first one had, or a request that did not arrive within the bound after the stream
+    opened (spec/limits.md). The stream is ended; the connection and its other streams live on.
+
+    ``bound_s`` is the deadline that was hit, in seconds.
+    """
+
+    def __init__(self, message: str, *, peer: str | None = None, bound_s: float) -> None:
+        super().__init__(message, peer=peer)
+        self.bound_s = bound_s
 
 
 class TransportError(OpenGridError):

@@ -165,6 +165,10 @@ class CoordinatorConfig:
     model_params: Mapping[str, int] = field(default_factory=dict)
     """Model sha256 (lower-case hex) -> parameter count, trusted over what workers announce (the node
     passes the model catalog's). It prices a token of that model (``model_weight``, spec/ledger.md §7)."""
+    forget_after_s: float = 600.0
+    """A worker silent this long (seconds) and used by no job is forgotten: dropped from the registry and
+    from NodeStatus, so dead or fake registrations do not pile up (spec/limits.md). It comes back as a new
+    worker with its next heartbeat; its reputation is kept (keyed by its key)."""
 
     @classmethod
     def plain(cls, **overrides: float) -> CoordinatorConfig:
@@ -339,6 +343,7 @@ class Coordinator:
         for record in self.workers.values():
             if record.online and now - record.last_seen >= silence:
                 record.online = False
+        self._forget_silent(now)
         for canary_id in sorted(c for c, canary in self._canaries.items() if now >= canary.deadline):
             peer = self._canaries[canary_id].peer
             effects.append(CancelReplica(peer=peer, job_id=canary_id))
@@ -458,8 +463,32 @@ class Coordinator:
         return effects
 
     # ── registry ─────────────────────────────────────────────────────────────────────────────────────
+    def _forget_silent(self, now: float) -> None:
+        """Drop the workers silent for ``forget_after_s`` that no job or canary still refers to."""
+        silent = [
+            peer
+            for peer, record in self.workers.items()
+            if not record.online and now - record.last_seen >= self.config.forget_after_s
+        ]
+        if not silent:
+            return
+        in_use = {peer for job in self._jobs.values() for peer in job.tried()}
+        in_use |= {canary.peer for canary in self._canaries.values()}
+        for peer in silent:
+            if peer in in_use:
+                continue
+            record = self.workers.pop(peer)
+            for name in _index_names(record.offers):
+                serving = self._serving.get(name)
+                if serving is not None:
+                    serving.pop(peer, None)
+                    if not serving:
+                        del self._serving[name]
+
     def _on_registered(self, event: WorkerRegistered, now: float) -> list[Effect]:
         earlier = self.workers.get(event.peer)
+        if earlier is None:  # a registry that grows is swept as it grows, not only on timers
+            self._forget_silent(now)
         # A heartbeat that changes nothing frees no capacity: only then is the queue not looked at.
         grown = (
             earlier is None

@@ -92,8 +92,9 @@ class Announcement(msgspec.Struct, frozen=True):
 
 
 class SignedAnnouncement(msgspec.Struct, frozen=True, array_like=True):
-    body: bytes
-    signature: bytes
+    body: Annotated[bytes, msgspec.Meta(max_length=MAX_ANNOUNCEMENT_BYTES)]
+    signature: Annotated[bytes, msgspec.Meta(max_length=64)]
+    """Ed25519 over ``ANNOUNCE_DOMAIN + body``: 64 bytes (a shorter one fails verification)."""
 
 
 _encoder = msgspec.msgpack.Encoder()

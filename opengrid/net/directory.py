@@ -25,6 +25,11 @@ MAX_BEAT_S: Final = 60.0
 by its registration heartbeats to each coordinator, not by gossip."""
 
 
+MAX_PEERS: Final = 4096
+"""Peers a directory holds at most (announcing identities are free, spec/limits.md §5): a new peer over it
+takes the place of the offline peer heard from longest ago, and is ignored while every peer held is online."""
+
+
 def beat_period(base_s: float, peers: int) -> float:
     """A node's announcement period while it knows ``peers`` other peers online: its configured
     ``base_s`` up to ``FULL_RATE_NODES`` nodes, and ``base_s x nodes / FULL_RATE_NODES`` beyond, at most
@@ -56,11 +61,16 @@ class PeerDirectory:
     still ignores one with a lower ``seq`` than the one it holds (gossip may deliver out of order).
     """
 
-    def __init__(self, *, missed_beats: int = 3, self_peer: str | None = None) -> None:
+    def __init__(
+        self, *, missed_beats: int = 3, self_peer: str | None = None, max_peers: int = MAX_PEERS
+    ) -> None:
         if missed_beats < 1:
             raise ValueError(f"missed_beats must be >= 1, got {missed_beats}")
         self.missed_beats = missed_beats
         self.self_peer = self_peer
+        self.max_peers = max_peers
+        self.refused = 0
+        """New peers ignored because the directory was full of online peers."""
         self._entries: dict[str, PeerEntry] = {}
         self._offline: set[str] = set()
 
@@ -72,6 +82,9 @@ class PeerDirectory:
         old = self._entries.get(peer)
         if old is not None and announcement.seq <= old.announcement.seq:
             return None
+        if old is None and len(self._entries) >= self.max_peers and not self._make_room(now):
+            self.refused += 1
+            return None
         first = old.first_seen if old is not None else now
         self._entries[peer] = PeerEntry(announcement, first_seen=first, last_seen=now)
         if old is None:
@@ -80,6 +93,14 @@ class PeerDirectory:
             self._offline.discard(peer)
             return "returned"
         return "updated"
+
+    def _make_room(self, now: float) -> bool:
+        """Forget the offline peer heard from longest ago; False when every peer held is online."""
+        offline = [e for e in self._entries.values() if now > e.deadline(self.missed_beats)]
+        if not offline:
+            return False
+        self.forget(min(offline, key=lambda e: (e.last_seen, e.peer_id)).peer_id)
+        return True
 
     def expire(self, now: float) -> list[str]:
         """Peers that went offline since the last call (sorted); they stay listed, as offline."""

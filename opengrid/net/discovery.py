@@ -110,12 +110,12 @@ def provider_key_bytes(key: str) -> bytes:
 class ValueRecord(msgspec.Struct, frozen=True, array_like=True):
     """A DHT value: signed by its writer over ``VALUE_DOMAIN + msgpack([network, key, value, seq, pk])``."""
 
-    network: str
-    key: str
-    value: bytes
+    network: Annotated[str, msgspec.Meta(max_length=128)]
+    key: Annotated[str, msgspec.Meta(max_length=MAX_VALUE_KEY_BYTES)]
+    value: Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
     seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
     public_key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-    signature: bytes
+    signature: Annotated[bytes, msgspec.Meta(max_length=64)]
 
 
 _encoder = msgspec.msgpack.Encoder()

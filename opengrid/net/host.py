@@ -5,6 +5,12 @@ default host would also accept), one connection per peer (avoids a fixed 250 ms 
 read loop for frames (the library's exact-read helper gives up on large messages). Every host speaks
 circuit relay v2 (relay.py): it accepts relayed connections and dials peers known only by a relayed
 address; a host opened with ``relay=True`` also relays for others.
+
+No peer can hold or fill a node through its streams (spec/limits.md §1-2): a frame must complete within a
+deadline once its first byte arrived, an inbound one-exchange stream must start its request soon after it
+opens, a kept channel (run, beat) is closed when idle too long (``FrameStream``); one peer may hold only so
+many inbound streams per protocol (``Host.set_handler``) and in all, counted before negotiation
+(``_StreamGuard``); what is over a cap is reset and logged at INFO, once a minute per peer.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import multiaddr
@@ -35,6 +42,7 @@ from opengrid.errors import (
     IncompatiblePeerError,
     LocalProtocolError,
     OpenGridError,
+    PeerTooSlowError,
     TransportError,
 )
 from opengrid.net.addr_cache import cache_advertised_addrs
@@ -52,6 +60,150 @@ BEAT_PROTOCOL = TProtocol("/opengrid/beat/1")
 """A worker's channel of RegisterWorker heartbeats to one coordinator, likewise (§6.1)."""
 _READ_CHUNK = 64 * 1024
 log = logging.getLogger("opengrid.net")
+
+# ── Deadlines and caps on inbound streams (spec/limits.md). Plain module values, read at each use, so
+# tests may shorten them with monkeypatch. ──────────────────────────────────────────────────────────────
+FRAME_BASE_S: float = 10.0
+"""Seconds a frame may take, once its first byte arrived, before its length is counted (see
+``FRAME_MIN_RATE``). Senders write a frame in one go, so a frame that dribbles in is a peer holding our
+stream open, not a slow network: the issue-15 probe kept a job stream alive for good with one byte every
+5 s."""
+FRAME_MIN_RATE: int = 64 * 1024
+"""Bytes per second a frame must at least arrive at, after ``FRAME_BASE_S``: a frame of ``L`` bytes gets
+``FRAME_BASE_S + L / FRAME_MIN_RATE`` seconds, 74 s for a full 4 MiB frame. 64 KiB/s (~0.5 Mbit/s) is below
+a relayed circuit or a home uplink; a peer slower than that cannot move a job's prompt in time anyway."""
+FIRST_FRAME_S: float = 10.0
+"""Seconds after a one-exchange stream (``/opengrid/job/1``, ``/opengrid/ledger-sync/1``) was accepted
+within which the first byte of its request must arrive. Openers send the request right after negotiating
+(a few ms on loopback, one round trip elsewhere); 10 s is also py-libp2p's bound on that negotiation."""
+RUN_IDLE_S: float = 300.0
+"""Seconds a run channel (``/opengrid/run/1``, spec/job-protocol.md §6.4) may wait for its next RunJob
+before the worker closes it. Coordinators keep idle channels for reuse (and open one as a worker joins),
+so this is long; a coordinator that finds its channel closed opens a new one (~6 ms). What bounds an
+attacker's idle channels is the per-peer cap (``MAX_STREAMS_PER_PEER``)."""
+BEAT_IDLE_BEATS: float = 4.0
+"""Heartbeat periods a registration channel (``/opengrid/beat/1``, §6.1) may stay idle between beats
+before the coordinator closes it: a worker beats once a period, so four without one mean it stopped
+(three silent periods already mark it offline)."""
+BEAT_IDLE_MIN_S: float = 20.0
+"""The least idle time a registration channel gets, whatever the heartbeat (a 0.5 s beat must not turn
+a loaded worker's late beat into a closed channel)."""
+BEAT_PERIOD_MAX_S: Final = 60.0
+"""Workers clamp the coordinator's ``heartbeat_s`` to 0.5..60 s (spec/job-protocol.md §6.1)."""
+MAX_STREAMS_PER_PEER: dict[str, int] = {
+    "/opengrid/job/1": 256,
+    "/opengrid/run/1": 96,
+    "/opengrid/beat/1": 4,
+    "/opengrid/ledger-sync/1": 4,
+}
+"""Inbound streams one peer may have open at once, per protocol we serve (others: ``MAX_STREAMS_OTHER``);
+the next one is reset. Job streams: a client's jobs in flight (64 may wait per client, more run) and its
+status and quote requests. Run channels: a coordinator's replicas in flight on one worker (``slots`` ≤ 64)
+and the 4 idle ones it keeps. Beat and sync: an honest peer opens one at a time."""
+MAX_STREAMS_OTHER: int = 16
+"""Inbound streams one peer may have open at once on a protocol we serve that ``MAX_STREAMS_PER_PEER``
+does not name."""
+MAX_INBOUND_STREAMS_PER_PEER: int = 512
+"""Inbound streams one peer may have open at once, every protocol together, counted from the moment the
+muxer hands a stream over: during protocol negotiation (which py-libp2p bounds to 10 s, but not in number)
+and on the library's own protocols (gossipsub, identify, DHT, relay) too. py-libp2p 0.8.1 has one global
+cap of 10,000 streams, inbound and outbound together: one peer's idle streams filled it and a legitimate
+client could no longer open a stream (issue 15)."""
+_REFUSAL_LOG_EVERY_S: Final = 60.0
+"""A peer's refused streams are logged at most once a minute (with a count), never one line each."""
+_REFUSAL_LOG_PEERS: Final = 1024
+"""Peers whose last refusal line is remembered; the table is pruned of quiet peers beyond this."""
+
+
+def beat_idle_s(heartbeat_s: float) -> float:
+    """The idle bound of a registration channel on a coordinator whose heartbeat is ``heartbeat_s``."""
+    period = min(max(heartbeat_s, 0.5), BEAT_PERIOD_MAX_S)
+    return max(BEAT_IDLE_MIN_S, BEAT_IDLE_BEATS * period)
+
+
+def frame_deadline_s(length: int | None) -> float:
+    """Seconds a frame announcing ``length`` body bytes (None: header not read yet) may take from its
+    first byte."""
+    return FRAME_BASE_S + (length or 0) / FRAME_MIN_RATE
+
+
+@dataclass(frozen=True)
+class StreamBounds:
+    """The waits and numbers an inbound stream of one protocol may impose on us (spec/limits.md)."""
+
+    first_frame_s: float | None
+    """Seconds from acceptance to the first byte of the first frame (None: no bound of its own)."""
+    idle_s: float | None
+    """Seconds a kept channel may wait for its next exchange (None: not a kept channel)."""
+    max_per_peer: int
+    """Streams of this protocol one peer may have open at once."""
+
+
+def stream_bounds(protocol: str, *, idle_s: float | None = None) -> StreamBounds:
+    """The bounds of inbound ``protocol`` streams, from the module values as they are now."""
+    cap = MAX_STREAMS_PER_PEER.get(protocol, MAX_STREAMS_OTHER)
+    if protocol == RUN_PROTOCOL:
+        return StreamBounds(None, RUN_IDLE_S if idle_s is None else idle_s, cap)
+    if protocol == BEAT_PROTOCOL:
+        return StreamBounds(None, beat_idle_s(5.0) if idle_s is None else idle_s, cap)
+    return StreamBounds(FIRST_FRAME_S, idle_s, cap)
+
+
+class _ChannelIdle(Exception):
+    """A kept channel waited past its idle bound between exchanges (internal: ``receive_next`` ends it)."""
+
+
+class _Refusals:
+    """Streams refused over a cap, counted per peer and logged at INFO at most once a minute per peer."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        """Streams refused so far (statistics and tests)."""
+        self._said: dict[str, tuple[float, int]] = {}
+        """peer -> when we last logged a refusal of its streams, and how many we refused since."""
+
+    def note(self, peer: str, why: str) -> None:
+        self.count += 1
+        now = trio.current_time()
+        said, quiet = self._said.get(peer, (-math.inf, 0))
+        if now - said < _REFUSAL_LOG_EVERY_S:
+            self._said[peer] = (said, quiet + 1)
+            return
+        more = f" ({quiet} more refused since the last line)" if quiet else ""
+        log.info("refused a stream from %s: %s%s", peer, why, more)
+        if len(self._said) >= _REFUSAL_LOG_PEERS:  # bounded: forget peers not refused for a minute
+            self._said = {p: v for p, v in self._said.items() if now - v[0] < _REFUSAL_LOG_EVERY_S}
+        self._said[peer] = (now, 0)
+
+
+class _OpenCounts:
+    """Inbound streams open per key (a peer, or a peer and a protocol); a key at zero is dropped, so the
+    table holds live streams only."""
+
+    def __init__(self) -> None:
+        self._open: dict[Hashable, int] = {}
+
+    def get(self, key: Hashable) -> int:
+        return self._open.get(key, 0)
+
+    @contextlib.contextmanager
+    def held(self, key: Hashable) -> Iterator[None]:
+        self._open[key] = self._open.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._open[key] - 1
+            if left:
+                self._open[key] = left
+            else:
+                del self._open[key]
+
+
+async def _reset_raw(stream: INetStream) -> None:
+    try:
+        await stream.reset()
+    except Exception as exc:  # already gone
+        log.debug("resetting a refused stream: %s", exc)
 
 
 def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
@@ -75,13 +227,27 @@ class FrameStream:
     Every libp2p exception is mapped to ``TransportError``; bad bytes become ``RemoteProtocolError``s.
     """
 
-    def __init__(self, stream: INetStream, *, limit: int = MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        stream: INetStream,
+        *,
+        limit: int = MAX_FRAME_BYTES,
+        first_frame_s: float | None = None,
+        idle_s: float | None = None,
+    ) -> None:
         self._stream = stream
         self.peer = stream.muxed_conn.peer_id.to_base58()
         self._frames = FrameBuffer(limit=limit, peer=self.peer)
         self.frames_received = 0
         """Frames read from this stream so far (a pool tells from it whether an exchange heard anything)."""
         self._frames_limit = limit
+        self._opened = trio.current_time()
+        self._first_frame_s = first_frame_s
+        """The first frame's first byte must arrive this many seconds after the stream was made (None: no
+        bound here; the caller bounds its wait). Set on inbound one-exchange streams."""
+        self._idle_s = idle_s
+        """``receive_next`` waits at most this long for a frame between exchanges on a kept channel, then
+        ends the channel as if the peer had closed it (None: no bound)."""
 
     @property
     def protocol(self) -> str:
@@ -151,33 +317,86 @@ class FrameStream:
 
     async def receive_next(self) -> Message | None:
         """The next message, or None when the peer ended the stream between two frames (a stream that
-        carries several exchanges, e.g. ``RUN_PROTOCOL``, ends that way). Ending inside a frame is still a
-        TransportError."""
+        carries several exchanges, e.g. ``RUN_PROTOCOL``, ends that way) or left it idle past the stream's
+        idle bound (the channel then ends as if the peer had closed it; the peer may open another). Ending
+        inside a frame is still a TransportError, and a frame too slow a PeerTooSlowError."""
         try:
-            return await self.receive()
+            return decode_message(await self._receive_body(between=True), peer=self.peer)
+        except _ChannelIdle:
+            log.debug(
+                "%s left a kept %s stream idle for %.0f s: ending it", self.peer, self.protocol, self._idle_s
+            )
+            return None
         except TransportError:
             if self._frames.pending:
                 raise
             return None
 
     async def receive_body(self) -> bytes:
-        """Read exactly one frame's raw bytes, its length checked before reading (TransportError at EOF)."""
+        """Read exactly one frame's raw bytes, its length checked before reading the body (TransportError at
+        EOF). A frame whose first byte arrived must complete within ``frame_deadline_s`` of its length, and
+        an inbound stream's first frame must start within its ``first_frame_s``: else PeerTooSlowError."""
+        return await self._receive_body(between=False)
+
+    async def _receive_body(self, *, between: bool) -> bytes:
+        """One frame's body; ``between``: we wait between exchanges of a kept channel (its idle bound)."""
+        waiting_until = math.inf  # for the frame's first byte
+        if self.frames_received == 0 and self._first_frame_s is not None:
+            waiting_until = self._opened + self._first_frame_s
+        if between and self._idle_s is not None:
+            waiting_until = min(waiting_until, trio.current_time() + self._idle_s)
+        frame_started: float | None = None
         while (body := self._frames.next_body()) is None:
-            want = max(self._frames.wanted(), 1)
-            try:
-                chunk = await self._stream.read(min(want, _READ_CHUNK))
-            except Exception as exc:  # StreamEOF, StreamReset, muxer errors: the peer went away
-                got = self._frames.pending
-                raise TransportError(
-                    f"{self.peer} closed the stream"
-                    + (f" after {got} of a frame's bytes" if got else "")
-                    + f" ({type(exc).__name__})"
-                ) from exc
-            if not chunk:
-                raise TransportError(f"{self.peer} closed the stream")
+            if self._frames.pending:
+                if frame_started is None:
+                    frame_started = trio.current_time()
+                deadline = frame_started + frame_deadline_s(self._frames.announced)
+            else:
+                deadline = waiting_until
+            with trio.move_on_at(deadline) as waited:
+                chunk = await self._read(max(self._frames.wanted(), 1))
+            if waited.cancelled_caught:
+                raise self._too_slow(between=between)
             self._frames.feed(chunk)
         self.frames_received += 1
         return body
+
+    async def _read(self, want: int) -> bytes:
+        try:
+            chunk = await self._stream.read(min(want, _READ_CHUNK))
+        except Exception as exc:  # StreamEOF, StreamReset, muxer errors: the peer went away
+            got = self._frames.pending
+            raise TransportError(
+                f"{self.peer} closed the stream"
+                + (f" after {got} of a frame's bytes" if got else "")
+                + f" ({type(exc).__name__})"
+            ) from exc
+        if not chunk:
+            raise TransportError(f"{self.peer} closed the stream")
+        return chunk
+
+    def _too_slow(self, *, between: bool) -> Exception:
+        """The error for the deadline ``_receive_body`` just hit."""
+        got = self._frames.pending
+        if got:
+            length = self._frames.announced
+            bound = frame_deadline_s(length)
+            size = f"a {length}-byte frame" if length is not None else "a frame header"
+            return PeerTooSlowError(
+                f"sent {got} bytes of {size} in {bound:.1f} s, the most a frame that size may take "
+                f"({FRAME_BASE_S:.0f} s + 1 s per {FRAME_MIN_RATE} bytes); the stream is ended",
+                peer=self.peer,
+                bound_s=bound,
+            )
+        if between and (self.frames_received or self._first_frame_s is None):
+            return _ChannelIdle()
+        bound = self._first_frame_s or 0.0
+        return PeerTooSlowError(
+            f"opened a {self.protocol or 'stream'} stream and sent no request within {bound:.1f} s; "
+            "the stream is ended",
+            peer=self.peer,
+            bound_s=bound,
+        )
 
     async def aclose(self) -> None:
         """Close our side; never raises (the peer may already be gone)."""
@@ -213,8 +432,13 @@ class Host:
         *,
         private: bool = False,
         hole_punch: HolePuncher | None = None,
+        refusals: _Refusals | None = None,
     ) -> None:
         self._host = host
+        self._open = _OpenCounts()
+        """Inbound streams being served, per (peer, protocol): the per-peer caps count them."""
+        self.refusals = refusals if refusals is not None else _Refusals()
+        """Inbound streams reset because their peer was over a cap (``refusals.count``)."""
         self._private = private
         self.circuits = circuits
         """Circuit relay v2 on this host (relay.py): relayed dials, reservations, relay statistics."""
@@ -267,29 +491,24 @@ class Host:
         if address in self._relay_addrs:
             self._relay_addrs.remove(address)
 
-    def set_handler(self, handler: Handler, protocol: TProtocol = JOB_PROTOCOL) -> None:
-        """Serve ``protocol`` with ``handler``; the stream is closed after the handler returns."""
+    def set_handler(
+        self, handler: Handler, protocol: TProtocol = JOB_PROTOCOL, *, idle_s: float | None = None
+    ) -> None:
+        """Serve ``protocol`` with ``handler``; the stream is closed after the handler returns.
+
+        Each stream gets the protocol's ``stream_bounds`` (``idle_s`` overrides the idle bound of a kept
+        channel: a coordinator passes ``beat_idle_s`` of its heartbeat); a peer over the protocol's cap of
+        open streams has the new one reset."""
 
         async def _serve(stream: INetStream) -> None:
-            # A handler's failure ends its stream, never the node: py-libp2p runs handlers in the host's
-            # own nursery, so anything escaping here would stop the whole process (issue: one idle
-            # ledger-sync stream's timeout killed coordinators and workers alike).
-            framed = FrameStream(stream)
-            try:
-                await handler(framed)
-            except OpenGridError as exc:
-                log.info("stream from %s ended: %s", framed.peer, exc)
-                await framed.reset()
-            except trio.TooSlowError:
-                log.info("stream from %s on %s ended: the peer was too slow", framed.peer, protocol)
-                await framed.reset()
-            except Exception:
-                log.exception(
-                    "serving %s to %s failed; the stream is reset, the node goes on", protocol, framed.peer
-                )
-                await framed.reset()
-            finally:
-                await framed.aclose()
+            bounds = stream_bounds(protocol, idle_s=idle_s)
+            peer = stream.muxed_conn.peer_id.to_base58()
+            if self._open.get((peer, protocol)) >= bounds.max_per_peer:
+                self.refusals.note(peer, f"it has {bounds.max_per_peer} {protocol} streams open, the cap")
+                await _reset_raw(stream)
+                return
+            with self._open.held((peer, protocol)):
+                await _serve_framed(stream, protocol, handler, bounds)
 
         self._host.set_stream_handler(protocol, _serve)
 
@@ -456,6 +675,56 @@ class Host:
         return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
 
 
+async def _serve_framed(
+    stream: INetStream, protocol: TProtocol, handler: Handler, bounds: StreamBounds
+) -> None:
+    """Run ``handler`` on one inbound stream within ``bounds``; close the stream after it."""
+    # A handler's failure ends its stream, never the node: py-libp2p runs handlers in the host's own
+    # nursery, so anything escaping here would stop the whole process (issue 15: one idle ledger-sync
+    # stream's timeout killed coordinators and workers alike).
+    framed = FrameStream(stream, first_frame_s=bounds.first_frame_s, idle_s=bounds.idle_s)
+    try:
+        await handler(framed)
+    except OpenGridError as exc:
+        log.info("stream from %s on %s ended: %s", framed.peer, protocol, exc)
+        await framed.reset()
+    except trio.TooSlowError:
+        log.info("stream from %s on %s ended: the peer was too slow", framed.peer, protocol)
+        await framed.reset()
+    except Exception:
+        log.exception("serving %s to %s failed; the stream is reset, the node goes on", protocol, framed.peer)
+        await framed.reset()
+    finally:
+        await framed.aclose()
+
+
+class _StreamGuard:
+    """Caps the inbound streams one peer may have open at once, every protocol together, at the swarm's
+    door: before protocol negotiation (``MAX_INBOUND_STREAMS_PER_PEER``)."""
+
+    def __init__(self, refusals: _Refusals) -> None:
+        self._open = _OpenCounts()
+        self._refusals = refusals
+
+    def install(self, host: IHost) -> None:
+        """Wrap the swarm's handler of every inbound stream (py-libp2p calls ``common_stream_handler`` for
+        each stream a connection accepts, and the host's negotiation runs inside it)."""
+        network: Any = host.get_network()
+        inner = network.common_stream_handler
+
+        async def guarded(stream: INetStream) -> None:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            cap = MAX_INBOUND_STREAMS_PER_PEER
+            if self._open.get(peer) >= cap:
+                self._refusals.note(peer, f"it has {cap} inbound streams open (all protocols), the cap")
+                await _reset_raw(stream)
+                return
+            with self._open.held(peer):
+                await inner(stream)
+
+        network.set_stream_handler(guarded)
+
+
 def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
     out = []
     for text in listen:
@@ -526,6 +795,8 @@ async def open_host(
     except Exception as exc:
         raise ConfigError(f"could not create the libp2p host: {exc}") from exc
     cache_advertised_addrs(host)  # our signed peer record goes with every RPC: see addr_cache.py
+    refusals = _Refusals()
+    _StreamGuard(refusals).install(host)  # per-peer cap on inbound streams, before negotiation
     circuits = CircuitSupport(host, relay=relay, psk=psk)
     relayed: list[Host] = []  # set below: whether we hold a reservation decides if we answer hole punches
     hole_punch = HolePuncher(host, answering=lambda: bool(relayed and relayed[0].relay_addresses()))
@@ -538,7 +809,7 @@ async def open_host(
             # we need: bootstrap, coordinators, workers we dispatch to. Measured: 20 processes where
             # SIGKILLed and restarted workers could not re-register for over 60 s; without it, at once.
             await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
-            ours = Host(host, circuits, private=psk is not None, hole_punch=hole_punch)
+            ours = Host(host, circuits, private=psk is not None, hole_punch=hole_punch, refusals=refusals)
             relayed.append(ours)
             yield ours
             await host.close()

@@ -94,6 +94,7 @@ from opengrid.net.host import (
     RUN_PROTOCOL,
     FrameStream,
     Host,
+    beat_idle_s,
     derive_psk,
     open_host,
 )
@@ -146,6 +147,7 @@ from opengrid.wire.messages import (
     StatusRequest,
     SubmitJob,
     WorkerSummary,
+    bounded_status,
 )
 from opengrid.wire.sealed import box_public_key, seal_output
 
@@ -290,7 +292,7 @@ class Node:
                 if self.worker is not None:
                     host.set_handler(self._serve_runs, RUN_PROTOCOL)
                 if config.role == "coordinator":
-                    host.set_handler(self._serve_beats, BEAT_PROTOCOL)
+                    host.set_handler(self._serve_beats, BEAT_PROTOCOL, idle_s=beat_idle_s(config.heartbeat_s))
                 host.set_handler(self._serve_sync, SYNC_PROTOCOL)  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -1651,7 +1653,7 @@ class Node:
                 for r in sorted(self.coordinator.workers.values(), key=lambda r: r.peer)
             ]
             balances = {key.hex(): points for key, points in sorted(self.ledger.balances().items())}
-        return NodeStatus(
+        status = NodeStatus(
             peer_id=self.host.peer_id,
             public_key=self.public_key,
             role=self.config.role,
@@ -1668,6 +1670,7 @@ class Node:
             candidate=self.admission is not None and self.admission.candidate,
             reachability=self.membership.reachability if self.membership is not None else "unknown",
         )
+        return bounded_status(status)  # lists cut to their wire limits (spec/limits.md)
 
     def history(self, account: bytes, limit: int) -> History:
         """The newest ``limit`` entries that concern ``account`` — receipts that credit or outvote it, and

@@ -103,6 +103,13 @@ class FrameBuffer:
         return body
 
     @property
+    def announced(self) -> int | None:
+        """The body length the current frame's header announced, or None while the header is incomplete."""
+        if len(self._buffer) < HEADER_BYTES:
+            return None
+        return parse_header(bytes(self._buffer[:HEADER_BYTES]), limit=self._limit, peer=self._peer)
+
+    @property
     def pending(self) -> int:
         """Bytes buffered but not yet returned."""
         return len(self._buffer)

@@ -9,17 +9,24 @@ so those are pinned here and sent with every job.
 from __future__ import annotations
 
 import hashlib
+from typing import Annotated, Final
 
 import msgspec
+
+SHA256_HEX_CHARS: Final = 64
+MAX_BACKEND_CHARS: Final = 256
+"""Characters of the backend's name, version and KV-cache type (like every name-like wire field)."""
+Sha256Text = Annotated[str, msgspec.Meta(max_length=SHA256_HEX_CHARS)]
+BackendText = Annotated[str, msgspec.Meta(max_length=MAX_BACKEND_CHARS)]
 
 
 class DecodingContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Pinned decoding settings; its hash identifies the numerical class of a job."""
 
-    model_sha256: str
+    model_sha256: Sha256Text
     """Hex sha256 of the GGUF file: names the exact weights, not a marketing name."""
-    backend: str = "llama.cpp"
-    backend_version: str = ""
+    backend: BackendText = "llama.cpp"
+    backend_version: BackendText = ""
     """The engine build (llama-cpp-python version); different builds may round differently."""
     temperature: float = 0.0
     """0.0 means greedy: the argmax token at every step."""
@@ -29,7 +36,7 @@ class DecodingContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     n_batch: int = 512
     """Must be >= 2: n_batch=1 takes a different matmul path and changes the logits."""
     flash_attn: bool = False
-    kv_cache_type: str = "f16"
+    kv_cache_type: BackendText = "f16"
 
     def digest(self) -> bytes:
         """32-byte sha256 of the canonical msgpack encoding: the numerical class id."""

@@ -7,7 +7,8 @@ get defaults and go last; a field's type never changes.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, NewType
+from collections.abc import Callable
+from typing import Annotated, Final, Literal, NewType, TypeVar
 
 import msgspec
 
@@ -27,12 +28,49 @@ MAX_LISTEN_ADDRS: Final = 16
 MAX_MODELS_PER_WORKER: Final = 32
 MAX_HISTORY: Final = 1024
 
+MAX_SHORT_TEXT: Final = 256
+"""Characters of any name-like text field: model names, peer ids, multiaddrs, roles, tiers, versions."""
+MAX_OUTPUT_CHARS: Final = 1024 * 1024
+"""Characters of a job's output text: 8192 tokens at 128 characters each, far above what a tokenizer's
+longest token decodes to (the frame's 4 MiB bounds the bytes anyway)."""
+MAX_PROGRESS_CHARS: Final = 65536
+"""Characters of preview text in one progress frame."""
+MAX_ENTRY_BYTES: Final = 64 * 1024
+"""An encoded ledger entry (``opengrid_ledger.entries.MAX_ENTRY_SIZE``, spec/ledger.md §3)."""
+MAX_ATTESTATION_BYTES: Final = 1024
+"""An encoded ``opengrid_ledger.Attestation``: three 32-byte keys and digests, a 16-byte job id, a count and
+a 64-byte signature take ~230 bytes; the rest is room for a later version's fields."""
+MAX_JOB_WORKERS: Final = 64
+"""Peer ids one JobAccepted may list as agreeing, dissenting or failed: a job runs at most ``replicas`` (8)
++ extra replicas + failovers workers (14 with the default policy)."""
+MAX_ERROR_CHARS: Final = 4096
+MAX_STATUS_ADDRS: Final = 64
+"""Addresses a NodeStatus lists: the node's listen addresses and relayed ones."""
+MAX_STATUS_WORKERS: Final = 256
+"""Registered workers a coordinator's NodeStatus lists (online ones first, then by peer id)."""
+MAX_STATUS_PEERS: Final = 256
+"""Gossip peers a NodeStatus lists (online ones first, then by peer id)."""
+MAX_STATUS_BALANCES: Final = 4096
+"""Accounts a coordinator's NodeStatus lists in ``balances`` (the largest balances)."""
+MAX_STATUS_BYTES: Final = 2 * 1024 * 1024
+"""The most a NodeStatus encodes to (``bounded_status`` drops list entries until it fits): every field has
+a limit, but their product with 4-byte UTF-8 characters could still pass the 4 MiB frame."""
+MAX_ANNOUNCED_ROLES: Final = 8
+MAX_ANNOUNCED_MODELS: Final = 16
+"""What a gossip Announcement may carry (opengrid/net/announce.py), so a PeerSummary holds the same."""
+HEX_KEY_CHARS: Final = 2 * KEY_BYTES
+
 JobIdBytes = Annotated[bytes, msgspec.Meta(min_length=JOB_ID_BYTES, max_length=JOB_ID_BYTES)]
 KeyBytes = Annotated[bytes, msgspec.Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
+MaybeKeyBytes = Annotated[bytes, msgspec.Meta(max_length=KEY_BYTES)]
 Prompt = Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)]
 TokenCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_LIMIT)]
-ShortText = Annotated[str, msgspec.Meta(max_length=256)]
+ShortText = Annotated[str, msgspec.Meta(max_length=MAX_SHORT_TEXT)]
+OutputText = Annotated[str, msgspec.Meta(max_length=MAX_OUTPUT_CHARS)]
+ProgressText = Annotated[str, msgspec.Meta(max_length=MAX_PROGRESS_CHARS)]
+EntryBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_ENTRY_BYTES)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+PeerIds = Annotated[list[ShortText], msgspec.Meta(max_length=MAX_JOB_WORKERS)]
 
 Priority = Literal["interactive", "batch"]
 """A job's queueing class on a coordinator: waiting ``interactive`` jobs are dispatched before any
@@ -100,7 +138,8 @@ class Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One model a worker serves, with the exact numerical class it runs it in."""
 
-    name: str
+    name: ShortText
+    """The model's name as the worker announces it (clients name it in ``SubmitJob.model``)."""
     contract: DecodingContract
     chat_template: Annotated[str, msgspec.Meta(max_length=65536)] = ""
     """The model's Jinja chat template (from its GGUF), so API nodes can format chat requests."""
@@ -151,14 +190,14 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     prompt: Prompt
     max_tokens: TokenCount
     replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 2
-    client_key: bytes = b""
+    client_key: MaybeKeyBytes = b""
     format: PromptFormat = "text"
     stream: bool = False
     """Send JobProgress frames (unverified text from the first replica) before the verified answer."""
     sealed: Annotated[list[Sealed], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
     """Sealed mode: the prompt encrypted to each worker allowed to see it (``prompt`` is then empty);
     only these workers may run the job."""
-    client_box_key: Annotated[bytes, msgspec.Meta(max_length=KEY_BYTES)] = b""
+    client_box_key: MaybeKeyBytes = b""
     """Sealed mode: the client's ephemeral X25519 key for this job."""
     hold: Annotated[bytes, msgspec.Meta(max_length=64 * 1024)] = b""
     """Paid jobs: an encoded ledger HOLD entry, signed by the client, reserving at least
@@ -183,14 +222,14 @@ class RunJob(_Message, tag="run", frozen=True):
     """Send ReplicaProgress frames as text is generated, before the ReplicaResult."""
     sealed_prompt: SealedBytes = b""
     """Sealed mode: the prompt encrypted to this worker (``prompt`` is then empty)."""
-    client_box_key: Annotated[bytes, msgspec.Meta(max_length=KEY_BYTES)] = b""
+    client_box_key: MaybeKeyBytes = b""
 
 
 class ReplicaProgress(_Message, tag="progress", frozen=True):
     """Worker → coordinator, on a RunJob stream with ``stream``: newly generated text (a preview)."""
 
     job_id: JobIdBytes
-    text: Annotated[str, msgspec.Meta(max_length=65536)]
+    text: ProgressText
 
 
 class JobProgress(_Message, tag="job_progress", frozen=True):
@@ -198,7 +237,7 @@ class JobProgress(_Message, tag="job_progress", frozen=True):
     produce it, NOT yet verified; the closing JobAccepted carries the verified text (which may differ)."""
 
     job_id: JobIdBytes
-    text: Annotated[str, msgspec.Meta(max_length=65536)]
+    text: ProgressText
 
 
 class ReplicaResult(_Message, tag="result", frozen=True):
@@ -206,9 +245,9 @@ class ReplicaResult(_Message, tag="result", frozen=True):
 
     job_id: JobIdBytes
     tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)]
-    text: str
+    text: OutputText
     finish_reason: ShortText
-    attestation: bytes
+    attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)]
     """An encoded ``opengrid_ledger.Attestation`` signed by the worker."""
     sealed_output: SealedBytes = b""
     """Sealed mode: tokens, text and finish reason encrypted to the client (the fields above are then
@@ -219,16 +258,16 @@ class JobAccepted(_Message, tag="accepted", frozen=True):
     """Coordinator → client: the verified answer and the signed receipt that proves it."""
 
     job_id: JobIdBytes
-    text: str
+    text: OutputText
     tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)]
     finish_reason: ShortText
-    receipt: bytes
+    receipt: EntryBytes
     """An encoded ``opengrid_ledger.Entry`` whose payload is the job's Receipt."""
-    workers: list[str]
+    workers: PeerIds
     """Peer ids of the workers whose outputs agreed (credited in the receipt)."""
-    dissenters: list[str] = []
+    dissenters: PeerIds = []
     """Peer ids of workers whose outputs disagreed (credited nothing)."""
-    failed: list[str] = []
+    failed: PeerIds = []
     """Peer ids of workers that failed or vanished while running the job (replaced)."""
     sealed_outputs: Annotated[list[Sealed], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
     """Sealed mode: each agreeing worker's encrypted output; the client opens one and checks it against
@@ -276,7 +315,7 @@ class ReceiptNotice(_Message, tag="receipt", frozen=True):
     own ledger complete for the coordinators it works for.
     """
 
-    entries: Annotated[list[bytes], msgspec.Meta(max_length=1024)]
+    entries: Annotated[list[EntryBytes], msgspec.Meta(max_length=1024)]
 
 
 class StatusRequest(_Message, tag="status_request", frozen=True):
@@ -286,63 +325,123 @@ class StatusRequest(_Message, tag="status_request", frozen=True):
 class WorkerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What a coordinator knows of one registered worker."""
 
-    peer_id: str
-    public_key: bytes
-    models: list[str]
+    peer_id: ShortText
+    public_key: MaybeKeyBytes
+    models: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_MODELS_PER_WORKER)]
     online: bool
 
 
 class PeerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One peer a node has heard announce itself on gossip (``opengrid peers``; SDKs find coordinators)."""
 
-    peer_id: str
-    roles: list[str]
-    models: list[str]
-    addrs: list[str]
+    peer_id: ShortText
+    roles: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_ANNOUNCED_ROLES)]
+    models: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_ANNOUNCED_MODELS)]
+    addrs: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_LISTEN_ADDRS)]
     last_seen_s: float
     """Seconds since its last announcement (a heartbeat)."""
     online: bool
     """False once it missed its heartbeats; it gets no work until it announces again."""
-    tier: str = ""
+    tier: ShortText = ""
     rtt_ms: float | None = None
     """Round-trip time this node measured to it, when it did (coordinators measure their workers)."""
-    software: str = ""
-    reachability: str = ""
+    software: ShortText = ""
+    reachability: ShortText = ""
     """What the peer announced of its own reachability (spec/discovery.md §9): public, private, relayed,
     unknown; empty from nodes that do not say."""
 
 
 class NodeStatus(_Message, tag="status", frozen=True):
-    """Node → anyone: identity, role, and the points and jobs its own ledger shows."""
+    """Node → anyone: identity, role, and the points and jobs its own ledger shows.
 
-    peer_id: str
-    public_key: bytes
-    role: str
-    addrs: list[str]
+    Bounded by construction: build it with ``bounded_status``, which keeps each list within its limit and
+    the whole under ``MAX_STATUS_BYTES``."""
+
+    peer_id: ShortText
+    public_key: MaybeKeyBytes
+    role: ShortText
+    addrs: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_STATUS_ADDRS)]
     points: int
     jobs_done: int
-    models: list[str] = []
-    workers: list[WorkerSummary] = []
-    balances: dict[str, int] = {}
-    """Coordinator only: points per account (hex key) in its ledger."""
+    models: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_MODELS_PER_WORKER)] = []
+    workers: Annotated[list[WorkerSummary], msgspec.Meta(max_length=MAX_STATUS_WORKERS)] = []
+    """Coordinator only: registered workers by peer id (at most ``MAX_STATUS_WORKERS``, online ones kept)."""
+    balances: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=HEX_KEY_CHARS)], int],
+        msgspec.Meta(max_length=MAX_STATUS_BALANCES),
+    ] = {}
+    """Coordinator only: points per account (hex key) in its ledger; the ``MAX_STATUS_BALANCES`` largest."""
     ledger_entries: int = 0
     paused: bool = False
     """True while the owner has paused the node: it takes no new work."""
-    peers: list[PeerSummary] = []
-    """Every peer this node has heard on gossip, online or not, sorted by peer id."""
-    network: str = ""
+    peers: Annotated[list[PeerSummary], msgspec.Meta(max_length=MAX_STATUS_PEERS)] = []
+    """Peers this node has heard on gossip, by peer id (at most ``MAX_STATUS_PEERS``, online ones kept)."""
+    network: ShortText = ""
     candidate: bool = False
     """A coordinator not (yet) in its network's coordinator set (genesis + ADMIT): it asks the others to
     admit it and takes no jobs until then (spec/ledger.md §7.1)."""
-    reachability: str = ""
+    reachability: ShortText = ""
     """Whether peers could dial this node on a fresh connection (spec/discovery.md §9): public, private,
     relayed or unknown."""
+
+
+_Summary = TypeVar("_Summary", WorkerSummary, PeerSummary)
+
+
+def bounded_status(status: NodeStatus) -> NodeStatus:
+    """``status`` within its limits, whatever a node knows: each list cut to its limit, and the whole cut
+    further until it encodes to at most ``MAX_STATUS_BYTES`` (long names in 4-byte characters could still
+    pass the frame limit otherwise): halving the larger of peers and workers, then balances (spec/limits.md).
+
+    What stays: online workers and peers before offline ones (coordinators first among peers: clients look
+    for them here), then by peer id; the largest balances. Lists keep their order by peer id (balances by
+    key). Without this, two fake workers with 3.8 MB model names made every status request fail (issue 15).
+    """
+
+    def kept(items: list[_Summary], rank: Callable[[_Summary], tuple[bool, ...]], cap: int) -> list[_Summary]:
+        chosen = sorted(items, key=lambda item: (*rank(item), item.peer_id))[:cap]
+        return sorted(chosen, key=lambda item: item.peer_id)
+
+    def largest(balances: dict[str, int], cap: int) -> dict[str, int]:
+        return dict(sorted(sorted(balances.items(), key=lambda kv: (-kv[1], kv[0]))[:cap]))
+
+    bounded = msgspec.structs.replace(
+        status,
+        addrs=status.addrs[:MAX_STATUS_ADDRS],
+        models=status.models[:MAX_MODELS_PER_WORKER],
+        workers=kept(status.workers, _worker_rank, MAX_STATUS_WORKERS),
+        peers=kept(status.peers, _peer_rank, MAX_STATUS_PEERS),
+        balances=largest(status.balances, MAX_STATUS_BALANCES),
+    )
+    while len(msgspec.msgpack.encode(bounded)) > MAX_STATUS_BYTES:
+        peers_bytes = len(msgspec.msgpack.encode(bounded.peers))
+        workers_bytes = len(msgspec.msgpack.encode(bounded.workers))
+        if bounded.peers and peers_bytes >= workers_bytes:
+            half = len(bounded.peers) // 2
+            bounded = msgspec.structs.replace(bounded, peers=kept(bounded.peers, _peer_rank, half))
+        elif bounded.workers:
+            half = len(bounded.workers) // 2
+            bounded = msgspec.structs.replace(bounded, workers=kept(bounded.workers, _worker_rank, half))
+        elif bounded.balances:
+            half = len(bounded.balances) // 2
+            bounded = msgspec.structs.replace(bounded, balances=largest(bounded.balances, half))
+        else:  # every list is empty: the fixed fields alone are far below the limit
+            break
+    return bounded
+
+
+def _worker_rank(worker: WorkerSummary) -> tuple[bool, ...]:
+    return (not worker.online,)
+
+
+def _peer_rank(peer: PeerSummary) -> tuple[bool, ...]:
+    return (not peer.online, "coordinator" not in peer.roles)
 
 
 class HistoryRequest(_Message, tag="history_request", frozen=True):
     """Anyone → node: the ledger entries that concern an account (credits, outvotes), newest last."""
 
-    account: bytes = b""
+    account: MaybeKeyBytes = b""
     """32-byte key; empty means the answering node's own account."""
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] = 100
 
@@ -350,7 +449,7 @@ class HistoryRequest(_Message, tag="history_request", frozen=True):
 class History(_Message, tag="history", frozen=True):
     """Node → anyone: signed ledger entries, exactly as stored; the receiver verifies them itself."""
 
-    entries: Annotated[list[bytes], msgspec.Meta(max_length=MAX_HISTORY)]
+    entries: Annotated[list[EntryBytes], msgspec.Meta(max_length=MAX_HISTORY)]
 
 
 class ControlRequest(_Message, tag="control", frozen=True):
@@ -369,8 +468,8 @@ class ErrorReply(_Message, tag="error", frozen=True):
     """Any → any: the request failed. ``code`` is machine-readable; ``message`` says what to do."""
 
     code: ErrorCode
-    message: Annotated[str, msgspec.Meta(max_length=4096)]
-    job_id: bytes = b""
+    message: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CHARS)]
+    job_id: Annotated[bytes, msgspec.Meta(max_length=JOB_ID_BYTES)] = b""
 
 
 class GrantRequest(_Message, tag="grant_request", frozen=True):

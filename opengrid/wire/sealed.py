@@ -13,7 +13,7 @@ The coordinator routes and verifies sealed jobs without ever seeing plaintext (s
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
@@ -23,6 +23,14 @@ from nacl.signing import SigningKey
 
 from opengrid.errors import RemoteProtocolError, VerificationError
 from opengrid.wire.commitment import SALT_BYTES
+from opengrid.wire.messages import (
+    JOB_ID_BYTES,
+    MAX_TOKENS_LIMIT,
+    OutputText,
+    Prompt,
+    ShortText,
+    TokenId,
+)
 
 SEALED_TAG: Final = "opengrid/sealed/1"
 
@@ -30,20 +38,22 @@ SEALED_TAG: Final = "opengrid/sealed/1"
 class SealedPrompt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """What the client seals to one worker."""
 
-    tag: str
-    job_id: bytes
-    prompt: str
-    salt: bytes
+    tag: ShortText
+    job_id: Annotated[bytes, msgspec.Meta(max_length=JOB_ID_BYTES)]
+    prompt: Prompt
+    """At most ``MAX_PROMPT_CHARS``, as in the clear."""
+    salt: Annotated[bytes, msgspec.Meta(max_length=SALT_BYTES)]
 
 
 class SealedOutput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """What a worker seals back to the client."""
 
-    tag: str
-    job_id: bytes
-    tokens: list[int]
-    text: str
-    finish_reason: str
+    tag: ShortText
+    job_id: Annotated[bytes, msgspec.Meta(max_length=JOB_ID_BYTES)]
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)]
+    text: OutputText
+    """At most ``MAX_OUTPUT_CHARS``, as in the clear."""
+    finish_reason: ShortText
 
 
 def box_public_key(ed25519_public_key: bytes) -> bytes:

@@ -115,3 +115,22 @@ def test_the_beat_stretches_beyond_20_nodes_so_the_network_announcement_rate_sta
     if period < MAX_BEAT_S:
         rate = (peers + 1) / period
         assert rate == pytest.approx(min(peers + 1, FULL_RATE_NODES) / base_s)
+
+
+def test_a_full_directory_makes_room_from_offline_peers_only() -> None:
+    # Announcing identities are free: the directory holds at most max_peers, replacing the offline peer
+    # heard from longest ago and ignoring newcomers while every peer held is online (spec/limits.md §5).
+    directory = PeerDirectory(missed_beats=3, max_peers=3)
+    first, second, third, fourth, fifth = (announcement(i, 1, roles=["worker"]) for i in range(1, 6))
+    assert directory.observe(first, now=0.0) == "joined"
+    assert directory.observe(second, now=1.0) == "joined"
+    assert directory.observe(third, now=2.0) == "joined"
+    assert directory.observe(fourth, now=3.0) is None  # full of online peers: ignored
+    assert directory.refused == 1 and len(directory) == 3
+    # at 6.5 s the first two are offline (6 s without a beat): the one heard from longest ago goes
+    assert directory.observe(fourth, now=6.5) == "joined"
+    assert first.peer_id not in directory and second.peer_id in directory
+    assert directory.observe(fifth, now=7.5) == "joined"
+    assert second.peer_id not in directory and len(directory) == 3
+    # a peer already held is always updated, full or not
+    assert directory.observe(announcement(3, 2, roles=["worker"]), now=7.6) == "updated"
