@@ -4,7 +4,7 @@ A volunteer gives one bootstrap multiaddr — any node of the network. The node 
 gossipsub announce topic over that connection, announces itself every ``announce_s`` (roles, models,
 addresses) and hears everyone else's announcements, so within a beat or two it knows every coordinator
 and worker, and forgets the ones that fall silent. Workers register with every coordinator they hear of
-(service.py); SDK clients ask any node for its peers (``NodeStatus.peers``) to find a coordinator.
+(registration.py); SDK clients ask any node for its peers (``NodeStatus.peers``) to find a coordinator.
 
 The join is bounded and keeps trying: a bootstrap that is not up yet is re-dialled with a growing pause
 (up to ``_MAX_RETRY_S``), and a node that lost every connection dials its bootstraps again.
