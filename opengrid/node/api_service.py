@@ -13,7 +13,7 @@ from opengrid_ledger import Receipt, decode_entry, open_entry
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
-from opengrid.node.context import NodeContext, short
+from opengrid.node.context import NodeContext, TaskStatus, short
 from opengrid.node.coordinator_driver import CoordinatorDriver
 from opengrid.node.registration import Registration
 from opengrid.wire.commitment import commit_output
@@ -30,7 +30,7 @@ class ApiService:
         self._coordinator = coordinator
         self._registration = registration
 
-    async def serve(self, settings: ApiSettings, *, task_status: trio.TaskStatus[list[str]]) -> None:
+    async def serve(self, settings: ApiSettings, *, task_status: TaskStatus[list[str]]) -> None:
         """Serve the API as ``settings`` say; ``task_status.started`` gets its URLs."""
         from hypercorn.config import Config
         from hypercorn.trio import serve as serve_app
@@ -42,7 +42,7 @@ class ApiService:
         config.errorlog = logging.getLogger("opengrid.api.server")
         app = build_app(self, api_key=settings.api_key)
 
-        async def ready_then_report(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        async def ready_then_report(*, task_status: TaskStatus[list[str]]) -> None:
             await serve_app(app, config, task_status=task_status)  # type: ignore[arg-type]
 
         try:

@@ -30,6 +30,15 @@ if TYPE_CHECKING:  # for types only: the parts import this module, never the oth
     from opengrid.node.membership import Membership
     from opengrid.store.ledger_store import LedgerStore
 
+if TYPE_CHECKING:
+    # trio-typing 0.10 (a dependency of py-libp2p and multiaddr) installs stubs for trio that shadow trio's
+    # own inline types and do not export ``trio.TaskStatus``; its ``TaskStatus`` is the one they expect.
+    # Drop this alias for ``trio.TaskStatus`` once trio-typing is no longer installed.
+    from trio_typing import TaskStatus as TaskStatus
+else:
+    TaskStatus = trio.TaskStatus
+"""What ``nursery.start`` hands a task (``task_status``), for annotations in opengrid/node."""
+
 PROGRESS_BUFFER = 256  # preview frames buffered per job before the oldest news is dropped
 
 

@@ -31,7 +31,7 @@ from opengrid.core.events import Event, JobCancelled, JobSubmitted, ReplicaFaile
 from opengrid.errors import OpenGridError, RemoteProtocolError
 from opengrid.net.host import FrameStream
 from opengrid.net.pool import StreamPool
-from opengrid.node.context import PROGRESS_BUFFER, NodeContext, short
+from opengrid.node.context import PROGRESS_BUFFER, NodeContext, TaskStatus, short
 from opengrid.node.ledger_service import LedgerService
 from opengrid.store.job_store import JobStore
 from opengrid.wire.messages import (
@@ -147,7 +147,7 @@ class CoordinatorDriver:
             async for text in receive:
                 await stream.send(JobProgress(job_id=message.job_id, text=text))
 
-        async def watch_client(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def watch_client(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
             with contextlib.suppress(OpenGridError):
                 await stream.receive()

@@ -47,6 +47,7 @@ from opengrid.net.discovery import Discovery, Provider, model_key, model_name_ke
 from opengrid.net.gossip import Gossip
 from opengrid.net.host import Host
 from opengrid.net.reachability import MAX_DIAL_BACK_ADDRS, Reachability, ip_and_port, verdict
+from opengrid.node.context import TaskStatus
 from opengrid.wire.messages import (
     DialBackReport,
     DialBackRequest,
@@ -137,7 +138,7 @@ class Membership:
         self.on_verdict: list[Callable[[Reachability], None]] = []
         """Called after every check with its verdict (the automatic relay, opengrid/node/autorelay.py)."""
 
-    async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.discovery.run)
             await nursery.start(self.gossip.run)

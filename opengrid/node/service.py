@@ -44,7 +44,7 @@ from opengrid.node.api_service import ApiService
 from opengrid.node.autorelay import AutoRelay
 from opengrid.node.availability import Availability
 from opengrid.node.config import NodeConfig
-from opengrid.node.context import NodeContext
+from opengrid.node.context import NodeContext, TaskStatus
 from opengrid.node.coordinator_admission import CoordinatorAdmission
 from opengrid.node.coordinator_driver import CoordinatorDriver
 from opengrid.node.coordinator_requests import CoordinatorRequests
@@ -195,7 +195,7 @@ class Node:
         return self.availability.pause_reason
 
     # ── lifecycle ────────────────────────────────────────────────────────────────────────────────────
-    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, signal readiness with ``task_status.started(self)``, and serve until cancelled."""
         ctx, config = self.ctx, self.ctx.config
         if self._trace_path is not None:
@@ -233,7 +233,7 @@ class Node:
             ctx.store.close()
             log.info("node stopped cleanly")
 
-    async def _serve(self, host: Host, task_status: trio.TaskStatus[Node]) -> None:
+    async def _serve(self, host: Host, task_status: TaskStatus[Node]) -> None:
         """With the host open: install the stream handlers, start every part's tasks, serve."""
         ctx, config = self.ctx, self.ctx.config
         assert ctx.ledger is not None
