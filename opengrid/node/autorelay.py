@@ -37,6 +37,7 @@ from opengrid.errors import OpenGridError
 from opengrid.net.discovery import role_key
 from opengrid.net.host import Host
 from opengrid.net.relay import ReservationKeeper
+from opengrid.node.context import TaskStatus
 from opengrid.node.membership import Membership
 
 log = logging.getLogger("opengrid.node.autorelay")
@@ -86,7 +87,7 @@ class AutoRelay:
         """peer id -> (best round trip in seconds, None if it did not answer; when measured)."""
         self._wake = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[AutoRelay] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[AutoRelay] = trio.TASK_STATUS_IGNORED) -> None:
         self._membership.on_verdict.append(lambda _verdict: self._wake.set())
         async with trio.open_nursery() as nursery:
             task_status.started(self)
@@ -176,7 +177,7 @@ class AutoRelay:
 
     @staticmethod
     async def _hold(
-        keeper: ReservationKeeper, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+        keeper: ReservationKeeper, scope: trio.CancelScope, *, task_status: TaskStatus[None]
     ) -> None:
         with scope:
             await keeper.run(task_status=task_status)

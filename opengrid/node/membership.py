@@ -4,7 +4,7 @@ A volunteer gives one bootstrap multiaddr — any node of the network. The node 
 gossipsub announce topic over that connection, announces itself every ``announce_s`` (roles, models,
 addresses) and hears everyone else's announcements, so within a beat or two it knows every coordinator
 and worker, and forgets the ones that fall silent. Workers register with every coordinator they hear of
-(service.py); SDK clients ask any node for its peers (``NodeStatus.peers``) to find a coordinator.
+(registration.py); SDK clients ask any node for its peers (``NodeStatus.peers``) to find a coordinator.
 
 The join is bounded and keeps trying: a bootstrap that is not up yet is re-dialled with a growing pause
 (up to ``_MAX_RETRY_S``), and a node that lost every connection dials its bootstraps again.
@@ -47,6 +47,7 @@ from opengrid.net.discovery import Discovery, Provider, model_key, model_name_ke
 from opengrid.net.gossip import Gossip
 from opengrid.net.host import Host
 from opengrid.net.reachability import MAX_DIAL_BACK_ADDRS, Reachability, ip_and_port, verdict
+from opengrid.node.context import TaskStatus
 from opengrid.wire.messages import (
     DialBackReport,
     DialBackRequest,
@@ -137,7 +138,7 @@ class Membership:
         self.on_verdict: list[Callable[[Reachability], None]] = []
         """Called after every check with its verdict (the automatic relay, opengrid/node/autorelay.py)."""
 
-    async def run(self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[Membership] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.discovery.run)
             await nursery.start(self.gossip.run)

@@ -106,14 +106,14 @@ async def test_a_private_worker_takes_a_relay_by_itself_is_reached_through_it_an
         assert heard.reachability == "private" and any(is_circuit(a) for a in heard.addrs)
         assert f"{closed}/p2p/{me}" in heard.addrs
         registered: list[RegisterWorker] = []
-        on_register = c._on_register
+        on_register = c.coordinator_requests.on_register
 
         def spy(peer: str, message: RegisterWorker, operator: str = "") -> Message:
             registered.append(message)
             return on_register(peer, message, operator)
 
-        c._on_register = spy  # type: ignore[method-assign]
-        await w._register_once(c.host.addrs()[0])  # a heartbeat, now rather than in 30 s
+        c.coordinator_requests.on_register = spy  # type: ignore[method-assign]
+        await w.registration.register_once(c.host.addrs()[0])  # a heartbeat, now rather than in 30 s
         assert registered and any(is_circuit(a) for a in registered[-1].listen_addrs), registered
 
         # 3. with its direct connection dropped, a job reaches it through R

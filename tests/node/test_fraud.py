@@ -62,11 +62,11 @@ async def test_a_fork_one_node_saw_freezes_the_forker_on_a_node_that_saw_one_bra
         )
         await trio.sleep(1.5)  # the gossip mesh forms (gossipsub heartbeat: 1 s)
 
-        b._take_gossiped_entry("test", encode_entry(first))
+        b.ledger_service.take_gossiped_entry("test", encode_entry(first))
         assert b.ledger.balance(pub(WORKERS[0])) == 5 and not b.ledger.frozen()
 
-        a._take_gossiped_entry("test", encode_entry(first))
-        a._take_gossiped_entry("test", encode_entry(second))
+        a.ledger_service.take_gossiped_entry("test", encode_entry(first))
+        a.ledger_service.take_gossiped_entry("test", encode_entry(second))
         assert a.ledger.is_frozen(pub(COORDINATOR)) and frauds(a) == [a.public_key]
 
         await until(lambda: b.ledger is not None and b.ledger.is_frozen(pub(COORDINATOR)), 10)

@@ -17,7 +17,7 @@ from libp2p.custom_types import TProtocol
 
 from opengrid.errors import TransportError
 from opengrid.net.host import FrameStream, Host, open_host, quiet_libp2p_logging
-from opengrid.node import service
+from opengrid.node import ledger_service
 from opengrid.node.config import NodeConfig
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
 from opengrid.node.service import Node
@@ -28,7 +28,7 @@ from tests.node.workers import client_host
 async def test_an_idle_ledger_sync_stream_times_out_and_the_node_lives_on(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "_SYNC_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(ledger_service, "_SYNC_TIMEOUT_S", 0.5)
     async with trio.open_nursery() as nursery:
         node = Node(NodeConfig(data_dir=tmp_path / "c", role="coordinator", network="hostile"))
         await nursery.start(node.run)

@@ -89,7 +89,8 @@ async def test_a_worker_bootstrapped_from_another_worker_finds_the_coordinator(
         assert second.host is not None
         await until(second.registered.is_set, timeout=20)
         assert second.host.peer_id in online_workers(coordinator)
-        assert second._not_coordinators == {first.host.peer_id}  # asked once, then used only for gossip
+        # asked once, then used only for gossip
+        assert second.registration.not_coordinators == {first.host.peer_id}
         reply = await second.api_submit(prompt="Hi", model="tiny", max_tokens=3, replicas=2, format="text")
         assert type(reply).__name__ == "JobAccepted", reply
         nursery.cancel_scope.cancel()

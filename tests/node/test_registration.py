@@ -18,7 +18,7 @@ import trio
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.net.host import BEAT_PROTOCOL, FrameStream, open_host
-from opengrid.node import service
+from opengrid.node import registration
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.messages import ErrorReply, RegisterWorker, StatusRequest
@@ -31,7 +31,7 @@ on a loaded machine, so every timeout is a registration left unanswered."""
 async def test_a_silent_coordinator_keeps_its_connection_for_three_beats_then_gets_a_fresh_one(
     tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "_registration_timeout", lambda heartbeat_s: TIMEOUT_S)
+    monkeypatch.setattr(registration, "_registration_timeout", lambda heartbeat_s: TIMEOUT_S)
     connections: list[object] = []
     """The connection each registration arrived on, in order (the muxed connection objects themselves: an
     id() could be reused once a closed connection is collected)."""
@@ -87,7 +87,7 @@ async def test_registration_heartbeats_ride_one_kept_stream_which_carries_nothin
             engine=LlamaEngine(model, n_threads=1),
         )
         await nursery.start(worker.run)
-        beats = worker._beats
+        beats = worker.registration.beats
         assert beats is not None
         with trio.fail_after(30):
             while beats.reused < 5:

@@ -42,8 +42,9 @@ async def grid(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> AsyncIt
         with trio.fail_after(30):
             await worker.registered.wait()
             # the coordinator opens a run channel to a worker as it joins, before any job needs it
-            assert coordinator._runs is not None and worker.host is not None
-            while coordinator._runs.idle(worker.host.peer_id) < 1:
+            runs = coordinator.coordinator_driver.runs
+            assert runs is not None and worker.host is not None
+            while runs.idle(worker.host.peer_id) < 1:
                 await trio.sleep(0.01)
         yield coordinator, worker
         nursery.cancel_scope.cancel()
@@ -60,11 +61,12 @@ async def test_replicas_reuse_one_stream_and_the_trace_times_each_dispatch(
     grid: tuple[Node, Node], tmp_path: pathlib.Path
 ) -> None:
     coordinator, worker = grid
-    assert coordinator._runs is not None and worker.host is not None
+    runs = coordinator.coordinator_driver.runs
+    assert runs is not None and worker.host is not None
     for i in range(25):
         await _job(coordinator, i)
-    assert (coordinator._runs.opened, coordinator._runs.reused) == (1, 25)  # opened when the worker joined
-    assert coordinator._runs.idle(worker.host.peer_id) == 1
+    assert (runs.opened, runs.reused) == (1, 25)  # opened when the worker joined
+    assert runs.idle(worker.host.peer_id) == 1
     assert worker.jobs_run == 25
 
     coordinator.timing.close()
@@ -81,7 +83,7 @@ async def test_replicas_reuse_one_stream_and_the_trace_times_each_dispatch(
 
 async def test_a_broken_run_stream_is_replaced(grid: tuple[Node, Node]) -> None:
     coordinator, worker = grid
-    pool = coordinator._runs
+    pool = coordinator.coordinator_driver.runs
     assert pool is not None and worker.host is not None
     peer = worker.host.peer_id
     await _job(coordinator, 0)

@@ -12,17 +12,17 @@ It is played by three drivers:
    (identity file), the same random stream (``Node(rng=...)``) and the same config; its workers get the
    simulated workers' keys, and their engine is the simulator's "inference" (``honest_tokens``).
 
-Why whole nodes rather than feeding ``Node._feed`` by hand: the claim is about the trio driver, which
-turns wire messages into core events and executes effects, so the narrowest seam that still includes it
-is the effects ``Node._execute`` carries out (recorded by a subclass). Why a scripted engine and not the
-tiny GGUF model: the simulator's outputs must be the node's outputs for the attestations to be the same
-bytes; a real model would only add a dependency. What the node legitimately does differently, and the
-comparison leaves out: a receipt carries the client's wall-clock submission time (``issued_at_ms``), so
-its entry signature, entry id and the next entry's ``prev`` differ; entries are compared by author, seq
-and receipt content minus that one field. Decisions must not depend on the wall clock, so the config is
-``CoordinatorConfig.plain`` (no speed weighting, which measures real time), and job 2 is submitted after
-job 1 is settled in both drivers (the order of inputs is part of the script; within a job, the order in
-which concurrent replicas answer does not change the effects).
+Why whole nodes rather than feeding ``CoordinatorDriver.feed`` by hand: the claim is about the trio
+driver, which turns wire messages into core events and executes effects, so the narrowest seam that still
+includes it is the effects ``CoordinatorDriver.execute`` carries out (recorded by a subclass of ``Node``).
+Why a scripted engine and not the tiny GGUF model: the simulator's outputs must be the node's outputs for
+the attestations to be the same bytes; a real model would only add a dependency. What the node
+legitimately does differently, and the comparison leaves out: a receipt carries the client's wall-clock
+submission time (``issued_at_ms``), so its entry signature, entry id and the next entry's ``prev`` differ;
+entries are compared by author, seq and receipt content minus that one field. Decisions must not depend on
+the wall clock, so the config is ``CoordinatorConfig.plain`` (no speed weighting, which measures real
+time), and job 2 is submitted after job 1 is settled in both drivers (the order of inputs is part of the
+script; within a job, the order in which concurrent replicas answer does not change the effects).
 """
 
 from __future__ import annotations
@@ -201,10 +201,13 @@ class RecordingNode(Node):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.executed: list[Effect] = []
+        execute = self.coordinator_driver.execute
 
-    def _execute(self, effects: Sequence[Effect]) -> None:
-        self.executed += effects
-        super()._execute(effects)
+        def recorded(effects: Sequence[Effect]) -> None:
+            self.executed += effects
+            execute(effects)
+
+        self.coordinator_driver.execute = recorded  # type: ignore[method-assign]
 
 
 def with_identity(data_dir: pathlib.Path, label: str) -> pathlib.Path:

@@ -1,0 +1,123 @@
+"""The backend of a node's OpenAI-compatible API (opengrid/node/api.py): the models a client can ask for,
+and jobs run on this node when it coordinates, else through the coordinator it registered with — whose
+answer is passed on only if its receipt backs it."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import trio
+from opengrid_ledger import Receipt, decode_entry, open_entry
+
+from opengrid.errors import ConfigError, OpenGridError
+from opengrid.net.keys import public_key_of
+from opengrid.node.api import ApiSettings, build_app, check_bind
+from opengrid.node.context import NodeContext, TaskStatus, short
+from opengrid.node.coordinator_driver import CoordinatorDriver
+from opengrid.node.registration import Registration
+from opengrid.wire.commitment import commit_output
+from opengrid.wire.messages import ErrorReply, JobAccepted, ModelOffer, PromptFormat, SubmitJob
+
+log = logging.getLogger("opengrid.node")
+
+
+class ApiService:
+    """What a node's API asks of the node (``opengrid.node.api.ApiBackend``)."""
+
+    def __init__(self, ctx: NodeContext, coordinator: CoordinatorDriver, registration: Registration) -> None:
+        self._ctx = ctx
+        self._coordinator = coordinator
+        self._registration = registration
+
+    async def serve(self, settings: ApiSettings, *, task_status: TaskStatus[list[str]]) -> None:
+        """Serve the API as ``settings`` say; ``task_status.started`` gets its URLs."""
+        from hypercorn.config import Config
+        from hypercorn.trio import serve as serve_app
+
+        host, port = check_bind(settings.address, allow_remote=settings.allow_remote)
+        config = Config()
+        config.bind = [f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("opengrid.api.server")
+        app = build_app(self, api_key=settings.api_key)
+
+        async def ready_then_report(*, task_status: TaskStatus[list[str]]) -> None:
+            await serve_app(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                urls = await nursery.start(ready_then_report)
+                log.info("OpenAI-compatible API on %s/v1", ", ".join(urls))
+                task_status.started(urls)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve the API on {settings.address}: {exc.strerror or exc}") from exc
+
+    def api_models(self) -> list[ModelOffer]:
+        """Models a client of this node's API can ask for."""
+        if self._ctx.coordinator is not None:
+            return [o for r in self._ctx.coordinator.workers.values() if r.online for o in r.offers]
+        return list(self._ctx.worker.offers) if self._ctx.worker is not None else []
+
+    async def api_submit(
+        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: PromptFormat
+    ) -> JobAccepted | ErrorReply:
+        """Run one verified job: on this node if it coordinates, else through its coordinator."""
+        host = self._ctx.host
+        assert host is not None
+        job = SubmitJob(
+            job_id=secrets.token_bytes(16),
+            model=model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            format=format,
+        )
+        if self._ctx.coordinator is not None:
+            # Paid from this node's own account when it can be (spec/ledger.md §7); nothing between here
+            # and the submission yields, so the HOLD stays the next link of our chain.
+            paid = self._ctx.coordinator.pay_own_job(job)
+            if isinstance(paid, str):
+                if self._ctx.coordinator.config.require_payment:
+                    return ErrorReply("payment_required", paid, job.job_id)
+                log.info("API job %s runs unpaid: %s", job.job_id.hex()[:8], paid)
+            else:
+                job = paid
+            return await self._coordinator.submit(host.peer_id, job)
+        address = self._registration.coordinator_address()
+        if address is None:
+            return ErrorReply(
+                "not_coordinator", "this node is not registered with any coordinator yet; retry shortly"
+            )
+        try:
+            peer = await host.connect(address)
+            reply = await host.request(peer, job)
+        except OpenGridError as exc:
+            return ErrorReply("not_coordinator", f"the coordinator could not be reached: {exc}", job.job_id)
+        if isinstance(reply, JobAccepted):
+            problem = self._receipt_problem(reply, peer)
+            if problem:  # never pass on, as verified, an answer the receipt does not back
+                log.warning("coordinator %s sent an unbacked answer: %s", short(peer), problem)
+                return ErrorReply(
+                    "verification_failed", f"the coordinator's receipt does not check: {problem}"
+                )
+            return reply
+        if isinstance(reply, ErrorReply):
+            return reply
+        return ErrorReply("internal", f"the coordinator answered {type(reply).__name__}", job.job_id)
+
+    def _receipt_problem(self, reply: JobAccepted, coordinator: str) -> str:
+        """Why ``reply``'s receipt does not back its answer ("" if it does): signature, signer, job and
+        the commitment to these very tokens and text."""
+        try:
+            body = open_entry(decode_entry(reply.receipt), self._ctx.config.network)
+        except OpenGridError as exc:
+            return str(exc)
+        receipt = body.payload
+        if not isinstance(receipt, Receipt) or receipt.job_id != reply.job_id:
+            return "the receipt is not for this job"
+        if body.author != public_key_of(coordinator):
+            return "the receipt is signed by another node"
+        if receipt.output_commitment != commit_output(reply.tokens, reply.text):
+            return "the answer does not match the receipt's commitment"
+        return ""

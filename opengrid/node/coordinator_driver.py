@@ -1,0 +1,312 @@
+"""The coordinator driver: feeds the sans-IO coordinator (opengrid/core/coordinator.py) its events and
+carries out the effects it returns — replicas sent to workers on their run channels, jobs answered, entries
+stored and gossiped, receipts pushed to workers — and wakes it at its deadlines.
+
+The simulator (simulations/) drives the same machine from an event heap; tests/simulations/
+test_same_decisions.py proves both make the same decisions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from opengrid.core.effects import (
+    AppendEntry,
+    CancelReplica,
+    DispatchReplica,
+    Effect,
+    FinishJob,
+    Penalize,
+    SendReceipt,
+)
+from opengrid.core.events import Event, JobCancelled, JobSubmitted, ReplicaFailed, ReplicaReturned
+from opengrid.errors import OpenGridError, RemoteProtocolError
+from opengrid.net.host import FrameStream
+from opengrid.net.pool import StreamPool
+from opengrid.node.context import PROGRESS_BUFFER, NodeContext, TaskStatus, short
+from opengrid.node.ledger_service import LedgerService
+from opengrid.store.job_store import JobStore
+from opengrid.wire.messages import (
+    ErrorReply,
+    JobAccepted,
+    JobProgress,
+    Message,
+    ReceiptNotice,
+    ReplicaProgress,
+    ReplicaResult,
+    RunJob,
+    SubmitJob,
+)
+
+log = logging.getLogger("opengrid.node")
+
+
+@dataclass
+class _PendingJob:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: JobAccepted | ErrorReply | None = None
+    progress: Callable[[str], None] | None = None
+    """Streaming jobs: where to put preview text (from ``streamer`` only)."""
+    streamer: str | None = None
+    """The first replica that sent progress; only its preview reaches the client."""
+
+
+class CoordinatorDriver:
+    """Runs a coordinator node's jobs: events in, effects out."""
+
+    def __init__(self, ctx: NodeContext, ledger: LedgerService) -> None:
+        self._ctx = ctx
+        self._ledger = ledger
+        self.jobs: dict[bytes, _PendingJob] = {}
+        """Jobs submitted here and not answered yet."""
+        self._replicas: dict[tuple[bytes, str], trio.CancelScope] = {}
+        self.runs: StreamPool | None = None
+        """Idle run-channel streams to workers, reused by later replicas (set once the host is up)."""
+        self.job_store: JobStore | None = None
+        """Accepted jobs, kept across a restart (set when the coordinator starts)."""
+        self._timer_changed = trio.Event()
+
+    def resume(self, saved: Sequence[JobSubmitted]) -> None:
+        """Take back the jobs accepted before the last stop."""
+        assert self._ctx.coordinator is not None
+        log.info("resuming %d job(s) accepted before the last stop", len(saved))
+        self.execute(self._ctx.coordinator.resume(saved, trio.current_time()))
+
+    # ── events in, effects out ───────────────────────────────────────────────────────────────────────
+    def feed(self, event: Event) -> None:
+        """Hand ``event`` to the coordinator machine and carry out what it decides."""
+        assert self._ctx.coordinator is not None
+        self.execute(self._ctx.coordinator.handle(event, trio.current_time()))
+
+    def execute(self, effects: Sequence[Effect]) -> None:
+        """Carry out the coordinator machine's effects."""
+        ctx = self._ctx
+        assert ctx.nursery is not None and ctx.store is not None
+        for effect in effects:
+            match effect:
+                case DispatchReplica(peer=peer, run=run):
+                    ctx.timing.mark("dispatch", run.job_id, peer)
+                    scope = trio.CancelScope()
+                    self._replicas[(run.job_id, peer)] = scope
+                    ctx.nursery.start_soon(self._run_replica, peer, run, scope)
+                case CancelReplica(peer=peer, job_id=job_id):
+                    running = self._replicas.pop((job_id, peer), None)
+                    if running is not None:
+                        running.cancel()
+                case FinishJob(job_id=job_id, reply=reply):
+                    _log_outcome(job_id, reply)
+                    if self.job_store is not None:  # kept before the client hears it: never lost
+                        self.job_store.finish(job_id, reply, now_ms=time.time_ns() // 1_000_000)
+                    pending = self.jobs.get(job_id)
+                    if pending is not None:
+                        pending.reply = reply
+                        pending.done.set()
+                case AppendEntry(entry=entry):
+                    self._ledger.append(entry)
+                case SendReceipt(peer=peer, notice=notice):
+                    ctx.nursery.start_soon(self._send_receipt, peer, notice)
+                case Penalize(peer=peer, why=why):
+                    log.warning("worker %s penalised: %s", short(peer), why)
+        self._ledger.report_forks()  # e.g. a client that signed two HOLDs with one seq
+        self._timer_changed.set()
+
+    async def timer_loop(self) -> None:
+        """Wake the coordinator machine at its next deadline (or sooner, when effects moved it)."""
+        assert self._ctx.coordinator is not None
+        while True:
+            deadline = self._ctx.coordinator.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._timer_changed.wait()
+            self._timer_changed = trio.Event()
+            effects = self._ctx.coordinator.on_timer(trio.current_time())
+            if effects:
+                self.execute(effects)
+
+    # ── a client's job ───────────────────────────────────────────────────────────────────────────────
+    async def serve_job(self, stream: FrameStream, message: SubmitJob) -> None:
+        """Run a client's job; forward preview text if it streams; cancel the job if the client leaves.
+
+        The client sends nothing after its SubmitJob, so anything arriving on the stream — normally the
+        end of the stream, when the client gave up, timed out or died — cancels the job and its replicas.
+        """
+        send, receive = trio.open_memory_channel[str](PROGRESS_BUFFER)
+
+        def offer(text: str) -> None:
+            with contextlib.suppress(trio.WouldBlock):  # a slow client loses preview text, never the answer
+                send.send_nowait(text)
+
+        async def forward() -> None:
+            async for text in receive:
+                await stream.send(JobProgress(job_id=message.job_id, text=text))
+
+        async def watch_client(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            with contextlib.suppress(OpenGridError):
+                await stream.receive()
+            if message.job_id in self.jobs and self._ctx.coordinator is not None:
+                log.info("client of job %s went away: cancelling it", message.job_id.hex()[:8])
+                self.feed(JobCancelled(job_id=message.job_id, client=stream.peer))
+
+        async with trio.open_nursery() as outer:
+            await outer.start(watch_client)
+            async with trio.open_nursery() as nursery:
+                if message.stream:
+                    nursery.start_soon(forward)
+                try:
+                    reply = await self.submit(
+                        stream.peer, message, progress=offer if message.stream else None
+                    )
+                finally:
+                    send.close()  # the forwarder drains what is queued, then ends
+            outer.cancel_scope.cancel()  # the answer is in: stop watching
+        await stream.send(reply)
+
+    async def submit(
+        self, peer: str, message: SubmitJob, *, progress: Callable[[str], None] | None = None
+    ) -> JobAccepted | ErrorReply:
+        """Run ``peer``'s job here and return its answer (``progress`` gets streaming preview text)."""
+        if message.job_id in self.jobs:  # never let a second submission hijack a running job's answer
+            return ErrorReply("malformed", "this job id is already running; pick a fresh one", message.job_id)
+        kept = self.job_store.answer(message.job_id, peer) if self.job_store is not None else None
+        if kept is not None:  # its client lost the answer (our crash, its connection): the same again
+            log.info(
+                "job %s from %s: answered again from the job store", message.job_id.hex()[:8], short(peer)
+            )
+            return kept
+        assert self._ctx.coordinator is not None
+        pending = _PendingJob(progress=progress)
+        resumed = self._ctx.coordinator.is_running(message.job_id)  # taken back after a restart: wait for it
+        self.jobs[message.job_id] = pending
+        log.info(
+            "job %s from %s: model %s, %d tokens, %d replicas",
+            message.job_id.hex()[:8],
+            short(peer),
+            message.model,
+            message.max_tokens,
+            message.replicas,
+        )
+        try:
+            if not resumed:
+                event = JobSubmitted(client=peer, request=message, wall_ms=time.time_ns() // 1_000_000)
+                if self.job_store is not None:
+                    self.job_store.put(event)  # before any work: a restart must not lose it
+                self.feed(event)
+            await pending.done.wait()
+        finally:
+            self.jobs.pop(message.job_id, None)
+        assert pending.reply is not None
+        return pending.reply
+
+    # ── replicas ─────────────────────────────────────────────────────────────────────────────────────
+    async def _run_replica(self, peer: str, run: RunJob, scope: trio.CancelScope) -> None:
+        event: Event | None = None
+        with scope:
+            try:
+                reply = await self._exchange_replica(peer, run)
+            except OpenGridError as exc:
+                event = ReplicaFailed(job_id=run.job_id, peer=peer, reason=str(exc))
+            else:
+                if isinstance(reply, ReplicaResult):
+                    event = ReplicaReturned(job_id=run.job_id, peer=peer, result=reply)
+                elif isinstance(reply, ErrorReply):
+                    event = ReplicaFailed(
+                        job_id=run.job_id,
+                        peer=peer,
+                        reason=f"{reply.code}: {reply.message}",
+                        # input the worker cannot run (too long for the context, empty, a sealed prompt
+                        # that does not open) is the client's doing, not the worker's
+                        client_fault=reply.code == "malformed",
+                    )
+                else:
+                    event = ReplicaFailed(
+                        job_id=run.job_id, peer=peer, reason=f"unexpected {type(reply).__name__}"
+                    )
+        if self._replicas.get((run.job_id, peer)) is scope:
+            del self._replicas[(run.job_id, peer)]
+        if event is not None and not scope.cancel_called:
+            if isinstance(event, ReplicaFailed):
+                log.warning("worker %s failed job %s: %s", short(peer), run.job_id.hex()[:8], event.reason)
+            self.feed(event)
+
+    async def _exchange_replica(self, peer: str, run: RunJob) -> Message:
+        """Send ``run`` to ``peer``; for streaming jobs pass its preview frames on; return its final reply.
+
+        The exchange runs on the worker's run channel (``RUN_PROTOCOL``, a pooled stream that earlier
+        replicas used) when one is idle; ``StreamPool.exchange`` replaces one found dead before the worker
+        said anything, and without a connection the worker is gone and the replica fails at once.
+        """
+        assert self.runs is not None
+        timing = self._ctx.timing
+        pending = self.jobs.get(run.job_id)
+        message = (
+            run if pending is None or pending.progress is None else msgspec.structs.replace(run, stream=True)
+        )
+
+        async def talk(stream: FrameStream) -> Message:
+            timing.mark("stream_ready", run.job_id, peer)
+            await stream.send(message)
+            timing.mark("sent", run.job_id, peer)
+            for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
+                reply = await stream.receive()
+                self._ctx.trace(reply)
+                if not isinstance(reply, ReplicaProgress):
+                    timing.mark("reply", run.job_id, peer)
+                    answered = reply.job_id if isinstance(reply, ReplicaResult | ErrorReply) else b""
+                    if answered not in (run.job_id, b""):
+                        raise RemoteProtocolError("the answer is for another job", peer=peer)
+                    return reply
+                if pending is not None and pending.progress is not None:
+                    if reply.job_id == run.job_id and pending.streamer in (None, peer):
+                        pending.streamer = peer
+                        pending.progress(reply.text)
+            raise RemoteProtocolError("more progress frames than tokens", peer=peer)
+
+        return await self.runs.exchange(peer, talk)
+
+    async def _send_receipt(self, peer: str, notice: ReceiptNotice) -> None:
+        assert self._ctx.host is not None
+        stream = None
+        try:
+            with trio.fail_after(10):
+                stream = await self._ctx.host.open_stream(peer)
+                await stream.send(notice)
+        except (OpenGridError, trio.TooSlowError) as exc:
+            log.info("could not deliver a receipt to %s (ledger sync will): %s", short(peer), exc)
+        finally:
+            if stream is not None:
+                await stream.aclose()
+
+    async def warm_run_channel(self, peer: str) -> None:
+        """Open a run channel to a worker that just joined and keep it idle in the pool, so its first
+        replica does not wait for a stream to open and its protocol to be negotiated (most of the time
+        from dispatch decision to engine start at 50 nodes, where each worker sees its first job late).
+        Best effort: a worker that cannot be reached now gets a stream at dispatch, as before."""
+        assert self.runs is not None
+        try:
+            with trio.fail_after(10):
+                stream, _ = await self.runs.take(peer)
+        except (OpenGridError, trio.TooSlowError) as exc:
+            log.debug("no run channel to worker %s yet: %s", short(peer), exc)
+            return
+        await self.runs.give_back(stream)
+
+
+def _log_outcome(job_id: bytes, reply: JobAccepted | ErrorReply) -> None:
+    if isinstance(reply, JobAccepted):
+        log.info(
+            "job %s verified: %d agreeing worker(s), %d dissenter(s), %d token(s); receipt signed",
+            job_id.hex()[:8],
+            len(reply.workers),
+            len(reply.dissenters),
+            len(reply.tokens),
+        )
+    else:
+        log.warning("job %s failed (%s): %s", job_id.hex()[:8], reply.code, reply.message)

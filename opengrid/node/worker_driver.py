@@ -1,0 +1,196 @@
+"""The worker driver: runs the replicas coordinators send (``RunJob``) on the engine, in a thread, and
+answers with the worker logic's attestation (opengrid/core/worker.py). Streaming jobs send preview text as
+they generate; a job whose coordinator leaves stops generating at once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from opengrid.core.worker import Output
+from opengrid.engines import Engine, GenerationRequest
+from opengrid.engines.base import Generation, StreamingEngine
+from opengrid.errors import BadRequestError, EngineError, OpenGridError, RemoteProtocolError
+from opengrid.net.host import FrameStream
+from opengrid.node.context import PROGRESS_BUFFER, NodeContext
+from opengrid.wire.messages import ErrorReply, Message, ReplicaProgress, RunJob
+from opengrid.wire.sealed import seal_output
+
+log = logging.getLogger("opengrid.node")
+
+
+class WorkerDriver:
+    """Runs replicas on this node's engine, one at a time."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._engine_limiter = trio.CapacityLimiter(1)
+        self.jobs_run = 0
+        self.running = 0
+        """Jobs this worker is generating right now."""
+        self.replying = 0
+        """RunJob streams whose result is not sent yet (``Node.drain`` waits for them)."""
+        self.tokens_out = 0
+        self.busy_s = 0.0
+
+    async def serve_run(self, stream: FrameStream, message: RunJob) -> None:
+        """Run one replica and send its result on ``stream``."""
+        self.replying += 1  # until the result is sent: a draining node must not stop before that
+        try:
+            await stream.send(await self.on_run(message, stream))
+        finally:
+            self.replying -= 1
+
+    async def on_run(self, run: RunJob, stream: FrameStream | None = None) -> Message:
+        """Run one replica: its result, or why it was refused or failed (previews on ``stream``)."""
+        worker, engine = self._ctx.worker, self._ctx.engine
+        assert worker is not None and engine is not None
+        refusal = worker.accept(run)
+        if refusal is not None:
+            return refusal
+        prompt, salt = run.prompt, b""
+        if run.sealed_prompt:
+            try:
+                opened = worker.open_sealed(run)
+            except RemoteProtocolError as exc:
+                return ErrorReply("malformed", str(exc), run.job_id)
+            prompt, salt = opened.prompt, opened.salt
+        log.info(
+            "running %sjob %s: %d tokens max",
+            "sealed " if run.sealed_prompt else "",
+            run.job_id.hex()[:8],
+            run.max_tokens,
+        )
+        request = GenerationRequest(prompt=prompt, max_tokens=run.max_tokens, add_bos=run.format == "text")
+        self.running += 1
+        try:
+            return await self._run_and_attest(run, stream, engine, request, salt)
+        finally:
+            self.running -= 1
+
+    async def _run_and_attest(
+        self, run: RunJob, stream: FrameStream | None, engine: Engine, request: GenerationRequest, salt: bytes
+    ) -> Message:
+        ctx = self._ctx
+        assert ctx.worker is not None
+        started = trio.current_time()
+        engine_started: list[float] = []  # time.monotonic() when the engine's thread took the job
+
+        def timed(generate: Callable[..., Generation]) -> Callable[..., Generation]:
+            def in_engine_thread(*args: object) -> Generation:
+                engine_started.append(time.monotonic())
+                return generate(*args)
+
+            return in_engine_thread if ctx.timing.enabled else generate
+
+        try:
+            if stream is not None and isinstance(engine, StreamingEngine):
+                # Never stream a sealed job: the previews would show the coordinator the plaintext.
+                previews = run.stream and not run.sealed_prompt
+                generation = await self._generate_watched(
+                    engine, request, run.job_id, stream, previews, timed=timed
+                )
+            else:
+                generation = await trio.to_thread.run_sync(
+                    timed(engine.generate), request, limiter=self._engine_limiter
+                )
+        except _JobAbandoned:
+            log.info("job %s abandoned by the coordinator: stopped generating", run.job_id.hex()[:8])
+            return ErrorReply("busy", "stopped: nobody was waiting for this job any more", run.job_id)
+        except BadRequestError as exc:  # the client's fault: say so, and keep our standing
+            log.info("job %s refused: %s", run.job_id.hex()[:8], exc)
+            return ErrorReply("malformed", str(exc), run.job_id)
+        except EngineError as exc:
+            log.warning("job %s failed in the engine: %s", run.job_id.hex()[:8], exc)
+            return ErrorReply("engine_error", str(exc), run.job_id)
+        finally:
+            if engine_started:  # marked here, not in the engine's thread: the trace is not thread-safe
+                peer = stream.peer if stream is not None else ""
+                ctx.timing.mark("engine_start", run.job_id, peer, t=engine_started[0])
+                ctx.timing.mark("engine_end", run.job_id, peer)
+        self.jobs_run += 1
+        self.tokens_out += len(generation.tokens)
+        self.busy_s += trio.current_time() - started
+        log.info("ran job %s: %d tokens", run.job_id.hex()[:8], len(generation.tokens))
+        output = Output(
+            tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
+        )
+        result = ctx.worker.attest(run, output, salt=salt)
+        if ctx.config.adversary == "sealed-lie" and run.sealed_prompt:
+            # Demo/test adversary: attest the true output, but seal a different one to the client.
+            lie = seal_output(
+                list(output.tokens),
+                output.text + " (forged)",
+                output.finish_reason,
+                job_id=run.job_id,
+                client_box_key=run.client_box_key,
+                signing_key=ctx.key,
+            )
+            result = msgspec.structs.replace(result, sealed_output=lie)
+        return result
+
+    async def _generate_watched(
+        self,
+        engine: StreamingEngine,
+        request: GenerationRequest,
+        job_id: bytes,
+        stream: FrameStream,
+        previews: bool,
+        *,
+        timed: Callable[[Callable[..., Generation]], Callable[..., Generation]] = lambda f: f,
+    ) -> Generation:
+        """Run the engine in a thread; send its text as ReplicaProgress frames if ``previews``; stop it
+        as soon as the coordinator abandons the job (its stream ends: the job was settled or cancelled)."""
+        send, receive = trio.open_memory_channel[str](PROGRESS_BUFFER)
+        abandoned = threading.Event()
+
+        def on_text(delta: str) -> None:  # called in the engine's thread, once per token
+            if abandoned.is_set():
+                raise _JobAbandoned
+            if previews:
+                with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError):
+                    trio.from_thread.run_sync(send.send_nowait, delta)
+
+        async def forward() -> None:
+            async for text in receive:
+                with contextlib.suppress(OpenGridError):  # the coordinator may stop listening; keep working
+                    await stream.send(ReplicaProgress(job_id=job_id, text=text))
+
+        watching = trio.CancelScope()
+
+        async def watch_coordinator() -> None:
+            with watching:  # cancelled once the job is done: then nothing is abandoned
+                with contextlib.suppress(OpenGridError):
+                    await stream.receive()  # the coordinator sends nothing more: any event means it left
+                abandoned.set()
+
+        generation: Generation | None = None
+        failure: EngineError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            nursery.start_soon(watch_coordinator)
+            try:  # errors are kept, not raised here: raising inside a nursery wraps them in a group
+                generation = await trio.to_thread.run_sync(
+                    timed(engine.generate_streaming), request, on_text, limiter=self._engine_limiter
+                )
+            except EngineError as exc:
+                failure = exc
+            finally:
+                send.close()  # the forwarder sends what is queued, then ends
+                watching.cancel()
+        if failure is not None:
+            if isinstance(failure.__cause__, _JobAbandoned):
+                raise _JobAbandoned from failure
+            raise failure
+        assert generation is not None
+        return generation
+
+
+class _JobAbandoned(Exception):
+    """Raised inside the engine's thread to stop generating a job nobody waits for any more."""
