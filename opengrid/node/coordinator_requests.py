@@ -145,3 +145,6 @@ class CoordinatorRequests:
             return
         self.rtt[peer] = best
         log.debug("RTT to worker %s: %.1f ms", short(peer), best * 1000)
+        workers = self._ctx.coordinator.workers if self._ctx.coordinator is not None else {}
+        for gone in [p for p in self.rtt if p not in workers]:  # bounded by the (bounded) registry
+            del self.rtt[gone]
