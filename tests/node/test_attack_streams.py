@@ -246,7 +246,7 @@ async def test_an_idle_run_channel_is_closed_and_the_next_job_opens_another(
             )
             worker = Node(config, engine=LlamaEngine(info, n_threads=1))
             await nursery.start(worker.run)
-            pool = coordinator._runs
+            pool = coordinator.coordinator_driver.runs
             assert pool is not None and worker.host is not None
             peer = worker.host.peer_id
             with trio.fail_after(30):

@@ -61,15 +61,18 @@ def test_value_kinds_from_each_layer(tmp_path: pathlib.Path) -> None:
         'data_dir = "~/og"\nlisten = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::1/tcp/4001"]\n'
         'role = "Worker"\nengine = "http"\nhttp_url = "http://127.0.0.1:8000/"\ngpu_layers = -1\n',
     )
+    first, second = (
+        f"/ip4/10.0.0.{n}/tcp/4001/p2p/12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo" for n in (1, 2)
+    )
     env = {
-        env_var("bootstrap"): "/ip4/10.0.0.1/tcp/4001, /ip4/10.0.0.2/tcp/4001",
+        env_var("bootstrap"): f"{first}, {second}",
         env_var("http_backend"): "vllm",
         env_var("model"): "",  # empty: unset an optional key
     }
     config, sources = load_settings({"max_tokens_per_job": 64}, env, file)
     assert config.data_dir == pathlib.Path("~/og").expanduser()
     assert config.listen == ("/ip4/0.0.0.0/tcp/4001", "/ip6/::1/tcp/4001")
-    assert config.bootstrap == ("/ip4/10.0.0.1/tcp/4001", "/ip4/10.0.0.2/tcp/4001")
+    assert config.bootstrap == (first, second)
     assert config.role == "worker"
     assert (config.engine, config.http_url, config.http_backend) == ("http", "http://127.0.0.1:8000", "vllm")
     assert config.gpu_layers == -1
