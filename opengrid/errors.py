@@ -16,7 +16,8 @@ the values involved, and what to do next.
     ├── TransportError              a peer could not be reached, or went away mid-exchange
     │   └── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
     ├── EngineError                 inference failed
-    │   └── UnknownModelError       no such model here (or on the network)
+    │   ├── UnknownModelError       no such model here (or on the network)
+    │   └── TemplateError           a chat template could not render these messages (whose fault: .fault)
     ├── JobError                    a job could not be completed
     │   ├── NoCapacityError         not enough workers serve the model
     │   ├── VerificationError       replicas did not reach quorum, or a result failed its checks
@@ -78,6 +79,19 @@ class EngineError(OpenGridError):
 
 class UnknownModelError(EngineError):
     """The named model is not installed here, or no worker on the network serves it."""
+
+
+class TemplateError(EngineError):
+    """A model's chat template could not render a chat request.
+
+    ``fault`` says whose: ``"client"`` when the template refused the messages (``raise_exception``: a
+    role it does not support), ``"template"`` when the template itself broke a limit (time, output size,
+    memory) or does not compile: the worker that announced it is at fault, not the client.
+    """
+
+    def __init__(self, message: str, *, fault: str) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 class JobError(OpenGridError):

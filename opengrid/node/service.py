@@ -811,9 +811,17 @@ class Node:
         return list(self.worker.offers) if self.worker is not None else []
 
     async def api_submit(
-        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: PromptFormat
+        self,
+        *,
+        prompt: str,
+        model: str,
+        max_tokens: int,
+        replicas: int,
+        format: PromptFormat,
+        client: str = "",
     ) -> JobAccepted | ErrorReply:
-        """Run one verified job: on this node if it coordinates, else through its coordinator."""
+        """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
+        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
         assert self.host is not None
         job = SubmitJob(
             job_id=secrets.token_bytes(16),
@@ -833,7 +841,8 @@ class Node:
                 log.info("API job %s runs unpaid: %s", job.job_id.hex()[:8], paid)
             else:
                 job = paid
-            return await self._submit_local(self.host.peer_id, job)
+            api_user = f"{self.host.peer_id}/{client}" if client else self.host.peer_id  # fair queueing
+            return await self._submit_local(api_user, job)
         address = self._coordinators.get(self._coordinator_peer)
         if address is None:
             return ErrorReply(
