@@ -111,6 +111,7 @@ from opengrid.node.membership import Membership
 from opengrid.node.probe import measure_tokens_per_s, probe_hardware, tier_of
 from opengrid.node.timing import TimingTrace
 from opengrid.node.trust import load_trusted, remember_trusted
+from opengrid.store.grant_store import GrantStore, open_grant_journal
 from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import LedgerStore, open_ledger
 from opengrid.wire.codec import encode_frame
@@ -221,6 +222,7 @@ class Node:
         """Dial-backs run for peers at once (spec/discovery.md §9.1): a peer asking in a loop waits."""
         self._server: ManagedServer | None = None
         self._job_store: JobStore | None = None
+        self._grant_store: GrantStore | None = None
         self.jobs_run = 0
         self._running = 0
         self._replying = 0
@@ -329,6 +331,9 @@ class Node:
                             config=self._coordinator_config,
                         )
                         self._job_store = JobStore(config.data_dir / JOBS_FILE)
+                        self._grant_store = open_grant_journal(
+                            config.data_dir, self.coordinator.grants, time.time()
+                        )
                         saved = self._job_store.all()
                         if saved:
                             log.info("resuming %d job(s) accepted before the last stop", len(saved))
@@ -366,6 +371,8 @@ class Node:
             self.timing.close()
             if self._job_store is not None:
                 self._job_store.close()
+            if self._grant_store is not None:
+                self._grant_store.close()
             self._store.close()
             log.info("node stopped cleanly")
 
@@ -676,9 +683,8 @@ class Node:
     def _on_grant_request(self, peer: str, message: GrantRequest, operator: str) -> Message:
         """Vouch for a client's starting grant if the core's policy allows (spec/ledger.md §7)."""
         assert self.coordinator is not None
-        reply = self.coordinator.vouch(
-            message, operator=operator, now=trio.current_time(), wall_ms=time.time_ns() // 1_000_000
-        )
+        wall_ms = time.time_ns() // 1_000_000  # the rate limit's clock: wall time survives a restart
+        reply = self.coordinator.vouch(message, operator=operator, now=wall_ms / 1000, wall_ms=wall_ms)
         if isinstance(reply, ErrorReply):
             log.info(
                 "no grant voucher for %s (via %s): %s",

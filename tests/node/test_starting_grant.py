@@ -16,9 +16,12 @@ from nacl.signing import SigningKey
 from opengrid_ledger import Settle, decode_body
 from opengrid_sdk.client import Client, Completion
 
+from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.core.grants import GRANTS_PER_OPERATOR
 from opengrid.errors import PaymentError
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.store.grant_store import GrantStore
 from opengrid.wire.messages import job_cost
 from tests.node.workers import paid_coordinator, start_workers
 
@@ -78,3 +81,47 @@ def test_the_require_payment_setting_reaches_the_coordinator(tmp_path: pathlib.P
     assert not Node(
         NodeConfig(data_dir=tmp_path / "d", role="coordinator")
     )._coordinator_config.require_payment
+
+
+async def test_the_grant_rate_limit_survives_a_restart(tmp_path: pathlib.Path) -> None:
+    """Issue 15, item 10: the per-address voucher budget (3 a day) lived in memory, so a restarted
+    coordinator gave the same address 3 fresh vouchers. Spend it, restart the node on its data dir: the
+    next identity from the same address is still refused, and one vouched for before still gets its own."""
+    first, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    seeds = [secrets.token_bytes(32) for _ in range(GRANTS_PER_OPERATOR + 1)]
+
+    def claim(address: str, seed: bytes) -> int:
+        with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+            return client.claim_grant()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        assert first.host is not None
+        address = first.host.addrs()[0]
+        for seed in seeds[:-1]:  # every client here is on 127.0.0.1: one shared bucket
+            assert await trio.to_thread.run_sync(claim, address, seed) == GRANT
+        with pytest.raises(PaymentError, match="spent"):
+            await trio.to_thread.run_sync(claim, address, seeds[-1])
+        nursery.cancel_scope.cancel()
+
+    again = Node(
+        first.config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, require_payment=True)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(again.run)
+        assert again.host is not None
+        address = again.host.addrs()[0]
+        with pytest.raises(PaymentError, match="spent"):
+            await trio.to_thread.run_sync(claim, address, seeds[-1])
+        assert await trio.to_thread.run_sync(claim, address, seeds[0]) == GRANT  # a repeat costs nothing
+        nursery.cancel_scope.cancel()
+
+
+def test_the_grant_store_keeps_only_the_last_window(tmp_path: pathlib.Path) -> None:
+    store = GrantStore(tmp_path / "grants.sqlite3", window_s=100.0)
+    store.record(b"a" * 32, "local", 1000.0)
+    store.record(b"b" * 32, "1.2.3.4", 1050.0)
+    assert [account[:1] for _, _, account in store.recent(1090.0)] == [b"a", b"b"]
+    store.record(b"c" * 32, "local", 1120.0)  # a left the window: deleted, not just hidden
+    assert [account[:1] for _, _, account in store.recent(0.0)] == [b"b", b"c"]
+    store.close()
