@@ -1164,7 +1164,7 @@ class Node:
         unless one is known already (spec/ledger.md §4, §5.9): nodes that saw one branch only then cut the
         forker too. Anyone may author the proof; ours goes on our own chain, stored and gossiped."""
         assert self.ledger is not None and self._store is not None and self._nursery is not None
-        frozen = self.ledger.frozen()
+        frozen = self.ledger.proven()  # forkers with standing: no proof is made for free keys' forks
         if len(frozen) == len(self._forks_seen):
             return
         fresh = sorted(set(frozen) - self._forks_seen)
