@@ -680,7 +680,10 @@ class LedgerState:
         self._unbacked_cuts[author] = excluded
         while len(self._unbacked_cuts) > self._max_unbacked_cuts:
             oldest = next(iter(self._unbacked_cuts))
-            for entry_id in self._unbacked_cuts.pop(oldest):
+            excluded_ids = self._unbacked_cuts.pop(oldest)
+            if self.has_standing(oldest):
+                continue  # it gained standing since: its cut is kept for good, like any other
+            for entry_id in excluded_ids:
                 self._excluded.pop(entry_id, None)
             self._cuts.pop(oldest, None)
         if self._woken:
