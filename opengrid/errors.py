@@ -86,7 +86,8 @@ class TemplateError(EngineError):
 
     ``fault`` says whose: ``"client"`` when the template refused the messages (``raise_exception``: a
     role it does not support), ``"template"`` when the template itself broke a limit (time, output size,
-    memory) or does not compile: the worker that announced it is at fault, not the client.
+    memory) or does not compile: the worker that announced it is at fault, not the client; ``"node"``
+    when this node cannot render templates at all (its installation).
     """
 
     def __init__(self, message: str, *, fault: str) -> None:

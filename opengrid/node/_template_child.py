@@ -7,7 +7,8 @@ instead of swapping the machine; the parent kills it on a time limit, the only h
 
 Protocol on stdin/stdout, one request at a time: a 4-byte big-endian length, then a JSON object.
 Request ``{"template", "messages", "bos_token", "eos_token", "max_output"}``; reply ``{"prompt": str}`` or
-``{"error": "refused" | "too_large" | "broken", "message": str}``. EOF on stdin ends the process.
+``{"error": "refused" | "too_large" | "broken" | "unavailable", "message": str}``. EOF on stdin ends the
+process.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def _render(request: dict[str, Any]) -> dict[str, str]:
         return {"prompt": "".join(parts)}
     except _Refused as exc:
         return {"error": "refused", "message": str(exc)}
+    except ImportError as exc:  # this installation's fault, not the template's
+        return {"error": "unavailable", "message": f"jinja2 cannot be imported: {exc}"}
     except MemoryError:
         return {"error": "too_large", "message": "rendering ran out of the renderer's memory"}
     except RecursionError:

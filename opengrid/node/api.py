@@ -421,6 +421,8 @@ async def _format_chat(
         except TemplateError as exc:
             if exc.fault == "client":
                 raise ApiError(400, str(exc)) from exc
+            if exc.fault == "node":
+                raise ApiError(500, str(exc), type="server_error", code="internal") from exc
             problems.append(str(exc))
     raise ApiError(
         502,

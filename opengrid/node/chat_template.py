@@ -174,6 +174,8 @@ class TemplateRenderer:
         if isinstance(prompt, str):
             return prompt
         kind, message = str(reply.get("error", "broken")), str(reply.get("message", ""))
+        if kind == "unavailable":  # the node cannot render at all: nobody's template is to blame
+            raise TemplateError(f"this node cannot render chat templates: {message}", fault="node")
         if kind == "refused":
             raise TemplateError(
                 f"the model's chat template refused these messages: {message}", fault="client"
@@ -182,7 +184,9 @@ class TemplateRenderer:
 
     async def _start(self) -> _Child:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-I", str(_CHILD)],
+            # -P: the script's folder (opengrid/node) is not put on sys.path; site-packages, the user's
+            # included, stay as the node has them, so jinja2 imports wherever it was installed.
+            [sys.executable, "-P", str(_CHILD)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -1162,7 +1162,7 @@ class Node:
     def _report_forks(self) -> None:
         """Publish a FRAUD proof for each author our ledger froze for signing two entries with one seq,
         unless one is known already (spec/ledger.md §4, §5.9): nodes that saw one branch only then cut the
-        forker too. Anyone may author the proof; ours goes on our own chain, stored and gossiped."""
+        forker too. Only forkers with standing get one (spec/ledger.md §6.3); ours goes on our own chain."""
         assert self.ledger is not None and self._store is not None and self._nursery is not None
         frozen = self.ledger.proven()  # forkers with standing: no proof is made for free keys' forks
         if len(frozen) == len(self._forks_seen):
