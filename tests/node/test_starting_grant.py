@@ -13,13 +13,14 @@ import secrets
 import pytest
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import Settle, decode_body
+from opengrid_ledger import Genesis, Settle, decode_body, encode_genesis
 from opengrid_sdk.client import Client, Completion
 
-from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.cli.demo import DemoNetwork
 from opengrid.core.grants import GRANTS_PER_OPERATOR
 from opengrid.errors import PaymentError
 from opengrid.node.config import NodeConfig
+from opengrid.node.identity import IDENTITY_FILE
 from opengrid.node.service import Node
 from opengrid.store.grant_store import GrantStore
 from opengrid.wire.messages import job_cost
@@ -83,38 +84,42 @@ def test_the_require_payment_setting_reaches_the_coordinator(tmp_path: pathlib.P
     )._coordinator_config.require_payment
 
 
-async def test_the_grant_rate_limit_survives_a_restart(tmp_path: pathlib.Path) -> None:
-    """Issue 15, item 10: the per-address voucher budget (3 a day) lived in memory, so a restarted
-    coordinator gave the same address 3 fresh vouchers. Spend it, restart the node on its data dir: the
-    next identity from the same address is still refused, and one vouched for before still gets its own."""
-    first, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+def test_the_grant_rate_limit_survives_a_kill_9(tmp_path: pathlib.Path) -> None:
+    """Issue 15, item 10: the per-address voucher budget (3 a day) lived in memory, so a coordinator
+    killed and restarted gave the same address 3 fresh vouchers. Spend it on a real coordinator process,
+    kill -9 it, restart it on its data dir: the next identity from the same address is still refused,
+    and one vouched for before still gets its own voucher."""
+    seed = secrets.token_bytes(32)
+    net = DemoNetwork(tmp_path, model="", network=NETWORK)
+    data_dir = tmp_path / "coordinator"
+    data_dir.mkdir()
+    (data_dir / IDENTITY_FILE).write_bytes(seed)  # so the genesis can name its key before it starts
+    genesis = tmp_path / "genesis.json"
+    minter = bytes(SigningKey(seed).verify_key)
+    genesis.write_bytes(encode_genesis(Genesis(NETWORK, (minter,), grant_points=GRANT)))
     seeds = [secrets.token_bytes(32) for _ in range(GRANTS_PER_OPERATOR + 1)]
 
     def claim(address: str, seed: bytes) -> int:
         with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
             return client.claim_grant()
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(first.run)
-        assert first.host is not None
-        address = first.host.addrs()[0]
-        for seed in seeds[:-1]:  # every client here is on 127.0.0.1: one shared bucket
-            assert await trio.to_thread.run_sync(claim, address, seed) == GRANT
+    try:
+        first = net.start("coordinator", "coordinator", extra_args=["--genesis", str(genesis)])
+        net.wait_ready(first)
+        for account in seeds[:-1]:  # every client here is on 127.0.0.1: one shared bucket
+            assert claim(first.addrs[0], account) == GRANT
         with pytest.raises(PaymentError, match="spent"):
-            await trio.to_thread.run_sync(claim, address, seeds[-1])
-        nursery.cancel_scope.cancel()
+            claim(first.addrs[0], seeds[-1])
+        first.process.kill()  # SIGKILL: no clean shutdown
+        first.process.wait(timeout=30)
 
-    again = Node(
-        first.config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, require_payment=True)
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(again.run)
-        assert again.host is not None
-        address = again.host.addrs()[0]
+        again = net.start("coordinator", "coordinator", extra_args=["--genesis", str(genesis)])
+        net.wait_ready(again)
         with pytest.raises(PaymentError, match="spent"):
-            await trio.to_thread.run_sync(claim, address, seeds[-1])
-        assert await trio.to_thread.run_sync(claim, address, seeds[0]) == GRANT  # a repeat costs nothing
-        nursery.cancel_scope.cancel()
+            claim(again.addrs[0], seeds[-1])
+        assert claim(again.addrs[0], seeds[0]) == GRANT  # a repeat costs nothing
+    finally:
+        net.stop()
 
 
 def test_the_grant_store_keeps_only_the_last_window(tmp_path: pathlib.Path) -> None:
