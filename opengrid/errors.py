@@ -18,7 +18,8 @@ the values involved, and what to do next.
     │   └── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
     ├── EngineError                 inference failed
     │   ├── UnknownModelError       no such model here (or on the network)
-    │   └── BadRequestError         the request itself cannot run (too long for the context, empty)
+    │   ├── BadRequestError         the request itself cannot run (too long for the context, empty)
+    │   └── TemplateError           a chat template could not render these messages (whose fault: .fault)
     ├── JobError                    a job could not be completed
     │   ├── NoCapacityError         not enough workers serve the model
     │   ├── VerificationError       replicas did not reach quorum, or a result failed its checks
@@ -99,6 +100,20 @@ class BadRequestError(EngineError):
     """The request cannot run on any worker of this model: its prompt and ``max_tokens`` exceed the
     context window, or the prompt is empty with nothing to condition on. The client's fault, never the
     worker's: a worker answers ``malformed`` and keeps its standing (spec/job-protocol.md §7.3)."""
+
+
+class TemplateError(EngineError):
+    """A model's chat template could not render a chat request.
+
+    ``fault`` says whose: ``"client"`` when the template refused the messages (``raise_exception``: a
+    role it does not support), ``"template"`` when the template itself broke a limit (time, output size,
+    memory) or does not compile: the worker that announced it is at fault, not the client; ``"node"``
+    when this node cannot render templates at all (its installation).
+    """
+
+    def __init__(self, message: str, *, fault: str) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 class JobError(OpenGridError):

@@ -14,6 +14,15 @@ two entries of one author with one seq are known (received directly or inside a 
 is *cut* at that seq, and the state is rebuilt from the retained entries without the author's entries from
 that seq on. Cuts only grow, and the rebuild is again a monotone fixpoint, so balances and reputation
 converge regardless of arrival order (spec/ledger.md §6).
+
+Bounds (spec/ledger.md §6.3): keys are free, so nothing an author without *standing* (no credit, no
+applied entry, not a coordinator) sends may cost a node without bound. Waiting entries are capped per
+author, in total and in bytes, and those of authors without standing get a small share, oldest evicted
+first; when the pool is full a newcomer displaces the newest entry of the author holding the most
+waiting entries (or is refused if that is its own author). A FRAUD entry waits until its author has
+standing, and an author proves a given forker at most once. A fork by an author without standing cuts it
+without a rebuild and keeps no evidence (so no FRAUD proof is made for it); such cuts are capped too.
+Eviction only forgets what sync can bring again, so it never breaks convergence of what is applied.
 """
 
 from __future__ import annotations
@@ -47,6 +56,16 @@ WaitKey = tuple[str, bytes | int]
 
 MAX_PARKED_PER_AUTHOR = 10_000
 """Most entries of one author parked at once (a peer cannot fill memory with far-future seqs)."""
+MAX_WAITING = 16_384
+"""Most entries waiting (parked or blocked) at once, all authors together (spec/ledger.md §6.3)."""
+MAX_WAITING_BYTES = 32 * 1024 * 1024
+"""Most bytes of entries waiting at once, all authors together."""
+MAX_UNBACKED_WAITING = 1024
+"""Most waiting entries whose authors have no standing (no credit, no applied entry, not a coordinator):
+keys are free, so these get a small share of the pool, oldest evicted first."""
+MAX_UNBACKED_CUTS = 4096
+"""Most cuts remembered for authors that forked with no standing (oldest forgotten first); they carry no
+evidence and no FRAUD proof is made for them."""
 
 
 class TrustedReplayError(LedgerError):
@@ -100,6 +119,10 @@ class LedgerState:
         *,
         genesis: Genesis | None = None,
         max_parked_per_author: int = MAX_PARKED_PER_AUTHOR,
+        max_waiting: int = MAX_WAITING,
+        max_waiting_bytes: int = MAX_WAITING_BYTES,
+        max_unbacked_waiting: int = MAX_UNBACKED_WAITING,
+        max_unbacked_cuts: int = MAX_UNBACKED_CUTS,
         scheme: SignatureScheme = ED25519,
         closed: bool = False,
     ) -> None:
@@ -117,11 +140,19 @@ class LedgerState:
         self._grant_points = genesis.grant_points if genesis is not None else 0
         self._base_minters: set[bytes] = set(minters) | set(genesis.coordinators if genesis else ())
         self._max_parked = max_parked_per_author
+        self._max_waiting = max_waiting
+        self._max_waiting_bytes = max_waiting_bytes
+        self._max_unbacked = max_unbacked_waiting
+        self._max_unbacked_cuts = max_unbacked_cuts
         self.closed = closed
         # Facts about the received set that survive rebuilds: cuts only ever grow.
         self._cuts: dict[bytes, int] = {}
         self._forks: dict[bytes, tuple[Entry, Entry]] = {}
         self._excluded: dict[EntryId, Entry] = {}
+        self._unbacked_cuts: dict[bytes, list[EntryId]] = {}
+        """Authors cut with no standing, oldest first, with the ids excluded by their cut."""
+        self.evicted = 0
+        """Waiting entries dropped to keep the pool within its bounds (sync may bring them again)."""
         self._rebuilding = False
         self._generation = 0
         self._reset()
@@ -138,12 +169,21 @@ class LedgerState:
         self._by_id: dict[EntryId, int] = {}
         self._by_slot: dict[tuple[bytes, int], Entry] = {}
         self._heads: dict[bytes, tuple[int, EntryId]] = {}
-        self._parked: dict[tuple[bytes, int], tuple[Entry, EntryBody]] = {}
-        self._parked_count: dict[bytes, int] = {}
+        self._parked: dict[tuple[bytes, int], Entry] = {}
+        """Parked entries (verified; the body is decoded again when its turn comes, to hold a third of the
+        memory)."""
+        self._parked_seqs: dict[bytes, dict[int, None]] = {}
+        """author -> seqs of its parked entries, in the order they were parked."""
         self._blocked: dict[bytes, tuple[Entry, EntryBody, WaitKey]] = {}
         self._waiting: dict[WaitKey, set[bytes]] = {}
         self._woken: set[bytes] = set()
         self._pending_entries: dict[EntryId, Entry] = {}
+        self._pending_slots: dict[EntryId, tuple[bytes, int]] = {}
+        self._pending_bytes = 0
+        self._unbacked: dict[EntryId, None] = {}
+        """Waiting entries whose author had no standing when they came, oldest first."""
+        self._fraud_proven: set[tuple[bytes, bytes]] = set()
+        """(author, forker) of every applied FRAUD entry."""
         self._balances: dict[bytes, int] = {}
         self._held: dict[bytes, int] = {}
         self._minted = 0
@@ -223,53 +263,148 @@ class LedgerState:
                         f"entry {held.id.hex()} applied without verification is invalid: {exc}"
                     ) from exc
             self._excluded[entry_id] = entry
-            self._record_fork(author, seq, held, entry)
+            self._record_fork(author, seq, held, entry, arrived=entry_id)
             raise InvalidEntryError(
                 f"fork: author {author.hex()} signed two different entries with seq {seq} "
                 f"({held.id.hex()} and {entry_id.hex()}); the author is now frozen from seq {seq} on"
             )
         head_seq = self._heads.get(author, (0, EntryId(b"")))[0]
         if seq > head_seq + 1:
-            count = self._parked_count.get(author, 0)
+            count = len(self._parked_seqs.get(author, ()))
             if count >= self._max_parked:
                 raise InvalidEntryError(
                     f"author {author.hex()} already has {count} entries waiting for a predecessor; "
                     f"entry seq {seq} refused (fetch seq {head_seq + 1} first)"
                 )
-            self._parked[(author, seq)] = (entry, body)
-            self._parked_count[author] = count + 1
-            self._pending_entries[entry_id] = entry
+            self._make_room(entry, author)
+            self._parked[(author, seq)] = entry
+            self._parked_seqs.setdefault(author, {})[seq] = None
+            self._add_pending(entry, entry_id, author, seq)
             return []
         self._check_links(body)
         applied: list[Entry] = []
-        if self._try(entry, entry_id, body):
+        if self._try(entry, entry_id, body, fresh=True):
             applied.append(entry)
             self._cascade(author, applied)
         return applied
 
+    # -- the waiting pool (spec/ledger.md §6.3) -------------------------------------------------------
+
+    def has_standing(self, author: bytes) -> bool:
+        """True if ``author`` is a coordinator, has an applied entry or was ever credited: what makes its
+        waiting entries and forks worth keeping (keys without standing are free to make)."""
+        return author in self._minters or author in self._heads or author in self._touches
+
+    def _add_pending(self, entry: Entry, entry_id: EntryId, author: bytes, seq: int) -> None:
+        self._pending_entries[entry_id] = entry
+        self._pending_slots[entry_id] = (author, seq)
+        self._pending_bytes += _size(entry)
+        if not self.has_standing(author):
+            self._unbacked[entry_id] = None
+
+    def _drop_pending(self, entry_id: EntryId) -> None:
+        """Forget a waiting entry's accounting (the caller removed it from ``_parked``/``_blocked``)."""
+        entry = self._pending_entries.pop(entry_id, None)
+        if entry is None:
+            return
+        del self._pending_slots[entry_id]
+        self._pending_bytes -= _size(entry)
+        self._unbacked.pop(entry_id, None)
+
+    def _make_room(self, entry: Entry, author: bytes) -> None:
+        """Evict waiting entries until ``entry`` (by ``author``, about to wait) fits the bounds, or raise
+        InvalidEntryError if it may not displace anything (see the module docstring)."""
+        if not self.has_standing(author):
+            while self._unbacked and len(self._unbacked) >= self._max_unbacked:
+                self._evict(next(iter(self._unbacked)))
+        size = _size(entry)
+        while (
+            len(self._pending_entries) >= self._max_waiting
+            or self._pending_bytes + size > self._max_waiting_bytes
+        ):
+            if self._unbacked:
+                self._evict(next(iter(self._unbacked)))
+                continue
+            counts = {a: len(seqs) for a, seqs in self._parked_seqs.items() if seqs}
+            for blocked in self._blocked:
+                counts[blocked] = counts.get(blocked, 0) + 1
+            # The author holding the most (ties: the highest key, so every node picks the same one).
+            victim = max(counts, key=lambda a: (counts[a], a), default=None)
+            if victim is None or victim == author or counts[victim] <= counts.get(author, 0):
+                raise InvalidEntryError(
+                    f"the ledger's waiting pool is full ({len(self._pending_entries)} entries, "
+                    f"{self._pending_bytes} bytes) and author {author.hex()} holds as many as any; entry "
+                    "refused (sync brings it again once its predecessors arrive)"
+                )
+            seqs = self._parked_seqs.get(victim)
+            if seqs:
+                newest = next(reversed(seqs))
+                self._evict(self._parked[(victim, newest)].id)
+            else:
+                self._evict(self._blocked[victim][0].id)
+
+    def _evict(self, entry_id: EntryId) -> None:
+        """Drop one waiting entry (parked or blocked) to keep the pool within its bounds."""
+        author, seq = self._pending_slots[entry_id]
+        self._unpark_or_unblock(author, seq, entry_id)
+        self.evicted += 1
+
+    def _unpark_or_unblock(self, author: bytes, seq: int, entry_id: EntryId) -> Entry | None:
+        parked = self._parked.get((author, seq))
+        if parked is not None and parked.id == entry_id:
+            del self._parked[(author, seq)]
+            self._unpark_seq(author, seq)
+        else:
+            blocked = self._blocked.get(author)
+            if blocked is None or blocked[0].id != entry_id:
+                return None
+            del self._blocked[author]
+            waiters = self._waiting.get(blocked[2])
+            if waiters is not None:
+                waiters.discard(author)
+                if not waiters:
+                    del self._waiting[blocked[2]]
+        entry = self._pending_entries.get(entry_id)
+        self._drop_pending(entry_id)
+        return entry
+
+    def _unpark_seq(self, author: bytes, seq: int) -> None:
+        seqs = self._parked_seqs.get(author)
+        if seqs is not None:
+            seqs.pop(seq, None)
+            if not seqs:
+                del self._parked_seqs[author]
+
+    def waiting_stats(self) -> tuple[int, int, int]:
+        """(entries, bytes, entries of authors without standing) waiting now."""
+        return len(self._pending_entries), self._pending_bytes, len(self._unbacked)
+
     def _slot(self, author: bytes, seq: int) -> Entry | None:
         held = self._by_slot.get((author, seq))
         if held is None:
-            held = self._parked.get((author, seq), (None, None))[0]
+            held = self._parked.get((author, seq))
         if held is None and author in self._blocked and self._blocked[author][1].seq == seq:
             held = self._blocked[author][0]
         return held
 
-    def _try(self, entry: Entry, entry_id: EntryId, body: EntryBody) -> bool:
-        """Apply if the rules allow; block (return False) on a missing dependency; raise if invalid."""
+    def _try(self, entry: Entry, entry_id: EntryId, body: EntryBody, *, fresh: bool = False) -> bool:
+        """Apply if the rules allow; block (return False) on a missing dependency; raise if invalid.
+        ``fresh``: the entry just arrived (not already counted in the waiting pool)."""
         try:
             void = self._check_rules(entry, body)
         except _Wait as wait:
+            if fresh:
+                self._make_room(entry, body.author)
             self._blocked[body.author] = (entry, body, wait.key)
             self._waiting.setdefault(wait.key, set()).add(body.author)
-            self._pending_entries[entry_id] = entry
+            self._add_pending(entry, entry_id, body.author, body.seq)
             return False
         self._commit(entry, entry_id, body, void)
         return True
 
-    def _cascade(self, author: bytes, applied: list[Entry]) -> None:
+    def _cascade(self, author: bytes | None, applied: list[Entry]) -> None:
         """After a commit: apply the author's parked successors and every blocked entry now unblocked."""
-        authors = [author]
+        authors = [] if author is None else [author]
         while authors or self._woken:
             if not authors:
                 woken = self._woken.pop()
@@ -277,7 +412,7 @@ class LedgerState:
                 if blocked is None:
                     continue
                 entry, body, _ = blocked
-                self._pending_entries.pop(entry.id, None)
+                self._drop_pending(entry.id)
                 try:
                     if self._try(entry, entry.id, body):
                         applied.append(entry)
@@ -292,9 +427,9 @@ class LedgerState:
             parked = self._parked.pop((current, next_seq), None)
             if parked is None:
                 continue
-            entry, body = parked  # verified by open_entry when it was parked
-            self._parked_count[current] -= 1
-            self._pending_entries.pop(entry.id, None)
+            entry, body = parked, decode_body(parked.body)  # verified by open_entry when it was parked
+            self._unpark_seq(current, next_seq)
+            self._drop_pending(entry.id)
             try:
                 self._check_links(body)
                 if self._try(entry, entry.id, body):
@@ -365,6 +500,16 @@ class LedgerState:
             self._require_minter(payload.voucher.signer, "grant voucher signer")
         elif isinstance(payload, Admit):
             self._check_admit(payload)
+        elif isinstance(payload, Fraud):
+            if not self.has_standing(author):
+                # Keys are free: a proof stored for ever needs an author with something at stake.
+                raise _Wait(("balance", author), f"fraud proof by {author.hex()}, who has no standing yet")
+            forker = _forker(payload)
+            if (author, forker) in self._fraud_proven:
+                raise InvalidEntryError(
+                    f"{author.hex()} already proved the fork of {forker.hex()}; one proof per author is "
+                    "enough"
+                )
         elif isinstance(payload, Evidence):
             self._require_minter(author, "evidence author")
             if (author, payload.job_id) in self._evidence_seen:
@@ -486,6 +631,8 @@ class LedgerState:
             self._admitted.append(payload.coordinator)
             self._minters.add(payload.coordinator)
             self._wake(("admit", len(self._admitted)))
+        elif isinstance(payload, Fraud):
+            self._fraud_proven.add((author, _forker(payload)))
         elif isinstance(payload, Evidence):
             self._evidence_seen.add((author, payload.job_id))
             for slot, keys in enumerate((payload.valid, payload.invalid, payload.timeout)):
@@ -494,22 +641,59 @@ class LedgerState:
 
     # -- forks ----------------------------------------------------------------------------------------
 
-    def _record_fork(self, author: bytes, seq: int, first: Entry, second: Entry) -> None:
+    def _record_fork(
+        self, author: bytes, seq: int, first: Entry, second: Entry, *, arrived: EntryId | None = None
+    ) -> None:
         """Cut ``author`` at ``seq`` (if lower than its cut so far) and rebuild the state without its
-        entries from there on. Cuts depend only on which entries are known, never on arrival order."""
+        entries from there on. Cuts depend only on which entries are known, never on arrival order.
+        ``arrived``: the id of the entry that revealed the fork, already put in ``_excluded``."""
         old = self._cuts.get(author)
         if old is not None and old <= seq:
             return
         self._cuts[author] = seq
+        if not self.has_standing(author):
+            self._cut_unbacked(author, seq, arrived)
+            return
+        self._unbacked_cuts.pop(author, None)  # it has standing now: its cut is kept for good
         # Evidence in id order so every node keeps the same pair whichever arrived first.
         self._forks[author] = (first, second) if first.id < second.id else (second, first)
         self._rebuild()
+
+    def _cut_unbacked(self, author: bytes, seq: int, arrived: EntryId | None) -> None:
+        """Cut an author without standing: none of its entries is applied and nothing rests on its points,
+        so no rebuild is needed; its waiting entries from ``seq`` on are excluded, entries waiting on them
+        retried (a SETTLE of an excluded HOLD applies void, as after a rebuild), and no evidence kept."""
+        excluded = self._unbacked_cuts.pop(author, [])
+        if arrived is not None:
+            excluded.append(arrived)
+            self._wake(("hold", arrived))
+        slots = [(s, self._parked[(author, s)].id) for s in self._parked_seqs.get(author, {}) if s >= seq]
+        blocked = self._blocked.get(author)
+        if blocked is not None and blocked[1].seq >= seq:
+            slots.append((blocked[1].seq, blocked[0].id))
+        for slot_seq, slot_id in slots:
+            entry = self._unpark_or_unblock(author, slot_seq, slot_id)
+            if entry is not None:
+                self._excluded[slot_id] = entry
+                excluded.append(slot_id)
+                self._wake(("hold", slot_id))
+        self._unbacked_cuts[author] = excluded
+        while len(self._unbacked_cuts) > self._max_unbacked_cuts:
+            oldest = next(iter(self._unbacked_cuts))
+            excluded_ids = self._unbacked_cuts.pop(oldest)
+            if self.has_standing(oldest):
+                continue  # it gained standing since: its cut is kept for good, like any other
+            for entry_id in excluded_ids:
+                self._excluded.pop(entry_id, None)
+            self._cuts.pop(oldest, None)
+        if self._woken:
+            self._cascade(None, [])  # what this applies is found again by sync, as after a rebuild
 
     def _rebuild(self) -> None:
         """Recompute every fold from the retained entries under the current cuts (a rare event)."""
         retained = [
             *self._applied,
-            *(entry for entry, _ in self._parked.values()),
+            *self._parked.values(),
             *(blocked[0] for blocked in self._blocked.values()),
         ]
         self._generation += 1
@@ -640,7 +824,7 @@ class LedgerState:
 
     def pending(self) -> list[Entry]:
         """Verified entries waiting: parked (by (author, seq)), then blocked on a dependency (by author)."""
-        parked = [self._parked[slot][0] for slot in sorted(self._parked)]
+        parked = [self._parked[slot] for slot in sorted(self._parked)]
         return parked + [self._blocked[author][0] for author in sorted(self._blocked)]
 
     def minters(self) -> frozenset[bytes]:
@@ -663,9 +847,22 @@ class LedgerState:
         """Every frozen author and the seq from which its entries are excluded, in author order."""
         return dict(sorted(self._cuts.items()))
 
+    def proven(self) -> list[bytes]:
+        """Frozen authors this ledger holds fork evidence for (those with standing), in author order: the
+        ones a FRAUD proof can be made for (:meth:`fraud_payload`)."""
+        return sorted(self._forks)
+
     def fork_evidence(self, author: bytes) -> tuple[Entry, Entry] | None:
         """The two conflicting entries that froze ``author`` (lower id first), or None."""
         return self._forks.get(author)
+
+
+def _size(entry: Entry) -> int:
+    return len(entry.body) + len(entry.signature)
+
+
+def _forker(fraud: Fraud) -> bytes:
+    return decode_body(decode_entry(fraud.first).body).author
 
 
 def _receipt_of(entry: Entry) -> Receipt:

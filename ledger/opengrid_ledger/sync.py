@@ -61,6 +61,8 @@ SHORT_ID = 8
 """Bytes of an id sent in id lists and fetches (a 64-bit prefix)."""
 FINGERPRINT = 8
 MAX_BITS = 64
+MAX_REFUSED_KEPT = 64
+"""Refused entries a session remembers (with why) for the driver's log; the rest are only counted."""
 _SPACE = 256
 
 
@@ -176,23 +178,34 @@ class IdIndex:
     def __init__(self) -> None:
         self._keys: list[int] = []
         self._sums: list[int] = [0]
-        self._members: set[int] = set()
+        self._applied: list[int] = []
+        """Sorted ids of applied entries (they stay until a rebuild)."""
+        self._applied_set: set[int] = set()
+        self._pending: frozenset[int] = frozenset()
+        """Ids of waiting entries at the last refresh: these come and go (applied, evicted), so they are
+        taken afresh each time, never accumulated (evicted ids must not stay in the index)."""
         self._seen = 0
         self._generation = -1
 
     def refresh(self, ledger: LedgerState) -> IdIndex:
-        """Include every entry ``ledger`` holds that is not indexed yet; returns self."""
+        """Include every entry ``ledger`` holds that is not indexed yet, and drop waiting entries it no
+        longer holds; returns self."""
         if ledger.generation != self._generation:
-            self._keys, self._members, self._seen, self._generation = [], set(), 0, ledger.generation
+            self._applied, self._applied_set, self._seen = [], set(), 0
+            self._pending, self._generation = frozenset(), ledger.generation
+            self._keys, self._sums = [], [0]
         fresh = ledger.entries_since(self._seen)
         self._seen += len(fresh)
-        new = {int.from_bytes(e.id, "big") for e in fresh}
-        new.update(int.from_bytes(eid, "big") for eid in ledger.pending_ids())
-        new -= self._members
+        new = {int.from_bytes(e.id, "big") for e in fresh} - self._applied_set
+        pending = frozenset(int.from_bytes(eid, "big") for eid in ledger.pending_ids()) - self._applied_set
+        pending -= new
         if new:
-            self._members |= new
+            self._applied_set |= new
             # Timsort merges the two sorted runs in linear time.
-            self._keys = sorted(self._keys + sorted(new))
+            self._applied = sorted(self._applied + sorted(new))
+        if new or pending != self._pending:
+            self._pending = pending
+            self._keys = sorted(self._applied + sorted(pending)) if pending else list(self._applied)
             self._sums = [0, *itertools.accumulate(self._keys)]
         return self
 
@@ -256,7 +269,8 @@ class SyncSession:
         self.applied: list[Entry] = []
         """Entries this session applied to the ledger, in order: the driver stores them."""
         self.refused: list[tuple[EntryId, str]] = []
-        """Entries the peer sent that ``apply`` refused, with why (the driver may penalise the peer)."""
+        """Entries the peer sent that ``apply`` refused, with why (the driver may penalise the peer): the
+        first ``MAX_REFUSED_KEPT``; ``stats.entries_refused`` counts them all."""
         self._outbox: deque[bytes] = deque()
         self._queued: set[bytes] = set()
         self._targets: dict[bytes, int] = {}
@@ -365,8 +379,9 @@ class SyncSession:
                 self.applied += applied
             except InvalidEntryError as exc:
                 self.stats.entries_refused += 1
-                entry_id = EntryId(hashlib.sha256(data).digest())
-                self.refused.append((entry_id, str(exc)))
+                if len(self.refused) < MAX_REFUSED_KEPT:  # the count is in stats; a few say why
+                    entry_id = EntryId(hashlib.sha256(data).digest())
+                    self.refused.append((entry_id, str(exc)))
                 continue
             self.stats.entries_applied += len(applied)
 

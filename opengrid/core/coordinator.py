@@ -315,7 +315,7 @@ class Coordinator:
         )
         """Client jobs waiting for free worker slots (each is also in ``_jobs``)."""
         self.grants = GrantPolicy(self.config.grant_limits)
-        """Who got starting-grant vouchers, and when (in memory)."""
+        """Who got starting-grant vouchers, and when (the driver journals it, so it survives restarts)."""
 
     # ── inputs ───────────────────────────────────────────────────────────────────────────────────────
     def handle(self, event: Event, now: float) -> list[Effect]:

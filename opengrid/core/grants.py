@@ -14,15 +14,22 @@ whether a coordinator signs one:
   many addresses can mint through one coordinator.
 
 An account vouched for before (its GRANT not on the ledger yet, e.g. the job carrying it was refused)
-gets the same voucher again (signatures are deterministic) without spending any budget. State is in
-memory: a restarted coordinator starts with full buckets.
+gets the same voucher again (signatures are deterministic) without spending any budget.
+
+The limits guard minting, so they must survive a restart (issue 15, item 10: a kill -9 used to refill
+every bucket). The policy is pure; the driver gives it a ``GrantJournal`` (``opengrid.store.grant_store``:
+SQLite in the data dir) that durably records each voucher *before* it is issued, and ``restore``s the
+journal's vouchers of the last window at start. ``now`` must then be a wall clock (Unix seconds), the one
+clock that survives a restart.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 GRANTS_PER_OPERATOR: int = 3
 """Vouchers one operator bucket (an IP address, or every private address together) gets per window."""
@@ -58,11 +65,21 @@ class GrantLimits:
     window_s: float = GRANT_WINDOW_S
 
 
+class GrantJournal(Protocol):
+    """Durable record of issued vouchers (the driver's store), written before a voucher leaves."""
+
+    def record(self, account: bytes, bucket: str, at: float) -> None:
+        """Store that ``account`` got a voucher counted against ``bucket`` at ``at``; raise if it cannot."""
+        ...
+
+
 class GrantPolicy:
     """Remembers which vouchers were issued when, and to whom, to rate-limit the next ones."""
 
-    def __init__(self, limits: GrantLimits | None = None) -> None:
+    def __init__(self, limits: GrantLimits | None = None, journal: GrantJournal | None = None) -> None:
         self.limits = limits or GrantLimits()
+        self.journal = journal
+        """Where each voucher is recorded durably before it is issued (None: memory only)."""
         self._issued: deque[tuple[float, str]] = deque()
         """(time, bucket) of every voucher issued within the window, oldest first."""
         self._per_bucket: dict[str, int] = {}
@@ -95,6 +112,18 @@ class GrantPolicy:
         if account in self._vouched:
             return
         bucket = operator_bucket(operator)
+        if self.journal is not None:  # first: a crash right after must not give the budget back
+            self.journal.record(account, bucket, now)
+        self._count(account, bucket, now)
+
+    def restore(self, vouchers: Iterable[tuple[float, str, bytes]]) -> None:
+        """Count vouchers issued before a restart, as (time, bucket, account) from the journal (not
+        journaled again); those older than the window are dropped at the next check."""
+        for at, bucket, account in sorted(vouchers):
+            if account not in self._vouched:
+                self._count(account, bucket, at)
+
+    def _count(self, account: bytes, bucket: str, now: float) -> None:
         self._issued.append((now, bucket))
         self._per_bucket[bucket] = self._per_bucket.get(bucket, 0) + 1
         self._vouched[account] = None

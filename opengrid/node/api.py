@@ -14,20 +14,24 @@ What differs from OpenAI, on purpose (documented in OpenGrid.md):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from opengrid.errors import ConfigError
+from opengrid.errors import ConfigError, TemplateError
+from opengrid.node.chat_template import TemplateRenderer
 from opengrid.wire.messages import MAX_REPLICAS, MAX_TOKENS_LIMIT, ErrorReply, JobAccepted, ModelOffer
 
 log = logging.getLogger("opengrid.api")
@@ -35,6 +39,12 @@ DEFAULT_API_ADDRESS = "127.0.0.1:9337"
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 JobFormat = Literal["text", "chat"]
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+"""Largest request body: refused by its Content-Length before reading, and a chunked body is read with a
+running count and refused as soon as it passes this (413 either way)."""
+MAX_TEMPLATES_TRIED: Final = 3
+"""Distinct chat templates (from different workers' offers of one model) tried for one chat request."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,11 @@ class ApiBackend(Protocol):
     def api_models(self) -> list[ModelOffer]: ...
 
     def api_submit(
-        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: JobFormat
-    ) -> Awaitable[JobAccepted | ErrorReply]: ...
+        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: JobFormat, client: str
+    ) -> Awaitable[JobAccepted | ErrorReply]:
+        """Run one verified job for ``client``: the API user's identity (``api_client``), which the
+        coordinator queues fairly against every other client."""
+        ...
 
 
 class _CompletionBody(msgspec.Struct, forbid_unknown_fields=False):
@@ -140,8 +153,26 @@ def check_bind(address: str, *, allow_remote: bool) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_app(backend: ApiBackend, *, api_key: str | None = None) -> Starlette:
-    """The Starlette app serving ``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``."""
+def api_client(request: Request) -> str:
+    """Who an API request comes from, for fair queueing: ``api:<remote host>``, plus a hash of the bearer
+    token when one is sent. Each is a separate client of the coordinator's queue (per-client cap and
+    round robin), so one flooding user cannot take every queue slot from the others. Without API keys the
+    remote address is all there is; behind a reverse proxy every user shares the proxy's address."""
+    host = request.client.host if request.client is not None else "unknown"
+    token = request.headers.get("authorization", "")
+    if token:
+        return f"api:{host}:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
+    return f"api:{host}"
+
+
+def build_app(
+    backend: ApiBackend, *, api_key: str | None = None, renderer: TemplateRenderer | None = None
+) -> Starlette:
+    """The Starlette app serving ``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``.
+
+    ``renderer`` renders workers' chat templates (a fresh ``TemplateRenderer`` if None; its child
+    processes are killed when the app shuts down)."""
+    templates = renderer or TemplateRenderer()
 
     def guarded(
         handler: Callable[[Request], Awaitable[Response]],
@@ -179,6 +210,7 @@ def build_app(backend: ApiBackend, *, api_key: str | None = None) -> Starlette:
             body.replicas,
             body.stop,
             "text",
+            api_client(request),
         )
         job_id = f"cmpl-{outcome.job.job_id.hex()}"
         created = int(time.time())
@@ -223,10 +255,11 @@ def build_app(backend: ApiBackend, *, api_key: str | None = None) -> Starlette:
         _check_n(body.n)
         if not body.messages:
             raise ApiError(400, "messages must not be empty")
-        offer = _offer_for(backend.api_models(), body.model)
-        prompt = _format_chat(offer, body.messages)
+        prompt = await _format_chat(templates, backend.api_models(), body.model, body.messages)
         max_tokens = next((n for n in (body.max_completion_tokens, body.max_tokens) if n is not None), 256)
-        outcome = await _run(backend, prompt, body.model, max_tokens, body.replicas, body.stop, "chat")
+        outcome = await _run(
+            backend, prompt, body.model, max_tokens, body.replicas, body.stop, "chat", api_client(request)
+        )
         job_id = f"chatcmpl-{outcome.job.job_id.hex()}"
         created = int(time.time())
         if body.stream:
@@ -266,19 +299,72 @@ def build_app(backend: ApiBackend, *, api_key: str | None = None) -> Starlette:
             outcome,
         )
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Unknown paths and wrong methods answer OpenAI-shaped JSON, like every other error here.
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 404:
+            message, code = (
+                f"no such endpoint: {request.url.path}; this API serves /v1/models, "
+                "/v1/completions and /v1/chat/completions",
+                "unknown_url",
+            )
+        elif status == 405:
+            message, code = f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        else:
+            message, code = str(getattr(exc, "detail", exc)), None
+        response = ApiError(status, message, code=code).response()
+        response.headers.update(getattr(exc, "headers", None) or {})  # 405's Allow
+        return response
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await templates.aclose()
+
     return Starlette(
         routes=[
             Route("/v1/models", guarded(models), methods=["GET"]),
             Route("/v1/completions", guarded(completions), methods=["POST"]),
             Route("/v1/chat/completions", guarded(chat), methods=["POST"]),
-        ]
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
     )
 
 
+async def _read_body(request: Request) -> bytes:
+    """The request body, at most ``MAX_BODY_BYTES``: refused by its Content-Length before reading any of
+    it, and a body without one (chunked) is refused as soon as what arrived passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiError(400, f"Content-Length {declared[:32]!r} is not a number")
+        if int(declared) > MAX_BODY_BYTES:
+            raise ApiError(
+                413,
+                f"request body of {int(declared)} bytes is over the {MAX_BODY_BYTES}-byte limit; "
+                "send a shorter prompt",
+                code="request_too_large",
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError(
+                    413,
+                    f"request body is over the {MAX_BODY_BYTES}-byte limit; send a shorter prompt",
+                    code="request_too_large",
+                )
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _decode(request: Request, kind: type[Any]) -> Any:
-    raw = await request.body()
-    if len(raw) > 1024 * 1024:
-        raise ApiError(413, "request body over 1 MiB")
+    raw = await _read_body(request)
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.DecodeError as exc:
@@ -298,27 +384,53 @@ def _check_n(n: int) -> None:
         raise ApiError(400, "n must be 1: OpenGrid returns the one verified answer")
 
 
-def _offer_for(offers: Sequence[ModelOffer], model: str) -> ModelOffer:
+def _offers_for(offers: Sequence[ModelOffer], model: str) -> list[ModelOffer]:
     wanted = model.lower()
-    for offer in offers:
-        if wanted in (offer.name.lower(), offer.contract.model_sha256.lower()):
-            return offer
-    served = ", ".join(sorted({o.name for o in offers})) or "none yet"
-    raise ApiError(404, f"no worker serves model {model!r}; served: {served}", code="model_not_found")
+    found = [o for o in offers if wanted in (o.name.lower(), o.contract.model_sha256.lower())]
+    if not found:
+        served = ", ".join(sorted({o.name for o in offers})) or "none yet"
+        raise ApiError(404, f"no worker serves model {model!r}; served: {served}", code="model_not_found")
+    return found
 
 
-def _format_chat(offer: ModelOffer, messages: Sequence[_ChatMessage]) -> str:
-    """Render the model's own chat template, exactly as llama.cpp's chat completion does."""
-    if not offer.chat_template:
-        raise ApiError(400, f"model {offer.name!r} has no chat template; use /v1/completions")
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    formatter = Jinja2ChatFormatter(offer.chat_template, eos_token=offer.eos_token, bos_token=offer.bos_token)
-    try:
-        result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[misc]
-    except Exception as exc:  # the template may raise on roles it does not support
-        raise ApiError(400, f"the model's chat template refused these messages: {exc}") from exc
-    return str(result.prompt)
+async def _format_chat(
+    templates: TemplateRenderer, offers: Sequence[ModelOffer], model: str, messages: Sequence[_ChatMessage]
+) -> str:
+    """Render the model's own chat template, as llama.cpp's chat completion does, in ``templates``'
+    sandboxed child processes (a worker announced the template: untrusted code). A template found bad
+    (too slow, too large, broken) is skipped from then on, and the next worker's template of the same
+    model is tried."""
+    found = _offers_for(offers, model)
+    candidates: dict[str, ModelOffer] = {}
+    for offer in found:
+        if offer.chat_template and offer.chat_template not in candidates:
+            candidates[offer.chat_template] = offer
+    if not candidates:
+        raise ApiError(400, f"model {found[0].name!r} has no chat template; use /v1/completions")
+    rendered = [{"role": m.role, "content": m.content} for m in messages]
+    problems: list[str] = []
+    for template, offer in list(candidates.items())[:MAX_TEMPLATES_TRIED]:
+        known = templates.is_bad(template)
+        if known:
+            problems.append(f"found bad before: {known}")
+            continue
+        try:
+            return await templates.render(
+                template, rendered, bos_token=offer.bos_token, eos_token=offer.eos_token
+            )
+        except TemplateError as exc:
+            if exc.fault == "client":
+                raise ApiError(400, str(exc)) from exc
+            if exc.fault == "node":
+                raise ApiError(500, str(exc), type="server_error", code="internal") from exc
+            problems.append(str(exc))
+    raise ApiError(
+        502,
+        f"the chat template the workers serving {model!r} announced cannot be used ({'; '.join(problems)}); "
+        "use /v1/completions with your own formatting, or wait for another worker",
+        type="server_error",
+        code="bad_chat_template",
+    )
 
 
 async def _run(
@@ -329,13 +441,14 @@ async def _run(
     replicas: int,
     stop: str | list[str] | None,
     format: JobFormat,
+    client: str,
 ) -> _Outcome:
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise ApiError(400, f"max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {max_tokens}")
     if not 1 <= replicas <= MAX_REPLICAS:
         raise ApiError(400, f"replicas must be 1..{MAX_REPLICAS}, got {replicas}")
     reply = await backend.api_submit(
-        prompt=prompt, model=model, max_tokens=max_tokens, replicas=replicas, format=format
+        prompt=prompt, model=model, max_tokens=max_tokens, replicas=replicas, format=format, client=client
     )
     if isinstance(reply, ErrorReply):
         status, kind = _STATUS.get(reply.code, (500, "server_error"))

@@ -60,9 +60,17 @@ class ApiService:
         return list(self._ctx.worker.offers) if self._ctx.worker is not None else []
 
     async def api_submit(
-        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: PromptFormat
+        self,
+        *,
+        prompt: str,
+        model: str,
+        max_tokens: int,
+        replicas: int,
+        format: PromptFormat,
+        client: str = "",
     ) -> JobAccepted | ErrorReply:
-        """Run one verified job: on this node if it coordinates, else through its coordinator."""
+        """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
+        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
         host = self._ctx.host
         assert host is not None
         job = SubmitJob(
@@ -83,7 +91,8 @@ class ApiService:
                 log.info("API job %s runs unpaid: %s", job.job_id.hex()[:8], paid)
             else:
                 job = paid
-            return await self._coordinator.submit(host.peer_id, job)
+            api_user = f"{host.peer_id}/{client}" if client else host.peer_id  # fair queueing per user
+            return await self._coordinator.submit(api_user, job)
         address = self._registration.coordinator_address()
         if address is None:
             return ErrorReply(

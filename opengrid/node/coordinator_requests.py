@@ -74,9 +74,8 @@ class CoordinatorRequests:
     def on_grant_request(self, peer: str, message: GrantRequest, operator: str) -> Message:
         """Vouch for a client's starting grant if the core's policy allows (spec/ledger.md §7)."""
         assert self._ctx.coordinator is not None
-        reply = self._ctx.coordinator.vouch(
-            message, operator=operator, now=trio.current_time(), wall_ms=time.time_ns() // 1_000_000
-        )
+        wall_ms = time.time_ns() // 1_000_000  # the rate limit's clock: wall time survives a restart
+        reply = self._ctx.coordinator.vouch(message, operator=operator, now=wall_ms / 1000, wall_ms=wall_ms)
         if isinstance(reply, ErrorReply):
             log.info(
                 "no grant voucher for %s (via %s): %s",

@@ -207,11 +207,11 @@ class LedgerService:
     def report_forks(self) -> None:
         """Publish a FRAUD proof for each author our ledger froze for signing two entries with one seq,
         unless one is known already (spec/ledger.md §4, §5.9): nodes that saw one branch only then cut the
-        forker too. Anyone may author the proof; ours goes on our own chain, stored and gossiped."""
+        forker too. Only forkers with standing get one (spec/ledger.md §6.3); ours goes on our own chain."""
         ctx = self._ctx
         assert ctx.ledger is not None and ctx.store is not None and ctx.nursery is not None
         ledger = ctx.ledger
-        frozen = ledger.frozen()
+        frozen = ledger.proven()  # forkers with standing: no proof is made for free keys' forks
         if len(frozen) == len(self._forks_seen):
             return
         fresh = sorted(set(frozen) - self._forks_seen)

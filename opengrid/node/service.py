@@ -20,6 +20,7 @@ import json
 import logging
 import pathlib
 import random
+import time
 
 import trio
 from nacl.signing import SigningKey
@@ -65,6 +66,7 @@ from opengrid.node.router import Router
 from opengrid.node.timing import TimingTrace
 from opengrid.node.trust import load_trusted
 from opengrid.node.worker_driver import WorkerDriver
+from opengrid.store.grant_store import GrantStore, open_grant_journal
 from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import open_ledger
 from opengrid.wire.messages import (
@@ -116,6 +118,8 @@ class Node:
         """The state this node's parts share."""
         self.public_key = self.ctx.public_key
         self._server: ManagedServer | None = None
+        self._grant_store: GrantStore | None = None
+        """Coordinators: the last day's starting-grant vouchers (the rate limit survives restarts)."""
         self.availability = Availability(self.ctx)
         self.ledger_service = LedgerService(self.ctx)
         self.coordinator_driver = CoordinatorDriver(self.ctx, self.ledger_service)
@@ -239,6 +243,8 @@ class Node:
             ctx.timing.close()
             if self.coordinator_driver.job_store is not None:
                 self.coordinator_driver.job_store.close()
+            if self._grant_store is not None:
+                self._grant_store.close()
             ctx.store.close()
             log.info("node stopped cleanly")
 
@@ -294,6 +300,7 @@ class Node:
                 )
                 driver = self.coordinator_driver
                 driver.job_store = JobStore(config.data_dir / JOBS_FILE)
+                self._grant_store = open_grant_journal(config.data_dir, ctx.coordinator.grants, time.time())
                 saved = driver.job_store.all()
                 if saved:
                     driver.resume(saved)
@@ -380,11 +387,19 @@ class Node:
         return self.api_service.api_models()
 
     async def api_submit(
-        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: PromptFormat
+        self,
+        *,
+        prompt: str,
+        model: str,
+        max_tokens: int,
+        replicas: int,
+        format: PromptFormat,
+        client: str = "",
     ) -> JobAccepted | ErrorReply:
-        """Run one verified job: on this node if it coordinates, else through its coordinator."""
+        """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
+        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
         return await self.api_service.api_submit(
-            prompt=prompt, model=model, max_tokens=max_tokens, replicas=replicas, format=format
+            prompt=prompt, model=model, max_tokens=max_tokens, replicas=replicas, format=format, client=client
         )
 
     # ── status ───────────────────────────────────────────────────────────────────────────────────────

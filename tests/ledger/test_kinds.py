@@ -225,7 +225,8 @@ def test_fraud_entry_freezes_the_forker_everywhere() -> None:
         witness.apply(spend_b)
     fraud = witness.fraud_payload(pub(USERS[0]))
     assert fraud == make_fraud(spend_b, spend_a)
-    proof = Author(WORKERS[4]).append(fraud)  # type: ignore[arg-type]
+    prover = Author(OTHER_COORDINATOR)
+    proof = prover.append(fraud)  # type: ignore[arg-type]
     # Another node saw only one branch; the FRAUD entry alone freezes the forker and undoes the spend.
     other = state()
     other.apply(g)
@@ -234,6 +235,25 @@ def test_fraud_entry_freezes_the_forker_everywhere() -> None:
     assert other.apply(proof) == [proof]
     assert other.is_frozen(pub(USERS[0])) and other.frozen() == {pub(USERS[0]): 2}
     assert other.balances() == witness.balances() == {pub(USERS[0]): GRANT}
+    # One proof per author is enough: the same author proving the same forker again is refused.
+    refused(other, prover.append(fraud), "one proof per author")  # type: ignore[arg-type]
+
+
+def test_a_fraud_proof_by_a_key_without_standing_freezes_but_waits() -> None:
+    """Keys are free: a proof by one with no credit, entry or coordinator role is not stored (it waits
+    in the bounded pool until its author has standing), yet receiving it still freezes the forker."""
+    forker_a, forker_b = Author(USERS[0]), Author(USERS[0])
+    g = grant(forker_a)
+    forker_b.seq, forker_b.prev = forker_a.seq, forker_a.prev
+    spend_a = forker_a.append(Transfer(pub(USERS[1]), 100))
+    spend_b = forker_b.append(Transfer(pub(USERS[2]), 100))
+    proof = Author(WORKERS[4]).append(make_fraud(spend_a, spend_b))
+    other = state()
+    other.apply(g)
+    other.apply(spend_a)
+    assert other.apply(proof) == []
+    assert other.is_frozen(pub(USERS[0])) and other.balances() == {pub(USERS[0]): GRANT}
+    assert proof not in other and other.pending_ids() == [proof.id]
 
 
 def test_bad_fraud_proofs_are_refused() -> None:

@@ -1,6 +1,7 @@
 """A fork seen by one node reaches every node: it publishes a FRAUD proof on the ledger gossip topic.
 
-Two real coordinators on 127.0.0.1 share a genesis whose minter X is a key the test holds. Node A is given
+Two real coordinators on 127.0.0.1 share a genesis whose minters are A and X, a key the test holds (a
+proof is stored only if its author has standing, spec/ledger.md §6.3: A's is being a minter). A is given
 both branches of X's fork at seq 1 (two receipts with one seq); node B only the first, so B alone could
 not know. A freezes X, authors a FRAUD entry and gossips it; B applies the proof and cuts X too: X's
 receipt no longer counts anywhere, and B does not publish a second proof.
@@ -34,7 +35,6 @@ async def test_a_fork_one_node_saw_freezes_the_forker_on_a_node_that_saw_one_bra
     tmp_path: pathlib.Path,
 ) -> None:
     genesis = tmp_path / "genesis.json"
-    genesis.write_bytes(encode_genesis(Genesis(network=NETWORK, coordinators=(pub(COORDINATOR),))))
     honest, forked = Author(COORDINATOR), Author(COORDINATOR)
     first = honest.append(make_receipt(job_id(1), [(WORKERS[0], 5)]))
     second = forked.append(make_receipt(job_id(2), [(WORKERS[1], 5)]))  # the same seq, another entry
@@ -53,6 +53,8 @@ async def test_a_fork_one_node_saw_freezes_the_forker_on_a_node_that_saw_one_bra
 
     async with trio.open_nursery() as nursery:
         a = Node(config("a"))
+        minters = (pub(COORDINATOR), a.public_key)
+        genesis.write_bytes(encode_genesis(Genesis(network=NETWORK, coordinators=minters)))
         await nursery.start(a.run)
         b = Node(config("b", bootstrap=a))
         await nursery.start(b.run)

@@ -13,12 +13,16 @@ import secrets
 import pytest
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import Settle, decode_body
+from opengrid_ledger import Genesis, Settle, decode_body, encode_genesis
 from opengrid_sdk.client import Client, Completion
 
+from opengrid.cli.demo import DemoNetwork
+from opengrid.core.grants import GRANTS_PER_OPERATOR
 from opengrid.errors import PaymentError
 from opengrid.node.config import NodeConfig
+from opengrid.node.identity import IDENTITY_FILE
 from opengrid.node.service import Node
+from opengrid.store.grant_store import GrantStore
 from opengrid.wire.messages import job_cost
 from tests.node.workers import paid_coordinator, start_workers
 
@@ -78,3 +82,51 @@ def test_the_require_payment_setting_reaches_the_coordinator(tmp_path: pathlib.P
     assert not Node(
         NodeConfig(data_dir=tmp_path / "d", role="coordinator")
     )._coordinator_config.require_payment
+
+
+def test_the_grant_rate_limit_survives_a_kill_9(tmp_path: pathlib.Path) -> None:
+    """Issue 15, item 10: the per-address voucher budget (3 a day) lived in memory, so a coordinator
+    killed and restarted gave the same address 3 fresh vouchers. Spend it on a real coordinator process,
+    kill -9 it, restart it on its data dir: the next identity from the same address is still refused,
+    and one vouched for before still gets its own voucher."""
+    seed = secrets.token_bytes(32)
+    net = DemoNetwork(tmp_path, model="", network=NETWORK)
+    data_dir = tmp_path / "coordinator"
+    data_dir.mkdir()
+    (data_dir / IDENTITY_FILE).write_bytes(seed)  # so the genesis can name its key before it starts
+    genesis = tmp_path / "genesis.json"
+    minter = bytes(SigningKey(seed).verify_key)
+    genesis.write_bytes(encode_genesis(Genesis(NETWORK, (minter,), grant_points=GRANT)))
+    seeds = [secrets.token_bytes(32) for _ in range(GRANTS_PER_OPERATOR + 1)]
+
+    def claim(address: str, seed: bytes) -> int:
+        with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+            return client.claim_grant()
+
+    try:
+        first = net.start("coordinator", "coordinator", extra_args=["--genesis", str(genesis)])
+        net.wait_ready(first)
+        for account in seeds[:-1]:  # every client here is on 127.0.0.1: one shared bucket
+            assert claim(first.addrs[0], account) == GRANT
+        with pytest.raises(PaymentError, match="spent"):
+            claim(first.addrs[0], seeds[-1])
+        first.process.kill()  # SIGKILL: no clean shutdown
+        first.process.wait(timeout=30)
+
+        again = net.start("coordinator", "coordinator", extra_args=["--genesis", str(genesis)])
+        net.wait_ready(again)
+        with pytest.raises(PaymentError, match="spent"):
+            claim(again.addrs[0], seeds[-1])
+        assert claim(again.addrs[0], seeds[0]) == GRANT  # a repeat costs nothing
+    finally:
+        net.stop()
+
+
+def test_the_grant_store_keeps_only_the_last_window(tmp_path: pathlib.Path) -> None:
+    store = GrantStore(tmp_path / "grants.sqlite3", window_s=100.0)
+    store.record(b"a" * 32, "local", 1000.0)
+    store.record(b"b" * 32, "1.2.3.4", 1050.0)
+    assert [account[:1] for _, _, account in store.recent(1090.0)] == [b"a", b"b"]
+    store.record(b"c" * 32, "local", 1120.0)  # a left the window: deleted, not just hidden
+    assert [account[:1] for _, _, account in store.recent(0.0)] == [b"b", b"c"]
+    store.close()
