@@ -1034,6 +1034,14 @@ class Coordinator:
         if job.single:  # the trusted worker let us down: the job falls back to the client's replicas
             job.single, job.replicas, job.target = False, job.request.replicas, job.request.replicas
         if job.failovers >= self.config.max_failovers:
+            if job.sealed:  # as when its workers are used up: the client seals afresh to others
+                failed = ", ".join(sorted({*job.failed, *job.invalid}))
+                return effects + self._fail(
+                    job_id,
+                    "no_capacity",
+                    f"{job.failovers + 1} workers failed on this sealed job ({failed}); quote again and "
+                    "seal the prompt to other workers under a fresh job id (the SDK does)",
+                )
             return effects + self._fail(
                 job_id, "verification_failed", f"{job.failovers} workers failed on this job; retry later"
             )

@@ -92,6 +92,20 @@ def test_a_sealed_job_whose_sealed_to_workers_die_fails_no_capacity_naming_them(
     assert isinstance(reply, JobAccepted) and len(reply.workers) == 2 and reply.sealed_outputs
 
 
+def test_a_sealed_job_out_of_failovers_fails_no_capacity_too() -> None:
+    """Sealed to more workers than the failover budget: the 5th failure ends the job, with the code
+    that makes the client seal afresh (an open job gets ``verification_failed`` there)."""
+    grid, names = _sealed_grid(n=8)
+    sealed_to = [names[f"w{i}"] for i in range(7)]
+    job = seal_job("x", peers=sealed_to, model="tiny", max_tokens=8, replicas=2)
+    effects, sent = _run(grid, job, dead=set(sealed_to))
+    reply = finished(effects)
+    assert isinstance(reply, ErrorReply) and reply.code == "no_capacity", reply
+    assert reply.message.startswith("5 workers failed on this sealed job")
+    # 2 replicas + 4 replacements sent; the 5th failure ends it while the 6th still runs (cancelled).
+    assert len(set(sent)) == 6 and sum(peer in reply.message for peer in sent) == 5
+
+
 def test_sealed_to_workers_that_answer_and_disagree_still_fail_verification() -> None:
     """``no_capacity`` means "workers failed": a disagreement among live workers keeps its own code."""
     grid, names = _sealed_grid(n=3)
