@@ -117,6 +117,10 @@ from opengrid.wire.messages import (
 
 _MAX_PUSH = 1024  # entries per ReceiptNotice (its wire limit)
 
+QUOTE_FRESH_BEATS = 1.5
+"""A quote draws first among workers heard from within this many heartbeats (``Coordinator.quote``):
+one beat, plus half of one for a beat that arrives late from a loaded worker."""
+
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -547,14 +551,39 @@ class Coordinator:
         ]
 
     def quote(
-        self, model: str, *, exposure: int, trusted: Sequence[str] = (), max_tokens: int = 0
+        self,
+        model: str,
+        *,
+        exposure: int,
+        trusted: Sequence[str] = (),
+        max_tokens: int = 0,
+        now: float | None = None,
     ) -> list[Candidate]:
         """Up to ``exposure`` workers of one numerical class for a sealed job of ``max_tokens`` (0: any
         length), chosen at random on distinct operators (only among ``trusted`` when given) from the class
-        the job itself would run on. The client seals its prompt to these."""
+        the job itself would run on. The client seals its prompt to these.
+
+        With ``now``, workers heard from within ``QUOTE_FRESH_BEATS`` heartbeats are drawn first and the
+        others only fill the places left (spec/sealed-mode.md §4): a worker that died a moment ago is still
+        online here until ``3 * heartbeat_s`` of silence, and a job sealed to it can only fail over to the
+        other workers it was sealed to. None: every online worker counts as fresh."""
         allowed = set(trusted) if trusted else None
         pool = choose_class(self._candidates(model, allowed=allowed, max_tokens=max_tokens))
-        return pick_workers(pool, exposure, exclude=(), rng=self._rng)
+        if now is None:
+            return pick_workers(pool, exposure, exclude=(), rng=self._rng)
+        fresh_s = QUOTE_FRESH_BEATS * self.config.heartbeat_s
+        stale = {c.peer for c in pool if now - self.workers[c.peer].last_seen > fresh_s}
+        chosen = pick_workers([c for c in pool if c.peer not in stale], exposure, exclude=(), rng=self._rng)
+        if len(chosen) < exposure and stale:
+            taken = {c.peer for c in chosen}
+            chosen += pick_workers(
+                [c for c in pool if c.peer in stale],
+                exposure - len(chosen),
+                exclude=taken,
+                rng=self._rng,
+                exclude_operators=self._operators(taken),
+            )
+        return chosen
 
     def weight(self, model: str, *, max_tokens: int = 0) -> int | None:
         """Points per generated token of ``model`` here, its weight (spec/ledger.md §7): what a job of it
@@ -665,6 +694,23 @@ class Coordinator:
                     ),
                 )
             ]
+        if sealed and capacity(candidates) < request.replicas and self._candidates(request.model):
+            # The model is served here, only not by enough of the workers the prompt was sealed to (they
+            # went offline since the quote): a fresh quote can do (spec/sealed-mode.md §5).
+            offline = sorted(p for p in sealed if p not in self.workers or not self.workers[p].online)
+            return [
+                FinishJob(
+                    job_id,
+                    ErrorReply(
+                        "no_capacity",
+                        f"only {capacity(candidates)} of the {len(sealed)} workers this sealed job was "
+                        f"sealed to can run it now, fewer than {request.replicas} replicas; offline: "
+                        f"{', '.join(offline) or 'none'}; quote again and seal the prompt to other workers "
+                        "under a fresh job id (the SDK does)",
+                        job_id,
+                    ),
+                )
+            ]
         if not candidates:
             served = ", ".join(self.served_models()) or "none yet"
             return [
@@ -752,6 +798,13 @@ class Coordinator:
                 job.request.model, allowed=job.sealed or None, max_tokens=job.request.max_tokens
             )
             if not any(self._has_slot(c.peer) for c in candidates):
+                if job.sealed and not job.pending and job.tried().issuperset(c.peer for c in candidates):
+                    # None of the workers it was sealed to is online and untried (they died or went
+                    # silent while it waited): fail it now, not at its deadline, so that the client
+                    # seals afresh to others (spec/sealed-mode.md §5). An open job waits on: its pool
+                    # is every worker, back online with their next heartbeat.
+                    effects += self._refill(job, now)
+                    continue
                 full.add(wanted)
                 continue
             effects += self._refill(job, now)
@@ -828,6 +881,13 @@ class Coordinator:
                 return effects
         self._queue.served(job_id, done=True)
         if not job.pending and len(job.results) + len(chosen) < job.target:
+            if job.sealed and (job.failed or not job.results):
+                # Only the sealed-to workers can run it, and failures (or silence) used them up: a fresh
+                # quote and a fresh seal can still succeed on others, which ``no_capacity`` tells the
+                # client to try (spec/sealed-mode.md §5). A disagreement alone stays
+                # ``verification_failed``.
+                effects += self._fail(job_id, "no_capacity", self._sealed_used_up(job))
+                return effects
             effects += self._fail(
                 job.request.job_id,
                 "verification_failed" if job.results else "no_capacity",
@@ -835,6 +895,21 @@ class Coordinator:
                 f"{len(job.failed)} worker(s) failed; add workers or lower replicas",
             )
         return effects
+
+    def _sealed_used_up(self, job: _Job) -> str:
+        """Why a sealed job has no worker left: which of the workers it was sealed to failed or are
+        offline, by full peer id (the SDK re-quotes without them; spec/sealed-mode.md §5)."""
+        failed = sorted(set(job.failed))
+        offline = sorted(
+            p for p in job.sealed if p not in failed and (p not in self.workers or not self.workers[p].online)
+        )
+        return (
+            f"the workers this sealed job was sealed to are used up: {len(failed)} of {len(job.sealed)} "
+            f"failed ({', '.join(failed) or 'none'}), "
+            f"{len(offline)} offline ({', '.join(offline) or 'none'}), "
+            f"{len(job.results)} result(s) without quorum; quote again and seal the prompt to other workers "
+            "under a fresh job id (the SDK does)"
+        )
 
     def _runs_alone(self, job: _Job, lead: Candidate) -> bool:
         """Adaptive replication: does this job run on its lead worker alone (a trusted single result)?"""
@@ -959,6 +1034,14 @@ class Coordinator:
         if job.single:  # the trusted worker let us down: the job falls back to the client's replicas
             job.single, job.replicas, job.target = False, job.request.replicas, job.request.replicas
         if job.failovers >= self.config.max_failovers:
+            if job.sealed:  # as when its workers are used up: the client seals afresh to others
+                failed = ", ".join(sorted({*job.failed, *job.invalid}))
+                return effects + self._fail(
+                    job_id,
+                    "no_capacity",
+                    f"{job.failovers + 1} workers failed on this sealed job ({failed}); quote again and "
+                    "seal the prompt to other workers under a fresh job id (the SDK does)",
+                )
             return effects + self._fail(
                 job_id, "verification_failed", f"{job.failovers} workers failed on this job; retry later"
             )

@@ -45,7 +45,11 @@ class CoordinatorRequests:
         coordinator = self._ctx.coordinator
         assert coordinator is not None
         chosen = coordinator.quote(
-            message.model, exposure=message.exposure, trusted=message.trusted, max_tokens=message.max_tokens
+            message.model,
+            exposure=message.exposure,
+            trusted=message.trusted,
+            max_tokens=message.max_tokens,
+            now=trio.current_time(),
         )
         if len(chosen) < message.replicas and message.max_tokens:
             any_length = coordinator.quote(message.model, exposure=MAX_EXPOSURE, trusted=message.trusted)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.messages import NodeStatus, Priority
-from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion
+from opengrid_sdk.client import DEFAULT_MODEL, SEALED_RETRIES, Client, Completion
 from opengrid_sdk.receipts import HistoryItem
 
 _DONE = object()
@@ -67,8 +67,10 @@ class AsyncClient:
         exposure: int | None = None,
         trusted: Sequence[str] = (),
         priority: Priority = "interactive",
+        retries: int = SEALED_RETRIES,
     ) -> Completion:
-        """See ``Client.complete`` (sealed by default)."""
+        """See ``Client.complete`` (sealed by default; a sealed job whose workers failed is sealed to
+        others and resubmitted, at most ``retries`` times)."""
         return await asyncio.to_thread(
             self._client.complete,
             prompt,
@@ -79,6 +81,7 @@ class AsyncClient:
             exposure=exposure,
             trusted=trusted,
             priority=priority,
+            retries=retries,
         )
 
     async def stream(

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, TypeGuard, TypeVar
 
 import msgspec
 import trio
@@ -76,6 +76,8 @@ from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
 
 T = TypeVar("T")
 DEFAULT_MODEL = "smollm2-135m-instruct"
+SEALED_RETRIES = 2
+"""Times ``complete`` re-quotes, re-seals and resubmits a sealed job whose workers failed (fresh job ids)."""
 
 _ERRORS: dict[str, type[OpenGridError]] = {
     "unknown_model": UnknownModelError,
@@ -106,6 +108,9 @@ class Completion:
     coordinator: str
     sealed: bool = False
     """True if the coordinator never saw the prompt or the answer (sealed mode)."""
+    resealed: tuple[bytes, ...] = ()
+    """Job ids of this call's earlier sealed submissions that ran out of the workers they were sealed to
+    (``no_capacity``); each was followed by a fresh quote, a fresh seal and a fresh job id."""
 
 
 def _job(
@@ -388,6 +393,7 @@ class Client:
         exposure: int | None = None,
         trusted: Sequence[str] = (),
         priority: Priority = "interactive",
+        retries: int = SEALED_RETRIES,
     ) -> Completion:
         """Run ``prompt`` on ``replicas`` workers, verify their agreement, and return the result.
 
@@ -396,17 +402,28 @@ class Client:
         coordinator sees only ciphertext and commitments. ``sealed=False`` is open mode: the coordinator
         sees the prompt and the answer.
 
+        A sealed job can only run on the workers it was sealed to. When they fail or go offline before
+        it is verified (the coordinator answers ``no_capacity``), the job is quoted, sealed and submitted
+        again under a fresh job id, at most ``retries`` times (spec/sealed-mode.md §5); the coordinator
+        has taken the failed workers offline, so the new quote names others. Each new seal shows the
+        prompt to the newly quoted workers too. A paid job's HOLD was refunded; the next one is the next
+        link of this identity's chain. Open jobs fail over inside the coordinator and are not resubmitted.
+
         The receipt is verified before this returns (signature, commitment, attestations); a mismatch
         raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
         ``priority="batch"``: while the coordinator's workers are busy, the job waits behind interactive
         jobs (spec/job-protocol.md §8.1).
         """
+        if retries < 0:
+            raise ConfigError(f"retries must be >= 0 (got {retries})")
         if self._payer is not None:
             with self._paying:
                 return self._complete(
-                    prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority
+                    prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries
                 )
-        return self._complete(prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority)
+        return self._complete(
+            prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries
+        )
 
     @property
     def account(self) -> bytes | None:
@@ -423,6 +440,7 @@ class Client:
         exposure: int | None,
         trusted: Sequence[str],
         priority: Priority = "interactive",
+        retries: int = SEALED_RETRIES,
     ) -> Completion:
         if not sealed:
             request = self._paid(_job(prompt, model, max_tokens, replicas, stream=False, priority=priority))
@@ -432,20 +450,33 @@ class Client:
         quote_request = QuoteRequest(
             model=model, replicas=replicas, exposure=cap, trusted=list(trusted), max_tokens=max_tokens
         )
-        coordinator, quote = self._to_coordinator(quote_request)
-        if isinstance(quote, ErrorReply):
-            raise _ERRORS.get(quote.code, JobError)(quote.message)
-        if not isinstance(quote, Quote):
-            raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
-        peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
-        job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
-        job = dataclasses.replace(
-            job, request=self._paid(msgspec.structs.replace(job.request, priority=priority), quote.weight)
-        )
-        peer, reply = self._to_coordinator(job.request)
-        if peer != coordinator:
-            raise RemoteProtocolError("the coordinator's address answered as another peer mid-job")
-        return self._completion(job.request, peer, reply, sealed=job)
+        resealed: list[bytes] = []
+        while True:  # bounded: at most retries + 1 rounds of quote, seal and submission
+            coordinator, quote = self._to_coordinator(quote_request)
+            if isinstance(quote, ErrorReply):
+                raise _ERRORS.get(quote.code, JobError)(quote.message)
+            if not isinstance(quote, Quote):
+                raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
+            peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
+            job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
+            job = dataclasses.replace(
+                job, request=self._paid(msgspec.structs.replace(job.request, priority=priority), quote.weight)
+            )
+            peer, reply = self._to_coordinator(job.request)
+            if peer != coordinator:
+                raise RemoteProtocolError("the coordinator's address answered as another peer mid-job")
+            if _sealed_to_workers_gone(reply) and len(resealed) < retries:
+                # The workers it was sealed to failed or went offline (the coordinator now counts them
+                # offline): seal afresh to the workers a new quote names, under a new job id.
+                resealed.append(job.request.job_id)
+                continue
+            if _sealed_to_workers_gone(reply) and resealed:
+                raise NoCapacityError(
+                    f"{reply.message} (sealed afresh and resubmitted {len(resealed)} time(s) already; "
+                    "wait for workers, or lower replicas)"
+                )
+            done = self._completion(job.request, peer, reply, sealed=job)
+            return dataclasses.replace(done, resealed=tuple(resealed))
 
     def balance(self, account: bytes | None = None) -> int:
         """Spendable points of ``account`` (default: this client's identity) in the coordinator's ledger;
@@ -692,6 +723,14 @@ class Client:
             coordinator=peer,
             sealed=sealed is not None,
         )
+
+
+def _sealed_to_workers_gone(reply: Message) -> TypeGuard[ErrorReply]:
+    """Did a sealed submission fail because the workers it was sealed to cannot run it (failed, offline)?
+
+    The coordinator answers ``no_capacity`` exactly then, once the quote said enough workers serve the
+    model (spec/sealed-mode.md §5, §8): a fresh quote and seal can succeed on other workers."""
+    return isinstance(reply, ErrorReply) and reply.code == "no_capacity"
 
 
 _DHT_PROBES = 4

@@ -1,0 +1,164 @@
+"""A job survives worker deaths (issue 16), against real node processes and the tiny model.
+
+A sealed job may only run on the workers its prompt was sealed to. Here most of them are SIGKILLed
+between the quote and the submission — dead, but not yet known to be by the coordinator — and the client
+still gets a verified answer: the coordinator ends the job ``no_capacity`` naming them, and the SDK quotes,
+seals and submits again under a fresh job id (spec/sealed-mode.md §5). Paid jobs too: the first HOLD is
+refunded and the next one is the next link of the payer's chain.
+
+The kill is timed by wrapping the SDK's ``check_quote`` (the real one still runs): it is the moment the
+client knows which workers it is about to seal to and has not submitted yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from opengrid_sdk import AsyncClient, Client, Completion
+from opengrid_sdk import client as client_module
+from opengrid_sdk.sealed import check_quote
+
+from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
+from opengrid.net.keys import public_key_of
+from opengrid.wire.messages import Quote
+from tests.e2e.test_network import direct_llama
+
+pytestmark = pytest.mark.slow
+NETWORK = "opengrid-deaths"
+MAX_TOKENS = 8
+
+
+class Killer:
+    """Wraps ``check_quote``: on the next quote, SIGKILL ``count`` of the quoted workers (never one of
+    ``spare``) before the client seals to them."""
+
+    def __init__(self, workers: list[DemoNode]) -> None:
+        self.by_peer = {w.peer_id: w for w in workers}
+        self.count = 0
+        self.spare: set[str] = set()
+        self.killed: list[DemoNode] = []
+        self.quotes = 0
+
+    def __call__(
+        self, quote: Quote, *, trusted: list[str] | None, exposure: int | None = None, replicas: int = 1
+    ) -> list[str]:
+        peers = check_quote(quote, trusted=trusted, exposure=exposure, replicas=replicas)
+        self.quotes += 1
+        victims = [p for p in peers if p not in self.spare][: self.count]
+        for peer in victims:
+            node = self.by_peer[peer]
+            node.process.send_signal(signal.SIGKILL)
+            node.process.wait(timeout=10)
+            self.killed.append(node)
+        self.count = 0
+        return peers
+
+
+@pytest.fixture
+def network(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> Iterator[tuple[DemoNetwork, str]]:
+    net = DemoNetwork(tmp_path, model=str(tiny_model_path), network=NETWORK)
+    try:
+        coordinator = net.start("coordinator", "coordinator", extra_args=["--plain-verification"])
+        net.wait_ready(coordinator)
+        address = coordinator.addrs[0]
+        workers = [net.start(f"worker-{i}", "worker", bootstrap=address) for i in range(1, 7)]
+        for worker in workers:
+            net.wait_ready(worker)
+        yield net, address
+    finally:
+        net.stop()
+
+
+def _check(done: Completion, model: pathlib.Path, prompt: str, dead: set[str]) -> None:
+    assert (done.text, done.tokens) == direct_llama(model, prompt, MAX_TOKENS)
+    done.receipt.verify(tokens=done.tokens, text=done.text, job_id=done.job_id)
+    assert len(done.workers) == 2 and not dead & set(done.workers)
+
+
+def test_sealed_jobs_survive_the_death_of_the_workers_they_were_sealed_to(
+    network: tuple[DemoNetwork, str], tiny_model_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, address = network
+    workers = [n for n in net.nodes if n.role == "worker"]
+    killer = Killer(workers)
+    monkeypatch.setattr(client_module, "check_quote", killer)
+    with Client([address], network=NETWORK, timeout=90) as client:
+        wait_for_workers(client, 6, timeout=120)
+        started = time.monotonic()
+
+        # 3 of the 4 workers quoted die before the submission: with 2 replicas the first seal cannot
+        # reach quorum, so the answer must come from a second seal, to other workers.
+        killer.count = 3
+        prompt = "The capital of France is"
+        done = client.complete(prompt, model="tiny", max_tokens=MAX_TOKENS, replicas=2)
+        dead = {n.peer_id for n in killer.killed}
+        assert len(dead) == 3 and all(n.process.returncode == -signal.SIGKILL for n in killer.killed)
+        _check(done, tiny_model_path, prompt, dead)
+        assert 1 <= len(done.resealed) <= 2 and done.job_id not in done.resealed
+        assert killer.quotes == 1 + len(done.resealed)
+        first_took = time.monotonic() - started
+
+        # Jobs right after, on the three survivors: each gets its verified answer.
+        for prompt in ("Volunteer computing means", "Once upon a time,"):
+            done = client.complete(prompt, model="tiny", max_tokens=MAX_TOKENS, replicas=2)
+            _check(done, tiny_model_path, prompt, dead)
+
+        # The asyncio client re-seals the same way: one more of the three survivors dies after its quote
+        # (exposure = replicas: the job is sealed to exactly two workers, one of them now dead).
+        async def asynchronous() -> Completion:
+            async with await AsyncClient.connect([address], network=NETWORK, timeout=90) as aclient:
+                killer.count = 1
+                return await aclient.complete(
+                    "Twice two is", model="tiny", max_tokens=MAX_TOKENS, replicas=2, exposure=2
+                )
+
+        done = asyncio.run(asynchronous())
+        dead = {n.peer_id for n in killer.killed}
+        assert len(dead) == 4
+        _check(done, tiny_model_path, "Twice two is", dead)
+        assert done.resealed
+        took = time.monotonic() - started
+    print(f"first job with 3 of 4 sealed-to workers dead: {first_took:.1f} s; all four jobs: {took:.1f} s")
+    assert took < 120
+
+
+def test_a_paid_sealed_job_is_resealed_and_paid_once(
+    network: tuple[DemoNetwork, str], tiny_model_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, address = network
+    workers = [n for n in net.nodes if n.role == "worker"]
+    payer = workers[0]
+    payer_key = public_key_of(payer.peer_id)
+    cost = MAX_TOKENS * 2  # job_cost(max_tokens, replicas=2) at weight 1 (the tiny model)
+    killer = Killer(workers)
+    killer.spare = {payer.peer_id}
+    monkeypatch.setattr(client_module, "check_quote", killer)
+    with Client([address], network=NETWORK, timeout=90) as client:
+        wait_for_workers(client, 6, timeout=120)
+        for i in range(20):  # the payer earns its points first (bounded)
+            if client.status().balances.get(payer_key.hex(), 0) >= cost:
+                break
+            client.complete(f"Earning {i}", model="tiny", max_tokens=MAX_TOKENS, replicas=6, sealed=False)
+        seed = (payer.data_dir / "identity.key").read_bytes()
+        with Client([address], network=NETWORK, timeout=90, identity_seed=seed) as paying:
+            before = paying.status().balances
+            killer.count = 1  # sealed to two workers (exposure = replicas), one dies: sealed afresh
+            prompt = "Paid for"
+            done = paying.complete(prompt, model="tiny", max_tokens=MAX_TOKENS, replicas=2, exposure=2)
+            after = paying.status().balances
+    dead = {n.peer_id for n in killer.killed}
+    assert len(dead) == 1 and done.resealed
+    _check(done, tiny_model_path, prompt, dead)
+    # The failed seal's HOLD was refunded: the payer paid for the verified job only, once.
+    n = len(done.tokens)
+    expected = dict(before)
+    for key, points in done.receipt.credits.items():
+        expected[key.hex()] = expected.get(key.hex(), 0) + points + n
+    expected[payer_key.hex()] = expected.get(payer_key.hex(), 0) - n * len(done.receipt.credits)
+    for account, balance in expected.items():
+        assert after.get(account, 0) == balance, account
