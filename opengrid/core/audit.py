@@ -10,6 +10,10 @@ with temperature by construction (a gap is ``T`` times a perturbed-score differe
 
 :func:`evidence_commitment` hashes the evidence in a canonical encoding: an auditor signs it with its
 verdict, so an auditor that lied ("pass" on a wrong output) is provable later by anyone who re-scores.
+
+This module also holds the sampler's plain data (:class:`SamplingParams`, :class:`PositionEvidence`) and
+imports no numpy: a coordinator judges evidence without loading it. The numpy side (choosing tokens and
+computing evidence from logits) is :mod:`opengrid.core.sampling`.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from opengrid.core.sampling import PositionEvidence, SamplingParams
 from opengrid.errors import JobError
 
 __all__ = [
     "DEFAULT_GAP_TOLERANCE",
     "EVIDENCE_DOMAIN",
+    "MAX_JOB_ID_BYTES",
+    "MAX_SEED",
     "AuditPolicy",
     "AuditVerdict",
+    "PositionEvidence",
+    "SamplingParams",
     "evidence_commitment",
     "judge",
 ]
@@ -39,6 +46,61 @@ DEFAULT_GAP_TOLERANCE = 0.5
 
 EVIDENCE_DOMAIN = b"opengrid/audit-evidence/v1"
 """Domain-separation prefix of :func:`evidence_commitment`."""
+
+
+MAX_SEED = 2**64 - 1
+"""Client seeds are unsigned 64-bit integers."""
+
+MAX_JOB_ID_BYTES = 255
+"""Job ids longer than this cannot be encoded in the noise key or the evidence commitment."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How a job's tokens are chosen; part of what the client asks for and what an auditor checks."""
+
+    temperature: float = 0.0
+    """0.0: greedy (argmax). > 0: Gumbel-max over ``logits / temperature``. At most 10."""
+    top_k: int = 0
+    """Keep the ``top_k`` highest logits (ties by lower id) before choosing; 0 keeps all."""
+    top_p: float = 1.0
+    """Then keep the smallest prefix (same order) whose softmax(logits / T) mass reaches ``top_p``;
+    1.0 keeps all. In (0, 1]."""
+    seed: int = 0
+    """The client's seed, 0..2**64-1: with the job id it fixes the noise."""
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.temperature <= 10.0) or math.isnan(self.temperature):
+            raise JobError(f"temperature must be in [0, 10] (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise JobError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise JobError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not (0 <= self.seed <= MAX_SEED):
+            raise JobError(f"seed must be in 0..2**64-1, got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when the choice is the plain argmax (temperature 0): seed and masks do not matter."""
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class PositionEvidence:
+    """What an auditor's model thinks of one claimed token (spec §12.1); plain floats, canonical order."""
+
+    token: int
+    """The claimed token id."""
+    logprob: float
+    """log softmax(logits) of the claimed token (temperature 1: the model's own belief)."""
+    gap: float
+    """In logits: ``T * (best masked perturbed score - claimed token's perturbed score)`` (``T = 1``
+    for greedy); 0 when the claimed token is the auditor's own choice, >= 0 always."""
+    rank: int
+    """Tokens ahead of the claimed one in logit order (0 = the argmax; ties by lower id)."""
+    mask_margin: float
+    """In logits: how far below the lowest logit the masks keep the claimed token's logit lies; 0 when
+    the masks keep it (always 0 for greedy or with no mask)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +189,8 @@ def evidence_commitment(job_id: bytes, params: SamplingParams, evidence: Sequenc
     u64be seed || u32be count || count x (u32be token || f64be logprob || f64be gap || u32be rank ||
     f64be mask_margin)``. Floats are IEEE 754 binary64 exactly as reported.
     """
-    if len(job_id) > 255:
-        raise JobError(f"a job id is at most 255 bytes, got {len(job_id)}")
+    if len(job_id) > MAX_JOB_ID_BYTES:
+        raise JobError(f"a job id is at most {MAX_JOB_ID_BYTES} bytes, got {len(job_id)}")
     digest = hashlib.sha256()
     digest.update(EVIDENCE_DOMAIN + bytes([len(job_id)]) + job_id)
     digest.update(_PARAMS.pack(params.temperature, params.top_k, params.top_p, params.seed))

@@ -14,6 +14,9 @@ the prover should have chosen from its own logits and measure how far the claime
   best perturbed scores, so the auditor's tolerance is the same gap test as for greedy (measured:
   shared/notes/verification.md).
 
+The plain data (:class:`SamplingParams`, :class:`PositionEvidence`) lives in :mod:`opengrid.core.audit`,
+which imports no numpy, so a coordinator can judge evidence without loading it; it is re-exported here.
+
 Everything here is numpy over one row of logits (a 49k-token vocabulary costs ~1 ms per position).
 Gaps are reported in **logits** (perturbed-score differences multiplied by ``T``), so one tolerance
 serves every temperature: an arithmetic difference of δ logits moves a perturbed score by δ/T.
@@ -24,11 +27,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from opengrid.core.audit import MAX_JOB_ID_BYTES, MAX_SEED, PositionEvidence, SamplingParams
 from opengrid.errors import JobError, VerificationError
 
 __all__ = [
@@ -48,47 +51,12 @@ __all__ = [
 NOISE_DOMAIN = b"opengrid/sampling/gumbel/v1"
 """Domain-separation prefix of the per-position key (spec/verification.md §11.2)."""
 
-MAX_SEED = 2**64 - 1
-"""Client seeds are unsigned 64-bit integers."""
-
-MAX_JOB_ID_BYTES = 255
-
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _TWO_POW_MINUS_52 = 2.0**-52
 
 Logits = npt.NDArray[np.floating]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How a job's tokens are chosen; part of what the client asks for and what an auditor checks."""
-
-    temperature: float = 0.0
-    """0.0: greedy (argmax). > 0: Gumbel-max over ``logits / temperature``. At most 10."""
-    top_k: int = 0
-    """Keep the ``top_k`` highest logits (ties by lower id) before choosing; 0 keeps all."""
-    top_p: float = 1.0
-    """Then keep the smallest prefix (same order) whose softmax(logits / T) mass reaches ``top_p``;
-    1.0 keeps all. In (0, 1]."""
-    seed: int = 0
-    """The client's seed, 0..2**64-1: with the job id it fixes the noise."""
-
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.temperature <= 10.0) or math.isnan(self.temperature):
-            raise JobError(f"temperature must be in [0, 10] (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise JobError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise JobError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not (0 <= self.seed <= MAX_SEED):
-            raise JobError(f"seed must be in 0..2**64-1, got {self.seed}")
-
-    @property
-    def greedy(self) -> bool:
-        """True when the choice is the plain argmax (temperature 0): seed and masks do not matter."""
-        return self.temperature == 0.0
 
 
 def noise_key(job_id: bytes, seed: int, position: int) -> int:
@@ -215,24 +183,6 @@ def choose(logits: Logits, params: SamplingParams, job_id: bytes, position: int)
     scores = perturbed_scores(logits, params, job_id, position)
     scores[~candidate_mask(logits, params)] = -np.inf
     return int(np.argmax(scores))
-
-
-@dataclass(frozen=True)
-class PositionEvidence:
-    """What an auditor's model thinks of one claimed token (spec §12.1); plain floats, canonical order."""
-
-    token: int
-    """The claimed token id."""
-    logprob: float
-    """log softmax(logits) of the claimed token (temperature 1: the model's own belief)."""
-    gap: float
-    """In logits: ``T * (best masked perturbed score - claimed token's perturbed score)`` (``T = 1``
-    for greedy); 0 when the claimed token is the auditor's own choice, >= 0 always."""
-    rank: int
-    """Tokens ahead of the claimed one in logit order (0 = the argmax; ties by lower id)."""
-    mask_margin: float
-    """In logits: how far below the lowest logit the masks keep the claimed token's logit lies; 0 when
-    the masks keep it (always 0 for greedy or with no mask)."""
 
 
 def score_position(
