@@ -161,15 +161,15 @@ def test_scoring_leaves_generation_unchanged(auditor: LlamaEngine) -> None:
     assert generate(auditor, PROMPTS[1]) == before
 
 
+# Prompts on which the f32-KV engine's greedy output parts from the default's early (measured positions
+# 5, 26, 15, 18, 4, 4 of 64 tokens), so 32 tokens show the difference at a sixth of the cost.
 SMOL_PROMPTS = [
     "The capital of France is",
-    "def fibonacci(n):",
-    "Q: Why is the sky blue?\nA:",
-    "Explain photosynthesis simply:",
-    "The weather today is",
-    "Step 1: open the box. Step 2:",
-    "Dear John, I am writing to",
     "Once upon a time, in a small village,",
+    "Q: Why is the sky blue?\nA:",
+    "import numpy as np\n",
+    "The history of Rome began",
+    "The weather today is",
 ]
 
 
@@ -179,7 +179,8 @@ def test_honest_heterogeneity_exact_comparison_fails_and_the_audit_accepts_all()
 
     Measured when written (16 prompts x 64 tokens): the f32 engine's greedy output differs from the
     default's on 9 of 16 prompts (first differing positions 4-63), n_batch = 1 on 2 of 16; the audit's
-    largest gap was 0.34 logits, and 0.39 for Gumbel-max samples at T = 0.8.
+    largest gap was 0.34 logits, and 0.39 for Gumbel-max samples at T = 0.8. One thread each: on a
+    loaded 2-core machine llama.cpp's spin-waiting threads slow each other down many times over.
     """
     try:
         model = resolve_model("smollm2-135m-instruct")
@@ -187,11 +188,11 @@ def test_honest_heterogeneity_exact_comparison_fails_and_the_audit_accepts_all()
         pytest.skip(f"SmolLM2 is not installed: {exc}")
     differ = 0
     with (
-        LlamaEngine(model, n_threads=2) as auditor,
-        LlamaEngine(model, n_threads=2, kv_cache_type="f32") as prover,
+        LlamaEngine(model, n_threads=1) as auditor,
+        LlamaEngine(model, n_threads=1, kv_cache_type="f32") as prover,
     ):
         for prompt in SMOL_PROMPTS:
-            request = GenerationRequest(prompt=prompt, max_tokens=48)
+            request = GenerationRequest(prompt=prompt, max_tokens=32)
             claim, own = prover.generate(request), auditor.generate(request)
             differ += claim.tokens != own.tokens
             scoring = auditor.score(
@@ -199,4 +200,4 @@ def test_honest_heterogeneity_exact_comparison_fails_and_the_audit_accepts_all()
             )
             verdict = judge(scoring.evidence)
             assert verdict.accepted, (prompt, verdict)
-    assert differ >= 2, f"exact comparison failed on only {differ} of {len(SMOL_PROMPTS)} prompts"
+    assert differ >= 3, f"exact comparison failed on only {differ} of {len(SMOL_PROMPTS)} prompts"
