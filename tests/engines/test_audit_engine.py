@@ -201,3 +201,13 @@ def test_honest_heterogeneity_exact_comparison_fails_and_the_audit_accepts_all()
             verdict = judge(scoring.evidence)
             assert verdict.accepted, (prompt, verdict)
     assert differ >= 3, f"exact comparison failed on only {differ} of {len(SMOL_PROMPTS)} prompts"
+
+
+def test_a_prompt_longer_than_one_batch_is_scored_row_for_row(tiny_info: ModelInfo) -> None:
+    # 600+ prompt tokens: the eval runs in two batches of 512; a misplaced row would show a nonzero rank.
+    prompt = " ".join(WORDS * 9)  # ~650 tokens of the character-level vocabulary
+    with LlamaEngine(tiny_info, n_threads=1, n_ctx=1024) as engine:
+        assert 600 < len(engine.tokenize(prompt)) < 1024 - N
+        tokens = generate(engine, prompt)
+        evidence = engine.score(ScoreRequest(prompt=prompt, tokens=tokens, stopped=False)).evidence
+    assert [e.rank for e in evidence] == [0] * N
