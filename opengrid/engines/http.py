@@ -24,6 +24,10 @@ Token ids, per backend (the node needs ids, the OpenAI API returns text):
   sequence token among the outputs, so when a choice stops on EOS (``finish_reason="stop"`` with no
   ``stop_reason``) its last id is dropped. *Not run in this repository's CI (no GPU)*.
 
+Audits (:meth:`HttpEngine.score`, spec/verification.md §12): greedy claims on llama_cpp.server started
+with ``logits_all`` (``ManagedServer(logits_all=True)``), through ``echo`` + ``logprobs``; the method's
+docstring lists what that server cannot give and is refused.
+
 Numerical class: the contract's ``backend`` is the HTTP backend name, never ``"llama.cpp"``: an attached
 server's batch size, flash-attention and KV-cache type cannot be checked from outside, so its results are
 compared only with results of the same backend and version.
