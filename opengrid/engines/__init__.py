@@ -1,7 +1,7 @@
 """Inference engines (a driver ring): load a GGUF model and generate tokens under a decoding contract.
 
-- :mod:`.base`: the :class:`Engine` protocol and its plain data (``ModelInfo``, ``GenerationRequest``,
-  ``Generation``);
+- :mod:`.base`: the :class:`Engine` and :class:`ScoringEngine` protocols and their plain data
+  (``ModelInfo``, ``GenerationRequest``, ``Generation``, ``ScoreRequest``, ``Scoring``);
 - :mod:`.llama`: :class:`LlamaEngine`, llama.cpp in this process;
 - :mod:`.http`: :class:`HttpEngine` over an OpenAI-compatible server (llama_cpp.server, vLLM) and
   :class:`ManagedServer`, which runs one as a child process;
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
         Generation,
         GenerationRequest,
         ModelInfo,
+        ScoreRequest,
+        Scoring,
+        ScoringEngine,
     )
     from opengrid.engines.catalog import CATALOG, CatalogEntry, catalog_entry, pick_model_for_memory
     from opengrid.engines.http import BACKENDS, HttpBackend, HttpEngine, ManagedServer
@@ -50,7 +53,18 @@ if TYPE_CHECKING:
 _SUBMODULE = {
     **dict.fromkeys(["LazyEngine", "SwappedModelEngine", "WrongTokensEngine"], "adversarial"),
     **dict.fromkeys(
-        ["DEFAULT_N_CTX", "Engine", "FinishReason", "Generation", "GenerationRequest", "ModelInfo"], "base"
+        [
+            "DEFAULT_N_CTX",
+            "Engine",
+            "FinishReason",
+            "Generation",
+            "GenerationRequest",
+            "ModelInfo",
+            "ScoreRequest",
+            "Scoring",
+            "ScoringEngine",
+        ],
+        "base",
     ),
     **dict.fromkeys(["CATALOG", "CatalogEntry", "catalog_entry", "pick_model_for_memory"], "catalog"),
     **dict.fromkeys(["BACKENDS", "HttpBackend", "HttpEngine", "ManagedServer"], "http"),
@@ -106,6 +120,9 @@ __all__ = [
     "LlamaEngine",
     "ManagedServer",
     "ModelInfo",
+    "ScoreRequest",
+    "Scoring",
+    "ScoringEngine",
     "SwappedModelEngine",
     "WrongTokensEngine",
     "catalog_entry",

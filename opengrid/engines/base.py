@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from opengrid.core.audit import PositionEvidence, SamplingParams
 from opengrid.wire.contract import DecodingContract
 
-__all__ = ["DEFAULT_N_CTX", "Engine", "FinishReason", "Generation", "GenerationRequest", "ModelInfo"]
+__all__ = [
+    "DEFAULT_N_CTX",
+    "Engine",
+    "FinishReason",
+    "Generation",
+    "GenerationRequest",
+    "ModelInfo",
+    "ScoreRequest",
+    "Scoring",
+    "ScoringEngine",
+]
 
 DEFAULT_N_CTX = 2048
 """Context window (prompt + generated tokens) an engine is loaded with unless told otherwise."""
@@ -54,6 +65,11 @@ class GenerationRequest:
     add_bos: bool = True
     """Prepend the model's BOS token. False for prompts rendered from a chat template, which carry their
     own special tokens (llama.cpp's chat completion tokenizes them the same way)."""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """How tokens are chosen (spec/verification.md §11); the default is greedy. Engines that choose with
+    ``opengrid.core.sampling`` honour every field; others support greedy only."""
+    job_id: bytes = b""
+    """The job's id: with ``sampling.seed`` it fixes the sampling noise, so an auditor can recompute it."""
 
 
 @runtime_checkable
@@ -98,4 +114,40 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the model; idempotent. ``generate`` raises ``EngineError`` afterwards."""
+        ...
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """An audit: what the model thinks of a claimed output of ``prompt`` (spec/verification.md §12)."""
+
+    prompt: str
+    """The job's prompt, tokenized by the auditor exactly as :class:`GenerationRequest` is."""
+    tokens: tuple[int, ...]
+    """The claimed output tokens (no end-of-generation token)."""
+    stopped: bool
+    """The claim ended with an end-of-generation token (``finish_reason == "stop"``): one more position
+    is scored, whose claimed token is the best-scoring end-of-generation token."""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    job_id: bytes = b""
+    add_bos: bool = True
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Per-position evidence of one audit: ``evidence[i]`` is output position ``i``."""
+
+    evidence: tuple[PositionEvidence, ...]
+    prompt_tokens: int
+    """Tokens the prompt took (the auditor's tokenization)."""
+
+
+@runtime_checkable
+class ScoringEngine(Protocol):
+    """An engine that can audit: one forward pass over prompt + claimed tokens, evidence per position."""
+
+    def score(self, request: ScoreRequest) -> Scoring:
+        """Score a claimed output; blocking. Raises :class:`~opengrid.errors.EngineError` when it cannot
+        run, :class:`~opengrid.errors.VerificationError` when the claim is malformed (ids outside the
+        vocabulary)."""
         ...

@@ -24,6 +24,10 @@ Token ids, per backend (the node needs ids, the OpenAI API returns text):
   sequence token among the outputs, so when a choice stops on EOS (``finish_reason="stop"`` with no
   ``stop_reason``) its last id is dropped. *Not run in this repository's CI (no GPU)*.
 
+Audits (:meth:`HttpEngine.score`, spec/verification.md §12): greedy claims on llama_cpp.server started
+with ``logits_all`` (``ManagedServer(logits_all=True)``), through ``echo`` + ``logprobs``; the method's
+docstring lists what that server cannot give and is refused.
+
 Numerical class: the contract's ``backend`` is the HTTP backend name, never ``"llama.cpp"``: an attached
 server's batch size, flash-attention and KV-cache type cannot be checked from outside, so its results are
 compared only with results of the same backend and version.
@@ -50,12 +54,21 @@ from typing import Any, Literal, Self, TypeVar
 
 import httpx
 
-from opengrid.engines.base import FinishReason, Generation, GenerationRequest, ModelInfo
-from opengrid.errors import EngineError, UnknownModelError
+from opengrid.core.audit import PositionEvidence
+from opengrid.engines.base import (
+    FinishReason,
+    Generation,
+    GenerationRequest,
+    ModelInfo,
+    ScoreRequest,
+    Scoring,
+)
+from opengrid.errors import EngineError, UnknownModelError, VerificationError
 from opengrid.wire.contract import DecodingContract
 
 __all__ = [
     "BACKENDS",
+    "STOP_TOKEN_UNKNOWN",
     "HttpBackend",
     "HttpEngine",
     "ManagedServer",
@@ -69,6 +82,10 @@ HttpBackend = Literal["llama.cpp-server", "vllm"]
 BACKENDS: tuple[HttpBackend, ...] = ("llama.cpp-server", "vllm")
 
 _UNKNOWN_VERSION = "unknown"
+STOP_TOKEN_UNKNOWN = 2**32 - 1
+"""The ``token`` of a stop position's evidence when the engine cannot name the end-of-generation id."""
+_SCORE_TOP_K = 20
+"""Top log-probabilities asked per position when scoring: bounds ranks and the stop position's gap."""
 _T = TypeVar("_T")
 
 
@@ -167,13 +184,128 @@ class HttpEngine:
         return self._backend
 
     def generate(self, request: GenerationRequest) -> Generation:
-        """Greedy completion over HTTP; blocking. Raises :class:`EngineError` on any failure."""
+        """Greedy completion over HTTP; blocking. Raises :class:`EngineError` on any failure.
+
+        Greedy only: a server samples with its own RNG, which no auditor can recompute (spec §11), so a
+        request with ``temperature > 0`` is refused rather than silently decoded greedily.
+        """
         if request.max_tokens < 1:
             raise EngineError(f"max_tokens must be >= 1, got {request.max_tokens}")
+        if not request.sampling.greedy:
+            raise EngineError(
+                f"the HTTP engine decodes greedily only (temperature 0), got temperature "
+                f"{request.sampling.temperature}: seeded sampling needs the job's own sampler (spec §11), "
+                "which the in-process llama.cpp engine runs"
+            )
         with self._lock:
             if self._backend == "vllm":
                 return self._generate_vllm(request)
             return self._generate_llama_server(request)
+
+    def score(self, request: ScoreRequest) -> Scoring:
+        """Audit a greedy claim with llama_cpp.server's ``echo`` + ``logprobs`` (spec §12); blocking.
+
+        The server takes no token ids as a prompt, so the claimed tokens are sent as text and the engine
+        first checks (``/extras/tokenize``) that prompt + text tokenizes to exactly prompt + claimed ids.
+        One ``/v1/completions`` with ``echo=True, logprobs=K, max_tokens=1`` returns, per position, the
+        claimed token's log-probability (by id) and the top K log-probabilities (keyed by token *text*):
+        gap = best - claimed (log-probability differences are logit differences); rank counts the top K
+        entries above the claimed one (at most K). A stopped claim's end-of-generation position has gap 0
+        when the server's own next token ends generation, else the lower bound best - K-th.
+
+        Limits (llama-cpp-python 0.3.36), each refused with :class:`EngineError` rather than guessed:
+        sampled jobs (top tokens come without ids, so their Gumbel noise cannot be recomputed); models
+        without a BOS token (the server aligns echoed log-probabilities one row off for them); claims whose
+        text does not re-tokenize to the claimed ids; vLLM (not implemented here: its ``prompt_logprobs``
+        with token ids would serve). Top entries whose texts collide keep one value, which can only
+        understate a gap. The server sorts the whole vocabulary in Python per position: an audit costs
+        far more than the generation it checks on large vocabularies.
+        """
+        if self._backend != "llama.cpp-server":
+            raise EngineError(
+                f"scoring over HTTP is implemented for llama_cpp.server only, not {self._backend}"
+            )
+        if not request.sampling.greedy:
+            raise EngineError(
+                "llama_cpp.server names its top log-probabilities by token text, not id, so a sampled "
+                "claim's Gumbel noise cannot be recomputed; audit sampled jobs with the in-process engine"
+            )
+        if not request.tokens and not request.stopped:
+            raise VerificationError("the claim has no tokens and did not stop: there is nothing to score")
+        with self._lock:
+            if not request.add_bos or not self._server_adds_bos():
+                raise EngineError(
+                    f"llama_cpp.server aligns echoed log-probabilities correctly only after a BOS token, and "
+                    f"model {self._model.name!r} gets none here; audit with the in-process engine"
+                )
+            if request.prompt == "":
+                raise EngineError("llama_cpp.server cannot score an empty prompt; use the in-process engine")
+            text = self._detokenize(request.tokens) if request.tokens else ""
+            if text is None:
+                raise EngineError(
+                    "the server could not detokenize the claimed tokens; use the in-process engine"
+                )
+            prompt_ids = self._tokenize(request.prompt)
+            if self._tokenize(request.prompt + text) != prompt_ids + list(request.tokens):
+                raise EngineError(
+                    "the claimed tokens are not the canonical tokenization of their own text, and "
+                    "llama_cpp.server takes prompts as text only; audit this claim with the in-process engine"
+                )
+            body = self._decoding_fields(GenerationRequest(prompt=request.prompt + text, max_tokens=1), 1)
+            body |= {"echo": True, "logprobs": _SCORE_TOP_K}
+            choice, _usage = self._complete(body)
+        logprobs = choice.get("logprobs")
+        if not isinstance(logprobs, dict):
+            raise EngineError(f"llama_cpp.server answered without logprobs: {choice!r:.200}")
+        claimed_lp = logprobs.get("token_logprobs")
+        top = logprobs.get("top_logprobs")
+        # Echoed rows: prompt tokens after BOS, then the claimed tokens, then the one generated token.
+        first = len(prompt_ids) - 1
+        n = len(request.tokens)
+        if not isinstance(claimed_lp, list) or not isinstance(top, list) or len(top) < first + n + 1:
+            raise EngineError(
+                f"llama_cpp.server echoed {len(top) if isinstance(top, list) else 'no'} log-probability "
+                f"rows, expected {first + n + 1}"
+            )
+        evidence = []
+        for j, token in enumerate(request.tokens):
+            lp = claimed_lp[first + j]
+            values = top[first + j]
+            if not isinstance(lp, float | int) or not isinstance(values, dict) or not values:
+                raise EngineError(f"llama_cpp.server sent no log-probabilities for output position {j}")
+            best = max(float(v) for v in values.values())
+            evidence.append(
+                PositionEvidence(
+                    token=token,
+                    logprob=float(lp),
+                    gap=max(0.0, best - float(lp)),
+                    rank=sum(float(v) > float(lp) for v in values.values()),
+                    mask_margin=0.0,
+                )
+            )
+        if request.stopped:
+            evidence.append(self._stop_evidence(choice, top[first + n]))
+        return Scoring(evidence=tuple(evidence), prompt_tokens=len(prompt_ids))
+
+    @staticmethod
+    def _stop_evidence(choice: Mapping[str, Any], values: object) -> PositionEvidence:
+        if not isinstance(values, dict) or not values:
+            raise EngineError("llama_cpp.server sent no log-probabilities for the end-of-generation position")
+        ranked = sorted((float(v) for v in values.values()), reverse=True)
+        if _finish_reason(choice) == "stop":
+            # max_tokens=1 and no stop strings: the server's own greedy next token ended generation.
+            return PositionEvidence(
+                token=STOP_TOKEN_UNKNOWN, logprob=ranked[0], gap=0.0, rank=0, mask_margin=0.0
+            )
+        # The end-of-generation token is not the best; its value is unknown (texts of special tokens are
+        # empty), so report what is certain: it is at most the K-th best.
+        return PositionEvidence(
+            token=STOP_TOKEN_UNKNOWN,
+            logprob=ranked[-1],
+            gap=ranked[0] - ranked[-1],
+            rank=len(ranked),
+            mask_margin=0.0,
+        )
 
     def close(self) -> None:
         """Close the HTTP client (not the server); idempotent."""
@@ -485,11 +617,14 @@ class ManagedServer:
         stop_timeout_s: float = 5.0,
         log_path: pathlib.Path | None = None,
         extra_args: Sequence[str] = (),
+        logits_all: bool = False,
     ) -> None:
         """Prepare (not start) a server for ``model``.
 
         ``backend`` None picks vLLM when it is importable, else llama_cpp.server. ``log_path`` receives
         the server's stdout and stderr (default: discarded). ``ready_timeout_s`` bounds start-up.
+        ``logits_all`` keeps every row's logits in llama_cpp.server, which ``echo`` + ``logprobs`` (and so
+        :meth:`HttpEngine.score`) need; off by default, as it costs memory (n_ctx x vocabulary floats).
         """
         if backend is None:
             backend = "vllm" if vllm_available() else "llama.cpp-server"
@@ -504,6 +639,7 @@ class ManagedServer:
         self._stop_timeout_s = stop_timeout_s
         self._log_path = log_path
         self._extra_args = tuple(extra_args)
+        self._logits_all = logits_all
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self.ready_after_s: float | None = None
@@ -559,7 +695,8 @@ class ManagedServer:
                 "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", str(self._n_ctx), "--n_batch", "512", "--n_ubatch", "512",
                 "--n_gpu_layers", str(self._gpu_layers), "--flash_attn", "false",
-                "--logits_all", "false", "--cache", "false", "--seed", "0", "--verbose", "false",
+                "--logits_all", "true" if self._logits_all else "false",
+                "--cache", "false", "--seed", "0", "--verbose", "false",
             ]  # fmt: skip
             if self._n_threads is not None:
                 cmd += ["--n_threads", str(self._n_threads), "--n_threads_batch", str(self._n_threads)]

@@ -1,18 +1,24 @@
 """In-process llama.cpp engine (llama-cpp-python) under the pinned deterministic decoding contract.
 
-Every setting that changes which tokens come out (spec/verification.md, :class:`DecodingContract`) is
-taken from the contract: greedy sampling, repeat penalty 1.0, n_batch 512 (never 1), flash attention off
-and an f16 KV cache. Each :meth:`LlamaEngine.generate` call clears the KV cache and evaluates the whole
-prompt afresh, so a result never depends on what the engine ran before.
+Every setting that changes the arithmetic (spec/verification.md, :class:`DecodingContract`) is taken from
+the contract: n_batch 512 (never 1), flash attention off and an f16 KV cache. Each
+:meth:`LlamaEngine.generate` call clears the KV cache and evaluates the whole prompt afresh, so a result
+never depends on what the engine ran before.
 
-The decoding loop is llama-cpp-python's own ``Llama.generate`` with the sampler that
-``Llama.create_completion(prompt, temperature=0.0, top_k=1, repeat_penalty=1.0)`` builds, so the tokens and
-text are those of llama.cpp's completion path, with two deliberate differences in corner cases:
+Tokens are chosen by :mod:`opengrid.core.sampling` from the logits llama.cpp returns (spec §11), never by
+llama.cpp's sampler or RNG: greedy is the argmax (bit-identical to llama.cpp's greedy sampler, which
+``Llama.create_completion(prompt, temperature=0.0, top_k=1, repeat_penalty=1.0)`` uses), and seeded
+sampling is Gumbel-max with noise derived from the job id and the client's seed, so an auditor on other
+hardware can recompute it. The tokens and text are those of llama.cpp's completion path, with two
+deliberate differences in corner cases:
 
 - exactly ``max_tokens`` tokens at most: ``create_completion`` keeps generating past ``max_tokens`` while
   the text ends in an incomplete UTF-8 character;
 - the text is decoded once with ``errors="replace"`` (``create_completion`` drops invalid bytes), so a
   character cut by ``max_tokens`` shows up as U+FFFD instead of vanishing.
+
+:meth:`LlamaEngine.score` audits a claimed output (spec §12): one forward pass over prompt + claimed
+tokens in batches of n_batch, with logits requested only for the rows that predict output positions.
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from types import TracebackType
 from typing import Self
 
 import llama_cpp
+import msgspec
+import numpy as np
+import numpy.typing as npt
 
+from opengrid.core.audit import PositionEvidence, SamplingParams
+from opengrid.core.sampling import choose, perturbed_scores, score_position, score_positions
 from opengrid.engines.base import (
     DEFAULT_N_CTX,
     ChatTemplate,
@@ -32,8 +43,10 @@ from opengrid.engines.base import (
     Generation,
     GenerationRequest,
     ModelInfo,
+    ScoreRequest,
+    Scoring,
 )
-from opengrid.errors import BadRequestError, EngineError
+from opengrid.errors import BadRequestError, EngineError, VerificationError
 from opengrid.wire.contract import DecodingContract
 
 __all__ = ["DEFAULT_N_CTX", "LlamaEngine"]
@@ -55,6 +68,8 @@ class LlamaEngine:
         n_threads: int | None = None,
         n_ctx: int = DEFAULT_N_CTX,
         gpu_layers: int = 0,
+        n_batch: int | None = None,
+        kv_cache_type: str | None = None,
     ) -> None:
         """Load ``model.path``.
 
@@ -63,16 +78,26 @@ class LlamaEngine:
         not change the output. ``n_ctx`` bounds prompt tokens + ``max_tokens`` of every request.
         ``gpu_layers`` offloads layers to a GPU when llama.cpp was built with one (-1: all); offloading
         changes the arithmetic, so it is a different numerical class (``backend`` "llama.cpp+gpu").
+        ``n_batch`` (default the contract's 512) and ``kv_cache_type`` (``"f16"``, default, or ``"f32"``)
+        also change the logits: they are written into the contract, so such an engine is a numerical class
+        of its own. Tests use them as a stand-in for other hardware (honest engines whose arithmetic
+        differs, spec §12).
         """
         if n_ctx < 2:
             raise EngineError(f"n_ctx must be >= 2 tokens, got {n_ctx}; the default is {DEFAULT_N_CTX}")
         if n_threads is not None and n_threads < 1:
             raise EngineError(f"n_threads must be >= 1 or None (llama.cpp's default), got {n_threads}")
+        if n_batch is not None and n_batch < 1:
+            raise EngineError(f"n_batch must be >= 1 or None (the contract's 512), got {n_batch}")
         contract = DecodingContract(
             model_sha256=model.sha256,
             backend="llama.cpp+gpu" if gpu_layers else "llama.cpp",
             backend_version=llama_cpp.__version__,
         )
+        if n_batch is not None:
+            contract = msgspec.structs.replace(contract, n_batch=n_batch)
+        if kv_cache_type is not None:
+            contract = msgspec.structs.replace(contract, kv_cache_type=kv_cache_type)
         kv_type = _KV_CACHE_TYPES.get(contract.kv_cache_type)
         if kv_type is None:
             raise EngineError(f"unsupported KV-cache type {contract.kv_cache_type!r} in the contract")
@@ -107,6 +132,12 @@ class LlamaEngine:
             self.close()
             raise EngineError(f"llama.cpp loaded {model.path} but it has no vocabulary; use another model")
         self._vocab = vocab
+        self._n_vocab = int(self._llm.n_vocab())
+        # Every end-of-generation id (EOS, EOT, ...): an audit of a stopped claim scores the best of them.
+        self._eog = np.array(
+            [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)], dtype=np.int64
+        )
+        self._batch: llama_cpp.llama_batch | None = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
 
     @property
     def model(self) -> ModelInfo:
@@ -144,6 +175,11 @@ class LlamaEngine:
         return piece.decode("utf-8", errors="replace") if piece else ""
 
     @property
+    def n_vocab(self) -> int:
+        """Vocabulary size: valid token ids are ``0 .. n_vocab - 1``."""
+        return self._n_vocab
+
+    @property
     def n_ctx(self) -> int:
         """Context window: prompt tokens + ``max_tokens`` must fit in it."""
         return self._n_ctx
@@ -178,7 +214,8 @@ class LlamaEngine:
             return self._detokenize(llm, list(tokens))
 
     def generate(self, request: GenerationRequest) -> Generation:
-        """Greedy completion of ``request.prompt``: up to ``max_tokens`` tokens, stopping at EOS/EOT."""
+        """Completion of ``request.prompt`` under ``request.sampling`` (greedy by default): up to
+        ``max_tokens`` tokens, stopping at EOS/EOT."""
         return self.generate_streaming(request, None)
 
     def generate_streaming(
@@ -193,19 +230,7 @@ class LlamaEngine:
             raise EngineError(f"max_tokens must be >= 1, got {request.max_tokens}")
         with self._lock:
             llm = self._require_open()
-            try:
-                prompt_tokens = llm.tokenize(
-                    request.prompt.encode("utf-8"), add_bos=request.add_bos, special=True
-                )
-            except Exception as exc:
-                raise EngineError(
-                    f"llama.cpp could not tokenize a {len(request.prompt)}-character prompt: {exc}"
-                ) from exc
-            if not prompt_tokens:
-                raise BadRequestError(
-                    f"the prompt is empty and model {self._model.name!r} adds no BOS token, so there is "
-                    "nothing to condition on; send a non-empty prompt"
-                )
+            prompt_tokens = self._tokenize_prompt(llm, request.prompt, request.add_bos)
             needed = len(prompt_tokens) + request.max_tokens
             if needed > self._n_ctx:
                 raise BadRequestError(
@@ -214,7 +239,7 @@ class LlamaEngine:
                     f"max_tokens, or load the engine with a larger n_ctx"
                 )
             try:
-                tokens, finish_reason = self._decode_greedy(llm, prompt_tokens, request.max_tokens, on_text)
+                tokens, finish_reason = self._decode(llm, prompt_tokens, request, on_text)
             except Exception as exc:
                 raise EngineError(
                     f"llama.cpp failed while generating with {self._model.name!r}: {exc}"
@@ -226,10 +251,103 @@ class LlamaEngine:
             text = self._detokenize(llm, prefix + tokens)
         return Generation(tokens=tuple(tokens), text=text, finish_reason=finish_reason)
 
+    def score(self, request: ScoreRequest) -> Scoring:
+        """Audit a claimed output (spec/verification.md §12): evidence per output position.
+
+        One forward pass over prompt + claimed tokens, in batches of the contract's n_batch (as generation
+        evaluates a prompt), with logits only for the rows that predict an output position; the evidence
+        is computed by :mod:`opengrid.core.sampling` under ``request.sampling``. Blocking; run it in a
+        worker thread, like :meth:`generate`.
+        """
+        with self._lock:
+            llm = self._require_open()
+            prompt_tokens = self._tokenize_prompt(llm, request.prompt, request.add_bos)
+            claimed = list(request.tokens)
+            bad = [t for t in claimed if not 0 <= t < self._n_vocab]
+            if bad:
+                raise VerificationError(
+                    f"claimed tokens {bad[:5]} are outside the vocabulary of {self._model.name!r} "
+                    f"(0..{self._n_vocab - 1}): the claim is not an output of this model"
+                )
+            if not claimed and not request.stopped:
+                raise VerificationError("the claim has no tokens and did not stop: there is nothing to score")
+            sequence = prompt_tokens + claimed
+            if len(sequence) > self._n_ctx:
+                raise EngineError(
+                    f"prompt ({len(prompt_tokens)} tokens) + claimed output ({len(claimed)} tokens) = "
+                    f"{len(sequence)} exceeds the context window of {self._n_ctx} tokens; load the auditor "
+                    "with a larger n_ctx"
+                )
+            # Row prompt-1+j of the sequence predicts output position j; a stopped claim adds one row.
+            first_row = len(prompt_tokens) - 1
+            n_rows = len(claimed) + (1 if request.stopped else 0)
+            try:
+                logits = self._eval_rows(llm, sequence, first_row, n_rows)
+            except Exception as exc:
+                raise EngineError(f"llama.cpp failed while scoring with {self._model.name!r}: {exc}") from exc
+        params = request.sampling
+        evidence = score_positions(logits[: len(claimed)], claimed, params, request.job_id, 0)
+        if request.stopped:
+            evidence.append(self._score_stop(logits[len(claimed)], params, request.job_id, len(claimed)))
+        return Scoring(evidence=tuple(evidence), prompt_tokens=len(prompt_tokens))
+
+    def _score_stop(
+        self, row: npt.NDArray[np.float32], params: SamplingParams, job_id: bytes, position: int
+    ) -> PositionEvidence:
+        """Evidence that generation ended here: the claimed token is the best end-of-generation token."""
+        if self._eog.size == 0:
+            raise VerificationError(
+                f"the claim stopped, but model {self._model.name!r} has no end-of-generation token"
+            )
+        scores = perturbed_scores(row, params, job_id, position)
+        stop_token = int(self._eog[int(np.argmax(scores[self._eog]))])
+        return score_position(row, stop_token, params, job_id, position)
+
+    def _eval_rows(
+        self, llm: llama_cpp.Llama, sequence: list[int], first_row: int, n_rows: int
+    ) -> npt.NDArray[np.float32]:
+        """Evaluate ``sequence`` from position 0; return the logits of rows ``first_row`` onwards (n_rows)."""
+        batch = self._batch
+        if batch is None:
+            raise EngineError(f"the engine for {self._model.name!r} is closed; load a new one")
+        ctx = llm.ctx
+        memory = llama_cpp.llama_get_memory(ctx)
+        llm.reset()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves it unannotated
+        if memory is not None:
+            llama_cpp.llama_memory_seq_rm(memory, 0, 0, -1)
+        out = np.empty((n_rows, self._n_vocab), dtype=np.float32)
+        size = llm.n_batch
+        for start in range(0, len(sequence), size):
+            chunk = sequence[start : start + size]
+            batch.n_tokens = len(chunk)
+            wanted: list[tuple[int, int]] = []  # (index in this batch, output row)
+            for i, token in enumerate(chunk):
+                position = start + i
+                batch.token[i] = token
+                batch.pos[i] = position  # type: ignore[call-overload]  # an int32 array the stubs mistype
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                row = position - first_row
+                want = 0 <= row < n_rows
+                batch.logits[i] = want
+                if want:
+                    wanted.append((i, row))
+            code = llama_cpp.llama_decode(ctx, batch)
+            if code != 0:
+                raise EngineError(f"llama_decode returned {code} at position {start}")
+            for i, row in wanted:
+                pointer = llama_cpp.llama_get_logits_ith(ctx, i)
+                out[row] = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        # The KV cache now holds this sequence; the next generate() resets it (n_tokens is 0).
+        return out
+
     def close(self) -> None:
         """Free the model and its context; idempotent."""
         with self._lock:
             llm, self._llm = self._llm, None
+            batch, self._batch = self._batch, None
+            if batch is not None:
+                llama_cpp.llama_batch_free(batch)
             if llm is not None:
                 llm.close()
 
@@ -248,40 +366,53 @@ class LlamaEngine:
             f"n_ctx={self._n_ctx}, {state})"
         )
 
+    def _tokenize_prompt(self, llm: llama_cpp.Llama, prompt: str, add_bos: bool) -> list[int]:
+        try:
+            tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        except Exception as exc:
+            raise EngineError(
+                f"llama.cpp could not tokenize a {len(prompt)}-character prompt: {exc}"
+            ) from exc
+        if not tokens:
+            raise BadRequestError(
+                f"the prompt is empty and model {self._model.name!r} adds no BOS token, so there is "
+                "nothing to condition on; send a non-empty prompt"
+            )
+        return tokens
+
     def _require_open(self) -> llama_cpp.Llama:
         if self._llm is None:
             raise EngineError(f"the engine for {self._model.name!r} is closed; load a new one")
         return self._llm
 
-    def _decode_greedy(
+    def _decode(
         self,
         llm: llama_cpp.Llama,
         prompt_tokens: list[int],
-        max_tokens: int,
+        request: GenerationRequest,
         on_text: Callable[[str], None] | None = None,
     ) -> tuple[list[int], FinishReason]:
-        c = self._contract
-        # Forget the previous request: with n_tokens == 0, Llama.generate skips its prefix-reuse path
-        # and evaluates the whole prompt from position 0 (it also drops the stale KV cells).
+        # Forget the previous request: with n_tokens == 0, Llama.eval drops the stale KV cells and
+        # evaluates the whole prompt from position 0, in batches of n_batch, logits for the last row only
+        # (exactly what Llama.generate does before sampling).
         llm.reset()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves it unannotated
         out: list[int] = []
         finish_reason: FinishReason = "length"
         preview = _TextPreview(on_text) if on_text is not None else None
-        steps = llm.generate(
-            prompt_tokens, top_k=c.top_k, temp=c.temperature, repeat_penalty=c.repeat_penalty, reset=True
-        )
-        try:
-            for token in steps:
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    finish_reason = "stop"
-                    break
-                out.append(int(token))
-                if preview is not None:
-                    preview.feed(llm.detokenize(out))
-                if len(out) >= max_tokens:
-                    break
-        finally:
-            steps.close()
+        ctx = llm.ctx
+        llm.eval(prompt_tokens)
+        for position in range(request.max_tokens):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._n_vocab,))
+            token = choose(logits, request.sampling, request.job_id, position)
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                finish_reason = "stop"
+                break
+            out.append(token)
+            if preview is not None:
+                preview.feed(llm.detokenize(out))
+            if len(out) >= request.max_tokens:
+                break
+            llm.eval([token])
         return out, finish_reason
 
     @staticmethod

@@ -16,7 +16,15 @@ import httpx
 import llama_cpp
 import pytest
 
-from opengrid.engines import GenerationRequest, HttpEngine, LlamaEngine, ManagedServer, ModelInfo
+from opengrid.core.audit import SamplingParams, judge
+from opengrid.engines import (
+    GenerationRequest,
+    HttpEngine,
+    LlamaEngine,
+    ManagedServer,
+    ModelInfo,
+    ScoreRequest,
+)
 from opengrid.engines.http import free_loopback_port
 from opengrid.errors import EngineError, UnknownModelError
 
@@ -249,3 +257,56 @@ def test_managed_server_that_cannot_load_fails_fast(tmp_path: pathlib.Path) -> N
         server.start()
     assert server.pid is None
     assert (tmp_path / "server.log").stat().st_size > 0
+
+
+# -- audits over HTTP (spec/verification.md §12) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scoring_engine(tiny_info: ModelInfo) -> Iterator[HttpEngine]:
+    """A llama_cpp.server that keeps every row's logits (echo + logprobs need them)."""
+    with (
+        ManagedServer(tiny_info, n_threads=1, ready_timeout_s=30, logits_all=True) as running,
+        running.engine() as engine,
+    ):
+        yield engine
+
+
+def test_scoring_over_http_matches_the_in_process_auditor(
+    scoring_engine: HttpEngine, tiny_engine: LlamaEngine
+) -> None:
+    http_engine = scoring_engine
+    for prompt in PROMPTS[:3]:
+        claim = tiny_engine.generate(GenerationRequest(prompt=prompt, max_tokens=24))
+        request = ScoreRequest(prompt=prompt, tokens=claim.tokens, stopped=False)
+        remote, local = http_engine.score(request), tiny_engine.score(request)
+        assert remote.prompt_tokens == local.prompt_tokens
+        assert [e.token for e in remote.evidence] == list(claim.tokens)
+        # The server computes log-probabilities in float32 from a logits_all eval of the same build.
+        for r, e in zip(remote.evidence, local.evidence, strict=True):
+            assert r.gap == pytest.approx(e.gap, abs=1e-3) and r.logprob == pytest.approx(e.logprob, abs=1e-3)
+            assert r.rank == min(e.rank, 20)
+        assert judge(remote.evidence).accepted
+
+
+def test_cheats_fail_an_audit_over_http(scoring_engine: HttpEngine, tiny_engine: LlamaEngine) -> None:
+    http_engine = scoring_engine
+    honest = {p: tiny_engine.generate(GenerationRequest(prompt=p, max_tokens=24)).tokens for p in PROMPTS[:3]}
+    for i, prompt in enumerate(PROMPTS[:3]):
+        other = honest[PROMPTS[(i + 1) % 3]]
+        assert not judge(
+            http_engine.score(ScoreRequest(prompt=prompt, tokens=other, stopped=False)).evidence
+        ).accepted
+        # Truncated and claimed stopped: the tiny model never ends a generation, so the stop is far off.
+        truncated = ScoreRequest(prompt=prompt, tokens=honest[prompt][:12], stopped=True)
+        verdict = judge(http_engine.score(truncated).evidence)
+        assert not verdict.accepted and verdict.first_failure == 12
+
+
+def test_sampled_jobs_are_refused_over_http_rather_than_decoded_greedily(scoring_engine: HttpEngine) -> None:
+    http_engine = scoring_engine
+    sampling = SamplingParams(temperature=0.8, seed=1)
+    with pytest.raises(EngineError, match="greedily only"):
+        http_engine.generate(GenerationRequest(prompt="Hello", max_tokens=4, sampling=sampling))
+    with pytest.raises(EngineError, match="by token text"):
+        http_engine.score(ScoreRequest(prompt="Hello", tokens=(5, 6), stopped=False, sampling=sampling))
