@@ -9,7 +9,6 @@ opengrid status       ask a node who it is, its role and its points
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -26,14 +25,18 @@ from opengrid import __version__
 from opengrid.cli.extras import missing_extra
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.node.config import (
-    ADVERSARIES,
-    DEFAULT_API_ADDRESS,
-    DEFAULT_LISTEN,
     DEFAULT_NETWORK,
-    ROLES,
     NodeConfig,
 )
-from opengrid.settings import add_node_flags, flags_from_namespace, load_settings, resolve_config_file
+from opengrid.settings import (
+    KEYS,
+    add_node_flags,
+    field_of,
+    flags_from_namespace,
+    load_settings,
+    resolve_config_file,
+    unknown_env_vars,
+)
 
 if TYPE_CHECKING:
     from opengrid.node.api import ApiSettings
@@ -86,151 +89,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "--data-dir on first start and reused afterwards."
         ),
     )
-    # Node flags default to None so that a flag beats the environment, which beats the config file
-    # (opengrid/settings.py); `opengrid config show` prints the effective values and their sources.
-    start.add_argument(
-        "--role",
-        choices=ROLES,
-        default=None,
-        help="auto = coordinator without --bootstrap; with it, edge on machines under 2 GiB of RAM, else "
-        "worker (default: auto)",
-    )
-    start.add_argument(
-        "--listen",
-        action="append",
-        metavar="MULTIADDR",
-        help=f"address to listen on, repeatable (default: {DEFAULT_LISTEN}, a free port)",
-    )
-    start.add_argument(
-        "--bootstrap",
-        action="append",
-        default=None,
-        metavar="MULTIADDR",
-        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...); the node finds "
-        "every coordinator through it (gossip)",
-    )
-    start.add_argument(
-        "--relay",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="relay for nodes that cannot be dialled (circuit relay v2; default: coordinators do)",
-    )
-    start.add_argument(
-        "--relay-via",
-        action="append",
-        default=None,
-        metavar="MULTIADDR",
-        help="be reachable through this relay (a node started with --relay, or a coordinator): hold a "
-        "reservation on it and announce the relayed address; repeatable. When none of them has held a "
-        "reservation for 60 s the node takes another relay by itself until one of them is back",
-    )
-    start.add_argument(
-        "--no-listen",
-        action="store_true",
-        help="listen on no address: dial out only, reachable through relays (--relay-via, else the "
-        "--bootstrap nodes)",
-    )
-    start.add_argument(
-        "--model",
-        metavar="NAME_OR_PATH",
-        help="model a worker serves: a catalog name (smollm2-135m-instruct, tiny) or a .gguf path",
-    )
-    start.add_argument(
-        "--data-dir",
-        type=pathlib.Path,
-        default=None,
-        metavar="DIR",
-        help="where the identity key, the ledger and node.json live (default: the user data dir)",
-    )
-    start.add_argument("--network", default=None, help=f"network name (default: {DEFAULT_NETWORK})")
-    start.add_argument(
-        "--heartbeat",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="how often workers re-register (default: 5)",
-    )
-    start.add_argument(
-        "--announce",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="how often the node announces itself on gossip; 3 missed announcements mark it offline "
-        "(default: 5)",
-    )
-    start.add_argument(
-        "--genesis",
-        type=pathlib.Path,
-        default=None,
-        metavar="FILE",
-        help="the network's genesis file (JSON: network, coordinators, grant_points); its coordinators "
-        "mint points on this node's ledger and coordinators sync their ledgers with each other",
-    )
-    start.add_argument(
-        "--network-key",
-        default=None,
-        metavar="SECRET",
-        help="private network: only nodes started with the same key (an invite token, >= 8 characters) "
-        "can connect; prefer $OPENGRID_NETWORK_KEY to keep it out of the process list",
-    )
-    start.add_argument(
-        "--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)"
-    )
-    start.add_argument(
-        "--api",
-        nargs="?",
-        const=DEFAULT_API_ADDRESS,
-        metavar="HOST:PORT",
-        help=f"serve the OpenAI-compatible API (default address when given bare: {DEFAULT_API_ADDRESS})",
-    )
-    start.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
-    start.add_argument(
-        "--api-allow-remote", action="store_true", help="allow a non-loopback --api address (plain HTTP!)"
-    )
-    start.add_argument(
-        "--plain-verification",
-        action="store_true",
-        help="coordinator: every job runs the replicas asked for, on uniformly chosen workers, no canaries "
-        "(default: adaptive replication, reputation-weighted choice, canary jobs)",
-    )
-    start.add_argument(
-        "--require-payment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="coordinator: run only paid jobs (clients with an identity pay from their points; a new "
-        "identity claims the network's starting grant); unpaid jobs get 'payment_required'",
-    )
-    start.add_argument(
-        "--approve-workers",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="coordinator: serve only workers you approved (`opengrid node pending` lists those asking, "
-        "`opengrid node approve` admits one)",
-    )
-    start.add_argument(
-        "--admit-after-jobs",
-        type=int,
-        metavar="N",
-        help="coordinator on a network with a genesis file: co-sign the admission of a new coordinator "
-        "whose key earned N verified jobs as a worker, without `opengrid node approve --coordinator` "
-        "(default 0: only those you approve)",
-    )
-    start.add_argument(
-        "--trace-frames",
-        type=pathlib.Path,
-        metavar="FILE",
-        help="append every job-protocol message this node receives to FILE (length-prefixed msgpack), "
-        "to audit exactly what it saw",
-    )
-    start.add_argument(
-        "--trace-timing",
-        type=pathlib.Path,
-        metavar="FILE",
-        help="append a JSON line to FILE each time a job passes a point (dispatched, sent, received, "
-        "engine started...), stamped with this machine's monotonic clock, to see where a job's time goes "
-        "(benchmarks/grid_discovery_bench.py merges a coordinator's and its workers' files)",
-    )
-    start.add_argument("--adversary", choices=ADVERSARIES, help=argparse.SUPPRESS)
+    # Every flag is a setting (opengrid/settings.py): a flag beats the environment, which beats the config
+    # file; `opengrid config show` prints the effective values and their sources.
     add_node_flags(start)
 
     for action in ("pause", "resume"):
@@ -415,23 +275,17 @@ def _add_network_key(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _run_node(
-    config: NodeConfig,
-    api: ApiSettings | None,
-    plain: bool,
-    trace: pathlib.Path | None,
-    timing: pathlib.Path | None = None,
-) -> None:
+async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
     from opengrid.core.coordinator import CoordinatorConfig
     from opengrid.node.service import Node
 
-    policy = CoordinatorConfig.plain if plain else CoordinatorConfig
+    policy = CoordinatorConfig.plain if config.plain_verification else CoordinatorConfig
     node = Node(
         config,
         api=api,
         coordinator_config=policy(heartbeat_s=config.heartbeat_s, require_payment=config.require_payment),
-        trace_frames=trace,
-        trace_timing=timing,
+        trace_frames=config.trace_frames,
+        trace_timing=config.trace_timing,
     )
     # Listen for signals before anything starts, so a Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -529,21 +383,22 @@ def _cmd_node_control(args: argparse.Namespace) -> int:
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
     env = dict(os.environ)
+    for problem in unknown_env_vars(env):
+        log.warning("%s", problem)
     config, sources = load_settings(flags_from_namespace(args), env, resolve_config_file(args.config, env))
-    if args.no_listen:
-        config = dataclasses.replace(config, listen=())
     config = config.validated()
     _check_listen_ports(config.listen)
     for key, source in sorted(sources.items()):
         if source != "default":
-            log.info("config %s = %r (from %s)", key, getattr(config, key), source)
+            shown = "(set, hidden)" if KEYS[key].secret else repr(getattr(config, field_of(key)))
+            log.info("config %s = %s (from %s)", key, shown, source)
     api = None
-    if args.api:
+    if config.api is not None:
         from opengrid.node.api import ApiSettings, check_bind  # the node extra (starlette)
 
-        api = ApiSettings(address=args.api, api_key=args.api_key, allow_remote=args.api_allow_remote)
+        api = ApiSettings(address=config.api, api_key=config.api_key, allow_remote=config.api_allow_remote)
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
-    trio.run(_run_node, config, api, args.plain_verification, args.trace_frames, args.trace_timing)
+    trio.run(_run_node, config, api)
     return 0
 
 
