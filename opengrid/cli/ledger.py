@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ import nacl.signing
 from opengrid_ledger import Genesis, LedgerState, Receipt, decode_body, decode_genesis
 
 from opengrid.errors import ConfigError
+from opengrid.settings import resolve_data_dir
 from opengrid.store.ledger_store import LEDGER_FILE, LedgerStore, replay
 
 IDENTITY_FILE = "identity.key"
@@ -40,9 +42,10 @@ def register(subparsers: Any) -> None:
         action.add_argument(
             "--data-dir",
             type=pathlib.Path,
-            default=pathlib.Path("."),
+            default=None,
             metavar="DIR",
-            help="the node's data dir (holds ledger.sqlite3; default: the current directory)",
+            help="the node's data dir (holds ledger.sqlite3; default: the one `node start` uses, "
+            "$OPENGRID_DATA_DIR or the config file's data_dir, else the user data dir)",
         )
         action.add_argument("--json", action="store_true", help="print JSON instead of text")
         action.add_argument("--network", help="network id (default: from DIR/node.json, else opengrid-local)")
@@ -63,7 +66,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``opengrid ledger <action>``; returns the exit status."""
-    data_dir: pathlib.Path = args.data_dir
+    data_dir = resolve_data_dir(args.data_dir, os.environ)
     store_path = data_dir / LEDGER_FILE
     if not store_path.exists():
         raise ConfigError(f"no ledger at {store_path}; pass the node's --data-dir")

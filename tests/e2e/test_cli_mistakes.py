@@ -5,6 +5,7 @@ Each test runs ``python -m opengrid`` as a user would, with HOME pointed at the 
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
@@ -16,10 +17,12 @@ import pytest
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
 
 
-def opengrid(tmp_path: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+def opengrid(
+    tmp_path: pathlib.Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache")) | (env or {})
     return subprocess.run(
-        [sys.executable, "-m", "opengrid", *argv], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", "opengrid", *argv], capture_output=True, text=True, timeout=120, env=full
     )
 
 
@@ -89,3 +92,21 @@ def test_piped_output_cut_short_prints_no_broken_pipe(tmp_path: pathlib.Path) ->
 def test_verbose_is_accepted_after_the_command(tmp_path: pathlib.Path) -> None:
     result = opengrid(tmp_path, "node", "start", "-v", "--help")
     assert result.returncode == 0 and "--verbose" in result.stdout
+
+
+def test_every_command_reads_the_same_default_data_dir(tmp_path: pathlib.Path) -> None:
+    shown = json.loads(opengrid(tmp_path, "config", "show", "--json").stdout)
+    default = shown["settings"]["data_dir"]["value"]
+    ledger = opengrid(tmp_path, "ledger", "balance")
+    assert ledger.returncode == 1
+    assert f"no ledger at {default}/ledger.sqlite3" in _one_error_line(ledger)
+    wallet = opengrid(tmp_path, "wallet")
+    assert wallet.returncode == 2 and f"default data dir {default};" in wallet.stderr
+    doctor = json.loads(opengrid(tmp_path, "doctor", "--json").stdout)
+    assert doctor["data_dir"] == default
+    # and $OPENGRID_DATA_DIR moves it for every command alike
+    moved = str(tmp_path / "moved")
+    ledger = opengrid(tmp_path, "ledger", "balance", env={"OPENGRID_DATA_DIR": moved})
+    assert f"no ledger at {moved}/ledger.sqlite3" in _one_error_line(ledger)
+    doctor = json.loads(opengrid(tmp_path, "doctor", "--json", env={"OPENGRID_DATA_DIR": moved}).stdout)
+    assert doctor["data_dir"] == moved
