@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from opengrid import __version__
 from opengrid.cli.extras import missing_extra
 from opengrid.errors import ConfigError, OpenGridError
@@ -276,6 +274,8 @@ def _add_network_key(parser: argparse.ArgumentParser) -> None:
 
 
 async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
+    import trio
+
     from opengrid.core.coordinator import CoordinatorConfig
     from opengrid.node.service import Node
 
@@ -398,6 +398,8 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 
         api = ApiSettings(address=config.api, api_key=config.api_key, allow_remote=config.api_allow_remote)
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
+    import trio  # here, not at the top: a Ctrl-C while the CLI starts lands in main's handler
+
     trio.run(_run_node, config, api)
     return 0
 
@@ -527,6 +529,13 @@ def _cmd_peers(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``opengrid`` console script."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it (imports, parsing): stop quietly
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     args.verbose += getattr(args, "verbose_after", 0)
     _setup_logging(0 if getattr(args, "json", False) else args.verbose)
@@ -562,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opengrid.cli import ledger as ledger_cli
             from opengrid.cli import models as models_cli
 
-            return {"models": models_cli, "config": config_cli, "ledger": ledger_cli}[args.command].run(args)
+            module: Any = {"models": models_cli, "config": config_cli, "ledger": ledger_cli}[args.command]
+            return int(module.run(args))
     except OpenGridError as exc:
         print(f"opengrid: error: {exc}", file=sys.stderr)
         return 1

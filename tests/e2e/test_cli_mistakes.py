@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -110,3 +114,86 @@ def test_every_command_reads_the_same_default_data_dir(tmp_path: pathlib.Path) -
     assert f"no ledger at {moved}/ledger.sqlite3" in _one_error_line(ledger)
     doctor = json.loads(opengrid(tmp_path, "doctor", "--json", env={"OPENGRID_DATA_DIR": moved}).stdout)
     assert doctor["data_dir"] == moved
+
+
+class _Node:
+    """``opengrid node start`` as a user runs it, its log read line by line on a thread."""
+
+    def __init__(self, tmp_path: pathlib.Path, *argv: str, env: dict[str, str] | None = None) -> None:
+        full = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache")) | (env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "opengrid", "node", "start", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=full,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(line)
+        self.lines.put("")  # the end
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if text in line:
+                return
+            if line == "":
+                break
+        raise AssertionError(f"{text!r} not seen; output:\n{''.join(self.seen)}")
+
+    def interrupt(self) -> tuple[int, float, str]:
+        """Ctrl-C: the exit status, the seconds it took to exit, and all the output."""
+        sent = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        status = self.process.wait(timeout=30)
+        took = time.monotonic() - sent
+        while (line := self.lines.get(timeout=10)) != "":
+            self.seen.append(line)
+        return status, took, "".join(self.seen)
+
+
+def _worker(tmp_path: pathlib.Path) -> list[str]:
+    return ["--role", "worker", "--model", "tiny", "--data-dir", str(tmp_path / "w"),
+            "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}"]  # fmt: skip
+
+
+@pytest.mark.parametrize("after_s", [0.1, 0.4, 1.0])
+def test_ctrl_c_in_the_first_second_stops_at_once_without_a_traceback(
+    tmp_path: pathlib.Path, after_s: float
+) -> None:
+    node = _Node(tmp_path, *_worker(tmp_path))
+    time.sleep(after_s)  # the moment of the Ctrl-C is the test's input, not a wait for something
+    status, took, output = node.interrupt()
+    assert status in (0, 130) and took < 5, (status, took, output)
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+
+
+def test_ctrl_c_during_the_speed_test_stops_at_once_and_the_test_shows_progress(
+    tmp_path: pathlib.Path,
+) -> None:
+    node = _Node(tmp_path, *_worker(tmp_path))
+    node.wait_for("measuring tokens/s on tiny: 5 short runs, the median counts (--skip-speed-test skips")
+    node.wait_for("speed test run 1/5 on tiny:")
+    status, took, output = node.interrupt()
+    assert status in (0, 130) and took < 5, (status, took, output)
+    assert "Traceback" not in output and "node stopped cleanly" in output, output
+
+
+def test_the_speed_test_is_skipped_from_the_environment(tmp_path: pathlib.Path) -> None:
+    node = _Node(tmp_path, *_worker(tmp_path), env={"OPENGRID_SKIP_SPEED_TEST": "true"})
+    node.wait_for("speed test skipped (--skip-speed-test): the tier comes from the hardware alone")
+    node.wait_for("ready on")
+    status, _, output = node.interrupt()
+    assert status in (0, 130) and "speed test run" not in output, output

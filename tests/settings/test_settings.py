@@ -25,7 +25,6 @@ from opengrid.settings import (
     resolve_config_file,
 )
 
-
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
 
 
