@@ -197,3 +197,27 @@ def test_the_speed_test_is_skipped_from_the_environment(tmp_path: pathlib.Path) 
     node.wait_for("ready on")
     status, _, output = node.interrupt()
     assert status in (0, 130) and "speed test run" not in output, output
+
+
+def test_clients_connecting_leave_no_error_lines_in_a_nodes_log(tmp_path: pathlib.Path) -> None:
+    from opengrid_sdk import Client
+
+    node = _Node(tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"))
+    node.wait_for("listening on")
+    address = node.seen[-1].split()[-1]
+    for _ in range(3):  # each client connects, asks, and goes: py-libp2p logged 7 ERROR lines each
+        with Client([address]) as client:
+            assert client.status().peer_id in address
+    status, _, output = node.interrupt()
+    assert status in (0, 130)
+    assert not [line for line in output.splitlines() if " ERROR " in line or "Failed to open" in line], output
+
+
+def test_an_unreachable_bootstrap_gives_one_warning_not_a_stream_of_errors(tmp_path: pathlib.Path) -> None:
+    node = _Node(tmp_path, *_worker(tmp_path), "--skip-speed-test")
+    node.wait_for("cannot register with coordinator")
+    node.wait_for("not reachable yet")  # the bootstrap dialled again meanwhile
+    status, _, output = node.interrupt()
+    assert status in (0, 130)
+    assert not [line for line in output.splitlines() if " ERROR " in line], output
+    assert len([line for line in output.splitlines() if " WARNING " in line]) == 1, output
