@@ -221,3 +221,30 @@ def test_an_unreachable_bootstrap_gives_one_warning_not_a_stream_of_errors(tmp_p
     assert status in (0, 130)
     assert not [line for line in output.splitlines() if " ERROR " in line], output
     assert len([line for line in output.splitlines() if " WARNING " in line]) == 1, output
+
+
+def test_a_wrong_network_key_is_named_within_seconds(tmp_path: pathlib.Path) -> None:
+    coordinator = _Node(
+        tmp_path,
+        "--role",
+        "coordinator",
+        "--data-dir",
+        str(tmp_path / "c"),
+        env={"OPENGRID_NETWORK_KEY": "key-one-1"},
+    )
+    coordinator.wait_for("listening on")
+    address = coordinator.seen[-1].split()[-1]
+    try:
+        for name, key in (("other-key", {"OPENGRID_NETWORK_KEY": "key-two-2"}), ("no-key", {})):
+            worker = _Node(
+                tmp_path, "--role", "worker", "--model", "tiny", "--data-dir", str(tmp_path / name),
+                "--bootstrap", address, "--skip-speed-test", env=key,
+            )  # fmt: skip
+            worker.wait_for("ready on")
+            ready = time.monotonic()
+            worker.wait_for("a different --network-key (or none) on one side is the likely cause", timeout=30)
+            took = time.monotonic() - ready
+            worker.interrupt()
+            assert took < 8, f"{name}: named after {took:.1f} s"  # was: timeouts, then 64 s
+    finally:
+        coordinator.interrupt()
