@@ -248,3 +248,21 @@ def test_a_wrong_network_key_is_named_within_seconds(tmp_path: pathlib.Path) -> 
             assert took < 8, f"{name}: named after {took:.1f} s"  # was: timeouts, then 64 s
     finally:
         coordinator.interrupt()
+
+
+def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pathlib.Path) -> None:
+    coordinator = _Node(tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"))
+    coordinator.wait_for("listening on")
+    address = coordinator.seen[-1].split()[-1]
+    try:
+        sealed = opengrid(tmp_path, "submit", "hello", "--bootstrap", address, "--model", "tiny")
+        assert sealed.returncode == 1
+        line = _one_error_line(sealed)
+        assert "no worker serves model 'tiny'; served: none yet" in line and "--model tiny" in line
+        streamed = opengrid(
+            tmp_path, "submit", "hello", "--bootstrap", address, "--model", "tiny", "--stream"
+        )
+        assert streamed.returncode == 1
+        assert "no online worker serves model 'tiny'" in _one_error_line(streamed)
+    finally:
+        coordinator.interrupt()
