@@ -203,10 +203,21 @@ def _build_parser() -> argparse.ArgumentParser:
     ledger_cli.register(commands)
     doctor_cli.register(commands)
 
-    status = commands.add_parser("status", help="ask a node for its identity, role and points")
+    status = commands.add_parser(
+        "status",
+        help="ask a node for its identity, role, points and workers",
+        description="Ask the node at MULTIADDR who it is: role, addresses, reachability, points and jobs in "
+        "its ledger, the models it serves, and (a coordinator) its workers and balances. `opengrid peers` "
+        "lists the peers it heard on gossip.",
+    )
     status.add_argument("address", metavar="MULTIADDR")
-    status.add_argument("--network", default=DEFAULT_NETWORK)
+    status.add_argument(
+        "--network", default=DEFAULT_NETWORK, help=f"the network's name (default {DEFAULT_NETWORK})"
+    )
     _add_network_key(status)
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object (every field, for scripts)"
+    )
 
     peers = commands.add_parser(
         "peers",
@@ -215,7 +226,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "gossip every few seconds; one that misses 3 announcements is shown offline and gets no work.",
     )
     peers.add_argument("address", metavar="MULTIADDR")
-    peers.add_argument("--network", default=DEFAULT_NETWORK)
+    peers.add_argument(
+        "--network", default=DEFAULT_NETWORK, help=f"the network's name (default {DEFAULT_NETWORK})"
+    )
     _add_network_key(peers)
     peers.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -482,12 +495,61 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     with Client([args.address], network=args.network, network_key=args.network_key) as client:
         status = client.status()
+    if not args.json:
+        print("\n".join(status_lines(status)))
+        return 0
     as_json = msgspec.to_builtins(status, enc_hook=None)
     as_json["public_key"] = status.public_key.hex()  # hex, like every key OpenGrid prints
     for worker, summary in zip(as_json["workers"], status.workers, strict=True):
         worker["public_key"] = summary.public_key.hex()
     print(json.dumps(as_json, indent=2))
     return 0
+
+
+def status_lines(status: NodeStatus) -> list[str]:
+    """``opengrid status`` as a table: the node's headline, then one labelled row per fact, the workers
+    of a coordinator one per line (as ``opengrid peers`` lists peers)."""
+    state = "paused (takes no new work)" if status.paused else "running"
+    lines = [peers_headline(status).split(" knows ")[0] + f", {state}"]
+
+    def row(label: str, value: str) -> None:
+        lines.append(f"  {label:<10}  {value}")
+
+    row("public key", status.public_key.hex())
+    for addr in status.addrs or ["- (reachable through relays only)"]:
+        row("address", addr)
+    row(
+        "points",
+        f"{status.points}  ({status.jobs_done} job(s) done; ledger: {status.ledger_entries} entries)",
+    )
+    row("models", ", ".join(status.models) or "-")
+    if status.role == "coordinator":
+        row("workers", f"{len(status.workers)} registered, {sum(w.online for w in status.workers)} online")
+        for w in status.workers:
+            lines.append(
+                f"    {'online ' if w.online else 'OFFLINE'}  {w.peer_id}  {', '.join(w.models) or '-'}"
+            )
+    if status.balances:
+        row("balances", "points per account in its ledger, largest first")
+        for key, points in sorted(status.balances.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"    {key}  {points:>8}")
+    online = sum(p.online for p in status.peers)
+    row("peers", f"{len(status.peers)} heard on gossip, {online} online (`opengrid peers` lists them)")
+    return lines
+
+
+def shown_reachability(reachability: str, addrs: Sequence[str]) -> str:
+    """A node's announced reachability as ``status`` and ``peers`` show it. A dial-back verdict of
+    "public" from a node whose direct addresses are all loopback (127.0.0.1, ::1) only means that this
+    machine can dial it: it says ``loopback``."""
+    import ipaddress
+
+    from opengrid.net.reachability import ip_and_port
+
+    direct = [target[0] for target in map(ip_and_port, addrs) if target is not None]
+    if reachability == "public" and direct and all(ipaddress.ip_address(ip).is_loopback for ip in direct):
+        return "loopback"
+    return reachability or "unknown"
 
 
 def peers_headline(status: NodeStatus) -> str:
@@ -498,7 +560,9 @@ def peers_headline(status: NodeStatus) -> str:
     online = sum(p.online for p in status.peers)
     role = f"{status.role} (candidate: not admitted yet, takes no jobs)" if status.candidate else status.role
     relays = relays_of(status.addrs)
-    reachability = status.reachability or "unknown"
+    reachability = shown_reachability(status.reachability, status.addrs)
+    if reachability == "loopback":
+        reachability = "loopback: this machine only"
     if relays:
         reachability += f", through relay {', '.join(peer for peer, _ in relays)}"
     return (
@@ -521,7 +585,8 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms is not None else "-"
         print(
             f"  {'online ' if p.online else 'OFFLINE'}  {p.peer_id}  {','.join(p.roles):<11}  "
-            f"{','.join(p.models) or '-':<24}  {p.tier or '-':<8}  {p.reachability or '-':<8}  "
+            f"{','.join(p.models) or '-':<24}  {p.tier or '-':<8}  "
+            f"{shown_reachability(p.reachability, p.addrs) if p.reachability else '-':<8}  "
             f"heard {p.last_seen_s:5.1f} s ago  RTT {rtt}"
         )
     return 0
