@@ -58,8 +58,9 @@ REPUTATION_EXPLAINED = (
     "  paid      your output agreed with the majority; you were credited points\n"
     "  outvoted  your output disagreed with the majority; no points\n"
     "Agreement rate = paid ÷ (paid + outvoted) over the receipts shown (the latest 100). The streak "
-    "counts paid jobs since the last outvote. Coordinators will keep a fuller score (timeouts, canaries, "
-    "probation): full reputation scoring is being added in issue 4."
+    "counts paid jobs since the last outvote. `opengrid ledger balance` counts the same receipts, by the "
+    "same rule, over the node's whole ledger, and the coordinators' evidence entries (valid, invalid, "
+    "timeout) besides."
 )
 
 
@@ -333,14 +334,12 @@ class WalletApp(App[None]):
                 f" · refreshed {format_time(int(health.last_ok * 1000), self._tz, with_date=False)}"
                 f" · status call {health.latency_s * 1000:.0f} ms",
             )
-        since = (
-            f"; last ok {format_time(int(health.last_ok * 1000), self._tz, with_date=False)}"
-            if health.last_ok
-            else ""
-        )
+        last = format_time(int(health.last_ok * 1000), self._tz, with_date=False) if health.last_ok else ""
+        shown = f"showing the last values, from {last}" if last else "no answer yet"
         return Text.assemble(
-            ("✖ refresh failed", "bold red"),
-            f" ({health.failures} in a row{since}): {health.error} · retrying every {self.refresh_s:g} s",
+            ("✖ node offline", "bold red"),
+            f" ({health.failures} failed refresh(es) in a row; {shown}): {health.error} · "
+            f"retrying every {self.refresh_s:g} s",
         )
 
     def _render_status_line(self) -> None:
@@ -353,6 +352,8 @@ class WalletApp(App[None]):
         line.set_class(self.health.ok is False or self._note_is_error, "-failed")
 
     def _state_text(self, status: NodeStatus) -> Text:
+        if self.health.ok is False:
+            return Text("○ offline: last values shown", style="bold red")
         return Text("‖ paused", style="bold yellow") if status.paused else Text("● running", style="green")
 
     def _render_overview(self) -> None:
@@ -360,6 +361,10 @@ class WalletApp(App[None]):
         if status is None:
             return
         self.query_one("#balance", Digits).update(format_points(status.points))
+        offline = self.health.ok is False
+        self.query_one("#balance-label", Label).update(
+            "LAST BALANCE (offline)" if offline else "BALANCE (points)"
+        )
         facts = Text()
         rows: list[tuple[str, Text | str]] = [
             ("Role", status.role),
