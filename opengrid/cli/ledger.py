@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 import nacl.signing
-from opengrid_ledger import Genesis, LedgerState, Receipt, decode_body, decode_genesis
+from opengrid_ledger import Genesis, LedgerState, Receipt, decode_body, decode_genesis, encode_entry
 
 from opengrid.errors import ConfigError
 from opengrid.settings import resolve_data_dir
@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "held": ledger.held(account) if account else None,
             "jobs_done": ledger.jobs_done(account) if account else None,
             "reputation": list(ledger.reputation(account)) if account else None,
+            "receipts": _receipts(ledger, account, network) if account else None,
             "balances": {key.hex(): points for key, points in ledger.balances().items()},
             "minted": ledger.minted(),
         }
@@ -118,6 +119,23 @@ def run(args: argparse.Namespace) -> int:
         ],
     }
     return _print(args, report, _history_text(report), 0)
+
+
+def _receipts(ledger: LedgerState, account: bytes, network: str) -> dict[str, Any]:
+    """The account's receipts counted as the wallet counts them (the same SDK rule: credited = paid, a
+    dissenter = outvoted), so ``ledger balance`` and the wallet's reputation screen agree."""
+    from opengrid_sdk.receipts import history_item
+
+    from opengrid.tui.model import summarize_reputation
+
+    items = [history_item(encode_entry(entry), account, network) for entry in ledger.entries()]
+    summary = summarize_reputation([item for item in items if item is not None])
+    return {
+        "paid": summary.paid,
+        "outvoted": summary.outvoted,
+        "agreement_rate": summary.agreement_rate,
+        "streak": summary.streak,
+    }
 
 
 def _genesis(path: pathlib.Path | None) -> Genesis | None:
@@ -198,10 +216,16 @@ def _balance_text(report: dict[str, Any]) -> str:
     lines = [_verify_text(report).splitlines()[0]]
     if report["account"]:
         valid, invalid, timeout = report["reputation"]
+        receipts = report["receipts"]
+        rate = receipts["agreement_rate"]
         lines.append(
             f"account {report['account']}: {report['balance']} points"
-            f" (+{report['held']} held), {report['jobs_done']} jobs,"
-            f" reputation {valid} valid / {invalid} invalid / {timeout} timeout"
+            f" (+{report['held']} held), {report['jobs_done']} jobs"
+        )
+        lines.append(
+            f"  reputation: {receipts['paid']} paid / {receipts['outvoted']} outvoted receipts, agreement "
+            f"{'-' if rate is None else f'{rate * 100:.1f} %'} (as the wallet counts them); evidence "
+            f"entries: {valid} valid / {invalid} invalid / {timeout} timeout"
         )
     lines += [f"  {key}  {points}" for key, points in report["balances"].items()]
     return "\n".join(lines)

@@ -277,3 +277,43 @@ def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pathlib.P
         assert "no online worker serves model 'tiny'" in _one_error_line(streamed)
     finally:
         coordinator.interrupt()
+
+
+def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Path) -> None:
+    from opengrid_sdk import Client
+
+    from opengrid.cli.demo import wait_for_workers
+    from opengrid.tui.model import summarize_reputation
+    from opengrid.tui.source import SdkWalletSource
+
+    coordinator = _Node(tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"))
+    coordinator.wait_for("listening on")
+    address = coordinator.seen[-1].split()[-1]
+    worker_dir = tmp_path / "w"
+    worker = _Node(
+        tmp_path, "--role", "worker", "--model", "tiny", "--data-dir", str(worker_dir),
+        "--bootstrap", address, "--skip-speed-test",
+    )  # fmt: skip
+    source = SdkWalletSource.for_data_dir(worker_dir)
+    try:
+        with Client([address]) as client:
+            wait_for_workers(client, 1, timeout=60)
+            for prompt in ("one", "two"):
+                client.complete(prompt, model="tiny", max_tokens=3, replicas=1)
+        deadline = time.monotonic() + 30
+        source.status()
+        while len(items := source.history()) < 2 and time.monotonic() < deadline:  # the receipts' way back
+            time.sleep(0.2)
+        wallet = summarize_reputation(items)
+        report = json.loads(
+            opengrid(tmp_path, "ledger", "balance", "--data-dir", str(worker_dir), "--json").stdout
+        )
+        text = opengrid(tmp_path, "ledger", "balance", "--data-dir", str(worker_dir)).stdout
+    finally:
+        source.close()
+        worker.interrupt()
+        coordinator.interrupt()
+    assert (wallet.paid, wallet.outvoted) == (2, 0)
+    assert (report["receipts"]["paid"], report["receipts"]["outvoted"]) == (wallet.paid, wallet.outvoted)
+    assert report["receipts"]["agreement_rate"] == wallet.agreement_rate == 1.0
+    assert "reputation: 2 paid / 0 outvoted receipts, agreement 100.0 % (as the wallet counts them)" in text
