@@ -176,7 +176,8 @@ def test_ctrl_c_in_the_first_second_stops_at_once_without_a_traceback(
     node = _Node(tmp_path, *_worker(tmp_path))
     time.sleep(after_s)  # the moment of the Ctrl-C is the test's input, not a wait for something
     status, took, output = node.interrupt()
-    assert status in (0, 130) and took < 5, (status, took, output)
+    # -SIGINT: the signal came before the interpreter had set up its handler (a loaded machine), also at once
+    assert status in (0, 130, -signal.SIGINT) and took < 5, (status, took, output)
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
 
 
