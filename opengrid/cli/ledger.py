@@ -18,10 +18,12 @@ from typing import Any
 
 import nacl.signing
 from opengrid_ledger import Genesis, LedgerState, Receipt, decode_body, decode_genesis, encode_entry
+from opengrid_sdk import HistoryItem
 
 from opengrid.errors import ConfigError
 from opengrid.settings import resolve_data_dir
 from opengrid.store.ledger_store import LEDGER_FILE, LedgerStore, replay
+from opengrid.wire.messages import NodeStatus
 
 IDENTITY_FILE = "identity.key"
 NODE_INFO_FILE = "node.json"
@@ -119,6 +121,47 @@ def run(args: argparse.Namespace) -> int:
         ],
     }
     return _print(args, report, _history_text(report), 0)
+
+
+def last_known_view(
+    data_dir: pathlib.Path, network: str | None = None
+) -> tuple[NodeStatus, list[HistoryItem]] | None:
+    """What a stopped node's data dir says of it, for the wallet while the node does not answer: its
+    balance, jobs and receipts in its ledger on disk (read-only, every signature verified; receipts of
+    every author in the store accepted, as ``ledger balance`` without --genesis). None when the data
+    dir holds no ledger or identity."""
+    from opengrid_sdk.receipts import history_item
+
+    from opengrid.net.keys import peer_id_of
+
+    account = _account(argparse.Namespace(account=None), data_dir)
+    store_path = data_dir / LEDGER_FILE
+    if account is None or not store_path.exists():
+        return None
+    network = network or _node_network(data_dir)
+    store = LedgerStore(store_path, read_only=True)
+    try:
+        minters, _ = _minters(argparse.Namespace(minter=[]), store, None)
+        ledger = LedgerState(network, minters)
+        replay(store, ledger, verify=True)
+    finally:
+        store.close()
+    try:
+        role = str(json.loads((data_dir / NODE_INFO_FILE).read_text()).get("role") or "node")
+    except (OSError, ValueError, AttributeError):
+        role = "node"
+    status = NodeStatus(
+        peer_id=peer_id_of(account),
+        public_key=account,
+        role=role,
+        addrs=[],
+        points=ledger.balance(account),
+        jobs_done=ledger.jobs_done(account),
+        ledger_entries=len(ledger),
+        network=network,
+    )
+    items = [history_item(encode_entry(entry), account, network) for entry in ledger.entries()]
+    return status, [item for item in items if item is not None]
 
 
 def _receipts(ledger: LedgerState, account: bytes, network: str) -> dict[str, Any]:

@@ -5,6 +5,8 @@ Each test runs ``python -m opengrid`` as a user would, with HOME pointed at the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -282,8 +284,11 @@ def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pathlib.P
 
 def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Path) -> None:
     from opengrid_sdk import Client
+    from textual.widgets import Digits, Label, Static
+    from textual.worker import WorkerFailed
 
     from opengrid.cli.demo import wait_for_workers
+    from opengrid.tui.app import WalletApp
     from opengrid.tui.model import summarize_reputation
     from opengrid.tui.source import SdkWalletSource
 
@@ -318,3 +323,25 @@ def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Pat
     assert (report["receipts"]["paid"], report["receipts"]["outvoted"]) == (wallet.paid, wallet.outvoted)
     assert report["receipts"]["agreement_rate"] == wallet.agreement_rate == 1.0
     assert "reputation: 2 paid / 0 outvoted receipts, agreement 100.0 % (as the wallet counts them)" in text
+
+    # the node is down now: a wallet opened on its data dir says so, and shows the balance in its ledger
+    async def open_wallet() -> tuple[str, str, str]:
+        offline = SdkWalletSource.for_data_dir(worker_dir, timeout=5)
+        try:
+            app = WalletApp(offline, refresh_s=3600)
+            async with app.run_test(size=(80, 24)) as pilot:
+                with contextlib.suppress(WorkerFailed):  # the refresh fails: the node is down
+                    await app.workers.wait_for_complete()
+                await pilot.pause()
+                return (
+                    str(app.query_one("#status-line", Static).content),
+                    app.query_one("#balance", Digits).value,
+                    str(app.query_one("#balance-label", Label).content),
+                )
+        finally:
+            offline.close()
+
+    line, balance, label = asyncio.run(open_wallet())
+    assert "node offline" in line and "showing the balance in its ledger on disk" in line, line
+    assert balance == f"{report['balance']:,}" and report["balance"] > 0
+    assert label == "LAST BALANCE (offline)"
