@@ -345,3 +345,11 @@ def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Pat
     assert "node offline" in line and "showing the balance in its ledger on disk" in line, line
     assert balance == f"{report['balance']:,}" and report["balance"] > 0
     assert label == "LAST BALANCE (offline)"
+
+
+def test_node_start_help_groups_its_flags(tmp_path: pathlib.Path) -> None:
+    shown = opengrid(tmp_path, "node", "start", "--help").stdout
+    groups = ["node:", "network:", "model and engine (workers):", "worker limits:", "coordinator:",
+              "OpenAI-compatible API:", "diagnostics:"]  # fmt: skip
+    assert [line for line in shown.splitlines() if line in groups] == groups
+    assert "--skip-speed-test" in shown and "--adversary" not in shown  # a test-only flag stays hidden
