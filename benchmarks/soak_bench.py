@@ -34,7 +34,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
-import httpx
 import trio
 from libp2p.custom_types import TProtocol
 from nacl.signing import SigningKey
@@ -204,30 +203,47 @@ async def big_names(host: Host, peer: str, seed: bytes, deadline: float, tally: 
         await trio.sleep(5.0)
 
 
-async def big_bodies(api: str, deadline: float, tally: Tally) -> None:
+async def _post_big_body(host: str, port: int, *, chunked: bool) -> str:
+    """POST 50 MiB to /v1/completions over a raw socket (announced by Content-Length, or chunked) while
+    reading the answer; return its status line's code ("" if the server closed without one)."""
+    head = "POST /v1/completions HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+    head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {50 << 20}\r\n\r\n"
     chunk = b"x" * (1 << 20)
+    framed = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+    answer = bytearray()
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream, trio.open_nursery() as nursery:
 
-    async def body() -> object:
-        for _ in range(50):
-            yield chunk
+        async def send() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(head.encode())
+                for _ in range(50):
+                    await stream.send_all(framed)
 
-    async with httpx.AsyncClient(timeout=30) as client:
-        for i in range(100):
-            if trio.current_time() > deadline:
-                break
-            try:
-                if i % 2:
-                    reply = await client.post(f"{api}/v1/completions", content=body())  # chunked
-                else:
-                    reply = await client.post(
-                        f"{api}/v1/completions",
-                        content=body(),
-                        headers={"Content-Length": str(50 << 20), "Content-Type": "application/json"},
-                    )
-                tally[f"big-bodies: HTTP {reply.status_code}"] += 1
-            except httpx.HTTPError as exc:
-                tally[f"big-bodies: {type(exc).__name__}"] += 1
-            await trio.sleep(10.0)
+        async def read() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while b"\r\n" not in answer and len(answer) < 4096:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        break
+                    answer.extend(data)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(send)
+        nursery.start_soon(read)
+    line = bytes(answer).split(b"\r\n", 1)[0].decode(errors="replace")
+    return line.split(" ")[1] if line.startswith("HTTP/") and " " in line else ""
+
+
+async def big_bodies(api: str, deadline: float, tally: Tally) -> None:
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+    for i in range(100):
+        if trio.current_time() > deadline:
+            break
+        with trio.move_on_after(30):
+            code = await _post_big_body(host, int(port), chunked=bool(i % 2))
+            tally[f"big-bodies: HTTP {code or '(closed)'}"] += 1
+        await trio.sleep(10.0)
 
 
 async def legitimate(host: Host, peer: str, deadline: float, latencies: list[float], tally: Tally) -> None:

@@ -2,6 +2,9 @@
 
 import sys
 
-from opengrid.cli.main import main
+try:
+    from opengrid.cli.main import main
+except KeyboardInterrupt:  # Ctrl-C while the command line is still being imported: stop without a traceback
+    sys.exit(130)
 
 sys.exit(main())

@@ -1,22 +1,24 @@
 """A node's settings from four layers: command-line flags > environment > config file > defaults.
 
-The config file is TOML with one top-level key per :class:`~opengrid.node.config.NodeConfig` field
-(``role = "worker"``, ``listen = ["/ip4/0.0.0.0/tcp/4001"]``, ``max_tokens_per_job = 512``). It lives
-at :func:`default_config_path` (the platform's user config dir / ``opengrid`` / ``config.toml``) unless
-``--config PATH`` or ``$OPENGRID_CONFIG`` names another one. Every key can be set by the environment as
-``OPENGRID_<KEY>`` (upper case; lists comma-separated; an empty value means "unset" for optional keys)
-and by a flag.
+Every ``opengrid node start`` flag is a setting, under the flag's own name: ``--max-tokens-per-job 512``
+is ``max_tokens_per_job = 512`` in the config file and ``OPENGRID_MAX_TOKENS_PER_JOB=512`` in the
+environment (upper case; lists comma-separated; an empty value means "unset" for optional keys; a
+switch such as ``--skip-speed-test`` takes true/false, 1/0, yes/no). The config file is TOML with one
+top-level key per setting and lives at :func:`default_config_path` (the platform's user config dir /
+``opengrid`` / ``config.toml``) unless ``--config PATH`` or ``$OPENGRID_CONFIG`` names another one.
 
 :func:`load_settings` is a pure function of its three inputs: it reads only the file it is given, and
 takes the environment as a mapping, so tests pass plain dicts. It reports where each value came from
 (``"default"``, ``"file:PATH"``, ``"env:VAR"``, ``"flag"``) and fails with :class:`ConfigError`
-naming the key, the bad value, its origin and the allowed values.
+naming the key, the bad value, its origin and the allowed values. An ``OPENGRID_*`` variable that names
+no setting is reported by :func:`unknown_env_vars` (with the likely intended name), never ignored silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import pathlib
 import tomllib
 from collections.abc import Callable, Mapping
@@ -27,23 +29,37 @@ import platformdirs
 
 from opengrid.core.availability import parse_windows
 from opengrid.errors import ConfigError
-from opengrid.node.config import ADVERSARIES, ENGINES, HTTP_BACKENDS, ROLES, NodeConfig
+from opengrid.node.config import (
+    ADVERSARIES,
+    DEFAULT_API_ADDRESS,
+    DEFAULT_LISTEN,
+    DEFAULT_NETWORK,
+    ENGINES,
+    HTTP_BACKENDS,
+    ROLES,
+    NodeConfig,
+)
 
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "KEYS",
+    "add_node_flags",
     "default_config_path",
     "default_data_dir",
     "env_var",
     "flags_from_namespace",
     "load_settings",
     "resolve_config_file",
+    "resolve_data_dir",
+    "unknown_env_vars",
 ]
 
 ENV_PREFIX = "OPENGRID_"
 CONFIG_ENV = "OPENGRID_CONFIG"
 """Environment variable naming the config file (``--config`` wins over it)."""
+OTHER_ENV_VARS = frozenset({CONFIG_ENV, "OPENGRID_CRASH_SEED", "OPENGRID_FUZZ_EXAMPLES"})
+"""``OPENGRID_*`` variables that are not settings (the config file's path; the test suite's knobs)."""
 
 _ADVERSARIES = ADVERSARIES
 
@@ -54,13 +70,42 @@ def default_config_path() -> pathlib.Path:
 
 
 def default_data_dir() -> pathlib.Path:
-    """The platform's user data dir / ``opengrid``: identity key, ledger, node.json."""
+    """The platform's user data dir / ``opengrid``: identity key, ledger, node.json. The one default of
+    every command that reads a node's data dir (``node``, ``ledger``, ``wallet``, ``doctor``)."""
     return platformdirs.user_data_path("opengrid")
 
 
+def resolve_data_dir(flag: pathlib.Path | None, env: Mapping[str, str]) -> pathlib.Path:
+    """The data dir a command other than ``node start`` reads: ``--data-dir``, else the one ``node
+    start`` would use with the same environment and config file (``$OPENGRID_DATA_DIR``, the file's
+    ``data_dir``, :func:`default_data_dir`)."""
+    if flag is not None:
+        return flag.expanduser()
+    config, _ = load_settings({}, env, resolve_config_file(None, env))
+    return config.data_dir
+
+
 def env_var(key: str) -> str:
-    """``OPENGRID_<KEY>`` for a config key (``heartbeat_s`` -> ``OPENGRID_HEARTBEAT_S``)."""
+    """``OPENGRID_<KEY>`` for a setting (``heartbeat`` -> ``OPENGRID_HEARTBEAT``)."""
     return ENV_PREFIX + key.upper()
+
+
+def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
+    """One sentence per ``OPENGRID_*`` variable in ``env`` that names no setting (a typo, or an old
+    name), with the variable it most likely meant."""
+    known = {env_var(key): key for key in KEYS}
+    problems = []
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in known or var in OTHER_ENV_VARS:
+            continue
+        alias = _ALIASES.get(var[len(ENV_PREFIX) :].lower())
+        if alias is not None:
+            problems.append(f"{var} is the old name of {env_var(alias)} (still read); rename it")
+            continue
+        guess = difflib.get_close_matches(var, list(known), n=1)
+        meant = f"; did you mean {guess[0]}?" if guess else " (settings: `opengrid config show`)"
+        problems.append(f"{var} is not an OpenGrid setting and is ignored{meant}")
+    return problems
 
 
 # -- value parsers: (raw value, from_text) -> typed value, ValueError with the allowed values ------
@@ -164,6 +209,23 @@ def _url(value: Any, from_text: bool) -> str:
     return text.rstrip("/")
 
 
+def _key_text(value: Any, from_text: bool) -> str:
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("expected a non-empty text")
+    return text
+
+
+def _host_port(value: Any, from_text: bool) -> str:
+    if value is True or (from_text and isinstance(value, str) and value.strip().lower() == "true"):
+        return DEFAULT_API_ADDRESS  # `--api` given bare, `api = true`
+    text = _text(value).strip()
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, e.g. {DEFAULT_API_ADDRESS} (or true for that address)")
+    return text
+
+
 def _multiaddrs(value: Any, from_text: bool) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")] if from_text else [value.strip()]
@@ -195,36 +257,59 @@ class _Key:
     """``None`` is allowed (the default, or an empty environment variable)."""
     nonempty: bool = False
     """For lists: at least one item."""
+    field: str = ""
+    """The :class:`NodeConfig` field it sets, when its name differs from the key's (``heartbeat`` sets
+    ``heartbeat_s``)."""
+    secret: bool = False
+    """Never printed (``opengrid config show`` says only that it is set)."""
 
 
 KEYS: dict[str, _Key] = {
-    "data_dir": _Key(_path),
     "role": _Key(_choice(ROLES)),
-    "listen": _Key(_multiaddrs, nonempty=True),
-    "bootstrap": _Key(_multiaddrs),
-    "model": _Key(_model, optional=True),
+    "data_dir": _Key(_path),
     "network": _Key(_name),
-    "network_key": _Key(_secret, optional=True),
+    "network_key": _Key(_secret, optional=True, secret=True),
     "genesis": _Key(_path, optional=True),
-    "heartbeat_s": _Key(_positive_float),
-    "announce_s": _Key(_positive_float),
-    "threads": _Key(_int(1), optional=True),
-    "adversary": _Key(_choice(_ADVERSARIES), optional=True),
-    "max_tokens_per_job": _Key(_int(1)),
-    "max_context": _Key(_int(16)),
-    "gpu_layers": _Key(_int(-1)),
+    "listen": _Key(_multiaddrs, nonempty=True),
+    "no_listen": _Key(_bool),
+    "bootstrap": _Key(_multiaddrs),
+    "relay": _Key(_bool, optional=True),
+    "relay_via": _Key(_multiaddrs),
+    "heartbeat": _Key(_positive_float, field="heartbeat_s"),
+    "announce": _Key(_positive_float, field="announce_s"),
+    "model": _Key(_model, optional=True),
     "engine": _Key(_choice(ENGINES)),
     "http_url": _Key(_url, optional=True),
     "http_backend": _Key(_choice(HTTP_BACKENDS)),
+    "threads": _Key(_int(1), optional=True),
+    "gpu_layers": _Key(_int(-1)),
+    "max_context": _Key(_int(16)),
+    "skip_speed_test": _Key(_bool),
+    "max_tokens_per_job": _Key(_int(1)),
     "work_hours": _Key(_work_hours),
     "max_load": _Key(_positive_float, optional=True),
-    "relay": _Key(_bool, optional=True),
-    "relay_via": _Key(_multiaddrs),
+    "plain_verification": _Key(_bool),
     "require_payment": _Key(_bool),
     "approve_workers": _Key(_bool),
     "admit_after_jobs": _Key(_int(0)),
+    "api": _Key(_host_port, optional=True),
+    "api_key": _Key(_key_text, optional=True, secret=True),
+    "api_allow_remote": _Key(_bool),
+    "trace_frames": _Key(_path, optional=True),
+    "trace_timing": _Key(_path, optional=True),
+    "adversary": _Key(_choice(ADVERSARIES), optional=True),
 }
-"""Every NodeConfig field and how its values are checked."""
+"""Every ``node start`` flag, by its name (``--max-load`` -> ``max_load``), and how its values are
+checked; each sets the NodeConfig field of the same name unless ``field`` says another."""
+
+_ALIASES = {"heartbeat_s": "heartbeat", "announce_s": "announce"}
+"""Older spellings still read from config files and the environment (the field names, before the keys
+were named like their flags)."""
+
+
+def field_of(key: str) -> str:
+    """The :class:`NodeConfig` field a setting sets."""
+    return KEYS[key].field or key
 
 
 def resolve_config_file(flag: pathlib.Path | None, env: Mapping[str, str]) -> pathlib.Path | None:
@@ -261,7 +346,7 @@ def load_settings(
     if unknown_flags:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown_flags)}; known: {', '.join(KEYS)}")
     defaults = NodeConfig(data_dir=default_data_dir())
-    values: dict[str, Any] = {key: getattr(defaults, key) for key in KEYS}
+    values: dict[str, Any] = {key: getattr(defaults, field_of(key)) for key in KEYS}
     sources = dict.fromkeys(KEYS, "default")
 
     if file is not None:
@@ -269,8 +354,7 @@ def load_settings(
         for key, raw in _read_toml(file).items():
             values[key] = _check(key, raw, origin, from_text=False)
             sources[key] = origin
-    for key in KEYS:
-        var = env_var(key)
+    for var, key in [(env_var(old), new) for old, new in _ALIASES.items()] + [(env_var(k), k) for k in KEYS]:
         if var in env:
             origin = f"env:{var}"
             values[key] = _check(key, env[var], origin, from_text=True)
@@ -280,7 +364,7 @@ def load_settings(
             continue
         values[key] = _check(key, raw, "flag", from_text=isinstance(raw, str))
         sources[key] = "flag"
-    config = dataclasses.replace(defaults, **values)
+    config = dataclasses.replace(defaults, **{field_of(key): value for key, value in values.items()})
     return config, sources
 
 
@@ -307,54 +391,33 @@ def _read_toml(path: pathlib.Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    data = {_ALIASES.get(key, key): value for key, value in data.items()}
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
+        hints = [
+            f"{key} (did you mean {close[0]}?)"
+            if (close := difflib.get_close_matches(key, list(KEYS), n=1))
+            else key
+            for key in unknown
+        ]
         raise ConfigError(
-            f"config file {path} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(KEYS)}"
+            f"config file {path} has unknown key(s) {', '.join(hints)}; known keys: {', '.join(KEYS)}"
         )
     return data
 
 
 # -- argparse glue for the CLI ---------------------------------------------------------------------
 
-FLAG_DESTS: dict[str, str] = {
-    "data_dir": "data_dir",
-    "role": "role",
-    "listen": "listen",
-    "bootstrap": "bootstrap",
-    "model": "model",
-    "network": "network",
-    "network_key": "network_key",
-    "genesis": "genesis",
-    "heartbeat": "heartbeat_s",
-    "announce": "announce_s",
-    "threads": "threads",
-    "adversary": "adversary",
-    "max_tokens_per_job": "max_tokens_per_job",
-    "max_context": "max_context",
-    "gpu_layers": "gpu_layers",
-    "engine": "engine",
-    "http_url": "http_url",
-    "http_backend": "http_backend",
-    "work_hours": "work_hours",
-    "max_load": "max_load",
-    "relay": "relay",
-    "relay_via": "relay_via",
-    "require_payment": "require_payment",
-    "approve_workers": "approve_workers",
-    "admit_after_jobs": "admit_after_jobs",
-}
-"""argparse ``dest`` of each ``node start`` flag -> config key."""
-
 
 def flags_from_namespace(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys set on the command line: flags whose value is not None (or an empty list).
+    """The settings given on the command line: flags whose value is not None (or an empty list).
 
-    For precedence to work, ``node start`` flags must default to None (not to the config default).
+    For precedence to work, ``node start`` flags default to None (not to the setting's default), so a
+    flag left out lets the environment and the config file speak. Each flag's ``dest`` is its key.
     """
     flags: dict[str, Any] = {}
-    for dest, key in FLAG_DESTS.items():
-        value = getattr(args, dest, None)
+    for key in KEYS:
+        value = getattr(args, key, None)
         if value is None or (isinstance(value, list) and not value):
             continue
         flags[key] = tuple(value) if isinstance(value, list) else value
@@ -362,37 +425,194 @@ def flags_from_namespace(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_node_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and the resource and engine flags to ``node start`` (all default to None)."""
-    parser.add_argument(
+    """Add every ``node start`` flag, in groups, plus ``--config``. Each flag is the setting of the same
+    name (``KEYS``) and defaults to None, so that the environment and the config file can set it too."""
+    node = parser.add_argument_group("node")
+    node.add_argument(
+        "--role",
+        choices=ROLES,
+        help="auto = coordinator without --bootstrap; with it, edge on machines under 2 GiB of RAM, else "
+        "worker (default: auto)",
+    )
+    node.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        metavar="DIR",
+        help=f"where the identity key, the ledger and node.json live (default: {default_data_dir()})",
+    )
+    node.add_argument(
         "--config",
         type=pathlib.Path,
         metavar="PATH",
         help=f"config file (default: ${CONFIG_ENV}, else {default_config_path()})",
     )
-    parser.add_argument(
-        "--max-tokens-per-job", type=int, metavar="N", help="refuse jobs asking for more tokens"
+    node.add_argument("--network", help=f"network name (default: {DEFAULT_NETWORK})")
+    node.add_argument(
+        "--network-key",
+        metavar="SECRET",
+        help="private network: only nodes started with the same key (an invite token, >= 8 characters) "
+        "can connect; prefer $OPENGRID_NETWORK_KEY to keep it out of the process list",
     )
-    parser.add_argument(
-        "--max-context", type=int, metavar="N", help="context window (prompt + output tokens)"
+    node.add_argument(
+        "--genesis",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="the network's genesis file (JSON: network, coordinators, grant_points); its coordinators "
+        "mint points on this node's ledger and coordinators sync their ledgers with each other",
     )
-    parser.add_argument(
-        "--gpu-layers", type=int, metavar="N", help="layers offloaded to the GPU (0: CPU only)"
+
+    network = parser.add_argument_group("network")
+    network.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help=f"address to listen on, repeatable (default: {DEFAULT_LISTEN}, a free port)",
     )
-    parser.add_argument(
+    network.add_argument(
+        "--no-listen",
+        action="store_true",
+        default=None,
+        help="listen on no address: dial out only, reachable through relays (--relay-via, else the "
+        "--bootstrap nodes)",
+    )
+    network.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...); the node finds "
+        "every coordinator through it (gossip)",
+    )
+    network.add_argument(
+        "--relay",
+        action=argparse.BooleanOptionalAction,
+        help="relay for nodes that cannot be dialled (circuit relay v2; default: coordinators do)",
+    )
+    network.add_argument(
+        "--relay-via",
+        action="append",
+        metavar="MULTIADDR",
+        help="be reachable through this relay (a node started with --relay, or a coordinator): hold a "
+        "reservation on it and announce the relayed address; repeatable. When none of them has held a "
+        "reservation for 60 s the node takes another relay by itself until one of them is back",
+    )
+    network.add_argument(
+        "--heartbeat",
+        type=float,
+        metavar="SECONDS",
+        help="how often workers re-register with their coordinators (default: 5)",
+    )
+    network.add_argument(
+        "--announce",
+        type=float,
+        metavar="SECONDS",
+        help="how often the node announces itself on gossip; 3 missed announcements mark it offline "
+        "(default: 5)",
+    )
+
+    engine = parser.add_argument_group("model and engine (workers)")
+    engine.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="model a worker serves: a catalog name (smollm2-135m-instruct, tiny) or a .gguf path",
+    )
+    engine.add_argument(
         "--engine", choices=ENGINES, help="llama (in-process) or http (a llama.cpp/vLLM server)"
     )
-    parser.add_argument(
+    engine.add_argument(
         "--http-url", metavar="URL", help="attach to this OpenAI-compatible server (engine http)"
     )
-    parser.add_argument("--http-backend", choices=HTTP_BACKENDS, help="which server --http-url is / to start")
-    parser.add_argument(
+    engine.add_argument("--http-backend", choices=HTTP_BACKENDS, help="which server --http-url is / to start")
+    engine.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)"
+    )
+    engine.add_argument(
+        "--gpu-layers", type=int, metavar="N", help="layers offloaded to the GPU (0: CPU only)"
+    )
+    engine.add_argument(
+        "--max-context", type=int, metavar="N", help="context window (prompt + output tokens)"
+    )
+    engine.add_argument(
+        "--skip-speed-test",
+        action=argparse.BooleanOptionalAction,
+        help="do not measure tokens/s at start (faster restarts; the node then announces no speed and its "
+        "tier comes from its hardware alone)",
+    )
+
+    limits = parser.add_argument_group("worker limits")
+    limits.add_argument(
+        "--max-tokens-per-job", type=int, metavar="N", help="refuse jobs asking for more tokens"
+    )
+    limits.add_argument(
         "--work-hours",
         metavar="HH:MM-HH:MM",
         help="take jobs only in these daily hours, e.g. 22:00-07:00 (comma-separated; default: always)",
     )
-    parser.add_argument(
+    limits.add_argument(
         "--max-load",
         type=float,
         metavar="LOAD",
         help="take jobs only while other programs load the machine at most this much per core (e.g. 0.5)",
     )
+
+    coordinator = parser.add_argument_group("coordinator")
+    coordinator.add_argument(
+        "--plain-verification",
+        action="store_true",
+        default=None,
+        help="every job runs the replicas asked for, on uniformly chosen workers, no canaries "
+        "(default: adaptive replication, reputation-weighted choice, canary jobs)",
+    )
+    coordinator.add_argument(
+        "--require-payment",
+        action=argparse.BooleanOptionalAction,
+        help="run only paid jobs (clients with an identity pay from their points; a new identity claims "
+        "the network's starting grant); unpaid jobs get 'payment_required'",
+    )
+    coordinator.add_argument(
+        "--approve-workers",
+        action=argparse.BooleanOptionalAction,
+        help="serve only workers you approved (`opengrid node pending` lists those asking, "
+        "`opengrid node approve` admits one)",
+    )
+    coordinator.add_argument(
+        "--admit-after-jobs",
+        type=int,
+        metavar="N",
+        help="on a network with a genesis file: co-sign the admission of a new coordinator whose key "
+        "earned N verified jobs as a worker, without `opengrid node approve --coordinator` (default 0: only "
+        "those you approve)",
+    )
+
+    api = parser.add_argument_group("OpenAI-compatible API")
+    api.add_argument(
+        "--api",
+        nargs="?",
+        const=DEFAULT_API_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"serve the OpenAI-compatible API (default address when given bare: {DEFAULT_API_ADDRESS})",
+    )
+    api.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    api.add_argument(
+        "--api-allow-remote",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --api address (plain HTTP!)",
+    )
+
+    diagnostics = parser.add_argument_group("diagnostics")
+    diagnostics.add_argument(
+        "--trace-frames",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="append every job-protocol message this node receives to FILE (length-prefixed msgpack), "
+        "to audit exactly what it saw",
+    )
+    diagnostics.add_argument(
+        "--trace-timing",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="append a JSON line to FILE each time a job passes a point (dispatched, sent, received, "
+        "engine started...), stamped with this machine's monotonic clock, to see where a job's time goes "
+        "(benchmarks/grid_discovery_bench.py merges a coordinator's and its workers' files)",
+    )
+    diagnostics.add_argument("--adversary", choices=ADVERSARIES, help=argparse.SUPPRESS)

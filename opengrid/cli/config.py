@@ -19,8 +19,10 @@ from opengrid.settings import (
     KEYS,
     default_config_path,
     env_var,
+    field_of,
     load_settings,
     resolve_config_file,
+    unknown_env_vars,
 )
 
 
@@ -57,14 +59,17 @@ def run(args: argparse.Namespace) -> int:
         config.validated()
     except ConfigError as exc:
         problem = str(exc)
-    values = {key: _plain(getattr(config, key)) for key in KEYS}
-    if values.get("network_key"):
-        values["network_key"] = "(set, hidden)"  # a shared secret: never print it
+    values = {key: _plain(getattr(config, field_of(key))) for key in KEYS}
+    for key, spec in KEYS.items():
+        if spec.secret and values[key]:
+            values[key] = "(set, hidden)"  # a shared secret: never print it
+    ignored = unknown_env_vars(env)
     if args.json:
         doc = {
             "config_file": str(file) if file is not None else None,
             "settings": {key: {"value": values[key], "source": sources[key]} for key in KEYS},
             "problem": problem,
+            "ignored_env": ignored,
         }
         print(json.dumps(doc, indent=2))
         return 0
@@ -73,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     for key in KEYS:
         shown = json.dumps(values[key], ensure_ascii=False)
         print(f"  {key:<{width}}  {shown:<40}  {sources[key]}")
-    print(f"(override any key with a flag or {env_var('KEY')})")
+    print(
+        f"(each key is a `node start` flag, e.g. max_tokens_per_job is --max-tokens-per-job, and an "
+        f"{env_var('<KEY>')} variable)"
+    )
+    for line in ignored:
+        print(f"warning: {line}")
     if problem is not None:
         print(f"note: `node start` with these settings would fail: {problem}")
     return 0

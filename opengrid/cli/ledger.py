@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import Any
 
 import nacl.signing
-from opengrid_ledger import Genesis, LedgerState, Receipt, decode_body, decode_genesis
+from opengrid_ledger import Genesis, LedgerState, Receipt, decode_body, decode_genesis, encode_entry
+from opengrid_sdk import HistoryItem
 
 from opengrid.errors import ConfigError
+from opengrid.settings import resolve_data_dir
 from opengrid.store.ledger_store import LEDGER_FILE, LedgerStore, replay
+from opengrid.wire.messages import NodeStatus
 
 IDENTITY_FILE = "identity.key"
 NODE_INFO_FILE = "node.json"
@@ -40,9 +44,10 @@ def register(subparsers: Any) -> None:
         action.add_argument(
             "--data-dir",
             type=pathlib.Path,
-            default=pathlib.Path("."),
+            default=None,
             metavar="DIR",
-            help="the node's data dir (holds ledger.sqlite3; default: the current directory)",
+            help="the node's data dir (holds ledger.sqlite3; default: the one `node start` uses, "
+            "$OPENGRID_DATA_DIR or the config file's data_dir, else the user data dir)",
         )
         action.add_argument("--json", action="store_true", help="print JSON instead of text")
         action.add_argument("--network", help="network id (default: from DIR/node.json, else opengrid-local)")
@@ -63,7 +68,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``opengrid ledger <action>``; returns the exit status."""
-    data_dir: pathlib.Path = args.data_dir
+    data_dir = resolve_data_dir(args.data_dir, os.environ)
     store_path = data_dir / LEDGER_FILE
     if not store_path.exists():
         raise ConfigError(f"no ledger at {store_path}; pass the node's --data-dir")
@@ -94,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             "held": ledger.held(account) if account else None,
             "jobs_done": ledger.jobs_done(account) if account else None,
             "reputation": list(ledger.reputation(account)) if account else None,
+            "receipts": _receipts(ledger, account, network) if account else None,
             "balances": {key.hex(): points for key, points in ledger.balances().items()},
             "minted": ledger.minted(),
         }
@@ -115,6 +121,64 @@ def run(args: argparse.Namespace) -> int:
         ],
     }
     return _print(args, report, _history_text(report), 0)
+
+
+def last_known_view(
+    data_dir: pathlib.Path, network: str | None = None
+) -> tuple[NodeStatus, list[HistoryItem]] | None:
+    """What a stopped node's data dir says of it, for the wallet while the node does not answer: its
+    balance, jobs and receipts in its ledger on disk (read-only, every signature verified; receipts of
+    every author in the store accepted, as ``ledger balance`` without --genesis). None when the data
+    dir holds no ledger or identity."""
+    from opengrid_sdk.receipts import history_item
+
+    from opengrid.net.keys import peer_id_of
+
+    account = _account(argparse.Namespace(account=None), data_dir)
+    store_path = data_dir / LEDGER_FILE
+    if account is None or not store_path.exists():
+        return None
+    network = network or _node_network(data_dir)
+    store = LedgerStore(store_path, read_only=True)
+    try:
+        minters, _ = _minters(argparse.Namespace(minter=[]), store, None)
+        ledger = LedgerState(network, minters)
+        replay(store, ledger, verify=True)
+    finally:
+        store.close()
+    try:
+        role = str(json.loads((data_dir / NODE_INFO_FILE).read_text()).get("role") or "node")
+    except (OSError, ValueError, AttributeError):
+        role = "node"
+    status = NodeStatus(
+        peer_id=peer_id_of(account),
+        public_key=account,
+        role=role,
+        addrs=[],
+        points=ledger.balance(account),
+        jobs_done=ledger.jobs_done(account),
+        ledger_entries=len(ledger),
+        network=network,
+    )
+    items = [history_item(encode_entry(entry), account, network) for entry in ledger.entries()]
+    return status, [item for item in items if item is not None]
+
+
+def _receipts(ledger: LedgerState, account: bytes, network: str) -> dict[str, Any]:
+    """The account's receipts counted as the wallet counts them (the same SDK rule: credited = paid, a
+    dissenter = outvoted), so ``ledger balance`` and the wallet's reputation screen agree."""
+    from opengrid_sdk.receipts import history_item
+
+    from opengrid.tui.model import summarize_reputation
+
+    items = [history_item(encode_entry(entry), account, network) for entry in ledger.entries()]
+    summary = summarize_reputation([item for item in items if item is not None])
+    return {
+        "paid": summary.paid,
+        "outvoted": summary.outvoted,
+        "agreement_rate": summary.agreement_rate,
+        "streak": summary.streak,
+    }
 
 
 def _genesis(path: pathlib.Path | None) -> Genesis | None:
@@ -195,10 +259,16 @@ def _balance_text(report: dict[str, Any]) -> str:
     lines = [_verify_text(report).splitlines()[0]]
     if report["account"]:
         valid, invalid, timeout = report["reputation"]
+        receipts = report["receipts"]
+        rate = receipts["agreement_rate"]
         lines.append(
             f"account {report['account']}: {report['balance']} points"
-            f" (+{report['held']} held), {report['jobs_done']} jobs,"
-            f" reputation {valid} valid / {invalid} invalid / {timeout} timeout"
+            f" (+{report['held']} held), {report['jobs_done']} jobs"
+        )
+        lines.append(
+            f"  reputation: {receipts['paid']} paid / {receipts['outvoted']} outvoted receipts, agreement "
+            f"{'-' if rate is None else f'{rate * 100:.1f} %'} (as the wallet counts them); evidence "
+            f"entries: {valid} valid / {invalid} invalid / {timeout} timeout"
         )
     lines += [f"  {key}  {points}" for key, points in report["balances"].items()]
     return "\n".join(lines)

@@ -9,7 +9,6 @@ opengrid status       ask a node who it is, its role and its points
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -20,20 +19,22 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from opengrid import __version__
 from opengrid.cli.extras import missing_extra
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.node.config import (
-    ADVERSARIES,
-    DEFAULT_API_ADDRESS,
-    DEFAULT_LISTEN,
     DEFAULT_NETWORK,
-    ROLES,
     NodeConfig,
 )
-from opengrid.settings import add_node_flags, flags_from_namespace, load_settings, resolve_config_file
+from opengrid.settings import (
+    KEYS,
+    add_node_flags,
+    field_of,
+    flags_from_namespace,
+    load_settings,
+    resolve_config_file,
+    unknown_env_vars,
+)
 
 if TYPE_CHECKING:
     from opengrid.node.api import ApiSettings
@@ -86,151 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "--data-dir on first start and reused afterwards."
         ),
     )
-    # Node flags default to None so that a flag beats the environment, which beats the config file
-    # (opengrid/settings.py); `opengrid config show` prints the effective values and their sources.
-    start.add_argument(
-        "--role",
-        choices=ROLES,
-        default=None,
-        help="auto = coordinator without --bootstrap; with it, edge on machines under 2 GiB of RAM, else "
-        "worker (default: auto)",
-    )
-    start.add_argument(
-        "--listen",
-        action="append",
-        metavar="MULTIADDR",
-        help=f"address to listen on, repeatable (default: {DEFAULT_LISTEN}, a free port)",
-    )
-    start.add_argument(
-        "--bootstrap",
-        action="append",
-        default=None,
-        metavar="MULTIADDR",
-        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...); the node finds "
-        "every coordinator through it (gossip)",
-    )
-    start.add_argument(
-        "--relay",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="relay for nodes that cannot be dialled (circuit relay v2; default: coordinators do)",
-    )
-    start.add_argument(
-        "--relay-via",
-        action="append",
-        default=None,
-        metavar="MULTIADDR",
-        help="be reachable through this relay (a node started with --relay, or a coordinator): hold a "
-        "reservation on it and announce the relayed address; repeatable. When none of them has held a "
-        "reservation for 60 s the node takes another relay by itself until one of them is back",
-    )
-    start.add_argument(
-        "--no-listen",
-        action="store_true",
-        help="listen on no address: dial out only, reachable through relays (--relay-via, else the "
-        "--bootstrap nodes)",
-    )
-    start.add_argument(
-        "--model",
-        metavar="NAME_OR_PATH",
-        help="model a worker serves: a catalog name (smollm2-135m-instruct, tiny) or a .gguf path",
-    )
-    start.add_argument(
-        "--data-dir",
-        type=pathlib.Path,
-        default=None,
-        metavar="DIR",
-        help="where the identity key, the ledger and node.json live (default: the user data dir)",
-    )
-    start.add_argument("--network", default=None, help=f"network name (default: {DEFAULT_NETWORK})")
-    start.add_argument(
-        "--heartbeat",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="how often workers re-register (default: 5)",
-    )
-    start.add_argument(
-        "--announce",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="how often the node announces itself on gossip; 3 missed announcements mark it offline "
-        "(default: 5)",
-    )
-    start.add_argument(
-        "--genesis",
-        type=pathlib.Path,
-        default=None,
-        metavar="FILE",
-        help="the network's genesis file (JSON: network, coordinators, grant_points); its coordinators "
-        "mint points on this node's ledger and coordinators sync their ledgers with each other",
-    )
-    start.add_argument(
-        "--network-key",
-        default=None,
-        metavar="SECRET",
-        help="private network: only nodes started with the same key (an invite token, >= 8 characters) "
-        "can connect; prefer $OPENGRID_NETWORK_KEY to keep it out of the process list",
-    )
-    start.add_argument(
-        "--threads", type=int, metavar="N", help="CPU threads for inference (default: llama.cpp's)"
-    )
-    start.add_argument(
-        "--api",
-        nargs="?",
-        const=DEFAULT_API_ADDRESS,
-        metavar="HOST:PORT",
-        help=f"serve the OpenAI-compatible API (default address when given bare: {DEFAULT_API_ADDRESS})",
-    )
-    start.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
-    start.add_argument(
-        "--api-allow-remote", action="store_true", help="allow a non-loopback --api address (plain HTTP!)"
-    )
-    start.add_argument(
-        "--plain-verification",
-        action="store_true",
-        help="coordinator: every job runs the replicas asked for, on uniformly chosen workers, no canaries "
-        "(default: adaptive replication, reputation-weighted choice, canary jobs)",
-    )
-    start.add_argument(
-        "--require-payment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="coordinator: run only paid jobs (clients with an identity pay from their points; a new "
-        "identity claims the network's starting grant); unpaid jobs get 'payment_required'",
-    )
-    start.add_argument(
-        "--approve-workers",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="coordinator: serve only workers you approved (`opengrid node pending` lists those asking, "
-        "`opengrid node approve` admits one)",
-    )
-    start.add_argument(
-        "--admit-after-jobs",
-        type=int,
-        metavar="N",
-        help="coordinator on a network with a genesis file: co-sign the admission of a new coordinator "
-        "whose key earned N verified jobs as a worker, without `opengrid node approve --coordinator` "
-        "(default 0: only those you approve)",
-    )
-    start.add_argument(
-        "--trace-frames",
-        type=pathlib.Path,
-        metavar="FILE",
-        help="append every job-protocol message this node receives to FILE (length-prefixed msgpack), "
-        "to audit exactly what it saw",
-    )
-    start.add_argument(
-        "--trace-timing",
-        type=pathlib.Path,
-        metavar="FILE",
-        help="append a JSON line to FILE each time a job passes a point (dispatched, sent, received, "
-        "engine started...), stamped with this machine's monotonic clock, to see where a job's time goes "
-        "(benchmarks/grid_discovery_bench.py merges a coordinator's and its workers' files)",
-    )
-    start.add_argument("--adversary", choices=ADVERSARIES, help=argparse.SUPPRESS)
+    # Every flag is a setting (opengrid/settings.py): a flag beats the environment, which beats the config
+    # file; `opengrid config show` prints the effective values and their sources.
     add_node_flags(start)
 
     for action in ("pause", "resume"):
@@ -345,10 +203,21 @@ def _build_parser() -> argparse.ArgumentParser:
     ledger_cli.register(commands)
     doctor_cli.register(commands)
 
-    status = commands.add_parser("status", help="ask a node for its identity, role and points")
+    status = commands.add_parser(
+        "status",
+        help="ask a node for its identity, role, points and workers",
+        description="Ask the node at MULTIADDR who it is: role, addresses, reachability, points and jobs in "
+        "its ledger, the models it serves, and (a coordinator) its workers and balances. `opengrid peers` "
+        "lists the peers it heard on gossip.",
+    )
     status.add_argument("address", metavar="MULTIADDR")
-    status.add_argument("--network", default=DEFAULT_NETWORK)
+    status.add_argument(
+        "--network", default=DEFAULT_NETWORK, help=f"the network's name (default {DEFAULT_NETWORK})"
+    )
     _add_network_key(status)
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object (every field, for scripts)"
+    )
 
     peers = commands.add_parser(
         "peers",
@@ -357,7 +226,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "gossip every few seconds; one that misses 3 announcements is shown offline and gets no work.",
     )
     peers.add_argument("address", metavar="MULTIADDR")
-    peers.add_argument("--network", default=DEFAULT_NETWORK)
+    peers.add_argument(
+        "--network", default=DEFAULT_NETWORK, help=f"the network's name (default {DEFAULT_NETWORK})"
+    )
     _add_network_key(peers)
     peers.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -415,23 +286,19 @@ def _add_network_key(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _run_node(
-    config: NodeConfig,
-    api: ApiSettings | None,
-    plain: bool,
-    trace: pathlib.Path | None,
-    timing: pathlib.Path | None = None,
-) -> None:
+async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
+    import trio
+
     from opengrid.core.coordinator import CoordinatorConfig
     from opengrid.node.service import Node
 
-    policy = CoordinatorConfig.plain if plain else CoordinatorConfig
+    policy = CoordinatorConfig.plain if config.plain_verification else CoordinatorConfig
     node = Node(
         config,
         api=api,
         coordinator_config=policy(heartbeat_s=config.heartbeat_s, require_payment=config.require_payment),
-        trace_frames=trace,
-        trace_timing=timing,
+        trace_frames=config.trace_frames,
+        trace_timing=config.trace_timing,
     )
     # Listen for signals before anything starts, so a Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -529,21 +396,24 @@ def _cmd_node_control(args: argparse.Namespace) -> int:
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
     env = dict(os.environ)
+    for problem in unknown_env_vars(env):
+        log.warning("%s", problem)
     config, sources = load_settings(flags_from_namespace(args), env, resolve_config_file(args.config, env))
-    if args.no_listen:
-        config = dataclasses.replace(config, listen=())
     config = config.validated()
     _check_listen_ports(config.listen)
     for key, source in sorted(sources.items()):
         if source != "default":
-            log.info("config %s = %r (from %s)", key, getattr(config, key), source)
+            shown = "(set, hidden)" if KEYS[key].secret else repr(getattr(config, field_of(key)))
+            log.info("config %s = %s (from %s)", key, shown, source)
     api = None
-    if args.api:
+    if config.api is not None:
         from opengrid.node.api import ApiSettings, check_bind  # the node extra (starlette)
 
-        api = ApiSettings(address=args.api, api_key=args.api_key, allow_remote=args.api_allow_remote)
+        api = ApiSettings(address=config.api, api_key=config.api_key, allow_remote=config.api_allow_remote)
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
-    trio.run(_run_node, config, api, args.plain_verification, args.trace_frames, args.trace_timing)
+    import trio  # here, not at the top: a Ctrl-C while the CLI starts lands in main's handler
+
+    trio.run(_run_node, config, api)
     return 0
 
 
@@ -625,12 +495,61 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     with Client([args.address], network=args.network, network_key=args.network_key) as client:
         status = client.status()
+    if not args.json:
+        print("\n".join(status_lines(status)))
+        return 0
     as_json = msgspec.to_builtins(status, enc_hook=None)
     as_json["public_key"] = status.public_key.hex()  # hex, like every key OpenGrid prints
     for worker, summary in zip(as_json["workers"], status.workers, strict=True):
         worker["public_key"] = summary.public_key.hex()
     print(json.dumps(as_json, indent=2))
     return 0
+
+
+def status_lines(status: NodeStatus) -> list[str]:
+    """``opengrid status`` as a table: the node's headline, then one labelled row per fact, the workers
+    of a coordinator one per line (as ``opengrid peers`` lists peers)."""
+    state = "paused (takes no new work)" if status.paused else "running"
+    lines = [peers_headline(status).split(" knows ")[0] + f", {state}"]
+
+    def row(label: str, value: str) -> None:
+        lines.append(f"  {label:<10}  {value}")
+
+    row("public key", status.public_key.hex())
+    for addr in status.addrs or ["- (reachable through relays only)"]:
+        row("address", addr)
+    row(
+        "points",
+        f"{status.points}  ({status.jobs_done} job(s) done; ledger: {status.ledger_entries} entries)",
+    )
+    row("models", ", ".join(status.models) or "-")
+    if status.role == "coordinator":
+        row("workers", f"{len(status.workers)} registered, {sum(w.online for w in status.workers)} online")
+        for w in status.workers:
+            lines.append(
+                f"    {'online ' if w.online else 'OFFLINE'}  {w.peer_id}  {', '.join(w.models) or '-'}"
+            )
+    if status.balances:
+        row("balances", "points per account in its ledger, largest first")
+        for key, points in sorted(status.balances.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"    {key}  {points:>8}")
+    online = sum(p.online for p in status.peers)
+    row("peers", f"{len(status.peers)} heard on gossip, {online} online (`opengrid peers` lists them)")
+    return lines
+
+
+def shown_reachability(reachability: str, addrs: Sequence[str]) -> str:
+    """A node's announced reachability as ``status`` and ``peers`` show it. A dial-back verdict of
+    "public" from a node whose direct addresses are all loopback (127.0.0.1, ::1) only means that this
+    machine can dial it: it says ``loopback``."""
+    import ipaddress
+
+    from opengrid.net.reachability import ip_and_port
+
+    direct = [target[0] for target in map(ip_and_port, addrs) if target is not None]
+    if reachability == "public" and direct and all(ipaddress.ip_address(ip).is_loopback for ip in direct):
+        return "loopback"
+    return reachability or "unknown"
 
 
 def peers_headline(status: NodeStatus) -> str:
@@ -641,7 +560,9 @@ def peers_headline(status: NodeStatus) -> str:
     online = sum(p.online for p in status.peers)
     role = f"{status.role} (candidate: not admitted yet, takes no jobs)" if status.candidate else status.role
     relays = relays_of(status.addrs)
-    reachability = status.reachability or "unknown"
+    reachability = shown_reachability(status.reachability, status.addrs)
+    if reachability == "loopback":
+        reachability = "loopback: this machine only"
     if relays:
         reachability += f", through relay {', '.join(peer for peer, _ in relays)}"
     return (
@@ -664,7 +585,8 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms is not None else "-"
         print(
             f"  {'online ' if p.online else 'OFFLINE'}  {p.peer_id}  {','.join(p.roles):<11}  "
-            f"{','.join(p.models) or '-':<24}  {p.tier or '-':<8}  {p.reachability or '-':<8}  "
+            f"{','.join(p.models) or '-':<24}  {p.tier or '-':<8}  "
+            f"{shown_reachability(p.reachability, p.addrs) if p.reachability else '-':<8}  "
             f"heard {p.last_seen_s:5.1f} s ago  RTT {rtt}"
         )
     return 0
@@ -672,6 +594,13 @@ def _cmd_peers(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``opengrid`` console script."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it (imports, parsing): stop quietly
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     args.verbose += getattr(args, "verbose_after", 0)
     _setup_logging(0 if getattr(args, "json", False) else args.verbose)
@@ -707,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opengrid.cli import ledger as ledger_cli
             from opengrid.cli import models as models_cli
 
-            return {"models": models_cli, "config": config_cli, "ledger": ledger_cli}[args.command].run(args)
+            module: Any = {"models": models_cli, "config": config_cli, "ledger": ledger_cli}[args.command]
+            return int(module.run(args))
     except OpenGridError as exc:
         print(f"opengrid: error: {exc}", file=sys.stderr)
         return 1

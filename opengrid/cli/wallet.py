@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import sys
 
 from opengrid.errors import OpenGridError
+from opengrid.settings import resolve_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -31,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--data-dir",
         type=pathlib.Path,
         metavar="DIR",
-        help="the data dir of a node started on this machine (enables pause/resume)",
+        help="the data dir of a node started on this machine (enables pause/resume; default: the one "
+        "`node start` uses)",
     )
     where.add_argument("--node", metavar="MULTIADDR", help="any node's full multiaddr (read-only)")
     wallet.add_argument("--network", help="network name (default: the one in node.json, else opengrid-local)")
@@ -54,11 +57,15 @@ def run(args: argparse.Namespace) -> int:
     from opengrid.tui.source import SdkWalletSource
 
     if args.data_dir is None and args.node is None:
-        print(
-            "opengrid wallet: error: give --data-dir DIR (a node on this machine) or --node MULTIADDR",
-            file=sys.stderr,
-        )
-        return 2
+        default = resolve_data_dir(None, os.environ)
+        if not default.is_dir():
+            print(
+                f"opengrid wallet: error: no node has run in the default data dir {default}; give "
+                "--data-dir DIR (a node on this machine) or --node MULTIADDR",
+                file=sys.stderr,
+            )
+            return 2
+        args.data_dir = default
     if not args.refresh > 0:
         print(f"opengrid wallet: error: --refresh must be > 0 seconds, not {args.refresh}", file=sys.stderr)
         return 2

@@ -206,18 +206,40 @@ async def _reset_raw(stream: INetStream) -> None:
         log.debug("resetting a refused stream: %s", exc)
 
 
+_LIBRARY_LOGGERS: Final = ("libp2p", "multiaddr", "async_service")
+
+
+class _AsDebug(logging.Handler):
+    """Relabels a library record as DEBUG and hands it to the root logger's handlers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        logging.getLogger().handle(record)
+
+
 def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
-    """py-libp2p detaches its logger and logs every normal end of a DHT stream as a WARNING (pitfall 10):
-    re-attach it to the root logger at a level that shows only real trouble."""
-    roots = ("libp2p", "multiaddr", "async_service")
+    """Keep py-libp2p's own log lines out of an operator's log unless ``level`` asks for debug output.
+
+    The library logs, at ERROR, things that are normal on a network: 7 lines of "Failed to open stream …
+    /meshsub/1.1.0" each time a client (``opengrid status``, the SDK) connects, since clients speak no
+    gossip; a line per failed dial, 60 in 50 s for an unreachable bootstrap; every normal end of a DHT
+    stream as a WARNING (pitfall 10). Every failure that matters reaches our code as an exception, which
+    says what happened and what to do at the level it deserves. So the library's records are demoted: at
+    ``level`` DEBUG (``-vvv``) they are shown, labelled DEBUG; otherwise they are not even made.
+    py-libp2p also detaches some of its loggers from the root logger: they are re-attached here.
+    """
     for name in list(logging.root.manager.loggerDict):
-        if name.split(".")[0] in roots:
+        if name.split(".")[0] in _LIBRARY_LOGGERS:
             child = logging.getLogger(name)
             child.handlers.clear()
             child.propagate = True
             child.setLevel(logging.NOTSET)
-    for name in roots:
-        logging.getLogger(name).setLevel(level)
+    show = level <= logging.DEBUG
+    for name in _LIBRARY_LOGGERS:
+        root = logging.getLogger(name)
+        root.handlers = [_AsDebug() if show else logging.NullHandler()]
+        root.propagate = False
+        root.setLevel(logging.DEBUG if show else logging.CRITICAL + 1)
 
 
 class FrameStream:

@@ -90,6 +90,23 @@ class NodeConfig:
     """Coordinators of a network with a genesis file: co-sign, without asking the operator, the admission
     of a candidate coordinator whose key earned at least this many verified jobs as a worker in our
     ledger; 0: only candidates the operator approves (``opengrid node approve --coordinator``)."""
+    no_listen: bool = False
+    """Listen on no address (``validated`` empties ``listen``): dial out only, reachable through relays."""
+    skip_speed_test: bool = False
+    """Do not measure tokens/s at start: the node announces no speed and its tier comes from its hardware."""
+    plain_verification: bool = False
+    """Coordinator: run every job on the replicas asked for, uniformly chosen, no canaries (read by the
+    CLI, which picks ``CoordinatorConfig.plain``)."""
+    api: str | None = None
+    """``HOST:PORT`` to serve the OpenAI-compatible API on; None: no API (read by the CLI)."""
+    api_key: str | None = None
+    """Bearer key the API requires; None: none (read by the CLI)."""
+    api_allow_remote: bool = False
+    """Allow a non-loopback ``api`` address (plain HTTP; read by the CLI)."""
+    trace_frames: pathlib.Path | None = None
+    """Append every job-protocol message received to this file (read by the CLI)."""
+    trace_timing: pathlib.Path | None = None
+    """Append a JSON line per job timing point to this file (read by the CLI)."""
 
     def validated(self) -> NodeConfig:
         """Return a copy with ``auto`` resolved; raise ConfigError naming the bad value and the choices."""
@@ -134,6 +151,7 @@ class NodeConfig:
                         "identity, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... (every node prints its full "
                         "address at start; `opengrid status` shows it too)"
                     )
+        listen = () if self.no_listen else self.listen
         role = self.role
         if role == "auto":
             from opengrid.node.probe import auto_role, probe_hardware
@@ -144,7 +162,7 @@ class NodeConfig:
                 f"a {role} needs --bootstrap with the multiaddr of any node of the network (every node "
                 "prints it at start, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...)"
             )
-        if not self.listen and (role == "coordinator" or self.relay):
+        if not listen and (role == "coordinator" or self.relay):
             raise ConfigError(
                 f"a {'relay' if self.relay else role} must listen on an address others can dial, e.g. "
                 "--listen /ip4/0.0.0.0/tcp/4001"
@@ -153,7 +171,7 @@ class NodeConfig:
         max_tokens = self.max_tokens_per_job
         if role == "edge" and max_tokens == DEFAULT_MAX_TOKENS_PER_JOB:
             max_tokens = EDGE_MAX_TOKENS_PER_JOB
-        return dataclasses.replace(self, role=role, relay=relay, max_tokens_per_job=max_tokens)
+        return dataclasses.replace(self, role=role, relay=relay, max_tokens_per_job=max_tokens, listen=listen)
 
     @property
     def relays(self) -> tuple[str, ...]:

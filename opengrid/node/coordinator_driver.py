@@ -114,7 +114,7 @@ class CoordinatorDriver:
                 case SendReceipt(peer=peer, notice=notice):
                     ctx.nursery.start_soon(self._send_receipt, peer, notice)
                 case Penalize(peer=peer, why=why):
-                    log.warning("worker %s penalised: %s", short(peer), why)
+                    log.info("worker %s penalised: %s", short(peer), why)  # handled: nothing to do
         self._ledger.report_forks()  # e.g. a client that signed two HOLDs with one seq
         self._timer_changed.set()
 
@@ -233,7 +233,7 @@ class CoordinatorDriver:
             del self._replicas[(run.job_id, peer)]
         if event is not None and not scope.cancel_called:
             if isinstance(event, ReplicaFailed):
-                log.warning("worker %s failed job %s: %s", short(peer), run.job_id.hex()[:8], event.reason)
+                log.info("worker %s failed job %s: %s", short(peer), run.job_id.hex()[:8], event.reason)
             self.feed(event)
 
     async def _exchange_replica(self, peer: str, run: RunJob) -> Message:
@@ -309,4 +309,4 @@ def _log_outcome(job_id: bytes, reply: JobAccepted | ErrorReply) -> None:
             len(reply.tokens),
         )
     else:
-        log.warning("job %s failed (%s): %s", job_id.hex()[:8], reply.code, reply.message)
+        log.info("job %s failed (%s): %s", job_id.hex()[:8], reply.code, reply.message)  # the client is told

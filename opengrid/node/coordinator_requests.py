@@ -62,6 +62,12 @@ class CoordinatorRequests:
                 )
         if len(chosen) < message.replicas:
             served = ", ".join(coordinator.served_models()) or "none yet"
+            if not chosen and not coordinator.quote(message.model, exposure=MAX_EXPOSURE):
+                return ErrorReply(  # the API's words for it (opengrid/node/api.py)
+                    "unknown_model",
+                    f"no worker serves model {message.model!r}; served: {served} (start a worker with "
+                    f"--model {message.model}, or ask for a served model)",
+                )
             return ErrorReply(
                 "no_capacity" if chosen else "unknown_model",
                 f"job asks for {message.replicas} replicas of {message.model!r} but only {len(chosen)} "

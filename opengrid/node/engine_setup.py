@@ -30,7 +30,7 @@ from opengrid.engines.catalog import pick_model_for_memory
 from opengrid.engines.http import HttpEngine, ManagedServer
 from opengrid.errors import OpenGridError
 from opengrid.node.config import NodeConfig
-from opengrid.node.probe import measure_tokens_per_s, probe_hardware, tier_of
+from opengrid.node.probe import SPEED_RUNS, measure_tokens_per_s, probe_hardware, tier_of
 from opengrid.wire.messages import ModelOffer
 
 log = logging.getLogger("opengrid.node")
@@ -66,16 +66,32 @@ def offer_of(engine: Engine) -> ModelOffer:
     )
 
 
-async def probe(engine: Engine | None) -> tuple[str, float]:
+async def probe(engine: Engine | None, *, skip_speed_test: bool = False) -> tuple[str, float]:
     """Probe the hardware and, on a node that serves a model, measure its speed: the tier we announce
-    and the tokens/s measured (0 without an engine)."""
+    and the tokens/s measured (0 without an engine, or with ``skip_speed_test``).
+
+    The speed test reports each run in the log (and with a spinner on a terminal), and stops between two
+    runs when the node is cancelled (Ctrl-C during start-up)."""
     hardware = await trio.to_thread.run_sync(probe_hardware)
     tokens_per_s = 0.0
-    if engine is not None:
-        with _progress("measuring tokens/s"):
-            tokens_per_s = await trio.to_thread.run_sync(measure_tokens_per_s, engine)
+    if engine is not None and skip_speed_test:
+        log.info("speed test skipped (--skip-speed-test): the tier comes from the hardware alone")
+    elif engine is not None:
+        name = engine.model.name
+        log.info(
+            "measuring tokens/s on %s: %d short runs, the median counts (--skip-speed-test skips this)",
+            name,
+            SPEED_RUNS,
+        )
+
+        def after_run(done: int, planned: int, speed: float) -> None:
+            log.info("speed test run %d/%d on %s: %.1f tokens/s", done, planned, name, speed)
+            trio.from_thread.check_cancelled()  # raises Cancelled here when the node is being stopped
+
+        with _progress(f"measuring tokens/s on {name}"):
+            tokens_per_s = await trio.to_thread.run_sync(measure_tokens_per_s, engine, after_run)
     tier = tier_of(hardware, tokens_per_s)
-    speed = f"; {tokens_per_s:.0f} tokens/s on {engine.model.name}" if engine else ""
+    speed = f"; {tokens_per_s:.0f} tokens/s on {engine.model.name}" if engine and tokens_per_s else ""
     log.info("this machine: %s%s: tier %s", hardware.describe(), speed, tier)
     return tier, tokens_per_s
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 import trio
 from nacl.signing import SigningKey
 
-from opengrid.errors import OpenGridError
+from opengrid.errors import ConfigError, OpenGridError
 from opengrid.net.announce import ModelAd
 from opengrid.net.discovery import Discovery, Provider, model_key, model_name_key, role_key
 from opengrid.net.gossip import Gossip
@@ -79,6 +79,11 @@ _REACHABILITY_BEATS = 60
 """Dial-back checks every this many beats (5 min at the default 5 s), and once right after joining."""
 _CHECKERS = 3
 _CHECK_TIMEOUT_S = 10.0
+_KEY_HINT_AFTER_S = 3.0
+"""A bootstrap dial whose TCP port answers at once but whose libp2p handshake has not finished after this
+long is taken for a network-key mismatch (spec/discovery.md §3: a mismatched key does not fail, each side
+reads garbage and waits for the library's 10 s upgrade timeout) and named as the likely cause."""
+_TCP_PROBE_S = 1.0
 
 
 class Membership:
@@ -154,6 +159,7 @@ class Membership:
         pause = min(self._announce_s, 1.0)
         turn = 0
         pulled = -math.inf
+        hinted: set[str] = set()
         while True:
             # Until joined, and then every 3 beats: ask a bootstrap's status (it lists every peer, so at
             # scale this stretches with the beat, spec/discovery.md §5.5); at once if we lost every
@@ -166,7 +172,10 @@ class Membership:
                 for address in order:
                     try:
                         with trio.fail_after(_DIAL_TIMEOUT_S):
-                            peer = await self._host.connect(address)
+                            if self.joined.is_set() or address in hinted:
+                                peer = await self._host.connect(address)
+                            else:
+                                peer = await self._connect_naming_a_key_mismatch(address, hinted)
                             status = await self._host.request(peer, StatusRequest())
                     except (OpenGridError, trio.TooSlowError) as exc:
                         if not self.joined.is_set():
@@ -189,6 +198,36 @@ class Membership:
                 else:
                     pause = min(pause * 2, _MAX_RETRY_S)
             await trio.sleep(pause if not self.joined.is_set() else 3 * self._announce_s)
+
+    async def _connect_naming_a_key_mismatch(self, address: str, hinted: set[str]) -> str:
+        """Dial a bootstrap node; when its TCP port answers but the libp2p handshake stalls or fails, say
+        at once (within ``_KEY_HINT_AFTER_S`` + ``_TCP_PROBE_S``) that a network-key mismatch is the likely
+        cause, instead of leaving the operator with timeouts (adds ``address`` to ``hinted``)."""
+
+        async def hint(after_s: float) -> None:
+            await trio.sleep(after_s)
+            if address not in hinted and await _tcp_answers(address):
+                hinted.add(address)
+                log.warning(
+                    "the bootstrap %s refused our connection: a different --network-key (or none) on one "
+                    "side is the likely cause (its TCP port answers, but the libp2p handshake did not "
+                    "complete); start both with the same --network-key, or check the /p2p/ peer id",
+                    address,
+                )
+
+        failure: OpenGridError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hint, _KEY_HINT_AFTER_S)
+            try:
+                peer = await self._host.connect(address)
+            except OpenGridError as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is None:
+            return peer
+        if address not in hinted and not isinstance(failure, ConfigError):
+            await hint(0.0)  # the handshake failed fast (a peer that closes on garbage)
+        raise failure
 
     async def _dht_loop(self) -> None:
         await self.joined.wait()
@@ -320,3 +359,19 @@ class Membership:
                 )
             )
         return summaries
+
+
+async def _tcp_answers(address: str) -> bool:
+    """Whether a plain TCP connection to a direct address's IP and port is accepted within
+    ``_TCP_PROBE_S`` (False for relayed or DNS addresses: nothing to tell from them)."""
+    target = ip_and_port(address)
+    if target is None:
+        return False
+    with trio.move_on_after(_TCP_PROBE_S):
+        try:
+            stream = await trio.open_tcp_stream(*target)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False

@@ -228,7 +228,9 @@ class Node:
         try:
             if config.serves_models:
                 await self._start_worker()
-            ctx.tier, ctx.tokens_per_s = await engine_setup.probe(ctx.engine)
+            ctx.tier, ctx.tokens_per_s = await engine_setup.probe(
+                ctx.engine, skip_speed_test=config.skip_speed_test
+            )
             psk = derive_psk(config.network, config.network_key) if config.network_key else None
             async with open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay)) as host:
                 await self._serve(host, task_status)

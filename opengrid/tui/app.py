@@ -44,7 +44,7 @@ from opengrid.tui.model import (
     short_id,
     summarize_reputation,
 )
-from opengrid.tui.source import Action, WalletSource
+from opengrid.tui.source import Action, WalletSource, last_known
 from opengrid.wire.messages import NodeStatus
 
 TABS = ("overview", "history", "reputation", "network", "node")
@@ -58,8 +58,9 @@ REPUTATION_EXPLAINED = (
     "  paid      your output agreed with the majority; you were credited points\n"
     "  outvoted  your output disagreed with the majority; no points\n"
     "Agreement rate = paid ÷ (paid + outvoted) over the receipts shown (the latest 100). The streak "
-    "counts paid jobs since the last outvote. Coordinators will keep a fuller score (timeouts, canaries, "
-    "probation): full reputation scoring is being added in issue 4."
+    "counts paid jobs since the last outvote. `opengrid ledger balance` counts the same receipts, by the "
+    "same rule, over the node's whole ledger, and the coordinators' evidence entries (valid, invalid, "
+    "timeout) besides."
 )
 
 
@@ -162,6 +163,8 @@ class WalletApp(App[None]):
         self._refresh_worker: Worker[Fetched] | None = None
         self._history_key: tuple[bytes, ...] | None = None
         self._network_kind = ""
+        self._from_disk = False
+        """``node_status`` and ``history`` come from the node's ledger on disk (it never answered)."""
 
     # ── layout ───────────────────────────────────────────────────────────────────────────────────────
     def compose(self) -> ComposeResult:
@@ -268,7 +271,14 @@ class WalletApp(App[None]):
     def _fetch(self) -> Fetched:
         """Runs in a worker thread: everything here may block."""
         started = self._clock()
-        status = self.source.status()
+        try:
+            status = self.source.status()
+        except Exception as exc:
+            if self.node_status is None:  # never answered in this session: show its ledger on disk
+                saved = last_known(self.source)
+                if saved is not None:
+                    raise _Offline(exc, *saved) from exc
+            raise
         latency = self._clock() - started
         return Fetched(status=status, history=self.source.history(), latency_s=latency)
 
@@ -281,6 +291,7 @@ class WalletApp(App[None]):
             self.node_status = fetched.status
             self.history = fetched.history
             self.health.ok = True
+            self._from_disk = False
             self.health.last_ok = self.health.last_attempt
             self.health.latency_s = fetched.latency_s
             self.health.failures = 0
@@ -288,7 +299,11 @@ class WalletApp(App[None]):
         else:
             self.health.ok = False
             self.health.failures += 1
-            self.health.error = describe_error(worker.error) if worker.error else "refresh failed"
+            error = worker.error
+            if isinstance(error, _Offline):
+                self.node_status, self.history, self._from_disk = error.status, error.history, True
+                error = error.cause
+            self.health.error = describe_error(error) if error else "refresh failed"
         self.sub_title = self.source.address
         self._render_all()
 
@@ -333,14 +348,15 @@ class WalletApp(App[None]):
                 f" · refreshed {format_time(int(health.last_ok * 1000), self._tz, with_date=False)}"
                 f" · status call {health.latency_s * 1000:.0f} ms",
             )
-        since = (
-            f"; last ok {format_time(int(health.last_ok * 1000), self._tz, with_date=False)}"
-            if health.last_ok
-            else ""
-        )
+        last = format_time(int(health.last_ok * 1000), self._tz, with_date=False) if health.last_ok else ""
+        if self._from_disk:
+            shown = "showing the balance in its ledger on disk"
+        else:
+            shown = f"showing the last values, from {last}" if last else "no answer yet"
         return Text.assemble(
-            ("✖ refresh failed", "bold red"),
-            f" ({health.failures} in a row{since}): {health.error} · retrying every {self.refresh_s:g} s",
+            ("✖ node offline", "bold red"),
+            f" ({health.failures} failed refresh(es) in a row; {shown}): {health.error} · "
+            f"retrying every {self.refresh_s:g} s",
         )
 
     def _render_status_line(self) -> None:
@@ -353,6 +369,8 @@ class WalletApp(App[None]):
         line.set_class(self.health.ok is False or self._note_is_error, "-failed")
 
     def _state_text(self, status: NodeStatus) -> Text:
+        if self.health.ok is False:
+            return Text("○ offline: last values shown", style="bold red")
         return Text("‖ paused", style="bold yellow") if status.paused else Text("● running", style="green")
 
     def _render_overview(self) -> None:
@@ -360,6 +378,10 @@ class WalletApp(App[None]):
         if status is None:
             return
         self.query_one("#balance", Digits).update(format_points(status.points))
+        offline = self.health.ok is False
+        self.query_one("#balance-label", Label).update(
+            "LAST BALANCE (offline)" if offline else "BALANCE (points)"
+        )
         facts = Text()
         rows: list[tuple[str, Text | str]] = [
             ("Role", status.role),
@@ -529,6 +551,14 @@ class WalletApp(App[None]):
                 "Pausing stops new work (a running job finishes). The request is signed with the "
                 "node's identity.key, so only its owner can do this."
             )
+
+
+class _Offline(Exception):
+    """A refresh that failed, carrying what the node's data dir showed instead."""
+
+    def __init__(self, cause: BaseException, status: NodeStatus, history: list[HistoryItem]) -> None:
+        super().__init__(str(cause))
+        self.cause, self.status, self.history = cause, status, history
 
 
 def _peer_id(key: bytes) -> str:

@@ -55,6 +55,12 @@ class WalletSource(Protocol):
         ...
 
 
+def last_known(source: WalletSource) -> tuple[NodeStatus, list[HistoryItem]] | None:
+    """What ``source`` can show of a node that does not answer (its ledger on disk), if it can."""
+    read = getattr(source, "last_known", None)
+    return read() if callable(read) else None
+
+
 class SdkWalletSource:
     """A ``WalletSource`` that asks a node over the network through ``opengrid_sdk.Client``.
 
@@ -135,6 +141,15 @@ class SdkWalletSource:
             raise ConfigError(reason)
         client, address = self._connect()
         return client.control(address, action, identity_seed=self._seed())
+
+    def last_known(self) -> tuple[NodeStatus, list[HistoryItem]] | None:
+        """The balance and receipts in the node's ledger on disk (data-dir mode), for a node that does
+        not answer; None with --node, or when the data dir has no ledger yet."""
+        if self._data_dir is None:
+            return None
+        from opengrid.cli.ledger import last_known_view
+
+        return last_known_view(self._data_dir, self._network_flag)
 
     def close(self) -> None:
         """Stop the SDK client's thread."""

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from opengrid.cli.main import peers_headline
+from opengrid.cli.main import peers_headline, shown_reachability
 from opengrid.net.relay import circuit_address, relays_of
 from opengrid.wire.messages import NodeStatus
 
@@ -32,5 +32,14 @@ def _status(addrs: list[str], reachability: str) -> NodeStatus:
 def test_opengrid_peers_says_through_which_relay_the_node_is_reached() -> None:
     relayed = peers_headline(_status([DIRECT, circuit_address(A, ME)], "private"))
     assert relayed.startswith(f"worker {ME} on network 'opengrid-local' (private, through relay {RELAY_A})")
-    direct = peers_headline(_status([DIRECT], "public"))
+    direct = peers_headline(_status([f"/ip4/203.0.113.7/tcp/4003/p2p/{ME}"], "public"))
     assert "(public)" in direct and "relay" not in direct
+
+
+def test_a_node_on_loopback_only_is_not_called_public() -> None:
+    # a dial-back from this machine succeeds on 127.0.0.1: that makes the node reachable here, not public
+    assert "(loopback: this machine only)" in peers_headline(_status([DIRECT], "public"))
+    assert shown_reachability("public", [DIRECT, f"/ip6/::1/tcp/4003/p2p/{ME}"]) == "loopback"
+    assert shown_reachability("public", [DIRECT, f"/ip4/192.168.1.4/tcp/4003/p2p/{ME}"]) == "public"
+    assert shown_reachability("private", [DIRECT]) == "private"
+    assert shown_reachability("", []) == "unknown"

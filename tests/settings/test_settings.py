@@ -19,10 +19,13 @@ from opengrid.settings import (
     default_config_path,
     default_data_dir,
     env_var,
+    field_of,
     flags_from_namespace,
     load_settings,
     resolve_config_file,
 )
+
+PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
 
 
 def _write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
@@ -41,16 +44,16 @@ def test_defaults_everywhere() -> None:
 def test_every_nodeconfig_field_is_a_key() -> None:
     import dataclasses
 
-    assert set(KEYS) == {f.name for f in dataclasses.fields(NodeConfig)}
+    assert {field_of(key) for key in KEYS} == {f.name for f in dataclasses.fields(NodeConfig)}
 
 
 def test_flag_beats_env_beats_file_beats_default(tmp_path: pathlib.Path) -> None:
-    file = _write(tmp_path, 'network = "from-file"\nthreads = 3\nheartbeat_s = 7\nmax_context = 4096\n')
+    file = _write(tmp_path, 'network = "from-file"\nthreads = 3\nheartbeat = 7\nmax_context = 4096\n')
     env = {"OPENGRID_NETWORK": "from-env", "OPENGRID_THREADS": "4", "PATH": "/bin"}
     config, sources = load_settings({"network": "from-flag", "model": None}, env, file)
     assert (config.network, sources["network"]) == ("from-flag", "flag")
     assert (config.threads, sources["threads"]) == (4, "env:OPENGRID_THREADS")
-    assert (config.heartbeat_s, sources["heartbeat_s"]) == (7.0, f"file:{file}")
+    assert (config.heartbeat_s, sources["heartbeat"]) == (7.0, f"file:{file}")
     assert (config.max_context, sources["max_context"]) == (4096, f"file:{file}")
     assert (config.model, sources["model"]) == (None, "default")  # a None flag is "not given"
 
@@ -89,8 +92,8 @@ def test_value_kinds_from_each_layer(tmp_path: pathlib.Path) -> None:
         ("threads", "0", "integer >= 1"),
         ("threads", "two", "integer >= 1"),
         ("max_tokens_per_job", "-5", "integer >= 1"),
-        ("heartbeat_s", "0", "number > 0"),
-        ("heartbeat_s", "soon", "number > 0"),
+        ("heartbeat", "0", "number > 0"),
+        ("heartbeat", "soon", "number > 0"),
         ("listen", "127.0.0.1:4001", "not a multiaddr"),
         ("http_url", "127.0.0.1:8000", "http:// or https://"),
         ("network", "x" * 65, "1..64 characters"),
@@ -121,7 +124,9 @@ def test_bad_file_values_and_types(tmp_path: pathlib.Path) -> None:
 
 
 def test_unknown_keys_and_broken_toml_are_errors(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) threds; known keys: data_dir, role"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key\(s\) threds \(did you mean threads\?\); known keys: role, data_dir"
+    ):
         load_settings({}, {}, _write(tmp_path, "threds = 4\n"))
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_settings({}, {}, _write(tmp_path, "role = \n"))
@@ -152,19 +157,15 @@ def test_config_file_resolution(tmp_path: pathlib.Path) -> None:
 
 def test_argparse_glue() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data-dir", type=pathlib.Path)
-    parser.add_argument("--listen", action="append")
-    parser.add_argument("--bootstrap", action="append", default=[])
-    parser.add_argument("--heartbeat", type=float)
     add_node_flags(parser)
     args = parser.parse_args(["--heartbeat", "2", "--engine", "http", "--listen", "/ip4/127.0.0.1/tcp/1"])
     assert flags_from_namespace(args) == {
-        "heartbeat_s": 2.0,
+        "heartbeat": 2.0,
         "engine": "http",
         "listen": ("/ip4/127.0.0.1/tcp/1",),
     }
     config, sources = load_settings(flags_from_namespace(args), {}, None)
-    assert (config.heartbeat_s, sources["heartbeat_s"]) == (2.0, "flag")
+    assert (config.heartbeat_s, sources["heartbeat"]) == (2.0, "flag")
 
 
 # -- the CLI modules -------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_config_show_text_and_errors(
     monkeypatch.setenv(CONFIG_ENV, str(_write(tmp_path, "")))
     assert config_cli.run(_cli("config", "show")) == 0
     out = capsys.readouterr().out
-    assert "heartbeat_s" in out and "default" in out
+    assert "heartbeat" in out and "default" in out
     monkeypatch.setenv("OPENGRID_ROLE", "boss")
     assert config_cli.run(_cli("config", "show")) == 1
     assert "invalid role = 'boss' (from env:OPENGRID_ROLE)" in capsys.readouterr().err

@@ -16,7 +16,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 EXPECTED = {
     "overview": ["BALANCE (points)", "Jobs done 61", "Earnings over time", "12D3KooW"],
     "history": ["Outcome", "Coordinator", "outvoted", "64 receipts"],
-    "reputation": ["Agreement rate", "95.3 %", "agreed with the majority", "issue 4"],
+    "reputation": ["Agreement rate", "95.3 %", "agreed with the majority", "evidence entries"],
     "network": ["4 workers, 3 online", "○ offline", "3,412", "● ok"],
     "node": ["Pause (p)", "Listening", "identity.key"],
 }

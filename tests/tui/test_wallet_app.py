@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable, Digits, Static, TabbedContent
+from textual.widgets import Button, DataTable, Digits, Label, Static, TabbedContent
 
 from opengrid.errors import TransportError
 from opengrid.tui.app import WalletApp
@@ -95,7 +95,8 @@ def test_reputation_is_derived_from_verified_outcomes_and_explained() -> None:
         facts = text_of(app, "#reputation-facts")
         assert "Paid            61" in facts and "Outvoted        3" in facts and "95.3 %" in facts
         explained = text_of(app, "#reputation-explained")
-        assert "agreed with the majority" in explained and "issue 4" in explained
+        assert "agreed with the majority" in explained and "opengrid ledger balance" in explained
+        assert "issue" not in explained and "being added" not in explained
 
     run_wallet(demo_worker_source(NOW_MS), scenario)
 
@@ -198,8 +199,11 @@ def test_a_failing_node_shows_in_the_status_line_and_the_wallet_recovers() -> No
         await pilot.press("r")
         await settle(pilot)
         line = text_of(app, "#status-line")
-        assert "refresh failed" in line and "connection refused" in line and "1 in a row" in line
+        assert "node offline" in line and "connection refused" in line and "1 failed refresh(es)" in line
+        assert "showing the last values, from" in line
         assert app.query_one("#balance", Digits).value == "3,256"  # the last good data stays
+        assert str(app.query_one("#balance-label", Label).content) == "LAST BALANCE (offline)"
+        assert "○ offline: last values shown" in text_of(app, "#overview-facts")
         source.failure = RuntimeError("anything at all")
         await pilot.press("r")
         await settle(pilot)
@@ -211,6 +215,7 @@ def test_a_failing_node_shows_in_the_status_line_and_the_wallet_recovers() -> No
         await pilot.press("r")
         await settle(pilot)
         assert text_of(app, "#status-line").startswith("● ok")
+        assert str(app.query_one("#balance-label", Label).content) == "BALANCE (points)"
         assert app.is_running
 
     run_wallet(source, scenario)
@@ -222,7 +227,7 @@ def test_a_node_that_never_answered_is_explained_not_a_crash() -> None:
 
     async def scenario(pilot: Pilot[None], app: WalletApp) -> None:
         assert app.node_status is None
-        assert "refresh failed" in text_of(app, "#status-line")
+        assert "node offline (1 failed refresh(es) in a row; no answer yet)" in text_of(app, "#status-line")
         await pilot.press("p")
         assert "no status yet" in text_of(app, "#status-line")
         for key in "12345":
