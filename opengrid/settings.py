@@ -27,7 +27,7 @@ import platformdirs
 
 from opengrid.core.availability import parse_windows
 from opengrid.errors import ConfigError
-from opengrid.node.config import ADVERSARIES, ENGINES, HTTP_BACKENDS, ROLES, NodeConfig
+from opengrid.node.config import ADVERSARIES, ENGINES, HTTP_BACKENDS, ROLES, VERIFY_MODES, NodeConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -223,6 +223,7 @@ KEYS: dict[str, _Key] = {
     "require_payment": _Key(_bool),
     "approve_workers": _Key(_bool),
     "admit_after_jobs": _Key(_int(0)),
+    "verify": _Key(_choice(VERIFY_MODES)),
 }
 """Every NodeConfig field and how its values are checked."""
 
@@ -343,6 +344,7 @@ FLAG_DESTS: dict[str, str] = {
     "require_payment": "require_payment",
     "approve_workers": "approve_workers",
     "admit_after_jobs": "admit_after_jobs",
+    "verify": "verify",
 }
 """argparse ``dest`` of each ``node start`` flag -> config key."""
 

@@ -194,6 +194,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: adaptive replication, reputation-weighted choice, canary jobs)",
     )
     start.add_argument(
+        "--verify",
+        choices=("replicate", "audit"),
+        default=None,
+        help="coordinator: verify open jobs by bit-identical replicas (replicate, the default) or by one "
+        "worker generating and another holding the same weights re-scoring its output (audit)",
+    )
+    start.add_argument(
         "--require-payment",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -429,7 +436,9 @@ async def _run_node(
     node = Node(
         config,
         api=api,
-        coordinator_config=policy(heartbeat_s=config.heartbeat_s, require_payment=config.require_payment),
+        coordinator_config=policy(
+            heartbeat_s=config.heartbeat_s, require_payment=config.require_payment, verify=config.verify
+        ),
         trace_frames=trace,
         trace_timing=timing,
     )

@@ -199,7 +199,7 @@ class CoordinatorConfig:
     costs; a job costs 1.5 units of pay instead of replication's 2."""
 
     @classmethod
-    def plain(cls, **overrides: float) -> CoordinatorConfig:
+    def plain(cls, **overrides: object) -> CoordinatorConfig:
         """Plain verification: every job runs the replicas asked for, on workers chosen uniformly at
         random, with no canaries — the baseline that experiments and tests compare against."""
         return cls(adaptive=False, canary_rate=0.0, weighted=False, **overrides)  # type: ignore[arg-type]
@@ -1347,14 +1347,18 @@ class Coordinator:
         expected = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
         if report.job_id != job.request.job_id:
             return "audit report names another job"
-        if report.n_scored != expected:
-            return f"audit report scored {report.n_scored} positions; the claim has {expected}"
-        if report.verdict == "fail":
+        if (
+            report.verdict == "fail"
+        ):  # it may stop at a position it cannot score (a token outside its vocabulary)
+            if report.n_scored > expected:
+                return f"audit report scored {report.n_scored} positions; the claim has {expected}"
             if not report.reason:
                 return "a failing audit report must say why"
             if report.first_failure >= expected:
                 return f"audit report fails position {report.first_failure} of {expected}"
             return None
+        if report.n_scored != expected:
+            return f"audit report scored {report.n_scored} positions; the claim has {expected}"
         if report.first_failure != -1 or report.max_gap > self.config.audit_tolerance:
             return (
                 f"audit report passes a claim with a gap of {report.max_gap:.3f} logits (tolerance "

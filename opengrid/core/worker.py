@@ -145,19 +145,19 @@ class WorkerLogic:
         return None
 
     def report(
-        self, audit: AuditJob, evidence: Sequence[PositionEvidence], *, text_matches: bool = True
+        self, audit: AuditJob, evidence: Sequence[PositionEvidence], *, problem: str = ""
     ) -> AuditReport:
         """Judge an audit's evidence (``opengrid.core.audit.judge`` at the job's tolerance), commit to it,
         and on a pass co-sign the claim (the attestation the receipt needs to credit this auditor).
 
-        ``text_matches``: the claimed text is what the claimed tokens decode to here; a claim whose text
-        says something its tokens do not fails, whatever its tokens score."""
+        ``problem``: why the claim fails whatever its evidence says (its text is not what its tokens decode
+        to here; its tokens are outside the vocabulary, so only the positions before them were scored)."""
         params = SamplingParams(
             temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
         )
         verdict = judge(evidence, AuditPolicy(gap_tolerance=audit.tolerance))
         commitment = evidence_commitment(audit.job_id, params, evidence)
-        if verdict.accepted and text_matches:
+        if verdict.accepted and not problem:
             attestation = sign_attestation(
                 self._key,
                 self.network,
@@ -176,7 +176,7 @@ class WorkerLogic:
                 attestation=msgspec.msgpack.encode(attestation),
             )
         failure = verdict.failure
-        reason = verdict.reason or "the claimed text is not what the claimed tokens decode to"
+        reason = problem or verdict.reason
         return AuditReport(
             job_id=audit.job_id,
             verdict="fail",
