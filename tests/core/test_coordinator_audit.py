@@ -5,13 +5,7 @@ audit costs its prover its reputation and its pay, and the job runs again on ano
 from __future__ import annotations
 
 import msgspec
-from opengrid_ledger import Evidence, decode_body
-
-from opengrid.core.coordinator import CoordinatorConfig
-from opengrid.core.effects import AppendEntry, CancelReplica, Penalize
-from opengrid.core.reputation import Reputation
-from opengrid.wire.messages import ErrorReply, JobAccepted
-from tests.core.grid_harness import (
+from grid_harness import (
     CHEAT_GAP,
     HONEST,
     Grid,
@@ -20,10 +14,21 @@ from tests.core.grid_harness import (
     dispatches,
     finished,
     honest,
+    job_id,
     of_type,
     open_receipt,
     scores,
+    signing_key,
 )
+from opengrid_ledger import EntryBody, Evidence, Hold, decode_body, encode_entry, sign_entry
+from opengrid_sdk.sealed import seal_job
+
+from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.core.effects import AppendEntry, CancelReplica, Penalize
+from opengrid.core.events import JobSubmitted
+from opengrid.core.reputation import Reputation
+from opengrid.net.keys import peer_id_of
+from opengrid.wire.messages import ErrorReply, JobAccepted, SubmitJob, job_cost
 
 AUDIT = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False)
 
@@ -215,3 +220,72 @@ def test_replicate_mode_is_unchanged_by_default() -> None:
     grid.register()
     first = grid.submit(1, replicas=2)
     assert len(dispatches(first)) == 2 and not audits(first)
+
+
+def test_a_prover_that_fails_is_replaced_before_any_audit() -> None:
+    grid = Grid(n=3, config=AUDIT)
+    grid.register()
+    first = grid.submit(1)
+    crashed = dispatches(first)[0]
+    after = grid.fail(crashed)
+    rerun = dispatches(after)
+    assert len(rerun) == 1 and rerun[0].peer != crashed.peer and not audits(after)
+    sent = audits(grid.answer(rerun[0], HONEST))
+    assert sent[0].peer != crashed.peer  # offline until its next heartbeat
+    reply = finished(grid.audit(sent[0]))
+    assert isinstance(reply, JobAccepted) and crashed.peer in reply.failed
+
+
+def test_a_sealed_job_is_replicated_in_audit_mode() -> None:
+    grid = Grid(n=3, config=AUDIT)
+    names = {peer: peer_id_of(grid.key(peer)) for peer in grid.workers}
+    grid.workers = {names[p]: w for p, w in grid.workers.items()}
+    grid.register()
+    job = seal_job("top secret", peers=sorted(names.values()), model="tiny", max_tokens=8, replicas=2)
+    effects = grid.coordinator.handle(JobSubmitted(client="client", request=job.request), 0.0)
+    assert len(dispatches(effects)) == 2 and not audits(effects), "auditors could not read the prompt"
+
+
+def test_a_paid_audited_job_pays_the_prover_first_then_the_auditor() -> None:
+    grid = Grid(n=3, config=AUDIT)
+    grid.register()
+    ledger = grid.coordinator.ledger
+    cost = job_cost(6, 1)  # a hold for one replica of 6 tokens: less than prover + auditor earn (5 + 3)
+    for n in range(1, 20):  # w0 earns points to pay with, proving and auditing
+        if ledger.balance(grid.key("w0")) >= cost:
+            break
+        grid.register(now=float(n))
+        first = grid.submit(n, now=float(n))
+        assert isinstance(finished(grid.drive_audited(first, honest, scores(), now=n + 0.5)), JobAccepted)
+    assert ledger.balance(grid.key("w0")) >= cost
+    payer = signing_key("w0")
+    hold = Hold(job_id=job_id(20), amount=cost, coordinator=grid.coordinator.public_key)
+    body = EntryBody(
+        network=grid.coordinator.network,
+        author=bytes(payer.verify_key),
+        seq=1,
+        prev=b"",
+        payload=hold,
+    )
+    request = SubmitJob(
+        job_id=job_id(20),
+        model="tiny",
+        prompt="paid",
+        max_tokens=6,
+        replicas=1,
+        hold=encode_entry(sign_entry(payer, body)),
+    )
+    grid.register(now=20.0)
+    first = grid.coordinator.handle(JobSubmitted(client="client", request=request), 20.0)
+    assert ledger.held(grid.key("w0")) == cost
+    effects = [*first, *grid.drive_audited(first, lambda peer, run: HONEST, scores(), now=20.5)]
+    reply = finished(effects)
+    assert isinstance(reply, JobAccepted)
+    settle = [decode_body(e.entry.body).payload for e in of_type(effects, AppendEntry)][-1]
+    n = len(HONEST.tokens)
+    prover, auditor = reply.workers
+    assert [(c.account, c.points) for c in settle.payouts] == [  # type: ignore[union-attr]
+        (grid.key(prover), n),
+        (grid.key(auditor), cost - n),  # what is left: 1 of its 3 points
+    ]
+    assert ledger.held(grid.key("w0")) == 0

@@ -30,17 +30,20 @@ PROMPT = "Once upon a time"
 MAX_TOKENS = 8
 
 
-class _ProverFirst(random.Random):
-    """The coordinator's random stream, seeded, except that a draw that may take ``prover`` takes it
-    first: the seam that makes the cheater the job's prover (the draw is the only random choice the
-    coordinator makes here; with the plain policy every worker weighs the same, so ``sample`` draws)."""
+class _Preferring(random.Random):
+    """The coordinator's random stream, seeded, except that a draw takes the peers in ``prefer`` first,
+    in that order: the seam that decides who proves and who audits (the draws are the only random
+    choices the coordinator makes here; with the plain policy every worker weighs the same, so each
+    draw is one ``sample``)."""
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
-        self.prover = ""
+        self.prefer: list[str] = []
 
     def sample(self, population: Sequence[T], k: int, **_: object) -> list[T]:  # type: ignore[override]
-        first = [c for c in population if getattr(c, "peer", None) == self.prover][:k]
+        rank = {peer: i for i, peer in enumerate(self.prefer)}
+        wanted = [c for c in population if getattr(c, "peer", None) in rank]
+        first = sorted(wanted, key=lambda c: rank[getattr(c, "peer", "")])[:k]
         rest = [c for c in population if c not in first]
         return first + super().sample(rest, min(k - len(first), len(rest)))
 
@@ -126,7 +129,7 @@ async def test_a_wrong_tokens_prover_is_caught_earns_nothing_and_the_client_gets
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     honest = await _honest_tokens(info)
     assert len(honest) >= 2  # so the cheat changes tokens (it replaces the second half)
-    rng = _ProverFirst(5)
+    rng = _Preferring(5)
     coordinator = _coordinator(tmp_path, rng)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
@@ -139,7 +142,7 @@ async def test_a_wrong_tokens_prover_is_caught_earns_nothing_and_the_client_gets
         cheater = workers["cheat"]
         assert cheater.host is not None and coordinator.host is not None
         assert coordinator.coordinator is not None and coordinator.ledger is not None
-        rng.prover = cheater.host.peer_id
+        rng.prefer = [cheater.host.peer_id]
         client: Host = await nursery.start(client_host)
         peer = await client.connect(coordinator.host.addrs()[0])
         job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS)
@@ -154,4 +157,34 @@ async def test_a_wrong_tokens_prover_is_caught_earns_nothing_and_the_client_gets
         record = coordinator.coordinator.reputation.get(cheater.public_key, Reputation())
         assert record.invalid == 1
         assert sum(w.jobs_run for w in workers.values()) == 2  # the cheat, then the honest re-run
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_that_cannot_score_is_replaced_as_auditor(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    rng = _Preferring(6)
+    coordinator = _coordinator(tmp_path, rng)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        engines: dict[str, Engine] = {
+            "prover": LlamaEngine(info, n_threads=1),
+            "noscore": WrongTokensEngine(LlamaEngine(info, n_threads=1)),  # has no score(): cannot audit
+            "auditor": LlamaEngine(info, n_threads=1),
+        }
+        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        ids = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
+        rng.prefer = [ids["prover"], ids["noscore"]]  # proves first, then is the first auditor drawn
+        client: Host = await nursery.start(client_host)
+        assert coordinator.host is not None
+        peer = await client.connect(coordinator.host.addrs()[0])
+        job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS)
+        with trio.fail_after(90):
+            reply = await client.request(peer, job)
+        assert isinstance(reply, JobAccepted), reply
+        assert reply.workers == [ids["prover"], ids["auditor"]] and reply.failed == [ids["noscore"]]
+        assert reply.tokens == await _honest_tokens(info)
+        assert workers["noscore"].worker_driver.audits_run == 0 and workers["noscore"].jobs_run == 0
+        assert workers["auditor"].worker_driver.audits_run == 1
         nursery.cancel_scope.cancel()
