@@ -18,6 +18,13 @@ outcome. A job whose lead worker has earned trust may run on that worker alone (
 Now and then (``canary_rate``) a verified answer is re-sent under a fresh job id to one worker that never
 saw it; a different answer costs that worker its reputation. Canaries never reach a client or the ledger.
 
+Audit mode (``CoordinatorConfig.verify = "audit"``, spec/verification.md §13; opt-in): an open job runs on
+one prover; its checked result (the claim) goes to ``auditors`` workers holding the same weights, on any
+numerical class (``DispatchAudit``), whose ``AuditReturned`` reports pass it (receipt: the prover and the
+auditors credited) or fail it (the prover penalised, the job re-run on another prover within
+``max_failovers``). A failed or silent auditor is replaced; a claim with no free auditor waits for a slot.
+Sealed jobs are replicated as above.
+
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is
 busy waits in a ``FairQueue`` (opengrid/core/queueing.py): interactive before batch, clients in turn.
