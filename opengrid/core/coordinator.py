@@ -195,7 +195,7 @@ class CoordinatorConfig:
     in one forward pass; a failed audit penalises the prover and re-runs the job on another. Sealed jobs
     are always replicated (auditing them needs the prompt sealed to the auditors too: a later step)."""
     auditors: int = 1
-    """Audit mode: auditors that must pass a claim before it is accepted."""
+    """Audit mode: auditors that must pass a claim before it is accepted (at least 1)."""
     audit_tolerance: float = DEFAULT_GAP_TOLERANCE
     """Audit mode: the largest gap (logits) an auditor accepts at any position (spec/verification.md
     §12.2-12.3: 0.5, above the 0.44 measured between three CPU builds)."""
@@ -365,6 +365,8 @@ class Coordinator:
         """Client jobs waiting for free worker slots (each is also in ``_jobs``)."""
         self.grants = GrantPolicy(self.config.grant_limits)
         """Who got starting-grant vouchers, and when (the driver journals it, so it survives restarts)."""
+        self._auditors = max(1, self.config.auditors)
+        """Audit mode: auditors per claim (at least one: an audit mode that audits nothing checks nothing)."""
         self._audit_wait: dict[bytes, None] = {}
         """Audit mode: jobs whose claim waits for a free auditor slot (an ordered set; retried by
         ``_drain``, bounded by the job deadline)."""
@@ -784,14 +786,14 @@ class Coordinator:
         if audit:
             # One prover of the job's class, and auditors among every worker holding the same weights.
             serving = {c.peer for c in self._candidates(candidates[0].contract.model_sha256)}
-            if len(serving) < 1 + self.config.auditors:
+            if len(serving) < 1 + self._auditors:
                 return [
                     FinishJob(
                         job_id,
                         ErrorReply(
                             "no_capacity",
                             f"this coordinator audits every job: it needs a worker to run it and "
-                            f"{self.config.auditors} other(s) holding the same weights to audit it, but only "
+                            f"{self._auditors} other(s) holding the same weights to audit it, but only "
                             f"{len(serving)} worker(s) serve {request.model!r}; wait for workers",
                             job_id,
                         ),
@@ -1266,7 +1268,7 @@ class Coordinator:
         operator than the prover's when one is free. With none free now the claim waits for a slot
         (``_drain``); with none left at all the job fails, since it could not be checked."""
         job_id = job.request.job_id
-        needed = self.config.auditors - len(job.audited) - len(job.audits)
+        needed = self._auditors - len(job.audited) - len(job.audits)
         if needed <= 0:
             self._audit_wait.pop(job_id, None)
             return []
@@ -1402,7 +1404,7 @@ class Coordinator:
             return effects + self._replace_auditor(job, now)
         if checked is not None:
             job.audited[event.peer] = checked
-            if len(job.audited) >= self.config.auditors:
+            if len(job.audited) >= self._auditors:
                 return self._accept_audited(job)
             return self._start_audits(job, now)
         return self._reject_claim(job, event.peer, event.report, now)

@@ -289,3 +289,23 @@ def test_a_paid_audited_job_pays_the_prover_first_then_the_auditor() -> None:
         (grid.key(auditor), cost - n),  # what is left: 1 of its 3 points
     ]
     assert ledger.held(grid.key("w0")) == 0
+
+
+def test_two_auditors_must_both_pass_and_both_are_credited() -> None:
+    config = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False, auditors=2)
+    grid = Grid(n=3, config=config)
+    grid.register()
+    first = grid.submit(1)
+    sent = audits(grid.answer(dispatches(first)[0], HONEST))
+    assert len(sent) == 2 and len({a.peer for a in sent}) == 2
+    assert finished(grid.audit(sent[0])) is None, "one pass is not enough"
+    reply = finished(grid.audit(sent[1]))
+    assert isinstance(reply, JobAccepted) and len(_credits(reply)) == 3
+
+
+def test_zero_auditors_still_audits_once() -> None:
+    config = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False, auditors=0)
+    grid = Grid(n=2, config=config)
+    grid.register()
+    first = grid.submit(1)
+    assert len(audits(grid.answer(dispatches(first)[0], HONEST))) == 1
