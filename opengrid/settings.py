@@ -37,6 +37,7 @@ from opengrid.node.config import (
     ENGINES,
     HTTP_BACKENDS,
     ROLES,
+    VERIFY_MODES,
     NodeConfig,
 )
 
@@ -298,6 +299,7 @@ KEYS: dict[str, _Key] = {
     "trace_frames": _Key(_path, optional=True),
     "trace_timing": _Key(_path, optional=True),
     "adversary": _Key(_choice(ADVERSARIES), optional=True),
+    "verify": _Key(_choice(VERIFY_MODES)),
 }
 """Every ``node start`` flag, by its name (``--max-load`` -> ``max_load``), and how its values are
 checked; each sets the NodeConfig field of the same name unless ``field`` says another."""
@@ -561,6 +563,12 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="every job runs the replicas asked for, on uniformly chosen workers, no canaries "
         "(default: adaptive replication, reputation-weighted choice, canary jobs)",
+    )
+    coordinator.add_argument(
+        "--verify",
+        choices=VERIFY_MODES,
+        help="how open jobs are verified: bit-identical replicas (replicate, the default) or one worker "
+        "generating and another holding the same weights re-scoring its output (audit)",
     )
     coordinator.add_argument(
         "--require-payment",

@@ -51,6 +51,7 @@ from opengrid_ledger import (  # noqa: E402
 )
 from opengrid_ledger.entries import ENTRY_DOMAIN  # noqa: E402
 
+from opengrid.core.audit import PositionEvidence, SamplingParams, evidence_commitment  # noqa: E402
 from opengrid.errors import InvalidEntryError  # noqa: E402
 from opengrid.wire.admit import admit_request_signing_bytes  # noqa: E402
 from opengrid.wire.codec import encode_frame, encode_message  # noqa: E402
@@ -61,6 +62,8 @@ from opengrid.wire.grant import grant_request_signing_bytes  # noqa: E402
 from opengrid.wire.messages import (  # noqa: E402
     AdmitRequest,
     AdmitVote,
+    AuditJob,
+    AuditReport,
     ControlRequest,
     DialBackReport,
     DialBackRequest,
@@ -677,7 +680,26 @@ def messages(
             DialBackResult("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWExample", True, "a libp2p listener answered"),
             DialBackResult("/ip4/10.0.0.2/tcp/4001", False,
                            "not dialled: the request came from 127.0.0.1, not 10.0.0.2", dialled=False)])),
+        ("an audit: re-score a prover's greedy claim that stopped (spec/verification.md §13)", AuditJob(
+            job_id=job(1), contract=DecodingContract(model_sha256="ab" * 32), prompt="Once upon a time",
+            tokens=[101, 202], text=" there was", finish_reason="stop")),
+        ("an audit report that rejects the claim at its second position", AuditReport(
+            job_id=job(1), verdict="fail", n_scored=3, max_gap=12.5, evidence_commitment=_AUDIT_COMMITMENT,
+            first_failure=1, failure_gap=12.5,
+            reason="position 1: claimed token 202 is 12.500 logits below the sampler's choice")),
     ]  # fmt: skip
+
+
+_AUDIT_COMMITMENT = evidence_commitment(
+    job(1),
+    SamplingParams(),
+    [
+        PositionEvidence(token=101, logprob=-0.25, gap=0.0, rank=0, mask_margin=0.0),
+        PositionEvidence(token=202, logprob=-14.0, gap=12.5, rank=7, mask_margin=0.0),
+        PositionEvidence(token=2, logprob=-0.5, gap=0.0, rank=0, mask_margin=0.0),
+    ],
+)
+"""The evidence commitment of the audit report vector (opengrid.core.audit.evidence_commitment)."""
 
 
 def _bad_body(value: dict[str, Any]) -> str:

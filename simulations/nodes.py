@@ -20,7 +20,7 @@ from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.effects import Effect
 from opengrid.core.events import Event
 from opengrid.core.worker import WorkerLogic
-from opengrid.wire.messages import RunJob
+from opengrid.wire.messages import AuditJob, RunJob
 from simulations.behaviours import Behaviour
 from simulations.engine import NS_PER_S
 from simulations.network import Place
@@ -93,8 +93,9 @@ class SimWorker:
     online: bool = False
     session: int = 0
     """Bumped whenever the worker goes on or offline, so stale timers of an old session are ignored."""
-    queue: deque[RunJob] = field(default_factory=deque)
-    running: RunJob | None = None
+    queue: deque[RunJob | AuditJob] = field(default_factory=deque)
+    """Replicas and audits (audit mode) waiting for the worker's one slot."""
+    running: RunJob | AuditJob | None = None
     run_started_ns: int = 0
     run_epoch: int = 0
     """Bumped when a run is aborted, so its completion event is ignored."""

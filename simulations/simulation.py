@@ -4,6 +4,11 @@ This module plays the driver's part for every node, as opengrid/node does over l
 events (``WorkerRegistered``, ``JobSubmitted``, ``ReplicaReturned``, ``ReplicaFailed``) to the real
 Coordinators and executes the effects they return by scheduling message deliveries on the engine.
 
+In audit mode (a scenario's ``[coordinator] verify = "audit"``, spec/verification.md §13) it also
+carries ``DispatchAudit`` to workers, which score the claim (``AUDIT_COST`` of a generation's time) and
+answer ``AuditReturned``: an audit is an honest re-scoring, so a claim passes exactly when its tokens are
+the honest ones (lying auditors are not modelled yet).
+
 Event kinds (the canonical log line names them): ``arrive`` (a client submits a job), ``coord`` (a
 message reaches a coordinator), ``tick`` (coordinator timers), ``worker`` (a message reaches a worker),
 ``done`` (an inference finishes), ``beat`` (heartbeat), ``churn`` (on/off), ``reply`` (the client gets
@@ -35,22 +40,34 @@ from opengrid_ledger import (
     sign_entry,
 )
 
+from opengrid.core.audit import PositionEvidence, judge
 from opengrid.core.effects import (
     AppendEntry,
     CancelReplica,
+    DispatchAudit,
     DispatchReplica,
     Effect,
     FinishJob,
     Penalize,
     SendReceipt,
 )
-from opengrid.core.events import Event, JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
+from opengrid.core.events import (
+    AuditFailed,
+    AuditReturned,
+    Event,
+    JobSubmitted,
+    ReplicaFailed,
+    ReplicaReturned,
+    WorkerRegistered,
+)
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.codec import decode_message, encode_message
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
+    AuditJob,
+    AuditReport,
     ErrorReply,
     ModelOffer,
     ReceiptNotice,
@@ -70,6 +87,14 @@ from simulations.scenario import BEHAVIOURS, AdversarySpec, Scenario
 from simulations.signatures import SampledScheme
 from simulations.traces import Arrival, Session, load_churn, load_workload
 from simulations.workload import max_tokens, next_arrival
+
+AUDIT_COST = 0.44
+"""An audit's time as a fraction of generating the same tokens: scoring 128 tokens in one forward pass
+took 0.44 of generating them at 2 threads on this project's CPU (spec/verification.md §13.3)."""
+HONEST_GAP = 0.05
+"""Logits: what an honest claim's positions score on an auditor (honest rounding, §12.3)."""
+CHEAT_GAP = 12.0
+"""Logits: what a position that departs from the model scores (coarse cheats measured 2-26, §12.3)."""
 
 _CLIENT_PLACES = 32
 _STAGGER_NS = NS_PER_S  # initial registrations spread over the first second, as real nodes start apart
@@ -360,6 +385,12 @@ class Simulation:
                 else:  # the coordinator's own job: a canary (adaptive replication, issue 4)
                     self.counters["canary_dispatches"] += 1
                 self._to_worker(coordinator, effect.peer, effect.run, 200 + len(effect.run.prompt))
+            elif isinstance(effect, DispatchAudit):
+                self.counters["audit_dispatches"] += 1
+                audit = effect.audit
+                self._to_worker(
+                    coordinator, effect.peer, audit, 200 + len(audit.prompt) + 4 * len(audit.tokens)
+                )
             elif isinstance(effect, CancelReplica):
                 self._to_worker(coordinator, effect.peer, effect, 64)
             elif isinstance(effect, SendReceipt):
@@ -460,6 +491,13 @@ class Simulation:
             worker.queue.clear()
             worker.run_epoch += 1
             for run in lost:
+                if isinstance(run, AuditJob):
+                    self.counters["audits_lost_to_churn"] += 1
+                    if churn.detect_disconnect:
+                        self._transport_report(
+                            worker, AuditFailed(run.job_id, worker.peer, "worker went offline"), 64
+                        )
+                    continue
                 job = self._job(run.job_id)
                 if job is not None:
                     job.churn_lost += 1
@@ -487,11 +525,23 @@ class Simulation:
                 self._transport_report(
                     worker, ReplicaFailed(message.job_id, worker.peer, "worker unreachable"), 64
                 )
+            if isinstance(message, AuditJob) and self.scenario.churn.detect_disconnect:
+                self._transport_report(
+                    worker, AuditFailed(message.job_id, worker.peer, "worker unreachable"), 64
+                )
             return
         if isinstance(message, RunJob):
             refusal = worker.logic.accept(message) if worker.logic is not None else None
             if refusal is not None:
                 self._to_coordinator(worker, ReplicaFailed(message.job_id, worker.peer, refusal.message), 200)
+                return
+            worker.queue.append(message)
+            if worker.running is None:
+                self._start_next(worker)
+        elif isinstance(message, AuditJob):
+            refusal = worker.logic.accept_audit(message) if worker.logic is not None else None
+            if refusal is not None:
+                self._to_coordinator(worker, AuditFailed(message.job_id, worker.peer, refusal.message), 200)
                 return
             worker.queue.append(message)
             if worker.running is None:
@@ -519,7 +569,10 @@ class Simulation:
             return
         run = worker.queue.popleft()
         hardware = worker.hardware
-        seconds = run.max_tokens / hardware.tokens_per_s * worker.behaviour.work_fraction
+        if isinstance(run, AuditJob):  # one forward pass over the claim: a fraction of generating it
+            seconds = max(1, len(run.tokens)) * AUDIT_COST / hardware.tokens_per_s
+        else:
+            seconds = run.max_tokens / hardware.tokens_per_s * worker.behaviour.work_fraction
         fails = hardware.failure_rate > 0 and self._failure_rng.random() < hardware.failure_rate
         if fails:
             seconds *= self._failure_rng.random()  # the engine crashes part-way through
@@ -528,14 +581,19 @@ class Simulation:
         worker.run_epoch += 1
         self.engine.after(seconds_to_ns(seconds), self._k_done, worker.index, worker.run_epoch, (run, fails))
 
-    def _on_done(self, node: int, tag: int | str, data: tuple[RunJob, bool]) -> None:
+    def _on_done(self, node: int, tag: int | str, data: tuple[RunJob | AuditJob, bool]) -> None:
         worker = self.workers[node]
         run, fails = data
         if tag != worker.run_epoch or worker.running is not run:
             return  # aborted (cancelled or offline) before it finished
         worker.compute_s += (self.engine.now_ns - worker.run_started_ns) / NS_PER_S
         worker.running = None
-        if fails:
+        if isinstance(run, AuditJob):
+            if fails:
+                self._to_coordinator(worker, AuditFailed(run.job_id, worker.peer, "engine error"), 200)
+            else:
+                self._audit(worker, run)
+        elif fails:
             self._to_coordinator(worker, ReplicaFailed(run.job_id, worker.peer, "engine error"), 200)
         else:
             self._answer(worker, run)
@@ -578,6 +636,53 @@ class Simulation:
             )
         event = ReplicaReturned(run.job_id, worker.peer, result)
         self._to_coordinator(worker, event, 300 + 4 * len(tokens), wrong=tokens != honest)
+
+    def _audit(self, worker: SimWorker, audit: AuditJob) -> None:
+        """Score a claim as an honest auditor would: ``HONEST_GAP`` where it is the honest output,
+        ``CHEAT_GAP`` where it departs; judged, committed and (on a pass) co-signed, and sent back."""
+        honest = honest_tokens(audit.prompt, audit.contract.digest(), len(audit.tokens))
+        evidence = [
+            PositionEvidence(
+                token=t,
+                logprob=-(gap := HONEST_GAP if t == h else CHEAT_GAP),
+                gap=gap,
+                rank=0 if t == h else 3,
+                mask_margin=0.0,
+            )
+            for t, h in zip(audit.tokens, honest, strict=True)
+        ]
+        if worker.logic is not None:
+            decoded = decode_message(encode_message(worker.logic.report(audit, evidence)))
+            assert isinstance(decoded, AuditReport)  # our own encoding of an AuditReport
+            report = decoded
+        else:  # a light agent: the same verdict, without a WorkerLogic (the evidence is not committed)
+            verdict = judge(evidence)
+            attestation = b""
+            if verdict.accepted:
+                attestation = msgspec.msgpack.encode(
+                    sign_attestation(
+                        worker.key,
+                        NETWORK_ID,
+                        audit.job_id,
+                        audit.contract.digest(),
+                        commit_output(audit.tokens, audit.text),
+                        len(audit.tokens),
+                        scheme=self.scheme,
+                    )
+                )
+            report = AuditReport(
+                job_id=audit.job_id,
+                verdict="pass" if verdict.accepted else "fail",
+                n_scored=verdict.positions,
+                max_gap=verdict.max_gap,
+                evidence_commitment=bytes(32),
+                first_failure=-1 if verdict.first_failure is None else verdict.first_failure,
+                failure_gap=verdict.failure.gap if verdict.failure is not None else 0.0,
+                reason=verdict.reason,
+                attestation=attestation,
+            )
+        self.counters["audits_passed" if report.verdict == "pass" else "audits_failed"] += 1
+        self._to_coordinator(worker, AuditReturned(audit.job_id, worker.peer, report), 200)
 
     def _apply_receipts(self, worker: SimWorker, notice: ReceiptNotice) -> None:
         """Store pushed receipts: the real ledger for full workers, bookkeeping only for light agents."""

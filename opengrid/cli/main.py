@@ -296,7 +296,9 @@ async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
     node = Node(
         config,
         api=api,
-        coordinator_config=policy(heartbeat_s=config.heartbeat_s, require_payment=config.require_payment),
+        coordinator_config=policy(
+            heartbeat_s=config.heartbeat_s, require_payment=config.require_payment, verify=config.verify
+        ),
         trace_frames=config.trace_frames,
         trace_timing=config.trace_timing,
     )

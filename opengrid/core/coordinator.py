@@ -18,6 +18,13 @@ outcome. A job whose lead worker has earned trust may run on that worker alone (
 Now and then (``canary_rate``) a verified answer is re-sent under a fresh job id to one worker that never
 saw it; a different answer costs that worker its reputation. Canaries never reach a client or the ledger.
 
+Audit mode (``CoordinatorConfig.verify = "audit"``, spec/verification.md §13; opt-in): an open job runs on
+one prover; its checked result (the claim) goes to ``auditors`` workers holding the same weights, on any
+numerical class (``DispatchAudit``), whose ``AuditReturned`` reports pass it (receipt: the prover and the
+auditors credited) or fail it (the prover penalised, the job re-run on another prover within
+``max_failovers``). A failed or silent auditor is replaced; a claim with no free auditor waits for a slot.
+Sealed jobs are replicated as above.
+
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is
 busy waits in a ``FairQueue`` (opengrid/core/queueing.py): interactive before batch, clients in turn.
@@ -36,6 +43,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
 from nacl.signing import SigningKey
@@ -63,9 +71,11 @@ from opengrid_ledger import (
     verify_attestation,
 )
 
+from opengrid.core.audit import DEFAULT_GAP_TOLERANCE
 from opengrid.core.effects import (
     AppendEntry,
     CancelReplica,
+    DispatchAudit,
     DispatchReplica,
     Effect,
     FinishJob,
@@ -73,6 +83,8 @@ from opengrid.core.effects import (
     SendReceipt,
 )
 from opengrid.core.events import (
+    AuditFailed,
+    AuditReturned,
     Event,
     JobCancelled,
     JobSubmitted,
@@ -99,6 +111,8 @@ from opengrid.wire.control import MAX_CLOCK_SKEW_MS
 from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
     MAX_PROMPT_CHARS,
+    AuditJob,
+    AuditReport,
     ErrorCode,
     ErrorReply,
     GrantRequest,
@@ -174,8 +188,25 @@ class CoordinatorConfig:
     from NodeStatus, so dead or fake registrations do not pile up (spec/limits.md). It comes back as a new
     worker with its next heartbeat; its reputation is kept (keyed by its key)."""
 
+    verify: Literal["replicate", "audit"] = "replicate"
+    """How an open job is verified (spec/verification.md §13). ``replicate``: ``replicas`` workers of one
+    numerical class must return bit-identical outputs (§5). ``audit``: one worker (the prover) generates,
+    ``auditors`` other workers holding the same weights (any numerical class) re-score its claimed tokens
+    in one forward pass; a failed audit penalises the prover and re-runs the job on another. Sealed jobs
+    are always replicated (auditing them needs the prompt sealed to the auditors too: a later step)."""
+    auditors: int = 1
+    """Audit mode: auditors that must pass a claim before it is accepted (at least 1)."""
+    audit_tolerance: float = DEFAULT_GAP_TOLERANCE
+    """Audit mode: the largest gap (logits) an auditor accepts at any position (spec/verification.md
+    §12.2-12.3: 0.5, above the 0.44 measured between three CPU builds)."""
+    audit_credit_divisor: int = 2
+    """Audit mode: an auditor earns ``ceil(max(1, n_tokens) / this) * weight`` points for scoring ``n``
+    tokens, the prover ``max(1, n_tokens) * weight``. 2: scoring 128 tokens cost 0.44-0.64 of generating
+    them on this project's CPUs (spec/verification.md §13.3), so an audit pays about what its compute
+    costs; a job costs 1.5 units of pay instead of replication's 2."""
+
     @classmethod
-    def plain(cls, **overrides: float) -> CoordinatorConfig:
+    def plain(cls, **overrides: object) -> CoordinatorConfig:
         """Plain verification: every job runs the replicas asked for, on workers chosen uniformly at
         random, with no canaries — the baseline that experiments and tests compare against."""
         return cls(adaptive=False, canary_rate=0.0, weighted=False, **overrides)  # type: ignore[arg-type]
@@ -235,10 +266,24 @@ class _Job:
     hold_amount: int = 0
     weight: int = 1
     """Points per generated token of the job's model (``Coordinator.weight``), fixed at submission."""
+    audit: bool = False
+    """Audit mode (``CoordinatorConfig.verify``): one prover, its claim re-scored by auditors."""
+    prover: str = ""
+    """Audit mode: the peer whose returned claim (in ``results``) is being audited; "" before it answers."""
+    audits: dict[str, float] = field(default_factory=dict)
+    """Audit mode: auditor peer -> deadline of its pending audit."""
+    audited: dict[str, Attestation] = field(default_factory=dict)
+    """Audit mode: auditors that passed the current claim -> their attestation of it."""
 
     def tried(self) -> set[str]:
         return (
-            set(self.pending) | set(self.results) | set(self.failed) | set(self.invalid) | set(self.refused)
+            set(self.pending)
+            | set(self.results)
+            | set(self.failed)
+            | set(self.invalid)
+            | set(self.refused)
+            | set(self.audits)
+            | set(self.audited)
         )
 
 
@@ -320,6 +365,11 @@ class Coordinator:
         """Client jobs waiting for free worker slots (each is also in ``_jobs``)."""
         self.grants = GrantPolicy(self.config.grant_limits)
         """Who got starting-grant vouchers, and when (the driver journals it, so it survives restarts)."""
+        self._auditors = max(1, self.config.auditors)
+        """Audit mode: auditors per claim (at least one: an audit mode that audits nothing checks nothing)."""
+        self._audit_wait: dict[bytes, None] = {}
+        """Audit mode: jobs whose claim waits for a free auditor slot (an ordered set; retried by
+        ``_drain``, bounded by the job deadline)."""
 
     # ── inputs ───────────────────────────────────────────────────────────────────────────────────────
     def handle(self, event: Event, now: float) -> list[Effect]:
@@ -338,6 +388,10 @@ class Coordinator:
                 return effects + self._drain(now)
             case JobCancelled():
                 return self._on_cancelled(event) + self._drain(now)
+            case AuditReturned():
+                return self._on_audit_returned(event, now) + self._drain(now)
+            case AuditFailed():
+                return self._on_audit_failed(event.job_id, event.peer, event.reason, now) + self._drain(now)
         raise TypeError(f"unknown event {event!r}")  # pragma: no cover - exhaustiveness guard
 
     def on_timer(self, now: float) -> list[Effect]:
@@ -388,12 +442,16 @@ class Coordinator:
             for peer in sorted(p for p, deadline in job.pending.items() if now >= deadline):
                 effects.append(CancelReplica(peer=peer, job_id=job_id))
                 effects += self._on_failed(job_id, peer, "timed out", now, penalize=False)
+            for peer in sorted(p for p, deadline in job.audits.items() if now >= deadline):
+                effects.append(CancelReplica(peer=peer, job_id=job_id))
+                effects += self._on_audit_failed(job_id, peer, "audit timed out", now)
         return effects + self._drain(now)
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``on_timer`` has something to do (None: nothing scheduled)."""
         deadlines = [job.deadline for job in self._jobs.values()]
         deadlines += [d for job in self._jobs.values() for d in job.pending.values()]
+        deadlines += [d for job in self._jobs.values() for d in job.audits.values()]
         deadlines += [r.last_seen + 3 * self.config.heartbeat_s for r in self.workers.values() if r.online]
         deadlines += [canary.deadline for canary in self._canaries.values()]
         deadlines += [due for due, _ in self._resumed.values()]
@@ -723,8 +781,25 @@ class Coordinator:
                     ),
                 )
             ]
+        audit = self.config.verify == "audit" and not sealed
         available = capacity(candidates)
-        if available < request.replicas:
+        if audit:
+            # One prover of the job's class, and auditors among every worker holding the same weights.
+            serving = {c.peer for c in self._candidates(candidates[0].contract.model_sha256)}
+            if len(serving) < 1 + self._auditors:
+                return [
+                    FinishJob(
+                        job_id,
+                        ErrorReply(
+                            "no_capacity",
+                            f"this coordinator audits every job: it needs a worker to run it and "
+                            f"{self._auditors} other(s) holding the same weights to audit it, but only "
+                            f"{len(serving)} worker(s) serve {request.model!r}; wait for workers",
+                            job_id,
+                        ),
+                    )
+                ]
+        elif available < request.replicas:
             return [
                 FinishJob(
                     job_id,
@@ -773,16 +848,19 @@ class Coordinator:
             hold_amount=hold_amount,
             weight=weight,
         )
+        if audit:  # one prover; its claim is audited (``_start_audits``) before it is accepted
+            job.audit, job.target, job.replicas = True, 1, 1
         self._jobs[job_id] = job
         self._queue.push(job_id, event.client, request.priority)
         return hold_effects + self._drain(now) + self._maybe_canary(now)
 
     def _drain(self, now: float) -> list[Effect]:
         """Offer the free worker slots to the waiting jobs, in the queue's order (interactive first,
-        clients in turn); each job takes what it can and keeps its place if it still needs more."""
+        clients in turn); each job takes what it can and keeps its place if it still needs more. Claims
+        waiting for a free auditor go first: their generation is already paid for."""
+        effects: list[Effect] = self._drain_audits(now) if self._audit_wait else []
         if not self._queue:
-            return []
-        effects: list[Effect] = []
+            return effects
         full: set[tuple[str, tuple[str, ...]]] = set()
         """(model, sealed-to peers) whose workers are all busy: slots only get taken during a drain, so
         later jobs for the same model need not look again."""
@@ -846,7 +924,7 @@ class Coordinator:
         chosen = pick_workers(
             free, missing, exclude=tried, rng=self._rng, exclude_operators=self._operators(tried)
         )
-        if first and chosen and self._runs_alone(job, chosen[0]):
+        if first and chosen and not job.audit and self._runs_alone(job, chosen[0]):
             job.single, job.replicas, job.target = True, 1, 1
             chosen, missing = chosen[:1], 1
         effects: list[Effect] = []
@@ -942,6 +1020,9 @@ class Coordinator:
         self._release(event.peer)
         job.elapsed[event.peer] = now - sent_at
         job.results[event.peer] = (event.result, problem)
+        if job.audit:
+            job.prover = event.peer
+            return self._start_audits(job, now)
         commitments = {peer: att.output_commitment for peer, (_, att) in job.results.items()}
         agreement = judge(commitments, job.replicas)
         if agreement is not None:
@@ -1179,6 +1260,281 @@ class Coordinator:
             format=job.request.format,
         )
         return divergent
+
+    # ── audits (spec/verification.md §13) ────────────────────────────────────────────────────────────
+    def _start_audits(self, job: _Job, now: float) -> list[Effect]:
+        """Send the prover's claim to as many auditors as it still needs: online workers holding the same
+        weights (any numerical class), not the prover nor any worker already on the job, on another
+        operator than the prover's when one is free. With none free now the claim waits for a slot
+        (``_drain``); with none left at all the job fails, since it could not be checked."""
+        job_id = job.request.job_id
+        needed = self._auditors - len(job.audited) - len(job.audits)
+        if needed <= 0:
+            self._audit_wait.pop(job_id, None)
+            return []
+        tried = job.tried()
+        pool = [
+            c
+            for c in self._candidates(job.contract.model_sha256, max_tokens=job.request.max_tokens)
+            if c.peer not in tried
+        ]
+        free = [c for c in pool if self._has_slot(c.peer)]
+        chosen = pick_workers(
+            free, needed, exclude=tried, rng=self._rng, exclude_operators=self._operators([job.prover])
+        )
+        if len(chosen) < needed:  # another operator is preferred, not required
+            taken = tried | {c.peer for c in chosen}
+            chosen += pick_workers(
+                free,
+                needed - len(chosen),
+                exclude=taken,
+                rng=self._rng,
+                exclude_operators=self._operators(taken),
+            )
+        if chosen:
+            effects: list[Effect] = []
+            audit = self._audit_job(job)
+            for candidate in chosen:
+                job.audits[candidate.peer] = now + self.config.replica_timeout_s
+                self._occupy(candidate.peer)
+                effects.append(DispatchAudit(peer=candidate.peer, audit=audit))
+            if len(chosen) >= needed:
+                self._audit_wait.pop(job_id, None)
+            else:
+                self._audit_wait[job_id] = None
+            return effects
+        if job.audits:
+            return []  # the pending audits may still pass it; a later failure looks again
+        if any(c.peer not in tried for c in pool):
+            self._audit_wait[job_id] = None  # auditors exist but are busy: wait for a slot
+            return []
+        return self._fail(
+            job_id,
+            "verification_failed",
+            f"no worker is left to audit the answer of {job.prover} (the job's output is never accepted "
+            f"unchecked; {len(job.failed)} worker(s) failed on it); add workers serving {job.model_name!r}",
+        )
+
+    def _drain_audits(self, now: float) -> list[Effect]:
+        """Offer free slots to claims waiting for auditors, oldest first."""
+        effects: list[Effect] = []
+        for job_id in list(self._audit_wait):
+            job = self._jobs.get(job_id)
+            if job is None or not job.prover:
+                self._audit_wait.pop(job_id, None)
+                continue
+            effects += self._start_audits(job, now)
+        return effects
+
+    def _audit_job(self, job: _Job) -> AuditJob:
+        """The AuditJob for the job's current claim: the prover's tokens under its contract's sampler."""
+        result, _ = job.results[job.prover]
+        contract = job.contract
+        greedy = contract.temperature <= 0.0
+        return AuditJob(
+            job_id=job.request.job_id,
+            contract=contract,
+            prompt=job.request.prompt,
+            tokens=list(result.tokens),
+            text=result.text,
+            finish_reason=result.finish_reason,
+            format=job.request.format,
+            temperature=0.0 if greedy else contract.temperature,
+            top_k=0 if greedy else max(0, contract.top_k),
+            seed=0 if greedy else contract.seed,
+            tolerance=self.config.audit_tolerance,
+        )
+
+    def _check_report(self, job: _Job, peer: str, report: AuditReport) -> Attestation | str | None:
+        """A passing report's attestation, None for a well-formed failing report, or why the report is
+        unacceptable (the auditor's fault). The coordinator cannot re-score (it holds no model); it checks
+        that the report is consistent with the claim and the tolerance it sent."""
+        record = self.workers.get(peer)
+        if record is None:
+            return "audit report from an unregistered worker"
+        result, prover_att = job.results[job.prover]
+        expected = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        if report.job_id != job.request.job_id:
+            return "audit report names another job"
+        if (
+            report.verdict == "fail"
+        ):  # it may stop at a position it cannot score (a token outside its vocabulary)
+            if report.n_scored > expected:
+                return f"audit report scored {report.n_scored} positions; the claim has {expected}"
+            if not report.reason:
+                return "a failing audit report must say why"
+            if report.first_failure >= expected:
+                return f"audit report fails position {report.first_failure} of {expected}"
+            return None
+        if report.n_scored != expected:
+            return f"audit report scored {report.n_scored} positions; the claim has {expected}"
+        if report.first_failure != -1 or report.max_gap > self.config.audit_tolerance:
+            return (
+                f"audit report passes a claim with a gap of {report.max_gap:.3f} logits (tolerance "
+                f"{self.config.audit_tolerance}) or a failing position ({report.first_failure})"
+            )
+        try:
+            attestation = msgspec.msgpack.decode(report.attestation, type=Attestation)
+            verify_attestation(attestation, self.network, scheme=self._scheme)
+        except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError) as exc:
+            return f"bad auditor attestation: {exc}"
+        claim = (record.key, job.request.job_id, job.contract.digest(), prover_att.output_commitment)
+        signed = (
+            attestation.worker,
+            attestation.job_id,
+            attestation.contract_hash,
+            attestation.output_commitment,
+        )
+        if signed != claim or attestation.n_tokens != prover_att.n_tokens:
+            return "auditor attestation does not match the claim it audited"
+        return attestation
+
+    def _on_audit_returned(self, event: AuditReturned, now: float) -> list[Effect]:
+        job = self._jobs.get(event.job_id)
+        if job is None or event.peer not in job.audits:
+            return []  # late or unsolicited
+        del job.audits[event.peer]
+        self._release(event.peer)
+        checked = self._check_report(job, event.peer, event.report)
+        if isinstance(checked, str):  # a broken or lying report: the auditor's fault, and it is replaced
+            job.invalid.append(event.peer)
+            if event.peer in self.workers:
+                self._record(self.workers[event.peer].key, "invalid")
+            effects: list[Effect] = [Penalize(peer=event.peer, why=f"audit report: {checked}")]
+            return effects + self._replace_auditor(job, now)
+        if checked is not None:
+            job.audited[event.peer] = checked
+            if len(job.audited) >= self._auditors:
+                return self._accept_audited(job)
+            return self._start_audits(job, now)
+        return self._reject_claim(job, event.peer, event.report, now)
+
+    def _reject_claim(self, job: _Job, auditor: str, report: AuditReport, now: float) -> list[Effect]:
+        """An auditor failed the prover's claim: the prover is penalised (like an outvoted replica) and
+        earns nothing; the job runs again on another prover, within ``max_failovers``."""
+        prover = job.prover
+        job.results.pop(prover, None)
+        job.prover = ""
+        job.invalid.append(prover)
+        record = self.workers.get(prover)
+        if record is not None:
+            self._record(record.key, "invalid")
+        effects: list[Effect] = [
+            Penalize(
+                peer=prover,
+                why=f"its output failed the audit by {auditor} (max gap {report.max_gap:.3f} logits, "
+                f"tolerance {self.config.audit_tolerance}): {report.reason}",
+            )
+        ]
+        effects += self._cancel_audits(job)
+        job.audited.clear()
+        self._audit_wait.pop(job.request.job_id, None)
+        if job.failovers >= self.config.max_failovers:
+            return effects + self._fail(
+                job.request.job_id,
+                "verification_failed",
+                f"the outputs of {len(job.invalid)} worker(s) failed their audits and {job.failovers} "
+                "replacement(s) were used up; retry later",
+            )
+        job.failovers += 1
+        return effects + self._refill(job, now)
+
+    def _on_audit_failed(self, job_id: bytes, peer: str, reason: str, now: float) -> list[Effect]:
+        """An auditor erred, vanished or timed out: like a failed replica, it goes offline until its next
+        heartbeat, and another auditor takes its place (within ``max_failovers``)."""
+        job = self._jobs.get(job_id)
+        if job is None or peer not in job.audits:
+            return []
+        del job.audits[peer]
+        self._release(peer)
+        job.failed.append(peer)
+        record = self.workers.get(peer)
+        if record is not None:
+            record.online = False
+            self._record(record.key, "timeout")
+        return self._replace_auditor(job, now)
+
+    def _replace_auditor(self, job: _Job, now: float) -> list[Effect]:
+        if job.failovers >= self.config.max_failovers:
+            return self._fail(
+                job.request.job_id,
+                "verification_failed",
+                f"{job.failovers} replacement(s) used up and the answer was not audited; retry later",
+            )
+        job.failovers += 1
+        return self._start_audits(job, now)
+
+    def _cancel_audits(self, job: _Job) -> list[Effect]:
+        """Stop the job's pending audits and free their slots."""
+        for peer in job.audits:
+            self._release(peer)
+        effects: list[Effect] = [
+            CancelReplica(peer=peer, job_id=job.request.job_id) for peer in sorted(job.audits)
+        ]
+        job.audits.clear()
+        return effects
+
+    def _accept_audited(self, job: _Job) -> list[Effect]:
+        """Every auditor passed the claim: sign a receipt crediting the prover ``max(1, n) * weight`` and
+        each auditor ``ceil(max(1, n) / audit_credit_divisor) * weight``, and answer the client."""
+        job_id = job.request.job_id
+        prover = job.prover
+        result, prover_att = job.results[prover]
+        auditors = sorted(job.audited)
+        n_tokens = prover_att.n_tokens
+        for peer in (prover, *auditors):
+            self._record(self.workers[peer].key, "valid")
+        self._measure(prover, n_tokens, job.elapsed.get(prover, 0.0))
+        if job.request.prompt:  # an audited answer is a verified one: good for canaries
+            self.add_known_answer(
+                job.request.prompt,
+                job.contract,
+                job.request.max_tokens,
+                prover_att.output_commitment,
+                seen={self.workers[p].key for p in job.tried() if p in self.workers},
+                format=job.request.format,
+            )
+        evidence = self._evidence(job)
+        points = max(1, n_tokens) * job.weight
+        audit_points = -(-max(1, n_tokens) // max(1, self.config.audit_credit_divisor)) * job.weight
+        keys = {peer: self.workers[peer].key for peer in (prover, *auditors)}
+        receipt = Receipt(
+            job_id=job_id,
+            contract_hash=job.contract.digest(),
+            output_commitment=prover_att.output_commitment,
+            n_tokens=n_tokens,
+            credits=(
+                Credit(account=keys[prover], points=points),
+                *(Credit(account=keys[a], points=audit_points) for a in auditors),
+            ),
+            attestations=(prover_att, *(job.audited[a] for a in auditors)),
+            issued_at_ms=job.wall_ms,
+            weight=job.weight,
+        )
+        entry = sign_entry(self._key, self.ledger.next_body(self.public_key, receipt), scheme=self._scheme)
+        self.ledger.apply(entry)
+        encoded = encode_entry(entry)
+        self._own_entries.append(encoded)
+        effects: list[Effect] = [*evidence, AppendEntry(entry)]
+        if job.hold:  # the prover is paid first, then the auditors, out of the hold; the rest goes back
+            payouts = _payouts_in_order(receipt.credits, job.hold_amount)
+            effects += self._author(
+                Settle(hold=job.hold, payouts=payouts) if payouts else Refund(hold=job.hold)
+            )
+        effects += self._cancel_pending(job)
+        effects += [SendReceipt(peer=p, notice=self._notice_for(p)) for p in (prover, *auditors)]
+        reply = JobAccepted(
+            job_id=job_id,
+            text=result.text,
+            tokens=list(result.tokens),
+            finish_reason=result.finish_reason,
+            receipt=encoded,
+            workers=[prover, *auditors],
+            failed=sorted(set(job.failed) | set(job.invalid)),
+        )
+        del self._jobs[job_id]
+        effects.append(FinishJob(job_id, reply))
+        return effects
 
     # ── canaries ─────────────────────────────────────────────────────────────────────────────────────
     def add_known_answer(
@@ -1493,11 +1849,17 @@ class Coordinator:
         return ReceiptNotice(entries=self._own_entries[start:])
 
     def _cancel_pending(self, job: _Job) -> list[Effect]:
-        """The job is settled: free its workers' slots, stop its pending replicas, leave the queue."""
+        """The job is settled: free its workers' slots, stop its pending replicas and audits, leave the
+        queues."""
         self._queue.remove(job.request.job_id)
+        self._audit_wait.pop(job.request.job_id, None)
         for peer in job.pending:
             self._release(peer)
-        return [CancelReplica(peer=peer, job_id=job.request.job_id) for peer in sorted(job.pending)]
+        effects: list[Effect] = [
+            CancelReplica(peer=peer, job_id=job.request.job_id) for peer in sorted(job.pending)
+        ]
+        effects += self._cancel_audits(job)
+        return effects
 
     def _fail(self, job_id: bytes, code: ErrorCode, message: str) -> list[Effect]:
         job = self._jobs.pop(job_id, None)
@@ -1550,3 +1912,16 @@ def _payouts(credits: tuple[Credit, ...], amount: int) -> tuple[Credit, ...]:
     return tuple(
         Credit(account=c.account, points=min(c.points, share)) for c in credits if min(c.points, share) > 0
     )
+
+
+def _payouts_in_order(credits: tuple[Credit, ...], amount: int) -> tuple[Credit, ...]:
+    """Audit mode: pay the credits in order (the prover first) until ``amount`` runs out, so a hold sized
+    for one replica still pays the whole generation before any audit."""
+    payouts: list[Credit] = []
+    left = amount
+    for credit in credits:
+        paid = min(credit.points, left)
+        if paid > 0:
+            payouts.append(Credit(account=credit.account, points=paid))
+            left -= paid
+    return tuple(payouts)

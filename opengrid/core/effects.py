@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from opengrid_ledger import Entry
 
-from opengrid.wire.messages import ErrorReply, JobAccepted, ReceiptNotice, RunJob
+from opengrid.wire.messages import AuditJob, ErrorReply, JobAccepted, ReceiptNotice, RunJob
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,20 @@ class DispatchReplica:
 
 
 @dataclass(frozen=True)
+class DispatchAudit:
+    """Send ``audit`` to ``peer`` (an auditor) and feed back ``AuditReturned`` or ``AuditFailed``.
+
+    ``CancelReplica(peer, job_id)`` stops it, as it stops a replica: one peer never runs a job's replica
+    and its audit at once."""
+
+    peer: str
+    audit: AuditJob
+
+
+@dataclass(frozen=True)
 class CancelReplica:
-    """Stop waiting for ``peer``'s answer to ``job_id`` (the job is settled or the replica timed out)."""
+    """Stop waiting for ``peer``'s answer to ``job_id`` (the job is settled or the replica or audit timed
+    out)."""
 
     peer: str
     job_id: bytes
@@ -58,4 +70,4 @@ class Penalize:
     why: str
 
 
-Effect = DispatchReplica | CancelReplica | FinishJob | AppendEntry | SendReceipt | Penalize
+Effect = DispatchReplica | DispatchAudit | CancelReplica | FinishJob | AppendEntry | SendReceipt | Penalize

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opengrid.wire.messages import ModelOffer, ReplicaResult, SubmitJob
+from opengrid.wire.messages import AuditReport, ModelOffer, ReplicaResult, SubmitJob
 
 
 @dataclass(frozen=True)
@@ -71,4 +71,31 @@ class JobCancelled:
     has already checked that the canceller may cancel."""
 
 
-Event = WorkerRegistered | JobSubmitted | ReplicaReturned | ReplicaFailed | JobCancelled
+@dataclass(frozen=True)
+class AuditReturned:
+    """An auditor answered a dispatched audit (``DispatchAudit``) with its report (audit mode)."""
+
+    job_id: bytes
+    peer: str
+    report: AuditReport
+
+
+@dataclass(frozen=True)
+class AuditFailed:
+    """A dispatched audit failed: the auditor errored (its engine cannot score, say), vanished, or the
+    stream broke. The auditor is replaced, like a failed replica."""
+
+    job_id: bytes
+    peer: str
+    reason: str
+
+
+Event = (
+    WorkerRegistered
+    | JobSubmitted
+    | ReplicaReturned
+    | ReplicaFailed
+    | JobCancelled
+    | AuditReturned
+    | AuditFailed
+)

@@ -6,15 +6,25 @@ module decides and signs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 from nacl.signing import SigningKey
 from opengrid_ledger import ED25519, Entry, LedgerState, SignatureScheme, decode_entry, sign_attestation
 
+from opengrid.core.audit import AuditPolicy, PositionEvidence, SamplingParams, evidence_commitment, judge
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import ErrorReply, ModelOffer, ReplicaResult, RunJob
+from opengrid.wire.messages import (
+    MAX_AUDIT_REASON_CHARS,
+    AuditJob,
+    AuditReport,
+    ErrorReply,
+    ModelOffer,
+    ReplicaResult,
+    RunJob,
+)
 from opengrid.wire.sealed import SealedPrompt, open_prompt, seal_output
 
 
@@ -115,6 +125,69 @@ class WorkerLogic:
             attestation=msgspec.msgpack.encode(attestation),
         )
 
+    def accept_audit(self, audit: AuditJob) -> ErrorReply | None:
+        """Return None to score ``audit``, or the error to answer instead: an auditor needs the same
+        weights (model sha256) as the prover, under any contract (spec/verification.md §13)."""
+        sha = audit.contract.model_sha256.lower()
+        if not any(o.contract.model_sha256.lower() == sha for o in self.offers):
+            return ErrorReply(
+                "unknown_model",
+                f"this worker does not hold model {sha[:12]}, so it cannot audit it",
+                audit.job_id,
+            )
+        if len(audit.tokens) > self.max_tokens_limit:
+            return ErrorReply(
+                "busy",
+                f"the claim has {len(audit.tokens)} tokens, above this worker's limit of "
+                f"{self.max_tokens_limit}",
+                audit.job_id,
+            )
+        return None
+
+    def report(
+        self, audit: AuditJob, evidence: Sequence[PositionEvidence], *, problem: str = ""
+    ) -> AuditReport:
+        """Judge an audit's evidence (``opengrid.core.audit.judge`` at the job's tolerance), commit to it,
+        and on a pass co-sign the claim (the attestation the receipt needs to credit this auditor).
+
+        ``problem``: why the claim fails whatever its evidence says (its text is not what its tokens decode
+        to here; its tokens are outside the vocabulary, so only the positions before them were scored)."""
+        params = SamplingParams(
+            temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
+        )
+        verdict = judge(evidence, AuditPolicy(gap_tolerance=audit.tolerance))
+        commitment = evidence_commitment(audit.job_id, params, evidence)
+        if verdict.accepted and not problem:
+            attestation = sign_attestation(
+                self._key,
+                self.network,
+                audit.job_id,
+                audit.contract.digest(),
+                commit_output(audit.tokens, audit.text),
+                len(audit.tokens),
+                scheme=self._scheme,
+            )
+            return AuditReport(
+                job_id=audit.job_id,
+                verdict="pass",
+                n_scored=verdict.positions,
+                max_gap=_wire_gap(verdict.max_gap),
+                evidence_commitment=commitment,
+                attestation=msgspec.msgpack.encode(attestation),
+            )
+        failure = verdict.failure
+        reason = problem or verdict.reason
+        return AuditReport(
+            job_id=audit.job_id,
+            verdict="fail",
+            n_scored=verdict.positions,
+            max_gap=_wire_gap(verdict.max_gap),
+            evidence_commitment=commitment,
+            first_failure=-1 if verdict.first_failure is None else verdict.first_failure,
+            failure_gap=_wire_gap(failure.gap) if failure is not None else 0.0,
+            reason=reason[:MAX_AUDIT_REASON_CHARS],
+        )
+
     def trust_coordinator(self, key: bytes) -> None:
         """Accept receipts minted by ``key`` (the coordinator this worker registered with)."""
         self.ledger.add_minter(key)
@@ -128,3 +201,11 @@ class WorkerLogic:
         for data in entries:
             applied += self.ledger.apply(decode_entry(data))
         return applied
+
+
+def _wire_gap(gap: float) -> float:
+    """A gap as an AuditReport carries it: NaN (a broken engine) as 0 (the verdict already failed it),
+    infinity (a token outside every mask) as the field's largest value."""
+    if gap != gap:
+        return 0.0
+    return min(gap, 1e30)

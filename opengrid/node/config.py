@@ -23,6 +23,8 @@ DEFAULT_API_ADDRESS = "127.0.0.1:9337"
 node extra that the API server needs)."""
 EngineKind = Literal["llama", "http"]
 ENGINES: tuple[EngineKind, ...] = ("llama", "http")
+VerifyMode = Literal["replicate", "audit"]
+VERIFY_MODES: tuple[VerifyMode, ...] = ("replicate", "audit")
 HttpBackendName = Literal["auto", "llama.cpp-server", "vllm"]
 HTTP_BACKENDS: tuple[HttpBackendName, ...] = ("auto", "llama.cpp-server", "vllm")
 DEFAULT_MAX_TOKENS_PER_JOB = 1024
@@ -86,6 +88,9 @@ class NodeConfig:
     require_payment: bool = False
     """Coordinator: run only paid jobs (a HOLD from the client's identity); unpaid ones are refused with
     ``payment_required`` (spec/ledger.md §7)."""
+    verify: VerifyMode = "replicate"
+    """Coordinator: how open jobs are verified (``CoordinatorConfig.verify``, spec/verification.md §13):
+    ``replicate`` (bit-identical replicas) or ``audit`` (one prover, re-scored by another worker)."""
     admit_after_jobs: int = 0
     """Coordinators of a network with a genesis file: co-sign, without asking the operator, the admission
     of a candidate coordinator whose key earned at least this many verified jobs as a worker in our
@@ -139,6 +144,8 @@ class NodeConfig:
             )
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"verify {self.verify!r} is not one of {', '.join(VERIFY_MODES)}")
         if self.http_backend not in HTTP_BACKENDS:
             raise ConfigError(f"http_backend {self.http_backend!r} is not one of {', '.join(HTTP_BACKENDS)}")
         if self.http_url is not None and not self.http_url.startswith(("http://", "https://")):

@@ -2,6 +2,9 @@
 carries out the effects it returns — replicas sent to workers on their run channels, jobs answered, entries
 stored and gossiped, receipts pushed to workers — and wakes it at its deadlines.
 
+In audit mode (``CoordinatorConfig.verify``) it also sends ``AuditJob``s to auditors, each on its own
+stream of the job protocol (one request, one reply), and feeds their reports back.
+
 The simulator (simulations/) drives the same machine from an event heap; tests/simulations/
 test_same_decisions.py proves both make the same decisions.
 """
@@ -21,13 +24,22 @@ import trio
 from opengrid.core.effects import (
     AppendEntry,
     CancelReplica,
+    DispatchAudit,
     DispatchReplica,
     Effect,
     FinishJob,
     Penalize,
     SendReceipt,
 )
-from opengrid.core.events import Event, JobCancelled, JobSubmitted, ReplicaFailed, ReplicaReturned
+from opengrid.core.events import (
+    AuditFailed,
+    AuditReturned,
+    Event,
+    JobCancelled,
+    JobSubmitted,
+    ReplicaFailed,
+    ReplicaReturned,
+)
 from opengrid.errors import OpenGridError, RemoteProtocolError
 from opengrid.net.host import FrameStream
 from opengrid.net.pool import StreamPool
@@ -35,6 +47,8 @@ from opengrid.node.context import PROGRESS_BUFFER, NodeContext, TaskStatus, shor
 from opengrid.node.ledger_service import LedgerService
 from opengrid.store.job_store import JobStore
 from opengrid.wire.messages import (
+    AuditJob,
+    AuditReport,
     ErrorReply,
     JobAccepted,
     JobProgress,
@@ -97,6 +111,10 @@ class CoordinatorDriver:
                     scope = trio.CancelScope()
                     self._replicas[(run.job_id, peer)] = scope
                     ctx.nursery.start_soon(self._run_replica, peer, run, scope)
+                case DispatchAudit(peer=peer, audit=audit):
+                    scope = trio.CancelScope()
+                    self._replicas[(audit.job_id, peer)] = scope  # CancelReplica stops audits too
+                    ctx.nursery.start_soon(self._run_audit, peer, audit, scope)
                 case CancelReplica(peer=peer, job_id=job_id):
                     running = self._replicas.pop((job_id, peer), None)
                     if running is not None:
@@ -270,6 +288,45 @@ class CoordinatorDriver:
             raise RemoteProtocolError("more progress frames than tokens", peer=peer)
 
         return await self.runs.exchange(peer, talk)
+
+    # ── audits ───────────────────────────────────────────────────────────────────────────────────────
+    async def _run_audit(self, peer: str, audit: AuditJob, scope: trio.CancelScope) -> None:
+        """Send ``audit`` to ``peer`` on a fresh stream and feed its report (or its failure) back. The
+        machine's own deadline cancels it (``CancelReplica``); the stream's deadline bounds it anyway."""
+        assert self._ctx.host is not None and self._ctx.coordinator is not None
+        event: Event | None = None
+        limit = self._ctx.coordinator.config.replica_timeout_s + 10.0
+        with scope:
+            stream = None
+            try:
+                with trio.fail_after(limit):
+                    stream = await self._ctx.host.open_stream(peer)
+                    await stream.send(audit)
+                    reply = await stream.receive()
+                self._ctx.trace(reply)
+            except (OpenGridError, trio.TooSlowError) as exc:
+                event = AuditFailed(job_id=audit.job_id, peer=peer, reason=str(exc) or "audit timed out")
+            else:
+                if isinstance(reply, AuditReport):
+                    event = AuditReturned(job_id=audit.job_id, peer=peer, report=reply)
+                elif isinstance(reply, ErrorReply):
+                    event = AuditFailed(
+                        job_id=audit.job_id, peer=peer, reason=f"{reply.code}: {reply.message}"
+                    )
+                else:
+                    event = AuditFailed(
+                        job_id=audit.job_id, peer=peer, reason=f"unexpected {type(reply).__name__}"
+                    )
+            finally:
+                if stream is not None:
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
+        if self._replicas.get((audit.job_id, peer)) is scope:
+            del self._replicas[(audit.job_id, peer)]
+        if event is not None and not scope.cancel_called:
+            if isinstance(event, AuditFailed):
+                log.warning("auditor %s failed job %s: %s", short(peer), audit.job_id.hex()[:8], event.reason)
+            self.feed(event)
 
     async def _send_receipt(self, peer: str, notice: ReceiptNotice) -> None:
         assert self._ctx.host is not None

@@ -29,6 +29,7 @@ from opengrid.node.ledger_service import LedgerService
 from opengrid.node.worker_driver import WorkerDriver
 from opengrid.wire.messages import (
     AdmitRequest,
+    AuditJob,
     ControlRequest,
     DialBackReport,
     DialBackRequest,
@@ -95,6 +96,7 @@ class Router:
             GrantRequest: self._on_grant,
             SubmitJob: self._on_submit,
             RunJob: self._on_run,
+            AuditJob: self._on_audit,
             RegisterWorker: self._on_register,
             ReceiptNotice: self._on_receipts,
         }
@@ -248,6 +250,14 @@ class Router:
             return self._busy()
         if self._ctx.worker is not None:
             return await self._worker.on_run(message)
+        return self._unexpected(message)
+
+    async def _on_audit(self, peer: str, message: AuditJob, operator: str) -> Message:
+        """An audit (spec/verification.md §13): one request, one reply, on its own stream."""
+        if self._availability.paused:
+            return self._busy()
+        if self._ctx.worker is not None:
+            return await self._worker.on_audit(message)
         return self._unexpected(message)
 
     async def _on_register(self, peer: str, message: RegisterWorker, operator: str) -> Message:

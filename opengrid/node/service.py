@@ -110,6 +110,7 @@ class Node:
         self._coordinator_config = coordinator_config or CoordinatorConfig(
             heartbeat_s=config.heartbeat_s,
             require_payment=config.require_payment,
+            verify=config.verify,
             model_params=pinned_params(),
         )
         self.api_urls: list[str] = []

@@ -1,6 +1,8 @@
 """The worker driver: runs the replicas coordinators send (``RunJob``) on the engine, in a thread, and
 answers with the worker logic's attestation (opengrid/core/worker.py). Streaming jobs send preview text as
-they generate; a job whose coordinator leaves stops generating at once."""
+they generate; a job whose coordinator leaves stops generating at once. In audit mode it also answers
+``AuditJob``: the engine re-scores a claimed output in one forward pass (``ScoringEngine.score``, in the
+same thread and limiter as generation) and the worker logic judges it (spec/verification.md §13)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,21 @@ from collections.abc import Callable
 import msgspec
 import trio
 
+from opengrid.core.audit import SamplingParams
 from opengrid.core.worker import Output
 from opengrid.engines import Engine, GenerationRequest
-from opengrid.engines.base import Generation, StreamingEngine
-from opengrid.errors import BadRequestError, EngineError, OpenGridError, RemoteProtocolError
+from opengrid.engines.base import Generation, ScoreRequest, Scoring, ScoringEngine, StreamingEngine
+from opengrid.errors import (
+    BadRequestError,
+    EngineError,
+    JobError,
+    OpenGridError,
+    RemoteProtocolError,
+    VerificationError,
+)
 from opengrid.net.host import FrameStream
 from opengrid.node.context import PROGRESS_BUFFER, NodeContext
-from opengrid.wire.messages import ErrorReply, Message, ReplicaProgress, RunJob
+from opengrid.wire.messages import AuditJob, ErrorReply, Message, ReplicaProgress, RunJob
 from opengrid.wire.sealed import seal_output
 
 log = logging.getLogger("opengrid.node")
@@ -38,6 +48,8 @@ class WorkerDriver:
         """RunJob streams whose result is not sent yet (``Node.drain`` waits for them)."""
         self.tokens_out = 0
         self.busy_s = 0.0
+        self.audits_run = 0
+        """Audits this worker scored (``AuditJob``); ``jobs_run`` counts generations only."""
 
     async def serve_run(self, stream: FrameStream, message: RunJob) -> None:
         """Run one replica and send its result on ``stream``."""
@@ -73,6 +85,68 @@ class WorkerDriver:
             return await self._run_and_attest(run, stream, engine, request, salt)
         finally:
             self.running -= 1
+
+    async def on_audit(self, audit: AuditJob) -> Message:
+        """Score a prover's claim on this node's engine and report the verdict (an ``AuditReport``), or
+        why it cannot (``unknown_model``: other weights; ``engine_error``: the engine cannot score, or
+        failed)."""
+        worker, engine = self._ctx.worker, self._ctx.engine
+        assert worker is not None and engine is not None
+        refusal = worker.accept_audit(audit)
+        if refusal is not None:
+            return refusal
+        if not isinstance(engine, ScoringEngine):
+            return ErrorReply(
+                "engine_error",
+                f"this worker's engine ({type(engine).__name__}) cannot score a claimed output, so it "
+                "cannot audit; audits need a llama.cpp or OpenAI-compatible (echo + logprobs) engine",
+                audit.job_id,
+            )
+        try:
+            sampling = SamplingParams(
+                temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
+            )
+        except JobError as exc:
+            return ErrorReply("malformed", f"bad sampling parameters: {exc}", audit.job_id)
+        request = ScoreRequest(
+            prompt=audit.prompt,
+            tokens=tuple(audit.tokens),
+            stopped=audit.finish_reason == "stop",
+            sampling=sampling,
+            job_id=audit.job_id,
+            add_bos=audit.format == "text",
+        )
+
+        def score_and_decode() -> tuple[Scoring | None, str]:
+            """In the engine's thread: the evidence, and why the claim fails whatever it says ("")."""
+            try:
+                scoring = engine.score(request)
+            except VerificationError as exc:  # the claim is not an output of this model at all
+                return None, str(exc)
+            detokenize = getattr(engine, "detokenize", None)
+            if callable(detokenize) and detokenize(request.tokens) != audit.text:
+                return scoring, "the claimed text is not what the claimed tokens decode to"
+            return scoring, ""
+
+        log.info("auditing job %s: %d claimed tokens", audit.job_id.hex()[:8], len(audit.tokens))
+        self.running += 1
+        try:
+            scoring, problem = await trio.to_thread.run_sync(score_and_decode, limiter=self._engine_limiter)
+        except EngineError as exc:
+            log.warning("audit of job %s failed in the engine: %s", audit.job_id.hex()[:8], exc)
+            return ErrorReply("engine_error", str(exc), audit.job_id)
+        finally:
+            self.running -= 1
+        self.audits_run += 1
+        report = worker.report(audit, scoring.evidence if scoring is not None else (), problem=problem)
+        log.info(
+            "audited job %s: %s (%d positions, max gap %.3f)",
+            audit.job_id.hex()[:8],
+            report.verdict,
+            report.n_scored,
+            report.max_gap,
+        )
+        return report
 
     async def _run_and_attest(
         self, run: RunJob, stream: FrameStream | None, engine: Engine, request: GenerationRequest, salt: bytes

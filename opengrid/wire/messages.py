@@ -547,6 +547,65 @@ class DialBackReport(_Message, tag="dial_back_report", frozen=True):
     results: Annotated[list[DialBackResult], msgspec.Meta(max_length=8)]
 
 
+MAX_AUDIT_REASON_CHARS: Final = 1024
+"""Characters of an AuditReport's ``reason`` (one position's values in words)."""
+MAX_AUDIT_TEMPERATURE: Final = 10.0
+"""The sampler's largest temperature (``opengrid.core.audit.SamplingParams``)."""
+MAX_AUDIT_TOLERANCE: Final = 1000.0
+"""Logits: a tolerance this wide accepts anything; larger values are refused as nonsense."""
+AuditGap = Annotated[float, msgspec.Meta(ge=0.0, le=1e30)]
+
+
+class AuditJob(_Message, tag="audit", frozen=True):
+    """Coordinator → auditor: re-score a prover's claimed output of an open job (spec/verification.md §13).
+
+    The auditor serves the same weights (``contract.model_sha256``) under any numerical class; it runs one
+    forward pass over ``prompt`` + ``tokens``, judges every position against ``tolerance``
+    (``opengrid.core.audit.judge``) and answers with an AuditReport (or an ErrorReply)."""
+
+    job_id: JobIdBytes
+    contract: DecodingContract
+    """The prover's contract: its ``model_sha256`` names the weights; its digest is what the auditor's
+    attestation (on a pass) signs, so the receipt can credit it."""
+    prompt: Prompt
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)]
+    """The claimed output tokens."""
+    text: OutputText
+    """The claimed output text: it must be what ``tokens`` decode to."""
+    finish_reason: ShortText
+    """``stop``: one more position (the end-of-generation token) is scored."""
+    format: PromptFormat = "text"
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TEMPERATURE)] = 0.0
+    top_k: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
+    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    seed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """0..2**64-1 (msgpack integers stop there)."""
+    tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TOLERANCE)] = 0.5
+    """Logits: the largest gap (and mask margin) a position may show (spec/verification.md §12.2)."""
+
+
+class AuditReport(_Message, tag="audit_report", frozen=True):
+    """Auditor → coordinator: the verdict on an AuditJob, a summary of its evidence, and a commitment to
+    all of it (``opengrid.core.audit.evidence_commitment``), so a lying auditor is provable later."""
+
+    job_id: JobIdBytes
+    verdict: Literal["pass", "fail"]
+    n_scored: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_LIMIT + 1)]
+    """Positions scored: the claimed tokens, plus one when the claim stopped."""
+    max_gap: AuditGap
+    """The largest gap over every position, in logits."""
+    evidence_commitment: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    first_failure: Annotated[int, msgspec.Meta(ge=-1, le=MAX_TOKENS_LIMIT)] = -1
+    """Output position of the first position over the tolerance; -1 on a pass."""
+    failure_gap: AuditGap = 0.0
+    """The gap at ``first_failure`` (0 on a pass)."""
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_AUDIT_REASON_CHARS)] = ""
+    """Why it failed, in words with the values; empty on a pass."""
+    attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)] = b""
+    """On a pass: the auditor's encoded ``opengrid_ledger.Attestation`` over the same job, contract digest,
+    output commitment and token count as the prover's, so the receipt can credit the auditor."""
+
+
 Message = (
     RegisterWorker
     | Registered
@@ -571,4 +630,6 @@ Message = (
     | AdmitVote
     | DialBackRequest
     | DialBackReport
+    | AuditJob
+    | AuditReport
 )

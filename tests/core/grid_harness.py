@@ -2,6 +2,9 @@
 
 The harness plays the driver's part: it hands DispatchReplica effects to the chosen worker, lets the
 worker attest an output, and feeds the ReplicaResult back (through the real wire codec) as an event.
+In audit mode it also plays auditors: a DispatchAudit is answered by the auditor's real WorkerLogic
+(``report``: judged, committed, co-signed) from evidence with a chosen gap at every position, as an
+engine's ``score`` would give it.
 """
 
 from __future__ import annotations
@@ -16,14 +19,24 @@ import msgspec
 from nacl.signing import SigningKey
 from opengrid_ledger import Genesis, LedgerState, Receipt, decode_entry, open_entry
 
+from opengrid.core.audit import PositionEvidence
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
-from opengrid.core.effects import DispatchReplica, Effect, FinishJob
-from opengrid.core.events import JobSubmitted, ReplicaFailed, ReplicaReturned, WorkerRegistered
+from opengrid.core.effects import DispatchAudit, DispatchReplica, Effect, FinishJob
+from opengrid.core.events import (
+    AuditFailed,
+    AuditReturned,
+    JobSubmitted,
+    ReplicaFailed,
+    ReplicaReturned,
+    WorkerRegistered,
+)
 from opengrid.core.reputation import Reputation
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.wire.codec import decode_message, encode_message
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
+    AuditJob,
+    AuditReport,
     ErrorReply,
     JobAccepted,
     JobId,
@@ -64,6 +77,39 @@ def honest(peer: str, run: RunJob) -> Output | None:
     return HONEST
 
 
+AuditBehaviour = Callable[[str, AuditJob], float | None]
+"""What an auditor does with an audit: the gap (logits) its engine finds at every claimed position that
+differs from the honest output (0.05 elsewhere, as honest rounding gives), or None to fail the audit."""
+
+CHEAT_GAP = 12.0
+"""The gap a cheating output shows where it departs from the model (measured: 2-26 logits; §12.3)."""
+
+
+def scores(gap: float = CHEAT_GAP) -> AuditBehaviour:
+    """An honest auditor: positions that match ``HONEST`` score 0.05, the others ``gap``."""
+
+    def behaviour(peer: str, audit: AuditJob) -> float | None:
+        return gap
+
+    return behaviour
+
+
+def evidence_for(audit: AuditJob, gap: float) -> list[PositionEvidence]:
+    """Evidence as a scoring engine reports it: 0.05 logits where the claim is the honest output, ``gap``
+    where it is not; one more position when the claim stopped."""
+    stopped = audit.finish_reason == "stop"
+    tokens = [*audit.tokens, *([2] if stopped else [])]
+    honest_tokens = (*HONEST.tokens, *([2] if stopped else []))
+    evidence = []
+    for i, token in enumerate(tokens):
+        right = i < len(honest_tokens) and honest_tokens[i] == token and audit.text == HONEST.text
+        value = 0.05 if right else gap
+        evidence.append(
+            PositionEvidence(token=token, logprob=-value, gap=value, rank=0 if right else 3, mask_margin=0.0)
+        )
+    return evidence
+
+
 def signing_key(label: str) -> SigningKey:
     return SigningKey(hashlib.sha256(b"opengrid core test key " + label.encode()).digest())
 
@@ -74,6 +120,10 @@ def job_id(n: int) -> JobId:
 
 def dispatches(effects: Iterable[Effect]) -> list[DispatchReplica]:
     return [e for e in effects if isinstance(e, DispatchReplica)]
+
+
+def audits(effects: Iterable[Effect]) -> list[DispatchAudit]:
+    return [e for e in effects if isinstance(e, DispatchAudit)]
 
 
 def of_type(effects: Iterable[Effect], kind: type[T]) -> list[T]:
@@ -226,6 +276,55 @@ class Grid:
         """Submit ``job`` and drive it (and any canary sent with it) to the end; every effect."""
         first = self.submit(job, replicas=replicas, now=now, prompt=prompt or f"prompt {job}")
         return [*first, *self.drive(first, behaviour, now=now + 1.0)]
+
+    def audit_report(self, dispatch: DispatchAudit, gap: float) -> AuditReport:
+        """The auditor's report over evidence with ``gap`` where the claim departs from ``HONEST``, as it
+        would arrive over the wire."""
+        worker = self.workers[dispatch.peer]
+        assert worker.accept_audit(dispatch.audit) is None
+        report = worker.report(dispatch.audit, evidence_for(dispatch.audit, gap))
+        decoded = decode_message(encode_message(report))
+        assert isinstance(decoded, AuditReport)
+        return decoded
+
+    def audit(self, dispatch: DispatchAudit, gap: float = CHEAT_GAP, *, now: float = 2.0) -> list[Effect]:
+        """Answer an audit with the report of an auditor whose engine finds ``gap`` at wrong positions."""
+        report = self.audit_report(dispatch, gap)
+        return self.coordinator.handle(AuditReturned(dispatch.audit.job_id, dispatch.peer, report), now)
+
+    def deliver_report(
+        self, dispatch: DispatchAudit, report: AuditReport, *, now: float = 2.0
+    ) -> list[Effect]:
+        return self.coordinator.handle(AuditReturned(dispatch.audit.job_id, dispatch.peer, report), now)
+
+    def fail_audit(self, dispatch: DispatchAudit, *, now: float = 2.0) -> list[Effect]:
+        return self.coordinator.handle(
+            AuditFailed(dispatch.audit.job_id, dispatch.peer, "engine_error: cannot score"), now
+        )
+
+    def drive_audited(
+        self, first: Sequence[Effect], behaviour: Behaviour, auditor: AuditBehaviour, *, now: float = 1.0
+    ) -> list[Effect]:
+        """Like ``drive``, answering audits too: ``auditor(peer, audit)`` gives the gap its engine finds at
+        wrong positions (None: the audit fails). Bounded: at most 64 dispatches."""
+        queue: list[DispatchReplica | DispatchAudit] = [
+            e for e in first if isinstance(e, DispatchReplica | DispatchAudit)
+        ]
+        produced: list[Effect] = []
+        for _ in range(64):
+            if not queue:
+                break
+            item = queue.pop(0)
+            if isinstance(item, DispatchReplica):
+                output = behaviour(item.peer, item.run)
+                effects = self.fail(item, now=now) if output is None else self.answer(item, output, now=now)
+            else:
+                gap = auditor(item.peer, item.audit)
+                effects = self.fail_audit(item, now=now) if gap is None else self.audit(item, gap, now=now)
+            produced += effects
+            queue += [e for e in effects if isinstance(e, DispatchReplica | DispatchAudit)]
+        assert not queue, "more than 64 dispatches: the job does not settle"
+        return produced
 
     def streak(self, peer: str) -> int:
         return self.coordinator.reputation.get(self.key(peer), Reputation()).streak

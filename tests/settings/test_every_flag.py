@@ -45,6 +45,7 @@ SAMPLES: dict[str, tuple[list[str], str, str]] = {
     "work_hours": (["22:00-07:00"], "22:00-07:00", '"22:00-07:00"'),
     "max_load": (["0.5"], "0.5", "0.5"),
     "plain_verification": ([], "1", "true"),
+    "verify": (["audit"], "audit", '"audit"'),
     "require_payment": ([], "on", "true"),
     "approve_workers": ([], "true", "true"),
     "admit_after_jobs": (["3"], "3", "3"),

@@ -8,6 +8,8 @@ from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     AdmitRequest,
     AdmitVote,
+    AuditJob,
+    AuditReport,
     ControlRequest,
     DialBackReport,
     DialBackRequest,
@@ -138,6 +140,31 @@ def sample_messages() -> list[Message]:
                 DialBackResult("/ip4/127.0.0.1/tcp/4001", True, "a libp2p listener answered"),
                 DialBackResult("/ip4/10.0.0.2/tcp/4001", False, "not dialled: another IP", False),
             ]
+        ),
+        AuditJob(
+            job_id=JOB,
+            contract=DecodingContract(model_sha256="ab" * 32),
+            prompt="Once upon a time",
+            tokens=[101, 202, 303],
+            text=" there was",
+            finish_reason="stop",
+            format="chat",
+            temperature=0.8,
+            top_k=40,
+            top_p=0.95,
+            seed=2**63 + 5,
+            tolerance=0.75,
+        ),
+        AuditReport(
+            job_id=JOB,
+            verdict="fail",
+            n_scored=4,
+            max_gap=12.5,
+            evidence_commitment=b"\x0f" * 32,
+            first_failure=2,
+            failure_gap=12.5,
+            reason="position 2: claimed token 303 is 12.500 logits below the sampler's choice",
+            attestation=b"\x10" * 100,
         ),
     ]
 
