@@ -329,9 +329,11 @@ def main() -> int:
         "--seconds", type=float, default=180.0, help="how long the attacks last (default 180)"
     )
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures to this file")
+    parser.add_argument("--keep", type=pathlib.Path, metavar="DIR", help="keep the nodes' data dirs and logs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="opengrid-soak-") as tmp:
-        base = pathlib.Path(tmp)
+        base = args.keep or pathlib.Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
         model = write_tiny_gguf(base / "tiny.gguf", seed=0)
         net = DemoNetwork(base, model=str(model), network=NETWORK)
         try:

@@ -1134,7 +1134,8 @@ class Coordinator:
         is empty, a sealed prompt does not open for it). The worker is not blamed: it stays online, earns
         no EVIDENCE entry and frees its slot. One refusal could be a lazy worker's excuse, so the job fails
         with the client's error only once ``client_fault_quorum`` workers refused it, or when no other
-        worker is left to ask; until then it goes to another worker (spec/job-protocol.md §6.4)."""
+        worker is left to ask or still running; until then it goes to another worker
+        (spec/job-protocol.md §6.4)."""
         if event.job_id in self._canaries:  # we wrote the canary's input: a refusal is the worker's fault
             return self._on_failed(event.job_id, event.peer, event.reason, now, penalize=False)
         job = self._jobs.get(event.job_id)
@@ -1150,7 +1151,7 @@ class Coordinator:
             )
             if c.contract == job.contract and c.peer not in job.tried()
         ]
-        if len(job.refused) >= self.config.client_fault_quorum or not untried:
+        if len(job.refused) >= self.config.client_fault_quorum or not (untried or job.pending):
             return self._fail(
                 event.job_id,
                 "malformed",
@@ -1158,6 +1159,8 @@ class Coordinator:
             )
         if job.single:  # as after any failure: the job falls back to the client's replicas
             job.single, job.replicas, job.target = False, job.request.replicas, job.request.replicas
+        if not untried:
+            return []  # a replica still running confirms the refusal (no replica is cut off), or answers
         return self._refill(job, now)
 
     def _accept(self, job: _Job, agreement: Agreement) -> list[Effect]:

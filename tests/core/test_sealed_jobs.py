@@ -72,9 +72,13 @@ def test_a_prompt_that_does_not_open_fails_the_job_without_blaming_the_worker() 
     grid, names = _sealed_grid()
     job = seal_job("x", peers=[names["w0"], names["w1"]], model="tiny", max_tokens=8, replicas=2)
     sent = dispatches(grid.coordinator.handle(JobSubmitted(client="c", request=job.request), 0.0))
-    event = ReplicaFailed(job.request.job_id, sent[0].peer, "malformed: does not open", client_fault=True)
-    reply = finished(grid.coordinator.handle(event, 1.0))
+    first, second = (
+        ReplicaFailed(job.request.job_id, d.peer, "malformed: does not open", client_fault=True) for d in sent
+    )
+    assert grid.coordinator.handle(first, 1.0) == []  # the other sealed-to worker is still running
+    reply = finished(grid.coordinator.handle(second, 1.0))
     assert isinstance(reply, ErrorReply) and reply.code == "malformed"
-    assert grid.coordinator.workers[sent[0].peer].online  # not taken offline
-    record = grid.coordinator.reputation.get(grid.workers[sent[0].peer].public_key)
-    assert record is None or (record.timeouts, record.invalid) == (0, 0)
+    for dispatch in sent:
+        assert grid.coordinator.workers[dispatch.peer].online  # not taken offline
+        record = grid.coordinator.reputation.get(grid.workers[dispatch.peer].public_key)
+        assert record is None or (record.timeouts, record.invalid) == (0, 0)
