@@ -11,6 +11,10 @@ deadline once its first byte arrived, an inbound one-exchange stream must start 
 opens, a kept channel (run, beat) is closed when idle too long (``FrameStream``); one peer may hold only so
 many inbound streams per protocol (``Host.set_handler``) and in all, counted before negotiation
 (``_StreamGuard``); what is over a cap is reset and logged at INFO, once a minute per peer.
+
+Cancelling a task that reads or writes a stream costs that stream only: each Noise message is written
+whole, whatever happens to its writer (``_CancelSafeNoise``; py-libp2p's own write would leave the peer's
+decryption one message behind, and the peer would drop the connection).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from typing import Any, Final
 import multiaddr
 import trio
 from libp2p import create_yamux_muxer_option, new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetStream, IRawConnection, ISecureConn
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -113,6 +118,67 @@ _REFUSAL_LOG_EVERY_S: Final = 60.0
 """A peer's refused streams are logged at most once a minute (with a count), never one line each."""
 _REFUSAL_LOG_PEERS: Final = 1024
 """Peers whose last refusal line is remembered; the table is pruned of quiet peers beyond this."""
+
+
+_WRITE_CLOSE_S: Final = 2.0
+"""Seconds we give a connection's close once one of its writes overran its deadline."""
+
+
+class _CancelSafeNoise(NoiseTransport):
+    """The Noise transport, whose sessions write each message whole or not at all, whatever happens to
+    the task that writes it.
+
+    Why: py-libp2p 0.8.1 encrypts a Noise message, which advances the session's send nonce, and only then
+    awaits the socket (``NoiseTransportReadWriter.write_msg`` -> TCP ``write`` under a ``trio.Lock``). A
+    writer cancelled in between sends nothing, yet its nonce is spent: the peer decrypts our next
+    message with the nonce before, fails ("Failed authentication of message"), and its yamux reader
+    closes the whole connection with every stream on it. Yamux writes frames from the task that uses a
+    stream (a WINDOW_UPDATE after every read, the SYN, FIN, RST), so cancelling any task while it reads
+    or writes a stream could do it, and trio delivers a cancel at the first checkpoint after the
+    encryption. Seen in the soak: a coordinator cancelled a replica as the worker's answer arrived; the
+    WINDOW_UPDATE its read sends was encrypted, then cancelled; the worker dropped the connection and
+    the next jobs failed with "No valid connections available for peer" until it re-dialled
+    (tests/net/test_cancel_safe_writes.py reproduces it in a few of 100 rounds on loopback). So each
+    message is written under a shield, bounded like a frame we read (``frame_deadline_s``): a message
+    that cannot leave in that time means a peer that stopped reading, and the connection (its byte
+    stream broken mid-message) is closed."""
+
+    async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
+        return _whole_writes(await super().secure_inbound(conn))
+
+    async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
+        return _whole_writes(await super().secure_outbound(conn, peer_id))
+
+
+def _whole_writes(conn: ISecureConn) -> ISecureConn:
+    """Make ``conn.write`` immune to its caller's cancellation (see ``_CancelSafeNoise``)."""
+    write = conn.write
+
+    async def write_whole(data: bytes) -> None:
+        bound = frame_deadline_s(len(data))
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(bound) as bounded:
+                await write(data)
+            if bounded.cancelled_caught:  # part of a message may be out: nothing can follow it
+                with trio.move_on_after(_WRITE_CLOSE_S), contextlib.suppress(Exception):
+                    await conn.close()
+        if bounded.cancelled_caught:
+            log.info(
+                "a %d-byte write to %s took over %.1f s: connection closed", len(data), _peer_of(conn), bound
+            )
+            raise ConnectionClosedError(
+                f"a {len(data)}-byte write did not complete within {bound:.1f} s; the connection is closed"
+            )
+
+    conn.write = write_whole  # type: ignore[method-assign]
+    return conn
+
+
+def _peer_of(conn: ISecureConn) -> str:
+    try:
+        return conn.get_remote_peer().to_base58()
+    except Exception:
+        return "a peer"
 
 
 def beat_idle_s(heartbeat_s: float) -> float:
@@ -795,7 +861,7 @@ async def open_host(
     """
     key_pair = keypair_from_seed(seed)
     addrs = _listen_multiaddrs(listen)
-    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    noise = _CancelSafeNoise(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     if psk is not None and len(psk) != PSK_BYTES:
         raise ConfigError(f"a network key (psk) is {PSK_BYTES} bytes, got {len(psk)}; use derive_psk()")
     config = ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0)
