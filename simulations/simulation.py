@@ -5,9 +5,14 @@ events (``WorkerRegistered``, ``JobSubmitted``, ``ReplicaReturned``, ``ReplicaFa
 Coordinators and executes the effects they return by scheduling message deliveries on the engine.
 
 In audit mode (a scenario's ``[coordinator] verify = "audit"``, spec/verification.md §13) it also
-carries ``DispatchAudit`` to workers, which score the claim (``AUDIT_COST`` of a generation's time) and
-answer ``AuditReturned``: an audit is an honest re-scoring, so a claim passes exactly when its tokens are
-the honest ones (lying auditors are not modelled yet).
+carries ``DispatchAudit`` to workers, which score the claim (``Scenario.audit_cost`` of a generation's
+time) and answer ``AuditReturned``: an honest audit re-scores the claim, so it passes exactly when its
+tokens are the honest ones (each position scores ``HONEST_GAP``, or ``CHEAT_GAP`` where it departs). A
+lying auditor passes everything and an audit cartel passes its partners' output (simulations/behaviours.py).
+
+Compute units (``RunOutput.units``): every replica or canary dispatched counts 1 (a generation), every
+audit ``Scenario.audit_cost`` (its forward pass as a fraction of a generation); ``metrics`` divides them
+by the accepted jobs.
 
 Event kinds (the canonical log line names them): ``arrive`` (a client submits a job), ``coord`` (a
 message reaches a coordinator), ``tick`` (coordinator timers), ``worker`` (a message reaches a worker),
@@ -17,6 +22,7 @@ its answer), ``sybil`` (a wave of identities joins), ``partition`` (a partition 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -75,7 +81,14 @@ from opengrid.wire.messages import (
     RunJob,
     SubmitJob,
 )
-from simulations.behaviours import Behaviour, Honest, make_behaviour
+from simulations.behaviours import (
+    AuditCartel,
+    Behaviour,
+    Honest,
+    Intermittent,
+    audit_passes_anyway,
+    make_behaviour,
+)
 from simulations.churn import sample_duration
 from simulations.engine import NS_PER_S, Engine, seconds_to_ns
 from simulations.network import Network
@@ -88,9 +101,6 @@ from simulations.signatures import SampledScheme
 from simulations.traces import Arrival, Session, load_churn, load_workload
 from simulations.workload import max_tokens, next_arrival
 
-AUDIT_COST = 0.44
-"""An audit's time as a fraction of generating the same tokens: scoring 128 tokens in one forward pass
-took 0.44 of generating them at 2 threads on this project's CPU (spec/verification.md §13.3)."""
 HONEST_GAP = 0.05
 """Logits: what an honest claim's positions score on an auditor (honest rounding, §12.3)."""
 CHEAT_GAP = 12.0
@@ -119,6 +129,9 @@ class RunOutput:
     points: dict[str, int]
     """peer -> points credited by receipts in the coordinators' ledgers."""
     counters: dict[str, int]
+    units: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Compute units spent: ``generation`` (1 per replica or canary dispatched) and ``audit``
+    (``audit_cost`` per audit dispatched)."""
 
 
 class Simulation:
@@ -200,6 +213,8 @@ class Simulation:
         self._job_of_entry_bytes: dict[bytes, int] = {}
         self._partitions: dict[int, set[int]] = {}
         self.counters: Counter[str] = Counter()
+        self.units = {"generation": 0.0, "audit": 0.0}
+        """Compute units dispatched (see the module docstring)."""
         for behaviour in self._initial_behaviours():
             self._add_worker(behaviour, None if self._sessions is not None else self._initial_start_ns())
         self._schedule_world()
@@ -211,7 +226,10 @@ class Simulation:
         chosen: list[Behaviour] = []
         for spec in s.adversaries:
             if spec.kind in BEHAVIOURS:
-                chosen += [make_behaviour(spec.kind, spec.group)] * round(spec.fraction * s.workers)
+                behaviour = make_behaviour(
+                    spec.kind, spec.group, cheat_rate=spec.cheat_rate, trusted_after=spec.trusted_after
+                )
+                chosen += [behaviour] * round(spec.fraction * s.workers)
         chosen = chosen[: s.workers]
         chosen += [Honest()] * (s.workers - len(chosen))
         self._build_rng.shuffle(chosen)
@@ -317,6 +335,7 @@ class Simulation:
             workers=self.workers,
             points=dict(sorted(points.items())),
             counters=dict(sorted(counters.items())),
+            units=dict(self.units),
         )
 
     # ── clients ──────────────────────────────────────────────────────────────────────────────────────
@@ -380,6 +399,7 @@ class Simulation:
         for effect in effects:
             if isinstance(effect, DispatchReplica):
                 job = self._job(effect.run.job_id)
+                self.units["generation"] += 1.0
                 if job is not None:
                     job.dispatched += 1
                 else:  # the coordinator's own job: a canary (adaptive replication, issue 4)
@@ -387,6 +407,7 @@ class Simulation:
                 self._to_worker(coordinator, effect.peer, effect.run, 200 + len(effect.run.prompt))
             elif isinstance(effect, DispatchAudit):
                 self.counters["audit_dispatches"] += 1
+                self.units["audit"] += self.scenario.audit_cost
                 audit = effect.audit
                 self._to_worker(
                     coordinator, effect.peer, audit, 200 + len(audit.prompt) + 4 * len(audit.tokens)
@@ -570,7 +591,7 @@ class Simulation:
         run = worker.queue.popleft()
         hardware = worker.hardware
         if isinstance(run, AuditJob):  # one forward pass over the claim: a fraction of generating it
-            seconds = max(1, len(run.tokens)) * AUDIT_COST / hardware.tokens_per_s
+            seconds = max(1, len(run.tokens)) * self.scenario.audit_cost / hardware.tokens_per_s
         else:
             seconds = run.max_tokens / hardware.tokens_per_s * worker.behaviour.work_fraction
         fails = hardware.failure_rate > 0 and self._failure_rng.random() < hardware.failure_rate
@@ -605,6 +626,10 @@ class Simulation:
         honest = honest_tokens(run.prompt, digest, run.max_tokens)
         if isinstance(worker.behaviour, Honest):
             tokens: tuple[int, ...] | None = honest
+        elif isinstance(worker.behaviour, Intermittent | AuditCartel):
+            tokens = worker.behaviour.answer_nth(
+                worker.answered, run.prompt, digest, run.max_tokens, self._answer_rng
+            )
         else:
             tokens = worker.behaviour.answer(run.prompt, digest, run.max_tokens, self._answer_rng)
         if tokens is None:
@@ -639,8 +664,14 @@ class Simulation:
 
     def _audit(self, worker: SimWorker, audit: AuditJob) -> None:
         """Score a claim as an honest auditor would: ``HONEST_GAP`` where it is the honest output,
-        ``CHEAT_GAP`` where it departs; judged, committed and (on a pass) co-signed, and sent back."""
+        ``CHEAT_GAP`` where it departs; judged, committed and (on a pass) co-signed, and sent back. A lying
+        auditor, or a cartel member on its partners' claim, reports ``HONEST_GAP`` everywhere instead."""
         honest = honest_tokens(audit.prompt, audit.contract.digest(), len(audit.tokens))
+        claim = tuple(audit.tokens)
+        if audit_passes_anyway(worker.behaviour, audit.prompt, claim):
+            if claim != honest:
+                self.counters["audits_lied"] += 1
+            honest = claim
         evidence = [
             PositionEvidence(
                 token=t,
@@ -784,7 +815,9 @@ class Simulation:
     # ── network events ───────────────────────────────────────────────────────────────────────────────
     def _on_sybil(self, node: int, tag: int | str, spec: AdversarySpec) -> None:
         now = self.engine.now_ns
-        behaviour = make_behaviour(spec.behaviour, spec.group)
+        behaviour = make_behaviour(
+            spec.behaviour, spec.group, cheat_rate=spec.cheat_rate, trusted_after=spec.trusted_after
+        )
         for _ in range(spec.count):
             self._add_worker(behaviour, now + self._build_rng.randrange(_STAGGER_NS)).joined_ns = now
         self.counters["sybils_joined"] += spec.count
