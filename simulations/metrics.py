@@ -11,9 +11,9 @@ Definitions (ground truth comes from the simulator, which knows every honest out
   BOINC's adaptive replication drives towards 1 + 1/n).
 - *Wrong accepted* = accepted bad / accepted jobs (``detection.accepted_wrong_fraction``).
 - *Compute units per job* = (generations dispatched + audits dispatched x ``audit_cost``) / accepted
-  jobs: a generation (replica or canary) counts 1, an audit its measured cost as a fraction of one
-  (``Scenario.audit_cost``, default 0.44). Exact replication of 2 costs 2; audit mode 1 + 0.44 per
-  auditor, plus re-runs of caught cheats.
+  jobs, over settled jobs (plus every canary): a generation (replica or canary) counts 1, an audit its
+  measured cost as a fraction of one (``Scenario.audit_cost``, default 0.44). Exact replication of 2
+  costs 2; audit mode 1 + 0.44 per auditor, plus re-runs of caught cheats.
 - *Points Gini* vs *compute Gini*: inequality of points earned and of inference seconds spent, over the
   workers that were ever online.
 - *Ledger convergence*: for each accepted job, time from acceptance until every credited worker has
@@ -89,10 +89,12 @@ def detection(jobs: Sequence[JobRecord]) -> dict[str, Any]:
 
 
 def compute_units(run: RunOutput) -> dict[str, Any]:
-    """Generation and audit units spent, in total and per accepted job (see the module docstring)."""
-    accepted = sum(1 for j in run.jobs if j.outcome == "accepted")
-    generation = run.units.get("generation", 0.0)
-    audit = run.units.get("audit", 0.0)
+    """Generation and audit units spent on settled jobs (and every canary), in total and per accepted
+    job (see the module docstring). Jobs unfinished when the run ends are left out of both sides."""
+    settled = [j for j in run.jobs if j.outcome]
+    accepted = sum(1 for j in settled if j.outcome == "accepted")
+    generation = float(sum(j.dispatched for j in settled) + run.counters.get("canary_dispatches", 0))
+    audit = run.scenario.audit_cost * sum(j.audits for j in settled)
     return {
         "audit_cost": run.scenario.audit_cost,
         "generation": generation,

@@ -10,9 +10,8 @@ time) and answer ``AuditReturned``: an honest audit re-scores the claim, so it p
 tokens are the honest ones (each position scores ``HONEST_GAP``, or ``CHEAT_GAP`` where it departs). A
 lying auditor passes everything and an audit cartel passes its partners' output (simulations/behaviours.py).
 
-Compute units (``RunOutput.units``): every replica or canary dispatched counts 1 (a generation), every
-audit ``Scenario.audit_cost`` (its forward pass as a fraction of a generation); ``metrics`` divides them
-by the accepted jobs.
+Compute units (``metrics.compute_units``) come from the job records (replicas and audits dispatched per
+job) and the ``canary_dispatches`` counter.
 
 Event kinds (the canonical log line names them): ``arrive`` (a client submits a job), ``coord`` (a
 message reaches a coordinator), ``tick`` (coordinator timers), ``worker`` (a message reaches a worker),
@@ -22,7 +21,6 @@ its answer), ``sybil`` (a wave of identities joins), ``partition`` (a partition 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
@@ -129,9 +127,6 @@ class RunOutput:
     points: dict[str, int]
     """peer -> points credited by receipts in the coordinators' ledgers."""
     counters: dict[str, int]
-    units: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Compute units spent: ``generation`` (1 per replica or canary dispatched) and ``audit``
-    (``audit_cost`` per audit dispatched)."""
 
 
 class Simulation:
@@ -213,8 +208,6 @@ class Simulation:
         self._job_of_entry_bytes: dict[bytes, int] = {}
         self._partitions: dict[int, set[int]] = {}
         self.counters: Counter[str] = Counter()
-        self.units = {"generation": 0.0, "audit": 0.0}
-        """Compute units dispatched (see the module docstring)."""
         for behaviour in self._initial_behaviours():
             self._add_worker(behaviour, None if self._sessions is not None else self._initial_start_ns())
         self._schedule_world()
@@ -335,7 +328,6 @@ class Simulation:
             workers=self.workers,
             points=dict(sorted(points.items())),
             counters=dict(sorted(counters.items())),
-            units=dict(self.units),
         )
 
     # ── clients ──────────────────────────────────────────────────────────────────────────────────────
@@ -399,7 +391,6 @@ class Simulation:
         for effect in effects:
             if isinstance(effect, DispatchReplica):
                 job = self._job(effect.run.job_id)
-                self.units["generation"] += 1.0
                 if job is not None:
                     job.dispatched += 1
                 else:  # the coordinator's own job: a canary (adaptive replication, issue 4)
@@ -407,8 +398,10 @@ class Simulation:
                 self._to_worker(coordinator, effect.peer, effect.run, 200 + len(effect.run.prompt))
             elif isinstance(effect, DispatchAudit):
                 self.counters["audit_dispatches"] += 1
-                self.units["audit"] += self.scenario.audit_cost
                 audit = effect.audit
+                audited = self._job(audit.job_id)
+                if audited is not None:
+                    audited.audits += 1
                 self._to_worker(
                     coordinator, effect.peer, audit, 200 + len(audit.prompt) + 4 * len(audit.tokens)
                 )
