@@ -9,6 +9,11 @@ Definitions (ground truth comes from the simulator, which knows every honest out
 - *Accepted bad* = accepted jobs whose answer is not the honest one.
 - *Replicas per accepted job* = replicas dispatched over all settled jobs / accepted jobs (the overhead
   BOINC's adaptive replication drives towards 1 + 1/n).
+- *Wrong accepted* = accepted bad / accepted jobs (``detection.accepted_wrong_fraction``).
+- *Compute units per job* = (generations dispatched + audits dispatched x ``audit_cost``) / accepted
+  jobs, over settled jobs (plus every canary): a generation (replica or canary) counts 1, an audit its
+  measured cost as a fraction of one (``Scenario.audit_cost``, default 0.44). Exact replication of 2
+  costs 2; audit mode 1 + 0.44 per auditor, plus re-runs of caught cheats.
 - *Points Gini* vs *compute Gini*: inequality of points earned and of inference seconds spent, over the
   workers that were ever online.
 - *Ledger convergence*: for each accepted job, time from acceptance until every credited worker has
@@ -79,6 +84,24 @@ def detection(jobs: Sequence[JobRecord]) -> dict[str, Any]:
         "accepted_jobs": accepted,
         "accepted_bad": accepted_bad,
         "accepted_correct_fraction": _ratio(accepted - accepted_bad, accepted),
+        "accepted_wrong_fraction": _ratio(accepted_bad, accepted),
+    }
+
+
+def compute_units(run: RunOutput) -> dict[str, Any]:
+    """Generation and audit units spent on settled jobs (and every canary), in total and per accepted
+    job (see the module docstring). Jobs unfinished when the run ends are left out of both sides."""
+    settled = [j for j in run.jobs if j.outcome]
+    accepted = sum(1 for j in settled if j.outcome == "accepted")
+    generation = float(sum(j.dispatched for j in settled) + run.counters.get("canary_dispatches", 0))
+    audit = run.scenario.audit_cost * sum(j.audits for j in settled)
+    return {
+        "audit_cost": run.scenario.audit_cost,
+        "generation": generation,
+        "audit": audit,
+        "generation_per_job": _ratio(generation, accepted),
+        "audit_per_job": _ratio(audit, accepted),
+        "per_job": _ratio(generation + audit, accepted),
     }
 
 
@@ -138,6 +161,7 @@ def summarize(run: RunOutput) -> dict[str, Any]:
         "detection": detection(jobs),
         "replicas_per_accepted_job": replicas_per_accepted(jobs),
         "replicas_per_accepted_job_after_warmup": replicas_per_accepted(jobs, since_s=warmup),
+        "compute_units": compute_units(run),
         "results_per_accepted_job": _ratio(sum(len(j.returned) for j in accepted), len(accepted)),
         "fairness": {
             "points_gini": gini(points),

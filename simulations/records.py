@@ -16,6 +16,8 @@ class JobRecord:
     replicas: int
     dispatched: int = 0
     """DispatchReplica effects the coordinator issued for this job."""
+    audits: int = 0
+    """DispatchAudit effects the coordinator issued for this job (audit mode)."""
     returned: dict[str, bool] = field(default_factory=dict)
     """peer -> whether the output it returned was wrong (ground truth), for results that arrived."""
     churn_lost: int = 0

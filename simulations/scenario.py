@@ -19,7 +19,16 @@ from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.errors import ConfigError
 
 Fidelity = Literal["full", "hybrid"]
-BEHAVIOURS = ("honest", "lazy", "model_swap", "colluding", "withholding")
+BEHAVIOURS = (
+    "honest",
+    "lazy",
+    "model_swap",
+    "colluding",
+    "withholding",
+    "intermittent",
+    "lying_auditor",
+    "audit_cartel",
+)
 ADVERSARY_KINDS = (*BEHAVIOURS[1:], "sybil_wave", "equivocating_coordinator")
 
 
@@ -115,6 +124,10 @@ class AdversarySpec:
     """sybil_wave: how the new identities answer."""
     group: str = "cartel"
     """colluding: members of one group return the same wrong output."""
+    cheat_rate: float = 0.05
+    """intermittent, audit_cartel: share of its jobs a member cheats on once trusted."""
+    trusted_after: int = 10
+    """intermittent, audit_cartel: answers it gives honestly before it starts cheating (its streak)."""
     coordinator: int = 0
     """equivocating_coordinator: which coordinator, from ``at_s`` on, signs a second, different entry
     for each receipt's seq and pushes it to half the credited workers (needs ``ledger_sync_s`` > 0)."""
@@ -141,6 +154,10 @@ class Scenario:
     """Ledger sync, modelled as a relay: every ledger entry a worker is pushed reaches every other
     coordinator this long after (plus network delay), where the real ``LedgerState`` applies it. 0: no
     sync (each coordinator's ledger holds its own receipts only)."""
+    audit_cost: float = 0.44
+    """Audit mode: an audit's compute as a fraction of generating the same tokens (both its simulated
+    time and its compute units). 0.44: scoring 128 tokens in one forward pass, 2 threads, this project's
+    CPU (benchmarks/audit_cost_bench.py, spec/verification.md §13.3)."""
     coordinator: Mapping[str, Any] = field(default_factory=dict)
     workload: WorkloadSpec = WorkloadSpec()
     network: NetworkSpec = NetworkSpec()
@@ -236,7 +253,14 @@ def check(s: Scenario) -> None:
     low, high = s.workload.max_tokens
     if not 1 <= low <= high:
         problems.append(f"[workload] max_tokens must be [low, high] with 1 <= low <= high, got {low, high}")
+    if not 0.0 < s.audit_cost <= 10.0:
+        problems.append(f"audit_cost must be in (0, 10] (a fraction of a generation), got {s.audit_cost}")
     for a in s.adversaries:
+        if not 0.0 <= a.cheat_rate <= 1.0 or a.trusted_after < 0:
+            problems.append(
+                f"adversary {a.kind!r}: cheat_rate must be in [0, 1] and trusted_after >= 0, got "
+                f"{a.cheat_rate} and {a.trusted_after}"
+            )
         if a.kind not in ADVERSARY_KINDS:
             problems.append(f"adversary kind {a.kind!r} unknown; known: {', '.join(ADVERSARY_KINDS)}")
         if a.kind == "sybil_wave" and a.behaviour not in BEHAVIOURS:
@@ -303,10 +327,20 @@ def parse_value(text: str) -> Any:
 def override(raw: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
     """Return a copy of ``raw`` with ``key`` set to ``value``.
 
-    ``key`` is a dotted path (``workload.rate_per_s``) or ``<adversary kind>_fraction``
-    (``lazy_fraction=0.2``), which sets that adversary population's share, adding it if absent.
+    ``key`` is a dotted path (``workload.rate_per_s``), ``<adversary kind>_fraction``
+    (``lazy_fraction=0.2``), which sets that adversary population's share, adding it if absent, or
+    ``adversaries.<kind>.<key>`` (``adversaries.intermittent.cheat_rate=0.2``), which sets a key of every
+    population of that kind already in the file.
     """
     doc = _deep_copy(raw)
+    path = key.split(".")
+    if len(path) == 3 and path[0] == "adversaries":
+        matching = [a for a in doc.get("adversaries", []) if a.get("kind") == path[1]]
+        if not matching:
+            raise ConfigError(f"cannot set {key!r}: the scenario has no {path[1]!r} adversaries")
+        for entry in matching:
+            entry[path[2]] = value
+        return doc
     kind = key.removesuffix("_fraction")
     if key.endswith("_fraction") and kind in ADVERSARY_KINDS:
         adversaries = doc.setdefault("adversaries", [])

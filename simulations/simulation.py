@@ -5,9 +5,13 @@ events (``WorkerRegistered``, ``JobSubmitted``, ``ReplicaReturned``, ``ReplicaFa
 Coordinators and executes the effects they return by scheduling message deliveries on the engine.
 
 In audit mode (a scenario's ``[coordinator] verify = "audit"``, spec/verification.md §13) it also
-carries ``DispatchAudit`` to workers, which score the claim (``AUDIT_COST`` of a generation's time) and
-answer ``AuditReturned``: an audit is an honest re-scoring, so a claim passes exactly when its tokens are
-the honest ones (lying auditors are not modelled yet).
+carries ``DispatchAudit`` to workers, which score the claim (``Scenario.audit_cost`` of a generation's
+time) and answer ``AuditReturned``: an honest audit re-scores the claim, so it passes exactly when its
+tokens are the honest ones (each position scores ``HONEST_GAP``, or ``CHEAT_GAP`` where it departs). A
+lying auditor passes everything and an audit cartel passes its partners' output (simulations/behaviours.py).
+
+Compute units (``metrics.compute_units``) come from the job records (replicas and audits dispatched per
+job) and the ``canary_dispatches`` counter.
 
 Event kinds (the canonical log line names them): ``arrive`` (a client submits a job), ``coord`` (a
 message reaches a coordinator), ``tick`` (coordinator timers), ``worker`` (a message reaches a worker),
@@ -75,7 +79,14 @@ from opengrid.wire.messages import (
     RunJob,
     SubmitJob,
 )
-from simulations.behaviours import Behaviour, Honest, make_behaviour
+from simulations.behaviours import (
+    AuditCartel,
+    Behaviour,
+    Honest,
+    Intermittent,
+    audit_passes_anyway,
+    make_behaviour,
+)
 from simulations.churn import sample_duration
 from simulations.engine import NS_PER_S, Engine, seconds_to_ns
 from simulations.network import Network
@@ -88,9 +99,6 @@ from simulations.signatures import SampledScheme
 from simulations.traces import Arrival, Session, load_churn, load_workload
 from simulations.workload import max_tokens, next_arrival
 
-AUDIT_COST = 0.44
-"""An audit's time as a fraction of generating the same tokens: scoring 128 tokens in one forward pass
-took 0.44 of generating them at 2 threads on this project's CPU (spec/verification.md §13.3)."""
 HONEST_GAP = 0.05
 """Logits: what an honest claim's positions score on an auditor (honest rounding, §12.3)."""
 CHEAT_GAP = 12.0
@@ -211,7 +219,10 @@ class Simulation:
         chosen: list[Behaviour] = []
         for spec in s.adversaries:
             if spec.kind in BEHAVIOURS:
-                chosen += [make_behaviour(spec.kind, spec.group)] * round(spec.fraction * s.workers)
+                behaviour = make_behaviour(
+                    spec.kind, spec.group, cheat_rate=spec.cheat_rate, trusted_after=spec.trusted_after
+                )
+                chosen += [behaviour] * round(spec.fraction * s.workers)
         chosen = chosen[: s.workers]
         chosen += [Honest()] * (s.workers - len(chosen))
         self._build_rng.shuffle(chosen)
@@ -388,6 +399,9 @@ class Simulation:
             elif isinstance(effect, DispatchAudit):
                 self.counters["audit_dispatches"] += 1
                 audit = effect.audit
+                audited = self._job(audit.job_id)
+                if audited is not None:
+                    audited.audits += 1
                 self._to_worker(
                     coordinator, effect.peer, audit, 200 + len(audit.prompt) + 4 * len(audit.tokens)
                 )
@@ -570,7 +584,7 @@ class Simulation:
         run = worker.queue.popleft()
         hardware = worker.hardware
         if isinstance(run, AuditJob):  # one forward pass over the claim: a fraction of generating it
-            seconds = max(1, len(run.tokens)) * AUDIT_COST / hardware.tokens_per_s
+            seconds = max(1, len(run.tokens)) * self.scenario.audit_cost / hardware.tokens_per_s
         else:
             seconds = run.max_tokens / hardware.tokens_per_s * worker.behaviour.work_fraction
         fails = hardware.failure_rate > 0 and self._failure_rng.random() < hardware.failure_rate
@@ -605,6 +619,10 @@ class Simulation:
         honest = honest_tokens(run.prompt, digest, run.max_tokens)
         if isinstance(worker.behaviour, Honest):
             tokens: tuple[int, ...] | None = honest
+        elif isinstance(worker.behaviour, Intermittent | AuditCartel):
+            tokens = worker.behaviour.answer_nth(
+                worker.answered, run.prompt, digest, run.max_tokens, self._answer_rng
+            )
         else:
             tokens = worker.behaviour.answer(run.prompt, digest, run.max_tokens, self._answer_rng)
         if tokens is None:
@@ -639,8 +657,14 @@ class Simulation:
 
     def _audit(self, worker: SimWorker, audit: AuditJob) -> None:
         """Score a claim as an honest auditor would: ``HONEST_GAP`` where it is the honest output,
-        ``CHEAT_GAP`` where it departs; judged, committed and (on a pass) co-signed, and sent back."""
+        ``CHEAT_GAP`` where it departs; judged, committed and (on a pass) co-signed, and sent back. A lying
+        auditor, or a cartel member on its partners' claim, reports ``HONEST_GAP`` everywhere instead."""
         honest = honest_tokens(audit.prompt, audit.contract.digest(), len(audit.tokens))
+        claim = tuple(audit.tokens)
+        if audit_passes_anyway(worker.behaviour, audit.prompt, claim):
+            if claim != honest:
+                self.counters["audits_lied"] += 1
+            honest = claim
         evidence = [
             PositionEvidence(
                 token=t,
@@ -784,7 +808,9 @@ class Simulation:
     # ── network events ───────────────────────────────────────────────────────────────────────────────
     def _on_sybil(self, node: int, tag: int | str, spec: AdversarySpec) -> None:
         now = self.engine.now_ns
-        behaviour = make_behaviour(spec.behaviour, spec.group)
+        behaviour = make_behaviour(
+            spec.behaviour, spec.group, cheat_rate=spec.cheat_rate, trusted_after=spec.trusted_after
+        )
         for _ in range(spec.count):
             self._add_worker(behaviour, now + self._build_rng.randrange(_STAGGER_NS)).joined_ns = now
         self.counters["sybils_joined"] += spec.count

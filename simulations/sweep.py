@@ -26,6 +26,8 @@ SUMMARY_METRICS = (
     ("precision", ("detection", "precision")),
     ("recall", ("detection", "recall")),
     ("accepted_bad", ("detection", "accepted_bad")),
+    ("accepted_wrong_fraction", ("detection", "accepted_wrong_fraction")),
+    ("units_per_job", ("compute_units", "per_job")),
     ("points_gini", ("fairness", "points_gini")),
     ("latency_p50_s", ("latency_s", "p50")),
     ("latency_p99_s", ("latency_s", "p99")),

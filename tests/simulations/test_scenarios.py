@@ -38,3 +38,15 @@ def test_bad_values_name_the_key_to_fix() -> None:
         parse({"adversaries": [{"kind": "gremlin"}]})
     with pytest.raises(ConfigError, match=r"\[coordinator\] has an unknown key"):
         parse({"coordinator": {"nonsense": 1}})
+
+
+def test_overrides_set_a_key_of_every_adversary_population_of_a_kind() -> None:
+    raw = {"adversaries": [{"kind": "intermittent", "fraction": 0.2}, {"kind": "lazy", "fraction": 0.1}]}
+    scenario = parse(override(raw, "adversaries.intermittent.cheat_rate", 0.2))
+    assert [(a.kind, a.cheat_rate) for a in scenario.adversaries] == [("intermittent", 0.2), ("lazy", 0.05)]
+    with pytest.raises(ConfigError, match="no 'audit_cartel' adversaries"):
+        override(raw, "adversaries.audit_cartel.cheat_rate", 0.2)
+    with pytest.raises(ConfigError, match="cheat_rate must be in"):
+        parse({"adversaries": [{"kind": "intermittent", "fraction": 0.2, "cheat_rate": 1.5}]})
+    with pytest.raises(ConfigError, match="audit_cost"):
+        parse({"audit_cost": 0})

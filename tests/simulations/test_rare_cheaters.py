@@ -1,0 +1,104 @@
+"""Issue 14's adversaries of audit mode in the simulator: intermittent cheaters (honest until trusted),
+lying auditors and colluding prover + auditor cartels; and the rare-cheater scenario, audit mode against
+adaptive replication on one seed (spec/verification.md §13, simulations/README.md)."""
+
+from __future__ import annotations
+
+import pathlib
+import random
+from typing import Any
+
+import pytest
+from conftest import SMALL, small
+
+from simulations.behaviours import AuditCartel, Intermittent, LyingAuditor, audit_passes_anyway, cartel_tokens
+from simulations.metrics import summarize
+from simulations.outputs import honest_tokens
+from simulations.scenario import load
+from simulations.simulation import RunOutput, simulate
+
+SCENARIOS = pathlib.Path(__file__).parents[2] / "simulations" / "scenarios"
+AUDIT = {**SMALL["coordinator"], "verify": "audit", "canary_rate": 0.0, "weighted": False}
+"""Uniform draws: a caught cheater keeps being drawn (reputation-weighted draws would shun it), so a small
+run sees enough cheats."""
+
+
+def run(adversaries: list[dict[str, Any]], **coordinator: Any) -> RunOutput:
+    return simulate(small(duration_s=40, coordinator={**AUDIT, **coordinator}, adversaries=adversaries), 11)
+
+
+def wrong_accepted(out: RunOutput) -> list[tuple[str, ...]]:
+    """The credited workers (prover first, then its auditors) of every wrong answer accepted."""
+    return [j.credited for j in out.jobs if j.outcome == "accepted" and j.correct is False]
+
+
+def kinds(out: RunOutput) -> dict[str, str]:
+    return {w.peer: w.behaviour.name for w in out.workers}
+
+
+def test_an_intermittent_cheater_is_honest_until_trusted_then_cheats_at_its_rate() -> None:
+    cheater, rng = Intermittent(cheat_rate=0.25, trusted_after=10), random.Random(3)
+    honest = honest_tokens("p", b"c", 8)
+    assert all(cheater.answer_nth(i, "p", b"c", 8, rng) == honest for i in range(10))
+    cheats = sum(cheater.answer_nth(10 + i, "p", b"c", 8, rng) != honest for i in range(2000))
+    assert 400 < cheats < 600  # 25 % of 2000
+
+
+def test_only_lying_auditors_and_cartel_members_on_their_partners_claims_pass_anyway() -> None:
+    claim = cartel_tokens("c1", "p", 8)
+    assert audit_passes_anyway(LyingAuditor(), "p", honest_tokens("p", b"c", 8))
+    assert audit_passes_anyway(AuditCartel(group="c1"), "p", claim)
+    assert not audit_passes_anyway(AuditCartel(group="c2"), "p", claim)
+    assert not audit_passes_anyway(AuditCartel(group="c1"), "p", honest_tokens("p", b"c", 8))
+    assert not audit_passes_anyway(Intermittent(), "p", claim)
+
+
+def test_a_lying_auditor_lets_a_cheat_through_when_it_is_the_only_auditor() -> None:
+    out = run(
+        [
+            {"kind": "intermittent", "fraction": 0.25, "cheat_rate": 0.5, "trusted_after": 0},
+            {"kind": "lying_auditor", "fraction": 0.5},
+        ]
+    )
+    role = kinds(out)
+    wrong = wrong_accepted(out)
+    assert wrong, "no cheat got through a lying auditor"
+    assert all(role[c[0]] == "intermittent" and role[c[1]] == "lying_auditor" for c in wrong)
+    assert out.counters["audits_lied"] >= len(wrong)
+    assert out.counters["audits_failed"] > 0  # the honest auditors still caught the others
+
+
+def test_colluders_are_caught_when_another_auditor_is_drawn() -> None:
+    cartel = [{"kind": "audit_cartel", "fraction": 0.3, "cheat_rate": 0.5, "trusted_after": 0}]
+    alone, paired = run(cartel, auditors=1), run(cartel, auditors=2)
+    for out in (alone, paired):
+        role = kinds(out)
+        # A cartel's wrong answer is accepted only when every auditor drawn was a member.
+        assert all({role[p] for p in credited} == {"audit_cartel"} for credited in wrong_accepted(out))
+        assert out.counters["audits_failed"] > 0  # claims audited by an outsider were rejected
+    assert wrong_accepted(alone), "the cartel never drew its own member as the auditor"
+    assert len(wrong_accepted(paired)) < len(wrong_accepted(alone)) / 2
+    # With two auditors, members did pass their partners' cheats, and the outsider drawn beside them
+    # failed those claims.
+    assert paired.counters["audits_lied"] > len(wrong_accepted(paired))
+
+
+def test_audit_mode_accepts_fewer_wrong_answers_than_adaptive_replication_on_one_seed() -> None:
+    overrides = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2}
+    audited = summarize(simulate(load(SCENARIOS / "rare-cheaters-audit.toml", overrides), 5))
+    adaptive = summarize(simulate(load(SCENARIOS / "rare-cheaters-adaptive.toml", overrides), 5))
+    assert audited["detection"]["accepted_jobs"] > 1500 and adaptive["detection"]["accepted_jobs"] > 1500
+    assert audited["detection"]["accepted_bad"] == 0 < adaptive["detection"]["accepted_bad"]
+    # A generation per job (plus re-runs of caught cheats) and one audit at 0.44; adaptive replication
+    # is cheaper and lets cheats through.
+    units = audited["compute_units"]
+    assert units["audit_per_job"] == pytest.approx(0.44, abs=0.02)
+    assert 1.0 < units["generation_per_job"] < 1.1
+    assert adaptive["compute_units"]["per_job"] < units["per_job"]
+
+
+def test_exact_replication_of_two_costs_two_units_per_job() -> None:
+    plain = {**SMALL["coordinator"], "adaptive": False, "canary_rate": 0.0}
+    units = summarize(simulate(small(duration_s=30, coordinator=plain), 11))["compute_units"]
+    assert units["audit"] == 0.0
+    assert units["per_job"] == pytest.approx(2.0, abs=0.1)
