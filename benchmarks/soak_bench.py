@@ -321,6 +321,19 @@ async def soak(coordinator: DemoNode, api: str, seconds: float) -> dict[str, obj
     }
 
 
+def start_grid(net: DemoNetwork) -> tuple[DemoNode, str]:
+    """The soak's grid: a coordinator with the API on a random loopback port, and two workers; returns
+    the coordinator and the API's base URL once every node is up."""
+    api_port = 20000 + secrets.randbelow(20000)
+    coordinator = net.start(
+        "coordinator", "coordinator", extra_args=["--plain-verification", "--api", f"127.0.0.1:{api_port}"]
+    )
+    net.wait_ready(coordinator)
+    for name in ("worker-1", "worker-2"):
+        net.wait_ready(net.start(name, "worker", bootstrap=coordinator.addrs[0]))
+    return coordinator, f"http://127.0.0.1:{api_port}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -337,16 +350,7 @@ def main() -> int:
         model = write_tiny_gguf(base / "tiny.gguf", seed=0)
         net = DemoNetwork(base, model=str(model), network=NETWORK)
         try:
-            api_port = 20000 + secrets.randbelow(20000)
-            api = f"http://127.0.0.1:{api_port}"
-            coordinator = net.start(
-                "coordinator",
-                "coordinator",
-                extra_args=["--plain-verification", "--api", f"127.0.0.1:{api_port}"],
-            )
-            net.wait_ready(coordinator)
-            for name in ("worker-1", "worker-2"):
-                net.wait_ready(net.start(name, "worker", bootstrap=coordinator.addrs[0]))
+            coordinator, api = start_grid(net)
             figures = trio.run(soak, coordinator, api, args.seconds)
         finally:
             net.stop()

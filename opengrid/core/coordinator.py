@@ -1183,10 +1183,8 @@ class Coordinator:
             issued_at_ms=job.wall_ms,
             weight=job.weight,
         )
-        entry = sign_entry(self._key, self.ledger.next_body(self.public_key, receipt), scheme=self._scheme)
-        self.ledger.apply(entry)
-        encoded = encode_entry(entry)
-        self._own_entries.append(encoded)
+        entry = self._sign_own(receipt)
+        encoded = self._own_entries[-1]
         effects: list[Effect] = [*evidence, AppendEntry(entry)]
         if job.hold:  # the client pays the agreeing workers out of its hold; the rest returns to it
             payouts = _payouts(receipt.credits, job.hold_amount)
@@ -1514,10 +1512,8 @@ class Coordinator:
             issued_at_ms=job.wall_ms,
             weight=job.weight,
         )
-        entry = sign_entry(self._key, self.ledger.next_body(self.public_key, receipt), scheme=self._scheme)
-        self.ledger.apply(entry)
-        encoded = encode_entry(entry)
-        self._own_entries.append(encoded)
+        entry = self._sign_own(receipt)
+        encoded = self._own_entries[-1]
         effects: list[Effect] = [*evidence, AppendEntry(entry)]
         if job.hold:  # the prover is paid first, then the auditors, out of the hold; the rest goes back
             payouts = _payouts_in_order(receipt.credits, job.hold_amount)
@@ -1838,10 +1834,15 @@ class Coordinator:
 
     def _author(self, payload: Payload) -> list[Effect]:
         """Sign ``payload`` as our next ledger entry, apply it, and have it stored and pushed."""
+        return [AppendEntry(self._sign_own(payload))]
+
+    def _sign_own(self, payload: Payload) -> Entry:
+        """Sign ``payload`` as our next ledger entry, apply it and queue it for pushing (its encoding is
+        ``_own_entries[-1]``); the caller has it stored (``AppendEntry``)."""
         entry = sign_entry(self._key, self.ledger.next_body(self.public_key, payload), scheme=self._scheme)
         self.ledger.apply(entry)
         self._own_entries.append(encode_entry(entry))
-        return [AppendEntry(entry)]
+        return entry
 
     def _notice_for(self, peer: str) -> ReceiptNotice:
         """Our entries ``peer`` has not been sent yet, newest last, capped at the message limit."""

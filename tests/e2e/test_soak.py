@@ -6,12 +6,11 @@ answered, and the attacks are answered as spec/limits.md says."""
 from __future__ import annotations
 
 import pathlib
-import secrets
 
 import pytest
 import trio
 
-from benchmarks.soak_bench import NETWORK, soak
+from benchmarks.soak_bench import NETWORK, soak, start_grid
 from opengrid.cli.demo import DemoNetwork
 
 pytestmark = pytest.mark.slow
@@ -22,16 +21,8 @@ def test_a_coordinator_under_attack_keeps_serving(
 ) -> None:
     net = DemoNetwork(tmp_path, model=str(tiny_model_path), network=NETWORK)
     try:
-        api_port = 20000 + secrets.randbelow(20000)
-        coordinator = net.start(
-            "coordinator",
-            "coordinator",
-            extra_args=["--plain-verification", "--api", f"127.0.0.1:{api_port}"],
-        )
-        net.wait_ready(coordinator)
-        for name in ("worker-1", "worker-2"):
-            net.wait_ready(net.start(name, "worker", bootstrap=coordinator.addrs[0]))
-        figures = trio.run(soak, coordinator, f"http://127.0.0.1:{api_port}", 30.0)
+        coordinator, api = start_grid(net)
+        figures = trio.run(soak, coordinator, api, 30.0)
     finally:
         net.stop()
     attacks = figures["attacks"]
