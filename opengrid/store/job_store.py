@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pathlib
 import sqlite3
+import time
 from typing import Final
 
 import msgspec
@@ -24,6 +25,9 @@ ANSWER_TTL_MS: Final = 24 * 3600 * 1000
 """How long a verified answer is kept for a client that lost it (a day: a client retries in minutes)."""
 MAX_ANSWERS: Final = 20_000
 """Answers kept at most (the oldest go first): ~2 GB at the 64 KiB text limit, ~40 MB at 2 KB each."""
+PRUNE_EVERY: Final = 256
+"""Expired and surplus answers are deleted at open and every this many answers kept, not on every job
+(the cap query sorts the table): the store holds at most ``MAX_ANSWERS + PRUNE_EVERY`` answers."""
 
 
 class JobStore:
@@ -44,6 +48,8 @@ class JobStore:
                 "stored_ms INTEGER NOT NULL, reply BLOB NOT NULL)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS answers_by_age ON answers (stored_ms)")
+            self._kept_since_prune = 0
+            self._prune(time.time_ns() // 1_000_000)  # what a long stop left behind
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open the job store {path}: {exc}") from exc
         self._path = path
@@ -70,14 +76,22 @@ class JobStore:
                         (now_ms, msgspec.msgpack.encode(reply), job_id),
                     )
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
-                self._db.execute("DELETE FROM answers WHERE stored_ms < ?", (now_ms - ANSWER_TTL_MS,))
-                self._db.execute(
-                    "DELETE FROM answers WHERE job_id IN (SELECT job_id FROM answers "
-                    "ORDER BY stored_ms DESC, job_id LIMIT -1 OFFSET ?)",
-                    (MAX_ANSWERS,),
-                )
+                if isinstance(reply, JobAccepted):
+                    self._kept_since_prune += 1
+                if self._kept_since_prune >= PRUNE_EVERY:
+                    self._prune(now_ms)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot write the job store {self._path}: {exc}") from exc
+
+    def _prune(self, now_ms: int) -> None:
+        """Forget answers older than the TTL and all but the newest ``MAX_ANSWERS``."""
+        self._db.execute("DELETE FROM answers WHERE stored_ms < ?", (now_ms - ANSWER_TTL_MS,))
+        self._db.execute(
+            "DELETE FROM answers WHERE job_id IN (SELECT job_id FROM answers "
+            "ORDER BY stored_ms DESC LIMIT -1 OFFSET ?)",
+            (MAX_ANSWERS,),
+        )
+        self._kept_since_prune = 0
 
     def answer(self, job_id: bytes, client: str) -> JobAccepted | None:
         """The kept answer of ``client``'s job ``job_id``, if any (another client's is never given: job

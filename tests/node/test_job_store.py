@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import time
 
 import pytest
 
@@ -32,8 +33,9 @@ def test_a_verified_answer_replaces_its_job_and_only_its_client_gets_it(tmp_path
     store = JobStore(tmp_path / "jobs.sqlite3")
     store.put(_job(1))
     store.put(_job(2))
-    store.finish(bytes([1]) * 16, _answer(1), now_ms=5000)
-    store.finish(bytes([2]) * 16, ErrorReply("no_capacity", "none", bytes([2]) * 16), now_ms=5000)
+    now_ms = time.time_ns() // 1_000_000  # reopening prunes by the wall clock
+    store.finish(bytes([1]) * 16, _answer(1), now_ms=now_ms)
+    store.finish(bytes([2]) * 16, ErrorReply("no_capacity", "none", bytes([2]) * 16), now_ms=now_ms)
     assert store.all() == []  # nothing left to resume
     store.close()
     reopened = JobStore(tmp_path / "jobs.sqlite3")  # survives a restart
@@ -44,6 +46,7 @@ def test_a_verified_answer_replaces_its_job_and_only_its_client_gets_it(tmp_path
 
 def test_answers_expire_and_are_capped(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(job_store, "MAX_ANSWERS", 3)
+    monkeypatch.setattr(job_store, "PRUNE_EVERY", 1)  # at every answer kept, to see the bounds exactly
     store = JobStore(tmp_path / "jobs.sqlite3")
     for n in range(1, 6):
         store.put(_job(n))
