@@ -60,9 +60,6 @@ class JobStore:
             (event.request.job_id, event.client, event.wall_ms, msgspec.msgpack.encode(event.request)),
         )
 
-    def delete(self, job_id: bytes) -> None:
-        self._write("DELETE FROM jobs WHERE job_id = ?", (job_id,))
-
     def finish(self, job_id: bytes, reply: JobAccepted | ErrorReply, *, now_ms: int) -> None:
         """The job is answered: forget it, and keep a verified answer for its client (one transaction,
         so a crash leaves either the job to resume or the answer to give, never neither)."""
