@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from opengrid import __version__
 from opengrid.cli.extras import missing_extra
+from opengrid.cli.interrupt import ctrl_c_raises_again
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.node.config import (
     DEFAULT_NETWORK,
@@ -413,7 +414,10 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 
         api = ApiSettings(address=config.api, api_key=config.api_key, allow_remote=config.api_allow_remote)
         check_bind(api.address, allow_remote=api.allow_remote)  # fail before anything starts
-    import trio  # here, not at the top: a Ctrl-C while the CLI starts lands in main's handler
+    import trio  # on use: the other commands do not need it
+
+    # A Ctrl-C from here until _run_node's signal receiver takes over exits at once
+    # (opengrid.cli.interrupt); the receiver restores that handler when the node has stopped.
 
     trio.run(_run_node, config, api)
     return 0
@@ -595,15 +599,17 @@ def _cmd_peers(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``opengrid`` console script."""
+    """Run the command line (``opengrid.__main__.run`` is the console script around it)."""
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before a command could handle it (imports, parsing): stop quietly
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it (parsing): stop quietly
         return 130
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
+    if not (args.command == "node" and args.node_command == "start"):
+        ctrl_c_raises_again()  # the node keeps exiting at once until its signal receiver takes over
     args.verbose += getattr(args, "verbose_after", 0)
     _setup_logging(0 if getattr(args, "json", False) else args.verbose)
     try:

@@ -27,12 +27,21 @@ def load_or_create_seed(data_dir: pathlib.Path) -> bytes:
                 )
             return seed
         seed = secrets.token_bytes(32)
-        # O_EXCL: two nodes started on one data dir must not overwrite each other's identity.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(seed)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # Written whole under a name of its own, then linked into place: a kill or a Ctrl-C mid-write
+        # (opengrid.cli.interrupt exits at once) never leaves a short identity file, and link() fails
+        # if it exists, so two nodes started on one data dir never overwrite each other's identity.
+        partial = data_dir / f".{IDENTITY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(seed)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(partial, path)
+        except FileExistsError:
+            return load_or_create_seed(data_dir)  # the other node won: use its identity
+        finally:
+            partial.unlink(missing_ok=True)
         log.info("created a new identity in %s", path)
         return seed
     except OSError as exc:
