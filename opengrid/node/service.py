@@ -212,10 +212,20 @@ class Node:
     async def run(self, *, task_status: TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, signal readiness with ``task_status.started(self)``, and serve until cancelled."""
         ctx, config = self.ctx, self.ctx.config
-        if self._trace_path is not None:
-            ctx.trace_file = self._trace_path.open("ab")
-        if self._timing_path is not None:
-            ctx.timing = TimingTrace(self._timing_path)
+        try:  # the trace files' folders are created like the data dir; a path we cannot write is the user's
+            if self._trace_path is not None:
+                self._trace_path.parent.mkdir(parents=True, exist_ok=True)
+                ctx.trace_file = self._trace_path.open("ab")
+            if self._timing_path is not None:
+                ctx.timing = TimingTrace(self._timing_path)
+        except OSError as exc:
+            if ctx.trace_file is not None:  # the frames file opened, the timing file did not
+                ctx.trace_file.close()
+                ctx.trace_file = None
+            raise ConfigError(
+                f"cannot write the trace file {exc.filename}: {exc.strerror or exc}; "
+                "choose a writable path for --trace-frames / --trace-timing"
+            ) from exc
         genesis = _load_genesis(config)
         # A genesis that names coordinators fixes the set: genesis + ADMIT entries, the same on every node
         # (spec/ledger.md §7); without one, a node trusts itself and the coordinators it registered with.
