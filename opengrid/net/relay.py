@@ -301,6 +301,7 @@ def _forward_psk_conn_addresses() -> None:
     def get_connection_type(self: Any) -> Any:
         return self._conn.get_connection_type()
 
+    # on purpose: the library's methods replaced on its class, and our marker set on it
     PskConn.get_transport_addresses = get_transport_addresses  # type: ignore[method-assign]
     PskConn.get_connection_type = get_connection_type  # type: ignore[method-assign]
     PskConn._opengrid_forwards_addresses = True  # type: ignore[attr-defined]
