@@ -177,7 +177,8 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for the manifest), in field order."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 def _plain(value: Any) -> Any:
@@ -332,7 +333,7 @@ def override(raw: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
     ``adversaries.<kind>.<key>`` (``adversaries.intermittent.cheat_rate=0.2``), which sets a key of every
     population of that kind already in the file.
     """
-    doc = _deep_copy(raw)
+    doc: dict[str, Any] = _deep_copy(raw)
     path = key.split(".")
     if len(path) == 3 and path[0] == "adversaries":
         matching = [a for a in doc.get("adversaries", []) if a.get("kind") == path[1]]

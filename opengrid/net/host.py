@@ -170,7 +170,7 @@ def _whole_writes(conn: ISecureConn) -> ISecureConn:
                 f"a {len(data)}-byte write did not complete within {bound:.1f} s; the connection is closed"
             )
 
-    conn.write = write_whole  # type: ignore[method-assign]
+    conn.write = write_whole  # type: ignore[method-assign]  # on purpose: the instance's write, wrapped
     return conn
 
 
@@ -896,6 +896,7 @@ async def open_host(
             # new connection (the duplicate is then trimmed with our streams on it). We connect to whom
             # we need: bootstrap, coordinators, workers we dispatch to. Measured: 20 processes where
             # SIGKILLed and restarted workers could not re-register for over 60 s; without it, at once.
+            # a Swarm has an auto_connector; the INetworkService that get_network() is declared to return not
             await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
             ours = Host(host, circuits, private=psk is not None, hole_punch=hole_punch, refusals=refusals)
             relayed.append(ours)
