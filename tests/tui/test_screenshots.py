@@ -9,8 +9,8 @@ import pathlib
 import pytest
 from svgtext import svg_lines, svg_text
 
+from opengrid.testing.screenshots import capture, source_for
 from opengrid.tui.app import TABS
-from opengrid.tui.screenshots import capture, source_for
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 EXPECTED = {
@@ -41,5 +41,5 @@ def test_a_regenerated_screenshot_shows_the_screens_key_facts(tmp_path: pathlib.
 
 @pytest.mark.parametrize("tab", TABS)
 def test_the_committed_screenshot_of_each_screen_is_current(tab: str) -> None:
-    """Regenerate them with ``python -m opengrid.tui.screenshots`` after changing the wallet."""
+    """Regenerate them with ``python -m opengrid.testing.screenshots`` after changing the wallet."""
     check_screen(tab, (DOCS / f"wallet-{tab}.svg").read_text(encoding="utf-8"))
