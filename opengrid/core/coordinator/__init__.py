@@ -41,6 +41,7 @@ Layout (one concern per module; ``Coordinator`` in ``machine.py`` combines the p
 
     config.py     CoordinatorConfig and the constants the parts share
     records.py    plain records: a worker, a job in flight, a known answer, a canary
+    state.py      the job lifecycle as an explicit state table (JobState, TRANSITIONS, move)
     shared.py     CoordinatorParts: the typed shared state and the calls the parts make on each other
     registry.py   registrations, the candidate index, quotes, weights, reputations, speeds
     dispatch.py   submission checks, the fair queue drained into worker slots, refills
@@ -64,5 +65,6 @@ method, so mypy checks each part on its own and a missing part makes ``Coordinat
 from opengrid.core.coordinator.config import QUOTE_FRESH_BEATS, CoordinatorConfig
 from opengrid.core.coordinator.machine import Coordinator
 from opengrid.core.coordinator.records import WorkerRecord
+from opengrid.core.coordinator.state import JobEvent, JobState
 
-__all__ = ["QUOTE_FRESH_BEATS", "Coordinator", "CoordinatorConfig", "WorkerRecord"]
+__all__ = ["QUOTE_FRESH_BEATS", "Coordinator", "CoordinatorConfig", "JobEvent", "JobState", "WorkerRecord"]

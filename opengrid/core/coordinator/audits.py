@@ -17,6 +17,7 @@ from opengrid_ledger import (
 from opengrid.core.coordinator.payments import payouts_in_order
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
+from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import (
     AppendEntry,
     CancelReplica,
@@ -99,7 +100,7 @@ class AuditsPart(CoordinatorParts):
         effects: list[Effect] = []
         for job_id in list(self._audit_wait):
             job = self._jobs.get(job_id)
-            if job is None or not job.prover:
+            if job is None or job.state is not JobState.AUDITING:
                 self._audit_wait.pop(job_id, None)
                 continue
             effects += self._start_audits(job, now)
@@ -194,6 +195,7 @@ class AuditsPart(CoordinatorParts):
         prover = job.prover
         job.results.pop(prover, None)
         job.prover = ""
+        move(job, JobEvent.CLAIM_REJECTED)
         job.invalid.append(prover)
         record = self.workers.get(prover)
         if record is not None:
@@ -309,6 +311,7 @@ class AuditsPart(CoordinatorParts):
             workers=[prover, *auditors],
             failed=sorted(set(job.failed) | set(job.invalid)),
         )
+        move(job, JobEvent.ACCEPTED)
         del self._jobs[job_id]
         effects.append(FinishJob(job_id, reply))
         return effects

@@ -8,6 +8,7 @@ import msgspec
 
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
+from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import (
     DispatchReplica,
     Effect,
@@ -207,7 +208,11 @@ class DispatchPart(CoordinatorParts):
                 job.request.model, allowed=job.sealed or None, max_tokens=job.request.max_tokens
             )
             if not any(self._has_slot(c.peer) for c in candidates):
-                if job.sealed and not job.pending and job.tried().issuperset(c.peer for c in candidates):
+                if (
+                    job.sealed
+                    and job.state is JobState.QUEUED
+                    and job.tried().issuperset(c.peer for c in candidates)
+                ):
                     # None of the workers it was sealed to is online and untried (they died or went
                     # silent while it waited): fail it now, not at its deadline, so that the client
                     # seals afresh to others (spec/sealed-mode.md §5). An open job waits on: its pool
@@ -276,6 +281,8 @@ class DispatchPart(CoordinatorParts):
                 effects.append(DispatchReplica(peer=candidate.peer, run=personal))
             else:
                 effects.append(DispatchReplica(peer=candidate.peer, run=run))
+        if chosen:
+            move(job, JobEvent.DISPATCHED)
         short = missing - len(chosen)
         if short > 0:
             taken = tried | {c.peer for c in chosen}

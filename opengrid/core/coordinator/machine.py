@@ -24,6 +24,7 @@ from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer, Wo
 from opengrid.core.coordinator.registry import RegistryPart
 from opengrid.core.coordinator.results import ResultsPart
 from opengrid.core.coordinator.settle import SettlePart
+from opengrid.core.coordinator.state import JobState
 from opengrid.core.effects import (
     CancelReplica,
     Effect,
@@ -159,7 +160,12 @@ class Coordinator(
             job = self._jobs.get(job_id)
             if job is None:
                 continue
-            if now >= job.deadline and job_id in self._queue and not job.results and not job.pending:
+            if (
+                now >= job.deadline
+                and job.state is JobState.QUEUED
+                and job_id in self._queue
+                and not job.results
+            ):
                 effects += self._fail(
                     job_id,
                     "busy",
@@ -203,6 +209,12 @@ class Coordinator(
     def queued_jobs(self) -> int:
         """Client jobs waiting for a free worker slot (also counted in ``active_jobs``)."""
         return len(self._queue)
+
+    def job_state(self, job_id: bytes) -> JobState | None:
+        """Where a client job in flight is in its lifecycle (``state.JobState``); None for a job that is
+        not in flight: unknown, ended, a canary, or resumed and not submitted yet."""
+        job = self._jobs.get(job_id)
+        return job.state if job is not None else None
 
     def is_queued(self, job_id: bytes) -> bool:
         """True while a client job waits for a free worker slot (some of its replicas may be running)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from opengrid_ledger import Attestation
 
+from opengrid.core.coordinator.state import JobState
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import ModelOffer, PromptFormat, ReplicaResult, SubmitJob
 
@@ -75,6 +76,13 @@ class JobRecord:
     """Audit mode: auditor peer -> deadline of its pending audit."""
     audited: dict[str, Attestation] = field(default_factory=dict)
     """Audit mode: auditors that passed the current claim -> their attestation of it."""
+    state: JobState = JobState.QUEUED
+    """Where the job is in its lifecycle; changed only by ``state.move`` (its table says how)."""
+
+    @property
+    def job_id(self) -> bytes:
+        """The client's id of the job."""
+        return self.request.job_id
 
     def tried(self) -> set[str]:
         """Every peer the job was ever given to (replica or audit): never asked again."""

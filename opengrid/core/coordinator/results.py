@@ -17,6 +17,7 @@ from opengrid_ledger import (
 from opengrid.core.coordinator.payments import payouts
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
+from opengrid.core.coordinator.state import JobEvent, move
 from opengrid.core.effects import (
     AppendEntry,
     Effect,
@@ -70,11 +71,14 @@ class ResultsPart(CoordinatorParts):
         job.results[event.peer] = (event.result, problem)
         if job.audit:
             job.prover = event.peer
+            move(job, JobEvent.CLAIMED)
             return self._start_audits(job, now)
         commitments = {peer: att.output_commitment for peer, (_, att) in job.results.items()}
         agreement = judge(commitments, job.replicas)
         if agreement is not None:
             return self._accept(job, agreement)
+        if not job.pending:
+            move(job, JobEvent.DRAINED)
         if not job.pending and len(job.results) >= job.target:  # every replica answered: disagreement
             if job.target >= job.replicas + self.config.max_extra_replicas:
                 return self._fail(
@@ -149,6 +153,8 @@ class ResultsPart(CoordinatorParts):
             return []
         del job.pending[peer]
         self._release(peer)
+        if not job.pending:
+            move(job, JobEvent.DRAINED)
         effects: list[Effect] = []
         record = self.workers.get(peer)
         if penalize:
@@ -191,6 +197,8 @@ class ResultsPart(CoordinatorParts):
             return []
         del job.pending[event.peer]
         self._release(event.peer)
+        if not job.pending:
+            move(job, JobEvent.DRAINED)
         job.refused[event.peer] = event.reason
         untried = [
             c
@@ -267,6 +275,7 @@ class ResultsPart(CoordinatorParts):
             if job.sealed
             else [],
         )
+        move(job, JobEvent.ACCEPTED)
         del self._jobs[job_id]
         effects.append(FinishJob(job_id, reply))
         return effects

@@ -9,6 +9,7 @@ from opengrid_ledger import (
 
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
+from opengrid.core.coordinator.state import JobEvent, move
 from opengrid.core.effects import (
     CancelReplica,
     Effect,
@@ -35,7 +36,12 @@ class SettlePart(CoordinatorParts):
         self._resumed.pop(event.job_id, None)
         # No code says "cancelled" yet (a wire change); "malformed" is the nearest that clients do not
         # retry. The work done so far is not credited: no receipt, no points.
-        return self._fail(event.job_id, "malformed", "job cancelled by its client; nothing was credited")
+        return self._fail(
+            event.job_id,
+            "malformed",
+            "job cancelled by its client; nothing was credited",
+            end=JobEvent.CANCELLED,
+        )
 
     def _cancel_pending(self, job: JobRecord) -> list[Effect]:
         """The job is settled: free its workers' slots, stop its pending replicas and audits, leave the
@@ -50,10 +56,16 @@ class SettlePart(CoordinatorParts):
         effects += self._cancel_audits(job)
         return effects
 
-    def _fail(self, job_id: bytes, code: ErrorCode, message: str) -> list[Effect]:
+    def _fail(
+        self, job_id: bytes, code: ErrorCode, message: str, *, end: JobEvent = JobEvent.FAILED
+    ) -> list[Effect]:
+        """End the job with a typed error (``end``: FAILED, or CANCELLED by its client): record what went
+        wrong, stop what still runs, refund its hold. A job resumed but not submitted yet has no record:
+        it only gets the error."""
         job = self._jobs.pop(job_id, None)
         effects: list[Effect] = []
         if job is not None:
+            move(job, end)
             effects += self._evidence(job)
             effects += self._cancel_pending(job)
             if job.hold:  # a paid job that failed costs its client nothing

@@ -21,6 +21,7 @@ from opengrid_ledger import (
 
 from opengrid.core.coordinator.config import CoordinatorConfig
 from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer, WorkerRecord
+from opengrid.core.coordinator.state import JobEvent
 from opengrid.core.effects import (
     Effect,
 )
@@ -129,7 +130,9 @@ class CoordinatorParts(ABC):
         """See ``chain.py``."""
 
     @abstractmethod
-    def _fail(self, job_id: bytes, code: ErrorCode, message: str) -> list[Effect]:
+    def _fail(
+        self, job_id: bytes, code: ErrorCode, message: str, *, end: JobEvent = JobEvent.FAILED
+    ) -> list[Effect]:
         """See ``settle.py``."""
 
     @abstractmethod
