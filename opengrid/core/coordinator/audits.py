@@ -5,14 +5,7 @@ replaced, and a claim every auditor passed accepted with a receipt crediting pro
 from __future__ import annotations
 
 import msgspec
-from opengrid_ledger import (
-    Attestation,
-    Credit,
-    Receipt,
-    Refund,
-    Settle,
-    verify_attestation,
-)
+from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify_attestation
 
 from opengrid.core.coordinator.payments import payouts_in_order
 from opengrid.core.coordinator.records import JobRecord
@@ -27,20 +20,17 @@ from opengrid.core.effects import (
     Penalize,
     SendReceipt,
 )
-from opengrid.core.events import (
-    AuditReturned,
-)
+from opengrid.core.events import AuditReturned
 from opengrid.core.scheduler import pick_workers
 from opengrid.errors import InvalidEntryError
-from opengrid.wire.messages import (
-    AuditJob,
-    AuditReport,
-    JobAccepted,
-)
+from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted
 
 
 class AuditsPart(CoordinatorParts):
-    """The audits part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Audit mode: claims sent to auditors, reports checked, claims rejected, replaced or accepted.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     def _start_audits(self, job: JobRecord, now: float) -> list[Effect]:
         """Send the prover's claim to as many auditors as it still needs: online workers holding the same

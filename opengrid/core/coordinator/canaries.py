@@ -9,24 +9,18 @@ from collections.abc import Iterable
 
 from opengrid.core.coordinator.records import Canary, KnownAnswer
 from opengrid.core.coordinator.shared import CoordinatorParts
-from opengrid.core.effects import (
-    DispatchReplica,
-    Effect,
-    Penalize,
-)
-from opengrid.core.events import (
-    ReplicaReturned,
-)
+from opengrid.core.effects import DispatchReplica, Effect, Penalize
+from opengrid.core.events import ReplicaReturned
 from opengrid.core.scheduler import choose_class, pick_workers
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import (
-    PromptFormat,
-    RunJob,
-)
+from opengrid.wire.messages import PromptFormat, RunJob
 
 
 class CanariesPart(CoordinatorParts):
-    """The canaries part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Known answers kept, canaries sent, their answers compared.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     def add_known_answer(
         self,

@@ -22,17 +22,15 @@ from opengrid_ledger import (
 from opengrid.core.coordinator.config import MAX_PUSH
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
-from opengrid.core.effects import (
-    AppendEntry,
-    Effect,
-)
-from opengrid.wire.messages import (
-    ReceiptNotice,
-)
+from opengrid.core.effects import AppendEntry, Effect
+from opengrid.wire.messages import ReceiptNotice
 
 
 class ChainPart(CoordinatorParts):
-    """The chain part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Our own hash chain: the only part that holds the signing key.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     _key: SigningKey
     """This coordinator's signing key; nothing outside this module uses it."""

@@ -9,30 +9,18 @@ import msgspec
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
-from opengrid.core.effects import (
-    DispatchReplica,
-    Effect,
-    FinishJob,
-)
-from opengrid.core.events import (
-    JobSubmitted,
-)
-from opengrid.core.reputation import (
-    Reputation,
-    replication_probability,
-)
+from opengrid.core.effects import DispatchReplica, Effect, FinishJob
+from opengrid.core.events import JobSubmitted
+from opengrid.core.reputation import Reputation, replication_probability
 from opengrid.core.scheduler import Candidate, capacity, choose_class, pick_workers
-from opengrid.wire.messages import (
-    MAX_PROMPT_CHARS,
-    ErrorReply,
-    RunJob,
-    SubmitJob,
-    job_cost,
-)
+from opengrid.wire.messages import MAX_PROMPT_CHARS, ErrorReply, RunJob, SubmitJob, job_cost
 
 
 class DispatchPart(CoordinatorParts):
-    """The dispatch part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Submission checks, the fair queue drained into worker slots, refills, trusted single results.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     def _on_submitted(self, event: JobSubmitted, now: float, *, bounded: bool = True) -> list[Effect]:
         """Check a job and queue it for its replicas (refusing it with a typed error), then offer the free

@@ -7,12 +7,7 @@ import hashlib
 from collections.abc import Iterable
 
 from nacl.signing import SigningKey
-from opengrid_ledger import (
-    ED25519,
-    LedgerState,
-    SignatureScheme,
-    encode_entry,
-)
+from opengrid_ledger import ED25519, LedgerState, SignatureScheme, encode_entry
 
 from opengrid.core.coordinator.audits import AuditsPart
 from opengrid.core.coordinator.canaries import CanariesPart
@@ -25,10 +20,7 @@ from opengrid.core.coordinator.registry import RegistryPart
 from opengrid.core.coordinator.results import ResultsPart
 from opengrid.core.coordinator.settle import SettlePart
 from opengrid.core.coordinator.state import JobState
-from opengrid.core.effects import (
-    CancelReplica,
-    Effect,
-)
+from opengrid.core.effects import CancelReplica, Effect
 from opengrid.core.events import (
     AuditFailed,
     AuditReturned,
@@ -41,10 +33,7 @@ from opengrid.core.events import (
 )
 from opengrid.core.grants import GrantPolicy
 from opengrid.core.queueing import FairQueue
-from opengrid.core.reputation import (
-    Reputation,
-    reputation_from_ledger,
-)
+from opengrid.core.reputation import Reputation, reputation_from_ledger
 from opengrid.core.scheduler import RandomSource, capacity, choose_class
 
 

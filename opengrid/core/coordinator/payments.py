@@ -18,24 +18,18 @@ from opengrid_ledger import (
 )
 
 from opengrid.core.coordinator.shared import CoordinatorParts
-from opengrid.core.effects import (
-    AppendEntry,
-    Effect,
-)
+from opengrid.core.effects import AppendEntry, Effect
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS
 from opengrid.wire.grant import grant_request_signing_bytes
-from opengrid.wire.messages import (
-    ErrorReply,
-    GrantRequest,
-    GrantVoucher,
-    SubmitJob,
-    job_cost,
-)
+from opengrid.wire.messages import ErrorReply, GrantRequest, GrantVoucher, SubmitJob, job_cost
 
 
 class PaymentsPart(CoordinatorParts):
-    """The payments part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Holds and grants for clients' jobs, the operator's own jobs, starting-grant vouchers.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | str, list[Effect]]:
         """Apply the client's GRANT (if any) and HOLD for a paid job of ``weight`` points per token. Return

@@ -9,26 +9,19 @@ from collections.abc import Container, Iterable, Sequence
 from opengrid.core.coordinator.config import QUOTE_FRESH_BEATS
 from opengrid.core.coordinator.records import WorkerRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
-from opengrid.core.effects import (
-    Effect,
-)
-from opengrid.core.events import (
-    WorkerRegistered,
-)
-from opengrid.core.reputation import (
-    Outcome,
-    Reputation,
-)
+from opengrid.core.effects import Effect
+from opengrid.core.events import WorkerRegistered
+from opengrid.core.reputation import Outcome, Reputation
 from opengrid.core.scheduler import Candidate, choose_class, pick_workers
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import (
-    ModelOffer,
-    model_weight,
-)
+from opengrid.wire.messages import ModelOffer, model_weight
 
 
 class RegistryPart(CoordinatorParts):
-    """The registry part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Registrations, the candidate index, quotes, weights, reputations and speeds.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     def _forget_silent(self, now: float) -> None:
         """Drop the workers silent for ``forget_after_s`` that no job or canary still refers to."""

@@ -5,49 +5,27 @@ learned from the verdict (spec/verification.md §5, §9; spec/job-protocol.md §
 from __future__ import annotations
 
 import msgspec
-from opengrid_ledger import (
-    Attestation,
-    Credit,
-    Receipt,
-    Refund,
-    Settle,
-    verify_attestation,
-)
+from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify_attestation
 
 from opengrid.core.coordinator.payments import payouts
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, move
-from opengrid.core.effects import (
-    AppendEntry,
-    Effect,
-    FinishJob,
-    Penalize,
-    SendReceipt,
-)
-from opengrid.core.events import (
-    ReplicaFailed,
-    ReplicaReturned,
-)
-from opengrid.core.reputation import (
-    Outcome,
-    Reputation,
-    affords_divergence,
-    looks_like_honest_divergence,
-)
+from opengrid.core.effects import AppendEntry, Effect, FinishJob, Penalize, SendReceipt
+from opengrid.core.events import ReplicaFailed, ReplicaReturned
+from opengrid.core.reputation import Outcome, Reputation, affords_divergence, looks_like_honest_divergence
 from opengrid.core.verifier import Agreement, judge
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import (
-    JobAccepted,
-    ReplicaResult,
-    Sealed,
-)
+from opengrid.wire.messages import JobAccepted, ReplicaResult, Sealed
 
 
 class ResultsPart(CoordinatorParts):
-    """The results part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Replica results checked and judged; failures and refusals; acceptance and what it teaches.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     def _on_returned(self, event: ReplicaReturned, now: float) -> list[Effect]:
         if event.job_id in self._canaries:

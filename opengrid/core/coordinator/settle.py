@@ -3,29 +3,21 @@ replicas and audits stopped, its slots freed, its hold refunded and what went wr
 
 from __future__ import annotations
 
-from opengrid_ledger import (
-    Refund,
-)
+from opengrid_ledger import Refund
 
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, move
-from opengrid.core.effects import (
-    CancelReplica,
-    Effect,
-    FinishJob,
-)
-from opengrid.core.events import (
-    JobCancelled,
-)
-from opengrid.wire.messages import (
-    ErrorCode,
-    ErrorReply,
-)
+from opengrid.core.effects import CancelReplica, Effect, FinishJob
+from opengrid.core.events import JobCancelled
+from opengrid.wire.messages import ErrorCode, ErrorReply
 
 
 class SettlePart(CoordinatorParts):
-    """The settle part of ``Coordinator`` (a mixin over the shared state of ``CoordinatorParts``)."""
+    """Ending a job without a receipt: failure, cancellation, what it held released.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
 
     def _on_cancelled(self, event: JobCancelled) -> list[Effect]:
         job = self._jobs.get(event.job_id)

@@ -9,32 +9,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Container, Iterable
 
-from opengrid_ledger import (
-    Attestation,
-    Cosignature,
-    Entry,
-    EntryBody,
-    LedgerState,
-    Payload,
-    SignatureScheme,
-)
+from opengrid_ledger import Attestation, Cosignature, Entry, EntryBody, LedgerState, Payload, SignatureScheme
 
 from opengrid.core.coordinator.config import CoordinatorConfig
 from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer, WorkerRecord
 from opengrid.core.coordinator.state import JobEvent
-from opengrid.core.effects import (
-    Effect,
-)
-from opengrid.core.events import (
-    JobSubmitted,
-    ReplicaReturned,
-)
+from opengrid.core.effects import Effect
+from opengrid.core.events import JobSubmitted, ReplicaReturned
 from opengrid.core.grants import GrantPolicy
 from opengrid.core.queueing import FairQueue
-from opengrid.core.reputation import (
-    Outcome,
-    Reputation,
-)
+from opengrid.core.reputation import Outcome, Reputation
 from opengrid.core.scheduler import Candidate, RandomSource
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
@@ -78,31 +62,55 @@ class CoordinatorParts(ABC):
     _audit_wait: dict[bytes, None]
     """The meaning of each is documented where ``Coordinator.__init__`` sets it."""
 
-    @abstractmethod
-    def _adopt(self, applied: Iterable[Entry]) -> None:
-        """See ``chain.py``."""
+    # The calls one part makes on another, by the module that implements them (see there for what each
+    # does). Abstract: ``Coordinator``, which inherits every part, has them all.
+
+    # ── registry.py: workers, candidates, prices, reputations ──────────────────────────────────────────
 
     @abstractmethod
-    def _author(self, payload: Payload) -> list[Effect]:
-        """See ``chain.py``."""
-
-    @abstractmethod
-    def _cancel_audits(self, job: JobRecord) -> list[Effect]:
-        """See ``audits.py``."""
-
-    @abstractmethod
-    def _cancel_pending(self, job: JobRecord) -> list[Effect]:
-        """See ``settle.py``."""
-
-    @abstractmethod
-    def _candidate(self, record: WorkerRecord, offer: ModelOffer) -> Candidate:
-        """See ``registry.py``."""
+    def _candidate(self, record: WorkerRecord, offer: ModelOffer) -> Candidate: ...
 
     @abstractmethod
     def _candidates(
         self, model: str, *, allowed: Container[str] | None = None, max_tokens: int = 0
-    ) -> list[Candidate]:
-        """See ``registry.py``."""
+    ) -> list[Candidate]: ...
+
+    @abstractmethod
+    def _measure(self, peer: str, n_tokens: int, elapsed: float) -> None: ...
+
+    @abstractmethod
+    def _operators(self, peers: Iterable[str]) -> set[str]: ...
+
+    @abstractmethod
+    def _record(self, key: bytes, outcome: Outcome) -> None: ...
+
+    @abstractmethod
+    def class_weight(self, contract: DecodingContract) -> int: ...
+
+    @abstractmethod
+    def served_models(self) -> list[str]: ...
+
+    @abstractmethod
+    def weight(self, model: str, *, max_tokens: int = 0) -> int | None: ...
+
+    # ── dispatch.py: submission, queue, slots, refills ─────────────────────────────────────────────────
+
+    @abstractmethod
+    def _drain(self, now: float) -> list[Effect]: ...
+
+    @abstractmethod
+    def _has_slot(self, peer: str) -> bool: ...
+
+    @abstractmethod
+    def _occupy(self, peer: str) -> None: ...
+
+    @abstractmethod
+    def _refill(self, job: JobRecord, now: float) -> list[Effect]: ...
+
+    @abstractmethod
+    def _release(self, peer: str) -> None: ...
+
+    # ── results.py: replica results ────────────────────────────────────────────────────────────────────
 
     @abstractmethod
     def _check_result(
@@ -114,82 +122,31 @@ class CoordinatorParts(ABC):
         result: ReplicaResult,
         *,
         sealed: bool = False,
-    ) -> Attestation | str:
-        """See ``results.py``."""
+    ) -> Attestation | str: ...
+
+    # ── audits.py: audit mode ──────────────────────────────────────────────────────────────────────────
 
     @abstractmethod
-    def _drain(self, now: float) -> list[Effect]:
-        """See ``dispatch.py``."""
+    def _cancel_audits(self, job: JobRecord) -> list[Effect]: ...
 
     @abstractmethod
-    def _drain_audits(self, now: float) -> list[Effect]:
-        """See ``audits.py``."""
+    def _drain_audits(self, now: float) -> list[Effect]: ...
 
     @abstractmethod
-    def _evidence(self, job: JobRecord) -> list[Effect]:
-        """See ``chain.py``."""
+    def _start_audits(self, job: JobRecord, now: float) -> list[Effect]: ...
+
+    # ── canaries.py: known answers and canaries ────────────────────────────────────────────────────────
 
     @abstractmethod
-    def _fail(
-        self, job_id: bytes, code: ErrorCode, message: str, *, end: JobEvent = JobEvent.FAILED
-    ) -> list[Effect]:
-        """See ``settle.py``."""
+    def _maybe_canary(self, now: float) -> list[Effect]: ...
 
     @abstractmethod
-    def _has_slot(self, peer: str) -> bool:
-        """See ``dispatch.py``."""
+    def _on_canary_failed(
+        self, canary_id: bytes, peer: str, reason: str, *, penalize: bool
+    ) -> list[Effect]: ...
 
     @abstractmethod
-    def _maybe_canary(self, now: float) -> list[Effect]:
-        """See ``canaries.py``."""
-
-    @abstractmethod
-    def _measure(self, peer: str, n_tokens: int, elapsed: float) -> None:
-        """See ``registry.py``."""
-
-    @abstractmethod
-    def _notice_for(self, peer: str) -> ReceiptNotice:
-        """See ``chain.py``."""
-
-    @abstractmethod
-    def _occupy(self, peer: str) -> None:
-        """See ``dispatch.py``."""
-
-    @abstractmethod
-    def _on_canary_failed(self, canary_id: bytes, peer: str, reason: str, *, penalize: bool) -> list[Effect]:
-        """See ``canaries.py``."""
-
-    @abstractmethod
-    def _on_canary_returned(self, event: ReplicaReturned, now: float) -> list[Effect]:
-        """See ``canaries.py``."""
-
-    @abstractmethod
-    def _operators(self, peers: Iterable[str]) -> set[str]:
-        """See ``registry.py``."""
-
-    @abstractmethod
-    def _record(self, key: bytes, outcome: Outcome) -> None:
-        """See ``registry.py``."""
-
-    @abstractmethod
-    def _refill(self, job: JobRecord, now: float) -> list[Effect]:
-        """See ``dispatch.py``."""
-
-    @abstractmethod
-    def _release(self, peer: str) -> None:
-        """See ``dispatch.py``."""
-
-    @abstractmethod
-    def _sign_own(self, payload: Payload) -> Entry:
-        """See ``chain.py``."""
-
-    @abstractmethod
-    def _start_audits(self, job: JobRecord, now: float) -> list[Effect]:
-        """See ``audits.py``."""
-
-    @abstractmethod
-    def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | str, list[Effect]]:
-        """See ``payments.py``."""
+    def _on_canary_returned(self, event: ReplicaReturned, now: float) -> list[Effect]: ...
 
     @abstractmethod
     def add_known_answer(
@@ -201,25 +158,42 @@ class CoordinatorParts(ABC):
         *,
         seen: Iterable[bytes] = (),
         format: PromptFormat = "text",
-    ) -> None:
-        """See ``canaries.py``."""
+    ) -> None: ...
+
+    # ── settle.py: a job's end without a receipt ───────────────────────────────────────────────────────
 
     @abstractmethod
-    def class_weight(self, contract: DecodingContract) -> int:
-        """See ``registry.py``."""
+    def _cancel_pending(self, job: JobRecord) -> list[Effect]: ...
 
     @abstractmethod
-    def served_models(self) -> list[str]:
-        """See ``registry.py``."""
+    def _fail(
+        self, job_id: bytes, code: ErrorCode, message: str, *, end: JobEvent = JobEvent.FAILED
+    ) -> list[Effect]: ...
+
+    # ── payments.py: holds and grants ──────────────────────────────────────────────────────────────────
 
     @abstractmethod
-    def weight(self, model: str, *, max_tokens: int = 0) -> int | None:
-        """See ``registry.py``."""
+    def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | str, list[Effect]]: ...
+
+    # ── chain.py: our own chain (the only signer) ──────────────────────────────────────────────────────
 
     @abstractmethod
-    def _sign_detached(self, body: EntryBody) -> Entry:
-        """See ``chain.py``."""
+    def _adopt(self, applied: Iterable[Entry]) -> None: ...
 
     @abstractmethod
-    def _voucher(self, account: bytes, points: int) -> Cosignature:
-        """See ``chain.py``."""
+    def _author(self, payload: Payload) -> list[Effect]: ...
+
+    @abstractmethod
+    def _evidence(self, job: JobRecord) -> list[Effect]: ...
+
+    @abstractmethod
+    def _notice_for(self, peer: str) -> ReceiptNotice: ...
+
+    @abstractmethod
+    def _sign_own(self, payload: Payload) -> Entry: ...
+
+    @abstractmethod
+    def _sign_detached(self, body: EntryBody) -> Entry: ...
+
+    @abstractmethod
+    def _voucher(self, account: bytes, points: int) -> Cosignature: ...
