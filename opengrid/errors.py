@@ -10,6 +10,7 @@ the values involved, and what to do next.
     ├── ConfigError                 bad flag, config value or data dir
     ├── ProtocolError               a message broke the protocol
     │   ├── LocalProtocolError      we were about to send something invalid (our bug)
+    │   │   └── JobStateError       the coordinator moved a job in a way its state table forbids (our bug)
     │   └── RemoteProtocolError     a peer sent something invalid (carries the peer, when known)
     │       ├── FrameTooLargeError  the length prefix announced more than the limit allows
     │       ├── MalformedMessageError  the bytes do not decode to a known message
@@ -45,6 +46,11 @@ class ProtocolError(OpenGridError):
 
 class LocalProtocolError(ProtocolError):
     """We were about to send something the protocol forbids: a bug on this side."""
+
+
+class JobStateError(LocalProtocolError):
+    """The coordinator tried to move a job in a way its lifecycle table forbids
+    (opengrid/core/coordinator/state.py): a bug in the coordinator, never a peer's doing."""
 
 
 class RemoteProtocolError(ProtocolError):
