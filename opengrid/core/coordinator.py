@@ -838,7 +838,7 @@ class Coordinator:
             request=request,
             client=event.client,
             wall_ms=event.wall_ms,
-            contract=candidates[0].contract,
+            contract=request.job_contract(candidates[0].contract),  # the class + the client's sampling
             model_name=candidates[0].model_name,
             deadline=now + self.config.job_timeout_s,
             target=request.replicas,
@@ -918,7 +918,7 @@ class Coordinator:
             for c in choose_class(
                 self._candidates(job.request.model, allowed=allowed, max_tokens=job.request.max_tokens)
             )
-            if c.contract == job.contract
+            if c.contract == job.contract.numerical_class()
         ]
         free = [c for c in pool if self._has_slot(c.peer)]
         chosen = pick_workers(
@@ -1149,7 +1149,7 @@ class Coordinator:
             for c in self._candidates(
                 job.request.model, allowed=job.sealed or None, max_tokens=job.request.max_tokens
             )
-            if c.contract == job.contract and c.peer not in job.tried()
+            if c.contract == job.contract.numerical_class() and c.peer not in job.tried()
         ]
         if len(job.refused) >= self.config.client_fault_quorum or not (untried or job.pending):
             return self._fail(
@@ -1331,7 +1331,7 @@ class Coordinator:
         """The AuditJob for the job's current claim: the prover's tokens under its contract's sampler."""
         result, _ = job.results[job.prover]
         contract = job.contract
-        greedy = contract.temperature <= 0.0
+        greedy = contract.greedy
         return AuditJob(
             job_id=job.request.job_id,
             contract=contract,
@@ -1342,6 +1342,7 @@ class Coordinator:
             format=job.request.format,
             temperature=0.0 if greedy else contract.temperature,
             top_k=0 if greedy else max(0, contract.top_k),
+            top_p=1.0 if greedy else contract.top_p_value,
             seed=0 if greedy else contract.seed,
             tolerance=self.config.audit_tolerance,
         )
@@ -1549,8 +1550,8 @@ class Coordinator:
         """Keep a verified answer for canaries (the coordinator does this for every job two or more
         workers agreed on; a driver may add answers a trusted node computed). ``seen``: worker keys that
         already know this prompt, never canaried with it. The pool keeps the newest answers."""
-        if self.config.canary_pool_size <= 0:
-            return
+        if self.config.canary_pool_size <= 0 or not contract.greedy:
+            return  # a sampled answer is fixed by its own job id: a canary (a new job id) would differ
         self._known.append(_KnownAnswer(prompt, contract, max_tokens, commitment, set(seen), format))
         del self._known[: -self.config.canary_pool_size]
 
