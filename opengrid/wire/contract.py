@@ -40,6 +40,32 @@ Seed = Annotated[int, msgspec.Meta(ge=0)]
 """0..``MAX_SEED``: msgspec takes no bound above int64 and msgpack integers stop at 2**64-1 anyway."""
 
 
+def sampling_problem(temperature: object, top_k: object, top_p: object, seed: object) -> str:
+    """Why these sampling settings cannot be sent (wrong type or out of range, with the value and the
+    range), or "" when they can. The one check behind the SDK, the CLI and the API, matching the wire's
+    bounds (``SubmitJob``) and the sampler's (``opengrid.core.audit.SamplingParams``)."""
+    checks: tuple[tuple[str, object, type | tuple[type, ...], str], ...] = (
+        ("temperature", temperature, (int, float), f"a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy)"),
+        ("top_k", top_k, int, f"an integer in 0..{MAX_TOP_K} (0 = off)"),
+        ("top_p", top_p, (int, float), "a number in (0, 1] (1 = off)"),
+        ("seed", seed, int, "an integer in 0..2**64-1"),
+    )
+    for name, value, kind, wanted in checks:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"{name} must be {wanted}, got {value!r} ({type(value).__name__})"
+    assert isinstance(temperature, (int, float)) and isinstance(top_p, (int, float))  # checked above
+    assert isinstance(top_k, int) and isinstance(seed, int)
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:  # NaN fails too
+        return f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature}"
+    if not 0 <= top_k <= MAX_TOP_K:
+        return f"top_k must be in 0..{MAX_TOP_K} (0 = off), got {top_k}"
+    if not 0.0 < top_p <= 1.0:
+        return f"top_p must be in (0, 1] (1 = off), got {top_p}"
+    if not 0 <= seed <= MAX_SEED:
+        return f"seed must be in 0..2**64-1, got {seed}"
+    return ""
+
+
 class DecodingContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Pinned decoding settings; its hash identifies the numerical class of a job."""
 
