@@ -7,6 +7,8 @@
   and seed, and the receipt signs the client's settings (the job's contract digest).
 - Audit mode: a sampled claim is re-scored under the same sampler and passes; a prover that draws its own
   noise (another seed) is caught, earns nothing, and the client gets the honest sample.
+- A worker whose engine cannot run the job's sampler (llama_cpp.server over HTTP) refuses a sampled job
+  as the client's fault, with a reason the client can act on, and keeps its standing.
 - Out-of-range settings are refused with a clear error on every surface: the SDK (``ConfigError``
   before anything is sent), the API (OpenAI-style 400 naming the field), the CLI (``--help``'d flags).
 """
@@ -30,13 +32,14 @@ from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.reputation import Reputation
 from opengrid.engines import Engine, GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.engines.base import Generation
+from opengrid.engines.http import ManagedServer
 from opengrid.errors import ConfigError
 from opengrid.net.host import Host
 from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import JobAccepted, SubmitJob
+from opengrid.wire.messages import ErrorReply, JobAccepted, SubmitJob
 from tests.node.test_audit_mode import _coordinator as _audit_coordinator
 from tests.node.test_audit_mode import _Preferring, _workers
 from tests.node.workers import client_host, start_workers
@@ -131,22 +134,31 @@ async def test_a_sampled_job_verifies_in_replicated_mode_through_the_sdk_and_the
         # extension; the answer is the sample this request's job id and seed fix.
         api = coordinator.api_urls[0] + "/v1"
 
-        def through_openai() -> tuple[Any, Any, list[openai.BadRequestError]]:
+        def through_openai() -> tuple[Any, Any, Any, list[openai.BadRequestError]]:
             client = openai.OpenAI(base_url=api, api_key="unused", max_retries=0, timeout=60)
             sampled = client.completions.create(
                 model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=SAMPLED.temperature,
                 top_p=SAMPLED.top_p, seed=SAMPLED.seed, extra_body={"top_k": SAMPLED.top_k},
             )  # fmt: skip
             default = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS)
+            chat = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS,
+                temperature=1.2, seed=99,
+            )  # fmt: skip
             errors = []
             for bad in ({"temperature": 11.0}, {"top_p": 1.5}, {"seed": -3},
                         {"extra_body": {"top_k": -2}}):  # fmt: skip
                 with pytest.raises(openai.BadRequestError) as error:
                     client.completions.create(model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, **bad)
                 errors.append(error.value)
-            return sampled, default, errors
+            with pytest.raises(openai.BadRequestError) as error:
+                client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "x"}], temperature=-0.5
+                )
+            errors.append(error.value)
+            return sampled, default, chat, errors
 
-        sampled, default, errors = await trio.to_thread.run_sync(through_openai)
+        sampled, default, chat, errors = await trio.to_thread.run_sync(through_openai)
         extension = sampled.model_extra["opengrid"]
         assert extension["decoding"] == "sampled" and extension["sampling"] == settings
         assert len(extension["workers"]) == 2
@@ -156,8 +168,11 @@ async def test_a_sampled_job_verifies_in_replicated_mode_through_the_sdk_and_the
         # No temperature: greedy, the deterministic default (not OpenAI's 1.0).
         assert default.model_extra["opengrid"]["decoding"] == "greedy"
         assert tuple(default.model_extra["opengrid"]["tokens"]) == greedy
+        chat_extension = chat.model_extra["opengrid"]
+        assert chat_extension["decoding"] == "sampled" and len(chat_extension["workers"]) == 2
+        assert chat_extension["sampling"] == {"temperature": 1.2, "top_k": 0, "top_p": 1.0, "seed": 99}
         params = [error.body["param"] for error in errors]  # type: ignore[index]
-        assert params == ["temperature", "top_p", "seed", "top_k"]
+        assert params == ["temperature", "top_p", "seed", "top_k", "temperature"]
         assert all(error.status_code == 400 for error in errors)
         assert "got 11.0" in str(errors[0]) and "got -3" in str(errors[2])
         nursery.cancel_scope.cancel()
@@ -262,3 +277,40 @@ def test_the_cli_refuses_out_of_range_sampling_flags(capsys: pytest.CaptureFixtu
         main(["submit", "--help"])
     help_text = capsys.readouterr().out
     assert all(flag in help_text for flag in ("--temperature", "--top-p", "--top-k", "--seed"))
+
+
+async def test_a_worker_whose_http_engine_cannot_sample_refuses_the_job_as_the_clients_fault(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    # llama_cpp.server samples with its own RNG, which no replica or auditor can recompute: its worker
+    # refuses a sampled job (``malformed``), keeps its standing, and still runs greedy jobs.
+    info = _info(tiny_model_path)
+    coordinator = Node(
+        NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5),
+        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5),
+    )
+    with ManagedServer(info, n_threads=1, ready_timeout_s=60) as server, server.engine() as engine:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(coordinator.run)
+            assert coordinator.host is not None and coordinator.coordinator is not None
+            workers = await _workers(nursery, tmp_path, coordinator, {"http": engine})
+            worker = workers["http"]
+            client: Host = await nursery.start(client_host)
+            peer = await client.connect(coordinator.host.addrs()[0])
+
+            async def submit(**sampling: Any) -> Any:
+                job = SubmitJob(
+                    job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=4, replicas=1,
+                    **sampling,
+                )  # fmt: skip
+                with trio.fail_after(60):
+                    return await client.request(peer, job)
+
+            refused = await submit(temperature=0.7, seed=1)
+            assert isinstance(refused, ErrorReply) and refused.code == "malformed", refused
+            assert "decodes greedily only" in refused.message and "send temperature 0" in refused.message
+            assert coordinator.coordinator.reputation.get(worker.public_key, Reputation()).invalid == 0
+            greedy = await submit()
+            assert isinstance(greedy, JobAccepted), greedy
+            assert greedy.workers == [worker.host.peer_id if worker.host else ""]
+            nursery.cancel_scope.cancel()
