@@ -695,7 +695,8 @@ class Client:
         seed: int = 0,
     ) -> Iterator[str | Completion]:
         """Like ``complete``, but first yields text as the first replica generates it. The sampling
-        settings are ``complete``'s (greedy by default; out of range: ``ConfigError``).
+        settings are ``complete``'s (greedy by default); out of range, ``ConfigError`` is raised by this
+        call itself, before any iteration.
 
         The ``str`` items are an UNVERIFIED preview from one worker; the last item is the verified
         ``Completion``, whose text is the truth (it differs from the preview if that worker cheated).
@@ -703,6 +704,11 @@ class Client:
         the job is paid like ``complete``'s (HOLD, then SETTLE or REFUND).
         """
         sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return self._paid_stream(prompt, model, max_tokens, replicas, sampling)
+
+    def _paid_stream(
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling
+    ) -> Iterator[str | Completion]:
         if self._payer is None:
             yield from self._stream(prompt, model, max_tokens, replicas, sampling)
             return
