@@ -120,8 +120,8 @@ def build_schemas() -> dict[str, str]:
         "decoding-contract.json": _document(
             "OpenGrid decoding contract",
             "The numerical class of a job (spec/verification.md §2); its digest is sha256 of its "
-            "canonical msgpack (all ten fields, floats as float64). Generated from "
-            "opengrid.wire.contract.DecodingContract.",
+            "canonical msgpack (the ten first fields always, top_p only below 1; floats as float64). "
+            "Generated from opengrid.wire.contract.DecodingContract.",
             {"DecodingContract": DecodingContract},
             root="DecodingContract",
         ),

@@ -200,10 +200,13 @@ def contract_vectors() -> dict[str, Any]:
             flash_attn=True,
             kv_cache_type="f32",
         ),
+        # A sampled job's contract: the first class with a client's settings (SubmitJob.job_contract).
+        CONTRACT.sampled(temperature=0.8, top_k=0, top_p=0.95, seed=2**64 - 1),
     ]
     return {
-        "description": "DecodingContract canonical msgpack (all ten fields, floats as float64) and its "
-        "digest = sha256(encoding), the numerical class id (spec/verification.md §2).",
+        "description": "DecodingContract canonical msgpack (the ten first fields always, top_p only below 1; "
+        "floats as float64) and its digest = sha256(encoding), the numerical class id "
+        "(spec/verification.md §2).",
         "contracts": [
             {
                 "value": structure(c),
@@ -632,6 +635,10 @@ def messages(
         ("a batch job: it waits behind interactive jobs for a free worker", SubmitJob(
             job_id=job(3), model="smollm2-135m-instruct", prompt="Summarise: ...", max_tokens=64,
             priority="batch")),
+        ("a sampled job: Gumbel-max at temperature 0.7 with the client's seed (spec/verification.md §11)",
+         SubmitJob(
+            job_id=job(4), model="smollm2-135m-instruct", prompt="Once upon a time", max_tokens=16,
+            temperature=0.7, top_k=40, top_p=0.9, seed=42)),
         ("a sealed job (see sealed.json)", submit_sealed),
         ("run a replica", RunJob(
             job_id=job(1), contract=CONTRACT, prompt="The capital of France is", max_tokens=5)),

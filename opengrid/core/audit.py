@@ -29,6 +29,7 @@ from opengrid.errors import JobError
 __all__ = [
     "DEFAULT_GAP_TOLERANCE",
     "EVIDENCE_DOMAIN",
+    "GREEDY",
     "MAX_JOB_ID_BYTES",
     "MAX_SEED",
     "AuditPolicy",
@@ -83,6 +84,10 @@ class SamplingParams:
     def greedy(self) -> bool:
         """True when the choice is the plain argmax (temperature 0): seed and masks do not matter."""
         return self.temperature == 0.0
+
+
+GREEDY = SamplingParams()
+"""The default sampler: the argmax at every step (temperature 0)."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import secrets
 import trio
 from opengrid_ledger import Receipt, decode_entry, open_entry
 
+from opengrid.core.audit import GREEDY, SamplingParams
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
@@ -68,9 +69,11 @@ class ApiService:
         replicas: int,
         format: PromptFormat,
         client: str = "",
+        sampling: SamplingParams = GREEDY,
     ) -> JobAccepted | ErrorReply:
         """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
-        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
+        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue.
+        ``sampling``: the job's sampler (greedy by default), written into the SubmitJob (spec §11)."""
         host = self._ctx.host
         assert host is not None
         job = SubmitJob(
@@ -80,6 +83,10 @@ class ApiService:
             max_tokens=max_tokens,
             replicas=replicas,
             format=format,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
         )
         if self._ctx.coordinator is not None:
             # Paid from this node's own account when it can be (spec/ledger.md §7); nothing between here

@@ -28,6 +28,7 @@ from opengrid_ledger import LedgerState, Receipt, decode_body, encode_entry
 from opengrid_ledger.genesis import Genesis, decode_genesis
 
 import opengrid
+from opengrid.core.audit import GREEDY, SamplingParams
 from opengrid.core.availability import Policy, parse_windows
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.worker import WorkerLogic
@@ -408,11 +409,18 @@ class Node:
         replicas: int,
         format: PromptFormat,
         client: str = "",
+        sampling: SamplingParams = GREEDY,
     ) -> JobAccepted | ErrorReply:
         """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
         the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
         return await self.api_service.api_submit(
-            prompt=prompt, model=model, max_tokens=max_tokens, replicas=replicas, format=format, client=client
+            prompt=prompt,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            format=format,
+            client=client,
+            sampling=sampling,
         )
 
     # ── status ───────────────────────────────────────────────────────────────────────────────────────

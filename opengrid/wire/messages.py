@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal, NewType, TypeVar
 
 import msgspec
 
-from opengrid.wire.contract import DecodingContract
+from opengrid.wire.contract import MAX_TEMPERATURE, DecodingContract, Seed, Temperature, TopK, TopP
 
 JobId = NewType("JobId", bytes)
 """16 random bytes chosen by the client; unique per job."""
@@ -208,6 +208,21 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     grant: Annotated[bytes, msgspec.Meta(max_length=4 * 1024)] = b""
     """Paid jobs of a new account: its encoded GRANT entry (seq 1, with a coordinator's voucher, see
     GrantRequest), applied before ``hold`` (which is then the account's entry seq 2)."""
+    temperature: Temperature = 0.0
+    """Sampling (spec/verification.md §11): 0.0 is greedy (the default); > 0 samples by Gumbel-max with
+    noise fixed by ``job_id`` and ``seed``, at most ``MAX_TEMPERATURE``."""
+    top_k: TopK = 0
+    """Sampling: keep the ``top_k`` most likely tokens before choosing; 0 keeps all."""
+    top_p: TopP = 1.0
+    """Sampling: then keep the smallest set of them whose probability reaches ``top_p``; 1.0 keeps all."""
+    seed: Seed = 0
+    """Sampling: the client's seed, 0..2**64-1. With the client-chosen ``job_id`` it fixes the noise, so
+    no worker can choose it and every replica and auditor recomputes it."""
+
+    def job_contract(self, offer: DecodingContract) -> DecodingContract:
+        """The contract this job runs under on a worker of class ``offer``: the class with this job's
+        sampling settings (``DecodingContract.sampled``)."""
+        return offer.sampled(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
 
 class RunJob(_Message, tag="run", frozen=True):
@@ -549,7 +564,7 @@ class DialBackReport(_Message, tag="dial_back_report", frozen=True):
 
 MAX_AUDIT_REASON_CHARS: Final = 1024
 """Characters of an AuditReport's ``reason`` (one position's values in words)."""
-MAX_AUDIT_TEMPERATURE: Final = 10.0
+MAX_AUDIT_TEMPERATURE: Final = MAX_TEMPERATURE
 """The sampler's largest temperature (``opengrid.core.audit.SamplingParams``)."""
 MAX_AUDIT_TOLERANCE: Final = 1000.0
 """Logits: a tolerance this wide accepts anything; larger values are refused as nonsense."""
@@ -575,10 +590,10 @@ class AuditJob(_Message, tag="audit", frozen=True):
     finish_reason: ShortText
     """``stop``: one more position (the end-of-generation token) is scored."""
     format: PromptFormat = "text"
-    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TEMPERATURE)] = 0.0
-    top_k: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
-    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
-    seed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    temperature: Temperature = 0.0
+    top_k: TopK = 0
+    top_p: TopP = 1.0
+    seed: Seed = 0
     """0..2**64-1 (msgpack integers stop there)."""
     tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TOLERANCE)] = 0.5
     """Logits: the largest gap (and mask margin) a position may show (spec/verification.md §12.2)."""

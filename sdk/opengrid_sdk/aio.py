@@ -68,9 +68,13 @@ class AsyncClient:
         trusted: Sequence[str] = (),
         priority: Priority = "interactive",
         retries: int = SEALED_RETRIES,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> Completion:
         """See ``Client.complete`` (sealed by default; a sealed job whose workers failed is sealed to
-        others and resubmitted, at most ``retries`` times)."""
+        others and resubmitted, at most ``retries`` times; greedy unless ``temperature > 0``)."""
         return await asyncio.to_thread(
             self._client.complete,
             prompt,
@@ -82,13 +86,35 @@ class AsyncClient:
             trusted=trusted,
             priority=priority,
             retries=retries,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
         )
 
     async def stream(
-        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 64,
+        replicas: int = 2,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> AsyncIterator[str | Completion]:
         """See ``Client.stream``: unverified previews, then the verified ``Completion``."""
-        items = self._client.stream(prompt, model=model, max_tokens=max_tokens, replicas=replicas)
+        items = self._client.stream(
+            prompt,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
         while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
             yield item  # type: ignore[misc]
 

@@ -50,6 +50,7 @@ from opengrid.net.discovery import Discovery, role_key
 from opengrid.net.host import Host, derive_psk, open_host
 from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.node.config import DEFAULT_NETWORK
+from opengrid.wire.contract import sampling_problem
 from opengrid.wire.control import control_signing_bytes
 from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
@@ -113,6 +114,32 @@ class Completion:
     (``no_capacity``); each was followed by a fresh quote, a fresh seal and a fresh job id."""
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How a job's tokens are chosen (spec/verification.md §11). The default is greedy (temperature 0):
+    the most likely token every time, the same answer for the same prompt on every job.
+
+    ``temperature > 0`` samples by Gumbel-max from the model's distribution at that temperature, after
+    the ``top_k`` (0 = off) and ``top_p`` (1 = off) masks. The randomness is fixed by the job's id (fresh
+    per call) and ``seed``: every replica and auditor of one job recomputes the same sample, so sampled
+    jobs are verified like greedy ones, but two calls with the same ``seed`` are two different samples.
+    """
+
+    temperature: float = 0.0
+    """0..10; 0 = greedy."""
+    top_k: int = 0
+    """0..2**32-1; keep the ``top_k`` most likely tokens, 0 keeps all."""
+    top_p: float = 1.0
+    """In (0, 1]; then keep the smallest most-likely set whose probability reaches ``top_p``."""
+    seed: int = 0
+    """0..2**64-1; with the job id it fixes the sampling noise."""
+
+    def __post_init__(self) -> None:
+        problem = sampling_problem(self.temperature, self.top_k, self.top_p, self.seed)
+        if problem:
+            raise ConfigError(f"{problem}; pass values in range (temperature=0 decodes greedily)")
+
+
 def _job(
     prompt: str,
     model: str,
@@ -121,6 +148,7 @@ def _job(
     *,
     stream: bool,
     priority: Priority = "interactive",
+    sampling: Sampling = Sampling(),
 ) -> SubmitJob:
     if max_tokens < 1 or replicas < 1:
         raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
@@ -132,6 +160,10 @@ def _job(
         replicas=replicas,
         stream=stream,
         priority=priority,
+        temperature=float(sampling.temperature),
+        top_k=sampling.top_k,
+        top_p=float(sampling.top_p),
+        seed=sampling.seed,
     )
 
 
@@ -394,6 +426,10 @@ class Client:
         trusted: Sequence[str] = (),
         priority: Priority = "interactive",
         retries: int = SEALED_RETRIES,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> Completion:
         """Run ``prompt`` on ``replicas`` workers, verify their agreement, and return the result.
 
@@ -413,16 +449,32 @@ class Client:
         raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
         ``priority="batch"``: while the coordinator's workers are busy, the job waits behind interactive
         jobs (spec/job-protocol.md §8.1).
+
+        Decoding is greedy by default. ``temperature`` (0..10), ``top_k`` (0 = off), ``top_p`` (1 = off)
+        and ``seed`` (0..2**64-1) sample instead (see :class:`Sampling`): the sample is fixed by this
+        job's fresh id and ``seed``, and verified like a greedy answer. Values out of range raise
+        ``ConfigError`` before anything is sent; workers whose engine cannot sample (HTTP engines) refuse
+        the job (``RemoteProtocolError``).
         """
         if retries < 0:
             raise ConfigError(f"retries must be >= 0 (got {retries})")
+        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         if self._payer is not None:
             with self._paying:
                 return self._complete(
-                    prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries
+                    prompt,
+                    model,
+                    max_tokens,
+                    replicas,
+                    sealed,
+                    exposure,
+                    trusted,
+                    priority,
+                    retries,
+                    sampling,
                 )
         return self._complete(
-            prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries
+            prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries, sampling
         )
 
     @property
@@ -441,9 +493,12 @@ class Client:
         trusted: Sequence[str],
         priority: Priority = "interactive",
         retries: int = SEALED_RETRIES,
+        sampling: Sampling = Sampling(),
     ) -> Completion:
         if not sealed:
-            request = self._paid(_job(prompt, model, max_tokens, replicas, stream=False, priority=priority))
+            request = self._paid(
+                _job(prompt, model, max_tokens, replicas, stream=False, priority=priority, sampling=sampling)
+            )
             peer, reply = self._to_coordinator(request)
             return self._completion(request, peer, reply)
         cap = min(max(exposure or replicas + 2, replicas), MAX_EXPOSURE)
@@ -458,7 +513,17 @@ class Client:
             if not isinstance(quote, Quote):
                 raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
             peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
-            job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
+            job = seal_job(
+                prompt,
+                peers=peers,
+                model=model,
+                max_tokens=max_tokens,
+                replicas=replicas,
+                temperature=float(sampling.temperature),
+                top_k=sampling.top_k,
+                top_p=float(sampling.top_p),
+                seed=sampling.seed,
+            )
             job = dataclasses.replace(
                 job, request=self._paid(msgspec.structs.replace(job.request, priority=priority), quote.weight)
             )
@@ -618,17 +683,34 @@ class Client:
         return head
 
     def stream(
-        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 64,
+        replicas: int = 2,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> Iterator[str | Completion]:
-        """Like ``complete``, but first yields text as the first replica generates it.
+        """Like ``complete``, but first yields text as the first replica generates it. The sampling
+        settings are ``complete``'s (greedy by default); out of range, ``ConfigError`` is raised by this
+        call itself, before any iteration.
 
         The ``str`` items are an UNVERIFIED preview from one worker; the last item is the verified
         ``Completion``, whose text is the truth (it differs from the preview if that worker cheated).
         Streaming runs in open mode: previews pass through the coordinator in plaintext. With an identity
         the job is paid like ``complete``'s (HOLD, then SETTLE or REFUND).
         """
+        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return self._paid_stream(prompt, model, max_tokens, replicas, sampling)
+
+    def _paid_stream(
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling
+    ) -> Iterator[str | Completion]:
         if self._payer is None:
-            yield from self._stream(prompt, model, max_tokens, replicas)
+            yield from self._stream(prompt, model, max_tokens, replicas, sampling)
             return
         # Our HOLD must be the next link of our chain: no other paid call until the coordinator has it,
         # which it has once it streams anything. Released before the first yield, so the caller may make
@@ -636,7 +718,7 @@ class Client:
         self._paying.acquire()
         held = True
         try:
-            for item in self._stream(prompt, model, max_tokens, replicas):
+            for item in self._stream(prompt, model, max_tokens, replicas, sampling):
                 if held:
                     self._paying.release()
                     held = False
@@ -645,8 +727,10 @@ class Client:
             if held:
                 self._paying.release()
 
-    def _stream(self, prompt: str, model: str, max_tokens: int, replicas: int) -> Iterator[str | Completion]:
-        request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True))
+    def _stream(
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling
+    ) -> Iterator[str | Completion]:
+        request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True, sampling=sampling))
         items: queue.Queue[str | tuple[str, Message] | BaseException] = queue.Queue()
         address = self.coordinator()
 

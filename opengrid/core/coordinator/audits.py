@@ -100,7 +100,7 @@ class AuditsPart(CoordinatorParts):
         """The AuditJob for the job's current claim: the prover's tokens under its contract's sampler."""
         result, _ = job.results[job.prover]
         contract = job.contract
-        greedy = contract.temperature <= 0.0
+        greedy = contract.greedy
         return AuditJob(
             job_id=job.request.job_id,
             contract=contract,
@@ -111,6 +111,7 @@ class AuditsPart(CoordinatorParts):
             format=job.request.format,
             temperature=0.0 if greedy else contract.temperature,
             top_k=0 if greedy else max(0, contract.top_k),
+            top_p=1.0 if greedy else contract.top_p_value,
             seed=0 if greedy else contract.seed,
             tolerance=self.config.audit_tolerance,
         )

@@ -35,8 +35,8 @@ class CanariesPart(CoordinatorParts):
         """Keep a verified answer for canaries (the coordinator does this for every job two or more
         workers agreed on; a driver may add answers a trusted node computed). ``seen``: worker keys that
         already know this prompt, never canaried with it. The pool keeps the newest answers."""
-        if self.config.canary_pool_size <= 0:
-            return
+        if self.config.canary_pool_size <= 0 or not contract.greedy:
+            return  # a sampled answer is fixed by its own job id: a canary (a new job id) would differ
         self._known.append(KnownAnswer(prompt, contract, max_tokens, commitment, set(seen), format))
         del self._known[: -self.config.canary_pool_size]
 

@@ -158,7 +158,7 @@ class DispatchPart(CoordinatorParts):
             request=request,
             client=event.client,
             wall_ms=event.wall_ms,
-            contract=candidates[0].contract,
+            contract=request.job_contract(candidates[0].contract),  # the class + the client's sampling
             model_name=candidates[0].model_name,
             deadline=now + self.config.job_timeout_s,
             target=request.replicas,
@@ -242,7 +242,7 @@ class DispatchPart(CoordinatorParts):
             for c in choose_class(
                 self._candidates(job.request.model, allowed=allowed, max_tokens=job.request.max_tokens)
             )
-            if c.contract == job.contract
+            if c.contract == job.contract.numerical_class()
         ]
         free = [c for c in pool if self._has_slot(c.peer)]
         chosen = pick_workers(

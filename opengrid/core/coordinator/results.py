@@ -183,7 +183,7 @@ class ResultsPart(CoordinatorParts):
             for c in self._candidates(
                 job.request.model, allowed=job.sealed or None, max_tokens=job.request.max_tokens
             )
-            if c.contract == job.contract and c.peer not in job.tried()
+            if c.contract == job.contract.numerical_class() and c.peer not in job.tried()
         ]
         if len(job.refused) >= self.config.client_fault_quorum or not (untried or job.pending):
             return self._fail(
