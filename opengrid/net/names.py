@@ -87,15 +87,24 @@ async def system_lookup_host(name: str, family: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-async def system_lookup_txt(name: str, timeout_s: float = 5.0) -> list[str]:
-    """TXT records of ``name`` through dnspython (the system's nameservers), on a worker thread."""
+async def system_lookup_txt(
+    name: str, timeout_s: float = 5.0, *, nameserver: tuple[str, int] | None = None
+) -> list[str]:
+    """TXT records of ``name`` through dnspython, on a worker thread: from the system's nameservers, or
+    from ``nameserver`` (IP, port) when given."""
 
     def blocking() -> list[str]:
         import dns.exception
         import dns.resolver
 
         try:
-            answer = dns.resolver.resolve(name, "TXT", lifetime=timeout_s, search=False)
+            if nameserver is None:
+                answer = dns.resolver.resolve(name, "TXT", lifetime=timeout_s, search=False)
+            else:
+                resolver = dns.resolver.Resolver(configure=False)
+                resolver.nameservers = [nameserver[0]]
+                resolver.port = nameserver[1]
+                answer = resolver.resolve(name, "TXT", lifetime=timeout_s, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.DNSException as exc:

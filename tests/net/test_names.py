@@ -17,7 +17,7 @@ import trio.testing
 
 from opengrid.errors import ConfigError, NameResolutionError, TransportError
 from opengrid.net.host import open_host, quiet_libp2p_logging
-from opengrid.net.names import Resolver, check_name_address, system_lookup_host
+from opengrid.net.names import Resolver, check_name_address, system_lookup_host, system_lookup_txt
 from opengrid.node.config import NodeConfig
 from opengrid.settings import load_settings
 
@@ -209,3 +209,48 @@ async def test_a_host_dials_dns4_localhost_and_a_dnsaddr_name() -> None:
             assert dns.asked == ["_dnsaddr.grid.test"]
             with pytest.raises(NameResolutionError):
                 await client.connect("/dnsaddr/other.test")
+
+
+async def test_txt_records_come_through_dnspython_from_a_nameserver_on_loopback() -> None:
+    """The real TXT path (dnspython on a thread) against a small DNS server on 127.0.0.1."""
+    import dns.message
+    import dns.rdatatype
+    import dns.rrset
+
+    records = {"_dnsaddr.grid.test.": [f"dnsaddr=/ip4/127.0.0.1/tcp/4001/p2p/{A}", "x" * 300]}
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    async def serve() -> None:
+        while True:
+            data, peer = await sock.recvfrom(4096)
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            question = query.question[0]
+            texts = records.get(question.name.to_text(), [])
+            if question.rdtype == dns.rdatatype.TXT and texts:
+                # a 300-character record travels as several character strings: joined again on arrival
+                quoted = [
+                    '"' + '" "'.join(t[i : i + 255] for i in range(0, len(t), 255)) + '"' for t in texts
+                ]
+                reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "TXT", *quoted))
+            await sock.sendto(reply.to_wire(), peer)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        with trio.fail_after(10):
+            found = await system_lookup_txt("_dnsaddr.grid.test", nameserver=("127.0.0.1", port))
+            assert sorted(found) == sorted(records["_dnsaddr.grid.test."])  # an RRset has no order
+            assert await system_lookup_txt("_dnsaddr.none.test", nameserver=("127.0.0.1", port)) == []
+        nursery.cancel_scope.cancel()
+    sock.close()
+    # a nameserver that never answers: a typed error within the timeout
+    silent = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await silent.bind(("127.0.0.1", 0))
+    with (
+        trio.fail_after(10),
+        pytest.raises(NameResolutionError, match=r"TXT lookup of _dnsaddr\.grid\.test failed"),
+    ):
+        await system_lookup_txt("_dnsaddr.grid.test", 1.0, nameserver=("127.0.0.1", silent.getsockname()[1]))
+    silent.close()
