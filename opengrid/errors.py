@@ -16,7 +16,8 @@ the values involved, and what to do next.
     │       ├── MalformedMessageError  the bytes do not decode to a known message
     │       └── PeerTooSlowError    a frame or a request did not arrive within its deadline
     ├── TransportError              a peer could not be reached, or went away mid-exchange
-    │   └── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
+    │   ├── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
+    │   └── NameResolutionError     a /dns4/, /dns6/ or /dnsaddr/ address named no reachable address (now)
     ├── EngineError                 inference failed
     │   ├── UnknownModelError       no such model here (or on the network)
     │   ├── BadRequestError         the request itself cannot run (too long for the context, empty)
@@ -92,6 +93,12 @@ class TransportError(OpenGridError):
 class IncompatiblePeerError(TransportError):
     """The peer answered, but speaks none of the protocols we asked for: another OpenGrid protocol version,
     or not an OpenGrid node. Nothing will get through until one side upgrades."""
+
+
+class NameResolutionError(TransportError):
+    """A DNS multiaddr (``/dns4/``, ``/dns6/``, ``/dns/``, ``/dnsaddr/``) resolved to no dialable address:
+    the name is unknown, DNS did not answer in time, or its records name nothing usable. DNS can come back,
+    so a node retries it like a bootstrap that does not answer."""
 
 
 class EngineError(OpenGridError):

@@ -481,7 +481,8 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--bootstrap",
         action="append",
         metavar="MULTIADDR",
-        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...); the node finds "
+        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...), or a DNS name: "
+        "/dns4/NAME/tcp/PORT/p2p/ID, /dnsaddr/NAME (TXT records dnsaddr=...); repeatable; the node finds "
         "every coordinator through it (gossip)",
     )
     network.add_argument(

@@ -53,6 +53,7 @@ from opengrid.errors import (
 from opengrid.net.addr_cache import cache_advertised_addrs
 from opengrid.net.holepunch import HolePuncher, is_relayed_connection
 from opengrid.net.keys import keypair_from_seed
+from opengrid.net.names import Resolver, connect_by_name, dns_protocol
 from opengrid.net.relay import CircuitSupport, is_circuit
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
 from opengrid.wire.messages import PROTOCOL_VERSION, Message, StatusRequest
@@ -628,8 +629,14 @@ class Host:
             known = []
         return known + [a for a in self._circuit_addrs.get(peer_id, []) if a not in known]
 
+    resolver: Resolver = Resolver()
+    """Resolves ``/dns4/``, ``/dns6/`` and ``/dnsaddr/`` addresses given to ``connect`` (names.py)."""
+
     async def connect(self, address: str) -> str:
-        """Dial a full multiaddr (``.../p2p/<id>``) and return the peer id."""
+        """Dial a full multiaddr (``.../p2p/<id>``) and return the peer id; a DNS multiaddr is resolved
+        first (``opengrid.net.names``)."""
+        if dns_protocol(address) is not None:
+            return await connect_by_name(self, address)
         if is_circuit(address):  # the swarm does not dial these (relay.py)
             peer = address.rsplit("/p2p/", 1)[-1]
             if not self.is_connected(peer):

@@ -91,8 +91,8 @@ class NodeContext:
 
 
 def short(peer: str) -> str:
-    """A peer id as logs show it: its last eight characters."""
-    return peer[-8:]
+    """A peer id as logs show it: its last eight characters (a ``/dnsaddr/`` name not yet reached, whole)."""
+    return peer if peer.startswith("/") else peer[-8:]
 
 
 def peer_of(address: str) -> str:
