@@ -302,8 +302,8 @@ class SyncSession:
         """Authors whose fork proof this session sent, or the peer sent us: never sent (again)."""
         self._proof_bytes = 0
         self._peer_fork_entries: set[bytes] = set()
-        """Ids of entries the peer sent at or past a cut of ours: both halves of a proof among them show
-        the peer knows that fork, so it is not sent back."""
+        """Ids of our proofs' entries that the peer sent: both halves of a proof among them show the peer
+        knows that fork, so it is not sent back."""
 
     # -- driver API -----------------------------------------------------------------------------------
 
@@ -450,14 +450,14 @@ class SyncSession:
             self.refused.append((EntryId(hashlib.sha256(data).digest()), str(exc)))
 
     def _note_fork_entry(self, entry: Entry) -> None:
-        """Remember ``entry`` if it lies at or past a cut of ours (it may be half of a proof the peer sent;
-        only such entries are kept, so this stays as small as the proofs)."""
+        """Remember ``entry`` if it is half of a fork proof of ours: with its twin it shows the peer knows
+        that fork. Only our proofs' entries are kept, so this is bounded by them, not by the peer."""
         try:
-            body = decode_body(entry.body)
+            author = decode_body(entry.body).author
         except InvalidEntryError:
             return
-        cut = self.ledger.frozen().get(body.author) if self.ledger.is_frozen(body.author) else None
-        if cut is not None and body.seq >= cut:
+        evidence = self.ledger.fork_evidence(author)
+        if evidence is not None and entry.id in (evidence[0].id, evidence[1].id):
             self._peer_fork_entries.add(entry.id)
 
     def _compare_heads(
@@ -559,11 +559,11 @@ class SyncSession:
         if all(e.id in self._peer_fork_entries for e in evidence):
             self._proved.add(author)  # the peer proved it to us: it knows
             return False
-        size = sum(len(encode_entry(e)) for e in evidence)
         if self.stats.fork_proofs_sent >= min(limit, MAX_FORK_PROOFS):
             return False
+        size = sum(len(encode_entry(e)) for e in evidence)
         if self._proof_bytes + size > MAX_FORK_PROOF_BYTES:
-            return False
+            return False  # a smaller proof may still fit
         self._proved.add(author)
         self._proof_bytes += size
         self.stats.fork_proofs_sent += 1

@@ -27,8 +27,15 @@ from ledger_factory import (
     key,
     pub,
 )
-from opengrid_ledger import Entry, Evidence, LedgerState, Transfer
-from opengrid_ledger.sync import MAX_FORK_PROOFS, IdIndex, SyncSession, decode_turn, entries_of
+from opengrid_ledger import Entry, Evidence, LedgerState, Transfer, encode_entry
+from opengrid_ledger.sync import (
+    MAX_FORK_PROOF_BYTES,
+    MAX_FORK_PROOFS,
+    IdIndex,
+    SyncSession,
+    decode_turn,
+    entries_of,
+)
 
 from opengrid.errors import InvalidEntryError
 
@@ -297,3 +304,31 @@ def test_a_proof_the_peer_sent_is_not_sent_back(peer_starts: bool) -> None:
         first, second = sync(witness, aware)
     assert first.stats.fork_proofs_sent == 1  # the initiator cannot know the peer knows
     assert second.stats.fork_proofs_sent == 0
+
+
+def test_proof_bytes_per_session_are_bounded_too() -> None:
+    """Proofs of large entries (evidence naming 256 workers, about 9 KB each) stop at 1 MiB a session,
+    before the count bound, and the rotation still covers them all."""
+    workers = tuple(pub(key(20_000 + i)) for i in range(256))
+    keys = keys_below(MAX_FORK_PROOFS + 6, 3000)
+    witness = LedgerState(NETWORK, [*MINTERS, *map(pub, keys)])
+    peer = LedgerState(NETWORK, [*MINTERS, *map(pub, keys)])
+    for k in keys:
+        a, b = (
+            Author(k).append(Evidence(job_id(1), valid=workers)),
+            Author(k).append(Evidence(job_id(2), timeout=workers)),
+        )
+        witness_of([], a, b, witness)
+    proofs = [witness.fork_evidence(author) or () for author in witness.proven()]
+    assert sum(len(encode_entry(e)) for proof in proofs for e in proof) > MAX_FORK_PROOF_BYTES
+    index = IdIndex()
+    sessions = 0
+    while len(peer.frozen()) < len(keys):
+        sessions += 1
+        assert sessions <= 4, f"{len(peer.frozen())} of {len(keys)} proofs after {sessions} sessions"
+        p, w = SyncSession(peer), SyncSession(witness, index)
+        run(p, w)
+        # What the witness sent: the stats count its bytes of entries, proofs being all it had to send.
+        assert 0 < w.stats.entry_bytes_sent <= MAX_FORK_PROOF_BYTES
+        assert 0 < w.stats.fork_proofs_sent < MAX_FORK_PROOFS
+    assert peer.frozen() == witness.frozen() and sessions == 2
