@@ -516,13 +516,14 @@ class SyncSession:
     def _push_proofs(self, pushes: list[bytes], holds: set[bytes], *, opening: bool, limit: int) -> None:
         """Prove forks to the peer, best first, until ``limit`` proofs were sent this session.
 
-        Rank: (1) authors the peer holds part of (``holds``: listed in its heads) or will once it has what
-        we hold of them (we hold entries below the cut): a branch's next entry can harm it now; (2)
-        authors at stake: coordinators (they mint without a balance), authors with points (spendable or
-        held) and forks of a starting grant (one branch's grant would be spendable); (3) the rest, whose
-        branches can move no points until someone pays them. Within a rank, in key order starting after
-        ``index.proof_cursor``, which moves on when a push stops short, so repeated sessions cover all.
-        ``opening``: consider every proven author, else only ``holds``."""
+        Rank: first authors *at stake*: coordinators (they mint without a balance), authors with points
+        (spendable or held) and forks of a starting grant (one branch's grant would be spendable); then
+        the rest, whose branches move no points until someone pays them — and where cheap keys land: one
+        point passed along a chain of fresh keys gives each standing and leaves it nothing. Within each,
+        first the authors the peer holds part of (``holds``: listed in its heads) or will once it has
+        what we hold of them (entries below the cut): it is one entry away from taking a branch. Then in
+        key order starting after ``index.proof_cursor``, which moves on when a push stops short, so
+        repeated sessions cover all. ``opening``: consider every proven author, else only ``holds``."""
         candidates = self.ledger.proven() if opening else sorted(holds & set(self.ledger.proven()))
         if not candidates:
             return
@@ -532,7 +533,7 @@ class SyncSession:
 
         def rank(author: bytes) -> tuple[bool, bool, bool, bytes]:
             held = author in holds or author in mine
-            return (not held, not self._at_stake(author, minters), author <= cursor, author)
+            return (not self._at_stake(author, minters), not held, author <= cursor, author)
 
         last = b""
         ranked = sorted((a for a in candidates if a not in self._proved), key=rank)

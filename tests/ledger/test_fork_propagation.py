@@ -332,3 +332,41 @@ def test_proof_bytes_per_session_are_bounded_too() -> None:
         assert 0 < w.stats.entry_bytes_sent <= MAX_FORK_PROOF_BYTES
         assert 0 < w.stats.fork_proofs_sent < MAX_FORK_PROOFS
     assert peer.frozen() == witness.frozen() and sessions == 2
+
+
+@pytest.mark.parametrize("peer_starts", [True, False], ids=["peer-starts", "witness-starts"])
+def test_one_point_passed_along_many_keys_does_not_hide_a_coordinators_fork(peer_starts: bool) -> None:
+    """The cheap crowd: one grant passed along a chain of fresh keys gives each standing and an entry every
+    peer holds, and leaves each nothing; each then forks. A coordinator that forked at seq 1 (no peer
+    holds any of its chain) with the largest key must still get its proof through in one session."""
+    coordinator = max((key(7000 + i) for i in range(100)), key=pub)
+    crowd = keys_below(MAX_FORK_PROOFS + 8, 4000, pub(coordinator))
+    genesis = GENESIS.__class__(NETWORK, (*GENESIS.coordinators, pub(coordinator)), grant_points=100)
+    first = Author(crowd[0])
+    chain = [grant(first), first.append(Transfer(pub(crowd[1]), 100))]
+    forks = []
+    for i, k in enumerate(crowd[1:], start=1):
+        holder, twin = Author(k), Author(k)
+        payment = holder.append(Transfer(pub(crowd[(i + 1) % len(crowd)]), 100))
+        twin.seq, twin.prev = holder.seq, holder.prev
+        chain.append(payment)
+        forks.append((holder.append(Transfer(pub(WORKERS[0]), 1)), twin.append(Transfer(pub(WORKERS[1]), 1))))
+    _, a, b = forked_chain(coordinator, 1)
+    witness = LedgerState.from_genesis(genesis)
+    peer = LedgerState.from_genesis(genesis)
+    for entry in chain:
+        witness.apply(entry)
+        peer.apply(entry)
+    for x, y in forks:
+        witness.apply(x)
+        with pytest.raises(InvalidEntryError, match="fork"):
+            witness.apply(y)
+    witness_of([], a, b, witness)
+    poor = [pub(k) for k in crowd[1:-1]]  # the last one holds the point when the chain ends
+    assert all(witness.is_frozen(k) and witness.balance(k) == 0 and k in peer.heads() for k in poor)
+    assert len(poor) > MAX_FORK_PROOFS and pub(coordinator) in witness.proven()
+    if peer_starts:
+        sync(peer, witness)
+    else:
+        sync(witness, peer)
+    assert peer.is_frozen(pub(coordinator))
