@@ -192,6 +192,28 @@ def keys_below(n: int, first: int, below: bytes = b"\xff" * 32) -> list[nacl.sig
     return keys
 
 
+@pytest.mark.parametrize("peer_starts", [True, False], ids=["peer-starts", "witness-starts"])
+@pytest.mark.parametrize("held", [0, 1])
+def test_a_peer_keeps_the_proof_of_a_user_it_held_nothing_of(peer_starts: bool, held: int) -> None:
+    """A user (no minting right) forked at seq 2: a peer that holds nothing of it may get the proof before
+    the grant below it; it must end frozen *and* holding the proof, to pass it on in its own syncs."""
+    prefix, a, b = double_spend()
+    witness = witness_of(prefix, a, b, LedgerState.from_genesis(GENESIS))
+    peer = LedgerState.from_genesis(GENESIS)
+    for entry in prefix[:held]:
+        peer.apply(entry)
+    if peer_starts:
+        sync(peer, witness)
+    else:
+        sync(witness, peer)
+    user = pub(USERS[0])
+    assert peer.frozen() == witness.frozen() == {user: 2}
+    assert peer.fork_evidence(user) == witness.fork_evidence(user) is not None
+    onward = LedgerState.from_genesis(GENESIS)  # the peer passes it on
+    sync(onward, peer)
+    assert onward.frozen() == {user: 2} and onward.fork_evidence(user) == witness.fork_evidence(user)
+
+
 def many_forkers(
     n: int, first: int = 1000, below: bytes = b"\xff" * 32
 ) -> tuple[list[bytes], list[tuple[Entry, Entry]]]:
