@@ -78,6 +78,8 @@ An opening push made before the peer said what it holds takes at most half, leav
 its heads or wants then show it holds (spec/ledger.md §9.3)."""
 MAX_FORK_PROOF_BYTES = 1024 * 1024
 """Most encoded bytes of fork proofs one session sends (entries may be 64 KiB each)."""
+MAX_PROOF_CURSORS = 1024
+"""Peers whose fork-proof rotation an ``IdIndex`` remembers (least recently moved forgotten first)."""
 _SPACE = 256
 
 
@@ -201,9 +203,22 @@ class IdIndex:
         taken afresh each time, never accumulated (evicted ids must not stay in the index)."""
         self._seen = 0
         self._generation = -1
-        self.proof_cursor = b""
-        """Where the last opening push of fork proofs that had to stop short stopped (an author key): the
-        next session's push goes on after it, so repeated sessions cover every proof (spec §9.3)."""
+        self._proof_cursors: dict[str, bytes] = {}
+        """Peer -> the author where our last opening push of fork proofs to it stopped short: the next
+        session with that peer goes on after it, so repeated sessions cover every proof (spec §9.3). Per
+        peer: one cursor shared by peers taking turns would give each only every other slice."""
+
+    def proof_cursor(self, peer: str) -> bytes:
+        """Where the next opening push of fork proofs to ``peer`` starts (after this author key)."""
+        return self._proof_cursors.get(peer, b"")
+
+    def move_proof_cursor(self, peer: str, author: bytes) -> None:
+        """Record that a push to ``peer`` stopped short after ``author`` (the most recent
+        ``MAX_PROOF_CURSORS`` peers are remembered)."""
+        self._proof_cursors.pop(peer, None)
+        self._proof_cursors[peer] = author
+        while len(self._proof_cursors) > MAX_PROOF_CURSORS:
+            del self._proof_cursors[next(iter(self._proof_cursors))]
 
     def refresh(self, ledger: LedgerState) -> IdIndex:
         """Include every entry ``ledger`` holds that is not indexed yet, and drop waiting entries it no
@@ -278,9 +293,11 @@ class SyncStats(msgspec.Struct):
 class SyncSession:
     """One side of one sync exchange over ``ledger`` (see the module docstring)."""
 
-    def __init__(self, ledger: LedgerState, index: IdIndex | None = None) -> None:
-        """``index`` (refreshed here) may be shared across sessions to avoid rebuilding it each time."""
+    def __init__(self, ledger: LedgerState, index: IdIndex | None = None, *, peer: str = "") -> None:
+        """``index`` (refreshed here) may be shared across sessions to avoid rebuilding it each time; it
+        also keeps, per ``peer`` (its id), where the fork proofs sent to it stopped (spec §9.3)."""
         self.ledger = ledger
+        self.peer = peer
         self.network = ledger.network
         self.index = (IdIndex() if index is None else index).refresh(ledger)  # an empty one is falsy
         self.stats = SyncStats()
@@ -522,14 +539,15 @@ class SyncSession:
         point passed along a chain of fresh keys gives each standing and leaves it nothing. Within each,
         first the authors the peer holds part of (``holds``: listed in its heads) or will once it has
         what we hold of them (entries below the cut): it is one entry away from taking a branch. Then in
-        key order starting after ``index.proof_cursor``, which moves on when a push stops short, so
-        repeated sessions cover all. ``opening``: consider every proven author, else only ``holds``."""
+        key order starting after the peer's ``index.proof_cursor``, which moves on when a push stops
+        short, so repeated sessions with a peer cover all. ``opening``: consider every proven author,
+        else only ``holds``."""
         candidates = self.ledger.proven() if opening else sorted(holds & set(self.ledger.proven()))
         if not candidates:
             return
         mine = self.ledger.heads()
         minters = self.ledger.minters()
-        cursor = self.index.proof_cursor
+        cursor = self.index.proof_cursor(self.peer)
 
         def rank(author: bytes) -> tuple[bool, bool, bool, bytes]:
             held = author in holds or author in mine
@@ -543,7 +561,7 @@ class SyncSession:
             if self._prove(author, pushes, limit=limit):
                 last = author
         if opening and last and any(a not in self._proved for a in ranked):
-            self.index.proof_cursor = last  # stopped short: the next session goes on after it
+            self.index.move_proof_cursor(self.peer, last)  # stopped short: the next goes on after it
 
     def _at_stake(self, author: bytes, minters: frozenset[bytes]) -> bool:
         if author in minters or self.ledger.balance(author) or self.ledger.held(author):

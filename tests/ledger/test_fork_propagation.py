@@ -392,3 +392,20 @@ def test_one_point_passed_along_many_keys_does_not_hide_a_coordinators_fork(peer
     else:
         sync(witness, peer)
     assert peer.is_frozen(pub(coordinator))
+
+
+def test_peers_taking_turns_each_get_every_proof() -> None:
+    """The rotation is per peer: one cursor shared by two peers taking turns would give each only every
+    other slice of the proofs (with an even number of slices, never the rest)."""
+    n = 8 * (MAX_FORK_PROOFS // 2)  # 8 slices of the witness's opening push: an even number
+    keys, forks = many_forkers(n)
+    minters = [*MINTERS, *keys]
+    witness = LedgerState(NETWORK, minters)
+    for a, b in forks:
+        witness_of([], a, b, witness)
+    peers = {"peer-1": LedgerState(NETWORK, minters), "peer-2": LedgerState(NETWORK, minters)}
+    index = IdIndex()  # the witness's, shared by all its sessions as a node shares it
+    for _ in range(n // (MAX_FORK_PROOFS // 2)):
+        for name, ledger in peers.items():
+            run(SyncSession(witness, index, peer=name), SyncSession(ledger))
+    assert all(ledger.frozen() == witness.frozen() for ledger in peers.values())
