@@ -60,7 +60,7 @@ class LedgerService:
     async def serve_sync(self, stream: FrameStream) -> None:
         """A peer syncs its ledger with ours (both sides gain what they lack; everything is verified)."""
         assert self._ctx.ledger is not None
-        session = SyncSession(self._ctx.ledger, self._sync_index)
+        session = SyncSession(self._ctx.ledger, self._sync_index, peer=stream.peer)
         try:
             with trio.fail_after(_SYNC_TIMEOUT_S):
                 await ledger_sync.respond(stream, session)
@@ -70,7 +70,7 @@ class LedgerService:
     async def sync_ledger(self, peer: str) -> int:
         """Sync our ledger with ``peer``'s; return how many entries we gained (stored)."""
         assert self._ctx.host is not None and self._ctx.ledger is not None
-        session = SyncSession(self._ctx.ledger, self._sync_index)
+        session = SyncSession(self._ctx.ledger, self._sync_index, peer=peer)
         stream = await self._ctx.host.open_stream(peer, SYNC_PROTOCOL)  # type: ignore[arg-type]
         try:
             with trio.fail_after(_SYNC_TIMEOUT_S):
