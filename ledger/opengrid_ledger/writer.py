@@ -14,7 +14,12 @@ thread.
 
 The head is the last entry this writer signed, not only the last applied one: an entry that waits in the
 ledger (a FRAUD whose author has no standing yet, §5.9; a HOLD above the balance, §6.1) still takes its
-seq, and the next entry is chained after it (it parks behind it, §4) instead of reusing the seq.
+seq, and the next entry is chained after it (it parks behind it, §4) instead of reusing the seq. A seq
+this writer signed and applied (or handed out to be published) is never signed again, even if the ledger
+later drops or evicts the waiting entry: peers may hold it, and a second entry with its seq is a fork. The
+cost of that choice is a chain stuck behind an entry that never applies, which is visible (its later
+entries wait) and recoverable, where a fork freezes the account for good. Only a refused entry
+(:meth:`ChainWriter.write` raised) and entries signed ahead and never applied free their seq.
 """
 
 from __future__ import annotations
