@@ -24,7 +24,7 @@ import time
 
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import LedgerState, Receipt, decode_body, encode_entry
+from opengrid_ledger import ChainWriter, LedgerState, Receipt, decode_body, encode_entry
 from opengrid_ledger.genesis import Genesis, decode_genesis
 
 import opengrid
@@ -237,6 +237,7 @@ class Node:
         ctx.ledger, ctx.store = open_ledger(
             config.data_dir, config.network, minters, genesis=genesis, closed=closed
         )
+        ctx.chain = ChainWriter(ctx.ledger, ctx.key)
         try:
             if config.serves_models:
                 await self._start_worker()
@@ -311,6 +312,7 @@ class Node:
                     ledger=ctx.ledger,
                     rng=self._rng,
                     config=self._coordinator_config,
+                    chain=ctx.chain,
                 )
                 driver = self.coordinator_driver
                 driver.job_store = JobStore(config.data_dir / JOBS_FILE)

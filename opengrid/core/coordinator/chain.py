@@ -1,21 +1,20 @@
 """This coordinator's own hash chain: the only part that signs (receipts, EVIDENCE, SETTLE/REFUND,
-the operator's GRANT and HOLD, grant vouchers) and the only one that appends to ``_own_entries``, which
-``_notice_for`` pushes to the workers a receipt names."""
+the operator's GRANT and HOLD, grant vouchers). Entries go through the node's one ``ChainWriter``
+(opengrid_ledger.writer), shared with the node's FRAUD and ADMIT paths, so our chain has one head and
+``_own_entries`` (the writer's log, which ``_notice_for`` pushes to the workers a receipt names) has no
+gaps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from nacl.signing import SigningKey
 from opengrid_ledger import (
+    ChainWriter,
     Cosignature,
     Entry,
-    EntryBody,
     Evidence,
     Payload,
-    decode_body,
-    encode_entry,
-    sign_entry,
     sign_grant_voucher,
 )
 
@@ -34,11 +33,13 @@ class ChainPart(CoordinatorParts):
 
     _key: SigningKey
     """This coordinator's signing key; nothing outside this module uses it."""
+    chain: ChainWriter
+    """The one writer of our chain (the node shares it with its FRAUD and ADMIT paths)."""
 
-    def _sign_detached(self, body: EntryBody) -> Entry:
-        """Sign ``body`` as one of our entries without applying it (the operator's GRANT and HOLD, applied
-        when the job they pay is submitted: ``_take_hold``)."""
-        return sign_entry(self._key, body, scheme=self._scheme)
+    def _sign_ahead(self, payloads: Sequence[Payload]) -> list[Entry]:
+        """Sign ``payloads`` as our next entries without applying them (the operator's GRANT and HOLD,
+        applied when the job they pay is submitted, at once: ``_take_hold``)."""
+        return self.chain.sign_ahead(payloads)
 
     def _voucher(self, account: bytes, points: int) -> Cosignature:
         """Sign a voucher for ``account``'s starting grant of ``points`` (spec/ledger.md §7)."""
@@ -47,9 +48,7 @@ class ChainPart(CoordinatorParts):
     def _adopt(self, applied: Iterable[Entry]) -> None:
         """Count our own entries among ``applied`` (the GRANT and HOLD of a job we pay ourselves) as ours,
         so that they are pushed with the rest of our chain (``_notice_for``)."""
-        for entry in applied:
-            if decode_body(entry.body).author == self.public_key:
-                self._own_entries.append(encode_entry(entry))
+        self.chain.adopt(applied)
 
     def _evidence(self, job: JobRecord) -> list[Effect]:
         """An EVIDENCE entry for what the job's receipt cannot show — replicas that failed their checks
@@ -71,13 +70,12 @@ class ChainPart(CoordinatorParts):
     def _sign_own(self, payload: Payload) -> Entry:
         """Sign ``payload`` as our next ledger entry, apply it and queue it for pushing (its encoding is
         ``_own_entries[-1]``); the caller has it stored (``AppendEntry``)."""
-        entry = sign_entry(self._key, self.ledger.next_body(self.public_key, payload), scheme=self._scheme)
-        self.ledger.apply(entry)
-        self._own_entries.append(encode_entry(entry))
+        entry, _ = self.chain.write(payload)
         return entry
 
     def _notice_for(self, peer: str) -> ReceiptNotice:
         """Our entries ``peer`` has not been sent yet, newest last, capped at the message limit."""
+        self.chain.entries()  # catch up with entries of ours applied by other paths (sync, the node)
         start = self._pushed.get(peer, 0)
         if len(self._own_entries) - start > MAX_PUSH:
             start = len(self._own_entries) - MAX_PUSH  # the rest waits for ledger sync

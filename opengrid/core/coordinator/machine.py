@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterable
 
 from nacl.signing import SigningKey
-from opengrid_ledger import ED25519, LedgerState, SignatureScheme, encode_entry
+from opengrid_ledger import ED25519, ChainWriter, LedgerState, SignatureScheme
 
 from opengrid.core.coordinator.audits import AuditsPart
 from opengrid.core.coordinator.canaries import CanariesPart
@@ -35,6 +35,7 @@ from opengrid.core.grants import GrantPolicy
 from opengrid.core.queueing import FairQueue
 from opengrid.core.reputation import Reputation, reputation_from_ledger
 from opengrid.core.scheduler import RandomSource, capacity, choose_class
+from opengrid.errors import ConfigError
 
 
 class Coordinator(
@@ -51,9 +52,12 @@ class Coordinator(
         rng: RandomSource,
         config: CoordinatorConfig | None = None,
         scheme: SignatureScheme = ED25519,
+        chain: ChainWriter | None = None,
     ) -> None:
         """``scheme`` signs receipts and checks attestations: real Ed25519 unless a simulator passes a
-        cheaper one (opengrid_ledger.signatures); give ``ledger`` the same one."""
+        cheaper one (opengrid_ledger.signatures); give ``ledger`` the same one. ``chain``: the node's one
+        writer of ``signing_key``'s chain on ``ledger``, shared with its FRAUD and ADMIT paths (default: a
+        new one, for a coordinator that is the only writer, as in the simulator)."""
         self.network = network
         self._scheme = scheme
         self.config = config or CoordinatorConfig()
@@ -61,6 +65,14 @@ class Coordinator(
         self.public_key = bytes(signing_key.verify_key)
         self.ledger = ledger
         self.ledger.add_minter(self.public_key)
+        if chain is None:
+            chain = ChainWriter(ledger, signing_key, scheme=scheme)
+        elif chain.author != self.public_key or chain.ledger is not ledger:
+            raise ConfigError(
+                "the coordinator's chain writer must write its own key's chain on its own ledger; build it "
+                "with ChainWriter(ledger, signing_key)"
+            )
+        self.chain = chain
         self._rng = rng
         self.workers: dict[str, WorkerRecord] = {}
         self._serving: dict[str, dict[str, None]] = {}
@@ -68,8 +80,8 @@ class Coordinator(
         kept up to date by ``_on_registered``, the only place records are added or their offers change).
         A dict as an ordered set, so nothing depends on the hash seed."""
         self._jobs: dict[bytes, JobRecord] = {}
-        # The ledger already verified and indexed these: no need to re-check every signature at start-up.
-        self._own_entries: list[bytes] = [encode_entry(e) for e in ledger.entries_by_author(self.public_key)]
+        # The writer's log of our chain (the same list, kept up to date by the writer, whoever writes).
+        self._own_entries: list[bytes] = chain.entries()
         self._pushed: dict[str, int] = {}
         """peer -> how many of our own entries it has been sent (this run; a restart resends)."""
         self.reputation: dict[bytes, Reputation] = reputation_from_ledger(ledger, author=self.public_key)

@@ -8,9 +8,9 @@ import msgspec
 from opengrid_ledger import (
     Credit,
     Entry,
-    EntryBody,
     Grant,
     Hold,
+    Payload,
     decode_body,
     decode_entry,
     encode_entry,
@@ -86,19 +86,15 @@ class PaymentsPart(CoordinatorParts):
         cost = job_cost(request.max_tokens, request.replicas, weight)
         me = self.public_key
         balance = self.ledger.balance(me)
-        head = self.ledger.head(me)
+        head = self.chain.head()  # our chain's head as its one writer knows it (waiting entries count)
         genesis = self.ledger.genesis
         grant_points = genesis.grant_points if genesis is not None else 0
-        grant = b""
+        payloads: list[Payload] = []
         if balance < cost and head is None and grant_points > 0 and me in self.ledger.minters():
             # We vouch for ourselves, outside the rate limits (they guard against strangers' fresh keys):
             # a GRANT is an account's first entry, so this happens once per coordinator key.
-            voucher = self._voucher(me, grant_points)
-            body = EntryBody(
-                network=self.network, author=me, seq=1, prev=b"", payload=Grant(grant_points, voucher)
-            )
-            entry = self._sign_detached(body)
-            grant, head, balance = encode_entry(entry), (1, entry.id), balance + grant_points
+            payloads.append(Grant(grant_points, self._voucher(me, grant_points)))
+            balance += grant_points
         if balance < cost:
             why = (
                 f"; network {self.network!r} has no starting grant"
@@ -115,14 +111,10 @@ class PaymentsPart(CoordinatorParts):
                 f"{why}. Lower max_tokens, earn points by running a worker with this identity, or have "
                 "another account TRANSFER points to it"
             )
-        hold = EntryBody(
-            network=self.network,
-            author=me,
-            seq=head[0] + 1 if head is not None else 1,
-            prev=bytes(head[1]) if head is not None else b"",
-            payload=Hold(job_id=request.job_id, amount=cost, coordinator=me),
-        )
-        signed = encode_entry(self._sign_detached(hold))
+        payloads.append(Hold(job_id=request.job_id, amount=cost, coordinator=me))
+        *granted, hold = self._sign_ahead(payloads)  # the next links of our chain, applied on submission
+        grant = encode_entry(granted[0]) if granted else b""
+        signed = encode_entry(hold)
         return msgspec.structs.replace(request, hold=signed, grant=grant)
 
     def _take_grant(self, data: bytes, payer: bytes) -> list[Entry] | str:

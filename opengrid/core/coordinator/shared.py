@@ -7,9 +7,17 @@ method one part calls on another: the parts are mixins, and this is their contra
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 
-from opengrid_ledger import Attestation, Cosignature, Entry, EntryBody, LedgerState, Payload, SignatureScheme
+from opengrid_ledger import (
+    Attestation,
+    ChainWriter,
+    Cosignature,
+    Entry,
+    LedgerState,
+    Payload,
+    SignatureScheme,
+)
 
 from opengrid.core.coordinator.config import CoordinatorConfig
 from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer, WorkerRecord
@@ -48,6 +56,7 @@ class CoordinatorParts(ABC):
     _rng: RandomSource
     _serving: dict[str, dict[str, None]]
     _jobs: dict[bytes, JobRecord]
+    chain: ChainWriter
     _own_entries: list[bytes]
     _pushed: dict[str, int]
     _known: list[KnownAnswer]
@@ -193,7 +202,7 @@ class CoordinatorParts(ABC):
     def _sign_own(self, payload: Payload) -> Entry: ...
 
     @abstractmethod
-    def _sign_detached(self, body: EntryBody) -> Entry: ...
+    def _sign_ahead(self, payloads: Sequence[Payload]) -> list[Entry]: ...
 
     @abstractmethod
     def _voucher(self, account: bytes, points: int) -> Cosignature: ...
