@@ -580,8 +580,10 @@ class Client:
         if not isinstance(reply, ModelList):
             raise RemoteProtocolError(f"expected a ModelList, got {type(reply).__name__}")
         if not reply.models:
+            served = ", ".join(sorted({m.name for m in self.models()})) or "none yet"
             raise UnknownModelError(
-                f"no worker serves model {model!r} on this coordinator; see models() for what is served"
+                f"no worker serves model {model!r} on this coordinator; served: {served} (ask for a served "
+                "model, or start a worker with it)"
             )
         templates = list({m.chat_template: m for m in reply.models if m.chat_template}.values())
         if not templates:
