@@ -627,7 +627,9 @@ class Client:
         """Job ``job_id``'s signed receipt (16 bytes, or 32 hex characters as the API prints it), from
         our coordinator's ledger (or the node at ``address``), verified here before it is returned.
 
-        The receipt's signature, job id, workers' attestations and credits are checked always. When this
+        The receipt's signature, job id, workers' attestations and credits are checked always; who
+        signed it is ``receipt.coordinator_key`` (a receipt proves work only if that is a coordinator
+        you trust: anyone can sign one with keys of their own). When this
         client submitted the job to that coordinator and its open answer is still kept (24 h), the answer
         comes with it and the receipt is checked against it too (``output_verified``; the SDK's
         ``SignedReceipt.verify``). Raises ``UnknownJobError`` when the node has no receipt for the job (it
