@@ -2,14 +2,16 @@
 the sync and the async client, against real nodes on 127.0.0.1 (a coordinator, two workers running the
 tiny model in llama.cpp).
 
-- ``models()`` lists the tiny model with its file's sha256, both workers and its weight;
+- ``models()`` lists the tiny model with its file's sha256, both workers and its weight; on the wire the
+  chat template comes only for a named model, and a worker answers ``not_coordinator``;
 - ``chat`` renders the workers' chat template here (sealed by default, open on request), and the job's
   verified tokens are exactly what llama.cpp generates locally from that rendered prompt in chat format
   (no extra BOS); bad messages are refused with ``ConfigError`` before anything is sent (a client whose
   bootstrap address leads nowhere raises that, not a transport error);
 - ``receipt`` returns the verified receipt: with the answer checked against it for the job's own client
   while the coordinator keeps the answer (open jobs), the receipt alone otherwise; an unknown job id is
-  ``UnknownJobError`` saying what to do; a malformed one ``ConfigError``.
+  ``UnknownJobError`` saying what to do; a malformed one ``ConfigError``. A worker answers for the
+  receipts that credit it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from opengrid.errors import ConfigError, UnknownJobError, UnknownModelError
 from opengrid.net.keys import peer_id_of
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
-from opengrid.wire.messages import MAX_PROMPT_CHARS
-from tests.node.workers import start_workers
+from opengrid.wire.messages import MAX_PROMPT_CHARS, ErrorReply, ModelList, ModelsRequest
+from tests.node.workers import client_host, start_workers
 from tests.waiting import until
 
 NETWORK = "sdk-parity-test"
@@ -121,9 +123,19 @@ async def test_models_chat_and_receipt_through_the_sync_client(
                 seen["unknown_at_worker"] = unknown.value
 
         await trio.to_thread.run_sync(ask_the_worker)
+        # On the wire: templates come only for a named model; a worker lists no models (not_coordinator).
+        host = await nursery.start(client_host)
+        to_coordinator = await host.connect(address)
+        listed = await host.request(to_coordinator, ModelsRequest())
+        named = await host.request(to_coordinator, ModelsRequest(model=sha256_file(tiny_model_path)))
+        refused = await host.request(await host.connect(worker.host.addrs()[0]), ModelsRequest())
         expected = await _local_chat_tokens(tiny_model_path)
         nursery.cancel_scope.cancel()
 
+    assert isinstance(listed, ModelList) and [m.chat_template for m in listed.models] == [""]
+    assert isinstance(named, ModelList) and len(named.models) == 1
+    assert named.models[0].chat_template.startswith("{% for message in messages %}")
+    assert isinstance(refused, ErrorReply) and refused.code == "not_coordinator"
     from_worker = seen["from_worker"]
     assert from_worker.receipt.entry == seen["open"].receipt.entry and not from_worker.output_verified
     assert from_worker.node == worker.host.peer_id and "on this worker" in str(seen["unknown_at_worker"])
