@@ -25,7 +25,8 @@ the values involved, and what to do next.
     ├── JobError                    a job could not be completed
     │   ├── NoCapacityError         not enough workers serve the model
     │   ├── VerificationError       replicas did not reach quorum, or a result failed its checks
-    │   └── PaymentError            the job must be paid and cannot be (no identity, points or grant)
+    │   ├── PaymentError            the job must be paid and cannot be (no identity, points or grant)
+    │   └── UnknownJobError         no receipt for this job id where it was asked (unknown, failed, running)
     └── LedgerError                 the ledger refused an entry or could not store it
         └── InvalidEntryError       bad signature, wrong network, broken chain, double count, ...
 """
@@ -144,6 +145,11 @@ class VerificationError(JobError):
 class PaymentError(JobError):
     """The coordinator runs only paid jobs and this one cannot be paid: no identity, too few points, or
     no starting grant to be had (none on the network, already claimed, or rate-limited)."""
+
+
+class UnknownJobError(JobError):
+    """The node asked holds no receipt for this job id: it never ran there, it failed (a failed job has
+    none), or it is still running."""
 
 
 class LedgerError(OpenGridError):

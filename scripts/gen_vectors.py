@@ -76,14 +76,19 @@ from opengrid.wire.messages import (  # noqa: E402
     JobAccepted,
     JobId,
     JobProgress,
+    JobReceipt,
     Message,
+    ModelInfo,
+    ModelList,
     ModelOffer,
+    ModelsRequest,
     NodeStatus,
     PeerSummary,
     Quote,
     QuotedWorker,
     QuoteRequest,
     ReceiptNotice,
+    ReceiptRequest,
     Registered,
     RegisterWorker,
     ReplicaProgress,
@@ -694,6 +699,23 @@ def messages(
             job_id=job(1), verdict="fail", n_scored=3, max_gap=12.5, evidence_commitment=_AUDIT_COMMITMENT,
             first_failure=1, failure_gap=12.5,
             reason="position 1: claimed token 202 is 12.500 logits below the sampler's choice")),
+        ("models request: every model served here (no chat templates)", ModelsRequest()),
+        ("a model list", ModelList(models=[ModelInfo(
+            name="smollm2-135m-instruct", sha256="ab" * 32, workers=2, weight=1)])),
+        ("models request naming one model: its entries, with the chat template", ModelsRequest(
+            model="smollm2-135m-instruct")),
+        ("a model list with a chat template", ModelList(models=[ModelInfo(
+            name="smollm2-135m-instruct", sha256="ab" * 32, workers=2, weight=1,
+            chat_template="{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}",
+            bos_token="<s>", eos_token="</s>")])),
+        ("receipt request", ReceiptRequest(job_id=job(1))),
+        ("a job's receipt, from the ledger", JobReceipt(job_id=job(1), receipt=encode_entry(receipt))),
+        ("a job's receipt with its kept answer (to the job's own client)", JobReceipt(
+            job_id=job(1), receipt=encode_entry(receipt), answered=True, text=TEXT, tokens=TOKENS,
+            finish_reason="length")),
+        ("no receipt for that job id here", ErrorReply(
+            code="unknown_job", message="no receipt for job 0101...; it never ran here, or it failed",
+            job_id=job(1))),
     ]  # fmt: skip
 
 

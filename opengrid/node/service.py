@@ -74,6 +74,8 @@ from opengrid.wire.messages import (
     ErrorReply,
     History,
     JobAccepted,
+    JobReceipt,
+    Message,
     ModelOffer,
     NodeStatus,
     PromptFormat,
@@ -137,6 +139,7 @@ class Node:
             worker=self.worker_driver,
             status=self.status,
             history=self.history,
+            receipt=self.receipt,
         )
         self.api_service = ApiService(self.ctx, self.coordinator_driver, self.registration)
         self.auto_relay: AutoRelay | None = None
@@ -480,6 +483,38 @@ class Node:
                 if len(found) == limit:
                     break
         return History(entries=found[::-1])
+
+    def receipt(self, peer: str, job_id: bytes) -> Message:
+        """Job ``job_id``'s receipt from this node's ledger (receipts are public ledger entries), with the
+        job's output when ``peer`` submitted it here and the job store still keeps its open answer (24 h);
+        ``unknown_job`` when the ledger has no receipt for it (spec/job-protocol.md §6.9)."""
+        assert self.ledger is not None
+        store = self.coordinator_driver.job_store
+        kept = store.answer(job_id, peer) if store is not None else None
+        if kept is not None and not kept.sealed_outputs:
+            return JobReceipt(
+                job_id=job_id,
+                receipt=kept.receipt,
+                answered=True,
+                text=kept.text,
+                tokens=kept.tokens,
+                finish_reason=kept.finish_reason,
+            )
+        entry = self.ledger.receipt_for(job_id)  # an index: asking costs no scan of the ledger
+        if entry is not None:  # verified when applied; the client verifies it again
+            return JobReceipt(job_id=job_id, receipt=encode_entry(entry))
+        running = job_id in self.coordinator_driver.jobs
+        return ErrorReply(
+            "unknown_job",
+            f"no receipt for job {job_id.hex()} on this {self.config.role}: "
+            + (
+                "it is still running; ask again once it is answered"
+                if running
+                else "it never ran here, or it failed (a failed job has no receipt); ask the coordinator "
+                "that ran it (its peer id is in the answer), or check the job id"
+            ),
+            job_id,
+        )
 
     async def _status_line_loop(self) -> None:
         """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""

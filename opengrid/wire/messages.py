@@ -116,6 +116,7 @@ ErrorCode = Literal[
     "grant_refused",  # no starting grant for this account: none on this network, or already claimed
     "admission_pending",  # this coordinator's operator has not approved the candidate (yet): ask later
     "admission_refused",  # no co-signature now (wrong epoch, already a coordinator, voted for another)
+    "unknown_job",  # ReceiptRequest: no receipt for this job id here (never ran here, failed, still running)
 ]
 
 
@@ -467,6 +468,82 @@ class History(_Message, tag="history", frozen=True):
     entries: Annotated[list[EntryBytes], msgspec.Meta(max_length=MAX_HISTORY)]
 
 
+MAX_MODELS_LISTED: Final = 64
+"""Entries (model name and file) a ModelList carries at most."""
+MAX_MODEL_LIST_BYTES: Final = 2 * 1024 * 1024
+"""The most a ModelList encodes to: chat templates are left out of entries past it (``bounded_models``)."""
+MAX_CHAT_TEMPLATE_CHARS: Final = 65536
+
+
+class ModelsRequest(_Message, tag="models_request", frozen=True):
+    """Client → coordinator: which models run here, on how many workers, at what price per token?"""
+
+    model: ShortText = ""
+    """Empty: every model served here, without chat templates. A name or sha256: that model's entries
+    only, with the chat template its workers announced (a client renders chat prompts itself)."""
+
+
+class ModelInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One model file served on a coordinator, as its online workers announce it."""
+
+    name: ShortText
+    sha256: ShortText
+    """The GGUF file's sha256 in hex (``DecodingContract.model_sha256``)."""
+    workers: Annotated[int, msgspec.Meta(ge=0, le=2**32)]
+    """Online workers serving it here now."""
+    weight: Annotated[int, msgspec.Meta(ge=1, le=MAX_WEIGHT)] = 1
+    """Points per generated token per replica (the most of its numerical classes here): a paid job holds
+    ``job_cost(max_tokens, replicas, weight)``."""
+    chat_template: Annotated[str, msgspec.Meta(max_length=MAX_CHAT_TEMPLATE_CHARS)] = ""
+    """Only when the request named the model: the Jinja chat template a worker announced (untrusted)."""
+    bos_token: ShortText = ""
+    eos_token: ShortText = ""
+
+
+class ModelList(_Message, tag="models", frozen=True):
+    """Coordinator → client: the models its online workers serve, by name then sha256."""
+
+    models: Annotated[list[ModelInfo], msgspec.Meta(max_length=MAX_MODELS_LISTED)]
+
+
+def bounded_models(models: list[ModelInfo]) -> ModelList:
+    """``models`` as a ModelList within its limits: at most ``MAX_MODELS_LISTED`` entries (most workers
+    first, then by name and sha256), and chat templates dropped from the last entries until the whole
+    encodes to at most ``MAX_MODEL_LIST_BYTES`` (64 templates of 65,536 4-byte characters would pass the
+    4 MiB frame)."""
+    kept = sorted(models, key=lambda m: (-m.workers, m.name, m.sha256))[:MAX_MODELS_LISTED]
+    kept.sort(key=lambda m: (m.name, m.sha256))
+    listed = ModelList(models=kept)
+    index = len(kept) - 1
+    while len(msgspec.msgpack.encode(listed)) > MAX_MODEL_LIST_BYTES and index >= 0:
+        kept[index] = msgspec.structs.replace(kept[index], chat_template="")
+        listed = ModelList(models=kept)
+        index -= 1
+    return listed
+
+
+class ReceiptRequest(_Message, tag="receipt_request", frozen=True):
+    """Client → node: the signed receipt of job ``job_id`` (and its answer, for the job's own client while
+    the coordinator keeps it)."""
+
+    job_id: JobIdBytes
+
+
+class JobReceipt(_Message, tag="job_receipt", frozen=True):
+    """Node → client: a job's receipt, exactly as stored in the node's ledger; the receiver verifies it.
+
+    ``answered`` is true when the output travels with it: only to the peer that submitted the job, from
+    the coordinator's job store (24 h), and only for an open job (a sealed job's output is ciphertext)."""
+
+    job_id: JobIdBytes
+    receipt: EntryBytes
+    """An encoded ``opengrid_ledger.Entry`` whose payload is the job's Receipt."""
+    answered: bool = False
+    text: OutputText = ""
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)] = []
+    finish_reason: ShortText = ""
+
+
 class ControlRequest(_Message, tag="control", frozen=True):
     """Owner → own node: pause or resume work; answered with NodeStatus.
 
@@ -647,4 +724,8 @@ Message = (
     | DialBackReport
     | AuditJob
     | AuditReport
+    | ModelsRequest
+    | ModelList
+    | ReceiptRequest
+    | JobReceipt
 )
