@@ -64,6 +64,28 @@ def verify_receipt(
             f"the output received ({len(tokens)} token(s)) does not match the receipt's commitment "
             f"({receipt.n_tokens} token(s))"
         )
+    if weight is not None and receipt.weight != weight:
+        raise VerificationError(
+            f"the receipt prices a token at {receipt.weight} point(s); the coordinator quoted {weight}"
+        )
+    check_credited_work(receipt, network)
+    return author, receipt
+
+
+def verify_receipt_without_output(entry: bytes, network: str, *, job_id: bytes) -> tuple[bytes, Receipt]:
+    """What a receipt proves when its output is not at hand (a receipt looked up by job id later):
+    :func:`verify_receipt` without the commitment check. Who did the work is proven only if the signer is
+    trusted (the returned key says who signed)."""
+    author, receipt = open_receipt(entry, network)
+    if receipt.job_id != job_id:
+        raise VerificationError(f"the receipt returned is for job {receipt.job_id.hex()}, not {job_id.hex()}")
+    check_credited_work(receipt, network)
+    return author, receipt
+
+
+def check_credited_work(receipt: Receipt, network: str) -> None:
+    """Every credited worker attested this job's output with a valid signature, and none is credited
+    more than ``max(1, n_tokens) x`` the receipt's weight (spec/ledger.md §7)."""
     attested = set()
     for attestation in receipt.attestations:
         try:
@@ -75,14 +97,9 @@ def verify_receipt(
         attested.add(attestation.worker)
     if not receipt.credits or any(c.account not in attested for c in receipt.credits):
         raise VerificationError("a credited worker has no attestation in the receipt")
-    if weight is not None and receipt.weight != weight:
-        raise VerificationError(
-            f"the receipt prices a token at {receipt.weight} point(s); the coordinator quoted {weight}"
-        )
     most = max(1, receipt.n_tokens) * receipt.weight
     if any(c.points > most for c in receipt.credits):
         raise VerificationError(
             f"the receipt credits a worker more than {most} points ({receipt.n_tokens} token(s) x "
             f"{receipt.weight}): it mints points no job earned"
         )
-    return author, receipt

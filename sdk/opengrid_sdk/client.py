@@ -32,7 +32,6 @@ from opengrid_ledger import (
     grant_signing_bytes,
     open_entry,
     sign_entry,
-    verify_attestation,
 )
 
 from opengrid.errors import (
@@ -84,6 +83,7 @@ from opengrid.wire.messages import (
     SubmitJob,
     job_cost,
 )
+from opengrid.wire.receipts import verify_receipt_without_output
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
 from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
 
@@ -654,7 +654,7 @@ class Client:
                 tokens=reply.tokens, text=reply.text, job_id=wanted, coordinator_key=public_key_of(peer)
             )
         else:
-            _verify_without_output(signed, wanted)
+            verify_receipt_without_output(signed.entry, signed.network, job_id=wanted)
         return FetchedReceipt(
             job_id=wanted,
             receipt=signed,
@@ -1073,29 +1073,6 @@ def _job_id_bytes(job_id: bytes | str) -> bytes:
         size = len(job_id) if isinstance(job_id, bytes) else type(job_id).__name__
         raise ConfigError(f"a job id is {JOB_ID_BYTES} bytes (32 hex characters), got {size}")
     return job_id
-
-
-def _verify_without_output(signed: SignedReceipt, job_id: bytes) -> None:
-    """Check what a receipt proves without its output: the coordinator's signature (``signed.receipt``
-    opens it), the job id, every attestation's signature and commitment, that every credited worker
-    attested, and the credit bound (spec/ledger.md §7). The output check is ``SignedReceipt.verify``'s."""
-    receipt = signed.receipt
-    if receipt.job_id != job_id:
-        raise VerificationError(f"the receipt returned is for job {receipt.job_id.hex()}, not {job_id.hex()}")
-    attested = set()
-    for attestation in receipt.attestations:
-        try:
-            verify_attestation(attestation, signed.network)
-        except InvalidEntryError as exc:
-            raise VerificationError(f"a worker attestation in the receipt is invalid: {exc}") from exc
-        if (attestation.job_id, attestation.output_commitment) != (receipt.job_id, receipt.output_commitment):
-            raise VerificationError("a worker attestation in the receipt commits to another output")
-        attested.add(attestation.worker)
-    if not receipt.credits or any(c.account not in attested for c in receipt.credits):
-        raise VerificationError("a credited worker has no attestation in the receipt")
-    most = max(1, receipt.n_tokens) * receipt.weight
-    if any(c.points > most for c in receipt.credits):
-        raise VerificationError(f"the receipt credits a worker more than {most} points: it mints points")
 
 
 _DHT_PROBES = 4
