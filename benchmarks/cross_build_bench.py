@@ -263,6 +263,8 @@ def main() -> int:
             "exact_differ": len(differing),
             "first_differences": first_differences,
             "audit": figures,
+            # The claims themselves, so a rejection can be re-examined without rerunning both builds.
+            "outputs": {"A": outputs_a, "B": outputs_b},
         }
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0
