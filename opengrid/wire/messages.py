@@ -672,7 +672,7 @@ class AuditJob(_Message, tag="audit", frozen=True):
     top_p: TopP = 1.0
     seed: Seed = 0
     """0..2**64-1 (msgpack integers stop there)."""
-    tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TOLERANCE)] = 0.5
+    tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TOLERANCE)] = 0.75
     """Logits: the largest gap (and mask margin) a position may show (spec/verification.md §12.2)."""
 
 
