@@ -7,7 +7,16 @@ with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."]) as client:
 """
 
 from opengrid_sdk.aio import AsyncClient
-from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion, Sampling
+from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion, Preview, Sampling
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt
 
-__all__ = ["DEFAULT_MODEL", "AsyncClient", "Client", "Completion", "HistoryItem", "Sampling", "SignedReceipt"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "AsyncClient",
+    "Client",
+    "Completion",
+    "HistoryItem",
+    "Preview",
+    "Sampling",
+    "SignedReceipt",
+]

@@ -8,12 +8,12 @@ client's ``timeout``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Literal
 
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.messages import NodeStatus, Priority
-from opengrid_sdk.client import DEFAULT_MODEL, SEALED_RETRIES, Client, Completion
+from opengrid_sdk.client import DEFAULT_MODEL, SEALED_RETRIES, Client, Completion, Preview
 from opengrid_sdk.receipts import HistoryItem
 
 _DONE = object()
@@ -92,7 +92,7 @@ class AsyncClient:
             seed=seed,
         )
 
-    async def stream(
+    def stream(
         self,
         prompt: str,
         *,
@@ -103,8 +103,11 @@ class AsyncClient:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int = 0,
-    ) -> AsyncIterator[str | Completion]:
-        """See ``Client.stream``: unverified previews, then the verified ``Completion``."""
+        previews: bool = False,
+    ) -> AsyncIterator[str | Preview | Completion]:
+        """See ``Client.stream``: verified text as it is verified (``str``), unverified ``Preview`` items
+        only with ``previews=True``, then the verified ``Completion``. Settings out of range raise
+        ``ConfigError`` here, before any iteration."""
         items = self._client.stream(
             prompt,
             model=model,
@@ -114,9 +117,9 @@ class AsyncClient:
             top_k=top_k,
             top_p=top_p,
             seed=seed,
+            previews=previews,
         )
-        while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
-            yield item  # type: ignore[misc]
+        return _iterate(items)
 
     async def balance(self, account: bytes | None = None) -> int:
         """See ``Client.balance``."""
@@ -144,3 +147,9 @@ class AsyncClient:
         self, address: str, action: Literal["pause", "resume"], *, identity_seed: bytes
     ) -> NodeStatus:
         return await asyncio.to_thread(self._client.control, address, action, identity_seed=identity_seed)
+
+
+async def _iterate(items: Iterator[str | Preview | Completion]) -> AsyncIterator[str | Preview | Completion]:
+    """``items`` (a blocking iterator) as an async one: each ``next`` runs on a thread."""
+    while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
+        yield item  # type: ignore[misc]
