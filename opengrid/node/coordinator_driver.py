@@ -295,7 +295,10 @@ class CoordinatorDriver:
                 if reply.job_id != run.job_id:
                     continue
                 if reply.tokens and self._ctx.coordinator is not None:  # verified as a quorum agrees
-                    self.feed(ReplicaProgressed(run.job_id, peer, tuple(reply.tokens), tuple(reply.pieces)))
+                    event = ReplicaProgressed(run.job_id, peer, tuple(reply.tokens), tuple(reply.pieces))
+                    effects = self._ctx.coordinator.handle(event, trio.current_time())
+                    if effects:  # most frames change nothing: skip the timer wake-up ``execute`` does
+                        self.execute(effects)
                 if pending is not None and pending.progress is not None:
                     if pending.streamer in (None, peer):
                         pending.streamer = peer
