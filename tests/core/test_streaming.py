@@ -146,3 +146,19 @@ def test_a_multibyte_character_split_across_tokens_is_forwarded_whole() -> None:
         + grid.answer(b, Output(tokens, " café!", "length"))
     )
     assert isinstance(reply, JobAccepted) and reply.text == " café!"
+
+
+def test_audit_mode_streams_nothing_verified_before_the_audit() -> None:
+    """One prover has no one to agree with: its frames verify nothing (spec/verification.md §14)."""
+    grid = Grid(n=3, config=CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False))
+    grid.register()
+    (prover,) = dispatches(grid.submit(replicas=2, stream=True))
+    assert progress(grid, prover, 0, 5) == []
+    assert grid.coordinator._jobs[prover.run.job_id].streams == {}
+
+
+def test_a_one_replica_job_streams_its_workers_text_as_its_answer_is_trusted() -> None:
+    """replicas=1: the quorum is one, as for the final check; verified means what it means there."""
+    grid = Grid(n=2)
+    (only,) = started(grid, 1)
+    assert forwarded(progress(grid, only, 0, 2)) == " the quick"
