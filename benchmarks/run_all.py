@@ -261,7 +261,7 @@ def bench_llm(reps: int, max_tokens: int, threads: int) -> dict[str, Any]:
             for item in client.stream(PROMPT, model=model.name, max_tokens=max_tokens, replicas=1):
                 if ttft is None and isinstance(item, str) and item:
                     ttft = time.perf_counter() - started
-            assert ttft is not None, "no preview text was streamed"
+            assert ttft is not None, "no verified text was streamed"
             runs["grid_ttft_s"].append(ttft)
 
             started = time.perf_counter()

@@ -649,7 +649,12 @@ def messages(
             job_id=job(1), contract=CONTRACT, prompt="The capital of France is", max_tokens=5)),
         ("run a sealed replica (see sealed.json)", run_sealed),
         ("progress", ReplicaProgress(job_id=job(1), text=" Paris")),
+        (
+            "progress with tokens",
+            ReplicaProgress(job_id=job(1), text=" Paris", tokens=[7042, 13], pieces=[" Paris", ""]),
+        ),
         ("job progress", JobProgress(job_id=job(1), text=" Paris")),
+        ("verified job progress", JobProgress(job_id=job(1), text=" Paris", verified=True)),
         ("a replica's result with its attestation (see attestation.json)", ReplicaResult(
             job_id=job(1), tokens=TOKENS, text=TEXT, finish_reason="length",
             attestation=msgspec.msgpack.encode(att))),

@@ -542,9 +542,10 @@ def _sampling_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _stream_to_terminal(client: Any, args: argparse.Namespace) -> int:
+    """Print the answer as it is verified (the SDK yields only verified text, spec/verification.md §14,
+    and raises ``VerificationError`` if the final answer does not start with it)."""
     from opengrid_sdk import Completion
 
-    preview = ""
     for item in client.stream(
         args.prompt,
         model=args.model,
@@ -553,15 +554,11 @@ def _stream_to_terminal(client: Any, args: argparse.Namespace) -> int:
         **_sampling_args(args),
     ):
         if isinstance(item, Completion):
-            if item.text != preview:
-                print(f"\n[the preview was not confirmed; the verified answer is:]\n{item.text}")
-            else:
-                print()
+            print()
             print(
                 f"[job {item.job_id.hex()[:8]} verified: {len(item.workers)} workers agreed]", file=sys.stderr
             )
             return 0
-        preview += item
         print(item, end="", flush=True)
     return 1
 

@@ -70,4 +70,23 @@ class Penalize:
     why: str
 
 
-Effect = DispatchReplica | DispatchAudit | CancelReplica | FinishJob | AppendEntry | SendReceipt | Penalize
+@dataclass(frozen=True)
+class ForwardVerified:
+    """Send the client of ``job_id`` more of its answer: ``text`` extends the verified prefix (a quorum of
+    replicas agreed on it token by token), and the final answer starts with all of it
+    (spec/verification.md §14)."""
+
+    job_id: bytes
+    text: str
+
+
+Effect = (
+    DispatchReplica
+    | DispatchAudit
+    | CancelReplica
+    | FinishJob
+    | AppendEntry
+    | SendReceipt
+    | Penalize
+    | ForwardVerified
+)

@@ -50,6 +50,17 @@ class ReplicaReturned:
 
 
 @dataclass(frozen=True)
+class ReplicaProgressed:
+    """A running replica of a streaming job reported progress (``ReplicaProgress``): the tokens it
+    generated since its last frame and one text piece per token (spec/verification.md §14)."""
+
+    job_id: bytes
+    peer: str
+    tokens: tuple[int, ...]
+    pieces: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ReplicaFailed:
     """A dispatched replica failed: the worker errored, vanished, or the stream broke."""
 
@@ -94,6 +105,7 @@ Event = (
     WorkerRegistered
     | JobSubmitted
     | ReplicaReturned
+    | ReplicaProgressed
     | ReplicaFailed
     | JobCancelled
     | AuditReturned

@@ -77,9 +77,14 @@ class StreamingEngine(Protocol):
     """An engine that can report text as it is generated (the node streams it to clients)."""
 
     def generate_streaming(
-        self, request: GenerationRequest, on_text: Callable[[str], None] | None
+        self,
+        request: GenerationRequest,
+        on_text: Callable[[str], None] | None,
+        on_token: Callable[[int, str], None] | None = None,
     ) -> Generation:
-        """Like ``Engine.generate``, calling ``on_text(delta)`` from the generating thread."""
+        """Like ``Engine.generate``, calling ``on_text(delta)`` with new text and ``on_token(token,
+        piece)`` once per generated token (``piece``: the text it completed, "" while it ends inside a
+        multi-byte character) from the generating thread; the pieces join to a prefix of the text."""
         ...
 
 

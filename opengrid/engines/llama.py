@@ -219,12 +219,16 @@ class LlamaEngine:
         return self.generate_streaming(request, None)
 
     def generate_streaming(
-        self, request: GenerationRequest, on_text: Callable[[str], None] | None
+        self,
+        request: GenerationRequest,
+        on_text: Callable[[str], None] | None,
+        on_token: Callable[[int, str], None] | None = None,
     ) -> Generation:
-        """Like ``generate``, calling ``on_text(delta)`` with new text as it is produced (in this thread).
+        """Like ``generate``, calling ``on_text(delta)`` with new text as it is produced, and
+        ``on_token(token, piece)`` once per generated token with the text it completed (in this thread).
 
-        The deltas are a preview: the returned ``Generation.text`` (one decode of all tokens) is the
-        authority, and equals the concatenated deltas except in rare detokenizer corner cases.
+        The text is a preview: the returned ``Generation.text`` (one decode of all tokens) is the
+        authority, and starts with the concatenated deltas except in rare detokenizer corner cases.
         """
         if request.max_tokens < 1:
             raise EngineError(f"max_tokens must be >= 1, got {request.max_tokens}")
@@ -239,7 +243,7 @@ class LlamaEngine:
                     f"max_tokens, or load the engine with a larger n_ctx"
                 )
             try:
-                tokens, finish_reason = self._decode(llm, prompt_tokens, request, on_text)
+                tokens, finish_reason = self._decode(llm, prompt_tokens, request, on_text, on_token)
             except Exception as exc:
                 raise EngineError(
                     f"llama.cpp failed while generating with {self._model.name!r}: {exc}"
@@ -391,6 +395,7 @@ class LlamaEngine:
         prompt_tokens: list[int],
         request: GenerationRequest,
         on_text: Callable[[str], None] | None = None,
+        on_token: Callable[[int, str], None] | None = None,
     ) -> tuple[list[int], FinishReason]:
         # Forget the previous request: with n_tokens == 0, Llama.eval drops the stale KV cells and
         # evaluates the whole prompt from position 0, in batches of n_batch, logits for the last row only
@@ -398,7 +403,7 @@ class LlamaEngine:
         llm.reset()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves it unannotated
         out: list[int] = []
         finish_reason: FinishReason = "length"
-        preview = _TextPreview(on_text) if on_text is not None else None
+        preview = _TextPreview() if on_text is not None or on_token is not None else None
         ctx = llm.ctx
         llm.eval(prompt_tokens)
         for position in range(request.max_tokens):
@@ -409,7 +414,11 @@ class LlamaEngine:
                 break
             out.append(token)
             if preview is not None:
-                preview.feed(llm.detokenize(out))
+                piece = preview.feed(llm.detokenize(out))
+                if on_token is not None:
+                    on_token(token, piece)
+                if on_text is not None and piece:
+                    on_text(piece)
             if len(out) >= request.max_tokens:
                 break
             llm.eval([token])
@@ -426,17 +435,17 @@ class LlamaEngine:
 
 
 class _TextPreview:
-    """Turns successive detokenizations of a growing token list into UTF-8-safe text deltas."""
+    """Turns successive detokenizations of a growing token list into UTF-8-safe text deltas: a
+    character split across tokens is held back until its last byte arrives, then given whole."""
 
-    def __init__(self, on_text: Callable[[str], None]) -> None:
-        self._on_text = on_text
+    def __init__(self) -> None:
         self._seen = b""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def feed(self, raw: bytes) -> None:
+    def feed(self, raw: bytes) -> str:
+        """The text the latest token completed ("" while it ends inside a character)."""
         if not raw.startswith(self._seen):
-            return  # the detokenizer rewrote earlier bytes (rare): the final text stays authoritative
+            return ""  # the detokenizer rewrote earlier bytes (rare): the final text stays authoritative
         delta = self._decoder.decode(raw[len(self._seen) :])
         self._seen = raw
-        if delta:
-            self._on_text(delta)
+        return delta

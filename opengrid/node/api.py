@@ -12,7 +12,8 @@ What differs from OpenAI, on purpose (documented in OpenGrid.md and spec/api.md)
   by Gumbel-max with noise fixed by the job's fresh id and the seed (spec/verification.md §11), verified
   like greedy output; the same ``seed`` on another request is another sample, not a repeat. Out-of-range
   values answer 400. The ``opengrid`` extension field says ``"decoding": "greedy"`` or ``"sampled"``;
-- ``stream: true`` streams the answer once its replicas agree (never unverified text);
+- ``stream: true`` streams the answer as its replicas agree on it, token by token (verified streaming,
+  spec/verification.md §14: never unverified text); with ``stop`` set, at the end, in one chunk;
 - ``stop`` is applied to the verified text (the receipt still covers the whole generation).
 """
 
@@ -22,11 +23,15 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
+import anyio
+import anyio.abc
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -77,9 +82,14 @@ class ApiBackend(Protocol):
         format: JobFormat,
         client: str,
         sampling: SamplingParams = ...,
+        job_id: bytes = ...,
+        on_verified: Callable[[str], None] | None = ...,
     ) -> Awaitable[JobAccepted | ErrorReply]:
         """Run one verified job for ``client``: the API user's identity (``api_client``), which the
-        coordinator queues fairly against every other client. ``sampling``: greedy by default."""
+        coordinator queues fairly against every other client. ``sampling``: greedy by default.
+        ``job_id``: the job's id (empty: a fresh one). ``on_verified``: called with each chunk of text
+        as a quorum of replicas agrees on it (spec/verification.md §14), where the node can stream it;
+        the chunks join to a prefix of the answer's text."""
         ...
 
 
@@ -202,6 +212,9 @@ def build_app(
     ``renderer`` renders workers' chat templates (a fresh ``TemplateRenderer`` if None; its child
     processes are killed when the app shuts down)."""
     templates = renderer or TemplateRenderer()
+    jobs: list[anyio.abc.TaskGroup] = []
+    """The task group streaming jobs run in (set while the app's lifespan runs): a streamed job outlives
+    the handler that started it, until its last chunk is sent or its client leaves."""
 
     def guarded(
         handler: Callable[[Request], Awaitable[Response]],
@@ -232,6 +245,34 @@ def build_app(
         prompt = _single_prompt(body.prompt)
         _check_n(body.n)
         sampling = _sampling(body.temperature, body.top_p, body.top_k, body.seed)
+        if body.stream and not body.stop and jobs:
+            created = int(time.time())
+
+            def text_chunk(job_id: str, text: str, finish: str | None) -> dict[str, Any]:
+                choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+                return {
+                    "id": f"cmpl-{job_id}",
+                    "object": "text_completion",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [choice],
+                }
+
+            return await _stream_live(
+                jobs[0],
+                backend,
+                _Job(
+                    prompt,
+                    body.model,
+                    16 if body.max_tokens is None else body.max_tokens,
+                    body.replicas,
+                    "text",
+                    api_client(request),
+                    sampling,
+                ),
+                text_chunk,
+                opening=[],
+            )
         outcome = await _run(
             backend,
             prompt,
@@ -289,6 +330,30 @@ def build_app(
             raise ApiError(400, "messages must not be empty")
         prompt = await _format_chat(templates, backend.api_models(), body.model, body.messages)
         max_tokens = next((n for n in (body.max_completion_tokens, body.max_tokens) if n is not None), 256)
+        if body.stream and not body.stop and jobs:
+            created = int(time.time())
+
+            def delta_chunk(
+                job_id: str, text: str, finish: str | None, *, role: bool = False
+            ) -> dict[str, Any]:
+                delta = (
+                    {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
+                )
+                return {
+                    "id": f"chatcmpl-{job_id}",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                }
+
+            return await _stream_live(
+                jobs[0],
+                backend,
+                _Job(prompt, body.model, max_tokens, body.replicas, "chat", api_client(request), sampling),
+                lambda job_id, text, finish: delta_chunk(job_id, text, finish),
+                opening=[lambda job_id: delta_chunk(job_id, "", None, role=True)],
+            )
         outcome = await _run(
             backend,
             prompt,
@@ -359,8 +424,12 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         try:
-            yield
+            async with anyio.create_task_group() as running:
+                jobs.append(running)
+                yield
+                running.cancel_scope.cancel()  # shutting down: streaming jobs still running end here
         finally:
+            jobs.clear()
             await templates.aclose()
 
     return Starlette(
@@ -507,10 +576,7 @@ async def _run(
     client: str,
     sampling: SamplingParams,
 ) -> _Outcome:
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise ApiError(400, f"max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {max_tokens}")
-    if not 1 <= replicas <= MAX_REPLICAS:
-        raise ApiError(400, f"replicas must be 1..{MAX_REPLICAS}, got {replicas}")
+    _check_shape(max_tokens, replicas)
     reply = await backend.api_submit(
         prompt=prompt,
         model=model,
@@ -521,15 +587,137 @@ async def _run(
         sampling=sampling,
     )
     if isinstance(reply, ErrorReply):
-        status, kind = _STATUS.get(reply.code, (500, "server_error"))
-        code = "model_not_found" if reply.code == "unknown_model" else reply.code
-        raise ApiError(status, reply.message, type=kind, code=code)
+        raise _api_error(reply)
     text, finish = reply.text, reply.finish_reason
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     if cut >= 0:
         text, finish = text[:cut], "stop"
     return _Outcome(job=reply, text=text, finish_reason=finish, sampling=sampling)
+
+
+def _check_shape(max_tokens: int, replicas: int) -> None:
+    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise ApiError(400, f"max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {max_tokens}")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ApiError(400, f"replicas must be 1..{MAX_REPLICAS}, got {replicas}")
+
+
+def _api_error(reply: ErrorReply) -> ApiError:
+    status, kind = _STATUS.get(reply.code, (500, "server_error"))
+    code = "model_not_found" if reply.code == "unknown_model" else reply.code
+    return ApiError(status, reply.message, type=kind, code=code)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One API request's job, as ``api_submit`` takes it."""
+
+    prompt: str
+    model: str
+    max_tokens: int
+    replicas: int
+    format: JobFormat
+    client: str
+    sampling: SamplingParams
+
+
+Chunk = Callable[[str, str, str | None], dict[str, Any]]
+"""(job id in hex, text, finish reason or None) -> one server-sent event's JSON body."""
+
+
+async def _stream_live(
+    tasks: anyio.abc.TaskGroup,
+    backend: ApiBackend,
+    job: _Job,
+    chunk: Chunk,
+    *,
+    opening: Sequence[Callable[[str], dict[str, Any]]],
+) -> Response:
+    """Run ``job`` in ``tasks`` and answer with server-sent events as its text is verified.
+
+    The handler waits for the first verified chunk or the answer, so an error found before any text
+    (unknown model, no capacity, bad input) is an HTTP error as without streaming; an error after text
+    was sent is one ``error`` event, then the stream ends. The chunks are the coordinator's verified
+    text (spec/verification.md §14); the rest of the answer, which the replicas agreed on only at the
+    end, follows in one chunk, then a chunk with ``finish_reason`` and the ``opengrid`` extension, then
+    ``[DONE]``. The client leaving cancels the wait for the job (as a closed non-streaming request does).
+    """
+    _check_shape(job.max_tokens, job.replicas)
+    job_id = secrets.token_bytes(16)
+    # Unbounded as a channel, bounded in use: each verified chunk holds at least one of the job's
+    # max_tokens tokens, then one answer.
+    send, receive = anyio.create_memory_object_stream[str | JobAccepted | ErrorReply](math.inf)
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            try:
+                reply = await backend.api_submit(
+                    prompt=job.prompt,
+                    model=job.model,
+                    max_tokens=job.max_tokens,
+                    replicas=job.replicas,
+                    format=job.format,
+                    client=job.client,
+                    sampling=job.sampling,
+                    job_id=job_id,
+                    on_verified=send.send_nowait,
+                )
+            except Exception as exc:  # a bug of ours: the request gets a 500, the app stays up
+                log.exception("streaming API job %s failed", job_id.hex()[:8])
+                reply = ErrorReply("internal", f"the node failed: {type(exc).__name__}", job_id)
+            send.send_nowait(reply)
+        send.close()
+
+    tasks.start_soon(run)
+    try:
+        first = await receive.receive()
+    except BaseException:
+        scope.cancel()  # the client left before anything came
+        raise
+    if isinstance(first, ErrorReply):
+        raise _api_error(first)
+    hex_id = job_id.hex()
+
+    async def events() -> AsyncIterator[str]:
+        sent = ""
+        item: str | JobAccepted | ErrorReply = first
+        try:
+            for make in opening:
+                yield f"data: {json.dumps(make(hex_id))}\n\n"
+            while True:
+                if isinstance(item, str):
+                    sent += item
+                    yield f"data: {json.dumps(chunk(hex_id, item, None))}\n\n"
+                elif isinstance(item, ErrorReply):
+                    yield f"data: {json.dumps(_stream_error(_api_error(item)))}\n\n"
+                    return
+                else:
+                    if not item.text.startswith(sent):  # never expected: the coordinator guarantees it
+                        problem = ApiError(502, "the verified answer does not extend the streamed text")
+                        yield f"data: {json.dumps(_stream_error(problem))}\n\n"
+                        return
+                    outcome = _Outcome(
+                        job=item, text=item.text, finish_reason=item.finish_reason, sampling=job.sampling
+                    )
+                    if len(item.text) > len(sent):
+                        yield f"data: {json.dumps(chunk(hex_id, item.text[len(sent) :], None))}\n\n"
+                    last = chunk(hex_id, "", outcome.finish_reason)
+                    last["opengrid"] = _extension(outcome)
+                    yield f"data: {json.dumps(last)}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                item = await receive.receive()
+        finally:
+            scope.cancel()  # done, or the client left: stop waiting for the job
+
+    headers = {"X-OpenGrid-Job-Id": hex_id, "X-OpenGrid-Verified": "true"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _stream_error(error: ApiError) -> dict[str, Any]:
+    return {"error": {"message": str(error), "type": error.type, "param": error.param, "code": error.code}}
 
 
 def _usage(outcome: _Outcome) -> dict[str, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 
 import trio
 
@@ -69,14 +70,21 @@ class ApiService:
         format: PromptFormat,
         client: str = "",
         sampling: SamplingParams = GREEDY,
+        job_id: bytes = b"",
+        on_verified: Callable[[str], None] | None = None,
     ) -> JobAccepted | ErrorReply:
         """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
         the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue.
-        ``sampling``: the job's sampler (greedy by default), written into the SubmitJob (spec §11)."""
+        ``sampling``: the job's sampler (greedy by default), written into the SubmitJob (spec §11).
+        ``job_id``: the job's id (empty: a fresh one). ``on_verified``: gets the answer's text as a
+        quorum verifies it (spec/verification.md §14) when this node coordinates the job; through another
+        coordinator the answer comes whole, at the end (the request there is not streamed yet)."""
         host = self._ctx.host
         assert host is not None
         job = SubmitJob(
-            job_id=secrets.token_bytes(16),
+            job_id=job_id or secrets.token_bytes(16),
+            # streamed only where this node coordinates: its verified text comes to ``on_verified``
+            stream=on_verified is not None and self._ctx.coordinator is not None,
             model=model,
             prompt=prompt,
             max_tokens=max_tokens,
@@ -98,7 +106,15 @@ class ApiService:
             else:
                 job = paid
             api_user = f"{host.peer_id}/{client}" if client else host.peer_id  # fair queueing per user
-            return await self._coordinator.submit(api_user, job)
+            if on_verified is None:
+                return await self._coordinator.submit(api_user, job)
+            verified = on_verified
+
+            def progress(text: str, is_verified: bool) -> None:
+                if is_verified:  # previews never reach the API's users
+                    verified(text)
+
+            return await self._coordinator.submit(api_user, job, progress=progress)
         address = self._registration.coordinator_address()
         if address is None:
             return ErrorReply(

@@ -28,6 +28,7 @@ from opengrid.core.effects import (
     DispatchReplica,
     Effect,
     FinishJob,
+    ForwardVerified,
     Penalize,
     SendReceipt,
 )
@@ -38,6 +39,7 @@ from opengrid.core.events import (
     JobCancelled,
     JobSubmitted,
     ReplicaFailed,
+    ReplicaProgressed,
     ReplicaReturned,
 )
 from opengrid.errors import OpenGridError, RemoteProtocolError
@@ -67,8 +69,9 @@ log = logging.getLogger("opengrid.node")
 class _PendingJob:
     done: trio.Event = field(default_factory=trio.Event)
     reply: JobAccepted | ErrorReply | None = None
-    progress: Callable[[str], None] | None = None
-    """Streaming jobs: where to put preview text (from ``streamer`` only)."""
+    progress: Callable[[str, bool], None] | None = None
+    """Streaming jobs: where to put ``(text, verified)``: verified text as the machine forwards it
+    (``ForwardVerified``), and preview text from ``streamer`` only."""
     streamer: str | None = None
     """The first replica that sent progress; only its preview reaches the client."""
 
@@ -131,6 +134,10 @@ class CoordinatorDriver:
                     self._ledger.append(entry)
                 case SendReceipt(peer=peer, notice=notice):
                     ctx.nursery.start_soon(self._send_receipt, peer, notice)
+                case ForwardVerified(job_id=job_id, text=text):
+                    pending = self.jobs.get(job_id)
+                    if pending is not None and pending.progress is not None:
+                        pending.progress(text, True)
                 case Penalize(peer=peer, why=why):
                     log.info("worker %s penalised: %s", short(peer), why)  # handled: nothing to do
         self._ledger.report_forks()  # e.g. a client that signed two HOLDs with one seq
@@ -155,15 +162,18 @@ class CoordinatorDriver:
         The client sends nothing after its SubmitJob, so anything arriving on the stream — normally the
         end of the stream, when the client gave up, timed out or died — cancels the job and its replicas.
         """
-        send, receive = trio.open_memory_channel[str](PROGRESS_BUFFER)
+        # Unbounded as a channel, bounded in use: a verified chunk holds at least one token of the job
+        # (at most max_tokens of them) and is never dropped; a preview is dropped when PROGRESS_BUFFER
+        # frames wait for a slow client (it loses preview text, never verified text nor the answer).
+        send, receive = trio.open_memory_channel[tuple[str, bool]](math.inf)
 
-        def offer(text: str) -> None:
-            with contextlib.suppress(trio.WouldBlock):  # a slow client loses preview text, never the answer
-                send.send_nowait(text)
+        def offer(text: str, verified: bool) -> None:
+            if verified or send.statistics().current_buffer_used < PROGRESS_BUFFER:
+                send.send_nowait((text, verified))
 
         async def forward() -> None:
-            async for text in receive:
-                await stream.send(JobProgress(job_id=message.job_id, text=text))
+            async for text, verified in receive:
+                await stream.send(JobProgress(job_id=message.job_id, text=text, verified=verified))
 
         async def watch_client(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
@@ -188,9 +198,10 @@ class CoordinatorDriver:
         await stream.send(reply)
 
     async def submit(
-        self, peer: str, message: SubmitJob, *, progress: Callable[[str], None] | None = None
+        self, peer: str, message: SubmitJob, *, progress: Callable[[str, bool], None] | None = None
     ) -> JobAccepted | ErrorReply:
-        """Run ``peer``'s job here and return its answer (``progress`` gets streaming preview text)."""
+        """Run ``peer``'s job here and return its answer; for a streaming job, ``progress(text,
+        verified)`` gets verified text as a quorum agrees on it and one replica's preview text."""
         if message.job_id in self.jobs:  # never let a second submission hijack a running job's answer
             return ErrorReply("malformed", "this job id is already running; pick a fresh one", message.job_id)
         kept = self.job_store.answer(message.job_id, peer) if self.job_store is not None else None
@@ -281,10 +292,17 @@ class CoordinatorDriver:
                     if answered not in (run.job_id, b""):
                         raise RemoteProtocolError("the answer is for another job", peer=peer)
                     return reply
+                if reply.job_id != run.job_id:
+                    continue
+                if reply.tokens and self._ctx.coordinator is not None:  # verified as a quorum agrees
+                    event = ReplicaProgressed(run.job_id, peer, tuple(reply.tokens), tuple(reply.pieces))
+                    effects = self._ctx.coordinator.handle(event, trio.current_time())
+                    if effects:  # most frames change nothing: skip the timer wake-up ``execute`` does
+                        self.execute(effects)
                 if pending is not None and pending.progress is not None:
-                    if reply.job_id == run.job_id and pending.streamer in (None, peer):
+                    if pending.streamer in (None, peer):
                         pending.streamer = peer
-                        pending.progress(reply.text)
+                        pending.progress(reply.text, False)
             raise RemoteProtocolError("more progress frames than tokens", peer=peer)
 
         return await self.runs.exchange(peer, talk)

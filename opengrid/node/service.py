@@ -21,6 +21,7 @@ import logging
 import pathlib
 import random
 import time
+from collections.abc import Callable
 
 import trio
 from nacl.signing import SigningKey
@@ -415,9 +416,12 @@ class Node:
         format: PromptFormat,
         client: str = "",
         sampling: SamplingParams = GREEDY,
+        job_id: bytes = b"",
+        on_verified: Callable[[str], None] | None = None,
     ) -> JobAccepted | ErrorReply:
         """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
-        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
+        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue;
+        ``job_id`` and ``on_verified``: see ``ApiService.api_submit``."""
         return await self.api_service.api_submit(
             prompt=prompt,
             model=model,
@@ -426,6 +430,8 @@ class Node:
             format=format,
             client=client,
             sampling=sampling,
+            job_id=job_id,
+            on_verified=on_verified,
         )
 
     # ── status ───────────────────────────────────────────────────────────────────────────────────────

@@ -35,6 +35,12 @@ MAX_OUTPUT_CHARS: Final = 1024 * 1024
 longest token decodes to (the frame's 4 MiB bounds the bytes anyway)."""
 MAX_PROGRESS_CHARS: Final = 65536
 """Characters of preview text in one progress frame."""
+MAX_PROGRESS_TOKENS: Final = 1024
+"""Tokens one progress frame carries (a worker sends what was generated since its last frame; one that
+falls this far behind sends several frames)."""
+MAX_PIECE_CHARS: Final = 1024
+"""Characters of one token's text piece in a progress frame (a token decodes to a few bytes; a piece may
+also complete a character held back from earlier tokens)."""
 MAX_ENTRY_BYTES: Final = 64 * 1024
 """An encoded ledger entry (``opengrid_ledger.entries.MAX_ENTRY_SIZE``, spec/ledger.md §3)."""
 MAX_ATTESTATION_BYTES: Final = 1024
@@ -194,7 +200,8 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     client_key: MaybeKeyBytes = b""
     format: PromptFormat = "text"
     stream: bool = False
-    """Send JobProgress frames (unverified text from the first replica) before the verified answer."""
+    """Send JobProgress frames before the answer: verified text as a quorum of replicas agrees on it, and
+    unverified previews from the first replica (spec/job-protocol.md §6.3)."""
     sealed: Annotated[list[Sealed], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
     """Sealed mode: the prompt encrypted to each worker allowed to see it (``prompt`` is then empty);
     only these workers may run the job."""
@@ -242,18 +249,33 @@ class RunJob(_Message, tag="run", frozen=True):
 
 
 class ReplicaProgress(_Message, tag="progress", frozen=True):
-    """Worker → coordinator, on a RunJob stream with ``stream``: newly generated text (a preview)."""
+    """Worker → coordinator, on a RunJob stream with ``stream``: what was generated since the last frame
+    (spec/job-protocol.md §5.6)."""
 
     job_id: JobIdBytes
     text: ProgressText
+    """The new text: ``"".join(pieces)`` when ``tokens`` is given."""
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_PROGRESS_TOKENS)] = []
+    """The token ids generated since the last frame, in order (empty: a text-only preview, which the
+    coordinator never verifies)."""
+    pieces: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_PIECE_CHARS)]],
+        msgspec.Meta(max_length=MAX_PROGRESS_TOKENS),
+    ] = []
+    """One text piece per token: the characters that token completed (empty while it ends inside a
+    multi-byte character, which a later piece then carries whole)."""
 
 
 class JobProgress(_Message, tag="job_progress", frozen=True):
-    """Coordinator → client, on a SubmitJob stream with ``stream``: text from the first replica to
-    produce it, NOT yet verified; the closing JobAccepted carries the verified text (which may differ)."""
+    """Coordinator → client, on a SubmitJob stream with ``stream``: more text of the answer.
+
+    ``verified``: the text extends the verified prefix, on which a quorum of replicas agreed token by
+    token; the closing JobAccepted's text starts with everything sent so (spec/verification.md §14).
+    Not verified: a preview from the first replica to produce it, which the answer may contradict."""
 
     job_id: JobIdBytes
     text: ProgressText
+    verified: bool = False
 
 
 class ReplicaResult(_Message, tag="result", frozen=True):

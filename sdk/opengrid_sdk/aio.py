@@ -8,7 +8,7 @@ client's ``timeout``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Literal
 
 from opengrid.node.config import DEFAULT_NETWORK
@@ -19,6 +19,7 @@ from opengrid_sdk.client import (
     Client,
     Completion,
     FetchedReceipt,
+    Preview,
     ServedModel,
 )
 from opengrid_sdk.receipts import HistoryItem
@@ -99,7 +100,7 @@ class AsyncClient:
             seed=seed,
         )
 
-    async def stream(
+    def stream(
         self,
         prompt: str,
         *,
@@ -110,8 +111,11 @@ class AsyncClient:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int = 0,
-    ) -> AsyncIterator[str | Completion]:
-        """See ``Client.stream``: unverified previews, then the verified ``Completion``."""
+        previews: bool = False,
+    ) -> AsyncIterator[str | Preview | Completion]:
+        """See ``Client.stream``: verified text as it is verified (``str``), unverified ``Preview`` items
+        only with ``previews=True``, then the verified ``Completion``. Settings out of range raise
+        ``ConfigError`` here, before any iteration."""
         items = self._client.stream(
             prompt,
             model=model,
@@ -121,9 +125,9 @@ class AsyncClient:
             top_k=top_k,
             top_p=top_p,
             seed=seed,
+            previews=previews,
         )
-        while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
-            yield item  # type: ignore[misc]
+        return _iterate(items)
 
     async def chat(
         self,
@@ -195,3 +199,9 @@ class AsyncClient:
         self, address: str, action: Literal["pause", "resume"], *, identity_seed: bytes
     ) -> NodeStatus:
         return await asyncio.to_thread(self._client.control, address, action, identity_seed=identity_seed)
+
+
+async def _iterate(items: Iterator[str | Preview | Completion]) -> AsyncIterator[str | Preview | Completion]:
+    """``items`` (a blocking iterator) as an async one: each ``next`` runs on a thread."""
+    while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
+        yield item  # type: ignore[misc]

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, TypeGuard, TypeVar
+from typing import Final, Literal, TypeGuard, TypeVar, overload
 
 import msgspec
 import trio
@@ -101,6 +101,15 @@ _ERRORS: dict[str, type[OpenGridError]] = {
     "payment_required": PaymentError,
     "grant_refused": PaymentError,
 }
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Unverified text from one worker, yielded by ``Client.stream(previews=True)``: the answer may
+    contradict it (that worker may cheat). Never a ``str``, so it cannot be joined into verified text by
+    mistake."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -881,6 +890,51 @@ class Client:
                 head = (body.seq, bytes(entry.id))
         return head
 
+    @overload
+    def stream(
+        self,
+        prompt: str,
+        *,
+        model: str = ...,
+        max_tokens: int = ...,
+        replicas: int = ...,
+        temperature: float = ...,
+        top_k: int = ...,
+        top_p: float = ...,
+        seed: int = ...,
+        previews: Literal[False] = ...,
+    ) -> Iterator[str | Completion]: ...
+
+    @overload
+    def stream(
+        self,
+        prompt: str,
+        *,
+        model: str = ...,
+        max_tokens: int = ...,
+        replicas: int = ...,
+        temperature: float = ...,
+        top_k: int = ...,
+        top_p: float = ...,
+        seed: int = ...,
+        previews: Literal[True],
+    ) -> Iterator[str | Preview | Completion]: ...
+
+    @overload
+    def stream(
+        self,
+        prompt: str,
+        *,
+        model: str = ...,
+        max_tokens: int = ...,
+        replicas: int = ...,
+        temperature: float = ...,
+        top_k: int = ...,
+        top_p: float = ...,
+        seed: int = ...,
+        previews: bool = ...,
+    ) -> Iterator[str | Preview | Completion]: ...
+
     def stream(
         self,
         prompt: str,
@@ -892,24 +946,29 @@ class Client:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int = 0,
-    ) -> Iterator[str | Completion]:
-        """Like ``complete``, but first yields text as the first replica generates it. The sampling
-        settings are ``complete``'s (greedy by default); out of range, ``ConfigError`` is raised by this
-        call itself, before any iteration.
+        previews: bool = False,
+    ) -> Iterator[str | Preview | Completion]:
+        """Like ``complete``, but yields the answer's text as it is verified. The sampling settings are
+        ``complete``'s (greedy by default); out of range, ``ConfigError`` is raised by this call itself,
+        before any iteration.
 
-        The ``str`` items are an UNVERIFIED preview from one worker; the last item is the verified
-        ``Completion``, whose text is the truth (it differs from the preview if that worker cheated).
-        Streaming runs in open mode: previews pass through the coordinator in plaintext. With an identity
+        The ``str`` items are VERIFIED text: a quorum of the job's workers generated it, token by token
+        (spec/verification.md §14); joined, they are the answer's text, and the last item is the
+        verified ``Completion`` (its receipt checked; ``VerificationError`` if its text does not start
+        with what was yielded). Text the coordinator could not verify while it streamed (an audit-mode
+        coordinator verifies only at the end) comes as one ``str`` just before the ``Completion``.
+        ``previews=True`` also yields ``Preview`` items: one worker's unverified text, as it generates.
+        Streaming runs in open mode: text passes through the coordinator in plaintext. With an identity
         the job is paid like ``complete``'s (HOLD, then SETTLE or REFUND).
         """
         sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        return self._paid_stream(prompt, model, max_tokens, replicas, sampling)
+        return self._paid_stream(prompt, model, max_tokens, replicas, sampling, previews)
 
     def _paid_stream(
-        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling
-    ) -> Iterator[str | Completion]:
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling, previews: bool
+    ) -> Iterator[str | Preview | Completion]:
         if self._payer is None:
-            yield from self._stream(prompt, model, max_tokens, replicas, sampling)
+            yield from self._stream(prompt, model, max_tokens, replicas, sampling, previews)
             return
         # Our HOLD must be the next link of our chain: no other paid call until the coordinator has it,
         # which it has once it streams anything. Released before the first yield, so the caller may make
@@ -917,7 +976,7 @@ class Client:
         self._paying.acquire()
         held = True
         try:
-            for item in self._stream(prompt, model, max_tokens, replicas, sampling):
+            for item in self._stream(prompt, model, max_tokens, replicas, sampling, previews):
                 if held:
                     self._paying.release()
                     held = False
@@ -927,10 +986,10 @@ class Client:
                 self._paying.release()
 
     def _stream(
-        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling
-    ) -> Iterator[str | Completion]:
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling, previews: bool
+    ) -> Iterator[str | Preview | Completion]:
         request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True, sampling=sampling))
-        items: queue.Queue[str | tuple[str, Message] | BaseException] = queue.Queue()
+        items: queue.Queue[str | Preview | tuple[str, Message] | BaseException] = queue.Queue()
         address = self.coordinator()
 
         async def exchange() -> None:
@@ -939,13 +998,18 @@ class Client:
             stream = await self._host.open_stream(peer)
             try:
                 await stream.send(request)
-                for _ in range(request.max_tokens + 1):
+                # at most one verified frame and one preview per token, then the answer
+                for _ in range(2 * request.max_tokens + 1):
                     reply = await stream.receive()
                     if not isinstance(reply, JobProgress):
                         items.put((peer, reply))
                         return
-                    if reply.job_id == request.job_id:
+                    if reply.job_id != request.job_id:
+                        continue
+                    if reply.verified:
                         items.put(reply.text)
+                    elif previews:
+                        items.put(Preview(reply.text))
                 raise RemoteProtocolError("more progress frames than tokens", peer=peer)
             finally:
                 await stream.aclose()
@@ -958,15 +1022,29 @@ class Client:
 
         worker = threading.Thread(target=run, name="opengrid-stream", daemon=True)
         worker.start()
+        verified: list[str] = []
         try:
             while True:
                 item = items.get(timeout=self.timeout + 5)
                 if isinstance(item, BaseException):
                     raise item
-                if isinstance(item, str):
+                if isinstance(item, Preview):
+                    yield item
+                elif isinstance(item, str):
+                    verified.append(item)
                     yield item
                 else:
-                    yield self._completion(request, *item)
+                    completion = self._completion(request, *item)
+                    sent = "".join(verified)
+                    if not completion.text.startswith(sent):
+                        raise VerificationError(
+                            f"the coordinator streamed {len(sent)} characters as verified, but its verified "
+                            "answer does not start with them; discard the streamed text and retry (or use "
+                            "another coordinator)"
+                        )
+                    if len(completion.text) > len(sent):
+                        yield completion.text[len(sent) :]  # verified by the receipt just checked
+                    yield completion
                     return
         finally:
             worker.join(timeout=self.timeout + 5)

@@ -207,6 +207,7 @@ class Grid:
         prompt: str = "Once upon a time",
         client: str = "client",
         priority: Priority = "interactive",
+        stream: bool = False,
     ) -> list[Effect]:
         request = SubmitJob(
             job_id=job_id(job),
@@ -215,6 +216,7 @@ class Grid:
             max_tokens=max_tokens,
             replicas=replicas,
             priority=priority,
+            stream=stream,
         )
         return self.coordinator.handle(JobSubmitted(client=client, request=request), now)
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import llama_cpp
 import pytest
-from opengrid_sdk import AsyncClient, Client, Completion
+from opengrid_sdk import AsyncClient, Client, Completion, Preview
 
 from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
 from opengrid.errors import (
@@ -139,14 +139,22 @@ def test_answers_are_verified_and_identical_to_llama_cpp(
             done.receipt.verify(tokens=done.tokens, text=done.text + "!", job_id=done.job_id)
 
 
-def test_streaming_previews_then_verifies(mixed_network: tuple[DemoNetwork, Client]) -> None:
+def test_streaming_yields_verified_text_then_the_completion(
+    mixed_network: tuple[DemoNetwork, Client],
+) -> None:
     _, client = mixed_network
-    items = list(client.stream("Streaming is", model="tiny", max_tokens=32, replicas=2))
-    *previews, done = items
+    items = list(client.stream("Streaming is", model="tiny", max_tokens=32, replicas=2, previews=True))
+    *streamed, done = items
     assert isinstance(done, Completion)
-    assert len(previews) > 1 and all(isinstance(p, str) for p in previews)
-    assert "".join(previews) == done.text  # the cheater streams nothing, so the preview is honest here
+    verified = [item for item in streamed if isinstance(item, str)]
+    previews = [item for item in streamed if isinstance(item, Preview)]
+    # Joined, the verified text is the answer (that it comes while generating is timed in
+    # tests/e2e/test_openai_api.py); the previews are asked for, typed apart, and never in that text.
+    assert verified and "".join(verified) == done.text
+    assert previews and all(isinstance(p.text, str) for p in previews)
     done.receipt.verify(tokens=done.tokens, text=done.text, job_id=done.job_id)
+    plain = list(client.stream("Streaming is", model="tiny", max_tokens=8, replicas=2))
+    assert not any(isinstance(item, Preview) for item in plain)  # previews only when asked
 
 
 def test_the_async_client_completes_and_streams(mixed_network: tuple[DemoNetwork, Client]) -> None:

@@ -74,8 +74,8 @@ def sample_messages() -> list[Message]:
             grant=b"\x93grant",
         ),
         RunJob(job_id=JOB, contract=CONTRACT, prompt="Once upon a time", max_tokens=8192),
-        ReplicaProgress(job_id=JOB, text=" there"),
-        JobProgress(job_id=JOB, text=" there"),
+        ReplicaProgress(job_id=JOB, text=" there", tokens=[5, 6], pieces=[" the", "re"]),
+        JobProgress(job_id=JOB, text=" there", verified=True),
         ReplicaResult(
             job_id=JOB,
             tokens=[0, 1, 31337, 2**32 - 1],

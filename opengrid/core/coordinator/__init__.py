@@ -46,6 +46,7 @@ Layout (one concern per module; ``Coordinator`` in ``machine.py`` combines the p
     registry.py   registrations, the candidate index, quotes, weights, reputations, speeds
     dispatch.py   submission checks, the fair queue drained into worker slots, refills
     results.py    replica results checked and judged, failures and refusals, acceptance, learning
+    streaming.py  streaming jobs: the prefix a quorum of replicas agreed on, forwarded as it grows
     audits.py     audit mode: claims sent to auditors, reports checked, claims rejected or accepted
     canaries.py   known answers and canaries
     settle.py     a job's end without a receipt: failure, cancellation, slots freed, hold refunded

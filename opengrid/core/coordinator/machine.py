@@ -20,6 +20,7 @@ from opengrid.core.coordinator.registry import RegistryPart
 from opengrid.core.coordinator.results import ResultsPart
 from opengrid.core.coordinator.settle import SettlePart
 from opengrid.core.coordinator.state import JobState
+from opengrid.core.coordinator.streaming import StreamingPart
 from opengrid.core.effects import CancelReplica, Effect
 from opengrid.core.events import (
     AuditFailed,
@@ -28,6 +29,7 @@ from opengrid.core.events import (
     JobCancelled,
     JobSubmitted,
     ReplicaFailed,
+    ReplicaProgressed,
     ReplicaReturned,
     WorkerRegistered,
 )
@@ -39,7 +41,15 @@ from opengrid.errors import ConfigError
 
 
 class Coordinator(
-    RegistryPart, DispatchPart, ResultsPart, AuditsPart, CanariesPart, SettlePart, PaymentsPart, ChainPart
+    RegistryPart,
+    DispatchPart,
+    ResultsPart,
+    StreamingPart,
+    AuditsPart,
+    CanariesPart,
+    SettlePart,
+    PaymentsPart,
+    ChainPart,
 ):
     """Accepts jobs, dispatches replicas, verifies agreement, signs receipts."""
 
@@ -120,6 +130,8 @@ class Coordinator(
                 return self._on_submitted(event, now)
             case ReplicaReturned():
                 return self._on_returned(event, now) + self._drain(now)
+            case ReplicaProgressed():
+                return self._on_progressed(event)
             case ReplicaFailed(client_fault=True):
                 return self._on_client_fault(event, now) + self._drain(now)
             case ReplicaFailed():

@@ -36,6 +36,17 @@ class WorkerRecord:
 
 
 @dataclass
+class ReplicaStream:
+    """One running replica's progress as its frames told it (streaming jobs, ``streaming.py``)."""
+
+    tokens: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    """One text piece per token (``ReplicaProgress.pieces``)."""
+    agrees: bool = True
+    """False once its tokens or pieces left the verified prefix: it never counts towards it again."""
+
+
+@dataclass
 class JobRecord:
     """What the coordinator knows of one client job in flight (from its submission to its end)."""
 
@@ -78,6 +89,12 @@ class JobRecord:
     """Audit mode: auditors that passed the current claim -> their attestation of it."""
     state: JobState = JobState.QUEUED
     """Where the job is in its lifecycle; changed only by ``state.move`` (its table says how)."""
+    streams: dict[str, ReplicaStream] = field(default_factory=dict)
+    """Streaming jobs (open, replicated): peer -> its progress so far (each bounded by ``max_tokens``)."""
+    verified_tokens: list[int] = field(default_factory=list)
+    """Streaming jobs: the verified prefix, token by token (a quorum's progress agreed on it)."""
+    verified_pieces: list[str] = field(default_factory=list)
+    """Streaming jobs: the verified prefix's text pieces; their text went to the client as verified."""
 
     @property
     def job_id(self) -> bytes:

@@ -43,6 +43,9 @@ class ResultsPart(CoordinatorParts):
         )
         if isinstance(problem, str):
             return self._on_failed(event.job_id, event.peer, problem, now, penalize=True)
+        lied = self.progress_contradiction(event.job_id, event.peer, event.result.tokens)
+        if lied is not None:  # its frames said one thing, its result another (spec/verification.md §14)
+            return self._on_failed(event.job_id, event.peer, lied, now, penalize=True)
         sent_at = job.pending.pop(event.peer) - self.config.replica_timeout_s
         self._release(event.peer)
         job.elapsed[event.peer] = now - sent_at
@@ -54,6 +57,9 @@ class ResultsPart(CoordinatorParts):
         commitments = {peer: att.output_commitment for peer, (_, att) in job.results.items()}
         agreement = judge(commitments, job.replicas)
         if agreement is not None:
+            contradiction = self.stream_contradiction(job, agreement)
+            if contradiction is not None:  # verified chunks are never taken back: no answer instead
+                return self._fail(event.job_id, "verification_failed", contradiction)
             return self._accept(job, agreement)
         if not job.pending:
             move(job, JobEvent.DRAINED)

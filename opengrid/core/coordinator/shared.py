@@ -28,6 +28,7 @@ from opengrid.core.grants import GrantPolicy
 from opengrid.core.queueing import FairQueue
 from opengrid.core.reputation import Outcome, Reputation
 from opengrid.core.scheduler import Candidate, RandomSource
+from opengrid.core.verifier import Agreement
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     ErrorCode,
@@ -168,6 +169,14 @@ class CoordinatorParts(ABC):
         seen: Iterable[bytes] = (),
         format: PromptFormat = "text",
     ) -> None: ...
+
+    # ── streaming.py: verified prefixes of streaming jobs ──────────────────────────────────────────────
+
+    @abstractmethod
+    def progress_contradiction(self, job_id: bytes, peer: str, tokens: list[int]) -> str | None: ...
+
+    @abstractmethod
+    def stream_contradiction(self, job: JobRecord, agreement: Agreement) -> str | None: ...
 
     # ── settle.py: a job's end without a receipt ───────────────────────────────────────────────────────
 
