@@ -294,9 +294,16 @@ def _run_jobs(args: argparse.Namespace, jobs: Sequence[BenchJob]) -> list[dict[s
                 failed += not record["ok"]
                 progress.update(task, advance=1, failed=failed)
 
-        with ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="bench") as pool:
+        pool = ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="bench")
+        try:
             for future in [pool.submit(one, i) for i in range(len(jobs))]:
                 future.result()
+        except BaseException:
+            # Ctrl-C (or a bug in a job): queued jobs must not run on. The jobs in flight end when the
+            # client closes below (its trio thread cancels their calls), not after their full timeout.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return [r for r in records if r is not None]
 
 

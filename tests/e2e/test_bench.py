@@ -5,7 +5,8 @@ coordinator and two workers running the tiny model in llama.cpp.
   records, each naming the two workers the receipt credits, and the summary table prints;
 - a model no worker serves is that job's failure, with the coordinator's reason, beside a job that
   verified: exit status 1, not a crash;
-- a malformed line is refused before anything is sent, naming its line: exit status 2.
+- a malformed line is refused before anything is sent, naming its line: exit status 2;
+- Ctrl-C mid-run stops the run within seconds (queued jobs are dropped, those in flight cancelled).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import trio
 
@@ -22,6 +25,7 @@ from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from tests.node.workers import start_workers
+from tests.waiting import until
 
 NETWORK = "bench-run-test"
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
@@ -140,3 +144,41 @@ def test_a_malformed_line_is_refused_with_its_number_before_anything_is_sent(tmp
         assert result.returncode == 2 and "line 2: " in result.stderr and problem in result.stderr, (
             result.stderr
         )
+
+
+async def test_ctrl_c_stops_a_run_at_once(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> None:
+    config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", network=NETWORK, heartbeat_s=0.5)
+    coordinator = Node(config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5))
+    many = _write_jsonl(
+        tmp_path / "many.jsonl", [{"prompt": f"Story {i}:", "max_tokens": 32} for i in range(500)]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.ledger is not None
+        address, ledger = coordinator.host.addrs()[0], coordinator.ledger
+        await start_workers(
+            nursery, tmp_path, ("w1", "w2"), bootstrap=address, model_path=tiny_model_path,
+            network=NETWORK, heartbeat_s=0.5,
+        )  # fmt: skip
+        before = len(ledger)
+        env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+        argv = ["bench", "run", str(many), "--bootstrap", address, "--network", NETWORK, "--model", "tiny"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "opengrid", *argv, "--json", str(tmp_path / "out.json")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            await until(lambda: len(ledger) > before, 60, lambda: f"{len(ledger)} entries")  # jobs run
+            sent = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _, stderr = await trio.to_thread.run_sync(lambda: process.communicate(timeout=60))
+            took = time.monotonic() - sent
+        finally:
+            process.kill()
+        done = len(ledger) - before
+        nursery.cancel_scope.cancel()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert took < 15, f"stopped {took:.1f} s after Ctrl-C"
+    assert done < 500, "every job ran: Ctrl-C did not stop the queue"
+    assert not (tmp_path / "out.json").exists()
