@@ -10,8 +10,14 @@ defaults, :mod:`opengrid.settings`) and checks, each as ok / warn / fail with a 
 3. ``listen ADDR``: each listen address can be bound, and who can reach it (loopback, LAN, internet);
 4. ``bootstrap ADDR``: each bootstrap address answers a status request (best RTT of 3), on which network,
    knowing which peers; a failure is explained (bad address, refused, timeout, handshake / network key);
+   a ``/dns4/``, ``/dns6/``, ``/dns/`` or ``/dnsaddr/`` name is resolved first (bounded, as a node does:
+   :mod:`opengrid.net.names`) and the addresses it resolves to are named, or why it did not resolve;
 5. ``relay``: what relays (taken automatically when peers cannot dial the node) and hole punching mean
-   for this node (spec/discovery.md §8, §9.3).
+   for this node (spec/discovery.md §8, §9.3);
+6. ``discovery``: how the node finds peers (its bootstrap addresses, then gossip announcements and the
+   DHT's ``role:coordinator`` records through the peers it reaches, relays for peers it cannot dial) and,
+   when a node runs here, the peers it knows by role (a node does not record which path found a peer);
+   advice when nothing is found.
 
 Facts are gathered first (files, sockets, one ``trio.run`` for the network, every operation bounded by
 ``trio.fail_after``, only the addresses given are dialled), then turned into checks by pure functions.
@@ -42,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import trio
 
-from opengrid.errors import ConfigError, OpenGridError
+from opengrid.errors import ConfigError, NameResolutionError, OpenGridError
+from opengrid.net.names import Resolver, dns_protocol
 from opengrid.node.config import NodeConfig
 from opengrid.settings import (
     CONFIG_ENV,
@@ -91,6 +98,8 @@ class Probe:
     rtt_s: float | None = None
     error: str = ""
     fix: str = ""
+    resolved: tuple[str, ...] = ()
+    """For a DNS bootstrap name: the addresses it resolved to (empty when it names none or no DNS)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Check the settings `opengrid node start` would run with (the same flags, OPENGRID_<KEY> "
             "variables and config file): the data dir and identity, a node already running there, whether "
-            "each listen address can be bound and who can reach it, and the RTT to each bootstrap node. "
+            "each listen address can be bound and who can reach it, the RTT to each bootstrap node (a DNS "
+            "name resolved first), and how the node finds peers (a running node: its peers by role). "
             "Exit status 1 when a check fails."
         ),
     )
@@ -176,8 +186,11 @@ def has_failures(checks: Sequence[Check]) -> bool:
     return any(check.status == "fail" for check in checks)
 
 
-def diagnose(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
-    """Gather the facts and build the checks: ``{"role", "network", "data_dir", "config_file", "checks"}``."""
+def diagnose(
+    args: argparse.Namespace, env: Mapping[str, str], *, resolver: Resolver | None = None
+) -> dict[str, Any]:
+    """Gather the facts and build the checks: ``{"role", "network", "data_dir", "config_file", "checks"}``.
+    ``resolver`` turns DNS bootstrap names into addresses (default: the system's DNS, bounded)."""
     config, problem, file = load_effective_settings(args, env)
     role = resolved_role(config)
     checks = [config_check(config, role, problem)]
@@ -186,7 +199,7 @@ def diagnose(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]
     checks.append(identity)
 
     info = _read_node_info(config.data_dir)
-    running, bootstraps, dial_back = trio.run(_gather_network_facts, config, info)
+    running, bootstraps, dial_back = trio.run(_gather_network_facts, config, info, resolver or Resolver())
     checks.append(running_node_check(config, info, running, own_peer_id, bootstraps))
     running_addrs = running.status.addrs if running is not None and running.status is not None else []
     listen = [listen_check(text, running_addrs) for text in config.listen]
@@ -194,6 +207,7 @@ def diagnose(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]
     checks.extend(bootstrap_checks(config, role, bootstraps))
     checks.append(reachability_check(config.listen, dial_back))
     checks.append(relay_check(config.listen, running_addrs))
+    checks.append(discovery_check(config, role, running, bootstraps))
     return {
         "role": role,
         "network": config.network,
@@ -374,7 +388,7 @@ class DialBack:
 
 
 async def _gather_network_facts(
-    config: NodeConfig, info: dict[str, Any] | None
+    config: NodeConfig, info: dict[str, Any] | None, resolver: Resolver
 ) -> tuple[Probe | None, list[Probe], DialBack | None]:
     """(the node running on this data dir, or None if node.json names none; one probe per bootstrap;
     a dial-back of the listen addresses by the first bootstrap node that answered, if any)."""
@@ -397,7 +411,9 @@ async def _gather_network_facts(
     if config.bootstrap:
         async with _dialer(config.network, config.network_key) as host:
             for address in config.bootstrap:
-                bootstraps.append(await probe(host, address, private=bool(config.network_key)))
+                bootstraps.append(
+                    await probe_bootstrap(host, address, resolver, private=bool(config.network_key))
+                )
     checker = next((b.address for b in bootstraps if b.status is not None), None)
     dial_back = None
     if checker is not None and config.listen:
@@ -444,6 +460,45 @@ def _dialer(network: str, network_key: str | None) -> AbstractAsyncContextManage
 
     psk = derive_psk(network, network_key) if network_key else None
     return open_host(secrets.token_bytes(32), psk=psk, upgrade_timeout_s=UPGRADE_TIMEOUT_S)
+
+
+MAX_RESOLVED_PROBES = 4
+"""Addresses of one DNS bootstrap name dialled at most (each bounded by ``CONNECT_TIMEOUT_S``)."""
+
+
+async def probe_bootstrap(host: Host, address: str, resolver: Resolver, *, private: bool) -> Probe:
+    """``probe`` a bootstrap address; a DNS name is resolved first with ``resolver`` (bounded by its own
+    ``timeout_s``), then its addresses are dialled in order until one answers. Never raises."""
+    protocol = dns_protocol(address)
+    if protocol is None:
+        return await probe(host, address, private=private)
+    name = address.split("/")[2] if address.count("/") >= 2 else address
+    try:
+        resolved = tuple(await resolver.resolve(address))
+    except NameResolutionError as exc:
+        return Probe(
+            address,
+            error=f"name {name} does not resolve: {exc}",
+            fix=(
+                f"check the name (`dig TXT _dnsaddr.{name}` must list dnsaddr=/ip4/.../tcp/PORT/p2p/PEER_ID)"
+                if protocol == "dnsaddr"
+                else f"check the name (`getent hosts {name}`)"
+            )
+            + " and this machine's DNS, or pass --bootstrap with the node's /ip4/ address",
+        )
+    failures: list[Probe] = []
+    for candidate in resolved[:MAX_RESOLVED_PROBES]:
+        found = await probe(host, candidate, private=private)
+        if found.status is not None:
+            return dataclasses.replace(found, address=address, resolved=resolved)
+        failures.append(found)
+    first = failures[0]
+    return Probe(
+        address,
+        error=f"{name} resolves to {', '.join(resolved)}, but none answered: {first.error}",
+        fix=first.fix,
+        resolved=resolved,
+    )
 
 
 async def probe(host: Host, address: str, *, private: bool) -> Probe:
@@ -811,8 +866,9 @@ def bootstrap_checks(config: NodeConfig, role: str, probes: Sequence[Probe]) -> 
             Check(
                 "bootstrap",
                 "fail",
-                f"a {role} needs a bootstrap address to join a network",
-                "pass --bootstrap with the full multiaddr of any node of the network",
+                f"no bootstrap configured: a {role} needs a bootstrap address to join a network",
+                "pass --bootstrap with any node's full multiaddr (or a /dns4/ or /dnsaddr/ name a grid "
+                'publishes), or set bootstrap = ["..."] in config.toml',
             )
         ]
     checks = []
@@ -822,12 +878,13 @@ def bootstrap_checks(config: NodeConfig, role: str, probes: Sequence[Probe]) -> 
             checks.append(Check(name, "fail", found.error, found.fix))
             continue
         status = found.status
+        resolves = f"resolves to {', '.join(found.resolved)}; " if found.resolved else ""
         rtt = f"{found.rtt_s * 1000:.1f} ms" if found.rtt_s is not None else "?"
         online = [p for p in status.peers if p.online]
         coordinators = sum("coordinator" in p.roles for p in online) + (status.role == "coordinator")
         itself = " (itself included)" if status.role == "coordinator" else ""
         detail = (
-            f"reachable, RTT {rtt} (best of {RTT_SAMPLES}): a {status.role} on network "
+            f"{resolves}reachable, RTT {rtt} (best of {RTT_SAMPLES}): a {status.role} on network "
             f"{status.network or '?'!r} that knows {len(status.peers)} peer(s), {len(online)} online; "
             f"{coordinators} coordinator(s) online{itself}"
         )
@@ -853,6 +910,67 @@ def bootstrap_checks(config: NodeConfig, role: str, probes: Sequence[Probe]) -> 
         else:
             checks.append(Check(name, "ok", detail))
     return checks
+
+
+def peers_by_role(status: NodeStatus) -> dict[str, int]:
+    """Online peers a node's status lists, counted by announced role (a peer with two roles counts in
+    each), sorted by role."""
+    counts: dict[str, int] = {}
+    for peer in status.peers:
+        if peer.online:
+            for role in peer.roles:
+                counts[role] = counts.get(role, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def discovery_check(
+    config: NodeConfig, role: str, running: Probe | None, bootstraps: Sequence[Probe]
+) -> Check:
+    """How this node finds (or would find) peers, and what a running node has found (spec/discovery.md):
+    the bootstrap addresses first; through the peers they lead to, gossip announcements and the DHT's
+    ``role:coordinator`` provider records; relays for peers it cannot dial. The node does not record which
+    of these found each peer, so a running node's peers are counted by role."""
+    name = "discovery"
+    reached = [b for b in bootstraps if b.status is not None]
+    paths = (
+        f"{len(config.bootstrap)} bootstrap address(es), {len(reached)} answering; then gossip "
+        "announcements and the DHT's role:coordinator records through the peers they lead to; relays for "
+        "peers it cannot dial"
+    )
+    status = running.status if running is not None else None
+    if status is not None:
+        counts = peers_by_role(status)
+        known = ", ".join(f"{n} {r}(s)" for r, n in counts.items()) or "no peer online"
+        detail = (
+            f"paths: {paths}. The running node knows {len(status.peers)} peer(s): {known} online (it does "
+            "not record which path found each)"
+        )
+        lonely = not counts and not (status.role == "coordinator" and not config.bootstrap)
+        if lonely:
+            return Check(name, "warn", detail, _discovery_fix(config, bootstraps))
+        return Check(name, "ok", detail)
+    detail = f"paths: {paths}; no node runs on this data dir to say what it found"
+    if not config.bootstrap:
+        if role == "coordinator":
+            return Check(name, "ok", f"{detail}; a coordinator without bootstrap starts its own network")
+        return Check(
+            name, "fail", f"{detail}: this {role} would find no peer", _discovery_fix(config, bootstraps)
+        )
+    if not reached:
+        return Check(name, "fail", f"{detail}: no bootstrap answered, so it would find no peer",
+                     _discovery_fix(config, bootstraps))  # fmt: skip
+    return Check(name, "ok", detail)
+
+
+def _discovery_fix(config: NodeConfig, bootstraps: Sequence[Probe]) -> str:
+    if not config.bootstrap:
+        return "no bootstrap configured: pass --bootstrap or set bootstrap in config.toml"
+    unresolved = [b.address for b in bootstraps if b.status is None and "does not resolve" in b.error]
+    if unresolved:
+        return f"{', '.join(unresolved)} does not resolve: fix the name or pass an /ip4/ address"
+    if not any(b.status is not None for b in bootstraps):
+        return "no bootstrap address answers: see the bootstrap lines above"
+    return "the bootstrap nodes answer but know no peer online: start a coordinator, or bootstrap from one"
 
 
 def reachability_check(listen: Sequence[str], found: DialBack | None) -> Check:

@@ -4,6 +4,7 @@ opengrid node start   run one long-lived node (coordinator, worker, edge, or aut
 opengrid demo         a whole network on 127.0.0.1: one coordinator, several workers, verified jobs
 opengrid submit       send one prompt to a network and print the verified answer
 opengrid status       ask a node who it is, its role and its points
+opengrid bench run    send a file of prompts through a network; per-job report and JSON export
 """
 
 from __future__ import annotations
@@ -226,6 +227,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the sampling seed, 0..2**64-1 (default 0)",
     )
 
+    from opengrid.cli import bench as bench_cli
     from opengrid.cli import config as config_cli
     from opengrid.cli import doctor as doctor_cli
     from opengrid.cli import ledger as ledger_cli
@@ -238,6 +240,7 @@ def _build_parser() -> argparse.ArgumentParser:
     config_cli.register(commands)
     ledger_cli.register(commands)
     doctor_cli.register(commands)
+    bench_cli.register(commands)
 
     status = commands.add_parser(
         "status",
@@ -703,6 +706,10 @@ def _main(argv: Sequence[str] | None) -> int:
             from opengrid.cli import wallet
 
             return wallet.run(args)
+        if args.command == "bench":
+            from opengrid.cli import bench as bench_cli
+
+            return bench_cli.run(args)
         if args.command == "doctor":
             from opengrid.cli import doctor as doctor_cli
 

@@ -1,5 +1,7 @@
 """`opengrid doctor` against a real coordinator on 127.0.0.1: reachable and unreachable bootstraps, bad
-addresses, a listen port already taken, a node already running on the data dir, and ``--json``."""
+addresses, a listen port already taken, a node already running on the data dir, and ``--json``; how the
+node finds peers (issue 19): DNS bootstrap names resolved (through an injected resolver) or named as not
+resolving, no bootstrap at all, and a running worker's peers by role."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 from opengrid.cli import doctor
+from opengrid.net.names import Resolver
 from opengrid.wire.messages import DialBackResult
 from tests.e2e.test_node_cli import wait_for_line
 
@@ -54,18 +57,19 @@ def _run_doctor(tmp: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_clean_env(tmp))
 
 
-def _diagnose(tmp: pathlib.Path, *argv: str) -> dict[str, Any]:
-    """Run doctor in this process on an empty config file, with no OPENGRID_* variables."""
+def _diagnose(tmp: pathlib.Path, *argv: str, resolver: Resolver | None = None) -> dict[str, Any]:
+    """Run doctor in this process on an empty config file, with no OPENGRID_* variables (and DNS names
+    resolved by ``resolver`` when given: tests never use real DNS)."""
     config = tmp / "config.toml"
     config.touch()
     parser = argparse.ArgumentParser()
     doctor.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["doctor", "--config", str(config), *argv])
-    return doctor.diagnose(args, {})
+    return doctor.diagnose(args, {}, resolver=resolver)
 
 
 def _check(report: dict[str, Any], prefix: str) -> doctor.Check:
-    found = [c for c in report["checks"] if c.name.startswith(prefix)]
+    found: list[doctor.Check] = [c for c in report["checks"] if c.name.startswith(prefix)]
     assert len(found) == 1, report["checks"]
     return found[0]
 
@@ -271,3 +275,115 @@ def test_the_relay_a_running_node_is_reached_through_is_named() -> None:
 
     # no circuit address: what relays would mean for this node, as before
     assert "takes a relay by itself" in doctor.relay_check(["/ip4/0.0.0.0/tcp/4001"], [direct]).detail
+
+
+# ── discovery: DNS names, no bootstrap, a running node's peers (issue 19) ───────────────────────────
+
+
+def _resolver(hosts: dict[str, list[str]], txt: dict[str, list[str]]) -> Resolver:
+    """DNS as a table: a name not in it does not exist (as ``getaddrinfo`` says of a ``.invalid`` name)."""
+
+    async def lookup_host(name: str, family: int) -> list[str]:
+        if name not in hosts:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return hosts[name]
+
+    async def lookup_txt(name: str) -> list[str]:
+        return txt.get(name, [])
+
+    return Resolver(lookup_host=lookup_host, lookup_txt=lookup_txt, timeout_s=5.0)
+
+
+def test_dns_bootstrap_names_are_resolved_then_dialled(
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    address, _ = coordinator
+    port, peer_id = address.split("/tcp/")[1].split("/p2p/")
+    by_host = f"/dns4/boot.grid.test/tcp/{port}/p2p/{peer_id}"
+    resolver = _resolver({"boot.grid.test": ["127.0.0.1"]}, {"_dnsaddr.grid.test": [f"dnsaddr={by_host}"]})
+    report = _diagnose(
+        tmp_path, "--data-dir", str(tmp_path / "w"), "--role", "worker", "--listen", "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap", by_host, "--bootstrap", "/dnsaddr/grid.test", resolver=resolver,
+    )  # fmt: skip
+    for name in (by_host, "/dnsaddr/grid.test"):
+        check = _check(report, f"bootstrap {name}")
+        assert check.status == "ok", check
+        assert check.detail.startswith(f"resolves to {address}; reachable, RTT"), check.detail
+        assert "a coordinator on network 'opengrid-local'" in check.detail
+    discovery = _check(report, "discovery")
+    assert discovery.status == "ok", discovery
+    assert (
+        "2 bootstrap address(es), 2 answering" in discovery.detail and "role:coordinator" in discovery.detail
+    )
+    assert not doctor.has_failures(report["checks"])
+
+
+def test_an_unresolvable_name_and_an_unreachable_address_are_each_explained(tmp_path: pathlib.Path) -> None:
+    peer = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
+    invalid = f"/dns4/bootstrap.invalid/tcp/4001/p2p/{peer}"  # RFC 6761: .invalid never resolves
+    closed = f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{peer}"
+    empty = "/dnsaddr/no-records.test"
+    resolver = _resolver({}, {})
+    report = _diagnose(
+        tmp_path, "--data-dir", str(tmp_path / "w"), "--role", "worker", "--bootstrap", invalid,
+        "--bootstrap", closed, "--bootstrap", empty, resolver=resolver,
+    )  # fmt: skip
+    unresolved = _check(report, f"bootstrap {invalid}")
+    assert unresolved.status == "fail"
+    assert unresolved.detail.startswith("name bootstrap.invalid does not resolve:"), unresolved.detail
+    assert "Name or service not known" in unresolved.detail
+    assert "getent hosts bootstrap.invalid" in unresolved.fix and "/ip4/" in unresolved.fix
+    no_txt = _check(report, f"bootstrap {empty}")
+    assert no_txt.status == "fail" and "_dnsaddr.no-records.test has no dnsaddr= TXT record" in no_txt.detail
+    assert "dig TXT _dnsaddr.no-records.test" in no_txt.fix
+    refused = _check(report, f"bootstrap {closed}")
+    assert refused.status == "fail" and "connection refused" in refused.detail
+    discovery = _check(report, "discovery")
+    assert discovery.status == "fail" and "3 bootstrap address(es), 0 answering" in discovery.detail
+    assert "no bootstrap answered, so it would find no peer" in discovery.detail
+    assert f"{invalid}, {empty} does not resolve" in discovery.fix
+
+
+def test_no_bootstrap_for_a_worker_says_where_to_set_one(tmp_path: pathlib.Path) -> None:
+    report = _diagnose(tmp_path, "--data-dir", str(tmp_path / "w"), "--role", "worker")
+    bootstrap = _check(report, "bootstrap")
+    assert bootstrap.status == "fail" and bootstrap.detail.startswith("no bootstrap configured")
+    assert "--bootstrap" in bootstrap.fix and "config.toml" in bootstrap.fix
+    discovery = _check(report, "discovery")
+    assert discovery.status == "fail" and "this worker would find no peer" in discovery.detail
+    assert discovery.fix == "no bootstrap configured: pass --bootstrap or set bootstrap in config.toml"
+    lone = _check(_diagnose(tmp_path, "--data-dir", str(tmp_path / "c")), "discovery")  # auto: coordinator
+    assert lone.status == "ok" and "starts its own network" in lone.detail
+
+
+@pytest.mark.slow
+def test_a_running_worker_reports_the_peers_it_found_by_role(
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    address, _ = coordinator
+    data_dir = tmp_path / "w"
+    env = _clean_env(tmp_path) | {
+        "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "OPENGRID_SKIP_SPEED_TEST": "true",
+    }  # fmt: skip
+    cmd = [sys.executable, "-m", "opengrid", "node", "start", "--role", "worker", "--model", "tiny"]
+    cmd += ["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(data_dir), "--bootstrap", address]
+    worker = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        wait_for_line(worker, "ready on")
+        # The worker hears the coordinator's gossip announcement within a few heartbeats; each diagnosis
+        # dials it afresh (a few hundred ms on loopback), at most 30 of them.
+        seen = ""
+        for _ in range(30):
+            discovery = _check(_diagnose(tmp_path, "--data-dir", str(data_dir)), "discovery")
+            seen = discovery.detail
+            if "1 coordinator(s) online" in seen:
+                break
+        assert discovery.status == "ok", discovery
+        assert "The running node knows 1 peer(s): 1 coordinator(s) online" in seen, seen
+        assert "it does not record which path found each" in seen
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.communicate(timeout=30)
+        finally:
+            worker.kill()
