@@ -10,6 +10,7 @@ import time
 import trio
 
 from opengrid.core.events import WorkerRegistered
+from opengrid.core.refusal import Refusal
 from opengrid.errors import OpenGridError
 from opengrid.net.keys import public_key_of
 from opengrid.node import admission
@@ -125,17 +126,18 @@ class CoordinatorRequests:
         """Vouch for a client's starting grant if the core's policy allows (spec/ledger.md §7)."""
         assert self._ctx.coordinator is not None
         wall_ms = time.time_ns() // 1_000_000  # the rate limit's clock: wall time survives a restart
-        reply = self._ctx.coordinator.vouch(message, operator=operator, now=wall_ms / 1000, wall_ms=wall_ms)
-        if isinstance(reply, ErrorReply):
+        now = wall_ms / 1000
+        decision = self._ctx.coordinator.vouch(message, operator=operator, now=now, wall_ms=wall_ms)
+        if isinstance(decision, Refusal):
             log.info(
                 "no grant voucher for %s (via %s): %s",
                 message.account.hex()[:16],
                 short(peer),
-                reply.message,
+                decision.message,
             )
         else:
             log.info("vouched for the starting grant of %s (via %s)", message.account.hex()[:16], short(peer))
-        return reply
+        return answer(decision)
 
     def on_register(self, peer: str, message: RegisterWorker, operator: str = "") -> Message:
         """A worker's registration (its heartbeat, too): checked, then fed to the coordinator machine."""
@@ -197,3 +199,9 @@ class CoordinatorRequests:
         workers = self._ctx.coordinator.workers if self._ctx.coordinator is not None else {}
         for gone in [p for p in self.rtt if p not in workers]:  # bounded by the (bounded) registry
             del self.rtt[gone]
+
+
+def answer(decision: Message | Refusal) -> Message:
+    """A core decision as the reply to send: a ``Refusal`` becomes the wire's ``ErrorReply``, anything
+    else is already the reply. Every coordinator request answered here goes through this one mapping."""
+    return decision.reply() if isinstance(decision, Refusal) else decision

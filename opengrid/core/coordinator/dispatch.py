@@ -11,6 +11,7 @@ from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
 from opengrid.core.events import JobSubmitted
+from opengrid.core.refusal import Refusal
 from opengrid.core.reputation import Reputation, replication_probability
 from opengrid.core.scheduler import Candidate, capacity, choose_class, pick_workers
 from opengrid.wire.messages import MAX_PROMPT_CHARS, ErrorReply, RunJob, SubmitJob, job_cost
@@ -150,8 +151,8 @@ class DispatchPart(CoordinatorParts):
         hold_id, hold_amount = b"", 0
         if request.hold:
             held, hold_effects = self._take_hold(request, weight)
-            if isinstance(held, str):
-                return [*hold_effects, FinishJob(job_id, ErrorReply("malformed", held, job_id))]
+            if isinstance(held, Refusal):
+                return [*hold_effects, FinishJob(job_id, held.reply(job_id))]
             hold_id = held
             hold_amount = self.ledger.hold(hold_id).amount  # type: ignore[union-attr]  # just applied
         job = JobRecord(
