@@ -7,6 +7,7 @@ from __future__ import annotations
 import msgspec
 
 from opengrid.core.coordinator.records import JobRecord
+from opengrid.core.coordinator.registry import too_long
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
@@ -62,17 +63,7 @@ class DispatchPart(CoordinatorParts):
         )
         if any_length and not candidates:
             longest = max(self.workers[c.peer].max_job_tokens for c in any_length)
-            return [
-                FinishJob(
-                    job_id,
-                    ErrorReply(
-                        "no_capacity",
-                        f"the workers serving {request.model!r} here take jobs of at most {longest} tokens "
-                        f"(edge nodes); ask for max_tokens <= {longest}, or wait for a full worker",
-                        job_id,
-                    ),
-                )
-            ]
+            return [FinishJob(job_id, too_long(request.model, longest).reply(job_id))]
         if sealed and capacity(candidates) < request.replicas and self._candidates(request.model):
             # The model is served here, only not by enough of the workers the prompt was sealed to (they
             # went offline since the quote): a fresh quote can do (spec/sealed-mode.md §5).
