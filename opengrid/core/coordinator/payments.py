@@ -186,8 +186,8 @@ class PaymentsPart(CoordinatorParts):
                 "account's first entry",
             )
         limited = self.grants.refusal(account, operator, now)
-        if limited:
-            return Refusal("busy", limited)
+        if limited is not None:
+            return limited
         self.grants.record(account, operator, now)
         voucher = self._voucher(account, points)
         return GrantVoucher(
