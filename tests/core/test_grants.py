@@ -43,9 +43,7 @@ def _request(
     )
 
 
-def _vouch(
-    grid: Grid, user: SigningKey, *, operator: str = "", now: float = 0.0
-) -> GrantVoucher | Refusal:
+def _vouch(grid: Grid, user: SigningKey, *, operator: str = "", now: float = 0.0) -> GrantVoucher | Refusal:
     return grid.coordinator.vouch(_request(grid, user), operator=operator, now=now, wall_ms=WALL_MS)
 
 
