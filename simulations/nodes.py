@@ -19,8 +19,9 @@ from opengrid_ledger import ED25519, LedgerState, SignatureScheme
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.effects import Effect
 from opengrid.core.events import Event
+from opengrid.core.refusal import Refusal
 from opengrid.core.worker import WorkerLogic
-from opengrid.wire.messages import AuditJob, RunJob
+from opengrid.wire.messages import AuditJob, RegisterWorker, RunJob
 from simulations.behaviours import Behaviour
 from simulations.engine import NS_PER_S
 from simulations.network import Place
@@ -67,12 +68,30 @@ class SimCoordinator:
             self.trace.append((now_ns, event, list(effects)))
         return effects
 
+    def register(self, beat: Beat, now_ns: int) -> list[Effect] | Refusal:
+        """A worker's registration, decided by the same core call as on a node
+        (``Coordinator.registration``), then fed to ``handle``; or the refusal."""
+        decision = self.core.registration(beat.peer, beat.message, peer_key=beat.peer_key)
+        if isinstance(decision, Refusal):
+            return decision
+        return self.handle(decision, now_ns)
+
     def on_timer(self, now_ns: int) -> list[Effect]:
         """``Coordinator.on_timer`` at engine time."""
         effects = self.core.on_timer(now_ns / NS_PER_S)
         if self.trace is not None and effects:
             self.trace.append((now_ns, None, list(effects)))
         return effects
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A worker's registration (or heartbeat) as it reaches a coordinator: the wire message and the key
+    its connection authenticates (what the node derives from the libp2p peer id)."""
+
+    peer: str
+    peer_key: bytes
+    message: RegisterWorker
 
 
 @dataclass(slots=True, eq=False)

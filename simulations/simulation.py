@@ -1,8 +1,10 @@
 """One simulated network: builds the nodes from a scenario and turns engine events into core calls.
 
 This module plays the driver's part for every node, as opengrid/node does over libp2p: it feeds core
-events (``WorkerRegistered``, ``JobSubmitted``, ``ReplicaReturned``, ``ReplicaFailed``) to the real
-Coordinators and executes the effects they return by scheduling message deliveries on the engine.
+events (``JobSubmitted``, ``ReplicaReturned``, ``ReplicaFailed``) to the real Coordinators and executes
+the effects they return by scheduling message deliveries on the engine. A worker's registration arrives
+as the wire's ``RegisterWorker`` and is decided by the node's own code (``Coordinator.registration``,
+through ``SimCoordinator.register``) before its ``WorkerRegistered`` is fed.
 
 In audit mode (a scenario's ``[coordinator] verify = "audit"``, spec/verification.md §13) it also
 carries ``DispatchAudit`` to workers, which score the claim (``Scenario.audit_cost`` of a generation's
@@ -62,8 +64,8 @@ from opengrid.core.events import (
     JobSubmitted,
     ReplicaFailed,
     ReplicaReturned,
-    WorkerRegistered,
 )
+from opengrid.core.refusal import Refusal
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.codec import decode_message, encode_message
@@ -75,6 +77,7 @@ from opengrid.wire.messages import (
     ErrorReply,
     ModelOffer,
     ReceiptNotice,
+    RegisterWorker,
     ReplicaResult,
     RunJob,
     SubmitJob,
@@ -90,7 +93,7 @@ from simulations.behaviours import (
 from simulations.churn import sample_duration
 from simulations.engine import NS_PER_S, Engine, seconds_to_ns
 from simulations.network import Network
-from simulations.nodes import NETWORK_ID, SimCoordinator, SimWorker, derive_key, make_coordinator
+from simulations.nodes import NETWORK_ID, Beat, SimCoordinator, SimWorker, derive_key, make_coordinator
 from simulations.outputs import honest_tokens
 from simulations.records import JobRecord
 from simulations.rng import stream
@@ -366,15 +369,22 @@ class Simulation:
         self.jobs[node].finish_ns = self.engine.now_ns
 
     # ── coordinators ─────────────────────────────────────────────────────────────────────────────────
-    def _on_coord(self, node: int, tag: int | str, data: tuple[Event, bool | None]) -> None:
+    def _on_coord(self, node: int, tag: int | str, data: tuple[Event | Beat, bool | None]) -> None:
         event, wrong = data
+        coordinator = self.coordinators[node]
+        if isinstance(event, Beat):
+            decided = coordinator.register(event, self.engine.now_ns)
+            if isinstance(decided, Refusal):
+                self.counters["registrations_refused"] += 1
+                return
+            self._execute(coordinator, decided)
+            return
         if wrong is not None and isinstance(event, ReplicaReturned):
             job = self._job(event.job_id)
             if job is not None:
                 job.returned[event.peer] = wrong
             else:
                 self.counters["canary_results_wrong" if wrong else "canary_results_honest"] += 1
-        coordinator = self.coordinators[node]
         self._execute(coordinator, coordinator.handle(event, self.engine.now_ns))
 
     def _on_tick(self, node: int, tag: int | str, data: Any) -> None:
@@ -464,24 +474,31 @@ class Simulation:
         delay = self.network.delay_ns(coordinator.place, worker.place, size)
         self.engine.after(delay, self._k_worker, worker.index, type(message).__name__, message)
 
-    def _to_coordinator(self, worker: SimWorker, event: Event, size: int, wrong: bool | None = None) -> None:
+    def _to_coordinator(
+        self, worker: SimWorker, event: Event | Beat, size: int, wrong: bool | None = None
+    ) -> None:
         if not self.network.delivers(worker.index):
             return
         self._transport_report(worker, event, size, wrong)
 
     def _transport_report(
-        self, worker: SimWorker, event: Event, size: int, wrong: bool | None = None
+        self, worker: SimWorker, event: Event | Beat, size: int, wrong: bool | None = None
     ) -> None:
         """Deliver without loss: what the coordinator's own transport observes (a reset stream)."""
         coordinator = self.coordinators[worker.coordinator]
         delay = self.network.delay_ns(worker.place, coordinator.place, size)
-        tag = f"{type(event).__name__}/{worker.peer}"
+        sent = event.message if isinstance(event, Beat) else event  # a registration: the wire message
+        tag = f"{type(sent).__name__}/{worker.peer}"
         self.engine.after(delay, self._k_coord, coordinator.index, tag, (event, wrong))
 
     # ── workers ──────────────────────────────────────────────────────────────────────────────────────
     def _register(self, worker: SimWorker) -> None:
-        event = WorkerRegistered(peer=worker.peer, key=worker.public_key, offers=self._offers)
-        self._to_coordinator(worker, event, 400)
+        # The registration is decided at the coordinator by the node's own decision code (SimCoordinator.
+        # register); the connection authenticates the worker's key, as libp2p's peer id does.
+        message = RegisterWorker(
+            network=NETWORK_ID, public_key=worker.public_key, listen_addrs=[], models=list(self._offers)
+        )
+        self._to_coordinator(worker, Beat(worker.peer, worker.public_key, message), 400)
 
     def _on_churn(self, node: int, tag: int | str, data: Any) -> None:
         worker, churn = self.workers[node], self.scenario.churn

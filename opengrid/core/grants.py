@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from opengrid.core.refusal import Refusal
+
 GRANTS_PER_OPERATOR: int = 3
 """Vouchers one operator bucket (an IP address, or every private address together) gets per window."""
 GRANTS_TOTAL: int = 1000
@@ -86,26 +88,29 @@ class GrantPolicy:
         self._vouched: dict[bytes, None] = {}
         """Accounts vouched for, oldest first (a dict as an ordered set)."""
 
-    def refusal(self, account: bytes, operator: str, now: float) -> str:
-        """Why ``account``, asked for from ``operator``'s address, gets no voucher now ("" if it does).
-        Does not record anything: call :meth:`record` once the voucher is issued."""
+    def refusal(self, account: bytes, operator: str, now: float) -> Refusal | None:
+        """Why ``account``, asked for from ``operator``'s address, gets no voucher now (``busy``: retry
+        later), or None if it does. Does not record anything: call :meth:`record` once the voucher is
+        issued."""
         if account in self._vouched:
-            return ""
+            return None
         self._expire(now)
         bucket = operator_bucket(operator)
         limits = self.limits
         if self._per_bucket.get(bucket, 0) >= limits.per_operator:
             who = "private and loopback addresses (one shared bucket)" if bucket == LOCAL_BUCKET else bucket
-            return (
+            return Refusal(
+                "busy",
                 f"{limits.per_operator} starting grant(s) per {_span(limits.window_s)} are allowed from "
-                f"{who}, and they are spent; retry in {self._retry_after(now, bucket):.0f} s"
+                f"{who}, and they are spent; retry in {self._retry_after(now, bucket):.0f} s",
             )
         if len(self._issued) >= limits.total:
-            return (
+            return Refusal(
+                "busy",
                 f"this coordinator vouched for its {limits.total} starting grants per "
-                f"{_span(limits.window_s)}; retry in {self._retry_after(now, None):.0f} s or ask another"
+                f"{_span(limits.window_s)}; retry in {self._retry_after(now, None):.0f} s or ask another",
             )
-        return ""
+        return None
 
     def record(self, account: bytes, operator: str, now: float) -> None:
         """Count a voucher issued for ``account`` (a repeat for an account vouched before is free)."""

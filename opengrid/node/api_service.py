@@ -11,6 +11,7 @@ from collections.abc import Callable
 import trio
 
 from opengrid.core.audit import GREEDY, SamplingParams
+from opengrid.core.refusal import Refusal
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
@@ -99,10 +100,10 @@ class ApiService:
             # Paid from this node's own account when it can be (spec/ledger.md §7); nothing between here
             # and the submission yields, so the HOLD stays the next link of our chain.
             paid = self._ctx.coordinator.pay_own_job(job)
-            if isinstance(paid, str):
+            if isinstance(paid, Refusal):
                 if self._ctx.coordinator.config.require_payment:
-                    return ErrorReply("payment_required", paid, job.job_id)
-                log.info("API job %s runs unpaid: %s", job.job_id.hex()[:8], paid)
+                    return paid.reply(job.job_id)
+                log.info("API job %s runs unpaid: %s", job.job_id.hex()[:8], paid.message)
             else:
                 job = paid
             api_user = f"{host.peer_id}/{client}" if client else host.peer_id  # fair queueing per user

@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 
 import trio
-from nacl.exceptions import BadSignatureError
 
 from opengrid.core.availability import Decision, Policy, decide
+from opengrid.core.control import OwnerControl
+from opengrid.core.refusal import Refusal
 from opengrid.node.context import NodeContext
-from opengrid.wire.control import MAX_CLOCK_SKEW_MS, control_signing_bytes
-from opengrid.wire.messages import ControlRequest, ErrorReply, Message, NodeStatus
+from opengrid.wire.messages import ControlRequest, Message, NodeStatus
 
 log = logging.getLogger("opengrid.node")
 _AVAILABILITY_PERIOD_S = 5.0
@@ -29,7 +29,8 @@ class Availability:
         self.owner_paused = False
         self._decision = Decision(True, "available")
         """The working-hours / idle policy's latest decision (workers with such a policy)."""
-        self._last_control_ms = 0
+        self._control: OwnerControl | None = None
+        """The owner's control requests, decided in the core (made once the host, so the peer id, is up)."""
 
     @property
     def paused(self) -> bool:
@@ -50,25 +51,18 @@ class Availability:
         return "" if self._decision.work else self._decision.reason
 
     def on_control(self, message: ControlRequest, status: Callable[[], NodeStatus]) -> Message:
-        """The owner pauses or resumes the node: checked against the node's own key, fresh and not
-        replayed; answered with the node's ``status()``."""
+        """The owner pauses or resumes the node: checked by the core (``OwnerControl``: the node's own
+        key, fresh, not replayed); answered with the node's ``status()``."""
         ctx = self._ctx
         assert ctx.host is not None
-        now_ms = time.time_ns() // 1_000_000
-        signed = control_signing_bytes(
-            ctx.config.network, ctx.host.peer_id, message.action, message.issued_at_ms
-        )
-        try:
-            ctx.key.verify_key.verify(signed, message.signature)
-        except BadSignatureError:
-            return ErrorReply("malformed", "control request not signed by this node's identity key")
-        if (
-            abs(now_ms - message.issued_at_ms) > MAX_CLOCK_SKEW_MS
-            or message.issued_at_ms <= self._last_control_ms
-        ):
-            return ErrorReply("malformed", "control request is stale or replayed; sign a fresh one")
-        self._last_control_ms = message.issued_at_ms
-        self.owner_paused = message.action == "pause"
+        if self._control is None:
+            self._control = OwnerControl(
+                network=ctx.config.network, peer_id=ctx.host.peer_id, public_key=ctx.public_key
+            )
+        decision = self._control.decide(message, now_ms=time.time_ns() // 1_000_000)
+        if isinstance(decision, Refusal):
+            return decision.reply()
+        self.owner_paused = decision == "pause"
         log.info("%s by the owner", "paused: taking no new work" if self.owner_paused else "resumed")
         return status()
 

@@ -9,29 +9,25 @@ import time
 
 import trio
 
-from opengrid.core.events import WorkerRegistered
+from opengrid.core.coordinator.registry import AWAITING_APPROVAL
+from opengrid.core.refusal import Refusal
 from opengrid.errors import OpenGridError
 from opengrid.net.keys import public_key_of
 from opengrid.node import admission
 from opengrid.node.context import NodeContext, short
 from opengrid.node.coordinator_driver import CoordinatorDriver
 from opengrid.wire.messages import (
-    MAX_EXPOSURE,
-    ErrorReply,
     GrantRequest,
     Message,
     ModelInfo,
     ModelList,
     ModelOffer,
     ModelsRequest,
-    Quote,
-    QuotedWorker,
     QuoteRequest,
     Registered,
     RegisterWorker,
     bounded_models,
 )
-from opengrid.wire.sealed import box_public_key
 
 log = logging.getLogger("opengrid.node")
 
@@ -46,45 +42,10 @@ class CoordinatorRequests:
         """Measured round-trip time per worker peer."""
 
     def on_quote(self, message: QuoteRequest) -> Message:
-        """Which workers would run a sealed job of ``message``'s shape, with their keys (or why none)."""
-        coordinator = self._ctx.coordinator
-        assert coordinator is not None
-        chosen = coordinator.quote(
-            message.model,
-            exposure=message.exposure,
-            trusted=message.trusted,
-            max_tokens=message.max_tokens,
-            now=trio.current_time(),
-        )
-        if len(chosen) < message.replicas and message.max_tokens:
-            any_length = coordinator.quote(message.model, exposure=MAX_EXPOSURE, trusted=message.trusted)
-            if len(any_length) >= message.replicas:  # as at submission: name the length that would do
-                longest = max(coordinator.workers[c.peer].max_job_tokens for c in any_length)
-                return ErrorReply(
-                    "no_capacity",
-                    f"the workers serving {message.model!r} here take jobs of at most {longest} tokens "
-                    f"(edge nodes); ask for max_tokens <= {longest}, or wait for a full worker",
-                )
-        if len(chosen) < message.replicas:
-            served = ", ".join(coordinator.served_models()) or "none yet"
-            if not chosen and not coordinator.quote(message.model, exposure=MAX_EXPOSURE):
-                return ErrorReply(  # the API's words for it (opengrid/node/api.py)
-                    "unknown_model",
-                    f"no worker serves model {message.model!r}; served: {served} (start a worker with "
-                    f"--model {message.model}, or ask for a served model)",
-                )
-            return ErrorReply(
-                "no_capacity" if chosen else "unknown_model",
-                f"job asks for {message.replicas} replicas of {message.model!r} but only {len(chosen)} "
-                f"worker(s) can run it sealed; lower replicas or wait for workers (served here: {served})",
-            )
-        return Quote(
-            model=message.model,
-            workers=[
-                QuotedWorker(peer_id=c.peer, public_key=c.key, box_key=box_public_key(c.key)) for c in chosen
-            ],
-            weight=coordinator.class_weight(chosen[0].contract),
-        )
+        """Which workers would run a sealed job of ``message``'s shape, with their keys (or why none): the
+        core decides (``Coordinator.answer_quote``)."""
+        assert self._ctx.coordinator is not None
+        return answer(self._ctx.coordinator.answer_quote(message, now=trio.current_time()))
 
     def on_models(self, message: ModelsRequest) -> ModelList:
         """The models online workers serve here: one entry per model name and file (sha256), with how many
@@ -125,57 +86,49 @@ class CoordinatorRequests:
         """Vouch for a client's starting grant if the core's policy allows (spec/ledger.md §7)."""
         assert self._ctx.coordinator is not None
         wall_ms = time.time_ns() // 1_000_000  # the rate limit's clock: wall time survives a restart
-        reply = self._ctx.coordinator.vouch(message, operator=operator, now=wall_ms / 1000, wall_ms=wall_ms)
-        if isinstance(reply, ErrorReply):
+        now = wall_ms / 1000
+        decision = self._ctx.coordinator.vouch(message, operator=operator, now=now, wall_ms=wall_ms)
+        if isinstance(decision, Refusal):
             log.info(
                 "no grant voucher for %s (via %s): %s",
                 message.account.hex()[:16],
                 short(peer),
-                reply.message,
+                decision.message,
             )
         else:
             log.info("vouched for the starting grant of %s (via %s)", message.account.hex()[:16], short(peer))
-        return reply
+        return answer(decision)
 
     def on_register(self, peer: str, message: RegisterWorker, operator: str = "") -> Message:
-        """A worker's registration (its heartbeat, too): checked, then fed to the coordinator machine."""
+        """A worker's registration (its heartbeat, too): decided by the core (``Coordinator.registration``),
+        then fed to the coordinator machine. Here only what needs the node: the key behind the peer id,
+        the operator's approvals on disk, the worker's addresses, and its round-trip time."""
         ctx = self._ctx
         config = ctx.config
         assert ctx.coordinator is not None and ctx.host is not None
-        if message.network != config.network:
-            return ErrorReply(
-                "malformed",
-                f"this coordinator runs network {config.network!r}, not {message.network!r}; "
-                "start the worker with the same --network",
-            )
-        if message.public_key != public_key_of(peer):
-            return ErrorReply("malformed", "public_key does not match the connection's peer id")
-        if config.approve_workers and peer not in admission.approved(config.data_dir):
-            if admission.note_pending(config.data_dir, peer, [o.name for o in message.models]):
+        approved = not config.approve_workers or peer in admission.approved(config.data_dir)
+        decision = ctx.coordinator.registration(
+            peer,
+            message,
+            peer_key=public_key_of(peer),
+            approved=approved,
+            operator=operator,
+            rtt_s=self.rtt.get(peer, 0.0),
+        )
+        if isinstance(decision, Refusal):
+            names = [o.name for o in message.models]
+            if decision == AWAITING_APPROVAL and admission.note_pending(config.data_dir, peer, names):
                 log.warning(
                     "worker %s asks to join (%s); approve it with: opengrid node approve --data-dir %s %s",
                     short(peer),
-                    ", ".join(o.name for o in message.models),
+                    ", ".join(names),
                     config.data_dir,
                     peer,
                 )
-            return ErrorReply(
-                "busy", "this coordinator admits workers its operator approved; yours is awaiting approval"
-            )
+            return answer(decision)
         ctx.host.remember(peer, message.listen_addrs)
         known = peer in ctx.coordinator.workers and ctx.coordinator.workers[peer].online
-        self._driver.feed(
-            WorkerRegistered(
-                peer=peer,
-                key=message.public_key,
-                offers=tuple(message.models),
-                operator=operator,
-                rtt_s=self.rtt.get(peer, 0.0),
-                slots=message.slots,
-                probed_tokens_per_s=message.tokens_per_s,
-                max_job_tokens=message.max_job_tokens,
-            )
-        )
+        self._driver.feed(decision)
         if not known:
             log.info("worker %s joined with %s", short(peer), ", ".join(o.name for o in message.models))
             if ctx.nursery is not None:  # measured now, reported to the core with its next heartbeat
@@ -197,3 +150,9 @@ class CoordinatorRequests:
         workers = self._ctx.coordinator.workers if self._ctx.coordinator is not None else {}
         for gone in [p for p in self.rtt if p not in workers]:  # bounded by the (bounded) registry
             del self.rtt[gone]
+
+
+def answer(decision: Message | Refusal) -> Message:
+    """A core decision as the reply to send: a ``Refusal`` becomes the wire's ``ErrorReply``, anything
+    else is already the reply. Every coordinator request answered here goes through this one mapping."""
+    return decision.reply() if isinstance(decision, Refusal) else decision

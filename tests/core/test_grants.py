@@ -22,6 +22,7 @@ from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.effects import AppendEntry
 from opengrid.core.events import JobSubmitted
 from opengrid.core.grants import LOCAL_BUCKET, GrantLimits, operator_bucket
+from opengrid.core.refusal import Refusal
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS
 from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import ErrorReply, GrantRequest, GrantVoucher, JobAccepted, SubmitJob, job_cost
@@ -42,9 +43,7 @@ def _request(
     )
 
 
-def _vouch(
-    grid: Grid, user: SigningKey, *, operator: str = "", now: float = 0.0
-) -> GrantVoucher | ErrorReply:
+def _vouch(grid: Grid, user: SigningKey, *, operator: str = "", now: float = 0.0) -> GrantVoucher | Refusal:
     return grid.coordinator.vouch(_request(grid, user), operator=operator, now=now, wall_ms=WALL_MS)
 
 
@@ -92,14 +91,14 @@ def test_a_new_account_claims_the_grant_once_and_pays_its_first_job_with_it() ->
     assert ledger.minted() == GRANT + len(HONEST.tokens) * len(reply.workers)
 
     again = _vouch(grid, user)
-    assert isinstance(again, ErrorReply) and again.code == "grant_refused"
+    assert isinstance(again, Refusal) and again.code == "grant_refused"
     assert "already claimed" in again.message
 
 
 def test_no_voucher_on_a_network_without_a_starting_grant() -> None:
     grid = Grid(n=1)
     reply = _vouch(grid, signing_key("new user"))
-    assert isinstance(reply, ErrorReply) and reply.code == "grant_refused"
+    assert isinstance(reply, Refusal) and reply.code == "grant_refused"
     assert "no starting grant" in reply.message
 
 
@@ -110,7 +109,7 @@ def test_no_voucher_for_an_account_that_already_has_entries() -> None:
     earner = signing_key("w0")  # ... and spends some: its chain has started
     assert grid.coordinator.ledger.apply(_entry(earner, 1, b"", Transfer(to=b"\x01" * 32, amount=1)))
     reply = _vouch(grid, earner)
-    assert isinstance(reply, ErrorReply) and reply.code == "grant_refused"
+    assert isinstance(reply, Refusal) and reply.code == "grant_refused"
     assert "already has ledger entries" in reply.message
 
 
@@ -119,18 +118,18 @@ def test_a_request_must_be_signed_by_the_account_for_this_coordinator_and_fresh(
     user, thief = signing_key("new user"), signing_key("thief")
     forged = _request(grid, user, signer=thief)
     reply = grid.coordinator.vouch(forged, operator="", now=0.0, wall_ms=WALL_MS)
-    assert isinstance(reply, ErrorReply) and reply.code == "malformed" and "not signed" in reply.message
+    assert isinstance(reply, Refusal) and reply.code == "malformed" and "not signed" in reply.message
 
     foreign_signed = grant_request_signing_bytes("testnet", b"\x07" * 32, bytes(user.verify_key), WALL_MS)
     foreign = GrantRequest(
         account=bytes(user.verify_key), issued_at_ms=WALL_MS, signature=user.sign(foreign_signed).signature
     )
     reply = grid.coordinator.vouch(foreign, operator="", now=0.0, wall_ms=WALL_MS)
-    assert isinstance(reply, ErrorReply) and "not signed" in reply.message  # made for another coordinator
+    assert isinstance(reply, Refusal) and "not signed" in reply.message  # made for another coordinator
 
     stale = _request(grid, user, issued_at_ms=WALL_MS - MAX_CLOCK_SKEW_MS - 1)
     reply = grid.coordinator.vouch(stale, operator="", now=0.0, wall_ms=WALL_MS)
-    assert isinstance(reply, ErrorReply) and reply.code == "malformed" and "clock" in reply.message
+    assert isinstance(reply, Refusal) and reply.code == "malformed" and "clock" in reply.message
     assert isinstance(_vouch(grid, user), GrantVoucher)  # the refusals spent no budget
 
 
@@ -141,12 +140,12 @@ def test_vouchers_are_rate_limited_per_operator_and_window() -> None:
     assert isinstance(_vouch(grid, users[0], operator=""), GrantVoucher)
     assert isinstance(_vouch(grid, users[1], operator="10.1.2.3"), GrantVoucher)  # private: the same bucket
     refused = _vouch(grid, users[2], operator="127.0.0.1", now=10.0)
-    assert isinstance(refused, ErrorReply) and refused.code == "busy"
+    assert isinstance(refused, Refusal) and refused.code == "busy"
     assert "private and loopback" in refused.message and "retry in 3590 s" in refused.message
     assert isinstance(_vouch(grid, users[0], operator=""), GrantVoucher)  # a repeat is free, and the same
     assert isinstance(_vouch(grid, users[2], operator="8.8.8.8"), GrantVoucher)  # another operator
     assert isinstance(_vouch(grid, users[3], operator="8.8.8.8"), GrantVoucher)
-    assert isinstance(_vouch(grid, users[4], operator="8.8.8.8"), ErrorReply)
+    assert isinstance(_vouch(grid, users[4], operator="8.8.8.8"), Refusal)
     assert isinstance(_vouch(grid, users[4], operator="", now=3600.0), GrantVoucher)  # the window moved on
 
 
@@ -156,7 +155,7 @@ def test_vouchers_are_rate_limited_in_total() -> None:
     assert isinstance(_vouch(grid, signing_key("a"), operator="8.8.8.8"), GrantVoucher)
     assert isinstance(_vouch(grid, signing_key("b"), operator="1.1.1.1"), GrantVoucher)
     refused = _vouch(grid, signing_key("c"), operator="9.9.9.9")
-    assert isinstance(refused, ErrorReply) and refused.code == "busy" and "ask another" in refused.message
+    assert isinstance(refused, Refusal) and refused.code == "busy" and "ask another" in refused.message
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from opengrid_ledger import Grant, Hold, Receipt, Settle, decode_body, decode_en
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.effects import SendReceipt
 from opengrid.core.events import JobSubmitted, WorkerRegistered
+from opengrid.core.refusal import Refusal
 from opengrid.engines.catalog import catalog_entry, pinned_params
 from opengrid.wire.messages import (
     MAX_WEIGHT,
@@ -184,9 +185,9 @@ def test_the_coordinator_pays_its_own_job_with_its_starting_grant() -> None:
     # The next job needs more than is left: no second grant (a GRANT is an account's first entry).
     big = SubmitJob(job_id=job_id(2), model="tiny", prompt="mine", max_tokens=64, replicas=2)
     refusal = grid.coordinator.pay_own_job(big)
-    assert isinstance(refusal, str)
-    assert f"has {500 - spent} points" in refusal and "costs up to 1024" in refusal
-    assert "first ledger entry" in refusal
+    assert isinstance(refusal, Refusal) and refusal.code == "payment_required"
+    assert f"has {500 - spent} points" in refusal.message and "costs up to 1024" in refusal.message
+    assert "first ledger entry" in refusal.message
 
 
 def test_a_coordinator_on_a_network_without_grant_cannot_pay_its_own_job() -> None:
@@ -194,7 +195,8 @@ def test_a_coordinator_on_a_network_without_grant_cannot_pay_its_own_job() -> No
     grid.register()
     request = SubmitJob(job_id=job_id(1), model="tiny", prompt="mine", max_tokens=8, replicas=2)
     refusal = grid.coordinator.pay_own_job(request)
-    assert isinstance(refusal, str) and "has 0 points" in refusal and "no starting grant" in refusal
+    assert isinstance(refusal, Refusal) and "has 0 points" in refusal.message
+    assert "no starting grant" in refusal.message
     unserved = msgspec.structs.replace(request, model="nobody-serves-this")
     assert grid.coordinator.pay_own_job(unserved) == unserved  # refused later, as unknown_model
 

@@ -42,16 +42,17 @@ from opengrid_ledger import Entry, LedgerState, Receipt, decode_entry, open_entr
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.effects import AppendEntry, DispatchReplica, Effect, FinishJob, SendReceipt
 from opengrid.core.events import Event, JobSubmitted, ReplicaReturned, WorkerRegistered
+from opengrid.core.refusal import Refusal
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.engines.base import Generation, GenerationRequest, ModelInfo
 from opengrid.net.host import open_host
 from opengrid.net.keys import peer_id_of
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
-from opengrid.wire.messages import JobAccepted, ModelOffer, SubmitJob
+from opengrid.wire.messages import JobAccepted, ModelOffer, RegisterWorker, SubmitJob
 from simulations.engine import NS_PER_S, Engine, seconds_to_ns
 from simulations.network import Place
-from simulations.nodes import NETWORK_ID, SimCoordinator, derive_key, make_coordinator
+from simulations.nodes import NETWORK_ID, Beat, SimCoordinator, derive_key, make_coordinator
 from simulations.outputs import honest_tokens
 from simulations.simulation import contract_for
 
@@ -177,6 +178,25 @@ def test_simulator_and_plain_coordinator_make_identical_decisions() -> None:
         msgspec.msgpack.encode(r) for r in receipts(plain_effects)
     ]
     check_the_script_did_what_it_says(sim_effects)
+
+
+def test_the_simulator_decides_registrations_with_the_nodes_code() -> None:
+    """A worker's RegisterWorker reaches the simulated coordinator and is decided by
+    ``Coordinator.registration``, the call the node's handler makes: the same refusal for a worker that
+    claims another's key, the same event fed for an honest one."""
+    coordinator = SimCoordinator(0, make_coordinator(SEED, 0, CONFIG), Place(0, 0, 0, 1e9), trace=True)
+    beat = RegisterWorker(
+        network=NETWORK_ID, public_key=bytes(KEYS[0].verify_key), listen_addrs=[], models=list(OFFERS)
+    )
+    impostor = Beat(PEERS[1], bytes(KEYS[1].verify_key), beat)  # w1's connection, w0's key
+    refusal = coordinator.register(impostor, 0)
+    assert refusal == coordinator.core.registration(PEERS[1], beat, peer_key=bytes(KEYS[1].verify_key))
+    assert isinstance(refusal, Refusal) and refusal.code == "malformed" and not coordinator.core.workers
+    coordinator.register(Beat(PEERS[0], bytes(KEYS[0].verify_key), beat), 0)
+    assert coordinator.trace is not None
+    assert [event for _, event, _ in coordinator.trace] == [
+        WorkerRegistered(PEERS[0], beat.public_key, OFFERS)
+    ]
 
 
 # ── driver 3: the trio node ──────────────────────────────────────────────────────────────────────────

@@ -43,7 +43,8 @@ Layout (one concern per module; ``Coordinator`` in ``machine.py`` combines the p
     records.py    plain records: a worker, a job in flight, a known answer, a canary
     state.py      the job lifecycle as an explicit state table (JobState, TRANSITIONS, move)
     shared.py     CoordinatorParts: the typed shared state and the calls the parts make on each other
-    registry.py   registrations, the candidate index, quotes, weights, reputations, speeds
+    registry.py   registrations decided and recorded, the candidate index, quotes answered, weights,
+                  reputations, speeds
     dispatch.py   submission checks, the fair queue drained into worker slots, refills
     results.py    replica results checked and judged, failures and refusals, acceptance, learning
     streaming.py  streaming jobs: the prefix a quorum of replicas agreed on, forwarded as it grows

@@ -7,10 +7,12 @@ from __future__ import annotations
 import msgspec
 
 from opengrid.core.coordinator.records import JobRecord
+from opengrid.core.coordinator.registry import too_long
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
 from opengrid.core.events import JobSubmitted
+from opengrid.core.refusal import Refusal
 from opengrid.core.reputation import Reputation, replication_probability
 from opengrid.core.scheduler import Candidate, capacity, choose_class, pick_workers
 from opengrid.wire.messages import MAX_PROMPT_CHARS, ErrorReply, RunJob, SubmitJob, job_cost
@@ -33,7 +35,7 @@ class DispatchPart(CoordinatorParts):
                 FinishJob(job_id, ErrorReply("malformed", "job id already used; pick a fresh one", job_id))
             ]
         if problem := _input_problem(request):  # whatever path it came by (a node's API builds its own)
-            return [FinishJob(job_id, ErrorReply("malformed", problem, job_id))]
+            return [FinishJob(job_id, problem.reply(job_id))]
         if self.config.require_payment and not request.hold:
             weight = self.weight(request.model, max_tokens=request.max_tokens) or 1
             return [
@@ -53,25 +55,15 @@ class DispatchPart(CoordinatorParts):
         sealed = {s.peer_id: s.ciphertext for s in request.sealed}
         if request.sealed:
             problem = _sealed_problem(request, sealed)
-            if problem:
-                return [FinishJob(job_id, ErrorReply("malformed", problem, job_id))]
+            if problem is not None:
+                return [FinishJob(job_id, problem.reply(job_id))]
         any_length = self._candidates(request.model, allowed=sealed or None)
         candidates = choose_class(
             self._candidates(request.model, allowed=sealed or None, max_tokens=request.max_tokens)
         )
         if any_length and not candidates:
             longest = max(self.workers[c.peer].max_job_tokens for c in any_length)
-            return [
-                FinishJob(
-                    job_id,
-                    ErrorReply(
-                        "no_capacity",
-                        f"the workers serving {request.model!r} here take jobs of at most {longest} tokens "
-                        f"(edge nodes); ask for max_tokens <= {longest}, or wait for a full worker",
-                        job_id,
-                    ),
-                )
-            ]
+            return [FinishJob(job_id, too_long(request.model, longest).reply(job_id))]
         if sealed and capacity(candidates) < request.replicas and self._candidates(request.model):
             # The model is served here, only not by enough of the workers the prompt was sealed to (they
             # went offline since the quote): a fresh quote can do (spec/sealed-mode.md §5).
@@ -150,8 +142,8 @@ class DispatchPart(CoordinatorParts):
         hold_id, hold_amount = b"", 0
         if request.hold:
             held, hold_effects = self._take_hold(request, weight)
-            if isinstance(held, str):
-                return [*hold_effects, FinishJob(job_id, ErrorReply("malformed", held, job_id))]
+            if isinstance(held, Refusal):
+                return [*hold_effects, FinishJob(job_id, held.reply(job_id))]
             hold_id = held
             hold_amount = self.ledger.hold(hold_id).amount  # type: ignore[union-attr]  # just applied
         job = JobRecord(
@@ -327,28 +319,34 @@ class DispatchPart(CoordinatorParts):
         return p < 1.0 and self._rng.random() >= p
 
 
-def _input_problem(request: SubmitJob) -> str:
-    """Why an open job's input can run on no worker, or "" (sealed prompts are checked by workers)."""
+def _input_problem(request: SubmitJob) -> Refusal | None:
+    """Why an open job's input can run on no worker (``malformed``), or None (sealed prompts are checked
+    by workers)."""
     if request.sealed:
-        return ""
+        return None
     if not request.prompt:
-        return "the prompt is empty: send the text the model should continue (or chat messages)"
-    if len(request.prompt) > MAX_PROMPT_CHARS:
-        return (
-            f"the prompt has {len(request.prompt):,} characters, over the limit of {MAX_PROMPT_CHARS:,}; "
-            "shorten it"
+        return Refusal(
+            "malformed", "the prompt is empty: send the text the model should continue (or chat messages)"
         )
-    return ""
+    if len(request.prompt) > MAX_PROMPT_CHARS:
+        return Refusal(
+            "malformed",
+            f"the prompt has {len(request.prompt):,} characters, over the limit of {MAX_PROMPT_CHARS:,}; "
+            "shorten it",
+        )
+    return None
 
 
-def _sealed_problem(request: SubmitJob, sealed: dict[str, bytes]) -> str:
-    """Why a sealed submission is unacceptable, or "" if it is fine."""
+def _sealed_problem(request: SubmitJob, sealed: dict[str, bytes]) -> Refusal | None:
+    """Why a sealed submission is unacceptable (``malformed``), or None if it is fine."""
     if request.prompt:
-        return "a sealed job must not also carry a plaintext prompt"
-    if len(request.client_box_key) != 32:
-        return "a sealed job needs the client's 32-byte ephemeral box key"
-    if len(sealed) != len(request.sealed):
-        return "a sealed job lists a worker twice"
-    if len(sealed) < request.replicas:
-        return f"the prompt is sealed to {len(sealed)} worker(s), fewer than {request.replicas} replicas"
-    return ""
+        why = "a sealed job must not also carry a plaintext prompt"
+    elif len(request.client_box_key) != 32:
+        why = "a sealed job needs the client's 32-byte ephemeral box key"
+    elif len(sealed) != len(request.sealed):
+        why = "a sealed job lists a worker twice"
+    elif len(sealed) < request.replicas:
+        why = f"the prompt is sealed to {len(sealed)} worker(s), fewer than {request.replicas} replicas"
+    else:
+        return None
+    return Refusal("malformed", why)

@@ -19,10 +19,11 @@ from opengrid_ledger import (
 
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.effects import AppendEntry, Effect
+from opengrid.core.refusal import Refusal
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.control import MAX_CLOCK_SKEW_MS
 from opengrid.wire.grant import grant_request_signing_bytes
-from opengrid.wire.messages import ErrorReply, GrantRequest, GrantVoucher, SubmitJob, job_cost
+from opengrid.wire.messages import GrantRequest, GrantVoucher, SubmitJob, job_cost
 
 
 class PaymentsPart(CoordinatorParts):
@@ -31,7 +32,7 @@ class PaymentsPart(CoordinatorParts):
     A mixin of ``Coordinator`` over ``CoordinatorParts``.
     """
 
-    def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | str, list[Effect]]:
+    def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | Refusal, list[Effect]]:
         """Apply the client's GRANT (if any) and HOLD for a paid job of ``weight`` points per token. Return
         the hold's id, or why it was not taken, with the effects that store what was applied (a GRANT
         stays applied, and so must be stored, even when the HOLD after it is refused)."""
@@ -39,22 +40,24 @@ class PaymentsPart(CoordinatorParts):
             entry = decode_entry(request.hold)
             body = open_entry(entry, self.network, scheme=self._scheme)
         except InvalidEntryError as exc:
-            return f"the job's hold is not a valid ledger entry: {exc}", []
+            return _bad_payment(f"the job's hold is not a valid ledger entry: {exc}"), []
         hold = body.payload
         cost = job_cost(request.max_tokens, request.replicas, weight)
         if not isinstance(hold, Hold) or hold.job_id != request.job_id or hold.coordinator != self.public_key:
-            return "the job's hold must be a HOLD for this job, naming this coordinator", []
+            return _bad_payment("the job's hold must be a HOLD for this job, naming this coordinator"), []
         if hold.amount < cost:
             return (
-                f"the job's hold reserves {hold.amount} points; it costs up to {cost} "
-                f"(max_tokens x replicas x {weight} points per token of {request.model!r}); "
-                "ask for a Quote, which says the price",
+                _bad_payment(
+                    f"the job's hold reserves {hold.amount} points; it costs up to {cost} "
+                    f"(max_tokens x replicas x {weight} points per token of {request.model!r}); "
+                    "ask for a Quote, which says the price"
+                ),
                 [],
             )
         applied: list[Entry] = []
         if request.grant:
             granted = self._take_grant(request.grant, body.author)
-            if isinstance(granted, str):
+            if isinstance(granted, Refusal):
                 return granted, []
             applied += granted
         effects: list[Effect] = [AppendEntry(e) for e in applied]
@@ -62,24 +65,26 @@ class PaymentsPart(CoordinatorParts):
         try:
             applied = self.ledger.apply(entry)
         except InvalidEntryError as exc:
-            return f"the ledger refused the job's hold: {exc}", effects
+            return _bad_payment(f"the ledger refused the job's hold: {exc}"), effects
         effects += [AppendEntry(e) for e in applied]
         self._adopt(applied)
         if self.ledger.hold(entry.id) is None:
             return (
-                f"the hold waits: its author's balance ({self.ledger.balance(body.author)} points) is below "
-                f"{hold.amount}, or its earlier entries have not reached this coordinator",
+                _bad_payment(
+                    f"the hold waits: its author's balance ({self.ledger.balance(body.author)} points) is "
+                    f"below {hold.amount}, or its earlier entries have not reached this coordinator"
+                ),
                 effects,
             )
         return bytes(entry.id), effects
 
-    def pay_own_job(self, request: SubmitJob) -> SubmitJob | str:
+    def pay_own_job(self, request: SubmitJob) -> SubmitJob | Refusal:
         """``request`` paid from this coordinator's own account (its operator's: the node key), for the
         jobs its node submits itself (the OpenAI-compatible API): with a HOLD of the job's price as the next
         entry of our chain, after our starting GRANT when the account is new and short (the network has a
         grant and we are a minter). Returns the request to feed to ``handle`` at once (the HOLD is the next
-        link of our chain), or why it cannot be paid. A model no worker serves is returned unpaid: the
-        submission refuses it (``unknown_model``)."""
+        link of our chain), or why it cannot be paid (``payment_required``). A model no worker serves is
+        returned unpaid: the submission refuses it (``unknown_model``)."""
         weight = self.weight(request.model, max_tokens=request.max_tokens)
         if weight is None:
             return request
@@ -103,13 +108,14 @@ class PaymentsPart(CoordinatorParts):
                 if head is not None
                 else ""
             )
-            return (
+            return Refusal(
+                "payment_required",
                 f"this node pays its API's jobs from its own account ({me.hex()[:16]}..., the node's "
                 f"identity key), which has {balance} points; this job costs up to {cost} (max_tokens "
                 f"{request.max_tokens} x replicas {request.replicas} x {weight} points per token of "
                 f"{request.model!r})"
                 f"{why}. Lower max_tokens, earn points by running a worker with this identity, or have "
-                "another account TRANSFER points to it"
+                "another account TRANSFER points to it",
             )
         payloads.append(Hold(job_id=request.job_id, amount=cost, coordinator=me))
         *granted, hold = self._sign_ahead(payloads)  # the next links of our chain, applied on submission
@@ -117,24 +123,26 @@ class PaymentsPart(CoordinatorParts):
         signed = encode_entry(hold)
         return msgspec.structs.replace(request, hold=signed, grant=grant)
 
-    def _take_grant(self, data: bytes, payer: bytes) -> list[Entry] | str:
+    def _take_grant(self, data: bytes, payer: bytes) -> list[Entry] | Refusal:
         """Apply a paying client's GRANT entry (its starting grant, sent with its first paid job); return
         what was applied, or why not."""
         try:
             entry = decode_entry(data)
             body = open_entry(entry, self.network, scheme=self._scheme)
         except InvalidEntryError as exc:
-            return f"the job's grant is not a valid ledger entry: {exc}"
+            return _bad_payment(f"the job's grant is not a valid ledger entry: {exc}")
         if not isinstance(body.payload, Grant) or body.author != payer:
-            return "the job's grant must be a GRANT entry authored by the account that pays the job"
+            return _bad_payment(
+                "the job's grant must be a GRANT entry authored by the account that pays the job"
+            )
         try:
             return self.ledger.apply(entry)
         except InvalidEntryError as exc:
-            return f"the ledger refused the job's grant: {exc}"
+            return _bad_payment(f"the ledger refused the job's grant: {exc}")
 
     def vouch(
         self, request: GrantRequest, *, operator: str, now: float, wall_ms: int
-    ) -> GrantVoucher | ErrorReply:
+    ) -> GrantVoucher | Refusal:
         """Sign a voucher for ``request.account``'s starting grant, or say why not (spec/ledger.md §7).
 
         ``operator``: the requesting peer's public IP ("" if private or unknown: one shared bucket);
@@ -148,13 +156,13 @@ class PaymentsPart(CoordinatorParts):
         try:
             self._scheme.verify(account, signed, request.signature)
         except InvalidEntryError:
-            return ErrorReply(
+            return Refusal(
                 "malformed",
                 "grant request not signed by the account's key (over the network, this coordinator's key, "
                 "the account and issued_at_ms); sign it with the account's own key",
             )
         if abs(wall_ms - request.issued_at_ms) > MAX_CLOCK_SKEW_MS:
-            return ErrorReply(
+            return Refusal(
                 "malformed",
                 f"grant request issued at {request.issued_at_ms} ms, more than {MAX_CLOCK_SKEW_MS} ms from "
                 f"this coordinator's clock ({wall_ms} ms); check your clock and sign a fresh one",
@@ -162,7 +170,7 @@ class PaymentsPart(CoordinatorParts):
         genesis = self.ledger.genesis
         points = genesis.grant_points if genesis is not None else 0
         if points <= 0:
-            return ErrorReply(
+            return Refusal(
                 "grant_refused",
                 f"network {self.network!r} has no starting grant (its genesis sets no grant_points); "
                 "earn points by running a worker, or get a transfer from an account that has some",
@@ -170,21 +178,26 @@ class PaymentsPart(CoordinatorParts):
         first = self.ledger.entries_by_author(account, to_seq=1)
         if first:
             claimed = isinstance(decode_body(first[0].body).payload, Grant)
-            return ErrorReply(
+            return Refusal(
                 "grant_refused",
                 f"account {account.hex()} already claimed its starting grant"
                 if claimed
                 else f"account {account.hex()} already has ledger entries; a grant can only be an "
                 "account's first entry",
             )
-        refusal = self.grants.refusal(account, operator, now)
-        if refusal:
-            return ErrorReply("busy", refusal)
+        limited = self.grants.refusal(account, operator, now)
+        if limited is not None:
+            return limited
         self.grants.record(account, operator, now)
         voucher = self._voucher(account, points)
         return GrantVoucher(
             account=account, points=points, signer=voucher.signer, signature=voucher.signature
         )
+
+
+def _bad_payment(why: str) -> Refusal:
+    """A job's HOLD or GRANT that cannot pay for it: the client's fault (``malformed``)."""
+    return Refusal("malformed", why)
 
 
 def payouts(credits: tuple[Credit, ...], amount: int) -> tuple[Credit, ...]:

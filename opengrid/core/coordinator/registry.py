@@ -1,6 +1,11 @@
 """Who works for this coordinator: registrations and heartbeats, the candidate index, quotes, model
 weights (prices), reputations and measured speeds. Read by every other part; the only part that adds or
-changes worker records."""
+changes worker records.
+
+Two requests are decided here and only here, for the trio node and the simulator alike: a worker's
+registration (``registration``: accepted as a ``WorkerRegistered`` event to feed, or a ``Refusal``) and a
+client's quote (``answer_quote``: a ``Quote`` or a ``Refusal``). The driver does the I/O around them: it
+derives the key behind the connection's peer id, reads its operator's approvals, sends the reply."""
 
 from __future__ import annotations
 
@@ -11,10 +16,26 @@ from opengrid.core.coordinator.records import WorkerRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.effects import Effect
 from opengrid.core.events import WorkerRegistered
+from opengrid.core.refusal import Refusal
 from opengrid.core.reputation import Outcome, Reputation
 from opengrid.core.scheduler import Candidate, choose_class, pick_workers
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import ModelOffer, model_weight
+from opengrid.wire.messages import (
+    MAX_EXPOSURE,
+    ModelOffer,
+    Quote,
+    QuotedWorker,
+    QuoteRequest,
+    RegisterWorker,
+    model_weight,
+)
+from opengrid.wire.sealed import box_public_key
+
+AWAITING_APPROVAL = Refusal(
+    "busy", "this coordinator admits workers its operator approved; yours is awaiting approval"
+)
+"""The answer to a worker its operator has not approved (``approve_workers``): the driver notes it as
+pending when it sees this refusal, so the operator can approve it."""
 
 
 class RegistryPart(CoordinatorParts):
@@ -44,6 +65,45 @@ class RegistryPart(CoordinatorParts):
                     serving.pop(peer, None)
                     if not serving:
                         del self._serving[name]
+
+    def registration(
+        self,
+        peer: str,
+        message: RegisterWorker,
+        *,
+        peer_key: bytes,
+        approved: bool = True,
+        operator: str = "",
+        rtt_s: float = 0.0,
+    ) -> WorkerRegistered | Refusal:
+        """Decide ``peer``'s registration (or heartbeat) ``message``: the event to feed to ``handle``, or
+        why it is refused (spec/job-protocol.md §6.1).
+
+        ``peer_key``: the Ed25519 key behind the connection's peer id (the driver derives it); the worker's
+        ``public_key`` must be that key, or it could register (and be credited) under another's.
+        ``approved``: its operator approved it, where the coordinator admits approved workers only (else
+        ``AWAITING_APPROVAL``); ``operator``, ``rtt_s``: what the driver knows of it (``WorkerRegistered``).
+        """
+        if message.network != self.network:
+            return Refusal(
+                "malformed",
+                f"this coordinator runs network {self.network!r}, not {message.network!r}; "
+                "start the worker with the same --network",
+            )
+        if message.public_key != peer_key:
+            return Refusal("malformed", "public_key does not match the connection's peer id")
+        if not approved:
+            return AWAITING_APPROVAL
+        return WorkerRegistered(
+            peer=peer,
+            key=message.public_key,
+            offers=tuple(message.models),
+            operator=operator,
+            rtt_s=rtt_s,
+            slots=message.slots,
+            probed_tokens_per_s=message.tokens_per_s,
+            max_job_tokens=message.max_job_tokens,
+        )
 
     def _on_registered(self, event: WorkerRegistered, now: float) -> list[Effect]:
         earlier = self.workers.get(event.peer)
@@ -141,6 +201,39 @@ class RegistryPart(CoordinatorParts):
             )
         return chosen
 
+    def answer_quote(self, request: QuoteRequest, now: float | None = None) -> Quote | Refusal:
+        """The answer to a client's ``request`` for a sealed or paid job: which workers would run it, with
+        their keys, and the price per token (spec/sealed-mode.md §4); or why no quote would do (a job too
+        long for the workers is refused in the submission's own words: ``too_long``)."""
+        model, replicas = request.model, request.replicas
+        chosen = self.quote(
+            model, exposure=request.exposure, trusted=request.trusted, max_tokens=request.max_tokens, now=now
+        )
+        if len(chosen) < replicas and request.max_tokens:
+            any_length = self.quote(model, exposure=MAX_EXPOSURE, trusted=request.trusted)
+            if len(any_length) >= replicas:  # as at submission: name the length that would do
+                return too_long(model, max(self.workers[c.peer].max_job_tokens for c in any_length))
+        if len(chosen) < replicas:
+            served = ", ".join(self.served_models()) or "none yet"
+            if not chosen and not self.quote(model, exposure=MAX_EXPOSURE):
+                return Refusal(  # the API's words for it (opengrid/node/api.py)
+                    "unknown_model",
+                    f"no worker serves model {model!r}; served: {served} (start a worker with "
+                    f"--model {model}, or ask for a served model)",
+                )
+            return Refusal(
+                "no_capacity" if chosen else "unknown_model",
+                f"job asks for {replicas} replicas of {model!r} but only {len(chosen)} "
+                f"worker(s) can run it sealed; lower replicas or wait for workers (served here: {served})",
+            )
+        return Quote(
+            model=model,
+            workers=[
+                QuotedWorker(peer_id=c.peer, public_key=c.key, box_key=box_public_key(c.key)) for c in chosen
+            ],
+            weight=self.class_weight(chosen[0].contract),
+        )
+
     def weight(self, model: str, *, max_tokens: int = 0) -> int | None:
         """Points per generated token of ``model`` here, its weight (spec/ledger.md §7): what a job of it
         costs per token per replica, and what each agreeing worker earns per token. ``max_tokens``: of the
@@ -198,6 +291,16 @@ class RegistryPart(CoordinatorParts):
             return
         speed = n_tokens / elapsed
         record.tokens_per_s = speed if record.tokens_per_s <= 0 else 0.8 * record.tokens_per_s + 0.2 * speed
+
+
+def too_long(model: str, longest: int) -> Refusal:
+    """A job (or quote) longer than any worker serving ``model`` takes: ``longest`` tokens is the most
+    they take (edge nodes). The same words for a quote and for a submission."""
+    return Refusal(
+        "no_capacity",
+        f"the workers serving {model!r} here take jobs of at most {longest} tokens "
+        f"(edge nodes); ask for max_tokens <= {longest}, or wait for a full worker",
+    )
 
 
 def _index_names(offers: Iterable[ModelOffer]) -> set[str]:

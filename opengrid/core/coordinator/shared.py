@@ -26,6 +26,7 @@ from opengrid.core.effects import Effect
 from opengrid.core.events import JobSubmitted, ReplicaReturned
 from opengrid.core.grants import GrantPolicy
 from opengrid.core.queueing import FairQueue
+from opengrid.core.refusal import Refusal
 from opengrid.core.reputation import Outcome, Reputation
 from opengrid.core.scheduler import Candidate, RandomSource
 from opengrid.core.verifier import Agreement
@@ -191,7 +192,7 @@ class CoordinatorParts(ABC):
     # ── payments.py: holds and grants ──────────────────────────────────────────────────────────────────
 
     @abstractmethod
-    def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | str, list[Effect]]: ...
+    def _take_hold(self, request: SubmitJob, weight: int) -> tuple[bytes | Refusal, list[Effect]]: ...
 
     # ── chain.py: our own chain (the only signer) ──────────────────────────────────────────────────────
 
