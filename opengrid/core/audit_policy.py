@@ -53,13 +53,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from opengrid.core.reputation import Reputation, required_streak
-from opengrid.core.scheduler import RandomSource
 from opengrid.errors import ConfigError
 
-__all__ = ["AuditPlan", "AuditPlanConfig", "PlanReason", "detection_probability", "plan", "window_survival"]
+__all__ = [
+    "AuditPlan",
+    "AuditPlanConfig",
+    "PlanReason",
+    "UniformSource",
+    "detection_probability",
+    "plan",
+    "window_survival",
+]
+
+
+class UniformSource(Protocol):
+    """The slice of ``random.Random`` a plan needs (the coordinator passes its own injected source)."""
+
+    def random(self) -> float:
+        """A float uniformly drawn from [0, 1)."""
+        ...
+
 
 PlanReason = Literal["untrusted", "short", "full", "second", "window"]
 """Why a plan scores what it scores: an untrusted prover, a claim no longer than the minimum window, a
@@ -137,7 +153,7 @@ def trusted(reputation: Reputation, min_trust_streak: int) -> bool:
     return min_trust_streak <= 0 or reputation.streak >= required_streak(reputation, min_trust_streak)
 
 
-def plan(config: AuditPlanConfig, n_positions: int, reputation: Reputation, rng: RandomSource) -> AuditPlan:
+def plan(config: AuditPlanConfig, n_positions: int, reputation: Reputation, rng: UniformSource) -> AuditPlan:
     """The audit of one committed claim. Draws from ``rng`` only where a choice is left: one draw when
     second audits are on or a partial window is possible, a second one for a window's end; none with the
     defaults (every audit full), so a coordinator that does not use the policy draws as before."""
@@ -166,7 +182,7 @@ def window_survival(config: AuditPlanConfig, n_positions: int, position: int) ->
     if position >= n:
         return 0.0
     k = n - m
-    return 1.0 - ((position - m + 1) / (k + 1)) ** (1.0 / config.skew)
+    return 1.0 - float(((position - m + 1) / (k + 1)) ** (1.0 / config.skew))
 
 
 def detection_probability(

@@ -31,9 +31,6 @@ class NoDraws:
     def random(self) -> float:
         raise AssertionError("the plan drew a random number where no choice was left")
 
-    def sample(self, population: object, k: int) -> list[object]:
-        raise AssertionError("unexpected sample")
-
 
 def plans(
     config: AuditPlanConfig, n: int, reputation: Reputation, count: int, seed: int = 1
