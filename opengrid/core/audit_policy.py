@@ -65,6 +65,7 @@ __all__ = [
     "UniformSource",
     "detection_probability",
     "plan",
+    "scored_positions",
     "window_survival",
 ]
 
@@ -172,6 +173,12 @@ def plan(config: AuditPlanConfig, n_positions: int, reputation: Reputation, rng:
     k = n - m
     end = m + min(k, math.floor((k + 1) * rng.random() ** config.skew))
     return AuditPlan(auditors=config.auditors, end=end, n_positions=n, reason="window")
+
+
+def scored_positions(n_positions: int, score_end: int) -> int:
+    """Positions an audit with ``AuditJob.score_end = score_end`` scores on a claim of ``n_positions``:
+    all of them when ``score_end`` is 0 or at least ``n_positions``, else ``score_end``."""
+    return n_positions if score_end <= 0 else min(score_end, n_positions)
 
 
 def window_survival(config: AuditPlanConfig, n_positions: int, position: int) -> float:

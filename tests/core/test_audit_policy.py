@@ -8,7 +8,10 @@ import random
 from collections import Counter
 
 import pytest
+from grid_harness import NETWORK, OFFERS, signing_key
+from opengrid_ledger import LedgerState
 
+from opengrid.core.audit import PositionEvidence
 from opengrid.core.audit_policy import (
     AuditPlan,
     AuditPlanConfig,
@@ -17,7 +20,9 @@ from opengrid.core.audit_policy import (
     window_survival,
 )
 from opengrid.core.reputation import Reputation
+from opengrid.core.worker import WorkerLogic
 from opengrid.errors import ConfigError
+from opengrid.wire.messages import AuditJob
 
 TRUSTED = Reputation(streak=50, valid=50)
 NEW = Reputation()
@@ -119,3 +124,32 @@ def test_a_tail_cheat_is_caught_about_as_often_as_the_full_rate_plus_its_share()
 def test_bad_knobs_are_config_errors_that_name_the_value(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=str(value)):
         AuditPlanConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_an_auditor_reports_its_window_only() -> None:
+    """An engine that scored the whole claim (the HTTP engine does) reports the plan's window: a cheat past
+    it is not the auditor's to see, and the count is the one the coordinator expects."""
+    worker = WorkerLogic(
+        network=NETWORK, signing_key=signing_key("auditor"), offers=OFFERS, ledger=LedgerState(NETWORK)
+    )
+    tokens = list(range(100, 130))
+    gaps = [0.05] * 25 + [12.0] * 5  # the claim departs from the model at position 25
+
+    def report(score_end: int) -> tuple[str, int]:
+        audit = AuditJob(
+            job_id=bytes(16),
+            contract=OFFERS[0].contract,
+            prompt="p",
+            tokens=tokens,
+            text="t",
+            finish_reason="length",
+            score_end=score_end,
+        )
+        evidence = [PositionEvidence(t, -g, g, 0, 0.0) for t, g in zip(tokens, gaps, strict=True)]
+        r = worker.report(audit, evidence)
+        return r.verdict, r.n_scored
+
+    assert report(0) == ("fail", 30)
+    assert report(25) == ("pass", 25)
+    assert report(26) == ("fail", 26)
+    assert report(31) == ("fail", 30)
