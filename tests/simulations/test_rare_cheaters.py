@@ -44,6 +44,17 @@ def test_an_intermittent_cheater_is_honest_until_trusted_then_cheats_at_its_rate
     assert 400 < cheats < 600  # 25 % of 2000
 
 
+def test_a_tail_cheater_changes_only_the_last_tokens_of_the_honest_output() -> None:
+    cheater, rng = Intermittent(cheat_rate=1.0, trusted_after=0, cheat_tail=3), random.Random(3)
+    honest = honest_tokens("p", b"c", 40)
+    for _ in range(200):
+        claim = cheater.answer_nth(0, "p", b"c", 40, rng)
+        assert claim is not None and claim[:37] == honest[:37]
+        assert all(a != b for a, b in zip(claim[37:], honest[37:], strict=True))
+    short = cheater.answer_nth(0, "p", b"c", 2, rng)  # shorter than its tail: every token changed
+    assert short is not None and all(a != b for a, b in zip(short, honest[:2], strict=True))
+
+
 def test_only_lying_auditors_and_cartel_members_on_their_partners_claims_pass_anyway() -> None:
     claim = cartel_tokens("c1", "p", 8)
     assert audit_passes_anyway(LyingAuditor(), "p", honest_tokens("p", b"c", 8))
