@@ -18,7 +18,11 @@ The plan (``AuditPlanConfig``; ``n`` positions, ``m = min_positions``, ``k = n -
    and every position is scored: a lying auditor or a prover + auditor cartel meets an independent full
    audit this often.
 2. *Untrusted prover*: a prover whose streak of verified valid results is below ``required_streak``
-   (new keys, anyone caught in the last ``min_trust_streak << invalid`` jobs) is scored in full.
+   (new keys, anyone caught in the last ``min_trust_streak << invalid`` jobs), or, with
+   ``suspect_offenders`` (the default), any prover with an invalid result on record, is scored in full.
+   A cheater that knows the policy gets, per identity, the free cheats it can make before its first
+   full audit (``(1 - q) / q`` on average, below) and none after; a fresh key costs it
+   ``min_trust_streak`` fully audited honest jobs first.
 3. *Short claim* (``n <= m``): scored in full.
 4. Otherwise, with probability ``full_rate`` the claim is scored in full, else on the window
    ``end = m + floor((k + 1) * u ** skew)`` with ``u`` uniform in [0, 1): ``end`` lies in ``m..n``.
@@ -66,6 +70,7 @@ __all__ = [
     "detection_probability",
     "plan",
     "scored_positions",
+    "trusted",
     "window_survival",
 ]
 
@@ -102,6 +107,9 @@ class AuditPlanConfig:
     min_trust_streak: int = 10
     """Verified valid results in a row before a prover may get a partial window (doubled per invalid
     result it ever returned, ``reputation.required_streak``); 0 treats every prover as trusted."""
+    suspect_offenders: bool = True
+    """A prover with any invalid result on record (a failed audit, an outvoted result, a failed canary) is
+    scored in full for good. False: only until it has rebuilt ``required_streak``."""
 
     def __post_init__(self) -> None:
         if self.auditors < 1:
@@ -149,8 +157,11 @@ class AuditPlan:
         return self.end / self.n_positions if self.n_positions else 1.0
 
 
-def trusted(reputation: Reputation, min_trust_streak: int) -> bool:
-    """Whether a prover's record affords it a partial window: its streak reaches ``required_streak``."""
+def trusted(reputation: Reputation, min_trust_streak: int, *, suspect_offenders: bool = True) -> bool:
+    """Whether a prover's record affords it a partial window: its streak reaches ``required_streak`` and,
+    with ``suspect_offenders``, it never returned an invalid result."""
+    if suspect_offenders and reputation.invalid > 0:
+        return False
     return min_trust_streak <= 0 or reputation.streak >= required_streak(reputation, min_trust_streak)
 
 
@@ -160,7 +171,7 @@ def plan(config: AuditPlanConfig, n_positions: int, reputation: Reputation, rng:
     defaults (every audit full), so a coordinator that does not use the policy draws as before."""
     n = max(0, n_positions)
     m = config.min_positions
-    is_trusted = trusted(reputation, config.min_trust_streak)
+    is_trusted = trusted(reputation, config.min_trust_streak, suspect_offenders=config.suspect_offenders)
     reason: PlanReason = "untrusted" if not is_trusted else ("short" if n <= m else "full")
     partial_possible = is_trusted and n > m and config.full_rate < 1.0
     if config.second_rate <= 0.0 and not partial_possible:

@@ -27,6 +27,7 @@ from opengrid.wire.messages import AuditJob
 TRUSTED = Reputation(streak=50, valid=50)
 NEW = Reputation()
 CAUGHT_ONCE = Reputation(streak=15, valid=80, invalid=1)  # needs 20 in a row after one offence
+REFORMED = Reputation(streak=25, valid=90, invalid=1)  # has rebuilt the doubled streak
 POLICY = AuditPlanConfig(full_rate=0.1, second_rate=0.02, min_positions=20)
 
 
@@ -57,6 +58,14 @@ def test_untrusted_and_short_claims_are_scored_in_full() -> None:
         assert (p.end, p.reason) == (64, "untrusted")
     p = plan(never_full, 20, TRUSTED, NoDraws())
     assert (p.end, p.reason) == (20, "short")
+
+
+def test_an_offender_is_scored_in_full_for_good_unless_forgiven() -> None:
+    never_full = AuditPlanConfig(full_rate=0.0, min_positions=20)
+    assert plan(never_full, 64, REFORMED, NoDraws()).reason == "untrusted"
+    forgiving = AuditPlanConfig(full_rate=0.0, min_positions=20, suspect_offenders=False)
+    assert {p.reason for p in plans(forgiving, 64, REFORMED, 100)} == {"window"}
+    assert plan(forgiving, 64, CAUGHT_ONCE, NoDraws()).reason == "untrusted"
 
 
 def test_every_claim_is_checked_and_windows_start_at_the_first_position() -> None:
