@@ -36,17 +36,19 @@ second_rate)``). Untrusted prover or ``n <= m``: caught with probability 1. Trus
     P(caught) = q + (1 - q) * P(end > j),   P(end > j) = 1 for j < m,
                                             1 - ((j - m + 1) / (k + 1)) ** (1 / skew) for j >= m.
 
-:func:`detection_probability` computes it. Consequences, for the defaults (``min_positions = 20``,
-``full_rate = 0.1``, ``second_rate = 0.02``, ``skew = 1``):
+:func:`detection_probability` computes it. Consequences, for example with ``min_positions = 20``,
+``full_rate = 0.3``, ``second_rate = 0.02`` and ``skew = 1`` (so ``q = 0.32``):
 
 - a cheat anywhere in the first 20 positions is caught with probability 1: so is **any** claim that
   changes 1 token in 20 or more (its first change is at a position below 20), and any random-token or
   other-model claim;
-- a cheat confined to the tail is caught with probability about ``q + (1 - q) * s / (k + 1)`` when its
-  first wrong position is ``s`` from the end: a prover that skips the last half of a 64-token output is
-  caught with probability ~0.56, one that changes only the last token with ~0.13 (64 tokens). Such a
-  prover saves little compute (it ran the model for the rest), and once caught it is scored in full
-  until it has rebuilt a doubled streak (reputation.required_streak).
+- a cheat confined to the tail is caught with probability ``q + (1 - q) * s / (k + 1)`` when its first
+  wrong position is ``s`` from the end (``skew = 1``): a prover that skips the last half of a 64-token
+  output is caught with probability 0.80 (256 tokens: 0.69), one that changes only the last token with
+  0.335 (256 tokens: 0.323), i.e. about ``q``. Such a prover saves little compute (it ran the model for
+  the rest). With ``suspect_offenders`` its first catch ends its partial audits for good: per identity
+  it gets on average ``(1 - q) / q`` wrong claims through (2.1 at ``q = 0.32``), and each identity first
+  costs it ``min_trust_streak`` fully audited honest jobs.
 
 The expected cost of an audit, in full audits: ``1`` for untrusted provers, else
 ``q + (1 - q) * E[end] / n`` (``E[end] = m + k / 2`` roughly for ``skew = 1``; ``m + k / 3`` for 2), and
