@@ -178,7 +178,7 @@ def main() -> int:
         sequence = list(prompt_tokens) + list(claimed)
 
         def prefill(llm: llama_cpp.Llama) -> None:
-            llm.reset()
+            llm.reset()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves reset() unannotated
             llm.eval(sequence)
 
         record("prefill, last row", timed(lambda: prefill(plain)), base)

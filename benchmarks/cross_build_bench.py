@@ -3,16 +3,19 @@
 Two Pythons, each with llama-cpp-python 0.3.36 built differently (this one native, ``--python-b`` e.g.
 built for AVX2 only, see benchmarks/README.md), generate the same ``--prompts`` x ``--tokens`` jobs on
 SmolLM2-135M with this repository's engine and sampler (greedy, or Gumbel-max with ``--temperature``).
-The auditor is this Python's ``LlamaEngine.score`` with the default tolerance (spec/verification.md §12).
-It reports, in the same run:
+Each build's ``LlamaEngine.score`` audits both builds' outputs with the default tolerance
+(spec/verification.md §12): on a mixed fleet the auditor may sit on either build. It reports, in the
+same run:
 
 * exact comparison: on how many prompts build B's tokens differ from build A's, and the first differing
   positions (what replication by bit-identical outputs would reject);
-* audit: how many of A's and of B's outputs the auditor accepts (goal: 100 %), and the distribution of
-  the largest gap per job (median, p99, max) against the tolerance.
+* audit, for each of the four (outputs, auditor) pairs: how many outputs the auditor accepts (goal:
+  100 %), the largest gap per job (median, p99, max) against the tolerance, the per-position gaps that
+  are not zero (count, median, p99), and every rejection with its position, gap and rank.
 
 The B side runs this very script in ``--generate-only`` mode under ``--python-b``, with this
-repository on its ``PYTHONPATH``, and hands the tokens back as JSON.
+repository on its ``PYTHONPATH``: it generates, audits A's outputs (handed over in a file) and its own,
+and hands everything back as JSON.
 
     .venv/bin/python benchmarks/cross_build_bench.py --python-b /opt/avx2-venv/bin/python
     .venv/bin/python benchmarks/cross_build_bench.py --python-b ... --temperature 0.8 --seed 7 --json out.json
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -47,6 +51,14 @@ _FORMS = [
 PROMPTS = [form.format(topic) for topic in _TOPICS for form in _FORMS]
 
 
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (sorted here); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
 def generate_all(
     prompts: list[str], tokens: int, temperature: float, seed: int, threads: int
 ) -> dict[str, object]:
@@ -67,17 +79,91 @@ def generate_all(
     return {"system_info": llama_cpp.llama_print_system_info().decode(), "outputs": outputs}
 
 
-def run_b(python_b: str, args: argparse.Namespace) -> dict[str, object]:
+def audit_all(
+    prompts: list[str],
+    claims: dict[str, list[dict[str, object]]],
+    temperature: float,
+    seed: int,
+    threads: int,
+) -> dict[str, dict[str, object]]:
+    """Audit each named set of outputs with this Python's build at the default tolerance; figures per set."""
+    from opengrid.core.audit import SamplingParams, judge
+    from opengrid.engines import LlamaEngine, ScoreRequest, resolve_model
+
+    sampling = SamplingParams(temperature=temperature, seed=seed)
+    figures: dict[str, dict[str, object]] = {}
+    with LlamaEngine(resolve_model("smollm2-135m-instruct"), n_threads=threads) as auditor:
+        for name, outputs in claims.items():
+            job_gaps: list[float] = []
+            nonzero: list[float] = []
+            positions = 0
+            rejections: list[dict[str, object]] = []
+            for i, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
+                tokens = output["tokens"]
+                assert isinstance(tokens, list)
+                request = ScoreRequest(
+                    prompt=prompt,
+                    tokens=tuple(tokens),
+                    stopped=bool(output["stopped"]),
+                    sampling=sampling,
+                    job_id=i.to_bytes(32, "big"),
+                )
+                evidence = auditor.score(request).evidence
+                verdict = judge(evidence)
+                positions += len(evidence)
+                nonzero.extend(e.gap for e in evidence if e.gap > 0.0)
+                job_gaps.append(verdict.max_gap)
+                if not verdict.accepted:
+                    assert verdict.failure is not None
+                    rejections.append(
+                        {
+                            "prompt": i,
+                            "position": verdict.first_failure,
+                            "gap": verdict.failure.gap,
+                            "rank": verdict.failure.rank,
+                            "max_gap": verdict.max_gap,
+                            "reason": verdict.reason,
+                        }
+                    )
+            figures[name] = {
+                "accepted": len(prompts) - len(rejections),
+                "jobs": len(prompts),
+                "max_gap_median": statistics.median(job_gaps),
+                "max_gap_p99": _percentile(job_gaps, 0.99),
+                "max_gap_max": max(job_gaps),
+                "positions": positions,
+                "nonzero_gaps": len(nonzero),
+                "nonzero_gap_median": statistics.median(nonzero) if nonzero else 0.0,
+                "nonzero_gap_p99": _percentile(nonzero, 0.99),
+                "rejections": rejections,
+            }
+    return figures
+
+
+def first_difference(x: list[int], y: list[int]) -> int | None:
+    """The first output position where two token sequences differ; None when they are identical.
+
+    When one is a prefix of the other (one build stopped earlier), they differ where the shorter ends.
+    """
+    if x == y:
+        return None
+    return next((k for k, (s, t) in enumerate(zip(x, y, strict=False)) if s != t), min(len(x), len(y)))
+
+
+def run_b(python_b: str, args: argparse.Namespace, outputs_a: object) -> dict[str, object]:
+    """Run the B side under ``python_b``: its outputs, and its audits of A's outputs and its own."""
     with tempfile.TemporaryDirectory() as scratch:
         out = pathlib.Path(scratch) / "b.json"
+        claims_a = pathlib.Path(scratch) / "a.json"
+        claims_a.write_text(json.dumps(outputs_a), encoding="utf-8")
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "sdk"), str(ROOT / "ledger")]),
         }
         command = [
-            python_b, __file__, "--generate-only", str(out), "--prompts", str(args.prompts),
-            "--tokens", str(args.tokens), "--temperature", str(args.temperature), "--seed", str(args.seed),
-            "--threads", str(args.threads),
+            python_b, __file__, "--generate-only", str(out), "--audit-a", str(claims_a),
+            "--prompts", str(args.prompts), "--tokens", str(args.tokens),
+            "--temperature", str(args.temperature), "--seed", str(args.seed), "--threads", str(args.threads),
         ]  # fmt: skip
         subprocess.run(command, env=env, check=True, timeout=args.timeout)
         result: dict[str, object] = json.loads(out.read_text(encoding="utf-8"))
@@ -90,6 +176,9 @@ def main() -> int:
     )
     parser.add_argument("--python-b", help="the other build's python (required unless --generate-only)")
     parser.add_argument("--generate-only", metavar="OUT", help="(B side) write this build's outputs here")
+    parser.add_argument(
+        "--audit-a", metavar="IN", help="(B side) also audit build A's outputs from this file"
+    )
     parser.add_argument("--prompts", type=int, default=len(PROMPTS))
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -98,73 +187,84 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the B side may take")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    if not 1 <= args.prompts <= len(PROMPTS):
+        parser.error(f"--prompts must be in 1..{len(PROMPTS)}, got {args.prompts}")
     prompts = PROMPTS[: args.prompts]
     if args.generate_only:
         result = generate_all(prompts, args.tokens, args.temperature, args.seed, args.threads)
+        if args.audit_a:
+            outputs_b = result["outputs"]
+            assert isinstance(outputs_b, list)
+            outputs_a = json.loads(pathlib.Path(args.audit_a).read_text(encoding="utf-8"))
+            claims = {"A": outputs_a, "B": outputs_b}
+            result["audit"] = audit_all(prompts, claims, args.temperature, args.seed, args.threads)
         pathlib.Path(args.generate_only).write_text(json.dumps(result), encoding="utf-8")
         return 0
     if not args.python_b:
         parser.error("--python-b is required (the python of the second llama-cpp-python build)")
 
-    from opengrid.core.audit import AuditPolicy, SamplingParams, judge
-    from opengrid.engines import LlamaEngine, ScoreRequest, resolve_model
+    from opengrid.core.audit import AuditPolicy
 
     a = generate_all(prompts, args.tokens, args.temperature, args.seed, args.threads)
-    b = run_b(args.python_b, args)
+    outputs_a = a["outputs"]
+    assert isinstance(outputs_a, list)
+    b = run_b(args.python_b, args, outputs_a)
     if a["system_info"] == b["system_info"]:
         print("warning: both builds report the same llama.cpp features; is --python-b really another build?")
-    sampling = SamplingParams(temperature=args.temperature, seed=args.seed)
+    outputs_b = b["outputs"]
+    assert isinstance(outputs_b, list)
+    audit_a = audit_all(prompts, {"A": outputs_a, "B": outputs_b}, args.temperature, args.seed, args.threads)
+    audit_b = b["audit"]
+    assert isinstance(audit_b, dict)
+    figures = {
+        f"{o} by {auditor}": audits[o] for auditor, audits in (("A", audit_a), ("B", audit_b)) for o in "AB"
+    }
     tolerance = AuditPolicy().gap_tolerance
-    outputs_a, outputs_b = a["outputs"], b["outputs"]
-    assert isinstance(outputs_a, list) and isinstance(outputs_b, list)
-    first_differences = []
-    figures: dict[str, dict[str, object]] = {}
-    with LlamaEngine(resolve_model("smollm2-135m-instruct"), n_threads=args.threads) as auditor:
-        for name, outputs in (("A (this build)", outputs_a), ("B", outputs_b)):
-            gaps, accepted = [], 0
-            for i, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
-                request = ScoreRequest(
-                    prompt=prompt,
-                    tokens=tuple(output["tokens"]),
-                    stopped=output["stopped"],
-                    sampling=sampling,
-                    job_id=i.to_bytes(32, "big"),
-                )
-                verdict = judge(auditor.score(request).evidence)
-                accepted += verdict.accepted
-                gaps.append(verdict.max_gap)
-            gaps.sort()
-            figures[name] = {
-                "accepted": accepted,
-                "jobs": len(prompts),
-                "max_gap_median": statistics.median(gaps),
-                "max_gap_p99": gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))],
-                "max_gap_max": gaps[-1],
-            }
-    for x, y in zip(outputs_a, outputs_b, strict=True):
-        if x["tokens"] != y["tokens"]:
-            pairs = zip(x["tokens"], y["tokens"], strict=False)
-            first_differences.append(next((k for k, (s, t) in enumerate(pairs) if s != t), None))
-    mode = "greedy" if sampling.greedy else f"Gumbel-max T={args.temperature} seed={args.seed}"
+    first_differences = [
+        first_difference(x["tokens"], y["tokens"]) for x, y in zip(outputs_a, outputs_b, strict=True)
+    ]
+    differing = sorted(p for p in first_differences if p is not None)
+    mode = "greedy" if args.temperature == 0.0 else f"Gumbel-max T={args.temperature} seed={args.seed}"
     print(
-        f"SmolLM2-135M, {len(prompts)} prompts x {args.tokens} tokens, {mode}, tolerance {tolerance} logits"
+        f"SmolLM2-135M, {len(prompts)} prompts x {args.tokens} tokens, {mode}, {args.threads} threads, "
+        f"tolerance {tolerance} logits"
     )
     print(f"build A: {a['system_info']}\nbuild B: {b['system_info']}")
     print(
-        f"exact comparison: B differs from A on {len(first_differences)} of {len(prompts)} prompts; first "
-        f"differing positions {sorted(p for p in first_differences if p is not None)}"
+        f"exact comparison: B differs from A on {len(differing)} of {len(prompts)} prompts; first "
+        f"differing positions {differing}"
+        + (f" (median {statistics.median(differing)})" if differing else "")
     )
-    print("| outputs | accepted by audit | largest gap per job: median / p99 / max |\n|---|---:|---|")
+    print(
+        "| outputs by auditor | accepted by audit | largest gap per job: median / p99 / max "
+        "| positions with a gap > 0: count / median / p99 |\n|---|---:|---|---|"
+    )
     for name, f in figures.items():
         print(
             f"| {name} | {f['accepted']} / {f['jobs']} | "
-            f"{f['max_gap_median']:.3f} / {f['max_gap_p99']:.3f} / {f['max_gap_max']:.3f} |"
+            f"{f['max_gap_median']:.3f} / {f['max_gap_p99']:.3f} / {f['max_gap_max']:.3f} | "
+            f"{f['nonzero_gaps']} of {f['positions']} / {f['nonzero_gap_median']:.3f} / "
+            f"{f['nonzero_gap_p99']:.3f} |"
         )
+    for name, f in figures.items():
+        rejections = f["rejections"]
+        assert isinstance(rejections, list)
+        for r in rejections:
+            print(f"rejected ({name}): prompt {r['prompt']}: {r['reason']}")
     if args.json:
         result = {
-            "exact_differ": len(first_differences),
+            "prompts": len(prompts),
+            "tokens": args.tokens,
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "threads": args.threads,
+            "tolerance": tolerance,
+            "system_info": {"A": a["system_info"], "B": b["system_info"]},
+            "exact_differ": len(differing),
             "first_differences": first_differences,
             "audit": figures,
+            # The claims themselves, so a rejection can be re-examined without rerunning both builds.
+            "outputs": {"A": outputs_a, "B": outputs_b},
         }
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0

@@ -233,7 +233,10 @@ def parent_main(args: argparse.Namespace) -> None:
                 c.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 c.proc.kill()
-    ok = lambda good: "yes" if good else "NO"  # noqa: E731
+
+    def ok(good: bool) -> str:
+        return "yes" if good else "NO"
+
     disc = result["discovery_from_first_spawn_s"]
     print(
         f"\n### discovery_bench: {args.nodes} node processes, beat {args.beat} s, "

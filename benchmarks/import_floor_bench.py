@@ -57,11 +57,11 @@ def spawn_together(code: str, processes: int) -> dict[str, Any]:
                 f"{len(pending)} of {processes} processes still importing after {TIMEOUT_S:.0f} s"
             )
         pid, status, usage = os.wait4(-1, 0)
-        child = pending.pop(pid, None)
-        if child is None:
+        reaped = pending.pop(pid, None)
+        if reaped is None:
             continue
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        failed += child.returncode != 0
+        reaped.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        failed += reaped.returncode != 0
         cpu_s.append(usage.ru_utime + usage.ru_stime)
         rss_mib.append(usage.ru_maxrss / 1024)  # KiB on Linux
     return {
@@ -81,7 +81,11 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.processes <= 200:
         parser.error("--processes must be 1..200")
-    results = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0], "sets": {}}
+    results: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+        "sets": {},
+    }
     print(
         f"| import set | {args.processes} at once: first spawn → last exit | CPU s per process (median) | "
         "peak RSS per process (median) | failed |"

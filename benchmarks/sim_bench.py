@@ -157,7 +157,8 @@ def _child(name: str, quick: bool) -> None:
 def _measure(name: str, quick: bool) -> dict[str, Any]:
     args = [sys.executable, __file__, "--child", name] + (["--quick"] if quick else [])
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True, timeout=900)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def table(results: dict[str, dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import pathlib
 import secrets
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -52,6 +54,9 @@ from opengrid.wire.messages import (
     StatusRequest,
     SubmitJob,
 )
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio-typing's stubs (a py-libp2p dependency) hide trio.TaskStatus
 
 NETWORK = "opengrid-soak"
 Tally = collections.Counter[str]
@@ -76,7 +81,7 @@ async def _attacker(nursery: trio.Nursery, address: str) -> tuple[Host, str, byt
     return host, peer, seed
 
 
-async def _host_task(seed: bytes, *, task_status: trio.TaskStatus[Host]) -> None:
+async def _host_task(seed: bytes, *, task_status: TaskStatus[Host]) -> None:
     async with open_host(seed) as host:
         task_status.started(host)
         await trio.sleep_forever()
@@ -291,15 +296,15 @@ async def soak(coordinator: DemoNode, api: str, seconds: float) -> dict[str, obj
         attacks: list[Callable[[], Awaitable[None]]] = []
         for attack in (idle_sync, slowloris, stream_flood, bad_prompts):
             host, target, _ = await _attacker(nursery, address)
-            attacks.append(lambda a=attack, h=host, t=target: a(h, t, deadline, attack_tally))  # type: ignore[misc]
+            attacks.append(functools.partial(attack, host, target, deadline, attack_tally))
         host, target, seed = await _attacker(nursery, address)
         attacks.append(lambda: big_names(host, target, seed, deadline, attack_tally))
         attacks.append(lambda: big_bodies(api, deadline, attack_tally))
         async with trio.open_nursery() as running:
             running.start_soon(sample_rss, deadline)
             running.start_soon(legitimate, client, peer, deadline, latencies, legit_tally)
-            for attack in attacks:
-                running.start_soon(attack)
+            for start_attack in attacks:
+                running.start_soon(start_attack)
         nursery.cancel_scope.cancel()
     submitted = sum(legit_tally.values())
     latencies.sort()

@@ -10,12 +10,14 @@ the values involved, and what to do next.
     ├── ConfigError                 bad flag, config value or data dir
     ├── ProtocolError               a message broke the protocol
     │   ├── LocalProtocolError      we were about to send something invalid (our bug)
+    │   │   └── JobStateError       the coordinator moved a job in a way its state table forbids (our bug)
     │   └── RemoteProtocolError     a peer sent something invalid (carries the peer, when known)
     │       ├── FrameTooLargeError  the length prefix announced more than the limit allows
     │       ├── MalformedMessageError  the bytes do not decode to a known message
     │       └── PeerTooSlowError    a frame or a request did not arrive within its deadline
     ├── TransportError              a peer could not be reached, or went away mid-exchange
-    │   └── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
+    │   ├── IncompatiblePeerError   the peer speaks none of our protocols (another version, not OpenGrid)
+    │   └── NameResolutionError     a /dns4/, /dns6/ or /dnsaddr/ address named no reachable address (now)
     ├── EngineError                 inference failed
     │   ├── UnknownModelError       no such model here (or on the network)
     │   ├── BadRequestError         the request itself cannot run (too long for the context, empty)
@@ -23,7 +25,8 @@ the values involved, and what to do next.
     ├── JobError                    a job could not be completed
     │   ├── NoCapacityError         not enough workers serve the model
     │   ├── VerificationError       replicas did not reach quorum, or a result failed its checks
-    │   └── PaymentError            the job must be paid and cannot be (no identity, points or grant)
+    │   ├── PaymentError            the job must be paid and cannot be (no identity, points or grant)
+    │   └── UnknownJobError         no receipt for this job id where it was asked (unknown, failed, running)
     └── LedgerError                 the ledger refused an entry or could not store it
         └── InvalidEntryError       bad signature, wrong network, broken chain, double count, ...
 """
@@ -45,6 +48,11 @@ class ProtocolError(OpenGridError):
 
 class LocalProtocolError(ProtocolError):
     """We were about to send something the protocol forbids: a bug on this side."""
+
+
+class JobStateError(LocalProtocolError):
+    """The coordinator tried to move a job in a way its lifecycle table forbids
+    (opengrid/core/coordinator/state.py): a bug in the coordinator, never a peer's doing."""
 
 
 class RemoteProtocolError(ProtocolError):
@@ -86,6 +94,12 @@ class TransportError(OpenGridError):
 class IncompatiblePeerError(TransportError):
     """The peer answered, but speaks none of the protocols we asked for: another OpenGrid protocol version,
     or not an OpenGrid node. Nothing will get through until one side upgrades."""
+
+
+class NameResolutionError(TransportError):
+    """A DNS multiaddr (``/dns4/``, ``/dns6/``, ``/dns/``, ``/dnsaddr/``) resolved to no dialable address:
+    the name is unknown, DNS did not answer in time, or its records name nothing usable. DNS can come back,
+    so a node retries it like a bootstrap that does not answer."""
 
 
 class EngineError(OpenGridError):
@@ -131,6 +145,11 @@ class VerificationError(JobError):
 class PaymentError(JobError):
     """The coordinator runs only paid jobs and this one cannot be paid: no identity, too few points, or
     no starting grant to be had (none on the network, already claimed, or rate-limited)."""
+
+
+class UnknownJobError(JobError):
+    """The node asked holds no receipt for this job id: it never ran there, it failed (a failed job has
+    none), or it is still running."""
 
 
 class LedgerError(OpenGridError):

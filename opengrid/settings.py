@@ -112,14 +112,14 @@ def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
 # -- value parsers: (raw value, from_text) -> typed value, ValueError with the allowed values ------
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
     return value
 
 
-def _int(minimum: int) -> Callable[[Any, bool], int]:
-    def parse(value: Any, from_text: bool) -> int:
+def _int(minimum: int) -> Callable[[object, bool], int]:
+    def parse(value: object, from_text: bool) -> int:
         if from_text and isinstance(value, str):
             try:
                 value = int(value.strip())
@@ -134,7 +134,7 @@ def _int(minimum: int) -> Callable[[Any, bool], int]:
     return parse
 
 
-def _positive_float(value: Any, from_text: bool) -> float:
+def _positive_float(value: object, from_text: bool) -> float:
     if from_text and isinstance(value, str):
         try:
             value = float(value.strip())
@@ -145,7 +145,7 @@ def _positive_float(value: Any, from_text: bool) -> float:
     return float(value)
 
 
-def _bool(value: Any, from_text: bool) -> bool:
+def _bool(value: object, from_text: bool) -> bool:
     if from_text and isinstance(value, str):
         word = value.strip().lower()
         if word in ("1", "true", "yes", "on"):
@@ -157,8 +157,8 @@ def _bool(value: Any, from_text: bool) -> bool:
     return value
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[Any, bool], str]:
-    def parse(value: Any, from_text: bool) -> str:
+def _choice(choices: tuple[str, ...]) -> Callable[[object, bool], str]:
+    def parse(value: object, from_text: bool) -> str:
         if not isinstance(value, str) or value.strip().lower() not in choices:
             raise ValueError(f"allowed: {', '.join(choices)}")
         return value.strip().lower()
@@ -166,7 +166,7 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any, bool], str]:
     return parse
 
 
-def _path(value: Any, from_text: bool) -> pathlib.Path:
+def _path(value: object, from_text: bool) -> pathlib.Path:
     if isinstance(value, pathlib.Path):
         return value.expanduser()
     if not isinstance(value, str) or not value.strip():
@@ -174,20 +174,20 @@ def _path(value: Any, from_text: bool) -> pathlib.Path:
     return pathlib.Path(value.strip()).expanduser()
 
 
-def _name(value: Any, from_text: bool) -> str:
+def _name(value: object, from_text: bool) -> str:
     text = _text(value).strip()
     if not 1 <= len(text) <= 64:
         raise ValueError("expected 1..64 characters")
     return text
 
 
-def _secret(value: Any, from_text: bool) -> str:
+def _secret(value: object, from_text: bool) -> str:
     if not isinstance(value, str) or len(value.strip()) < 8:
         raise ValueError("a network key is a text of at least 8 characters (share it like a password)")
     return value.strip()
 
 
-def _work_hours(value: Any, from_text: bool) -> str:
+def _work_hours(value: object, from_text: bool) -> str:
     text = _text(value).strip()
     try:
         parse_windows(text)
@@ -196,28 +196,28 @@ def _work_hours(value: Any, from_text: bool) -> str:
     return text
 
 
-def _model(value: Any, from_text: bool) -> str:
+def _model(value: object, from_text: bool) -> str:
     text = _text(value).strip()
     if not text:
         raise ValueError("expected a catalog name (see `opengrid models list`) or a .gguf path")
     return text
 
 
-def _url(value: Any, from_text: bool) -> str:
+def _url(value: object, from_text: bool) -> str:
     text = _text(value).strip()
     if not text.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:8000")
     return text.rstrip("/")
 
 
-def _key_text(value: Any, from_text: bool) -> str:
+def _key_text(value: object, from_text: bool) -> str:
     text = _text(value).strip()
     if not text:
         raise ValueError("expected a non-empty text")
     return text
 
 
-def _host_port(value: Any, from_text: bool) -> str:
+def _host_port(value: object, from_text: bool) -> str:
     if value is True or (from_text and isinstance(value, str) and value.strip().lower() == "true"):
         return DEFAULT_API_ADDRESS  # `--api` given bare, `api = true`
     text = _text(value).strip()
@@ -227,7 +227,7 @@ def _host_port(value: Any, from_text: bool) -> str:
     return text
 
 
-def _multiaddrs(value: Any, from_text: bool) -> tuple[str, ...]:
+def _multiaddrs(value: object, from_text: bool) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")] if from_text else [value.strip()]
         items = [v for v in items if v]
@@ -253,7 +253,7 @@ def _check_multiaddr(text: str) -> None:
 
 @dataclass(frozen=True)
 class _Key:
-    parse: Callable[[Any, bool], Any]
+    parse: Callable[[object, bool], object]
     optional: bool = False
     """``None`` is allowed (the default, or an empty environment variable)."""
     nonempty: bool = False
@@ -370,7 +370,7 @@ def load_settings(
     return config, sources
 
 
-def _check(key: str, raw: Any, origin: str, *, from_text: bool) -> Any:
+def _check(key: str, raw: object, origin: str, *, from_text: bool) -> object:
     spec = KEYS[key]
     if spec.optional and (raw is None or (from_text and isinstance(raw, str) and not raw.strip())):
         return None
@@ -481,7 +481,8 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--bootstrap",
         action="append",
         metavar="MULTIADDR",
-        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...); the node finds "
+        help="any node's full multiaddr, as it prints at start (.../p2p/12D3KooW...), or a DNS name: "
+        "/dns4/NAME/tcp/PORT/p2p/ID, /dnsaddr/NAME (TXT records dnsaddr=...); repeatable; the node finds "
         "every coordinator through it (gossip)",
     )
     network.add_argument(

@@ -16,7 +16,10 @@ import inspect
 import json
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import msgspec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA_DIR = ROOT / "spec" / "schemas"
@@ -66,11 +69,11 @@ def _document(
     return document
 
 
-def _structs(types: list[Any]) -> list[type]:
+def _structs(types: list[Any]) -> list[type[msgspec.Struct]]:
     """Every Struct class reachable from ``types``, in first-seen order."""
     import msgspec
 
-    seen: dict[type, None] = {}
+    seen: dict[type[msgspec.Struct], None] = {}
 
     def walk(info: Any) -> None:
         if isinstance(info, msgspec.inspect.StructType):
@@ -117,8 +120,8 @@ def build_schemas() -> dict[str, str]:
         "decoding-contract.json": _document(
             "OpenGrid decoding contract",
             "The numerical class of a job (spec/verification.md §2); its digest is sha256 of its "
-            "canonical msgpack (all ten fields, floats as float64). Generated from "
-            "opengrid.wire.contract.DecodingContract.",
+            "canonical msgpack (the ten first fields always, top_p only below 1; floats as float64). "
+            "Generated from opengrid.wire.contract.DecodingContract.",
             {"DecodingContract": DecodingContract},
             root="DecodingContract",
         ),

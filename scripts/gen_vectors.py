@@ -76,14 +76,19 @@ from opengrid.wire.messages import (  # noqa: E402
     JobAccepted,
     JobId,
     JobProgress,
+    JobReceipt,
     Message,
+    ModelInfo,
+    ModelList,
     ModelOffer,
+    ModelsRequest,
     NodeStatus,
     PeerSummary,
     Quote,
     QuotedWorker,
     QuoteRequest,
     ReceiptNotice,
+    ReceiptRequest,
     Registered,
     RegisterWorker,
     ReplicaProgress,
@@ -200,10 +205,13 @@ def contract_vectors() -> dict[str, Any]:
             flash_attn=True,
             kv_cache_type="f32",
         ),
+        # A sampled job's contract: the first class with a client's settings (SubmitJob.job_contract).
+        CONTRACT.sampled(temperature=0.8, top_k=0, top_p=0.95, seed=2**64 - 1),
     ]
     return {
-        "description": "DecodingContract canonical msgpack (all ten fields, floats as float64) and its "
-        "digest = sha256(encoding), the numerical class id (spec/verification.md §2).",
+        "description": "DecodingContract canonical msgpack (the ten first fields always, top_p only below 1; "
+        "floats as float64) and its digest = sha256(encoding), the numerical class id "
+        "(spec/verification.md §2).",
         "contracts": [
             {
                 "value": structure(c),
@@ -632,6 +640,10 @@ def messages(
         ("a batch job: it waits behind interactive jobs for a free worker", SubmitJob(
             job_id=job(3), model="smollm2-135m-instruct", prompt="Summarise: ...", max_tokens=64,
             priority="batch")),
+        ("a sampled job: Gumbel-max at temperature 0.7 with the client's seed (spec/verification.md §11)",
+         SubmitJob(
+            job_id=job(4), model="smollm2-135m-instruct", prompt="Once upon a time", max_tokens=16,
+            temperature=0.7, top_k=40, top_p=0.9, seed=42)),
         ("a sealed job (see sealed.json)", submit_sealed),
         ("run a replica", RunJob(
             job_id=job(1), contract=CONTRACT, prompt="The capital of France is", max_tokens=5)),
@@ -690,6 +702,23 @@ def messages(
             job_id=job(1), verdict="fail", n_scored=3, max_gap=12.5, evidence_commitment=_AUDIT_COMMITMENT,
             first_failure=1, failure_gap=12.5,
             reason="position 1: claimed token 202 is 12.500 logits below the sampler's choice")),
+        ("models request: every model served here (no chat templates)", ModelsRequest()),
+        ("a model list", ModelList(models=[ModelInfo(
+            name="smollm2-135m-instruct", sha256="ab" * 32, workers=2, weight=1)])),
+        ("models request naming one model: its entries, with the chat template", ModelsRequest(
+            model="smollm2-135m-instruct")),
+        ("a model list with a chat template", ModelList(models=[ModelInfo(
+            name="smollm2-135m-instruct", sha256="ab" * 32, workers=2, weight=1,
+            chat_template="{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}",
+            bos_token="<s>", eos_token="</s>")])),
+        ("receipt request", ReceiptRequest(job_id=job(1))),
+        ("a job's receipt, from the ledger", JobReceipt(job_id=job(1), receipt=encode_entry(receipt))),
+        ("a job's receipt with its kept answer (to the job's own client)", JobReceipt(
+            job_id=job(1), receipt=encode_entry(receipt), answered=True, text=TEXT, tokens=TOKENS,
+            finish_reason="length")),
+        ("no receipt for that job id here", ErrorReply(
+            code="unknown_job", message="no receipt for job 0101...; it never ran here, or it failed",
+            job_id=job(1))),
     ]  # fmt: skip
 
 

@@ -23,9 +23,14 @@ from simulations.outputs import VOCAB, honest_tokens, random_tokens, tokens_from
 class Behaviour(Protocol):
     """A worker's answering strategy."""
 
-    name: str
-    work_fraction: float
-    """Share of honest inference time it spends (a lazy worker returns almost at once)."""
+    # Read-only (properties), so the frozen dataclasses below satisfy it.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def work_fraction(self) -> float:
+        """Share of honest inference time it spends (a lazy worker returns almost at once)."""
+        ...
 
     def answer(
         self, prompt: str, contract_digest: bytes, n: int, rng: random.Random

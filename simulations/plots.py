@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -14,12 +14,18 @@ import matplotlib.pyplot as plt
 
 from simulations.report import read_csv
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_run", "plt"]  # plt: pyplot with the file-only backend chosen (sweep.py draws with it)
+
 
 def _floats(rows: list[dict[str, str]], column: str) -> list[float]:
     return [float(r[column]) for r in rows if r.get(column, "") != ""]
 
 
-def _cdf(ax: Any, values: list[float], label: str) -> None:
+def _cdf(ax: Axes, values: list[float], label: str) -> None:
     ordered = sorted(values)
     n = len(ordered)
     ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label)
@@ -41,7 +47,7 @@ def plot_run(directory: Path) -> list[Path]:
     return written
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

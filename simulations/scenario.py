@@ -9,6 +9,7 @@ are usable here without touching the simulator. See simulations/README.md for ev
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -171,16 +172,14 @@ class Scenario:
     """Free-form expectations a scenario's test checks (e.g. the BOINC overhead target)."""
 
     def coordinator_config(self) -> CoordinatorConfig:
-        """The real core's config from the ``[coordinator]`` table."""
-        try:
-            return CoordinatorConfig(**dict(self.coordinator))
-        except TypeError as exc:
-            known = ", ".join(f.name for f in dataclasses.fields(CoordinatorConfig))
-            raise ConfigError(f"[coordinator] has an unknown key ({exc}); known keys: {known}") from exc
+        """The real core's config from the ``[coordinator]`` table; an unknown key is a ConfigError."""
+        built: CoordinatorConfig = _build(CoordinatorConfig, self.coordinator, "[coordinator]")
+        return built
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for the manifest), in field order."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 def _plain(value: Any) -> Any:
@@ -198,7 +197,16 @@ def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        # A key cut short ("rate" for "rate_per_s") is likelier than a close spelling.
+        guesses = {
+            k: [n for n in sorted(names) if n.startswith(k)][:1] or difflib.get_close_matches(k, names, n=1)
+            for k in unknown
+        }
+        hint = "".join(f" ({k!r}: did you mean {g[0]!r}?)" for k, g in guesses.items() if g)
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}{hint}; remove or rename them (a typo is never ignored). "
+            f"Allowed: {sorted(names)}"
+        )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     try:
         return cls(**values)
@@ -311,7 +319,10 @@ def load(path: Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
             trace = Path(section["trace"])
             if not trace.is_absolute() and (path.parent / trace).exists():
                 raw = override(raw, f"{table}.trace", str(path.parent / trace))
-    return parse(raw)
+    try:
+        return parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"scenario file {path}: {exc}") from exc
 
 
 def parse_value(text: str) -> Any:
@@ -335,7 +346,7 @@ def override(raw: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
     ``adversaries.<kind>.<key>`` (``adversaries.intermittent.cheat_rate=0.2``), which sets a key of every
     population of that kind already in the file.
     """
-    doc = _deep_copy(raw)
+    doc: dict[str, Any] = _deep_copy(raw)
     path = key.split(".")
     if len(path) == 3 and path[0] == "adversaries":
         matching = [a for a in doc.get("adversaries", []) if a.get("kind") == path[1]]

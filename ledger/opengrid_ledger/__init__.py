@@ -49,6 +49,7 @@ from .payloads import (
 )
 from .signatures import ED25519, Ed25519, SignatureScheme
 from .state import HistoryItem, HoldInfo, LedgerState, TrustedReplayError, payload_kind
+from .writer import ChainWriter
 
 __all__ = [
     "ATTESTATION_DOMAIN",
@@ -58,6 +59,7 @@ __all__ = [
     "AccountKey",
     "Admit",
     "Attestation",
+    "ChainWriter",
     "Cosignature",
     "Credit",
     "Ed25519",

@@ -21,7 +21,8 @@ author, in total and in bytes, and those of authors without standing get a small
 first; when the pool is full a newcomer displaces the newest entry of the author holding the most
 waiting entries (or is refused if that is its own author). A FRAUD entry waits until its author has
 standing, and an author proves a given forker at most once. A fork by an author without standing cuts it
-without a rebuild and keeps no evidence (so no FRAUD proof is made for it); such cuts are capped too.
+without a rebuild and keeps no evidence (so no FRAUD proof is made for it) until the author gains standing;
+such cuts are capped too.
 Eviction only forgets what sync can bring again, so it never breaks convergence of what is applied.
 """
 
@@ -203,6 +204,8 @@ class LedgerState:
             return
         self._base_minters.add(key)
         self._minters.add(key)
+        if key in self._unbacked_cuts:
+            self._keep_evidence(key)
 
     # -- applying -------------------------------------------------------------------------------------
 
@@ -582,6 +585,8 @@ class LedgerState:
         self._balances[account] = self._balances.get(account, 0) + points
         self._touches.setdefault(account, []).append((index, points))
         self._wake(("balance", account))
+        if account in self._unbacked_cuts:
+            self._keep_evidence(account)
 
     def _wake(self, key: WaitKey) -> None:
         self._woken.update(self._waiting.pop(key, ()))
@@ -594,6 +599,8 @@ class LedgerState:
         self._heads[body.author] = (body.seq, entry_id)
         payload: Payload = body.payload
         author = body.author
+        if author in self._unbacked_cuts:
+            self._keep_evidence(author)
         if void:
             return
         if isinstance(payload, Receipt):
@@ -630,6 +637,8 @@ class LedgerState:
         elif isinstance(payload, Admit):
             self._admitted.append(payload.coordinator)
             self._minters.add(payload.coordinator)
+            if payload.coordinator in self._unbacked_cuts:
+                self._keep_evidence(payload.coordinator)
             self._wake(("admit", len(self._admitted)))
         elif isinstance(payload, Fraud):
             self._fraud_proven.add((author, _forker(payload)))
@@ -688,6 +697,22 @@ class LedgerState:
             self._cuts.pop(oldest, None)
         if self._woken:
             self._cascade(None, [])  # what this applies is found again by sync, as after a rebuild
+
+    def _keep_evidence(self, author: bytes) -> None:
+        """``author``, cut while it had no standing, has standing now (an entry of it below the cut
+        applied, or a credit): keep its cut for good and its fork evidence — the two lowest-id entries at
+        the cut, which the cut excluded and we still hold — as if it had had standing when it forked. The
+        cut already excluded what it had to, so nothing is rebuilt. (A fork proof can arrive before the
+        chain below it: sync and gossip order nothing.)"""
+        excluded = self._unbacked_cuts.pop(author, [])
+        cut = self._cuts[author]
+        at_cut = sorted(
+            entry_id
+            for entry_id in excluded
+            if (entry := self._excluded.get(entry_id)) is not None and decode_body(entry.body).seq == cut
+        )
+        if len(at_cut) >= 2 and author not in self._forks:
+            self._forks[author] = (self._excluded[at_cut[0]], self._excluded[at_cut[1]])
 
     def _rebuild(self) -> None:
         """Recompute every fold from the retained entries under the current cuts (a rare event)."""

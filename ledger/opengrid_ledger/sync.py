@@ -18,6 +18,13 @@ before decoding and its shape after (typed errors: FrameTooLargeError, Malformed
 replies to a turn unless it has nothing to say; a side that has nothing to send ends the exchange (the
 driver closes the stream), so ``done`` means "I have nothing more to send".
 
+**Fork proofs** (spec/ledger.md §9.3): a frozen author's two conflicting entries are pushed to a peer that
+may not know the fork, so that it freezes the author too before a third node hands it one branch. Each
+side makes one *opening push* (the initiator in ``start``, the responder in its first reply) and proves
+authors the peer's heads show it holds and ranges it asks for up to the cut; at most ``MAX_FORK_PROOFS``
+proofs (``MAX_FORK_PROOF_BYTES``) per session, ranked so that keys forked for free cannot crowd out a
+fork that can harm the peer.
+
 Driver: ``session = SyncSession(ledger, index)``; the initiator sends ``session.start()``; both then
 loop ``for reply in session.receive(frame): send(reply)`` until ``session.done`` (or the peer closes).
 """
@@ -34,8 +41,9 @@ import msgspec
 
 from opengrid.errors import FrameTooLargeError, InvalidEntryError, MalformedMessageError
 
-from .entries import Entry, decode_entry, encode_entry
+from .entries import Entry, decode_body, decode_entry, encode_entry
 from .ids import HASH_SIZE, KEY_SIZE, MAX_UINT64, EntryId
+from .payloads import Grant
 from .state import LedgerState
 
 PROTOCOL = "/opengrid/ledger-sync/1"
@@ -63,6 +71,15 @@ FINGERPRINT = 8
 MAX_BITS = 64
 MAX_REFUSED_KEPT = 64
 """Refused entries a session remembers (with why) for the driver's log; the rest are only counted."""
+MAX_FORK_PROOFS = 64
+"""Most fork proofs (a frozen author's two conflicting entries) one session sends, whatever prompted them:
+keys are cheap, so a node frozen on thousands of forkers must not send thousands of proofs each session.
+An opening push made before the peer said what it holds takes at most half, leaving the rest for authors
+its heads or wants then show it holds (spec/ledger.md §9.3)."""
+MAX_FORK_PROOF_BYTES = 1024 * 1024
+"""Most encoded bytes of fork proofs one session sends (entries may be 64 KiB each)."""
+MAX_PROOF_CURSORS = 1024
+"""Peers whose fork-proof rotation an ``IdIndex`` remembers (least recently moved forgotten first)."""
 _SPACE = 256
 
 
@@ -186,6 +203,22 @@ class IdIndex:
         taken afresh each time, never accumulated (evicted ids must not stay in the index)."""
         self._seen = 0
         self._generation = -1
+        self._proof_cursors: dict[str, bytes] = {}
+        """Peer -> the author where our last opening push of fork proofs to it stopped short: the next
+        session with that peer goes on after it, so repeated sessions cover every proof (spec §9.3). Per
+        peer: one cursor shared by peers taking turns would give each only every other slice."""
+
+    def proof_cursor(self, peer: str) -> bytes:
+        """Where the next opening push of fork proofs to ``peer`` starts (after this author key)."""
+        return self._proof_cursors.get(peer, b"")
+
+    def move_proof_cursor(self, peer: str, author: bytes) -> None:
+        """Record that a push to ``peer`` stopped short after ``author`` (the most recent
+        ``MAX_PROOF_CURSORS`` peers are remembered)."""
+        self._proof_cursors.pop(peer, None)
+        self._proof_cursors[peer] = author
+        while len(self._proof_cursors) > MAX_PROOF_CURSORS:
+            del self._proof_cursors[next(iter(self._proof_cursors))]
 
     def refresh(self, ledger: LedgerState) -> IdIndex:
         """Include every entry ``ledger`` holds that is not indexed yet, and drop waiting entries it no
@@ -254,16 +287,19 @@ class SyncStats(msgspec.Struct):
     entry_bytes_received: int = 0
     entries_applied: int = 0
     entries_refused: int = 0
+    fork_proofs_sent: int = 0
 
 
 class SyncSession:
     """One side of one sync exchange over ``ledger`` (see the module docstring)."""
 
-    def __init__(self, ledger: LedgerState, index: IdIndex | None = None) -> None:
-        """``index`` (refreshed here) may be shared across sessions to avoid rebuilding it each time."""
+    def __init__(self, ledger: LedgerState, index: IdIndex | None = None, *, peer: str = "") -> None:
+        """``index`` (refreshed here) may be shared across sessions to avoid rebuilding it each time; it
+        also keeps, per ``peer`` (its id), where the fork proofs sent to it stopped (spec §9.3)."""
         self.ledger = ledger
+        self.peer = peer
         self.network = ledger.network
-        self.index = (index or IdIndex()).refresh(ledger)
+        self.index = (IdIndex() if index is None else index).refresh(ledger)  # an empty one is falsy
         self.stats = SyncStats()
         self.done = False
         self.applied: list[Entry] = []
@@ -277,6 +313,14 @@ class SyncSession:
         """Author -> highest seq the peer said it has, for authors we are behind on."""
         self._asked: dict[bytes, int] = {}
         """Author -> from_seq of our last request: ask again only after progress."""
+        self._opened = False
+        """Whether this side made its opening push of fork proofs."""
+        self._proved: set[bytes] = set()
+        """Authors whose fork proof this session sent, or the peer sent us: never sent (again)."""
+        self._proof_bytes = 0
+        self._peer_fork_entries: set[bytes] = set()
+        """Ids of our proofs' entries that the peer sent: both halves of a proof among them show the peer
+        knows that fork, so it is not sent back."""
 
     # -- driver API -----------------------------------------------------------------------------------
 
@@ -284,6 +328,13 @@ class SyncSession:
         """The initiator's first turn: heads, or range fingerprints when there are many authors (or when
         ``reconcile`` says so)."""
         heads = self.ledger.heads()
+        self._opened = True
+        pushes: list[bytes] = []
+        # We know nothing of the peer yet: prove what we can now (half the budget); the rest goes to the
+        # authors its reply shows it holds.
+        self._push_proofs(pushes, set(), opening=True, limit=MAX_FORK_PROOFS // 2)
+        self._queue(pushes)
+        entries = self._next_batch()
         if reconcile is None:
             # Heads only describe gap-free chains: with waiting entries, reconcile ranges instead.
             reconcile = len(heads) > HEADS_MODE_MAX or bool(self.ledger.pending_ids())
@@ -293,14 +344,15 @@ class SyncSession:
                 splits = tuple(Split(4, i, self.index.children(4, i)) for i in range(FANOUT))
             else:
                 splits = (Split(0, 0, self.index.children(0, 0)),)
-            turn = Turn(self.network, splits=splits)
+            turn = Turn(self.network, splits=splits, entries=entries)
         else:
             turn = Turn(
                 self.network,
                 heads=tuple(Head(a, seq, eid) for a, (seq, eid) in heads.items()),
                 heads_complete=True,
+                entries=entries,
             )
-        return [self._send(turn)]
+        return [self._send(turn), *self._drain()]
 
     def receive(self, data: bytes) -> list[bytes]:
         """Handle one turn from the peer; return the turns to send back (empty: this side is done).
@@ -317,11 +369,20 @@ class SyncSession:
         heads: list[Head] = []
         splits: list[Split] = []
         lists: list[IdList] = []
+        holds: set[bytes] = set()
         if turn.heads or turn.heads_complete:
-            self._compare_heads(turn.heads, turn.heads_complete, pushes, wants, heads)
+            holds = self._compare_heads(turn.heads, turn.heads_complete, pushes, wants, heads)
             if self.ledger.pending_ids():
                 # We have gaps the heads cannot describe: reconcile ranges as well.
                 splits.append(Split(0, 0, self.index.children(0, 0)))
+        if not self._opened:
+            # The responder's opening push. A complete heads list tells us what the peer holds; without
+            # one we know no more than the initiator did, and keep half the budget likewise.
+            self._opened = True
+            limit = MAX_FORK_PROOFS if turn.heads_complete else MAX_FORK_PROOFS // 2
+            self._push_proofs(pushes, holds, opening=True, limit=limit)
+        elif holds:
+            self._push_proofs(pushes, holds, opening=False, limit=MAX_FORK_PROOFS)
         served = 0
         for want in turn.want:
             ids = self._serve(want, MAX_SERVED - served)
@@ -352,16 +413,20 @@ class SyncSession:
         if reply == Turn(self.network):
             self.done = True
             return []
-        replies = [self._send(reply)]
-        while self._outbox:  # the rest of what the peer lacks, in bounded batches
-            replies.append(self._send(Turn(self.network, entries=self._next_batch())))
-        return replies
+        return [self._send(reply), *self._drain()]
 
     def close(self) -> None:
         """The peer closed the stream: nothing more will come."""
         self.done = True
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _drain(self) -> list[bytes]:
+        """The rest of what the peer lacks, in bounded entry-only turns."""
+        turns = []
+        while self._outbox:
+            turns.append(self._send(Turn(self.network, entries=self._next_batch())))
+        return turns
 
     def _send(self, turn: Turn) -> bytes:
         data = encode_turn(turn)
@@ -371,19 +436,46 @@ class SyncSession:
         return data
 
     def _take_entries(self, raw: Iterable[bytes]) -> None:
+        generation = self.ledger.generation
+        taken: list[Entry] = []
         for data in raw:
             self.stats.entry_bytes_received += len(data)
             try:
                 entry = decode_entry(data)
+            except InvalidEntryError as exc:
+                self._refuse(data, exc)
+                continue
+            try:
                 applied = self.ledger.apply(entry)
                 self.applied += applied
             except InvalidEntryError as exc:
-                self.stats.entries_refused += 1
-                if len(self.refused) < MAX_REFUSED_KEPT:  # the count is in stats; a few say why
-                    entry_id = EntryId(hashlib.sha256(data).digest())
-                    self.refused.append((entry_id, str(exc)))
+                self._refuse(data, exc)
+                self._note_fork_entry(entry)
                 continue
+            if not applied:
+                self._note_fork_entry(entry)  # a duplicate, waiting, or excluded by a cut
+            taken.append(entry)
             self.stats.entries_applied += len(applied)
+        if self.ledger.generation != generation:
+            # A fork found in this turn: the half that applied before its twin came is past the cut now.
+            for entry in taken:
+                self._note_fork_entry(entry)
+
+    def _refuse(self, data: bytes, exc: InvalidEntryError) -> None:
+        self.stats.entries_refused += 1
+        if len(self.refused) < MAX_REFUSED_KEPT:  # the count is in stats; a few say why
+            self.refused.append((EntryId(hashlib.sha256(data).digest()), str(exc)))
+
+    def _note_fork_entry(self, entry: Entry) -> None:
+        """Remember ``entry`` if it is half of a fork proof of ours: with its twin it shows the peer knows
+        that fork. Only our proofs' entries are kept, so this is bounded by them, not by the peer."""
+        try:
+            author = decode_body(entry.body).author
+        except InvalidEntryError:
+            return
+        evidence = self.ledger.fork_evidence(author)
+        if evidence is not None and entry.id in (evidence[0].id, evidence[1].id):
+            self._peer_fork_entries.add(entry.id)
 
     def _compare_heads(
         self,
@@ -392,23 +484,25 @@ class SyncSession:
         pushes: list[bytes],
         wants: list[SeqRange],
         heads: list[Head],
-    ) -> None:
+    ) -> set[bytes]:
+        """Compare the peer's heads with ours; returns the frozen authors it lists (it holds part of their
+        chains, a branch past the cut perhaps: they need the proof first)."""
         mine = self.ledger.heads()
         frozen = self.ledger.frozen()
         listed = set()
+        holds = set()
         for head in theirs:
             listed.add(head.author)
             cut = frozen.get(head.author)
             their_seq = head.seq if cut is None else min(head.seq, cut - 1)
-            evidence = self.ledger.fork_evidence(head.author)
-            if cut is not None and head.seq >= cut and evidence is not None:
-                pushes += [e.id for e in evidence]  # the peer has not seen the fork: prove it
+            if cut is not None:
+                holds.add(head.author)
             my_seq, my_id = mine.get(head.author, (0, b""))
             if my_seq < their_seq:
                 self._targets[head.author] = max(self._targets.get(head.author, 0), their_seq)
                 wants.append(SeqRange(head.author, my_seq + 1, their_seq))
             elif my_seq > head.seq:
-                pushes += self._serve(SeqRange(head.author, head.seq + 1, my_seq), MAX_BATCH)
+                pushes += self._serve(SeqRange(head.author, head.seq + 1, my_seq), MAX_BATCH, prove=False)
                 heads.append(Head(head.author, my_seq, my_id))
             elif my_seq == head.seq and my_id != head.id and cut is None:
                 # A fork: send ours (the peer detects it) and fetch theirs (so do we).
@@ -417,16 +511,83 @@ class SyncSession:
         if complete:
             for author, (seq, eid) in mine.items():
                 if author not in listed:
-                    pushes += self._serve(SeqRange(author, 1, seq), MAX_BATCH)
+                    pushes += self._serve(SeqRange(author, 1, seq), MAX_BATCH, prove=False)
                     heads.append(Head(author, seq, eid))
+        return holds
 
-    def _serve(self, want: SeqRange, limit: int) -> list[bytes]:
+    def _serve(self, want: SeqRange, limit: int, *, prove: bool = True) -> list[bytes]:
+        """Ids of our entries in ``want`` (at most ``limit``), with the fork proof if it reaches the cut
+        (``prove=False``: pushes made while comparing heads, whose proofs the ranked push makes)."""
         last = min(want.to_seq, want.from_seq + min(limit, MAX_BATCH) - 1)
         ids: list[bytes] = [e.id for e in self.ledger.entries_by_author(want.author, want.from_seq, last)]
-        evidence = self.ledger.fork_evidence(want.author)
-        if evidence is not None and want.to_seq >= self.ledger.frozen()[want.author]:
-            ids += [e.id for e in evidence]  # the fork proof: the peer freezes the author too
+        if prove and self.ledger.is_frozen(want.author):
+            head = self.ledger.head(want.author)
+            if want.to_seq >= (0 if head is None else head[0]):
+                # The peer catches up to our last entry before the cut: it would stop there unaware of
+                # the fork, and accept a branch from a node that holds one. Prove it.
+                self._prove(want.author, ids, limit=MAX_FORK_PROOFS)
         return ids
+
+    # -- fork proofs (spec/ledger.md §9.3) -------------------------------------------------------------
+
+    def _push_proofs(self, pushes: list[bytes], holds: set[bytes], *, opening: bool, limit: int) -> None:
+        """Prove forks to the peer, best first, until ``limit`` proofs were sent this session.
+
+        Rank: first authors *at stake*: coordinators (they mint without a balance), authors with points
+        (spendable or held) and forks of a starting grant (one branch's grant would be spendable); then
+        the rest, whose branches move no points until someone pays them — and where cheap keys land: one
+        point passed along a chain of fresh keys gives each standing and leaves it nothing. Within each,
+        first the authors the peer holds part of (``holds``: listed in its heads) or will once it has
+        what we hold of them (entries below the cut): it is one entry away from taking a branch. Then in
+        key order starting after the peer's ``index.proof_cursor``, which moves on when a push stops
+        short, so repeated sessions with a peer cover all. ``opening``: consider every proven author,
+        else only ``holds``."""
+        candidates = self.ledger.proven() if opening else sorted(holds & set(self.ledger.proven()))
+        if not candidates:
+            return
+        mine = self.ledger.heads()
+        minters = self.ledger.minters()
+        cursor = self.index.proof_cursor(self.peer)
+
+        def rank(author: bytes) -> tuple[bool, bool, bool, bytes]:
+            held = author in holds or author in mine
+            return (not self._at_stake(author, minters), not held, author <= cursor, author)
+
+        last = b""
+        ranked = sorted((a for a in candidates if a not in self._proved), key=rank)
+        for author in ranked:
+            if self.stats.fork_proofs_sent >= limit:
+                break
+            if self._prove(author, pushes, limit=limit):
+                last = author
+        if opening and last and any(a not in self._proved for a in ranked):
+            self.index.move_proof_cursor(self.peer, last)  # stopped short: the next goes on after it
+
+    def _at_stake(self, author: bytes, minters: frozenset[bytes]) -> bool:
+        if author in minters or self.ledger.balance(author) or self.ledger.held(author):
+            return True
+        evidence = self.ledger.fork_evidence(author)
+        return evidence is not None and any(isinstance(decode_body(e.body).payload, Grant) for e in evidence)
+
+    def _prove(self, author: bytes, pushes: list[bytes], *, limit: int) -> bool:
+        """Add ``author``'s fork proof to ``pushes`` unless sent already this session, sent to us by the
+        peer, or over the session's bounds; True if it was added."""
+        evidence = self.ledger.fork_evidence(author)
+        if evidence is None or author in self._proved:
+            return False
+        if all(e.id in self._peer_fork_entries for e in evidence):
+            self._proved.add(author)  # the peer proved it to us: it knows
+            return False
+        if self.stats.fork_proofs_sent >= min(limit, MAX_FORK_PROOFS):
+            return False
+        size = sum(len(encode_entry(e)) for e in evidence)
+        if self._proof_bytes + size > MAX_FORK_PROOF_BYTES:
+            return False  # a smaller proof may still fit
+        self._proved.add(author)
+        self._proof_bytes += size
+        self.stats.fork_proofs_sent += 1
+        pushes += [e.id for e in evidence]
+        return True
 
     def _rewants(self, already: list[SeqRange]) -> list[SeqRange]:
         """Ask again for the rest of ranges a peer truncated to its batch size."""

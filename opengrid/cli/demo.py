@@ -21,10 +21,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opengrid.errors import ConfigError, OpenGridError, TransportError
 from opengrid.node.service import NODE_INFO_FILE
+
+if TYPE_CHECKING:
+    from opengrid_sdk import Client
 
 PROMPTS = (
     "The capital of France is",
@@ -157,7 +160,7 @@ def demo_network(base: pathlib.Path, *, model: str, network: str = DEMO_NETWORK)
         net.stop()
 
 
-def wait_for_workers(client: Any, expected: int, timeout: float = START_TIMEOUT_S) -> None:
+def wait_for_workers(client: Client, expected: int, timeout: float = START_TIMEOUT_S) -> None:
     """Poll the coordinator until ``expected`` workers are registered and online."""
     deadline = time.monotonic() + timeout
     online = 0
@@ -283,7 +286,7 @@ def _run(
 
 
 def _submit(
-    client: Any, prompt: str, model: str, args: argparse.Namespace, names: dict[str, str]
+    client: Client, prompt: str, model: str, args: argparse.Namespace, names: dict[str, str]
 ) -> dict[str, Any]:
     from opengrid_ledger import decode_entry
 
@@ -307,7 +310,7 @@ def _submit(
     }
 
 
-def _settled_statuses(client: Any, net: DemoNetwork, timeout: float = 15.0) -> dict[str, Any]:
+def _settled_statuses(client: Client, net: DemoNetwork, timeout: float = 15.0) -> dict[str, Any]:
     """Every node's status, once each worker's own ledger holds the receipts the coordinator signed."""
     deadline = time.monotonic() + timeout
     while True:

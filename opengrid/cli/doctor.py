@@ -36,8 +36,9 @@ import socket
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import trio
 
@@ -50,6 +51,10 @@ from opengrid.settings import (
     load_settings,
     resolve_config_file,
 )
+
+if TYPE_CHECKING:  # for annotations only: the functions below import these where they use them
+    from opengrid.net.host import Host
+    from opengrid.wire.messages import DialBackResult, NodeStatus
 
 Status = Literal["ok", "warn", "fail"]
 HostClass = Literal["loopback", "private", "public", "any"]
@@ -81,7 +86,7 @@ class Probe:
     """What dialling one address found: the node's status and the best RTT, or why it failed."""
 
     address: str
-    status: Any = None
+    status: NodeStatus | None = None
     """The :class:`~opengrid.wire.messages.NodeStatus` it answered, None when it did not."""
     rtt_s: float | None = None
     error: str = ""
@@ -363,7 +368,7 @@ class DialBack:
     """The bootstrap address that dialled."""
     whose: str
     """``the running node's`` or ``a test listener's`` (when no node runs on this data dir)."""
-    results: list[Any]
+    results: list[DialBackResult]
     """:class:`~opengrid.wire.messages.DialBackResult`, one per address; empty when the request failed."""
     error: str = ""
 
@@ -410,7 +415,7 @@ async def ask_dial_back(config: NodeConfig, checker: str, running_addrs: Sequenc
 
     psk = derive_psk(config.network, config.network_key) if config.network_key else None
 
-    async def ask(host: Any, addrs: list[str], whose: str) -> DialBack:
+    async def ask(host: Host, addrs: list[str], whose: str) -> DialBack:
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S + REQUEST_TIMEOUT_S):
                 reply = await host.request(await host.connect(checker), DialBackRequest(addrs=addrs[:8]))
@@ -433,7 +438,7 @@ async def ask_dial_back(config: NodeConfig, checker: str, running_addrs: Sequenc
         return DialBack(checker, "a test listener's", [], error=f"could not listen: {_plain(exc)}")
 
 
-def _dialer(network: str, network_key: str | None) -> Any:
+def _dialer(network: str, network_key: str | None) -> AbstractAsyncContextManager[Host]:
     """A throwaway libp2p host (a fresh identity on a loopback port) that only dials out."""
     from opengrid.net.host import derive_psk, open_host
 
@@ -441,7 +446,7 @@ def _dialer(network: str, network_key: str | None) -> Any:
     return open_host(secrets.token_bytes(32), psk=psk, upgrade_timeout_s=UPGRADE_TIMEOUT_S)
 
 
-async def probe(host: Any, address: str, *, private: bool) -> Probe:
+async def probe(host: Host, address: str, *, private: bool) -> Probe:
     """Dial ``address`` with ``host`` (an :class:`opengrid.net.host.Host`), then time status requests.
 
     Never raises for the peer's sake: every failure becomes a Probe with an error and a fix.
@@ -475,7 +480,7 @@ async def probe(host: Any, address: str, *, private: bool) -> Probe:
         error, fix = await explain_dial_failure(target, exc, private=private)
         return Probe(address, error=error, fix=fix)
     best = math.inf
-    status: Any = None
+    status: NodeStatus | None = None
     for _ in range(RTT_SAMPLES):
         started = trio.current_time()
         try:
@@ -929,7 +934,7 @@ def relay_check(listen: Sequence[str], running_addrs: Sequence[str] = ()) -> Che
 _MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
 
 
-def _print_report(report: dict[str, Any], out: Any = None) -> None:
+def _print_report(report: dict[str, Any], out: TextIO | None = None) -> None:
     out = out or sys.stdout
     file = report["config_file"] or "none"
     print(

@@ -30,7 +30,7 @@ NODE_INFO_FILE = "node.json"
 DEFAULT_NETWORK = "opengrid-local"
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``ledger balance|history|verify`` to the ``opengrid`` command's subparsers."""
     ledger = subparsers.add_parser("ledger", help="read and verify a node's points ledger")
     actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")

@@ -190,6 +190,41 @@ def _build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
     )
+    sampling = submit.add_argument_group(
+        "sampling",
+        "greedy (the most likely token every time) unless --temperature > 0; a sample is fixed by the job's "
+        "fresh id and --seed, so every worker and auditor of the job recomputes and verifies it "
+        "(spec/verification.md §11); the same seed on another job is another sample",
+    )
+    sampling.add_argument(
+        "--temperature",
+        type=_sampling_value("temperature", float),
+        default=0.0,
+        metavar="T",
+        help="0..10; 0 = greedy (default 0)",
+    )
+    sampling.add_argument(
+        "--top-k",
+        type=_sampling_value("top_k", int),
+        default=0,
+        metavar="K",
+        help="keep only the K most likely tokens when sampling; 0 = all (default 0)",
+    )
+    sampling.add_argument(
+        "--top-p",
+        type=_sampling_value("top_p", float),
+        default=1.0,
+        metavar="P",
+        help="then keep the smallest most-likely set whose probability reaches P, in (0, 1]; 1 = all "
+        "(default 1)",
+    )
+    sampling.add_argument(
+        "--seed",
+        type=_sampling_value("seed", int),
+        default=0,
+        metavar="N",
+        help="the sampling seed, 0..2**64-1 (default 0)",
+    )
 
     from opengrid.cli import config as config_cli
     from opengrid.cli import doctor as doctor_cli
@@ -261,6 +296,29 @@ def _verbose_after(commands: Any) -> None:
         return sub
 
     commands.add_parser = adding_verbose
+
+
+def _sampling_value(name: str, kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type for one sampling setting, checked by the SDK's and the API's rule
+    (``opengrid.wire.contract.sampling_problem``), so a bad value is refused before anything starts."""
+    from opengrid.wire.contract import sampling_problem
+
+    defaults: dict[str, object] = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            wanted = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(
+                f"--{name.replace('_', '-')} takes {wanted}, got {text!r}"
+            ) from None
+        problem = sampling_problem(**{**defaults, name: value})
+        if problem:
+            raise argparse.ArgumentTypeError(problem.replace(name, f"--{name.replace('_', '-')}", 1))
+        return value
+
+    return parse
 
 
 def _positive(flag: str) -> Callable[[str], int]:
@@ -448,7 +506,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         if args.stream and not args.json:
             return _stream_to_terminal(client, args)
         done = client.complete(
-            args.prompt, model=args.model, max_tokens=args.max_tokens, replicas=args.replicas
+            args.prompt,
+            model=args.model,
+            max_tokens=args.max_tokens,
+            replicas=args.replicas,
+            **_sampling_args(args),
         )
     if args.json:
         print(
@@ -474,12 +536,21 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``opengrid submit``'s sampling flags as the SDK's keyword arguments."""
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+
+
 def _stream_to_terminal(client: Any, args: argparse.Namespace) -> int:
     from opengrid_sdk import Completion
 
     preview = ""
     for item in client.stream(
-        args.prompt, model=args.model, max_tokens=args.max_tokens, replicas=args.replicas
+        args.prompt,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        replicas=args.replicas,
+        **_sampling_args(args),
     ):
         if isinstance(item, Completion):
             if item.text != preview:

@@ -18,7 +18,7 @@ from opengrid.errors import ConfigError
 _ACTIONS = ("run", "sweep", "plot")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``sim`` command (with its run | sweep | plot actions) to the top-level parser."""
     sim = subparsers.add_parser(
         "sim",

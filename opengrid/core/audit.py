@@ -29,6 +29,7 @@ from opengrid.errors import JobError
 __all__ = [
     "DEFAULT_GAP_TOLERANCE",
     "EVIDENCE_DOMAIN",
+    "GREEDY",
     "MAX_JOB_ID_BYTES",
     "MAX_SEED",
     "AuditPolicy",
@@ -39,7 +40,7 @@ __all__ = [
     "judge",
 ]
 
-DEFAULT_GAP_TOLERANCE = 0.5
+DEFAULT_GAP_TOLERANCE = 0.75
 """Logits. The largest honest gap measured across three CPU builds of llama.cpp (AVX-512, AVX2, AVX) was
 0.44 on SmolLM2-135M (60 prompts x 128 tokens, greedy and Gumbel-max at T = 0.8); coarse cheats sit at
 2-26 (spec §12.3). Backends not yet measured (GPUs) may need more: calibrate before lowering margins."""
@@ -83,6 +84,10 @@ class SamplingParams:
     def greedy(self) -> bool:
         """True when the choice is the plain argmax (temperature 0): seed and masks do not matter."""
         return self.temperature == 0.0
+
+
+GREEDY = SamplingParams()
+"""The default sampler: the argmax at every step (temperature 0)."""
 
 
 @dataclass(frozen=True)

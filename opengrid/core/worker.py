@@ -15,6 +15,7 @@ from opengrid_ledger import ED25519, Entry, LedgerState, SignatureScheme, decode
 
 from opengrid.core.audit import AuditPolicy, PositionEvidence, SamplingParams, evidence_commitment, judge
 from opengrid.core.audit_policy import scored_positions
+from opengrid.errors import JobError
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
@@ -27,6 +28,20 @@ from opengrid.wire.messages import (
     RunJob,
 )
 from opengrid.wire.sealed import SealedPrompt, open_prompt, seal_output
+
+
+def job_sampling(contract: DecodingContract) -> SamplingParams:
+    """The sampler settings a job's contract asks for (spec/verification.md §11): greedy for a greedy
+    contract (whose ``top_k`` says 1, and whose seed means nothing), else the client's values.
+    Raises ``JobError`` when they are out of the sampler's range."""
+    if contract.greedy:
+        return SamplingParams()
+    return SamplingParams(
+        temperature=contract.temperature,
+        top_k=contract.top_k,
+        top_p=contract.top_p_value,
+        seed=contract.seed,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,9 @@ class WorkerLogic:
         self._contracts: dict[bytes, DecodingContract] = {o.contract.digest(): o.contract for o in offers}
 
     def accept(self, run: RunJob) -> ErrorReply | None:
-        """Return None to run the job, or the error to answer instead."""
-        if run.contract.digest() not in self._contracts:
+        """Return None to run the job, or the error to answer instead. The job's contract is one of our
+        classes with the client's sampling settings written in (``DecodingContract.sampled``)."""
+        if run.contract.numerical_class().digest() not in self._contracts:
             served = ", ".join(f"{o.name} ({o.contract.model_sha256[:12]})" for o in self.offers)
             return ErrorReply(
                 "unknown_model",
@@ -78,6 +94,10 @@ class WorkerLogic:
                 f"max_tokens {run.max_tokens} is above this worker's limit of {self.max_tokens_limit}",
                 run.job_id,
             )
+        try:
+            job_sampling(run.contract)
+        except JobError as exc:  # the client's values (a peer that skipped the wire's bounds)
+            return ErrorReply("malformed", f"bad sampling settings: {exc}", run.job_id)
         return None
 
     def open_sealed(self, run: RunJob) -> SealedPrompt:
@@ -141,6 +161,19 @@ class WorkerLogic:
                 "busy",
                 f"the claim has {len(audit.tokens)} tokens, above this worker's limit of "
                 f"{self.max_tokens_limit}",
+                audit.job_id,
+            )
+        try:
+            wanted = job_sampling(audit.contract)
+            asked = SamplingParams(
+                temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
+            )
+        except JobError as exc:
+            return ErrorReply("malformed", f"bad sampling settings: {exc}", audit.job_id)
+        if asked != wanted:  # a pass signs the contract's digest: score under the contract's sampler only
+            return ErrorReply(
+                "malformed",
+                f"the audit's sampler {asked} is not its contract's {wanted}; audit under the contract",
                 audit.job_id,
             )
         return None

@@ -63,7 +63,7 @@ from opengrid.engines.base import (
     ScoreRequest,
     Scoring,
 )
-from opengrid.errors import EngineError, UnknownModelError, VerificationError
+from opengrid.errors import BadRequestError, EngineError, UnknownModelError, VerificationError
 from opengrid.wire.contract import DecodingContract
 
 __all__ = [
@@ -187,15 +187,18 @@ class HttpEngine:
         """Greedy completion over HTTP; blocking. Raises :class:`EngineError` on any failure.
 
         Greedy only: a server samples with its own RNG, which no auditor can recompute (spec §11), so a
-        request with ``temperature > 0`` is refused rather than silently decoded greedily.
+        request with ``temperature > 0`` is refused with :class:`BadRequestError` (the worker answers
+        ``malformed``: the client's request, not the worker's fault) rather than silently decoded greedily.
         """
         if request.max_tokens < 1:
             raise EngineError(f"max_tokens must be >= 1, got {request.max_tokens}")
         if not request.sampling.greedy:
-            raise EngineError(
-                f"the HTTP engine decodes greedily only (temperature 0), got temperature "
-                f"{request.sampling.temperature}: seeded sampling needs the job's own sampler (spec §11), "
-                "which the in-process llama.cpp engine runs"
+            # The client's request, not the worker's failure: answered ``malformed``, never blamed on us.
+            raise BadRequestError(
+                f"this worker's HTTP engine ({self._backend}) decodes greedily only (temperature 0), got "
+                f"temperature {request.sampling.temperature}: seeded sampling needs the job's own sampler "
+                "(spec/verification.md §11), which only the in-process llama.cpp engine runs; send "
+                "temperature 0, or use a network whose workers run the in-process engine"
             )
         with self._lock:
             if self._backend == "vllm":

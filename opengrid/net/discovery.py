@@ -303,6 +303,15 @@ class Discovery:
         except Exception as exc:
             raise TransportError(f"could not provide {key}: {exc or type(exc).__name__}") from exc
 
+    def hold(self, key: str) -> None:
+        """Keep our own provider record of ``key`` in the local store, refreshing its 48 h lifetime, so a
+        peer that asks this node directly (GET_PROVIDERS) finds us: the one way a grid's only DHT server,
+        whose routing table is empty, can be found at all. Sends nothing; ``provide`` also tells others."""
+        addrs = list(self._host.libp2p.get_addrs())
+        self._dht.provider_store.add_provider(
+            provider_key_bytes(self._check_key(key)), PeerInfo(self._me, addrs)
+        )
+
     async def find_providers(self, key: str, limit: int = 64) -> list[Provider]:
         """Providers of ``key`` except us, deduped by peer id, sorted by peer id, at most ``limit``.
 

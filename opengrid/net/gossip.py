@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypedDict, Unpack, cast
 
 import trio
 from libp2p.abc import INetStream
@@ -34,6 +35,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.subscription import TrioSubscriptionAPI
 from nacl.signing import SigningKey
 
 from opengrid.errors import LocalProtocolError, TransportError
@@ -47,6 +49,9 @@ from opengrid.net.announce import (
 from opengrid.net.directory import PeerDirectory, beat_period
 from opengrid.net.host import Host
 from opengrid.net.services import background_service
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio-typing's stubs (a py-libp2p dependency) hide trio.TaskStatus
 
 log = logging.getLogger("opengrid.net.gossip")
 
@@ -83,6 +88,30 @@ class _Pubsub(Pubsub):
                 await stream.reset()
 
 
+class _FieldUpdate(TypedDict, total=False):
+    """The announcement fields a node changes while it runs (``Gossip.update``); the rest are the wire's."""
+
+    roles: list[str]
+    models: list[ModelAd]
+    tier: str
+    free_slots: int
+    tokens_per_s: float
+    software: str
+    reachability: str
+
+
+class _AnnouncedFields(TypedDict):
+    """All of them, as announced at every beat (the same keys as ``_FieldUpdate``, each required)."""
+
+    roles: list[str]
+    models: list[ModelAd]
+    tier: str
+    free_slots: int
+    tokens_per_s: float
+    software: str
+    reachability: str
+
+
 class Gossip:
     """The node's gossipsub service: announces itself every ``beat_s`` and keeps ``directory`` current.
 
@@ -115,7 +144,7 @@ class Gossip:
         self.beat_s = beat_s
         """The period we announce now: the configured one, stretched in networks over 20 nodes
         (``beat_period``, spec/discovery.md §5.5)."""
-        self._fields: dict[str, object] = dict(
+        self._fields = _AnnouncedFields(
             roles=list(roles),
             models=list(models),
             tier=tier,
@@ -165,7 +194,7 @@ class Gossip:
         return {reason: n for (p, reason), n in sorted(self.checker.reasons.items()) if p == peer}
 
     # ── what we announce ─────────────────────────────────────────────────────────────────────────────
-    def update(self, **fields: object) -> None:
+    def update(self, **fields: Unpack[_FieldUpdate]) -> None:
         """Change announced fields (``roles``, ``models``, ``tier``, ``free_slots``, ``tokens_per_s``...)."""
         unknown = set(fields) - set(self._fields)
         if unknown:
@@ -184,7 +213,7 @@ class Gossip:
             timestamp_ms=now_ms,
             beat_ms=round(self.beat_s * 1000),
             addrs=self._host.addrs(),
-            **self._fields,  # type: ignore[arg-type]
+            **self._fields,
         )
 
     async def announce_now(self) -> None:
@@ -240,12 +269,14 @@ class Gossip:
         return ok
 
     # ── the service ──────────────────────────────────────────────────────────────────────────────────
-    async def run(self, *, task_status: trio.TaskStatus[Gossip] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[Gossip] = trio.TASK_STATUS_IGNORED) -> None:
         """Run pubsub, subscribe, announce every beat, expire silent peers; ready once subscribed."""
         async with background_service(self._pubsub), background_service(self._router):
             await self._pubsub.wait_until_ready()
-            announcements = await self._pubsub.subscribe(self.announce_topic)
-            ledger = await self._pubsub.subscribe(self.ledger_topic)
+            # Pubsub.subscribe is declared to return the ISubscriptionAPI interface, which lacks the get()
+            # the drains use; what it builds is always a TrioSubscriptionAPI (py-libp2p 0.8.1).
+            announcements = cast(TrioSubscriptionAPI, await self._pubsub.subscribe(self.announce_topic))
+            ledger = cast(TrioSubscriptionAPI, await self._pubsub.subscribe(self.ledger_topic))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._drain_announcements, announcements)
                 nursery.start_soon(self._drain_ledger, ledger)
@@ -285,12 +316,12 @@ class Gossip:
         self.changed.set()
         self.changed = trio.Event()
 
-    async def _drain_announcements(self, subscription: object) -> None:
+    async def _drain_announcements(self, subscription: TrioSubscriptionAPI) -> None:
         from opengrid.net.announce import decode_announcement
 
         me = self._host.peer_id
         while True:
-            msg = await subscription.get()  # type: ignore[attr-defined]
+            msg = await subscription.get()
             if ID(msg.from_id).to_base58() == me:
                 continue
             # the validator already verified these exact bytes; decoding again is cheap
@@ -305,10 +336,10 @@ class Gossip:
                     self._host.remember(announcement.peer_id, announcement.addrs)
                 self._notify()
 
-    async def _drain_ledger(self, subscription: object) -> None:
+    async def _drain_ledger(self, subscription: TrioSubscriptionAPI) -> None:
         me = self._host.peer_id
         while True:
-            msg = await subscription.get()  # type: ignore[attr-defined]
+            msg = await subscription.get()
             sender = ID(msg.from_id).to_base58()
             if sender == me:
                 continue

@@ -27,8 +27,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import multiaddr
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 
@@ -76,7 +77,7 @@ class _InitiatorOnlyDCUtR(DCUtRProtocol):
         self._answered: set[ID] = set()
         self._answer_limit = trio.CapacityLimiter(MAX_ANSWERED_SESSIONS)
 
-    async def _handle_dcutr_stream(self, stream: Any) -> None:
+    async def _handle_dcutr_stream(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
         if not self.answering() or peer in self._answered:
             await stream.reset()
@@ -93,7 +94,7 @@ class _InitiatorOnlyDCUtR(DCUtRProtocol):
             self._answered.discard(peer)
             self._answer_limit.release()
 
-    def _decode_observed_addrs(self, addr_bytes: list[bytes]) -> list[Any]:
+    def _decode_observed_addrs(self, addr_bytes: list[bytes]) -> list[multiaddr.Multiaddr]:
         # Direct TCP addresses only, and few of them: a hole punch dials what the peer sent.
         kept = [
             a for a in super()._decode_observed_addrs(addr_bytes[: 4 * MAX_PUNCH_ADDRS]) if _direct_tcp(a)
@@ -105,7 +106,9 @@ class _InitiatorOnlyDCUtR(DCUtRProtocol):
         # initiate once per relayed dial, from the dialling side only (HolePuncher.upgrade_soon).
         await trio.sleep_forever()
 
-    async def _perform_hole_punch(self, peer_id: ID, addrs: list[Any], as_responder: bool = False) -> bool:
+    async def _perform_hole_punch(
+        self, peer_id: ID, addrs: list[multiaddr.Multiaddr], as_responder: bool = False
+    ) -> bool:
         if as_responder:
             # We initiated, so the library dials from our listen port *as a Noise responder* (for a TCP
             # simultaneous open through NATs, where both dials merge into one connection). When our SYN

@@ -53,6 +53,7 @@ from opengrid.errors import (
 from opengrid.net.addr_cache import cache_advertised_addrs
 from opengrid.net.holepunch import HolePuncher, is_relayed_connection
 from opengrid.net.keys import keypair_from_seed
+from opengrid.net.names import Resolver, connect_by_name, dns_protocol
 from opengrid.net.relay import CircuitSupport, is_circuit
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
 from opengrid.wire.messages import PROTOCOL_VERSION, Message, StatusRequest
@@ -170,7 +171,7 @@ def _whole_writes(conn: ISecureConn) -> ISecureConn:
                 f"a {len(data)}-byte write did not complete within {bound:.1f} s; the connection is closed"
             )
 
-    conn.write = write_whole  # type: ignore[method-assign]
+    conn.write = write_whole  # type: ignore[method-assign]  # on purpose: the instance's write, wrapped
     return conn
 
 
@@ -628,8 +629,14 @@ class Host:
             known = []
         return known + [a for a in self._circuit_addrs.get(peer_id, []) if a not in known]
 
+    resolver: Resolver = Resolver()
+    """Resolves ``/dns4/``, ``/dns6/`` and ``/dnsaddr/`` addresses given to ``connect`` (names.py)."""
+
     async def connect(self, address: str) -> str:
-        """Dial a full multiaddr (``.../p2p/<id>``) and return the peer id."""
+        """Dial a full multiaddr (``.../p2p/<id>``) and return the peer id; a DNS multiaddr is resolved
+        first (``opengrid.net.names``)."""
+        if dns_protocol(address) is not None:
+            return await connect_by_name(self, address)
         if is_circuit(address):  # the swarm does not dial these (relay.py)
             peer = address.rsplit("/p2p/", 1)[-1]
             if not self.is_connected(peer):
@@ -896,6 +903,7 @@ async def open_host(
             # new connection (the duplicate is then trimmed with our streams on it). We connect to whom
             # we need: bootstrap, coordinators, workers we dispatch to. Measured: 20 processes where
             # SIGKILLed and restarted workers could not re-register for over 60 s; without it, at once.
+            # a Swarm has an auto_connector; the INetworkService that get_network() is declared to return not
             await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
             ours = Host(host, circuits, private=psk is not None, hole_punch=hole_punch, refusals=refusals)
             relayed.append(ours)

@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import multiaddr
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -105,11 +106,11 @@ class _CountingProtocol(CircuitV2Protocol):
     reservations_granted = 0
     circuits_opened = 0
 
-    async def _handle_reserve(self, stream: Any, msg: Any) -> None:
+    async def _handle_reserve(self, stream: INetStream, msg: HopMessage) -> None:
         self.reservations_granted += 1
         await super()._handle_reserve(stream, msg)
 
-    async def _handle_connect(self, stream: Any, msg: Any) -> None:
+    async def _handle_connect(self, stream: INetStream, msg: HopMessage) -> None:
         self.circuits_opened += 1
         await super()._handle_connect(stream, msg)
 
@@ -301,6 +302,7 @@ def _forward_psk_conn_addresses() -> None:
     def get_connection_type(self: Any) -> Any:
         return self._conn.get_connection_type()
 
+    # on purpose: the library's methods replaced on its class, and our marker set on it
     PskConn.get_transport_addresses = get_transport_addresses  # type: ignore[method-assign]
     PskConn.get_connection_type = get_connection_type  # type: ignore[method-assign]
     PskConn._opengrid_forwards_addresses = True  # type: ignore[attr-defined]

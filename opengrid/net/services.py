@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import trio
 from libp2p.tools.anyio_service import TrioManager
 from libp2p.tools.anyio_service.api import ManagerAPI, ServiceAPI
+from libp2p.tools.anyio_service.trio_tasks import TaskWithChildrenAPI
 
 
 class _FastParentManager(TrioManager):
-    def _find_parent_task(self, trio_task: trio.lowlevel.Task) -> Any:
+    def _find_parent_task(self, trio_task: trio.lowlevel.Task) -> TaskWithChildrenAPI | None:
         nursery = self._task_nursery
         if nursery is not None and trio_task.parent_nursery is not nursery:
             return None  # not one of our tasks: the walk could only come back empty

@@ -5,9 +5,13 @@ Existing tools (the ``openai`` package, anything that speaks ``/v1/completions``
 response carries the job id, the agreeing workers and the signed receipt in an ``opengrid`` extension field
 and ``X-OpenGrid-*`` headers.
 
-What differs from OpenAI, on purpose (documented in OpenGrid.md):
-- decoding is greedy whatever ``temperature``/``seed`` say: only deterministic outputs can be verified by
-  comparing replicas today (seeded sampling is planned); the response says ``"decoding": "greedy"``;
+What differs from OpenAI, on purpose (documented in OpenGrid.md and spec/api.md):
+- decoding is **greedy unless the request sets** ``temperature`` > 0 (OpenAI's default is 1.0): an absent
+  or null ``temperature`` keeps the deterministic default, the same answer for the same prompt. With
+  ``temperature`` > 0 (at most 10), ``top_p`` and ``seed`` (and ``top_k``, an extension) the job samples
+  by Gumbel-max with noise fixed by the job's fresh id and the seed (spec/verification.md §11), verified
+  like greedy output; the same ``seed`` on another request is another sample, not a repeat. Out-of-range
+  values answer 400. The ``opengrid`` extension field says ``"decoding": "greedy"`` or ``"sampled"``;
 - ``stream: true`` streams the answer once its replicas agree (never unverified text);
 - ``stop`` is applied to the verified text (the receipt still covers the whole generation).
 """
@@ -30,8 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from opengrid.core.audit import SamplingParams
 from opengrid.errors import ConfigError, TemplateError
 from opengrid.node.chat_template import TemplateRenderer
+from opengrid.wire.contract import sampling_problem
 from opengrid.wire.messages import MAX_REPLICAS, MAX_TOKENS_LIMIT, ErrorReply, JobAccepted, ModelOffer
 
 log = logging.getLogger("opengrid.api")
@@ -62,10 +68,18 @@ class ApiBackend(Protocol):
     def api_models(self) -> list[ModelOffer]: ...
 
     def api_submit(
-        self, *, prompt: str, model: str, max_tokens: int, replicas: int, format: JobFormat, client: str
+        self,
+        *,
+        prompt: str,
+        model: str,
+        max_tokens: int,
+        replicas: int,
+        format: JobFormat,
+        client: str,
+        sampling: SamplingParams = ...,
     ) -> Awaitable[JobAccepted | ErrorReply]:
         """Run one verified job for ``client``: the API user's identity (``api_client``), which the
-        coordinator queues fairly against every other client."""
+        coordinator queues fairly against every other client. ``sampling``: greedy by default."""
         ...
 
 
@@ -74,12 +88,16 @@ class _CompletionBody(msgspec.Struct, forbid_unknown_fields=False):
     prompt: str | list[str] = ""
     max_tokens: int | None = None
     temperature: float | None = None
+    """Absent or null: 0, greedy (OpenAI's default is 1.0; ours is the deterministic one)."""
+    top_p: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = 1
     replicas: int = 2
     """OpenGrid extension: how many workers must run (and agree on) the job."""
+    top_k: int | None = None
+    """OpenGrid extension (as llama.cpp's and vLLM's servers take it): 0 or absent keeps every token."""
 
 
 class _ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
@@ -93,26 +111,36 @@ class _ChatBody(msgspec.Struct, forbid_unknown_fields=False):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = 1
     replicas: int = 2
+    top_k: int | None = None
 
 
 class ApiError(Exception):
     """An error answered as OpenAI-shaped JSON with an HTTP status."""
 
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.type = type
         self.code = code
+        self.param = param
+        """The request field at fault, as OpenAI names it (``temperature``), or None."""
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": str(self), "type": self.type, "param": None, "code": self.code}}
+        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status)
 
 
@@ -138,6 +166,7 @@ class _Outcome:
     job: JobAccepted
     text: str
     finish_reason: str
+    sampling: SamplingParams
 
 
 def check_bind(address: str, *, allow_remote: bool) -> tuple[str, int]:
@@ -202,6 +231,7 @@ def build_app(
         body = await _decode(request, _CompletionBody)
         prompt = _single_prompt(body.prompt)
         _check_n(body.n)
+        sampling = _sampling(body.temperature, body.top_p, body.top_k, body.seed)
         outcome = await _run(
             backend,
             prompt,
@@ -211,6 +241,7 @@ def build_app(
             body.stop,
             "text",
             api_client(request),
+            sampling,
         )
         job_id = f"cmpl-{outcome.job.job_id.hex()}"
         created = int(time.time())
@@ -253,12 +284,21 @@ def build_app(
     async def chat(request: Request) -> Response:
         body = await _decode(request, _ChatBody)
         _check_n(body.n)
+        sampling = _sampling(body.temperature, body.top_p, body.top_k, body.seed)
         if not body.messages:
             raise ApiError(400, "messages must not be empty")
         prompt = await _format_chat(templates, backend.api_models(), body.model, body.messages)
         max_tokens = next((n for n in (body.max_completion_tokens, body.max_tokens) if n is not None), 256)
         outcome = await _run(
-            backend, prompt, body.model, max_tokens, body.replicas, body.stop, "chat", api_client(request)
+            backend,
+            prompt,
+            body.model,
+            max_tokens,
+            body.replicas,
+            body.stop,
+            "chat",
+            api_client(request),
+            sampling,
         )
         job_id = f"chatcmpl-{outcome.job.job_id.hex()}"
         created = int(time.time())
@@ -379,6 +419,29 @@ def _single_prompt(prompt: str | list[str]) -> str:
     raise ApiError(400, "send one prompt per request (a list of several prompts is not supported)")
 
 
+def _sampling(
+    temperature: float | None, top_p: float | None, top_k: int | None, seed: int | None
+) -> SamplingParams:
+    """The job's sampler from a request's fields: absent (or null) ``temperature`` is 0, greedy, the
+    deterministic default (OpenAI's is 1.0); absent ``top_p`` 1, ``top_k`` 0 and ``seed`` 0 switch
+    nothing off or on. Out of range: 400 naming the field (``param``), as OpenAI answers."""
+    values = {
+        "temperature": 0.0 if temperature is None else temperature,
+        "top_k": 0 if top_k is None else top_k,
+        "top_p": 1.0 if top_p is None else top_p,
+        "seed": 0 if seed is None else seed,
+    }
+    problem = sampling_problem(**values)
+    if problem:
+        raise ApiError(400, problem, param=problem.split(" ", 1)[0])
+    return SamplingParams(
+        temperature=float(values["temperature"]),
+        top_k=int(values["top_k"]),
+        top_p=float(values["top_p"]),
+        seed=int(values["seed"]),
+    )
+
+
 def _check_n(n: int) -> None:
     if n != 1:
         raise ApiError(400, "n must be 1: OpenGrid returns the one verified answer")
@@ -442,13 +505,20 @@ async def _run(
     stop: str | list[str] | None,
     format: JobFormat,
     client: str,
+    sampling: SamplingParams,
 ) -> _Outcome:
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise ApiError(400, f"max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {max_tokens}")
     if not 1 <= replicas <= MAX_REPLICAS:
         raise ApiError(400, f"replicas must be 1..{MAX_REPLICAS}, got {replicas}")
     reply = await backend.api_submit(
-        prompt=prompt, model=model, max_tokens=max_tokens, replicas=replicas, format=format, client=client
+        prompt=prompt,
+        model=model,
+        max_tokens=max_tokens,
+        replicas=replicas,
+        format=format,
+        client=client,
+        sampling=sampling,
     )
     if isinstance(reply, ErrorReply):
         status, kind = _STATUS.get(reply.code, (500, "server_error"))
@@ -459,7 +529,7 @@ async def _run(
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     if cut >= 0:
         text, finish = text[:cut], "stop"
-    return _Outcome(job=reply, text=text, finish_reason=finish)
+    return _Outcome(job=reply, text=text, finish_reason=finish, sampling=sampling)
 
 
 def _usage(outcome: _Outcome) -> dict[str, int]:
@@ -473,12 +543,20 @@ def _extension(outcome: _Outcome) -> dict[str, Any]:
     return {
         "job_id": job.job_id.hex(),
         "verified": True,
-        "decoding": "greedy",
+        **_decoding(outcome.sampling),
         "workers": job.workers,
         "dissenters": job.dissenters,
         "receipt": job.receipt.hex(),
         "tokens": job.tokens,
     }
+
+
+def _decoding(sampling: SamplingParams) -> dict[str, Any]:
+    """How the answer was decoded, for the ``opengrid`` extension field."""
+    if sampling.greedy:
+        return {"decoding": "greedy"}
+    settings = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
+    return {"decoding": "sampled", "sampling": {**settings, "seed": sampling.seed}}
 
 
 def _headers(outcome: _Outcome) -> dict[str, str]:

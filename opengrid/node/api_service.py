@@ -8,16 +8,16 @@ import logging
 import secrets
 
 import trio
-from opengrid_ledger import Receipt, decode_entry, open_entry
 
+from opengrid.core.audit import GREEDY, SamplingParams
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.context import NodeContext, TaskStatus, short
 from opengrid.node.coordinator_driver import CoordinatorDriver
 from opengrid.node.registration import Registration
-from opengrid.wire.commitment import commit_output
 from opengrid.wire.messages import ErrorReply, JobAccepted, ModelOffer, PromptFormat, SubmitJob
+from opengrid.wire.receipts import verify_receipt
 
 log = logging.getLogger("opengrid.node")
 
@@ -68,9 +68,11 @@ class ApiService:
         replicas: int,
         format: PromptFormat,
         client: str = "",
+        sampling: SamplingParams = GREEDY,
     ) -> JobAccepted | ErrorReply:
         """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
-        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
+        the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue.
+        ``sampling``: the job's sampler (greedy by default), written into the SubmitJob (spec §11)."""
         host = self._ctx.host
         assert host is not None
         job = SubmitJob(
@@ -80,6 +82,10 @@ class ApiService:
             max_tokens=max_tokens,
             replicas=replicas,
             format=format,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
         )
         if self._ctx.coordinator is not None:
             # Paid from this node's own account when it can be (spec/ledger.md §7); nothing between here
@@ -116,17 +122,18 @@ class ApiService:
         return ErrorReply("internal", f"the coordinator answered {type(reply).__name__}", job.job_id)
 
     def _receipt_problem(self, reply: JobAccepted, coordinator: str) -> str:
-        """Why ``reply``'s receipt does not back its answer ("" if it does): signature, signer, job and
-        the commitment to these very tokens and text."""
+        """Why ``reply``'s receipt does not back its answer ("" if it does): the SDK's full check
+        (opengrid/wire/receipts.py) — signature, signer, job, the commitment to these very tokens and
+        text, every credited worker's attestation, no credit above tokens x weight."""
         try:
-            body = open_entry(decode_entry(reply.receipt), self._ctx.config.network)
-        except OpenGridError as exc:
+            verify_receipt(
+                reply.receipt,
+                self._ctx.config.network,
+                tokens=reply.tokens,
+                text=reply.text,
+                job_id=reply.job_id,
+                coordinator_key=public_key_of(coordinator),
+            )
+        except OpenGridError as exc:  # VerificationError; a malformed salt-less commitment input too
             return str(exc)
-        receipt = body.payload
-        if not isinstance(receipt, Receipt) or receipt.job_id != reply.job_id:
-            return "the receipt is not for this job"
-        if body.author != public_key_of(coordinator):
-            return "the receipt is signed by another node"
-        if receipt.output_commitment != commit_output(reply.tokens, reply.text):
-            return "the answer does not match the receipt's commitment"
         return ""

@@ -150,8 +150,18 @@ class NodeConfig:
             raise ConfigError(f"http_backend {self.http_backend!r} is not one of {', '.join(HTTP_BACKENDS)}")
         if self.http_url is not None and not self.http_url.startswith(("http://", "https://")):
             raise ConfigError(f"http_url {self.http_url!r} must start with http:// or https://")
+        from opengrid.net.names import check_name_address, dns_protocol  # trio: only when validating
+
         for flag, addresses in (("--bootstrap", self.bootstrap), ("--relay-via", self.relay_via)):
             for address in addresses:
+                if flag == "--relay-via" and dns_protocol(address) is not None:
+                    raise ConfigError(
+                        f"--relay-via {address!r}: give the relay's /ip4/ or /ip6/ address (the circuit "
+                        "address peers dial embeds it, so it must not need DNS); names are for --bootstrap"
+                    )
+                check_name_address(address, flag)
+                if flag == "--bootstrap" and dns_protocol(address) == "dnsaddr":
+                    continue  # /dnsaddr/NAME: its TXT records name the peers (opengrid/net/names.py)
                 if "/p2p/" not in address:
                     raise ConfigError(
                         f"{flag} {address!r} has no /p2p/<peer id> part: a node is dialled by address and "
@@ -183,10 +193,14 @@ class NodeConfig:
     @property
     def relays(self) -> tuple[str, ...]:
         """The relays this node reserves a slot on: ``relay_via``, else its bootstrap nodes when it
-        listens on no address of its own (it is then reachable only through them)."""
+        listens on no address of its own (it is then reachable only through them). Bootstraps given by DNS
+        name are not among them: the circuit address others dial embeds the relay's own address (such a
+        node finds relays like any other, opengrid/node/autorelay.py)."""
+        from opengrid.net.names import dns_protocol
+
         if self.relay_via:
             return self.relay_via
-        return () if self.listen else self.bootstrap
+        return () if self.listen else tuple(a for a in self.bootstrap if dns_protocol(a) is None)
 
     @property
     def serves_models(self) -> bool:

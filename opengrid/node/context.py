@@ -19,7 +19,7 @@ from opengrid.wire.codec import encode_frame
 from opengrid.wire.messages import Message
 
 if TYPE_CHECKING:  # for types only: the parts import this module, never the other way round
-    from opengrid_ledger import LedgerState
+    from opengrid_ledger import ChainWriter, LedgerState
 
     from opengrid.core.coordinator import Coordinator
     from opengrid.core.worker import WorkerLogic
@@ -57,6 +57,9 @@ class NodeContext:
     host: Host | None = None
     ledger: LedgerState | None = None
     store: LedgerStore | None = None
+    chain: ChainWriter | None = None
+    """The one writer of this node's own chain (``key``'s, on ``ledger``): the coordinator core, FRAUD
+    proofs and our ADMIT all append through it, so the chain has one head (spec/ledger.md §4)."""
     nursery: trio.Nursery | None = None
     """The node's task nursery, while it runs: every task the parts start lives in it."""
     membership: Membership | None = None
@@ -91,8 +94,8 @@ class NodeContext:
 
 
 def short(peer: str) -> str:
-    """A peer id as logs show it: its last eight characters."""
-    return peer[-8:]
+    """A peer id as logs show it: its last eight characters (a ``/dnsaddr/`` name not yet reached, whole)."""
+    return peer if peer.startswith("/") else peer[-8:]
 
 
 def peer_of(address: str) -> str:

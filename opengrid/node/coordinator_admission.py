@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
-from opengrid_ledger import Admit, Cosignature, Entry, LedgerState, sign_admit, sign_entry
+from opengrid_ledger import Admit, ChainWriter, Cosignature, Entry, sign_admit
 
 from opengrid.core.admission_votes import Ballot, Refuse, decide_vote, vote_problem, votes_needed
 from opengrid.errors import OpenGridError
@@ -54,7 +54,7 @@ class CoordinatorAdmission:
         *,
         network: str,
         signing_key: SigningKey,
-        ledger: LedgerState,
+        chain: ChainWriter,
         data_dir: pathlib.Path,
         request: Request,
         coordinators: Coordinators,
@@ -65,7 +65,9 @@ class CoordinatorAdmission:
         self._network = network
         self._key = signing_key
         self.public_key = bytes(signing_key.verify_key)
-        self._ledger = ledger
+        self._chain = chain
+        """The node's one writer of our chain (shared with the coordinator core): our ADMIT goes on it."""
+        self._ledger = chain.ledger
         self._data_dir = data_dir
         self._request = request
         self._coordinators = coordinators
@@ -169,8 +171,7 @@ class CoordinatorAdmission:
             coordinator=self.public_key, epoch=epoch, cosignatures=tuple(votes[k] for k in sorted(votes))
         )
         try:
-            entry = sign_entry(self._key, self._ledger.next_body(self.public_key, admit))
-            applied = self._ledger.apply(entry)
+            entry, applied = self._chain.write(admit)
         except OpenGridError as exc:
             log.warning("the ledger refused our ADMIT entry (%s); asking the coordinators again", exc)
             votes.clear()

@@ -1,4 +1,4 @@
-"""The coordinator driver: feeds the sans-IO coordinator (opengrid/core/coordinator.py) its events and
+"""The coordinator driver: feeds the sans-IO coordinator (opengrid/core/coordinator/) its events and
 carries out the effects it returns — replicas sent to workers on their run channels, jobs answered, entries
 stored and gossiped, receipts pushed to workers — and wakes it at its deadlines.
 

@@ -1,6 +1,6 @@
-"""A coordinator's answers to what it is asked besides jobs: quotes for sealed jobs, starting-grant
-vouchers, and workers' registrations (the accepting side of opengrid/node/registration.py), with the
-round-trip time it measures to each new worker for the scheduler."""
+"""A coordinator's answers to what it is asked besides jobs: quotes for sealed jobs, the models it serves,
+starting-grant vouchers, and workers' registrations (the accepting side of opengrid/node/registration.py),
+with the round-trip time it measures to each new worker for the scheduler."""
 
 from __future__ import annotations
 
@@ -20,11 +20,16 @@ from opengrid.wire.messages import (
     ErrorReply,
     GrantRequest,
     Message,
+    ModelInfo,
+    ModelList,
+    ModelOffer,
+    ModelsRequest,
     Quote,
     QuotedWorker,
     QuoteRequest,
     Registered,
     RegisterWorker,
+    bounded_models,
 )
 from opengrid.wire.sealed import box_public_key
 
@@ -80,6 +85,41 @@ class CoordinatorRequests:
             ],
             weight=coordinator.class_weight(chosen[0].contract),
         )
+
+    def on_models(self, message: ModelsRequest) -> ModelList:
+        """The models online workers serve here: one entry per model name and file (sha256), with how many
+        workers serve it and its points per token; with ``message.model`` named, only its entries, and the
+        chat template a worker announced (the first worker by peer id that announced one)."""
+        coordinator = self._ctx.coordinator
+        assert coordinator is not None
+        wanted = message.model.lower()
+        serving: dict[tuple[str, str], set[str]] = {}
+        offers: dict[tuple[str, str], list[ModelOffer]] = {}
+        for record in sorted(coordinator.workers.values(), key=lambda r: r.peer):
+            if not record.online:
+                continue
+            for offer in record.offers:
+                sha = offer.contract.model_sha256.lower()
+                if wanted and wanted not in (offer.name.lower(), sha):
+                    continue
+                serving.setdefault((offer.name, sha), set()).add(record.peer)
+                offers.setdefault((offer.name, sha), []).append(offer)
+        models = []
+        for (name, sha), peers in serving.items():
+            announced = offers[(name, sha)]
+            templated = next((o for o in announced if o.chat_template), None) if wanted else None
+            models.append(
+                ModelInfo(
+                    name=name,
+                    sha256=sha,
+                    workers=len(peers),
+                    weight=max(coordinator.class_weight(o.contract) for o in announced),
+                    chat_template=templated.chat_template if templated else "",
+                    bos_token=templated.bos_token if templated else "",
+                    eos_token=templated.eos_token if templated else "",
+                )
+            )
+        return bounded_models(models)
 
     def on_grant_request(self, peer: str, message: GrantRequest, operator: str) -> Message:
         """Vouch for a client's starting grant if the core's policy allows (spec/ledger.md §7)."""

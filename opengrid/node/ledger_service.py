@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import trio
-from opengrid_ledger import Entry, Fraud, decode_body, decode_entry, encode_entry, open_entry, sign_entry
+from opengrid_ledger import Entry, Fraud, decode_body, decode_entry, encode_entry, open_entry
 from opengrid_ledger.sync import IdIndex, SyncSession
 
 from opengrid.errors import OpenGridError
@@ -60,7 +60,7 @@ class LedgerService:
     async def serve_sync(self, stream: FrameStream) -> None:
         """A peer syncs its ledger with ours (both sides gain what they lack; everything is verified)."""
         assert self._ctx.ledger is not None
-        session = SyncSession(self._ctx.ledger, self._sync_index)
+        session = SyncSession(self._ctx.ledger, self._sync_index, peer=stream.peer)
         try:
             with trio.fail_after(_SYNC_TIMEOUT_S):
                 await ledger_sync.respond(stream, session)
@@ -70,7 +70,7 @@ class LedgerService:
     async def sync_ledger(self, peer: str) -> int:
         """Sync our ledger with ``peer``'s; return how many entries we gained (stored)."""
         assert self._ctx.host is not None and self._ctx.ledger is not None
-        session = SyncSession(self._ctx.ledger, self._sync_index)
+        session = SyncSession(self._ctx.ledger, self._sync_index, peer=peer)
         stream = await self._ctx.host.open_stream(peer, SYNC_PROTOCOL)  # type: ignore[arg-type]
         try:
             with trio.fail_after(_SYNC_TIMEOUT_S):
@@ -210,11 +210,16 @@ class LedgerService:
         forker too. Only forkers with standing get one (spec/ledger.md §6.3); ours goes on our own chain."""
         ctx = self._ctx
         assert ctx.ledger is not None and ctx.store is not None and ctx.nursery is not None
+        assert ctx.chain is not None
         ledger = ctx.ledger
         frozen = ledger.proven()  # forkers with standing: no proof is made for free keys' forks
         if len(frozen) == len(self._forks_seen):
             return
         fresh = sorted(set(frozen) - self._forks_seen)
+        if not ledger.has_standing(ctx.public_key):
+            # Our FRAUD would wait for our standing (spec/ledger.md §5.9) and every later entry of our chain
+            # behind it: a candidate coordinator's ADMIT would then never apply. Retried once we have it.
+            return
         self._forks_seen.update(fresh)
         # A fork is rare: scanning the ledger for proofs someone else published is affordable then.
         payloads = (decode_body(e.body).payload for e in ledger.entries())
@@ -223,9 +228,8 @@ class LedgerService:
             payload = ledger.fraud_payload(author)
             if payload is None or author in proven or author == ctx.public_key:
                 continue
-            try:
-                entry = sign_entry(ctx.key, ledger.next_body(ctx.public_key, payload))
-                ledger.apply(entry)
+            try:  # through the node's one chain writer: the coordinator's next receipt follows it
+                entry, _ = ctx.chain.write(payload)
             except OpenGridError as exc:  # e.g. the two entries do not fit one entry's size limit
                 log.warning("fork by %s found, but no FRAUD proof could be made: %s", author.hex()[:16], exc)
                 continue
@@ -241,6 +245,7 @@ class LedgerService:
         seek our own admission while we are one (opengrid/node/coordinator_admission.py)."""
         ctx = self._ctx
         assert ctx.ledger is not None and ctx.host is not None and ctx.membership is not None
+        assert ctx.chain is not None
         if not ctx.ledger.closed:
             return
         host, gossip, store = ctx.host, ctx.membership.gossip, ctx.store
@@ -257,7 +262,7 @@ class LedgerService:
         ctx.admission = CoordinatorAdmission(
             network=ctx.config.network,
             signing_key=ctx.key,
-            ledger=ctx.ledger,
+            chain=ctx.chain,
             data_dir=ctx.config.data_dir,
             request=host.request,
             coordinators=coordinators,

@@ -243,13 +243,17 @@ class Membership:
             await trio.sleep(pause * self._announce_s)
 
     async def _dht_round(self) -> bool:
-        """Fill the routing table from our connections, advertise what we provide, find coordinators.
-        False when no DHT server is known yet (nothing was asked)."""
+        """Hold our own provider records, fill the routing table from our connections, advertise what we
+        provide, find coordinators. False when no DHT server is known yet (nothing was asked)."""
         discovery = self.discovery
+        # Our own records first, whatever the routing table holds: a grid's only DHT server (one
+        # coordinator among DHT-client workers) never fills its table, yet must answer a client's lookup.
+        for key in self.provided:
+            discovery.hold(key)
         for peer in self._host.connected_peers():
             await discovery.add_peer(peer)
         if discovery.routing_table_size() == 0:
-            return False  # alone, or only DHT clients around: nothing to ask yet
+            return False  # alone, or only DHT clients around: nobody to tell or ask yet
         if self.dht_rounds == 0:
             await discovery.refresh()  # the library's own first refresh comes after 600 s (pitfall 8)
         if self.dht_rounds % _DHT_REPROVIDE_ROUNDS == 0:

@@ -43,6 +43,8 @@ class Registration:
         """The first coordinator that accepted us (the API's jobs go there)."""
         self.not_coordinators: set[str] = set()
         """Bootstrap peers that answered ``not_coordinator``: asked once, then used only for gossip."""
+        self._named: dict[str, str] = {}
+        """``/dnsaddr/`` bootstrap names -> the peer id each led to last."""
         self.beats: StreamPool | None = None
         """Our registration channel to each coordinator (``BEAT_PROTOCOL``; set once the host is up)."""
 
@@ -68,8 +70,7 @@ class Registration:
                     else:
                         log.info("reachable through a relay again; registering")
                     said = unreachable
-                for address in self._targets():
-                    peer = peer_of(address)
+                for peer in self._targets():
                     if peer not in running:
                         running.add(peer)
                         nursery.start_soon(self._keep_registered, peer, running)
@@ -86,7 +87,7 @@ class Registration:
         """Registrations in a row that got no answer in time over a connection that stayed open."""
         try:
             while True:
-                address = next((a for a in self._targets() if peer_of(a) == peer), None)
+                address = self._targets().get(peer)
                 if address is None:
                     return  # forgotten (offline on gossip and not accepting us): stop beating at it
                 started = trio.current_time()
@@ -140,14 +141,15 @@ class Registration:
             "start a relay or name a reachable one with --relay-via"
         )
 
-    def _targets(self) -> list[str]:
-        """One address per coordinator: bootstrap addresses (unless they said they do not coordinate),
-        the coordinators that accepted us (registration is itself the liveness check: a coordinator whose
-        gossip is late on a loaded machine must not lose its workers), then the coordinators gossip tells
-        us about, deduplicated by peer id."""
+    def _targets(self) -> dict[str, str]:
+        """One address per coordinator, by peer id: bootstrap addresses (unless they said they do not
+        coordinate), the coordinators that accepted us (registration is itself the liveness check: a
+        coordinator whose gossip is late on a loaded machine must not lose its workers), then the
+        coordinators gossip tells us about. A ``/dnsaddr/NAME`` bootstrap has no peer id until it was
+        reached: the name itself is its key until then."""
         targets: dict[str, str] = {}
         for address in self._ctx.config.bootstrap:
-            peer = peer_of(address)
+            peer = self._named.get(address) or peer_of(address)
             if peer not in self.not_coordinators:
                 targets.setdefault(peer, address)
         for peer, address in self.coordinators.items():
@@ -155,7 +157,7 @@ class Registration:
         if self._ctx.membership is not None:
             for address in self._ctx.membership.addresses_of("coordinator"):
                 targets.setdefault(peer_of(address), address)
-        return list(targets.values())
+        return targets
 
     async def register_once(self, address: str) -> float:
         """Register with the coordinator at ``address`` (dialling it if need be); return the heartbeat
@@ -166,6 +168,8 @@ class Registration:
         try:
             with trio.fail_after(timeout):  # a dial to a vanished coordinator must not stall us long
                 peer = await ctx.host.connect(address)
+            if peer != peer_of(address):
+                self._named[address] = peer  # a /dnsaddr/ name: the peer it led to (``_targets``)
         except trio.TooSlowError as exc:
             await ctx.host.disconnect(peer_of(address))  # re-dial afresh next time
             raise TransportError(f"could not connect to {address} within {timeout:.0f} s") from exc

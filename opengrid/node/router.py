@@ -38,9 +38,11 @@ from opengrid.wire.messages import (
     History,
     HistoryRequest,
     Message,
+    ModelsRequest,
     NodeStatus,
     QuoteRequest,
     ReceiptNotice,
+    ReceiptRequest,
     RegisterWorker,
     RunJob,
     StatusRequest,
@@ -71,6 +73,7 @@ class Router:
         worker: WorkerDriver,
         status: Callable[[], NodeStatus],
         history: Callable[[bytes, int], History],
+        receipt: Callable[[str, bytes], Message] | None = None,
     ) -> None:
         self._ctx = ctx
         self._availability = availability
@@ -80,6 +83,8 @@ class Router:
         self._worker = worker
         self._status = status
         self._history = history
+        self._receipt = receipt
+        """Answers (peer, job id) with the job's JobReceipt or an ErrorReply (``Node.receipt``)."""
         self._dial_backs = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
         """Dial-backs run for peers at once (spec/discovery.md §9.1): a peer asking in a loop waits."""
         self._on_stream: dict[type[Message], _StreamHandler] = {
@@ -92,6 +97,8 @@ class Router:
             HistoryRequest: self._on_history,
             ControlRequest: self._on_control,
             QuoteRequest: self._on_quote,
+            ModelsRequest: self._on_models,
+            ReceiptRequest: self._on_receipt,
             AdmitRequest: self._on_admit,
             GrantRequest: self._on_grant,
             SubmitJob: self._on_submit,
@@ -223,6 +230,16 @@ class Router:
         if self._candidate():
             return self._busy()
         return self._unexpected(message)
+
+    async def _on_models(self, peer: str, message: ModelsRequest, operator: str) -> Message:
+        if self._ctx.coordinator is not None:  # a paused coordinator still says what it serves
+            return self._requests.on_models(message)
+        return self._not_coordinator(message)
+
+    async def _on_receipt(self, peer: str, message: ReceiptRequest, operator: str) -> Message:
+        if self._receipt is None:
+            return self._unexpected(message)
+        return self._receipt(peer, message.job_id)
 
     async def _on_admit(self, peer: str, message: AdmitRequest, operator: str) -> Message:
         admission = self._ctx.admission

@@ -24,10 +24,11 @@ import time
 
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import LedgerState, Receipt, decode_body, encode_entry
+from opengrid_ledger import ChainWriter, LedgerState, Receipt, decode_body, encode_entry
 from opengrid_ledger.genesis import Genesis, decode_genesis
 
 import opengrid
+from opengrid.core.audit import GREEDY, SamplingParams
 from opengrid.core.availability import Policy, parse_windows
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
 from opengrid.core.worker import WorkerLogic
@@ -73,6 +74,8 @@ from opengrid.wire.messages import (
     ErrorReply,
     History,
     JobAccepted,
+    JobReceipt,
+    Message,
     ModelOffer,
     NodeStatus,
     PromptFormat,
@@ -136,6 +139,7 @@ class Node:
             worker=self.worker_driver,
             status=self.status,
             history=self.history,
+            receipt=self.receipt,
         )
         self.api_service = ApiService(self.ctx, self.coordinator_driver, self.registration)
         self.auto_relay: AutoRelay | None = None
@@ -212,10 +216,20 @@ class Node:
     async def run(self, *, task_status: TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, signal readiness with ``task_status.started(self)``, and serve until cancelled."""
         ctx, config = self.ctx, self.ctx.config
-        if self._trace_path is not None:
-            ctx.trace_file = self._trace_path.open("ab")
-        if self._timing_path is not None:
-            ctx.timing = TimingTrace(self._timing_path)
+        try:  # the trace files' folders are created like the data dir; a path we cannot write is the user's
+            if self._trace_path is not None:
+                self._trace_path.parent.mkdir(parents=True, exist_ok=True)
+                ctx.trace_file = self._trace_path.open("ab")
+            if self._timing_path is not None:
+                ctx.timing = TimingTrace(self._timing_path)
+        except OSError as exc:
+            if ctx.trace_file is not None:  # the frames file opened, the timing file did not
+                ctx.trace_file.close()
+                ctx.trace_file = None
+            raise ConfigError(
+                f"cannot write the trace file {exc.filename}: {exc.strerror or exc}; "
+                "choose a writable path for --trace-frames / --trace-timing"
+            ) from exc
         genesis = _load_genesis(config)
         # A genesis that names coordinators fixes the set: genesis + ADMIT entries, the same on every node
         # (spec/ledger.md §7); without one, a node trusts itself and the coordinators it registered with.
@@ -226,6 +240,7 @@ class Node:
         ctx.ledger, ctx.store = open_ledger(
             config.data_dir, config.network, minters, genesis=genesis, closed=closed
         )
+        ctx.chain = ChainWriter(ctx.ledger, ctx.key)
         try:
             if config.serves_models:
                 await self._start_worker()
@@ -300,6 +315,7 @@ class Node:
                     ledger=ctx.ledger,
                     rng=self._rng,
                     config=self._coordinator_config,
+                    chain=ctx.chain,
                 )
                 driver = self.coordinator_driver
                 driver.job_store = JobStore(config.data_dir / JOBS_FILE)
@@ -398,11 +414,18 @@ class Node:
         replicas: int,
         format: PromptFormat,
         client: str = "",
+        sampling: SamplingParams = GREEDY,
     ) -> JobAccepted | ErrorReply:
         """Run one verified job: on this node if it coordinates, else through its coordinator. ``client``:
         the API user (``opengrid.node.api.api_client``), its own client of the coordinator's queue."""
         return await self.api_service.api_submit(
-            prompt=prompt, model=model, max_tokens=max_tokens, replicas=replicas, format=format, client=client
+            prompt=prompt,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            format=format,
+            client=client,
+            sampling=sampling,
         )
 
     # ── status ───────────────────────────────────────────────────────────────────────────────────────
@@ -460,6 +483,38 @@ class Node:
                 if len(found) == limit:
                     break
         return History(entries=found[::-1])
+
+    def receipt(self, peer: str, job_id: bytes) -> Message:
+        """Job ``job_id``'s receipt from this node's ledger (receipts are public ledger entries), with the
+        job's output when ``peer`` submitted it here and the job store still keeps its open answer (24 h);
+        ``unknown_job`` when the ledger has no receipt for it (spec/job-protocol.md §6.9)."""
+        assert self.ledger is not None
+        store = self.coordinator_driver.job_store
+        kept = store.answer(job_id, peer) if store is not None else None
+        if kept is not None and not kept.sealed_outputs:
+            return JobReceipt(
+                job_id=job_id,
+                receipt=kept.receipt,
+                answered=True,
+                text=kept.text,
+                tokens=kept.tokens,
+                finish_reason=kept.finish_reason,
+            )
+        entry = self.ledger.receipt_for(job_id)  # an index: asking costs no scan of the ledger
+        if entry is not None:  # verified when applied; the client verifies it again
+            return JobReceipt(job_id=job_id, receipt=encode_entry(entry))
+        running = job_id in self.coordinator_driver.jobs
+        return ErrorReply(
+            "unknown_job",
+            f"no receipt for job {job_id.hex()} on this {self.config.role}: "
+            + (
+                "it is still running; ask again once it is answered"
+                if running
+                else "it never ran here, or it failed (a failed job has no receipt); ask the coordinator "
+                "that ran it (its peer id is in the answer), or check the job id"
+            ),
+            job_id,
+        )
 
     async def _status_line_loop(self) -> None:
         """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""

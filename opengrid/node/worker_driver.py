@@ -16,7 +16,7 @@ import msgspec
 import trio
 
 from opengrid.core.audit import SamplingParams
-from opengrid.core.worker import Output
+from opengrid.core.worker import Output, job_sampling
 from opengrid.engines import Engine, GenerationRequest
 from opengrid.engines.base import Generation, ScoreRequest, Scoring, ScoringEngine, StreamingEngine
 from opengrid.errors import (
@@ -79,7 +79,13 @@ class WorkerDriver:
             run.job_id.hex()[:8],
             run.max_tokens,
         )
-        request = GenerationRequest(prompt=prompt, max_tokens=run.max_tokens, add_bos=run.format == "text")
+        request = GenerationRequest(
+            prompt=prompt,
+            max_tokens=run.max_tokens,
+            add_bos=run.format == "text",
+            sampling=job_sampling(run.contract),  # checked by ``accept``
+            job_id=run.job_id,
+        )
         self.running += 1
         try:
             return await self._run_and_attest(run, stream, engine, request, salt)

@@ -2,7 +2,7 @@
 
 The app only ever calls a ``WalletSource``, from a worker thread, so every method may block. Production
 uses ``SdkWalletSource`` (the public SDK ``Client``, never node internals); tests and the screenshot script
-use ``opengrid.tui.fake.FakeWalletSource``.
+use ``opengrid.testing.wallet.FakeWalletSource``.
 """
 
 from __future__ import annotations

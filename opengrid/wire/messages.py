@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal, NewType, TypeVar
 
 import msgspec
 
-from opengrid.wire.contract import DecodingContract
+from opengrid.wire.contract import MAX_TEMPERATURE, DecodingContract, Seed, Temperature, TopK, TopP
 
 JobId = NewType("JobId", bytes)
 """16 random bytes chosen by the client; unique per job."""
@@ -116,6 +116,7 @@ ErrorCode = Literal[
     "grant_refused",  # no starting grant for this account: none on this network, or already claimed
     "admission_pending",  # this coordinator's operator has not approved the candidate (yet): ask later
     "admission_refused",  # no co-signature now (wrong epoch, already a coordinator, voted for another)
+    "unknown_job",  # ReceiptRequest: no receipt for this job id here (never ran here, failed, still running)
 ]
 
 
@@ -208,6 +209,21 @@ class SubmitJob(_Message, tag="submit", frozen=True):
     grant: Annotated[bytes, msgspec.Meta(max_length=4 * 1024)] = b""
     """Paid jobs of a new account: its encoded GRANT entry (seq 1, with a coordinator's voucher, see
     GrantRequest), applied before ``hold`` (which is then the account's entry seq 2)."""
+    temperature: Temperature = 0.0
+    """Sampling (spec/verification.md §11): 0.0 is greedy (the default); > 0 samples by Gumbel-max with
+    noise fixed by ``job_id`` and ``seed``, at most ``MAX_TEMPERATURE``."""
+    top_k: TopK = 0
+    """Sampling: keep the ``top_k`` most likely tokens before choosing; 0 keeps all."""
+    top_p: TopP = 1.0
+    """Sampling: then keep the smallest set of them whose probability reaches ``top_p``; 1.0 keeps all."""
+    seed: Seed = 0
+    """Sampling: the client's seed, 0..2**64-1. With the client-chosen ``job_id`` it fixes the noise, so
+    no worker can choose it and every replica and auditor recomputes it."""
+
+    def job_contract(self, offer: DecodingContract) -> DecodingContract:
+        """The contract this job runs under on a worker of class ``offer``: the class with this job's
+        sampling settings (``DecodingContract.sampled``)."""
+        return offer.sampled(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
 
 class RunJob(_Message, tag="run", frozen=True):
@@ -452,6 +468,82 @@ class History(_Message, tag="history", frozen=True):
     entries: Annotated[list[EntryBytes], msgspec.Meta(max_length=MAX_HISTORY)]
 
 
+MAX_MODELS_LISTED: Final = 64
+"""Entries (model name and file) a ModelList carries at most."""
+MAX_MODEL_LIST_BYTES: Final = 2 * 1024 * 1024
+"""The most a ModelList encodes to: chat templates are left out of entries past it (``bounded_models``)."""
+MAX_CHAT_TEMPLATE_CHARS: Final = 65536
+
+
+class ModelsRequest(_Message, tag="models_request", frozen=True):
+    """Client → coordinator: which models run here, on how many workers, at what price per token?"""
+
+    model: ShortText = ""
+    """Empty: every model served here, without chat templates. A name or sha256: that model's entries
+    only, with the chat template its workers announced (a client renders chat prompts itself)."""
+
+
+class ModelInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One model file served on a coordinator, as its online workers announce it."""
+
+    name: ShortText
+    sha256: ShortText
+    """The GGUF file's sha256 in hex (``DecodingContract.model_sha256``)."""
+    workers: Annotated[int, msgspec.Meta(ge=0, le=2**32)]
+    """Online workers serving it here now."""
+    weight: Annotated[int, msgspec.Meta(ge=1, le=MAX_WEIGHT)] = 1
+    """Points per generated token per replica (the most of its numerical classes here): a paid job holds
+    ``job_cost(max_tokens, replicas, weight)``."""
+    chat_template: Annotated[str, msgspec.Meta(max_length=MAX_CHAT_TEMPLATE_CHARS)] = ""
+    """Only when the request named the model: the Jinja chat template a worker announced (untrusted)."""
+    bos_token: ShortText = ""
+    eos_token: ShortText = ""
+
+
+class ModelList(_Message, tag="models", frozen=True):
+    """Coordinator → client: the models its online workers serve, by name then sha256."""
+
+    models: Annotated[list[ModelInfo], msgspec.Meta(max_length=MAX_MODELS_LISTED)]
+
+
+def bounded_models(models: list[ModelInfo]) -> ModelList:
+    """``models`` as a ModelList within its limits: at most ``MAX_MODELS_LISTED`` entries (most workers
+    first, then by name and sha256), and chat templates dropped from the last entries until the whole
+    encodes to at most ``MAX_MODEL_LIST_BYTES`` (64 templates of 65,536 4-byte characters would pass the
+    4 MiB frame)."""
+    kept = sorted(models, key=lambda m: (-m.workers, m.name, m.sha256))[:MAX_MODELS_LISTED]
+    kept.sort(key=lambda m: (m.name, m.sha256))
+    listed = ModelList(models=kept)
+    index = len(kept) - 1
+    while len(msgspec.msgpack.encode(listed)) > MAX_MODEL_LIST_BYTES and index >= 0:
+        kept[index] = msgspec.structs.replace(kept[index], chat_template="")
+        listed = ModelList(models=kept)
+        index -= 1
+    return listed
+
+
+class ReceiptRequest(_Message, tag="receipt_request", frozen=True):
+    """Client → node: the signed receipt of job ``job_id`` (and its answer, for the job's own client while
+    the coordinator keeps it)."""
+
+    job_id: JobIdBytes
+
+
+class JobReceipt(_Message, tag="job_receipt", frozen=True):
+    """Node → client: a job's receipt, exactly as stored in the node's ledger; the receiver verifies it.
+
+    ``answered`` is true when the output travels with it: only to the peer that submitted the job, from
+    the coordinator's job store (24 h), and only for an open job (a sealed job's output is ciphertext)."""
+
+    job_id: JobIdBytes
+    receipt: EntryBytes
+    """An encoded ``opengrid_ledger.Entry`` whose payload is the job's Receipt."""
+    answered: bool = False
+    text: OutputText = ""
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_TOKENS_LIMIT)] = []
+    finish_reason: ShortText = ""
+
+
 class ControlRequest(_Message, tag="control", frozen=True):
     """Owner → own node: pause or resume work; answered with NodeStatus.
 
@@ -549,7 +641,7 @@ class DialBackReport(_Message, tag="dial_back_report", frozen=True):
 
 MAX_AUDIT_REASON_CHARS: Final = 1024
 """Characters of an AuditReport's ``reason`` (one position's values in words)."""
-MAX_AUDIT_TEMPERATURE: Final = 10.0
+MAX_AUDIT_TEMPERATURE: Final = MAX_TEMPERATURE
 """The sampler's largest temperature (``opengrid.core.audit.SamplingParams``)."""
 MAX_AUDIT_TOLERANCE: Final = 1000.0
 """Logits: a tolerance this wide accepts anything; larger values are refused as nonsense."""
@@ -575,12 +667,12 @@ class AuditJob(_Message, tag="audit", frozen=True):
     finish_reason: ShortText
     """``stop``: one more position (the end-of-generation token) is scored."""
     format: PromptFormat = "text"
-    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TEMPERATURE)] = 0.0
-    top_k: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
-    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
-    seed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    temperature: Temperature = 0.0
+    top_k: TopK = 0
+    top_p: TopP = 1.0
+    seed: Seed = 0
     """0..2**64-1 (msgpack integers stop there)."""
-    tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TOLERANCE)] = 0.5
+    tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TOLERANCE)] = 0.75
     """Logits: the largest gap (and mask margin) a position may show (spec/verification.md §12.2)."""
     score_end: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_LIMIT + 1)] = 0
     """Score output positions ``0 .. score_end - 1`` only (the coordinator's audit plan, spec/verification.md
@@ -637,4 +729,8 @@ Message = (
     | DialBackReport
     | AuditJob
     | AuditReport
+    | ModelsRequest
+    | ModelList
+    | ReceiptRequest
+    | JobReceipt
 )

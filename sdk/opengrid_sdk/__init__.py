@@ -7,7 +7,17 @@ with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."]) as client:
 """
 
 from opengrid_sdk.aio import AsyncClient
-from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion
+from opengrid_sdk.client import DEFAULT_MODEL, Client, Completion, FetchedReceipt, Sampling, ServedModel
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt
 
-__all__ = ["DEFAULT_MODEL", "AsyncClient", "Client", "Completion", "HistoryItem", "SignedReceipt"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "AsyncClient",
+    "Client",
+    "Completion",
+    "FetchedReceipt",
+    "HistoryItem",
+    "Sampling",
+    "ServedModel",
+    "SignedReceipt",
+]

@@ -8,12 +8,19 @@ client's ``timeout``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Literal
 
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.messages import NodeStatus, Priority
-from opengrid_sdk.client import DEFAULT_MODEL, SEALED_RETRIES, Client, Completion
+from opengrid_sdk.client import (
+    DEFAULT_MODEL,
+    SEALED_RETRIES,
+    Client,
+    Completion,
+    FetchedReceipt,
+    ServedModel,
+)
 from opengrid_sdk.receipts import HistoryItem
 
 _DONE = object()
@@ -68,9 +75,13 @@ class AsyncClient:
         trusted: Sequence[str] = (),
         priority: Priority = "interactive",
         retries: int = SEALED_RETRIES,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> Completion:
         """See ``Client.complete`` (sealed by default; a sealed job whose workers failed is sealed to
-        others and resubmitted, at most ``retries`` times)."""
+        others and resubmitted, at most ``retries`` times; greedy unless ``temperature > 0``)."""
         return await asyncio.to_thread(
             self._client.complete,
             prompt,
@@ -82,15 +93,81 @@ class AsyncClient:
             trusted=trusted,
             priority=priority,
             retries=retries,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
         )
 
     async def stream(
-        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 64,
+        replicas: int = 2,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> AsyncIterator[str | Completion]:
         """See ``Client.stream``: unverified previews, then the verified ``Completion``."""
-        items = self._client.stream(prompt, model=model, max_tokens=max_tokens, replicas=replicas)
+        items = self._client.stream(
+            prompt,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
         while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
             yield item  # type: ignore[misc]
+
+    async def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 256,
+        replicas: int = 2,
+        sealed: bool = True,
+        exposure: int | None = None,
+        trusted: Sequence[str] = (),
+        priority: Priority = "interactive",
+        retries: int = SEALED_RETRIES,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Completion:
+        """See ``Client.chat``: the model's chat template renders ``messages``; the job runs as
+        ``complete``'s. Malformed messages raise ``ConfigError`` before anything is sent."""
+        return await asyncio.to_thread(
+            self._client.chat,
+            messages,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            sealed=sealed,
+            exposure=exposure,
+            trusted=trusted,
+            priority=priority,
+            retries=retries,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+
+    async def models(self) -> list[ServedModel]:
+        """See ``Client.models``: served models with sha256, online workers and points per token."""
+        return await asyncio.to_thread(self._client.models)
+
+    async def receipt(self, job_id: bytes | str, *, address: str | None = None) -> FetchedReceipt:
+        """See ``Client.receipt``: the job's signed receipt, verified; ``UnknownJobError`` if none."""
+        return await asyncio.to_thread(lambda: self._client.receipt(job_id, address=address))
 
     async def balance(self, account: bytes | None = None) -> int:
         """See ``Client.balance``."""

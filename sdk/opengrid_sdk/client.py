@@ -7,14 +7,15 @@ and speaks the job protocol to a coordinator reached from the bootstrap addresse
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import random
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeGuard, TypeVar
+from typing import Final, Literal, TypeGuard, TypeVar
 
 import msgspec
 import trio
@@ -42,18 +43,24 @@ from opengrid.errors import (
     OpenGridError,
     PaymentError,
     RemoteProtocolError,
+    TemplateError,
     TransportError,
+    UnknownJobError,
     UnknownModelError,
     VerificationError,
 )
 from opengrid.net.discovery import Discovery, role_key
 from opengrid.net.host import Host, derive_psk, open_host
 from opengrid.net.keys import peer_id_of, public_key_of
+from opengrid.node.chat_template import TemplateRenderer
 from opengrid.node.config import DEFAULT_NETWORK
+from opengrid.wire.contract import sampling_problem
 from opengrid.wire.control import control_signing_bytes
 from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
+    JOB_ID_BYTES,
     MAX_EXPOSURE,
+    MAX_PROMPT_CHARS,
     ControlRequest,
     ErrorReply,
     GrantRequest,
@@ -62,15 +69,21 @@ from opengrid.wire.messages import (
     HistoryRequest,
     JobAccepted,
     JobProgress,
+    JobReceipt,
     Message,
+    ModelList,
+    ModelsRequest,
     NodeStatus,
     Priority,
+    PromptFormat,
     Quote,
     QuoteRequest,
+    ReceiptRequest,
     StatusRequest,
     SubmitJob,
     job_cost,
 )
+from opengrid.wire.receipts import verify_receipt_without_output
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
 from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
 
@@ -113,6 +126,61 @@ class Completion:
     (``no_capacity``); each was followed by a fresh quote, a fresh seal and a fresh job id."""
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """One model file a coordinator's online workers serve (``Client.models``)."""
+
+    name: str
+    sha256: str
+    """The GGUF file's sha256, hex: ``complete(model=...)`` takes it as well as the name."""
+    workers: int
+    """Online workers serving it there now (a job needs at least ``replicas`` of them)."""
+    weight: int
+    """Points per generated token per replica: a paid job holds ``max_tokens x replicas x weight``."""
+
+
+@dataclass(frozen=True)
+class FetchedReceipt:
+    """A job's signed receipt as ``Client.receipt`` fetched and verified it."""
+
+    job_id: bytes
+    receipt: SignedReceipt
+    node: str
+    """Peer id of the node that answered."""
+    output_verified: bool
+    """True when the job's answer came with it and matched the receipt's commitment (this client's own
+    open job, within the coordinator's 24 h); otherwise signature, attestations and credits only."""
+    text: str | None = None
+    tokens: list[int] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a job's tokens are chosen (spec/verification.md §11). The default is greedy (temperature 0):
+    the most likely token every time, the same answer for the same prompt on every job.
+
+    ``temperature > 0`` samples by Gumbel-max from the model's distribution at that temperature, after
+    the ``top_k`` (0 = off) and ``top_p`` (1 = off) masks. The randomness is fixed by the job's id (fresh
+    per call) and ``seed``: every replica and auditor of one job recomputes the same sample, so sampled
+    jobs are verified like greedy ones, but two calls with the same ``seed`` are two different samples.
+    """
+
+    temperature: float = 0.0
+    """0..10; 0 = greedy."""
+    top_k: int = 0
+    """0..2**32-1; keep the ``top_k`` most likely tokens, 0 keeps all."""
+    top_p: float = 1.0
+    """In (0, 1]; then keep the smallest most-likely set whose probability reaches ``top_p``."""
+    seed: int = 0
+    """0..2**64-1; with the job id it fixes the sampling noise."""
+
+    def __post_init__(self) -> None:
+        problem = sampling_problem(self.temperature, self.top_k, self.top_p, self.seed)
+        if problem:
+            raise ConfigError(f"{problem}; pass values in range (temperature=0 decodes greedily)")
+
+
 def _job(
     prompt: str,
     model: str,
@@ -121,6 +189,8 @@ def _job(
     *,
     stream: bool,
     priority: Priority = "interactive",
+    sampling: Sampling = Sampling(),
+    format: PromptFormat = "text",
 ) -> SubmitJob:
     if max_tokens < 1 or replicas < 1:
         raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
@@ -132,6 +202,11 @@ def _job(
         replicas=replicas,
         stream=stream,
         priority=priority,
+        temperature=float(sampling.temperature),
+        top_k=sampling.top_k,
+        top_p=float(sampling.top_p),
+        seed=sampling.seed,
+        format=format,
     )
 
 
@@ -171,6 +246,8 @@ class Client:
         self.timeout = timeout
         self._host: Host | None = None
         self._nursery: trio.Nursery | None = None
+        self._templates: TemplateRenderer | None = None
+        """Renders models' chat templates for ``chat`` (sandboxed child processes, as the API does)."""
         self._discovery: Discovery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
@@ -199,11 +276,15 @@ class Client:
         ):
             self._host = host
             self._nursery = nursery
+            self._templates = TemplateRenderer()  # children start at the first chat() only
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             self._ready.set()
-            await self._stop.wait()
-            nursery.cancel_scope.cancel()
+            try:
+                await self._stop.wait()
+            finally:
+                await self._templates.aclose()
+                nursery.cancel_scope.cancel()
 
     def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         if self._token is None or not self._thread.is_alive():
@@ -394,6 +475,10 @@ class Client:
         trusted: Sequence[str] = (),
         priority: Priority = "interactive",
         retries: int = SEALED_RETRIES,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> Completion:
         """Run ``prompt`` on ``replicas`` workers, verify their agreement, and return the result.
 
@@ -413,16 +498,171 @@ class Client:
         raises ``VerificationError``. Other failures raise the matching ``OpenGridError`` subclass.
         ``priority="batch"``: while the coordinator's workers are busy, the job waits behind interactive
         jobs (spec/job-protocol.md §8.1).
+
+        Decoding is greedy by default. ``temperature`` (0..10), ``top_k`` (0 = off), ``top_p`` (1 = off)
+        and ``seed`` (0..2**64-1) sample instead (see :class:`Sampling`): the sample is fixed by this
+        job's fresh id and ``seed``, and verified like a greedy answer. Values out of range raise
+        ``ConfigError`` before anything is sent; workers whose engine cannot sample (HTTP engines) refuse
+        the job (``RemoteProtocolError``).
         """
         if retries < 0:
             raise ConfigError(f"retries must be >= 0 (got {retries})")
+        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         if self._payer is not None:
             with self._paying:
                 return self._complete(
-                    prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries
+                    prompt,
+                    model,
+                    max_tokens,
+                    replicas,
+                    sealed,
+                    exposure,
+                    trusted,
+                    priority,
+                    retries,
+                    sampling,
                 )
         return self._complete(
-            prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries
+            prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries, sampling
+        )
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 256,
+        replicas: int = 2,
+        sealed: bool = True,
+        exposure: int | None = None,
+        trusted: Sequence[str] = (),
+        priority: Priority = "interactive",
+        retries: int = SEALED_RETRIES,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Completion:
+        """Answer a conversation, as ``/v1/chat/completions`` does: ``messages`` are OpenAI-style
+        ``{"role": ..., "content": ...}`` dicts (roles ``system``, ``user``, ``assistant``, ``tool``).
+
+        The prompt is rendered here, from the chat template the model's workers announced (asked of the
+        coordinator with ``ModelsRequest``; rendered in a sandboxed child process with time and size
+        limits, the API node's renderer), so a sealed chat job shows the coordinator no more than a
+        sealed ``complete``. The job then runs as ``complete`` runs it (same arguments, same verified
+        ``Completion``), in ``chat`` format: tokenized without an extra BOS.
+
+        Raises ``ConfigError`` before sending anything when ``messages`` are malformed (empty, a role or
+        key not allowed, content not a string, longer than the prompt limit in all) or a sampling value is
+        out of range; ``UnknownModelError`` when no worker serves ``model``; ``TemplateError`` when the
+        model has no usable chat template (``fault="template"``) or it refuses these messages
+        (``fault="client"``).
+        """
+        turns = chat_messages(messages)
+        if retries < 0:
+            raise ConfigError(f"retries must be >= 0 (got {retries})")
+        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if max_tokens < 1 or replicas < 1:
+            raise ConfigError(f"max_tokens and replicas must be >= 1 (got {max_tokens}, {replicas})")
+        prompt = self._render_chat(model, turns)
+        args = (prompt, model, max_tokens, replicas, sealed, exposure, trusted, priority, retries, sampling)
+        if self._payer is not None:
+            with self._paying:
+                return self._complete(*args, format="chat")
+        return self._complete(*args, format="chat")
+
+    def _render_chat(self, model: str, turns: list[dict[str, str]]) -> str:
+        """The prompt ``model``'s chat template makes of ``turns``; tries up to ``MAX_TEMPLATES_TRIED``
+        distinct templates (different files of one name may announce different ones)."""
+        _, reply = self._to_coordinator(ModelsRequest(model=model))
+        if isinstance(reply, ErrorReply):
+            raise _ERRORS.get(reply.code, JobError)(reply.message)
+        if not isinstance(reply, ModelList):
+            raise RemoteProtocolError(f"expected a ModelList, got {type(reply).__name__}")
+        if not reply.models:
+            served = ", ".join(sorted({m.name for m in self.models()})) or "none yet"
+            raise UnknownModelError(
+                f"no worker serves model {model!r} on this coordinator; served: {served} (ask for a served "
+                "model, or start a worker with it)"
+            )
+        templates = list({m.chat_template: m for m in reply.models if m.chat_template}.values())
+        if not templates:
+            raise TemplateError(
+                f"model {model!r} has no chat template here; format the prompt yourself and call complete()",
+                fault="template",
+            )
+        renderer = self._templates
+        assert renderer is not None
+        problems: list[str] = []
+        for info in templates[:MAX_TEMPLATES_TRIED]:
+            render = functools.partial(
+                renderer.render, info.chat_template, turns, bos_token=info.bos_token, eos_token=info.eos_token
+            )
+            try:
+                return self._call(render)
+            except TemplateError as exc:
+                if exc.fault != "template":
+                    raise  # the messages' fault, or this machine cannot render: another template won't do
+                problems.append(str(exc))
+        raise TemplateError(
+            f"the chat templates announced for {model!r} cannot be used ({'; '.join(problems)}); format the "
+            "prompt yourself and call complete()",
+            fault="template",
+        )
+
+    def models(self) -> list[ServedModel]:
+        """The models our coordinator's online workers serve now, by name then file: each with its
+        sha256, how many workers serve it, and its weight (points per generated token per replica)."""
+        _, reply = self._to_coordinator(ModelsRequest())
+        if isinstance(reply, ErrorReply):
+            raise _ERRORS.get(reply.code, JobError)(reply.message)
+        if not isinstance(reply, ModelList):
+            raise RemoteProtocolError(f"expected a ModelList, got {type(reply).__name__}")
+        return [
+            ServedModel(name=m.name, sha256=m.sha256, workers=m.workers, weight=m.weight)
+            for m in reply.models
+        ]
+
+    def receipt(self, job_id: bytes | str, *, address: str | None = None) -> FetchedReceipt:
+        """Job ``job_id``'s signed receipt (16 bytes, or 32 hex characters as the API prints it), from
+        our coordinator's ledger (or the node at ``address``), verified here before it is returned.
+
+        The receipt's signature, job id, workers' attestations and credits are checked always; who
+        signed it is ``receipt.coordinator_key`` (a receipt proves work only if that is a coordinator
+        you trust: anyone can sign one with keys of their own). When this
+        client submitted the job to that coordinator and its open answer is still kept (24 h), the answer
+        comes with it and the receipt is checked against it too (``output_verified``; the SDK's
+        ``SignedReceipt.verify``). Raises ``UnknownJobError`` when the node has no receipt for the job (it
+        never ran there, failed, or is still running: the message says which and what to do),
+        ``VerificationError`` when what came back does not verify.
+        """
+        wanted = _job_id_bytes(job_id)
+        request = ReceiptRequest(job_id=wanted)
+        if address is None:
+            peer, reply = self._to_coordinator(request)
+        else:
+            peer, reply = self._call(lambda: self._request(address, request))
+        if isinstance(reply, ErrorReply):
+            if reply.code == "unknown_job":
+                raise UnknownJobError(reply.message)
+            raise _ERRORS.get(reply.code, JobError)(reply.message)
+        if not isinstance(reply, JobReceipt) or reply.job_id != wanted:
+            raise RemoteProtocolError("the node answered with something other than this job's receipt")
+        signed = SignedReceipt(entry=reply.receipt, network=self.network)
+        if reply.answered:
+            signed.verify(
+                tokens=reply.tokens, text=reply.text, job_id=wanted, coordinator_key=public_key_of(peer)
+            )
+        else:
+            verify_receipt_without_output(signed.entry, signed.network, job_id=wanted)
+        return FetchedReceipt(
+            job_id=wanted,
+            receipt=signed,
+            node=peer,
+            output_verified=reply.answered,
+            text=reply.text if reply.answered else None,
+            tokens=list(reply.tokens) if reply.answered else None,
+            finish_reason=reply.finish_reason if reply.answered else None,
         )
 
     @property
@@ -441,9 +681,22 @@ class Client:
         trusted: Sequence[str],
         priority: Priority = "interactive",
         retries: int = SEALED_RETRIES,
+        sampling: Sampling = Sampling(),
+        format: PromptFormat = "text",
     ) -> Completion:
         if not sealed:
-            request = self._paid(_job(prompt, model, max_tokens, replicas, stream=False, priority=priority))
+            request = self._paid(
+                _job(
+                    prompt,
+                    model,
+                    max_tokens,
+                    replicas,
+                    stream=False,
+                    priority=priority,
+                    sampling=sampling,
+                    format=format,
+                )
+            )
             peer, reply = self._to_coordinator(request)
             return self._completion(request, peer, reply)
         cap = min(max(exposure or replicas + 2, replicas), MAX_EXPOSURE)
@@ -458,7 +711,18 @@ class Client:
             if not isinstance(quote, Quote):
                 raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
             peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
-            job = seal_job(prompt, peers=peers, model=model, max_tokens=max_tokens, replicas=replicas)
+            job = seal_job(
+                prompt,
+                peers=peers,
+                model=model,
+                max_tokens=max_tokens,
+                replicas=replicas,
+                format=format,
+                temperature=float(sampling.temperature),
+                top_k=sampling.top_k,
+                top_p=float(sampling.top_p),
+                seed=sampling.seed,
+            )
             job = dataclasses.replace(
                 job, request=self._paid(msgspec.structs.replace(job.request, priority=priority), quote.weight)
             )
@@ -618,17 +882,34 @@ class Client:
         return head
 
     def stream(
-        self, prompt: str, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 64,
+        replicas: int = 2,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> Iterator[str | Completion]:
-        """Like ``complete``, but first yields text as the first replica generates it.
+        """Like ``complete``, but first yields text as the first replica generates it. The sampling
+        settings are ``complete``'s (greedy by default); out of range, ``ConfigError`` is raised by this
+        call itself, before any iteration.
 
         The ``str`` items are an UNVERIFIED preview from one worker; the last item is the verified
         ``Completion``, whose text is the truth (it differs from the preview if that worker cheated).
         Streaming runs in open mode: previews pass through the coordinator in plaintext. With an identity
         the job is paid like ``complete``'s (HOLD, then SETTLE or REFUND).
         """
+        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return self._paid_stream(prompt, model, max_tokens, replicas, sampling)
+
+    def _paid_stream(
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling
+    ) -> Iterator[str | Completion]:
         if self._payer is None:
-            yield from self._stream(prompt, model, max_tokens, replicas)
+            yield from self._stream(prompt, model, max_tokens, replicas, sampling)
             return
         # Our HOLD must be the next link of our chain: no other paid call until the coordinator has it,
         # which it has once it streams anything. Released before the first yield, so the caller may make
@@ -636,7 +917,7 @@ class Client:
         self._paying.acquire()
         held = True
         try:
-            for item in self._stream(prompt, model, max_tokens, replicas):
+            for item in self._stream(prompt, model, max_tokens, replicas, sampling):
                 if held:
                     self._paying.release()
                     held = False
@@ -645,8 +926,10 @@ class Client:
             if held:
                 self._paying.release()
 
-    def _stream(self, prompt: str, model: str, max_tokens: int, replicas: int) -> Iterator[str | Completion]:
-        request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True))
+    def _stream(
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling
+    ) -> Iterator[str | Completion]:
+        request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True, sampling=sampling))
         items: queue.Queue[str | tuple[str, Message] | BaseException] = queue.Queue()
         address = self.coordinator()
 
@@ -731,6 +1014,65 @@ def _sealed_to_workers_gone(reply: Message) -> TypeGuard[ErrorReply]:
     The coordinator answers ``no_capacity`` exactly then, once the quote said enough workers serve the
     model (spec/sealed-mode.md §5, §8): a fresh quote and seal can succeed on other workers."""
     return isinstance(reply, ErrorReply) and reply.code == "no_capacity"
+
+
+MAX_CHAT_MESSAGES: Final = 1024
+"""Messages one ``chat`` call may send."""
+CHAT_ROLES: Final = ("system", "user", "assistant", "tool")
+MAX_TEMPLATES_TRIED: Final = 3
+"""Distinct chat templates (from different files of one model name) tried for one ``chat`` call."""
+
+
+def chat_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """``messages`` checked and copied as ``{"role", "content"}`` dicts; ``ConfigError`` saying which
+    message is wrong and how, before anything is sent."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ConfigError(
+            f"messages must be a list of {{'role': ..., 'content': ...}} dicts, not {type(messages).__name__}"
+        )
+    if not messages:
+        raise ConfigError("messages must not be empty: send at least one {'role': 'user', 'content': ...}")
+    if len(messages) > MAX_CHAT_MESSAGES:
+        raise ConfigError(f"{len(messages)} messages is over the limit of {MAX_CHAT_MESSAGES}; send fewer")
+    turns = []
+    total = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ConfigError(
+                f"messages[{i}] is a {type(message).__name__}, not a dict with role and content"
+            )
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise ConfigError(f"messages[{i}] has key(s) {extra} besides 'role' and 'content'; remove them")
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise ConfigError(f"messages[{i}] has role {role!r}; use one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(content, str):
+            raise ConfigError(f"messages[{i}]'s content is a {type(content).__name__}, not a string")
+        total += len(content)
+        turns.append({"role": role, "content": content})
+    if total > MAX_PROMPT_CHARS:
+        raise ConfigError(
+            f"the messages hold {total} characters, over the prompt limit of {MAX_PROMPT_CHARS}; shorten them"
+        )
+    return turns
+
+
+def _job_id_bytes(job_id: bytes | str) -> bytes:
+    """A job id given as 16 bytes or as hex (the API's ``X-OpenGrid-Job-Id``, with or without its
+    ``chatcmpl-``/``cmpl-`` prefix from the response's ``id``)."""
+    if isinstance(job_id, str):
+        text = job_id.rsplit("-", 1)[-1]
+        try:
+            job_id = bytes.fromhex(text)
+        except ValueError as exc:
+            raise ConfigError(
+                f"job id {text[:40]!r} is not hex; pass the 32 hex characters or 16 bytes"
+            ) from exc
+    if not isinstance(job_id, bytes) or len(job_id) != JOB_ID_BYTES:
+        size = len(job_id) if isinstance(job_id, bytes) else type(job_id).__name__
+        raise ConfigError(f"a job id is {JOB_ID_BYTES} bytes (32 hex characters), got {size}")
+    return job_id
 
 
 _DHT_PROBES = 4

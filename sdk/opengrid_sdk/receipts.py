@@ -2,17 +2,18 @@
 
 A receipt is a ledger entry signed by the coordinator; inside it, every credited worker's attestation
 (its co-signature) commits to the same output. ``verify`` checks all of it against the text and tokens the
-client received, so a client never has to trust the coordinator's word for what the workers produced.
+client received, so a client never has to trust the coordinator's word for what the workers produced. The
+check itself is ``opengrid.wire.receipts.verify_receipt``, the one a node runs too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opengrid_ledger import Receipt, decode_entry, open_entry, verify_attestation
+from opengrid_ledger import Receipt, decode_entry, open_entry
 
-from opengrid.errors import InvalidEntryError, VerificationError
-from opengrid.wire.commitment import commit_output
+from opengrid.errors import InvalidEntryError
+from opengrid.wire.receipts import open_receipt, verify_receipt
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,7 @@ class SignedReceipt:
     """Sealed jobs: the job's secret commitment salt (only its client has it; needed to verify)."""
 
     def _open(self) -> tuple[bytes, Receipt]:
-        try:
-            body = open_entry(decode_entry(self.entry), self.network)
-        except InvalidEntryError as exc:
-            raise VerificationError(f"receipt signature or format is invalid: {exc}") from exc
-        if not isinstance(body.payload, Receipt):
-            raise VerificationError(f"entry is a {type(body.payload).__name__}, not a receipt")
-        return body.author, body.payload
+        return open_receipt(self.entry, self.network)
 
     @property
     def coordinator_key(self) -> bytes:
@@ -109,36 +104,13 @@ class SignedReceipt:
         worker is credited more than ``max(1, tokens) x`` the receipt's weight (spec/ledger.md §7); the
         weight is the one the client paid for (``weight``: from its quote, when given).
         """
-        author, receipt = self._open()
-        if coordinator_key is not None and author != coordinator_key:
-            raise VerificationError("receipt was signed by another coordinator than the one asked")
-        if job_id is not None and receipt.job_id != job_id:
-            raise VerificationError("receipt is for another job")
-        if commit_output(
-            tokens, text, self.salt if salt is None else salt
-        ) != receipt.output_commitment or receipt.n_tokens != len(tokens):
-            raise VerificationError("the output received does not match the receipt's commitment")
-        attested = set()
-        for attestation in receipt.attestations:
-            try:
-                verify_attestation(attestation, self.network)
-            except InvalidEntryError as exc:
-                raise VerificationError(f"a worker attestation is invalid: {exc}") from exc
-            if (attestation.job_id, attestation.output_commitment) != (
-                receipt.job_id,
-                receipt.output_commitment,
-            ):
-                raise VerificationError("a worker attestation commits to another output")
-            attested.add(attestation.worker)
-        if not receipt.credits or any(c.account not in attested for c in receipt.credits):
-            raise VerificationError("a credited worker has no attestation in the receipt")
-        if weight is not None and receipt.weight != weight:
-            raise VerificationError(
-                f"the receipt prices a token at {receipt.weight} point(s); the coordinator quoted {weight}"
-            )
-        most = max(1, receipt.n_tokens) * receipt.weight
-        if any(c.points > most for c in receipt.credits):
-            raise VerificationError(
-                f"the receipt credits a worker more than {most} points ({receipt.n_tokens} token(s) x "
-                f"{receipt.weight}): it mints points no job earned"
-            )
+        verify_receipt(
+            self.entry,
+            self.network,
+            tokens=tokens,
+            text=text,
+            job_id=job_id,
+            coordinator_key=coordinator_key,
+            salt=self.salt if salt is None else salt,
+            weight=weight,
+        )

@@ -67,8 +67,13 @@ def seal_job(
     max_tokens: int,
     replicas: int,
     format: PromptFormat = "text",
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> SealedJob:
-    """Seal ``prompt`` to each of ``peers`` under one fresh ephemeral key and salt."""
+    """Seal ``prompt`` to each of ``peers`` under one fresh ephemeral key and salt. The sampling settings
+    travel in the clear (the coordinator writes them into the job's contract, spec/verification.md §2)."""
     ephemeral = PrivateKey.generate()
     salt = secrets.token_bytes(SALT_BYTES)
     job_id = secrets.token_bytes(16)
@@ -90,6 +95,10 @@ def seal_job(
         format=format,
         sealed=sealed,
         client_box_key=bytes(ephemeral.public_key),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
     )
     return SealedJob(request=request, ephemeral=ephemeral, salt=salt)
 

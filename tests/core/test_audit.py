@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from opengrid.core.audit import AuditPolicy, AuditVerdict, evidence_commitment, judge
+from opengrid.core.audit import DEFAULT_GAP_TOLERANCE, AuditPolicy, AuditVerdict, evidence_commitment, judge
 from opengrid.core.sampling import PositionEvidence, SamplingParams
 from opengrid.errors import JobError
 
@@ -24,11 +24,12 @@ def test_accepts_when_every_gap_is_within_tolerance() -> None:
 
 
 def test_rejects_at_the_first_position_over_tolerance_with_its_values() -> None:
-    evidence = [ev(0.1), ev(0.51, token=77, rank=3), ev(9.0)]
+    over = DEFAULT_GAP_TOLERANCE + 0.01
+    evidence = [ev(0.1), ev(over, token=77, rank=3), ev(9.0)]
     verdict = judge(evidence)
     assert not verdict.accepted
     assert (verdict.first_failure, verdict.failure, verdict.max_gap) == (1, evidence[1], 9.0)
-    assert "position 1" in verdict.reason and "token 77" in verdict.reason and "0.510" in verdict.reason
+    assert "position 1" in verdict.reason and "token 77" in verdict.reason and f"{over:.3f}" in verdict.reason
 
 
 def test_the_tolerance_is_configurable() -> None:

@@ -23,6 +23,7 @@ from grid_harness import (
 from opengrid_ledger import EntryBody, Evidence, Hold, decode_body, encode_entry, sign_entry
 from opengrid_sdk.sealed import seal_job
 
+from opengrid.core.audit import DEFAULT_GAP_TOLERANCE
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.effects import AppendEntry, CancelReplica, Penalize
 from opengrid.core.events import JobSubmitted
@@ -51,7 +52,7 @@ def test_an_honest_claim_is_accepted_after_one_audit_and_both_are_credited() -> 
     auditor = sent[0].peer
     assert auditor != prover
     assert sent[0].audit.tokens == list(HONEST.tokens) and sent[0].audit.prompt == "Once upon a time"
-    assert sent[0].audit.contract == runs[0].run.contract and sent[0].audit.tolerance == 0.5
+    assert sent[0].audit.contract == runs[0].run.contract and sent[0].audit.tolerance == DEFAULT_GAP_TOLERANCE
 
     done = grid.audit(sent[0], gap=CHEAT_GAP)  # every position honest: 0.05 everywhere
     reply = finished(done)

@@ -26,7 +26,7 @@ from opengrid.engines import (
     ScoreRequest,
 )
 from opengrid.engines.http import free_loopback_port
-from opengrid.errors import EngineError, UnknownModelError
+from opengrid.errors import BadRequestError, EngineError, UnknownModelError
 
 PROMPTS = ["The capital of France is", "Hello", "def fib(n):", "über alles é", "1, 2, 3,"]
 
@@ -306,7 +306,10 @@ def test_cheats_fail_an_audit_over_http(scoring_engine: HttpEngine, tiny_engine:
 def test_sampled_jobs_are_refused_over_http_rather_than_decoded_greedily(scoring_engine: HttpEngine) -> None:
     http_engine = scoring_engine
     sampling = SamplingParams(temperature=0.8, seed=1)
-    with pytest.raises(EngineError, match="greedily only"):
+    # The client's request, not the worker's failure: the worker answers ``malformed`` and keeps its
+    # standing (a BadRequestError), and the message tells the client what to do.
+    with pytest.raises(BadRequestError, match="greedily only") as refused:
         http_engine.generate(GenerationRequest(prompt="Hello", max_tokens=4, sampling=sampling))
+    assert "send temperature 0" in str(refused.value)
     with pytest.raises(EngineError, match="by token text"):
         http_engine.score(ScoreRequest(prompt="Hello", tokens=(5, 6), stopped=False, sampling=sampling))

@@ -100,3 +100,41 @@ def test_unbacked_cuts_are_capped() -> None:
         with pytest.raises(InvalidEntryError):
             ledger.apply(Author(free).append(Hold(job_id(2), 5, pub(COORDINATOR))))
     assert len(ledger.frozen()) == 5
+
+
+def test_a_cut_without_standing_keeps_its_evidence_once_the_author_gains_standing() -> None:
+    """A fork proof can come before the chain below it (sync pushes proofs first): the author is cut with
+    no evidence, then its seq 1 arrives and gives it standing; from then on the node holds the proof (to
+    pass on, and for a FRAUD entry), as if the chain had come first."""
+    user, twin = Author(USERS[0]), Author(USERS[0])
+    first = grant(user)
+    twin.seq, twin.prev = user.seq, user.prev
+    spend, other = user.append(Transfer(pub(USERS[1]), 100)), twin.append(Transfer(pub(USERS[2]), 100))
+    ledger = small()
+    assert ledger.apply(spend) == []  # parked: seq 1 is missing
+    with pytest.raises(InvalidEntryError, match="fork"):
+        ledger.apply(other)
+    assert ledger.frozen() == {pub(USERS[0]): 2} and ledger.proven() == []  # no standing: no evidence
+    assert ledger.apply(first) == [first]
+    assert ledger.proven() == [pub(USERS[0])]
+    assert ledger.fork_evidence(pub(USERS[0])) == tuple(sorted((spend, other), key=lambda e: e.id))
+    assert ledger.fraud_payload(pub(USERS[0])) is not None
+    assert ledger.balance(pub(USERS[0])) == 100 and ledger.balance(pub(USERS[1])) == 0
+
+
+def test_a_cut_without_standing_keeps_its_evidence_once_the_author_is_credited() -> None:
+    free = key(4100)
+    a, b = (
+        Author(free).append(Hold(job_id(1), 5, pub(COORDINATOR))),
+        Author(free).append(Hold(job_id(2), 5, pub(COORDINATOR))),
+    )
+    payer = Author(USERS[0])
+    ledger = small()
+    assert ledger.apply(a) == []  # blocked: no points
+    with pytest.raises(InvalidEntryError, match="fork"):
+        ledger.apply(b)
+    assert ledger.proven() == []
+    ledger.apply(grant(payer))
+    ledger.apply(payer.append(Transfer(pub(free), 10)))
+    assert ledger.proven() == [pub(free)] and ledger.balance(pub(free)) == 10  # the holds stay excluded
+    assert ledger.fork_evidence(pub(free)) == tuple(sorted((a, b), key=lambda e: e.id))

@@ -9,7 +9,7 @@ import pytest
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.errors import ConfigError
-from simulations.scenario import load, load_raw, override, parse
+from simulations.scenario import load, override, parse
 
 FOLDER = pathlib.Path(__file__).resolve().parents[2] / "simulations" / "scenarios"
 KNOWN = {f.name for f in dataclasses.fields(CoordinatorConfig)}
@@ -17,11 +17,48 @@ KNOWN = {f.name for f in dataclasses.fields(CoordinatorConfig)}
 
 @pytest.mark.parametrize("path", sorted(FOLDER.glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_scenarios_parse(path: pathlib.Path) -> None:
-    if not set(load_raw(path).get("coordinator", {})) <= KNOWN:
-        pytest.xfail("needs adaptive replication in core, issue 4")
     scenario = load(path)
     assert scenario.name == path.stem
+    assert set(scenario.coordinator) <= KNOWN
     assert path.stem in (FOLDER.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        ("worekrs = 5\n", "scenario"),
+        ("[coordinator]\nreplica_timout_s = 30\n", "[coordinator]"),
+        ("[workload]\nrate = 2.0\n", "[workload]"),
+        ("[network]\nlos = 0.1\n", "[network]"),
+        ("[[network.partitions]]\nstart_s = 1\nend_s = 2\nfrac = 0.5\n", "[[network.partitions]] #0"),
+        ("[churn.on]\nmean = 60\n", "[churn.on]"),
+        ("[[hardware]]\nname = 'cpu'\ntps = 5\n", "[[hardware]] #0"),
+        ("[[adversaries]]\nkind = 'lazy'\nfractoin = 0.2\n", "[[adversaries]] #0"),
+    ],
+)
+def test_an_unknown_key_in_a_scenario_file_is_a_config_error_naming_it(
+    tmp_path: pathlib.Path, toml: str, where: str
+) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text(toml)
+    key = toml.splitlines()[-1].split(" =")[0]
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert str(path) in message and where in message and f"unknown key(s) [{key!r}]" in message, message
+    assert "Allowed:" in message
+
+
+def test_an_unknown_key_close_to_a_known_one_is_named_with_the_likely_fix(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text("[coordinator]\nreplica_timout_s = 30\n")
+    with pytest.raises(ConfigError, match="did you mean 'replica_timeout_s'"):
+        load(path)
+
+
+def test_a_coordinator_table_that_is_not_a_table_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"\[coordinator\] must be a table, got 5"):
+        parse({"coordinator": 5})
 
 
 def test_overrides_set_dotted_keys_and_adversary_fractions() -> None:
@@ -36,7 +73,7 @@ def test_overrides_set_dotted_keys_and_adversary_fractions() -> None:
 def test_bad_values_name_the_key_to_fix() -> None:
     with pytest.raises(ConfigError, match="adversary kind"):
         parse({"adversaries": [{"kind": "gremlin"}]})
-    with pytest.raises(ConfigError, match=r"\[coordinator\] has an unknown key"):
+    with pytest.raises(ConfigError, match=r"\[coordinator\]: unknown key\(s\) \['nonsense'\]"):
         parse({"coordinator": {"nonsense": 1}})
 
 

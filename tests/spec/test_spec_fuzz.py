@@ -198,7 +198,8 @@ ATTESTATION = bytes.fromhex(load("attestation.json")["encoded"])
     | VALUES.map(msgspec.msgpack.encode)
 )
 def test_attestation_decodes_and_verifies_or_raises_what_the_coordinator_catches(data: bytes) -> None:
-    # opengrid/core/coordinator.py catches exactly (DecodeError, UnicodeDecodeError, InvalidEntryError).
+    # opengrid/core/coordinator/ (results.py, audits.py) catches exactly
+    # (DecodeError, UnicodeDecodeError, InvalidEntryError).
     try:
         verify_attestation(msgspec.msgpack.decode(data, type=Attestation), "opengrid-vectors")
     except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError):

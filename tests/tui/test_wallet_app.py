@@ -12,8 +12,8 @@ from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Digits, Label, Static, TabbedContent
 
 from opengrid.errors import TransportError
+from opengrid.testing.wallet import FakeWalletSource, demo_coordinator_source, demo_worker_source
 from opengrid.tui.app import WalletApp
-from opengrid.tui.fake import FakeWalletSource, demo_coordinator_source, demo_worker_source
 
 NOW_MS = 1_748_790_000_000
 Scenario = Callable[[Pilot[None], WalletApp], Awaitable[None]]

@@ -76,6 +76,7 @@ CHANGES: dict[str, Any] = {
     "n_batch": 256,
     "flash_attn": True,
     "kv_cache_type": "q8_0",
+    "top_p": 0.9,
 }
 
 
@@ -94,3 +95,49 @@ def test_contract_digest_is_a_stable_32_byte_value_of_the_contents() -> None:
     assert BASE.digest() == same.digest()
     assert len(BASE.digest()) == 32
     assert BASE.digest() != DecodingContract(model_sha256="ab" * 32).digest()
+
+
+def test_a_contract_without_top_p_keeps_the_bytes_it_had_before_the_field_existed() -> None:
+    # spec/verification.md §2: top_p is encoded only below 1, so every greedy class keeps its digest.
+    encoded = msgspec.msgpack.encode(BASE)
+    assert encoded[0] == 0x8A  # a map of ten fields
+    assert b"top_p" not in encoded
+    assert BASE.top_p_value == 1.0
+
+
+def test_an_explicit_top_p_of_one_is_refused_so_each_contract_has_one_encoding() -> None:
+    raw = msgspec.msgpack.decode(msgspec.msgpack.encode(BASE))
+    with pytest.raises(msgspec.ValidationError, match="top_p"):
+        msgspec.msgpack.decode(msgspec.msgpack.encode({**raw, "top_p": 1.0}), type=DecodingContract)
+    kept = msgspec.msgpack.decode(msgspec.msgpack.encode({**raw, "top_p": 0.5}), type=DecodingContract)
+    assert kept.top_p_value == 0.5
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", -0.1),
+        ("temperature", 10.5),
+        ("temperature", float("nan")),
+        ("top_k", -1),
+        ("top_k", 2**32),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("seed", -1),
+    ],
+)
+def test_sampling_fields_out_of_range_are_refused_on_decode(field: str, value: Any) -> None:
+    raw = {**msgspec.msgpack.decode(msgspec.msgpack.encode(BASE)), field: value}
+    with pytest.raises(msgspec.ValidationError, match=field):
+        msgspec.msgpack.decode(msgspec.msgpack.encode(raw), type=DecodingContract)
+
+
+def test_a_sampled_job_contract_reduces_to_its_class() -> None:
+    sampled = BASE.sampled(temperature=0.8, top_k=0, top_p=0.95, seed=2**64 - 1)
+    assert sampled.digest() != BASE.digest()  # the receipt signs the client's settings
+    assert sampled.numerical_class() == BASE
+    settings = (sampled.temperature, sampled.top_k, sampled.top_p_value, sampled.seed)
+    assert settings == (0.8, 0, 0.95, 2**64 - 1)
+    # Greedy settings give the class itself, whatever seed and masks say; top_p 1 is left out.
+    assert BASE.sampled(temperature=0.0, top_k=5, top_p=0.5, seed=9) == BASE
+    assert BASE.sampled(temperature=0.5, top_k=0, top_p=1.0, seed=1).top_p is msgspec.UNSET

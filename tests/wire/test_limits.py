@@ -12,7 +12,10 @@ from opengrid_ledger.entries import MAX_ENTRY_SIZE
 
 from opengrid.wire.codec import HEADER_BYTES, decode_message, encode_frame
 from opengrid.wire.messages import (
+    MAX_CHAT_TEMPLATE_CHARS,
     MAX_ENTRY_BYTES,
+    MAX_MODEL_LIST_BYTES,
+    MAX_MODELS_LISTED,
     MAX_MODELS_PER_WORKER,
     MAX_SHORT_TEXT,
     MAX_STATUS_BALANCES,
@@ -20,9 +23,12 @@ from opengrid.wire.messages import (
     MAX_STATUS_PEERS,
     MAX_STATUS_WORKERS,
     Message,
+    ModelInfo,
+    ModelList,
     NodeStatus,
     PeerSummary,
     WorkerSummary,
+    bounded_models,
     bounded_status,
 )
 from opengrid.wire.sealed import SealedOutput, SealedPrompt
@@ -117,6 +123,29 @@ def test_a_status_of_a_huge_registry_still_fits_one_frame() -> None:
     assert [w.peer_id for w in status.workers] == sorted(w.peer_id for w in status.workers)
     assert len(status.balances) == MAX_STATUS_BALANCES and min(status.balances.values()) == 10_000 - 4096
     assert list(status.balances) == sorted(status.balances)
+
+
+def test_a_model_list_of_a_flooded_coordinator_still_fits_one_frame() -> None:
+    # Fake workers announcing 500 files of one name, each with a template at its limit in 4-byte
+    # characters (~131 MB before bounding): the list keeps the most-served, templates until 2 MiB.
+    flood = [
+        ModelInfo(
+            name=WIDE * MAX_SHORT_TEXT,
+            sha256=f"{i:064x}",
+            workers=1 + i % 7,
+            chat_template=WIDE * MAX_CHAT_TEMPLATE_CHARS,
+        )
+        for i in range(500)
+    ]
+    listed = bounded_models(flood)
+    frame = encode_frame(listed)  # raises if over the 4 MiB frame limit
+    assert len(frame) - HEADER_BYTES <= MAX_MODEL_LIST_BYTES
+    again = decode_message(frame[HEADER_BYTES:])
+    assert isinstance(again, ModelList) and again == listed
+    assert len(listed.models) == MAX_MODELS_LISTED and all(m.workers == 7 for m in listed.models)
+    kept = [m for m in listed.models if m.chat_template]
+    assert 0 < len(kept) < MAX_MODELS_LISTED and listed.models[: len(kept)] == kept  # the first keep theirs
+    assert [m.sha256 for m in listed.models] == sorted(m.sha256 for m in listed.models)
 
 
 def test_coordinators_are_kept_among_peers() -> None:

@@ -22,14 +22,19 @@ from opengrid.wire.messages import (
     JobAccepted,
     JobId,
     JobProgress,
+    JobReceipt,
     Message,
+    ModelInfo,
+    ModelList,
     ModelOffer,
+    ModelsRequest,
     NodeStatus,
     PeerSummary,
     Quote,
     QuotedWorker,
     QuoteRequest,
     ReceiptNotice,
+    ReceiptRequest,
     Registered,
     RegisterWorker,
     ReplicaProgress,
@@ -165,6 +170,29 @@ def sample_messages() -> list[Message]:
             failure_gap=12.5,
             reason="position 2: claimed token 303 is 12.500 logits below the sampler's choice",
             attestation=b"\x10" * 100,
+        ),
+        ModelsRequest(model="tiny"),
+        ModelList(
+            models=[
+                ModelInfo(
+                    name="tiny",
+                    sha256="ab" * 32,
+                    workers=2,
+                    weight=3,
+                    chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+                    bos_token="<s>",
+                    eos_token="</s>",
+                )
+            ]
+        ),
+        ReceiptRequest(job_id=JOB),
+        JobReceipt(
+            job_id=JOB,
+            receipt=b"\x93receipt",
+            answered=True,
+            text=" there",
+            tokens=[5, 6],
+            finish_reason="stop",
         ),
     ]
 

@@ -1,4 +1,4 @@
-"""Regenerate the wallet screenshots in docs/: ``python -m opengrid.tui.screenshots [--out DIR]``.
+"""Regenerate the wallet screenshots in docs/: ``python -m opengrid.testing.screenshots [--out DIR]``.
 
 Each screen is rendered headless at 80x24 from ``FakeWalletSource`` data with a fixed clock and UTC times,
 so the files change only when the wallet does.
@@ -14,8 +14,8 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
+from opengrid.testing.wallet import FakeWalletSource, demo_coordinator_source, demo_worker_source
 from opengrid.tui.app import TABS, WalletApp
-from opengrid.tui.fake import FakeWalletSource, demo_coordinator_source, demo_worker_source
 
 NOW_MS = 1_748_790_000_000  # 2025-06-01 15:00 UTC
 SIZE = (80, 24)
@@ -63,7 +63,7 @@ async def generate(out_dir: pathlib.Path, tabs: Sequence[str] = TABS) -> list[pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m opengrid.tui.screenshots", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m opengrid.testing.screenshots", description=__doc__)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs"), help="default: docs")
     args = parser.parse_args(argv)
     for path in asyncio.run(generate(args.out)):

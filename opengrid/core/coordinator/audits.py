@@ -1,0 +1,308 @@
+"""Audit mode (spec/verification.md §13): the prover's claim sent to auditors holding the same weights,
+their reports checked, a failing claim rejected (the prover penalised, the job re-run), a silent auditor
+replaced, and a claim every auditor passed accepted with a receipt crediting prover and auditors."""
+
+from __future__ import annotations
+
+import msgspec
+from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify_attestation
+
+from opengrid.core.coordinator.payments import payouts_in_order
+from opengrid.core.coordinator.records import JobRecord
+from opengrid.core.coordinator.shared import CoordinatorParts
+from opengrid.core.coordinator.state import JobEvent, JobState, move
+from opengrid.core.effects import (
+    AppendEntry,
+    CancelReplica,
+    DispatchAudit,
+    Effect,
+    FinishJob,
+    Penalize,
+    SendReceipt,
+)
+from opengrid.core.events import AuditReturned
+from opengrid.core.scheduler import pick_workers
+from opengrid.errors import InvalidEntryError
+from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted
+
+
+class AuditsPart(CoordinatorParts):
+    """Audit mode: claims sent to auditors, reports checked, claims rejected, replaced or accepted.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
+
+    def _start_audits(self, job: JobRecord, now: float) -> list[Effect]:
+        """Send the prover's claim to as many auditors as it still needs: online workers holding the same
+        weights (any numerical class), not the prover nor any worker already on the job, on another
+        operator than the prover's when one is free. With none free now the claim waits for a slot
+        (``_drain``); with none left at all the job fails, since it could not be checked."""
+        job_id = job.request.job_id
+        needed = self._auditors - len(job.audited) - len(job.audits)
+        if needed <= 0:
+            self._audit_wait.pop(job_id, None)
+            return []
+        tried = job.tried()
+        pool = [
+            c
+            for c in self._candidates(job.contract.model_sha256, max_tokens=job.request.max_tokens)
+            if c.peer not in tried
+        ]
+        free = [c for c in pool if self._has_slot(c.peer)]
+        chosen = pick_workers(
+            free, needed, exclude=tried, rng=self._rng, exclude_operators=self._operators([job.prover])
+        )
+        if len(chosen) < needed:  # another operator is preferred, not required
+            taken = tried | {c.peer for c in chosen}
+            chosen += pick_workers(
+                free,
+                needed - len(chosen),
+                exclude=taken,
+                rng=self._rng,
+                exclude_operators=self._operators(taken),
+            )
+        if chosen:
+            effects: list[Effect] = []
+            audit = self._audit_job(job)
+            for candidate in chosen:
+                job.audits[candidate.peer] = now + self.config.replica_timeout_s
+                self._occupy(candidate.peer)
+                effects.append(DispatchAudit(peer=candidate.peer, audit=audit))
+            if len(chosen) >= needed:
+                self._audit_wait.pop(job_id, None)
+            else:
+                self._audit_wait[job_id] = None
+            return effects
+        if job.audits:
+            return []  # the pending audits may still pass it; a later failure looks again
+        if any(c.peer not in tried for c in pool):
+            self._audit_wait[job_id] = None  # auditors exist but are busy: wait for a slot
+            return []
+        return self._fail(
+            job_id,
+            "verification_failed",
+            f"no worker is left to audit the answer of {job.prover} (the job's output is never accepted "
+            f"unchecked; {len(job.failed)} worker(s) failed on it); add workers serving {job.model_name!r}",
+        )
+
+    def _drain_audits(self, now: float) -> list[Effect]:
+        """Offer free slots to claims waiting for auditors, oldest first."""
+        effects: list[Effect] = []
+        for job_id in list(self._audit_wait):
+            job = self._jobs.get(job_id)
+            if job is None or job.state is not JobState.AUDITING:
+                self._audit_wait.pop(job_id, None)
+                continue
+            effects += self._start_audits(job, now)
+        return effects
+
+    def _audit_job(self, job: JobRecord) -> AuditJob:
+        """The AuditJob for the job's current claim: the prover's tokens under its contract's sampler."""
+        result, _ = job.results[job.prover]
+        contract = job.contract
+        greedy = contract.greedy
+        return AuditJob(
+            job_id=job.request.job_id,
+            contract=contract,
+            prompt=job.request.prompt,
+            tokens=list(result.tokens),
+            text=result.text,
+            finish_reason=result.finish_reason,
+            format=job.request.format,
+            temperature=0.0 if greedy else contract.temperature,
+            top_k=0 if greedy else max(0, contract.top_k),
+            top_p=1.0 if greedy else contract.top_p_value,
+            seed=0 if greedy else contract.seed,
+            tolerance=self.config.audit_tolerance,
+        )
+
+    def _check_report(self, job: JobRecord, peer: str, report: AuditReport) -> Attestation | str | None:
+        """A passing report's attestation, None for a well-formed failing report, or why the report is
+        unacceptable (the auditor's fault). The coordinator cannot re-score (it holds no model); it checks
+        that the report is consistent with the claim and the tolerance it sent."""
+        record = self.workers.get(peer)
+        if record is None:
+            return "audit report from an unregistered worker"
+        result, prover_att = job.results[job.prover]
+        expected = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        if report.job_id != job.request.job_id:
+            return "audit report names another job"
+        if (
+            report.verdict == "fail"
+        ):  # it may stop at a position it cannot score (a token outside its vocabulary)
+            if report.n_scored > expected:
+                return f"audit report scored {report.n_scored} positions; the claim has {expected}"
+            if not report.reason:
+                return "a failing audit report must say why"
+            if report.first_failure >= expected:
+                return f"audit report fails position {report.first_failure} of {expected}"
+            return None
+        if report.n_scored != expected:
+            return f"audit report scored {report.n_scored} positions; the claim has {expected}"
+        if report.first_failure != -1 or report.max_gap > self.config.audit_tolerance:
+            return (
+                f"audit report passes a claim with a gap of {report.max_gap:.3f} logits (tolerance "
+                f"{self.config.audit_tolerance}) or a failing position ({report.first_failure})"
+            )
+        try:
+            attestation = msgspec.msgpack.decode(report.attestation, type=Attestation)
+            verify_attestation(attestation, self.network, scheme=self._scheme)
+        except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError) as exc:
+            return f"bad auditor attestation: {exc}"
+        claim = (record.key, job.request.job_id, job.contract.digest(), prover_att.output_commitment)
+        signed = (
+            attestation.worker,
+            attestation.job_id,
+            attestation.contract_hash,
+            attestation.output_commitment,
+        )
+        if signed != claim or attestation.n_tokens != prover_att.n_tokens:
+            return "auditor attestation does not match the claim it audited"
+        return attestation
+
+    def _on_audit_returned(self, event: AuditReturned, now: float) -> list[Effect]:
+        job = self._jobs.get(event.job_id)
+        if job is None or event.peer not in job.audits:
+            return []  # late or unsolicited
+        del job.audits[event.peer]
+        self._release(event.peer)
+        checked = self._check_report(job, event.peer, event.report)
+        if isinstance(checked, str):  # a broken or lying report: the auditor's fault, and it is replaced
+            job.invalid.append(event.peer)
+            if event.peer in self.workers:
+                self._record(self.workers[event.peer].key, "invalid")
+            effects: list[Effect] = [Penalize(peer=event.peer, why=f"audit report: {checked}")]
+            return effects + self._replace_auditor(job, now)
+        if checked is not None:
+            job.audited[event.peer] = checked
+            if len(job.audited) >= self._auditors:
+                return self._accept_audited(job)
+            return self._start_audits(job, now)
+        return self._reject_claim(job, event.peer, event.report, now)
+
+    def _reject_claim(self, job: JobRecord, auditor: str, report: AuditReport, now: float) -> list[Effect]:
+        """An auditor failed the prover's claim: the prover is penalised (like an outvoted replica) and
+        earns nothing; the job runs again on another prover, within ``max_failovers``."""
+        prover = job.prover
+        job.results.pop(prover, None)
+        job.prover = ""
+        move(job, JobEvent.CLAIM_REJECTED)
+        job.invalid.append(prover)
+        record = self.workers.get(prover)
+        if record is not None:
+            self._record(record.key, "invalid")
+        effects: list[Effect] = [
+            Penalize(
+                peer=prover,
+                why=f"its output failed the audit by {auditor} (max gap {report.max_gap:.3f} logits, "
+                f"tolerance {self.config.audit_tolerance}): {report.reason}",
+            )
+        ]
+        effects += self._cancel_audits(job)
+        job.audited.clear()
+        self._audit_wait.pop(job.request.job_id, None)
+        if job.failovers >= self.config.max_failovers:
+            return effects + self._fail(
+                job.request.job_id,
+                "verification_failed",
+                f"the outputs of {len(job.invalid)} worker(s) failed their audits and {job.failovers} "
+                "replacement(s) were used up; retry later",
+            )
+        job.failovers += 1
+        return effects + self._refill(job, now)
+
+    def _on_audit_failed(self, job_id: bytes, peer: str, reason: str, now: float) -> list[Effect]:
+        """An auditor erred, vanished or timed out: like a failed replica, it goes offline until its next
+        heartbeat, and another auditor takes its place (within ``max_failovers``)."""
+        job = self._jobs.get(job_id)
+        if job is None or peer not in job.audits:
+            return []
+        del job.audits[peer]
+        self._release(peer)
+        job.failed.append(peer)
+        record = self.workers.get(peer)
+        if record is not None:
+            record.online = False
+            self._record(record.key, "timeout")
+        return self._replace_auditor(job, now)
+
+    def _replace_auditor(self, job: JobRecord, now: float) -> list[Effect]:
+        if job.failovers >= self.config.max_failovers:
+            return self._fail(
+                job.request.job_id,
+                "verification_failed",
+                f"{job.failovers} replacement(s) used up and the answer was not audited; retry later",
+            )
+        job.failovers += 1
+        return self._start_audits(job, now)
+
+    def _cancel_audits(self, job: JobRecord) -> list[Effect]:
+        """Stop the job's pending audits and free their slots."""
+        for peer in job.audits:
+            self._release(peer)
+        effects: list[Effect] = [
+            CancelReplica(peer=peer, job_id=job.request.job_id) for peer in sorted(job.audits)
+        ]
+        job.audits.clear()
+        return effects
+
+    def _accept_audited(self, job: JobRecord) -> list[Effect]:
+        """Every auditor passed the claim: sign a receipt crediting the prover ``max(1, n) * weight`` and
+        each auditor ``ceil(max(1, n) / audit_credit_divisor) * weight``, and answer the client."""
+        job_id = job.request.job_id
+        prover = job.prover
+        result, prover_att = job.results[prover]
+        auditors = sorted(job.audited)
+        n_tokens = prover_att.n_tokens
+        for peer in (prover, *auditors):
+            self._record(self.workers[peer].key, "valid")
+        self._measure(prover, n_tokens, job.elapsed.get(prover, 0.0))
+        if job.request.prompt:  # an audited answer is a verified one: good for canaries
+            self.add_known_answer(
+                job.request.prompt,
+                job.contract,
+                job.request.max_tokens,
+                prover_att.output_commitment,
+                seen={self.workers[p].key for p in job.tried() if p in self.workers},
+                format=job.request.format,
+            )
+        evidence = self._evidence(job)
+        points = max(1, n_tokens) * job.weight
+        audit_points = -(-max(1, n_tokens) // max(1, self.config.audit_credit_divisor)) * job.weight
+        keys = {peer: self.workers[peer].key for peer in (prover, *auditors)}
+        receipt = Receipt(
+            job_id=job_id,
+            contract_hash=job.contract.digest(),
+            output_commitment=prover_att.output_commitment,
+            n_tokens=n_tokens,
+            credits=(
+                Credit(account=keys[prover], points=points),
+                *(Credit(account=keys[a], points=audit_points) for a in auditors),
+            ),
+            attestations=(prover_att, *(job.audited[a] for a in auditors)),
+            issued_at_ms=job.wall_ms,
+            weight=job.weight,
+        )
+        entry = self._sign_own(receipt)
+        encoded = self._own_entries[-1]
+        effects: list[Effect] = [*evidence, AppendEntry(entry)]
+        if job.hold:  # the prover is paid first, then the auditors, out of the hold; the rest goes back
+            payouts = payouts_in_order(receipt.credits, job.hold_amount)
+            effects += self._author(
+                Settle(hold=job.hold, payouts=payouts) if payouts else Refund(hold=job.hold)
+            )
+        effects += self._cancel_pending(job)
+        effects += [SendReceipt(peer=p, notice=self._notice_for(p)) for p in (prover, *auditors)]
+        reply = JobAccepted(
+            job_id=job_id,
+            text=result.text,
+            tokens=list(result.tokens),
+            finish_reason=result.finish_reason,
+            receipt=encoded,
+            workers=[prover, *auditors],
+            failed=sorted(set(job.failed) | set(job.invalid)),
+        )
+        move(job, JobEvent.ACCEPTED)
+        del self._jobs[job_id]
+        effects.append(FinishJob(job_id, reply))
+        return effects

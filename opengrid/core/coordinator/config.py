@@ -1,0 +1,93 @@
+"""The coordinator's policy knobs (``CoordinatorConfig``) and the constants its parts share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from opengrid.core.audit import DEFAULT_GAP_TOLERANCE
+from opengrid.core.grants import GrantLimits
+from opengrid.core.queueing import MAX_QUEUED, MAX_QUEUED_PER_CLIENT
+
+MAX_PUSH = 1024  # entries per ReceiptNotice (its wire limit)
+
+QUOTE_FRESH_BEATS = 1.5
+"""A quote draws first among workers heard from within this many heartbeats (``Coordinator.quote``):
+one beat, plus half of one for a beat that arrives late from a loaded worker."""
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Policy knobs; every default is justified in spec/verification.md."""
+
+    heartbeat_s: float = 5.0
+    """Workers re-register this often; a worker silent for ``3 * heartbeat_s`` gets no new work."""
+    replica_timeout_s: float = 120.0
+    """A replica that has not answered by then is treated as failed and replaced."""
+    job_timeout_s: float = 300.0
+    """A job not accepted by then fails with a clear error."""
+    max_extra_replicas: int = 2
+    """Extra replicas a disagreement may add, beyond the requested number."""
+    max_failovers: int = 4
+    """Replacements for failed or vanished workers, per job."""
+    client_fault_quorum: int = 2
+    """Workers that must refuse a job's input (context overflow, empty or unopenable prompt) before it
+    fails as the client's fault; fewer when no other worker serves the model. 1 trusts a single worker's
+    word, which lets one lazy worker fail any job it is given."""
+    adaptive: bool = True
+    """Adaptive replication (BOINC): a job whose lead worker has ``min_trust_streak`` verified valid
+    results in a row may run on that worker alone. Off: every job runs the replicas its client asked for."""
+    min_trust_streak: int = 10
+    """Verified valid results in a row before a worker's results may go unreplicated (doubled per invalid
+    result the worker ever returned, up to 8x). Lower is cheaper and easier to game."""
+    min_replication_rate: float = 0.05
+    """A trusted worker's jobs are still replicated with probability ``max(this, 1/streak)``: the chance
+    that any one cheat by a trusted worker is caught by replication alone."""
+    canary_rate: float = 0.05
+    """Probability, per client job submitted, of also sending one canary (a verified answer re-sent under
+    a fresh job id to a worker that never saw it). 0 disables canaries."""
+    canary_pool_size: int = 64
+    """Verified answers kept for canaries (the oldest is dropped first)."""
+    weighted: bool = True
+    """Weight the random choice of workers by reputation, speed and RTT. Off: uniform (experiments)."""
+    max_queued: int = MAX_QUEUED
+    """Jobs waiting for a free worker slot, all clients together; a job over the limit is refused
+    (``busy``)."""
+    max_queued_per_client: int = MAX_QUEUED_PER_CLIENT
+    """Jobs one client may have waiting for a free worker slot; more are refused (``busy``)."""
+    require_payment: bool = False
+    """Refuse jobs that carry no HOLD (``payment_required``): every job is paid from its client's points
+    (a new account claims the starting grant first). Off: anonymous clients run jobs for free."""
+    grant_limits: GrantLimits = field(default_factory=GrantLimits)
+    """Rate limits on starting-grant vouchers (opengrid/core/grants.py, spec/ledger.md §7)."""
+    model_params: Mapping[str, int] = field(default_factory=dict)
+    """Model sha256 (lower-case hex) -> parameter count, trusted over what workers announce (the node
+    passes the model catalog's). It prices a token of that model (``model_weight``, spec/ledger.md §7)."""
+    forget_after_s: float = 600.0
+    """A worker silent this long (seconds) and used by no job is forgotten: dropped from the registry and
+    from NodeStatus, so dead or fake registrations do not pile up (spec/limits.md). It comes back as a new
+    worker with its next heartbeat; its reputation is kept (keyed by its key)."""
+
+    verify: Literal["replicate", "audit"] = "replicate"
+    """How an open job is verified (spec/verification.md §13). ``replicate``: ``replicas`` workers of one
+    numerical class must return bit-identical outputs (§5). ``audit``: one worker (the prover) generates,
+    ``auditors`` other workers holding the same weights (any numerical class) re-score its claimed tokens
+    in one forward pass; a failed audit penalises the prover and re-runs the job on another. Sealed jobs
+    are always replicated (auditing them needs the prompt sealed to the auditors too: a later step)."""
+    auditors: int = 1
+    """Audit mode: auditors that must pass a claim before it is accepted (at least 1)."""
+    audit_tolerance: float = DEFAULT_GAP_TOLERANCE
+    """Audit mode: the largest gap (logits) an auditor accepts at any position (spec/verification.md
+    §12.2-12.3: 0.5, above the 0.44 measured between three CPU builds)."""
+    audit_credit_divisor: int = 2
+    """Audit mode: an auditor earns ``ceil(max(1, n_tokens) / this) * weight`` points for scoring ``n``
+    tokens, the prover ``max(1, n_tokens) * weight``. 2: scoring 128 tokens cost 0.44-0.64 of generating
+    them on this project's CPUs (spec/verification.md §13.3), so an audit pays about what its compute
+    costs; a job costs 1.5 units of pay instead of replication's 2."""
+
+    @classmethod
+    def plain(cls, **overrides: object) -> CoordinatorConfig:
+        """Plain verification: every job runs the replicas asked for, on workers chosen uniformly at
+        random, with no canaries — the baseline that experiments and tests compare against."""
+        return cls(adaptive=False, canary_rate=0.0, weighted=False, **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,121 @@
+"""What the coordinator remembers: one record per registered worker, per job in flight, per verified
+answer kept for canaries and per canary in flight. Plain data; the parts of ``Coordinator`` change them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opengrid_ledger import Attestation
+
+from opengrid.core.coordinator.state import JobState
+from opengrid.wire.contract import DecodingContract
+from opengrid.wire.messages import ModelOffer, PromptFormat, ReplicaResult, SubmitJob
+
+
+@dataclass
+class WorkerRecord:
+    """What the coordinator knows of one registered worker."""
+
+    peer: str
+    key: bytes
+    offers: tuple[ModelOffer, ...]
+    last_seen: float
+    online: bool = True
+    operator: str = ""
+    """From the latest registration (``WorkerRegistered.operator``)."""
+    rtt_s: float = 0.0
+    """From the latest registration (``WorkerRegistered.rtt_s``)."""
+    tokens_per_s: float = 0.0
+    """Moving average of the speed measured on its verified results (dispatch to answer); 0 unmeasured."""
+    slots: int = 1
+    """From the latest registration (``WorkerRegistered.slots``): replicas it may run at once."""
+    probed_tokens_per_s: float = 0.0
+    """From the latest registration: the worker's own start-up measurement, a prior until measured here."""
+    max_job_tokens: int = 0
+    """From the latest registration: the longest job it takes (edge nodes); 0: no limit."""
+
+
+@dataclass
+class JobRecord:
+    """What the coordinator knows of one client job in flight (from its submission to its end)."""
+
+    request: SubmitJob
+    client: str
+    wall_ms: int
+    contract: DecodingContract
+    model_name: str
+    deadline: float
+    target: int
+    replicas: int
+    """Replicas the quorum is counted against: the client's, or 1 for a trusted single result."""
+    single: bool = False
+    """True while the job runs as a trusted single result (reverts to full replication on a failure)."""
+    pending: dict[str, float] = field(default_factory=dict)
+    """peer -> replica deadline"""
+    results: dict[str, tuple[ReplicaResult, Attestation]] = field(default_factory=dict)
+    elapsed: dict[str, float] = field(default_factory=dict)
+    """peer -> seconds from dispatch to its answer"""
+    failed: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    """peer -> why it refused the job's input as the client's fault (context overflow, a sealed prompt
+    that does not open): not blamed, not tried again (spec/job-protocol.md §6.4)."""
+    failovers: int = 0
+    sealed: dict[str, bytes] = field(default_factory=dict)
+    """Sealed mode: peer -> the prompt encrypted to it; only these peers may run the job."""
+    hold: bytes = b""
+    """Paid jobs: the EntryId of the client's HOLD, settled on acceptance and refunded on failure."""
+    hold_amount: int = 0
+    weight: int = 1
+    """Points per generated token of the job's model (``Coordinator.weight``), fixed at submission."""
+    audit: bool = False
+    """Audit mode (``CoordinatorConfig.verify``): one prover, its claim re-scored by auditors."""
+    prover: str = ""
+    """Audit mode: the peer whose returned claim (in ``results``) is being audited; "" before it answers."""
+    audits: dict[str, float] = field(default_factory=dict)
+    """Audit mode: auditor peer -> deadline of its pending audit."""
+    audited: dict[str, Attestation] = field(default_factory=dict)
+    """Audit mode: auditors that passed the current claim -> their attestation of it."""
+    state: JobState = JobState.QUEUED
+    """Where the job is in its lifecycle; changed only by ``state.move`` (its table says how)."""
+
+    @property
+    def job_id(self) -> bytes:
+        """The client's id of the job."""
+        return self.request.job_id
+
+    def tried(self) -> set[str]:
+        """Every peer the job was ever given to (replica or audit): never asked again."""
+        return (
+            set(self.pending)
+            | set(self.results)
+            | set(self.failed)
+            | set(self.invalid)
+            | set(self.refused)
+            | set(self.audits)
+            | set(self.audited)
+        )
+
+
+@dataclass
+class KnownAnswer:
+    """A verified answer kept for canaries."""
+
+    prompt: str
+    contract: DecodingContract
+    max_tokens: int
+    commitment: bytes
+    seen: set[bytes]
+    format: PromptFormat = "text"
+    """Keys of the workers that were ever sent this prompt: never canaried with it."""
+
+
+@dataclass
+class Canary:
+    """A canary in flight."""
+
+    peer: str
+    key: bytes
+    answer: KnownAnswer
+    sent_at: float
+    deadline: float

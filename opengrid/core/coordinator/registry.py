@@ -1,0 +1,205 @@
+"""Who works for this coordinator: registrations and heartbeats, the candidate index, quotes, model
+weights (prices), reputations and measured speeds. Read by every other part; the only part that adds or
+changes worker records."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Sequence
+
+from opengrid.core.coordinator.config import QUOTE_FRESH_BEATS
+from opengrid.core.coordinator.records import WorkerRecord
+from opengrid.core.coordinator.shared import CoordinatorParts
+from opengrid.core.effects import Effect
+from opengrid.core.events import WorkerRegistered
+from opengrid.core.reputation import Outcome, Reputation
+from opengrid.core.scheduler import Candidate, choose_class, pick_workers
+from opengrid.wire.contract import DecodingContract
+from opengrid.wire.messages import ModelOffer, model_weight
+
+
+class RegistryPart(CoordinatorParts):
+    """Registrations, the candidate index, quotes, weights, reputations and speeds.
+
+    A mixin of ``Coordinator`` over ``CoordinatorParts``.
+    """
+
+    def _forget_silent(self, now: float) -> None:
+        """Drop the workers silent for ``forget_after_s`` that no job or canary still refers to."""
+        silent = [
+            peer
+            for peer, record in self.workers.items()
+            if not record.online and now - record.last_seen >= self.config.forget_after_s
+        ]
+        if not silent:
+            return
+        in_use = {peer for job in self._jobs.values() for peer in job.tried()}
+        in_use |= {canary.peer for canary in self._canaries.values()}
+        for peer in silent:
+            if peer in in_use:
+                continue
+            record = self.workers.pop(peer)
+            for name in _index_names(record.offers):
+                serving = self._serving.get(name)
+                if serving is not None:
+                    serving.pop(peer, None)
+                    if not serving:
+                        del self._serving[name]
+
+    def _on_registered(self, event: WorkerRegistered, now: float) -> list[Effect]:
+        earlier = self.workers.get(event.peer)
+        if earlier is None:  # a registry that grows is swept as it grows, not only on timers
+            self._forget_silent(now)
+        # A heartbeat that changes nothing frees no capacity: only then is the queue not looked at.
+        grown = (
+            earlier is None
+            or not earlier.online
+            or earlier.offers != event.offers
+            or earlier.slots < event.slots
+            or earlier.operator != event.operator
+            or earlier.max_job_tokens != event.max_job_tokens
+        )
+        if earlier is None or earlier.offers != event.offers:
+            for name in _index_names(earlier.offers if earlier is not None else ()):
+                peers = self._serving[name]
+                del peers[event.peer]
+                if not peers:
+                    del self._serving[name]
+            for name in _index_names(event.offers):
+                self._serving.setdefault(name, {})[event.peer] = None
+        self.workers[event.peer] = WorkerRecord(
+            peer=event.peer,
+            key=event.key,
+            offers=event.offers,
+            last_seen=now,
+            online=True,
+            operator=event.operator,
+            rtt_s=event.rtt_s,
+            tokens_per_s=earlier.tokens_per_s if earlier is not None and earlier.key == event.key else 0.0,
+            slots=max(1, event.slots),
+            probed_tokens_per_s=max(0.0, event.probed_tokens_per_s),
+            max_job_tokens=max(0, event.max_job_tokens),
+        )
+        return self._drain(now) if grown else []
+
+    def served_models(self) -> list[str]:
+        """Names of the models some online worker serves, sorted."""
+        return sorted({o.name for r in self.workers.values() if r.online for o in r.offers})
+
+    def _candidates(
+        self, model: str, *, allowed: Container[str] | None = None, max_tokens: int = 0
+    ) -> list[Candidate]:
+        """Online workers serving ``model`` (only those in ``allowed``, when given; only those that take
+        jobs of ``max_tokens`` tokens, when given: edge nodes take short jobs only).
+
+        O(workers serving ``model``), through the index. The order of the list is not part of any
+        decision: every caller passes it through ``choose_class``, which sorts by peer (and is stable
+        within one peer, whose offers keep their order here).
+        """
+        wanted = model.lower()
+        records = (self.workers[peer] for peer in self._serving.get(wanted, ()))
+        return [
+            self._candidate(r, o)
+            for r in records
+            if r.online and (allowed is None or r.peer in allowed)
+            if not (max_tokens and r.max_job_tokens and r.max_job_tokens < max_tokens)
+            for o in r.offers
+            if wanted in (o.name.lower(), o.contract.model_sha256.lower())
+        ]
+
+    def quote(
+        self,
+        model: str,
+        *,
+        exposure: int,
+        trusted: Sequence[str] = (),
+        max_tokens: int = 0,
+        now: float | None = None,
+    ) -> list[Candidate]:
+        """Up to ``exposure`` workers of one numerical class for a sealed job of ``max_tokens`` (0: any
+        length), chosen at random on distinct operators (only among ``trusted`` when given) from the class
+        the job itself would run on. The client seals its prompt to these.
+
+        With ``now``, workers heard from within ``QUOTE_FRESH_BEATS`` heartbeats are drawn first and the
+        others only fill the places left (spec/sealed-mode.md §4): a worker that died a moment ago is still
+        online here until ``3 * heartbeat_s`` of silence, and a job sealed to it can only fail over to the
+        other workers it was sealed to. None: every online worker counts as fresh."""
+        allowed = set(trusted) if trusted else None
+        pool = choose_class(self._candidates(model, allowed=allowed, max_tokens=max_tokens))
+        if now is None:
+            return pick_workers(pool, exposure, exclude=(), rng=self._rng)
+        fresh_s = QUOTE_FRESH_BEATS * self.config.heartbeat_s
+        stale = {c.peer for c in pool if now - self.workers[c.peer].last_seen > fresh_s}
+        chosen = pick_workers([c for c in pool if c.peer not in stale], exposure, exclude=(), rng=self._rng)
+        if len(chosen) < exposure and stale:
+            taken = {c.peer for c in chosen}
+            chosen += pick_workers(
+                [c for c in pool if c.peer in stale],
+                exposure - len(chosen),
+                exclude=taken,
+                rng=self._rng,
+                exclude_operators=self._operators(taken),
+            )
+        return chosen
+
+    def weight(self, model: str, *, max_tokens: int = 0) -> int | None:
+        """Points per generated token of ``model`` here, its weight (spec/ledger.md §7): what a job of it
+        costs per token per replica, and what each agreeing worker earns per token. ``max_tokens``: of the
+        class a job that long runs on (the same choice as its submission). None: no online worker serves
+        it."""
+        candidates = choose_class(self._candidates(model, max_tokens=max_tokens))
+        return self.class_weight(candidates[0].contract) if candidates else None
+
+    def class_weight(self, contract: DecodingContract) -> int:
+        """The weight of the numerical class ``contract``: ``model_weight`` of the parameter count the
+        config pins for its model file (the catalog's), else of the smallest count an online worker of the
+        class announces — so one worker that inflates its count cannot raise the price."""
+        sha = contract.model_sha256.lower()
+        pinned = self.config.model_params.get(sha)
+        if pinned is not None:
+            return model_weight(pinned)
+        announced = [
+            offer.n_params
+            for peer in self._serving.get(sha, ())
+            if self.workers[peer].online
+            for offer in self.workers[peer].offers
+            if offer.contract == contract
+        ]
+        return model_weight(min(announced, default=0))
+
+    def _candidate(self, record: WorkerRecord, offer: ModelOffer) -> Candidate:
+        return Candidate(
+            peer=record.peer,
+            key=record.key,
+            model_name=offer.name,
+            contract=offer.contract,
+            reputation=self.reputation.get(record.key, Reputation()).score if self.config.weighted else 0.0,
+            tokens_per_s=self._speed(record) if self.config.weighted else 0.0,
+            rtt_s=record.rtt_s if self.config.weighted else 0.0,
+            speed_claimed=record.tokens_per_s <= 0,
+            operator=record.operator,
+        )
+
+    def _speed(self, record: WorkerRecord) -> float:
+        """Its speed for the draw: measured here on verified results, else its own start-up claim (the tier
+        it announced), which can only lower its odds (``Candidate.speed_claimed``: a cheater would claim
+        to be fast) and is replaced by the first measurement."""
+        return record.tokens_per_s if record.tokens_per_s > 0 else record.probed_tokens_per_s
+
+    def _operators(self, peers: Iterable[str]) -> set[str]:
+        return {self.workers[p].operator for p in peers if p in self.workers and self.workers[p].operator}
+
+    def _record(self, key: bytes, outcome: Outcome) -> None:
+        self.reputation[key] = self.reputation.get(key, Reputation()).update(outcome)
+
+    def _measure(self, peer: str, n_tokens: int, elapsed: float) -> None:
+        """Fold one verified result's speed into the worker's moving average."""
+        record = self.workers.get(peer)
+        if record is None or elapsed <= 0 or n_tokens <= 0:
+            return
+        speed = n_tokens / elapsed
+        record.tokens_per_s = speed if record.tokens_per_s <= 0 else 0.8 * record.tokens_per_s + 0.2 * speed
+
+
+def _index_names(offers: Iterable[ModelOffer]) -> set[str]:
+    """The keys ``_candidates`` looks a model up by: each offer's lowered name and model sha256."""
+    return {name for o in offers for name in (o.name.lower(), o.contract.model_sha256.lower())}
