@@ -700,6 +700,9 @@ def messages(
         ("an audit: re-score a prover's greedy claim that stopped (spec/verification.md §13)", AuditJob(
             job_id=job(1), contract=DecodingContract(model_sha256="ab" * 32), prompt="Once upon a time",
             tokens=[101, 202], text=" there was", finish_reason="stop")),
+        ("a partial audit: score only the first of the claim's three positions (spec/verification.md §13.5)",
+         AuditJob(job_id=job(1), contract=DecodingContract(model_sha256="ab" * 32), prompt="Once upon a time",
+                  tokens=[101, 202], text=" there was", finish_reason="stop", score_end=1)),
         ("an audit report that rejects the claim at its second position", AuditReport(
             job_id=job(1), verdict="fail", n_scored=3, max_gap=12.5, evidence_commitment=_AUDIT_COMMITMENT,
             first_failure=1, failure_gap=12.5,

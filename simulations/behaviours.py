@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from simulations.outputs import honest_tokens, random_tokens, tokens_from
+from simulations.outputs import VOCAB, honest_tokens, random_tokens, tokens_from
 
 
 class Behaviour(Protocol):
@@ -114,6 +114,9 @@ class Intermittent:
 
     cheat_rate: float = 0.05
     trusted_after: int = 10
+    cheat_tail: int = 0
+    """0: a cheat is random tokens throughout. k > 0: a cheat is the honest output with its last k tokens
+    changed, the cheat a prover that knows partial audits score a prefix would choose."""
     name: str = "intermittent"
     work_fraction: float = 1.0
     """It runs the model for its honest answers; a cheat (random tokens) costs it next to nothing, but
@@ -130,7 +133,11 @@ class Intermittent:
     ) -> tuple[int, ...] | None:
         """The answer to this worker's job number ``answered`` (0-based)."""
         if answered >= self.trusted_after and rng.random() < self.cheat_rate:
-            return random_tokens(rng, n)
+            if self.cheat_tail <= 0:
+                return random_tokens(rng, n)
+            honest = honest_tokens(prompt, contract_digest, n)
+            keep = max(0, n - self.cheat_tail)  # every changed token differs from the honest one
+            return honest[:keep] + tuple((t + 1 + rng.randrange(VOCAB - 1)) % VOCAB for t in honest[keep:])
         return honest_tokens(prompt, contract_digest, n)
 
 
@@ -191,13 +198,19 @@ def audit_passes_anyway(behaviour: Behaviour, prompt: str, claim: tuple[int, ...
 
 
 def make_behaviour(
-    name: str, group: str = "cartel", *, cheat_rate: float = 0.05, trusted_after: int = 10
+    name: str,
+    group: str = "cartel",
+    *,
+    cheat_rate: float = 0.05,
+    trusted_after: int = 10,
+    cheat_tail: int = 0,
 ) -> Behaviour:
     """The behaviour called ``name`` (one of scenario.BEHAVIOURS); ``cheat_rate`` and ``trusted_after``
-    tune the intermittent cheaters (``intermittent``, ``audit_cartel``)."""
+    tune the intermittent cheaters (``intermittent``, ``audit_cartel``), ``cheat_tail`` where an
+    intermittent cheater changes its output."""
     match name:
         case "intermittent":
-            return Intermittent(cheat_rate=cheat_rate, trusted_after=trusted_after)
+            return Intermittent(cheat_rate=cheat_rate, trusted_after=trusted_after, cheat_tail=cheat_tail)
         case "lying_auditor":
             return LyingAuditor()
         case "audit_cartel":

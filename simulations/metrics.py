@@ -10,7 +10,8 @@ Definitions (ground truth comes from the simulator, which knows every honest out
 - *Replicas per accepted job* = replicas dispatched over all settled jobs / accepted jobs (the overhead
   BOINC's adaptive replication drives towards 1 + 1/n).
 - *Wrong accepted* = accepted bad / accepted jobs (``detection.accepted_wrong_fraction``).
-- *Compute units per job* = (generations dispatched + audits dispatched x ``audit_cost``) / accepted
+- *Compute units per job* = (generations dispatched + audits dispatched x ``audit_cost`` x the share of
+  the claim each scores, its window: spec/verification.md §13.5) / accepted
   jobs, over settled jobs (plus every canary): a generation (replica or canary) counts 1, an audit its
   measured cost as a fraction of one (``Scenario.audit_cost``, default 0.44). Exact replication of 2
   costs 2; audit mode 1 + 0.44 per auditor, plus re-runs of caught cheats.
@@ -94,7 +95,7 @@ def compute_units(run: RunOutput) -> dict[str, Any]:
     settled = [j for j in run.jobs if j.outcome]
     accepted = sum(1 for j in settled if j.outcome == "accepted")
     generation = float(sum(j.dispatched for j in settled) + run.counters.get("canary_dispatches", 0))
-    audit = run.scenario.audit_cost * sum(j.audits for j in settled)
+    audit = run.scenario.audit_cost * sum(j.audit_units for j in settled)
     return {
         "audit_cost": run.scenario.audit_cost,
         "generation": generation,

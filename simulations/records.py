@@ -18,6 +18,9 @@ class JobRecord:
     """DispatchReplica effects the coordinator issued for this job."""
     audits: int = 0
     """DispatchAudit effects the coordinator issued for this job (audit mode)."""
+    audit_units: float = 0.0
+    """Those audits in full audits: each counts the share of the claim's positions it scores (its window,
+    spec/verification.md §13.5; 1 for a full audit)."""
     returned: dict[str, bool] = field(default_factory=dict)
     """peer -> whether the output it returned was wrong (ground truth), for results that arrived."""
     churn_lost: int = 0

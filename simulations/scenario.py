@@ -129,6 +129,9 @@ class AdversarySpec:
     """intermittent, audit_cartel: share of its jobs a member cheats on once trusted."""
     trusted_after: int = 10
     """intermittent, audit_cartel: answers it gives honestly before it starts cheating (its streak)."""
+    cheat_tail: int = 0
+    """intermittent: 0, a cheat is random tokens throughout; k > 0, a cheat changes only the last k tokens
+    of the honest output (a cheater that knows partial audits score a prefix, spec/verification.md §13.5)."""
     coordinator: int = 0
     """equivocating_coordinator: which coordinator, from ``at_s`` on, signs a second, different entry
     for each receipt's seq and pushes it to half the credited workers (needs ``ledger_sync_s`` > 0)."""
@@ -264,10 +267,10 @@ def check(s: Scenario) -> None:
     if not 0.0 < s.audit_cost <= 10.0:
         problems.append(f"audit_cost must be in (0, 10] (a fraction of a generation), got {s.audit_cost}")
     for a in s.adversaries:
-        if not 0.0 <= a.cheat_rate <= 1.0 or a.trusted_after < 0:
+        if not 0.0 <= a.cheat_rate <= 1.0 or a.trusted_after < 0 or a.cheat_tail < 0:
             problems.append(
-                f"adversary {a.kind!r}: cheat_rate must be in [0, 1] and trusted_after >= 0, got "
-                f"{a.cheat_rate} and {a.trusted_after}"
+                f"adversary {a.kind!r}: cheat_rate must be in [0, 1], trusted_after and cheat_tail >= 0, "
+                f"got {a.cheat_rate}, {a.trusted_after} and {a.cheat_tail}"
             )
         if a.kind not in ADVERSARY_KINDS:
             problems.append(f"adversary kind {a.kind!r} unknown; known: {', '.join(ADVERSARY_KINDS)}")

@@ -47,6 +47,7 @@ from opengrid_ledger import (
 )
 
 from opengrid.core.audit import PositionEvidence, judge
+from opengrid.core.audit_policy import scored_positions
 from opengrid.core.effects import (
     AppendEntry,
     CancelReplica,
@@ -114,6 +115,16 @@ _STAGGER_NS = NS_PER_S  # initial registrations spread over the first second, as
 def contract_for(model: str) -> DecodingContract:
     """The one numerical class every simulated worker announces for ``model``."""
     return DecodingContract(model_sha256=hashlib.sha256(model.encode()).hexdigest(), backend_version="sim")
+
+
+def _positions(audit: AuditJob) -> int:
+    """Positions the audited claim has: its tokens, plus one when it stopped (spec §12.1)."""
+    return len(audit.tokens) + (1 if audit.finish_reason == "stop" else 0)
+
+
+def _window(audit: AuditJob) -> int:
+    """Positions the audit scores: the plan's window (``score_end``), or all of them."""
+    return scored_positions(_positions(audit), audit.score_end)
 
 
 @dataclass(frozen=True)
@@ -223,7 +234,11 @@ class Simulation:
         for spec in s.adversaries:
             if spec.kind in BEHAVIOURS:
                 behaviour = make_behaviour(
-                    spec.kind, spec.group, cheat_rate=spec.cheat_rate, trusted_after=spec.trusted_after
+                    spec.kind,
+                    spec.group,
+                    cheat_rate=spec.cheat_rate,
+                    trusted_after=spec.trusted_after,
+                    cheat_tail=spec.cheat_tail,
                 )
                 chosen += [behaviour] * round(spec.fraction * s.workers)
         chosen = chosen[: s.workers]
@@ -412,6 +427,7 @@ class Simulation:
                 audited = self._job(audit.job_id)
                 if audited is not None:
                     audited.audits += 1
+                    audited.audit_units += _window(audit) / max(1, _positions(audit))
                 self._to_worker(
                     coordinator, effect.peer, audit, 200 + len(audit.prompt) + 4 * len(audit.tokens)
                 )
@@ -600,8 +616,8 @@ class Simulation:
             return
         run = worker.queue.popleft()
         hardware = worker.hardware
-        if isinstance(run, AuditJob):  # one forward pass over the claim: a fraction of generating it
-            seconds = max(1, len(run.tokens)) * self.scenario.audit_cost / hardware.tokens_per_s
+        if isinstance(run, AuditJob):  # one forward pass up to the window's end: a fraction of generating it
+            seconds = max(1, _window(run)) * self.scenario.audit_cost / hardware.tokens_per_s
         else:
             seconds = run.max_tokens / hardware.tokens_per_s * worker.behaviour.work_fraction
         fails = hardware.failure_rate > 0 and self._failure_rng.random() < hardware.failure_rate
@@ -674,8 +690,9 @@ class Simulation:
 
     def _audit(self, worker: SimWorker, audit: AuditJob) -> None:
         """Score a claim as an honest auditor would: ``HONEST_GAP`` where it is the honest output,
-        ``CHEAT_GAP`` where it departs; judged, committed and (on a pass) co-signed, and sent back. A lying
-        auditor, or a cartel member on its partners' claim, reports ``HONEST_GAP`` everywhere instead."""
+        ``CHEAT_GAP`` where it departs, over the plan's window only (``score_end``: a cheat past it goes
+        unseen); judged, committed and (on a pass) co-signed, and sent back. A lying auditor, or a cartel
+        member on its partners' claim, reports ``HONEST_GAP`` everywhere instead."""
         honest = honest_tokens(audit.prompt, audit.contract.digest(), len(audit.tokens))
         claim = tuple(audit.tokens)
         if audit_passes_anyway(worker.behaviour, audit.prompt, claim):
@@ -691,7 +708,7 @@ class Simulation:
                 mask_margin=0.0,
             )
             for t, h in zip(audit.tokens, honest, strict=True)
-        ]
+        ][: _window(audit)]
         if worker.logic is not None:
             decoded = decode_message(encode_message(worker.logic.report(audit, evidence)))
             assert isinstance(decoded, AuditReport)  # our own encoding of an AuditReport

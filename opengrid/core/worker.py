@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 from opengrid_ledger import ED25519, Entry, LedgerState, SignatureScheme, decode_entry, sign_attestation
 
 from opengrid.core.audit import AuditPolicy, PositionEvidence, SamplingParams, evidence_commitment, judge
+from opengrid.core.audit_policy import scored_positions
 from opengrid.errors import JobError
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
@@ -188,6 +189,10 @@ class WorkerLogic:
         params = SamplingParams(
             temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
         )
+        # Only the plan's window counts (spec/verification.md §13.5): an engine that scored more reports
+        # the window alone, so the report's count is the one the coordinator expects.
+        positions = len(audit.tokens) + (1 if audit.finish_reason == "stop" else 0)
+        evidence = evidence[: scored_positions(positions, audit.score_end)]
         verdict = judge(evidence, AuditPolicy(gap_tolerance=audit.tolerance))
         commitment = evidence_commitment(audit.job_id, params, evidence)
         if verdict.accepted and not problem:

@@ -136,6 +136,19 @@ class ScoreRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     job_id: bytes = b""
     add_bos: bool = True
+    end: int = 0
+    """Score output positions ``0 .. end - 1`` only (a partial audit, spec/verification.md §13.5): the
+    forward pass stops at the last of them. 0, or at least :attr:`positions`, scores every position."""
+
+    @property
+    def positions(self) -> int:
+        """Positions the claim has: its tokens, plus the end-of-generation position when it stopped."""
+        return len(self.tokens) + (1 if self.stopped else 0)
+
+    @property
+    def rows(self) -> int:
+        """Positions this request scores: :attr:`positions`, or ``end`` when that is fewer."""
+        return self.positions if self.end <= 0 else min(self.end, self.positions)
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,9 @@ class HttpEngine:
             )
         if request.stopped:
             evidence.append(self._stop_evidence(choice, top[first + n]))
-        return Scoring(evidence=tuple(evidence), prompt_tokens=len(prompt_ids))
+        # The server scores the whole text in one request: a partial audit (``request.end``) saves nothing
+        # here, and reports only its window so that its report agrees with the plan.
+        return Scoring(evidence=tuple(evidence[: request.rows]), prompt_tokens=len(prompt_ids))
 
     @staticmethod
     def _stop_evidence(choice: Mapping[str, Any], values: object) -> PositionEvidence:

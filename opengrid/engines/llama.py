@@ -259,7 +259,8 @@ class LlamaEngine:
         """Audit a claimed output (spec/verification.md §12): evidence per output position.
 
         One forward pass over prompt + claimed tokens, in batches of the contract's n_batch (as generation
-        evaluates a prompt), with logits only for the rows that predict an output position; the evidence
+        evaluates a prompt), with logits only for the rows that predict an output position, stopping after
+        the last position in the window (``request.end``, a partial audit); the evidence
         is computed by :mod:`opengrid.core.sampling` under ``request.sampling``. Blocking; run it in a
         worker thread, like :meth:`generate`.
         """
@@ -276,22 +277,26 @@ class LlamaEngine:
             if not claimed and not request.stopped:
                 raise VerificationError("the claim has no tokens and did not stop: there is nothing to score")
             sequence = prompt_tokens + claimed
+            # Row prompt-1+j of the sequence predicts output position j; a stopped claim adds one row.
+            first_row = len(prompt_tokens) - 1
+            n_rows = request.rows
+            if n_rows < request.positions:  # a partial audit: the pass stops at the last scored row
+                sequence = sequence[: first_row + n_rows]
             if len(sequence) > self._n_ctx:
                 raise EngineError(
-                    f"prompt ({len(prompt_tokens)} tokens) + claimed output ({len(claimed)} tokens) = "
+                    f"prompt ({len(prompt_tokens)} tokens) + claimed output to the last scored position "
+                    f"({len(sequence) - len(prompt_tokens)} tokens) = "
                     f"{len(sequence)} exceeds the context window of {self._n_ctx} tokens; load the auditor "
                     "with a larger n_ctx"
                 )
-            # Row prompt-1+j of the sequence predicts output position j; a stopped claim adds one row.
-            first_row = len(prompt_tokens) - 1
-            n_rows = len(claimed) + (1 if request.stopped else 0)
             try:
                 logits = self._eval_rows(llm, sequence, first_row, n_rows)
             except Exception as exc:
                 raise EngineError(f"llama.cpp failed while scoring with {self._model.name!r}: {exc}") from exc
         params = request.sampling
-        evidence = score_positions(logits[: len(claimed)], claimed, params, request.job_id, 0)
-        if request.stopped:
+        scored = min(n_rows, len(claimed))
+        evidence = score_positions(logits[:scored], claimed[:scored], params, request.job_id, 0)
+        if n_rows > len(claimed):  # the stopped claim's end-of-generation position is in the window
             evidence.append(self._score_stop(logits[len(claimed)], params, request.job_id, len(claimed)))
         return Scoring(evidence=tuple(evidence), prompt_tokens=len(prompt_tokens))
 

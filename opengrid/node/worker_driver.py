@@ -130,6 +130,7 @@ class WorkerDriver:
             sampling=sampling,
             job_id=audit.job_id,
             add_bos=audit.format == "text",
+            end=audit.score_end,
         )
 
         def score_and_decode() -> tuple[Scoring | None, str]:
@@ -143,7 +144,13 @@ class WorkerDriver:
                 return scoring, "the claimed text is not what the claimed tokens decode to"
             return scoring, ""
 
-        log.info("auditing job %s: %d claimed tokens", audit.job_id.hex()[:8], len(audit.tokens))
+        log.info(
+            "auditing job %s: %d claimed tokens, %d of %d positions scored",
+            audit.job_id.hex()[:8],
+            len(audit.tokens),
+            request.rows,
+            request.positions,
+        )
         self.running += 1
         try:
             scoring, problem = await trio.to_thread.run_sync(score_and_decode, limiter=self._engine_limiter)

@@ -696,6 +696,11 @@ class AuditJob(_Message, tag="audit", frozen=True):
     """0..2**64-1 (msgpack integers stop there)."""
     tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AUDIT_TOLERANCE)] = 0.75
     """Logits: the largest gap (and mask margin) a position may show (spec/verification.md §12.2)."""
+    score_end: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_LIMIT + 1)] = 0
+    """Score output positions ``0 .. score_end - 1`` only (the coordinator's audit plan, spec/verification.md
+    §13.5): the forward pass stops at the last of them, which is where a partial audit saves compute. 0, or
+    a value at least the claim's positions, scores every position (what an auditor that predates the field
+    does)."""
 
 
 class AuditReport(_Message, tag="audit_report", frozen=True):

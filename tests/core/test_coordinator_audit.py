@@ -12,6 +12,7 @@ from grid_harness import (
     audits,
     cheat,
     dispatches,
+    evidence_for,
     finished,
     honest,
     job_id,
@@ -310,3 +311,75 @@ def test_zero_auditors_still_audits_once() -> None:
     grid.register()
     first = grid.submit(1)
     assert len(audits(grid.answer(dispatches(first)[0], HONEST))) == 1
+
+
+# ── adaptive audits (spec/verification.md §13.5) ──────────────────────────────────────────────────────
+WINDOWS = CoordinatorConfig(
+    verify="audit", canary_rate=0.0, adaptive=False, audit_full_rate=0.0, audit_min_positions=2
+)
+"""Every trusted prover's claim on a window of at least 2 of HONEST's 5 positions."""
+
+
+def _trust_everyone(grid: Grid) -> None:
+    for peer in grid.workers:
+        grid.coordinator.reputation[grid.key(peer)] = Reputation(streak=50, valid=50)
+
+
+def test_a_trusted_provers_claim_is_scored_on_a_window_and_its_auditor_paid_for_the_window() -> None:
+    grid = Grid(n=3, config=WINDOWS)
+    grid.register()
+    _trust_everyone(grid)
+    n = len(HONEST.tokens)
+    ends, full = set(), 0
+    for job in range(1, 41):
+        [sent] = audits(grid.answer(dispatches(grid.submit(job))[0], HONEST))
+        end = sent.audit.score_end or n
+        assert 2 <= end <= n
+        ends.add(end)
+        report = grid.audit_report(sent, CHEAT_GAP)
+        assert report.verdict == "pass" and report.n_scored == end
+        reply = finished(grid.deliver_report(sent, report))
+        assert isinstance(reply, JobAccepted)
+        assert _credits(reply)[grid.key(sent.peer)] == -(-end // 2)  # paid for the tokens it scored
+        full += end == n
+    assert ends == {2, 3, 4, 5}
+    # Only answers audited in full become canaries' known answers: a window leaves the tail unchecked.
+    assert len(grid.coordinator._known) == full
+
+
+def test_a_new_provers_claim_is_scored_in_full_and_a_report_of_another_window_is_refused() -> None:
+    grid = Grid(n=3, config=WINDOWS)
+    grid.register()
+    [sent] = audits(grid.answer(dispatches(grid.submit(1))[0], HONEST))
+    assert sent.audit.score_end == 0, "no streak yet: every position is scored"
+    short = msgspec.structs.replace(sent.audit, score_end=2)
+    report = grid.workers[sent.peer].report(short, evidence_for(short, CHEAT_GAP))
+    effects = grid.deliver_report(sent, report)
+    assert finished(effects) is None
+    assert [p.peer for p in of_type(effects, Penalize)] == [sent.peer]  # the auditor's fault
+
+
+def test_a_cheat_in_the_first_positions_is_caught_by_every_window() -> None:
+    for seed in range(12):
+        grid = Grid(n=3, seed=seed, config=WINDOWS)
+        grid.register()
+        _trust_everyone(grid)
+        run = dispatches(grid.submit(1))[0]
+        [sent] = audits(grid.answer(run, cheat(1)))  # departs from the model at position 0
+        effects = grid.audit(sent)
+        assert finished(effects) is None and [p.peer for p in of_type(effects, Penalize)] == [run.peer]
+        assert grid.coordinator.reputation[grid.key(run.peer)].invalid == 1
+
+
+def test_a_second_audit_adds_a_full_auditor_when_one_is_left() -> None:
+    config = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False, audit_second_rate=1.0)
+    grid = Grid(n=3, config=config)
+    grid.register()
+    sent = audits(grid.answer(dispatches(grid.submit(1))[0], HONEST))
+    assert len(sent) == 2 and all(a.audit.score_end == 0 for a in sent)
+    assert finished(grid.audit(sent[0])) is None
+    assert isinstance(finished(grid.audit(sent[1])), JobAccepted)
+    alone = Grid(n=2, config=config)  # nobody is left for a second audit: one auditor, never a failure
+    alone.register()
+    [only] = audits(alone.answer(dispatches(alone.submit(1))[0], HONEST))
+    assert isinstance(finished(alone.audit(only)), JobAccepted)

@@ -155,6 +155,32 @@ def test_malformed_claims_are_verification_errors(auditor: LlamaEngine) -> None:
         small.score(ScoreRequest(prompt="x", tokens=(5,) * 20, stopped=False))
 
 
+def test_a_partial_audit_scores_its_window_only_and_its_pass_stops_there(auditor: LlamaEngine) -> None:
+    prompt = PROMPTS[0]
+    tokens = generate(auditor, prompt)
+
+    def score(claim: Sequence[int], end: int, stopped: bool = False) -> list[float]:
+        request = ScoreRequest(prompt=prompt, tokens=tuple(claim), stopped=stopped, job_id=JOB, end=end)
+        return [e.gap for e in auditor.score(request).evidence]
+
+    full = score(tokens, 0, stopped=True)
+    assert len(score(tokens, 10, stopped=True)) == 10
+    assert score(tokens, 10, stopped=True) == pytest.approx(full[:10], abs=0.05)
+    assert len(score(tokens, N, stopped=True)) == N  # the stop position only when the window reaches it
+    assert len(score(tokens, N + 1, stopped=True)) == N + 1
+    assert len(score(tokens, N + 50, stopped=True)) == N + 1
+    # A changed token after the window goes unseen; one inside it is caught.
+    other = next(t for t in auditor.tokenize(" the quick brown fox")[1:] if t != tokens[30])
+    edited = (*tokens[:30], other, *tokens[31:])
+    assert max(score(edited, 30)) <= 0.5
+    assert max(score(edited, 31)) > 1.0
+    # The forward pass stops at the window's end: a claim too long for the context is scored on a window
+    # that fits.
+    with LlamaEngine(auditor.model, n_ctx=16) as small:
+        request = ScoreRequest(prompt="x", tokens=(5,) * 20, stopped=False, end=5)
+        assert len(small.score(request).evidence) == 5
+
+
 def test_scoring_leaves_generation_unchanged(auditor: LlamaEngine) -> None:
     before = generate(auditor, PROMPTS[1])
     auditor.score(ScoreRequest(prompt=PROMPTS[2], tokens=before, stopped=False))

@@ -44,6 +44,17 @@ def test_an_intermittent_cheater_is_honest_until_trusted_then_cheats_at_its_rate
     assert 400 < cheats < 600  # 25 % of 2000
 
 
+def test_a_tail_cheater_changes_only_the_last_tokens_of_the_honest_output() -> None:
+    cheater, rng = Intermittent(cheat_rate=1.0, trusted_after=0, cheat_tail=3), random.Random(3)
+    honest = honest_tokens("p", b"c", 40)
+    for _ in range(200):
+        claim = cheater.answer_nth(0, "p", b"c", 40, rng)
+        assert claim is not None and claim[:37] == honest[:37]
+        assert all(a != b for a, b in zip(claim[37:], honest[37:], strict=True))
+    short = cheater.answer_nth(0, "p", b"c", 2, rng)  # shorter than its tail: every token changed
+    assert short is not None and all(a != b for a, b in zip(short, honest[:2], strict=True))
+
+
 def test_only_lying_auditors_and_cartel_members_on_their_partners_claims_pass_anyway() -> None:
     claim = cartel_tokens("c1", "p", 8)
     assert audit_passes_anyway(LyingAuditor(), "p", honest_tokens("p", b"c", 8))
@@ -102,3 +113,18 @@ def test_exact_replication_of_two_costs_two_units_per_job() -> None:
     units = summarize(simulate(small(duration_s=30, coordinator=plain), 11))["compute_units"]
     assert units["audit"] == 0.0
     assert units["per_job"] == pytest.approx(2.0, abs=0.1)
+
+
+def test_adaptive_audits_cost_less_and_windows_miss_only_tail_cheats() -> None:
+    """Partial windows (spec/verification.md §13.5): random-token cheats are caught by every window, so
+    none is accepted at well under a full audit per job; a cheater that changes only the last token gets
+    through a window that stops before it, which only full audits catch."""
+    scenario = SCENARIOS / "rare-cheaters-audit-adaptive.toml"
+    base = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2}
+    windows = summarize(simulate(load(scenario, base), 5))
+    assert windows["detection"]["accepted_jobs"] > 1500 and windows["detection"]["accepted_bad"] == 0
+    assert windows["compute_units"]["audit_per_job"] < 0.8 * 0.44
+    no_full = {**base, "adversaries.intermittent.cheat_tail": 1, "coordinator.audit_full_rate": 0.0}
+    no_full["coordinator.audit_second_rate"] = 0.0
+    tail = summarize(simulate(load(scenario, no_full), 5))
+    assert tail["detection"]["accepted_bad"] > 0

@@ -4,9 +4,13 @@ replaced, and a claim every auditor passed accepted with a receipt crediting pro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgspec
 from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify_attestation
 
+from opengrid.core.audit_policy import AuditPlan, scored_positions
+from opengrid.core.audit_policy import plan as plan_audit
 from opengrid.core.coordinator.payments import payouts_in_order
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
@@ -21,6 +25,7 @@ from opengrid.core.effects import (
     SendReceipt,
 )
 from opengrid.core.events import AuditReturned
+from opengrid.core.reputation import Reputation
 from opengrid.core.scheduler import pick_workers
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted
@@ -38,16 +43,18 @@ class AuditsPart(CoordinatorParts):
         operator than the prover's when one is free. With none free now the claim waits for a slot
         (``_drain``); with none left at all the job fails, since it could not be checked."""
         job_id = job.request.job_id
-        needed = self._auditors - len(job.audited) - len(job.audits)
-        if needed <= 0:
-            self._audit_wait.pop(job_id, None)
-            return []
         tried = job.tried()
         pool = [
             c
             for c in self._candidates(job.contract.model_sha256, max_tokens=job.request.max_tokens)
             if c.peer not in tried
         ]
+        if job.plan is None:
+            job.plan = self._plan_audit(job, len(pool))
+        needed = job.plan.auditors - len(job.audited) - len(job.audits)
+        if needed <= 0:
+            self._audit_wait.pop(job_id, None)
+            return []
         free = [c for c in pool if self._has_slot(c.peer)]
         chosen = pick_workers(
             free, needed, exclude=tried, rng=self._rng, exclude_operators=self._operators([job.prover])
@@ -85,6 +92,19 @@ class AuditsPart(CoordinatorParts):
             f"unchecked; {len(job.failed)} worker(s) failed on it); add workers serving {job.model_name!r}",
         )
 
+    def _plan_audit(self, job: JobRecord, available: int) -> AuditPlan:
+        """Draw the current claim's audit plan (``audit_policy.plan``, spec/verification.md §13.5), now
+        that the prover is committed to it. A second audit's extra auditor is dropped when no worker is
+        left to take it: a claim is never failed for want of the extra check."""
+        result, _ = job.results[job.prover]
+        record = self.workers.get(job.prover)
+        standing = self.reputation.get(record.key, Reputation()) if record is not None else Reputation()
+        positions = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        planned = plan_audit(self._audit_plans, positions, standing, self._rng)
+        if planned.auditors > self._auditors and available < planned.auditors:
+            planned = replace(planned, auditors=self._auditors)
+        return planned
+
     def _drain_audits(self, now: float) -> list[Effect]:
         """Offer free slots to claims waiting for auditors, oldest first."""
         effects: list[Effect] = []
@@ -114,6 +134,7 @@ class AuditsPart(CoordinatorParts):
             top_p=1.0 if greedy else contract.top_p_value,
             seed=0 if greedy else contract.seed,
             tolerance=self.config.audit_tolerance,
+            score_end=job.plan.score_end if job.plan is not None else 0,
         )
 
     def _check_report(self, job: JobRecord, peer: str, report: AuditReport) -> Attestation | str | None:
@@ -125,6 +146,8 @@ class AuditsPart(CoordinatorParts):
             return "audit report from an unregistered worker"
         result, prover_att = job.results[job.prover]
         expected = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        if job.plan is not None:  # a partial audit scores its window only (§13.5)
+            expected = scored_positions(expected, job.plan.score_end)
         if report.job_id != job.request.job_id:
             return "audit report names another job"
         if (
@@ -175,7 +198,7 @@ class AuditsPart(CoordinatorParts):
             return effects + self._replace_auditor(job, now)
         if checked is not None:
             job.audited[event.peer] = checked
-            if len(job.audited) >= self._auditors:
+            if len(job.audited) >= (job.plan.auditors if job.plan is not None else self._auditors):
                 return self._accept_audited(job)
             return self._start_audits(job, now)
         return self._reject_claim(job, event.peer, event.report, now)
@@ -200,6 +223,7 @@ class AuditsPart(CoordinatorParts):
         ]
         effects += self._cancel_audits(job)
         job.audited.clear()
+        job.plan = None  # the next prover's claim gets its own plan
         self._audit_wait.pop(job.request.job_id, None)
         if job.failovers >= self.config.max_failovers:
             return effects + self._fail(
@@ -248,7 +272,8 @@ class AuditsPart(CoordinatorParts):
 
     def _accept_audited(self, job: JobRecord) -> list[Effect]:
         """Every auditor passed the claim: sign a receipt crediting the prover ``max(1, n) * weight`` and
-        each auditor ``ceil(max(1, n) / audit_credit_divisor) * weight``, and answer the client."""
+        each auditor ``ceil(max(1, s) / audit_credit_divisor) * weight`` for the ``s`` tokens it scored
+        (``n`` unless its window was partial), and answer the client."""
         job_id = job.request.job_id
         prover = job.prover
         result, prover_att = job.results[prover]
@@ -257,7 +282,9 @@ class AuditsPart(CoordinatorParts):
         for peer in (prover, *auditors):
             self._record(self.workers[peer].key, "valid")
         self._measure(prover, n_tokens, job.elapsed.get(prover, 0.0))
-        if job.request.prompt:  # an audited answer is a verified one: good for canaries
+        # An answer audited in full is a verified one: good for canaries. A window leaves its tail unchecked
+        # (§13.5), and a canary with a wrong known answer would punish the honest workers it is sent to.
+        if job.request.prompt and (job.plan is None or job.plan.full):
             self.add_known_answer(
                 job.request.prompt,
                 job.contract,
@@ -268,7 +295,9 @@ class AuditsPart(CoordinatorParts):
             )
         evidence = self._evidence(job)
         points = max(1, n_tokens) * job.weight
-        audit_points = -(-max(1, n_tokens) // max(1, self.config.audit_credit_divisor)) * job.weight
+        # Auditors are paid for the tokens they scored: a partial audit's window (§13.5), else all of them.
+        scored = n_tokens if job.plan is None or job.plan.full else min(n_tokens, job.plan.end)
+        audit_points = -(-max(1, scored) // max(1, self.config.audit_credit_divisor)) * job.weight
         keys = {peer: self.workers[peer].key for peer in (prover, *auditors)}
         receipt = Receipt(
             job_id=job_id,

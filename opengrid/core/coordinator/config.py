@@ -85,6 +85,20 @@ class CoordinatorConfig:
     tokens, the prover ``max(1, n_tokens) * weight``. 2: scoring 128 tokens cost 0.44-0.64 of generating
     them on this project's CPUs (spec/verification.md §13.3), so an audit pays about what its compute
     costs; a job costs 1.5 units of pay instead of replication's 2."""
+    audit_full_rate: float = 1.0
+    """Audit mode: probability that a trusted prover's claim is scored in full (spec/verification.md
+    §13.5); the rest are scored on a random prefix window of at least ``audit_min_positions``. Untrusted
+    provers (a streak below ``min_trust_streak``, doubled per offence, or any offence on record) are always
+    scored in full. 1 (the default): every audit scores every position."""
+    audit_second_rate: float = 0.0
+    """Audit mode: probability, per claim, of one more auditor and a full window (a second audit, which
+    meets a lying auditor or a prover + auditor cartel). 0 (the default): none."""
+    audit_min_positions: int = 20
+    """Audit mode: a partial window scores at least the first this many positions (20: any claim that
+    changes one token in 20 or more is always caught)."""
+    audit_window_skew: float = 1.0
+    """Audit mode: shape of a partial window's end beyond ``audit_min_positions``: 1 uniform; larger
+    windows are shorter on average (cheaper) and catch a cheat confined to the tail less often."""
 
     @classmethod
     def plain(cls, **overrides: object) -> CoordinatorConfig:

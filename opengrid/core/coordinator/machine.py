@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from nacl.signing import SigningKey
 from opengrid_ledger import ED25519, ChainWriter, LedgerState, SignatureScheme
 
+from opengrid.core.audit_policy import AuditPlanConfig
 from opengrid.core.coordinator.audits import AuditsPart
 from opengrid.core.coordinator.canaries import CanariesPart
 from opengrid.core.coordinator.chain import ChainPart
@@ -117,6 +118,15 @@ class Coordinator(
         """Who got starting-grant vouchers, and when (the driver journals it, so it survives restarts)."""
         self._auditors = max(1, self.config.auditors)
         """Audit mode: auditors per claim (at least one: an audit mode that audits nothing checks nothing)."""
+        self._audit_plans = AuditPlanConfig(
+            auditors=self._auditors,
+            full_rate=self.config.audit_full_rate,
+            second_rate=self.config.audit_second_rate,
+            min_positions=self.config.audit_min_positions,
+            skew=self.config.audit_window_skew,
+            min_trust_streak=self.config.min_trust_streak,
+        )
+        """Audit mode: the adaptive audit policy (spec/verification.md §13.5)."""
         self._audit_wait: dict[bytes, None] = {}
         """Audit mode: jobs whose claim waits for a free auditor slot (an ordered set; retried by
         ``_drain``, bounded by the job deadline)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from opengrid_ledger import Attestation
 
+from opengrid.core.audit_policy import AuditPlan
 from opengrid.core.coordinator.state import JobState
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import ModelOffer, PromptFormat, ReplicaResult, SubmitJob
@@ -87,6 +88,8 @@ class JobRecord:
     """Audit mode: auditor peer -> deadline of its pending audit."""
     audited: dict[str, Attestation] = field(default_factory=dict)
     """Audit mode: auditors that passed the current claim -> their attestation of it."""
+    plan: AuditPlan | None = None
+    """Audit mode: how the current claim is audited (auditors, window), drawn once it is committed."""
     state: JobState = JobState.QUEUED
     """Where the job is in its lifecycle; changed only by ``state.move`` (its table says how)."""
     streams: dict[str, ReplicaStream] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from opengrid_ledger import (
     SignatureScheme,
 )
 
+from opengrid.core.audit_policy import AuditPlanConfig
 from opengrid.core.coordinator.config import CoordinatorConfig
 from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer, WorkerRecord
 from opengrid.core.coordinator.state import JobEvent
@@ -70,6 +71,7 @@ class CoordinatorParts(ABC):
     _in_flight: dict[str, int]
     _queue: FairQueue[bytes]
     _auditors: int
+    _audit_plans: AuditPlanConfig
     _audit_wait: dict[bytes, None]
     """The meaning of each is documented where ``Coordinator.__init__`` sets it."""
 
