@@ -15,47 +15,74 @@ What differs from OpenAI, on purpose (documented in OpenGrid.md and spec/api.md)
 - ``stream: true`` streams the answer as its replicas agree on it, token by token (verified streaming,
   spec/verification.md §14: never unverified text); with ``stop`` set, at the end, in one chunk;
 - ``stop`` is applied to the verified text (the receipt still covers the whole generation).
+
+This module is the app (routes, authentication, the bind check); the request side (bodies, field
+checks, chat templates, errors) is ``api_requests``, the job side (running a request's job and the JSON
+or server-sent events that answer it) is ``api_jobs``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import math
-import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
-import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opengrid.core.audit import SamplingParams
-from opengrid.errors import ConfigError, TemplateError
+from opengrid.errors import ConfigError
+from opengrid.node.api_jobs import (
+    ApiBackend,
+    ApiJob,
+    extension,
+    json_response,
+    run_job,
+    sse_response,
+    stream_live,
+    usage,
+)
+from opengrid.node.api_requests import (
+    MAX_BODY_BYTES,
+    ApiError,
+    ChatBody,
+    CompletionBody,
+    JobFormat,
+    check_n,
+    decode_body,
+    format_chat,
+    sampling_from,
+    single_prompt,
+)
 from opengrid.node.chat_template import TemplateRenderer
-from opengrid.wire.contract import sampling_problem
-from opengrid.wire.messages import MAX_REPLICAS, MAX_TOKENS_LIMIT, ErrorReply, JobAccepted, ModelOffer
+
+__all__ = [
+    "DEFAULT_API_ADDRESS",
+    "MAX_BODY_BYTES",
+    "ApiBackend",
+    "ApiError",
+    "ApiSettings",
+    "JobFormat",
+    "api_client",
+    "build_app",
+    "check_bind",
+]
 
 log = logging.getLogger("opengrid.api")
+
+
 DEFAULT_API_ADDRESS = "127.0.0.1:9337"
+
+
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
-
-JobFormat = Literal["text", "chat"]
-
-MAX_BODY_BYTES: Final = 1024 * 1024
-"""Largest request body: refused by its Content-Length before reading, and a chunked body is read with a
-running count and refused as soon as it passes this (413 either way)."""
-MAX_TEMPLATES_TRIED: Final = 3
-"""Distinct chat templates (from different workers' offers of one model) tried for one chat request."""
 
 
 @dataclass(frozen=True)
@@ -65,118 +92,6 @@ class ApiSettings:
     address: str = DEFAULT_API_ADDRESS
     api_key: str | None = None
     allow_remote: bool = False
-
-
-class ApiBackend(Protocol):
-    """What the API needs from its node: the models on offer and a way to run a verified job."""
-
-    def api_models(self) -> list[ModelOffer]: ...
-
-    def api_submit(
-        self,
-        *,
-        prompt: str,
-        model: str,
-        max_tokens: int,
-        replicas: int,
-        format: JobFormat,
-        client: str,
-        sampling: SamplingParams = ...,
-        job_id: bytes = ...,
-        on_verified: Callable[[str], None] | None = ...,
-    ) -> Awaitable[JobAccepted | ErrorReply]:
-        """Run one verified job for ``client``: the API user's identity (``api_client``), which the
-        coordinator queues fairly against every other client. ``sampling``: greedy by default.
-        ``job_id``: the job's id (empty: a fresh one). ``on_verified``: called with each chunk of text
-        as a quorum of replicas agrees on it (spec/verification.md §14), where the node can stream it;
-        the chunks join to a prefix of the answer's text."""
-        ...
-
-
-class _CompletionBody(msgspec.Struct, forbid_unknown_fields=False):
-    model: str
-    prompt: str | list[str] = ""
-    max_tokens: int | None = None
-    temperature: float | None = None
-    """Absent or null: 0, greedy (OpenAI's default is 1.0; ours is the deterministic one)."""
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
-    replicas: int = 2
-    """OpenGrid extension: how many workers must run (and agree on) the job."""
-    top_k: int | None = None
-    """OpenGrid extension (as llama.cpp's and vLLM's servers take it): 0 or absent keeps every token."""
-
-
-class _ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
-    role: str
-    content: str
-
-
-class _ChatBody(msgspec.Struct, forbid_unknown_fields=False):
-    model: str
-    messages: list[_ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
-    replicas: int = 2
-    top_k: int | None = None
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI-shaped JSON with an HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.type = type
-        self.code = code
-        self.param = param
-        """The request field at fault, as OpenAI names it (``temperature``), or None."""
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
-
-
-# OpenGrid error code -> (HTTP status, OpenAI error type)
-_STATUS: dict[str, tuple[int, str]] = {
-    "malformed": (400, "invalid_request_error"),
-    "unknown_model": (404, "invalid_request_error"),
-    "no_capacity": (503, "server_error"),
-    "busy": (503, "server_error"),
-    "verification_failed": (502, "server_error"),
-    "engine_error": (502, "server_error"),
-    "not_coordinator": (502, "server_error"),
-    "internal": (500, "server_error"),
-    # The node pays its API's jobs from its own account (Node.api_submit); OpenAI answers 402 the same way
-    # when an account cannot pay.
-    "payment_required": (402, "insufficient_quota"),
-    "grant_refused": (402, "insufficient_quota"),
-}
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    job: JobAccepted
-    text: str
-    finish_reason: str
-    sampling: SamplingParams
 
 
 def check_bind(address: str, *, allow_remote: bool) -> tuple[str, int]:
@@ -241,10 +156,10 @@ def build_app(
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(request: Request) -> Response:
-        body = await _decode(request, _CompletionBody)
-        prompt = _single_prompt(body.prompt)
-        _check_n(body.n)
-        sampling = _sampling(body.temperature, body.top_p, body.top_k, body.seed)
+        body = await decode_body(request, CompletionBody)
+        prompt = single_prompt(body.prompt)
+        check_n(body.n)
+        sampling = sampling_from(body.temperature, body.top_p, body.top_k, body.seed)
         if body.stream and not body.stop and jobs:
             created = int(time.time())
 
@@ -258,10 +173,10 @@ def build_app(
                     "choices": [choice],
                 }
 
-            return await _stream_live(
+            return await stream_live(
                 jobs[0],
                 backend,
-                _Job(
+                ApiJob(
                     prompt,
                     body.model,
                     16 if body.max_tokens is None else body.max_tokens,
@@ -273,7 +188,7 @@ def build_app(
                 text_chunk,
                 opening=[],
             )
-        outcome = await _run(
+        outcome = await run_job(
             backend,
             prompt,
             body.model,
@@ -301,8 +216,8 @@ def build_app(
                 }
                 for choice in chunks
             ]
-            return _sse(events, outcome)
-        return _json(
+            return sse_response(events, outcome)
+        return json_response(
             {
                 "id": job_id,
                 "object": "text_completion",
@@ -316,19 +231,19 @@ def build_app(
                         "finish_reason": outcome.finish_reason,
                     }
                 ],
-                "usage": _usage(outcome),
-                "opengrid": _extension(outcome),
+                "usage": usage(outcome),
+                "opengrid": extension(outcome),
             },
             outcome,
         )
 
     async def chat(request: Request) -> Response:
-        body = await _decode(request, _ChatBody)
-        _check_n(body.n)
-        sampling = _sampling(body.temperature, body.top_p, body.top_k, body.seed)
+        body = await decode_body(request, ChatBody)
+        check_n(body.n)
+        sampling = sampling_from(body.temperature, body.top_p, body.top_k, body.seed)
         if not body.messages:
             raise ApiError(400, "messages must not be empty")
-        prompt = await _format_chat(templates, backend.api_models(), body.model, body.messages)
+        prompt = await format_chat(templates, backend.api_models(), body.model, body.messages)
         max_tokens = next((n for n in (body.max_completion_tokens, body.max_tokens) if n is not None), 256)
         if body.stream and not body.stop and jobs:
             created = int(time.time())
@@ -347,14 +262,14 @@ def build_app(
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
                 }
 
-            return await _stream_live(
+            return await stream_live(
                 jobs[0],
                 backend,
-                _Job(prompt, body.model, max_tokens, body.replicas, "chat", api_client(request), sampling),
+                ApiJob(prompt, body.model, max_tokens, body.replicas, "chat", api_client(request), sampling),
                 lambda job_id, text, finish: delta_chunk(job_id, text, finish),
                 opening=[lambda job_id: delta_chunk(job_id, "", None, role=True)],
             )
-        outcome = await _run(
+        outcome = await run_job(
             backend,
             prompt,
             body.model,
@@ -383,8 +298,8 @@ def build_app(
                 }
                 for delta, finish in deltas
             ]
-            return _sse(events, outcome)
-        return _json(
+            return sse_response(events, outcome)
+        return json_response(
             {
                 "id": job_id,
                 "object": "chat.completion",
@@ -398,8 +313,8 @@ def build_app(
                         "finish_reason": outcome.finish_reason,
                     }
                 ],
-                "usage": _usage(outcome),
-                "opengrid": _extension(outcome),
+                "usage": usage(outcome),
+                "opengrid": extension(outcome),
             },
             outcome,
         )
@@ -441,330 +356,3 @@ def build_app(
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-
-
-async def _read_body(request: Request) -> bytes:
-    """The request body, at most ``MAX_BODY_BYTES``: refused by its Content-Length before reading any of
-    it, and a body without one (chunked) is refused as soon as what arrived passes the limit."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise ApiError(400, f"Content-Length {declared[:32]!r} is not a number")
-        if int(declared) > MAX_BODY_BYTES:
-            raise ApiError(
-                413,
-                f"request body of {int(declared)} bytes is over the {MAX_BODY_BYTES}-byte limit; "
-                "send a shorter prompt",
-                code="request_too_large",
-            )
-    chunks: list[bytes] = []
-    size = 0
-    async with contextlib.aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise ApiError(
-                    413,
-                    f"request body is over the {MAX_BODY_BYTES}-byte limit; send a shorter prompt",
-                    code="request_too_large",
-                )
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _decode(request: Request, kind: type[Any]) -> Any:
-    raw = await _read_body(request)
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"invalid request body: {exc}") from exc
-
-
-def _single_prompt(prompt: str | list[str]) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1:
-        return prompt[0]
-    raise ApiError(400, "send one prompt per request (a list of several prompts is not supported)")
-
-
-def _sampling(
-    temperature: float | None, top_p: float | None, top_k: int | None, seed: int | None
-) -> SamplingParams:
-    """The job's sampler from a request's fields: absent (or null) ``temperature`` is 0, greedy, the
-    deterministic default (OpenAI's is 1.0); absent ``top_p`` 1, ``top_k`` 0 and ``seed`` 0 switch
-    nothing off or on. Out of range: 400 naming the field (``param``), as OpenAI answers."""
-    values = {
-        "temperature": 0.0 if temperature is None else temperature,
-        "top_k": 0 if top_k is None else top_k,
-        "top_p": 1.0 if top_p is None else top_p,
-        "seed": 0 if seed is None else seed,
-    }
-    problem = sampling_problem(**values)
-    if problem:
-        raise ApiError(400, problem, param=problem.split(" ", 1)[0])
-    return SamplingParams(
-        temperature=float(values["temperature"]),
-        top_k=int(values["top_k"]),
-        top_p=float(values["top_p"]),
-        seed=int(values["seed"]),
-    )
-
-
-def _check_n(n: int) -> None:
-    if n != 1:
-        raise ApiError(400, "n must be 1: OpenGrid returns the one verified answer")
-
-
-def _offers_for(offers: Sequence[ModelOffer], model: str) -> list[ModelOffer]:
-    wanted = model.lower()
-    found = [o for o in offers if wanted in (o.name.lower(), o.contract.model_sha256.lower())]
-    if not found:
-        served = ", ".join(sorted({o.name for o in offers})) or "none yet"
-        raise ApiError(404, f"no worker serves model {model!r}; served: {served}", code="model_not_found")
-    return found
-
-
-async def _format_chat(
-    templates: TemplateRenderer, offers: Sequence[ModelOffer], model: str, messages: Sequence[_ChatMessage]
-) -> str:
-    """Render the model's own chat template, as llama.cpp's chat completion does, in ``templates``'
-    sandboxed child processes (a worker announced the template: untrusted code). A template found bad
-    (too slow, too large, broken) is skipped from then on, and the next worker's template of the same
-    model is tried."""
-    found = _offers_for(offers, model)
-    candidates: dict[str, ModelOffer] = {}
-    for offer in found:
-        if offer.chat_template and offer.chat_template not in candidates:
-            candidates[offer.chat_template] = offer
-    if not candidates:
-        raise ApiError(400, f"model {found[0].name!r} has no chat template; use /v1/completions")
-    rendered = [{"role": m.role, "content": m.content} for m in messages]
-    problems: list[str] = []
-    for template, offer in list(candidates.items())[:MAX_TEMPLATES_TRIED]:
-        known = templates.is_bad(template)
-        if known:
-            problems.append(f"found bad before: {known}")
-            continue
-        try:
-            return await templates.render(
-                template, rendered, bos_token=offer.bos_token, eos_token=offer.eos_token
-            )
-        except TemplateError as exc:
-            if exc.fault == "client":
-                raise ApiError(400, str(exc)) from exc
-            if exc.fault == "node":
-                raise ApiError(500, str(exc), type="server_error", code="internal") from exc
-            problems.append(str(exc))
-    raise ApiError(
-        502,
-        f"the chat template the workers serving {model!r} announced cannot be used ({'; '.join(problems)}); "
-        "use /v1/completions with your own formatting, or wait for another worker",
-        type="server_error",
-        code="bad_chat_template",
-    )
-
-
-async def _run(
-    backend: ApiBackend,
-    prompt: str,
-    model: str,
-    max_tokens: int,
-    replicas: int,
-    stop: str | list[str] | None,
-    format: JobFormat,
-    client: str,
-    sampling: SamplingParams,
-) -> _Outcome:
-    _check_shape(max_tokens, replicas)
-    reply = await backend.api_submit(
-        prompt=prompt,
-        model=model,
-        max_tokens=max_tokens,
-        replicas=replicas,
-        format=format,
-        client=client,
-        sampling=sampling,
-    )
-    if isinstance(reply, ErrorReply):
-        raise _api_error(reply)
-    text, finish = reply.text, reply.finish_reason
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    if cut >= 0:
-        text, finish = text[:cut], "stop"
-    return _Outcome(job=reply, text=text, finish_reason=finish, sampling=sampling)
-
-
-def _check_shape(max_tokens: int, replicas: int) -> None:
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise ApiError(400, f"max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {max_tokens}")
-    if not 1 <= replicas <= MAX_REPLICAS:
-        raise ApiError(400, f"replicas must be 1..{MAX_REPLICAS}, got {replicas}")
-
-
-def _api_error(reply: ErrorReply) -> ApiError:
-    status, kind = _STATUS.get(reply.code, (500, "server_error"))
-    code = "model_not_found" if reply.code == "unknown_model" else reply.code
-    return ApiError(status, reply.message, type=kind, code=code)
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One API request's job, as ``api_submit`` takes it."""
-
-    prompt: str
-    model: str
-    max_tokens: int
-    replicas: int
-    format: JobFormat
-    client: str
-    sampling: SamplingParams
-
-
-Chunk = Callable[[str, str, str | None], dict[str, Any]]
-"""(job id in hex, text, finish reason or None) -> one server-sent event's JSON body."""
-
-
-async def _stream_live(
-    tasks: anyio.abc.TaskGroup,
-    backend: ApiBackend,
-    job: _Job,
-    chunk: Chunk,
-    *,
-    opening: Sequence[Callable[[str], dict[str, Any]]],
-) -> Response:
-    """Run ``job`` in ``tasks`` and answer with server-sent events as its text is verified.
-
-    The handler waits for the first verified chunk or the answer, so an error found before any text
-    (unknown model, no capacity, bad input) is an HTTP error as without streaming; an error after text
-    was sent is one ``error`` event, then the stream ends. The chunks are the coordinator's verified
-    text (spec/verification.md §14); the rest of the answer, which the replicas agreed on only at the
-    end, follows in one chunk, then a chunk with ``finish_reason`` and the ``opengrid`` extension, then
-    ``[DONE]``. The client leaving cancels the wait for the job (as a closed non-streaming request does).
-    """
-    _check_shape(job.max_tokens, job.replicas)
-    job_id = secrets.token_bytes(16)
-    # Unbounded as a channel, bounded in use: each verified chunk holds at least one of the job's
-    # max_tokens tokens, then one answer.
-    send, receive = anyio.create_memory_object_stream[str | JobAccepted | ErrorReply](math.inf)
-    scope = anyio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            try:
-                reply = await backend.api_submit(
-                    prompt=job.prompt,
-                    model=job.model,
-                    max_tokens=job.max_tokens,
-                    replicas=job.replicas,
-                    format=job.format,
-                    client=job.client,
-                    sampling=job.sampling,
-                    job_id=job_id,
-                    on_verified=send.send_nowait,
-                )
-            except Exception as exc:  # a bug of ours: the request gets a 500, the app stays up
-                log.exception("streaming API job %s failed", job_id.hex()[:8])
-                reply = ErrorReply("internal", f"the node failed: {type(exc).__name__}", job_id)
-            send.send_nowait(reply)
-        send.close()
-
-    tasks.start_soon(run)
-    try:
-        first = await receive.receive()
-    except BaseException:
-        scope.cancel()  # the client left before anything came
-        raise
-    if isinstance(first, ErrorReply):
-        raise _api_error(first)
-    hex_id = job_id.hex()
-
-    async def events() -> AsyncIterator[str]:
-        sent = ""
-        item: str | JobAccepted | ErrorReply = first
-        try:
-            for make in opening:
-                yield f"data: {json.dumps(make(hex_id))}\n\n"
-            while True:
-                if isinstance(item, str):
-                    sent += item
-                    yield f"data: {json.dumps(chunk(hex_id, item, None))}\n\n"
-                elif isinstance(item, ErrorReply):
-                    yield f"data: {json.dumps(_stream_error(_api_error(item)))}\n\n"
-                    return
-                else:
-                    if not item.text.startswith(sent):  # never expected: the coordinator guarantees it
-                        problem = ApiError(502, "the verified answer does not extend the streamed text")
-                        yield f"data: {json.dumps(_stream_error(problem))}\n\n"
-                        return
-                    outcome = _Outcome(
-                        job=item, text=item.text, finish_reason=item.finish_reason, sampling=job.sampling
-                    )
-                    if len(item.text) > len(sent):
-                        yield f"data: {json.dumps(chunk(hex_id, item.text[len(sent) :], None))}\n\n"
-                    last = chunk(hex_id, "", outcome.finish_reason)
-                    last["opengrid"] = _extension(outcome)
-                    yield f"data: {json.dumps(last)}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                item = await receive.receive()
-        finally:
-            scope.cancel()  # done, or the client left: stop waiting for the job
-
-    headers = {"X-OpenGrid-Job-Id": hex_id, "X-OpenGrid-Verified": "true"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-
-def _stream_error(error: ApiError) -> dict[str, Any]:
-    return {"error": {"message": str(error), "type": error.type, "param": error.param, "code": error.code}}
-
-
-def _usage(outcome: _Outcome) -> dict[str, int]:
-    # Workers do not report prompt token counts yet; completion tokens are the verified ones.
-    n = len(outcome.job.tokens)
-    return {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}
-
-
-def _extension(outcome: _Outcome) -> dict[str, Any]:
-    job = outcome.job
-    return {
-        "job_id": job.job_id.hex(),
-        "verified": True,
-        **_decoding(outcome.sampling),
-        "workers": job.workers,
-        "dissenters": job.dissenters,
-        "receipt": job.receipt.hex(),
-        "tokens": job.tokens,
-    }
-
-
-def _decoding(sampling: SamplingParams) -> dict[str, Any]:
-    """How the answer was decoded, for the ``opengrid`` extension field."""
-    if sampling.greedy:
-        return {"decoding": "greedy"}
-    settings = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
-    return {"decoding": "sampled", "sampling": {**settings, "seed": sampling.seed}}
-
-
-def _headers(outcome: _Outcome) -> dict[str, str]:
-    return {
-        "X-OpenGrid-Job-Id": outcome.job.job_id.hex(),
-        "X-OpenGrid-Verified": "true",
-        "X-OpenGrid-Workers": ",".join(outcome.job.workers),
-    }
-
-
-def _json(body: dict[str, Any], outcome: _Outcome) -> JSONResponse:
-    return JSONResponse(body, headers=_headers(outcome))
-
-
-def _sse(events: list[dict[str, Any]], outcome: _Outcome) -> StreamingResponse:
-    events[-1]["opengrid"] = _extension(outcome)
-
-    async def stream() -> AsyncIterator[str]:
-        for event in events:
-            yield f"data: {json.dumps(event)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=_headers(outcome))
