@@ -7,6 +7,8 @@ import pathlib
 from dataclasses import dataclass
 from typing import Literal
 
+from opengrid_ledger.genesis import Genesis, decode_genesis
+
 from opengrid.core.availability import parse_windows
 from opengrid.errors import ConfigError
 
@@ -205,3 +207,19 @@ class NodeConfig:
     @property
     def serves_models(self) -> bool:
         return self.role in ("worker", "edge")
+
+
+def load_genesis(config: NodeConfig) -> Genesis | None:
+    """The genesis file the config names, checked against the node's network; None without one."""
+    if config.genesis is None:
+        return None
+    try:
+        genesis = decode_genesis(config.genesis.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read genesis file {config.genesis}: {exc.strerror or exc}") from exc
+    if genesis.network != config.network:
+        raise ConfigError(
+            f"genesis file {config.genesis} is for network {genesis.network!r}, this node is on "
+            f"{config.network!r}; start it with --network {genesis.network}"
+        )
+    return genesis

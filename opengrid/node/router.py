@@ -84,7 +84,7 @@ class Router:
         self._status = status
         self._history = history
         self._receipt = receipt
-        """Answers (peer, job id) with the job's JobReceipt or an ErrorReply (``Node.receipt``)."""
+        """Answers (peer, job id) with the job's JobReceipt or an ErrorReply (``Lookups.receipt``)."""
         self._dial_backs = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
         """Dial-backs run for peers at once (spec/discovery.md §9.1): a peer asking in a loop waits."""
         self._on_stream: dict[type[Message], _StreamHandler] = {

@@ -25,8 +25,7 @@ from collections.abc import Callable
 
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import ChainWriter, LedgerState, Receipt, decode_body, encode_entry
-from opengrid_ledger.genesis import Genesis, decode_genesis
+from opengrid_ledger import ChainWriter, LedgerState
 
 import opengrid
 from opengrid.core.audit import GREEDY, SamplingParams
@@ -54,7 +53,7 @@ from opengrid.node.api import ApiSettings
 from opengrid.node.api_service import ApiService
 from opengrid.node.autorelay import AutoRelay
 from opengrid.node.availability import Availability
-from opengrid.node.config import NodeConfig
+from opengrid.node.config import NodeConfig, load_genesis
 from opengrid.node.context import NodeContext, TaskStatus
 from opengrid.node.coordinator_admission import CoordinatorAdmission
 from opengrid.node.coordinator_driver import CoordinatorDriver
@@ -62,6 +61,7 @@ from opengrid.node.coordinator_requests import CoordinatorRequests
 from opengrid.node.identity import load_or_create_seed
 from opengrid.node.ledger_service import LedgerService
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
+from opengrid.node.lookups import Lookups
 from opengrid.node.membership import Membership
 from opengrid.node.registration import Registration
 from opengrid.node.router import Router
@@ -73,10 +73,7 @@ from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import open_ledger
 from opengrid.wire.messages import (
     ErrorReply,
-    History,
     JobAccepted,
-    JobReceipt,
-    Message,
     ModelOffer,
     NodeStatus,
     PromptFormat,
@@ -131,6 +128,7 @@ class Node:
         self.coordinator_requests = CoordinatorRequests(self.ctx, self.coordinator_driver)
         self.worker_driver = WorkerDriver(self.ctx)
         self.registration = Registration(self.ctx, self.ledger_service, self.availability)
+        self.lookups = Lookups(self.ctx, self.coordinator_driver)
         self.router = Router(
             self.ctx,
             availability=self.availability,
@@ -139,8 +137,8 @@ class Node:
             requests=self.coordinator_requests,
             worker=self.worker_driver,
             status=self.status,
-            history=self.history,
-            receipt=self.receipt,
+            history=self.lookups.history,
+            receipt=self.lookups.receipt,
         )
         self.api_service = ApiService(self.ctx, self.coordinator_driver, self.registration)
         self.auto_relay: AutoRelay | None = None
@@ -231,7 +229,7 @@ class Node:
                 f"cannot write the trace file {exc.filename}: {exc.strerror or exc}; "
                 "choose a writable path for --trace-frames / --trace-timing"
             ) from exc
-        genesis = _load_genesis(config)
+        genesis = load_genesis(config)
         # A genesis that names coordinators fixes the set: genesis + ADMIT entries, the same on every node
         # (spec/ledger.md §7); without one, a node trusts itself and the coordinators it registered with.
         closed = genesis is not None and bool(genesis.coordinators)
@@ -473,55 +471,6 @@ class Node:
         )
         return bounded_status(status)  # lists cut to their wire limits (spec/limits.md)
 
-    def history(self, account: bytes, limit: int) -> History:
-        """The newest ``limit`` entries that concern ``account`` — receipts that credit or outvote it, and
-        entries it authored (its HOLDs: a paying client learns its chain head from them) — oldest first."""
-        assert self.ledger is not None
-        found = []
-        for entry in reversed(self.ledger.entries()):
-            body = decode_body(entry.body)  # verified when applied; the client verifies again anyway
-            payload = body.payload
-            if body.author == account or (
-                isinstance(payload, Receipt)
-                and (account in payload.dissenters or any(c.account == account for c in payload.credits))
-            ):
-                found.append(encode_entry(entry))
-                if len(found) == limit:
-                    break
-        return History(entries=found[::-1])
-
-    def receipt(self, peer: str, job_id: bytes) -> Message:
-        """Job ``job_id``'s receipt from this node's ledger (receipts are public ledger entries), with the
-        job's output when ``peer`` submitted it here and the job store still keeps its open answer (24 h);
-        ``unknown_job`` when the ledger has no receipt for it (spec/job-protocol.md §6.9)."""
-        assert self.ledger is not None
-        store = self.coordinator_driver.job_store
-        kept = store.answer(job_id, peer) if store is not None else None
-        if kept is not None and not kept.sealed_outputs:
-            return JobReceipt(
-                job_id=job_id,
-                receipt=kept.receipt,
-                answered=True,
-                text=kept.text,
-                tokens=kept.tokens,
-                finish_reason=kept.finish_reason,
-            )
-        entry = self.ledger.receipt_for(job_id)  # an index: asking costs no scan of the ledger
-        if entry is not None:  # verified when applied; the client verifies it again
-            return JobReceipt(job_id=job_id, receipt=encode_entry(entry))
-        running = job_id in self.coordinator_driver.jobs
-        return ErrorReply(
-            "unknown_job",
-            f"no receipt for job {job_id.hex()} on this {self.config.role}: "
-            + (
-                "it is still running; ask again once it is answered"
-                if running
-                else "it never ran here, or it failed (a failed job has no receipt); ask the coordinator "
-                "that ran it (its peer id is in the answer), or check the job id"
-            ),
-            job_id,
-        )
-
     async def _status_line_loop(self) -> None:
         """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""
         while True:
@@ -547,21 +496,6 @@ class Node:
                     worker.running,
                     speed,
                 )
-
-
-def _load_genesis(config: NodeConfig) -> Genesis | None:
-    if config.genesis is None:
-        return None
-    try:
-        genesis = decode_genesis(config.genesis.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read genesis file {config.genesis}: {exc.strerror or exc}") from exc
-    if genesis.network != config.network:
-        raise ConfigError(
-            f"genesis file {config.genesis} is for network {genesis.network!r}, this node is on "
-            f"{config.network!r}; start it with --network {genesis.network}"
-        )
-    return genesis
 
 
 async def serve(config: NodeConfig) -> None:
