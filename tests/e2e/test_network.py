@@ -427,7 +427,10 @@ def test_a_coordinator_restart_does_not_lose_an_accepted_job(tmp_path: pathlib.P
         workers = [net.start(f"worker-{i}", "worker", bootstrap=address) for i in (1, 2)]
         for worker in workers:
             net.wait_ready(worker)
-        job = SubmitJob(job_id=b"\x42" * 16, model="smollm2-135m-instruct", prompt="1, 2, 3,", max_tokens=300)
+        # 120 tokens: a second or more of counting even on a quiet machine (the kill below comes within
+        # ~10 ms of the job starting); each token more costs three times over (the resumed job on two
+        # workers, then llama.cpp's own answer, generated twice by direct_llama).
+        job = SubmitJob(job_id=b"\x42" * 16, model="smollm2-135m-instruct", prompt="1, 2, 3,", max_tokens=120)
         with Client([address], network=NETWORK, timeout=120) as client:
             wait_for_workers(client, 2, timeout=60)
             lost: list[BaseException] = []

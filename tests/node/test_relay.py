@@ -19,8 +19,10 @@ from opengrid.core import autorelay as autorelay_policy
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError
+from opengrid.net import relay as relay_keeper
 from opengrid.net.host import Host, open_host
 from opengrid.net.relay import is_circuit
+from opengrid.node import autorelay as autorelay_driver
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.commitment import commit_output
@@ -53,6 +55,15 @@ class RelayProcess:
             async with open_host(self.seed, (self.listen,), relay=True) as host:
                 task_status.started(host)
                 await trio.sleep_forever()
+
+
+@pytest.fixture
+def prompt_relay_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keeper that lost its relay retries every second rather than backing off to 10 s, and the
+    auto-relay steps every second rather than every 5 s: the tests below wait for a relay to come back,
+    and these pauses (tuning, not what is tested) made most of their time."""
+    monkeypatch.setattr(relay_keeper, "_MAX_RETRY_S", 1.0)
+    monkeypatch.setattr(autorelay_driver, "_TICK_S", 1.0)
 
 
 def online_workers(node: Node) -> set[str]:
@@ -146,7 +157,10 @@ async def test_a_worker_reachable_only_through_a_relay_receives_and_completes_a_
 
 
 async def test_a_relayed_worker_goes_offline_when_its_relay_is_gone_and_returns_with_it(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+    tmp_path: pathlib.Path,
+    tiny_model_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    prompt_relay_retries: None,
 ) -> None:
     """Without a relay the worker cannot be reached, so it stops registering (with a warning saying why)
     and its coordinator marks it offline after three missed beats; when the relay restarts (same identity
@@ -186,6 +200,7 @@ async def test_a_worker_whose_given_relay_is_gone_takes_another_and_returns_to_i
     tiny_model_path: pathlib.Path,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    prompt_relay_retries: None,
 ) -> None:
     """A worker that listens on nothing, given one relay (--relay-via): when that relay is gone for longer
     than the grace (``SWITCH_AFTER_S``, 60 s, shortened here) it reserves on a relay it knows of by itself
@@ -222,8 +237,8 @@ async def test_a_worker_whose_given_relay_is_gone_takes_another_and_returns_to_i
         await until(lambda: me in online_workers(coordinator), timeout=20, state=state)
 
         await relay.start(nursery)
-        # its keeper re-reserves within a retry (≤ 10 s) on a quiet machine, much later on a loaded one (the
-        # test above allows 75 s for it); the relay taken meanwhile goes at the next step after that
+        # its keeper re-reserves within a retry (≤ 1 s here) on a quiet machine, much later on a loaded one
+        # (the test above allows 75 s for it); the relay taken meanwhile goes at the next step after that
         await until(lambda: worker.host.addrs() == [given], 75, state=state)  # type: ignore[union-attr]
         assert worker.auto_relay.keeper is None
         assert any("holds a reservation again" in r.getMessage() for r in caplog.records)
