@@ -145,6 +145,17 @@ def _positive_float(value: object, from_text: bool) -> float:
     return float(value)
 
 
+def _fraction(value: object, from_text: bool) -> float:
+    if from_text and isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError("expected a number from 0 to 1") from None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError("expected a number from 0 to 1")
+    return float(value)
+
+
 def _bool(value: object, from_text: bool) -> bool:
     if from_text and isinstance(value, str):
         word = value.strip().lower()
@@ -300,6 +311,9 @@ KEYS: dict[str, _Key] = {
     "trace_timing": _Key(_path, optional=True),
     "adversary": _Key(_choice(ADVERSARIES), optional=True),
     "verify": _Key(_choice(VERIFY_MODES)),
+    "auditors": _Key(_int(1)),
+    "audit_full_rate": _Key(_fraction),
+    "audit_second_rate": _Key(_fraction),
 }
 """Every ``node start`` flag, by its name (``--max-load`` -> ``max_load``), and how its values are
 checked; each sets the NodeConfig field of the same name unless ``field`` says another."""
@@ -570,6 +584,27 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         choices=VERIFY_MODES,
         help="how open jobs are verified: bit-identical replicas (replicate, the default) or one worker "
         "generating and another holding the same weights re-scoring its output (audit)",
+    )
+    coordinator.add_argument(
+        "--auditors",
+        type=int,
+        metavar="N",
+        help="--verify audit: workers that must pass each claim (default: 1)",
+    )
+    coordinator.add_argument(
+        "--audit-full-rate",
+        type=float,
+        metavar="P",
+        help="--verify audit: share of a trusted prover's claims scored in full; the rest are scored on "
+        "a random prefix, drawn after the claim (untrusted provers: always in full; default: 1, every "
+        "claim in full; spec/verification.md §13.5)",
+    )
+    coordinator.add_argument(
+        "--audit-second-rate",
+        type=float,
+        metavar="P",
+        help="--verify audit: share of claims given one more auditor and a full window (a second audit, "
+        "which meets a lying auditor; default: 0)",
     )
     coordinator.add_argument(
         "--require-payment",

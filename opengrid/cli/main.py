@@ -358,9 +358,7 @@ async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
     node = Node(
         config,
         api=api,
-        coordinator_config=policy(
-            heartbeat_s=config.heartbeat_s, require_payment=config.require_payment, verify=config.verify
-        ),
+        coordinator_config=policy(**config.coordinator_settings()),
         trace_frames=config.trace_frames,
         trace_timing=config.trace_timing,
     )

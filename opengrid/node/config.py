@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 from opengrid_ledger.genesis import Genesis, decode_genesis
 
@@ -33,6 +33,17 @@ DEFAULT_MAX_TOKENS_PER_JOB = 1024
 EDGE_MAX_TOKENS_PER_JOB = 128
 """An edge node (a small machine) takes short jobs only, unless ``max_tokens_per_job`` says otherwise."""
 DEFAULT_MAX_CONTEXT = 2048
+
+
+class CoordinatorSettings(TypedDict):
+    """The ``CoordinatorConfig`` fields a node's settings decide (``NodeConfig.coordinator_settings``)."""
+
+    heartbeat_s: float
+    require_payment: bool
+    verify: VerifyMode
+    auditors: int
+    audit_full_rate: float
+    audit_second_rate: float
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,13 @@ class NodeConfig:
     verify: VerifyMode = "replicate"
     """Coordinator: how open jobs are verified (``CoordinatorConfig.verify``, spec/verification.md §13):
     ``replicate`` (bit-identical replicas) or ``audit`` (one prover, re-scored by another worker)."""
+    auditors: int = 1
+    """Coordinator, ``verify = "audit"``: workers that must pass each claim (CoordinatorConfig.auditors)."""
+    audit_full_rate: float = 1.0
+    """Coordinator, ``verify = "audit"``: share of a trusted prover's claims scored in full, the rest on a
+    random prefix window (``CoordinatorConfig.audit_full_rate``, spec/verification.md §13.5)."""
+    audit_second_rate: float = 0.0
+    """Coordinator, ``verify = "audit"``: share of claims given a second, full audit."""
     admit_after_jobs: int = 0
     """Coordinators of a network with a genesis file: co-sign, without asking the operator, the admission
     of a candidate coordinator whose key earned at least this many verified jobs as a worker in our
@@ -114,6 +132,17 @@ class NodeConfig:
     """Append every job-protocol message received to this file (read by the CLI)."""
     trace_timing: pathlib.Path | None = None
     """Append a JSON line per job timing point to this file (read by the CLI)."""
+
+    def coordinator_settings(self) -> CoordinatorSettings:
+        """The ``CoordinatorConfig`` fields this config sets (heartbeat, payment, how jobs are verified)."""
+        return {
+            "heartbeat_s": self.heartbeat_s,
+            "require_payment": self.require_payment,
+            "verify": self.verify,
+            "auditors": self.auditors,
+            "audit_full_rate": self.audit_full_rate,
+            "audit_second_rate": self.audit_second_rate,
+        }
 
     def validated(self) -> NodeConfig:
         """Return a copy with ``auto`` resolved; raise ConfigError naming the bad value and the choices."""
@@ -148,6 +177,11 @@ class NodeConfig:
             raise ConfigError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.verify not in VERIFY_MODES:
             raise ConfigError(f"verify {self.verify!r} is not one of {', '.join(VERIFY_MODES)}")
+        if self.auditors < 1:
+            raise ConfigError(f"auditors must be at least 1, got {self.auditors}")
+        for name in ("audit_full_rate", "audit_second_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be from 0 to 1, got {getattr(self, name)}")
         if self.http_backend not in HTTP_BACKENDS:
             raise ConfigError(f"http_backend {self.http_backend!r} is not one of {', '.join(HTTP_BACKENDS)}")
         if self.http_url is not None and not self.http_url.startswith(("http://", "https://")):

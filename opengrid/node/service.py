@@ -109,9 +109,7 @@ class Node:
         self._trace_path = trace_frames
         self._timing_path = trace_timing
         self._coordinator_config = coordinator_config or CoordinatorConfig(
-            heartbeat_s=config.heartbeat_s,
-            require_payment=config.require_payment,
-            verify=config.verify,
+            **config.coordinator_settings(),
             model_params=pinned_params(),
         )
         self.api_urls: list[str] = []
