@@ -30,6 +30,12 @@ def missing_extra(exc: ModuleNotFoundError, command: str) -> str | None:
     """The one-line message for ``exc`` raised by ``opengrid COMMAND``; None when the missing module is
     not one of the node extra's (a real bug, which should show its traceback)."""
     name = (exc.name or "").partition(".")[0]
+    if name == "simulations":  # the simulator's package lives in the source tree, not in the wheel
+        return (
+            f"`opengrid {command.strip()}` runs the simulator, which ships with OpenGrid's source tree, "
+            "not with the installed package: run it from a checkout "
+            "(`make setup`, then `.venv/bin/opengrid sim ...`)"
+        )
     if name not in NODE_EXTRA_MODULES:
         return None
     return (

@@ -75,3 +75,26 @@ def test_the_cli_and_the_api_agree_on_the_default_api_address() -> None:
     from opengrid.node import api, config
 
     assert config.DEFAULT_API_ADDRESS == api.DEFAULT_API_ADDRESS
+
+
+def test_the_simulator_outside_a_checkout_says_where_it_runs(tmp_path: pathlib.Path) -> None:
+    """An installed wheel has no ``simulations`` package (it ships with the source tree)."""
+    script = "import sys\nsys.modules['simulations'] = None\n" + _WITHOUT_NODE_EXTRA.split("\n", 1)[
+        1
+    ].replace(f"for name in {sorted(NODE_EXTRA_MODULES)!r}:\n    sys.modules[name] = None\n", "")
+    scenario = ROOT / "simulations" / "scenarios" / "baseline.toml"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "sdk"), str(ROOT / "ledger")])}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "sim", "run", str(scenario), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "opengrid: error: `opengrid sim` runs the simulator, which ships with OpenGrid's source tree, "
+        "not with the installed package: run it from a checkout "
+        "(`make setup`, then `.venv/bin/opengrid sim ...`)"
+    )
