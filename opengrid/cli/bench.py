@@ -31,7 +31,7 @@ from typing import Any, Final
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.contract import sampling_problem
-from opengrid.wire.messages import MAX_PROMPT_CHARS
+from opengrid.wire.messages import MAX_PROMPT_CHARS, MAX_REPLICAS, MAX_TOKENS_LIMIT
 
 MAX_PROMPTS: Final = 10_000
 """Prompts in one file, at most: a run is a benchmark, not a queue."""
@@ -114,14 +114,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run_parser.add_argument(
         "--max-tokens",
-        type=_bounded_int("--max-tokens", 1, 2**31 - 1),
+        type=_bounded_int("--max-tokens", 1, MAX_TOKENS_LIMIT),
         default=64,
         metavar="N",
         help="for lines without 'max_tokens' (default 64)",
     )
     run_parser.add_argument(
         "--replicas",
-        type=_bounded_int("--replicas", 1, 64),
+        type=_bounded_int("--replicas", 1, MAX_REPLICAS),
         default=2,
         metavar="N",
         help="for lines without 'replicas': workers that must agree (default 2)",
@@ -235,8 +235,9 @@ def _job_of(raw: str, line: int, *, model: str, max_tokens: int, replicas: int, 
     chosen_model = item.get("model", model)
     if not isinstance(chosen_model, str) or not chosen_model:
         raise ConfigError("'model' must be a non-empty string (a model name or a GGUF sha256)")
-    tokens = _whole(item, "max_tokens", max_tokens, 1, 2**31 - 1)
-    copies = _whole(item, "replicas", replicas, 1, 64)
+    # The wire's own limits, so a line the coordinator would refuse is refused here, before anything is sent.
+    tokens = _whole(item, "max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+    copies = _whole(item, "replicas", replicas, 1, MAX_REPLICAS)
     seal = item.get("sealed", sealed)
     if not isinstance(seal, bool):
         raise ConfigError(f"'sealed' must be true or false, got {seal!r}")

@@ -135,7 +135,9 @@ def test_a_malformed_line_is_refused_with_its_number_before_anything_is_sent(tmp
     assert not out.exists()
     for line, problem in [
         ('{"prompt": "x", "temperature": -1}', "temperature"),
-        ('{"prompt": "x", "max_tokens": 0}', "'max_tokens' must be a whole number 1..2147483647, got 0"),
+        ('{"prompt": "x", "max_tokens": 0}', "'max_tokens' must be a whole number 1..8192, got 0"),
+        ('{"prompt": "x", "max_tokens": 9000}', "'max_tokens' must be a whole number 1..8192, got 9000"),
+        ('{"prompt": "x", "replicas": 9}', "'replicas' must be a whole number 1..8, got 9"),
         ('{"prompt": "x", "colour": "red"}', "unknown key(s) 'colour'"),
         ('["prompt"]', "expected a JSON object"),
     ]:

@@ -285,14 +285,7 @@ class AuditsPart(CoordinatorParts):
         # An answer audited in full is a verified one: good for canaries. A window leaves its tail unchecked
         # (§13.5), and a canary with a wrong known answer would punish the honest workers it is sent to.
         if job.request.prompt and (job.plan is None or job.plan.full):
-            self.add_known_answer(
-                job.request.prompt,
-                job.contract,
-                job.request.max_tokens,
-                prover_att.output_commitment,
-                seen={self.workers[p].key for p in job.tried() if p in self.workers},
-                format=job.request.format,
-            )
+            self._keep_answer(job, prover_att.output_commitment)
         evidence = self._evidence(job)
         points = max(1, n_tokens) * job.weight
         # Auditors are paid for the tokens they scored: a partial audit's window (§13.5), else all of them.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from opengrid.core.coordinator.records import Canary, KnownAnswer
+from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.effects import DispatchReplica, Effect, Penalize
 from opengrid.core.events import ReplicaReturned
@@ -21,6 +21,17 @@ class CanariesPart(CoordinatorParts):
 
     A mixin of ``Coordinator`` over ``CoordinatorParts``.
     """
+
+    def _keep_answer(self, job: JobRecord, commitment: bytes) -> None:
+        """Keep ``job``'s verified answer for canaries; the workers it went to already know the prompt."""
+        self.add_known_answer(
+            job.request.prompt,
+            job.contract,
+            job.request.max_tokens,
+            commitment,
+            seen={self.workers[p].key for p in job.tried() if p in self.workers},
+            format=job.request.format,
+        )
 
     def add_known_answer(
         self,

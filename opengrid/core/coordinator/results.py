@@ -293,12 +293,5 @@ class ResultsPart(CoordinatorParts):
             self._measure(peer, n_tokens, job.elapsed.get(peer, 0.0))
         if job.request.sealed or not job.request.prompt:
             return divergent  # sealed mode: the coordinator never saw the prompt, so it cannot replay it
-        self.add_known_answer(
-            job.request.prompt,
-            job.contract,
-            job.request.max_tokens,
-            agreement.commitment,
-            seen={self.workers[p].key for p in job.tried() if p in self.workers},
-            format=job.request.format,
-        )
+        self._keep_answer(job, agreement.commitment)
         return divergent

@@ -35,7 +35,6 @@ from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     ErrorCode,
     ModelOffer,
-    PromptFormat,
     ReceiptNotice,
     ReplicaResult,
     SubmitJob,
@@ -162,16 +161,7 @@ class CoordinatorParts(ABC):
     def _on_canary_returned(self, event: ReplicaReturned, now: float) -> list[Effect]: ...
 
     @abstractmethod
-    def add_known_answer(
-        self,
-        prompt: str,
-        contract: DecodingContract,
-        max_tokens: int,
-        commitment: bytes,
-        *,
-        seen: Iterable[bytes] = (),
-        format: PromptFormat = "text",
-    ) -> None: ...
+    def _keep_answer(self, job: JobRecord, commitment: bytes) -> None: ...
 
     # ── streaming.py: verified prefixes of streaming jobs ──────────────────────────────────────────────
 
