@@ -287,6 +287,7 @@ KEYS: dict[str, _Key] = {
     "bootstrap": _Key(_multiaddrs),
     "relay": _Key(_bool, optional=True),
     "relay_via": _Key(_multiaddrs),
+    "lan": _Key(_bool),
     "heartbeat": _Key(_positive_float, field="heartbeat_s"),
     "announce": _Key(_positive_float, field="announce_s"),
     "model": _Key(_model, optional=True),
@@ -361,7 +362,9 @@ def load_settings(
     unknown_flags = sorted(set(flags) - set(KEYS))
     if unknown_flags:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown_flags)}; known: {', '.join(KEYS)}")
-    defaults = NodeConfig(data_dir=default_data_dir())
+    # `node start` looks for its grid on the LAN by default; NodeConfig's own default (off) is for nodes
+    # made in-process (tests, the simulator's tools), which must not multicast.
+    defaults = NodeConfig(data_dir=default_data_dir(), lan=True)
     values: dict[str, Any] = {key: getattr(defaults, field_of(key)) for key in KEYS}
     sources = dict.fromkeys(KEYS, "default")
 
@@ -503,6 +506,14 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--relay",
         action=argparse.BooleanOptionalAction,
         help="relay for nodes that cannot be dialled (circuit relay v2; default: coordinators do)",
+    )
+    network.add_argument(
+        "--lan",
+        action=argparse.BooleanOptionalAction,
+        help="find this network's nodes on the local network (mDNS) and announce this one there, on the "
+        "interfaces it listens on (--listen /ip4/0.0.0.0/tcp/4001: the whole LAN; the default 127.0.0.1: "
+        "this machine). Without --bootstrap a node first looks for 3 s: it joins a grid it finds as a "
+        "worker, else it starts one as coordinator (default: on)",
     )
     network.add_argument(
         "--relay-via",

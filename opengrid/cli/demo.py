@@ -103,6 +103,7 @@ class DemoNetwork:
             self.network,
             "--heartbeat",
             "2",
+            "--no-lan",  # the demo's grid is whole by itself: nothing to look for, nothing to announce
         ]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap, "--model", self.model, "--threads", "1"]

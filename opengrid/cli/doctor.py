@@ -124,7 +124,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Check the settings `opengrid node start` would run with (the same flags, OPENGRID_<KEY> "
             "variables and config file): the data dir and identity, a node already running there, whether "
             "each listen address can be bound and who can reach it, the RTT to each bootstrap node (a DNS "
-            "name resolved first), and how the node finds peers (a running node: its peers by role). "
+            "name resolved first), and how the node finds peers (the nodes of its network that answer on the "
+            "LAN; a running node: its peers by role). "
             "Exit status 1 when a check fails."
         ),
     )
@@ -150,6 +151,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     doctor.add_argument(
         "--role", choices=("worker", "coordinator", "edge", "auto"), default=None, help="the node's role"
+    )
+    doctor.add_argument(
+        "--lan",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="look for the network's nodes on the LAN (mDNS, 2 s) as `node start` would (default: on)",
     )
     doctor.add_argument(
         "--config",
@@ -207,7 +214,7 @@ def diagnose(
     checks.extend(bootstrap_checks(config, role, bootstraps))
     checks.append(reachability_check(config.listen, dial_back))
     checks.append(relay_check(config.listen, running_addrs))
-    checks.append(discovery_check(config, role, running, bootstraps))
+    checks.append(discovery_check(config, role, running, bootstraps, lan=_look_on_the_lan(config)))
     return {
         "role": role,
         "network": config.network,
@@ -923,19 +930,66 @@ def peers_by_role(status: NodeStatus) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+LAN_LOOK_S = 2.0
+"""How long ``doctor`` listens for nodes of the network on the LAN (mDNS)."""
+
+
+def _look_on_the_lan(config: NodeConfig) -> LanLook | None:
+    """The nodes of the network that answer on the LAN (mDNS, where the node would use it); None when
+    LAN discovery is off or the node listens on no IPv4 address."""
+    from opengrid.net.host import derive_psk
+    from opengrid.net.lan import lan_scope, look_for_grid
+
+    scope = lan_scope(() if config.no_listen else config.listen)
+    if not config.lan or scope is None:
+        return None
+    psk = derive_psk(config.network, config.network_key) if config.network_key else None
+    try:
+        found = trio.run(
+            lambda: look_for_grid(network=config.network, scope=scope, wait_s=LAN_LOOK_S, psk=psk)
+        )
+    except OpenGridError as exc:
+        return LanLook(scope, [], error=str(exc))
+    return LanLook(scope, [peer.peer_id for peer in found])
+
+
+@dataclass(frozen=True)
+class LanLook:
+    """What ``doctor`` heard on the LAN: where it listened, the peers of the network that answered."""
+
+    scope: tuple[str, ...]
+    peers: list[str]
+    error: str = ""
+
+    def describe(self) -> str:
+        where = ", ".join(self.scope) or "every interface"
+        if self.error:
+            return f"LAN (mDNS on {where}): unusable, {self.error}"
+        return (
+            f"LAN (mDNS on {where}): {len(self.peers)} node(s) of this network answered in {LAN_LOOK_S:.0f} s"
+        )
+
+
 def discovery_check(
-    config: NodeConfig, role: str, running: Probe | None, bootstraps: Sequence[Probe]
+    config: NodeConfig,
+    role: str,
+    running: Probe | None,
+    bootstraps: Sequence[Probe],
+    *,
+    lan: LanLook | None = None,
 ) -> Check:
     """How this node finds (or would find) peers, and what a running node has found (spec/discovery.md):
-    the bootstrap addresses first; through the peers they lead to, gossip announcements and the DHT's
-    ``role:coordinator`` provider records; relays for peers it cannot dial. The node does not record which
-    of these found each peer, so a running node's peers are counted by role."""
+    the bootstrap addresses first, and the nodes of the network that answer on the LAN (mDNS, ``lan``);
+    through the peers they lead to, gossip announcements and the DHT's ``role:coordinator`` provider
+    records; relays for peers it cannot dial. The node does not record which of these found each peer,
+    so a running node's peers are counted by role."""
     name = "discovery"
     reached = [b for b in bootstraps if b.status is not None]
     paths = (
-        f"{len(config.bootstrap)} bootstrap address(es), {len(reached)} answering; then gossip "
-        "announcements and the DHT's role:coordinator records through the peers they lead to; relays for "
-        "peers it cannot dial"
+        f"{len(config.bootstrap)} bootstrap address(es), {len(reached)} answering; "
+        + (f"{lan.describe()}; " if lan is not None else "LAN discovery off; ")
+        + "then gossip announcements and the DHT's role:coordinator records through the peers they lead "
+        "to; relays for peers it cannot dial"
     )
     status = running.status if running is not None else None
     if status is not None:
@@ -951,6 +1005,8 @@ def discovery_check(
         return Check(name, "ok", detail)
     detail = f"paths: {paths}; no node runs on this data dir to say what it found"
     if not config.bootstrap:
+        if lan is not None and lan.peers and role != "coordinator":
+            return Check(name, "ok", f"{detail}; it would join the grid it finds on the LAN")
         if role == "coordinator":
             return Check(name, "ok", f"{detail}; a coordinator without bootstrap starts its own network")
         return Check(
@@ -964,7 +1020,10 @@ def discovery_check(
 
 def _discovery_fix(config: NodeConfig, bootstraps: Sequence[Probe]) -> str:
     if not config.bootstrap:
-        return "no bootstrap configured: pass --bootstrap or set bootstrap in config.toml"
+        fix = "no bootstrap configured: pass --bootstrap or set bootstrap in config.toml"
+        if config.lan:
+            fix += ", or start a node of this network on the LAN first (none answered)"
+        return fix
     unresolved = [b.address for b in bootstraps if b.status is None and "does not resolve" in b.error]
     if unresolved:
         return f"{', '.join(unresolved)} does not resolve: fix the name or pass an /ip4/ address"

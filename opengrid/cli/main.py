@@ -84,8 +84,10 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Start one OpenGrid node. A coordinator accepts jobs, sends each to several workers, compares "
             "their outputs and signs receipts that pay the agreeing workers. A worker runs a model and "
-            "joins the network through --bootstrap (any node), hears every node's announcements on gossip "
-            "and registers with every coordinator. The node's identity (an Ed25519 key) is created in "
+            "joins the network through --bootstrap (any node) or, without one, through a node of its "
+            "network it finds on the LAN (mDNS, 3 s; none found: an auto node starts a grid as its "
+            "coordinator), hears every node's announcements on gossip and registers with every "
+            "coordinator. The node's identity (an Ed25519 key) is created in "
             "--data-dir on first start and reused afterwards."
         ),
     )
@@ -461,7 +463,9 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     for problem in unknown_env_vars(env):
         log.warning("%s", problem)
     config, sources = load_settings(flags_from_namespace(args), env, resolve_config_file(args.config, env))
-    config = config.validated()
+    from opengrid.node.lan_join import look_before_start
+
+    config = look_before_start(config).validated()
     _check_listen_ports(config.listen)
     for key, source in sorted(sources.items()):
         if source != "default":

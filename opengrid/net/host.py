@@ -560,10 +560,21 @@ class Host:
         """Full multiaddrs (with ``/p2p/<id>``) that others can dial: the listen addresses, then the
         circuit addresses of the relays that hold a reservation for us (spec/discovery.md §8.2)."""
         suffix = f"/p2p/{self.peer_id}"
-        out = []
+        out: list[str] = []
         for addr in self._host.get_addrs():
             text = str(addr)
-            out.append(text if text.endswith(suffix) else text + suffix)
+            text = text if text.endswith(suffix) else text + suffix
+            if text.startswith(_ANY_IPV4):
+                # A 0.0.0.0 listener is dialled on the machine's addresses, never on 0.0.0.0 itself
+                # (which means "this machine" to a dialler: useless to a peer elsewhere).
+                from opengrid.net.lan import local_ipv4_addresses
+
+                rest = text[len(_ANY_IPV4) :]
+                out.extend(
+                    f"/ip4/{ip}/{rest}" for ip in local_ipv4_addresses() if f"/ip4/{ip}/{rest}" not in out
+                )
+                continue
+            out.append(text)
         return out + self._relay_addrs
 
     def relay_addresses(self) -> list[str]:
@@ -830,6 +841,7 @@ def _listen_multiaddrs(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
     return out
 
 
+_ANY_IPV4: Final = "/ip4/0.0.0.0/"
 PSK_BYTES: Final = 32
 _DIRECT_FIRST_S: Final = 3.0
 _DISCONNECT_S: Final = 5.0

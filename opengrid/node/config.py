@@ -95,6 +95,10 @@ class NodeConfig:
     do and other roles do not — a coordinator must be reachable anyway and every worker already knows it,
     so a worker behind NAT needs no extra configuration; relayed traffic is small (prompts, answers,
     heartbeats) and bounded per circuit (``opengrid.net.relay.RELAY_LIMITS``)."""
+    lan: bool = False
+    """Announce this node on the local network and dial the nodes of its network found there (mDNS,
+    opengrid/net/lan.py), on the interfaces it listens on. Off here (a library default: in-process nodes and
+    tests stay quiet); ``opengrid node start`` turns it on unless ``--no-lan`` (settings.py)."""
     relay_via: tuple[str, ...] = ()
     """Relays to hold a reservation on and be reachable through (their full multiaddrs). Empty and no
     ``listen`` address: the bootstrap nodes are used as relays."""

@@ -59,6 +59,7 @@ from opengrid.node.coordinator_admission import CoordinatorAdmission
 from opengrid.node.coordinator_driver import CoordinatorDriver
 from opengrid.node.coordinator_requests import CoordinatorRequests
 from opengrid.node.identity import load_or_create_seed
+from opengrid.node.lan_join import join_lan
 from opengrid.node.ledger_service import LedgerService
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
 from opengrid.node.lookups import Lookups
@@ -300,6 +301,8 @@ class Node:
                 dht_server=bool(config.listen) and (config.role == "coordinator" or bool(config.relay)),
             )
             await nursery.start(ctx.membership.run)
+            if config.lan:
+                await nursery.start(join_lan, host, config)
             self.auto_relay = AutoRelay(
                 host, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers
             )

@@ -9,14 +9,17 @@ import argparse
 import json
 import os
 import pathlib
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trio
 
 from opengrid.cli import doctor
 from opengrid.net.names import Resolver
@@ -28,6 +31,7 @@ def _clean_env(tmp: pathlib.Path) -> dict[str, str]:
     """The environment without OPENGRID_* settings, and with a config dir that holds no config file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENGRID_")}
     env["XDG_CONFIG_HOME"] = str(tmp / "xdg-config")
+    env["OPENGRID_LAN"] = "false"  # grids of two doctor tests must not find each other (mDNS)
     return env
 
 
@@ -65,7 +69,8 @@ def _diagnose(tmp: pathlib.Path, *argv: str, resolver: Resolver | None = None) -
     parser = argparse.ArgumentParser()
     doctor.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["doctor", "--config", str(config), *argv])
-    return doctor.diagnose(args, {}, resolver=resolver)
+    # LAN discovery off unless a test passes --lan: other tests' nodes announce on loopback too.
+    return doctor.diagnose(args, {"OPENGRID_LAN": "false"}, resolver=resolver)
 
 
 def _check(report: dict[str, Any], prefix: str) -> doctor.Check:
@@ -387,3 +392,43 @@ def test_a_running_worker_reports_the_peers_it_found_by_role(
             worker.communicate(timeout=30)
         finally:
             worker.kill()
+
+
+def _announce_until(network: str, peer: str, announced: threading.Event, done: threading.Event) -> None:
+    """On its own thread: announce ``peer`` of ``network`` on loopback (mDNS) until ``done``."""
+    from opengrid.net.lan import LanDiscovery
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            lan = await nursery.start(
+                LanDiscovery(peer_id=peer, network=network, scope=("127.0.0.1",), port=4001).run
+            )
+            with trio.fail_after(20):
+                while not lan.announced:
+                    await trio.sleep(0.05)
+            announced.set()
+            while not done.is_set():
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    trio.run(run)
+
+
+def test_doctor_reports_the_nodes_of_the_network_it_hears_on_the_lan(tmp_path: pathlib.Path) -> None:
+    network = f"doctor-lan-{secrets.token_hex(4)}"
+    argv = ("--data-dir", str(tmp_path / "w"), "--role", "worker", "--lan", "--network", network)
+    discovery = _check(_diagnose(tmp_path, *argv), "discovery")
+    assert "LAN (mDNS on 127.0.0.1): 0 node(s) of this network answered" in discovery.detail
+    assert discovery.status == "fail" and "on the LAN first (none answered)" in discovery.fix
+    announced, done = threading.Event(), threading.Event()
+    peer = "12D3KooWAL3BE8drsxHzR1efHWAtYnZE2X2EUy53Ggs9Cg47f541"
+    announcer = threading.Thread(target=_announce_until, args=(network, peer, announced, done))
+    announcer.start()
+    try:
+        assert announced.wait(timeout=30)
+        discovery = _check(_diagnose(tmp_path, *argv), "discovery")
+    finally:
+        done.set()
+        announcer.join(timeout=30)
+    assert "LAN (mDNS on 127.0.0.1): 1 node(s) of this network answered" in discovery.detail
+    assert discovery.status == "ok" and "it would join the grid it finds on the LAN" in discovery.detail

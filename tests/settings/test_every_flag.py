@@ -31,6 +31,7 @@ SAMPLES: dict[str, tuple[list[str], str, str]] = {
     "bootstrap": ([ADDRESS], ADDRESS, f'["{ADDRESS}"]'),
     "relay": ([], "true", "true"),
     "relay_via": ([ADDRESS], ADDRESS, f'["{ADDRESS}"]'),
+    "lan": (["--no-lan"], "false", "false"),  # on by default: the sample turns it off (the last flag wins)
     "heartbeat": (["2.5"], "2.5", "2.5"),
     "announce": (["1.5"], "1.5", "1.5"),
     "model": (["tiny"], "tiny", '"tiny"'),

@@ -36,7 +36,8 @@ def _write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
 
 def test_defaults_everywhere() -> None:
     config, sources = load_settings({}, {}, None)
-    assert config == NodeConfig(data_dir=default_data_dir())
+    # NodeConfig's defaults, but LAN discovery on: `node start` looks for its grid (in-process nodes do not)
+    assert config == NodeConfig(data_dir=default_data_dir(), lan=True)
     assert set(sources) == set(KEYS)
     assert set(sources.values()) == {"default"}
 
