@@ -167,12 +167,30 @@ def _wait(driver: WebDriver, what: str, condition: Any) -> None:
         )
 
 
-def _rows(driver: WebDriver, tbody: str) -> list[Any]:
-    return [
-        row
-        for row in driver.find_elements("css selector", f"#{tbody} tr")
-        if not row.find_elements("css selector", "td.empty")
-    ]
+def _rows(driver: WebDriver, tbody: str) -> list[list[dict[str, str]]]:
+    """The rows of a table as its cells' text, title and class, read in one script: the page redraws its
+    tables every second, so elements found one call earlier may be gone (stale) by the next."""
+    rows = driver.execute_script(
+        """return [...document.querySelectorAll(`#${arguments[0]} tr`)]
+            .filter((tr) => !tr.querySelector("td.empty"))
+            .map((tr) => [...tr.cells].map(
+                (td) => ({text: td.textContent, title: td.title, cls: td.className})));""",
+        tbody,
+    )
+    return list(rows)
+
+
+def _worker_columns(driver: WebDriver) -> set[str]:
+    """ "ok" per worker row whose tier is set, RTT a number of ms, and reputation one valid result."""
+    seen = set()
+    for row in _rows(driver, "workers"):
+        cells = [cell["text"] for cell in row]
+        tier, rtt, valid, invalid = cells[2], cells[4], cells[6], cells[7]
+        good = (
+            tier in ("Platinum", "Gold", "Silver", "Bronze") and float(rtt.replace("\N{EN DASH}", "-1")) > 0
+        )
+        seen.add("ok" if good and (valid, invalid) == ("1", "0") else repr(cells))
+    return seen
 
 
 def test_the_coordinators_page_shows_its_workers_and_updates_when_a_job_runs(
@@ -186,9 +204,9 @@ def test_the_coordinators_page_shows_its_workers_and_updates_when_a_job_runs(
     browser.get(f"{grid.api}/")
     _wait(browser, "two workers online", lambda d: _text(d, "workers-online") == "2")
     rows = _rows(browser, "workers")
-    shown = {row.find_element("css selector", "td").get_attribute("title") for row in rows}
+    shown = {row[0]["title"] for row in rows}
     assert shown == {_peer(w) for w in grid.workers}
-    models = sorted(row.find_element("css selector", "td.model").text for row in rows)
+    models = sorted(cell["text"] for row in rows for cell in row if cell["cls"] == "model")
     assert models == sorted([tiny_model_path.stem, HOSTILE])  # the attacker's name, as plain text
     assert browser.find_elements("css selector", "img") == []  # ... never as markup
     assert browser.execute_script("return window.__pwned === undefined") is True
@@ -207,19 +225,28 @@ def test_the_coordinators_page_shows_its_workers_and_updates_when_a_job_runs(
     _wait(browser, "the job answered", lambda d: _text(d, "jobs-answered") == "1")
     _wait(browser, "its receipt", lambda d: len(_rows(d, "receipts")) == 1)
     receipt = _rows(browser, "receipts")[0]
-    assert receipt.find_elements("css selector", "td")[1].get_attribute("title") == job_id
-    assert (
-        int(receipt.find_elements("css selector", "td")[3].text) == reply.json()["usage"]["completion_tokens"]
-    )
+    assert receipt[1]["title"] == job_id
+    assert int(receipt[3]["text"]) == reply.json()["usage"]["completion_tokens"]
     assert _text(browser, "jobs-minute") == "1"
     assert _text(browser, "latency").endswith(" ms")  # p50 / p95 of the one job
     _wait(browser, "the workers' points", lambda d: len(_rows(d, "balances")) >= 2)
+    # Each worker: its tier (from its announcements), the RTT the coordinator measured, its reputation.
+    _wait(browser, "every worker's tier, RTT and one valid result", lambda d: _worker_columns(d) == {"ok"})
 
     # Everything the page loaded came from the node, and the browser reported no violation of the CSP.
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(str(url).startswith(grid.api + "/") for url in resources), resources
     problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert problems == [], problems
+    # ... and the browser enforces that CSP: the page may not reach another origin (127.0.0.2 is one,
+    # and loopback, so a broken policy would not send anything off the machine either).
+    violated = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        document.addEventListener("securitypolicyviolation", (e) => done(e.effectiveDirective), {once: true});
+        fetch("http://127.0.0.2:9/elsewhere").then(() => done("fetched"), () => {});
+        setTimeout(() => done("no violation"), 5000);"""
+    )
+    assert violated == "connect-src"
 
     screenshot = os.environ.get("OPENGRID_DASHBOARD_SCREENSHOT")
     if screenshot:
@@ -232,6 +259,8 @@ def test_a_workers_page_says_the_grids_dashboard_is_its_coordinators(
     browser.get(f"{grid.worker_api}/")
     _wait(browser, "the worker's own view", lambda d: d.find_element("id", "worker-view").is_displayed())
     assert not browser.find_element("id", "grid-view").is_displayed()
-    assert "grid's dashboard is on its coordinator's" in _text(browser, "worker-view")
+    assert "worker, not a coordinator: the grid's dashboard is on its coordinator's" in _text(
+        browser, "worker-view"
+    )
     assert _text(browser, "w-models") == tiny_model_path.stem
     _wait(browser, "its coordinator", lambda d: _text(d, "w-coordinator") == _peer(grid.coordinator))

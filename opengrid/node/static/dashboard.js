@@ -117,6 +117,7 @@
 
   function drawWorker(s) {
     const w = s.worker;
+    set("w-role", s.node.role);
     set("w-models", w.models.join(", "));
     set("w-tier", w.tier);
     set("w-speed", w.tokens_per_s ? `${w.tokens_per_s} tokens/s` : "");
