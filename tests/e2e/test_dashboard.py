@@ -35,6 +35,8 @@ pytestmark = pytest.mark.slow
 NETWORK = "opengrid-dashboard"
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 """A model name an attacker picks (the worker's model file is ``HOSTILE + '.gguf'``)."""
+WORKER_KEY = "worker-api-key"
+"""worker-1 serves its API with a key: its page must ask for it."""
 PAGE_WAIT_S = 30.0
 """The most a page may take to show what the grid did (it polls every second)."""
 
@@ -127,7 +129,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: pathlib.Path
                 "worker-1",
                 "worker",
                 bootstrap=coordinator.addrs[0],
-                extra_args=["--api", f"127.0.0.1:{worker_port}"],
+                extra_args=["--api", f"127.0.0.1:{worker_port}", "--api-key", WORKER_KEY],
             ),
             net.start(
                 "worker-2",
@@ -257,6 +259,16 @@ def test_a_workers_page_says_the_grids_dashboard_is_its_coordinators(
     grid: Grid, browser: WebDriver, tiny_model_path: pathlib.Path
 ) -> None:
     browser.get(f"{grid.worker_api}/")
+    # The page holds no data; the state wants the API key, so the page asks for it.
+    _wait(browser, "the key form", lambda d: d.find_element("id", "key-form").is_displayed())
+    assert "needs its key" in _text(browser, "status")
+    assert not browser.find_element("id", "worker-view").is_displayed()
+    browser.find_element("id", "key").send_keys("wrong")
+    browser.find_element("css selector", "#key-form button").click()
+    _wait(browser, "the wrong key refused", lambda d: "key was refused" in _text(d, "status"))
+    browser.find_element("id", "key").clear()
+    browser.find_element("id", "key").send_keys(WORKER_KEY)
+    browser.find_element("css selector", "#key-form button").click()
     _wait(browser, "the worker's own view", lambda d: d.find_element("id", "worker-view").is_displayed())
     assert not browser.find_element("id", "grid-view").is_displayed()
     assert "worker, not a coordinator: the grid's dashboard is on its coordinator's" in _text(
