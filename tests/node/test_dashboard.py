@@ -10,6 +10,7 @@ import secrets
 import httpx
 import pytest
 import trio
+from opengrid_ledger import Transfer
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.net.host import Host
@@ -19,8 +20,8 @@ from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.job_log import JobLog, percentile
 from opengrid.node.service import Node
-from opengrid.wire.messages import DecodingContract, ModelOffer, Registered, RegisterWorker
-from tests.node.workers import client_host
+from opengrid.wire.messages import DecodingContract, JobAccepted, ModelOffer, Registered, RegisterWorker
+from tests.node.workers import client_host, start_workers
 from tests.waiting import until
 
 NETWORK = "dashboard"
@@ -105,6 +106,56 @@ async def test_the_page_is_open_and_the_state_is_guarded_bounded_and_shared(
     assert grid["receipts"] == [] and grid["balances"] == []
     # Two browsers polling within STATE_MAX_AGE_S got the same bytes: one build, not one per request.
     assert again.content == state.content
+
+
+async def test_the_state_shows_a_job_its_receipt_a_transfer_and_the_balances(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    settings = NodeConfig(data_dir=tmp_path / "c", role="coordinator", network=NETWORK, heartbeat_s=0.5)
+    coordinator = Node(
+        settings,
+        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5),
+        api=ApiSettings(address="127.0.0.1:0"),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None
+        w1, w2 = await start_workers(
+            nursery, tmp_path, ("w1", "w2"), bootstrap=coordinator.host.addrs()[0],
+            model_path=tiny_model_path, network=NETWORK, heartbeat_s=0.5,
+        )  # fmt: skip
+        reply = await coordinator.api_submit(
+            prompt="Hello", model="tiny", max_tokens=4, replicas=2, format="text"
+        )
+        assert isinstance(reply, JobAccepted), reply
+        await until(lambda: w1.points() > 0, 20, lambda: f"w1 has {w1.points()} points")
+        earned = w1.points()
+        # w1 gives w2 one point (a TRANSFER of its own chain) and syncs it to the coordinator.
+        assert w1.ctx.chain is not None and w1.host is not None and w2.host is not None
+        entry, _ = w1.ctx.chain.write(Transfer(to=w2.public_key, amount=1))
+        w1.ledger_service.append(entry)
+        await w1.sync_ledger(coordinator.host.peer_id)
+        ledger = coordinator.ledger
+        assert ledger is not None
+        await until(lambda: ledger.balance(w2.public_key) == earned + 1, 20, lambda: str(ledger.balances()))
+        url = coordinator.api_urls[0]
+        state = await trio.to_thread.run_sync(lambda: httpx.get(f"{url}/dashboard/state", timeout=30))
+        nursery.cancel_scope.cancel()
+
+    grid = state.json()
+    jobs = grid["jobs"]
+    assert jobs["answered"] == 1 and jobs["failed"] == 0 and jobs["last_minute"] == 1
+    assert jobs["per_minute"][-1] == 1 and jobs["latency_p50_ms"] > 0
+    (receipt,) = grid["receipts"]
+    assert receipt["job_id"] == reply.job_id.hex() and receipt["tokens"] == len(reply.tokens)
+    assert receipt["model"] == "tiny" and set(receipt["workers"]) == {w1.host.peer_id, w2.host.peer_id}
+    assert receipt["coordinator"] == coordinator.host.peer_id and receipt["points"] == 2 * earned
+    assert grid["transfers"] == [{"from": w1.host.peer_id, "to": w2.host.peer_id, "points": 1, "memo": ""}]
+    balances = {b["account"]: b["points"] for b in grid["balances"]}
+    assert balances == {w1.host.peer_id: earned - 1, w2.host.peer_id: earned + 1}
+    assert grid["balances"][0]["account"] == w2.host.peer_id  # largest first
+    assert grid["accounts"] == 2 and grid["minted"] == 2 * earned
+    assert {w["peer_id"]: w["jobs_done"] for w in grid["workers"]} == {w1.host.peer_id: 1, w2.host.peer_id: 1}
 
 
 def test_the_job_log_counts_minutes_and_keeps_only_its_newest() -> None:
