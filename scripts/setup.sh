@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # py-libp2p pins fastecdsa, which compiles from source (gcc + GMP headers); llama-cpp-python compiles too.
+# The dashboard's browser test drives chromium through chromium-driver (tests/e2e/test_dashboard.py).
 missing=()
-for pkg in build-essential libgmp-dev; do
+for pkg in build-essential libgmp-dev chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -63,6 +63,7 @@ from opengrid.node.api_requests import (
     single_prompt,
 )
 from opengrid.node.chat_template import TemplateRenderer
+from opengrid.node.dashboard import DashboardSource, dashboard_routes
 
 __all__ = [
     "DEFAULT_API_ADDRESS",
@@ -120,12 +121,17 @@ def api_client(request: Request) -> str:
 
 
 def build_app(
-    backend: ApiBackend, *, api_key: str | None = None, renderer: TemplateRenderer | None = None
+    backend: ApiBackend,
+    *,
+    api_key: str | None = None,
+    renderer: TemplateRenderer | None = None,
+    dashboard: DashboardSource | None = None,
 ) -> Starlette:
     """The Starlette app serving ``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``.
 
     ``renderer`` renders workers' chat templates (a fresh ``TemplateRenderer`` if None; its child
-    processes are killed when the app shuts down)."""
+    processes are killed when the app shuts down). ``dashboard``: the node's state for the read-only web
+    dashboard at ``/`` (opengrid/node/dashboard.py); None serves no dashboard."""
     templates = renderer or TemplateRenderer()
     jobs: list[anyio.abc.TaskGroup] = []
     """The task group streaming jobs run in (set while the app's lifespan runs): a streamed job outlives
@@ -352,6 +358,7 @@ def build_app(
             Route("/v1/models", guarded(models), methods=["GET"]),
             Route("/v1/completions", guarded(completions), methods=["POST"]),
             Route("/v1/chat/completions", guarded(chat), methods=["POST"]),
+            *(dashboard_routes(dashboard, guard=guarded) if dashboard is not None else []),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

@@ -17,6 +17,7 @@ from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.context import NodeContext, TaskStatus, short
 from opengrid.node.coordinator_driver import CoordinatorDriver
+from opengrid.node.dashboard import Dashboard
 from opengrid.node.registration import Registration
 from opengrid.wire.messages import ErrorReply, JobAccepted, ModelOffer, PromptFormat, SubmitJob
 from opengrid.wire.receipts import verify_receipt
@@ -42,7 +43,11 @@ class ApiService:
         config.bind = [f"{host}:{port}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("opengrid.api.server")
-        app = build_app(self, api_key=settings.api_key)
+        app = build_app(
+            self,
+            api_key=settings.api_key,
+            dashboard=Dashboard(self._ctx, self._coordinator, self._registration),  # `/`, read-only
+        )
 
         async def ready_then_report(*, task_status: TaskStatus[list[str]]) -> None:
             await serve_app(app, config, task_status=task_status)  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ from opengrid.errors import OpenGridError, RemoteProtocolError
 from opengrid.net.host import FrameStream
 from opengrid.net.pool import StreamPool
 from opengrid.node.context import PROGRESS_BUFFER, NodeContext, TaskStatus, short
+from opengrid.node.job_log import JobLog
 from opengrid.node.ledger_service import LedgerService
 from opengrid.store.job_store import JobStore
 from opengrid.wire.messages import (
@@ -90,6 +91,8 @@ class CoordinatorDriver:
         self.job_store: JobStore | None = None
         """Accepted jobs, kept across a restart (set when the coordinator starts)."""
         self._timer_changed = trio.Event()
+        self.job_log = JobLog()
+        """Jobs answered here lately, how many and how fast (the dashboard, opengrid/node/dashboard.py)."""
 
     def resume(self, saved: Sequence[JobSubmitted]) -> None:
         """Take back the jobs accepted before the last stop."""
@@ -211,6 +214,7 @@ class CoordinatorDriver:
             )
             return kept
         assert self._ctx.coordinator is not None
+        submitted = trio.current_time()
         pending = _PendingJob(progress=progress)
         resumed = self._ctx.coordinator.is_running(message.job_id)  # taken back after a restart: wait for it
         self.jobs[message.job_id] = pending
@@ -232,6 +236,10 @@ class CoordinatorDriver:
         finally:
             self.jobs.pop(message.job_id, None)
         assert pending.reply is not None
+        answered = trio.current_time()
+        self.job_log.record(
+            at=answered, latency_s=answered - submitted, verified=isinstance(pending.reply, JobAccepted)
+        )
         return pending.reply
 
     # ── replicas ─────────────────────────────────────────────────────────────────────────────────────
