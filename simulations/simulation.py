@@ -792,13 +792,13 @@ class Simulation:
             self._publish_fraud(coordinator, author)
 
     def _publish_fraud(self, coordinator: SimCoordinator, author: bytes) -> None:
-        """Sign a FRAUD entry (under the node's reporting key) and push it to every worker and coordinator."""
+        """Write a FRAUD entry on the coordinator's own chain — through its one chain writer, the one its
+        receipts go through, as the node does (opengrid/node/service.py) — and push it to every worker and
+        coordinator."""
         ledger = coordinator.core.ledger
         fraud = ledger.fraud_payload(author)
         assert fraud is not None  # the author was just frozen: the ledger holds the evidence
-        reporter = derive_key(self.seed, f"fraud-reporter/{coordinator.index}")
-        entry = sign_entry(reporter, ledger.next_body(bytes(reporter.verify_key), fraud), scheme=self.scheme)
-        ledger.apply(entry)
+        entry, _ = coordinator.core.chain.write(fraud)
         self.frauds.append((self.engine.now_ns, coordinator.index, author))
         self.counters["frauds_published"] += 1
         data = encode_entry(entry)

@@ -1,8 +1,10 @@
 """Coordinator admission (spec/ledger.md §5.8, §7.1): who co-signs a candidate, and when it has enough.
 
-Pure policy over plain data: the node reads its ledger, its operator's approvals and the votes it gave,
-and asks ``decide_vote`` whether to co-sign; the candidate asks ``votes_needed`` how many co-signatures
-its ADMIT entry must carry, and ``vote_problem`` whether a vote it received is one.
+Pure policy over plain data: the node asks ``check_request`` whether a request is well formed (its
+network, the candidate's signature, its age), reads its ledger, its operator's approvals and the votes it
+gave, and asks ``decide_vote`` whether to co-sign; the candidate asks ``votes_needed`` how many
+co-signatures its ADMIT entry must carry, and ``vote_problem`` whether a vote it received is one. A "no" is
+a :class:`~opengrid.core.refusal.Refusal` (``Refuse`` adds whether the operator should hear of it).
 
 A minting coordinator co-signs the admission of ``candidate`` at ``epoch`` only if
 
@@ -21,15 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import nacl.exceptions
 import nacl.signing
 from opengrid_ledger import admit_signing_bytes
 
-from opengrid.wire.messages import AdmitVote
-
-RefusalCode = Literal["admission_pending", "admission_refused"]
+from opengrid.core.refusal import Refusal
+from opengrid.wire.admit import admit_request_signing_bytes
+from opengrid.wire.control import MAX_CLOCK_SKEW_MS
+from opengrid.wire.messages import AdmitRequest, AdmitVote
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,36 @@ class Cosign:
     why: str
 
 
-@dataclass(frozen=True)
-class Refuse:
-    """Do not co-sign now; ``code`` and ``reason`` go to the candidate; ``pending``: record it for the
-    operator (``opengrid node pending``)."""
+class Refuse(Refusal, frozen=True):
+    """Do not co-sign now: ``code`` and ``message`` go to the candidate (``reply()``); ``pending``: record
+    it for the operator (``opengrid node pending``)."""
 
-    code: RefusalCode
-    reason: str
     pending: bool = False
+
+
+def check_request(
+    network: str, voter: bytes, request: AdmitRequest, *, sender: bytes, now_ms: int
+) -> Refusal | None:
+    """Why ``request``, sent by the peer whose key is ``sender``, cannot be voted on by ``voter`` on
+    ``network`` at ``now_ms`` (None: it can): sent by another node than the candidate's own (else anyone
+    could fill the voter's pending list), another network, not signed by the candidate's key for this
+    voter, or older/newer than the clock skew allows."""
+    if sender != request.candidate:
+        return Refusal("admission_refused", "a candidate asks for its own admission, from its own node")
+    if request.network != network:
+        return Refusal("malformed", f"this coordinator runs network {network!r}, not {request.network!r}")
+    signed = admit_request_signing_bytes(
+        network, voter, request.epoch, request.candidate, request.issued_at_ms
+    )
+    try:
+        nacl.signing.VerifyKey(request.candidate).verify(signed, request.signature)
+    except (nacl.exceptions.BadSignatureError, ValueError):
+        return Refusal(
+            "malformed", "admission request not signed by the candidate's key for this coordinator"
+        )
+    if abs(now_ms - request.issued_at_ms) > MAX_CLOCK_SKEW_MS:
+        return Refusal("malformed", "admission request is stale; check this machine's clock and ask again")
+    return None
 
 
 def decide_vote(ballot: Ballot) -> Cosign | Refuse:

@@ -22,16 +22,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 from opengrid_ledger import Admit, ChainWriter, Cosignature, Entry, sign_admit
 
-from opengrid.core.admission_votes import Ballot, Refuse, decide_vote, vote_problem, votes_needed
+from opengrid.core.admission_votes import (
+    Ballot,
+    Refuse,
+    check_request,
+    decide_vote,
+    vote_problem,
+    votes_needed,
+)
 from opengrid.errors import OpenGridError
 from opengrid.net.keys import peer_id_of
 from opengrid.node import admission
 from opengrid.wire.admit import admit_request_signing_bytes
-from opengrid.wire.control import MAX_CLOCK_SKEW_MS
 from opengrid.wire.messages import AdmitRequest, AdmitVote, ErrorReply, Message
 
 log = logging.getLogger("opengrid.node")
@@ -207,25 +212,14 @@ class CoordinatorAdmission:
         return "; ".join(parts)
 
     # ── voter side ───────────────────────────────────────────────────────────────────────────────────
-    def vote(self, request: AdmitRequest) -> Message:
-        """Answer a candidate's request: our co-signature, or a refusal saying what to do."""
-        if request.network != self._network:
-            return ErrorReply(
-                "malformed", f"this coordinator runs network {self._network!r}, not {request.network!r}"
-            )
-        signed = admit_request_signing_bytes(
-            self._network, self.public_key, request.epoch, request.candidate, request.issued_at_ms
+    def vote(self, request: AdmitRequest, *, sender: bytes) -> Message:
+        """Answer a candidate's request (``sender``: the key of the peer that sent it): our co-signature,
+        or a refusal saying what to do."""
+        problem = check_request(
+            self._network, self.public_key, request, sender=sender, now_ms=time.time_ns() // 1_000_000
         )
-        try:
-            VerifyKey(request.candidate).verify(signed, request.signature)
-        except (BadSignatureError, ValueError):
-            return ErrorReply(
-                "malformed", "admission request not signed by the candidate's key for this coordinator"
-            )
-        if abs(time.time_ns() // 1_000_000 - request.issued_at_ms) > MAX_CLOCK_SKEW_MS:
-            return ErrorReply(
-                "malformed", "admission request is stale; check this machine's clock and ask again"
-            )
+        if problem is not None:
+            return problem.reply()
         candidate_peer = peer_id_of(request.candidate)
         minters = self._ledger.minters()
         decision = decide_vote(
@@ -254,7 +248,7 @@ class CoordinatorAdmission:
                     self._data_dir,
                     candidate_peer,
                 )
-            return ErrorReply(decision.code, decision.reason)
+            return decision.reply()
         admission.record_vote(self._data_dir, request.epoch, request.candidate)  # before it leaves us
         cosignature = sign_admit(self._key, self._network, request.epoch, request.candidate)
         if (request.epoch, request.candidate) not in self._cosigned_logged:

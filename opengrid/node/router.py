@@ -245,11 +245,7 @@ class Router:
         admission = self._ctx.admission
         if admission is None:
             return self._unexpected(message)
-        if public_key_of(peer) != message.candidate:  # else anyone could fill our pending list
-            return ErrorReply(
-                "admission_refused", "a candidate asks for its own admission, from its own node"
-            )
-        return admission.vote(message)
+        return admission.vote(message, sender=public_key_of(peer))
 
     async def _on_grant(self, peer: str, message: GrantRequest, operator: str) -> Message:
         if self._candidate():
