@@ -80,7 +80,7 @@ PeerIds = Annotated[list[ShortText], msgspec.Meta(max_length=MAX_JOB_WORKERS)]
 
 Priority = Literal["interactive", "batch"]
 """A job's queueing class on a coordinator: waiting ``interactive`` jobs are dispatched before any
-``batch`` job (spec/job-protocol.md §8.1)."""
+``batch`` job of the same standing (paid and volunteers' jobs go first; spec/job-protocol.md §8.1)."""
 
 PromptFormat = Literal["text", "chat"]
 """``text``: a raw prompt, tokenized with the model's BOS; ``chat``: a prompt rendered from the model's chat
