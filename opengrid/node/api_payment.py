@@ -52,7 +52,6 @@ from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
     MAX_EXPOSURE,
     MAX_HISTORY,
-    MAX_STATUS_BALANCES,
     ErrorReply,
     GrantRequest,
     GrantVoucher,
@@ -64,6 +63,7 @@ from opengrid.wire.messages import (
     StatusRequest,
     SubmitJob,
     job_cost,
+    listed_balance,
 )
 
 MAX_PAYING_COORDINATORS = 64
@@ -174,11 +174,7 @@ class AccountPayer:
         reply = await host.request(coordinator, StatusRequest())
         if not isinstance(reply, NodeStatus):
             return None
-        balances = reply.balances
-        account = self._ctx.public_key.hex()
-        if account in balances:
-            return balances[account]
-        return 0 if len(balances) < MAX_STATUS_BALANCES else None
+        return listed_balance(reply, self._ctx.public_key)
 
     async def _grant(self, host: Host, coordinator: str) -> Grant | str:
         """Our starting grant, vouched for by the coordinator, or why not."""

@@ -426,6 +426,17 @@ class NodeStatus(_Message, tag="status", frozen=True):
 _Summary = TypeVar("_Summary", WorkerSummary, PeerSummary)
 
 
+def listed_balance(status: NodeStatus, account: bytes) -> int | None:
+    """``account``'s spendable points as a coordinator's ``status`` lists them, or None when the list
+    cannot say. Only nonzero balances are listed, so a missing account has none — unless the list was
+    cut: to ``MAX_STATUS_BALANCES`` (the largest kept), or by ``bounded_status``, which cuts balances only
+    once the workers and peers are all cut away."""
+    if account.hex() in status.balances:
+        return status.balances[account.hex()]
+    complete = len(status.balances) < MAX_STATUS_BALANCES and bool(status.workers or status.peers)
+    return 0 if complete else None
+
+
 def bounded_status(status: NodeStatus) -> NodeStatus:
     """``status`` within its limits, whatever a node knows: each list cut to its limit, and the whole cut
     further until it encodes to at most ``MAX_STATUS_BYTES`` (long names in 4-byte characters could still

@@ -61,7 +61,6 @@ from opengrid.wire.messages import (
     JOB_ID_BYTES,
     MAX_EXPOSURE,
     MAX_PROMPT_CHARS,
-    MAX_STATUS_BALANCES,
     ControlRequest,
     ErrorReply,
     GrantRequest,
@@ -83,6 +82,7 @@ from opengrid.wire.messages import (
     StatusRequest,
     SubmitJob,
     job_cost,
+    listed_balance,
 )
 from opengrid.wire.receipts import verify_receipt_without_output
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
@@ -875,15 +875,9 @@ class Client:
         return msgspec.structs.replace(request, hold=hold, grant=grant)
 
     def _known_balance(self) -> int | None:
-        """Our spendable points in the coordinator's ledger, or None when its NodeStatus cannot say: it
-        lists only the largest ``MAX_STATUS_BALANCES`` accounts, so an account missing from a full list
-        may still have points (the coordinator then decides on the HOLD itself)."""
+        """Our spendable points in the coordinator's ledger, or None when its NodeStatus cannot say."""
         assert self._payer is not None
-        balances = self.status(self.coordinator()).balances
-        account = bytes(self._payer.verify_key).hex()
-        if account in balances:
-            return balances[account]
-        return 0 if len(balances) < MAX_STATUS_BALANCES else None
+        return listed_balance(self.status(self.coordinator()), bytes(self._payer.verify_key))
 
     def _cannot_pay(self, request: SubmitJob, weight: int, balance: int, more: str) -> PaymentError:
         """The typed error for a job our account cannot pay: its price and our balance, in words and as
