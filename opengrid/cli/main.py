@@ -192,7 +192,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=pathlib.Path,
         metavar="DATA_DIR|KEYFILE",
         help="pay for the job from this identity's points: a node's data dir (its identity.key) or a "
-        "32-byte key file; a new identity claims the network's starting grant first (default: unpaid)",
+        "32-byte key file; a new identity claims the network's starting grant first (default: unpaid). "
+        "Pay from one place at a time: two payers signing with one key at once can fork its chain",
     )
     submit.add_argument("--json", action="store_true", help="print one JSON object with the receipt")
     submit.add_argument(

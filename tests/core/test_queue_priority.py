@@ -148,3 +148,32 @@ def test_while_open_jobs_wait_no_more_than_the_preferred_run_goes_ahead_of_them(
     # Preferred jobs first otherwise: none waits behind an open job except to end a full run.
     if False in turns:
         assert turns.index(False) == min(PREFERRED_RUN, sum(1 for _, p in items if p))
+
+
+def test_standing_outranks_class_and_class_orders_each_standing() -> None:
+    queue: FairQueue[str] = FairQueue()
+    queue.push("free-interactive", "a", "interactive")
+    queue.push("free-batch", "b", "batch")
+    queue.push("paid-batch", "c", "batch", preferred=True)
+    queue.push("paid-interactive", "d", "interactive", preferred=True)
+    assert queue.order() == ["paid-interactive", "paid-batch", "free-interactive", "free-batch"]
+    assert (queue.standing("paid-batch"), queue.standing("free-batch"), queue.standing("gone")) == (
+        "preferred",
+        "open",
+        None,
+    )
+
+
+def test_the_run_of_preferred_turns_ends_when_no_open_job_waits() -> None:
+    queue: FairQueue[int] = FairQueue()
+    for key in range(5):
+        queue.push(key, "payer", "interactive", preferred=True)
+    for key in range(3):
+        queue.served(key, done=True)  # nobody waited meanwhile: no run is counted
+    queue.push(10, "free", "interactive")
+    assert queue.order() == [3, 4, 10]  # the full run is still ahead of the newcomer
+    queue.served(3, done=True)
+    queue.served(4, done=True)
+    queue.push(5, "payer", "interactive", preferred=True)
+    queue.push(6, "payer", "interactive", preferred=True)
+    assert queue.order() == [5, 10, 6]  # two preferred turns taken while 10 waited: one more, then 10
