@@ -78,10 +78,17 @@ class PaymentsPart(CoordinatorParts):
         effects += [AppendEntry(e) for e in applied]
         self._adopt(applied)
         if self.ledger.hold(entry.id) is None:
+            # The account cannot pay (or its chain has a gap here): ``payment_required``, the SDK's
+            # PaymentError, not a malformed request.
+            balance = self.ledger.balance(body.author)
             return (
-                _bad_payment(
-                    f"the hold waits: its author's balance ({self.ledger.balance(body.author)} points) is "
-                    f"below {hold.amount}, or its earlier entries have not reached this coordinator"
+                PaymentShortfall(
+                    "payment_required",
+                    f"the hold waits: its author's balance ({balance} points) is below {hold.amount}, "
+                    "or its earlier entries have not reached this coordinator; earn or receive points, "
+                    "or lower max_tokens or replicas",
+                    price=hold.amount,
+                    balance=balance,
                 ),
                 effects,
             )
