@@ -21,6 +21,12 @@ One paid job at a time (``paying``): each HOLD must be the next link of the chai
 applies it only when the job is submitted, so the next job is paid once this one has its answer. The
 node does not apply the HOLD to its own ledger: ledger sync brings it back from the coordinator, with its
 SETTLE or REFUND.
+
+Known gap: the HOLD is signed outside the node's ``ChainWriter`` (which must not learn of a seq the
+coordinator may never apply: a job refused before its HOLD was taken frees the seq again). An entry the
+node writes through that writer while a paid job is in flight — today only a FRAUD proof, rare on a
+worker — could take the same seq, a fork. A writer that can reserve a seq and release it on such a
+refusal would close it.
 """
 
 from __future__ import annotations
