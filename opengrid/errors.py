@@ -144,7 +144,16 @@ class VerificationError(JobError):
 
 class PaymentError(JobError):
     """The coordinator runs only paid jobs and this one cannot be paid: no identity, too few points, or
-    no starting grant to be had (none on the network, already claimed, or rate-limited)."""
+    no starting grant to be had (none on the network, already claimed, or rate-limited).
+
+    ``price`` and ``balance``, when known, are the job's price (the points its HOLD must reserve) and what
+    the paying account can spend (both None when the refusal did not say: e.g. no identity at all).
+    """
+
+    def __init__(self, message: str, *, price: int | None = None, balance: int | None = None) -> None:
+        super().__init__(message)
+        self.price = price
+        self.balance = balance
 
 
 class UnknownJobError(JobError):

@@ -189,6 +189,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--network", default=DEFAULT_NETWORK, help=f"the network's name (default {DEFAULT_NETWORK})"
     )
     _add_network_key(submit)
+    submit.add_argument(
+        "--identity",
+        type=pathlib.Path,
+        metavar="DATA_DIR|KEYFILE",
+        help="pay for the job from this identity's points: a node's data dir (its identity.key) or a "
+        "32-byte key file; a new identity claims the network's starting grant first (default: unpaid). "
+        "Pay from one place at a time: two payers signing with one key at once can fork its chain",
+    )
     submit.add_argument("--json", action="store_true", help="print one JSON object with the receipt")
     submit.add_argument(
         "--stream", action="store_true", help="print text as the first worker generates it, then verify it"
@@ -507,7 +515,12 @@ def _check_listen_ports(listen: Sequence[str]) -> None:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from opengrid_sdk import Client
 
-    with Client([args.bootstrap], network=args.network, network_key=args.network_key) as client:
+    from opengrid.node.identity import read_identity
+
+    seed = read_identity(args.identity) if args.identity is not None else None  # before any network
+    with Client(
+        [args.bootstrap], network=args.network, network_key=args.network_key, identity_seed=seed
+    ) as client:
         if args.stream and not args.json:
             return _stream_to_terminal(client, args)
         done = client.complete(
@@ -517,6 +530,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             replicas=args.replicas,
             **_sampling_args(args),
         )
+        # Paid: what the account has left once the job settled (the coordinator's ledger).
+        paid = {"account": client.account.hex(), "balance": client.balance()} if client.account else None
     if args.json:
         print(
             json.dumps(
@@ -529,6 +544,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                     "dissenters": done.dissenters,
                     "receipt": done.receipt.entry.hex(),
                     "verified": True,
+                    **({"paid": paid} if paid else {}),
                 }
             )
         )
@@ -538,6 +554,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             f"\n[job {done.job_id.hex()[:8]} verified: {len(done.workers)} workers agreed; receipt checked]",
             file=sys.stderr,
         )
+        if paid:
+            print(
+                f"[paid by account {str(paid['account'])[:16]}...: {paid['balance']} points left]",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -17,11 +17,13 @@ import anyio.abc
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from opengrid.core.audit import SamplingParams
+from opengrid.errors import PaymentError
 from opengrid.node.api_requests import (
     ApiError,
     JobFormat,
     api_error,
     check_shape,
+    payment_error,
 )
 from opengrid.wire.messages import ErrorReply, JobAccepted, ModelOffer
 
@@ -74,15 +76,18 @@ async def run_job(
     sampling: SamplingParams,
 ) -> Outcome:
     check_shape(max_tokens, replicas)
-    reply = await backend.api_submit(
-        prompt=prompt,
-        model=model,
-        max_tokens=max_tokens,
-        replicas=replicas,
-        format=format,
-        client=client,
-        sampling=sampling,
-    )
+    try:
+        reply = await backend.api_submit(
+            prompt=prompt,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            format=format,
+            client=client,
+            sampling=sampling,
+        )
+    except PaymentError as exc:  # the node's own account cannot pay: 402 with the figures
+        raise payment_error(exc) from exc
     if isinstance(reply, ErrorReply):
         raise api_error(reply)
     text, finish = reply.text, reply.finish_reason
@@ -131,11 +136,12 @@ async def stream_live(
     job_id = secrets.token_bytes(16)
     # Unbounded as a channel, bounded in use: each verified chunk holds at least one of the job's
     # max_tokens tokens, then one answer.
-    send, receive = anyio.create_memory_object_stream[str | JobAccepted | ErrorReply](math.inf)
+    send, receive = anyio.create_memory_object_stream[str | JobAccepted | ErrorReply | ApiError](math.inf)
     scope = anyio.CancelScope()
 
     async def run() -> None:
         with scope:
+            reply: JobAccepted | ErrorReply | ApiError
             try:
                 reply = await backend.api_submit(
                     prompt=job.prompt,
@@ -148,6 +154,8 @@ async def stream_live(
                     job_id=job_id,
                     on_verified=send.send_nowait,
                 )
+            except PaymentError as exc:  # before any text: answered 402, as without streaming
+                reply = payment_error(exc)
             except Exception as exc:  # a bug of ours: the request gets a 500, the app stays up
                 log.exception("streaming API job %s failed", job_id.hex()[:8])
                 reply = ErrorReply("internal", f"the node failed: {type(exc).__name__}", job_id)
@@ -160,13 +168,14 @@ async def stream_live(
     except BaseException:
         scope.cancel()  # the client left before anything came
         raise
-    if isinstance(first, ErrorReply):
-        raise api_error(first)
+    if isinstance(first, ErrorReply | ApiError):
+        receive.close()  # nothing follows an error
+        raise api_error(first) if isinstance(first, ErrorReply) else first
     hex_id = job_id.hex()
 
     async def events() -> AsyncIterator[str]:
         sent = ""
-        item: str | JobAccepted | ErrorReply = first
+        item: str | JobAccepted | ErrorReply | ApiError = first
         try:
             for make in opening:
                 yield f"data: {json.dumps(make(hex_id))}\n\n"
@@ -174,8 +183,9 @@ async def stream_live(
                 if isinstance(item, str):
                     sent += item
                     yield f"data: {json.dumps(chunk(hex_id, item, None))}\n\n"
-                elif isinstance(item, ErrorReply):
-                    yield f"data: {json.dumps(stream_error(api_error(item)))}\n\n"
+                elif isinstance(item, ErrorReply | ApiError):
+                    problem = api_error(item) if isinstance(item, ErrorReply) else item
+                    yield f"data: {json.dumps(stream_error(problem))}\n\n"
                     return
                 else:
                     if not item.text.startswith(sent):  # never expected: the coordinator guarantees it
@@ -201,7 +211,7 @@ async def stream_live(
 
 
 def stream_error(error: ApiError) -> dict[str, Any]:
-    return {"error": {"message": str(error), "type": error.type, "param": error.param, "code": error.code}}
+    return error.body()
 
 
 def usage(outcome: Outcome) -> dict[str, int]:

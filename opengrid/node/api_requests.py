@@ -6,7 +6,7 @@ to HTTP statuses)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 import msgspec
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from opengrid.core.audit import SamplingParams
-from opengrid.errors import TemplateError
+from opengrid.errors import PaymentError, TemplateError
 from opengrid.node.chat_template import TemplateRenderer
 from opengrid.wire.contract import sampling_problem
 from opengrid.wire.messages import MAX_REPLICAS, MAX_TOKENS_LIMIT, ErrorReply, ModelOffer
@@ -79,6 +79,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        details: Mapping[str, Any] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -86,10 +87,16 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         """The request field at fault, as OpenAI names it (``temperature``), or None."""
+        self.details = dict(details or {})
+        """More fields of the error object, after OpenAI's four (402: ``price`` and ``balance``)."""
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-shaped error object (``{"error": {...}}``)."""
+        error = {"message": str(self), "type": self.type, "param": self.param, "code": self.code}
+        return {"error": {**error, **self.details}}
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status)
 
 
 # OpenGrid error code -> (HTTP status, OpenAI error type)
@@ -236,6 +243,13 @@ def check_shape(max_tokens: int, replicas: int) -> None:
         raise ApiError(400, f"max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {max_tokens}")
     if not 1 <= replicas <= MAX_REPLICAS:
         raise ApiError(400, f"replicas must be 1..{MAX_REPLICAS}, got {replicas}")
+
+
+def payment_error(exc: PaymentError) -> ApiError:
+    """The node's own account cannot pay for a job: 402 ``insufficient_quota`` (as OpenAI answers an
+    account out of credit), with the job's ``price`` and the account's ``balance`` in points when known."""
+    figures = {"price": exc.price, "balance": exc.balance} if exc.price is not None else {}
+    return ApiError(402, str(exc), type="insufficient_quota", code="payment_required", details=figures)
 
 
 def api_error(reply: ErrorReply) -> ApiError:

@@ -11,10 +11,12 @@ from collections.abc import Callable
 import trio
 
 from opengrid.core.audit import GREEDY, SamplingParams
+from opengrid.core.coordinator.payments import PaymentShortfall
 from opengrid.core.refusal import Refusal
-from opengrid.errors import ConfigError, OpenGridError
+from opengrid.errors import ConfigError, OpenGridError, PaymentError
 from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
+from opengrid.node.api_payment import AccountPayer
 from opengrid.node.context import NodeContext, TaskStatus, short
 from opengrid.node.coordinator_driver import CoordinatorDriver
 from opengrid.node.dashboard import Dashboard
@@ -32,6 +34,8 @@ class ApiService:
         self._ctx = ctx
         self._coordinator = coordinator
         self._registration = registration
+        self._payer = AccountPayer(ctx)
+        """Pays the jobs this node forwards to a coordinator that requires payment (not coordinating)."""
 
     async def serve(self, settings: ApiSettings, *, task_status: TaskStatus[list[str]]) -> None:
         """Serve the API as ``settings`` say; ``task_status.started`` gets its URLs."""
@@ -107,6 +111,8 @@ class ApiService:
             paid = self._ctx.coordinator.pay_own_job(job)
             if isinstance(paid, Refusal):
                 if self._ctx.coordinator.config.require_payment:
+                    if isinstance(paid, PaymentShortfall):  # the figures travel as data (HTTP 402)
+                        raise PaymentError(paid.message, price=paid.price, balance=paid.balance)
                     return paid.reply(job.job_id)
                 log.info("API job %s runs unpaid: %s", job.job_id.hex()[:8], paid.message)
             else:
@@ -128,7 +134,20 @@ class ApiService:
             )
         try:
             peer = await host.connect(address)
-            reply = await host.request(peer, job)
+            if not self._payer.requires_payment(peer):
+                reply = await host.request(peer, job)
+                if isinstance(reply, ErrorReply) and reply.code == "payment_required":
+                    # It runs only paid jobs: this one again (refused before any state: the same id is
+                    # free), paid from the node's own account, and every later one paid from the start.
+                    self._payer.refused_unpaid(peer)
+            if self._payer.requires_payment(peer):
+                async with self._payer.paying(host, peer, job) as forwarded:
+                    if isinstance(forwarded, ErrorReply):
+                        reply = forwarded
+                    else:
+                        reply = await host.request(peer, forwarded)
+        except PaymentError:
+            raise  # the node's account cannot pay: the API answers 402 with the figures
         except OpenGridError as exc:
             return ErrorReply("not_coordinator", f"the coordinator could not be reached: {exc}", job.job_id)
         if isinstance(reply, JobAccepted):

@@ -46,3 +46,28 @@ def load_or_create_seed(data_dir: pathlib.Path) -> bytes:
         return seed
     except OSError as exc:
         raise ConfigError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from exc
+
+
+def read_identity(path: pathlib.Path) -> bytes:
+    """The 32-byte identity seed at ``path``: a node's data dir (its ``identity.key``) or a key file.
+    Never creates one. Raises ConfigError, saying which, when it is missing, unreadable or not 32 bytes."""
+    key_file = path / IDENTITY_FILE if path.is_dir() else path
+    try:
+        seed = key_file.read_bytes()
+    except FileNotFoundError as exc:
+        where = f"data dir {path} has no {IDENTITY_FILE}" if path.is_dir() else f"no identity file {path}"
+        raise ConfigError(
+            f"{where}; pass a node's data dir (holding {IDENTITY_FILE}) or a 32-byte key file "
+            "(a node creates its identity when it first starts)"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the identity in {key_file}: {exc.strerror or exc}; check its permissions "
+            "(it should be readable by you alone: mode 0600)"
+        ) from exc
+    if len(seed) != 32:
+        raise ConfigError(
+            f"{key_file} holds {len(seed)} bytes, not a 32-byte Ed25519 identity seed; pass a node's "
+            f"data dir or its {IDENTITY_FILE}"
+        )
+    return seed

@@ -18,7 +18,8 @@ class Lookups:
 
     def history(self, account: bytes, limit: int) -> History:
         """The newest ``limit`` entries that concern ``account`` — receipts that credit or outvote it, and
-        entries it authored (its HOLDs: a paying client learns its chain head from them) — oldest first."""
+        entries it authored (its HOLDs: a paying client learns its chain head from them) — oldest first;
+        the account's latest own entry (its chain head) always among them."""
         ledger = self._ctx.ledger
         assert ledger is not None
         found = []
@@ -32,6 +33,15 @@ class Lookups:
                 found.append(encode_entry(entry))
                 if len(found) == limit:
                     break
+        head = ledger.head(account)
+        if head is not None:
+            # The account's chain head is always in: a paying client chains its next HOLD after it, and a
+            # volunteer's receipts (1024 and more) must not push it out, or the client would sign a second
+            # entry at a seq it used, a fork that freezes its account (spec/ledger.md §4).
+            (last,) = ledger.entries_by_author(account, from_seq=head[0], to_seq=head[0])
+            encoded = encode_entry(last)
+            if encoded not in found:  # the limit cut the scan short: the head is older than all found
+                found[-1] = encoded  # in place of the oldest, so the order stays newest first
         return History(entries=found[::-1])
 
     def receipt(self, peer: str, job_id: bytes) -> Message:

@@ -80,7 +80,7 @@ PeerIds = Annotated[list[ShortText], msgspec.Meta(max_length=MAX_JOB_WORKERS)]
 
 Priority = Literal["interactive", "batch"]
 """A job's queueing class on a coordinator: waiting ``interactive`` jobs are dispatched before any
-``batch`` job (spec/job-protocol.md §8.1)."""
+``batch`` job of the same standing (paid and volunteers' jobs go first; spec/job-protocol.md §8.1)."""
 
 PromptFormat = Literal["text", "chat"]
 """``text``: a raw prompt, tokenized with the model's BOS; ``chat``: a prompt rendered from the model's chat
@@ -424,6 +424,17 @@ class NodeStatus(_Message, tag="status", frozen=True):
 
 
 _Summary = TypeVar("_Summary", WorkerSummary, PeerSummary)
+
+
+def listed_balance(status: NodeStatus, account: bytes) -> int | None:
+    """``account``'s spendable points as a coordinator's ``status`` lists them, or None when the list
+    cannot say. Only nonzero balances are listed, so a missing account has none — unless the list was
+    cut: to ``MAX_STATUS_BALANCES`` (the largest kept), or by ``bounded_status``, which cuts balances only
+    once the workers and peers are all cut away."""
+    if account.hex() in status.balances:
+        return status.balances[account.hex()]
+    complete = len(status.balances) < MAX_STATUS_BALANCES and bool(status.workers or status.peers)
+    return 0 if complete else None
 
 
 def bounded_status(status: NodeStatus) -> NodeStatus:

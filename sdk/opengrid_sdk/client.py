@@ -82,6 +82,7 @@ from opengrid.wire.messages import (
     StatusRequest,
     SubmitJob,
     job_cost,
+    listed_balance,
 )
 from opengrid.wire.receipts import verify_receipt_without_output
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
@@ -839,14 +840,26 @@ class Client:
             weight = self._weight(request.model, request.replicas, request.max_tokens)
         cost = job_cost(request.max_tokens, request.replicas, weight)
         head = self._chain_head()
+        balance = self._known_balance()
         grant = b""
         if head is not None:
             self._grant = None  # our chain has started: a GRANT can no longer be applied (or already was)
-        elif self._grant is not None or self.balance() < cost:
+        elif self._grant is not None or (balance or 0) < cost:
             if self._grant is None:
-                self._grant = self._request_grant()
+                try:
+                    self._grant = self._request_grant()
+                except PaymentError as exc:
+                    if balance is None:
+                        raise
+                    raise self._cannot_pay(request, weight, balance, f"; and {exc}") from exc
             entry = self._grant_entry()
             grant, head = encode_entry(entry), (1, bytes(entry.id))
+            if balance is not None:
+                balance += self._grant.points
+        if balance is not None and balance < cost:
+            # Refused here, before signing: a HOLD the account cannot cover would wait in the coordinator's
+            # ledger and hold up every later entry of our chain (spec/ledger.md §6.1).
+            raise self._cannot_pay(request, weight, balance, "")
         body = EntryBody(
             network=self.network,
             author=bytes(self._payer.verify_key),
@@ -860,6 +873,25 @@ class Client:
         )
         hold = encode_entry(sign_entry(self._payer, body))
         return msgspec.structs.replace(request, hold=hold, grant=grant)
+
+    def _known_balance(self) -> int | None:
+        """Our spendable points in the coordinator's ledger, or None when its NodeStatus cannot say."""
+        assert self._payer is not None
+        return listed_balance(self.status(self.coordinator()), bytes(self._payer.verify_key))
+
+    def _cannot_pay(self, request: SubmitJob, weight: int, balance: int, more: str) -> PaymentError:
+        """The typed error for a job our account cannot pay: its price and our balance, in words and as
+        ``PaymentError.price`` / ``.balance``."""
+        assert self._payer is not None
+        cost = job_cost(request.max_tokens, request.replicas, weight)
+        return PaymentError(
+            f"account {bytes(self._payer.verify_key).hex()[:16]}... has {balance} points; this job costs up "
+            f"to {cost} (max_tokens {request.max_tokens} x replicas {request.replicas} x {weight} points per "
+            f"token of {request.model!r}){more}. Lower max_tokens or replicas, earn points by running a "
+            "worker with this identity, or have another account send points to it",
+            price=cost,
+            balance=balance,
+        )
 
     def _held_weight(self, request: SubmitJob) -> int | None:
         """The points per token our HOLD paid for (its amount is ``max_tokens x replicas x weight``);

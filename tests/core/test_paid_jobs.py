@@ -88,6 +88,7 @@ def test_a_hold_too_small_or_unbacked_is_refused_before_any_work() -> None:
     broke = _paid_request(grid, 13)  # w0 has earned nothing in this grid
     reply = finished(grid.coordinator.handle(JobSubmitted(client="c", request=broke), 0.0))
     assert isinstance(reply, ErrorReply) and "balance" in reply.message
+    assert reply.code == "payment_required"  # the SDK's PaymentError: the account cannot pay
 
 
 def test_a_paid_job_that_waits_past_its_deadline_is_refunded() -> None:

@@ -1,25 +1,36 @@
 """Every way into a coordinator that requires payment is paid (real libp2p hosts on 127.0.0.1, the tiny
 model): the node's own OpenAI-compatible API pays from the node's account (claiming its starting grant),
-and answers 402 when that account cannot pay; the SDK's ``stream`` pays like ``complete``; a Quote says
-the real price (spec/ledger.md §7)."""
+and answers 402 with the price and the balance when that account cannot pay; a worker node's API pays
+from the worker's account at its coordinator; the SDK's ``stream`` pays like ``complete``, and a job the
+account cannot pay raises ``PaymentError`` with the same figures; a Quote says the real price
+(spec/ledger.md §7). And a busy coordinator runs a paid job ahead of free ones, which still finish
+(spec/job-protocol.md §8.1)."""
 
 from __future__ import annotations
 
 import pathlib
 import secrets
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import trio
 from nacl.signing import SigningKey
-from opengrid_ledger import Grant, Hold, Settle, decode_body
+from opengrid_ledger import Genesis, Grant, Hold, Receipt, Settle, decode_body, encode_genesis
 from opengrid_sdk.client import Client, Completion
 
+from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
+from opengrid.engines.base import Generation, GenerationRequest
 from opengrid.errors import PaymentError
 from opengrid.node.api import ApiSettings
-from opengrid.wire.messages import job_cost
-from tests.node.workers import paid_coordinator, start_workers
+from opengrid.node.config import NodeConfig
+from opengrid.node.service import Node
+from opengrid.wire.messages import JobAccepted, Message, SubmitJob, job_cost
+from tests.node.workers import client_host, paid_coordinator, start_workers
+from tests.waiting import until
 
 NETWORK = "paid-surfaces-test"
 GRANT = 50
@@ -63,6 +74,11 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
         error = broke.json()["error"]
         assert error["type"] == "insufficient_quota" and error["code"] == "payment_required"
         assert f"has {GRANT - spent} points" in error["message"] and "costs up to 128" in error["message"]
+        assert (error["price"], error["balance"]) == (128, GRANT - spent)  # the figures, as data too
+        streamed = await trio.to_thread.run_sync(
+            _post, url, {"model": "tiny", "prompt": "Big", "max_tokens": 64, "stream": True}
+        )
+        assert streamed.status_code == 402 and streamed.json()["error"]["price"] == 128
 
         seed = secrets.token_bytes(32)
 
@@ -80,7 +96,13 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
                     if nested is None:  # another paid job while iterating: must not deadlock
                         nested = client.complete("Paid meanwhile", model="tiny", max_tokens=4, sealed=False)
                     items.append(item)
-                return price, items, nested, client.balance()
+                left = client.balance()
+                # More than the account has: a typed error with the price and the balance, and no HOLD
+                # signed (one above the balance would wait in the ledger and block the chain).
+                with pytest.raises(PaymentError, match=f"has {left} points.*costs up to 128") as caught:
+                    client.complete("Too dear", model="tiny", max_tokens=64, replicas=2, sealed=False)
+                assert (caught.value.price, caught.value.balance) == (128, left)
+                return price, items, nested, left
 
         await trio.to_thread.run_sync(anonymous_stream)
         price, items, nested, after = await trio.to_thread.run_sync(paid_stream)
@@ -97,4 +119,164 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
         )
         assert after == ledger.balance(payer) == GRANT - (paid - spent)
         assert ledger.held(payer) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_nodes_api_pays_from_the_workers_own_account(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.ledger is not None
+        address = coordinator.host.addrs()[0]
+        info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+        settings = NodeConfig(
+            data_dir=tmp_path / "api-worker", role="worker", bootstrap=(address,), network=NETWORK,
+            genesis=genesis, heartbeat_s=0.5,
+        )  # fmt: skip
+        worker = Node(settings, engine=LlamaEngine(info, n_threads=1), api=ApiSettings(address="127.0.0.1:0"))
+        await nursery.start(worker.run)
+        await start_workers(
+            nursery, tmp_path, ("w2",), bootstrap=address, model_path=tiny_model_path, network=NETWORK,
+            genesis=genesis, heartbeat_s=0.5,
+        )  # fmt: skip
+        with trio.fail_after(30):
+            await worker.registered.wait()
+        ledger, me, url = coordinator.ledger, worker.public_key, worker.api_urls[0]
+
+        # Forwarded to a coordinator that runs only paid jobs: paid by the worker's own key, which claims
+        # its starting grant first (a GRANT, then the HOLD, the first links of its chain).
+        ok = await trio.to_thread.run_sync(_post, url, {"model": "tiny", "prompt": "Mine", "max_tokens": 4})
+        assert ok.status_code == 200, ok.text
+        job_id = bytes.fromhex(ok.json()["opengrid"]["job_id"])
+        mine = [decode_body(e.body).payload for e in ledger.entries_by_author(me)]
+        assert [type(p) for p in mine] == [Grant, Hold]
+        hold = mine[1]
+        assert isinstance(hold, Hold) and hold.job_id == job_id and hold.amount == job_cost(4, 2)
+        assert ledger.held(me) == 0  # settled
+        balance = ledger.balance(me)
+
+        # A second job is the next link of the chain, after the first HOLD.
+        again = await trio.to_thread.run_sync(
+            _post, url, {"model": "tiny", "prompt": "More", "max_tokens": 2}
+        )
+        assert again.status_code == 200, again.text
+        assert [type(decode_body(e.body).payload) for e in ledger.entries_by_author(me)] == [
+            Grant,
+            Hold,
+            Hold,
+        ]
+        balance = ledger.balance(me)
+
+        # More than the account has: 402 with the price and the balance; nothing signed.
+        broke = await trio.to_thread.run_sync(
+            _post, url, {"model": "tiny", "prompt": "Big", "max_tokens": 512}
+        )
+        assert broke.status_code == 402, broke.text
+        error = broke.json()["error"]
+        assert error["type"] == "insufficient_quota" and error["code"] == "payment_required"
+        assert (error["price"], error["balance"]) == (job_cost(512, 2), balance)
+        assert f"which has {balance} points" in error["message"]
+        assert len(ledger.entries_by_author(me)) == 3
+        nursery.cancel_scope.cancel()
+
+
+class _Gated(LlamaEngine):
+    """A real llama.cpp engine that holds a job whose prompt starts with ``GATED`` until ``gate`` is set:
+    the worker stays busy, so the coordinator's queue fills while the test watches."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def generate_streaming(
+        self,
+        request: GenerationRequest,
+        on_text: Callable[[str], None] | None,
+        on_token: Callable[[int, str], None] | None = None,
+    ) -> Generation:
+        if request.prompt.startswith("GATED"):
+            self.gate.wait(timeout=60)
+        return super().generate_streaming(request, on_text, on_token)
+
+
+async def test_a_busy_coordinator_runs_a_paid_job_before_free_ones_that_still_finish(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    genesis = tmp_path / "genesis.json"
+    config = NodeConfig(
+        data_dir=tmp_path / "c", role="coordinator", network=NETWORK, genesis=genesis, heartbeat_s=0.5
+    )
+    # Free jobs are welcome here (require_payment off); verification set explicitly, as the test counts
+    # one replica per job on the one worker.
+    coordinator = Node(
+        config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="replicate")
+    )
+    genesis.write_bytes(encode_genesis(Genesis(NETWORK, (coordinator.public_key,), grant_points=GRANT)))
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    engine = _Gated(info, n_threads=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.ledger is not None
+        core = coordinator.coordinator
+        assert core is not None
+        address = coordinator.host.addrs()[0]
+        worker = Node(
+            NodeConfig(
+                data_dir=tmp_path / "w", role="worker", bootstrap=(address,), network=NETWORK,
+                genesis=genesis, heartbeat_s=0.5,
+            ),
+            engine=engine,
+        )  # fmt: skip
+        await nursery.start(worker.run)
+        with trio.fail_after(30):
+            await worker.registered.wait()
+        host = await nursery.start(client_host)
+        peer = await host.connect(address)
+        answers: dict[bytes, Message] = {}
+
+        async def free(n: int, prompt: str) -> None:
+            job = SubmitJob(
+                job_id=n.to_bytes(16, "big"), model="tiny", prompt=prompt, max_tokens=4, replicas=1
+            )
+            answers[job.job_id] = await host.request(peer, job)
+
+        def state() -> str:
+            return f"active {core.active_jobs}, queued {core.queued_jobs}, free slots {core.free_slots()}"
+
+        nursery.start_soon(free, 1, "GATED: the worker is busy with this one")
+        await until(lambda: core.active_jobs == 1 and core.free_slots() == 0, 30, state)
+        nursery.start_soon(free, 2, "Free, queued first")
+        await until(lambda: core.queued_jobs == 1, 30, state)
+        nursery.start_soon(free, 3, "Free, queued second")
+        await until(lambda: core.queued_jobs == 2, 30, state)
+
+        seed = secrets.token_bytes(32)
+        paid: list[Completion] = []
+
+        def pay() -> None:
+            with Client([address], network=NETWORK, timeout=60, identity_seed=seed) as client:
+                paid.append(
+                    client.complete("Paid, queued last", model="tiny", max_tokens=4, replicas=1, sealed=False)
+                )
+
+        async def paying() -> None:
+            await trio.to_thread.run_sync(pay)
+
+        nursery.start_soon(paying)
+        await until(lambda: core.queued_jobs == 3, 60, state)  # the paid job waits behind the free ones
+        engine.gate.set()
+        await until(
+            lambda: len(answers) == 3 and len(paid) == 1, 60, lambda: f"{state()}, answers {len(answers)}"
+        )
+
+        assert all(isinstance(a, JobAccepted) for a in answers.values()), answers
+        receipts = [
+            p.job_id
+            for e in coordinator.ledger.entries_by_author(coordinator.public_key)
+            if isinstance(p := decode_body(e.body).payload, Receipt)
+        ]
+        free_ids = [n.to_bytes(16, "big") for n in (1, 2, 3)]
+        assert receipts == [free_ids[0], paid[0].job_id, free_ids[1], free_ids[2]]
         nursery.cancel_scope.cancel()

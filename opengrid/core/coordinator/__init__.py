@@ -27,7 +27,9 @@ Sealed jobs are replicated as above.
 
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is
-busy waits in a ``FairQueue`` (opengrid/core/queueing.py): interactive before batch, clients in turn.
+busy waits in a ``FairQueue`` (opengrid/core/queueing.py): paid jobs and volunteers' in good standing
+before open ones (bounded: every fourth turn goes to an open job while one waits), interactive before
+batch, clients in turn.
 Whenever a slot may have freed (a result, a failure, a timeout, a settled job, a worker coming online) the
 machine offers the free slots to the waiting jobs in that order.
 

@@ -12,6 +12,7 @@ from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
 from opengrid.core.events import JobSubmitted
+from opengrid.core.queueing import in_good_standing
 from opengrid.core.refusal import Refusal
 from opengrid.core.reputation import Reputation, replication_probability
 from opengrid.core.scheduler import Candidate, capacity, choose_class, pick_workers
@@ -163,7 +164,7 @@ class DispatchPart(CoordinatorParts):
         if audit:  # one prover; its claim is audited (``_start_audits``) before it is accepted
             job.audit, job.target, job.replicas = True, 1, 1
         self._jobs[job_id] = job
-        self._queue.push(job_id, event.client, request.priority)
+        self._queue.push(job_id, event.client, request.priority, preferred=self._preferred(job))
         return hold_effects + self._drain(now) + self._maybe_canary(now)
 
     def _drain(self, now: float) -> list[Effect]:
@@ -203,6 +204,19 @@ class DispatchPart(CoordinatorParts):
                 continue
             effects += self._refill(job, now)
         return effects
+
+    def _preferred(self, job: JobRecord) -> bool:
+        """Does ``job`` go ahead of open jobs in the queue (spec/job-protocol.md §8.1)? A paid job does
+        (its HOLD was applied), and so does a job submitted by a volunteer in good standing: the client's
+        peer id (an API node's, for its users' jobs: ``peer/user``) is a worker registered here whose
+        reputation adaptive replication trusts."""
+        if job.hold:
+            return True
+        record = self.workers.get(job.client.split("/", 1)[0])
+        if record is None:
+            return False
+        reputation = self.reputation.get(record.key, Reputation())
+        return in_good_standing(reputation, min_trust_streak=self.config.min_trust_streak)
 
     def _has_slot(self, peer: str) -> bool:
         record = self.workers.get(peer)
@@ -273,7 +287,13 @@ class DispatchPart(CoordinatorParts):
                     if chosen:
                         self._queue.served(job_id, done=False)
                 else:  # a job that already started goes ahead of its client's jobs that have not
-                    self._queue.push(job_id, job.client, job.request.priority, front=bool(tried))
+                    self._queue.push(
+                        job_id,
+                        job.client,
+                        job.request.priority,
+                        front=bool(tried),
+                        preferred=self._preferred(job),
+                    )
                 return effects
         self._queue.served(job_id, done=True)
         if not job.pending and len(job.results) + len(chosen) < job.target:

@@ -26,6 +26,15 @@ from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import GrantRequest, GrantVoucher, SubmitJob, job_cost
 
 
+class PaymentShortfall(Refusal, frozen=True):
+    """``payment_required`` because an account has too few points: with the job's ``price`` (what its HOLD
+    must reserve) and the account's spendable ``balance`` (counting a starting grant it can still claim),
+    so that an API can answer them as data (HTTP 402) and the SDK raise them (``PaymentError``)."""
+
+    price: int
+    balance: int
+
+
 class PaymentsPart(CoordinatorParts):
     """Holds and grants for clients' jobs, the operator's own jobs, starting-grant vouchers.
 
@@ -69,10 +78,17 @@ class PaymentsPart(CoordinatorParts):
         effects += [AppendEntry(e) for e in applied]
         self._adopt(applied)
         if self.ledger.hold(entry.id) is None:
+            # The account cannot pay (or its chain has a gap here): ``payment_required``, the SDK's
+            # PaymentError, not a malformed request.
+            balance = self.ledger.balance(body.author)
             return (
-                _bad_payment(
-                    f"the hold waits: its author's balance ({self.ledger.balance(body.author)} points) is "
-                    f"below {hold.amount}, or its earlier entries have not reached this coordinator"
+                PaymentShortfall(
+                    "payment_required",
+                    f"the hold waits: its author's balance ({balance} points) is below {hold.amount}, "
+                    "or its earlier entries have not reached this coordinator; earn or receive points, "
+                    "or lower max_tokens or replicas",
+                    price=hold.amount,
+                    balance=balance,
                 ),
                 effects,
             )
@@ -83,8 +99,9 @@ class PaymentsPart(CoordinatorParts):
         jobs its node submits itself (the OpenAI-compatible API): with a HOLD of the job's price as the next
         entry of our chain, after our starting GRANT when the account is new and short (the network has a
         grant and we are a minter). Returns the request to feed to ``handle`` at once (the HOLD is the next
-        link of our chain), or why it cannot be paid (``payment_required``). A model no worker serves is
-        returned unpaid: the submission refuses it (``unknown_model``)."""
+        link of our chain), or why it cannot be paid (``payment_required``, a ``PaymentShortfall`` with the
+        price and the balance). A model no worker serves is returned unpaid: the submission refuses it
+        (``unknown_model``)."""
         weight = self.weight(request.model, max_tokens=request.max_tokens)
         if weight is None:
             return request
@@ -108,14 +125,16 @@ class PaymentsPart(CoordinatorParts):
                 if head is not None
                 else ""
             )
-            return Refusal(
+            return PaymentShortfall(
                 "payment_required",
                 f"this node pays its API's jobs from its own account ({me.hex()[:16]}..., the node's "
                 f"identity key), which has {balance} points; this job costs up to {cost} (max_tokens "
                 f"{request.max_tokens} x replicas {request.replicas} x {weight} points per token of "
                 f"{request.model!r})"
                 f"{why}. Lower max_tokens, earn points by running a worker with this identity, or have "
-                "another account TRANSFER points to it",
+                "another account send points to it",
+                price=cost,
+                balance=balance,
             )
         payloads.append(Hold(job_id=request.job_id, amount=cost, coordinator=me))
         *granted, hold = self._sign_ahead(payloads)  # the next links of our chain, applied on submission
