@@ -256,7 +256,7 @@ def test_concurrent_sends_from_one_account_to_two_coordinators(tmp_path: pathlib
         for thread in threads:
             thread.join(timeout=120)
         taken = [side for side, outcome in outcomes.items() if not isinstance(outcome, Exception)]
-        print(f"\nconcurrent sends: {({side: type(o).__name__ for side, o in outcomes.items()})}")
+        print(f"\nconcurrent sends: { ({side: type(o).__name__ for side, o in outcomes.items()}) }")
         assert len(outcomes) == 2 and taken  # the first of them always goes through somewhere
 
         def forked(ledger: LedgerState) -> bool:
