@@ -154,7 +154,9 @@ def demo_worker_source(now_ms: int) -> FakeWalletSource:
         models=[MODEL],
         ledger_entries=len(items),
     )
-    return FakeWalletSource(status, items, address=status.addrs[0])
+    source = FakeWalletSource(status, items, address=status.addrs[0])
+    source.known_accounts[demo_key("docs-fund")] = 1200  # a project that takes donations
+    return source
 
 
 def demo_coordinator_source(now_ms: int) -> FakeWalletSource:
