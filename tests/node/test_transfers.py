@@ -32,7 +32,8 @@ from opengrid.errors import (
 from opengrid.net.keys import peer_id_of
 from opengrid.node.identity import IDENTITY_FILE
 from opengrid.wire.messages import AccountRequest, AccountState, ErrorReply, TransferRequest
-from tests.node.workers import paid_coordinator
+from tests.node.workers import paid_coordinator, start_workers
+from tests.waiting import until
 
 NETWORK = "transfer-test"
 GRANT = 50
@@ -173,4 +174,48 @@ async def test_a_second_entry_at_a_used_seq_freezes_the_account(tmp_path: pathli
                     client.transfer(coordinator_key, 1)
 
         await trio.to_thread.run_sync(frozen_send)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_s_owner_sends_points_and_the_coordinator_gets_them(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    """A worker writes its owner's transfer on its own chain, in its own ledger (synced from its
+    coordinator); the entry reaches the coordinator (gossip, and the sync it asks for at once)."""
+    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    seed = secrets.token_bytes(32)
+    alice = bytes(SigningKey(seed).verify_key)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.ledger is not None
+        address = coordinator.host.addrs()[0]
+        [worker] = await start_workers(
+            nursery, tmp_path, ("w1",), bootstrap=address, model_path=tiny_model_path,
+            network=NETWORK, genesis=genesis, heartbeat_s=0.5,
+        )  # fmt: skip
+        assert worker.host is not None and worker.ctx.ledger is not None
+        worker_key = worker.public_key
+
+        def fund() -> None:
+            with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+                client.claim_grant()
+                client.transfer(worker_key, 20, new_recipient=True)
+
+        await trio.to_thread.run_sync(fund)
+        worker_ledger = worker.ctx.ledger
+        await until(lambda: worker_ledger.balance(worker_key) == 20, 30, lambda: "worker not synced")
+        worker_address = worker.host.addrs()[0]
+        worker_seed = (tmp_path / "w1" / IDENTITY_FILE).read_bytes()
+
+        def send() -> int:
+            with Client([address], network=NETWORK, timeout=30) as client:
+                return client.send_from_node(
+                    worker_address, alice, 7, identity_seed=worker_seed, memo="back"
+                ).balance
+
+        assert await trio.to_thread.run_sync(send) == 13
+        ledger = coordinator.ledger
+        await until(lambda: ledger.balance(worker_key) == 13, 30, lambda: f"{ledger.balance(worker_key)}")
+        assert ledger.balance(alice) == GRANT - 20 + 7
+        assert [i.memo for i in ledger.history(alice) if i.delta > 0 and i.kind == "transfer"] == ["back"]
         nursery.cancel_scope.cancel()
