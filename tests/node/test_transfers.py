@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import secrets
+import time
 
 import pytest
 import trio
@@ -31,7 +32,14 @@ from opengrid.errors import (
 )
 from opengrid.net.keys import peer_id_of
 from opengrid.node.identity import IDENTITY_FILE
-from opengrid.wire.messages import AccountRequest, AccountState, ErrorReply, TransferRequest
+from opengrid.wire.control import owner_transfer_signing_bytes
+from opengrid.wire.messages import (
+    AccountRequest,
+    AccountState,
+    ErrorReply,
+    OwnerTransfer,
+    TransferRequest,
+)
 from tests.node.workers import paid_coordinator, start_workers
 from tests.waiting import until
 
@@ -218,4 +226,50 @@ async def test_a_worker_s_owner_sends_points_and_the_coordinator_gets_them(
         await until(lambda: ledger.balance(worker_key) == 13, 30, lambda: f"{ledger.balance(worker_key)}")
         assert ledger.balance(alice) == GRANT - 20 + 7
         assert [i.memo for i in ledger.history(alice) if i.delta > 0 and i.kind == "transfer"] == ["back"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_owner_transfer_is_taken_once_and_only_from_the_owner(tmp_path: pathlib.Path) -> None:
+    """The attacks on ``OwnerTransfer``: a request signed by another key, and the owner's own request
+    played again (it would spend twice). The node refuses both; the points move once."""
+    coordinator, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    seed = secrets.token_bytes(32)
+    alice = bytes(SigningKey(seed).verify_key)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None and coordinator.ledger is not None
+        address, peer_id = coordinator.host.addrs()[0], coordinator.host.peer_id
+        node_key = coordinator.public_key
+        owner = SigningKey((tmp_path / "c" / IDENTITY_FILE).read_bytes())
+
+        def signed(key: SigningKey, amount: int, issued_at_ms: int) -> OwnerTransfer:
+            message = owner_transfer_signing_bytes(NETWORK, peer_id, alice, amount, "", False, issued_at_ms)
+            return OwnerTransfer(
+                to=alice, amount=amount, issued_at_ms=issued_at_ms, signature=key.sign(message).signature
+            )
+
+        def attacks() -> list[object]:
+            with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+                client.claim_grant()
+                client.transfer(node_key, 30)  # the node's account has 30 points; alice 20
+                now = int(time.time() * 1000)
+                requests = [
+                    signed(SigningKey(seed), 10, now),  # alice signs for the node: not the owner
+                    signed(owner, 10, now),  # the owner's: taken
+                    signed(owner, 10, now),  # the same bytes again: a replay
+                    signed(owner, 10, now - 1),  # older than the last taken: a replay too
+                    signed(owner, 10, now - 10 * 60 * 1000 + 1),  # outside the clock window
+                ]
+                return [client._call(lambda r=r: client._request(address, r))[1] for r in requests]
+
+        replies = await trio.to_thread.run_sync(attacks)
+        assert (
+            isinstance(replies[0], ErrorReply)
+            and "not signed by this node's identity key" in replies[0].message
+        )
+        assert isinstance(replies[1], AccountState) and replies[1].balance == 20
+        for reply in replies[2:]:
+            assert isinstance(reply, ErrorReply) and "stale or replayed" in reply.message
+        ledger = coordinator.ledger
+        assert (ledger.balance(node_key), ledger.balance(alice)) == (20, GRANT - 30 + 10)
         nursery.cancel_scope.cancel()
