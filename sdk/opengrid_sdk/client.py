@@ -266,6 +266,9 @@ class Client:
         """With an identity (e.g. a volunteer's own node key), jobs are paid from its points: each puts
         ``job_cost`` on hold, settled to the agreeing workers (the rest returns) or refunded on failure."""
         self._paying = threading.Lock()  # one paid job at a time: each HOLD is the next link of our chain
+        self._transferred: int | None = None
+        """Seq of the last TRANSFER this client had applied: a coordinator that reports our chain shorter
+        than that has not synced yet, and signing after its head would fork our chain."""
         self._owner_ms = 0
         """``issued_at_ms`` of our last owner request: the next is strictly newer (a node refuses replays)."""
         self._grant: Grant | None = None
@@ -839,6 +842,13 @@ class Client:
                     f"account {me.hex()} is frozen: it signed two different ledger entries with one seq "
                     "(a fork), so every node refuses its later entries"
                 )
+            if self._transferred is not None and state.seq < self._transferred:
+                # Signing after the head it reports would reuse a seq we signed: a fork, our own.
+                raise TransferError(
+                    f"the coordinator holds account {me.hex()}'s chain up to seq {state.seq}, but this "
+                    f"client sent seq {self._transferred} (through another coordinator that has not synced "
+                    "yet); wait a few seconds for ledger sync and send again"
+                )
             head: tuple[int, bytes] | None = (state.seq, state.head) if state.seq else None
             balance, grant = state.balance, b""
             if head is not None:
@@ -875,6 +885,7 @@ class Client:
             if state.entry_id != bytes(entry.id):
                 raise RemoteProtocolError("the coordinator answered a transfer with another entry's id")
             self._grant = None
+            self._transferred = body.seq
         return TransferReceipt(
             entry_id=bytes(entry.id),
             sender=me,

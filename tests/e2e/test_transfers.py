@@ -41,7 +41,7 @@ from opengrid_ledger import (
 from opengrid_sdk import Client
 
 from opengrid.cli.demo import DemoNetwork, DemoNode
-from opengrid.errors import OpenGridError
+from opengrid.errors import OpenGridError, TransferError
 from opengrid.node.identity import load_or_create_seed
 from opengrid.store.ledger_store import open_ledger
 from opengrid.wire.messages import AccountState, History, HistoryRequest, TransferRequest
@@ -182,6 +182,11 @@ def test_a_double_spend_across_a_partition_is_proven_and_no_branch_stands(
             sent = client.transfer(to_a, 40, memo="side A", new_recipient=True)
             grant_entry, _ = chain_of(client, a.addrs[0], spender)
             assert sent.balance == 10
+            # An honest client that falls over to B (as after A became unreachable) does not sign after
+            # the head B reports: it would reuse its own seq 2 — a fork of its own making.
+            client._coordinator = b.addrs[0]
+            with pytest.raises(TransferError, match="has not synced yet"):
+                client.transfer(to_b, 5, new_recipient=True)
             # side B never heard of side A: the same GRANT, then another seq 2 spending the same points
             body = EntryBody(
                 NETWORK, spender, 2, bytes(decode_entry(grant_entry).id), Transfer(to=to_b, amount=40)
