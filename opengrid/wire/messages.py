@@ -779,10 +779,11 @@ class OwnerTransfer(_Message, tag="owner_transfer", frozen=True):
 
     to: KeyBytes
     amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_POINTS)]
+    issued_at_ms: int
+    """Unix ms by the owner's clock; refused if further than ``MAX_CLOCK_SKEW_MS`` from the node's."""
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
     memo: Annotated[str, msgspec.Meta(max_length=MAX_MEMO_CHARS)] = ""
     new_recipient: bool = False
-    issued_at_ms: int = 0
-    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)] = bytes(64)
 
 
 Message = (
