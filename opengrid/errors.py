@@ -28,7 +28,13 @@ the values involved, and what to do next.
     │   ├── PaymentError            the job must be paid and cannot be (no identity, points or grant)
     │   └── UnknownJobError         no receipt for this job id where it was asked (unknown, failed, running)
     └── LedgerError                 the ledger refused an entry or could not store it
-        └── InvalidEntryError       bad signature, wrong network, broken chain, double count, ...
+        ├── InvalidEntryError       bad signature, wrong network, broken chain, double count, ...
+        └── TransferError           a transfer of points was refused (frozen account, chain out of step)
+            ├── InvalidRecipientError     the recipient is not an account key or peer id, or is the sender
+            ├── UnknownRecipientError     the ledger has never seen the recipient (confirm a new account)
+            ├── InvalidAmountError        points not a whole number in 1..2**63-1
+            ├── InvalidMemoError          the memo is too long or holds control characters
+            └── InsufficientBalanceError  more points than the sender can spend (carries the balance)
 """
 
 from __future__ import annotations
@@ -167,3 +173,37 @@ class LedgerError(OpenGridError):
 
 class InvalidEntryError(LedgerError):
     """A ledger entry failed validation: bad signature, wrong network, broken chain, double count..."""
+
+
+class TransferError(LedgerError):
+    """A transfer of points was refused: the sender's account is frozen after a fork, its chain on the
+    node is out of step, or one of the subclasses below."""
+
+
+class InvalidRecipientError(TransferError):
+    """The recipient is neither a 32-byte account key (64 hex digits) nor a libp2p peer id, or it is the
+    sender itself."""
+
+
+class UnknownRecipientError(TransferError):
+    """The ledger has never seen the recipient (no entry, no credit, not a coordinator): likely a typo.
+    Confirm a new account on purpose (``new_recipient=True``, ``--new-recipient``)."""
+
+
+class InvalidAmountError(TransferError):
+    """The number of points is not a whole number from 1 to 2**63-1."""
+
+
+class InvalidMemoError(TransferError):
+    """The memo is longer than 256 characters or holds a control or text-direction character."""
+
+
+class InsufficientBalanceError(TransferError):
+    """The sender cannot spend that many points: ``balance`` is what it can spend on the node asked
+    (``held``: points on hold for its jobs in flight, not spendable), ``amount`` what it tried to send."""
+
+    def __init__(self, message: str, *, balance: int, amount: int, held: int = 0) -> None:
+        super().__init__(message)
+        self.balance = balance
+        self.amount = amount
+        self.held = held

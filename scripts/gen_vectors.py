@@ -57,9 +57,11 @@ from opengrid.wire.admit import admit_request_signing_bytes  # noqa: E402
 from opengrid.wire.codec import encode_frame, encode_message  # noqa: E402
 from opengrid.wire.commitment import commit_output  # noqa: E402
 from opengrid.wire.contract import DecodingContract  # noqa: E402
-from opengrid.wire.control import control_signing_bytes  # noqa: E402
+from opengrid.wire.control import control_signing_bytes, owner_transfer_signing_bytes  # noqa: E402
 from opengrid.wire.grant import grant_request_signing_bytes  # noqa: E402
 from opengrid.wire.messages import (  # noqa: E402
+    AccountRequest,
+    AccountState,
     AdmitRequest,
     AdmitVote,
     AuditJob,
@@ -83,6 +85,7 @@ from opengrid.wire.messages import (  # noqa: E402
     ModelOffer,
     ModelsRequest,
     NodeStatus,
+    OwnerTransfer,
     PeerSummary,
     Quote,
     QuotedWorker,
@@ -97,6 +100,7 @@ from opengrid.wire.messages import (  # noqa: E402
     Sealed,
     StatusRequest,
     SubmitJob,
+    TransferRequest,
     WorkerSummary,
 )
 from opengrid.wire.sealed import SEALED_TAG, SealedOutput, SealedPrompt, box_public_key  # noqa: E402
@@ -488,6 +492,7 @@ def ledger_steps() -> list[tuple[str, Entry, str]]:
     hold3 = step("hold: U1 reserves 20 for job 3", u1.append(Hold(job(3), 20, PUB["C1"])))
     step("refund: C1 returns U1's hold for job 3", c1.append(Refund(hold3.id)))
     step("transfer: W1 gives U1 5", w1.append(Transfer(PUB["U1"], 5)))
+    step("transfer with a memo: W1 gives U1 3", w1.append(Transfer(PUB["U1"], 3, memo="thanks for the docs")))
     cosigs = tuple(sign_admit(KEYS[k], NETWORK, 0, PUB["N"]) for k in ("C1", "C2"))
     step(
         "admit: N becomes a coordinator at epoch 0, co-signed by C1, C2", n.append(Admit(PUB["N"], 0, cosigs))
@@ -627,6 +632,11 @@ def messages(
         e for e in receipt_entries if msgspec.msgpack.decode(e.body)["payload"]["type"] == "receipt"
     )
     submit_sealed, run_sealed, result_sealed = sealed
+    transfer = next(
+        e
+        for e in receipt_entries
+        if msgspec.msgpack.decode(e.body)["payload"].get("memo")  # W1's transfer with a memo
+    )
     return [
         ("a worker registers with one model", RegisterWorker(
             network=NETWORK, public_key=PUB["W1"], listen_addrs=["/ip4/127.0.0.1/tcp/4001"], models=[offer],
@@ -724,7 +734,33 @@ def messages(
         ("no receipt for that job id here", ErrorReply(
             code="unknown_job", message="no receipt for job 0101...; it never ran here, or it failed",
             job_id=job(1))),
+        ("account request", AccountRequest(account=PUB["W1"])),
+        ("an account as the node's ledger holds it", AccountState(
+            account=PUB["W1"], balance=14, held=0, seq=2, head=bytes(transfer.id), standing=True,
+            frozen=False)),
+        ("a transfer request: W1's signed TRANSFER with a memo (spec/ledger.md §5.6)", TransferRequest(
+            entry=encode_entry(transfer))),
+        ("the sender's account after the transfer was applied", AccountState(
+            account=PUB["W1"], balance=14, held=0, seq=2, head=bytes(transfer.id), standing=True,
+            frozen=False, entry_id=bytes(transfer.id))),
+        ("a transfer above the sender's balance", ErrorReply(
+            code="insufficient_balance",
+            message="account 0707... has 14 spendable points here; the transfer is 1000. Send at most 14")),
+        ("an owner asks its node to send 25 points from the node's account", owner_transfer()),
     ]  # fmt: skip
+
+
+def owner_transfer() -> OwnerTransfer:
+    """NODE's owner sends 25 points to U1 from the node's own account (signed with the node's key)."""
+    from opengrid.net.keys import peer_id_of
+
+    signed = owner_transfer_signing_bytes(
+        NETWORK, peer_id_of(PUB["NODE"]), PUB["U1"], 25, "for the docs", False, ISSUED_AT_MS
+    )
+    return OwnerTransfer(
+        to=PUB["U1"], amount=25, memo="for the docs", issued_at_ms=ISSUED_AT_MS,
+        signature=KEYS["NODE"].sign(signed).signature,
+    )  # fmt: skip
 
 
 _AUDIT_COMMITMENT = evidence_commitment(

@@ -30,6 +30,7 @@ from .entries import (
 from .genesis import Genesis, decode_genesis, encode_genesis, genesis_id
 from .ids import AccountKey, EntryId
 from .payloads import (
+    MAX_MEMO_CHARS,
     Admit,
     Cosignature,
     Credit,
@@ -44,11 +45,13 @@ from .payloads import (
     Transfer,
     admit_signing_bytes,
     grant_signing_bytes,
+    memo_problem,
     sign_admit,
     sign_grant_voucher,
 )
 from .signatures import ED25519, Ed25519, SignatureScheme
 from .state import HistoryItem, HoldInfo, LedgerState, TrustedReplayError, payload_kind
+from .transfers import IntakeRefusal, intake_problem, spend_problem
 from .writer import ChainWriter
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "ED25519",
     "ENTRY_DOMAIN",
     "MAX_ENTRY_SIZE",
+    "MAX_MEMO_CHARS",
     "AccountKey",
     "Admit",
     "Attestation",
@@ -73,6 +77,7 @@ __all__ = [
     "HistoryItem",
     "Hold",
     "HoldInfo",
+    "IntakeRefusal",
     "LedgerState",
     "Payload",
     "Receipt",
@@ -91,12 +96,15 @@ __all__ = [
     "encode_genesis",
     "genesis_id",
     "grant_signing_bytes",
+    "intake_problem",
     "make_fraud",
+    "memo_problem",
     "open_entry",
     "payload_kind",
     "sign_admit",
     "sign_attestation",
     "sign_entry",
     "sign_grant_voucher",
+    "spend_problem",
     "verify_attestation",
 ]

@@ -22,13 +22,23 @@ Kinds (tag, author, effect):
 
 from __future__ import annotations
 
+import unicodedata
+
 import msgspec
 import nacl.signing
 
 from opengrid.errors import InvalidEntryError
 
 from .attestation import Attestation, verify_attestation
-from .ids import HASH_SIZE, JOB_ID_SIZE, KEY_SIZE, SIGNATURE_SIZE, require_count, require_size
+from .ids import (
+    HASH_SIZE,
+    JOB_ID_SIZE,
+    KEY_SIZE,
+    MAX_UINT64,
+    SIGNATURE_SIZE,
+    require_count,
+    require_size,
+)
 from .signatures import ED25519, SignatureScheme
 
 ADMIT_DOMAIN = "opengrid/admit/1"
@@ -37,6 +47,12 @@ GRANT_DOMAIN = "opengrid/grant/1"
 """First element of the array a coordinator signs to vouch for a starting grant."""
 MAX_LIST = 256
 """Most items in any list inside a payload (credits, payouts, co-signatures, evidence keys)."""
+MAX_MEMO_CHARS = 256
+"""Most characters in a TRANSFER's memo (spec/ledger.md §5.6)."""
+MAX_POINTS = MAX_UINT64
+"""Most points one entry may move or mint (integers are at most u64 on the wire, spec/ledger.md §2)."""
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Characters that reorder the text around them on screen: a memo could make a history line lie."""
 
 
 class Credit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -116,6 +132,9 @@ class Transfer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
     """32-byte key of the receiving account; not the author."""
     amount: int
     """Strictly positive."""
+    memo: str = ""
+    """A note for the recipient (what it is for), at most ``MAX_MEMO_CHARS`` characters, no control or
+    bidirectional-override characters (it is shown in terminals). Omitted when empty."""
 
 
 class Grant(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="grant"):
@@ -240,6 +259,9 @@ def check_payload(
         require_count("transfer amount", payload.amount, minimum=1)
         if payload.to == author:
             raise InvalidEntryError(f"transfer from {author.hex()} to itself")
+        problem = memo_problem(payload.memo)
+        if problem:
+            raise InvalidEntryError(f"transfer from {author.hex()}: {problem}")
     elif isinstance(payload, Grant):
         require_count("grant points", payload.points, minimum=1)
         verify_cosignature(
@@ -257,6 +279,20 @@ def check_payload(
         check_evidence(payload)
     else:  # pragma: no cover - msgspec only decodes the kinds above; keeps a new kind from slipping by.
         raise InvalidEntryError(f"unknown payload kind {type(payload).__name__}")
+
+
+def memo_problem(memo: str) -> str:
+    """What is wrong with a TRANSFER memo ("" if nothing): too long, or a character that could garble or
+    disguise what a terminal shows (control characters, bidirectional overrides)."""
+    if len(memo) > MAX_MEMO_CHARS:
+        return f"the memo has {len(memo)} characters; at most {MAX_MEMO_CHARS} are allowed"
+    for index, char in enumerate(memo):
+        if unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS:
+            return (
+                f"the memo has a control character (U+{ord(char):04X}) at position {index}; use plain "
+                "text on one line"
+            )
+    return ""
 
 
 def _check_credits(credits: tuple[Credit, ...], what: str) -> set[bytes]:

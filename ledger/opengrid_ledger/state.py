@@ -103,6 +103,10 @@ class HistoryItem(msgspec.Struct, frozen=True):
     delta: int
     """Change of the account's spendable balance (a HOLD moves points from spendable to held)."""
     job_id: bytes = b""
+    counterparty: bytes = b""
+    """A TRANSFER's other account: the recipient of one the account sent, the sender of one it received."""
+    memo: str = ""
+    """A TRANSFER's memo."""
 
 
 def payload_kind(payload: Payload) -> str:
@@ -835,7 +839,8 @@ class LedgerState:
         return self._generation
 
     def history(self, account: bytes) -> list[HistoryItem]:
-        """Every applied entry that changed ``account``'s spendable balance, in applied order."""
+        """Every applied entry that changed ``account``'s spendable balance, in applied order: transfers
+        both ways (sent: negative ``delta``, received: positive), each with its counterparty and memo."""
         items = []
         for index, delta in self._touches.get(account, ()):
             entry = self._applied[index]
@@ -844,7 +849,22 @@ class LedgerState:
             hold = self._holds.get(EntryId(getattr(body.payload, "hold", b"")))
             if hold is not None:
                 job = hold.job_id
-            items.append(HistoryItem(entry.id, body.author, body.seq, payload_kind(body.payload), delta, job))
+            counterparty, memo = b"", ""
+            if isinstance(body.payload, Transfer):
+                counterparty = body.payload.to if body.author == account else body.author
+                memo = body.payload.memo
+            items.append(
+                HistoryItem(
+                    entry.id,
+                    body.author,
+                    body.seq,
+                    payload_kind(body.payload),
+                    delta,
+                    job,
+                    counterparty,
+                    memo,
+                )
+            )
         return items
 
     def pending(self) -> list[Entry]:

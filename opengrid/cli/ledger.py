@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     helps = {
         "balance": "points of an account (default: this node's) and every nonzero balance",
-        "history": "every entry that changed an account's points (default: this node's account)",
+        "history": "every entry that changed an account's points, transfers sent and received with their "
+        "counterparty and memo (default: this node's account)",
         "verify": "re-verify every stored entry; exit 1 if any is invalid",
     }
     for name, text in helps.items():
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
                 "kind": item.kind,
                 "delta": item.delta,
                 "job": item.job_id.hex(),
+                "counterparty": item.counterparty.hex(),
+                "memo": item.memo,
             }
             for item in ledger.history(account)
         ],
@@ -277,6 +280,11 @@ def _balance_text(report: dict[str, Any]) -> str:
 def _history_text(report: dict[str, Any]) -> str:
     lines = [f"account {report['account']} on {report['network']}:"]
     for item in report["history"]:
+        if item["kind"] == "transfer":  # both ways: sent (negative) and received (positive)
+            way = "to" if item["delta"] < 0 else "from"
+            memo = f' "{item["memo"]}"' if item["memo"] else ""
+            lines.append(f"  {item['delta']:+d}  transfer {way} {item['counterparty']}{memo}")
+            continue
         job = f" job {item['job']}" if item["job"] else ""
         lines.append(
             f"  {item['delta']:+d}  {item['kind']:<8} by {item['author'][:16]}… seq {item['seq']}{job}"

@@ -9,19 +9,40 @@ FRAUD proof when the ledger froze an author for a fork (spec/ledger.md §4, §5.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import trio
-from opengrid_ledger import Entry, Fraud, decode_body, decode_entry, encode_entry, open_entry
+from opengrid_ledger import (
+    Entry,
+    Fraud,
+    Grant,
+    Transfer,
+    decode_body,
+    decode_entry,
+    encode_entry,
+    intake_problem,
+    memo_problem,
+    open_entry,
+    spend_problem,
+)
 from opengrid_ledger.sync import IdIndex, SyncSession
 
+from opengrid.core.control import OwnerTransfers
 from opengrid.errors import OpenGridError
 from opengrid.net.host import FrameStream
 from opengrid.node import ledger_sync
 from opengrid.node.context import NodeContext, short
 from opengrid.node.coordinator_admission import CoordinatorAdmission
 from opengrid.node.ledger_sync import SYNC_PROTOCOL
-from opengrid.wire.messages import ReceiptNotice
+from opengrid.wire.messages import (
+    AccountState,
+    ErrorReply,
+    Message,
+    OwnerTransfer,
+    ReceiptNotice,
+    TransferRequest,
+)
 
 log = logging.getLogger("opengrid.node")
 _SYNC_TIMEOUT_S = 60.0
@@ -40,6 +61,7 @@ class LedgerService:
         """Frozen authors already handled by ``report_forks``."""
         self.sync_wanted = trio.Event()
         """Set to make a worker's sync loop pull from its coordinators now."""
+        self._owner_transfers: OwnerTransfers | None = None
 
     # ── our own entries ──────────────────────────────────────────────────────────────────────────────
     def append(self, entry: Entry) -> None:
@@ -202,6 +224,133 @@ class LedgerService:
                 "y" if len(applied) == 1 else "ies",
                 ctx.points(),
             )
+
+    # ── transfers (spec/ledger.md §5.6, spec/job-protocol.md §5.19) ─────────────────────────────────
+    def account_state(self, account: bytes, entry_id: bytes = b"") -> AccountState:
+        """``account`` as our ledger holds it (``entry_id``: a transfer just applied, for its reply)."""
+        ledger = self._ctx.ledger
+        assert ledger is not None
+        head = ledger.head(account)
+        return AccountState(
+            account=account,
+            balance=ledger.balance(account),
+            held=ledger.held(account),
+            seq=head[0] if head is not None else 0,
+            head=bytes(head[1]) if head is not None else b"",
+            standing=ledger.has_standing(account),
+            frozen=ledger.is_frozen(account),
+            entry_id=entry_id,
+        )
+
+    def on_transfer(self, peer: str, request: TransferRequest) -> Message:
+        """An account holder's signed TRANSFER (and, for a new account, its GRANT): applied only if it
+        applies at once (``opengrid_ledger.transfers``), then stored and published on gossip; answered with
+        the sender's account after it, or why not."""
+        ctx = self._ctx
+        ledger, store = ctx.ledger, ctx.store
+        assert ledger is not None and store is not None
+        network = ctx.config.network
+        try:
+            entry = decode_entry(request.entry)
+            body = open_entry(entry, network)
+        except OpenGridError as exc:
+            return ErrorReply("malformed", f"the transfer is not a valid ledger entry: {exc}")
+        applied: list[Entry] = []
+        try:
+            if request.grant:
+                try:
+                    grant = decode_entry(request.grant)
+                    grant_body = open_entry(grant, network)
+                except OpenGridError as exc:
+                    return ErrorReply("malformed", f"the grant is not a valid ledger entry: {exc}")
+                if not isinstance(grant_body.payload, Grant) or grant_body.author != body.author:
+                    return ErrorReply(
+                        "malformed", "the grant must be a GRANT entry authored by the transfer's sender"
+                    )
+                try:
+                    applied += ledger.apply(grant)
+                except OpenGridError as exc:
+                    return ErrorReply("malformed", f"the ledger refused the grant: {exc}")
+            refusal = intake_problem(ledger, entry, body, new_recipient=request.new_recipient)
+            if refusal is not None:
+                return ErrorReply(refusal.code, refusal.message)
+            try:
+                applied += ledger.apply(entry)
+            except OpenGridError as exc:  # a fork (a second entry at a used seq), a broken chain
+                self.report_forks()
+                return ErrorReply("malformed", f"the ledger refused the transfer: {exc}")
+        finally:
+            # What was applied stays applied (a GRANT before a refused TRANSFER): store and publish it.
+            if applied:
+                store.append_many(applied)
+                for done in applied:
+                    if ctx.nursery is not None:
+                        ctx.nursery.start_soon(self.publish_entry, done)
+        if entry.id not in ledger:
+            return ErrorReply(
+                "malformed", "the transfer waits in the ledger for an earlier entry; sign again"
+            )
+        payload = body.payload
+        assert isinstance(payload, Transfer)  # intake_problem took only a TRANSFER
+        log.info(
+            "took a transfer of %d points from %s to %s (via %s)",
+            payload.amount,
+            body.author.hex()[:16],
+            payload.to.hex()[:16],
+            short(peer),
+        )
+        return self.account_state(body.author, bytes(entry.id))
+
+    def on_owner_transfer(self, request: OwnerTransfer) -> Message:
+        """The node's owner sends points from the node's own account: checked (the node's key, fresh, not
+        replayed), then written on our chain by its one writer, stored and published; answered with our
+        account after it, or why not."""
+        ctx = self._ctx
+        ledger, chain, host = ctx.ledger, ctx.chain, ctx.host
+        assert ledger is not None and chain is not None and host is not None
+        if self._owner_transfers is None:
+            self._owner_transfers = OwnerTransfers(
+                network=ctx.config.network, peer_id=host.peer_id, public_key=ctx.public_key
+            )
+        refusal = self._owner_transfers.decide(request, now_ms=time.time_ns() // 1_000_000)
+        if refusal is not None:
+            return refusal.reply()
+        me = ctx.public_key
+        problem = memo_problem(request.memo)
+        if request.to == me:
+            problem = "the node's account cannot send points to itself"
+        if problem:
+            return ErrorReply("malformed", problem)
+        if ledger.is_frozen(me):
+            return ErrorReply(
+                "malformed", "this node's account is frozen after a fork; it cannot send points"
+            )
+        head, applied_head = chain.head(), ledger.head(me)
+        if head is not None and (applied_head is None or head[0] > applied_head[0]):
+            return ErrorReply(
+                "busy",
+                f"this node's chain has an entry that waits (seq {head[0]}); a transfer now would wait "
+                "behind it. Try again once it applies",
+            )
+        refused = spend_problem(ledger, me, request.to, request.amount, new_recipient=request.new_recipient)
+        if refused is not None:
+            return ErrorReply(refused.code, refused.message)
+        try:
+            entry, applied = chain.write(Transfer(to=request.to, amount=request.amount, memo=request.memo))
+        except OpenGridError as exc:
+            return ErrorReply("malformed", f"the ledger refused the transfer: {exc}")
+        self.append_applied(applied, entry)
+        log.info("sent %d points to %s, as the owner asked", request.amount, request.to.hex()[:16])
+        return self.account_state(me, bytes(entry.id))
+
+    def append_applied(self, applied: list[Entry], entry: Entry) -> None:
+        """Store what one of our writes applied, publish the entry, and have a worker's sync loop push it
+        to its coordinators now (gossip is best effort)."""
+        ctx = self._ctx
+        assert ctx.store is not None and ctx.nursery is not None
+        ctx.store.append_many(applied)
+        ctx.nursery.start_soon(self.publish_entry, entry)
+        self.sync_wanted.set()
 
     # ── forks ────────────────────────────────────────────────────────────────────────────────────────
     def report_forks(self) -> None:

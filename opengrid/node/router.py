@@ -28,6 +28,7 @@ from opengrid.node.coordinator_requests import CoordinatorRequests
 from opengrid.node.ledger_service import LedgerService
 from opengrid.node.worker_driver import WorkerDriver
 from opengrid.wire.messages import (
+    AccountRequest,
     AdmitRequest,
     AuditJob,
     ControlRequest,
@@ -40,6 +41,7 @@ from opengrid.wire.messages import (
     Message,
     ModelsRequest,
     NodeStatus,
+    OwnerTransfer,
     QuoteRequest,
     ReceiptNotice,
     ReceiptRequest,
@@ -47,6 +49,7 @@ from opengrid.wire.messages import (
     RunJob,
     StatusRequest,
     SubmitJob,
+    TransferRequest,
 )
 
 log = logging.getLogger("opengrid.node")
@@ -106,6 +109,9 @@ class Router:
             AuditJob: self._on_audit,
             RegisterWorker: self._on_register,
             ReceiptNotice: self._on_receipts,
+            AccountRequest: self._on_account,
+            TransferRequest: self._on_transfer,
+            OwnerTransfer: self._on_owner_transfer,
         }
 
     # ── streams ──────────────────────────────────────────────────────────────────────────────────────
@@ -283,6 +289,18 @@ class Router:
             return self._unexpected(message)
         self._ledger.on_receipts(peer, message)
         return None
+
+    async def _on_account(self, peer: str, message: AccountRequest, operator: str) -> Message:
+        return self._ledger.account_state(message.account)
+
+    async def _on_transfer(self, peer: str, message: TransferRequest, operator: str) -> Message:
+        # Coordinators take clients' transfers: they hold the freshest ledger, and a client finds one.
+        if self._ctx.coordinator is None:
+            return self._not_coordinator(message)
+        return self._ledger.on_transfer(peer, message)
+
+    async def _on_owner_transfer(self, peer: str, message: OwnerTransfer, operator: str) -> Message:
+        return self._ledger.on_owner_transfer(message)
 
     def _candidate(self) -> bool:
         """A coordinator not admitted yet (closed networks): it takes no work."""

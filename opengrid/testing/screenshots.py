@@ -14,8 +14,11 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
-from opengrid.testing.wallet import FakeWalletSource, demo_coordinator_source, demo_worker_source
+from opengrid.testing.wallet import FakeWalletSource, demo_coordinator_source, demo_key, demo_worker_source
 from opengrid.tui.app import TABS, WalletApp
+
+SCREENS = (*TABS, "send")
+"""Every screenshot: one per tab, and the send dialog's confirmation."""
 
 NOW_MS = 1_748_790_000_000  # 2025-06-01 15:00 UTC
 SIZE = (80, 24)
@@ -28,7 +31,8 @@ def _fixed_clock(step: float) -> Callable[[], float]:
 
 
 async def capture(tab: str, source: FakeWalletSource, path: pathlib.Path, *, now_ms: int = NOW_MS) -> str:
-    """Render ``tab`` of a wallet on ``source`` and write it to ``path`` as SVG; returns the SVG."""
+    """Render ``tab`` of a wallet on ``source`` (or, for "send", the send dialog's confirmation) and write it
+    to ``path`` as SVG; returns the SVG."""
     app = WalletApp(
         source,
         refresh_s=3600,
@@ -39,8 +43,15 @@ async def capture(tab: str, source: FakeWalletSource, path: pathlib.Path, *, now
     async with app.run_test(size=SIZE) as pilot:
         await app.workers.wait_for_complete()
         await pilot.pause()
-        await pilot.press(str(TABS.index(tab) + 1))
-        await pilot.pause()
+        if tab == "send":  # the confirmation of a donation, over the overview
+            await pilot.press("s")
+            await pilot.pause()
+            await pilot.press(*demo_key("docs-fund").hex(), "tab", "2", "5", "0", "tab", *"for the docs")
+            await pilot.click("#send-review")
+            await pilot.pause()
+        else:
+            await pilot.press(str(TABS.index(tab) + 1))
+            await pilot.pause()
         svg = app.export_screenshot(title=f"OpenGrid wallet: {tab}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(svg, encoding="utf-8")
@@ -52,8 +63,8 @@ def source_for(tab: str, now_ms: int = NOW_MS) -> FakeWalletSource:
     return demo_coordinator_source(now_ms) if tab == "network" else demo_worker_source(now_ms)
 
 
-async def generate(out_dir: pathlib.Path, tabs: Sequence[str] = TABS) -> list[pathlib.Path]:
-    """Write ``wallet-<tab>.svg`` for each tab into ``out_dir``."""
+async def generate(out_dir: pathlib.Path, tabs: Sequence[str] = SCREENS) -> list[pathlib.Path]:
+    """Write ``wallet-<tab>.svg`` for each screen into ``out_dir``."""
     paths = []
     for tab in tabs:
         path = out_dir / f"wallet-{tab}.svg"

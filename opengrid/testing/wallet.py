@@ -11,9 +11,9 @@ import random
 
 import msgspec
 from nacl.signing import SigningKey
-from opengrid_sdk import HistoryItem
+from opengrid_sdk import AccountInfo, HistoryItem, TransferReceipt
 
-from opengrid.errors import ConfigError
+from opengrid.errors import ConfigError, InsufficientBalanceError, UnknownRecipientError
 from opengrid.tui.source import Action
 from opengrid.wire.messages import NodeStatus, WorkerSummary
 
@@ -36,6 +36,10 @@ class FakeWalletSource:
         self.failure: Exception | None = None
         """When set, every call raises it (a node gone away)."""
         self.calls: list[str] = []
+        self.known_accounts: dict[bytes, int] = {}
+        """Accounts the fake ledger knows (key: balance); others need ``new_recipient``."""
+        self.sent: list[tuple[bytes, int, str]] = []
+        """Transfers sent: (to, points, memo)."""
         self._address = address
         self._control_unavailable = control_unavailable
 
@@ -61,6 +65,32 @@ class FakeWalletSource:
             raise ConfigError(self._control_unavailable)
         self.node_status = msgspec.structs.replace(self.node_status, paused=action == "pause")
         return self.node_status
+
+    def account_info(self, account: bytes) -> AccountInfo:
+        self._record("account_info")
+        known = account in self.known_accounts
+        return AccountInfo(
+            account, self.known_accounts.get(account, 0), 0, 1 if known else 0, known, False, ""
+        )
+
+    def send(self, to: bytes, points: int, memo: str, *, new_recipient: bool) -> TransferReceipt:
+        self._record("send")
+        if self._control_unavailable is not None:
+            raise ConfigError(self._control_unavailable)
+        if to not in self.known_accounts and not new_recipient:
+            raise UnknownRecipientError(f"account {to.hex()} has never appeared on this ledger")
+        if points > self.node_status.points:
+            raise InsufficientBalanceError(
+                f"account {self.node_status.public_key.hex()} has {self.node_status.points} spendable "
+                f"points here; the transfer is {points}",
+                balance=self.node_status.points,
+                amount=points,
+            )
+        balance = self.node_status.points - points
+        self.node_status = msgspec.structs.replace(self.node_status, points=balance)
+        self.sent.append((to, points, memo))
+        entry_id = hashlib.sha256(f"transfer/{len(self.sent)}".encode()).digest()
+        return TransferReceipt(entry_id, self.node_status.public_key, to, points, memo, balance, "")
 
     def close(self) -> None:
         self.calls.append("close")
@@ -124,7 +154,9 @@ def demo_worker_source(now_ms: int) -> FakeWalletSource:
         models=[MODEL],
         ledger_entries=len(items),
     )
-    return FakeWalletSource(status, items, address=status.addrs[0])
+    source = FakeWalletSource(status, items, address=status.addrs[0])
+    source.known_accounts[demo_key("docs-fund")] = 1200  # a project that takes donations
+    return source
 
 
 def demo_coordinator_source(now_ms: int) -> FakeWalletSource:

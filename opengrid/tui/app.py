@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar
 
-from opengrid_sdk import HistoryItem
+from opengrid_sdk import HistoryItem, TransferReceipt
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.screen import ModalScreen
 from textual.widgets import (
     Button,
     DataTable,
@@ -44,6 +45,7 @@ from opengrid.tui.model import (
     short_id,
     summarize_reputation,
 )
+from opengrid.tui.send import ConfirmSendScreen, SendRequest, SendScreen
 from opengrid.tui.source import Action, WalletSource, last_known
 from opengrid.wire.messages import NodeStatus
 
@@ -126,6 +128,7 @@ class WalletApp(App[None]):
         Binding("q", "quit", "Quit"),
         Binding("r", "refresh", "Refresh"),
         Binding("p", "toggle_pause", "Pause/Resume"),
+        Binding("s", "send", "Send points"),
         Binding("tab", "next_tab", "Next tab", priority=True),
         Binding("shift+tab", "next_tab(-1)", "Previous tab", show=False, priority=True),
         *(
@@ -217,7 +220,13 @@ class WalletApp(App[None]):
         self.query_one(TabbedContent).active = tab
 
     def action_next_tab(self, step: int = 1) -> None:
-        """Cycle through the tabs (``tab`` / ``shift+tab``)."""
+        """Cycle through the tabs (``tab`` / ``shift+tab``); in a dialog, through its fields."""
+        if isinstance(self.screen, ModalScreen):
+            if step < 0:
+                self.screen.focus_previous()
+            else:
+                self.screen.focus_next()
+            return
         tabs = self.query_one(TabbedContent)
         index = TABS.index(tabs.active) if tabs.active in TABS else 0
         tabs.active = TABS[(index + step) % len(TABS)]
@@ -242,6 +251,43 @@ class WalletApp(App[None]):
             )
         self._render_all()
 
+    def action_send(self) -> None:
+        """Send points from the node's account (key ``s``): a form, a confirmation, then the node signs
+        the transfer on its own chain. Only the node's owner can (like pause/resume)."""
+        self._control_reason = self.source.control_unavailable
+        status = self.node_status
+        if self._control_reason is not None:
+            reason = self._control_reason.replace("pause/resume", "sending points")
+            self._set_note(f"sending points disabled: {reason}", error=True)
+            self.notify(reason, title="Sending points disabled", severity="warning")
+        elif status is None or self._from_disk:
+            self._set_note("no live status yet: sending works once the node has answered", error=True)
+        else:
+            balance = status.points
+
+            def reviewed(request: SendRequest | None) -> None:
+                if request is not None:
+                    self.push_screen(ConfirmSendScreen(request, balance), partial(confirmed, request))
+
+            def confirmed(request: SendRequest, ok: bool | None) -> None:
+                if not ok:
+                    self._set_note("nothing sent")
+                    self._render_all()
+                    return
+                self._set_note(f"sending {format_points(request.points)} points…")
+                self._render_all()
+                send = partial(
+                    self.source.send,
+                    request.to,
+                    request.points,
+                    request.memo,
+                    new_recipient=request.new_recipient,
+                )
+                self.run_worker(send, name="send", group="send", thread=True, exit_on_error=False)
+
+            self.push_screen(SendScreen(balance), reviewed)
+        self._render_all()
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "toggle-pause":
             self.action_toggle_pause()
@@ -258,6 +304,8 @@ class WalletApp(App[None]):
             self._on_refresh_done(worker)
         elif worker.group == "control":
             self._on_control_done(worker)
+        elif worker.group == "send":
+            self._on_send_done(worker)
 
     # ── refresh ──────────────────────────────────────────────────────────────────────────────────────
     def refresh_data(self) -> None:
@@ -319,6 +367,22 @@ class WalletApp(App[None]):
         elif worker.state == WorkerState.ERROR:
             error = describe_error(worker.error) if worker.error else "no answer"
             self._set_note(f"{worker.name} failed: {error}", error=True)
+            self._render_all()
+
+    def _on_send_done(self, worker: Worker[object]) -> None:
+        if worker.state == WorkerState.SUCCESS and isinstance(worker.result, TransferReceipt):
+            sent = worker.result
+            self._set_note(
+                f"sent {format_points(sent.points)} points to {sent.to.hex()[:16]}…; balance now "
+                f"{format_points(sent.balance)}"
+            )
+            self.notify(self._note, title="Points sent")
+            self._render_all()
+            self.refresh_data()
+        elif worker.state == WorkerState.ERROR:
+            error = describe_error(worker.error) if worker.error else "no answer"
+            self._set_note(f"send failed: {error}", error=True)
+            self.notify(error, title="Points not sent", severity="error")
             self._render_all()
 
     def _set_note(self, text: str, *, error: bool = False) -> None:

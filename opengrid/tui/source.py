@@ -12,7 +12,7 @@ import pathlib
 import threading
 from typing import Literal, Protocol
 
-from opengrid_sdk import Client, HistoryItem
+from opengrid_sdk import AccountInfo, Client, HistoryItem, TransferReceipt
 
 from opengrid.errors import ConfigError, TransportError
 from opengrid.tui.model import pick_address
@@ -48,6 +48,14 @@ class WalletSource(Protocol):
 
     def control(self, action: Action) -> NodeStatus:
         """Pause or resume the node; returns its status afterwards."""
+        ...
+
+    def account_info(self, account: bytes) -> AccountInfo:
+        """``account`` as the node's ledger holds it (to say whom points go to before sending)."""
+        ...
+
+    def send(self, to: bytes, points: int, memo: str, *, new_recipient: bool) -> TransferReceipt:
+        """Send ``points`` from the node's account to ``to`` (the owner only, like ``control``)."""
         ...
 
     def close(self) -> None:
@@ -141,6 +149,22 @@ class SdkWalletSource:
             raise ConfigError(reason)
         client, address = self._connect()
         return client.control(address, action, identity_seed=self._seed())
+
+    def account_info(self, account: bytes) -> AccountInfo:
+        """``account`` in the node's ledger."""
+        client, address = self._connect()
+        return client.account_info(account, address=address)
+
+    def send(self, to: bytes, points: int, memo: str, *, new_recipient: bool) -> TransferReceipt:
+        """Sign a transfer request with the node's identity key: the node writes the TRANSFER on its own
+        chain (``Client.send_from_node``)."""
+        reason = self.control_unavailable
+        if reason is not None:
+            raise ConfigError(reason.replace("pause/resume", "sending points"))
+        client, address = self._connect()
+        return client.send_from_node(
+            address, to, points, identity_seed=self._seed(), memo=memo, new_recipient=new_recipient
+        )
 
     def last_known(self) -> tuple[NodeStatus, list[HistoryItem]] | None:
         """The balance and receipts in the node's ledger on disk (data-dir mode), for a node that does

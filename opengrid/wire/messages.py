@@ -123,6 +123,8 @@ ErrorCode = Literal[
     "admission_pending",  # this coordinator's operator has not approved the candidate (yet): ask later
     "admission_refused",  # no co-signature now (wrong epoch, already a coordinator, voted for another)
     "unknown_job",  # ReceiptRequest: no receipt for this job id here (never ran here, failed, still running)
+    "insufficient_balance",  # a transfer above the sender's spendable points here (the message says both)
+    "unknown_account",  # a transfer to an account this ledger has never seen, not confirmed as new
 ]
 
 
@@ -736,6 +738,65 @@ class AuditReport(_Message, tag="audit_report", frozen=True):
     output commitment and token count as the prover's, so the receipt can credit the auditor."""
 
 
+MAX_MEMO_CHARS: Final = 256
+"""Characters of a TRANSFER's memo (``opengrid_ledger.MAX_MEMO_CHARS``, spec/ledger.md §5.6)."""
+MAX_POINTS: Final = 2**63 - 1
+"""Points one owner transfer may move: the ledger allows up to 2**64-1 in an entry, but msgspec bounds
+only fit an int64; no account holds more than this."""
+
+
+class AccountRequest(_Message, tag="account_request", frozen=True):
+    """Anyone → node: one account as this node's ledger holds it (to sign its next entry, or check it)."""
+
+    account: KeyBytes
+
+
+class AccountState(_Message, tag="account", frozen=True):
+    """Node → anyone: an account in the answering node's ledger; also the answer to a transfer it took
+    (``entry_id``: the TRANSFER just applied, the account's balance after it)."""
+
+    account: KeyBytes
+    balance: Annotated[int, msgspec.Meta(ge=0)]
+    """Spendable points (points on hold for jobs in flight are in ``held``)."""
+    held: Annotated[int, msgspec.Meta(ge=0)]
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    """The account's last applied entry's seq (0: none); its next entry is ``seq + 1``."""
+    head: MaybeKeyBytes
+    """The EntryId of that entry (the next entry's ``prev``); empty when ``seq`` is 0."""
+    standing: bool
+    """Coordinator, has an entry, or was ever credited (spec/ledger.md §6.3): not an unknown key."""
+    frozen: bool
+    """Caught signing two entries with one seq: its entries from the fork on are refused everywhere."""
+    entry_id: MaybeKeyBytes = b""
+
+
+class TransferRequest(_Message, tag="transfer_request", frozen=True):
+    """Account holder → node (a coordinator): apply, store and publish my signed TRANSFER entry (spec/
+    job-protocol.md §5.19). Answered with the sender's ``AccountState`` or an ``ErrorReply``."""
+
+    entry: EntryBytes
+    """The encoded TRANSFER entry, the next link of its author's chain on the answering node."""
+    new_recipient: bool = False
+    """The recipient is a fresh account on purpose: without it, a recipient with no standing is refused
+    (``unknown_account``)."""
+    grant: Annotated[bytes, msgspec.Meta(max_length=4096)] = b""
+    """A new account's GRANT entry (seq 1), applied just before the TRANSFER (as ``SubmitJob.grant``)."""
+
+
+class OwnerTransfer(_Message, tag="owner_transfer", frozen=True):
+    """A node's owner → that node: send points from the node's own account, written by the node on its own
+    chain (its one chain writer, so no fork with its receipts or proofs). Signed with the node's identity
+    key over ``owner_transfer_signing_bytes``; refused if stale or not newer than the last one taken."""
+
+    to: KeyBytes
+    amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_POINTS)]
+    issued_at_ms: int
+    """Unix ms by the owner's clock; refused if further than ``MAX_CLOCK_SKEW_MS`` from the node's."""
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+    memo: Annotated[str, msgspec.Meta(max_length=MAX_MEMO_CHARS)] = ""
+    new_recipient: bool = False
+
+
 Message = (
     RegisterWorker
     | Registered
@@ -766,4 +827,8 @@ Message = (
     | ModelList
     | ReceiptRequest
     | JobReceipt
+    | AccountRequest
+    | AccountState
+    | TransferRequest
+    | OwnerTransfer
 )

@@ -17,9 +17,11 @@ from opengrid_sdk.client import (
     ServedModel,
 )
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt
+from opengrid_sdk.transfers import AccountInfo, TransferReceipt
 
 __all__ = [
     "DEFAULT_MODEL",
+    "AccountInfo",
     "AsyncClient",
     "Client",
     "Completion",
@@ -29,4 +31,5 @@ __all__ = [
     "Sampling",
     "ServedModel",
     "SignedReceipt",
+    "TransferReceipt",
 ]

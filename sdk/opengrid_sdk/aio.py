@@ -23,6 +23,7 @@ from opengrid_sdk.client import (
     ServedModel,
 )
 from opengrid_sdk.receipts import HistoryItem
+from opengrid_sdk.transfers import AccountInfo, TransferReceipt
 
 _DONE = object()
 
@@ -180,6 +181,39 @@ class AsyncClient:
     async def claim_grant(self) -> int:
         """See ``Client.claim_grant``."""
         return await asyncio.to_thread(self._client.claim_grant)
+
+    async def account_info(self, account: bytes | None = None, *, address: str | None = None) -> AccountInfo:
+        """See ``Client.account_info``."""
+        return await asyncio.to_thread(self._client.account_info, account, address=address)
+
+    async def transfer(
+        self, to: str | bytes, points: int, *, memo: str = "", new_recipient: bool = False
+    ) -> TransferReceipt:
+        """See ``Client.transfer``: send points from this client's identity."""
+        return await asyncio.to_thread(
+            self._client.transfer, to, points, memo=memo, new_recipient=new_recipient
+        )
+
+    async def send_from_node(
+        self,
+        address: str,
+        to: str | bytes,
+        points: int,
+        *,
+        identity_seed: bytes,
+        memo: str = "",
+        new_recipient: bool = False,
+    ) -> TransferReceipt:
+        """See ``Client.send_from_node``: a node's owner sends points from the node's account."""
+        return await asyncio.to_thread(
+            self._client.send_from_node,
+            address,
+            to,
+            points,
+            identity_seed=identity_seed,
+            memo=memo,
+            new_recipient=new_recipient,
+        )
 
     async def price(self, *, model: str = DEFAULT_MODEL, max_tokens: int = 64, replicas: int = 2) -> int:
         """See ``Client.price``: the points a paid job of this shape holds."""

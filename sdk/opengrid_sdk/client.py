@@ -27,6 +27,7 @@ from opengrid_ledger import (
     EntryBody,
     Grant,
     Hold,
+    Transfer,
     decode_entry,
     encode_entry,
     grant_signing_bytes,
@@ -37,13 +38,16 @@ from opengrid_ledger import (
 from opengrid.errors import (
     ConfigError,
     EngineError,
+    InsufficientBalanceError,
     InvalidEntryError,
+    InvalidRecipientError,
     JobError,
     NoCapacityError,
     OpenGridError,
     PaymentError,
     RemoteProtocolError,
     TemplateError,
+    TransferError,
     TransportError,
     UnknownJobError,
     UnknownModelError,
@@ -55,12 +59,14 @@ from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.node.chat_template import TemplateRenderer
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.contract import sampling_problem
-from opengrid.wire.control import control_signing_bytes
+from opengrid.wire.control import control_signing_bytes, owner_transfer_signing_bytes
 from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
     JOB_ID_BYTES,
     MAX_EXPOSURE,
     MAX_PROMPT_CHARS,
+    AccountRequest,
+    AccountState,
     ControlRequest,
     ErrorReply,
     GrantRequest,
@@ -74,6 +80,7 @@ from opengrid.wire.messages import (
     ModelList,
     ModelsRequest,
     NodeStatus,
+    OwnerTransfer,
     Priority,
     PromptFormat,
     Quote,
@@ -81,12 +88,21 @@ from opengrid.wire.messages import (
     ReceiptRequest,
     StatusRequest,
     SubmitJob,
+    TransferRequest,
     job_cost,
     listed_balance,
 )
 from opengrid.wire.receipts import verify_receipt_without_output
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
 from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
+from opengrid_sdk.transfers import (
+    AccountInfo,
+    TransferReceipt,
+    account_info,
+    check_transfer,
+    recipient_key,
+    refused,
+)
 
 T = TypeVar("T")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -251,6 +267,11 @@ class Client:
         """With an identity (e.g. a volunteer's own node key), jobs are paid from its points: each puts
         ``job_cost`` on hold, settled to the agreeing workers (the rest returns) or refunded on failure."""
         self._paying = threading.Lock()  # one paid job at a time: each HOLD is the next link of our chain
+        self._transferred: int | None = None
+        """Seq of the last TRANSFER this client had applied: a coordinator that reports our chain shorter
+        than that has not synced yet, and signing after its head would fork our chain."""
+        self._owner_ms = 0
+        """``issued_at_ms`` of our last owner request: the next is strictly newer (a node refuses replays)."""
         self._grant: Grant | None = None
         """A starting grant vouched for and not yet on the ledger: its GRANT goes with the next paid job."""
         self.timeout = timeout
@@ -778,6 +799,160 @@ class Client:
                 self._grant = self._request_grant()
             return self._grant.points
 
+    def account_info(self, account: bytes | None = None, *, address: str | None = None) -> AccountInfo:
+        """``account`` (default: this client's identity) as a node's ledger holds it (default: our
+        coordinator's): spendable and held points, the length of its chain, known or frozen."""
+        if account is None:
+            account = self.account
+            if account is None:
+                raise ConfigError("account_info() of whom? this Client has no identity_seed; pass account=")
+        if address is None:
+            peer, reply = self._to_coordinator(AccountRequest(account=account))
+        else:
+            peer, reply = self._call(lambda: self._request(address, AccountRequest(account=account)))
+        return account_info(_account_state(reply), peer)
+
+    def transfer(
+        self, to: str | bytes, points: int, *, memo: str = "", new_recipient: bool = False
+    ) -> TransferReceipt:
+        """Send ``points`` of this client's identity to account ``to`` (a 32-byte key, its 64 hex digits,
+        or a node's peer id), with an optional ``memo`` (at most 256 characters, one line).
+
+        The TRANSFER is signed here as the next entry of our chain (after our starting GRANT if
+        ``claim_grant`` got one and our chain has not started) and handed to our coordinator, which
+        applies it only if it applies at once there, then stores and publishes it (spec/ledger.md §5.6).
+        ``new_recipient=True`` confirms that ``to`` is a fresh account: otherwise a recipient the ledger
+        has never seen is refused, since points sent to a mistyped key are lost.
+
+        Raises ``InvalidRecipientError``, ``InvalidAmountError``, ``InvalidMemoError`` before anything is
+        signed; ``InsufficientBalanceError`` (with ``.balance``) when we cannot spend that much;
+        ``UnknownRecipientError``; ``TransferError`` when the account is frozen or the node refuses it.
+        """
+        if self._payer is None:
+            raise ConfigError("transfer() needs an identity: Client(identity_seed=...) (the sending account)")
+        key = recipient_key(to)
+        check_transfer(points, memo)
+        me = bytes(self._payer.verify_key)
+        if key == me:
+            raise InvalidRecipientError(f"account {me.hex()} cannot send points to itself")
+        with self._paying:  # one writer of our chain at a time: a HOLD and a TRANSFER never share a seq
+            _, state = self._to_coordinator(AccountRequest(account=me))
+            state = _account_state(state)
+            if state.frozen:
+                raise TransferError(
+                    f"account {me.hex()} is frozen: it signed two different ledger entries with one seq "
+                    "(a fork), so every node refuses its later entries"
+                )
+            if self._transferred is not None and state.seq < self._transferred:
+                # Signing after the head it reports would reuse a seq we signed: a fork, our own.
+                raise TransferError(
+                    f"the coordinator holds account {me.hex()}'s chain up to seq {state.seq}, but this "
+                    f"client sent seq {self._transferred} (through another coordinator that has not synced "
+                    "yet); wait a few seconds for ledger sync and send again"
+                )
+            head: tuple[int, bytes] | None = (state.seq, state.head) if state.seq else None
+            balance, grant = state.balance, b""
+            if head is not None:
+                self._grant = None  # our chain has started: a GRANT can no longer be applied
+            elif self._grant is not None:
+                signed_grant = self._grant_entry()
+                grant, head = encode_entry(signed_grant), (1, bytes(signed_grant.id))
+                balance += self._grant.points
+            if points > balance:
+                raise InsufficientBalanceError(
+                    f"account {me.hex()} can spend {balance} points"
+                    + (f" ({state.held} more on hold for jobs in flight)" if state.held else "")
+                    + f"; the transfer is {points}",
+                    balance=balance,
+                    amount=points,
+                    held=state.held,
+                )
+            body = EntryBody(
+                network=self.network,
+                author=me,
+                seq=head[0] + 1 if head else 1,
+                prev=head[1] if head else b"",
+                payload=Transfer(to=key, amount=points, memo=memo),
+            )
+            entry = sign_entry(self._payer, body)
+            request = TransferRequest(entry=encode_entry(entry), new_recipient=new_recipient, grant=grant)
+            peer, reply = self._to_coordinator(request)
+            if isinstance(reply, ErrorReply):
+                if reply.code == "insufficient_balance":
+                    now = _account_state(self._to_coordinator(AccountRequest(account=me))[1])
+                    raise refused(reply, amount=points, balance=now.balance, held=now.held)
+                raise refused(reply, amount=points)
+            state = _account_state(reply)
+            if state.entry_id != bytes(entry.id):
+                raise RemoteProtocolError("the coordinator answered a transfer with another entry's id")
+            self._grant = None
+            self._transferred = body.seq
+        return TransferReceipt(
+            entry_id=bytes(entry.id),
+            sender=me,
+            to=key,
+            points=points,
+            memo=memo,
+            balance=state.balance,
+            node=peer,
+        )
+
+    def send_from_node(
+        self,
+        address: str,
+        to: str | bytes,
+        points: int,
+        *,
+        identity_seed: bytes,
+        memo: str = "",
+        new_recipient: bool = False,
+    ) -> TransferReceipt:
+        """Ask the node at ``address`` to send ``points`` from its own account to ``to``; the node writes
+        the TRANSFER on its own chain (with its one chain writer, so it never forks its receipts or
+        proofs). ``identity_seed`` is that node's identity (``identity.key`` in its data dir): only its
+        owner can spend its points. Same arguments and errors as ``transfer``."""
+        key = recipient_key(to)
+        check_transfer(points, memo)
+        signer = SigningKey(identity_seed)
+        node_key = bytes(signer.verify_key)
+        if key == node_key:
+            raise InvalidRecipientError(f"the node's account {node_key.hex()} cannot send points to itself")
+        peer_id = peer_id_of(node_key)
+        issued_at_ms = max(time.time_ns() // 1_000_000, self._owner_ms + 1)  # strictly newer: not a replay
+        self._owner_ms = issued_at_ms
+        signed = owner_transfer_signing_bytes(
+            self.network, peer_id, key, points, memo, new_recipient, issued_at_ms
+        )
+        request = OwnerTransfer(
+            to=key,
+            amount=points,
+            memo=memo,
+            new_recipient=new_recipient,
+            issued_at_ms=issued_at_ms,
+            signature=signer.sign(signed).signature,
+        )
+        peer, reply = self._call(lambda: self._request(address, request))
+        if peer != peer_id:
+            raise ConfigError(
+                f"{address} is node {peer}, but the identity given is node {peer_id}'s; use the node's own "
+                "data dir"
+            )
+        if isinstance(reply, ErrorReply):
+            if reply.code == "insufficient_balance":
+                now = self.account_info(node_key, address=address)
+                raise refused(reply, amount=points, balance=now.balance, held=now.held)
+            raise refused(reply, amount=points)
+        state = _account_state(reply)
+        return TransferReceipt(
+            entry_id=state.entry_id,
+            sender=node_key,
+            to=key,
+            points=points,
+            memo=memo,
+            balance=state.balance,
+            node=peer,
+        )
+
     def _request_grant(self) -> Grant:
         """A voucher from the coordinator for our starting grant, checked, as a GRANT payload."""
         assert self._payer is not None
@@ -1116,6 +1291,15 @@ class Client:
             coordinator=peer,
             sealed=sealed is not None,
         )
+
+
+def _account_state(reply: Message) -> AccountState:
+    """``reply`` as the AccountState it must be (an ErrorReply becomes the typed error it names)."""
+    if isinstance(reply, ErrorReply):
+        raise _ERRORS.get(reply.code, RemoteProtocolError)(reply.message)
+    if not isinstance(reply, AccountState):
+        raise RemoteProtocolError(f"expected an AccountState, got {type(reply).__name__}")
+    return reply
 
 
 def _sealed_to_workers_gone(reply: Message) -> TypeGuard[ErrorReply]:

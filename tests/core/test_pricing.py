@@ -197,6 +197,9 @@ def test_a_coordinator_on_a_network_without_grant_cannot_pay_its_own_job() -> No
     refusal = grid.coordinator.pay_own_job(request)
     assert isinstance(refusal, Refusal) and "has 0 points" in refusal.message
     assert "no starting grant" in refusal.message
+    # it names the command that sends points, with this node's account (issue 19: no more "TRANSFER")
+    me = grid.coordinator.public_key.hex()
+    assert f"`opengrid wallet send {me} POINTS`" in refusal.message and "TRANSFER" not in refusal.message
     unserved = msgspec.structs.replace(request, model="nobody-serves-this")
     assert grid.coordinator.pay_own_job(unserved) == unserved  # refused later, as unknown_model
 

@@ -19,8 +19,7 @@ import re
 import pytest
 from svgtext import svg_lines
 
-from opengrid.testing.screenshots import generate
-from opengrid.tui.app import TABS
+from opengrid.testing.screenshots import SCREENS, generate
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 REGENERATE = (
@@ -61,7 +60,7 @@ def differences(tab: str, committed: str, rendered: str) -> str:
     )
 
 
-@pytest.mark.parametrize("tab", TABS)
+@pytest.mark.parametrize("tab", SCREENS)
 def test_each_screen_renders_as_its_committed_screenshot(tab: str, tmp_path: pathlib.Path) -> None:
     committed = (DOCS / f"wallet-{tab}.svg").read_text(encoding="utf-8")
     rendered = render(tab, tmp_path)

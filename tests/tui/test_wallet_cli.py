@@ -77,3 +77,36 @@ def test_the_wallet_reads_through_the_sdk_not_node_internals() -> None:
     for path in [*root.glob("*.py"), pathlib.Path(wallet.__file__)]:
         text = path.read_text(encoding="utf-8")
         assert "opengrid.node" not in text.replace("``opengrid.node.config.DEFAULT_NETWORK``", ""), path
+
+
+def test_send_parses_and_keeps_the_wallet_s_flags(tmp_path: pathlib.Path) -> None:
+    args = parse("send", "ab" * 32, "25", "--memo", "thanks", "--yes", "--data-dir", str(tmp_path))
+    assert (args.wallet_command, args.to, args.points, args.memo, args.yes) == (
+        "send",
+        "ab" * 32,
+        "25",
+        "thanks",
+        True,
+    )
+    assert args.data_dir == tmp_path and not args.new_recipient and args.identity is None
+    args = parse("--data-dir", str(tmp_path), "send", "ab" * 32, "1")  # the wallet's --data-dir is kept
+    assert args.data_dir == tmp_path
+    assert parse("--data-dir", str(tmp_path)).wallet_command is None  # no action: the TUI
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (("send", "not-a-key", "1"), 2, "neither an account key"),
+        (("send", "ab" * 32, "five"), 2, "whole number"),
+        (("send", "ab" * 32, "0"), 2, "from 1 to"),
+        (("send", "ab" * 32, "1", "--memo", "x" * 257), 2, "257 characters"),
+        (("send", "ab" * 32, "1", "--identity", "/nonexistent/key"), 2, "--identity needs --bootstrap"),
+        (("send", "ab" * 32, "1", "--data-dir", "/nonexistent/opengrid"), 1, "start the node first"),
+    ],
+)
+def test_send_refuses_bad_input_before_anything_is_sent(
+    argv: tuple[str, ...], status: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert wallet.run(parse(*argv)) == status
+    assert message in capsys.readouterr().err

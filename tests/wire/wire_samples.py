@@ -6,6 +6,8 @@ import typing
 
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
+    AccountRequest,
+    AccountState,
     AdmitRequest,
     AdmitVote,
     AuditJob,
@@ -29,6 +31,7 @@ from opengrid.wire.messages import (
     ModelOffer,
     ModelsRequest,
     NodeStatus,
+    OwnerTransfer,
     PeerSummary,
     Quote,
     QuotedWorker,
@@ -42,6 +45,7 @@ from opengrid.wire.messages import (
     RunJob,
     StatusRequest,
     SubmitJob,
+    TransferRequest,
     WorkerSummary,
 )
 
@@ -193,6 +197,26 @@ def sample_messages() -> list[Message]:
             text=" there",
             tokens=[5, 6],
             finish_reason="stop",
+        ),
+        AccountRequest(account=b"\x07" * 32),
+        AccountState(
+            account=b"\x07" * 32,
+            balance=90,
+            held=10,
+            seq=3,
+            head=b"\x08" * 32,
+            standing=True,
+            frozen=False,
+            entry_id=b"\x08" * 32,
+        ),
+        TransferRequest(entry=b"\x82entry", new_recipient=True, grant=b"\x82grant"),
+        OwnerTransfer(
+            to=b"\x09" * 32,
+            amount=25,
+            memo="for the docs",
+            new_recipient=True,
+            issued_at_ms=1_700_000_000_000,
+            signature=b"\x0a" * 64,
         ),
     ]
 

@@ -132,7 +132,7 @@ class PaymentsPart(CoordinatorParts):
                 f"{request.max_tokens} x replicas {request.replicas} x {weight} points per token of "
                 f"{request.model!r})"
                 f"{why}. Lower max_tokens, earn points by running a worker with this identity, or have "
-                "another account send points to it",
+                f"another account send points to it (`opengrid wallet send {me.hex()} POINTS`)",
                 price=cost,
                 balance=balance,
             )
@@ -192,7 +192,8 @@ class PaymentsPart(CoordinatorParts):
             return Refusal(
                 "grant_refused",
                 f"network {self.network!r} has no starting grant (its genesis sets no grant_points); "
-                "earn points by running a worker, or get a transfer from an account that has some",
+                "earn points by running a worker, or have an account that has some send you points "
+                f"(`opengrid wallet send {account.hex()} POINTS --new-recipient`)",
             )
         first = self.ledger.entries_by_author(account, to_seq=1)
         if first:
