@@ -32,7 +32,6 @@ from opengrid.errors import ConfigError
 from opengrid.node.config import (
     ADVERSARIES,
     DEFAULT_API_ADDRESS,
-    DEFAULT_LISTEN,
     DEFAULT_NETWORK,
     ENGINES,
     HTTP_BACKENDS,
@@ -56,6 +55,9 @@ __all__ = [
     "unknown_env_vars",
 ]
 
+NODE_START_LISTEN = "/ip4/0.0.0.0/tcp/0"
+"""Where ``opengrid node start`` listens unless told otherwise: every interface (announced as the
+machine's own addresses, opengrid/net/host.py), a free port."""
 ENV_PREFIX = "OPENGRID_"
 CONFIG_ENV = "OPENGRID_CONFIG"
 """Environment variable naming the config file (``--config`` wins over it)."""
@@ -362,9 +364,10 @@ def load_settings(
     unknown_flags = sorted(set(flags) - set(KEYS))
     if unknown_flags:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown_flags)}; known: {', '.join(KEYS)}")
-    # `node start` looks for its grid on the LAN by default; NodeConfig's own default (off) is for nodes
-    # made in-process (tests, the simulator's tools), which must not multicast.
-    defaults = NodeConfig(data_dir=default_data_dir(), lan=True)
+    # `node start` listens on every interface and looks for its grid on the LAN by default, so a plain
+    # `opengrid node start` on two machines of one network makes a grid. NodeConfig's own defaults
+    # (127.0.0.1, no mDNS) are for nodes made in-process (tests, tools), which must stay on loopback.
+    defaults = NodeConfig(data_dir=default_data_dir(), lan=True, listen=(NODE_START_LISTEN,))
     values: dict[str, Any] = {key: getattr(defaults, field_of(key)) for key in KEYS}
     sources = dict.fromkeys(KEYS, "default")
 
@@ -485,7 +488,8 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--listen",
         action="append",
         metavar="MULTIADDR",
-        help=f"address to listen on, repeatable (default: {DEFAULT_LISTEN}, a free port)",
+        help=f"address to listen on, repeatable (default: {NODE_START_LISTEN}: every interface, a free port, "
+        "so nodes on the LAN can reach this one; /ip4/127.0.0.1/tcp/0 keeps it to this machine)",
     )
     network.add_argument(
         "--no-listen",

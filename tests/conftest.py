@@ -4,8 +4,8 @@ Tests never touch the user's home: before anything is collected, :func:`pytest_c
 ``HOME`` and the XDG base directories (where platformdirs puts OpenGrid's cache, config and data
 directories, and where huggingface_hub and matplotlib keep theirs) at a fresh temporary directory, for
 this process and for every node process a test spawns (they inherit the environment). It also drops the
-user's ``OPENGRID_*`` node settings, so a developer's own config never steers a test, and turns LAN discovery
-(mDNS) off for the nodes it spawns unless a test asks for it. The directory starts
+user's ``OPENGRID_*`` node settings, so a developer's own config never steers a test, and keeps the nodes
+it spawns on 127.0.0.1 with LAN discovery (mDNS) off unless a test asks for it. The directory starts
 empty, as on a fresh machine, and is deleted at the end of the session.
 """
 
@@ -44,9 +44,11 @@ def pytest_configure(config: pytest.Config) -> None:
         patch.setenv(variable, str(root / name))
     for variable in [CONFIG_ENV, *(env_var(key) for key in KEYS)]:
         patch.delenv(variable, raising=False)
-    # Node processes the suite starts keep off mDNS (`node start` uses it by default): grids of one test
-    # must not find another test's nodes. The LAN tests turn it on with --lan.
+    # Node processes the suite starts listen on 127.0.0.1 only and keep off mDNS (`node start` listens on
+    # every interface and uses mDNS by default): tests use loopback alone, and grids of one test must not
+    # find another test's nodes. The LAN tests turn mDNS on with --lan.
     patch.setenv(env_var("lan"), "false")
+    patch.setenv(env_var("listen"), "/ip4/127.0.0.1/tcp/0")
     _suite_home, _undo = SuiteHome(root=root, real_home=REAL_HOME), patch
 
 

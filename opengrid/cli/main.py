@@ -411,6 +411,11 @@ async def _run_node(config: NodeConfig, api: ApiSettings | None) -> None:
             for url in node.api_urls:
                 print(f"  OpenAI-compatible API at {url}/v1", flush=True)
             if started.config.role == "coordinator" and addrs:
+                if started.config.lan and node.lan is not None:
+                    print(
+                        "  workers on this LAN join with: opengrid node start (they find it by mDNS)",
+                        flush=True,
+                    )
                 print(
                     f"  workers join with: opengrid node start --role worker --bootstrap {addrs[0]} "
                     "--data-dir DIR",

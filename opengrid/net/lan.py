@@ -7,8 +7,8 @@ It browses for the same service type and hands every node of its own network it 
 who dials it like a bootstrap address. spec/discovery.md §10 is the normative description.
 
 **Where.** Both announcing and browsing use only the interfaces the node listens on: ``/ip4/0.0.0.0``
-means every interface, ``/ip4/192.168.1.5`` that one, ``/ip4/127.0.0.1`` only this machine (two nodes
-started on one PC with no flags find each other; the test suite never multicasts beyond loopback). A node
+means every interface (``opengrid node start``'s default), ``/ip4/192.168.1.5`` that one,
+``/ip4/127.0.0.1`` only this machine (the test suite's nodes: it never multicasts beyond loopback). A node
 that listens on no IPv4 address does not use mDNS.
 
 **Why not py-libp2p's mDNS module** (``libp2p.discovery.mdns``): its ``Zeroconf()`` binds every

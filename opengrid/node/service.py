@@ -46,6 +46,7 @@ from opengrid.net.host import (
     derive_psk,
     open_host,
 )
+from opengrid.net.lan import LanDiscovery
 from opengrid.net.pool import StreamPool
 from opengrid.net.relay import ReservationKeeper
 from opengrid.node import engine_setup
@@ -141,6 +142,8 @@ class Node:
         )
         self.api_service = ApiService(self.ctx, self.coordinator_driver, self.registration)
         self.auto_relay: AutoRelay | None = None
+        self.lan: LanDiscovery | None = None
+        """LAN discovery (mDNS) while the node runs with ``lan`` on and an IPv4 listen address."""
         """Without configured relays: the relay taken when peers cannot dial us (spec/discovery.md §9.3)."""
 
     # ── the shared state, as tests and the CLI read it ───────────────────────────────────────────────
@@ -302,7 +305,7 @@ class Node:
             )
             await nursery.start(ctx.membership.run)
             if config.lan:
-                await nursery.start(join_lan, host, config)
+                self.lan = await nursery.start(join_lan, host, config)
             self.auto_relay = AutoRelay(
                 host, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers
             )

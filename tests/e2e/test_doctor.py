@@ -32,6 +32,7 @@ def _clean_env(tmp: pathlib.Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENGRID_")}
     env["XDG_CONFIG_HOME"] = str(tmp / "xdg-config")
     env["OPENGRID_LAN"] = "false"  # grids of two doctor tests must not find each other (mDNS)
+    env["OPENGRID_LISTEN"] = "/ip4/127.0.0.1/tcp/0"  # node start's own default is every interface
     return env
 
 
@@ -70,7 +71,8 @@ def _diagnose(tmp: pathlib.Path, *argv: str, resolver: Resolver | None = None) -
     doctor.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["doctor", "--config", str(config), *argv])
     # LAN discovery off unless a test passes --lan: other tests' nodes announce on loopback too.
-    return doctor.diagnose(args, {"OPENGRID_LAN": "false"}, resolver=resolver)
+    env = {"OPENGRID_LAN": "false", "OPENGRID_LISTEN": "/ip4/127.0.0.1/tcp/0"}
+    return doctor.diagnose(args, env, resolver=resolver)
 
 
 def _check(report: dict[str, Any], prefix: str) -> doctor.Check:

@@ -50,5 +50,6 @@ def test_no_opengrid_setting_leaks_in_from_the_user() -> None:
     from opengrid.settings import CONFIG_ENV, KEYS, env_var
 
     leaked = [v for v in [CONFIG_ENV, *(env_var(k) for k in KEYS)] if v in os.environ]
-    assert leaked == [env_var("lan")]  # the suite's own: node processes keep off mDNS (tests/conftest.py)
-    assert os.environ[env_var("lan")] == "false"
+    # the suite's own: node processes keep to loopback, off mDNS (tests/conftest.py)
+    assert sorted(leaked) == [env_var("lan"), env_var("listen")]
+    assert os.environ[env_var("lan")] == "false" and os.environ[env_var("listen")] == "/ip4/127.0.0.1/tcp/0"

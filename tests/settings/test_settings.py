@@ -36,8 +36,9 @@ def _write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
 
 def test_defaults_everywhere() -> None:
     config, sources = load_settings({}, {}, None)
-    # NodeConfig's defaults, but LAN discovery on: `node start` looks for its grid (in-process nodes do not)
-    assert config == NodeConfig(data_dir=default_data_dir(), lan=True)
+    # NodeConfig's defaults, but on every interface with LAN discovery on: `node start` looks for its grid
+    # (in-process nodes do not)
+    assert config == NodeConfig(data_dir=default_data_dir(), lan=True, listen=("/ip4/0.0.0.0/tcp/0",))
     assert set(sources) == set(KEYS)
     assert set(sources.values()) == {"default"}
 
