@@ -44,6 +44,7 @@ class CoordinatorSettings(TypedDict):
     auditors: int
     audit_full_rate: float
     audit_second_rate: float
+    audit_canary_rate: float
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class NodeConfig:
     random prefix window (``CoordinatorConfig.audit_full_rate``, spec/verification.md §13.5)."""
     audit_second_rate: float = 0.0
     """Coordinator, ``verify = "audit"``: share of claims given a second, full audit."""
+    audit_canary_rate: float = 0.0
+    """Coordinator, ``verify = "audit"``: share of claims that also send one canary audit, a claim whose
+    verdict the coordinator knows, to a worker drawn as auditors are (``CoordinatorConfig.audit_canary_rate``,
+    spec/verification.md §13.6)."""
     admit_after_jobs: int = 0
     """Coordinators of a network with a genesis file: co-sign, without asking the operator, the admission
     of a candidate coordinator whose key earned at least this many verified jobs as a worker in our
@@ -142,6 +147,7 @@ class NodeConfig:
             "auditors": self.auditors,
             "audit_full_rate": self.audit_full_rate,
             "audit_second_rate": self.audit_second_rate,
+            "audit_canary_rate": self.audit_canary_rate,
         }
 
     def validated(self) -> NodeConfig:
@@ -179,7 +185,7 @@ class NodeConfig:
             raise ConfigError(f"verify {self.verify!r} is not one of {', '.join(VERIFY_MODES)}")
         if self.auditors < 1:
             raise ConfigError(f"auditors must be at least 1, got {self.auditors}")
-        for name in ("audit_full_rate", "audit_second_rate"):
+        for name in ("audit_full_rate", "audit_second_rate", "audit_canary_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be from 0 to 1, got {getattr(self, name)}")
         if self.http_backend not in HTTP_BACKENDS:

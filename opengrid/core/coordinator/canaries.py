@@ -22,7 +22,7 @@ from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.effects import DispatchAudit, DispatchReplica, Effect, Penalize, SendReceipt
 from opengrid.core.events import AuditReturned, ReplicaReturned
-from opengrid.core.reputation import Reputation
+from opengrid.core.reputation import Reputation, agreed_prefix
 from opengrid.core.scheduler import choose_class, pick_workers
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.commitment import commit_output
@@ -84,35 +84,50 @@ class CanariesPart(CoordinatorParts):
     def _maybe_canary_audit(self, job: JobRecord, now: float) -> list[Effect]:
         """With probability ``audit_canary_rate`` (drawn once per claim whose audits start), send one
         canary audit (spec/verification.md §13.6): a known answer of the same weights as ``job``, as an
-        AuditJob under a fresh job id, to one worker drawn as auditors are (``_draw_auditors``) among those
-        that never saw its prompt or its output. With probability one half its claim is the answer itself
+        AuditJob under a fresh job id, to one worker drawn as auditors are (``_draw_auditors``) among the
+        free ones that never saw some answer; the answer is drawn among those it never saw. With
+        probability one half its claim is the answer itself
         (an honest auditor passes it); otherwise it is **another** known answer's output under this
-        prompt, one whose first token differs (an honest auditor fails it at position 0, inside every
-        window). Its window is drawn as the claim's own would be, from ``job``'s prover's record."""
+        prompt, one that departs from the answer within the first ``audit_min_positions`` positions (an
+        honest auditor fails it there, inside every window). Its window is drawn as the claim's own
+        would be, from ``job``'s prover's record."""
         rate = self.config.audit_canary_rate
         if rate <= 0 or self._rng.random() >= rate:
             return []
         sha = job.contract.model_sha256.lower()
         answers = [a for a in self._known if a.tokens and a.contract.model_sha256.lower() == sha]
-        if not answers:
-            return []
-        answer = self._rng.sample(answers, 1)[0]
-        source = answer
-        if self._rng.random() >= CANARY_AUDIT_PASS_SHARE:
-            others = [b for b in answers if b.prompt != answer.prompt and b.tokens[0] != answer.tokens[0]]
-            if others:
-                source = self._rng.sample(others, 1)[0]
+
+        def fresh(key: bytes, peer: str) -> list[KnownAnswer]:
+            """The answers this worker never saw and may take (its registered length limit)."""
+            limit = self.workers[peer].max_job_tokens
+            return [a for a in answers if key not in a.seen and (limit <= 0 or len(a.tokens) <= limit)]
+
+        # The target first, drawn as an auditor is, among free workers with an answer they never saw;
+        # then the answer (and for a must-fail canary, the other answer) among those.
         busy = {canary.peer for canary in self._canaries.values()}
-        known = answer.seen | source.seen
         free = [
             c
-            for c in self._candidates(sha, max_tokens=len(source.tokens))
-            if c.key not in known and c.peer not in busy and self._has_slot(c.peer)
+            for c in self._candidates(sha)
+            if c.peer not in busy and self._has_slot(c.peer) and fresh(c.key, c.peer)
         ]
         chosen = self._draw_auditors(free, 1, exclude=job.tried(), prover=job.prover)
         if not chosen:
             return []
         worker = chosen[0]
+        unseen = fresh(worker.key, worker.peer)
+        answer = self._rng.sample(unseen, 1)[0]
+        source = answer
+        if self._rng.random() >= CANARY_AUDIT_PASS_SHARE:
+            # It must depart from the answer inside every window: within the first min_positions.
+            reach = self._audit_plans.min_positions
+            others = [
+                b
+                for b in unseen
+                if b.prompt != answer.prompt
+                and agreed_prefix(answer.tokens, b.tokens) < min(reach, len(b.tokens))
+            ]
+            if others:
+                source = self._rng.sample(others, 1)[0]
         positions = len(source.tokens) + (1 if source.finish_reason == "stop" else 0)
         record = self.workers.get(job.prover)
         standing = self.reputation.get(record.key, Reputation()) if record is not None else Reputation()
