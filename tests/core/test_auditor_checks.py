@@ -241,7 +241,7 @@ def test_a_cartel_pass_is_contradicted_by_the_second_audit_and_the_tie_break_cat
         assert all(a.peer != partner.peer for a in of_type(run(grid, job), DispatchAudit))
 
 
-def test_an_auditor_that_fails_an_honest_claim_is_caught_by_the_tie_break_and_the_claim_accepted() -> None:
+def test_a_split_the_tie_break_passes_is_never_accepted_and_blames_nobody() -> None:
     grid = Grid(n=5, config=SECOND)
     grid.register()
     first = grid.submit(1, prompt="prompt 1")
@@ -249,15 +249,38 @@ def test_an_auditor_that_fails_an_honest_claim_is_caught_by_the_tie_break_and_th
     framer, honest = of_type(grid.answer(claim, truth("prompt 1")), DispatchAudit)
     assert finished(report(grid, framer, "fail")) is None
     [tiebreak] = of_type(report(grid, honest, "honest"), DispatchAudit)
-    done = report(grid, tiebreak, "honest")
-    reply = finished(done)
+    dropped = report(grid, tiebreak, "honest")
+    # Two passes and a failure: a framer, or a prover with a colluding auditor and tie-breaker? The claim
+    # is dropped and re-run (never accepted over a failure), and nobody is penalised for it.
+    assert finished(dropped) is None and not of_type(dropped, Penalize)
+    assert of_type(dropped, DispatchReplica), "the job runs again"
+    reply = finished(drive(grid, dropped))
     assert isinstance(reply, JobAccepted) and reply.text == truth("prompt 1").text
-    assert set(credits(reply)) == {grid.key(claim.peer), grid.key(honest.peer), grid.key(tiebreak.peer)}
-    assert [p.peer for p in of_type(done, Penalize)] == [framer.peer]
-    [entry] = [p for p in payloads(done) if isinstance(p, Evidence)]
-    assert entry.invalid == (grid.key(framer.peer),)
-    assert grid.coordinator.reputation[grid.key(claim.peer)].invalid == 0, "the prover is not blamed"
-    assert grid.coordinator.audit_reputation[grid.key(framer.peer)].invalid == 1
+    assert grid.coordinator.reputation[grid.key(claim.peer)].invalid == 0
+    assert grid.key(framer.peer) not in grid.coordinator.audit_reputation or (
+        grid.coordinator.audit_reputation[grid.key(framer.peer)].invalid == 0
+    )
+
+
+def test_an_auditor_that_fails_every_claim_is_caught_by_a_must_pass_canary() -> None:
+    grid = Grid(n=5, config=CANARIES)
+    grid.register()
+    for job in (1, 2, 3):
+        run(grid, job)
+    framer = "w4"
+
+    def frames(peer: str, audit: AuditJob) -> str:
+        return "fail" if peer == framer else "honest"
+
+    for job in range(4, 60):
+        effects = run(grid, job, auditor=frames)
+        reply = finished(effects)
+        assert isinstance(reply, JobAccepted) and reply.text == truth(f"prompt {job}").text
+        if grid.coordinator.audit_reputation.get(grid.key(framer), Reputation()).invalid:
+            break
+    assert grid.coordinator.audit_reputation[grid.key(framer)].invalid == 1
+    for job in range(100, 110):
+        assert all(a.peer != framer for a in of_type(run(grid, job), DispatchAudit))
 
 
 def test_a_lone_auditor_failure_still_rejects_at_once() -> None:

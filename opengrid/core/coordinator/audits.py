@@ -251,12 +251,15 @@ class AuditsPart(CoordinatorParts):
         return self._settle_verdicts(job, now)
 
     def _settle_verdicts(self, job: JobRecord, now: float) -> list[Effect]:
-        """Decide the claim from the verdicts in (spec/verification.md §13.2, §13.6): every auditor passed
-        and enough did: accepted. Only failures: rejected, once no pending audit could contradict them (a
-        lone auditor's failure rejects at once). Passes and failures (a *split*): one more auditor, on
-        another operator, scores the same window (the tie-break); then the majority decides and every
-        auditor on the losing side is caught (``invalid``, an EVIDENCE entry, never drawn to audit again).
-        A tie after the tie-break: the claim is dropped and re-run, nobody blamed."""
+        """Decide the claim from the verdicts in (spec/verification.md §13.2, §13.6). A claim is accepted
+        only when every auditor passed it (and enough did). Only failures: rejected, once no pending audit
+        could contradict them (a lone auditor's failure rejects at once). Passes and failures (a *split*):
+        one more auditor, on another operator, scores the same window (the tie-break). If failures then
+        outnumber passes, the prover and every auditor that passed are caught (``invalid``, an EVIDENCE
+        entry, unpaid; the auditors never drawn to audit again). Otherwise the claim is dropped and the
+        job re-run, and nobody is blamed: two passes against a failure may be a framer's lie or a pair of
+        colluders' — the client is never given a claim an auditor failed, and a framer is left to canary
+        audits, which it cannot tell from claims."""
         passes, fails = job.audited, job.audit_fails
         target = job.plan.auditors if job.plan is not None else self._auditors
         if not fails:
@@ -269,16 +272,11 @@ class AuditsPart(CoordinatorParts):
         if not job.tiebreak:
             job.tiebreak = True
             return self._start_audits(job, now)
-        if len(passes) > len(fails):
-            effects = self._catch_auditors(job, sorted(fails), "failed a claim the tie-break audit passed")
-            return effects + self._accept_audited(job)
-        liars = sorted(passes)
         blame = len(fails) > len(passes)
-        effects = (
-            self._catch_auditors(job, liars, "passed a claim the tie-break audit failed") if blame else []
-        )
-        if blame:  # the tie-break confirmed their failures: right verdicts (unpaid, as any failure)
-            for peer in sorted(fails):
+        effects: list[Effect] = []
+        if blame:
+            effects = self._catch_auditors(job, sorted(passes), "passed a claim the tie-break audit failed")
+            for peer in sorted(fails):  # confirmed: right verdicts (unpaid, as any failure)
                 self._record_auditor(peer, "valid")
         first = min(fails)
         return effects + self._reject_claim(job, first, fails[first], now, blame_prover=blame)

@@ -125,6 +125,7 @@ class Coordinator(
             min_positions=self.config.audit_min_positions,
             skew=self.config.audit_window_skew,
             min_trust_streak=self.config.min_trust_streak,
+            offender_second=self.config.audit_offender_second,
         )
         """Audit mode: the adaptive audit policy (spec/verification.md §13.5)."""
         if not 0.0 <= self.config.audit_canary_rate <= 1.0:
