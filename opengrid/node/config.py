@@ -15,10 +15,12 @@ from opengrid.errors import ConfigError
 Role = Literal["worker", "coordinator", "edge", "auto"]
 ROLES: tuple[Role, ...] = ("worker", "coordinator", "edge", "auto")
 DEFAULT_NETWORK = "opengrid-local"
-ADVERSARIES = ("wrong-tokens", "sealed-lie", "lazy", "model-swap")
+ADVERSARIES = ("wrong-tokens", "sealed-lie", "lazy", "model-swap", "one-in-twenty", "rubber-stamp")
 """Demo/test-only misbehaviours: wrong tokens (outvoted by replicas); a sealed output that does not match
 what the worker attested (caught by the client); random tokens without running the model (lazy); a
-different model behind the announced one (model-swap). Canaries and replication catch the last two."""
+different model behind the announced one (model-swap). Canaries and replication catch the last two.
+Audit mode (spec/verification.md §13.6): one token in 20 changed (one-in-twenty, caught by every audit
+window); an auditor that passes every claim unscored (rubber-stamp, caught by canary and second audits)."""
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 DEFAULT_API_ADDRESS = "127.0.0.1:9337"
 """Where ``--api`` serves when given bare (here, not in opengrid.node.api: the CLI reads it without the
