@@ -243,12 +243,12 @@ async def test_an_auditor_that_always_passes_is_caught_by_a_canary_audit_and_no_
             "stamp": stamp,
             **{name: LlamaEngine(info, n_threads=1) for name in ("w1", "w2", "w3")},
         }
-        # Every claim also sends a canary audit (rate 1). The draws prefer w1 as the prover and the stamp
-        # next, so the canary audit drawn before the claim's own auditor goes to the stamp whenever it
-        # has an answer it never saw; with its one slot taken, the claim's auditor is another worker.
+        # Every claim also sends a canary audit (rate 1). The draws prefer w1 as the prover, w2 as its
+        # auditor and the stamp next, so the canary audit, drawn after the claim's auditor, goes to the
+        # stamp (whenever it has an answer it never saw), which never audits a client's claim here.
         rng = _Preferring(21)
         grid = await _open(nursery, tmp_path, rng, engines, audit_canary_rate=1.0)
-        rng.prefer = [grid.ids["w1"], grid.ids["stamp"]]
+        rng.prefer = [grid.ids["w1"], grid.ids["w2"], grid.ids["stamp"]]
         # Answers a trusted node computed (``add_known_answer``): a small network's own verified answers
         # are soon all seen by its few workers, and a canary needs answers its target never saw.
         assert grid.coordinator.coordinator is not None
@@ -271,6 +271,7 @@ async def test_an_auditor_that_always_passes_is_caught_by_a_canary_audit_and_no_
         assert caught_after is not None, f"caught within 8 jobs; it passed {stamp.stamped} claims"
         assert grid.reputation("stamp").invalid == 1
         audits_then = grid.workers["stamp"].worker_driver.audits_run
+        rng.prefer = [grid.ids["w1"], grid.ids["stamp"]]  # now the stamp is the first choice to audit
         for prompt in PROMPTS[caught_after + 1 : caught_after + 4]:
             reply = await grid.submit(prompt)
             assert reply.tokens == honest[prompt] and grid.ids["stamp"] not in reply.workers[1:]

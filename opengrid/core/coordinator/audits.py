@@ -51,10 +51,9 @@ class AuditsPart(CoordinatorParts):
             if c.peer not in tried
         ]
         pool = [c for c in pool if not self._barred_auditor(c.key)]  # caught auditors audit no more
-        canaries: list[Effect] = []
+        new_claim = job.plan is None
         if job.plan is None:
             job.plan = self._plan_audit(job, len(pool))
-            canaries = self._maybe_canary_audit(job, now)  # once per claim (§13.6)
         # A split verdict gets one tie-break auditor on top of the plan's (§13.6).
         needed = (
             job.plan.auditors
@@ -65,11 +64,16 @@ class AuditsPart(CoordinatorParts):
         )
         if needed <= 0:
             self._audit_wait.pop(job_id, None)
-            return canaries
+            return []
         free = [c for c in pool if self._has_slot(c.peer)]
         chosen = self._draw_auditors(free, needed, exclude=tried, prover=job.prover)
+
+        def canaries() -> list[Effect]:
+            """Once per claim, after its own auditors took their slots (a canary never delays a claim)."""
+            return self._maybe_canary_audit(job, now) if new_claim else []
+
         if chosen:
-            effects: list[Effect] = list(canaries)
+            effects: list[Effect] = []
             audit = self._audit_job(job)
             for candidate in chosen:
                 job.audits[candidate.peer] = now + self.config.replica_timeout_s
@@ -79,12 +83,12 @@ class AuditsPart(CoordinatorParts):
                 self._audit_wait.pop(job_id, None)
             else:
                 self._audit_wait[job_id] = None
-            return effects
+            return effects + canaries()
         if job.audits:
-            return canaries  # the pending audits may still pass it; a later failure looks again
+            return canaries()  # the pending audits may still pass it; a later failure looks again
         if any(c.peer not in tried for c in pool):
             self._audit_wait[job_id] = None  # auditors exist but are busy: wait for a slot
-            return canaries
+            return canaries()
         return self._fail(
             job_id,
             "verification_failed",
