@@ -151,7 +151,7 @@ def test_second_audits_and_canary_audits_catch_lying_auditors_and_cartels() -> N
     assert on.counters["audit_cartels_caught"] >= 4  # of 6
     assert on.counters["canary_audits"] > 500
     # A caught auditor is never drawn again; the few audits it still scored were sent before its catch.
-    assert on.counters["audits_by_caught_liars"] <= 5
+    assert on.counters.get("audits_by_caught_liars", 0) <= 5
     assert off.counters.get("lying_auditors_caught", 0) == 0 == off.counters.get("audit_cartels_caught", 0)
     wrong_on = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(on)]
     wrong_off = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(off)]

@@ -86,11 +86,11 @@ class CanariesPart(CoordinatorParts):
         canary audit (spec/verification.md §13.6): a known answer of the same weights as ``job``, as an
         AuditJob under a fresh job id, to one worker drawn as auditors are (``_draw_auditors``) among the
         free ones that never saw some answer; the answer is drawn among those it never saw. With
-        probability one half its claim is the answer itself
-        (an honest auditor passes it); otherwise it is **another** known answer's output under this
-        prompt, one that departs from the answer within the first ``audit_min_positions`` positions (an
-        honest auditor fails it there, inside every window). Its window is drawn as the claim's own
-        would be, from ``job``'s prover's record."""
+        probability one half its claim is the answer itself (an honest auditor passes it); otherwise it is
+        **another** unseen answer's output under this prompt, one that departs from the answer within the
+        first ``audit_min_positions`` positions (an honest auditor fails it there, inside every window),
+        or the answer itself when there is none. Its window is drawn as the claim's own would be, from
+        ``job``'s prover's record."""
         rate = self.config.audit_canary_rate
         if rate <= 0 or self._rng.random() >= rate:
             return []
