@@ -1,6 +1,9 @@
 """Audit mode (spec/verification.md §13): the prover's claim sent to auditors holding the same weights,
 their reports checked, a failing claim rejected (the prover penalised, the job re-run), a silent auditor
-replaced, and a claim every auditor passed accepted with a receipt crediting prover and auditors."""
+replaced, and a claim every auditor passed accepted with a receipt crediting prover and auditors.
+Auditors are checked too (§13.6): they are drawn by their record as auditors (``_draw_auditors``, never one
+caught), and a split between a claim's auditors is settled by a tie-break audit (``_settle_verdicts``);
+canary audits are in canaries.py."""
 
 from __future__ import annotations
 
