@@ -317,6 +317,7 @@ KEYS: dict[str, _Key] = {
     "auditors": _Key(_int(1)),
     "audit_full_rate": _Key(_fraction),
     "audit_second_rate": _Key(_fraction),
+    "audit_canary_rate": _Key(_fraction),
 }
 """Every ``node start`` flag, by its name (``--max-load`` -> ``max_load``), and how its values are
 checked; each sets the NodeConfig field of the same name unless ``field`` says another."""
@@ -620,6 +621,14 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="--verify audit: share of claims given one more auditor and a full window (a second audit, "
         "which meets a lying auditor; default: 0)",
+    )
+    coordinator.add_argument(
+        "--audit-canary-rate",
+        type=float,
+        metavar="P",
+        help="--verify audit: share of claims that also send one canary audit (a claim whose verdict the "
+        "coordinator knows) to a worker drawn as auditors are; a wrong verdict bars it from auditing "
+        "(default: 0; spec/verification.md §13.6)",
     )
     coordinator.add_argument(
         "--require-payment",

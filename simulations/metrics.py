@@ -90,12 +90,15 @@ def detection(jobs: Sequence[JobRecord]) -> dict[str, Any]:
 
 
 def compute_units(run: RunOutput) -> dict[str, Any]:
-    """Generation and audit units spent on settled jobs (and every canary), in total and per accepted
-    job (see the module docstring). Jobs unfinished when the run ends are left out of both sides."""
+    """Generation and audit units spent on settled jobs (and every canary and canary audit), in total and
+    per accepted job (see the module docstring). Jobs unfinished when the run ends are left out of both
+    sides."""
     settled = [j for j in run.jobs if j.outcome]
     accepted = sum(1 for j in settled if j.outcome == "accepted")
     generation = float(sum(j.dispatched for j in settled) + run.counters.get("canary_dispatches", 0))
-    audit = run.scenario.audit_cost * sum(j.audit_units for j in settled)
+    audit = run.scenario.audit_cost * (
+        sum(j.audit_units for j in settled) + run.counters.get("canary_audit_milliunits", 0) / 1000
+    )
     return {
         "audit_cost": run.scenario.audit_cost,
         "generation": generation,

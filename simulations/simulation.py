@@ -67,6 +67,7 @@ from opengrid.core.events import (
     ReplicaReturned,
 )
 from opengrid.core.refusal import Refusal
+from opengrid.core.reputation import Reputation
 from opengrid.core.worker import Output, WorkerLogic
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.codec import decode_message, encode_message
@@ -88,6 +89,7 @@ from simulations.behaviours import (
     Behaviour,
     Honest,
     Intermittent,
+    LyingAuditor,
     audit_passes_anyway,
     make_behaviour,
 )
@@ -331,6 +333,11 @@ class Simulation:
                 points[by_key.get(account, account.hex())] += amount
         counters = Counter(self.counters)
         counters["messages_dropped"] = self.network.dropped
+        liars = [w for w in self.workers if isinstance(w.behaviour, LyingAuditor | AuditCartel)]
+        for w in liars:  # lying auditors and cartel members, and those a coordinator caught as auditors
+            counters[f"{w.behaviour.name}s"] += 1
+            caught = (c.core.audit_reputation.get(w.public_key) or Reputation() for c in self.coordinators)
+            counters[f"{w.behaviour.name}s_caught"] += any(r.invalid for r in caught)
         for c in self.coordinators:
             for name, count in c.unknown_effects.items():
                 counters[f"unknown_effect:{name}"] += count
@@ -428,6 +435,10 @@ class Simulation:
                 if audited is not None:
                     audited.audits += 1
                     audited.audit_units += _window(audit) / max(1, _positions(audit))
+                else:  # the coordinator's own claim: a canary audit (spec/verification.md §13.6)
+                    self.counters["canary_audits"] += 1
+                    share = _window(audit) / max(1, _positions(audit))
+                    self.counters["canary_audit_milliunits"] += round(1000 * share)
                 self._to_worker(
                     coordinator, effect.peer, audit, 200 + len(audit.prompt) + 4 * len(audit.tokens)
                 )
@@ -695,6 +706,12 @@ class Simulation:
         member on its partners' claim, reports ``HONEST_GAP`` everywhere instead."""
         honest = honest_tokens(audit.prompt, audit.contract.digest(), len(audit.tokens))
         claim = tuple(audit.tokens)
+        if isinstance(worker.behaviour, LyingAuditor | AuditCartel):
+            self.counters["audits_by_liars"] += 1
+            # An auditor the coordinator caught is never drawn again (§13.6): this counts what it still got.
+            record = self.coordinators[worker.coordinator].core.audit_reputation.get(worker.public_key)
+            if record is not None and record.invalid:
+                self.counters["audits_by_caught_liars"] += 1
         if audit_passes_anyway(worker.behaviour, audit.prompt, claim):
             if claim != honest:
                 self.counters["audits_lied"] += 1

@@ -14,9 +14,9 @@ its last scored position; positions before it cost only their output rows. So a 
 
 The plan (``AuditPlanConfig``; ``n`` positions, ``m = min_positions``, ``k = n - m``):
 
-1. *Second audit*: with probability ``second_rate`` (any prover) the claim gets ``auditors + 1`` auditors
-   and every position is scored: a lying auditor or a prover + auditor cartel meets an independent full
-   audit this often.
+1. *Second audit*: with probability ``second_rate`` (any prover), and with ``offender_second`` always for
+   a prover with an invalid result on record, the claim gets ``auditors + 1`` auditors and every position
+   is scored: a lying auditor or a prover + auditor cartel meets an independent full audit this often.
 2. *Untrusted prover*: a prover whose streak of verified valid results is below ``required_streak``
    (new keys, anyone caught in the last ``min_trust_streak << invalid`` jobs), or, with
    ``suspect_offenders`` (the default), any prover with an invalid result on record, is scored in full.
@@ -112,6 +112,11 @@ class AuditPlanConfig:
     suspect_offenders: bool = True
     """A prover with any invalid result on record (a failed audit, an outvoted result, a failed canary) is
     scored in full for good. False: only until it has rebuilt ``required_streak``."""
+    offender_second: bool = False
+    """A prover with any invalid result on record gets a second audit (one more auditor, full window) on
+    every claim: a caught cheater's later cheats pass only if every auditor drawn colludes with it, and an
+    auditor that passes one beside an honest failure is caught by the tie-break (spec/verification.md
+    §13.6). False: offenders get second audits at ``second_rate`` like everyone."""
 
     def __post_init__(self) -> None:
         if self.auditors < 1:
@@ -173,6 +178,8 @@ def plan(config: AuditPlanConfig, n_positions: int, reputation: Reputation, rng:
     defaults (every audit full), so a coordinator that does not use the policy draws as before."""
     n = max(0, n_positions)
     m = config.min_positions
+    if config.offender_second and reputation.invalid > 0:
+        return AuditPlan(auditors=config.auditors + 1, end=n, n_positions=n, reason="second")
     is_trusted = trusted(reputation, config.min_trust_streak, suspect_offenders=config.suspect_offenders)
     reason: PlanReason = "untrusted" if not is_trusted else ("short" if n <= m else "full")
     partial_possible = is_trusted and n > m and config.full_rate < 1.0

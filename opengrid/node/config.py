@@ -15,10 +15,12 @@ from opengrid.errors import ConfigError
 Role = Literal["worker", "coordinator", "edge", "auto"]
 ROLES: tuple[Role, ...] = ("worker", "coordinator", "edge", "auto")
 DEFAULT_NETWORK = "opengrid-local"
-ADVERSARIES = ("wrong-tokens", "sealed-lie", "lazy", "model-swap")
+ADVERSARIES = ("wrong-tokens", "sealed-lie", "lazy", "model-swap", "one-in-twenty", "rubber-stamp")
 """Demo/test-only misbehaviours: wrong tokens (outvoted by replicas); a sealed output that does not match
 what the worker attested (caught by the client); random tokens without running the model (lazy); a
-different model behind the announced one (model-swap). Canaries and replication catch the last two."""
+different model behind the announced one (model-swap). Canaries and replication catch the last two.
+Audit mode (spec/verification.md §13.6): one token in 20 changed (one-in-twenty, caught by every audit
+window); an auditor that passes every claim unscored (rubber-stamp, caught by canary and second audits)."""
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 DEFAULT_API_ADDRESS = "127.0.0.1:9337"
 """Where ``--api`` serves when given bare (here, not in opengrid.node.api: the CLI reads it without the
@@ -44,6 +46,7 @@ class CoordinatorSettings(TypedDict):
     auditors: int
     audit_full_rate: float
     audit_second_rate: float
+    audit_canary_rate: float
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ class NodeConfig:
     random prefix window (``CoordinatorConfig.audit_full_rate``, spec/verification.md §13.5)."""
     audit_second_rate: float = 0.0
     """Coordinator, ``verify = "audit"``: share of claims given a second, full audit."""
+    audit_canary_rate: float = 0.0
+    """Coordinator, ``verify = "audit"``: share of claims that also send one canary audit, a claim whose
+    verdict the coordinator knows, to a worker drawn as auditors are (``CoordinatorConfig.audit_canary_rate``,
+    spec/verification.md §13.6)."""
     admit_after_jobs: int = 0
     """Coordinators of a network with a genesis file: co-sign, without asking the operator, the admission
     of a candidate coordinator whose key earned at least this many verified jobs as a worker in our
@@ -146,6 +153,7 @@ class NodeConfig:
             "auditors": self.auditors,
             "audit_full_rate": self.audit_full_rate,
             "audit_second_rate": self.audit_second_rate,
+            "audit_canary_rate": self.audit_canary_rate,
         }
 
     def validated(self) -> NodeConfig:
@@ -183,7 +191,7 @@ class NodeConfig:
             raise ConfigError(f"verify {self.verify!r} is not one of {', '.join(VERIFY_MODES)}")
         if self.auditors < 1:
             raise ConfigError(f"auditors must be at least 1, got {self.auditors}")
-        for name in ("audit_full_rate", "audit_second_rate"):
+        for name in ("audit_full_rate", "audit_second_rate", "audit_canary_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be from 0 to 1, got {getattr(self, name)}")
         if self.http_backend not in HTTP_BACKENDS:

@@ -25,6 +25,7 @@ from opengrid.engines import (
     sha256_file,
     write_tiny_gguf,
 )
+from opengrid.engines.adversarial import OneInNEngine, RubberStampEngine
 from opengrid.engines.base import ModelInfo
 from opengrid.engines.catalog import pick_model_for_memory
 from opengrid.engines.http import HttpEngine, ManagedServer
@@ -106,6 +107,10 @@ async def _maybe_adversary(config: NodeConfig, public_key: bytes, engine: Engine
         return WrongTokensEngine(engine)
     if adversary == "lazy":
         return LazyEngine(engine, seed=int.from_bytes(public_key[:4], "big"))
+    if adversary == "one-in-twenty":
+        return OneInNEngine(engine, n=20)
+    if adversary == "rubber-stamp":
+        return RubberStampEngine(engine)
     # model-swap: run a different tiny model behind the announced one
     path = default_cache_dir() / "tiny-swap-seed1.gguf"
     if not path.exists():  # written aside, then renamed: concurrent workers never read half a file

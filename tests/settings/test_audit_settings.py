@@ -35,12 +35,19 @@ def test_the_audit_flags_set_the_coordinators_audit_policy() -> None:
     )  # fmt: skip
 
 
+def test_the_canary_audit_rate_reaches_the_coordinator() -> None:
+    config = _config("--verify", "audit", "--audit-canary-rate", "0.05")
+    assert CoordinatorConfig(**config.coordinator_settings()).audit_canary_rate == 0.05
+    assert CoordinatorConfig(**_config().coordinator_settings()).audit_canary_rate == 0.0
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
         (("--audit-full-rate", "1.5"), "audit_full_rate"),
         (("--audit-second-rate", "-0.1"), "audit_second_rate"),
         (("--auditors", "0"), "auditors"),
+        (("--audit-canary-rate", "1.01"), "audit_canary_rate"),
     ],
 )
 def test_out_of_range_audit_settings_are_refused_by_name(flags: tuple[str, ...], expected: str) -> None:

@@ -50,6 +50,7 @@ SAMPLES: dict[str, tuple[list[str], str, str]] = {
     "auditors": (["2"], "2", "2"),
     "audit_full_rate": (["0.55"], "0.55", "0.55"),
     "audit_second_rate": (["0.02"], "0.02", "0.02"),
+    "audit_canary_rate": (["0.05"], "0.05", "0.05"),
     "require_payment": ([], "on", "true"),
     "approve_workers": ([], "true", "true"),
     "admit_after_jobs": (["3"], "3", "3"),

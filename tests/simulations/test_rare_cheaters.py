@@ -128,3 +128,39 @@ def test_adaptive_audits_cost_less_and_windows_miss_only_tail_cheats() -> None:
     no_full["coordinator.audit_second_rate"] = 0.0
     tail = summarize(simulate(load(scenario, no_full), 5))
     assert tail["detection"]["accepted_bad"] > 0
+
+
+def test_second_audits_and_canary_audits_catch_lying_auditors_and_cartels() -> None:
+    """spec/verification.md §13.6, scenario auditor-checks: 15 % lying auditors, 15 % prover + auditor
+    cartel members, 10 % intermittent cheaters. With second audits (10 %, and every claim of a prover
+    caught once), canary audits (10 % of claims) and the auditor draw that skips a caught auditor, every
+    liar is caught and the wrong answers accepted stop early; with the checks off they go on all run."""
+    scenario = SCENARIOS / "auditor-checks.toml"
+    duration = 1500.0
+    on = simulate(load(scenario, {"duration_s": duration}), 1)
+    off_settings = {
+        "duration_s": duration,
+        "coordinator.audit_second_rate": 0.0,
+        "coordinator.audit_canary_rate": 0.0,
+        "coordinator.audit_offender_second": False,
+    }
+    off = simulate(load(scenario, off_settings), 1)
+    checked, unchecked = summarize(on), summarize(off)
+    assert checked["detection"]["accepted_jobs"] > 5500
+    assert on.counters["lying_auditors_caught"] == on.counters["lying_auditors"] == 6
+    assert on.counters["audit_cartels_caught"] >= 4  # of 6
+    assert on.counters["canary_audits"] > 500
+    # A caught auditor is never drawn again; the few audits it still scored were sent before its catch.
+    assert on.counters.get("audits_by_caught_liars", 0) <= 5
+    assert off.counters.get("lying_auditors_caught", 0) == 0 == off.counters.get("audit_cartels_caught", 0)
+    wrong_on = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(on)]
+    wrong_off = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(off)]
+    assert len(wrong_on) * 2 < len(wrong_off)
+    assert max(wrong_on, default=0.0) < duration / 4, "the liars are caught early; later cheats fail"
+    assert max(wrong_off) > duration / 2
+    # What the checks cost: second audits, offenders' second audits and canary audits (0.44 each).
+    assert checked["compute_units"]["per_job"] < unchecked["compute_units"]["per_job"] + 0.3
+
+
+def wrong_accepted_jobs(out: RunOutput) -> list[Any]:
+    return [j for j in out.jobs if j.outcome == "accepted" and j.correct is False]

@@ -23,7 +23,9 @@ one prover; its checked result (the claim) goes to ``auditors`` workers holding 
 numerical class (``DispatchAudit``), whose ``AuditReturned`` reports pass it (receipt: the prover and the
 auditors credited) or fail it (the prover penalised, the job re-run on another prover within
 ``max_failovers``). A failed or silent auditor is replaced; a claim with no free auditor waits for a slot.
-Sealed jobs are replicated as above.
+Auditors are checked too (§13.6): canary audits (a claim whose verdict the coordinator knows), a split
+verdict settled by a tie-break audit, and an auditor record (``audit_reputation``) that weighs the draw
+and bars an auditor once caught. Sealed jobs are replicated as above.
 
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is

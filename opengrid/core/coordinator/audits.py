@@ -1,9 +1,13 @@
 """Audit mode (spec/verification.md §13): the prover's claim sent to auditors holding the same weights,
 their reports checked, a failing claim rejected (the prover penalised, the job re-run), a silent auditor
-replaced, and a claim every auditor passed accepted with a receipt crediting prover and auditors."""
+replaced, and a claim every auditor passed accepted with a receipt crediting prover and auditors.
+Auditors are checked too (§13.6): they are drawn by their record as auditors (``_draw_auditors``, never one
+caught), and a split between a claim's auditors is settled by a tie-break audit (``_settle_verdicts``);
+canary audits are in canaries.py."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import msgspec
@@ -25,8 +29,8 @@ from opengrid.core.effects import (
     SendReceipt,
 )
 from opengrid.core.events import AuditReturned
-from opengrid.core.reputation import Reputation
-from opengrid.core.scheduler import pick_workers
+from opengrid.core.reputation import Outcome, Reputation
+from opengrid.core.scheduler import Candidate, pick_workers
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted
 
@@ -49,25 +53,28 @@ class AuditsPart(CoordinatorParts):
             for c in self._candidates(job.contract.model_sha256, max_tokens=job.request.max_tokens)
             if c.peer not in tried
         ]
+        pool = [c for c in pool if not self._barred_auditor(c.key)]  # caught auditors audit no more
+        new_claim = job.plan is None
         if job.plan is None:
             job.plan = self._plan_audit(job, len(pool))
-        needed = job.plan.auditors - len(job.audited) - len(job.audits)
+        # A split verdict gets one tie-break auditor on top of the plan's (§13.6).
+        needed = (
+            job.plan.auditors
+            + (1 if job.tiebreak else 0)
+            - len(job.audited)
+            - len(job.audits)
+            - len(job.audit_fails)
+        )
         if needed <= 0:
             self._audit_wait.pop(job_id, None)
             return []
         free = [c for c in pool if self._has_slot(c.peer)]
-        chosen = pick_workers(
-            free, needed, exclude=tried, rng=self._rng, exclude_operators=self._operators([job.prover])
-        )
-        if len(chosen) < needed:  # another operator is preferred, not required
-            taken = tried | {c.peer for c in chosen}
-            chosen += pick_workers(
-                free,
-                needed - len(chosen),
-                exclude=taken,
-                rng=self._rng,
-                exclude_operators=self._operators(taken),
-            )
+        chosen = self._draw_auditors(free, needed, exclude=tried, prover=job.prover)
+
+        def canaries() -> list[Effect]:
+            """Once per claim, after its own auditors took their slots (a canary never delays a claim)."""
+            return self._maybe_canary_audit(job, now) if new_claim else []
+
         if chosen:
             effects: list[Effect] = []
             audit = self._audit_job(job)
@@ -79,18 +86,64 @@ class AuditsPart(CoordinatorParts):
                 self._audit_wait.pop(job_id, None)
             else:
                 self._audit_wait[job_id] = None
-            return effects
+            return effects + canaries()
         if job.audits:
-            return []  # the pending audits may still pass it; a later failure looks again
+            return canaries()  # the pending audits may still pass it; a later failure looks again
         if any(c.peer not in tried for c in pool):
             self._audit_wait[job_id] = None  # auditors exist but are busy: wait for a slot
-            return []
+            return canaries()
         return self._fail(
             job_id,
             "verification_failed",
             f"no worker is left to audit the answer of {job.prover} (the job's output is never accepted "
             f"unchecked; {len(job.failed)} worker(s) failed on it); add workers serving {job.model_name!r}",
         )
+
+    def _barred_auditor(self, key: bytes) -> bool:
+        """An auditor caught once (a wrong canary verdict, or the losing side of a split settled by a
+        tie-break: §13.6) is never drawn to audit again, as a prover caught once is audited in full for
+        good (§13.5): one lie proves what its passes are worth."""
+        return self.audit_reputation.get(key, Reputation()).invalid > 0
+
+    def _draw_auditors(
+        self, pool: Sequence[Candidate], needed: int, *, exclude: set[str], prover: str
+    ) -> list[Candidate]:
+        """Draw ``needed`` auditors from ``pool`` (free workers holding the weights), none in ``exclude``
+        and none caught lying (``_barred_auditor``), weighted by their record **as auditors**
+        (``audit_reputation``; uniform without ``config.weighted``), on another operator than the prover's
+        when one is free (preferred, not required). The one place auditors (and canary audits' targets)
+        are chosen (spec/verification.md §13.1, §13.6)."""
+        eligible = [
+            replace(c, reputation=self.audit_reputation.get(c.key, Reputation()).score)
+            if self.config.weighted
+            else c
+            for c in pool
+            if not self._barred_auditor(c.key)
+        ]
+        chosen = pick_workers(
+            eligible, needed, exclude=exclude, rng=self._rng, exclude_operators=self._operators([prover])
+        )
+        if len(chosen) < needed:  # another operator is preferred, not required
+            taken = exclude | {c.peer for c in chosen}
+            chosen += pick_workers(
+                eligible,
+                needed - len(chosen),
+                exclude=taken,
+                rng=self._rng,
+                exclude_operators=self._operators(taken),
+            )
+        return chosen
+
+    def _record_auditor(self, peer: str, outcome: Outcome) -> None:
+        """Fold an audit outcome into the auditor's record as an auditor (and, for an offence, into its
+        general reputation too: a worker that lies as an auditor is a suspect as a prover)."""
+        record = self.workers.get(peer)
+        if record is None:
+            return
+        standing = self.audit_reputation.get(record.key, Reputation())
+        self.audit_reputation[record.key] = standing.update(outcome)
+        if outcome == "invalid":
+            self._record(record.key, "invalid")
 
     def _plan_audit(self, job: JobRecord, available: int) -> AuditPlan:
         """Draw the current claim's audit plan (``audit_policy.plan``, spec/verification.md §13.5), now
@@ -184,6 +237,8 @@ class AuditsPart(CoordinatorParts):
         return attestation
 
     def _on_audit_returned(self, event: AuditReturned, now: float) -> list[Effect]:
+        if event.job_id in self._canaries:
+            return self._on_canary_audit_returned(event, now)
         job = self._jobs.get(event.job_id)
         if job is None or event.peer not in job.audits:
             return []  # late or unsolicited
@@ -198,31 +253,80 @@ class AuditsPart(CoordinatorParts):
             return effects + self._replace_auditor(job, now)
         if checked is not None:
             job.audited[event.peer] = checked
-            if len(job.audited) >= (job.plan.auditors if job.plan is not None else self._auditors):
-                return self._accept_audited(job)
-            return self._start_audits(job, now)
-        return self._reject_claim(job, event.peer, event.report, now)
+        else:
+            job.audit_fails[event.peer] = event.report
+        return self._settle_verdicts(job, now)
 
-    def _reject_claim(self, job: JobRecord, auditor: str, report: AuditReport, now: float) -> list[Effect]:
+    def _settle_verdicts(self, job: JobRecord, now: float) -> list[Effect]:
+        """Decide the claim from the verdicts in (spec/verification.md §13.2, §13.6). A claim is accepted
+        only when every auditor passed it (and enough did). Only failures: rejected, once no pending audit
+        could contradict them (a lone auditor's failure rejects at once). Passes and failures (a *split*):
+        one more auditor, on another operator, scores the same window (the tie-break). If failures then
+        outnumber passes, the prover and every auditor that passed are caught (``invalid``, an EVIDENCE
+        entry, unpaid; the auditors never drawn to audit again). Otherwise the claim is dropped and the
+        job re-run, and nobody is blamed: two passes against a failure may be a framer's lie or a pair of
+        colluders' — the client is never given a claim an auditor failed, and a framer is left to canary
+        audits, which it cannot tell from claims."""
+        passes, fails = job.audited, job.audit_fails
+        target = job.plan.auditors if job.plan is not None else self._auditors
+        if not fails:
+            return self._accept_audited(job) if len(passes) >= target else self._start_audits(job, now)
+        if job.audits:
+            return []  # a pending verdict may contradict the ones in: wait for it
+        if not passes:
+            first = min(fails)
+            return self._reject_claim(job, first, fails[first], now)
+        if not job.tiebreak:
+            job.tiebreak = True
+            return self._start_audits(job, now)
+        blame = len(fails) > len(passes)
+        effects: list[Effect] = []
+        if blame:
+            effects = self._catch_auditors(job, sorted(passes), "passed a claim the tie-break audit failed")
+            for peer in sorted(fails):  # confirmed: right verdicts (unpaid, as any failure)
+                self._record_auditor(peer, "valid")
+        first = min(fails)
+        return effects + self._reject_claim(job, first, fails[first], now, blame_prover=blame)
+
+    def _catch_auditors(self, job: JobRecord, peers: Sequence[str], why: str) -> list[Effect]:
+        """Auditors on the losing side of a settled split: ``invalid`` (as auditors and in general),
+        named in the job's EVIDENCE entry, uncredited, never drawn to audit again."""
+        effects: list[Effect] = []
+        for peer in peers:
+            job.audited.pop(peer, None)
+            job.audit_fails.pop(peer, None)
+            job.invalid.append(peer)
+            self._record_auditor(peer, "invalid")
+            effects.append(Penalize(peer=peer, why=f"as an auditor it {why}"))
+        return effects
+
+    def _reject_claim(
+        self, job: JobRecord, auditor: str, report: AuditReport, now: float, *, blame_prover: bool = True
+    ) -> list[Effect]:
         """An auditor failed the prover's claim: the prover is penalised (like an outvoted replica) and
-        earns nothing; the job runs again on another prover, within ``max_failovers``."""
+        earns nothing; the job runs again on another prover, within ``max_failovers``. Without
+        ``blame_prover`` (a split left tied) the claim is dropped and re-run, and nobody is penalised."""
         prover = job.prover
         job.results.pop(prover, None)
         job.prover = ""
         move(job, JobEvent.CLAIM_REJECTED)
-        job.invalid.append(prover)
-        record = self.workers.get(prover)
-        if record is not None:
-            self._record(record.key, "invalid")
-        effects: list[Effect] = [
-            Penalize(
-                peer=prover,
-                why=f"its output failed the audit by {auditor} (max gap {report.max_gap:.3f} logits, "
-                f"tolerance {self.config.audit_tolerance}): {report.reason}",
+        effects: list[Effect] = []
+        if blame_prover:
+            job.invalid.append(prover)
+            record = self.workers.get(prover)
+            if record is not None:
+                self._record(record.key, "invalid")
+            effects.append(
+                Penalize(
+                    peer=prover,
+                    why=f"its output failed the audit by {auditor} (max gap {report.max_gap:.3f} logits, "
+                    f"tolerance {self.config.audit_tolerance}): {report.reason}",
+                )
             )
-        ]
         effects += self._cancel_audits(job)
         job.audited.clear()
+        job.audit_fails.clear()
+        job.tiebreak = False
         job.plan = None  # the next prover's claim gets its own plan
         self._audit_wait.pop(job.request.job_id, None)
         if job.failovers >= self.config.max_failovers:
@@ -238,6 +342,8 @@ class AuditsPart(CoordinatorParts):
     def _on_audit_failed(self, job_id: bytes, peer: str, reason: str, now: float) -> list[Effect]:
         """An auditor erred, vanished or timed out: like a failed replica, it goes offline until its next
         heartbeat, and another auditor takes its place (within ``max_failovers``)."""
+        if job_id in self._canaries:
+            return self._on_canary_failed(job_id, peer, reason, penalize=False)
         job = self._jobs.get(job_id)
         if job is None or peer not in job.audits:
             return []
@@ -281,6 +387,10 @@ class AuditsPart(CoordinatorParts):
         n_tokens = prover_att.n_tokens
         for peer in (prover, *auditors):
             self._record(self.workers[peer].key, "valid")
+        for peer in auditors:
+            self.audit_reputation[self.workers[peer].key] = self.audit_reputation.get(
+                self.workers[peer].key, Reputation()
+            ).update("valid")
         self._measure(prover, n_tokens, job.elapsed.get(prover, 0.0))
         # An answer audited in full is a verified one: good for canaries. A window leaves its tail unchecked
         # (§13.5), and a canary with a wrong known answer would punish the honest workers it is sent to.

@@ -99,6 +99,14 @@ class CoordinatorConfig:
     audit_window_skew: float = 1.0
     """Audit mode: shape of a partial window's end beyond ``audit_min_positions``: 1 uniform; larger
     windows are shorter on average (cheaper) and catch a cheat confined to the tail less often."""
+    audit_offender_second: bool = False
+    """Audit mode: a prover with any invalid result on record gets a second audit on every claim (spec/
+    verification.md §13.6): what catches a prover + auditor cartel once the prover was caught once. Off
+    (the default): offenders get second audits at ``audit_second_rate`` like everyone."""
+    audit_canary_rate: float = 0.0
+    """Audit mode: probability, per claim whose audits start, of also sending one canary audit (spec/
+    verification.md §13.6): a claim whose verdict the coordinator knows, to a worker drawn as auditors are.
+    A wrong verdict costs the auditor its reputation and its audits. 0 (the default): none."""
 
     @classmethod
     def plain(cls, **overrides: object) -> CoordinatorConfig:

@@ -125,8 +125,17 @@ class Coordinator(
             min_positions=self.config.audit_min_positions,
             skew=self.config.audit_window_skew,
             min_trust_streak=self.config.min_trust_streak,
+            offender_second=self.config.audit_offender_second,
         )
         """Audit mode: the adaptive audit policy (spec/verification.md §13.5)."""
+        if not 0.0 <= self.config.audit_canary_rate <= 1.0:
+            raise ConfigError(
+                f"audit_canary_rate is a probability in [0, 1], got {self.config.audit_canary_rate}"
+            )
+        self.audit_reputation: dict[bytes, Reputation] = {}
+        """Audit mode: worker key -> its record as an auditor (canary audits, split verdicts settled by a
+        tie-break; spec/verification.md §13.6). The auditor draw weighs by it and skips anyone caught.
+        In memory only, like canary outcomes; the general ``reputation`` gets the same offences."""
         self._audit_wait: dict[bytes, None] = {}
         """Audit mode: jobs whose claim waits for a free auditor slot (an ordered set; retried by
         ``_drain``, bounded by the job deadline)."""

@@ -10,7 +10,7 @@ from opengrid_ledger import Attestation
 from opengrid.core.audit_policy import AuditPlan
 from opengrid.core.coordinator.state import JobState
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import ModelOffer, PromptFormat, ReplicaResult, SubmitJob
+from opengrid.wire.messages import AuditJob, AuditReport, ModelOffer, PromptFormat, ReplicaResult, SubmitJob
 
 
 @dataclass
@@ -90,6 +90,12 @@ class JobRecord:
     """Audit mode: auditors that passed the current claim -> their attestation of it."""
     plan: AuditPlan | None = None
     """Audit mode: how the current claim is audited (auditors, window), drawn once it is committed."""
+    audit_fails: dict[str, AuditReport] = field(default_factory=dict)
+    """Audit mode: auditors that failed the current claim -> their report (kept until every auditor of the
+    claim has answered: a pass beside a fail is a split, settled by a tie-break audit)."""
+    tiebreak: bool = False
+    """Audit mode: the current claim's auditors split, and one more auditor was (or is being) drawn to
+    settle it (spec/verification.md §13.2)."""
     state: JobState = JobState.QUEUED
     """Where the job is in its lifecycle; changed only by ``state.move`` (its table says how)."""
     streams: dict[str, ReplicaStream] = field(default_factory=dict)
@@ -114,6 +120,7 @@ class JobRecord:
             | set(self.refused)
             | set(self.audits)
             | set(self.audited)
+            | set(self.audit_fails)
         )
 
 
@@ -128,6 +135,11 @@ class KnownAnswer:
     seen: set[bytes]
     format: PromptFormat = "text"
     """Keys of the workers that were ever sent this prompt: never canaried with it."""
+    tokens: tuple[int, ...] = ()
+    """The verified output's tokens, text and finish reason (empty when unknown): what a canary audit
+    sends as its claim (spec/verification.md §13.6)."""
+    text: str = ""
+    finish_reason: str = ""
 
 
 @dataclass
@@ -139,3 +151,11 @@ class Canary:
     answer: KnownAnswer
     sent_at: float
     deadline: float
+    audit: AuditJob | None = None
+    """A canary audit (spec/verification.md §13.6): the claim sent; None for a canary generation."""
+    expect_pass: bool = True
+    """A canary audit: the verdict an honest auditor gives (a verified answer passes; another verified
+    answer's output under this prompt fails)."""
+    wall_ms: int = 0
+    """A canary audit: the wall-clock time of the client job whose audits it went with (its receipt's
+    ``issued_at_ms``, so the receipt looks like that job's)."""

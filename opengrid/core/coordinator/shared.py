@@ -24,7 +24,7 @@ from opengrid.core.coordinator.config import CoordinatorConfig
 from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer, WorkerRecord
 from opengrid.core.coordinator.state import JobEvent
 from opengrid.core.effects import Effect
-from opengrid.core.events import JobSubmitted, ReplicaReturned
+from opengrid.core.events import AuditReturned, JobSubmitted, ReplicaReturned
 from opengrid.core.grants import GrantPolicy
 from opengrid.core.queueing import FairQueue
 from opengrid.core.refusal import Refusal
@@ -53,6 +53,8 @@ class CoordinatorParts(ABC):
     workers: dict[str, WorkerRecord]
     """peer -> what we know of it (``registry.py`` adds and changes records)."""
     reputation: dict[bytes, Reputation]
+    audit_reputation: dict[bytes, Reputation]
+    """Audit mode: worker key -> its record as an auditor (audits.py, canaries.py)."""
     grants: GrantPolicy
     _scheme: SignatureScheme
     _rng: RandomSource
@@ -147,6 +149,14 @@ class CoordinatorParts(ABC):
     @abstractmethod
     def _start_audits(self, job: JobRecord, now: float) -> list[Effect]: ...
 
+    @abstractmethod
+    def _draw_auditors(
+        self, pool: Sequence[Candidate], needed: int, *, exclude: set[str], prover: str
+    ) -> list[Candidate]: ...
+
+    @abstractmethod
+    def _record_auditor(self, peer: str, outcome: Outcome) -> None: ...
+
     # ── canaries.py: known answers and canaries ────────────────────────────────────────────────────────
 
     @abstractmethod
@@ -162,6 +172,12 @@ class CoordinatorParts(ABC):
 
     @abstractmethod
     def _keep_answer(self, job: JobRecord, commitment: bytes) -> None: ...
+
+    @abstractmethod
+    def _maybe_canary_audit(self, job: JobRecord, now: float) -> list[Effect]: ...
+
+    @abstractmethod
+    def _on_canary_audit_returned(self, event: AuditReturned, now: float) -> list[Effect]: ...
 
     # ── streaming.py: verified prefixes of streaming jobs ──────────────────────────────────────────────
 
