@@ -66,6 +66,10 @@ def sampling_problem(temperature: object, top_k: object, top_p: object, seed: ob
     return ""
 
 
+SEEDED_SAMPLER_BACKENDS: Final = frozenset({"llama.cpp", "llama.cpp+gpu"})
+"""Backends (``DecodingContract.backend``) that run the project's seeded sampler: the in-process engine."""
+
+
 class DecodingContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Pinned decoding settings; its hash identifies the numerical class of a job."""
 
@@ -100,6 +104,14 @@ class DecodingContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def greedy(self) -> bool:
         """True when the contract decodes greedily (temperature 0): seed, top_k and top_p do not matter."""
         return self.temperature <= 0.0
+
+    @property
+    def runs_seeded_sampler(self) -> bool:
+        """Whether a worker of this class runs the job's own sampler (spec §11) and can score a sampled
+        claim: the in-process llama.cpp engine does; an HTTP engine (a llama_cpp.server or vLLM behind
+        the worker) samples with the server's own RNG and names top tokens by text, so it takes greedy
+        jobs and greedy audits only."""
+        return self.backend in SEEDED_SAMPLER_BACKENDS
 
     def numerical_class(self) -> DecodingContract:
         """This contract with greedy decoding settings: the class a worker announces and is matched on.

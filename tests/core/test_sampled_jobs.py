@@ -9,13 +9,23 @@ from typing import Any
 
 import msgspec
 import pytest
-from grid_harness import CONTRACT, HONEST, Grid, audits, dispatches, finished, job_id, open_receipt
+from grid_harness import (
+    CONTRACT,
+    HONEST,
+    Grid,
+    audits,
+    dispatches,
+    finished,
+    job_id,
+    open_receipt,
+    signing_key,
+)
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.effects import Effect
-from opengrid.core.events import JobSubmitted, ReplicaFailed
+from opengrid.core.events import JobSubmitted, ReplicaFailed, WorkerRegistered
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import ErrorReply, JobAccepted, RunJob, SubmitJob
+from opengrid.wire.messages import ErrorReply, JobAccepted, ModelOffer, RunJob, SubmitJob
 
 SETTINGS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 12345}
 SAMPLED = CONTRACT.sampled(**SETTINGS)
@@ -116,3 +126,46 @@ def test_only_greedy_answers_become_canaries(temperature: float) -> None:
     later = dispatches(_submit(grid, 2, replicas=1))
     canaries = [d for d in later if d.run.job_id != job_id(2)]
     assert len(canaries) == (1 if temperature == 0.0 else 0)
+
+
+HTTP_OFFERS = (
+    ModelOffer(name="tiny", contract=msgspec.structs.replace(CONTRACT, backend="llama.cpp-server")),
+)
+
+
+def _register_http_workers(grid: Grid, n: int, *, slots: int = 4) -> set[str]:
+    """Workers whose engine is a llama_cpp.server (greedy only), on the same weights as the grid's."""
+    peers = {f"http{i}" for i in range(n)}
+    for i, peer in enumerate(sorted(peers)):
+        key = signing_key(f"http{i}").verify_key.encode()
+        grid.coordinator.handle(WorkerRegistered(peer, key, HTTP_OFFERS, "", slots=slots), 0.0)
+    return peers
+
+
+def test_a_sampled_job_is_refused_where_only_http_engines_serve_the_model_and_a_greedy_one_runs() -> None:
+    grid = Grid(n=0, config=PLAIN)
+    _register_http_workers(grid, 2)
+    reply = finished(_submit(grid, 1, **SETTINGS))
+    assert isinstance(reply, ErrorReply) and reply.code == "no_capacity"
+    assert "decodes greedily only" in reply.message and "send temperature 0" in reply.message
+    assert len(dispatches(_submit(grid, 2))) == 2  # greedy: the HTTP workers take it
+
+
+def test_a_sampled_job_runs_only_on_workers_that_run_its_sampler_in_a_mixed_grid() -> None:
+    for job in range(1, 9):
+        grid = Grid(n=3, config=PLAIN, seed=job)
+        grid.register()
+        http = _register_http_workers(grid, 4)  # the larger class: greedy jobs would go there
+        runs = dispatches(_submit(grid, job, **SETTINGS))
+        assert len(runs) == 2 and not {r.peer for r in runs} & http
+        assert all(r.run.contract == SAMPLED for r in runs)
+
+
+def test_a_sampled_claim_is_audited_only_by_workers_that_run_its_sampler() -> None:
+    for job in range(1, 9):
+        grid = Grid(n=2, config=CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False), seed=job)
+        grid.register()
+        http = _register_http_workers(grid, 3)
+        runs = dispatches(_submit(grid, job, **SETTINGS))
+        sent = audits(grid.answer(runs[0], HONEST))
+        assert len(sent) == 1 and sent[0].peer not in http and sent[0].peer != runs[0].peer

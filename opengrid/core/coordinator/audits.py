@@ -54,6 +54,8 @@ class AuditsPart(CoordinatorParts):
             if c.peer not in tried
         ]
         pool = [c for c in pool if not self._barred_auditor(c.key)]  # caught auditors audit no more
+        if not job.contract.greedy:  # a sampled claim is scored by workers that run its sampler (§11)
+            pool = [c for c in pool if c.contract.runs_seeded_sampler]
         new_claim = job.plan is None
         if job.plan is None:
             job.plan = self._plan_audit(job, len(pool))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgspec
 
 from opengrid.core.coordinator.records import JobRecord
-from opengrid.core.coordinator.registry import too_long
+from opengrid.core.coordinator.registry import no_sampler, too_long
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
@@ -59,9 +59,15 @@ class DispatchPart(CoordinatorParts):
             if problem is not None:
                 return [FinishJob(job_id, problem.reply(job_id))]
         any_length = self._candidates(request.model, allowed=sealed or None)
-        candidates = choose_class(
-            self._candidates(request.model, allowed=sealed or None, max_tokens=request.max_tokens)
-        )
+        fitting = self._candidates(request.model, allowed=sealed or None, max_tokens=request.max_tokens)
+        if request.temperature > 0:
+            # A sampled job runs on a class that runs its own sampler (spec/verification.md §11): the job's
+            # class is chosen here, and every later replica, prover and refill matches that class.
+            samplers = [c for c in any_length if c.contract.runs_seeded_sampler]
+            if any_length and not samplers:
+                return [FinishJob(job_id, no_sampler(request.model, request.temperature).reply(job_id))]
+            any_length, fitting = samplers, [c for c in fitting if c.contract.runs_seeded_sampler]
+        candidates = choose_class(fitting)
         if any_length and not candidates:
             longest = max(self.workers[c.peer].max_job_tokens for c in any_length)
             return [FinishJob(job_id, too_long(request.model, longest).reply(job_id))]
@@ -243,13 +249,13 @@ class DispatchPart(CoordinatorParts):
         first = not job.tried()
         tried = job.tried()
         allowed = job.sealed or None
-        pool = [
+        # The job's own class, whichever class is largest now (a sampled job's class is one that runs its
+        # sampler, chosen at submission; another class may have grown since).
+        pool = choose_class(
             c
-            for c in choose_class(
-                self._candidates(job.request.model, allowed=allowed, max_tokens=job.request.max_tokens)
-            )
+            for c in self._candidates(job.request.model, allowed=allowed, max_tokens=job.request.max_tokens)
             if c.contract == job.contract.numerical_class()
-        ]
+        )
         free = [c for c in pool if self._has_slot(c.peer)]
         chosen = pick_workers(
             free, missing, exclude=tried, rng=self._rng, exclude_operators=self._operators(tried)

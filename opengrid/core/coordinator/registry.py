@@ -303,6 +303,19 @@ def too_long(model: str, longest: int) -> Refusal:
     )
 
 
+def no_sampler(model: str, temperature: float) -> Refusal:
+    """A sampled job for a model that only workers without the seeded sampler serve here (HTTP engines:
+    ``DecodingContract.runs_seeded_sampler``): no worker here can run it (``no_capacity``); the client can
+    send temperature 0 or use another grid."""
+    return Refusal(
+        "no_capacity",
+        f"temperature {temperature:g} needs a worker that runs the job's own seeded sampler "
+        f"(spec/verification.md §11), and every worker serving {model!r} here runs an HTTP engine "
+        "(llama_cpp.server or vLLM), which decodes greedily only; send temperature 0, or use a grid whose "
+        "workers run the in-process llama.cpp engine",
+    )
+
+
 def _index_names(offers: Iterable[ModelOffer]) -> set[str]:
     """The keys ``_candidates`` looks a model up by: each offer's lowered name and model sha256."""
     return {name for o in offers for name in (o.name.lower(), o.contract.model_sha256.lower())}
