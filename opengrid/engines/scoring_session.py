@@ -51,6 +51,8 @@ class ChunkScore:
     """``evidence[i]`` is output position ``offset + i`` of the claim."""
     problem: str = ""
     """Non-empty when the chunk's pieces are not the text its tokens complete on this tokenizer."""
+    problem_at: int = -1
+    """The claim position of the first such piece (-1: none)."""
 
 
 class ScoringSession:
@@ -156,18 +158,19 @@ class ScoringSession:
             rows = self._rows(list(tokens))
             logits = rows[:-1]
             self._next = rows[-1].copy()  # predicts the position after the chunk (a stop, or the next chunk)
-            problem = ""
+            problem, problem_at = "", -1
             for i, token in enumerate(tokens):
                 self.tokens.append(token)
                 piece = self._preview.feed(llm.detokenize(self.tokens))
                 if pieces is not None and not problem and piece != pieces[i]:
+                    problem_at = offset + i
                     problem = (
                         f"position {offset + i}: the claimed text piece {pieces[i]!r} is not what token "
                         f"{token} completes here ({piece!r})"
                     )
         evidence = score_positions(logits, list(tokens), self._sampling, self._job_id, offset)
         self.evidence += evidence
-        return ChunkScore(evidence=tuple(evidence), problem=problem)
+        return ChunkScore(evidence=tuple(evidence), problem=problem, problem_at=problem_at)
 
     def score_stop(self) -> PositionEvidence:
         """Score the end-of-generation position of a claim that stopped after the tokens fed so far: its

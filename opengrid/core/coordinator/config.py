@@ -100,6 +100,13 @@ class CoordinatorConfig:
     """Audit mode: shape of a partial window's end beyond ``audit_min_positions``: 1 uniform; larger
     windows are shorter on average (cheaper) and catch a cheat confined to the tail less often."""
 
+    stream_chunk_first: int = 4
+    """Audit mode, streaming jobs: tokens in the first chunk sent to the auditors (spec/verification.md
+    §14.2). Small: the client's first verified text waits for it (and for its audit)."""
+    stream_chunk_max: int = 64
+    """Audit mode, streaming jobs: each later chunk doubles the previous one, up to this many tokens (at
+    most 1024, a frame's limit): fewer audit round trips on long answers."""
+
     @classmethod
     def plain(cls, **overrides: object) -> CoordinatorConfig:
         """Plain verification: every job runs the replicas asked for, on workers chosen uniformly at
