@@ -66,19 +66,19 @@ class ScoringSession:
         sampling: SamplingParams,
         job_id: bytes,
         add_bos: bool = True,
-        max_tokens: int,
+        max_tokens: int | None = None,
     ) -> None:
         """Open a context over ``engine``'s weights and evaluate ``prompt`` (blocking).
 
-        ``max_tokens`` bounds the claim (the job's own limit): prompt tokens + ``max_tokens`` (+1 for a
-        stopped claim's end position, which needs no evaluation) must fit the engine's ``n_ctx``, else
-        :class:`BadRequestError`, as a generation of that job would have been refused."""
-        if max_tokens < 1:
+        ``max_tokens`` bounds the claim (the job's own limit): prompt tokens + ``max_tokens`` (a stopped
+        claim's end position needs no evaluation) must fit the engine's ``n_ctx``, else
+        :class:`BadRequestError`, as a generation of that job would have been refused. None: as many as
+        the context holds after the prompt."""
+        if max_tokens is not None and max_tokens < 1:
             raise EngineError(f"max_tokens must be >= 1, got {max_tokens}")
         self._engine = engine
         self._sampling = sampling
         self._job_id = job_id
-        self._max_tokens = max_tokens
         self.tokens: list[int] = []
         """Claimed tokens scored so far."""
         self.evidence: list[PositionEvidence] = []
@@ -90,8 +90,10 @@ class ScoringSession:
         with engine._lock:  # the engine's own: it must not close under us
             llm = engine._require_open()
             prompt_tokens = engine._tokenize_prompt(llm, prompt, add_bos)
-            needed = len(prompt_tokens) + max_tokens
-            if needed > engine.n_ctx:
+            room = engine.n_ctx - len(prompt_tokens)
+            self._max_tokens = room if max_tokens is None else max_tokens
+            needed = len(prompt_tokens) + self._max_tokens
+            if needed > engine.n_ctx or room < 1:
                 raise BadRequestError(
                     f"prompt ({len(prompt_tokens)} tokens) + max_tokens ({max_tokens}) = {needed} exceeds "
                     f"the context window of {engine.n_ctx} tokens; load the auditor with a larger n_ctx"
