@@ -18,19 +18,30 @@ from typing import Any
 
 import openai
 import trio
+from opengrid_sdk import Client, Completion
 
 from opengrid.core.audit import SamplingParams
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.reputation import Reputation
 from opengrid.engines import GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.engines.base import Generation
-from opengrid.net.host import Host
+from opengrid.net.host import FrameStream, Host
 from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
-from opengrid.wire.messages import JobAccepted, JobProgress, SubmitJob
+from opengrid.node.worker_driver import MAX_SCORING_SESSIONS
+from opengrid.wire.messages import (
+    AuditChunk,
+    AuditJob,
+    ChunkVerdict,
+    ErrorReply,
+    JobAccepted,
+    JobProgress,
+    SubmitJob,
+)
 from tests.node.test_audit_mode import _Preferring, _workers
 from tests.node.workers import client_host
+from tests.waiting import until
 
 PROMPT = "Once upon a time"
 MAX_TOKENS = 96
@@ -162,6 +173,7 @@ async def test_openai_stream_in_audit_mode_gets_verified_chunks_before_generatio
         assert chunks >= 3, "the answer came in several verified chunks, not one at the end"
         assert text == await trio.to_thread.run_sync(lambda: whole(temperature=0, seed=5))
         assert text == await _local(info, bytes(16), SamplingParams())  # greedy: any job id
+        greedy_text = text
         print(
             f"audit-mode streaming, {MAX_TOKENS} tokens at {PACE_S * 1000:.0f} ms/token: first verified "
             f"chunk {first - start:.2f} s, answer complete {end - start:.2f} s, {chunks} chunks"
@@ -172,6 +184,20 @@ async def test_openai_stream_in_audit_mode_gets_verified_chunks_before_generatio
         sampled = SamplingParams(temperature=0.8, seed=7)
         text, job, *_ = await trio.to_thread.run_sync(lambda: stream(temperature=0.8, seed=7))
         assert text == await _local(info, bytes.fromhex(job.removeprefix("cmpl-")), sampled)
+
+        # The SDK's stream yields the same verified chunks, then the Completion that starts with them.
+        assert coordinator.host is not None
+        address = coordinator.host.addrs()[0]
+
+        def through_the_sdk() -> tuple[list[str], Completion]:
+            with Client([address], timeout=60) as sdk:
+                items = list(sdk.stream(PROMPT, model="tiny", max_tokens=MAX_TOKENS))
+            done = items[-1]
+            assert isinstance(done, Completion)
+            return [i for i in items[:-1] if isinstance(i, str)], done
+
+        pieces, done = await trio.to_thread.run_sync(through_the_sdk)
+        assert len(pieces) >= 3 and "".join(pieces) == done.text == greedy_text
         nursery.cancel_scope.cancel()
 
 
@@ -217,4 +243,64 @@ async def test_a_prover_lying_mid_stream_is_caught_at_that_chunk_and_never_strea
         assert liar.host.peer_id in reply.failed and liar.host.peer_id not in reply.workers
         record = coordinator.coordinator.reputation.get(liar.public_key, Reputation())
         assert record.invalid == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_holds_chunked_audits_to_their_rules_and_bounds(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+) -> None:
+    """Anyone may open a chunked audit with a worker (as any audit): it scores well-formed chunks, answers
+    a chunk out of order with ``malformed`` and ends that exchange, keeps at most MAX_SCORING_SESSIONS
+    open (``busy`` beyond), frees a session whose stream ends, and serves jobs as before afterwards."""
+    info = _info(tiny_model_path)
+    coordinator = _coordinator(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        engine = LlamaEngine(info, n_threads=1)
+        workers = await _workers(nursery, tmp_path, coordinator, {"w1": engine, "w2": LlamaEngine(info)})
+        worker = workers["w1"]
+        assert worker.host is not None and worker.worker is not None and coordinator.host is not None
+        contract = worker.worker.offers[0].contract
+        tokens = list(
+            await trio.to_thread.run_sync(lambda: engine.generate(GenerationRequest(PROMPT, 8)).tokens)
+        )
+        client: Host = await nursery.start(client_host)
+        peer = await client.connect(worker.host.addrs()[0])
+
+        async def opened(job_id: bytes) -> FrameStream:
+            stream = await client.open_stream(peer)
+            await stream.send(
+                AuditJob(
+                    job_id=job_id, contract=contract, prompt=PROMPT, tokens=[], text="", finish_reason="",
+                    chunked=True,
+                )
+            )  # fmt: skip
+            return stream
+
+        with trio.fail_after(60):
+            ids = [secrets.token_bytes(16) for _ in range(MAX_SCORING_SESSIONS + 1)]
+            streams = [await opened(job_id) for job_id in ids[:MAX_SCORING_SESSIONS]]
+            await streams[0].send(AuditChunk(job_id=ids[0], offset=0, tokens=tokens[:4], pieces=[]))
+            verdict = await streams[0].receive()
+            assert isinstance(verdict, ChunkVerdict) and (verdict.verdict, verdict.end) == ("pass", 4)
+            await until(lambda: worker.worker_driver.sessions == MAX_SCORING_SESSIONS, 30)
+            extra = await opened(ids[-1])
+            refused = await extra.receive()
+            assert isinstance(refused, ErrorReply) and refused.code == "busy", refused
+            await extra.aclose()
+
+            await streams[0].send(AuditChunk(job_id=ids[0], offset=9, tokens=tokens[4:6], pieces=[]))
+            wrong = await streams[0].receive()
+            assert isinstance(wrong, ErrorReply) and wrong.code == "malformed" and "offset 9" in wrong.message
+            for stream in streams:
+                await stream.aclose()
+            await until(lambda: worker.worker_driver.sessions == 0, 30)
+
+        # The worker is unharmed: a job it proves or audits still completes.
+        job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=8)
+        stream = await client.open_stream(await client.connect(coordinator.host.addrs()[0]))
+        with trio.fail_after(60):
+            await stream.send(job)
+            reply = await stream.receive()
+        assert isinstance(reply, JobAccepted) and list(reply.tokens) == tokens
         nursery.cancel_scope.cancel()
