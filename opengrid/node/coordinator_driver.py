@@ -137,7 +137,9 @@ class CoordinatorDriver:
                 case SendAuditChunk(peer=peer, chunk=chunk):
                     channel = self._audit_chunks.get((chunk.job_id, peer))
                     if channel is not None:
-                        channel.send_nowait(chunk)
+                        # The exchange may have just ended (its report or error is on its way in).
+                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            channel.send_nowait(chunk)
                 case CancelReplica(peer=peer, job_id=job_id):
                     running = self._replicas.pop((job_id, peer), None)
                     if running is not None:

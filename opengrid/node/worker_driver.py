@@ -238,7 +238,7 @@ class WorkerDriver:
                 sampling=sampling,
                 job_id=audit.job_id,
                 add_bos=audit.format == "text",
-                max_tokens=min(worker.max_tokens_limit, MAX_TOKENS_LIMIT) or None,
+                max_tokens=None,  # as the context holds: the job's own limit is not in the AuditJob
             )
 
         try:
@@ -265,6 +265,10 @@ class WorkerDriver:
             problem = _chunk_problem(chunk, len(session.tokens))
             if problem:
                 await stream.send(ErrorReply("malformed", problem, audit.job_id))
+                return
+            if chunk.offset + len(chunk.tokens) > worker.max_tokens_limit:  # as accept_audit for a claim
+                why = f"the claim passes this worker's limit of {worker.max_tokens_limit} tokens"
+                await stream.send(ErrorReply("busy", why, audit.job_id))
                 return
             if chunk.final:
                 await stream.send(await self._final_report(audit, chunk, session))
