@@ -307,3 +307,45 @@ def test_chunk_verdict_reports_the_earliest_failure() -> None:
     assert (failing.verdict, failing.end, failing.first_failure, failing.failure_gap) == ("fail", 6, 5, 9.0)
     piece = chunk_verdict(job, 4, [good, bad], 0.75, problem="piece wrong", problem_at=4)
     assert (piece.first_failure, piece.reason) == (4, "piece wrong")
+
+
+def test_an_auditor_that_times_out_after_the_final_chunk_is_replaced_by_one_that_gets_it_all() -> None:
+    grid = Grid(n=4, config=CONFIG)
+    run = started(grid)
+    effects = progress(grid, run, 0, 5)
+    slow = audits(effects)[0].peer
+    assert forwarded(verdict(grid, chunks(effects)[0])) == " the quick"
+    assert [s.chunk.final for s in chunks(grid.answer(run, HONEST, now=1.0))] == [False, True]
+    grid.register(now=CONFIG.replica_timeout_s)  # heartbeats keep everyone online
+    late = grid.coordinator.on_timer(1.0 + CONFIG.replica_timeout_s + 1.0)
+    assert CancelReplica(peer=slow, job_id=run.run.job_id) in late
+    fresh = audits(late)
+    assert len(fresh) == 1 and fresh[0].peer not in (slow, run.peer) and fresh[0].audit.chunked
+    sent = chunks(late, fresh[0].peer)
+    assert [(s.chunk.offset, s.chunk.tokens, s.chunk.final) for s in sent] == [
+        (0, [101, 202], False),
+        (2, [303, 404, 505], False),
+        (5, [], True),
+    ]
+    now = 2.0 + CONFIG.replica_timeout_s
+    assert forwarded(verdict(grid, sent[0], now=now)) == "", "already forwarded"
+    assert forwarded(verdict(grid, sent[1], now=now)) == " brown fox"
+    report = final_report(grid, fresh[0], sent)
+    reply = finished(grid.coordinator.handle(AuditReturned(run.run.job_id, fresh[0].peer, report), now))
+    assert isinstance(reply, JobAccepted) and reply.workers == [run.peer, fresh[0].peer]
+    assert slow in reply.failed
+
+
+def test_a_claim_waits_for_a_free_auditor_and_it_catches_up() -> None:
+    grid = Grid(n=2, config=CONFIG)
+    grid.register()
+    (plain,) = dispatches(grid.submit(2, replicas=1))  # a job that does not stream takes one worker
+    (run,) = dispatches(grid.submit(1, replicas=1, stream=True))  # the streaming job takes the other
+    waiting = progress(grid, run, 0, 3)
+    assert not audits(waiting) and not chunks(waiting), "no free auditor: the chunk waits"
+    freed = grid.answer(plain, HONEST)  # its prover is free now; its own claim waits for an auditor
+    joined = [a for a in audits(freed) if a.audit.job_id == run.run.job_id]
+    assert len(joined) == 1 and joined[0].peer == plain.peer and joined[0].audit.chunked
+    caught_up = chunks(freed, plain.peer)
+    assert [(s.chunk.offset, s.chunk.tokens) for s in caught_up] == [(0, [101, 202])]
+    assert forwarded(verdict(grid, caught_up[0])) == " the quick"
