@@ -64,8 +64,10 @@ from opengrid.wire.messages import (  # noqa: E402
     AccountState,
     AdmitRequest,
     AdmitVote,
+    AuditChunk,
     AuditJob,
     AuditReport,
+    ChunkVerdict,
     ControlRequest,
     DialBackReport,
     DialBackRequest,
@@ -717,6 +719,19 @@ def messages(
             job_id=job(1), verdict="fail", n_scored=3, max_gap=12.5, evidence_commitment=_AUDIT_COMMITMENT,
             first_failure=1, failure_gap=12.5,
             reason="position 1: claimed token 202 is 12.500 logits below the sampler's choice")),
+        ("a chunked audit of a streaming job: the claim follows in AuditChunks (spec/verification.md §14.2)",
+         AuditJob(job_id=job(1), contract=DecodingContract(model_sha256="ab" * 32), prompt="Once upon a time",
+                  tokens=[], text="", finish_reason="", chunked=True)),
+        ("an audit chunk: the claim's first two tokens with their text pieces", AuditChunk(
+            job_id=job(1), offset=0, tokens=[101, 202], pieces=[" there", " was"])),
+        ("the final audit chunk: the claim stopped; its whole text", AuditChunk(
+            job_id=job(1), offset=2, tokens=[], pieces=[], final=True, finish_reason="stop",
+            text=" there was")),
+        ("a chunk verdict: the first two positions pass", ChunkVerdict(
+            job_id=job(1), end=2, verdict="pass", max_gap=0.125)),
+        ("a chunk verdict that fails position 3", ChunkVerdict(
+            job_id=job(1), end=4, verdict="fail", max_gap=12.5, first_failure=3, failure_gap=12.5,
+            reason="position 3: claimed token 404 is 12.500 logits below the sampler's choice")),
         ("models request: every model served here (no chat templates)", ModelsRequest()),
         ("a model list", ModelList(models=[ModelInfo(
             name="smollm2-135m-instruct", sha256="ab" * 32, workers=2, weight=1)])),

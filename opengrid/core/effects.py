@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from opengrid_ledger import Entry
 
-from opengrid.wire.messages import AuditJob, ErrorReply, JobAccepted, ReceiptNotice, RunJob
+from opengrid.wire.messages import AuditChunk, AuditJob, ErrorReply, JobAccepted, ReceiptNotice, RunJob
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,16 @@ class ForwardVerified:
     text: str
 
 
+@dataclass(frozen=True)
+class SendAuditChunk:
+    """Send ``chunk`` to ``peer`` on its chunked audit's stream (opened by a ``DispatchAudit`` whose
+    ``audit.chunked`` is set), after the chunks sent before it; feed back ``ChunkAudited`` for its
+    verdict (spec/verification.md §14.2)."""
+
+    peer: str
+    chunk: AuditChunk
+
+
 Effect = (
     DispatchReplica
     | DispatchAudit
@@ -89,4 +99,5 @@ Effect = (
     | SendReceipt
     | Penalize
     | ForwardVerified
+    | SendAuditChunk
 )

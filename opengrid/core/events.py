@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opengrid.wire.messages import AuditReport, ModelOffer, ReplicaResult, SubmitJob
+from opengrid.wire.messages import AuditReport, ChunkVerdict, ModelOffer, ReplicaResult, SubmitJob
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,16 @@ class AuditFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class ChunkAudited:
+    """An auditor of a chunked audit (a streaming job's, spec/verification.md §14.2) answered one chunk
+    with its verdict; its final report comes as ``AuditReturned``."""
+
+    job_id: bytes
+    peer: str
+    verdict: ChunkVerdict
+
+
 Event = (
     WorkerRegistered
     | JobSubmitted
@@ -110,4 +120,5 @@ Event = (
     | JobCancelled
     | AuditReturned
     | AuditFailed
+    | ChunkAudited
 )

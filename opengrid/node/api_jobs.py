@@ -167,6 +167,7 @@ async def stream_live(
         first = await receive.receive()
     except BaseException:
         scope.cancel()  # the client left before anything came
+        receive.close()
         raise
     if isinstance(first, ErrorReply | ApiError):
         receive.close()  # nothing follows an error
@@ -205,6 +206,7 @@ async def stream_live(
                 item = await receive.receive()
         finally:
             scope.cancel()  # done, or the client left: stop waiting for the job
+            receive.close()  # (anyio warns about a stream left open when it is collected)
 
     headers = {"X-OpenGrid-Job-Id": hex_id, "X-OpenGrid-Verified": "true"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -3,7 +3,10 @@ carries out the effects it returns — replicas sent to workers on their run cha
 stored and gossiped, receipts pushed to workers — and wakes it at its deadlines.
 
 In audit mode (``CoordinatorConfig.verify``) it also sends ``AuditJob``s to auditors, each on its own
-stream of the job protocol (one request, one reply), and feeds their reports back.
+stream of the job protocol (one request, one reply), and feeds their reports back. A chunked audit (a
+streaming job's claim, spec/verification.md §14.2) keeps its stream: the machine's ``SendAuditChunk``s go
+down it in order, and each ChunkVerdict comes back as ``ChunkAudited``, the final AuditReport as
+``AuditReturned``.
 
 The simulator (simulations/) drives the same machine from an event heap; tests/simulations/
 test_same_decisions.py proves both make the same decisions.
@@ -30,11 +33,13 @@ from opengrid.core.effects import (
     FinishJob,
     ForwardVerified,
     Penalize,
+    SendAuditChunk,
     SendReceipt,
 )
 from opengrid.core.events import (
     AuditFailed,
     AuditReturned,
+    ChunkAudited,
     Event,
     JobCancelled,
     JobSubmitted,
@@ -50,8 +55,11 @@ from opengrid.node.job_log import JobLog
 from opengrid.node.ledger_service import LedgerService
 from opengrid.store.job_store import JobStore
 from opengrid.wire.messages import (
+    MAX_TOKENS_LIMIT,
+    AuditChunk,
     AuditJob,
     AuditReport,
+    ChunkVerdict,
     ErrorReply,
     JobAccepted,
     JobProgress,
@@ -86,6 +94,8 @@ class CoordinatorDriver:
         self.jobs: dict[bytes, _PendingJob] = {}
         """Jobs submitted here and not answered yet."""
         self._replicas: dict[tuple[bytes, str], trio.CancelScope] = {}
+        self._audit_chunks: dict[tuple[bytes, str], trio.MemorySendChannel[AuditChunk]] = {}
+        """Chunked audits running: (job, auditor) -> where its chunks go, in order, to its stream."""
         self.runs: StreamPool | None = None
         """Idle run-channel streams to workers, reused by later replicas (set once the host is up)."""
         self.job_store: JobStore | None = None
@@ -120,11 +130,26 @@ class CoordinatorDriver:
                 case DispatchAudit(peer=peer, audit=audit):
                     scope = trio.CancelScope()
                     self._replicas[(audit.job_id, peer)] = scope  # CancelReplica stops audits too
-                    ctx.nursery.start_soon(self._run_audit, peer, audit, scope)
+                    if audit.chunked:
+                        # Unbounded as a channel, bounded in use: at most one chunk per claimed token + 1.
+                        chunks, receive = trio.open_memory_channel[AuditChunk](math.inf)
+                        self._audit_chunks[(audit.job_id, peer)] = chunks
+                        ctx.nursery.start_soon(self._run_chunked_audit, peer, audit, scope, receive)
+                    else:
+                        ctx.nursery.start_soon(self._run_audit, peer, audit, scope)
+                case SendAuditChunk(peer=peer, chunk=chunk):
+                    channel = self._audit_chunks.get((chunk.job_id, peer))
+                    if channel is not None:
+                        # The exchange may have just ended (its report or error is on its way in).
+                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            channel.send_nowait(chunk)
                 case CancelReplica(peer=peer, job_id=job_id):
                     running = self._replicas.pop((job_id, peer), None)
                     if running is not None:
                         running.cancel()
+                    channel = self._audit_chunks.pop((job_id, peer), None)
+                    if channel is not None:
+                        channel.close()
                 case FinishJob(job_id=job_id, reply=reply):
                     _log_outcome(job_id, reply)
                     if self.job_store is not None:  # kept before the client hears it: never lost
@@ -352,6 +377,69 @@ class CoordinatorDriver:
         if event is not None and not scope.cancel_called:
             if isinstance(event, AuditFailed):
                 log.warning("auditor %s failed job %s: %s", short(peer), audit.job_id.hex()[:8], event.reason)
+            self.feed(event)
+
+    async def _run_chunked_audit(
+        self,
+        peer: str,
+        audit: AuditJob,
+        scope: trio.CancelScope,
+        chunks: trio.MemoryReceiveChannel[AuditChunk],
+    ) -> None:
+        """Open a chunked audit with ``peer`` (spec/verification.md §14.2): send ``audit``, then every chunk
+        the machine hands over, while feeding back each ChunkVerdict; end at the AuditReport, a failing
+        verdict or an error. The machine's deadlines cancel it (``CancelReplica``)."""
+        assert self._ctx.host is not None
+        event: Event | None = None
+        job_id = audit.job_id
+        stream = None
+
+        async def send_chunks(stream: FrameStream) -> None:
+            with contextlib.suppress(OpenGridError):  # a broken stream shows on the reading side too
+                async for chunk in chunks:
+                    await stream.send(chunk)
+
+        with scope:
+            try:
+                with trio.fail_after(10):
+                    stream = await self._ctx.host.open_stream(peer)
+                    await stream.send(audit)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send_chunks, stream)
+                    for _ in range(MAX_TOKENS_LIMIT + 2):  # a verdict per chunk (>= 1 token), a report
+                        reply = await stream.receive()
+                        self._ctx.trace(reply)
+                        if isinstance(reply, ChunkVerdict):
+                            self.feed(ChunkAudited(job_id=job_id, peer=peer, verdict=reply))
+                            if reply.verdict == "pass":
+                                continue
+                        elif isinstance(reply, AuditReport):
+                            event = AuditReturned(job_id=job_id, peer=peer, report=reply)
+                        elif isinstance(reply, ErrorReply):
+                            event = AuditFailed(
+                                job_id=job_id, peer=peer, reason=f"{reply.code}: {reply.message}"
+                            )
+                        else:
+                            event = AuditFailed(
+                                job_id=job_id, peer=peer, reason=f"unexpected {type(reply).__name__}"
+                            )
+                        break
+                    else:
+                        event = AuditFailed(job_id=job_id, peer=peer, reason="more verdicts than chunks")
+                    nursery.cancel_scope.cancel()
+            except (OpenGridError, trio.TooSlowError) as exc:
+                event = AuditFailed(job_id=job_id, peer=peer, reason=str(exc) or "audit stream timed out")
+            finally:
+                chunks.close()
+                if stream is not None:
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
+        if self._replicas.get((job_id, peer)) is scope:
+            del self._replicas[(job_id, peer)]
+            self._audit_chunks.pop((job_id, peer), None)
+        if event is not None and not scope.cancel_called:
+            if isinstance(event, AuditFailed):
+                log.warning("auditor %s failed job %s: %s", short(peer), job_id.hex()[:8], event.reason)
             self.feed(event)
 
     async def _send_receipt(self, peer: str, notice: ReceiptNotice) -> None:

@@ -93,6 +93,7 @@ class Router:
         self._on_stream: dict[type[Message], _StreamHandler] = {
             SubmitJob: self._job_stream,
             RunJob: self._run_stream,
+            AuditJob: self._audit_stream,
             DialBackRequest: self._dial_back,
         }
         self._on_request: dict[type[Message], _Handler] = {
@@ -192,6 +193,14 @@ class Router:
     async def _run_stream(self, stream: FrameStream, message: RunJob) -> None:
         if self._ctx.worker is not None and not self._availability.paused:
             await self._serve_run(stream, message)
+        else:
+            await self._reply(stream, message)
+
+    async def _audit_stream(self, stream: FrameStream, message: AuditJob) -> None:
+        """A chunked audit keeps its stream (spec/verification.md §14.2); any other is one request, one
+        reply (``_on_audit``)."""
+        if message.chunked and self._ctx.worker is not None and not self._availability.paused:
+            await self._worker.serve_chunked_audit(stream, message)
         else:
             await self._reply(stream, message)
 

@@ -2,20 +2,26 @@
 answers with the worker logic's attestation (opengrid/core/worker.py). Streaming jobs send preview text as
 they generate; a job whose coordinator leaves stops generating at once. In audit mode it also answers
 ``AuditJob``: the engine re-scores a claimed output in one forward pass (``ScoringEngine.score``, in the
-same thread and limiter as generation) and the worker logic judges it (spec/verification.md §13)."""
+same thread and limiter as generation) and the worker logic judges it (spec/verification.md §13). A
+chunked AuditJob (a streaming job's claim, §14.2) keeps its stream: the claim arrives in AuditChunks,
+scored one by one in a ``ScoringSession`` (its own llama.cpp context, KV cache kept between chunks) and
+answered with a ChunkVerdict each, the final chunk with the AuditReport over the whole claim."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import trio
 
-from opengrid.core.audit import SamplingParams
+from opengrid.core.audit import PositionEvidence, SamplingParams
+from opengrid.core.stream_chunks import chunk_verdict
 from opengrid.core.worker import Output, job_sampling
 from opengrid.engines import Engine, GenerationRequest
 from opengrid.engines.base import Generation, ScoreRequest, Scoring, ScoringEngine, StreamingEngine
@@ -33,6 +39,8 @@ from opengrid.wire.messages import (
     MAX_PIECE_CHARS,
     MAX_PROGRESS_CHARS,
     MAX_PROGRESS_TOKENS,
+    MAX_TOKENS_LIMIT,
+    AuditChunk,
     AuditJob,
     ErrorReply,
     Message,
@@ -59,6 +67,8 @@ class WorkerDriver:
         self.busy_s = 0.0
         self.audits_run = 0
         """Audits this worker scored (``AuditJob``); ``jobs_run`` counts generations only."""
+        self.sessions = 0
+        """Chunked audits open now (each holds a llama.cpp context: at most ``MAX_SCORING_SESSIONS``)."""
 
     async def serve_run(self, stream: FrameStream, message: RunJob) -> None:
         """Run one replica and send its result on ``stream``."""
@@ -163,6 +173,168 @@ class WorkerDriver:
         report = worker.report(audit, scoring.evidence if scoring is not None else (), problem=problem)
         log.info(
             "audited job %s: %s (%d positions, max gap %.3f)",
+            audit.job_id.hex()[:8],
+            report.verdict,
+            report.n_scored,
+            report.max_gap,
+        )
+        return report
+
+    async def serve_chunked_audit(self, stream: FrameStream, audit: AuditJob) -> None:
+        """A chunked audit (spec/verification.md §14.2): score the claim chunk by chunk as the coordinator
+        sends it, on a ``ScoringSession`` that keeps its KV cache, answering each chunk with a ChunkVerdict
+        and the final one with the AuditReport over the whole claim. Bounded: at most
+        ``MAX_SCORING_SESSIONS`` at once, ``CHUNK_IDLE_S`` between chunks, one frame per claimed token."""
+        reply = await self._open_session(audit)
+        if isinstance(reply, ErrorReply):
+            await stream.send(reply)
+            return
+        session = reply
+        self.sessions += 1
+        try:
+            await self._score_chunks(stream, audit, session)
+        finally:
+            self.sessions -= 1
+            with trio.CancelScope(shield=True):  # free the context even when cancelled
+                await trio.to_thread.run_sync(session.close, limiter=self._engine_limiter)
+
+    async def _open_session(self, audit: AuditJob) -> Any:
+        """A ``ScoringSession`` for ``audit`` (its prompt evaluated), or the ErrorReply to answer instead."""
+        worker, engine = self._ctx.worker, self._ctx.engine
+        assert worker is not None and engine is not None
+        refusal = worker.accept_audit(audit)
+        if refusal is not None:
+            return refusal
+        if audit.tokens or audit.text or audit.finish_reason or audit.score_end:
+            return ErrorReply(
+                "malformed",
+                "a chunked AuditJob carries no claim: its tokens come in AuditChunks",
+                audit.job_id,
+            )
+        llama = sys.modules.get("opengrid.engines.llama")  # loaded iff this node runs a llama.cpp engine
+        if llama is None or not isinstance(engine, llama.LlamaEngine):
+            return ErrorReply(
+                "engine_error",
+                f"this worker's engine ({type(engine).__name__}) cannot keep a scoring session, so it "
+                "cannot audit a streaming claim chunk by chunk; chunked audits need a llama.cpp engine",
+                audit.job_id,
+            )
+        if self.sessions >= MAX_SCORING_SESSIONS:
+            return ErrorReply(
+                "busy",
+                f"{self.sessions} chunked audits are open here (the limit); try another auditor",
+                audit.job_id,
+            )
+        from opengrid.engines.scoring_session import ScoringSession  # llama.cpp is loaded: see above
+
+        sampling = SamplingParams(
+            temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
+        )  # checked by ``accept_audit``
+
+        def open_session() -> ScoringSession:
+            return ScoringSession(
+                engine,
+                prompt=audit.prompt,
+                sampling=sampling,
+                job_id=audit.job_id,
+                add_bos=audit.format == "text",
+                max_tokens=None,  # as the context holds: the job's own limit is not in the AuditJob
+            )
+
+        try:
+            return await trio.to_thread.run_sync(open_session, limiter=self._engine_limiter)
+        except EngineError as exc:  # BadRequestError included: the prompt does not fit this context
+            return ErrorReply("engine_error", str(exc), audit.job_id)
+
+    async def _score_chunks(self, stream: FrameStream, audit: AuditJob, session: Any) -> None:
+        worker = self._ctx.worker
+        assert worker is not None
+        job = audit.job_id.hex()[:8]
+        log.info("chunked audit of job %s opened", job)
+        for _ in range(MAX_TOKENS_LIMIT + 2):  # every chunk but the final one carries a token
+            with trio.move_on_after(CHUNK_IDLE_S) as idle:
+                chunk = await stream.receive()
+            if idle.cancelled_caught:
+                log.info("chunked audit of job %s: no chunk for %.0f s, closed", job, CHUNK_IDLE_S)
+                return
+            if not isinstance(chunk, AuditChunk) or chunk.job_id != audit.job_id:
+                await stream.send(
+                    ErrorReply("malformed", "expected the audit's next AuditChunk", audit.job_id)
+                )
+                return
+            problem = _chunk_problem(chunk, len(session.tokens))
+            if problem:
+                await stream.send(ErrorReply("malformed", problem, audit.job_id))
+                return
+            if chunk.offset + len(chunk.tokens) > worker.max_tokens_limit:  # as accept_audit for a claim
+                why = f"the claim passes this worker's limit of {worker.max_tokens_limit} tokens"
+                await stream.send(ErrorReply("busy", why, audit.job_id))
+                return
+            if chunk.final:
+                await stream.send(await self._final_report(audit, chunk, session))
+                return
+            tokens, pieces = list(chunk.tokens), list(chunk.pieces) or None
+            try:
+                scored = await trio.to_thread.run_sync(
+                    session.score_chunk, chunk.offset, tokens, pieces, limiter=self._engine_limiter
+                )
+            except VerificationError as exc:  # a token outside the vocabulary: the claim fails here
+                verdict = chunk_verdict(
+                    audit.job_id, chunk.offset, [], audit.tolerance, problem=str(exc), problem_at=chunk.offset
+                )
+            except EngineError as exc:
+                log.warning("chunked audit of job %s failed in the engine: %s", job, exc)
+                await stream.send(ErrorReply("engine_error", str(exc), audit.job_id))
+                return
+            else:
+                verdict = chunk_verdict(
+                    audit.job_id,
+                    chunk.offset,
+                    scored.evidence,
+                    audit.tolerance,
+                    problem=scored.problem,
+                    problem_at=scored.problem_at,
+                )
+            await stream.send(verdict)
+            if verdict.verdict == "fail":
+                log.info(
+                    "chunked audit of job %s: failed at %d: %s", job, verdict.first_failure, verdict.reason
+                )
+                return
+        await stream.send(ErrorReply("malformed", "more audit chunks than a claim has tokens", audit.job_id))
+
+    async def _final_report(self, audit: AuditJob, chunk: AuditChunk, session: Any) -> Message:
+        """The AuditReport over the whole claim: the end position scored if it stopped, its text checked."""
+        worker, engine = self._ctx.worker, self._ctx.engine
+        assert worker is not None and engine is not None
+        stopped = chunk.finish_reason == "stop"
+
+        def finish() -> tuple[list[PositionEvidence], str]:
+            problem = ""
+            try:
+                if stopped:
+                    session.score_stop()
+            except VerificationError as exc:
+                problem = str(exc)
+            if engine.detokenize(session.tokens) != chunk.text:  # type: ignore[attr-defined]
+                problem = problem or "the claimed text is not what the claimed tokens decode to"
+            return list(session.evidence), problem
+
+        try:
+            evidence, problem = await trio.to_thread.run_sync(finish, limiter=self._engine_limiter)
+        except EngineError as exc:
+            return ErrorReply("engine_error", str(exc), audit.job_id)
+        whole = msgspec.structs.replace(
+            audit,
+            tokens=list(session.tokens),
+            text=chunk.text,
+            finish_reason=chunk.finish_reason,
+            chunked=False,
+        )
+        report = worker.report(whole, evidence, problem=problem)
+        self.audits_run += 1
+        log.info(
+            "audited job %s in chunks: %s (%d positions, max gap %.3f)",
             audit.job_id.hex()[:8],
             report.verdict,
             report.n_scored,
@@ -334,6 +506,26 @@ def _progress_frames(job_id: bytes, generated: list[tuple[int, str]]) -> list[Re
         frames.append(ReplicaProgress(job_id=job_id, text="".join(pieces), tokens=tokens, pieces=pieces))
     return frames
 
+
+def _chunk_problem(chunk: AuditChunk, scored: int) -> str:
+    """Why ``chunk`` breaks the chunked-audit rules (job-protocol.md §5.16), or ""."""
+    if chunk.offset != scored:
+        return f"audit chunk at offset {chunk.offset}, but {scored} tokens were sent before"
+    if chunk.final and chunk.tokens:
+        return "the final audit chunk carries no tokens"
+    if not chunk.final and not chunk.tokens:
+        return "an audit chunk that is not final carries at least one token"
+    if chunk.pieces and len(chunk.pieces) != len(chunk.tokens):
+        return f"{len(chunk.pieces)} pieces for {len(chunk.tokens)} tokens"
+    return ""
+
+
+MAX_SCORING_SESSIONS = 4
+"""Chunked audits one worker keeps open at once: each holds a llama.cpp context (a KV cache of n_ctx)."""
+
+CHUNK_IDLE_S = 300.0
+"""Longest wait for a chunked audit's next chunk (as for a run channel's next RunJob): a coordinator
+that stops sending without closing the stream frees the session after this."""
 
 PROGRESS_INTERVAL_S = 0.05
 """Least time between two progress frames of one replica: adds at most this to the first verified text

@@ -681,6 +681,52 @@ MAX_AUDIT_TEMPERATURE: Final = MAX_TEMPERATURE
 MAX_AUDIT_TOLERANCE: Final = 1000.0
 """Logits: a tolerance this wide accepts anything; larger values are refused as nonsense."""
 AuditGap = Annotated[float, msgspec.Meta(ge=0.0, le=1e30)]
+ClaimPosition = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_LIMIT + 1)]
+"""An output position of a claim, or a count of them: 0 .. max_tokens + 1 (a stopped claim's end)."""
+
+
+class AuditChunk(_Message, tag="audit_chunk", frozen=True):
+    """Coordinator → auditor, after a chunked AuditJob on its stream: the next claimed tokens of a
+    streaming job's prover, in order (spec/verification.md §14.2).
+
+    The auditor appends them to its evaluation (its KV cache kept), scores each of their positions and
+    checks each piece against its own tokenizer, then answers a ChunkVerdict; the ``final`` chunk is
+    answered by the AuditReport over the whole claim."""
+
+    job_id: JobIdBytes
+    offset: ClaimPosition
+    """The claim's position of ``tokens[0]``: the number of tokens sent before (chunks are contiguous)."""
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_PROGRESS_TOKENS)]
+    """Claimed tokens at ``offset ..``; at least one unless ``final``."""
+    pieces: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_PIECE_CHARS)]],
+        msgspec.Meta(max_length=MAX_PROGRESS_TOKENS),
+    ]
+    """One per token: the text the prover reported that token completed (ReplicaProgress.pieces)."""
+    final: bool = False
+    """The claim ends here: ``finish_reason`` and ``text`` are the prover's result's."""
+    finish_reason: ShortText = ""
+    """Final only: ``stop`` adds the end-of-generation position (spec/verification.md §12.1)."""
+    text: OutputText = ""
+    """Final only: the whole claimed text, which must be what every claimed token decodes to."""
+
+
+class ChunkVerdict(_Message, tag="chunk_verdict", frozen=True):
+    """Auditor → coordinator: the verdict on one AuditChunk (not the final one) of a chunked audit. A
+    failing verdict ends the exchange; a passing one lets the coordinator forward the chunk's text to the
+    client once every auditor passed it (spec/verification.md §14.2)."""
+
+    job_id: JobIdBytes
+    end: ClaimPosition
+    """Positions scored so far: the chunk's ``offset + len(tokens)`` (fewer on a fail that stopped early)."""
+    verdict: Literal["pass", "fail"]
+    max_gap: AuditGap
+    """The largest gap over the chunk's positions, in logits."""
+    first_failure: Annotated[int, msgspec.Meta(ge=-1, le=MAX_TOKENS_LIMIT)] = -1
+    """Claim position of the first position over the tolerance (or whose piece is wrong); -1 on a pass."""
+    failure_gap: AuditGap = 0.0
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_AUDIT_REASON_CHARS)] = ""
+    """Why it failed, in words with the values; empty on a pass."""
 
 
 class AuditJob(_Message, tag="audit", frozen=True):
@@ -714,6 +760,11 @@ class AuditJob(_Message, tag="audit", frozen=True):
     §13.5): the forward pass stops at the last of them, which is where a partial audit saves compute. 0, or
     a value at least the claim's positions, scores every position (what an auditor that predates the field
     does)."""
+    chunked: bool = False
+    """A chunked audit of a streaming job (spec/verification.md §14.2): ``tokens``, ``text`` and
+    ``finish_reason`` are empty and ``score_end`` is 0; the claim follows on the same stream in AuditChunk
+    frames as the prover generates it, each answered by a ChunkVerdict, the last (``final``) by the
+    AuditReport over the whole claim. Auditors that predate the field refuse it (unknown field)."""
 
 
 class AuditReport(_Message, tag="audit_report", frozen=True):
@@ -823,6 +874,8 @@ Message = (
     | DialBackReport
     | AuditJob
     | AuditReport
+    | AuditChunk
+    | ChunkVerdict
     | ModelsRequest
     | ModelList
     | ReceiptRequest

@@ -148,13 +148,15 @@ def test_a_multibyte_character_split_across_tokens_is_forwarded_whole() -> None:
     assert isinstance(reply, JobAccepted) and reply.text == " café!"
 
 
-def test_audit_mode_streams_nothing_verified_before_the_audit() -> None:
-    """One prover has no one to agree with: its frames verify nothing (spec/verification.md §14)."""
+def test_audit_mode_forwards_nothing_on_the_provers_word_alone() -> None:
+    """One prover has no one to agree with: its frames verify nothing by themselves; they go to its
+    auditors in chunks (spec/verification.md §14.2, tests/core/test_chunked_audits.py)."""
     grid = Grid(n=3, config=CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False))
     grid.register()
     (prover,) = dispatches(grid.submit(replicas=2, stream=True))
-    assert progress(grid, prover, 0, 5) == []
-    assert grid.coordinator._jobs[prover.run.job_id].streams == {}
+    effects = progress(grid, prover, 0, 5)
+    assert forwarded(effects) == ""
+    assert [type(e).__name__ for e in effects] == ["DispatchAudit", "SendAuditChunk"]
 
 
 def test_a_one_replica_job_streams_its_workers_text_as_its_answer_is_trusted() -> None:

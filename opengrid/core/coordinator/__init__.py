@@ -25,7 +25,8 @@ auditors credited) or fail it (the prover penalised, the job re-run on another p
 ``max_failovers``). A failed or silent auditor is replaced; a claim with no free auditor waits for a slot.
 Auditors are checked too (§13.6): canary audits (a claim whose verdict the coordinator knows), a split
 verdict settled by a tie-break audit, and an auditor record (``audit_reputation``) that weighs the draw
-and bars an auditor once caught. Sealed jobs are replicated as above.
+and bars an auditor once caught. A streaming job's claim is audited in chunks as the prover streams it
+(``SendAuditChunk``, ``ChunkAudited``; spec/verification.md §14.2). Sealed jobs are replicated as above.
 
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is
@@ -51,7 +52,8 @@ Layout (one concern per module; ``Coordinator`` in ``machine.py`` combines the p
                   reputations, speeds
     dispatch.py   submission checks, the fair queue drained into worker slots, refills
     results.py    replica results checked and judged, failures and refusals, acceptance, learning
-    streaming.py  streaming jobs: the prefix a quorum of replicas agreed on, forwarded as it grows
+    streaming.py  streaming jobs: the prefix a quorum of replicas agreed on, forwarded as it grows; in
+                  audit mode, the prover's claim cut into chunks for its auditors, forwarded as they pass
     audits.py     audit mode: claims sent to auditors, reports checked, claims rejected or accepted
     canaries.py   known answers and canaries
     settle.py     a job's end without a receipt: failure, cancellation, slots freed, hold refunded

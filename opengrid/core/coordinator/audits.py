@@ -79,11 +79,12 @@ class AuditsPart(CoordinatorParts):
 
         if chosen:
             effects: list[Effect] = []
-            audit = self._audit_job(job)
+            audit = self._chunked_audit_job(job) or self._audit_job(job)  # streaming.py: chunked claims
             for candidate in chosen:
                 job.audits[candidate.peer] = now + self.config.replica_timeout_s
                 self._occupy(candidate.peer)
                 effects.append(DispatchAudit(peer=candidate.peer, audit=audit))
+                effects += self._chunks_for(job, candidate.peer)  # a chunked claim so far
             if len(chosen) >= needed:
                 self._audit_wait.pop(job_id, None)
             else:
@@ -165,7 +166,7 @@ class AuditsPart(CoordinatorParts):
         effects: list[Effect] = []
         for job_id in list(self._audit_wait):
             job = self._jobs.get(job_id)
-            if job is None or job.state is not JobState.AUDITING:
+            if job is None or (job.state is not JobState.AUDITING and job.chunked is None):
                 self._audit_wait.pop(job_id, None)
                 continue
             effects += self._start_audits(job, now)

@@ -108,6 +108,13 @@ class CoordinatorConfig:
     verification.md §13.6): a claim whose verdict the coordinator knows, to a worker drawn as auditors are.
     A wrong verdict costs the auditor its reputation and its audits. 0 (the default): none."""
 
+    stream_chunk_first: int = 4
+    """Audit mode, streaming jobs: tokens in the first chunk sent to the auditors (spec/verification.md
+    §14.2). Small: the client's first verified text waits for it (and for its audit)."""
+    stream_chunk_max: int = 64
+    """Audit mode, streaming jobs: each later chunk doubles the previous one, up to this many tokens (at
+    most 1024, a frame's limit): fewer audit round trips on long answers."""
+
     @classmethod
     def plain(cls, **overrides: object) -> CoordinatorConfig:
         """Plain verification: every job runs the replicas asked for, on workers chosen uniformly at

@@ -26,6 +26,7 @@ from opengrid.core.effects import CancelReplica, Effect
 from opengrid.core.events import (
     AuditFailed,
     AuditReturned,
+    ChunkAudited,
     Event,
     JobCancelled,
     JobSubmitted,
@@ -38,6 +39,7 @@ from opengrid.core.grants import GrantPolicy
 from opengrid.core.queueing import FairQueue
 from opengrid.core.reputation import Reputation, reputation_from_ledger
 from opengrid.core.scheduler import RandomSource, capacity, choose_class
+from opengrid.core.stream_chunks import ChunkPolicy
 from opengrid.errors import ConfigError
 
 
@@ -136,6 +138,10 @@ class Coordinator(
         """Audit mode: worker key -> its record as an auditor (canary audits, split verdicts settled by a
         tie-break; spec/verification.md §13.6). The auditor draw weighs by it and skips anyone caught.
         In memory only, like canary outcomes; the general ``reputation`` gets the same offences."""
+        self._chunk_policy = ChunkPolicy(
+            first=self.config.stream_chunk_first, largest=self.config.stream_chunk_max
+        )
+        """Audit mode, streaming jobs: how a claim is cut into chunks for its auditors (§14.2)."""
         self._audit_wait: dict[bytes, None] = {}
         """Audit mode: jobs whose claim waits for a free auditor slot (an ordered set; retried by
         ``_drain``, bounded by the job deadline)."""
@@ -150,7 +156,9 @@ class Coordinator(
             case ReplicaReturned():
                 return self._on_returned(event, now) + self._drain(now)
             case ReplicaProgressed():
-                return self._on_progressed(event)
+                effects = self._on_progressed(event, now)
+                # Most frames decide nothing; one that rejected a streaming prover may have freed slots.
+                return effects + self._drain(now) if effects else effects
             case ReplicaFailed(client_fault=True):
                 return self._on_client_fault(event, now) + self._drain(now)
             case ReplicaFailed():
@@ -160,6 +168,8 @@ class Coordinator(
                 return self._on_cancelled(event) + self._drain(now)
             case AuditReturned():
                 return self._on_audit_returned(event, now) + self._drain(now)
+            case ChunkAudited():
+                return self._on_chunk_audited(event, now) + self._drain(now)
             case AuditFailed():
                 return self._on_audit_failed(event.job_id, event.peer, event.reason, now) + self._drain(now)
         raise TypeError(f"unknown event {event!r}")  # pragma: no cover - exhaustiveness guard

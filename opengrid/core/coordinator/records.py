@@ -48,6 +48,24 @@ class ReplicaStream:
 
 
 @dataclass
+class ChunkedClaim:
+    """Audit mode, streaming job: the claim of the prover now streaming, cut into chunks for its auditors
+    as it arrives (``streaming.py``, spec/verification.md §14.2). Its tokens and pieces are the prover's
+    ``JobRecord.streams`` entry."""
+
+    prover: str
+    ends: list[int] = field(default_factory=list)
+    """Where each chunk cut so far ends (claim positions, increasing): every auditor gets these chunks."""
+    pieced: int = 0
+    """Chunks ending at or before this position carry the prover's text pieces (it streamed them); the
+    rest of a result longer than its frames goes out without, and is never forwarded chunk by chunk."""
+    passed: dict[str, int] = field(default_factory=dict)
+    """Auditor -> positions it passed so far (the end of its last passing ChunkVerdict)."""
+    final: bool = False
+    """The prover's result came and the last chunk went out: its auditors answer with AuditReports."""
+
+
+@dataclass
 class JobRecord:
     """What the coordinator knows of one client job in flight (from its submission to its end)."""
 
@@ -83,7 +101,8 @@ class JobRecord:
     audit: bool = False
     """Audit mode (``CoordinatorConfig.verify``): one prover, its claim re-scored by auditors."""
     prover: str = ""
-    """Audit mode: the peer whose returned claim (in ``results``) is being audited; "" before it answers."""
+    """Audit mode: the peer whose returned claim (in ``results``) is being audited; "" before it answers,
+    except for a streaming prover, whose claim is audited in chunks from its first frame (``chunked``)."""
     audits: dict[str, float] = field(default_factory=dict)
     """Audit mode: auditor peer -> deadline of its pending audit."""
     audited: dict[str, Attestation] = field(default_factory=dict)
@@ -104,6 +123,9 @@ class JobRecord:
     """Streaming jobs: the verified prefix, token by token (a quorum's progress agreed on it)."""
     verified_pieces: list[str] = field(default_factory=list)
     """Streaming jobs: the verified prefix's text pieces; their text went to the client as verified."""
+    chunked: ChunkedClaim | None = None
+    """Audit mode, streaming job: the streaming prover's claim as chunked for its auditors (None before
+    its first progress, after its claim was dropped, and for other jobs)."""
 
     @property
     def job_id(self) -> bytes:

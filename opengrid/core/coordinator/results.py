@@ -53,7 +53,7 @@ class ResultsPart(CoordinatorParts):
         if job.audit:
             job.prover = event.peer
             move(job, JobEvent.CLAIMED)
-            return self._start_audits(job, now)
+            return self._audit_claim(job, now)  # streaming.py: a chunked claim's audit ends, or one starts
         commitments = {peer: att.output_commitment for peer, (_, att) in job.results.items()}
         agreement = judge(commitments, job.replicas)
         if agreement is not None:
@@ -139,7 +139,7 @@ class ResultsPart(CoordinatorParts):
         self._release(peer)
         if not job.pending:
             move(job, JobEvent.DRAINED)
-        effects: list[Effect] = []
+        effects: list[Effect] = self._drop_chunked(job, peer)  # a streaming prover's auditors stop too
         record = self.workers.get(peer)
         if penalize:
             job.invalid.append(peer)

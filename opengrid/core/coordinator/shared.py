@@ -30,9 +30,12 @@ from opengrid.core.queueing import FairQueue
 from opengrid.core.refusal import Refusal
 from opengrid.core.reputation import Outcome, Reputation
 from opengrid.core.scheduler import Candidate, RandomSource
+from opengrid.core.stream_chunks import ChunkPolicy
 from opengrid.core.verifier import Agreement
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
+    AuditJob,
+    AuditReport,
     ErrorCode,
     ModelOffer,
     ReceiptNotice,
@@ -74,6 +77,7 @@ class CoordinatorParts(ABC):
     _auditors: int
     _audit_plans: AuditPlanConfig
     _audit_wait: dict[bytes, None]
+    _chunk_policy: ChunkPolicy
     """The meaning of each is documented where ``Coordinator.__init__`` sets it."""
 
     # The calls one part makes on another, by the module that implements them (see there for what each
@@ -138,6 +142,11 @@ class CoordinatorParts(ABC):
         sealed: bool = False,
     ) -> Attestation | str: ...
 
+    @abstractmethod
+    def _on_failed(
+        self, job_id: bytes, peer: str, reason: str, now: float, *, penalize: bool
+    ) -> list[Effect]: ...
+
     # ── audits.py: audit mode ──────────────────────────────────────────────────────────────────────────
 
     @abstractmethod
@@ -156,6 +165,14 @@ class CoordinatorParts(ABC):
 
     @abstractmethod
     def _record_auditor(self, peer: str, outcome: Outcome) -> None: ...
+
+    @abstractmethod
+    def _reject_claim(
+        self, job: JobRecord, auditor: str, report: AuditReport, now: float, *, blame_prover: bool = True
+    ) -> list[Effect]: ...
+
+    @abstractmethod
+    def _replace_auditor(self, job: JobRecord, now: float) -> list[Effect]: ...
 
     # ── canaries.py: known answers and canaries ────────────────────────────────────────────────────────
 
@@ -186,6 +203,18 @@ class CoordinatorParts(ABC):
 
     @abstractmethod
     def stream_contradiction(self, job: JobRecord, agreement: Agreement) -> str | None: ...
+
+    @abstractmethod
+    def _audit_claim(self, job: JobRecord, now: float) -> list[Effect]: ...
+
+    @abstractmethod
+    def _chunked_audit_job(self, job: JobRecord) -> AuditJob | None: ...
+
+    @abstractmethod
+    def _chunks_for(self, job: JobRecord, peer: str) -> list[Effect]: ...
+
+    @abstractmethod
+    def _drop_chunked(self, job: JobRecord, peer: str) -> list[Effect]: ...
 
     # ── settle.py: a job's end without a receipt ───────────────────────────────────────────────────────
 

@@ -18,8 +18,20 @@ frames and then failed, or honest replicas diverged in rounding before the point
 not delivered: the job fails (``stream_contradiction``). Verified chunks are as strong as the final
 verdict: the same quorum of the same numerical class, never one worker's word.
 
-Not streamed here: audit mode (one prover: nothing to agree with until the audit passes) and sealed jobs
-(the coordinator cannot read the text). Their answer arrives whole, at the end, as before.
+Audit mode (spec/verification.md §14.2): a streaming job has one prover and nothing to agree with, so
+its claim is audited in chunks as it streams. The prover's first progress frame makes its claim a
+``ChunkedClaim``: auditors are drawn at once (``_start_audits``, full window, no second audit) and sent a
+chunked AuditJob; as tokens arrive they are cut into chunks (``stream_chunks.ChunkPolicy``: small first,
+doubling after) and each chunk goes to every auditor (``SendAuditChunk``). An auditor answers each chunk
+with a ``ChunkVerdict`` (``ChunkAudited``); once every auditor passed a chunk, its text extends the
+verified prefix and goes to the client. A failing chunk rejects the claim exactly as a failed audit
+(§13.2): the prover is stopped, penalised and replaced, its auditors stopped. When the prover's result
+arrives the rest of the claim and a final chunk (finish reason, whole text) go out, and the auditors'
+AuditReports over the whole claim are judged as any (``audits.py``). A re-run after a rejection must
+reproduce the verified prefix (its frames and result are checked against it) or the job fails.
+
+Not streamed here: sealed jobs (the coordinator cannot read the text). Their answer arrives whole, at
+the end, as before.
 
 Bounds: a replica's stored progress never exceeds the job's ``max_tokens`` (a frame that would pass it,
 or whose pieces do not match its tokens, ends that replica's say in the prefix); the prefix grows by at
@@ -28,19 +40,24 @@ most one position per stored token, each step looking at the job's replicas once
 
 from __future__ import annotations
 
-from opengrid.core.coordinator.records import JobRecord, ReplicaStream
+from opengrid.core.audit_policy import AuditPlan
+from opengrid.core.coordinator.records import ChunkedClaim, JobRecord, ReplicaStream
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobState
-from opengrid.core.effects import Effect, ForwardVerified
-from opengrid.core.events import ReplicaProgressed
+from opengrid.core.effects import CancelReplica, Effect, ForwardVerified, Penalize, SendAuditChunk
+from opengrid.core.events import ChunkAudited, ReplicaProgressed
+from opengrid.core.stream_chunks import cut
 from opengrid.core.verifier import Agreement, quorum
+from opengrid.wire.messages import AuditChunk, AuditJob, AuditReport
 
 
 class StreamingPart(CoordinatorParts):
     """Replica progress tracked, the verified prefix grown and forwarded. A mixin of ``Coordinator``."""
 
-    def _on_progressed(self, event: ReplicaProgressed) -> list[Effect]:
+    def _on_progressed(self, event: ReplicaProgressed, now: float) -> list[Effect]:
         job = self._jobs.get(event.job_id)
+        if job is not None and event.peer in job.pending and audit_streamed(job):
+            return self._on_prover_progressed(job, event, now)
         if job is None or event.peer not in job.pending or not streams_verified(job):
             return []  # late, unsolicited, or a job whose text is not verified as it streams
         stream = job.streams.setdefault(event.peer, ReplicaStream())
@@ -125,6 +142,268 @@ class StreamingPart(CoordinatorParts):
             "reported one thing while generating and the majority answered another); discard the "
             "streamed text and retry"
         )
+
+    # ── audit mode: chunked audits (spec/verification.md §14.2) ─────────────────────────────────────────
+
+    def _on_prover_progressed(self, job: JobRecord, event: ReplicaProgressed, now: float) -> list[Effect]:
+        """The streaming prover reported more tokens: keep them, draw its auditors on the first frame,
+        and send every full chunk to them."""
+        peer, job_id = event.peer, job.request.job_id
+        stream = job.streams.setdefault(peer, ReplicaStream())
+        if len(event.tokens) != len(event.pieces) or len(stream.tokens) + len(event.tokens) > (
+            job.request.max_tokens
+        ):  # it broke the frame rules (job-protocol.md §5.6): its claim cannot be audited as it streams
+            why = (
+                f"malformed progress frames: {len(event.tokens)} tokens with {len(event.pieces)} pieces, "
+                f"{len(stream.tokens)} reported before, max_tokens {job.request.max_tokens}"
+            )
+            stop: list[Effect] = [CancelReplica(peer=peer, job_id=job_id)]
+            return stop + self._on_failed(job_id, peer, why, now, penalize=True)
+        start = len(stream.tokens)
+        stream.tokens.extend(event.tokens)
+        stream.pieces.extend(event.pieces)
+        verified = len(job.verified_tokens)
+        if start < verified:  # a re-run: what an earlier claim had verified must come again
+            end = min(verified, len(stream.tokens))
+            if (
+                stream.tokens[start:end] != job.verified_tokens[start:end]
+                or stream.pieces[start:end] != job.verified_pieces[start:end]
+            ):
+                return self._fail(job_id, "verification_failed", _rerun_contradiction(verified))
+        effects: list[Effect] = []
+        claim = job.chunked
+        if claim is None or claim.prover != peer:
+            claim = job.chunked = ChunkedClaim(prover=peer)
+            job.prover = peer
+            # Every position of a streamed claim is scored: its text is forwarded as verified chunk by
+            # chunk, so no window (§13.5) and no second audit (the auditors are drawn before the claim).
+            positions = job.request.max_tokens + 1
+            job.plan = AuditPlan(auditors=self._auditors, end=positions, n_positions=positions, reason="full")
+            effects += self._start_audits(job, now)
+            if job_id not in self._jobs:
+                return effects  # no auditor left at all: the job failed
+        for auditor in job.audits:  # the prover is alive, so are the reasons to wait for its auditors
+            job.audits[auditor] = max(job.audits[auditor], now + self.config.replica_timeout_s)
+        return effects + self._send_chunks(job, final=False)
+
+    def _send_chunks(self, job: JobRecord, *, final: bool) -> list[Effect]:
+        """Cut what the prover reported into chunks (all of it when ``final``) and send the new ones, and
+        the final chunk when ``final``, to every auditor of the claim."""
+        claim = job.chunked
+        assert claim is not None  # callers check
+        stream = job.streams.get(claim.prover, ReplicaStream())
+        new = cut(self._chunk_policy, claim.ends, len(stream.tokens), final=final)
+        claim.pieced = claim.ends[-1] if claim.ends else 0
+        if final:  # a result may carry tokens its frames did not (it is checked to start with them)
+            result, _ = job.results[job.prover]
+            new += cut(self._chunk_policy, claim.ends, len(result.tokens), final=True)
+        chunks = [self._chunk(job, start, end) for start, end in new]
+        if final:
+            claim.final = True
+            chunks.append(self._final_chunk(job))
+        return [SendAuditChunk(peer=peer, chunk=c) for peer in sorted(job.audits) for c in chunks]
+
+    def _chunk(self, job: JobRecord, start: int, end: int) -> AuditChunk:
+        """Claim positions ``start .. end - 1`` as an AuditChunk: with their pieces if the prover streamed
+        them (``ChunkedClaim.pieced``), else its result's tokens alone."""
+        claim = job.chunked
+        assert claim is not None
+        stream = job.streams[claim.prover]
+        if end <= claim.pieced:
+            return AuditChunk(
+                job_id=job.request.job_id,
+                offset=start,
+                tokens=stream.tokens[start:end],
+                pieces=stream.pieces[start:end],
+            )
+        result, _ = job.results[job.prover]
+        return AuditChunk(
+            job_id=job.request.job_id, offset=start, tokens=list(result.tokens[start:end]), pieces=[]
+        )
+
+    def _final_chunk(self, job: JobRecord) -> AuditChunk:
+        result, _ = job.results[job.prover]
+        return AuditChunk(
+            job_id=job.request.job_id,
+            offset=len(result.tokens),
+            tokens=[],
+            pieces=[],
+            final=True,
+            finish_reason=result.finish_reason,
+            text=result.text,
+        )
+
+    def _chunks_for(self, job: JobRecord, peer: str) -> list[Effect]:
+        """Everything of a chunked claim sent so far, for an auditor that joins it now (a replacement,
+        or one that was waiting for a free slot): the chunks cut, and the final chunk if it went out."""
+        claim = job.chunked
+        if claim is None or claim.prover != job.prover:
+            return []
+        starts = [0, *claim.ends][: len(claim.ends)]
+        chunks = [self._chunk(job, start, end) for start, end in zip(starts, claim.ends, strict=True)]
+        if claim.final:
+            chunks.append(self._final_chunk(job))
+        return [SendAuditChunk(peer=peer, chunk=c) for c in chunks]
+
+    def _chunked_audit_job(self, job: JobRecord) -> AuditJob | None:
+        """The AuditJob that opens a chunked audit of the job's streaming claim (None: the claim is not
+        chunked; it is audited whole). The claim itself follows in AuditChunks."""
+        claim = job.chunked
+        if claim is None or claim.prover != job.prover:
+            return None
+        contract = job.contract
+        greedy = contract.greedy
+        return AuditJob(
+            job_id=job.request.job_id,
+            contract=contract,
+            prompt=job.request.prompt,
+            tokens=[],
+            text="",
+            finish_reason="",
+            format=job.request.format,
+            temperature=0.0 if greedy else contract.temperature,
+            top_k=0 if greedy else max(0, contract.top_k),
+            top_p=1.0 if greedy else contract.top_p_value,
+            seed=0 if greedy else contract.seed,
+            tolerance=self.config.audit_tolerance,
+            chunked=True,
+        )
+
+    def _audit_claim(self, job: JobRecord, now: float) -> list[Effect]:
+        """The prover's result is in (audit mode): check it extends the text already forwarded as verified,
+        then finish its chunked audit (the rest of the claim and the final chunk to its auditors), or start
+        a whole audit of a claim that did not stream."""
+        result, _ = job.results[job.prover]
+        verified = len(job.verified_tokens)
+        if verified and (
+            list(result.tokens[:verified]) != job.verified_tokens
+            or not result.text.startswith("".join(job.verified_pieces))
+        ):
+            return self._fail(job.request.job_id, "verification_failed", _rerun_contradiction(verified))
+        claim = job.chunked
+        if claim is None or claim.prover != job.prover:
+            job.chunked = None
+            return self._start_audits(job, now)
+        for auditor in job.audits:  # the last chunks take their own time to score
+            job.audits[auditor] = now + self.config.replica_timeout_s
+        return self._send_chunks(job, final=True) + self._start_audits(job, now)
+
+    def _on_chunk_audited(self, event: ChunkAudited, now: float) -> list[Effect]:
+        """An auditor's verdict on one chunk: checked against what it was sent; a pass may extend the
+        verified prefix, a fail rejects the claim, an inconsistent verdict is the auditor's fault."""
+        job = self._jobs.get(event.job_id)
+        claim = job.chunked if job is not None else None
+        if job is None or claim is None or event.peer not in job.audits or claim.prover != job.prover:
+            return []  # late or unsolicited
+        peer, verdict = event.peer, event.verdict
+        before = claim.passed.get(peer, 0)
+        expected = next((end for end in claim.ends if end > before), None)
+        problem = ""
+        if verdict.job_id != job.request.job_id:
+            problem = "the verdict names another job"
+        elif expected is None:
+            problem = f"a verdict after position {before}, but no chunk was sent beyond it"
+        elif verdict.verdict == "pass":
+            if verdict.end != expected:
+                problem = f"a pass up to position {verdict.end}, but the chunk sent ends at {expected}"
+            elif verdict.first_failure != -1 or verdict.max_gap > self.config.audit_tolerance:
+                problem = (
+                    f"a pass with a gap of {verdict.max_gap:.3f} logits (tolerance "
+                    f"{self.config.audit_tolerance}) or a failing position ({verdict.first_failure})"
+                )
+        elif not verdict.reason:
+            problem = "a failing verdict must say why"
+        elif not before <= verdict.first_failure < expected:
+            problem = f"a fail at {verdict.first_failure}, outside the chunk {before}..{expected - 1}"
+        if problem:  # as an inconsistent report (§13.2): the auditor is penalised and replaced
+            del job.audits[peer]
+            claim.passed.pop(peer, None)
+            self._release(peer)
+            job.invalid.append(peer)
+            if peer in self.workers:
+                self._record(self.workers[peer].key, "invalid")
+            effects: list[Effect] = [
+                CancelReplica(peer=peer, job_id=job.request.job_id),
+                Penalize(peer=peer, why=f"chunk verdict: {problem}"),
+            ]
+            return effects + self._replace_auditor(job, now)
+        if verdict.verdict == "fail":
+            return self._reject_chunk(job, peer, verdict.end, verdict.max_gap, verdict.reason, now)
+        claim.passed[peer] = verdict.end
+        job.audits[peer] = now + self.config.replica_timeout_s  # it answered: its wait starts again
+        return self._forward_audited(job)
+
+    def _forward_audited(self, job: JobRecord) -> list[Effect]:
+        """Extend the verified prefix to where every auditor of the claim passed it; forward its text."""
+        claim = job.chunked
+        assert claim is not None
+        needed = job.plan.auditors if job.plan is not None else self._auditors
+        if len(job.audits) < needed:
+            return []  # an auditor is being replaced: the text waits for the full count
+        upto = min(claim.pieced, *(claim.passed.get(peer, 0) for peer in job.audits))
+        before = len(job.verified_tokens)
+        if upto <= before:
+            return []
+        stream = job.streams[claim.prover]
+        job.verified_tokens += stream.tokens[before:upto]
+        job.verified_pieces += stream.pieces[before:upto]
+        text = "".join(job.verified_pieces[before:])
+        return [ForwardVerified(job.request.job_id, text)] if text else []
+
+    def _reject_chunk(
+        self, job: JobRecord, auditor: str, end: int, max_gap: float, reason: str, now: float
+    ) -> list[Effect]:
+        """An auditor failed a chunk: the claim is rejected as after a failed audit (§13.2). A prover still
+        generating is stopped first; its text beyond the verified prefix never reaches the client."""
+        job_id = job.request.job_id
+        del job.audits[auditor]
+        self._release(auditor)
+        effects: list[Effect] = [CancelReplica(peer=auditor, job_id=job_id)]
+        prover = job.prover
+        if job.state is JobState.AUDITING:  # its result is in: exactly a failed audit report
+            report = AuditReport(
+                job_id=job_id,
+                verdict="fail",
+                n_scored=end,
+                max_gap=max_gap,
+                evidence_commitment=bytes(32),
+                reason=reason,
+            )
+            job.chunked = None
+            return effects + self._reject_claim(job, auditor, report, now)
+        why = (
+            f"its streamed output failed the chunked audit by {auditor} (max gap {max_gap:.3f} logits, "
+            f"tolerance {self.config.audit_tolerance}): {reason}"
+        )
+        effects.append(CancelReplica(peer=prover, job_id=job_id))
+        return effects + self._on_failed(job_id, prover, why, now, penalize=True)
+
+    def _drop_chunked(self, job: JobRecord, peer: str) -> list[Effect]:
+        """``peer``'s replica failed or was rejected: if it was the streaming prover, its chunked audit
+        stops (auditors cancelled and freed). The verified prefix stays: it was forwarded."""
+        claim = job.chunked
+        if claim is None or claim.prover != peer:
+            return []
+        job.chunked = None
+        job.prover = ""
+        job.plan = None
+        job.audited.clear()
+        self._audit_wait.pop(job.request.job_id, None)
+        return self._cancel_audits(job)
+
+
+def _rerun_contradiction(verified: int) -> str:
+    return (
+        f"the prover that re-ran this job did not reproduce the {verified} tokens already streamed to you "
+        "as verified (the rejected prover's verified text was within the audit's tolerance but not what "
+        "this worker generates); discard the streamed text and retry"
+    )
+
+
+def audit_streamed(job: JobRecord) -> bool:
+    """True for a job whose claim is audited in chunks as it streams: open, audit mode, asked to stream,
+    its prover still generating."""
+    return job.request.stream and job.audit and not job.sealed and job.state is JobState.RUNNING
 
 
 def streams_verified(job: JobRecord) -> bool:

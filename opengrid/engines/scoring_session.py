@@ -1,0 +1,261 @@
+"""Incremental audits on llama.cpp: a claim scored chunk by chunk as the prover streams it, the KV cache
+kept between chunks (spec/verification.md §14.2, chunked audits).
+
+A :class:`ScoringSession` belongs to one audit of one job. At start it evaluates the job's prompt once, in
+a llama.cpp context of its own (sharing the engine's weights, so generations on the engine's context
+neither disturb nor are disturbed by it) with the engine's contract settings (n_batch, KV-cache type,
+flash attention): the same numerical class as :meth:`LlamaEngine.score`. Each chunk of claimed tokens is
+then appended to the cache, and every output position of the chunk is scored by the same per-position rule
+as the one-shot score (spec §12.1; the Gumbel rule of §11 for sampled jobs, through
+:mod:`opengrid.core.sampling`). ``tests/engines/test_scoring_session.py`` shows the evidence equal, value
+for value, to one :meth:`LlamaEngine.score` of the whole claim on the same build.
+
+How rows line up: the row that predicts output position ``j`` is the logits after evaluating the prompt
+and claimed tokens ``0 .. j - 1``. A chunk of ``m`` tokens at offset ``k`` is evaluated together with the
+last token already in the cache (evaluated again, ``_rows`` says why), which gives ``m + 1`` rows: those
+for positions ``k .. k + m - 1``, scored, and the row for ``k + m``, kept (``_next``) for the
+end-of-generation position of a claim that stops there.
+
+The session also recomputes the text each token completes (the same UTF-8-safe pieces the prover's engine
+reports, ``llama._TextPreview``), so a chunk whose pieces are not what its tokens say fails: verified text
+forwarded to a client is the auditor's word, not the prover's.
+
+Bounds: one context per session (its KV cache is the engine's ``n_ctx``), at most ``max_tokens`` claimed
+tokens, chunks in order and contiguous. Blocking; run it in the engine's worker thread (the worker driver
+uses the same limiter as generation). ``close`` frees the context; the driver closes a session when its
+stream ends, is idle too long, or is cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from opengrid.core.audit import PositionEvidence, SamplingParams
+from opengrid.core.sampling import perturbed_scores, score_position, score_positions
+from opengrid.engines.llama import LlamaEngine, _TextPreview
+from opengrid.errors import BadRequestError, EngineError, VerificationError
+
+__all__ = ["ChunkScore", "ScoringSession"]
+
+
+@dataclass(frozen=True)
+class ChunkScore:
+    """The evidence for one chunk's positions, and why the chunk fails whatever its evidence says."""
+
+    evidence: tuple[PositionEvidence, ...]
+    """``evidence[i]`` is output position ``offset + i`` of the claim."""
+    problem: str = ""
+    """Non-empty when the chunk's pieces are not the text its tokens complete on this tokenizer."""
+    problem_at: int = -1
+    """The claim position of the first such piece (-1: none)."""
+
+
+class ScoringSession:
+    """One job's incremental audit on a :class:`LlamaEngine` (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: LlamaEngine,
+        *,
+        prompt: str,
+        sampling: SamplingParams,
+        job_id: bytes,
+        add_bos: bool = True,
+        max_tokens: int | None = None,
+    ) -> None:
+        """Open a context over ``engine``'s weights and evaluate ``prompt`` (blocking).
+
+        ``max_tokens`` bounds the claim (the job's own limit): prompt tokens + ``max_tokens`` (a stopped
+        claim's end position needs no evaluation) must fit the engine's ``n_ctx``, else
+        :class:`BadRequestError`, as a generation of that job would have been refused. None: as many as
+        the context holds after the prompt."""
+        if max_tokens is not None and max_tokens < 1:
+            raise EngineError(f"max_tokens must be >= 1, got {max_tokens}")
+        self._engine = engine
+        self._sampling = sampling
+        self._job_id = job_id
+        self.tokens: list[int] = []
+        """Claimed tokens scored so far."""
+        self.evidence: list[PositionEvidence] = []
+        """Evidence of every position scored so far (position ``i`` at index ``i``)."""
+        self._preview = _TextPreview()
+        self._next: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self._ctx: llama_cpp.llama_context_p | None = None
+        self._batch: llama_cpp.llama_batch | None = None
+        with engine._lock:  # the engine's own: it must not close under us
+            llm = engine._require_open()
+            prompt_tokens = engine._tokenize_prompt(llm, prompt, add_bos)
+            room = engine.n_ctx - len(prompt_tokens)
+            self._max_tokens = room if max_tokens is None else max_tokens
+            needed = len(prompt_tokens) + self._max_tokens
+            if needed > engine.n_ctx or room < 1:
+                raise BadRequestError(
+                    f"prompt ({len(prompt_tokens)} tokens) + max_tokens ({max_tokens}) = {needed} exceeds "
+                    f"the context window of {engine.n_ctx} tokens; load the auditor with a larger n_ctx"
+                )
+            self.prompt_tokens = len(prompt_tokens)
+            try:
+                # The engine's own context parameters: the same n_ctx, n_batch, KV type, flash attention
+                # and threads, so the arithmetic is the engine's (its numerical class).
+                self._ctx = llama_cpp.llama_init_from_model(llm.model, llm.context_params)
+            except Exception as exc:  # llama.cpp reports failure as a NULL context or an exception
+                raise EngineError(f"llama.cpp could not open a scoring context: {exc}") from exc
+            if not self._ctx:
+                self._ctx = None
+                raise EngineError(
+                    f"llama.cpp could not open a scoring context for {engine.model.name!r} (out of memory?); "
+                    "retry when fewer audits run"
+                )
+            self._n_batch = int(llm.n_batch)
+            self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+            self._seq = list(prompt_tokens)
+            """Every token in the session's KV cache, in order: the prompt, then the claimed tokens."""
+            try:
+                self._eval(prompt_tokens, 0, last_only=True)
+            except Exception:
+                self._free()
+                raise
+
+    @property
+    def n_scored(self) -> int:
+        """Positions scored so far."""
+        return len(self.evidence)
+
+    def score_chunk(
+        self, offset: int, tokens: Sequence[int], pieces: Sequence[str] | None = None
+    ) -> ChunkScore:
+        """Append ``tokens`` (claimed output positions ``offset ..``) and score each of their positions.
+
+        ``pieces`` (one per token, the text each token completed as the prover reported it) are checked
+        against this tokenizer's; a mismatch is the chunk's ``problem``. Raises
+        :class:`VerificationError` for a token outside the vocabulary (nothing of the chunk is kept) and
+        :class:`EngineError` for an offset that is not where the claim stands, or a claim past
+        ``max_tokens``."""
+        if offset != len(self.tokens):
+            raise EngineError(f"chunk at offset {offset}, but {len(self.tokens)} tokens were scored so far")
+        if not tokens:
+            raise EngineError("an empty chunk: there is nothing to score")
+        if len(self.tokens) + len(tokens) > self._max_tokens:
+            raise EngineError(
+                f"the claim would have {len(self.tokens) + len(tokens)} tokens, above the job's "
+                f"max_tokens of {self._max_tokens}"
+            )
+        if pieces is not None and len(pieces) != len(tokens):
+            raise EngineError(f"{len(pieces)} pieces for {len(tokens)} tokens")
+        engine = self._engine
+        n_vocab = engine.n_vocab
+        bad = [t for t in tokens if not 0 <= t < n_vocab]
+        if bad:
+            raise VerificationError(
+                f"claimed tokens {bad[:5]} are outside the vocabulary of {engine.model.name!r} "
+                f"(0..{n_vocab - 1}): the claim is not an output of this model"
+            )
+        with engine._lock:
+            llm = engine._require_open()
+            rows = self._rows(list(tokens))
+            logits = rows[:-1]
+            self._next = rows[-1].copy()  # predicts the position after the chunk (a stop, or the next chunk)
+            problem, problem_at = "", -1
+            for i, token in enumerate(tokens):
+                self.tokens.append(token)
+                piece = self._preview.feed(llm.detokenize(self.tokens))
+                if pieces is not None and not problem and piece != pieces[i]:
+                    problem_at = offset + i
+                    problem = (
+                        f"position {offset + i}: the claimed text piece {pieces[i]!r} is not what token "
+                        f"{token} completes here ({piece!r})"
+                    )
+        evidence = score_positions(logits, list(tokens), self._sampling, self._job_id, offset)
+        self.evidence += evidence
+        return ChunkScore(evidence=tuple(evidence), problem=problem, problem_at=problem_at)
+
+    def score_stop(self) -> PositionEvidence:
+        """Score the end-of-generation position of a claim that stopped after the tokens fed so far: its
+        claimed token is the best end-of-generation token (spec §12.1), as :meth:`LlamaEngine.score`."""
+        if len(self.evidence) > len(self.tokens):
+            raise EngineError("the end position was scored already")
+        engine = self._engine
+        eog = engine._eog
+        if eog.size == 0:
+            raise VerificationError(
+                f"the claim stopped, but model {engine.model.name!r} has no end-of-generation token"
+            )
+        position = len(self.tokens)
+        if not self.tokens:  # an empty claim that stopped: its one row is the prompt's last
+            with engine._lock:
+                engine._require_open()
+                self._next = self._rows([])[-1].copy()
+        scores = perturbed_scores(self._next, self._sampling, self._job_id, position)
+        stop_token = int(eog[int(np.argmax(scores[eog]))])
+        evidence = score_position(self._next, stop_token, self._sampling, self._job_id, position)
+        self.evidence.append(evidence)
+        return evidence
+
+    def _rows(self, tokens: list[int]) -> npt.NDArray[np.float32]:
+        """Append ``tokens`` to the cache; return the rows predicting output positions ``len(self.tokens)
+        - len(tokens)`` .. ``len(self.tokens)`` (one more than the tokens: the last predicts what follows).
+
+        Why the last token already in the cache is evaluated again, in the same batch as ``tokens``: the
+        row predicting the chunk's first position is that token's, and llama.cpp's arithmetic differs in
+        the last bits between a batch with one output row and a batch with several (measured on the tiny
+        model: a one-row evaluation moved log-probabilities by up to 6e-4). Re-evaluating it (its KV cell
+        dropped first) gives every scored row a batch of at least two rows, as in the one-shot score,
+        whose evidence it then equals bit for bit. For the empty claim's end position the last two
+        tokens are taken (a one-token prompt still gives a one-row batch there)."""
+        ctx = self._ctx
+        if ctx is None:
+            raise EngineError("the scoring session is closed")
+        back = min(len(self._seq), 1 if tokens else 2)
+        start = len(self._seq) - back
+        memory = llama_cpp.llama_get_memory(ctx)
+        if memory is not None:
+            llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+        rows = self._eval(self._seq[start:] + tokens, start)
+        self._seq += tokens
+        return rows[back - 1 :]
+
+    def _eval(self, tokens: list[int], start: int, *, last_only: bool = False) -> npt.NDArray[np.float32]:
+        """Evaluate ``tokens`` at positions ``start ..`` in batches of n_batch; return every row's logits
+        (``last_only``: the last row's only, as one row; the prompt's other rows predict nothing scored)."""
+        ctx, batch = self._ctx, self._batch
+        if ctx is None or batch is None:
+            raise EngineError("the scoring session is closed")
+        n_vocab = self._engine.n_vocab
+        out = np.empty((1 if last_only else len(tokens), n_vocab), dtype=np.float32)
+        last = len(tokens) - 1
+        for first in range(0, len(tokens), self._n_batch):
+            part = tokens[first : first + self._n_batch]
+            batch.n_tokens = len(part)
+            for i, token in enumerate(part):
+                batch.token[i] = token
+                batch.pos[i] = start + first + i  # type: ignore[call-overload]  # int32 array, mistyped stubs
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = not last_only or first + i == last
+            code = llama_cpp.llama_decode(ctx, batch)
+            if code != 0:
+                raise EngineError(f"llama_decode returned {code} at position {start + first}")
+            for i in range(len(part)):
+                if last_only and first + i != last:
+                    continue
+                pointer = llama_cpp.llama_get_logits_ith(ctx, i)
+                out[0 if last_only else first + i] = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+        return out
+
+    def close(self) -> None:
+        """Free the session's context; idempotent."""
+        with self._engine._lock:
+            self._free()
+
+    def _free(self) -> None:
+        batch, self._batch = self._batch, None
+        ctx, self._ctx = self._ctx, None
+        if batch is not None:
+            llama_cpp.llama_batch_free(batch)
+        if ctx is not None:
+            llama_cpp.llama_free(ctx)
