@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -87,7 +88,10 @@ class Stream:
         return tokens / self.total_s
 
     def decode_tokens_per_s(self, tokens: int) -> float:
-        return (tokens - 1) / max(1e-9, self.total_s - self.ttft_s)
+        """NaN for a stream whose text came in one event (no rate after the first to speak of)."""
+        if self.events < 2 or self.total_s <= self.ttft_s:
+            return math.nan
+        return (tokens - 1) / (self.total_s - self.ttft_s)
 
 
 def stream_completion(client: httpx.Client, url: str, body: dict[str, Any], timeout_s: float) -> Stream:
@@ -145,8 +149,11 @@ def wait_for_api(client: httpx.Client, base: str, model: str, timeout_s: float) 
 
 
 @contextlib.contextmanager
-def grid(base: pathlib.Path, *, threads: int, workers: int, verify: str, api_port: int) -> Iterator[str]:
-    """A coordinator with the OpenAI API and ``workers`` workers, each its own process; yields the API URL."""
+def grid(
+    base: pathlib.Path, *, threads: int, workers: int, verify: str, api_port: int
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """A coordinator with the OpenAI API and ``workers`` workers, each its own process; yields the API URL
+    and the processes' ids by node name."""
     from opengrid_sdk import Client
 
     from opengrid.cli.demo import demo_network, wait_for_workers
@@ -172,7 +179,13 @@ def grid(base: pathlib.Path, *, threads: int, workers: int, verify: str, api_por
             net.wait_ready(worker)
         with Client([coordinator.addrs[0]], network=NETWORK, timeout=120.0) as sdk:
             wait_for_workers(sdk, workers, timeout=120.0)
-        yield f"http://127.0.0.1:{api_port}"
+        yield f"http://127.0.0.1:{api_port}", {node.name: node.process.pid for node in net.nodes}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, from /proc/PID/stat."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -255,12 +268,15 @@ def bench_streaming(
         )
         urls = {"server": f"{server.base_url}/v1/completions"}
         log(f"starting a coordinator (--verify {verify}) and {n_workers} worker(s), {threads} threads each")
-        api = stack.enter_context(
+        api, pids = stack.enter_context(
             grid(base, threads=threads, workers=n_workers, verify=verify, api_port=free_loopback_port())
         )
         wait_for_api(http, api, MODEL, 120.0)
         urls["grid"] = f"{api}/v1/completions"
         bodies = {"server": server_body, "grid": grid_body}
+        assert server.pid is not None
+        processes = {"server": {"server": server.pid}, "grid": pids}
+        cpu: dict[str, list[float]] = {}  # CPU seconds per request, by process
         log("warming up")
         for name in ("server", "grid"):
             warm = {**bodies[name], "prompt": WARM_UP, "max_tokens": 4}
@@ -270,7 +286,10 @@ def bench_streaming(
             order = ("server", "grid") if rep % 2 == 0 else ("grid", "server")
             for name in order:
                 body = {**bodies[name], "prompt": prompt}
+                before = {n: cpu_seconds(pid) for n, pid in processes[name].items()}
                 runs[name].append(stream_completion(http, urls[name], body, timeout_s))
+                for n, pid in processes[name].items():
+                    cpu.setdefault(n, []).append(cpu_seconds(pid) - before[n])
             s, g = runs["server"][-1], runs["grid"][-1]
             if s.text != g.text or {s.finish_reason, g.finish_reason} != {"length"}:
                 raise AssertionError(
@@ -292,6 +311,7 @@ def bench_streaming(
         "reps": reps,
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
         "grid_stages": stages,
+        "cpu_s_per_request": {n: spread(v) for n, v in cpu.items()},
     }
     for name, streams in runs.items():
         result[name] = {
@@ -319,9 +339,13 @@ def report(result: dict[str, Any]) -> str:
         return f"{figure['median'] * 1000:.0f} ms ({figure['min'] * 1000:.0f}-{figure['max'] * 1000:.0f})"
 
     def rate(figure: dict[str, float]) -> str:
+        if math.isnan(figure["median"]):
+            return "— (one event)"
         return f"{figure['median']:.1f} ({figure['min']:.1f}-{figure['max']:.1f})"
 
     def ratio(figure: dict[str, float]) -> str:
+        if math.isnan(figure["median"]):
+            return "—"
         return f"{figure['median']:.2f} ({figure['min']:.2f}-{figure['max']:.2f})"
 
     g, s = result["grid"], result["server"]
@@ -351,6 +375,14 @@ def report(result: dict[str, Any]) -> str:
         "engine_run_s": "the worker's engine run (start → end)",
         "engine_end_to_last_text_s": "engine end → last text at the client",
     }
+    lines += [
+        "",
+        "CPU seconds per streamed request, by process (median (min-max)): "
+        + "; ".join(
+            f"{n} {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})"
+            for n, v in result["cpu_s_per_request"].items()
+        ),
+    ]
     if result["grid_stages"]:
         lines += ["", "Where a grid stream's time goes (nodes' timing traces), median (min-max):", ""]
         lines += [f"- {names[k]}: {ms(v)}" for k, v in result["grid_stages"].items()]
