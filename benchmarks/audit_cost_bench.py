@@ -1,25 +1,34 @@
 """Issue 14: what an audit costs — auditor compute ÷ prover compute for 128 tokens on SmolLM2-135M.
 
 In one process, interleaved per prompt and round (so a load change on the machine hits every variant
-alike), with the median of the per-prompt ratios over all rounds:
+alike), with the median (and range) of the per-prompt ratios over all rounds, in **wall time** and in
+**CPU time** (``time.process_time``: every thread of this process, llama.cpp's spin-waiting included,
+which is the compute a volunteer gives):
 
 * **prover**: ``LlamaEngine.generate`` of ``--tokens`` greedy tokens (our sampler; ``--threads``);
 * **score** (the default audit): ``LlamaEngine.score`` over prompt + the prover's tokens — one eval in
   batches of n_batch with logits only for the output rows, plus the per-position evidence in numpy;
 * **score, N threads** for each ``--auditor-threads``: the same with an auditor engine of N threads;
+* **score, window W** for each ``--window``: a partial audit (spec/verification.md §13.5) scoring output
+  positions ``0 .. W-1``, whose forward pass stops there;
 * **evidence only**: the numpy part of ``score`` alone (``score_positions`` on logits already computed);
 * **prefill, last row**: ``Llama.eval`` of prompt + tokens with logits for the last row only (the
-  "plain prefill" of shared/notes/verification.md, 0.44 at 2 threads there);
+  "plain prefill" of shared/notes/verification.md: no output projection for the other rows);
 * **prefill, logits_all**: the same on a ``Llama(logits_all=True)`` (llama-cpp-python's simple way to
   get every row's logits);
-* **batched x K** (``--batch K``): K audits evaluated in one ``llama_decode`` as K sequences (one
-  context with ``n_seq_max = K``), per audit: the cost of auditing several jobs at once.
+* **batched x K** (``--batch K``): K audits in one ``llama_decode`` as K sequences of one context
+  (``n_seq_max = K``, a KV cache per sequence: ``kv_unified`` off), per audit: the cost of auditing
+  several queued jobs at once. The script checks first that its evidence is **identical** to
+  ``LlamaEngine.score``'s (one unified KV cache for the K sequences moved logits by up to 1.3 here);
+* **flash attention** (``--flash``): the output-row eval with flash attention on, per audit, and how far
+  its evidence moves from the contract's (flash attention is outside the contract: it changes logits).
 
-Every ratio's denominator is the prover's time for the same prompt in the same round. CPU time would
-hide llama.cpp's spin-waiting threads, so wall time is measured; rerun on an idle machine before quoting.
+Every ratio's denominator is the prover's time for the same prompt in the same round. Rerun on an idle
+machine before quoting a wall-time figure; the CPU-time ratio is steadier under load.
 
-    .venv/bin/python benchmarks/audit_cost_bench.py                       # 8 prompts x 3 rounds, ~2-4 min
-    .venv/bin/python benchmarks/audit_cost_bench.py --rounds 1 --prompts 4 --json out.json
+    .venv/bin/python benchmarks/audit_cost_bench.py                       # 8 prompts x 3 rounds
+    .venv/bin/python benchmarks/audit_cost_bench.py --threads 1 --auditor-threads --window 32 64 \
+        --rounds 2 --prompts 4 --json out.json
 """
 
 from __future__ import annotations
@@ -52,16 +61,17 @@ PROMPTS = [
 ]
 
 
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(action: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``action()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
     action()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-class BatchedAuditor:
-    """K audits in one ``llama_decode``: K sequences in one batch, logits for the output rows only."""
+class RowScorer:
+    """K audits in one ``llama_decode``: K sequences, one KV cache each, logits for the output rows only."""
 
-    def __init__(self, path: str, k: int, n_ctx: int, threads: int) -> None:
+    def __init__(self, path: str, k: int, n_ctx: int, threads: int, *, flash: bool = False) -> None:
         params = llama_cpp.llama_context_default_params()
         self.k = k
         self.model = llama_cpp.llama_model_load_from_file(
@@ -70,6 +80,8 @@ class BatchedAuditor:
         params.n_ctx = n_ctx * k
         params.n_batch = params.n_ubatch = 512 * k
         params.n_seq_max = k
+        params.kv_unified = False  # one cache per sequence: the same arithmetic as one audit alone
+        params.flash_attn_type = 1 if flash else 0  # the default (-1) lets llama.cpp choose
         params.n_threads = params.n_threads_batch = threads
         params.type_k = params.type_v = llama_cpp.GGML_TYPE_F16
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
@@ -77,7 +89,7 @@ class BatchedAuditor:
         self.batch = llama_cpp.llama_batch_init(512 * k, 0, 1)
 
     def score(self, jobs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
-        """jobs: (prompt tokens, claimed tokens); returns each job's output-row logits."""
+        """jobs: (prompt tokens, claimed tokens), at most K; returns each job's output-row logits."""
         memory = llama_cpp.llama_get_memory(self.ctx)
         llama_cpp.llama_memory_clear(memory, True)
         b = self.batch
@@ -116,6 +128,10 @@ class BatchedAuditor:
         llama_cpp.llama_model_free(self.model)
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,8 +142,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="prover threads (and the default auditor's)")
     parser.add_argument("--auditor-threads", type=int, nargs="*", default=[1])
     parser.add_argument(
+        "--window", type=int, nargs="*", default=[], help="also score only output positions 0..W-1"
+    )
+    parser.add_argument(
         "--batch", type=int, default=4, help="audits per eval in the batched variant; 0: skip"
     )
+    parser.add_argument("--flash", action="store_true", help="also an eval with flash attention on")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -154,27 +174,49 @@ def main() -> int:
         logits_all=True,
         verbose=False,
     )
-    batched = BatchedAuditor(str(model.path), args.batch, 2048, args.threads) if args.batch > 1 else None
+    batched = RowScorer(str(model.path), args.batch, 2048, args.threads) if args.batch > 1 else None
+    flash = RowScorer(str(model.path), 1, 2048, args.threads, flash=True) if args.flash else None
     greedy = SamplingParams()
     claims = {}
     for prompt in prompts:  # warm-up and the claims every round audits
         generation = prover.generate(GenerationRequest(prompt=prompt, max_tokens=args.tokens))
         claims[prompt] = (prover.tokenize(prompt), generation.tokens, generation.finish_reason == "stop")
 
-    ratios: dict[str, list[float]] = {}
-    prover_s: list[float] = []
+    # The batched scorer must give the product's evidence exactly, or its cost would be of another audit.
+    flash_moves: list[float] = []
+    for prompt, (prompt_tokens, claimed, _stopped) in claims.items():
+        want = prover.score(ScoreRequest(prompt=prompt, tokens=claimed, stopped=False)).evidence
+        job = (list(prompt_tokens), list(claimed))
+        if batched is not None:
+            for logits in batched.score([job] * args.batch):
+                got = score_positions(logits, claimed, greedy, b"")
+                if tuple(got) != want:
+                    raise AssertionError(f"batched evidence differs from LlamaEngine.score's ({prompt!r})")
+        if flash is not None:
+            got = score_positions(flash.score([job])[0], claimed, greedy, b"")
+            flash_moves.append(max(abs(a.gap - b.gap) for a, b in zip(got, want, strict=True)))
 
-    def record(name: str, seconds: float, base: float) -> None:
-        ratios.setdefault(name, []).append(seconds / base)
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    prover_wall: list[float] = []
+    prover_cpu: list[float] = []
+
+    def record(name: str, seconds: tuple[float, float], base: tuple[float, float], k: int = 1) -> None:
+        wall.setdefault(name, []).append(seconds[0] / base[0] / k)
+        cpu.setdefault(name, []).append(seconds[1] / base[1] / k)
 
     def measure(prompt: str) -> None:
         prompt_tokens, claimed, stopped = claims[prompt]
         base = timed(lambda: prover.generate(GenerationRequest(prompt=prompt, max_tokens=args.tokens)))
-        prover_s.append(base)
+        prover_wall.append(base[0])
+        prover_cpu.append(base[1])
         request = ScoreRequest(prompt=prompt, tokens=claimed, stopped=stopped)
         record(f"score, {args.threads} threads", timed(lambda: prover.score(request)), base)
         for n, auditor in auditors.items():
             record(f"score, {n} threads", timed(lambda: auditor.score(request)), base)  # noqa: B023
+        for w in args.window:
+            window = ScoreRequest(prompt=prompt, tokens=claimed, stopped=stopped, end=w)
+            record(f"score, window {w}", timed(lambda: prover.score(window)), base)  # noqa: B023
         sequence = list(prompt_tokens) + list(claimed)
 
         def prefill(llm: llama_cpp.Llama) -> None:
@@ -188,37 +230,60 @@ def main() -> int:
         record(
             "evidence only (numpy)", timed(lambda: score_positions(rows, claimed, greedy, b"j" * 32)), base
         )
+        job = (list(prompt_tokens), list(claimed))
         if batched is not None:
-            jobs = [(list(prompt_tokens), list(claimed))] * args.batch
             seconds = timed(
-                lambda: [score_positions(r, claimed, greedy, b"j" * 32) for r in batched.score(jobs)]
+                lambda: [
+                    score_positions(r, claimed, greedy, b"j" * 32) for r in batched.score([job] * args.batch)
+                ]
             )
-            record(f"batched x{args.batch}, per audit", seconds / args.batch, base)
+            record(f"batched x{args.batch}, per audit", seconds, base, args.batch)
+        if flash is not None:
+            seconds = timed(lambda: score_positions(flash.score([job])[0], claimed, greedy, b"j" * 32))
+            record("flash attention (outside the contract)", seconds, base)
 
+    loads = [os.getloadavg()[0]]
     for round_ in range(args.rounds):
         for prompt in prompts:
             measure(prompt)
-        so_far = ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in ratios.items())
-        print(f"after round {round_ + 1}: {so_far}", flush=True)
+        loads.append(os.getloadavg()[0])
+        so_far = ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in cpu.items())
+        print(f"after round {round_ + 1} (CPU-time ratios): {so_far}", flush=True)
 
-    figures = {name: statistics.median(values) for name, values in ratios.items()}
+    figures = {name: {"wall": spread(wall[name]), "cpu": spread(cpu[name])} for name in wall}
     print(
         f"SmolLM2-135M Q4_1, {args.tokens} tokens, {len(prompts)} prompts x {args.rounds} rounds, "
-        f"prover {args.threads} threads: median prover time {statistics.median(prover_s):.3f} s; "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"prover {args.threads} threads: median prover time {statistics.median(prover_wall):.3f} s wall, "
+        f"{statistics.median(prover_cpu):.3f} s CPU; 1-min load average "
+        + " / ".join(f"{x:.1f}" for x in loads)
+        + " (start / after each round)"
     )
-    print("| auditor variant | auditor ÷ prover (median) |\n|---|---:|")
-    for name, value in figures.items():
-        print(f"| {name} | {value:.3f} |")
+    if flash_moves:
+        print(f"flash attention moves the largest gap of a job by up to {max(flash_moves):.3f} logits")
+    print("| auditor variant | auditor ÷ prover, wall: median (range) | CPU: median (range) |")
+    print("|---|---:|---:|")
+    for name, f in figures.items():
+        w, c = f["wall"], f["cpu"]
+        print(
+            f"| {name} | {w['median']:.3f} ({w['min']:.2f}-{w['max']:.2f}) "
+            f"| {c['median']:.3f} ({c['min']:.2f}-{c['max']:.2f}) |"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
-            json.dump({"prover_s": statistics.median(prover_s), "ratios": figures}, out, indent=2)
+            document = {
+                "prover_s": {"wall": spread(prover_wall), "cpu": spread(prover_cpu)},
+                "load_average": loads,
+                "flash_gap_move_max": max(flash_moves) if flash_moves else None,
+                "ratios": figures,
+            }
+            json.dump(document, out, indent=2)
     for engine in (prover, *auditors.values()):
         engine.close()
     plain.close()
     full.close()
-    if batched is not None:
-        batched.close()
+    for scorer in (batched, flash):
+        if scorer is not None:
+            scorer.close()
     return 0
 
 

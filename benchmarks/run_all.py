@@ -371,6 +371,13 @@ def bench_sim(reps: int, quick: bool) -> dict[str, Any]:
     }
 
 
+def bench_streaming(reps: int, max_tokens: int, threads: int) -> dict[str, Any]:
+    """Issue 14: an OpenAI API stream through the grid vs llama_cpp.server's (streaming_bench.py)."""
+    import streaming_bench
+
+    return streaming_bench.bench_streaming(reps, max_tokens, threads)
+
+
 def bench_verification(quick: bool) -> dict[str, Any]:
     """Issue 4 on a real network (verification_bench.py): one run, not repeated (it counts, not times)."""
     import verification_bench
@@ -456,6 +463,37 @@ def rows_of(results: dict[str, Any]) -> list[Row]:
             ),
             False,
             1.05,
+        )
+    streaming = results.get("streaming")
+    if streaming:
+        ours, server = streaming["grid"], streaming["server"]
+        mode = (
+            f"--verify {streaming['verify']}, {streaming['replicas']} replica(s), "
+            f"{streaming['tokens']} tokens"
+        )
+        add(
+            Row(
+                f"time to first verified chunk, OpenAI API stream ({mode})",
+                ours["ttft_s"]["median"] * 1000,
+                server["ttft_s"]["median"] * 1000,
+                "llama_cpp.server stream",
+                "ms",
+                "≤ 1.3 x server (issue 14)",
+            ),
+            False,
+            1.3,
+        )
+        add(
+            Row(
+                f"streamed tokens/s, OpenAI API ({mode})",
+                ours["tokens_per_s"]["median"],
+                server["tokens_per_s"]["median"],
+                "llama_cpp.server stream",
+                "tok/s",
+                "≥ 0.9 x server (issue 14)",
+            ),
+            True,
+            0.9,
         )
     dispatch = results.get("dispatch")
     if dispatch:
@@ -601,17 +639,18 @@ def main() -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["llm", "dispatch", "ledger", "sim", "verification"],
+        choices=["llm", "streaming", "dispatch", "ledger", "sim", "verification"],
         help="run only these parts; 'verification' (issue 4, 11 node processes, ~5 min) runs only when named",
     )
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 5)
-    parts = args.only or ["llm", "dispatch", "ledger", "sim"]
+    parts = args.only or ["llm", "streaming", "dispatch", "ledger", "sim"]
     started = time.perf_counter()
     info = machine()
     results: dict[str, Any] = {}
     plan: dict[str, Callable[[], dict[str, Any]]] = {
         "llm": lambda: bench_llm(reps, 32 if args.quick else 128, args.threads),
+        "streaming": lambda: bench_streaming(reps, 32 if args.quick else 128, args.threads),
         "dispatch": lambda: bench_dispatch(20 if args.quick else 50, 3.0),
         "ledger": lambda: bench_ledger(
             reps,

@@ -425,6 +425,13 @@ class WorkerDriver:
         stopped = threading.Event()  # a piece too long for a frame: no more progress (gaps would lie)
         lock = threading.Lock()
         generated: list[tuple[int, str]] = []  # (token, piece) not sent yet; taken by the forwarder
+        wake_due = [False]  # under ``lock``: a wake-up is scheduled and the forwarder has not taken yet
+        loop = trio.lowlevel.current_trio_token()
+
+        def wake_up() -> None:  # in trio's thread
+            # Full: a wake-up is already queued; closed: the engine is done and the rest goes at once.
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                wake_send.send_nowait(None)
 
         def on_token(token: int, piece: str) -> None:  # called in the engine's thread, once per token
             if abandoned.is_set():
@@ -434,13 +441,20 @@ class WorkerDriver:
             if previews and not stopped.is_set():
                 with lock:
                     generated.append((token, piece))
-                with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError):
-                    trio.from_thread.run_sync(wake_send.send_nowait, None)  # full: a wake-up is due
+                    if wake_due[0]:
+                        return
+                    wake_due[0] = True
+                # Schedule the wake-up without waiting for trio's thread to run it: the engine goes on
+                # with the next token at once (trio.from_thread.run_sync would block it for a round trip
+                # to the event loop every token, which a loaded machine makes milliseconds).
+                with contextlib.suppress(trio.RunFinishedError):
+                    loop.run_sync_soon(wake_up)
 
         async def send_new() -> None:
             with lock:
                 new = generated[:]
                 generated.clear()
+                wake_due[0] = False
             for frame in _progress_frames(job_id, new):
                 await stream.send(frame)
 
