@@ -22,14 +22,12 @@ from grid_harness import (
     signing_key,
 )
 from opengrid_ledger import EntryBody, Evidence, Hold, decode_body, encode_entry, sign_entry
-from opengrid_sdk.sealed import seal_job
 
 from opengrid.core.audit import DEFAULT_GAP_TOLERANCE
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.effects import AppendEntry, CancelReplica, Penalize
 from opengrid.core.events import JobSubmitted
 from opengrid.core.reputation import Reputation
-from opengrid.net.keys import peer_id_of
 from opengrid.wire.messages import ErrorReply, JobAccepted, SubmitJob, job_cost
 
 AUDIT = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False)
@@ -236,16 +234,6 @@ def test_a_prover_that_fails_is_replaced_before_any_audit() -> None:
     assert sent[0].peer != crashed.peer  # offline until its next heartbeat
     reply = finished(grid.audit(sent[0]))
     assert isinstance(reply, JobAccepted) and crashed.peer in reply.failed
-
-
-def test_a_sealed_job_is_replicated_in_audit_mode() -> None:
-    grid = Grid(n=3, config=AUDIT)
-    names = {peer: peer_id_of(grid.key(peer)) for peer in grid.workers}
-    grid.workers = {names[p]: w for p, w in grid.workers.items()}
-    grid.register()
-    job = seal_job("top secret", peers=sorted(names.values()), model="tiny", max_tokens=8, replicas=2)
-    effects = grid.coordinator.handle(JobSubmitted(client="client", request=job.request), 0.0)
-    assert len(dispatches(effects)) == 2 and not audits(effects), "auditors could not read the prompt"
 
 
 def test_a_paid_audited_job_pays_the_prover_first_then_the_auditor() -> None:

@@ -23,7 +23,8 @@ one prover; its checked result (the claim) goes to ``auditors`` workers holding 
 numerical class (``DispatchAudit``), whose ``AuditReturned`` reports pass it (receipt: the prover and the
 auditors credited) or fail it (the prover penalised, the job re-run on another prover within
 ``max_failovers``). A failed or silent auditor is replaced; a claim with no free auditor waits for a slot.
-Sealed jobs are replicated as above.
+A sealed job is audited among the workers it was sealed to (spec/sealed-mode.md §11): the prover seals its
+claim to them, each auditor gets its own prompt and claim ciphertexts, and the machine sees no plaintext.
 
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is

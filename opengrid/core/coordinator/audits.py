@@ -28,7 +28,7 @@ from opengrid.core.events import AuditReturned
 from opengrid.core.reputation import Reputation
 from opengrid.core.scheduler import pick_workers
 from opengrid.errors import InvalidEntryError
-from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted
+from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted, ReplicaResult, Sealed
 
 
 class AuditsPart(CoordinatorParts):
@@ -46,9 +46,14 @@ class AuditsPart(CoordinatorParts):
         tried = job.tried()
         pool = [
             c
-            for c in self._candidates(job.contract.model_sha256, max_tokens=job.request.max_tokens)
+            for c in self._candidates(
+                job.contract.model_sha256, allowed=job.sealed or None, max_tokens=job.request.max_tokens
+            )
             if c.peer not in tried
         ]
+        if job.sealed:  # only workers the prover sealed its claim to (all the sealed-to ones it was told of)
+            readers = set(job.readers.get(job.prover, ()))
+            pool = [c for c in pool if c.key in readers]
         if job.plan is None:
             job.plan = self._plan_audit(job, len(pool))
         needed = job.plan.auditors - len(job.audited) - len(job.audits)
@@ -74,7 +79,8 @@ class AuditsPart(CoordinatorParts):
             for candidate in chosen:
                 job.audits[candidate.peer] = now + self.config.replica_timeout_s
                 self._occupy(candidate.peer)
-                effects.append(DispatchAudit(peer=candidate.peer, audit=audit))
+                personal = self._sealed_audit_job(job, audit, candidate.peer) if job.sealed else audit
+                effects.append(DispatchAudit(peer=candidate.peer, audit=personal))
             if len(chosen) >= needed:
                 self._audit_wait.pop(job_id, None)
             else:
@@ -85,6 +91,14 @@ class AuditsPart(CoordinatorParts):
         if any(c.peer not in tried for c in pool):
             self._audit_wait[job_id] = None  # auditors exist but are busy: wait for a slot
             return []
+        if job.sealed:  # only the sealed-to workers can audit it: a fresh seal can reach others (§5)
+            return self._fail(
+                job_id,
+                "no_capacity",
+                f"no worker this sealed job was sealed to is left to audit the answer of {job.prover} "
+                f"({len(job.failed)} failed, {len(job.invalid)} invalid, of {len(job.sealed)}); quote again "
+                "and seal the prompt to other workers under a fresh job id (the SDK does)",
+            )
         return self._fail(
             job_id,
             "verification_failed",
@@ -96,10 +110,10 @@ class AuditsPart(CoordinatorParts):
         """Draw the current claim's audit plan (``audit_policy.plan``, spec/verification.md §13.5), now
         that the prover is committed to it. A second audit's extra auditor is dropped when no worker is
         left to take it: a claim is never failed for want of the extra check."""
-        result, _ = job.results[job.prover]
+        _result, _ = job.results[job.prover]
         record = self.workers.get(job.prover)
         standing = self.reputation.get(record.key, Reputation()) if record is not None else Reputation()
-        positions = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        positions = _claim_positions(job)[0]
         planned = plan_audit(self._audit_plans, positions, standing, self._rng)
         if planned.auditors > self._auditors and available < planned.auditors:
             planned = replace(planned, auditors=self._auditors)
@@ -137,6 +151,33 @@ class AuditsPart(CoordinatorParts):
             score_end=job.plan.score_end if job.plan is not None else 0,
         )
 
+    def _sealed_audit_job(self, job: JobRecord, audit: AuditJob, auditor: str) -> AuditJob:
+        """A sealed job's AuditJob for one auditor (spec/sealed-mode.md §11): the client's prompt
+        ciphertext made for it, the prover's claim sealed to it and the prover's attestation; no
+        plaintext (we hold none)."""
+        result, _ = job.results[job.prover]
+        key = self.workers[auditor].key
+        claim = next(c.ciphertext for c in result.sealed_claims if c.reader == key)  # checked on arrival
+        return msgspec.structs.replace(
+            audit,
+            sealed_prompt=job.sealed[auditor],
+            client_box_key=job.request.client_box_key,
+            sealed_claim=claim,
+            claim_attestation=result.attestation,
+        )
+
+    def _sealed_claims_problem(self, job: JobRecord, peer: str, result: ReplicaResult) -> str | None:
+        """Why a sealed prover's result cannot be audited (its fault: penalised, replaced), or None: it must
+        carry its claim sealed to exactly the keys it was given (``RunJob.readers``), once each."""
+        wanted = set(job.readers.get(peer, ()))
+        keys = [c.reader for c in result.sealed_claims]
+        if len(set(keys)) != len(keys) or set(keys) != wanted:
+            return (
+                f"a sealed, audited result must carry its claim sealed to each of the {len(wanted)} other "
+                f"worker(s) the job was sealed to; it carried {len(keys)} ({len(set(keys) & wanted)} of them)"
+            )
+        return None
+
     def _check_report(self, job: JobRecord, peer: str, report: AuditReport) -> Attestation | str | None:
         """A passing report's attestation, None for a well-formed failing report, or why the report is
         unacceptable (the auditor's fault). The coordinator cannot re-score (it holds no model); it checks
@@ -144,10 +185,12 @@ class AuditsPart(CoordinatorParts):
         record = self.workers.get(peer)
         if record is None:
             return "audit report from an unregistered worker"
-        result, prover_att = job.results[job.prover]
-        expected = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        _, prover_att = job.results[job.prover]
+        # A sealed claim's finish reason is sealed too: it scored n or n + 1 positions (n + 1 if it stopped).
+        counts = _claim_positions(job)
         if job.plan is not None:  # a partial audit scores its window only (§13.5)
-            expected = scored_positions(expected, job.plan.score_end)
+            counts = tuple(sorted({scored_positions(c, job.plan.score_end) for c in counts}))
+        expected = counts[-1]
         if report.job_id != job.request.job_id:
             return "audit report names another job"
         if (
@@ -160,7 +203,7 @@ class AuditsPart(CoordinatorParts):
             if report.first_failure >= expected:
                 return f"audit report fails position {report.first_failure} of {expected}"
             return None
-        if report.n_scored != expected:
+        if report.n_scored not in counts:
             return f"audit report scored {report.n_scored} positions; the claim has {expected}"
         if report.first_failure != -1 or report.max_gap > self.config.audit_tolerance:
             return (
@@ -181,6 +224,8 @@ class AuditsPart(CoordinatorParts):
         )
         if signed != claim or attestation.n_tokens != prover_att.n_tokens:
             return "auditor attestation does not match the claim it audited"
+        if job.sealed and not report.sealed_output:
+            return "a passing sealed audit must seal the claim it checked to the client"
         return attestation
 
     def _on_audit_returned(self, event: AuditReturned, now: float) -> list[Effect]:
@@ -198,6 +243,8 @@ class AuditsPart(CoordinatorParts):
             return effects + self._replace_auditor(job, now)
         if checked is not None:
             job.audited[event.peer] = checked
+            if job.sealed:
+                job.sealed_copies[event.peer] = event.report.sealed_output
             if len(job.audited) >= (job.plan.auditors if job.plan is not None else self._auditors):
                 return self._accept_audited(job)
             return self._start_audits(job, now)
@@ -223,6 +270,7 @@ class AuditsPart(CoordinatorParts):
         ]
         effects += self._cancel_audits(job)
         job.audited.clear()
+        job.sealed_copies.clear()
         job.plan = None  # the next prover's claim gets its own plan
         self._audit_wait.pop(job.request.job_id, None)
         if job.failovers >= self.config.max_failovers:
@@ -317,14 +365,31 @@ class AuditsPart(CoordinatorParts):
         effects += [SendReceipt(peer=p, notice=self._notice_for(p)) for p in (prover, *auditors)]
         reply = JobAccepted(
             job_id=job_id,
-            text=result.text,
+            text=result.text,  # empty for a sealed job: its answer is the prover's sealed output
             tokens=list(result.tokens),
             finish_reason=result.finish_reason,
             receipt=encoded,
             workers=[prover, *auditors],
             failed=sorted(set(job.failed) | set(job.invalid)),
+            # The prover's sealed output, then each auditor's copy of the claim it passed: the client opens
+            # the first that matches the receipt, as it does among agreeing replicas.
+            sealed_outputs=[
+                Sealed(peer_id=prover, ciphertext=result.sealed_output),
+                *(Sealed(peer_id=a, ciphertext=job.sealed_copies[a]) for a in auditors),
+            ]
+            if job.sealed
+            else [],
         )
         move(job, JobEvent.ACCEPTED)
         del self._jobs[job_id]
         effects.append(FinishJob(job_id, reply))
         return effects
+
+
+def _claim_positions(job: JobRecord) -> tuple[int, ...]:
+    """The positions the current claim has (§12.1: its tokens, plus one if it stopped), smallest first. A
+    sealed claim's tokens and finish reason are sealed: its attested count ``n`` gives ``(n, n + 1)``."""
+    result, attestation = job.results[job.prover]
+    if job.sealed:
+        return (attestation.n_tokens, attestation.n_tokens + 1)
+    return (len(result.tokens) + (1 if result.finish_reason == "stop" else 0),)

@@ -73,8 +73,8 @@ class CoordinatorConfig:
     """How an open job is verified (spec/verification.md §13). ``replicate``: ``replicas`` workers of one
     numerical class must return bit-identical outputs (§5). ``audit``: one worker (the prover) generates,
     ``auditors`` other workers holding the same weights (any numerical class) re-score its claimed tokens
-    in one forward pass; a failed audit penalises the prover and re-runs the job on another. Sealed jobs
-    are always replicated (auditing them needs the prompt sealed to the auditors too: a later step)."""
+    in one forward pass; a failed audit penalises the prover and re-runs the job on another. A sealed job's
+    prover and auditors are workers it was sealed to (spec/sealed-mode.md §11)."""
     auditors: int = 1
     """Audit mode: auditors that must pass a claim before it is accepted (at least 1)."""
     audit_tolerance: float = DEFAULT_GAP_TOLERANCE

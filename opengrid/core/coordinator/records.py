@@ -90,6 +90,10 @@ class JobRecord:
     """Audit mode: auditors that passed the current claim -> their attestation of it."""
     plan: AuditPlan | None = None
     """Audit mode: how the current claim is audited (auditors, window), drawn once it is committed."""
+    readers: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    """Sealed audits: prover peer -> the keys it was asked to seal its claim to (``RunJob.readers``)."""
+    sealed_copies: dict[str, bytes] = field(default_factory=dict)
+    """Sealed audits: auditor that passed the current claim -> the claim it sealed to the client."""
     state: JobState = JobState.QUEUED
     """Where the job is in its lifecycle; changed only by ``state.move`` (its table says how)."""
     streams: dict[str, ReplicaStream] = field(default_factory=dict)

@@ -147,6 +147,9 @@ class CoordinatorParts(ABC):
     @abstractmethod
     def _start_audits(self, job: JobRecord, now: float) -> list[Effect]: ...
 
+    @abstractmethod
+    def _sealed_claims_problem(self, job: JobRecord, peer: str, result: ReplicaResult) -> str | None: ...
+
     # ── canaries.py: known answers and canaries ────────────────────────────────────────────────────────
 
     @abstractmethod
