@@ -237,6 +237,14 @@ def test_a_sealed_job_needs_room_for_a_prover_and_its_auditors() -> None:
     assert "at least 2" in reply.message and "exposure=2" in reply.message
 
 
+def test_a_sealed_job_on_a_grid_of_one_worker_is_told_to_add_a_worker_or_replicate() -> None:
+    grid, peers = _grid(1)
+    job = seal_job(SECRET, peers=peers, model="tiny", max_tokens=16, replicas=1)
+    reply = finished(grid.coordinator.handle(JobSubmitted(client="c", request=job.request), 0.0))
+    assert isinstance(reply, ErrorReply) and reply.code == "no_capacity"
+    assert "add a worker" in reply.message and "--verify replicate" in reply.message
+
+
 def test_when_the_sealed_to_workers_are_used_up_the_client_is_told_to_seal_afresh() -> None:
     grid, peers = _grid(3)
     job, effects = _submit(grid, peers[:2])

@@ -18,7 +18,8 @@ outcome. A job whose lead worker has earned trust may run on that worker alone (
 Now and then (``canary_rate``) a verified answer is re-sent under a fresh job id to one worker that never
 saw it; a different answer costs that worker its reputation. Canaries never reach a client or the ledger.
 
-Audit mode (``CoordinatorConfig.verify = "audit"``, spec/verification.md §13; opt-in): an open job runs on
+Audit mode (``CoordinatorConfig.verify = "audit"``, spec/verification.md §13; the default, ``replicate``
+selects the replication above by name): a job runs on
 one prover; its checked result (the claim) goes to ``auditors`` workers holding the same weights, on any
 numerical class (``DispatchAudit``), whose ``AuditReturned`` reports pass it (receipt: the prover and the
 auditors credited) or fail it (the prover penalised, the job re-run on another prover within

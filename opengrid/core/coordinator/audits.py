@@ -254,7 +254,9 @@ class AuditsPart(CoordinatorParts):
         """An auditor failed the prover's claim: the prover is penalised (like an outvoted replica) and
         earns nothing; the job runs again on another prover, within ``max_failovers``."""
         prover = job.prover
-        job.results.pop(prover, None)
+        claimed = job.results.pop(prover, None)
+        if claimed is not None:  # kept for the tie-break (``_vindicate``)
+            job.rejected.append((prover, auditor, claimed[1].output_commitment))
         job.prover = ""
         move(job, JobEvent.CLAIM_REJECTED)
         job.invalid.append(prover)
@@ -318,6 +320,33 @@ class AuditsPart(CoordinatorParts):
         job.audits.clear()
         return effects
 
+    def _vindicate(self, job: JobRecord, accepted: bytes) -> list[Effect]:
+        """The tie-break of a disputed audit (spec/verification.md §13.6): a claim that was rejected and
+        that the accepted prover, of the same numerical class, reproduced exactly (same commitment), and
+        another auditor passed, was honest. Its auditor failed an honest claim: it is penalised and goes
+        into the job's EVIDENCE entry as invalid in place of the prover it framed, who is credited a valid
+        outcome (its earlier ``invalid`` stays in memory until a restart rebuilds reputations from the
+        ledger)."""
+        effects: list[Effect] = []
+        for framed, liar, commitment in job.rejected:
+            if commitment != accepted or liar == job.prover or liar in job.audited:
+                continue  # (a failing auditor may prove next: then it is paid for its own claim, not blamed)
+            if framed in job.invalid:
+                job.invalid.remove(framed)
+            job.invalid.append(liar)
+            if liar in self.workers:
+                self._record(self.workers[liar].key, "invalid")
+            if framed in self.workers:
+                self._record(self.workers[framed].key, "valid")
+            effects.append(
+                Penalize(
+                    peer=liar,
+                    why=f"its audit failed the claim of {framed}, which another prover reproduced exactly "
+                    "and another auditor passed",
+                )
+            )
+        return effects
+
     def _accept_audited(self, job: JobRecord) -> list[Effect]:
         """Every auditor passed the claim: sign a receipt crediting the prover ``max(1, n) * weight`` and
         each auditor ``ceil(max(1, s) / audit_credit_divisor) * weight`` for the ``s`` tokens it scored
@@ -327,6 +356,7 @@ class AuditsPart(CoordinatorParts):
         result, prover_att = job.results[prover]
         auditors = sorted(job.audited)
         n_tokens = prover_att.n_tokens
+        vindicated = self._vindicate(job, prover_att.output_commitment)
         for peer in (prover, *auditors):
             self._record(self.workers[peer].key, "valid")
         self._measure(prover, n_tokens, job.elapsed.get(prover, 0.0))
@@ -355,7 +385,7 @@ class AuditsPart(CoordinatorParts):
         )
         entry = self._sign_own(receipt)
         encoded = self._own_entries[-1]
-        effects: list[Effect] = [*evidence, AppendEntry(entry)]
+        effects: list[Effect] = [*vindicated, *evidence, AppendEntry(entry)]
         if job.hold:  # the prover is paid first, then the auditors, out of the hold; the rest goes back
             payouts = payouts_in_order(receipt.credits, job.hold_amount)
             effects += self._author(

@@ -101,21 +101,9 @@ class DispatchPart(CoordinatorParts):
         available = capacity(candidates)
         if audit and not sealed:  # a sealed job's prover and auditors were checked above
             # One prover of the job's class, and auditors among every worker holding the same weights.
-            serving = {c.peer for c in self._candidates(candidates[0].contract.model_sha256)}
-            if len(serving) < 1 + self._auditors:
-                return [
-                    FinishJob(
-                        job_id,
-                        ErrorReply(
-                            "no_capacity",
-                            f"this coordinator audits every job: it needs a worker to run it and "
-                            f"{self._auditors} other(s) holding the same weights to audit it, but only "
-                            f"{len(serving)} worker(s) serve {request.model!r}; add a worker serving it, "
-                            "or run the coordinator with --verify replicate (exact replication)",
-                            job_id,
-                        ),
-                    )
-                ]
+            unauditable = self._audit_capacity_problem(request.model)
+            if unauditable is not None:
+                return [FinishJob(job_id, unauditable.reply(job_id))]
         elif available < request.replicas:
             return [
                 FinishJob(
@@ -310,6 +298,9 @@ class DispatchPart(CoordinatorParts):
         to is the client's choice (``malformed``: seal to more); too few of them online holding the weights
         is ``no_capacity`` (a fresh quote and seal can do, as for any sealed job)."""
         needed = 1 + self._auditors
+        unauditable = self._audit_capacity_problem(model_sha256)
+        if unauditable is not None:  # too few workers here at all: no seal can help
+            return unauditable
         if len(sealed) < needed:
             return Refusal(
                 "malformed",

@@ -92,6 +92,10 @@ class JobRecord:
     """Audit mode: how the current claim is audited (auditors, window), drawn once it is committed."""
     readers: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     """Sealed audits: prover peer -> the keys it was asked to seal its claim to (``RunJob.readers``)."""
+    rejected: list[tuple[str, str, bytes]] = field(default_factory=list)
+    """Audit mode: (prover, auditor that failed it, output commitment) of each claim rejected so far: a
+    later prover of the same class that reproduces a rejected claim exactly settles the dispute
+    (spec/verification.md §13.6)."""
     sealed_copies: dict[str, bytes] = field(default_factory=dict)
     """Sealed audits: auditor that passed the current claim -> the claim it sealed to the client."""
     state: JobState = JobState.QUEUED

@@ -103,6 +103,9 @@ class CoordinatorParts(ABC):
     def served_models(self) -> list[str]: ...
 
     @abstractmethod
+    def _audit_capacity_problem(self, model: str) -> Refusal | None: ...
+
+    @abstractmethod
     def weight(self, model: str, *, max_tokens: int = 0) -> int | None: ...
 
     # ── dispatch.py: submission, queue, slots, refills ─────────────────────────────────────────────────
