@@ -80,7 +80,7 @@ class CoordinatorConfig:
     """Audit mode: auditors that must pass a claim before it is accepted (at least 1)."""
     audit_tolerance: float = DEFAULT_GAP_TOLERANCE
     """Audit mode: the largest gap (logits) an auditor accepts at any position (spec/verification.md
-    §12.2-12.3: 0.5, above the 0.44 measured between three CPU builds)."""
+    §12.2-12.3: 0.75, a 24 % margin over the largest honest gap measured across builds, 0.607)."""
     audit_credit_divisor: int = 2
     """Audit mode: an auditor earns ``ceil(max(1, n_tokens) / this) * weight`` points for scoring ``n``
     tokens, the prover ``max(1, n_tokens) * weight``. 2: scoring 128 tokens cost 0.44-0.64 of generating
