@@ -155,7 +155,8 @@ def grid(model: str, threads: int, base: pathlib.Path) -> Iterator[tuple[Any, An
     from opengrid.cli.demo import demo_network, wait_for_workers
 
     with demo_network(base, model=model, network=NETWORK) as net:
-        coordinator = net.start("coordinator", "coordinator")
+        # One worker cannot be audited (audit, the default, needs two holding the model): replicate.
+        coordinator = net.start("coordinator", "coordinator", extra_args=["--verify", "replicate"])
         net.wait_ready(coordinator)
         worker = net.start(
             "worker", "worker", bootstrap=coordinator.addrs[0], extra_args=["--threads", str(threads)]

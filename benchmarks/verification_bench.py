@@ -3,8 +3,8 @@
 One coordinator and 10 workers (11 OS processes, each a real ``opengrid node start``, on 127.0.0.1),
 started by ``opengrid.cli.demo.DemoNetwork``. 10 workers, not 9, so that "20 % lazy" is exactly 2 of
 them: they run the hidden ``--adversary lazy`` engine (random tokens of the right length, no work). Every
-worker serves the generated ``tiny`` GGUF model. The coordinator runs its default policy (adaptive
-replication, reputation-weighted choice, canaries; ``CoordinatorConfig`` defaults).
+worker serves the generated ``tiny`` GGUF model. The coordinator runs replication (``--verify
+replicate``) with its default policy (adaptive replication, reputation-weighted choice, canaries).
 
 The client submits ``--jobs`` short open-mode jobs (``max_tokens=8``, ``replicas=2``) one after the other
 through the SDK, then the network is stopped and the figures are counted:
@@ -145,7 +145,8 @@ def run_network(
     receipts: list[Any] = []  # decoded Receipt payloads of accepted jobs, in acceptance order
     with _terminate_as_interrupt(), demo_network(base, model=MODEL, network=NETWORK) as net:
         started = time.monotonic()
-        coordinator = net.start("coordinator", "coordinator")
+        # Adaptive replication is what this measures: replicate by name (audit is the default).
+        coordinator = net.start("coordinator", "coordinator", extra_args=["--verify", "replicate"])
         net.wait_ready(coordinator)
         address = coordinator.addrs[0]
         names = [f"honest-{i + 1}" for i in range(workers - lazy)] + [f"lazy-{i + 1}" for i in range(lazy)]
@@ -373,7 +374,7 @@ def summarize(
 
     # Reputation as the receipts prove it, and the job index at which each worker first reached the
     # streak that lets its results go unreplicated (min_trust_streak verified valid results in a row).
-    config = CoordinatorConfig()
+    config = CoordinatorConfig(verify="replicate")
     name_of_key = {key: name for name, key in raw["keys"].items()}
     table: dict[bytes, Reputation] = {}
     trusted_at: dict[str, int] = {}

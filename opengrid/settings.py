@@ -592,14 +592,16 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--plain-verification",
         action="store_true",
         default=None,
-        help="every job runs the replicas asked for, on uniformly chosen workers, no canaries "
-        "(default: adaptive replication, reputation-weighted choice, canary jobs)",
+        help="uniformly chosen workers, no canaries, no adaptive trust: with --verify replicate every job "
+        "runs the replicas asked for (default: reputation-weighted choice, canary jobs, adaptive "
+        "replication or audit windows)",
     )
     coordinator.add_argument(
         "--verify",
         choices=VERIFY_MODES,
-        help="how open jobs are verified: bit-identical replicas (replicate, the default) or one worker "
-        "generating and another holding the same weights re-scoring its output (audit)",
+        help="how jobs are verified: one worker generating and another holding the same weights "
+        "re-scoring its output (audit, the default; needs 2 workers per model) or bit-identical replicas "
+        "(replicate, for engines that cannot score)",
     )
     coordinator.add_argument(
         "--auditors",
@@ -612,15 +614,15 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="P",
         help="--verify audit: share of a trusted prover's claims scored in full; the rest are scored on "
-        "a random prefix, drawn after the claim (untrusted provers: always in full; default: 1, every "
-        "claim in full; spec/verification.md §13.5)",
+        "a random prefix, drawn after the claim (untrusted provers: always in full; default: 0.55; 1 "
+        "scores every claim in full; spec/verification.md §13.5)",
     )
     coordinator.add_argument(
         "--audit-second-rate",
         type=float,
         metavar="P",
         help="--verify audit: share of claims given one more auditor and a full window (a second audit, "
-        "which meets a lying auditor; default: 0)",
+        "which meets a lying auditor; default: 0.02)",
     )
     coordinator.add_argument(
         "--audit-canary-rate",

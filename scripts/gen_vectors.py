@@ -364,7 +364,8 @@ def sealed_vectors() -> tuple[dict[str, Any], SubmitJob, RunJob, ReplicaResult]:
     salt = bytes(range(100, 116))
     prompt = "The capital of France is"
     prompt_nonce, output_nonce = bytes(range(24)), bytes(range(24, 48))
-    prompt_plain = msgspec.msgpack.encode(SealedPrompt(SEALED_TAG, job(9), prompt, salt))
+    # No readers (an unaudited job): the 4-element array seal_prompt writes then, as before the field.
+    prompt_plain = msgspec.msgpack.encode((SEALED_TAG, job(9), prompt, salt))
     prompt_box = Box(ephemeral, PublicKey(box_public_key(PUB["W1"])))
     sealed_prompt = bytes(prompt_box.encrypt(prompt_plain, prompt_nonce))
     output_plain = msgspec.msgpack.encode(SealedOutput(SEALED_TAG, job(9), TOKENS, TEXT, "length"))
@@ -400,8 +401,9 @@ def sealed_vectors() -> tuple[dict[str, Any], SubmitJob, RunJob, ReplicaResult]:
     doc = {
         "description": "A sealed-mode round trip (opengrid/wire/sealed.py) with fixed keys and nonces: the "
         "client seals a SealedPrompt to worker W1's X25519 key (derived from its Ed25519 key) with its "
-        "ephemeral key; W1 seals a SealedOutput back; W1 attests to the salted commitment. A NaCl Box "
-        "ciphertext is the 24-byte nonce followed by the XSalsa20-Poly1305 box.",
+        "ephemeral key (no readers: the 4-element array); W1 seals a SealedOutput back; W1 attests to "
+        "the salted commitment. A NaCl Box ciphertext is the 24-byte nonce followed by the "
+        "XSalsa20-Poly1305 box.",
         "keys": keys_section("W1"),
         "network": NETWORK,
         "worker": "W1",
@@ -410,7 +412,7 @@ def sealed_vectors() -> tuple[dict[str, Any], SubmitJob, RunJob, ReplicaResult]:
         "client_box_key": bytes(ephemeral.public_key).hex(),
         "job_id": job(9).hex(),
         "prompt": {
-            "value": structure(SealedPrompt(SEALED_TAG, job(9), prompt, salt)),
+            "value": structure(msgspec.msgpack.decode(prompt_plain, type=SealedPrompt)),
             "plaintext": prompt_plain.hex(),
             "nonce": prompt_nonce.hex(),
             "ciphertext": sealed_prompt.hex(),

@@ -11,11 +11,20 @@ from dataclasses import dataclass
 
 import msgspec
 from nacl.signing import SigningKey
-from opengrid_ledger import ED25519, Entry, LedgerState, SignatureScheme, decode_entry, sign_attestation
+from opengrid_ledger import (
+    ED25519,
+    Attestation,
+    Entry,
+    LedgerState,
+    SignatureScheme,
+    decode_entry,
+    sign_attestation,
+    verify_attestation,
+)
 
 from opengrid.core.audit import AuditPolicy, PositionEvidence, SamplingParams, evidence_commitment, judge
 from opengrid.core.audit_policy import scored_positions
-from opengrid.errors import JobError
+from opengrid.errors import InvalidEntryError, JobError, RemoteProtocolError, VerificationError
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
@@ -26,8 +35,9 @@ from opengrid.wire.messages import (
     ModelOffer,
     ReplicaResult,
     RunJob,
+    SealedClaim,
 )
-from opengrid.wire.sealed import SealedPrompt, open_prompt, seal_output
+from opengrid.wire.sealed import SealedOutput, SealedPrompt, open_claim, open_prompt, seal_claim, seal_output
 
 
 def job_sampling(contract: DecodingContract) -> SamplingParams:
@@ -101,10 +111,53 @@ class WorkerLogic:
         return None
 
     def open_sealed(self, run: RunJob) -> SealedPrompt:
-        """Decrypt a sealed job's prompt (and its salt); RemoteProtocolError if it was not made for us."""
-        return open_prompt(
+        """Decrypt a sealed job's prompt (and its salt); RemoteProtocolError if it was not made for us, or
+        if the coordinator asks us to seal our output to a worker the client did not seal the prompt to
+        (``RunJob.readers``: an auditor must be one who could read the prompt anyway, spec/sealed-mode.md
+        §11)."""
+        opened = open_prompt(
             run.sealed_prompt, job_id=run.job_id, client_box_key=run.client_box_key, signing_key=self._key
         )
+        strangers = [k for k in run.readers if k not in opened.readers]
+        if strangers:
+            raise RemoteProtocolError(
+                f"asked to seal this job's output to {len(strangers)} worker(s) the client did not seal its "
+                f"prompt to (key {strangers[0].hex()[:16]}...); refusing to show them the output"
+            )
+        return opened
+
+    def open_sealed_audit(self, audit: AuditJob) -> tuple[SealedPrompt, SealedOutput] | str:
+        """A sealed audit's prompt and the prover's claim, opened and checked; or why the claim fails (the
+        prover's fault: a claim that does not open, or is not what the prover attested).
+
+        Raises ``RemoteProtocolError`` when the prompt does not open for us (made for another worker or
+        job: not the prover's doing, spec/sealed-mode.md §11)."""
+        prompt = open_prompt(
+            audit.sealed_prompt,
+            job_id=audit.job_id,
+            client_box_key=audit.client_box_key,
+            signing_key=self._key,
+        )
+        try:
+            attestation = msgspec.msgpack.decode(audit.claim_attestation, type=Attestation)
+            verify_attestation(attestation, self.network, scheme=self._scheme)
+        except (msgspec.DecodeError, UnicodeDecodeError, InvalidEntryError) as exc:
+            return f"the prover's attestation does not verify: {exc}"
+        if attestation.job_id != audit.job_id or attestation.contract_hash != audit.contract.digest():
+            return "the prover's attestation is for another job or contract"
+        if attestation.worker not in prompt.readers:
+            return "the prover is not one of the workers the client sealed the prompt to"
+        try:
+            claim = open_claim(
+                audit.sealed_claim, job_id=audit.job_id, prover_key=attestation.worker, signing_key=self._key
+            )
+        except VerificationError as exc:
+            return str(exc)
+        if len(claim.tokens) != attestation.n_tokens or (
+            commit_output(claim.tokens, claim.text, prompt.salt) != attestation.output_commitment
+        ):
+            return "the prover's sealed claim is not the output it attested to"
+        return prompt, claim
 
     def attest(self, run: RunJob, output: Output, *, salt: bytes = b"") -> ReplicaResult:
         """Sign the output (the worker's co-signature that the receipt will carry) and wrap it.
@@ -130,6 +183,23 @@ class WorkerLogic:
                 client_box_key=run.client_box_key,
                 signing_key=self._key,
             )
+            # Sealed audits: the claim also goes to each possible auditor (``open_sealed`` checked that the
+            # client sealed the prompt to every one of them).
+            claims = [
+                SealedClaim(
+                    reader=key,
+                    ciphertext=seal_claim(
+                        list(output.tokens),
+                        output.text,
+                        output.finish_reason,
+                        job_id=run.job_id,
+                        reader_key=key,
+                        signing_key=self._key,
+                    ),
+                )
+                for key in sorted(set(run.readers))
+                if key != self.public_key
+            ]
             return ReplicaResult(
                 job_id=run.job_id,
                 tokens=[],
@@ -137,6 +207,7 @@ class WorkerLogic:
                 finish_reason="",
                 attestation=msgspec.msgpack.encode(attestation),
                 sealed_output=sealed,
+                sealed_claims=claims,
             )
         return ReplicaResult(
             job_id=run.job_id,
@@ -179,19 +250,30 @@ class WorkerLogic:
         return None
 
     def report(
-        self, audit: AuditJob, evidence: Sequence[PositionEvidence], *, problem: str = ""
+        self,
+        audit: AuditJob,
+        evidence: Sequence[PositionEvidence],
+        *,
+        problem: str = "",
+        claim: SealedOutput | None = None,
+        salt: bytes = b"",
     ) -> AuditReport:
         """Judge an audit's evidence (``opengrid.core.audit.judge`` at the job's tolerance), commit to it,
         and on a pass co-sign the claim (the attestation the receipt needs to credit this auditor).
 
         ``problem``: why the claim fails whatever its evidence says (its text is not what its tokens decode
-        to here; its tokens are outside the vocabulary, so only the positions before them were scored)."""
+        to here; its tokens are outside the vocabulary, so only the positions before them were scored).
+        ``claim`` and ``salt``: a sealed audit's opened claim and the job's salt (``open_sealed_audit``);
+        the pass then co-signs the salted commitment, as the prover did."""
+        tokens = list(claim.tokens) if claim is not None else list(audit.tokens)
+        text = claim.text if claim is not None else audit.text
+        finish_reason = claim.finish_reason if claim is not None else audit.finish_reason
         params = SamplingParams(
             temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
         )
         # Only the plan's window counts (spec/verification.md §13.5): an engine that scored more reports
         # the window alone, so the report's count is the one the coordinator expects.
-        positions = len(audit.tokens) + (1 if audit.finish_reason == "stop" else 0)
+        positions = len(tokens) + (1 if finish_reason == "stop" else 0)
         evidence = evidence[: scored_positions(positions, audit.score_end)]
         verdict = judge(evidence, AuditPolicy(gap_tolerance=audit.tolerance))
         commitment = evidence_commitment(audit.job_id, params, evidence)
@@ -201,10 +283,20 @@ class WorkerLogic:
                 self.network,
                 audit.job_id,
                 audit.contract.digest(),
-                commit_output(audit.tokens, audit.text),
-                len(audit.tokens),
+                commit_output(tokens, text, salt),
+                len(tokens),
                 scheme=self._scheme,
             )
+            copy = b""
+            if claim is not None:  # the client's second source of the answer it can check (§11)
+                copy = seal_output(
+                    tokens,
+                    text,
+                    finish_reason,
+                    job_id=audit.job_id,
+                    client_box_key=audit.client_box_key,
+                    signing_key=self._key,
+                )
             return AuditReport(
                 job_id=audit.job_id,
                 verdict="pass",
@@ -212,6 +304,7 @@ class WorkerLogic:
                 max_gap=_wire_gap(verdict.max_gap),
                 evidence_commitment=commitment,
                 attestation=msgspec.msgpack.encode(attestation),
+                sealed_output=copy,
             )
         failure = verdict.failure
         reason = problem or verdict.reason

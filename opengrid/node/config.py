@@ -10,6 +10,7 @@ from typing import Literal, TypedDict
 from opengrid_ledger.genesis import Genesis, decode_genesis
 
 from opengrid.core.availability import parse_windows
+from opengrid.core.coordinator.config import CoordinatorConfig
 from opengrid.errors import ConfigError
 
 Role = Literal["worker", "coordinator", "edge", "auto"]
@@ -108,15 +109,16 @@ class NodeConfig:
     require_payment: bool = False
     """Coordinator: run only paid jobs (a HOLD from the client's identity); unpaid ones are refused with
     ``payment_required`` (spec/ledger.md §7)."""
-    verify: VerifyMode = "replicate"
-    """Coordinator: how open jobs are verified (``CoordinatorConfig.verify``, spec/verification.md §13):
-    ``replicate`` (bit-identical replicas) or ``audit`` (one prover, re-scored by another worker)."""
-    auditors: int = 1
+    verify: VerifyMode = CoordinatorConfig.verify
+    """Coordinator: how jobs are verified (``CoordinatorConfig.verify``, spec/verification.md §13):
+    ``audit`` (the default: one prover, re-scored by another worker holding the weights) or ``replicate``
+    (bit-identical replicas, for engines that cannot score)."""
+    auditors: int = CoordinatorConfig.auditors
     """Coordinator, ``verify = "audit"``: workers that must pass each claim (CoordinatorConfig.auditors)."""
-    audit_full_rate: float = 1.0
+    audit_full_rate: float = CoordinatorConfig.audit_full_rate
     """Coordinator, ``verify = "audit"``: share of a trusted prover's claims scored in full, the rest on a
     random prefix window (``CoordinatorConfig.audit_full_rate``, spec/verification.md §13.5)."""
-    audit_second_rate: float = 0.0
+    audit_second_rate: float = CoordinatorConfig.audit_second_rate
     """Coordinator, ``verify = "audit"``: share of claims given a second, full audit."""
     audit_canary_rate: float = 0.0
     """Coordinator, ``verify = "audit"``: share of claims that also send one canary audit, a claim whose

@@ -47,7 +47,7 @@ from opengrid.wire.messages import (
     ReplicaProgress,
     RunJob,
 )
-from opengrid.wire.sealed import seal_output
+from opengrid.wire.sealed import SealedOutput, seal_output
 
 log = logging.getLogger("opengrid.node")
 
@@ -133,10 +133,42 @@ class WorkerDriver:
             )
         except JobError as exc:
             return ErrorReply("malformed", f"bad sampling parameters: {exc}", audit.job_id)
+        prompt, tokens, finish_reason, claimed_text = (
+            audit.prompt,
+            audit.tokens,
+            audit.finish_reason,
+            audit.text,
+        )
+        claim: SealedOutput | None = None
+        salt = b""
+        if audit.sealed_prompt:  # a sealed audit: open the client's prompt and the prover's claim ourselves
+            try:
+                opened = worker.open_sealed_audit(audit)
+            except RemoteProtocolError as exc:
+                return ErrorReply("malformed", str(exc), audit.job_id)
+            if isinstance(opened, str):  # the prover's claim is not what it attested: it fails unscored
+                log.info("sealed audit of job %s fails: %s", audit.job_id.hex()[:8], opened)
+                self.audits_run += 1
+                return worker.report(audit, (), problem=opened)
+            sealed_prompt, claim = opened
+            prompt, tokens, finish_reason, claimed_text = (
+                sealed_prompt.prompt,
+                claim.tokens,
+                claim.finish_reason,
+                claim.text,
+            )
+            salt = sealed_prompt.salt
+            if len(tokens) > worker.max_tokens_limit:
+                return ErrorReply(
+                    "busy",
+                    f"the claim has {len(tokens)} tokens, above this worker's limit of "
+                    f"{worker.max_tokens_limit}",
+                    audit.job_id,
+                )
         request = ScoreRequest(
-            prompt=audit.prompt,
-            tokens=tuple(audit.tokens),
-            stopped=audit.finish_reason == "stop",
+            prompt=prompt,
+            tokens=tuple(tokens),
+            stopped=finish_reason == "stop",
             sampling=sampling,
             job_id=audit.job_id,
             add_bos=audit.format == "text",
@@ -150,14 +182,14 @@ class WorkerDriver:
             except VerificationError as exc:  # the claim is not an output of this model at all
                 return None, str(exc)
             detokenize = getattr(engine, "detokenize", None)
-            if callable(detokenize) and detokenize(request.tokens) != audit.text:
+            if callable(detokenize) and detokenize(request.tokens) != claimed_text:
                 return scoring, "the claimed text is not what the claimed tokens decode to"
             return scoring, ""
 
         log.info(
             "auditing job %s: %d claimed tokens, %d of %d positions scored",
             audit.job_id.hex()[:8],
-            len(audit.tokens),
+            len(tokens),
             request.rows,
             request.positions,
         )
@@ -170,7 +202,9 @@ class WorkerDriver:
         finally:
             self.running -= 1
         self.audits_run += 1
-        report = worker.report(audit, scoring.evidence if scoring is not None else (), problem=problem)
+        report = worker.report(
+            audit, scoring.evidence if scoring is not None else (), problem=problem, claim=claim, salt=salt
+        )
         log.info(
             "audited job %s: %s (%d positions, max gap %.3f)",
             audit.job_id.hex()[:8],

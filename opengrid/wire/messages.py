@@ -144,6 +144,14 @@ class Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ciphertext: SealedBytes
 
 
+class SealedClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A sealed job's claimed output encrypted by its prover to one possible auditor, named by its Ed25519
+    key (``opengrid.wire.sealed.seal_claim``, spec/sealed-mode.md §11)."""
+
+    reader: KeyBytes
+    ciphertext: SealedBytes
+
+
 class ModelOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One model a worker serves, with the exact numerical class it runs it in."""
 
@@ -248,6 +256,10 @@ class RunJob(_Message, tag="run", frozen=True):
     sealed_prompt: SealedBytes = b""
     """Sealed mode: the prompt encrypted to this worker (``prompt`` is then empty)."""
     client_box_key: MaybeKeyBytes = b""
+    readers: Annotated[list[KeyBytes], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
+    """Sealed audits (spec/sealed-mode.md §11): the Ed25519 keys of the other workers this job was sealed
+    to, each a possible auditor; the worker seals its claimed output to each of them (only to keys the
+    client named in the sealed prompt). Empty: the job is not audited, seal nothing more."""
 
 
 class ReplicaProgress(_Message, tag="progress", frozen=True):
@@ -292,6 +304,8 @@ class ReplicaResult(_Message, tag="result", frozen=True):
     sealed_output: SealedBytes = b""
     """Sealed mode: tokens, text and finish reason encrypted to the client (the fields above are then
     empty); the attestation commits to the salted output."""
+    sealed_claims: Annotated[list[SealedClaim], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
+    """Sealed audits: the same output encrypted to each of ``RunJob.readers`` (one per key)."""
 
 
 class JobAccepted(_Message, tag="accepted", frozen=True):
@@ -765,6 +779,16 @@ class AuditJob(_Message, tag="audit", frozen=True):
     ``finish_reason`` are empty and ``score_end`` is 0; the claim follows on the same stream in AuditChunk
     frames as the prover generates it, each answered by a ChunkVerdict, the last (``final``) by the
     AuditReport over the whole claim. Auditors that predate the field refuse it (unknown field)."""
+    sealed_prompt: SealedBytes = b""
+    """Sealed audits (spec/sealed-mode.md §11): the client's prompt ciphertext made for this auditor
+    (``prompt``, ``tokens``, ``text`` and ``finish_reason`` are then empty)."""
+    client_box_key: MaybeKeyBytes = b""
+    """Sealed audits: the client's ephemeral X25519 key for this job."""
+    sealed_claim: SealedBytes = b""
+    """Sealed audits: the prover's claimed output (tokens, text, finish reason) encrypted to this auditor."""
+    claim_attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)] = b""
+    """Sealed audits: the prover's encoded attestation; the opened claim must match its salted commitment
+    and token count (else the claim fails), and its key opens ``sealed_claim``."""
 
 
 class AuditReport(_Message, tag="audit_report", frozen=True):
@@ -787,6 +811,10 @@ class AuditReport(_Message, tag="audit_report", frozen=True):
     attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)] = b""
     """On a pass: the auditor's encoded ``opengrid_ledger.Attestation`` over the same job, contract digest,
     output commitment and token count as the prover's, so the receipt can credit the auditor."""
+    sealed_output: SealedBytes = b""
+    """Sealed audits, on a pass: the claim it checked, sealed by the auditor to the client
+    (``AuditJob.client_box_key``): the client may open it when the prover's own sealed output does not
+    match the receipt (a prover that seals the client something else than it attested)."""
 
 
 MAX_MEMO_CHARS: Final = 256

@@ -25,7 +25,9 @@ from opengrid.errors import RemoteProtocolError, VerificationError
 from opengrid.wire.commitment import SALT_BYTES
 from opengrid.wire.messages import (
     JOB_ID_BYTES,
+    MAX_EXPOSURE,
     MAX_TOKENS_LIMIT,
+    KeyBytes,
     OutputText,
     Prompt,
     ShortText,
@@ -43,6 +45,10 @@ class SealedPrompt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, arra
     prompt: Prompt
     """At most ``MAX_PROMPT_CHARS``, as in the clear."""
     salt: Annotated[bytes, msgspec.Meta(max_length=SALT_BYTES)]
+    readers: Annotated[list[KeyBytes], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
+    """The Ed25519 keys of every worker the client sealed this prompt to (spec/sealed-mode.md §11): a
+    prover seals its claimed output only to these, so an audit shows it to nobody who could not read the
+    prompt already. Empty (omitted on the wire, as before the field existed): nobody may audit it."""
 
 
 class SealedOutput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
@@ -66,11 +72,21 @@ def _box_private_key(signing_key: SigningKey) -> PrivateKey:
 
 
 def seal_prompt(
-    prompt: str, *, job_id: bytes, salt: bytes, worker_key: bytes, ephemeral: PrivateKey
+    prompt: str,
+    *,
+    job_id: bytes,
+    salt: bytes,
+    worker_key: bytes,
+    ephemeral: PrivateKey,
+    readers: list[bytes] | None = None,
 ) -> bytes:
     """Encrypt ``prompt`` (with the job id and salt) so only the worker with Ed25519 key ``worker_key``
-    can read it; authenticated with the client's ephemeral key."""
-    payload = msgspec.msgpack.encode(SealedPrompt(SEALED_TAG, job_id, prompt, salt))
+    can read it; authenticated with the client's ephemeral key. ``readers``: the keys of every worker the
+    prompt is sealed to, who may audit each other's claims (``SealedPrompt.readers``)."""
+    fields: tuple[object, ...] = (SEALED_TAG, job_id, prompt, salt)
+    if readers:
+        fields += (list(readers),)
+    payload = msgspec.msgpack.encode(fields)
     return bytes(Box(ephemeral, PublicKey(box_public_key(worker_key))).encrypt(payload))
 
 
@@ -113,4 +129,35 @@ def open_output(
         raise VerificationError(f"a worker's sealed output does not open: {exc}") from exc
     if sealed.tag != SEALED_TAG or sealed.job_id != job_id:
         raise VerificationError("a sealed output was made for another job")
+    return sealed
+
+
+def seal_claim(
+    tokens: list[int],
+    text: str,
+    finish_reason: str,
+    *,
+    job_id: bytes,
+    reader_key: bytes,
+    signing_key: SigningKey,
+) -> bytes:
+    """Prover side of a sealed audit: encrypt the claimed output to another worker the prompt was sealed
+    to (Ed25519 key ``reader_key``), authenticated with the prover's own identity (spec/sealed-mode.md
+    §11). The plaintext is a SealedOutput, as sealed to the client."""
+    payload = msgspec.msgpack.encode(SealedOutput(SEALED_TAG, job_id, tokens, text, finish_reason))
+    return bytes(Box(_box_private_key(signing_key), PublicKey(box_public_key(reader_key))).encrypt(payload))
+
+
+def open_claim(
+    ciphertext: bytes, *, job_id: bytes, prover_key: bytes, signing_key: SigningKey
+) -> SealedOutput:
+    """Auditor side: decrypt a prover's sealed claim; ``VerificationError`` if it does not open with the
+    prover's key and ours, or names another job (the prover's fault, or the coordinator's tampering)."""
+    try:
+        box = Box(_box_private_key(signing_key), PublicKey(box_public_key(prover_key)))
+        sealed = msgspec.msgpack.decode(box.decrypt(ciphertext), type=SealedOutput)
+    except (CryptoError, ValueError, TypeError, msgspec.DecodeError) as exc:
+        raise VerificationError(f"the prover's sealed claim does not open: {exc}") from exc
+    if sealed.tag != SEALED_TAG or sealed.job_id != job_id:
+        raise VerificationError("the prover's sealed claim was made for another job")
     return sealed

@@ -139,7 +139,8 @@ class Completion:
     finish_reason: str
     receipt: SignedReceipt
     workers: list[str]
-    """Peer ids of the workers whose outputs agreed (each credited in the receipt)."""
+    """Peer ids of the workers whose outputs agreed (each credited in the receipt); under audit, the
+    default, the worker that generated the answer, then the auditors that passed it."""
     dissenters: list[str]
     """Peer ids of workers outvoted by the majority (credited nothing)."""
     failed: list[str]
@@ -511,10 +512,16 @@ class Client:
         top_p: float = 1.0,
         seed: int = 0,
     ) -> Completion:
-        """Run ``prompt`` on ``replicas`` workers, verify their agreement, and return the result.
+        """Run ``prompt`` on the grid, have it verified, and return the result.
+
+        How it is verified is the coordinator's choice (spec/verification.md §13.7): by default one worker
+        generates and another holding the same model audits it (``workers``: the generator, then its
+        auditors; ``replicas`` is then unused); a coordinator started with ``--verify replicate`` runs it
+        on ``replicas`` workers and requires their outputs to agree.
 
         Sealed (the default): the prompt is encrypted to each of at most ``exposure`` workers (default
-        ``replicas + 2``, spares for failover), restricted to ``trusted`` peer ids when given; the
+        ``replicas + 2``, spares for failover; an audited job needs at least 2: its generator and auditor
+        are among them, spec/sealed-mode.md §11), restricted to ``trusted`` peer ids when given; the
         coordinator sees only ciphertext and commitments. ``sealed=False`` is open mode: the coordinator
         sees the prompt and the answer.
 

@@ -77,14 +77,17 @@ def seal_job(
     ephemeral = PrivateKey.generate()
     salt = secrets.token_bytes(SALT_BYTES)
     job_id = secrets.token_bytes(16)
+    # Every worker sealed to learns who else was (their keys): a prover seals its claimed output to those
+    # alone, so that any of them can audit it (spec/sealed-mode.md §11) and nobody else can read it.
+    readers = [public_key_of(peer) for peer in peers]
     sealed = [
         Sealed(
             peer_id=peer,
             ciphertext=seal_prompt(
-                prompt, job_id=job_id, salt=salt, worker_key=public_key_of(peer), ephemeral=ephemeral
+                prompt, job_id=job_id, salt=salt, worker_key=key, ephemeral=ephemeral, readers=readers
             ),
         )
-        for peer in peers
+        for peer, key in zip(peers, readers, strict=True)
     ]
     request = SubmitJob(
         job_id=job_id,

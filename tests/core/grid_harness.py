@@ -149,7 +149,8 @@ class Grid:
 
     n: int = 3
     seed: int = 7
-    config: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    config: CoordinatorConfig = field(default_factory=lambda: CoordinatorConfig(verify="replicate"))
+    """Exact replication unless a test asks for audits (most of these tests are about replication)."""
     operators: dict[str, str] = field(default_factory=dict)
     """peer -> operator announced in its registrations (default: none)."""
     slots: int = 1
@@ -334,7 +335,9 @@ class Grid:
 
 def scripted_run(seed: int, config: CoordinatorConfig | None = None) -> list[Effect]:
     """Five jobs over five workers, each with a failure, a re-registration and a cheater; every effect."""
-    grid = Grid(n=5, seed=seed, config=config or CoordinatorConfig(replica_timeout_s=10.0))
+    grid = Grid(
+        n=5, seed=seed, config=config or CoordinatorConfig(verify="replicate", replica_timeout_s=10.0)
+    )
     grid.register(now=0.0)
     log: list[Effect] = []
     for job in range(1, 6):

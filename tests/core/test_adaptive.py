@@ -25,8 +25,10 @@ from opengrid.core.effects import CancelReplica, Effect, FinishJob, Penalize
 from opengrid.core.reputation import PROBATION_JOBS, Reputation, replication_probability
 from opengrid.wire.messages import JobAccepted, RunJob
 
-NO_CANARIES = CoordinatorConfig(canary_rate=0.0)
-PURE_BOINC = CoordinatorConfig(canary_rate=0.0, min_replication_rate=0.0, min_trust_streak=10)
+NO_CANARIES = CoordinatorConfig(verify="replicate", canary_rate=0.0)
+PURE_BOINC = CoordinatorConfig(
+    verify="replicate", canary_rate=0.0, min_replication_rate=0.0, min_trust_streak=10
+)
 
 
 def client_dispatches(effects: list[Effect], job: int) -> list[str]:
@@ -167,7 +169,7 @@ def test_one_bad_result_resets_trust_and_brings_back_full_replication() -> None:
 
 
 def test_adaptive_off_always_replicates() -> None:
-    grid = Grid(n=3, config=CoordinatorConfig(adaptive=False, canary_rate=0.0))
+    grid = Grid(n=3, config=CoordinatorConfig(verify="replicate", adaptive=False, canary_rate=0.0))
     grid.register()
     for peer in grid.workers:
         trust(grid, peer, 1000)
@@ -207,7 +209,7 @@ def test_lazy_and_swapped_workers_never_earn_trust_points_or_accepted_answers() 
 def canary_grid(rate: float = 1.0) -> Grid:
     """w0 and w1 verify three jobs (the canary pool); w2 and w3 register afterwards, never having
     seen them."""
-    grid = Grid(n=4, seed=4, config=CoordinatorConfig(canary_rate=rate, adaptive=False))
+    grid = Grid(n=4, seed=4, config=CoordinatorConfig(verify="replicate", canary_rate=rate, adaptive=False))
     grid.register("w0", "w1")
     for job in (1, 2, 3):
         assert isinstance(finished(grid.run_job(job, honest)), JobAccepted)
@@ -316,7 +318,7 @@ def test_canary_rate_zero_sends_none_and_unverified_answers_never_become_canarie
     grid = canary_grid(rate=0.0)
     for job in range(4, 60):
         assert canaries_of(grid, grid.run_job(job, honest, now=float(job))) == []
-    single = Grid(n=3, config=CoordinatorConfig(canary_rate=1.0))
+    single = Grid(n=3, config=CoordinatorConfig(verify="replicate", canary_rate=1.0))
     single.register()
     for job in range(1, 40):  # replicas=1: answers nobody checked
         assert canaries_of(single, single.run_job(job, honest, replicas=1)) == []

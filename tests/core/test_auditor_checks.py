@@ -21,12 +21,15 @@ from opengrid.core.worker import Output
 from opengrid.errors import ConfigError
 from opengrid.wire.messages import AuditJob, JobAccepted, RunJob
 
-AUDIT = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False, weighted=False)
+# Every audit full and no random second audit unless a test asks (the coordinator's defaults draw windows
+# and 2 % second audits, which would change the draws these tests count on).
+_FULL: dict[str, object] = {"audit_full_rate": 1.0, "audit_second_rate": 0.0}
+AUDIT = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False, weighted=False, **_FULL)
 CANARIES = CoordinatorConfig(
-    verify="audit", canary_rate=0.0, adaptive=False, weighted=False, audit_canary_rate=1.0
+    verify="audit", canary_rate=0.0, adaptive=False, weighted=False, audit_canary_rate=1.0, **_FULL
 )
 SECOND = CoordinatorConfig(
-    verify="audit", canary_rate=0.0, adaptive=False, weighted=False, audit_second_rate=1.0
+    verify="audit", canary_rate=0.0, adaptive=False, weighted=False, audit_full_rate=1.0, audit_second_rate=1.0
 )
 HONEST_GAP, CHEAT_GAP = 0.05, 12.0
 

@@ -22,15 +22,14 @@ from grid_harness import (
     signing_key,
 )
 from opengrid_ledger import EntryBody, Evidence, Hold, decode_body, encode_entry, sign_entry
-from opengrid_sdk.sealed import seal_job
 
 from opengrid.core.audit import DEFAULT_GAP_TOLERANCE
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.effects import AppendEntry, CancelReplica, Penalize
 from opengrid.core.events import JobSubmitted
+from opengrid.core.refusal import Refusal
 from opengrid.core.reputation import Reputation
-from opengrid.net.keys import peer_id_of
-from opengrid.wire.messages import ErrorReply, JobAccepted, SubmitJob, job_cost
+from opengrid.wire.messages import ErrorReply, JobAccepted, QuoteRequest, SubmitJob, job_cost
 
 AUDIT = CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False)
 
@@ -199,6 +198,16 @@ def test_audit_mode_needs_a_second_worker_holding_the_weights() -> None:
     grid.register()
     reply = finished(grid.submit(1, replicas=1))
     assert isinstance(reply, ErrorReply) and reply.code == "no_capacity" and "audit" in reply.message
+    assert "add a worker" in reply.message and "--verify replicate" in reply.message
+    # The quote (before a sealed or paid job) says so too, so no prompt is sealed in vain.
+    quote = grid.coordinator.answer_quote(QuoteRequest(model="tiny", replicas=1, exposure=4))
+    assert (
+        isinstance(quote, Refusal) and quote.code == "no_capacity" and "--verify replicate" in quote.message
+    )
+    # In replicate mode the same lone worker runs a one-replica job.
+    alone = Grid(n=1, config=CoordinatorConfig(verify="replicate", canary_rate=0.0, adaptive=False))
+    alone.register()
+    assert len(dispatches(alone.submit(1, replicas=1))) == 1
 
 
 def test_a_claim_waits_for_a_busy_auditor_then_is_audited() -> None:
@@ -216,9 +225,10 @@ def test_a_claim_waits_for_a_busy_auditor_then_is_audited() -> None:
         assert isinstance(finished(grid.audit(sent)), JobAccepted)
 
 
-def test_replicate_mode_is_unchanged_by_default() -> None:
-    assert CoordinatorConfig().verify == "replicate"
-    grid = Grid(n=3, config=CoordinatorConfig.plain())
+def test_audit_is_the_default_and_replicate_stays_an_explicit_mode() -> None:
+    assert CoordinatorConfig().verify == "audit"
+    assert CoordinatorConfig.plain().verify == "replicate", "the experiments' baseline replicates"
+    grid = Grid(n=3, config=CoordinatorConfig(verify="replicate"))
     grid.register()
     first = grid.submit(1, replicas=2)
     assert len(dispatches(first)) == 2 and not audits(first)
@@ -236,16 +246,6 @@ def test_a_prover_that_fails_is_replaced_before_any_audit() -> None:
     assert sent[0].peer != crashed.peer  # offline until its next heartbeat
     reply = finished(grid.audit(sent[0]))
     assert isinstance(reply, JobAccepted) and crashed.peer in reply.failed
-
-
-def test_a_sealed_job_is_replicated_in_audit_mode() -> None:
-    grid = Grid(n=3, config=AUDIT)
-    names = {peer: peer_id_of(grid.key(peer)) for peer in grid.workers}
-    grid.workers = {names[p]: w for p, w in grid.workers.items()}
-    grid.register()
-    job = seal_job("top secret", peers=sorted(names.values()), model="tiny", max_tokens=8, replicas=2)
-    effects = grid.coordinator.handle(JobSubmitted(client="client", request=job.request), 0.0)
-    assert len(dispatches(effects)) == 2 and not audits(effects), "auditors could not read the prompt"
 
 
 def test_a_paid_audited_job_pays_the_prover_first_then_the_auditor() -> None:
@@ -315,7 +315,13 @@ def test_zero_auditors_still_audits_once() -> None:
 
 # ── adaptive audits (spec/verification.md §13.5) ──────────────────────────────────────────────────────
 WINDOWS = CoordinatorConfig(
-    verify="audit", canary_rate=0.0, adaptive=False, audit_full_rate=0.0, audit_min_positions=2
+    verify="audit",
+    canary_rate=0.0,
+    adaptive=False,
+    audit_full_rate=0.0,
+    audit_second_rate=0.0,
+    audit_min_positions=2,
+    audit_window_skew=1.0,
 )
 """Every trusted prover's claim on a window of at least 2 of HONEST's 5 positions."""
 
@@ -383,3 +389,30 @@ def test_a_second_audit_adds_a_full_auditor_when_one_is_left() -> None:
     alone.register()
     [only] = audits(alone.answer(dispatches(alone.submit(1))[0], HONEST))
     assert isinstance(finished(alone.audit(only)), JobAccepted)
+
+
+def test_a_disputed_audit_is_settled_by_an_exact_regeneration_and_the_lying_auditor_pays() -> None:
+    """Exact replication as the tie-breaker (spec/verification.md §13.7): an auditor fails an honest claim;
+    the job runs again on another prover of the same class, whose claim is bit-identical and passes another
+    auditor: the first auditor lied, and it, not the framed prover, is blamed on the ledger."""
+    grid = Grid(n=4, config=AUDIT)
+    grid.register()
+    first = dispatches(grid.submit(1))[0]
+    sent = audits(grid.answer(first, HONEST))
+    liar = sent[0].peer
+    # A lying auditor: it fails the honest claim (a "problem" fails it whatever the evidence says).
+    report = grid.workers[liar].report(sent[0].audit, evidence_for(sent[0].audit, 0.0), problem="framed")
+    rejected = grid.deliver_report(sent[0], report)
+    assert [p.peer for p in of_type(rejected, Penalize)] == [first.peer]
+    rerun = dispatches(rejected)[0]
+    second = audits(grid.answer(rerun, HONEST))  # the same output, bit for bit
+    assert second[0].peer not in (liar, first.peer, rerun.peer)
+    done = grid.audit(second[0])
+    reply = finished(done)
+    assert isinstance(reply, JobAccepted) and reply.text == HONEST.text
+    assert [p.peer for p in of_type(done, Penalize)] == [liar]
+    assert reply.failed == [liar], "the framed prover is not listed as failed"
+    evidence = [decode_body(e.entry.body).payload for e in of_type(done, AppendEntry)]
+    blamed = [p for p in evidence if isinstance(p, Evidence)]
+    assert len(blamed) == 1 and blamed[0].invalid == (grid.key(liar),)
+    assert grid.coordinator.reputation[grid.key(liar)].invalid == 1

@@ -11,7 +11,7 @@ from opengrid.core.effects import AppendEntry, CancelReplica, FinishJob
 from opengrid.core.events import JobCancelled, JobSubmitted
 from opengrid.wire.messages import ErrorReply, JobAccepted, SubmitJob
 
-CONFIG = CoordinatorConfig(canary_rate=0.0, heartbeat_s=5.0)
+CONFIG = CoordinatorConfig(verify="replicate", canary_rate=0.0, heartbeat_s=5.0)
 
 # ── cancel ──────────────────────────────────────────────────────────────────────────────────────────
 

@@ -20,6 +20,7 @@ from opengrid.wire.commitment import commit_output
 from opengrid.wire.messages import JobAccepted
 
 CONFIG = CoordinatorConfig(
+    verify="replicate",
     heartbeat_s=5.0,
     replica_timeout_s=10.0,
     job_timeout_s=40.0,

@@ -16,7 +16,9 @@ from opengrid.core.worker import Output
 from opengrid.wire.messages import ErrorReply, JobAccepted
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONFIG = CoordinatorConfig(heartbeat_s=5.0, replica_timeout_s=10.0, job_timeout_s=30.0, max_extra_replicas=2)
+CONFIG = CoordinatorConfig(
+    verify="replicate", heartbeat_s=5.0, replica_timeout_s=10.0, job_timeout_s=30.0, max_extra_replicas=2
+)
 
 
 def test_an_overdue_replica_is_cancelled_and_replaced() -> None:
@@ -41,7 +43,9 @@ def test_an_overdue_replica_is_cancelled_and_replaced() -> None:
 
 
 def test_a_job_not_verified_in_time_fails_with_verification_failed() -> None:
-    config = CoordinatorConfig(heartbeat_s=100.0, replica_timeout_s=60.0, job_timeout_s=30.0)
+    config = CoordinatorConfig(
+        verify="replicate", heartbeat_s=100.0, replica_timeout_s=60.0, job_timeout_s=30.0
+    )
     grid = Grid(n=2, config=config)
     grid.register()
     first, second = dispatches(grid.submit(now=0.0))
@@ -97,7 +101,9 @@ def test_next_deadline_is_the_earliest_timer() -> None:
 
 
 def test_next_deadline_includes_the_job_deadline() -> None:
-    config = CoordinatorConfig(heartbeat_s=100.0, replica_timeout_s=60.0, job_timeout_s=30.0)
+    config = CoordinatorConfig(
+        verify="replicate", heartbeat_s=100.0, replica_timeout_s=60.0, job_timeout_s=30.0
+    )
     grid = Grid(n=2, config=config)
     grid.register(now=0.0)
     grid.submit(now=5.0)
@@ -174,7 +180,7 @@ def test_disagreement_fails_as_soon_as_the_extra_replicas_are_spent(outputs: lis
 
 
 def test_too_many_failures_end_the_job() -> None:
-    config = CoordinatorConfig(heartbeat_s=5.0, max_failovers=2)
+    config = CoordinatorConfig(verify="replicate", heartbeat_s=5.0, max_failovers=2)
     grid = Grid(n=6, config=config)
     grid.register()
     effects = grid.submit(replicas=2)

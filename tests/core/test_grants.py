@@ -135,7 +135,7 @@ def test_a_request_must_be_signed_by_the_account_for_this_coordinator_and_fresh(
 
 def test_vouchers_are_rate_limited_per_operator_and_window() -> None:
     limits = GrantLimits(per_operator=2, total=100, window_s=3600.0)
-    grid = Grid(n=1, config=CoordinatorConfig(grant_limits=limits), grant_points=GRANT)
+    grid = Grid(n=1, config=CoordinatorConfig(verify="replicate", grant_limits=limits), grant_points=GRANT)
     users = [signing_key(f"user {i}") for i in range(6)]
     assert isinstance(_vouch(grid, users[0], operator=""), GrantVoucher)
     assert isinstance(_vouch(grid, users[1], operator="10.1.2.3"), GrantVoucher)  # private: the same bucket
@@ -151,7 +151,7 @@ def test_vouchers_are_rate_limited_per_operator_and_window() -> None:
 
 def test_vouchers_are_rate_limited_in_total() -> None:
     limits = GrantLimits(per_operator=5, total=2, window_s=3600.0)
-    grid = Grid(n=1, config=CoordinatorConfig(grant_limits=limits), grant_points=GRANT)
+    grid = Grid(n=1, config=CoordinatorConfig(verify="replicate", grant_limits=limits), grant_points=GRANT)
     assert isinstance(_vouch(grid, signing_key("a"), operator="8.8.8.8"), GrantVoucher)
     assert isinstance(_vouch(grid, signing_key("b"), operator="1.1.1.1"), GrantVoucher)
     refused = _vouch(grid, signing_key("c"), operator="9.9.9.9")

@@ -199,7 +199,9 @@ def implied(coordinator: Coordinator, job: bytes) -> JobState:
 
 
 @pytest.mark.parametrize(
-    "config", [CoordinatorConfig.plain(), CoordinatorConfig(), AUDIT], ids=["plain", "adaptive", "audit"]
+    "config",
+    [CoordinatorConfig.plain(), CoordinatorConfig(verify="replicate"), AUDIT],
+    ids=["plain", "adaptive", "audit"],
 )
 @pytest.mark.parametrize("seed", range(3))
 def test_the_state_always_agrees_with_the_fields(

@@ -104,7 +104,9 @@ def test_one_worker_cannot_raise_the_price_but_the_catalog_can_fix_it() -> None:
     grid.register()
     _announce(grid, {"w0": 10**15, "w1": SEVEN_B, "w2": SEVEN_B})
     assert grid.coordinator.weight("tiny") == 8  # the smallest announcement of the class counts
-    config = CoordinatorConfig(adaptive=False, canary_rate=0.0, model_params={CONTRACT.model_sha256: 129_600})
+    config = CoordinatorConfig(
+        verify="replicate", adaptive=False, canary_rate=0.0, model_params={CONTRACT.model_sha256: 129_600}
+    )
     pinned = Grid(n=3, config=config)
     pinned.register()
     _announce(pinned, {peer: SEVEN_B for peer in pinned.workers})

@@ -109,7 +109,7 @@ def test_a_worker_that_registers_takes_a_waiting_job() -> None:
 
 
 def test_canaries_take_a_slot_and_wait_for_one() -> None:
-    grid = Grid(n=3, config=CoordinatorConfig(adaptive=False, canary_rate=1.0))
+    grid = Grid(n=3, config=CoordinatorConfig(verify="replicate", adaptive=False, canary_rate=1.0))
     grid.register()
     grid.coordinator.add_known_answer("known", grid.workers["w0"].offers[0].contract, 16, b"\0" * 32)
     effects = grid.submit(1, replicas=2)

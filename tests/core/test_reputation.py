@@ -97,7 +97,7 @@ def test_fold_outcomes_applies_pairs_in_order_without_touching_the_start() -> No
 
 
 def test_reputation_is_rebuilt_from_the_ledger_at_start() -> None:
-    config = CoordinatorConfig(canary_rate=0.0, adaptive=False)
+    config = CoordinatorConfig(verify="replicate", canary_rate=0.0, adaptive=False)
     grid = Grid(n=4, config=config)
     grid.register()
     for job in range(1, 13):
@@ -119,7 +119,7 @@ def test_reputation_is_rebuilt_from_the_ledger_at_start() -> None:
 
 
 def test_timeouts_and_failed_checks_survive_a_restart_through_evidence_entries() -> None:
-    config = CoordinatorConfig(canary_rate=0.0, adaptive=False)
+    config = CoordinatorConfig(verify="replicate", canary_rate=0.0, adaptive=False)
     grid = Grid(n=4, config=config)
     grid.register()
 
@@ -147,7 +147,7 @@ def test_timeouts_and_failed_checks_survive_a_restart_through_evidence_entries()
 
 
 def test_a_single_credit_receipt_proves_nothing_on_rebuild() -> None:
-    grid = Grid(n=2, config=CoordinatorConfig(canary_rate=0.0))
+    grid = Grid(n=2, config=CoordinatorConfig(verify="replicate", canary_rate=0.0))
     grid.register()
     reply = [e for e in grid.run_job(1, lambda p, r: HONEST, replicas=1)]
     assert any(isinstance(getattr(e, "reply", None), JobAccepted) for e in reply)
@@ -156,7 +156,7 @@ def test_a_single_credit_receipt_proves_nothing_on_rebuild() -> None:
 
 
 def test_the_ledger_of_another_coordinator_does_not_vouch_for_workers() -> None:
-    grid = Grid(n=2, config=CoordinatorConfig(canary_rate=0.0))
+    grid = Grid(n=2, config=CoordinatorConfig(verify="replicate", canary_rate=0.0))
     grid.register()
     grid.run_job(1, lambda p, r: HONEST)
     synced = LedgerState(NETWORK, minters=[grid.coordinator.public_key])

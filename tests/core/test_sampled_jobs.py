@@ -118,7 +118,9 @@ def test_an_audit_of_a_sampled_job_carries_the_contracts_sampler_and_the_auditor
 def test_only_greedy_answers_become_canaries(temperature: float) -> None:
     # A canary re-sends a verified prompt as a new job: a sampled answer would be another sample there,
     # and an honest worker would look like a cheat. So sampled answers are never kept for canaries.
-    grid = Grid(n=3, config=CoordinatorConfig(adaptive=False, weighted=False, canary_rate=1.0))
+    grid = Grid(
+        n=3, config=CoordinatorConfig(verify="replicate", adaptive=False, weighted=False, canary_rate=1.0)
+    )
     grid.register()
     first = _submit(grid, 1, **{**SETTINGS, "temperature": temperature})
     reply = finished(grid.play(dispatches(first), [HONEST, HONEST]))

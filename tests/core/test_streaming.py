@@ -97,7 +97,7 @@ def test_a_replica_that_fails_mid_stream_loses_its_say() -> None:
 def test_forwarded_text_is_never_taken_back() -> None:
     """A quorum lies in its frames, then fails; the replacements agree on another answer: the job fails
     rather than deliver an answer that does not start with what the client already has as verified."""
-    grid = Grid(n=4, config=CoordinatorConfig(max_failovers=4))
+    grid = Grid(n=4, config=CoordinatorConfig(verify="replicate", max_failovers=4))
     a, b = started(grid, 2)
     progress(grid, a, 0, 5, tokens=LIE, pieces=LIE_PIECES)
     assert forwarded(progress(grid, b, 0, 5, tokens=LIE, pieces=LIE_PIECES)) == " the quick red hen"

@@ -12,7 +12,7 @@ from opengrid.core.effects import DispatchReplica
 from opengrid.core.events import WorkerRegistered
 from opengrid.wire.messages import ErrorReply, JobAccepted
 
-UNWEIGHTED_EXTRAS = CoordinatorConfig(adaptive=False, canary_rate=0.0)
+UNWEIGHTED_EXTRAS = CoordinatorConfig(verify="replicate", adaptive=False, canary_rate=0.0)
 """Weighted selection on, adaptive replication and canaries off: one dispatch per job."""
 
 

@@ -50,7 +50,8 @@ def test_cheaters_never_reach_the_client_lose_reputation_and_replication_falls(
     net = DemoNetwork(tmp_path, model=str(tiny_model_path), network=NETWORK)
     stop = threading.Event()
     try:
-        coordinator = net.start("coordinator", "coordinator")
+        # Adaptive replication is what this measures: replicate by name (audit is the default).
+        coordinator = net.start("coordinator", "coordinator", extra_args=["--verify", "replicate"])
         net.wait_ready(coordinator)
         address = coordinator.addrs[0]
         roles = {"honest-1": None, "honest-2": None, "lazy": "lazy", "swapped": "model-swap", "dying": None}

@@ -292,7 +292,10 @@ def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Pat
     from opengrid.tui.model import summarize_reputation
     from opengrid.tui.source import SdkWalletSource
 
-    coordinator = _Node(tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"))
+    # One worker: it cannot be audited (another worker would have to hold the model), so replicate.
+    coordinator = _Node(
+        tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"), "--verify", "replicate"
+    )
     coordinator.wait_for("listening on")
     address = coordinator.seen[-1].split()[-1]
     worker_dir = tmp_path / "w"

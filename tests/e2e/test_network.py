@@ -38,6 +38,10 @@ PROMPTS = ("The capital of France is", "Volunteer computing means", "Once upon a
 MAX_TOKENS = 12
 
 
+REPLICATE = ["--plain-verification", "--verify", "replicate"]
+"""Exact replication by name (audit is the default): these tests are about replicas agreeing."""
+
+
 def direct_llama(model: pathlib.Path, prompt: str, max_tokens: int) -> tuple[str, list[int]]:
     """What llama.cpp itself answers with the contract's settings (greedy, n_batch 512, no flash attn)."""
     llm = llama_cpp.Llama(
@@ -93,7 +97,7 @@ def _start(
     net = DemoNetwork(base, model=str(model), network=NETWORK)
     # Plain verification (uniform choice, no adaptive replication or canaries) keeps these tests about
     # replication itself; tests/e2e/test_adaptive_network.py covers the adaptive policy.
-    coordinator = net.start("coordinator", "coordinator", extra_args=["--plain-verification"])
+    coordinator = net.start("coordinator", "coordinator", extra_args=REPLICATE)
     net.wait_ready(coordinator)
     address = coordinator.addrs[0]
     workers = [
@@ -308,7 +312,7 @@ def test_a_client_that_gives_up_cancels_the_job_and_stops_the_workers(tmp_path: 
     its replicas; each worker stops generating mid-way (SmolLM2 counts on for ~18 s: 1000 tokens)."""
     net = DemoNetwork(tmp_path, model="smollm2-135m-instruct", network=NETWORK)
     try:
-        coordinator = net.start("coordinator", "coordinator", extra_args=["--plain-verification"])
+        coordinator = net.start("coordinator", "coordinator", extra_args=REPLICATE)
         net.wait_ready(coordinator)
         workers = [net.start(f"worker-{i}", "worker", bootstrap=coordinator.addrs[0]) for i in (1, 2)]
         for worker in workers:

@@ -105,7 +105,9 @@ def test_demo_json_reports_jobs_and_every_nodes_points() -> None:
     cheater = next(node for node in report["nodes"] if node["cheater"])
     assert cheater["points"] == 0
     total = sum(node["points"] for node in report["nodes"])
-    assert total == sum(points for job in report["jobs"] for points in job["credits"].values()) == 3 * 2 * 8
+    # Audited (the default): each job pays its generator 8 points and its auditor ceil(8 / 2) = 4.
+    assert all(sorted(job["credits"].values()) == [4, 8] for job in report["jobs"])
+    assert total == sum(points for job in report["jobs"] for points in job["credits"].values()) == 3 * (8 + 4)
 
 
 def test_node_pause_and_resume_from_the_shell(tmp_path: pathlib.Path) -> None:

@@ -32,7 +32,11 @@ def api(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: pathlib.Path)
     port = _free_port()
     try:
         coordinator = net.start(
-            "coordinator", "coordinator", extra_args=["--api", f"127.0.0.1:{port}", "--api-key", API_KEY]
+            "coordinator",
+            "coordinator",
+            # Replicated: streams verified token by token as replicas agree (audit mode answers whole until
+            # chunked audits land), and `replicas` beyond the workers is a capacity error (503).
+            extra_args=["--api", f"127.0.0.1:{port}", "--api-key", API_KEY, "--verify", "replicate"],
         )
         net.wait_ready(coordinator)
         worker_port = _free_port()

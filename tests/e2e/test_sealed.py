@@ -39,7 +39,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: pathlib.Path
         coordinator = net.start(
             "coordinator",
             "coordinator",
-            extra_args=["--plain-verification", "--trace-frames", str(trace)],
+            # Replicated: the liars below agree (sealed audits: tests/node/test_sealed_audits_on_nodes.py).
+            extra_args=["--plain-verification", "--verify", "replicate", "--trace-frames", str(trace)],
         )
         net.wait_ready(coordinator)
         address = coordinator.addrs[0]

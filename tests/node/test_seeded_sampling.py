@@ -290,11 +290,14 @@ def test_the_cli_refuses_out_of_range_sampling_flags(capsys: pytest.CaptureFixtu
     assert all(flag in help_text for flag in ("--temperature", "--top-p", "--top-k", "--seed"))
 
 
-async def test_a_worker_whose_http_engine_cannot_sample_refuses_the_job_as_the_clients_fault(
+async def test_a_grid_whose_workers_run_http_engines_refuses_a_sampled_job_and_runs_greedy_ones(
     tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
 ) -> None:
-    # llama_cpp.server samples with its own RNG, which no replica or auditor can recompute: its worker
-    # refuses a sampled job (``malformed``), keeps its standing, and still runs greedy jobs.
+    # llama_cpp.server samples with its own RNG, which no replica or auditor can recompute: the coordinator
+    # sends sampled jobs only to classes that run the job's own sampler, so here it refuses the job
+    # (``no_capacity``, saying what to do) before any worker is asked; the worker keeps its standing and
+    # still runs greedy jobs. (The worker's own refusal, for a coordinator that sends one anyway, is
+    # tests/core/test_sampled_jobs.py's.)
     info = _info(tiny_model_path)
     coordinator = Node(
         NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5),
@@ -318,7 +321,7 @@ async def test_a_worker_whose_http_engine_cannot_sample_refuses_the_job_as_the_c
                     return await client.request(peer, job)
 
             refused = await submit(temperature=0.7, seed=1)
-            assert isinstance(refused, ErrorReply) and refused.code == "malformed", refused
+            assert isinstance(refused, ErrorReply) and refused.code == "no_capacity", refused
             assert "decodes greedily only" in refused.message and "send temperature 0" in refused.message
             assert coordinator.coordinator.reputation.get(worker.public_key, Reputation()).invalid == 0
             greedy = await submit()

@@ -63,7 +63,9 @@ async def test_a_worker_lying_in_its_progress_frames_is_never_streamed_and_is_re
 ) -> None:
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     rng = _Preferring(3)
-    coordinator = Node(NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5), rng=rng)
+    # Replicated streaming: the verified prefix is what a quorum of replicas reported (audit answers whole).
+    config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5, verify="replicate")
+    coordinator = Node(config, rng=rng)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.coordinator is not None

@@ -21,18 +21,21 @@ def _config(*flags: str) -> NodeConfig:
 
 def test_the_audit_flags_set_the_coordinators_audit_policy() -> None:
     config = _config(
-        "--verify", "audit", "--auditors", "2", "--audit-full-rate", "0.55", "--audit-second-rate", "0.02"
+        "--verify", "audit", "--auditors", "2", "--audit-full-rate", "0.3", "--audit-second-rate", "0.1"
     )
     policy = CoordinatorConfig(**config.coordinator_settings())
     assert (policy.verify, policy.auditors, policy.audit_full_rate, policy.audit_second_rate) == (
-        "audit", 2, 0.55, 0.02,
+        "audit", 2, 0.3, 0.1,
     )  # fmt: skip
     plain = CoordinatorConfig.plain(**config.coordinator_settings())
-    assert (plain.verify, plain.audit_full_rate) == ("audit", 0.55)
+    assert (plain.verify, plain.audit_full_rate) == ("audit", 0.3)
+    # Audit is the default, with the policy of spec/verification.md §13.5; replicate is asked for by name.
     default = CoordinatorConfig(**_config().coordinator_settings())
     assert (default.verify, default.auditors, default.audit_full_rate, default.audit_second_rate) == (
-        "replicate", 1, 1.0, 0.0,
+        "audit", 1, 0.55, 0.02,
     )  # fmt: skip
+    assert default == CoordinatorConfig(), "the node's defaults are the coordinator's"
+    assert CoordinatorConfig(**_config("--verify", "replicate").coordinator_settings()).verify == "replicate"
 
 
 def test_the_canary_audit_rate_reaches_the_coordinator() -> None:

@@ -13,7 +13,8 @@ SMALL: dict[str, Any] = {
     "real_fraction": 0.3,
     "workers": 24,
     "coordinators": 2,
-    "coordinator": {"heartbeat_s": 5.0, "replica_timeout_s": 20.0},
+    # Exact replication: most simulator tests are about it (audit mode is the core default).
+    "coordinator": {"heartbeat_s": 5.0, "replica_timeout_s": 20.0, "verify": "replicate"},
     "workload": {"rate_per_s": 3.0, "replicas": 2, "max_tokens": [8, 24]},
     "hardware": [
         {"name": "gpu", "share": 0.5, "tokens_per_s": 60},

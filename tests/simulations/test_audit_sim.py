@@ -12,7 +12,7 @@ from simulations.metrics import summarize
 from simulations.simulation import RunOutput, simulate
 
 LAZY = [{"kind": "lazy", "fraction": 0.2}]
-PLAIN = {**SMALL["coordinator"], "adaptive": False, "canary_rate": 0.0}
+PLAIN = {**SMALL["coordinator"], "adaptive": False, "canary_rate": 0.0, "audit_second_rate": 0.0}
 
 
 def run(**coordinator: Any) -> RunOutput:

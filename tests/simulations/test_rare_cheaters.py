@@ -18,7 +18,14 @@ from simulations.scenario import load
 from simulations.simulation import RunOutput, simulate
 
 SCENARIOS = pathlib.Path(__file__).parents[2] / "simulations" / "scenarios"
-AUDIT = {**SMALL["coordinator"], "verify": "audit", "canary_rate": 0.0, "weighted": False}
+AUDIT = {
+    **SMALL["coordinator"],
+    "verify": "audit",
+    "canary_rate": 0.0,
+    "weighted": False,
+    "audit_full_rate": 1.0,
+    "audit_second_rate": 0.0,
+}
 """Uniform draws: a caught cheater keeps being drawn (reputation-weighted draws would shun it), so a small
 run sees enough cheats."""
 

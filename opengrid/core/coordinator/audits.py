@@ -32,7 +32,7 @@ from opengrid.core.events import AuditReturned
 from opengrid.core.reputation import Outcome, Reputation
 from opengrid.core.scheduler import Candidate, pick_workers
 from opengrid.errors import InvalidEntryError
-from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted
+from opengrid.wire.messages import AuditJob, AuditReport, JobAccepted, ReplicaResult, Sealed
 
 
 class AuditsPart(CoordinatorParts):
@@ -50,12 +50,17 @@ class AuditsPart(CoordinatorParts):
         tried = job.tried()
         pool = [
             c
-            for c in self._candidates(job.contract.model_sha256, max_tokens=job.request.max_tokens)
+            for c in self._candidates(
+                job.contract.model_sha256, allowed=job.sealed or None, max_tokens=job.request.max_tokens
+            )
             if c.peer not in tried
         ]
         pool = [c for c in pool if not self._barred_auditor(c.key)]  # caught auditors audit no more
         if not job.contract.greedy:  # a sampled claim is scored by workers that run its sampler (§11)
             pool = [c for c in pool if c.contract.runs_seeded_sampler]
+        if job.sealed:  # only workers the prover sealed its claim to (all the sealed-to ones it was told of)
+            readers = set(job.readers.get(job.prover, ()))
+            pool = [c for c in pool if c.key in readers]
         new_claim = job.plan is None
         if job.plan is None:
             job.plan = self._plan_audit(job, len(pool))
@@ -83,7 +88,8 @@ class AuditsPart(CoordinatorParts):
             for candidate in chosen:
                 job.audits[candidate.peer] = now + self.config.replica_timeout_s
                 self._occupy(candidate.peer)
-                effects.append(DispatchAudit(peer=candidate.peer, audit=audit))
+                personal = self._sealed_audit_job(job, audit, candidate.peer) if job.sealed else audit
+                effects.append(DispatchAudit(peer=candidate.peer, audit=personal))
                 effects += self._chunks_for(job, candidate.peer)  # a chunked claim so far
             if len(chosen) >= needed:
                 self._audit_wait.pop(job_id, None)
@@ -95,6 +101,14 @@ class AuditsPart(CoordinatorParts):
         if any(c.peer not in tried for c in pool):
             self._audit_wait[job_id] = None  # auditors exist but are busy: wait for a slot
             return canaries()
+        if job.sealed:  # only the sealed-to workers can audit it: a fresh seal can reach others (§5)
+            return self._fail(
+                job_id,
+                "no_capacity",
+                f"no worker this sealed job was sealed to is left to audit the answer of {job.prover} "
+                f"({len(job.failed)} failed, {len(job.invalid)} invalid, of {len(job.sealed)}); quote again "
+                "and seal the prompt to other workers under a fresh job id (the SDK does)",
+            )
         return self._fail(
             job_id,
             "verification_failed",
@@ -152,10 +166,10 @@ class AuditsPart(CoordinatorParts):
         """Draw the current claim's audit plan (``audit_policy.plan``, spec/verification.md §13.5), now
         that the prover is committed to it. A second audit's extra auditor is dropped when no worker is
         left to take it: a claim is never failed for want of the extra check."""
-        result, _ = job.results[job.prover]
+        _result, _ = job.results[job.prover]
         record = self.workers.get(job.prover)
         standing = self.reputation.get(record.key, Reputation()) if record is not None else Reputation()
-        positions = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        positions = _claim_positions(job)[0]
         planned = plan_audit(self._audit_plans, positions, standing, self._rng)
         if planned.auditors > self._auditors and available < planned.auditors:
             planned = replace(planned, auditors=self._auditors)
@@ -193,6 +207,33 @@ class AuditsPart(CoordinatorParts):
             score_end=job.plan.score_end if job.plan is not None else 0,
         )
 
+    def _sealed_audit_job(self, job: JobRecord, audit: AuditJob, auditor: str) -> AuditJob:
+        """A sealed job's AuditJob for one auditor (spec/sealed-mode.md §11): the client's prompt
+        ciphertext made for it, the prover's claim sealed to it and the prover's attestation; no
+        plaintext (we hold none)."""
+        result, _ = job.results[job.prover]
+        key = self.workers[auditor].key
+        claim = next(c.ciphertext for c in result.sealed_claims if c.reader == key)  # checked on arrival
+        return msgspec.structs.replace(
+            audit,
+            sealed_prompt=job.sealed[auditor],
+            client_box_key=job.request.client_box_key,
+            sealed_claim=claim,
+            claim_attestation=result.attestation,
+        )
+
+    def _sealed_claims_problem(self, job: JobRecord, peer: str, result: ReplicaResult) -> str | None:
+        """Why a sealed prover's result cannot be audited (its fault: penalised, replaced), or None: it must
+        carry its claim sealed to exactly the keys it was given (``RunJob.readers``), once each."""
+        wanted = set(job.readers.get(peer, ()))
+        keys = [c.reader for c in result.sealed_claims]
+        if len(set(keys)) != len(keys) or set(keys) != wanted:
+            return (
+                f"a sealed, audited result must carry its claim sealed to each of the {len(wanted)} other "
+                f"worker(s) the job was sealed to; it carried {len(keys)} ({len(set(keys) & wanted)} of them)"
+            )
+        return None
+
     def _check_report(self, job: JobRecord, peer: str, report: AuditReport) -> Attestation | str | None:
         """A passing report's attestation, None for a well-formed failing report, or why the report is
         unacceptable (the auditor's fault). The coordinator cannot re-score (it holds no model); it checks
@@ -200,10 +241,12 @@ class AuditsPart(CoordinatorParts):
         record = self.workers.get(peer)
         if record is None:
             return "audit report from an unregistered worker"
-        result, prover_att = job.results[job.prover]
-        expected = len(result.tokens) + (1 if result.finish_reason == "stop" else 0)
+        _, prover_att = job.results[job.prover]
+        # A sealed claim's finish reason is sealed too: it scored n or n + 1 positions (n + 1 if it stopped).
+        counts = _claim_positions(job)
         if job.plan is not None:  # a partial audit scores its window only (§13.5)
-            expected = scored_positions(expected, job.plan.score_end)
+            counts = tuple(sorted({scored_positions(c, job.plan.score_end) for c in counts}))
+        expected = counts[-1]
         if report.job_id != job.request.job_id:
             return "audit report names another job"
         if (
@@ -216,7 +259,7 @@ class AuditsPart(CoordinatorParts):
             if report.first_failure >= expected:
                 return f"audit report fails position {report.first_failure} of {expected}"
             return None
-        if report.n_scored != expected:
+        if report.n_scored not in counts:
             return f"audit report scored {report.n_scored} positions; the claim has {expected}"
         if report.first_failure != -1 or report.max_gap > self.config.audit_tolerance:
             return (
@@ -237,6 +280,8 @@ class AuditsPart(CoordinatorParts):
         )
         if signed != claim or attestation.n_tokens != prover_att.n_tokens:
             return "auditor attestation does not match the claim it audited"
+        if job.sealed and not report.sealed_output:
+            return "a passing sealed audit must seal the claim it checked to the client"
         return attestation
 
     def _on_audit_returned(self, event: AuditReturned, now: float) -> list[Effect]:
@@ -256,6 +301,8 @@ class AuditsPart(CoordinatorParts):
             return effects + self._replace_auditor(job, now)
         if checked is not None:
             job.audited[event.peer] = checked
+            if job.sealed:
+                job.sealed_copies[event.peer] = event.report.sealed_output
         else:
             job.audit_fails[event.peer] = event.report
         return self._settle_verdicts(job, now)
@@ -298,6 +345,7 @@ class AuditsPart(CoordinatorParts):
         for peer in peers:
             job.audited.pop(peer, None)
             job.audit_fails.pop(peer, None)
+            job.sealed_copies.pop(peer, None)
             job.invalid.append(peer)
             self._record_auditor(peer, "invalid")
             effects.append(Penalize(peer=peer, why=f"as an auditor it {why}"))
@@ -310,7 +358,9 @@ class AuditsPart(CoordinatorParts):
         earns nothing; the job runs again on another prover, within ``max_failovers``. Without
         ``blame_prover`` (a split left tied) the claim is dropped and re-run, and nobody is penalised."""
         prover = job.prover
-        job.results.pop(prover, None)
+        claimed = job.results.pop(prover, None)
+        if claimed is not None:  # kept for the tie-break (``_vindicate``)
+            job.rejected.append((prover, auditor, claimed[1].output_commitment))
         job.prover = ""
         move(job, JobEvent.CLAIM_REJECTED)
         effects: list[Effect] = []
@@ -330,6 +380,7 @@ class AuditsPart(CoordinatorParts):
         job.audited.clear()
         job.audit_fails.clear()
         job.tiebreak = False
+        job.sealed_copies.clear()
         job.plan = None  # the next prover's claim gets its own plan
         self._audit_wait.pop(job.request.job_id, None)
         if job.failovers >= self.config.max_failovers:
@@ -379,6 +430,33 @@ class AuditsPart(CoordinatorParts):
         job.audits.clear()
         return effects
 
+    def _vindicate(self, job: JobRecord, accepted: bytes) -> list[Effect]:
+        """The tie-break of a disputed audit (spec/verification.md §13.7): a claim that was rejected and
+        that the accepted prover, of the same numerical class, reproduced exactly (same commitment), and
+        another auditor passed, was honest. Its auditor failed an honest claim: it is penalised and goes
+        into the job's EVIDENCE entry as invalid in place of the prover it framed, who is credited a valid
+        outcome (its earlier ``invalid`` stays in memory until a restart rebuilds reputations from the
+        ledger)."""
+        effects: list[Effect] = []
+        for framed, liar, commitment in job.rejected:
+            if commitment != accepted or liar == job.prover or liar in job.audited:
+                continue  # (a failing auditor may prove next: then it is paid for its own claim, not blamed)
+            if framed in job.invalid:
+                job.invalid.remove(framed)
+            job.invalid.append(liar)
+            if liar in self.workers:
+                self._record(self.workers[liar].key, "invalid")
+            if framed in self.workers:
+                self._record(self.workers[framed].key, "valid")
+            effects.append(
+                Penalize(
+                    peer=liar,
+                    why=f"its audit failed the claim of {framed}, which another prover reproduced exactly "
+                    "and another auditor passed",
+                )
+            )
+        return effects
+
     def _accept_audited(self, job: JobRecord) -> list[Effect]:
         """Every auditor passed the claim: sign a receipt crediting the prover ``max(1, n) * weight`` and
         each auditor ``ceil(max(1, s) / audit_credit_divisor) * weight`` for the ``s`` tokens it scored
@@ -388,6 +466,7 @@ class AuditsPart(CoordinatorParts):
         result, prover_att = job.results[prover]
         auditors = sorted(job.audited)
         n_tokens = prover_att.n_tokens
+        vindicated = self._vindicate(job, prover_att.output_commitment)
         for peer in (prover, *auditors):
             self._record(self.workers[peer].key, "valid")
         for peer in auditors:
@@ -420,7 +499,7 @@ class AuditsPart(CoordinatorParts):
         )
         entry = self._sign_own(receipt)
         encoded = self._own_entries[-1]
-        effects: list[Effect] = [*evidence, AppendEntry(entry)]
+        effects: list[Effect] = [*vindicated, *evidence, AppendEntry(entry)]
         if job.hold:  # the prover is paid first, then the auditors, out of the hold; the rest goes back
             payouts = payouts_in_order(receipt.credits, job.hold_amount)
             effects += self._author(
@@ -430,14 +509,31 @@ class AuditsPart(CoordinatorParts):
         effects += [SendReceipt(peer=p, notice=self._notice_for(p)) for p in (prover, *auditors)]
         reply = JobAccepted(
             job_id=job_id,
-            text=result.text,
+            text=result.text,  # empty for a sealed job: its answer is the prover's sealed output
             tokens=list(result.tokens),
             finish_reason=result.finish_reason,
             receipt=encoded,
             workers=[prover, *auditors],
             failed=sorted(set(job.failed) | set(job.invalid)),
+            # The prover's sealed output, then each auditor's copy of the claim it passed: the client opens
+            # the first that matches the receipt, as it does among agreeing replicas.
+            sealed_outputs=[
+                Sealed(peer_id=prover, ciphertext=result.sealed_output),
+                *(Sealed(peer_id=a, ciphertext=job.sealed_copies[a]) for a in auditors),
+            ]
+            if job.sealed
+            else [],
         )
         move(job, JobEvent.ACCEPTED)
         del self._jobs[job_id]
         effects.append(FinishJob(job_id, reply))
         return effects
+
+
+def _claim_positions(job: JobRecord) -> tuple[int, ...]:
+    """The positions the current claim has (§12.1: its tokens, plus one if it stopped), smallest first. A
+    sealed claim's tokens and finish reason are sealed: its attested count ``n`` gives ``(n, n + 1)``."""
+    result, attestation = job.results[job.prover]
+    if job.sealed:
+        return (attestation.n_tokens, attestation.n_tokens + 1)
+    return (len(result.tokens) + (1 if result.finish_reason == "stop" else 0),)

@@ -69,36 +69,39 @@ class CoordinatorConfig:
     from NodeStatus, so dead or fake registrations do not pile up (spec/limits.md). It comes back as a new
     worker with its next heartbeat; its reputation is kept (keyed by its key)."""
 
-    verify: Literal["replicate", "audit"] = "replicate"
-    """How an open job is verified (spec/verification.md §13). ``replicate``: ``replicas`` workers of one
-    numerical class must return bit-identical outputs (§5). ``audit``: one worker (the prover) generates,
-    ``auditors`` other workers holding the same weights (any numerical class) re-score its claimed tokens
-    in one forward pass; a failed audit penalises the prover and re-runs the job on another. Sealed jobs
-    are always replicated (auditing them needs the prompt sealed to the auditors too: a later step)."""
+    verify: Literal["replicate", "audit"] = "audit"
+    """How a job is verified (spec/verification.md §13). ``audit`` (the default): one worker (the prover)
+    generates, ``auditors`` other workers holding the same weights (any numerical class) re-score its
+    claimed tokens in one forward pass; a failed audit penalises the prover and re-runs the job on another.
+    Needs ``1 + auditors`` workers holding a model. ``replicate``: ``replicas`` workers of one numerical
+    class must return bit-identical outputs (§5), for engines that cannot score. A sealed job's
+    prover and auditors are workers it was sealed to (spec/sealed-mode.md §11)."""
     auditors: int = 1
     """Audit mode: auditors that must pass a claim before it is accepted (at least 1)."""
     audit_tolerance: float = DEFAULT_GAP_TOLERANCE
     """Audit mode: the largest gap (logits) an auditor accepts at any position (spec/verification.md
-    §12.2-12.3: 0.5, above the 0.44 measured between three CPU builds)."""
+    §12.2-12.3: 0.75, a 24 % margin over the largest honest gap measured across builds, 0.607)."""
     audit_credit_divisor: int = 2
     """Audit mode: an auditor earns ``ceil(max(1, n_tokens) / this) * weight`` points for scoring ``n``
     tokens, the prover ``max(1, n_tokens) * weight``. 2: scoring 128 tokens cost 0.44-0.64 of generating
     them on this project's CPUs (spec/verification.md §13.3), so an audit pays about what its compute
     costs; a job costs 1.5 units of pay instead of replication's 2."""
-    audit_full_rate: float = 1.0
+    audit_full_rate: float = 0.55
     """Audit mode: probability that a trusted prover's claim is scored in full (spec/verification.md
     §13.5); the rest are scored on a random prefix window of at least ``audit_min_positions``. Untrusted
     provers (a streak below ``min_trust_streak``, doubled per offence, or any offence on record) are always
-    scored in full. 1 (the default): every audit scores every position."""
-    audit_second_rate: float = 0.0
+    scored in full. 0.55: the share that met issue 14's goal (≤ 0.1 % wrong at ≤ 1.35 units) in the
+    simulator, also against a cheater that changes only the last token (§13.5); 1 scores every position."""
+    audit_second_rate: float = 0.02
     """Audit mode: probability, per claim, of one more auditor and a full window (a second audit, which
-    meets a lying auditor or a prover + auditor cartel). 0 (the default): none."""
+    meets a lying auditor or a prover + auditor cartel). 0.02: the measured policy's (§13.5)."""
     audit_min_positions: int = 20
     """Audit mode: a partial window scores at least the first this many positions (20: any claim that
     changes one token in 20 or more is always caught)."""
-    audit_window_skew: float = 1.0
+    audit_window_skew: float = 6.0
     """Audit mode: shape of a partial window's end beyond ``audit_min_positions``: 1 uniform; larger
-    windows are shorter on average (cheaper) and catch a cheat confined to the tail less often."""
+    windows are shorter on average (cheaper) and catch a cheat confined to the tail less often. 6: the
+    measured policy's (§13.5; on average the minimum plus a seventh of the rest)."""
     audit_offender_second: bool = False
     """Audit mode: a prover with any invalid result on record gets a second audit on every claim (spec/
     verification.md §13.6): what catches a prover + auditor cartel once the prover was caught once. Off
@@ -117,6 +120,8 @@ class CoordinatorConfig:
 
     @classmethod
     def plain(cls, **overrides: object) -> CoordinatorConfig:
-        """Plain verification: every job runs the replicas asked for, on workers chosen uniformly at
-        random, with no canaries — the baseline that experiments and tests compare against."""
-        return cls(adaptive=False, canary_rate=0.0, weighted=False, **overrides)  # type: ignore[arg-type]
+        """Plain verification: every job runs the replicas asked for (exact replication, unless
+        ``verify="audit"`` is passed), on workers chosen uniformly at random, with no canaries — the
+        baseline that experiments and tests compare against."""
+        settings: dict[str, object] = {"verify": "replicate", **overrides}
+        return cls(adaptive=False, canary_rate=0.0, weighted=False, **settings)  # type: ignore[arg-type]

@@ -71,7 +71,12 @@ class DispatchPart(CoordinatorParts):
         if any_length and not candidates:
             longest = max(self.workers[c.peer].max_job_tokens for c in any_length)
             return [FinishJob(job_id, too_long(request.model, longest).reply(job_id))]
-        if sealed and capacity(candidates) < request.replicas and self._candidates(request.model):
+        audit = self.config.verify == "audit"
+        if sealed and audit and candidates:
+            refused = self._sealed_audit_problem(request, sealed, candidates[0].contract.model_sha256)
+            if refused is not None:
+                return [FinishJob(job_id, refused.reply(job_id))]
+        elif sealed and capacity(candidates) < request.replicas and self._candidates(request.model):
             # The model is served here, only not by enough of the workers the prompt was sealed to (they
             # went offline since the quote): a fresh quote can do (spec/sealed-mode.md §5).
             offline = sorted(p for p in sealed if p not in self.workers or not self.workers[p].online)
@@ -100,24 +105,12 @@ class DispatchPart(CoordinatorParts):
                     ),
                 )
             ]
-        audit = self.config.verify == "audit" and not sealed
         available = capacity(candidates)
-        if audit:
+        if audit and not sealed:  # a sealed job's prover and auditors were checked above
             # One prover of the job's class, and auditors among every worker holding the same weights.
-            serving = {c.peer for c in self._candidates(candidates[0].contract.model_sha256)}
-            if len(serving) < 1 + self._auditors:
-                return [
-                    FinishJob(
-                        job_id,
-                        ErrorReply(
-                            "no_capacity",
-                            f"this coordinator audits every job: it needs a worker to run it and "
-                            f"{self._auditors} other(s) holding the same weights to audit it, but only "
-                            f"{len(serving)} worker(s) serve {request.model!r}; wait for workers",
-                            job_id,
-                        ),
-                    )
-                ]
+            unauditable = self._audit_capacity_problem(request.model)
+            if unauditable is not None:
+                return [FinishJob(job_id, unauditable.reply(job_id))]
         elif available < request.replicas:
             return [
                 FinishJob(
@@ -278,6 +271,11 @@ class DispatchPart(CoordinatorParts):
                 personal = msgspec.structs.replace(
                     run, sealed_prompt=job.sealed[candidate.peer], client_box_key=job.request.client_box_key
                 )
+                if job.audit:  # sealed audits: it seals its claim to the others the prompt was sealed to
+                    personal = msgspec.structs.replace(
+                        personal, readers=self._sealed_readers(job, candidate.peer)
+                    )
+                    job.readers[candidate.peer] = tuple(personal.readers)
                 effects.append(DispatchReplica(peer=candidate.peer, run=personal))
             else:
                 effects.append(DispatchReplica(peer=candidate.peer, run=run))
@@ -317,6 +315,43 @@ class DispatchPart(CoordinatorParts):
                 f"{len(job.failed)} worker(s) failed; add workers or lower replicas",
             )
         return effects
+
+    def _sealed_audit_problem(
+        self, request: SubmitJob, sealed: dict[str, bytes], model_sha256: str
+    ) -> Refusal | None:
+        """Why a sealed job cannot be audited here (spec/sealed-mode.md §11), or None. Its prover and its
+        auditors all come from the workers the prompt was sealed to (they alone can read it): too few sealed
+        to is the client's choice (``malformed``: seal to more); too few of them online holding the weights
+        is ``no_capacity`` (a fresh quote and seal can do, as for any sealed job)."""
+        needed = 1 + self._auditors
+        unauditable = self._audit_capacity_problem(model_sha256)
+        if unauditable is not None:  # too few workers here at all: no seal can help
+            return unauditable
+        if len(sealed) < needed:
+            return Refusal(
+                "malformed",
+                f"this coordinator audits every job: a sealed job needs a prover and {self._auditors} "
+                f"auditor(s) among the workers its prompt is sealed to, so at least {needed} of them, but it "
+                f"is sealed to {len(sealed)}; seal it to {needed} or more "
+                f"(Client.complete(exposure={needed}) or more; the SDK's default exposure is replicas + 2)",
+            )
+        serving = {c.peer for c in self._candidates(model_sha256, allowed=sealed)}
+        if len(serving) >= needed:
+            return None
+        offline = sorted(p for p in sealed if p not in self.workers or not self.workers[p].online)
+        return Refusal(
+            "no_capacity",
+            f"only {len(serving)} of the {len(sealed)} workers this sealed job was sealed to can run or "
+            f"audit it now, fewer than a prover and {self._auditors} auditor(s); offline: "
+            f"{', '.join(offline) or 'none'}; quote again and seal the prompt to other workers under a fresh "
+            "job id (the SDK does)",
+        )
+
+    def _sealed_readers(self, job: JobRecord, prover: str) -> list[bytes]:
+        """Keys of the workers a sealed, audited job was sealed to, but its prover: it seals its claim to
+        each, since any of them may audit it. Only registered workers (we know their keys); the prover
+        checks each against the client's own list (``SealedPrompt.readers``)."""
+        return sorted({self.workers[p].key for p in job.sealed if p != prover and p in self.workers})
 
     def _sealed_used_up(self, job: JobRecord) -> str:
         """Why a sealed job has no worker left: which of the workers it was sealed to failed or are

@@ -115,6 +115,14 @@ class JobRecord:
     tiebreak: bool = False
     """Audit mode: the current claim's auditors split, and one more auditor was (or is being) drawn to
     settle it (spec/verification.md §13.2)."""
+    readers: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    """Sealed audits: prover peer -> the keys it was asked to seal its claim to (``RunJob.readers``)."""
+    rejected: list[tuple[str, str, bytes]] = field(default_factory=list)
+    """Audit mode: (prover, auditor that failed it, output commitment) of each claim rejected so far: a
+    later prover of the same class that reproduces a rejected claim exactly settles the dispute
+    (spec/verification.md §13.7)."""
+    sealed_copies: dict[str, bytes] = field(default_factory=dict)
+    """Sealed audits: auditor that passed the current claim -> the claim it sealed to the client."""
     state: JobState = JobState.QUEUED
     """Where the job is in its lifecycle; changed only by ``state.move`` (its table says how)."""
     streams: dict[str, ReplicaStream] = field(default_factory=dict)

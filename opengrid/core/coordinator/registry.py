@@ -201,6 +201,27 @@ class RegistryPart(CoordinatorParts):
             )
         return chosen
 
+    def _audit_capacity_problem(self, model: str) -> Refusal | None:
+        """Why this coordinator cannot audit jobs of ``model`` at all (audit mode, spec/verification.md
+        §13.1): fewer than ``1 + auditors`` online workers hold its weights. None when they do, when the
+        model is not served (another refusal says so) or in replicate mode."""
+        if self.config.verify != "audit":
+            return None
+        served = choose_class(self._candidates(model))
+        if not served:
+            return None
+        holding = {c.peer for c in self._candidates(served[0].contract.model_sha256)}
+        needed = 1 + max(1, self.config.auditors)
+        if len(holding) >= needed:
+            return None
+        return Refusal(
+            "no_capacity",
+            f"this coordinator audits every job: it needs a worker to run it and {needed - 1} other(s) "
+            f"holding the same weights to audit it, but only {len(holding)} online worker(s) serve "
+            f"{model!r}; add a worker serving it, or start the coordinator with --verify replicate "
+            "(exact replication, for engines that cannot score)",
+        )
+
     def answer_quote(self, request: QuoteRequest, now: float | None = None) -> Quote | Refusal:
         """The answer to a client's ``request`` for a sealed or paid job: which workers would run it, with
         their keys, and the price per token (spec/sealed-mode.md §4); or why no quote would do (a job too
@@ -213,6 +234,9 @@ class RegistryPart(CoordinatorParts):
             any_length = self.quote(model, exposure=MAX_EXPOSURE, trusted=request.trusted)
             if len(any_length) >= replicas:  # as at submission: name the length that would do
                 return too_long(model, max(self.workers[c.peer].max_job_tokens for c in any_length))
+        unauditable = self._audit_capacity_problem(model)
+        if unauditable is not None:  # no seal or payment can help: say what would
+            return unauditable
         if len(chosen) < replicas:
             served = ", ".join(self.served_models()) or "none yet"
             if not chosen and not self.quote(model, exposure=MAX_EXPOSURE):

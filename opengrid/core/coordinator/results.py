@@ -43,6 +43,10 @@ class ResultsPart(CoordinatorParts):
         )
         if isinstance(problem, str):
             return self._on_failed(event.job_id, event.peer, problem, now, penalize=True)
+        if job.audit and job.sealed:  # a sealed claim must reach every possible auditor (sealed-mode.md §11)
+            missing = self._sealed_claims_problem(job, event.peer, event.result)
+            if missing is not None:
+                return self._on_failed(event.job_id, event.peer, missing, now, penalize=True)
         lied = self.progress_contradiction(event.job_id, event.peer, event.result.tokens)
         if lied is not None:  # its frames said one thing, its result another (spec/verification.md §14)
             return self._on_failed(event.job_id, event.peer, lied, now, penalize=True)

@@ -109,6 +109,9 @@ class CoordinatorParts(ABC):
     def served_models(self) -> list[str]: ...
 
     @abstractmethod
+    def _audit_capacity_problem(self, model: str) -> Refusal | None: ...
+
+    @abstractmethod
     def weight(self, model: str, *, max_tokens: int = 0) -> int | None: ...
 
     # ── dispatch.py: submission, queue, slots, refills ─────────────────────────────────────────────────
@@ -173,6 +176,9 @@ class CoordinatorParts(ABC):
 
     @abstractmethod
     def _replace_auditor(self, job: JobRecord, now: float) -> list[Effect]: ...
+
+    @abstractmethod
+    def _sealed_claims_problem(self, job: JobRecord, peer: str, result: ReplicaResult) -> str | None: ...
 
     # ── canaries.py: known answers and canaries ────────────────────────────────────────────────────────
 
