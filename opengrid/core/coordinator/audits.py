@@ -16,7 +16,7 @@ from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify
 from opengrid.core.audit_policy import AuditPlan, scored_positions
 from opengrid.core.audit_policy import plan as plan_audit
 from opengrid.core.coordinator.payments import payouts_in_order
-from opengrid.core.coordinator.records import JobRecord
+from opengrid.core.coordinator.records import JobRecord, audit_job_for
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.effects import (
@@ -189,21 +189,12 @@ class AuditsPart(CoordinatorParts):
     def _audit_job(self, job: JobRecord) -> AuditJob:
         """The AuditJob for the job's current claim: the prover's tokens under its contract's sampler."""
         result, _ = job.results[job.prover]
-        contract = job.contract
-        greedy = contract.greedy
-        return AuditJob(
-            job_id=job.request.job_id,
-            contract=contract,
-            prompt=job.request.prompt,
+        return audit_job_for(
+            job,
+            tolerance=self.config.audit_tolerance,
             tokens=list(result.tokens),
             text=result.text,
             finish_reason=result.finish_reason,
-            format=job.request.format,
-            temperature=0.0 if greedy else contract.temperature,
-            top_k=0 if greedy else max(0, contract.top_k),
-            top_p=1.0 if greedy else contract.top_p_value,
-            seed=0 if greedy else contract.seed,
-            tolerance=self.config.audit_tolerance,
             score_end=job.plan.score_end if job.plan is not None else 0,
         )
 

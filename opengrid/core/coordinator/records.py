@@ -189,3 +189,36 @@ class Canary:
     wall_ms: int = 0
     """A canary audit: the wall-clock time of the client job whose audits it went with (its receipt's
     ``issued_at_ms``, so the receipt looks like that job's)."""
+
+
+def audit_job_for(
+    job: JobRecord,
+    *,
+    tolerance: float,
+    tokens: list[int],
+    text: str,
+    finish_reason: str,
+    score_end: int = 0,
+    chunked: bool = False,
+) -> AuditJob:
+    """The AuditJob for ``job``'s claim (the given tokens, text and finish reason; empty for a chunked
+    audit, whose claim follows in AuditChunks) under the job's contract and its sampler: greedy values for a
+    greedy contract, the contract's own otherwise (an auditor refuses a sampler that is not its contract's)."""
+    contract = job.contract
+    greedy = contract.greedy
+    return AuditJob(
+        job_id=job.request.job_id,
+        contract=contract,
+        prompt=job.request.prompt,
+        tokens=tokens,
+        text=text,
+        finish_reason=finish_reason,
+        format=job.request.format,
+        temperature=0.0 if greedy else contract.temperature,
+        top_k=0 if greedy else max(0, contract.top_k),
+        top_p=1.0 if greedy else contract.top_p_value,
+        seed=0 if greedy else contract.seed,
+        tolerance=tolerance,
+        score_end=score_end,
+        chunked=chunked,
+    )

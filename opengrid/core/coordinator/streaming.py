@@ -41,7 +41,7 @@ most one position per stored token, each step looking at the job's replicas once
 from __future__ import annotations
 
 from opengrid.core.audit_policy import AuditPlan
-from opengrid.core.coordinator.records import ChunkedClaim, JobRecord, ReplicaStream
+from opengrid.core.coordinator.records import ChunkedClaim, JobRecord, ReplicaStream, audit_job_for
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobState
 from opengrid.core.effects import CancelReplica, Effect, ForwardVerified, Penalize, SendAuditChunk
@@ -251,22 +251,8 @@ class StreamingPart(CoordinatorParts):
         claim = job.chunked
         if claim is None or claim.prover != job.prover:
             return None
-        contract = job.contract
-        greedy = contract.greedy
-        return AuditJob(
-            job_id=job.request.job_id,
-            contract=contract,
-            prompt=job.request.prompt,
-            tokens=[],
-            text="",
-            finish_reason="",
-            format=job.request.format,
-            temperature=0.0 if greedy else contract.temperature,
-            top_k=0 if greedy else max(0, contract.top_k),
-            top_p=1.0 if greedy else contract.top_p_value,
-            seed=0 if greedy else contract.seed,
-            tolerance=self.config.audit_tolerance,
-            chunked=True,
+        return audit_job_for(
+            job, tolerance=self.config.audit_tolerance, tokens=[], text="", finish_reason="", chunked=True
         )
 
     def _audit_claim(self, job: JobRecord, now: float) -> list[Effect]:
