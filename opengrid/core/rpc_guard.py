@@ -23,7 +23,7 @@ from enum import IntEnum
 
 from opengrid.errors import RemoteProtocolError
 
-__all__ = ["ALLOWED_COMMANDS", "MAX_CONTROL_BYTES", "RpcCommand", "RpcGuard", "RpcRefused"]
+__all__ = ["ALLOWED_COMMANDS", "MAX_CONTROL_BYTES", "Allocations", "RpcCommand", "RpcGuard", "RpcRefused"]
 
 
 class RpcCommand(IntEnum):
@@ -67,14 +67,23 @@ class RpcRefused(RemoteProtocolError):
 
 
 @dataclass
-class RpcGuard:
-    """Feed it the head's bytes in order; it raises :class:`RpcRefused` at the first refused request.
+class Allocations:
+    """Bytes of buffers a session's head asked for so far, over all its tunnels (never decreases, see the
+    module docstring)."""
 
-    ``budget_bytes`` is what the member agreed to hold for the session (its ``--max-memory`` share)."""
+    bytes: int = 0
+
+
+@dataclass
+class RpcGuard:
+    """Feed it one tunnel's head -> member bytes in order; it raises :class:`RpcRefused` at the first
+    refused request.
+
+    ``budget_bytes`` is what the member agreed to hold for the session (its ``--max-memory`` share);
+    ``account`` is the session's, shared by the guards of all its tunnels."""
 
     budget_bytes: int
-    allocated: int = 0
-    """Bytes of buffers the head asked for so far (never decreases, see the module docstring)."""
+    account: Allocations = field(default_factory=Allocations)
     requests: int = 0
     _need: int = _HEADER
     _header: bytearray = field(default_factory=bytearray)
@@ -101,6 +110,11 @@ class RpcGuard:
             self._body_left -= take
             if self._body_left == 0:
                 self._finish()
+
+    @property
+    def allocated(self) -> int:
+        """Bytes allocated in the session so far."""
+        return self.account.bytes
 
     def _start(self, header: bytes) -> None:
         code = header[0]
@@ -129,11 +143,11 @@ class RpcGuard:
             if len(self._body) != 12:
                 raise RpcRefused(f"a ggml-rpc ALLOC_BUFFER body is 12 bytes, got {len(self._body)}")
             size = int.from_bytes(self._body[4:12], "little")
-            if self.allocated + size > self.budget_bytes:
+            if self.account.bytes + size > self.budget_bytes:
                 raise RpcRefused(
-                    f"the head asked for a {size}-byte buffer after {self.allocated} bytes; this member "
+                    f"the head asked for a {size}-byte buffer after {self.account.bytes} bytes; this member "
                     f"agreed to hold {self.budget_bytes} bytes for the session"
                 )
-            self.allocated += size
+            self.account.bytes += size
         self._command = None
         self._body.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opengrid.core.rpc_guard import MAX_CONTROL_BYTES, RpcCommand, RpcGuard, RpcRefused
+from opengrid.core.rpc_guard import MAX_CONTROL_BYTES, Allocations, RpcCommand, RpcGuard, RpcRefused
 
 
 def request(command: int, body: bytes) -> bytes:
@@ -57,3 +57,11 @@ def test_announced_lengths_are_bounded_before_any_body_arrives() -> None:
 def test_malformed_alloc_is_refused() -> None:
     with pytest.raises(RpcRefused, match="12 bytes"):
         RpcGuard(1000).feed(request(RpcCommand.ALLOC_BUFFER, b"\0" * 4))
+
+
+def test_a_sessions_tunnels_share_one_budget() -> None:
+    account = Allocations()
+    first, second = RpcGuard(1000, account), RpcGuard(1000, account)
+    first.feed(alloc(600))
+    with pytest.raises(RpcRefused, match="after 600 bytes"):
+        second.feed(alloc(500))
