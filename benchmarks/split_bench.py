@@ -169,11 +169,12 @@ def main() -> int:
     report["single_tokens_per_s"] = single
     print(f"{model.name}: one process {single:.1f} tokens/s")
     for ways in (int(w) for w in args.ways.split(",")):
-        # Everyone offers an even share (plus scratch): the planner then needs all of them.
-        layers = fp.total_bytes - fp.input_bytes - 32 * MIB
-        share = layers // ways + 2 * max(fp.layer_bytes[0], fp.output_bytes) + 32 * MIB
+        # Everyone offers an even share of the layers (plus a layer, and scratch): fewer than ``ways``
+        # processes cannot hold them, so the planner needs them all. The head also holds the input and
+        # output layers.
+        share = sum(fp.layer_bytes) // ways + max(fp.layer_bytes) + 32 * MIB
         with members(ways - 1, share, args.threads) as procs:
-            head = SplitCandidate("head", share + fp.input_bytes)
+            head = SplitCandidate("head", share + fp.input_bytes + fp.output_bytes)
             plan = plan_split(fp, head, [SplitCandidate(a.rsplit("/p2p/", 1)[1], share) for _, a in procs])
             if len(plan.members) != ways - 1:
                 raise SystemExit(f"the planner used {len(plan.members)} members, not {ways - 1}")
@@ -183,7 +184,7 @@ def main() -> int:
         per_token_tunnel_ms = 1000 / t["tokens_per_s"] - 1000 / d["tokens_per_s"]
         entry = {
             "head_layers": plan.head_layers,
-            "member_units": [m.count for m in plan.members],
+            "member_layers": [m.count for m in plan.members],
             "tunnel_tokens_per_s": t["tokens_per_s"],
             "direct_tokens_per_s": d["tokens_per_s"],
             "ratio_to_single": t["tokens_per_s"] / single,
@@ -195,7 +196,7 @@ def main() -> int:
         }
         report["ways"][str(ways)] = entry
         print(
-            f"{ways}-way (head {plan.head_layers} layers, members {entry['member_units']} units): "
+            f"{ways}-way (head {plan.head_layers} layers, members {entry['member_layers']} layers): "
             f"tunnel {t['tokens_per_s']:.1f} tokens/s ({entry['ratio_to_single']:.2f}x one process), "
             f"direct {d['tokens_per_s']:.1f}; tunnel cost {per_token_tunnel_ms:.2f} ms/token "
             f"({entry['tunnel_ms_per_token_per_hop']:.2f} per hop); load {t['load_s']:.1f} s; "

@@ -1,23 +1,29 @@
-"""A member's check of the ggml-rpc requests its head sends through the tunnel (spec/split.md §5): sans-IO.
+"""A member's check of the ggml-rpc traffic its head sends through the tunnel (spec/split.md §5): sans-IO.
 
 llama.cpp's RPC server trusts its client: it allocates whatever size it is asked for and reads whatever
 length a request announces. The member's end of the tunnel therefore parses the request stream (head ->
-member; responses are not inspected) and cuts the tunnel at the first request that
+member) and cuts the tunnel at the first request that
 
-- names a command outside the ones a head needs (``ALLOWED_COMMANDS``),
+- names a command outside protocol 7 (``ALLOWED_COMMANDS``),
 - announces a body larger than the session's byte budget, or larger than ``MAX_CONTROL_BYTES`` for a
   command that carries no tensor data,
-- asks for a buffer that would take the session's allocations over its budget. Allocations are counted
-  cumulatively, frees are not credited back (the server's reply, which names the freed buffer's size, is
-  not parsed): a conservative count; a head re-allocates scratch rarely, and the planner leaves room.
+- asks for a buffer that would take the session's live buffers over its budget.
 
-Request framing (ggml-rpc protocol 7, the version llama-cpp-python 0.3.36 vendors):
-``| command: u8 | body length: u64 little-endian | body |``; ALLOC_BUFFER's body is
-``| device: u32 | size: u64 |``.
+Live buffers are counted from the server's answers (member -> head, parsed too): an ALLOC_BUFFER answer
+names the buffer and its size, FREE_BUFFER gives it back, and a closed connection gives back all of its
+buffers (the server frees them). llama.cpp re-allocates its scratch as the context grows (FREE then a
+bigger ALLOC), so counting allocations without frees cut honest heads after a few dozen tokens.
+
+Framing (ggml-rpc protocol 7, the version llama-cpp-python 0.3.36 vendors): a request is
+``| command: u8 | body length: u64 little-endian | body |``, an answer ``| length: u64 le | body |``, sent
+for the commands in ``_ANSWERED`` only, in request order. ALLOC_BUFFER's body is ``| device: u32 | size:
+u64 |`` and its answer ``| remote_ptr: u64 | remote_size: u64 |``; FREE_BUFFER's body is ``| remote_ptr:
+u64 |``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -49,12 +55,33 @@ class RpcCommand(IntEnum):
     MEMSET_TENSOR = 17
 
 
-ALLOWED_COMMANDS = frozenset(RpcCommand) - {RpcCommand.SET_TENSOR_HASH}
-"""Every command but SET_TENSOR_HASH, which asks the server to load a tensor from its local file cache
-(members run without one, so it would only ever fail)."""
+ALLOWED_COMMANDS = frozenset(RpcCommand)
+"""The commands of protocol 7. SET_TENSOR_HASH (load a tensor from the server's file cache) is among them:
+the head's llama.cpp sends it first for every tensor over 10 MB, and a member's server, which runs without
+a cache directory, answers "not cached", after which the head sends the data."""
 
 _DATA_COMMANDS = frozenset({RpcCommand.SET_TENSOR, RpcCommand.GRAPH_COMPUTE})
 """Commands whose body carries tensor data or a whole graph: bounded by the session budget only."""
+
+_ANSWERED = frozenset(
+    {
+        RpcCommand.HELLO,
+        RpcCommand.DEVICE_COUNT,
+        RpcCommand.ALLOC_BUFFER,
+        RpcCommand.GET_ALLOC_SIZE,
+        RpcCommand.GET_ALIGNMENT,
+        RpcCommand.GET_MAX_SIZE,
+        RpcCommand.BUFFER_GET_BASE,
+        RpcCommand.SET_TENSOR_HASH,
+        RpcCommand.GET_TENSOR,
+        RpcCommand.COPY_TENSOR,
+        RpcCommand.GET_DEVICE_MEMORY,
+    }
+)
+"""Commands the server answers (ggml-rpc.cpp ``rpc_serve_client``); the others get no answer."""
+
+_KEPT_BODIES = frozenset({RpcCommand.ALLOC_BUFFER, RpcCommand.FREE_BUFFER})
+"""Requests whose bodies the guard reads (the rest are only counted and skipped)."""
 
 MAX_CONTROL_BYTES = 64 * 1024
 """The largest body of any other command (the biggest, GET_ALLOC_SIZE, is ~3.5 KB)."""
@@ -68,16 +95,16 @@ class RpcRefused(RemoteProtocolError):
 
 @dataclass
 class Allocations:
-    """Bytes of buffers a session's head asked for so far, over all its tunnels (never decreases, see the
-    module docstring)."""
+    """Bytes of live buffers a session's head holds on the member, over all its tunnels."""
 
     bytes: int = 0
 
 
 @dataclass
 class RpcGuard:
-    """Feed it one tunnel's head -> member bytes in order; it raises :class:`RpcRefused` at the first
-    refused request.
+    """One tunnel's guard: feed it the head -> member bytes (:meth:`feed`) and the member -> head bytes
+    (:meth:`feed_answer`) in order; it raises :class:`RpcRefused` at the first refused request. Call
+    :meth:`close` when the tunnel ends.
 
     ``budget_bytes`` is what the member agreed to hold for the session (its ``--max-memory`` share);
     ``account`` is the session's, shared by the guards of all its tunnels."""
@@ -85,11 +112,23 @@ class RpcGuard:
     budget_bytes: int
     account: Allocations = field(default_factory=Allocations)
     requests: int = 0
-    _need: int = _HEADER
     _header: bytearray = field(default_factory=bytearray)
     _body_left: int = 0
     _command: RpcCommand | None = None
     _body: bytearray = field(default_factory=bytearray)
+    _awaiting: deque[tuple[RpcCommand, int]] = field(default_factory=deque)
+    """Requests whose answers have not arrived: (command, size asked for, for ALLOC_BUFFER)."""
+    _buffers: dict[int, int] = field(default_factory=dict)
+    """This connection's live buffers: remote pointer -> size."""
+    _answer_header: bytearray = field(default_factory=bytearray)
+    _answer_left: int = 0
+    _answer_body: bytearray = field(default_factory=bytearray)
+    _answering: tuple[RpcCommand, int] | None = None
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of the session's live buffers."""
+        return self.account.bytes
 
     def feed(self, data: bytes | memoryview) -> None:
         """Check the next bytes of the head -> member stream (any split of the stream into chunks)."""
@@ -104,17 +143,47 @@ class RpcGuard:
                     self._header.clear()
                 continue
             take = min(len(view), self._body_left)
-            if self._command is RpcCommand.ALLOC_BUFFER:
+            if self._command in _KEPT_BODIES:
                 self._body += view[:take]
             view = view[take:]
             self._body_left -= take
             if self._body_left == 0:
                 self._finish()
 
-    @property
-    def allocated(self) -> int:
-        """Bytes allocated in the session so far."""
-        return self.account.bytes
+    def feed_answer(self, data: bytes | memoryview) -> None:
+        """Follow the next bytes of the member -> head stream: the server's answers, in request order."""
+        view = memoryview(data)
+        while view:
+            if self._answering is None:
+                take = min(len(view), 8 - len(self._answer_header))
+                self._answer_header += view[:take]
+                view = view[take:]
+                if len(self._answer_header) == 8:
+                    if not self._awaiting:
+                        raise RpcRefused("the RPC server answered a request that was never sent")
+                    self._answering = self._awaiting.popleft()
+                    self._answer_left = int.from_bytes(self._answer_header, "little")
+                    self._answer_header.clear()
+                    self._answer_body.clear()
+                    if self._answer_left == 0:
+                        self._answered()
+                continue
+            take = min(len(view), self._answer_left)
+            if self._answering[0] is RpcCommand.ALLOC_BUFFER:
+                self._answer_body += view[:take]
+            view = view[take:]
+            self._answer_left -= take
+            if self._answer_left == 0:
+                self._answered()
+
+    def close(self) -> None:
+        """The tunnel ended: the server frees every buffer of the connection."""
+        self.account.bytes -= sum(self._buffers.values())
+        self.account.bytes -= sum(
+            asked for command, asked in self._awaiting if command is RpcCommand.ALLOC_BUFFER
+        )
+        self._buffers.clear()
+        self._awaiting.clear()
 
     def _start(self, header: bytes) -> None:
         code = header[0]
@@ -139,15 +208,36 @@ class RpcGuard:
             self._finish()
 
     def _finish(self) -> None:
-        if self._command is RpcCommand.ALLOC_BUFFER:
+        command = self._command
+        assert command is not None
+        asked = 0
+        if command is RpcCommand.ALLOC_BUFFER:
             if len(self._body) != 12:
                 raise RpcRefused(f"a ggml-rpc ALLOC_BUFFER body is 12 bytes, got {len(self._body)}")
-            size = int.from_bytes(self._body[4:12], "little")
-            if self.account.bytes + size > self.budget_bytes:
+            asked = int.from_bytes(self._body[4:12], "little")
+            if self.account.bytes + asked > self.budget_bytes:
                 raise RpcRefused(
-                    f"the head asked for a {size}-byte buffer after {self.account.bytes} bytes; this member "
-                    f"agreed to hold {self.budget_bytes} bytes for the session"
+                    f"the head asked for a {asked}-byte buffer while holding {self.account.bytes} bytes; "
+                    f"this member agreed to hold {self.budget_bytes} bytes for the session"
                 )
-            self.account.bytes += size
+            self.account.bytes += asked  # reserved now; settled when the answer names the real size
+        elif command is RpcCommand.FREE_BUFFER and len(self._body) == 8:
+            self.account.bytes -= self._buffers.pop(int.from_bytes(self._body, "little"), 0)
+        if command in _ANSWERED:
+            self._awaiting.append((command, asked))
         self._command = None
         self._body.clear()
+
+    def _answered(self) -> None:
+        answering = self._answering
+        assert answering is not None
+        command, asked = answering
+        if command is RpcCommand.ALLOC_BUFFER:
+            body = bytes(self._answer_body)
+            pointer = int.from_bytes(body[0:8], "little") if len(body) == 16 else 0
+            size = int.from_bytes(body[8:16], "little") if len(body) == 16 else 0
+            self.account.bytes -= asked
+            if pointer:  # 0: the server could not allocate; nothing is held
+                self.account.bytes += size
+                self._buffers[pointer] = size
+        self._answering = None

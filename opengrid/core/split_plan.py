@@ -1,10 +1,12 @@
 """Which nodes run a model too big for one, and which layers each holds: a pure policy (spec/split.md §3).
 
-A *split group* is a head (which holds the input embeddings and, optionally, the first layers) and
-*members* (each holds a contiguous run of the remaining layers; the last one also holds the output
-layer). llama.cpp's RPC backend routes every activation through the head (a star: the head reads a
-member's output and writes it into the next member), so the round trip that matters is head <-> member,
-once per member per token; a member farther than ``max_rtt_ms`` from the head is never chosen.
+A *split group* is a head (which holds the input embeddings, the output layer and, optionally, the first
+layers) and *members* (each holds a contiguous run of the remaining layers). The output layer stays on the
+head so that only one hidden state per token crosses to and from each member, never the logits (a whole
+vocabulary per token, and a logits buffer of n_batch x n_vocab floats on the member: 96 MiB for SmolLM2).
+llama.cpp's RPC backend routes every activation through the head (a star: the head reads a member's output
+and writes it into the next member), so the round trip that matters is head <-> member, once per member per
+token; a member farther than ``max_rtt_ms`` from the head is never chosen.
 
 The policy, in order:
 
@@ -50,8 +52,8 @@ class ModelFootprint:
     layer_bytes: tuple[int, ...]
     """Per repeating layer: weights plus its share of the KV cache."""
     output_bytes: int
-    """The output layer (final norm and output matrix, or the tied embeddings again): placed with the
-    last layer's device, as llama.cpp does."""
+    """The output layer (final norm and output matrix, or the tied embeddings again) and its logits
+    scratch: always on the head."""
     overhead_bytes: int = 64 * 1024 * 1024
     """Scratch (compute buffers) each participant needs on top of its layers."""
 
@@ -77,8 +79,8 @@ class ModelFootprint:
         return self.input_bytes + sum(self.layer_bytes) + self.output_bytes + self.overhead_bytes
 
     def unit_bytes(self, unit: int) -> int:
-        """Bytes of placement unit ``unit``: layers ``0 .. n_layers - 1``, then the output layer."""
-        return self.layer_bytes[unit] if unit < self.n_layers else self.output_bytes
+        """Bytes of placement unit (layer) ``unit``."""
+        return self.layer_bytes[unit]
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,7 @@ class SplitCandidate:
 
 @dataclass(frozen=True)
 class MemberShare:
-    """One member's part of a plan: placement units ``first .. first + count - 1`` (unit ``n_layers`` is
-    the output layer)."""
+    """One member's part of a plan: layers ``first .. first + count - 1``."""
 
     peer: str
     first: int
@@ -120,17 +121,24 @@ class SplitPlan:
 
     @property
     def tensor_split(self) -> tuple[float, ...]:
-        """llama.cpp's ``tensor_split`` over the members' devices: units per member (its layer split
-        gives device j exactly ``count_j`` of the offloaded units, in order)."""
-        return tuple(float(m.count) for m in self.members)
+        """llama.cpp's ``tensor_split`` over the members' devices: layers per member, the last one + 1
+        for the output layer, which llama.cpp assigns to the last device and the split runner keeps on
+        the head's CPU by a tensor override (its layer split gives device j exactly these counts)."""
+        counts = [float(m.count) for m in self.members]
+        if counts:
+            counts[-1] += 1.0
+        return tuple(counts)
 
     @property
     def offloaded(self) -> int:
-        """llama.cpp's ``n_gpu_layers``: the units not on the head (layers + the output layer)."""
-        return sum(m.count for m in self.members)
+        """llama.cpp's ``n_gpu_layers``: the members' layers, + 1 for the output layer (see
+        ``tensor_split``); 0 when the head holds everything."""
+        total = sum(m.count for m in self.members)
+        return total + 1 if total else 0
 
     def layer_share(self, peer: str) -> int:
-        """Units ``peer`` runs in this plan (what it is credited for; the head's input layer is free)."""
+        """Layers ``peer`` runs in this plan (what it is credited for; the head's input and output layers
+        are not counted)."""
         if peer == self.head:
             return self.head_layers
         return sum(m.count for m in self.members if m.peer == peer)
@@ -148,7 +156,7 @@ def plan_split(
     :class:`NoCapacityError` saying how much memory is missing when no subset fits.
 
     ``max_members`` is llama.cpp's limit on RPC servers (GGML_RPC_MAX_SERVERS, 16)."""
-    n_units = footprint.n_layers + 1
+    n_units = footprint.n_layers
     cheapest = min(footprint.unit_bytes(u) for u in range(n_units)) + footprint.overhead_bytes
     usable = sorted(
         (
@@ -158,12 +166,13 @@ def plan_split(
         ),
         key=lambda c: (-c.free_bytes, c.rtt_ms, c.peer),
     )
-    # The head holds the input layer (and scratch) whatever else it runs.
-    head_room = max(0, head.free_bytes - footprint.input_bytes - footprint.overhead_bytes)
-    if head.free_bytes < footprint.input_bytes + footprint.overhead_bytes:
+    # The head holds the input and output layers (and scratch) whatever else it runs.
+    fixed = footprint.input_bytes + footprint.output_bytes + footprint.overhead_bytes
+    head_room = max(0, head.free_bytes - fixed)
+    if head.free_bytes < fixed:
         raise NoCapacityError(
-            f"the head {head.peer} offers {_mib(head.free_bytes)} but must hold the model's input layer and "
-            f"scratch ({_mib(footprint.input_bytes + footprint.overhead_bytes)}); give it more --max-memory"
+            f"the head {head.peer} offers {_mib(head.free_bytes)} but must hold the model's input and output "
+            f"layers and scratch ({_mib(fixed)}); give it more --max-memory"
         )
     needed = sum(footprint.unit_bytes(u) for u in range(n_units))
     for k in range(0, min(len(usable), max_members) + 1):  # 0: the head holds it alone
@@ -180,14 +189,13 @@ def plan_split(
             used = sum(footprint.unit_bytes(u) for u in range(first, first + count))
             members.append(MemberShare(cand.peer, first, count, used + footprint.overhead_bytes))
             first += count
-        head_bytes = footprint.input_bytes + footprint.overhead_bytes
-        head_bytes += sum(footprint.layer_bytes[: counts[0]])
+        head_bytes = fixed + sum(footprint.layer_bytes[: counts[0]])
         return SplitPlan(head.peer, counts[0], head_bytes, tuple(members), footprint.n_layers)
     offered = head_room + sum(c.free_bytes - footprint.overhead_bytes for c in usable[:max_members])
     far = sum(1 for c in candidates if c.peer != head.peer and c.rtt_ms > max_rtt_ms)
     raise NoCapacityError(
         f"the model needs {_mib(footprint.total_bytes)} in all; the head and {len(usable)} usable members "
-        f"offer {_mib(offered + footprint.input_bytes + footprint.overhead_bytes)}"
+        f"offer {_mib(offered + fixed)}"
         + (f" ({far} more are over the {max_rtt_ms:.0f} ms round-trip bound)" if far else "")
         + "; wait for more members, or raise their --max-memory"
     )
@@ -212,8 +220,8 @@ def replan(
 
 def _place(footprint: ModelFootprint, rooms: Sequence[int]) -> list[int] | None:
     """Units per participant (head first), contiguous, in proportion to ``rooms``, none over its room;
-    None when no such placement exists. The last participant always gets the output unit."""
-    n_units = footprint.n_layers + 1
+    None when no such placement exists."""
+    n_units = footprint.n_layers
     total_room = sum(rooms)
     if total_room <= 0:
         return None

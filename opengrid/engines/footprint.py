@@ -3,7 +3,10 @@
 Read from the file's tensor table and metadata (no weights are loaded): each ``blk.N.*`` tensor counts
 for layer N, ``token_embd`` for the input layer, ``output``/``output_norm`` for the output layer (a model
 with tied embeddings gets the embedding matrix again there, as llama.cpp places a copy with the output
-layer). Each layer also holds its KV cache at ``n_ctx`` (f16 keys and values: the contract's cache type).
+layer). Each layer also holds its KV cache at ``n_ctx`` (f16 keys and values: the contract's cache type),
+and the output layer its logits scratch: ``n_batch`` rows of ``n_vocab`` floats, which llama.cpp allocates
+on the device holding the output layer (96 MiB for SmolLM2's 49,152 tokens at n_batch 512: more than its
+output matrix; measured with the RPC backend).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ def _field_int(reader: object, key: str) -> int | None:
 
 
 def model_footprint(
-    path: pathlib.Path, *, n_ctx: int, overhead_bytes: int = 64 * 1024 * 1024
+    path: pathlib.Path, *, n_ctx: int, n_batch: int = 512, overhead_bytes: int = 64 * 1024 * 1024
 ) -> ModelFootprint:
-    """The footprint of the GGUF at ``path`` with a KV cache of ``n_ctx`` tokens; EngineError if the file
-    is not a GGUF with repeating layers."""
+    """The footprint of the GGUF at ``path`` with a KV cache of ``n_ctx`` tokens, evaluated in batches of
+    ``n_batch`` (the contract's 512, capped at ``n_ctx`` as the engine does); EngineError if the file is
+    not a GGUF with repeating layers."""
     import gguf  # the node extra's; imported here so the planner's users without it still import us
 
     try:
@@ -53,6 +57,7 @@ def model_footprint(
     kv_per_layer = 2 * n_ctx * n_head_kv * head_dim * _KV_BYTES
     layers = [0] * n_layer
     input_bytes = output_bytes = 0
+    n_vocab = 0
     has_output = False
     for tensor in reader.tensors:
         size = int(tensor.n_bytes)
@@ -61,11 +66,13 @@ def model_footprint(
             layers[int(match.group(1))] += size
         elif tensor.name.startswith("token_embd"):
             input_bytes += size
+            n_vocab = int(tensor.shape[-1])  # ne = {n_embd, n_vocab}
         elif tensor.name.startswith("output"):
             output_bytes += size
             has_output = has_output or tensor.name.startswith("output.")
     if not has_output:
         output_bytes += input_bytes  # tied embeddings: llama.cpp puts a copy with the output layer
+    output_bytes += min(n_batch, n_ctx) * n_vocab * 4  # f32 logits of one batch
     return ModelFootprint(
         input_bytes=input_bytes,
         layer_bytes=tuple(b + kv_per_layer for b in layers),

@@ -22,7 +22,7 @@ import llama_cpp
 
 from opengrid.errors import EngineError
 
-__all__ = ["RPC_LIBRARY", "library_dir", "rpc_available", "rpc_devices", "serve_forever"]
+__all__ = ["RPC_LIBRARY", "cpu_buffer_type", "library_dir", "rpc_available", "rpc_devices", "serve_forever"]
 
 RPC_LIBRARY = "libggml-rpc.so"
 _DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type: GGML_BACKEND_DEVICE_TYPE_CPU
@@ -68,7 +68,18 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL, ctypes.CDLL]:
     base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
     base.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     base.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
+    base.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
     return rpc, ggml, base
+
+
+def cpu_buffer_type() -> int:
+    """The CPU device's buffer type (a pointer): what a tensor override names to keep tensors here."""
+    _rpc, ggml, base = _libs()
+    cpu = ggml.ggml_backend_dev_by_type(_DEVICE_TYPE_CPU)
+    if not cpu:
+        raise EngineError("llama.cpp has no CPU device in this process")
+    return int(base.ggml_backend_dev_buffer_type(cpu))
 
 
 def rpc_devices(endpoint: str) -> list[int]:

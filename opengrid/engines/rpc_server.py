@@ -2,7 +2,8 @@
 
 It binds to 127.0.0.1 only, on a port it picks (the kernel's ephemeral range), and writes
 ``port <N>`` as its first line on stdout before serving; everything else it prints (ggml's start-up
-lines) follows. The node that started it connects to it through the split tunnel (opengrid/net/split.py)
+lines) follows. It exits when its stdin closes (the node that started it holds the pipe). That node
+connects to it through the split tunnel (opengrid/net/split.py)
 and ends it by killing the process when the session ends: ggml's server loop never returns.
 """
 
@@ -24,19 +25,19 @@ def _free_port() -> int:
 
 
 def die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (a killed member node must not leave a server
-    holding memory and a port behind); elsewhere a no-op. Linux means the parent *thread*: members start
-    servers from the node's trio thread, which lives as long as the node."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
+    """End this process when the node that started it goes away: its stdin (a pipe the node holds) then
+    reads EOF. A killed member node must not leave a server holding memory and a port behind.
 
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
+    Not PR_SET_PDEATHSIG: Linux sends it when the parent *thread* ends, and trio starts processes from a
+    worker thread that exits after ~10 s idle, which killed healthy servers mid-session."""
+    import threading
+
+    def watch() -> None:
+        while os.read(0, 4096):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import subprocess
 import sys
@@ -43,6 +44,8 @@ __all__ = ["SPLIT_BACKEND", "SplitEngine"]
 
 SPLIT_BACKEND = "llama.cpp+rpc"
 """The numerical class of a split group: llama.cpp's CPU kernels, with layers on several machines."""
+
+_ERROR_LINE = re.compile(r"error|abort|assert|failed|crashed|Traceback|Exception", re.IGNORECASE)
 
 MAX_RUNNER_FRAME = 64 * 1024 * 1024
 """The largest reply a runner may send (a scoring of a long claim is the biggest)."""
@@ -324,11 +327,20 @@ class SplitEngine:
         )
 
     def _stderr_tail(self, limit: int = 600) -> str:
+        """What the runner said last: its error lines if any (ggml prints a backtrace after them), else
+        its last bytes."""
         with contextlib.suppress(OSError, ValueError):
             self._stderr.seek(0, os.SEEK_END)
             size = self._stderr.tell()
-            self._stderr.seek(max(0, size - limit))
-            return self._stderr.read().decode("utf-8", errors="replace").strip().replace("\n", " | ")
+            self._stderr.seek(max(0, size - 64 * 1024))
+            lines = self._stderr.read().decode("utf-8", errors="replace").splitlines()
+            errors = [
+                line.strip()
+                for line in lines
+                if _ERROR_LINE.search(line) and not line.startswith(("#", "[", "warning: "))
+            ]
+            text = " | ".join(errors[-3:]) if errors else " | ".join(lines)[-limit:]
+            return text[-limit:]
         return ""
 
     def _kill(self) -> None:

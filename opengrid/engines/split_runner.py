@@ -39,6 +39,13 @@ if TYPE_CHECKING:
     from opengrid.engines.llama import LlamaEngine
 
 
+class _Override(ctypes.Structure):
+    """``struct llama_model_tensor_buft_override`` (llama.h): tensors whose name matches ``pattern`` go
+    to buffer type ``buft`` (not bound by llama-cpp-python 0.3.36)."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
 _KEEP_ALIVE: list[object] = []
 """The device and split arrays of the loaded model: llama.cpp borrows them for the process's life."""
 
@@ -49,7 +56,7 @@ def _load(request: RunnerLoad) -> LlamaEngine:
     import llama_cpp.llama_cpp as low
 
     from opengrid.engines.base import ModelInfo
-    from opengrid.engines.ggml_rpc import rpc_devices
+    from opengrid.engines.ggml_rpc import cpu_buffer_type, rpc_devices
     from opengrid.engines.llama import LlamaEngine
 
     devices: list[int] = []
@@ -63,9 +70,16 @@ def _load(request: RunnerLoad) -> LlamaEngine:
     # devices and split. This process loads one model, once: nothing else sees the substitute.
     original = low.llama_model_default_params
 
+    # The output layer stays on the head (spec/split.md §1): llama.cpp assigns it to the last device, and
+    # this override (llama_model_params.tensor_buft_overrides, a regex per tensor name, NULL-terminated)
+    # puts its tensors in CPU memory, so the head computes the logits and only a hidden state per token
+    # crosses each tunnel. token_embd is the output matrix of models with tied embeddings.
+    overrides = (_Override * 2)(_Override(b"^output|^token_embd", cpu_buffer_type()), _Override(None, None))
+
     def params_with_devices() -> low.llama_model_params:
         params: low.llama_model_params = original()
         if devices:
+            params.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)  # type: ignore[assignment]
             # the binding declares the field c_void_p (its stub says an array): a pointer to ours
             params.devices = ctypes.cast(device_array, ctypes.c_void_p)  # type: ignore[assignment]
             params.tensor_split = split_array
@@ -81,7 +95,7 @@ def _load(request: RunnerLoad) -> LlamaEngine:
         )
     finally:
         low.llama_model_default_params = original
-    _KEEP_ALIVE.extend((device_array, split_array))
+    _KEEP_ALIVE.extend((device_array, split_array, overrides))
     return engine
 
 

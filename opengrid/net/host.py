@@ -494,7 +494,8 @@ class FrameStream:
             raise LocalProtocolError("read_raw called inside a frame; finish the frame first")
         try:
             return bytes(await self._stream.read(max_bytes))
-        except Exception:  # StreamEOF, StreamReset, a closed connection: the tunnel's end
+        except Exception as exc:  # StreamEOF, StreamReset, a closed connection: the tunnel's end
+            log.debug("tunnel read from %s ended: %r", self.peer, exc)
             return b""
 
     async def write_raw(self, data: bytes) -> None:

@@ -254,8 +254,9 @@ class SplitMember:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         process = await trio.lowlevel.open_process(
             [self._python, "-m", "opengrid.engines.rpc_server", str(self.limits.rpc_threads)],
+            stdin=subprocess.PIPE,  # held until the session ends: the server exits when it closes
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=None,  # ggml's error lines (a refused command, a failed allocation) go to the node's
             env=env,
         )
         assert process.stdout is not None
@@ -317,15 +318,16 @@ class SplitMember:
         try:
             await stream.send_body(encode(SplitTunnelOk(request.session)))
 
-            def feed(data: bytes) -> None:
-                guard.feed(data)  # raises RpcRefused: the tunnel is cut
-
             with scope:
-                await _pipe(stream, tcp, session, self.limits, check=feed)
+                # the guard raises RpcRefused: the tunnel is cut
+                await _pipe(
+                    stream, tcp, session, self.limits, check=guard.feed, check_answer=guard.feed_answer
+                )
         except RpcRefused:
             await self._end(session)  # a head that oversteps loses the session, and its memory
             raise
         finally:
+            guard.close()  # the server frees the connection's buffers
             session.tunnels.discard(scope)
             session.streams -= 1
             session.last_active = trio.current_time()
@@ -354,6 +356,9 @@ class SplitMember:
             if session.process.returncode is None:
                 session.process.kill()
             await session.process.wait()
+            for pipe in (session.process.stdin, session.process.stdout):
+                if pipe is not None:
+                    await pipe.aclose()
 
 
 async def _drain(stdout: trio.abc.ReceiveStream) -> None:
@@ -372,12 +377,14 @@ async def _pipe(
     limits: SplitLimits,
     *,
     check: Callable[[bytes], None] | None,
+    check_answer: Callable[[bytes], None] | None = None,
     stats: TunnelStats | None = None,
     at_member: bool = True,
 ) -> None:
     """Move bytes both ways between a tunnel stream and a loopback connection until either side ends.
 
-    ``check`` sees every byte that comes in over the tunnel (the member's guard); a refusal ends it."""
+    ``check`` sees every byte that comes in over the tunnel and ``check_answer`` every byte that goes out,
+    before it is sent (the member's guard); a refusal ends it."""
     stats = stats if stats is not None else (session.stats if session is not None else TunnelStats())
     chunk = limits.chunk_bytes
 
@@ -405,6 +412,8 @@ async def _pipe(
             if not data:
                 return
             started = trio.current_time()
+            if check_answer is not None:
+                check_answer(data)
             await stream.write_raw(data)
             stats.busy_s += trio.current_time() - started
             if at_member:
@@ -423,7 +432,7 @@ async def _pipe(
         try:
             await fn()
         except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("split tunnel with %s ended: %s", stream.peer, exc)
+            log.debug("split tunnel with %s ended: %r", stream.peer, exc)
         except OpenGridError as exc:
             refused.append(exc)
         finally:
@@ -500,6 +509,11 @@ class SplitHead:
                 while True:
                     tcp = await listeners[0].accept()
                     if limiter.available_tokens == 0:
+                        log.info(
+                            "refused a local connection to %s's endpoint: %d tunnels open, the cap",
+                            lease.peer,
+                            self._max_connections,
+                        )
                         await tcp.aclose()
                         continue
                     nursery.start_soon(self._connection, lease, tcp, stats, limiter)
@@ -525,7 +539,7 @@ class SplitHead:
             except OpenGridError as exc:
                 log.info("split tunnel to %s ended: %s", lease.peer, exc)
             finally:
-                await stream.reset()
+                await stream.aclose()
                 await tcp.aclose()
 
     async def close(self, lease: MemberLease, *, timeout_s: float = 10.0) -> bool:

@@ -8,6 +8,7 @@ benchmarks/split_bench.py start members this way; a node serves the same protoco
 from __future__ import annotations
 
 import argparse
+import logging
 import secrets
 import sys
 
@@ -19,6 +20,7 @@ from opengrid.net.split import SplitLimits, SplitMember
 
 async def _run(max_memory: int, seed: bytes, threads: int, print_ports: bool) -> None:
     quiet_libp2p_logging()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="member %(levelname)s %(message)s")
 
     def said(port: int) -> None:
         print(f"rpc {port}", flush=True)

@@ -19,15 +19,15 @@ from opengrid.errors import NoCapacityError
 MIB = 1024 * 1024
 
 
-def footprint(n_layers: int = 30, layer: int = 3 * MIB, output: int = 20 * MIB) -> ModelFootprint:
+def footprint(n_layers: int = 30, layer: int = 3 * MIB, output: int = 0) -> ModelFootprint:
     return ModelFootprint(
         input_bytes=20 * MIB, layer_bytes=(layer,) * n_layers, output_bytes=output, overhead_bytes=8 * MIB
     )
 
 
 def check_plan_fits(fp: ModelFootprint, plan, offers: dict[str, int]) -> None:
-    """Every unit placed once, contiguously, and nobody over its offer."""
-    n_units = fp.n_layers + 1
+    """Every layer placed once, contiguously, and nobody over its offer."""
+    n_units = fp.n_layers
     first = plan.head_layers
     for m in plan.members:
         assert m.first == first and m.count >= 1
@@ -36,34 +36,33 @@ def check_plan_fits(fp: ModelFootprint, plan, offers: dict[str, int]) -> None:
         first += m.count
     assert first == n_units
     assert plan.head_bytes <= offers[plan.head]
-    assert plan.offloaded == n_units - plan.head_layers
+    assert plan.offloaded == (n_units - plan.head_layers + 1 if plan.members else 0)
 
 
 def test_fewest_members_that_fit_largest_first() -> None:
-    fp = footprint()  # 20 + 90 + 20 + 8 = 138 MiB in one process
+    fp = footprint()  # 20 input + 90 of layers + 8 scratch = 118 MiB in one process
     head = SplitCandidate("head", 70 * MIB)  # room for layers: 70 - 20 input - 8 scratch = 42 MiB
     cands = [SplitCandidate("a", 40 * MIB), SplitCandidate("b", 80 * MIB), SplitCandidate("c", 50 * MIB)]
     plan = plan_split(fp, head, cands)
-    assert plan.peers == ("b",)  # 42 + 72 >= 110 MiB of layers: b alone with the head, the biggest
+    assert plan.peers == ("b",)  # 42 + 72 >= 90 MiB of layers: b alone with the head, the biggest
     check_plan_fits(fp, plan, {"head": 70 * MIB, "a": 40 * MIB, "b": 80 * MIB, "c": 50 * MIB})
     # With a smaller head, two members are needed, still the biggest first.
-    plan = plan_split(fp, SplitCandidate("head", 60 * MIB), cands)
+    plan = plan_split(fp, SplitCandidate("head", 40 * MIB), cands)  # 12 + 72 < 90
     assert plan.peers == ("b", "c")
 
 
 def test_three_way_when_no_pair_fits() -> None:
     fp = footprint()
     head = SplitCandidate("head", 40 * MIB)
-    cands = [SplitCandidate(p, 50 * MIB) for p in ("a", "b", "c")]
+    cands = [SplitCandidate(p, 40 * MIB) for p in ("a", "b", "c")]
     plan = plan_split(fp, head, cands)
-    assert len(plan.members) == 2 or len(plan.members) == 3
-    check_plan_fits(fp, plan, {"head": 40 * MIB, "a": 50 * MIB, "b": 50 * MIB, "c": 50 * MIB})
-    # Fewest: with the head's 12 MiB of room and 2 x 42, 96 MiB >= 110 needed is false -> three members.
+    check_plan_fits(fp, plan, {"head": 40 * MIB, "a": 40 * MIB, "b": 40 * MIB, "c": 40 * MIB})
+    # Fewest: the head's 12 MiB of room and 2 x 32 = 76 MiB < 90 needed -> three members.
     assert len(plan.members) == 3
 
 
 def test_layers_in_proportion_to_memory() -> None:
-    fp = footprint(n_layers=99, layer=1 * MIB, output=1 * MIB)  # 100 equal units of 1 MiB
+    fp = footprint(n_layers=100, layer=1 * MIB)  # 100 equal layers of 1 MiB
     head = SplitCandidate("head", 28 * MIB + 10 * MIB)  # 20 input + 8 scratch + room for 10 units
     cands = [SplitCandidate("a", 8 * MIB + 60 * MIB), SplitCandidate("b", 8 * MIB + 30 * MIB)]
     plan = plan_split(fp, head, cands)  # needs all three: 10 + 60 + 30 = 100
@@ -91,10 +90,10 @@ def test_rtt_bound_excludes_far_members_and_says_so() -> None:
 
 def test_no_capacity_names_what_is_missing() -> None:
     fp = footprint()
-    with pytest.raises(NoCapacityError, match="needs 138 MiB") as info:
+    with pytest.raises(NoCapacityError, match="needs 118 MiB") as info:
         plan_split(fp, SplitCandidate("head", 40 * MIB), [SplitCandidate("a", 30 * MIB)])
     assert "--max-memory" in str(info.value)
-    with pytest.raises(NoCapacityError, match="input layer"):
+    with pytest.raises(NoCapacityError, match="input and output layers"):
         plan_split(fp, SplitCandidate("head", 10 * MIB), [SplitCandidate("a", 300 * MIB)])
 
 
@@ -119,15 +118,19 @@ def test_plan_is_reproducible_whatever_the_candidate_order() -> None:
     cands = [SplitCandidate(p, 50 * MIB, rtt_ms=r) for p, r in (("a", 5), ("b", 1), ("c", 5), ("d", 3))]
     assert plan_split(fp, head, cands) == plan_split(fp, head, list(reversed(cands)))
     # equal memory: the nearer ones first
-    assert set(plan_split(fp, head, cands).peers) == {"b", "d", "a"}
+    assert set(plan_split(fp, head, cands).peers) == {"b", "d"}
 
 
 def test_credit_shares() -> None:
     fp = footprint()
     plan = plan_split(fp, SplitCandidate("head", 60 * MIB), [SplitCandidate("a", 200 * MIB)])
-    assert plan.layer_share("head") + plan.layer_share("a") == fp.n_layers + 1
+    assert plan.layer_share("head") + plan.layer_share("a") == fp.n_layers
     assert plan.layer_share("stranger") == 0
-    assert plan.tensor_split == (float(plan.layer_share("a")),)
+    # llama.cpp's view: the member's layers, then the output layer (kept on the head by an override)
+    assert plan.tensor_split == (float(plan.layer_share("a") + 1),)
+    assert plan.offloaded == plan.layer_share("a") + 1
+    alone = plan_split(fp, SplitCandidate("head", 500 * MIB), [])
+    assert alone.members == () and alone.offloaded == 0 and alone.head_layers == fp.n_layers
 
 
 @settings(max_examples=200, deadline=None)
@@ -149,8 +152,8 @@ def test_any_plan_fits_every_offer(
         plan = plan_split(fp, SplitCandidate("head", head_free), cands)
     except NoCapacityError:
         # Refused only when the memory really does not suffice (or placement failed on the margin).
-        room = max(0, head_free - 2 * MIB) + sum(max(0, o - MIB) for o in offers)
-        needed = n_layers * layer + output
-        assert room < needed + max(layer, output) * (len(offers) + 1) or head_free < 2 * MIB
+        room = max(0, head_free - 2 * MIB - output) + sum(max(0, o - MIB) for o in offers)
+        needed = n_layers * layer
+        assert room < needed + layer * (len(offers) + 1) or head_free < 2 * MIB + output
         return
     check_plan_fits(fp, plan, {"head": head_free, **{c.peer: c.free_bytes for c in cands}})
