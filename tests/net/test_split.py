@@ -318,3 +318,67 @@ async def test_member_killed_mid_job_fails_over_to_a_new_group(
             _leases2, endpoints2 = await start_group(head, host, again, members, tiny, nursery)
             assert await run_split(tiny, again, endpoints2) == single_process_tokens
             nursery.cancel_scope.cancel()
+
+
+async def test_a_head_that_oversteps_its_budget_loses_the_session(tiny: ModelInfo) -> None:
+    """The attack: an agreed head asks the member's RPC server for more memory than the session's budget.
+    The member's guard cuts the tunnel before the request reaches ggml, ends the session and kills its
+    server; the member goes on serving (a new invitation is accepted)."""
+    quiet_libp2p_logging()
+    async with head_host() as member_host, head_host() as host, trio.open_nursery() as nursery:
+        member = SplitMember(member_host, SplitLimits(max_memory_bytes=64 * MIB))
+        await nursery.start(member.run)
+        head = SplitHead(host)
+        await host.connect(member_host.addrs()[0])
+        lease = await head.invite(member_host.peer_id, model_sha256=tiny.sha256, units=1, bytes_needed=MIB)
+        (port,) = member.rpc_ports()
+        stream = await host.open_stream(member_host.peer_id, SPLIT_PROTOCOL)
+        await stream.send_body(encode(SplitTunnel(lease.session, lease.token)))
+        assert not isinstance(decode_reply(await stream.receive_body()), SplitRefuse)
+        hello = bytes([14]) + (24).to_bytes(8, "little") + bytes(24)
+        alloc = (
+            bytes([0])
+            + (12).to_bytes(8, "little")
+            + (0).to_bytes(4, "little")
+            + (2 * MIB).to_bytes(8, "little")
+        )
+        await stream.write_raw(hello + alloc)
+        received = b""
+        with trio.fail_after(10):  # the HELLO answer may come back; then the tunnel ends
+            while chunk := await stream.read_raw(1024):
+                received += chunk
+        assert len(received) <= 8 + 28
+        assert member.sessions() == [] and member.free_bytes == 64 * MIB
+        assert _listening_addresses(port) == []  # the session's server is gone
+        again = await head.invite(member_host.peer_id, model_sha256=tiny.sha256, units=1, bytes_needed=MIB)
+        assert again.session != lease.session and len(member.rpc_ports()) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_split_engine_scores_like_one_process(tiny: ModelInfo) -> None:
+    """An audit by a split group (LlamaEngine.score in the runner) gives the evidence of one process."""
+    from opengrid.engines.base import ScoreRequest
+    from opengrid.engines.split import SplitEngine
+
+    fp = tiny_footprint(tiny)
+    with LlamaEngine(tiny, n_ctx=256, n_threads=1) as engine:
+        claim = engine.generate(GenerationRequest(PROMPT, max_tokens=12)).tokens
+        expected = engine.score(ScoreRequest(PROMPT, claim, stopped=False))
+    with member_processes([SCRATCH + 2 * fp.layer_bytes[0]]) as members:
+        plan = plan_split(
+            fp,
+            SplitCandidate("head", fp.input_bytes + fp.output_bytes + SCRATCH),
+            [SplitCandidate(m.peer, m.max_memory) for m in members],
+        )
+        async with head_host() as host, trio.open_nursery() as nursery:
+            head = SplitHead(host)
+            _leases, endpoints = await start_group(head, host, plan, members, tiny, nursery)
+
+            def score() -> object:
+                with SplitEngine(
+                    tiny, endpoints, plan.tensor_split, plan.offloaded, n_ctx=256, n_threads=1
+                ) as e:
+                    return e.score(ScoreRequest(PROMPT, claim, stopped=False))
+
+            assert await trio.to_thread.run_sync(score) == expected
+            nursery.cancel_scope.cancel()
