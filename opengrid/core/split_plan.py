@@ -171,8 +171,8 @@ def plan_split(
     head_room = max(0, head.free_bytes - fixed)
     if head.free_bytes < fixed:
         raise NoCapacityError(
-            f"the head {head.peer} offers {_mib(head.free_bytes)} but must hold the model's input and output "
-            f"layers and scratch ({_mib(fixed)}); give it more --max-memory"
+            f"the head ({head.peer}) offers {_mib(head.free_bytes)} but must hold the model's input and "
+            f"output layers and scratch ({_mib(fixed)}); give it more --max-memory"
         )
     needed = sum(footprint.unit_bytes(u) for u in range(n_units))
     for k in range(0, min(len(usable), max_members) + 1):  # 0: the head holds it alone
