@@ -32,7 +32,24 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # then the whole set. A pin whose hash does not match what the index serves stops the install.
 "${PIP[@]}" --require-hashes -r requirements/pip.lock
 echo "setup: installing the locked dependencies (the first llama-cpp-python build takes ~6 min)"
+# llama.cpp's RPC backend (ggml-rpc) runs split models (spec/split.md): build it in, whatever else the
+# caller's CMAKE_ARGS asks for.
+export CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }-DGGML_RPC=ON"
 "${PIP[@]}" --require-hashes -r requirements/dev.lock
+# pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS: a wheel built before without ggml-rpc would
+# be reused. Check the installed build, and if it lacks the library, drop the cached wheel and rebuild.
+has_rpc() {
+  .venv/bin/python -c 'import llama_cpp, pathlib, sys
+sys.exit(not (pathlib.Path(llama_cpp.__file__).parent / "lib" / "libggml-rpc.so").is_file())'
+}
+if ! has_rpc; then
+  echo "setup: the installed llama-cpp-python lacks ggml-rpc; rebuilding it with -DGGML_RPC=ON (~6 min)"
+  .venv/bin/python -m pip cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
+  awk '/^llama-cpp-python==/{on=1} on&&/^[a-z]/&&!/^llama-cpp-python==/{on=0} on' requirements/dev.lock \
+    > .venv/llama-cpp-python.lock
+  "${PIP[@]}" --require-hashes --no-deps --force-reinstall -r .venv/llama-cpp-python.lock
+  has_rpc || { echo "setup: llama-cpp-python still has no ggml-rpc after a rebuild; see the pip log" >&2; exit 1; }
+fi
 # The project itself, editable, with no dependency of its own (all locked above) and no isolated build
 # environment (hatchling is locked above too, so nothing unpinned is fetched to build it).
 "${PIP[@]}" --no-deps --no-build-isolation -e .

@@ -1,4 +1,4 @@
-"""``opengrid models list|pull|rm``: the model catalog and the models on this machine.
+"""``opengrid models list|pull|rm|info``: the model catalog and the models on this machine.
 
 Wiring, in ``opengrid/cli/main.py``: ``models.register(commands)`` while building the parser, and
 ``return models.run(args)`` when ``args.command == "models"``.
@@ -14,7 +14,7 @@ from typing import Any
 
 from opengrid.engines.catalog import CatalogEntry
 from opengrid.engines.models import default_cache_dir, list_models, pull_model, remove_model
-from opengrid.errors import OpenGridError
+from opengrid.errors import ConfigError, OpenGridError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -43,6 +43,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rm = actions.add_parser("rm", help="delete a downloaded or generated model")
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("--json", action="store_true", help="print one JSON object")
+    info = actions.add_parser(
+        "info",
+        help="the memory a model needs, by layer, and how many nodes a split would take (spec/split.md)",
+    )
+    info.add_argument("name", metavar="NAME", help="a model here: catalog name or GGUF path")
+    info.add_argument("--n-ctx", type=int, default=2048, help="context window of the KV cache (default 2048)")
+    info.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory each node offers (e.g. 8G, 512M; binary units): how many such nodes the model takes",
+    )
+    info.add_argument("--json", action="store_true", help="print one JSON object")
     models.set_defaults(command="models")
     return models
 
@@ -56,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             return _pull(args)
         if args.models_command == "rm":
             return _rm(args)
+        if args.models_command == "info":
+            return _info(args)
     except OpenGridError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(exc)}))
@@ -139,6 +153,76 @@ def _rm(args: argparse.Namespace) -> int:
             print(f"removed {path}")
     else:
         print(f"{args.name}: nothing to remove here")
+    return 0
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes of a size like ``8G``, ``512M``, ``1.5G`` or ``1048576`` (binary units; a trailing ``B``,
+    ``iB`` is allowed); ConfigError saying what is accepted otherwise."""
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
+    number = raw[: -len(unit)] if unit else raw
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value:
+        raise ConfigError(f"--max-memory {text!r} is not a size; use e.g. 8G, 512M or a number of bytes")
+    return int(value * _UNITS[unit])
+
+
+def _info(args: argparse.Namespace) -> int:
+    from opengrid.core.split_plan import SplitCandidate, plan_split
+    from opengrid.engines.footprint import model_footprint
+    from opengrid.engines.models import resolve_model
+
+    if args.n_ctx < 2:
+        raise ConfigError(f"--n-ctx must be >= 2, got {args.n_ctx}")
+    model = resolve_model(args.name, cache_dir=args.cache_dir)
+    fp = model_footprint(model.path, n_ctx=args.n_ctx)
+    out: dict[str, Any] = {
+        "name": model.name,
+        "path": str(model.path),
+        "sha256": model.sha256,
+        "n_ctx": args.n_ctx,
+        "layers": fp.n_layers,
+        "total_bytes": fp.total_bytes,
+        "input_bytes": fp.input_bytes,
+        "output_bytes": fp.output_bytes,
+        "layer_bytes_max": max(fp.layer_bytes),
+        "scratch_bytes": fp.overhead_bytes,
+    }
+    if args.max_memory is not None:
+        offer = parse_memory(args.max_memory)
+        out["max_memory_bytes"] = offer
+        # As many candidates as the planner may use, each offering the same: the plan's size is the answer.
+        cands = [SplitCandidate(f"node-{i}", offer) for i in range(16)]
+        try:
+            plan = plan_split(fp, SplitCandidate("head", offer), cands)
+            out["nodes"] = 1 + len(plan.members)
+        except OpenGridError as exc:
+            out["nodes"] = None
+            out["why"] = str(exc)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{model.name}: {model.path}")
+    print(
+        f"  needs {_size(fp.total_bytes)} in one process at n_ctx {args.n_ctx}: {fp.n_layers} layers of up "
+        f"to {_size(max(fp.layer_bytes))} (KV cache included), input {_size(fp.input_bytes)}, output "
+        f"{_size(fp.output_bytes)} (logits scratch included), scratch {_size(fp.overhead_bytes)}"
+    )
+    if "nodes" in out:
+        if out["nodes"] is None:
+            print(f"  nodes offering {_size(out['max_memory_bytes'])} each cannot hold it: {out['why']}")
+        else:
+            print(
+                f"  nodes offering {_size(out['max_memory_bytes'])} each: {out['nodes']} "
+                f"({'one process' if out['nodes'] == 1 else 'a split group: a head and members'})"
+            )
     return 0
 
 

@@ -487,6 +487,24 @@ class FrameStream:
             bound_s=bound,
         )
 
+    async def read_raw(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` unframed bytes (a tunnel after its opening frames, spec/split.md); b"" when
+        the peer ended the stream. Only between frames: ``receive`` never reads past a frame's end."""
+        if self._frames.pending:
+            raise LocalProtocolError("read_raw called inside a frame; finish the frame first")
+        try:
+            return bytes(await self._stream.read(max_bytes))
+        except Exception as exc:  # StreamEOF, StreamReset, a closed connection: the tunnel's end
+            log.debug("tunnel read from %s ended: %r", self.peer, exc)
+            return b""
+
+    async def write_raw(self, data: bytes) -> None:
+        """Write unframed bytes (a tunnel); TransportError when the stream is gone."""
+        try:
+            await self._stream.write(data)
+        except Exception as exc:
+            raise TransportError(f"could not write to {self.peer}: {exc or type(exc).__name__}") from exc
+
     async def aclose(self) -> None:
         """Close our side; never raises (the peer may already be gone)."""
         try:

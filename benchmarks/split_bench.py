@@ -1,0 +1,211 @@
+"""Issue 17: tokens/s of a model split 2-way and 3-way on loopback, against the same model in one process.
+
+For each way n (head + n-1 member processes, layers split evenly by the planner), in the same run:
+
+* ``single``: ``LlamaEngine`` in this process (the baseline);
+* ``direct``: the split engine with the head's llama.cpp connected straight to each member's RPC server
+  (loopback TCP, no libp2p): ggml-rpc's own cost;
+* ``tunnel``: the same through ``/opengrid/split/1`` (what a grid runs): the difference to ``direct`` is
+  the tunnel's cost, reported per token and per hop (each member is one hop from the head).
+
+Generation is greedy, one thread per process (``--threads``), ``--tokens`` tokens after a short prompt,
+best of ``--repeats``; the model is loaded (and its layers sent to the members) before timing.
+
+    .venv/bin/python benchmarks/split_bench.py                          # SmolLM2-135M, 2- and 3-way
+    .venv/bin/python benchmarks/split_bench.py --model PATH.gguf --tokens 64 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from opengrid.core.split_plan import SplitCandidate, SplitPlan, plan_split  # noqa: E402
+from opengrid.engines.base import GenerationRequest, ModelInfo  # noqa: E402
+from opengrid.engines.footprint import model_footprint  # noqa: E402
+from opengrid.engines.llama import LlamaEngine  # noqa: E402
+from opengrid.engines.models import resolve_model, sha256_file  # noqa: E402
+from opengrid.engines.split import SplitEngine  # noqa: E402
+from opengrid.net.host import open_host, quiet_libp2p_logging  # noqa: E402
+from opengrid.net.split import SplitHead  # noqa: E402
+
+PROMPT = "Here are five facts about the water cycle: 1."
+MIB = 1024 * 1024
+
+
+@contextmanager
+def members(n: int, offer: int, threads: int) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *(p for p in sys.path if p)]))
+    procs = []
+    try:
+        for _ in range(n):
+            command = [sys.executable, "-m", "opengrid.net.split_member_main", "--max-memory", str(offer)]
+            command += ["--threads", str(threads), "--print-ports"]
+            procs.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env))
+        out = []
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline().decode().split()
+            if line[:1] != ["addr"]:
+                raise SystemExit(f"a member did not start: {line}")
+            out.append((p, line[1]))
+        yield out
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=30)
+
+
+def timed(engine: Any, tokens: int, repeats: int) -> tuple[float, tuple[int, ...]]:
+    """Best tokens/s of ``repeats`` greedy generations (after one untimed warm-up)."""
+    request = GenerationRequest(PROMPT, max_tokens=tokens)
+    out = engine.generate(request).tokens
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = engine.generate(request)
+        elapsed = time.perf_counter() - start
+        best = max(best, len(result.tokens) / elapsed)
+    return best, out
+
+
+async def split_run(
+    model: ModelInfo,
+    plan: SplitPlan,
+    procs: list[tuple[subprocess.Popen[bytes], str]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    quiet_libp2p_logging()
+    result: dict[str, Any] = {}
+    async with open_host(secrets.token_bytes(32)) as host, trio.open_nursery() as nursery:
+        head = SplitHead(host)
+        endpoints, direct = [], []
+        by_peer = {addr.rsplit("/p2p/", 1)[1]: (p, addr) for p, addr in procs}
+        for share in plan.members:
+            proc, addr = by_peer[share.peer]
+            await host.connect(addr)
+            lease = await head.invite(
+                share.peer, model_sha256=model.sha256, units=share.count, bytes_needed=share.bytes
+            )
+            assert proc.stdout is not None
+            port = (await trio.to_thread.run_sync(proc.stdout.readline)).decode().split()[1]
+            direct.append(f"127.0.0.1:{port}")
+            endpoints.append(await nursery.start(head.serve_endpoint, lease))
+
+        def run(eps: list[str]) -> tuple[float, tuple[int, ...], float]:
+            started = time.perf_counter()
+            with SplitEngine(
+                model,
+                eps,
+                plan.tensor_split,
+                plan.offloaded,
+                n_ctx=args.n_ctx,
+                n_threads=args.threads,
+                load_timeout_s=600,
+            ) as engine:
+                load_s = time.perf_counter() - started
+                rate, tokens = timed(engine, args.tokens, args.repeats)
+            return rate, tokens, load_s
+
+        # The RPC server serves one connection at a time: the tunnelled run first, then the direct one
+        # (the tunnel's connection is closed with its engine).
+        before = sum(s.busy_s for s in head.stats.values())
+        rate, tokens, load_s = await trio.to_thread.run_sync(run, endpoints)
+        busy = sum(s.busy_s for s in head.stats.values()) - before
+        result["tunnel"] = {
+            "tokens_per_s": rate,
+            "load_s": load_s,
+            "tokens": tokens,
+            "head_busy_s": busy,
+            "bytes_to_members": sum(s.to_member for s in head.stats.values()),
+        }
+        rate, tokens_direct, load_s = await trio.to_thread.run_sync(run, direct)
+        result["direct"] = {"tokens_per_s": rate, "load_s": load_s, "tokens": tokens_direct}
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2", help="catalog name or GGUF path (default smollm2)")
+    parser.add_argument("--ways", default="2,3", help="comma-separated process counts (default 2,3)")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-ctx", type=int, default=512)
+    parser.add_argument("--json", type=pathlib.Path)
+    args = parser.parse_args()
+    if pathlib.Path(args.model).is_file():
+        path = pathlib.Path(args.model)
+        model = ModelInfo(path.stem, path, sha256_file(path))
+    else:
+        model = resolve_model(args.model)
+    fp = model_footprint(model.path, n_ctx=args.n_ctx, overhead_bytes=32 * MIB)
+    report: dict[str, Any] = {
+        "model": model.name,
+        "bytes": model.path.stat().st_size,
+        "tokens": args.tokens,
+        "threads": args.threads,
+        "ways": {},
+    }
+    with LlamaEngine(model, n_ctx=args.n_ctx, n_threads=args.threads) as engine:
+        single, single_tokens = timed(engine, args.tokens, args.repeats)
+    report["single_tokens_per_s"] = single
+    print(f"{model.name}: one process {single:.1f} tokens/s")
+    for ways in (int(w) for w in args.ways.split(",")):
+        # Everyone offers an even share of the layers (plus a layer, and scratch): fewer than ``ways``
+        # processes cannot hold them, so the planner needs them all. The head also holds the input and
+        # output layers.
+        share = sum(fp.layer_bytes) // ways + max(fp.layer_bytes) + 32 * MIB
+        with members(ways - 1, share, args.threads) as procs:
+            head = SplitCandidate("head", share + fp.input_bytes + fp.output_bytes)
+            plan = plan_split(fp, head, [SplitCandidate(a.rsplit("/p2p/", 1)[1], share) for _, a in procs])
+            if len(plan.members) != ways - 1:
+                raise SystemExit(f"the planner used {len(plan.members)} members, not {ways - 1}")
+            result = trio.run(split_run, model, plan, procs, args)
+        hops = ways - 1
+        t, d = result["tunnel"], result["direct"]
+        per_token_tunnel_ms = 1000 / t["tokens_per_s"] - 1000 / d["tokens_per_s"]
+        entry = {
+            "head_layers": plan.head_layers,
+            "member_layers": [m.count for m in plan.members],
+            "tunnel_tokens_per_s": t["tokens_per_s"],
+            "direct_tokens_per_s": d["tokens_per_s"],
+            "ratio_to_single": t["tokens_per_s"] / single,
+            "tunnel_ms_per_token": per_token_tunnel_ms,
+            "tunnel_ms_per_token_per_hop": per_token_tunnel_ms / hops,
+            "head_tunnel_busy_ms_per_token": 1000 * t["head_busy_s"] / (args.tokens * (args.repeats + 1)),
+            "load_s": t["load_s"],
+            "tokens_equal_single": list(t["tokens"]) == list(single_tokens) == list(d["tokens"]),
+        }
+        report["ways"][str(ways)] = entry
+        print(
+            f"{ways}-way (head {plan.head_layers} layers, members {entry['member_layers']} layers): "
+            f"tunnel {t['tokens_per_s']:.1f} tokens/s ({entry['ratio_to_single']:.2f}x one process), "
+            f"direct {d['tokens_per_s']:.1f}; tunnel cost {per_token_tunnel_ms:.2f} ms/token "
+            f"({entry['tunnel_ms_per_token_per_hop']:.2f} per hop); load {t['load_s']:.1f} s; "
+            f"tokens equal one process: {entry['tokens_equal_single']}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
