@@ -29,7 +29,12 @@ CANARIES = CoordinatorConfig(
     verify="audit", canary_rate=0.0, adaptive=False, weighted=False, audit_canary_rate=1.0, **_FULL
 )
 SECOND = CoordinatorConfig(
-    verify="audit", canary_rate=0.0, adaptive=False, weighted=False, audit_full_rate=1.0, audit_second_rate=1.0
+    verify="audit",
+    canary_rate=0.0,
+    adaptive=False,
+    weighted=False,
+    audit_full_rate=1.0,
+    audit_second_rate=1.0,
 )
 HONEST_GAP, CHEAT_GAP = 0.05, 12.0
 

@@ -202,8 +202,9 @@ def audit_job_for(
     chunked: bool = False,
 ) -> AuditJob:
     """The AuditJob for ``job``'s claim (the given tokens, text and finish reason; empty for a chunked
-    audit, whose claim follows in AuditChunks) under the job's contract and its sampler: greedy values for a
-    greedy contract, the contract's own otherwise (an auditor refuses a sampler that is not its contract's)."""
+    audit, whose claim follows in AuditChunks) under the job's contract and its sampler: greedy values for
+    a greedy contract, the contract's own otherwise (an auditor refuses a sampler that is not its
+    contract's)."""
     contract = job.contract
     greedy = contract.greedy
     return AuditJob(
