@@ -22,15 +22,19 @@ applies it only when the job is submitted, so the next job is paid once this one
 node does not apply the HOLD to its own ledger: ledger sync brings it back from the coordinator, with its
 SETTLE or REFUND.
 
-Known gap: the HOLD is signed outside the node's ``ChainWriter`` (which must not learn of a seq the
-coordinator may never apply: a job refused before its HOLD was taken frees the seq again). An entry the
-node writes through that writer while a paid job is in flight — today only a FRAUD proof, rare on a
-worker — could take the same seq, a fork. A writer that can reserve a seq and release it on such a
-refusal would close it.
+The HOLD is signed outside the node's ``ChainWriter``: the writer must not take a seq the coordinator
+may never apply (a job refused before its HOLD was taken frees the seq again). So from signing until the
+node knows whether the coordinator applied it, the chain is *reserved* (``NodeContext.chain_reserved``):
+the node's other writers of its chain wait — an owner's transfer is answered ``busy``, a FRAUD proof is
+made on a later round — or they would sign a second entry at the HOLD's seq, a fork that freezes the
+account. After the job the node asks the coordinator's History: a HOLD (and GRANT) it applied is applied
+to the node's own ledger too (the writer then chains after it), one it did not is forgotten (its seq is
+free). If the coordinator cannot say, the reservation stays and is settled before the next paid job.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,7 +54,7 @@ from opengrid_ledger import (
     sign_entry,
 )
 
-from opengrid.errors import InvalidEntryError, PaymentError
+from opengrid.errors import InvalidEntryError, OpenGridError, PaymentError
 from opengrid.net.host import Host
 from opengrid.net.keys import public_key_of
 from opengrid.node.context import NodeContext
@@ -72,6 +76,10 @@ from opengrid.wire.messages import (
     listed_balance,
 )
 
+log = logging.getLogger("opengrid.node.api")
+
+SETTLE_TIMEOUT_S = 10.0
+"""How long the node waits for the coordinator's History after a paid job (then it retries later)."""
 MAX_PAYING_COORDINATORS = 64
 """Coordinators remembered as requiring payment (a node registers with one at a time; bounded anyway)."""
 
@@ -82,6 +90,9 @@ class AccountPayer:
     def __init__(self, ctx: NodeContext) -> None:
         self._ctx = ctx
         self._lock = trio.Lock()
+        self._unconfirmed: tuple[str, list[Entry]] | None = None
+        """(coordinator, our GRANT and HOLD sent with the last paid job) until we know whether it took
+        them; meanwhile ``NodeContext.chain_reserved`` is set."""
         self._paying_coordinators: set[str] = set()
         """Coordinators (peer ids) that answered an unpaid job ``payment_required``: jobs to them are paid
         from the start (a coordinator that does not require payment runs the node's jobs for free)."""
@@ -104,7 +115,54 @@ class AccountPayer:
         with its HOLD (and GRANT), or the coordinator's refusal of the quote or grant. Raises
         ``PaymentError`` (with the price and the balance) when the account cannot pay."""
         async with self._lock:
-            yield await self._pay(host, coordinator, job)
+            await self._settle(host)  # an earlier job's HOLD the coordinator could not confirm
+            forwarded = await self._pay(host, coordinator, job)
+            if isinstance(forwarded, SubmitJob):
+                self._unconfirmed = (
+                    coordinator,
+                    [decode_entry(e) for e in (forwarded.grant, forwarded.hold) if e],
+                )
+                self._ctx.chain_reserved = True
+            try:
+                yield forwarded
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._settle(host)
+
+    async def _settle(self, host: Host) -> None:
+        """Learn whether the coordinator applied our last signed-ahead GRANT and HOLD (its History of our
+        account): apply them to our own ledger if it did, forget them if it did not; keep the chain
+        reserved if it cannot say now (unreachable: retried before the next paid job)."""
+        if self._unconfirmed is None:
+            return
+        coordinator, entries = self._unconfirmed
+        ctx = self._ctx
+        assert ctx.ledger is not None and ctx.store is not None
+        try:
+            with trio.fail_after(SETTLE_TIMEOUT_S):
+                reply = await host.request(
+                    coordinator, HistoryRequest(account=ctx.public_key, limit=MAX_HISTORY)
+                )
+        except (OpenGridError, trio.TooSlowError) as exc:
+            log.warning(
+                "could not learn whether %s took this node's HOLD (%s); the chain stays reserved",
+                coordinator,
+                exc,
+            )
+            return
+        if not isinstance(reply, History):
+            return
+        held = {bytes(decode_entry(data).id) for data in reply.entries if _decodes(data)}
+        if bytes(entries[-1].id) in held:
+            applied: list[Entry] = []
+            for entry in entries:
+                try:
+                    applied += ctx.ledger.apply(entry)
+                except InvalidEntryError as exc:  # already applied through sync, or refused: nothing to add
+                    log.debug("own paid-job entry not applied locally: %s", exc)
+            ctx.store.append_many(applied)
+        self._unconfirmed = None
+        ctx.chain_reserved = False
 
     async def _pay(self, host: Host, coordinator: str, job: SubmitJob) -> SubmitJob | ErrorReply:
         network = self._ctx.config.network
@@ -211,3 +269,11 @@ class AccountPayer:
             price=cost,
             balance=balance,
         )
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        decode_entry(data)
+    except InvalidEntryError:
+        return False
+    return True

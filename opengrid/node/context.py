@@ -60,6 +60,10 @@ class NodeContext:
     chain: ChainWriter | None = None
     """The one writer of this node's own chain (``key``'s, on ``ledger``): the coordinator core, FRAUD
     proofs and our ADMIT all append through it, so the chain has one head (spec/ledger.md §4)."""
+    chain_reserved: bool = False
+    """Set while a HOLD this node signed outside its ChainWriter (a worker's API paying its coordinator,
+    opengrid/node/api_payment.py) may hold the chain's next seq: the node's other writes to its chain
+    wait, or they would fork it."""
     nursery: trio.Nursery | None = None
     """The node's task nursery, while it runs: every task the parts start lives in it."""
     membership: Membership | None = None

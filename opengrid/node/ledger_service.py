@@ -325,6 +325,12 @@ class LedgerService:
             return ErrorReply(
                 "malformed", "this node's account is frozen after a fork; it cannot send points"
             )
+        if ctx.chain_reserved:
+            return ErrorReply(
+                "busy",
+                "a paid API job of this node holds its chain's next entry (its HOLD); a transfer now would "
+                "fork the account. Try again when that job has finished",
+            )
         head, applied_head = chain.head(), ledger.head(me)
         if head is not None and (applied_head is None or head[0] > applied_head[0]):
             return ErrorReply(
@@ -365,6 +371,8 @@ class LedgerService:
         if len(frozen) == len(self._forks_seen):
             return
         fresh = sorted(set(frozen) - self._forks_seen)
+        if ctx.chain_reserved:
+            return  # a paid API job's HOLD may hold our next seq (api_payment.py): made on a later round
         if not ledger.has_standing(ctx.public_key):
             # Our FRAUD would wait for our standing (spec/ledger.md §5.9) and every later entry of our chain
             # behind it: a candidate coordinator's ADMIT would then never apply. Retried once we have it.

@@ -27,6 +27,7 @@ from opengrid.engines.base import Generation, GenerationRequest
 from opengrid.errors import PaymentError
 from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
+from opengrid.node.identity import IDENTITY_FILE
 from opengrid.node.service import Node
 from opengrid.wire.messages import JobAccepted, Message, SubmitJob, job_cost
 from tests.node.workers import client_host, paid_coordinator, start_workers
@@ -167,6 +168,26 @@ async def test_a_worker_nodes_api_pays_from_the_workers_own_account(
             Hold,
             Hold,
         ]
+        # Before answering, the worker learned that its coordinator took both HOLDs and applied them to its
+        # own ledger, so its chain writer continues after them: its owner's transfer right now is the
+        # next link (seq 4) on both ledgers, not a second entry at a HOLD's seq (a fork).
+        assert worker.ledger is not None and not worker.ctx.chain_reserved
+        assert worker.ledger.head(me) == ledger.head(me)
+        seed = (tmp_path / "api-worker" / IDENTITY_FILE).read_bytes()
+
+        assert worker.host is not None
+        worker_address = worker.host.addrs()[0]
+
+        def owner_sends() -> Any:
+            with Client([address], network=NETWORK, timeout=30) as client:
+                return client.send_from_node(worker_address, coordinator.public_key, 1, identity_seed=seed)
+
+        await trio.to_thread.run_sync(owner_sends)
+        with trio.fail_after(30):
+            while len(ledger.entries_by_author(me)) < 4:
+                await trio.sleep(0.05)
+        assert [decode_body(e.body).seq for e in ledger.entries_by_author(me)] == [1, 2, 3, 4]
+        assert not ledger.is_frozen(me) and not worker.ledger.is_frozen(me)
         balance = ledger.balance(me)
 
         # More than the account has: 402 with the price and the balance; nothing signed.
@@ -178,7 +199,7 @@ async def test_a_worker_nodes_api_pays_from_the_workers_own_account(
         assert error["type"] == "insufficient_quota" and error["code"] == "payment_required"
         assert (error["price"], error["balance"]) == (job_cost(512, 2), balance)
         assert f"which has {balance} points" in error["message"]
-        assert len(ledger.entries_by_author(me)) == 3
+        assert len(ledger.entries_by_author(me)) == 4
         nursery.cancel_scope.cancel()
 
 
