@@ -18,18 +18,18 @@ outcome. A job whose lead worker has earned trust may run on that worker alone (
 Now and then (``canary_rate``) a verified answer is re-sent under a fresh job id to one worker that never
 saw it; a different answer costs that worker its reputation. Canaries never reach a client or the ledger.
 
-Audit mode (``CoordinatorConfig.verify = "audit"``, spec/verification.md §13; the default, ``replicate``
-selects the replication above by name): a job runs on
-one prover; its checked result (the claim) goes to ``auditors`` workers holding the same weights, on any
-numerical class (``DispatchAudit``), whose ``AuditReturned`` reports pass it (receipt: the prover and the
-auditors credited) or fail it (the prover penalised, the job re-run on another prover within
-``max_failovers``). A failed or silent auditor is replaced; a claim with no free auditor waits for a slot.
-Auditors are checked too (§13.6): canary audits (a claim whose verdict the coordinator knows), a split
-verdict settled by a tie-break audit, and an auditor record (``audit_reputation``) that weighs the draw
-and bars an auditor once caught. A streaming job's claim is audited in chunks as the prover streams it
-(``SendAuditChunk``, ``ChunkAudited``; spec/verification.md §14.2).
-A sealed job is audited among the workers it was sealed to (spec/sealed-mode.md §11): the prover seals its
-claim to them, each auditor gets its own prompt and claim ciphertexts, and the machine sees no plaintext.
+Audit mode (``CoordinatorConfig.verify = "audit"``, spec/verification.md §13; the default, and
+``replicate`` selects the replication above by name): a job runs on one prover; its checked result (the
+claim) goes to ``auditors`` workers holding the same weights, on any numerical class (``DispatchAudit``),
+whose ``AuditReturned`` reports pass it (receipt: the prover and the auditors credited) or fail it (the
+prover penalised, the job re-run on another prover within ``max_failovers``). A failed or silent auditor
+is replaced; a claim with no free auditor waits for a slot. Auditors are checked too (§13.6): canary
+audits (a claim whose verdict the coordinator knows), a split verdict settled by a tie-break audit, and an
+auditor record (``audit_reputation``) that weighs the draw and bars an auditor once caught. A streaming
+job's claim is audited in chunks as the prover streams it (``SendAuditChunk``, ``ChunkAudited``;
+spec/verification.md §14.2). A sealed job is audited among the workers it was sealed to
+(spec/sealed-mode.md §11): the prover seals its claim to them, each auditor gets its own prompt and claim
+ciphertexts, and the machine sees no plaintext.
 
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is
