@@ -66,8 +66,9 @@ def sampling_problem(temperature: object, top_k: object, top_p: object, seed: ob
     return ""
 
 
-SEEDED_SAMPLER_BACKENDS: Final = frozenset({"llama.cpp", "llama.cpp+gpu"})
-"""Backends (``DecodingContract.backend``) that run the project's seeded sampler: the in-process engine."""
+SEEDED_SAMPLER_BACKENDS: Final = frozenset({"llama.cpp", "llama.cpp+gpu", "llama.cpp+rpc"})
+"""Backends (``DecodingContract.backend``) that run the project's seeded sampler: the in-process engine,
+on the CPU, a GPU, or split across members (opengrid/engines/split.py runs the same engine code)."""
 
 
 class DecodingContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
