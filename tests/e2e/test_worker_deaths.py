@@ -64,7 +64,9 @@ class Killer:
 def network(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> Iterator[tuple[DemoNetwork, str]]:
     net = DemoNetwork(tmp_path, model=str(tiny_model_path), network=NETWORK)
     try:
-        coordinator = net.start("coordinator", "coordinator", extra_args=["--plain-verification"])
+        coordinator = net.start(
+            "coordinator", "coordinator", extra_args=["--plain-verification", "--verify", "replicate"]
+        )
         net.wait_ready(coordinator)
         address = coordinator.addrs[0]
         workers = [net.start(f"worker-{i}", "worker", bootstrap=address) for i in range(1, 7)]
