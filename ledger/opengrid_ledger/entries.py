@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 
 import msgspec
 import nacl.signing
@@ -108,6 +109,24 @@ def decode_body(body: bytes) -> EntryBody:
     # msgspec lets bad UTF-8 in map keys, and RecursionError on deep nesting, escape its DecodeError.
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidEntryError(f"entry body does not decode: {exc}") from exc
+
+
+def latest_of(
+    author: bytes, encoded: Iterable[bytes], network: str, *, since: tuple[int, bytes] | None = None
+) -> tuple[int, bytes] | None:
+    """(seq, id) of ``author``'s latest entry among ``encoded`` ones (a History's, say) that verify, or
+    ``since`` when it is later (or none is found). Entries that do not decode or verify say nothing about the
+    chain and are skipped; so are other authors'."""
+    head = since
+    for data in encoded:
+        try:
+            entry = decode_entry(data)
+            body = open_entry(entry, network)
+        except InvalidEntryError:
+            continue
+        if body.author == author and (head is None or body.seq > head[0]):
+            head = (body.seq, bytes(entry.id))
+    return head
 
 
 def open_entry(entry: Entry, network: str, *, scheme: SignatureScheme = ED25519) -> EntryBody:

@@ -50,7 +50,7 @@ from opengrid_ledger import (
     Payload,
     decode_entry,
     encode_entry,
-    open_entry,
+    latest_of,
     sign_entry,
 )
 
@@ -152,7 +152,12 @@ class AccountPayer:
             return
         if not isinstance(reply, History):
             return
-        held = {bytes(decode_entry(data).id) for data in reply.entries if _decodes(data)}
+        held: set[bytes] = set()
+        for data in reply.entries:
+            try:
+                held.add(bytes(decode_entry(data).id))
+            except InvalidEntryError:
+                continue  # says nothing about our HOLD
         if bytes(entries[-1].id) in held:
             applied: list[Entry] = []
             for entry in entries:
@@ -222,14 +227,7 @@ class AccountPayer:
             head = (local[0], bytes(local[1])) if local is not None else None
         reply = await host.request(coordinator, HistoryRequest(account=me, limit=MAX_HISTORY))
         if isinstance(reply, History):
-            for data in reply.entries:
-                try:
-                    entry = decode_entry(data)
-                    body = open_entry(entry, network)
-                except InvalidEntryError:
-                    continue  # a bad entry says nothing about our chain
-                if body.author == me and (head is None or body.seq > head[0]):
-                    head = (body.seq, bytes(entry.id))
+            head = latest_of(me, reply.entries, network, since=head)
         return head
 
     async def _balance(self, host: Host, coordinator: str) -> int | None:
@@ -269,11 +267,3 @@ class AccountPayer:
             price=cost,
             balance=balance,
         )
-
-
-def _decodes(data: bytes) -> bool:
-    try:
-        decode_entry(data)
-    except InvalidEntryError:
-        return False
-    return True

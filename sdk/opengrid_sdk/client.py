@@ -31,6 +31,7 @@ from opengrid_ledger import (
     decode_entry,
     encode_entry,
     grant_signing_bytes,
+    latest_of,
     open_entry,
     sign_entry,
 )
@@ -1093,16 +1094,7 @@ class Client:
         _, reply = self._to_coordinator(request)
         if not isinstance(reply, History):
             raise RemoteProtocolError(f"expected History, got {type(reply).__name__}")
-        head: tuple[int, bytes] | None = None
-        for data in reply.entries:
-            try:
-                entry = decode_entry(data)
-                body = open_entry(entry, self.network)
-            except InvalidEntryError:
-                continue
-            if body.author == me and (head is None or body.seq > head[0]):
-                head = (body.seq, bytes(entry.id))
-        return head
+        return latest_of(me, reply.entries, self.network)
 
     @overload
     def stream(

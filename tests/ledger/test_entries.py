@@ -14,8 +14,10 @@ from ledger_factory import (
     COORDINATOR,
     N_TOKENS,
     NETWORK,
+    USERS,
     WORKERS,
     Author,
+    grant,
     job_id,
     key,
     make_receipt,
@@ -29,6 +31,7 @@ from opengrid_ledger import (
     attestation_signing_bytes,
     decode_entry,
     encode_entry,
+    latest_of,
     open_entry,
     sign_attestation,
     sign_entry,
@@ -204,3 +207,16 @@ def test_open_entry_on_mutated_signed_bodies(data: st.DataObject) -> None:
     except InvalidEntryError:
         return
     assert msgspec.msgpack.encode(opened) == signed
+
+
+def test_latest_of_finds_an_authors_last_verified_entry_and_skips_the_rest() -> None:
+    """The chain head a payer reads from a coordinator's History (SDK and worker API alike)."""
+    me, other = Author(USERS[0]), Author(USERS[1])
+    first, second = grant(me), grant(other)
+    forged = Entry(first.body, bytes(64))  # our body, a signature that does not verify
+    entries = [encode_entry(e) for e in (second, first, forged)] + [b"\x00 not an entry"]
+    assert latest_of(pub(me.key), entries, NETWORK) == (1, bytes(first.id))
+    assert latest_of(pub(me.key), [encode_entry(second)], NETWORK) is None
+    later = (7, b"\x01" * 32)  # our own writer is ahead of what the coordinator holds
+    assert latest_of(pub(me.key), entries, NETWORK, since=later) == later
+    assert latest_of(pub(me.key), entries, "another-network") is None

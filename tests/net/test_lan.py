@@ -113,3 +113,35 @@ async def test_two_nodes_on_loopback_find_and_connect_to_each_other(tmp_path: py
             while not (a.is_connected(b.peer_id) and b.is_connected(a.peer_id)):
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_lan_flooding_records_gets_at_most_max_peers_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bounded: at most ``MAX_PEERS`` distinct peers per run, however many valid-looking records answer
+    (here the bound is lowered to 2 and 4 records of our network answer)."""
+    import opengrid.net.lan as lan
+
+    monkeypatch.setattr(lan, "MAX_PEERS", 2)
+    network = _network()
+    mark = fingerprint(network, None).encode()
+    peers = [
+        "12D3KooWAL3BE8drsxHzR1efHWAtYnZE2X2EUy53Ggs9Cg47f541",
+        "12D3KooWMEm2TWmG9oNz6UzfMbpQBjd2pAXLFWLHZQAT25FMh6Nk",
+        "12D3KooWJ6UvVThSaMWkEqTm89FEkpiftoxN74gA2wN9MN8ooXcG",
+        "12D3KooWSaMMWTRBUFN9nDKRbRXmrqVCdFmD2JYYSzd7JiCixhgD",
+    ]
+    zc = Zeroconf(interfaces=list(LOOPBACK), ip_version=IPVersion.V4Only)
+    loopback = [socket.inet_aton("127.0.0.1")]
+    infos = [
+        ServiceInfo(SERVICE_TYPE, f"{peer}.{SERVICE_TYPE}", port=4001, addresses=loopback,
+                    properties={b"v": b"1", b"net": mark}, server=f"f{i}.local.")
+        for i, peer in enumerate(peers)
+    ]  # fmt: skip
+    try:
+        for info in infos:
+            await trio.to_thread.run_sync(zc.register_service, info)
+        found = await look_for_grid(network=network, scope=LOOPBACK, wait_s=LOOK_S)
+    finally:
+        await trio.to_thread.run_sync(zc.close)
+    assert len(found) == 2 and {p.peer_id for p in found} <= set(peers)
