@@ -105,9 +105,13 @@ def test_demo_json_reports_jobs_and_every_nodes_points() -> None:
     cheater = next(node for node in report["nodes"] if node["cheater"])
     assert cheater["points"] == 0
     total = sum(node["points"] for node in report["nodes"])
-    # Audited (the default): each job pays its generator 8 points and its auditor ceil(8 / 2) = 4.
-    assert all(sorted(job["credits"].values()) == [4, 8] for job in report["jobs"])
-    assert total == sum(points for job in report["jobs"] for points in job["credits"].values()) == 3 * (8 + 4)
+    # Audited (the default): each job pays its generator 8 points and each auditor ceil(8 / 2) = 4; new
+    # workers are untrusted, so every audit is full, and a random second audit (2 % of claims, spec
+    # verification.md §13.5) adds a second auditor now and then.
+    credits = [sorted(job["credits"].values()) for job in report["jobs"]]
+    assert all(c in ([4, 8], [4, 4, 8]) for c in credits), credits
+    assert total == sum(points for job in report["jobs"] for points in job["credits"].values())
+    assert 3 * (8 + 4) <= total <= 3 * (8 + 4 + 4)
 
 
 def test_node_pause_and_resume_from_the_shell(tmp_path: pathlib.Path) -> None:
