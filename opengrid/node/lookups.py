@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opengrid_ledger import Receipt, decode_body, encode_entry
+from opengrid_ledger import Receipt, Transfer, decode_body, encode_entry
 
 from opengrid.node.context import NodeContext
 from opengrid.node.coordinator_driver import CoordinatorDriver
@@ -17,8 +17,9 @@ class Lookups:
         self._coordinator = coordinator
 
     def history(self, account: bytes, limit: int) -> History:
-        """The newest ``limit`` entries that concern ``account`` — receipts that credit or outvote it, and
-        entries it authored (its HOLDs: a paying client learns its chain head from them) — oldest first;
+        """The newest ``limit`` entries that concern ``account`` — receipts that credit or outvote it,
+        transfers it received, and entries it authored (its HOLDs: a paying client learns its chain head
+        from them; its transfers) — oldest first;
         the account's latest own entry (its chain head) always among them."""
         ledger = self._ctx.ledger
         assert ledger is not None
@@ -26,9 +27,13 @@ class Lookups:
         for entry in reversed(ledger.entries()):
             body = decode_body(entry.body)  # verified when applied; the client verifies again anyway
             payload = body.payload
-            if body.author == account or (
-                isinstance(payload, Receipt)
-                and (account in payload.dissenters or any(c.account == account for c in payload.credits))
+            if (
+                body.author == account
+                or (isinstance(payload, Transfer) and payload.to == account)
+                or (
+                    isinstance(payload, Receipt)
+                    and (account in payload.dissenters or any(c.account == account for c in payload.credits))
+                )
             ):
                 found.append(encode_entry(entry))
                 if len(found) == limit:

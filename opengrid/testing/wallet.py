@@ -113,10 +113,17 @@ def _peer_id(key: bytes) -> str:
 
 
 def demo_history(
-    account: str, now_ms: int, *, jobs: int = 64, outvoted: tuple[int, ...] = (9, 40, 58), seed: int = 7
+    account: str,
+    now_ms: int,
+    *,
+    jobs: int = 64,
+    outvoted: tuple[int, ...] = (9, 40, 58),
+    transfers: tuple[int, ...] = (30, 61),
+    seed: int = 7,
 ) -> list[HistoryItem]:
     """``jobs`` receipts for ``account`` over the six hours before ``now_ms``, oldest first, busiest in the
-    afternoon; the jobs numbered in ``outvoted`` were outvoted."""
+    afternoon; the jobs numbered in ``outvoted`` were outvoted; after the jobs numbered in ``transfers``
+    the account received points (the first) and sent some (the others)."""
     rng = random.Random(seed)
     coordinators = [demo_key("coordinator-a"), demo_key("coordinator-b")]
     start = now_ms - 6 * 3_600_000
@@ -136,6 +143,21 @@ def demo_history(
                 issued_at_ms=issued,
             )
         )
+        if index in transfers:
+            first = index == transfers[0]
+            items.append(
+                HistoryItem(
+                    entry_id=hashlib.sha256(f"{account}/transfer/{index}".encode()).digest(),
+                    job_id=b"",
+                    coordinator_key=b"",
+                    outcome="received" if first else "sent",
+                    points=250 if first else -120,
+                    n_tokens=0,
+                    issued_at_ms=0,
+                    counterparty=demo_key("friend" if first else "research-lab"),
+                    memo="thanks!" if first else "donation",
+                )
+            )
     return items
 
 

@@ -204,7 +204,7 @@ class WalletApp(App[None]):
     def on_mount(self) -> None:
         self.sub_title = self.source.address
         history = self.query_one("#history-table", DataTable)
-        history.add_columns("Time", "Job", "Outcome", "Points", "Tokens", "Coordinator")
+        history.add_columns("Time", "Job", "Outcome", "Points", "Tokens", "Signed by / with")
         self._control_reason = self.source.control_unavailable
         self._render_all()
         self.set_interval(self.refresh_s, self.refresh_data)
@@ -470,7 +470,8 @@ class WalletApp(App[None]):
                 f"since {format_time(series.start_ms, self._tz)}"
             )
             caption = (
-                f"{format_points(series.total)} points in the last {len(self.history)} receipts · "
+                f"{format_points(series.total)} points in the last "
+                f"{sum(1 for item in self.history if not item.is_transfer)} receipts · "
                 f"peak {format_points(max(series.points))} · latest bar {format_points(series.points[-1])}"
             )
         else:
@@ -486,21 +487,13 @@ class WalletApp(App[None]):
             self._history_key = key
             table.clear()
             for item in reversed(self.history):
-                outcome = (
-                    Text("paid", style="green") if item.outcome == "paid" else Text("outvoted", style="red")
-                )
-                table.add_row(
-                    format_time(item.issued_at_ms, self._tz),
-                    item.job_id.hex()[:8],
-                    outcome,
-                    Text(format_points(item.points), justify="right"),
-                    Text(format_points(item.n_tokens), justify="right"),
-                    short_id(_peer_id(item.coordinator_key)),
-                )
-        count = len(self.history)
+                table.add_row(*_history_row(item, self._tz))
+        receipts = sum(1 for item in self.history if not item.is_transfer)
+        transfers = len(self.history) - receipts
         caption = (
-            f"{count} receipts, newest first; every signature checked by the SDK"
-            if count
+            f"{receipts} receipts{f' and {transfers} transfers' if transfers else ''}, newest first; "
+            "every signature checked by the SDK"
+            if self.history
             else "no receipts yet: jobs this node ran appear here once verified"
         )
         self.query_one("#history-caption", Static).update(caption)
@@ -633,3 +626,31 @@ def _peer_id(key: bytes) -> str:
         return peer_id_of(key)
     except Exception:
         return key.hex()
+
+
+_OUTCOME_STYLES = {"paid": "green", "outvoted": "red", "sent": "yellow", "received": "cyan"}
+
+
+def _history_row(item: HistoryItem, tz: dt.tzinfo | None) -> tuple[str | Text, ...]:
+    """One History row: a receipt (its job, tokens and signing coordinator) or a transfer (its memo in
+    the job column, the other account in the last)."""
+    outcome = Text(item.outcome, style=_OUTCOME_STYLES.get(item.outcome, ""))
+    if item.is_transfer:
+        points = f"{item.points:+,}"
+        memo = item.memo if len(item.memo) <= 8 else item.memo[:7] + "…"
+        return (
+            format_time(item.issued_at_ms, tz),
+            memo,
+            outcome,
+            Text(points, justify="right"),
+            Text("", justify="right"),
+            short_id(_peer_id(item.counterparty)),
+        )
+    return (
+        format_time(item.issued_at_ms, tz),
+        item.job_id.hex()[:8],
+        outcome,
+        Text(format_points(item.points), justify="right"),
+        Text(format_points(item.n_tokens), justify="right"),
+        short_id(_peer_id(item.coordinator_key)),
+    )

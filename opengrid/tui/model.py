@@ -61,9 +61,11 @@ class EarningsSeries:
 def earnings_series(items: Sequence[HistoryItem], now_ms: int, buckets: int = 48) -> EarningsSeries:
     """Spread the paid points of ``items`` over ``buckets`` equal spans from the oldest item to ``now_ms``.
 
-    Items without a timestamp (``issued_at_ms == 0``) cannot be placed and are left out.
+    Items without a timestamp (``issued_at_ms == 0``) cannot be placed and are left out, and so are
+    transfers: they are not earnings.
     """
-    dated = sorted((i for i in items if i.issued_at_ms > 0), key=lambda i: i.issued_at_ms)
+    earned = (i for i in items if i.issued_at_ms > 0 and not i.is_transfer)
+    dated = sorted(earned, key=lambda i: i.issued_at_ms)
     if not dated or buckets < 1:
         return EarningsSeries(points=[0] * max(buckets, 0), start_ms=now_ms, bucket_ms=0)
     start = dated[0].issued_at_ms
@@ -97,8 +99,9 @@ class ReputationSummary:
 
 
 def summarize_reputation(items: Sequence[HistoryItem]) -> ReputationSummary:
-    """Count paid and outvoted outcomes, and the current streak of paid ones (oldest item first)."""
-    ordered = sorted(items, key=lambda i: (i.issued_at_ms, i.entry_id))
+    """Count paid and outvoted outcomes, and the current streak of paid ones (oldest item first).
+    Transfers are not work: they count for none of it."""
+    ordered = sorted((i for i in items if not i.is_transfer), key=lambda i: (i.issued_at_ms, i.entry_id))
     streak = 0
     for item in ordered:
         streak = streak + 1 if item.outcome == "paid" else 0
@@ -124,6 +127,8 @@ def coordinators_seen(items: Sequence[HistoryItem]) -> list[CoordinatorSeen]:
     """Coordinators that signed receipts for this account, most recently seen first."""
     by_key: dict[bytes, list[HistoryItem]] = {}
     for item in items:
+        if item.is_transfer:  # signed by the sender, not by a coordinator
+            continue
         by_key.setdefault(item.coordinator_key, []).append(item)
     seen = [
         CoordinatorSeen(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opengrid_ledger import Receipt, decode_entry, open_entry
+from opengrid_ledger import Receipt, Transfer, decode_entry, open_entry
 
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.receipts import open_receipt, verify_receipt
@@ -24,11 +24,26 @@ class HistoryItem:
     job_id: bytes
     coordinator_key: bytes
     outcome: str
-    """"paid" (credited) or "outvoted" (its output disagreed with the majority)."""
+    """"paid" (credited), "outvoted" (its output disagreed with the majority), or a transfer: "sent" or
+    "received" (``TRANSFER_OUTCOMES``)."""
     points: int
+    """Points this entry moved for the account: credited (paid), 0 (outvoted), negative when sent."""
     n_tokens: int
     issued_at_ms: int
-    """When the coordinator accepted the job, by its clock (0 if it did not say)."""
+    """When the coordinator accepted the job, by its clock (0 if it did not say; 0 for transfers, which
+    carry no time)."""
+    counterparty: bytes = b""
+    """Transfers: the other account (the recipient of a sent one, the sender of a received one)."""
+    memo: str = ""
+    """Transfers: the sender's note."""
+
+    @property
+    def is_transfer(self) -> bool:
+        """A TRANSFER sent or received, not a job's receipt."""
+        return self.outcome in TRANSFER_OUTCOMES
+
+
+TRANSFER_OUTCOMES = ("sent", "received")
 
 
 def history_item(data: bytes, account: bytes, network: str) -> HistoryItem | None:
@@ -38,9 +53,25 @@ def history_item(data: bytes, account: bytes, network: str) -> HistoryItem | Non
         body = open_entry(entry, network)
     except InvalidEntryError:
         return None
-    receipt = body.payload
-    if not isinstance(receipt, Receipt):
+    payload = body.payload
+    if isinstance(payload, Transfer):
+        if account not in (body.author, payload.to):
+            return None
+        sent = body.author == account
+        return HistoryItem(
+            entry_id=entry.id,
+            job_id=b"",
+            coordinator_key=b"",
+            outcome="sent" if sent else "received",
+            points=-payload.amount if sent else payload.amount,
+            n_tokens=0,
+            issued_at_ms=0,
+            counterparty=payload.to if sent else body.author,
+            memo=payload.memo,
+        )
+    if not isinstance(payload, Receipt):
         return None
+    receipt = payload
     points = sum(c.points for c in receipt.credits if c.account == account)
     if points:
         outcome = "paid"

@@ -12,8 +12,10 @@ from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Digits, Label, Static, TabbedContent
 
 from opengrid.errors import TransportError
-from opengrid.testing.wallet import FakeWalletSource, demo_coordinator_source, demo_worker_source
+from opengrid.net.keys import peer_id_of
+from opengrid.testing.wallet import FakeWalletSource, demo_coordinator_source, demo_key, demo_worker_source
 from opengrid.tui.app import WalletApp
+from opengrid.tui.model import short_id
 
 NOW_MS = 1_748_790_000_000
 Scenario = Callable[[Pilot[None], WalletApp], Awaitable[None]]
@@ -45,7 +47,7 @@ def test_overview_shows_balance_role_state_and_peer_id() -> None:
     source = demo_worker_source(NOW_MS)
 
     async def scenario(pilot: Pilot[None], app: WalletApp) -> None:
-        assert app.query_one("#balance", Digits).value == "3,256"
+        assert app.query_one("#balance", Digits).value == "3,386"
         facts = text_of(app, "#overview-facts")
         assert "worker" in facts and "● running" in facts and "Jobs done 61" in facts
         assert source.node_status.peer_id in text_of(app, "#overview-peer")
@@ -73,18 +75,23 @@ def test_number_keys_and_tab_switch_screens() -> None:
     run_wallet(demo_worker_source(NOW_MS), scenario)
 
 
-def test_history_lists_receipts_newest_first_with_their_outcome() -> None:
+def test_history_lists_receipts_and_transfers_newest_first_with_their_outcome() -> None:
     source = demo_worker_source(NOW_MS)
 
     async def scenario(pilot: Pilot[None], app: WalletApp) -> None:
         await pilot.press("2")
         table = app.query_one("#history-table", DataTable)
-        assert table.row_count == len(source.items) == 64
+        assert table.row_count == len(source.items) == 64 + 2  # 64 receipts, one transfer in, one out
         newest = source.items[-1]
         first = [str(cell) for cell in table.get_row_at(0)]
         assert first[1] == newest.job_id.hex()[:8] and first[2] == newest.outcome
-        outcomes = {str(table.get_row_at(i)[2]) for i in range(table.row_count)}
-        assert outcomes == {"paid", "outvoted"}
+        rows = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+        assert {row[2] for row in rows} == {"paid", "outvoted", "sent", "received"}
+        (received,) = [row for row in rows if row[2] == "received"]
+        (sent,) = [row for row in rows if row[2] == "sent"]
+        assert received[1:5] == ["thanks!", "received", "+250", ""] and sent[3] == "-120"
+        assert received[5] == short_id(peer_id_of(demo_key("friend")))
+        assert "64 receipts and 2 transfers" in text_of(app, "#history-caption")
 
     run_wallet(source, scenario)
 
@@ -130,7 +137,7 @@ def test_live_update_shows_the_new_balance_after_a_refresh() -> None:
     source = demo_worker_source(NOW_MS)
 
     async def scenario(pilot: Pilot[None], app: WalletApp) -> None:
-        assert app.query_one("#balance", Digits).value == "3,256"
+        assert app.query_one("#balance", Digits).value == "3,386"
         source.node_status = msgspec.structs.replace(source.node_status, points=4_000, jobs_done=63)
         await pilot.press("r")
         await settle(pilot)
@@ -201,7 +208,7 @@ def test_a_failing_node_shows_in_the_status_line_and_the_wallet_recovers() -> No
         line = text_of(app, "#status-line")
         assert "node offline" in line and "connection refused" in line and "1 failed refresh(es)" in line
         assert "showing the last values, from" in line
-        assert app.query_one("#balance", Digits).value == "3,256"  # the last good data stays
+        assert app.query_one("#balance", Digits).value == "3,386"  # the last good data stays
         assert str(app.query_one("#balance-label", Label).content) == "LAST BALANCE (offline)"
         assert "○ offline: last values shown" in text_of(app, "#overview-facts")
         source.failure = RuntimeError("anything at all")

@@ -45,13 +45,13 @@ def test_send_points_after_a_confirmation() -> None:
         assert isinstance(confirm, ConfirmSendScreen)
         assert "Send 250 points?" in str(confirm.query_one("#confirm-title").render())
         facts = str(confirm.query_one("#confirm-facts", Static).content)
-        assert FUND.hex() in facts and '"for the docs"' in facts and "3,006 points" in facts
+        assert FUND.hex() in facts and '"for the docs"' in facts and "3,136 points" in facts
         assert source.sent == []  # nothing sent before "Send"
         await pilot.click("#confirm-send")
         await settle(pilot)
         assert source.sent == [(FUND, 250, "for the docs")]
         assert "sent 250 points" in text_of(app, "#status-line")
-        assert app.query_one("#balance", Digits).value == "3,006"  # refreshed after sending
+        assert app.query_one("#balance", Digits).value == "3,136"  # refreshed after sending
 
     run_wallet(source, scenario)
 
@@ -67,7 +67,7 @@ def test_cancel_sends_nothing_and_bad_input_is_refused_in_the_form() -> None:
         form.query_one("#send-to", Input).value = FUND.hex()
         form.query_one("#send-points", Input).value = "999999"
         await review(pilot, form)
-        assert "can spend 3,256 points" in str(form.query_one("#send-error", Static).content)
+        assert "can spend 3,386 points" in str(form.query_one("#send-error", Static).content)
         form.query_one("#send-points", Input).value = "5"
         form.query_one("#send-memo", Input).value = "bell\x07"
         await review(pilot, form)
