@@ -201,7 +201,15 @@ class AuditsPart(CoordinatorParts):
     def _sealed_audit_job(self, job: JobRecord, audit: AuditJob, auditor: str) -> AuditJob:
         """A sealed job's AuditJob for one auditor (spec/sealed-mode.md §11): the client's prompt
         ciphertext made for it, the prover's claim sealed to it and the prover's attestation; no
-        plaintext (we hold none)."""
+        plaintext (we hold none). A chunked audit (spec/verification.md §14.3) gets the prover's key instead
+        of its claim: the claim follows in sealed chunks, and the whole of it in the final chunk."""
+        if audit.chunked:
+            return msgspec.structs.replace(
+                audit,
+                sealed_prompt=job.sealed[auditor],
+                client_box_key=job.request.client_box_key,
+                prover_key=self.workers[job.prover].key,
+            )
         result, _ = job.results[job.prover]
         key = self.workers[auditor].key
         claim = next(c.ciphertext for c in result.sealed_claims if c.reader == key)  # checked on arrival

@@ -33,6 +33,7 @@ from opengrid.core.events import (
     ReplicaFailed,
     ReplicaProgressed,
     ReplicaReturned,
+    SealedChunkReported,
     WorkerRegistered,
 )
 from opengrid.core.grants import GrantPolicy
@@ -168,6 +169,9 @@ class Coordinator(
                 return self._on_cancelled(event) + self._drain(now)
             case AuditReturned():
                 return self._on_audit_returned(event, now) + self._drain(now)
+            case SealedChunkReported():
+                effects = self._on_sealed_chunk(event, now)
+                return effects + self._drain(now) if effects else effects
             case ChunkAudited():
                 return self._on_chunk_audited(event, now) + self._drain(now)
             case AuditFailed():

@@ -211,6 +211,9 @@ class CoordinatorParts(ABC):
     def stream_contradiction(self, job: JobRecord, agreement: Agreement) -> str | None: ...
 
     @abstractmethod
+    def sealed_chunks_contradiction(self, job_id: bytes, peer: str, n_tokens: int) -> str | None: ...
+
+    @abstractmethod
     def _audit_claim(self, job: JobRecord, now: float) -> list[Effect]: ...
 
     @abstractmethod
