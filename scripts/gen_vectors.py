@@ -675,7 +675,7 @@ def messages(
             to_readers=[SealedClaim(reader=PUB["W2"], ciphertext=b"\x02" * 48)])),
         ("a verified sealed chunk forwarded to the client", JobProgress(
             job_id=job(1), text="", verified=True,
-            sealed_chunk=Sealed(peer_id="W1", ciphertext=b"\x01" * 48))),
+            sealed_chunk=Sealed(peer_id="W1", ciphertext=b"\x01" * 48), chunk_commitment=bytes(range(32)))),
         ("a sealed chunk relayed to its auditor", AuditChunk(
             job_id=job(1), offset=0, tokens=[], pieces=[], sealed_chunk=b"\x02" * 48,
             commitment=bytes(range(32)), end=2)),

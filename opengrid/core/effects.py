@@ -89,6 +89,8 @@ class ForwardVerified:
     sealed: Sealed | None = None
     """A sealed job's verified chunk (spec/verification.md §14.3): the prover's ciphertext for the client
     (``text`` is then empty), every auditor having passed the chunk it committed to."""
+    commitment: bytes = b""
+    """With ``sealed``: the chunk's commitment the auditors' verdicts named (the client checks it)."""
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ class _PendingJob:
     (``ForwardVerified``), and preview text from ``streamer`` only."""
     streamer: str | None = None
     """The first replica that sent progress; only its preview reaches the client."""
-    sealed_progress: Callable[[Sealed], None] | None = None
+    sealed_progress: Callable[[Sealed, bytes], None] | None = None
     """Sealed streaming jobs: where each verified chunk's ciphertext for the client goes (§14.3)."""
 
 
@@ -167,10 +167,10 @@ class CoordinatorDriver:
                     self._ledger.append(entry)
                 case SendReceipt(peer=peer, notice=notice):
                     ctx.nursery.start_soon(self._send_receipt, peer, notice)
-                case ForwardVerified(job_id=job_id, text=text, sealed=sealed):
+                case ForwardVerified(job_id=job_id, text=text, sealed=sealed, commitment=commitment):
                     pending = self.jobs.get(job_id)
                     if pending is not None and sealed is not None and pending.sealed_progress is not None:
-                        pending.sealed_progress(sealed)
+                        pending.sealed_progress(sealed, commitment)
                     elif pending is not None and pending.progress is not None:
                         pending.progress(text, True)
                 case Penalize(peer=peer, why=why):
@@ -200,20 +200,25 @@ class CoordinatorDriver:
         # Unbounded as a channel, bounded in use: a verified chunk holds at least one token of the job
         # (at most max_tokens of them) and is never dropped; a preview is dropped when PROGRESS_BUFFER
         # frames wait for a slow client (it loses preview text, never verified text nor the answer).
-        send, receive = trio.open_memory_channel[tuple[str, bool, Sealed | None]](math.inf)
+        send, receive = trio.open_memory_channel[tuple[str, bool, Sealed | None, bytes]](math.inf)
 
         def offer(text: str, verified: bool) -> None:
             if verified or send.statistics().current_buffer_used < PROGRESS_BUFFER:
-                send.send_nowait((text, verified, None))
+                send.send_nowait((text, verified, None, b""))
 
-        def offer_sealed(sealed: Sealed) -> None:  # verified: never dropped (one per chunk at most)
-            send.send_nowait(("", True, sealed))
+        def offer_sealed(sealed: Sealed, commitment: bytes) -> None:  # verified: never dropped
+            send.send_nowait(("", True, sealed, commitment))
 
         async def forward() -> None:
-            async for text, verified, sealed in receive:
-                await stream.send(
-                    JobProgress(job_id=message.job_id, text=text, verified=verified, sealed_chunk=sealed)
+            async for text, verified, sealed, commitment in receive:
+                progress = JobProgress(
+                    job_id=message.job_id,
+                    text=text,
+                    verified=verified,
+                    sealed_chunk=sealed,
+                    chunk_commitment=commitment,
                 )
+                await stream.send(progress)
 
         async def watch_client(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
@@ -246,7 +251,7 @@ class CoordinatorDriver:
         message: SubmitJob,
         *,
         progress: Callable[[str, bool], None] | None = None,
-        sealed_progress: Callable[[Sealed], None] | None = None,
+        sealed_progress: Callable[[Sealed, bytes], None] | None = None,
     ) -> JobAccepted | ErrorReply:
         """Run ``peer``'s job here and return its answer; for a streaming job, ``progress(text,
         verified)`` gets verified text as a quorum agrees on it and one replica's preview text, and

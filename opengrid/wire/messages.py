@@ -318,6 +318,9 @@ class JobProgress(_Message, tag="job_progress", frozen=True):
     sealed_chunk: Sealed | None = None
     """Sealed chunked streaming (spec/verification.md §14.3), with ``verified`` and an empty ``text``: the
     next chunk of the answer, sealed by its prover (``peer_id``) to the client; every auditor passed it."""
+    chunk_commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    """With ``sealed_chunk``: the chunk's salted commitment that every auditor's verdict named; the client
+    checks the chunk it opens against it (it holds the salt)."""
 
 
 class ReplicaResult(_Message, tag="result", frozen=True):

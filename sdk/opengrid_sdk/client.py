@@ -95,7 +95,7 @@ from opengrid.wire.messages import (
     listed_balance,
 )
 from opengrid.wire.receipts import verify_receipt_without_output
-from opengrid.wire.sealed import open_chunk_as_client
+from opengrid.wire.sealed import commit_chunk, open_chunk_as_client
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
 from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
 from opengrid_sdk.transfers import (
@@ -1264,7 +1264,9 @@ class Client:
             request = sealed.request
         else:
             request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True, sampling=sampling))
-        items: queue.Queue[str | Preview | Sealed | tuple[str, Message] | BaseException] = queue.Queue()
+        items: queue.Queue[str | Preview | tuple[Sealed, bytes] | tuple[str, Message] | BaseException] = (
+            queue.Queue()
+        )
         address = self.coordinator()
 
         async def exchange() -> None:
@@ -1285,7 +1287,7 @@ class Client:
                         continue
                     if reply.verified and reply.sealed_chunk is not None:
                         if sealed is not None:  # a verified chunk sealed to us (spec/verification.md §14.3)
-                            items.put(reply.sealed_chunk)
+                            items.put((reply.sealed_chunk, reply.chunk_commitment))
                     elif reply.verified:
                         items.put(reply.text)
                     elif previews:
@@ -1309,9 +1311,9 @@ class Client:
                 item = items.get(timeout=self.timeout + 5)
                 if isinstance(item, BaseException):
                     raise item
-                if isinstance(item, Sealed):
-                    assert sealed is not None  # only a sealed stream queues these
-                    text = self._open_chunk(sealed, item, len(streamed), streamed)
+                if isinstance(item, tuple) and isinstance(item[0], Sealed):
+                    assert sealed is not None and isinstance(item[1], bytes)  # only a sealed stream's
+                    text = self._open_chunk(sealed, item[0], item[1], streamed)
                     if text:
                         verified.append(text)
                         yield text
@@ -1342,9 +1344,10 @@ class Client:
             worker.join(timeout=self.timeout + 5)
 
     @staticmethod
-    def _open_chunk(job: SealedJob, sealed: Sealed, offset: int, streamed: list[int]) -> str:
+    def _open_chunk(job: SealedJob, sealed: Sealed, commitment: bytes, streamed: list[int]) -> str:
         """Open one verified chunk of a sealed stream (from a worker the job was sealed to, starting where
-        the chunks before it ended), add its tokens to ``streamed`` and return its text."""
+        the chunks before it ended, matching the commitment its auditors named), add its tokens to
+        ``streamed`` and return its text."""
         if sealed.peer_id not in {s.peer_id for s in job.request.sealed}:
             raise VerificationError(
                 f"a streamed chunk came sealed by {sealed.peer_id}, a worker this job was not sealed to"
@@ -1352,10 +1355,15 @@ class Client:
         chunk = open_chunk_as_client(
             sealed.ciphertext,
             job_id=job.request.job_id,
-            offset=offset,
+            offset=len(streamed),
             prover_key=public_key_of(sealed.peer_id),
             ephemeral=job.ephemeral,
         )
+        if commit_chunk(job.request.job_id, job.salt, chunk.offset, chunk.tokens, chunk.pieces) != commitment:
+            raise VerificationError(
+                f"the streamed chunk at token {chunk.offset} is not the one its auditors passed (its "
+                "commitment differs); discard the streamed text and retry"
+            )
         streamed += chunk.tokens
         return "".join(chunk.pieces)
 

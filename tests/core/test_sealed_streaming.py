@@ -37,7 +37,7 @@ from opengrid.core.worker import Output
 from opengrid.net.keys import peer_id_of, public_key_of
 from opengrid.wire.codec import decode_message, encode_message
 from opengrid.wire.messages import AuditReport, ChunkVerdict, ErrorReply, JobAccepted, Message, SealedProgress
-from opengrid.wire.sealed import open_chunk_as_client
+from opengrid.wire.sealed import commit_chunk, open_chunk_as_client
 
 # Chunks of 2 tokens, then up to 4: HONEST's 5 tokens stream as [0, 2) and [2, 5).
 CONFIG = CoordinatorConfig(
@@ -145,6 +145,9 @@ def _opened(job: SealedJob, effects: Sequence[Effect], offset: int) -> tuple[lis
             prover_key=public_key_of(forward.sealed.peer_id),
             ephemeral=job.ephemeral,
         )
+        assert forward.commitment == commit_chunk(
+            job.request.job_id, job.salt, chunk.offset, chunk.tokens, chunk.pieces
+        ), "the client checks each chunk against the commitment its auditors named"
         tokens += chunk.tokens
         text += "".join(chunk.pieces)
     return tokens, text

@@ -466,7 +466,9 @@ class StreamingPart(CoordinatorParts):
             if done < end <= upto:
                 job.sealed_verified.append((chunk.offset, end, chunk.commitment))
                 sealed = Sealed(peer_id=claim.prover, ciphertext=chunk.to_client)
-                effects.append(ForwardVerified(job.request.job_id, "", sealed=sealed))
+                effects.append(
+                    ForwardVerified(job.request.job_id, "", sealed=sealed, commitment=chunk.commitment)
+                )
         return effects
 
     def sealed_chunks_contradiction(self, job_id: bytes, peer: str, n_tokens: int) -> str | None:
