@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
+import pytest
 from grid_harness import HONEST, Grid, audits, dispatches, evidence_for, finished, of_type
 from opengrid_sdk.receipts import SignedReceipt
 from opengrid_sdk.sealed import SealedJob, open_answer, seal_job
 
 from opengrid.core.audit import PositionEvidence
-from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.core.coordinator import CoordinatorConfig, streaming
 from opengrid.core.effects import (
     CancelReplica,
     DispatchAudit,
@@ -337,4 +338,30 @@ def test_a_sealed_chunk_not_sealed_to_every_reader_fails_the_prover() -> None:
     effects = grid.coordinator.handle(SealedChunkReported(job.request.job_id, run.peer, short), 0.5)
     assert [p.peer for p in of_type(effects, Penalize)] == [run.peer]
     assert CancelReplica(peer=run.peer, job_id=job.request.job_id) in effects
+    assert not audits(effects)
+
+
+def test_only_the_last_sealed_chunk_may_be_short() -> None:
+    grid, peers = _grid(3)
+    job, run = _submit(grid, peers)
+    job_id = job.request.job_id
+    short = _chunk(grid, run, 0, 1)  # the policy's first chunk has 2 tokens: this one must be the last
+    assert audits(grid.coordinator.handle(SealedChunkReported(job_id, run.peer, short), 0.5))
+    effects = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, _chunk(grid, run, 1, 3)), 0.6)
+    assert [p.peer for p in of_type(effects, Penalize)] == [run.peer]
+    assert "follows a short chunk" in of_type(effects, Penalize)[0].why
+    assert CancelReplica(peer=run.peer, job_id=job_id) in effects
+
+
+def test_a_prover_cannot_make_the_coordinator_hold_unbounded_ciphertext(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(streaming, "MAX_SEALED_STREAM_BYTES", 1000)
+    grid, peers = _grid(3)
+    job, run = _submit(grid, peers)
+    chunk = _chunk(grid, run, 0, 2)
+    bloated = msgspec.structs.replace(chunk, to_client=chunk.to_client + bytes(1000))
+    effects = grid.coordinator.handle(SealedChunkReported(job.request.job_id, run.peer, bloated), 0.5)
+    assert [p.peer for p in of_type(effects, Penalize)] == [run.peer]
+    assert "pass 1000 bytes" in of_type(effects, Penalize)[0].why
     assert not audits(effects)

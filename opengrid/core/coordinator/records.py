@@ -74,6 +74,8 @@ class ChunkedClaim:
     sealed: list[SealedProgress] = field(default_factory=list)
     """A sealed job's claim (spec/verification.md §14.3): the prover's sealed chunks, in order, one per
     entry of ``ends`` (the prover cut them; the coordinator holds ciphertexts and commitments only)."""
+    sealed_bytes: int = 0
+    """The ciphertext bytes of ``sealed`` (bounded by ``streaming.MAX_SEALED_STREAM_BYTES``)."""
 
 
 @dataclass

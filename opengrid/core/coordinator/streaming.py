@@ -383,13 +383,23 @@ class StreamingPart(CoordinatorParts):
         index = len(claim.sealed) if claim is not None else 0
         offset = claim.ends[-1] if claim is not None and claim.ends else 0
         keys = [c.reader for c in chunk.to_readers]
+        held = claim.sealed_bytes if claim is not None else 0
+        size = len(chunk.to_client) + sum(len(c.ciphertext) for c in chunk.to_readers)
         problem = ""
         if chunk.job_id != job_id:
             problem = "it names another job"
         elif chunk.offset != offset:
             problem = f"it starts at {chunk.offset}, but {offset} tokens were sent before"
+        elif (
+            claim is not None
+            and claim.sealed
+            and claim.sealed[-1].n_tokens < self._chunk_policy.size(index - 1)
+        ):
+            problem = f"chunk {index} follows a short chunk, which only the last one may be"
         elif chunk.n_tokens > self._chunk_policy.size(index):
             problem = f"chunk {index} has {chunk.n_tokens} tokens, more than {self._chunk_policy.size(index)}"
+        elif held + size > MAX_SEALED_STREAM_BYTES:
+            problem = f"its chunks' ciphertexts pass {MAX_SEALED_STREAM_BYTES} bytes"
         elif chunk.offset + chunk.n_tokens > job.request.max_tokens:
             problem = f"it ends at {chunk.offset + chunk.n_tokens}, past max_tokens {job.request.max_tokens}"
         elif len(set(keys)) != len(keys) or set(keys) != set(job.readers.get(peer, ())):
@@ -410,6 +420,7 @@ class StreamingPart(CoordinatorParts):
         if claim is None:
             claim = job.chunked = ChunkedClaim(prover=peer)
         claim.sealed.append(chunk)
+        claim.sealed_bytes += size
         claim.ends.append(end)
         claim.pieced = end
         if job.prover != peer:  # its first chunk: draw its auditors, who get every chunk so far
@@ -522,6 +533,13 @@ class StreamingPart(CoordinatorParts):
         job.audited.clear()
         self._audit_wait.pop(job.request.job_id, None)
         return self._cancel_audits(job)
+
+
+MAX_SEALED_STREAM_BYTES = 64 * 1024 * 1024
+"""Most ciphertext bytes one sealed streaming claim may make the coordinator hold (every chunk to the
+client and to each reader, kept for auditors that join later). An honest 8,192-token claim sealed to 16
+readers holds about 7 MB; with chunks cut by the policy (only the last one short) a prover cannot make it
+hold more than this by sending many small chunks or bloated ciphertexts."""
 
 
 def _rerun_contradiction(verified: int) -> str:
