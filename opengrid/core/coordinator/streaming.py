@@ -538,8 +538,8 @@ class StreamingPart(CoordinatorParts):
 MAX_SEALED_STREAM_BYTES = 64 * 1024 * 1024
 """Most ciphertext bytes one sealed streaming claim may make the coordinator hold (every chunk to the
 client and to each reader, kept for auditors that join later). An honest 8,192-token claim sealed to 16
-readers holds about 2 MB (11 bytes a token); with chunks cut by the policy (only the last one short) a prover cannot make it
-hold more than this by sending many small chunks or bloated ciphertexts."""
+readers holds about 2 MB (some 11 bytes a token a copy); with chunks cut by the policy (only the last one
+short) a prover cannot make it hold more than this by sending many small chunks or bloated ciphertexts."""
 
 
 def _rerun_contradiction(verified: int) -> str:
