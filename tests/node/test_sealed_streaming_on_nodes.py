@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import pathlib
 import time
+from typing import Any
 
 import trio
 from opengrid_sdk import Client, Completion
 
+from opengrid.core.audit import SamplingParams
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.reputation import Reputation
 from opengrid.engines import GenerationRequest, LlamaEngine, ModelInfo, sha256_file
@@ -50,12 +52,29 @@ async def _honest(info: ModelInfo) -> tuple[list[int], str]:
     return await trio.to_thread.run_sync(generate)
 
 
-def _sealed_stream(address: str, trusted: list[str]) -> tuple[list[tuple[float, str]], Completion]:
+async def _local(info: ModelInfo, job_id: bytes, sampling: SamplingParams) -> str:
+    """What this model generates for the job, on one build, without the grid."""
+
+    def generate() -> str:
+        with LlamaEngine(info, n_threads=1) as engine:
+            return engine.generate(
+                GenerationRequest(SECRET, MAX_TOKENS, sampling=sampling, job_id=job_id)
+            ).text
+
+    return await trio.to_thread.run_sync(generate)
+
+
+def _sealed_stream(
+    address: str, trusted: list[str], **sampling: Any
+) -> tuple[list[tuple[float, str]], Completion]:
     """The SDK's sealed stream from a plain thread: each verified text chunk with the time it arrived
     (``time.monotonic()``), then the Completion."""
     with Client([address], timeout=120) as client:
         chunks: list[tuple[float, str]] = []
-        for item in client.stream(SECRET, model="tiny", max_tokens=MAX_TOKENS, sealed=True, trusted=trusted):
+        stream = client.stream(
+            SECRET, model="tiny", max_tokens=MAX_TOKENS, sealed=True, trusted=trusted, **sampling
+        )
+        for item in stream:
             if isinstance(item, Completion):
                 return chunks, item
             assert isinstance(item, str), "a sealed stream has no previews"
@@ -108,6 +127,15 @@ async def test_a_sealed_stream_yields_verified_chunks_before_the_prover_ends(
         with trio.fail_after(120):
             whole = await trio.to_thread.run_sync(complete)
         assert whole.text == streamed and whole.tokens == done.tokens
+
+        # A sampled job: the streamed text is the sample its job id and seed fix (spec §11), audited chunk
+        # by chunk under the same Gumbel-max rule.
+        with trio.fail_after(120):
+            sampled_chunks, sampled = await trio.to_thread.run_sync(
+                lambda: _sealed_stream(address, ids, temperature=0.8, seed=7)
+            )
+        expected = await _local(info, sampled.job_id, SamplingParams(temperature=0.8, seed=7))
+        assert "".join(p for _, p in sampled_chunks) == sampled.text == expected
         _assert_never_plaintext(
             trace.read_bytes() + _stored(tmp_path), [text, *(p for _, p in chunks if len(p) > 8)]
         )
