@@ -5,7 +5,10 @@ they generate; a job whose coordinator leaves stops generating at once. In audit
 same thread and limiter as generation) and the worker logic judges it (spec/verification.md §13). A
 chunked AuditJob (a streaming job's claim, §14.2) keeps its stream: the claim arrives in AuditChunks,
 scored one by one in a ``ScoringSession`` (its own llama.cpp context, KV cache kept between chunks) and
-answered with a ChunkVerdict each, the final chunk with the AuditReport over the whole claim."""
+answered with a ChunkVerdict each, the final chunk with the AuditReport over the whole claim. Sealed
+streams (§14.3): a sealed prover asked for chunks (``RunJob.chunk_first``) sends each sealed to the client
+and to its readers (``SealedProgress``) instead of plaintext frames; a sealed chunked audit opens each
+chunk itself and checks it against the commitment the coordinator relayed."""
 
 from __future__ import annotations
 

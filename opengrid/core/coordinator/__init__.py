@@ -30,7 +30,8 @@ weighs the draw and bars an auditor once caught. A streaming
 job's claim is audited in chunks as the prover streams it (``SendAuditChunk``, ``ChunkAudited``;
 spec/verification.md §14.2). A sealed job is audited among the workers it was sealed to
 (spec/sealed-mode.md §11): the prover seals its claim to them, each auditor gets its own prompt and claim
-ciphertexts, and the machine sees no plaintext.
+ciphertexts, and the machine sees no plaintext; a sealed streaming job's chunks come sealed to the client
+and the auditors with salted commitments (``SealedChunkReported``, spec/verification.md §14.3).
 
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is
