@@ -106,7 +106,7 @@ def build_schemas() -> dict[str, str]:
 
     from opengrid.wire.contract import DecodingContract
     from opengrid.wire.messages import Message
-    from opengrid.wire.sealed import SealedOutput, SealedPrompt
+    from opengrid.wire.sealed import SealedChunk, SealedOutput, SealedPrompt
 
     documents = {
         "job-protocol.json": _document(
@@ -154,15 +154,17 @@ def build_schemas() -> dict[str, str]:
             "OpenGrid sealed-mode plaintexts",
             "What a NaCl Box carries in sealed mode (opengrid/wire/sealed.py): a SealedPrompt from the "
             "client to one worker (RunJob.sealed_prompt, SubmitJob.sealed[].ciphertext) and a "
-            "SealedOutput from a worker to the client (ReplicaResult.sealed_output). Both are msgpack "
+            "SealedOutput from a worker to the client (ReplicaResult.sealed_output), and a SealedChunk "
+            "from a streaming prover to the client and its auditors (SealedProgress). All are msgpack "
             "arrays. Generated from opengrid.wire.sealed.",
-            {"SealedPrompt": SealedPrompt, "SealedOutput": SealedOutput},
+            {"SealedPrompt": SealedPrompt, "SealedOutput": SealedOutput, "SealedChunk": SealedChunk},
             root=None,
         ),
     }
     documents["sealed.json"]["anyOf"] = [
         {"$ref": "#/$defs/SealedPrompt"},
         {"$ref": "#/$defs/SealedOutput"},
+        {"$ref": "#/$defs/SealedChunk"},
     ]
     return {
         name: json.dumps(normalise_descriptions(doc), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -100,6 +100,8 @@ from opengrid.wire.messages import (  # noqa: E402
     ReplicaResult,
     RunJob,
     Sealed,
+    SealedClaim,
+    SealedProgress,
     StatusRequest,
     SubmitJob,
     TransferRequest,
@@ -667,6 +669,18 @@ def messages(
             "progress with tokens",
             ReplicaProgress(job_id=job(1), text=" Paris", tokens=[7042, 13], pieces=[" Paris", ""]),
         ),
+        ("a sealed streaming prover's chunk: two tokens sealed to the client and one reader, with its "
+         "salted commitment (spec/verification.md §14.3)", SealedProgress(
+            job_id=job(1), offset=0, n_tokens=2, commitment=bytes(range(32)), to_client=b"\x01" * 48,
+            to_readers=[SealedClaim(reader=PUB["W2"], ciphertext=b"\x02" * 48)])),
+        ("a verified sealed chunk forwarded to the client", JobProgress(
+            job_id=job(1), text="", verified=True,
+            sealed_chunk=Sealed(peer_id="W1", ciphertext=b"\x01" * 48), chunk_commitment=bytes(range(32)))),
+        ("a sealed chunk relayed to its auditor", AuditChunk(
+            job_id=job(1), offset=0, tokens=[], pieces=[], sealed_chunk=b"\x02" * 48,
+            commitment=bytes(range(32)), end=2)),
+        ("a chunk verdict naming the sealed chunk's commitment", ChunkVerdict(
+            job_id=job(1), end=2, verdict="pass", max_gap=0.125, commitment=bytes(range(32)))),
         ("job progress", JobProgress(job_id=job(1), text=" Paris")),
         ("verified job progress", JobProgress(job_id=job(1), text=" Paris", verified=True)),
         ("a replica's result with its attestation (see attestation.json)", ReplicaResult(

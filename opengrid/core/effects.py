@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 from opengrid_ledger import Entry
 
-from opengrid.wire.messages import AuditChunk, AuditJob, ErrorReply, JobAccepted, ReceiptNotice, RunJob
+from opengrid.wire.messages import (
+    AuditChunk,
+    AuditJob,
+    ErrorReply,
+    JobAccepted,
+    ReceiptNotice,
+    RunJob,
+    Sealed,
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,11 @@ class ForwardVerified:
 
     job_id: bytes
     text: str
+    sealed: Sealed | None = None
+    """A sealed job's verified chunk (spec/verification.md §14.3): the prover's ciphertext for the client
+    (``text`` is then empty), every auditor having passed the chunk it committed to."""
+    commitment: bytes = b""
+    """With ``sealed``: the chunk's commitment the auditors' verdicts named (the client checks it)."""
 
 
 @dataclass(frozen=True)

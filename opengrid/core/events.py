@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opengrid.wire.messages import AuditReport, ChunkVerdict, ModelOffer, ReplicaResult, SubmitJob
+from opengrid.wire.messages import (
+    AuditReport,
+    ChunkVerdict,
+    ModelOffer,
+    ReplicaResult,
+    SealedProgress,
+    SubmitJob,
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,16 @@ class ReplicaProgressed:
     peer: str
     tokens: tuple[int, ...]
     pieces: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SealedChunkReported:
+    """The prover of a sealed, audited streaming job sent the next chunk of its output, sealed to the
+    client and to the auditors (``SealedProgress``, spec/verification.md §14.3)."""
+
+    job_id: bytes
+    peer: str
+    chunk: SealedProgress
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,7 @@ Event = (
     | JobSubmitted
     | ReplicaReturned
     | ReplicaProgressed
+    | SealedChunkReported
     | ReplicaFailed
     | JobCancelled
     | AuditReturned

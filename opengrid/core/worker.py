@@ -29,6 +29,7 @@ from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import (
     MAX_AUDIT_REASON_CHARS,
+    AuditChunk,
     AuditJob,
     AuditReport,
     ErrorReply,
@@ -36,8 +37,20 @@ from opengrid.wire.messages import (
     ReplicaResult,
     RunJob,
     SealedClaim,
+    SealedProgress,
 )
-from opengrid.wire.sealed import SealedOutput, SealedPrompt, open_claim, open_prompt, seal_claim, seal_output
+from opengrid.wire.sealed import (
+    SealedOutput,
+    SealedPrompt,
+    box_public_key,
+    commit_chunk,
+    open_chunk_as_auditor,
+    open_claim,
+    open_prompt,
+    seal_chunk,
+    seal_claim,
+    seal_output,
+)
 
 
 def job_sampling(contract: DecodingContract) -> SamplingParams:
@@ -158,6 +171,82 @@ class WorkerLogic:
         ):
             return "the prover's sealed claim is not the output it attested to"
         return prompt, claim
+
+    def seal_chunk(
+        self, run: RunJob, offset: int, tokens: list[int], pieces: list[str], *, salt: bytes
+    ) -> SealedProgress:
+        """A sealed streaming prover's next chunk (spec/verification.md §14.3): sealed to the client and to
+        each of ``run.readers`` (checked by ``open_sealed`` against the client's list), with its salted
+        commitment."""
+        to_client = seal_chunk(
+            tokens,
+            pieces,
+            offset=offset,
+            job_id=run.job_id,
+            to_box_key=run.client_box_key,
+            signing_key=self._key,
+        )
+        to_readers = [
+            SealedClaim(
+                reader=key,
+                ciphertext=seal_chunk(
+                    tokens,
+                    pieces,
+                    offset=offset,
+                    job_id=run.job_id,
+                    to_box_key=box_public_key(key),
+                    signing_key=self._key,
+                ),
+            )
+            for key in sorted(set(run.readers))
+            if key != self.public_key
+        ]
+        return SealedProgress(
+            job_id=run.job_id,
+            offset=offset,
+            n_tokens=len(tokens),
+            commitment=commit_chunk(run.job_id, salt, offset, tokens, pieces),
+            to_client=to_client,
+            to_readers=to_readers,
+        )
+
+    def open_sealed_stream_audit(self, audit: AuditJob) -> SealedPrompt:
+        """A sealed chunked audit's prompt (spec/verification.md §14.3), opened; ``RemoteProtocolError``
+        when it does not open for us, or when the prover it names is not one of the workers the client
+        sealed the prompt to (its chunks could show us nothing the client allowed)."""
+        prompt = open_prompt(
+            audit.sealed_prompt,
+            job_id=audit.job_id,
+            client_box_key=audit.client_box_key,
+            signing_key=self._key,
+        )
+        if audit.prover_key not in prompt.readers:
+            raise RemoteProtocolError(
+                "a sealed chunked audit names a prover the client did not seal the prompt to; refusing it"
+            )
+        return prompt
+
+    def open_sealed_chunk(
+        self, audit: AuditJob, chunk: AuditChunk, salt: bytes
+    ) -> tuple[list[int], list[str]] | str:
+        """A prover's sealed chunk opened and checked against the commitment the coordinator relayed: its
+        tokens and pieces, or why the chunk fails unscored (the prover's fault: it does not open, is not
+        the chunk it was sent as, or is not what it committed to)."""
+        try:
+            opened = open_chunk_as_auditor(
+                chunk.sealed_chunk,
+                job_id=audit.job_id,
+                offset=chunk.offset,
+                n_tokens=chunk.end - chunk.offset,
+                prover_key=audit.prover_key,
+                signing_key=self._key,
+            )
+        except VerificationError as exc:
+            return f"the prover's sealed chunk at {chunk.offset}: {exc}"
+        tokens, pieces = list(opened.tokens), list(opened.pieces)
+        if commit_chunk(audit.job_id, salt, chunk.offset, tokens, pieces) != chunk.commitment:
+            return f"the prover's sealed chunk at {chunk.offset} is not the one it committed to"
+        return tokens, pieces
 
     def attest(self, run: RunJob, output: Output, *, salt: bytes = b"") -> ReplicaResult:
         """Sign the output (the worker's co-signature that the receipt will carry) and wrap it.

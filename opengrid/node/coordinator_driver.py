@@ -46,6 +46,7 @@ from opengrid.core.events import (
     ReplicaFailed,
     ReplicaProgressed,
     ReplicaReturned,
+    SealedChunkReported,
 )
 from opengrid.errors import OpenGridError, RemoteProtocolError
 from opengrid.net.host import FrameStream
@@ -68,6 +69,8 @@ from opengrid.wire.messages import (
     ReplicaProgress,
     ReplicaResult,
     RunJob,
+    Sealed,
+    SealedProgress,
     SubmitJob,
 )
 
@@ -83,6 +86,8 @@ class _PendingJob:
     (``ForwardVerified``), and preview text from ``streamer`` only."""
     streamer: str | None = None
     """The first replica that sent progress; only its preview reaches the client."""
+    sealed_progress: Callable[[Sealed, bytes], None] | None = None
+    """Sealed streaming jobs: where each verified chunk's ciphertext for the client goes (§14.3)."""
 
 
 class CoordinatorDriver:
@@ -162,9 +167,11 @@ class CoordinatorDriver:
                     self._ledger.append(entry)
                 case SendReceipt(peer=peer, notice=notice):
                     ctx.nursery.start_soon(self._send_receipt, peer, notice)
-                case ForwardVerified(job_id=job_id, text=text):
+                case ForwardVerified(job_id=job_id, text=text, sealed=sealed, commitment=commitment):
                     pending = self.jobs.get(job_id)
-                    if pending is not None and pending.progress is not None:
+                    if pending is not None and sealed is not None and pending.sealed_progress is not None:
+                        pending.sealed_progress(sealed, commitment)
+                    elif pending is not None and pending.progress is not None:
                         pending.progress(text, True)
                 case Penalize(peer=peer, why=why):
                     log.info("worker %s penalised: %s", short(peer), why)  # handled: nothing to do
@@ -193,15 +200,25 @@ class CoordinatorDriver:
         # Unbounded as a channel, bounded in use: a verified chunk holds at least one token of the job
         # (at most max_tokens of them) and is never dropped; a preview is dropped when PROGRESS_BUFFER
         # frames wait for a slow client (it loses preview text, never verified text nor the answer).
-        send, receive = trio.open_memory_channel[tuple[str, bool]](math.inf)
+        send, receive = trio.open_memory_channel[tuple[str, bool, Sealed | None, bytes]](math.inf)
 
         def offer(text: str, verified: bool) -> None:
             if verified or send.statistics().current_buffer_used < PROGRESS_BUFFER:
-                send.send_nowait((text, verified))
+                send.send_nowait((text, verified, None, b""))
+
+        def offer_sealed(sealed: Sealed, commitment: bytes) -> None:  # verified: never dropped
+            send.send_nowait(("", True, sealed, commitment))
 
         async def forward() -> None:
-            async for text, verified in receive:
-                await stream.send(JobProgress(job_id=message.job_id, text=text, verified=verified))
+            async for text, verified, sealed, commitment in receive:
+                progress = JobProgress(
+                    job_id=message.job_id,
+                    text=text,
+                    verified=verified,
+                    sealed_chunk=sealed,
+                    chunk_commitment=commitment,
+                )
+                await stream.send(progress)
 
         async def watch_client(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
@@ -218,7 +235,10 @@ class CoordinatorDriver:
                     nursery.start_soon(forward)
                 try:
                     reply = await self.submit(
-                        stream.peer, message, progress=offer if message.stream else None
+                        stream.peer,
+                        message,
+                        progress=offer if message.stream else None,
+                        sealed_progress=offer_sealed if message.stream else None,
                     )
                 finally:
                     send.close()  # the forwarder drains what is queued, then ends
@@ -226,10 +246,16 @@ class CoordinatorDriver:
         await stream.send(reply)
 
     async def submit(
-        self, peer: str, message: SubmitJob, *, progress: Callable[[str, bool], None] | None = None
+        self,
+        peer: str,
+        message: SubmitJob,
+        *,
+        progress: Callable[[str, bool], None] | None = None,
+        sealed_progress: Callable[[Sealed, bytes], None] | None = None,
     ) -> JobAccepted | ErrorReply:
         """Run ``peer``'s job here and return its answer; for a streaming job, ``progress(text,
-        verified)`` gets verified text as a quorum agrees on it and one replica's preview text."""
+        verified)`` gets verified text as a quorum agrees on it and one replica's preview text, and
+        ``sealed_progress`` a sealed job's verified chunks (ciphertexts for the client)."""
         if message.job_id in self.jobs:  # never let a second submission hijack a running job's answer
             return ErrorReply("malformed", "this job id is already running; pick a fresh one", message.job_id)
         kept = self.job_store.answer(message.job_id, peer) if self.job_store is not None else None
@@ -240,7 +266,7 @@ class CoordinatorDriver:
             return kept
         assert self._ctx.coordinator is not None
         submitted = trio.current_time()
-        pending = _PendingJob(progress=progress)
+        pending = _PendingJob(progress=progress, sealed_progress=sealed_progress)
         resumed = self._ctx.coordinator.is_running(message.job_id)  # taken back after a restart: wait for it
         self.jobs[message.job_id] = pending
         log.info(
@@ -319,6 +345,10 @@ class CoordinatorDriver:
             for _ in range(run.max_tokens + 1):  # at most one progress frame per token, then the answer
                 reply = await stream.receive()
                 self._ctx.trace(reply)
+                if isinstance(reply, SealedProgress):  # a sealed stream's chunk (verification.md §14.3)
+                    if reply.job_id == run.job_id and self._ctx.coordinator is not None:
+                        self.feed(SealedChunkReported(run.job_id, peer, reply))
+                    continue
                 if not isinstance(reply, ReplicaProgress):
                     timing.mark("reply", run.job_id, peer)
                     answered = reply.job_id if isinstance(reply, ReplicaResult | ErrorReply) else b""

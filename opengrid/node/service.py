@@ -70,6 +70,7 @@ from opengrid.node.router import Router
 from opengrid.node.timing import TimingTrace
 from opengrid.node.trust import load_trusted
 from opengrid.node.worker_driver import WorkerDriver
+from opengrid.store.auditor_store import AuditorStore, open_auditor_journal
 from opengrid.store.grant_store import GrantStore, open_grant_journal
 from opengrid.store.job_store import JOBS_FILE, JobStore
 from opengrid.store.ledger_store import open_ledger
@@ -121,6 +122,7 @@ class Node:
         self.public_key = self.ctx.public_key
         self._server: ManagedServer | None = None
         self._grant_store: GrantStore | None = None
+        self._auditor_store: AuditorStore | None = None
         """Coordinators: the last day's starting-grant vouchers (the rate limit survives restarts)."""
         self.availability = Availability(self.ctx)
         self.ledger_service = LedgerService(self.ctx)
@@ -264,6 +266,8 @@ class Node:
                 self.coordinator_driver.job_store.close()
             if self._grant_store is not None:
                 self._grant_store.close()
+            if self._auditor_store is not None:
+                self._auditor_store.close()
             ctx.store.close()
             log.info("node stopped cleanly")
 
@@ -323,6 +327,7 @@ class Node:
                 driver = self.coordinator_driver
                 driver.job_store = JobStore(config.data_dir / JOBS_FILE)
                 self._grant_store = open_grant_journal(config.data_dir, ctx.coordinator.grants, time.time())
+                self._auditor_store = open_auditor_journal(config.data_dir, ctx.coordinator)
                 saved = driver.job_store.all()
                 if saved:
                     driver.resume(saved)

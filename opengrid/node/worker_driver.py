@@ -5,7 +5,10 @@ they generate; a job whose coordinator leaves stops generating at once. In audit
 same thread and limiter as generation) and the worker logic judges it (spec/verification.md §13). A
 chunked AuditJob (a streaming job's claim, §14.2) keeps its stream: the claim arrives in AuditChunks,
 scored one by one in a ``ScoringSession`` (its own llama.cpp context, KV cache kept between chunks) and
-answered with a ChunkVerdict each, the final chunk with the AuditReport over the whole claim."""
+answered with a ChunkVerdict each, the final chunk with the AuditReport over the whole claim. Sealed
+streams (§14.3): a sealed prover asked for chunks (``RunJob.chunk_first``) sends each sealed to the client
+and to its readers (``SealedProgress``) instead of plaintext frames; a sealed chunked audit opens each
+chunk itself and checks it against the commitment the coordinator relayed."""
 
 from __future__ import annotations
 
@@ -14,19 +17,20 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import trio
 
 from opengrid.core.audit import PositionEvidence, SamplingParams
-from opengrid.core.stream_chunks import chunk_verdict
+from opengrid.core.stream_chunks import ChunkPolicy, chunk_verdict, cut
 from opengrid.core.worker import Output, job_sampling
 from opengrid.engines import Engine, GenerationRequest
 from opengrid.engines.base import Generation, ScoreRequest, Scoring, ScoringEngine, StreamingEngine
 from opengrid.errors import (
     BadRequestError,
+    ConfigError,
     EngineError,
     JobError,
     OpenGridError,
@@ -46,8 +50,9 @@ from opengrid.wire.messages import (
     Message,
     ReplicaProgress,
     RunJob,
+    SealedProgress,
 )
-from opengrid.wire.sealed import SealedOutput, seal_output
+from opengrid.wire.sealed import SealedOutput, SealedPrompt, seal_output
 
 log = logging.getLogger("opengrid.node")
 
@@ -223,17 +228,18 @@ class WorkerDriver:
         if isinstance(reply, ErrorReply):
             await stream.send(reply)
             return
-        session = reply
+        session, sealed = reply
         self.sessions += 1
         try:
-            await self._score_chunks(stream, audit, session)
+            await self._score_chunks(stream, audit, session, sealed)
         finally:
             self.sessions -= 1
             with trio.CancelScope(shield=True):  # free the context even when cancelled
                 await trio.to_thread.run_sync(session.close, limiter=self._engine_limiter)
 
     async def _open_session(self, audit: AuditJob) -> Any:
-        """A ``ScoringSession`` for ``audit`` (its prompt evaluated), or the ErrorReply to answer instead."""
+        """A ``ScoringSession`` for ``audit`` (its prompt evaluated) and a sealed stream's opened prompt
+        (None for an open one), or the ErrorReply to answer instead."""
         worker, engine = self._ctx.worker, self._ctx.engine
         assert worker is not None and engine is not None
         refusal = worker.accept_audit(audit)
@@ -264,11 +270,19 @@ class WorkerDriver:
         sampling = SamplingParams(
             temperature=audit.temperature, top_k=audit.top_k, top_p=audit.top_p, seed=audit.seed
         )  # checked by ``accept_audit``
+        prompt = audit.prompt
+        sealed: SealedPrompt | None = None
+        if audit.sealed_prompt:  # a sealed stream (spec/verification.md §14.3): its prompt is ours to open
+            try:
+                sealed = worker.open_sealed_stream_audit(audit)
+            except RemoteProtocolError as exc:
+                return ErrorReply("malformed", str(exc), audit.job_id)
+            prompt = sealed.prompt
 
         def open_session() -> ScoringSession:
             return ScoringSession(
                 engine,
-                prompt=audit.prompt,
+                prompt=prompt,
                 sampling=sampling,
                 job_id=audit.job_id,
                 add_bos=audit.format == "text",
@@ -276,11 +290,14 @@ class WorkerDriver:
             )
 
         try:
-            return await trio.to_thread.run_sync(open_session, limiter=self._engine_limiter)
+            session = await trio.to_thread.run_sync(open_session, limiter=self._engine_limiter)
         except EngineError as exc:  # BadRequestError included: the prompt does not fit this context
             return ErrorReply("engine_error", str(exc), audit.job_id)
+        return session, sealed
 
-    async def _score_chunks(self, stream: FrameStream, audit: AuditJob, session: Any) -> None:
+    async def _score_chunks(
+        self, stream: FrameStream, audit: AuditJob, session: Any, sealed: SealedPrompt | None
+    ) -> None:
         worker = self._ctx.worker
         assert worker is not None
         job = audit.job_id.hex()[:8]
@@ -296,18 +313,36 @@ class WorkerDriver:
                     ErrorReply("malformed", "expected the audit's next AuditChunk", audit.job_id)
                 )
                 return
-            problem = _chunk_problem(chunk, len(session.tokens))
+            problem = _chunk_problem(chunk, len(session.tokens), sealed=sealed is not None)
             if problem:
                 await stream.send(ErrorReply("malformed", problem, audit.job_id))
                 return
-            if chunk.offset + len(chunk.tokens) > worker.max_tokens_limit:  # as accept_audit for a claim
+            # as accept_audit for a claim (a sealed chunk declares its end)
+            if max(chunk.end, chunk.offset + len(chunk.tokens)) > worker.max_tokens_limit:
                 why = f"the claim passes this worker's limit of {worker.max_tokens_limit} tokens"
                 await stream.send(ErrorReply("busy", why, audit.job_id))
                 return
             if chunk.final:
-                await stream.send(await self._final_report(audit, chunk, session))
+                await stream.send(await self._final_report(audit, chunk, session, sealed))
                 return
             tokens, pieces = list(chunk.tokens), list(chunk.pieces) or None
+            if (
+                sealed is not None
+            ):  # open our copy; it must be the chunk the coordinator holds a commitment of
+                opened = worker.open_sealed_chunk(audit, chunk, sealed.salt)
+                if isinstance(opened, str):  # the prover's fault: the chunk fails unscored
+                    failed = chunk_verdict(
+                        audit.job_id,
+                        chunk.offset,
+                        [],
+                        audit.tolerance,
+                        problem=opened,
+                        problem_at=chunk.offset,
+                    )
+                    await stream.send(msgspec.structs.replace(failed, commitment=chunk.commitment))
+                    log.info("sealed chunked audit of job %s: failed at %d: %s", job, chunk.offset, opened)
+                    return
+                tokens, pieces = opened
             try:
                 scored = await trio.to_thread.run_sync(
                     session.score_chunk, chunk.offset, tokens, pieces, limiter=self._engine_limiter
@@ -329,6 +364,8 @@ class WorkerDriver:
                     problem=scored.problem,
                     problem_at=scored.problem_at,
                 )
+            if sealed is not None:  # bound to the commitment of the chunk it judged (§14.3)
+                verdict = msgspec.structs.replace(verdict, commitment=chunk.commitment)
             await stream.send(verdict)
             if verdict.verdict == "fail":
                 log.info(
@@ -337,11 +374,30 @@ class WorkerDriver:
                 return
         await stream.send(ErrorReply("malformed", "more audit chunks than a claim has tokens", audit.job_id))
 
-    async def _final_report(self, audit: AuditJob, chunk: AuditChunk, session: Any) -> Message:
-        """The AuditReport over the whole claim: the end position scored if it stopped, its text checked."""
+    async def _final_report(
+        self, audit: AuditJob, chunk: AuditChunk, session: Any, sealed: SealedPrompt | None
+    ) -> Message:
+        """The AuditReport over the whole claim: the end position scored if it stopped, its text checked.
+        A sealed claim comes whole in the final chunk, sealed to us: it must be what the prover attested
+        and the tokens its chunks held; the report is then a sealed audit's (spec/sealed-mode.md §11)."""
         worker, engine = self._ctx.worker, self._ctx.engine
         assert worker is not None and engine is not None
-        stopped = chunk.finish_reason == "stop"
+        claim: SealedOutput | None = None
+        finish_reason, text = chunk.finish_reason, chunk.text
+        if sealed is not None:
+            whole_claim = msgspec.structs.replace(
+                audit, sealed_claim=chunk.sealed_claim, claim_attestation=chunk.claim_attestation
+            )
+            opened = worker.open_sealed_audit(whole_claim)
+            if isinstance(opened, str) or list(opened[1].tokens) != list(session.tokens):
+                why = (
+                    opened if isinstance(opened, str) else "the prover's claim is not the chunks it streamed"
+                )
+                self.audits_run += 1
+                return worker.report(whole_claim, (), problem=why)
+            claim = opened[1]
+            finish_reason, text = claim.finish_reason, claim.text
+        stopped = finish_reason == "stop"
 
         def finish() -> tuple[list[PositionEvidence], str]:
             problem = ""
@@ -350,7 +406,7 @@ class WorkerDriver:
                     session.score_stop()
             except VerificationError as exc:
                 problem = str(exc)
-            if engine.detokenize(session.tokens) != chunk.text:  # type: ignore[attr-defined]
+            if engine.detokenize(session.tokens) != text:  # type: ignore[attr-defined]
                 problem = problem or "the claimed text is not what the claimed tokens decode to"
             return list(session.evidence), problem
 
@@ -361,11 +417,12 @@ class WorkerDriver:
         whole = msgspec.structs.replace(
             audit,
             tokens=list(session.tokens),
-            text=chunk.text,
-            finish_reason=chunk.finish_reason,
+            text=text,
+            finish_reason=finish_reason,
             chunked=False,
         )
-        report = worker.report(whole, evidence, problem=problem)
+        salt = sealed.salt if sealed is not None else b""
+        report = worker.report(whole, evidence, problem=problem, claim=claim, salt=salt)
         self.audits_run += 1
         log.info(
             "audited job %s in chunks: %s (%d positions, max gap %.3f)",
@@ -380,7 +437,8 @@ class WorkerDriver:
         self, run: RunJob, stream: FrameStream | None, engine: Engine, request: GenerationRequest, salt: bytes
     ) -> Message:
         ctx = self._ctx
-        assert ctx.worker is not None
+        worker = ctx.worker
+        assert worker is not None
         started = trio.current_time()
         engine_started: list[float] = []  # time.monotonic() when the engine's thread took the job
 
@@ -391,12 +449,23 @@ class WorkerDriver:
 
             return in_engine_thread if ctx.timing.enabled else generate
 
+        chunker: _SealedChunker | None = None
+        if run.sealed_prompt and run.readers and run.chunk_first and stream is not None:
+            # Sealed chunked streaming (spec/verification.md §14.3): chunks sealed to the client and the
+            # auditors, cut as the coordinator's policy says; never plaintext previews.
+            try:
+                policy = ChunkPolicy(first=run.chunk_first, largest=run.chunk_max)
+            except ConfigError as exc:
+                return ErrorReply("malformed", f"bad chunk sizes: {exc}", run.job_id)
+            chunker = _SealedChunker(
+                policy, lambda at, tokens, pieces: worker.seal_chunk(run, at, tokens, pieces, salt=salt)
+            )
         try:
             if stream is not None and isinstance(engine, StreamingEngine):
-                # Never stream a sealed job: the previews would show the coordinator the plaintext.
+                # Never stream a sealed job in plaintext: the previews would show the coordinator the text.
                 previews = run.stream and not run.sealed_prompt
                 generation = await self._generate_watched(
-                    engine, request, run.job_id, stream, previews, timed=timed
+                    engine, request, run.job_id, stream, previews, timed=timed, chunker=chunker
                 )
             else:
                 generation = await trio.to_thread.run_sync(
@@ -423,7 +492,7 @@ class WorkerDriver:
         output = Output(
             tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
         )
-        result = ctx.worker.attest(run, output, salt=salt)
+        result = worker.attest(run, output, salt=salt)
         if ctx.config.adversary == "sealed-lie" and run.sealed_prompt:
             # Demo/test adversary: attest the true output, but seal a different one to the client.
             lie = seal_output(
@@ -446,10 +515,12 @@ class WorkerDriver:
         previews: bool,
         *,
         timed: Callable[[Callable[..., Generation]], Callable[..., Generation]] = lambda f: f,
+        chunker: _SealedChunker | None = None,
     ) -> Generation:
         """Run the engine in a thread; send its tokens and text as ReplicaProgress frames if ``previews``;
         stop it as soon as the coordinator abandons the job (its stream ends: the job was settled or
-        cancelled).
+        cancelled). With a ``chunker`` (a sealed job streamed in chunks) the tokens go out as its sealed
+        chunks instead, the last one once the engine is done.
 
         Every token goes out, in order (the coordinator verifies the stream token by token, spec
         §14): the engine's thread appends to ``generated`` and wakes the forwarder, which sends all that
@@ -470,9 +541,9 @@ class WorkerDriver:
         def on_token(token: int, piece: str) -> None:  # called in the engine's thread, once per token
             if abandoned.is_set():
                 raise _JobAbandoned
-            if len(piece) > MAX_PIECE_CHARS:  # no tokenizer has one: stop streaming rather than cut it
-                stopped.set()
-            if previews and not stopped.is_set():
+            if len(piece) > MAX_PIECE_CHARS and chunker is None:  # no tokenizer has one: stop streaming
+                stopped.set()  # rather than cut it (a sealed chunk's ciphertext carries it whole)
+            if (previews or chunker is not None) and not stopped.is_set():
                 with lock:
                     generated.append((token, piece))
                     if wake_due[0]:
@@ -484,12 +555,15 @@ class WorkerDriver:
                 with contextlib.suppress(trio.RunFinishedError):
                     loop.run_sync_soon(wake_up)
 
-        async def send_new() -> None:
+        async def send_new(*, final: bool = False) -> None:
             with lock:
                 new = generated[:]
                 generated.clear()
                 wake_due[0] = False
-            for frame in _progress_frames(job_id, new):
+            frames: Sequence[Message] = (
+                _progress_frames(job_id, new) if chunker is None else chunker.take(new, final=final)
+            )
+            for frame in frames:
                 await stream.send(frame)
 
         generated_all = trio.Event()  # the engine is done: stop pacing, send the rest at once
@@ -503,7 +577,7 @@ class WorkerDriver:
                     # end to end with the tiny model, the frames' handling dwarfing its generation).
                     with trio.move_on_after(PROGRESS_INTERVAL_S):
                         await generated_all.wait()
-                await send_new()  # what came after the last wake-up
+                await send_new(final=failure is None)  # what came after the last wake-up
 
         watching = trio.CancelScope()
 
@@ -555,12 +629,46 @@ def _progress_frames(job_id: bytes, generated: list[tuple[int, str]]) -> list[Re
     return frames
 
 
-def _chunk_problem(chunk: AuditChunk, scored: int) -> str:
-    """Why ``chunk`` breaks the chunked-audit rules (job-protocol.md §5.16), or ""."""
+class _SealedChunker:
+    """A sealed streaming prover's chunks (spec/verification.md §14.3): the tokens generated so far, cut by
+    the coordinator's policy (``stream_chunks.cut``, as an open stream is cut), each full chunk sealed by
+    ``seal(offset, tokens, pieces)`` as it fills, the rest at the end."""
+
+    def __init__(
+        self, policy: ChunkPolicy, seal: Callable[[int, list[int], list[str]], SealedProgress]
+    ) -> None:
+        self._policy = policy
+        self._seal = seal
+        self._ends: list[int] = []
+        self._tokens: list[int] = []
+        self._pieces: list[str] = []
+
+    def take(self, generated: list[tuple[int, str]], *, final: bool) -> list[SealedProgress]:
+        """Add ``generated`` and return the chunks now full (all that is left when ``final``)."""
+        for token, piece in generated:
+            self._tokens.append(token)
+            self._pieces.append(piece)
+        return [
+            self._seal(start, self._tokens[start:end], self._pieces[start:end])
+            for start, end in cut(self._policy, self._ends, len(self._tokens), final=final)
+        ]
+
+
+def _chunk_problem(chunk: AuditChunk, scored: int, *, sealed: bool = False) -> str:
+    """Why ``chunk`` breaks the chunked-audit rules (job-protocol.md §5.16), or "". A sealed stream's
+    chunks carry their tokens sealed (spec/verification.md §14.3): at least one, ``end - offset`` of them."""
     if chunk.offset != scored:
         return f"audit chunk at offset {chunk.offset}, but {scored} tokens were sent before"
     if chunk.final and chunk.tokens:
         return "the final audit chunk carries no tokens"
+    if sealed != bool(chunk.sealed_chunk or chunk.sealed_claim):
+        return "a sealed audit's chunks are sealed, an open audit's are not"
+    if sealed and chunk.tokens:
+        return "a sealed audit chunk carries its tokens sealed, not in the clear"
+    if sealed and not chunk.final and (chunk.end <= chunk.offset or len(chunk.commitment) != 32):
+        return f"a sealed audit chunk ending at {chunk.end}, from {chunk.offset}, with no 32-byte commitment"
+    if sealed:
+        return ""
     if not chunk.final and not chunk.tokens:
         return "an audit chunk that is not final carries at least one token"
     if chunk.pieces and len(chunk.pieces) != len(chunk.tokens):

@@ -260,6 +260,12 @@ class RunJob(_Message, tag="run", frozen=True):
     """Sealed audits (spec/sealed-mode.md §11): the Ed25519 keys of the other workers this job was sealed
     to, each a possible auditor; the worker seals its claimed output to each of them (only to keys the
     client named in the sealed prompt). Empty: the job is not audited, seal nothing more."""
+    chunk_first: Annotated[int, msgspec.Meta(ge=0, le=MAX_PROGRESS_TOKENS)] = 0
+    """Sealed chunked streaming (spec/verification.md §14.3): the first chunk's size in tokens; the prover
+    cuts its output into chunks of ``chunk_first`` tokens, each later one twice the one before up to
+    ``chunk_max``, and seals each to the client and to ``readers`` (``SealedProgress``). 0: no chunks."""
+    chunk_max: Annotated[int, msgspec.Meta(ge=0, le=MAX_PROGRESS_TOKENS)] = 0
+    """Sealed chunked streaming: the largest chunk, in tokens (0 with ``chunk_first`` 0)."""
 
 
 class ReplicaProgress(_Message, tag="progress", frozen=True):
@@ -280,6 +286,25 @@ class ReplicaProgress(_Message, tag="progress", frozen=True):
     multi-byte character, which a later piece then carries whole)."""
 
 
+class SealedProgress(_Message, tag="sealed_progress", frozen=True):
+    """Worker → coordinator, on a sealed, audited RunJob stream with ``chunk_first`` (spec/verification.md
+    §14.3): the next chunk of its output, sealed to the client and to each reader, with a salted
+    commitment the coordinator holds. Chunks are contiguous and cut as the RunJob says; the coordinator
+    sees counts, ciphertexts and the commitment, never the tokens or their text."""
+
+    job_id: JobIdBytes
+    offset: ClaimPosition
+    """Output position of the chunk's first token: the tokens sent in earlier chunks."""
+    n_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_PROGRESS_TOKENS)]
+    """Tokens in the chunk (the plaintexts must hold exactly this many)."""
+    commitment: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    """``commit_chunk(job_id, salt, offset, tokens, pieces)`` (opengrid/wire/sealed.py)."""
+    to_client: Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_SEALED_BYTES)]
+    """The chunk (a ``SealedChunk``) sealed to the client's ephemeral key."""
+    to_readers: Annotated[list[SealedClaim], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
+    """The same chunk sealed to each of ``RunJob.readers`` (one per key), for the auditors."""
+
+
 class JobProgress(_Message, tag="job_progress", frozen=True):
     """Coordinator → client, on a SubmitJob stream with ``stream``: more text of the answer.
 
@@ -290,6 +315,12 @@ class JobProgress(_Message, tag="job_progress", frozen=True):
     job_id: JobIdBytes
     text: ProgressText
     verified: bool = False
+    sealed_chunk: Sealed | None = None
+    """Sealed chunked streaming (spec/verification.md §14.3), with ``verified`` and an empty ``text``: the
+    next chunk of the answer, sealed by its prover (``peer_id``) to the client; every auditor passed it."""
+    chunk_commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    """With ``sealed_chunk``: the chunk's salted commitment that every auditor's verdict named; the client
+    checks the chunk it opens against it (it holds the salt)."""
 
 
 class ReplicaResult(_Message, tag="result", frozen=True):
@@ -723,6 +754,19 @@ class AuditChunk(_Message, tag="audit_chunk", frozen=True):
     """Final only: ``stop`` adds the end-of-generation position (spec/verification.md §12.1)."""
     text: OutputText = ""
     """Final only: the whole claimed text, which must be what every claimed token decodes to."""
+    sealed_chunk: SealedBytes = b""
+    """Sealed chunked audits (spec/verification.md §14.3), not final: the prover's chunk sealed to this
+    auditor (``tokens`` and ``pieces`` are then empty); it holds ``end - offset`` tokens."""
+    commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    """Sealed, not final: the chunk's salted commitment (``SealedProgress.commitment``); the opened chunk
+    must match it, and the verdict names it."""
+    end: ClaimPosition = 0
+    """Sealed, not final: the position after the chunk's last token."""
+    sealed_claim: SealedBytes = b""
+    """Sealed, final: the prover's whole claim sealed to this auditor (as ``AuditJob.sealed_claim``); its
+    tokens must be the chunks' tokens."""
+    claim_attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)] = b""
+    """Sealed, final: the prover's encoded attestation of the claim."""
 
 
 class ChunkVerdict(_Message, tag="chunk_verdict", frozen=True):
@@ -741,6 +785,9 @@ class ChunkVerdict(_Message, tag="chunk_verdict", frozen=True):
     failure_gap: AuditGap = 0.0
     reason: Annotated[str, msgspec.Meta(max_length=MAX_AUDIT_REASON_CHARS)] = ""
     """Why it failed, in words with the values; empty on a pass."""
+    commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    """Sealed chunked audits: the commitment of the chunk judged (``AuditChunk.commitment``), binding the
+    verdict to the ciphertexts the coordinator relayed (spec/verification.md §14.3)."""
 
 
 class AuditJob(_Message, tag="audit", frozen=True):
@@ -789,6 +836,9 @@ class AuditJob(_Message, tag="audit", frozen=True):
     claim_attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)] = b""
     """Sealed audits: the prover's encoded attestation; the opened claim must match its salted commitment
     and token count (else the claim fails), and its key opens ``sealed_claim``."""
+    prover_key: MaybeKeyBytes = b""
+    """Sealed chunked audits (spec/verification.md §14.3): the streaming prover's Ed25519 key, which must
+    be one of the prompt's readers; its chunks (``AuditChunk.sealed_chunk``) open with it."""
 
 
 class AuditReport(_Message, tag="audit_report", frozen=True):
@@ -882,6 +932,7 @@ Message = (
     | SubmitJob
     | RunJob
     | ReplicaProgress
+    | SealedProgress
     | JobProgress
     | ReplicaResult
     | JobAccepted

@@ -13,6 +13,7 @@ The coordinator routes and verifies sealed jobs without ever seeing plaintext (s
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Final
 
 import msgspec
@@ -26,6 +27,7 @@ from opengrid.wire.commitment import SALT_BYTES
 from opengrid.wire.messages import (
     JOB_ID_BYTES,
     MAX_EXPOSURE,
+    MAX_PROGRESS_TOKENS,
     MAX_TOKENS_LIMIT,
     KeyBytes,
     OutputText,
@@ -161,3 +163,81 @@ def open_claim(
     if sealed.tag != SEALED_TAG or sealed.job_id != job_id:
         raise VerificationError("the prover's sealed claim was made for another job")
     return sealed
+
+
+CHUNK_TAG: Final = b"opengrid/sealed-chunk/1\x00"
+"""Domain tag of a sealed chunk's commitment (spec/verification.md §14.3)."""
+
+
+class SealedChunk(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    """One chunk of a sealed streaming job's output, as its prover seals it to the client and to each
+    auditor (spec/verification.md §14.3): output positions ``offset ..`` with one text piece per token."""
+
+    tag: ShortText
+    job_id: Annotated[bytes, msgspec.Meta(max_length=JOB_ID_BYTES)]
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_LIMIT)]
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_PROGRESS_TOKENS)]
+    pieces: Annotated[list[OutputText], msgspec.Meta(max_length=MAX_PROGRESS_TOKENS)]
+
+
+def commit_chunk(job_id: bytes, salt: bytes, offset: int, tokens: list[int], pieces: list[str]) -> bytes:
+    """The salted commitment to one sealed chunk, which the coordinator holds and the auditors' verdicts
+    name: ``sha256(CHUNK_TAG || msgpack([job_id, salt, offset, tokens, pieces]))``. The salt (the job's,
+    known to the client and the workers it sealed to) keeps the coordinator from testing guesses."""
+    payload = msgspec.msgpack.encode((job_id, salt, offset, list(tokens), list(pieces)))
+    return hashlib.sha256(CHUNK_TAG + payload).digest()
+
+
+def seal_chunk(
+    tokens: list[int],
+    pieces: list[str],
+    *,
+    offset: int,
+    job_id: bytes,
+    to_box_key: bytes,
+    signing_key: SigningKey,
+) -> bytes:
+    """Prover side: encrypt one chunk to an X25519 key (the client's ephemeral key, or a reader's box key
+    from ``box_public_key``), authenticated with the prover's identity."""
+    payload = msgspec.msgpack.encode(SealedChunk(SEALED_TAG, job_id, offset, tokens, pieces))
+    return bytes(Box(_box_private_key(signing_key), PublicKey(to_box_key)).encrypt(payload))
+
+
+def _open_chunk(box: Box, ciphertext: bytes, job_id: bytes, offset: int, n_tokens: int | None) -> SealedChunk:
+    try:
+        chunk = msgspec.msgpack.decode(box.decrypt(ciphertext), type=SealedChunk)
+    except (CryptoError, ValueError, TypeError, msgspec.DecodeError) as exc:
+        raise VerificationError(f"a sealed chunk does not open: {exc}") from exc
+    if chunk.tag != SEALED_TAG or chunk.job_id != job_id:
+        raise VerificationError("a sealed chunk was made for another job")
+    count = len(chunk.tokens) if n_tokens is None else n_tokens
+    if chunk.offset != offset or not 0 < len(chunk.tokens) == count == len(chunk.pieces):
+        raise VerificationError(
+            f"a sealed chunk holds positions {chunk.offset}.. with {len(chunk.tokens)} tokens and "
+            f"{len(chunk.pieces)} pieces, not the {count} token(s) at {offset} it was sent as"
+        )
+    return chunk
+
+
+def open_chunk_as_auditor(
+    ciphertext: bytes,
+    *,
+    job_id: bytes,
+    offset: int,
+    n_tokens: int,
+    prover_key: bytes,
+    signing_key: SigningKey,
+) -> SealedChunk:
+    """Auditor side: a prover's chunk sealed to us; ``VerificationError`` if it does not open with the
+    prover's key and ours, names another job, or is not the chunk it was sent as."""
+    box = Box(_box_private_key(signing_key), PublicKey(box_public_key(prover_key)))
+    return _open_chunk(box, ciphertext, job_id, offset, n_tokens)
+
+
+def open_chunk_as_client(
+    ciphertext: bytes, *, job_id: bytes, offset: int, prover_key: bytes, ephemeral: PrivateKey
+) -> SealedChunk:
+    """Client side: a verified chunk of its answer, sealed by the prover; ``VerificationError`` if it does
+    not open, names another job or does not start at ``offset`` (the text streamed so far)."""
+    box = Box(ephemeral, PublicKey(box_public_key(prover_key)))
+    return _open_chunk(box, ciphertext, job_id, offset, None)

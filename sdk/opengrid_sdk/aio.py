@@ -113,10 +113,14 @@ class AsyncClient:
         top_p: float = 1.0,
         seed: int = 0,
         previews: bool = False,
+        sealed: bool = False,
+        exposure: int | None = None,
+        trusted: Sequence[str] = (),
     ) -> AsyncIterator[str | Preview | Completion]:
         """See ``Client.stream``: verified text as it is verified (``str``), unverified ``Preview`` items
-        only with ``previews=True``, then the verified ``Completion``. Settings out of range raise
-        ``ConfigError`` here, before any iteration."""
+        only with ``previews=True``, then the verified ``Completion``; ``sealed=True`` streams a sealed
+        job's verified chunks (spec/verification.md §14.3). Settings out of range raise ``ConfigError``
+        here, before any iteration."""
         items = self._client.stream(
             prompt,
             model=model,
@@ -127,6 +131,9 @@ class AsyncClient:
             top_p=top_p,
             seed=seed,
             previews=previews,
+            sealed=sealed,
+            exposure=exposure,
+            trusted=trusted,
         )
         return _iterate(items)
 

@@ -87,6 +87,7 @@ from opengrid.wire.messages import (
     Quote,
     QuoteRequest,
     ReceiptRequest,
+    Sealed,
     StatusRequest,
     SubmitJob,
     TransferRequest,
@@ -94,6 +95,7 @@ from opengrid.wire.messages import (
     listed_balance,
 )
 from opengrid.wire.receipts import verify_receipt_without_output
+from opengrid.wire.sealed import commit_chunk, open_chunk_as_client
 from opengrid_sdk.receipts import HistoryItem, SignedReceipt, history_item
 from opengrid_sdk.sealed import SealedJob, check_quote, open_answer, seal_job
 from opengrid_sdk.transfers import (
@@ -1109,6 +1111,9 @@ class Client:
         top_p: float = ...,
         seed: int = ...,
         previews: Literal[False] = ...,
+        sealed: bool = ...,
+        exposure: int | None = ...,
+        trusted: Sequence[str] = ...,
     ) -> Iterator[str | Completion]: ...
 
     @overload
@@ -1124,6 +1129,9 @@ class Client:
         top_p: float = ...,
         seed: int = ...,
         previews: Literal[True],
+        sealed: bool = ...,
+        exposure: int | None = ...,
+        trusted: Sequence[str] = ...,
     ) -> Iterator[str | Preview | Completion]: ...
 
     @overload
@@ -1139,6 +1147,9 @@ class Client:
         top_p: float = ...,
         seed: int = ...,
         previews: bool = ...,
+        sealed: bool = ...,
+        exposure: int | None = ...,
+        trusted: Sequence[str] = ...,
     ) -> Iterator[str | Preview | Completion]: ...
 
     def stream(
@@ -1153,6 +1164,9 @@ class Client:
         top_p: float = 1.0,
         seed: int = 0,
         previews: bool = False,
+        sealed: bool = False,
+        exposure: int | None = None,
+        trusted: Sequence[str] = (),
     ) -> Iterator[str | Preview | Completion]:
         """Like ``complete``, but yields the answer's text as it is verified. The sampling settings are
         ``complete``'s (greedy by default); out of range, ``ConfigError`` is raised by this call itself,
@@ -1164,17 +1178,29 @@ class Client:
         with what was yielded). Text the coordinator could not verify while it streamed (an audit-mode
         coordinator verifies only at the end) comes as one ``str`` just before the ``Completion``.
         ``previews=True`` also yields ``Preview`` items: one worker's unverified text, as it generates.
-        Streaming runs in open mode: text passes through the coordinator in plaintext. With an identity
-        the job is paid like ``complete``'s (HOLD, then SETTLE or REFUND).
+        By default streaming runs in open mode: text passes through the coordinator in plaintext.
+        ``sealed=True`` streams a sealed job (spec/verification.md §14.3; ``exposure`` and ``trusted`` as
+        for ``complete``): a coordinator in audit mode forwards each chunk sealed by the prover to this
+        client once every auditor passed it, and never sees the prompt or the text; each ``str`` is a
+        chunk opened here. No previews, and no re-seal after a failure (``NoCapacityError`` instead).
+        With an identity the job is paid like ``complete``'s (HOLD, then SETTLE or REFUND).
         """
         sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        return self._paid_stream(prompt, model, max_tokens, replicas, sampling, previews)
+        seal = _SealOptions(exposure=exposure, trusted=tuple(trusted)) if sealed else None
+        return self._paid_stream(prompt, model, max_tokens, replicas, sampling, previews, seal)
 
     def _paid_stream(
-        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling, previews: bool
+        self,
+        prompt: str,
+        model: str,
+        max_tokens: int,
+        replicas: int,
+        sampling: Sampling,
+        previews: bool,
+        seal: _SealOptions | None = None,
     ) -> Iterator[str | Preview | Completion]:
         if self._payer is None:
-            yield from self._stream(prompt, model, max_tokens, replicas, sampling, previews)
+            yield from self._stream(prompt, model, max_tokens, replicas, sampling, previews, seal)
             return
         # Our HOLD must be the next link of our chain: no other paid call until the coordinator has it,
         # which it has once it streams anything. Released before the first yield, so the caller may make
@@ -1182,7 +1208,7 @@ class Client:
         self._paying.acquire()
         held = True
         try:
-            for item in self._stream(prompt, model, max_tokens, replicas, sampling, previews):
+            for item in self._stream(prompt, model, max_tokens, replicas, sampling, previews, seal):
                 if held:
                     self._paying.release()
                     held = False
@@ -1191,16 +1217,63 @@ class Client:
             if held:
                 self._paying.release()
 
+    def _sealed_submission(
+        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling, seal: _SealOptions
+    ) -> tuple[str, SealedJob]:
+        """Quote, check the quote and seal a streaming job to the quoted workers: the coordinator's peer id
+        and the sealed (and paid) job."""
+        cap = min(max(seal.exposure or replicas + 2, replicas), MAX_EXPOSURE)
+        trusted = list(seal.trusted)
+        quote_request = QuoteRequest(
+            model=model, replicas=replicas, exposure=cap, trusted=trusted, max_tokens=max_tokens
+        )
+        coordinator, quote = self._to_coordinator(quote_request)
+        if isinstance(quote, ErrorReply):
+            raise _ERRORS.get(quote.code, JobError)(quote.message)
+        if not isinstance(quote, Quote):
+            raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
+        peers = check_quote(quote, trusted=trusted or None, exposure=cap, replicas=replicas)
+        job = seal_job(
+            prompt,
+            peers=peers,
+            model=model,
+            max_tokens=max_tokens,
+            replicas=replicas,
+            temperature=float(sampling.temperature),
+            top_k=sampling.top_k,
+            top_p=float(sampling.top_p),
+            seed=sampling.seed,
+        )
+        request = self._paid(msgspec.structs.replace(job.request, stream=True), quote.weight)
+        return coordinator, dataclasses.replace(job, request=request)
+
     def _stream(
-        self, prompt: str, model: str, max_tokens: int, replicas: int, sampling: Sampling, previews: bool
+        self,
+        prompt: str,
+        model: str,
+        max_tokens: int,
+        replicas: int,
+        sampling: Sampling,
+        previews: bool,
+        seal: _SealOptions | None = None,
     ) -> Iterator[str | Preview | Completion]:
-        request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True, sampling=sampling))
-        items: queue.Queue[str | Preview | tuple[str, Message] | BaseException] = queue.Queue()
+        sealed: SealedJob | None = None
+        quoted = ""
+        if seal is not None:
+            quoted, sealed = self._sealed_submission(prompt, model, max_tokens, replicas, sampling, seal)
+            request = sealed.request
+        else:
+            request = self._paid(_job(prompt, model, max_tokens, replicas, stream=True, sampling=sampling))
+        items: queue.Queue[str | Preview | tuple[Sealed, bytes] | tuple[str, Message] | BaseException] = (
+            queue.Queue()
+        )
         address = self.coordinator()
 
         async def exchange() -> None:
             assert self._host is not None
             peer = await self._host.connect(address)
+            if quoted and peer != quoted:
+                raise RemoteProtocolError("the coordinator's address answered as another peer mid-job")
             stream = await self._host.open_stream(peer)
             try:
                 await stream.send(request)
@@ -1212,7 +1285,10 @@ class Client:
                         return
                     if reply.job_id != request.job_id:
                         continue
-                    if reply.verified:
+                    if reply.verified and reply.sealed_chunk is not None:
+                        if sealed is not None:  # a verified chunk sealed to us (spec/verification.md §14.3)
+                            items.put((reply.sealed_chunk, reply.chunk_commitment))
+                    elif reply.verified:
                         items.put(reply.text)
                     elif previews:
                         items.put(Preview(reply.text))
@@ -1229,19 +1305,31 @@ class Client:
         worker = threading.Thread(target=run, name="opengrid-stream", daemon=True)
         worker.start()
         verified: list[str] = []
+        streamed: list[int] = []  # a sealed stream's tokens opened so far
         try:
             while True:
                 item = items.get(timeout=self.timeout + 5)
                 if isinstance(item, BaseException):
                     raise item
-                if isinstance(item, Preview):
+                if isinstance(item, tuple) and isinstance(item[0], Sealed):
+                    assert sealed is not None and isinstance(item[1], bytes)  # only a sealed stream's
+                    text = self._open_chunk(sealed, item[0], item[1], streamed)
+                    if text:
+                        verified.append(text)
+                        yield text
+                elif isinstance(item, Preview):
                     yield item
                 elif isinstance(item, str):
                     verified.append(item)
                     yield item
                 else:
-                    completion = self._completion(request, *item)
+                    completion = self._completion(request, *item, sealed=sealed)
                     sent = "".join(verified)
+                    if list(completion.tokens[: len(streamed)]) != streamed:
+                        raise VerificationError(
+                            f"the answer does not start with the {len(streamed)} tokens streamed to you as "
+                            "verified; discard the streamed text and retry (or use another coordinator)"
+                        )
                     if not completion.text.startswith(sent):
                         raise VerificationError(
                             f"the coordinator streamed {len(sent)} characters as verified, but its verified "
@@ -1254,6 +1342,30 @@ class Client:
                     return
         finally:
             worker.join(timeout=self.timeout + 5)
+
+    @staticmethod
+    def _open_chunk(job: SealedJob, sealed: Sealed, commitment: bytes, streamed: list[int]) -> str:
+        """Open one verified chunk of a sealed stream (from a worker the job was sealed to, starting where
+        the chunks before it ended, matching the commitment its auditors named), add its tokens to
+        ``streamed`` and return its text."""
+        if sealed.peer_id not in {s.peer_id for s in job.request.sealed}:
+            raise VerificationError(
+                f"a streamed chunk came sealed by {sealed.peer_id}, a worker this job was not sealed to"
+            )
+        chunk = open_chunk_as_client(
+            sealed.ciphertext,
+            job_id=job.request.job_id,
+            offset=len(streamed),
+            prover_key=public_key_of(sealed.peer_id),
+            ephemeral=job.ephemeral,
+        )
+        if commit_chunk(job.request.job_id, job.salt, chunk.offset, chunk.tokens, chunk.pieces) != commitment:
+            raise VerificationError(
+                f"the streamed chunk at token {chunk.offset} is not the one its auditors passed (its "
+                "commitment differs); discard the streamed text and retry"
+            )
+        streamed += chunk.tokens
+        return "".join(chunk.pieces)
 
     def _completion(
         self, request: SubmitJob, peer: str, reply: Message, *, sealed: SealedJob | None = None
@@ -1290,6 +1402,14 @@ class Client:
             coordinator=peer,
             sealed=sealed is not None,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _SealOptions:
+    """How a sealed ``stream`` seals its prompt: ``complete``'s ``exposure`` and ``trusted``."""
+
+    exposure: int | None
+    trusted: tuple[str, ...]
 
 
 def _account_state(reply: Message) -> AccountState:

@@ -45,6 +45,8 @@ from opengrid.wire.messages import (
     ReplicaProgress,
     ReplicaResult,
     RunJob,
+    SealedClaim,
+    SealedProgress,
     StatusRequest,
     SubmitJob,
     TransferRequest,
@@ -81,6 +83,14 @@ def sample_messages() -> list[Message]:
         ),
         RunJob(job_id=JOB, contract=CONTRACT, prompt="Once upon a time", max_tokens=8192),
         ReplicaProgress(job_id=JOB, text=" there", tokens=[5, 6], pieces=[" the", "re"]),
+        SealedProgress(
+            job_id=JOB,
+            offset=4,
+            n_tokens=1024,
+            commitment=b"\x07" * 32,
+            to_client=b"\x01" * 64,
+            to_readers=[SealedClaim(reader=b"\x02" * 32, ciphertext=b"\x03" * 64)],
+        ),
         JobProgress(job_id=JOB, text=" there", verified=True),
         ReplicaResult(
             job_id=JOB,

@@ -25,11 +25,13 @@ whose ``AuditReturned`` reports pass it (receipt: the prover and the auditors cr
 prover penalised, the job re-run on another prover within ``max_failovers``). A failed or silent auditor
 is replaced; a claim with no free auditor waits for a slot. Auditors are checked too (§13.6): canary
 audits (a claim whose verdict the coordinator knows), a split verdict settled by a tie-break audit, and an
-auditor record (``audit_reputation``) that weighs the draw and bars an auditor once caught. A streaming
+auditor record (``audit_reputation``, journalled through ``audit_journal`` so it survives restarts) that
+weighs the draw and bars an auditor once caught. A streaming
 job's claim is audited in chunks as the prover streams it (``SendAuditChunk``, ``ChunkAudited``;
 spec/verification.md §14.2). A sealed job is audited among the workers it was sealed to
 (spec/sealed-mode.md §11): the prover seals its claim to them, each auditor gets its own prompt and claim
-ciphertexts, and the machine sees no plaintext.
+ciphertexts, and the machine sees no plaintext; a sealed streaming job's chunks come sealed to the client
+and the auditors with salted commitments (``SealedChunkReported``, spec/verification.md §14.3).
 
 Capacity and queueing (spec/job-protocol.md §8.1): a worker runs at most ``slots`` replicas (and canaries)
 of this coordinator at once. A job that cannot get its replicas because every worker that could run it is

@@ -157,10 +157,17 @@ class AuditsPart(CoordinatorParts):
         record = self.workers.get(peer)
         if record is None:
             return
-        standing = self.audit_reputation.get(record.key, Reputation())
-        self.audit_reputation[record.key] = standing.update(outcome)
+        self._update_auditor(record.key, outcome)
         if outcome == "invalid":
             self._record(record.key, "invalid")
+
+    def _update_auditor(self, key: bytes, outcome: Outcome) -> None:
+        """The one writer of ``audit_reputation``: fold ``outcome`` into ``key``'s record as an auditor and
+        journal it (``audit_journal``), so a restart keeps a caught auditor barred."""
+        updated = self.audit_reputation.get(key, Reputation()).update(outcome)
+        self.audit_reputation[key] = updated
+        if self.audit_journal is not None:
+            self.audit_journal.record(key, updated)
 
     def _plan_audit(self, job: JobRecord, available: int) -> AuditPlan:
         """Draw the current claim's audit plan (``audit_policy.plan``, spec/verification.md §13.5), now
@@ -201,7 +208,15 @@ class AuditsPart(CoordinatorParts):
     def _sealed_audit_job(self, job: JobRecord, audit: AuditJob, auditor: str) -> AuditJob:
         """A sealed job's AuditJob for one auditor (spec/sealed-mode.md §11): the client's prompt
         ciphertext made for it, the prover's claim sealed to it and the prover's attestation; no
-        plaintext (we hold none)."""
+        plaintext (we hold none). A chunked audit (spec/verification.md §14.3) gets the prover's key instead
+        of its claim: the claim follows in sealed chunks, and the whole of it in the final chunk."""
+        if audit.chunked:
+            return msgspec.structs.replace(
+                audit,
+                sealed_prompt=job.sealed[auditor],
+                client_box_key=job.request.client_box_key,
+                prover_key=self.workers[job.prover].key,
+            )
         result, _ = job.results[job.prover]
         key = self.workers[auditor].key
         claim = next(c.ciphertext for c in result.sealed_claims if c.reader == key)  # checked on arrival
@@ -461,9 +476,7 @@ class AuditsPart(CoordinatorParts):
         for peer in (prover, *auditors):
             self._record(self.workers[peer].key, "valid")
         for peer in auditors:
-            self.audit_reputation[self.workers[peer].key] = self.audit_reputation.get(
-                self.workers[peer].key, Reputation()
-            ).update("valid")
+            self._update_auditor(self.workers[peer].key, "valid")
         self._measure(prover, n_tokens, job.elapsed.get(prover, 0.0))
         # An answer audited in full is a verified one: good for canaries. A window leaves its tail unchecked
         # (§13.5), and a canary with a wrong known answer would punish the honest workers it is sent to.

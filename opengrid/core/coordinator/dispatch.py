@@ -276,6 +276,13 @@ class DispatchPart(CoordinatorParts):
                         personal, readers=self._sealed_readers(job, candidate.peer)
                     )
                     job.readers[candidate.peer] = tuple(personal.readers)
+                    if job.request.stream:  # it streams sealed chunks, cut by our policy (verification §14.3)
+                        personal = msgspec.structs.replace(
+                            personal,
+                            stream=True,
+                            chunk_first=self._chunk_policy.first,
+                            chunk_max=self._chunk_policy.largest,
+                        )
                 effects.append(DispatchReplica(peer=candidate.peer, run=personal))
             else:
                 effects.append(DispatchReplica(peer=candidate.peer, run=run))

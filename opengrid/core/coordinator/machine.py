@@ -20,6 +20,7 @@ from opengrid.core.coordinator.records import Canary, JobRecord, KnownAnswer, Wo
 from opengrid.core.coordinator.registry import RegistryPart
 from opengrid.core.coordinator.results import ResultsPart
 from opengrid.core.coordinator.settle import SettlePart
+from opengrid.core.coordinator.shared import AuditorJournal
 from opengrid.core.coordinator.state import JobState
 from opengrid.core.coordinator.streaming import StreamingPart
 from opengrid.core.effects import CancelReplica, Effect
@@ -33,6 +34,7 @@ from opengrid.core.events import (
     ReplicaFailed,
     ReplicaProgressed,
     ReplicaReturned,
+    SealedChunkReported,
     WorkerRegistered,
 )
 from opengrid.core.grants import GrantPolicy
@@ -137,7 +139,10 @@ class Coordinator(
         self.audit_reputation: dict[bytes, Reputation] = {}
         """Audit mode: worker key -> its record as an auditor (canary audits, split verdicts settled by a
         tie-break; spec/verification.md §13.6). The auditor draw weighs by it and skips anyone caught.
-        In memory only, like canary outcomes; the general ``reputation`` gets the same offences."""
+        Kept across restarts by the driver's ``audit_journal`` (``restore_auditors`` at start); the
+        general ``reputation`` gets the same offences (rebuilt from EVIDENCE entries)."""
+        self.audit_journal: AuditorJournal | None = None
+        """Where changes of ``audit_reputation`` are written (the node's SQLite store; None: memory only)."""
         self._chunk_policy = ChunkPolicy(
             first=self.config.stream_chunk_first, largest=self.config.stream_chunk_max
         )
@@ -145,6 +150,11 @@ class Coordinator(
         self._audit_wait: dict[bytes, None] = {}
         """Audit mode: jobs whose claim waits for a free auditor slot (an ordered set; retried by
         ``_drain``, bounded by the job deadline)."""
+
+    def restore_auditors(self, records: Iterable[tuple[bytes, Reputation]]) -> None:
+        """Take back the auditor records kept before a restart (``audit_journal``'s rows)."""
+        for key, record in records:
+            self.audit_reputation[key] = record
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         """Feed one event; return the effects the driver must execute, in order."""
@@ -168,6 +178,9 @@ class Coordinator(
                 return self._on_cancelled(event) + self._drain(now)
             case AuditReturned():
                 return self._on_audit_returned(event, now) + self._drain(now)
+            case SealedChunkReported():
+                effects = self._on_sealed_chunk(event, now)
+                return effects + self._drain(now) if effects else effects
             case ChunkAudited():
                 return self._on_chunk_audited(event, now) + self._drain(now)
             case AuditFailed():

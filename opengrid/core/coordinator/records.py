@@ -10,7 +10,15 @@ from opengrid_ledger import Attestation
 from opengrid.core.audit_policy import AuditPlan
 from opengrid.core.coordinator.state import JobState
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import AuditJob, AuditReport, ModelOffer, PromptFormat, ReplicaResult, SubmitJob
+from opengrid.wire.messages import (
+    AuditJob,
+    AuditReport,
+    ModelOffer,
+    PromptFormat,
+    ReplicaResult,
+    SealedProgress,
+    SubmitJob,
+)
 
 
 @dataclass
@@ -63,6 +71,11 @@ class ChunkedClaim:
     """Auditor -> positions it passed so far (the end of its last passing ChunkVerdict)."""
     final: bool = False
     """The prover's result came and the last chunk went out: its auditors answer with AuditReports."""
+    sealed: list[SealedProgress] = field(default_factory=list)
+    """A sealed job's claim (spec/verification.md §14.3): the prover's sealed chunks, in order, one per
+    entry of ``ends`` (the prover cut them; the coordinator holds ciphertexts and commitments only)."""
+    sealed_bytes: int = 0
+    """The ciphertext bytes of ``sealed`` (bounded by ``streaming.MAX_SEALED_STREAM_BYTES``)."""
 
 
 @dataclass
@@ -134,6 +147,9 @@ class JobRecord:
     chunked: ChunkedClaim | None = None
     """Audit mode, streaming job: the streaming prover's claim as chunked for its auditors (None before
     its first progress, after its claim was dropped, and for other jobs)."""
+    sealed_verified: list[tuple[int, int, bytes]] = field(default_factory=list)
+    """Sealed streaming jobs: (offset, end, commitment) of each chunk forwarded to the client as verified;
+    a re-run's chunks must repeat them (same cuts, same salted commitments: the same tokens and text)."""
 
     @property
     def job_id(self) -> bytes:

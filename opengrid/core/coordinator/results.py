@@ -48,6 +48,7 @@ class ResultsPart(CoordinatorParts):
             if missing is not None:
                 return self._on_failed(event.job_id, event.peer, missing, now, penalize=True)
         lied = self.progress_contradiction(event.job_id, event.peer, event.result.tokens)
+        lied = lied or self.sealed_chunks_contradiction(event.job_id, event.peer, problem.n_tokens)
         if lied is not None:  # its frames said one thing, its result another (spec/verification.md §14)
             return self._on_failed(event.job_id, event.peer, lied, now, penalize=True)
         sent_at = job.pending.pop(event.peer) - self.config.replica_timeout_s

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Container, Iterable, Sequence
+from typing import Protocol
 
 from opengrid_ledger import (
     Attestation,
@@ -44,6 +45,14 @@ from opengrid.wire.messages import (
 )
 
 
+class AuditorJournal(Protocol):
+    """Durable storage of the coordinator's auditor records (``opengrid.store.auditor_store``), so an
+    auditor caught lying stays barred across restarts (spec/verification.md §13.6)."""
+
+    def record(self, key: bytes, reputation: Reputation) -> None:
+        """Keep ``key``'s record as an auditor (replacing the one kept before)."""
+
+
 class CoordinatorParts(ABC):
     """Shared state (set by ``Coordinator.__init__``) and the cross-part calls."""
 
@@ -58,6 +67,8 @@ class CoordinatorParts(ABC):
     reputation: dict[bytes, Reputation]
     audit_reputation: dict[bytes, Reputation]
     """Audit mode: worker key -> its record as an auditor (audits.py, canaries.py)."""
+    audit_journal: AuditorJournal | None
+    """Where each change of ``audit_reputation`` is written (the node's SQLite store), or None."""
     grants: GrantPolicy
     _scheme: SignatureScheme
     _rng: RandomSource
@@ -209,6 +220,9 @@ class CoordinatorParts(ABC):
 
     @abstractmethod
     def stream_contradiction(self, job: JobRecord, agreement: Agreement) -> str | None: ...
+
+    @abstractmethod
+    def sealed_chunks_contradiction(self, job_id: bytes, peer: str, n_tokens: int) -> str | None: ...
 
     @abstractmethod
     def _audit_claim(self, job: JobRecord, now: float) -> list[Effect]: ...

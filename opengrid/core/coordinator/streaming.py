@@ -30,8 +30,14 @@ arrives the rest of the claim and a final chunk (finish reason, whole text) go o
 AuditReports over the whole claim are judged as any (``audits.py``). A re-run after a rejection must
 reproduce the verified prefix (its frames and result are checked against it) or the job fails.
 
-Not streamed here: sealed jobs (the coordinator cannot read the text). Their answer arrives whole, at
-the end, as before.
+Sealed jobs in audit mode (spec/verification.md §14.3) stream too, without the coordinator reading
+them: the prover cuts its output by the coordinator's chunk policy (``RunJob.chunk_first``) and sends each
+chunk sealed to the client and to every possible auditor, with a salted commitment (``SealedProgress``,
+``SealedChunkReported``). The coordinator relays each auditor its own ciphertext with the commitment; an
+auditor's verdict must name that commitment; once every auditor passed a chunk, the client's ciphertext
+goes to it as verified (``ForwardVerified.sealed``). A re-run must repeat the verified chunks' cuts and
+commitments (the same salt, the same tokens and text), else the job fails. Sealed replicated jobs still
+answer whole, at the end.
 
 Bounds: a replica's stored progress never exceeds the job's ``max_tokens`` (a frame that would pass it,
 or whose pieces do not match its tokens, ends that replica's say in the prefix); the prefix grows by at
@@ -45,10 +51,10 @@ from opengrid.core.coordinator.records import ChunkedClaim, JobRecord, ReplicaSt
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobState
 from opengrid.core.effects import CancelReplica, Effect, ForwardVerified, Penalize, SendAuditChunk
-from opengrid.core.events import ChunkAudited, ReplicaProgressed
+from opengrid.core.events import ChunkAudited, ReplicaProgressed, SealedChunkReported
 from opengrid.core.stream_chunks import cut
 from opengrid.core.verifier import Agreement, quorum
-from opengrid.wire.messages import AuditChunk, AuditJob, AuditReport
+from opengrid.wire.messages import AuditChunk, AuditJob, AuditReport, Sealed, SealedProgress
 
 
 class StreamingPart(CoordinatorParts):
@@ -191,6 +197,13 @@ class StreamingPart(CoordinatorParts):
         the final chunk when ``final``, to every auditor of the claim."""
         claim = job.chunked
         assert claim is not None  # callers check
+        if job.sealed:  # the prover cut and sealed its chunks itself: only the final one is ours to send
+            if not final:
+                return []
+            claim.final = True
+            return [
+                SendAuditChunk(peer=p, chunk=self._sealed_final_chunk(job, p)) for p in sorted(job.audits)
+            ]
         stream = job.streams.get(claim.prover, ReplicaStream())
         new = cut(self._chunk_policy, claim.ends, len(stream.tokens), final=final)
         claim.pieced = claim.ends[-1] if claim.ends else 0
@@ -239,6 +252,13 @@ class StreamingPart(CoordinatorParts):
         claim = job.chunked
         if claim is None or claim.prover != job.prover:
             return []
+        if job.sealed:
+            sealed: list[Effect] = [
+                SendAuditChunk(peer=peer, chunk=self._sealed_chunk_for(job, peer, c)) for c in claim.sealed
+            ]
+            if claim.final:
+                sealed.append(SendAuditChunk(peer=peer, chunk=self._sealed_final_chunk(job, peer)))
+            return sealed
         starts = [0, *claim.ends][: len(claim.ends)]
         chunks = [self._chunk(job, start, end) for start, end in zip(starts, claim.ends, strict=True)]
         if claim.final:
@@ -267,6 +287,15 @@ class StreamingPart(CoordinatorParts):
         ):
             return self._fail(job.request.job_id, "verification_failed", _rerun_contradiction(verified))
         claim = job.chunked
+        if job.sealed_verified and (
+            claim is None
+            or claim.prover != job.prover
+            or not claim.ends
+            or (claim.ends[-1] < job.sealed_verified[-1][1])
+        ):  # a sealed re-run that stopped short of the chunks already forwarded as verified
+            return self._fail(
+                job.request.job_id, "verification_failed", _rerun_contradiction(job.sealed_verified[-1][1])
+            )
         if claim is None or claim.prover != job.prover:
             job.chunked = None
             return self._start_audits(job, now)
@@ -289,6 +318,8 @@ class StreamingPart(CoordinatorParts):
             problem = "the verdict names another job"
         elif expected is None:
             problem = f"a verdict after position {before}, but no chunk was sent beyond it"
+        elif job.sealed and verdict.commitment != claim.sealed[claim.ends.index(expected)].commitment:
+            problem = "the verdict does not name the commitment of the sealed chunk it was sent"
         elif verdict.verdict == "pass":
             if verdict.end != expected:
                 problem = f"a pass up to position {verdict.end}, but the chunk sent ends at {expected}"
@@ -327,6 +358,8 @@ class StreamingPart(CoordinatorParts):
         if len(job.audits) < needed:
             return []  # an auditor is being replaced: the text waits for the full count
         upto = min(claim.pieced, *(claim.passed.get(peer, 0) for peer in job.audits))
+        if job.sealed:
+            return self._forward_sealed(job, upto)
         before = len(job.verified_tokens)
         if upto <= before:
             return []
@@ -335,6 +368,130 @@ class StreamingPart(CoordinatorParts):
         job.verified_pieces += stream.pieces[before:upto]
         text = "".join(job.verified_pieces[before:])
         return [ForwardVerified(job.request.job_id, text)] if text else []
+
+    # ── sealed chunked audits (spec/verification.md §14.3) ──────────────────────────────────────────────
+
+    def _on_sealed_chunk(self, event: SealedChunkReported, now: float) -> list[Effect]:
+        """The sealed streaming prover sent its next chunk: check its shape (contiguous, cut by our policy,
+        within ``max_tokens``, sealed to the client and to exactly the readers it was given), that a re-run
+        repeats the chunks already forwarded, then relay it to the claim's auditors (drawn at the first)."""
+        job = self._jobs.get(event.job_id)
+        if job is None or event.peer not in job.pending or not sealed_streamed(job):
+            return []  # late, unsolicited, or a job whose chunks are not audited as they stream
+        peer, chunk, job_id = event.peer, event.chunk, job.request.job_id
+        claim = job.chunked if job.chunked is not None and job.chunked.prover == peer else None
+        index = len(claim.sealed) if claim is not None else 0
+        offset = claim.ends[-1] if claim is not None and claim.ends else 0
+        keys = [c.reader for c in chunk.to_readers]
+        held = claim.sealed_bytes if claim is not None else 0
+        size = len(chunk.to_client) + sum(len(c.ciphertext) for c in chunk.to_readers)
+        problem = ""
+        if chunk.job_id != job_id:
+            problem = "it names another job"
+        elif chunk.offset != offset:
+            problem = f"it starts at {chunk.offset}, but {offset} tokens were sent before"
+        elif (
+            claim is not None
+            and claim.sealed
+            and claim.sealed[-1].n_tokens < self._chunk_policy.size(index - 1)
+        ):
+            problem = f"chunk {index} follows a short chunk, which only the last one may be"
+        elif chunk.n_tokens > self._chunk_policy.size(index):
+            problem = f"chunk {index} has {chunk.n_tokens} tokens, more than {self._chunk_policy.size(index)}"
+        elif held + size > MAX_SEALED_STREAM_BYTES:
+            problem = f"its chunks' ciphertexts pass {MAX_SEALED_STREAM_BYTES} bytes"
+        elif chunk.offset + chunk.n_tokens > job.request.max_tokens:
+            problem = f"it ends at {chunk.offset + chunk.n_tokens}, past max_tokens {job.request.max_tokens}"
+        elif len(set(keys)) != len(keys) or set(keys) != set(job.readers.get(peer, ())):
+            problem = "it is not sealed once to each of the workers the job's claim goes to"
+        if problem:  # it broke the chunk rules: its claim cannot be audited as it streams
+            stop: list[Effect] = [CancelReplica(peer=peer, job_id=job_id)]
+            return stop + self._on_failed(
+                job_id, peer, f"malformed sealed chunk: {problem}", now, penalize=True
+            )
+        end = chunk.offset + chunk.n_tokens
+        if index < len(job.sealed_verified) and job.sealed_verified[index] != (
+            chunk.offset,
+            end,
+            chunk.commitment,
+        ):
+            return self._fail(job_id, "verification_failed", _rerun_contradiction(job.sealed_verified[-1][1]))
+        effects: list[Effect] = []
+        if claim is None:
+            claim = job.chunked = ChunkedClaim(prover=peer)
+        claim.sealed.append(chunk)
+        claim.sealed_bytes += size
+        claim.ends.append(end)
+        claim.pieced = end
+        if job.prover != peer:  # its first chunk: draw its auditors, who get every chunk so far
+            job.prover = peer
+            positions = job.request.max_tokens + 1  # every position is scored, as for an open stream
+            job.plan = AuditPlan(auditors=self._auditors, end=positions, n_positions=positions, reason="full")
+            return self._start_audits(job, now)
+        for auditor in job.audits:  # the prover is alive, so are the reasons to wait for its auditors
+            job.audits[auditor] = max(job.audits[auditor], now + self.config.replica_timeout_s)
+        return effects + [
+            SendAuditChunk(peer=a, chunk=self._sealed_chunk_for(job, a, chunk)) for a in sorted(job.audits)
+        ]
+
+    def _sealed_chunk_for(self, job: JobRecord, auditor: str, chunk: SealedProgress) -> AuditChunk:
+        """``chunk`` as sent to ``auditor``: its own ciphertext (auditors are drawn among the readers the
+        chunk is sealed to) and the commitment its verdict must name."""
+        key = self.workers[auditor].key
+        ciphertext = next(c.ciphertext for c in chunk.to_readers if c.reader == key)
+        return AuditChunk(
+            job_id=job.request.job_id,
+            offset=chunk.offset,
+            tokens=[],
+            pieces=[],
+            sealed_chunk=ciphertext,
+            commitment=chunk.commitment,
+            end=chunk.offset + chunk.n_tokens,
+        )
+
+    def _sealed_final_chunk(self, job: JobRecord, auditor: str) -> AuditChunk:
+        """The final chunk of a sealed claim for ``auditor``: the prover's whole claim sealed to it and the
+        prover's attestation (its tokens must be the chunks' tokens; it reports as a sealed audit does)."""
+        result, attestation = job.results[job.prover]
+        key = self.workers[auditor].key
+        claim = next(c.ciphertext for c in result.sealed_claims if c.reader == key)  # checked on arrival
+        return AuditChunk(
+            job_id=job.request.job_id,
+            offset=attestation.n_tokens,
+            tokens=[],
+            pieces=[],
+            final=True,
+            sealed_claim=claim,
+            claim_attestation=result.attestation,
+        )
+
+    def _forward_sealed(self, job: JobRecord, upto: int) -> list[Effect]:
+        """Forward the client's ciphertext of every sealed chunk that every auditor passed (up to
+        ``upto``) and that was not forwarded before (a re-run repeats the chunks already sent)."""
+        claim = job.chunked
+        assert claim is not None
+        effects: list[Effect] = []
+        for chunk in claim.sealed:
+            end = chunk.offset + chunk.n_tokens
+            done = job.sealed_verified[-1][1] if job.sealed_verified else 0
+            if done < end <= upto:
+                job.sealed_verified.append((chunk.offset, end, chunk.commitment))
+                sealed = Sealed(peer_id=claim.prover, ciphertext=chunk.to_client)
+                effects.append(
+                    ForwardVerified(job.request.job_id, "", sealed=sealed, commitment=chunk.commitment)
+                )
+        return effects
+
+    def sealed_chunks_contradiction(self, job_id: bytes, peer: str, n_tokens: int) -> str | None:
+        """Why a sealed streaming prover's result contradicts the chunks it sent (None: it streamed none,
+        or exactly the ``n_tokens`` it attested). Its auditors check the tokens themselves."""
+        job = self._jobs.get(job_id)
+        claim = job.chunked if job is not None else None
+        if job is None or not job.sealed or claim is None or claim.prover != peer or not claim.ends:
+            return None
+        if claim.ends[-1] == n_tokens:
+            return None
+        return f"its result attests {n_tokens} tokens, but its sealed chunks held {claim.ends[-1]}"
 
     def _reject_chunk(
         self, job: JobRecord, auditor: str, end: int, max_gap: float, reason: str, now: float
@@ -378,6 +535,13 @@ class StreamingPart(CoordinatorParts):
         return self._cancel_audits(job)
 
 
+MAX_SEALED_STREAM_BYTES = 64 * 1024 * 1024
+"""Most ciphertext bytes one sealed streaming claim may make the coordinator hold (every chunk to the
+client and to each reader, kept for auditors that join later). An honest 8,192-token claim sealed to 16
+readers holds about 2 MB (some 11 bytes a token a copy); with chunks cut by the policy (only the last one
+short) a prover cannot make it hold more than this by sending many small chunks or bloated ciphertexts."""
+
+
 def _rerun_contradiction(verified: int) -> str:
     return (
         f"the prover that re-ran this job did not reproduce the {verified} tokens already streamed to you "
@@ -390,6 +554,12 @@ def audit_streamed(job: JobRecord) -> bool:
     """True for a job whose claim is audited in chunks as it streams: open, audit mode, asked to stream,
     its prover still generating."""
     return job.request.stream and job.audit and not job.sealed and job.state is JobState.RUNNING
+
+
+def sealed_streamed(job: JobRecord) -> bool:
+    """True for a job whose sealed claim is audited in chunks as it streams (spec/verification.md §14.3):
+    sealed, audit mode, asked to stream, its prover still generating."""
+    return job.request.stream and job.audit and bool(job.sealed) and job.state is JobState.RUNNING
 
 
 def streams_verified(job: JobRecord) -> bool:
