@@ -65,7 +65,9 @@ AtLeast0 = Annotated[int, Meta(ge=0, description="expected an integer >= 0")]
 AtLeast1 = Annotated[int, Meta(ge=1, description="expected an integer >= 1")]
 GpuLayers = Annotated[int, Meta(ge=-1, description="expected an integer >= -1 (-1: all layers, 0: CPU only)")]
 ContextTokens = Annotated[int, Meta(ge=16, description="expected an integer >= 16 (tokens)")]
-ChunkTokens = Annotated[int, Meta(ge=1, le=MAX_PROGRESS_TOKENS, description="expected an integer 1..1024")]
+ChunkTokens = Annotated[
+    int, Meta(ge=1, le=MAX_PROGRESS_TOKENS, description=f"expected an integer 1..{MAX_PROGRESS_TOKENS}")
+]
 NetworkName = Annotated[str, Meta(min_length=1, max_length=64, description="expected 1..64 characters")]
 NetworkKey = Annotated[
     str,
