@@ -8,6 +8,7 @@ the values involved, and what to do next.
 
     OpenGridError
     ├── ConfigError                 bad flag, config value or data dir
+    │   └── SettingError            one setting's value is bad (carries key, value, source)
     ├── ProtocolError               a message broke the protocol
     │   ├── LocalProtocolError      we were about to send something invalid (our bug)
     │   │   └── JobStateError       the coordinator moved a job in a way its state table forbids (our bug)
@@ -46,6 +47,18 @@ class OpenGridError(Exception):
 
 class ConfigError(OpenGridError):
     """A flag, config value or data directory is invalid."""
+
+
+class SettingError(ConfigError):
+    """One setting has a bad value: the message names the key, the value, where it came from (``flag``,
+    ``env:VAR``, ``file:PATH``), what was expected and what to do (opengrid/node/config.py)."""
+
+    def __init__(self, key: str, value: object, source: str, reason: str, fix: str = "") -> None:
+        self.key = key
+        self.value = value
+        self.source = source
+        self.reason = reason
+        super().__init__(f"invalid {key} = {value!r} (from {source}): {reason}" + (f"; {fix}" if fix else ""))
 
 
 class ProtocolError(OpenGridError):

@@ -3,32 +3,33 @@
 Every ``opengrid node start`` flag is a setting, under the flag's own name: ``--max-tokens-per-job 512``
 is ``max_tokens_per_job = 512`` in the config file and ``OPENGRID_MAX_TOKENS_PER_JOB=512`` in the
 environment (upper case; lists comma-separated; an empty value means "unset" for optional keys; a
-switch such as ``--skip-speed-test`` takes true/false, 1/0, yes/no). The config file is TOML with one
+switch such as ``--skip-speed-test`` takes true/false, 1/0, yes/no, on/off). The config file is TOML with one
 top-level key per setting and lives at :func:`default_config_path` (the platform's user config dir /
 ``opengrid`` / ``config.toml``) unless ``--config PATH`` or ``$OPENGRID_CONFIG`` names another one.
 
 :func:`load_settings` is a pure function of its three inputs: it reads only the file it is given, and
 takes the environment as a mapping, so tests pass plain dicts. It reports where each value came from
-(``"default"``, ``"file:PATH"``, ``"env:VAR"``, ``"flag"``) and fails with :class:`ConfigError`
-naming the key, the bad value, its origin and the allowed values. An ``OPENGRID_*`` variable that names
+(``"default"``, ``"file:PATH"``, ``"env:VAR"``, ``"flag"``). The keys' types and constraints are
+:class:`NodeConfig`'s (opengrid/node/config.py, msgspec): every value of every layer goes through the same
+conversion, and a bad one fails with a :class:`SettingError` naming the key, the value, its source, the
+allowed values and what to fix. An ``OPENGRID_*`` variable that names
 no setting is reported by :func:`unknown_env_vars` (with the likely intended name), never ignored silently.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import pathlib
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import platformdirs
 
-from opengrid.core.availability import parse_windows
-from opengrid.errors import ConfigError
+from opengrid.errors import ConfigError, SettingError
 from opengrid.node.config import (
     ADVERSARIES,
     DEFAULT_API_ADDRESS,
@@ -36,14 +37,18 @@ from opengrid.node.config import (
     ENGINES,
     HTTP_BACKENDS,
     ROLES,
+    SETTINGS,
     VERIFY_MODES,
     NodeConfig,
+    convert_setting,
+    fix_hint,
 )
 
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "KEYS",
+    "SECRET_KEYS",
     "add_node_flags",
     "default_config_path",
     "default_data_dir",
@@ -63,8 +68,6 @@ CONFIG_ENV = "OPENGRID_CONFIG"
 """Environment variable naming the config file (``--config`` wins over it)."""
 OTHER_ENV_VARS = frozenset({CONFIG_ENV, "OPENGRID_CRASH_SEED", "OPENGRID_FUZZ_EXAMPLES"})
 """``OPENGRID_*`` variables that are not settings (the config file's path; the test suite's knobs)."""
-
-_ADVERSARIES = ADVERSARIES
 
 
 def default_config_path() -> pathlib.Path:
@@ -111,216 +114,12 @@ def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
     return problems
 
 
-# -- value parsers: (raw value, from_text) -> typed value, ValueError with the allowed values ------
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    return value
-
-
-def _int(minimum: int) -> Callable[[object, bool], int]:
-    def parse(value: object, from_text: bool) -> int:
-        if from_text and isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ValueError(f"expected an integer >= {minimum}") from None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"expected an integer >= {minimum}")
-        if value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}")
-        return value
-
-    return parse
-
-
-def _positive_float(value: object, from_text: bool) -> float:
-    if from_text and isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError("expected a number > 0") from None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise ValueError("expected a number > 0")
-    return float(value)
-
-
-def _fraction(value: object, from_text: bool) -> float:
-    if from_text and isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError("expected a number from 0 to 1") from None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ValueError("expected a number from 0 to 1")
-    return float(value)
-
-
-def _bool(value: object, from_text: bool) -> bool:
-    if from_text and isinstance(value, str):
-        word = value.strip().lower()
-        if word in ("1", "true", "yes", "on"):
-            return True
-        if word in ("0", "false", "no", "off"):
-            return False
-    if not isinstance(value, bool):
-        raise ValueError("expected true or false")
-    return value
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[object, bool], str]:
-    def parse(value: object, from_text: bool) -> str:
-        if not isinstance(value, str) or value.strip().lower() not in choices:
-            raise ValueError(f"allowed: {', '.join(choices)}")
-        return value.strip().lower()
-
-    return parse
-
-
-def _path(value: object, from_text: bool) -> pathlib.Path:
-    if isinstance(value, pathlib.Path):
-        return value.expanduser()
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a path")
-    return pathlib.Path(value.strip()).expanduser()
-
-
-def _name(value: object, from_text: bool) -> str:
-    text = _text(value).strip()
-    if not 1 <= len(text) <= 64:
-        raise ValueError("expected 1..64 characters")
-    return text
-
-
-def _secret(value: object, from_text: bool) -> str:
-    if not isinstance(value, str) or len(value.strip()) < 8:
-        raise ValueError("a network key is a text of at least 8 characters (share it like a password)")
-    return value.strip()
-
-
-def _work_hours(value: object, from_text: bool) -> str:
-    text = _text(value).strip()
-    try:
-        parse_windows(text)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-    return text
-
-
-def _model(value: object, from_text: bool) -> str:
-    text = _text(value).strip()
-    if not text:
-        raise ValueError("expected a catalog name (see `opengrid models list`) or a .gguf path")
-    return text
-
-
-def _url(value: object, from_text: bool) -> str:
-    text = _text(value).strip()
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:8000")
-    return text.rstrip("/")
-
-
-def _key_text(value: object, from_text: bool) -> str:
-    text = _text(value).strip()
-    if not text:
-        raise ValueError("expected a non-empty text")
-    return text
-
-
-def _host_port(value: object, from_text: bool) -> str:
-    if value is True or (from_text and isinstance(value, str) and value.strip().lower() == "true"):
-        return DEFAULT_API_ADDRESS  # `--api` given bare, `api = true`
-    text = _text(value).strip()
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, e.g. {DEFAULT_API_ADDRESS} (or true for that address)")
-    return text
-
-
-def _multiaddrs(value: object, from_text: bool) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",")] if from_text else [value.strip()]
-        items = [v for v in items if v]
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value]
-    else:
-        raise ValueError("expected a list of multiaddrs, e.g. ['/ip4/127.0.0.1/tcp/4001']")
-    for item in items:
-        _check_multiaddr(item)
-    return tuple(items)
-
-
-def _check_multiaddr(text: str) -> None:
-    from multiaddr import Multiaddr
-
-    try:
-        Multiaddr(text)
-    except Exception as exc:  # multiaddr raises several types (ValueError, its own errors)
-        raise ValueError(
-            f"{text!r} is not a multiaddr ({exc}); expected e.g. /ip4/127.0.0.1/tcp/4001"
-        ) from None
-
-
-@dataclass(frozen=True)
-class _Key:
-    parse: Callable[[object, bool], object]
-    optional: bool = False
-    """``None`` is allowed (the default, or an empty environment variable)."""
-    nonempty: bool = False
-    """For lists: at least one item."""
-    field: str = ""
-    """The :class:`NodeConfig` field it sets, when its name differs from the key's (``heartbeat`` sets
-    ``heartbeat_s``)."""
-    secret: bool = False
-    """Never printed (``opengrid config show`` says only that it is set)."""
-
-
-KEYS: dict[str, _Key] = {
-    "role": _Key(_choice(ROLES)),
-    "data_dir": _Key(_path),
-    "network": _Key(_name),
-    "network_key": _Key(_secret, optional=True, secret=True),
-    "genesis": _Key(_path, optional=True),
-    "listen": _Key(_multiaddrs, nonempty=True),
-    "no_listen": _Key(_bool),
-    "bootstrap": _Key(_multiaddrs),
-    "relay": _Key(_bool, optional=True),
-    "relay_via": _Key(_multiaddrs),
-    "lan": _Key(_bool),
-    "heartbeat": _Key(_positive_float, field="heartbeat_s"),
-    "announce": _Key(_positive_float, field="announce_s"),
-    "model": _Key(_model, optional=True),
-    "engine": _Key(_choice(ENGINES)),
-    "http_url": _Key(_url, optional=True),
-    "http_backend": _Key(_choice(HTTP_BACKENDS)),
-    "threads": _Key(_int(1), optional=True),
-    "gpu_layers": _Key(_int(-1)),
-    "max_context": _Key(_int(16)),
-    "skip_speed_test": _Key(_bool),
-    "max_tokens_per_job": _Key(_int(1)),
-    "work_hours": _Key(_work_hours),
-    "max_load": _Key(_positive_float, optional=True),
-    "plain_verification": _Key(_bool),
-    "require_payment": _Key(_bool),
-    "approve_workers": _Key(_bool),
-    "admit_after_jobs": _Key(_int(0)),
-    "api": _Key(_host_port, optional=True),
-    "api_key": _Key(_key_text, optional=True, secret=True),
-    "api_allow_remote": _Key(_bool),
-    "trace_frames": _Key(_path, optional=True),
-    "trace_timing": _Key(_path, optional=True),
-    "adversary": _Key(_choice(ADVERSARIES), optional=True),
-    "verify": _Key(_choice(VERIFY_MODES)),
-    "auditors": _Key(_int(1)),
-    "audit_full_rate": _Key(_fraction),
-    "audit_second_rate": _Key(_fraction),
-    "audit_canary_rate": _Key(_fraction),
-}
-"""Every ``node start`` flag, by its name (``--max-load`` -> ``max_load``), and how its values are
-checked; each sets the NodeConfig field of the same name unless ``field`` says another."""
+KEYS: dict[str, str] = {key: info.name for key, info in SETTINGS.items()}
+"""Every setting's key (a ``node start`` flag's name: ``--max-load`` -> ``max_load``) and the NodeConfig
+field it sets (the same name, except ``heartbeat`` -> ``heartbeat_s`` and ``announce`` -> ``announce_s``).
+The keys' types and constraints are NodeConfig's (opengrid/node/config.py)."""
+SECRET_KEYS = frozenset({"network_key", "api_key"})
+"""Never printed (``opengrid config show`` says only that they are set)."""
 
 _ALIASES = {"heartbeat_s": "heartbeat", "announce_s": "announce"}
 """Older spellings still read from config files and the environment (the field names, before the keys
@@ -329,7 +128,7 @@ were named like their flags)."""
 
 def field_of(key: str) -> str:
     """The :class:`NodeConfig` field a setting sets."""
-    return KEYS[key].field or key
+    return KEYS[key]
 
 
 def resolve_config_file(flag: pathlib.Path | None, env: Mapping[str, str]) -> pathlib.Path | None:
@@ -355,12 +154,14 @@ def resolve_config_file(flag: pathlib.Path | None, env: Mapping[str, str]) -> pa
 def load_settings(
     flags: Mapping[str, Any], env: Mapping[str, str], file: pathlib.Path | None
 ) -> tuple[NodeConfig, dict[str, str]]:
-    """Merge defaults < ``file`` < ``env`` < ``flags`` into a :class:`NodeConfig`, with each value's origin.
+    """Merge defaults < ``file`` < ``env`` < ``flags`` into a :class:`NodeConfig`, with each value's source.
 
-    ``flags`` maps config keys to values (``None`` = flag not given); ``env`` is the environment
-    (only ``OPENGRID_<KEY>`` variables are read); ``file`` is a TOML file or None. Every value is
-    checked; cross-key rules (a worker needs a bootstrap address, ``auto`` role resolution) are left to
-    :meth:`NodeConfig.validated`, which the caller runs before starting a node.
+    ``flags`` maps keys to values (``None`` = flag not given); ``env`` is the environment (only
+    ``OPENGRID_<KEY>`` variables are read); ``file`` is a TOML file or None. Each value is converted to its
+    key's type and checked as it is read (:func:`opengrid.node.config.convert_setting`), so a bad one is a
+    :class:`SettingError` naming its source (``"file:PATH"``, ``"env:VAR"``, ``"flag"``; the returned
+    sources say ``"default"`` for the rest). Rules between keys (a worker needs a bootstrap address,
+    ``auto`` role resolution) are :meth:`NodeConfig.validated`'s, which the caller runs before starting.
     """
     unknown_flags = sorted(set(flags) - set(KEYS))
     if unknown_flags:
@@ -369,41 +170,77 @@ def load_settings(
     # `opengrid node start` on two machines of one network makes a grid. NodeConfig's own defaults
     # (127.0.0.1, no mDNS) are for nodes made in-process (tests, tools), which must stay on loopback.
     defaults = NodeConfig(data_dir=default_data_dir(), lan=True, listen=(NODE_START_LISTEN,))
-    values: dict[str, Any] = {key: getattr(defaults, field_of(key)) for key in KEYS}
+    values: dict[str, Any] = {}
     sources = dict.fromkeys(KEYS, "default")
 
+    def take(key: str, raw: object, source: str, *, text: bool = False) -> None:
+        parsed = _from_text(key, raw) if text and isinstance(raw, str) else raw
+        try:
+            value = convert_setting(key, _normalized(key, parsed), source, strict=source.startswith("file:"))
+        except SettingError as exc:
+            raise SettingError(key, raw, source, exc.reason, fix_hint(key, source)) from None
+        if key == "listen" and not value:
+            needed = "at least one is needed, e.g. /ip4/127.0.0.1/tcp/4001 (no_listen = true: none)"
+            raise SettingError(key, raw, source, needed, fix_hint(key, source))
+        values[key], sources[key] = value, source
+
     if file is not None:
-        origin = f"file:{file}"
         for key, raw in _read_toml(file).items():
-            values[key] = _check(key, raw, origin, from_text=False)
-            sources[key] = origin
+            take(key, raw, f"file:{file}")  # strict: TOML has types, "4" is not an integer
     for var, key in [(env_var(old), new) for old, new in _ALIASES.items()] + [(env_var(k), k) for k in KEYS]:
         if var in env:
-            origin = f"env:{var}"
-            values[key] = _check(key, env[var], origin, from_text=True)
-            sources[key] = origin
+            take(key, env[var], f"env:{var}", text=True)
     for key, raw in flags.items():
-        if raw is None:
-            continue
-        values[key] = _check(key, raw, "flag", from_text=isinstance(raw, str))
-        sources[key] = "flag"
-    config = dataclasses.replace(defaults, **{field_of(key): value for key, value in values.items()})
+        if raw is not None:
+            take(key, raw, "flag")
+    config = msgspec.structs.replace(defaults, **{field_of(key): value for key, value in values.items()})
     return config, sources
 
 
-def _check(key: str, raw: object, origin: str, *, from_text: bool) -> object:
-    spec = KEYS[key]
-    if spec.optional and (raw is None or (from_text and isinstance(raw, str) and not raw.strip())):
+def _optional(key: str) -> bool:
+    return type(None) in typing.get_args(SETTINGS[key].type)
+
+
+def _base(key: str) -> Any:
+    """A setting's type without ``| None`` and its constraints: ``bool``, ``tuple``, ``Literal``..."""
+    kind = SETTINGS[key].type
+    if _optional(key):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
+
+
+def _from_text(key: str, text: str) -> object:
+    """An environment variable's text as the value it stands for: empty is "unset" for optional keys,
+    a list is comma-separated, a switch is true/false, 1/0, yes/no or on/off. Numbers are left to the
+    (non-strict) conversion."""
+    word = text.strip()
+    base = _base(key)
+    if not word and _optional(key):
         return None
-    try:
-        value = spec.parse(raw, from_text)
-    except ValueError as exc:
-        raise ConfigError(f"invalid {key} = {raw!r} (from {origin}): {exc}") from None
-    if spec.nonempty and not value:
-        raise ConfigError(
-            f"invalid {key} = {raw!r} (from {origin}): at least one is needed, e.g. /ip4/127.0.0.1/tcp/4001"
-        )
-    return value
+    if base is bool:
+        return _SWITCH_WORDS.get(word.lower(), text)
+    if typing.get_origin(base) is tuple:
+        return [item for item in (part.strip() for part in word.split(",")) if item]
+    return text
+
+
+_SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True}
+_SWITCH_WORDS |= {"0": False, "false": False, "no": False, "off": False}
+
+
+def _normalized(key: str, raw: object) -> object:
+    """Forgiving spellings every source may use: surrounding blanks, a choice in any case (``Worker``), a
+    URL's trailing slash, ``api = true`` for the default API address."""
+    if key == "api" and (raw is True or (isinstance(raw, str) and raw.strip().lower() == "true")):
+        return DEFAULT_API_ADDRESS
+    if isinstance(raw, list | tuple):
+        return [item.strip() if isinstance(item, str) else item for item in raw]
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    if typing.get_origin(_base(key)) is typing.Literal:
+        return text.lower()
+    return text.rstrip("/") if key == "http_url" else text
 
 
 def _read_toml(path: pathlib.Path) -> dict[str, Any]:
@@ -424,7 +261,8 @@ def _read_toml(path: pathlib.Path) -> dict[str, Any]:
             for key in unknown
         ]
         raise ConfigError(
-            f"config file {path} has unknown key(s) {', '.join(hints)}; known keys: {', '.join(KEYS)}"
+            f"config file {path} has unknown key(s) {', '.join(hints)}; remove or rename them "
+            f"(known keys: {', '.join(KEYS)})"
         )
     return data
 
@@ -631,6 +469,20 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         help="--verify audit: share of claims that also send one canary audit (a claim whose verdict the "
         "coordinator knows) to a worker drawn as auditors are; a wrong verdict bars it from auditing "
         "(default: 0; spec/verification.md §13.6)",
+    )
+    coordinator.add_argument(
+        "--stream-chunk-first",
+        type=int,
+        metavar="N",
+        help="--verify audit, streaming jobs: tokens in the first chunk audited and released to the client "
+        "(its first verified text waits for it; default: 4; spec/verification.md §14.2)",
+    )
+    coordinator.add_argument(
+        "--stream-chunk-max",
+        type=int,
+        metavar="N",
+        help="--verify audit, streaming jobs: each later chunk doubles the previous one up to N tokens "
+        "(at most 1024; default: 64): fewer audit round trips on long answers",
     )
     coordinator.add_argument(
         "--require-payment",

@@ -11,15 +11,16 @@ import json
 import os
 import pathlib
 import sys
-from typing import Any
+
+import msgspec
 
 from opengrid.errors import ConfigError
 from opengrid.settings import (
     CONFIG_ENV,
     KEYS,
+    SECRET_KEYS,
     default_config_path,
     env_var,
-    field_of,
     load_settings,
     resolve_config_file,
     unknown_env_vars,
@@ -59,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
         config.validated()
     except ConfigError as exc:
         problem = str(exc)
-    values = {key: _plain(getattr(config, field_of(key))) for key in KEYS}
-    for key, spec in KEYS.items():
-        if spec.secret and values[key]:
+    values = msgspec.to_builtins(config, enc_hook=str)  # keyed like the settings; paths as text
+    for key in SECRET_KEYS:
+        if values[key]:
             values[key] = "(set, hidden)"  # a shared secret: never print it
     ignored = unknown_env_vars(env)
     if args.json:
@@ -87,11 +88,3 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"note: `node start` with these settings would fail: {problem}")
     return 0
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, pathlib.Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value

@@ -46,6 +46,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+import msgspec
 import trio
 
 from opengrid.errors import ConfigError, NameResolutionError, OpenGridError
@@ -264,7 +265,7 @@ def _lenient_settings(
     }
     if isinstance(raw.get("data_dir"), str):
         raw["data_dir"] = pathlib.Path(raw["data_dir"])
-    return dataclasses.replace(base, **raw)
+    return msgspec.structs.replace(base, **raw)
 
 
 def resolved_role(config: NodeConfig) -> str:

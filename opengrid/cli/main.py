@@ -29,7 +29,7 @@ from opengrid.node.config import (
     NodeConfig,
 )
 from opengrid.settings import (
-    KEYS,
+    SECRET_KEYS,
     add_node_flags,
     field_of,
     flags_from_namespace,
@@ -482,7 +482,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     _check_listen_ports(config.listen)
     for key, source in sorted(sources.items()):
         if source != "default":
-            shown = "(set, hidden)" if KEYS[key].secret else repr(getattr(config, field_of(key)))
+            shown = "(set, hidden)" if key in SECRET_KEYS else repr(getattr(config, field_of(key)))
             log.info("config %s = %s (from %s)", key, shown, source)
     api = None
     if config.api is not None:

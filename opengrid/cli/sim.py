@@ -72,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
-    from simulations.scenario import parse_value
+    from simulations.scenario import typed_value
 
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"--set {pair!r} must look like key=value (e.g. workers=500)")
-        result[key.strip()] = parse_value(value.strip())
+        result[key.strip()] = typed_value(key.strip(), value.strip())
     return result
 
 

@@ -8,10 +8,10 @@ finds instead of starting its own) is :func:`look_before_start`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import TYPE_CHECKING, Final
 
+import msgspec
 import multiaddr
 import trio
 
@@ -116,4 +116,4 @@ def look_before_start(config: NodeConfig) -> NodeConfig:
     log.info(
         "found %d node(s) of the network on the LAN: joining through %s", len(found), ", ".join(addresses)
     )
-    return dataclasses.replace(config, bootstrap=addresses)
+    return msgspec.structs.replace(config, bootstrap=addresses)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import pathlib
 
+import msgspec
 import pytest
 import trio
 from opengrid_sdk import Client
@@ -30,7 +31,7 @@ def by_name(node: Node) -> str:
 
 
 def with_bootstrap(config: NodeConfig, *addresses: str) -> NodeConfig:
-    return NodeConfig(**{**config.__dict__, "bootstrap": addresses})
+    return msgspec.structs.replace(config, bootstrap=addresses)
 
 
 async def test_workers_join_through_dns4_and_dnsaddr_names(

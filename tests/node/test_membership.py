@@ -5,11 +5,11 @@ Real nodes in one process on 127.0.0.1 (libp2p hosts, gossipsub, llama.cpp on th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import socket
 
+import msgspec
 import pytest
 import trio
 from opengrid_sdk import Client
@@ -177,7 +177,7 @@ async def test_a_coordinator_with_approval_serves_a_worker_only_once_its_operato
 
     async with trio.open_nursery() as nursery:
         config = fast(tmp_path / "c", "coordinator")
-        coordinator = Node(dataclasses.replace(config, approve_workers=True))
+        coordinator = Node(msgspec.structs.replace(config, approve_workers=True))
         await nursery.start(coordinator.run)
         worker = Node(
             fast(tmp_path / "w", "worker", bootstrap=coordinator), engine=tiny_engine(tiny_model_path)

@@ -142,9 +142,8 @@ def test_worker_without_bootstrap_is_a_config_error(tmp_path: pathlib.Path) -> N
 
 def test_auto_role_resolves_from_bootstrap(tmp_path: pathlib.Path) -> None:
     assert NodeConfig(data_dir=tmp_path).validated().role == "coordinator"
-    assert (
-        NodeConfig(data_dir=tmp_path, bootstrap=("/ip4/127.0.0.1/tcp/1/p2p/x",)).validated().role == "worker"
-    )
+    boot = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"  # a real peer id
+    assert NodeConfig(data_dir=tmp_path, bootstrap=(boot,)).validated().role == "worker"
 
 
 def test_the_job_protocol_id_is_versioned() -> None:

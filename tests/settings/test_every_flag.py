@@ -51,6 +51,8 @@ SAMPLES: dict[str, tuple[list[str], str, str]] = {
     "audit_full_rate": (["0.3"], "0.3", "0.3"),
     "audit_second_rate": (["0.1"], "0.1", "0.1"),
     "audit_canary_rate": (["0.05"], "0.05", "0.05"),
+    "stream_chunk_first": (["2"], "2", "2"),
+    "stream_chunk_max": (["128"], "128", "128"),
     "require_payment": ([], "on", "true"),
     "approve_workers": ([], "true", "true"),
     "admit_after_jobs": (["3"], "3", "3"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+import msgspec
 import pytest
 
 from opengrid.core.coordinator import CoordinatorConfig
@@ -34,6 +35,6 @@ def test_without_adaptive_replication_every_job_costs_the_full_replicas() -> Non
     scenario = load(SCENARIO, changes) if ADAPTIVE else None
     if scenario is None:
         pytest.xfail("needs adaptive replication in core, issue 4")
-    scenario = dataclasses.replace(scenario, duration_s=60.0)
+    scenario = msgspec.structs.replace(scenario, duration_s=60.0)
     measured = replicas_per_accepted(simulate(scenario, 1).jobs)
     assert measured is not None and measured >= 2.0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
+import msgspec
 import pytest
 from conftest import small
 from opengrid_ledger import ED25519, Credit, LedgerState, Receipt, sign_attestation, sign_entry
@@ -21,7 +21,7 @@ PUBLIC = bytes(KEY.verify_key)
 def test_sampled_signatures_change_no_decision() -> None:
     scenario = small(fidelity="full", duration_s=20)
     real = simulate(scenario, 4)
-    sampled = simulate(dataclasses.replace(scenario, real_signatures=0.05), 4)
+    sampled = simulate(msgspec.structs.replace(scenario, real_signatures=0.05), 4)
     assert sampled.digest == real.digest
     assert sampled.points == real.points
     assert [j.outcome for j in sampled.jobs] == [j.outcome for j in real.jobs]
