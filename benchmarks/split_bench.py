@@ -13,6 +13,13 @@ best of ``--repeats``; the model is loaded (and its layers sent to the members) 
 
     .venv/bin/python benchmarks/split_bench.py                          # SmolLM2-135M, 2- and 3-way
     .venv/bin/python benchmarks/split_bench.py --model PATH.gguf --tokens 64 --json out.json
+    .venv/bin/python benchmarks/split_bench.py --model-size 600m        # a generated 0.6 B model
+
+``--model-size NAME`` generates a random llama model of that shape (``opengrid.engines.tiny_model.
+GENERATED_SHAPES``: 150m, 600m, 1b; ``--file-type`` q4_1 by default, as SmolLM2) into ``--cache-dir``
+on first use (the user cache directory's ``opengrid/models/generated``), so a model several times larger than
+SmolLM2-135M can be measured with nothing downloaded. Its output is gibberish; its speed is that of a
+real model of its shape. The load average is recorded with the figures (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from opengrid.core.split_plan import SplitCandidate, SplitPlan, plan_split  # no
 from opengrid.engines.base import GenerationRequest, ModelInfo  # noqa: E402
 from opengrid.engines.footprint import model_footprint  # noqa: E402
 from opengrid.engines.llama import LlamaEngine  # noqa: E402
-from opengrid.engines.models import resolve_model, sha256_file  # noqa: E402
+from opengrid.engines.models import default_cache_dir, resolve_model, sha256_file  # noqa: E402
 from opengrid.engines.split import SplitEngine  # noqa: E402
+from opengrid.engines.tiny_model import GENERATED_SHAPES, write_generated_gguf  # noqa: E402
 from opengrid.net.host import open_host, quiet_libp2p_logging  # noqa: E402
 from opengrid.net.split import SplitHead  # noqa: E402
 
@@ -139,6 +147,20 @@ async def split_run(
     return result
 
 
+def generated_model(size: str, file_type: str, seed: int, cache_dir: pathlib.Path) -> ModelInfo:
+    """The generated model ``size`` (written on first use, re-used afterwards)."""
+    shape = GENERATED_SHAPES[size]
+    path = cache_dir / f"generated-{size}-{file_type}-seed{seed}.gguf"
+    if not path.is_file():
+        print(f"generating a {shape.n_params / 1e6:.0f} M-parameter model ({shape}) into {path}", flush=True)
+        started = time.perf_counter()
+        write_generated_gguf(
+            path, shape, seed=seed, file_type=file_type, progress=lambda line: print(f"  {line}", flush=True)
+        )
+        print(f"  written in {time.perf_counter() - started:.1f} s", flush=True)
+    return ModelInfo(path.stem, path, sha256_file(path))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,29 +172,46 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n-ctx", type=int, default=512)
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument(
+        "--model-size", choices=sorted(GENERATED_SHAPES), help="a generated model of this shape (not --model)"
+    )
+    parser.add_argument("--file-type", default="q4_1", choices=["q4_0", "q4_1", "q8_0", "f16", "f32"])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated model")
+    parser.add_argument(
+        "--scratch-mib",
+        type=int,
+        default=64,
+        help="compute scratch per participant in the plan, MiB (default 64, the planner's; the 0.6 B model's "
+        "is 34 MiB)",
+    )
+    parser.add_argument("--cache-dir", type=pathlib.Path, default=default_cache_dir() / "generated")
     args = parser.parse_args()
-    if pathlib.Path(args.model).is_file():
+    if args.model_size:
+        model = generated_model(args.model_size, args.file_type, args.seed, args.cache_dir)
+    elif pathlib.Path(args.model).is_file():
         path = pathlib.Path(args.model)
         model = ModelInfo(path.stem, path, sha256_file(path))
     else:
         model = resolve_model(args.model)
-    fp = model_footprint(model.path, n_ctx=args.n_ctx, overhead_bytes=32 * MIB)
+    scratch = args.scratch_mib * MIB
+    fp = model_footprint(model.path, n_ctx=args.n_ctx, overhead_bytes=scratch)
     report: dict[str, Any] = {
         "model": model.name,
         "bytes": model.path.stat().st_size,
         "tokens": args.tokens,
         "threads": args.threads,
+        "load_average_start": os.getloadavg(),
         "ways": {},
     }
     with LlamaEngine(model, n_ctx=args.n_ctx, n_threads=args.threads) as engine:
         single, single_tokens = timed(engine, args.tokens, args.repeats)
     report["single_tokens_per_s"] = single
-    print(f"{model.name}: one process {single:.1f} tokens/s")
+    print(f"{model.name}: one process {single:.1f} tokens/s (load average {os.getloadavg()[0]:.1f})")
     for ways in (int(w) for w in args.ways.split(",")):
         # Everyone offers an even share of the layers (plus a layer, and scratch): fewer than ``ways``
         # processes cannot hold them, so the planner needs them all. The head also holds the input and
         # output layers.
-        share = sum(fp.layer_bytes) // ways + max(fp.layer_bytes) + 32 * MIB
+        share = sum(fp.layer_bytes) // ways + max(fp.layer_bytes) + scratch
         with members(ways - 1, share, args.threads) as procs:
             head = SplitCandidate("head", share + fp.input_bytes + fp.output_bytes)
             plan = plan_split(fp, head, [SplitCandidate(a.rsplit("/p2p/", 1)[1], share) for _, a in procs])
@@ -193,6 +232,7 @@ def main() -> int:
             "head_tunnel_busy_ms_per_token": 1000 * t["head_busy_s"] / (args.tokens * (args.repeats + 1)),
             "load_s": t["load_s"],
             "tokens_equal_single": list(t["tokens"]) == list(single_tokens) == list(d["tokens"]),
+            "load_average": os.getloadavg()[0],
         }
         report["ways"][str(ways)] = entry
         print(
@@ -200,7 +240,8 @@ def main() -> int:
             f"tunnel {t['tokens_per_s']:.1f} tokens/s ({entry['ratio_to_single']:.2f}x one process), "
             f"direct {d['tokens_per_s']:.1f}; tunnel cost {per_token_tunnel_ms:.2f} ms/token "
             f"({entry['tunnel_ms_per_token_per_hop']:.2f} per hop); load {t['load_s']:.1f} s; "
-            f"tokens equal one process: {entry['tokens_equal_single']}"
+            f"tokens equal one process: {entry['tokens_equal_single']}; "
+            f"load average {entry['load_average']:.1f}"
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
