@@ -1,0 +1,149 @@
+"""A split group's output is verified like any worker's: a member that corrupts activations fails audit.
+
+Issue 17. Real parts: a split member (a libp2p host serving ``/opengrid/split/1`` with its own ggml RPC
+server child) and a head (another libp2p host, llama.cpp in a split runner child) on 127.0.0.1, the tiny
+generated model; the auditor is ``LlamaEngine.score`` in one process, judged by ``opengrid.core.audit.
+judge`` at the coordinator's default tolerance (``CoordinatorConfig.audit_tolerance``): the code a grid
+audits with. The adversary (``opengrid.testing.split_adversary``) is a member that multiplies every float
+of the hidden states it returns to its head by ``1 + noise * N(0, 1)``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from opengrid.core.audit import AuditPolicy, AuditVerdict, judge
+from opengrid.core.coordinator.config import CoordinatorConfig
+from opengrid.core.split_plan import SplitCandidate, plan_split
+from opengrid.engines.base import Generation, GenerationRequest, ModelInfo, ScoreRequest
+from opengrid.engines.footprint import model_footprint
+from opengrid.engines.ggml_rpc import rpc_available
+from opengrid.engines.llama import LlamaEngine
+from opengrid.engines.models import sha256_file
+from opengrid.net.host import Host, open_host, quiet_libp2p_logging
+from opengrid.net.split import SplitHead, SplitLimits, SplitMember
+from opengrid.testing.split_adversary import Corruption, corrupting_member
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not rpc_available(),
+        reason="llama-cpp-python was built without ggml-rpc; scripts/setup.sh builds it with -DGGML_RPC=ON",
+    ),
+]
+
+MIB = 1024 * 1024
+SCRATCH = 4 * MIB
+N_CTX = 256
+PROMPTS = ("The quick brown fox", "Once upon a time", "Water boils at")
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> ModelInfo:
+    from opengrid.engines.tiny_model import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path_factory.mktemp("split-audit") / "tiny.gguf")
+    return ModelInfo("tiny", path, sha256_file(path))
+
+
+@pytest.fixture(scope="module")
+def auditor(tiny: ModelInfo) -> LlamaEngine:
+    return LlamaEngine(tiny, n_ctx=N_CTX, n_threads=1)
+
+
+def audit(auditor: LlamaEngine, prompt: str, claim: Generation) -> AuditVerdict:
+    """What an auditor of the grid concludes about ``claim``: re-score it, judge at the default tolerance."""
+    scoring = auditor.score(ScoreRequest(prompt, claim.tokens, stopped=claim.finish_reason == "stop"))
+    return judge(scoring.evidence, AuditPolicy(gap_tolerance=CoordinatorConfig().audit_tolerance))
+
+
+@asynccontextmanager
+async def host() -> AsyncIterator[Host]:
+    quiet_libp2p_logging()
+    async with open_host(secrets.token_bytes(32)) as h:
+        yield h
+
+
+async def group_claims(
+    tiny: ModelInfo, member_for: Callable[[Host, SplitLimits], SplitMember]
+) -> list[Generation]:
+    """One split group (head + one member holding every layer); its greedy output for each prompt."""
+    from opengrid.engines.split import SplitEngine
+
+    fp = model_footprint(tiny.path, n_ctx=N_CTX, overhead_bytes=SCRATCH)
+    head_free = fp.input_bytes + fp.output_bytes + SCRATCH
+    async with host() as member_host, host() as head_host, trio.open_nursery() as nursery:
+        member = member_for(member_host, SplitLimits(max_memory_bytes=64 * MIB))
+        await nursery.start(member.run)
+        plan = plan_split(
+            fp, SplitCandidate("head", head_free), [SplitCandidate(member_host.peer_id, 64 * MIB)]
+        )
+        assert plan.head_layers == 0 and [m.count for m in plan.members] == [fp.n_layers]
+        head = SplitHead(head_host)
+        await head_host.connect(member_host.addrs()[0])
+        (share,) = plan.members
+        lease = await head.invite(
+            share.peer, model_sha256=tiny.sha256, units=share.count, bytes_needed=share.bytes
+        )
+        endpoint = await nursery.start(head.serve_endpoint, lease)
+
+        def generate() -> list[Generation]:
+            with SplitEngine(
+                tiny,
+                [endpoint],
+                plan.tensor_split,
+                plan.offloaded,
+                n_ctx=N_CTX,
+                n_threads=1,
+                token_timeout_s=30,
+            ) as engine:
+                return [engine.generate(GenerationRequest(p, max_tokens=MAX_TOKENS)) for p in PROMPTS]
+
+        claims = await trio.to_thread.run_sync(generate)
+        nursery.cancel_scope.cancel()
+    return claims
+
+
+async def test_an_honest_group_passes_the_audit(tiny: ModelInfo, auditor: LlamaEngine) -> None:
+    """Through the adversary's wrapper at zero noise (so the wrapper is shown to be transparent and to
+    find the activations): the group's tokens are one process's, and every claim passes."""
+    corruption = Corruption(relative_noise=0.0)
+    claims = await group_claims(tiny, lambda h, limits: corrupting_member(h, limits, corruption))
+    assert corruption.answers_seen >= len(PROMPTS) * MAX_TOKENS  # a hidden state per evaluated batch
+    assert corruption.answers_corrupted == 0
+    for prompt, claim in zip(PROMPTS, claims, strict=True):
+        assert claim.tokens == auditor.generate(GenerationRequest(prompt, max_tokens=MAX_TOKENS)).tokens
+        verdict = audit(auditor, prompt, claim)
+        assert verdict.accepted, verdict.reason
+        assert verdict.positions == MAX_TOKENS and verdict.max_gap < 0.1
+
+
+async def test_a_member_that_corrupts_activations_fails_the_audit(
+    tiny: ModelInfo, auditor: LlamaEngine
+) -> None:
+    """The same group with the member returning its hidden states with 30 % noise: every claim it
+    produces fails the audit, at a named position, by more than the tolerance."""
+    corruption = Corruption(relative_noise=0.3, seed=7)
+    claims = await group_claims(tiny, lambda h, limits: corrupting_member(h, limits, corruption))
+    assert corruption.answers_corrupted >= len(PROMPTS) * MAX_TOKENS
+    tolerance = CoordinatorConfig().audit_tolerance
+    for prompt, claim in zip(PROMPTS, claims, strict=True):
+        verdict = audit(auditor, prompt, claim)
+        assert not verdict.accepted, f"a corrupted claim passed: {claim.tokens}"
+        assert verdict.first_failure is not None and verdict.failure is not None
+        assert verdict.failure.gap > tolerance
+        assert "logits below the sampler's choice" in verdict.reason
+
+
+async def test_an_unwrapped_member_is_the_same_as_the_wrapped_one(tiny: ModelInfo) -> None:
+    """The product's member (no hook) and the adversary's at zero noise give the same claims: the hook
+    changes nothing unless used."""
+    plain = await group_claims(tiny, lambda h, limits: SplitMember(h, limits))
+    wrapped = await group_claims(tiny, lambda h, limits: corrupting_member(h, limits, Corruption(0.0)))
+    assert [c.tokens for c in plain] == [c.tokens for c in wrapped]
