@@ -139,4 +139,3 @@ async def test_a_member_that_corrupts_activations_fails_the_audit(
         assert verdict.first_failure is not None and verdict.failure is not None
         assert verdict.failure.gap > tolerance
         assert "logits below the sampler's choice" in verdict.reason
-
