@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
@@ -70,33 +70,40 @@ async def host() -> AsyncIterator[Host]:
         yield h
 
 
-async def group_claims(
-    tiny: ModelInfo, member_for: Callable[[Host, SplitLimits], SplitMember]
-) -> list[Generation]:
-    """One split group (head + one member holding every layer); its greedy output for each prompt."""
+MemberFactory = Callable[[Host, SplitLimits], SplitMember]
+
+
+async def group_claims(tiny: ModelInfo, *member_for: MemberFactory) -> list[Generation]:
+    """One split group: the head holds no layer, each member an equal run of them, in the order given;
+    its greedy output for each prompt."""
     from opengrid.engines.split import SplitEngine
 
     fp = model_footprint(tiny.path, n_ctx=N_CTX, overhead_bytes=SCRATCH)
     head_free = fp.input_bytes + fp.output_bytes + SCRATCH
-    async with host() as member_host, host() as head_host, trio.open_nursery() as nursery:
-        member = member_for(member_host, SplitLimits(max_memory_bytes=64 * MIB))
-        await nursery.start(member.run)
-        plan = plan_split(
-            fp, SplitCandidate("head", head_free), [SplitCandidate(member_host.peer_id, 64 * MIB)]
-        )
-        assert plan.head_layers == 0 and [m.count for m in plan.members] == [fp.n_layers]
+    offer = SCRATCH + fp.layer_bytes[0] * (fp.n_layers // len(member_for))  # nobody can hold more
+    async with AsyncExitStack() as stack:
+        head_host = await stack.enter_async_context(host())
+        hosts = [await stack.enter_async_context(host()) for _ in member_for]
+        nursery = await stack.enter_async_context(trio.open_nursery())  # closed first, before the hosts
+        for factory, member_host in zip(member_for, hosts, strict=True):
+            await nursery.start(factory(member_host, SplitLimits(max_memory_bytes=offer)).run)
+            await head_host.connect(member_host.addrs()[0])
+        candidates = [SplitCandidate(h.peer_id, offer) for h in hosts]
+        plan = plan_split(fp, SplitCandidate("head", head_free), candidates)
+        assert plan.head_layers == 0 and len(plan.members) == len(member_for)
+        assert [m.peer for m in plan.members] == [h.peer_id for h in hosts]  # layer order = given order
         head = SplitHead(head_host)
-        await head_host.connect(member_host.addrs()[0])
-        (share,) = plan.members
-        lease = await head.invite(
-            share.peer, model_sha256=tiny.sha256, units=share.count, bytes_needed=share.bytes
-        )
-        endpoint = await nursery.start(head.serve_endpoint, lease)
+        endpoints = []
+        for share in plan.members:
+            lease = await head.invite(
+                share.peer, model_sha256=tiny.sha256, units=share.count, bytes_needed=share.bytes
+            )
+            endpoints.append(await nursery.start(head.serve_endpoint, lease))
 
         def generate() -> list[Generation]:
             with SplitEngine(
                 tiny,
-                [endpoint],
+                endpoints,
                 plan.tensor_split,
                 plan.offloaded,
                 n_ctx=N_CTX,
@@ -110,11 +117,19 @@ async def group_claims(
     return claims
 
 
+def corrupting(corruption: Corruption) -> MemberFactory:
+    return lambda h, limits: corrupting_member(h, limits, corruption)
+
+
+def honest(h: Host, limits: SplitLimits) -> SplitMember:
+    return SplitMember(h, limits)
+
+
 async def test_an_honest_group_passes_the_audit(tiny: ModelInfo, auditor: LlamaEngine) -> None:
     """Through the adversary's wrapper at zero noise (so the wrapper is shown to be transparent and to
     find the activations): the group's tokens are one process's, and every claim passes."""
     corruption = Corruption(relative_noise=0.0)
-    claims = await group_claims(tiny, lambda h, limits: corrupting_member(h, limits, corruption))
+    claims = await group_claims(tiny, corrupting(corruption))
     assert corruption.answers_seen >= len(PROMPTS) * MAX_TOKENS  # a hidden state per evaluated batch
     assert corruption.answers_corrupted == 0
     for prompt, claim in zip(PROMPTS, claims, strict=True):
@@ -124,13 +139,16 @@ async def test_an_honest_group_passes_the_audit(tiny: ModelInfo, auditor: LlamaE
         assert verdict.positions == MAX_TOKENS and verdict.max_gap < 0.1
 
 
+@pytest.mark.parametrize("where", ["alone", "first-of-two"])
 async def test_a_member_that_corrupts_activations_fails_the_audit(
-    tiny: ModelInfo, auditor: LlamaEngine
+    tiny: ModelInfo, auditor: LlamaEngine, where: str
 ) -> None:
-    """The same group with the member returning its hidden states with 30 % noise: every claim it
+    """The group with a member returning its hidden states with 30 % noise, either its only member or the
+    first of two (whose output the head relays to an honest second member): every claim the group
     produces fails the audit, at a named position, by more than the tolerance."""
     corruption = Corruption(relative_noise=0.3, seed=7)
-    claims = await group_claims(tiny, lambda h, limits: corrupting_member(h, limits, corruption))
+    members = [corrupting(corruption)] if where == "alone" else [corrupting(corruption), honest]
+    claims = await group_claims(tiny, *members)
     assert corruption.answers_corrupted >= len(PROMPTS) * MAX_TOKENS
     tolerance = CoordinatorConfig().audit_tolerance
     for prompt, claim in zip(PROMPTS, claims, strict=True):
