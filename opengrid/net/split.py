@@ -129,10 +129,14 @@ class SplitMember:
         *,
         python: str | None = None,
         on_session: Callable[[int], None] | None = None,
+        rpc_stream: Callable[[trio.SocketStream], trio.abc.Stream] | None = None,
     ) -> None:
         """``on_session(port)`` is called with each new session's RPC server port (benchmarks use it to
-        compare the tunnel with a direct loopback connection)."""
+        compare the tunnel with a direct loopback connection). ``rpc_stream`` wraps each tunnel's
+        connection to the RPC server; it exists for ``opengrid.testing.split_adversary`` (a member that
+        tampers with its server's answers, to test that audits catch it) and a real node leaves it None."""
         self._on_session = on_session
+        self._rpc_stream = rpc_stream
         self._host = host
         self.limits = limits
         self._python = python or sys.executable
@@ -312,6 +316,7 @@ class SplitMember:
             await self._end(session)
             return
         session.streams += 1
+        rpc: trio.abc.Stream = tcp if self._rpc_stream is None else self._rpc_stream(tcp)
         guard = RpcGuard(session.budget, session.allocations)
         scope = trio.CancelScope()
         session.tunnels.add(scope)
@@ -321,7 +326,7 @@ class SplitMember:
             with scope:
                 # the guard raises RpcRefused: the tunnel is cut
                 await _pipe(
-                    stream, tcp, session, self.limits, check=guard.feed, check_answer=guard.feed_answer
+                    stream, rpc, session, self.limits, check=guard.feed, check_answer=guard.feed_answer
                 )
         except RpcRefused:
             await self._end(session)  # a head that oversteps loses the session, and its memory
@@ -331,7 +336,7 @@ class SplitMember:
             session.tunnels.discard(scope)
             session.streams -= 1
             session.last_active = trio.current_time()
-            await tcp.aclose()
+            await rpc.aclose()
 
     async def _close(self, stream: FrameStream, request: SplitClose) -> None:
         session = self._sessions.get(request.session)
@@ -372,7 +377,7 @@ async def _drain(stdout: trio.abc.ReceiveStream) -> None:
 
 async def _pipe(
     stream: FrameStream,
-    tcp: trio.SocketStream,
+    tcp: trio.abc.Stream,
     session: _Session | None,
     limits: SplitLimits,
     *,

@@ -4,6 +4,8 @@
   tests and screenshots show.
 - :mod:`.screenshots`: renders each wallet screen headless and (re)writes ``docs/wallet-*.svg``:
   ``python -m opengrid.testing.screenshots``.
+- :mod:`.split_adversary`: a split-group member that corrupts the activations it returns to its head
+  (``corrupting_member``), to show that the group's output then fails audit (tests/net/test_split_audit.py).
 
 A test (tests/core/test_purity_testing.py) fails if any module of opengrid, opengrid_sdk or opengrid_ledger
 outside this package imports it. The cheating engines of ``opengrid.engines.adversarial`` are not here: the
