@@ -38,6 +38,7 @@ from opengrid.node.config import (
     ROLES,
     VERIFY_MODES,
     NodeConfig,
+    parse_memory,
 )
 
 __all__ = [
@@ -216,6 +217,15 @@ def _model(value: object, from_text: bool) -> str:
     return text
 
 
+def _memory(value: object, from_text: bool) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    try:
+        return parse_memory(_text(value))
+    except ConfigError:
+        raise ValueError("expected a size such as 512M, 8G or a number of bytes (binary units)") from None
+
+
 def _url(value: object, from_text: bool) -> str:
     text = _text(value).strip()
     if not text.startswith(("http://", "https://")):
@@ -303,6 +313,8 @@ KEYS: dict[str, _Key] = {
     "max_tokens_per_job": _Key(_int(1)),
     "work_hours": _Key(_work_hours),
     "max_load": _Key(_positive_float, optional=True),
+    "max_memory": _Key(_memory, optional=True),
+    "split_member": _Key(_bool),
     "plain_verification": _Key(_bool),
     "require_payment": _Key(_bool),
     "approve_workers": _Key(_bool),
@@ -585,6 +597,19 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="LOAD",
         help="take jobs only while other programs load the machine at most this much per core (e.g. 0.5)",
+    )
+    limits.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory this node offers at most, its model and split-group layers together (e.g. 2G, 300M; "
+        "binary units); announced on gossip; a model larger than this runs as a split group "
+        "(spec/split.md)",
+    )
+    limits.add_argument(
+        "--split-member",
+        action=argparse.BooleanOptionalAction,
+        help="serve no model: lend --max-memory to split groups whose model fits no single node (the "
+        "head sends the layers; no model file needed here; spec/split.md)",
     )
 
     coordinator = parser.add_argument_group("coordinator")

@@ -15,6 +15,9 @@ from typing import Any
 from opengrid.engines.catalog import CatalogEntry
 from opengrid.engines.models import default_cache_dir, list_models, pull_model, remove_model
 from opengrid.errors import ConfigError, OpenGridError
+from opengrid.node.config import parse_memory
+
+__all__ = ["parse_memory", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -154,24 +157,6 @@ def _rm(args: argparse.Namespace) -> int:
     else:
         print(f"{args.name}: nothing to remove here")
     return 0
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_memory(text: str) -> int:
-    """Bytes of a size like ``8G``, ``512M``, ``1.5G`` or ``1048576`` (binary units; a trailing ``B``,
-    ``iB`` is allowed); ConfigError saying what is accepted otherwise."""
-    raw = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
-    number = raw[: -len(unit)] if unit else raw
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value != value:
-        raise ConfigError(f"--max-memory {text!r} is not a size; use e.g. 8G, 512M or a number of bytes")
-    return int(value * _UNITS[unit])
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -129,10 +129,13 @@ class SplitMember:
         *,
         python: str | None = None,
         on_session: Callable[[int], None] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         """``on_session(port)`` is called with each new session's RPC server port (benchmarks use it to
-        compare the tunnel with a direct loopback connection)."""
+        compare the tunnel with a direct loopback connection); ``on_change()`` whenever a session starts
+        or ends (the node re-announces its free memory)."""
         self._on_session = on_session
+        self._on_change = on_change
         self._host = host
         self.limits = limits
         self._python = python or sys.executable
@@ -236,6 +239,8 @@ class SplitMember:
         self._sessions[invite.session] = session
         if self._on_session is not None:
             self._on_session(port)
+        if self._on_change is not None:
+            self._on_change()
         log.info(
             "split session %s: %d units of %s for head %s, %d bytes, RPC server on %s:%d",
             invite.session.hex()[:8],
@@ -350,6 +355,8 @@ class SplitMember:
             return
         session.ended = True
         self._sessions.pop(session.session, None)
+        if self._on_change is not None:
+            self._on_change()
         for scope in session.tunnels:
             scope.cancel()
         with trio.CancelScope(shield=True):

@@ -36,6 +36,24 @@ DEFAULT_MAX_TOKENS_PER_JOB = 1024
 EDGE_MAX_TOKENS_PER_JOB = 128
 """An edge node (a small machine) takes short jobs only, unless ``max_tokens_per_job`` says otherwise."""
 DEFAULT_MAX_CONTEXT = 2048
+MIN_MAX_MEMORY = 1 << 20
+"""The smallest ``--max-memory``: one MiB (less holds no layer of any model)."""
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes of a size like ``8G``, ``512M``, ``1.5G`` or ``1048576`` (binary units; a trailing ``B``,
+    ``iB`` is allowed); ConfigError saying what is accepted otherwise."""
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
+    number = raw[: -len(unit)] if unit else raw
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value * _UNITS[unit] >= 2**62:
+        raise ConfigError(f"--max-memory {text!r} is not a size; use e.g. 8G, 512M or a number of bytes")
+    return int(value * _UNITS[unit])
 
 
 class CoordinatorSettings(TypedDict):
@@ -145,6 +163,13 @@ class NodeConfig:
     """Append every job-protocol message received to this file (read by the CLI)."""
     trace_timing: pathlib.Path | None = None
     """Append a JSON line per job timing point to this file (read by the CLI)."""
+    max_memory: int | None = None
+    """Bytes this node offers at most (``--max-memory 2G``): its own model and the split-group sessions it
+    serves together (spec/split.md §2, §5); announced on gossip so heads can plan groups. None: no cap is
+    announced and the node serves no split sessions."""
+    split_member: bool = False
+    """Serve no model: lend ``max_memory`` to split groups' heads instead (``--split-member``, spec/split.md
+    §7); needs ``max_memory`` and the worker role. Such a node does not register with coordinators."""
 
     def coordinator_settings(self) -> CoordinatorSettings:
         """The ``CoordinatorConfig`` fields this config sets (heartbeat, payment, how jobs are verified)."""
@@ -181,6 +206,11 @@ class NodeConfig:
         if self.max_context < 16:
             raise ConfigError(f"max_context must be >= 16 tokens, got {self.max_context}")
         parse_windows(self.work_hours)  # raises ConfigError naming the bad part
+        if self.max_memory is not None and self.max_memory < MIN_MAX_MEMORY:
+            raise ConfigError(
+                f"--max-memory must be at least {MIN_MAX_MEMORY} bytes (1M), got {self.max_memory}; "
+                "give a size such as 512M or 8G"
+            )
         if self.max_load is not None and self.max_load < 0:
             raise ConfigError(f"max_load must be >= 0 (load per core), got {self.max_load}")
         if self.gpu_layers < -1:
@@ -218,8 +248,14 @@ class NodeConfig:
                         "identity, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... (every node prints its full "
                         "address at start; `opengrid status` shows it too)"
                     )
+        if self.split_member and self.max_memory is None:
+            raise ConfigError(
+                "--split-member lends memory to split groups: say how much with --max-memory, e.g. 2G"
+            )
+        if self.split_member and self.role not in ("worker", "auto"):
+            raise ConfigError(f"--split-member makes a worker a split-group member; not a {self.role}")
         listen = () if self.no_listen else self.listen
-        role = self.role
+        role = "worker" if self.split_member else self.role  # a member lends memory: a worker's job
         if role == "auto":
             from opengrid.node.probe import auto_role, probe_hardware
 
@@ -254,7 +290,7 @@ class NodeConfig:
 
     @property
     def serves_models(self) -> bool:
-        return self.role in ("worker", "edge")
+        return self.role in ("worker", "edge") and not self.split_member
 
 
 def load_genesis(config: NodeConfig) -> Genesis | None:

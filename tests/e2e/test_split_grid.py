@@ -1,0 +1,150 @@
+"""Split groups formed on a real grid (issue 17, spec/split.md §7), node processes on 127.0.0.1.
+
+A coordinator, a worker that holds the tiny model with a ``--max-memory`` too small for it (the head), and
+``--split-member`` workers whose ``--max-memory`` is too small for it too. The head plans its group from the
+members' gossip announcements, invites them over /opengrid/split/1 and registers as one worker. A job
+through the SDK gets the tokens one llama.cpp process gives. With a spare member, one member killed while
+a job streams: the head re-forms its group on the spare and the job still completes, same tokens.
+
+Sizes come from the tiny model's footprint at the node's context window (``opengrid models info``'s
+numbers): every cap is below the model's total, so no node can hold it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from opengrid_sdk import Client, Completion, Preview
+
+from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
+from opengrid.core.split_plan import ModelFootprint
+from opengrid.engines.footprint import model_footprint
+from opengrid.engines.ggml_rpc import rpc_available
+from opengrid.node.config import DEFAULT_MAX_CONTEXT
+from tests.e2e.test_network import direct_llama
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not rpc_available(), reason="llama-cpp-python was built without ggml-rpc"),
+]
+
+NETWORK = "opengrid-split"
+PROMPT = "The quick brown fox"
+SLACK = 64 * 1024
+"""Over what a share needs, under what one more layer needs (a tiny-model layer is ~600 KB)."""
+
+
+@pytest.fixture(scope="module")
+def footprint(tiny_model_path: pathlib.Path) -> ModelFootprint:
+    fp = model_footprint(tiny_model_path, n_ctx=DEFAULT_MAX_CONTEXT)
+    assert fp.n_layers == 2 and min(fp.layer_bytes) > 4 * SLACK
+    return fp
+
+
+def head_cap(fp: ModelFootprint) -> int:
+    """Input, output and scratch, and less than one layer more: the head runs no layer itself."""
+    return fp.input_bytes + fp.output_bytes + fp.overhead_bytes + SLACK
+
+
+def start_grid(
+    net: DemoNetwork, fp: ModelFootprint, member_caps: list[int]
+) -> tuple[str, DemoNode, list[DemoNode]]:
+    coordinator = net.start(
+        "coordinator", "coordinator", extra_args=["--plain-verification", "--verify", "replicate"]
+    )
+    net.wait_ready(coordinator)
+    address = coordinator.addrs[0]
+    members = [
+        net.start(
+            f"member-{i}",
+            "worker",
+            bootstrap=address,
+            extra_args=["--split-member", "--max-memory", str(cap), "--skip-speed-test"],
+        )
+        for i, cap in enumerate(member_caps)
+    ]
+    for m in members:
+        net.wait_ready(m)
+    head = net.start(
+        "head",
+        "worker",
+        bootstrap=address,
+        extra_args=["--max-memory", str(head_cap(fp)), "--skip-speed-test"],
+    )
+    net.wait_ready(head)
+    assert all(cap < fp.total_bytes for cap in [*member_caps, head_cap(fp)])  # none holds it alone
+    return address, head, members
+
+
+def group_line(head: DemoNode) -> str:
+    """The head's log line for its latest group (which members run which layers)."""
+    lines = [
+        line for line in head.log_path.read_text().splitlines() if "split group " in line and "head 0" in line
+    ]
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture
+def grid_net(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> Iterator[DemoNetwork]:
+    net = DemoNetwork(tmp_path, model=str(tiny_model_path), network=NETWORK)
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def test_a_two_way_group_forms_on_the_grid_and_answers_like_one_process(
+    grid_net: DemoNetwork, footprint: ModelFootprint, tiny_model_path: pathlib.Path
+) -> None:
+    both_layers = sum(footprint.layer_bytes) + footprint.overhead_bytes + SLACK
+    address, head, (member,) = start_grid(grid_net, footprint, [both_layers])
+    with Client([address], network=NETWORK, timeout=120) as client:
+        wait_for_workers(client, 1, timeout=180)
+        done = client.complete(PROMPT, model="tiny", max_tokens=16, replicas=1, sealed=False)
+    _, expected = direct_llama(tiny_model_path, PROMPT, 16)
+    assert done.tokens == expected
+    assert done.workers == [head.peer_id]  # the group is one worker: its head
+    line = group_line(head)
+    assert f"{member.peer_id[-8:]} layers 0..1" in line, head.log_tail(40)
+
+
+def test_a_three_way_group_survives_a_member_killed_mid_job(
+    grid_net: DemoNetwork, footprint: ModelFootprint, tiny_model_path: pathlib.Path
+) -> None:
+    one_layer = max(footprint.layer_bytes) + footprint.overhead_bytes + SLACK
+    address, head, members = start_grid(grid_net, footprint, [one_layer] * 3)  # one spare
+    by_suffix = {m.peer_id[-8:]: m for m in members}
+    max_tokens = 200
+    _, expected = direct_llama(tiny_model_path, PROMPT, max_tokens)
+    with Client([address], network=NETWORK, timeout=120) as client:
+        wait_for_workers(client, 1, timeout=180)
+        first = client.complete(PROMPT, model="tiny", max_tokens=16, replicas=1, sealed=False)
+        assert first.tokens == expected[:16]
+        line = group_line(head)
+        in_group = [m for suffix, m in by_suffix.items() if suffix in line]
+        assert len(in_group) == 2, head.log_tail(40)  # the fewest members that hold it: two of three
+
+        victim = in_group[-1]
+        completion: Completion | None = None
+        for item in client.stream(PROMPT, model="tiny", max_tokens=max_tokens, replicas=1, previews=True):
+            if isinstance(item, Preview) and victim.process.poll() is None:
+                victim.process.send_signal(signal.SIGKILL)  # mid-job: the head has generated some tokens
+                victim.process.wait(timeout=10)
+            if isinstance(item, Completion):
+                completion = item
+        assert victim.process.returncode == -signal.SIGKILL
+        assert completion is not None and completion.tokens == expected
+        assert completion.workers == [head.peer_id]
+    deadline = time.monotonic() + 10
+    while "re-forming" not in head.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = head.log_path.read_text()
+    assert "re-forming" in log, head.log_tail(40)
+    spare = next(m for m in members if m not in in_group)
+    assert spare.peer_id[-8:] in group_line(head), head.log_tail(40)
+    assert json.loads((head.data_dir / "node.json").read_text())["peer_id"] == head.peer_id
