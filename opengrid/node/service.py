@@ -340,7 +340,9 @@ class Node:
             if config.split_member:
                 assert config.max_memory is not None
                 limits = SplitLimits(config.max_memory, rpc_threads=config.threads or 1)
-                self.split_member = await nursery.start(lend_memory, host, ctx.membership.gossip, limits)
+                self.split_member = await nursery.start(
+                    lend_memory, host, ctx.membership.gossip, limits, ctx.key
+                )
             if self._group_needed is not None:
                 nursery.start_soon(self._head_group, nursery)
             if self._api is not None:

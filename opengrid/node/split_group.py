@@ -21,13 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
+from nacl.signing import SigningKey
+from opengrid_ledger import Attestation
 
 from opengrid.core.split_plan import ModelFootprint, SplitCandidate, SplitPlan, plan_split
 from opengrid.engines.base import Generation, GenerationRequest, ModelInfo, ScoreRequest, Scoring
 from opengrid.errors import BadRequestError, EngineError, NoCapacityError, OpenGridError
 from opengrid.net.split import MemberLease, SplitHead, SplitLimits, SplitMember
 from opengrid.wire.contract import DecodingContract
+from opengrid.wire.messages import GroupShare, ReplicaResult, SplitShares
 
 if TYPE_CHECKING:
     from opengrid.engines.split import SplitEngine
@@ -61,16 +65,22 @@ def footprint_if_too_big(config: NodeConfig, info: ModelInfo) -> ModelFootprint 
 
 
 async def lend_memory(
-    host: Host, gossip: Gossip, limits: SplitLimits, *, task_status: TaskStatus[SplitMember]
+    host: Host,
+    gossip: Gossip,
+    limits: SplitLimits,
+    signing_key: SigningKey,
+    *,
+    task_status: TaskStatus[SplitMember],
 ) -> None:
-    """Serve ``/opengrid/split/1`` as a member within ``limits`` and keep the announced ``free_memory``
-    equal to what is left; ``task_status.started(member)``; runs until cancelled."""
+    """Serve ``/opengrid/split/1`` as a member within ``limits`` (co-signing its heads' jobs with
+    ``signing_key``, the node's identity) and keep the announced ``free_memory`` equal to what is left;
+    ``task_status.started(member)``; runs until cancelled."""
     changed = trio.Event()
 
     def on_change() -> None:
         changed.set()
 
-    member = SplitMember(host, limits, on_change=on_change)
+    member = SplitMember(host, limits, on_change=on_change, signing_key=signing_key, network=gossip.network)
     gossip.update(free_memory=member.free_bytes)
     async with trio.open_nursery() as nursery:
         await nursery.start(member.run)
@@ -158,6 +168,33 @@ class SplitGroup:
             log.warning("split group for %s failed (%s); re-forming it", self._info.name, why)
             await self._release()
             return await self._form()
+
+    async def co_sign(self, result: ReplicaResult) -> ReplicaResult:
+        """``result`` (the head's) with the group's shares: each member's attestation of the same output
+        and the layers it ran, so the receipt credits it (spec/split.md §9). A member that cannot be
+        asked or refuses is left out (it is not credited; the job's answer is unaffected)."""
+        plan = self.plan
+        if plan is None or not self._leases:
+            return result
+        att = msgspec.msgpack.decode(result.attestation, type=Attestation)
+        layers = {m.peer: m.count for m in plan.members}
+        shares = []
+        for lease in self._leases:
+            try:
+                signed = await self.head.attest(
+                    lease,
+                    job_id=att.job_id,
+                    contract_hash=att.contract_hash,
+                    output_commitment=att.output_commitment,
+                    n_tokens=att.n_tokens,
+                )
+            except OpenGridError as exc:
+                log.warning("member %s did not co-sign job %s: %s", lease.peer, att.job_id.hex()[:8], exc)
+                continue
+            shares.append(GroupShare(signed, layers.get(lease.peer, 1)))
+        if not shares:
+            return result
+        return msgspec.structs.replace(result, group=SplitShares(plan.head_layers, shares))
 
     async def _release(self) -> None:
         """End the old group: its engine, its endpoints, its members' sessions (best effort)."""

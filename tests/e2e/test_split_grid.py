@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from nacl.signing import SigningKey
 from opengrid_sdk import Client, Completion, Preview
 
 from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
@@ -26,6 +27,7 @@ from opengrid.core.split_plan import ModelFootprint
 from opengrid.engines.footprint import model_footprint
 from opengrid.engines.ggml_rpc import rpc_available
 from opengrid.node.config import DEFAULT_MAX_CONTEXT
+from opengrid.node.identity import load_or_create_seed
 from tests.e2e.test_network import direct_llama
 
 pytestmark = [
@@ -89,6 +91,15 @@ def group_line(head: DemoNode) -> str:
     return lines[-1] if lines else ""
 
 
+def account(node: DemoNode) -> bytes:
+    """A node's ledger account: its identity's public key (from its data dir)."""
+    return bytes(SigningKey(load_or_create_seed(node.data_dir)).verify_key)
+
+
+def balances(client: Client) -> dict[bytes, int]:
+    return {bytes.fromhex(k): v for k, v in client.status().balances.items()}
+
+
 @pytest.fixture
 def grid_net(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> Iterator[DemoNetwork]:
     net = DemoNetwork(tmp_path, model=str(tiny_model_path), network=NETWORK)
@@ -106,9 +117,13 @@ def test_a_two_way_group_forms_on_the_grid_and_answers_like_one_process(
     with Client([address], network=NETWORK, timeout=120) as client:
         wait_for_workers(client, 1, timeout=180)
         done = client.complete(PROMPT, model="tiny", max_tokens=16, replicas=1, sealed=False)
+        ledger = balances(client)
     _, expected = direct_llama(tiny_model_path, PROMPT, 16)
     assert done.tokens == expected
     assert done.workers == [head.peer_id]  # the group is one worker: its head
+    # 16 tokens x weight 1 = 16 points by layers run: head 0 (+1) and member 2 of 3 -> 6 and 10
+    assert done.receipt.credits == {account(head): 6, account(member): 10}
+    assert ledger[account(member)] == 10 and ledger[account(head)] == 6
     line = group_line(head)
     assert f"{member.peer_id[-8:]} layers 0..1" in line, head.log_tail(40)
 
@@ -128,6 +143,8 @@ def test_a_three_way_group_survives_a_member_killed_mid_job(
         line = group_line(head)
         in_group = [m for suffix, m in by_suffix.items() if suffix in line]
         assert len(in_group) == 2, head.log_tail(40)  # the fewest members that hold it: two of three
+        # 16 points over weights 1 (head), 1, 1: 5 each, the remainder 1 to the head
+        assert first.receipt.credits == {account(head): 6, account(in_group[0]): 5, account(in_group[1]): 5}
 
         victim = in_group[-1]
         completion: Completion | None = None
@@ -140,11 +157,20 @@ def test_a_three_way_group_survives_a_member_killed_mid_job(
         assert victim.process.returncode == -signal.SIGKILL
         assert completion is not None and completion.tokens == expected
         assert completion.workers == [head.peer_id]
+        spare = next(m for m in members if m not in in_group)
+        # the re-run's group is credited: the survivor and the spare, not the member that died
+        assert completion.receipt.credits == {
+            account(head): 68,
+            account(in_group[0]): 66,
+            account(spare): 66,
+        }
+        ledger = balances(client)
+    assert ledger[account(spare)] == 66 and ledger[account(in_group[0])] == 5 + 66
+    assert ledger[account(victim)] == 5  # paid for the job it finished, nothing for the one it left
     deadline = time.monotonic() + 10
     while "re-forming" not in head.log_path.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     log = head.log_path.read_text()
     assert "re-forming" in log, head.log_tail(40)
-    spare = next(m for m in members if m not in in_group)
     assert spare.peer_id[-8:] in group_line(head), head.log_tail(40)
     assert json.loads((head.data_dir / "node.json").read_text())["peer_id"] == head.peer_id
