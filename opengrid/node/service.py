@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable
 
+import msgspec
 import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import ChainWriter, LedgerState
@@ -82,6 +83,8 @@ from opengrid.wire.messages import (
     ModelOffer,
     NodeStatus,
     PromptFormat,
+    SplitGroupStatus,
+    SplitMemberStatus,
     WorkerSummary,
     bounded_status,
 )
@@ -530,8 +533,22 @@ class Node:
             network=self.config.network,
             candidate=self.admission is not None and self.admission.candidate,
             reachability=self.membership.reachability if self.membership is not None else "unknown",
+            split_group=self._split_group_status(),
         )
         return bounded_status(status)  # lists cut to their wire limits (spec/limits.md)
+
+    def _split_group_status(self) -> SplitGroupStatus | msgspec.UnsetType:
+        """The split group this worker heads, once formed (spec/split.md §7)."""
+        view = self.split_group.view() if self.split_group is not None else None
+        if view is None or self.split_group is None:
+            return msgspec.UNSET
+        return SplitGroupStatus(
+            model=self.split_group.model,
+            n_layers=view.n_layers,
+            head_layers=view.head_layers,
+            members=[SplitMemberStatus(peer, first, count) for peer, first, count in view.members],
+            formed=view.formed,
+        )
 
     async def _status_line_loop(self) -> None:
         """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""

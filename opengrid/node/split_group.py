@@ -140,6 +140,11 @@ class SplitGroup:
         self._engine: SplitEngine | None = None
         self._lock = trio.Lock()
 
+    @property
+    def model(self) -> str:
+        """The name of the model the group runs."""
+        return self._info.name
+
     def view(self) -> GroupView | None:
         """The group now (None before it is formed)."""
         plan = self.plan

@@ -426,6 +426,29 @@ class PeerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reachability: ShortText = ""
     """What the peer announced of its own reachability (spec/discovery.md §9): public, private, relayed,
     unknown; empty from nodes that do not say."""
+    free_memory: Annotated[int, msgspec.Meta(ge=1, le=2**62)] | msgspec.UnsetType = msgspec.UNSET
+    """Bytes the peer announced it can lend to split groups (spec/split.md §7); absent (unset) for peers
+    that lend none, so statuses without split members keep their bytes."""
+
+
+class SplitMemberStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One member of a split group, as its head's status shows it."""
+
+    peer_id: ShortText
+    first_layer: Annotated[int, msgspec.Meta(ge=0, le=4096)]
+    layers: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+
+
+class SplitGroupStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The split group a worker heads (spec/split.md §7): who runs which layers of its model."""
+
+    model: ShortText
+    n_layers: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    head_layers: Annotated[int, msgspec.Meta(ge=0, le=4096)]
+    """Layers ``0 .. head_layers - 1`` run on the head (which also holds the input and output layers)."""
+    members: Annotated[list[SplitMemberStatus], msgspec.Meta(max_length=MAX_GROUP_MEMBERS)]
+    formed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Groups formed so far: 1, plus one per re-formation after a member left."""
 
 
 class NodeStatus(_Message, tag="status", frozen=True):
@@ -460,6 +483,8 @@ class NodeStatus(_Message, tag="status", frozen=True):
     reachability: ShortText = ""
     """Whether peers could dial this node on a fresh connection (spec/discovery.md §9): public, private,
     relayed or unknown."""
+    split_group: SplitGroupStatus | msgspec.UnsetType = msgspec.UNSET
+    """A worker heading a split group: the group (``opengrid status``); absent (unset) otherwise."""
 
 
 _Summary = TypeVar("_Summary", WorkerSummary, PeerSummary)

@@ -23,6 +23,7 @@ from nacl.signing import SigningKey
 from opengrid_sdk import Client, Completion, Preview
 
 from opengrid.cli.demo import DemoNetwork, DemoNode, wait_for_workers
+from opengrid.cli.main import main
 from opengrid.core.split_plan import ModelFootprint
 from opengrid.engines.footprint import model_footprint
 from opengrid.engines.ggml_rpc import rpc_available
@@ -110,7 +111,10 @@ def grid_net(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> Iterator[
 
 
 def test_a_two_way_group_forms_on_the_grid_and_answers_like_one_process(
-    grid_net: DemoNetwork, footprint: ModelFootprint, tiny_model_path: pathlib.Path
+    grid_net: DemoNetwork,
+    footprint: ModelFootprint,
+    tiny_model_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     both_layers = sum(footprint.layer_bytes) + footprint.overhead_bytes + SLACK
     address, head, (member,) = start_grid(grid_net, footprint, [both_layers])
@@ -126,6 +130,17 @@ def test_a_two_way_group_forms_on_the_grid_and_answers_like_one_process(
     assert ledger[account(member)] == 10 and ledger[account(head)] == 6
     line = group_line(head)
     assert f"{member.peer_id[-8:]} layers 0..1" in line, head.log_tail(40)
+
+    # `opengrid status` on the head shows its group; `opengrid peers` the members' memory to lend
+    assert main(["status", head.addrs[0], "--network", NETWORK]) == 0
+    shown = capsys.readouterr().out
+    assert "tiny: 2 layers over 2 nodes; this head runs no layer" in shown
+    assert f"member  {member.peer_id}  layers 0..1" in shown
+    assert main(["peers", head.addrs[0], "--network", NETWORK, "--json"]) == 0
+    peers = {p["peer_id"]: p for p in json.loads(capsys.readouterr().out)["peers"]}
+    lent = both_layers - (sum(footprint.layer_bytes) + footprint.overhead_bytes)  # what its session left
+    assert peers[member.peer_id]["free_memory"] == lent
+    assert "free_memory" not in peers[grid_net.nodes[0].peer_id]  # the coordinator lends none
 
 
 def test_a_three_way_group_survives_a_member_killed_mid_job(
