@@ -70,7 +70,7 @@ from opengrid.node.lookups import Lookups
 from opengrid.node.membership import Membership
 from opengrid.node.registration import Registration
 from opengrid.node.router import Router
-from opengrid.node.split_group import SplitGroup, lend_memory
+from opengrid.node.split_group import SplitGroup, check_member, lend_memory
 from opengrid.node.timing import TimingTrace
 from opengrid.node.trust import load_trusted
 from opengrid.node.worker_driver import WorkerDriver
@@ -256,6 +256,8 @@ class Node:
         try:
             if config.serves_models:
                 await self._start_worker()
+            if config.split_member:
+                check_member()  # before the host opens: a member that cannot serve says so at once
             ctx.tier, ctx.tokens_per_s = await engine_setup.probe(
                 ctx.engine, skip_speed_test=config.skip_speed_test
             )

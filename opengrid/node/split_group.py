@@ -28,7 +28,7 @@ from opengrid_ledger import Attestation
 
 from opengrid.core.split_plan import ModelFootprint, SplitCandidate, SplitPlan, plan_split
 from opengrid.engines.base import Generation, GenerationRequest, ModelInfo, ScoreRequest, Scoring
-from opengrid.errors import BadRequestError, EngineError, NoCapacityError, OpenGridError
+from opengrid.errors import BadRequestError, ConfigError, EngineError, NoCapacityError, OpenGridError
 from opengrid.net.split import MemberLease, SplitHead, SplitLimits, SplitMember
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import GroupShare, ReplicaResult, SplitShares
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from opengrid.node.config import NodeConfig
     from opengrid.node.context import TaskStatus
 
-__all__ = ["GroupEngine", "SplitGroup", "footprint_if_too_big", "lend_memory"]
+__all__ = ["GroupEngine", "SplitGroup", "check_member", "footprint_if_too_big", "lend_memory"]
 
 log = logging.getLogger("opengrid.split")
 
@@ -61,7 +61,32 @@ def footprint_if_too_big(config: NodeConfig, info: ModelInfo) -> ModelFootprint 
     from opengrid.engines.footprint import model_footprint
 
     fp = model_footprint(info.path, n_ctx=config.max_context)
-    return fp if fp.total_bytes > config.max_memory else None
+    if fp.total_bytes <= config.max_memory:
+        return None
+    fixed = fp.input_bytes + fp.output_bytes + fp.overhead_bytes
+    if config.max_memory < fixed:  # no group helps: the head must hold these itself (split.md §3)
+        raise ConfigError(
+            f"{info.name} needs {fp.total_bytes >> 20} MiB, more than --max-memory {config.max_memory >> 20} "
+            f"MiB; as the head of a split group this node must still hold its input and output layers and "
+            f"scratch ({fixed >> 20} MiB): give it at least --max-memory {-(-fixed // (1 << 20))}M"
+        )
+    _require_rpc("a model larger than --max-memory runs as a split group")
+    return fp
+
+
+def _require_rpc(why: str) -> None:
+    from opengrid.engines.ggml_rpc import rpc_available
+
+    if not rpc_available():
+        raise ConfigError(
+            f"{why}, which needs llama-cpp-python built with llama.cpp's RPC backend (-DGGML_RPC=ON, as "
+            "scripts/setup.sh builds it); this one has none"
+        )
+
+
+def check_member() -> None:
+    """ConfigError unless this node can lend memory (``--split-member``): its RPC servers need ggml-rpc."""
+    _require_rpc("--split-member lends memory to split groups")
 
 
 async def lend_memory(
