@@ -634,6 +634,8 @@ def status_lines(status: NodeStatus) -> list[str]:
             lines.append(
                 f"    {'online ' if w.online else 'OFFLINE'}  {w.peer_id}  {', '.join(w.models) or '-'}"
             )
+            if isinstance(w.split_members, list):  # a split group's head: its members, in layer order
+                lines.append(f"      split group with {', '.join(w.split_members)}")
     if status.balances:
         row("balances", "points per account in its ledger, largest first")
         for key, points in sorted(status.balances.items(), key=lambda kv: (-kv[1], kv[0])):

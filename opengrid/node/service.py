@@ -512,7 +512,11 @@ class Node:
         if self.coordinator is not None:
             workers = [
                 WorkerSummary(
-                    peer_id=r.peer, public_key=r.key, models=[o.name for o in r.offers], online=r.online
+                    peer_id=r.peer,
+                    public_key=r.key,
+                    models=[o.name for o in r.offers],
+                    online=r.online,
+                    split_members=self.coordinator_requests.split_members.get(r.peer) or msgspec.UNSET,
                 )
                 for r in sorted(self.coordinator.workers.values(), key=lambda r: r.peer)
             ]

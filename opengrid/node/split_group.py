@@ -40,7 +40,14 @@ if TYPE_CHECKING:
     from opengrid.node.config import NodeConfig
     from opengrid.node.context import TaskStatus
 
-__all__ = ["GroupEngine", "SplitGroup", "check_member", "footprint_if_too_big", "lend_memory"]
+__all__ = [
+    "GroupEngine",
+    "SplitGroup",
+    "check_member",
+    "footprint_if_too_big",
+    "lend_memory",
+    "split_members",
+]
 
 log = logging.getLogger("opengrid.split")
 
@@ -349,6 +356,14 @@ class SplitGroup:
             async with trio.open_nursery() as nursery:
                 endpoints = [await nursery.start(self.head.serve_endpoint, lease) for lease in leases]
                 task_status.started(endpoints)
+
+
+def split_members(engine: object) -> list[str] | msgspec.UnsetType:
+    """The members of the group whose engine is ``engine``, in layer order (what a head's registration
+    lists); unset for any other engine, or before the group formed."""
+    if not isinstance(engine, GroupEngine) or engine.group.plan is None:
+        return msgspec.UNSET
+    return list(engine.group.plan.peers) or msgspec.UNSET
 
 
 class GroupEngine:

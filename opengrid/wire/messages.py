@@ -189,6 +189,10 @@ class RegisterWorker(_Message, tag="register", frozen=True):
     """Platinum, Gold, Silver or Bronze, from its start-up probe (spec/discovery.md §5.2)."""
     max_job_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     """The longest job (``max_tokens``) it takes; 0: no limit. Edge nodes take short jobs only."""
+    split_members: Annotated[list[ShortText], msgspec.Meta(max_length=16)] | msgspec.UnsetType = msgspec.UNSET
+    """A worker heading a split group: its members' peer ids, in layer order (spec/split.md §7), for the
+    coordinator's status; informational (members are credited from each result's attestations). Absent
+    from the bytes when unset."""
 
 
 class Registered(_Message, tag="registered", frozen=True):
@@ -406,6 +410,8 @@ class WorkerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_key: MaybeKeyBytes
     models: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_MODELS_PER_WORKER)]
     online: bool
+    split_members: Annotated[list[ShortText], msgspec.Meta(max_length=16)] | msgspec.UnsetType = msgspec.UNSET
+    """The members of the split group this worker heads, as its registration says; absent otherwise."""
 
 
 class PeerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

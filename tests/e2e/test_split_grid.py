@@ -158,6 +158,8 @@ def test_a_three_way_group_survives_a_member_killed_mid_job(
         line = group_line(head)
         in_group = [m for suffix, m in by_suffix.items() if suffix in line]
         assert len(in_group) == 2, head.log_tail(40)  # the fewest members that hold it: two of three
+        (summary,) = [w for w in client.status().workers if w.peer_id == head.peer_id]
+        assert set(summary.split_members) == {m.peer_id for m in in_group}  # type: ignore[arg-type]
         # 16 points over weights 1 (head), 1, 1: 5 each, the remainder 1 to the head
         assert first.receipt.credits == {account(head): 6, account(in_group[0]): 5, account(in_group[1]): 5}
 
