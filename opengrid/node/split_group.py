@@ -56,6 +56,9 @@ FORM_TIMEOUT_S = 600.0
 nothing, and says why)."""
 AVOID_S = 60.0
 """A member that refused an invitation or could not be reached is left out of plans for this long."""
+SESSION_TTL_S = 24 * 3600
+"""The time-to-live a head asks of its members' sessions: a member's cap (``SplitLimits.max_ttl_s``). A
+session that ends (its time ran out, or it sat idle) fails the next call, which re-forms the group."""
 MAX_REFORMS = 2
 """Times one engine call is run again on a re-formed group before its error reaches the job."""
 
@@ -293,6 +296,7 @@ class SplitGroup:
                             model_sha256=self._info.sha256,
                             units=share.count,
                             bytes_needed=share.bytes,
+                            ttl_s=SESSION_TTL_S,
                             timeout_s=30.0,
                         )
                     )
