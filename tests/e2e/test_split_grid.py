@@ -191,3 +191,29 @@ def test_a_three_way_group_survives_a_member_killed_mid_job(
     assert "re-forming" in log, head.log_tail(40)
     assert spare.peer_id[-8:] in group_line(head), head.log_tail(40)
     assert json.loads((head.data_dir / "node.json").read_text())["peer_id"] == head.peer_id
+
+
+def test_smollm2_split_two_ways_on_the_grid_answers_like_one_process(tmp_path: pathlib.Path) -> None:
+    """The real default model (SmolLM2-135M, 30 layers, shipped on PyPI) as a 2-way group: every layer on
+    the member, input and output on the head; tokens equal one llama.cpp process's."""
+    from opengrid.engines import DEFAULT_MODEL, resolve_model
+
+    model = resolve_model(DEFAULT_MODEL)
+    fp = model_footprint(model.path, n_ctx=DEFAULT_MAX_CONTEXT)
+    net = DemoNetwork(tmp_path, model=DEFAULT_MODEL, network=NETWORK)
+    try:
+        all_layers = sum(fp.layer_bytes) + fp.overhead_bytes + SLACK
+        address, head, (member,) = start_grid(net, fp, [all_layers])
+        with Client([address], network=NETWORK, timeout=120) as client:
+            wait_for_workers(client, 1, timeout=240)
+            started = time.monotonic()
+            done = client.complete(PROMPT, model=model.name, max_tokens=32, replicas=1, sealed=False)
+            took = time.monotonic() - started
+    finally:
+        net.stop()
+    _, expected = direct_llama(model.path, PROMPT, 32)
+    assert done.tokens == expected, (done.text, head.log_tail(20))
+    assert f"{member.peer_id[-8:]} layers 0..{fp.n_layers - 1}" in group_line(head)
+    # 32 tokens x weight 1 over weights 1 (head) and 30 (member): member 30, head 2
+    assert done.receipt.credits == {account(head): 2, account(member): 30}
+    print(f"SmolLM2-135M 2-way on the grid: 32 tokens in {took:.2f} s through the SDK")
