@@ -26,7 +26,13 @@ import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import Attestation
 
-from opengrid.core.split_plan import ModelFootprint, SplitCandidate, SplitPlan, plan_split
+from opengrid.core.split_plan import (
+    MAX_NEIGHBOUR_RTT_MS,
+    ModelFootprint,
+    SplitCandidate,
+    SplitPlan,
+    plan_split,
+)
 from opengrid.engines.base import Generation, GenerationRequest, ModelInfo, ScoreRequest, Scoring
 from opengrid.errors import BadRequestError, ConfigError, EngineError, NoCapacityError, OpenGridError
 from opengrid.net.split import MemberLease, SplitHead, SplitLimits, SplitMember
@@ -59,6 +65,11 @@ AVOID_S = 60.0
 SESSION_TTL_S = 24 * 3600
 """The time-to-live a head asks of its members' sessions: a member's cap (``SplitLimits.max_ttl_s``). A
 session that ends (its time ran out, or it sat idle) fails the next call, which re-forms the group."""
+RTT_TTL_S = 60.0
+"""A candidate's measured round trip is reused for this long."""
+MAX_PROBED = 16
+"""Candidates (largest offers first) whose round trip a head measures per planning pass: as many as a
+group may have members (llama.cpp's limit on RPC servers)."""
 MAX_REFORMS = 2
 """Times one engine call is run again on a re-formed group before its error reaches the job."""
 
@@ -170,6 +181,8 @@ class SplitGroup:
         self.formed = 0
         self._leases: list[MemberLease] = []
         self._avoid: dict[str, float] = {}
+        self._rtt: dict[str, tuple[float, float]] = {}
+        """peer -> (round trip in seconds, when measured): the planner's RTT bound (split.md §3)."""
         self._endpoints: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._engine: SplitEngine | None = None
@@ -249,14 +262,37 @@ class SplitGroup:
             if not await self.head.close(lease, timeout_s=2.0):
                 self._avoid[lease.peer] = trio.current_time() + AVOID_S
 
-    def _candidates(self) -> list[SplitCandidate]:
+    async def _candidates(self) -> list[SplitCandidate]:
+        """Online peers lending memory, largest offers first, each with its round trip to this head
+        (measured, then kept ``RTT_TTL_S``; at most ``MAX_PROBED`` probed per pass). A peer that cannot
+        be reached is avoided for ``AVOID_S``."""
         now = trio.current_time()
         me = self._host.peer_id
-        return [
-            SplitCandidate(a.peer_id, a.free_memory)
-            for a in self._gossip.directory.online(now)
-            if a.peer_id != me and a.free_memory > 0 and self._avoid.get(a.peer_id, 0.0) <= now
-        ]
+        offers = sorted(
+            (
+                (a.free_memory, a.peer_id)
+                for a in self._gossip.directory.online(now)
+                if a.peer_id != me and a.free_memory > 0 and self._avoid.get(a.peer_id, 0.0) <= now
+            ),
+            reverse=True,
+        )[:MAX_PROBED]
+        self._rtt = {p: v for p, v in self._rtt.items() if any(p == peer for _, peer in offers)}  # bounded
+        out = []
+        for free, peer in offers:
+            known = self._rtt.get(peer)
+            # One over the bound is measured again at the next pass: a busy moment must not bar it a minute.
+            if known is None or now - known[1] > RTT_TTL_S or known[0] * 1000 > MAX_NEIGHBOUR_RTT_MS:
+                try:
+                    await self._connect(peer)
+                    with trio.fail_after(10):
+                        known = (await self._host.round_trip(peer, tries=3), trio.current_time())
+                except (OpenGridError, trio.TooSlowError) as exc:
+                    log.info("split candidate %s is unreachable (%s): left out for now", peer, exc)
+                    self._avoid[peer] = trio.current_time() + AVOID_S
+                    continue
+                self._rtt[peer] = known
+            out.append(SplitCandidate(peer, free, rtt_ms=known[0] * 1000))
+        return out
 
     async def _form(self) -> SplitEngine:
         """Plan, invite, tunnel, load; retried as gossip changes until ``form_timeout_s``."""
@@ -265,7 +301,7 @@ class SplitGroup:
         with trio.move_on_after(self._form_timeout_s):
             while True:  # bounded by the timeout; each pass waits for news or a second
                 try:
-                    plan = plan_split(self._footprint, me, self._candidates())
+                    plan = plan_split(self._footprint, me, await self._candidates())
                 except NoCapacityError as exc:
                     why = str(exc)
                 else:
@@ -332,7 +368,11 @@ class SplitGroup:
             self.formed,
             self._info.name,
             plan.head_layers,
-            ", ".join(f"{m.peer[-8:]} layers {m.first}..{m.first + m.count - 1}" for m in plan.members),
+            ", ".join(
+                f"{m.peer[-8:]} layers {m.first}..{m.first + m.count - 1} "
+                f"(RTT {self._rtt.get(m.peer, (0.0, 0.0))[0] * 1000:.1f} ms)"
+                for m in plan.members
+            ),
         )
         return engine
 
