@@ -217,3 +217,43 @@ def test_smollm2_split_two_ways_on_the_grid_answers_like_one_process(tmp_path: p
     # 32 tokens x weight 1 over weights 1 (head) and 30 (member): member 30, head 2
     assert done.receipt.credits == {account(head): 2, account(member): 30}
     print(f"SmolLM2-135M 2-way on the grid: 32 tokens in {took:.2f} s through the SDK")
+
+
+def test_models_info_plans_over_the_memory_the_live_grid_lends(
+    grid_net: DemoNetwork,
+    footprint: ModelFootprint,
+    tiny_model_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`opengrid models info NAME --grid ADDR`: how many nodes of this grid the model takes, from what the
+    `--split-member` nodes announce they lend (no head started: nothing is held yet)."""
+    coordinator = grid_net.start("coordinator", "coordinator")
+    grid_net.wait_ready(coordinator)
+    address = coordinator.addrs[0]
+    one_layer = max(footprint.layer_bytes) + footprint.overhead_bytes + SLACK
+    members = [
+        grid_net.start(
+            f"member-{i}",
+            "worker",
+            bootstrap=address,
+            extra_args=["--split-member", "--max-memory", str(one_layer), "--skip-speed-test"],
+        )
+        for i in range(2)
+    ]
+    for m in members:
+        grid_net.wait_ready(m)
+    args = ["models", "info", str(tiny_model_path), "--grid", address, "--network", NETWORK, "--json"]
+    grid: dict[str, object] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the coordinator heard both announce what they lend
+        assert main([*args, "--max-memory", str(head_cap(footprint))]) == 0
+        grid = json.loads(capsys.readouterr().out)["grid"]
+        if grid["lenders"] == 2:
+            break
+        time.sleep(0.5)
+    assert grid["lenders"] == 2 and grid["lent_bytes"] == 2 * one_layer, grid
+    assert grid["nodes"] == 3 and grid["head_layers"] == 0
+    assert sorted(m["peer_id"] for m in grid["members"]) == sorted(m.peer_id for m in members)  # type: ignore[attr-defined]
+    # A head too small for even its own part: no group fits, and the answer says why.
+    assert main([*args, "--max-memory", "1M"]) == 0
+    assert "give it more --max-memory" in json.loads(capsys.readouterr().out)["grid"]["why"]
