@@ -355,7 +355,7 @@ class SplitMember:
 
     async def _attest(self, stream: FrameStream, request: SplitAttest) -> None:
         """Co-sign a job's output for the head of a live session whose tunnels carried bytes: the
-        member's claim to its share of the job's credit (spec/split.md §9). The member cannot check the
+        member's claim to its share of the job's credit (spec/split.md §8). The member cannot check the
         output (it saw only activations); it vouches that it served the head, as the head vouches for
         the output."""
         session = self._sessions.get(request.session)

@@ -32,7 +32,7 @@ async def _run(max_memory: int, seed: bytes, threads: int, print_ports: bool, ne
             host,
             limits,
             on_session=said if print_ports else None,
-            signing_key=SigningKey(seed),  # co-signs its heads' jobs (spec/split.md §9)
+            signing_key=SigningKey(seed),  # co-signs its heads' jobs (spec/split.md §8)
             network=network,
         )
         await nursery.start(member.run)

@@ -224,7 +224,7 @@ class SplitGroup:
 
     async def co_sign(self, result: ReplicaResult) -> ReplicaResult:
         """``result`` (the head's) with the group's shares: each member's attestation of the same output
-        and the layers it ran, so the receipt credits it (spec/split.md §9). A member that cannot be
+        and the layers it ran, so the receipt credits it (spec/split.md §8). A member that cannot be
         asked or refuses is left out (it is not credited; the job's answer is unaffected)."""
         plan = self.plan
         if plan is None or not self._leases:

@@ -301,7 +301,7 @@ MAX_GROUP_MEMBERS: Final = 16
 
 
 class GroupShare(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One split-group member's part of a job: its attestation and the layers it ran (spec/split.md §9)."""
+    """One split-group member's part of a job: its attestation and the layers it ran (spec/split.md §8)."""
 
     attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)]
     """An encoded ``opengrid_ledger.Attestation`` signed by the member over the head's output."""
@@ -309,7 +309,7 @@ class GroupShare(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SplitShares(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Who ran a split group's job: the head's layers and each member's share (spec/split.md §9)."""
+    """Who ran a split group's job: the head's layers and each member's share (spec/split.md §8)."""
 
     head_layers: Annotated[int, msgspec.Meta(ge=0, le=4096)]
     members: Annotated[list[GroupShare], msgspec.Meta(min_length=1, max_length=MAX_GROUP_MEMBERS)]
@@ -330,7 +330,7 @@ class ReplicaResult(_Message, tag="result", frozen=True):
     sealed_claims: Annotated[list[SealedClaim], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
     """Sealed audits: the same output encrypted to each of ``RunJob.readers`` (one per key)."""
     group: SplitShares | msgspec.UnsetType = msgspec.UNSET
-    """A split group's head: the members that ran the job with it, credited by layers (spec/split.md §9).
+    """A split group's head: the members that ran the job with it, credited by layers (spec/split.md §8).
     Unset (absent from the bytes) for every other worker, so their results keep their bytes and older
     coordinators still read them."""
 

@@ -98,7 +98,7 @@ class SplitClose(msgspec.Struct, tag="close", forbid_unknown_fields=True):
 
 class SplitAttest(msgspec.Struct, tag="attest", forbid_unknown_fields=True):
     """Head -> member: co-sign the output of a job the group ran (an ``opengrid_ledger.Attestation`` over
-    these fields, by the member's key), so the receipt can credit the member (spec/split.md §9)."""
+    these fields, by the member's key), so the receipt can credit the member (spec/split.md §8)."""
 
     session: SessionId
     token: Token

@@ -1,4 +1,4 @@
-"""A split group's receipt credits the head and every member by the layers each ran (spec/split.md §9),
+"""A split group's receipt credits the head and every member by the layers each ran (spec/split.md §8),
 and a group share that does not attest the head's output is refused: coordinator machines fed real
 WorkerLogic results, no sockets."""
 

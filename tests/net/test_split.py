@@ -223,7 +223,7 @@ async def test_only_the_agreed_head_can_open_the_tunnel(tiny: ModelInfo) -> None
                     answer += await stream.read_raw(64)
             assert answer[:8] == (28).to_bytes(8, "little") and answer[8] == 7
             await stream.reset()
-            # Co-signing a job (spec/split.md §9): the head's session gets the member's attestation; a
+            # Co-signing a job (spec/split.md §8): the head's session gets the member's attestation; a
             # stranger with the stolen token does not.
             job = {
                 "job_id": bytes(16),

@@ -476,7 +476,7 @@ class AuditsPart(CoordinatorParts):
         scored = n_tokens if job.plan is None or job.plan.full else min(n_tokens, job.plan.end)
         audit_points = -(-max(1, scored) // max(1, self.config.audit_credit_divisor)) * job.weight
         keys = {peer: self.workers[peer].key for peer in (prover, *auditors)}
-        # A split group's head shares the prover's points with its members, by layers (spec/split.md §9).
+        # A split group's head shares the prover's points with its members, by layers (spec/split.md §8).
         credits, attestations = merged(
             [
                 *worker_credits(result, prover_att, points),

@@ -1,5 +1,5 @@
 """A split group's credit: the points a worker earns for a job, divided among the group that ran it by
-the layers each participant ran (spec/split.md §9). Pure functions over plain data.
+the layers each participant ran (spec/split.md §8). Pure functions over plain data.
 
 The head's weight is its layers + 1: it also holds the input and output layers and runs the sampling loop.
 Each member's weight is its layers. Shares are floored and the remainder goes to the head, so the shares

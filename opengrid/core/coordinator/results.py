@@ -218,7 +218,7 @@ class ResultsPart(CoordinatorParts):
         evidence = self._evidence(job)  # before the receipt: those outcomes came first
         points = max(1, n_tokens) * job.weight  # proportional to compute (spec/ledger.md §7)
         keys = {peer: self.workers[peer].key for peer in job.results}
-        # A split group's head shares its points with its members, by layers (spec/split.md §9).
+        # A split group's head shares its points with its members, by layers (spec/split.md §8).
         credits, attestations = merged(
             [pair for r, att in winning for pair in worker_credits(r, att, points)]
         )
