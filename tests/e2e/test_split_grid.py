@@ -121,13 +121,16 @@ def test_a_two_way_group_forms_on_the_grid_and_answers_like_one_process(
     with Client([address], network=NETWORK, timeout=120) as client:
         wait_for_workers(client, 1, timeout=180)
         done = client.complete(PROMPT, model="tiny", max_tokens=16, replicas=1, sealed=False)
+        # Sealed too: the prompt is sealed to the head, whose members co-sign the salted commitment.
+        sealed = client.complete(PROMPT, model="tiny", max_tokens=16, replicas=1)
         ledger = balances(client)
     _, expected = direct_llama(tiny_model_path, PROMPT, 16)
     assert done.tokens == expected
     assert done.workers == [head.peer_id]  # the group is one worker: its head
     # 16 tokens x weight 1 = 16 points by layers run: head 0 (+1) and member 2 of 3 -> 6 and 10
-    assert done.receipt.credits == {account(head): 6, account(member): 10}
-    assert ledger[account(member)] == 10 and ledger[account(head)] == 6
+    assert done.receipt.credits == sealed.receipt.credits == {account(head): 6, account(member): 10}
+    assert sealed.tokens == expected
+    assert ledger[account(member)] == 20 and ledger[account(head)] == 12
     line = group_line(head)
     assert f"{member.peer_id[-8:]} layers 0..1" in line, head.log_tail(40)
 
