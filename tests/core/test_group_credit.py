@@ -15,6 +15,8 @@ from opengrid_ledger.payloads import check_receipt
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.coordinator.group_credit import split_points
 from opengrid.core.effects import Penalize
+from opengrid.core.reputation import receipt_outcomes
+from opengrid.errors import InvalidEntryError
 from opengrid.wire.codec import decode_message, encode_message
 from opengrid.wire.messages import ErrorReply, GroupShare, JobAccepted, ReplicaResult, SplitShares
 
@@ -75,6 +77,14 @@ def test_a_groups_points_go_to_head_and_members_by_layers(verify: str) -> None:
     head = grid.key(first.peer)
     assert (credits[head], credits[member_key("m0")], credits[member_key("m1")]) == (1, 2, 2)
     assert grid.coordinator.ledger.balance(member_key("m1")) == 2
+    # The members are marked as such: a rebuild from the ledger does not count them as agreeing replicas
+    # (one unchecked group result is no verification), while an audited one is valid for everyone.
+    assert receipt.members == (member_key("m0"), member_key("m1"))
+    valid = {key for key, outcome in receipt_outcomes(receipt) if outcome == "valid"}
+    assert valid == (set(credits) if verify == "audit" else set())
+    assert {k for k, r in grid.coordinator.reputation.items() if r.valid} == valid  # the same in memory
+    with pytest.raises(InvalidEntryError, match="member twice or one it does not credit"):
+        check_receipt(msgspec.structs.replace(receipt, members=(member_key("m2"),)), NETWORK)
     assert reply.workers[0] == first.peer and len(reply.workers) == (2 if verify == "audit" else 1)
 
 

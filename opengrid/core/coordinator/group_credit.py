@@ -18,7 +18,7 @@ from opengrid_ledger import Attestation, Credit, SignatureScheme, verify_attesta
 from opengrid.errors import InvalidEntryError
 from opengrid.wire.messages import ReplicaResult
 
-__all__ = ["group_problem", "merged", "split_points", "worker_credits"]
+__all__ = ["group_problem", "member_keys", "merged", "split_points", "worker_credits"]
 
 
 def split_points(points: int, head_layers: int, member_layers: Sequence[int]) -> list[int]:
@@ -60,29 +60,44 @@ def group_problem(
 
 def worker_credits(
     result: ReplicaResult, attestation: Attestation, points: int
-) -> list[tuple[Credit, Attestation]]:
+) -> list[tuple[Credit, Attestation, bool]]:
     """What one accepted worker's ``points`` credit: itself alone, or its split group by layers (checked
-    by ``group_problem`` when the result arrived), each with the attestation the receipt must carry."""
+    by ``group_problem`` when the result arrived), each with the attestation the receipt must carry and
+    whether it is a group member (True) or the worker itself (False)."""
     if isinstance(result.group, msgspec.UnsetType):
-        return [(Credit(account=attestation.worker, points=points), attestation)]
+        return [(Credit(account=attestation.worker, points=points), attestation, False)]
     members = [msgspec.msgpack.decode(s.attestation, type=Attestation) for s in result.group.members]
     shares = split_points(points, result.group.head_layers, [s.layers for s in result.group.members])
-    out = [(Credit(account=attestation.worker, points=shares[0]), attestation)]
-    out += [
-        (Credit(account=m.worker, points=p), m) for m, p in zip(members, shares[1:], strict=True) if p > 0
-    ]
+    out = [(Credit(account=attestation.worker, points=shares[0]), attestation, False)]
+    for member, share in zip(members, shares[1:], strict=True):
+        if share > 0:
+            out.append((Credit(account=member.worker, points=share), member, True))
     return out
 
 
-def merged(pairs: Sequence[tuple[Credit, Attestation]]) -> tuple[tuple[Credit, ...], tuple[Attestation, ...]]:
-    """Credits and attestations for a receipt: one per account (a key credited twice, e.g. a member of two
-    replicas' groups, gets the sum, with its first attestation), in first-seen order."""
+def member_keys(result: ReplicaResult) -> list[bytes]:
+    """The accounts of ``result``'s split-group members (none for an ordinary worker's result)."""
+    if isinstance(result.group, msgspec.UnsetType):
+        return []
+    return [msgspec.msgpack.decode(s.attestation, type=Attestation).worker for s in result.group.members]
+
+
+def merged(
+    pairs: Sequence[tuple[Credit, Attestation, bool]],
+) -> tuple[tuple[Credit, ...], tuple[Attestation, ...], tuple[bytes, ...]]:
+    """Credits, attestations and split-group members for a receipt: one credit per account (a key
+    credited twice, e.g. a member of two replicas' groups, gets the sum, with its first attestation), in
+    first-seen order; an account is a member only if it is never credited as a worker itself."""
     points: dict[bytes, int] = {}
     atts: dict[bytes, Attestation] = {}
-    for credit, att in pairs:
+    workers: set[bytes] = set()
+    for credit, att, member in pairs:
         points[credit.account] = points.get(credit.account, 0) + credit.points
         atts.setdefault(credit.account, att)
+        if not member:
+            workers.add(credit.account)
     return (
         tuple(Credit(account=a, points=p) for a, p in points.items()),
         tuple(atts[a] for a in points),
+        tuple(a for a in points if a not in workers),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgspec
 from opengrid_ledger import Attestation, Receipt, Refund, Settle, verify_attestation
 
-from opengrid.core.coordinator.group_credit import group_problem, merged, worker_credits
+from opengrid.core.coordinator.group_credit import group_problem, member_keys, merged, worker_credits
 from opengrid.core.coordinator.payments import payouts
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
@@ -219,7 +219,7 @@ class ResultsPart(CoordinatorParts):
         points = max(1, n_tokens) * job.weight  # proportional to compute (spec/ledger.md §7)
         keys = {peer: self.workers[peer].key for peer in job.results}
         # A split group's head shares its points with its members, by layers (spec/split.md §8).
-        credits, attestations = merged(
+        credits, attestations, members = merged(
             [pair for r, att in winning for pair in worker_credits(r, att, points)]
         )
         receipt = Receipt(
@@ -229,6 +229,7 @@ class ResultsPart(CoordinatorParts):
             n_tokens=n_tokens,
             credits=credits,
             attestations=attestations,
+            members=members,
             dissenters=tuple(keys[p] for p in agreement.dissenters),
             issued_at_ms=job.wall_ms,
             weight=job.weight,
@@ -300,6 +301,8 @@ class ResultsPart(CoordinatorParts):
             return divergent  # one result checked by nobody: proves nothing about anyone (trusted single)
         for peer in agreement.peers:
             self._record(self.workers[peer].key, "valid")
+            for member in member_keys(job.results[peer][0]):  # as reputation_from_ledger rebuilds it
+                self._record(member, "valid")
             self._measure(peer, n_tokens, job.elapsed.get(peer, 0.0))
         if job.request.sealed or not job.request.prompt:
             return divergent  # sealed mode: the coordinator never saw the prompt, so it cannot replay it
