@@ -9,11 +9,12 @@ import pytest
 from grid_harness import HONEST, NETWORK, Grid, dispatches, finished, open_receipt, signing_key
 from hypothesis import given
 from hypothesis import strategies as st
-from opengrid_ledger import Attestation, sign_attestation
+from opengrid_ledger import Attestation, Credit, sign_attestation
 from opengrid_ledger.payloads import check_receipt
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.coordinator.group_credit import split_points
+from opengrid.core.coordinator.payments import payouts
 from opengrid.core.effects import Penalize
 from opengrid.core.reputation import receipt_outcomes
 from opengrid.errors import InvalidEntryError
@@ -120,3 +121,13 @@ def test_shares_add_up_and_the_head_always_gets_some(points: int, head: int, mem
     total = head + 1 + sum(members)
     for share, weight in zip(shares[1:], members, strict=True):
         assert share == points * weight // total  # members get their floor exactly
+
+
+def test_a_paid_groups_members_are_paid_their_credit_in_full() -> None:
+    head, m0, m1 = (bytes([i]) * 32 for i in (1, 2, 3))
+    group = (Credit(account=head, points=6), Credit(account=m0, points=5), Credit(account=m1, points=5))
+    assert payouts(group, 16) == group  # one replica's hold pays its whole group
+    # Replicas as before: their credits fit the hold and are paid in full; extra replicas split it evenly.
+    two = (Credit(account=head, points=5), Credit(account=m0, points=5))
+    assert payouts(two, 32) == two
+    assert [c.points for c in payouts((*two, Credit(account=m1, points=5)), 10)] == [3, 3, 3]
