@@ -70,6 +70,9 @@ RTT_TTL_S = 60.0
 MAX_PROBED = 16
 """Candidates (largest offers first) whose round trip a head measures per planning pass: as many as a
 group may have members (llama.cpp's limit on RPC servers)."""
+REFORM_TIMEOUT_S = 60.0
+"""How long a failed call waits for a new group (a job in flight waits on it; past this the call fails
+and the coordinator moves the job to another worker)."""
 MAX_REFORMS = 2
 """Times one engine call is run again on a re-formed group before its error reaches the job."""
 
@@ -220,7 +223,7 @@ class SplitGroup:
         async with self._lock:
             log.warning("split group for %s failed (%s); re-forming it", self._info.name, why)
             await self._release()
-            return await self._form()
+            return await self._form(min(self._form_timeout_s, REFORM_TIMEOUT_S))
 
     async def co_sign(self, result: ReplicaResult) -> ReplicaResult:
         """``result`` (the head's) with the group's shares: each member's attestation of the same output
@@ -294,11 +297,13 @@ class SplitGroup:
             out.append(SplitCandidate(peer, free, rtt_ms=known[0] * 1000))
         return out
 
-    async def _form(self) -> SplitEngine:
-        """Plan, invite, tunnel, load; retried as gossip changes until ``form_timeout_s``."""
+    async def _form(self, timeout_s: float | None = None) -> SplitEngine:
+        """Plan, invite, tunnel, load; retried as gossip changes until ``timeout_s`` (default: the form
+        timeout)."""
         me = SplitCandidate(self._host.peer_id, self._max_memory)
         why = "no member heard yet"
-        with trio.move_on_after(self._form_timeout_s):
+        timeout_s = self._form_timeout_s if timeout_s is None else timeout_s
+        with trio.move_on_after(timeout_s):
             while True:  # bounded by the timeout; each pass waits for news or a second
                 try:
                     plan = plan_split(self._footprint, me, await self._candidates())
@@ -313,7 +318,7 @@ class SplitGroup:
                 with trio.move_on_after(1.0):
                     await self._gossip.changed.wait()
         raise NoCapacityError(
-            f"no split group for {self._info.name} formed in {self._form_timeout_s:.0f} s: {why}; start "
+            f"no split group for {self._info.name} formed in {timeout_s:.0f} s: {why}; start "
             "members with `opengrid node start --split-member --max-memory SIZE`"
         )
 
@@ -501,7 +506,10 @@ class GroupEngine:
 
     def _failover(self, failed: SplitEngine, exc: EngineError) -> None:
         if self._engine is failed:  # another call may have re-formed it already
-            self._engine = trio.from_thread.run(self.group.reform, str(exc))
+            try:
+                self._engine = trio.from_thread.run(self.group.reform, str(exc))
+            except OpenGridError as why:  # no group in time: the job fails over to another worker
+                raise EngineError(f"{exc}; and no new split group formed: {why}") from why
         self.reforms += 1
 
     def close(self) -> None:
