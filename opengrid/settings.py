@@ -424,6 +424,19 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         metavar="LOAD",
         help="take jobs only while other programs load the machine at most this much per core (e.g. 0.5)",
     )
+    limits.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory this node offers at most, its model and split-group layers together (e.g. 2G, 300M; "
+        "binary units); announced on gossip; a model larger than this runs as a split group "
+        "(spec/split.md)",
+    )
+    limits.add_argument(
+        "--split-member",
+        action=argparse.BooleanOptionalAction,
+        help="serve no model: lend --max-memory to split groups whose model fits no single node (the "
+        "head sends the layers; no model file needed here; spec/split.md)",
+    )
 
     coordinator = parser.add_argument_group("coordinator")
     coordinator.add_argument(

@@ -95,6 +95,9 @@ class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     """Points per generated token of the job's model (spec/ledger.md §7: one per started billion
     parameters), so anyone can check the credits: the reference coordinator credits each agreeing worker
     ``max(1, n_tokens) * weight``. Omitted when 1 (receipts from before weights keep their bytes)."""
+    members: tuple[bytes, ...] = ()
+    """Credited accounts that ran layers of another credited worker's job as members of its split group
+    (spec/split.md §8): paid, but no separate verification of the output. Omitted when empty."""
 
 
 class Hold(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, tag="hold"):
@@ -383,6 +386,14 @@ def check_receipt(receipt: Receipt, network: str, *, scheme: SignatureScheme = E
     if unattested:
         raise InvalidEntryError(
             f"receipt for job {job} credits {unattested[0].hex()} without that worker's attestation"
+        )
+    if len(receipt.members) > MAX_LIST:
+        raise InvalidEntryError(
+            f"receipt for job {job} lists {len(receipt.members)} members, over {MAX_LIST}"
+        )
+    if len(set(receipt.members)) != len(receipt.members) or not set(receipt.members) <= credited:
+        raise InvalidEntryError(
+            f"receipt for job {job} lists a split-group member twice or one it does not credit"
         )
     dissenting: set[bytes] = set()
     for key in receipt.dissenters:

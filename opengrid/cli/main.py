@@ -634,10 +634,13 @@ def status_lines(status: NodeStatus) -> list[str]:
             lines.append(
                 f"    {'online ' if w.online else 'OFFLINE'}  {w.peer_id}  {', '.join(w.models) or '-'}"
             )
+            if isinstance(w.split_members, list):  # a split group's head: its members, in layer order
+                lines.append(f"      split group with {', '.join(w.split_members)}")
     if status.balances:
         row("balances", "points per account in its ledger, largest first")
         for key, points in sorted(status.balances.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    {key}  {points:>8}")
+    lines += split_group_lines(status)
     online = sum(p.online for p in status.peers)
     row("peers", f"{len(status.peers)} heard on gossip, {online} online (`opengrid peers` lists them)")
     return lines
@@ -655,6 +658,24 @@ def shown_reachability(reachability: str, addrs: Sequence[str]) -> str:
     if reachability == "public" and direct and all(ipaddress.ip_address(ip).is_loopback for ip in direct):
         return "loopback"
     return reachability or "unknown"
+
+
+def split_group_lines(status: NodeStatus) -> list[str]:
+    """The split group a worker heads (spec/split.md §7), as ``status`` and ``peers`` show it: the head's
+    layers, then each member's; nothing for other nodes."""
+    import msgspec
+
+    group = status.split_group
+    if isinstance(group, msgspec.UnsetType):
+        return []
+    head = f"layers 0..{group.head_layers - 1}" if group.head_layers else "no layer"
+    lines = [
+        f"  {'split':<10}  {group.model}: {group.n_layers} layers over {1 + len(group.members)} nodes; this "
+        f"head runs {head} (and the input and output layers); group formed {group.formed} time(s)"
+    ]
+    for m in group.members:
+        lines.append(f"    member  {m.peer_id}  layers {m.first_layer}..{m.first_layer + m.layers - 1}")
+    return lines
 
 
 def peers_headline(status: NodeStatus) -> str:
@@ -686,6 +707,8 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         print(json.dumps({"peer_id": status.peer_id, "peers": msgspec.to_builtins(status.peers)}, indent=2))
         return 0
     print(peers_headline(status))
+    for line in split_group_lines(status):
+        print(line)
     for p in status.peers:
         rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms is not None else "-"
         print(
@@ -693,6 +716,7 @@ def _cmd_peers(args: argparse.Namespace) -> int:
             f"{','.join(p.models) or '-':<24}  {p.tier or '-':<8}  "
             f"{shown_reachability(p.reachability, p.addrs) if p.reachability else '-':<8}  "
             f"heard {p.last_seen_s:5.1f} s ago  RTT {rtt}"
+            + ("" if isinstance(p.free_memory, msgspec.UnsetType) else f"  lends {p.free_memory >> 20} MiB")
         )
     return 0
 

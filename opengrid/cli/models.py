@@ -10,11 +10,17 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opengrid.engines.catalog import CatalogEntry
 from opengrid.engines.models import default_cache_dir, list_models, pull_model, remove_model
 from opengrid.errors import ConfigError, OpenGridError
+from opengrid.node.config import DEFAULT_NETWORK, parse_memory
+
+if TYPE_CHECKING:
+    from opengrid.core.split_plan import ModelFootprint
+
+__all__ = ["parse_memory", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -53,6 +59,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-memory",
         metavar="SIZE",
         help="memory each node offers (e.g. 8G, 512M; binary units): how many such nodes the model takes",
+    )
+    info.add_argument(
+        "--grid",
+        metavar="MULTIADDR",
+        help="plan over the live grid: the memory the nodes heard by the node at MULTIADDR lend to split "
+        "groups (`--split-member` nodes), with this node (offering --max-memory) as the head",
+    )
+    info.add_argument(
+        "--network", default=DEFAULT_NETWORK, help=f"with --grid: the network (default {DEFAULT_NETWORK})"
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
     models.set_defaults(command="models")
@@ -156,24 +171,6 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_memory(text: str) -> int:
-    """Bytes of a size like ``8G``, ``512M``, ``1.5G`` or ``1048576`` (binary units; a trailing ``B``,
-    ``iB`` is allowed); ConfigError saying what is accepted otherwise."""
-    raw = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
-    number = raw[: -len(unit)] if unit else raw
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value != value:
-        raise ConfigError(f"--max-memory {text!r} is not a size; use e.g. 8G, 512M or a number of bytes")
-    return int(value * _UNITS[unit])
-
-
 def _info(args: argparse.Namespace) -> int:
     from opengrid.core.split_plan import SplitCandidate, plan_split
     from opengrid.engines.footprint import model_footprint
@@ -206,6 +203,8 @@ def _info(args: argparse.Namespace) -> int:
         except OpenGridError as exc:
             out["nodes"] = None
             out["why"] = str(exc)
+    if args.grid is not None:
+        out["grid"] = _on_the_grid(args, fp)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -215,6 +214,16 @@ def _info(args: argparse.Namespace) -> int:
         f"to {_size(max(fp.layer_bytes))} (KV cache included), input {_size(fp.input_bytes)}, output "
         f"{_size(fp.output_bytes)} (logits scratch included), scratch {_size(fp.overhead_bytes)}"
     )
+    if "grid" in out:
+        grid = out["grid"]
+        said = f"  on the grid: {grid['lenders']} node(s) lend {_size(grid['lent_bytes'])}; "
+        if grid["nodes"] is None:
+            print(said + f"no group fits: {grid['why']}")
+        else:
+            print(said + f"a group of {grid['nodes']} node(s), this one heading it:")
+            for m in grid["members"]:
+                last = m["first_layer"] + m["layers"] - 1
+                print(f"    {m['peer_id']}  layers {m['first_layer']}..{last}")
     if "nodes" in out:
         if out["nodes"] is None:
             print(f"  nodes offering {_size(out['max_memory_bytes'])} each cannot hold it: {out['why']}")
@@ -224,6 +233,40 @@ def _info(args: argparse.Namespace) -> int:
                 f"({'one process' if out['nodes'] == 1 else 'a split group: a head and members'})"
             )
     return 0
+
+
+def _on_the_grid(args: argparse.Namespace, fp: ModelFootprint) -> dict[str, Any]:
+    """The plan over the nodes lending memory on the live grid (``PeerSummary.free_memory`` as the node
+    at ``args.grid`` hears them), this node heading it with ``--max-memory`` (default: just the head's
+    part, so every layer goes to members)."""
+    import msgspec
+    from opengrid_sdk import Client
+
+    from opengrid.core.split_plan import SplitCandidate, plan_split
+
+    with Client([args.grid], network=args.network) as client:
+        status = client.status()
+    lenders = [
+        SplitCandidate(p.peer_id, p.free_memory, rtt_ms=p.rtt_ms or 0.0)
+        for p in status.peers
+        if p.online and not isinstance(p.free_memory, msgspec.UnsetType)
+    ]
+    fixed = fp.input_bytes + fp.output_bytes + fp.overhead_bytes
+    head = parse_memory(args.max_memory) if args.max_memory is not None else fixed
+    grid: dict[str, Any] = {
+        "lenders": len(lenders),
+        "lent_bytes": sum(c.free_bytes for c in lenders),
+        "head_bytes": head,
+    }
+    try:
+        plan = plan_split(fp, SplitCandidate("this node", head), lenders)
+    except OpenGridError as exc:
+        grid.update(nodes=None, why=str(exc))
+        return grid
+    grid["nodes"] = 1 + len(plan.members)
+    grid["head_layers"] = plan.head_layers
+    grid["members"] = [{"peer_id": m.peer, "first_layer": m.first, "layers": m.count} for m in plan.members]
+    return grid
 
 
 def _size(n: int) -> str:

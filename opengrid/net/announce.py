@@ -89,6 +89,9 @@ class Announcement(msgspec.Struct, frozen=True):
     reachability: ShortText = ""
     """What dial-backs told the sender of itself (spec/discovery.md §9): public, private, relayed,
     unknown."""
+    free_memory: Annotated[int, msgspec.Meta(ge=0, le=2**62)] = 0
+    """Bytes the sender can still lend to split groups (spec/split.md §2): its ``--max-memory`` less what
+    its own model and its live split sessions hold; 0: it lends none (older nodes never say)."""
 
 
 class SignedAnnouncement(msgspec.Struct, frozen=True, array_like=True):

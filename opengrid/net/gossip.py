@@ -98,6 +98,7 @@ class _FieldUpdate(TypedDict, total=False):
     tokens_per_s: float
     software: str
     reachability: str
+    free_memory: int
 
 
 class _AnnouncedFields(TypedDict):
@@ -110,6 +111,7 @@ class _AnnouncedFields(TypedDict):
     tokens_per_s: float
     software: str
     reachability: str
+    free_memory: int
 
 
 class Gossip:
@@ -152,6 +154,7 @@ class Gossip:
             tokens_per_s=tokens_per_s,
             software=software,
             reachability="",
+            free_memory=0,  # set by the node once it knows what it lends (Gossip.update)
         )
         self.directory = PeerDirectory(missed_beats=missed_beats, self_peer=host.peer_id)
         self.checker = AnnouncementChecker(network)

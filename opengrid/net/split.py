@@ -28,8 +28,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 from libp2p.custom_types import TProtocol
+from nacl.signing import SigningKey
+from opengrid_ledger import sign_attestation
 
 from opengrid.core.rpc_guard import Allocations, RpcGuard, RpcRefused
 from opengrid.errors import (
@@ -43,6 +46,8 @@ from opengrid.wire.split import (
     SESSION_ID_BYTES,
     TOKEN_BYTES,
     SplitAccept,
+    SplitAttest,
+    SplitAttested,
     SplitClose,
     SplitInvite,
     SplitRefuse,
@@ -88,6 +93,8 @@ class SplitLimits:
     """The RPC server child must listen within this."""
     chunk_bytes: int = 256 * 1024
     """The most one read moves through a tunnel (each write is bounded by it)."""
+    max_attestations: int = 100_000
+    """Jobs a session's member co-signs (``SplitAttest``) at most: a bound on what a head may ask."""
 
 
 @dataclass
@@ -117,6 +124,7 @@ class _Session:
     allocations: Allocations = field(default_factory=Allocations)
     tunnels: set[trio.CancelScope] = field(default_factory=set)
     """One scope per open tunnel, all cancelled when the session ends."""
+    attested: int = 0
 
 
 class SplitMember:
@@ -130,13 +138,21 @@ class SplitMember:
         python: str | None = None,
         on_session: Callable[[int], None] | None = None,
         rpc_stream: Callable[[trio.SocketStream], trio.abc.Stream] | None = None,
+        on_change: Callable[[], None] | None = None,
+        signing_key: SigningKey | None = None,
+        network: str = "",
     ) -> None:
         """``on_session(port)`` is called with each new session's RPC server port (benchmarks use it to
-        compare the tunnel with a direct loopback connection). ``rpc_stream`` wraps each tunnel's
-        connection to the RPC server; it exists for ``opengrid.testing.split_adversary`` (a member that
-        tampers with its server's answers, to test that audits catch it) and a real node leaves it None."""
+        compare the tunnel with a direct loopback connection); ``on_change()`` whenever a session starts
+        or ends (the node re-announces its free memory). ``rpc_stream`` wraps each tunnel's connection to
+        the RPC server; it exists for ``opengrid.testing.split_adversary`` (a member that tampers with its
+        server's answers, to test that audits catch it) and a real node leaves it None."""
         self._on_session = on_session
         self._rpc_stream = rpc_stream
+        self._on_change = on_change
+        self._signing_key = signing_key
+        """The node's identity key: co-signs the jobs its sessions ran (``SplitAttest``); None: refuses."""
+        self._network = network
         self._host = host
         self.limits = limits
         self._python = python or sys.executable
@@ -195,6 +211,8 @@ class SplitMember:
             await self._invite(stream, request)
         elif isinstance(request, SplitTunnel):
             await self._tunnel(stream, request)
+        elif isinstance(request, SplitAttest):
+            await self._attest(stream, request)
         else:
             await self._close(stream, request)
 
@@ -240,6 +258,8 @@ class SplitMember:
         self._sessions[invite.session] = session
         if self._on_session is not None:
             self._on_session(port)
+        if self._on_change is not None:
+            self._on_change()
         log.info(
             "split session %s: %d units of %s for head %s, %d bytes, RPC server on %s:%d",
             invite.session.hex()[:8],
@@ -338,6 +358,47 @@ class SplitMember:
             session.last_active = trio.current_time()
             await rpc.aclose()
 
+    async def _attest(self, stream: FrameStream, request: SplitAttest) -> None:
+        """Co-sign a job's output for the head of a live session whose tunnels carried bytes: the
+        member's claim to its share of the job's credit (spec/split.md §8). The member cannot check the
+        output (it saw only activations); it vouches that it served the head, as the head vouches for
+        the output."""
+        session = self._sessions.get(request.session)
+        if (
+            session is None
+            or stream.peer != session.head
+            or not hmac.compare_digest(request.token, session.token)
+        ):
+            await self._refuse(stream, request.session, "no such session of yours on this member")
+            return
+        if self._signing_key is None:
+            await self._refuse(stream, request.session, "this member does not co-sign jobs")
+            return
+        if session.stats.reads == 0:
+            await self._refuse(stream, request.session, "this session ran nothing: no tunnel carried a byte")
+            return
+        if session.attested >= self.limits.max_attestations:
+            await self._refuse(
+                stream,
+                request.session,
+                f"this session co-signed {self.limits.max_attestations} jobs, the cap",
+            )
+            return
+        try:
+            attestation = sign_attestation(
+                self._signing_key,
+                self._network,
+                request.job_id,
+                request.contract_hash,
+                request.output_commitment,
+                request.n_tokens,
+            )
+        except OpenGridError as exc:
+            await self._refuse(stream, request.session, f"cannot co-sign that: {exc}")
+            return
+        session.attested += 1
+        await stream.send_body(encode(SplitAttested(request.session, msgspec.msgpack.encode(attestation))))
+
     async def _close(self, stream: FrameStream, request: SplitClose) -> None:
         session = self._sessions.get(request.session)
         if (
@@ -355,6 +416,8 @@ class SplitMember:
             return
         session.ended = True
         self._sessions.pop(session.session, None)
+        if self._on_change is not None:
+            self._on_change()
         for scope in session.tunnels:
             scope.cancel()
         with trio.CancelScope(shield=True):
@@ -546,6 +609,42 @@ class SplitHead:
             finally:
                 await stream.aclose()
                 await tcp.aclose()
+
+    async def attest(
+        self,
+        lease: MemberLease,
+        *,
+        job_id: bytes,
+        contract_hash: bytes,
+        output_commitment: bytes,
+        n_tokens: int,
+        timeout_s: float = 10.0,
+    ) -> bytes:
+        """The member's attestation of a job the group ran (encoded); NoCapacityError with its reason
+        if it refuses, TransportError if it cannot be asked within ``timeout_s``."""
+        with trio.move_on_after(timeout_s) as waited:
+            stream = await self._host.open_stream(lease.peer, SPLIT_PROTOCOL)
+            try:
+                await stream.send_body(
+                    encode(
+                        SplitAttest(
+                            lease.session, lease.token, job_id, contract_hash, output_commitment, n_tokens
+                        )
+                    )
+                )
+                reply = decode_reply(await stream.receive_body(), peer=lease.peer)
+            finally:
+                await stream.aclose()
+        if waited.cancelled_caught:
+            raise TransportError(f"member {lease.peer} did not co-sign within {timeout_s:.0f} s")
+        if isinstance(reply, SplitRefuse):
+            raise NoCapacityError(f"member {lease.peer} refused to co-sign: {reply.reason}")
+        if not isinstance(reply, SplitAttested) or reply.session != lease.session:
+            raise RemoteProtocolError(
+                f"member {lease.peer} answered an attestation request with {type(reply).__name__}",
+                peer=lease.peer,
+            )
+        return reply.attestation
 
     async def close(self, lease: MemberLease, *, timeout_s: float = 10.0) -> bool:
         """End the session on the member (it frees the memory); False if it could not be told."""

@@ -55,6 +55,24 @@ DEFAULT_MAX_TOKENS_PER_JOB = 1024
 EDGE_MAX_TOKENS_PER_JOB = 128
 """An edge node (a small machine) takes short jobs only, unless ``max_tokens_per_job`` says otherwise."""
 DEFAULT_MAX_CONTEXT = 2048
+MIN_MAX_MEMORY = 1 << 20
+"""The smallest ``--max-memory``: one MiB (less holds no layer of any model)."""
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes of a size like ``8G``, ``512M``, ``1.5G`` or ``1048576`` (binary units; a trailing ``B``,
+    ``iB`` is allowed); ConfigError saying what is accepted otherwise."""
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
+    number = raw[: -len(unit)] if unit else raw
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value * _UNITS[unit] >= 2**62:
+        raise ConfigError(f"--max-memory {text!r} is not a size; use e.g. 8G, 512M or a number of bytes")
+    return int(value * _UNITS[unit])
 
 # -- constrained types: each ``description`` is the "expected ..." of the error a bad value gets -----
 Seconds = Annotated[float, Meta(gt=0, description="expected a number of seconds > 0")]
@@ -89,6 +107,10 @@ HostPort = Annotated[
         pattern=r"^.+:[0-9]{1,5}$",
         description=f"expected HOST:PORT, e.g. {DEFAULT_API_ADDRESS} (or true for that address)",
     ),
+]
+MemorySize = Annotated[
+    int,
+    Meta(ge=MIN_MAX_MEMORY, description="expected a size of at least 1M, e.g. 512M, 8G or a number of bytes"),
 ]
 Multiaddrs = Annotated[
     tuple[str, ...], Meta(description="expected a list of multiaddrs, e.g. ['/ip4/127.0.0.1/tcp/4001']")
@@ -233,6 +255,13 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Append a JSON line per job timing point to this file (read by the CLI)."""
     adversary: Adversary | None = None
     """Demo/test only: make this worker cheat ('wrong-tokens') to show verification catching it."""
+    max_memory: MemorySize | None = None
+    """Bytes this node offers at most (``--max-memory 2G``): its own model and the split-group sessions it
+    serves together (spec/split.md §2, §5); announced on gossip so heads can plan groups. None: no cap is
+    announced and the node serves no split sessions."""
+    split_member: bool = False
+    """Serve no model: lend ``max_memory`` to split groups' heads instead (``--split-member``, spec/split.md
+    §7); needs ``max_memory`` and the worker role. Such a node does not register with coordinators."""
 
     def coordinator_settings(self) -> CoordinatorSettings:
         """The ``CoordinatorConfig`` fields this config sets (heartbeat, payment, how jobs are verified)."""
@@ -277,8 +306,14 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                         "identity, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... (every node prints its full "
                         "address at start; `opengrid status` shows it too)"
                     )
+        if self.split_member and self.max_memory is None:
+            raise ConfigError(
+                "--split-member lends memory to split groups: say how much with --max-memory, e.g. 2G"
+            )
+        if self.split_member and self.role not in ("worker", "auto"):
+            raise ConfigError(f"--split-member makes a worker a split-group member; not a {self.role}")
         listen = () if self.no_listen else self.listen
-        role = self.role
+        role = "worker" if self.split_member else self.role  # a member lends memory: a worker's job
         if role == "auto":
             from opengrid.node.probe import auto_role, probe_hardware
 
@@ -315,7 +350,7 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def serves_models(self) -> bool:
-        return self.role in ("worker", "edge")
+        return self.role in ("worker", "edge") and not self.split_member
 
 
 SETTINGS: dict[str, msgspec.structs.FieldInfo] = {
@@ -332,6 +367,8 @@ def convert_setting(key: str, raw: object, source: str, *, strict: bool = True) 
     ``source`` (``flag``, ``env:VAR``, ``file:PATH``) goes into the :class:`SettingError` a bad value gets."""
     info = SETTINGS[key]
     try:
+        if key in _SIZE_KEYS and isinstance(raw, str) and raw.strip():
+            raw = _size(raw)  # "2G" from a file, the environment or a flag: bytes, then the type's check
         value = msgspec.convert(raw, info.type, strict=strict, dec_hook=_decode_path)
         check = _VALUE_CHECKS.get(key)
         if check is not None and value is not None:
@@ -342,6 +379,17 @@ def convert_setting(key: str, raw: object, source: str, *, strict: bool = True) 
     except ValueError as exc:
         raise SettingError(key, raw, source, str(exc), fix_hint(key, source)) from None
     return value
+
+
+_SIZE_KEYS = frozenset({"max_memory"})
+"""Settings given as a size of memory (``512M``, ``8G`` or bytes)."""
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ConfigError:
+        raise ValueError("expected a size such as 512M, 8G or a number of bytes (binary units)") from None
 
 
 def _decode_path(kind: type, value: object) -> object:

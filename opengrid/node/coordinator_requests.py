@@ -40,6 +40,9 @@ class CoordinatorRequests:
         self._driver = driver
         self.rtt: dict[str, float] = {}
         """Measured round-trip time per worker peer."""
+        self.split_members: dict[str, list[str]] = {}
+        """Members of the split group each registered head says it runs (spec/split.md §7), for status;
+        one entry per registered worker at most."""
 
     def on_quote(self, message: QuoteRequest) -> Message:
         """Which workers would run a sealed job of ``message``'s shape, with their keys (or why none): the
@@ -129,6 +132,12 @@ class CoordinatorRequests:
         ctx.host.remember(peer, message.listen_addrs)
         known = peer in ctx.coordinator.workers and ctx.coordinator.workers[peer].online
         self._driver.feed(decision)
+        if isinstance(message.split_members, list):
+            self.split_members[peer] = list(message.split_members)
+        else:
+            self.split_members.pop(peer, None)
+        for gone in [p for p in self.split_members if p not in ctx.coordinator.workers]:
+            del self.split_members[gone]  # bounded by the registered workers
         if not known:
             log.info("worker %s joined with %s", short(peer), ", ".join(o.name for o in message.models))
             if ctx.nursery is not None:  # measured now, reported to the core with its next heartbeat

@@ -13,6 +13,7 @@ from typing import Literal
 import trio
 from rich.console import Console
 
+from opengrid.core.split_plan import ModelFootprint
 from opengrid.engines import (
     DEFAULT_MODEL,
     Engine,
@@ -32,6 +33,7 @@ from opengrid.engines.http import HttpEngine, ManagedServer
 from opengrid.errors import OpenGridError
 from opengrid.node.config import NodeConfig
 from opengrid.node.probe import SPEED_RUNS, measure_tokens_per_s, probe_hardware, tier_of
+from opengrid.node.split_group import footprint_if_too_big
 from opengrid.wire.messages import ModelOffer
 
 log = logging.getLogger("opengrid.node")
@@ -52,6 +54,17 @@ async def open_engine(
         engine = await _load_engine(config, info, own_server)
     log.info("model %s ready in %.1f s", info.name, trio.current_time() - started)
     return await _maybe_adversary(config, public_key, engine)
+
+
+async def split_needed(config: NodeConfig) -> tuple[ModelInfo, ModelFootprint] | None:
+    """The model ``config`` names and its footprint when it does not fit the node's ``--max-memory`` (the
+    node heads a split group, opengrid/node/split_group.py); None when it fits or no cap is set."""
+    if config.max_memory is None or config.engine != "llama":
+        return None
+    name = config.model or _model_for_this_machine()
+    info = await trio.to_thread.run_sync(resolve_model, name)
+    footprint = await trio.to_thread.run_sync(footprint_if_too_big, config, info)
+    return None if footprint is None else (info, footprint)
 
 
 def offer_of(engine: Engine) -> ModelOffer:

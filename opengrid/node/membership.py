@@ -38,6 +38,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
+import msgspec
 import trio
 from nacl.signing import SigningKey
 
@@ -360,6 +361,7 @@ class Membership:
                     rtt_ms=None if rtt is None else round(rtt * 1000, 3),
                     software=a.software,
                     reachability=a.reachability,
+                    free_memory=a.free_memory or msgspec.UNSET,  # split members only (split.md §7)
                 )
             )
         return summaries

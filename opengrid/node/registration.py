@@ -19,6 +19,7 @@ from opengrid.net.pool import StreamPool
 from opengrid.node.availability import Availability
 from opengrid.node.context import NodeContext, peer_of, short
 from opengrid.node.ledger_service import LedgerService
+from opengrid.node.split_group import split_members
 from opengrid.node.trust import remember_trusted
 from opengrid.wire.messages import MAX_CLAIMED_TOKENS_PER_S, ErrorReply, Message, Registered, RegisterWorker
 
@@ -182,6 +183,7 @@ class Registration:
             tokens_per_s=min(round(ctx.tokens_per_s, 3), MAX_CLAIMED_TOKENS_PER_S),
             tier=ctx.tier,
             max_job_tokens=ctx.config.max_tokens_per_job,
+            split_members=split_members(ctx.engine),
         )
         try:
             with trio.fail_after(timeout):

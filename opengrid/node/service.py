@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable
 
+import msgspec
 import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import ChainWriter, LedgerState
@@ -31,11 +32,12 @@ import opengrid
 from opengrid.core.audit import GREEDY, SamplingParams
 from opengrid.core.availability import Policy, parse_windows
 from opengrid.core.coordinator import Coordinator, CoordinatorConfig
+from opengrid.core.split_plan import ModelFootprint
 from opengrid.core.worker import WorkerLogic
-from opengrid.engines import Engine
+from opengrid.engines import Engine, ModelInfo
 from opengrid.engines.catalog import pinned_params
 from opengrid.engines.http import ManagedServer
-from opengrid.errors import ConfigError
+from opengrid.errors import ConfigError, OpenGridError
 from opengrid.net.announce import ModelAd
 from opengrid.net.host import (
     BEAT_PROTOCOL,
@@ -49,6 +51,7 @@ from opengrid.net.host import (
 from opengrid.net.lan import LanDiscovery
 from opengrid.net.pool import StreamPool
 from opengrid.net.relay import ReservationKeeper
+from opengrid.net.split import SplitLimits, SplitMember
 from opengrid.node import engine_setup
 from opengrid.node.api import ApiSettings
 from opengrid.node.api_service import ApiService
@@ -67,6 +70,7 @@ from opengrid.node.lookups import Lookups
 from opengrid.node.membership import Membership
 from opengrid.node.registration import Registration
 from opengrid.node.router import Router
+from opengrid.node.split_group import SplitGroup, check_member, lend_memory
 from opengrid.node.timing import TimingTrace
 from opengrid.node.trust import load_trusted
 from opengrid.node.worker_driver import WorkerDriver
@@ -80,6 +84,8 @@ from opengrid.wire.messages import (
     ModelOffer,
     NodeStatus,
     PromptFormat,
+    SplitGroupStatus,
+    SplitMemberStatus,
     WorkerSummary,
     bounded_status,
 )
@@ -143,6 +149,11 @@ class Node:
             receipt=self.lookups.receipt,
         )
         self.api_service = ApiService(self.ctx, self.coordinator_driver, self.registration)
+        self.split_member: SplitMember | None = None
+        """``--split-member`` nodes: what they lend to split groups (spec/split.md §7)."""
+        self.split_group: SplitGroup | None = None
+        """A worker whose model does not fit its ``--max-memory``: the split group it heads."""
+        self._group_needed: tuple[ModelInfo, ModelFootprint] | None = None
         self.auto_relay: AutoRelay | None = None
         self.lan: LanDiscovery | None = None
         """LAN discovery (mDNS) while the node runs with ``lan`` on and an IPv4 listen address."""
@@ -247,6 +258,8 @@ class Node:
         try:
             if config.serves_models:
                 await self._start_worker()
+            if config.split_member:
+                check_member()  # before the host opens: a member that cannot serve says so at once
             ctx.tier, ctx.tokens_per_s = await engine_setup.probe(
                 ctx.engine, skip_speed_test=config.skip_speed_test
             )
@@ -280,8 +293,6 @@ class Node:
         self.coordinator_driver.runs = StreamPool(host, RUN_PROTOCOL, fallbacks=(JOB_PROTOCOL,))
         self.registration.beats = StreamPool(host, BEAT_PROTOCOL, fallbacks=(JOB_PROTOCOL,), idle_per_peer=1)
         host.set_handler(self.router.serve_stream)
-        if ctx.worker is not None:
-            host.set_handler(self.router.serve_runs, RUN_PROTOCOL)
         if config.role == "coordinator":
             host.set_handler(self.router.serve_beats, BEAT_PROTOCOL, idle_s=beat_idle_s(config.heartbeat_s))
         host.set_handler(self.ledger_service.serve_sync, SYNC_PROTOCOL)  # type: ignore[arg-type]
@@ -335,18 +346,15 @@ class Node:
                 nursery.start_soon(self.ledger_service.peer_sync_loop)
                 self.ledger_service.start_admission(nursery)
             if ctx.worker is not None:
-                registration = self.registration
-                nursery.start_soon(registration.register_loop)
-                nursery.start_soon(
-                    self.ledger_service.sync_loop,
-                    registration.registered,
-                    lambda: list(registration.coordinators),
+                self._start_worker_tasks(nursery)
+            if config.split_member:
+                assert config.max_memory is not None
+                limits = SplitLimits(config.max_memory, rpc_threads=config.threads or 1)
+                self.split_member = await nursery.start(
+                    lend_memory, host, ctx.membership.gossip, limits, ctx.key
                 )
-                policy = Policy(windows=parse_windows(config.work_hours), max_load=config.max_load)
-                if policy != Policy():
-                    nursery.start_soon(
-                        self.availability.policy_loop, policy, lambda: self.worker_driver.running
-                    )
+            if self._group_needed is not None:
+                nursery.start_soon(self._head_group, nursery)
             if self._api is not None:
                 self.api_urls = await nursery.start(self.api_service.serve, self._api)
             nursery.start_soon(self._status_line_loop)
@@ -361,13 +369,68 @@ class Node:
             task_status.started(self)
             await trio.sleep_forever()
 
+    def _start_worker_tasks(self, nursery: trio.Nursery) -> None:
+        """A worker's tasks: take runs, register with coordinators, sync the ledger, keep its hours."""
+        ctx, config = self.ctx, self.ctx.config
+        assert ctx.host is not None
+        ctx.host.set_handler(self.router.serve_runs, RUN_PROTOCOL)
+        registration = self.registration
+        nursery.start_soon(registration.register_loop)
+        nursery.start_soon(
+            self.ledger_service.sync_loop,
+            registration.registered,
+            lambda: list(registration.coordinators),
+        )
+        policy = Policy(windows=parse_windows(config.work_hours), max_load=config.max_load)
+        if policy != Policy():
+            nursery.start_soon(self.availability.policy_loop, policy, lambda: self.worker_driver.running)
+
+    async def _head_group(self, nursery: trio.Nursery) -> None:
+        """Form the split group this worker's model needs (spec/split.md §3), then serve as a worker whose
+        engine is the group."""
+        ctx, config = self.ctx, self.ctx.config
+        assert self._group_needed is not None and ctx.host is not None and ctx.membership is not None
+        info, footprint = self._group_needed
+        assert config.max_memory is not None
+        log.info(
+            "%s needs %d MiB, over this node's --max-memory %d MiB: forming a split group",
+            info.name,
+            footprint.total_bytes >> 20,
+            config.max_memory >> 20,
+        )
+        self.split_group = SplitGroup(
+            ctx.host,
+            ctx.membership.gossip,
+            info,
+            footprint,
+            max_memory=config.max_memory,
+            n_ctx=config.max_context,
+            n_threads=config.threads,
+        )
+        try:
+            ctx.engine = await nursery.start(self.split_group.run)
+        except OpenGridError as exc:
+            log.error("this worker serves nothing: %s", exc)
+            return
+        self._make_worker()
+        ctx.membership.gossip.update(models=self._model_ads())
+        self._start_worker_tasks(nursery)
+
     async def _start_worker(self) -> None:
         ctx = self.ctx
         assert ctx.ledger is not None
         if ctx.engine is None:
+            self._group_needed = await engine_setup.split_needed(ctx.config)
+            if self._group_needed is not None:
+                return  # the engine is the split group, formed once the host is up (_head_group)
             ctx.engine = await engine_setup.open_engine(
                 ctx.config, ctx.public_key, own_server=self._own_server
             )
+        self._make_worker()
+
+    def _make_worker(self) -> None:
+        ctx = self.ctx
+        assert ctx.ledger is not None and ctx.engine is not None
         ctx.worker = WorkerLogic(
             network=ctx.config.network,
             signing_key=ctx.key,
@@ -454,7 +517,11 @@ class Node:
         if self.coordinator is not None:
             workers = [
                 WorkerSummary(
-                    peer_id=r.peer, public_key=r.key, models=[o.name for o in r.offers], online=r.online
+                    peer_id=r.peer,
+                    public_key=r.key,
+                    models=[o.name for o in r.offers],
+                    online=r.online,
+                    split_members=self.coordinator_requests.split_members.get(r.peer) or msgspec.UNSET,
                 )
                 for r in sorted(self.coordinator.workers.values(), key=lambda r: r.peer)
             ]
@@ -477,8 +544,22 @@ class Node:
             network=self.config.network,
             candidate=self.admission is not None and self.admission.candidate,
             reachability=self.membership.reachability if self.membership is not None else "unknown",
+            split_group=self._split_group_status(),
         )
         return bounded_status(status)  # lists cut to their wire limits (spec/limits.md)
+
+    def _split_group_status(self) -> SplitGroupStatus | msgspec.UnsetType:
+        """The split group this worker heads, once formed (spec/split.md §7)."""
+        view = self.split_group.view() if self.split_group is not None else None
+        if view is None or self.split_group is None:
+            return msgspec.UNSET
+        return SplitGroupStatus(
+            model=self.split_group.model,
+            n_layers=view.n_layers,
+            head_layers=view.head_layers,
+            members=[SplitMemberStatus(peer, first, count) for peer, first, count in view.members],
+            formed=view.formed,
+        )
 
     async def _status_line_loop(self) -> None:
         """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""

@@ -39,6 +39,7 @@ from opengrid.errors import (
 )
 from opengrid.net.host import FrameStream
 from opengrid.node.context import NodeContext
+from opengrid.node.split_group import GroupEngine
 from opengrid.wire.messages import (
     MAX_PIECE_CHARS,
     MAX_PROGRESS_CHARS,
@@ -493,6 +494,8 @@ class WorkerDriver:
             tokens=generation.tokens, text=generation.text, finish_reason=generation.finish_reason
         )
         result = worker.attest(run, output, salt=salt)
+        if isinstance(engine, GroupEngine):  # a split group: its members co-sign, to be credited
+            result = await engine.group.co_sign(result)
         if ctx.config.adversary == "sealed-lie" and run.sealed_prompt:
             # Demo/test adversary: attest the true output, but seal a different one to the client.
             lie = seal_output(

@@ -189,6 +189,10 @@ class RegisterWorker(_Message, tag="register", frozen=True):
     """Platinum, Gold, Silver or Bronze, from its start-up probe (spec/discovery.md §5.2)."""
     max_job_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     """The longest job (``max_tokens``) it takes; 0: no limit. Edge nodes take short jobs only."""
+    split_members: Annotated[list[ShortText], msgspec.Meta(max_length=16)] | msgspec.UnsetType = msgspec.UNSET
+    """A worker heading a split group: its members' peer ids, in layer order (spec/split.md §7), for the
+    coordinator's status; informational (members are credited from each result's attestations). Absent
+    from the bytes when unset."""
 
 
 class Registered(_Message, tag="registered", frozen=True):
@@ -323,6 +327,25 @@ class JobProgress(_Message, tag="job_progress", frozen=True):
     checks the chunk it opens against it (it holds the salt)."""
 
 
+MAX_GROUP_MEMBERS: Final = 16
+"""Members one split group's result may name (llama.cpp's limit on RPC servers, spec/split.md §3)."""
+
+
+class GroupShare(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One split-group member's part of a job: its attestation and the layers it ran (spec/split.md §8)."""
+
+    attestation: Annotated[bytes, msgspec.Meta(max_length=MAX_ATTESTATION_BYTES)]
+    """An encoded ``opengrid_ledger.Attestation`` signed by the member over the head's output."""
+    layers: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+
+
+class SplitShares(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who ran a split group's job: the head's layers and each member's share (spec/split.md §8)."""
+
+    head_layers: Annotated[int, msgspec.Meta(ge=0, le=4096)]
+    members: Annotated[list[GroupShare], msgspec.Meta(min_length=1, max_length=MAX_GROUP_MEMBERS)]
+
+
 class ReplicaResult(_Message, tag="result", frozen=True):
     """Worker → coordinator: the tokens, and an attestation (the worker's co-signature) over them."""
 
@@ -337,6 +360,10 @@ class ReplicaResult(_Message, tag="result", frozen=True):
     empty); the attestation commits to the salted output."""
     sealed_claims: Annotated[list[SealedClaim], msgspec.Meta(max_length=MAX_EXPOSURE)] = []
     """Sealed audits: the same output encrypted to each of ``RunJob.readers`` (one per key)."""
+    group: SplitShares | msgspec.UnsetType = msgspec.UNSET
+    """A split group's head: the members that ran the job with it, credited by layers (spec/split.md §8).
+    Unset (absent from the bytes) for every other worker, so their results keep their bytes and older
+    coordinators still read them."""
 
 
 class JobAccepted(_Message, tag="accepted", frozen=True):
@@ -414,6 +441,8 @@ class WorkerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_key: MaybeKeyBytes
     models: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_MODELS_PER_WORKER)]
     online: bool
+    split_members: Annotated[list[ShortText], msgspec.Meta(max_length=16)] | msgspec.UnsetType = msgspec.UNSET
+    """The members of the split group this worker heads, as its registration says; absent otherwise."""
 
 
 class PeerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -434,6 +463,29 @@ class PeerSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reachability: ShortText = ""
     """What the peer announced of its own reachability (spec/discovery.md §9): public, private, relayed,
     unknown; empty from nodes that do not say."""
+    free_memory: Annotated[int, msgspec.Meta(ge=1, le=2**62)] | msgspec.UnsetType = msgspec.UNSET
+    """Bytes the peer announced it can lend to split groups (spec/split.md §7); absent (unset) for peers
+    that lend none, so statuses without split members keep their bytes."""
+
+
+class SplitMemberStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One member of a split group, as its head's status shows it."""
+
+    peer_id: ShortText
+    first_layer: Annotated[int, msgspec.Meta(ge=0, le=4096)]
+    layers: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+
+
+class SplitGroupStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The split group a worker heads (spec/split.md §7): who runs which layers of its model."""
+
+    model: ShortText
+    n_layers: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    head_layers: Annotated[int, msgspec.Meta(ge=0, le=4096)]
+    """Layers ``0 .. head_layers - 1`` run on the head (which also holds the input and output layers)."""
+    members: Annotated[list[SplitMemberStatus], msgspec.Meta(max_length=MAX_GROUP_MEMBERS)]
+    formed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Groups formed so far: 1, plus one per re-formation after a member left."""
 
 
 class NodeStatus(_Message, tag="status", frozen=True):
@@ -468,6 +520,8 @@ class NodeStatus(_Message, tag="status", frozen=True):
     reachability: ShortText = ""
     """Whether peers could dial this node on a fresh connection (spec/discovery.md §9): public, private,
     relayed or unknown."""
+    split_group: SplitGroupStatus | msgspec.UnsetType = msgspec.UNSET
+    """A worker heading a split group: the group (``opengrid status``); absent (unset) otherwise."""
 
 
 _Summary = TypeVar("_Summary", WorkerSummary, PeerSummary)

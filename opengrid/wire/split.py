@@ -20,6 +20,8 @@ __all__ = [
     "SESSION_ID_BYTES",
     "TOKEN_BYTES",
     "SplitAccept",
+    "SplitAttest",
+    "SplitAttested",
     "SplitClose",
     "SplitInvite",
     "SplitRefuse",
@@ -94,8 +96,27 @@ class SplitClose(msgspec.Struct, tag="close", forbid_unknown_fields=True):
     token: Token
 
 
-SplitRequest = SplitInvite | SplitTunnel | SplitClose
-SplitReply = SplitAccept | SplitRefuse | SplitTunnelOk
+class SplitAttest(msgspec.Struct, tag="attest", forbid_unknown_fields=True):
+    """Head -> member: co-sign the output of a job the group ran (an ``opengrid_ledger.Attestation`` over
+    these fields, by the member's key), so the receipt can credit the member (spec/split.md §8)."""
+
+    session: SessionId
+    token: Token
+    job_id: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    contract_hash: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    output_commitment: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    n_tokens: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+
+
+class SplitAttested(msgspec.Struct, tag="attested", forbid_unknown_fields=True):
+    """Member -> head: the attestation (its msgpack, as ``ReplicaResult.attestation`` carries one)."""
+
+    session: SessionId
+    attestation: Annotated[bytes, msgspec.Meta(max_length=1024)]
+
+
+SplitRequest = SplitInvite | SplitTunnel | SplitClose | SplitAttest
+SplitReply = SplitAccept | SplitRefuse | SplitTunnelOk | SplitAttested
 
 _request_decoder = msgspec.msgpack.Decoder(SplitRequest)
 _reply_decoder = msgspec.msgpack.Decoder(SplitReply)

@@ -10,6 +10,7 @@ from nacl.signing import SigningKey
 
 from opengrid.errors import LocalProtocolError, RemoteProtocolError
 from opengrid.net.announce import (
+    ANNOUNCE_DOMAIN,
     MAX_ANNOUNCEMENT_BYTES,
     Announcement,
     AnnouncementChecker,
@@ -17,6 +18,7 @@ from opengrid.net.announce import (
     ModelAd,
     SignedAnnouncement,
     sign_announcement,
+    verify_announcement,
 )
 from opengrid.net.keys import peer_id_of
 
@@ -80,7 +82,6 @@ def test_a_key_that_is_not_the_peer_ids_is_a_bad_signature() -> None:
     other = SigningKey(b"\x02" * 32)
     forged = msgspec.structs.replace(make(1), public_key=bytes(other.verify_key))
     body = msgspec.msgpack.encode(forged)
-    from opengrid.net.announce import ANNOUNCE_DOMAIN
 
     data = msgspec.msgpack.encode(SignedAnnouncement(body, other.sign(ANNOUNCE_DOMAIN + body).signature))
     assert reason(AnnouncementChecker("testnet"), PEER, data) == "bad_signature"
@@ -103,3 +104,38 @@ def test_any_bytes_give_an_announcement_or_a_remote_protocol_error(data: bytes) 
         AnnouncementChecker("testnet").check(PEER, data)
     except RemoteProtocolError:
         pass
+
+
+def test_free_memory_is_read_by_new_nodes_and_ignored_by_old_ones() -> None:
+    """``free_memory`` (split.md §2) came last, with a default: a node that predates it signs bodies
+    without it (read as 0 here), and its decoder skips it in ours (the signature covers the bytes sent)."""
+
+    class OldAnnouncement(msgspec.Struct, frozen=True):  # the struct before free_memory was added
+        network: str
+        peer_id: str
+        public_key: bytes
+        seq: int
+        timestamp_ms: int
+        roles: list[str]
+        models: list[ModelAd] = []
+        tier: str = ""
+        free_slots: int = 0
+        tokens_per_s: float = 0.0
+        software: str = ""
+        beat_ms: int = 2000
+        addrs: list[str] = []
+        reachability: str = ""
+
+    public = bytes(KEY.verify_key)
+    old_body = msgspec.msgpack.encode(OldAnnouncement("testnet", PEER, public, 1, 1, ["worker"]))
+    old_data = msgspec.msgpack.encode(
+        SignedAnnouncement(old_body, KEY.sign(ANNOUNCE_DOMAIN + old_body).signature)
+    )
+    assert verify_announcement(old_data).free_memory == 0
+
+    new_data = sign_announcement(make(free_memory=3 << 30), KEY)
+    assert verify_announcement(new_data).free_memory == 3 << 30
+    body = msgspec.msgpack.decode(new_data, type=SignedAnnouncement).body
+    assert msgspec.msgpack.decode(body, type=OldAnnouncement).peer_id == PEER  # old nodes still read it
+    with pytest.raises(LocalProtocolError):  # over the bound: refused before it is sent
+        sign_announcement(make(free_memory=2**63), KEY)

@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import msgspec
 import pytest
 import trio
+from opengrid_ledger import Attestation, verify_attestation
 
 from opengrid.core.split_plan import ModelFootprint, SplitCandidate, SplitPlan, plan_split
 from opengrid.engines.base import GenerationRequest, ModelInfo
@@ -26,10 +28,11 @@ from opengrid.engines.footprint import model_footprint
 from opengrid.engines.ggml_rpc import rpc_available
 from opengrid.engines.llama import LlamaEngine
 from opengrid.engines.models import sha256_file
-from opengrid.errors import EngineError
+from opengrid.errors import EngineError, NoCapacityError
 from opengrid.net.host import Host, open_host, quiet_libp2p_logging
+from opengrid.net.keys import peer_id_of
 from opengrid.net.split import SPLIT_PROTOCOL, MemberLease, SplitHead, SplitLimits, SplitMember
-from opengrid.wire.split import SplitRefuse, SplitTunnel, decode_reply, encode
+from opengrid.wire.split import SplitAttest, SplitRefuse, SplitTunnel, decode_reply, encode
 
 pytestmark = [
     pytest.mark.slow,
@@ -196,6 +199,10 @@ async def test_only_the_agreed_head_can_open_the_tunnel(tiny: ModelInfo) -> None
                 member.peer, model_sha256=tiny.sha256, units=2, bytes_needed=fp.total_bytes
             )
             await stranger.connect(member.addr)
+            with pytest.raises(NoCapacityError, match="ran nothing"):  # no tunnel byte yet: nothing to sign
+                await head.attest(
+                    lease, job_id=bytes(16), contract_hash=bytes(32), output_commitment=bytes(32), n_tokens=1
+                )
             for token in (lease.token, secrets.token_bytes(32)):
                 stream = await stranger.open_stream(member.peer, SPLIT_PROTOCOL)
                 await stream.send_body(encode(SplitTunnel(lease.session, token)))
@@ -216,6 +223,20 @@ async def test_only_the_agreed_head_can_open_the_tunnel(tiny: ModelInfo) -> None
                     answer += await stream.read_raw(64)
             assert answer[:8] == (28).to_bytes(8, "little") and answer[8] == 7
             await stream.reset()
+            # Co-signing a job (spec/split.md §8): the head's session gets the member's attestation; a
+            # stranger with the stolen token does not.
+            job = {
+                "job_id": bytes(16),
+                "contract_hash": bytes(32),
+                "output_commitment": bytes(32),
+                "n_tokens": 3,
+            }
+            signed = msgspec.msgpack.decode(await head.attest(lease, **job), type=Attestation)  # type: ignore[arg-type]
+            verify_attestation(signed, "opengrid-local")
+            assert peer_id_of(signed.worker) == member.peer and signed.n_tokens == 3
+            stream = await stranger.open_stream(member.peer, SPLIT_PROTOCOL)
+            await stream.send_body(encode(SplitAttest(lease.session, lease.token, **job)))  # type: ignore[arg-type]
+            assert isinstance(decode_reply(await stream.receive_body()), SplitRefuse)
             # A stranger cannot close the session either.
             stream = await stranger.open_stream(member.peer, SPLIT_PROTOCOL)
             from opengrid.wire.split import SplitClose

@@ -45,6 +45,8 @@ SAMPLES: dict[str, tuple[list[str], str, str]] = {
     "max_tokens_per_job": (["64"], "64", "64"),
     "work_hours": (["22:00-07:00"], "22:00-07:00", '"22:00-07:00"'),
     "max_load": (["0.5"], "0.5", "0.5"),
+    "max_memory": (["300M"], "300M", '"300M"'),
+    "split_member": ([], "true", "true"),
     "plain_verification": ([], "1", "true"),
     "verify": (["replicate"], "replicate", '"replicate"'),
     "auditors": (["2"], "2", "2"),

@@ -229,3 +229,26 @@ def test_availability_keys_come_from_env_and_are_validated() -> None:
     assert sources["work_hours"] == "env:OPENGRID_WORK_HOURS"
     with pytest.raises(ConfigError, match="work_hours"):
         load_settings({}, {"OPENGRID_WORK_HOURS": "25:00-07:00"}, None)
+
+
+def test_max_memory_takes_human_sizes_and_refuses_nonsense(tmp_path: pathlib.Path) -> None:
+    config, sources = load_settings({}, {"OPENGRID_MAX_MEMORY": "300M"}, None)
+    assert config.max_memory == 300 << 20 and sources["max_memory"] == "env:OPENGRID_MAX_MEMORY"
+    assert load_settings({}, {"OPENGRID_MAX_MEMORY": "2G"}, None)[0].max_memory == 2 << 30
+    assert load_settings({}, {}, None)[0].max_memory is None  # no cap unless asked
+    for bad in ("lots", "-1G", "0", "nanM", "1e30G"):
+        with pytest.raises(ConfigError, match="max_memory"):
+            load_settings({}, {"OPENGRID_MAX_MEMORY": bad}, None)
+    small = NodeConfig(data_dir=tmp_path, role="coordinator", max_memory=1000)
+    with pytest.raises(ConfigError, match="at least 1M"):
+        small.validated()
+
+
+def test_a_split_member_needs_max_memory_and_is_a_worker_that_serves_no_model(tmp_path: pathlib.Path) -> None:
+    address = "/ip4/127.0.0.1/tcp/4101/p2p/12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
+    with pytest.raises(ConfigError, match="--max-memory"):
+        NodeConfig(data_dir=tmp_path, bootstrap=(address,), split_member=True).validated()
+    member = NodeConfig(data_dir=tmp_path, bootstrap=(address,), split_member=True, max_memory=1 << 30)
+    assert member.validated().role == "worker" and not member.validated().serves_models
+    with pytest.raises(ConfigError, match="not a coordinator"):
+        NodeConfig(data_dir=tmp_path, role="coordinator", split_member=True, max_memory=1 << 30).validated()

@@ -9,6 +9,8 @@ from opengrid.errors import MalformedMessageError
 from opengrid.wire.split import (
     MAX_SPLIT_FRAME,
     SplitAccept,
+    SplitAttest,
+    SplitAttested,
     SplitInvite,
     SplitRefuse,
     SplitTunnel,
@@ -27,6 +29,10 @@ def test_round_trips() -> None:
     assert decode_request(encode(SplitTunnel(SESSION, TOKEN))) == SplitTunnel(SESSION, TOKEN)
     accept = SplitAccept(SESSION, TOKEN, 10_000, 60)
     assert decode_reply(encode(accept)) == accept
+    attest = SplitAttest(SESSION, TOKEN, bytes(16), bytes(32), bytes(32), 7)
+    assert decode_request(encode(attest)) == attest
+    attested = SplitAttested(SESSION, b"\x01" * 200)
+    assert decode_reply(encode(attested)) == attested
 
 
 @pytest.mark.parametrize(
@@ -39,6 +45,15 @@ def test_round_trips() -> None:
         {"type": "invite", "session": SESSION, "model_sha256": "a", "units": 1, "bytes": -1, "ttl_s": 1},
         {"type": "invite", "session": SESSION, "model_sha256": "a", "units": 1, "bytes": 1, "ttl_s": 10**9},
         {"type": "tunnel", "session": SESSION, "token": TOKEN, "extra": 1},  # unknown field
+        {  # a job id of the wrong size
+            "type": "attest",
+            "session": SESSION,
+            "token": TOKEN,
+            "job_id": bytes(15),
+            "contract_hash": bytes(32),
+            "output_commitment": bytes(32),
+            "n_tokens": 1,
+        },
         {
             "type": "accept",
             "session": SESSION,

@@ -15,6 +15,7 @@ from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify
 
 from opengrid.core.audit_policy import AuditPlan, scored_positions
 from opengrid.core.audit_policy import plan as plan_audit
+from opengrid.core.coordinator.group_credit import member_keys, merged, worker_credits
 from opengrid.core.coordinator.payments import payouts_in_order
 from opengrid.core.coordinator.records import JobRecord, audit_job_for
 from opengrid.core.coordinator.shared import CoordinatorParts
@@ -488,16 +489,23 @@ class AuditsPart(CoordinatorParts):
         scored = n_tokens if job.plan is None or job.plan.full else min(n_tokens, job.plan.end)
         audit_points = -(-max(1, scored) // max(1, self.config.audit_credit_divisor)) * job.weight
         keys = {peer: self.workers[peer].key for peer in (prover, *auditors)}
+        # A split group's head shares the prover's points with its members, by layers (spec/split.md §8).
+        credits, attestations, members = merged(
+            [
+                *worker_credits(result, prover_att, points),
+                *((Credit(account=keys[a], points=audit_points), job.audited[a], False) for a in auditors),
+            ]
+        )
+        for member in member_keys(result):  # audited with the prover: as reputation_from_ledger rebuilds it
+            self._record(member, "valid")
         receipt = Receipt(
             job_id=job_id,
             contract_hash=job.contract.digest(),
             output_commitment=prover_att.output_commitment,
             n_tokens=n_tokens,
-            credits=(
-                Credit(account=keys[prover], points=points),
-                *(Credit(account=keys[a], points=audit_points) for a in auditors),
-            ),
-            attestations=(prover_att, *(job.audited[a] for a in auditors)),
+            credits=credits,
+            attestations=attestations,
+            members=members,
             issued_at_ms=job.wall_ms,
             weight=job.weight,
         )

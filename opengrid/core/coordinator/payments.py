@@ -221,8 +221,12 @@ def _bad_payment(why: str) -> Refusal:
 
 
 def payouts(credits: tuple[Credit, ...], amount: int) -> tuple[Credit, ...]:
-    """What a paid job's client pays each agreeing worker: what the receipt credits them, capped so the
-    total fits the hold (extra replicas after a disagreement can credit more workers than were paid for)."""
+    """What a paid job's client pays each agreeing worker: what the receipt credits them when the credits
+    fit the hold together (a split group's members included: they share one worker's credit, spec/split.md
+    §8), else each capped at an even share of it (extra replicas after a disagreement can credit more
+    workers than were paid for)."""
+    if sum(c.points for c in credits) <= amount:
+        return tuple(c for c in credits if c.points > 0)
     share = amount // max(1, len(credits))
     return tuple(
         Credit(account=c.account, points=min(c.points, share)) for c in credits if min(c.points, share) > 0

@@ -5,8 +5,9 @@ learned from the verdict (spec/verification.md §5, §9; spec/job-protocol.md §
 from __future__ import annotations
 
 import msgspec
-from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify_attestation
+from opengrid_ledger import Attestation, Receipt, Refund, Settle, verify_attestation
 
+from opengrid.core.coordinator.group_credit import group_problem, member_keys, merged, worker_credits
 from opengrid.core.coordinator.payments import payouts
 from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.shared import CoordinatorParts
@@ -130,7 +131,8 @@ class ResultsPart(CoordinatorParts):
         )
         if actual != expected or attestation.n_tokens != n_tokens:
             return "attestation does not match the result or the job"
-        return attestation
+        group = group_problem(result, attestation, self.network, self._scheme)  # a split group's members
+        return group if group is not None else attestation
 
     def _on_failed(
         self, job_id: bytes, peer: str, reason: str, now: float, *, penalize: bool
@@ -217,13 +219,18 @@ class ResultsPart(CoordinatorParts):
         evidence = self._evidence(job)  # before the receipt: those outcomes came first
         points = max(1, n_tokens) * job.weight  # proportional to compute (spec/ledger.md §7)
         keys = {peer: self.workers[peer].key for peer in job.results}
+        # A split group's head shares its points with its members, by layers (spec/split.md §8).
+        credits, attestations, members = merged(
+            [pair for r, att in winning for pair in worker_credits(r, att, points)]
+        )
         receipt = Receipt(
             job_id=job_id,
             contract_hash=job.contract.digest(),
             output_commitment=agreement.commitment,
             n_tokens=n_tokens,
-            credits=tuple(Credit(account=keys[p], points=points) for p in agreement.peers),
-            attestations=tuple(att for _, att in winning),
+            credits=credits,
+            attestations=attestations,
+            members=members,
             dissenters=tuple(keys[p] for p in agreement.dissenters),
             issued_at_ms=job.wall_ms,
             weight=job.weight,
@@ -295,6 +302,8 @@ class ResultsPart(CoordinatorParts):
             return divergent  # one result checked by nobody: proves nothing about anyone (trusted single)
         for peer in agreement.peers:
             self._record(self.workers[peer].key, "valid")
+            for member in member_keys(job.results[peer][0]):  # as reputation_from_ledger rebuilds it
+                self._record(member, "valid")
             self._measure(peer, n_tokens, job.elapsed.get(peer, 0.0))
         if job.request.sealed or not job.request.prompt:
             return divergent  # sealed mode: the coordinator never saw the prompt, so it cannot replay it
