@@ -19,8 +19,10 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from trio.testing import MockClock
 
 from opengrid.engines.tiny_model import write_tiny_gguf
+from opengrid.testing.memnet import MemoryNetwork, clock_stops_for_threads
 from tests.suite_home import SuiteHome
 
 REAL_HOME = pathlib.Path.home()
@@ -84,3 +86,18 @@ def _restore_root_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def memnet_clock() -> Iterator[MockClock]:
+    """Run the test in virtual time: a ``MockClock(autojump_threshold=0)`` (pytest-trio uses a clock a test
+    requests) that stands still while a worker thread computes (``clock_stops_for_threads``). For tests on
+    the in-memory network (``opengrid.testing.memnet``): real sockets and real time do not mix with it."""
+    with clock_stops_for_threads(MockClock(autojump_threshold=0)) as clock:
+        yield clock
+
+
+@pytest.fixture
+def memnet() -> MemoryNetwork:
+    """A fresh in-memory network (``Node(config, transport=memnet)``, ``memnet.open_host(seed)``)."""
+    return MemoryNetwork()

@@ -44,11 +44,11 @@ from opengrid.net.host import (
     Host,
     beat_idle_s,
     derive_psk,
-    open_host,
 )
 from opengrid.net.lan import LanDiscovery
 from opengrid.net.pool import StreamPool
 from opengrid.net.relay import ReservationKeeper
+from opengrid.net.transport import LIBP2P, StreamHost, Transport
 from opengrid.node import engine_setup
 from opengrid.node.api import ApiSettings
 from opengrid.node.api_service import ApiService
@@ -101,11 +101,15 @@ class Node:
         trace_frames: pathlib.Path | None = None,
         rng: random.Random | None = None,
         trace_timing: pathlib.Path | None = None,
+        transport: Transport = LIBP2P,
     ) -> None:
         """``rng``: the coordinator's random stream (worker choice); a fresh unseeded one by default.
         Tests pass a seeded one to compare decisions with other drivers (tests/simulations).
-        ``trace_timing``: append the points each job passes to this file (opengrid/node/timing.py)."""
+        ``trace_timing``: append the points each job passes to this file (opengrid/node/timing.py).
+        ``transport``: where the host, gossip and DHT come from (opengrid/net/transport.py); tests pass
+        an in-memory network (opengrid.testing.memnet), which offers no relays and no LAN discovery."""
         config = config.validated()
+        self._transport = transport
         self._rng = rng if rng is not None else random.Random()
         self._api = api
         self._trace_path = trace_frames
@@ -152,7 +156,7 @@ class Node:
         return self.ctx.config
 
     @property
-    def host(self) -> Host | None:
+    def host(self) -> StreamHost | None:
         return self.ctx.host
 
     @property
@@ -249,7 +253,8 @@ class Node:
                 ctx.engine, skip_speed_test=config.skip_speed_test
             )
             psk = derive_psk(config.network, config.network_key) if config.network_key else None
-            async with open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay)) as host:
+            opened = self._transport.open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay))
+            async with opened as host:
                 await self._serve(host, task_status)
         finally:
             ctx.nursery = None
@@ -267,7 +272,7 @@ class Node:
             ctx.store.close()
             log.info("node stopped cleanly")
 
-    async def _serve(self, host: Host, task_status: TaskStatus[Node]) -> None:
+    async def _serve(self, host: StreamHost, task_status: TaskStatus[Node]) -> None:
         """With the host open: install the stream handlers, start every part's tasks, serve."""
         ctx, config = self.ctx, self.ctx.config
         assert ctx.ledger is not None
@@ -284,7 +289,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             ctx.nursery = nursery
             # Reserve first, so the first announcement and registration carry the relayed address.
-            ctx.relay_keepers = [ReservationKeeper(host, address) for address in config.relays]
+            libp2p = host if isinstance(host, Host) else None  # relays, LAN, auto relay: libp2p's only
+            ctx.relay_keepers = [ReservationKeeper(libp2p, a) for a in config.relays] if libp2p else []
             for keeper in ctx.relay_keepers:
                 await nursery.start(keeper.run)
             ctx.membership = Membership(
@@ -302,14 +308,16 @@ class Node:
                 relay=bool(config.relay),
                 # DHT servers: reachable, long-lived nodes (spec/discovery.md §4.6)
                 dht_server=bool(config.listen) and (config.role == "coordinator" or bool(config.relay)),
+                transport=self._transport,
             )
             await nursery.start(ctx.membership.run)
-            if config.lan:
-                self.lan = await nursery.start(join_lan, host, config)
-            self.auto_relay = AutoRelay(
-                host, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers
-            )
-            await nursery.start(self.auto_relay.run)
+            if config.lan and libp2p is not None:
+                self.lan = await nursery.start(join_lan, libp2p, config)
+            if libp2p is not None:
+                self.auto_relay = AutoRelay(
+                    libp2p, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers
+                )
+                await nursery.start(self.auto_relay.run)
             nursery.start_soon(self.ledger_service.gossip_loop)
             if config.role == "coordinator":
                 ctx.coordinator = Coordinator(

@@ -4,6 +4,9 @@
   tests and screenshots show.
 - :mod:`.screenshots`: renders each wallet screen headless and (re)writes ``docs/wallet-*.svg``:
   ``python -m opengrid.testing.screenshots``.
+- :mod:`.memnet`: ``MemoryNetwork``, an in-memory transport (opengrid/net/transport.py) for node tests
+  in virtual time (``MockClock``), and ``clock_stops_for_threads``.
+- :mod:`.engines`: ``EchoEngine`` and ``CheatingEchoEngine``, deterministic engines without a model.
 
 A test (tests/core/test_purity_testing.py) fails if any module of opengrid, opengrid_sdk or opengrid_ledger
 outside this package imports it. The cheating engines of ``opengrid.engines.adversarial`` are not here: the
