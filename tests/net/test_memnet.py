@@ -27,8 +27,6 @@ from opengrid.testing.memnet import MemoryHost, MemoryNetwork
 from opengrid.wire.codec import MAX_FRAME_BYTES
 from opengrid.wire.messages import ErrorReply, NodeStatus, StatusRequest
 
-pytestmark = pytest.mark.usefixtures("memnet_clock")
-
 
 @pytest.fixture
 async def pair(memnet: MemoryNetwork) -> AsyncIterator[tuple[MemoryHost, MemoryHost]]:
@@ -58,6 +56,7 @@ def test_a_memory_host_is_a_stream_host(memnet: MemoryNetwork) -> None:
 
 async def test_a_frame_over_the_bound_is_refused_before_its_body_is_read(
     pair: tuple[MemoryHost, MemoryHost],
+    memnet_clock: MockClock,
 ) -> None:
     server, client = pair
     seen: list[BaseException | object] = []
@@ -72,6 +71,7 @@ async def test_a_frame_over_the_bound_is_refused_before_its_body_is_read(
 
 async def test_an_unknown_protocol_is_refused_with_the_real_hosts_error(
     pair: tuple[MemoryHost, MemoryHost],
+    memnet_clock: MockClock,
 ) -> None:
     server, client = pair
     server.set_handler(_recording([]))
@@ -84,7 +84,9 @@ async def test_an_unknown_protocol_is_refused_with_the_real_hosts_error(
     await stream.aclose()
 
 
-async def test_a_peer_that_leaves_makes_streams_fail_with_a_transport_error(memnet: MemoryNetwork) -> None:
+async def test_a_peer_that_leaves_makes_streams_fail_with_a_transport_error(
+    memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
     async with memnet.open_host(secrets.token_bytes(32)) as client:
         async with memnet.open_host(secrets.token_bytes(32)) as server:
             gate = trio.Event()
@@ -125,6 +127,7 @@ async def test_a_silent_stream_is_ended_after_the_first_frame_deadline(
 
 async def test_streams_over_the_per_protocol_cap_are_reset_and_counted(
     pair: tuple[MemoryHost, MemoryHost],
+    memnet_clock: MockClock,
 ) -> None:
     server, client = pair
     gate = trio.Event()
@@ -141,7 +144,9 @@ async def test_streams_over_the_per_protocol_cap_are_reset_and_counted(
     assert server.refusals.count == 1
 
 
-async def test_gossip_delivers_only_what_the_receivers_validators_accept(memnet: MemoryNetwork) -> None:
+async def test_gossip_delivers_only_what_the_receivers_validators_accept(
+    memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
     """An announcement signed by another key is dropped by the receiver's real validator (counted as a
     rejection); a good one reaches the directory of a peer two hops away."""
     keys = [SigningKey.generate() for _ in range(3)]
@@ -172,6 +177,7 @@ async def test_gossip_delivers_only_what_the_receivers_validators_accept(memnet:
 
 async def test_the_dht_finds_providers_through_a_server_and_refuses_forged_values(
     memnet: MemoryNetwork,
+    memnet_clock: MockClock,
 ) -> None:
     keys = [SigningKey.generate() for _ in range(3)]
     async with (
@@ -207,7 +213,9 @@ async def test_the_dht_finds_providers_through_a_server_and_refuses_forged_value
         nursery.cancel_scope.cancel()
 
 
-async def test_a_node_answers_status_on_the_memory_network(memnet: MemoryNetwork, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_node_answers_status_on_the_memory_network(
+    memnet: MemoryNetwork, tmp_path, memnet_clock: MockClock
+) -> None:  # type: ignore[no-untyped-def]
     from opengrid.node.config import NodeConfig
     from opengrid.node.service import Node
 
