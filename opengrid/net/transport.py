@@ -199,6 +199,12 @@ class Transport(Protocol):
         """``"libp2p"`` or ``"memory"``: for logs."""
         ...
 
+    @property
+    def trio_token(self) -> trio.lowlevel.TrioToken | None:
+        """The trio run this transport's hosts must live in (an in-memory network's), or None when any
+        run will do (libp2p: the SDK's ``Client`` runs its own, on a private thread)."""
+        ...
+
     def open_host(
         self, seed: bytes, listen: Sequence[str], *, psk: bytes | None = None, relay: bool = False
     ) -> AbstractAsyncContextManager[StreamHost]:
@@ -222,6 +228,8 @@ class Libp2pTransport:
 
     name: Final = "libp2p"
     """For logs."""
+    trio_token: Final = None
+    """Any trio run will do."""
 
     def open_host(
         self, seed: bytes, listen: Sequence[str], *, psk: bytes | None = None, relay: bool = False

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import trio
 import trio.testing
@@ -589,6 +590,9 @@ class MemoryNetwork:
     """For logs."""
 
     def __init__(self) -> None:
+        self.trio_token: trio.lowlevel.TrioToken | None = None
+        """The trio run the network lives in, from its first host on (an SDK ``Client`` given this
+        network runs its calls there, not in a run of its own)."""
         self._hosts: dict[str, MemoryHost] = {}
         self._gossips: dict[str, MemoryGossip] = {}
         self._dhts: dict[str, MemoryDiscovery] = {}
@@ -609,6 +613,11 @@ class MemoryNetwork:
         if psk is not None and len(psk) != PSK_BYTES:
             raise ConfigError(f"a network key (psk) is {PSK_BYTES} bytes, got {len(psk)}; use derive_psk()")
         peer = peer_id_of(bytes(SigningKey(seed).verify_key))
+        token = trio.lowlevel.current_trio_token()
+        if self.trio_token is None:
+            self.trio_token = token
+        elif token is not self.trio_token:
+            raise ConfigError("a memory network lives in one trio run; this host was opened in another")
         if peer in self._hosts:
             raise ConfigError(f"peer {peer} is already on this memory network; give each host its own seed")
         async with trio.open_nursery() as nursery:
@@ -682,28 +691,94 @@ class MemoryNetwork:
 
 @contextlib.contextmanager
 def clock_stops_for_threads(clock: trio.testing.MockClock) -> Iterator[trio.testing.MockClock]:
-    """While the block runs, ``clock`` does not autojump while any ``trio.to_thread.run_sync`` call is in
-    flight: virtual time stands still while a thread computes (an engine's generation, the hardware
-    probe), as if the computation took no time, instead of racing through every pending deadline.
+    """While the block runs, ``clock`` does not autojump while a thread started by
+    ``trio.to_thread.run_sync`` in its run computes, or while a task reads the output of a child process
+    it started with ``trio.lowlevel.open_process`` (the SDK's and the API's chat-template renderers):
+    virtual time stands still while work outside the loop goes on, as if it took no time, instead of
+    racing through every pending deadline meanwhile. A thread that calls back into the loop
+    (``trio.from_thread.run``: a test driving the synchronous SDK from a thread) does not count while that
+    call runs, so virtual time flows for what it asked the loop to do. (So a child or a thread that never
+    finishes hangs the test instead of timing out: bound such tests with real time.)
 
-    Use it as a pytest fixture's body (tests/node/conftest.py ``memnet_clock``)."""
-    original = trio.to_thread.run_sync
+    Use it as a pytest fixture's body (tests/conftest.py ``memnet_clock``)."""
+    run_sync, run = trio.to_thread.run_sync, trio.from_thread.run
     threshold = clock.autojump_threshold
-    in_flight = 0
+    computing = 0
+    marked = threading.local()
 
-    async def counted(sync_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        nonlocal in_flight
-        in_flight += 1
-        clock.autojump_threshold = math.inf
+    def count(step: int) -> None:  # in the loop's thread only
+        nonlocal computing
+        computing += step
+        clock.autojump_threshold = math.inf if computing > 0 else threshold
+
+    async def counted_run_sync(sync_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if trio.lowlevel.current_clock() is not clock:  # another trio run (an SDK client's own loop)
+            return await run_sync(sync_fn, *args, **kwargs)
+
+        def in_thread(*inner: Any) -> T:
+            marked.counted = True  # trio reuses its worker threads: unmarked again below
+            try:
+                return sync_fn(*inner)
+            finally:
+                marked.counted = False
+
+        count(+1)
         try:
-            return await original(sync_fn, *args, **kwargs)
+            return await run_sync(in_thread, *args, **kwargs)
         finally:
-            in_flight -= 1
-            if in_flight == 0:
-                clock.autojump_threshold = threshold
+            count(-1)
 
-    trio.to_thread.run_sync = counted  # on purpose, restored below
+    def counted_run(afn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if not getattr(marked, "counted", False):
+            return run(afn, *args, **kwargs)
+
+        async def waited_for() -> T:
+            count(-1)
+            try:
+                return await afn(*args)
+            finally:
+                count(+1)
+
+        return run(waited_for, **kwargs)
+
+    open_process = trio.lowlevel.open_process
+
+    async def counted_open_process(*args: Any, **kwargs: Any) -> trio.Process:
+        process = await open_process(*args, **kwargs)
+        if trio.lowlevel.current_clock() is clock and process.stdout is not None:
+            process.stdout = _CountedReceive(process.stdout, count)
+        return process
+
+    trio.to_thread.run_sync = counted_run_sync  # on purpose: restored below
+    trio.from_thread.run = counted_run
+    trio.lowlevel.open_process = counted_open_process
     try:
         yield clock
     finally:
-        trio.to_thread.run_sync = original
+        trio.to_thread.run_sync, trio.from_thread.run = run_sync, run
+        trio.lowlevel.open_process = open_process
+
+
+class _CountedReceive(trio.abc.ReceiveStream):
+    """A child's output stream whose reads stop the clock (``clock_stops_for_threads``)."""
+
+    def __init__(self, inner: trio.abc.ReceiveStream, count: Callable[[int], None]) -> None:
+        self._inner = inner
+        self._count = count
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._count(+1)
+        try:
+            return await self._inner.receive_some(max_bytes)
+        finally:
+            self._count(-1)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+if TYPE_CHECKING:  # mypy checks here that the network is a Transport and its hosts StreamHosts
+    from opengrid.net.transport import Transport
+
+    _network: Transport = MemoryNetwork()
+    _host: StreamHost = MemoryHost(MemoryNetwork(), "", None, cast(trio.Nursery, None))
