@@ -22,9 +22,13 @@ transport=net)``), which gets the peer id its seed gives on libp2p and the addre
 - Not offered: relays, hole punching, LAN discovery, dial-backs (a memory address has no IP): the node
   skips them on a host that is not a libp2p ``Host``.
 
+The SDK: ``Client(bootstrap, transport=net)`` runs its work in the network's trio run (``trio_token``,
+set by the first host), so a test drives the synchronous client from ``trio.to_thread.run_sync``.
+
 Time: ``clock_stops_for_threads`` keeps a ``MockClock(autojump_threshold=0)`` from jumping while a
-worker thread computes (the node runs engines, the hardware probe and the like in threads); without it,
-the clock would race through every pending deadline while the thread runs, and time out what waits.
+worker thread computes (the node runs engines, the hardware probe and the like in threads) or a child
+process is read (chat-template renderers); without it, the clock would race through every pending
+deadline while the work goes on outside the loop, and time out what waits for it.
 """
 
 from __future__ import annotations
