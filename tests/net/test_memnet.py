@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
@@ -22,8 +22,8 @@ from opengrid.errors import (
 from opengrid.net import host as real_host
 from opengrid.net.discovery import encode_value_record, role_key, value_key
 from opengrid.net.host import BEAT_PROTOCOL, FIRST_FRAME_S, JOB_PROTOCOL, FrameStream
-from opengrid.net.transport import StreamHost
-from opengrid.testing.memnet import MemoryHost, MemoryNetwork
+from opengrid.net.transport import LIBP2P, StreamHost, Transport
+from opengrid.testing.memnet import MemoryHost, MemoryNetwork, clock_stops_for_threads
 from opengrid.wire.codec import MAX_FRAME_BYTES
 from opengrid.wire.messages import ErrorReply, NodeStatus, StatusRequest
 
@@ -44,7 +44,7 @@ def _recording(seen: list[BaseException | object]) -> real_host.Handler:
         except BaseException as exc:
             seen.append(exc)
             raise
-        await stream.send(ErrorReply(code="test", message="answered"))
+        await stream.send(ErrorReply(code="malformed", message="answered"))
 
     return handler
 
@@ -227,3 +227,44 @@ async def test_a_node_answers_status_on_the_memory_network(
         reply = await client.request(peer, StatusRequest())
         assert isinstance(reply, NodeStatus) and reply.peer_id == node.host.peer_id
         nursery.cancel_scope.cancel()
+
+
+# ── the same scenarios on both transports: the in-memory network answers as the real host does ──────────
+@pytest.fixture(params=["memory", "libp2p"])
+def transport(request: pytest.FixtureRequest, memnet: MemoryNetwork) -> Transport:
+    return memnet if request.param == "memory" else LIBP2P
+
+
+@pytest.fixture
+def virtual_time(transport: Transport) -> Iterator[MockClock | None]:
+    """Virtual time on the memory network; real time on libp2p (real sockets)."""
+    if transport is LIBP2P:
+        yield None
+        return
+    with clock_stops_for_threads(MockClock(autojump_threshold=0)) as clock:
+        yield clock
+
+
+async def test_both_transports_refuse_bad_frames_unknown_protocols_and_gone_peers_alike(
+    transport: Transport, virtual_time: MockClock | None
+) -> None:
+    seen: list[BaseException | object] = []
+    async with (
+        transport.open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as server,
+        transport.open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as client,
+    ):
+        server.set_handler(_recording(seen))
+        peer = await client.connect(server.addrs()[0])
+        stream = await client.open_stream(peer)
+        await stream._stream.write(struct.pack(">I", MAX_FRAME_BYTES + 1))
+        with pytest.raises(TransportError):
+            await stream.receive()
+        assert len(seen) == 1 and isinstance(seen[0], FrameTooLargeError)
+        with pytest.raises(IncompatiblePeerError, match="speaks none of /opengrid/beat/1"):
+            await client.open_stream(peer, BEAT_PROTOCOL)
+        reply = await client.request(peer, StatusRequest())
+        assert isinstance(reply, ErrorReply) and reply.message == "answered"
+        gone = server.addrs()[0]
+    async with transport.open_host(secrets.token_bytes(32), ["/ip4/127.0.0.1/tcp/0"]) as late:
+        with pytest.raises(TransportError, match="could not connect"):
+            await late.connect(gone)
