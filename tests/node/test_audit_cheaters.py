@@ -73,7 +73,11 @@ def _coordinator(base: pathlib.Path, rng: random.Random, memnet: MemoryNetwork, 
 
 
 async def _workers(
-    nursery: trio.Nursery, base: pathlib.Path, coordinator: Node, engines: dict[str, Engine]
+    nursery: trio.Nursery,
+    base: pathlib.Path,
+    coordinator: Node,
+    engines: dict[str, Engine],
+    memnet: MemoryNetwork,
 ) -> dict[str, Node]:
     assert coordinator.host is not None
     nodes = {}
@@ -85,7 +89,7 @@ async def _workers(
             heartbeat_s=0.5,
             skip_speed_test=True,  # no start-up generation: the intermittent cheater counts job generations
         )
-        node = Node(config, engine=engine, transport=coordinator._transport)
+        node = Node(config, engine=engine, transport=memnet)
         await nursery.start(node.run)
         nodes[name] = node
     with trio.fail_after(30):
@@ -162,7 +166,7 @@ async def _open(
 ) -> _Grid:
     coordinator = _coordinator(base, rng, memnet, **audit)
     await nursery.start(coordinator.run)
-    workers = await _workers(nursery, base, coordinator, engines)
+    workers = await _workers(nursery, base, coordinator, engines, memnet)
     client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
     assert coordinator.host is not None
     peer = await client.connect(coordinator.host.addrs()[0])

@@ -24,7 +24,7 @@ from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.reputation import Reputation
 from opengrid.engines import Engine, GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.engines.adversarial import WrongTokensEngine
-from opengrid.net.transport import StreamHost
+from opengrid.net.transport import LIBP2P, StreamHost, Transport
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.testing.memnet import MemoryNetwork
@@ -64,7 +64,11 @@ def _coordinator(base: pathlib.Path, memnet: MemoryNetwork, rng: random.Random |
 
 
 async def _workers(
-    nursery: trio.Nursery, base: pathlib.Path, coordinator: Node, engines: dict[str, Engine]
+    nursery: trio.Nursery,
+    base: pathlib.Path,
+    coordinator: Node,
+    engines: dict[str, Engine],
+    transport: Transport = LIBP2P,
 ) -> dict[str, Node]:
     assert coordinator.host is not None
     nodes = {}
@@ -72,7 +76,7 @@ async def _workers(
         config = NodeConfig(
             data_dir=base / name, role="worker", bootstrap=(coordinator.host.addrs()[0],), heartbeat_s=0.5
         )
-        node = Node(config, engine=engine, transport=coordinator._transport)
+        node = Node(config, engine=engine, transport=transport)
         await nursery.start(node.run)
         nodes[name] = node
     with trio.fail_after(30):
@@ -103,7 +107,7 @@ async def test_an_open_job_is_generated_once_audited_once_and_both_are_credited(
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         engines: dict[str, Engine] = {n: LlamaEngine(info, n_threads=1) for n in ("w1", "w2", "w3")}
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         assert coordinator.host is not None and coordinator.coordinator is not None
         peer = await client.connect(coordinator.host.addrs()[0])
@@ -145,7 +149,7 @@ async def test_a_wrong_tokens_prover_is_caught_earns_nothing_and_the_client_gets
             "w1": LlamaEngine(info, n_threads=1),
             "w2": LlamaEngine(info, n_threads=1),
         }
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         cheater = workers["cheat"]
         assert cheater.host is not None and coordinator.host is not None
         assert coordinator.coordinator is not None and coordinator.ledger is not None
@@ -180,7 +184,7 @@ async def test_a_worker_that_cannot_score_is_replaced_as_auditor(
             "noscore": WrongTokensEngine(LlamaEngine(info, n_threads=1)),  # has no score(): cannot audit
             "auditor": LlamaEngine(info, n_threads=1),
         }
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         ids = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
         rng.prefer = [ids["prover"], ids["noscore"]]  # proves first, then is the first auditor drawn
         client: StreamHost = await nursery.start(partial(client_host, transport=memnet))

@@ -232,7 +232,7 @@ async def test_a_sampled_job_is_audited_and_a_prover_with_its_own_noise_is_caugh
             "w1": LlamaEngine(info, n_threads=1),
             "w2": LlamaEngine(info, n_threads=1),
         }
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         ids = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
         assert coordinator.host is not None and coordinator.coordinator is not None
         assert coordinator.ledger is not None
