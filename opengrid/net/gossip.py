@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypedDict, Unpack, cast
+from typing import TYPE_CHECKING, Protocol, TypedDict, Unpack, cast
 
 import trio
 from libp2p.abc import INetStream
@@ -38,7 +38,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.subscription import TrioSubscriptionAPI
 from nacl.signing import SigningKey
 
-from opengrid.errors import LocalProtocolError, TransportError
+from opengrid.errors import ConfigError, LocalProtocolError, TransportError
 from opengrid.net.announce import (
     Announcement,
     AnnouncementChecker,
@@ -52,6 +52,8 @@ from opengrid.net.services import background_service
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio-typing's stubs (a py-libp2p dependency) hide trio.TaskStatus
+
+    from opengrid.net.transport import StreamHost
 
 log = logging.getLogger("opengrid.net.gossip")
 
@@ -86,6 +88,12 @@ class _Pubsub(Pubsub):
             log.debug("dropping a pubsub stream after shutdown: %s", exc)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.reset()
+
+
+class Subscription(Protocol):
+    """A topic's messages as the drains read them (libp2p's subscription, or the in-memory network's)."""
+
+    async def get(self) -> rpc_pb2.Message: ...
 
 
 class _FieldUpdate(TypedDict, total=False):
@@ -124,7 +132,7 @@ class Gossip:
 
     def __init__(
         self,
-        host: Host,
+        host: StreamHost,
         *,
         network: str,
         signing_key: SigningKey,
@@ -167,6 +175,13 @@ class Gossip:
         self.changed = trio.Event()
         """Set (and replaced) when the directory or the rejection counts change: wait on it, do not poll."""
         self._seq = 0
+        self._open_pubsub()
+
+    def _open_pubsub(self) -> None:
+        """Build gossipsub on our libp2p host, with our validators (opengrid.testing.memnet's subclass
+        delivers through the same validators without libp2p)."""
+        if not isinstance(self._host, Host):
+            raise ConfigError(f"gossipsub needs a libp2p host, got {type(self._host).__name__}")
         self._router = GossipSub(
             protocols=[PROTOCOL_ID_V11],
             degree=4,
@@ -179,7 +194,7 @@ class Gossip:
             eclipse_protection_enabled=False,
         )
         self._pubsub = _Pubsub(
-            host.libp2p,
+            self._host.libp2p,
             self._router,
             strict_signing=True,
             allowed_topics={self.announce_topic, self.ledger_topic},
@@ -238,8 +253,8 @@ class Gossip:
 
     # ── validators (run by libp2p before delivery and before forwarding) ───────────────────────────────
     def _is_own(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
-        me = self._host.libp2p.get_id()
-        return forwarder == me and ID(msg.from_id) == me
+        me = self._host.peer_id
+        return forwarder.to_base58() == me and ID(msg.from_id).to_base58() == me
 
     def _validate_announcement(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
         if self._is_own(forwarder, msg):
@@ -280,13 +295,19 @@ class Gossip:
             # the drains use; what it builds is always a TrioSubscriptionAPI (py-libp2p 0.8.1).
             announcements = cast(TrioSubscriptionAPI, await self._pubsub.subscribe(self.announce_topic))
             ledger = cast(TrioSubscriptionAPI, await self._pubsub.subscribe(self.ledger_topic))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drain_announcements, announcements)
-                nursery.start_soon(self._drain_ledger, ledger)
-                nursery.start_soon(self._beat)
-                nursery.start_soon(self._expire_loop)
-                task_status.started(self)
-                await trio.sleep_forever()
+            await self._serve(announcements, ledger, task_status)
+
+    async def _serve(
+        self, announcements: Subscription, ledger: Subscription, task_status: TaskStatus[Gossip]
+    ) -> None:
+        """Drain both topics, announce every beat, expire silent peers; ready at once."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drain_announcements, announcements)
+            nursery.start_soon(self._drain_ledger, ledger)
+            nursery.start_soon(self._beat)
+            nursery.start_soon(self._expire_loop)
+            task_status.started(self)
+            await trio.sleep_forever()
 
     async def _beat(self) -> None:
         while True:
@@ -319,7 +340,7 @@ class Gossip:
         self.changed.set()
         self.changed = trio.Event()
 
-    async def _drain_announcements(self, subscription: TrioSubscriptionAPI) -> None:
+    async def _drain_announcements(self, subscription: Subscription) -> None:
         from opengrid.net.announce import decode_announcement
 
         me = self._host.peer_id
@@ -339,7 +360,7 @@ class Gossip:
                     self._host.remember(announcement.peer_id, announcement.addrs)
                 self._notify()
 
-    async def _drain_ledger(self, subscription: TrioSubscriptionAPI) -> None:
+    async def _drain_ledger(self, subscription: Subscription) -> None:
         me = self._host.peer_id
         while True:
             msg = await subscription.get()

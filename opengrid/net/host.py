@@ -26,7 +26,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import multiaddr
 import trio
@@ -57,6 +57,9 @@ from opengrid.net.names import Resolver, connect_by_name, dns_protocol
 from opengrid.net.relay import CircuitSupport, is_circuit
 from opengrid.wire.codec import MAX_FRAME_BYTES, FrameBuffer, decode_message, encode_frame
 from opengrid.wire.messages import PROTOCOL_VERSION, Message, StatusRequest
+
+if TYPE_CHECKING:
+    from opengrid.net.transport import ByteStream
 
 JOB_PROTOCOL = TProtocol("/opengrid/job/1")
 RUN_PROTOCOL = TProtocol("/opengrid/run/1")
@@ -310,22 +313,26 @@ def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
 
 
 class FrameStream:
-    """One libp2p stream speaking length-prefixed OpenGrid messages.
+    """One stream speaking length-prefixed OpenGrid messages: a libp2p stream, or an in-memory one
+    (``opengrid.testing.memnet``), so framing, size bounds and deadlines are this one code on both.
 
     ``receive`` reads exactly one frame with its own loop, checking the length before reading the body.
-    Every libp2p exception is mapped to ``TransportError``; bad bytes become ``RemoteProtocolError``s.
+    Every exception of the stream under it is mapped to ``TransportError``; bad bytes become
+    ``RemoteProtocolError``s.
     """
 
     def __init__(
         self,
-        stream: INetStream,
+        stream: ByteStream,
         *,
+        peer: str,
         limit: int = MAX_FRAME_BYTES,
         first_frame_s: float | None = None,
         idle_s: float | None = None,
     ) -> None:
         self._stream = stream
-        self.peer = stream.muxed_conn.peer_id.to_base58()
+        self.peer = peer
+        """The peer id at the other end."""
         self._frames = FrameBuffer(limit=limit, peer=self.peer)
         self.frames_received = 0
         """Frames read from this stream so far (a pool tells from it whether an exchange heard anything)."""
@@ -369,7 +376,7 @@ class FrameStream:
     @property
     def relayed(self) -> bool:
         """True when the stream runs over a relayed (``/p2p-circuit``) connection."""
-        return is_relayed_connection(self._stream.muxed_conn)
+        return is_relayed_connection(getattr(self._stream, "muxed_conn", None))
 
     @property
     def remote_ip(self) -> str:
@@ -626,7 +633,10 @@ class Host:
                 await _reset_raw(stream)
                 return
             with self._open.held((peer, protocol)):
-                await _serve_framed(stream, protocol, handler, bounds)
+                framed = FrameStream(
+                    stream, peer=peer, first_frame_s=bounds.first_frame_s, idle_s=bounds.idle_s
+                )
+                await _serve_framed(framed, protocol, handler)
 
         self._host.set_stream_handler(protocol, _serve)
 
@@ -708,16 +718,11 @@ class Host:
             stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol, *fallbacks])
         except Exception as exc:
             if _refused_protocols(exc):
-                asked = ", ".join([protocol, *fallbacks])
-                raise IncompatiblePeerError(
-                    f"{peer_id} speaks none of {asked}: it runs another OpenGrid protocol version (this "
-                    f"node speaks {PROTOCOL_VERSION}), or it is not an OpenGrid node; run compatible "
-                    "versions on both sides (`opengrid --version`)"
-                ) from exc
+                raise incompatible_peer(peer_id, [protocol, *fallbacks]) from exc
             raise TransportError(
                 f"could not open a stream to {peer_id}: {exc or type(exc).__name__}"
             ) from exc
-        return FrameStream(stream)
+        return FrameStream(stream, peer=peer_id)
 
     async def _dial_relayed(self, peer_id: str) -> None:
         """Connect through a relay when the peer announced relayed addresses (the swarm skips those,
@@ -799,14 +804,12 @@ class Host:
         return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
 
 
-async def _serve_framed(
-    stream: INetStream, protocol: TProtocol, handler: Handler, bounds: StreamBounds
-) -> None:
-    """Run ``handler`` on one inbound stream within ``bounds``; close the stream after it."""
+async def _serve_framed(framed: FrameStream, protocol: str, handler: Handler) -> None:
+    """Run ``handler`` on one inbound stream (made with its protocol's ``StreamBounds``); close the
+    stream after it. The in-memory network (opengrid.testing.memnet) serves its streams with it too."""
     # A handler's failure ends its stream, never the node: py-libp2p runs handlers in the host's own
     # nursery, so anything escaping here would stop the whole process (issue 15: one idle ledger-sync
     # stream's timeout killed coordinators and workers alike).
-    framed = FrameStream(stream, first_frame_s=bounds.first_frame_s, idle_s=bounds.idle_s)
     try:
         await handler(framed)
     except OpenGridError as exc:
@@ -945,6 +948,15 @@ async def open_host(
         ) from exc
     # the library's stream readers may still be waking up; give them one checkpoint to notice the close
     await trio.lowlevel.checkpoint()
+
+
+def incompatible_peer(peer_id: str, asked: Sequence[str]) -> IncompatiblePeerError:
+    """The error for a peer that answered "na" to every protocol in ``asked``."""
+    return IncompatiblePeerError(
+        f"{peer_id} speaks none of {', '.join(asked)}: it runs another OpenGrid protocol version (this "
+        f"node speaks {PROTOCOL_VERSION}), or it is not an OpenGrid node; run compatible "
+        "versions on both sides (`opengrid --version`)"
+    )
 
 
 def _refused_protocols(exc: BaseException) -> bool:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from libp2p.custom_types import TProtocol
 
 from opengrid.errors import TransportError
-from opengrid.net.host import FrameStream, Host
+from opengrid.net.host import FrameStream
+
+if TYPE_CHECKING:
+    from opengrid.net.transport import StreamHost
 
 log = logging.getLogger("opengrid.net.pool")
 T = TypeVar("T")
@@ -37,7 +40,7 @@ class StreamPool:
 
     def __init__(
         self,
-        host: Host,
+        host: StreamHost,
         protocol: TProtocol,
         *,
         fallbacks: Sequence[TProtocol] = (),

@@ -41,7 +41,8 @@ from opengrid.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from opengrid.net.host import FrameStream, Host
+from opengrid.net.host import FrameStream
+from opengrid.net.transport import StreamHost
 from opengrid.wire.split import (
     SESSION_ID_BYTES,
     TOKEN_BYTES,
@@ -132,7 +133,7 @@ class SplitMember:
 
     def __init__(
         self,
-        host: Host,
+        host: StreamHost,
         limits: SplitLimits,
         *,
         python: str | None = None,
@@ -527,7 +528,7 @@ class MemberLease:
 class SplitHead:
     """A head's side of ``/opengrid/split/1``: invitations, loopback endpoints, tunnels."""
 
-    def __init__(self, host: Host, *, chunk_bytes: int = 256 * 1024, max_connections: int = 4) -> None:
+    def __init__(self, host: StreamHost, *, chunk_bytes: int = 256 * 1024, max_connections: int = 4) -> None:
         self._host = host
         self._limits = SplitLimits(max_memory_bytes=0, chunk_bytes=chunk_bytes)
         self._max_connections = max_connections

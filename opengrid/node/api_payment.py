@@ -55,8 +55,8 @@ from opengrid_ledger import (
 )
 
 from opengrid.errors import InvalidEntryError, OpenGridError, PaymentError
-from opengrid.net.host import Host
 from opengrid.net.keys import public_key_of
+from opengrid.net.transport import StreamHost
 from opengrid.node.context import NodeContext
 from opengrid.wire.grant import grant_request_signing_bytes
 from opengrid.wire.messages import (
@@ -109,7 +109,7 @@ class AccountPayer:
 
     @asynccontextmanager
     async def paying(
-        self, host: Host, coordinator: str, job: SubmitJob
+        self, host: StreamHost, coordinator: str, job: SubmitJob
     ) -> AsyncIterator[SubmitJob | ErrorReply]:
         """Hold the account (one paid job at a time) while the caller sends the job this yields: ``job``
         with its HOLD (and GRANT), or the coordinator's refusal of the quote or grant. Raises
@@ -129,7 +129,7 @@ class AccountPayer:
                 with trio.CancelScope(shield=True):
                     await self._settle(host)
 
-    async def _settle(self, host: Host) -> None:
+    async def _settle(self, host: StreamHost) -> None:
         """Learn whether the coordinator applied our last signed-ahead GRANT and HOLD (its History of our
         account): apply them to our own ledger if it did, forget them if it did not; keep the chain
         reserved if it cannot say now (unreachable: retried before the next paid job)."""
@@ -169,7 +169,7 @@ class AccountPayer:
         self._unconfirmed = None
         ctx.chain_reserved = False
 
-    async def _pay(self, host: Host, coordinator: str, job: SubmitJob) -> SubmitJob | ErrorReply:
+    async def _pay(self, host: StreamHost, coordinator: str, job: SubmitJob) -> SubmitJob | ErrorReply:
         network = self._ctx.config.network
         me = self._ctx.public_key
         quote = await host.request(
@@ -216,7 +216,7 @@ class AccountPayer:
             job, hold=encode_entry(hold), grant=encode_entry(grant[0]) if grant else b""
         )
 
-    async def _head(self, host: Host, coordinator: str) -> tuple[int, bytes] | None:
+    async def _head(self, host: StreamHost, coordinator: str) -> tuple[int, bytes] | None:
         """Our chain's head: the later of the coordinator's view (our entries in its History) and our own
         ledger's (entries our node wrote that the coordinator may not have yet)."""
         me = self._ctx.public_key
@@ -230,7 +230,7 @@ class AccountPayer:
             head = latest_of(me, reply.entries, network, since=head)
         return head
 
-    async def _balance(self, host: Host, coordinator: str) -> int | None:
+    async def _balance(self, host: StreamHost, coordinator: str) -> int | None:
         """Our spendable points in the coordinator's ledger; None if its NodeStatus cannot say (it lists
         only the largest balances: an account missing from a full list may still have points)."""
         reply = await host.request(coordinator, StatusRequest())
@@ -238,7 +238,7 @@ class AccountPayer:
             return None
         return listed_balance(reply, self._ctx.public_key)
 
-    async def _grant(self, host: Host, coordinator: str) -> Grant | str:
+    async def _grant(self, host: StreamHost, coordinator: str) -> Grant | str:
         """Our starting grant, vouched for by the coordinator, or why not."""
         key = self._ctx.key
         account = self._ctx.public_key

@@ -74,6 +74,7 @@ def parse_memory(text: str) -> int:
         raise ConfigError(f"--max-memory {text!r} is not a size; use e.g. 8G, 512M or a number of bytes")
     return int(value * _UNITS[unit])
 
+
 # -- constrained types: each ``description`` is the "expected ..." of the error a bad value gets -----
 Seconds = Annotated[float, Meta(gt=0, description="expected a number of seconds > 0")]
 AnnounceSeconds = Annotated[float, Meta(ge=0.1, le=3600, description="expected seconds, 0.1..3600")]

@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # for types only: the parts import this module, never the oth
     from opengrid.core.coordinator import Coordinator
     from opengrid.core.worker import WorkerLogic
     from opengrid.engines import Engine
-    from opengrid.net.host import Host
     from opengrid.net.relay import ReservationKeeper
+    from opengrid.net.transport import StreamHost
     from opengrid.node.coordinator_admission import CoordinatorAdmission
     from opengrid.node.membership import Membership
     from opengrid.store.ledger_store import LedgerStore
@@ -54,7 +54,8 @@ class NodeContext:
     """Where this node's jobs spend their time (``--trace-timing``); records nothing by default."""
     engine: Engine | None = None
     """Nodes that serve a model: the engine (given, or loaded at start)."""
-    host: Host | None = None
+    host: StreamHost | None = None
+    """The node's network endpoint (a libp2p ``Host`` unless the node was given another transport)."""
     ledger: LedgerState | None = None
     store: LedgerStore | None = None
     chain: ChainWriter | None = None

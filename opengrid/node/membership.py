@@ -44,10 +44,9 @@ from nacl.signing import SigningKey
 
 from opengrid.errors import ConfigError, OpenGridError
 from opengrid.net.announce import ModelAd
-from opengrid.net.discovery import Discovery, Provider, model_key, model_name_key, role_key
-from opengrid.net.gossip import Gossip
-from opengrid.net.host import Host
+from opengrid.net.discovery import Provider, model_key, model_name_key, role_key
 from opengrid.net.reachability import MAX_DIAL_BACK_ADDRS, Reachability, ip_and_port, verdict
+from opengrid.net.transport import LIBP2P, Directory, PubSub, StreamHost, Transport
 from opengrid.node.context import TaskStatus
 from opengrid.wire.messages import (
     DialBackReport,
@@ -92,7 +91,7 @@ class Membership:
 
     def __init__(
         self,
-        host: Host,
+        host: StreamHost,
         *,
         network: str,
         signing_key: SigningKey,
@@ -106,11 +105,12 @@ class Membership:
         ledger_validator: Callable[[str, bytes], bool] | None = None,
         relay: bool = False,
         dht_server: bool = True,
+        transport: Transport = LIBP2P,
     ) -> None:
         self._host = host
         self._bootstrap = list(bootstrap)
         self._announce_s = announce_s
-        self.gossip = Gossip(
+        self.gossip: PubSub = transport.gossip(
             host,
             network=network,
             signing_key=signing_key,
@@ -126,7 +126,9 @@ class Membership:
         """Set once a bootstrap peer answered (immediately for a node without bootstrap addresses)."""
         self._hints: list[PeerSummary] = []
         """Peers a bootstrap node listed in its status (online, or heard within ``_HINT_STALE_S``)."""
-        self.discovery = Discovery(host, network=network, signing_key=signing_key, server=dht_server)
+        self.discovery: Directory = transport.discovery(
+            host, network=network, signing_key=signing_key, server=dht_server
+        )
         roles = [role, "relay"] if relay else [role]
         self.provided = [role_key(network, r) for r in roles] + [
             key for m in models for key in (model_key(network, m.sha256), model_name_key(network, m.name))

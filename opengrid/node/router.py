@@ -200,7 +200,7 @@ class Router:
         """A chunked audit keeps its stream (spec/verification.md §14.2); any other is one request, one
         reply (``_on_audit``)."""
         if message.chunked and self._ctx.worker is not None and not self._availability.paused:
-            await self._worker.serve_chunked_audit(stream, message)
+            await self._worker.audits.serve_chunked_audit(stream, message)
         else:
             await self._reply(stream, message)
 
@@ -285,7 +285,7 @@ class Router:
         if self._availability.paused:
             return self._busy()
         if self._ctx.worker is not None:
-            return await self._worker.on_audit(message)
+            return await self._worker.audits.on_audit(message)
         return self._unexpected(message)
 
     async def _on_register(self, peer: str, message: RegisterWorker, operator: str) -> Message:

@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Callable
 
-import msgspec
 import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import ChainWriter, LedgerState
@@ -46,12 +45,12 @@ from opengrid.net.host import (
     Host,
     beat_idle_s,
     derive_psk,
-    open_host,
 )
 from opengrid.net.lan import LanDiscovery
 from opengrid.net.pool import StreamPool
 from opengrid.net.relay import ReservationKeeper
 from opengrid.net.split import SplitLimits, SplitMember
+from opengrid.net.transport import LIBP2P, StreamHost, Transport
 from opengrid.node import engine_setup
 from opengrid.node.api import ApiSettings
 from opengrid.node.api_service import ApiService
@@ -69,6 +68,7 @@ from opengrid.node.ledger_sync import SYNC_PROTOCOL
 from opengrid.node.lookups import Lookups
 from opengrid.node.membership import Membership
 from opengrid.node.registration import Registration
+from opengrid.node.reporting import node_status, status_line_loop
 from opengrid.node.router import Router
 from opengrid.node.split_group import SplitGroup, check_member, lend_memory
 from opengrid.node.timing import TimingTrace
@@ -84,15 +84,10 @@ from opengrid.wire.messages import (
     ModelOffer,
     NodeStatus,
     PromptFormat,
-    SplitGroupStatus,
-    SplitMemberStatus,
-    WorkerSummary,
-    bounded_status,
 )
 
 log = logging.getLogger("opengrid.node")
 NODE_INFO_FILE = "node.json"
-_STATUS_LINE_PERIOD_S = 60.0
 
 
 class Node:
@@ -108,11 +103,15 @@ class Node:
         trace_frames: pathlib.Path | None = None,
         rng: random.Random | None = None,
         trace_timing: pathlib.Path | None = None,
+        transport: Transport = LIBP2P,
     ) -> None:
         """``rng``: the coordinator's random stream (worker choice); a fresh unseeded one by default.
         Tests pass a seeded one to compare decisions with other drivers (tests/simulations).
-        ``trace_timing``: append the points each job passes to this file (opengrid/node/timing.py)."""
+        ``trace_timing``: append the points each job passes to this file (opengrid/node/timing.py).
+        ``transport``: where the host, gossip and DHT come from (opengrid/net/transport.py); tests pass
+        an in-memory network (opengrid.testing.memnet), which offers no relays and no LAN discovery."""
         config = config.validated()
+        self._transport = transport
         self._rng = rng if rng is not None else random.Random()
         self._api = api
         self._trace_path = trace_frames
@@ -165,7 +164,7 @@ class Node:
         return self.ctx.config
 
     @property
-    def host(self) -> Host | None:
+    def host(self) -> StreamHost | None:
         return self.ctx.host
 
     @property
@@ -264,7 +263,8 @@ class Node:
                 ctx.engine, skip_speed_test=config.skip_speed_test
             )
             psk = derive_psk(config.network, config.network_key) if config.network_key else None
-            async with open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay)) as host:
+            opened = self._transport.open_host(self._seed, config.listen, psk=psk, relay=bool(config.relay))
+            async with opened as host:
                 await self._serve(host, task_status)
         finally:
             ctx.nursery = None
@@ -284,7 +284,7 @@ class Node:
             ctx.store.close()
             log.info("node stopped cleanly")
 
-    async def _serve(self, host: Host, task_status: TaskStatus[Node]) -> None:
+    async def _serve(self, host: StreamHost, task_status: TaskStatus[Node]) -> None:
         """With the host open: install the stream handlers, start every part's tasks, serve."""
         ctx, config = self.ctx, self.ctx.config
         assert ctx.ledger is not None
@@ -299,7 +299,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             ctx.nursery = nursery
             # Reserve first, so the first announcement and registration carry the relayed address.
-            ctx.relay_keepers = [ReservationKeeper(host, address) for address in config.relays]
+            libp2p = host if isinstance(host, Host) else None  # relays, LAN, auto relay: libp2p's only
+            ctx.relay_keepers = [ReservationKeeper(libp2p, a) for a in config.relays] if libp2p else []
             for keeper in ctx.relay_keepers:
                 await nursery.start(keeper.run)
             ctx.membership = Membership(
@@ -317,14 +318,16 @@ class Node:
                 relay=bool(config.relay),
                 # DHT servers: reachable, long-lived nodes (spec/discovery.md §4.6)
                 dht_server=bool(config.listen) and (config.role == "coordinator" or bool(config.relay)),
+                transport=self._transport,
             )
             await nursery.start(ctx.membership.run)
-            if config.lan:
-                self.lan = await nursery.start(join_lan, host, config)
-            self.auto_relay = AutoRelay(
-                host, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers
-            )
-            await nursery.start(self.auto_relay.run)
+            if config.lan and libp2p is not None:
+                self.lan = await nursery.start(join_lan, libp2p, config)
+            if libp2p is not None:
+                self.auto_relay = AutoRelay(
+                    libp2p, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers
+                )
+                await nursery.start(self.auto_relay.run)
             nursery.start_soon(self.ledger_service.gossip_loop)
             if config.role == "coordinator":
                 ctx.coordinator = Coordinator(
@@ -357,7 +360,7 @@ class Node:
                 nursery.start_soon(self._head_group, nursery)
             if self._api is not None:
                 self.api_urls = await nursery.start(self.api_service.serve, self._api)
-            nursery.start_soon(self._status_line_loop)
+            nursery.start_soon(status_line_loop, self)
             self._write_node_info()
             log.info(
                 "%s %s ready on %s (ledger: %d entries)",
@@ -511,81 +514,7 @@ class Node:
 
     def status(self) -> NodeStatus:
         """What this node reports about itself; its points come from its own ledger."""
-        assert self.host is not None and self.ledger is not None
-        workers: list[WorkerSummary] = []
-        balances: dict[str, int] = {}
-        if self.coordinator is not None:
-            workers = [
-                WorkerSummary(
-                    peer_id=r.peer,
-                    public_key=r.key,
-                    models=[o.name for o in r.offers],
-                    online=r.online,
-                    split_members=self.coordinator_requests.split_members.get(r.peer) or msgspec.UNSET,
-                )
-                for r in sorted(self.coordinator.workers.values(), key=lambda r: r.peer)
-            ]
-            balances = {key.hex(): points for key, points in sorted(self.ledger.balances().items())}
-        status = NodeStatus(
-            peer_id=self.host.peer_id,
-            public_key=self.public_key,
-            role=self.config.role,
-            addrs=self.host.addrs(),
-            points=self.points(),
-            jobs_done=self.ledger.jobs_done(self.public_key),
-            models=[o.name for o in self.worker.offers] if self.worker is not None else [],
-            workers=workers,
-            balances=balances,
-            ledger_entries=len(self.ledger),
-            paused=self.paused,
-            peers=self.membership.peers(self.coordinator_requests.rtt.get)
-            if self.membership is not None
-            else [],
-            network=self.config.network,
-            candidate=self.admission is not None and self.admission.candidate,
-            reachability=self.membership.reachability if self.membership is not None else "unknown",
-            split_group=self._split_group_status(),
-        )
-        return bounded_status(status)  # lists cut to their wire limits (spec/limits.md)
-
-    def _split_group_status(self) -> SplitGroupStatus | msgspec.UnsetType:
-        """The split group this worker heads, once formed (spec/split.md §7)."""
-        view = self.split_group.view() if self.split_group is not None else None
-        if view is None or self.split_group is None:
-            return msgspec.UNSET
-        return SplitGroupStatus(
-            model=self.split_group.model,
-            n_layers=view.n_layers,
-            head_layers=view.head_layers,
-            members=[SplitMemberStatus(peer, first, count) for peer, first, count in view.members],
-            formed=view.formed,
-        )
-
-    async def _status_line_loop(self) -> None:
-        """One line a minute saying what the node is doing, so a volunteer's log shows it is alive."""
-        while True:
-            await trio.sleep(_STATUS_LINE_PERIOD_S)
-            state = f"not working: {self.pause_reason}" if self.paused else "working"
-            if self.coordinator is not None:
-                online = sum(1 for r in self.coordinator.workers.values() if r.online)
-                log.info(
-                    "status: %s; %d worker(s) online, %d job(s) running, ledger %d entries",
-                    state,
-                    online,
-                    len(self.coordinator_driver.jobs),
-                    len(self.ledger or ()),
-                )
-            else:
-                worker = self.worker_driver
-                speed = worker.tokens_out / worker.busy_s if worker.busy_s else 0.0
-                log.info(
-                    "status: %s; %d job(s) run, %d point(s), %d running, %.0f tokens/s while busy",
-                    state,
-                    worker.jobs_run,
-                    self.points(),
-                    worker.running,
-                    speed,
-                )
+        return node_status(self)
 
 
 async def serve(config: NodeConfig) -> None:

@@ -41,8 +41,7 @@ from opengrid.wire.messages import GroupShare, ReplicaResult, SplitShares
 
 if TYPE_CHECKING:
     from opengrid.engines.split import SplitEngine
-    from opengrid.net.gossip import Gossip
-    from opengrid.net.host import Host
+    from opengrid.net.transport import PubSub, StreamHost
     from opengrid.node.config import NodeConfig
     from opengrid.node.context import TaskStatus
 
@@ -114,8 +113,8 @@ def check_member() -> None:
 
 
 async def lend_memory(
-    host: Host,
-    gossip: Gossip,
+    host: StreamHost,
+    gossip: PubSub,
     limits: SplitLimits,
     signing_key: SigningKey,
     *,
@@ -161,8 +160,8 @@ class SplitGroup:
 
     def __init__(
         self,
-        host: Host,
-        gossip: Gossip,
+        host: StreamHost,
+        gossip: PubSub,
         info: ModelInfo,
         footprint: ModelFootprint,
         *,

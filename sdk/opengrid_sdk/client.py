@@ -54,9 +54,10 @@ from opengrid.errors import (
     UnknownModelError,
     VerificationError,
 )
-from opengrid.net.discovery import Discovery, role_key
-from opengrid.net.host import Host, derive_psk, open_host
+from opengrid.net.discovery import role_key
+from opengrid.net.host import derive_psk
 from opengrid.net.keys import peer_id_of, public_key_of
+from opengrid.net.transport import LIBP2P, Directory, StreamHost, Transport
 from opengrid.node.chat_template import TemplateRenderer
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.contract import sampling_problem
@@ -258,9 +259,12 @@ class Client:
         timeout: float = 300.0,
         identity_seed: bytes | None = None,
         network_key: str | None = None,
+        transport: Transport = LIBP2P,
     ) -> None:
         """``bootstrap``: any node's multiaddrs; jobs go to a coordinator found through them.
-        ``network_key``: the shared secret of a private network (the nodes' ``--network-key``)."""
+        ``network_key``: the shared secret of a private network (the nodes' ``--network-key``).
+        ``transport``: the network (opengrid/net/transport.py); tests pass an in-memory one, whose trio
+        run then runs the client's work instead of a run of the client's own."""
         if not bootstrap:
             raise ConfigError("Client needs at least one bootstrap multiaddr (any node's address)")
         self.bootstrap = list(bootstrap)
@@ -279,11 +283,12 @@ class Client:
         self._grant: Grant | None = None
         """A starting grant vouched for and not yet on the ledger: its GRANT goes with the next paid job."""
         self.timeout = timeout
-        self._host: Host | None = None
+        self._transport = transport
+        self._host: StreamHost | None = None
         self._nursery: trio.Nursery | None = None
         self._templates: TemplateRenderer | None = None
         """Renders models' chat templates for ``chat`` (sandboxed child processes, as the API does)."""
-        self._discovery: Discovery | None = None
+        self._discovery: Directory | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
         self._stop: trio.Event | None = None
@@ -297,7 +302,10 @@ class Client:
     # ── the private trio thread ──────────────────────────────────────────────────────────────────────
     def _thread_main(self) -> None:
         try:
-            trio.run(self._trio_main)
+            if self._transport.trio_token is None:
+                trio.run(self._trio_main)
+            else:  # the transport's own run: this thread waits there, as it would in trio.run
+                trio.from_thread.run(self._trio_main, trio_token=self._transport.trio_token)
         except BaseException as exc:  # surfaced to the caller of __init__ or the next call
             self._failure = exc
         finally:
@@ -306,7 +314,7 @@ class Client:
     async def _trio_main(self) -> None:
         seed = secrets.token_bytes(32)
         async with (
-            open_host(seed, ["/ip4/127.0.0.1/tcp/0"], psk=self._psk) as host,
+            self._transport.open_host(seed, ["/ip4/127.0.0.1/tcp/0"], psk=self._psk) as host,
             trio.open_nursery() as nursery,
         ):
             self._host = host
@@ -387,7 +395,7 @@ class Client:
         assert self._host is not None and self._nursery is not None
         if self._discovery is None:
             # Client mode: we ask, we never answer or store; the key would only sign values we never put.
-            discovery = Discovery(
+            discovery = self._transport.discovery(
                 self._host, network=self.network, signing_key=SigningKey.generate(), server=False
             )
             await self._nursery.start(discovery.run)

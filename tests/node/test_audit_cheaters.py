@@ -1,5 +1,6 @@
-"""The cheater matrix on real nodes (issue 14; spec/verification.md §13.2, §13.6): in-process libp2p nodes
-on 127.0.0.1, llama.cpp with the tiny model, a coordinator in audit mode (set explicitly). Provers that
+"""The cheater matrix on nodes (issue 14; spec/verification.md §13.2, §13.6): in-process nodes on the
+in-memory network in virtual time (``memnet``, ``memnet_clock``), llama.cpp with the tiny model, a
+coordinator in audit mode (set explicitly). Provers that
 cheat — lazy (random tokens), a model swap (the tiny model written with another seed), one token in 20
 changed, an intermittent cheater (honest, then cheating on a fixed schedule) — and an auditor that passes
 every claim without scoring it. For each: no wrong answer reaches the client, and the cheater earns
@@ -10,10 +11,12 @@ from __future__ import annotations
 import pathlib
 import random
 import secrets
+from functools import partial
 
 import pytest
 import trio
 from opengrid_ledger import Receipt, decode_body, decode_entry
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.reputation import Reputation
@@ -27,9 +30,10 @@ from opengrid.engines.adversarial import (
     WrongTokensEngine,
 )
 from opengrid.engines.tiny_model import write_tiny_gguf
-from opengrid.net.host import Host
+from opengrid.net.transport import StreamHost
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.commitment import commit_output
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import JobAccepted, SubmitJob
@@ -58,17 +62,22 @@ def _info(path: pathlib.Path, name: str = "tiny") -> ModelInfo:
     return ModelInfo(name=name, path=path, sha256=sha256_file(path))
 
 
-def _coordinator(base: pathlib.Path, rng: random.Random, **audit: float) -> Node:
+def _coordinator(base: pathlib.Path, rng: random.Random, memnet: MemoryNetwork, **audit: float) -> Node:
     config = CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit", **audit)
     return Node(
         NodeConfig(data_dir=base / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
         coordinator_config=config,
         rng=rng,
+        transport=memnet,
     )
 
 
 async def _workers(
-    nursery: trio.Nursery, base: pathlib.Path, coordinator: Node, engines: dict[str, Engine]
+    nursery: trio.Nursery,
+    base: pathlib.Path,
+    coordinator: Node,
+    engines: dict[str, Engine],
+    memnet: MemoryNetwork,
 ) -> dict[str, Node]:
     assert coordinator.host is not None
     nodes = {}
@@ -80,7 +89,7 @@ async def _workers(
             heartbeat_s=0.5,
             skip_speed_test=True,  # no start-up generation: the intermittent cheater counts job generations
         )
-        node = Node(config, engine=engine)
+        node = Node(config, engine=engine, transport=memnet)
         await nursery.start(node.run)
         nodes[name] = node
     with trio.fail_after(30):
@@ -120,9 +129,9 @@ def _receipt(reply: JobAccepted) -> Receipt:
 
 
 class _Grid:
-    """A coordinator and named workers on real libp2p hosts, and a client to submit jobs."""
+    """A coordinator and named workers on the in-memory network, and a client to submit jobs."""
 
-    def __init__(self, coordinator: Node, workers: dict[str, Node], client: Host, peer: str) -> None:
+    def __init__(self, coordinator: Node, workers: dict[str, Node], client: StreamHost, peer: str) -> None:
         self.coordinator, self.workers, self.client, self.peer = coordinator, workers, client, peer
         self.ids = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
 
@@ -148,12 +157,17 @@ class _Grid:
 
 
 async def _open(
-    nursery: trio.Nursery, base: pathlib.Path, rng: random.Random, engines: dict[str, Engine], **audit: float
+    nursery: trio.Nursery,
+    base: pathlib.Path,
+    rng: random.Random,
+    engines: dict[str, Engine],
+    memnet: MemoryNetwork,
+    **audit: float,
 ) -> _Grid:
-    coordinator = _coordinator(base, rng, **audit)
+    coordinator = _coordinator(base, rng, memnet, **audit)
     await nursery.start(coordinator.run)
-    workers = await _workers(nursery, base, coordinator, engines)
-    client: Host = await nursery.start(client_host)
+    workers = await _workers(nursery, base, coordinator, engines, memnet)
+    client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
     assert coordinator.host is not None
     peer = await client.connect(coordinator.host.addrs()[0])
     return _Grid(coordinator, workers, client, peer)
@@ -170,7 +184,11 @@ def _cheating_engine(kind: str, info: ModelInfo, swap: ModelInfo) -> Engine:
 
 @pytest.mark.parametrize("kind", ["lazy", "model-swap", "one-in-20"])
 async def test_a_cheating_prover_is_caught_by_its_audit_and_earns_nothing(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, kind: str
+    tmp_path: pathlib.Path,
+    tiny_model_path: pathlib.Path,
+    memnet: MemoryNetwork,
+    kind: str,
+    memnet_clock: MockClock,
 ) -> None:
     info = _info(tiny_model_path)
     swap = _info(write_tiny_gguf(tmp_path / "tiny-seed1.gguf", seed=1), name="tiny-swap")
@@ -184,7 +202,7 @@ async def test_a_cheating_prover_is_caught_by_its_audit_and_earns_nothing(
             "w1": LlamaEngine(info, n_threads=1),
             "w2": LlamaEngine(info, n_threads=1),
         }
-        grid = await _open(nursery, tmp_path, rng, engines)
+        grid = await _open(nursery, tmp_path, rng, engines, memnet)
         rng.prefer = [grid.ids["cheat"]]  # the cheater proves first
         reply = await grid.submit(prompt)
         assert grid.workers["cheat"].jobs_run == 1, "the cheater's claim was the first"
@@ -197,7 +215,7 @@ async def test_a_cheating_prover_is_caught_by_its_audit_and_earns_nothing(
 
 
 async def test_an_intermittent_cheater_earns_for_its_honest_jobs_and_nothing_for_its_cheats(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = _info(tiny_model_path)
     prompts = PROMPTS[:7]
@@ -213,7 +231,7 @@ async def test_an_intermittent_cheater_earns_for_its_honest_jobs_and_nothing_for
             "w1": LlamaEngine(info, n_threads=1),
             "w2": LlamaEngine(info, n_threads=1),
         }
-        grid = await _open(nursery, tmp_path, rng, engines)
+        grid = await _open(nursery, tmp_path, rng, engines, memnet)
         rng.prefer = [grid.ids["cheat"]]  # it proves every job first
         key = grid.workers["cheat"].public_key
         earned = 0
@@ -233,7 +251,7 @@ async def test_an_intermittent_cheater_earns_for_its_honest_jobs_and_nothing_for
 
 
 async def test_an_auditor_that_always_passes_is_caught_by_a_canary_audit_and_no_longer_drawn(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = _info(tiny_model_path)
     honest = await _honest(info, PROMPTS)
@@ -247,7 +265,7 @@ async def test_an_auditor_that_always_passes_is_caught_by_a_canary_audit_and_no_
         # auditor and the stamp next, so the canary audit, drawn after the claim's auditor, goes to the
         # stamp (whenever it has an answer it never saw), which never audits a client's claim here.
         rng = _Preferring(21)
-        grid = await _open(nursery, tmp_path, rng, engines, audit_canary_rate=1.0)
+        grid = await _open(nursery, tmp_path, rng, engines, memnet, audit_canary_rate=1.0)
         rng.prefer = [grid.ids["w1"], grid.ids["w2"], grid.ids["stamp"]]
         # Answers a trusted node computed (``add_known_answer``): a small network's own verified answers
         # are soon all seen by its few workers, and a canary needs answers its target never saw.
@@ -280,7 +298,7 @@ async def test_an_auditor_that_always_passes_is_caught_by_a_canary_audit_and_no_
 
 
 async def test_a_cheat_passed_by_a_rubber_stamp_auditor_is_caught_by_the_second_audit(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = _info(tiny_model_path)
     prompts = PROMPTS[:3]
@@ -295,7 +313,7 @@ async def test_a_cheat_passed_by_a_rubber_stamp_auditor_is_caught_by_the_second_
             "w2": LlamaEngine(info, n_threads=1),
         }
         # Every claim gets a second auditor: a cartel's pass meets an honest failure, and a tie-break.
-        grid = await _open(nursery, tmp_path, rng, engines, audit_second_rate=1.0)
+        grid = await _open(nursery, tmp_path, rng, engines, memnet, audit_second_rate=1.0)
         rng.prefer = [grid.ids["cheat"], grid.ids["stamp"]]  # the cheater proves, the stamp audits it
         reply = await grid.submit(prompts[0])
         assert stamp.stamped == 1, "the rubber stamp passed the cheat"

@@ -1,8 +1,11 @@
-"""Audit mode on real nodes (issue 14; spec/verification.md §13): a coordinator started with
+"""Audit mode on nodes (issue 14; spec/verification.md §13): a coordinator started with
 ``verify="audit"`` runs an open job on one worker and has another worker holding the same weights re-score
 the claim with llama.cpp; the receipt credits both. A worker that returns wrong tokens
 (``WrongTokensEngine``, the ``wrong-tokens`` adversary) is caught by the audit: its answer never reaches
-the client, it earns nothing, and the job is answered by an honest prover."""
+the client, it earns nothing, and the job is answered by an honest prover.
+
+llama.cpp on the tiny model; the nodes run on the in-memory network in virtual time (``memnet``,
+``memnet_clock``: the clock stands still while an engine computes in its thread)."""
 
 from __future__ import annotations
 
@@ -10,18 +13,21 @@ import pathlib
 import random
 import secrets
 from collections.abc import Sequence
+from functools import partial
 from typing import TypeVar
 
 import trio
 from opengrid_ledger import Receipt, decode_body, decode_entry
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.reputation import Reputation
 from opengrid.engines import Engine, GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.engines.adversarial import WrongTokensEngine
-from opengrid.net.host import Host
+from opengrid.net.transport import LIBP2P, StreamHost, Transport
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import JobAccepted, SubmitJob
 from tests.node.workers import client_host
 
@@ -48,16 +54,21 @@ class _Preferring(random.Random):
         return first + super().sample(rest, min(k - len(first), len(rest)))
 
 
-def _coordinator(base: pathlib.Path, rng: random.Random | None = None) -> Node:
+def _coordinator(base: pathlib.Path, memnet: MemoryNetwork, rng: random.Random | None = None) -> Node:
     return Node(
         NodeConfig(data_dir=base / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit"),
         rng=rng,
+        transport=memnet,
     )
 
 
 async def _workers(
-    nursery: trio.Nursery, base: pathlib.Path, coordinator: Node, engines: dict[str, Engine]
+    nursery: trio.Nursery,
+    base: pathlib.Path,
+    coordinator: Node,
+    engines: dict[str, Engine],
+    transport: Transport = LIBP2P,
 ) -> dict[str, Node]:
     assert coordinator.host is not None
     nodes = {}
@@ -65,7 +76,7 @@ async def _workers(
         config = NodeConfig(
             data_dir=base / name, role="worker", bootstrap=(coordinator.host.addrs()[0],), heartbeat_s=0.5
         )
-        node = Node(config, engine=engine)
+        node = Node(config, engine=engine, transport=transport)
         await nursery.start(node.run)
         nodes[name] = node
     with trio.fail_after(30):
@@ -89,15 +100,15 @@ async def _honest_tokens(info: ModelInfo) -> list[int]:
 
 
 async def test_an_open_job_is_generated_once_audited_once_and_both_are_credited(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
-    coordinator = _coordinator(tmp_path)
+    coordinator = _coordinator(tmp_path, memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         engines: dict[str, Engine] = {n: LlamaEngine(info, n_threads=1) for n in ("w1", "w2", "w3")}
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
-        client: Host = await nursery.start(client_host)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         assert coordinator.host is not None and coordinator.coordinator is not None
         peer = await client.connect(coordinator.host.addrs()[0])
         job = SubmitJob(
@@ -124,13 +135,13 @@ async def test_an_open_job_is_generated_once_audited_once_and_both_are_credited(
 
 
 async def test_a_wrong_tokens_prover_is_caught_earns_nothing_and_the_client_gets_the_honest_answer(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     honest = await _honest_tokens(info)
     assert len(honest) >= 2  # so the cheat changes tokens (it replaces the second half)
     rng = _Preferring(5)
-    coordinator = _coordinator(tmp_path, rng)
+    coordinator = _coordinator(tmp_path, memnet, rng)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         engines: dict[str, Engine] = {
@@ -138,12 +149,12 @@ async def test_a_wrong_tokens_prover_is_caught_earns_nothing_and_the_client_gets
             "w1": LlamaEngine(info, n_threads=1),
             "w2": LlamaEngine(info, n_threads=1),
         }
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         cheater = workers["cheat"]
         assert cheater.host is not None and coordinator.host is not None
         assert coordinator.coordinator is not None and coordinator.ledger is not None
         rng.prefer = [cheater.host.peer_id]
-        client: Host = await nursery.start(client_host)
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         peer = await client.connect(coordinator.host.addrs()[0])
         job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS)
         with trio.fail_after(90):
@@ -161,11 +172,11 @@ async def test_a_wrong_tokens_prover_is_caught_earns_nothing_and_the_client_gets
 
 
 async def test_a_worker_that_cannot_score_is_replaced_as_auditor(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     rng = _Preferring(6)
-    coordinator = _coordinator(tmp_path, rng)
+    coordinator = _coordinator(tmp_path, memnet, rng)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         engines: dict[str, Engine] = {
@@ -173,10 +184,10 @@ async def test_a_worker_that_cannot_score_is_replaced_as_auditor(
             "noscore": WrongTokensEngine(LlamaEngine(info, n_threads=1)),  # has no score(): cannot audit
             "auditor": LlamaEngine(info, n_threads=1),
         }
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         ids = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
         rng.prefer = [ids["prover"], ids["noscore"]]  # proves first, then is the first auditor drawn
-        client: Host = await nursery.start(client_host)
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         assert coordinator.host is not None
         peer = await client.connect(coordinator.host.addrs()[0])
         job = SubmitJob(job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS)

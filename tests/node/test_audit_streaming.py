@@ -27,9 +27,9 @@ from opengrid.engines import GenerationRequest, LlamaEngine, ModelInfo, sha256_f
 from opengrid.engines.base import Generation
 from opengrid.net.host import FrameStream, Host
 from opengrid.node.api import ApiSettings
+from opengrid.node.audit_driver import MAX_SCORING_SESSIONS
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
-from opengrid.node.worker_driver import MAX_SCORING_SESSIONS
 from opengrid.wire.messages import (
     AuditChunk,
     AuditJob,

@@ -1,10 +1,10 @@
 """A new coordinator is admitted by 2/3 of the genesis coordinators on live nodes (spec/ledger.md §7.1).
 
-Real libp2p hosts on 127.0.0.1, one trio process, the tiny model. The genesis names coordinators C1, C2,
-C3; D starts as a coordinator too, so it is a candidate: it takes no jobs and asks C1..C3 to co-sign its
-admission, which their operators have not approved — each lists it as pending. With one approval (of
-the two co-signatures three coordinators need) D stays a candidate; after a second one D writes the ADMIT
-entry, every node applies it, and the receipt of a job D verifies counts on every ledger.
+The in-memory network in virtual time, one trio process, the tiny model. The genesis names coordinators
+C1, C2, C3; D starts as a coordinator too, so it is a candidate: it takes no jobs and asks C1..C3 to
+co-sign its admission, which their operators have not approved — each lists it as pending. With one
+approval (of the two co-signatures three coordinators need) D stays a candidate; after a second one D
+writes the ADMIT entry, every node applies it, and the receipt of a job D verifies counts on every ledger.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import trio
 from opengrid_ledger import Receipt, decode_body
 from opengrid_ledger.genesis import Genesis, encode_genesis
 from opengrid_sdk.client import Client
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
@@ -24,6 +25,7 @@ from opengrid.net.keys import peer_id_of
 from opengrid.node import admission
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import ErrorReply, SubmitJob
 from tests.waiting import until
 
@@ -35,7 +37,7 @@ def pending_everywhere(voters: list[Node], candidate: str) -> bool:
 
 
 async def test_a_candidate_coordinator_mints_once_two_of_three_operators_approve_it(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     genesis = tmp_path / "genesis.json"
 
@@ -54,20 +56,20 @@ async def test_a_candidate_coordinator_mints_once_two_of_three_operators_approve
     plain = CoordinatorConfig.plain(heartbeat_s=0.5)
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     async with trio.open_nursery() as nursery:
-        c1 = Node(config("c1", "coordinator", None), coordinator_config=plain)
+        c1 = Node(config("c1", "coordinator", None), coordinator_config=plain, transport=memnet)
         genesis_keys = [c1.public_key]
         for name in ("c2", "c3"):  # keys exist once a Node is built: write the genesis before any start
-            genesis_keys.append(Node(config(name, "coordinator", None)).public_key)
+            genesis_keys.append(Node(config(name, "coordinator", None), transport=memnet).public_key)
         genesis.write_bytes(encode_genesis(Genesis(NETWORK, tuple(genesis_keys))))
         await nursery.start(c1.run)
         voters = [c1]
         for name in ("c2", "c3"):
-            node = Node(config(name, "coordinator", c1), coordinator_config=plain)
+            node = Node(config(name, "coordinator", c1), coordinator_config=plain, transport=memnet)
             await nursery.start(node.run)
             voters.append(node)
-        d = Node(config("d", "coordinator", c1), coordinator_config=plain)
+        d = Node(config("d", "coordinator", c1), coordinator_config=plain, transport=memnet)
         await nursery.start(d.run)
-        worker = Node(config("w", "worker", c1), engine=LlamaEngine(info, n_threads=1))
+        worker = Node(config("w", "worker", c1), engine=LlamaEngine(info, n_threads=1), transport=memnet)
         await nursery.start(worker.run)
         nodes = [*voters, d, worker]
         assert d.host is not None and d.admission is not None and d.ledger is not None
@@ -107,7 +109,7 @@ async def test_a_candidate_coordinator_mints_once_two_of_three_operators_approve
         )
 
         def submit() -> None:
-            with Client([d_address], network=NETWORK, timeout=60) as client:
+            with Client([d_address], network=NETWORK, timeout=60, transport=memnet) as client:
                 client.complete("Admitted", model="tiny", max_tokens=3, replicas=1, sealed=False)
 
         await trio.to_thread.run_sync(submit)

@@ -1,10 +1,11 @@
 """A fork seen by one node reaches every node: it publishes a FRAUD proof on the ledger gossip topic.
 
-Two real coordinators on 127.0.0.1 share a genesis whose minters are A and X, a key the test holds (a
-proof is stored only if its author has standing, spec/ledger.md §6.3: A's is being a minter). A is given
-both branches of X's fork at seq 1 (two receipts with one seq); node B only the first, so B alone could
-not know. A freezes X, authors a FRAUD entry and gossips it; B applies the proof and cuts X too: X's
-receipt no longer counts anywhere, and B does not publish a second proof.
+Two coordinators on the in-memory network (virtual time; gossip through the nodes' own validators) share
+a genesis whose minters are A and X, a key the test holds (a proof is stored only if its author has
+standing, spec/ledger.md §6.3: A's is being a minter). A is given both branches of X's fork at seq 1 (two
+receipts with one seq); node B only the first, so B alone could not know. A freezes X, authors a FRAUD
+entry and gossips it; B applies the proof and cuts X too: X's receipt no longer counts anywhere, and B
+does not publish a second proof.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import pathlib
 import trio
 from opengrid_ledger import Fraud, decode_body, encode_entry
 from opengrid_ledger.genesis import Genesis, encode_genesis
+from trio.testing import MockClock
 
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from tests.ledger.ledger_factory import COORDINATOR, NETWORK, WORKERS, Author, job_id, make_receipt, pub
 from tests.waiting import until
 
@@ -32,7 +35,7 @@ def frauds(node: Node) -> list[bytes]:
 
 
 async def test_a_fork_one_node_saw_freezes_the_forker_on_a_node_that_saw_one_branch(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     genesis = tmp_path / "genesis.json"
     honest, forked = Author(COORDINATOR), Author(COORDINATOR)
@@ -52,17 +55,16 @@ async def test_a_fork_one_node_saw_freezes_the_forker_on_a_node_that_saw_one_bra
         )
 
     async with trio.open_nursery() as nursery:
-        a = Node(config("a"))
+        a = Node(config("a"), transport=memnet)
         minters = (pub(COORDINATOR), a.public_key)
         genesis.write_bytes(encode_genesis(Genesis(network=NETWORK, coordinators=minters)))
         await nursery.start(a.run)
-        b = Node(config("b", bootstrap=a))
+        b = Node(config("b", bootstrap=a), transport=memnet)
         await nursery.start(b.run)
         assert a.ledger is not None and b.ledger is not None
         await until(
             lambda: b.membership is not None and a.host is not None and len(b.status().peers) == 1, 10
         )
-        await trio.sleep(1.5)  # the gossip mesh forms (gossipsub heartbeat: 1 s)
 
         b.ledger_service.take_gossiped_entry("test", encode_entry(first))
         assert b.ledger.balance(pub(WORKERS[0])) == 5 and not b.ledger.frozen()

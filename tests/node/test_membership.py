@@ -1,6 +1,8 @@
 """Joining through any node: gossip tells a worker of every coordinator; a private network keeps others out.
 
-Real nodes in one process on 127.0.0.1 (libp2p hosts, gossipsub, llama.cpp on the tiny model).
+Nodes in one process, llama.cpp on the tiny model: on real libp2p hosts on 127.0.0.1 (gossipsub, the DHT,
+network keys, dial-backs, RTT), or, for what is about the protocol (finding a coordinator through a
+worker, ledger gossip, approval), on the in-memory network in virtual time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import msgspec
 import pytest
 import trio
 from opengrid_sdk import Client
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
@@ -20,6 +23,7 @@ from opengrid.errors import ConfigError
 from opengrid.net.discovery import model_key, model_name_key, role_key
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import JobAccepted
 from tests.waiting import until
 
@@ -81,17 +85,23 @@ async def test_a_worker_bootstrapped_from_one_coordinator_registers_with_every_c
 
 
 async def test_a_worker_bootstrapped_from_another_worker_finds_the_coordinator(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     async with trio.open_nursery() as nursery:
-        coordinator = Node(fast(tmp_path / "c", "coordinator"))
+        coordinator = Node(fast(tmp_path / "c", "coordinator"), transport=memnet)
         await nursery.start(coordinator.run)
         first = Node(
-            fast(tmp_path / "w1", "worker", bootstrap=coordinator), engine=tiny_engine(tiny_model_path)
+            fast(tmp_path / "w1", "worker", bootstrap=coordinator),
+            engine=tiny_engine(tiny_model_path),
+            transport=memnet,
         )
         await nursery.start(first.run)
         assert first.host is not None
-        second = Node(fast(tmp_path / "w2", "worker", bootstrap=first), engine=tiny_engine(tiny_model_path))
+        second = Node(
+            fast(tmp_path / "w2", "worker", bootstrap=first),
+            engine=tiny_engine(tiny_model_path),
+            transport=memnet,
+        )
         await nursery.start(second.run)
         assert second.host is not None
         await until(second.registered.is_set, timeout=20)
@@ -138,7 +148,7 @@ async def test_a_genesis_file_for_another_network_is_refused_at_start(tmp_path: 
 
 
 async def test_ledger_entries_reach_a_node_that_took_no_part_through_gossip(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     # Heartbeats of a minute: the periodic ledger sync (every 6 beats) cannot be what delivers the receipt.
     slow = dict(heartbeat_s=60.0, announce_s=0.3)
@@ -146,6 +156,7 @@ async def test_ledger_entries_reach_a_node_that_took_no_part_through_gossip(
         coordinator = Node(
             NodeConfig(data_dir=tmp_path / "c", role="coordinator", **slow),  # type: ignore[arg-type]
             coordinator_config=CoordinatorConfig.plain(heartbeat_s=60.0),
+            transport=memnet,
         )
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.ledger is not None
@@ -153,10 +164,9 @@ async def test_ledger_entries_reach_a_node_that_took_no_part_through_gossip(
         workers = []
         for name in ("w1", "w2", "w3"):
             config = NodeConfig(data_dir=tmp_path / name, role="worker", bootstrap=bootstrap, **slow)  # type: ignore[arg-type]
-            workers.append(Node(config, engine=tiny_engine(tiny_model_path)))
+            workers.append(Node(config, engine=tiny_engine(tiny_model_path), transport=memnet))
             await nursery.start(workers[-1].run)
         await until(lambda: all(w.registered.is_set() for w in workers), timeout=20)
-        await trio.sleep(1)  # the gossip mesh forms (gossipsub heartbeat: 1 s)
         reply = await coordinator.api_submit(
             prompt="Hi", model="tiny", max_tokens=3, replicas=2, format="text"
         )
@@ -170,17 +180,23 @@ async def test_ledger_entries_reach_a_node_that_took_no_part_through_gossip(
 
 
 async def test_a_coordinator_with_approval_serves_a_worker_only_once_its_operator_approved_it(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: pathlib.Path,
+    tiny_model_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    memnet: MemoryNetwork,
+    memnet_clock: MockClock,
 ) -> None:
     from opengrid.cli.main import main
     from opengrid.node import admission
 
     async with trio.open_nursery() as nursery:
         config = fast(tmp_path / "c", "coordinator")
-        coordinator = Node(msgspec.structs.replace(config, approve_workers=True))
+        coordinator = Node(msgspec.structs.replace(config, approve_workers=True), transport=memnet)
         await nursery.start(coordinator.run)
         worker = Node(
-            fast(tmp_path / "w", "worker", bootstrap=coordinator), engine=tiny_engine(tiny_model_path)
+            fast(tmp_path / "w", "worker", bootstrap=coordinator),
+            engine=tiny_engine(tiny_model_path),
+            transport=memnet,
         )
         await nursery.start(worker.run)
         assert worker.host is not None

@@ -1,6 +1,9 @@
-"""A real node on 127.0.0.1 (libp2p host, SQLite ledger) against raw streams and the SDK's requests.
+"""A node (SQLite ledger) against raw streams and the SDK's requests.
 
-Bad input must give a typed error reply and leave the node serving; identities and ledgers persist.
+Bad input must give a typed error reply and leave the node serving; identities and ledgers persist. On the
+in-memory network in virtual time (``memnet``, ``memnet_clock``: the same framing, bounds and handlers
+as on libp2p), except what is about the transport: dialling a dead address, and measuring RTT (real
+libp2p on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 from nacl.signing import SigningKey
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError, TransportError
-from opengrid.net.host import JOB_PROTOCOL, Host, open_host
+from opengrid.net.host import JOB_PROTOCOL, open_host
+from opengrid.net.transport import StreamHost
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.engines import EchoEngine
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.codec import MAX_FRAME_BYTES, encode_frame
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.control import control_signing_bytes
@@ -36,8 +43,8 @@ from opengrid.wire.messages import (
 
 
 @pytest.fixture
-async def coordinator(tmp_path: pathlib.Path) -> AsyncIterator[Node]:
-    node = Node(NodeConfig(data_dir=tmp_path / "coordinator", role="coordinator"))
+async def coordinator(tmp_path: pathlib.Path, memnet: MemoryNetwork) -> AsyncIterator[Node]:
+    node = Node(NodeConfig(data_dir=tmp_path / "coordinator", role="coordinator"), transport=memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         yield node
@@ -45,12 +52,12 @@ async def coordinator(tmp_path: pathlib.Path) -> AsyncIterator[Node]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Host]:
-    async with open_host(secrets.token_bytes(32)) as host:
+async def client(memnet: MemoryNetwork) -> AsyncIterator[StreamHost]:
+    async with memnet.open_host(secrets.token_bytes(32)) as host:
         yield host
 
 
-async def _raw_exchange(client: Host, node: Node, data: bytes) -> object:
+async def _raw_exchange(client: StreamHost, node: Node, data: bytes) -> object:
     """Write raw bytes on a fresh job stream and read the node's one framed reply."""
     assert node.host is not None
     peer = await client.connect(node.host.addrs()[0])
@@ -62,13 +69,15 @@ async def _raw_exchange(client: Host, node: Node, data: bytes) -> object:
         await stream.aclose()
 
 
-async def _status_still_served(client: Host, node: Node) -> None:
+async def _status_still_served(client: StreamHost, node: Node) -> None:
     assert node.host is not None
     reply = await client.request(node.host.peer_id, StatusRequest())
     assert isinstance(reply, NodeStatus) and reply.peer_id == node.host.peer_id
 
 
-async def test_status_reports_identity_and_role(coordinator: Node, client: Host) -> None:
+async def test_status_reports_identity_and_role(
+    coordinator: Node, client: StreamHost, memnet_clock: MockClock
+) -> None:
     assert coordinator.host is not None
     peer = await client.connect(coordinator.host.addrs()[0])
     reply = await client.request(peer, StatusRequest())
@@ -79,7 +88,7 @@ async def test_status_reports_identity_and_role(coordinator: Node, client: Host)
 
 
 async def test_oversized_frame_gets_a_typed_error_and_node_keeps_serving(
-    coordinator: Node, client: Host
+    coordinator: Node, client: StreamHost, memnet_clock: MockClock
 ) -> None:
     header = struct.pack(">I", MAX_FRAME_BYTES + 1)
     reply = await _raw_exchange(client, coordinator, header)
@@ -89,7 +98,7 @@ async def test_oversized_frame_gets_a_typed_error_and_node_keeps_serving(
 
 
 async def test_malformed_frame_gets_a_typed_error_and_node_keeps_serving(
-    coordinator: Node, client: Host
+    coordinator: Node, client: StreamHost, memnet_clock: MockClock
 ) -> None:
     garbage = b"\xc1\xff\x00not msgpack"
     reply = await _raw_exchange(client, coordinator, struct.pack(">I", len(garbage)) + garbage)
@@ -97,7 +106,9 @@ async def test_malformed_frame_gets_a_typed_error_and_node_keeps_serving(
     await _status_still_served(client, coordinator)
 
 
-async def test_message_for_another_role_is_refused(coordinator: Node, client: Host) -> None:
+async def test_message_for_another_role_is_refused(
+    coordinator: Node, client: StreamHost, memnet_clock: MockClock
+) -> None:
     run = RunJob(
         job_id=b"j" * 16, contract=DecodingContract(model_sha256="00" * 32), prompt="hi", max_tokens=4
     )
@@ -106,18 +117,22 @@ async def test_message_for_another_role_is_refused(coordinator: Node, client: Ho
     assert "RunJob" in reply.message
 
 
-async def test_job_for_a_model_nobody_serves_fails_clearly(coordinator: Node, client: Host) -> None:
+async def test_job_for_a_model_nobody_serves_fails_clearly(
+    coordinator: Node, client: StreamHost, memnet_clock: MockClock
+) -> None:
     job = SubmitJob(job_id=secrets.token_bytes(16), model="no-such-model", prompt="hi", max_tokens=4)
     reply = await _raw_exchange(client, coordinator, encode_frame(job))
     assert isinstance(reply, ErrorReply)
     assert reply.code == "unknown_model" and "no-such-model" in reply.message
 
 
-async def test_identity_and_ledger_survive_a_restart(tmp_path: pathlib.Path) -> None:
+async def test_identity_and_ledger_survive_a_restart(
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
     config = NodeConfig(data_dir=tmp_path / "n", role="coordinator")
     peer_ids = []
     for _ in range(2):
-        node = Node(config)
+        node = Node(config, transport=memnet)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             assert node.host is not None
@@ -128,11 +143,12 @@ async def test_identity_and_ledger_survive_a_restart(tmp_path: pathlib.Path) -> 
     assert (tmp_path / "n" / "ledger.sqlite3").exists()
 
 
-async def test_dialling_a_dead_address_is_a_transport_error(client: Host) -> None:
+async def test_dialling_a_dead_address_is_a_transport_error() -> None:
     async with open_host(secrets.token_bytes(32)) as other:
         address = other.addrs()[0]
-    with pytest.raises(TransportError):
-        await client.connect(address)
+    async with open_host(secrets.token_bytes(32)) as client:
+        with pytest.raises(TransportError):
+            await client.connect(address)
 
 
 def test_worker_without_bootstrap_is_a_config_error(tmp_path: pathlib.Path) -> None:
@@ -159,7 +175,7 @@ def _control(node: Node, action: str, seed: bytes, issued_at_ms: int) -> Control
 
 
 async def test_only_the_owner_can_pause_and_a_paused_node_takes_no_work(
-    coordinator: Node, client: Host
+    coordinator: Node, client: StreamHost, memnet_clock: MockClock
 ) -> None:
     assert coordinator.host is not None
     peer = await client.connect(coordinator.host.addrs()[0])
@@ -187,14 +203,15 @@ async def test_only_the_owner_can_pause_and_a_paused_node_takes_no_work(
 
 
 async def test_receipts_survive_a_restart_of_coordinator_and_worker(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     """Points are in each node's SQLite ledger; after both restart, the same balances come back."""
-    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     coordinator_config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5)
 
     async def run_network(jobs: int) -> tuple[dict[str, int], int]:
-        coordinator = Node(coordinator_config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5))
+        coordinator = Node(
+            coordinator_config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5), transport=memnet
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(coordinator.run)
             assert coordinator.host is not None
@@ -206,7 +223,7 @@ async def test_receipts_survive_a_restart_of_coordinator_and_worker(
                     bootstrap=(coordinator.host.addrs()[0],),
                     heartbeat_s=0.5,
                 )
-                worker = Node(config, engine=LlamaEngine(info, n_threads=1))
+                worker = Node(config, engine=EchoEngine("tiny"), transport=memnet)
                 await nursery.start(worker.run)
                 workers.append(worker)
             with trio.fail_after(30):
@@ -232,17 +249,20 @@ async def test_receipts_survive_a_restart_of_coordinator_and_worker(
 
 
 async def test_a_worker_outside_its_working_hours_takes_no_work(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, coordinator: Node, client: Host
+    tmp_path: pathlib.Path,
+    memnet: MemoryNetwork,
+    coordinator: Node,
+    client: StreamHost,
+    memnet_clock: MockClock,
 ) -> None:
     now = time.localtime()
     start = (now.tm_hour * 60 + now.tm_min + 120) % (24 * 60)  # a window that starts in two hours
     hours = f"{start // 60:02d}:{start % 60:02d}-{(start + 60) // 60 % 24:02d}:{start % 60:02d}"
     assert coordinator.host is not None
-    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     config = NodeConfig(
         data_dir=tmp_path / "w", role="worker", bootstrap=(coordinator.host.addrs()[0],), work_hours=hours
     )
-    worker = Node(config, engine=LlamaEngine(info, n_threads=1))
+    worker = Node(config, engine=EchoEngine("tiny"), transport=memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         with trio.fail_after(10):

@@ -3,8 +3,8 @@ coordinator's registration channel; against a coordinator that answers late or n
 kept through a late answer — re-dialling an overloaded coordinator only adds a handshake to its load — and
 dropped for a fresh one after three beats without any answer.
 
-Real nodes (libp2p hosts, llama.cpp on the tiny model) on 127.0.0.1; the silent coordinator is a bare host
-that reads every RegisterWorker and never replies.
+Nodes on the in-memory network in virtual time (``memnet``, ``memnet_clock``), the worker with a test
+engine; the silent coordinator is a bare host that reads every RegisterWorker and never replies.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import secrets
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
-from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
-from opengrid.net.host import BEAT_PROTOCOL, FrameStream, open_host
+from opengrid.net.host import BEAT_PROTOCOL, FrameStream
 from opengrid.node import registration
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.engines import EchoEngine
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import ErrorReply, RegisterWorker, StatusRequest
 
 TIMEOUT_S = 1.5
@@ -29,21 +31,20 @@ on a loaded machine, so every timeout is a registration left unanswered."""
 
 
 async def test_a_silent_coordinator_keeps_its_connection_for_three_beats_then_gets_a_fresh_one(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, monkeypatch: pytest.MonkeyPatch, memnet_clock: MockClock
 ) -> None:
     monkeypatch.setattr(registration, "_registration_timeout", lambda heartbeat_s: TIMEOUT_S)
     connections: list[object] = []
-    """The connection each registration arrived on, in order (the muxed connection objects themselves: an
-    id() could be reused once a closed connection is collected)."""
+    """The connection each registration arrived on, in order (the connection objects themselves: an id()
+    could be reused once a closed connection is collected)."""
 
     async def never_answer(stream: FrameStream) -> None:
         if isinstance(await stream.receive(), RegisterWorker):  # (the worker also asks for our status)
-            connections.append(stream._stream.muxed_conn)
+            connections.append(stream._stream._connection)
             await trio.sleep_forever()  # the worker gives up on it (and resets the stream)
 
-    async with open_host(secrets.token_bytes(32)) as silent, trio.open_nursery() as nursery:
+    async with memnet.open_host(secrets.token_bytes(32)) as silent, trio.open_nursery() as nursery:
         silent.set_handler(never_answer)
-        model = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
         worker = Node(
             NodeConfig(
                 data_dir=tmp_path / "w",
@@ -51,7 +52,8 @@ async def test_a_silent_coordinator_keeps_its_connection_for_three_beats_then_ge
                 bootstrap=(silent.addrs()[0],),
                 heartbeat_s=0.2,
             ),
-            engine=LlamaEngine(model, n_threads=1),
+            engine=EchoEngine("tiny"),
+            transport=memnet,
         )
         await nursery.start(worker.run)
         with trio.fail_after(60):
@@ -67,16 +69,16 @@ async def test_a_silent_coordinator_keeps_its_connection_for_three_beats_then_ge
 
 
 async def test_registration_heartbeats_ride_one_kept_stream_which_carries_nothing_else(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     coordinator = Node(
         NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.2),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.2),
+        transport=memnet,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.coordinator is not None
-        model = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
         worker = Node(
             NodeConfig(
                 data_dir=tmp_path / "w",
@@ -84,7 +86,8 @@ async def test_registration_heartbeats_ride_one_kept_stream_which_carries_nothin
                 bootstrap=(coordinator.host.addrs()[0],),
                 heartbeat_s=0.2,
             ),
-            engine=LlamaEngine(model, n_threads=1),
+            engine=EchoEngine("tiny"),
+            transport=memnet,
         )
         await nursery.start(worker.run)
         beats = worker.registration.beats
@@ -96,7 +99,7 @@ async def test_registration_heartbeats_ride_one_kept_stream_which_carries_nothin
         assert worker.host is not None
         assert coordinator.coordinator.workers[worker.host.peer_id].online
 
-        async with open_host(secrets.token_bytes(32)) as client:
+        async with memnet.open_host(secrets.token_bytes(32)) as client:
             peer = await client.connect(coordinator.host.addrs()[0])
             stream = await client.open_stream(peer, BEAT_PROTOCOL)
             await stream.send(StatusRequest())

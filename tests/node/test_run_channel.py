@@ -1,7 +1,10 @@
 """The coordinator's run channel to a worker (``RUN_PROTOCOL``, spec/job-protocol.md §6.4): opened when the
 worker joins, then every replica reuses that one pooled stream; a broken stream is replaced; a worker that
 serves only ``/opengrid/job/1`` still gets one stream per replica; the timing trace pairs each dispatch
-with its engine start."""
+with its engine start.
+
+The grid runs on the in-memory network in virtual time (``memnet``, ``memnet_clock``); the fallback to
+``/opengrid/job/1`` is negotiated by real libp2p hosts."""
 
 from __future__ import annotations
 
@@ -11,25 +14,27 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
-from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.net.host import JOB_PROTOCOL, RUN_PROTOCOL, FrameStream, open_host
 from opengrid.net.pool import StreamPool
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.node.timing import dispatches, read_trace
+from opengrid.testing.engines import EchoEngine
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import JobAccepted, NodeStatus, StatusRequest
 
 
 @pytest.fixture
-async def grid(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> AsyncIterator[tuple[Node, Node]]:
+async def grid(tmp_path: pathlib.Path, memnet: MemoryNetwork) -> AsyncIterator[tuple[Node, Node]]:
     """A coordinator and one worker, both writing a timing trace."""
-    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     coordinator = Node(
         NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5),
         trace_timing=tmp_path / "c.timing.jsonl",
+        transport=memnet,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
@@ -37,7 +42,9 @@ async def grid(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> AsyncIt
         config = NodeConfig(
             data_dir=tmp_path / "w", role="worker", bootstrap=(coordinator.host.addrs()[0],), heartbeat_s=0.5
         )
-        worker = Node(config, engine=LlamaEngine(info, n_threads=1), trace_timing=tmp_path / "w.timing.jsonl")
+        worker = Node(
+            config, engine=EchoEngine("tiny"), trace_timing=tmp_path / "w.timing.jsonl", transport=memnet
+        )
         await nursery.start(worker.run)
         with trio.fail_after(30):
             await worker.registered.wait()
@@ -58,7 +65,7 @@ async def _job(coordinator: Node, i: int) -> None:
 
 
 async def test_replicas_reuse_one_stream_and_the_trace_times_each_dispatch(
-    grid: tuple[Node, Node], tmp_path: pathlib.Path
+    grid: tuple[Node, Node], tmp_path: pathlib.Path, memnet_clock: MockClock
 ) -> None:
     coordinator, worker = grid
     runs = coordinator.coordinator_driver.runs
@@ -81,7 +88,7 @@ async def test_replicas_reuse_one_stream_and_the_trace_times_each_dispatch(
         assert 0 <= d.to_engine_s < 5
 
 
-async def test_a_broken_run_stream_is_replaced(grid: tuple[Node, Node]) -> None:
+async def test_a_broken_run_stream_is_replaced(grid: tuple[Node, Node], memnet_clock: MockClock) -> None:
     coordinator, worker = grid
     pool = coordinator.coordinator_driver.runs
     assert pool is not None and worker.host is not None
@@ -95,7 +102,7 @@ async def test_a_broken_run_stream_is_replaced(grid: tuple[Node, Node]) -> None:
     # Dead, though the muxer's state does not show it yet (a race): the job goes to a fresh stream.
     (idle,) = pool._idle[peer]
     await idle.reset()
-    pool._idle[peer] = [_LooksAlive(idle._stream)]
+    pool._idle[peer] = [_LooksAlive(idle._stream, peer=peer)]
     await _job(coordinator, 2)
     assert pool.opened == 3 and pool.idle(peer) == 1
     assert worker.jobs_run == 3

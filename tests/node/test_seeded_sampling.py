@@ -11,6 +11,9 @@
   as the client's fault, with a reason the client can act on, and keeps its standing.
 - Out-of-range settings are refused with a clear error on every surface: the SDK (``ConfigError``
   before anything is sent), the API (OpenAI-style 400 naming the field), the CLI (``--help``'d flags).
+
+The audit-mode test runs on the in-memory network in virtual time; the others on real libp2p hosts (the
+API serves HTTP on 127.0.0.1; the HTTP engine is a child process).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import secrets
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -26,6 +30,7 @@ import pytest
 import trio
 from opengrid_ledger import Receipt, decode_body, decode_entry
 from opengrid_sdk import Client, Completion
+from trio.testing import MockClock
 
 from opengrid.core.audit import SamplingParams
 from opengrid.core.coordinator import CoordinatorConfig
@@ -35,9 +40,11 @@ from opengrid.engines.base import Generation
 from opengrid.engines.http import ManagedServer
 from opengrid.errors import ConfigError
 from opengrid.net.host import Host
+from opengrid.net.transport import StreamHost
 from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.contract import DecodingContract
 from opengrid.wire.messages import ErrorReply, JobAccepted, SubmitJob
 from tests.node.test_audit_mode import _coordinator as _audit_coordinator
@@ -213,11 +220,11 @@ class _OwnNoiseEngine:
 
 
 async def test_a_sampled_job_is_audited_and_a_prover_with_its_own_noise_is_caught(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = _info(tiny_model_path)
     rng = _Preferring(3)
-    coordinator = _audit_coordinator(tmp_path, rng)
+    coordinator = _audit_coordinator(tmp_path, memnet, rng)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         engines: dict[str, Engine] = {
@@ -225,11 +232,11 @@ async def test_a_sampled_job_is_audited_and_a_prover_with_its_own_noise_is_caugh
             "w1": LlamaEngine(info, n_threads=1),
             "w2": LlamaEngine(info, n_threads=1),
         }
-        workers = await _workers(nursery, tmp_path, coordinator, engines)
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         ids = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
         assert coordinator.host is not None and coordinator.coordinator is not None
         assert coordinator.ledger is not None
-        client: Host = await nursery.start(client_host)
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         peer = await client.connect(coordinator.host.addrs()[0])
 
         async def submit() -> JobAccepted:

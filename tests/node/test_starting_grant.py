@@ -1,4 +1,5 @@
-"""Starting grants and mandatory payment on live nodes (real libp2p hosts on 127.0.0.1, the tiny model).
+"""Starting grants and mandatory payment on live nodes (the tiny model; the in-memory network in virtual
+time, and a real coordinator process for the kill -9 test).
 
 The network's genesis gives new accounts 50 points. The coordinator runs only paid jobs: an anonymous
 client is refused with ``payment_required``; a brand-new identity gets a voucher, sends its GRANT with its
@@ -15,6 +16,7 @@ import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import Genesis, Settle, decode_body, encode_genesis
 from opengrid_sdk.client import Client, Completion
+from trio.testing import MockClock
 
 from opengrid.cli.demo import DemoNetwork
 from opengrid.core.grants import GRANTS_PER_OPERATOR
@@ -23,6 +25,7 @@ from opengrid.node.config import NodeConfig
 from opengrid.node.identity import IDENTITY_FILE
 from opengrid.node.service import Node
 from opengrid.store.grant_store import GrantStore
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import job_cost
 from tests.node.workers import paid_coordinator, start_workers
 
@@ -31,20 +34,20 @@ GRANT = 50
 
 
 async def test_a_new_identity_claims_the_grant_and_pays_a_coordinator_that_requires_payment(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
-    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT, transport=memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.ledger is not None
         address = coordinator.host.addrs()[0]
         await start_workers(
             nursery, tmp_path, ("w1", "w2"), bootstrap=address, model_path=tiny_model_path,
-            network=NETWORK, genesis=genesis, heartbeat_s=0.5,
+            network=NETWORK, genesis=genesis, heartbeat_s=0.5, transport=memnet,
         )  # fmt: skip
 
         def anonymous() -> None:
-            with Client([address], network=NETWORK, timeout=60) as client:
+            with Client([address], network=NETWORK, timeout=60, transport=memnet) as client:
                 with pytest.raises(PaymentError, match="only paid jobs"):
                     client.complete("free?", model="tiny", max_tokens=4, replicas=2, sealed=False)
 
@@ -53,7 +56,9 @@ async def test_a_new_identity_claims_the_grant_and_pays_a_coordinator_that_requi
         seed = secrets.token_bytes(32)
 
         def paid() -> tuple[int, int, Completion, int]:
-            with Client([address], network=NETWORK, timeout=60, identity_seed=seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=60, identity_seed=seed, transport=memnet
+            ) as client:
                 before = client.balance()
                 claimed = client.claim_grant()  # optional: complete() would claim it by itself
                 done = client.complete("Paid for", model="tiny", max_tokens=4, replicas=2, sealed=False)

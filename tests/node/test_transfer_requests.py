@@ -1,4 +1,5 @@
-"""Sending points on a live coordinator (real libp2p host on 127.0.0.1; SDK clients in threads).
+"""Sending points on a live coordinator (SDK clients in threads): the first test on a real libp2p host on
+127.0.0.1 (with the asyncio client), the others on the in-memory network in virtual time.
 
 A network whose genesis gives new accounts 50 points. A new identity claims its grant and sends points
 with the SDK (its GRANT and TRANSFER go to the coordinator together); typed errors for every bad input,
@@ -20,6 +21,7 @@ import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import EntryBody, Fraud, Transfer, decode_body, encode_entry, sign_entry
 from opengrid_sdk import AsyncClient, Client
+from trio.testing import MockClock
 
 from opengrid.errors import (
     ConfigError,
@@ -32,6 +34,7 @@ from opengrid.errors import (
 )
 from opengrid.net.keys import peer_id_of
 from opengrid.node.identity import IDENTITY_FILE
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.control import owner_transfer_signing_bytes
 from opengrid.wire.messages import (
     AccountRequest,
@@ -134,11 +137,13 @@ async def test_send_points_with_the_sdk_and_from_the_node_s_own_account(tmp_path
         nursery.cancel_scope.cancel()
 
 
-async def test_a_second_entry_at_a_used_seq_freezes_the_account(tmp_path: pathlib.Path) -> None:
+async def test_a_second_entry_at_a_used_seq_freezes_the_account(
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
     """A client that signs two transfers with one seq (a double spend attempt against one coordinator) is
     caught: the second is applied as the fork it is, the account is frozen and a FRAUD proof published;
     an entry that skips seqs is refused without being kept."""
-    coordinator, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    coordinator, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT, transport=memnet)
     seed = secrets.token_bytes(32)
     key = SigningKey(seed)
     me = bytes(key.verify_key)
@@ -150,7 +155,9 @@ async def test_a_second_entry_at_a_used_seq_freezes_the_account(tmp_path: pathli
         coordinator_key = coordinator.public_key
 
         def double_spend() -> tuple[object, object, object]:
-            with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=30, transport=memnet, identity_seed=seed
+            ) as client:
                 client.claim_grant()
                 first = client.transfer(coordinator_key, 30)
                 state = client.account_info()
@@ -177,7 +184,9 @@ async def test_a_second_entry_at_a_used_seq_freezes_the_account(tmp_path: pathli
         assert [p for p in proofs if isinstance(p, Fraud)]  # the coordinator published the proof
 
         def frozen_send() -> None:
-            with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=30, transport=memnet, identity_seed=seed
+            ) as client:
                 with pytest.raises(TransferError, match="frozen"):
                     client.transfer(coordinator_key, 1)
 
@@ -186,11 +195,11 @@ async def test_a_second_entry_at_a_used_seq_freezes_the_account(tmp_path: pathli
 
 
 async def test_a_worker_s_owner_sends_points_and_the_coordinator_gets_them(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     """A worker writes its owner's transfer on its own chain, in its own ledger (synced from its
     coordinator); the entry reaches the coordinator (gossip, and the sync it asks for at once)."""
-    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT, transport=memnet)
     seed = secrets.token_bytes(32)
     alice = bytes(SigningKey(seed).verify_key)
     async with trio.open_nursery() as nursery:
@@ -199,13 +208,15 @@ async def test_a_worker_s_owner_sends_points_and_the_coordinator_gets_them(
         address = coordinator.host.addrs()[0]
         [worker] = await start_workers(
             nursery, tmp_path, ("w1",), bootstrap=address, model_path=tiny_model_path,
-            network=NETWORK, genesis=genesis, heartbeat_s=0.5,
+            network=NETWORK, genesis=genesis, heartbeat_s=0.5, transport=memnet,
         )  # fmt: skip
         assert worker.host is not None and worker.ctx.ledger is not None
         worker_key = worker.public_key
 
         def fund() -> None:
-            with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=30, transport=memnet, identity_seed=seed
+            ) as client:
                 client.claim_grant()
                 client.transfer(worker_key, 20, new_recipient=True)
 
@@ -216,7 +227,7 @@ async def test_a_worker_s_owner_sends_points_and_the_coordinator_gets_them(
         worker_seed = (tmp_path / "w1" / IDENTITY_FILE).read_bytes()
 
         def send() -> int:
-            with Client([address], network=NETWORK, timeout=30) as client:
+            with Client([address], network=NETWORK, timeout=30, transport=memnet) as client:
                 return client.send_from_node(
                     worker_address, alice, 7, identity_seed=worker_seed, memo="back"
                 ).balance
@@ -229,10 +240,12 @@ async def test_a_worker_s_owner_sends_points_and_the_coordinator_gets_them(
         nursery.cancel_scope.cancel()
 
 
-async def test_an_owner_transfer_is_taken_once_and_only_from_the_owner(tmp_path: pathlib.Path) -> None:
+async def test_an_owner_transfer_is_taken_once_and_only_from_the_owner(
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
     """The attacks on ``OwnerTransfer``: a request signed by another key, and the owner's own request
     played again (it would spend twice). The node refuses both; the points move once."""
-    coordinator, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    coordinator, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT, transport=memnet)
     seed = secrets.token_bytes(32)
     alice = bytes(SigningKey(seed).verify_key)
     async with trio.open_nursery() as nursery:
@@ -249,7 +262,9 @@ async def test_an_owner_transfer_is_taken_once_and_only_from_the_owner(tmp_path:
             )
 
         def attacks() -> list[object]:
-            with Client([address], network=NETWORK, timeout=30, identity_seed=seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=30, transport=memnet, identity_seed=seed
+            ) as client:
                 client.claim_grant()
                 client.transfer(node_key, 30)  # the node's account has 30 points; alice 20
                 now = int(time.time() * 1000)

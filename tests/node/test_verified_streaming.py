@@ -1,7 +1,8 @@
-"""Verified streaming on real nodes (spec/verification.md §14): a worker whose progress frames lie (it
-reports other tokens than it generates, then returns the true answer) never gets a word of its lie to the
-client; its result contradicts its frames, so it is rejected as invalid and replaced, and the client's
-verified text is the honest replicas' prefix of the answer."""
+"""Verified streaming (spec/verification.md §14): a worker whose progress frames lie (it reports other
+tokens than it generates, then returns the true answer) never gets a word of its lie to the client; its
+result contradicts its frames, so it is rejected as invalid and replaced, and the client's verified text
+is the honest replicas' prefix of the answer. llama.cpp on the tiny model; the nodes run on the in-memory
+network in virtual time (``memnet``, ``memnet_clock``)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import pathlib
 import random
 import secrets
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import trio
+from trio.testing import MockClock
 
 from opengrid.core.reputation import Reputation
 from opengrid.engines import GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.engines.base import Generation
-from opengrid.net.host import Host
+from opengrid.net.transport import StreamHost
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import JobAccepted, JobProgress, SubmitJob
 from tests.node.workers import client_host
 
@@ -59,13 +63,13 @@ class _Preferring(random.Random):
 
 
 async def test_a_worker_lying_in_its_progress_frames_is_never_streamed_and_is_rejected(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     rng = _Preferring(3)
     # Replicated streaming: the verified prefix is what a quorum of replicas reported (audit answers whole).
     config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5, verify="replicate")
-    coordinator = Node(config, rng=rng)
+    coordinator = Node(config, rng=rng, transport=memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.coordinator is not None
@@ -82,7 +86,7 @@ async def test_a_worker_lying_in_its_progress_frames_is_never_streamed_and_is_re
                 bootstrap=(coordinator.host.addrs()[0],),
                 heartbeat_s=0.5,
             )
-            workers[name] = Node(config, engine=engine)
+            workers[name] = Node(config, engine=engine, transport=memnet)
             await nursery.start(workers[name].run)
         with trio.fail_after(30):
             for node in workers.values():
@@ -91,7 +95,7 @@ async def test_a_worker_lying_in_its_progress_frames_is_never_streamed_and_is_re
         assert liar.host is not None
         rng.prefer = [liar.host.peer_id]  # the liar runs one of the two first replicas
 
-        client: Host = await nursery.start(client_host)
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         peer = await client.connect(coordinator.host.addrs()[0])
         job = SubmitJob(
             job_id=secrets.token_bytes(16),

@@ -1,6 +1,7 @@
 """The SDK's parity with the API (issue 19): ``models()``, ``chat(messages)`` and ``receipt(job_id)`` on
-the sync and the async client, against real nodes on 127.0.0.1 (a coordinator, two workers running the
-tiny model in llama.cpp).
+the sync and the async client, against nodes (a coordinator, two workers running the tiny model in
+llama.cpp): the sync client's test on the in-memory network in virtual time (``memnet``,
+``memnet_clock``), the async client's on real libp2p hosts on 127.0.0.1.
 
 - ``models()`` lists the tiny model with its file's sha256, both workers and its weight; on the wire the
   chat template comes only for a named model, and a worker answers ``not_coordinator``;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import secrets
+from functools import partial
 from typing import Any
 
 import pytest
@@ -26,13 +28,16 @@ import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import Entry, Receipt, decode_body
 from opengrid_sdk import AsyncClient, Client, Completion, FetchedReceipt, ServedModel
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError, UnknownJobError, UnknownModelError
 from opengrid.net.keys import peer_id_of
+from opengrid.net.transport import LIBP2P, Transport
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import MAX_PROMPT_CHARS, ErrorReply, ModelList, ModelsRequest
 from tests.node.workers import client_host, start_workers
 from tests.waiting import until
@@ -44,9 +49,9 @@ RENDERED = "<|system|>\nBe brief.\n<|user|>\nOnce upon a time\n<|assistant|>\n"
 MAX_TOKENS = 8
 
 
-def _coordinator(base: pathlib.Path) -> Node:
+def _coordinator(base: pathlib.Path, transport: Transport = LIBP2P) -> Node:
     config = NodeConfig(data_dir=base / "c", role="coordinator", network=NETWORK, heartbeat_s=0.5)
-    return Node(config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5))
+    return Node(config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5), transport=transport)
 
 
 async def _local_chat_tokens(model: pathlib.Path) -> list[int]:
@@ -72,21 +77,21 @@ def _assert_receipt_of(fetched: FetchedReceipt, done: Completion) -> None:
 
 
 async def test_models_chat_and_receipt_through_the_sync_client(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
-    coordinator = _coordinator(tmp_path)
+    coordinator = _coordinator(tmp_path, memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None
         address = coordinator.host.addrs()[0]
         workers = await start_workers(
             nursery, tmp_path, ("w1", "w2"), bootstrap=address, model_path=tiny_model_path,
-            network=NETWORK, heartbeat_s=0.5,
+            network=NETWORK, heartbeat_s=0.5, transport=memnet,
         )  # fmt: skip
 
         def through_the_sdk() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with Client([address], network=NETWORK, timeout=60) as client:
+            with Client([address], network=NETWORK, timeout=60, transport=memnet) as client:
                 seen["models"] = client.models()
                 seen["sealed"] = client.chat(MESSAGES, model="tiny", max_tokens=MAX_TOKENS)
                 seen["open"] = client.chat(MESSAGES, model="tiny", max_tokens=MAX_TOKENS, sealed=False)
@@ -102,7 +107,9 @@ async def test_models_chat_and_receipt_through_the_sync_client(
                 for bad_id in (b"\x01" * 15, "not hex at all"):
                     with pytest.raises(ConfigError, match="job id"):
                         client.receipt(bad_id)
-            with Client([address], network=NETWORK, timeout=60) as stranger:  # another peer id
+            with Client(
+                [address], network=NETWORK, timeout=60, transport=memnet
+            ) as stranger:  # another peer id
                 seen["stranger"] = stranger.receipt(seen["open"].job_id)
             return seen
 
@@ -116,7 +123,7 @@ async def test_models_chat_and_receipt_through_the_sync_client(
         )
 
         def ask_the_worker() -> None:
-            with Client([address], network=NETWORK, timeout=60) as client:
+            with Client([address], network=NETWORK, timeout=60, transport=memnet) as client:
                 seen["from_worker"] = client.receipt(seen["open"].job_id, address=worker.host.addrs()[0])
                 with pytest.raises(UnknownJobError) as unknown:
                     client.receipt(b"\x43" * 16, address=worker.host.addrs()[0])
@@ -124,7 +131,7 @@ async def test_models_chat_and_receipt_through_the_sync_client(
 
         await trio.to_thread.run_sync(ask_the_worker)
         # On the wire: templates come only for a named model; a worker lists no models (not_coordinator).
-        host = await nursery.start(client_host)
+        host = await nursery.start(partial(client_host, transport=memnet))
         to_coordinator = await host.connect(address)
         listed = await host.request(to_coordinator, ModelsRequest())
         named = await host.request(to_coordinator, ModelsRequest(model=sha256_file(tiny_model_path)))
