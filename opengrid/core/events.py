@@ -35,6 +35,9 @@ class WorkerRegistered:
     max_job_tokens: int = 0
     """The longest job (``max_tokens``) the worker takes (``RegisterWorker.max_job_tokens``; edge nodes
     set one); 0: no limit."""
+    members: tuple[bytes, ...] = ()
+    """A split group's members' accounts (from ``RegisterWorker.split_members``, keys derived by the
+    driver); empty for an ordinary worker."""
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,8 @@ def fold_outcomes(
 def receipt_outcomes(receipt: Receipt) -> list[tuple[bytes, Outcome]]:
     """Outcomes a receipt proves: every credited key is valid when two or more agreed (a single credit is
     a result nobody checked; a split group's members, ``Receipt.members``, ran the same result and are not
-    counted as agreeing), every dissenter is invalid. Dissenters come first: an entry is one instant."""
+    counted as agreeing), every dissenter is invalid (an outvoted split group's members are dissenters
+    too: spec/split.md §6). Dissenters come first: an entry is one instant."""
     outcomes: list[tuple[bytes, Outcome]] = [(key, "invalid") for key in receipt.dissenters]
     members = set(receipt.members)
     if sum(1 for credit in receipt.credits if credit.account not in members) >= 2:

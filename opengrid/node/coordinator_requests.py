@@ -11,7 +11,7 @@ import trio
 
 from opengrid.core.coordinator.registry import AWAITING_APPROVAL
 from opengrid.core.refusal import Refusal
-from opengrid.errors import OpenGridError
+from opengrid.errors import OpenGridError, RemoteProtocolError
 from opengrid.net.keys import public_key_of
 from opengrid.node import admission
 from opengrid.node.context import NodeContext, short
@@ -110,6 +110,11 @@ class CoordinatorRequests:
         config = ctx.config
         assert ctx.coordinator is not None and ctx.host is not None
         approved = not config.approve_workers or peer in admission.approved(config.data_dir)
+        members = message.split_members if isinstance(message.split_members, list) else []
+        try:  # a split group's members' accounts: their standing weighs the group's (spec/split.md §6)
+            member_keys = [public_key_of(m) for m in members]
+        except RemoteProtocolError as exc:
+            return answer(Refusal("malformed", f"split_members: {exc}"))
         decision = ctx.coordinator.registration(
             peer,
             message,
@@ -117,6 +122,7 @@ class CoordinatorRequests:
             approved=approved,
             operator=operator,
             rtt_s=self.rtt.get(peer, 0.0),
+            member_keys=member_keys,
         )
         if isinstance(decision, Refusal):
             names = [o.name for o in message.models]

@@ -176,7 +176,8 @@ class AuditsPart(CoordinatorParts):
         left to take it: a claim is never failed for want of the extra check."""
         _result, _ = job.results[job.prover]
         record = self.workers.get(job.prover)
-        standing = self.reputation.get(record.key, Reputation()) if record is not None else Reputation()
+        # A split group is audited as its weakest participant (spec/split.md §6).
+        standing = self._standing(record) if record is not None else Reputation()
         positions = _claim_positions(job)[0]
         planned = plan_audit(self._audit_plans, positions, standing, self._rng)
         if planned.auditors > self._auditors and available < planned.auditors:
@@ -376,6 +377,12 @@ class AuditsPart(CoordinatorParts):
             record = self.workers.get(prover)
             if record is not None:
                 self._record(record.key, "invalid")
+            # A split group's members co-signed this output: they fail with their head (spec/split.md §6).
+            members = tuple(member_keys(claimed[0])) if claimed is not None else ()
+            job.rejected_members[prover] = members
+            for member in members:
+                job.invalid_members.append(member)
+                self._record(member, "invalid")
             effects.append(
                 Penalize(
                     peer=prover,
@@ -455,6 +462,10 @@ class AuditsPart(CoordinatorParts):
                 self._record(self.workers[liar].key, "invalid")
             if framed in self.workers:
                 self._record(self.workers[framed].key, "valid")
+            for member in job.rejected_members.pop(framed, ()):  # framed with their head
+                if member in job.invalid_members:
+                    job.invalid_members.remove(member)
+                self._record(member, "valid")
             effects.append(
                 Penalize(
                     peer=liar,

@@ -52,9 +52,11 @@ class ChainPart(CoordinatorParts):
 
     def _evidence(self, job: JobRecord) -> list[Effect]:
         """An EVIDENCE entry for what the job's receipt cannot show — replicas that failed their checks
-        (invalid) or failed / timed out (timeout) — so a restarted coordinator's reputations still count
+        (invalid), with the members of a split group whose claim failed its audit, or failed / timed out
+        (timeout) — so a restarted coordinator's reputations still count
         them (``reputation_from_ledger``). Nothing when every replica answered properly."""
         invalid = {self.workers[p].key for p in job.invalid if p in self.workers}
+        invalid |= set(job.invalid_members)  # members of a split group whose claim failed its audit
         timeout = {self.workers[p].key for p in job.failed if p in self.workers} - invalid
         if not invalid and not timeout:
             return []

@@ -249,6 +249,8 @@ class DispatchPart(CoordinatorParts):
             for c in self._candidates(job.request.model, allowed=allowed, max_tokens=job.request.max_tokens)
             if c.contract == job.contract.numerical_class()
         )
+        if job.audit and not any(c.peer not in tried for c in pool):
+            pool = self._other_class(job, tried) or pool
         free = [c for c in pool if self._has_slot(c.peer)]
         chosen = pick_workers(
             free, missing, exclude=tried, rng=self._rng, exclude_operators=self._operators(tried)
@@ -375,12 +377,35 @@ class DispatchPart(CoordinatorParts):
             "under a fresh job id (the SDK does)"
         )
 
+    def _other_class(self, job: JobRecord, tried: set[str]) -> list[Candidate]:
+        """Audit mode, when no untried worker of the job's class is left (its one prover, e.g. a split
+        group, failed its audit): the untried workers of another class holding the same weights (same
+        GGUF sha256, under any name), whose claim auditors check as they check any (spec/verification.md
+        §13.1: audits work across numerical classes). The job's contract becomes that class's, with the
+        client's sampling; its weight stays the one it was priced at. Only between claims (no result nor
+        replica in flight), and not for sealed jobs (their prompts are sealed to the quoted class) nor
+        streamed ones (the verified prefix forwarded was another class's). Empty when none."""
+        if job.sealed or job.request.stream or job.results or job.pending or not tried:
+            return []
+        others = [
+            c
+            for c in self._candidates(job.contract.model_sha256, max_tokens=job.request.max_tokens)
+            if c.peer not in tried and c.contract != job.contract.numerical_class()
+        ]
+        if not job.contract.greedy:
+            others = [c for c in others if c.contract.runs_seeded_sampler]
+        pool = choose_class(others)
+        if pool:
+            job.contract = job.request.job_contract(pool[0].contract)
+        return pool
+
     def _runs_alone(self, job: JobRecord, lead: Candidate) -> bool:
         """Adaptive replication: does this job run on its lead worker alone (a trusted single result)?"""
         if not self.config.adaptive or job.request.replicas <= 1:
             return False
+        record = self.workers.get(lead.peer)
         p = replication_probability(
-            self.reputation.get(lead.key, Reputation()),
+            self._standing(record) if record is not None else Reputation(),  # a group: its weakest
             min_trust_streak=self.config.min_trust_streak,
             min_rate=self.config.min_replication_rate,
         )

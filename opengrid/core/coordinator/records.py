@@ -42,6 +42,9 @@ class WorkerRecord:
     """From the latest registration: the worker's own start-up measurement, a prior until measured here."""
     max_job_tokens: int = 0
     """From the latest registration: the longest job it takes (edge nodes); 0: no limit."""
+    members: tuple[bytes, ...] = ()
+    """From the latest registration: a split group's members' accounts (``RegisterWorker.split_members``);
+    the group ranks as its weakest participant (``CoordinatorParts._standing``, spec/split.md §6)."""
 
 
 @dataclass
@@ -100,6 +103,10 @@ class JobRecord:
     """peer -> seconds from dispatch to its answer"""
     failed: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
+    invalid_members: list[bytes] = field(default_factory=list)
+    """Accounts of the split-group members that co-signed a result of this job which failed its
+    verification (its audit failed, or it was outvoted): invalid with their head (spec/split.md §6), in the
+    job's EVIDENCE entry (an outvoted group's members are the receipt's dissenters instead)."""
     refused: dict[str, str] = field(default_factory=dict)
     """peer -> why it refused the job's input as the client's fault (context overflow, a sealed prompt
     that does not open): not blamed, not tried again (spec/job-protocol.md §6.4)."""
@@ -134,6 +141,9 @@ class JobRecord:
     """Audit mode: (prover, auditor that failed it, output commitment) of each claim rejected so far: a
     later prover of the same class that reproduces a rejected claim exactly settles the dispute
     (spec/verification.md §13.7)."""
+    rejected_members: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    """Audit mode: prover -> the split-group members that co-signed its rejected claim, cleared with it if
+    the claim is vindicated (``_vindicate``)."""
     sealed_copies: dict[str, bytes] = field(default_factory=dict)
     """Sealed audits: auditor that passed the current claim -> the claim it sealed to the client."""
     state: JobState = JobState.QUEUED

@@ -75,6 +75,7 @@ class RegistryPart(CoordinatorParts):
         approved: bool = True,
         operator: str = "",
         rtt_s: float = 0.0,
+        member_keys: Sequence[bytes] = (),
     ) -> WorkerRegistered | Refusal:
         """Decide ``peer``'s registration (or heartbeat) ``message``: the event to feed to ``handle``, or
         why it is refused (spec/job-protocol.md §6.1).
@@ -83,6 +84,7 @@ class RegistryPart(CoordinatorParts):
         ``public_key`` must be that key, or it could register (and be credited) under another's.
         ``approved``: its operator approved it, where the coordinator admits approved workers only (else
         ``AWAITING_APPROVAL``); ``operator``, ``rtt_s``: what the driver knows of it (``WorkerRegistered``).
+        ``member_keys``: a split group's members' accounts, the keys inlined in ``split_members``' peer ids.
         """
         if message.network != self.network:
             return Refusal(
@@ -103,6 +105,7 @@ class RegistryPart(CoordinatorParts):
             slots=message.slots,
             probed_tokens_per_s=message.tokens_per_s,
             max_job_tokens=message.max_job_tokens,
+            members=tuple(dict.fromkeys(k for k in member_keys if k != message.public_key)),
         )
 
     def _on_registered(self, event: WorkerRegistered, now: float) -> list[Effect]:
@@ -138,6 +141,7 @@ class RegistryPart(CoordinatorParts):
             slots=max(1, event.slots),
             probed_tokens_per_s=max(0.0, event.probed_tokens_per_s),
             max_job_tokens=max(0, event.max_job_tokens),
+            members=event.members,
         )
         return self._drain(now) if grown else []
 
@@ -289,7 +293,7 @@ class RegistryPart(CoordinatorParts):
             key=record.key,
             model_name=offer.name,
             contract=offer.contract,
-            reputation=self.reputation.get(record.key, Reputation()).score if self.config.weighted else 0.0,
+            reputation=self._standing(record).score if self.config.weighted else 0.0,
             tokens_per_s=self._speed(record) if self.config.weighted else 0.0,
             rtt_s=record.rtt_s if self.config.weighted else 0.0,
             speed_claimed=record.tokens_per_s <= 0,
@@ -307,6 +311,19 @@ class RegistryPart(CoordinatorParts):
 
     def _record(self, key: bytes, outcome: Outcome) -> None:
         self.reputation[key] = self.reputation.get(key, Reputation()).update(outcome)
+
+    def _standing(self, record: WorkerRecord) -> Reputation:
+        """The reputation a worker is scheduled and audited by: its own, or for a split group's head the
+        weakest of its own and its registered members' (spec/split.md §6): a member caught once makes
+        every group it joins rank and be audited as a caught worker, as it would alone. Weakest: one
+        that was ever invalid before one that never was, then the lowest score."""
+        own = self.reputation.get(record.key, Reputation())
+        if not record.members:
+            return own
+        return min(
+            (own, *(self.reputation.get(k, Reputation()) for k in record.members)),
+            key=lambda r: (r.invalid == 0, r.score),
+        )
 
     def _measure(self, peer: str, n_tokens: int, elapsed: float) -> None:
         """Fold one verified result's speed into the worker's moving average."""

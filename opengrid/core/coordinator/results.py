@@ -5,7 +5,7 @@ learned from the verdict (spec/verification.md §5, §9; spec/job-protocol.md §
 from __future__ import annotations
 
 import msgspec
-from opengrid_ledger import Attestation, Receipt, Refund, Settle, verify_attestation
+from opengrid_ledger import Attestation, Credit, Receipt, Refund, Settle, verify_attestation
 
 from opengrid.core.coordinator.group_credit import group_problem, member_keys, merged, worker_credits
 from opengrid.core.coordinator.payments import payouts
@@ -231,7 +231,7 @@ class ResultsPart(CoordinatorParts):
             credits=credits,
             attestations=attestations,
             members=members,
-            dissenters=tuple(keys[p] for p in agreement.dissenters),
+            dissenters=_dissenters(job, agreement, keys, credits),
             issued_at_ms=job.wall_ms,
             weight=job.weight,
         )
@@ -296,6 +296,8 @@ class ResultsPart(CoordinatorParts):
         for peer in agreement.dissenters:
             outcome = self._dissent_outcome(job, agreement, peer)
             self._record(self.workers[peer].key, outcome)
+            for member in member_keys(job.results[peer][0]):  # a group outvoted: its members with it
+                self._record(member, outcome)
             if outcome == "divergent":
                 divergent.add(peer)
         if len(agreement.peers) < 2:
@@ -309,3 +311,16 @@ class ResultsPart(CoordinatorParts):
             return divergent  # sealed mode: the coordinator never saw the prompt, so it cannot replay it
         self._keep_answer(job, agreement.commitment)
         return divergent
+
+
+def _dissenters(
+    job: JobRecord, agreement: Agreement, keys: dict[str, bytes], credits: tuple[Credit, ...]
+) -> tuple[bytes, ...]:
+    """The receipt's dissenters: each outvoted worker's account and, for an outvoted split group, its
+    members' (they co-signed the losing output: spec/split.md §6), once each and none credited (the
+    ledger's rule: a key credited for the winning output, e.g. as a member of the winning group, is not
+    also a dissenter)."""
+    outvoted = [keys[p] for p in agreement.dissenters]
+    outvoted += [m for p in agreement.dissenters for m in member_keys(job.results[p][0])]
+    credited = {c.account for c in credits}
+    return tuple(k for k in dict.fromkeys(outvoted) if k not in credited)

@@ -114,6 +114,9 @@ class CoordinatorParts(ABC):
     def _record(self, key: bytes, outcome: Outcome) -> None: ...
 
     @abstractmethod
+    def _standing(self, record: WorkerRecord) -> Reputation: ...
+
+    @abstractmethod
     def class_weight(self, contract: DecodingContract) -> int: ...
 
     @abstractmethod
