@@ -83,14 +83,17 @@ class DemoNetwork:
         bootstrap: str | None = None,
         cheater: bool = False,
         extra_args: Sequence[str] = (),
+        module: str = "opengrid",
     ) -> DemoNode:
+        """Start node ``name`` (``role``) as ``python -m module node start ...``: ``module`` is ``opengrid``
+        unless a test runs a node through a testing entry point that takes the same command line."""
         data_dir = self.base / name
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
         cmd = [
             sys.executable,
             "-m",
-            "opengrid",
+            module,
             "node",
             "start",
             "--role",
