@@ -6,6 +6,7 @@ in audit mode. Coordinator machines fed real WorkerLogic results, no sockets."""
 
 from __future__ import annotations
 
+import msgspec
 from grid_harness import (
     HONEST,
     NETWORK,
@@ -17,16 +18,16 @@ from grid_harness import (
     open_receipt,
     signing_key,
 )
-from opengrid_ledger import Evidence, LedgerState, decode_body
+from opengrid_ledger import Attestation, Evidence, LedgerState, decode_body, sign_attestation
 from test_group_credit import co_signed, member_key
 
 from opengrid.core.coordinator import CoordinatorConfig
-from opengrid.core.effects import AppendEntry, Effect, Penalize
+from opengrid.core.effects import AppendEntry, DispatchReplica, Effect, Penalize
 from opengrid.core.events import WorkerRegistered
 from opengrid.core.reputation import Reputation, receipt_outcomes, reputation_from_ledger
 from opengrid.core.worker import WorkerLogic
 from opengrid.wire.contract import DecodingContract
-from opengrid.wire.messages import JobAccepted, ModelOffer
+from opengrid.wire.messages import GroupShare, JobAccepted, ModelOffer, ReplicaResult, SplitShares
 
 AUDIT = CoordinatorConfig(verify="audit", audit_full_rate=1.0, canary_rate=0.0)
 MEMBERS = (member_key("m0"), member_key("m1"))
@@ -133,14 +134,9 @@ def test_a_later_group_with_an_honest_member_is_credited_normally() -> None:
     assert grid.coordinator.ledger.balance(honest) == 2
 
 
-def _co_signed_by(grid: Grid, dispatch: object, member: str) -> object:
+def _co_signed_by(grid: Grid, dispatch: DispatchReplica, member: str) -> ReplicaResult:
     """``dispatch``'s honest result co-signed by one member named ``member`` holding 1 layer."""
-    import msgspec
-    from opengrid_ledger import Attestation, sign_attestation
-
-    from opengrid.wire.messages import GroupShare, SplitShares
-
-    result = grid.result(dispatch, HONEST)  # type: ignore[arg-type]
+    result = grid.result(dispatch, HONEST)
     head = msgspec.msgpack.decode(result.attestation, type=Attestation)
     att = sign_attestation(
         signing_key(member),
@@ -184,3 +180,24 @@ def test_a_failed_group_job_reruns_on_a_plain_worker_of_the_same_weights() -> No
     _, receipt = open_receipt(reply.receipt)
     assert receipt.contract_hash == plain.digest()
     assert {c.account for c in receipt.credits} == {grid.key("w1"), grid.key("w2")}
+
+
+def test_a_streamed_group_claim_whose_chunk_fails_after_its_result_marks_the_members() -> None:
+    """Verified streaming in audit mode: the group's result (co-signed) is in when its last chunk fails its
+    audit, so the claim is rejected as a failed audit, members and all (spec/split.md §6)."""
+    from test_chunked_audits import CONFIG, LIE, LIE_PIECES, chunks, progress, verdict
+
+    from opengrid.core.worker import Output
+
+    grid = Grid(n=4, config=CONFIG)
+    grid.register()
+    (run,) = dispatches(grid.submit(1, replicas=1, stream=True))
+    first = progress(grid, run, 0, 2, tokens=LIE, pieces=LIE_PIECES)
+    verdict(grid, chunks(first)[0])  # its true beginning passes
+    progress(grid, run, 2, 5, tokens=LIE, pieces=LIE_PIECES)
+    claim = Output(tokens=LIE, text="".join(LIE_PIECES), finish_reason="length")
+    rest = chunks(grid.deliver(run, co_signed(grid.result(run, claim), 0, [1, 1])))
+    rejected = verdict(grid, rest[0])  # the auditor fails position 2
+    assert [p.peer for p in rejected if isinstance(p, Penalize)] == [run.peer]
+    for key in (grid.key(run.peer), *MEMBERS):
+        assert grid.coordinator.reputation[key].invalid == 1
