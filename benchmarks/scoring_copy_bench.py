@@ -12,6 +12,10 @@ cross_build_bench's 60, 128 tokens; each auditor — the original file and each 
 * ``--part sampled``: honest Gumbel-max samples at ``--temperature`` / ``--seed`` (``--prompts``); and a
   sample made at half the temperature, audited as if made at ``--temperature`` (``--cheat-prompts``).
 
+With ``--python-b`` (another llama-cpp-python build's interpreter, e.g. the AVX2-only one of
+cross_build_bench), that build also generates the honest set (``--generate-only``, in a subprocess) and
+every auditor scores it too: a prover on other hardware, audited on a copy.
+
 For each (claim set, auditor): accepted / total, the largest gap per job (median, p99, max), and the
 margin to the tolerance. Cost: per prompt of the honest set, the auditor's CPU time (``process_time``)
 ÷ the prover's for that very claim, interleaved prompt by prompt; median (range). Memory: file size and
@@ -19,6 +23,8 @@ the RSS added by loading the auditor and scoring once.
 
     .venv/bin/python benchmarks/scoring_copy_bench.py --part greedy --json greedy.json
     .venv/bin/python benchmarks/scoring_copy_bench.py --part sampled --json sampled.json
+    .venv/bin/python benchmarks/scoring_copy_bench.py --part greedy --cheat-prompts 0 \
+        --python-b /work/avx2/.venv/bin/python --copies bf16 q8_0
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import pathlib
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +68,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    if args.part == "greedy":
+        return SamplingParams()
+    return SamplingParams(temperature=args.temperature, seed=args.seed)
+
+
+def generate_only(args: argparse.Namespace) -> int:
+    """Build B's side: the honest claims of the part, as JSON in ``args.generate_only``."""
+    prover = LlamaEngine(resolve_model("smollm2-135m-instruct"), n_threads=args.threads)
+    claims = []
+    for number, prompt in enumerate(PROMPTS[: args.prompts]):
+        job_id = number.to_bytes(4, "big") * 8
+        generation = prover.generate(
+            GenerationRequest(prompt=prompt, max_tokens=args.tokens, sampling=_sampling(args), job_id=job_id)
+        )
+        claims.append(
+            {
+                "prompt": prompt,
+                "tokens": list(generation.tokens),
+                "stopped": generation.finish_reason == "stop",
+            }
+        )
+    args.generate_only.write_text(json.dumps(claims))
+    prover.close()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,7 +109,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cache-dir", type=pathlib.Path, default=None)
     parser.add_argument("--json")
+    parser.add_argument("--python-b", help="another build's python: it generates the honest set too")
+    parser.add_argument("--generate-only", type=pathlib.Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generate_only is not None:
+        return generate_only(args)
     tmp = tempfile.TemporaryDirectory(prefix="scoring-copy-bench-")
     cache = args.cache_dir if args.cache_dir is not None else pathlib.Path(tmp.name)
     prompts = PROMPTS[: args.prompts]
@@ -100,9 +138,8 @@ def main() -> int:
         auditors[kind] = engine
         print(f"{kind}: {memory[kind]}", flush=True)
 
-    greedy = SamplingParams()
     sampled = SamplingParams(temperature=args.temperature, seed=args.seed)
-    claim_sampling = greedy if args.part == "greedy" else sampled
+    claim_sampling = _sampling(args)
     rng = random.Random(20261207)
     n_vocab = prover.n_vocab
     sets: dict[str, list[tuple[ScoreRequest, str]]] = {}
@@ -131,7 +168,8 @@ def main() -> int:
             evidence = auditor.score(score).evidence
             cost[name].append((time.process_time() - cpu) / prover_cpu[-1])
             scored[(honest_name, number, name)] = [max(e.gap, e.mask_margin) for e in evidence]
-        if number < args.cheat_prompts and args.part == "greedy":
+        # The token-level cheats need a claim of 20 tokens or more (a short answer has nothing to change).
+        if number < args.cheat_prompts and args.part == "greedy" and len(generation.tokens) >= 20:
             tokens = list(generation.tokens)
             changed = [
                 t if i % 20 != 19 else (t + rng.randrange(1, n_vocab)) % n_vocab for i, t in enumerate(tokens)
@@ -167,6 +205,9 @@ def main() -> int:
             so_far = ", ".join(f"{n} {statistics.median(v):.3f}" for n, v in cost.items())
             print(f"{number + 1} prompts; CPU ratios {so_far}; load {os.getloadavg()[0]:.1f}", flush=True)
 
+    for name, values in cost.items():  # now too: a later failure must not lose the timings
+        print(f"cost | {name} | {statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f}) |")
+
     if args.part == "greedy" and args.cheat_prompts:
         swap_path = cache / "swap-q4_0.gguf"
         write_scoring_copy(model.path, swap_path, "q4_0", source_sha256=model.sha256)
@@ -185,6 +226,25 @@ def main() -> int:
                 )
             )
         swap.close()
+
+    if args.python_b:
+        claims_file = pathlib.Path(tmp.name) / "claims-b.json"
+        root = pathlib.Path(__file__).resolve().parents[1]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(root / d) for d in ("", "sdk", "ledger")))
+        command = [args.python_b, __file__, "--part", args.part, "--prompts", str(args.prompts)]
+        command += ["--tokens", str(args.tokens), "--threads", str(args.threads)]
+        command += ["--temperature", str(args.temperature), "--seed", str(args.seed)]
+        command += ["--generate-only", str(claims_file)]
+        subprocess.run(command, check=True, env=env)
+        for number, claim in enumerate(json.loads(claims_file.read_text())):
+            b_claim = ScoreRequest(
+                prompt=claim["prompt"],
+                tokens=tuple(claim["tokens"]),
+                stopped=claim["stopped"],
+                sampling=claim_sampling,
+                job_id=number.to_bytes(4, "big") * 8,
+            )
+            sets.setdefault(f"{honest_name}, build B", []).append((b_claim, claim["prompt"]))
 
     tau = DEFAULT_GAP_TOLERANCE
     results: dict[str, dict[str, float]] = {}
