@@ -25,6 +25,10 @@ the RSS added by loading the auditor and scoring once.
     .venv/bin/python benchmarks/scoring_copy_bench.py --part sampled --json sampled.json
     .venv/bin/python benchmarks/scoring_copy_bench.py --part greedy --cheat-prompts 0 \
         --python-b /work/avx2/.venv/bin/python --copies bf16 q8_0
+    # an auditor on build B: claims made here, scored there (the copies already in --cache-dir)
+    .venv/bin/python benchmarks/scoring_copy_bench.py --part greedy --generate-only claims.json
+    /work/avx2/.venv/bin/python benchmarks/scoring_copy_bench.py --part greedy --score-only claims.json \
+        --copies bf16 f16 --cache-dir CACHE
 """
 
 from __future__ import annotations
@@ -95,6 +99,38 @@ def generate_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def score_only(args: argparse.Namespace) -> int:
+    """Audit claims from a file (``--generate-only``'s output, made by any build) on this build: with the
+    Q4_1 file and with each ``--copies`` copy (found in ``--cache-dir``, or made there); largest gaps."""
+    if args.cache_dir is None:
+        raise SystemExit("--score-only needs --cache-dir (where the copies are, or are made)")
+    model = resolve_model("smollm2-135m-instruct")
+    auditors = {"original q4_1": LlamaEngine(model, n_threads=args.threads)}
+    for kind in args.copies:
+        copy = make_scoring_copy(model, kind, cache_dir=args.cache_dir)
+        auditors[kind] = LlamaEngine(model, n_threads=args.threads, scoring_copy=copy)
+    claims = json.loads(args.score_only.read_text())
+    for name, auditor in auditors.items():
+        largest = []
+        for number, claim in enumerate(claims):
+            request = ScoreRequest(
+                prompt=claim["prompt"],
+                tokens=tuple(claim["tokens"]),
+                stopped=claim["stopped"],
+                sampling=_sampling(args),
+                job_id=number.to_bytes(4, "big") * 8,
+            )
+            largest.append(max(max(e.gap, e.mask_margin) for e in auditor.score(request).evidence))
+        accepted = sum(1 for g in largest if g <= DEFAULT_GAP_TOLERANCE)
+        print(
+            f"| {args.score_only.name} | {name} | {accepted}/{len(largest)} | "
+            f"{statistics.median(largest):.3f} | {max(largest):.3f} |",
+            flush=True,
+        )
+        auditor.close()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,9 +147,14 @@ def main() -> int:
     parser.add_argument("--json")
     parser.add_argument("--python-b", help="another build's python: it generates the honest set too")
     parser.add_argument("--generate-only", type=pathlib.Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--score-only", type=pathlib.Path, help="audit the claims of a --generate-only file on this build"
+    )
     args = parser.parse_args()
     if args.generate_only is not None:
         return generate_only(args)
+    if args.score_only is not None:
+        return score_only(args)
     tmp = tempfile.TemporaryDirectory(prefix="scoring-copy-bench-")
     cache = args.cache_dir if args.cache_dir is not None else pathlib.Path(tmp.name)
     prompts = PROMPTS[: args.prompts]
