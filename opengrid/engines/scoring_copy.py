@@ -24,6 +24,7 @@ original (SmolLM2-135M: 98 MB original, 244 MB bf16 copy, 145 MB q8_0).
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import uuid
@@ -45,7 +46,6 @@ __all__ = [
     "ScoringCopy",
     "ScoringCopyType",
     "make_scoring_copy",
-    "needs_scoring_copy",
     "scoring_copy_path",
 ]
 
@@ -82,14 +82,6 @@ def scoring_copy_path(source_sha256: str, kind: ScoringCopyType, cache_dir: path
     return cache_dir / "scoring-copies" / f"{source_sha256}.{kind}.v{_FORMAT}.gguf"
 
 
-def needs_scoring_copy(path: pathlib.Path) -> bool:
-    """True when the GGUF at ``path`` holds a tensor whose format has no batched CPU kernel (Q4_1)."""
-    import gguf
-
-    reader = _read(path)
-    return any(t.tensor_type == gguf.GGMLQuantizationType.Q4_1 for t in reader.tensors)
-
-
 def make_scoring_copy(model: ModelInfo, kind: ScoringCopyType, *, cache_dir: pathlib.Path) -> ScoringCopy:
     """The ``kind`` scoring copy of ``model``: re-used from ``cache_dir`` when there, else written.
 
@@ -97,7 +89,7 @@ def make_scoring_copy(model: ModelInfo, kind: ScoringCopyType, *, cache_dir: pat
     :class:`VerificationError`: a copy of other weights would audit against another model). A copy found
     in the cache is trusted by its name (the source's sha256, the type, the converter's format), as the
     rename that made it was atomic; reading its metadata back would cost seconds (the vocabulary).
-    Blocking: ~4 s for SmolLM2-135M on one core, once.
+    Blocking: ~5 s for SmolLM2-135M on one core, once.
     """
     if kind not in SCORING_COPY_TYPES:
         raise EngineError(f"unknown scoring copy type {kind!r}; use one of {', '.join(SCORING_COPY_TYPES)}")
@@ -162,9 +154,11 @@ def write_scoring_copy(source: pathlib.Path, dest: pathlib.Path, kind: str, *, s
         target = _target(kind)
         for tensor in reader.tensors:
             if tensor.tensor_type == gguf.GGMLQuantizationType.Q4_1:
-                rows, cols = int(tensor.data.shape[0]), int(tensor.shape[0])
+                # The reader gives ggml's order (ne0 = a row's length first); numpy's is the reverse.
+                shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+                rows = math.prod(shape[:-1])
                 writer.add_tensor_info(
-                    tensor.name, (rows, cols), _numpy_dtype(kind), _converted_nbytes(kind, rows, cols), target
+                    tensor.name, shape, _numpy_dtype(kind), _converted_nbytes(kind, rows, shape[-1]), target
                 )
             else:
                 writer.add_tensor_info(
