@@ -120,6 +120,7 @@ class LlamaEngine:
         self._kv_type = kv_type
         self._lock = threading.Lock()
         self._scorer: llama_cpp.Llama | None = None
+        self._retired: list[llama_cpp.Llama] = []  # scorers replaced by use_scoring_copy, freed by close
         self._scoring_copy: ScoringCopy | None = None
         self._llm: llama_cpp.Llama | None = self._load(model.path, f"model {model.name!r}")
         vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
@@ -195,9 +196,10 @@ class LlamaEngine:
             scorer.close()
             raise EngineError(f"scoring copy {copy and copy.path} has another vocabulary; remake it")
         with self._lock:
-            old, self._scorer, self._scoring_copy = self._scorer, scorer, copy
-        if old is not None:
-            old.close()
+            if self._scorer is not None:
+                # Not freed yet: an open ScoringSession may hold a context over its weights.
+                self._retired.append(self._scorer)
+            self._scorer, self._scoring_copy = scorer, copy
 
     def _scoring_llm(self) -> llama_cpp.Llama:
         """What audits evaluate on: the scoring copy when there is one, else the model (call locked)."""
@@ -419,11 +421,12 @@ class LlamaEngine:
         """Free the model and its context; idempotent."""
         with self._lock:
             llm, self._llm = self._llm, None
-            scorer, self._scorer = self._scorer, None
+            scorers, self._retired = [self._scorer, *self._retired], []
+            self._scorer = None
             batch, self._batch = self._batch, None
             if batch is not None:
                 llama_cpp.llama_batch_free(batch)
-            for each in (scorer, llm):
+            for each in (*scorers, llm):
                 if each is not None:
                     each.close()
 

@@ -235,10 +235,13 @@ def test_a_scoring_session_on_a_copy_gives_the_one_shot_evidence(
         try:
             for offset in range(0, N, 16):
                 session.score_chunk(offset, claim.tokens[offset : offset + 16])
+                if offset == 0:
+                    # Back to the original weights mid-session: the open session keeps the copy's (its
+                    # context was made over them, and they stay loaded until the engine closes).
+                    auditor.use_scoring_copy(None)
         finally:
             session.close()
         assert tuple(session.evidence) == whole.evidence
-        auditor.use_scoring_copy(None)  # back to the original weights: other arithmetic, other values
         assert auditor.scoring_copy is None
         plain = auditor.score(ScoreRequest(prompt=PROMPTS[1], tokens=claim.tokens, stopped=False, job_id=JOB))
         assert (
