@@ -9,6 +9,9 @@ which is the compute a volunteer gives):
 * **score** (the default audit): ``LlamaEngine.score`` over prompt + the prover's tokens — one eval in
   batches of n_batch with logits only for the output rows, plus the per-position evidence in numpy;
 * **score, N threads** for each ``--auditor-threads``: the same with an auditor engine of N threads;
+* **score on a scoring copy** for each ``--copies`` type: ``LlamaEngine.score`` with a bf16/q8_0/f16/f32
+  scoring copy of the model (``opengrid.engines.scoring_copy``, spec/verification.md §12.5: Q4_1 has no
+  batched CPU kernel, the copy's formats do), made once in ``--cache-dir`` (default: a temporary one);
 * **score, window W** for each ``--window``: a partial audit (spec/verification.md §13.5) scoring output
   positions ``0 .. W-1``, whose forward pass stops there;
 * **evidence only**: the numpy part of ``score`` alone (``score_positions`` on logits already computed);
@@ -29,6 +32,8 @@ machine before quoting a wall-time figure; the CPU-time ratio is steadier under 
     .venv/bin/python benchmarks/audit_cost_bench.py                       # 8 prompts x 3 rounds
     .venv/bin/python benchmarks/audit_cost_bench.py --threads 1 --auditor-threads --window 32 64 \
         --rounds 2 --prompts 4 --json out.json
+    .venv/bin/python benchmarks/audit_cost_bench.py --threads 1 --auditor-threads --copies bf16 q8_0 f16 f32 \
+        --batch 0 --rounds 2 --prompts 4
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -47,6 +54,7 @@ import numpy as np
 from opengrid.core.audit import SamplingParams
 from opengrid.core.sampling import score_positions
 from opengrid.engines import GenerationRequest, LlamaEngine, ScoreRequest, resolve_model
+from opengrid.engines.scoring_copy import SCORING_COPY_TYPES, make_scoring_copy
 
 # Continuations (no chat template), so that greedy output runs to --tokens rather than stopping early.
 PROMPTS = [
@@ -148,6 +156,16 @@ def main() -> int:
         "--batch", type=int, default=4, help="audits per eval in the batched variant; 0: skip"
     )
     parser.add_argument("--flash", action="store_true", help="also an eval with flash attention on")
+    parser.add_argument(
+        "--copies",
+        nargs="*",
+        default=[],
+        choices=SCORING_COPY_TYPES,
+        help="also score on these scoring copies",
+    )
+    parser.add_argument(
+        "--cache-dir", type=pathlib.Path, help="where scoring copies are made (default: a temp dir)"
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -155,6 +173,14 @@ def main() -> int:
     prompts = PROMPTS[: args.prompts]
     prover = LlamaEngine(model, n_threads=args.threads)
     auditors = {n: LlamaEngine(model, n_threads=n) for n in args.auditor_threads if n != args.threads}
+    scratch = tempfile.TemporaryDirectory(prefix="audit-cost-bench-")
+    cache = args.cache_dir if args.cache_dir is not None else pathlib.Path(scratch.name)
+    copies = {
+        kind: LlamaEngine(
+            model, n_threads=args.threads, scoring_copy=make_scoring_copy(model, kind, cache_dir=cache)
+        )
+        for kind in args.copies
+    }
     plain = llama_cpp.Llama(
         str(model.path),
         n_ctx=2048,
@@ -214,6 +240,8 @@ def main() -> int:
         record(f"score, {args.threads} threads", timed(lambda: prover.score(request)), base)
         for n, auditor in auditors.items():
             record(f"score, {n} threads", timed(lambda: auditor.score(request)), base)  # noqa: B023
+        for kind, engine in copies.items():
+            record(f"score on a {kind} scoring copy", timed(lambda: engine.score(request)), base)  # noqa: B023
         for w in args.window:
             window = ScoreRequest(prompt=prompt, tokens=claimed, stopped=stopped, end=w)
             record(f"score, window {w}", timed(lambda: prover.score(window)), base)  # noqa: B023
@@ -277,8 +305,9 @@ def main() -> int:
                 "ratios": figures,
             }
             json.dump(document, out, indent=2)
-    for engine in (prover, *auditors.values()):
+    for engine in (prover, *auditors.values(), *copies.values()):
         engine.close()
+    scratch.cleanup()
     plain.close()
     full.close()
     for scorer in (batched, flash):

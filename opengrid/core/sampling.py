@@ -54,6 +54,7 @@ _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _TWO_POW_MINUS_52 = 2.0**-52
+_NOISE_BLOCK_ROWS = 8  # score_positions' rows per block of Gumbel noise (measured: 4-8 fastest)
 
 Logits = npt.NDArray[np.floating]
 
@@ -252,12 +253,20 @@ def score_positions(
     if params.greedy:
         gap = top - claimed_logit
     else:
-        keys = np.array(
-            [noise_key(job_id, params.seed, first_position + j) for j in range(rows)], dtype=np.uint64
-        )
-        u = _uniforms_matrix(keys, n)
-        scores = logits.astype(np.float64) / params.temperature - np.log(-np.log(u))
-        gap = params.temperature * (scores.max(axis=1) - scores[np.arange(rows), tokens])
+        # A few rows at a time: the float64 temporaries of a block stay in the CPU's cache, where a
+        # whole claim's (128 rows x 49,152 tokens, 50 MB each) made this 3-8x slower. Element-wise
+        # arithmetic: the values are the same for any block size.
+        gap = np.empty(rows, dtype=np.float64)
+        for start in range(0, rows, _NOISE_BLOCK_ROWS):
+            stop = min(rows, start + _NOISE_BLOCK_ROWS)
+            keys = np.array(
+                [noise_key(job_id, params.seed, first_position + j) for j in range(start, stop)],
+                dtype=np.uint64,
+            )
+            u = _uniforms_matrix(keys, n)
+            scores = logits[start:stop].astype(np.float64) / params.temperature - np.log(-np.log(u))
+            picked = scores[np.arange(stop - start), tokens[start:stop]]
+            gap[start:stop] = params.temperature * (scores.max(axis=1) - picked)
     return [
         PositionEvidence(
             token=int(tokens[j]),

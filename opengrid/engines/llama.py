@@ -18,7 +18,10 @@ deliberate differences in corner cases:
   character cut by ``max_tokens`` shows up as U+FFFD instead of vanishing.
 
 :meth:`LlamaEngine.score` audits a claimed output (spec §12): one forward pass over prompt + claimed
-tokens in batches of n_batch, with logits requested only for the rows that predict output positions.
+tokens in batches of n_batch, with logits requested only for the rows that predict output positions. With
+a scoring copy (:mod:`opengrid.engines.scoring_copy`, spec §12.5) that pass runs on the copy's weights,
+which llama.cpp's CPU backend multiplies in batches (Q4_1 has no batched kernel): generation always runs
+on the original file.
 """
 
 from __future__ import annotations
@@ -46,12 +49,17 @@ from opengrid.engines.base import (
     ScoreRequest,
     Scoring,
 )
+from opengrid.engines.scoring_copy import ScoringCopy
 from opengrid.errors import BadRequestError, EngineError, VerificationError
 from opengrid.wire.contract import DecodingContract
 
 __all__ = ["DEFAULT_N_CTX", "LlamaEngine"]
 
 _KV_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}
+
+# llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_1, as the GGUF's general.file_type records it: the weights format
+# that has no batched matrix kernel on the CPU (spec/verification.md §12.5).
+_FTYPE_MOSTLY_Q4_1 = "3"
 
 
 class LlamaEngine:
@@ -70,6 +78,7 @@ class LlamaEngine:
         gpu_layers: int = 0,
         n_batch: int | None = None,
         kv_cache_type: str | None = None,
+        scoring_copy: ScoringCopy | None = None,
     ) -> None:
         """Load ``model.path``.
 
@@ -82,6 +91,8 @@ class LlamaEngine:
         also change the logits: they are written into the contract, so such an engine is a numerical class
         of its own. Tests use them as a stand-in for other hardware (honest engines whose arithmetic
         differs, spec §12).
+        ``scoring_copy`` (of this very model: its ``source.sha256`` must be ``model.sha256``) is loaded
+        beside the model and :meth:`score` runs on it (see :meth:`use_scoring_copy`).
         """
         if n_ctx < 2:
             raise EngineError(f"n_ctx must be >= 2 tokens, got {n_ctx}; the default is {DEFAULT_N_CTX}")
@@ -104,29 +115,14 @@ class LlamaEngine:
         self._model = model
         self._contract = contract
         self._n_ctx = n_ctx
+        self._n_threads = n_threads
+        self._gpu_layers = gpu_layers
+        self._kv_type = kv_type
         self._lock = threading.Lock()
-        try:
-            # n_batch is capped at n_ctx by llama-cpp-python; any n_batch >= 2 gives the same logits
-            # (measured, see the llama-cpp notes), so a small n_ctx stays in the contract's class.
-            self._llm: llama_cpp.Llama | None = llama_cpp.Llama(
-                model_path=str(model.path),
-                n_ctx=n_ctx,
-                n_batch=contract.n_batch,
-                n_ubatch=contract.n_batch,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=gpu_layers,
-                seed=contract.seed,
-                flash_attn=contract.flash_attn,
-                type_k=kv_type,
-                type_v=kv_type,
-                verbose=False,
-            )
-        except Exception as exc:
-            raise EngineError(
-                f"llama.cpp {llama_cpp.__version__} could not load model {model.name!r} from {model.path}: "
-                f"{exc}. Check that the file exists and is a complete GGUF model of a supported architecture."
-            ) from exc
+        self._scorer: llama_cpp.Llama | None = None
+        self._retired: list[llama_cpp.Llama] = []  # scorers replaced by use_scoring_copy, freed by close
+        self._scoring_copy: ScoringCopy | None = None
+        self._llm: llama_cpp.Llama | None = self._load(model.path, f"model {model.name!r}")
         vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         if vocab is None:
             self.close()
@@ -138,6 +134,77 @@ class LlamaEngine:
             [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)], dtype=np.int64
         )
         self._batch: llama_cpp.llama_batch | None = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
+        if scoring_copy is not None:
+            try:
+                self.use_scoring_copy(scoring_copy)
+            except EngineError:
+                self.close()
+                raise
+
+    def _load(self, path: object, what: str) -> llama_cpp.Llama:
+        """A llama.cpp model + context at ``path`` with this engine's contract settings."""
+        contract = self._contract
+        try:
+            # n_batch is capped at n_ctx by llama-cpp-python; any n_batch >= 2 gives the same logits
+            # (measured, see the llama-cpp notes), so a small n_ctx stays in the contract's class.
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=self._n_ctx,
+                n_batch=contract.n_batch,
+                n_ubatch=contract.n_batch,
+                n_threads=self._n_threads,
+                n_threads_batch=self._n_threads,
+                n_gpu_layers=self._gpu_layers,
+                seed=contract.seed,
+                flash_attn=contract.flash_attn,
+                type_k=self._kv_type,
+                type_v=self._kv_type,
+                verbose=False,
+            )
+        except Exception as exc:
+            raise EngineError(
+                f"llama.cpp {llama_cpp.__version__} could not load {what} from {path}: "
+                f"{exc}. Check that the file exists and is a complete GGUF model of a supported architecture."
+            ) from exc
+
+    @property
+    def prefers_scoring_copy(self) -> bool:
+        """True when a scoring copy makes :meth:`score` cheaper here: the weights are mostly Q4_1 (no
+        batched CPU kernel) and run on the CPU (spec/verification.md §12.5; GPUs are not measured)."""
+        llm = self._require_open()
+        return self._gpu_layers == 0 and llm.metadata.get("general.file_type") == _FTYPE_MOSTLY_Q4_1
+
+    @property
+    def scoring_copy(self) -> ScoringCopy | None:
+        """The scoring copy :meth:`score` runs on, or None (the model itself)."""
+        return self._scoring_copy
+
+    def use_scoring_copy(self, copy: ScoringCopy | None) -> None:
+        """Score on ``copy`` from now on (None: on the model itself); generation is unchanged.
+
+        The copy must be derived from this engine's model (``copy.source.sha256`` equal to the model's),
+        else :class:`VerificationError`; its vocabulary must match. Loading SmolLM2-135M's bf16 copy adds
+        ~300 MiB of RSS (file-backed: the weights are mapped)."""
+        if copy is not None and copy.source.sha256 != self._model.sha256:
+            raise VerificationError(
+                f"scoring copy {copy.path} was derived from a model with sha256 {copy.source.sha256}, not "
+                f"this engine's {self._model.sha256}; make the copy from this model "
+                "(opengrid.engines.scoring_copy.make_scoring_copy)"
+            )
+        scorer = None if copy is None else self._load(copy.path, f"the {copy.kind} scoring copy")
+        if scorer is not None and int(scorer.n_vocab()) != self._n_vocab:
+            scorer.close()
+            raise EngineError(f"scoring copy {copy and copy.path} has another vocabulary; remake it")
+        with self._lock:
+            if self._scorer is not None:
+                # Not freed yet: an open ScoringSession may hold a context over its weights.
+                self._retired.append(self._scorer)
+            self._scorer, self._scoring_copy = scorer, copy
+
+    def _scoring_llm(self) -> llama_cpp.Llama:
+        """What audits evaluate on: the scoring copy when there is one, else the model (call locked)."""
+        llm = self._require_open()
+        return self._scorer if self._scorer is not None else llm
 
     @property
     def model(self) -> ModelInfo:
@@ -290,7 +357,7 @@ class LlamaEngine:
                     "with a larger n_ctx"
                 )
             try:
-                logits = self._eval_rows(llm, sequence, first_row, n_rows)
+                logits = self._eval_rows(self._scoring_llm(), sequence, first_row, n_rows)
             except Exception as exc:
                 raise EngineError(f"llama.cpp failed while scoring with {self._model.name!r}: {exc}") from exc
         params = request.sampling
@@ -354,11 +421,14 @@ class LlamaEngine:
         """Free the model and its context; idempotent."""
         with self._lock:
             llm, self._llm = self._llm, None
+            scorers, self._retired = [self._scorer, *self._retired], []
+            self._scorer = None
             batch, self._batch = self._batch, None
             if batch is not None:
                 llama_cpp.llama_batch_free(batch)
-            if llm is not None:
-                llm.close()
+            for each in (*scorers, llm):
+                if each is not None:
+                    each.close()
 
     def __enter__(self) -> Self:
         return self

@@ -127,14 +127,44 @@ def resolve_model(name_or_path: str, *, cache_dir: pathlib.Path | None = None) -
 
 
 def load_engine(
-    info: ModelInfo, *, n_threads: int | None = None, n_ctx: int = DEFAULT_N_CTX, gpu_layers: int = 0
+    info: ModelInfo,
+    *,
+    n_threads: int | None = None,
+    n_ctx: int = DEFAULT_N_CTX,
+    gpu_layers: int = 0,
+    score_with: str = "auto",
+    cache_dir: pathlib.Path | None = None,
 ) -> Engine:
-    """Load ``info`` in this process with llama.cpp (see :class:`LlamaEngine` for the arguments)."""
+    """Load ``info`` in this process with llama.cpp (see :class:`LlamaEngine` for the arguments).
+
+    ``score_with`` picks what audits score on (spec/verification.md §12.5): ``"auto"`` (default) a
+    ``bf16`` scoring copy when the engine prefers one (Q4_1 weights on the CPU) and the model itself
+    otherwise; ``"off"`` always the model itself; a copy type (``"bf16"``, ``"q8_0"``, ``"f16"``,
+    ``"f32"``) that copy. Copies are made once in ``cache_dir / "scoring-copies"`` (default
+    :func:`default_cache_dir`; ~5 s for SmolLM2-135M) and re-used.
+    """
     # Imported here, not with the module: llama.cpp and numpy cost ~20 MiB of RSS that a node which never
     # loads a model (a coordinator) should not pay.
     from opengrid.engines.llama import LlamaEngine
+    from opengrid.engines.scoring_copy import DEFAULT_SCORING_COPY, SCORING_COPY_TYPES, make_scoring_copy
 
-    return LlamaEngine(info, n_threads=n_threads, n_ctx=n_ctx, gpu_layers=gpu_layers)
+    if score_with not in ("auto", "off", *SCORING_COPY_TYPES):
+        raise EngineError(
+            f"score_with must be 'auto', 'off' or a copy type ({', '.join(SCORING_COPY_TYPES)}), "
+            f"got {score_with!r}"
+        )
+    engine = LlamaEngine(info, n_threads=n_threads, n_ctx=n_ctx, gpu_layers=gpu_layers)
+    kind = next((k for k in SCORING_COPY_TYPES if k == score_with), None)
+    if score_with == "auto" and engine.prefers_scoring_copy:
+        kind = DEFAULT_SCORING_COPY
+    if kind is not None:
+        try:
+            root = cache_dir if cache_dir is not None else default_cache_dir()
+            engine.use_scoring_copy(make_scoring_copy(info, kind, cache_dir=root))
+        except BaseException:
+            engine.close()
+            raise
+    return engine
 
 
 def _smollm2() -> ModelInfo:

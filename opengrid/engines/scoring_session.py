@@ -2,13 +2,14 @@
 kept between chunks (spec/verification.md §14.2, chunked audits).
 
 A :class:`ScoringSession` belongs to one audit of one job. At start it evaluates the job's prompt once, in
-a llama.cpp context of its own (sharing the engine's weights, so generations on the engine's context
-neither disturb nor are disturbed by it) with the engine's contract settings (n_batch, KV-cache type,
-flash attention): the same numerical class as :meth:`LlamaEngine.score`. Each chunk of claimed tokens is
-then appended to the cache, and every output position of the chunk is scored by the same per-position rule
-as the one-shot score (spec §12.1; the Gumbel rule of §11 for sampled jobs, through
-:mod:`opengrid.core.sampling`). ``tests/engines/test_scoring_session.py`` shows the evidence equal, value
-for value, to one :meth:`LlamaEngine.score` of the whole claim on the same build.
+a llama.cpp context of its own (sharing the weights the engine scores with — its scoring copy's when it
+has one — so generations on the engine's context neither disturb nor are disturbed by it) with the
+engine's contract settings (n_batch, KV-cache type, flash attention): the same numerical class as
+:meth:`LlamaEngine.score`. Each chunk of claimed tokens is then appended to the cache, and every output
+position of the chunk is scored by the same per-position rule as the one-shot score (spec §12.1; the
+Gumbel rule of §11 for sampled jobs, through :mod:`opengrid.core.sampling`).
+``tests/engines/test_scoring_session.py`` shows the evidence equal, value for value, to one
+:meth:`LlamaEngine.score` of the whole claim on the same build.
 
 How rows line up: the row that predicts output position ``j`` is the logits after evaluating the prompt
 and claimed tokens ``0 .. j - 1``. A chunk of ``m`` tokens at offset ``k`` is evaluated together with the
@@ -101,8 +102,10 @@ class ScoringSession:
             self.prompt_tokens = len(prompt_tokens)
             try:
                 # The engine's own context parameters: the same n_ctx, n_batch, KV type, flash attention
-                # and threads, so the arithmetic is the engine's (its numerical class).
-                self._ctx = llama_cpp.llama_init_from_model(llm.model, llm.context_params)
+                # and threads, so the arithmetic is the engine's (its numerical class); on the weights the
+                # engine scores with (its scoring copy, if it has one: spec/verification.md §12.5).
+                scorer = engine._scoring_llm()
+                self._ctx = llama_cpp.llama_init_from_model(scorer.model, scorer.context_params)
             except Exception as exc:  # llama.cpp reports failure as a NULL context or an exception
                 raise EngineError(f"llama.cpp could not open a scoring context: {exc}") from exc
             if not self._ctx:
