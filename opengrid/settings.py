@@ -37,6 +37,7 @@ from opengrid.node.config import (
     ENGINES,
     HTTP_BACKENDS,
     ROLES,
+    SCORE_WITH,
     SETTINGS,
     VERIFY_MODES,
     NodeConfig,
@@ -401,6 +402,12 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
     )
     engine.add_argument(
         "--max-context", type=int, metavar="N", help="context window (prompt + output tokens)"
+    )
+    engine.add_argument(
+        "--score-with",
+        choices=SCORE_WITH,
+        help="what this worker's audits score on: auto (default: a bf16 scoring copy of a Q4_1 model on "
+        "the CPU, about half the audit's compute, +~300 MiB), off (the model itself), or a copy type",
     )
     engine.add_argument(
         "--skip-speed-test",

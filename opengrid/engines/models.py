@@ -342,10 +342,13 @@ def pull_model(
 def remove_model(
     name: str, *, cache_dir: pathlib.Path | None = None, catalog: tuple[CatalogEntry, ...] = CATALOG
 ) -> list[pathlib.Path]:
-    """Delete the local copy of catalog model ``name``; return what was deleted (empty: nothing there).
+    """Delete the local copy of catalog model ``name`` and its scoring copies (spec/verification.md §12.5,
+    ``cache_dir / "scoring-copies"``); return what was deleted (empty: nothing there).
 
     Models that come from a Python package are not ours to delete: :class:`EngineError` says how.
     """
+    from opengrid.engines.scoring_copy import scoring_copies_of  # imports this module
+
     entry = _require_entry(name, catalog)
     root = cache_dir if cache_dir is not None else default_cache_dir()
     if entry.source == "pypi":
@@ -354,15 +357,25 @@ def remove_model(
             f"`pip uninstall {(entry.package or '').split('==')[0]}`"
         )
     removed: list[pathlib.Path] = []
+    # A copy is named by its source's sha256: the catalog's pin, else the file's own (hashed before it goes).
+    sources = {entry.sha256} if entry.sha256 else set()
     if entry.source == "generated":
         for path in sorted(root.glob(f"{entry.name}-v*-seed*.gguf")):
+            sources.add(sha256_file(path))
             path.unlink(missing_ok=True)
             removed.append(path)
-        return removed
-    folder = _hub_path(entry, root).parent
-    if folder.exists():
-        shutil.rmtree(folder)
-        removed.append(folder)
+    else:
+        model_file = _hub_path(entry, root)
+        if model_file.is_file():
+            sources.add(sha256_file(model_file))
+        folder = model_file.parent
+        if folder.exists():
+            shutil.rmtree(folder)
+            removed.append(folder)
+    for sha in sorted(sources):
+        for copy in scoring_copies_of(sha, root):
+            copy.unlink(missing_ok=True)
+            removed.append(copy)
     return removed
 
 

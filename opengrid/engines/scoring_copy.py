@@ -46,6 +46,7 @@ __all__ = [
     "ScoringCopy",
     "ScoringCopyType",
     "make_scoring_copy",
+    "scoring_copies_of",
     "scoring_copy_path",
 ]
 
@@ -80,6 +81,15 @@ class ScoringCopy:
 def scoring_copy_path(source_sha256: str, kind: ScoringCopyType, cache_dir: pathlib.Path) -> pathlib.Path:
     """Where the ``kind`` copy of the model with ``source_sha256`` lives under ``cache_dir``."""
     return cache_dir / "scoring-copies" / f"{source_sha256}.{kind}.v{_FORMAT}.gguf"
+
+
+def scoring_copies_of(source_sha256: str, cache_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Every scoring copy of the model with ``source_sha256`` under ``cache_dir``, of any type and
+    converter format (what ``opengrid models remove`` deletes with the model), sorted."""
+    folder = cache_dir / "scoring-copies"
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.glob(f"{source_sha256}.*.v*.gguf") if path.is_file())
 
 
 def make_scoring_copy(model: ModelInfo, kind: ScoringCopyType, *, cache_dir: pathlib.Path) -> ScoringCopy:

@@ -51,6 +51,11 @@ VerifyMode = Literal["replicate", "audit"]
 VERIFY_MODES: tuple[VerifyMode, ...] = ("replicate", "audit")
 HttpBackendName = Literal["auto", "llama.cpp-server", "vllm"]
 HTTP_BACKENDS: tuple[HttpBackendName, ...] = ("auto", "llama.cpp-server", "vllm")
+ScoreWith = Literal["auto", "off", "bf16", "f16", "f32", "q8_0"]
+SCORE_WITH: tuple[ScoreWith, ...] = ("auto", "off", "bf16", "f16", "f32", "q8_0")
+"""What a worker's audits score on (``load_engine(score_with=...)``, spec/verification.md §12.5): ``auto``
+a bf16 scoring copy for Q4_1 weights on the CPU, else the model itself; ``off`` always the model itself;
+a copy type (opengrid.engines.scoring_copy.SCORING_COPY_TYPES) that copy."""
 DEFAULT_MAX_TOKENS_PER_JOB = 1024
 EDGE_MAX_TOKENS_PER_JOB = 128
 """An edge node (a small machine) takes short jobs only, unless ``max_tokens_per_job`` says otherwise."""
@@ -194,6 +199,12 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Context window the engine is loaded with (prompt + generated tokens); longer jobs are refused."""
     skip_speed_test: bool = False
     """Do not measure tokens/s at start: the node announces no speed and its tier comes from its hardware."""
+    score_with: ScoreWith = "auto"
+    """What this worker's audits score on (engine ``llama``; spec/verification.md §12.5): ``auto`` a bf16
+    scoring copy of a Q4_1 model on the CPU (about 0.24 of a generation's CPU against ~0.55 on the Q4_1
+    file; written once in the model cache's ``scoring-copies/``, +305 MiB of RSS for SmolLM2-135M), else
+    the model itself; ``off`` the model itself (no copy, no extra memory); ``bf16``, ``f16``, ``f32`` or
+    ``q8_0`` that copy. Jobs, contracts and evidence name the original either way."""
 
     # -- worker limits ---------------------------------------------------------------------------
     max_tokens_per_job: AtLeast1 = DEFAULT_MAX_TOKENS_PER_JOB

@@ -141,7 +141,14 @@ async def _load_engine(
     """llama.cpp in this process, or an OpenAI-compatible server (attached, or started and owned)."""
     if cfg.engine == "llama":
         return await trio.to_thread.run_sync(
-            lambda: load_engine(info, n_threads=cfg.threads, n_ctx=cfg.max_context, gpu_layers=cfg.gpu_layers)
+            lambda: load_engine(
+                info,
+                n_threads=cfg.threads,
+                n_ctx=cfg.max_context,
+                gpu_layers=cfg.gpu_layers,
+                score_with=cfg.score_with,
+                cache_dir=default_cache_dir(),  # copies beside the generated and pulled models
+            )
         )
     if cfg.http_url:
         backend: Literal["vllm", "llama.cpp-server"] = (

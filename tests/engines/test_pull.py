@@ -29,6 +29,7 @@ from opengrid.engines import (
     remove_model,
     write_tiny_gguf,
 )
+from opengrid.engines.scoring_copy import scoring_copy_path
 from opengrid.errors import EngineError, UnknownModelError
 
 REPO = "opengrid-test/tiny-GGUF"
@@ -243,7 +244,14 @@ def test_remove_deletes_the_download(hub: FakeHub, gguf_bytes: bytes, tmp_path: 
     hub.add(gguf_bytes)
     catalog = (_entry(hashlib.sha256(gguf_bytes).hexdigest()),)
     pull_model("tiny-hub", cache_dir=tmp_path, endpoint=hub.endpoint, catalog=catalog)
-    assert remove_model("tiny-hub", cache_dir=tmp_path, catalog=catalog) == [tmp_path / "tiny-hub"]
+    # Its scoring copies (named by its sha256) go with it; another model's copy stays.
+    copy = scoring_copy_path(hashlib.sha256(gguf_bytes).hexdigest(), "bf16", tmp_path)
+    other = scoring_copy_path("0" * 64, "bf16", tmp_path)
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"copy")
+    other.write_bytes(b"other")
+    assert remove_model("tiny-hub", cache_dir=tmp_path, catalog=catalog) == [tmp_path / "tiny-hub", copy]
+    assert not copy.exists() and other.exists()
     assert remove_model("tiny-hub", cache_dir=tmp_path, catalog=catalog) == []
     (listed,) = list_models(cache_dir=tmp_path, catalog=catalog)
     assert listed.path is None

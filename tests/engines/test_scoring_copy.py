@@ -12,10 +12,12 @@ import hashlib
 import pathlib
 import random
 from collections.abc import Iterator
+from functools import partial
 
 import gguf
 import numpy as np
 import pytest
+import trio
 
 from opengrid.core.audit import DEFAULT_GAP_TOLERANCE, SamplingParams, judge
 from opengrid.engines import (
@@ -23,7 +25,10 @@ from opengrid.engines import (
     LlamaEngine,
     ModelInfo,
     ScoreRequest,
+    default_cache_dir,
     load_engine,
+    remove_model,
+    resolve_model,
     write_tiny_gguf,
 )
 from opengrid.engines.scoring_copy import (
@@ -31,11 +36,14 @@ from opengrid.engines.scoring_copy import (
     SOURCE_SHA256_KEY,
     TYPE_KEY,
     make_scoring_copy,
+    scoring_copies_of,
     scoring_copy_path,
     write_scoring_copy,
 )
 from opengrid.engines.scoring_session import ScoringSession
 from opengrid.errors import EngineError, VerificationError
+from opengrid.node.config import SCORE_WITH, NodeConfig
+from opengrid.node.engine_setup import open_engine
 
 PROMPTS = ["alpha beta", "river stone light", "seven north garden paper", "cloud", "gamma delta river"]
 JOB = bytes(range(32))
@@ -281,3 +289,45 @@ def test_write_scoring_copy_refuses_unknown_types(q4_1_info: ModelInfo, tmp_path
     with pytest.raises(EngineError, match="unknown copy type"):
         write_scoring_copy(q4_1_info.path, tmp_path / "x.gguf", "q2_k", source_sha256=q4_1_info.sha256)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_the_node_setting_offers_exactly_what_load_engine_takes() -> None:
+    assert SCORE_WITH[:2] == ("auto", "off") and set(SCORE_WITH[2:]) == set(SCORING_COPY_TYPES)
+    assert NodeConfig(data_dir=pathlib.Path("d")).score_with == "auto"
+
+
+@pytest.mark.parametrize(("score_with", "kind"), [("f32", "f32"), ("off", None), ("auto", "bf16")])
+def test_a_node_scores_on_what_its_score_with_setting_says(
+    q4_1_info: ModelInfo,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    score_with: str,
+    kind: str | None,
+) -> None:
+    """``opengrid node start --score-with`` reaches ``load_engine``: the copy is made in the node's model
+    cache (the user cache dir, here under tmp_path), or none with ``off``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = default_cache_dir()
+    assert cache.is_relative_to(tmp_path)
+    config = NodeConfig(data_dir=tmp_path / "data", model=str(q4_1_info.path), score_with=score_with)  # type: ignore[arg-type]
+    engine = trio.run(partial(open_engine, config, bytes(32), own_server=lambda server: None))
+    try:
+        assert isinstance(engine, LlamaEngine)
+        if kind is None:
+            assert engine.scoring_copy is None and scoring_copies_of(q4_1_info.sha256, cache) == []
+        else:
+            assert engine.scoring_copy is not None and engine.scoring_copy.kind == kind
+            assert scoring_copies_of(q4_1_info.sha256, cache) == [engine.scoring_copy.path]
+    finally:
+        engine.close()
+
+
+def test_removing_a_generated_model_removes_its_scoring_copies(tmp_path: pathlib.Path) -> None:
+    info = resolve_model("tiny", cache_dir=tmp_path)
+    copies = [make_scoring_copy(info, kind, cache_dir=tmp_path).path for kind in ("bf16", "f32")]
+    other = scoring_copy_path("0" * 64, "bf16", tmp_path)
+    other.write_bytes(b"another model's copy")
+    assert scoring_copies_of(info.sha256, tmp_path) == sorted(copies)
+    assert remove_model("tiny", cache_dir=tmp_path) == [info.path, *sorted(copies)]
+    assert scoring_copies_of(info.sha256, tmp_path) == [] and not info.path.exists()
+    assert other.exists()

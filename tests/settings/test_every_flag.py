@@ -42,6 +42,7 @@ SAMPLES: dict[str, tuple[list[str], str, str]] = {
     "gpu_layers": (["-1"], "-1", "-1"),
     "max_context": (["4096"], "4096", "4096"),
     "skip_speed_test": ([], "yes", "true"),
+    "score_with": (["off"], "off", '"off"'),
     "max_tokens_per_job": (["64"], "64", "64"),
     "work_hours": (["22:00-07:00"], "22:00-07:00", '"22:00-07:00"'),
     "max_load": (["0.5"], "0.5", "0.5"),
