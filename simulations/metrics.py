@@ -13,8 +13,8 @@ Definitions (ground truth comes from the simulator, which knows every honest out
 - *Compute units per job* = (generations dispatched + audits dispatched x ``audit_cost`` x the share of
   the claim each scores, its window: spec/verification.md §13.5) / accepted
   jobs, over settled jobs (plus every canary): a generation (replica or canary) counts 1, an audit its
-  measured cost as a fraction of one (``Scenario.audit_cost``, default 0.44). Exact replication of 2
-  costs 2; audit mode 1 + 0.44 per auditor, plus re-runs of caught cheats.
+  measured cost as a fraction of one (``Scenario.audit_cost``, default 0.24: the bf16 scoring copy).
+  Exact replication of 2 costs 2; audit mode 1 + 0.24 per full audit, plus re-runs of caught cheats.
 - *Points Gini* vs *compute Gini*: inequality of points earned and of inference seconds spent, over the
   workers that were ever online.
 - *Ledger convergence*: for each accepted job, time from acceptance until every credited worker has

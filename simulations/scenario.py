@@ -168,10 +168,13 @@ class Scenario(_Table, frozen=True):
     """Ledger sync, modelled as a relay: every ledger entry a worker is pushed reaches every other
     coordinator this long after (plus network delay), where the real ``LedgerState`` applies it. 0: no
     sync (each coordinator's ledger holds its own receipts only)."""
-    audit_cost: Annotated[float, Meta(gt=0, le=10)] = 0.44
-    """Audit mode: an audit's compute as a fraction of generating the same tokens (both its simulated
-    time and its compute units). 0.44: scoring 128 tokens in one forward pass, 2 threads, this project's
-    CPU (benchmarks/audit_cost_bench.py, spec/verification.md §13.3)."""
+    audit_cost: Annotated[float, Meta(gt=0, le=10)] = 0.24
+    """Audit mode: a whole-claim audit's compute as a fraction of generating the same tokens (both its
+    simulated time and its compute units; a partial window costs its share). 0.24: what the default
+    auditor measured on this project's CPU, CPU time of scoring a 128-token greedy claim in one forward
+    pass on the bf16 scoring copy ÷ the prover's generation with the Q4_1 file, 0.22-0.24
+    (benchmarks/audit_cost_bench.py, spec/verification.md §12.5; sampled claims 0.25). It was 0.44, the
+    plain prefill on the Q4_1 file at 2 threads, before scoring copies; an AVX2-only CPU measured 0.42."""
     coordinator: dict[str, Any] = msgspec.field(default_factory=dict)
     workload: WorkloadSpec = WorkloadSpec()
     network: NetworkSpec = NetworkSpec()

@@ -107,10 +107,10 @@ def test_audit_mode_accepts_fewer_wrong_answers_than_adaptive_replication_on_one
     adaptive = summarize(simulate(load(SCENARIOS / "rare-cheaters-adaptive.toml", overrides), 5))
     assert audited["detection"]["accepted_jobs"] > 1500 and adaptive["detection"]["accepted_jobs"] > 1500
     assert audited["detection"]["accepted_bad"] == 0 < adaptive["detection"]["accepted_bad"]
-    # A generation per job (plus re-runs of caught cheats) and one audit at 0.44; adaptive replication
-    # is cheaper and lets cheats through.
+    # A generation per job (plus re-runs of caught cheats) and one audit at the measured audit_cost (0.24,
+    # the bf16 scoring copy; was 0.44); adaptive replication is cheaper and lets cheats through.
     units = audited["compute_units"]
-    assert units["audit_per_job"] == pytest.approx(0.44, abs=0.02)
+    assert units["audit_per_job"] == pytest.approx(0.24, abs=0.02)
     assert 1.0 < units["generation_per_job"] < 1.1
     assert adaptive["compute_units"]["per_job"] < units["per_job"]
 
@@ -130,7 +130,7 @@ def test_adaptive_audits_cost_less_and_windows_miss_only_tail_cheats() -> None:
     base = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2}
     windows = summarize(simulate(load(scenario, base), 5))
     assert windows["detection"]["accepted_jobs"] > 1500 and windows["detection"]["accepted_bad"] == 0
-    assert windows["compute_units"]["audit_per_job"] < 0.8 * 0.44
+    assert windows["compute_units"]["audit_per_job"] < 0.8 * 0.24  # under 80 % of a full audit each
     no_full = {**base, "adversaries.intermittent.cheat_tail": 1, "coordinator.audit_full_rate": 0.0}
     no_full["coordinator.audit_second_rate"] = 0.0
     tail = summarize(simulate(load(scenario, no_full), 5))
@@ -163,9 +163,11 @@ def test_second_audits_and_canary_audits_catch_lying_auditors_and_cartels() -> N
     wrong_on = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(on)]
     wrong_off = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(off)]
     assert len(wrong_on) * 2 < len(wrong_off)
-    assert max(wrong_on, default=0.0) < duration / 4, "the liars are caught early; later cheats fail"
+    # Early: the last at 381 s of 1,500 with audits at 0.24 (the bound was a quarter when audits cost 0.44:
+    # an audit's simulated time moves every later draw).
+    assert max(wrong_on, default=0.0) < duration / 3, "the liars are caught early; later cheats fail"
     assert max(wrong_off) > duration / 2
-    # What the checks cost: second audits, offenders' second audits and canary audits (0.44 each).
+    # What the checks cost: second audits, offenders' second audits and canary audits (0.24 each).
     assert checked["compute_units"]["per_job"] < unchecked["compute_units"]["per_job"] + 0.3
 
 
