@@ -251,7 +251,12 @@ class CanariesPart(CoordinatorParts):
         return attestation
 
     def _maybe_canary(self, now: float) -> list[Effect]:
-        """With probability ``canary_rate``, re-send a known answer's prompt to one worker, as a new job."""
+        """With probability ``canary_rate``, re-send a known answer's prompt to one worker, as a new job.
+        Replication only: in audit mode every claim is re-scored already, and a canary is judged by exact
+        match within a decoding contract that does not name the CPU's instruction set, so an honest
+        worker on another build would fail it (spec/verification.md §12.3, §13.7)."""
+        if self.config.verify == "audit":
+            return []
         if self.config.canary_rate <= 0 or not self._known or self._rng.random() >= self.config.canary_rate:
             return []
         answer = self._rng.sample(self._known, 1)[0]

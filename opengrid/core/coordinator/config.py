@@ -46,7 +46,9 @@ class CoordinatorConfig:
     that any one cheat by a trusted worker is caught by replication alone."""
     canary_rate: float = 0.05
     """Probability, per client job submitted, of also sending one canary (a verified answer re-sent under
-    a fresh job id to a worker that never saw it). 0 disables canaries."""
+    a fresh job id to a worker that never saw it). 0 disables canaries. Replication mode only: in audit
+    mode every claim is audited, and an exact-match canary would punish honest workers on other builds
+    (auditors are checked by canary *audits* instead, ``audit_canary_rate``)."""
     canary_pool_size: int = 64
     """Verified answers kept for canaries (the oldest is dropped first)."""
     weighted: bool = True
