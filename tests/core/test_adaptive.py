@@ -6,10 +6,12 @@ import math
 
 import pytest
 from grid_harness import (
+    CHEAT_GAP,
     HONEST,
     SWAPPED,
     Behaviour,
     Grid,
+    audits,
     cheat,
     dispatches,
     finished,
@@ -322,3 +324,19 @@ def test_canary_rate_zero_sends_none_and_unverified_answers_never_become_canarie
     single.register()
     for job in range(1, 40):  # replicas=1: answers nobody checked
         assert canaries_of(single, single.run_job(job, honest, replicas=1)) == []
+
+
+def test_audit_mode_sends_no_canary_generations_whatever_the_rate() -> None:
+    """Every claim is audited, and a canary is judged by exact match within a contract that does not name
+    the CPU's instruction set: an honest worker of another build would fail it (spec/verification.md
+    §13.7). Verified answers are kept all the same (the pool is full), so canaries are left out by rule."""
+    config = CoordinatorConfig(verify="audit", canary_rate=1.0, adaptive=False)
+    audited = Grid(n=4, seed=4, config=config)
+    audited.register()
+    for job in range(1, 12):
+        first = audited.submit(job, now=float(job), prompt=f"prompt {job}")
+        assert canaries_of(audited, first) == []
+        (run,) = dispatches(first)
+        (audit,) = audits(audited.answer(run, HONEST, now=float(job)))
+        assert isinstance(finished(audited.audit(audit, gap=CHEAT_GAP, now=float(job))), JobAccepted)
+    assert len(audited.coordinator._known) == 11  # the answers are kept (canary audits use them)
