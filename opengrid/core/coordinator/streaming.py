@@ -178,19 +178,28 @@ class StreamingPart(CoordinatorParts):
                 return self._fail(job_id, "verification_failed", _rerun_contradiction(verified))
         effects: list[Effect] = []
         claim = job.chunked
-        if claim is None or claim.prover != peer:
-            claim = job.chunked = ChunkedClaim(prover=peer)
-            job.prover = peer
-            # Every position of a streamed claim is scored: its text is forwarded as verified chunk by
-            # chunk, so no window (§13.5) and no second audit (the auditors are drawn before the claim).
-            positions = job.request.max_tokens + 1
-            job.plan = AuditPlan(auditors=self._auditors, end=positions, n_positions=positions, reason="full")
-            effects += self._start_audits(job, now)
+        if claim is None or claim.prover != peer:  # opened at dispatch (``_open_streamed_claim``) as a rule
+            effects += self._open_streamed_claim(job, peer, now)
             if job_id not in self._jobs:
                 return effects  # no auditor left at all: the job failed
         for auditor in job.audits:  # the prover is alive, so are the reasons to wait for its auditors
             job.audits[auditor] = max(job.audits[auditor], now + self.config.replica_timeout_s)
         return effects + self._send_chunks(job, final=False)
+
+    def _open_streamed_claim(self, job: JobRecord, peer: str, now: float) -> list[Effect]:
+        """Make ``peer``'s claim on an open streaming job a ``ChunkedClaim`` and draw its auditors now.
+
+        Called when the prover is dispatched, before it produced anything: each auditor opens its
+        scoring session (a context, the prompt evaluated) while the prover evaluates the same prompt, so
+        the first chunk's audit costs only its own tokens (spec/verification.md §14.2). Auditors of a
+        prover that fails before its first frame are cancelled with it (``_drop_chunked``)."""
+        job.chunked = ChunkedClaim(prover=peer)
+        job.prover = peer
+        # Every position of a streamed claim is scored: its text is forwarded as verified chunk by
+        # chunk, so no window (§13.5) and no second audit (the auditors are drawn before the claim).
+        positions = job.request.max_tokens + 1
+        job.plan = AuditPlan(auditors=self._auditors, end=positions, n_positions=positions, reason="full")
+        return self._start_audits(job, now)
 
     def _send_chunks(self, job: JobRecord, *, final: bool) -> list[Effect]:
         """Cut what the prover reported into chunks (all of it when ``final``) and send the new ones, and
