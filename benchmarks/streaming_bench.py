@@ -226,12 +226,14 @@ def breakdown(streams: list[Stream], base: pathlib.Path) -> dict[str, dict[str, 
         # Verified streaming's own points (§14.2, when the nodes write them): the first frame, the
         # auditor's session ready, its first and last chunk verdicts, the coordinator's first forward.
         frame = marks.get((stream.job, "first_frame"))
+        received = marks.get((stream.job, "audit_received"))
         ready = marks.get((stream.job, "audit_ready"))
         verdict = marks.get((stream.job, "chunk_verdict"))
         final_verdict = last.get((stream.job, "chunk_verdict"))
         forward = marks.get((stream.job, "forwarded"))
         for name, a, b in (
             ("engine_start_to_first_frame_s", start, frame),
+            ("dispatch_to_auditor_received_s", dispatch, received),
             ("dispatch_to_auditor_ready_s", dispatch, ready),
             ("first_frame_to_first_verdict_s", frame, verdict),
             ("first_verdict_to_first_forward_s", verdict, forward),
@@ -394,6 +396,7 @@ def report(result: dict[str, Any]) -> str:
         "engine_run_s": "the worker's engine run (start → end)",
         "engine_end_to_last_text_s": "engine end → last text at the client",
         "engine_start_to_first_frame_s": "engine start → the prover's first frame written",
+        "dispatch_to_auditor_received_s": "dispatch → the auditor reads the chunked AuditJob",
         "dispatch_to_auditor_ready_s": "dispatch → the auditor's session open (prompt evaluated)",
         "first_frame_to_first_verdict_s": "first frame → the auditor's first chunk verdict written",
         "first_verdict_to_first_forward_s": "first verdict → the coordinator forwards the first text",

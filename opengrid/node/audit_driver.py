@@ -158,6 +158,7 @@ class AuditDriver:
         sends it, on a ``ScoringSession`` that keeps its KV cache, answering each chunk with a ChunkVerdict
         and the final one with the AuditReport over the whole claim. Bounded: at most
         ``MAX_SCORING_SESSIONS`` at once, ``CHUNK_IDLE_S`` between chunks, one frame per claimed token."""
+        self._ctx.timing.mark("audit_received", audit.job_id, stream.peer)
         reply = await self._open_session(audit)
         if isinstance(reply, ErrorReply):
             await stream.send(reply)

@@ -19,6 +19,7 @@ point               written by   when
 ``received``        worker       the RunJob frame is read and decoded
 ``engine_start``    worker       the engine's thread starts generating the job
 ``first_frame``     worker       its first progress frame (or sealed chunk) of a streamed job is written
+``audit_received``  worker       as an auditor: a chunked AuditJob is read
 ``audit_ready``     worker       as an auditor: its scoring session for a chunked audit is open (the
                                  prompt evaluated, spec/verification.md §14.2)
 ``chunk_verdict``   worker       as an auditor: a ChunkVerdict is written (one per chunk)
@@ -45,6 +46,7 @@ POINTS = (
     "received",
     "engine_start",
     "first_frame",
+    "audit_received",
     "audit_ready",
     "chunk_verdict",
     "forwarded",

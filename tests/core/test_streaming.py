@@ -158,7 +158,8 @@ def test_audit_mode_forwards_nothing_on_the_provers_word_alone() -> None:
     assert len(audits(submitted)) == 1, "its auditor is drawn with it"
     effects = progress(grid, prover, 0, 5)
     assert forwarded(effects) == ""
-    assert [type(e).__name__ for e in effects] == ["SendAuditChunk"]
+    # 5 tokens, chunks of 1 then 2 (the defaults): two full chunks to the auditor, nothing forwarded
+    assert [type(e).__name__ for e in effects] == ["SendAuditChunk", "SendAuditChunk"]
 
 
 def test_a_one_replica_job_streams_its_workers_text_as_its_answer_is_trusted() -> None:
