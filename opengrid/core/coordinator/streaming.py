@@ -187,7 +187,8 @@ class StreamingPart(CoordinatorParts):
         return effects + self._send_chunks(job, final=False)
 
     def _open_streamed_claim(self, job: JobRecord, peer: str, now: float) -> list[Effect]:
-        """Make ``peer``'s claim on an open streaming job a ``ChunkedClaim`` and draw its auditors now.
+        """Make ``peer``'s claim on a streaming job in audit mode (open or sealed) a ``ChunkedClaim`` and
+        draw its auditors now (a sealed job's among the readers ``peer`` seals its chunks to).
 
         Called when the prover is dispatched, before it produced anything: each auditor opens its
         scoring session (a context, the prompt evaluated) while the prover evaluates the same prompt, so
@@ -492,15 +493,16 @@ class StreamingPart(CoordinatorParts):
         return effects
 
     def sealed_chunks_contradiction(self, job_id: bytes, peer: str, n_tokens: int) -> str | None:
-        """Why a sealed streaming prover's result contradicts the chunks it sent (None: it streamed none,
-        or exactly the ``n_tokens`` it attested). Its auditors check the tokens themselves."""
+        """Why a sealed streaming prover's result contradicts the chunks it sent (None: they held exactly
+        the ``n_tokens`` it attested, or its claim is not chunked). Its auditors check the tokens."""
         job = self._jobs.get(job_id)
         claim = job.chunked if job is not None else None
-        if job is None or not job.sealed or claim is None or claim.prover != peer or not claim.ends:
+        if job is None or not job.sealed or claim is None or claim.prover != peer:
             return None
-        if claim.ends[-1] == n_tokens:
+        streamed = claim.ends[-1] if claim.ends else 0  # its claim was opened at dispatch: chunks due
+        if streamed == n_tokens:
             return None
-        return f"its result attests {n_tokens} tokens, but its sealed chunks held {claim.ends[-1]}"
+        return f"its result attests {n_tokens} tokens, but its sealed chunks held {streamed}"
 
     def _reject_chunk(
         self, job: JobRecord, auditor: str, end: int, max_gap: float, reason: str, now: float
