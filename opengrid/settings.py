@@ -495,7 +495,7 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="--verify audit, streaming jobs: each later chunk doubles the previous one up to N tokens "
-        "(at most 1024; default: 32): fewer audit round trips on long answers, a longer tail",
+        "(at most 1024; default: 16): fewer audit round trips on long answers, a longer tail",
     )
     coordinator.add_argument(
         "--require-payment",

@@ -27,7 +27,7 @@ class ChunkPolicy:
     ``stream_chunk_first`` and ``stream_chunk_max``)."""
 
     first: int = 1
-    largest: int = 32
+    largest: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.first <= self.largest <= MAX_PROGRESS_TOKENS:

@@ -116,7 +116,7 @@ class CoordinatorConfig:
     §14.2). One: the client's first verified text waits for it and its audit, and the auditor scores a
     one-token first chunk on the row its prompt evaluation left (no forward pass); a larger one also
     waits for the prover's next progress frame (paced 50 ms apart). Measured: benchmarks/README.md."""
-    stream_chunk_max: int = 32
+    stream_chunk_max: int = 16
     """Audit mode, streaming jobs: each later chunk doubles the previous one, up to this many tokens (at
     most 1024, a frame's limit). Larger: fewer audit round trips (a forward pass each) on long answers;
     smaller: a shorter tail, the last chunk audited after generation ends. Measured: benchmarks/README.md."""
