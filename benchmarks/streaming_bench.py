@@ -203,24 +203,45 @@ def breakdown(streams: list[Stream], base: pathlib.Path) -> dict[str, dict[str, 
     from opengrid.node.timing import read_trace
 
     marks: dict[tuple[str, str], float] = {}
+    last: dict[tuple[str, str], float] = {}
     for path in sorted(base.glob("*.trace")):
         for mark in read_trace(path):
             marks.setdefault((mark.job, mark.point), mark.t)  # the first replica's mark
+            last[(mark.job, mark.point)] = max(mark.t, last.get((mark.job, mark.point), mark.t))
     stages: dict[str, list[float]] = {}
     for stream in streams:
         points = {p: marks.get((stream.job, p)) for p in ("dispatch", "engine_start", "engine_end")}
         dispatch, start, end = points["dispatch"], points["engine_start"], points["engine_end"]
         if dispatch is None or start is None or end is None:
             continue  # no trace for this job (an old node, or the trace was not written yet)
-        first, last = stream.started + stream.ttft_s, stream.started + stream.total_s
+        first, last_text = stream.started + stream.ttft_s, stream.started + stream.total_s
         for name, value in (
             ("request_to_dispatch_s", dispatch - stream.started),
             ("dispatch_to_engine_s", start - dispatch),
             ("engine_start_to_first_text_s", first - start),
             ("engine_run_s", end - start),
-            ("engine_end_to_last_text_s", last - end),
+            ("engine_end_to_last_text_s", last_text - end),
         ):
             stages.setdefault(name, []).append(value)
+        # Verified streaming's own points (§14.2, when the nodes write them): the first frame, the
+        # auditor's session ready, its first and last chunk verdicts, the coordinator's first forward.
+        frame = marks.get((stream.job, "first_frame"))
+        received = marks.get((stream.job, "audit_received"))
+        ready = marks.get((stream.job, "audit_ready"))
+        verdict = marks.get((stream.job, "chunk_verdict"))
+        final_verdict = last.get((stream.job, "chunk_verdict"))
+        forward = marks.get((stream.job, "forwarded"))
+        for name, a, b in (
+            ("engine_start_to_first_frame_s", start, frame),
+            ("dispatch_to_auditor_received_s", dispatch, received),
+            ("dispatch_to_auditor_ready_s", dispatch, ready),
+            ("first_frame_to_first_verdict_s", frame, verdict),
+            ("first_verdict_to_first_forward_s", verdict, forward),
+            ("first_forward_to_first_text_s", forward, first),
+            ("engine_end_to_last_verdict_s", end, final_verdict),
+        ):
+            if a is not None and b is not None:
+                stages.setdefault(name, []).append(b - a)
     return {name: spread(values) for name, values in stages.items()}
 
 
@@ -374,6 +395,13 @@ def report(result: dict[str, Any]) -> str:
         "engine_start_to_first_text_s": "engine start → first text at the client",
         "engine_run_s": "the worker's engine run (start → end)",
         "engine_end_to_last_text_s": "engine end → last text at the client",
+        "engine_start_to_first_frame_s": "engine start → the prover's first frame written",
+        "dispatch_to_auditor_received_s": "dispatch → the auditor reads the chunked AuditJob",
+        "dispatch_to_auditor_ready_s": "dispatch → the auditor's session open (prompt evaluated)",
+        "first_frame_to_first_verdict_s": "first frame → the auditor's first chunk verdict written",
+        "first_verdict_to_first_forward_s": "first verdict → the coordinator forwards the first text",
+        "first_forward_to_first_text_s": "first forward → first text at the client",
+        "engine_end_to_last_verdict_s": "engine end → the auditor's last chunk verdict written",
     }
     lines += [
         "",

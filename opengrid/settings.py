@@ -495,14 +495,14 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="--verify audit, streaming jobs: tokens in the first chunk audited and released to the client "
-        "(its first verified text waits for it; default: 4; spec/verification.md §14.2)",
+        "(its first verified text waits for it; default: 1; spec/verification.md §14.2)",
     )
     coordinator.add_argument(
         "--stream-chunk-max",
         type=int,
         metavar="N",
         help="--verify audit, streaming jobs: each later chunk doubles the previous one up to N tokens "
-        "(at most 1024; default: 64): fewer audit round trips on long answers",
+        "(at most 1024; default: 16): fewer audit round trips on long answers, a longer tail",
     )
     coordinator.add_argument(
         "--require-payment",

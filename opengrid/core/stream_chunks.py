@@ -26,8 +26,8 @@ class ChunkPolicy:
     """Chunk sizes: ``first`` tokens, then doubling up to ``largest`` (``CoordinatorConfig``'s
     ``stream_chunk_first`` and ``stream_chunk_max``)."""
 
-    first: int = 4
-    largest: int = 64
+    first: int = 1
+    largest: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.first <= self.largest <= MAX_PROGRESS_TOKENS:

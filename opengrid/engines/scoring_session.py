@@ -12,10 +12,14 @@ Gumbel rule of §11 for sampled jobs, through :mod:`opengrid.core.sampling`).
 :meth:`LlamaEngine.score` of the whole claim on the same build.
 
 How rows line up: the row that predicts output position ``j`` is the logits after evaluating the prompt
-and claimed tokens ``0 .. j - 1``. A chunk of ``m`` tokens at offset ``k`` is evaluated together with the
-last token already in the cache (evaluated again, ``_rows`` says why), which gives ``m + 1`` rows: those
-for positions ``k .. k + m - 1``, scored, and the row for ``k + m``, kept (``_next``) for the
-end-of-generation position of a claim that stops there.
+and claimed tokens ``0 .. j - 1``. The prompt is evaluated with its last two rows out, the last of which
+predicts position 0 (kept, ``_ahead``): a first chunk of one token is then scored without evaluating
+anything, so the auditor's first verdict costs no forward pass once its session is open. Each chunk's
+last token is kept back (``_pending``) and evaluated with the next chunk (or for the end-of-generation
+position of a claim that stops there): a chunk of ``m`` tokens at offset ``k`` evaluates tokens
+``k - 1 .. k + m - 2``, ``m`` rows, those for positions ``k .. k + m - 1``; every claimed token is
+evaluated once, and a batch that would have one row evaluates the token before it again (``_rows``
+says why).
 
 The session also recomputes the text each token completes (the same UTF-8-safe pieces the prover's engine
 reports, ``llama._TextPreview``), so a chunk whose pieces are not what its tokens say fails: verified text
@@ -23,7 +27,8 @@ forwarded to a client is the auditor's word, not the prover's.
 
 Bounds: one context per session (its KV cache is the engine's ``n_ctx``), at most ``max_tokens`` claimed
 tokens, chunks in order and contiguous. Blocking; run it in the engine's worker thread (the worker driver
-uses the same limiter as generation). ``close`` frees the context; the driver closes a session when its
+uses the same limiter as generation). ``close`` clears the context and gives it to the engine for its
+next session (one spare, freed with the engine), or frees it; the driver closes a session when its
 stream ends, is idle too long, or is cancelled.
 """
 
@@ -85,8 +90,13 @@ class ScoringSession:
         self.evidence: list[PositionEvidence] = []
         """Evidence of every position scored so far (position ``i`` at index ``i``)."""
         self._preview = _TextPreview()
-        self._next: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self._ahead: npt.NDArray[np.float32] | None = None
+        """The row predicting position ``len(self.tokens)``, when it was computed (then ``_pending`` is
+        empty)."""
+        self._pending: list[int] = []
+        """Claimed tokens not in the KV cache yet: at most the last one (evaluated with the next chunk)."""
         self._ctx: llama_cpp.llama_context_p | None = None
+        self._scorer: llama_cpp.Llama | None = None
         self._batch: llama_cpp.llama_batch | None = None
         with engine._lock:  # the engine's own: it must not close under us
             llm = engine._require_open()
@@ -105,7 +115,10 @@ class ScoringSession:
                 # and threads, so the arithmetic is the engine's (its numerical class); on the weights the
                 # engine scores with (its scoring copy, if it has one: spec/verification.md §12.5).
                 scorer = engine._scoring_llm()
-                self._ctx = llama_cpp.llama_init_from_model(scorer.model, scorer.context_params)
+                self._scorer = scorer
+                self._ctx = engine._take_scoring_context(scorer) or llama_cpp.llama_init_from_model(
+                    scorer.model, scorer.context_params
+                )
             except Exception as exc:  # llama.cpp reports failure as a NULL context or an exception
                 raise EngineError(f"llama.cpp could not open a scoring context: {exc}") from exc
             if not self._ctx:
@@ -118,11 +131,16 @@ class ScoringSession:
             self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
             self._seq = list(prompt_tokens)
             """Every token in the session's KV cache, in order: the prompt, then the claimed tokens."""
+            # The last two rows out: the row predicting position 0 then comes from a batch of two output
+            # rows, as in the one-shot score (a prompt whose last token is alone in its batch of n_batch
+            # gets it later, evaluated again with another).
+            alone = len(prompt_tokens) < 2 or len(prompt_tokens) % self._n_batch == 1
             try:
-                self._eval(prompt_tokens, 0, last_only=True)
+                rows = self._eval(prompt_tokens, 0, outputs=1 if alone else 2)
             except Exception:
                 self._free()
                 raise
+            self._ahead = None if alone else rows[-1].copy()
 
     @property
     def n_scored(self) -> int:
@@ -160,9 +178,7 @@ class ScoringSession:
             )
         with engine._lock:
             llm = engine._require_open()
-            rows = self._rows(list(tokens))
-            logits = rows[:-1]
-            self._next = rows[-1].copy()  # predicts the position after the chunk (a stop, or the next chunk)
+            logits = self._rows(list(tokens))
             problem, problem_at = "", -1
             for i, token in enumerate(tokens):
                 self.tokens.append(token)
@@ -189,48 +205,65 @@ class ScoringSession:
                 f"the claim stopped, but model {engine.model.name!r} has no end-of-generation token"
             )
         position = len(self.tokens)
-        if not self.tokens:  # an empty claim that stopped: its one row is the prompt's last
-            with engine._lock:
-                engine._require_open()
-                self._next = self._rows([])[-1].copy()
-        scores = perturbed_scores(self._next, self._sampling, self._job_id, position)
+        with engine._lock:
+            engine._require_open()
+            row = self._rows([])[-1]
+        scores = perturbed_scores(row, self._sampling, self._job_id, position)
         stop_token = int(eog[int(np.argmax(scores[eog]))])
-        evidence = score_position(self._next, stop_token, self._sampling, self._job_id, position)
+        evidence = score_position(row, stop_token, self._sampling, self._job_id, position)
         self.evidence.append(evidence)
         return evidence
 
     def _rows(self, tokens: list[int]) -> npt.NDArray[np.float32]:
-        """Append ``tokens`` to the cache; return the rows predicting output positions ``len(self.tokens)
-        - len(tokens)`` .. ``len(self.tokens)`` (one more than the tokens: the last predicts what follows).
+        """The rows predicting the positions of ``tokens`` (claimed positions ``len(self.tokens) ..``),
+        one per token; for no tokens, the one row predicting position ``len(self.tokens)`` (the end
+        position of a claim that stopped). ``tokens`` are not appended to ``self.tokens`` here.
 
-        Why the last token already in the cache is evaluated again, in the same batch as ``tokens``: the
-        row predicting the chunk's first position is that token's, and llama.cpp's arithmetic differs in
-        the last bits between a batch with one output row and a batch with several (measured on the tiny
-        model: a one-row evaluation moved log-probabilities by up to 6e-4). Re-evaluating it (its KV cell
-        dropped first) gives every scored row a batch of at least two rows, as in the one-shot score,
-        whose evidence it then equals bit for bit. For the empty claim's end position the last two
-        tokens are taken (a one-token prompt still gives a one-row batch there)."""
+        What is evaluated: the token kept back from the last chunk and all of ``tokens`` but the last
+        (kept back in turn); the row already computed for the first position (``_ahead``) is used as is.
+        Why a token already in the cache is sometimes evaluated again, in the same batch: llama.cpp's
+        arithmetic differs in the last bits between a batch with one output row and a batch with several
+        (measured on the tiny model: a one-row evaluation moved log-probabilities by up to 6e-4), so a
+        batch that would have one row takes the token before it too (its KV cell dropped first), as
+        does a row that was never computed from a batch of two (``_ahead`` unset with nothing pending: a
+        one-token prompt). Every scored row then comes from a batch of at least two rows, as in the
+        one-shot score, whose evidence it equals bit for bit."""
         ctx = self._ctx
         if ctx is None:
             raise EngineError("the scoring session is closed")
-        back = min(len(self._seq), 1 if tokens else 2)
-        start = len(self._seq) - back
-        memory = llama_cpp.llama_get_memory(ctx)
-        if memory is not None:
-            llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
-        rows = self._eval(self._seq[start:] + tokens, start)
-        self._seq += tokens
-        return rows[back - 1 :]
+        wanted = max(len(tokens), 1)
+        ahead = [self._ahead] if self._ahead is not None else []
+        todo = self._pending + tokens[: wanted - 1]
+        back = 0 if ahead or self._pending else 1
+        if len(todo) + back == 1:
+            back += 1
+        back = min(back, len(self._seq))
+        rows: list[npt.NDArray[np.float32]] = list(ahead)
+        if todo or back:
+            start = len(self._seq) - back
+            memory = llama_cpp.llama_get_memory(ctx)
+            if memory is not None:
+                llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+            evaluated = self._eval(self._seq[start:] + todo, start)
+            self._seq += todo
+            rows += list(evaluated[len(evaluated) - (wanted - len(ahead)) :])
+        if len(rows) != wanted:  # only an empty prompt (no token to evaluate first) leaves a row out
+            raise EngineError("an empty prompt: there is no row to score the claim's first position on")
+        if tokens:
+            self._pending, self._ahead = tokens[-1:], None
+        else:  # the row predicting what follows every claimed token: all of them are in the cache now
+            self._pending, self._ahead = [], rows[-1].copy()
+        return np.stack(rows)
 
-    def _eval(self, tokens: list[int], start: int, *, last_only: bool = False) -> npt.NDArray[np.float32]:
+    def _eval(self, tokens: list[int], start: int, *, outputs: int | None = None) -> npt.NDArray[np.float32]:
         """Evaluate ``tokens`` at positions ``start ..`` in batches of n_batch; return every row's logits
-        (``last_only``: the last row's only, as one row; the prompt's other rows predict nothing scored)."""
+        (``outputs``: the last ``outputs`` rows' only; the prompt's other rows predict nothing scored)."""
         ctx, batch = self._ctx, self._batch
         if ctx is None or batch is None:
             raise EngineError("the scoring session is closed")
         n_vocab = self._engine.n_vocab
-        out = np.empty((1 if last_only else len(tokens), n_vocab), dtype=np.float32)
-        last = len(tokens) - 1
+        skip = 0 if outputs is None else max(0, len(tokens) - outputs)  # rows with no logits out
+        out = np.empty((len(tokens) - skip, n_vocab), dtype=np.float32)
         for first in range(0, len(tokens), self._n_batch):
             part = tokens[first : first + self._n_batch]
             batch.n_tokens = len(part)
@@ -239,19 +272,19 @@ class ScoringSession:
                 batch.pos[i] = start + first + i  # type: ignore[call-overload]  # int32 array, mistyped stubs
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = not last_only or first + i == last
+                batch.logits[i] = first + i >= skip
             code = llama_cpp.llama_decode(ctx, batch)
             if code != 0:
                 raise EngineError(f"llama_decode returned {code} at position {start + first}")
             for i in range(len(part)):
-                if last_only and first + i != last:
+                if first + i < skip:
                     continue
                 pointer = llama_cpp.llama_get_logits_ith(ctx, i)
-                out[0 if last_only else first + i] = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+                out[first + i - skip] = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
         return out
 
     def close(self) -> None:
-        """Free the session's context; idempotent."""
+        """Free the session's context (or keep it, cleared, as the engine's spare); idempotent."""
         with self._engine._lock:
             self._free()
 
@@ -261,4 +294,11 @@ class ScoringSession:
         if batch is not None:
             llama_cpp.llama_batch_free(batch)
         if ctx is not None:
-            llama_cpp.llama_free(ctx)
+            # Cleared and kept for the engine's next session (an empty cache computes as a new one), or
+            # freed when the engine has one already.
+            memory = llama_cpp.llama_get_memory(ctx)
+            if memory is not None:
+                llama_cpp.llama_memory_clear(memory, True)
+            scorer = self._scorer
+            if memory is None or scorer is None or not self._engine._keep_scoring_context(scorer, ctx):
+                llama_cpp.llama_free(ctx)

@@ -158,11 +158,13 @@ class AuditDriver:
         sends it, on a ``ScoringSession`` that keeps its KV cache, answering each chunk with a ChunkVerdict
         and the final one with the AuditReport over the whole claim. Bounded: at most
         ``MAX_SCORING_SESSIONS`` at once, ``CHUNK_IDLE_S`` between chunks, one frame per claimed token."""
+        self._ctx.timing.mark("audit_received", audit.job_id, stream.peer)
         reply = await self._open_session(audit)
         if isinstance(reply, ErrorReply):
             await stream.send(reply)
             return
         session, sealed = reply
+        self._ctx.timing.mark("audit_ready", audit.job_id, stream.peer)
         self.sessions += 1
         try:
             await self._score_chunks(stream, audit, session, sealed)
@@ -301,6 +303,7 @@ class AuditDriver:
             if sealed is not None:  # bound to the commitment of the chunk it judged (§14.3)
                 verdict = msgspec.structs.replace(verdict, commitment=chunk.commitment)
             await stream.send(verdict)
+            self._ctx.timing.mark("chunk_verdict", audit.job_id, stream.peer)
             if verdict.verdict == "fail":
                 log.info(
                     "chunked audit of job %s: failed at %d: %s", job, verdict.first_failure, verdict.reason

@@ -168,6 +168,7 @@ class CoordinatorDriver:
                 case SendReceipt(peer=peer, notice=notice):
                     ctx.nursery.start_soon(self._send_receipt, peer, notice)
                 case ForwardVerified(job_id=job_id, text=text, sealed=sealed, commitment=commitment):
+                    ctx.timing.mark("forwarded", job_id, "")
                     pending = self.jobs.get(job_id)
                     if pending is not None and sealed is not None and pending.sealed_progress is not None:
                         pending.sealed_progress(sealed, commitment)

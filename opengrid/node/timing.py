@@ -18,6 +18,12 @@ point               written by   when
 ``sent``            coordinator  the RunJob frame is written
 ``received``        worker       the RunJob frame is read and decoded
 ``engine_start``    worker       the engine's thread starts generating the job
+``first_frame``     worker       its first progress frame (or sealed chunk) of a streamed job is written
+``audit_received``  worker       as an auditor: a chunked AuditJob is read
+``audit_ready``     worker       as an auditor: its scoring session for a chunked audit is open (the
+                                 prompt evaluated, spec/verification.md §14.2)
+``chunk_verdict``   worker       as an auditor: a ChunkVerdict is written (one per chunk)
+``forwarded``       coordinator  verified text is handed to the client's stream (one per chunk); no peer
 ``engine_end``      worker       the engine returned (or failed)
 ``reply``           coordinator  the worker's final frame is read
 ==================  ===========  ===========================================================================
@@ -33,7 +39,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-POINTS = ("dispatch", "stream_ready", "sent", "received", "engine_start", "engine_end", "reply")
+POINTS = (
+    "dispatch",
+    "stream_ready",
+    "sent",
+    "received",
+    "engine_start",
+    "first_frame",
+    "audit_received",
+    "audit_ready",
+    "chunk_verdict",
+    "forwarded",
+    "engine_end",
+    "reply",
+)
 
 
 class TimingTrace:

@@ -242,6 +242,8 @@ class WorkerDriver:
                 with contextlib.suppress(trio.RunFinishedError):
                     loop.run_sync_soon(wake_up)
 
+        sent_one = [False]  # the first progress frame is a timing point (node/timing.py)
+
         async def send_new(*, final: bool = False) -> None:
             with lock:
                 new = generated[:]
@@ -252,6 +254,9 @@ class WorkerDriver:
             )
             for frame in frames:
                 await stream.send(frame)
+                if not sent_one[0]:
+                    sent_one[0] = True
+                    self._ctx.timing.mark("first_frame", job_id, stream.peer)
 
         generated_all = trio.Event()  # the engine is done: stop pacing, send the rest at once
 

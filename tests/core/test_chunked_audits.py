@@ -95,20 +95,23 @@ def final_report(grid: Grid, opening: DispatchAudit, sent: Sequence[SendAuditChu
     return decoded
 
 
-def started(grid: Grid) -> DispatchReplica:
+def started(grid: Grid) -> tuple[DispatchReplica, list[DispatchAudit]]:
+    """The streaming job's prover and the chunked audits opened with it: its auditors are drawn when it
+    is dispatched, so they evaluate the prompt while it does (spec/verification.md §14.2)."""
     grid.register()
-    runs = dispatches(grid.submit(1, replicas=2, stream=True))
+    effects = grid.submit(1, replicas=2, stream=True)
+    runs = dispatches(effects)
     assert len(runs) == 1, "audit mode: one prover, streaming or not"
-    return runs[0]
+    return runs[0], audits(effects)
 
 
 def test_chunks_are_audited_as_they_stream_and_forwarded_once_passed() -> None:
     grid = Grid(n=3, config=CONFIG)
-    run = started(grid)
-    first = progress(grid, run, 0, 1)
-    opened = audits(first)
+    run, opened = started(grid)
     assert len(opened) == 1 and opened[0].audit.chunked and opened[0].audit.tokens == []
-    assert opened[0].peer != run.peer and not chunks(first), "one token: no full chunk yet"
+    assert opened[0].peer != run.peer
+    first = progress(grid, run, 0, 1)
+    assert not audits(first) and not chunks(first), "one token: no full chunk yet"
     auditor = opened[0].peer
 
     second = progress(grid, run, 1, 3)
@@ -140,7 +143,7 @@ def test_chunks_are_audited_as_they_stream_and_forwarded_once_passed() -> None:
 
 def test_a_result_longer_than_its_frames_is_audited_but_only_streamed_pieces_are_forwarded() -> None:
     grid = Grid(n=3, config=CONFIG)
-    run = started(grid)
+    run, _ = started(grid)
     effects = progress(grid, run, 0, 3)
     assert forwarded(verdict(grid, chunks(effects)[0])) == " the quick"
     rest = chunks(grid.answer(run, HONEST))  # two tokens it never reported in a frame
@@ -154,10 +157,9 @@ def test_a_result_longer_than_its_frames_is_audited_but_only_streamed_pieces_are
 
 def test_a_prover_lying_mid_stream_is_caught_at_that_chunk_and_never_forwarded() -> None:
     grid = Grid(n=4, config=CONFIG)
-    run = started(grid)
-    liar = run.peer
+    run, opened = started(grid)
+    liar, auditor = run.peer, opened[0].peer
     effects = progress(grid, run, 0, 2, tokens=LIE, pieces=LIE_PIECES)
-    auditor = audits(effects)[0].peer
     assert forwarded(verdict(grid, chunks(effects)[0])) == " the quick"  # its true beginning
     later = progress(grid, run, 2, 5, tokens=LIE, pieces=LIE_PIECES)
     lie = chunks(later)
@@ -180,10 +182,9 @@ def test_a_failing_chunk_stops_a_prover_still_generating() -> None:
     """The lie is caught while the prover still generates: it is cancelled at once and replaced; the
     re-run reproduces the verified prefix, only the rest is forwarded, and the answer extends it."""
     grid = Grid(n=4, config=CONFIG)
-    run = started(grid)
-    liar = run.peer
+    run, opened = started(grid)
+    liar, auditor = run.peer, opened[0].peer
     effects = progress(grid, run, 0, 2)
-    auditor = audits(effects)[0].peer
     assert forwarded(verdict(grid, chunks(effects)[0])) == " the quick"
     lie = [*LIE, 996]  # 6 tokens: the second chunk, [2, 6), is full while it still generates
     pieces = [*LIE_PIECES, " x"]
@@ -197,8 +198,9 @@ def test_a_failing_chunk_stops_a_prover_still_generating() -> None:
     rerun = dispatches(rejected)
     assert len(rerun) == 1 and rerun[0].peer not in (liar, auditor)
 
+    opened = audits(rejected)  # the re-run's auditor is drawn with it
     again = progress(grid, rerun[0], 0, 5, now=3.0)
-    opened = audits(again)
+    assert not audits(again)
     assert len(opened) == 1 and opened[0].peer not in (liar, rerun[0].peer)
     new_auditor = opened[0].peer
     first_chunks = chunks(again)
@@ -214,7 +216,7 @@ def test_a_failing_chunk_stops_a_prover_still_generating() -> None:
 
 def test_a_rerun_that_does_not_reproduce_the_verified_text_fails_the_job() -> None:
     grid = Grid(n=4, config=CONFIG)
-    run = started(grid)
+    run, _ = started(grid)
     effects = progress(grid, run, 0, 2)
     assert forwarded(verdict(grid, chunks(effects)[0])) == " the quick"
     failed = grid.fail(run)  # the prover crashes; another one runs the job
@@ -230,20 +232,36 @@ def test_a_rerun_that_does_not_reproduce_the_verified_text_fails_the_job() -> No
 
 def test_a_prover_that_fails_mid_stream_frees_its_auditors() -> None:
     grid = Grid(n=4, config=CONFIG)
-    run = started(grid)
-    auditor = audits(progress(grid, run, 0, 1))[0].peer
+    run, opened = started(grid)
+    auditor = opened[0].peer
+    progress(grid, run, 0, 1)
     failed = grid.fail(run)
     assert CancelReplica(peer=auditor, job_id=run.run.job_id) in failed
-    assert len(dispatches(failed)) == 1
-    # 4 workers: the crashed prover offline, the new one busy; the old auditor's slot is free again.
-    assert grid.coordinator.free_slots() == 2
+    assert len(dispatches(failed)) == 1 and len(audits(failed)) == 1
+    # 4 workers: the crashed prover offline, the new one and its own auditor busy; one slot free again.
+    assert grid.coordinator.free_slots() == 1
+
+
+def test_auditors_open_at_dispatch_and_close_when_the_prover_fails_before_any_chunk() -> None:
+    """The chunked audit opens with the prover (its auditors evaluate the prompt meanwhile); a prover
+    that fails before its first frame takes its auditors down with it, and the re-run draws its own."""
+    grid = Grid(n=4, config=CONFIG)
+    run, opened = started(grid)
+    assert [a.audit.job_id for a in opened] == [run.run.job_id] and not opened[0].audit.tokens
+    failed = grid.fail(run)
+    assert CancelReplica(peer=opened[0].peer, job_id=run.run.job_id) in failed
+    rerun, again = dispatches(failed), audits(failed)
+    assert len(rerun) == 1 and len(again) == 1 and again[0].peer not in (run.peer, rerun[0].peer)
+    assert grid.coordinator.free_slots() == 1, "4 workers: one offline, a prover and its auditor busy"
+    ended = grid.fail(rerun[0], now=1.0)
+    assert CancelReplica(peer=again[0].peer, job_id=run.run.job_id) in ended
 
 
 def test_an_inconsistent_verdict_costs_the_auditor_and_its_replacement_catches_up() -> None:
     grid = Grid(n=4, config=CONFIG)
-    run = started(grid)
+    run, opened = started(grid)
+    liar = opened[0].peer
     effects = progress(grid, run, 0, 3)
-    liar = audits(effects)[0].peer
     sent = chunks(effects)[0]
     # A pass that claims to cover more than the chunk it was sent.
     bogus = ChunkVerdict(job_id=sent.chunk.job_id, end=3, verdict="pass", max_gap=0.0)
@@ -265,10 +283,10 @@ def test_two_auditors_must_both_pass_a_chunk() -> None:
             verify="audit", canary_rate=0.0, adaptive=False, auditors=2, stream_chunk_first=2
         ),
     )
-    run = started(grid)
+    run, opened = started(grid)
     effects = progress(grid, run, 0, 2)
     sent = chunks(effects)
-    assert len(sent) == 2 and {s.peer for s in sent} == {a.peer for a in audits(effects)}
+    assert len(sent) == 2 and {s.peer for s in sent} == {a.peer for a in opened}
     assert forwarded(verdict(grid, sent[0])) == ""
     assert forwarded(verdict(grid, sent[1])) == " the quick"
 
@@ -311,9 +329,9 @@ def test_chunk_verdict_reports_the_earliest_failure() -> None:
 
 def test_an_auditor_that_times_out_after_the_final_chunk_is_replaced_by_one_that_gets_it_all() -> None:
     grid = Grid(n=4, config=CONFIG)
-    run = started(grid)
+    run, opened = started(grid)
+    slow = opened[0].peer
     effects = progress(grid, run, 0, 5)
-    slow = audits(effects)[0].peer
     assert forwarded(verdict(grid, chunks(effects)[0])) == " the quick"
     assert [s.chunk.final for s in chunks(grid.answer(run, HONEST, now=1.0))] == [False, True]
     grid.register(now=CONFIG.replica_timeout_s)  # heartbeats keep everyone online

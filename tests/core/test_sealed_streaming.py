@@ -30,6 +30,7 @@ from opengrid.core.events import (
     AuditReturned,
     ChunkAudited,
     JobSubmitted,
+    ReplicaFailed,
     ReplicaReturned,
     SealedChunkReported,
 )
@@ -59,7 +60,9 @@ def _grid(n: int) -> tuple[Grid, list[str]]:
     return grid, sorted(names.values())
 
 
-def _submit(grid: Grid, peers: list[str]) -> tuple[SealedJob, DispatchReplica]:
+def _submit(grid: Grid, peers: list[str]) -> tuple[SealedJob, DispatchReplica, DispatchAudit]:
+    """The sealed streaming job, its prover and the chunked audit opened with it (its auditor is drawn
+    at dispatch among the prover's readers and opens the sealed prompt meanwhile, §14.2-§14.3)."""
     job = seal_job(SECRET, peers=peers, model="tiny", max_tokens=16, replicas=1)
     job = SealedJob(
         request=msgspec.structs.replace(job.request, stream=True), ephemeral=job.ephemeral, salt=job.salt
@@ -67,7 +70,8 @@ def _submit(grid: Grid, peers: list[str]) -> tuple[SealedJob, DispatchReplica]:
     effects = grid.coordinator.handle(JobSubmitted(client="client", request=job.request), 0.0)
     runs = dispatches(effects)
     assert len(runs) == 1, "audit mode generates once"
-    return job, runs[0]
+    [opening] = audits(effects)
+    return job, runs[0], opening
 
 
 def _chunk(
@@ -173,31 +177,30 @@ def _wire(effects: Sequence[Effect], received: Sequence[Message]) -> bytes:
 
 def test_sealed_chunks_are_audited_as_they_stream_and_forwarded_sealed_once_passed() -> None:
     grid, peers = _grid(3)
-    job, run = _submit(grid, peers)
+    job, run, opening = _submit(grid, peers)
     job_id = job.request.job_id
     assert run.run.stream and (run.run.chunk_first, run.run.chunk_max) == (2, 4), "the prover cuts the chunks"
     assert run.run.prompt == "" and run.run.sealed_prompt
-    effects: list[Effect] = []
+    effects: list[Effect] = [opening]  # its sealed prompt is on the wire too
     received: list[Message] = [job.request]
 
     first = _chunk(grid, run, 0, 2)
     received.append(first)
     opened = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, first), 0.5)
     effects += opened
-    opening = audits(opened)
-    assert len(opening) == 1 and opening[0].peer != run.peer, "auditors are drawn at the first chunk"
-    audit = opening[0].audit
+    assert opening.peer != run.peer and not audits(opened), "the auditor was drawn at dispatch"
+    audit = opening.audit
     assert audit.chunked and audit.prover_key == grid.key(run.peer)
-    assert audit.sealed_prompt == {s.peer_id: s.ciphertext for s in job.request.sealed}[opening[0].peer]
+    assert audit.sealed_prompt == {s.peer_id: s.ciphertext for s in job.request.sealed}[opening.peer]
     sent = of_type(opened, SendAuditChunk)
     assert [(s.chunk.offset, s.chunk.end, s.chunk.tokens, s.chunk.commitment) for s in sent] == [
         (0, 2, [], first.commitment)
     ]
     assert not of_type(opened, ForwardVerified), "nothing is verified before its audit"
 
-    verdict = _report_chunk(grid, opening[0], sent[0])
+    verdict = _report_chunk(grid, opening, sent[0])
     received.append(verdict)
-    passed = grid.coordinator.handle(ChunkAudited(job_id, opening[0].peer, verdict), 0.6)
+    passed = grid.coordinator.handle(ChunkAudited(job_id, opening.peer, verdict), 0.6)
     effects += passed
     assert _opened(job, passed, 0) == ([101, 202], " the quick"), "the client opens its verified chunk"
 
@@ -206,9 +209,9 @@ def test_sealed_chunks_are_audited_as_they_stream_and_forwarded_sealed_once_pass
     relayed = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, second), 0.7)
     effects += relayed
     [next_chunk] = of_type(relayed, SendAuditChunk)
-    verdict = _report_chunk(grid, opening[0], next_chunk)
+    verdict = _report_chunk(grid, opening, next_chunk)
     received.append(verdict)
-    passed = grid.coordinator.handle(ChunkAudited(job_id, opening[0].peer, verdict), 0.8)
+    passed = grid.coordinator.handle(ChunkAudited(job_id, opening.peer, verdict), 0.8)
     effects += passed
     assert _opened(job, passed, 2) == ([303, 404, 505], " brown fox")
 
@@ -221,10 +224,10 @@ def test_sealed_chunks_are_audited_as_they_stream_and_forwarded_sealed_once_pass
     assert (
         final.chunk.final and final.chunk.sealed_claim and final.chunk.claim_attestation == result.attestation
     )
-    report = _final_report(grid, opening[0], final, list(HONEST.tokens))
+    report = _final_report(grid, opening, final, list(HONEST.tokens))
     assert report.verdict == "pass"
     received.append(report)
-    done = grid.coordinator.handle(AuditReturned(job_id, opening[0].peer, report), 1.1)
+    done = grid.coordinator.handle(AuditReturned(job_id, opening.peer, report), 1.1)
     effects += done
     reply = finished(done)
     assert isinstance(reply, JobAccepted), reply
@@ -241,10 +244,9 @@ def test_sealed_chunks_are_audited_as_they_stream_and_forwarded_sealed_once_pass
 
 def test_a_failing_sealed_chunk_stops_the_prover_and_the_rerun_repeats_the_verified_prefix() -> None:
     grid, peers = _grid(4)
-    job, run = _submit(grid, peers)
+    job, run, opening = _submit(grid, peers)
     job_id = job.request.job_id
     opened = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, _chunk(grid, run, 0, 2)), 0.5)
-    [opening] = audits(opened)
     [sent] = of_type(opened, SendAuditChunk)
     forwarded = grid.coordinator.handle(
         ChunkAudited(job_id, opening.peer, _report_chunk(grid, opening, sent)), 0.6
@@ -261,11 +263,12 @@ def test_a_failing_sealed_chunk_stops_the_prover_and_the_rerun_repeats_the_verif
     assert [p.peer for p in of_type(rejected, Penalize)] == [run.peer]
     [rerun] = dispatches(rejected)
     assert rerun.peer != run.peer and rerun.run.chunk_first == 2
+    [opening2] = audits(rejected)  # the re-run's auditor, drawn with it
+    assert opening2.peer not in (run.peer, rerun.peer)
 
     # The re-run's first chunk is the verified one again (same cut, same salted commitment): not re-sent.
     again = grid.coordinator.handle(SealedChunkReported(job_id, rerun.peer, _chunk(grid, rerun, 0, 2)), 1.0)
-    [opening2] = audits(again)
-    assert opening2.peer not in (run.peer, rerun.peer)
+    assert not audits(again)
     [sent] = of_type(again, SendAuditChunk)
     repeat = grid.coordinator.handle(
         ChunkAudited(job_id, opening2.peer, _report_chunk(grid, opening2, sent)), 1.1
@@ -295,10 +298,9 @@ def test_a_failing_sealed_chunk_stops_the_prover_and_the_rerun_repeats_the_verif
 
 def test_a_rerun_that_departs_from_the_verified_sealed_prefix_fails_the_job() -> None:
     grid, peers = _grid(4)
-    job, run = _submit(grid, peers)
+    job, run, opening = _submit(grid, peers)
     job_id = job.request.job_id
     opened = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, _chunk(grid, run, 0, 2)), 0.5)
-    [opening] = audits(opened)
     [sent] = of_type(opened, SendAuditChunk)
     grid.coordinator.handle(ChunkAudited(job_id, opening.peer, _report_chunk(grid, opening, sent)), 0.6)
     lie = _chunk(grid, run, 2, 5, output=LIE, pieces=LIE_PIECES)
@@ -316,10 +318,9 @@ def test_a_rerun_that_departs_from_the_verified_sealed_prefix_fails_the_job() ->
 
 def test_a_verdict_naming_another_commitment_is_the_auditors_fault() -> None:
     grid, peers = _grid(4)
-    job, run = _submit(grid, peers)
+    job, run, opening = _submit(grid, peers)
     job_id = job.request.job_id
     opened = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, _chunk(grid, run, 0, 2)), 0.5)
-    [opening] = audits(opened)
     [sent] = of_type(opened, SendAuditChunk)
     verdict = msgspec.structs.replace(_report_chunk(grid, opening, sent), commitment=bytes(32))
     effects = grid.coordinator.handle(ChunkAudited(job_id, opening.peer, verdict), 0.6)
@@ -332,21 +333,22 @@ def test_a_verdict_naming_another_commitment_is_the_auditors_fault() -> None:
 
 def test_a_sealed_chunk_not_sealed_to_every_reader_fails_the_prover() -> None:
     grid, peers = _grid(3)
-    job, run = _submit(grid, peers)
+    job, run, opening = _submit(grid, peers)
     chunk = _chunk(grid, run, 0, 2)
     short = msgspec.structs.replace(chunk, to_readers=chunk.to_readers[:1])
     effects = grid.coordinator.handle(SealedChunkReported(job.request.job_id, run.peer, short), 0.5)
     assert [p.peer for p in of_type(effects, Penalize)] == [run.peer]
     assert CancelReplica(peer=run.peer, job_id=job.request.job_id) in effects
-    assert not audits(effects)
+    assert CancelReplica(peer=opening.peer, job_id=job.request.job_id) in effects, "its auditor too"
 
 
 def test_only_the_last_sealed_chunk_may_be_short() -> None:
     grid, peers = _grid(3)
-    job, run = _submit(grid, peers)
+    job, run, opening = _submit(grid, peers)
     job_id = job.request.job_id
     short = _chunk(grid, run, 0, 1)  # the policy's first chunk has 2 tokens: this one must be the last
-    assert audits(grid.coordinator.handle(SealedChunkReported(job_id, run.peer, short), 0.5))
+    relayed = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, short), 0.5)
+    assert [s.peer for s in of_type(relayed, SendAuditChunk)] == [opening.peer]
     effects = grid.coordinator.handle(SealedChunkReported(job_id, run.peer, _chunk(grid, run, 1, 3)), 0.6)
     assert [p.peer for p in of_type(effects, Penalize)] == [run.peer]
     assert "follows a short chunk" in of_type(effects, Penalize)[0].why
@@ -358,10 +360,30 @@ def test_a_prover_cannot_make_the_coordinator_hold_unbounded_ciphertext(
 ) -> None:
     monkeypatch.setattr(streaming, "MAX_SEALED_STREAM_BYTES", 1000)
     grid, peers = _grid(3)
-    job, run = _submit(grid, peers)
+    job, run, opening = _submit(grid, peers)
     chunk = _chunk(grid, run, 0, 2)
     bloated = msgspec.structs.replace(chunk, to_client=chunk.to_client + bytes(1000))
     effects = grid.coordinator.handle(SealedChunkReported(job.request.job_id, run.peer, bloated), 0.5)
     assert [p.peer for p in of_type(effects, Penalize)] == [run.peer]
     assert "pass 1000 bytes" in of_type(effects, Penalize)[0].why
-    assert not audits(effects)
+    assert CancelReplica(peer=opening.peer, job_id=job.request.job_id) in effects, "its auditor too"
+
+
+def test_a_sealed_provers_auditor_opens_at_dispatch_and_stops_with_it() -> None:
+    """The auditor is drawn with the prover, among its readers; a prover that fails before any chunk
+    takes it down, and one whose result attests tokens it never streamed is rejected as a liar."""
+    grid, peers = _grid(4)
+    job, run, opening = _submit(grid, peers)
+    job_id = job.request.job_id
+    assert grid.key(opening.peer) in run.run.readers and opening.audit.chunked
+    failed = grid.coordinator.handle(ReplicaFailed(job_id, run.peer, "engine crashed"), 0.5)
+    assert CancelReplica(peer=opening.peer, job_id=job_id) in failed
+    [rerun] = dispatches(failed)
+    [again] = audits(failed)
+    assert again.peer not in (run.peer, rerun.peer) and grid.key(again.peer) in rerun.run.readers
+    worker = grid.workers[rerun.peer]
+    result = worker.attest(rerun.run, HONEST, salt=worker.open_sealed(rerun.run).salt)
+    silent = grid.coordinator.handle(ReplicaReturned(job_id, rerun.peer, result), 1.0)
+    assert [p.peer for p in of_type(silent, Penalize)] == [rerun.peer]
+    assert "its sealed chunks held 0" in of_type(silent, Penalize)[0].why
+    assert CancelReplica(peer=again.peer, job_id=job_id) in silent

@@ -10,7 +10,7 @@ from opengrid.core.effects import DispatchReplica, Effect, ForwardVerified
 from opengrid.core.events import ReplicaProgressed
 from opengrid.core.worker import Output
 from opengrid.wire.messages import ErrorReply, JobAccepted
-from tests.core.grid_harness import HONEST, Grid, dispatches, finished, of_type
+from tests.core.grid_harness import HONEST, Grid, audits, dispatches, finished, of_type
 
 # HONEST's tokens with one text piece each; the pieces join to its text.
 PIECES = (" the", " quick", " brown", " fox", "")
@@ -153,10 +153,13 @@ def test_audit_mode_forwards_nothing_on_the_provers_word_alone() -> None:
     auditors in chunks (spec/verification.md §14.2, tests/core/test_chunked_audits.py)."""
     grid = Grid(n=3, config=CoordinatorConfig(verify="audit", canary_rate=0.0, adaptive=False))
     grid.register()
-    (prover,) = dispatches(grid.submit(replicas=2, stream=True))
+    submitted = grid.submit(replicas=2, stream=True)
+    (prover,) = dispatches(submitted)
+    assert len(audits(submitted)) == 1, "its auditor is drawn with it"
     effects = progress(grid, prover, 0, 5)
     assert forwarded(effects) == ""
-    assert [type(e).__name__ for e in effects] == ["DispatchAudit", "SendAuditChunk"]
+    # 5 tokens, chunks of 1 then 2 (the defaults): two full chunks to the auditor, nothing forwarded
+    assert [type(e).__name__ for e in effects] == ["SendAuditChunk", "SendAuditChunk"]
 
 
 def test_a_one_replica_job_streams_its_workers_text_as_its_answer_is_trusted() -> None:

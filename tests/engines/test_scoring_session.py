@@ -47,7 +47,11 @@ def chunks(n: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
     ],
     ids=["greedy", "gumbel", "gumbel-top-k"],
 )
-@pytest.mark.parametrize("sizes", [(1,), (4, 16), (2, 7, 31)], ids=["1", "4-16", "2-7-31"])
+@pytest.mark.parametrize(
+    "sizes",
+    [(1,), (1, 2, 4, 8), (4, 16), (2, 7, 31), (1, 1, 3)],
+    ids=["1", "1-2-4-8", "4-16", "2-7-31", "1-1-3"],
+)
 def test_chunked_evidence_equals_one_shot_score(
     tiny_info: ModelInfo, sampling: SamplingParams, sizes: tuple[int, ...]
 ) -> None:
@@ -87,6 +91,34 @@ def test_a_generation_between_chunks_does_not_disturb_the_session(tiny_info: Mod
         finally:
             session.close()
         assert tuple(session.evidence) == whole.evidence[: len(tokens)]
+
+
+def test_a_closed_sessions_context_is_reused_cleared_and_scores_the_same(tiny_info: ModelInfo) -> None:
+    """A session's context outlives it as the engine's one spare (creating one is the costly part of
+    opening a session); the next session on it, its cache cleared, scores what a fresh one would."""
+    sampling = SamplingParams()
+    with LlamaEngine(tiny_info, n_threads=1) as engine:
+        tokens, pieces, _ = generate(engine, PROMPTS[1], sampling)
+        whole = engine.score(ScoreRequest(prompt=PROMPTS[1], tokens=tokens, stopped=False, job_id=JOB))
+        first = ScoringSession(engine, prompt=PROMPTS[0], sampling=sampling, job_id=JOB, max_tokens=N)
+        first.score_chunk(0, tokens[:20])  # fills its cache with another prompt and claim
+        context = first._ctx
+        first.close()
+        assert engine._spare is not None and engine._spare[1] is context
+        second = ScoringSession(engine, prompt=PROMPTS[1], sampling=sampling, job_id=JOB, max_tokens=N)
+        try:
+            assert second._ctx is context and engine._spare is None, "the spare was taken"
+            other = ScoringSession(engine, prompt=PROMPTS[1], sampling=sampling, job_id=JOB, max_tokens=N)
+            assert other._ctx is not context  # no spare left: a new context
+            other.close()
+            assert engine._spare is not None and engine._spare[1] is not context
+            second.score_chunk(0, tokens[:1], pieces[:1])
+            second.score_chunk(1, tokens[1:], pieces[1:])
+        finally:
+            second.close()  # one spare already: this one is freed
+        assert engine._spare is not None and engine._spare[1] is not context
+        assert tuple(second.evidence) == whole.evidence[: len(tokens)]
+    assert engine._spare is None, "freed with the engine"
 
 
 def test_a_changed_token_fails_in_its_own_chunk(tiny_info: ModelInfo) -> None:

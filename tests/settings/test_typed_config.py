@@ -120,7 +120,7 @@ def test_stream_chunk_flags_reach_the_coordinators_chunk_policy() -> None:
     chunks = ChunkPolicy(first=policy.stream_chunk_first, largest=policy.stream_chunk_max)
     assert [chunks.size(i) for i in range(9)] == [2, 4, 8, 16, 32, 64, 128, 256, 256]
     default = CoordinatorConfig(**_config().coordinator_settings())
-    assert (default.stream_chunk_first, default.stream_chunk_max) == (4, 64)  # the core's own defaults
+    assert (default.stream_chunk_first, default.stream_chunk_max) == (1, 16)  # the core's own defaults
 
 
 @pytest.mark.parametrize(

@@ -113,12 +113,15 @@ class CoordinatorConfig:
     verification.md §13.6): a claim whose verdict the coordinator knows, to a worker drawn as auditors are.
     A wrong verdict costs the auditor its reputation and its audits. 0 (the default): none."""
 
-    stream_chunk_first: int = 4
+    stream_chunk_first: int = 1
     """Audit mode, streaming jobs: tokens in the first chunk sent to the auditors (spec/verification.md
-    §14.2). Small: the client's first verified text waits for it (and for its audit)."""
-    stream_chunk_max: int = 64
+    §14.2). One: the client's first verified text waits for it and its audit, and the auditor scores a
+    one-token first chunk on the row its prompt evaluation left (no forward pass); a larger one also
+    waits for the prover's next progress frame (paced 50 ms apart). Measured: benchmarks/README.md."""
+    stream_chunk_max: int = 16
     """Audit mode, streaming jobs: each later chunk doubles the previous one, up to this many tokens (at
-    most 1024, a frame's limit): fewer audit round trips on long answers."""
+    most 1024, a frame's limit). Larger: fewer audit round trips (a forward pass each) on long answers;
+    smaller: a shorter tail, the last chunk audited after generation ends. Measured: benchmarks/README.md."""
 
     @classmethod
     def plain(cls, **overrides: object) -> CoordinatorConfig:

@@ -10,6 +10,7 @@ from opengrid.core.coordinator.records import JobRecord
 from opengrid.core.coordinator.registry import no_sampler, too_long
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
+from opengrid.core.coordinator.streaming import audit_streamed, sealed_streamed
 from opengrid.core.effects import DispatchReplica, Effect, FinishJob
 from opengrid.core.events import JobSubmitted
 from opengrid.core.queueing import in_good_standing
@@ -290,6 +291,11 @@ class DispatchPart(CoordinatorParts):
                 effects.append(DispatchReplica(peer=candidate.peer, run=run))
         if chosen:
             move(job, JobEvent.DISPATCHED)
+            if audit_streamed(job) or sealed_streamed(job):  # its auditors open their sessions while it
+                # prefills (spec/verification.md §14.2, §14.3)
+                effects += self._open_streamed_claim(job, chosen[0].peer, now)
+                if job_id not in self._jobs:
+                    return effects  # no worker is left to audit it: the job failed
         short = missing - len(chosen)
         if short > 0:
             taken = tried | {c.peer for c in chosen}

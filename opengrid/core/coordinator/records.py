@@ -122,7 +122,7 @@ class JobRecord:
     """Audit mode (``CoordinatorConfig.verify``): one prover, its claim re-scored by auditors."""
     prover: str = ""
     """Audit mode: the peer whose returned claim (in ``results``) is being audited; "" before it answers,
-    except for a streaming prover, whose claim is audited in chunks from its first frame (``chunked``)."""
+    except for a streaming prover, whose claim is audited in chunks from its dispatch (``chunked``)."""
     audits: dict[str, float] = field(default_factory=dict)
     """Audit mode: auditor peer -> deadline of its pending audit."""
     audited: dict[str, Attestation] = field(default_factory=dict)

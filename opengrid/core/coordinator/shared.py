@@ -239,6 +239,9 @@ class CoordinatorParts(ABC):
     @abstractmethod
     def _drop_chunked(self, job: JobRecord, peer: str) -> list[Effect]: ...
 
+    @abstractmethod
+    def _open_streamed_claim(self, job: JobRecord, peer: str, now: float) -> list[Effect]: ...
+
     # ── settle.py: a job's end without a receipt ───────────────────────────────────────────────────────
 
     @abstractmethod

@@ -18,26 +18,28 @@ frames and then failed, or honest replicas diverged in rounding before the point
 not delivered: the job fails (``stream_contradiction``). Verified chunks are as strong as the final
 verdict: the same quorum of the same numerical class, never one worker's word.
 
-Audit mode (spec/verification.md §14.2): a streaming job has one prover and nothing to agree with, so
-its claim is audited in chunks as it streams. The prover's first progress frame makes its claim a
-``ChunkedClaim``: auditors are drawn at once (``_start_audits``, full window, no second audit) and sent a
-chunked AuditJob; as tokens arrive they are cut into chunks (``stream_chunks.ChunkPolicy``: small first,
-doubling after) and each chunk goes to every auditor (``SendAuditChunk``). An auditor answers each chunk
-with a ``ChunkVerdict`` (``ChunkAudited``); once every auditor passed a chunk, its text extends the
-verified prefix and goes to the client. A failing chunk rejects the claim exactly as a failed audit
-(§13.2): the prover is stopped, penalised and replaced, its auditors stopped. When the prover's result
-arrives the rest of the claim and a final chunk (finish reason, whole text) go out, and the auditors'
-AuditReports over the whole claim are judged as any (``audits.py``). A re-run after a rejection must
-reproduce the verified prefix (its frames and result are checked against it) or the job fails.
+Audit mode (spec/verification.md §14.2): a streaming job has one prover and nothing to agree with, so its
+claim is audited in chunks as it streams. The prover's dispatch makes its claim a ``ChunkedClaim``
+(``_open_streamed_claim``): auditors are drawn at once (``_start_audits``, full window, no second audit)
+and sent a chunked AuditJob, whose prompt they evaluate while the prover does; as tokens arrive they are
+cut into chunks (``stream_chunks.ChunkPolicy``: small first, doubling after) and each chunk goes to every
+auditor (``SendAuditChunk``). An auditor answers each chunk with a ``ChunkVerdict`` (``ChunkAudited``);
+once every auditor passed a chunk, its text extends the verified prefix and goes to the client. A failing
+chunk rejects the claim exactly as a failed audit (§13.2): the prover is stopped, penalised and replaced,
+its auditors stopped. When the prover's result arrives the rest of the claim and a final chunk (finish
+reason, whole text) go out, and the auditors' AuditReports over the whole claim are judged as any
+(``audits.py``). A re-run after a rejection must reproduce the verified prefix (its frames and result are
+checked against it) or the job fails.
 
-Sealed jobs in audit mode (spec/verification.md §14.3) stream too, without the coordinator reading
-them: the prover cuts its output by the coordinator's chunk policy (``RunJob.chunk_first``) and sends each
-chunk sealed to the client and to every possible auditor, with a salted commitment (``SealedProgress``,
+Sealed jobs in audit mode (spec/verification.md §14.3) stream too, without the coordinator reading them:
+the prover cuts its output by the coordinator's chunk policy (``RunJob.chunk_first``) and sends each chunk
+sealed to the client and to every possible auditor, with a salted commitment (``SealedProgress``,
 ``SealedChunkReported``). The coordinator relays each auditor its own ciphertext with the commitment; an
-auditor's verdict must name that commitment; once every auditor passed a chunk, the client's ciphertext
-goes to it as verified (``ForwardVerified.sealed``). A re-run must repeat the verified chunks' cuts and
-commitments (the same salt, the same tokens and text), else the job fails. Sealed replicated jobs still
-answer whole, at the end.
+auditor's verdict must name that commitment (its auditors are drawn at dispatch too, among the prover's
+readers); once every auditor passed a chunk, the client's ciphertext goes to it as verified
+(``ForwardVerified.sealed``). A re-run must repeat the verified chunks' cuts and commitments (the same
+salt, the same tokens and text), else the job fails. Sealed replicated jobs still answer whole, at the
+end.
 
 Bounds: a replica's stored progress never exceeds the job's ``max_tokens`` (a frame that would pass it,
 or whose pieces do not match its tokens, ends that replica's say in the prefix); the prefix grows by at
@@ -152,8 +154,8 @@ class StreamingPart(CoordinatorParts):
     # ── audit mode: chunked audits (spec/verification.md §14.2) ─────────────────────────────────────────
 
     def _on_prover_progressed(self, job: JobRecord, event: ReplicaProgressed, now: float) -> list[Effect]:
-        """The streaming prover reported more tokens: keep them, draw its auditors on the first frame,
-        and send every full chunk to them."""
+        """The streaming prover reported more tokens: keep them and send every full chunk to its
+        auditors (drawn at its dispatch)."""
         peer, job_id = event.peer, job.request.job_id
         stream = job.streams.setdefault(peer, ReplicaStream())
         if len(event.tokens) != len(event.pieces) or len(stream.tokens) + len(event.tokens) > (
@@ -178,19 +180,29 @@ class StreamingPart(CoordinatorParts):
                 return self._fail(job_id, "verification_failed", _rerun_contradiction(verified))
         effects: list[Effect] = []
         claim = job.chunked
-        if claim is None or claim.prover != peer:
-            claim = job.chunked = ChunkedClaim(prover=peer)
-            job.prover = peer
-            # Every position of a streamed claim is scored: its text is forwarded as verified chunk by
-            # chunk, so no window (§13.5) and no second audit (the auditors are drawn before the claim).
-            positions = job.request.max_tokens + 1
-            job.plan = AuditPlan(auditors=self._auditors, end=positions, n_positions=positions, reason="full")
-            effects += self._start_audits(job, now)
+        if claim is None or claim.prover != peer:  # opened at dispatch (``_open_streamed_claim``) as a rule
+            effects += self._open_streamed_claim(job, peer, now)
             if job_id not in self._jobs:
                 return effects  # no auditor left at all: the job failed
         for auditor in job.audits:  # the prover is alive, so are the reasons to wait for its auditors
             job.audits[auditor] = max(job.audits[auditor], now + self.config.replica_timeout_s)
         return effects + self._send_chunks(job, final=False)
+
+    def _open_streamed_claim(self, job: JobRecord, peer: str, now: float) -> list[Effect]:
+        """Make ``peer``'s claim on a streaming job in audit mode (open or sealed) a ``ChunkedClaim`` and
+        draw its auditors now (a sealed job's among the readers ``peer`` seals its chunks to).
+
+        Called when the prover is dispatched, before it produced anything: each auditor opens its
+        scoring session (a context, the prompt evaluated) while the prover evaluates the same prompt, so
+        the first chunk's audit costs only its own tokens (spec/verification.md §14.2). Auditors of a
+        prover that fails before its first frame are cancelled with it (``_drop_chunked``)."""
+        job.chunked = ChunkedClaim(prover=peer)
+        job.prover = peer
+        # Every position of a streamed claim is scored: its text is forwarded as verified chunk by
+        # chunk, so no window (§13.5) and no second audit (the auditors are drawn before the claim).
+        positions = job.request.max_tokens + 1
+        job.plan = AuditPlan(auditors=self._auditors, end=positions, n_positions=positions, reason="full")
+        return self._start_audits(job, now)
 
     def _send_chunks(self, job: JobRecord, *, final: bool) -> list[Effect]:
         """Cut what the prover reported into chunks (all of it when ``final``) and send the new ones, and
@@ -374,7 +386,7 @@ class StreamingPart(CoordinatorParts):
     def _on_sealed_chunk(self, event: SealedChunkReported, now: float) -> list[Effect]:
         """The sealed streaming prover sent its next chunk: check its shape (contiguous, cut by our policy,
         within ``max_tokens``, sealed to the client and to exactly the readers it was given), that a re-run
-        repeats the chunks already forwarded, then relay it to the claim's auditors (drawn at the first)."""
+        repeats the chunks already forwarded, then relay it to the claim's auditors (drawn at dispatch)."""
         job = self._jobs.get(event.job_id)
         if job is None or event.peer not in job.pending or not sealed_streamed(job):
             return []  # late, unsolicited, or a job whose chunks are not audited as they stream
@@ -483,15 +495,16 @@ class StreamingPart(CoordinatorParts):
         return effects
 
     def sealed_chunks_contradiction(self, job_id: bytes, peer: str, n_tokens: int) -> str | None:
-        """Why a sealed streaming prover's result contradicts the chunks it sent (None: it streamed none,
-        or exactly the ``n_tokens`` it attested). Its auditors check the tokens themselves."""
+        """Why a sealed streaming prover's result contradicts the chunks it sent (None: they held exactly
+        the ``n_tokens`` it attested, or its claim is not chunked). Its auditors check the tokens."""
         job = self._jobs.get(job_id)
         claim = job.chunked if job is not None else None
-        if job is None or not job.sealed or claim is None or claim.prover != peer or not claim.ends:
+        if job is None or not job.sealed or claim is None or claim.prover != peer:
             return None
-        if claim.ends[-1] == n_tokens:
+        streamed = claim.ends[-1] if claim.ends else 0  # its claim was opened at dispatch: chunks due
+        if streamed == n_tokens:
             return None
-        return f"its result attests {n_tokens} tokens, but its sealed chunks held {claim.ends[-1]}"
+        return f"its result attests {n_tokens} tokens, but its sealed chunks held {streamed}"
 
     def _reject_chunk(
         self, job: JobRecord, auditor: str, end: int, max_gap: float, reason: str, now: float
