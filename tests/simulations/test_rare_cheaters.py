@@ -117,7 +117,7 @@ def test_audit_mode_accepts_fewer_wrong_answers_than_adaptive_replication_on_one
 
 def test_the_node_default_audit_policy_meets_the_rare_cheater_goal() -> None:
     """Scenario rare-cheaters-default: every [coordinator] key but verify at CoordinatorConfig's default
-    and audits at the measured 0.24 (benchmarks/README.md "Rare cheaters": 10,500 jobs, 1.27-1.29 units,
+    and audits at the measured 0.24 (benchmarks/README.md "Rare cheaters": 10,500 jobs, 1.22-1.24 units,
     0 random-token cheats accepted). Here 500 s, 20 % cheat rate."""
     overrides = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2}
     scenario = load(SCENARIOS / "rare-cheaters-default.toml", overrides)
