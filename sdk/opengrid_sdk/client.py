@@ -754,23 +754,8 @@ class Client:
         )
         resealed: list[bytes] = []
         while True:  # bounded: at most retries + 1 rounds of quote, seal and submission
-            coordinator, quote = self._to_coordinator(quote_request)
-            if isinstance(quote, ErrorReply):
-                raise _ERRORS.get(quote.code, JobError)(quote.message)
-            if not isinstance(quote, Quote):
-                raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
-            peers = check_quote(quote, trusted=list(trusted) or None, exposure=cap, replicas=replicas)
-            job = seal_job(
-                prompt,
-                peers=peers,
-                model=model,
-                max_tokens=max_tokens,
-                replicas=replicas,
-                format=format,
-                temperature=float(sampling.temperature),
-                top_k=sampling.top_k,
-                top_p=float(sampling.top_p),
-                seed=sampling.seed,
+            coordinator, quote, job = self._quote_and_seal(
+                quote_request, prompt, sampling, trusted=list(trusted), format=format
             )
             job = dataclasses.replace(
                 job, request=self._paid(msgspec.structs.replace(job.request, priority=priority), quote.weight)
@@ -1235,25 +1220,41 @@ class Client:
         quote_request = QuoteRequest(
             model=model, replicas=replicas, exposure=cap, trusted=trusted, max_tokens=max_tokens
         )
+        coordinator, quote, job = self._quote_and_seal(quote_request, prompt, sampling, trusted=trusted)
+        request = self._paid(msgspec.structs.replace(job.request, stream=True), quote.weight)
+        return coordinator, dataclasses.replace(job, request=request)
+
+    def _quote_and_seal(
+        self,
+        quote_request: QuoteRequest,
+        prompt: str,
+        sampling: Sampling,
+        *,
+        trusted: list[str],
+        format: PromptFormat = "text",
+    ) -> tuple[str, Quote, SealedJob]:
+        """Ask for a quote, check it (the workers' keys, the exposure, the trusted list) and seal
+        ``prompt`` to the quoted workers: the coordinator's peer id, the quote and the sealed job."""
         coordinator, quote = self._to_coordinator(quote_request)
         if isinstance(quote, ErrorReply):
             raise _ERRORS.get(quote.code, JobError)(quote.message)
         if not isinstance(quote, Quote):
             raise RemoteProtocolError(f"expected a Quote, got {type(quote).__name__}")
-        peers = check_quote(quote, trusted=trusted or None, exposure=cap, replicas=replicas)
+        replicas, exposure = quote_request.replicas, quote_request.exposure
+        peers = check_quote(quote, trusted=trusted or None, exposure=exposure, replicas=replicas)
         job = seal_job(
             prompt,
             peers=peers,
-            model=model,
-            max_tokens=max_tokens,
+            model=quote_request.model,
+            max_tokens=quote_request.max_tokens,
             replicas=replicas,
+            format=format,
             temperature=float(sampling.temperature),
             top_k=sampling.top_k,
             top_p=float(sampling.top_p),
             seed=sampling.seed,
         )
-        request = self._paid(msgspec.structs.replace(job.request, stream=True), quote.weight)
-        return coordinator, dataclasses.replace(job, request=request)
+        return coordinator, quote, job
 
     def _stream(
         self,
