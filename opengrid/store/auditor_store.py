@@ -21,6 +21,7 @@ from typing import Final
 from opengrid.core.coordinator import Coordinator
 from opengrid.core.reputation import Reputation
 from opengrid.errors import LedgerError
+from opengrid.store.transactions import Immediate
 
 AUDITORS_FILE: Final = "auditors.sqlite3"
 MAX_ROWS: Final = 65536
@@ -56,8 +57,7 @@ class AuditorStore:
         values = tuple(getattr(reputation, name) for name in _FIELDS)
         marks = ", ".join("?" for _ in range(len(_FIELDS) + 2))
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with Immediate(self._db):
                 self._db.execute(
                     f"INSERT OR REPLACE INTO auditors VALUES ({marks})", (key, *values, self._changes)
                 )
@@ -66,10 +66,6 @@ class AuditorStore:
                     "ORDER BY invalid > 0 DESC, changed DESC LIMIT -1 OFFSET ?)",
                     (MAX_ROWS,),
                 )
-            except sqlite3.Error:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._error("cannot write", exc) from exc
 

@@ -17,6 +17,7 @@ from typing import Final
 
 from opengrid.core.grants import GrantPolicy
 from opengrid.errors import LedgerError
+from opengrid.store.transactions import Immediate
 
 GRANTS_FILE: Final = "grants.sqlite3"
 MAX_ROWS: Final = 65536
@@ -46,8 +47,7 @@ class GrantStore:
     def record(self, account: bytes, bucket: str, at: float) -> None:
         """Store one voucher durably, and drop the rows that left the window (``GrantJournal``)."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with Immediate(self._db):
                 self._db.execute("INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?)", (account, bucket, at))
                 self._db.execute("DELETE FROM vouchers WHERE at <= ?", (at - self._window_s,))
                 self._db.execute(
@@ -55,10 +55,6 @@ class GrantStore:
                     "(SELECT account FROM vouchers ORDER BY at DESC LIMIT -1 OFFSET ?)",
                     (MAX_ROWS,),
                 )
-            except sqlite3.Error:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._error("cannot write", exc) from exc
 

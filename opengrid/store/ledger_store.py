@@ -25,6 +25,7 @@ from opengrid_ledger import Entry, Genesis, LedgerState, decode_body
 from opengrid_ledger.state import TrustedReplayError
 
 from opengrid.errors import InvalidEntryError, LedgerError
+from opengrid.store.transactions import Immediate
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ class LedgerStore:
         except sqlite3.Error as exc:
             raise self._error("cannot append to", exc) from exc
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self) -> Immediate:
+        return Immediate(self._db)
 
     def entries(self) -> list[Entry]:
         """Every stored entry, in insertion order."""
@@ -157,19 +158,6 @@ class LedgerStore:
             f"ledger store: {action} {self.path}: {exc}; check the data dir is writable and not on a "
             "network file system, and that no other node process uses it"
         )
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 def replay(store: LedgerStore, state: LedgerState, *, verify: bool = False) -> list[tuple[bytes, str]]:
