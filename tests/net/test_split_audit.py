@@ -83,15 +83,17 @@ async def group_claims(tiny: ModelInfo, *member_for: MemberFactory) -> list[Gene
     offer = SCRATCH + fp.layer_bytes[0] * (fp.n_layers // len(member_for))  # nobody can hold more
     async with AsyncExitStack() as stack:
         head_host = await stack.enter_async_context(host())
-        hosts = [await stack.enter_async_context(host()) for _ in member_for]
+        unordered = {h.peer_id: h for h in [await stack.enter_async_context(host()) for _ in member_for]}
+        candidates = [SplitCandidate(peer, offer) for peer in unordered]
+        plan = plan_split(fp, SplitCandidate("head", head_free), candidates)
+        assert plan.head_layers == 0 and len(plan.members) == len(member_for)
+        # The planner orders equal offers its own way (peer ids are random): the factories go to the
+        # hosts in the plan's layer order, so the first factory runs the first layers.
+        hosts = [unordered[m.peer] for m in plan.members]
         nursery = await stack.enter_async_context(trio.open_nursery())  # closed first, before the hosts
         for factory, member_host in zip(member_for, hosts, strict=True):
             await nursery.start(factory(member_host, SplitLimits(max_memory_bytes=offer)).run)
             await head_host.connect(member_host.addrs()[0])
-        candidates = [SplitCandidate(h.peer_id, offer) for h in hosts]
-        plan = plan_split(fp, SplitCandidate("head", head_free), candidates)
-        assert plan.head_layers == 0 and len(plan.members) == len(member_for)
-        assert [m.peer for m in plan.members] == [h.peer_id for h in hosts]  # layer order = given order
         head = SplitHead(head_host)
         endpoints = []
         for share in plan.members:
