@@ -406,8 +406,9 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
     engine.add_argument(
         "--score-with",
         choices=SCORE_WITH,
-        help="what this worker's audits score on: auto (default: a bf16 scoring copy of a Q4_1 model on "
-        "the CPU, about half the audit's compute, +~300 MiB), off (the model itself), or a copy type",
+        help="what this worker's audits score on: auto (default: a scoring copy of a Q4_1 model on the "
+        "CPU, bf16 where the CPU has AVX512_BF16 and f16 elsewhere, about half the audit's compute, "
+        "+~300 MiB), off (the model itself), or a copy type",
     )
     engine.add_argument(
         "--skip-speed-test",

@@ -138,15 +138,16 @@ def load_engine(
     """Load ``info`` in this process with llama.cpp (see :class:`LlamaEngine` for the arguments).
 
     ``score_with`` picks what audits score on (spec/verification.md §12.5): ``"auto"`` (default) a
-    ``bf16`` scoring copy when the engine prefers one (Q4_1 weights on the CPU) and the model itself
-    otherwise; ``"off"`` always the model itself; a copy type (``"bf16"``, ``"q8_0"``, ``"f16"``,
-    ``"f32"``) that copy. Copies are made once in ``cache_dir / "scoring-copies"`` (default
+    scoring copy when the engine prefers one (Q4_1 weights on the CPU) — ``bf16`` where the build
+    multiplies bf16 natively (AVX512_BF16), ``f16`` elsewhere — and the model itself otherwise;
+    ``"off"`` always the model itself; a copy type (``"bf16"``, ``"q8_0"``, ``"f16"``, ``"f32"``) that
+    copy. Copies are made once in ``cache_dir / "scoring-copies"`` (default
     :func:`default_cache_dir`; ~5 s for SmolLM2-135M) and re-used.
     """
     # Imported here, not with the module: llama.cpp and numpy cost ~20 MiB of RSS that a node which never
     # loads a model (a coordinator) should not pay.
     from opengrid.engines.llama import LlamaEngine
-    from opengrid.engines.scoring_copy import DEFAULT_SCORING_COPY, SCORING_COPY_TYPES, make_scoring_copy
+    from opengrid.engines.scoring_copy import SCORING_COPY_TYPES, auto_scoring_copy, make_scoring_copy
 
     if score_with not in ("auto", "off", *SCORING_COPY_TYPES):
         raise EngineError(
@@ -156,7 +157,7 @@ def load_engine(
     engine = LlamaEngine(info, n_threads=n_threads, n_ctx=n_ctx, gpu_layers=gpu_layers)
     kind = next((k for k in SCORING_COPY_TYPES if k == score_with), None)
     if score_with == "auto" and engine.prefers_scoring_copy:
-        kind = DEFAULT_SCORING_COPY
+        kind = auto_scoring_copy()
     if kind is not None:
         try:
             root = cache_dir if cache_dir is not None else default_cache_dir()

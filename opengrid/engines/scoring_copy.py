@@ -45,6 +45,7 @@ __all__ = [
     "SCORING_COPY_TYPES",
     "ScoringCopy",
     "ScoringCopyType",
+    "auto_scoring_copy",
     "make_scoring_copy",
     "scoring_copies_of",
     "scoring_copy_path",
@@ -55,7 +56,24 @@ SCORING_COPY_TYPES: Final[tuple[ScoringCopyType, ...]] = ("bf16", "q8_0", "f16",
 """Copy types, the default (``bf16``: the cheapest to score and closest to the prover, §12.5) first."""
 
 DEFAULT_SCORING_COPY: Final[ScoringCopyType] = "bf16"
-"""What ``load_engine(score_with="auto")`` makes for a Q4_1 model on the CPU (§12.5 says why)."""
+"""What ``load_engine(score_with="auto")`` makes for a Q4_1 model on a CPU that multiplies bf16 natively
+(§12.5 says why; :func:`auto_scoring_copy` picks)."""
+
+_WITHOUT_NATIVE_BF16: Final[ScoringCopyType] = "f16"
+"""The copy for a CPU build without AVX512_BF16: there ggml converts bf16 to f32 row by row and ``bf16``
+scored at 0.42 of generating, ``f16`` (F16C) at 0.36, the cheapest measured (§12.5, AVX2-only build)."""
+
+
+def auto_scoring_copy(system_info: str | None = None) -> ScoringCopyType:
+    """The scoring copy ``score_with="auto"`` makes on this llama.cpp build: ``bf16`` where its CPU
+    backend multiplies bf16 natively (``AVX512_BF16 = 1`` in ``llama_print_system_info()``), else
+    ``f16``. ``system_info`` overrides what the build reports (tests)."""
+    if system_info is None:
+        import llama_cpp
+
+        system_info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    native = "AVX512_BF16 = 1" in system_info
+    return DEFAULT_SCORING_COPY if native else _WITHOUT_NATIVE_BF16
 
 SOURCE_SHA256_KEY: Final = "opengrid.scoring_copy.source_sha256"
 """GGUF metadata key of a copy: the sha256 of the file it was derived from."""

@@ -54,7 +54,8 @@ HTTP_BACKENDS: tuple[HttpBackendName, ...] = ("auto", "llama.cpp-server", "vllm"
 ScoreWith = Literal["auto", "off", "bf16", "f16", "f32", "q8_0"]
 SCORE_WITH: tuple[ScoreWith, ...] = ("auto", "off", "bf16", "f16", "f32", "q8_0")
 """What a worker's audits score on (``load_engine(score_with=...)``, spec/verification.md §12.5): ``auto``
-a bf16 scoring copy for Q4_1 weights on the CPU, else the model itself; ``off`` always the model itself;
+a scoring copy for Q4_1 weights on the CPU (bf16 where the CPU multiplies bf16 natively, else f16), else
+the model itself; ``off`` always the model itself;
 a copy type (opengrid.engines.scoring_copy.SCORING_COPY_TYPES) that copy."""
 DEFAULT_MAX_TOKENS_PER_JOB = 1024
 EDGE_MAX_TOKENS_PER_JOB = 128

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from functools import partial
 
 import gguf
+import llama_cpp
 import numpy as np
 import pytest
 import trio
@@ -35,6 +36,7 @@ from opengrid.engines.scoring_copy import (
     SCORING_COPY_TYPES,
     SOURCE_SHA256_KEY,
     TYPE_KEY,
+    auto_scoring_copy,
     make_scoring_copy,
     scoring_copies_of,
     scoring_copy_path,
@@ -264,7 +266,7 @@ def test_load_engine_makes_a_copy_for_q4_1_weights_only(
     q4_1_info: ModelInfo, tiny_info: ModelInfo, tmp_path: pathlib.Path
 ) -> None:
     cases: list[tuple[ModelInfo, str, str | None]] = [
-        (q4_1_info, "auto", "bf16"),
+        (q4_1_info, "auto", auto_scoring_copy()),
         (q4_1_info, "off", None),
         (q4_1_info, "q8_0", "q8_0"),
         (tiny_info, "auto", None),  # F32 weights: llama.cpp scores them in batches already
@@ -285,6 +287,18 @@ def test_load_engine_makes_a_copy_for_q4_1_weights_only(
             engine.close()
 
 
+def test_auto_picks_bf16_only_where_the_cpu_multiplies_bf16_natively() -> None:
+    """What llama.cpp's system info says decides (spec/verification.md §12.5): bf16 scored at 0.22-0.24 of
+    generating with AVX512_BF16 but 0.42 on an AVX2-only build, where f16 was the cheapest (0.36)."""
+    avx512 = "CPU : AVX2 = 1 | F16C = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | "
+    avx2 = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | LLAMAFILE = 1 | "
+    assert auto_scoring_copy(avx512) == "bf16"
+    assert auto_scoring_copy(avx2) == "f16"
+    assert auto_scoring_copy(avx512.replace("AVX512_BF16 = 1", "AVX512_BF16 = 0")) == "f16"
+    native = "AVX512_BF16 = 1" in llama_cpp.llama_print_system_info().decode()
+    assert auto_scoring_copy() == ("bf16" if native else "f16")
+
+
 def test_write_scoring_copy_refuses_unknown_types(q4_1_info: ModelInfo, tmp_path: pathlib.Path) -> None:
     with pytest.raises(EngineError, match="unknown copy type"):
         write_scoring_copy(q4_1_info.path, tmp_path / "x.gguf", "q2_k", source_sha256=q4_1_info.sha256)
@@ -296,7 +310,7 @@ def test_the_node_setting_offers_exactly_what_load_engine_takes() -> None:
     assert NodeConfig(data_dir=pathlib.Path("d")).score_with == "auto"
 
 
-@pytest.mark.parametrize(("score_with", "kind"), [("f32", "f32"), ("off", None), ("auto", "bf16")])
+@pytest.mark.parametrize(("score_with", "kind"), [("f32", "f32"), ("off", None), ("auto", "auto")])
 def test_a_node_scores_on_what_its_score_with_setting_says(
     q4_1_info: ModelInfo,
     tmp_path: pathlib.Path,
@@ -310,6 +324,8 @@ def test_a_node_scores_on_what_its_score_with_setting_says(
     cache = default_cache_dir()
     assert cache.is_relative_to(tmp_path)
     config = NodeConfig(data_dir=tmp_path / "data", model=str(q4_1_info.path), score_with=score_with)  # type: ignore[arg-type]
+    if kind == "auto":
+        kind = auto_scoring_copy()
     engine = trio.run(partial(open_engine, config, bytes(32), own_server=lambda server: None))
     try:
         assert isinstance(engine, LlamaEngine)
