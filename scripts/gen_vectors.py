@@ -73,6 +73,7 @@ from opengrid.wire.messages import (  # noqa: E402
     DialBackRequest,
     DialBackResult,
     ErrorReply,
+    FirstPositionVerdict,
     GrantRequest,
     GrantVoucher,
     History,
@@ -748,6 +749,8 @@ def messages(
         ("a chunk verdict that fails position 3", ChunkVerdict(
             job_id=job(1), end=4, verdict="fail", max_gap=12.5, first_failure=3, failure_gap=12.5,
             reason="position 3: claimed token 404 is 12.500 logits below the sampler's choice")),
+        ("an auditor's first position judged in advance: two tokens it would pass at position 0",
+         FirstPositionVerdict(job_id=job(1), tokens=[1014, 330], pieces=[" there", " a"])),
         ("models request: every model served here (no chat templates)", ModelsRequest()),
         ("a model list", ModelList(models=[ModelInfo(
             name="smollm2-135m-instruct", sha256="ab" * 32, workers=2, weight=1)])),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from opengrid.wire.messages import (
     AuditReport,
     ChunkVerdict,
+    FirstPositionVerdict,
     ModelOffer,
     ReplicaResult,
     SealedProgress,
@@ -131,6 +132,16 @@ class ChunkAudited:
     verdict: ChunkVerdict
 
 
+@dataclass(frozen=True)
+class FirstPositionJudged:
+    """An auditor of a chunked audit (open, not sealed) listed, before any chunk, every token it would pass
+    at claim position 0 (spec/verification.md §14.2, the first position judged in advance)."""
+
+    job_id: bytes
+    peer: str
+    verdict: FirstPositionVerdict
+
+
 Event = (
     WorkerRegistered
     | JobSubmitted
@@ -142,4 +153,5 @@ Event = (
     | AuditReturned
     | AuditFailed
     | ChunkAudited
+    | FirstPositionJudged
 )

@@ -21,7 +21,15 @@ from opengrid.engines.base import ScoreRequest, Scoring, ScoringEngine
 from opengrid.errors import EngineError, JobError, RemoteProtocolError, VerificationError
 from opengrid.net.host import FrameStream
 from opengrid.node.context import NodeContext
-from opengrid.wire.messages import MAX_TOKENS_LIMIT, AuditChunk, AuditJob, ErrorReply, Message
+from opengrid.wire.messages import (
+    MAX_FIRST_OPTIONS,
+    MAX_TOKENS_LIMIT,
+    AuditChunk,
+    AuditJob,
+    ErrorReply,
+    FirstPositionVerdict,
+    Message,
+)
 from opengrid.wire.sealed import SealedOutput, SealedPrompt
 
 if TYPE_CHECKING:
@@ -167,11 +175,29 @@ class AuditDriver:
         self._ctx.timing.mark("audit_ready", audit.job_id, stream.peer)
         self.sessions += 1
         try:
+            if sealed is None:  # a sealed job's tokens are not the coordinator's to see
+                await self._send_first_position(stream, audit, session)
             await self._score_chunks(stream, audit, session, sealed)
         finally:
             self.sessions -= 1
             with trio.CancelScope(shield=True):  # free the context even when cancelled
                 await trio.to_thread.run_sync(session.close, limiter=self._worker.engine_limiter)
+
+    async def _send_first_position(self, stream: FrameStream, audit: AuditJob, session: Any) -> None:
+        """Tell the coordinator, before any chunk, every token this session passes at position 0
+        (FirstPositionVerdict, spec/verification.md §14.2): a first token among them reaches the client
+        without waiting for its chunk's round trip through here. Nothing is sent when more would pass
+        than a verdict may list."""
+        options = await trio.to_thread.run_sync(
+            session.first_position_options,
+            audit.tolerance,
+            MAX_FIRST_OPTIONS,
+            limiter=self._worker.engine_limiter,
+        )
+        if options is not None:
+            tokens, pieces = [t for t, _ in options], [p for _, p in options]
+            await stream.send(FirstPositionVerdict(job_id=audit.job_id, tokens=tokens, pieces=pieces))
+            self._ctx.timing.mark("first_position", audit.job_id, stream.peer)
 
     async def _open_session(self, audit: AuditJob) -> Any:
         """A ``ScoringSession`` for ``audit`` (its prompt evaluated) and a sealed stream's opened prompt

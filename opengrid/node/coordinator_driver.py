@@ -41,6 +41,7 @@ from opengrid.core.events import (
     AuditReturned,
     ChunkAudited,
     Event,
+    FirstPositionJudged,
     JobCancelled,
     JobSubmitted,
     ReplicaFailed,
@@ -62,6 +63,7 @@ from opengrid.wire.messages import (
     AuditReport,
     ChunkVerdict,
     ErrorReply,
+    FirstPositionVerdict,
     JobAccepted,
     JobProgress,
     Message,
@@ -437,9 +439,15 @@ class CoordinatorDriver:
                     await stream.send(audit)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(send_chunks, stream)
-                    for _ in range(MAX_TOKENS_LIMIT + 2):  # a verdict per chunk (>= 1 token), a report
+                    advance = False
+                    # a verdict per chunk (>= 1 token), a report, at most one FirstPositionVerdict
+                    for _ in range(MAX_TOKENS_LIMIT + 3):
                         reply = await stream.receive()
                         self._ctx.trace(reply)
+                        if isinstance(reply, FirstPositionVerdict) and not advance:
+                            advance = True
+                            self.feed(FirstPositionJudged(job_id=job_id, peer=peer, verdict=reply))
+                            continue
                         if isinstance(reply, ChunkVerdict):
                             self.feed(ChunkAudited(job_id=job_id, peer=peer, verdict=reply))
                             if reply.verdict == "pass":

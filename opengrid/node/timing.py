@@ -22,6 +22,7 @@ point               written by   when
 ``audit_received``  worker       as an auditor: a chunked AuditJob is read
 ``audit_ready``     worker       as an auditor: its scoring session for a chunked audit is open (the
                                  prompt evaluated, spec/verification.md §14.2)
+``first_position``  worker       as an auditor: its FirstPositionVerdict is written (open streams)
 ``chunk_verdict``   worker       as an auditor: a ChunkVerdict is written (one per chunk)
 ``forwarded``       coordinator  verified text is handed to the client's stream (one per chunk); no peer
 ``engine_end``      worker       the engine returned (or failed)
@@ -48,6 +49,7 @@ POINTS = (
     "first_frame",
     "audit_received",
     "audit_ready",
+    "first_position",
     "chunk_verdict",
     "forwarded",
     "engine_end",

@@ -844,6 +844,30 @@ class ChunkVerdict(_Message, tag="chunk_verdict", frozen=True):
     verdict to the ciphertexts the coordinator relayed (spec/verification.md §14.3)."""
 
 
+MAX_FIRST_OPTIONS: Final = 16
+"""At most this many tokens in a FirstPositionVerdict: an auditor that would pass more at claim position 0
+(a flat distribution) sends none, and the first chunk waits for its ChunkVerdict as any other."""
+
+
+class FirstPositionVerdict(_Message, tag="first_position_verdict", frozen=True):
+    """Auditor → coordinator, on a chunked audit's stream of an open (not sealed) job, once its session
+    has evaluated the prompt and before any chunk is judged: every token it would pass at claim position
+    0, with the text each completes there (spec/verification.md §14.2, the first position judged in
+    advance). A first chunk of one token whose (token, piece) is listed by every auditor is forwarded
+    as verified when the prover's frame arrives, without waiting for the chunk's round trip to the
+    auditors; each auditor still judges the chunk, and a fail there contradicts this verdict (the
+    auditor's fault)."""
+
+    job_id: JobIdBytes
+    tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_FIRST_OPTIONS)]
+    """The tokens whose gap (and mask margin) at position 0 are within the audit's tolerance."""
+    pieces: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_PIECE_CHARS)]],
+        msgspec.Meta(max_length=MAX_FIRST_OPTIONS),
+    ]
+    """One per token: the text it completes as the claim's first token."""
+
+
 class AuditJob(_Message, tag="audit", frozen=True):
     """Coordinator → auditor: re-score a prover's claimed output of an open job (spec/verification.md §13).
 
@@ -1009,6 +1033,7 @@ Message = (
     | AuditReport
     | AuditChunk
     | ChunkVerdict
+    | FirstPositionVerdict
     | ModelsRequest
     | ModelList
     | ReceiptRequest

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from opengrid.core.audit import SamplingParams, judge
+from opengrid.core.audit import AuditPolicy, SamplingParams, judge
 from opengrid.engines import GenerationRequest, LlamaEngine, ModelInfo, ScoreRequest
 from opengrid.engines.scoring_session import ScoringSession
 from opengrid.errors import BadRequestError, EngineError, VerificationError
@@ -174,3 +174,57 @@ def test_bounds(tiny_info: ModelInfo) -> None:
         session.close()  # idempotent
         with pytest.raises(EngineError, match="closed"):
             session.score_chunk(2, [3])
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams(),
+        SamplingParams(temperature=0.8, seed=7),
+        SamplingParams(temperature=0.7, top_k=5, seed=3),
+    ],
+    ids=["greedy", "gumbel", "gumbel-top-k"],
+)
+@pytest.mark.parametrize("tolerance", [0.75, 3.0])
+def test_the_first_position_list_is_exactly_what_a_first_chunk_would_pass(
+    tiny_info: ModelInfo, sampling: SamplingParams, tolerance: float
+) -> None:
+    """Every token of the vocabulary (~370 on the tiny model) scored as a one-token first chunk: it passes
+    (the chunk verdict's rule, with its piece) iff the session listed it in advance with that piece; and
+    what the prover generated is listed (spec/verification.md §14.2, the first position judged in advance)."""
+    with LlamaEngine(tiny_info, n_threads=1) as engine:
+        for prompt in PROMPTS[:2]:
+            tokens, pieces, _ = generate(engine, prompt, sampling)
+            session = ScoringSession(engine, prompt=prompt, sampling=sampling, job_id=JOB, max_tokens=N)
+            try:
+                listed = session.first_position_options(tolerance, engine.n_vocab)
+            finally:
+                session.close()
+            assert listed is not None
+            assert (tokens[0], pieces[0]) in listed, "the prover's own first token is listed"
+            options = dict(listed)
+            for token in range(engine.n_vocab):
+                fresh = ScoringSession(engine, prompt=prompt, sampling=sampling, job_id=JOB, max_tokens=N)
+                try:  # a listed token's chunk carries its listed piece, which must be its text here
+                    scored = fresh.score_chunk(0, [token], [options[token]] if token in options else None)
+                finally:
+                    fresh.close()
+                passes = judge(scored.evidence, AuditPolicy(gap_tolerance=tolerance)).accepted
+                assert passes == (token in options), (prompt, token, scored.evidence)
+                assert scored.problem == ""
+
+
+def test_a_first_position_list_longer_than_its_limit_is_not_sent(tiny_info: ModelInfo) -> None:
+    with LlamaEngine(tiny_info, n_threads=1) as engine:
+        session = ScoringSession(
+            engine, prompt=PROMPTS[0], sampling=SamplingParams(), job_id=JOB, max_tokens=N
+        )
+        try:
+            everything = session.first_position_options(1000.0, engine.n_vocab)
+            assert everything is not None and len(everything) == engine.n_vocab, "every token passes at 1000"
+            assert session.first_position_options(1000.0, 16) is None
+            assert session.first_position_options(0.0, 16) == everything[:1], "the best token alone"
+            session.score_chunk(0, [everything[0][0]])
+            assert session.first_position_options(0.75, 16) is None, "once a chunk is scored: no list"
+        finally:
+            session.close()

@@ -35,6 +35,7 @@ from opengrid.wire.messages import (
     AuditJob,
     ChunkVerdict,
     ErrorReply,
+    FirstPositionVerdict,
     JobAccepted,
     JobProgress,
     SubmitJob,
@@ -280,6 +281,8 @@ async def test_a_worker_holds_chunked_audits_to_their_rules_and_bounds(
         with trio.fail_after(60):
             ids = [secrets.token_bytes(16) for _ in range(MAX_SCORING_SESSIONS + 1)]
             streams = [await opened(job_id) for job_id in ids[:MAX_SCORING_SESSIONS]]
+            first = await streams[0].receive()  # its session is open: what it would pass at position 0
+            assert isinstance(first, FirstPositionVerdict) and tokens[0] in first.tokens, first
             await streams[0].send(AuditChunk(job_id=ids[0], offset=0, tokens=tokens[:4], pieces=[]))
             verdict = await streams[0].receive()
             assert isinstance(verdict, ChunkVerdict) and (verdict.verdict, verdict.end) == ("pass", 4)

@@ -19,6 +19,7 @@ from opengrid.wire.messages import (
     DialBackRequest,
     DialBackResult,
     ErrorReply,
+    FirstPositionVerdict,
     GrantRequest,
     GrantVoucher,
     History,
@@ -205,6 +206,7 @@ def sample_messages() -> list[Message]:
             failure_gap=12.5,
             reason="position 5: claimed token 202 is 12.500 logits below the sampler's choice",
         ),
+        FirstPositionVerdict(job_id=JOB, tokens=[101, 7], pieces=[" the", " a"]),
         ModelsRequest(model="tiny"),
         ModelList(
             models=[

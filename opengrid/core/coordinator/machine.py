@@ -29,6 +29,7 @@ from opengrid.core.events import (
     AuditReturned,
     ChunkAudited,
     Event,
+    FirstPositionJudged,
     JobCancelled,
     JobSubmitted,
     ReplicaFailed,
@@ -183,6 +184,8 @@ class Coordinator(
                 return effects + self._drain(now) if effects else effects
             case ChunkAudited():
                 return self._on_chunk_audited(event, now) + self._drain(now)
+            case FirstPositionJudged():
+                return self._on_first_position_judged(event, now) + self._drain(now)
             case AuditFailed():
                 return self._on_audit_failed(event.job_id, event.peer, event.reason, now) + self._drain(now)
         raise TypeError(f"unknown event {event!r}")  # pragma: no cover - exhaustiveness guard

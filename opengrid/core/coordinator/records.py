@@ -72,6 +72,9 @@ class ChunkedClaim:
     rest of a result longer than its frames goes out without, and is never forwarded chunk by chunk."""
     passed: dict[str, int] = field(default_factory=dict)
     """Auditor -> positions it passed so far (the end of its last passing ChunkVerdict)."""
+    first_options: dict[str, frozenset[tuple[int, str]]] = field(default_factory=dict)
+    """Auditor -> the (token, piece) pairs it said in advance it would pass at position 0
+    (FirstPositionVerdict): a one-token first chunk among them counts as passed by it."""
     final: bool = False
     """The prover's result came and the last chunk went out: its auditors answer with AuditReports."""
     sealed: list[SealedProgress] = field(default_factory=list)

@@ -24,7 +24,11 @@ claim is audited in chunks as it streams. The prover's dispatch makes its claim 
 and sent a chunked AuditJob, whose prompt they evaluate while the prover does; as tokens arrive they are
 cut into chunks (``stream_chunks.ChunkPolicy``: small first, doubling after) and each chunk goes to every
 auditor (``SendAuditChunk``). An auditor answers each chunk with a ``ChunkVerdict`` (``ChunkAudited``);
-once every auditor passed a chunk, its text extends the verified prefix and goes to the client. A failing
+once every auditor passed a chunk, its text extends the verified prefix and goes to the client. The first
+chunk (one token) need not wait for that round trip: an auditor whose session is open lists every token it
+would pass at position 0 (``FirstPositionJudged``), and a first token every auditor listed goes to the
+client as soon as the prover's frame brings it (``_passed_in_advance``); the auditor's own verdict on it
+follows, and a fail there contradicts its list (the auditor's fault). A failing
 chunk rejects the claim exactly as a failed audit (§13.2): the prover is stopped, penalised and replaced,
 its auditors stopped. When the prover's result arrives the rest of the claim and a final chunk (finish
 reason, whole text) go out, and the auditors' AuditReports over the whole claim are judged as any
@@ -53,7 +57,7 @@ from opengrid.core.coordinator.records import ChunkedClaim, JobRecord, ReplicaSt
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobState
 from opengrid.core.effects import CancelReplica, Effect, ForwardVerified, Penalize, SendAuditChunk
-from opengrid.core.events import ChunkAudited, ReplicaProgressed, SealedChunkReported
+from opengrid.core.events import ChunkAudited, FirstPositionJudged, ReplicaProgressed, SealedChunkReported
 from opengrid.core.stream_chunks import cut
 from opengrid.core.verifier import Agreement, quorum
 from opengrid.wire.messages import AuditChunk, AuditJob, AuditReport, Sealed, SealedProgress
@@ -186,7 +190,10 @@ class StreamingPart(CoordinatorParts):
                 return effects  # no auditor left at all: the job failed
         for auditor in job.audits:  # the prover is alive, so are the reasons to wait for its auditors
             job.audits[auditor] = max(job.audits[auditor], now + self.config.replica_timeout_s)
-        return effects + self._send_chunks(job, final=False)
+        effects += self._send_chunks(job, final=False)
+        if job.chunked is not None and job.chunked.first_options:  # the first chunk may pass in advance
+            effects += self._forward_audited(job)
+        return effects
 
     def _open_streamed_claim(self, job: JobRecord, peer: str, now: float) -> list[Effect]:
         """Make ``peer``'s claim on a streaming job in audit mode (open or sealed) a ``ChunkedClaim`` and
@@ -344,23 +351,32 @@ class StreamingPart(CoordinatorParts):
             problem = "a failing verdict must say why"
         elif not before <= verdict.first_failure < expected:
             problem = f"a fail at {verdict.first_failure}, outside the chunk {before}..{expected - 1}"
-        if problem:  # as an inconsistent report (§13.2): the auditor is penalised and replaced
-            del job.audits[peer]
-            claim.passed.pop(peer, None)
-            self._release(peer)
-            job.invalid.append(peer)
-            if peer in self.workers:
-                self._record(self.workers[peer].key, "invalid")
-            effects: list[Effect] = [
-                CancelReplica(peer=peer, job_id=job.request.job_id),
-                Penalize(peer=peer, why=f"chunk verdict: {problem}"),
-            ]
-            return effects + self._replace_auditor(job, now)
+        elif verdict.first_failure == 0 and self._passed_in_advance(job, peer):
+            problem = "a fail at position 0, whose token and text its FirstPositionVerdict passed"
+        if problem:
+            return self._inconsistent_auditor(job, peer, f"chunk verdict: {problem}", now)
         if verdict.verdict == "fail":
             return self._reject_chunk(job, peer, verdict.end, verdict.max_gap, verdict.reason, now)
         claim.passed[peer] = verdict.end
         job.audits[peer] = now + self.config.replica_timeout_s  # it answered: its wait starts again
         return self._forward_audited(job)
+
+    def _inconsistent_auditor(self, job: JobRecord, peer: str, why: str, now: float) -> list[Effect]:
+        """As an inconsistent report (§13.2): the auditor is penalised and replaced."""
+        claim = job.chunked
+        assert claim is not None
+        del job.audits[peer]
+        claim.passed.pop(peer, None)
+        claim.first_options.pop(peer, None)
+        self._release(peer)
+        job.invalid.append(peer)
+        if peer in self.workers:
+            self._record(self.workers[peer].key, "invalid")
+        effects: list[Effect] = [
+            CancelReplica(peer=peer, job_id=job.request.job_id),
+            Penalize(peer=peer, why=why),
+        ]
+        return effects + self._replace_auditor(job, now)
 
     def _forward_audited(self, job: JobRecord) -> list[Effect]:
         """Extend the verified prefix to where every auditor of the claim passed it; forward its text."""
@@ -369,7 +385,10 @@ class StreamingPart(CoordinatorParts):
         needed = job.plan.auditors if job.plan is not None else self._auditors
         if len(job.audits) < needed:
             return []  # an auditor is being replaced: the text waits for the full count
-        upto = min(claim.pieced, *(claim.passed.get(peer, 0) for peer in job.audits))
+        upto = min(
+            claim.pieced,
+            *(max(claim.passed.get(peer, 0), int(self._passed_in_advance(job, peer))) for peer in job.audits),
+        )
         if job.sealed:
             return self._forward_sealed(job, upto)
         before = len(job.verified_tokens)
@@ -380,6 +399,39 @@ class StreamingPart(CoordinatorParts):
         job.verified_pieces += stream.pieces[before:upto]
         text = "".join(job.verified_pieces[before:])
         return [ForwardVerified(job.request.job_id, text)] if text else []
+
+    def _on_first_position_judged(self, event: FirstPositionJudged, now: float) -> list[Effect]:
+        """An auditor listed in advance what it would pass at position 0 (spec/verification.md §14.2): kept
+        (its first list only), and the first chunk forwarded if the prover's frame is in and every
+        auditor passed it, in advance or by verdict. Malformed lists are the auditor's fault."""
+        job = self._jobs.get(event.job_id)
+        claim = job.chunked if job is not None else None
+        if job is None or claim is None or event.peer not in job.audits or claim.prover != job.prover:
+            return []  # late or unsolicited
+        if job.sealed or event.peer in claim.first_options:
+            return []  # a sealed job's tokens are not the coordinator's to see; a second list changes nothing
+        verdict = event.verdict
+        if len(verdict.tokens) != len(verdict.pieces):
+            return self._inconsistent_auditor(
+                job,
+                event.peer,
+                f"a FirstPositionVerdict with {len(verdict.tokens)} tokens and {len(verdict.pieces)} pieces",
+                now,
+            )
+        claim.first_options[event.peer] = frozenset(zip(verdict.tokens, verdict.pieces, strict=True))
+        return self._forward_audited(job)
+
+    def _passed_in_advance(self, job: JobRecord, peer: str) -> bool:
+        """Whether ``peer``'s FirstPositionVerdict passes the claim's first chunk: a chunk of one token
+        (the chunk policy's first, 1 by default) whose token and piece it listed."""
+        claim = job.chunked
+        if claim is None or not claim.ends or claim.ends[0] != 1 or claim.pieced < 1:
+            return False
+        options = claim.first_options.get(peer)
+        stream = job.streams.get(claim.prover)
+        if not options or stream is None or not stream.tokens:
+            return False
+        return (stream.tokens[0], stream.pieces[0]) in options
 
     # ── sealed chunked audits (spec/verification.md §14.3) ──────────────────────────────────────────────
 

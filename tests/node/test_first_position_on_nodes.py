@@ -1,0 +1,157 @@
+"""The first position judged in advance, on nodes (spec/verification.md §14.2): an auditor of a streaming
+job sends the coordinator a FirstPositionVerdict once its session has evaluated the prompt, and the
+coordinator forwards the prover's first token as verified the moment its frame arrives — before any
+auditor judged that chunk — while the auditor still judges it and the job ends as before.
+
+llama.cpp on the tiny model; the nodes run on the in-memory network in virtual time. The prover waits to
+generate until the coordinator has the auditor's list (its frames trace shows it), so the order checked
+below is the protocol's, not a race's."""
+
+from __future__ import annotations
+
+import pathlib
+import random
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeVar
+
+import trio
+from trio.testing import MockClock
+
+from opengrid.core.coordinator import CoordinatorConfig
+from opengrid.engines import Generation, GenerationRequest, LlamaEngine, ModelInfo, sha256_file
+from opengrid.net.transport import StreamHost
+from opengrid.node.config import NodeConfig
+from opengrid.node.service import Node
+from opengrid.node.timing import read_trace
+from opengrid.testing.memnet import MemoryNetwork
+from opengrid.wire.codec import FrameBuffer, decode_message
+from opengrid.wire.messages import FirstPositionVerdict, JobAccepted, JobProgress, Message, SubmitJob
+from tests.node.workers import client_host
+
+T = TypeVar("T")
+PROMPT = "Once upon a time"
+MAX_TOKENS = 12
+
+
+class _Preferring(random.Random):
+    """Seeded draws that take the peers in ``prefer`` first: who proves, then who audits."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.prefer: list[str] = []
+
+    def sample(self, population: Sequence[T], k: int, **_: object) -> list[T]:  # type: ignore[override]
+        rank = {peer: i for i, peer in enumerate(self.prefer)}
+        wanted = [c for c in population if getattr(c, "peer", None) in rank]
+        first = sorted(wanted, key=lambda c: rank[getattr(c, "peer", "")])[:k]
+        rest = [c for c in population if c not in first]
+        return first + super().sample(rest, min(k - len(first), len(rest)))
+
+
+class _Gated(LlamaEngine):
+    """Generates the test's job only once the coordinator has received a FirstPositionVerdict (its frames
+    trace shows one; polled from the engine's thread, 60 s at most), as a prover whose prefill takes
+    longer than its auditor's would. (A trio task could not wait for it: the virtual clock stands
+    still while this thread runs.)"""
+
+    frames: pathlib.Path | None = None
+
+    def generate_streaming(
+        self,
+        request: GenerationRequest,
+        on_text: Callable[[str], None] | None,
+        on_token: Callable[[int, str], None] | None = None,
+    ) -> Generation:
+        if request.prompt == PROMPT and self.frames is not None:  # the job's, not the speed test's
+            deadline = time.monotonic() + 60
+            while not any(isinstance(m, FirstPositionVerdict) for m in _received(self.frames)):
+                if time.monotonic() > deadline:
+                    raise AssertionError("no FirstPositionVerdict reached the coordinator in 60 s")
+                time.sleep(0.01)
+        return super().generate_streaming(request, on_text, on_token)
+
+
+def _received(trace: pathlib.Path) -> list[Message]:
+    """The messages in a ``--trace-frames`` file, in the order the node received them."""
+    buffer = FrameBuffer()
+    buffer.feed(trace.read_bytes())
+    messages = []
+    for _ in range(100_000):
+        body = buffer.next_body()
+        if body is None:
+            break
+        messages.append(decode_message(body))
+    return messages
+
+
+async def test_the_first_token_is_forwarded_on_the_auditors_list_before_it_judges_the_chunk(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    rng = _Preferring(5)
+    frames = tmp_path / "coordinator-frames.bin"
+    coordinator = Node(
+        NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
+        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit"),
+        rng=rng,
+        transport=memnet,
+        trace_frames=frames,
+        trace_timing=tmp_path / "c.timing",
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None
+        workers: dict[str, Node] = {}
+        for name in ("prover", "auditor"):
+            config = NodeConfig(
+                data_dir=tmp_path / name,
+                role="worker",
+                bootstrap=(coordinator.host.addrs()[0],),
+                heartbeat_s=0.5,
+            )
+            engine = _Gated(info, n_threads=1)
+            engine.frames = frames
+            workers[name] = Node(
+                config, engine=engine, transport=memnet, trace_timing=tmp_path / f"{name}.timing"
+            )
+            await nursery.start(workers[name].run)
+        with trio.fail_after(30):
+            for node in workers.values():
+                await node.registered.wait()
+        prover, auditor = workers["prover"], workers["auditor"]
+        assert prover.host is not None and auditor.host is not None
+        rng.prefer = [prover.host.peer_id, auditor.host.peer_id]
+
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
+        peer = await client.connect(coordinator.host.addrs()[0])
+        job = SubmitJob(
+            job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True
+        )
+        verified: list[str] = []
+        stream = await client.open_stream(peer)
+        with trio.fail_after(90):
+            await stream.send(job)
+            for _ in range(2 * MAX_TOKENS + 2):
+                reply = await stream.receive()
+                if not isinstance(reply, JobProgress):
+                    break
+                if reply.verified:
+                    verified.append(reply.text)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+    assert isinstance(reply, JobAccepted), reply
+    assert reply.workers == [prover.host.peer_id, auditor.host.peer_id] and not reply.failed
+    assert "".join(verified) == reply.text and len(verified) >= 2
+    lists = [m for m in _received(frames) if isinstance(m, FirstPositionVerdict)]
+    assert len(lists) == 1 and lists[0].job_id == job.job_id
+    assert reply.tokens[0] in lists[0].tokens, "the prover's first token was on the auditor's list"
+
+    forwarded = [m.t for m in read_trace(tmp_path / "c.timing") if m.point == "forwarded"]
+    judged = [m.t for m in read_trace(tmp_path / "auditor.timing") if m.point == "chunk_verdict"]
+    assert forwarded and judged
+    assert min(forwarded) < min(judged), "the first text went out before the auditor judged its chunk"
+    assert len(judged) >= 2, "and the auditor judged every chunk all the same"
