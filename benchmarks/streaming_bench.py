@@ -231,10 +231,13 @@ def breakdown(streams: list[Stream], base: pathlib.Path) -> dict[str, dict[str, 
         verdict = marks.get((stream.job, "chunk_verdict"))
         final_verdict = last.get((stream.job, "chunk_verdict"))
         forward = marks.get((stream.job, "forwarded"))
+        listed = marks.get((stream.job, "first_position"))
         for name, a, b in (
             ("engine_start_to_first_frame_s", start, frame),
             ("dispatch_to_auditor_received_s", dispatch, received),
             ("dispatch_to_auditor_ready_s", dispatch, ready),
+            ("dispatch_to_first_position_s", dispatch, listed),
+            ("first_frame_to_first_forward_s", frame, forward),
             ("first_frame_to_first_verdict_s", frame, verdict),
             ("first_verdict_to_first_forward_s", verdict, forward),
             ("first_forward_to_first_text_s", forward, first),
@@ -398,6 +401,8 @@ def report(result: dict[str, Any]) -> str:
         "engine_start_to_first_frame_s": "engine start → the prover's first frame written",
         "dispatch_to_auditor_received_s": "dispatch → the auditor reads the chunked AuditJob",
         "dispatch_to_auditor_ready_s": "dispatch → the auditor's session open (prompt evaluated)",
+        "dispatch_to_first_position_s": "dispatch → the auditor's first-position list written",
+        "first_frame_to_first_forward_s": "first frame → the coordinator forwards the first text",
         "first_frame_to_first_verdict_s": "first frame → the auditor's first chunk verdict written",
         "first_verdict_to_first_forward_s": "first verdict → the coordinator forwards the first text",
         "first_forward_to_first_text_s": "first forward → first text at the client",

@@ -41,6 +41,7 @@ __all__ = [
     "choose",
     "gumbel_noise",
     "noise_key",
+    "passing_tokens",
     "perturbed_scores",
     "score_position",
     "score_positions",
@@ -277,3 +278,42 @@ def score_positions(
         )
         for j in range(rows)
     ]
+
+
+def passing_tokens(
+    logits: Logits, params: SamplingParams, job_id: bytes, position: int, tolerance: float, limit: int
+) -> list[int]:
+    """The tokens, at most ``limit``, best first, that would pass at output ``position`` if claimed there:
+    those among the ``limit`` best by (perturbed) score whose :func:`score_position` evidence has its gap
+    and mask margin within ``tolerance`` (the rule of ``opengrid.core.audit.judge``; NaN fails) —
+    computed once for all of them, not a full :func:`score_position` each (its log-probability and rank
+    are not needed). What an auditor lists in advance for a claim's first position
+    (spec/verification.md §14.2). Every token listed passes; a token left out may pass too (when more
+    than ``limit`` do), which costs only waiting for its chunk's verdict."""
+    n = logits.shape[0]
+    count = min(max(limit, 0), n)
+    if count == 0:
+        return []
+    scores = perturbed_scores(logits, params, job_id, position)
+    # The ``count`` best, ties by lower id (argpartition alone would cut a tie anywhere): everything
+    # above the count-th score, then the lowest ids at it.
+    cut = -np.partition(-scores, count - 1)[count - 1]
+    best = np.concatenate([np.flatnonzero(scores > cut), np.flatnonzero(scores == cut)])
+    best = best[np.lexsort((best, -scores[best]))][:count]  # score descending, ties by lower id
+    count = best.shape[0]  # fewer only when scores are NaN
+    masked = not params.greedy and not ((params.top_k == 0 or params.top_k >= n) and params.top_p >= 1.0)
+    if params.greedy:  # as score_position: the top logit minus the claimed one, in float64
+        gaps = float(logits.max()) - logits[best].astype(np.float64)
+        margins = np.zeros(count)
+    elif not masked:
+        gaps = params.temperature * (float(scores.max()) - scores[best])
+        margins = np.zeros(count)
+    else:
+        mask = candidate_mask(logits, params)
+        top = np.maximum(float(scores[mask].max()), scores[best])
+        gaps = params.temperature * (top - scores[best])
+        lowest_kept = float(logits[mask].min())
+        claimed = logits[best].astype(np.float64)
+        margins = np.where(mask[best], 0.0, np.maximum(0.0, lowest_kept - claimed))
+    passed = (gaps <= tolerance) & (margins <= tolerance)  # False for NaN
+    return [int(token) for token in best[passed]]

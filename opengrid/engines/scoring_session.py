@@ -41,8 +41,8 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from opengrid.core.audit import AuditPolicy, PositionEvidence, SamplingParams, judge
-from opengrid.core.sampling import perturbed_scores, score_position, score_positions
+from opengrid.core.audit import PositionEvidence, SamplingParams
+from opengrid.core.sampling import passing_tokens, perturbed_scores, score_position, score_positions
 from opengrid.engines.llama import LlamaEngine, _TextPreview
 from opengrid.errors import BadRequestError, EngineError, VerificationError
 
@@ -194,30 +194,14 @@ class ScoringSession:
         return ChunkScore(evidence=tuple(evidence), problem=problem, problem_at=problem_at)
 
     def first_position_options(self, tolerance: float, limit: int) -> list[tuple[int, str]] | None:
-        """Every token this session would pass at claim position 0, with the text it completes there:
-        what a first chunk of one token is judged by (the gap and mask-margin rule of spec §12.2 on the
-        row the prompt left, value for value what :meth:`score_chunk` would find), best first. None when
-        more than ``limit`` tokens would pass (a flat distribution: the list is not worth its bytes), when
-        a chunk was scored already, or when the row was not computed in advance (a one-token prompt).
-
-        Why a short list is the whole list: a token's gap only grows as its (perturbed) score falls, so
-        the candidates are the ``limit + 1`` best by score, and when the last of them fails so do all
-        below it."""
+        """The tokens that pass at claim position 0 among the ``limit`` best by score, best first, each
+        with the text it completes there (``opengrid.core.sampling.passing_tokens`` on the row the
+        prompt left: what a one-token first chunk is judged by, spec §12.2). None when a chunk was
+        scored already, or when the row was not computed in advance (a one-token prompt)."""
         row = self._ahead
-        if row is None or self.tokens or limit < 1:
+        if row is None or self.tokens:
             return None
-        scores = perturbed_scores(row, self._sampling, self._job_id, 0)
-        count = min(limit + 1, scores.shape[0])
-        best = np.argpartition(-scores, count - 1)[:count]
-        best = best[np.lexsort((best, -scores[best]))]  # score descending, ties by lower id
-        policy = AuditPolicy(gap_tolerance=tolerance)
-        passed = [
-            int(token)
-            for token in best
-            if judge([score_position(row, int(token), self._sampling, self._job_id, 0)], policy).accepted
-        ]
-        if len(passed) > limit:
-            return None
+        passed = passing_tokens(row, self._sampling, self._job_id, 0, tolerance, limit)
         engine = self._engine
         with engine._lock:
             llm = engine._require_open()

@@ -845,8 +845,8 @@ class ChunkVerdict(_Message, tag="chunk_verdict", frozen=True):
 
 
 MAX_FIRST_OPTIONS: Final = 16
-"""At most this many tokens in a FirstPositionVerdict: an auditor that would pass more at claim position 0
-(a flat distribution) sends none, and the first chunk waits for its ChunkVerdict as any other."""
+"""At most this many tokens in a FirstPositionVerdict: an auditor lists those that pass among the 16 best
+by score (a first token it left out waits for its ChunkVerdict as any other chunk)."""
 
 
 class FirstPositionVerdict(_Message, tag="first_position_verdict", frozen=True):
@@ -860,7 +860,7 @@ class FirstPositionVerdict(_Message, tag="first_position_verdict", frozen=True):
 
     job_id: JobIdBytes
     tokens: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_FIRST_OPTIONS)]
-    """The tokens whose gap (and mask margin) at position 0 are within the audit's tolerance."""
+    """Tokens whose gap (and mask margin) at position 0 are within the audit's tolerance, best first."""
     pieces: Annotated[
         list[Annotated[str, msgspec.Meta(max_length=MAX_PIECE_CHARS)]],
         msgspec.Meta(max_length=MAX_FIRST_OPTIONS),

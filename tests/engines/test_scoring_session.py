@@ -214,7 +214,7 @@ def test_the_first_position_list_is_exactly_what_a_first_chunk_would_pass(
                 assert scored.problem == ""
 
 
-def test_a_first_position_list_longer_than_its_limit_is_not_sent(tiny_info: ModelInfo) -> None:
+def test_a_first_position_list_keeps_the_best_passing_tokens_up_to_its_limit(tiny_info: ModelInfo) -> None:
     with LlamaEngine(tiny_info, n_threads=1) as engine:
         session = ScoringSession(
             engine, prompt=PROMPTS[0], sampling=SamplingParams(), job_id=JOB, max_tokens=N
@@ -222,7 +222,7 @@ def test_a_first_position_list_longer_than_its_limit_is_not_sent(tiny_info: Mode
         try:
             everything = session.first_position_options(1000.0, engine.n_vocab)
             assert everything is not None and len(everything) == engine.n_vocab, "every token passes at 1000"
-            assert session.first_position_options(1000.0, 16) is None
+            assert session.first_position_options(1000.0, 16) == everything[:16], "the 16 best"
             assert session.first_position_options(0.0, 16) == everything[:1], "the best token alone"
             session.score_chunk(0, [everything[0][0]])
             assert session.first_position_options(0.75, 16) is None, "once a chunk is scored: no list"
