@@ -171,37 +171,25 @@ class AuditDriver:
         if isinstance(reply, ErrorReply):
             await stream.send(reply)
             return
-        session, sealed = reply
+        session, sealed, first = reply
         self._ctx.timing.mark("audit_ready", audit.job_id, stream.peer)
         self.sessions += 1
         try:
-            if sealed is None:  # a sealed job's tokens are not the coordinator's to see
-                await self._send_first_position(stream, audit, session)
+            if first:  # spec/verification.md §14.2: the first position judged in advance (open jobs)
+                tokens, pieces = [t for t, _ in first], [p for _, p in first]
+                await stream.send(FirstPositionVerdict(job_id=audit.job_id, tokens=tokens, pieces=pieces))
+                self._ctx.timing.mark("first_position", audit.job_id, stream.peer)
             await self._score_chunks(stream, audit, session, sealed)
         finally:
             self.sessions -= 1
             with trio.CancelScope(shield=True):  # free the context even when cancelled
                 await trio.to_thread.run_sync(session.close, limiter=self._worker.engine_limiter)
 
-    async def _send_first_position(self, stream: FrameStream, audit: AuditJob, session: Any) -> None:
-        """Tell the coordinator, before any chunk, every token this session passes at position 0
-        (FirstPositionVerdict, spec/verification.md §14.2): a first token among them reaches the client
-        without waiting for its chunk's round trip through here. Nothing is sent when more would pass
-        than a verdict may list."""
-        options = await trio.to_thread.run_sync(
-            session.first_position_options,
-            audit.tolerance,
-            MAX_FIRST_OPTIONS,
-            limiter=self._worker.engine_limiter,
-        )
-        if options is not None:
-            tokens, pieces = [t for t, _ in options], [p for _, p in options]
-            await stream.send(FirstPositionVerdict(job_id=audit.job_id, tokens=tokens, pieces=pieces))
-            self._ctx.timing.mark("first_position", audit.job_id, stream.peer)
-
     async def _open_session(self, audit: AuditJob) -> Any:
-        """A ``ScoringSession`` for ``audit`` (its prompt evaluated) and a sealed stream's opened prompt
-        (None for an open one), or the ErrorReply to answer instead."""
+        """A ``ScoringSession`` for ``audit`` (its prompt evaluated), a sealed stream's opened prompt (None
+        for an open one) and, for an open one, the (token, piece) pairs the session passes at position 0
+        (the FirstPositionVerdict to send before any chunk: a first token among them reaches the client
+        without its chunk's round trip through here); or the ErrorReply to answer instead."""
         worker, engine = self._ctx.worker, self._ctx.engine
         assert worker is not None and engine is not None
         refusal = worker.accept_audit(audit)
@@ -241,8 +229,8 @@ class AuditDriver:
                 return ErrorReply("malformed", str(exc), audit.job_id)
             prompt = sealed.prompt
 
-        def open_session() -> ScoringSession:
-            return ScoringSession(
+        def open_session() -> tuple[ScoringSession, list[tuple[int, str]] | None]:
+            session = ScoringSession(
                 engine,
                 prompt=prompt,
                 sampling=sampling,
@@ -250,12 +238,19 @@ class AuditDriver:
                 add_bos=audit.format == "text",
                 max_tokens=None,  # as the context holds: the job's own limit is not in the AuditJob
             )
+            if sealed is not None:  # a sealed job's tokens are not the coordinator's to see
+                return session, None
+            try:  # in the same thread call: no second hop before the list goes out
+                return session, session.first_position_options(audit.tolerance, MAX_FIRST_OPTIONS)
+            except BaseException:
+                session.close()
+                raise
 
         try:
-            session = await trio.to_thread.run_sync(open_session, limiter=self._worker.engine_limiter)
+            session, first = await trio.to_thread.run_sync(open_session, limiter=self._worker.engine_limiter)
         except EngineError as exc:  # BadRequestError included: the prompt does not fit this context
             return ErrorReply("engine_error", str(exc), audit.job_id)
-        return session, sealed
+        return session, sealed, first
 
     async def _score_chunks(
         self, stream: FrameStream, audit: AuditJob, session: Any, sealed: SealedPrompt | None
