@@ -49,7 +49,7 @@ from opengrid.core.events import (
     ReplicaReturned,
     SealedChunkReported,
 )
-from opengrid.errors import OpenGridError, RemoteProtocolError
+from opengrid.errors import OpenGridError, RemoteProtocolError, TransportError
 from opengrid.net.host import FrameStream
 from opengrid.net.pool import StreamPool
 from opengrid.node.context import PROGRESS_BUFFER, NodeContext, TaskStatus, short
@@ -421,58 +421,72 @@ class CoordinatorDriver:
     ) -> None:
         """Open a chunked audit with ``peer`` (spec/verification.md §14.2): send ``audit``, then every chunk
         the machine hands over, while feeding back each ChunkVerdict; end at the AuditReport, a failing
-        verdict or an error. The machine's deadlines cancel it (``CancelReplica``)."""
-        assert self._ctx.host is not None
+        verdict or an error. The machine's deadlines cancel it (``CancelReplica``).
+
+        It runs on the worker's run channel (job-protocol.md §6.4, a pooled stream: no stream to open
+        and negotiate before the auditor can start evaluating the prompt, which is what a streaming
+        job's first verified text waits for). The channel is given back only when the exchange ended
+        with the AuditReport (the final chunk sent, nothing in flight); any other end resets it, since
+        chunks sent before a fail or a refusal was read may still be on their way."""
+        assert self.runs is not None
         event: Event | None = None
         job_id = audit.job_id
-        stream = None
 
         async def send_chunks(stream: FrameStream) -> None:
             with contextlib.suppress(OpenGridError):  # a broken stream shows on the reading side too
                 async for chunk in chunks:
                     await stream.send(chunk)
 
+        async def talk(stream: FrameStream) -> Event:
+            with trio.fail_after(10):
+                await stream.send(audit)  # a dead idle channel fails here: the pool may open a fresh one
+            try:
+                return await converse(stream)
+            except TransportError as exc:  # chunks were taken from the machine: no second try
+                raise _ChannelSpent(AuditFailed(job_id=job_id, peer=peer, reason=str(exc))) from exc
+
+        async def converse(stream: FrameStream) -> Event:
+            ended: Event | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_chunks, stream)
+                advance = False
+                # a verdict per chunk (>= 1 token), a report, at most one FirstPositionVerdict
+                for _ in range(MAX_TOKENS_LIMIT + 3):
+                    reply = await stream.receive()
+                    self._ctx.trace(reply)
+                    if isinstance(reply, FirstPositionVerdict) and not advance:
+                        advance = True
+                        self.feed(FirstPositionJudged(job_id=job_id, peer=peer, verdict=reply))
+                        continue
+                    if isinstance(reply, ChunkVerdict):
+                        self.feed(ChunkAudited(job_id=job_id, peer=peer, verdict=reply))
+                        if reply.verdict == "pass":
+                            continue
+                    elif isinstance(reply, AuditReport):
+                        ended = AuditReturned(job_id=job_id, peer=peer, report=reply)
+                    elif isinstance(reply, ErrorReply):
+                        why = f"{reply.code}: {reply.message}"
+                        ended = AuditFailed(job_id=job_id, peer=peer, reason=why)
+                    else:
+                        why = f"unexpected {type(reply).__name__}"
+                        ended = AuditFailed(job_id=job_id, peer=peer, reason=why)
+                    break
+                else:
+                    ended = AuditFailed(job_id=job_id, peer=peer, reason="more verdicts than chunks")
+                nursery.cancel_scope.cancel()
+            if not isinstance(ended, AuditReturned):  # chunks may be in flight: reset, never reuse
+                raise _ChannelSpent(ended)
+            return ended
+
         with scope:
             try:
-                with trio.fail_after(10):
-                    stream = await self._ctx.host.open_stream(peer)
-                    await stream.send(audit)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(send_chunks, stream)
-                    advance = False
-                    # a verdict per chunk (>= 1 token), a report, at most one FirstPositionVerdict
-                    for _ in range(MAX_TOKENS_LIMIT + 3):
-                        reply = await stream.receive()
-                        self._ctx.trace(reply)
-                        if isinstance(reply, FirstPositionVerdict) and not advance:
-                            advance = True
-                            self.feed(FirstPositionJudged(job_id=job_id, peer=peer, verdict=reply))
-                            continue
-                        if isinstance(reply, ChunkVerdict):
-                            self.feed(ChunkAudited(job_id=job_id, peer=peer, verdict=reply))
-                            if reply.verdict == "pass":
-                                continue
-                        elif isinstance(reply, AuditReport):
-                            event = AuditReturned(job_id=job_id, peer=peer, report=reply)
-                        elif isinstance(reply, ErrorReply):
-                            event = AuditFailed(
-                                job_id=job_id, peer=peer, reason=f"{reply.code}: {reply.message}"
-                            )
-                        else:
-                            event = AuditFailed(
-                                job_id=job_id, peer=peer, reason=f"unexpected {type(reply).__name__}"
-                            )
-                        break
-                    else:
-                        event = AuditFailed(job_id=job_id, peer=peer, reason="more verdicts than chunks")
-                    nursery.cancel_scope.cancel()
+                event = await self.runs.exchange(peer, talk)
+            except _ChannelSpent as spent:
+                event = spent.event
             except (OpenGridError, trio.TooSlowError) as exc:
                 event = AuditFailed(job_id=job_id, peer=peer, reason=str(exc) or "audit stream timed out")
             finally:
                 chunks.close()
-                if stream is not None:
-                    with trio.CancelScope(shield=True):
-                        await stream.aclose()
         if self._replicas.get((job_id, peer)) is scope:
             del self._replicas[(job_id, peer)]
             self._audit_chunks.pop((job_id, peer), None)
@@ -520,3 +534,13 @@ def _log_outcome(job_id: bytes, reply: JobAccepted | ErrorReply) -> None:
         )
     else:
         log.info("job %s failed (%s): %s", job_id.hex()[:8], reply.code, reply.message)  # the client is told
+
+
+class _ChannelSpent(Exception):
+    """A chunked audit on a run channel ended otherwise than with its AuditReport: ``event`` says how
+    (None: a failing verdict, already fed). Raised out of the pooled exchange so that the channel is
+    reset rather than reused (``StreamPool.exchange`` resets on any exception)."""
+
+    def __init__(self, event: Event | None) -> None:
+        super().__init__("chunked audit ended before its report")
+        self.event = event

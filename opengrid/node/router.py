@@ -12,8 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -58,7 +57,6 @@ _Handler = Callable[[str, Any, str], Awaitable[Message | None]]
 """Answers (peer, request, the peer's operator) with a reply, or None when none is due."""
 _StreamHandler = Callable[[FrameStream, Any], Awaitable[None]]
 """Serves a request that needs its stream (to keep talking, or to see the requester's address)."""
-_Exchanged = TypeVar("_Exchanged", RunJob, RegisterWorker)
 """The request a channel carries, one after another (run channel, registration channel)."""
 
 
@@ -134,11 +132,20 @@ class Router:
             await self._reply(stream, message)
 
     async def serve_runs(self, stream: FrameStream) -> None:
-        """A worker's run channel (``RUN_PROTOCOL``): RunJob exchanges one after another on one stream,
-        each answered as on its own stream, until the coordinator ends it (spec/job-protocol.md §6.4). The
-        coordinator sends the next RunJob only after reading the last one's final frame, so a frame or an
-        end of stream while a job runs still means the coordinator left it."""
-        await self._serve_channel(stream, RUN_PROTOCOL, RunJob, partial(self._serve_run, stream))
+        """A worker's run channel (``RUN_PROTOCOL``): RunJob and AuditJob exchanges one after another on
+        one stream, each answered as on its own stream, until the coordinator ends it
+        (spec/job-protocol.md §6.4). The coordinator sends the next one only after reading the last one's
+        final frame, so a frame or an end of stream while a job runs still means the coordinator left it.
+        (A chunked audit on a run channel starts without a stream to open and negotiate: its prompt
+        evaluation is what a streaming job's first verified text waits for.)"""
+
+        async def serve(message: RunJob | AuditJob) -> None:
+            if isinstance(message, RunJob):
+                await self._serve_run(stream, message)
+            else:
+                await self._audit_stream(stream, message)
+
+        await self._serve_channel(stream, RUN_PROTOCOL, (RunJob, AuditJob), serve)
 
     async def serve_beats(self, stream: FrameStream) -> None:
         """A coordinator's registration channel (``BEAT_PROTOCOL``): a worker's RegisterWorker heartbeats
@@ -152,17 +159,18 @@ class Router:
             assert reply is not None
             await stream.send(reply)
 
-        await self._serve_channel(stream, BEAT_PROTOCOL, RegisterWorker, answer)
+        await self._serve_channel(stream, BEAT_PROTOCOL, (RegisterWorker,), answer)
 
     async def _serve_channel(
         self,
         stream: FrameStream,
         protocol: str,
-        kind: type[_Exchanged],
-        serve: Callable[[_Exchanged], Awaitable[None]],
+        kinds: tuple[type[Message], ...],
+        serve: Callable[[Any], Awaitable[None]],  # takes exactly the types in ``kinds``
     ) -> None:
-        """Serve a channel that carries ``kind`` exchanges one after another, until the peer ends it; a
+        """Serve a channel that carries ``kinds`` exchanges one after another, until the peer ends it; a
         bad frame or another message is answered ``malformed`` and ends it."""
+        names = " and ".join(k.__name__ for k in kinds)
         while True:
             try:
                 message = await stream.receive_next()
@@ -173,8 +181,8 @@ class Router:
             if message is None:
                 return
             self._ctx.trace(message)
-            if not isinstance(message, kind):
-                what = f"{protocol} carries {kind.__name__} only, not {type(message).__name__}"
+            if not isinstance(message, kinds):
+                what = f"{protocol} carries {names} only, not {type(message).__name__}"
                 await stream.send(ErrorReply("malformed", what))
                 return
             await serve(message)

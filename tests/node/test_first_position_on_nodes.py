@@ -1,7 +1,8 @@
 """The first position judged in advance, on nodes (spec/verification.md §14.2): an auditor of a streaming
 job sends the coordinator a FirstPositionVerdict once its session has evaluated the prompt, and the
 coordinator forwards the prover's first token as verified the moment its frame arrives — before any
-auditor judged that chunk — while the auditor still judges it and the job ends as before.
+auditor judged that chunk — while the auditor still judges it and the job ends as before. The chunked
+audit runs on the auditor's pooled run channel (job-protocol.md §6.4), kept for reuse after its report.
 
 llama.cpp on the tiny model; the nodes run on the in-memory network in virtual time. The prover waits to
 generate until the coordinator has the auditor's list (its frames trace shows it), so the order checked
@@ -141,6 +142,9 @@ async def test_the_first_token_is_forwarded_on_the_auditors_list_before_it_judge
                 if reply.verified:
                     verified.append(reply.text)
         await stream.aclose()
+        runs = coordinator.coordinator_driver.runs
+        assert runs is not None
+        channels = (runs.opened, runs.reused, runs.idle(auditor.host.peer_id))
         nursery.cancel_scope.cancel()
 
     assert isinstance(reply, JobAccepted), reply
@@ -155,3 +159,6 @@ async def test_the_first_token_is_forwarded_on_the_auditors_list_before_it_judge
     assert forwarded and judged
     assert min(forwarded) < min(judged), "the first text went out before the auditor judged its chunk"
     assert len(judged) >= 2, "and the auditor judged every chunk all the same"
+    # The chunked audit ran on the auditor's run channel (job-protocol.md §6.4): no stream was opened
+    # for it (each worker's channel was opened when it joined), and it was given back after the report.
+    assert channels == (2, 2, 1), channels
