@@ -1,6 +1,8 @@
 """A newcomer's mistakes get one clear line, not a traceback (issue 16), through the real command line.
 
-Each test runs ``python -m opengrid`` as a user would, with HOME pointed at the test's own directory.
+A mistake that is a message and an exit status runs the command line in this process (fixture ``cli``,
+tests/e2e/conftest.py), with HOME pointed at the test's own directory. What needs a process runs
+``python -m opengrid`` as a user would (marked ``slow``): Ctrl-C, a pipe, and nodes that run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import threading
 import time
 
 import pytest
+
+from tests.e2e.conftest import Cli
 
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
 
@@ -40,9 +44,8 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-def test_a_missing_model_file_is_one_line_naming_it(tmp_path: pathlib.Path) -> None:
-    result = opengrid(
-        tmp_path,
+def test_a_missing_model_file_is_one_line_naming_it(tmp_path: pathlib.Path, cli: Cli) -> None:
+    result = cli(
         "node", "start", "--role", "worker", "--data-dir", str(tmp_path / "w"),
         "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}", "--model", str(tmp_path / "missing.gguf"),
     )  # fmt: skip
@@ -50,13 +53,14 @@ def test_a_missing_model_file_is_one_line_naming_it(tmp_path: pathlib.Path) -> N
     assert "missing.gguf" in _one_error_line(result)
 
 
-def test_a_listen_port_in_use_is_refused_at_start_with_the_port_named(tmp_path: pathlib.Path) -> None:
+def test_a_listen_port_in_use_is_refused_at_start_with_the_port_named(
+    tmp_path: pathlib.Path, cli: Cli
+) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen(1)
         port = held.getsockname()[1]
-        result = opengrid(
-            tmp_path,
+        result = cli(
             "node", "start", "--role", "coordinator", "--data-dir", str(tmp_path / "c"),
             "--listen", f"/ip4/127.0.0.1/tcp/{port}",
         )  # fmt: skip
@@ -65,9 +69,8 @@ def test_a_listen_port_in_use_is_refused_at_start_with_the_port_named(tmp_path: 
     assert f"port {port}" in line and "already in use" in line
 
 
-def test_a_bootstrap_without_a_peer_id_is_refused_with_an_example(tmp_path: pathlib.Path) -> None:
-    result = opengrid(
-        tmp_path,
+def test_a_bootstrap_without_a_peer_id_is_refused_with_an_example(tmp_path: pathlib.Path, cli: Cli) -> None:
+    result = cli(
         "node", "start", "--role", "worker", "--data-dir", str(tmp_path / "w"),
         "--bootstrap", "/ip4/127.0.0.1/tcp/4001",
     )  # fmt: skip
@@ -77,9 +80,8 @@ def test_a_bootstrap_without_a_peer_id_is_refused_with_an_example(tmp_path: path
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
-def test_a_bad_max_tokens_gets_a_sentence(tmp_path: pathlib.Path, value: str) -> None:
-    result = opengrid(tmp_path, "submit", "hello", "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}",
-                      "--max-tokens", value)  # fmt: skip
+def test_a_bad_max_tokens_gets_a_sentence(cli: Cli, value: str) -> None:
+    result = cli("submit", "hello", "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}", "--max-tokens", value)
     assert result.returncode == 2
     assert "--max-tokens" in result.stderr and (
         "at least 1" in result.stderr or "whole number" in result.stderr
@@ -87,6 +89,7 @@ def test_a_bad_max_tokens_gets_a_sentence(tmp_path: pathlib.Path, value: str) ->
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a pipe the reader closes: a real process and a shell
 def test_piped_output_cut_short_prints_no_broken_pipe(tmp_path: pathlib.Path) -> None:
     env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
     # `true` exits before the interpreter has even started: every write meets a closed pipe
@@ -95,26 +98,26 @@ def test_piped_output_cut_short_prints_no_broken_pipe(tmp_path: pathlib.Path) ->
     assert "BrokenPipeError" not in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
-def test_verbose_is_accepted_after_the_command(tmp_path: pathlib.Path) -> None:
-    result = opengrid(tmp_path, "node", "start", "-v", "--help")
+def test_verbose_is_accepted_after_the_command(cli: Cli) -> None:
+    result = cli("node", "start", "-v", "--help")
     assert result.returncode == 0 and "--verbose" in result.stdout
 
 
-def test_every_command_reads_the_same_default_data_dir(tmp_path: pathlib.Path) -> None:
-    shown = json.loads(opengrid(tmp_path, "config", "show", "--json").stdout)
+def test_every_command_reads_the_same_default_data_dir(tmp_path: pathlib.Path, cli: Cli) -> None:
+    shown = json.loads(cli("config", "show", "--json").stdout)
     default = shown["settings"]["data_dir"]["value"]
-    ledger = opengrid(tmp_path, "ledger", "balance")
+    ledger = cli("ledger", "balance")
     assert ledger.returncode == 1
     assert f"no ledger at {default}/ledger.sqlite3" in _one_error_line(ledger)
-    wallet = opengrid(tmp_path, "wallet")
+    wallet = cli("wallet")
     assert wallet.returncode == 2 and f"default data dir {default};" in wallet.stderr
-    doctor = json.loads(opengrid(tmp_path, "doctor", "--json").stdout)
+    doctor = json.loads(cli("doctor", "--json").stdout)
     assert doctor["data_dir"] == default
     # and $OPENGRID_DATA_DIR moves it for every command alike
     moved = str(tmp_path / "moved")
-    ledger = opengrid(tmp_path, "ledger", "balance", env={"OPENGRID_DATA_DIR": moved})
+    ledger = cli("ledger", "balance", env={"OPENGRID_DATA_DIR": moved})
     assert f"no ledger at {moved}/ledger.sqlite3" in _one_error_line(ledger)
-    doctor = json.loads(opengrid(tmp_path, "doctor", "--json", env={"OPENGRID_DATA_DIR": moved}).stdout)
+    doctor = json.loads(cli("doctor", "--json", env={"OPENGRID_DATA_DIR": moved}).stdout)
     assert doctor["data_dir"] == moved
 
 
@@ -171,6 +174,7 @@ def _worker(tmp_path: pathlib.Path) -> list[str]:
             "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}"]  # fmt: skip
 
 
+@pytest.mark.slow  # Ctrl-C to a process
 @pytest.mark.parametrize("after_s", [0.1, 0.4, 1.0])
 def test_ctrl_c_in_the_first_second_stops_at_once_without_a_traceback(
     tmp_path: pathlib.Path, after_s: float
@@ -183,6 +187,7 @@ def test_ctrl_c_in_the_first_second_stops_at_once_without_a_traceback(
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
 
 
+@pytest.mark.slow  # Ctrl-C to a node process
 def test_ctrl_c_during_the_speed_test_stops_at_once_and_the_test_shows_progress(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -194,6 +199,7 @@ def test_ctrl_c_during_the_speed_test_stops_at_once_and_the_test_shows_progress(
     assert "Traceback" not in output and "node stopped cleanly" in output, output
 
 
+@pytest.mark.slow  # node processes
 def test_the_speed_test_is_skipped_from_the_environment(tmp_path: pathlib.Path) -> None:
     node = _Node(tmp_path, *_worker(tmp_path), env={"OPENGRID_SKIP_SPEED_TEST": "true"})
     node.wait_for("speed test skipped (--skip-speed-test): the tier comes from the hardware alone")
@@ -202,6 +208,7 @@ def test_the_speed_test_is_skipped_from_the_environment(tmp_path: pathlib.Path) 
     assert status in (0, 130) and "speed test run" not in output, output
 
 
+@pytest.mark.slow  # node processes
 def test_clients_connecting_leave_no_error_lines_and_status_is_a_table(tmp_path: pathlib.Path) -> None:
     from opengrid_sdk import Client
 
@@ -227,6 +234,7 @@ def test_clients_connecting_leave_no_error_lines_and_status_is_a_table(tmp_path:
     assert not [line for line in output.splitlines() if " ERROR " in line or "Failed to open" in line], output
 
 
+@pytest.mark.slow  # node processes
 def test_an_unreachable_bootstrap_gives_one_warning_not_a_stream_of_errors(tmp_path: pathlib.Path) -> None:
     node = _Node(tmp_path, *_worker(tmp_path), "--skip-speed-test")
     node.wait_for("cannot register with coordinator")
@@ -237,6 +245,7 @@ def test_an_unreachable_bootstrap_gives_one_warning_not_a_stream_of_errors(tmp_p
     assert len([line for line in output.splitlines() if " WARNING " in line]) == 1, output
 
 
+@pytest.mark.slow  # node processes
 def test_a_wrong_network_key_is_named_within_seconds(tmp_path: pathlib.Path) -> None:
     coordinator = _Node(
         tmp_path,
@@ -264,6 +273,7 @@ def test_a_wrong_network_key_is_named_within_seconds(tmp_path: pathlib.Path) -> 
         coordinator.interrupt()
 
 
+@pytest.mark.slow  # node processes
 def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pathlib.Path) -> None:
     coordinator = _Node(tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"))
     coordinator.wait_for("listening on")
@@ -282,6 +292,7 @@ def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pathlib.P
         coordinator.interrupt()
 
 
+@pytest.mark.slow  # node processes
 def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Path) -> None:
     from opengrid_sdk import Client
     from textual.widgets import Digits, Label, Static
@@ -350,8 +361,8 @@ def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Pat
     assert label == "LAST BALANCE (offline)"
 
 
-def test_node_start_help_groups_its_flags(tmp_path: pathlib.Path) -> None:
-    shown = opengrid(tmp_path, "node", "start", "--help").stdout
+def test_node_start_help_groups_its_flags(cli: Cli) -> None:
+    shown = cli("node", "start", "--help").stdout
     groups = ["node:", "network:", "model and engine (workers):", "worker limits:", "coordinator:",
               "OpenAI-compatible API:", "diagnostics:"]  # fmt: skip
     assert [line for line in shown.splitlines() if line in groups] == groups
