@@ -416,10 +416,14 @@ def _announce_until(network: str, peer: str, announced: threading.Event, done: t
     trio.run(run)
 
 
-def test_doctor_reports_the_nodes_of_the_network_it_hears_on_the_lan(tmp_path: pathlib.Path) -> None:
+def test_doctor_reports_the_nodes_of_the_network_it_hears_on_the_lan(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     network = f"doctor-lan-{secrets.token_hex(4)}"
     argv = ("--data-dir", str(tmp_path / "w"), "--role", "worker", "--lan", "--network", network)
-    discovery = _check(_diagnose(tmp_path, *argv), "discovery")
+    with monkeypatch.context() as quick:  # nobody announces this fresh network: a shorter look hears
+        quick.setattr(doctor, "LAN_LOOK_S", 0.5)  # the same silence (the look that must hear keeps 2 s)
+        discovery = _check(_diagnose(tmp_path, *argv), "discovery")
     assert "LAN (mDNS on 127.0.0.1): 0 node(s) of this network answered" in discovery.detail
     assert discovery.status == "fail" and "on the LAN first (none answered)" in discovery.fix
     announced, done = threading.Event(), threading.Event()
