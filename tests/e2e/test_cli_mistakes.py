@@ -2,7 +2,8 @@
 
 A mistake that is a message and an exit status runs the command line in this process (fixture ``cli``,
 tests/e2e/conftest.py), with HOME pointed at the test's own directory. What needs a process runs
-``python -m opengrid`` as a user would (marked ``slow``): Ctrl-C, a pipe, and nodes that run.
+``python -m opengrid`` as a user would (marked ``slow``): Ctrl-C, a pipe, and nodes whose log is the
+behaviour. A coordinator a command only talks to runs in this process.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import threading
 import time
 
 import pytest
+import trio
 
+from opengrid.node.config import NodeConfig
+from opengrid.node.service import Node
 from tests.e2e.conftest import Cli
 
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
@@ -273,23 +277,25 @@ def test_a_wrong_network_key_is_named_within_seconds(tmp_path: pathlib.Path) -> 
         coordinator.interrupt()
 
 
-@pytest.mark.slow  # node processes
-def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pathlib.Path) -> None:
-    coordinator = _Node(tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"))
-    coordinator.wait_for("listening on")
-    address = coordinator.seen[-1].split()[-1]
-    try:
-        sealed = opengrid(tmp_path, "submit", "hello", "--bootstrap", address, "--model", "tiny")
-        assert sealed.returncode == 1
-        line = _one_error_line(sealed)
-        assert "no worker serves model 'tiny'; served: none yet" in line and "--model tiny" in line
-        streamed = opengrid(
-            tmp_path, "submit", "hello", "--bootstrap", address, "--model", "tiny", "--stream"
+async def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pathlib.Path, cli: Cli) -> None:
+    """Against a real coordinator (in this process, on loopback); the command on a thread beside it."""
+    coordinator = Node(NodeConfig(data_dir=tmp_path / "c", role="coordinator"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None
+        address = coordinator.host.addrs()[0]
+        sealed = await trio.to_thread.run_sync(
+            lambda: cli("submit", "hello", "--bootstrap", address, "--model", "tiny")
         )
-        assert streamed.returncode == 1
-        assert "no online worker serves model 'tiny'" in _one_error_line(streamed)
-    finally:
-        coordinator.interrupt()
+        streamed = await trio.to_thread.run_sync(
+            lambda: cli("submit", "hello", "--bootstrap", address, "--model", "tiny", "--stream")
+        )
+        nursery.cancel_scope.cancel()
+    assert sealed.returncode == 1
+    line = _one_error_line(sealed)
+    assert "no worker serves model 'tiny'; served: none yet" in line and "--model tiny" in line
+    assert streamed.returncode == 1
+    assert "no online worker serves model 'tiny'" in _one_error_line(streamed)
 
 
 @pytest.mark.slow  # node processes
