@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -27,6 +28,7 @@ import trio
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from tests.e2e.conftest import Cli
+from tests.node.workers import start_workers
 
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
 
@@ -298,47 +300,49 @@ async def test_a_model_no_worker_serves_is_one_line_through_submit(tmp_path: pat
     assert "no online worker serves model 'tiny'" in _one_error_line(streamed)
 
 
-@pytest.mark.slow  # node processes
-def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Path) -> None:
+async def test_ledger_balance_and_the_wallet_agree_on_reputation(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, cli: Cli
+) -> None:
+    """A real coordinator and worker in this process (trio, loopback); the SDK client, the wallet's source
+    and the ledger command (all blocking) on a thread beside them."""
     from opengrid_sdk import Client
     from textual.widgets import Digits, Label, Static
     from textual.worker import WorkerFailed
 
     from opengrid.cli.demo import wait_for_workers
     from opengrid.tui.app import WalletApp
-    from opengrid.tui.model import summarize_reputation
+    from opengrid.tui.model import ReputationSummary, summarize_reputation
     from opengrid.tui.source import SdkWalletSource
 
-    # One worker: it cannot be audited (another worker would have to hold the model), so replicate.
-    coordinator = _Node(
-        tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"), "--verify", "replicate"
-    )
-    coordinator.wait_for("listening on")
-    address = coordinator.seen[-1].split()[-1]
     worker_dir = tmp_path / "w"
-    worker = _Node(
-        tmp_path, "--role", "worker", "--model", "tiny", "--data-dir", str(worker_dir),
-        "--bootstrap", address, "--skip-speed-test",
-    )  # fmt: skip
-    source = SdkWalletSource.for_data_dir(worker_dir)
-    try:
-        with Client([address]) as client:
-            wait_for_workers(client, 1, timeout=60)
-            for prompt in ("one", "two"):
-                client.complete(prompt, model="tiny", max_tokens=3, replicas=1)
-        deadline = time.monotonic() + 30
-        source.status()
-        while len(items := source.history()) < 2 and time.monotonic() < deadline:  # the receipts' way back
-            time.sleep(0.2)
-        wallet = summarize_reputation(items)
-        report = json.loads(
-            opengrid(tmp_path, "ledger", "balance", "--data-dir", str(worker_dir), "--json").stdout
-        )
-        text = opengrid(tmp_path, "ledger", "balance", "--data-dir", str(worker_dir)).stdout
-    finally:
-        source.close()
-        worker.interrupt()
-        coordinator.interrupt()
+
+    def use_the_grid(address: str) -> tuple[ReputationSummary, dict[str, Any], str]:
+        source = SdkWalletSource.for_data_dir(worker_dir)
+        try:
+            with Client([address]) as client:
+                wait_for_workers(client, 1, timeout=60)
+                for prompt in ("one", "two"):
+                    client.complete(prompt, model="tiny", max_tokens=3, replicas=1)
+            deadline = time.monotonic() + 30
+            source.status()
+            # the receipts' way back to the worker's ledger
+            while len(items := source.history()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            report = json.loads(cli("ledger", "balance", "--data-dir", str(worker_dir), "--json").stdout)
+            text = cli("ledger", "balance", "--data-dir", str(worker_dir)).stdout
+            return summarize_reputation(items), report, text
+        finally:
+            source.close()
+
+    # One worker: it cannot be audited (another worker would have to hold the model), so replicate.
+    coordinator = Node(NodeConfig(data_dir=tmp_path / "c", role="coordinator", verify="replicate"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None
+        address = coordinator.host.addrs()[0]
+        await start_workers(nursery, tmp_path, ("w",), bootstrap=address, model_path=tiny_model_path)
+        wallet, report, text = await trio.to_thread.run_sync(use_the_grid, address)
+        nursery.cancel_scope.cancel()
     assert (wallet.paid, wallet.outvoted) == (2, 0)
     assert (report["receipts"]["paid"], report["receipts"]["outvoted"]) == (wallet.paid, wallet.outvoted)
     assert report["receipts"]["agreement_rate"] == wallet.agreement_rate == 1.0
@@ -361,7 +365,7 @@ def test_ledger_balance_and_the_wallet_agree_on_reputation(tmp_path: pathlib.Pat
         finally:
             offline.close()
 
-    line, balance, label = asyncio.run(open_wallet())
+    line, balance, label = await trio.to_thread.run_sync(lambda: asyncio.run(open_wallet()))
     assert "node offline" in line and "showing the balance in its ledger on disk" in line, line
     assert balance == f"{report['balance']:,}" and report["balance"] > 0
     assert label == "LAST BALANCE (offline)"
