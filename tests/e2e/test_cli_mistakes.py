@@ -215,7 +215,7 @@ def test_the_speed_test_is_skipped_from_the_environment(tmp_path: pathlib.Path) 
 
 
 @pytest.mark.slow  # node processes
-def test_clients_connecting_leave_no_error_lines_and_status_is_a_table(tmp_path: pathlib.Path) -> None:
+def test_clients_connecting_leave_no_error_lines(tmp_path: pathlib.Path) -> None:
     from opengrid_sdk import Client
 
     node = _Node(tmp_path, "--role", "coordinator", "--data-dir", str(tmp_path / "c"))
@@ -226,18 +226,29 @@ def test_clients_connecting_leave_no_error_lines_and_status_is_a_table(tmp_path:
         for _ in range(2):  # each client connects, asks, and goes: py-libp2p logged 7 ERROR lines each
             with Client([address]) as client:
                 assert client.status().peer_id == peer
-        table = opengrid(tmp_path, "status", address)
-        lines = table.stdout.splitlines()
-        assert (
-            lines[0].startswith(f"coordinator {peer} on network 'opengrid-local' (") and "running" in lines[0]
-        )
-        assert f"  address     {address}" in lines and "  workers     0 registered, 0 online" in lines
-        assert json.loads(opengrid(tmp_path, "status", address, "--json").stdout)["peer_id"] == peer
-        assert opengrid(tmp_path, "peers", address).stdout.startswith(f"coordinator {peer}")
+        assert opengrid(tmp_path, "status", address).returncode == 0  # a command's client too
     finally:
         status, _, output = node.interrupt()
     assert status in (0, 130)
     assert not [line for line in output.splitlines() if " ERROR " in line or "Failed to open" in line], output
+
+
+async def test_status_is_a_table_and_peers_names_the_coordinator(tmp_path: pathlib.Path, cli: Cli) -> None:
+    """Against a real coordinator in this process (trio, loopback); the commands on a thread beside it."""
+    coordinator = Node(NodeConfig(data_dir=tmp_path / "c", role="coordinator"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None
+        address, peer = coordinator.host.addrs()[0], coordinator.host.peer_id
+        table = await trio.to_thread.run_sync(cli, "status", address)
+        shown = await trio.to_thread.run_sync(cli, "status", address, "--json")
+        peers = await trio.to_thread.run_sync(cli, "peers", address)
+        nursery.cancel_scope.cancel()
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith(f"coordinator {peer} on network 'opengrid-local' (") and "running" in lines[0]
+    assert f"  address     {address}" in lines and "  workers     0 registered, 0 online" in lines
+    assert json.loads(shown.stdout)["peer_id"] == peer
+    assert peers.stdout.startswith(f"coordinator {peer}")
 
 
 @pytest.mark.slow  # node processes
