@@ -25,8 +25,10 @@ from typing import Any
 
 import pytest
 import trio
+from nacl.signing import SigningKey
 
 from opengrid.cli import doctor
+from opengrid.net.keys import peer_id_of
 from opengrid.net.names import Resolver
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
@@ -457,7 +459,9 @@ def test_doctor_reports_the_nodes_of_the_network_it_hears_on_the_lan(
     assert "LAN (mDNS on 127.0.0.1): 0 node(s) of this network answered" in discovery.detail
     assert discovery.status == "fail" and "on the LAN first (none answered)" in discovery.fix
     announced, done = threading.Event(), threading.Event()
-    peer = "12D3KooWAL3BE8drsxHzR1efHWAtYnZE2X2EUy53Ggs9Cg47f541"
+    # A peer id of its own: the mDNS service name is made of it, and another test process on this machine
+    # (tests/net/test_lan.py announces a fixed one) would make the registration fail as a duplicate name.
+    peer = peer_id_of(bytes(SigningKey.generate().verify_key))
     announcer = threading.Thread(target=_announce_until, args=(network, peer, announced, done))
     announcer.start()
     try:
