@@ -7,7 +7,7 @@ LOCKS := requirements/pip.lock requirements/dev.lock requirements/model.lock
 UV_COMPILE := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock" --quiet
 
-.PHONY: setup demo test test-fast check bench clean lock lock-upgrade
+.PHONY: setup demo test test-fast coverage check bench clean lock lock-upgrade
 
 setup: $(STAMP)
 
@@ -23,6 +23,15 @@ test: setup  ## the whole suite (unit, node, multi-process e2e) plus lint and ty
 test-fast: setup  ## everything but the multi-process tests
 	bash scripts/test.sh -m "not slow"
 
+# The suite under coverage ([tool.coverage] in pyproject.toml), subprocesses included: each process writes
+# a .coverage.* file, combined at the end; prints the files below 100 % and the total. Pytest's arguments
+# in ARGS (`make coverage ARGS='-m "not slow"'`); a failing test still gets its report, and the status.
+coverage: setup  ## line coverage of opengrid, the SDK and the ledger by the suite, and its total
+	rm -f .coverage .coverage.*
+	$(VENV)/bin/coverage run -m pytest -q $(ARGS); status=$$?; \
+	$(VENV)/bin/coverage combine -q && $(VENV)/bin/coverage report && \
+	echo "total line coverage: $$($(VENV)/bin/coverage report --format=total) %"; exit $$status
+
 check: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -36,4 +45,4 @@ lock-upgrade:  ## move every pin in requirements/*.lock to the newest release py
 	$(MAKE) lock UPGRADE=--upgrade
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.*

@@ -14,6 +14,8 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
+from textual import events
+
 from opengrid.testing.wallet import FakeWalletSource, demo_coordinator_source, demo_key, demo_worker_source
 from opengrid.tui.app import TABS, WalletApp
 
@@ -46,7 +48,12 @@ async def capture(tab: str, source: FakeWalletSource, path: pathlib.Path, *, now
         if tab == "send":  # the confirmation of a donation, over the overview
             await pilot.press("s")
             await pilot.pause()
-            await pilot.press(*demo_key("docs-fund").hex(), "tab", "2", "5", "0", "tab", *"for the docs")
+            # The key and the memo pasted (one event each, as a terminal delivers a paste), the points
+            # typed: Pilot waits for the app to go idle after every key (~5 s for a typed 64-hex key).
+            app.post_message(events.Paste(demo_key("docs-fund").hex()))
+            await pilot.press("tab", "2", "5", "0", "tab")
+            app.post_message(events.Paste("for the docs"))
+            await pilot.pause()
             await pilot.click("#send-review")
             await pilot.pause()
         else:

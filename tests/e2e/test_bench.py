@@ -1,5 +1,6 @@
 """``opengrid bench run`` (issue 19) through the real command line, against real nodes on 127.0.0.1: a
-coordinator and two workers running the tiny model in llama.cpp.
+coordinator and two workers running the tiny model in llama.cpp. The command line runs in this process
+(fixture ``cli``, on a thread beside the nodes' trio loop), except for Ctrl-C, which needs a process.
 
 - five prompts (one sampled, one open, one sealed by the file's default) come back as five verified
   records, each naming the two workers the receipt credits, and the summary table prints;
@@ -19,23 +20,18 @@ import subprocess
 import sys
 import time
 
+import pytest
 import trio
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from tests.e2e.conftest import Cli
 from tests.node.workers import start_workers
 from tests.waiting import until
 
 NETWORK = "bench-run-test"
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
-
-
-def _opengrid(tmp_path: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
-    return subprocess.run(
-        [sys.executable, "-m", "opengrid", *argv], capture_output=True, text=True, timeout=240, env=env
-    )
 
 
 def _write_jsonl(path: pathlib.Path, items: list[dict[str, object]]) -> pathlib.Path:
@@ -53,7 +49,7 @@ PROMPTS = [
 
 
 async def test_a_batch_of_prompts_is_verified_job_by_job_and_exported(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, cli: Cli
 ) -> None:
     config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", network=NETWORK, heartbeat_s=0.5)
     coordinator = Node(config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5))
@@ -72,8 +68,7 @@ async def test_a_batch_of_prompts_is_verified_job_by_job_and_exported(
         )  # fmt: skip
         common = ["--bootstrap", address, "--network", NETWORK, "--timeout", "120"]
         good = await trio.to_thread.run_sync(
-            lambda: _opengrid(
-                tmp_path,
+            lambda: cli(
                 "bench",
                 "run",
                 str(prompts),
@@ -87,7 +82,7 @@ async def test_a_batch_of_prompts_is_verified_job_by_job_and_exported(
             )
         )
         failing = await trio.to_thread.run_sync(
-            lambda: _opengrid(tmp_path, "bench", "run", str(mixed), *common, "--json", "-", "--quiet")
+            lambda: cli("bench", "run", str(mixed), *common, "--json", "-", "--quiet")
         )
         peer_ids = sorted(w.host.peer_id for w in workers if w.host is not None)
         nursery.cancel_scope.cancel()
@@ -122,13 +117,15 @@ async def test_a_batch_of_prompts_is_verified_job_by_job_and_exported(
     assert mixed_report["summary"]["ok"] == 1 and mixed_report["summary"]["failed"] == 1
 
 
-def test_a_malformed_line_is_refused_with_its_number_before_anything_is_sent(tmp_path: pathlib.Path) -> None:
+def test_a_malformed_line_is_refused_with_its_number_before_anything_is_sent(
+    tmp_path: pathlib.Path, cli: Cli
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n\n{"prompt": "broken"\n', encoding="utf-8")
     out = tmp_path / "out.json"
     # Nothing listens on port 9: a run that sent anything would report a transport error instead.
     nowhere = f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}"
-    result = _opengrid(tmp_path, "bench", "run", str(bad), "--bootstrap", nowhere, "--json", str(out))
+    result = cli("bench", "run", str(bad), "--bootstrap", nowhere, "--json", str(out))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert f"{bad} line 3: not JSON" in result.stderr
@@ -142,12 +139,13 @@ def test_a_malformed_line_is_refused_with_its_number_before_anything_is_sent(tmp
         ('["prompt"]', "expected a JSON object"),
     ]:
         bad.write_text('{"prompt": "fine"}\n' + line + "\n", encoding="utf-8")
-        result = _opengrid(tmp_path, "bench", "run", str(bad), "--bootstrap", nowhere)
+        result = cli("bench", "run", str(bad), "--bootstrap", nowhere)
         assert result.returncode == 2 and "line 2: " in result.stderr and problem in result.stderr, (
             result.stderr
         )
 
 
+@pytest.mark.slow  # Ctrl-C to a bench process
 async def test_ctrl_c_stops_a_run_at_once(tmp_path: pathlib.Path, tiny_model_path: pathlib.Path) -> None:
     config = NodeConfig(data_dir=tmp_path / "c", role="coordinator", network=NETWORK, heartbeat_s=0.5)
     coordinator = Node(config, coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5))

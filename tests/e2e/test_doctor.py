@@ -1,7 +1,11 @@
 """`opengrid doctor` against a real coordinator on 127.0.0.1: reachable and unreachable bootstraps, bad
 addresses, a listen port already taken, a node already running on the data dir, and ``--json``; how the
 node finds peers (issue 19): DNS bootstrap names resolved (through an injected resolver) or named as not
-resolving, no bootstrap at all, and a running worker's peers by role."""
+resolving, no bootstrap at all, and a running worker's peers by role.
+
+The coordinator is a real node (real libp2p on loopback) in this process, on its own trio loop on a
+thread (doctor runs trio on the test's); the command runs in this process too (fixture ``cli``). Only the
+running worker is an OS process (``slow``)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import argparse
 import json
 import os
 import pathlib
+import queue
 import secrets
 import signal
 import socket
@@ -20,10 +25,15 @@ from typing import Any
 
 import pytest
 import trio
+from nacl.signing import SigningKey
 
 from opengrid.cli import doctor
+from opengrid.net.keys import peer_id_of
 from opengrid.net.names import Resolver
+from opengrid.node.config import NodeConfig
+from opengrid.node.service import Node
 from opengrid.wire.messages import DialBackResult
+from tests.e2e.conftest import Cli
 from tests.e2e.test_node_cli import wait_for_line
 
 
@@ -38,28 +48,45 @@ def _clean_env(tmp: pathlib.Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, pathlib.Path]]:
-    """A coordinator process on a free loopback port: (its full multiaddr, its data dir)."""
-    base = tmp_path_factory.mktemp("doctor")
-    data_dir = base / "coordinator"
-    cmd = [sys.executable, "-m", "opengrid", "node", "start", "--role", "coordinator"]
-    cmd += ["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(data_dir)]
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_clean_env(base)
+    """A coordinator on a free loopback port, in this process on a thread of its own: (its full multiaddr,
+    its data dir)."""
+    data_dir = tmp_path_factory.mktemp("doctor") / "coordinator"
+    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException] = (
+        queue.Queue()
     )
-    try:
-        line = wait_for_line(process, "listening on /ip4/127.0.0.1/tcp/")
-        yield line.split("listening on ")[1].strip(), data_dir
-    finally:
-        process.send_signal(signal.SIGTERM)
+
+    async def serve() -> None:
+        node = Node(NodeConfig(data_dir=data_dir, role="coordinator"))  # loopback, LAN discovery off
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                assert node.host is not None
+                started.put((node.host.addrs()[0], trio.lowlevel.current_trio_token(), scope))
+
+    def run() -> None:
         try:
-            process.communicate(timeout=30)
-        finally:
-            process.kill()
+            trio.run(serve)
+        except BaseException as exc:  # the test's thread raises it
+            started.put(exc)
+
+    thread = threading.Thread(target=run, name="doctor-coordinator")
+    thread.start()
+    got = started.get(timeout=60)
+    if isinstance(got, BaseException):
+        raise got
+    address, token, scope = got
+    try:
+        yield address, data_dir
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the coordinator did not stop"
 
 
-def _run_doctor(tmp: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "opengrid", "doctor", *argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_clean_env(tmp))
+def _doctor_env(tmp: pathlib.Path) -> dict[str, str]:
+    """``_clean_env`` for the command line in this process: the suite's environment has no other
+    OPENGRID_* variable (tests/conftest.py drops them)."""
+    return {k: v for k, v in _clean_env(tmp).items() if k.startswith("OPENGRID_") or k == "XDG_CONFIG_HOME"}
 
 
 def _diagnose(tmp: pathlib.Path, *argv: str, resolver: Resolver | None = None) -> dict[str, Any]:
@@ -87,15 +114,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# ── the command as a user runs it (subprocesses) ─────────────────────────────────────────────────────
+# ── the command as a user runs it (main(argv), in this process) ──────────────────────────────────────
 
 
-@pytest.mark.slow
 def test_reachable_bootstrap_gives_its_rtt_role_and_exit_status_0(
-    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path, cli: Cli
 ) -> None:
     address, _ = coordinator
-    result = _run_doctor(tmp_path, "--json", "--data-dir", str(tmp_path / "w"), "--bootstrap", address)
+    result = cli(
+        "doctor",
+        "--json",
+        "--data-dir",
+        str(tmp_path / "w"),
+        "--bootstrap",
+        address,
+        env=_doctor_env(tmp_path),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["role"] == "worker"
@@ -109,14 +143,15 @@ def test_reachable_bootstrap_gives_its_rtt_role_and_exit_status_0(
     assert "--relay-via" in checks["relay"]["detail"]
 
 
-@pytest.mark.slow
 def test_closed_bootstrap_port_fails_with_exit_status_1_and_a_firewall_fix(
-    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+    coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path, cli: Cli
 ) -> None:
     peer_id = coordinator[0].split("/p2p/")[1]
     port = _free_port()
     address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"
-    result = _run_doctor(tmp_path, "--data-dir", str(tmp_path / "w"), "--bootstrap", address)
+    result = cli(
+        "doctor", "--data-dir", str(tmp_path / "w"), "--bootstrap", address, env=_doctor_env(tmp_path)
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith(f"[FAIL] bootstrap {address}"))
@@ -167,7 +202,6 @@ def test_a_free_fixed_port_on_all_interfaces_is_ok_and_says_what_to_forward(tmp_
     assert not doctor.has_failures(report["checks"])
 
 
-@pytest.mark.slow
 def test_a_node_running_on_the_data_dir_is_reported(
     coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
@@ -181,7 +215,6 @@ def test_a_node_running_on_the_data_dir_is_reported(
     assert not doctor.has_failures(report["checks"])
 
 
-@pytest.mark.slow
 def test_a_bootstrap_on_another_network_fails_and_names_it(
     coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
@@ -193,7 +226,6 @@ def test_a_bootstrap_on_another_network_fails_and_names_it(
     assert "--network opengrid-local" in check.fix
 
 
-@pytest.mark.slow
 def test_the_bootstrap_dials_a_listener_back_on_a_fresh_connection(
     coordinator: tuple[str, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
@@ -416,14 +448,20 @@ def _announce_until(network: str, peer: str, announced: threading.Event, done: t
     trio.run(run)
 
 
-def test_doctor_reports_the_nodes_of_the_network_it_hears_on_the_lan(tmp_path: pathlib.Path) -> None:
+def test_doctor_reports_the_nodes_of_the_network_it_hears_on_the_lan(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     network = f"doctor-lan-{secrets.token_hex(4)}"
     argv = ("--data-dir", str(tmp_path / "w"), "--role", "worker", "--lan", "--network", network)
-    discovery = _check(_diagnose(tmp_path, *argv), "discovery")
+    with monkeypatch.context() as quick:  # nobody announces this fresh network: a shorter look hears
+        quick.setattr(doctor, "LAN_LOOK_S", 0.5)  # the same silence (the look that must hear keeps 2 s)
+        discovery = _check(_diagnose(tmp_path, *argv), "discovery")
     assert "LAN (mDNS on 127.0.0.1): 0 node(s) of this network answered" in discovery.detail
     assert discovery.status == "fail" and "on the LAN first (none answered)" in discovery.fix
     announced, done = threading.Event(), threading.Event()
-    peer = "12D3KooWAL3BE8drsxHzR1efHWAtYnZE2X2EUy53Ggs9Cg47f541"
+    # A peer id of its own: the mDNS service name is made of it, and another test process on this machine
+    # (tests/net/test_lan.py announces a fixed one) would make the registration fail as a duplicate name.
+    peer = peer_id_of(bytes(SigningKey.generate().verify_key))
     announcer = threading.Thread(target=_announce_until, args=(network, peer, announced, done))
     announcer.start()
     try:

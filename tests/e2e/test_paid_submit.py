@@ -1,33 +1,26 @@
 """``opengrid submit --identity DATA_DIR|KEYFILE`` pays for the job from that identity's account, through
-the real command line (its own process) against real nodes on 127.0.0.1 (a coordinator that runs only
-paid jobs, two workers with the tiny model); a key that is missing, unreadable or not a key, and an
-account that cannot pay, each get one clear line (spec/ledger.md §7)."""
+the real command line (in this process, fixture ``cli``, on a thread beside the nodes) against real nodes
+on 127.0.0.1 (a coordinator that runs only paid jobs, two workers with the tiny model); a key that is
+missing, unreadable or not a key, and an account that cannot pay, each get one clear line
+(spec/ledger.md §7)."""
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import trio
 from opengrid_ledger import Grant, Hold, decode_body
 
 from opengrid.node.identity import IDENTITY_FILE
 from opengrid.wire.messages import job_cost
+from tests.e2e.conftest import Cli
 from tests.node.workers import paid_coordinator, start_workers
 
 NETWORK = "paid-submit-test"
 GRANT = 50
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
-
-
-def _opengrid(tmp_path: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
-    return subprocess.run(
-        [sys.executable, "-m", "opengrid", *argv], capture_output=True, text=True, timeout=120, env=env
-    )
 
 
 def _error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -38,30 +31,30 @@ def _error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_a_key_that_is_missing_unreadable_or_not_a_key_is_one_line_before_any_network(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, cli: Cli
 ) -> None:
     # The bootstrap address leads nowhere: the identity is checked first, so these fail at once.
     base = ("submit", "Hello", "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}", "--identity")
     empty_dir = tmp_path / "empty-node"
     empty_dir.mkdir()
-    line = _error_line(_opengrid(tmp_path, *base, str(empty_dir)))
+    line = _error_line(cli(*base, str(empty_dir)))
     assert f"data dir {empty_dir} has no {IDENTITY_FILE}" in line
-    line = _error_line(_opengrid(tmp_path, *base, str(tmp_path / "nope.key")))
+    line = _error_line(cli(*base, str(tmp_path / "nope.key")))
     assert f"no identity file {tmp_path / 'nope.key'}" in line
 
     short = tmp_path / "short.key"
     short.write_bytes(b"12345")
-    line = _error_line(_opengrid(tmp_path, *base, str(short)))
+    line = _error_line(cli(*base, str(short)))
     assert "holds 5 bytes, not a 32-byte Ed25519 identity seed" in line
 
     odd = tmp_path / "odd-node"
     (odd / IDENTITY_FILE).mkdir(parents=True)  # unreadable as a file (root reads any file mode)
-    line = _error_line(_opengrid(tmp_path, *base, str(odd)))
+    line = _error_line(cli(*base, str(odd)))
     assert f"cannot read the identity in {odd / IDENTITY_FILE}" in line
 
 
 async def test_submit_with_an_identity_pays_from_that_account(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, cli: Cli
 ) -> None:
     coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
     async with trio.open_nursery() as nursery:
@@ -76,7 +69,7 @@ async def test_submit_with_an_identity_pays_from_that_account(
         common = ("--bootstrap", address, "--network", NETWORK, "--model", "tiny", "--replicas", "2")
 
         def submit(*argv: str) -> subprocess.CompletedProcess[str]:
-            return _opengrid(tmp_path, "submit", *argv, *common)
+            return cli("submit", *argv, *common)
 
         # Unpaid, the coordinator refuses it and says how to pay.
         refused = await trio.to_thread.run_sync(submit, "Free?", "--max-tokens", "4")

@@ -96,7 +96,8 @@ class FakeHub:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for the serving loop to notice it (0.5 s a test at the default).
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
 
     def add(self, data: bytes, *, etag: str | None = None) -> str:
         path = f"/{REPO}/resolve/main/{FILENAME}"

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-from opengrid.cli.main import _build_parser
+from opengrid.cli.main import _build_parser, main
 from opengrid.settings import KEYS, env_var, field_of, flags_from_namespace, load_settings, unknown_env_vars
 
 PEER = "12D3KooWN5TM5CbW1QRMfb4Rui58doGzeD2AvdHtagrxTSGtCyCo"
@@ -129,16 +126,16 @@ def test_old_names_are_still_read_and_unknown_variables_are_named() -> None:
     ]
 
 
-def test_the_real_cli_reads_opengrid_heartbeat(tmp_path: pathlib.Path) -> None:
-    env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"))
-    env |= {"OPENGRID_HEARTBEAT": "2", "OPENGRID_SKIP_SPEED_TEST": "true"}
-    result = subprocess.run(
-        [sys.executable, "-m", "opengrid", "config", "show", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    settings = json.loads(result.stdout)["settings"]
+def test_the_real_cli_reads_opengrid_heartbeat(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line's own entry point (``main(argv)``, in this process) reads the environment."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("OPENGRID_HEARTBEAT", "2")
+    monkeypatch.setenv("OPENGRID_SKIP_SPEED_TEST", "true")
+    assert main(["config", "show", "--json"]) == 0
+    result = capsys.readouterr()
+    settings = json.loads(result.out)["settings"]
     assert settings["heartbeat"] == {"value": 2.0, "source": "env:OPENGRID_HEARTBEAT"}
     assert settings["skip_speed_test"] == {"value": True, "source": "env:OPENGRID_SKIP_SPEED_TEST"}

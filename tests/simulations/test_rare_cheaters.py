@@ -28,6 +28,10 @@ AUDIT = {
 }
 """Uniform draws: a caught cheater keeps being drawn (reputation-weighted draws would shun it), so a small
 run sees enough cheats."""
+HALF = {"workers": 20, "workload.rate_per_s": 2.0}
+"""The scenarios' networks at half size: 20 workers, not 40, at 2 jobs/s, not 4 (a third of the time).
+Each worker's load (0.1 job/s), so when a cheater is trusted, cheats and is caught, stays the same; the
+counts of jobs, cheats and catches halve (the bounds below are half the full network's)."""
 
 
 def run(adversaries: list[dict[str, Any]], **coordinator: Any) -> RunOutput:
@@ -102,10 +106,10 @@ def test_colluders_are_caught_when_another_auditor_is_drawn() -> None:
 
 
 def test_audit_mode_accepts_fewer_wrong_answers_than_adaptive_replication_on_one_seed() -> None:
-    overrides = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2}
+    overrides = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2, **HALF}
     audited = summarize(simulate(load(SCENARIOS / "rare-cheaters-audit.toml", overrides), 5))
     adaptive = summarize(simulate(load(SCENARIOS / "rare-cheaters-adaptive.toml", overrides), 5))
-    assert audited["detection"]["accepted_jobs"] > 1500 and adaptive["detection"]["accepted_jobs"] > 1500
+    assert audited["detection"]["accepted_jobs"] > 750 and adaptive["detection"]["accepted_jobs"] > 750
     assert audited["detection"]["accepted_bad"] == 0 < adaptive["detection"]["accepted_bad"]
     # A generation per job (plus re-runs of caught cheats) and one audit at the measured audit_cost (0.24,
     # the bf16 scoring copy; was 0.44); adaptive replication is cheaper and lets cheats through.
@@ -118,14 +122,14 @@ def test_audit_mode_accepts_fewer_wrong_answers_than_adaptive_replication_on_one
 def test_the_node_default_audit_policy_meets_the_rare_cheater_goal() -> None:
     """Scenario rare-cheaters-default: every [coordinator] key but verify at CoordinatorConfig's default
     and audits at the measured 0.24 (benchmarks/README.md "Rare cheaters": 10,500 jobs, 1.22-1.24 units,
-    0 random-token cheats accepted). Here 500 s, 20 % cheat rate."""
-    overrides = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2}
+    0 random-token cheats accepted). Here 500 s, 20 % cheat rate, half the network (``HALF``)."""
+    overrides = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2, **HALF}
     scenario = load(SCENARIOS / "rare-cheaters-default.toml", overrides)
     assert scenario.coordinator == {"verify": "audit"} and scenario.audit_cost == 0.24
     out = simulate(scenario, 5)
     summary = summarize(out)
-    assert summary["detection"]["accepted_jobs"] > 1500
-    assert out.counters["audits_failed"] > 20  # the cheats were there, and were caught
+    assert summary["detection"]["accepted_jobs"] > 750
+    assert out.counters["audits_failed"] > 10  # the cheats were there, and were caught
     assert summary["detection"]["accepted_bad"] == 0
     assert summary["compute_units"]["per_job"] < 1.35
 
@@ -142,9 +146,9 @@ def test_adaptive_audits_cost_less_and_windows_miss_only_tail_cheats() -> None:
     none is accepted at well under a full audit per job; a cheater that changes only the last token gets
     through a window that stops before it, which only full audits catch."""
     scenario = SCENARIOS / "rare-cheaters-audit-adaptive.toml"
-    base = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2}
+    base = {"duration_s": 500, "adversaries.intermittent.cheat_rate": 0.2, **HALF}
     windows = summarize(simulate(load(scenario, base), 5))
-    assert windows["detection"]["accepted_jobs"] > 1500 and windows["detection"]["accepted_bad"] == 0
+    assert windows["detection"]["accepted_jobs"] > 750 and windows["detection"]["accepted_bad"] == 0
     assert windows["compute_units"]["audit_per_job"] < 0.8 * 0.24  # under 80 % of a full audit each
     no_full = {**base, "adversaries.intermittent.cheat_tail": 1, "coordinator.audit_full_rate": 0.0}
     no_full["coordinator.audit_second_rate"] = 0.0
@@ -156,11 +160,13 @@ def test_second_audits_and_canary_audits_catch_lying_auditors_and_cartels() -> N
     """spec/verification.md §13.6, scenario auditor-checks: 15 % lying auditors, 15 % prover + auditor
     cartel members, 10 % intermittent cheaters. With second audits (10 %, and every claim of a prover
     caught once), canary audits (10 % of claims) and the auditor draw that skips a caught auditor, every
-    liar is caught and the wrong answers accepted stop early; with the checks off they go on all run."""
+    liar is caught and the wrong answers accepted stop early; with the checks off they go on all run. Half
+    the network (``HALF``: 3 lying auditors, 3 cartel members, 2 cheaters)."""
     scenario = SCENARIOS / "auditor-checks.toml"
     duration = 1500.0
-    on = simulate(load(scenario, {"duration_s": duration}), 1)
+    on = simulate(load(scenario, {"duration_s": duration, **HALF}), 1)
     off_settings = {
+        **HALF,
         "duration_s": duration,
         "coordinator.audit_second_rate": 0.0,
         "coordinator.audit_canary_rate": 0.0,
@@ -168,18 +174,18 @@ def test_second_audits_and_canary_audits_catch_lying_auditors_and_cartels() -> N
     }
     off = simulate(load(scenario, off_settings), 1)
     checked, unchecked = summarize(on), summarize(off)
-    assert checked["detection"]["accepted_jobs"] > 5500
-    assert on.counters["lying_auditors_caught"] == on.counters["lying_auditors"] == 6
-    assert on.counters["audit_cartels_caught"] >= 4  # of 6
-    assert on.counters["canary_audits"] > 500
+    assert checked["detection"]["accepted_jobs"] > 2750
+    assert on.counters["lying_auditors_caught"] == on.counters["lying_auditors"] == 3
+    assert on.counters["audit_cartels_caught"] >= 2  # of 3
+    assert on.counters["canary_audits"] > 250
     # A caught auditor is never drawn again; the few audits it still scored were sent before its catch.
     assert on.counters.get("audits_by_caught_liars", 0) <= 5
     assert off.counters.get("lying_auditors_caught", 0) == 0 == off.counters.get("audit_cartels_caught", 0)
     wrong_on = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(on)]
     wrong_off = [j.submit_ns / 1e9 for j in wrong_accepted_jobs(off)]
     assert len(wrong_on) * 2 < len(wrong_off)
-    # Early: the last at 381 s of 1,500 with audits at 0.24 (the bound was a quarter when audits cost 0.44:
-    # an audit's simulated time moves every later draw).
+    # Early: the last at 387 s of 1,500 with audits at 0.24 (381 s on the full network; the bound was a
+    # quarter when audits cost 0.44: an audit's simulated time moves every later draw).
     assert max(wrong_on, default=0.0) < duration / 3, "the liars are caught early; later cheats fail"
     assert max(wrong_off) > duration / 2
     # What the checks cost: second audits, offenders' second audits and canary audits (0.24 each).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgspec
 
 from opengrid.core.coordinator.records import JobRecord
-from opengrid.core.coordinator.registry import no_sampler, too_long
+from opengrid.core.coordinator.registry import no_sampler, takes_job, too_long
 from opengrid.core.coordinator.shared import CoordinatorParts
 from opengrid.core.coordinator.state import JobEvent, JobState, move
 from opengrid.core.coordinator.streaming import audit_streamed, sealed_streamed
@@ -60,7 +60,9 @@ class DispatchPart(CoordinatorParts):
             if problem is not None:
                 return [FinishJob(job_id, problem.reply(job_id))]
         any_length = self._candidates(request.model, allowed=sealed or None)
-        fitting = self._candidates(request.model, allowed=sealed or None, max_tokens=request.max_tokens)
+        # The same list as _candidates(..., max_tokens=...), without scoring every worker a second time.
+        fitting = [c for c in any_length if takes_job(self.workers[c.peer], request.max_tokens)]
+        unsealed = any_length  # _candidates(request.model) when not sealed, before the sampler filter
         if request.temperature > 0:
             # A sampled job runs on a class that runs its own sampler (spec/verification.md §11): the job's
             # class is chosen here, and every later replica, prover and refill matches that class.
@@ -109,7 +111,7 @@ class DispatchPart(CoordinatorParts):
         available = capacity(candidates)
         if audit and not sealed:  # a sealed job's prover and auditors were checked above
             # One prover of the job's class, and auditors among every worker holding the same weights.
-            unauditable = self._audit_capacity_problem(request.model)
+            unauditable = self._audit_capacity_problem(request.model, unsealed)
             if unauditable is not None:
                 return [FinishJob(job_id, unauditable.reply(job_id))]
         elif available < request.replicas:

@@ -164,11 +164,21 @@ class RegistryPart(CoordinatorParts):
         return [
             self._candidate(r, o)
             for r in records
-            if r.online and (allowed is None or r.peer in allowed)
-            if not (max_tokens and r.max_job_tokens and r.max_job_tokens < max_tokens)
+            if r.online and (allowed is None or r.peer in allowed) and takes_job(r, max_tokens)
             for o in r.offers
             if wanted in (o.name.lower(), o.contract.model_sha256.lower())
         ]
+
+    def _holders(self, model: str) -> set[str]:
+        """The peers of ``_candidates(model)``, without building a candidate (and scoring its reputation)
+        for each of their offers: the audit capacity check runs on every submission and needs only them."""
+        wanted = model.lower()
+        records = (self.workers[peer] for peer in self._serving.get(wanted, ()))
+        return {
+            r.peer
+            for r in records
+            if r.online and any(wanted in (o.name.lower(), o.contract.model_sha256.lower()) for o in r.offers)
+        }
 
     def quote(
         self,
@@ -205,16 +215,19 @@ class RegistryPart(CoordinatorParts):
             )
         return chosen
 
-    def _audit_capacity_problem(self, model: str) -> Refusal | None:
+    def _audit_capacity_problem(
+        self, model: str, candidates: Sequence[Candidate] | None = None
+    ) -> Refusal | None:
         """Why this coordinator cannot audit jobs of ``model`` at all (audit mode, spec/verification.md
         §13.1): fewer than ``1 + auditors`` online workers hold its weights. None when they do, when the
-        model is not served (another refusal says so) or in replicate mode."""
+        model is not served (another refusal says so) or in replicate mode. ``candidates``:
+        ``_candidates(model)`` when the caller has it already."""
         if self.config.verify != "audit":
             return None
-        served = choose_class(self._candidates(model))
+        served = choose_class(self._candidates(model) if candidates is None else candidates)
         if not served:
             return None
-        holding = {c.peer for c in self._candidates(served[0].contract.model_sha256)}
+        holding = self._holders(served[0].contract.model_sha256)
         needed = 1 + max(1, self.config.auditors)
         if len(holding) >= needed:
             return None
@@ -332,6 +345,12 @@ class RegistryPart(CoordinatorParts):
             return
         speed = n_tokens / elapsed
         record.tokens_per_s = speed if record.tokens_per_s <= 0 else 0.8 * record.tokens_per_s + 0.2 * speed
+
+
+def takes_job(record: WorkerRecord, max_tokens: int) -> bool:
+    """Whether the worker takes a job of ``max_tokens`` tokens (0: any length; edge nodes take short jobs
+    only, ``max_job_tokens``)."""
+    return not (max_tokens and record.max_job_tokens and record.max_job_tokens < max_tokens)
 
 
 def too_long(model: str, longest: int) -> Refusal:
