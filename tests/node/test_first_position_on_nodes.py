@@ -162,3 +162,96 @@ async def test_the_first_token_is_forwarded_on_the_auditors_list_before_it_judge
     # The chunked audit ran on the auditor's run channel (job-protocol.md §6.4): no stream was opened
     # for it (each worker's channel was opened when it joined), and it was given back after the report.
     assert channels == (2, 2, 1), channels
+
+
+class _LiarFrom(LlamaEngine):
+    """Claims other tokens than the model chose from output position ``LIE_AT`` on, in its frames and its
+    result alike (only an audit catches it)."""
+
+    LIE_AT = 6
+
+    def generate_streaming(
+        self,
+        request: GenerationRequest,
+        on_text: Callable[[str], None] | None,
+        on_token: Callable[[int, str], None] | None = None,
+    ) -> Generation:
+        claimed: list[int] = []
+        text = ""
+
+        def lie(token: int, piece: str) -> None:
+            nonlocal text
+            if len(claimed) >= self.LIE_AT:
+                token = (token + 7) % self.n_vocab
+                full = self._detokenize(self._require_open(), [*claimed, token])
+                piece = full[len(text) :] if full.startswith(text) else ""
+            claimed.append(token)
+            text += piece
+            if on_token is not None:
+                on_token(token, piece)
+
+        honest = super().generate_streaming(request, on_text, lie)
+        return Generation(
+            tokens=tuple(claimed), text=self.detokenize(claimed), finish_reason=honest.finish_reason
+        )
+
+
+async def test_a_chunked_audit_that_fails_on_a_run_channel_leaves_the_auditor_serving(
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
+    """A prover caught mid-stream by its auditor's chunk verdict, on the auditor's run channel: the
+    channel is reset (chunks sent before the verdict was read may still be in flight, job-protocol.md
+    §6.4), and the auditor serves the re-run on a fresh one; the client gets the honest answer. (That
+    the channel is not given back is the code's rule; a reused one would often look the same here, as
+    the pool replaces a channel that dies before its worker answers.)"""
+    info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
+    rng = _Preferring(5)
+    coordinator = Node(
+        NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
+        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit"),
+        rng=rng,
+        transport=memnet,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coordinator.run)
+        assert coordinator.host is not None
+        engines = {"liar": _LiarFrom(info, n_threads=1), "w1": LlamaEngine(info, n_threads=1)}
+        engines["w2"] = LlamaEngine(info, n_threads=1)
+        workers: dict[str, Node] = {}
+        for name, engine in engines.items():
+            config = NodeConfig(
+                data_dir=tmp_path / name,
+                role="worker",
+                bootstrap=(coordinator.host.addrs()[0],),
+                heartbeat_s=0.5,
+            )
+            workers[name] = Node(config, engine=engine, transport=memnet)
+            await nursery.start(workers[name].run)
+        with trio.fail_after(30):
+            for node in workers.values():
+                await node.registered.wait()
+        peers = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
+        rng.prefer = [peers["liar"], peers["w1"]]  # the liar proves, w1 audits it
+        runs = coordinator.coordinator_driver.runs
+        assert runs is not None and runs.opened == 3, "one channel per worker, opened as it joined"
+
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
+        peer = await client.connect(coordinator.host.addrs()[0])
+        job = SubmitJob(
+            job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True
+        )
+        stream = await client.open_stream(peer)
+        with trio.fail_after(90):
+            await stream.send(job)
+            for _ in range(2 * MAX_TOKENS + 2):
+                reply = await stream.receive()
+                if not isinstance(reply, JobProgress):
+                    break
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+    assert isinstance(reply, JobAccepted), reply
+    assert peers["liar"] in reply.failed and peers["w1"] in reply.workers
+    with LlamaEngine(info, n_threads=1) as honest:
+        expected = honest.generate(GenerationRequest(prompt=PROMPT, max_tokens=MAX_TOKENS)).tokens
+    assert list(reply.tokens) == list(expected), "the client got the honest answer"
