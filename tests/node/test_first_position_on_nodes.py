@@ -11,10 +11,9 @@ below is the protocol's, not a race's."""
 from __future__ import annotations
 
 import pathlib
-import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
@@ -22,7 +21,7 @@ import trio
 from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
-from opengrid.engines import Generation, GenerationRequest, LlamaEngine, ModelInfo, sha256_file
+from opengrid.engines import Engine, Generation, GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.net.transport import StreamHost
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
@@ -30,26 +29,13 @@ from opengrid.node.timing import read_trace
 from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.codec import FrameBuffer, decode_message
 from opengrid.wire.messages import FirstPositionVerdict, JobAccepted, JobProgress, Message, SubmitJob
+from tests.node.test_audit_mode import _Preferring, _workers
+from tests.node.test_audit_streaming import _MidStreamLiar
 from tests.node.workers import client_host
 
 T = TypeVar("T")
 PROMPT = "Once upon a time"
 MAX_TOKENS = 12
-
-
-class _Preferring(random.Random):
-    """Seeded draws that take the peers in ``prefer`` first: who proves, then who audits."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed)
-        self.prefer: list[str] = []
-
-    def sample(self, population: Sequence[T], k: int, **_: object) -> list[T]:  # type: ignore[override]
-        rank = {peer: i for i, peer in enumerate(self.prefer)}
-        wanted = [c for c in population if getattr(c, "peer", None) in rank]
-        first = sorted(wanted, key=lambda c: rank[getattr(c, "peer", "")])[:k]
-        rest = [c for c in population if c not in first]
-        return first + super().sample(rest, min(k - len(first), len(rest)))
 
 
 class _Gated(LlamaEngine):
@@ -75,6 +61,45 @@ class _Gated(LlamaEngine):
         return super().generate_streaming(request, on_text, on_token)
 
 
+def _coordinator(
+    base: pathlib.Path,
+    memnet: MemoryNetwork,
+    rng: _Preferring,
+    *,
+    trace_frames: pathlib.Path | None = None,
+    trace_timing: pathlib.Path | None = None,
+) -> Node:
+    return Node(
+        NodeConfig(data_dir=base / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
+        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit"),
+        rng=rng,
+        transport=memnet,
+        trace_frames=trace_frames,
+        trace_timing=trace_timing,
+    )
+
+
+async def _streamed(client: StreamHost, coordinator: Node) -> tuple[SubmitJob, Message, list[str]]:
+    """Submit a streaming job through ``client``: the job, its final reply and the verified texts."""
+    assert coordinator.host is not None
+    peer = await client.connect(coordinator.host.addrs()[0])
+    job = SubmitJob(
+        job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True
+    )
+    verified: list[str] = []
+    stream = await client.open_stream(peer)
+    with trio.fail_after(90):
+        await stream.send(job)
+        for _ in range(2 * MAX_TOKENS + 2):
+            reply = await stream.receive()
+            if not isinstance(reply, JobProgress):
+                break
+            if reply.verified:
+                verified.append(reply.text)
+    await stream.aclose()
+    return job, reply, verified
+
+
 def _received(trace: pathlib.Path) -> list[Message]:
     """The messages in a ``--trace-frames`` file, in the order the node received them."""
     buffer = FrameBuffer()
@@ -94,14 +119,7 @@ async def test_the_first_token_is_forwarded_on_the_auditors_list_before_it_judge
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     rng = _Preferring(5)
     frames = tmp_path / "coordinator-frames.bin"
-    coordinator = Node(
-        NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
-        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit"),
-        rng=rng,
-        transport=memnet,
-        trace_frames=frames,
-        trace_timing=tmp_path / "c.timing",
-    )
+    coordinator = _coordinator(tmp_path, memnet, rng, trace_frames=frames, trace_timing=tmp_path / "c.timing")
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None
@@ -127,21 +145,7 @@ async def test_the_first_token_is_forwarded_on_the_auditors_list_before_it_judge
         rng.prefer = [prover.host.peer_id, auditor.host.peer_id]
 
         client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
-        peer = await client.connect(coordinator.host.addrs()[0])
-        job = SubmitJob(
-            job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True
-        )
-        verified: list[str] = []
-        stream = await client.open_stream(peer)
-        with trio.fail_after(90):
-            await stream.send(job)
-            for _ in range(2 * MAX_TOKENS + 2):
-                reply = await stream.receive()
-                if not isinstance(reply, JobProgress):
-                    break
-                if reply.verified:
-                    verified.append(reply.text)
-        await stream.aclose()
+        job, reply, verified = await _streamed(client, coordinator)
         runs = coordinator.coordinator_driver.runs
         assert runs is not None
         channels = (runs.opened, runs.reused, runs.idle(auditor.host.peer_id))
@@ -164,36 +168,8 @@ async def test_the_first_token_is_forwarded_on_the_auditors_list_before_it_judge
     assert channels == (2, 2, 1), channels
 
 
-class _LiarFrom(LlamaEngine):
-    """Claims other tokens than the model chose from output position ``LIE_AT`` on, in its frames and its
-    result alike (only an audit catches it)."""
-
+class _LiarEarly(_MidStreamLiar):
     LIE_AT = 6
-
-    def generate_streaming(
-        self,
-        request: GenerationRequest,
-        on_text: Callable[[str], None] | None,
-        on_token: Callable[[int, str], None] | None = None,
-    ) -> Generation:
-        claimed: list[int] = []
-        text = ""
-
-        def lie(token: int, piece: str) -> None:
-            nonlocal text
-            if len(claimed) >= self.LIE_AT:
-                token = (token + 7) % self.n_vocab
-                full = self._detokenize(self._require_open(), [*claimed, token])
-                piece = full[len(text) :] if full.startswith(text) else ""
-            claimed.append(token)
-            text += piece
-            if on_token is not None:
-                on_token(token, piece)
-
-        honest = super().generate_streaming(request, on_text, lie)
-        return Generation(
-            tokens=tuple(claimed), text=self.detokenize(claimed), finish_reason=honest.finish_reason
-        )
 
 
 async def test_a_chunked_audit_that_fails_on_a_run_channel_leaves_the_auditor_serving(
@@ -206,48 +182,23 @@ async def test_a_chunked_audit_that_fails_on_a_run_channel_leaves_the_auditor_se
     the pool replaces a channel that dies before its worker answers.)"""
     info = ModelInfo(name="tiny", path=tiny_model_path, sha256=sha256_file(tiny_model_path))
     rng = _Preferring(5)
-    coordinator = Node(
-        NodeConfig(data_dir=tmp_path / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
-        coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit"),
-        rng=rng,
-        transport=memnet,
-    )
+    coordinator = _coordinator(tmp_path, memnet, rng)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None
-        engines = {"liar": _LiarFrom(info, n_threads=1), "w1": LlamaEngine(info, n_threads=1)}
-        engines["w2"] = LlamaEngine(info, n_threads=1)
-        workers: dict[str, Node] = {}
-        for name, engine in engines.items():
-            config = NodeConfig(
-                data_dir=tmp_path / name,
-                role="worker",
-                bootstrap=(coordinator.host.addrs()[0],),
-                heartbeat_s=0.5,
-            )
-            workers[name] = Node(config, engine=engine, transport=memnet)
-            await nursery.start(workers[name].run)
-        with trio.fail_after(30):
-            for node in workers.values():
-                await node.registered.wait()
+        engines: dict[str, Engine] = {
+            "liar": _LiarEarly(info, n_threads=1),
+            "w1": LlamaEngine(info, n_threads=1),
+            "w2": LlamaEngine(info, n_threads=1),
+        }
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         peers = {name: node.host.peer_id for name, node in workers.items() if node.host is not None}
         rng.prefer = [peers["liar"], peers["w1"]]  # the liar proves, w1 audits it
         runs = coordinator.coordinator_driver.runs
         assert runs is not None and runs.opened == 3, "one channel per worker, opened as it joined"
 
         client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
-        peer = await client.connect(coordinator.host.addrs()[0])
-        job = SubmitJob(
-            job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True
-        )
-        stream = await client.open_stream(peer)
-        with trio.fail_after(90):
-            await stream.send(job)
-            for _ in range(2 * MAX_TOKENS + 2):
-                reply = await stream.receive()
-                if not isinstance(reply, JobProgress):
-                    break
-        await stream.aclose()
+        _, reply, _ = await _streamed(client, coordinator)
         nursery.cancel_scope.cancel()
 
     assert isinstance(reply, JobAccepted), reply
