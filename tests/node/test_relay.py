@@ -21,6 +21,7 @@ from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError
 from opengrid.net.host import Host, open_host
 from opengrid.net.relay import RELAY_TIMING, RelayTiming, is_circuit
+from opengrid.net.transport import LIBP2P, Libp2pTransport, Transport
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.commitment import commit_output
@@ -60,6 +61,9 @@ PROMPT = RelayTiming(retry_s=0.1, retry_max_s=0.25, check_s=0.1, step_s=0.25)
 the loss within 0.1 s rather than 1 s), and the auto-relay steps every 0.25 s rather than every 5 s: the
 tests below wait for a relay to go and come back, and these pauses (tuning, not what is tested) made most
 of their time."""
+ONE_TRY = Libp2pTransport(dial_retries=0)
+"""Hosts that dial once: a keeper whose relay is down otherwise spends 0.7 s of library retries on every
+attempt (with PROMPT's retries)."""
 
 
 def online_workers(node: Node) -> set[str]:
@@ -75,12 +79,14 @@ async def start_grid(
     heartbeat_s: float,
     coordinator_relays: bool = False,
     timing: RelayTiming = RELAY_TIMING,
+    transport: Transport = LIBP2P,
 ) -> tuple[Node, Node]:
     coordinator = Node(
         NodeConfig(
             data_dir=tmp_path / "c", role="coordinator", relay=coordinator_relays, heartbeat_s=heartbeat_s
         ),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=heartbeat_s),
+        transport=transport,
     )
     await nursery.start(coordinator.run)
     assert coordinator.host is not None
@@ -96,6 +102,7 @@ async def start_grid(
         ),
         engine=LlamaEngine(ModelInfo(name="tiny", path=model, sha256=sha256_file(model)), n_threads=1),
         relay_timing=timing,
+        transport=transport,
     )
     await nursery.start(worker.run)
     return coordinator, worker
@@ -167,7 +174,13 @@ async def test_a_relayed_worker_goes_offline_when_its_relay_is_gone_and_returns_
     async with trio.open_nursery() as nursery:
         relay_address = await relay.start(nursery)
         coordinator, worker = await start_grid(
-            nursery, tmp_path, tiny_model_path, relay_address, heartbeat_s=0.5, timing=PROMPT
+            nursery,
+            tmp_path,
+            tiny_model_path,
+            relay_address,
+            heartbeat_s=0.5,
+            timing=PROMPT,
+            transport=ONE_TRY,
         )
         assert coordinator.host is not None and worker.host is not None
         me = worker.host.peer_id
@@ -207,7 +220,7 @@ async def test_a_worker_whose_given_relay_is_gone_takes_another_and_returns_to_i
         relay_address = await relay.start(nursery)
         coordinator, worker = await start_grid(
             nursery, tmp_path, tiny_model_path, relay_address, heartbeat_s=1, coordinator_relays=True,
-            timing=dataclasses.replace(PROMPT, switch_after_s=1.0),
+            timing=dataclasses.replace(PROMPT, switch_after_s=1.0), transport=ONE_TRY,
         )  # fmt: skip
         assert coordinator.host is not None and worker.host is not None and worker.auto_relay is not None
         me = worker.host.peer_id
