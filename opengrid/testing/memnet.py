@@ -22,8 +22,9 @@ transport=net)``), which gets the peer id its seed gives on libp2p and the addre
 - Not offered: relays, hole punching, LAN discovery, dial-backs (a memory address has no IP): the node
   skips them on a host that is not a libp2p ``Host``.
 
-The SDK: ``Client(bootstrap, transport=net)`` runs its work in the network's trio run (``trio_token``,
-set by the first host), so a test drives the synchronous client from ``trio.to_thread.run_sync``.
+The SDK: ``Client(bootstrap, transport=net)`` (and ``AsyncClient.connect(..., transport=net)``) runs its
+work in the network's trio run (``trio_token``, set by the first host), so a test drives the synchronous
+client from ``trio.to_thread.run_sync`` (its streams and the asyncio client from ``run_sync_waiting``).
 
 Time: ``clock_stops_for_threads`` keeps a ``MockClock(autojump_threshold=0)`` from jumping while a
 worker thread computes (the node runs engines, the hardware probe and the like in threads) or a child
