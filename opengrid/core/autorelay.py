@@ -86,14 +86,17 @@ def wants_relay(reachability: str, *, given_relays_up: bool) -> bool:
     return reachability in ("private", "relayed") and not given_relays_up
 
 
-def given_relays_up(given: int, lost_since: float | None, *, now: float) -> bool:
+def given_relays_up(
+    given: int, lost_since: float | None, *, now: float, switch_after_s: float = SWITCH_AFTER_S
+) -> bool:
     """Whether the relays a node was given (``--relay-via``, or the bootstrap nodes of a node that does
     not listen; ``given`` of them) still serve it: ``lost_since`` is when the last of them stopped holding
     a reservation (when the node started, if none ever held one), None while one holds. They get
-    ``SWITCH_AFTER_S`` to come back (their keepers keep retrying) before another relay is taken."""
+    ``switch_after_s`` (``SWITCH_AFTER_S``) to come back (their keepers keep retrying) before another relay
+    is taken."""
     if given == 0:
         return False
-    return lost_since is None or now - lost_since < SWITCH_AFTER_S
+    return lost_since is None or now - lost_since < switch_after_s
 
 
 def is_direct_tcp(address: str) -> bool:
@@ -151,20 +154,21 @@ def next_step(
     me: str,
     failed: Mapping[str, float],
     now: float,
+    switch_after_s: float = SWITCH_AFTER_S,
 ) -> Step:
     """What to do now: take a relay, drop the one held, or nothing (None).
 
     Drop when peers can dial us directly again (``public``), when a relay the node was given serves it
-    again (``given_relays_up``), or when the chosen relay has held no reservation for ``SWITCH_AFTER_S``
-    and another candidate exists. ``unknown`` (no checker answered) changes nothing: one failed check
-    must not undo a good choice."""
+    again (``given_relays_up``), or when the chosen relay has held no reservation for ``switch_after_s``
+    (``SWITCH_AFTER_S``) and another candidate exists. ``unknown`` (no checker answered) changes nothing:
+    one failed check must not undo a good choice."""
     if held is not None:
         if reachability == "public":
             return DropRelay(held.peer_id, "peers can dial this node directly now", failed=False)
         if given_relays_up:
             why = "a relay this node was given holds a reservation again"
             return DropRelay(held.peer_id, why, failed=False)
-        if held.lost_since is not None and now - held.lost_since >= SWITCH_AFTER_S:
+        if held.lost_since is not None and now - held.lost_since >= switch_after_s:
             others = {**failed, held.peer_id: now}
             if choose_relay(candidates, me=me, failed=others, now=now) is not None:
                 lost_s = now - held.lost_since

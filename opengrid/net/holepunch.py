@@ -41,7 +41,9 @@ log = logging.getLogger("opengrid.net.holepunch")
 RELAYED_GRACE_S: Final = 60.0
 """After an upgrade, a relayed connection still carrying streams (a job in flight) is closed after this
 long at the latest (the library's own grace period); an idle one at once."""
-_IDLE_CHECK_S: Final = 0.5
+_IDLE_CHECK_S: Final = 0.1
+"""How often a relayed connection kept after an upgrade is looked at to close it once it carries no stream
+(a look is a walk over one peer's connections; was 0.5 s, which kept an idle circuit at the relay as long)."""
 _PEER_DIAL_FIRST_S: Final = 1.0
 MAX_PUNCH_ADDRS: Final = 8
 """Addresses of the peer a hole punch dials at most (direct TCP only): the peer chooses them, so without a

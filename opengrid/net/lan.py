@@ -28,6 +28,7 @@ caller, and a node found this way is a hint like a bootstrap node's peer list, n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -171,9 +172,14 @@ class LanDiscovery:
         scope: tuple[str, ...],
         port: int | None,
         psk: bytes | None = None,
+        probe: bool = True,
     ) -> None:
+        """``probe``: before announcing, ask the LAN whether another record has this name (mDNS probing,
+        RFC 6762 §8.1: ~1.7 s). The name is the peer id, so only a second node with this identity would
+        answer; tests that announce on loopback pass False."""
         self._peer_id = peer_id
         self._scope = scope
+        self._probe = probe
         self._port = port
         self._mark = fingerprint(network, psk)
         send, self.found = trio.open_memory_channel[LanPeer](MAX_PEERS)
@@ -193,7 +199,10 @@ class LanDiscovery:
                 task_status.started(self)
                 if info is not None:
                     # Registration probes the name first (~1.7 s): after start-up, not before it.
-                    await trio.to_thread.run_sync(zc.register_service, info, abandon_on_cancel=True)  # type: ignore[call-arg]
+                    register = functools.partial(
+                        zc.register_service, info, cooperating_responders=not self._probe
+                    )
+                    await trio.to_thread.run_sync(register, abandon_on_cancel=True)  # type: ignore[call-arg]
                     self.announced = True
                     log.info(
                         "announcing this node on the LAN (mDNS, %s)",

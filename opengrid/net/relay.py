@@ -44,6 +44,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.security.pnet.protector import new_protected_conn
 from libp2p.security.pnet.psk_conn import PskConn
 
+from opengrid.core.autorelay import SWITCH_AFTER_S
 from opengrid.errors import ConfigError, OpenGridError, TransportError
 from opengrid.net.services import background_service
 
@@ -73,9 +74,29 @@ RELAY_LIMITS: Final = RelayLimits(
 """What a relay grants (spec/discovery.md §8.3). Limits are per relay; the data cap is per circuit."""
 
 _DIAL_TIMEOUT_S: Final = 10.0
-_MAX_RETRY_S: Final = 10.0  # a node without its reservation is unreachable: one dial per 10 s is cheap
-_CHECK_S: Final = 1.0
-"""How often a keeper looks at its connection to the relay: a dropped one is noticed within a second."""
+
+
+@dataclass(frozen=True)
+class RelayTiming:
+    """How often a node's relay machinery looks and retries (``Node(relay_timing=...)``; the defaults are
+    what a node runs with, tests shorten them to watch a relay go and come back in seconds)."""
+
+    retry_s: float = 1.0
+    """A keeper's first pause after a failed reservation; each next one doubles, up to ``retry_max_s``."""
+    retry_max_s: float = 10.0
+    """A node without its reservation is unreachable: one dial per 10 s is cheap."""
+    check_s: float = 1.0
+    """How often a keeper looks at its connection to the relay: a dropped one is noticed within this."""
+    step_s: float = 5.0
+    """How often the auto-relay driver looks again without a new verdict (a chosen relay lost, a refused
+    one retried; ``opengrid.node.autorelay``)."""
+    switch_after_s: float = SWITCH_AFTER_S
+    """How long relays a node was given, or one it took, may hold no reservation before it takes another
+    (``opengrid.core.autorelay.SWITCH_AFTER_S``)."""
+
+
+RELAY_TIMING: Final = RelayTiming()
+"""The timing a node runs with."""
 
 
 def is_circuit(address: str) -> bool:
@@ -212,7 +233,8 @@ class ReservationKeeper:
     up. ``held`` is set while a reservation is held.
     """
 
-    def __init__(self, host: Host, relay_address: str) -> None:
+    def __init__(self, host: Host, relay_address: str, timing: RelayTiming = RELAY_TIMING) -> None:
+        self._timing = timing
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(relay_address))
         except Exception as exc:
@@ -233,7 +255,7 @@ class ReservationKeeper:
         """Why no reservation is held (empty while one is)."""
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pause = 1.0
+        pause = self._timing.retry_s
         started = False
         try:
             while True:
@@ -252,11 +274,11 @@ class ReservationKeeper:
                         started = True
                         task_status.started()
                     await trio.sleep(pause)
-                    pause = min(pause * 2, _MAX_RETRY_S)
+                    pause = min(pause * 2, self._timing.retry_max_s)
                     continue
                 if not self.held:
                     log.info("reachable through relay %s: %s", self.relay_peer, self.circuit)
-                self.held, self.problem, pause = True, "", 1.0
+                self.held, self.problem, pause = True, "", self._timing.retry_s
                 self._host.add_relay_address(self.circuit)
                 if not started:
                     started = True
@@ -266,7 +288,7 @@ class ReservationKeeper:
                 # restarted (its reservations are gone) or is gone, and we are unreachable until renewed.
                 renew_at = trio.current_time() + max(1.0, (expires - time.time()) / 2)
                 while trio.current_time() < renew_at and self._host.is_connected(self.relay_peer):
-                    await trio.sleep(min(_CHECK_S, max(0.0, renew_at - trio.current_time())))
+                    await trio.sleep(min(self._timing.check_s, max(0.0, renew_at - trio.current_time())))
                 if not self._host.is_connected(self.relay_peer):
                     self._lost("the connection to the relay closed")
         finally:

@@ -62,7 +62,7 @@ from opengrid.node.api_requests import (
     sampling_from,
     single_prompt,
 )
-from opengrid.node.chat_template import TemplateRenderer
+from opengrid.node.chat_template import RENDER_TIMEOUT_S, TemplateRenderer
 from opengrid.node.dashboard import DashboardSource, dashboard_routes
 
 __all__ = [
@@ -93,6 +93,9 @@ class ApiSettings:
     address: str = DEFAULT_API_ADDRESS
     api_key: str | None = None
     allow_remote: bool = False
+    template_timeout_s: float = RENDER_TIMEOUT_S
+    """Seconds a worker's chat template may take to render (in its child process) before the request
+    fails with ``bad_chat_template`` and the template is marked bad (``chat_template.RENDER_TIMEOUT_S``)."""
 
 
 def check_bind(address: str, *, allow_remote: bool) -> tuple[str, int]:

@@ -17,6 +17,7 @@ from opengrid.errors import ConfigError, OpenGridError, PaymentError
 from opengrid.net.keys import public_key_of
 from opengrid.node.api import ApiSettings, build_app, check_bind
 from opengrid.node.api_payment import AccountPayer
+from opengrid.node.chat_template import TemplateRenderer
 from opengrid.node.context import NodeContext, TaskStatus, short
 from opengrid.node.coordinator_driver import CoordinatorDriver
 from opengrid.node.dashboard import Dashboard
@@ -50,6 +51,7 @@ class ApiService:
         app = build_app(
             self,
             api_key=settings.api_key,
+            renderer=TemplateRenderer(timeout_s=settings.template_timeout_s),
             dashboard=Dashboard(self._ctx, self._coordinator, self._registration),  # `/`, read-only
         )
 

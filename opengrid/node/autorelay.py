@@ -1,14 +1,15 @@
 """Automatic relay (spec/discovery.md §9.3): a node that peers cannot dial takes a relay by itself.
 
 The driver of ``opengrid.core.autorelay``: after every reachability verdict (``Membership.on_verdict``),
-and every ``_TICK_S``, it decides whether it needs a relay. When it looks for one it gathers the relays it
-knows of — ``relay`` providers in the DHT, coordinators heard on gossip or listed or found, its bootstrap
-nodes — and measures the round trip to the best few of them; then it asks the policy what to do and does
-it: holds a reservation with a ``ReservationKeeper`` (which adds the ``/p2p-circuit`` address to
-``Host.addrs()``, so announcements and registrations carry it from the next beat on), or cancels it.
+and every ``RelayTiming.step_s``, it decides whether it needs a relay. When it looks for one it gathers
+the relays it knows of — ``relay`` providers in the DHT, coordinators heard on gossip or listed or found,
+its bootstrap nodes — and measures the round trip to the best few of them; then it asks the policy what
+to do and does it: holds a reservation with a ``ReservationKeeper`` (which adds the ``/p2p-circuit``
+address to ``Host.addrs()``, so announcements and registrations carry it from the next beat on), or
+cancels it.
 
 It runs on every node. A node given relays (``--relay-via``, or its bootstrap nodes when it does not
-listen) keeps to them while one of them holds a reservation, and gives them ``SWITCH_AFTER_S`` to come
+listen) keeps to them while one of them holds a reservation, and gives them ``switch_after_s`` to come
 back when none does (their keepers keep retrying) before it takes another by itself; it lets that one go
 as soon as one of its own holds a reservation again.
 """
@@ -36,14 +37,12 @@ from opengrid.core.autorelay import (
 from opengrid.errors import OpenGridError
 from opengrid.net.discovery import role_key
 from opengrid.net.host import Host
-from opengrid.net.relay import ReservationKeeper
+from opengrid.net.relay import RELAY_TIMING, RelayTiming, ReservationKeeper
 from opengrid.node.context import TaskStatus
 from opengrid.node.membership import Membership
 
 log = logging.getLogger("opengrid.node.autorelay")
 
-_TICK_S = 5.0
-"""How often the driver looks again without a new verdict (a chosen relay lost, a refused one retried)."""
 _DHT_LOOKUP_S = 10.0
 _DHT_CACHE_S = 60.0
 """``relay`` providers found in the DHT are looked up again after this long at the soonest."""
@@ -67,7 +66,10 @@ class AutoRelay:
         *,
         bootstrap: Sequence[str],
         given: Sequence[ReservationKeeper] = (),
+        timing: RelayTiming = RELAY_TIMING,
     ) -> None:
+        self._timing = timing
+        """How often to step, how long given or taken relays get to come back, the keepers' retries."""
         self._host = host
         self._membership = membership
         self._bootstrap = list(bootstrap)
@@ -92,7 +94,7 @@ class AutoRelay:
         async with trio.open_nursery() as nursery:
             task_status.started(self)
             while True:
-                with trio.move_on_after(_TICK_S):
+                with trio.move_on_after(self._timing.step_s):
                     await self._wake.wait()
                 self._wake = trio.Event()
                 await self._step(nursery)
@@ -116,6 +118,7 @@ class AutoRelay:
             me=self._host.peer_id,
             failed=failed,
             now=now,
+            switch_after_s=self._timing.switch_after_s,
         )
         if isinstance(step, DropRelay):
             self._drop(step.reason)
@@ -136,7 +139,9 @@ class AutoRelay:
             self._given_lost_since = None
         elif self._given and self._given_lost_since is None:
             self._given_lost_since = now
-        return given_relays_up(len(self._given), self._given_lost_since, now=now)
+        return given_relays_up(
+            len(self._given), self._given_lost_since, now=now, switch_after_s=self._timing.switch_after_s
+        )
 
     def _held(self, now: float) -> HeldRelay | None:
         if self.keeper is None:
@@ -149,7 +154,7 @@ class AutoRelay:
 
     async def _take(self, relay: RelayCandidate, nursery: trio.Nursery, now: float) -> None:
         try:
-            keeper = ReservationKeeper(self._host, relay.address)
+            keeper = ReservationKeeper(self._host, relay.address, self._timing)
         except OpenGridError as exc:
             self._failed[relay.peer_id] = now
             log.info("not using %s as a relay: %s", relay.peer_id, exc)

@@ -48,7 +48,7 @@ from opengrid.net.host import (
 )
 from opengrid.net.lan import LanDiscovery
 from opengrid.net.pool import StreamPool
-from opengrid.net.relay import ReservationKeeper
+from opengrid.net.relay import RELAY_TIMING, RelayTiming, ReservationKeeper
 from opengrid.net.split import SplitLimits, SplitMember
 from opengrid.net.transport import LIBP2P, StreamHost, Transport
 from opengrid.node import engine_setup
@@ -104,14 +104,17 @@ class Node:
         rng: random.Random | None = None,
         trace_timing: pathlib.Path | None = None,
         transport: Transport = LIBP2P,
+        relay_timing: RelayTiming = RELAY_TIMING,
     ) -> None:
         """``rng``: the coordinator's random stream (worker choice); a fresh unseeded one by default.
         Tests pass a seeded one to compare decisions with other drivers (tests/simulations).
         ``trace_timing``: append the points each job passes to this file (opengrid/node/timing.py).
         ``transport``: where the host, gossip and DHT come from (opengrid/net/transport.py); tests pass
-        an in-memory network (opengrid.testing.memnet), which offers no relays and no LAN discovery."""
+        an in-memory network (opengrid.testing.memnet), which offers no relays and no LAN discovery.
+        ``relay_timing``: how often relay keepers and auto-relay retry and look (tests shorten it)."""
         config = config.validated()
         self._transport = transport
+        self._relay_timing = relay_timing
         self._rng = rng if rng is not None else random.Random()
         self._api = api
         self._trace_path = trace_frames
@@ -300,7 +303,8 @@ class Node:
             ctx.nursery = nursery
             # Reserve first, so the first announcement and registration carry the relayed address.
             libp2p = host if isinstance(host, Host) else None  # relays, LAN, auto relay: libp2p's only
-            ctx.relay_keepers = [ReservationKeeper(libp2p, a) for a in config.relays] if libp2p else []
+            timing, relays = self._relay_timing, config.relays
+            ctx.relay_keepers = [ReservationKeeper(libp2p, a, timing) for a in relays] if libp2p else []
             for keeper in ctx.relay_keepers:
                 await nursery.start(keeper.run)
             ctx.membership = Membership(
@@ -325,7 +329,7 @@ class Node:
                 self.lan = await nursery.start(join_lan, libp2p, config)
             if libp2p is not None:
                 self.auto_relay = AutoRelay(
-                    libp2p, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers
+                    libp2p, ctx.membership, bootstrap=config.bootstrap, given=ctx.relay_keepers, timing=timing
                 )
                 await nursery.start(self.auto_relay.run)
             nursery.start_soon(self.ledger_service.gossip_loop)

@@ -22,13 +22,16 @@ transport=net)``), which gets the peer id its seed gives on libp2p and the addre
 - Not offered: relays, hole punching, LAN discovery, dial-backs (a memory address has no IP): the node
   skips them on a host that is not a libp2p ``Host``.
 
-The SDK: ``Client(bootstrap, transport=net)`` runs its work in the network's trio run (``trio_token``,
-set by the first host), so a test drives the synchronous client from ``trio.to_thread.run_sync``.
+The SDK: ``Client(bootstrap, transport=net)`` (and ``AsyncClient.connect(..., transport=net)``) runs its
+work in the network's trio run (``trio_token``, set by the first host), so a test drives the synchronous
+client from ``trio.to_thread.run_sync`` (its streams and the asyncio client from ``run_sync_waiting``).
 
 Time: ``clock_stops_for_threads`` keeps a ``MockClock(autojump_threshold=0)`` from jumping while a
 worker thread computes (the node runs engines, the hardware probe and the like in threads) or a child
 process is read (chat-template renderers); without it, the clock would race through every pending
-deadline while the work goes on outside the loop, and time out what waits for it.
+deadline while the work goes on outside the loop, and time out what waits for it. A thread that only
+waits for the loop (a streaming client: the SDK's ``stream``, an HTTP client of a node's API) must not stop
+the clock, or what it waits for never comes: run it with ``run_sync_waiting``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 T = TypeVar("T")
+
+_PLAIN_RUN_SYNC: Final = trio.to_thread.run_sync
+"""trio's own ``to_thread.run_sync`` (this module is imported before ``clock_stops_for_threads`` runs)."""
 
 WINDOW_BYTES: Final = 256 * 1024
 """Bytes a stream buffers one way before its writer waits (yamux's initial window)."""
@@ -699,6 +705,17 @@ class MemoryNetwork:
                 if receiver.accepts(topic, ID.from_base58(forwarder), message):
                     receiver.deliver(topic, message)
                     frontier.append(peer)
+
+
+async def run_sync_waiting(sync_fn: Callable[..., T], *args: Any) -> T:
+    """Run ``sync_fn(*args)`` in a worker thread that does NOT stop the clock of
+    ``clock_stops_for_threads``, for a thread that waits for the loop rather than computing: a client
+    reading a stream (the SDK's ``Client.stream`` hands the exchange to a thread of its own and waits on a
+    queue; an HTTP client of a node's API waits on a socket). Counted, such a thread would hold virtual
+    time still while the nodes it waits for need it to pass (a worker paces its progress frames with a
+    timer), and the test would hang. Virtual time flows while it runs, as real time would; what the
+    thread does between its waits is short (decoding a frame, opening a chunk)."""
+    return await _PLAIN_RUN_SYNC(sync_fn, *args)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Literal
 
+from opengrid.net.transport import LIBP2P, Transport
 from opengrid.node.config import DEFAULT_NETWORK
 from opengrid.wire.messages import NodeStatus, Priority
 from opengrid_sdk.client import (
@@ -43,9 +44,11 @@ class AsyncClient:
         timeout: float = 300.0,
         network_key: str | None = None,
         identity_seed: bytes | None = None,
+        transport: Transport = LIBP2P,
     ) -> AsyncClient:
         """Start the client's host (in its own thread) and return the async client. ``identity_seed``:
-        pay for jobs from that account's points (see ``Client``)."""
+        pay for jobs from that account's points (see ``Client``). ``transport``: the network, as
+        ``Client``'s (tests pass an in-memory one, whose trio run then runs the client's work)."""
         client = await asyncio.to_thread(
             Client,
             list(bootstrap),
@@ -53,6 +56,7 @@ class AsyncClient:
             timeout=timeout,
             network_key=network_key,
             identity_seed=identity_seed,
+            transport=transport,
         )
         return cls(client)
 

@@ -25,7 +25,8 @@ from opengrid.net.host import RUN_PROTOCOL, FrameStream, Host, open_host, quiet_
 from opengrid.wire.messages import ErrorReply, Message, ReplicaProgress, StatusRequest
 from tests.waiting import until
 
-ROUNDS = 100
+ROUNDS = 40
+"""Rounds per test (was 100): before the fix every run failed by round 10, so 40 keeps a 4x margin."""
 JOB_ID = b"\x01" * 16
 RESET_PROTOCOL = TProtocol("/opengrid/test-reset/1")
 

@@ -9,9 +9,17 @@ import socket
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from opengrid.net.host import derive_psk, open_host
-from opengrid.net.reachability import check_addresses, dial_back, ip_and_port, same_ip, verdict
+from opengrid.net.reachability import (
+    DIAL_BACK_TIMEOUT_S,
+    check_addresses,
+    dial_back,
+    ip_and_port,
+    same_ip,
+    verdict,
+)
 from opengrid.wire.messages import DialBackResult
 
 
@@ -35,7 +43,9 @@ async def test_a_closed_port_is_not_reachable() -> None:
     assert result.reason.startswith("connection failed")
 
 
-async def test_a_silent_port_and_another_program_are_not_libp2p() -> None:
+async def test_a_silent_port_and_another_program_are_not_libp2p(memnet_clock: MockClock) -> None:
+    # Plain trio sockets on loopback in virtual time: the silent port's DIAL_BACK_TIMEOUT_S (3 s) passes at
+    # once (the clock jumps only while nothing is ready; loopback bytes are ready as they are sent).
     async def silent(stream: trio.SocketStream) -> None:
         await trio.sleep(10)
 
@@ -49,7 +59,9 @@ async def test_a_silent_port_and_another_program_are_not_libp2p() -> None:
         q_port = quiet[0].socket.getsockname()[1]
         o_port = other[0].socket.getsockname()[1]
         with trio.fail_after(10):
+            started = trio.current_time()
             nothing = await dial_back(f"/ip4/127.0.0.1/tcp/{q_port}", private_network=False)
+            assert trio.current_time() - started == pytest.approx(DIAL_BACK_TIMEOUT_S)
             web = await dial_back(f"/ip4/127.0.0.1/tcp/{o_port}", private_network=False)
         assert not nothing.reachable and nothing.reason.startswith("no answer within")
         assert not web.reachable and "not a libp2p listener" in web.reason

@@ -41,7 +41,8 @@ def _coordinator(base: pathlib.Path, **config: Any) -> Node:
     return Node(
         settings,
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, **config),
-        api=ApiSettings(address="127.0.0.1:0"),
+        # hostile templates are cut off after 0.5 s (2 s by default): the bound, not its length, is tested
+        api=ApiSettings(address="127.0.0.1:0", template_timeout_s=0.5),
     )
 
 

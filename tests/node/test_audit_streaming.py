@@ -1,35 +1,42 @@
-"""Verified streaming in audit mode on real nodes (issue 14 item 5; spec/verification.md §14.2): a
+"""Verified streaming in audit mode on nodes (issue 14 item 5; spec/verification.md §14.2): a
 coordinator with ``verify="audit"`` and its OpenAI API, workers running the tiny model in llama.cpp. The
 prover streams its tokens; the coordinator cuts them into chunks; the auditor scores each chunk as it
 arrives in a scoring session that keeps its KV cache; a chunk's text reaches the client once it passed.
 
-The tiny model generates ~1,000 tokens a second here, faster than any chunk's audit round trip, so the
-workers' engines are paced (``_Paced``: a real llama.cpp engine that sleeps ``PACE_S`` after each token,
-standing in for a larger model on a CPU) to make "before generation ends" observable.
+The nodes run on the in-memory network in virtual time (``memnet``, ``memnet_clock``: the clock stands
+still while an engine computes in its thread). The tiny model generates ~1,000 tokens a second, faster
+than any chunk's audit round trip, so the workers' engines are paced (``_Paced``: a real llama.cpp engine
+that waits ``PACE_S`` of the loop's time after each token, standing in for a larger model on a CPU) to
+make "before generation ends" observable; in virtual time that pacing costs no real time. Clients that
+wait on a stream from a thread (the OpenAI client, the SDK's ``stream``) run in ``run_sync_waiting``
+threads, which let virtual time flow while they wait.
 """
 
 from __future__ import annotations
 
 import pathlib
 import secrets
-import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import openai
 import trio
 from opengrid_sdk import Client, Completion
+from trio.testing import MockClock
 
 from opengrid.core.audit import SamplingParams
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.core.reputation import Reputation
-from opengrid.engines import GenerationRequest, LlamaEngine, ModelInfo, sha256_file
+from opengrid.engines import Engine, GenerationRequest, LlamaEngine, ModelInfo, sha256_file
 from opengrid.engines.base import Generation
-from opengrid.net.host import FrameStream, Host
+from opengrid.net.host import FrameStream
+from opengrid.net.transport import StreamHost
 from opengrid.node.api import ApiSettings
 from opengrid.node.audit_driver import MAX_SCORING_SESSIONS
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork, run_sync_waiting
 from opengrid.wire.messages import (
     AuditChunk,
     AuditJob,
@@ -47,13 +54,21 @@ from tests.waiting import until
 PROMPT = "Once upon a time"
 MAX_TOKENS = 96
 PACE_S = 0.02
-"""Seconds per token of the paced engines: 96 tokens take ~2 s."""
+"""Seconds (of the loop's clock) per token of the paced engines: 96 tokens take ~2 s."""
+
+
+def _loop_time() -> float:
+    """The trio run's clock, from a worker thread of that run (virtual time under MockClock)."""
+    return trio.from_thread.run_sync(trio.current_time)
 
 
 class _Paced(LlamaEngine):
-    """A real llama.cpp engine that takes ``PACE_S`` per generated token and records when each of its
-    generations ended (``time.monotonic()``)."""
+    """A real llama.cpp engine that takes ``PACE_S`` of the loop's time per generated token and records
+    when each of its generations began and ended (``trio.current_time()``). It waits in the loop
+    (``trio.from_thread.run``), so in virtual time the wait costs no real time, and the thread does not
+    hold the clock still meanwhile (memnet's ``clock_stops_for_threads``)."""
 
+    began: list[float]
     ended: list[float]
 
     def generate_streaming(
@@ -63,14 +78,15 @@ class _Paced(LlamaEngine):
         on_token: Callable[[int, str], None] | None = None,
     ) -> Generation:
         def paced(token: int, piece: str) -> None:
-            time.sleep(PACE_S)
+            trio.from_thread.run(trio.sleep, PACE_S)
             if on_token is not None:
                 on_token(token, piece)
 
+        self.began = [*getattr(self, "began", []), _loop_time()]
         try:
             return super().generate_streaming(request, on_text, paced)
         finally:
-            self.ended = [*getattr(self, "ended", []), time.monotonic()]
+            self.ended = [*getattr(self, "ended", []), _loop_time()]
 
 
 class _MidStreamLiar(_Paced):
@@ -113,12 +129,15 @@ def _info(path: pathlib.Path) -> ModelInfo:
     return ModelInfo(name="tiny", path=path, sha256=sha256_file(path))
 
 
-def _coordinator(base: pathlib.Path, rng: _Preferring | None = None, *, api: bool = False) -> Node:
+def _coordinator(
+    base: pathlib.Path, memnet: MemoryNetwork, rng: _Preferring | None = None, *, api: bool = False
+) -> Node:
     return Node(
         NodeConfig(data_dir=base / "c", role="coordinator", heartbeat_s=0.5, verify="audit"),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5, verify="audit"),
         rng=rng,
         api=ApiSettings(address="127.0.0.1:0") if api else None,
+        transport=memnet,
     )
 
 
@@ -132,20 +151,19 @@ async def _local(info: ModelInfo, job_id: bytes, sampling: SamplingParams) -> st
 
 
 async def test_openai_stream_in_audit_mode_gets_verified_chunks_before_generation_ends(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = _info(tiny_model_path)
-    coordinator = _coordinator(tmp_path, api=True)
+    coordinator = _coordinator(tmp_path, memnet, api=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         engines = {"w1": _Paced(info, n_threads=1), "w2": _Paced(info, n_threads=1)}
-        await _workers(nursery, tmp_path, coordinator, dict(engines))
+        await _workers(nursery, tmp_path, coordinator, dict(engines), memnet)
         base = coordinator.api_urls[0] + "/v1"
 
-        def stream(**sampling: Any) -> tuple[str, str, float, float, float, int]:
-            """Streamed text, job id, request start, first content chunk and end (monotonic s), chunks."""
+        def stream(**sampling: Any) -> tuple[str, str, float, float, int]:
+            """Streamed text, job id, first content chunk and end (the loop's clock), chunks."""
             client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
-            start = time.monotonic()
             first = 0.0
             parts: list[str] = []
             job = ""
@@ -156,34 +174,37 @@ async def test_openai_stream_in_audit_mode_gets_verified_chunks_before_generatio
                     job = event.id
                     text = event.choices[0].text if event.choices else ""
                     if text and not first:
-                        first = time.monotonic()
+                        first = _loop_time()
                     parts.append(text)
-            return "".join(parts), job, start, first, time.monotonic(), sum(1 for p in parts if p)
+            return "".join(parts), job, first, _loop_time(), sum(1 for p in parts if p)
 
         def whole(**sampling: Any) -> str:
             client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
             answer = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, **sampling)
             return answer.choices[0].text
 
-        text, _, start, first, end, chunks = await trio.to_thread.run_sync(
-            lambda: stream(temperature=0, seed=5)
+        text, _, first, end, chunks = await run_sync_waiting(lambda: stream(temperature=0, seed=5))
+        # The job's generation (its prover's last): timed from its start, not from the request's, as the
+        # clock runs on while the client thread computes before its request goes out.
+        began, generation_ended = max(
+            (e.began[-1], e.ended[-1]) for e in engines.values() if getattr(e, "ended", None)
         )
-        generation_ended = max(e.ended[-1] for e in engines.values() if getattr(e, "ended", None))
         assert first and first < generation_ended, "a verified chunk arrived while the prover still generated"
-        assert first - start < 0.5 * (end - start), (first - start, end - start)
+        assert first - began < 0.5 * (end - began), (first - began, end - began)
         assert chunks >= 3, "the answer came in several verified chunks, not one at the end"
-        assert text == await trio.to_thread.run_sync(lambda: whole(temperature=0, seed=5))
+        assert text == await run_sync_waiting(lambda: whole(temperature=0, seed=5))
         assert text == await _local(info, bytes(16), SamplingParams())  # greedy: any job id
         greedy_text = text
         print(
             f"audit-mode streaming, {MAX_TOKENS} tokens at {PACE_S * 1000:.0f} ms/token: first verified "
-            f"chunk {first - start:.2f} s, answer complete {end - start:.2f} s, {chunks} chunks"
+            f"chunk {first - began:.2f} s after generation began, answer complete {end - began:.2f} s, "
+            f"{chunks} chunks"
         )
 
         # A sampled job: the streamed text is the sample this job's id and seed fix (spec §11), which
         # the non-streamed answer of another job with the same seed is not (another id, other noise).
         sampled = SamplingParams(temperature=0.8, seed=7)
-        text, job, *_ = await trio.to_thread.run_sync(lambda: stream(temperature=0.8, seed=7))
+        text, job, *_ = await run_sync_waiting(lambda: stream(temperature=0.8, seed=7))
         assert text == await _local(info, bytes.fromhex(job.removeprefix("cmpl-")), sampled)
 
         # The SDK's stream yields the same verified chunks, then the Completion that starts with them.
@@ -191,34 +212,34 @@ async def test_openai_stream_in_audit_mode_gets_verified_chunks_before_generatio
         address = coordinator.host.addrs()[0]
 
         def through_the_sdk() -> tuple[list[str], Completion]:
-            with Client([address], timeout=60) as sdk:
+            with Client([address], timeout=60, transport=memnet) as sdk:
                 items = list(sdk.stream(PROMPT, model="tiny", max_tokens=MAX_TOKENS))
             done = items[-1]
             assert isinstance(done, Completion)
             return [i for i in items[:-1] if isinstance(i, str)], done
 
-        pieces, done = await trio.to_thread.run_sync(through_the_sdk)
+        pieces, done = await run_sync_waiting(through_the_sdk)
         assert len(pieces) >= 3 and "".join(pieces) == done.text == greedy_text
         nursery.cancel_scope.cancel()
 
 
 async def test_a_prover_lying_mid_stream_is_caught_at_that_chunk_and_never_streamed(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = _info(tiny_model_path)
     rng = _Preferring(5)
-    coordinator = _coordinator(tmp_path, rng)
+    coordinator = _coordinator(tmp_path, memnet, rng)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.coordinator is not None
         liar_engine = _MidStreamLiar(info, n_threads=1)
         engines = {"liar": liar_engine, "w1": _Paced(info, n_threads=1), "w2": _Paced(info, n_threads=1)}
-        workers = await _workers(nursery, tmp_path, coordinator, dict(engines))
+        workers = await _workers(nursery, tmp_path, coordinator, dict(engines), memnet)
         liar = workers["liar"]
         assert liar.host is not None
         rng.prefer = [liar.host.peer_id]  # the liar proves first
 
-        client: Host = await nursery.start(client_host)
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         peer = await client.connect(coordinator.host.addrs()[0])
         job = SubmitJob(
             job_id=secrets.token_bytes(16), model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True
@@ -248,24 +269,25 @@ async def test_a_prover_lying_mid_stream_is_caught_at_that_chunk_and_never_strea
 
 
 async def test_a_worker_holds_chunked_audits_to_their_rules_and_bounds(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     """Anyone may open a chunked audit with a worker (as any audit): it scores well-formed chunks, answers
     a chunk out of order with ``malformed`` and ends that exchange, keeps at most MAX_SCORING_SESSIONS
     open (``busy`` beyond), frees a session whose stream ends, and serves jobs as before afterwards."""
     info = _info(tiny_model_path)
-    coordinator = _coordinator(tmp_path)
+    coordinator = _coordinator(tmp_path, memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         engine = LlamaEngine(info, n_threads=1)
-        workers = await _workers(nursery, tmp_path, coordinator, {"w1": engine, "w2": LlamaEngine(info)})
+        engines: dict[str, Engine] = {"w1": engine, "w2": LlamaEngine(info)}
+        workers = await _workers(nursery, tmp_path, coordinator, engines, memnet)
         worker = workers["w1"]
         assert worker.host is not None and worker.worker is not None and coordinator.host is not None
         contract = worker.worker.offers[0].contract
         tokens = list(
             await trio.to_thread.run_sync(lambda: engine.generate(GenerationRequest(PROMPT, 8)).tokens)
         )
-        client: Host = await nursery.start(client_host)
+        client: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         peer = await client.connect(worker.host.addrs()[0])
 
         async def opened(job_id: bytes) -> FrameStream:

@@ -1,25 +1,29 @@
 """The dashboard's routes on a real coordinator node (opengrid/node/dashboard.py): the page is served with
 its CSP and holds no data; the state asks for the API key; its lists and texts are bounded; browsers polling
-share one build. The page in a real browser: tests/e2e/test_dashboard.py."""
+share one build. The routes' test runs on the in-memory network in virtual time (the API serves HTTP on
+127.0.0.1), the state-of-a-job test on real hosts. The page in a real browser: tests/e2e/test_dashboard.py."""
 
 from __future__ import annotations
 
 import pathlib
 import secrets
+from functools import partial
 
 import httpx
 import pytest
 import trio
 from opengrid_ledger import Transfer
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
-from opengrid.net.host import Host
 from opengrid.net.keys import public_key_of
+from opengrid.net.transport import StreamHost
 from opengrid.node import dashboard
 from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.job_log import JobLog, percentile
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork
 from opengrid.wire.messages import DecodingContract, JobAccepted, ModelOffer, Registered, RegisterWorker
 from tests.node.workers import client_host, start_workers
 from tests.waiting import until
@@ -31,10 +35,12 @@ HOSTILE = (
 )  # markup, and longer than the page keeps (256 is the wire's)
 
 
-async def _fake_worker(coordinator: Node, name: str, *, task_status: trio.TaskStatus[str]) -> None:
-    """A bare libp2p host that registers as a worker serving a model called ``name`` (heartbeats go on)."""
+async def _fake_worker(
+    coordinator: Node, name: str, memnet: MemoryNetwork, *, task_status: trio.TaskStatus[str]
+) -> None:
+    """A bare host that registers as a worker serving a model called ``name`` (heartbeats go on)."""
     async with trio.open_nursery() as nursery:
-        host: Host = await nursery.start(client_host)
+        host: StreamHost = await nursery.start(partial(client_host, transport=memnet))
         assert coordinator.host is not None
         peer = await host.connect(coordinator.host.addrs()[0])
         offer = ModelOffer(name=name, contract=DecodingContract(model_sha256=secrets.token_hex(32)))
@@ -50,7 +56,7 @@ async def _fake_worker(coordinator: Node, name: str, *, task_status: trio.TaskSt
 
 
 async def test_the_page_is_open_and_the_state_is_guarded_bounded_and_shared(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     monkeypatch.setattr(dashboard, "MAX_WORKERS", 2)
     monkeypatch.setattr(dashboard, "STATE_MAX_AGE_S", 3600.0)  # one build for the whole test
@@ -59,11 +65,12 @@ async def test_the_page_is_open_and_the_state_is_guarded_bounded_and_shared(
         settings,
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5),
         api=ApiSettings(address="127.0.0.1:0", api_key=KEY),
+        transport=memnet,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         url = coordinator.api_urls[0]
-        peers = [await nursery.start(_fake_worker, coordinator, HOSTILE) for _ in range(3)]
+        peers = [await nursery.start(_fake_worker, coordinator, HOSTILE, memnet) for _ in range(3)]
         assert coordinator.coordinator is not None
         machine = coordinator.coordinator
         await until(lambda: len(machine.workers) == 3, 10, lambda: f"{len(machine.workers)} registered")
@@ -111,6 +118,8 @@ async def test_the_page_is_open_and_the_state_is_guarded_bounded_and_shared(
 async def test_the_state_shows_a_job_its_receipt_a_transfer_and_the_balances(
     tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
 ) -> None:
+    # Real hosts and real time: in virtual time a job's latency (the clock stands still while engines
+    # compute) would be 0, and the state's latency figure is part of what is checked.
     settings = NodeConfig(data_dir=tmp_path / "c", role="coordinator", network=NETWORK, heartbeat_s=0.5)
     coordinator = Node(
         settings,

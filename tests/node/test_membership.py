@@ -127,7 +127,7 @@ async def test_a_node_with_another_network_key_cannot_join(
         friend = nodes["friend"].host
         assert friend is not None
         await until(lambda: friend.peer_id in online_workers(coordinator), timeout=20)
-        await trio.sleep(2)  # several heartbeats: the others keep failing to even connect
+        await trio.sleep(1)  # two heartbeats: the others keep failing to even connect (their dials hang)
         assert online_workers(coordinator) == {friend.peer_id}
         assert {p.peer_id for p in coordinator.status().peers} == {friend.peer_id}
         assert not nodes["stranger"].registered.is_set() and not nodes["open"].registered.is_set()
@@ -216,18 +216,28 @@ async def test_a_coordinator_with_approval_serves_a_worker_only_once_its_operato
 
 
 async def test_nodes_advertise_roles_and_models_in_the_dht_and_find_coordinators_there(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     """Provider records on live nodes: every coordinator (also a relay) and every model is found through
-    the DHT from a node that was given only another worker's address."""
+    the DHT from a node that was given only another worker's address. (What the nodes advertise and look
+    up, on the in-memory network's DHT; Kademlia itself on real hosts: tests/net/test_discovery.py and
+    test_dht_lone_coordinator.py.)"""
     async with trio.open_nursery() as nursery:
-        c1 = Node(fast(tmp_path / "c1", "coordinator"))
+        c1 = Node(fast(tmp_path / "c1", "coordinator"), transport=memnet)
         await nursery.start(c1.run)
-        c2 = Node(fast(tmp_path / "c2", "coordinator", bootstrap=c1))
+        c2 = Node(fast(tmp_path / "c2", "coordinator", bootstrap=c1), transport=memnet)
         await nursery.start(c2.run)
-        w1 = Node(fast(tmp_path / "w1", "worker", bootstrap=c1), engine=tiny_engine(tiny_model_path))
+        w1 = Node(
+            fast(tmp_path / "w1", "worker", bootstrap=c1),
+            engine=tiny_engine(tiny_model_path),
+            transport=memnet,
+        )
         await nursery.start(w1.run)
-        w2 = Node(fast(tmp_path / "w2", "worker", bootstrap=w1), engine=tiny_engine(tiny_model_path))
+        w2 = Node(
+            fast(tmp_path / "w2", "worker", bootstrap=w1),
+            engine=tiny_engine(tiny_model_path),
+            transport=memnet,
+        )
         await nursery.start(w2.run)
         nodes = (c1, c2, w1, w2)
         assert all(n.host is not None and n.membership is not None for n in nodes)
@@ -250,7 +260,7 @@ async def test_nodes_advertise_roles_and_models_in_the_dht_and_find_coordinators
 
         # An SDK client that knows only w2 finds both coordinators in the DHT, and picks one of them.
         def client_lookup() -> tuple[list[str], str]:
-            with Client(w2.host.addrs()[:1], network=network, timeout=30) as client:  # type: ignore[union-attr]
+            with Client(w2.host.addrs()[:1], network=network, timeout=30, transport=memnet) as client:  # type: ignore[union-attr]
                 return client.find_coordinators(), client.coordinator()
 
         found, chosen = await trio.to_thread.run_sync(client_lookup)

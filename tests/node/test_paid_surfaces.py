@@ -1,10 +1,10 @@
-"""Every way into a coordinator that requires payment is paid (real libp2p hosts on 127.0.0.1, the tiny
-model): the node's own OpenAI-compatible API pays from the node's account (claiming its starting grant),
-and answers 402 with the price and the balance when that account cannot pay; a worker node's API pays
-from the worker's account at its coordinator; the SDK's ``stream`` pays like ``complete``, and a job the
-account cannot pay raises ``PaymentError`` with the same figures; a Quote says the real price
-(spec/ledger.md §7). And a busy coordinator runs a paid job ahead of free ones, which still finish
-(spec/job-protocol.md §8.1)."""
+"""Every way into a coordinator that requires payment is paid (the tiny model; the in-memory network in
+virtual time, the busy-coordinator test on real libp2p hosts on 127.0.0.1): the node's own
+OpenAI-compatible API pays from the node's account (claiming its starting grant), and answers 402 with the
+price and the balance when that account cannot pay; a worker node's API pays from the worker's account at
+its coordinator; the SDK's ``stream`` pays like ``complete``, and a job the account cannot pay raises
+``PaymentError`` with the same figures; a Quote says the real price (spec/ledger.md §7). And a busy
+coordinator runs a paid job ahead of free ones, which still finish (spec/job-protocol.md §8.1)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import trio
 from nacl.signing import SigningKey
 from opengrid_ledger import Genesis, Grant, Hold, Receipt, Settle, decode_body, encode_genesis
 from opengrid_sdk.client import Client, Completion
+from trio.testing import MockClock
 
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
@@ -29,6 +30,7 @@ from opengrid.node.api import ApiSettings
 from opengrid.node.config import NodeConfig
 from opengrid.node.identity import IDENTITY_FILE
 from opengrid.node.service import Node
+from opengrid.testing.memnet import MemoryNetwork, run_sync_waiting
 from opengrid.wire.messages import JobAccepted, Message, SubmitJob, job_cost
 from tests.node.workers import client_host, paid_coordinator, start_workers
 from tests.waiting import until
@@ -42,10 +44,10 @@ def _post(url: str, body: dict[str, Any]) -> httpx.Response:
 
 
 async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payment(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     coordinator, genesis = paid_coordinator(
-        tmp_path, NETWORK, grant=GRANT, api=ApiSettings(address="127.0.0.1:0")
+        tmp_path, NETWORK, grant=GRANT, api=ApiSettings(address="127.0.0.1:0"), transport=memnet
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
@@ -53,7 +55,7 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
         address, url = coordinator.host.addrs()[0], coordinator.api_urls[0]
         await start_workers(
             nursery, tmp_path, ("w1", "w2"), bootstrap=address, model_path=tiny_model_path,
-            network=NETWORK, genesis=genesis, heartbeat_s=0.5,
+            network=NETWORK, genesis=genesis, heartbeat_s=0.5, transport=memnet,
         )  # fmt: skip
         ledger, me = coordinator.ledger, coordinator.public_key
 
@@ -84,12 +86,14 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
         seed = secrets.token_bytes(32)
 
         def anonymous_stream() -> None:
-            with Client([address], network=NETWORK, timeout=60) as client:
+            with Client([address], network=NETWORK, timeout=60, transport=memnet) as client:
                 with pytest.raises(PaymentError, match="only paid jobs"):
                     list(client.stream("free?", model="tiny", max_tokens=4, replicas=2))
 
         def paid_stream() -> tuple[int, list[str | Completion], Completion | None, int]:
-            with Client([address], network=NETWORK, timeout=60, identity_seed=seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=60, identity_seed=seed, transport=memnet
+            ) as client:
                 price = client.price(model="tiny", max_tokens=4, replicas=2)
                 items: list[str | Completion] = []
                 nested = None
@@ -105,8 +109,8 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
                 assert (caught.value.price, caught.value.balance) == (128, left)
                 return price, items, nested, left
 
-        await trio.to_thread.run_sync(anonymous_stream)
-        price, items, nested, after = await trio.to_thread.run_sync(paid_stream)
+        await run_sync_waiting(anonymous_stream)  # streams: virtual time flows while they wait
+        price, items, nested, after = await run_sync_waiting(paid_stream)
         assert price == job_cost(4, 2)  # the tiny model weighs 1 point per token
         assert isinstance(nested, Completion) and nested.receipt is not None
         done = items[-1]
@@ -124,9 +128,9 @@ async def test_api_and_stream_jobs_are_paid_on_a_coordinator_that_requires_payme
 
 
 async def test_a_worker_nodes_api_pays_from_the_workers_own_account(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
-    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+    coordinator, genesis = paid_coordinator(tmp_path, NETWORK, grant=GRANT, transport=memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None and coordinator.ledger is not None
@@ -136,11 +140,16 @@ async def test_a_worker_nodes_api_pays_from_the_workers_own_account(
             data_dir=tmp_path / "api-worker", role="worker", bootstrap=(address,), network=NETWORK,
             genesis=genesis, heartbeat_s=0.5,
         )  # fmt: skip
-        worker = Node(settings, engine=LlamaEngine(info, n_threads=1), api=ApiSettings(address="127.0.0.1:0"))
+        worker = Node(
+            settings,
+            engine=LlamaEngine(info, n_threads=1),
+            api=ApiSettings(address="127.0.0.1:0"),
+            transport=memnet,
+        )
         await nursery.start(worker.run)
         await start_workers(
             nursery, tmp_path, ("w2",), bootstrap=address, model_path=tiny_model_path, network=NETWORK,
-            genesis=genesis, heartbeat_s=0.5,
+            genesis=genesis, heartbeat_s=0.5, transport=memnet,
         )  # fmt: skip
         with trio.fail_after(30):
             await worker.registered.wait()
@@ -179,7 +188,7 @@ async def test_a_worker_nodes_api_pays_from_the_workers_own_account(
         worker_address = worker.host.addrs()[0]
 
         def owner_sends() -> Any:
-            with Client([address], network=NETWORK, timeout=30) as client:
+            with Client([address], network=NETWORK, timeout=30, transport=memnet) as client:
                 return client.send_from_node(worker_address, coordinator.public_key, 1, identity_seed=seed)
 
         await trio.to_thread.run_sync(owner_sends)

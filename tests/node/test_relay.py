@@ -7,6 +7,7 @@ nothing but relaying happens on it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import secrets
@@ -15,14 +16,12 @@ import pytest
 import trio
 from opengrid_ledger import Receipt, decode_entry, open_entry
 
-from opengrid.core import autorelay as autorelay_policy
 from opengrid.core.coordinator import CoordinatorConfig
 from opengrid.engines import LlamaEngine, ModelInfo, sha256_file
 from opengrid.errors import ConfigError
-from opengrid.net import relay as relay_keeper
 from opengrid.net.host import Host, open_host
-from opengrid.net.relay import is_circuit
-from opengrid.node import autorelay as autorelay_driver
+from opengrid.net.relay import RELAY_TIMING, RelayTiming, is_circuit
+from opengrid.net.transport import LIBP2P, Libp2pTransport, Transport
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
 from opengrid.wire.commitment import commit_output
@@ -57,13 +56,14 @@ class RelayProcess:
                 await trio.sleep_forever()
 
 
-@pytest.fixture
-def prompt_relay_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A keeper that lost its relay retries every second rather than backing off to 10 s, and the
-    auto-relay steps every second rather than every 5 s: the tests below wait for a relay to come back,
-    and these pauses (tuning, not what is tested) made most of their time."""
-    monkeypatch.setattr(relay_keeper, "_MAX_RETRY_S", 1.0)
-    monkeypatch.setattr(autorelay_driver, "_TICK_S", 1.0)
+PROMPT = RelayTiming(retry_s=0.1, retry_max_s=0.25, check_s=0.1, step_s=0.25)
+"""A keeper that lost its relay retries every 0.25 s at most rather than backing off to 10 s (and notices
+the loss within 0.1 s rather than 1 s), and the auto-relay steps every 0.25 s rather than every 5 s: the
+tests below wait for a relay to go and come back, and these pauses (tuning, not what is tested) made most
+of their time."""
+ONE_TRY = Libp2pTransport(dial_retries=0)
+"""Hosts that dial once: a keeper whose relay is down otherwise spends 0.7 s of library retries on every
+attempt (with PROMPT's retries)."""
 
 
 def online_workers(node: Node) -> set[str]:
@@ -78,12 +78,15 @@ async def start_grid(
     relay_address: str,
     heartbeat_s: float,
     coordinator_relays: bool = False,
+    timing: RelayTiming = RELAY_TIMING,
+    transport: Transport = LIBP2P,
 ) -> tuple[Node, Node]:
     coordinator = Node(
         NodeConfig(
             data_dir=tmp_path / "c", role="coordinator", relay=coordinator_relays, heartbeat_s=heartbeat_s
         ),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=heartbeat_s),
+        transport=transport,
     )
     await nursery.start(coordinator.run)
     assert coordinator.host is not None
@@ -98,6 +101,8 @@ async def start_grid(
             announce_s=0.3,
         ),
         engine=LlamaEngine(ModelInfo(name="tiny", path=model, sha256=sha256_file(model)), n_threads=1),
+        relay_timing=timing,
+        transport=transport,
     )
     await nursery.start(worker.run)
     return coordinator, worker
@@ -160,7 +165,6 @@ async def test_a_relayed_worker_goes_offline_when_its_relay_is_gone_and_returns_
     tmp_path: pathlib.Path,
     tiny_model_path: pathlib.Path,
     caplog: pytest.LogCaptureFixture,
-    prompt_relay_retries: None,
 ) -> None:
     """Without a relay the worker cannot be reached, so it stops registering (with a warning saying why)
     and its coordinator marks it offline after three missed beats; when the relay restarts (same identity
@@ -170,7 +174,13 @@ async def test_a_relayed_worker_goes_offline_when_its_relay_is_gone_and_returns_
     async with trio.open_nursery() as nursery:
         relay_address = await relay.start(nursery)
         coordinator, worker = await start_grid(
-            nursery, tmp_path, tiny_model_path, relay_address, heartbeat_s=0.5
+            nursery,
+            tmp_path,
+            tiny_model_path,
+            relay_address,
+            heartbeat_s=0.5,
+            timing=PROMPT,
+            transport=ONE_TRY,
         )
         assert coordinator.host is not None and worker.host is not None
         me = worker.host.peer_id
@@ -199,21 +209,19 @@ async def test_a_worker_whose_given_relay_is_gone_takes_another_and_returns_to_i
     tmp_path: pathlib.Path,
     tiny_model_path: pathlib.Path,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-    prompt_relay_retries: None,
 ) -> None:
     """A worker that listens on nothing, given one relay (--relay-via): when that relay is gone for longer
-    than the grace (``SWITCH_AFTER_S``, 60 s, shortened here) it reserves on a relay it knows of by itself
+    than the grace (``SWITCH_AFTER_S``, 60 s, 1 s here) it reserves on a relay it knows of by itself
     (its coordinator, which relays) and is reachable again; when its own relay is back and holds a
     reservation, it lets the other one go (spec/discovery.md §9.3)."""
-    monkeypatch.setattr(autorelay_policy, "SWITCH_AFTER_S", 2.0)
     caplog.set_level(logging.INFO, logger="opengrid")
     relay = RelayProcess()
     async with trio.open_nursery() as nursery:
         relay_address = await relay.start(nursery)
         coordinator, worker = await start_grid(
-            nursery, tmp_path, tiny_model_path, relay_address, heartbeat_s=1, coordinator_relays=True
-        )
+            nursery, tmp_path, tiny_model_path, relay_address, heartbeat_s=1, coordinator_relays=True,
+            timing=dataclasses.replace(PROMPT, switch_after_s=1.0), transport=ONE_TRY,
+        )  # fmt: skip
         assert coordinator.host is not None and worker.host is not None and worker.auto_relay is not None
         me = worker.host.peer_id
         given = f"{relay_address}/p2p-circuit/p2p/{me}"
@@ -237,7 +245,7 @@ async def test_a_worker_whose_given_relay_is_gone_takes_another_and_returns_to_i
         await until(lambda: me in online_workers(coordinator), timeout=20, state=state)
 
         await relay.start(nursery)
-        # its keeper re-reserves within a retry (≤ 1 s here) on a quiet machine, much later on a loaded one
+        # its keeper re-reserves within a retry (≤ 0.25 s here) on a quiet machine, much later on a loaded one
         # (the test above allows 75 s for it); the relay taken meanwhile goes at the next step after that
         await until(lambda: worker.host.addrs() == [given], 75, state=state)  # type: ignore[union-attr]
         assert worker.auto_relay.keeper is None

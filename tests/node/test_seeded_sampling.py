@@ -12,8 +12,8 @@
 - Out-of-range settings are refused with a clear error on every surface: the SDK (``ConfigError``
   before anything is sent), the API (OpenAI-style 400 naming the field), the CLI (``--help``'d flags).
 
-The audit-mode test runs on the in-memory network in virtual time; the others on real libp2p hosts (the
-API serves HTTP on 127.0.0.1; the HTTP engine is a child process).
+The audit-mode and replicated-mode tests run on the in-memory network in virtual time (the API still
+serves HTTP on 127.0.0.1); the HTTP-engine test on real libp2p hosts (its engine is a child process).
 """
 
 from __future__ import annotations
@@ -88,13 +88,14 @@ def _job_contract(info: ModelInfo, sampling: SamplingParams) -> DecodingContract
 
 
 async def test_a_sampled_job_verifies_in_replicated_mode_through_the_sdk_and_the_openai_client(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
     info = _info(tiny_model_path)
     coordinator = Node(
         NodeConfig(data_dir=tmp_path / "c", role="coordinator", network=NETWORK, heartbeat_s=0.5),
         coordinator_config=CoordinatorConfig.plain(heartbeat_s=0.5),
         api=ApiSettings(address="127.0.0.1:0"),
+        transport=memnet,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
@@ -102,12 +103,12 @@ async def test_a_sampled_job_verifies_in_replicated_mode_through_the_sdk_and_the
         address = coordinator.host.addrs()[0]
         await start_workers(
             nursery, tmp_path, ("w1", "w2"), bootstrap=address, model_path=tiny_model_path,
-            network=NETWORK, heartbeat_s=0.5,
+            network=NETWORK, heartbeat_s=0.5, transport=memnet,
         )  # fmt: skip
         settings: dict[str, Any] = dataclasses.asdict(SAMPLED)
 
         def through_the_sdk() -> tuple[Completion, Completion, list[str]]:
-            with Client([address], network=NETWORK, timeout=60) as client:
+            with Client([address], network=NETWORK, timeout=60, transport=memnet) as client:
                 open_job = client.complete(
                     PROMPT, model="tiny", max_tokens=MAX_TOKENS, replicas=2, sealed=False, **settings
                 )

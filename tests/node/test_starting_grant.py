@@ -89,6 +89,45 @@ def test_the_require_payment_setting_reaches_the_coordinator(tmp_path: pathlib.P
     )._coordinator_config.require_payment
 
 
+async def test_the_grant_rate_limit_survives_a_restart(
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
+    """Issue 15, item 10, in process: the per-address voucher budget (3 a day) is on disk. Spend it, stop
+    the coordinator, start a new one on the same data dir: the next identity from the same address is
+    still refused, and one vouched for before still gets its own voucher. (The kill -9 of a real process
+    is the next test's, in the multi-process tier.)"""
+    seeds = [secrets.token_bytes(32) for _ in range(GRANTS_PER_OPERATOR + 1)]
+
+    def claim(address: str, seed: bytes) -> int:
+        with Client([address], network=NETWORK, timeout=30, identity_seed=seed, transport=memnet) as client:
+            return client.claim_grant()
+
+    def claim_all(address: str) -> None:
+        for account in seeds[:-1]:  # every client here has the same (memory) address: one bucket
+            assert claim(address, account) == GRANT
+        with pytest.raises(PaymentError, match="spent"):
+            claim(address, seeds[-1])
+
+    def claim_again(address: str) -> None:
+        with pytest.raises(PaymentError, match="spent"):
+            claim(address, seeds[-1])
+        assert claim(address, seeds[0]) == GRANT  # a repeat costs nothing
+
+    first, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT, transport=memnet)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        assert first.host is not None
+        await trio.to_thread.run_sync(claim_all, first.host.addrs()[0])
+        nursery.cancel_scope.cancel()
+    again = Node(first.config, coordinator_config=first._coordinator_config, transport=memnet)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(again.run)
+        assert again.host is not None
+        await trio.to_thread.run_sync(claim_again, again.host.addrs()[0])
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow  # kill -9 needs a process of its own; the restart in process is the test above's
 def test_the_grant_rate_limit_survives_a_kill_9(tmp_path: pathlib.Path) -> None:
     """Issue 15, item 10: the per-address voucher budget (3 a day) lived in memory, so a coordinator
     killed and restarted gave the same address 3 fresh vouchers. Spend it on a real coordinator process,

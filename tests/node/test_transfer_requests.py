@@ -1,5 +1,5 @@
-"""Sending points on a live coordinator (SDK clients in threads): the first test on a real libp2p host on
-127.0.0.1 (with the asyncio client), the others on the in-memory network in virtual time.
+"""Sending points on a live coordinator (SDK clients in threads, the sync and the asyncio one), on the
+in-memory network in virtual time.
 
 A network whose genesis gives new accounts 50 points. A new identity claims its grant and sends points
 with the SDK (its GRANT and TRANSFER go to the coordinator together); typed errors for every bad input,
@@ -34,7 +34,7 @@ from opengrid.errors import (
 )
 from opengrid.net.keys import peer_id_of
 from opengrid.node.identity import IDENTITY_FILE
-from opengrid.testing.memnet import MemoryNetwork
+from opengrid.testing.memnet import MemoryNetwork, run_sync_waiting
 from opengrid.wire.control import owner_transfer_signing_bytes
 from opengrid.wire.messages import (
     AccountRequest,
@@ -50,8 +50,10 @@ NETWORK = "transfer-test"
 GRANT = 50
 
 
-async def test_send_points_with_the_sdk_and_from_the_node_s_own_account(tmp_path: pathlib.Path) -> None:
-    coordinator, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT)
+async def test_send_points_with_the_sdk_and_from_the_node_s_own_account(
+    tmp_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
+) -> None:
+    coordinator, _ = paid_coordinator(tmp_path, NETWORK, grant=GRANT, transport=memnet)
     alice_seed, bob_seed = secrets.token_bytes(32), secrets.token_bytes(32)
     alice, bob = (bytes(SigningKey(s).verify_key) for s in (alice_seed, bob_seed))
     async with trio.open_nursery() as nursery:
@@ -62,7 +64,9 @@ async def test_send_points_with_the_sdk_and_from_the_node_s_own_account(tmp_path
         node_key = coordinator.public_key
 
         def sdk() -> None:
-            with Client([address], network=NETWORK, timeout=30, identity_seed=alice_seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=30, identity_seed=alice_seed, transport=memnet
+            ) as client:
                 # bad input: typed errors, nothing signed or sent
                 for to, points, memo, error in [
                     ("not-a-key", 1, "", InvalidRecipientError),
@@ -96,7 +100,9 @@ async def test_send_points_with_the_sdk_and_from_the_node_s_own_account(tmp_path
                 client.transfer(peer_id_of(node_key), 10, memo="thanks")
                 assert client.account_info().balance == 20
 
-            with Client([address], network=NETWORK, timeout=30, identity_seed=bob_seed) as client:
+            with Client(
+                [address], network=NETWORK, timeout=30, identity_seed=bob_seed, transport=memnet
+            ) as client:
                 back = client.transfer(alice, 5, memo="change")  # bob's chain starts with a TRANSFER
                 assert back.balance == 15
                 # the node's owner sends from the node's account; a stranger's key cannot
@@ -128,12 +134,15 @@ async def test_send_points_with_the_sdk_and_from_the_node_s_own_account(tmp_path
         assert {bytes(e.id) for e in ledger.entries()} <= stored
 
         async def from_asyncio() -> tuple[int, int]:
-            async with await AsyncClient.connect([address], network=NETWORK, identity_seed=bob_seed) as aio:
+            async with await AsyncClient.connect(
+                [address], network=NETWORK, identity_seed=bob_seed, transport=memnet
+            ) as aio:
                 sent = await aio.transfer(alice, 3, memo="async")
                 return sent.balance, (await aio.account_info(alice)).balance
 
-        # the asyncio twin, on an asyncio loop of its own (as an asyncio program would run it)
-        assert await trio.to_thread.run_sync(lambda: asyncio.run(from_asyncio())) == (12, 32)
+        # the asyncio twin, on an asyncio loop of its own (as an asyncio program would run it), in a thread
+        # that waits on this run rather than computing (its calls come from asyncio's worker threads)
+        assert await run_sync_waiting(lambda: asyncio.run(from_asyncio())) == (12, 32)
         nursery.cancel_scope.cancel()
 
 

@@ -1,7 +1,7 @@
 """The SDK's parity with the API (issue 19): ``models()``, ``chat(messages)`` and ``receipt(job_id)`` on
 the sync and the async client, against nodes (a coordinator, two workers running the tiny model in
-llama.cpp): the sync client's test on the in-memory network in virtual time (``memnet``,
-``memnet_clock``), the async client's on real libp2p hosts on 127.0.0.1.
+llama.cpp), on the in-memory network in virtual time (``memnet``, ``memnet_clock``): the async client
+takes the same ``transport`` as the sync one.
 
 - ``models()`` lists the tiny model with its file's sha256, both workers and its weight; on the wire the
   chat template comes only for a named model, and a worker answers ``not_coordinator``;
@@ -37,7 +37,7 @@ from opengrid.net.keys import peer_id_of
 from opengrid.net.transport import LIBP2P, Transport
 from opengrid.node.config import NodeConfig
 from opengrid.node.service import Node
-from opengrid.testing.memnet import MemoryNetwork
+from opengrid.testing.memnet import MemoryNetwork, run_sync_waiting
 from opengrid.wire.messages import MAX_PROMPT_CHARS, ErrorReply, ModelList, ModelsRequest
 from tests.node.workers import client_host, start_workers
 from tests.waiting import until
@@ -171,21 +171,23 @@ async def test_models_chat_and_receipt_through_the_sync_client(
 
 
 async def test_models_chat_and_receipt_through_the_async_client(
-    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path
+    tmp_path: pathlib.Path, tiny_model_path: pathlib.Path, memnet: MemoryNetwork, memnet_clock: MockClock
 ) -> None:
-    coordinator = _coordinator(tmp_path)
+    coordinator = _coordinator(tmp_path, memnet)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run)
         assert coordinator.host is not None
         address = coordinator.host.addrs()[0]
         await start_workers(
             nursery, tmp_path, ("w1", "w2"), bootstrap=address, model_path=tiny_model_path,
-            network=NETWORK, heartbeat_s=0.5,
+            network=NETWORK, heartbeat_s=0.5, transport=memnet,
         )  # fmt: skip
 
         async def in_asyncio() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            async with await AsyncClient.connect([address], network=NETWORK, timeout=60) as client:
+            async with await AsyncClient.connect(
+                [address], network=NETWORK, timeout=60, transport=memnet
+            ) as client:
                 seen["models"] = await client.models()
                 seen["chat"] = await client.chat(MESSAGES, model="tiny", max_tokens=MAX_TOKENS, sealed=False)
                 seen["receipt"] = await client.receipt(seen["chat"].job_id)
@@ -195,7 +197,9 @@ async def test_models_chat_and_receipt_through_the_async_client(
                     await client.chat([{"role": "wizard", "content": "hi"}], model="tiny")
             return seen
 
-        seen = await trio.to_thread.run_sync(asyncio.run, in_asyncio())
+        # asyncio's loop in a thread of this run; the client's calls go from its worker threads into this
+        # run (the transport's), where virtual time flows while they wait
+        seen = await run_sync_waiting(asyncio.run, in_asyncio())
         expected = await _local_chat_tokens(tiny_model_path)
         nursery.cancel_scope.cancel()
 
