@@ -37,6 +37,7 @@ import math
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -182,6 +183,22 @@ def grid(
         yield f"http://127.0.0.1:{api_port}", {node.name: node.process.pid for node in net.nodes}
 
 
+def pin_to_cores(pids: dict[str, int]) -> None:
+    """Stand in for machines of their own on a 2-core box (``--pin``): the two workers on CPU 0 and 1, so
+    a prover and its auditor never share a core, as they do not on a real grid; llama_cpp.server on CPU 0
+    (it is measured alternately with the grid, never at the same time, so it has that core to itself as
+    the prover has its own); the coordinator and this client on CPU 1. Every thread of each process
+    (``taskset -a``)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("--pin needs 2 CPUs")
+    cores = {"server": 0, "worker-0": 0, "worker-1": 1, "coordinator": 1}
+    for name, pid in pids.items():
+        core = cores.get(name, 1)
+        subprocess.run(["taskset", "-a", "-cp", str(core), str(pid)], check=True, capture_output=True)
+    os.sched_setaffinity(0, {1})
+    log("pinned: " + ", ".join(f"{name} on CPU {cores.get(name, 1)}" for name in pids) + ", client on CPU 1")
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, every thread) a process has used so far, from /proc/PID/stat."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -257,8 +274,10 @@ def bench_streaming(
     replicas: int = 1,
     workers: int | None = None,
     timeout_s: float = 300.0,
+    pinned: bool = False,
 ) -> dict[str, Any]:
-    """The figures of one run (see the module docstring); every node and the server stopped at the end."""
+    """The figures of one run (see the module docstring); every node and the server stopped at the end.
+    ``pinned``: each process on a CPU of its own as far as two go (``pin_to_cores``)."""
     from opengrid.engines import ManagedServer, resolve_model
     from opengrid.engines.http import free_loopback_port
 
@@ -300,6 +319,8 @@ def bench_streaming(
         bodies = {"server": server_body, "grid": grid_body}
         assert server.pid is not None
         processes = {"server": {"server": server.pid}, "grid": pids}
+        if pinned:
+            pin_to_cores({"server": server.pid, **pids})
         cpu: dict[str, list[float]] = {}  # CPU seconds per request, by process
         log("warming up")
         for name in ("server", "grid"):
@@ -333,6 +354,7 @@ def bench_streaming(
         "threads": threads,
         "tokens": tokens,
         "reps": reps,
+        "pinned": pinned,
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
         "grid_stages": stages,
         "cpu_s_per_request": {n: spread(v) for n, v in cpu.items()},
@@ -379,7 +401,8 @@ def report(result: dict[str, Any]) -> str:
         f"SmolLM2-135M-Instruct, {result['tokens']} tokens, {result['threads']} thread(s); grid: "
         f"--verify {result['verify']}, {result['replicas']} replica(s), {result['workers']} worker(s); "
         f"{result['reps']} repetitions, median (min-max); load average {result['load_average']['start']:.1f}"
-        f" at start, {result['load_average']['end']:.1f} at end",
+        f" at start, {result['load_average']['end']:.1f} at end"
+        + ("; pinned: each worker on a CPU of its own (--pin)" if result.get("pinned") else ""),
         "",
         "| measure | grid | llama_cpp.server | grid ÷ server (per rep) | goal | met |",
         "|---|---:|---:|---:|---:|:---:|",
@@ -435,6 +458,12 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1, help="replicas the request asks for")
     parser.add_argument("--workers", type=int, help="workers (default: 2 for audit, else --replicas)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each worker on a CPU of its own (prover and auditor never share one, as on a real grid); "
+        "the server on the first, the coordinator and this client on the second (needs 2 CPUs, taskset)",
+    )
     args = parser.parse_args()
     result = bench_streaming(
         args.reps,
@@ -443,6 +472,7 @@ def main() -> int:
         verify=args.verify,
         replicas=args.replicas,
         workers=args.workers,
+        pinned=args.pin,
     )
     print(report(result))
     if args.json:
