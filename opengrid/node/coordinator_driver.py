@@ -4,9 +4,10 @@ stored and gossiped, receipts pushed to workers — and wakes it at its deadline
 
 In audit mode (``CoordinatorConfig.verify``) it also sends ``AuditJob``s to auditors, each on its own
 stream of the job protocol (one request, one reply), and feeds their reports back. A chunked audit (a
-streaming job's claim, spec/verification.md §14.2) keeps its stream: the machine's ``SendAuditChunk``s go
-down it in order, and each ChunkVerdict comes back as ``ChunkAudited``, the final AuditReport as
-``AuditReturned``.
+streaming job's claim, spec/verification.md §14.2) runs on the auditor's run channel: the machine's
+``SendAuditChunk``s go down it in order, its FirstPositionVerdict comes back as ``FirstPositionJudged``,
+each ChunkVerdict as ``ChunkAudited``, the final AuditReport as ``AuditReturned``. The exchanges
+themselves are ``audit_exchanges.py``'s.
 
 The simulator (simulations/) drives the same machine from an event heap; tests/simulations/
 test_same_decisions.py proves both make the same decisions.
@@ -38,10 +39,7 @@ from opengrid.core.effects import (
 )
 from opengrid.core.events import (
     AuditFailed,
-    AuditReturned,
-    ChunkAudited,
     Event,
-    FirstPositionJudged,
     JobCancelled,
     JobSubmitted,
     ReplicaFailed,
@@ -49,21 +47,18 @@ from opengrid.core.events import (
     ReplicaReturned,
     SealedChunkReported,
 )
-from opengrid.errors import OpenGridError, RemoteProtocolError, TransportError
+from opengrid.errors import OpenGridError, RemoteProtocolError
 from opengrid.net.host import FrameStream
 from opengrid.net.pool import StreamPool
+from opengrid.node.audit_exchanges import exchange_audit, exchange_chunked_audit
 from opengrid.node.context import PROGRESS_BUFFER, NodeContext, TaskStatus, short
 from opengrid.node.job_log import JobLog
 from opengrid.node.ledger_service import LedgerService
 from opengrid.store.job_store import JobStore
 from opengrid.wire.messages import (
-    MAX_TOKENS_LIMIT,
     AuditChunk,
     AuditJob,
-    AuditReport,
-    ChunkVerdict,
     ErrorReply,
-    FirstPositionVerdict,
     JobAccepted,
     JobProgress,
     Message,
@@ -375,42 +370,14 @@ class CoordinatorDriver:
 
     # ── audits ───────────────────────────────────────────────────────────────────────────────────────
     async def _run_audit(self, peer: str, audit: AuditJob, scope: trio.CancelScope) -> None:
-        """Send ``audit`` to ``peer`` on a fresh stream and feed its report (or its failure) back. The
-        machine's own deadline cancels it (``CancelReplica``); the stream's deadline bounds it anyway."""
-        assert self._ctx.host is not None and self._ctx.coordinator is not None
-        event: Event | None = None
+        """Send ``audit`` to ``peer`` and feed its report (or its failure) back; the machine's own deadline
+        cancels it (``CancelReplica``)."""
+        assert self._ctx.coordinator is not None
         limit = self._ctx.coordinator.config.replica_timeout_s + 10.0
+        event: Event | None = None
         with scope:
-            stream = None
-            try:
-                with trio.fail_after(limit):
-                    stream = await self._ctx.host.open_stream(peer)
-                    await stream.send(audit)
-                    reply = await stream.receive()
-                self._ctx.trace(reply)
-            except (OpenGridError, trio.TooSlowError) as exc:
-                event = AuditFailed(job_id=audit.job_id, peer=peer, reason=str(exc) or "audit timed out")
-            else:
-                if isinstance(reply, AuditReport):
-                    event = AuditReturned(job_id=audit.job_id, peer=peer, report=reply)
-                elif isinstance(reply, ErrorReply):
-                    event = AuditFailed(
-                        job_id=audit.job_id, peer=peer, reason=f"{reply.code}: {reply.message}"
-                    )
-                else:
-                    event = AuditFailed(
-                        job_id=audit.job_id, peer=peer, reason=f"unexpected {type(reply).__name__}"
-                    )
-            finally:
-                if stream is not None:
-                    with trio.CancelScope(shield=True):
-                        await stream.aclose()
-        if self._replicas.get((audit.job_id, peer)) is scope:
-            del self._replicas[(audit.job_id, peer)]
-        if event is not None and not scope.cancel_called:
-            if isinstance(event, AuditFailed):
-                log.warning("auditor %s failed job %s: %s", short(peer), audit.job_id.hex()[:8], event.reason)
-            self.feed(event)
+            event = await exchange_audit(self._ctx, peer, audit, limit)
+        self._audit_ended(peer, audit.job_id, scope, event)
 
     async def _run_chunked_audit(
         self,
@@ -419,77 +386,22 @@ class CoordinatorDriver:
         scope: trio.CancelScope,
         chunks: trio.MemoryReceiveChannel[AuditChunk],
     ) -> None:
-        """Open a chunked audit with ``peer`` (spec/verification.md §14.2): send ``audit``, then every chunk
-        the machine hands over, while feeding back each ChunkVerdict; end at the AuditReport, a failing
-        verdict or an error. The machine's deadlines cancel it (``CancelReplica``).
-
-        It runs on the worker's run channel (job-protocol.md §6.4, a pooled stream: no stream to open
-        and negotiate before the auditor can start evaluating the prompt, which is what a streaming
-        job's first verified text waits for). The channel is given back only when the exchange ended
-        with the AuditReport (the final chunk sent, nothing in flight); any other end resets it, since
-        chunks sent before a fail or a refusal was read may still be on their way."""
+        """A chunked audit with ``peer`` (``exchange_chunked_audit``) on its run channel: its verdicts
+        are fed back as they come, its end (report or failure) last; the machine's deadlines cancel it."""
         assert self.runs is not None
         event: Event | None = None
-        job_id = audit.job_id
-
-        async def send_chunks(stream: FrameStream) -> None:
-            with contextlib.suppress(OpenGridError):  # a broken stream shows on the reading side too
-                async for chunk in chunks:
-                    await stream.send(chunk)
-
-        async def talk(stream: FrameStream) -> Event:
-            with trio.fail_after(10):
-                await stream.send(audit)  # a dead idle channel fails here: the pool may open a fresh one
-            try:
-                return await converse(stream)
-            except TransportError as exc:  # chunks were taken from the machine: no second try
-                raise _ChannelSpent(AuditFailed(job_id=job_id, peer=peer, reason=str(exc))) from exc
-
-        async def converse(stream: FrameStream) -> Event:
-            ended: Event | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send_chunks, stream)
-                advance = False
-                # a verdict per chunk (>= 1 token), a report, at most one FirstPositionVerdict
-                for _ in range(MAX_TOKENS_LIMIT + 3):
-                    reply = await stream.receive()
-                    self._ctx.trace(reply)
-                    if isinstance(reply, FirstPositionVerdict) and not advance:
-                        advance = True
-                        self.feed(FirstPositionJudged(job_id=job_id, peer=peer, verdict=reply))
-                        continue
-                    if isinstance(reply, ChunkVerdict):
-                        self.feed(ChunkAudited(job_id=job_id, peer=peer, verdict=reply))
-                        if reply.verdict == "pass":
-                            continue
-                    elif isinstance(reply, AuditReport):
-                        ended = AuditReturned(job_id=job_id, peer=peer, report=reply)
-                    elif isinstance(reply, ErrorReply):
-                        why = f"{reply.code}: {reply.message}"
-                        ended = AuditFailed(job_id=job_id, peer=peer, reason=why)
-                    else:
-                        why = f"unexpected {type(reply).__name__}"
-                        ended = AuditFailed(job_id=job_id, peer=peer, reason=why)
-                    break
-                else:
-                    ended = AuditFailed(job_id=job_id, peer=peer, reason="more verdicts than chunks")
-                nursery.cancel_scope.cancel()
-            if not isinstance(ended, AuditReturned):  # chunks may be in flight: reset, never reuse
-                raise _ChannelSpent(ended)
-            return ended
-
         with scope:
             try:
-                event = await self.runs.exchange(peer, talk)
-            except _ChannelSpent as spent:
-                event = spent.event
-            except (OpenGridError, trio.TooSlowError) as exc:
-                event = AuditFailed(job_id=job_id, peer=peer, reason=str(exc) or "audit stream timed out")
+                event = await exchange_chunked_audit(self._ctx, self.runs, self.feed, peer, audit, chunks)
             finally:
                 chunks.close()
+        if self._replicas.get((audit.job_id, peer)) is scope:
+            self._audit_chunks.pop((audit.job_id, peer), None)
+        self._audit_ended(peer, audit.job_id, scope, event)
+
+    def _audit_ended(self, peer: str, job_id: bytes, scope: trio.CancelScope, event: Event | None) -> None:
         if self._replicas.get((job_id, peer)) is scope:
             del self._replicas[(job_id, peer)]
-            self._audit_chunks.pop((job_id, peer), None)
         if event is not None and not scope.cancel_called:
             if isinstance(event, AuditFailed):
                 log.warning("auditor %s failed job %s: %s", short(peer), job_id.hex()[:8], event.reason)
@@ -534,13 +446,3 @@ def _log_outcome(job_id: bytes, reply: JobAccepted | ErrorReply) -> None:
         )
     else:
         log.info("job %s failed (%s): %s", job_id.hex()[:8], reply.code, reply.message)  # the client is told
-
-
-class _ChannelSpent(Exception):
-    """A chunked audit on a run channel ended otherwise than with its AuditReport: ``event`` says how
-    (None: a failing verdict, already fed). Raised out of the pooled exchange so that the channel is
-    reset rather than reused (``StreamPool.exchange`` resets on any exception)."""
-
-    def __init__(self, event: Event | None) -> None:
-        super().__init__("chunked audit ended before its report")
-        self.event = event
