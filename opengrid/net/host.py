@@ -783,12 +783,7 @@ class Host:
     async def round_trip(self, peer_id: str, *, tries: int) -> float:
         """The best of ``tries`` status requests, each on a fresh stream (what a job dispatch costs on the
         wire), in seconds. Raises ``OpenGridError`` when one fails; the caller bounds the wait."""
-        best = math.inf
-        for _ in range(tries):
-            started = trio.current_time()
-            await self.request(peer_id, StatusRequest())
-            best = min(best, trio.current_time() - started)
-        return best
+        return await best_round_trip(self.request, peer_id, tries)
 
     async def disconnect(self, peer_id: str) -> None:
         """Close our connections to a peer (so the next dial starts afresh); never raises, and gives up
@@ -999,3 +994,16 @@ def _refused_protocols(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+async def best_round_trip(
+    request: Callable[[str, Message], Awaitable[Message]], peer_id: str, tries: int
+) -> float:
+    """The best of ``tries`` ``StatusRequest`` round trips to ``peer_id`` through ``request``, in seconds
+    of trio's clock (any transport's ``round_trip``)."""
+    best = math.inf
+    for _ in range(tries):
+        started = trio.current_time()
+        await request(peer_id, StatusRequest())
+        best = min(best, trio.current_time() - started)
+    return best

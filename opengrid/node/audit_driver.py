@@ -26,6 +26,7 @@ from opengrid.wire.messages import (
     MAX_TOKENS_LIMIT,
     AuditChunk,
     AuditJob,
+    AuditReport,
     ErrorReply,
     FirstPositionVerdict,
     Message,
@@ -152,13 +153,7 @@ class AuditDriver:
         report = worker.report(
             audit, scoring.evidence if scoring is not None else (), problem=problem, claim=claim, salt=salt
         )
-        log.info(
-            "audited job %s: %s (%d positions, max gap %.3f)",
-            audit.job_id.hex()[:8],
-            report.verdict,
-            report.n_scored,
-            report.max_gap,
-        )
+        _log_report(report, audit.job_id, "")
         return report
 
     async def serve_chunked_audit(self, stream: FrameStream, audit: AuditJob) -> None:
@@ -382,14 +377,19 @@ class AuditDriver:
         salt = sealed.salt if sealed is not None else b""
         report = worker.report(whole, evidence, problem=problem, claim=claim, salt=salt)
         self.audits_run += 1
-        log.info(
-            "audited job %s in chunks: %s (%d positions, max gap %.3f)",
-            audit.job_id.hex()[:8],
-            report.verdict,
-            report.n_scored,
-            report.max_gap,
-        )
+        _log_report(report, audit.job_id, " in chunks")
         return report
+
+
+def _log_report(report: AuditReport, job_id: bytes, how: str) -> None:
+    log.info(
+        "audited job %s%s: %s (%d positions, max gap %.3f)",
+        job_id.hex()[:8],
+        how,
+        report.verdict,
+        report.n_scored,
+        report.max_gap,
+    )
 
 
 def _chunk_problem(chunk: AuditChunk, scored: int, *, sealed: bool = False) -> str:

@@ -75,7 +75,7 @@ from opengrid.net.host import (
 )
 from opengrid.net.keys import peer_id_of
 from opengrid.net.transport import Handler, StreamHost
-from opengrid.wire.messages import Message, StatusRequest
+from opengrid.wire.messages import Message
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -412,12 +412,7 @@ class MemoryHost:
 
     async def round_trip(self, peer_id: str, *, tries: int) -> float:
         """The best of ``tries`` status requests (as ``Host.round_trip``); 0.0 under a MockClock."""
-        best = math.inf
-        for _ in range(tries):
-            started = trio.current_time()
-            await self.request(peer_id, StatusRequest())
-            best = min(best, trio.current_time() - started)
-        return best
+        return await real_host.best_round_trip(self.request, peer_id, tries)
 
     async def disconnect(self, peer_id: str) -> None:
         await trio.lowlevel.checkpoint()

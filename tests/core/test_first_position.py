@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+import pytest
 from grid_harness import HONEST, Grid, audits, dispatches, of_type
 
 from opengrid.core.audit import PositionEvidence
@@ -23,6 +25,7 @@ from opengrid.core.effects import (
 )
 from opengrid.core.events import ChunkAudited, FirstPositionJudged, ReplicaProgressed
 from opengrid.core.stream_chunks import chunk_verdict
+from opengrid.errors import MalformedMessageError
 from opengrid.wire.codec import decode_message, encode_message
 from opengrid.wire.messages import ChunkVerdict, FirstPositionVerdict
 
@@ -173,3 +176,16 @@ def test_a_first_chunk_of_two_tokens_is_never_passed_in_advance() -> None:
     for opening in opened:
         judged_in_advance(grid, opening, [first_token()])
     assert forwarded(progress(grid, run, 0, 2)) == "", "a list judges position 0 only, not a whole chunk"
+
+
+def test_a_list_longer_than_sixteen_tokens_is_refused_on_the_wire() -> None:
+    """The bound an auditor cannot pass (spec/limits.md): 16 tokens and 16 pieces at most, checked when
+    the coordinator decodes the frame, before the machine sees it."""
+    fits = FirstPositionVerdict(job_id=bytes(16), tokens=list(range(16)), pieces=["x"] * 16)
+    assert decode_message(encode_message(fits)) == fits
+    for tokens, pieces in ((list(range(17)), ["x"] * 16), (list(range(16)), ["x"] * 17)):
+        too_many = msgspec.msgpack.encode(
+            {"type": "first_position_verdict", "job_id": bytes(16), "tokens": tokens, "pieces": pieces}
+        )
+        with pytest.raises(MalformedMessageError, match="length"):
+            decode_message(too_many)

@@ -191,8 +191,9 @@ class StreamingPart(CoordinatorParts):
         for auditor in job.audits:  # the prover is alive, so are the reasons to wait for its auditors
             job.audits[auditor] = max(job.audits[auditor], now + self.config.replica_timeout_s)
         effects += self._send_chunks(job, final=False)
-        if job.chunked is not None and job.chunked.first_options:  # the first chunk may pass in advance
-            effects += self._forward_audited(job)
+        claim = job.chunked
+        if claim is not None and claim.first_options and not job.verified_tokens:
+            effects += self._forward_audited(job)  # the first chunk may have passed in advance (§14.2)
         return effects
 
     def _open_streamed_claim(self, job: JobRecord, peer: str, now: float) -> list[Effect]:
